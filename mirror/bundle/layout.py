@@ -1,0 +1,87 @@
+"""What a bundle holds besides blobs: oci-layout, index.json entries, and mirror.json.
+
+index.json has one entry per reference with `org.opencontainers.image.ref.name` and
+`io.containerd.image.name` both set to the full source reference (REFERENCE.md 4), plus our
+own `dev.mirror.*` annotations. mirror.json (an extra file, allowed by the layout spec) is the
+inventory: every blob the images need, which are absent on purpose and why, the base bundle
+of an incremental bundle, and the digest conversions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from mirror import mediatypes as mt
+from mirror.manifest import dump_json
+
+OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
+REF_NAME = "org.opencontainers.image.ref.name"
+IMAGE_NAME = "io.containerd.image.name"
+A_SOURCE_DIGEST = "dev.mirror.source.digest"  # the upstream digest when ours differs
+A_INDEX_MODE = "dev.mirror.index"  # full | filter | sparse
+A_PLATFORMS = "dev.mirror.platforms"
+A_CONVERSIONS = "dev.mirror.conversions"  # "old>new,old>new" for converted manifests
+MIRROR_JSON = "mirror.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Entry:
+    """One index.json entry: a reference and the root manifest it names."""
+
+    name: str  # full reference, e.g. docker.io/library/alpine:3.20
+    media_type: str
+    digest: str
+    size: int
+    annotations: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        ann = {REF_NAME: self.name, IMAGE_NAME: self.name, **self.annotations}
+        return {"mediaType": self.media_type, "digest": self.digest, "size": self.size,
+                "annotations": dict(sorted(ann.items()))}
+
+
+def index_json(entries: list[Entry]) -> bytes:
+    return dump_json({
+        "schemaVersion": 2,
+        "mediaType": mt.OCI_INDEX,
+        "manifests": [e.to_json() for e in sorted(entries, key=lambda e: e.name)],
+    })
+
+
+@dataclass
+class Inventory:
+    """mirror.json: the contents of the bundle and what is absent on purpose."""
+
+    blobs: dict[str, int] = field(default_factory=dict)  # every blob the images need: size
+    manifests: list[str] = field(default_factory=list)  # digests of manifest blobs, tar order
+    absent: dict[str, str] = field(default_factory=dict)  # digest: reason (foreign|sparse|base)
+    base: str | None = None  # sha256 of the base bundle file, for incremental bundles
+    base_name: str | None = None
+    partial: bool = False  # --keep-going left images out
+    conversions: dict[str, str] = field(default_factory=dict)  # old digest: new digest
+
+    def to_bytes(self) -> bytes:
+        doc: dict[str, Any] = {
+            "mirrorBundleVersion": FORMAT_VERSION,
+            "blobs": dict(sorted(self.blobs.items())),
+            "manifests": self.manifests,
+            "absent": dict(sorted(self.absent.items())),
+            "partial": self.partial,
+        }
+        if self.base:
+            doc["base"] = {"digest": self.base, "name": self.base_name}
+        if self.conversions:
+            doc["conversions"] = dict(sorted(self.conversions.items()))
+        return json.dumps(doc, indent=1, sort_keys=False).encode() + b"\n"
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Inventory:
+        doc = json.loads(data)
+        base = doc.get("base") or {}
+        return cls(blobs=dict(doc.get("blobs") or {}), manifests=list(doc.get("manifests") or []),
+                   absent=dict(doc.get("absent") or {}), base=base.get("digest"),
+                   base_name=base.get("name"), partial=bool(doc.get("partial")),
+                   conversions=dict(doc.get("conversions") or {}))

@@ -1,0 +1,286 @@
+"""Read a bundle (.tar or .tar.zst, ours or skopeo's oci-archive) without unpacking it.
+
+A plain tar is indexed once (member name -> data offset) and read at random. A zstd tar is
+read as a stream: `scan()` reads until it holds index.json and every manifest (our bundles
+put them first, so that is quick), and `stream()` passes over it again, yielding the blobs in
+tar order. Every member is checked: regular files and directories only, relative paths inside
+the layout, no duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import zstandard
+
+from mirror.bundle.layout import MIRROR_JSON, Inventory
+from mirror.digest import Digest
+from mirror.errors import BundleError, IntegrityError, MirrorError
+from mirror.manifest import MAX_MANIFEST_BYTES, Descriptor, RawManifest
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+CHUNK = 4 << 20
+_SMALL_CAP = 256 << 20  # bytes of small blobs a streaming scan may hold before index.json
+
+
+@dataclass
+class Member:
+    name: str
+    size: int
+    offset: int | None  # data offset in a plain tar; None in a stream
+
+
+def _check_member(ti: tarfile.TarInfo, bundle: str) -> str | None:
+    """Return the normalised name of a file member, None for a directory; raise otherwise."""
+    name = ti.name
+    norm = posixpath.normpath(name.lstrip("./") if name.startswith("./") else name)
+    if name.startswith("/") or norm.startswith("..") or "/../" in f"/{norm}/":
+        raise BundleError(f"{bundle}: unsafe path {name!r} in the tar")
+    if ti.isdir():
+        return None
+    if not ti.isreg():
+        kind = "link" if (ti.issym() or ti.islnk()) else "device or special file"
+        raise BundleError(f"{bundle}: member {name!r} is a {kind}; a bundle holds only files")
+    return norm
+
+
+def _blob_digest(name: str) -> str | None:
+    parts = name.split("/")
+    if len(parts) == 3 and parts[0] == "blobs":
+        return f"{parts[1]}:{parts[2]}"
+    return None
+
+
+@dataclass
+class Contents:
+    """What a plan needs: the layout files, every manifest reachable from index.json, and the
+    blob members present (complete for a plain tar; for a stream, from the whole scan)."""
+
+    index: dict
+    inventory: Inventory | None
+    manifests: dict[str, RawManifest] = field(default_factory=dict)
+    members: dict[str, int] = field(default_factory=dict)  # digest -> size
+    complete_members: bool = True
+
+
+class Bundle:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.name = str(path)
+        try:
+            with open(self.path, "rb") as f:
+                magic = f.read(4)
+        except OSError as e:
+            raise BundleError(f"{self.name}: cannot open bundle: {e.strerror}") from None
+        self.compressed = magic == ZSTD_MAGIC
+        self._members: dict[str, Member] | None = None
+
+    # -- plain tar: an index of members --------------------------------------------------
+
+    def _index(self) -> dict[str, Member]:
+        if self._members is None:
+            members: dict[str, Member] = {}
+            try:
+                with tarfile.open(self.path, "r:") as tf:
+                    for ti in tf:
+                        name = _check_member(ti, self.name)
+                        if name is None:
+                            continue
+                        if name in members:
+                            raise BundleError(f"{self.name}: member {name!r} appears twice")
+                        members[name] = Member(name, ti.size, ti.offset_data)
+            except tarfile.TarError as e:
+                raise BundleError(f"{self.name}: not a readable tar: {e}") from None
+            with open(self.path, "rb") as f:
+                for m in members.values():
+                    if m.offset is not None and m.offset + m.size > f.seek(0, 2):
+                        raise BundleError(f"{self.name}: truncated tar (member {m.name!r})")
+            self._members = members
+        return self._members
+
+    def read_member(self, name: str, limit: int = MAX_MANIFEST_BYTES) -> bytes:
+        m = self._index().get(name)
+        if m is None:
+            raise BundleError(f"{self.name}: no {name!r} in the bundle")
+        if m.size > limit:
+            raise BundleError(f"{self.name}: {name!r} is too large ({m.size} bytes)")
+        with open(self.path, "rb") as f:
+            f.seek(m.offset or 0)
+            return f.read(m.size)
+
+    def open_blob(self, digest: str, offset: int = 0) -> Iterator[bytes]:
+        """Chunks of a blob of a plain tar, from `offset` (sync; run it off the event loop)."""
+        name = "blobs/" + digest.replace(":", "/", 1)
+        m = self._index().get(name)
+        if m is None:
+            raise BundleError(f"{self.name}: blob {digest} is missing")
+        with open(self.path, "rb") as f:
+            f.seek((m.offset or 0) + offset)
+            left = m.size - offset
+            while left > 0:
+                data = f.read(min(CHUNK, left))
+                if not data:
+                    raise BundleError(f"{self.name}: truncated tar in blob {digest}")
+                left -= len(data)
+                yield data
+
+    # -- zstd: a stream ------------------------------------------------------------------
+
+    def _iter_stream(self) -> Iterator[tuple[str, int, BinaryIO]]:
+        """Yield (name, size, fileobj) for each file member of a compressed tar, in order."""
+        seen: set[str] = set()
+        try:
+            with open(self.path, "rb") as raw:
+                dctx = zstandard.ZstdDecompressor()
+                with dctx.stream_reader(raw, read_size=CHUNK) as zr:
+                    with tarfile.open(fileobj=zr, mode="r|") as tf:
+                        for ti in tf:
+                            name = _check_member(ti, self.name)
+                            if name is None:
+                                continue
+                            if name in seen:
+                                raise BundleError(f"{self.name}: member {name!r} appears twice")
+                            seen.add(name)
+                            f = tf.extractfile(ti)
+                            assert f is not None
+                            yield name, ti.size, f
+        except (tarfile.TarError, zstandard.ZstdError, EOFError) as e:
+            raise BundleError(f"{self.name}: not a readable tar.zst: {e}") from None
+
+    def members(self) -> Iterator[tuple[str, int, BinaryIO | None]]:
+        """Every file member in tar order; the fileobj is None for a plain tar (use open_blob)."""
+        if self.compressed:
+            yield from self._iter_stream()
+        else:
+            items = sorted(self._index().values(), key=lambda m: m.offset or 0)
+            for m in items:
+                yield m.name, m.size, None
+
+    # -- planning ------------------------------------------------------------------------
+
+    def scan(self) -> Contents:
+        """Read the layout files and every manifest reachable from index.json.
+
+        Raises BundleError for a bundle that is not an OCI layout, and IntegrityError for a
+        manifest whose bytes do not match its digest.
+        """
+        if not self.compressed:
+            files = self._index()
+            if "oci-layout" not in files:
+                raise BundleError(f"{self.name}: no oci-layout file: not an OCI image layout")
+            layout = self.read_member("oci-layout")
+            index = self.read_member("index.json")
+            inv = self.read_member(MIRROR_JSON) if MIRROR_JSON in files else None
+            c = self._contents(layout, index, inv)
+            c.members = {d: m.size for n, m in files.items() if (d := _blob_digest(n))}
+            self._walk(c, lambda d: self.read_member(_name(d)) if _name(d) in files else None)
+            return c
+        small: dict[str, bytes] = {}
+        meta: dict[str, bytes] = {}
+        members: dict[str, int] = {}
+        held = 0
+        c: Contents | None = None
+        for name, size, f in self._iter_stream():
+            d = _blob_digest(name)
+            if d:
+                members[d] = size
+            if name in ("oci-layout", "index.json", MIRROR_JSON):
+                meta[name] = f.read(MAX_MANIFEST_BYTES + 1)
+            elif d and size <= MAX_MANIFEST_BYTES and (c is None or d in _wanted(c, small)):
+                if held + size > _SMALL_CAP:
+                    raise BundleError(f"{self.name}: index.json comes too late in this tar.zst",
+                                      hint="decompress it to a .tar and load that")
+                small[d] = f.read()
+                held += size
+            if c is None and "index.json" in meta and "oci-layout" in meta and (
+                    MIRROR_JSON in meta or name not in ("oci-layout", "index.json")):
+                c = self._contents(meta["oci-layout"], meta["index.json"], meta.get(MIRROR_JSON))
+        if c is None:
+            missing = "oci-layout" if "oci-layout" not in meta else "index.json"
+            raise BundleError(f"{self.name}: no {missing} file: not an OCI image layout")
+        c.members = members
+        self._walk(c, small.get)
+        return c
+
+    def _contents(self, layout: bytes, index: bytes, inv: bytes | None) -> Contents:
+        try:
+            lay = json.loads(layout)
+            if lay.get("imageLayoutVersion") != "1.0.0":
+                raise BundleError(f"{self.name}: oci-layout says imageLayoutVersion "
+                                  f"{lay.get('imageLayoutVersion')!r}, expected '1.0.0'")
+        except (ValueError, AttributeError):
+            raise BundleError(f"{self.name}: oci-layout is not valid JSON") from None
+        try:
+            idx = json.loads(index)
+            if not isinstance(idx, dict) or not isinstance(idx.get("manifests"), list):
+                raise ValueError
+        except ValueError:
+            raise BundleError(f"{self.name}: index.json is not a valid OCI index") from None
+        inventory = None
+        if inv is not None:
+            try:
+                inventory = Inventory.from_bytes(inv)
+            except (ValueError, AttributeError):
+                raise BundleError(f"{self.name}: mirror.json is not valid") from None
+        return Contents(idx, inventory)
+
+    def _walk(self, c: Contents, read) -> None:
+        """Load every manifest reachable from index.json (checking each digest)."""
+        todo = [Descriptor.from_dict(d, f"{self.name} index.json") for d in c.index["manifests"]]
+        while todo:
+            desc = todo.pop()
+            if desc.digest in c.manifests:
+                continue
+            data = read(desc.digest)
+            if data is None:
+                absent = c.inventory.absent if c.inventory else {}
+                if desc.digest in absent:
+                    continue
+                raise BundleError(f"{self.name}: manifest {desc.digest} is missing from the "
+                                  "bundle")
+            where = f"{self.name}: manifest {desc.digest}"
+            try:
+                Digest.parse(desc.digest)
+                raw = RawManifest.from_bytes(data, desc.media_type, where=where)
+            except IntegrityError as e:
+                raise BundleError(str(e)) from None
+            if raw.digest != desc.digest or raw.size != desc.size:
+                raise IntegrityError(f"{where}: content does not match its digest or size "
+                                     f"(got {raw.digest}, {raw.size} bytes)")
+            c.manifests[desc.digest] = raw
+            try:
+                todo.extend(raw.children)
+            except MirrorError as e:
+                raise BundleError(f"{where}: {e}") from None
+            if raw.subject is not None:
+                pass  # a referrer's subject is carried on its own entry
+
+
+def _name(digest: str) -> str:
+    return "blobs/" + digest.replace(":", "/", 1)
+
+
+def _wanted(c: Contents, have: dict[str, bytes]) -> set[str]:
+    """Digests of manifests still needed, as far as the held ones tell (streaming scan)."""
+    want: set[str] = set()
+    todo = [d.get("digest") for d in c.index.get("manifests", [])]
+    if c.inventory:
+        want.update(c.inventory.manifests)
+    while todo:
+        d = todo.pop()
+        if not isinstance(d, str) or d in want:
+            continue
+        want.add(d)
+        if d in have:
+            try:
+                body = json.loads(have[d])
+                todo.extend(m.get("digest") for m in body.get("manifests") or [])
+            except (ValueError, AttributeError):
+                pass
+    return want

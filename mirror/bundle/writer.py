@@ -1,0 +1,148 @@
+"""Write a bundle tar from the blob store: deterministic, verified, atomic.
+
+Member order: oci-layout, index.json, mirror.json, blobs/, blobs/sha256/, the manifests (so a
+streaming reader can plan before the big blobs arrive), then every other blob sorted by
+digest. Headers are fixed (PAX, mode 0644/0755, mtime 0, uid/gid 0, no user names), so the
+same images give the same bytes. The tar is written to `<out>.partial` and renamed into
+place only when complete; `<out>.sha256` is written beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import zstandard
+
+from mirror.digest import Verifier
+from mirror.store.blobs import BlobStore
+
+BUF = 4 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class BlobItem:
+    digest: str
+    size: int
+    verify: bool  # re-hash while writing (a cache hit); fresh downloads were just verified
+
+
+def _header(name: str, size: int, *, is_dir: bool = False) -> bytes:
+    ti = tarfile.TarInfo(name)
+    ti.size = 0 if is_dir else size
+    ti.mode = 0o755 if is_dir else 0o644
+    ti.type = tarfile.DIRTYPE if is_dir else tarfile.REGTYPE
+    ti.mtime = 0
+    ti.uid = ti.gid = 0
+    ti.uname = ti.gname = ""
+    return ti.tobuf(format=tarfile.PAX_FORMAT)
+
+
+class _HashingWriter:
+    """Counts and hashes what goes to the file, for the .sha256 beside the bundle."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.h = hashlib.sha256()
+        self.n = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.h.update(data)
+        self.n += len(data)
+        return self.f.write(data)
+
+
+def _pad(n: int) -> bytes:
+    return b"\0" * ((512 - n % 512) % 512)
+
+
+def write_bundle(
+    out: Path,
+    *,
+    index_json: bytes,
+    inventory_json: bytes,
+    manifests: Iterable[tuple[str, bytes]],
+    blobs: Iterable[BlobItem],
+    store: BlobStore,
+    compress: bool,
+    progress: Callable[[int], None] | None = None,
+) -> str:
+    """Write the bundle; return the sha256 of the file. Raises IntegrityError if a cached
+    blob no longer matches its digest (the entry is evicted; the next run fetches it)."""
+    from mirror.bundle.layout import MIRROR_JSON, OCI_LAYOUT
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    try:
+        with open(tmp, "wb") as raw:
+            hw = _HashingWriter(raw)
+            if compress:
+                cctx = zstandard.ZstdCompressor(level=3, threads=-1)
+                zw = cctx.stream_writer(hw, closefd=False, write_size=BUF)
+                sink: BinaryIO = zw  # type: ignore[assignment]
+            else:
+                sink = hw  # type: ignore[assignment]
+
+            def member(name: str, data: bytes) -> None:
+                sink.write(_header(name, len(data)) + data + _pad(len(data)))
+
+            member("oci-layout", OCI_LAYOUT)
+            member("index.json", index_json)
+            member(MIRROR_JSON, inventory_json)
+            sink.write(_header("blobs/", 0, is_dir=True))
+            sink.write(_header("blobs/sha256/", 0, is_dir=True))
+            for digest, data in manifests:
+                member(_blob_name(digest), data)
+            for item in blobs:
+                _copy_blob(sink, store, item, progress)
+            sink.write(b"\0" * 1024)
+            if compress:
+                zw.flush(zstandard.FLUSH_FRAME)
+                zw.close()
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    digest = hw.h.hexdigest()
+    side = out.with_name(out.name + ".sha256")
+    side_tmp = side.with_name(side.name + ".partial")
+    side_tmp.write_text(f"{digest}  {out.name}\n")
+    os.replace(side_tmp, side)
+    return "sha256:" + digest
+
+
+def _blob_name(digest: str) -> str:
+    alg, _, enc = digest.partition(":")
+    return f"blobs/{alg}/{enc}"
+
+
+def _copy_blob(sink: BinaryIO, store: BlobStore, item: BlobItem,
+               progress: Callable[[int], None] | None) -> None:
+    path = store.path(item.digest)
+    sink.write(_header(_blob_name(item.digest), item.size))
+    v = Verifier(item.digest, item.size, f"cache {path}") if item.verify else None
+    try:
+        with open(path, "rb") as f:
+            buf = bytearray(BUF)
+            view = memoryview(buf)
+            while n := f.readinto(buf):
+                chunk = view[:n]
+                if v is not None:
+                    v.update(chunk)
+                sink.write(chunk)
+                if progress:
+                    progress(n)
+        if v is not None:
+            v.finish()
+    except Exception:
+        if v is not None:
+            store.evict(item.digest)
+        raise
+    sink.write(_pad(item.size))

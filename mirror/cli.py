@@ -1,0 +1,283 @@
+"""The command line: argparse, the one place that prints and turns errors into exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from mirror import __version__
+from mirror.config import (
+    FORMATS, INDEX_MODES, Config, ImageSettings, ImageSpec, load_config,
+)
+from mirror.errors import EXIT_CODES, EXIT_PARTIAL, MirrorError, UsageError
+from mirror.platform import PlatformSelector
+from mirror.reference import Reference
+from mirror.registry.credentials import CredentialStore
+from mirror.registry.transport import RegistrySettings, RetryPolicy, Timeouts, Transport
+
+DEFAULT_OUTPUT = Path("bundles/mirror.tar")
+
+
+def _add_net(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("registry access")
+    g.add_argument("--authfile", help="Docker config.json or containers auth.json to read "
+                   "credentials from (default: the usual places)")
+    g.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
+                   help="plain HTTP or unverified TLS for HOST (repeatable)")
+    g.add_argument("--ca-file", action="append", default=[], metavar="HOST=FILE",
+                   help="CA bundle to verify HOST's certificate (repeatable)")
+    g.add_argument("--client-cert", action="append", default=[], metavar="HOST=CERT,KEY",
+                   help="client certificate and key for HOST (repeatable)")
+    g.add_argument("--retries", type=int, default=5, help="tries per request (default 5)")
+    g.add_argument("--connect-timeout", type=float, default=30.0, metavar="S")
+    g.add_argument("--read-timeout", type=float, default=120.0, metavar="S",
+                   help="seconds without a byte before a transfer is retried (default 120)")
+    g.add_argument("-j", "--jobs", type=int, default=4, help="concurrent transfers (default 4)")
+
+
+def _add_out(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("-v", "--verbose", action="store_true", help="more detail")
+    p.add_argument("--report", metavar="FILE.json", help="write a JSON report of the run")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="mirror",
+        description="Carry multi-arch container images into air-gapped networks.")
+    ap.add_argument("--version", action="version", version=f"mirror {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("pull", help="pull images from registries into a bundle")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image references (besides -f)")
+    p.add_argument("-f", "--file", help="images.yaml listing the images")
+    p.add_argument("-o", "--output", type=Path, help="bundle path, .tar or .tar.zst "
+                   f"(default {DEFAULT_OUTPUT})")
+    p.add_argument("--platform", action="append", default=[], metavar="OS/ARCH[/VARIANT]",
+                   help="platforms to keep, repeatable or comma-separated; 'all' for every one "
+                   "(default: the config's, else all)")
+    p.add_argument("--index", choices=INDEX_MODES, help="for a subset of platforms: write a "
+                   "filtered index (new digest) or keep the source index (sparse)")
+    p.add_argument("--format", choices=FORMATS, help="keep media types, or convert to oci or "
+                   "docker")
+    p.add_argument("--compress", choices=["none", "zstd"], help="default: by the output name")
+    p.add_argument("--cache", type=Path, help="blob cache directory (default "
+                   "$XDG_CACHE_HOME/mirror)")
+    p.add_argument("--keep-going", action="store_true",
+                   help="finish the other images when one fails; the bundle is marked partial")
+    p.add_argument("--dry-run", action="store_true",
+                   help="resolve and list what would be fetched; download no layer")
+    _add_net(p)
+    _add_out(p)
+
+    p = sub.add_parser("load", help="push a bundle into a registry")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--to", required=True, metavar="HOST[:PORT][/PREFIX]",
+                   help="target registry and optional repository prefix")
+    p.add_argument("--dry-run", action="store_true", help="list what would be pushed")
+    _add_net(p)
+    _add_out(p)
+
+    p = sub.add_parser("verify", help="check a bundle offline: every blob, every reference")
+    p.add_argument("bundle", type=Path)
+    _add_out(p)
+
+    p = sub.add_parser("inspect", help="show the digests of a bundle or a remote image")
+    p.add_argument("target", help="a bundle file, or an image reference")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--platform", action="append", default=[], metavar="OS/ARCH[/VARIANT]")
+    _add_net(p)
+    _add_out(p)
+    return ap
+
+
+def _host_values(values: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for v in values:
+        host, sep, val = v.partition("=")
+        if not sep or not host or not val:
+            raise UsageError(f"{flag} {v!r}: expected HOST=VALUE")
+        out[host] = val
+    return out
+
+
+def _transport(args: argparse.Namespace, cfg: Config | None) -> Transport:
+    settings: dict[str, RegistrySettings] = dict(cfg.registries) if cfg else {}
+    for host in args.insecure_registry:
+        settings[host] = replace(settings.get(host, RegistrySettings()), insecure=True)
+    for host, path in _host_values(args.ca_file, "--ca-file").items():
+        settings[host] = replace(settings.get(host, RegistrySettings()), ca_file=path)
+    for host, pair in _host_values(args.client_cert, "--client-cert").items():
+        cert, _, key = pair.partition(",")
+        settings[host] = replace(settings.get(host, RegistrySettings()), client_cert=cert,
+                                 client_key=key or None)
+    if args.retries < 1 or args.jobs < 1:
+        raise UsageError("--retries and --jobs must be at least 1")
+    creds = CredentialStore(cfg.logins if cfg else None, args.authfile)
+    return Transport(settings=settings, credentials=creds,
+                     policy=RetryPolicy(tries=args.retries),
+                     timeouts=Timeouts(args.connect_timeout, args.read_timeout), jobs=args.jobs)
+
+
+def _specs(args: argparse.Namespace) -> tuple[list[ImageSpec], Config | None]:
+    cfg = load_config(args.file) if args.file else None
+    base = cfg.defaults if cfg else ImageSettings()
+    specs = list(cfg.images) if cfg else []
+    specs += [ImageSpec(Reference.parse(t), base, "command line") for t in args.images]
+    if not specs:
+        raise UsageError("no images: give -f images.yaml or image references")
+    over: dict = {}
+    if args.platform:
+        over["platforms"] = PlatformSelector.parse(args.platform)
+    if args.index:
+        over["index"] = args.index
+    if args.format:
+        over["format"] = args.format
+    if over:
+        specs = [replace(s, settings=replace(s.settings, **over)) for s in specs]
+    return specs, cfg
+
+
+def _write_report(path: str | None, doc: dict) -> None:
+    if not path:
+        return
+    p = Path(path)
+    tmp = p.with_name(p.name + ".partial")
+    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    tmp.replace(p)
+
+
+async def _pull(args: argparse.Namespace, progress) -> int:
+    from mirror.pull import PullOptions, pull
+    from mirror.registry.client import Client
+    from mirror.store.blobs import BlobStore, default_cache_dir
+    from mirror.store.lock import RunLock
+
+    specs, cfg = _specs(args)
+    out: Path = args.output or DEFAULT_OUTPUT
+    compress = args.compress == "zstd" or (args.compress is None and out.name.endswith(".zst"))
+    cache = args.cache or default_cache_dir()
+    opts = PullOptions(output=None if args.dry_run else out, compress=compress, jobs=args.jobs,
+                       keep_going=args.keep_going, dry_run=args.dry_run)
+    with RunLock(Path(cache) / "lock", f"cache {cache}"), \
+            RunLock(out.with_name(out.name + ".lock"), f"output {out}"):
+        store = BlobStore(cache)
+        async with _transport(args, cfg) as t:
+            result = await pull(Client(t), store, specs, opts, progress)
+    report = {"command": "pull", "bundle": str(result.bundle) if result.bundle else None,
+              "bundle_digest": result.bundle_digest, "partial": result.partial,
+              "bytes_fetched": result.bytes_fetched, "bytes_reused": result.bytes_reused,
+              "blobs_fetched": result.blobs_fetched, "blobs_reused": result.blobs_reused,
+              "retries": result.retries, "images": [asdict(r) for r in result.images]}
+    _write_report(args.report, report)
+    if args.dry_run:
+        for r in result.images:
+            if not r.error:
+                print(f"{r.reference}\t{r.digest}\t{','.join(r.platforms)}")
+        print(f"would fetch up to {result.dry_run_bytes} bytes "
+              f"({result.bytes_reused} already in the cache)")
+    elif result.bundle:
+        print(f"{result.bundle}\t{result.bundle_digest}")
+        progress.info(f"wrote {result.bundle}: {len([r for r in result.images if not r.error])}"
+                      f" image(s), {result.blobs_fetched} blob(s) fetched "
+                      f"({result.bytes_fetched} bytes), {result.blobs_reused} reused, "
+                      f"{result.retries} retries")
+    if result.partial:
+        failed = [r for r in result.images if r.error]
+        progress.warn(f"{len(failed)} of {len(result.images)} image(s) failed; the bundle is "
+                      "partial")
+        return EXIT_PARTIAL
+    return 0
+
+
+async def _load(args: argparse.Namespace, progress) -> int:
+    from mirror.bundle.reader import Bundle
+    from mirror.load import Target, load
+    from mirror.registry.client import Client
+
+    target = Target.parse(args.to)
+    bundle = Bundle(args.bundle)
+    async with _transport(args, None) as t:
+        result = await load(Client(t), bundle, target, jobs=args.jobs, dry_run=args.dry_run,
+                            progress=progress)
+        retries = t.retries
+    _write_report(args.report, {
+        "command": "load", "bundle": str(args.bundle), "target": args.to,
+        "blobs_pushed": result.blobs_pushed, "blobs_mounted": result.blobs_mounted,
+        "blobs_present": result.blobs_present, "bytes_pushed": result.bytes_pushed,
+        "manifests_pushed": result.manifests_pushed, "tags": result.tags, "retries": retries,
+        "dry_run": result.dry_run})
+    if args.dry_run:
+        for line in result.dry_run:
+            print(line)
+        return 0
+    for tag in result.tags:
+        print(tag)
+    progress.info(f"loaded {args.bundle}: {result.blobs_pushed} blob(s) pushed "
+                  f"({result.bytes_pushed} bytes), {result.blobs_mounted} mounted, "
+                  f"{result.blobs_present} already present, {result.manifests_pushed} "
+                  f"manifest(s), {len(result.tags)} tag(s)")
+    return 0
+
+
+async def _verify(args: argparse.Namespace, progress) -> int:
+    from mirror.verify import verify_bundle
+
+    problems = await asyncio.to_thread(verify_bundle, args.bundle)
+    _write_report(args.report, {"command": "verify", "bundle": str(args.bundle),
+                                "problems": problems, "ok": not problems})
+    if problems:
+        for p in problems:
+            print(f"{args.bundle}: {p}")
+        from mirror.errors import IntegrityError
+
+        raise IntegrityError(f"{args.bundle}: {len(problems)} problem(s) found")
+    print(f"{args.bundle}: OK")
+    return 0
+
+
+async def _inspect(args: argparse.Namespace, progress) -> int:
+    from mirror.inspect import inspect_target
+
+    text = await inspect_target(args, lambda: _transport(args, None))
+    print(text)
+    return 0
+
+
+COMMANDS = {"pull": _pull, "load": _load, "verify": _verify, "inspect": _inspect}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mirror.cli_progress import make_progress
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return EXIT_CODES["usage"]
+    progress = make_progress(quiet=args.quiet, verbose=args.verbose, desc=args.command)
+    try:
+        return asyncio.run(COMMANDS[args.command](args, progress))
+    except MirrorError as e:
+        _close(progress)
+        print(f"mirror: error: {e}", file=sys.stderr)
+        if e.hint:
+            print(f"  hint: {e.hint}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        _close(progress)
+        print("mirror: interrupted; finished blobs are kept, partial ones resume next run",
+              file=sys.stderr)
+        return EXIT_CODES["interrupted"]
+    finally:
+        _close(progress)
+
+
+def _close(progress) -> None:
+    close = getattr(progress, "close", None)
+    if close:
+        close()

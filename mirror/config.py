@@ -1,0 +1,241 @@
+"""images.yaml: a versioned, typed config; errors name file:line and the key.
+
+    version: 1
+    defaults: {platforms: [...], index: filter|sparse, format: keep|oci|docker,
+               foreign_layers: skip|include|rewrite, referrers: true}
+    registries: {HOST: {insecure, ca_file, client_cert, client_key,
+                        username, password_env, password_file}}
+    images:
+      - docker.io/library/alpine:3.20                  # a full reference
+      - ref: ghcr.io/org/app@sha256:...                # the same, with per-image settings
+        platforms: [linux/arm64]
+      - repository: docker.io/library/redis            # a repository with a list of tags
+        tags: ["7.2", "7.4"]
+See config/README.md for the reference.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mirror.errors import ConfigError, MirrorError
+from mirror.platform import PlatformSelector
+from mirror.reference import Reference
+from mirror.registry.credentials import RegistryLogin
+from mirror.registry.transport import RegistrySettings
+
+SUPPORTED_VERSION = 1
+INDEX_MODES = ("filter", "sparse")
+FORMATS = ("keep", "oci", "docker")
+FOREIGN_POLICIES = ("skip", "include", "rewrite")
+
+_TOP_KEYS = ("version", "defaults", "registries", "images")
+_SETTING_KEYS = ("platforms", "index", "format", "foreign_layers", "referrers")
+_IMAGE_KEYS = ("ref", "repository", "tags", *_SETTING_KEYS)
+_REGISTRY_KEYS = ("insecure", "ca_file", "client_cert", "client_key", "username",
+                  "password_env", "password_file")
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    platforms: PlatformSelector = field(default_factory=lambda: PlatformSelector(all_=True))
+    index: str = "filter"
+    format: str = "keep"
+    foreign_layers: str = "skip"
+    referrers: bool = True
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    reference: Reference
+    settings: ImageSettings
+    where: str = ""  # file:line, for messages
+
+
+@dataclass
+class Config:
+    images: list[ImageSpec]
+    registries: dict[str, RegistrySettings]
+    logins: dict[str, RegistryLogin]
+    defaults: ImageSettings
+    path: str = ""
+
+
+class _Ctx:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def err(self, node: yaml.Node | None, msg: str, hint: str | None = None) -> ConfigError:
+        line = f":{node.start_mark.line + 1}" if node is not None else ""
+        return ConfigError(f"{self.path}{line}: {msg}", hint=hint)
+
+    def mapping(self, node: yaml.Node, what: str, allowed: tuple[str, ...]
+                ) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.err(node, f"{what} must be a mapping")
+        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for k, v in node.value:
+            key = str(k.value)
+            if allowed and key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise self.err(k, f"unknown key {key!r} in {what}{hint}",
+                               hint="allowed: " + ", ".join(allowed))
+            if key in out:
+                raise self.err(k, f"duplicate key {key!r} in {what}")
+            out[key] = (k, v)
+        return out
+
+    def scalar(self, node: yaml.Node, key: str) -> str:
+        if not isinstance(node, yaml.ScalarNode) or node.value == "":
+            raise self.err(node, f"{key!r} must be a non-empty string")
+        return str(node.value)
+
+    def boolean(self, node: yaml.Node, key: str) -> bool:
+        v = str(node.value).lower() if isinstance(node, yaml.ScalarNode) else None
+        if v in ("true", "yes", "on"):
+            return True
+        if v in ("false", "no", "off"):
+            return False
+        raise self.err(node, f"{key!r} must be true or false")
+
+    def choice(self, node: yaml.Node, key: str, choices: tuple[str, ...]) -> str:
+        v = self.scalar(node, key)
+        if v not in choices:
+            close = difflib.get_close_matches(v, choices, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise self.err(node, f"{key!r} must be one of {', '.join(choices)}, not {v!r}{hint}")
+        return v
+
+    def str_list(self, node: yaml.Node, key: str) -> list[str]:
+        if isinstance(node, yaml.ScalarNode):
+            return [self.scalar(node, key)]
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            raise self.err(node, f"{key!r} must be a string or a non-empty list")
+        return [self.scalar(n, key) for n in node.value]
+
+
+def _settings(ctx: _Ctx, items: dict[str, tuple[yaml.Node, yaml.Node]],
+              base: ImageSettings) -> ImageSettings:
+    s = base
+    if "platforms" in items:
+        node = items["platforms"][1]
+        try:
+            s = replace(s, platforms=PlatformSelector.parse(ctx.str_list(node, "platforms")))
+        except MirrorError as e:
+            raise ctx.err(node, str(e), e.hint) from None
+    if "index" in items:
+        s = replace(s, index=ctx.choice(items["index"][1], "index", INDEX_MODES))
+    if "format" in items:
+        s = replace(s, format=ctx.choice(items["format"][1], "format", FORMATS))
+    if "foreign_layers" in items:
+        s = replace(s, foreign_layers=ctx.choice(items["foreign_layers"][1], "foreign_layers",
+                                                 FOREIGN_POLICIES))
+    if "referrers" in items:
+        s = replace(s, referrers=ctx.boolean(items["referrers"][1], "referrers"))
+    return s
+
+
+def _ref(ctx: _Ctx, node: yaml.Node, text: str) -> Reference:
+    try:
+        return Reference.parse(text)
+    except MirrorError as e:
+        raise ctx.err(node, str(e), e.hint) from None
+
+
+def parse_config(text: str, path: str = "images.yaml",
+                 base: ImageSettings | None = None) -> Config:
+    """Raise ConfigError (with file:line) for anything malformed."""
+    ctx = _Ctx(path)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: invalid YAML: {e.problem}") from None
+    if root is None:
+        raise ConfigError(f"{path}: empty file", hint="list images under `images:`")
+    top = ctx.mapping(root, "the top level", _TOP_KEYS)
+    if "version" in top:
+        node = top["version"][1]
+        try:
+            version = int(node.value)
+        except (TypeError, ValueError):
+            raise ctx.err(node, "'version' must be an integer") from None
+        if version > SUPPORTED_VERSION or version < 1:
+            raise ctx.err(node, f"config version {version} is not supported (this mirror "
+                          f"reads version {SUPPORTED_VERSION})")
+    defaults = base or ImageSettings()
+    if "defaults" in top:
+        defaults = _settings(ctx, ctx.mapping(top["defaults"][1], "defaults", _SETTING_KEYS),
+                             defaults)
+    registries: dict[str, RegistrySettings] = {}
+    logins: dict[str, RegistryLogin] = {}
+    if "registries" in top:
+        for host, (knode, vnode) in ctx.mapping(top["registries"][1], "registries", ()).items():
+            r = ctx.mapping(vnode, f"registries.{host}", _REGISTRY_KEYS)
+            val = {k: ctx.scalar(v, k) for k, (_, v) in r.items() if k != "insecure"}
+            if "password_env" in val and "password_file" in val:
+                raise ctx.err(knode, f"registries.{host}: give password_env or password_file, "
+                              "not both")
+            if ("password_env" in val or "password_file" in val) and "username" not in val:
+                raise ctx.err(knode, f"registries.{host}: a password needs a 'username'")
+            registries[host] = RegistrySettings(
+                insecure=ctx.boolean(r["insecure"][1], "insecure") if "insecure" in r else False,
+                ca_file=val.get("ca_file"), client_cert=val.get("client_cert"),
+                client_key=val.get("client_key"))
+            if "username" in val:
+                logins[host] = RegistryLogin(val["username"], val.get("password_env", ""),
+                                             val.get("password_file", ""))
+    if "images" not in top:
+        raise ctx.err(root, "no 'images' list", hint="add `images:` with one reference per item")
+    inode = top["images"][1]
+    if not isinstance(inode, yaml.SequenceNode):
+        raise ctx.err(inode, "'images' must be a list")
+    images: list[ImageSpec] = []
+    for item in inode.value:
+        where = f"{path}:{item.start_mark.line + 1}"
+        if isinstance(item, yaml.ScalarNode):
+            images.append(ImageSpec(_ref(ctx, item, ctx.scalar(item, "image")), defaults, where))
+            continue
+        e = ctx.mapping(item, "an image entry", _IMAGE_KEYS)
+        settings = _settings(ctx, e, defaults)
+        if ("ref" in e) == ("repository" in e):
+            raise ctx.err(item, "an image entry needs either 'ref' or 'repository' (with 'tags')")
+        if "ref" in e:
+            if "tags" in e:
+                raise ctx.err(e["tags"][0], "'tags' goes with 'repository', not 'ref'")
+            node = e["ref"][1]
+            images.append(ImageSpec(_ref(ctx, node, ctx.scalar(node, "ref")), settings, where))
+            continue
+        rnode = e["repository"][1]
+        repo = _ref(ctx, rnode, ctx.scalar(rnode, "repository"))
+        if repo.digest or ":" in ctx.scalar(rnode, "repository").rsplit("/", 1)[-1]:
+            raise ctx.err(rnode, "'repository' takes no tag or digest; list them under 'tags'")
+        if "tags" not in e:
+            raise ctx.err(item, f"repository {repo.name} has no 'tags' list")
+        for tag in ctx.str_list(e["tags"][1], "tags"):
+            text = f"{repo.name}{tag}" if tag.startswith("@") else f"{repo.name}:{tag}"
+            images.append(ImageSpec(_ref(ctx, e["tags"][1], text), settings, where))
+    if not images:
+        raise ctx.err(inode, "the 'images' list is empty")
+    return Config(images, registries, logins, defaults, path)
+
+
+def load_config(path: str | Path, base: ImageSettings | None = None) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read config: {e.strerror}") from None
+    return parse_config(text, str(p), base)
+
+
+def settings_as_dict(s: ImageSettings) -> dict[str, Any]:
+    return {"platforms": str(s.platforms), "index": s.index, "format": s.format,
+            "foreign_layers": s.foreign_layers, "referrers": s.referrers}

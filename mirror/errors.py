@@ -1,0 +1,148 @@
+"""The error tree and the exit codes, in one place.
+
+    MirrorError                      exit 1   anything else we anticipated
+    ├── UsageError                   exit 2   bad command line
+    ├── ConfigError                  exit 2   images.yaml: names file:line and the key
+    ├── InvalidReference             exit 2
+    ├── InvalidPlatform              exit 2
+    ├── RegistryError                exit 3   carries registry, repository, HTTP status, OCI codes
+    │   ├── AuthError                exit 4   401/403, bad or missing credentials
+    │   ├── NotFound                 exit 5   tag, manifest, blob or repository unknown
+    │   └── RateLimited              exit 6   429 / 503 after the retry budget
+    ├── IntegrityError               exit 7   bytes that do not match their digest or size
+    │   ├── DigestMismatch
+    │   └── SizeMismatch
+    ├── NoMatchingPlatform           exit 8   lists the platforms the image does have
+    ├── UnsupportedContent           exit 9   schema 1, unconvertible content
+    ├── BundleError                  exit 10  not a tar, no oci-layout, unsafe member, missing blob
+    ├── IncompleteBase               exit 11  an incremental bundle's blobs are not at the target
+    └── LockHeld                     exit 12  another run holds the lock
+    PartialSuccess (not an error class): exit 13, `--keep-going` with some images failed.
+
+`str(err)` is one line naming the image, registry or file; `err.hint` is an optional second line.
+Library code raises; only `mirror.cli` turns errors into exit codes.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_PARTIAL = 13
+
+EXIT_CODES: dict[str, int] = {
+    "success": 0,
+    "error": 1,
+    "usage": 2,
+    "registry": 3,
+    "auth": 4,
+    "not-found": 5,
+    "rate-limited": 6,
+    "integrity": 7,
+    "no-matching-platform": 8,
+    "unsupported": 9,
+    "bundle": 10,
+    "incomplete-base": 11,
+    "lock-held": 12,
+    "partial": 13,
+    "interrupted": 130,
+}
+
+
+class MirrorError(Exception):
+    """Base of every error the tool anticipates."""
+
+    exit_code = EXIT_CODES["error"]
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class UsageError(MirrorError):
+    exit_code = EXIT_CODES["usage"]
+
+
+class ConfigError(MirrorError):
+    exit_code = EXIT_CODES["usage"]
+
+
+class InvalidReference(MirrorError):
+    exit_code = EXIT_CODES["usage"]
+
+
+class InvalidPlatform(MirrorError):
+    exit_code = EXIT_CODES["usage"]
+
+
+class RegistryError(MirrorError):
+    """A registry answered with an error, or could not be reached."""
+
+    exit_code = EXIT_CODES["registry"]
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        registry: str = "",
+        repository: str = "",
+        status: int | None = None,
+        codes: tuple[str, ...] = (),
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.registry = registry
+        self.repository = repository
+        self.status = status
+        self.codes = codes
+
+
+class AuthError(RegistryError):
+    exit_code = EXIT_CODES["auth"]
+
+
+class NotFound(RegistryError):
+    exit_code = EXIT_CODES["not-found"]
+
+
+class RateLimited(RegistryError):
+    exit_code = EXIT_CODES["rate-limited"]
+
+
+class IntegrityError(MirrorError):
+    exit_code = EXIT_CODES["integrity"]
+
+
+class DigestMismatch(IntegrityError):
+    def __init__(self, expected: str, actual: str, source: str) -> None:
+        super().__init__(f"{source}: digest mismatch: expected {expected}, got {actual}")
+        self.expected = expected
+        self.actual = actual
+        self.source = source
+
+
+class SizeMismatch(IntegrityError):
+    def __init__(self, expected: int, actual: int, source: str, digest: str = "") -> None:
+        what = f" {digest}" if digest else ""
+        super().__init__(f"{source}:{what} size mismatch: expected {expected} bytes, got {actual}")
+        self.expected = expected
+        self.actual = actual
+        self.source = source
+
+
+class NoMatchingPlatform(MirrorError):
+    exit_code = EXIT_CODES["no-matching-platform"]
+
+
+class UnsupportedContent(MirrorError):
+    exit_code = EXIT_CODES["unsupported"]
+
+
+class BundleError(MirrorError):
+    exit_code = EXIT_CODES["bundle"]
+
+
+class IncompleteBase(MirrorError):
+    exit_code = EXIT_CODES["incomplete-base"]
+
+
+class LockHeld(MirrorError):
+    exit_code = EXIT_CODES["lock-held"]

@@ -1,0 +1,294 @@
+"""The load engine: bundle -> registry, in the order that never leaves a tag on a half image.
+
+1. Scan the bundle (layout files and every manifest, digests checked) and plan, for each
+   index.json entry, the target repository `HOST/PREFIX/<source repository>` and its tag.
+2. Check, before pushing anything, that every blob the manifests need is in the bundle at the
+   right size, or absent on purpose (a foreign layer; an incremental bundle's blobs, which must
+   then already be at the target).
+3. Push blobs (HEAD skips those present; a blob already pushed to another repository of the
+   target is mounted), streamed out of the tar and hashed on the way.
+4. Push child manifests by digest, then each root by tag, byte for byte; the registry's
+   Docker-Content-Digest must equal ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+from mirror.bundle.layout import IMAGE_NAME, REF_NAME
+from mirror.bundle.reader import Bundle, Contents
+from mirror.digest import Verifier
+from mirror.errors import BundleError, IncompleteBase, InvalidReference, UsageError
+from mirror.manifest import Descriptor, RawManifest
+from mirror.progress import NullProgress, Progress
+from mirror.reference import Reference, _is_registry, normalize_registry
+from mirror.registry.client import Client
+
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass
+class Target:
+    registry: str
+    prefix: str
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        text = text.strip().rstrip("/")
+        if not text or "://" in text or "@" in text:
+            raise UsageError(f"invalid --to {text!r}: expected HOST[:PORT][/PREFIX]")
+        host, _, prefix = text.partition("/")
+        try:
+            if prefix:
+                Reference.parse(f"{host}/{prefix}")
+        except InvalidReference as e:
+            raise UsageError(f"invalid --to {text!r}: {e}") from None
+        return cls(normalize_registry(host), prefix)
+
+
+@dataclass
+class PushImage:
+    name: str  # the bundle's name for it
+    repository: str  # target repository
+    tag: str | None
+    root: RawManifest
+    manifests: list[RawManifest]  # children first, root last
+    blobs: list[Descriptor]
+
+
+@dataclass
+class LoadResult:
+    images: list[PushImage] = field(default_factory=list)
+    blobs_pushed: int = 0
+    blobs_mounted: int = 0
+    blobs_present: int = 0
+    bytes_pushed: int = 0
+    manifests_pushed: int = 0
+    tags: list[str] = field(default_factory=list)
+    dry_run: list[str] = field(default_factory=list)
+
+
+def _entry_target(entry: dict, target: Target, bundle: str) -> tuple[str, str | None]:
+    ann = entry.get("annotations") or {}
+    name = ann.get(IMAGE_NAME) or ann.get(REF_NAME)
+    if not name:
+        if not target.prefix:
+            raise BundleError(f"{bundle}: an index.json entry ({entry.get('digest')}) has no "
+                              "image name", hint="give the repository with --to HOST/REPO")
+        return target.prefix, None
+    if _TAG.match(name) and "/" not in name and ":" not in name:
+        if not target.prefix:  # a bare tag, as skopeo writes for oci-archive:FILE:TAG
+            raise BundleError(f"{bundle}: entry {name!r} names a tag but no repository",
+                              hint="give the repository with --to HOST/REPO")
+        return target.prefix, name
+    try:
+        ref = Reference.parse(name)
+    except InvalidReference as e:
+        raise BundleError(f"{bundle}: index.json entry name {name!r}: {e}") from None
+    first = name.split("/", 1)[0]
+    if "/" in name and _is_registry(first):
+        path = ref.repository
+    else:  # no registry in the name: keep the path as written (no docker.io/library/)
+        path = name.split("@")[0]
+        if ":" in path.rsplit("/", 1)[-1]:
+            path = path.rsplit(":", 1)[0]
+    repo = f"{target.prefix}/{path}" if target.prefix else path
+    return repo, ref.tag
+
+
+def plan_load(contents: Contents, target: Target, bundle: str) -> list[PushImage]:
+    images = []
+    for entry in contents.index["manifests"]:
+        desc = Descriptor.from_dict(entry, f"{bundle} index.json")
+        root = contents.manifests.get(desc.digest)
+        if root is None:
+            raise BundleError(f"{bundle}: manifest {desc.digest} is missing")
+        repo, tag = _entry_target(entry, target, bundle)
+        order: list[RawManifest] = []
+        blobs: dict[str, Descriptor] = {}
+        seen: set[str] = set()
+
+        def visit(raw: RawManifest, order: list = order, blobs: dict = blobs,
+                  seen: set = seen) -> None:
+            if raw.digest in seen:
+                return
+            seen.add(raw.digest)
+            for child in raw.children:
+                sub = contents.manifests.get(child.digest)
+                if sub is not None:
+                    visit(sub)
+            for d in raw.blobs():
+                blobs.setdefault(d.digest, d)
+            order.append(raw)
+
+        visit(root)
+        images.append(PushImage(str(entry.get("annotations", {}).get(IMAGE_NAME)
+                                    or entry.get("annotations", {}).get(REF_NAME) or repo),
+                                repo, tag, root, order, list(blobs.values())))
+    return images
+
+
+def check_complete(images: list[PushImage], contents: Contents, bundle: str) -> dict[str, str]:
+    """Raise BundleError listing blobs that are neither in the bundle nor absent on purpose;
+    return the absent-on-purpose ones (digest -> reason)."""
+    absent = dict(contents.inventory.absent) if contents.inventory else {}
+    missing: list[str] = []
+    for img in images:
+        for d in img.blobs:
+            size = contents.members.get(d.digest)
+            if size is None:
+                if d.digest in absent or d.is_foreign:
+                    absent.setdefault(d.digest, "foreign")
+                    continue
+                missing.append(f"{d.digest} ({img.name})")
+            elif size != d.size:
+                raise BundleError(f"{bundle}: blob {d.digest} has {size} bytes, its manifest "
+                                  f"says {d.size} ({img.name})")
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise BundleError(f"{bundle}: {len(missing)} blob(s) missing: "
+                          f"{', '.join(missing[:5])}{more}; nothing was pushed")
+    return absent
+
+
+async def _aiter_thread(gen: Iterator[bytes]) -> AsyncIterator[bytes]:
+    sentinel = object()
+    while True:
+        chunk = await asyncio.to_thread(next, gen, sentinel)
+        if chunk is sentinel:
+            return
+        yield chunk  # type: ignore[misc]
+
+
+async def _verified(chunks: AsyncIterator[bytes], d: Descriptor, where: str,
+                    offset: int) -> AsyncIterator[bytes]:
+    v = Verifier(d.digest, d.size, where) if offset == 0 else None
+    async for c in chunks:
+        if v:
+            v.update(c)
+        yield c
+    if v:
+        v.finish()
+
+
+async def load(client: Client, bundle: Bundle, target: Target, *, jobs: int = 4,
+               dry_run: bool = False, progress: Progress | None = None) -> LoadResult:
+    progress = progress or NullProgress()
+    contents = await asyncio.to_thread(bundle.scan)
+    images = plan_load(contents, target, bundle.name)
+    absent = check_complete(images, contents, bundle.name)
+    reg = target.registry
+    result = LoadResult(images)
+    sem = asyncio.Semaphore(jobs)
+
+    # which blobs each repository still needs
+    need: dict[str, dict[str, Descriptor]] = {}
+    for img in images:
+        for d in img.blobs:
+            need.setdefault(img.repository, {})[d.digest] = d
+
+    async def present(repo: str, d: Descriptor) -> bool:
+        async with sem:
+            return await client.has_blob(reg, repo, d)
+
+    checks = [(repo, d) for repo, ds in need.items() for d in ds.values()]
+    flags = await asyncio.gather(*(present(r, d) for r, d in checks))
+    todo: dict[str, list[tuple[str, Descriptor]]] = {}
+    missing_base: list[str] = []
+    for (repo, d), ok in zip(checks, flags, strict=True):
+        if ok:
+            result.blobs_present += 1
+            continue
+        reason = absent.get(d.digest) if d.digest not in contents.members else None
+        if reason == "base":
+            missing_base.append(f"{d.digest} ({repo})")
+        elif reason is None:
+            todo.setdefault(d.digest, []).append((repo, d))
+    if missing_base:
+        base = contents.inventory.base_name if contents.inventory else None
+        raise IncompleteBase(
+            f"{bundle.name}: incremental bundle: {len(missing_base)} blob(s) it does not carry "
+            f"are not in {reg}: {', '.join(missing_base[:5])}; nothing was pushed",
+            hint=f"load the base bundle first{f' ({base})' if base else ''}")
+    if dry_run:
+        for digest, where in sorted(todo.items()):
+            result.dry_run.append(f"blob {digest} -> {', '.join(r for r, _ in where)}")
+        for img in images:
+            for m in img.manifests:
+                ref = img.tag if (m is img.root and img.tag) else m.digest
+                result.dry_run.append(f"manifest {m.digest} -> {reg}/{img.repository}:{ref}"
+                                      if not ref.startswith("sha256:") else
+                                      f"manifest {m.digest} -> {reg}/{img.repository}@{ref}")
+        return result
+    progress.total(sum(ws[0][1].size for ws in todo.values()))
+
+    async def push_one(digest: str, where: list[tuple[str, Descriptor]],
+                       stream: AsyncIterator[bytes] | None = None) -> None:
+        first_repo, d = where[0]
+        src = f"{bundle.name}: blob {digest}"
+        if stream is not None:
+            await client.upload_blob(reg, first_repo, d, lambda off: _verified(
+                stream, d, src, off), seekable=False)
+        else:
+            await client.upload_blob(reg, first_repo, d, lambda off: _verified(
+                _aiter_thread(bundle.open_blob(digest, off)), d, src, off), seekable=True)
+        result.blobs_pushed += 1
+        result.bytes_pushed += d.size
+        progress.advanced(d.size)
+        for repo, _ in where[1:]:
+            loc = await client.mount_blob(reg, repo, d, first_repo)
+            if loc is None:
+                result.blobs_mounted += 1
+            else:
+                await client.upload_blob(reg, repo, d, lambda off: _verified(
+                    _aiter_thread(bundle.open_blob(digest, off)), d, src, off),
+                    seekable=True, location=loc)
+                result.blobs_pushed += 1
+
+    if bundle.compressed:
+        for name, _size, f in bundle.members():
+            digest = name.replace("blobs/", "", 1).replace("/", ":", 1)
+            if digest in todo and f is not None:
+                await push_one(digest, todo.pop(digest), _aiter_thread(iter(
+                    lambda f=f: f.read(4 << 20), b"")))
+        if todo:
+            raise BundleError(f"{bundle.name}: blob(s) missing from the stream: "
+                              f"{', '.join(sorted(todo)[:5])}")
+    else:
+        async def guarded(digest: str, where: list[tuple[str, Descriptor]]) -> None:
+            async with sem:
+                await push_one(digest, where)
+
+        tasks = [asyncio.ensure_future(guarded(dg, w)) for dg, w in todo.items()]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    pushed: set[tuple[str, str]] = set()
+    for img in images:  # children by digest first, every image, then all tags
+        for m in img.manifests:
+            if m is img.root or (img.repository, m.digest) in pushed:
+                continue
+            await client.put_manifest(reg, img.repository, m.digest, m)
+            pushed.add((img.repository, m.digest))
+            result.manifests_pushed += 1
+    for img in images:
+        if img.tag is None and (img.repository, img.root.digest) not in pushed:
+            await client.put_manifest(reg, img.repository, img.root.digest, img.root)
+            pushed.add((img.repository, img.root.digest))
+            result.manifests_pushed += 1
+    for img in images:
+        if img.tag is not None:
+            await client.put_manifest(reg, img.repository, img.tag, img.root)
+            result.manifests_pushed += 1
+            result.tags.append(f"{reg}/{img.repository}:{img.tag}")
+            progress.info(f"{img.name} -> {reg}/{img.repository}:{img.tag} {img.root.digest}")
+    return result
+

@@ -1,0 +1,187 @@
+"""Descriptors and manifests: raw bytes are the truth, the parsed view is read-only.
+
+A RawManifest keeps the exact bytes received; its digest is computed from them. Only
+`mirror.convert` and the index filter make new bytes, and they report old -> new digests.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from mirror import mediatypes as mt
+from mirror.digest import Digest, sha256_of
+from mirror.errors import IntegrityError, UnsupportedContent
+from mirror.platform import Platform
+
+MAX_MANIFEST_BYTES = 8 * 1024 * 1024  # regclient's bound; distribution's own limit is 4 MiB
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+    platform: Platform | None = None
+    urls: tuple[str, ...] = ()
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    artifact_type: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "descriptor") -> Descriptor:
+        """Raise IntegrityError if the descriptor lacks a valid digest or size."""
+        if not isinstance(d, dict):
+            raise IntegrityError(f"{where}: descriptor is not an object")
+        digest = d.get("digest")
+        size = d.get("size")
+        if not isinstance(digest, str):
+            raise IntegrityError(f"{where}: descriptor has no digest")
+        Digest.parse(digest)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise IntegrityError(f"{where}: descriptor {digest} has no valid size")
+        urls = d.get("urls") or ()
+        return cls(
+            media_type=str(d.get("mediaType", "")),
+            digest=digest,
+            size=size,
+            platform=Platform.from_dict(d.get("platform")),
+            urls=tuple(str(u) for u in urls) if isinstance(urls, list) else (),
+            annotations=dict(d.get("annotations") or {}),
+            artifact_type=d.get("artifactType"),
+        )
+
+    @property
+    def is_foreign(self) -> bool:
+        return self.media_type in mt.FOREIGN_TYPES or bool(self.urls)
+
+
+def sniff_media_type(body: Mapping[str, Any], content_type: str = "") -> str:
+    """Classify a manifest (REFERENCE.md 1.5): the body's mediaType, then Content-Type, then shape."""
+    declared = body.get("mediaType")
+    if isinstance(declared, str) and declared:
+        return declared
+    ct = mt.strip_params(content_type)
+    if body.get("schemaVersion") == 1:
+        return mt.SCHEMA1_SIGNED if "signatures" in body else mt.SCHEMA1
+    if ct in mt.MANIFEST_TYPES:
+        return ct
+    if "manifests" in body:
+        return mt.OCI_INDEX
+    cfg = body.get("config")
+    if isinstance(cfg, dict) and cfg.get("mediaType") == mt.DOCKER_CONFIG:
+        return mt.DOCKER_MANIFEST
+    return mt.OCI_MANIFEST
+
+
+@dataclass(frozen=True)
+class RawManifest:
+    """The exact bytes of a manifest or index, with its media type."""
+
+    data: bytes
+    media_type: str
+
+    @classmethod
+    def from_bytes(cls, data: bytes, content_type: str = "", where: str = "manifest") -> RawManifest:
+        """Parse enough to classify; raise UnsupportedContent for schema 1 or non-JSON."""
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise UnsupportedContent(f"{where}: manifest larger than {MAX_MANIFEST_BYTES} bytes")
+        try:
+            body = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            raise UnsupportedContent(f"{where}: the manifest is not JSON") from None
+        if not isinstance(body, dict):
+            raise UnsupportedContent(f"{where}: the manifest is not a JSON object")
+        media_type = sniff_media_type(body, content_type)
+        if media_type in mt.SCHEMA1_TYPES or body.get("schemaVersion") == 1:
+            raise UnsupportedContent(
+                f"{where}: Docker schema 1 manifest, which cannot be mirrored faithfully",
+                hint="push the image again with a current client (docker/buildah/skopeo) to get "
+                "schema 2, or pin a schema 2 digest",
+            )
+        raw = cls(data, media_type)
+        raw.__dict__["parsed"] = body
+        return raw
+
+    @cached_property
+    def parsed(self) -> dict[str, Any]:
+        return json.loads(self.data)
+
+    @cached_property
+    def digest(self) -> str:
+        return sha256_of(self.data)
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    @property
+    def is_index(self) -> bool:
+        return mt.is_index(self.media_type)
+
+    @property
+    def is_image(self) -> bool:
+        """A runnable image: an image manifest whose config is an image config."""
+        return mt.is_image_manifest(self.media_type) and self.config is not None and (
+            self.config.media_type in mt.IMAGE_CONFIG_TYPES)
+
+    def descriptor(self, **extra: Any) -> dict[str, Any]:
+        d: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest,
+                             "size": self.size}
+        d.update({k: v for k, v in extra.items() if v})
+        return d
+
+    @property
+    def children(self) -> list[Descriptor]:
+        """Index entries (empty for an image manifest)."""
+        if not self.is_index:
+            return []
+        items = self.parsed.get("manifests")
+        if not isinstance(items, list):
+            raise IntegrityError(f"index {self.digest} has no manifests list")
+        return [Descriptor.from_dict(d, f"index {self.digest}") for d in items]
+
+    @property
+    def config(self) -> Descriptor | None:
+        cfg = self.parsed.get("config")
+        if self.is_index or cfg is None:
+            return None
+        return Descriptor.from_dict(cfg, f"manifest {self.digest} config")
+
+    @property
+    def layers(self) -> list[Descriptor]:
+        if self.is_index:
+            return []
+        items = self.parsed.get("layers") or []
+        return [Descriptor.from_dict(d, f"manifest {self.digest} layer") for d in items]
+
+    @property
+    def subject(self) -> Descriptor | None:
+        s = self.parsed.get("subject")
+        return Descriptor.from_dict(s, f"manifest {self.digest} subject") if s else None
+
+    @property
+    def artifact_type(self) -> str | None:
+        at = self.parsed.get("artifactType")
+        if at:
+            return str(at)
+        cfg = self.config
+        if cfg is not None and cfg.media_type not in mt.IMAGE_CONFIG_TYPES:
+            return cfg.media_type
+        return None
+
+    def blobs(self) -> Iterator[Descriptor]:
+        """Config then layers, each digest once (duplicate layers are legal: pitfall 9)."""
+        seen: set[str] = set()
+        cfg = self.config
+        for d in ([cfg] if cfg else []) + self.layers:
+            if d.digest not in seen:
+                seen.add(d.digest)
+                yield d
+
+
+def dump_json(obj: Any) -> bytes:
+    """Deterministic serialisation for documents we create (filtered indexes, conversions)."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()

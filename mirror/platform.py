@@ -1,0 +1,133 @@
+"""Platforms: parse, normalise and match as containerd does.
+
+Both sides are normalised before comparing: arm64 == arm64/v8 == aarch64, x86_64 == amd64,
+arm == arm/v7 == armhf, armel == arm/v6; arm/v6 is another platform than arm/v7.
+Matching is exact on the normalised (os, architecture, variant), the policy REFERENCE.md 5.2
+recommends for a mirror: the user gets what they asked for, not a compatible fallback.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from mirror.errors import InvalidPlatform
+
+KNOWN_OS = {
+    "linux", "windows", "darwin", "freebsd", "netbsd", "openbsd", "solaris", "illumos",
+    "aix", "android", "ios", "js", "wasip1", "plan9", "dragonfly", "unknown",
+}
+KNOWN_ARCH = {
+    "amd64", "386", "arm", "arm64", "ppc64le", "ppc64", "s390x", "riscv64", "mips", "mipsle",
+    "mips64", "mips64le", "loong64", "wasm", "unknown",
+}
+_ARCH_ALIASES = {
+    "x86_64": ("amd64", None), "x86-64": ("amd64", None), "i386": ("386", ""),
+    "i686": ("386", ""), "aarch64": ("arm64", None), "armhf": ("arm", "v7"),
+    "armel": ("arm", "v6"),
+}
+_PART = re.compile(r"^[a-z0-9._-]+$")
+
+
+def _norm(os_: str, arch: str, variant: str) -> tuple[str, str, str]:
+    os_ = os_.lower()
+    if os_ == "macos":
+        os_ = "darwin"
+    arch = arch.lower()
+    variant = variant.lower()
+    if arch in _ARCH_ALIASES:
+        arch, forced = _ARCH_ALIASES[arch]
+        if forced is not None:
+            variant = forced
+    if arch == "amd64" and variant == "v1":
+        variant = ""
+    elif arch == "arm64" and variant in ("8", "v8", "v8.0"):
+        variant = ""
+    elif arch == "arm64" and variant in ("9", "9.0", "v9.0"):
+        variant = "v9"
+    elif arch == "arm":
+        if variant in ("", "7"):
+            variant = "v7"
+        elif variant in ("5", "6", "8"):
+            variant = "v" + variant
+    return os_, arch, variant
+
+
+@dataclass(frozen=True, slots=True)
+class Platform:
+    os: str
+    architecture: str
+    variant: str = ""
+    os_version: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> Platform:
+        """`os/arch[/variant]`; raise InvalidPlatform naming the text."""
+        parts = text.strip().split("/")
+        if len(parts) not in (2, 3) or not all(p and _PART.match(p.lower()) for p in parts):
+            raise InvalidPlatform(
+                f"invalid platform {text!r}: expected os/arch[/variant], e.g. linux/arm64"
+            )
+        os_, arch, variant = _norm(parts[0], parts[1], parts[2] if len(parts) == 3 else "")
+        if os_ not in KNOWN_OS:
+            raise InvalidPlatform(f"unknown platform {text!r}: unknown os {parts[0]!r}",
+                                  hint="e.g. linux/amd64, linux/arm64, linux/arm/v7, windows/amd64")
+        if arch not in KNOWN_ARCH:
+            raise InvalidPlatform(
+                f"unknown platform {text!r}: unknown architecture {parts[1]!r}",
+                hint="known: " + ", ".join(sorted(KNOWN_ARCH - {"unknown"})),
+            )
+        return cls(os_, arch, variant)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, object] | None) -> Platform | None:
+        if not isinstance(d, Mapping):
+            return None
+        os_, arch, variant = _norm(
+            str(d.get("os", "") or ""), str(d.get("architecture", "") or ""),
+            str(d.get("variant", "") or ""),
+        )
+        return cls(os_, arch, variant, str(d.get("os.version", "") or ""))
+
+    @property
+    def is_unknown(self) -> bool:
+        """BuildKit attestation entries are unknown/unknown: never an image."""
+        return self.os == "unknown" or self.architecture == "unknown"
+
+    def matches(self, other: Platform) -> bool:
+        """Exact match on the normalised triple (os.version is not part of the request)."""
+        return (self.os, self.architecture, self.variant) == (
+            other.os, other.architecture, other.variant)
+
+    def __str__(self) -> str:
+        s = f"{self.os}/{self.architecture}"
+        if self.variant:
+            s += f"/{self.variant}"
+        return s
+
+
+class PlatformSelector:
+    """What the user asked for: a list of platforms, or all of them."""
+
+    def __init__(self, platforms: Iterable[Platform] = (), *, all_: bool = False) -> None:
+        self.platforms = tuple(dict.fromkeys(platforms))
+        self.all = all_ or not self.platforms
+
+    @classmethod
+    def parse(cls, values: Iterable[str]) -> PlatformSelector:
+        """Accepts repeated and comma-separated values; `all` selects every platform."""
+        items = [v.strip() for value in values for v in str(value).split(",") if v.strip()]
+        if not items or any(v.lower() == "all" for v in items):
+            return cls(all_=True)
+        return cls(Platform.parse(v) for v in items)
+
+    def wants(self, p: Platform | None) -> bool:
+        if p is None:
+            return self.all
+        if p.is_unknown:
+            return False
+        return self.all or any(want.matches(p) for want in self.platforms)
+
+    def __str__(self) -> str:
+        return "all" if self.all else ",".join(str(p) for p in self.platforms)

@@ -1,0 +1,1 @@
+"""Registry access: transport policy (TLS, retries, host gate), auth, and the API client."""

@@ -1,0 +1,190 @@
+"""Credentials from where users already keep them; secrets never leave this module in text.
+
+Lookup order for a registry host (first hit wins):
+  1. the images.yaml `registries.<host>` entry (`username` + `password_env` / `password_file`);
+  2. `--authfile FILE` (Docker config.json or containers auth.json format);
+  3. containers auth.json: `$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`;
+  4. Docker config.json (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`):
+     `credHelpers[host]`, then `credsStore`, then `auths` (REFERENCE.md 7.4).
+Docker Hub's key is `https://index.docker.io/v1/`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from mirror.errors import AuthError, ConfigError
+from mirror.reference import DOCKER_HUB
+
+HUB_KEY = "https://index.docker.io/v1/"
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    username: str = ""
+    password: str = ""
+    identity_token: str = ""  # OAuth2 refresh token (Docker's `identitytoken`)
+    registry_token: str = ""  # a ready bearer token
+    source: str = ""  # where it came from, for messages (never the secret)
+
+    def __repr__(self) -> str:  # never print secrets, even in a traceback
+        return f"Credential(username={self.username!r}, source={self.source!r})"
+
+    @property
+    def basic(self) -> str:
+        return base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+
+
+def _host_of_key(key: str) -> str:
+    k = key
+    for prefix in ("https://", "http://"):
+        if k.startswith(prefix):
+            k = k[len(prefix):]
+    k = k.split("/", 1)[0]
+    if k in ("index.docker.io", "registry-1.docker.io", "docker.io"):
+        return DOCKER_HUB
+    return k.lower()
+
+
+def _helper_key(registry: str) -> str:
+    return HUB_KEY if registry == DOCKER_HUB else registry
+
+
+def _run_helper(name: str, registry: str) -> Credential | None:
+    prog = f"docker-credential-{name}"
+    try:
+        proc = subprocess.run(
+            [prog, "get"], input=_helper_key(registry).encode(), capture_output=True, timeout=60
+        )
+    except FileNotFoundError:
+        raise AuthError(
+            f"{registry}: credential helper {prog!r} is configured but not on PATH",
+            registry=registry,
+        ) from None
+    except subprocess.TimeoutExpired:
+        raise AuthError(f"{registry}: credential helper {prog!r} timed out", registry=registry)
+    if proc.returncode != 0:
+        if b"credentials not found" in proc.stdout + proc.stderr:
+            return None
+        raise AuthError(
+            f"{registry}: credential helper {prog!r} failed (exit {proc.returncode})",
+            registry=registry,
+        )
+    try:
+        out = json.loads(proc.stdout)
+        user, secret = str(out.get("Username", "")), str(out.get("Secret", ""))
+    except (ValueError, AttributeError):
+        raise AuthError(f"{registry}: credential helper {prog!r} printed no JSON") from None
+    if user == "<token>":
+        return Credential(identity_token=secret, source=prog)
+    return Credential(username=user, password=secret, source=prog)
+
+
+def _from_auth_entry(entry: dict, source: str) -> Credential | None:
+    if not isinstance(entry, dict):
+        return None
+    if entry.get("identitytoken"):
+        return Credential(identity_token=str(entry["identitytoken"]), source=source)
+    if entry.get("registrytoken"):
+        return Credential(registry_token=str(entry["registrytoken"]), source=source)
+    if entry.get("auth"):
+        try:
+            user, _, pw = base64.b64decode(entry["auth"]).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            raise ConfigError(f"{source}: invalid base64 'auth' entry") from None
+        return Credential(username=user, password=pw, source=source)
+    if entry.get("username"):
+        return Credential(str(entry["username"]), str(entry.get("password", "")), source=source)
+    return None
+
+
+def _from_config_file(path: Path, registry: str, *, helpers: bool) -> Credential | None:
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: cannot read credentials file: {e}") from None
+    if not isinstance(doc, dict):
+        return None
+    if helpers:
+        helper = (doc.get("credHelpers") or {}).get(_helper_key(registry)) or (
+            doc.get("credHelpers") or {}).get(registry)
+        if helper:
+            return _run_helper(str(helper), registry)
+    for key, entry in (doc.get("auths") or {}).items():
+        if _host_of_key(key) == registry:
+            cred = _from_auth_entry(entry, str(path))
+            if cred:
+                return cred
+    if helpers and doc.get("credsStore"):
+        return _run_helper(str(doc["credsStore"]), registry)
+    return None
+
+
+@dataclass
+class RegistryLogin:
+    """A per-registry entry of images.yaml: the secret stays in the environment or a file."""
+
+    username: str = ""
+    password_env: str = ""
+    password_file: str = ""
+
+    def resolve(self, registry: str) -> Credential:
+        if self.password_env:
+            pw = os.environ.get(self.password_env)
+            if pw is None:
+                raise AuthError(
+                    f"{registry}: environment variable {self.password_env} is not set",
+                    registry=registry)
+        elif self.password_file:
+            try:
+                pw = Path(self.password_file).expanduser().read_text().rstrip("\r\n")
+            except OSError as e:
+                raise AuthError(f"{registry}: cannot read password_file: {e.strerror}",
+                                registry=registry) from None
+        else:
+            pw = ""
+        return Credential(self.username, pw, source="images.yaml")
+
+
+class CredentialStore:
+    """Finds the credential for a registry host; caches per host for the run."""
+
+    def __init__(self, logins: dict[str, RegistryLogin] | None = None,
+                 authfile: str | None = None) -> None:
+        self.logins = {_host_of_key(k): v for k, v in (logins or {}).items()}
+        self.authfile = Path(authfile).expanduser() if authfile else None
+        self._cache: dict[str, Credential | None] = {}
+
+    def _files(self) -> list[tuple[Path, bool]]:
+        files: list[tuple[Path, bool]] = []
+        if self.authfile:
+            files.append((self.authfile, True))
+        if os.environ.get("REGISTRY_AUTH_FILE"):
+            files.append((Path(os.environ["REGISTRY_AUTH_FILE"]), False))
+        if os.environ.get("XDG_RUNTIME_DIR"):
+            files.append((Path(os.environ["XDG_RUNTIME_DIR"]) / "containers/auth.json", False))
+        docker_dir = os.environ.get("DOCKER_CONFIG") or str(Path.home() / ".docker")
+        files.append((Path(docker_dir) / "config.json", True))
+        return files
+
+    def get(self, registry: str) -> Credential | None:
+        registry = _host_of_key(registry)
+        if registry not in self._cache:
+            self._cache[registry] = self._lookup(registry)
+        return self._cache[registry]
+
+    def _lookup(self, registry: str) -> Credential | None:
+        if registry in self.logins:
+            return self.logins[registry].resolve(registry)
+        for path, helpers in self._files():
+            cred = _from_config_file(path, registry, helpers=helpers)
+            if cred:
+                return cred
+        return None

@@ -1,0 +1,174 @@
+"""Resolve one configured image: fetch its manifests, select platforms, list its blobs.
+
+The result, an ImagePlan, is what both the bundle writer and the report need: the root
+manifest to name (the source's bytes, or a filtered index of the selected children), every
+manifest below it, every blob, and what is absent on purpose (foreign layers, the children a
+sparse index leaves out).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from mirror import mediatypes as mt
+from mirror.config import ImageSpec
+from mirror.errors import NoMatchingPlatform, UnsupportedContent
+from mirror.manifest import Descriptor, RawManifest, dump_json
+from mirror.platform import Platform
+from mirror.registry.client import Client
+
+ATTESTATION_REF = "vnd.docker.reference.digest"
+
+FetchConfig = Callable[[str, str, Descriptor], Awaitable[bytes]]
+
+
+@dataclass
+class ImagePlan:
+    spec: ImageSpec
+    root: RawManifest  # what the reference names in the bundle
+    source_digest: str  # what the reference named upstream
+    mode: str  # full | filter | sparse | single
+    manifests: dict[str, RawManifest] = field(default_factory=dict)  # all, root included
+    blobs: dict[str, Descriptor] = field(default_factory=dict)  # configs and layers
+    absent: dict[str, str] = field(default_factory=dict)  # digest -> reason
+    platforms: list[str] = field(default_factory=list)
+    conversions: dict[str, str] = field(default_factory=dict)  # old -> new digest
+
+    @property
+    def name(self) -> str:
+        return str(self.spec.reference)
+
+    def manifest_order(self) -> list[RawManifest]:
+        """Children before their parents (push order), root last."""
+        out: list[RawManifest] = []
+        seen: set[str] = set()
+
+        def visit(raw: RawManifest) -> None:
+            if raw.digest in seen:
+                return
+            seen.add(raw.digest)
+            for child in raw.children:
+                if child.digest in self.manifests:
+                    visit(self.manifests[child.digest])
+            out.append(raw)
+
+        for raw in self.manifests.values():
+            if raw.digest != self.root.digest:
+                visit(raw)
+        visit(self.root)
+        return out
+
+
+def no_match(spec: ImageSpec, available: list[str]) -> NoMatchingPlatform:
+    have = ", ".join(dict.fromkeys(available)) or "none"
+    return NoMatchingPlatform(
+        f"{spec.reference}: no matching manifest for {spec.settings.platforms} "
+        f"(the image has: {have})",
+        hint="pick one of those with --platform, or set `platforms:` for this image",
+    )
+
+
+async def resolve(client: Client, spec: ImageSpec, fetch_config: FetchConfig) -> ImagePlan:
+    """Raise NotFound, NoMatchingPlatform, UnsupportedContent or a RegistryError."""
+    ref = spec.reference
+    reg, repo = ref.registry, ref.repository
+    root = await client.get_manifest(reg, repo, ref.ref)
+    sel = spec.settings.platforms
+    plan = ImagePlan(spec, root, root.digest, "single")
+    if root.is_index:
+        await _resolve_index(client, spec, plan, root, fetch_config)
+    elif root.is_image:
+        cfg = root.config
+        assert cfg is not None
+        p = _config_platform(await fetch_config(reg, repo, cfg))
+        if not sel.all and (p is None or not sel.wants(p)):
+            raise no_match(spec, [str(p)] if p else [])
+        plan.platforms = [str(p)] if p else []
+        _add_manifest(plan, root)
+    elif mt.is_image_manifest(root.media_type):
+        _add_manifest(plan, root)  # an artifact: copied byte for byte, never platform-filtered
+    else:
+        raise UnsupportedContent(f"{ref}: unsupported manifest type {root.media_type!r}")
+    return plan
+
+
+async def _resolve_index(client: Client, spec: ImageSpec, plan: ImagePlan, root: RawManifest,
+                         fetch_config: FetchConfig) -> None:
+    ref = spec.reference
+    reg, repo = ref.registry, ref.repository
+    sel = spec.settings.platforms
+    children = root.children
+    available = [str(c.platform) for c in children if c.platform and not c.platform.is_unknown]
+    chosen: list[Descriptor] = []
+    for c in children:
+        if c.platform is not None and not c.platform.is_unknown:
+            if sel.wants(c.platform):
+                chosen.append(c)
+        elif c.platform is None and sel.all:
+            chosen.append(c)
+        elif c.platform is None and mt.is_image_manifest(c.media_type):
+            # no platform on the entry: ask the image's config (Docker treats it as "any")
+            child = await client.get_manifest(reg, repo, c.digest, expected=c)
+            cfg = child.config
+            p = _config_platform(await fetch_config(reg, repo, cfg)) if child.is_image and \
+                cfg else None
+            if p is not None:
+                available.append(str(p))
+                if sel.wants(p):
+                    chosen.append(c)
+    chosen_digests = {c.digest for c in chosen}
+    for c in children:  # attestations travel with the image they describe
+        if c.platform is not None and c.platform.is_unknown and \
+                c.annotations.get(ATTESTATION_REF) in chosen_digests and spec.settings.referrers:
+            chosen.append(c)
+    if not any(c.digest in chosen_digests for c in chosen):
+        raise no_match(spec, available)
+    chosen_set = {c.digest for c in chosen}
+    for c in children:
+        if c.digest not in chosen_set:
+            continue
+        child = await client.get_manifest(reg, repo, c.digest, expected=c)
+        if child.is_index:
+            sub = ImagePlan(spec, child, child.digest, "full")
+            await _resolve_index(client, spec, sub, child, fetch_config)
+            plan.manifests.update(sub.manifests)
+            plan.blobs.update(sub.blobs)
+            plan.absent.update(sub.absent)
+            plan.platforms.extend(sub.platforms)
+        else:
+            _add_manifest(plan, child)
+            if c.platform is not None and not c.platform.is_unknown:
+                plan.platforms.append(str(c.platform))
+    if len(chosen_set) == len({c.digest for c in children}):
+        plan.mode = "full"
+        plan.root = root
+    elif spec.settings.index == "sparse":
+        plan.mode = "sparse"
+        plan.root = root
+        for c in children:
+            if c.digest not in chosen_set:
+                plan.absent[c.digest] = "sparse"
+    else:
+        plan.mode = "filter"
+        body = json.loads(root.data)
+        body["manifests"] = [m for m in body["manifests"] if m.get("digest") in chosen_set]
+        plan.root = RawManifest(dump_json(body), root.media_type)
+    plan.manifests[plan.root.digest] = plan.root
+
+
+def _add_manifest(plan: ImagePlan, raw: RawManifest) -> None:
+    plan.manifests[raw.digest] = raw
+    for d in raw.blobs():
+        if d.is_foreign and plan.spec.settings.foreign_layers != "include":
+            plan.absent[d.digest] = "foreign"
+        else:
+            plan.blobs[d.digest] = d
+
+
+def _config_platform(data: bytes) -> Platform | None:
+    try:
+        return Platform.from_dict(json.loads(data))
+    except (ValueError, TypeError):
+        return None

@@ -1,0 +1,1 @@
+"""Local state: the content-addressed blob store (the cache) and the run lock."""

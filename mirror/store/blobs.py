@@ -1,0 +1,277 @@
+"""A content-addressed blob store with atomic commits and resumable partial downloads.
+
+Layout under the root (default `$XDG_CACHE_HOME/mirror`):
+    blobs/sha256/<hex>      verified content, never written in place
+    partial/sha256-<hex>    a download in progress; the next run resumes it
+A blob appears under `blobs/` only after its size and digest were checked: bytes go to the
+partial file, are hashed as they arrive, fsync'ed, then `os.replace`d into place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from mirror.digest import Digest, Verifier, check_bytes
+
+CHUNK = 1 << 20
+_IO_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="mirror-io")
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mirror"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class BlobStore:
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.blob_dir = self.root / "blobs"
+        self.partial_dir = self.root / "partial"
+        for d in (self.blob_dir / "sha256", self.partial_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def path(self, digest: str) -> Path:
+        d = Digest.parse(digest)
+        return self.blob_dir / d.algorithm / d.encoded
+
+    def has(self, digest: str, size: int | None = None) -> bool:
+        try:
+            st = self.path(digest).stat()
+        except FileNotFoundError:
+            return False
+        return size is None or st.st_size == size
+
+    def touch(self, digest: str) -> None:
+        """Record a use (for `cache prune --older-than`)."""
+        try:
+            os.utime(self.path(digest))
+        except OSError:
+            pass
+
+    def put_bytes(self, digest: str, data: bytes, source: str = "manifest") -> Path:
+        """Verify and store a small document (a manifest); a no-op when already present."""
+        check_bytes(data, digest, len(data), source)
+        dest = self.path(digest)
+        if dest.exists() and dest.stat().st_size == len(data):
+            return dest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+        return dest
+
+    def read(self, digest: str) -> bytes:
+        return self.path(digest).read_bytes()
+
+    def iter_chunks(self, digest: str, chunk: int = CHUNK) -> Iterator[bytes]:
+        with open(self.path(digest), "rb") as f:
+            while data := f.read(chunk):
+                yield data
+
+    def verify(self, digest: str, size: int | None = None) -> None:
+        """Re-hash a stored blob; raise IntegrityError and evict it when it is bad."""
+        v = Verifier(digest, size, f"cache {self.path(digest)}")
+        try:
+            for data in self.iter_chunks(digest):
+                v.update(data)
+            v.finish()
+        except Exception:
+            self.evict(digest)
+            raise
+
+    def evict(self, digest: str) -> None:
+        try:
+            self.path(digest).unlink()
+        except FileNotFoundError:
+            pass
+
+    def partial(self, digest: str, size: int, source: str) -> PartialBlob:
+        d = Digest.parse(digest)
+        return PartialBlob(self, digest, size, source,
+                           self.partial_dir / f"{d.algorithm}-{d.encoded}")
+
+    def iter_digests(self) -> Iterator[tuple[str, Path]]:
+        for alg_dir in self.blob_dir.iterdir():
+            if alg_dir.is_dir():
+                for p in alg_dir.iterdir():
+                    if not p.name.startswith("."):
+                        yield f"{alg_dir.name}:{p.name}", p
+
+    def prune(self, *, older_than: float | None = None, max_bytes: int | None = None,
+              keep: set[str] | None = None) -> tuple[int, int]:
+        """Remove blobs not used for `older_than` seconds, then the oldest until under
+        `max_bytes`; never those in `keep`. Returns (files removed, bytes freed)."""
+        entries = []
+        for digest, p in self.iter_digests():
+            st = p.stat()
+            entries.append((max(st.st_mtime, st.st_atime), st.st_size, digest, p))
+        entries.sort()
+        now = time.time()
+        total = sum(e[1] for e in entries)
+        removed = freed = 0
+        for used, size, digest, p in entries:
+            if keep and digest in keep:
+                continue
+            too_old = older_than is not None and now - used > older_than
+            too_big = max_bytes is not None and total > max_bytes
+            if too_old or too_big:
+                p.unlink(missing_ok=True)
+                total -= size
+                removed += 1
+                freed += size
+        for p in self.partial_dir.iterdir():
+            if older_than is not None and now - p.stat().st_mtime > older_than:
+                p.unlink(missing_ok=True)
+        return removed, freed
+
+
+class PartialBlob:
+    """The sink of one download: resumable, hashed as written, committed atomically.
+
+    Writes and hashing run on a worker thread (hashlib and file writes release the GIL), one
+    batch behind the network reads, so receiving and hashing overlap.
+    """
+
+    def __init__(self, store: BlobStore, digest: str, size: int, source: str, path: Path) -> None:
+        self.store = store
+        self.digest = digest
+        self.size = size
+        self.source = source
+        self.path = path
+        self._file = None
+        self._verifier: Verifier | None = None
+        self._pending: Future | None = None
+        self._buf: list[bytes] = []
+        self._buffered = 0
+        self.resumed_from = 0
+
+    def open(self) -> int:
+        """Open, rebuilding the hash state from bytes a killed run left; return the offset."""
+        h = Digest.parse(self.digest).hasher()
+        offset = 0
+        if self.path.exists():
+            with open(self.path, "rb") as f:
+                while offset < self.size and (data := f.read(min(CHUNK * 4, self.size - offset))):
+                    h.update(data)
+                    offset += len(data)
+        self._file = open(self.path, "r+b" if self.path.exists() else "wb")
+        self._file.truncate(offset)
+        self._file.seek(offset)
+        self._verifier = Verifier(self.digest, self.size, self.source, hasher=h, received=offset)
+        self.resumed_from = offset
+        return offset
+
+    @property
+    def offset(self) -> int:
+        assert self._verifier is not None
+        return self._verifier.received + self._buffered
+
+    def _write(self, data: bytes) -> None:
+        assert self._verifier is not None and self._file is not None
+        self._verifier.update(data)
+        self._file.write(data)
+
+    async def write(self, chunk: bytes) -> None:
+        if self._verifier is not None and self.offset + len(chunk) > self.size:
+            from mirror.errors import SizeMismatch
+
+            raise SizeMismatch(self.size, self.offset + len(chunk), self.source, self.digest)
+        self._buf.append(chunk)
+        self._buffered += len(chunk)
+        if self._buffered >= CHUNK * 4:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if self._pending is not None:
+            await asyncio.wrap_future(self._pending)
+            self._pending = None
+        if self._buf:
+            data = b"".join(self._buf) if len(self._buf) > 1 else self._buf[0]
+            self._buf.clear()
+            self._pending = _IO_POOL.submit(self._write, data)
+            self._buffered = 0
+
+    async def drain(self) -> None:
+        """Wait until every byte given to write() is on disk and hashed."""
+        await self._flush()
+        if self._pending is not None:
+            await asyncio.wrap_future(self._pending)
+            self._pending = None
+
+    async def restart(self) -> None:
+        """The server ignored our Range: start over from byte 0."""
+        await self.drain()
+        assert self._file is not None
+        self._file.seek(0)
+        self._file.truncate(0)
+        self._verifier = Verifier(self.digest, self.size, self.source)
+
+    async def commit(self) -> Path:
+        """Check size and digest, fsync, and move into the store. On a bad digest the partial
+        file is deleted (it can't be resumed) and IntegrityError raised."""
+        await self.drain()
+        assert self._file is not None and self._verifier is not None
+        try:
+            self._verifier.finish()
+        except Exception:
+            self.discard()
+            raise
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+        dest = self.store.path(self.digest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.path, dest)
+        _fsync_dir(dest.parent)
+        return dest
+
+    def close(self) -> None:
+        """Keep what we have for the next run (interrupted or failed download)."""
+        if self._pending is not None:
+            try:
+                self._pending.result()
+            except Exception:
+                pass
+            self._pending = None
+        if self._file is not None:
+            if self._buf:
+                # bytes received but not yet written: drop them, the file stays consistent
+                self._buf.clear()
+                self._buffered = 0
+            self._file.close()
+            self._file = None
+
+    def discard(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while data := f.read(CHUNK * 4):
+            h.update(data)
+    return "sha256:" + h.hexdigest()

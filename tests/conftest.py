@@ -1,0 +1,90 @@
+"""Shared fixtures: real registries, unique repo names, seeded rng, fault proxies, async tests.
+
+`async def` tests run under `asyncio.run` via `pytest_pyfunc_call` (no pytest-asyncio); their
+fixtures stay synchronous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import random
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.faultproxy import FaultProxy
+from tests.support.registry import Registry
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run coroutine test functions with asyncio.run (trio-style hook)."""
+    func = pyfuncitem.obj
+    if not inspect.iscoroutinefunction(func):
+        return None
+    names = pyfuncitem._fixtureinfo.argnames
+    kwargs = {name: pyfuncitem.funcargs[name] for name in names}
+    asyncio.run(func(**kwargs))
+    return True
+
+
+@pytest.fixture(scope="session")
+def src_registry() -> Iterator[Registry]:
+    """A plain-HTTP registry shared by the whole session (use `repo_name` to stay apart)."""
+    with Registry() as reg:
+        yield reg
+
+
+@pytest.fixture(scope="session")
+def dst_registry() -> Iterator[Registry]:
+    """A second plain-HTTP registry, the usual load target."""
+    with Registry() as reg:
+        yield reg
+
+
+@pytest.fixture
+def registry_factory() -> Iterator[Callable[..., Registry]]:
+    """`registry_factory(htpasswd=..., tls=..., urls_allow=...)` starts a registry for this
+    test only; all of them are stopped at teardown."""
+    started: list[Registry] = []
+
+    def factory(**options: Any) -> Registry:
+        reg = Registry(**options)
+        started.append(reg)
+        return reg.start()
+
+    yield factory
+    for reg in reversed(started):
+        reg.stop()
+
+
+@pytest.fixture
+def repo_name(request: pytest.FixtureRequest) -> str:
+    """A repository name unique to this test, valid per the distribution name grammar."""
+    base = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    return f"test/{base or 't'}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> random.Random:
+    """A Random seeded from the test's node id: stable per test, different across tests."""
+    return random.Random(request.node.nodeid)
+
+
+@pytest.fixture
+def faultproxy() -> Iterator[Callable[..., FaultProxy]]:
+    """`faultproxy(upstream_url, cafile=None)` starts a FaultProxy; stopped at teardown."""
+    started: list[FaultProxy] = []
+
+    def factory(upstream_url: str, cafile: str | None = None) -> FaultProxy:
+        proxy = FaultProxy(upstream_url, cafile=cafile)
+        started.append(proxy)
+        return proxy.start()
+
+    yield factory
+    for proxy in reversed(started):
+        proxy.stop()

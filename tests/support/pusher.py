@@ -1,0 +1,180 @@
+"""Push and read generated images over raw HTTP (urllib, synchronous), independent of mirror/.
+
+Blobs go up as POST-then-PUT (skipping ones HEAD finds), child manifests by digest, then the
+top manifest by each tag (REFERENCE.md 6.4, 6.5). Every call takes `auth=(user, password)` for
+basic auth and `cafile=` for a TLS registry with a private CA.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from email.message import Message
+
+from .imagegen import ACCEPT, Blob, Image, Index
+
+Auth = tuple[str, str] | None
+
+
+class PushError(AssertionError):
+    """The registry answered something a conforming registry should not have."""
+
+
+def _request(
+    method: str,
+    url: str,
+    *,
+    data: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    auth: Auth = None,
+    cafile: str | None = None,
+    timeout: float = 60,
+) -> tuple[int, Message, bytes]:
+    """One HTTP exchange; returns (status, headers, body) for 2xx/3xx/4xx/5xx alike."""
+    req = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
+    if auth is not None:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+    ctx = ssl.create_default_context(cafile=str(cafile)) if cafile else None
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as err:
+        with err:
+            return err.code, err.headers, err.read()
+
+
+def _expect(status: int, want: int, what: str, body: bytes) -> None:
+    if status != want:
+        raise PushError(f"{what}: HTTP {status}, wanted {want}: {body[:500]!r}")
+
+
+def blob_exists(
+    base_url: str, repo: str, digest: str, auth: Auth = None, cafile: str | None = None
+) -> bool:
+    status, _, body = _request(
+        "HEAD", f"{base_url}/v2/{repo}/blobs/{digest}", auth=auth, cafile=cafile
+    )
+    if status not in (200, 404):
+        raise PushError(f"HEAD blob {digest}: HTTP {status}: {body[:200]!r}")
+    return status == 200
+
+
+def push_blob(
+    base_url: str, repo: str, blob: Blob, auth: Auth = None, cafile: str | None = None
+) -> bool:
+    """Upload one blob monolithically unless present; True if it was uploaded."""
+    if blob_exists(base_url, repo, blob.digest, auth, cafile):
+        return False
+    start_url = f"{base_url}/v2/{repo}/blobs/uploads/"
+    status, headers, body = _request("POST", start_url, data=b"", auth=auth, cafile=cafile)
+    _expect(status, 202, f"POST upload for {blob.digest}", body)
+    location = urllib.parse.urljoin(start_url, headers["Location"])  # may be relative
+    sep = "&" if urllib.parse.urlsplit(location).query else "?"
+    put_url = f"{location}{sep}digest={urllib.parse.quote(blob.digest)}"
+    status, headers, body = _request(
+        "PUT",
+        put_url,
+        data=blob.data,
+        headers={"Content-Type": "application/octet-stream"},
+        auth=auth,
+        cafile=cafile,
+    )
+    _expect(status, 201, f"PUT blob {blob.digest}", body)
+    got = headers.get("Docker-Content-Digest")
+    if got is not None and got != blob.digest:
+        raise PushError(f"PUT blob {blob.digest}: registry says {got}")
+    return True
+
+
+def push_raw_manifest(
+    base_url: str,
+    repo: str,
+    ref: str,
+    data: bytes,
+    media_type: str,
+    auth: Auth = None,
+    cafile: str | None = None,
+) -> str:
+    """PUT manifest bytes at a tag or digest; returns the registry's Docker-Content-Digest."""
+    status, headers, body = _request(
+        "PUT",
+        f"{base_url}/v2/{repo}/manifests/{ref}",
+        data=data,
+        headers={"Content-Type": media_type},
+        auth=auth,
+        cafile=cafile,
+    )
+    _expect(status, 201, f"PUT manifest {repo}:{ref}", body)
+    digest = headers.get("Docker-Content-Digest", "")
+    expected = Blob(data, media_type).digest
+    if digest != expected:
+        raise PushError(
+            f"PUT manifest {repo}:{ref}: Docker-Content-Digest {digest!r} != {expected}"
+        )
+    return digest
+
+
+def push_image(
+    base_url: str,
+    repo: str,
+    obj: Image | Index,
+    tags: list[str] | tuple[str, ...] = ("latest",),
+    auth: Auth = None,
+    cafile: str | None = None,
+) -> str:
+    """Push an Image or Index with all its blobs and children; returns the top digest.
+
+    With no tags the top manifest is pushed by digest only.
+    """
+    for blob in obj.all_blobs():
+        push_blob(base_url, repo, blob, auth, cafile)
+    *children, top = obj.all_manifests()
+    for m in children:
+        push_raw_manifest(base_url, repo, m.digest, m.data, m.media_type, auth, cafile)
+    for ref in list(tags) or [top.digest]:
+        push_raw_manifest(base_url, repo, ref, top.data, top.media_type, auth, cafile)
+    return top.digest
+
+
+def get_manifest(
+    base_url: str,
+    repo: str,
+    ref: str,
+    accept: str = ACCEPT,
+    auth: Auth = None,
+    cafile: str | None = None,
+) -> tuple[bytes, str, Message]:
+    """GET a manifest; returns (body, content type, headers). Raises PushError if not 200."""
+    status, headers, body = _request(
+        "GET",
+        f"{base_url}/v2/{repo}/manifests/{ref}",
+        headers={"Accept": accept},
+        auth=auth,
+        cafile=cafile,
+    )
+    _expect(status, 200, f"GET manifest {repo}:{ref}", body)
+    return body, headers.get("Content-Type", ""), headers
+
+
+def get_blob(
+    base_url: str, repo: str, digest: str, auth: Auth = None, cafile: str | None = None
+) -> bytes:
+    status, _, body = _request(
+        "GET", f"{base_url}/v2/{repo}/blobs/{digest}", auth=auth, cafile=cafile
+    )
+    _expect(status, 200, f"GET blob {repo}@{digest}", body)
+    return body
+
+
+def list_tags(base_url: str, repo: str, auth: Auth = None, cafile: str | None = None) -> list[str]:
+    status, _, body = _request("GET", f"{base_url}/v2/{repo}/tags/list", auth=auth, cafile=cafile)
+    if status == 404:
+        return []
+    _expect(status, 200, f"GET tags {repo}", body)
+    return list(json.loads(body).get("tags") or [])
