@@ -11,7 +11,12 @@ from pathlib import Path
 
 from mirror import __version__
 from mirror.config import (
-    FORMATS, INDEX_MODES, Config, ImageSettings, ImageSpec, load_config,
+    FORMATS,
+    INDEX_MODES,
+    Config,
+    ImageSettings,
+    ImageSpec,
+    load_config,
 )
 from mirror.errors import EXIT_CODES, EXIT_PARTIAL, MirrorError, UsageError
 from mirror.platform import PlatformSelector
@@ -71,7 +76,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="finish the other images when one fails; the bundle is marked partial")
     p.add_argument("--dry-run", action="store_true",
                    help="resolve and list what would be fetched; download no layer")
+    p.add_argument("--lock-file", type=Path, help="where to write (or, with --locked, read) "
+                   "the lock file (default: images.lock beside -f images.yaml)")
+    p.add_argument("--locked", action="store_true",
+                   help="pull exactly the digests in the lock file")
+    p.add_argument("--base", type=Path, metavar="BUNDLE|LOCK", help="incremental: leave out "
+                   "the blobs that this earlier bundle (or its lock file) already carried")
     _add_net(p)
+    _add_out(p)
+
+    p = sub.add_parser("lock", help="resolve images.yaml to digests (images.lock); download "
+                       "no layer")
+    p.add_argument("images", nargs="*", metavar="IMAGE")
+    p.add_argument("-f", "--file", help="images.yaml listing the images")
+    p.add_argument("--platform", action="append", default=[], metavar="OS/ARCH[/VARIANT]")
+    p.add_argument("--index", choices=INDEX_MODES)
+    p.add_argument("--format", choices=FORMATS)
+    p.add_argument("--lock-file", type=Path)
+    p.add_argument("--cache", type=Path)
+    _add_net(p)
+    _add_out(p)
+
+    p = sub.add_parser("cache", help="manage the blob cache")
+    csub = p.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+    c = csub.add_parser("prune", help="remove cached blobs by age or total size")
+    c.add_argument("--cache", type=Path)
+    c.add_argument("--older-than", metavar="AGE", help="unused for longer than AGE "
+                   "(e.g. 30d, 12h)")
+    c.add_argument("--max-size", metavar="SIZE", help="then the least recently used, until "
+                   "under SIZE (e.g. 50G)")
+    c.add_argument("--keep", type=Path, action="append", default=[], metavar="LOCK",
+                   help="never remove blobs listed in this lock file (repeatable)")
     _add_out(p)
 
     p = sub.add_parser("load", help="push a bundle into a registry")
@@ -139,7 +174,69 @@ def _specs(args: argparse.Namespace) -> tuple[list[ImageSpec], Config | None]:
         over["format"] = args.format
     if over:
         specs = [replace(s, settings=replace(s.settings, **over)) for s in specs]
+    if getattr(args, "locked", False):
+        from mirror.lockfile import Lock
+
+        path = _lock_path(args)
+        if path is None:
+            raise UsageError("--locked needs -f images.yaml or --lock-file")
+        lock = Lock.read(path)
+        pinned = []
+        for spec in specs:
+            entry = lock.images.get(str(spec.reference))
+            if not entry:
+                raise UsageError(f"{spec.reference} is not in {path}",
+                                 hint="run `mirror lock` (or pull without --locked) to update it")
+            pinned.append(replace(spec, pin=entry["sourceDigest"]))
+        specs = pinned
     return specs, cfg
+
+
+def _lock_path(args: argparse.Namespace) -> Path | None:
+    from mirror.lockfile import default_lock_path
+
+    return args.lock_file or default_lock_path(args.file)
+
+
+def _write_lock(args: argparse.Namespace, result) -> Path | None:
+    from mirror.lockfile import Lock
+
+    path = _lock_path(args)
+    if path is None or getattr(args, "locked", False):
+        return None
+    lock = Lock(blobs=result.blobs)
+    for r in result.images:
+        if r.error:
+            continue
+        lock.images[r.reference] = {
+            "sourceDigest": r.source_digest, "digest": r.digest,
+            "platforms": r.platform_digests, "manifests": r.manifests,
+            "conversions": r.conversions}
+    if not lock.images:
+        return None
+    lock.write(path)
+    return path
+
+
+def _base(args: argparse.Namespace) -> tuple[dict[str, int] | None, str | None, str | None]:
+    """Blobs an earlier bundle (or lock file) carried, and that base's digest."""
+    if not args.base:
+        return None, None, None
+    from mirror.bundle.reader import Bundle
+    from mirror.lockfile import Lock, is_lock_file
+    from mirror.store.blobs import sha256_file
+
+    path: Path = args.base
+    if not path.exists():
+        raise UsageError(f"--base {path}: no such file")
+    if is_lock_file(path):
+        return Lock.read(path).blobs, sha256_file(path), path.name
+    side = path.with_name(path.name + ".sha256")
+    digest = None
+    if side.exists() and side.stat().st_mtime >= path.stat().st_mtime:
+        digest = "sha256:" + side.read_text().split()[0]
+    contents = Bundle(path).scan()
+    return dict(contents.members), digest or sha256_file(path), path.name
 
 
 def _write_report(path: str | None, doc: dict) -> None:
@@ -161,8 +258,10 @@ async def _pull(args: argparse.Namespace, progress) -> int:
     out: Path = args.output or DEFAULT_OUTPUT
     compress = args.compress == "zstd" or (args.compress is None and out.name.endswith(".zst"))
     cache = args.cache or default_cache_dir()
+    base_blobs, base_digest, base_name = _base(args)
     opts = PullOptions(output=None if args.dry_run else out, compress=compress, jobs=args.jobs,
-                       keep_going=args.keep_going, dry_run=args.dry_run)
+                       keep_going=args.keep_going, dry_run=args.dry_run,
+                       base_blobs=base_blobs, base_digest=base_digest, base_name=base_name)
     with RunLock(Path(cache) / "lock", f"cache {cache}"), \
             RunLock(out.with_name(out.name + ".lock"), f"output {out}"):
         store = BlobStore(cache)
@@ -174,6 +273,10 @@ async def _pull(args: argparse.Namespace, progress) -> int:
               "blobs_fetched": result.blobs_fetched, "blobs_reused": result.blobs_reused,
               "retries": result.retries, "images": [asdict(r) for r in result.images]}
     _write_report(args.report, report)
+    if not args.dry_run and result.bundle:
+        lock = _write_lock(args, result)
+        if lock:
+            progress.info(f"wrote {lock}")
     if args.dry_run:
         for r in result.images:
             if not r.error:
@@ -248,7 +351,64 @@ async def _inspect(args: argparse.Namespace, progress) -> int:
     return 0
 
 
-COMMANDS = {"pull": _pull, "load": _load, "verify": _verify, "inspect": _inspect}
+async def _lock(args: argparse.Namespace, progress) -> int:
+    from mirror.pull import PullOptions, pull
+    from mirror.registry.client import Client
+    from mirror.store.blobs import BlobStore, default_cache_dir
+
+    args.locked = False
+    specs, cfg = _specs(args)
+    if _lock_path(args) is None:
+        raise UsageError("mirror lock needs -f images.yaml or --lock-file")
+    store = BlobStore(args.cache or default_cache_dir())
+    async with _transport(args, cfg) as t:
+        result = await pull(Client(t), store, specs, PullOptions(output=None, dry_run=True,
+                                                                 jobs=args.jobs), progress)
+    result.bundle = Path("-")  # resolved: write the lock
+    args.dry_run = False
+    path = _write_lock(args, result)
+    print(path)
+    return 0
+
+
+def _parse_age(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    try:
+        return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+    except (ValueError, IndexError):
+        raise UsageError(f"invalid age {text!r}: e.g. 30d, 12h") from None
+
+
+def _parse_size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    t = text.strip().lower().removesuffix("b").removesuffix("i")
+    try:
+        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    except (ValueError, IndexError):
+        raise UsageError(f"invalid size {text!r}: e.g. 50G, 500M") from None
+
+
+async def _cache(args: argparse.Namespace, progress) -> int:
+    from mirror.lockfile import Lock
+    from mirror.store.blobs import BlobStore, default_cache_dir
+    from mirror.store.lock import RunLock
+
+    if not args.older_than and not args.max_size:
+        raise UsageError("cache prune needs --older-than and/or --max-size")
+    cache = args.cache or default_cache_dir()
+    keep: set[str] = set()
+    for lock in args.keep:
+        keep |= set(Lock.read(lock).blobs)
+    with RunLock(Path(cache) / "lock", f"cache {cache}"):
+        removed, freed = BlobStore(cache).prune(
+            older_than=_parse_age(args.older_than) if args.older_than else None,
+            max_bytes=_parse_size(args.max_size) if args.max_size else None, keep=keep)
+    print(f"removed {removed} blob(s), {freed} bytes from {cache}")
+    return 0
+
+
+COMMANDS = {"pull": _pull, "load": _load, "verify": _verify, "inspect": _inspect,
+            "lock": _lock, "cache": _cache}
 
 
 def main(argv: list[str] | None = None) -> int:

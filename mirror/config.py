@@ -55,6 +55,7 @@ class ImageSpec:
     reference: Reference
     settings: ImageSettings
     where: str = ""  # file:line, for messages
+    pin: str | None = None  # --locked: the digest to fetch instead of resolving the tag
 
 
 @dataclass

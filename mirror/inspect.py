@@ -100,7 +100,7 @@ def render(docs: list[dict[str, Any]]) -> str:
 
 async def inspect_target(args, make_transport) -> str:
     path = Path(args.target)
-    if path.exists():
+    if await asyncio.to_thread(path.exists):
         from mirror.bundle.reader import Bundle
 
         bundle = Bundle(path)

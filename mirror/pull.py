@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mirror.bundle.layout import (
-    A_CONVERSIONS, A_INDEX_MODE, A_PLATFORMS, A_SOURCE_DIGEST, Entry, Inventory, index_json,
+    A_CONVERSIONS,
+    A_INDEX_MODE,
+    A_PLATFORMS,
+    A_SOURCE_DIGEST,
+    Entry,
+    Inventory,
+    index_json,
 )
 from mirror.bundle.writer import BlobItem, write_bundle
 from mirror.config import ImageSpec
@@ -36,6 +42,7 @@ class ImageResult:
     media_type: str | None = None
     mode: str | None = None
     platforms: list[str] = field(default_factory=list)
+    platform_digests: dict[str, str] = field(default_factory=dict)
     manifests: list[str] = field(default_factory=list)
     conversions: dict[str, str] = field(default_factory=dict)
     bytes_fetched: int = 0
@@ -58,6 +65,7 @@ class PullResult:
     retries: int = 0
     partial: bool = False
     dry_run_bytes: int = 0
+    blobs: dict[str, int] = field(default_factory=dict)  # every blob the images need
 
 
 @dataclass
@@ -138,6 +146,7 @@ async def pull(client: Client, store: BlobStore, specs: list[ImageSpec], opts: P
             res.digest, res.source_digest = plan.root.digest, plan.source_digest
             res.media_type, res.mode = plan.root.media_type, plan.mode
             res.platforms, res.conversions = plan.platforms, plan.conversions
+            res.platform_digests = plan.platform_digests
             res.manifests = [m.digest for m in plan.manifest_order()]
             need = [d for d in plan.blobs.values()
                     if not (opts.base_blobs and d.digest in opts.base_blobs)]
@@ -148,7 +157,7 @@ async def pull(client: Client, store: BlobStore, specs: list[ImageSpec], opts: P
             for d in need:
                 if d.digest in fetcher.fetched:
                     res.bytes_fetched += d.size
-                else:
+                elif not opts.dry_run or store.has(d.digest, d.size):
                     res.bytes_reused += d.size
             plans[i] = plan
             progress.info(_summary_line(plan, res))
@@ -175,6 +184,7 @@ async def pull(client: Client, store: BlobStore, specs: list[ImageSpec], opts: P
     result.partial = any(r.error for r in results)
     done = [p for p in plans if p is not None]
     result.blobs_fetched, result.blobs_reused = len(fetcher.fetched), len(fetcher.reused)
+    result.blobs = {d.digest: d.size for p in done for d in p.blobs.values()}
     result.bytes_fetched = sum(r.bytes_fetched for r in results)
     result.bytes_reused = sum(r.bytes_reused for r in results)
     if opts.dry_run:

@@ -34,6 +34,7 @@ class ImagePlan:
     blobs: dict[str, Descriptor] = field(default_factory=dict)  # configs and layers
     absent: dict[str, str] = field(default_factory=dict)  # digest -> reason
     platforms: list[str] = field(default_factory=list)
+    platform_digests: dict[str, str] = field(default_factory=dict)  # platform -> manifest
     conversions: dict[str, str] = field(default_factory=dict)  # old -> new digest
 
     @property
@@ -74,7 +75,7 @@ async def resolve(client: Client, spec: ImageSpec, fetch_config: FetchConfig) ->
     """Raise NotFound, NoMatchingPlatform, UnsupportedContent or a RegistryError."""
     ref = spec.reference
     reg, repo = ref.registry, ref.repository
-    root = await client.get_manifest(reg, repo, ref.ref)
+    root = await client.get_manifest(reg, repo, spec.pin or ref.ref)
     sel = spec.settings.platforms
     plan = ImagePlan(spec, root, root.digest, "single")
     if root.is_index:
@@ -86,6 +87,7 @@ async def resolve(client: Client, spec: ImageSpec, fetch_config: FetchConfig) ->
         if not sel.all and (p is None or not sel.wants(p)):
             raise no_match(spec, [str(p)] if p else [])
         plan.platforms = [str(p)] if p else []
+        plan.platform_digests = {str(p): root.digest} if p else {}
         _add_manifest(plan, root)
     elif mt.is_image_manifest(root.media_type):
         _add_manifest(plan, root)  # an artifact: copied byte for byte, never platform-filtered
@@ -137,10 +139,12 @@ async def _resolve_index(client: Client, spec: ImageSpec, plan: ImagePlan, root:
             plan.blobs.update(sub.blobs)
             plan.absent.update(sub.absent)
             plan.platforms.extend(sub.platforms)
+            plan.platform_digests.update(sub.platform_digests)
         else:
             _add_manifest(plan, child)
             if c.platform is not None and not c.platform.is_unknown:
                 plan.platforms.append(str(c.platform))
+                plan.platform_digests[str(c.platform)] = c.digest
     if len(chosen_set) == len({c.digest for c in children}):
         plan.mode = "full"
         plan.root = root

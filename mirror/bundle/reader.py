@@ -138,18 +138,18 @@ class Bundle:
         try:
             with open(self.path, "rb") as raw:
                 dctx = zstandard.ZstdDecompressor()
-                with dctx.stream_reader(raw, read_size=CHUNK) as zr:
-                    with tarfile.open(fileobj=zr, mode="r|") as tf:
-                        for ti in tf:
-                            name = _check_member(ti, self.name)
-                            if name is None:
-                                continue
-                            if name in seen:
-                                raise BundleError(f"{self.name}: member {name!r} appears twice")
-                            seen.add(name)
-                            f = tf.extractfile(ti)
-                            assert f is not None
-                            yield name, ti.size, f
+                with dctx.stream_reader(raw, read_size=CHUNK) as zr, \
+                        tarfile.open(fileobj=zr, mode="r|") as tf:
+                    for ti in tf:
+                        name = _check_member(ti, self.name)
+                        if name is None:
+                            continue
+                        if name in seen:
+                            raise BundleError(f"{self.name}: member {name!r} appears twice")
+                        seen.add(name)
+                        f = tf.extractfile(ti)
+                        assert f is not None
+                        yield name, ti.size, f
         except (tarfile.TarError, zstandard.ZstdError, EOFError) as e:
             raise BundleError(f"{self.name}: not a readable tar.zst: {e}") from None
 

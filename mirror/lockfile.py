@@ -1,0 +1,69 @@
+"""images.lock: what a pull resolved, so that `--locked` pulls exactly the same digests.
+
+    {"lockVersion": 1,
+     "images": {"docker.io/library/alpine:3.20": {
+         "sourceDigest": "sha256:..",   # what the reference named upstream
+         "digest": "sha256:..",         # the root in the bundle (differs when filtered/converted)
+         "platforms": {"linux/arm64": "sha256:.."},  # selected platform manifests
+         "manifests": ["sha256:..", ...], "conversions": {"old": "new"}}},
+     "blobs": {"sha256:..": size, ...}}          # every blob the images need
+
+A lock file can also serve as the `--base` of an incremental pull: its `blobs` are taken as
+already carried across.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mirror.errors import ConfigError
+
+LOCK_VERSION = 1
+
+
+@dataclass
+class Lock:
+    images: dict[str, dict[str, Any]] = field(default_factory=dict)
+    blobs: dict[str, int] = field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        doc = {"lockVersion": LOCK_VERSION, "images": dict(sorted(self.images.items())),
+               "blobs": dict(sorted(self.blobs.items()))}
+        return json.dumps(doc, indent=2).encode() + b"\n"
+
+    def write(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".partial")
+        tmp.write_bytes(self.to_bytes())
+        os.replace(tmp, path)
+
+    @classmethod
+    def read(cls, path: Path) -> Lock:
+        try:
+            doc = json.loads(Path(path).read_text())
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read lock file: {e.strerror}") from None
+        except ValueError as e:
+            raise ConfigError(f"{path}: not a valid lock file: {e}") from None
+        if not isinstance(doc, dict) or doc.get("lockVersion") != LOCK_VERSION:
+            raise ConfigError(f"{path}: not a lock file of version {LOCK_VERSION}")
+        return cls(dict(doc.get("images") or {}), dict(doc.get("blobs") or {}))
+
+
+def is_lock_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return False
+    return head.lstrip().startswith(b"{") and b"lockVersion" in head
+
+
+def default_lock_path(config: str | None) -> Path | None:
+    if not config:
+        return None
+    p = Path(config)
+    return p.with_name(p.stem + ".lock")
