@@ -1,0 +1,37 @@
+"""The README cannot drift from the code: exit codes and command names."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from mirror.cli import COMMANDS, build_parser
+from mirror.errors import EXIT_CODES
+
+README = (Path(__file__).parent.parent / "README.md").read_text()
+
+
+def test_exit_code_table_matches_errors_module() -> None:
+    rows = re.findall(r"^\| (\d+) \| ([a-z-]+) \|", README, re.M)
+    assert {name: int(code) for code, name in rows} == EXIT_CODES
+
+
+def test_every_command_is_documented() -> None:
+    for name in COMMANDS:
+        assert f"`mirror {name}" in README, name
+
+
+def test_every_pull_option_in_readme_exists() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    pull = sub.choices["pull"]
+    flags = {s for a in pull._actions for s in a.option_strings}
+    table = README.split("Main options of `pull`:")[1].split("## ")[0]
+    for flag in re.findall(r"`(--?[a-z][a-z-]*)", table):
+        assert flag in flags, flag
+
+
+def test_only_the_cli_imports_tqdm() -> None:
+    for path in (Path(__file__).parent.parent / "mirror").rglob("*.py"):
+        if path.name not in ("cli_progress.py",):
+            assert not re.search(r"^\s*(from|import) tqdm", path.read_text(), re.M), path
