@@ -1,0 +1,239 @@
+"""Issue 5: cron-grade runs: incremental bundles, lock files, verify, inspect, report, run lock,
+--keep-going, --dry-run, cache prune. Everything against the real registry."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+from tests.support import imagegen as ig
+from tests.support.faultproxy import Fault
+from tests.support.oracle import (
+    check_layout,
+    file_sha256,
+    mirror_cmd,
+    mirror_env,
+    mirror_ok,
+    run_mirror,
+)
+from tests.support.pusher import list_tags, push_image
+
+EXIT = {"integrity": 7, "incomplete-base": 11, "lock-held": 12, "partial": 13, "not-found": 5}
+
+
+def _multi(rng, fmt="oci", base=None):
+    base = base or ig.make_layer(rng)
+    imgs = [ig.make_image(rng, p, fmt=fmt, layers=[base, ig.make_layer(rng)])
+            for p in (ig.AMD64, ig.ARM64)]
+    return ig.make_index(imgs, fmt=fmt), base
+
+
+def _read(bundle: Path, name: str) -> dict:
+    with tarfile.open(bundle) as tf:
+        return json.loads(tf.extractfile(name).read())
+
+
+def _members(bundle: Path) -> set[str]:
+    with tarfile.open(bundle) as tf:
+        return {m.name for m in tf if m.isfile()}
+
+
+def test_incremental_bundle_carries_only_new_blobs(src_registry, dst_registry, registry_factory,
+                                                   repo_name, rng, tmp_path):
+    one, base = _multi(rng)
+    push_image(src_registry.url, repo_name, one, tags=["1"])
+    cache = tmp_path / "cache"
+    mirror_ok("pull", f"{src_registry.host}/{repo_name}:1", "-o", tmp_path / "base.tar",
+              "--cache", cache)
+    two, _ = _multi(rng, base=base)
+    push_image(src_registry.url, repo_name, two, tags=["2"])
+    mirror_ok("pull", f"{src_registry.host}/{repo_name}:1", f"{src_registry.host}/{repo_name}:2",
+              "--base", tmp_path / "base.tar", "-o", tmp_path / "inc.tar", "--cache", cache)
+    inc = tmp_path / "inc.tar"
+    members = _members(inc)
+    # every manifest, only the blobs the base did not carry
+    new_blobs = {b.digest for b in two.all_blobs()} - {b.digest for b in one.all_blobs()}
+    carried = {m.split("/")[-1] for m in members if m.startswith("blobs/")}
+    manifests = {m.digest for m in [*one.all_manifests(), *two.all_manifests()]}
+    assert carried == {d.split(":")[1] for d in new_blobs | manifests}
+    inv = _read(inc, "mirror.json")
+    assert inv["base"]["digest"] == file_sha256(tmp_path / "base.tar")
+    assert base.digest in inv["absent"] and inv["absent"][base.digest] == "base"
+    assert set(inv["blobs"]) >= {b.digest for b in two.all_blobs()}
+    assert run_mirror("verify", inc).returncode == 0
+
+    # an empty registry refuses it, names what is missing and which base has it, pushes nothing
+    empty = registry_factory()
+    r = run_mirror("load", inc, "--to", empty.host)
+    assert r.returncode == EXIT["incomplete-base"], r.stderr
+    assert base.digest in r.stderr and "base.tar" in r.stderr
+    assert list_tags(empty.url, repo_name) == []
+
+    # with the base loaded first, it loads
+    mirror_ok("load", tmp_path / "base.tar", "--to", dst_registry.host)
+    mirror_ok("load", inc, "--to", dst_registry.host)
+    assert sorted(list_tags(dst_registry.url, repo_name)) == ["1", "2"]
+
+
+def test_locked_pull_is_reproducible_even_after_the_tag_moves(src_registry, repo_name, rng,
+                                                               tmp_path):
+    first, _ = _multi(rng)
+    push_image(src_registry.url, repo_name, first, tags=["v"])
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text(f"version: 1\nimages:\n  - {src_registry.host}/{repo_name}:v\n")
+    mirror_ok("lock", "-f", cfg, "--cache", tmp_path / "c0")
+    lock = json.loads((tmp_path / "images.lock").read_text())
+    entry = lock["images"][f"{src_registry.host}/{repo_name}:v"]
+    assert entry["sourceDigest"] == first.digest
+    assert set(entry["platforms"]) == {"linux/amd64", "linux/arm64"}
+    assert set(lock["blobs"]) == {b.digest for b in first.all_blobs()}
+    # the tag moves upstream; --locked still pulls what the lock says
+    moved, _ = _multi(rng)
+    push_image(src_registry.url, repo_name, moved, tags=["v"])
+    mirror_ok("pull", "-f", cfg, "--locked", "-o", tmp_path / "a.tar", "--cache", tmp_path / "c1")
+    mirror_ok("pull", "-f", cfg, "--locked", "-o", tmp_path / "b.tar", "--cache", tmp_path / "c2")
+    assert file_sha256(tmp_path / "a.tar") == file_sha256(tmp_path / "b.tar")
+    assert (tmp_path / "a.tar.sha256").read_text().split()[0] == \
+        file_sha256(tmp_path / "a.tar").split(":")[1]
+    idx = _read(tmp_path / "a.tar", "index.json")
+    assert idx["manifests"][0]["digest"] == first.digest
+    # unlocked, the moved tag is seen
+    mirror_ok("pull", "-f", cfg, "-o", tmp_path / "c.tar", "--cache", tmp_path / "c1")
+    idx = _read(tmp_path / "c.tar", "index.json")
+    assert idx["manifests"][0]["digest"] == moved.digest
+
+
+def _rewrite(src: Path, dst: Path, edit) -> None:
+    """Copy a tar member by member, letting `edit(name, data)` change or drop (None) each."""
+    with tarfile.open(src) as tin, tarfile.open(dst, "w", format=tarfile.PAX_FORMAT) as tout:
+        for m in tin:
+            data = tin.extractfile(m).read() if m.isfile() else None
+            if m.isfile():
+                data = edit(m.name, data)
+                if data is None:
+                    continue
+                m.size = len(data)
+            import io
+
+            tout.addfile(m, io.BytesIO(data) if data is not None else None)
+
+
+def test_verify_catches_tampering(src_registry, repo_name, rng, tmp_path):
+    img, _ = _multi(rng)
+    push_image(src_registry.url, repo_name, img, tags=["t"])
+    good = tmp_path / "good.tar"
+    mirror_ok("pull", f"{src_registry.host}/{repo_name}:t", "-o", good, "--cache", tmp_path / "c")
+    assert "OK" in mirror_ok("verify", good).stdout
+    layer = img.images[0].layers[1]
+    name = "blobs/sha256/" + layer.digest.split(":")[1]
+
+    def flip(n, d):
+        return bytes([d[0] ^ 0xFF]) + d[1:] if n == name else d
+
+    cases = {
+        "flipped": (lambda p: _rewrite(good, p, flip), layer.digest),
+        "missing": (lambda p: _rewrite(good, p, lambda n, d: None if n == name else d),
+                    f"{layer.digest} is missing"),
+        "index": (lambda p: _rewrite(good, p, lambda n, d: b"{not json" if n == "index.json"
+                                     else d), "index.json"),
+        "truncated": (lambda p: p.write_bytes(good.read_bytes()[: good.stat().st_size // 2]),
+                      "truncated"),
+    }
+    for what, (make, expect) in cases.items():
+        bad = tmp_path / f"{what}.tar"
+        make(bad)
+        r = run_mirror("verify", bad, "--report", tmp_path / f"{what}.json")
+        assert r.returncode == EXIT["integrity"], (what, r.stdout, r.stderr)
+        assert expect in r.stdout, (what, r.stdout)
+        report = json.loads((tmp_path / f"{what}.json").read_text())
+        assert report["ok"] is False and report["problems"]
+
+
+def test_second_run_waits_for_no_one_it_exits_with_lock_held(src_registry, faultproxy,
+                                                             repo_name, rng, tmp_path):
+    img = ig.make_image(rng, ig.AMD64, layers=[ig.make_layer(rng, size=256 << 10,
+                                                               compressed=False)])
+    push_image(src_registry.url, repo_name, img, tags=["slow"])
+    proxy = faultproxy(src_registry.url)
+    proxy.add(Fault("slow", method="GET", path=r"/blobs/", delay=0.05, chunk=4096, times=None))
+    cache = tmp_path / "cache"
+    ref = f"{proxy.host}/{repo_name}:slow"
+    first = subprocess.Popen(mirror_cmd("pull", ref, "-o", tmp_path / "a.tar", "--cache", cache),
+                             env=mirror_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not any("/blobs/" in p for _, p, _ in proxy.requests):
+            assert time.monotonic() < deadline, "first run never started downloading"
+            time.sleep(0.05)
+        r = run_mirror("pull", ref, "-o", tmp_path / "b.tar", "--cache", cache)
+        assert r.returncode == EXIT["lock-held"], r.stderr
+        assert "in use by another mirror run" in r.stderr and str(cache) in r.stderr
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_keep_going_report_and_inspect(src_registry, repo_name, rng, tmp_path):
+    img, _ = _multi(rng, fmt="docker")
+    push_image(src_registry.url, repo_name, img, tags=["ok"])
+    good, bad = f"{src_registry.host}/{repo_name}:ok", f"{src_registry.host}/{repo_name}:nope"
+    out, report = tmp_path / "b.tar", tmp_path / "r.json"
+    r = run_mirror("pull", good, bad, "--platform", "linux/arm64", "--keep-going", "-o", out,
+                   "--cache", tmp_path / "c", "--report", report)
+    assert r.returncode == EXIT["partial"], r.stderr
+    check_layout(out)
+    doc = json.loads(report.read_text())
+    assert doc["partial"] is True and doc["bundle"] == str(out)
+    by_ref = {i["reference"]: i for i in doc["images"]}
+    ok, failed = by_ref[good], by_ref[bad]
+    assert failed["error"] and "nope" in failed["error"] and failed["error_code"] == 5
+    assert ok["error"] is None and ok["platforms"] == ["linux/arm64"]
+    assert ok["source_digest"] == img.digest and ok["digest"] != img.digest  # filtered
+    arm = img.images[1]
+    assert ok["platform_digests"] == {"linux/arm64": arm.digest}
+    assert ok["bytes_fetched"] == sum(b.size for b in arm.all_blobs())
+    assert ok["bytes_reused"] == 0 and ok["seconds"] >= 0
+    inv = _read(out, "mirror.json")
+    assert inv["partial"] is True
+
+    # inspect labels each digest for what it is
+    text = mirror_ok("inspect", out).stdout
+    assert f"manifest digest (pin this):   {ok['digest']}" in text
+    assert f"source digest (upstream):     {img.digest}" in text
+    assert f"platform manifest digest:   {arm.digest}" in text
+    assert f"config digest (image ID):     {arm.config.digest}" in text
+    for i, layer in enumerate(arm.layers):
+        assert f"layer {i} digest (compressed): {layer.digest}" in text
+        assert f"layer {i} diff_id (uncompressed): {layer.diff_id}" in text
+    js = json.loads(mirror_ok("inspect", out, "--json").stdout)
+    assert js[0]["manifests"][0]["config"]["digest"] == arm.config.digest
+    assert js[0]["manifests"][0]["diffIds"] == [la.diff_id for la in arm.layers]
+    # and a remote reference, by the same labels
+    remote = json.loads(mirror_ok("inspect", good, "--json").stdout)
+    assert remote[0]["digest"] == img.digest
+    assert [m["digest"] for m in remote[0]["manifests"]] == [i.digest for i in img.images]
+
+
+def test_dry_run_writes_nothing_and_prune_trims_the_cache(src_registry, repo_name, rng,
+                                                          tmp_path):
+    img, _ = _multi(rng)
+    push_image(src_registry.url, repo_name, img, tags=["d"])
+    ref, cache = f"{src_registry.host}/{repo_name}:d", tmp_path / "cache"
+    r = mirror_ok("pull", ref, "--dry-run", "-o", tmp_path / "x.tar", "--cache", cache)
+    assert not (tmp_path / "x.tar").exists()
+    layers = sum(b.size for b in {la.digest: la for i in img.images for la in i.layers}.values())
+    assert "would fetch up to" in r.stdout and img.digest in r.stdout
+    assert int(r.stdout.split("would fetch up to ")[1].split()[0]) >= layers
+    mirror_ok("pull", ref, "-o", tmp_path / "y.tar", "--cache", cache)
+    blobs = list((cache / "blobs" / "sha256").iterdir())
+    assert len(blobs) == len(img.all_blobs())
+    lock_file = tmp_path / "keep.lock"
+    lock_file.write_text(json.dumps({"lockVersion": 1, "images": {},
+                                     "blobs": {img.images[0].config.digest: 1}}))
+    r = mirror_ok("cache", "prune", "--cache", cache, "--max-size", "0", "--keep", lock_file)
+    left = [p.name for p in (cache / "blobs" / "sha256").iterdir()]
+    assert left == [img.images[0].config.digest.split(":")[1]], r.stdout
