@@ -11,6 +11,7 @@ from pathlib import Path
 
 from mirror import __version__
 from mirror.config import (
+    FOREIGN_POLICIES,
     FORMATS,
     INDEX_MODES,
     Config,
@@ -69,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "filtered index (new digest) or keep the source index (sparse)")
     p.add_argument("--format", choices=FORMATS, help="keep media types, or convert to oci or "
                    "docker")
+    p.add_argument("--foreign-layers", choices=FOREIGN_POLICIES, help="layers with urls: skip "
+                   "(default: the descriptor only), include (fetch them) or rewrite (fetch them "
+                   "as ordinary layers; new manifest digests)")
     p.add_argument("--compress", choices=["none", "zstd"], help="default: by the output name")
     p.add_argument("--cache", type=Path, help="blob cache directory (default "
                    "$XDG_CACHE_HOME/mirror)")
@@ -80,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "the lock file (default: images.lock beside -f images.yaml)")
     p.add_argument("--locked", action="store_true",
                    help="pull exactly the digests in the lock file")
+    p.add_argument("--no-referrers", action="store_true", help="leave signatures, SBOMs and "
+                   "attestations behind")
+    p.add_argument("--referrer-type", action="append", default=[], metavar="TYPE",
+                   help="carry only referrers of this artifactType or kind (signature, "
+                   "attestation, sbom); repeatable")
     p.add_argument("--base", type=Path, metavar="BUNDLE|LOCK", help="incremental: leave out "
                    "the blobs that this earlier bundle (or its lock file) already carried")
     _add_net(p)
@@ -172,6 +181,8 @@ def _specs(args: argparse.Namespace) -> tuple[list[ImageSpec], Config | None]:
         over["index"] = args.index
     if args.format:
         over["format"] = args.format
+    if getattr(args, "foreign_layers", None):
+        over["foreign_layers"] = args.foreign_layers
     if over:
         specs = [replace(s, settings=replace(s.settings, **over)) for s in specs]
     if getattr(args, "locked", False):
@@ -261,7 +272,9 @@ async def _pull(args: argparse.Namespace, progress) -> int:
     base_blobs, base_digest, base_name = _base(args)
     opts = PullOptions(output=None if args.dry_run else out, compress=compress, jobs=args.jobs,
                        keep_going=args.keep_going, dry_run=args.dry_run,
-                       base_blobs=base_blobs, base_digest=base_digest, base_name=base_name)
+                       base_blobs=base_blobs, base_digest=base_digest, base_name=base_name,
+                       referrers=not args.no_referrers,
+                       referrer_types=tuple(args.referrer_type))
     with RunLock(Path(cache) / "lock", f"cache {cache}"), \
             RunLock(out.with_name(out.name + ".lock"), f"output {out}"):
         store = BlobStore(cache)
@@ -269,6 +282,7 @@ async def _pull(args: argparse.Namespace, progress) -> int:
             result = await pull(Client(t), store, specs, opts, progress)
     report = {"command": "pull", "bundle": str(result.bundle) if result.bundle else None,
               "bundle_digest": result.bundle_digest, "partial": result.partial,
+              "bundle_unchanged": result.unchanged,
               "bytes_fetched": result.bytes_fetched, "bytes_reused": result.bytes_reused,
               "blobs_fetched": result.blobs_fetched, "blobs_reused": result.blobs_reused,
               "retries": result.retries, "images": [asdict(r) for r in result.images]}
@@ -285,7 +299,9 @@ async def _pull(args: argparse.Namespace, progress) -> int:
               f"({result.bytes_reused} already in the cache)")
     elif result.bundle:
         print(f"{result.bundle}\t{result.bundle_digest}")
-        progress.info(f"wrote {result.bundle}: {len([r for r in result.images if not r.error])}"
+        verb = "unchanged (already holds exactly these images)" if result.unchanged else "wrote"
+        progress.info(f"{verb} {result.bundle}: "
+                      f"{len([r for r in result.images if not r.error])}"
                       f" image(s), {result.blobs_fetched} blob(s) fetched "
                       f"({result.bytes_fetched} bytes), {result.blobs_reused} reused, "
                       f"{result.retries} retries")
@@ -330,15 +346,16 @@ async def _load(args: argparse.Namespace, progress) -> int:
 async def _verify(args: argparse.Namespace, progress) -> int:
     from mirror.verify import verify_bundle
 
-    problems = await asyncio.to_thread(verify_bundle, args.bundle)
+    problems, structural = await asyncio.to_thread(verify_bundle, args.bundle)
     _write_report(args.report, {"command": "verify", "bundle": str(args.bundle),
                                 "problems": problems, "ok": not problems})
     if problems:
         for p in problems:
             print(f"{args.bundle}: {p}")
-        from mirror.errors import IntegrityError
+        from mirror.errors import BundleError, IntegrityError
 
-        raise IntegrityError(f"{args.bundle}: {len(problems)} problem(s) found")
+        err = BundleError if structural else IntegrityError
+        raise err(f"{args.bundle}: {len(problems)} problem(s) found")
     print(f"{args.bundle}: OK")
     return 0
 

@@ -26,6 +26,11 @@ class Digest:
         """Raise IntegrityError for anything that is not a well-formed digest we can check."""
         if not _GRAMMAR.match(text):
             raise IntegrityError(f"invalid digest {text!r}")
+        alg = text.partition(":")[0]
+        if alg in ("sha256", "sha512") and not (_SHA256.match(text) or _SHA512.match(text)):
+            n = 64 if alg == "sha256" else 128
+            raise IntegrityError(f"invalid {alg} digest {text!r}: needs {n} lowercase hex "
+                                 "characters")
         if not (_SHA256.match(text) or _SHA512.match(text)):
             raise IntegrityError(
                 f"unsupported digest {text!r}: only sha256 and sha512 can be verified"

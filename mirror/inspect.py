@@ -15,6 +15,7 @@ from typing import Any
 
 from mirror.bundle.layout import A_SOURCE_DIGEST, IMAGE_NAME, REF_NAME
 from mirror.manifest import RawManifest
+from mirror.referrers import A_KIND, A_SUBJECT
 
 GetBlob = Callable[[str], Awaitable[bytes | None]]
 GetManifest = Callable[[str], Awaitable[RawManifest | None]]
@@ -27,6 +28,9 @@ async def describe(name: str, root: RawManifest, get_manifest: GetManifest, get_
     ann = annotations or {}
     if ann.get(A_SOURCE_DIGEST):
         doc["sourceDigest"] = ann[A_SOURCE_DIGEST]
+    if ann.get(A_SUBJECT):
+        doc["referrerOf"] = ann[A_SUBJECT]
+        doc["kind"] = ann.get(A_KIND, "artifact")
     if root.is_index:
         doc["manifests"] = []
         for c in root.children:
@@ -75,6 +79,8 @@ def render(docs: list[dict[str, Any]]) -> str:
         lines.append(f"  manifest digest (pin this):   {d['digest']}  {d['mediaType']}")
         if d.get("sourceDigest"):
             lines.append(f"  source digest (upstream):     {d['sourceDigest']}")
+        if d.get("referrerOf"):
+            lines.append(f"  {d['kind']} of:                 {d['referrerOf']}")
         items = d.get("manifests") or [d]
         for m in items:
             if m is not d:

@@ -18,6 +18,7 @@ import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
+from mirror.aio import gather_or_cancel
 from mirror.bundle.layout import IMAGE_NAME, REF_NAME
 from mirror.bundle.reader import Bundle, Contents
 from mirror.digest import Verifier
@@ -25,6 +26,7 @@ from mirror.errors import BundleError, IncompleteBase, InvalidReference, UsageEr
 from mirror.manifest import Descriptor, RawManifest
 from mirror.progress import NullProgress, Progress
 from mirror.reference import Reference, _is_registry, normalize_registry
+from mirror.referrers import A_SUBJECT, push_fallback
 from mirror.registry.client import Client
 
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -57,6 +59,7 @@ class PushImage:
     root: RawManifest
     manifests: list[RawManifest]  # children first, root last
     blobs: list[Descriptor]
+    referrer_of: str | None = None  # a signature, SBOM or attestation: its subject digest
 
 
 @dataclass
@@ -125,10 +128,12 @@ def plan_load(contents: Contents, target: Target, bundle: str) -> list[PushImage
             order.append(raw)
 
         visit(root)
-        images.append(PushImage(str(entry.get("annotations", {}).get(IMAGE_NAME)
-                                    or entry.get("annotations", {}).get(REF_NAME) or repo),
-                                repo, tag, root, order, list(blobs.values())))
-    return images
+        ann = entry.get("annotations") or {}
+        subject = ann.get(A_SUBJECT) or (root.subject.digest if root.subject else None)
+        images.append(PushImage(str(ann.get(IMAGE_NAME) or ann.get(REF_NAME) or repo),
+                                repo, tag, root, order, list(blobs.values()), subject))
+    # referrers go after every image, so their subjects are at the target first
+    return sorted(images, key=lambda i: i.referrer_of is not None)
 
 
 def check_complete(images: list[PushImage], contents: Contents, bundle: str) -> dict[str, str]:
@@ -262,17 +267,23 @@ async def load(client: Client, bundle: Bundle, target: Target, *, jobs: int = 4,
             async with sem:
                 await push_one(digest, where)
 
-        tasks = [asyncio.ensure_future(guarded(dg, w)) for dg, w in todo.items()]
-        try:
-            await asyncio.gather(*tasks)
-        except BaseException:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        await gather_or_cancel(guarded(dg, w) for dg, w in todo.items())
 
     pushed: set[tuple[str, str]] = set()
-    for img in images:  # children by digest first, every image, then all tags
+    plain = [i for i in images if i.referrer_of is None]
+    await _push_manifests(client, reg, plain, pushed, result, progress)
+    await _push_manifests(client, reg, [i for i in images if i.referrer_of is not None],
+                          pushed, result, progress)
+    return result
+
+
+
+async def _push_manifests(client: Client, reg: str, images: list[PushImage],
+                          pushed: set[tuple[str, str]], result: LoadResult,
+                          progress: Progress) -> None:
+    """Children by digest for every image, then digest-only roots, then tags; a referrer
+    whose registry has no referrers API is added to its subject's fallback tag index."""
+    for img in images:
         for m in img.manifests:
             if m is img.root or (img.repository, m.digest) in pushed:
                 continue
@@ -281,14 +292,14 @@ async def load(client: Client, bundle: Bundle, target: Target, *, jobs: int = 4,
             result.manifests_pushed += 1
     for img in images:
         if img.tag is None and (img.repository, img.root.digest) not in pushed:
-            await client.put_manifest(reg, img.repository, img.root.digest, img.root)
+            subject = await client.put_manifest(reg, img.repository, img.root.digest, img.root)
             pushed.add((img.repository, img.root.digest))
             result.manifests_pushed += 1
+            if img.root.subject is not None and not subject:
+                await push_fallback(client, reg, img.repository, img.root)
     for img in images:
         if img.tag is not None:
             await client.put_manifest(reg, img.repository, img.tag, img.root)
             result.manifests_pushed += 1
             result.tags.append(f"{reg}/{img.repository}:{img.tag}")
             progress.info(f"{img.name} -> {reg}/{img.repository}:{img.tag} {img.root.digest}")
-    return result
-

@@ -40,9 +40,7 @@ def _norm(os_: str, arch: str, variant: str) -> tuple[str, str, str]:
         arch, forced = _ARCH_ALIASES[arch]
         if forced is not None:
             variant = forced
-    if arch == "amd64" and variant == "v1":
-        variant = ""
-    elif arch == "arm64" and variant in ("8", "v8", "v8.0"):
+    if arch == "amd64" and variant == "v1" or arch == "arm64" and variant in ("8", "v8", "v8.0"):
         variant = ""
     elif arch == "arm64" and variant in ("9", "9.0", "v9.0"):
         variant = "v9"
@@ -128,6 +126,14 @@ class PlatformSelector:
         if p.is_unknown:
             return False
         return self.all or any(want.matches(p) for want in self.platforms)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PlatformSelector):
+            return NotImplemented
+        return (self.all, self.platforms) == (other.all, other.platforms)
+
+    def __hash__(self) -> int:
+        return hash((self.all, self.platforms))
 
     def __str__(self) -> str:
         return "all" if self.all else ",".join(str(p) for p in self.platforms)

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mirror.aio import cancel_all, gather_or_cancel
 from mirror.bundle.layout import (
     A_CONVERSIONS,
     A_INDEX_MODE,
@@ -23,12 +24,13 @@ from mirror.bundle.layout import (
     Inventory,
     index_json,
 )
-from mirror.bundle.writer import BlobItem, write_bundle
+from mirror.bundle.writer import BlobItem, tar_size, unchanged, write_bundle
 from mirror.config import ImageSpec
-from mirror.errors import MirrorError
+from mirror.errors import MirrorError, RegistryError
 from mirror.manifest import Descriptor
 from mirror.progress import NullProgress, Progress
-from mirror.registry.client import Client
+from mirror.referrers import A_KIND, A_SUBJECT, discover
+from mirror.registry.client import Client, download_url
 from mirror.resolve import ImagePlan, resolve
 from mirror.store.blobs import BlobStore
 
@@ -66,6 +68,7 @@ class PullResult:
     partial: bool = False
     dry_run_bytes: int = 0
     blobs: dict[str, int] = field(default_factory=dict)  # every blob the images need
+    unchanged: bool = False  # the output already held exactly this bundle
 
 
 @dataclass
@@ -78,6 +81,8 @@ class PullOptions:
     base_blobs: dict[str, int] | None = None  # incremental: blobs the base bundle carries
     base_digest: str | None = None
     base_name: str | None = None
+    referrers: bool = True  # False: --no-referrers
+    referrer_types: tuple[str, ...] = ()
 
 
 class _Fetcher:
@@ -113,8 +118,13 @@ class _Fetcher:
                 self.progress.debug(f"resuming {desc.digest} at byte {offset}")
                 self.progress.advanced(offset)
             try:
-                await self.client.download_blob(registry, repo, desc, sink,
-                                                progress=self.progress.advanced)
+                try:
+                    await self.client.download_blob(registry, repo, desc, sink,
+                                                    progress=self.progress.advanced)
+                except RegistryError:
+                    if not desc.urls:  # a foreign layer (issue 4): then try its urls
+                        raise
+                    await download_url(self.client, desc, sink, self.progress.advanced)
             finally:
                 sink.close()
         self.fetched.add(desc.digest)
@@ -143,6 +153,9 @@ async def pull(client: Client, store: BlobStore, specs: list[ImageSpec], opts: P
             from mirror.convert import convert_plan
 
             convert_plan(plan, spec.settings.format, progress)
+            if opts.referrers and spec.settings.referrers:
+                async with sem:
+                    await attach_referrers(client, plan, opts.referrer_types, progress)
             res.digest, res.source_digest = plan.root.digest, plan.source_digest
             res.media_type, res.mode = plan.root.media_type, plan.mode
             res.platforms, res.conversions = plan.platforms, plan.conversions
@@ -169,16 +182,10 @@ async def pull(client: Client, store: BlobStore, specs: list[ImageSpec], opts: P
         finally:
             res.seconds = round(time.monotonic() - t0, 3)
 
-    tasks = [asyncio.ensure_future(one(i, s)) for i, s in enumerate(specs)]
     try:
-        await asyncio.gather(*tasks)
+        await gather_or_cancel(one(i, s) for i, s in enumerate(specs))
     except BaseException:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for t in list(fetcher.tasks.values()):
-            t.cancel()
-        await asyncio.gather(*fetcher.tasks.values(), return_exceptions=True)
+        await cancel_all(fetcher.tasks.values())
         raise
     result = PullResult(results, retries=client.t.retries)
     result.partial = any(r.error for r in results)
@@ -192,9 +199,33 @@ async def pull(client: Client, store: BlobStore, specs: list[ImageSpec], opts: P
         return result
     if opts.output is not None and done:
         result.bundle = opts.output
-        result.bundle_digest = write_plans(done, store, opts, fetcher.fetched, progress,
-                                           partial=result.partial)
+        result.bundle_digest, result.unchanged = write_plans(
+            done, store, opts, fetcher.fetched, progress, partial=result.partial)
     return result
+
+
+async def attach_referrers(client: Client, plan: ImagePlan, types: tuple[str, ...],
+                           progress: Progress) -> None:
+    """Find what refers to the image (its source index and each platform manifest) and add
+    each referrer, with its blobs, to the plan as an entry of its own."""
+    ref = plan.spec.reference
+    subjects = dict.fromkeys([plan.source_digest, *plan.platform_digests.values()])
+    for subject in subjects:
+        for r in await discover(client, ref.registry, ref.repository, subject, types):
+            if r.manifest.is_index:
+                progress.warn(f"{plan.name}: skipping referrer {r.manifest.digest} of {subject}:"
+                              " an index of referrers is not carried yet")
+                continue
+            plan.referrers.append(r)
+            for d in r.manifest.blobs():
+                plan.blobs[d.digest] = d
+    if plan.root.digest != plan.source_digest and any(
+            r.subject == plan.source_digest for r in plan.referrers):
+        progress.warn(
+            f"{plan.name}: signatures or other referrers were made for the source index "
+            f"{plan.source_digest}; the filtered index {plan.root.digest} does not match them. "
+            "They are carried keyed to the source digest; use `index: sparse` (or all "
+            "platforms) to keep a signed index valid")
 
 
 def _summary_line(plan: ImagePlan, res: ImageResult) -> str:
@@ -205,6 +236,9 @@ def _summary_line(plan: ImagePlan, res: ImageResult) -> str:
         s += " sparse (source index kept)"
     for old, new in plan.conversions.items():
         s += f"; converted {old} -> {new}"
+    if plan.referrers:
+        kinds = sorted({r.kind for r in plan.referrers})
+        s += f"; {len(plan.referrers)} referrer(s) ({', '.join(kinds)})"
     s += f"; {res.bytes_fetched} bytes fetched, {res.bytes_reused} reused"
     return s
 
@@ -220,11 +254,18 @@ def entries_for(plans: list[ImagePlan]) -> list[Entry]:
         if p.conversions:
             ann[A_CONVERSIONS] = ",".join(f"{o}>{n}" for o, n in p.conversions.items())
         entries[p.name] = Entry(p.name, p.root.media_type, p.root.digest, p.root.size, ann)
+        for r in p.referrers:
+            ref = p.spec.reference
+            name = f"{ref.name}:{r.tag}" if r.tag else f"{ref.name}@{r.manifest.digest}"
+            m = r.manifest
+            entries[name] = Entry(name, m.media_type, m.digest, m.size,
+                                  {A_SUBJECT: r.subject, A_KIND: r.kind})
     return list(entries.values())
 
 
 def write_plans(plans: list[ImagePlan], store: BlobStore, opts: PullOptions,
-                fresh: set[str], progress: Progress, *, partial: bool) -> str:
+                fresh: set[str], progress: Progress, *, partial: bool) -> tuple[str, bool]:
+    """Write the bundle; return its digest, and True when an identical one was already there."""
     assert opts.output is not None
     manifests: dict[str, bytes] = {}
     blobs: dict[str, int] = {}
@@ -232,6 +273,8 @@ def write_plans(plans: list[ImagePlan], store: BlobStore, opts: PullOptions,
     for p in plans:
         for m in p.manifest_order():
             manifests[m.digest] = m.data
+        for r in p.referrers:
+            manifests[r.manifest.digest] = r.manifest.data
         for d in p.blobs.values():
             inv.blobs[d.digest] = d.size
             if opts.base_blobs and d.digest in opts.base_blobs:
@@ -243,8 +286,13 @@ def write_plans(plans: list[ImagePlan], store: BlobStore, opts: PullOptions,
         inv.conversions.update(p.conversions)
     inv.manifests = sorted(manifests)
     items = [BlobItem(d, size, verify=d not in fresh) for d, size in sorted(blobs.items())]
+    idx, inv_json = index_json(entries_for(plans)), inv.to_bytes()
+    members = [(d, manifests[d]) for d in inv.manifests]
+    size = None if opts.compress else tar_size(idx, inv_json, members, items)
+    same = unchanged(opts.output, idx, inv_json, size)
+    if same:
+        return same, True
     progress.total(sum(blobs.values()))
     return write_bundle(
-        opts.output, index_json=index_json(entries_for(plans)), inventory_json=inv.to_bytes(),
-        manifests=[(d, manifests[d]) for d in inv.manifests], blobs=items, store=store,
-        compress=opts.compress)
+        opts.output, index_json=idx, inventory_json=inv_json, manifests=members, blobs=items,
+        store=store, compress=opts.compress), False

@@ -36,6 +36,7 @@ class ImagePlan:
     platforms: list[str] = field(default_factory=list)
     platform_digests: dict[str, str] = field(default_factory=dict)  # platform -> manifest
     conversions: dict[str, str] = field(default_factory=dict)  # old -> new digest
+    referrers: list = field(default_factory=list)  # mirror.referrers.Referrer, own entries
 
     @property
     def name(self) -> str:
@@ -80,7 +81,7 @@ async def resolve(client: Client, spec: ImageSpec, fetch_config: FetchConfig) ->
     plan = ImagePlan(spec, root, root.digest, "single")
     if root.is_index:
         await _resolve_index(client, spec, plan, root, fetch_config)
-    elif root.is_image:
+    elif root.is_image and not root.parsed.get("artifactType"):
         cfg = root.config
         assert cfg is not None
         p = _config_platform(await fetch_config(reg, repo, cfg))
@@ -114,8 +115,9 @@ async def _resolve_index(client: Client, spec: ImageSpec, plan: ImagePlan, root:
             # no platform on the entry: ask the image's config (Docker treats it as "any")
             child = await client.get_manifest(reg, repo, c.digest, expected=c)
             cfg = child.config
+            # an artifact is never read as an image (its config may not be one)
             p = _config_platform(await fetch_config(reg, repo, cfg)) if child.is_image and \
-                cfg else None
+                cfg and not child.parsed.get("artifactType") else None
             if p is not None:
                 available.append(str(p))
                 if sel.wants(p):
@@ -163,9 +165,12 @@ async def _resolve_index(client: Client, spec: ImageSpec, plan: ImagePlan, root:
 
 
 def _add_manifest(plan: ImagePlan, raw: RawManifest) -> None:
+    """Foreign layers (`urls`, or a foreign/non-distributable type) are absent on purpose
+    under `skip`; `include` and `rewrite` fetch them (the descriptor keeps its `urls`, the
+    places to fetch from when the registry does not serve the blob)."""
     plan.manifests[raw.digest] = raw
     for d in raw.blobs():
-        if d.is_foreign and plan.spec.settings.foreign_layers != "include":
+        if d.is_foreign and plan.spec.settings.foreign_layers not in ("include", "rewrite"):
             plan.absent[d.digest] = "foreign"
         else:
             plan.blobs[d.digest] = d

@@ -21,7 +21,8 @@ from tests.support.oracle import (
 )
 from tests.support.pusher import list_tags, push_image
 
-EXIT = {"integrity": 7, "incomplete-base": 11, "lock-held": 12, "partial": 13, "not-found": 5}
+EXIT = {"integrity": 7, "bundle": 10, "incomplete-base": 11, "lock-held": 12, "partial": 13,
+        "not-found": 5}
 
 
 def _multi(rng, fmt="oci", base=None):
@@ -134,19 +135,19 @@ def test_verify_catches_tampering(src_registry, repo_name, rng, tmp_path):
         return bytes([d[0] ^ 0xFF]) + d[1:] if n == name else d
 
     cases = {
-        "flipped": (lambda p: _rewrite(good, p, flip), layer.digest),
+        "flipped": (lambda p: _rewrite(good, p, flip), layer.digest, "integrity"),
         "missing": (lambda p: _rewrite(good, p, lambda n, d: None if n == name else d),
-                    f"{layer.digest} is missing"),
+                    f"{layer.digest} is missing", "bundle"),
         "index": (lambda p: _rewrite(good, p, lambda n, d: b"{not json" if n == "index.json"
-                                     else d), "index.json"),
+                                     else d), "index.json", "bundle"),
         "truncated": (lambda p: p.write_bytes(good.read_bytes()[: good.stat().st_size // 2]),
-                      "truncated"),
+                      "truncated", "bundle"),
     }
-    for what, (make, expect) in cases.items():
+    for what, (make, expect, code) in cases.items():
         bad = tmp_path / f"{what}.tar"
         make(bad)
         r = run_mirror("verify", bad, "--report", tmp_path / f"{what}.json")
-        assert r.returncode == EXIT["integrity"], (what, r.stdout, r.stderr)
+        assert r.returncode == EXIT[code], (what, r.stdout, r.stderr)
         assert expect in r.stdout, (what, r.stdout)
         report = json.loads((tmp_path / f"{what}.json").read_text())
         assert report["ok"] is False and report["problems"]
@@ -237,3 +238,27 @@ def test_dry_run_writes_nothing_and_prune_trims_the_cache(src_registry, repo_nam
     r = mirror_ok("cache", "prune", "--cache", cache, "--max-size", "0", "--keep", lock_file)
     left = [p.name for p in (cache / "blobs" / "sha256").iterdir()]
     assert left == [img.images[0].config.digest.split(":")[1]], r.stdout
+
+
+def test_rerun_with_nothing_new_leaves_the_bundle_alone(src_registry, repo_name, rng, tmp_path):
+    img, _ = _multi(rng)
+    push_image(src_registry.url, repo_name, img, tags=["n"])
+    ref, cache = f"{src_registry.host}/{repo_name}:n", tmp_path / "cache"
+    for out in (tmp_path / "a.tar", tmp_path / "a.tar.zst"):
+        mirror_ok("pull", ref, "-o", out, "--cache", cache)
+        before = (out.stat().st_mtime_ns, file_sha256(out))
+        r = mirror_ok("pull", ref, "-o", out, "--cache", cache, "--report", tmp_path / "r.json")
+        assert "unchanged" in r.stderr
+        assert json.loads((tmp_path / "r.json").read_text())["bundle_unchanged"] is True
+        assert (out.stat().st_mtime_ns, file_sha256(out)) == before
+        # a bundle changed after its .sha256 was written is rewritten, not trusted
+        data = bytearray(out.read_bytes())
+        data[-600] ^= 0xFF
+        out.write_bytes(bytes(data))
+        r = mirror_ok("pull", ref, "-o", out, "--cache", cache)
+        assert "unchanged" not in r.stderr and file_sha256(out) == before[1]
+    # a moved tag is a new bundle
+    moved, _ = _multi(rng)
+    push_image(src_registry.url, repo_name, moved, tags=["n"])
+    r = mirror_ok("pull", ref, "-o", tmp_path / "a.tar", "--cache", cache)
+    assert "unchanged" not in r.stderr

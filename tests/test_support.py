@@ -270,9 +270,9 @@ def test_proxy_reset_after(src_registry, faultproxy, pushed) -> None:
     with pytest.raises((ConnectionError, http.client.IncompleteRead)):
         fetch(url)
     assert fetch(url)[2] == img.layers[0].data
-    assert proxy.bytes_by_path[f"/v2/{repo}/blobs/{img.layers[0].digest}"] == 100_000 + len(
-        img.layers[0].data
-    )
+    # at most `offset` bytes before the reset (fewer if the client gave up first under load)
+    served = proxy.bytes_by_path[f"/v2/{repo}/blobs/{img.layers[0].digest}"]
+    assert len(img.layers[0].data) < served <= 100_000 + len(img.layers[0].data)
 
 
 def test_proxy_ignore_range(src_registry, faultproxy, pushed) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import aiohttp
+import yarl
 
 from mirror.errors import AuthError
 from mirror.registry.credentials import Credential
@@ -83,27 +84,31 @@ class Authenticator:
             return {"Authorization": f"Bearer {await self._token(scopes)}"}
         return {}
 
-    async def challenge(self, challenges: list[str], scopes: tuple[str, ...]) -> None:
-        """After a 401: adopt the challenge and drop the cached token, or say why we can't."""
-        before = self.scheme
+    async def challenge(self, challenges: list[str], scopes: tuple[str, ...]
+                        ) -> tuple[str, ...]:
+        """After a 401: adopt the challenge, drop the cached token and return the scopes to
+        ask for next (ours plus any the registry named), or say why we can't go on."""
         self.observe(challenges)
         if self.scheme is None:
             raise AuthError(f"{self.registry}: 401 without a usable WWW-Authenticate challenge",
                             registry=self.registry, status=401)
         if self.scheme == "basic" and not (self.credential and self.credential.username):
             raise AuthError(
-                f"{self.registry}: authentication required",
+                f"{self.registry}: authentication required and no credentials found",
                 registry=self.registry, status=401,
-                hint=f"no credentials found for {self.registry}: run `docker login "
-                f"{self.registry}`, pass --authfile, or add it under `registries:` in images.yaml",
+                hint=f"run `docker login {self.registry}`, pass --authfile, or add it under "
+                "`registries:` in images.yaml",
             )
         if self.scheme == "bearer":
-            extra = self.params.get("scope")
-            key = frozenset(scopes)
-            self._tokens.pop(key, None)
-            if extra and before == "bearer":
-                # the registry asked for a scope we did not have; merge it (ggcr does the same)
-                self._tokens.pop(frozenset((*scopes, *extra.split(" "))), None)
+            self._tokens.pop(frozenset(scopes), None)
+            extra = self.params.get("scope", "").split()
+            if extra:
+                # the registry named the scopes it wants (a mount's source repository, say):
+                # ask for ours and those in one token, as ggcr does
+                merged = tuple(dict.fromkeys((*scopes, *extra)))
+                self._tokens.pop(frozenset(merged), None)
+                return merged
+        return scopes
 
     async def _token(self, scopes: tuple[str, ...]) -> str:
         key = frozenset(scopes)
@@ -116,7 +121,9 @@ class Authenticator:
             if held and held[1] > time.monotonic():
                 return held[0]
             token, expires_in = await self._fetch(sorted(key))
-            self._tokens[key] = (token, time.monotonic() + max(1.0, expires_in - 10.0))
+            # refresh ~10 s before expiry; a short-lived token is used for half its life
+            life = expires_in - 10.0 if expires_in > 30.0 else expires_in / 2
+            self._tokens[key] = (token, time.monotonic() + max(0.5, life))
             return token
 
     async def _fetch(self, scopes: list[str]) -> tuple[str, float]:
@@ -133,34 +140,51 @@ class Authenticator:
         if realm.startswith("http://") and ep.base_url.startswith("https://"):
             raise AuthError(f"{self.registry}: refusing a plain-HTTP token realm for an HTTPS "
                             "registry", registry=self.registry)
+        realm_host = str(yarl.URL(realm).origin()) if yarl.URL(realm).host else realm
+        ssl_ctx = self.transport.ssl_for_url(realm)
         try:
             if cred and cred.identity_token:
                 form = {"grant_type": "refresh_token", "refresh_token": cred.identity_token,
                         "service": service, "client_id": "mirror", "scope": " ".join(scopes)}
-                resp = await session.post(realm, data=form, ssl=ep.ssl)
+                resp = await session.post(realm, data=form, ssl=ssl_ctx)
             else:
                 q = [("service", service)] if service else []
                 q += [("scope", s) for s in scopes]
                 headers = {}
                 if cred and cred.username:
                     headers["Authorization"] = f"Basic {cred.basic}"
-                resp = await session.get(realm, params=q, headers=headers, ssl=ep.ssl)
+                resp = await session.get(realm, params=q, headers=headers, ssl=ssl_ctx)
             async with resp:
                 body = await resp.content.read(1 << 20)
-                if resp.status in (401, 403):
-                    who = f"the credentials from {cred.source}" if cred else "anonymous access"
+                if resp.status in (400, 401, 403) and cred:
                     raise AuthError(
-                        f"{self.registry}: token server refused {who} (HTTP {resp.status})",
+                        f"{self.registry}: the token server {realm_host} rejected the "
+                        f"credentials from {cred.source} (HTTP {resp.status})",
                         registry=self.registry, status=resp.status,
-                        hint="check the username and password (or run `docker login` again)",
+                        hint=f"check the username and password for {self.registry} in "
+                        f"{cred.source} (or run `docker login {self.registry}` again)",
                     )
+                if resp.status in (401, 403):
+                    raise AuthError(
+                        f"{self.registry}: the token server {realm_host} refused anonymous "
+                        f"access (HTTP {resp.status})", registry=self.registry,
+                        status=resp.status,
+                        hint=f"no credentials found for {self.registry}: run `docker login "
+                        f"{self.registry}`, pass --authfile, or add it under `registries:` "
+                        "in images.yaml")
                 if resp.status != 200:
-                    raise AuthError(f"{self.registry}: token server answered HTTP {resp.status}",
-                                    registry=self.registry, status=resp.status)
+                    raise AuthError(f"{self.registry}: the token server {realm_host} answered "
+                                    f"HTTP {resp.status}", registry=self.registry,
+                                    status=resp.status)
                 doc = json.loads(body)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
-            raise AuthError(f"{self.registry}: token request failed: {type(e).__name__}",
+        except (TimeoutError, aiohttp.ClientError, ValueError) as e:
+            from mirror.registry.transport import describe_exception
+
+            why = "not JSON" if isinstance(e, ValueError) else describe_exception(e)
+            raise AuthError(f"{self.registry}: token request to {realm_host} failed: {why}",
                             registry=self.registry) from None
+        if not isinstance(doc, dict):
+            doc = {}
         token = doc.get("token") or doc.get("access_token")
         if not token:
             raise AuthError(f"{self.registry}: token server answered without a token",

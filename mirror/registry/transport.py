@@ -23,8 +23,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import yarl
 
-from mirror.errors import AuthError, NotFound, RateLimited, RegistryError
+from mirror.errors import (
+    AuthError,
+    ConfigError,
+    MirrorError,
+    NotFound,
+    RateLimited,
+    RegistryError,
+)
 from mirror.reference import api_host, is_loopback
 from mirror.registry.auth import Authenticator
 from mirror.registry.credentials import CredentialStore
@@ -49,6 +57,7 @@ class RetryPolicy:
     factor: float = 2.0
     max_delay: float = 20.0
     max_retry_after: float = 300.0  # a registry asking for a longer pause fails as RateLimited
+    max_elapsed: float = 900.0  # no retry starts later than this after a request's first try
     statuses: frozenset[int] = frozenset({408, 429, 500, 502, 503, 504})
 
     def delay(self, attempt: int) -> float:
@@ -112,11 +121,32 @@ def _error_codes(body: bytes) -> tuple[tuple[str, ...], str]:
 
 
 def describe_exception(e: BaseException) -> str:
+    """One line for a network failure; never includes headers (they may hold credentials)."""
     if isinstance(e, asyncio.TimeoutError | TimeoutError):
-        return "timed out"
+        return "timed out (no data within the read timeout)" if isinstance(
+            e, aiohttp.SocketTimeoutError) else "timed out"
     if isinstance(e, aiohttp.ClientConnectorError):
         return f"cannot connect: {e.os_error.strerror or e.os_error}"
-    return str(e) or type(e).__name__
+    if isinstance(e, aiohttp.ServerDisconnectedError):
+        return "server closed the connection"
+    if isinstance(e, aiohttp.ClientPayloadError):
+        return f"connection broken mid-body: {str(e).splitlines()[0] if str(e) else 'payload'}"
+    return (str(e).splitlines() or [""])[0] or type(e).__name__
+
+
+def _mirror_cause(e: BaseException) -> MirrorError | None:
+    """aiohttp wraps an exception raised by a streamed request body in a connection error."""
+    seen = 0
+    cur: BaseException | None = e.__cause__
+    while cur is not None and seen < 5:
+        if isinstance(cur, MirrorError):
+            return cur
+        cur, seen = cur.__cause__, seen + 1
+    return None
+
+
+def _replayable(data: object) -> bool:
+    return data is None or callable(data) or isinstance(data, bytes | bytearray | str)
 
 
 class Transport:
@@ -138,6 +168,7 @@ class Transport:
         self.jobs = jobs
         self._endpoints: dict[str, Endpoint] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._ssl_cache: dict[str, ssl.SSLContext | bool] = {}
         self._session: aiohttp.ClientSession | None = None
         self.retries = 0  # counted for the report
 
@@ -169,14 +200,43 @@ class Transport:
         return self.settings.get(registry) or RegistrySettings()
 
     def _ssl(self, registry: str) -> ssl.SSLContext | bool:
+        """Verified TLS by default; the system CAs plus `ca_file`; False only when insecure."""
+        if registry in self._ssl_cache:
+            return self._ssl_cache[registry]
         s = self._settings(registry)
+        ctx: ssl.SSLContext | bool
         if s.insecure and not s.ca_file:
-            return False
-        ctx = ssl.create_default_context(cafile=s.ca_file) if s.ca_file else \
-            ssl.create_default_context()
-        if s.client_cert:
-            ctx.load_cert_chain(s.client_cert, s.client_key)
+            ctx = False
+        else:
+            ctx = ssl.create_default_context()
+            what = "ca_file"
+            try:
+                if s.ca_file:
+                    ctx.load_verify_locations(cafile=s.ca_file)
+                if s.client_cert:
+                    what = "client certificate"
+                    ctx.load_cert_chain(s.client_cert, s.client_key)
+            except (OSError, ssl.SSLError) as e:
+                path = s.ca_file if what == "ca_file" else s.client_cert
+                raise ConfigError(
+                    f"{registry}: cannot use the {what} {path}: "
+                    f"{getattr(e, 'strerror', None) or e}",
+                    hint="check the path given with --ca-file/--client-cert or in "
+                    f"`registries: {registry}:`") from None
+        self._ssl_cache[registry] = ctx
         return ctx
+
+    def ssl_for_url(self, url: str) -> ssl.SSLContext | bool:
+        """TLS settings for a host we are sent to (a token realm, object storage): that
+        host's own settings when it has some, else verified TLS with the system CAs."""
+        u = yarl.URL(url)
+        host = u.host or ""
+        if ":" in host:
+            host = f"[{host}]"
+        for key in (f"{host}:{u.port}", host):
+            if key in self.settings or key in self._endpoints:
+                return self._ssl(key)
+        return self._ssl("")
 
     async def endpoint(self, registry: str) -> Endpoint:
         """Find the scheme (and the auth challenge) with one ping of /v2/, once per registry."""
@@ -202,31 +262,53 @@ class Transport:
                                                 allow_redirects=False) as resp:
                         await resp.read()
                         if resp.status in self.policy.statuses and attempt < self.policy.tries:
-                            await asyncio.sleep(self.policy.delay(attempt))
+                            ra = parse_retry_after(resp.headers.get("Retry-After"))
+                            await asyncio.sleep(min(ra, self.policy.max_retry_after)
+                                                if ra is not None else self.policy.delay(attempt))
                             continue
+                        if scheme == "http" and last is not None and resp.status == 400:
+                            # a TLS server saying "HTTP request to an HTTPS server": the
+                            # HTTPS failure above is the real story
+                            raise RegistryError(
+                                f"{registry}: TLS connection failed: "
+                                f"{describe_exception(last)}", registry=registry,
+                                hint="if the registry requires a client certificate, give it "
+                                f"with --client-cert {registry}=CERT,KEY (or client_cert and "
+                                "client_key in images.yaml)")
                         auth.observe(resp.headers.getall("WWW-Authenticate", []))
                         return Endpoint(registry, base, ssl_ctx, auth)
                 except aiohttp.ClientConnectorCertificateError as e:
                     raise RegistryError(
-                        f"{registry}: TLS certificate verification failed: {e.certificate_error}",
+                        f"{registry}: TLS certificate verification failed: "
+                        f"{getattr(e.certificate_error, 'verify_message', None) or e.certificate_error}",
                         registry=registry,
-                        hint=f"give the registry's CA with --ca-file or `registries: {registry}: "
-                        "ca_file:`; use `insecure: true` only on a trusted network",
+                        hint=f"give the registry's CA with --ca-file {registry}=CA.pem (or "
+                        f"`registries: {registry}: ca_file:` in images.yaml); "
+                        f"--insecure-registry {registry} skips verification (trusted networks "
+                        "only)",
                     ) from None
                 except (aiohttp.ClientSSLError, aiohttp.ServerDisconnectedError) as e:
                     last = e
                     break  # not TLS on the other end: try plain HTTP if allowed
-                except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as e:
+                except (TimeoutError, aiohttp.ClientConnectionError) as e:
                     last = e
                     if isinstance(e, aiohttp.ClientConnectorError) and scheme == "https" \
                             and plain_ok:
                         break
                     if attempt < self.policy.tries:
                         await asyncio.sleep(self.policy.delay(attempt))
+        if isinstance(last, aiohttp.ClientSSLError) and not plain_ok:
+            raise RegistryError(
+                f"{registry}: TLS connection failed: {describe_exception(last)}",
+                registry=registry,
+                hint="if the registry requires a client certificate, give it with --client-cert "
+                f"{registry}=CERT,KEY; if it serves plain HTTP, pass --insecure-registry "
+                f"{registry}")
         raise RegistryError(
             f"{registry}: registry unreachable: {describe_exception(last) if last else 'no answer'}",
             registry=registry,
-            hint=None if plain_ok else "if it serves plain HTTP, set `insecure: true` for it",
+            hint=None if plain_ok else f"if it serves plain HTTP, pass --insecure-registry "
+            f"{registry} (or set `insecure: true` for it in images.yaml)",
         )
 
     async def request(
@@ -239,7 +321,7 @@ class Transport:
         actions: str = "pull",
         extra_scopes: Iterable[str] = (),
         headers: dict[str, str] | None = None,
-        data: Callable[[], Any] | bytes | None = None,
+        data: Callable[[], Any] | bytes | Any | None = None,
         ok: Iterable[int] = (200,),
         what: str = "",
         allow_redirects: bool = True,
@@ -247,13 +329,19 @@ class Transport:
     ) -> aiohttp.ClientResponse:
         """Send with auth, retries and the host gate; return the response (caller releases it).
 
-        Raises AuthError, NotFound, RateLimited or RegistryError; `data` may be a callable that
-        returns a fresh body for each try (bodies must be replayable to be retried).
+        Raises AuthError, NotFound, RateLimited or RegistryError. `data` may be bytes, a
+        callable that returns a fresh body for each try, or a one-shot stream; a one-shot
+        body is never sent twice (no retry, no re-auth: the error goes to the caller, which
+        knows how to resume).
         """
         ep = await self.endpoint(registry)
         ok = frozenset(ok)
         full = url if url.startswith(("http://", "https://")) else ep.base_url + url
-        scopes = (f"repository:{repository}:{actions}", *extra_scopes) if repository else ()
+        scopes: tuple[str, ...] = (
+            (f"repository:{repository}:{actions}", *extra_scopes) if repository else ())
+        replayable = _replayable(data)
+        retry = retry and replayable
+        started = time.monotonic()
         attempt = 0
         reauthed = False
         while True:
@@ -265,14 +353,21 @@ class Transport:
                 resp = await self.session.request(
                     method, full, headers=hdrs, data=body, ssl=ep.ssl,
                     allow_redirects=allow_redirects)
-            except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as e:
+            except (TimeoutError, aiohttp.ClientConnectionError) as e:
+                cause = _mirror_cause(e)
+                if cause is not None:
+                    raise cause from None  # the body stream failed (bad bytes in a bundle)
                 attempt += 1
-                if not retry or attempt >= self.policy.tries:
+                delay = self.policy.delay(attempt)
+                if not retry or attempt >= self.policy.tries or \
+                        time.monotonic() + delay - started > self.policy.max_elapsed:
                     raise RegistryError(
-                        f"{registry}/{repository}: {what}: {describe_exception(e)}",
-                        registry=registry, repository=repository) from e
+                        f"{_where(registry, repository)}: {what or method}: "
+                        f"{describe_exception(e)}"
+                        + (f" (after {attempt} tries)" if attempt > 1 else ""),
+                        registry=registry, repository=repository) from None
                 self.retries += 1
-                await asyncio.sleep(self.policy.delay(attempt))
+                await asyncio.sleep(delay)
                 continue
             if resp.status in ok:
                 return resp
@@ -281,25 +376,32 @@ class Transport:
                 await resp.read()
                 resp.release()
                 reauthed = True
-                await ep.auth.challenge(challenges, scopes)
-                continue
+                scopes = await ep.auth.challenge(challenges, scopes)
+                if replayable:
+                    continue
+                raise AuthError(
+                    f"{_where(registry, repository)}: {what or method}: HTTP 401 (token "
+                    "expired mid-transfer)", registry=registry, repository=repository,
+                    status=401)
             err_body = await resp.content.read(MAX_ERROR_BODY)
             resp.release()
             if retry and resp.status in self.policy.statuses:
                 attempt += 1
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-                if attempt < self.policy.tries and (
-                        retry_after is None or retry_after <= self.policy.max_retry_after):
+                delay = retry_after if retry_after is not None else self.policy.delay(attempt)
+                if attempt < self.policy.tries and delay <= self.policy.max_retry_after and \
+                        time.monotonic() + delay - started <= self.policy.max_elapsed:
                     self.retries += 1
-                    if retry_after is not None and resp.status in (429, 503):
-                        ep.gate.pause(retry_after)
+                    if resp.status == 429 or (resp.status == 503 and retry_after is not None):
+                        ep.gate.pause(delay)  # the whole registry waits, not just this request
                     else:
-                        await asyncio.sleep(self.policy.delay(attempt))
+                        await asyncio.sleep(delay)
                     continue
-            raise self.error_for(resp, err_body, registry, repository, what)
+            raise self.error_for(resp, err_body, registry, repository, what,
+                                 tries=attempt if resp.status in self.policy.statuses else 0)
 
     def error_for(self, resp: aiohttp.ClientResponse, body: bytes, registry: str,
-                  repository: str, what: str) -> RegistryError:
+                  repository: str, what: str, tries: int = 0) -> RegistryError:
         codes, message = _error_codes(body)
         status = resp.status
         detail = f"HTTP {status}"
@@ -307,15 +409,22 @@ class Transport:
             detail += " " + ",".join(codes)
         if message:
             detail += f": {message}"
-        where = f"{registry}/{repository}" if repository else registry
+        if tries > 1:
+            detail += f" (after {tries} tries)"
+        where = _where(registry, repository)
         text = f"{where}: {what}: {detail}" if what else f"{where}: {detail}"
         kw = dict(registry=registry, repository=repository, status=status, codes=codes)
         if status == 401:
             cred = self.credentials.get(registry)
-            hint = (f"the credentials from {cred.source} were rejected" if cred else
-                    f"no credentials found for {registry}: run `docker login {registry}` or "
-                    "add it under `registries:` in images.yaml")
-            return AuthError(text, hint=hint, **kw)
+            if cred:
+                return AuthError(
+                    f"{where}: {what or 'request'}: the credentials from {cred.source} were "
+                    f"rejected ({detail})",
+                    hint=f"check the username and password for {registry} in {cred.source}",
+                    **kw)
+            return AuthError(text, hint=f"no credentials found for {registry}: run `docker "
+                             f"login {registry}`, pass --authfile, or add it under "
+                             "`registries:` in images.yaml", **kw)
         if status == 403:
             return AuthError(text, hint="the account has no access to this repository", **kw)
         if status == 404:
@@ -324,4 +433,10 @@ class Transport:
             ra = resp.headers.get("Retry-After")
             return RateLimited(text, hint=f"the registry asked to retry after {ra}" if ra else
                                "authenticate to get a higher quota, or run later", **kw)
+        if status == 503 and resp.headers.get("Retry-After"):
+            return RateLimited(text, hint="the registry is overloaded; run later", **kw)
         return RegistryError(text, **kw)
+
+
+def _where(registry: str, repository: str) -> str:
+    return f"{registry}/{repository}" if repository else registry

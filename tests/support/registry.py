@@ -7,6 +7,10 @@ registry tests fail, they never skip.
 
     with Registry(htpasswd=("user", "pw"), tls=True) as reg:
         reg.url, reg.host, reg.ca_path, reg.storage, reg.log_path
+
+`extra_config` is deep-merged into the generated config.yml last, e.g. `{"auth": {"token":
+{...}}}` for the token flow, `{"middleware": {"storage": [...]}}` for blob redirects, or
+`{"http": {"tls": {"clientcas": [...]}}}` for client certificates.
 """
 
 from __future__ import annotations
@@ -120,6 +124,15 @@ def make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
     return ca_path, cert_path, key_path
 
 
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Deep-merge `extra` into `base` (mappings merge, anything else replaces)."""
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
 class Registry:
     """One `docker-registry serve` process with its own temp storage, port and config."""
 
@@ -129,9 +142,11 @@ class Registry:
         htpasswd: tuple[str, str] | None = None,
         tls: bool = False,
         urls_allow: list[str] | None = None,
+        extra_config: dict[str, Any] | None = None,
         start_timeout: float = START_TIMEOUT,
     ) -> None:
         self.htpasswd = htpasswd
+        self.extra_config = extra_config
         self.tls = tls
         self.urls_allow = urls_allow
         self.start_timeout = start_timeout
@@ -189,6 +204,8 @@ class Registry:
             cfg["http"]["tls"] = {"certificate": str(cert), "key": str(key)}
         if self.urls_allow is not None:
             cfg["validation"] = {"manifests": {"urls": {"allow": list(self.urls_allow)}}}
+        if self.extra_config:
+            _merge(cfg, self.extra_config)
         return cfg
 
     def start(self) -> Registry:

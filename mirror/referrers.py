@@ -1,0 +1,113 @@
+"""Signatures, SBOMs and attestations: find them at the source, put them back at the target.
+
+Found, for each subject (the source index and each selected platform manifest):
+  - OCI 1.1 referrers: `GET /v2/<name>/referrers/<digest>`; where the registry answers 404,
+    the fallback tag `sha256-<hex>` (an index of referrers) (REFERENCE.md 6.7);
+  - cosign's tags `sha256-<hex>.sig`, `.att`, `.sbom` in the same repository;
+  - BuildKit attestation manifests inside an index are handled by mirror.resolve.
+Carried byte for byte. At the target, a manifest with `subject` is pushed by digest; when the
+registry does not answer `OCI-Subject` (no referrers API), the fallback tag index is fetched,
+merged (never clobbered, no duplicates) and pushed back. Cosign tags are pushed as tags.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from mirror import mediatypes as mt
+from mirror.errors import NotFound, RegistryError
+from mirror.manifest import RawManifest, dump_json
+from mirror.registry.client import Client
+
+COSIGN_SUFFIXES = {".sig": "signature", ".att": "attestation", ".sbom": "sbom"}
+A_SUBJECT = "dev.mirror.referrer.subject"
+A_KIND = "dev.mirror.referrer.kind"
+
+
+@dataclass(frozen=True)
+class Referrer:
+    manifest: RawManifest
+    subject: str  # the digest it refers to
+    tag: str | None  # the cosign tag it came from; None for an OCI 1.1 referrer
+    kind: str  # signature | attestation | sbom | the artifactType
+
+    @property
+    def artifact_type(self) -> str | None:
+        return self.manifest.artifact_type
+
+
+def fallback_tag(digest: str) -> str:
+    alg, _, enc = digest.partition(":")
+    return f"{alg[:32]}-{enc[:64]}"
+
+
+async def _referrers_index(client: Client, registry: str, repo: str,
+                           digest: str) -> RawManifest | None:
+    """The referrers API answer, else the fallback tag's index; None when neither exists."""
+    try:
+        resp = await client.t.request(
+            registry, "GET", f"/v2/{repo}/referrers/{digest}", repository=repo,
+            headers={"Accept": mt.OCI_INDEX}, what=f"referrers of {digest}")
+        async with resp:
+            data = await resp.content.read(8 << 20)
+        return RawManifest.from_bytes(data, mt.OCI_INDEX, where=f"{registry}/{repo} referrers")
+    except NotFound:
+        pass
+    except RegistryError as e:
+        if e.status not in (400, 405, 501):
+            raise
+    try:
+        return await client.get_manifest(registry, repo, fallback_tag(digest))
+    except NotFound:
+        return None
+
+
+async def discover(client: Client, registry: str, repo: str, subject: str,
+                   artifact_types: tuple[str, ...] = ()) -> list[Referrer]:
+    """Everything that refers to `subject` in `registry/repo`, filtered by artifactType."""
+    found: list[Referrer] = []
+    index = await _referrers_index(client, registry, repo, subject)
+    if index is not None and index.is_index:
+        for d in index.children:
+            raw = await client.get_manifest(registry, repo, d.digest, expected=d)
+            s = raw.subject
+            if s is None or s.digest != subject:
+                continue  # a stale fallback entry
+            found.append(Referrer(raw, subject, None, raw.artifact_type or "artifact"))
+    for suffix, kind in COSIGN_SUFFIXES.items():
+        tag = fallback_tag(subject) + suffix
+        head = await client.head_manifest(registry, repo, tag)
+        if head is None:
+            continue
+        raw = await client.get_manifest(registry, repo, tag)
+        found.append(Referrer(raw, subject, tag, kind))
+    if artifact_types:
+        found = [r for r in found if (r.artifact_type or "") in artifact_types
+                 or r.kind in artifact_types]
+    return found
+
+
+async def push_fallback(client: Client, registry: str, repo: str, referrer: RawManifest
+                        ) -> bool:
+    """Add `referrer` to the `sha256-<hex>` index of its subject; True if it changed."""
+    subject = referrer.subject
+    assert subject is not None
+    tag = fallback_tag(subject.digest)
+    try:
+        current = await client.get_manifest(registry, repo, tag)
+        body = json.loads(current.data)
+    except NotFound:
+        body = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": []}
+    entries = body.setdefault("manifests", [])
+    if any(e.get("digest") == referrer.digest for e in entries):
+        return False
+    desc = referrer.descriptor()
+    if referrer.artifact_type:
+        desc["artifactType"] = referrer.artifact_type
+    ann = referrer.parsed.get("annotations")
+    if ann:
+        desc["annotations"] = ann
+    entries.append(desc)
+    await client.put_manifest(registry, repo, tag, RawManifest(dump_json(body), mt.OCI_INDEX))
+    return True

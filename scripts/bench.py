@@ -1,0 +1,704 @@
+#!/usr/bin/env python3
+"""Benchmark `mirror` against skopeo and against the machine's own limit (issue 6).
+
+    scripts/bench.py                      full run (data sets A and B, about 2.5 GiB)
+    scripts/bench.py --scale 0.01         smoke run: every layer at 1% of its size
+    scripts/bench.py --only B --repeat 3  one data set, median of three runs
+    scripts/bench.py --json out.json      also write every measurement as JSON
+    scripts/bench.py --profile DIR        then one more cold `mirror pull` per data set under
+                                          cProfile (DIR/pull-A.prof, DIR/pull-B.prof; untimed)
+
+Starts its own registries (Debian `docker-registry`, via tests/support/registry.py), seeds them
+with tests/support/pusher.py, and runs, for each data set, side by side:
+
+  limit   `curl -o` of every unique blob the pull needs (one curl, one connection), then
+          `openssl dgst -sha256` of those files; the limit is the larger of the two (download
+          and hashing perfectly overlapped), the sum (no overlap) is shown too
+  pull    `skopeo copy --all` per image into one `oci:` layout (blobs shared between images),
+          or `--override-arch` for a one-platform pull, vs one `mirror pull` of every image
+  warm    the same `mirror pull` again (same -o) with the cache the first one filled, the
+          issue's "warm-cache rerun"; then once more into a new output file (informative: what
+          writing the bundle from the cache costs)
+  load    `skopeo copy --all oci-archive:IMAGE.tar docker://...` per image, summed, vs one
+          `mirror load` of the bundle the cold pull wrote; each into a fresh registry
+
+Data set A: 20 images x 3 platforms (linux/amd64, linux/arm64/v8, linux/arm/v7), OCI indexes;
+per platform two base layers shared by every image and one of four "runtime" layers shared by
+a group of five images, plus three layers of each image's own: about 1.3 GiB of unique blobs.
+Data set B: one OCI index, linux/amd64 with one 1 GiB layer (and a 1 MiB linux/arm64/v8
+sibling the one-platform pull leaves out). Layers are tars of random bytes wrapped in gzip
+level 0 (stored blocks), so they are incompressible and seeding stays fast; everything derives
+from fixed seeds, so every run sees the same digests.
+
+Every command is timed as a whole with `/usr/bin/time -f '%e %U %S %M'` (wall, user and
+system CPU seconds, peak RSS in KiB; for several commands, walls and CPU are summed and the
+largest RSS kept). MB/s is the data set's unique blob bytes (10^6 bytes) per wall second, for
+every row. The targets are those of issue 6; a FAIL does not change the exit status (1 means a
+command failed or a data check went wrong, 2 a usage error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+import os
+import platform
+import pstats
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.support.imagegen import (  # noqa: E402
+    AMD64,
+    ARM64_V8,
+    ARM_V7,
+    OCI_INDEX,
+    OCI_LAYER_GZIP,
+    Blob,
+    Image,
+    Index,
+    Layer,
+    dump_json,
+    make_image,
+    make_index,
+    sha256_digest,
+)
+from tests.support.pusher import push_blob, push_image  # noqa: E402
+from tests.support.registry import Registry  # noqa: E402
+
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+TIME = "/usr/bin/time"
+TAG = "v1"
+MIN_LAYER = 512  # payload bytes of the smallest layer, whatever the scale
+_FIXED_MTIME = 1704067200
+
+# issue 6 targets
+T_PULL_A_SKOPEO = 0.4
+T_PULL_LIMIT = 2.0
+T_RSS_MIB = 64
+T_WARM = 0.1
+T_LOAD_A_SKOPEO = 0.6
+
+
+class BenchError(RuntimeError):
+    """A command failed or a result did not check out: the benchmark itself is broken."""
+
+
+# -- data sets ----------------------------------------------------------------------------------
+class _Layer(Layer):
+    """A Layer that hashes its (large) bytes once."""
+
+    @cached_property
+    def digest(self) -> str:  # type: ignore[override]
+        return sha256_digest(self.data)
+
+
+def _random_bytes(rng: random.Random, n: int) -> bytearray:
+    out = bytearray()
+    while len(out) < n:  # Random.randbytes overflows above 256 MiB at once
+        out += rng.randbytes(min(8 * MiB, n - len(out)))
+    return out
+
+
+def make_big_layer(rng: random.Random, size: int) -> _Layer:
+    """A tar holding one file of `size` random bytes, in gzip level 0 (stored, incompressible)."""
+    info = tarfile.TarInfo(f"data/blob-{rng.getrandbits(32):08x}.bin")
+    info.size, info.mtime, info.mode = size, _FIXED_MTIME, 0o644
+    header = info.tobuf(format=tarfile.PAX_FORMAT)
+    raw = b"".join([header, _random_bytes(rng, size), b"\0" * ((512 - size % 512) % 512),
+                    b"\0" * 1024])
+    diff_id = sha256_digest(raw)
+    return _Layer(gzip.compress(raw, compresslevel=0, mtime=0), OCI_LAYER_GZIP, diff_id)
+
+
+@dataclass
+class DataSet:
+    name: str
+    description: str
+    images: list[tuple[str, Index]]  # (repository, what is pushed as :v1)
+    platform: str | None  # None: every platform (skopeo --all); else the one to pull
+    pulled: dict[str, tuple[str, int]]  # unique blobs a pull needs: digest -> (repo, size)
+    archives: list[tuple[str, Image | Index]]  # what skopeo loads, per image
+
+    @property
+    def bytes(self) -> int:
+        return sum(size for _, size in self.pulled.values())
+
+    def refs(self, host: str) -> list[str]:
+        return [f"{host}/{repo}:{TAG}" for repo, _ in self.images]
+
+
+def _scaled(n: int, scale: float) -> int:
+    return max(MIN_LAYER, int(n * scale))
+
+
+def dataset_a(scale: float) -> DataSet:
+    rng = random.Random("mirror-bench-A-v1")
+    plats = [AMD64, ARM64_V8, ARM_V7]
+    base = [[make_big_layer(rng, _scaled(s, scale)) for s in (24 * MiB, 8 * MiB)]
+            for _ in plats]
+    runtime = [[make_big_layer(rng, _scaled(12 * MiB, scale)) for _ in plats] for _ in range(4)]
+    images: list[tuple[str, Index]] = []
+    for i in range(20):
+        per_platform = []
+        for p, plat in enumerate(plats):
+            sizes = (rng.randint(8 * MiB, 24 * MiB), rng.randint(1 * MiB, 4 * MiB),
+                     rng.randint(4 * KiB, 64 * KiB))
+            own = [make_big_layer(rng, _scaled(s, scale)) for s in sizes]
+            layers = [*base[p], runtime[i % 4][p], *own]
+            per_platform.append(make_image(rng, plat, "oci", layers=layers))
+        images.append((f"bench/a{i:02d}", make_index(per_platform, "oci")))
+    pulled: dict[str, tuple[str, int]] = {}
+    for repo, idx in images:
+        for blob in idx.all_blobs():
+            pulled.setdefault(blob.digest, (repo, blob.size))
+    return DataSet("A", "20 images x 3 platforms (amd64, arm64/v8, arm/v7), shared base layers",
+                   images, None, pulled, list(images))
+
+
+def dataset_b(scale: float) -> DataSet:
+    rng = random.Random("mirror-bench-B-v1")
+    big = make_big_layer(rng, _scaled(GiB, scale))
+    amd = make_image(rng, AMD64, "oci", layers=[big])
+    arm = make_image(rng, ARM64_V8, "oci", layers=[make_big_layer(rng, _scaled(MiB, scale))])
+    repo = "bench/b"
+    idx = make_index([amd, arm], "oci")
+    pulled = {b.digest: (repo, b.size) for b in amd.all_blobs()}
+    return DataSet("B", "1 image, one 1 GiB layer; pull linux/amd64 out of amd64 + arm64/v8",
+                   [(repo, idx)], "linux/amd64", pulled, [(repo, amd)])
+
+
+def write_oci_archive(path: Path, obj: Image | Index) -> None:
+    """An OCI layout tar holding one image (what skopeo's `oci-archive:` reads)."""
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX,
+             "manifests": [obj.manifest.descriptor(
+                 annotations={"org.opencontainers.image.ref.name": TAG})]}
+    members: list[tuple[str, bytes]] = [
+        ("oci-layout", b'{"imageLayoutVersion": "1.0.0"}'), ("index.json", dump_json(index))]
+    seen: set[str] = set()
+    blobs: list[Blob] = [*obj.all_manifests(), *obj.all_blobs()]
+    for blob in blobs:
+        if blob.digest not in seen:
+            seen.add(blob.digest)
+            members.append((f"blobs/sha256/{blob.digest.split(':', 1)[1]}", blob.data))
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, _FIXED_MTIME
+            tar.addfile(info, io.BytesIO(data))
+
+
+# -- timing -------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    wall: float
+    user: float
+    sys: float
+    rss_kib: int
+    commands: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cpu(self) -> float:
+        return self.user + self.sys
+
+    @staticmethod
+    def total(runs: list[Run]) -> Run:
+        return Run(sum(r.wall for r in runs), sum(r.user for r in runs),
+                   sum(r.sys for r in runs), max(r.rss_kib for r in runs),
+                   sum(r.commands for r in runs))
+
+    @staticmethod
+    def median(runs: list[Run]) -> Run:
+        extra: dict[str, Any] = {}
+        for r in runs:
+            extra.update(r.extra)
+        return Run(statistics.median(r.wall for r in runs),
+                   statistics.median(r.user for r in runs),
+                   statistics.median(r.sys for r in runs),
+                   int(statistics.median(r.rss_kib for r in runs)),
+                   runs[0].commands, extra)
+
+
+class Bench:
+    def __init__(self, work: Path, verbose: bool) -> None:
+        self.work = work
+        self.verbose = verbose
+        self.env = dict(os.environ, TMPDIR=str(work), PYTHONPATH=str(REPO))
+        self.env.pop("PYTHONSTARTUP", None)
+
+    def timed(self, cmd: list[str], what: str) -> Run:
+        out = self.work / "time.out"
+        if self.verbose:
+            print(f"  $ {' '.join(cmd)}", file=sys.stderr)
+        proc = subprocess.run([TIME, "-f", "%e %U %S %M", "-o", str(out), *cmd], cwd=REPO,
+                              env=self.env, stdin=subprocess.DEVNULL, capture_output=True)
+        if proc.returncode != 0:
+            tail = (proc.stderr or b"").decode(errors="replace")[-2000:]
+            raise BenchError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+        fields = out.read_text().strip().splitlines()[-1].split()
+        wall, user, sys_, rss = fields
+        return Run(float(wall), float(user), float(sys_), int(rss))
+
+    def mirror(self, *args: str, profile: Path | None = None) -> list[str]:
+        prof = ["-m", "cProfile", "-o", str(profile)] if profile else []
+        return [sys.executable, *prof, "-m", "mirror", *args]
+
+
+def _rm(*paths: Path) -> None:
+    for p in paths:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+# -- the steps ----------------------------------------------------------------------------------
+def limit(b: Bench, ds: DataSet, src: Registry) -> tuple[Run, Run]:
+    """One curl downloading every unique blob to its own file, then openssl hashing them."""
+    d = b.work / f"limit-{ds.name}"
+    d.mkdir()
+    cfg = b.work / f"curl-{ds.name}.cfg"
+    lines = []
+    for digest, (repo, _) in ds.pulled.items():
+        lines.append(f'url = "{src.url}/v2/{repo}/blobs/{digest}"\n'
+                     f'output = "{d}/{digest.split(":", 1)[1]}"\n')
+    cfg.write_text("".join(lines))
+    try:
+        curl = b.timed(["curl", "-sS", "--fail", "-K", str(cfg)], "curl")
+        files = sorted(d.iterdir())
+        got = sum(f.stat().st_size for f in files)
+        if len(files) != len(ds.pulled) or got != ds.bytes:
+            raise BenchError(f"curl wrote {len(files)} files, {got} bytes; expected "
+                             f"{len(ds.pulled)}, {ds.bytes}")
+        out = b.work / "dgst.out"
+        sha = b.timed(["sh", "-c", 'exec openssl dgst -sha256 "$@" > "$0"', str(out),
+                       *map(str, files)], "openssl dgst")
+        for line in out.read_text().splitlines():  # SHA2-256(/path/<hex>)= <hex>
+            name, _, hexd = line.partition("= ")
+            if not name.rstrip(")").endswith(hexd.strip()):
+                raise BenchError(f"openssl: {line!r}: digest does not match the file name")
+        return curl, sha
+    finally:
+        _rm(d, cfg)
+
+
+def skopeo_pull(b: Bench, ds: DataSet, src: Registry) -> Run:
+    layout = b.work / f"skopeo-oci-{ds.name}"
+    arch: list[str] = []
+    if ds.platform:
+        os_, arch_, *variant = ds.platform.split("/")
+        arch = ["--override-os", os_, "--override-arch", arch_]
+        arch += ["--override-variant", variant[0]] if variant else []
+    runs = []
+    try:
+        for repo, _ in ds.images:
+            cmd = ["skopeo", "--insecure-policy", *arch, "copy", "-q",
+                   *([] if ds.platform else ["--all"]), "--src-tls-verify=false",
+                   f"docker://{src.host}/{repo}:{TAG}", f"oci:{layout}:{repo.rsplit('/', 1)[1]}"]
+            runs.append(b.timed(cmd, "skopeo copy (pull)"))
+        return Run.total(runs)
+    finally:
+        _rm(layout)
+
+
+def mirror_pull(b: Bench, ds: DataSet, src: Registry, out: Path, cache: Path, *,
+                profile: Path | None = None) -> Run:
+    report = b.work / f"report-{ds.name}.json"
+    plat = ["--platform", ds.platform] if ds.platform else []
+    run = b.timed(b.mirror("pull", "-q", *ds.refs(src.host), *plat, "-o", str(out),
+                           "--cache", str(cache), "--report", str(report), profile=profile),
+                  "mirror pull")
+    doc = json.loads(report.read_text())
+    report.unlink()
+    run.extra = {"bytes_fetched": doc["bytes_fetched"], "blobs_fetched": doc["blobs_fetched"],
+                 "bytes_reused": doc["bytes_reused"],
+                 "bundle_unchanged": bool(doc.get("bundle_unchanged"))}
+    return run
+
+
+def skopeo_load(b: Bench, ds: DataSet, archives: list[tuple[str, Path]]) -> Run:
+    with Registry() as dst:
+        runs = [b.timed(["skopeo", "--insecure-policy", "copy", "-q", "--all",
+                         "--dest-tls-verify=false", f"oci-archive:{path}",
+                         f"docker://{dst.host}/{repo}:{TAG}"], "skopeo copy (load)")
+                for repo, path in archives]
+    return Run.total(runs)
+
+
+def mirror_load(b: Bench, ds: DataSet, bundle: Path) -> Run:
+    report = b.work / f"load-{ds.name}.json"
+    with Registry() as dst:
+        run = b.timed(b.mirror("load", "-q", str(bundle), "--to", dst.host,
+                               "--report", str(report)), "mirror load")
+    doc = json.loads(report.read_text())
+    report.unlink()
+    run.extra = {"bytes_pushed": doc["bytes_pushed"], "blobs_pushed": doc["blobs_pushed"],
+                 "blobs_mounted": doc["blobs_mounted"]}
+    return run
+
+
+def _mount(src: Registry, repo: str, digest: str, from_repo: str) -> None:
+    """Cross-repository mount (REFERENCE.md 6.4): a shared blob without uploading it again."""
+    url = f"{src.url}/v2/{repo}/blobs/uploads/?mount={digest}&from={from_repo}"
+    req = urllib.request.Request(url, data=b"", method="POST")
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        if resp.status != 201:
+            raise BenchError(f"mount {digest} into {repo}: HTTP {resp.status}")
+
+
+def seed(src: Registry, ds: DataSet) -> None:
+    """Push every image, 4 at a time. A blob several images share is uploaded once and
+    mounted into the other repositories, so push_image finds it there and skips it."""
+    users: dict[str, list[str]] = {}
+    blobs: dict[str, Blob] = {}
+    for repo, obj in ds.images:
+        for blob in obj.all_blobs():
+            users.setdefault(blob.digest, []).append(repo)
+            blobs.setdefault(blob.digest, blob)
+    shared = [d for d, repos in users.items() if len(repos) > 1]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda d: push_blob(src.url, users[d][0], blobs[d]), shared))
+        list(pool.map(lambda d: [_mount(src, r, d, users[d][0]) for r in users[d][1:]], shared))
+        list(pool.map(lambda item: push_image(src.url, item[0], item[1], tags=[TAG]),
+                      ds.images))
+
+
+def run_dataset(b: Bench, ds: DataSet, src: Registry, repeat: int) -> dict[str, list[Run]]:
+    log = _log
+    t0 = time.monotonic()
+    seed(src, ds)
+    log(f"data set {ds.name}: seeded {len(ds.images)} image(s), {len(ds.pulled)} unique blobs, "
+        f"{ds.bytes / MiB:.1f} MiB to pull, in {time.monotonic() - t0:.1f} s")
+    archive_dir = b.work / f"archives-{ds.name}"
+    archive_dir.mkdir()
+    archives = []
+    for repo, obj in ds.archives:
+        path = archive_dir / f"{repo.replace('/', '_')}.tar"
+        write_oci_archive(path, obj)
+        archives.append((repo, path))
+    runs: dict[str, list[Run]] = {k: [] for k in (
+        "curl", "sha256", "skopeo_pull", "mirror_pull", "mirror_warm", "mirror_warm_new",
+        "skopeo_load",
+        "mirror_load")}
+    try:
+        for i in range(repeat):
+            tag = f" (run {i + 1}/{repeat})" if repeat > 1 else ""
+            log(f"data set {ds.name}{tag}: limit (curl, openssl)")
+            curl, sha = limit(b, ds, src)
+            runs["curl"].append(curl)
+            runs["sha256"].append(sha)
+            log(f"data set {ds.name}{tag}: skopeo copy into oci:")
+            runs["skopeo_pull"].append(skopeo_pull(b, ds, src))
+            cache, bundle, bundle2 = (b.work / f"cache-{ds.name}", b.work / f"{ds.name}.tar",
+                                      b.work / f"{ds.name}-warm.tar")
+            try:
+                log(f"data set {ds.name}{tag}: mirror pull (cold cache)")
+                cold = mirror_pull(b, ds, src, bundle, cache)
+                if cold.extra["blobs_fetched"] != len(ds.pulled):
+                    raise BenchError(f"cold mirror pull fetched {cold.extra['blobs_fetched']} "
+                                     f"blobs; the data set has {len(ds.pulled)}")
+                runs["mirror_pull"].append(cold)
+                log(f"data set {ds.name}{tag}: mirror pull again (warm cache, same command)")
+                runs["mirror_warm"].append(mirror_pull(b, ds, src, bundle, cache))
+                log(f"data set {ds.name}{tag}: mirror pull (warm cache, new output file)")
+                runs["mirror_warm_new"].append(mirror_pull(b, ds, src, bundle2, cache))
+                _rm(bundle2, bundle2.with_name(bundle2.name + ".sha256"), cache)
+                log(f"data set {ds.name}{tag}: skopeo copy from oci-archive:")
+                runs["skopeo_load"].append(skopeo_load(b, ds, archives))
+                log(f"data set {ds.name}{tag}: mirror load")
+                runs["mirror_load"].append(mirror_load(b, ds, bundle))
+            finally:
+                _rm(cache, bundle, bundle2, *(p.with_name(p.name + ".sha256")
+                                              for p in (bundle, bundle2)))
+    finally:
+        _rm(archive_dir)
+    return runs
+
+
+def profile_pull(b: Bench, ds: DataSet, src: Registry, profile_dir: Path) -> None:
+    """One more cold mirror pull under cProfile (untimed); print the top of the profile."""
+    prof = profile_dir / f"pull-{ds.name}.prof"
+    _log(f"data set {ds.name}: mirror pull under cProfile -> {prof}")
+    cache, bundle = b.work / f"cache-{ds.name}", b.work / f"{ds.name}.tar"
+    try:
+        mirror_pull(b, ds, src, bundle, cache, profile=prof)
+    finally:
+        _rm(cache, bundle, bundle.with_name(bundle.name + ".sha256"))
+    _print_profile(prof)
+
+
+def _print_profile(prof: Path, top: int = 25) -> None:
+    print(f"\n== cProfile of {prof.name} (main thread only), top {top} by own time ==")
+    stats = pstats.Stats(str(prof), stream=sys.stdout)
+    stats.sort_stats("tottime").print_stats(top)
+
+
+def _log(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+# -- the report ---------------------------------------------------------------------------------
+@dataclass
+class Row:
+    label: str
+    run: Run
+    nbytes: int
+    vs_skopeo: float | None = None
+    vs_limit: float | None = None
+    note: str = ""
+
+
+@dataclass
+class Check:
+    what: str
+    value: str
+    ok: bool
+
+
+def summarize(ds: DataSet, runs: dict[str, list[Run]]) -> tuple[list[Row], list[Check]]:
+    med = {k: Run.median(v) for k, v in runs.items()}
+    overlapped = Run.median([Run(max(c.wall, s.wall), c.user + s.user, c.sys + s.sys,
+                                 max(c.rss_kib, s.rss_kib), 2)
+                             for c, s in zip(runs["curl"], runs["sha256"], strict=True)])
+    serial = Run.median([Run.total([c, s]) for c, s in zip(runs["curl"], runs["sha256"],
+                                                          strict=True)])
+    n = ds.bytes
+    pull, warm, load = med["mirror_pull"], med["mirror_warm"], med["mirror_load"]
+    warm_new = med["mirror_warm_new"]
+    sk_pull, sk_load = med["skopeo_pull"], med["skopeo_load"]
+    per = f"{len(ds.images)} commands" if len(ds.images) > 1 else "1 command"
+    skopeo_pull_label = ("pull: skopeo copy --all -> oci:" if ds.platform is None
+                         else "pull: skopeo copy --override-arch -> oci:")
+    rows = [
+        Row("limit: curl -o (download)", med["curl"], n),
+        Row("limit: openssl dgst -sha256", med["sha256"], n),
+        Row("limit: max (overlapped)", overlapped, n),
+        Row("limit: sum (no overlap)", serial, n),
+        Row(skopeo_pull_label, sk_pull, n, note=per),
+        Row("pull: mirror pull", pull, n, pull.wall / sk_pull.wall, pull.wall / overlapped.wall,
+            note=f"fetched {pull.extra['blobs_fetched']} blobs"),
+        Row("pull: mirror pull again (warm cache)", warm, n, warm.wall / sk_pull.wall,
+            warm.wall / overlapped.wall,
+            note=f"fetched {warm.extra['blobs_fetched']} blobs, "
+                 f"{warm.extra['bytes_fetched']} B; {warm.wall / pull.wall:.2f}x cold"
+                 + ("; bundle unchanged" if warm.extra.get("bundle_unchanged") else "")),
+        Row("pull: mirror pull, warm cache, new -o", warm_new, n, warm_new.wall / sk_pull.wall,
+            warm_new.wall / overlapped.wall,
+            note=f"fetched {warm_new.extra['blobs_fetched']} blobs; "
+                 f"{warm_new.wall / pull.wall:.2f}x cold"),
+        Row("load: skopeo copy oci-archive: -> reg", sk_load, n, note=per),
+        Row("load: mirror load", load, n, load.wall / sk_load.wall,
+            note=f"pushed {load.extra['bytes_pushed'] / MiB:.1f} MiB, "
+                 f"{load.extra['blobs_mounted']} mounted"),
+    ]
+    checks: list[Check] = []
+    if ds.name == "A":
+        r = pull.wall / sk_pull.wall
+        checks.append(Check(f"pull A wall <= {T_PULL_A_SKOPEO} x skopeo", f"{r:.2f} x",
+                            r <= T_PULL_A_SKOPEO))
+    r = pull.wall / overlapped.wall
+    checks.append(Check(f"pull {ds.name} wall <= {T_PULL_LIMIT:g} x limit", f"{r:.2f} x",
+                        r <= T_PULL_LIMIT))
+    fetched, nblobs = warm.extra["bytes_fetched"], warm.extra["blobs_fetched"]
+    checks.append(Check(f"warm pull {ds.name} fetches 0 blob bytes",
+                        f"{fetched} B, {nblobs} blobs", fetched == 0 and nblobs == 0))
+    r = warm.wall / pull.wall
+    checks.append(Check(f"warm pull {ds.name} wall <= {T_WARM:g} x cold pull", f"{r:.2f} x",
+                        r <= T_WARM))
+    if ds.name == "A":
+        r = load.wall / sk_load.wall
+        checks.append(Check(f"load A wall <= {T_LOAD_A_SKOPEO} x skopeo", f"{r:.2f} x",
+                            r <= T_LOAD_A_SKOPEO))
+    for label, run in (("pull", pull), ("warm pull", warm), ("warm pull, new -o", warm_new),
+                       ("load", load)):
+        mib = run.rss_kib / KiB
+        checks.append(Check(f"{label} {ds.name} peak RSS <= {T_RSS_MIB} MiB", f"{mib:.1f} MiB",
+                            mib <= T_RSS_MIB))
+    return rows, checks
+
+
+def _ratio(x: float | None) -> str:
+    return "" if x is None else f"{x:.2f}x"
+
+
+def render(ds: DataSet, rows: list[Row], checks: list[Check], repeat: int,
+           scale: float) -> str:
+    head = (f"data set {ds.name}: {ds.description}\n"
+            f"  {len(ds.pulled)} unique blobs, {ds.bytes / MiB:.1f} MiB "
+            f"({ds.bytes / 1e6:.1f} MB) to pull; "
+            f"{'median of ' + str(repeat) + ' runs' if repeat > 1 else '1 run'}\n")
+    hdr = (f"  {'':42} {'wall s':>8} {'MB/s':>8} {'CPU s':>8} {'RSS MiB':>8} "
+           f"{'/skopeo':>8} {'/limit':>8}  note")
+    lines = [head, hdr, "  " + "-" * (len(hdr) + 10)]
+    for r in rows:
+        mbs = f"{r.nbytes / 1e6 / r.run.wall:8.1f}" if r.run.wall > 0 else f"{'-':>8}"
+        lines.append(f"  {r.label:42} {r.run.wall:8.2f} {mbs} {r.run.cpu:8.2f} "
+                     f"{r.run.rss_kib / KiB:8.1f} {_ratio(r.vs_skopeo):>8} "
+                     f"{_ratio(r.vs_limit):>8}  {r.note}".rstrip())
+    lines.append("")
+    small = " (scale < 1: start-up costs dominate; the targets are for scale 1)" \
+        if scale < 1 else ""
+    lines.append(f"  targets (issue 6), data set {ds.name}{small}:")
+    for c in checks:
+        lines.append(f"    {'PASS' if c.ok else 'FAIL'}  {c.what:42} {c.value}")
+    return "\n".join(lines) + "\n"
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem = f"{int(line.split()[1]) / KiB / KiB:.1f} GiB"
+    except OSError:
+        pass
+
+    def out(*cmd: str) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
+                                  check=False).stdout.strip()
+        except OSError:
+            return ""
+
+    dirty = out("git", "status", "--porcelain", "--", "mirror")
+    return {"nproc": os.cpu_count(), "cpu": cpu, "memory": mem,
+            "python": platform.python_version(), "kernel": platform.release(),
+            "skopeo": out("skopeo", "--version"), "curl": out("curl", "--version")
+            .split("\n")[0], "openssl": out("openssl", "version"),
+            "mirror_commit": out("git", "rev-parse", "--short", "HEAD")
+            + (" + uncommitted changes in mirror/" if dirty else ""),
+            "loadavg_start": os.getloadavg()}
+
+
+# -- main ---------------------------------------------------------------------------------------
+def _need(*binaries: str) -> None:
+    missing = [x for x in binaries if shutil.which(x) is None]
+    if not Path(TIME).exists():
+        missing.append(TIME + " (apt package `time`)")
+    if missing:
+        raise SystemExit(f"bench: missing: {', '.join(missing)}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="fraction of the layer sizes (1 = full; 0.01 for a smoke run)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per measurement; the median "
+                    "is shown (default 1)")
+    ap.add_argument("--only", choices=["A", "B"], help="run one data set")
+    ap.add_argument("--json", type=Path, metavar="FILE", help="write every measurement here")
+    ap.add_argument("--tmp", type=Path, default=Path("/tmp"),
+                    help="where to make the working directory (default /tmp)")
+    ap.add_argument("--profile", type=Path, metavar="DIR",
+                    help="also run one cold mirror pull per data set under cProfile")
+    ap.add_argument("-v", "--verbose", action="store_true", help="print every command")
+    args = ap.parse_args(argv)
+    if not 0 < args.scale <= 4:
+        ap.error("--scale must be in (0, 4]")
+    if args.repeat < 1:
+        ap.error("--repeat must be at least 1")
+    return args
+
+
+def _space_needed(scale: float, only: str | None) -> int:
+    # A: registry + archives (shared layers repeated per image) + bundle + cache + copies
+    a = int(1.4 * GiB * scale) * 4 + int(3.8 * GiB * scale)
+    b = int(1.05 * GiB * scale) * 5
+    return {"A": a, "B": b}.get(only or "", a + b) + 64 * MiB
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    _need("docker-registry", "skopeo", "curl", "openssl")
+    args.tmp.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(args.tmp).free
+    need = _space_needed(args.scale, args.only)
+    if free < need:
+        raise SystemExit(f"bench: {args.tmp} has {free / GiB:.1f} GiB free; this run needs "
+                         f"about {need / GiB:.1f} GiB (use --tmp DIR or a smaller --scale)")
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        args.profile = args.profile.resolve()
+    info = machine()
+    work = Path(tempfile.mkdtemp(prefix="mirror-bench-", dir=args.tmp))
+    tempfile.tempdir = str(work)  # the registries' storage goes under it too
+    bench = Bench(work, args.verbose)
+    cmdline = " ".join(["scripts/bench.py", *(argv if argv is not None else sys.argv[1:])])
+    print(f"mirror benchmark: {cmdline}")
+    print(f"machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory']} RAM, "
+          f"Python {info['python']}, {info['skopeo']}, {info['openssl']}")
+    print(f"mirror: {info['mirror_commit']}; load average at start "
+          f"{' '.join(f'{x:.2f}' for x in info['loadavg_start'])}; scale {args.scale:g}\n",
+          flush=True)
+    doc: dict[str, Any] = {"command": cmdline, "machine": info, "scale": args.scale,
+                           "repeat": args.repeat, "datasets": {}}
+    all_ok = True
+    try:
+        with Registry() as src:
+            for name, make in (("A", dataset_a), ("B", dataset_b)):
+                if args.only and args.only != name:
+                    continue
+                t0 = time.monotonic()
+                ds = make(args.scale)
+                _log(f"data set {name}: generated in {time.monotonic() - t0:.1f} s")
+                runs = run_dataset(bench, ds, src, args.repeat)
+                rows, checks = summarize(ds, runs)
+                print(render(ds, rows, checks, args.repeat, args.scale), flush=True)
+                if args.profile:
+                    profile_pull(bench, ds, src, args.profile)
+                all_ok &= all(c.ok for c in checks)
+                doc["datasets"][name] = {
+                    "description": ds.description, "images": len(ds.images),
+                    "unique_blobs": len(ds.pulled), "bytes": ds.bytes,
+                    "platform": ds.platform or "all",
+                    "rows": [{"label": r.label, "wall": r.run.wall, "user": r.run.user,
+                              "sys": r.run.sys, "cpu": r.run.cpu, "rss_kib": r.run.rss_kib,
+                              "mb_per_s": r.nbytes / 1e6 / r.run.wall if r.run.wall else None,
+                              "vs_skopeo": r.vs_skopeo, "vs_limit": r.vs_limit,
+                              "note": r.note, "extra": r.run.extra} for r in rows],
+                    "checks": [asdict(c) for c in checks],
+                    "runs": {k: [asdict(r) for r in v] for k, v in runs.items()},
+                }
+                del ds
+    except BenchError as e:
+        print(f"bench: error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    info["loadavg_end"] = os.getloadavg()
+    print(f"load average at end {' '.join(f'{x:.2f}' for x in info['loadavg_end'])}; "
+          f"all targets {'met' if all_ok else 'NOT met'}")
+    if args.json:
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

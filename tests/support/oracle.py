@@ -1,0 +1,261 @@
+"""Independent checks of a bundle (Python's tarfile + hashlib only, nothing from mirror/), and
+helpers to run the CLI and skopeo as subprocesses.
+
+    layout = check_layout(bundle_path)        # raises AssertionError naming what is wrong
+    layout.members, layout.index, layout.inventory, layout.manifests, layout.blob(digest)
+    skopeo_copy_ok(bundle_path, ref_name, dest_dir)
+    proc = run_mirror("pull", "127.0.0.1:5000/app:1", "-o", out, "--cache", cache)
+
+`check_layout` reads a `.tar` or a `.tar.zst` (zstd magic) in one streaming pass and asserts:
+only regular files and directories, relative names, no member twice; `oci-layout` is
+`{"imageLayoutVersion": "1.0.0"}`; every `blobs/<alg>/<hex>` hashes to its name; every
+index.json entry names a blob of that size; every manifest reachable from index.json has its
+config, layers and children in the tar at the declared size, unless mirror.json lists the
+digest under "absent".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository: `python -m mirror` runs from it
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+KEEP_BYTES = 4 << 20  # members up to this size are kept in memory (manifests, configs, JSON)
+INDEX_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+)
+IMAGE_TYPES = (
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
+
+
+@dataclass
+class Layout:
+    """What `check_layout` saw: member names in tar order, digests, and the small files."""
+
+    members: list[str] = field(default_factory=list)  # every member name, in tar order
+    sizes: dict[str, int] = field(default_factory=dict)  # file member name -> size
+    sha256: dict[str, str] = field(default_factory=dict)  # file member name -> "sha256:<hex>"
+    data: dict[str, bytes] = field(default_factory=dict)  # small file members' bytes
+    index: dict[str, Any] = field(default_factory=dict)
+    inventory: dict[str, Any] | None = None  # mirror.json, when present
+    manifests: dict[str, dict[str, Any]] = field(default_factory=dict)  # digest -> parsed
+
+    @property
+    def blob_digests(self) -> set[str]:
+        return {_digest_of(n) for n in self.sizes if _digest_of(n)}  # type: ignore[misc]
+
+    @property
+    def absent(self) -> dict[str, str]:
+        return dict((self.inventory or {}).get("absent") or {})
+
+    def blob(self, digest: str) -> bytes:
+        return self.data[_blob_name(digest)]
+
+    def entry(self, name: str) -> dict[str, Any]:
+        """The index.json entry whose ref.name is `name`."""
+        for e in self.index["manifests"]:
+            if (e.get("annotations") or {}).get("org.opencontainers.image.ref.name") == name:
+                return e
+        raise AssertionError(f"no index.json entry named {name!r}: {self.entry_names()}")
+
+    def entry_names(self) -> list[str]:
+        return [(e.get("annotations") or {}).get("org.opencontainers.image.ref.name", "")
+                for e in self.index["manifests"]]
+
+
+def _blob_name(digest: str) -> str:
+    alg, _, hexpart = digest.partition(":")
+    return f"blobs/{alg}/{hexpart}"
+
+
+def _digest_of(name: str) -> str | None:
+    parts = name.split("/")
+    if len(parts) == 3 and parts[0] == "blobs":
+        return f"{parts[1]}:{parts[2]}"
+    return None
+
+
+def _open_tar(path: Path, stack: list[Any]) -> tarfile.TarFile:
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    raw = open(path, "rb")  # noqa: SIM115 - closed by the caller through `stack`
+    stack.append(raw)
+    if magic == ZSTD_MAGIC:
+        import zstandard
+
+        zr = zstandard.ZstdDecompressor().stream_reader(raw)
+        stack.append(zr)
+        return tarfile.open(fileobj=zr, mode="r|")
+    return tarfile.open(fileobj=raw, mode="r|")
+
+
+def read_layout(path: Path | str) -> Layout:
+    """One streaming pass over the tar: names, sizes, sha256 of every file, small bytes."""
+    path = Path(path)
+    out = Layout()
+    stack: list[Any] = []
+    try:
+        tf = _open_tar(path, stack)
+        with tf:
+            for ti in tf:
+                out.members.append(ti.name)
+                if ti.isdir():
+                    continue
+                assert ti.isreg(), f"{path}: member {ti.name!r} is not a regular file"
+                assert ti.name not in out.sizes, f"{path}: member {ti.name!r} appears twice"
+                f = tf.extractfile(ti)
+                assert f is not None
+                h = hashlib.sha256()
+                keep = bytearray() if ti.size <= KEEP_BYTES else None
+                n = 0
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+                    n += len(chunk)
+                    if keep is not None:
+                        keep += chunk
+                assert n == ti.size, f"{path}: member {ti.name!r} is truncated"
+                out.sizes[ti.name] = ti.size
+                out.sha256[ti.name] = "sha256:" + h.hexdigest()
+                if keep is not None:
+                    out.data[ti.name] = bytes(keep)
+    finally:
+        for obj in reversed(stack):
+            obj.close()
+    return out
+
+
+def check_layout(bundle_path: Path | str) -> Layout:
+    """Assert the bundle is a sound OCI image layout tar (see the module docstring)."""
+    path = Path(bundle_path)
+    lay = read_layout(path)
+    for name in lay.members:
+        norm = posixpath.normpath(name)
+        assert not name.startswith("/") and not norm.startswith(".."), f"unsafe name {name!r}"
+    assert "oci-layout" in lay.data, f"{path}: no oci-layout"
+    assert json.loads(lay.data["oci-layout"]) == {"imageLayoutVersion": "1.0.0"}, \
+        f"{path}: oci-layout is {lay.data['oci-layout']!r}"
+    assert "index.json" in lay.data, f"{path}: no index.json"
+    lay.index = json.loads(lay.data["index.json"])
+    assert lay.index.get("schemaVersion") == 2, f"{path}: index.json schemaVersion"
+    assert isinstance(lay.index.get("manifests"), list), f"{path}: index.json has no manifests"
+    if "mirror.json" in lay.data:
+        lay.inventory = json.loads(lay.data["mirror.json"])
+    for name in lay.sizes:
+        digest = _digest_of(name)
+        if digest is None:
+            assert name in ("oci-layout", "index.json", "mirror.json", "manifest.json"), \
+                f"{path}: unexpected member {name!r}"
+            continue
+        assert digest.startswith("sha256:"), f"{path}: {name}: only sha256 is expected"
+        assert lay.sha256[name] == digest, \
+            f"{path}: {name} hashes to {lay.sha256[name]}, not to its name"
+    absent = lay.absent
+
+    def need(desc: dict[str, Any], by: str) -> bool:
+        """True if the blob is in the tar (size checked); False if absent on purpose."""
+        digest, size = desc["digest"], desc["size"]
+        name = _blob_name(digest)
+        if name in lay.sizes:
+            assert lay.sizes[name] == size, \
+                f"{path}: {digest} has {lay.sizes[name]} bytes, {by} says {size}"
+            return True
+        assert digest in absent, f"{path}: {digest} (needed by {by}) is missing"
+        return False
+
+    todo = [(e, "index.json") for e in lay.index["manifests"]]
+    for e, _ in todo:
+        assert _blob_name(e["digest"]) in lay.sizes, \
+            f"{path}: index.json names {e['digest']}, which is not in the tar"
+    while todo:
+        desc, by = todo.pop()
+        digest = desc["digest"]
+        if digest in lay.manifests or not need(desc, by):
+            continue
+        body = json.loads(lay.blob(digest))
+        lay.manifests[digest] = body
+        media_type = body.get("mediaType") or desc.get("mediaType")
+        if media_type in INDEX_TYPES or "manifests" in body:
+            todo.extend((c, f"index {digest}") for c in body["manifests"])
+        else:
+            assert media_type in IMAGE_TYPES or "config" in body, \
+                f"{path}: {digest} is neither a manifest nor an index"
+            need(body["config"], f"manifest {digest}")
+            for layer in body.get("layers") or []:
+                if layer.get("urls") and layer["digest"] in absent:
+                    continue
+                need(layer, f"manifest {digest}")
+    return lay
+
+
+def file_sha256(path: Path | str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def run(cmd: list[str], *, timeout: float = 180, cwd: Path | str | None = None,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env=env)
+
+
+def mirror_cmd(*args: object) -> list[str]:
+    return [sys.executable, "-m", "mirror", *(str(a) for a in args)]
+
+
+def mirror_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"]
+                                     if env.get("PYTHONPATH") else "")
+    return env
+
+
+def run_mirror(*args: object, cwd: Path | str | None = None,
+               timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """`python -m mirror ARGS` as a subprocess (real exit code), from `cwd` (default: ROOT)."""
+    return run(mirror_cmd(*args), timeout=timeout, cwd=cwd or ROOT, env=mirror_env())
+
+
+def mirror_ok(*args: object, cwd: Path | str | None = None,
+              timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """run_mirror, asserting exit code 0 (the message shows stdout and stderr)."""
+    proc = run_mirror(*args, cwd=cwd, timeout=timeout)
+    assert proc.returncode == 0, (
+        f"mirror {' '.join(map(str, args))} exited {proc.returncode}\n"
+        f"stdout: {proc.stdout}\nstderr: {proc.stderr}")
+    return proc
+
+
+def skopeo(*args: object, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    proc = run(["skopeo", *args], timeout=timeout)
+    assert proc.returncode == 0, f"skopeo {' '.join(map(str, args))}: {proc.stderr}"
+    return proc
+
+
+def skopeo_copy_ok(bundle: Path | str, ref: str, dest_dir: Path | str,
+                   all_: bool = True) -> Path:
+    """`skopeo copy [--all] oci-archive:BUNDLE:REF oci:DEST_DIR:REF`; assert it succeeds and
+    that the copied layout is sound; return DEST_DIR."""
+    dest = Path(dest_dir)
+    args = ["copy", *(["--all"] if all_ else []), f"oci-archive:{bundle}:{ref}",
+            f"oci:{dest}:{ref}"]
+    skopeo(*args)
+    assert (dest / "oci-layout").is_file() and (dest / "index.json").is_file(), \
+        f"skopeo wrote no layout in {dest}"
+    for blob in (dest / "blobs" / "sha256").iterdir():
+        assert file_sha256(blob) == f"sha256:{blob.name}", f"{blob} does not match its name"
+    return dest

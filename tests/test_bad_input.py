@@ -1,0 +1,305 @@
+"""Issue 2 acceptance: bad input gets a one-line error naming the file, image or registry, the
+documented exit code (mirror/errors.py), and pushes nothing.
+
+Broken bundles are derived from one good bundle by rewriting the tar with `tarfile` (a member
+dropped, a byte flipped, a link, a device or a `../` path added); each load goes to its own
+repository prefix at the target, which must have no tags afterwards.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import socket
+import subprocess
+import tarfile
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support import imagegen as ig
+from tests.support.oracle import check_layout, mirror_ok, run_mirror
+from tests.support.pusher import list_tags, push_image
+from tests.support.registry import Registry
+
+EXIT = {"usage": 2, "registry": 3, "not-found": 5, "integrity": 7, "bundle": 10}
+
+
+@dataclass
+class Good:
+    bundle: Path
+    repo: str  # source repository; a load puts it at PREFIX/repo
+    ref: str
+    index: ig.Index
+
+
+@pytest.fixture(scope="module")
+def good(src_registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Good:
+    rng = random.Random("test_bad_input")
+    imgs = [ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)]
+    index = ig.make_index(imgs, "oci")
+    repo = f"test/bad-input-{uuid.uuid4().hex[:8]}"
+    push_image(src_registry.url, repo, index, ["v1"])
+    ref = f"{src_registry.host}/{repo}:v1"
+    tmp = tmp_path_factory.mktemp("good")
+    bundle = tmp / "good.tar"
+    mirror_ok("pull", ref, "-o", bundle, "--cache", tmp / "cache", "-q")
+    check_layout(bundle)
+    return Good(bundle, repo, ref, index)
+
+
+def error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The single `mirror: error:` line (a `hint:` line may follow); no traceback."""
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("mirror: error:")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def fails(code: str, *args: object, cwd: Path | None = None) -> str:
+    proc = run_mirror(*args, cwd=cwd)
+    assert proc.returncode == EXIT[code], (
+        f"mirror {' '.join(map(str, args))}: exit {proc.returncode}, wanted {EXIT[code]}\n"
+        f"{proc.stderr}")
+    return error_line(proc)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # nothing listens once the socket is closed
+
+
+def layer_member(good: Good) -> str:
+    return "blobs/sha256/" + good.index.images[0].layers[0].digest.split(":", 1)[1]
+
+
+Edit = Callable[[tarfile.TarInfo, bytes | None], tuple[tarfile.TarInfo, bytes | None] | None]
+
+
+def rewrite(src: Path, dst: Path, edit: Edit | None = None,
+            extra: tuple[tuple[tarfile.TarInfo, bytes | None], ...] = ()) -> Path:
+    """Copy the tar member by member (names kept); `edit` may drop (None) or change one."""
+    with tarfile.open(src) as tin, tarfile.open(dst, "w", format=tarfile.PAX_FORMAT) as tout:
+        for ti in tin:
+            f = tin.extractfile(ti) if ti.isreg() else None
+            data = f.read() if f is not None else None
+            item = edit(ti, data) if edit else (ti, data)
+            if item is None:
+                continue
+            ti, data = item
+            tout.addfile(ti, io.BytesIO(data) if data is not None else None)
+        for ti, data in extra:
+            tout.addfile(ti, io.BytesIO(data) if data is not None else None)
+    return dst
+
+
+def assert_nothing_pushed(dst_registry: Registry, prefix: str, good: Good) -> None:
+    assert list_tags(dst_registry.url, f"{prefix}/{good.repo}") == []
+
+
+def load_fails(code: str, bundle: Path, dst_registry: Registry, good: Good) -> str:
+    prefix = f"bad-{uuid.uuid4().hex[:8]}"
+    err = fails(code, "load", bundle, "--to", f"{dst_registry.host}/{prefix}", "--retries", "2")
+    assert str(bundle) in err, err
+    assert_nothing_pushed(dst_registry, prefix, good)
+    return err
+
+
+def verify_fails(bundle: Path) -> str:
+    proc = run_mirror("verify", bundle)
+    assert proc.returncode in (EXIT["integrity"], EXIT["bundle"]), proc.stdout + proc.stderr
+    error_line(proc)
+    return proc.stdout
+
+
+# -- broken bundles ------------------------------------------------------------------------
+
+
+def test_not_a_tar(good: Good, dst_registry: Registry, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(random.Random(1).randbytes(4096))
+    err = load_fails("bundle", junk, dst_registry, good)
+    assert "tar" in err
+    verify_fails(junk)
+    zst = tmp_path / "junk.tar.zst"  # zstd magic, then garbage
+    zst.write_bytes(b"\x28\xb5\x2f\xfd" + random.Random(2).randbytes(4096))
+    load_fails("bundle", zst, dst_registry, good)
+    missing = tmp_path / "nonexistent.tar"
+    load_fails("bundle", missing, dst_registry, good)
+
+
+def test_tar_without_oci_layout(good: Good, dst_registry: Registry, tmp_path: Path) -> None:
+    bundle = rewrite(good.bundle, tmp_path / "nolayout.tar",
+                     lambda ti, d: None if ti.name == "oci-layout" else (ti, d))
+    err = load_fails("bundle", bundle, dst_registry, good)
+    assert "oci-layout" in err
+    assert "oci-layout" in verify_fails(bundle)
+
+
+def zstd(bundle: Path) -> Path:
+    """The same tar, zstd-compressed (the reader streams those)."""
+    import zstandard
+
+    out = bundle.with_name(bundle.name + ".zst")
+    out.write_bytes(zstandard.ZstdCompressor().compress(bundle.read_bytes()))
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["tar", "zst"])
+def test_bundle_with_a_blob_missing(fmt: str, good: Good, dst_registry: Registry,
+                                    tmp_path: Path) -> None:
+    name = layer_member(good)
+    bundle = rewrite(good.bundle, tmp_path / "missing.tar",
+                     lambda ti, d: None if ti.name == name else (ti, d))
+    if fmt == "zst":
+        bundle = zstd(bundle)
+    digest = good.index.images[0].layers[0].digest
+    with pytest.raises(AssertionError, match="missing"):
+        check_layout(bundle)  # the oracle sees it too
+    err = load_fails("bundle", bundle, dst_registry, good)
+    assert "missing" in err and digest in err
+    out = verify_fails(bundle)
+    assert digest in out and "missing" in out
+
+
+@pytest.mark.parametrize("fmt", ["tar", "zst"])
+def test_bundle_with_a_flipped_byte(fmt: str, good: Good, dst_registry: Registry,
+                                    tmp_path: Path) -> None:
+    name = layer_member(good)
+
+    def flip(ti: tarfile.TarInfo, data: bytes | None) -> tuple[tarfile.TarInfo, bytes | None]:
+        if ti.name == name:
+            assert data is not None
+            b = bytearray(data)
+            b[len(b) // 2] ^= 0xFF
+            return ti, bytes(b)
+        return ti, data
+
+    bundle = rewrite(good.bundle, tmp_path / "flipped.tar", flip)
+    if fmt == "zst":
+        bundle = zstd(bundle)
+    digest = good.index.images[0].layers[0].digest
+    with pytest.raises(AssertionError, match="not to its name"):
+        check_layout(bundle)  # the oracle sees it too
+    err = load_fails("integrity", bundle, dst_registry, good)
+    assert digest in err and "mismatch" in err, err
+    out = verify_fails(bundle)
+    assert digest in out and "mismatch" in out
+
+
+def _info(name: str, kind: bytes, **attrs: object) -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(name)
+    ti.type = kind
+    for k, v in attrs.items():
+        setattr(ti, k, v)
+    return ti
+
+
+@pytest.mark.parametrize("member", [
+    pytest.param((_info("blobs/sha256/link", tarfile.SYMTYPE, linkname="/etc/passwd"), None),
+                 id="symlink"),
+    pytest.param((_info("blobs/sha256/hard", tarfile.LNKTYPE, linkname="oci-layout"), None),
+                 id="hardlink"),
+    pytest.param((_info("blobs/sha256/dev", tarfile.CHRTYPE, devmajor=1, devminor=3), None),
+                 id="device"),
+    pytest.param((_info("blobs/sha256/../../../evil", tarfile.REGTYPE, size=5), b"evil\n"),
+                 id="dotdot"),
+    pytest.param((_info("/etc/evil", tarfile.REGTYPE, size=5), b"evil\n"), id="absolute"),
+])
+def test_unsafe_tar_member(member: tuple[tarfile.TarInfo, bytes | None], good: Good,
+                           dst_registry: Registry, tmp_path: Path) -> None:
+    ti, _ = member
+    bundle = rewrite(good.bundle, tmp_path / "unsafe.tar", extra=(member,))
+    with tarfile.open(bundle) as tf:  # the member really is in the tar
+        assert ti.name in tf.getnames()
+    err = load_fails("bundle", bundle, dst_registry, good)
+    assert repr(ti.name) in err or ti.name in err, err
+    verify_fails(bundle)
+
+
+# -- registries and images ---------------------------------------------------------------
+
+
+def test_unreachable_registry(good: Good, tmp_path: Path) -> None:
+    host = f"127.0.0.1:{closed_port()}"
+    out = tmp_path / "out.tar"
+    err = fails("registry", "pull", f"{host}/app:v1", "-o", out, "--cache", tmp_path / "c",
+                "--retries", "2")
+    assert host in err and "unreachable" in err, err
+    assert not out.exists()
+    err = fails("registry", "load", good.bundle, "--to", f"{host}/x", "--retries", "2")
+    assert host in err, err
+
+
+def test_unknown_tag(good: Good, src_registry: Registry, tmp_path: Path) -> None:
+    ref = f"{src_registry.host}/{good.repo}:no-such-tag"
+    out = tmp_path / "out.tar"
+    err = fails("not-found", "pull", ref, "-o", out, "--cache", tmp_path / "c")
+    assert f"{src_registry.host}/{good.repo}" in err and "no-such-tag" in err, err
+    assert not out.exists()
+    err = fails("not-found", "pull", f"{src_registry.host}/test/no-such-repo-{uuid.uuid4().hex}",
+                "-o", out, "--cache", tmp_path / "c")
+    assert "no-such-repo" in err
+
+
+# -- configuration and command line -------------------------------------------------------
+
+
+def test_yaml_typo_names_file_line_and_suggestion(good: Good, tmp_path: Path) -> None:
+    (tmp_path / "images.yaml").write_text(
+        "version: 1\n"
+        "images:\n"
+        f"  - ref: {good.ref}\n"
+        "    platfrom: linux/arm64\n")
+    err = fails("usage", "pull", "-f", "images.yaml", "-o", "out.tar", "--cache", "c",
+                cwd=tmp_path)
+    assert "images.yaml:4" in err and "platfrom" in err, err
+    assert "did you mean 'platforms'" in err, err
+    assert not (tmp_path / "out.tar").exists()
+
+
+def test_yaml_unknown_platform_names_file_line(good: Good, tmp_path: Path) -> None:
+    (tmp_path / "images.yaml").write_text(
+        "images:\n"
+        f"  - ref: {good.ref}\n"
+        "    platforms: [linux/amd64, linux/amd46]\n")
+    err = fails("usage", "pull", "-f", "images.yaml", "-o", "out.tar", "--cache", "c",
+                cwd=tmp_path)
+    assert "images.yaml:3" in err and "linux/amd46" in err, err
+
+
+@pytest.mark.parametrize("platform", ["linux/amd46", "linux", "linux/arm64/v8/x", "lunix/amd64"])
+def test_unknown_platform_on_the_command_line(platform: str, good: Good,
+                                              tmp_path: Path) -> None:
+    out = tmp_path / "out.tar"
+    err = fails("usage", "pull", good.ref, "--platform", platform, "-o", out, "--cache",
+                tmp_path / "c")
+    assert platform in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("ref", [
+    "127.0.0.1:5000/Upper/Case:v1",
+    "https://127.0.0.1:5000/app:v1",
+    "127.0.0.1:5000/app:bad tag",
+    "127.0.0.1:5000/app:-dash",
+    "127.0.0.1:5000/app@sha256:1234",
+    "127.0.0.1:5000/app//double:v1",
+    "",
+])
+def test_bad_reference(ref: str, tmp_path: Path) -> None:
+    out = tmp_path / "out.tar"
+    err = fails("usage", "pull", ref, "-o", out, "--cache", tmp_path / "c")
+    if ref:
+        assert ref in err, err
+    assert not out.exists()
+
+
+def test_bad_load_target(good: Good, dst_registry: Registry) -> None:
+    for to in ("https://127.0.0.1:5000", f"{dst_registry.host}/Upper", ""):
+        err = fails("usage", "load", good.bundle, "--to", to)
+        assert "--to" in err, err

@@ -1,0 +1,482 @@
+"""Issue 3, one retry policy: transient 5xx and 429 (Retry-After in seconds or as an HTTP date,
+pausing the whole registry), other 4xx not retried, bounded retries with a final error that
+names registry, repository, digest or tag, status and the registry's code; blob redirects to
+object storage without the registry's Authorization (and an expired redirect asked again);
+read-inactivity timeouts; uploads on load (monolithic, chunked, relative and absolute
+Location, cross-repository mount, a failed chunk resumed).
+
+Faults come from the FaultProxy in front of the real registry; `RecordingProxy` adds each
+request's arrival time and headers to what the proxy records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import random
+import re
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from mirror.registry.client import Client
+from mirror.registry.transport import RetryPolicy, Transport
+from tests.support import imagegen as ig
+from tests.support.faultproxy import Fault, FaultProxy
+from tests.support.oracle import ROOT, check_layout, mirror_cmd, mirror_env, run
+from tests.support.pusher import blob_exists, get_manifest, push_image
+from tests.support.registry import Registry
+from tests.support.tokenserver import StorageServer
+
+USER, PASSWORD = "mirror-user", "Faults-pw-77"
+
+
+@dataclass
+class Seen:
+    when: float  # time.monotonic() at arrival
+    method: str
+    path: str  # path and query
+    headers: dict[str, str]
+    status: int = 0  # of the answer, once given
+    wall: float = 0.0  # time.time() at arrival
+
+
+class RecordingProxy(FaultProxy):
+    """A FaultProxy that also logs every request on arrival (time, method, path, headers),
+    and can leave requests matching `stall` unanswered (a registry that hangs)."""
+
+    def __init__(self, upstream_url: str, cafile: str | None = None) -> None:
+        super().__init__(upstream_url, cafile=cafile)
+        self.log: list[Seen] = []
+        self.stall: str | None = None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        seen = Seen(time.monotonic(), request.method, request.raw_path, dict(request.headers),
+                    wall=time.time())
+        with self._lock:
+            self.log.append(seen)
+        if self.stall and re.search(self.stall, request.raw_path):
+            await asyncio.sleep(3600)
+        resp = await super()._handle(request)
+        seen.status = resp.status
+        return resp
+
+    def seen(self, method: str | None = None, path: str = "") -> list[Seen]:
+        with self._lock:
+            return [s for s in self.log
+                    if (method is None or s.method == method) and path in s.path]
+
+    def statuses(self, path: str) -> list[tuple[str, int]]:
+        with self._lock:
+            return [(m, st) for m, p, st in self.requests if path in p]
+
+
+@pytest.fixture
+def recproxy() -> Iterator[Callable[..., RecordingProxy]]:
+    started: list[RecordingProxy] = []
+
+    def factory(upstream_url: str, cafile: str | None = None) -> RecordingProxy:
+        proxy = RecordingProxy(upstream_url, cafile=cafile)
+        started.append(proxy)
+        return proxy.start()
+
+    yield factory
+    for proxy in reversed(started):
+        proxy.stop()
+
+
+def cli(*args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return run(mirror_cmd(*args), env=mirror_env(), cwd=ROOT, timeout=timeout)
+
+
+def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("mirror: error:")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def pull(tmp_path: Path, ref: str, *args: object, out: str = "out.tar",
+         cache: str = "cache") -> subprocess.CompletedProcess[str]:
+    return cli("pull", ref, "-o", tmp_path / out, "--cache", tmp_path / cache, "--report",
+               tmp_path / "report.json", "-q", *args)
+
+
+def report(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "report.json").read_text())
+
+
+def assert_exact(bundle: Path, img: ig.Image) -> None:
+    """The bundle holds exactly the image's manifest, config and layers, bytes verified."""
+    lay = check_layout(bundle)  # every blob hashes to its name
+    [entry] = lay.index["manifests"]
+    assert entry["digest"] == img.digest
+    assert {f"sha256:{n.rsplit('/', 1)[1]}" for n in lay.sizes if n.startswith("blobs/")} == \
+        {img.digest, img.config.digest, *(x.digest for x in img.layers)}
+
+
+@pytest.fixture
+def image(src_registry: Registry, repo_name: str, rng: random.Random) -> tuple[str, ig.Image]:
+    img = ig.make_image(rng, ig.AMD64, "oci", n_layers=3, layer_size=3000)
+    push_image(src_registry.url, repo_name, img, ["v1"])
+    return repo_name, img
+
+
+def blob_path(repo: str, digest: str) -> str:
+    return f"/v2/{repo}/blobs/{digest}"
+
+
+# -- retries ------------------------------------------------------------------------------
+
+
+def test_transient_5xx_complete_with_exact_digests(src_registry, image, recproxy,
+                                                   tmp_path: Path) -> None:
+    repo, img = image
+    proxy = recproxy(src_registry.url)
+    proxy.add(Fault("status", method="GET", path=r"/manifests/v1$", status=500))
+    proxy.add(Fault("status", method="GET", path=img.layers[0].digest, status=502))
+    proxy.add(Fault("status", method="GET", path=img.config.digest, status=503,
+                    code="UNAVAILABLE"))
+    proxy.add(Fault("status", method="GET", path=img.layers[1].digest, status=504, times=2))
+    ok(pull(tmp_path, f"{proxy.host}/{repo}:v1", "--retries", "3"))
+    assert_exact(tmp_path / "out.tar", img)
+    assert report(tmp_path)["retries"] >= 5
+    assert proxy.statuses(img.layers[1].digest) == [("GET", 504), ("GET", 504), ("GET", 200)]
+
+
+@pytest.mark.parametrize("form", ["seconds", "http-date"])
+def test_429_retry_after_is_honoured(src_registry, image, recproxy, tmp_path: Path,
+                                     form: str) -> None:
+    repo, img = image
+    proxy = recproxy(src_registry.url)
+    layer = img.layers[2].digest
+    until = int(time.time()) + 4  # for the HTTP date: a whole second, a little ahead
+    value = "2" if form == "seconds" else email.utils.formatdate(until, usegmt=True)
+    proxy.add(Fault("status", method="GET", path=layer, status=429,
+                    headers={"Retry-After": value}))
+    ok(pull(tmp_path, f"{proxy.host}/{repo}:v1", "--retries", "3"))
+    assert_exact(tmp_path / "out.tar", img)
+    first, second = proxy.seen("GET", layer)
+    assert first.status == 429 and second.status == 200
+    if form == "seconds":
+        assert second.when - first.when >= 1.9
+    else:  # not before the date (the proxy and the client share the machine's clock)
+        assert second.wall >= until - 0.05
+
+
+async def test_429_pauses_the_whole_registry(src_registry, image, recproxy) -> None:
+    """A 429 with Retry-After on one blob holds back every other request to that registry,
+    not just the retry of the one that got it."""
+    repo, img = image
+    proxy = recproxy(src_registry.url)
+    a, b = img.layers[0].digest, img.layers[1].digest
+    proxy.add(Fault("status", method="GET", path=a, status=429, headers={"Retry-After": "2"}))
+    async with Transport(policy=RetryPolicy(tries=3)) as t:
+        client = Client(t)
+        await client.get_manifest(proxy.host, repo, "v1")
+        task_a = asyncio.ensure_future(client.get_small_blob(proxy.host, repo, a))
+        ep = await t.endpoint(proxy.host)
+        while ep.gate.paused_until <= time.monotonic():  # until the client saw the 429
+            assert not task_a.done(), task_a
+            await asyncio.sleep(0.01)
+        data_b = await client.get_small_blob(proxy.host, repo, b)
+        data_a = await task_a
+    assert ig.sha256_digest(data_a) == a and ig.sha256_digest(data_b) == b
+    [got_429] = [s for s in proxy.seen("GET", a)][:1]
+    [b_arrival] = proxy.seen("GET", b)
+    assert b_arrival.when - got_429.when >= 1.9, "the other request did not wait"
+
+
+@pytest.mark.parametrize("status,code", [(400, 3), (403, 4), (404, 5)])
+def test_other_4xx_are_not_retried(src_registry, image, recproxy, tmp_path: Path,
+                                   status: int, code: int) -> None:
+    repo, img = image
+    proxy = recproxy(src_registry.url)
+    layer = img.layers[0].digest
+    proxy.add(Fault("status", method="GET", path=layer, status=status, times=None))
+    proc = pull(tmp_path, f"{proxy.host}/{repo}:v1", "--retries", "3")
+    assert proc.returncode == code, proc.stderr
+    assert len(proxy.seen("GET", layer)) == 1
+    assert layer in error_line(proc) and f"HTTP {status}" in error_line(proc)
+    assert not (tmp_path / "out.tar").exists()
+
+
+@pytest.mark.parametrize("status,headers,code,exit_code", [
+    (503, {}, "UNAVAILABLE", 3),
+    (503, {"Retry-After": "1"}, "UNAVAILABLE", 6),
+    (429, {}, "TOOMANYREQUESTS", 6),
+])
+def test_persistent_failure_names_everything(src_registry, image, recproxy, tmp_path: Path,
+                                             status: int, headers: dict, code: str,
+                                             exit_code: int) -> None:
+    repo, img = image
+    proxy = recproxy(src_registry.url)
+    layer = img.layers[1].digest
+    proxy.add(Fault("status", method="GET", path=layer, status=status, headers=headers,
+                    code=code, times=None))
+    proc = pull(tmp_path, f"{proxy.host}/{repo}:v1", "--retries", "3")
+    assert proc.returncode == exit_code, proc.stderr
+    line = error_line(proc)
+    for part in (f"{proxy.host}/{repo}", layer, f"HTTP {status}", code, "injected by faultproxy"):
+        assert part in line, (part, line)
+    assert len(proxy.seen("GET", layer)) == 3  # --retries 3: three tries, no more
+    assert not (tmp_path / "out.tar").exists()
+
+
+def test_persistent_failure_on_a_tag(src_registry, image, recproxy, tmp_path: Path) -> None:
+    repo, _ = image
+    proxy = recproxy(src_registry.url)
+    proxy.add(Fault("status", method="GET", path=r"/manifests/v1$", status=500,
+                    code="UNKNOWN", times=None))
+    proc = pull(tmp_path, f"{proxy.host}/{repo}:v1", "--retries", "2")
+    assert proc.returncode == 3, proc.stderr
+    line = error_line(proc)
+    assert f"{proxy.host}/{repo}" in line and "manifest v1" in line and "HTTP 500" in line
+
+
+def test_connection_refused_is_retried_then_named(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = pull(tmp_path, f"127.0.0.1:{port}/some/repo:v1", "--retries", "2")
+    assert proc.returncode == 3, proc.stderr
+    assert f"127.0.0.1:{port}" in error_line(proc)
+
+
+# -- redirects to object storage ---------------------------------------------------------
+
+
+@pytest.fixture
+def redirecting(registry_factory) -> Iterator[tuple[Registry, StorageServer]]:
+    """A registry with Basic auth whose blob GETs answer 307 to a storage server on
+    127.0.0.2 (distribution's `redirect` storage middleware), which serves its files."""
+    storage = StorageServer().start()
+    try:
+        reg = registry_factory(htpasswd=(USER, PASSWORD), extra_config={
+            "middleware": {"storage": [{"name": "redirect",
+                                        "options": {"baseurl": storage.url}}]}})
+        storage.root = reg.storage
+        yield reg, storage
+    finally:
+        storage.stop()
+
+
+def authfile(tmp_path: Path, host: str) -> Path:
+    import base64
+
+    path = tmp_path / "auth.json"
+    path.write_text(json.dumps({"auths": {host: {"auth": base64.b64encode(
+        f"{USER}:{PASSWORD}".encode()).decode()}}}))
+    return path
+
+
+def test_redirect_followed_without_authorization(redirecting, repo_name: str,
+                                                 rng: random.Random, tmp_path: Path) -> None:
+    reg, storage = redirecting
+    img = ig.make_image(rng, ig.AMD64, "oci", layer_size=3000)
+    push_image(reg.url, repo_name, img, ["v1"], auth=(USER, PASSWORD))
+    storage.requests.clear()
+    ok(pull(tmp_path, f"{reg.host}/{repo_name}:v1", "--authfile", authfile(tmp_path, reg.host)))
+    assert_exact(tmp_path / "out.tar", img)
+    got = [r for r in storage.requests if r.method == "GET"]
+    blobs = {img.config.digest, *(x.digest for x in img.layers)}
+    assert {r.path.rsplit("/", 2)[1] for r in got} == {d.split(":")[1] for d in blobs}
+    assert all(r.status == 200 for r in got)
+    for r in storage.requests:
+        assert not any(k.lower() == "authorization" for k in r.headers), r.headers
+        assert PASSWORD not in json.dumps(r.headers)
+
+
+def test_expired_redirect_is_asked_again(redirecting, repo_name: str, rng: random.Random,
+                                         tmp_path: Path) -> None:
+    reg, storage = redirecting
+    img = ig.make_image(rng, ig.AMD64, "oci", n_layers=1, layer_size=3000)
+    push_image(reg.url, repo_name, img, ["v1"], auth=(USER, PASSWORD))
+    storage.requests.clear()
+    storage.expire_next = 2  # the first two storage GETs: 403 "Request has expired"
+    ok(pull(tmp_path, f"{reg.host}/{repo_name}:v1", "--authfile",
+            authfile(tmp_path, reg.host), "-j", "1", "--retries", "3"))
+    assert_exact(tmp_path / "out.tar", img)
+    statuses = [r.status for r in storage.requests if r.method == "GET"]
+    assert statuses.count(403) == 2 and statuses.count(200) == 2, statuses
+    assert report(tmp_path)["retries"] >= 2
+
+
+# -- timeouts -----------------------------------------------------------------------------
+
+
+def test_slow_but_steady_body_is_not_cut(src_registry, image, recproxy,
+                                         tmp_path: Path) -> None:
+    """No total timeout: a body taking longer than --read-timeout overall, but never
+    pausing that long, arrives in one go."""
+    repo, img = image
+    proxy = recproxy(src_registry.url)
+    layer = img.layers[0].digest
+    proxy.add(Fault("slow", method="GET", path=layer, chunk=512, delay=0.4))
+    ok(pull(tmp_path, f"{proxy.host}/{repo}:v1", "--read-timeout", "2",
+            "--connect-timeout", "5"))
+    assert_exact(tmp_path / "out.tar", img)
+    assert report(tmp_path)["retries"] == 0
+    assert img.layers[0].size > 512 * 6  # so the transfer took > 2 s in all
+
+
+def test_stalled_body_is_retried_with_range(src_registry, image, recproxy,
+                                            tmp_path: Path) -> None:
+    repo, img = image
+    proxy = recproxy(src_registry.url)
+    layer = img.layers[0].digest
+    proxy.add(Fault("slow", method="GET", path=layer, chunk=1024, delay=30))
+    ok(pull(tmp_path, f"{proxy.host}/{repo}:v1", "--read-timeout", "2"))
+    assert_exact(tmp_path / "out.tar", img)
+    first, second = proxy.seen("GET", layer)
+    assert "Range" not in first.headers and second.headers.get("Range") == "bytes=1024-"
+    assert ("GET", 206) in proxy.statuses(layer)
+
+
+def test_hung_registry_fails_naming_the_blob(src_registry, image, recproxy,
+                                             tmp_path: Path) -> None:
+    repo, img = image
+    proxy = recproxy(src_registry.url)
+    layer = img.layers[2].digest
+    proxy.stall = layer
+    proc = pull(tmp_path, f"{proxy.host}/{repo}:v1", "--read-timeout", "1", "--retries", "2")
+    assert proc.returncode == 3, proc.stderr
+    line = error_line(proc)
+    assert f"{proxy.host}/{repo}" in line and layer in line and "timed out" in line, line
+    assert len(proxy.seen("GET", layer)) == 2
+
+
+# -- uploads on load ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def big_bundle(src_registry: Registry, tmp_path_factory: pytest.TempPathFactory
+               ) -> tuple[Path, ig.Image]:
+    """A bundle with one ~20 MiB layer (chunked upload) and a small one (monolithic)."""
+    rng = random.Random("test_faults.big_bundle")
+    big = ig.make_layer(rng, 20 << 20, compressed=False)
+    img = ig.make_image(rng, ig.AMD64, "oci", layers=[big, ig.make_layer(rng, 2000)])
+    repo = f"test/big-{rng.getrandbits(32):08x}"
+    push_image(src_registry.url, repo, img, ["v1"])
+    d = tmp_path_factory.mktemp("big")
+    ok(cli("pull", f"{src_registry.host}/{repo}:v1", "-o", d / "big.tar", "--cache", d / "c",
+           "-q"))
+    return d / "big.tar", img
+
+
+def load(bundle: Path, to: str, *args: object) -> subprocess.CompletedProcess[str]:
+    return cli("load", bundle, "--to", to, "-q", *args)
+
+
+def check_loaded(reg: Registry, repo: str, img: ig.Image) -> None:
+    body, _, _ = get_manifest(reg.url, repo, "v1")
+    assert ig.sha256_digest(body) == img.digest
+    for blob in img.blobs():
+        assert blob_exists(reg.url, repo, blob.digest)
+
+
+def test_upload_monolithic_small_chunked_big(big_bundle, dst_registry: Registry, recproxy,
+                                             repo_name: str) -> None:
+    bundle, img = big_bundle
+    big, small = img.layers
+    proxy = recproxy(dst_registry.url)
+    ok(load(bundle, f"{proxy.host}/{repo_name}"))
+    repo = f"{repo_name}/{_source_repo(bundle)}"
+    check_loaded(dst_registry, repo, img)
+    patches = [s for s in proxy.seen("PATCH")]
+    ranges = [s.headers.get("Content-Range") for s in patches]
+    mib16 = 16 << 20
+    assert ranges == [f"0-{mib16 - 1}", f"{mib16}-{big.size - 1}"], ranges
+    puts = proxy.seen("PUT", "digest=")
+    by_digest = {re.search(r"digest=sha256(?::|%3A)([0-9a-f]+)", s.path).group(1): s
+                 for s in puts}
+    assert by_digest[big.digest.split(":")[1]].headers.get("Content-Length") == "0"
+    assert by_digest[small.digest.split(":")[1]].headers.get("Content-Length") == \
+        str(small.size)
+
+
+def _source_repo(bundle: Path) -> str:
+    [entry] = check_layout(bundle).index["manifests"]
+    name = entry["annotations"]["org.opencontainers.image.ref.name"]
+    return name.split("/", 1)[1].rsplit(":", 1)[0]
+
+
+def test_failed_chunk_is_resumed_not_restarted(big_bundle, dst_registry: Registry, recproxy,
+                                               repo_name: str) -> None:
+    bundle, img = big_bundle
+    big = img.layers[0]
+    proxy = recproxy(dst_registry.url)
+    proxy.add(Fault("status", method="PATCH", path=r"/blobs/uploads/", status=500, skip=1))
+    ok(load(bundle, f"{proxy.host}/{repo_name}"))
+    check_loaded(dst_registry, f"{repo_name}/{_source_repo(bundle)}", img)
+    mib16 = 16 << 20
+    ranges = [s.headers.get("Content-Range") for s in proxy.seen("PATCH")]
+    assert ranges == [f"0-{mib16 - 1}", f"{mib16}-{big.size - 1}",
+                      f"{mib16}-{big.size - 1}"], ranges
+    assert ("GET", 204) in [(m, st) for m, p, st in proxy.requests if "/uploads/" in p]
+
+
+def test_failed_monolithic_put_is_restarted(src_registry: Registry, dst_registry: Registry,
+                                            recproxy, repo_name: str, rng: random.Random,
+                                            tmp_path: Path) -> None:
+    img = ig.make_image(rng, ig.AMD64, "docker", layer_size=3000)
+    push_image(src_registry.url, repo_name, img, ["v1"])
+    ok(pull(tmp_path, f"{src_registry.host}/{repo_name}:v1"))
+    proxy = recproxy(dst_registry.url)
+    proxy.add(Fault("status", method="PUT", path=img.layers[0].digest.split(":")[1],
+                    status=500))
+    ok(load(tmp_path / "out.tar", f"{proxy.host}/x"))
+    check_loaded(dst_registry, f"x/{repo_name}", img)
+    puts = [s.status for s in proxy.seen("PUT", img.layers[0].digest.split(":")[1])]
+    assert puts == [500, 201]
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_upload_location_relative_and_absolute(registry_factory, src_registry: Registry,
+                                               repo_name: str, rng: random.Random,
+                                               tmp_path: Path, relative: bool) -> None:
+    dst = registry_factory(extra_config={"http": {"relativeurls": relative}})
+    req = urllib.request.Request(f"{dst.url}/v2/probe/blobs/uploads/", method="POST", data=b"")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        location = resp.headers["Location"]
+    assert location.startswith("/v2/") if relative else location.startswith("http://")
+    img = ig.make_image(rng, ig.AMD64, "oci", layer_size=3000)
+    push_image(src_registry.url, repo_name, img, ["v1"])
+    ok(pull(tmp_path, f"{src_registry.host}/{repo_name}:v1"))
+    ok(load(tmp_path / "out.tar", f"{dst.host}/p"))
+    check_loaded(dst, f"p/{repo_name}", img)
+
+
+def test_cross_repository_mount(src_registry: Registry, dst_registry: Registry, recproxy,
+                                repo_name: str, rng: random.Random, tmp_path: Path) -> None:
+    shared = ig.make_layer(rng, 4000)
+    a = ig.make_image(rng, ig.AMD64, layers=[shared, ig.make_layer(rng, 100)])
+    b = ig.make_image(rng, ig.ARM64, layers=[shared, ig.make_layer(rng, 100)])
+    push_image(src_registry.url, f"{repo_name}/a", a, ["v1"])
+    push_image(src_registry.url, f"{repo_name}/b", b, ["v1"])
+    ok(cli("pull", f"{src_registry.host}/{repo_name}/a:v1", f"{src_registry.host}/"
+           f"{repo_name}/b:v1", "-o", tmp_path / "ab.tar", "--cache", tmp_path / "c", "-q"))
+    proxy = recproxy(dst_registry.url)
+    ok(cli("load", tmp_path / "ab.tar", "--to", f"{proxy.host}/m", "--report",
+           tmp_path / "report.json", "-q"))
+    assert report(tmp_path)["blobs_mounted"] == 1
+    [mount] = proxy.seen("POST", "mount=")
+    assert mount.status == 201 and shared.digest.split(":")[1] in mount.path
+    # pushed once, mounted into the other repository
+    assert len(proxy.seen("PUT", shared.digest.split(":")[1])) == 1
+    check_loaded(dst_registry, f"m/{repo_name}/a", a)
+    check_loaded(dst_registry, f"m/{repo_name}/b", b)
+

@@ -1,0 +1,440 @@
+"""Issue 2 acceptance: `mirror pull` and `mirror load` end to end, through the real CLI.
+
+Every run is a subprocess (`python -m mirror ...`), so exit codes and output are the real
+ones; registries are seeded with the raw-HTTP pusher, bundles are checked with the independent
+tarfile oracle (tests/support/oracle.py) and with skopeo.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+from pathlib import Path
+
+from tests.support import imagegen as ig
+from tests.support.oracle import (
+    check_layout,
+    file_sha256,
+    mirror_cmd,
+    mirror_env,
+    mirror_ok,
+    run,
+    run_mirror,
+    skopeo,
+    skopeo_copy_ok,
+)
+from tests.support.pusher import blob_exists, get_manifest, list_tags, push_image
+from tests.support.registry import Registry
+
+A_SOURCE_DIGEST = "dev.mirror.source.digest"
+BASE_MEMBERS = {"oci-layout", "index.json", "mirror.json", "blobs", "blobs/sha256"}
+
+
+def sha(data: bytes) -> str:
+    return ig.sha256_digest(data)
+
+
+def blob_member(digest: str) -> str:
+    return "blobs/sha256/" + digest.split(":", 1)[1]
+
+
+def image_members(img: ig.Image) -> set[str]:
+    return {blob_member(b.digest) for b in (img.manifest, img.config, *img.layers)}
+
+
+def target_digest(reg: Registry, repo: str, ref: str) -> str:
+    """sha256 of the bytes the target serves for repo:ref (tag or digest)."""
+    body, _, _ = get_manifest(reg.url, repo, ref)
+    return sha(body)
+
+
+def pull(tmp_path: Path, *args: object, out: str = "bundle.tar",
+         cache: str = "cache") -> Path:
+    bundle = tmp_path / out
+    mirror_ok("pull", *args, "-o", bundle, "--cache", tmp_path / cache, "-q")
+    return bundle
+
+
+def load(bundle: Path, to: str, *args: object) -> subprocess.CompletedProcess[str]:
+    return mirror_ok("load", bundle, "--to", to, "-q", *args)
+
+
+def children(lay, digest: str) -> list[dict]:
+    return json.loads(lay.blob(digest))["manifests"]
+
+
+# -- 1. one platform out of a Docker list and an OCI index --------------------------------
+
+
+def test_pull_one_platform_filters_indexes_and_loads(
+        src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    dl_imgs = [ig.make_image(rng, p, "docker") for p in (ig.AMD64, ig.ARM64_V8, ig.ARM_V7)]
+    dlist = ig.make_index(dl_imgs, "docker")
+    oci_imgs = [ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)]
+    oindex = ig.make_index(oci_imgs, "oci", attestation=True, rng=rng)  # attests amd64
+    repo_d, repo_o = f"{repo_name}/dlist", f"{repo_name}/oci"
+    push_image(src_registry.url, repo_d, dlist, ["v1"])
+    push_image(src_registry.url, repo_o, oindex, ["v1"])
+    ref_d, ref_o = f"{src_registry.host}/{repo_d}:v1", f"{src_registry.host}/{repo_o}:v1"
+
+    bundle = pull(tmp_path, ref_d, ref_o, "--platform", "linux/arm64")
+    lay = check_layout(bundle)
+
+    # index.json: one entry per reference, each a filtered index with the source digest kept
+    assert sorted(lay.entry_names()) == sorted([ref_d, ref_o])
+    e_d, e_o = lay.entry(ref_d), lay.entry(ref_o)
+    assert e_d["mediaType"] == ig.DOCKER_LIST and e_o["mediaType"] == ig.OCI_INDEX
+    assert e_d["annotations"][A_SOURCE_DIGEST] == dlist.digest
+    assert e_o["annotations"][A_SOURCE_DIGEST] == oindex.digest
+    assert e_d["digest"] != dlist.digest and e_o["digest"] != oindex.digest
+    src_d = json.loads(dlist.manifest.data)["manifests"]
+    src_o = json.loads(oindex.manifest.data)["manifests"]
+    assert children(lay, e_d["digest"]) == [src_d[1]]  # the arm64/v8 entry, unchanged
+    assert children(lay, e_o["digest"]) == [src_o[1]]  # arm64 without variant; no attestation
+    assert json.loads(lay.blob(e_d["digest"]))["mediaType"] == ig.DOCKER_LIST
+
+    # exactly the arm64 manifests, configs and layers plus the two filtered indexes
+    want = BASE_MEMBERS | image_members(dl_imgs[1]) | image_members(oci_imgs[1]) | {
+        blob_member(e_d["digest"]), blob_member(e_o["digest"])}
+    assert set(lay.members) == want
+    assert len(lay.members) == len(want)
+
+    # skopeo reads the OCI entry of our bundle
+    raw = skopeo("inspect", "--raw", f"oci-archive:{bundle}:{ref_o}").stdout
+    assert sha(raw.encode()) == e_o["digest"]
+    skopeo_copy_ok(bundle, ref_o, tmp_path / "skopeo-oci")
+
+    # mirror inspect --json names the same digests
+    docs = json.loads(mirror_ok("inspect", bundle, "--json").stdout)
+    by_ref = {d["reference"]: d for d in docs}
+    assert by_ref[ref_o]["digest"] == e_o["digest"]
+    assert by_ref[ref_o]["sourceDigest"] == oindex.digest
+    assert by_ref[ref_d]["digest"] == e_d["digest"]
+
+    load(bundle, dst_registry.host)
+    for repo, img in ((repo_d, dl_imgs[1]), (repo_o, oci_imgs[1])):
+        assert target_digest(dst_registry, repo, img.digest) == img.digest
+        for blob in img.blobs():
+            assert blob_exists(dst_registry.url, repo, blob.digest)
+    assert not blob_exists(dst_registry.url, repo_d, dl_imgs[0].layers[0].digest)
+    assert target_digest(dst_registry, repo_o, "v1") == by_ref[ref_o]["digest"]
+    assert target_digest(dst_registry, repo_d, "v1") == by_ref[ref_d]["digest"]
+    assert list_tags(dst_registry.url, repo_o) == ["v1"]
+
+
+def test_attestation_travels_with_its_platform(
+        src_registry: Registry, repo_name: str, rng: random.Random, tmp_path: Path) -> None:
+    imgs = [ig.make_image(rng, p, "oci") for p in (ig.ARM64, ig.AMD64)]
+    index = ig.make_index(imgs, "oci", attestation=True, rng=rng)  # attests arm64
+    push_image(src_registry.url, repo_name, index, ["v1"])
+    ref = f"{src_registry.host}/{repo_name}:v1"
+    lay = check_layout(pull(tmp_path, ref, "--platform", "linux/arm64"))
+    att = index.extra[0]
+    src = json.loads(index.manifest.data)["manifests"]
+    assert children(lay, lay.entry(ref)["digest"]) == [src[0], src[2]]
+    assert image_members(att) <= set(lay.members)
+    assert not image_members(imgs[1]) & set(lay.members)
+
+
+# -- 2. all platforms keep the source digest; a sparse index too ----------------------------
+
+
+def test_all_platforms_are_byte_identical_at_the_target(
+        src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    dl = ig.make_index([ig.make_image(rng, p, "docker") for p in (ig.AMD64, ig.ARM_V7)],
+                       "docker")
+    oi = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)], "oci",
+                       attestation=True, rng=rng)
+    repo_d, repo_o = f"{repo_name}/dlist", f"{repo_name}/oci"
+    push_image(src_registry.url, repo_d, dl, ["v1"])
+    push_image(src_registry.url, repo_o, oi, ["v1", "v1.0"])
+    refs = [f"{src_registry.host}/{repo_d}:v1", f"{src_registry.host}/{repo_o}:v1",
+            f"{src_registry.host}/{repo_o}:v1.0"]
+    bundle = pull(tmp_path, *refs, "--platform", "all")
+    lay = check_layout(bundle)
+    assert lay.absent == {}
+    for ref, idx in zip(refs, (dl, oi, oi), strict=True):
+        e = lay.entry(ref)
+        assert e["digest"] == idx.digest and A_SOURCE_DIGEST not in e["annotations"]
+    for obj in (dl, oi):
+        want = {blob_member(b.digest) for b in (*obj.all_blobs(), *obj.all_manifests())}
+        assert want <= set(lay.members)
+
+    load(bundle, dst_registry.host)
+    for repo, tag, idx in ((repo_d, "v1", dl), (repo_o, "v1", oi), (repo_o, "v1.0", oi)):
+        assert target_digest(dst_registry, repo, tag) == idx.digest
+        raw = skopeo("inspect", "--raw", f"docker://{dst_registry.host}/{repo}:{tag}",
+                     "--tls-verify=false").stdout
+        assert sha(raw.encode()) == idx.digest
+        for m in idx.all_manifests():
+            assert target_digest(dst_registry, repo, m.digest) == m.digest
+    assert sorted(list_tags(dst_registry.url, repo_o)) == ["v1", "v1.0"]
+
+
+def test_sparse_index_keeps_the_source_digest(
+        src_registry: Registry, repo_name: str, rng: random.Random, tmp_path: Path) -> None:
+    imgs = [ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64_V8, ig.ARM_V7)]
+    index = ig.make_index(imgs, "oci", attestation=True, rng=rng)  # attests amd64
+    push_image(src_registry.url, repo_name, index, ["v1"])
+    ref = f"{src_registry.host}/{repo_name}:v1"
+    bundle = pull(tmp_path, ref, "--platform", "linux/arm64", "--index", "sparse")
+    lay = check_layout(bundle)  # the left-out children are allowed only as "absent"
+    e = lay.entry(ref)
+    assert e["digest"] == index.digest and A_SOURCE_DIGEST not in e["annotations"]
+    left_out = {imgs[0].digest, imgs[2].digest, index.extra[0].digest}
+    assert lay.absent == {d: "sparse" for d in left_out}
+    assert set(lay.members) == BASE_MEMBERS | image_members(imgs[1]) | {
+        blob_member(index.digest)}
+    assert lay.blob(index.digest) == index.manifest.data
+
+
+# -- 3 and 4. one copy of a shared layer; a warm cache fetches nothing ------------------------
+
+
+def _shared_layer_images(rng: random.Random) -> tuple[ig.Layer, ig.Index, ig.Image]:
+    shared = ig.make_layer(rng, 6000)
+    amd = ig.make_image(rng, ig.AMD64, "oci", layers=[shared, ig.make_layer(rng)])
+    arm = ig.make_image(rng, ig.ARM64, "oci", layers=[ig.make_layer(rng), shared])
+    other = ig.make_image(rng, ig.AMD64, "oci", layers=[shared])
+    return shared, ig.make_index([amd, arm], "oci"), other
+
+
+def test_shared_layer_is_fetched_once_and_stored_once(
+        src_registry: Registry, faultproxy, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    shared, index, other = _shared_layer_images(rng)
+    push_image(src_registry.url, f"{repo_name}/a", index, ["v1"])
+    push_image(src_registry.url, f"{repo_name}/b", other, ["v1"])
+    proxy = faultproxy(src_registry.url)
+    refs = [f"{proxy.host}/{repo_name}/a:v1", f"{proxy.host}/{repo_name}/b:v1"]
+    lay = check_layout(pull(tmp_path, *refs, "--platform", "all"))
+    gets = [p for p in proxy.paths("GET") if p.endswith(f"/blobs/{shared.digest}")]
+    assert len(gets) == 1, gets
+    assert lay.members.count(blob_member(shared.digest)) == 1
+    assert lay.sizes[blob_member(shared.digest)] == shared.size
+    # every other blob was fetched once too
+    for blob in (*index.all_blobs(), *other.all_blobs()):
+        n = sum(p.endswith(f"/blobs/{blob.digest}") for p in proxy.paths("GET"))
+        assert n == 1, (blob.digest, n)
+
+
+def test_second_pull_with_warm_cache_fetches_no_blob_and_is_identical(
+        src_registry: Registry, faultproxy, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    shared, index, other = _shared_layer_images(rng)
+    push_image(src_registry.url, f"{repo_name}/a", index, ["v1"])
+    push_image(src_registry.url, f"{repo_name}/b", other, ["v1"])
+    proxy = faultproxy(src_registry.url)
+    refs = [f"{proxy.host}/{repo_name}/a:v1", f"{proxy.host}/{repo_name}/b:v1"]
+    first = pull(tmp_path, *refs, out="first.tar")
+    blob_bytes = sum(n for p, n in proxy.bytes_by_path.items() if "/blobs/" in p)
+    unique = {b.digest: b.size for b in (*index.all_blobs(), *other.all_blobs())}
+    assert blob_bytes == sum(unique.values())
+
+    proxy.reset_counters()
+    second = pull(tmp_path, *refs, out="second.tar")
+    blob_bytes = sum(n for p, n in proxy.bytes_by_path.items() if "/blobs/" in p)
+    assert blob_bytes == 0, proxy.bytes_by_path
+    assert not [p for p in proxy.paths("GET") if "/blobs/" in p]
+
+    digest = file_sha256(second)
+    assert digest == file_sha256(first)
+    for bundle in (first, second):
+        side = bundle.with_name(bundle.name + ".sha256").read_text().split()
+        assert side == [digest.split(":", 1)[1], bundle.name]
+    check_layout(second)
+
+
+# -- 5. platform matching ----------------------------------------------------------------
+
+
+def _selected(lay, ref: str) -> list[dict]:
+    """The platforms of the children the bundle's root for `ref` lists."""
+    return [c["platform"] for c in children(lay, lay.entry(ref)["digest"])]
+
+
+def test_platform_matching_rules(
+        src_registry: Registry, repo_name: str, rng: random.Random, tmp_path: Path) -> None:
+    oci = ig.make_index([ig.make_image(rng, p, "oci")
+                         for p in (ig.AMD64, ig.ARM64, ig.ARM_V7, ig.ARM_V6)], "oci")
+    dl = ig.make_index([ig.make_image(rng, p, "docker")
+                        for p in (ig.AMD64, ig.ARM64_V8, ig.ARM_V7)], "docker")
+    push_image(src_registry.url, f"{repo_name}/oci", oci, ["v1"])
+    push_image(src_registry.url, f"{repo_name}/dl", dl, ["v1"])
+    ref_o = f"{src_registry.host}/{repo_name}/oci:v1"
+    ref_d = f"{src_registry.host}/{repo_name}/dl:v1"
+
+    # linux/arm64/v8 takes an arm64 entry with no variant, linux/arm64 one with v8
+    lay = check_layout(pull(tmp_path, ref_o, "--platform", "linux/arm64/v8", out="a.tar"))
+    assert _selected(lay, ref_o) == [ig.ARM64]
+    lay = check_layout(pull(tmp_path, ref_d, "--platform", "linux/arm64", out="b.tar"))
+    assert _selected(lay, ref_d) == [ig.ARM64_V8]
+    lay = check_layout(pull(tmp_path, ref_d, "--platform", "linux/arm64/v8", out="c.tar"))
+    assert _selected(lay, ref_d) == [ig.ARM64_V8]
+
+    # linux/arm is arm/v7, never arm/v6
+    lay = check_layout(pull(tmp_path, ref_o, "--platform", "linux/arm", out="d.tar"))
+    assert _selected(lay, ref_o) == [ig.ARM_V7]
+    lay = check_layout(pull(tmp_path, ref_o, "--platform", "linux/arm/v6", out="e.tar"))
+    assert _selected(lay, ref_o) == [ig.ARM_V6]
+
+    # linux/arm/v6 over an index without it: exit 8, naming what the image has
+    out = tmp_path / "f.tar"
+    proc = run_mirror("pull", ref_d, "--platform", "linux/arm/v6", "-o", out,
+                      "--cache", tmp_path / "cache")
+    assert proc.returncode == 8, proc.stderr
+    err = _error_line(proc)
+    assert ref_d in err and "linux/arm/v6" in err
+    for have in ("linux/amd64", "linux/arm64", "linux/arm/v7"):
+        assert have in err, err
+    assert not out.exists()
+
+
+def test_single_platform_image_matches_by_its_config(
+        src_registry: Registry, repo_name: str, rng: random.Random, tmp_path: Path) -> None:
+    img = ig.make_image(rng, ig.ARM64_V8, "docker")
+    push_image(src_registry.url, repo_name, img, ["v1"])
+    ref = f"{src_registry.host}/{repo_name}:v1"
+    for i, plat in enumerate(("linux/arm64", "linux/arm64/v8", "all")):
+        lay = check_layout(pull(tmp_path, ref, "--platform", plat, out=f"{i}.tar"))
+        e = lay.entry(ref)
+        assert e["digest"] == img.digest and e["mediaType"] == ig.DOCKER_MANIFEST
+        assert set(lay.members) == BASE_MEMBERS | image_members(img)
+    out = tmp_path / "no.tar"
+    proc = run_mirror("pull", ref, "--platform", "linux/amd64", "-o", out,
+                      "--cache", tmp_path / "cache")
+    assert proc.returncode == 8, proc.stderr
+    err = _error_line(proc)
+    assert ref in err and "linux/arm64" in err
+    assert not out.exists()
+
+
+def _error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("mirror: error:")]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
+# -- 6. .tar.zst bundles -------------------------------------------------------------------
+
+
+def test_zstd_bundle_verifies_and_loads(
+        src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    imgs = [ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64, ig.ARM_V7)]
+    index = ig.make_index(imgs, "oci", attestation=True, rng=rng)
+    push_image(src_registry.url, repo_name, index, ["v1"])
+    ref = f"{src_registry.host}/{repo_name}:v1"
+    bundle = pull(tmp_path, ref, out="x.tar.zst")
+    assert bundle.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
+    lay = check_layout(bundle)
+    assert lay.entry(ref)["digest"] == index.digest
+    side = bundle.with_name("x.tar.zst.sha256").read_text().split()
+    assert side == [file_sha256(bundle).split(":", 1)[1], "x.tar.zst"]
+    proc = mirror_ok("verify", bundle)
+    assert "OK" in proc.stdout
+    load(bundle, dst_registry.host)
+    assert target_digest(dst_registry, repo_name, "v1") == index.digest
+    for m in index.all_manifests():
+        assert target_digest(dst_registry, repo_name, m.digest) == m.digest
+    for blob in index.all_blobs():
+        assert blob_exists(dst_registry.url, repo_name, blob.digest)
+
+
+# -- 7. skopeo's oci-archive as input --------------------------------------------------------
+
+
+def test_load_skopeo_oci_archive(
+        src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    imgs = [ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)]
+    index = ig.make_index(imgs, "oci")
+    push_image(src_registry.url, repo_name, index, ["v1"])
+    src = f"docker://{src_registry.host}/{repo_name}:v1"
+    named = tmp_path / "named.tar"  # entry named "app/web:v2" (a repository and a tag)
+    skopeo("copy", "--all", "--src-tls-verify=false", src, f"oci-archive:{named}:app/web:v2")
+    bare = tmp_path / "bare.tar"  # entry named "v3" (a bare tag)
+    skopeo("copy", "--all", "--src-tls-verify=false", src, f"oci-archive:{bare}:v3")
+    for archive, name in ((named, "app/web:v2"), (bare, "v3")):
+        lay = check_layout(archive)
+        assert lay.entry_names() == [name]
+        assert lay.entry(name)["digest"] == index.digest  # skopeo kept the OCI index
+
+    prefix = f"{repo_name}/into"
+    load(named, f"{dst_registry.host}/{prefix}")
+    assert list_tags(dst_registry.url, f"{prefix}/app/web") == ["v2"]
+    assert target_digest(dst_registry, f"{prefix}/app/web", "v2") == index.digest
+    for img in imgs:
+        assert target_digest(dst_registry, f"{prefix}/app/web", img.digest) == img.digest
+
+    load(bare, f"{dst_registry.host}/{prefix}")
+    assert list_tags(dst_registry.url, prefix) == ["v3"]
+    assert target_digest(dst_registry, prefix, "v3") == index.digest
+
+    # a bare tag with no repository to put it in: a clear error, nothing pushed
+    proc = run_mirror("load", bare, "--to", dst_registry.host)
+    assert proc.returncode == 10, proc.stderr
+    err = _error_line(proc)
+    assert str(bare) in err and "v3" in err
+
+
+# -- 8. load --dry-run ------------------------------------------------------------------------
+
+
+def test_load_dry_run_lists_and_pushes_nothing(
+        src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    imgs = [ig.make_image(rng, p, "docker") for p in (ig.AMD64, ig.ARM64_V8)]
+    dl = ig.make_index(imgs, "docker")
+    push_image(src_registry.url, repo_name, dl, ["v1"])
+    ref = f"{src_registry.host}/{repo_name}:v1"
+    bundle = pull(tmp_path, ref)
+    proc = mirror_ok("load", bundle, "--to", dst_registry.host, "--dry-run")
+    out = proc.stdout
+    for blob in dl.all_blobs():
+        assert f"blob {blob.digest} -> {repo_name}" in out, out
+    for m in dl.all_manifests():
+        assert f"manifest {m.digest} -> " in out, out
+    assert f"-> {dst_registry.host}/{repo_name}:v1" in out
+    assert list_tags(dst_registry.url, repo_name) == []
+    for blob in dl.all_blobs():
+        assert not blob_exists(dst_registry.url, repo_name, blob.digest)
+
+
+# -- 10. memory does not grow with layer size ----------------------------------------------
+
+
+def _peak_rss_kib(args: list[object], tmp_path: Path, name: str) -> int:
+    """Run `mirror ARGS` under GNU time and return its peak RSS in KiB."""
+    out = tmp_path / f"{name}.time"
+    cmd = ["/usr/bin/time", "-f", "%M", "-o", str(out), *mirror_cmd(*args)]
+    proc = run(cmd, env=mirror_env(), cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, f"{cmd}: {proc.stderr}"
+    return int(out.read_text().strip().splitlines()[-1])
+
+
+def test_memory_does_not_grow_with_layer_size(
+        src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    rss: dict[str, dict[str, int]] = {"pull": {}, "load": {}}
+    for label, size in (("small", 8 << 20), ("large", 80 << 20)):
+        layer = ig.make_layer(rng, size=size, compressed=False)
+        img = ig.make_image(rng, ig.AMD64, "oci", layers=[layer])
+        repo = f"{repo_name}/{label}"
+        push_image(src_registry.url, repo, img, ["v1"])
+        del layer
+        bundle = tmp_path / f"{label}.tar"
+        rss["pull"][label] = _peak_rss_kib(
+            ["pull", f"{src_registry.host}/{repo}:v1", "-o", bundle,
+             "--cache", tmp_path / f"cache-{label}", "-q"], tmp_path, f"pull-{label}")
+        assert bundle.stat().st_size > size
+        rss["load"][label] = _peak_rss_kib(
+            ["load", bundle, "--to", dst_registry.host, "-q"], tmp_path, f"load-{label}")
+        assert target_digest(dst_registry, repo, "v1") == img.digest
+        bundle.unlink()
+    for cmd, peaks in rss.items():
+        assert peaks["large"] < peaks["small"] + 30 * 1024, (cmd, peaks)

@@ -1,0 +1,235 @@
+"""Issue 7: signatures, SBOMs and attestations travel with their images, byte for byte.
+
+A cosign-style signature (simple-signing payload, ECDSA P-256 key made by the test) lives under
+`sha256-<index hex>.sig`; an SPDX SBOM with `subject` is listed in the fallback tag index
+`sha256-<manifest hex>` (Debian's registry 2.8 has no referrers API). A small server in front
+of the real registry implements the referrers API for the API path.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.server
+import json
+import re
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.support import imagegen as ig
+from tests.support.oracle import mirror_ok, run_mirror
+from tests.support.pusher import get_blob, get_manifest, push_blob, push_image, push_raw_manifest
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+EMPTY = ig.Blob(b"{}", "application/vnd.oci.empty.v1+json")
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def make_signature(key: ec.EllipticCurvePrivateKey, repo: str, digest: str
+                   ) -> tuple[ig.Blob, list[ig.Blob]]:
+    payload = json.dumps({
+        "critical": {"identity": {"docker-reference": repo},
+                     "image": {"docker-manifest-digest": digest},
+                     "type": "cosign container image signature"},
+        "optional": None}).encode()
+    sig = base64.b64encode(key.sign(payload, ec.ECDSA(hashes.SHA256()))).decode()
+    layer = ig.Blob(payload, "application/vnd.dev.cosign.simplesigning.v1+json")
+    config = ig.Blob(json.dumps({"architecture": "", "os": "", "rootfs": {
+        "type": "layers", "diff_ids": [layer.digest]}}).encode(),
+        "application/vnd.oci.image.config.v1+json")
+    manifest = ig.dump_json({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config.descriptor(),
+        "layers": [layer.descriptor(annotations={"dev.cosignproject.cosign/signature": sig})]})
+    return ig.Blob(manifest, OCI_MANIFEST), [config, layer]
+
+
+def make_sbom(subject: ig.Blob) -> tuple[ig.Blob, list[ig.Blob]]:
+    doc = ig.Blob(json.dumps({"spdxVersion": "SPDX-2.3", "name": subject.digest}).encode(),
+                  "application/spdx+json")
+    manifest = ig.dump_json({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/spdx+json",
+        "config": EMPTY.descriptor(), "layers": [doc.descriptor()],
+        "subject": subject.descriptor(),
+        "annotations": {"org.opencontainers.image.created": "2026-01-01T00:00:00Z"}})
+    return ig.Blob(manifest, OCI_MANIFEST), [EMPTY, doc]
+
+
+def fallback_index(entries: list[ig.Blob]) -> bytes:
+    return ig.dump_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        e.descriptor(artifactType=json.loads(e.data)["artifactType"]) for e in entries]})
+
+
+def seed(url: str, repo: str, rng, key, *, fallback: bool = True):
+    imgs = [ig.make_image(rng, p, fmt="oci") for p in (ig.AMD64, ig.ARM64)]
+    index = ig.make_index(imgs, fmt="oci")
+    push_image(url, repo, index, tags=["1.0"])
+    sig, sig_blobs = make_signature(key, repo, index.digest)
+    for b in sig_blobs:
+        push_blob(url, repo, b)
+    tag = "sha256-" + index.digest.split(":")[1] + ".sig"
+    push_raw_manifest(url, repo, tag, sig.data, sig.media_type)
+    sbom, sbom_blobs = make_sbom(imgs[0].manifest)
+    for b in sbom_blobs:
+        push_blob(url, repo, b)
+    push_raw_manifest(url, repo, sbom.digest, sbom.data, sbom.media_type)
+    if fallback:
+        push_raw_manifest(url, repo, "sha256-" + imgs[0].digest.split(":")[1],
+                          fallback_index([sbom]), OCI_INDEX)
+    return index, imgs, sig, tag, sbom
+
+
+def verify_signature(key, sig_manifest: bytes, url: str, repo: str) -> None:
+    doc = json.loads(sig_manifest)
+    layer = doc["layers"][0]
+    payload = get_blob(url, repo, layer["digest"])
+    signature = base64.b64decode(layer["annotations"]["dev.cosignproject.cosign/signature"])
+    key.public_key().verify(signature, payload, ec.ECDSA(hashes.SHA256()))  # raises if bad
+
+
+def test_signature_and_sbom_travel_and_verify(src_registry, dst_registry, repo_name, rng,
+                                              tmp_path):
+    key = ec.generate_private_key(ec.SECP256R1())
+    index, imgs, sig, tag, sbom = seed(src_registry.url, repo_name, rng, key)
+    bundle = tmp_path / "b.tar"
+    pull = mirror_ok("pull", f"{src_registry.host}/{repo_name}:1.0", "-o", bundle,
+                     "--cache", tmp_path / "c")
+    assert "referrer(s) (artifact" in pull.stderr or "referrer(s)" in pull.stderr
+    inspect = json.loads(mirror_ok("inspect", bundle, "--json").stdout)
+    names = {d["reference"] for d in inspect}
+    kinds = {d["reference"]: (d.get("kind"), d.get("referrerOf"), d.get("artifactType"))
+             for d in inspect}
+    assert kinds[f"{src_registry.host}/{repo_name}@{sbom.digest}"] == (
+        "application/spdx+json", imgs[0].digest, "application/spdx+json")
+    assert kinds[f"{src_registry.host}/{repo_name}:{tag}"][:2] == ("signature", index.digest)
+    assert "signature of:" in mirror_ok("inspect", bundle).stdout
+    assert f"{src_registry.host}/{repo_name}:{tag}" in names
+    assert f"{src_registry.host}/{repo_name}@{sbom.digest}" in names
+
+    for _ in range(2):  # a second load must not duplicate the fallback entry
+        mirror_ok("load", bundle, "--to", dst_registry.host)
+    got, _, _ = get_manifest(dst_registry.url, repo_name, tag)
+    assert got == sig.data  # byte for byte
+    verify_signature(key, got, dst_registry.url, repo_name)
+    fb, _, _ = get_manifest(dst_registry.url, repo_name,
+                            "sha256-" + imgs[0].digest.split(":")[1])
+    entries = json.loads(fb)["manifests"]
+    assert [e["digest"] for e in entries] == [sbom.digest]
+    assert entries[0]["artifactType"] == "application/spdx+json"
+    assert entries[0]["annotations"] == {"org.opencontainers.image.created":
+                                         "2026-01-01T00:00:00Z"}
+    got_sbom, _, _ = get_manifest(dst_registry.url, repo_name, sbom.digest)
+    assert got_sbom == sbom.data
+
+
+def test_filtered_index_warns_and_no_referrers_leaves_them(src_registry, repo_name, rng,
+                                                           tmp_path):
+    key = ec.generate_private_key(ec.SECP256R1())
+    index, imgs, sig, tag, sbom = seed(src_registry.url, repo_name, rng, key)
+    ref = f"{src_registry.host}/{repo_name}:1.0"
+    r = mirror_ok("pull", ref, "--platform", "linux/amd64", "-o", tmp_path / "f.tar",
+                  "--cache", tmp_path / "c")
+    assert f"made for the source index {index.digest}" in r.stderr
+    assert "index: sparse" in r.stderr
+    r = mirror_ok("pull", ref, "--no-referrers", "-o", tmp_path / "n.tar", "--cache",
+                  tmp_path / "c")
+    names = {d["reference"] for d in json.loads(mirror_ok("inspect", tmp_path / "n.tar",
+                                                          "--json").stdout)}
+    assert names == {ref}
+    r = mirror_ok("pull", ref, "--referrer-type", "signature", "-o", tmp_path / "s.tar",
+                  "--cache", tmp_path / "c")
+    names = {d["reference"] for d in json.loads(mirror_ok("inspect", tmp_path / "s.tar",
+                                                          "--json").stdout)}
+    assert names == {ref, f"{src_registry.host}/{repo_name}:{tag}"}
+
+
+class _ReferrersAPI(http.server.ThreadingHTTPServer):
+    """Answers GET /v2/<name>/referrers/<digest> from `index_for`; forwards the rest."""
+
+    def __init__(self, upstream: str, index_for: dict[str, bytes]) -> None:
+        self.upstream = upstream
+        self.index_for = index_for
+        self.referrer_calls: list[str] = []
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: _ReferrersAPI
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _relay(self) -> None:
+        m = re.match(r"^/v2/(.+)/referrers/(sha256:[0-9a-f]{64})", self.path)
+        if self.command == "GET" and m:
+            self.server.referrer_calls.append(m.group(2))
+            body = self.server.index_for.get(m.group(2)) or ig.dump_json(
+                {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []})
+            self.send_response(200)
+            self.send_header("Content-Type", OCI_INDEX)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        n = int(self.headers.get("Content-Length") or 0)
+        data = self.rfile.read(n) if n else None
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host",)}
+        req = urllib.request.Request(self.server.upstream + self.path, data=data,
+                                     method=self.command, headers=headers)
+        try:
+            resp = urllib.request.urlopen(req, timeout=30)
+        except urllib.error.HTTPError as e:
+            resp = e
+        body = resp.read()
+        self.send_response(resp.status if hasattr(resp, "status") else resp.code)
+        for k, v in resp.headers.items():
+            if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = _relay
+
+
+@pytest.fixture
+def referrers_api(src_registry) -> Iterator[_ReferrersAPI]:
+    server = _ReferrersAPI(src_registry.url, {})
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_referrers_api_is_used_where_the_registry_has_it(src_registry, dst_registry,
+                                                         referrers_api, repo_name, rng,
+                                                         tmp_path):
+    key = ec.generate_private_key(ec.SECP256R1())
+    # no fallback tag at the source: only the API can tell about the SBOM
+    index, imgs, sig, tag, sbom = seed(src_registry.url, repo_name, rng, key, fallback=False)
+    referrers_api.index_for[imgs[0].digest] = fallback_index([sbom])
+    host = f"127.0.0.1:{referrers_api.server_address[1]}"
+    bundle = tmp_path / "b.tar"
+    mirror_ok("pull", f"{host}/{repo_name}:1.0", "-o", bundle, "--cache", tmp_path / "c")
+    assert imgs[0].digest in referrers_api.referrer_calls
+    names = {d["reference"] for d in json.loads(mirror_ok("inspect", bundle,
+                                                          "--json").stdout)}
+    assert f"{host}/{repo_name}@{sbom.digest}" in names
+    r = run_mirror("load", bundle, "--to", f"{dst_registry.host}/api")
+    assert r.returncode == 0, r.stderr
+    fb, _, _ = get_manifest(dst_registry.url, f"api/{repo_name}",
+                            "sha256-" + imgs[0].digest.split(":")[1])
+    assert [e["digest"] for e in json.loads(fb)["manifests"]] == [sbom.digest]
+    assert sha(get_manifest(dst_registry.url, f"api/{repo_name}", sbom.digest)[0]) == \
+        sbom.digest

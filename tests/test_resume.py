@@ -1,0 +1,188 @@
+"""Issue 3, resume: a download broken mid-body continues with a Range request (206 checked
+against Content-Range) instead of starting over; a server ignoring Range restarts the blob
+cleanly; corrupt bytes never reach the cache or a bundle; and a pull killed with SIGKILL in the
+middle of a large blob is finished by the next run from the partial file it left.
+
+Faults come from the FaultProxy in front of the real registry; its byte counters show what
+was downloaded again and what was not.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import imagegen as ig
+from tests.support.faultproxy import Fault
+from tests.support.oracle import ROOT, mirror_cmd, mirror_env
+from tests.support.pusher import push_image
+from tests.support.registry import Registry
+from tests.test_faults import RecordingProxy, assert_exact, error_line, ok, pull, recproxy
+
+__all__ = ["recproxy"]  # the fixture, shared with test_faults
+
+LAYER = 1 << 20  # random bytes: gzip can't shrink them
+
+
+@pytest.fixture
+def image(src_registry: Registry, repo_name: str, rng: random.Random) -> tuple[str, ig.Image]:
+    """One ~1 MiB layer and a small one."""
+    img = ig.make_image(rng, ig.AMD64, "oci",
+                        layers=[ig.make_layer(rng, LAYER), ig.make_layer(rng, 500)])
+    push_image(src_registry.url, repo_name, img, ["v1"])
+    return repo_name, img
+
+
+def blob_path(repo: str, digest: str) -> str:
+    return f"/v2/{repo}/blobs/{digest}"
+
+
+def cache_blob(cache: Path, digest: str) -> Path:
+    return cache / "blobs" / "sha256" / digest.split(":", 1)[1]
+
+
+def partial_file(cache: Path, digest: str) -> Path:
+    return cache / "partial" / f"sha256-{digest.split(':', 1)[1]}"
+
+
+def test_reset_mid_body_resumes_with_range(src_registry, image, recproxy,
+                                           tmp_path: Path) -> None:
+    repo, img = image
+    big = img.layers[0]
+    proxy: RecordingProxy = recproxy(src_registry.url)
+    proxy.add(Fault("reset_after", method="GET", path=big.digest, offset=400_000))
+    ok(pull(tmp_path, f"{proxy.host}/{repo}:v1"))
+    assert_exact(tmp_path / "out.tar", img)
+    first, second = proxy.seen("GET", big.digest)
+    assert "Range" not in first.headers
+    start = int(second.headers["Range"].removeprefix("bytes=").rstrip("-"))
+    assert 0 < start <= 400_000 and second.status == 206
+    served = proxy.bytes_by_path[blob_path(repo, big.digest)]
+    assert served < big.size + 400_000 and served < 1.5 * big.size  # not twice
+    assert not partial_file(tmp_path / "cache", big.digest).exists()
+
+
+def test_truncated_body_is_resumed(src_registry, image, recproxy, tmp_path: Path) -> None:
+    repo, img = image
+    big = img.layers[0]
+    proxy = recproxy(src_registry.url)
+    proxy.add(Fault("truncate", method="GET", path=big.digest, offset=300_000))
+    ok(pull(tmp_path, f"{proxy.host}/{repo}:v1"))
+    assert_exact(tmp_path / "out.tar", img)
+    first, second = proxy.seen("GET", big.digest)
+    assert second.headers.get("Range") == "bytes=300000-" and second.status == 206
+    assert proxy.bytes_by_path[blob_path(repo, big.digest)] == big.size
+
+
+def test_server_ignoring_range_restarts_cleanly(src_registry, image, recproxy,
+                                                tmp_path: Path) -> None:
+    repo, img = image
+    big = img.layers[0]
+    proxy = recproxy(src_registry.url)
+    proxy.add(Fault("reset_after", method="GET", path=big.digest, offset=400_000))
+    proxy.add(Fault("ignore_range", method="GET", path=big.digest))
+    ok(pull(tmp_path, f"{proxy.host}/{repo}:v1"))
+    assert_exact(tmp_path / "out.tar", img)
+    first, second = proxy.seen("GET", big.digest)
+    assert "Range" in second.headers and second.status == 200  # answered with everything
+    assert proxy.bytes_by_path[blob_path(repo, big.digest)] <= big.size + 400_000
+
+
+def test_persistent_corruption_exit_7_and_nothing_stored(src_registry, image, recproxy,
+                                                         tmp_path: Path) -> None:
+    repo, img = image
+    big = img.layers[0]
+    proxy = recproxy(src_registry.url)
+    proxy.add(Fault("flip_byte", method="GET", path=big.digest, offset=12345, times=None))
+    proc = pull(tmp_path, f"{proxy.host}/{repo}:v1")
+    assert proc.returncode == 7, proc.stderr
+    line = error_line(proc)
+    assert big.digest in line and "digest mismatch" in line, line
+    cache = tmp_path / "cache"
+    assert not cache_blob(cache, big.digest).exists()
+    assert not partial_file(cache, big.digest).exists()
+    assert not (tmp_path / "out.tar").exists()
+    assert not (tmp_path / "out.tar.partial").exists()
+    assert len(proxy.seen("GET", big.digest)) == 2  # fetched once more from byte 0, then no
+
+
+def test_transient_corruption_is_refetched(src_registry, image, recproxy,
+                                           tmp_path: Path) -> None:
+    repo, img = image
+    big = img.layers[0]
+    proxy = recproxy(src_registry.url)
+    proxy.add(Fault("flip_byte", method="GET", path=big.digest, offset=777_777))
+    ok(pull(tmp_path, f"{proxy.host}/{repo}:v1"))
+    assert_exact(tmp_path / "out.tar", img)
+    first, second = proxy.seen("GET", big.digest)
+    assert "Range" not in second.headers and second.status == 200  # from byte 0
+
+
+def test_sigkill_mid_blob_then_resume(src_registry: Registry, recproxy, repo_name: str,
+                                      rng: random.Random, tmp_path: Path) -> None:
+    """Kill a pull in the middle of a 64 MiB layer; the next run resumes from the partial
+    file (hash state rebuilt from its bytes) and downloads only the rest."""
+    big = ig.make_layer(rng, 64 << 20, compressed=False)
+    img = ig.make_image(rng, ig.AMD64, "oci", layers=[big])
+    push_image(src_registry.url, repo_name, img, ["v1"])
+    proxy = recproxy(src_registry.url)
+    proxy.add(Fault("slow", method="GET", path=big.digest, chunk=256 << 10, delay=0.05,
+                    times=None))
+    cache = tmp_path / "cache"
+    partial = partial_file(cache, big.digest)
+    args = ["pull", f"{proxy.host}/{repo_name}:v1", "-o", tmp_path / "out.tar", "--cache",
+            cache, "-q"]
+    proc = subprocess.Popen(mirror_cmd(*args), cwd=ROOT, env=mirror_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        # at least 8 MiB on disk (the sink writes in 4 MiB batches), well short of 64
+        while not (partial.exists() and partial.stat().st_size >= 8 << 20):
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the download did not get going"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    kept = partial.stat().st_size
+    assert 0 < kept < big.size
+    assert not (tmp_path / "out.tar").exists()
+
+    proxy.clear_faults()
+    proxy.reset_counters()
+    ok(pull(tmp_path, f"{proxy.host}/{repo_name}:v1"))
+    assert_exact(tmp_path / "out.tar", img)
+    [get] = proxy.seen("GET", big.digest)[-1:]
+    start = int(get.headers["Range"].removeprefix("bytes=").rstrip("-"))
+    assert start == kept and get.status == 206
+    served = proxy.bytes_by_path[f"/v2/{repo_name}/blobs/{big.digest}"]
+    # (a chunk the killed run's connection was still being sent may be counted here too)
+    assert big.size - kept <= served < big.size
+    assert not partial.exists() and cache_blob(cache, big.digest).exists()
+
+
+def test_partial_file_with_bad_bytes_is_discarded(src_registry, image, recproxy,
+                                                  tmp_path: Path) -> None:
+    """A partial file whose bytes don't match (a disk error, another blob's bytes): the
+    resumed download fails its digest, is thrown away and fetched once from byte 0."""
+    repo, img = image
+    big = img.layers[0]
+    cache = tmp_path / "cache"
+    partial = partial_file(cache, big.digest)
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"\0" * 200_000)
+    proxy = recproxy(src_registry.url)
+    ok(pull(tmp_path, f"{proxy.host}/{repo}:v1"))
+    assert_exact(tmp_path / "out.tar", img)
+    first, second = proxy.seen("GET", big.digest)
+    assert first.headers.get("Range") == "bytes=200000-" and "Range" not in second.headers

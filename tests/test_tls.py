@@ -1,0 +1,183 @@
+"""Issue 3, TLS: the real registry over TLS with a CA the test makes. Verification fails
+without the CA (exit 3, a hint about --ca-file) and passes with it, given on the command line
+or in images.yaml; --insecure-registry skips verification; the same flags serve `mirror load`
+targets; a registry that requires client certificates gets one with --client-cert.
+"""
+
+from __future__ import annotations
+
+import datetime
+import random
+import ssl
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.support import imagegen as ig
+from tests.support.oracle import ROOT, check_layout, mirror_cmd, mirror_env, run
+from tests.support.pusher import get_manifest, push_image
+from tests.support.registry import Registry
+
+
+def cli(*args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return run(mirror_cmd(*args), env=mirror_env(), cwd=ROOT, timeout=timeout)
+
+
+def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("mirror: error:")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def pull(tmp_path: Path, *args: object, out: str = "out.tar") -> subprocess.CompletedProcess[str]:
+    return cli("pull", *args, "-o", tmp_path / out, "--cache", tmp_path / "cache", "-q")
+
+
+def digest_of(bundle: Path) -> str:
+    [entry] = check_layout(bundle).index["manifests"]
+    return entry["digest"]
+
+
+@pytest.fixture
+def tls_image(registry_factory: Callable[..., Registry], repo_name: str,
+              rng: random.Random) -> tuple[Registry, str, ig.Image]:
+    reg = registry_factory(tls=True)
+    img = ig.make_image(rng, ig.AMD64, "oci", layer_size=1500)
+    push_image(reg.url, repo_name, img, ["v1"], cafile=str(reg.ca_path))
+    return reg, f"{reg.host}/{repo_name}:v1", img
+
+
+def test_pull_tls_without_ca_fails_with_a_hint(tls_image, tmp_path: Path) -> None:
+    reg, ref, _ = tls_image
+    proc = pull(tmp_path, ref)
+    assert proc.returncode == 3, proc.stderr
+    line = error_line(proc)
+    assert reg.host in line and "certificate" in line, line
+    assert f"--ca-file {reg.host}=" in proc.stderr
+    assert not (tmp_path / "out.tar").exists()
+
+
+def test_pull_tls_with_ca_flag(tls_image, tmp_path: Path) -> None:
+    reg, ref, img = tls_image
+    ok(pull(tmp_path, ref, "--ca-file", f"{reg.host}={reg.ca_path}"))
+    assert digest_of(tmp_path / "out.tar") == img.digest
+
+
+def test_pull_tls_with_ca_in_images_yaml(tls_image, tmp_path: Path) -> None:
+    reg, ref, img = tls_image
+    yml = tmp_path / "images.yaml"
+    yml.write_text(f"version: 1\nregistries:\n  {reg.host}:\n    ca_file: {reg.ca_path}\n"
+                   f"images:\n  - {ref}\n")
+    ok(pull(tmp_path, "-f", yml))
+    assert digest_of(tmp_path / "out.tar") == img.digest
+
+
+def test_pull_tls_insecure_registry_skips_verification(tls_image, tmp_path: Path) -> None:
+    reg, ref, img = tls_image
+    ok(pull(tmp_path, ref, "--insecure-registry", reg.host))
+    assert digest_of(tmp_path / "out.tar") == img.digest
+
+
+def test_pull_ca_file_that_does_not_exist(tls_image, tmp_path: Path) -> None:
+    reg, ref, _ = tls_image
+    proc = pull(tmp_path, ref, "--ca-file", f"{reg.host}={tmp_path / 'nope.pem'}")
+    assert proc.returncode == 2, proc.stderr
+    assert "nope.pem" in error_line(proc) and reg.host in error_line(proc)
+
+
+def test_load_to_tls_target(registry_factory: Callable[..., Registry],
+                            src_registry: Registry, repo_name: str, rng: random.Random,
+                            tmp_path: Path) -> None:
+    img = ig.make_image(rng, ig.ARM64, "docker", layer_size=1500)
+    push_image(src_registry.url, repo_name, img, ["v1"])
+    ok(pull(tmp_path, f"{src_registry.host}/{repo_name}:v1", out="b.tar"))
+    bundle = tmp_path / "b.tar"
+    dst = registry_factory(tls=True)
+    proc = cli("load", bundle, "--to", f"{dst.host}/a")
+    assert proc.returncode == 3, proc.stderr
+    assert dst.host in error_line(proc) and f"--ca-file {dst.host}=" in proc.stderr
+    ok(cli("load", bundle, "--to", f"{dst.host}/a", "--ca-file", f"{dst.host}={dst.ca_path}"))
+    ok(cli("load", bundle, "--to", f"{dst.host}/b", "--insecure-registry", dst.host))
+    for prefix in ("a", "b"):
+        body, _, _ = get_manifest(dst.url, f"{prefix}/{repo_name}", "v1",
+                                  cafile=str(dst.ca_path))
+        assert ig.sha256_digest(body) == img.digest
+
+
+def make_client_cert(directory: Path) -> tuple[Path, Path, Path]:
+    """A client CA, and a client certificate (clientAuth) and key it signed."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("mirror test client CA"))
+          .issuer_name(name("mirror test client CA")).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=7))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(name("mirror test client"))
+            .issuer_name(ca.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=7))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = directory / "client-ca.pem", directory / "client.pem", directory / "client.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+def test_client_certificate(registry_factory: Callable[..., Registry], repo_name: str,
+                            rng: random.Random, tmp_path: Path,
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """http.tls.clientcas: without a client certificate the pull fails (exit 3, naming the
+    registry); with --client-cert HOST=CERT,KEY it works."""
+    client_ca, cert, key = make_client_cert(tmp_path)
+    orig = ssl.create_default_context
+
+    def with_client_cert(*a, **kw):  # type: ignore[no-untyped-def]
+        ctx = orig(*a, **kw)
+        ctx.load_cert_chain(cert, key)
+        return ctx
+
+    # the fixture's readiness probe and the pusher present the client certificate too
+    monkeypatch.setattr(ssl, "create_default_context", with_client_cert)
+    reg = registry_factory(tls=True, extra_config={"http": {"tls": {"clientcas": [
+        str(client_ca)]}}})
+    img = ig.make_image(rng, ig.AMD64, "oci", layer_size=1500)
+    push_image(reg.url, repo_name, img, ["v1"], cafile=str(reg.ca_path))
+    monkeypatch.undo()
+    ref = f"{reg.host}/{repo_name}:v1"
+    ca = f"{reg.host}={reg.ca_path}"
+    proc = pull(tmp_path, ref, "--ca-file", ca)
+    assert proc.returncode == 3, proc.stderr
+    assert reg.host in error_line(proc) and "TLS" in error_line(proc)
+    assert "--client-cert" in proc.stderr
+    ok(pull(tmp_path, ref, "--ca-file", ca, "--client-cert", f"{reg.host}={cert},{key}"))
+    assert digest_of(tmp_path / "out.tar") == img.digest
+    yml = tmp_path / "images.yaml"
+    yml.write_text(f"registries:\n  {reg.host}:\n    ca_file: {reg.ca_path}\n"
+                   f"    client_cert: {cert}\n    client_key: {key}\nimages: [{ref}]\n")
+    ok(pull(tmp_path, "-f", yml, out="yaml.tar"))
+    assert digest_of(tmp_path / "yaml.tar") == img.digest

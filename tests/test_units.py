@@ -1,0 +1,458 @@
+"""Table-driven unit tests: references, platforms, images.yaml, manifest classification."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mirror import mediatypes as mt
+from mirror.config import ImageSettings, load_config, parse_config, settings_as_dict
+from mirror.errors import (
+    EXIT_CODES,
+    ConfigError,
+    IntegrityError,
+    InvalidPlatform,
+    InvalidReference,
+    UnsupportedContent,
+)
+from mirror.manifest import MAX_MANIFEST_BYTES, Descriptor, RawManifest, sniff_media_type
+from mirror.platform import Platform, PlatformSelector
+from mirror.reference import Reference, api_host, is_loopback
+
+D1 = "sha256:" + "a" * 64
+D2 = "sha256:" + "b" * 64
+D3 = "sha256:" + "c" * 64
+D512 = "sha512:" + "d" * 128
+
+# -- references ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "registry", "repository", "tag", "digest"), [
+    ("alpine", "docker.io", "library/alpine", "latest", None),
+    ("alpine:3.20", "docker.io", "library/alpine", "3.20", None),
+    ("library/alpine", "docker.io", "library/alpine", "latest", None),
+    ("user/app:1", "docker.io", "user/app", "1", None),
+    ("docker.io/alpine", "docker.io", "library/alpine", "latest", None),
+    ("index.docker.io/library/alpine:1", "docker.io", "library/alpine", "1", None),
+    ("registry-1.docker.io/x/y", "docker.io", "x/y", "latest", None),
+    ("localhost/app", "localhost", "app", "latest", None),
+    ("localhost:5000/team/app:1.2", "localhost:5000", "team/app", "1.2", None),
+    ("127.0.0.1:5000/a/b/c:v_1", "127.0.0.1:5000", "a/b/c", "v_1", None),
+    ("[::1]:5000/app:v1", "[::1]:5000", "app", "v1", None),
+    ("Example.COM/app", "example.com", "app", "latest", None),
+    ("ghcr.io/org/app:1.0@" + D1, "ghcr.io", "org/app", "1.0", D1),
+    ("ghcr.io/org/app@" + D1, "ghcr.io", "org/app", None, D1),
+    ("ghcr.io/org/app@" + D512, "ghcr.io", "org/app", None, D512),
+    ("quay.io/a.b/c_d/e__f/g-h---i:T.1-x", "quay.io", "a.b/c_d/e__f/g-h---i", "T.1-x", None),
+    ("  alpine  ", "docker.io", "library/alpine", "latest", None),
+    ("a:" + "t" * 128, "docker.io", "library/a", "t" * 128, None),
+])
+def test_reference_parse(text: str, registry: str, repository: str, tag: str | None,
+                         digest: str | None) -> None:
+    ref = Reference.parse(text)
+    assert (ref.registry, ref.repository, ref.tag, ref.digest) == (
+        registry, repository, tag, digest)
+    assert ref.name == f"{registry}/{repository}"
+    assert ref.ref == (digest or tag)
+    assert Reference.parse(str(ref)) == ref  # str() gives a parseable full form
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("", "empty"),
+    ("   ", "empty"),
+    ("https://ghcr.io/org/app:1", "no scheme"),
+    ("UPPER", "lowercase"),
+    ("ghcr.io/Org/app", "lowercase"),
+    ("a//b", "bad repository"),
+    ("a/b/", "bad repository"),
+    ("-a/b", "bad repository"),
+    ("a/b_", "bad repository"),
+    ("a/b:", "bad tag"),
+    ("a/b:-x", "bad tag"),
+    ("a/b:tag with space", "bad tag"),
+    ("a/b:" + "t" * 129, "bad tag"),
+    ("a/b:t:t", "bad repository"),
+    ("a/b@sha256:xyz", "digest"),
+    ("a/b@sha256:" + "a" * 63, "digest"),
+    ("a/b@md5:" + "a" * 32, "digest"),
+    ("a/b@", "digest"),
+    ("bad_host:5000/app", "bad registry"),
+    ("r.io/" + "a" * 260, "longer than 255"),
+])
+def test_reference_invalid(text: str, why: str) -> None:
+    with pytest.raises(InvalidReference) as exc:
+        Reference.parse(text)
+    msg = str(exc.value)
+    assert why in msg, msg
+    if text.strip():
+        assert repr(text) in msg, msg  # names what was given
+    assert "\n" not in msg
+    assert exc.value.exit_code == EXIT_CODES["usage"]
+
+
+@pytest.mark.parametrize(("registry", "api", "loopback"), [
+    ("docker.io", "registry-1.docker.io", False),
+    ("ghcr.io", "ghcr.io", False),
+    ("localhost", "localhost", True),
+    ("localhost:5000", "localhost:5000", True),
+    ("127.0.0.1:5000", "127.0.0.1:5000", True),
+    ("127.1.2.3", "127.1.2.3", True),
+    ("[::1]:5000", "[::1]:5000", True),
+    ("10.0.0.1:5000", "10.0.0.1:5000", False),
+    ("localhost.example.com", "localhost.example.com", False),
+])
+def test_registry_host_rules(registry: str, api: str, loopback: bool) -> None:
+    assert api_host(registry) == api
+    assert is_loopback(registry) is loopback
+
+
+def test_reference_with_tag_and_digest() -> None:
+    ref = Reference.parse("r.io/a/b:1@" + D1)
+    assert str(ref) == "r.io/a/b:1@" + D1
+    assert ref.with_tag("2") == Reference("r.io", "a/b", "2", None)
+    assert ref.with_digest(D2) == Reference("r.io", "a/b", None, D2)
+    assert str(ref.with_digest(D2)) == "r.io/a/b@" + D2
+
+
+# -- platforms -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("linux/amd64", ("linux", "amd64", "")),
+    ("linux/x86_64", ("linux", "amd64", "")),
+    ("linux/x86-64", ("linux", "amd64", "")),
+    ("linux/amd64/v1", ("linux", "amd64", "")),
+    ("linux/amd64/v2", ("linux", "amd64", "v2")),
+    ("linux/arm64", ("linux", "arm64", "")),
+    ("linux/arm64/v8", ("linux", "arm64", "")),
+    ("linux/arm64/8", ("linux", "arm64", "")),
+    ("linux/aarch64", ("linux", "arm64", "")),
+    ("linux/arm64/v9.0", ("linux", "arm64", "v9")),
+    ("linux/arm64/v8.2", ("linux", "arm64", "v8.2")),
+    ("linux/arm", ("linux", "arm", "v7")),
+    ("linux/arm/7", ("linux", "arm", "v7")),
+    ("linux/arm/v7", ("linux", "arm", "v7")),
+    ("linux/armhf", ("linux", "arm", "v7")),
+    ("linux/armel", ("linux", "arm", "v6")),
+    ("linux/arm/6", ("linux", "arm", "v6")),
+    ("linux/arm/v5", ("linux", "arm", "v5")),
+    ("linux/386", ("linux", "386", "")),
+    ("linux/i386", ("linux", "386", "")),
+    ("LINUX/AMD64", ("linux", "amd64", "")),
+    ("macos/arm64", ("darwin", "arm64", "")),
+    ("windows/amd64", ("windows", "amd64", "")),
+    (" linux/s390x ", ("linux", "s390x", "")),
+])
+def test_platform_parse(text: str, want: tuple[str, str, str]) -> None:
+    p = Platform.parse(text)
+    assert (p.os, p.architecture, p.variant) == want
+    assert Platform.parse(str(p)) == p
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("", "expected os/arch"),
+    ("linux", "expected os/arch"),
+    ("linux/", "expected os/arch"),
+    ("/amd64", "expected os/arch"),
+    ("linux/arm/v7/x", "expected os/arch"),
+    ("linux amd64", "expected os/arch"),
+    ("linux/amd46", "unknown architecture 'amd46'"),
+    ("lunix/amd64", "unknown os 'lunix'"),
+])
+def test_platform_invalid(text: str, why: str) -> None:
+    with pytest.raises(InvalidPlatform) as exc:
+        Platform.parse(text)
+    assert why in str(exc.value) and repr(text) in str(exc.value)
+    assert exc.value.exit_code == EXIT_CODES["usage"]
+
+
+# REFERENCE.md 5.2, the "Exact" column
+@pytest.mark.parametrize(("request_", "candidate", "match"), [
+    ("linux/arm64", {"os": "linux", "architecture": "arm64"}, True),
+    ("linux/arm64", {"os": "linux", "architecture": "arm64", "variant": "v8"}, True),
+    ("linux/arm64/v8", {"os": "linux", "architecture": "arm64"}, True),
+    ("linux/arm64/v8", {"os": "linux", "architecture": "aarch64"}, True),
+    ("linux/arm64", {"os": "linux", "architecture": "arm64", "variant": "v8.2"}, False),
+    ("linux/arm64", {"os": "linux", "architecture": "arm", "variant": "v7"}, False),
+    ("linux/arm", {"os": "linux", "architecture": "arm", "variant": "v7"}, True),
+    ("linux/arm", {"os": "linux", "architecture": "arm"}, True),
+    ("linux/arm/v7", {"os": "linux", "architecture": "arm"}, True),
+    ("linux/arm", {"os": "linux", "architecture": "arm", "variant": "v6"}, False),
+    ("linux/arm/v6", {"os": "linux", "architecture": "arm", "variant": "v7"}, False),
+    ("linux/arm/v6", {"os": "linux", "architecture": "armel"}, True),
+    ("linux/amd64", {"os": "linux", "architecture": "amd64", "variant": "v2"}, False),
+    ("linux/amd64", {"os": "linux", "architecture": "386"}, False),
+    ("linux/amd64", {"os": "linux", "architecture": "x86_64"}, True),
+    ("linux/amd64", {"os": "windows", "architecture": "amd64"}, False),
+    ("windows/amd64", {"os": "windows", "architecture": "amd64",
+                       "os.version": "10.0.20348.2340"}, True),
+])
+def test_platform_matching(request_: str, candidate: dict, match: bool) -> None:
+    want, cand = Platform.parse(request_), Platform.from_dict(candidate)
+    assert cand is not None
+    assert want.matches(cand) is match
+    assert PlatformSelector([want]).wants(cand) is match
+
+
+@pytest.mark.parametrize(("values", "all_", "platforms"), [
+    ([], True, ()),
+    (["all"], True, ()),
+    (["ALL"], True, ()),
+    (["linux/amd64", "all"], True, None),
+    (["linux/amd64"], False, ("linux/amd64",)),
+    (["linux/amd64,linux/arm64/v8"], False, ("linux/amd64", "linux/arm64")),
+    (["linux/amd64", "linux/arm64", "linux/x86_64"], False, ("linux/amd64", "linux/arm64")),
+    ([" linux/arm , ,linux/arm/v6 "], False, ("linux/arm/v7", "linux/arm/v6")),
+])
+def test_platform_selector(values: list[str], all_: bool, platforms: tuple | None) -> None:
+    sel = PlatformSelector.parse(values)
+    assert sel.all is all_
+    if platforms is not None:
+        assert tuple(str(p) for p in sel.platforms) == platforms
+    assert str(sel) == ("all" if all_ else ",".join(platforms or ()))
+    unknown = Platform.from_dict({"os": "unknown", "architecture": "unknown"})
+    assert unknown is not None and unknown.is_unknown
+    assert sel.wants(unknown) is False  # attestations are never an image
+    assert sel.wants(None) is all_
+
+
+def test_platform_from_dict() -> None:
+    assert Platform.from_dict(None) is None
+    assert Platform.from_dict("linux/amd64") is None  # type: ignore[arg-type]
+    p = Platform.from_dict({"os": "windows", "architecture": "amd64",
+                            "os.version": "10.0.17763.1"})
+    assert p == Platform("windows", "amd64", "", "10.0.17763.1")
+    assert str(p) == "windows/amd64"
+
+
+# -- images.yaml ---------------------------------------------------------------------------
+
+
+def test_config_full_example() -> None:
+    text = f"""\
+version: 1
+defaults:
+  platforms: [linux/amd64, linux/arm64]
+  index: sparse
+registries:
+  r.example.com:
+    insecure: true
+    ca_file: /etc/ca.pem
+    username: bot
+    password_env: R_PASSWORD
+images:
+  - docker.io/library/alpine:3.20
+  - ref: ghcr.io/org/app@{D1}
+    platforms: linux/arm/v7
+    index: filter
+    referrers: false
+  - repository: r.example.com/team/svc
+    tags: ["1.0", "@{D2}"]
+"""
+    cfg = parse_config(text, "images.yaml")
+    refs = [str(s.reference) for s in cfg.images]
+    assert refs == ["docker.io/library/alpine:3.20", f"ghcr.io/org/app@{D1}",
+                    "r.example.com/team/svc:1.0", f"r.example.com/team/svc@{D2}"]
+    assert [s.where for s in cfg.images] == ["images.yaml:12", "images.yaml:13",
+                                             "images.yaml:17", "images.yaml:17"]
+    alpine, app, svc = cfg.images[0], cfg.images[1], cfg.images[2]
+    assert str(alpine.settings.platforms) == "linux/amd64,linux/arm64"
+    assert alpine.settings.index == "sparse" and alpine.settings.referrers is True
+    assert str(app.settings.platforms) == "linux/arm/v7"
+    assert app.settings.index == "filter" and app.settings.referrers is False
+    assert svc.settings == alpine.settings == cfg.defaults
+    assert cfg.registries["r.example.com"].insecure is True
+    assert cfg.registries["r.example.com"].ca_file == "/etc/ca.pem"
+    assert "r.example.com" in cfg.logins
+
+
+def test_config_defaults_when_not_set() -> None:
+    cfg = parse_config("images: [alpine]\n")
+    assert settings_as_dict(cfg.defaults) == settings_as_dict(ImageSettings()) == {
+        "platforms": "all", "index": "filter", "format": "keep", "foreign_layers": "skip",
+        "referrers": True}
+    assert cfg.images[0].settings.platforms.all
+    base = ImageSettings(index="sparse")
+    assert parse_config("images: [alpine]\n", base=base).images[0].settings.index == "sparse"
+
+
+@pytest.mark.parametrize(("text", "line", "why"), [
+    ("images:\n  - ref: a/b\n    platfrom: linux/arm64\n", 3,
+     "unknown key 'platfrom' in an image entry (did you mean 'platforms'?)"),
+    ("imgaes: [a]\n", 1, "did you mean 'images'"),
+    ("version: 1\ndefaults:\n  platform: all\nimages: [a]\n", 3, "did you mean 'platforms'"),
+    ("version: 2\nimages: [a]\n", 1, "version 2 is not supported"),
+    ("version: one\nimages: [a]\n", 1, "'version' must be an integer"),
+    ("version: 1\n", 1, "no 'images' list"),
+    ("images: []\n", 1, "the 'images' list is empty"),
+    ("images: {a: b}\n", 1, "'images' must be a list"),
+    ("- a\n- b\n", 1, "the top level must be a mapping"),
+    ("images:\n  - ref: a/b\n    tags: [x]\n", 3, "'tags' goes with 'repository'"),
+    ("images:\n  - repository: a/b:1\n    tags: [x]\n", 2, "takes no tag or digest"),
+    ("images:\n  - repository: a/b\n", 2, "has no 'tags' list"),
+    ("images:\n  - repository: a/b\n    tags: []\n", 3, "non-empty list"),
+    ("images:\n  - ref: a/b\n    repository: c/d\n", 2, "either 'ref' or 'repository'"),
+    ("images:\n  - platforms: all\n", 2, "either 'ref' or 'repository'"),
+    ("images:\n  - ref: a/b\n    ref: c/d\n", 3, "duplicate key 'ref'"),
+    ("images:\n  - ref: a/b\n    index: sprase\n", 3, "(did you mean 'sparse'?)"),
+    ("images:\n  - ref: a/b\n    format: OCI\n", 3, "'format' must be one of"),
+    ("images:\n  - ref: a/b\n    foreign_layers: drop\n", 3, "'foreign_layers' must be one"),
+    ("images:\n  - ref: a/b\n    referrers: maybe\n", 3, "must be true or false"),
+    ("images:\n  - ref: a/b\n    platforms: [linux/amd46]\n", 3, "unknown architecture"),
+    ("defaults:\n  platforms: linux\nimages: [a]\n", 2, "expected os/arch"),
+    ("images:\n  - ok/one\n  - Bad/Ref\n", 3, "lowercase"),
+    ("images:\n  - ref: https://r.io/a\n", 2, "no scheme"),
+    ("images:\n  - ref: ''\n", 2, "'ref' must be a non-empty string"),
+    ("images: [a\n", 2, "invalid YAML"),
+    ("registries:\n  r.io:\n    username: u\n    password_env: X\n    password_file: f\n"
+     "images: [a]\n", 2, "not both"),
+    ("registries:\n  r.io:\n    password_env: X\nimages: [a]\n", 2, "needs a 'username'"),
+    ("registries:\n  r.io:\n    insecure: yes\n    cafile: x\nimages: [a]\n", 4,
+     "did you mean 'ca_file'"),
+])
+def test_config_errors(text: str, line: int, why: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_config(text, "conf/images.yaml")
+    msg = str(exc.value)
+    assert msg.startswith(f"conf/images.yaml:{line}: "), msg
+    assert why in msg, msg
+    assert "\n" not in msg
+    assert exc.value.exit_code == EXIT_CODES["usage"]
+
+
+def test_config_empty_and_unreadable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^images\.yaml: empty file$"):
+        parse_config("", "images.yaml")
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match="cannot read config") as exc:
+        load_config(missing)
+    assert str(missing) in str(exc.value)
+    good = tmp_path / "images.yaml"
+    good.write_text("images:\n  - alpine\n")
+    assert load_config(good).images[0].where == f"{good}:2"
+
+
+# -- manifests -----------------------------------------------------------------------------
+
+DOCKER_CFG = {"mediaType": mt.DOCKER_CONFIG, "digest": D1, "size": 10}
+OCI_CFG = {"mediaType": mt.OCI_CONFIG, "digest": D1, "size": 10}
+
+
+@pytest.mark.parametrize(("body", "content_type", "want"), [
+    ({"mediaType": mt.OCI_INDEX, "manifests": []}, mt.DOCKER_MANIFEST, mt.OCI_INDEX),
+    ({"mediaType": mt.DOCKER_LIST, "manifests": []}, "", mt.DOCKER_LIST),
+    ({"mediaType": mt.DOCKER_MANIFEST, "config": DOCKER_CFG}, "", mt.DOCKER_MANIFEST),
+    ({"schemaVersion": 1, "signatures": []}, "", mt.SCHEMA1_SIGNED),
+    ({"schemaVersion": 1, "fsLayers": []}, mt.DOCKER_MANIFEST, mt.SCHEMA1),
+    ({"schemaVersion": 2, "manifests": []}, f"{mt.OCI_INDEX}; charset=utf-8", mt.OCI_INDEX),
+    ({"schemaVersion": 2, "config": DOCKER_CFG}, "APPLICATION/VND.DOCKER.DISTRIBUTION"
+     ".MANIFEST.V2+JSON", mt.DOCKER_MANIFEST),
+    ({"schemaVersion": 2, "manifests": []}, mt.DOCKER_LIST, mt.DOCKER_LIST),
+    ({"schemaVersion": 2, "manifests": []}, "", mt.OCI_INDEX),
+    ({"schemaVersion": 2, "manifests": []}, "application/json", mt.OCI_INDEX),
+    ({"schemaVersion": 2, "config": DOCKER_CFG, "layers": []}, "", mt.DOCKER_MANIFEST),
+    ({"schemaVersion": 2, "config": OCI_CFG, "layers": []}, "", mt.OCI_MANIFEST),
+    ({"schemaVersion": 2, "config": OCI_CFG}, "text/plain", mt.OCI_MANIFEST),
+    ({"schemaVersion": 2, "mediaType": "", "config": DOCKER_CFG}, "", mt.DOCKER_MANIFEST),
+])
+def test_sniff_media_type(body: dict, content_type: str, want: str) -> None:
+    assert sniff_media_type(body, content_type) == want
+
+
+def _manifest(**extra: object) -> dict:
+    doc: dict = {"schemaVersion": 2, "mediaType": mt.OCI_MANIFEST, "config": OCI_CFG,
+                 "layers": [{"mediaType": mt.OCI_LAYER_GZIP, "digest": D2, "size": 20}]}
+    doc.update(extra)
+    return doc
+
+
+@pytest.mark.parametrize(("data", "why"), [
+    (b"not json", "not JSON"),
+    (b"\xff\xfe", "not JSON"),
+    (b"[1, 2]", "not a JSON object"),
+    (json.dumps({"schemaVersion": 1, "name": "x", "fsLayers": []}).encode(), "schema 1"),
+    (json.dumps({"schemaVersion": 1, "signatures": []}).encode(), "schema 1"),
+    (b'{"a": "' + b"x" * MAX_MANIFEST_BYTES + b'"}', "larger than"),
+])
+def test_raw_manifest_refuses(data: bytes, why: str) -> None:
+    with pytest.raises(UnsupportedContent) as exc:
+        RawManifest.from_bytes(data, where="r.io/a:1")
+    assert why in str(exc.value) and "r.io/a:1" in str(exc.value)
+    assert exc.value.exit_code == EXIT_CODES["unsupported"]
+
+
+def test_raw_manifest_keeps_exact_bytes() -> None:
+    compact = json.dumps(_manifest(), separators=(",", ":")).encode()
+    pretty = json.dumps(_manifest(), indent=3).encode() + b"\n"
+    a, b = RawManifest.from_bytes(compact), RawManifest.from_bytes(pretty)
+    assert a.parsed == b.parsed and a.digest != b.digest
+    for raw, data in ((a, compact), (b, pretty)):
+        assert raw.data == data and raw.size == len(data)
+        assert raw.digest == Descriptor.from_dict(raw.descriptor()).digest
+        assert raw.is_image and not raw.is_index
+        assert raw.config is not None and raw.config.digest == D1
+        assert [d.digest for d in raw.layers] == [D2]
+        assert raw.children == [] and raw.artifact_type is None
+
+
+def test_manifest_blobs_dedupe_and_artifacts() -> None:
+    layer = {"mediaType": mt.OCI_LAYER_GZIP, "digest": D2, "size": 20}
+    dup = RawManifest.from_bytes(json.dumps(_manifest(layers=[layer, layer])).encode())
+    assert [d.digest for d in dup.blobs()] == [D1, D2]  # duplicate layers are legal
+    art = RawManifest.from_bytes(json.dumps(_manifest(
+        config={"mediaType": "application/vnd.example+json", "digest": D3, "size": 2},
+        subject={"mediaType": mt.OCI_MANIFEST, "digest": D1, "size": 5})).encode())
+    assert not art.is_image and art.artifact_type == "application/vnd.example+json"
+    assert art.subject is not None and art.subject.digest == D1
+    typed = RawManifest.from_bytes(json.dumps(_manifest(artifactType="a/b")).encode())
+    assert typed.artifact_type == "a/b"
+
+
+def test_index_children() -> None:
+    doc = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [
+        {"mediaType": mt.OCI_MANIFEST, "digest": D1, "size": 1,
+         "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+        {"mediaType": mt.OCI_MANIFEST, "digest": D2, "size": 2,
+         "platform": {"os": "unknown", "architecture": "unknown"},
+         "annotations": {"vnd.docker.reference.digest": D1}},
+        {"mediaType": mt.OCI_MANIFEST, "digest": D3, "size": 3},
+    ]}
+    raw = RawManifest.from_bytes(json.dumps(doc).encode())
+    assert raw.is_index and not raw.is_image and raw.config is None and raw.layers == []
+    kids = raw.children
+    assert [c.digest for c in kids] == [D1, D2, D3]
+    assert str(kids[0].platform) == "linux/arm64" and kids[1].platform.is_unknown
+    assert kids[1].annotations["vnd.docker.reference.digest"] == D1
+    assert kids[2].platform is None
+    bad = RawManifest.from_bytes(json.dumps({"mediaType": mt.OCI_INDEX}).encode())
+    with pytest.raises(IntegrityError, match="no manifests list"):
+        _ = bad.children
+
+
+@pytest.mark.parametrize(("desc", "why"), [
+    ("x", "not an object"),
+    ({"size": 1}, "no digest"),
+    ({"digest": "sha256:abc", "size": 1}, "digest"),
+    ({"digest": D1}, "no valid size"),
+    ({"digest": D1, "size": -1}, "no valid size"),
+    ({"digest": D1, "size": "1"}, "no valid size"),
+    ({"digest": D1, "size": True}, "no valid size"),
+])
+def test_descriptor_invalid(desc: object, why: str) -> None:
+    with pytest.raises(IntegrityError, match=why):
+        Descriptor.from_dict(desc)
+
+
+@pytest.mark.parametrize(("desc", "foreign"), [
+    ({"mediaType": mt.OCI_LAYER_GZIP, "digest": D1, "size": 1}, False),
+    ({"mediaType": mt.DOCKER_FOREIGN, "digest": D1, "size": 1}, True),
+    ({"mediaType": mt.OCI_NONDIST_GZIP, "digest": D1, "size": 1}, True),
+    ({"mediaType": mt.OCI_LAYER_GZIP, "digest": D1, "size": 1,
+      "urls": ["https://example.com/l"]}, True),
+])
+def test_descriptor_foreign(desc: dict, foreign: bool) -> None:
+    d = Descriptor.from_dict(desc)
+    assert d.is_foreign is foreign
+    assert d.size == 1 and d.digest == D1
