@@ -22,7 +22,13 @@ from mirror.aio import gather_or_cancel
 from mirror.bundle.layout import IMAGE_NAME, REF_NAME
 from mirror.bundle.reader import Bundle, Contents
 from mirror.digest import Verifier
-from mirror.errors import BundleError, IncompleteBase, InvalidReference, UsageError
+from mirror.errors import (
+    BundleError,
+    IncompleteBase,
+    InvalidReference,
+    RegistryError,
+    UsageError,
+)
 from mirror.manifest import Descriptor, RawManifest
 from mirror.progress import NullProgress, Progress
 from mirror.reference import Reference, _is_registry, normalize_registry
@@ -287,19 +293,45 @@ async def _push_manifests(client: Client, reg: str, images: list[PushImage],
         for m in img.manifests:
             if m is img.root or (img.repository, m.digest) in pushed:
                 continue
-            await client.put_manifest(reg, img.repository, m.digest, m)
+            await _put(client, reg, img, m.digest, m)
             pushed.add((img.repository, m.digest))
             result.manifests_pushed += 1
     for img in images:
         if img.tag is None and (img.repository, img.root.digest) not in pushed:
-            subject = await client.put_manifest(reg, img.repository, img.root.digest, img.root)
+            subject = await _put(client, reg, img, img.root.digest, img.root)
             pushed.add((img.repository, img.root.digest))
             result.manifests_pushed += 1
             if img.root.subject is not None and not subject:
                 await push_fallback(client, reg, img.repository, img.root)
     for img in images:
         if img.tag is not None:
-            await client.put_manifest(reg, img.repository, img.tag, img.root)
+            await _put(client, reg, img, img.tag, img.root)
             result.manifests_pushed += 1
             result.tags.append(f"{reg}/{img.repository}:{img.tag}")
             progress.info(f"{img.name} -> {reg}/{img.repository}:{img.tag} {img.root.digest}")
+
+
+async def _put(client: Client, reg: str, img: PushImage, ref: str, m: RawManifest
+               ) -> str | None:
+    """Push one manifest; when the registry refuses it, say what in it registries refuse."""
+    try:
+        return await client.put_manifest(reg, img.repository, ref, m)
+    except RegistryError as e:
+        hint = None
+        if any(d.urls for d in m.layers):
+            hint = ("this registry refuses manifests whose layers carry `urls` (foreign "
+                    "layers): pull with `--foreign-layers rewrite`, or allow them on the "
+                    "registry (distribution: validation.manifests.urls.allow)")
+        elif m.is_index and any((img.repository, c.digest) not in _present_children(img)
+                                for c in m.children):
+            hint = ("this is a sparse index (`index: sparse`): the registry refuses an index "
+                    "whose platforms are not all present; pull with `index: filter`, or turn "
+                    "that validation off on the registry")
+        if hint is None or e.hint:
+            raise
+        raise type(e)(str(e), registry=e.registry, repository=e.repository, status=e.status,
+                      codes=e.codes, hint=hint) from e
+
+
+def _present_children(img: PushImage) -> set[tuple[str, str]]:
+    return {(img.repository, m.digest) for m in img.manifests}

@@ -130,6 +130,7 @@ async def _resolve_index(client: Client, spec: ImageSpec, plan: ImagePlan, root:
     if not any(c.digest in chosen_digests for c in chosen):
         raise no_match(spec, available)
     chosen_set = {c.digest for c in chosen}
+    replaced: dict[str, RawManifest] = {}  # nested indexes that were filtered in turn
     for c in children:
         if c.digest not in chosen_set:
             continue
@@ -142,12 +143,14 @@ async def _resolve_index(client: Client, spec: ImageSpec, plan: ImagePlan, root:
             plan.absent.update(sub.absent)
             plan.platforms.extend(sub.platforms)
             plan.platform_digests.update(sub.platform_digests)
+            if sub.root.digest != child.digest:
+                replaced[child.digest] = sub.root
         else:
             _add_manifest(plan, child)
             if c.platform is not None and not c.platform.is_unknown:
                 plan.platforms.append(str(c.platform))
                 plan.platform_digests[str(c.platform)] = c.digest
-    if len(chosen_set) == len({c.digest for c in children}):
+    if len(chosen_set) == len({c.digest for c in children}) and not replaced:
         plan.mode = "full"
         plan.root = root
     elif spec.settings.index == "sparse":
@@ -160,6 +163,10 @@ async def _resolve_index(client: Client, spec: ImageSpec, plan: ImagePlan, root:
         plan.mode = "filter"
         body = json.loads(root.data)
         body["manifests"] = [m for m in body["manifests"] if m.get("digest") in chosen_set]
+        for m in body["manifests"]:
+            new = replaced.get(m.get("digest"))
+            if new is not None:
+                m["digest"], m["size"] = new.digest, new.size
         plan.root = RawManifest(dump_json(body), root.media_type)
     plan.manifests[plan.root.digest] = plan.root
 

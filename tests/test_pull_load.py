@@ -175,7 +175,7 @@ def test_all_platforms_are_byte_identical_at_the_target(
 
 
 def test_sparse_index_keeps_the_source_digest(
-        src_registry: Registry, repo_name: str, rng: random.Random, tmp_path: Path) -> None:
+        src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random, tmp_path: Path) -> None:
     imgs = [ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64_V8, ig.ARM_V7)]
     index = ig.make_index(imgs, "oci", attestation=True, rng=rng)  # attests amd64
     push_image(src_registry.url, repo_name, index, ["v1"])
@@ -189,6 +189,12 @@ def test_sparse_index_keeps_the_source_digest(
     assert set(lay.members) == BASE_MEMBERS | image_members(imgs[1]) | {
         blob_member(index.digest)}
     assert lay.blob(index.digest) == index.manifest.data
+    # distribution refuses an index with absent children: the error says why and what to do,
+    # and no tag is left behind
+    r = run_mirror("load", bundle, "--to", dst_registry.host, "--retries", "1")
+    assert r.returncode == 3, r.stderr
+    assert "sparse index" in r.stderr and "index: filter" in r.stderr
+    assert list_tags(dst_registry.url, repo_name) == []
 
 
 # -- 3 and 4. one copy of a shared layer; a warm cache fetches nothing ------------------------
