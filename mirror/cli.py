@@ -195,7 +195,7 @@ def _specs(args: argparse.Namespace) -> tuple[list[ImageSpec], Config | None]:
         pinned = []
         for spec in specs:
             entry = lock.images.get(str(spec.reference))
-            if not entry:
+            if not isinstance(entry, dict) or not isinstance(entry.get("sourceDigest"), str):
                 raise UsageError(f"{spec.reference} is not in {path}",
                                  hint="run `mirror lock` (or pull without --locked) to update it")
             pinned.append(replace(spec, pin=entry["sourceDigest"]))
@@ -216,6 +216,14 @@ def _write_lock(args: argparse.Namespace, result) -> Path | None:
     if path is None or getattr(args, "locked", False):
         return None
     lock = Lock(blobs=result.blobs)
+    if path.exists():  # an image that failed this time keeps its last good entry
+        try:
+            old = Lock.read(path)
+        except MirrorError:
+            old = Lock()
+        for r in result.images:
+            if r.error and r.reference in old.images:
+                lock.images[r.reference] = old.images[r.reference]
     for r in result.images:
         if r.error:
             continue
@@ -250,13 +258,27 @@ def _base(args: argparse.Namespace) -> tuple[dict[str, int] | None, str | None, 
     return dict(contents.members), digest or sha256_file(path), path.name
 
 
+def _pull_report(result) -> dict:
+    if result is None:
+        return {"images": []}
+    return {"bundle": str(result.bundle) if result.bundle else None,
+            "bundle_digest": result.bundle_digest, "partial": result.partial,
+            "bundle_unchanged": result.unchanged,
+            "bytes_fetched": result.bytes_fetched, "bytes_reused": result.bytes_reused,
+            "blobs_fetched": result.blobs_fetched, "blobs_reused": result.blobs_reused,
+            "retries": result.retries, "images": [asdict(r) for r in result.images]}
+
+
 def _write_report(path: str | None, doc: dict) -> None:
     if not path:
         return
     p = Path(path)
     tmp = p.with_name(p.name + ".partial")
-    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    tmp.replace(p)
+    try:
+        tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        tmp.replace(p)
+    except OSError as e:
+        raise MirrorError(f"{p}: cannot write the report: {e.strerror}") from None
 
 
 async def _pull(args: argparse.Namespace, progress) -> int:
@@ -275,17 +297,19 @@ async def _pull(args: argparse.Namespace, progress) -> int:
                        base_blobs=base_blobs, base_digest=base_digest, base_name=base_name,
                        referrers=not args.no_referrers,
                        referrer_types=tuple(args.referrer_type))
-    with RunLock(Path(cache) / "lock", f"cache {cache}"), \
-            RunLock(out.with_name(out.name + ".lock"), f"output {out}"):
-        store = BlobStore(cache)
-        async with _transport(args, cfg) as t:
-            result = await pull(Client(t), store, specs, opts, progress)
-    report = {"command": "pull", "bundle": str(result.bundle) if result.bundle else None,
-              "bundle_digest": result.bundle_digest, "partial": result.partial,
-              "bundle_unchanged": result.unchanged,
-              "bytes_fetched": result.bytes_fetched, "bytes_reused": result.bytes_reused,
-              "blobs_fetched": result.blobs_fetched, "blobs_reused": result.blobs_reused,
-              "retries": result.retries, "images": [asdict(r) for r in result.images]}
+    try:
+        with RunLock(Path(cache) / "lock", f"cache {cache}"), \
+                RunLock(out.with_name(out.name + ".lock"), f"output {out}"):
+            store = BlobStore(cache)
+            async with _transport(args, cfg) as t:
+                result = await pull(Client(t), store, specs, opts, progress)
+    except MirrorError as e:  # the report says what failed, and what was done before
+        _write_report(args.report, {"command": "pull", "error": str(e),
+                                    "exit_code": e.exit_code, **_pull_report(
+                                        getattr(e, "pull_result", None))})
+        raise
+    report = {"command": "pull", "error": None,
+              "exit_code": EXIT_PARTIAL if result.partial else 0, **_pull_report(result)}
     _write_report(args.report, report)
     if not args.dry_run and result.bundle:
         lock = _write_lock(args, result)
@@ -377,10 +401,14 @@ async def _lock(args: argparse.Namespace, progress) -> int:
     specs, cfg = _specs(args)
     if _lock_path(args) is None:
         raise UsageError("mirror lock needs -f images.yaml or --lock-file")
-    store = BlobStore(args.cache or default_cache_dir())
-    async with _transport(args, cfg) as t:
-        result = await pull(Client(t), store, specs, PullOptions(output=None, dry_run=True,
-                                                                 jobs=args.jobs), progress)
+    from mirror.store.lock import RunLock
+
+    cache = args.cache or default_cache_dir()
+    with RunLock(Path(cache) / "lock", f"cache {cache}"):
+        store = BlobStore(cache)
+        async with _transport(args, cfg) as t:
+            result = await pull(Client(t), store, specs, PullOptions(
+                output=None, dry_run=True, jobs=args.jobs), progress)
     result.bundle = Path("-")  # resolved: write the lock
     args.dry_run = False
     path = _write_lock(args, result)
@@ -445,6 +473,11 @@ def main(argv: list[str] | None = None) -> int:
         if e.hint:
             print(f"  hint: {e.hint}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # a full disk, a read-only or missing directory: one line, no trace
+        _close(progress)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"mirror: error: {where}{e.strerror or e}", file=sys.stderr)
+        return EXIT_CODES["error"]
     except KeyboardInterrupt:
         _close(progress)
         print("mirror: interrupted; finished blobs are kept, partial ones resume next run",

@@ -231,9 +231,11 @@ def parse_config(text: str, path: str = "images.yaml",
 def load_config(path: str | Path, base: ImageSettings | None = None) -> Config:
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{p}: cannot read config: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start})") from None
     return parse_config(text, str(p), base)
 
 

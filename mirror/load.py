@@ -35,6 +35,7 @@ from mirror.reference import Reference, _is_registry, normalize_registry
 from mirror.referrers import A_SUBJECT, push_fallback
 from mirror.registry.client import Client
 
+CHUNK = 1 << 20
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -138,6 +139,16 @@ def plan_load(contents: Contents, target: Target, bundle: str) -> list[PushImage
         subject = ann.get(A_SUBJECT) or (root.subject.digest if root.subject else None)
         images.append(PushImage(str(ann.get(IMAGE_NAME) or ann.get(REF_NAME) or repo),
                                 repo, tag, root, order, list(blobs.values()), subject))
+    targets: dict[tuple[str, str], PushImage] = {}
+    for img in images:  # ghcr.io/org/app:1 and docker.io/org/app:1 both land on org/app:1
+        if img.tag is None:
+            continue
+        other = targets.setdefault((img.repository, img.tag), img)
+        if other.root.digest != img.root.digest:
+            raise BundleError(
+                f"{bundle}: {other.name} and {img.name} would both be pushed as "
+                f"{target.registry}/{img.repository}:{img.tag}; nothing was pushed",
+                hint="load them with different --to prefixes (one bundle per source registry)")
     # referrers go after every image, so their subjects are at the target first
     return sorted(images, key=lambda i: i.referrer_of is not None)
 
@@ -237,37 +248,50 @@ async def load(client: Client, bundle: Bundle, target: Target, *, jobs: int = 4,
     progress.total(sum(ws[0][1].size for ws in todo.values()))
 
     async def push_one(digest: str, where: list[tuple[str, Descriptor]],
-                       stream: AsyncIterator[bytes] | None = None) -> None:
+                       stream: AsyncIterator[bytes] | None = None
+                       ) -> list[tuple[str, Descriptor]]:
+        """Upload to the first repository, mount into the others; return those where the
+        registry would not mount (a stream cannot be read twice: the caller passes again)."""
         first_repo, d = where[0]
         src = f"{bundle.name}: blob {digest}"
+
+        def from_tar(off: int) -> AsyncIterator[bytes]:
+            return _verified(_aiter_thread(bundle.open_blob(digest, off)), d, src, off)
+
         if stream is not None:
             await client.upload_blob(reg, first_repo, d, lambda off: _verified(
                 stream, d, src, off), seekable=False)
         else:
-            await client.upload_blob(reg, first_repo, d, lambda off: _verified(
-                _aiter_thread(bundle.open_blob(digest, off)), d, src, off), seekable=True)
+            await client.upload_blob(reg, first_repo, d, from_tar, seekable=True)
         result.blobs_pushed += 1
         result.bytes_pushed += d.size
         progress.advanced(d.size)
-        for repo, _ in where[1:]:
+        left = []
+        for repo, desc in where[1:]:
             loc = await client.mount_blob(reg, repo, d, first_repo)
             if loc is None:
                 result.blobs_mounted += 1
+            elif stream is not None:
+                left.append((repo, desc))
             else:
-                await client.upload_blob(reg, repo, d, lambda off: _verified(
-                    _aiter_thread(bundle.open_blob(digest, off)), d, src, off),
-                    seekable=True, location=loc)
+                await client.upload_blob(reg, repo, d, from_tar, seekable=True, location=loc)
                 result.blobs_pushed += 1
+        return left
 
     if bundle.compressed:
-        for name, _size, f in bundle.members():
-            digest = name.replace("blobs/", "", 1).replace("/", ":", 1)
-            if digest in todo and f is not None:
-                await push_one(digest, todo.pop(digest), _aiter_thread(iter(
-                    lambda f=f: f.read(4 << 20), b"")))
-        if todo:
-            raise BundleError(f"{bundle.name}: blob(s) missing from the stream: "
-                              f"{', '.join(sorted(todo)[:5])}")
+        while todo:  # one pass over the stream; again only for blobs a mount did not take
+            again: dict[str, list[tuple[str, Descriptor]]] = {}
+            for name, _size, f in bundle.members():
+                digest = name.replace("blobs/", "", 1).replace("/", ":", 1)
+                if digest in todo and f is not None:
+                    left = await push_one(digest, todo.pop(digest), _aiter_thread(iter(
+                        lambda f=f: f.read(CHUNK), b"")))
+                    if left:
+                        again[digest] = left
+            if todo:
+                raise BundleError(f"{bundle.name}: blob(s) missing from the stream: "
+                                  f"{', '.join(sorted(todo)[:5])}")
+            todo = again
     else:
         async def guarded(digest: str, where: list[tuple[str, Descriptor]]) -> None:
             async with sem:

@@ -10,11 +10,14 @@ was downloaded stays in the store either way, so the next run does not fetch it 
 from __future__ import annotations
 
 import asyncio
+import functools
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mirror.aio import cancel_all, gather_or_cancel
+from mirror.bundle.assembler import Assembler
 from mirror.bundle.layout import (
     A_CONVERSIONS,
     A_INDEX_MODE,
@@ -26,13 +29,14 @@ from mirror.bundle.layout import (
 )
 from mirror.bundle.writer import BlobItem, tar_size, unchanged, write_bundle
 from mirror.config import ImageSpec
-from mirror.errors import MirrorError, RegistryError
+from mirror.convert import convert_plan
+from mirror.errors import IntegrityError, MirrorError, RegistryError
 from mirror.manifest import Descriptor
 from mirror.progress import NullProgress, Progress
 from mirror.referrers import A_KIND, A_SUBJECT, discover
 from mirror.registry.client import Client, download_url
 from mirror.resolve import ImagePlan, resolve
-from mirror.store.blobs import BlobStore
+from mirror.store.blobs import _IO_POOL, BlobStore
 
 
 @dataclass
@@ -86,7 +90,8 @@ class PullOptions:
 
 
 class _Fetcher:
-    """Downloads each digest once per run (a shared task), skipping what the store holds."""
+    """Gets each digest once per run (a shared task), skipping what the store holds, and puts
+    it in the bundle being assembled: teed while it downloads, else copied from the cache."""
 
     def __init__(self, client: Client, store: BlobStore, jobs: int, progress: Progress) -> None:
         self.client = client
@@ -94,14 +99,19 @@ class _Fetcher:
         self.sem = asyncio.Semaphore(jobs)
         self.progress = progress
         self.tasks: dict[str, asyncio.Task[bool]] = {}
+        self.placing: dict[str, asyncio.Task[None]] = {}
         self.fetched: set[str] = set()
         self.reused: set[str] = set()
+        self.teed: set[str] = set()
+        self.owner: dict[str, int] = {}  # digest -> the image that first asked for it
+        self.assembler: Assembler | None = None
 
-    def fetch(self, registry: str, repo: str, desc: Descriptor) -> asyncio.Task[bool]:
+    def fetch(self, registry: str, repo: str, desc: Descriptor, owner: int) -> asyncio.Task[bool]:
         task = self.tasks.get(desc.digest)
         if task is None or (task.done() and (task.cancelled() or task.exception())):
             task = asyncio.ensure_future(self._fetch(registry, repo, desc))
             self.tasks[desc.digest] = task
+            self.owner.setdefault(desc.digest, owner)
         return task
 
     async def _fetch(self, registry: str, repo: str, desc: Descriptor) -> bool:
@@ -113,7 +123,8 @@ class _Fetcher:
         async with self.sem:
             sink = self.store.partial(desc.digest, desc.size,
                                       f"{registry}/{repo}@{desc.digest}")
-            offset = sink.open()
+            sink.tee = self.assembler.tee(desc.digest) if self.assembler else None
+            offset = await asyncio.get_running_loop().run_in_executor(_IO_POOL, sink.open)
             if offset:
                 self.progress.debug(f"resuming {desc.digest} at byte {offset}")
                 self.progress.advanced(offset)
@@ -128,80 +139,243 @@ class _Fetcher:
             finally:
                 sink.close()
         self.fetched.add(desc.digest)
+        if sink.tee is not None:
+            self.teed.add(desc.digest)
         return True
 
-    async def config_bytes(self, registry: str, repo: str, desc: Descriptor) -> bytes:
-        await self.fetch(registry, repo, desc)
+    async def config_bytes(self, registry: str, repo: str, desc: Descriptor,
+                           owner: int = -1) -> bytes:
+        await self.fetch(registry, repo, desc, owner)
         return self.store.read(desc.digest)
+
+    def place(self, registry: str, repo: str, desc: Descriptor, owner: int) -> asyncio.Task[None]:
+        """Fetch, then make sure the blob is in the bundle being assembled (once)."""
+        task = self.placing.get(desc.digest)
+        if task is None or (task.done() and (task.cancelled() or task.exception())):
+            task = asyncio.ensure_future(self._place(registry, repo, desc, owner))
+            self.placing[desc.digest] = task
+        return task
+
+    async def _place(self, registry: str, repo: str, desc: Descriptor, owner: int) -> None:
+        for attempt in (1, 2):
+            await self.fetch(registry, repo, desc, owner)
+            if self.assembler is None or desc.digest in self.teed:
+                return
+            path = self.store.path(desc.digest)
+            verify = desc.digest not in self.fetched  # reused: verify; fetched: just checked
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    _IO_POOL, self.assembler.copy_cached, desc.digest, path, verify)
+                return
+            except IntegrityError:
+                # a damaged cache entry: drop it and fetch it again, once
+                self.store.evict(desc.digest)
+                self.reused.discard(desc.digest)
+                self.tasks.pop(desc.digest, None)
+                if attempt == 2:
+                    raise
 
 
 async def pull(client: Client, store: BlobStore, specs: list[ImageSpec], opts: PullOptions,
                progress: Progress | None = None) -> PullResult:
-    """Raise the first MirrorError unless `keep_going`; return what was done."""
-    progress = progress or NullProgress()
-    fetcher = _Fetcher(client, store, opts.jobs, progress)
-    sem = asyncio.Semaphore(max(2, opts.jobs))
-    results = [ImageResult(str(s.reference), s.where) for s in specs]
-    plans: list[ImagePlan | None] = [None] * len(specs)
+    """Resolve every image, then fetch and assemble the bundle.
 
-    async def one(i: int, spec: ImageSpec) -> None:
-        res = results[i]
-        t0 = time.monotonic()
-        try:
-            async with sem:
-                plan = await resolve(client, spec, fetcher.config_bytes)
-            from mirror.convert import convert_plan
-
-            convert_plan(plan, spec.settings.format, progress)
-            if opts.referrers and spec.settings.referrers:
-                async with sem:
-                    await attach_referrers(client, plan, opts.referrer_types, progress)
-            res.digest, res.source_digest = plan.root.digest, plan.source_digest
-            res.media_type, res.mode = plan.root.media_type, plan.mode
-            res.platforms, res.conversions = plan.platforms, plan.conversions
-            res.platform_digests = plan.platform_digests
-            res.manifests = [m.digest for m in plan.manifest_order()]
-            need = [d for d in plan.blobs.values()
-                    if not (opts.base_blobs and d.digest in opts.base_blobs)]
-            if not opts.dry_run:
-                ref = spec.reference
-                await asyncio.gather(*(fetcher.fetch(ref.registry, ref.repository, d)
-                                       for d in need))
-            for d in need:
-                if d.digest in fetcher.fetched:
-                    res.bytes_fetched += d.size
-                elif not opts.dry_run or store.has(d.digest, d.size):
-                    res.bytes_reused += d.size
-            plans[i] = plan
-            progress.info(_summary_line(plan, res))
-        except MirrorError as e:
-            res.error, res.error_code, res.hint = str(e), e.exit_code, e.hint
-            if not opts.keep_going:
-                raise
-            progress.warn(f"{spec.reference}: failed: {e}")
-        finally:
-            res.seconds = round(time.monotonic() - t0, 3)
-
+    Raises the first MirrorError unless `keep_going` (then only when no image succeeded);
+    the error carries what was done so far as `err.pull_result`, for the report.
+    """
+    run = _Run(client, store, specs, opts, progress or NullProgress())
     try:
-        await gather_or_cancel(one(i, s) for i, s in enumerate(specs))
-    except BaseException:
-        await cancel_all(fetcher.tasks.values())
+        return await run.go()
+    except MirrorError as e:
+        e.pull_result = run.result()  # type: ignore[attr-defined]
         raise
-    result = PullResult(results, retries=client.t.retries)
-    result.partial = any(r.error for r in results)
-    done = [p for p in plans if p is not None]
-    result.blobs_fetched, result.blobs_reused = len(fetcher.fetched), len(fetcher.reused)
-    result.blobs = {d.digest: d.size for p in done for d in p.blobs.values()}
-    result.bytes_fetched = sum(r.bytes_fetched for r in results)
-    result.bytes_reused = sum(r.bytes_reused for r in results)
-    if opts.dry_run:
-        result.dry_run_bytes = sum(d.size for p in done for d in p.blobs.values())
+
+
+class _Run:
+    """One pull: the per-image results and plans, and the phases that fill them."""
+
+    def __init__(self, client: Client, store: BlobStore, specs: list[ImageSpec],
+                 opts: PullOptions, progress: Progress) -> None:
+        self.client, self.store, self.specs, self.opts = client, store, specs, opts
+        self.progress = progress
+        self.fetcher = _Fetcher(client, store, opts.jobs, progress)
+        self.sem = asyncio.Semaphore(max(2, opts.jobs))
+        self.results = [ImageResult(str(s.reference), s.where) for s in specs]
+        self.plans: list[ImagePlan | None] = [None] * len(specs)
+        self.first_error: MirrorError | None = None
+        self.in_layout: set[int] = set()  # the images the assembling bundle was laid out for
+        self.t0 = time.monotonic()
+
+    def failed(self, i: int, e: MirrorError) -> None:
+        res = self.results[i]
+        res.error, res.error_code, res.hint = str(e), e.exit_code, e.hint
+        self.plans[i] = None
+        self.first_error = self.first_error or e
+        if not self.opts.keep_going:
+            raise e
+        self.progress.warn(f"{self.specs[i].reference}: failed: {e}")
+
+    def need(self, plan: ImagePlan) -> list[Descriptor]:
+        base = self.opts.base_blobs or {}
+        return [d for d in plan.blobs.values() if d.digest not in base]
+
+    def resolved(self) -> list[tuple[int, ImagePlan]]:
+        return [(i, p) for i, p in enumerate(self.plans) if p is not None]
+
+    def result(self) -> PullResult:
+        r = PullResult(self.results, retries=self.client.t.retries)
+        r.partial = any(x.error for x in self.results)
+        r.blobs = {d.digest: d.size for _, p in self.resolved() for d in p.blobs.values()}
+        r.blobs_fetched, r.blobs_reused = len(self.fetcher.fetched), len(self.fetcher.reused)
+        r.bytes_fetched = sum(x.bytes_fetched for x in self.results)
+        r.bytes_reused = sum(x.bytes_reused for x in self.results)
+        return r
+
+    async def plan_one(self, i: int, spec: ImageSpec) -> None:
+        res, f = self.results[i], self.fetcher
+        try:
+            async with self.sem:
+                plan = await resolve(self.client, spec,
+                                     lambda r, p, d: f.config_bytes(r, p, d, owner=i))
+            convert_plan(plan, spec.settings.format, self.progress)
+            if self.opts.referrers and spec.settings.referrers:
+                async with self.sem:
+                    await attach_referrers(self.client, plan, self.opts.referrer_types,
+                                           self.progress)
+        except MirrorError as e:
+            self.failed(i, e)
+            return
+        finally:
+            res.seconds = round(time.monotonic() - self.t0, 3)
+        res.digest, res.source_digest = plan.root.digest, plan.source_digest
+        res.media_type, res.mode = plan.root.media_type, plan.mode
+        res.platforms, res.conversions = plan.platforms, plan.conversions
+        res.platform_digests = plan.platform_digests
+        res.manifests = [m.digest for m in plan.manifest_order()]
+        self.plans[i] = plan
+
+    def check_sizes(self) -> None:
+        """One digest, one size: an image that lists a blob with another size than an image
+        before it is refused (a tar header cannot be both)."""
+        seen: dict[str, tuple[int, str]] = {}
+        for i, p in self.resolved():
+            for d in p.blobs.values():
+                size, who = seen.setdefault(d.digest, (d.size, p.name))
+                if size != d.size:
+                    self.failed(i, IntegrityError(
+                        f"{p.name}: blob {d.digest} is listed with {d.size} bytes, but {who} "
+                        f"lists it with {size}"))
+                    break
+
+    async def fetch_one(self, i: int, plan: ImagePlan) -> None:
+        ref = plan.spec.reference
+        try:
+            await asyncio.gather(*(self.fetcher.place(ref.registry, ref.repository, d, i)
+                                   for d in self.need(plan)))
+        except MirrorError as e:
+            self.failed(i, e)
+            return
+        finally:
+            self.results[i].seconds = round(time.monotonic() - self.t0, 3)
+        _account(self.results[i], plan, self.need(plan), self.fetcher, i)
+        self.progress.info(_summary_line(plan, self.results[i]))
+
+    async def go(self) -> PullResult:
+        opts, f = self.opts, self.fetcher
+        try:
+            await gather_or_cancel(self.plan_one(i, s) for i, s in enumerate(self.specs))
+            self.check_sizes()
+            if not self.resolved() and self.first_error:
+                raise self.first_error
+            if opts.dry_run:
+                return self.dry_run()
+            if opts.output is not None and not opts.compress:
+                lay = bundle_layout([p for _, p in self.resolved()], opts,
+                                    partial=self.first_error is not None)
+                same = unchanged(opts.output, lay.index, lay.inventory,
+                                 tar_size(lay.index, lay.inventory, lay.manifests, lay.blobs))
+                if same:
+                    return self.unchanged(same)
+                self.in_layout = {i for i, _ in self.resolved()}
+                f.assembler = Assembler(opts.output, index_json=lay.index,
+                                        inventory_json=lay.inventory, manifests=lay.manifests,
+                                        blobs=[(b.digest, b.size) for b in lay.blobs])
+            try:
+                await gather_or_cancel(self.fetch_one(i, p) for i, p in self.resolved())
+                if not self.resolved() and self.first_error:
+                    raise self.first_error
+                digest, same = await self.finish()
+            except BaseException:
+                if f.assembler is not None:
+                    f.assembler.abort()
+                raise
+        except BaseException:
+            await cancel_all([*f.tasks.values(), *f.placing.values()])
+            raise
+        result = self.result()
+        if opts.output is not None:
+            result.bundle, result.bundle_digest, result.unchanged = opts.output, digest, same
         return result
-    if opts.output is not None and done:
-        result.bundle = opts.output
-        result.bundle_digest, result.unchanged = write_plans(
-            done, store, opts, fetcher.fetched, progress, partial=result.partial)
-    return result
+
+    async def finish(self) -> tuple[str | None, bool]:
+        """Name the assembled bundle, or write it from the store (a .tar.zst, or when an
+        image failed after the layout was fixed). Runs off the event loop; Ctrl-C stops a
+        write cleanly (nothing is renamed into place)."""
+        opts, f = self.opts, self.fetcher
+        loop = asyncio.get_running_loop()
+        partial = self.first_error is not None
+        late = any(self.plans[i] is None for i in self.in_layout)
+        if f.assembler is not None and not late:
+            fut = loop.run_in_executor(_IO_POOL, f.assembler.finish)
+            stop = None
+        elif opts.output is not None:
+            if f.assembler is not None:
+                f.assembler.abort()
+                f.assembler = None
+            stop = threading.Event()
+            plans = [p for _, p in self.resolved()]
+            fut = loop.run_in_executor(_IO_POOL, functools.partial(
+                write_plans, plans, self.store, opts, f.fetched, self.progress,
+                partial=partial, stop=stop))
+        else:
+            return None, False
+        try:
+            out = await fut
+        except asyncio.CancelledError:
+            if stop is not None:
+                stop.set()
+            await asyncio.wait([fut])
+            raise
+        return (out, False) if isinstance(out, str) else out
+
+    def dry_run(self) -> PullResult:
+        for i, p in self.resolved():
+            self.results[i].bytes_reused = sum(
+                d.size for d in self.need(p) if self.store.has(d.digest, d.size))
+        result = self.result()
+        result.dry_run_bytes = sum(d.size for _, p in self.resolved() for d in self.need(p))
+        return result
+
+    def unchanged(self, digest: str) -> PullResult:
+        """The output already holds exactly this bundle: no byte to fetch or write."""
+        for i, p in self.resolved():
+            self.results[i].bytes_reused = sum(d.size for d in self.need(p))
+            self.progress.info(_summary_line(p, self.results[i]))
+        result = self.result()
+        result.bundle, result.bundle_digest, result.unchanged = self.opts.output, digest, True
+        return result
+
+
+def _account(res: ImageResult, plan: ImagePlan, need: list[Descriptor], fetcher: _Fetcher,
+             i: int) -> None:
+    """Bytes this image brought in: a blob fetched for several images counts for the first
+    one that asked for it (so the totals are the bytes that really crossed the network)."""
+    res.bytes_fetched = res.bytes_reused = 0
+    for d in need:
+        if d.digest in fetcher.fetched and fetcher.owner.get(d.digest) == i:
+            res.bytes_fetched += d.size
+        elif d.digest not in fetcher.fetched:
+            res.bytes_reused += d.size
 
 
 async def attach_referrers(client: Client, plan: ImagePlan, types: tuple[str, ...],
@@ -263,10 +437,16 @@ def entries_for(plans: list[ImagePlan]) -> list[Entry]:
     return list(entries.values())
 
 
-def write_plans(plans: list[ImagePlan], store: BlobStore, opts: PullOptions,
-                fresh: set[str], progress: Progress, *, partial: bool) -> tuple[str, bool]:
-    """Write the bundle; return its digest, and True when an identical one was already there."""
-    assert opts.output is not None
+@dataclass
+class BundleLayout:
+    index: bytes
+    inventory: bytes
+    manifests: list[tuple[str, bytes]]  # in tar order
+    blobs: list[BlobItem]  # in tar order (verify flags set by the writer's caller)
+
+
+def bundle_layout(plans: list[ImagePlan], opts: PullOptions, *, partial: bool) -> BundleLayout:
+    """What the bundle holds, in its fixed order: the same plans give the same bytes."""
     manifests: dict[str, bytes] = {}
     blobs: dict[str, int] = {}
     inv = Inventory(partial=partial, base=opts.base_digest, base_name=opts.base_name)
@@ -285,14 +465,25 @@ def write_plans(plans: list[ImagePlan], store: BlobStore, opts: PullOptions,
             inv.absent.setdefault(digest, reason)
         inv.conversions.update(p.conversions)
     inv.manifests = sorted(manifests)
-    items = [BlobItem(d, size, verify=d not in fresh) for d, size in sorted(blobs.items())]
-    idx, inv_json = index_json(entries_for(plans)), inv.to_bytes()
-    members = [(d, manifests[d]) for d in inv.manifests]
-    size = None if opts.compress else tar_size(idx, inv_json, members, items)
-    same = unchanged(opts.output, idx, inv_json, size)
+    return BundleLayout(index_json(entries_for(plans)), inv.to_bytes(),
+                        [(d, manifests[d]) for d in inv.manifests],
+                        [BlobItem(d, size, verify=True) for d, size in sorted(blobs.items())])
+
+
+def write_plans(plans: list[ImagePlan], store: BlobStore, opts: PullOptions,
+                fresh: set[str], progress: Progress, *, partial: bool,
+                stop: threading.Event | None = None) -> tuple[str, bool]:
+    """Write the bundle from the store in one pass (a .tar.zst, or after a late failure);
+    return its digest, and True when an identical one was already there."""
+    assert opts.output is not None
+    lay = bundle_layout(plans, opts, partial=partial)
+    items = [BlobItem(b.digest, b.size, verify=b.digest not in fresh) for b in lay.blobs]
+    size = None if opts.compress else tar_size(lay.index, lay.inventory, lay.manifests, items)
+    same = unchanged(opts.output, lay.index, lay.inventory, size)
     if same:
         return same, True
-    progress.total(sum(blobs.values()))
+    progress.total(sum(b.size for b in items))
     return write_bundle(
-        opts.output, index_json=idx, inventory_json=inv_json, manifests=members, blobs=items,
-        store=store, compress=opts.compress), False
+        opts.output, index_json=lay.index, inventory_json=lay.inventory,
+        manifests=lay.manifests, blobs=items, store=store, compress=opts.compress,
+        stop=stop), False

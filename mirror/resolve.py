@@ -65,11 +65,13 @@ class ImagePlan:
 
 def no_match(spec: ImageSpec, available: list[str]) -> NoMatchingPlatform:
     have = ", ".join(dict.fromkeys(available)) or "none"
-    return NoMatchingPlatform(
+    err = NoMatchingPlatform(
         f"{spec.reference}: no matching manifest for {spec.settings.platforms} "
         f"(the image has: {have})",
         hint="pick one of those with --platform, or set `platforms:` for this image",
     )
+    err.available = list(dict.fromkeys(available))  # type: ignore[attr-defined]
+    return err
 
 
 async def resolve(client: Client, spec: ImageSpec, fetch_config: FetchConfig) -> ImagePlan:
@@ -105,8 +107,21 @@ async def _resolve_index(client: Client, spec: ImageSpec, plan: ImagePlan, root:
     children = root.children
     available = [str(c.platform) for c in children if c.platform and not c.platform.is_unknown]
     chosen: list[Descriptor] = []
+    nested: dict[str, ImagePlan] = {}  # nested indexes resolved while choosing
     for c in children:
-        if c.platform is not None and not c.platform.is_unknown:
+        if c.platform is None and mt.is_index(c.media_type) and not sel.all:
+            # a nested index without a platform: chosen if anything inside it matches
+            child = await client.get_manifest(reg, repo, c.digest, expected=c)
+            sub = ImagePlan(spec, child, child.digest, "full")
+            try:
+                await _resolve_index(client, spec, sub, child, fetch_config)
+            except NoMatchingPlatform as e:
+                available.extend(getattr(e, "available", []))
+                continue
+            available.extend(sub.platforms)
+            nested[c.digest] = sub
+            chosen.append(c)
+        elif c.platform is not None and not c.platform.is_unknown:
             if sel.wants(c.platform):
                 chosen.append(c)
         elif c.platform is None and sel.all:
@@ -134,18 +149,21 @@ async def _resolve_index(client: Client, spec: ImageSpec, plan: ImagePlan, root:
     for c in children:
         if c.digest not in chosen_set:
             continue
-        child = await client.get_manifest(reg, repo, c.digest, expected=c)
-        if child.is_index:
+        sub = nested.get(c.digest)
+        child = None if sub else await client.get_manifest(reg, repo, c.digest, expected=c)
+        if sub is None and child is not None and child.is_index:
             sub = ImagePlan(spec, child, child.digest, "full")
             await _resolve_index(client, spec, sub, child, fetch_config)
+        if sub is not None:
             plan.manifests.update(sub.manifests)
             plan.blobs.update(sub.blobs)
             plan.absent.update(sub.absent)
             plan.platforms.extend(sub.platforms)
             plan.platform_digests.update(sub.platform_digests)
-            if sub.root.digest != child.digest:
-                replaced[child.digest] = sub.root
+            if sub.root.digest != sub.source_digest:
+                replaced[sub.source_digest] = sub.root
         else:
+            assert child is not None
             _add_manifest(plan, child)
             if c.platform is not None and not c.platform.is_unknown:
                 plan.platforms.append(str(c.platform))

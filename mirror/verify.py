@@ -6,7 +6,7 @@ from pathlib import Path
 
 from mirror.bundle.reader import Bundle, _blob_digest
 from mirror.digest import Digest, Verifier
-from mirror.errors import MirrorError
+from mirror.errors import IntegrityError, MirrorError
 
 CHUNK = 4 << 20
 
@@ -20,8 +20,8 @@ def verify_bundle(path: Path) -> tuple[list[str], bool]:
     try:
         bundle = Bundle(path)
         contents = bundle.scan()
-    except MirrorError as e:
-        return [str(e).removeprefix(f"{path}: ")], True
+    except MirrorError as e:  # unreadable (structural), or a manifest with wrong bytes
+        return [str(e).removeprefix(f"{path}: ")], not isinstance(e, IntegrityError)
     try:
         _check_blobs(bundle, path, problems)
     except MirrorError as e:  # a stream that breaks off (truncated .tar.zst)

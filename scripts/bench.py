@@ -228,8 +228,9 @@ class Run:
     @staticmethod
     def median(runs: list[Run]) -> Run:
         extra: dict[str, Any] = {}
-        for r in runs:
-            extra.update(r.extra)
+        for r in runs:  # counts: the worst repeat (a warm run that fetched anything shows)
+            for k, v in r.extra.items():
+                extra[k] = max(extra[k], v) if k in extra else v
         return Run(statistics.median(r.wall for r in runs),
                    statistics.median(r.user for r in runs),
                    statistics.median(r.sys for r in runs),

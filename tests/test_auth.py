@@ -221,6 +221,23 @@ def test_helper_not_on_path_is_a_clear_error(basic, tmp_path: Path) -> None:
     assert "docker-credential-nosuchhelper" in error_line(proc)
 
 
+def test_missing_creds_store_counts_as_empty(basic, src_registry: Registry, repo_name: str,
+                                             rng: random.Random, tmp_path: Path) -> None:
+    """`credsStore: desktop` copied from a laptop, no such helper here: public pulls work,
+    and `auths` entries still count."""
+    reg, ref, img = basic
+    pub = ig.make_image(rng, ig.ARM64, layer_size=500)
+    pusher.push_image(src_registry.url, repo_name, pub, ["v1"])
+    write_json(tmp_path / "docker/config.json", {
+        "credsStore": "mirror-test-not-installed",
+        "auths": {reg.host: {"auth": b64(USER, SECRET)}}})
+    env = {"DOCKER_CONFIG": str(tmp_path / "docker")}
+    ok(pull(tmp_path, f"{src_registry.host}/{repo_name}:v1", env=env, out="pub.tar"))
+    assert pulled_digest(tmp_path, "pub.tar") == pub.digest
+    ok(pull(tmp_path, ref, env=env))
+    assert pulled_digest(tmp_path) == img.digest
+
+
 @pytest.mark.parametrize("source", ["config.json", "images.yaml", "helper"])
 def test_basic_wrong_credentials_exit_4(basic, tmp_path: Path, source: str) -> None:
     """One line naming the registry and where the credentials came from; no secret."""
@@ -379,8 +396,10 @@ def ts(tokens) -> Iterator[TokenServer]:
     server = tokens[0]
     server.reset()
     server.expires_in, server.token_field, server.bad_tokens = 300, "token", 0
+    server.fail_next = 0
     yield server
     server.expires_in, server.token_field, server.bad_tokens = 300, "token", 0
+    server.fail_next = 0
 
 
 def basic_config(tmp_path: Path, host: str, password: str = SECRET) -> dict[str, str]:
@@ -521,6 +540,16 @@ def test_bearer_load_push_scope_and_mount(tokens, ts: TokenServer, src_registry:
             assert ig.sha256_digest(body) == img.digest
             assert pusher.blob_exists(reg.url, repo, shared.digest)
     assert_no_secret(tmp_path, proc)
+
+
+def test_bearer_token_server_hiccup_is_retried(tokens, ts: TokenServer,
+                                               tmp_path: Path) -> None:
+    _, reg, imgs = tokens
+    ts.fail_next = 2
+    ok(pull(tmp_path, f"{reg.host}/private/app:v1", "--retries", "3",
+            env=basic_config(tmp_path, reg.host)))
+    assert pulled_digest(tmp_path) == imgs["private/app"].digest
+    assert json.loads((tmp_path / "report.json").read_text())["images"][0]["error"] is None
 
 
 def test_bearer_one_token_per_scope_set(tokens, ts: TokenServer, tmp_path: Path) -> None:

@@ -20,12 +20,12 @@ from typing import BinaryIO
 import zstandard
 
 from mirror.bundle.layout import MIRROR_JSON, Inventory
-from mirror.digest import Digest
+from mirror.digest import Digest, sha256_of
 from mirror.errors import BundleError, IntegrityError, MirrorError
 from mirror.manifest import MAX_MANIFEST_BYTES, Descriptor, RawManifest
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-CHUNK = 4 << 20
+CHUNK = 1 << 20
 _SMALL_CAP = 256 << 20  # bytes of small blobs a streaming scan may hold before index.json
 
 
@@ -247,12 +247,13 @@ class Bundle:
             where = f"{self.name}: manifest {desc.digest}"
             try:
                 Digest.parse(desc.digest)
-                raw = RawManifest.from_bytes(data, desc.media_type, where=where)
             except IntegrityError as e:
-                raise BundleError(str(e)) from None
-            if raw.digest != desc.digest or raw.size != desc.size:
+                raise BundleError(f"{where}: {e}") from None
+            got = sha256_of(data)  # bytes first: a tampered manifest is an integrity error
+            if got != desc.digest or len(data) != desc.size:
                 raise IntegrityError(f"{where}: content does not match its digest or size "
-                                     f"(got {raw.digest}, {raw.size} bytes)")
+                                     f"(got {got}, {len(data)} bytes)")
+            raw = RawManifest.from_bytes(data, desc.media_type, where=where)
             c.manifests[desc.digest] = raw
             try:
                 todo.extend(raw.children)

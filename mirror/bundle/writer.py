@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import BinaryIO
 import zstandard
 
 from mirror.digest import Verifier
+from mirror.errors import IntegrityError, MirrorError, SizeMismatch
 from mirror.store.blobs import BlobStore
 
 BUF = 4 << 20
@@ -71,6 +73,7 @@ def write_bundle(
     store: BlobStore,
     compress: bool,
     progress: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> str:
     """Write the bundle; return the sha256 of the file. Raises IntegrityError if a cached
     blob no longer matches its digest (the entry is evicted; the next run fetches it)."""
@@ -99,7 +102,7 @@ def write_bundle(
             for digest, data in manifests:
                 member(_blob_name(digest), data)
             for item in blobs:
-                _copy_blob(sink, store, item, progress)
+                _copy_blob(sink, store, item, progress, stop)
             sink.write(b"\0" * 1024)
             if compress:
                 zw.flush(zstandard.FLUSH_FRAME)
@@ -111,11 +114,16 @@ def write_bundle(
         tmp.unlink(missing_ok=True)
         raise
     digest = hw.h.hexdigest()
+    write_sidecar(out, digest)
+    return "sha256:" + digest
+
+
+def write_sidecar(out: Path, hexdigest: str) -> None:
+    """`<out>.sha256` in sha256sum's format, so `sha256sum -c` checks the carried file."""
     side = out.with_name(out.name + ".sha256")
     side_tmp = side.with_name(side.name + ".partial")
-    side_tmp.write_text(f"{digest}  {out.name}\n")
+    side_tmp.write_text(f"{hexdigest}  {out.name}\n")
     os.replace(side_tmp, side)
-    return "sha256:" + digest
 
 
 def tar_size(index_json: bytes, inventory_json: bytes, manifests: list[tuple[str, bytes]],
@@ -181,25 +189,31 @@ def _blob_name(digest: str) -> str:
 
 
 def _copy_blob(sink: BinaryIO, store: BlobStore, item: BlobItem,
-               progress: Callable[[int], None] | None) -> None:
+               progress: Callable[[int], None] | None,
+               stop: threading.Event | None = None) -> None:
     path = store.path(item.digest)
     sink.write(_header(_blob_name(item.digest), item.size))
     v = Verifier(item.digest, item.size, f"cache {path}") if item.verify else None
+    copied = 0
     try:
         with open(path, "rb") as f:
             buf = bytearray(BUF)
             view = memoryview(buf)
             while n := f.readinto(buf):
+                if stop is not None and stop.is_set():
+                    raise MirrorError(f"{path}: interrupted while writing the bundle")
                 chunk = view[:n]
                 if v is not None:
                     v.update(chunk)
                 sink.write(chunk)
+                copied += n
                 if progress:
                     progress(n)
         if v is not None:
             v.finish()
-    except Exception:
-        if v is not None:
-            store.evict(item.digest)
+    except IntegrityError:
+        store.evict(item.digest)  # a damaged cache entry; the next run fetches it again
         raise
+    if copied != item.size:  # the header said item.size: the tar would be corrupt
+        raise SizeMismatch(item.size, copied, f"cache {path}", item.digest)
     sink.write(_pad(item.size))

@@ -134,63 +134,75 @@ class Authenticator:
         if not realm:
             raise AuthError(f"{self.registry}: Bearer challenge without a realm",
                             registry=self.registry)
-        service = self.params.get("service", "")
         ep = await self.transport.endpoint(self.registry)
-        session = self.transport.session
         if realm.startswith("http://") and ep.base_url.startswith("https://"):
             raise AuthError(f"{self.registry}: refusing a plain-HTTP token realm for an HTTPS "
                             "registry", registry=self.registry)
         realm_host = str(yarl.URL(realm).origin()) if yarl.URL(realm).host else realm
-        ssl_ctx = self.transport.ssl_for_url(realm)
-        try:
-            if cred and cred.identity_token:
-                form = {"grant_type": "refresh_token", "refresh_token": cred.identity_token,
-                        "service": service, "client_id": "mirror", "scope": " ".join(scopes)}
-                resp = await session.post(realm, data=form, ssl=ssl_ctx)
-            else:
-                q = [("service", service)] if service else []
-                q += [("scope", s) for s in scopes]
-                headers = {}
-                if cred and cred.username:
-                    headers["Authorization"] = f"Basic {cred.basic}"
-                resp = await session.get(realm, params=q, headers=headers, ssl=ssl_ctx)
-            async with resp:
-                body = await resp.content.read(1 << 20)
-                if resp.status in (400, 401, 403) and cred:
-                    raise AuthError(
-                        f"{self.registry}: the token server {realm_host} rejected the "
-                        f"credentials from {cred.source} (HTTP {resp.status})",
-                        registry=self.registry, status=resp.status,
-                        hint=f"check the username and password for {self.registry} in "
-                        f"{cred.source} (or run `docker login {self.registry}` again)",
-                    )
-                if resp.status in (401, 403):
-                    raise AuthError(
-                        f"{self.registry}: the token server {realm_host} refused anonymous "
-                        f"access (HTTP {resp.status})", registry=self.registry,
-                        status=resp.status,
-                        hint=f"no credentials found for {self.registry}: run `docker login "
-                        f"{self.registry}`, pass --authfile, or add it under `registries:` "
-                        "in images.yaml")
-                if resp.status != 200:
-                    raise AuthError(f"{self.registry}: the token server {realm_host} answered "
-                                    f"HTTP {resp.status}", registry=self.registry,
-                                    status=resp.status)
-                doc = json.loads(body)
-        except (TimeoutError, aiohttp.ClientError, ValueError) as e:
-            from mirror.registry.transport import describe_exception
+        policy = self.transport.policy
+        attempt = 0
+        while True:  # the token server gets the same retry policy as the registry
+            attempt += 1
+            try:
+                status, body = await self._ask(realm, scopes)
+                if status in policy.statuses and attempt < policy.tries:
+                    await asyncio.sleep(policy.delay(attempt))
+                    continue
+                doc = json.loads(body) if status == 200 else None
+                break
+            except (TimeoutError, aiohttp.ClientError, ValueError) as e:
+                from mirror.registry.transport import describe_exception
 
-            why = "not JSON" if isinstance(e, ValueError) else describe_exception(e)
-            raise AuthError(f"{self.registry}: token request to {realm_host} failed: {why}",
-                            registry=self.registry) from None
-        if not isinstance(doc, dict):
-            doc = {}
-        token = doc.get("token") or doc.get("access_token")
+                if not isinstance(e, ValueError) and attempt < policy.tries:
+                    await asyncio.sleep(policy.delay(attempt))
+                    continue
+                why = "not JSON" if isinstance(e, ValueError) else describe_exception(e)
+                raise AuthError(f"{self.registry}: token request to {realm_host} failed: {why}",
+                                registry=self.registry) from None
+        if status in (400, 401, 403) and cred:
+            raise AuthError(
+                f"{self.registry}: the token server {realm_host} rejected the credentials from "
+                f"{cred.source} (HTTP {status})", registry=self.registry, status=status,
+                hint=f"check the username and password for {self.registry} in {cred.source} "
+                f"(or run `docker login {self.registry}` again)")
+        if status in (401, 403):
+            raise AuthError(
+                f"{self.registry}: the token server {realm_host} refused anonymous access "
+                f"(HTTP {status})", registry=self.registry, status=status,
+                hint=f"no credentials found for {self.registry}: run `docker login "
+                f"{self.registry}`, pass --authfile, or add it under `registries:` in "
+                "images.yaml")
+        if status != 200:
+            raise AuthError(f"{self.registry}: the token server {realm_host} answered HTTP "
+                            f"{status}", registry=self.registry, status=status)
+        token = (doc.get("token") or doc.get("access_token")) if isinstance(doc, dict) else None
         if not token:
-            raise AuthError(f"{self.registry}: token server answered without a token",
-                            registry=self.registry)
+            raise AuthError(f"{self.registry}: the token server {realm_host} answered without "
+                            "a token", registry=self.registry)
         try:
-            expires_in = float(doc.get("expires_in") or 60)
+            expires_in = float(doc.get("expires_in") or 60)  # type: ignore[union-attr]
         except (TypeError, ValueError):
             expires_in = 60.0
         return str(token), expires_in
+
+    async def _ask(self, realm: str, scopes: list[str]) -> tuple[int, bytes]:
+        """One token request: the OAuth2 POST form for an identity token (falling back to
+        GET when the realm has no POST endpoint), else GET with Basic or anonymously."""
+        cred = self.credential
+        service = self.params.get("service", "")
+        session = self.transport.session
+        ssl_ctx = self.transport.ssl_for_url(realm)
+        if cred and cred.identity_token:
+            form = {"grant_type": "refresh_token", "refresh_token": cred.identity_token,
+                    "service": service, "client_id": "mirror", "scope": " ".join(scopes)}
+            async with session.post(realm, data=form, ssl=ssl_ctx) as resp:
+                body = await resp.content.read(1 << 20)
+                if resp.status not in (404, 405) or not cred.username:
+                    return resp.status, body
+        q = [("service", service)] if service else []
+        q += [("scope", s) for s in scopes]
+        headers = {}
+        if cred and cred.username:
+            headers["Authorization"] = f"Basic {cred.basic}"
+        async with session.get(realm, params=q, headers=headers, ssl=ssl_ctx) as resp:
+            return resp.status, await resp.content.read(1 << 20)

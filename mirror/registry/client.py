@@ -43,6 +43,7 @@ class Client:
         self.t = transport
         self.bytes_downloaded = 0
         self.bytes_uploaded = 0
+        self._min_chunk: dict[str, int] = {}  # registry -> its OCI-Chunk-Min-Length
 
     # -- manifests -------------------------------------------------------------------------
 
@@ -277,11 +278,10 @@ class Client:
                 actions="pull,push", extra_scopes=(f"repository:{from_repo}:pull",),
                 ok=(201, 202), what=f"mount blob {desc.digest} from {from_repo}",
                 allow_redirects=False)
-        except (NotFound, RateLimited):
+        except RateLimited:
             raise
-        except RegistryError as e:
-            if e.status == 401:
-                raise
+        except RegistryError:
+            # no mount (no read access to the source, an old registry): push it instead
             return await self._start_upload(registry, repo)
         async with resp:
             if resp.status == 201:
@@ -324,6 +324,9 @@ class Client:
                                     repository=repo, actions="pull,push", ok=(202,),
                                     what="start blob upload", allow_redirects=False)
         async with resp:
+            min_len = resp.headers.get("OCI-Chunk-Min-Length", "")
+            if min_len.isdigit():
+                self._min_chunk[registry] = int(min_len)
             return self._location(resp)
 
     async def _cancel_upload(self, registry: str, repo: str, location: str) -> None:
@@ -347,10 +350,18 @@ class Client:
         sep = "&" if "?" in location else "?"
         url = f"{location}{sep}{urlencode({'digest': desc.digest})}"
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length)}
-        resp = await self.t.request(
-            registry, "PUT", url, repository=repo, actions="pull,push", headers=headers,
-            data=chunks if chunks is not None else b"", ok=(201, 204),
-            what=f"upload blob {desc.digest}", allow_redirects=False, retry=False)
+        try:
+            resp = await self.t.request(
+                registry, "PUT", url, repository=repo, actions="pull,push", headers=headers,
+                data=chunks if chunks is not None else b"", ok=(201, 204),
+                what=f"upload blob {desc.digest}", allow_redirects=False, retry=False)
+        except RegistryError as e:
+            if e.status == 400 and "DIGEST_INVALID" in e.codes:
+                # the bytes we sent do not hash to the digest: bad source bytes, not a
+                # registry hiccup (a stream check may not have had its say yet)
+                raise IntegrityError(f"{e} (the uploaded bytes do not match the digest)") \
+                    from None
+            raise
         async with resp:
             got = resp.headers.get("Docker-Content-Digest")
         if got and got != desc.digest:
@@ -360,7 +371,7 @@ class Client:
     async def _chunked(self, registry: str, repo: str, location: str, desc: Descriptor,
                        body: BodyFactory, seekable: bool) -> None:
         offset = 0
-        chunk_size = UPLOAD_CHUNK
+        chunk_size = max(UPLOAD_CHUNK, self._min_chunk.get(registry, 0))
         stream = _Stream(body(0))
         failures = 0
         while offset < desc.size:

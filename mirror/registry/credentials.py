@@ -4,9 +4,11 @@ Lookup order for a registry host (first hit wins):
   1. the images.yaml `registries.<host>` entry (`username` + `password_env` / `password_file`);
   2. `--authfile FILE` (Docker config.json or containers auth.json format);
   3. containers auth.json: `$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`;
-  4. Docker config.json (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`):
-     `credHelpers[host]`, then `credsStore`, then `auths` (REFERENCE.md 7.4).
-Docker Hub's key is `https://index.docker.io/v1/`.
+  4. Docker config.json (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`).
+In each file: `credHelpers[host]` (the only source when present), then `credsStore` (a
+store that is not installed counts as empty), then `auths` (`auth` = base64 user:password,
+`identitytoken`, `registrytoken`, or `username`/`password`) (REFERENCE.md 7.4). Helpers run as
+`docker-credential-<name> get`. Docker Hub's key is `https://index.docker.io/v1/`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,17 +116,25 @@ def _from_config_file(path: Path, registry: str, *, helpers: bool) -> Credential
     if not isinstance(doc, dict):
         return None
     if helpers:
-        helper = (doc.get("credHelpers") or {}).get(_helper_key(registry)) or (
-            doc.get("credHelpers") or {}).get(registry)
-        if helper:
+        cred_helpers = doc.get("credHelpers") or {}
+        helper = cred_helpers.get(_helper_key(registry)) or next(
+            (v for k, v in cred_helpers.items() if _host_of_key(k) == registry), None)
+        if helper:  # a helper named for this registry is the only source (as docker does)
             return _run_helper(str(helper), registry)
+        if doc.get("credsStore"):  # the default store for every registry, when it has it
+            try:
+                cred = _run_helper(str(doc["credsStore"]), registry)
+            except AuthError:
+                if shutil.which(f"docker-credential-{doc['credsStore']}"):
+                    raise
+                cred = None  # e.g. "desktop" on a machine without Docker Desktop
+            if cred:
+                return cred
     for key, entry in (doc.get("auths") or {}).items():
         if _host_of_key(key) == registry:
             cred = _from_auth_entry(entry, str(path))
             if cred:
                 return cred
-    if helpers and doc.get("credsStore"):
-        return _run_helper(str(doc["credsStore"]), registry)
     return None
 
 
@@ -166,10 +177,11 @@ class CredentialStore:
         files: list[tuple[Path, bool]] = []
         if self.authfile:
             files.append((self.authfile, True))
+        # containers-auth.json(5) has the same `auths` and may name `credHelpers` too
         if os.environ.get("REGISTRY_AUTH_FILE"):
-            files.append((Path(os.environ["REGISTRY_AUTH_FILE"]), False))
+            files.append((Path(os.environ["REGISTRY_AUTH_FILE"]), True))
         if os.environ.get("XDG_RUNTIME_DIR"):
-            files.append((Path(os.environ["XDG_RUNTIME_DIR"]) / "containers/auth.json", False))
+            files.append((Path(os.environ["XDG_RUNTIME_DIR"]) / "containers/auth.json", True))
         docker_dir = os.environ.get("DOCKER_CONFIG") or str(Path.home() / ".docker")
         files.append((Path(docker_dir) / "config.json", True))
         return files

@@ -124,7 +124,7 @@ def describe_exception(e: BaseException) -> str:
     """One line for a network failure; never includes headers (they may hold credentials)."""
     if isinstance(e, asyncio.TimeoutError | TimeoutError):
         return "timed out (no data within the read timeout)" if isinstance(
-            e, aiohttp.SocketTimeoutError) else "timed out"
+            e, getattr(aiohttp, "SocketTimeoutError", ())) else "timed out"
     if isinstance(e, aiohttp.ClientConnectorError):
         return f"cannot connect: {e.os_error.strerror or e.os_error}"
     if isinstance(e, aiohttp.ServerDisconnectedError):

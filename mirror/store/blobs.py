@@ -166,6 +166,7 @@ class PartialBlob:
         self._buf: list[bytes] = []
         self._buffered = 0
         self.resumed_from = 0
+        self.tee = None  # mirror.bundle.assembler.Tee: also put the bytes in the bundle
 
     def open(self) -> int:
         """Open, rebuilding the hash state from bytes a killed run left; return the offset."""
@@ -181,6 +182,8 @@ class PartialBlob:
         self._file.seek(offset)
         self._verifier = Verifier(self.digest, self.size, self.source, hasher=h, received=offset)
         self.resumed_from = offset
+        if self.tee is not None and offset:
+            self.tee.copy_from(self.path, 0, offset)
         return offset
 
     @property
@@ -188,10 +191,15 @@ class PartialBlob:
         assert self._verifier is not None
         return self._verifier.received + self._buffered
 
-    def _write(self, data: bytes) -> None:
-        assert self._verifier is not None and self._file is not None
-        self._verifier.update(data)
-        self._file.write(data)
+    def _write(self, chunks: list[bytes]) -> None:
+        v, f, tee = self._verifier, self._file, self.tee
+        assert v is not None and f is not None
+        for data in chunks:
+            pos = v.received
+            v.update(data)
+            f.write(data)
+            if tee is not None:
+                tee.write(pos, data)
 
     async def write(self, chunk: bytes) -> None:
         if self._verifier is not None and self.offset + len(chunk) > self.size:
@@ -200,7 +208,7 @@ class PartialBlob:
             raise SizeMismatch(self.size, self.offset + len(chunk), self.source, self.digest)
         self._buf.append(chunk)
         self._buffered += len(chunk)
-        if self._buffered >= CHUNK * 4:
+        if self._buffered >= CHUNK:
             await self._flush()
 
     async def _flush(self) -> None:
@@ -208,9 +216,8 @@ class PartialBlob:
             await asyncio.wrap_future(self._pending)
             self._pending = None
         if self._buf:
-            data = b"".join(self._buf) if len(self._buf) > 1 else self._buf[0]
-            self._buf.clear()
-            self._pending = _IO_POOL.submit(self._write, data)
+            chunks, self._buf = self._buf, []
+            self._pending = _IO_POOL.submit(self._write, chunks)
             self._buffered = 0
 
     async def drain(self) -> None:
@@ -227,11 +234,16 @@ class PartialBlob:
         self._file.seek(0)
         self._file.truncate(0)
         self._verifier = Verifier(self.digest, self.size, self.source)
+        if self.tee is not None:
+            self.tee.rewound()
 
     async def commit(self) -> Path:
         """Check size and digest, fsync, and move into the store. On a bad digest the partial
         file is deleted (it can't be resumed) and IntegrityError raised."""
         await self.drain()
+        return await asyncio.get_running_loop().run_in_executor(_IO_POOL, self._commit)
+
+    def _commit(self) -> Path:
         assert self._file is not None and self._verifier is not None
         try:
             self._verifier.finish()
@@ -267,6 +279,8 @@ class PartialBlob:
     def discard(self) -> None:
         self.close()
         self.path.unlink(missing_ok=True)
+        if self.tee is not None:
+            self.tee.rewound()
 
 
 def sha256_file(path: Path) -> str:

@@ -13,8 +13,9 @@ real registry with `registry_factory(extra_config=ts.registry_config())`.
 
 Knobs: `expires_in` (None: left out of the answer), `token_field` ("token", "access_token" or
 "both"), `identity_tokens` (refresh token -> user, for the OAuth2 POST form), `bad_tokens` (the
-next N tokens get a broken signature, so the registry answers 401), `grant` (a policy
-function). Wrong Basic credentials or an unknown refresh token get 401 with a JSON body.
+next N tokens get a broken signature, so the registry answers 401), `fail_next` (the next N GETs
+answer 503), `grant` (a policy function). Wrong Basic credentials or an unknown refresh token
+get 401 with a JSON body. `mint(scopes)` makes a token directly, for seeding the registry.
 
 StorageServer serves files from a directory (the registry's storage root) by path, records
 the headers of every request, and can answer 403 to the next N GETs (an expired presigned URL).
@@ -140,6 +141,7 @@ class TokenServer(_Thread):
         self.token_field = token_field
         self.grant = grant or default_grant
         self.bad_tokens = 0
+        self.fail_next = 0  # answer that many requests with 503 (a token server hiccup)
         self.requests: list[TokenRequest] = []
         self._lock = threading.Lock()
         self._dir = Path(directory) if directory else None
@@ -274,7 +276,16 @@ class TokenServer(_Thread):
             doc["scope"] = " ".join(scopes)
         return web.json_response(doc)
 
+    def _hiccup(self) -> bool:
+        with self._lock:
+            fail = self.fail_next > 0
+            if fail:
+                self.fail_next -= 1
+        return fail
+
     async def _get(self, request: web.Request) -> web.Response:
+        if self._hiccup():
+            return web.json_response({"errors": [{"code": "UNAVAILABLE"}]}, status=503)
         scopes = request.query.getall("scope", [])
         service = request.query.get("service", "")
         header = request.headers.get("Authorization", "")

@@ -1,0 +1,202 @@
+"""Assemble a plain-tar bundle while the blobs arrive.
+
+Every size is known once the images are resolved, so the whole tar can be laid out up front:
+the headers, the manifests and the padding are written first, then each blob's bytes go
+straight to their offset as they come off the network (a tee from the download sink) or out of
+the cache. A hasher thread follows the contiguous written prefix of the file, so the bundle's
+sha256 is ready moments after its last byte. The file is `<out>.partial` until `finish()`
+(every blob verified), then renamed; nothing is named before it is whole.
+
+A region written twice (a download restarted from byte 0) may already have been hashed: the
+hash is then recomputed from the file at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+from mirror.bundle.layout import MIRROR_JSON, OCI_LAYOUT
+from mirror.bundle.writer import BUF, _blob_name, _header, _pad, write_sidecar
+from mirror.digest import Verifier
+
+_HASH_CHUNK = 4 << 20
+
+
+class Tee:
+    """Where one blob's bytes go in the bundle; used from I/O worker threads."""
+
+    __slots__ = ("assembler", "base", "size")
+
+    def __init__(self, assembler: Assembler, base: int, size: int) -> None:
+        self.assembler = assembler
+        self.base = base
+        self.size = size
+
+    def write(self, pos: int, data: bytes | memoryview) -> None:
+        a = self.assembler
+        n = os.pwrite(a.fd, data, self.base + pos)
+        while n < len(data):  # short writes are legal
+            n += os.pwrite(a.fd, memoryview(data)[n:], self.base + pos + n)
+        a.written(self.base + pos, len(data))
+
+    def copy_from(self, path: Path, start: int, end: int) -> None:
+        """Copy bytes [start, end) of a file (a resumed partial download) into place."""
+        with open(path, "rb") as f:
+            f.seek(start)
+            pos = start
+            while pos < end and (data := f.read(min(BUF, end - pos))):
+                self.write(pos, data)
+                pos += len(data)
+
+    def rewound(self) -> None:
+        self.assembler.invalidate()
+
+
+class Assembler:
+    def __init__(self, out: Path, *, index_json: bytes, inventory_json: bytes,
+                 manifests: list[tuple[str, bytes]], blobs: Iterable[tuple[str, int]]) -> None:
+        self.out = out
+        self.tmp = out.with_name(out.name + ".partial")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.offsets: dict[str, tuple[int, int]] = {}  # digest -> (data offset, size)
+        head = bytearray()
+
+        def member(name: str, data: bytes) -> None:
+            head.extend(_header(name, len(data)) + data + _pad(len(data)))
+
+        member("oci-layout", OCI_LAYOUT)
+        member("index.json", index_json)
+        member(MIRROR_JSON, inventory_json)
+        head.extend(_header("blobs/", 0, is_dir=True) + _header("blobs/sha256/", 0, is_dir=True))
+        for digest, data in manifests:
+            member(_blob_name(digest), data)
+        pos = len(head)
+        frames: list[tuple[int, bytes, int]] = []  # blob header offset, header, size
+        for digest, size in blobs:
+            h = _header(_blob_name(digest), size)
+            frames.append((pos, h, size))
+            self.offsets[digest] = (pos + len(h), size)
+            pos += len(h) + size + len(_pad(size))
+        self.size = pos + 1024
+        self._lock = threading.Condition()
+        self._ranges: list[tuple[int, int]] = []  # written, not yet hashed
+        self._frontier = 0
+        self._hash = hashlib.sha256()
+        self._invalid = False
+        self._closed = False
+        os.ftruncate(self.fd, self.size)  # padding and the end-of-archive zeros are holes
+        self._thread = threading.Thread(target=self._follow, name="mirror-bundle-hash",
+                                        daemon=True)
+        self._thread.start()
+        os.pwrite(self.fd, bytes(head), 0)
+        self.written(0, len(head))
+        for off, h, size in frames:
+            os.pwrite(self.fd, h, off)
+            self.written(off, len(h))
+            self.written(off + len(h) + size, len(_pad(size)))  # zeros: part of the hole
+        self.written(self.size - 1024, 1024)
+
+    def tee(self, digest: str) -> Tee | None:
+        where = self.offsets.get(digest)
+        return Tee(self, *where) if where else None
+
+    def written(self, offset: int, length: int) -> None:
+        if length <= 0:
+            return
+        with self._lock:
+            self._ranges.append((offset, offset + length))
+            self._lock.notify()
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._invalid = True
+
+    def _take(self) -> tuple[int, int] | None:
+        """The next contiguous stretch at the frontier (waits for one); None when closed."""
+        with self._lock:
+            while True:
+                self._ranges.sort()
+                merged: list[tuple[int, int]] = []
+                for a, b in self._ranges:
+                    if merged and a <= merged[-1][1]:
+                        merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+                    else:
+                        merged.append((a, b))
+                self._ranges = merged
+                if merged and merged[0][0] <= self._frontier < merged[0][1]:
+                    a, b = merged.pop(0)
+                    return self._frontier, b
+                if merged and merged[0][1] <= self._frontier:
+                    merged.pop(0)
+                    continue
+                if self._closed or self._frontier >= self.size:
+                    return None
+                self._lock.wait()
+
+    def _follow(self) -> None:
+        while (stretch := self._take()) is not None:
+            start, end = stretch
+            pos = start
+            while pos < end:
+                data = os.pread(self.fd, min(_HASH_CHUNK, end - pos), pos)
+                if not data:
+                    break
+                self._hash.update(data)
+                pos += len(data)
+            with self._lock:
+                self._frontier = pos
+                self._lock.notify_all()
+
+    def copy_cached(self, digest: str, path: Path, verify: bool) -> None:
+        """Put a blob from the cache in place, re-hashing it when it was not fetched in this
+        run (cache entries are verified when reused). Raises IntegrityError."""
+        tee = self.tee(digest)
+        if tee is None:
+            return
+        v = Verifier(digest, tee.size, f"cache {path}") if verify else None
+        pos = 0
+        with open(path, "rb") as f:
+            while data := f.read(BUF):
+                if v is not None:
+                    v.update(data)
+                tee.write(pos, data)
+                pos += len(data)
+        if v is not None:
+            v.finish()
+
+    def finish(self) -> str:
+        """Wait for the hash, fsync, rename into place, write `<out>.sha256`; return digest."""
+        with self._lock:
+            self._closed = True  # the hasher takes what is contiguous, then stops
+            self._lock.notify_all()
+        self._thread.join()
+        if self._frontier < self.size or self._invalid:
+            h = hashlib.sha256()
+            pos = 0
+            while data := os.pread(self.fd, _HASH_CHUNK, pos):
+                h.update(data)
+                pos += len(data)
+            digest = h.hexdigest()
+        else:
+            digest = self._hash.hexdigest()
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = -1
+        os.replace(self.tmp, self.out)
+        write_sidecar(self.out, digest)
+        return "sha256:" + digest
+
+    def abort(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+        self._thread.join()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self.tmp.unlink(missing_ok=True)
