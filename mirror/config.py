@@ -126,8 +126,9 @@ def _settings(ctx: _Ctx, items: dict[str, tuple[yaml.Node, yaml.Node]],
     s = base
     if "platforms" in items:
         node = items["platforms"][1]
+        values = ctx.str_list(node, "platforms")
         try:
-            s = replace(s, platforms=PlatformSelector.parse(ctx.str_list(node, "platforms")))
+            s = replace(s, platforms=PlatformSelector.parse(values))
         except MirrorError as e:
             raise ctx.err(node, str(e), e.hint) from None
     if "index" in items:

@@ -110,14 +110,15 @@ async def inspect_target(args, make_transport) -> str:
         from mirror.bundle.reader import Bundle
 
         bundle = Bundle(path)
-        contents = await asyncio.to_thread(bundle.scan)
+        contents = await asyncio.to_thread(bundle.scan, configs=True)
 
         async def get_manifest(d: str) -> RawManifest | None:
             return contents.manifests.get(d)
 
         async def get_blob(d: str) -> bytes | None:
-            if d not in contents.members or contents.members[d] > (1 << 22) or \
-                    bundle.compressed:
+            if bundle.compressed:
+                return contents.configs.get(d)
+            if d not in contents.members or contents.members[d] > (1 << 22):
                 return None
             return bundle.read_member("blobs/" + d.replace(":", "/", 1))
 

@@ -191,6 +191,9 @@ async def _verified(chunks: AsyncIterator[bytes], d: Descriptor, where: str,
     async for c in chunks:
         if v:
             v.update(c)
+            if v.received == d.size:
+                v.finish()  # before the last bytes go: the registry never sees a bad blob
+                v = None
         yield c
     if v:
         v.finish()
@@ -220,9 +223,17 @@ async def load(client: Client, bundle: Bundle, target: Target, *, jobs: int = 4,
     flags = await asyncio.gather(*(present(r, d) for r, d in checks))
     todo: dict[str, list[tuple[str, Descriptor]]] = {}
     missing_base: list[str] = []
+    present_in: dict[str, str] = {}  # digest -> a target repository that already has it
+    for (repo, d), ok in zip(checks, flags, strict=True):
+        if ok:
+            present_in.setdefault(d.digest, repo)
+    mounts: list[tuple[str, Descriptor, str]] = []  # from an earlier load into another repo
     for (repo, d), ok in zip(checks, flags, strict=True):
         if ok:
             result.blobs_present += 1
+            continue
+        if d.digest in present_in:
+            mounts.append((repo, d, present_in[d.digest]))
             continue
         reason = absent.get(d.digest) if d.digest not in contents.members else None
         if reason == "base":
@@ -236,6 +247,8 @@ async def load(client: Client, bundle: Bundle, target: Target, *, jobs: int = 4,
             f"are not in {reg}: {', '.join(missing_base[:5])}; nothing was pushed",
             hint=f"load the base bundle first{f' ({base})' if base else ''}")
     if dry_run:
+        for repo, d, src in mounts:
+            result.dry_run.append(f"blob {d.digest} -> {repo} (mount from {src})")
         for digest, where in sorted(todo.items()):
             result.dry_run.append(f"blob {digest} -> {', '.join(r for r, _ in where)}")
         for img in images:
@@ -277,6 +290,16 @@ async def load(client: Client, bundle: Bundle, target: Target, *, jobs: int = 4,
                 await client.upload_blob(reg, repo, d, from_tar, seekable=True, location=loc)
                 result.blobs_pushed += 1
         return left
+
+    for repo, d, src in mounts:
+        loc = await client.mount_blob(reg, repo, d, src)
+        if loc is None:
+            result.blobs_mounted += 1
+        elif d.digest in contents.members:
+            todo.setdefault(d.digest, []).append((repo, d))
+        else:
+            raise IncompleteBase(f"{bundle.name}: {reg} would not mount {d.digest} from {src} "
+                                 f"into {repo}, and the bundle does not carry it")
 
     if bundle.compressed:
         while todo:  # one pass over the stream; again only for blobs a mount did not take

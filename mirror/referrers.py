@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from mirror import mediatypes as mt
 from mirror.errors import NotFound, RegistryError
 from mirror.manifest import RawManifest, dump_json
+from mirror.registry.body import read_body
 from mirror.registry.client import Client
 
 COSIGN_SUFFIXES = {".sig": "signature", ".att": "attestation", ".sbom": "sbom"}
@@ -50,7 +51,7 @@ async def _referrers_index(client: Client, registry: str, repo: str,
             registry, "GET", f"/v2/{repo}/referrers/{digest}", repository=repo,
             headers={"Accept": mt.OCI_INDEX}, what=f"referrers of {digest}")
         async with resp:
-            data = await resp.content.read(8 << 20)
+            data = await read_body(resp, 8 << 20)
         return RawManifest.from_bytes(data, mt.OCI_INDEX, where=f"{registry}/{repo} referrers")
     except NotFound:
         pass

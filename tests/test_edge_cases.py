@@ -130,3 +130,109 @@ def test_zstd_load_when_the_registry_refuses_mounts(src_registry, dst_registry, 
         assert list_tags(dst_registry.url, f"nomount/{repo_name}/{name}") == ["1"]
         for blob in img.all_blobs():
             assert push_blob(dst_registry.url, f"nomount/{repo_name}/{name}", blob) is False
+
+
+def test_manifest_arriving_in_small_pieces_is_read_whole(src_registry, faultproxy, repo_name,
+                                                         rng, tmp_path):
+    imgs = [ig.make_image(rng, p, fmt="oci") for p in (ig.AMD64, ig.ARM64)]
+    index = ig.make_index(imgs, fmt="oci")
+    push_image(src_registry.url, repo_name, index, tags=["s"])
+    proxy = faultproxy(src_registry.url)
+    proxy.add(Fault("slow", path=r"/manifests/", times=None, delay=0.02, chunk=100))
+    out = tmp_path / "b.tar"
+    mirror_ok("pull", f"{proxy.host}/{repo_name}:s", "-o", out, "--cache", tmp_path / "c")
+    assert check_layout(out).entry(f"{proxy.host}/{repo_name}:s")["digest"] == index.digest
+
+
+def test_credentials_never_go_to_another_origin(registry_factory, src_registry, rng,
+                                                tmp_path):
+    """A registry whose upload Location names another host: that host gets no Authorization
+    (REFERENCE.md 6.4 step 3, pitfall 12)."""
+    import base64
+    import threading
+    import urllib.error
+    import urllib.request
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tests.support.registry import free_port
+
+    seen: list[tuple[str, str | None]] = []
+    port = free_port()
+    reg = registry_factory(htpasswd=("alice", "s3cret"),
+                           extra_config={"http": {"host": f"http://localhost:{port}"}})
+
+    class Relay(BaseHTTPRequestHandler):
+        def _do(self) -> None:
+            seen.append((self.command, self.headers.get("Authorization")))
+            n = int(self.headers.get("Content-Length") or 0)
+            req = urllib.request.Request(
+                reg.url + self.path, data=self.rfile.read(n) if n else None,
+                method=self.command,
+                headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+            try:
+                r = urllib.request.urlopen(req, timeout=30)
+            except urllib.error.HTTPError as e:
+                r = e
+            body = r.read()
+            self.send_response(r.status if hasattr(r, "status") else r.code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_PUT = do_PATCH = do_POST = do_DELETE = do_HEAD = _do
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    relay = ThreadingHTTPServer(("127.0.0.1", port), Relay)
+    threading.Thread(target=relay.serve_forever, daemon=True).start()
+    try:
+        img = ig.make_image(rng, ig.AMD64, fmt="oci")
+        push_image(src_registry.url, "cred/leak", img, tags=["1"])
+        out = tmp_path / "b.tar"
+        mirror_ok("pull", f"{src_registry.host}/cred/leak:1", "-o", out, "--cache",
+                  tmp_path / "c")
+        auth = tmp_path / "auth.json"
+        auth.write_text(json.dumps({"auths": {reg.host: {
+            "auth": base64.b64encode(b"alice:s3cret").decode()}}}))
+        run_mirror("load", out, "--to", reg.host, "--authfile", auth, "--retries", "1")
+        assert seen, "the upload never went to the Location's host"
+        assert all(a is None for _, a in seen), seen
+    finally:
+        relay.shutdown()
+        relay.server_close()
+
+
+def test_blob_already_in_another_target_repository_is_mounted_not_uploaded(
+        src_registry, dst_registry, faultproxy, repo_name, rng, tmp_path):
+    shared = ig.make_layer(rng, size=64 << 10)
+    first = ig.make_image(rng, ig.AMD64, fmt="oci", layers=[shared])
+    second = ig.make_image(rng, ig.AMD64, fmt="oci", layers=[shared, ig.make_layer(rng)])
+    push_image(src_registry.url, f"{repo_name}/a", first, tags=["1"])
+    push_image(src_registry.url, f"{repo_name}/b", second, tags=["1"])
+    a, b = tmp_path / "a.tar", tmp_path / "b.tar"
+    mirror_ok("pull", f"{src_registry.host}/{repo_name}/a:1", "-o", a, "--cache", tmp_path / "c")
+    # the second bundle carries both images (a nightly bundle); image a was loaded before
+    mirror_ok("pull", f"{src_registry.host}/{repo_name}/a:1", f"{src_registry.host}/{repo_name}/b:1",
+              "-o", b, "--cache", tmp_path / "c")
+    mirror_ok("load", a, "--to", dst_registry.host)
+    proxy = faultproxy(dst_registry.url)
+    dry = mirror_ok("load", b, "--to", proxy.host, "--dry-run").stdout
+    assert f"blob {shared.digest} -> {repo_name}/b (mount from {repo_name}/a)" in dry
+    proxy.reset_counters()
+    mirror_ok("load", b, "--to", proxy.host)
+    posts = [p for m, p, _ in proxy.requests if m == "POST"]
+    assert any("mount=" in p or "uploads" in p for p in posts)
+    assert proxy.bytes_served < shared.size  # the shared layer did not travel again
+    assert push_blob(dst_registry.url, f"{repo_name}/b", shared) is False
+
+
+def test_inspect_reads_configs_out_of_a_zstd_bundle(src_registry, repo_name, rng, tmp_path):
+    img = ig.make_image(rng, ig.ARM64_V8, fmt="docker")
+    push_image(src_registry.url, repo_name, img, tags=["z"])
+    out = tmp_path / "b.tar.zst"
+    mirror_ok("pull", f"{src_registry.host}/{repo_name}:z", "-o", out, "--cache", tmp_path / "c")
+    doc = json.loads(mirror_ok("inspect", out, "--json").stdout)[0]
+    assert doc["config"]["digest"] == img.config.digest
+    assert doc["diffIds"] == [la.diff_id for la in img.layers]
+    assert doc["platform"] == "linux/arm64/v8"

@@ -67,6 +67,7 @@ class Contents:
     manifests: dict[str, RawManifest] = field(default_factory=dict)
     members: dict[str, int] = field(default_factory=dict)  # digest -> size
     complete_members: bool = True
+    configs: dict[str, bytes] = field(default_factory=dict)  # scan(configs=True) of a stream
 
 
 class Bundle:
@@ -164,8 +165,9 @@ class Bundle:
 
     # -- planning ------------------------------------------------------------------------
 
-    def scan(self) -> Contents:
-        """Read the layout files and every manifest reachable from index.json.
+    def scan(self, *, configs: bool = False) -> Contents:
+        """Read the layout files and every manifest reachable from index.json; with
+        `configs`, also keep image configs (for inspect) in `Contents.configs`.
 
         Raises BundleError for a bundle that is not an OCI layout, and IntegrityError for a
         manifest whose bytes do not match its digest.
@@ -192,7 +194,8 @@ class Bundle:
                 members[d] = size
             if name in ("oci-layout", "index.json", MIRROR_JSON):
                 meta[name] = f.read(MAX_MANIFEST_BYTES + 1)
-            elif d and size <= MAX_MANIFEST_BYTES and (c is None or d in _wanted(c, small)):
+            elif d and size <= MAX_MANIFEST_BYTES and (
+                    c is None or d in _wanted(c, small) or (configs and d in _configs(small))):
                 if held + size > _SMALL_CAP:
                     raise BundleError(f"{self.name}: index.json comes too late in this tar.zst",
                                       hint="decompress it to a .tar and load that")
@@ -206,6 +209,8 @@ class Bundle:
             raise BundleError(f"{self.name}: no {missing} file: not an OCI image layout")
         c.members = members
         self._walk(c, small.get)
+        if configs:
+            c.configs = {d: small[d] for d in _configs(small) if d in small}
         return c
 
     def _contents(self, layout: bytes, index: bytes, inv: bytes | None) -> Contents:
@@ -285,3 +290,16 @@ def _wanted(c: Contents, have: dict[str, bytes]) -> set[str]:
             except (ValueError, AttributeError):
                 pass
     return want
+
+
+def _configs(held: dict[str, bytes]) -> set[str]:
+    """Digests of the image configs named by the manifests held so far."""
+    out: set[str] = set()
+    for data in list(held.values()):
+        try:
+            cfg = json.loads(data).get("config") or {}
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(cfg, dict) and isinstance(cfg.get("digest"), str):
+            out.add(cfg["digest"])
+    return out

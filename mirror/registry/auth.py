@@ -20,6 +20,7 @@ import aiohttp
 import yarl
 
 from mirror.errors import AuthError
+from mirror.registry.body import read_body
 from mirror.registry.credentials import Credential
 
 if TYPE_CHECKING:
@@ -196,7 +197,7 @@ class Authenticator:
             form = {"grant_type": "refresh_token", "refresh_token": cred.identity_token,
                     "service": service, "client_id": "mirror", "scope": " ".join(scopes)}
             async with session.post(realm, data=form, ssl=ssl_ctx) as resp:
-                body = await resp.content.read(1 << 20)
+                body = await read_body(resp, 1 << 20)
                 if resp.status not in (404, 405) or not cred.username:
                     return resp.status, body
         q = [("service", service)] if service else []
@@ -205,4 +206,4 @@ class Authenticator:
         if cred and cred.username:
             headers["Authorization"] = f"Basic {cred.basic}"
         async with session.get(realm, params=q, headers=headers, ssl=ssl_ctx) as resp:
-            return resp.status, await resp.content.read(1 << 20)
+            return resp.status, await read_body(resp, 1 << 20)

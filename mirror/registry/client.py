@@ -16,6 +16,7 @@ from mirror import mediatypes as mt
 from mirror.digest import check_bytes
 from mirror.errors import IntegrityError, NotFound, RateLimited, RegistryError, SizeMismatch
 from mirror.manifest import MAX_MANIFEST_BYTES, Descriptor, RawManifest
+from mirror.registry.body import read_body
 from mirror.registry.transport import Transport, describe_exception
 from mirror.store.blobs import PartialBlob
 
@@ -51,18 +52,30 @@ class Client:
                            expected: Descriptor | None = None) -> RawManifest:
         """GET by tag or digest; a by-digest answer is checked against the digest asked for."""
         where = f"{registry}/{repo}{'@' if ref.startswith('sha') and ':' in ref else ':'}{ref}"
-        resp = await self.t.request(
-            registry, "GET", f"/v2/{repo}/manifests/{ref}", repository=repo,
-            headers={"Accept": mt.MANIFEST_ACCEPT}, what=f"manifest {ref}")
-        async with resp:
-            data = await resp.content.read(MAX_MANIFEST_BYTES + 1)
-            ctype = resp.headers.get("Content-Type", "")
-        raw = RawManifest.from_bytes(data, ctype, where=where)
+        attempt = 0
+        while True:
+            resp = await self.t.request(
+                registry, "GET", f"/v2/{repo}/manifests/{ref}", repository=repo,
+                headers={"Accept": mt.MANIFEST_ACCEPT}, what=f"manifest {ref}")
+            try:
+                async with resp:
+                    data = await read_body(resp, MAX_MANIFEST_BYTES)
+                    ctype = resp.headers.get("Content-Type", "")
+                break
+            except (TimeoutError, aiohttp.ClientPayloadError,
+                    aiohttp.ClientConnectionError) as e:  # the body broke off: ask again
+                attempt += 1
+                if attempt >= self.t.policy.tries:
+                    raise RegistryError(f"{where}: manifest: {describe_exception(e)}",
+                                        registry=registry, repository=repo) from None
+                self.t.retries += 1
+                await asyncio.sleep(self.t.policy.delay(attempt))
+        # the bytes are checked before they are parsed: wrong bytes are an integrity error
         if ":" in ref:
             check_bytes(data, ref, expected.size if expected else None, where)
         elif expected is not None:
             check_bytes(data, expected.digest, expected.size, where)
-        return raw
+        return RawManifest.from_bytes(data, ctype, where=where)
 
     async def head_manifest(self, registry: str, repo: str, ref: str) -> ManifestHead | None:
         """HEAD (not counted by Docker Hub's pull limit); None when absent."""
@@ -173,7 +186,7 @@ class Client:
                 resp = await self._open_blob(registry, repo, digest,
                                              {"Accept-Encoding": "identity"}, f"blob {digest}")
                 async with resp:
-                    data = await resp.content.read(limit + 1)
+                    data = await read_body(resp, limit)
                 break
             except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
                     _Retry) as e:

@@ -35,6 +35,7 @@ from mirror.errors import (
 )
 from mirror.reference import api_host, is_loopback
 from mirror.registry.auth import Authenticator
+from mirror.registry.body import read_body
 from mirror.registry.credentials import CredentialStore
 
 MAX_ERROR_BODY = 64 * 1024
@@ -118,6 +119,11 @@ def _error_codes(body: bytes) -> tuple[tuple[str, ...], str]:
     except (ValueError, AttributeError):
         text = body.decode("utf-8", "replace").strip().splitlines()
         return (), (text[0][:200] if text else "")
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    u = yarl.URL(url)
+    return (u.scheme, (u.host or "").lower(), u.port)
 
 
 def describe_exception(e: BaseException) -> str:
@@ -344,14 +350,19 @@ class Transport:
         started = time.monotonic()
         attempt = 0
         reauthed = False
+        # credentials and the registry's TLS settings go only to the registry's own origin;
+        # an upload Location or a Link on another host gets neither (REFERENCE.md 6.3, 6.4)
+        own = _origin(full) == _origin(ep.base_url)
+        ssl_ctx = ep.ssl if own else self.ssl_for_url(full)
         while True:
             await ep.gate.wait()
             hdrs = dict(headers or {})
-            hdrs.update(await ep.auth.header(scopes))
+            if own:
+                hdrs.update(await ep.auth.header(scopes))
             body = data() if callable(data) else data
             try:
                 resp = await self.session.request(
-                    method, full, headers=hdrs, data=body, ssl=ep.ssl,
+                    method, full, headers=hdrs, data=body, ssl=ssl_ctx,
                     allow_redirects=allow_redirects)
             except (TimeoutError, aiohttp.ClientConnectionError) as e:
                 cause = _mirror_cause(e)
@@ -383,7 +394,10 @@ class Transport:
                     f"{_where(registry, repository)}: {what or method}: HTTP 401 (token "
                     "expired mid-transfer)", registry=registry, repository=repository,
                     status=401)
-            err_body = await resp.content.read(MAX_ERROR_BODY)
+            try:
+                err_body = await read_body(resp, MAX_ERROR_BODY)
+            except (TimeoutError, aiohttp.ClientError):
+                err_body = b""
             resp.release()
             if retry and resp.status in self.policy.statuses:
                 attempt += 1
