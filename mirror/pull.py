@@ -30,10 +30,11 @@ from mirror.bundle.layout import (
 from mirror.bundle.writer import BlobItem, tar_size, unchanged, write_bundle
 from mirror.config import ImageSpec
 from mirror.convert import convert_plan
+from mirror.digest import check_bytes
 from mirror.errors import IntegrityError, MirrorError, RegistryError
 from mirror.manifest import Descriptor
 from mirror.progress import NullProgress, Progress
-from mirror.referrers import A_KIND, A_SUBJECT, discover
+from mirror.referrers import A_KIND, A_SUBJECT, Finder
 from mirror.registry.client import Client, download_url
 from mirror.resolve import ImagePlan, resolve
 from mirror.store.blobs import _IO_POOL, BlobStore
@@ -145,8 +146,20 @@ class _Fetcher:
 
     async def config_bytes(self, registry: str, repo: str, desc: Descriptor,
                            owner: int = -1) -> bytes:
-        await self.fetch(registry, repo, desc, owner)
-        return self.store.read(desc.digest)
+        """A config, from the cache (checked: cache entries are verified when reused)."""
+        for attempt in (1, 2):
+            await self.fetch(registry, repo, desc, owner)
+            data = self.store.read(desc.digest)
+            try:
+                check_bytes(data, desc.digest, desc.size, f"cache {self.store.path(desc.digest)}")
+                return data
+            except IntegrityError:
+                self.store.evict(desc.digest)
+                self.reused.discard(desc.digest)
+                self.tasks.pop(desc.digest, None)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def place(self, registry: str, repo: str, desc: Descriptor, owner: int) -> asyncio.Task[None]:
         """Fetch, then make sure the blob is in the bundle being assembled (once)."""
@@ -199,6 +212,7 @@ class _Run:
         self.client, self.store, self.specs, self.opts = client, store, specs, opts
         self.progress = progress
         self.fetcher = _Fetcher(client, store, opts.jobs, progress)
+        self.finder = Finder(client)
         self.sem = asyncio.Semaphore(max(2, opts.jobs))
         self.results = [ImageResult(str(s.reference), s.where) for s in specs]
         self.plans: list[ImagePlan | None] = [None] * len(specs)
@@ -240,7 +254,7 @@ class _Run:
             convert_plan(plan, spec.settings.format, self.progress)
             if self.opts.referrers and spec.settings.referrers:
                 async with self.sem:
-                    await attach_referrers(self.client, plan, self.opts.referrer_types,
+                    await attach_referrers(self.finder, plan, self.opts.referrer_types,
                                            self.progress)
         except MirrorError as e:
             self.failed(i, e)
@@ -378,14 +392,14 @@ def _account(res: ImageResult, plan: ImagePlan, need: list[Descriptor], fetcher:
             res.bytes_reused += d.size
 
 
-async def attach_referrers(client: Client, plan: ImagePlan, types: tuple[str, ...],
+async def attach_referrers(finder: Finder, plan: ImagePlan, types: tuple[str, ...],
                            progress: Progress) -> None:
     """Find what refers to the image (its source index and each platform manifest) and add
     each referrer, with its blobs, to the plan as an entry of its own."""
     ref = plan.spec.reference
     subjects = dict.fromkeys([plan.source_digest, *plan.platform_digests.values()])
     for subject in subjects:
-        for r in await discover(client, ref.registry, ref.repository, subject, types):
+        for r in await finder.discover(ref.registry, ref.repository, subject, types):
             if r.manifest.is_index:
                 progress.warn(f"{plan.name}: skipping referrer {r.manifest.digest} of {subject}:"
                               " an index of referrers is not carried yet")

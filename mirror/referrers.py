@@ -12,12 +12,14 @@ merged (never clobbered, no duplicates) and pushed back. Cosign tags are pushed 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from dataclasses import dataclass
 
 from mirror import mediatypes as mt
 from mirror.errors import NotFound, RegistryError
-from mirror.manifest import RawManifest, dump_json
+from mirror.manifest import Descriptor, RawManifest, dump_json
 from mirror.registry.body import read_body
 from mirror.registry.client import Client
 
@@ -43,50 +45,84 @@ def fallback_tag(digest: str) -> str:
     return f"{alg[:32]}-{enc[:64]}"
 
 
-async def _referrers_index(client: Client, registry: str, repo: str,
-                           digest: str) -> RawManifest | None:
-    """The referrers API answer, else the fallback tag's index; None when neither exists."""
-    try:
-        resp = await client.t.request(
-            registry, "GET", f"/v2/{repo}/referrers/{digest}", repository=repo,
-            headers={"Accept": mt.OCI_INDEX}, what=f"referrers of {digest}")
-        async with resp:
-            data = await read_body(resp, 8 << 20)
-        return RawManifest.from_bytes(data, mt.OCI_INDEX, where=f"{registry}/{repo} referrers")
-    except NotFound:
-        pass
-    except RegistryError as e:
-        if e.status not in (400, 405, 501):
-            raise
-    try:
-        return await client.get_manifest(registry, repo, fallback_tag(digest))
-    except NotFound:
-        return None
+class Finder:
+    """Discovery with per-run memory: whether each registry has the referrers API, and each
+    repository's tag list (one listing answers every `sha256-<hex>[.sig|.att|.sbom]` question
+    for all the images of that repository, instead of five requests per subject)."""
 
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.api: dict[str, bool] = {}
+        self._tags: dict[tuple[str, str], asyncio.Task[set[str]]] = {}
 
-async def discover(client: Client, registry: str, repo: str, subject: str,
-                   artifact_types: tuple[str, ...] = ()) -> list[Referrer]:
-    """Everything that refers to `subject` in `registry/repo`, filtered by artifactType."""
-    found: list[Referrer] = []
-    index = await _referrers_index(client, registry, repo, subject)
-    if index is not None and index.is_index:
-        for d in index.children:
+    async def tags(self, registry: str, repo: str) -> set[str]:
+        key = (registry, repo)
+        if key not in self._tags:
+            self._tags[key] = asyncio.ensure_future(self._list(registry, repo))
+        return await self._tags[key]
+
+    async def _list(self, registry: str, repo: str) -> set[str]:
+        try:
+            return set(await self.client.list_tags(registry, repo))
+        except NotFound:
+            return set()
+
+    async def _api(self, registry: str, repo: str, digest: str) -> list[Descriptor] | None:
+        """The referrers API's answer (every page), or None where the registry has none."""
+        if self.api.get(registry) is False:
+            return None
+        out: list[Descriptor] = []
+        url: str | None = f"/v2/{repo}/referrers/{digest}"
+        while url:
+            try:
+                resp = await self.client.t.request(
+                    registry, "GET", url, repository=repo,
+                    headers={"Accept": mt.OCI_INDEX}, what=f"referrers of {digest}")
+            except NotFound:
+                self.api[registry] = False
+                return None
+            except RegistryError as e:
+                if e.status not in (400, 405, 501):
+                    raise
+                self.api[registry] = False
+                return None
+            async with resp:
+                data = await read_body(resp, 8 << 20)
+                link = resp.headers.get("Link")
+            page = RawManifest.from_bytes(data, mt.OCI_INDEX,
+                                          where=f"{registry}/{repo} referrers")
+            out.extend(page.children)
+            url = None
+            if link and 'rel="next"' in link and (m := re.search(r"<([^>]+)>", link)):
+                url = m.group(1)
+        self.api[registry] = True
+        return out
+
+    async def discover(self, registry: str, repo: str, subject: str,
+                       artifact_types: tuple[str, ...] = ()) -> list[Referrer]:
+        """Everything that refers to `subject` in `registry/repo`, filtered by artifactType."""
+        client = self.client
+        found: list[Referrer] = []
+        descs = await self._api(registry, repo, subject)
+        tags = await self.tags(registry, repo)
+        fallback = fallback_tag(subject)
+        if descs is None and fallback in tags:
+            index = await client.get_manifest(registry, repo, fallback)
+            descs = index.children if index.is_index else []
+        for d in descs or []:
             raw = await client.get_manifest(registry, repo, d.digest, expected=d)
             s = raw.subject
             if s is None or s.digest != subject:
                 continue  # a stale fallback entry
             found.append(Referrer(raw, subject, None, raw.artifact_type or "artifact"))
-    for suffix, kind in COSIGN_SUFFIXES.items():
-        tag = fallback_tag(subject) + suffix
-        head = await client.head_manifest(registry, repo, tag)
-        if head is None:
-            continue
-        raw = await client.get_manifest(registry, repo, tag)
-        found.append(Referrer(raw, subject, tag, kind))
-    if artifact_types:
-        found = [r for r in found if (r.artifact_type or "") in artifact_types
-                 or r.kind in artifact_types]
-    return found
+        for suffix, kind in COSIGN_SUFFIXES.items():
+            if fallback + suffix in tags:
+                raw = await client.get_manifest(registry, repo, fallback + suffix)
+                found.append(Referrer(raw, subject, fallback + suffix, kind))
+        if artifact_types:
+            found = [r for r in found if (r.artifact_type or "") in artifact_types
+                     or r.kind in artifact_types]
+        return found
 
 
 async def push_fallback(client: Client, registry: str, repo: str, referrer: RawManifest

@@ -23,7 +23,8 @@ from mirror.bundle.layout import MIRROR_JSON, OCI_LAYOUT
 from mirror.bundle.writer import BUF, _blob_name, _header, _pad, write_sidecar
 from mirror.digest import Verifier
 
-_HASH_CHUNK = 4 << 20
+_HASH_CHUNK = 1 << 20
+_FLUSH_EVERY = 256 << 20  # start writeback as we go, so the final fsync has little left
 
 
 class Tee:
@@ -89,6 +90,8 @@ class Assembler:
         self._hash = hashlib.sha256()
         self._invalid = False
         self._closed = False
+        self._unflushed = 0
+        self._flushing = threading.Lock()
         os.ftruncate(self.fd, self.size)  # padding and the end-of-archive zeros are holes
         self._thread = threading.Thread(target=self._follow, name="mirror-bundle-hash",
                                         daemon=True)
@@ -110,7 +113,21 @@ class Assembler:
             return
         with self._lock:
             self._ranges.append((offset, offset + length))
+            self._unflushed += length
+            flush = self._unflushed >= _FLUSH_EVERY
+            if flush:
+                self._unflushed = 0
             self._lock.notify()
+        if flush and self._flushing.acquire(blocking=False):
+            threading.Thread(target=self._writeback, daemon=True).start()
+
+    def _writeback(self) -> None:
+        try:
+            os.fdatasync(self.fd)
+        except OSError:
+            pass  # the final fsync reports what matters
+        finally:
+            self._flushing.release()
 
     def invalidate(self) -> None:
         with self._lock:
@@ -160,12 +177,14 @@ class Assembler:
             return
         v = Verifier(digest, tee.size, f"cache {path}") if verify else None
         pos = 0
-        with open(path, "rb") as f:
-            while data := f.read(BUF):
+        buf = bytearray(_HASH_CHUNK)  # one buffer, reused: no allocation per chunk
+        view = memoryview(buf)
+        with open(path, "rb", buffering=0) as f:
+            while n := f.readinto(buf):
                 if v is not None:
-                    v.update(data)
-                tee.write(pos, data)
-                pos += len(data)
+                    v.update(view[:n])
+                tee.write(pos, view[:n])
+                pos += n
         if v is not None:
             v.finish()
 
@@ -184,7 +203,8 @@ class Assembler:
             digest = h.hexdigest()
         else:
             digest = self._hash.hexdigest()
-        os.fsync(self.fd)
+        with self._flushing:  # not while a writeback thread still uses the descriptor
+            os.fsync(self.fd)
         os.close(self.fd)
         self.fd = -1
         os.replace(self.tmp, self.out)
@@ -196,7 +216,8 @@ class Assembler:
             self._closed = True
             self._lock.notify_all()
         self._thread.join()
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        with self._flushing:
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
         self.tmp.unlink(missing_ok=True)

@@ -24,7 +24,7 @@ from mirror.digest import Verifier
 from mirror.errors import IntegrityError, MirrorError, SizeMismatch
 from mirror.store.blobs import BlobStore
 
-BUF = 4 << 20
+BUF = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)

@@ -187,7 +187,7 @@ class Transport:
                 total=None, sock_connect=self.timeouts.connect, sock_read=self.timeouts.read),
             auto_decompress=False,
             trust_env=False,
-            read_bufsize=1 << 20,
+            read_bufsize=256 << 10,  # per connection; memory must not grow with jobs
             max_field_size=65536,
             max_line_size=65536,
         )
