@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "under SIZE (e.g. 50G)")
     c.add_argument("--keep", type=Path, action="append", default=[], metavar="LOCK",
                    help="never remove blobs listed in this lock file (repeatable)")
+    c.add_argument("--unused-by", type=Path, action="append", default=[], metavar="LOCK",
+                   help="remove every blob that this lock file (repeatable: these lock "
+                   "files) does not use")
     _add_out(p)
 
     p = sub.add_parser("load", help="push a bundle into a registry")
@@ -438,16 +441,20 @@ async def _cache(args: argparse.Namespace, progress) -> int:
     from mirror.store.blobs import BlobStore, default_cache_dir
     from mirror.store.lock import RunLock
 
-    if not args.older_than and not args.max_size:
-        raise UsageError("cache prune needs --older-than and/or --max-size")
+    if not args.older_than and not args.max_size and not args.unused_by:
+        raise UsageError("cache prune needs --older-than, --max-size or --unused-by")
     cache = args.cache or default_cache_dir()
     keep: set[str] = set()
     for lock in args.keep:
         keep |= set(Lock.read(lock).blobs)
+    used: set[str] | None = None
+    for lock in args.unused_by:
+        used = (used or set()) | set(Lock.read(lock).blobs)
     with RunLock(Path(cache) / "lock", f"cache {cache}"):
         removed, freed = BlobStore(cache).prune(
             older_than=_parse_age(args.older_than) if args.older_than else None,
-            max_bytes=_parse_size(args.max_size) if args.max_size else None, keep=keep)
+            max_bytes=_parse_size(args.max_size) if args.max_size else None, keep=keep,
+            unused_by=used)
     print(f"removed {removed} blob(s), {freed} bytes from {cache}")
     return 0
 

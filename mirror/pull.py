@@ -154,12 +154,16 @@ class _Fetcher:
                 check_bytes(data, desc.digest, desc.size, f"cache {self.store.path(desc.digest)}")
                 return data
             except IntegrityError:
-                self.store.evict(desc.digest)
-                self.reused.discard(desc.digest)
-                self.tasks.pop(desc.digest, None)
+                self.forget(desc.digest)
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    def forget(self, digest: str) -> None:
+        """A damaged cache entry: drop it, so the next fetch downloads it again."""
+        self.store.evict(digest)
+        self.reused.discard(digest)
+        self.tasks.pop(digest, None)
 
     def place(self, registry: str, repo: str, desc: Descriptor, owner: int) -> asyncio.Task[None]:
         """Fetch, then make sure the blob is in the bundle being assembled (once)."""
@@ -181,10 +185,7 @@ class _Fetcher:
                     _IO_POOL, self.assembler.copy_cached, desc.digest, path, verify)
                 return
             except IntegrityError:
-                # a damaged cache entry: drop it and fetch it again, once
-                self.store.evict(desc.digest)
-                self.reused.discard(desc.digest)
-                self.tasks.pop(desc.digest, None)
+                self.forget(desc.digest)  # and fetch it again, once
                 if attempt == 2:
                     raise
 

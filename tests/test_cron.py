@@ -238,6 +238,11 @@ def test_dry_run_writes_nothing_and_prune_trims_the_cache(src_registry, repo_nam
     r = mirror_ok("cache", "prune", "--cache", cache, "--max-size", "0", "--keep", lock_file)
     left = [p.name for p in (cache / "blobs" / "sha256").iterdir()]
     assert left == [img.images[0].config.digest.split(":")[1]], r.stdout
+    # --unused-by: everything the lock file does not name goes
+    mirror_ok("pull", ref, "-o", tmp_path / "z.tar", "--cache", cache)
+    r = mirror_ok("cache", "prune", "--cache", cache, "--unused-by", lock_file)
+    left = [p.name for p in (cache / "blobs" / "sha256").iterdir()]
+    assert left == [img.images[0].config.digest.split(":")[1]], r.stdout
 
 
 def test_rerun_with_nothing_new_leaves_the_bundle_alone(src_registry, repo_name, rng, tmp_path):

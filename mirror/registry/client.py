@@ -256,25 +256,31 @@ class Client:
             headers["Range"] = f"bytes={offset}-"
         resp = await self._open_blob(registry, repo, desc.digest, headers, what)
         async with resp:
-            if resp.status == 206:
-                crange = resp.headers.get("Content-Range", "")
-                m = _CONTENT_RANGE.match(crange)
-                if not m or int(m.group(1)) != offset or (
-                        m.group(3) != "*" and int(m.group(3)) != desc.size):
-                    await sink.restart()
-                    raise _Retry(f"unusable Content-Range {crange!r} for bytes={offset}-")
-            else:
-                if offset:
-                    await sink.restart()  # Range ignored: a clean restart from byte 0
-                length = resp.headers.get("Content-Length")
-                if length and length.isdigit() and int(length) != desc.size:
-                    raise SizeMismatch(desc.size, int(length), f"{registry}/{repo}",
-                                       desc.digest)
-            async for chunk in resp.content.iter_any():
-                await sink.write(chunk)
-                self.bytes_downloaded += len(chunk)
-                if progress:
-                    progress(len(chunk))
+            await self.receive(resp, desc, sink, offset, progress, f"{registry}/{repo}")
+
+    async def receive(self, resp: aiohttp.ClientResponse, desc: Descriptor, sink: PartialBlob,
+                      offset: int, progress: Callable[[int], None] | None, where: str) -> None:
+        """Stream a 200 or 206 answer into `sink`, which is at `offset`: a 206 must start
+        there; a 200 (Range ignored) restarts the blob from byte 0. Raises _Retry for a body
+        that ends early or an unusable Content-Range."""
+        if resp.status == 206:
+            crange = resp.headers.get("Content-Range", "")
+            m = _CONTENT_RANGE.match(crange)
+            if not m or int(m.group(1)) != offset or (
+                    m.group(3) != "*" and int(m.group(3)) != desc.size):
+                await sink.restart()
+                raise _Retry(f"unusable Content-Range {crange!r} for bytes={offset}-")
+        else:
+            if offset:
+                await sink.restart()  # Range ignored: a clean restart from byte 0
+            length = resp.headers.get("Content-Length")
+            if length and length.isdigit() and int(length) != desc.size:
+                raise SizeMismatch(desc.size, int(length), where, desc.digest)
+        async for chunk in resp.content.iter_any():
+            await sink.write(chunk)
+            self.bytes_downloaded += len(chunk)
+            if progress:
+                progress(len(chunk))
         await sink.drain()
         if sink.offset < desc.size:
             raise _Retry(f"body ended at byte {sink.offset} of {desc.size}")
@@ -515,21 +521,7 @@ async def download_url(client: Client, desc: Descriptor, sink: PartialBlob,
                         statuses.append(resp.status)
                         problems.append(f"{url}: HTTP {resp.status}")
                         break
-                    if resp.status == 206:
-                        m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
-                        if not m or int(m.group(1)) != offset:
-                            await sink.restart()
-                            raise _Retry("bad Content-Range")
-                    elif offset:
-                        await sink.restart()  # Range ignored: a clean restart
-                    async for chunk in resp.content.iter_any():
-                        await sink.write(chunk)
-                        client.bytes_downloaded += len(chunk)
-                        if progress:
-                            progress(len(chunk))
-                await sink.drain()
-                if sink.offset < desc.size:
-                    raise _Retry(f"body ended at {sink.offset} of {desc.size} bytes")
+                    await client.receive(resp, desc, sink, offset, progress, url)
                 await sink.commit()
                 return
             except aiohttp.InvalidURL:

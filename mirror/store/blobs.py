@@ -107,9 +107,11 @@ class BlobStore:
                         yield f"{alg_dir.name}:{p.name}", p
 
     def prune(self, *, older_than: float | None = None, max_bytes: int | None = None,
-              keep: set[str] | None = None) -> tuple[int, int]:
-        """Remove blobs not used for `older_than` seconds, then the oldest until under
-        `max_bytes`; never those in `keep`. Returns (files removed, bytes freed)."""
+              keep: set[str] | None = None, unused_by: set[str] | None = None
+              ) -> tuple[int, int]:
+        """Remove blobs not in `unused_by` (when given), those not used for `older_than`
+        seconds, then the oldest until under `max_bytes`; never those in `keep`.
+        Returns (files removed, bytes freed)."""
         entries = []
         for digest, p in self.iter_digests():
             st = p.stat()
@@ -123,7 +125,8 @@ class BlobStore:
                 continue
             too_old = older_than is not None and now - used > older_than
             too_big = max_bytes is not None and total > max_bytes
-            if too_old or too_big:
+            unused = unused_by is not None and digest not in unused_by
+            if too_old or too_big or unused:
                 p.unlink(missing_ok=True)
                 total -= size
                 removed += 1
@@ -149,7 +152,8 @@ class PartialBlob:
         self.path = path
         self._file = None
         self._verifier: Verifier | None = None
-        self._pending: Future | None = None
+        self._pending: list[Future] = []  # the batch in flight: hash+file, and the bundle tee
+        self._queued = 0  # bytes handed to the workers (where the next batch starts)
         self._buf: list[bytes] = []
         self._buffered = 0
         self.resumed_from = 0
@@ -169,6 +173,7 @@ class PartialBlob:
         self._file.seek(offset)
         self._verifier = Verifier(self.digest, self.size, self.source, hasher=h, received=offset)
         self.resumed_from = offset
+        self._queued = offset
         if self.tee is not None and offset:
             self.tee.copy_from(self.path, 0, offset)
         return offset
@@ -179,14 +184,17 @@ class PartialBlob:
         return self._verifier.received + self._buffered
 
     def _write(self, chunks: list[bytes]) -> None:
-        v, f, tee = self._verifier, self._file, self.tee
+        v, f = self._verifier, self._file
         assert v is not None and f is not None
         for data in chunks:
-            pos = v.received
             v.update(data)
             f.write(data)
-            if tee is not None:
-                tee.write(pos, data)
+
+    def _tee(self, pos: int, chunks: list[bytes]) -> None:
+        assert self.tee is not None
+        for data in chunks:
+            self.tee.write(pos, data)
+            pos += len(data)
 
     async def write(self, chunk: bytes) -> None:
         if self._verifier is not None and self.offset + len(chunk) > self.size:
@@ -198,21 +206,30 @@ class PartialBlob:
         if self._buffered >= CHUNK:
             await self._flush()
 
+    async def _wait(self) -> None:
+        pending, self._pending = self._pending, []
+        done = await asyncio.gather(*(asyncio.wrap_future(f) for f in pending),
+                                    return_exceptions=True)
+        for r in done:  # every job has finished before any error is raised
+            if isinstance(r, BaseException):
+                raise r
+
     async def _flush(self) -> None:
-        if self._pending is not None:
-            await asyncio.wrap_future(self._pending)
-            self._pending = None
+        """Hand the received chunks to the workers: hashing and the cache file on one, the
+        bundle on another, so the two writes and the hash use both cores."""
+        await self._wait()
         if self._buf:
             chunks, self._buf = self._buf, []
-            self._pending = _IO_POOL.submit(self._write, chunks)
+            self._pending.append(_IO_POOL.submit(self._write, chunks))
+            if self.tee is not None:
+                self._pending.append(_IO_POOL.submit(self._tee, self._queued, chunks))
+            self._queued += self._buffered
             self._buffered = 0
 
     async def drain(self) -> None:
         """Wait until every byte given to write() is on disk and hashed."""
         await self._flush()
-        if self._pending is not None:
-            await asyncio.wrap_future(self._pending)
-            self._pending = None
+        await self._wait()
 
     async def restart(self) -> None:
         """The server ignored our Range: start over from byte 0."""
@@ -221,6 +238,7 @@ class PartialBlob:
         self._file.seek(0)
         self._file.truncate(0)
         self._verifier = Verifier(self.digest, self.size, self.source)
+        self._queued = 0
         if self.tee is not None:
             self.tee.rewound()
 
@@ -249,12 +267,12 @@ class PartialBlob:
 
     def close(self) -> None:
         """Keep what we have for the next run (interrupted or failed download)."""
-        if self._pending is not None:
+        for fut in self._pending:
             try:
-                self._pending.result()
+                fut.result()
             except Exception:
                 pass
-            self._pending = None
+        self._pending = []
         if self._file is not None:
             if self._buf:
                 # bytes received but not yet written: drop them, the file stays consistent
