@@ -105,11 +105,18 @@ async def verified(
 
 def verified_sync(chunks: Iterator[bytes], digest: str, size: int | None,
                   source: str) -> Iterator[bytes]:
+    """Pass chunks through, hashing them. With a known size the digest is checked before
+    the last chunk is passed on, so a consumer (an upload) never sends all of a bad blob."""
     v = Verifier(digest, size, source)
+    done = False
     for chunk in chunks:
         v.update(chunk)
+        if size is not None and v.received == size:
+            v.finish()
+            done = True
         yield chunk
-    v.finish()
+    if not done:
+        v.finish()
 
 
 def check_bytes(data: bytes, digest: str, size: int | None, source: str) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from mirror.aio import gather_or_cancel
 from mirror.bundle.layout import IMAGE_NAME, REF_NAME
 from mirror.bundle.reader import Bundle, Contents
-from mirror.digest import Verifier
+from mirror.digest import verified_sync
 from mirror.errors import (
     BundleError,
     IncompleteBase,
@@ -185,20 +185,6 @@ async def _aiter_thread(gen: Iterator[bytes]) -> AsyncIterator[bytes]:
         yield chunk  # type: ignore[misc]
 
 
-async def _verified(chunks: AsyncIterator[bytes], d: Descriptor, where: str,
-                    offset: int) -> AsyncIterator[bytes]:
-    v = Verifier(d.digest, d.size, where) if offset == 0 else None
-    async for c in chunks:
-        if v:
-            v.update(c)
-            if v.received == d.size:
-                v.finish()  # before the last bytes go: the registry never sees a bad blob
-                v = None
-        yield c
-    if v:
-        v.finish()
-
-
 async def load(client: Client, bundle: Bundle, target: Target, *, jobs: int = 4,
                dry_run: bool = False, progress: Progress | None = None) -> LoadResult:
     progress = progress or NullProgress()
@@ -261,19 +247,24 @@ async def load(client: Client, bundle: Bundle, target: Target, *, jobs: int = 4,
     progress.total(sum(ws[0][1].size for ws in todo.values()))
 
     async def push_one(digest: str, where: list[tuple[str, Descriptor]],
-                       stream: AsyncIterator[bytes] | None = None
+                       stream: Iterator[bytes] | None = None
                        ) -> list[tuple[str, Descriptor]]:
         """Upload to the first repository, mount into the others; return those where the
-        registry would not mount (a stream cannot be read twice: the caller passes again)."""
+        registry would not mount (a stream cannot be read twice: the caller passes again).
+        `stream` is a plain iterator over a compressed bundle's member."""
         first_repo, d = where[0]
         src = f"{bundle.name}: blob {digest}"
 
         def from_tar(off: int) -> AsyncIterator[bytes]:
-            return _verified(_aiter_thread(bundle.open_blob(digest, off)), d, src, off)
+            # hashed in the reading thread, not on the event loop; a resumed upload (off > 0)
+            # is checked by the registry against the digest in the final PUT
+            chunks = bundle.open_blob(digest, off)
+            return _aiter_thread(verified_sync(chunks, digest, d.size, src) if off == 0
+                                 else chunks)
 
         if stream is not None:
-            await client.upload_blob(reg, first_repo, d, lambda off: _verified(
-                stream, d, src, off), seekable=False)
+            await client.upload_blob(reg, first_repo, d, lambda off: _aiter_thread(
+                verified_sync(stream, digest, d.size, src)), seekable=False)
         else:
             await client.upload_blob(reg, first_repo, d, from_tar, seekable=True)
         result.blobs_pushed += 1
@@ -307,8 +298,8 @@ async def load(client: Client, bundle: Bundle, target: Target, *, jobs: int = 4,
             for name, _size, f in bundle.members():
                 digest = name.replace("blobs/", "", 1).replace("/", ":", 1)
                 if digest in todo and f is not None:
-                    left = await push_one(digest, todo.pop(digest), _aiter_thread(iter(
-                        lambda f=f: f.read(CHUNK), b"")))
+                    left = await push_one(digest, todo.pop(digest),
+                                          iter(lambda f=f: f.read(CHUNK), b""))
                     if left:
                         again[digest] = left
             if todo:
