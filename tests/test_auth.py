@@ -145,6 +145,15 @@ def test_basic_from_docker_config_auths(basic, tmp_path: Path, key: str) -> None
     assert_no_secret(tmp_path, proc)
 
 
+def test_basic_from_docker_auth_config_env(basic, tmp_path: Path) -> None:
+    """DOCKER_AUTH_CONFIG (recent docker/cli): a config.json `auths` object in the env."""
+    reg, ref, img = basic
+    env = {"DOCKER_AUTH_CONFIG": json.dumps({"auths": {reg.host: {"auth": b64(USER, SECRET)}}})}
+    proc = ok(pull(tmp_path, ref, env=env))
+    assert pulled_digest(tmp_path) == img.digest
+    assert_no_secret(tmp_path, proc)
+
+
 def test_basic_from_home_docker_config(basic, tmp_path: Path) -> None:
     """No DOCKER_CONFIG: ~/.docker/config.json."""
     reg, ref, img = basic

@@ -199,4 +199,15 @@ class CredentialStore:
             cred = _from_config_file(path, registry, helpers=helpers)
             if cred:
                 return cred
+        env = os.environ.get("DOCKER_AUTH_CONFIG")
+        if env:  # recent docker/cli: a config.json `auths` object in the environment
+            try:
+                doc = json.loads(env)
+            except ValueError:
+                raise ConfigError("DOCKER_AUTH_CONFIG is not valid JSON") from None
+            for key, entry in ((doc or {}).get("auths") or {}).items():
+                if _host_of_key(key) == registry:
+                    cred = _from_auth_entry(entry, "DOCKER_AUTH_CONFIG")
+                    if cred:
+                        return cred
         return None

@@ -258,7 +258,9 @@ class Transport:
         host = api_host(registry)
         ssl_ctx = self._ssl(registry)
         plain_ok = self._settings(registry).insecure or is_loopback(registry)
-        auth = Authenticator(registry, self.credentials.get(registry), self)
+        # a credential helper is a subprocess: not on the event loop
+        auth = Authenticator(registry, await asyncio.to_thread(self.credentials.get, registry),
+                             self)
         last: BaseException | None = None
         for scheme in ("https", "http") if plain_ok else ("https",):
             base = f"{scheme}://{host}"
