@@ -1,10 +1,12 @@
 """The pull engine: registry -> blob store -> bundle.
 
-Images are resolved concurrently; every blob is fetched once into the content-addressed store
-(shared across images, platforms and runs), verified on the way in; then the bundle is written
-from the store in one deterministic pass. With `keep_going`, an image that fails is reported
-and left out (the bundle is marked partial); otherwise the first failure stops the run. What
-was downloaded stays in the store either way, so the next run does not fetch it again.
+First every image is resolved (manifests, platform selection, conversion, referrers), so the
+bundle's layout is known; then every blob is fetched once into the content-addressed store
+(shared across images, platforms and runs), verified on the way in, and teed into the bundle
+being assembled (mirror.bundle.assembler). A .tar.zst is written from the store in one pass
+at the end (mirror.bundle.contents). With `keep_going`, an image that fails is reported and
+left out (the bundle is marked partial); otherwise the first failure stops the run. What was
+downloaded stays in the store either way, so the next run does not fetch it again.
 """
 
 from __future__ import annotations
@@ -18,24 +20,16 @@ from pathlib import Path
 
 from mirror.aio import cancel_all, gather_or_cancel
 from mirror.bundle.assembler import Assembler
-from mirror.bundle.layout import (
-    A_CONVERSIONS,
-    A_INDEX_MODE,
-    A_PLATFORMS,
-    A_SOURCE_DIGEST,
-    Entry,
-    Inventory,
-    index_json,
-)
-from mirror.bundle.writer import BlobItem, tar_size, unchanged, write_bundle
+from mirror.bundle.contents import bundle_layout, write_plans
+from mirror.bundle.writer import tar_size, unchanged
 from mirror.config import ImageSpec
 from mirror.convert import convert_plan
-from mirror.digest import check_bytes
-from mirror.errors import IntegrityError, MirrorError, RegistryError
+from mirror.errors import IntegrityError, MirrorError
+from mirror.fetch import Fetcher
 from mirror.manifest import Descriptor
 from mirror.progress import NullProgress, Progress
-from mirror.referrers import A_KIND, A_SUBJECT, Finder
-from mirror.registry.client import Client, download_url
+from mirror.referrers import Finder
+from mirror.registry.client import Client
 from mirror.resolve import ImagePlan, resolve
 from mirror.store.blobs import _IO_POOL, BlobStore
 
@@ -90,106 +84,6 @@ class PullOptions:
     referrer_types: tuple[str, ...] = ()
 
 
-class _Fetcher:
-    """Gets each digest once per run (a shared task), skipping what the store holds, and puts
-    it in the bundle being assembled: teed while it downloads, else copied from the cache."""
-
-    def __init__(self, client: Client, store: BlobStore, jobs: int, progress: Progress) -> None:
-        self.client = client
-        self.store = store
-        self.sem = asyncio.Semaphore(jobs)
-        self.progress = progress
-        self.tasks: dict[str, asyncio.Task[bool]] = {}
-        self.placing: dict[str, asyncio.Task[None]] = {}
-        self.fetched: set[str] = set()
-        self.reused: set[str] = set()
-        self.teed: set[str] = set()
-        self.owner: dict[str, int] = {}  # digest -> the image that first asked for it
-        self.assembler: Assembler | None = None
-
-    def fetch(self, registry: str, repo: str, desc: Descriptor, owner: int) -> asyncio.Task[bool]:
-        task = self.tasks.get(desc.digest)
-        if task is None or (task.done() and (task.cancelled() or task.exception())):
-            task = asyncio.ensure_future(self._fetch(registry, repo, desc))
-            self.tasks[desc.digest] = task
-            self.owner.setdefault(desc.digest, owner)
-        return task
-
-    async def _fetch(self, registry: str, repo: str, desc: Descriptor) -> bool:
-        if self.store.has(desc.digest, desc.size):
-            self.store.touch(desc.digest)
-            self.reused.add(desc.digest)
-            self.progress.advanced(desc.size)
-            return False
-        async with self.sem:
-            sink = self.store.partial(desc.digest, desc.size,
-                                      f"{registry}/{repo}@{desc.digest}")
-            sink.tee = self.assembler.tee(desc.digest) if self.assembler else None
-            offset = await asyncio.get_running_loop().run_in_executor(_IO_POOL, sink.open)
-            if offset:
-                self.progress.debug(f"resuming {desc.digest} at byte {offset}")
-                self.progress.advanced(offset)
-            try:
-                try:
-                    await self.client.download_blob(registry, repo, desc, sink,
-                                                    progress=self.progress.advanced)
-                except RegistryError:
-                    if not desc.urls:  # a foreign layer (issue 4): then try its urls
-                        raise
-                    await download_url(self.client, desc, sink, self.progress.advanced)
-            finally:
-                sink.close()
-        self.fetched.add(desc.digest)
-        if sink.tee is not None:
-            self.teed.add(desc.digest)
-        return True
-
-    async def config_bytes(self, registry: str, repo: str, desc: Descriptor,
-                           owner: int = -1) -> bytes:
-        """A config, from the cache (checked: cache entries are verified when reused)."""
-        for attempt in (1, 2):
-            await self.fetch(registry, repo, desc, owner)
-            data = self.store.read(desc.digest)
-            try:
-                check_bytes(data, desc.digest, desc.size, f"cache {self.store.path(desc.digest)}")
-                return data
-            except IntegrityError:
-                self.forget(desc.digest)
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    def forget(self, digest: str) -> None:
-        """A damaged cache entry: drop it, so the next fetch downloads it again."""
-        self.store.evict(digest)
-        self.reused.discard(digest)
-        self.tasks.pop(digest, None)
-
-    def place(self, registry: str, repo: str, desc: Descriptor, owner: int) -> asyncio.Task[None]:
-        """Fetch, then make sure the blob is in the bundle being assembled (once)."""
-        task = self.placing.get(desc.digest)
-        if task is None or (task.done() and (task.cancelled() or task.exception())):
-            task = asyncio.ensure_future(self._place(registry, repo, desc, owner))
-            self.placing[desc.digest] = task
-        return task
-
-    async def _place(self, registry: str, repo: str, desc: Descriptor, owner: int) -> None:
-        for attempt in (1, 2):
-            await self.fetch(registry, repo, desc, owner)
-            if self.assembler is None or desc.digest in self.teed:
-                return
-            path = self.store.path(desc.digest)
-            verify = desc.digest not in self.fetched  # reused: verify; fetched: just checked
-            try:
-                await asyncio.get_running_loop().run_in_executor(
-                    _IO_POOL, self.assembler.copy_cached, desc.digest, path, verify)
-                return
-            except IntegrityError:
-                self.forget(desc.digest)  # and fetch it again, once
-                if attempt == 2:
-                    raise
-
-
 async def pull(client: Client, store: BlobStore, specs: list[ImageSpec], opts: PullOptions,
                progress: Progress | None = None) -> PullResult:
     """Resolve every image, then fetch and assemble the bundle.
@@ -212,7 +106,7 @@ class _Run:
                  opts: PullOptions, progress: Progress) -> None:
         self.client, self.store, self.specs, self.opts = client, store, specs, opts
         self.progress = progress
-        self.fetcher = _Fetcher(client, store, opts.jobs, progress)
+        self.fetcher = Fetcher(client, store, opts.jobs, progress)
         self.finder = Finder(client)
         self.sem = asyncio.Semaphore(max(2, opts.jobs))
         self.results = [ImageResult(str(s.reference), s.where) for s in specs]
@@ -381,7 +275,7 @@ class _Run:
         return result
 
 
-def _account(res: ImageResult, plan: ImagePlan, need: list[Descriptor], fetcher: _Fetcher,
+def _account(res: ImageResult, plan: ImagePlan, need: list[Descriptor], fetcher: Fetcher,
              i: int) -> None:
     """Bytes this image brought in: a blob fetched for several images counts for the first
     one that asked for it (so the totals are the bytes that really crossed the network)."""
@@ -430,75 +324,3 @@ def _summary_line(plan: ImagePlan, res: ImageResult) -> str:
         s += f"; {len(plan.referrers)} referrer(s) ({', '.join(kinds)})"
     s += f"; {res.bytes_fetched} bytes fetched, {res.bytes_reused} reused"
     return s
-
-
-def entries_for(plans: list[ImagePlan]) -> list[Entry]:
-    entries: dict[str, Entry] = {}
-    for p in plans:
-        ann = {A_INDEX_MODE: p.mode}
-        if p.platforms:
-            ann[A_PLATFORMS] = ",".join(dict.fromkeys(p.platforms))
-        if p.root.digest != p.source_digest:
-            ann[A_SOURCE_DIGEST] = p.source_digest
-        if p.conversions:
-            ann[A_CONVERSIONS] = ",".join(f"{o}>{n}" for o, n in p.conversions.items())
-        entries[p.name] = Entry(p.name, p.root.media_type, p.root.digest, p.root.size, ann)
-        for r in p.referrers:
-            ref = p.spec.reference
-            name = f"{ref.name}:{r.tag}" if r.tag else f"{ref.name}@{r.manifest.digest}"
-            m = r.manifest
-            entries[name] = Entry(name, m.media_type, m.digest, m.size,
-                                  {A_SUBJECT: r.subject, A_KIND: r.kind})
-    return list(entries.values())
-
-
-@dataclass
-class BundleLayout:
-    index: bytes
-    inventory: bytes
-    manifests: list[tuple[str, bytes]]  # in tar order
-    blobs: list[BlobItem]  # in tar order (verify flags set by the writer's caller)
-
-
-def bundle_layout(plans: list[ImagePlan], opts: PullOptions, *, partial: bool) -> BundleLayout:
-    """What the bundle holds, in its fixed order: the same plans give the same bytes."""
-    manifests: dict[str, bytes] = {}
-    blobs: dict[str, int] = {}
-    inv = Inventory(partial=partial, base=opts.base_digest, base_name=opts.base_name)
-    for p in plans:
-        for m in p.manifest_order():
-            manifests[m.digest] = m.data
-        for r in p.referrers:
-            manifests[r.manifest.digest] = r.manifest.data
-        for d in p.blobs.values():
-            inv.blobs[d.digest] = d.size
-            if opts.base_blobs and d.digest in opts.base_blobs:
-                inv.absent[d.digest] = "base"
-            else:
-                blobs[d.digest] = d.size
-        for digest, reason in p.absent.items():
-            inv.absent.setdefault(digest, reason)
-        inv.conversions.update(p.conversions)
-    inv.manifests = sorted(manifests)
-    return BundleLayout(index_json(entries_for(plans)), inv.to_bytes(),
-                        [(d, manifests[d]) for d in inv.manifests],
-                        [BlobItem(d, size, verify=True) for d, size in sorted(blobs.items())])
-
-
-def write_plans(plans: list[ImagePlan], store: BlobStore, opts: PullOptions,
-                fresh: set[str], progress: Progress, *, partial: bool,
-                stop: threading.Event | None = None) -> tuple[str, bool]:
-    """Write the bundle from the store in one pass (a .tar.zst, or after a late failure);
-    return its digest, and True when an identical one was already there."""
-    assert opts.output is not None
-    lay = bundle_layout(plans, opts, partial=partial)
-    items = [BlobItem(b.digest, b.size, verify=b.digest not in fresh) for b in lay.blobs]
-    size = None if opts.compress else tar_size(lay.index, lay.inventory, lay.manifests, items)
-    same = unchanged(opts.output, lay.index, lay.inventory, size)
-    if same:
-        return same, True
-    progress.total(sum(b.size for b in items))
-    return write_bundle(
-        opts.output, index_json=lay.index, inventory_json=lay.inventory,
-        manifests=lay.manifests, blobs=items, store=store, compress=opts.compress,
-        stop=stop), False

@@ -1,27 +1,27 @@
-"""The distribution API as we use it: manifests, blobs (resumable downloads, uploads, mounts),
-tags. Raw manifest bytes in, raw manifest bytes out."""
+"""The distribution API as we use it: manifests, tags, blob downloads (resumable, redirects
+followed without credentials); uploads and mounts are in mirror.registry.upload. Raw manifest
+bytes in, raw manifest bytes out."""
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urlencode, urljoin
+from urllib.parse import urljoin
 
 import aiohttp
 import yarl
 
 from mirror import mediatypes as mt
 from mirror.digest import check_bytes
-from mirror.errors import IntegrityError, NotFound, RateLimited, RegistryError, SizeMismatch
+from mirror.errors import IntegrityError, NotFound, RegistryError, SizeMismatch
 from mirror.manifest import MAX_MANIFEST_BYTES, Descriptor, RawManifest
 from mirror.registry.body import read_body
 from mirror.registry.transport import Transport, describe_exception
+from mirror.registry.upload import Uploads
 from mirror.store.blobs import PartialBlob
 
-MONOLITHIC_MAX = 16 << 20  # blobs up to this size go in one PUT; larger ones in PATCH chunks
-UPLOAD_CHUNK = 16 << 20  # raised to the registry's OCI-Chunk-Min-Length when it asks
 PROGRESS_BYTES = 64 << 10  # a broken download that got this far starts a fresh retry count
 REDIRECTS = (301, 302, 303, 307, 308)
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -34,10 +34,9 @@ class ManifestHead:
     size: int | None
 
 
-BodyFactory = Callable[[int], AsyncIterator[bytes]]  # offset -> chunks from that offset
 
 
-class Client:
+class Client(Uploads):
     """Operations on repositories of any registry, through one Transport."""
 
     def __init__(self, transport: Transport) -> None:
@@ -285,165 +284,6 @@ class Client:
         if sink.offset < desc.size:
             raise _Retry(f"body ended at byte {sink.offset} of {desc.size}")
 
-    async def mount_blob(self, registry: str, repo: str, desc: Descriptor,
-                         from_repo: str) -> str | None:
-        """Cross-repository mount: None when mounted, else the Location of an upload session
-        to push the blob into (the registry's 202 answer, or a fresh session when the mount
-        request failed: ggcr does the same)."""
-        q = urlencode({"mount": desc.digest, "from": from_repo})
-        try:
-            resp = await self.t.request(
-                registry, "POST", f"/v2/{repo}/blobs/uploads/?{q}", repository=repo,
-                actions="pull,push", extra_scopes=(f"repository:{from_repo}:pull",),
-                ok=(201, 202), what=f"mount blob {desc.digest} from {from_repo}",
-                allow_redirects=False)
-        except RateLimited:
-            raise
-        except RegistryError:
-            # no mount (no read access to the source, an old registry): push it instead
-            return await self._start_upload(registry, repo)
-        async with resp:
-            if resp.status == 201:
-                return None
-            return self._location(resp)
-
-    async def upload_blob(self, registry: str, repo: str, desc: Descriptor,
-                          body: BodyFactory, *, seekable: bool,
-                          location: str | None = None) -> None:
-        """Push a blob: one PUT up to MONOLITHIC_MAX, PATCH chunks above.
-
-        A failed chunk of a seekable source is resumed from the offset the registry reports
-        (GET on the session); anything else that fails with a retryable cause restarts the
-        upload in a new session (the old one is cancelled), with back-off, bounded by the
-        retry policy. A non-seekable source (a compressed bundle's stream) can't be replayed:
-        its failure is final.
-        """
-        failures = 0
-        while True:
-            if location is None:
-                location = await self._start_upload(registry, repo)
-            try:
-                if desc.size <= MONOLITHIC_MAX:
-                    await self._put_final(registry, repo, location, desc, body(0), desc.size)
-                else:
-                    await self._chunked(registry, repo, location, desc, body, seekable)
-                self.bytes_uploaded += desc.size
-                return
-            except RegistryError as e:
-                failures += 1
-                if not seekable or failures >= self.t.policy.tries or not _restartable(e):
-                    raise
-                self.t.retries += 1
-                await self._cancel_upload(registry, repo, location)
-                location = None
-                await asyncio.sleep(self.t.policy.delay(failures))
-
-    async def _start_upload(self, registry: str, repo: str) -> str:
-        resp = await self.t.request(registry, "POST", f"/v2/{repo}/blobs/uploads/",
-                                    repository=repo, actions="pull,push", ok=(202,),
-                                    what="start blob upload", allow_redirects=False)
-        async with resp:
-            min_len = resp.headers.get("OCI-Chunk-Min-Length", "")
-            if min_len.isdigit():
-                self._min_chunk[registry] = int(min_len)
-            return self._location(resp)
-
-    async def _cancel_upload(self, registry: str, repo: str, location: str) -> None:
-        """DELETE an abandoned session (best effort; registries expire them anyway)."""
-        try:
-            resp = await self.t.request(registry, "DELETE", location, repository=repo,
-                                        actions="pull,push", ok=(202, 204), retry=False,
-                                        what="cancel blob upload", allow_redirects=False)
-            resp.release()
-        except RegistryError:
-            pass
-
-    def _location(self, resp: aiohttp.ClientResponse) -> str:
-        loc = resp.headers.get("Location")
-        if not loc:
-            raise RegistryError(f"{resp.url.host}: upload answer without a Location header")
-        return urljoin(str(resp.url), loc)
-
-    async def _put_final(self, registry: str, repo: str, location: str, desc: Descriptor,
-                         chunks: AsyncIterator[bytes] | None, length: int) -> None:
-        sep = "&" if "?" in location else "?"
-        url = f"{location}{sep}{urlencode({'digest': desc.digest})}"
-        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length)}
-        try:
-            resp = await self.t.request(
-                registry, "PUT", url, repository=repo, actions="pull,push", headers=headers,
-                data=chunks if chunks is not None else b"", ok=(201, 204),
-                what=f"upload blob {desc.digest}", allow_redirects=False, retry=False)
-        except RegistryError as e:
-            if e.status == 400 and "DIGEST_INVALID" in e.codes:
-                # the bytes we sent do not hash to the digest: bad source bytes, not a
-                # registry hiccup (a stream check may not have had its say yet)
-                raise IntegrityError(f"{e} (the uploaded bytes do not match the digest)") \
-                    from None
-            raise
-        async with resp:
-            got = resp.headers.get("Docker-Content-Digest")
-        if got and got != desc.digest:
-            raise IntegrityError(f"{registry}/{repo}: registry stored blob {desc.digest} as "
-                                 f"{got}")
-
-    async def _chunked(self, registry: str, repo: str, location: str, desc: Descriptor,
-                       body: BodyFactory, seekable: bool) -> None:
-        offset = 0
-        chunk_size = max(UPLOAD_CHUNK, self._min_chunk.get(registry, 0))
-        stream = _Stream(body(0))
-        failures = 0
-        while offset < desc.size:
-            n = min(chunk_size, desc.size - offset)
-            headers = {"Content-Type": "application/octet-stream",
-                       "Content-Range": f"{offset}-{offset + n - 1}",
-                       "Content-Length": str(n)}
-            try:
-                resp = await self.t.request(
-                    registry, "PATCH", location, repository=repo, actions="pull,push",
-                    headers=headers, data=stream.take(n), ok=(202, 201),
-                    what=f"upload blob {desc.digest} (bytes {offset}-{offset + n - 1})",
-                    allow_redirects=False, retry=False)
-            except RegistryError as e:
-                failures += 1
-                if not seekable or failures >= self.t.policy.tries or not _restartable(e):
-                    raise
-                self.t.retries += 1
-                await asyncio.sleep(self.t.policy.delay(failures))
-                # where did the registry get to? resume from there with a fresh stream
-                location, offset = await self._upload_status(registry, repo, location)
-                await stream.close()
-                stream = _Stream(body(offset))
-                continue
-            async with resp:
-                location = self._location(resp)
-                min_len = resp.headers.get("OCI-Chunk-Min-Length", "")
-            if min_len.isdigit():
-                chunk_size = max(chunk_size, int(min_len))
-            offset += n
-        await stream.close()
-        await self._put_final(registry, repo, location, desc, None, 0)
-
-    async def _upload_status(self, registry: str, repo: str, location: str) -> tuple[str, int]:
-        resp = await self.t.request(registry, "GET", location, repository=repo,
-                                    actions="pull,push", ok=(204,), what="upload status",
-                                    allow_redirects=False)
-        async with resp:
-            rng = resp.headers.get("Range", "0-0")
-            loc = self._location(resp)
-        end = int(rng.split("-")[-1]) if "-" in rng else 0
-        # distribution answers 0-0 both for nothing and for one byte; re-send from 0 then
-        return loc, (end + 1 if end > 0 else 0)
-
-
-def _restartable(e: RegistryError) -> bool:
-    """Worth another try: no status (connection), 401 (token expired mid-upload), an upload
-    session the registry lost (404, 416), or a transient status."""
-    if isinstance(e, NotFound) and e.codes and "BLOB_UPLOAD_UNKNOWN" not in e.codes:
-        return False
-    return e.status is None or e.status in (401, 404, 408, 416, 429) or e.status >= 500
-
-
 class _Retry(Exception):
     pass
 
@@ -455,101 +295,3 @@ async def _settle(sink: PartialBlob) -> None:
         raise
     except Exception:
         pass
-
-
-class _Stream:
-    """An async byte stream that can be cut into exact-length pieces (upload chunks)."""
-
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
-        self._it = chunks
-        self._carry = b""
-
-    async def close(self) -> None:
-        aclose = getattr(self._it, "aclose", None)
-        if aclose is not None:
-            try:
-                await aclose()
-            except Exception:
-                pass
-
-    async def take(self, n: int) -> AsyncIterator[bytes]:
-        left = n
-        while left > 0:
-            if self._carry:
-                chunk, self._carry = self._carry, b""
-            else:
-                try:
-                    chunk = await self._it.__anext__()
-                except StopAsyncIteration:
-                    return
-            if len(chunk) > left:
-                chunk, self._carry = chunk[:left], chunk[left:]
-            left -= len(chunk)
-            yield chunk
-
-
-async def download_url(client: Client, desc: Descriptor, sink: PartialBlob,
-                       progress: Callable[[int], None] | None = None) -> None:
-    """Fetch a foreign layer from its descriptor's `urls` (REFERENCE.md 3) into `sink`.
-
-    Each URL in turn, with retries and Range resumption like `Client.download_blob`; the
-    request carries no registry credentials (a plain GET on the run's session, whose auth
-    lives only in `Transport.request`). The sink checks the size as bytes arrive and the
-    digest at commit; a URL that serves other bytes is dropped for the next one. When none
-    serves it, raise IntegrityError if every URL served other bytes, NotFound if every URL
-    answered 404, else RegistryError; the message lists what each URL did.
-    """
-    t = client.t
-    problems: list[str] = []
-    statuses: list[int] = []
-    mismatches = 0
-    for url in desc.urls:
-        if not url.startswith(("http://", "https://")):
-            problems.append(f"{url}: not an http(s) URL")
-            continue
-        attempt = 0
-        while True:
-            offset = before = sink.offset
-            headers = {"Accept-Encoding": "identity"}
-            if offset:
-                headers["Range"] = f"bytes={offset}-"
-            try:
-                async with t.session.get(url, headers=headers, allow_redirects=True) as resp:
-                    if resp.status not in (200, 206):
-                        if resp.status in t.policy.statuses and attempt + 1 < t.policy.tries:
-                            raise _Retry(f"HTTP {resp.status}")
-                        statuses.append(resp.status)
-                        problems.append(f"{url}: HTTP {resp.status}")
-                        break
-                    await client.receive(resp, desc, sink, offset, progress, url)
-                await sink.commit()
-                return
-            except aiohttp.InvalidURL:
-                problems.append(f"{url}: not a valid URL")
-                break
-            except IntegrityError as e:  # too long, or other bytes: try the next URL
-                problems.append(f"{url}: {e}")
-                mismatches += 1
-                sink.discard()
-                sink.open()
-                break
-            except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
-                    _Retry) as e:
-                await _settle(sink)
-                if sink.offset > before:
-                    attempt = 0
-                attempt += 1
-                if attempt >= t.policy.tries:
-                    problems.append(f"{url}: {describe_exception(e)} after {attempt} tries")
-                    break
-                t.retries += 1
-                await asyncio.sleep(t.policy.delay(attempt))
-    text = (f"foreign layer {desc.digest}: the registry does not serve it and none of its "
-            f"urls did: {'; '.join(problems) or 'no urls'}")
-    hint = ("make one of the urls reachable from here, or set `foreign_layers: skip` to carry "
-            "only the descriptor")
-    if problems and mismatches == len(problems):
-        raise IntegrityError(text, hint=hint)
-    if problems and statuses.count(404) == len(problems):
-        raise NotFound(text, hint=hint)
-    raise RegistryError(text, hint=hint)

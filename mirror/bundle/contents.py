@@ -1,0 +1,99 @@
+"""What a bundle holds, from the resolved images: index.json entries, the mirror.json
+inventory, the manifests and blobs in their fixed tar order; and the one-pass writer used for
+.tar.zst output (and after a late failure) instead of the assembler."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from mirror.bundle.layout import (
+    A_CONVERSIONS,
+    A_INDEX_MODE,
+    A_PLATFORMS,
+    A_SOURCE_DIGEST,
+    Entry,
+    Inventory,
+    index_json,
+)
+from mirror.bundle.writer import BlobItem, tar_size, unchanged, write_bundle
+from mirror.progress import Progress
+from mirror.referrers import A_KIND, A_SUBJECT
+from mirror.resolve import ImagePlan
+from mirror.store.blobs import BlobStore
+
+if TYPE_CHECKING:
+    from mirror.pull import PullOptions
+
+
+def entries_for(plans: list[ImagePlan]) -> list[Entry]:
+    entries: dict[str, Entry] = {}
+    for p in plans:
+        ann = {A_INDEX_MODE: p.mode}
+        if p.platforms:
+            ann[A_PLATFORMS] = ",".join(dict.fromkeys(p.platforms))
+        if p.root.digest != p.source_digest:
+            ann[A_SOURCE_DIGEST] = p.source_digest
+        if p.conversions:
+            ann[A_CONVERSIONS] = ",".join(f"{o}>{n}" for o, n in p.conversions.items())
+        entries[p.name] = Entry(p.name, p.root.media_type, p.root.digest, p.root.size, ann)
+        for r in p.referrers:
+            ref = p.spec.reference
+            name = f"{ref.name}:{r.tag}" if r.tag else f"{ref.name}@{r.manifest.digest}"
+            m = r.manifest
+            entries[name] = Entry(name, m.media_type, m.digest, m.size,
+                                  {A_SUBJECT: r.subject, A_KIND: r.kind})
+    return list(entries.values())
+
+
+@dataclass
+class BundleLayout:
+    index: bytes
+    inventory: bytes
+    manifests: list[tuple[str, bytes]]  # in tar order
+    blobs: list[BlobItem]  # in tar order (verify flags set by the writer's caller)
+
+
+def bundle_layout(plans: list[ImagePlan], opts: PullOptions, *, partial: bool) -> BundleLayout:
+    """What the bundle holds, in its fixed order: the same plans give the same bytes."""
+    manifests: dict[str, bytes] = {}
+    blobs: dict[str, int] = {}
+    inv = Inventory(partial=partial, base=opts.base_digest, base_name=opts.base_name)
+    for p in plans:
+        for m in p.manifest_order():
+            manifests[m.digest] = m.data
+        for r in p.referrers:
+            manifests[r.manifest.digest] = r.manifest.data
+        for d in p.blobs.values():
+            inv.blobs[d.digest] = d.size
+            if opts.base_blobs and d.digest in opts.base_blobs:
+                inv.absent[d.digest] = "base"
+            else:
+                blobs[d.digest] = d.size
+        for digest, reason in p.absent.items():
+            inv.absent.setdefault(digest, reason)
+        inv.conversions.update(p.conversions)
+    inv.manifests = sorted(manifests)
+    return BundleLayout(index_json(entries_for(plans)), inv.to_bytes(),
+                        [(d, manifests[d]) for d in inv.manifests],
+                        [BlobItem(d, size, verify=True) for d, size in sorted(blobs.items())])
+
+
+def write_plans(plans: list[ImagePlan], store: BlobStore, opts: PullOptions,
+                fresh: set[str], progress: Progress, *, partial: bool,
+                stop: threading.Event | None = None) -> tuple[str, bool]:
+    """Write the bundle from the store in one pass (a .tar.zst, or after a late failure);
+    return its digest, and True when an identical one was already there."""
+    assert opts.output is not None
+    lay = bundle_layout(plans, opts, partial=partial)
+    items = [BlobItem(b.digest, b.size, verify=b.digest not in fresh) for b in lay.blobs]
+    size = None if opts.compress else tar_size(lay.index, lay.inventory, lay.manifests, items)
+    same = unchanged(opts.output, lay.index, lay.inventory, size)
+    if same:
+        return same, True
+    progress.total(sum(b.size for b in items))
+    return write_bundle(
+        opts.output, index_json=lay.index, inventory_json=lay.inventory,
+        manifests=lay.manifests, blobs=items, store=store, compress=opts.compress,
+        stop=stop), False

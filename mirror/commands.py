@@ -1,0 +1,340 @@
+"""The commands behind the CLI: each turns parsed arguments into a run and prints its
+outcome. The parser and the mapping of errors to exit codes stay in mirror.cli."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from mirror.config import Config, ImageSettings, ImageSpec, load_config
+from mirror.errors import EXIT_PARTIAL, MirrorError, UsageError
+from mirror.platform import PlatformSelector
+from mirror.reference import Reference
+from mirror.registry.credentials import CredentialStore
+from mirror.registry.transport import RegistrySettings, RetryPolicy, Timeouts, Transport
+
+DEFAULT_OUTPUT = Path("bundles/mirror.tar")
+
+
+def _host_values(values: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for v in values:
+        host, sep, val = v.partition("=")
+        if not sep or not host or not val:
+            raise UsageError(f"{flag} {v!r}: expected HOST=VALUE")
+        out[host] = val
+    return out
+
+
+def _transport(args: argparse.Namespace, cfg: Config | None) -> Transport:
+    settings: dict[str, RegistrySettings] = dict(cfg.registries) if cfg else {}
+    for host in args.insecure_registry:
+        settings[host] = replace(settings.get(host, RegistrySettings()), insecure=True)
+    for host, path in _host_values(args.ca_file, "--ca-file").items():
+        settings[host] = replace(settings.get(host, RegistrySettings()), ca_file=path)
+    for host, pair in _host_values(args.client_cert, "--client-cert").items():
+        cert, _, key = pair.partition(",")
+        settings[host] = replace(settings.get(host, RegistrySettings()), client_cert=cert,
+                                 client_key=key or None)
+    if args.retries < 1 or args.jobs < 1:
+        raise UsageError("--retries and --jobs must be at least 1")
+    creds = CredentialStore(cfg.logins if cfg else None, args.authfile)
+    return Transport(settings=settings, credentials=creds,
+                     policy=RetryPolicy(tries=args.retries),
+                     timeouts=Timeouts(args.connect_timeout, args.read_timeout), jobs=args.jobs)
+
+
+def _specs(args: argparse.Namespace) -> tuple[list[ImageSpec], Config | None]:
+    cfg = load_config(args.file) if args.file else None
+    base = cfg.defaults if cfg else ImageSettings()
+    specs = list(cfg.images) if cfg else []
+    specs += [ImageSpec(Reference.parse(t), base, "command line") for t in args.images]
+    if not specs:
+        raise UsageError("no images: give -f images.yaml or image references")
+    over: dict = {}
+    if args.platform:
+        over["platforms"] = PlatformSelector.parse(args.platform)
+    if args.index:
+        over["index"] = args.index
+    if args.format:
+        over["format"] = args.format
+    if getattr(args, "foreign_layers", None):
+        over["foreign_layers"] = args.foreign_layers
+    if over:
+        specs = [replace(s, settings=replace(s.settings, **over)) for s in specs]
+    if getattr(args, "locked", False):
+        from mirror.lockfile import Lock
+
+        path = _lock_path(args)
+        if path is None:
+            raise UsageError("--locked needs -f images.yaml or --lock-file")
+        lock = Lock.read(path)
+        pinned = []
+        for spec in specs:
+            entry = lock.images.get(str(spec.reference))
+            if not isinstance(entry, dict) or not isinstance(entry.get("sourceDigest"), str):
+                raise UsageError(f"{spec.reference} is not in {path}",
+                                 hint="run `mirror lock` (or pull without --locked) to update it")
+            pinned.append(replace(spec, pin=entry["sourceDigest"]))
+        specs = pinned
+    return specs, cfg
+
+
+def _lock_path(args: argparse.Namespace) -> Path | None:
+    from mirror.lockfile import default_lock_path
+
+    return args.lock_file or default_lock_path(args.file)
+
+
+def _write_lock(args: argparse.Namespace, result) -> Path | None:
+    from mirror.lockfile import Lock
+
+    path = _lock_path(args)
+    if path is None or getattr(args, "locked", False):
+        return None
+    lock = Lock(blobs=result.blobs)
+    if path.exists():  # an image that failed this time keeps its last good entry
+        try:
+            old = Lock.read(path)
+        except MirrorError:
+            old = Lock()
+        for r in result.images:
+            if r.error and r.reference in old.images:
+                lock.images[r.reference] = old.images[r.reference]
+    for r in result.images:
+        if r.error:
+            continue
+        lock.images[r.reference] = {
+            "sourceDigest": r.source_digest, "digest": r.digest,
+            "platforms": r.platform_digests, "manifests": r.manifests,
+            "conversions": r.conversions}
+    if not lock.images:
+        return None
+    lock.write(path)
+    return path
+
+
+def _base(args: argparse.Namespace) -> tuple[dict[str, int] | None, str | None, str | None]:
+    """Blobs an earlier bundle (or lock file) carried, and that base's digest."""
+    if not args.base:
+        return None, None, None
+    from mirror.bundle.reader import Bundle
+    from mirror.lockfile import Lock, is_lock_file
+    from mirror.store.blobs import sha256_file
+
+    path: Path = args.base
+    if not path.exists():
+        raise UsageError(f"--base {path}: no such file")
+    if is_lock_file(path):
+        return Lock.read(path).blobs, sha256_file(path), path.name
+    side = path.with_name(path.name + ".sha256")
+    digest = None
+    if side.exists() and side.stat().st_mtime >= path.stat().st_mtime:
+        digest = "sha256:" + side.read_text().split()[0]
+    contents = Bundle(path).scan()
+    return dict(contents.members), digest or sha256_file(path), path.name
+
+
+def _pull_report(result) -> dict:
+    if result is None:
+        return {"images": []}
+    return {"bundle": str(result.bundle) if result.bundle else None,
+            "bundle_digest": result.bundle_digest, "partial": result.partial,
+            "bundle_unchanged": result.unchanged,
+            "bytes_fetched": result.bytes_fetched, "bytes_reused": result.bytes_reused,
+            "blobs_fetched": result.blobs_fetched, "blobs_reused": result.blobs_reused,
+            "retries": result.retries, "images": [asdict(r) for r in result.images]}
+
+
+def _write_report(path: str | None, doc: dict) -> None:
+    if not path:
+        return
+    p = Path(path)
+    tmp = p.with_name(p.name + ".partial")
+    try:
+        tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        tmp.replace(p)
+    except OSError as e:
+        raise MirrorError(f"{p}: cannot write the report: {e.strerror}") from None
+
+
+async def _pull(args: argparse.Namespace, progress) -> int:
+    from mirror.pull import PullOptions, pull
+    from mirror.registry.client import Client
+    from mirror.store.blobs import BlobStore, default_cache_dir
+    from mirror.store.lock import RunLock
+
+    specs, cfg = _specs(args)
+    out: Path = args.output or DEFAULT_OUTPUT
+    compress = args.compress == "zstd" or (args.compress is None and out.name.endswith(".zst"))
+    cache = args.cache or default_cache_dir()
+    base_blobs, base_digest, base_name = _base(args)
+    opts = PullOptions(output=None if args.dry_run else out, compress=compress, jobs=args.jobs,
+                       keep_going=args.keep_going, dry_run=args.dry_run,
+                       base_blobs=base_blobs, base_digest=base_digest, base_name=base_name,
+                       referrers=not args.no_referrers,
+                       referrer_types=tuple(args.referrer_type))
+    try:
+        with RunLock(Path(cache) / "lock", f"cache {cache}"), \
+                RunLock(out.with_name(out.name + ".lock"), f"output {out}"):
+            store = BlobStore(cache)
+            async with _transport(args, cfg) as t:
+                result = await pull(Client(t), store, specs, opts, progress)
+    except MirrorError as e:  # the report says what failed, and what was done before
+        _write_report(args.report, {"command": "pull", "error": str(e),
+                                    "exit_code": e.exit_code, **_pull_report(
+                                        getattr(e, "pull_result", None))})
+        raise
+    report = {"command": "pull", "error": None,
+              "exit_code": EXIT_PARTIAL if result.partial else 0, **_pull_report(result)}
+    _write_report(args.report, report)
+    if not args.dry_run and result.bundle:
+        lock = _write_lock(args, result)
+        if lock:
+            progress.info(f"wrote {lock}")
+    if args.dry_run:
+        for r in result.images:
+            if not r.error:
+                print(f"{r.reference}\t{r.digest}\t{','.join(r.platforms)}")
+        print(f"would fetch up to {result.dry_run_bytes} bytes "
+              f"({result.bytes_reused} already in the cache)")
+    elif result.bundle:
+        print(f"{result.bundle}\t{result.bundle_digest}")
+        verb = "unchanged (already holds exactly these images)" if result.unchanged else "wrote"
+        progress.info(f"{verb} {result.bundle}: "
+                      f"{len([r for r in result.images if not r.error])}"
+                      f" image(s), {result.blobs_fetched} blob(s) fetched "
+                      f"({result.bytes_fetched} bytes), {result.blobs_reused} reused, "
+                      f"{result.retries} retries")
+    if result.partial:
+        failed = [r for r in result.images if r.error]
+        progress.warn(f"{len(failed)} of {len(result.images)} image(s) failed; the bundle is "
+                      "partial")
+        return EXIT_PARTIAL
+    return 0
+
+
+async def _load(args: argparse.Namespace, progress) -> int:
+    from mirror.bundle.reader import Bundle
+    from mirror.load import Target, load
+    from mirror.registry.client import Client
+
+    target = Target.parse(args.to)
+    bundle = Bundle(args.bundle)
+    async with _transport(args, None) as t:
+        result = await load(Client(t), bundle, target, jobs=args.jobs, dry_run=args.dry_run,
+                            progress=progress)
+        retries = t.retries
+    _write_report(args.report, {
+        "command": "load", "bundle": str(args.bundle), "target": args.to,
+        "blobs_pushed": result.blobs_pushed, "blobs_mounted": result.blobs_mounted,
+        "blobs_present": result.blobs_present, "bytes_pushed": result.bytes_pushed,
+        "manifests_pushed": result.manifests_pushed, "tags": result.tags, "retries": retries,
+        "dry_run": result.dry_run})
+    if args.dry_run:
+        for line in result.dry_run:
+            print(line)
+        return 0
+    for tag in result.tags:
+        print(tag)
+    progress.info(f"loaded {args.bundle}: {result.blobs_pushed} blob(s) pushed "
+                  f"({result.bytes_pushed} bytes), {result.blobs_mounted} mounted, "
+                  f"{result.blobs_present} already present, {result.manifests_pushed} "
+                  f"manifest(s), {len(result.tags)} tag(s)")
+    return 0
+
+
+async def _verify(args: argparse.Namespace, progress) -> int:
+    from mirror.verify import verify_bundle
+
+    problems, structural = await asyncio.to_thread(verify_bundle, args.bundle)
+    _write_report(args.report, {"command": "verify", "bundle": str(args.bundle),
+                                "problems": problems, "ok": not problems})
+    if problems:
+        for p in problems:
+            print(f"{args.bundle}: {p}")
+        from mirror.errors import BundleError, IntegrityError
+
+        err = BundleError if structural else IntegrityError
+        raise err(f"{args.bundle}: {len(problems)} problem(s) found")
+    print(f"{args.bundle}: OK")
+    return 0
+
+
+async def _inspect(args: argparse.Namespace, progress) -> int:
+    from mirror.inspect import inspect_target
+
+    text = await inspect_target(args, lambda: _transport(args, None))
+    print(text)
+    return 0
+
+
+async def _lock(args: argparse.Namespace, progress) -> int:
+    from mirror.pull import PullOptions, pull
+    from mirror.registry.client import Client
+    from mirror.store.blobs import BlobStore, default_cache_dir
+
+    args.locked = False
+    specs, cfg = _specs(args)
+    if _lock_path(args) is None:
+        raise UsageError("mirror lock needs -f images.yaml or --lock-file")
+    from mirror.store.lock import RunLock
+
+    cache = args.cache or default_cache_dir()
+    with RunLock(Path(cache) / "lock", f"cache {cache}"):
+        store = BlobStore(cache)
+        async with _transport(args, cfg) as t:
+            result = await pull(Client(t), store, specs, PullOptions(
+                output=None, dry_run=True, jobs=args.jobs), progress)
+    result.bundle = Path("-")  # resolved: write the lock
+    args.dry_run = False
+    path = _write_lock(args, result)
+    print(path)
+    return 0
+
+
+def _parse_age(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    try:
+        return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+    except (ValueError, IndexError):
+        raise UsageError(f"invalid age {text!r}: e.g. 30d, 12h") from None
+
+
+def _parse_size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    t = text.strip().lower().removesuffix("b").removesuffix("i")
+    try:
+        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    except (ValueError, IndexError):
+        raise UsageError(f"invalid size {text!r}: e.g. 50G, 500M") from None
+
+
+async def _cache(args: argparse.Namespace, progress) -> int:
+    from mirror.lockfile import Lock
+    from mirror.store.blobs import BlobStore, default_cache_dir
+    from mirror.store.lock import RunLock
+
+    if not args.older_than and not args.max_size and not args.unused_by:
+        raise UsageError("cache prune needs --older-than, --max-size or --unused-by")
+    cache = args.cache or default_cache_dir()
+    keep: set[str] = set()
+    for lock in args.keep:
+        keep |= set(Lock.read(lock).blobs)
+    used: set[str] | None = None
+    for lock in args.unused_by:
+        used = (used or set()) | set(Lock.read(lock).blobs)
+    with RunLock(Path(cache) / "lock", f"cache {cache}"):
+        removed, freed = BlobStore(cache).prune(
+            older_than=_parse_age(args.older_than) if args.older_than else None,
+            max_bytes=_parse_size(args.max_size) if args.max_size else None, keep=keep,
+            unused_by=used)
+    print(f"removed {removed} blob(s), {freed} bytes from {cache}")
+    return 0
+
+
+COMMANDS = {"pull": _pull, "load": _load, "verify": _verify, "inspect": _inspect,
+            "lock": _lock, "cache": _cache}

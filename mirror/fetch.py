@@ -1,0 +1,115 @@
+"""Getting blobs: each digest once per run (a shared task), from the cache when it holds it
+(verified: cache entries are checked whenever they are reused), and into the bundle being
+assembled: teed while it downloads, else copied from the cache."""
+
+from __future__ import annotations
+
+import asyncio
+
+from mirror.bundle.assembler import Assembler
+from mirror.digest import check_bytes
+from mirror.errors import IntegrityError, RegistryError
+from mirror.manifest import Descriptor
+from mirror.progress import Progress
+from mirror.registry.client import Client
+from mirror.registry.foreign import download_url
+from mirror.store.blobs import _IO_POOL, BlobStore
+
+
+class Fetcher:
+    """One per run; shared by every image of the run."""
+
+    def __init__(self, client: Client, store: BlobStore, jobs: int, progress: Progress) -> None:
+        self.client = client
+        self.store = store
+        self.sem = asyncio.Semaphore(jobs)
+        self.progress = progress
+        self.tasks: dict[str, asyncio.Task[bool]] = {}
+        self.placing: dict[str, asyncio.Task[None]] = {}
+        self.fetched: set[str] = set()
+        self.reused: set[str] = set()
+        self.teed: set[str] = set()
+        self.owner: dict[str, int] = {}  # digest -> the image that first asked for it
+        self.assembler: Assembler | None = None
+
+    def fetch(self, registry: str, repo: str, desc: Descriptor, owner: int) -> asyncio.Task[bool]:
+        task = self.tasks.get(desc.digest)
+        if task is None or (task.done() and (task.cancelled() or task.exception())):
+            task = asyncio.ensure_future(self._fetch(registry, repo, desc))
+            self.tasks[desc.digest] = task
+            self.owner.setdefault(desc.digest, owner)
+        return task
+
+    async def _fetch(self, registry: str, repo: str, desc: Descriptor) -> bool:
+        if self.store.has(desc.digest, desc.size):
+            self.store.touch(desc.digest)
+            self.reused.add(desc.digest)
+            self.progress.advanced(desc.size)
+            return False
+        async with self.sem:
+            sink = self.store.partial(desc.digest, desc.size,
+                                      f"{registry}/{repo}@{desc.digest}")
+            sink.tee = self.assembler.tee(desc.digest) if self.assembler else None
+            offset = await asyncio.get_running_loop().run_in_executor(_IO_POOL, sink.open)
+            if offset:
+                self.progress.debug(f"resuming {desc.digest} at byte {offset}")
+                self.progress.advanced(offset)
+            try:
+                try:
+                    await self.client.download_blob(registry, repo, desc, sink,
+                                                    progress=self.progress.advanced)
+                except RegistryError:
+                    if not desc.urls:  # a foreign layer (issue 4): then try its urls
+                        raise
+                    await download_url(self.client, desc, sink, self.progress.advanced)
+            finally:
+                sink.close()
+        self.fetched.add(desc.digest)
+        if sink.tee is not None:
+            self.teed.add(desc.digest)
+        return True
+
+    async def config_bytes(self, registry: str, repo: str, desc: Descriptor,
+                           owner: int = -1) -> bytes:
+        """A config, from the cache (checked: cache entries are verified when reused)."""
+        for attempt in (1, 2):
+            await self.fetch(registry, repo, desc, owner)
+            data = self.store.read(desc.digest)
+            try:
+                check_bytes(data, desc.digest, desc.size, f"cache {self.store.path(desc.digest)}")
+                return data
+            except IntegrityError:
+                self.forget(desc.digest)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def forget(self, digest: str) -> None:
+        """A damaged cache entry: drop it, so the next fetch downloads it again."""
+        self.store.evict(digest)
+        self.reused.discard(digest)
+        self.tasks.pop(digest, None)
+
+    def place(self, registry: str, repo: str, desc: Descriptor, owner: int) -> asyncio.Task[None]:
+        """Fetch, then make sure the blob is in the bundle being assembled (once)."""
+        task = self.placing.get(desc.digest)
+        if task is None or (task.done() and (task.cancelled() or task.exception())):
+            task = asyncio.ensure_future(self._place(registry, repo, desc, owner))
+            self.placing[desc.digest] = task
+        return task
+
+    async def _place(self, registry: str, repo: str, desc: Descriptor, owner: int) -> None:
+        for attempt in (1, 2):
+            await self.fetch(registry, repo, desc, owner)
+            if self.assembler is None or desc.digest in self.teed:
+                return
+            path = self.store.path(desc.digest)
+            verify = desc.digest not in self.fetched  # reused: verify; fetched: just checked
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    _IO_POOL, self.assembler.copy_cached, desc.digest, path, verify)
+                return
+            except IntegrityError:
+                self.forget(desc.digest)  # and fetch it again, once
+                if attempt == 2:
+                    raise
