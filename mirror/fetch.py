@@ -65,7 +65,7 @@ class Fetcher:
             finally:
                 sink.close()
         self.fetched.add(desc.digest)
-        if sink.tee is not None:
+        if sink.teed:
             self.teed.add(desc.digest)
         return True
 
@@ -110,6 +110,7 @@ class Fetcher:
                     _IO_POOL, self.assembler.copy_cached, desc.digest, path, verify)
                 return
             except IntegrityError:
+                self.assembler.invalidate()  # its damaged bytes were hashed: hash again
                 self.forget(desc.digest)  # and fetch it again, once
                 if attempt == 2:
                     raise

@@ -218,10 +218,10 @@ async def load(client: Client, bundle: Bundle, target: Target, *, jobs: int = 4,
         if ok:
             result.blobs_present += 1
             continue
-        if d.digest in present_in:
+        reason = absent.get(d.digest) if d.digest not in contents.members else None
+        if d.digest in present_in and reason in (None, "base"):  # not foreign: never needed
             mounts.append((repo, d, present_in[d.digest]))
             continue
-        reason = absent.get(d.digest) if d.digest not in contents.members else None
         if reason == "base":
             missing_base.append(f"{d.digest} ({repo})")
         elif reason is None:

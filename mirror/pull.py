@@ -211,10 +211,14 @@ class _Run:
                                         blobs=[(b.digest, b.size) for b in lay.blobs])
             try:
                 await gather_or_cancel(self.fetch_one(i, p) for i, p in self.resolved())
+                # downloads only a failed image still wanted (--keep-going): stop them before
+                # the bundle is finished or rewritten, so none writes into it any more
+                await cancel_all([*f.tasks.values(), *f.placing.values()])
                 if not self.resolved() and self.first_error:
                     raise self.first_error
                 digest, same = await self.finish()
             except BaseException:
+                await cancel_all([*f.tasks.values(), *f.placing.values()])
                 if f.assembler is not None:
                     f.assembler.abort()
                 raise
@@ -228,8 +232,9 @@ class _Run:
 
     async def finish(self) -> tuple[str | None, bool]:
         """Name the assembled bundle, or write it from the store (a .tar.zst, or when an
-        image failed after the layout was fixed). Runs off the event loop; Ctrl-C stops a
-        write cleanly (nothing is renamed into place)."""
+        image failed after the layout was fixed). Runs off the event loop. Ctrl-C during a
+        one-pass write stops it cleanly (nothing is renamed into place); an assembled bundle,
+        already whole, is still named (fsync, rename, .sha256) before the run stops."""
         opts, f = self.opts, self.fetcher
         loop = asyncio.get_running_loop()
         partial = self.first_error is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -236,3 +237,24 @@ def test_inspect_reads_configs_out_of_a_zstd_bundle(src_registry, repo_name, rng
     assert doc["config"]["digest"] == img.config.digest
     assert doc["diffIds"] == [la.diff_id for la in img.layers]
     assert doc["platform"] == "linux/arm64/v8"
+
+
+def test_damaged_cache_entry_is_fetched_again_and_the_sha256_still_matches(
+        src_registry, repo_name, rng, tmp_path):
+    img = ig.make_image(rng, ig.AMD64, fmt="oci", layer_size=256 << 10)
+    push_image(src_registry.url, repo_name, img, tags=["v"])
+    ref, cache = f"{src_registry.host}/{repo_name}:v", tmp_path / "cache"
+    mirror_ok("pull", ref, "-o", tmp_path / "a.tar", "--cache", cache)
+    for layer in img.layers:  # same size, one byte different: only a hash can tell
+        path = cache / "blobs" / "sha256" / layer.digest.split(":")[1]
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    out = tmp_path / "b.tar"
+    r = mirror_ok("pull", ref, "-o", out, "--cache", cache, "--report", tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text())["bytes_fetched"] == \
+        sum(la.size for la in img.layers)
+    side = (tmp_path / "b.tar.sha256").read_text().split()[0]
+    assert side == hashlib.sha256(out.read_bytes()).hexdigest(), r.stderr
+    assert mirror_ok("verify", out)
+    check_layout(out)

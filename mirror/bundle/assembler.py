@@ -38,10 +38,17 @@ class Tee:
         self.size = size
 
     def write(self, pos: int, data: bytes | memoryview) -> None:
+        """Put `data` at byte `pos` of this blob. Raises OSError when the bundle was aborted
+        (never writes through a closed descriptor) or past the blob's end."""
         a = self.assembler
-        n = os.pwrite(a.fd, data, self.base + pos)
-        while n < len(data):  # short writes are legal
-            n += os.pwrite(a.fd, memoryview(data)[n:], self.base + pos + n)
+        if pos < 0 or pos + len(data) > self.size:
+            raise OSError(f"write of {len(data)} bytes at {pos} outside a blob of {self.size}")
+        with a.io:
+            if a.fd < 0:
+                raise OSError("the bundle was aborted")
+            n = os.pwrite(a.fd, data, self.base + pos)
+            while n < len(data):  # short writes are legal
+                n += os.pwrite(a.fd, memoryview(data)[n:], self.base + pos + n)
         a.written(self.base + pos, len(data))
 
     def copy_from(self, path: Path, start: int, end: int) -> None:
@@ -64,6 +71,16 @@ class Assembler:
         self.tmp = out.with_name(out.name + ".partial")
         out.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        # held (shared) around every use of fd; abort() takes it to close the descriptor
+        self.io = _SharedLock()
+        try:
+            self._lay_out(index_json, inventory_json, manifests, blobs)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _lay_out(self, index_json: bytes, inventory_json: bytes,
+                 manifests: list[tuple[str, bytes]], blobs: Iterable[tuple[str, int]]) -> None:
         self.offsets: dict[str, tuple[int, int]] = {}  # digest -> (data offset, size)
         head = bytearray()
 
@@ -90,6 +107,7 @@ class Assembler:
         self._hash = hashlib.sha256()
         self._invalid = False
         self._closed = False
+        self._aborted = False
         self._unflushed = 0
         self._flushing = threading.Lock()
         os.ftruncate(self.fd, self.size)  # padding and the end-of-archive zeros are holes
@@ -123,7 +141,9 @@ class Assembler:
 
     def _writeback(self) -> None:
         try:
-            os.fdatasync(self.fd)
+            with self.io:
+                if self.fd >= 0:
+                    os.fdatasync(self.fd)
         except OSError:
             pass  # the final fsync reports what matters
         finally:
@@ -156,18 +176,20 @@ class Assembler:
                 self._lock.wait()
 
     def _follow(self) -> None:
-        while (stretch := self._take()) is not None:
+        while not self._aborted and (stretch := self._take()) is not None:
             start, end = stretch
             pos = start
-            while pos < end:
-                data = os.pread(self.fd, min(_HASH_CHUNK, end - pos), pos)
+            while pos < end and not self._aborted:  # abort() must not wait for a long hash
+                with self.io:
+                    if self.fd < 0:
+                        return
+                    data = os.pread(self.fd, min(_HASH_CHUNK, end - pos), pos)
                 if not data:
                     break
                 self._hash.update(data)
                 pos += len(data)
-            with self._lock:
-                self._frontier = pos
-                self._lock.notify_all()
+                with self._lock:
+                    self._frontier = pos
 
     def copy_cached(self, digest: str, path: Path, verify: bool) -> None:
         """Put a blob from the cache in place, re-hashing it when it was not fetched in this
@@ -212,12 +234,61 @@ class Assembler:
         return "sha256:" + digest
 
     def abort(self) -> None:
-        with self._lock:
-            self._closed = True
-            self._lock.notify_all()
-        self._thread.join()
-        with self._flushing:
+        """Drop the unfinished bundle: stop the hasher, close, delete `<out>.partial`."""
+        self._aborted = True
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            with lock:
+                self._closed = True
+                lock.notify_all()
+        thread = getattr(self, "_thread", None)
+        if thread is not None and thread.is_alive():
+            thread.join()
+        with getattr(self, "_flushing", threading.Lock()), self.io.exclusive():
             if self.fd >= 0:
                 os.close(self.fd)
                 self.fd = -1
         self.tmp.unlink(missing_ok=True)
+
+
+class _SharedLock:
+    """Many holders at once (`with lock:`), or one exclusive holder (`lock.exclusive()`):
+    writers share the descriptor; closing it waits until none is using it."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._excl = False
+
+    def __enter__(self) -> _SharedLock:
+        with self._cond:
+            while self._excl:
+                self._cond.wait()
+            self._shared += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._shared -= 1
+            self._cond.notify_all()
+
+    def exclusive(self) -> _Exclusive:
+        return _Exclusive(self)
+
+
+class _Exclusive:
+    def __init__(self, lock: _SharedLock) -> None:
+        self.lock = lock
+
+    def __enter__(self) -> None:
+        c = self.lock._cond
+        with c:
+            while self.lock._excl or self.lock._shared:
+                c.wait()
+            self.lock._excl = True
+
+    def __exit__(self, *exc: object) -> None:
+        c = self.lock._cond
+        with c:
+            self.lock._excl = False
+            c.notify_all()

@@ -289,9 +289,12 @@ class _Retry(Exception):
 
 
 async def _settle(sink: PartialBlob) -> None:
+    """After a network error: let the batches in flight land, so `sink.offset` is exact.
+    Bytes that don't match (IntegrityError) and a disk that fails (OSError) are not network
+    errors and are raised."""
     try:
         await sink.drain()
-    except IntegrityError:
+    except (IntegrityError, OSError):
         raise
     except Exception:
         pass

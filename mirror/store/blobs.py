@@ -158,6 +158,7 @@ class PartialBlob:
         self._buffered = 0
         self.resumed_from = 0
         self.tee = None  # mirror.bundle.assembler.Tee: also put the bytes in the bundle
+        self.tee_failed = False
 
     def open(self) -> int:
         """Open, rebuilding the hash state from bytes a killed run left; return the offset."""
@@ -175,41 +176,63 @@ class PartialBlob:
         self.resumed_from = offset
         self._queued = offset
         if self.tee is not None and offset:
-            self.tee.copy_from(self.path, 0, offset)
+            try:
+                self.tee.copy_from(self.path, 0, offset)
+            except Exception:
+                self.tee_failed = True  # the bundle gets the blob from the cache instead
+                self.tee.rewound()
         return offset
 
     @property
     def offset(self) -> int:
+        """Bytes received so far (exact once `drain()` returned)."""
         assert self._verifier is not None
         return self._verifier.received + self._buffered
+
+    @property
+    def teed(self) -> bool:
+        """Every byte also went into the bundle (no bundle write failed)."""
+        return self.tee is not None and not self.tee_failed
 
     def _write(self, chunks: list[bytes]) -> None:
         v, f = self._verifier, self._file
         assert v is not None and f is not None
         for data in chunks:
+            f.write(data)  # first: a byte is hashed only once it is in the file
             v.update(data)
-            f.write(data)
 
     def _tee(self, pos: int, chunks: list[bytes]) -> None:
-        assert self.tee is not None
-        for data in chunks:
-            self.tee.write(pos, data)
-            pos += len(data)
+        """The bundle's copy. A failure here must not fail the download (the cache copy is
+        fine): the blob is then copied into the bundle from the verified cache entry."""
+        tee = self.tee
+        if tee is None or self.tee_failed:
+            return
+        try:
+            for data in chunks:
+                tee.write(pos, data)
+                pos += len(data)
+        except Exception:
+            self.tee_failed = True
+            tee.rewound()  # part of its region may be stale: the bundle hash is redone
 
     async def write(self, chunk: bytes) -> None:
-        if self._verifier is not None and self.offset + len(chunk) > self.size:
+        ahead = self._queued + self._buffered + len(chunk)  # in flight counts too
+        if ahead > self.size:
             from mirror.errors import SizeMismatch
 
-            raise SizeMismatch(self.size, self.offset + len(chunk), self.source, self.digest)
+            raise SizeMismatch(self.size, ahead, self.source, self.digest)
         self._buf.append(chunk)
         self._buffered += len(chunk)
         if self._buffered >= CHUNK:
             await self._flush()
 
     async def _wait(self) -> None:
-        pending, self._pending = self._pending, []
+        """Wait for the batch in flight. The futures stay listed until they are done, so a
+        cancelled download's close() still joins them before its files are closed."""
+        pending = list(self._pending)
         done = await asyncio.gather(*(asyncio.wrap_future(f) for f in pending),
                                     return_exceptions=True)
+        self._pending = [f for f in self._pending if f not in pending]
         for r in done:  # every job has finished before any error is raised
             if isinstance(r, BaseException):
                 raise r
@@ -221,7 +244,7 @@ class PartialBlob:
         if self._buf:
             chunks, self._buf = self._buf, []
             self._pending.append(_IO_POOL.submit(self._write, chunks))
-            if self.tee is not None:
+            if self.teed:
                 self._pending.append(_IO_POOL.submit(self._tee, self._queued, chunks))
             self._queued += self._buffered
             self._buffered = 0
