@@ -30,6 +30,7 @@ from mirror.manifest import Descriptor
 from mirror.progress import NullProgress, Progress
 from mirror.referrers import Finder
 from mirror.registry.client import Client
+from mirror.registry.transport import RETRY_COUNTER
 from mirror.resolve import ImagePlan, resolve
 from mirror.store.blobs import _IO_POOL, BlobStore
 
@@ -48,6 +49,7 @@ class ImageResult:
     conversions: dict[str, str] = field(default_factory=dict)
     bytes_fetched: int = 0
     bytes_reused: int = 0
+    retries: int = 0
     seconds: float = 0.0
     error: str | None = None
     error_code: int | None = None
@@ -110,6 +112,7 @@ class _Run:
         self.finder = Finder(client)
         self.sem = asyncio.Semaphore(max(2, opts.jobs))
         self.results = [ImageResult(str(s.reference), s.where) for s in specs]
+        self.retry_counts = [[0] for _ in specs]  # per image (a shared blob: its first image)
         self.plans: list[ImagePlan | None] = [None] * len(specs)
         self.first_error: MirrorError | None = None
         self.in_layout: set[int] = set()  # the images the assembling bundle was laid out for
@@ -132,6 +135,8 @@ class _Run:
         return [(i, p) for i, p in enumerate(self.plans) if p is not None]
 
     def result(self) -> PullResult:
+        for res, count in zip(self.results, self.retry_counts, strict=True):
+            res.retries = count[0]
         r = PullResult(self.results, retries=self.client.t.retries)
         r.partial = any(x.error for x in self.results)
         r.blobs = {d.digest: d.size for _, p in self.resolved() for d in p.blobs.values()}
@@ -142,6 +147,7 @@ class _Run:
 
     async def plan_one(self, i: int, spec: ImageSpec) -> None:
         res, f = self.results[i], self.fetcher
+        RETRY_COUNTER.set(self.retry_counts[i])  # this task, and those it starts
         try:
             async with self.sem:
                 plan = await resolve(self.client, spec,
@@ -178,6 +184,7 @@ class _Run:
 
     async def fetch_one(self, i: int, plan: ImagePlan) -> None:
         ref = plan.spec.reference
+        RETRY_COUNTER.set(self.retry_counts[i])
         try:
             await asyncio.gather(*(self.fetcher.place(ref.registry, ref.repository, d, i)
                                    for d in self.need(plan)))

@@ -152,6 +152,8 @@ def test_transient_5xx_complete_with_exact_digests(src_registry, image, recproxy
     ok(pull(tmp_path, f"{proxy.host}/{repo}:v1", "--retries", "3"))
     assert_exact(tmp_path / "out.tar", img)
     assert report(tmp_path)["retries"] >= 5
+    # the one image of the run carries them in its own line of the report
+    assert report(tmp_path)["images"][0]["retries"] == report(tmp_path)["retries"]
     assert proxy.statuses(img.layers[1].digest) == [("GET", 504), ("GET", 504), ("GET", 200)]
 
 

@@ -147,6 +147,7 @@ class Authenticator:
             try:
                 status, body = await self._ask(realm, scopes)
                 if status in policy.statuses and attempt < policy.tries:
+                    self.transport.count_retry()
                     await asyncio.sleep(policy.delay(attempt))
                     continue
                 doc = json.loads(body) if status == 200 else None
@@ -155,6 +156,7 @@ class Authenticator:
                 from mirror.registry.transport import describe_exception
 
                 if not isinstance(e, ValueError) and attempt < policy.tries:
+                    self.transport.count_retry()
                     await asyncio.sleep(policy.delay(attempt))
                     continue
                 why = "not JSON" if isinstance(e, ValueError) else describe_exception(e)

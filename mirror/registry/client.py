@@ -67,7 +67,7 @@ class Client(Uploads):
                 if attempt >= self.t.policy.tries:
                     raise RegistryError(f"{where}: manifest: {describe_exception(e)}",
                                         registry=registry, repository=repo) from None
-                self.t.retries += 1
+                self.t.count_retry()
                 await asyncio.sleep(self.t.policy.delay(attempt))
         # the bytes are checked before they are parsed: wrong bytes are an integrity error
         if ":" in ref:
@@ -194,7 +194,7 @@ class Client(Uploads):
                     raise RegistryError(f"{registry}/{repo}: blob {digest}: "
                                         f"{describe_exception(e)}", registry=registry,
                                         repository=repo) from None
-                self.t.retries += 1
+                self.t.count_retry()
                 await asyncio.sleep(self.t.policy.delay(attempt))
         check_bytes(data, digest, None, f"{registry}/{repo}@{digest}")
         return data
@@ -231,7 +231,7 @@ class Client(Uploads):
                         f"{registry}/{repo}: {what}: {describe_exception(e)} after {attempt} "
                         f"tries ({sink.offset} of {desc.size} bytes kept for the next run)",
                         registry=registry, repository=repo) from None
-                self.t.retries += 1
+                self.t.count_retry()
                 await asyncio.sleep(self.t.policy.delay(attempt))
                 continue
             except IntegrityError:
@@ -245,7 +245,7 @@ class Client(Uploads):
                 if mismatches > 1:
                     raise
                 sink.open()  # the bad file is gone: start over from byte 0
-                self.t.retries += 1
+                self.t.count_retry()
 
     async def _fetch_into(self, registry: str, repo: str, desc: Descriptor, sink: PartialBlob,
                           progress: Callable[[int], None] | None, what: str) -> None:

@@ -69,7 +69,7 @@ async def download_url(client: Client, desc: Descriptor, sink: PartialBlob,
                 if attempt >= t.policy.tries:
                     problems.append(f"{url}: {describe_exception(e)} after {attempt} tries")
                     break
-                t.retries += 1
+                t.count_retry()
                 await asyncio.sleep(t.policy.delay(attempt))
     text = (f"foreign layer {desc.digest}: the registry does not serve it and none of its "
             f"urls did: {'; '.join(problems) or 'no urls'}")

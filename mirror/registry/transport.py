@@ -13,6 +13,7 @@ One aiohttp session per run with connect and read-inactivity timeouts but no tot
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import email.utils
 import json
 import random
@@ -84,6 +85,12 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+# Where the retries of the current image are counted (set per image by the pull engine;
+# tasks started for that image inherit it).
+RETRY_COUNTER: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "mirror_retry_counter", default=None)
 
 
 class HostGate:
@@ -177,6 +184,13 @@ class Transport:
         self._ssl_cache: dict[str, ssl.SSLContext | bool] = {}
         self._session: aiohttp.ClientSession | None = None
         self.retries = 0  # counted for the report
+
+    def count_retry(self) -> None:
+        """One more retry: for the run, and for the image being worked on."""
+        self.retries += 1
+        counter = RETRY_COUNTER.get()
+        if counter is not None:
+            counter[0] += 1
 
     async def __aenter__(self) -> Transport:
         connector = aiohttp.TCPConnector(limit=max(16, self.jobs * 4),
@@ -379,7 +393,7 @@ class Transport:
                         f"{describe_exception(e)}"
                         + (f" (after {attempt} tries)" if attempt > 1 else ""),
                         registry=registry, repository=repository) from None
-                self.retries += 1
+                self.count_retry()
                 await asyncio.sleep(delay)
                 continue
             if resp.status in ok:
@@ -407,7 +421,7 @@ class Transport:
                 delay = retry_after if retry_after is not None else self.policy.delay(attempt)
                 if attempt < self.policy.tries and delay <= self.policy.max_retry_after and \
                         time.monotonic() + delay - started <= self.policy.max_elapsed:
-                    self.retries += 1
+                    self.count_retry()
                     if resp.status == 429 or (resp.status == 503 and retry_after is not None):
                         ep.gate.pause(delay)  # the whole registry waits, not just this request
                     else:

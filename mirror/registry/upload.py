@@ -79,7 +79,7 @@ class Uploads:
                 failures += 1
                 if not seekable or failures >= self.t.policy.tries or not _restartable(e):
                     raise
-                self.t.retries += 1
+                self.t.count_retry()
                 await self._cancel_upload(registry, repo, location)
                 location = None
                 await asyncio.sleep(self.t.policy.delay(failures))
@@ -154,7 +154,7 @@ class Uploads:
                 failures += 1
                 if not seekable or failures >= self.t.policy.tries or not _restartable(e):
                     raise
-                self.t.retries += 1
+                self.t.count_retry()
                 await asyncio.sleep(self.t.policy.delay(failures))
                 # where did the registry get to? resume from there with a fresh stream
                 location, offset = await self._upload_status(registry, repo, location)
