@@ -30,7 +30,12 @@ from mirror.registry.client import Client
 from mirror.registry.transport import RetryPolicy, Transport
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault, FaultProxy
-from tests.support.oracle import ROOT, check_layout, mirror_cmd, mirror_env, run
+from tests.support.oracle import (
+    check_layout,
+    error_line,
+    ok,
+    run_mirror,
+)
 from tests.support.pusher import blob_exists, get_manifest, push_image
 from tests.support.registry import Registry
 from tests.support.tokenserver import StorageServer
@@ -93,18 +98,7 @@ def recproxy() -> Iterator[Callable[..., RecordingProxy]]:
 
 
 def cli(*args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return run(mirror_cmd(*args), env=mirror_env(), cwd=ROOT, timeout=timeout)
-
-
-def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc
-
-
-def error_line(proc: subprocess.CompletedProcess[str]) -> str:
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("mirror: error:")]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
+    return run_mirror(*args, timeout=timeout)
 
 
 def pull(tmp_path: Path, ref: str, *args: object, out: str = "out.tar",

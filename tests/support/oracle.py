@@ -259,3 +259,16 @@ def skopeo_copy_ok(bundle: Path | str, ref: str, dest_dir: Path | str,
     for blob in (dest / "blobs" / "sha256").iterdir():
         assert file_sha256(blob) == f"sha256:{blob.name}", f"{blob} does not match its name"
     return dest
+
+
+def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    """Assert a finished command exited 0 (the message shows its output)."""
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The one `mirror: error:` line a failed run must print."""
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("mirror: error:")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
