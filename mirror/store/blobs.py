@@ -4,7 +4,8 @@ Layout under the root (default `$XDG_CACHE_HOME/mirror`):
     blobs/sha256/<hex>      verified content, never written in place
     partial/sha256-<hex>    a download in progress; the next run resumes it
 A blob appears under `blobs/` only after its size and digest were checked: bytes go to the
-partial file, are hashed as they arrive, fsync'ed, then `os.replace`d into place.
+partial file, are hashed as they arrive, then `os.replace`d into place. Entries are not
+fsync'ed: every reuse re-hashes them, so one damaged by a crash is caught and fetched again.
 """
 
 from __future__ import annotations
@@ -12,14 +13,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import threading
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from mirror.digest import Digest, Verifier, check_bytes
 
 CHUNK = 1 << 20
+DEPTH = 3  # batches of CHUNK bytes a download may have in flight to the workers
 _IO_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="mirror-io")
 
 
@@ -137,6 +142,40 @@ class BlobStore:
         return removed, freed
 
 
+class _Serial:
+    """Jobs that run one after another, in order, on the shared pool (a stream must be hashed
+    in order), without a pool thread ever waiting for another job."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: deque[tuple[Future, Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._running = False
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        fut: Future = Future()
+        with self._lock:
+            self._queue.append((fut, fn, args))
+            if self._running:
+                return fut
+            self._running = True
+        _IO_POOL.submit(self._run)
+        return fut
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._running = False
+                    return
+                fut, fn, args = self._queue.popleft()
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as e:  # handed to whoever awaits the future
+                fut.set_exception(e)
+
+
 class PartialBlob:
     """The sink of one download: resumable, hashed as written, committed atomically.
 
@@ -152,7 +191,9 @@ class PartialBlob:
         self.path = path
         self._file = None
         self._verifier: Verifier | None = None
-        self._pending: list[Future] = []  # the batch in flight: hash+file, and the bundle tee
+        self._pending: list[list[Future]] = []  # batches in flight: [hash+file, bundle tee]
+        self._hashq = _Serial()  # a stream's bytes are hashed in order
+        self._teeq = _Serial()
         self._queued = 0  # bytes handed to the workers (where the next batch starts)
         self._buf: list[bytes] = []
         self._buffered = 0
@@ -226,26 +267,30 @@ class PartialBlob:
         if self._buffered >= CHUNK:
             await self._flush()
 
-    async def _wait(self) -> None:
-        """Wait for the batch in flight. The futures stay listed until they are done, so a
-        cancelled download's close() still joins them before its files are closed."""
-        pending = list(self._pending)
-        done = await asyncio.gather(*(asyncio.wrap_future(f) for f in pending),
-                                    return_exceptions=True)
-        self._pending = [f for f in self._pending if f not in pending]
-        for r in done:  # every job has finished before any error is raised
-            if isinstance(r, BaseException):
-                raise r
+    async def _wait(self, keep: int = 0) -> None:
+        """Wait until at most `keep` batches are in flight (oldest first). The futures stay
+        listed until they are done, so a cancelled download's close() still joins them
+        before its files are closed."""
+        while len(self._pending) > keep:
+            batch = self._pending[0]
+            done = await asyncio.gather(*(asyncio.wrap_future(f) for f in batch),
+                                        return_exceptions=True)
+            self._pending.remove(batch)
+            for r in done:  # every job of the batch has finished before an error is raised
+                if isinstance(r, BaseException):
+                    raise r
 
     async def _flush(self) -> None:
-        """Hand the received chunks to the workers: hashing and the cache file on one, the
-        bundle on another, so the two writes and the hash use both cores."""
-        await self._wait()
+        """Hand the received chunks to the workers: hashing and the cache file in one ordered
+        queue, the bundle in another, so the two writes and the hash use both cores while the
+        event loop goes on receiving (up to DEPTH batches in flight)."""
+        await self._wait(keep=DEPTH - 1)
         if self._buf:
             chunks, self._buf = self._buf, []
-            self._pending.append(_IO_POOL.submit(self._write, chunks))
+            batch = [self._hashq.submit(self._write, chunks)]
             if self.teed:
-                self._pending.append(_IO_POOL.submit(self._tee, self._queued, chunks))
+                batch.append(self._teeq.submit(self._tee, self._queued, chunks))
+            self._pending.append(batch)
             self._queued += self._buffered
             self._buffered = 0
 
@@ -290,11 +335,12 @@ class PartialBlob:
 
     def close(self) -> None:
         """Keep what we have for the next run (interrupted or failed download)."""
-        for fut in self._pending:
-            try:
-                fut.result()
-            except Exception:
-                pass
+        for batch in self._pending:
+            for fut in batch:
+                try:
+                    fut.result()
+                except Exception:
+                    pass
         self._pending = []
         if self._file is not None:
             if self._buf:
