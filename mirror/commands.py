@@ -14,7 +14,8 @@ from mirror.errors import EXIT_PARTIAL, MirrorError, UsageError
 from mirror.platform import PlatformSelector
 from mirror.reference import Reference
 from mirror.registry.credentials import CredentialStore
-from mirror.registry.transport import RegistrySettings, RetryPolicy, Timeouts, Transport
+from mirror.registry.policy import RegistrySettings, RetryPolicy, Timeouts
+from mirror.registry.transport import Transport
 
 DEFAULT_OUTPUT = Path("bundles/mirror.tar")
 

@@ -27,7 +27,7 @@ from mirror.errors import ConfigError, MirrorError
 from mirror.platform import PlatformSelector
 from mirror.reference import Reference
 from mirror.registry.credentials import RegistryLogin
-from mirror.registry.transport import RegistrySettings
+from mirror.registry.policy import RegistrySettings
 
 SUPPORTED_VERSION = 1
 INDEX_MODES = ("filter", "sparse")

@@ -30,7 +30,7 @@ from mirror.manifest import Descriptor
 from mirror.progress import NullProgress, Progress
 from mirror.referrers import Finder
 from mirror.registry.client import Client
-from mirror.registry.transport import RETRY_COUNTER
+from mirror.registry.policy import RETRY_COUNTER
 from mirror.resolve import ImagePlan, resolve
 from mirror.store.blobs import _IO_POOL, BlobStore
 
