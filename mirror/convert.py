@@ -124,11 +124,7 @@ def convert_manifest(raw: RawManifest, fmt: str, *, rewrite_foreign: bool = Fals
         for layer in layers:
             layer["mediaType"] = TO_OCI.get(layer.get("mediaType", ""), layer.get("mediaType"))
     elif fmt == "docker":
-        for key in ("artifactType", "subject"):
-            if body.get(key):
-                raise UnsupportedContent(
-                    f"{where}: has {key!r}, which a Docker manifest cannot carry",
-                    hint="use --format oci or keep for this image")
+        _refuse_oci_only(body, where, "a Docker manifest")
         body = _with_type(_drop_annotations(body, where, warnings), mt.DOCKER_MANIFEST)
         config["mediaType"] = TO_DOCKER.get(config["mediaType"], config["mediaType"])
         config = _drop_annotations(config, f"{where} config", warnings)
@@ -186,11 +182,7 @@ def convert_index(raw: RawManifest, fmt: str, children: Mapping[str, RawManifest
     if fmt == "oci":
         body = _with_type(body, mt.OCI_INDEX)
     elif fmt == "docker":
-        for key in ("artifactType", "subject"):
-            if body.get(key):
-                raise UnsupportedContent(
-                    f"{where}: has {key!r}, which a Docker manifest list cannot carry",
-                    hint="use --format oci or keep for this image")
+        _refuse_oci_only(body, where, "a Docker manifest list")
         body = _with_type(_drop_annotations(body, where, warnings), mt.DOCKER_LIST)
     if body == raw.parsed:
         return raw, warnings
@@ -291,3 +283,11 @@ def convert_plan(plan: ImagePlan, fmt: str, progress: Progress) -> None:
     plan.root = root
     for w in dict.fromkeys(warnings):
         progress.warn(w)
+
+
+def _refuse_oci_only(body: dict, where: str, what: str) -> None:
+    """`artifactType` and `subject` exist only in OCI documents: refuse, never drop."""
+    for key in ("artifactType", "subject"):
+        if body.get(key):
+            raise UnsupportedContent(f"{where}: has {key!r}, which {what} cannot carry",
+                                     hint="use --format oci or keep for this image")

@@ -50,6 +50,19 @@ def _check_member(ti: tarfile.TarInfo, bundle: str) -> str | None:
     return norm
 
 
+def _file_members(tf: tarfile.TarFile, bundle: str) -> Iterator[tuple[str, tarfile.TarInfo]]:
+    """The file members of a tar, each checked (_check_member) and seen once."""
+    seen: set[str] = set()
+    for ti in tf:
+        name = _check_member(ti, bundle)
+        if name is None:
+            continue
+        if name in seen:
+            raise BundleError(f"{bundle}: member {name!r} appears twice")
+        seen.add(name)
+        yield name, ti
+
+
 def _blob_digest(name: str) -> str | None:
     parts = name.split("/")
     if len(parts) == 3 and parts[0] == "blobs":
@@ -89,12 +102,7 @@ class Bundle:
             members: dict[str, Member] = {}
             try:
                 with tarfile.open(self.path, "r:") as tf:
-                    for ti in tf:
-                        name = _check_member(ti, self.name)
-                        if name is None:
-                            continue
-                        if name in members:
-                            raise BundleError(f"{self.name}: member {name!r} appears twice")
+                    for name, ti in _file_members(tf, self.name):
                         members[name] = Member(name, ti.size, ti.offset_data)
             except tarfile.TarError as e:
                 raise BundleError(f"{self.name}: not a readable tar: {e}") from None
@@ -135,19 +143,12 @@ class Bundle:
 
     def _iter_stream(self) -> Iterator[tuple[str, int, BinaryIO]]:
         """Yield (name, size, fileobj) for each file member of a compressed tar, in order."""
-        seen: set[str] = set()
         try:
             with open(self.path, "rb") as raw:
                 dctx = zstandard.ZstdDecompressor()
                 with dctx.stream_reader(raw, read_size=CHUNK) as zr, \
                         tarfile.open(fileobj=zr, mode="r|") as tf:
-                    for ti in tf:
-                        name = _check_member(ti, self.name)
-                        if name is None:
-                            continue
-                        if name in seen:
-                            raise BundleError(f"{self.name}: member {name!r} appears twice")
-                        seen.add(name)
+                    for name, ti in _file_members(tf, self.name):
                         f = tf.extractfile(ti)
                         assert f is not None
                         yield name, ti.size, f
