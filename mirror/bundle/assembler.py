@@ -3,8 +3,10 @@
 Every size is known once the images are resolved, so the whole tar can be laid out up front:
 the headers, the manifests and the padding are written first, then each blob's bytes go
 straight to their offset as they come off the network (a tee from the download sink) or out of
-the cache. A hasher thread follows the contiguous written prefix of the file, so the bundle's
-sha256 is ready moments after its last byte. The file is `<out>.partial` until `finish()`
+the cache. The bundle's sha256 follows the contiguous written prefix of the file: bytes
+written right at that frontier are hashed from memory by the writer, the others are read back
+by a hasher thread once the frontier reaches them, so the sha256 is ready moments after the
+last byte. The file is `<out>.partial` until `finish()`
 (every blob verified), then renamed; nothing is named before it is whole.
 
 A region written twice (a download restarted from byte 0) may already have been hashed: the
@@ -38,8 +40,25 @@ class Tee:
         self.size = size
 
     def write(self, pos: int, data: bytes | memoryview) -> None:
-        """Put `data` at byte `pos` of this blob. Raises OSError when the bundle was aborted
-        (never writes through a closed descriptor) or past the blob's end."""
+        """Put `data` at byte `pos` of this blob (hashed here when it sits at the frontier).
+        Raises OSError when the bundle was aborted (never writes through a closed
+        descriptor) or past the blob's end."""
+        self._pwrite(pos, data)
+        self.assembler.written(self.base + pos, len(data), data)
+
+    def put(self, pos: int, chunks: list[bytes]) -> None:
+        """Write a batch of a download; `offer()` of the same batch hashes it, on another
+        thread, from memory when it can."""
+        n = 0
+        for data in chunks:
+            self._pwrite(pos + n, data)
+            n += len(data)
+        self.assembler.batch_written(self.base + pos, n)
+
+    def offer(self, pos: int, chunks: list[bytes]) -> None:
+        self.assembler.batch_offer(self.base + pos, chunks)
+
+    def _pwrite(self, pos: int, data: bytes | memoryview) -> None:
         a = self.assembler
         if pos < 0 or pos + len(data) > self.size:
             raise OSError(f"write of {len(data)} bytes at {pos} outside a blob of {self.size}")
@@ -49,7 +68,6 @@ class Tee:
             n = os.pwrite(a.fd, data, self.base + pos)
             while n < len(data):  # short writes are legal
                 n += os.pwrite(a.fd, memoryview(data)[n:], self.base + pos + n)
-        a.written(self.base + pos, len(data))
 
     def copy_from(self, path: Path, start: int, end: int) -> None:
         """Copy bytes [start, end) of a file (a resumed partial download) into place."""
@@ -104,6 +122,8 @@ class Assembler:
         self._lock = threading.Condition()
         self._ranges: list[tuple[int, int]] = []  # written, not yet hashed
         self._frontier = 0
+        self._hashing = False  # someone is hashing at the frontier (a writer or the hasher)
+        self._batches: dict[int, str] = {}  # download batch offset -> "written" | "passed"
         self._hash = hashlib.sha256()
         self._invalid = False
         self._closed = False
@@ -126,16 +146,79 @@ class Assembler:
         where = self.offsets.get(digest)
         return Tee(self, *where) if where else None
 
-    def written(self, offset: int, length: int) -> None:
+    def written(self, offset: int, length: int, data: bytes | memoryview | None = None) -> None:
+        """Bytes [offset, offset+length) are in the file; `data`, when given, is them: hashed
+        here if they sit right at the hash frontier, else read back later by the hasher."""
         if length <= 0:
             return
         with self._lock:
-            self._ranges.append((offset, offset + length))
-            self._unflushed += length
+            mine = data is not None and self._claim(offset)
+            if not mine:
+                self._readable(offset, offset + length)
+            self._count(length)
+        if mine:
+            self._hashed(offset, length, [data])
+        self._maybe_writeback()
+
+    def batch_written(self, offset: int, length: int) -> None:
+        """A download's batch is in the file; its `batch_offer()` may have hashed it already,
+        may still do so, or may have passed (then it is read back)."""
+        with self._lock:
+            state = self._batches.pop(offset, None)
+            if state == "passed":
+                self._readable(offset, offset + length)
+            elif offset + length > self._frontier:
+                self._batches[offset] = "written"
+            self._count(length)
+        self._maybe_writeback()
+
+    def batch_offer(self, offset: int, chunks: list[bytes]) -> None:
+        """A download's batch, in memory: hashed now if it sits at the frontier, else left to
+        be read back from the file once `batch_written()` says it is there."""
+        length = sum(len(c) for c in chunks)
+        with self._lock:
+            mine = self._claim(offset)
+            if not mine:
+                if self._batches.pop(offset, None) == "written":
+                    self._readable(offset, offset + length)
+                else:
+                    self._batches[offset] = "passed"
+        if mine:
+            self._hashed(offset, length, chunks)
+
+    def _claim(self, offset: int) -> bool:
+        """(lock held) Take the frontier for hashing bytes at `offset` from memory."""
+        if offset == self._frontier and not self._hashing:
+            self._hashing = True
+            return True
+        return False
+
+    def _hashed(self, offset: int, length: int, chunks: list) -> None:
+        try:
+            for c in chunks:
+                self._hash.update(c)
+        finally:
+            with self._lock:
+                self._frontier = offset + length
+                self._hashing = False
+                if self._batches.get(offset) == "written":
+                    del self._batches[offset]
+                self._lock.notify_all()
+
+    def _readable(self, start: int, end: int) -> None:
+        """(lock held) In the file, to be read back by the hasher."""
+        self._ranges.append((start, end))
+        self._lock.notify_all()
+
+    def _count(self, length: int) -> None:
+        """(lock held)"""
+        self._unflushed += length
+
+    def _maybe_writeback(self) -> None:
+        with self._lock:
             flush = self._unflushed >= _FLUSH_EVERY
             if flush:
                 self._unflushed = 0
-            self._lock.notify()
         if flush and self._flushing.acquire(blocking=False):
             threading.Thread(target=self._writeback, daemon=True).start()
 
@@ -154,9 +237,10 @@ class Assembler:
             self._invalid = True
 
     def _take(self) -> tuple[int, int] | None:
-        """The next contiguous stretch at the frontier (waits for one); None when closed."""
-        with self._lock:
-            while True:
+        """Claim the next piece at the frontier to read back and hash (waits for one, and for
+        a writer hashing at the frontier); None when closed. Called with the lock held."""
+        while True:
+            if not self._hashing:
                 self._ranges.sort()
                 merged: list[tuple[int, int]] = []
                 for a, b in self._ranges:
@@ -164,32 +248,38 @@ class Assembler:
                         merged[-1] = (merged[-1][0], max(merged[-1][1], b))
                     else:
                         merged.append((a, b))
+                while merged and merged[0][1] <= self._frontier:
+                    merged.pop(0)  # hashed already (from memory)
                 self._ranges = merged
-                if merged and merged[0][0] <= self._frontier < merged[0][1]:
-                    a, b = merged.pop(0)
-                    return self._frontier, b
-                if merged and merged[0][1] <= self._frontier:
-                    merged.pop(0)
-                    continue
+                if merged and merged[0][0] <= self._frontier:
+                    self._hashing = True
+                    return self._frontier, min(merged[0][1], self._frontier + _HASH_CHUNK)
                 if self._closed or self._frontier >= self.size:
                     return None
-                self._lock.wait()
+            elif self._aborted:
+                return None
+            self._lock.wait()
 
     def _follow(self) -> None:
-        while not self._aborted and (stretch := self._take()) is not None:
-            start, end = stretch
-            pos = start
-            while pos < end and not self._aborted:  # abort() must not wait for a long hash
+        while not self._aborted:
+            with self._lock:
+                piece = self._take()
+            if piece is None:
+                return
+            start, end = piece
+            data = b""
+            try:
                 with self.io:
-                    if self.fd < 0:
-                        return
-                    data = os.pread(self.fd, min(_HASH_CHUNK, end - pos), pos)
-                if not data:
-                    break
+                    if self.fd >= 0:
+                        data = os.pread(self.fd, end - start, start)
                 self._hash.update(data)
-                pos += len(data)
+            finally:
                 with self._lock:
-                    self._frontier = pos
+                    self._frontier = start + len(data)
+                    self._hashing = False
+                    self._lock.notify_all()
+            if not data:
+                return
 
     def copy_cached(self, digest: str, path: Path, verify: bool) -> None:
         """Put a blob from the cache in place, re-hashing it when it was not fetched in this

@@ -4,8 +4,10 @@ Layout under the root (default `$XDG_CACHE_HOME/mirror`):
     blobs/sha256/<hex>      verified content, never written in place
     partial/sha256-<hex>    a download in progress; the next run resumes it
 A blob appears under `blobs/` only after its size and digest were checked: bytes go to the
-partial file, are hashed as they arrive, then `os.replace`d into place. Entries are not
-fsync'ed: every reuse re-hashes them, so one damaged by a crash is caught and fetched again.
+partial file, are hashed as they arrive, then `os.replace`d into place. Downloads of 1 MiB
+and more are written with O_DIRECT (store/direct.py): the cache copy stays out of the page
+cache, which the bundle being written needs. Entries are not fsync'ed: every reuse re-hashes
+them, so one damaged by a crash is caught and fetched again.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from mirror.digest import Digest, Verifier, check_bytes
+from mirror.store.direct import AppendFile, align_down
 
 CHUNK = 1 << 20
+DIRECT_MIN = 1 << 20  # smaller blobs (configs, small layers) go through the page cache
 DEPTH = 3  # batches of CHUNK bytes a download may have in flight to the workers
 _IO_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="mirror-io")
 
@@ -179,8 +183,8 @@ class _Serial:
 class PartialBlob:
     """The sink of one download: resumable, hashed as written, committed atomically.
 
-    Writes and hashing run on a worker thread (hashlib and file writes release the GIL), one
-    batch behind the network reads, so receiving and hashing overlap.
+    Writes and hashing run on worker threads (hashlib and file writes release the GIL), up to
+    DEPTH batches behind the network reads, so receiving, hashing and writing overlap.
     """
 
     def __init__(self, store: BlobStore, digest: str, size: int, source: str, path: Path) -> None:
@@ -189,11 +193,15 @@ class PartialBlob:
         self.size = size
         self.source = source
         self.path = path
-        self._file = None
+        self._file: AppendFile | None = None
         self._verifier: Verifier | None = None
         self._pending: list[list[Future]] = []  # batches in flight: [hash+file, bundle tee]
-        self._hashq = _Serial()  # a stream's bytes are hashed in order
+        # ordered queues on the shared pool: the digest, the cache file, the bundle's bytes and
+        # the bundle's sha256
+        self._hashq = _Serial()
+        self._fileq = _Serial()
         self._teeq = _Serial()
+        self._sumq = _Serial()
         self._queued = 0  # bytes handed to the workers (where the next batch starts)
         self._buf: list[bytes] = []
         self._buffered = 0
@@ -202,17 +210,23 @@ class PartialBlob:
         self.tee_failed = False
 
     def open(self) -> int:
-        """Open, rebuilding the hash state from bytes a killed run left; return the offset."""
+        """Open, rebuilding the hash state from bytes a killed run left; return the offset.
+        An unfinished file is resumed from a block boundary (the cache copy is written with
+        O_DIRECT, see store/direct.py): at most a few KiB are asked for again."""
         h = Digest.parse(self.digest).hasher()
+        try:
+            have = min(self.path.stat().st_size, self.size)
+        except FileNotFoundError:
+            have = 0
+        if have < self.size:
+            have = align_down(have)
         offset = 0
-        if self.path.exists():
+        if have:
             with open(self.path, "rb") as f:
-                while offset < self.size and (data := f.read(min(CHUNK * 4, self.size - offset))):
+                while offset < have and (data := f.read(min(CHUNK * 4, have - offset))):
                     h.update(data)
                     offset += len(data)
-        self._file = open(self.path, "r+b" if self.path.exists() else "wb")
-        self._file.truncate(offset)
-        self._file.seek(offset)
+        self._file = AppendFile(self.path, offset, direct=self.size >= DIRECT_MIN)
         self._verifier = Verifier(self.digest, self.size, self.source, hasher=h, received=offset)
         self.resumed_from = offset
         self._queued = offset
@@ -235,12 +249,17 @@ class PartialBlob:
         """Every byte also went into the bundle (no bundle write failed)."""
         return self.tee is not None and not self.tee_failed
 
-    def _write(self, chunks: list[bytes]) -> None:
-        v, f = self._verifier, self._file
-        assert v is not None and f is not None
+    def _hash(self, chunks: list[bytes]) -> None:
+        v = self._verifier
+        assert v is not None
         for data in chunks:
-            f.write(data)  # first: a byte is hashed only once it is in the file
             v.update(data)
+
+    def _store(self, chunks: list[bytes]) -> None:
+        f = self._file
+        assert f is not None
+        for data in chunks:
+            f.write(data)
 
     def _tee(self, pos: int, chunks: list[bytes]) -> None:
         """The bundle's copy. A failure here must not fail the download (the cache copy is
@@ -249,12 +268,15 @@ class PartialBlob:
         if tee is None or self.tee_failed:
             return
         try:
-            for data in chunks:
-                tee.write(pos, data)
-                pos += len(data)
+            tee.put(pos, chunks)
         except Exception:
             self.tee_failed = True
             tee.rewound()  # part of its region may be stale: the bundle hash is redone
+
+    def _tee_sum(self, pos: int, chunks: list[bytes]) -> None:
+        """The bundle's sha256 over the same bytes, from memory when they are in order."""
+        if self.tee is not None and not self.tee_failed:
+            self.tee.offer(pos, chunks)
 
     async def write(self, chunk: bytes) -> None:
         ahead = self._queued + self._buffered + len(chunk)  # in flight counts too
@@ -281,15 +303,20 @@ class PartialBlob:
                     raise r
 
     async def _flush(self) -> None:
-        """Hand the received chunks to the workers: hashing and the cache file in one ordered
-        queue, the bundle in another, so the two writes and the hash use both cores while the
-        event loop goes on receiving (up to DEPTH batches in flight)."""
+        """Hand the received chunks to the workers: the digest, the cache file (a direct write
+        that waits for the disk, not the CPU), the bundle's copy and the bundle's sha256 (from
+        memory when these bytes are next in the bundle) each in an ordered queue of their own,
+        so the hashes use both cores while the event loop goes on receiving (up to DEPTH
+        batches in flight). The queues may be apart by up to DEPTH batches; `drain()` brings
+        them together."""
         await self._wait(keep=DEPTH - 1)
         if self._buf:
             chunks, self._buf = self._buf, []
-            batch = [self._hashq.submit(self._write, chunks)]
+            batch = [self._hashq.submit(self._hash, chunks),
+                     self._fileq.submit(self._store, chunks)]
             if self.teed:
                 batch.append(self._teeq.submit(self._tee, self._queued, chunks))
+                batch.append(self._sumq.submit(self._tee_sum, self._queued, chunks))
             self._pending.append(batch)
             self._queued += self._buffered
             self._buffered = 0
@@ -303,8 +330,7 @@ class PartialBlob:
         """The server ignored our Range: start over from byte 0."""
         await self.drain()
         assert self._file is not None
-        self._file.seek(0)
-        self._file.truncate(0)
+        self._file.reset()
         self._verifier = Verifier(self.digest, self.size, self.source)
         self._queued = 0
         if self.tee is not None:

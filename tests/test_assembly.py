@@ -1,0 +1,138 @@
+"""The write path of a pull, below the network: the cache's direct-I/O file and the bundle
+assembler's sha256, whatever order the writer and hasher threads run in. (End to end, every
+pull test checks the same through skopeo, umoci and `sha256sum`.)"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from mirror.bundle.assembler import Assembler
+from mirror.store.direct import ALIGN, STAGE, AppendFile
+
+
+def pieces(rng: random.Random, data: bytes) -> list[bytes]:
+    """`data` cut the way a socket cuts it: uneven pieces, some tiny, some large."""
+    out, pos = [], 0
+    while pos < len(data):
+        n = rng.choice([1, 7, 511, 4096, 65_536, 200_003, STAGE + 3])
+        out.append(data[pos:pos + n])
+        pos += n
+    return out
+
+
+@pytest.mark.parametrize("size", [0, 1, ALIGN - 1, ALIGN, STAGE, STAGE + 1, 3 * STAGE + 12_345])
+def test_append_file_holds_exactly_what_was_written(tmp_path: Path, size: int) -> None:
+    rng = random.Random(size)
+    data = rng.randbytes(size)
+    f = AppendFile(tmp_path / "blob")
+    for p in pieces(rng, data):
+        f.write(p)
+    f.close()
+    assert (tmp_path / "blob").read_bytes() == data
+
+
+def test_append_file_resumes_at_a_block_and_can_start_over(tmp_path: Path) -> None:
+    rng = random.Random(1)
+    data = rng.randbytes(2 * STAGE + 100)
+    path = tmp_path / "blob"
+    f = AppendFile(path)
+    f.write(data[:STAGE + 5000])
+    f.close()  # interrupted: the next run resumes from the last whole block
+    start = (STAGE + 5000) // ALIGN * ALIGN
+    assert path.stat().st_size == STAGE + 5000
+    f = AppendFile(path, start)
+    assert path.stat().st_size == start
+    f.write(data[start:])
+    f.close()
+    assert path.read_bytes() == data
+
+    f = AppendFile(path, 0)
+    f.write(b"abc")
+    f.reset()  # the server ignored our Range: from byte 0 again
+    f.write(data[:ALIGN + 1])
+    f.close()
+    assert path.read_bytes() == data[:ALIGN + 1]
+
+
+def test_append_file_at_an_unaligned_offset_writes_through_the_page_cache(tmp_path: Path) -> None:
+    path = tmp_path / "blob"
+    path.write_bytes(b"x" * 1000)
+    f = AppendFile(path, 1000)
+    assert not f.direct  # O_DIRECT needs aligned offsets: the ordinary way instead
+    f.write(b"y" * 5000)
+    f.close()
+    assert path.read_bytes() == b"x" * 1000 + b"y" * 5000
+
+
+def _assemble(tmp_path: Path, blobs: dict[str, bytes], order: str, seed: int) -> Path:
+    out = tmp_path / f"{order}-{seed}.tar"
+    a = Assembler(out, index_json=b'{"schemaVersion":2}', inventory_json=b"{}",
+                  manifests=[], blobs=[(d, len(b)) for d, b in blobs.items()])
+    rng = random.Random(seed)
+    jobs = []
+    for digest, data in blobs.items():
+        tee = a.tee(digest)
+        assert tee is not None
+        pos = 0
+        for batch in _batches(rng, data):
+            n = sum(len(c) for c in batch)
+            jobs.append((tee, pos, batch))
+            pos += n
+    if order == "write-first":
+        for tee, pos, batch in jobs:
+            tee.put(pos, batch)
+        for tee, pos, batch in jobs:
+            tee.offer(pos, batch)
+    elif order == "offer-first":
+        for tee, pos, batch in jobs:
+            tee.offer(pos, batch)
+        for tee, pos, batch in jobs:
+            tee.put(pos, batch)
+    else:  # each blob in order on two threads (as a download's queues do), blobs at once
+        def stream(fn: str, mine: list) -> None:
+            for tee, pos, batch in mine:
+                getattr(tee, fn)(pos, batch)
+
+        threads = []
+        for digest in blobs:
+            mine = [j for j in jobs if j[0].base == a.offsets[digest][0]]
+            threads += [threading.Thread(target=stream, args=("put", mine)),
+                        threading.Thread(target=stream, args=("offer", mine))]
+        rng.shuffle(threads)
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    digest = a.finish()
+    assert digest == "sha256:" + hashlib.sha256(out.read_bytes()).hexdigest()
+    return out
+
+
+def _batches(rng: random.Random, data: bytes) -> list[list[bytes]]:
+    chunks = pieces(rng, data)
+    out: list[list[bytes]] = []
+    while chunks:
+        k = rng.randint(1, 4)
+        out.append(chunks[:k])
+        chunks = chunks[k:]
+    return out
+
+
+@pytest.mark.parametrize("order", ["write-first", "offer-first", "threads"])
+def test_bundle_sha256_is_right_whichever_thread_gets_there_first(tmp_path: Path,
+                                                                  order: str) -> None:
+    rng = random.Random(7)
+    blobs = {f"sha256:{i:064x}": rng.randbytes(n)
+             for i, n in enumerate([3 * STAGE + 17, 0, 1, 700_000, 2 * STAGE])}
+    for seed in range(3):
+        out = _assemble(tmp_path, blobs, order, seed)
+        with tarfile.open(out) as tar:
+            for digest, data in blobs.items():
+                member = tar.extractfile(f"blobs/sha256/{digest.split(':')[1]}")
+                assert member is not None and member.read() == data
