@@ -5,6 +5,7 @@ assembled: teed while it downloads, else copied from the cache."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 
 from mirror.bundle.assembler import Assembler
 from mirror.digest import check_bytes
@@ -31,6 +32,9 @@ class Fetcher:
         self.teed: set[str] = set()
         self.owner: dict[str, int] = {}  # digest -> the image that first asked for it
         self.assembler: Assembler | None = None
+        # cached blobs copied into the bundle at once: two keep both cores busy (one hashes,
+        # one writes); more only add writers contending for the same file and memory
+        self.copying = asyncio.Semaphore(2)
 
     def fetch(self, registry: str, repo: str, desc: Descriptor, owner: int) -> asyncio.Task[bool]:
         task = self.tasks.get(desc.digest)
@@ -90,11 +94,13 @@ class Fetcher:
         self.reused.discard(digest)
         self.tasks.pop(digest, None)
 
-    def place(self, registry: str, repo: str, desc: Descriptor, owner: int) -> asyncio.Task[None]:
+    def place(self, registry: str, repo: str, desc: Descriptor, owner: int,
+              context: contextvars.Context | None = None) -> asyncio.Task[None]:
         """Fetch, then make sure the blob is in the bundle being assembled (once)."""
         task = self.placing.get(desc.digest)
         if task is None or (task.done() and (task.cancelled() or task.exception())):
-            task = asyncio.ensure_future(self._place(registry, repo, desc, owner))
+            task = asyncio.get_running_loop().create_task(
+                self._place(registry, repo, desc, owner), context=context)
             self.placing[desc.digest] = task
         return task
 
@@ -106,8 +112,9 @@ class Fetcher:
             path = self.store.path(desc.digest)
             verify = desc.digest not in self.fetched  # reused: verify; fetched: just checked
             try:
-                await asyncio.get_running_loop().run_in_executor(
-                    _IO_POOL, self.assembler.copy_cached, desc.digest, path, verify)
+                async with self.copying:
+                    await asyncio.get_running_loop().run_in_executor(
+                        _IO_POOL, self.assembler.copy_cached, desc.digest, path, verify)
                 return
             except IntegrityError:
                 self.assembler.invalidate()  # its damaged bytes were hashed: hash again

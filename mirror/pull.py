@@ -12,6 +12,7 @@ downloaded stays in the store either way, so the next run does not fetch it agai
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import threading
 import time
@@ -182,6 +183,22 @@ class _Run:
                         f"lists it with {size}"))
                     break
 
+    def start_in_order(self, digests: list[str]) -> None:
+        """Start the placements in the bundle's order (downloads queue for a slot first come,
+        first served), so the bundle's sha256 can follow the downloads instead of waiting for
+        a blob early in the tar that happened to come last. Each image's `fetch_one` then
+        finds its blobs' tasks already running."""
+        first: dict[str, tuple[int, ImagePlan, Descriptor]] = {}
+        for i, p in self.resolved():
+            for d in self.need(p):
+                first.setdefault(d.digest, (i, p, d))
+        for digest in digests:
+            i, p, d = first[digest]
+            ctx = contextvars.copy_context()
+            ctx.run(RETRY_COUNTER.set, self.retry_counts[i])  # retries count for image i
+            ref = p.spec.reference
+            self.fetcher.place(ref.registry, ref.repository, d, i, context=ctx)
+
     async def fetch_one(self, i: int, plan: ImagePlan) -> None:
         ref = plan.spec.reference
         RETRY_COUNTER.set(self.retry_counts[i])
@@ -216,6 +233,7 @@ class _Run:
                 f.assembler = Assembler(opts.output, index_json=lay.index,
                                         inventory_json=lay.inventory, manifests=lay.manifests,
                                         blobs=[(b.digest, b.size) for b in lay.blobs])
+                self.start_in_order([b.digest for b in lay.blobs])
             try:
                 await gather_or_cancel(self.fetch_one(i, p) for i, p in self.resolved())
                 # downloads only a failed image still wanted (--keep-going): stop them before

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import threading
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 from mirror.bundle.layout import MIRROR_JSON, OCI_LAYOUT
@@ -26,6 +28,9 @@ from mirror.bundle.writer import BUF, _blob_name, _header, _pad, write_sidecar
 from mirror.digest import Verifier
 
 _HASH_CHUNK = 1 << 20
+# Writes of cached blobs into the bundle, each blob's in order. A pool of its own: its jobs
+# wait only for the thread reading their blob, never for the shared I/O pool.
+_WRITERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mirror-bundle-write")
 _FLUSH_EVERY = 256 << 20  # start writeback as we go, so the final fsync has little left
 
 
@@ -288,15 +293,20 @@ class Assembler:
         if tee is None:
             return
         v = Verifier(digest, tee.size, f"cache {path}") if verify else None
+        chunks: queue.Queue[tuple[int, bytes] | None] = queue.Queue(maxsize=2)
+        writer = _WRITERS.submit(_write_in_order, tee, chunks)
         pos = 0
-        buf = bytearray(_HASH_CHUNK)  # one buffer, reused: no allocation per chunk
-        view = memoryview(buf)
-        with open(path, "rb", buffering=0) as f:
-            while n := f.readinto(buf):
-                if v is not None:
-                    v.update(view[:n])
-                tee.write(pos, view[:n])
-                pos += n
+        try:
+            with open(path, "rb", buffering=0) as f:
+                while chunk := f.read(_HASH_CHUNK):
+                    chunks.put((pos, chunk))  # written (and summed) on a writer thread
+                    if v is not None:
+                        v.update(chunk)  # while this thread hashes
+                    pos += len(chunk)
+        finally:
+            chunks.put(None)
+            wait([writer])  # nothing writes into the bundle after we return
+        writer.result()
         if v is not None:
             v.finish()
 
@@ -339,6 +349,20 @@ class Assembler:
                 os.close(self.fd)
                 self.fd = -1
         self.tmp.unlink(missing_ok=True)
+
+
+def _write_in_order(tee: Tee, chunks: queue.Queue[tuple[int, bytes] | None]) -> None:
+    """Write a cached blob's chunks into the bundle as `copy_cached` reads them; after an
+    error, go on taking them (so the reader never blocks) and raise it at the end."""
+    error: BaseException | None = None
+    while (item := chunks.get()) is not None:
+        if error is None:
+            try:
+                tee.write(*item)
+            except BaseException as e:
+                error = e
+    if error is not None:
+        raise error
 
 
 class _SharedLock:

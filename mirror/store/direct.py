@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 
 ALIGN = 4096  # a multiple of every logical block size O_DIRECT may ask for
-STAGE = 1 << 20
+STAGE = 512 << 10
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 
@@ -118,3 +118,4 @@ class AppendFile:
             if self._stage is not None:
                 self._stage.close()
                 self._stage = None
+
