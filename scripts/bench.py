@@ -256,6 +256,9 @@ class Bench:
         out = self.work / "time.out"
         if self.verbose:
             print(f"  $ {' '.join(cmd)}", file=sys.stderr)
+        # every command starts with nothing dirty in the page cache: none pays for the
+        # writeback of what the one before it wrote (skopeo's 1 GiB, say)
+        os.sync()
         proc = subprocess.run([TIME, "-f", "%e %U %S %M", "-o", str(out), *cmd], cwd=REPO,
                               env=self.env, stdin=subprocess.DEVNULL, capture_output=True)
         if proc.returncode != 0:
