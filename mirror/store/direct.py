@@ -9,8 +9,7 @@ later run, so keeping it out of the page cache is also kinder to a machine under
 nightly pull of tens of GB does not push everything else out of memory.
 
 O_DIRECT wants aligned memory, offsets and lengths: bytes are staged in a page-aligned buffer
-and written in whole buffers; what is left at `close()` is written padded to a block and the
-file truncated to its true length. Where the filesystem refuses O_DIRECT (tmpfs, some FUSE
+and written in whole buffers; what is left at `close()` is written the ordinary way. Where the filesystem refuses O_DIRECT (tmpfs, some FUSE
 filesystems, systems without the flag) the file is written the ordinary way.
 """
 
@@ -87,18 +86,16 @@ class AppendFile:
         self.direct = False
 
     def _flush_tail(self) -> None:
-        """Write what is staged (padded to a block when direct; the padding is cut off).
-        Only at close: the position is no longer aligned afterwards."""
+        """Write what is staged. Its length is rarely a whole block, so the descriptor is
+        switched to ordinary writes first: no padding that a kill could leave behind."""
         n = self._staged
         if not n or self._stage is None:
             return
-        padded = -(-n // ALIGN) * ALIGN
-        self._stage[n:padded] = bytes(padded - n)
-        self._pwrite_all(memoryview(self._stage)[:padded], self.pos)
+        if self.direct:
+            self._buffered()
+        self._pwrite_all(memoryview(self._stage)[:n], self.pos)
         self.pos += n
         self._staged = 0
-        if padded != n:
-            os.ftruncate(self.fd, self.pos)
 
     def reset(self) -> None:
         """Start the file over, empty."""
