@@ -4,8 +4,11 @@ pull test checks the same through skopeo, umoci and `sha256sum`.)"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import random
+import subprocess
+import sys
 import tarfile
 import threading
 from pathlib import Path
@@ -136,3 +139,32 @@ def test_bundle_sha256_is_right_whichever_thread_gets_there_first(tmp_path: Path
             for digest, data in blobs.items():
                 member = tar.extractfile(f"blobs/sha256/{digest.split(':')[1]}")
                 assert member is not None and member.read() == data
+
+
+def test_a_full_disk_is_an_os_error_not_a_buffer_error(tmp_path: Path) -> None:
+    """A write that fails (here EFBIG from a file size limit, as ENOSPC would on a full
+    disk) must reach the user as the OSError it is: the CLI turns that into one line. The
+    failed write's traceback still holds a view of the staging buffer; closing must cope."""
+    script = f"""
+import os, resource, signal, sys
+from pathlib import Path
+from mirror.store.direct import AppendFile
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+f = AppendFile(Path({str(tmp_path / "blob")!r}))
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
+kept = []
+try:
+    f.write(os.urandom(3 << 20))
+except OSError as e:
+    kept.append(e)  # as a download's batch keeps its error until it is waited for
+try:
+    f.close()
+except OSError as e:
+    print("close:", type(e).__name__, e.errno)
+print("write:", type(kept[0]).__name__, kept[0].errno, "fd:", f.fd)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert f"write: OSError {errno.EFBIG} fd: -1" in out.stdout
+    assert "BufferError" not in out.stdout + out.stderr

@@ -395,7 +395,12 @@ class PartialBlob:
         """Check size and digest, fsync, and move into the store. On a bad digest the partial
         file is deleted (it can't be resumed) and IntegrityError raised."""
         await self.drain()
-        return await asyncio.get_running_loop().run_in_executor(_IO_POOL, self._commit)
+        fut = asyncio.get_running_loop().run_in_executor(_IO_POOL, self._commit)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            await asyncio.wait([fut])  # the file is closed and moved (or not) before we go on
+            raise
 
     def _commit(self) -> Path:
         assert self._file is not None and self._verifier is not None

@@ -19,6 +19,7 @@ import errno
 import fcntl
 import mmap
 import os
+import threading
 from pathlib import Path
 
 ALIGN = 4096  # a multiple of every logical block size O_DIRECT may ask for
@@ -48,6 +49,7 @@ class AppendFile:
         if fd < 0:
             fd = os.open(path, flags, 0o644)
         self.fd = fd
+        self._closing = threading.Lock()
         os.ftruncate(fd, offset)
         self.pos = offset  # where the next write lands (staged bytes not counted)
         self._stage = mmap.mmap(-1, STAGE) if self.direct else None
@@ -104,15 +106,21 @@ class AppendFile:
         os.ftruncate(self.fd, 0)
 
     def close(self) -> None:
-        """Flush and close; the file then holds every byte written (kept for a resume)."""
-        if self.fd < 0:
-            return
-        try:
-            self._flush_tail()
-        finally:
-            os.close(self.fd)
-            self.fd = -1
-            if self._stage is not None:
-                self._stage.close()
-                self._stage = None
+        """Flush and close; the file then holds every byte written (kept for a resume).
+        Safe to call twice, from two threads (a commit on a worker, a cancelled download's
+        cleanup on the event loop): only the first does anything."""
+        with self._closing:
+            if self.fd < 0:
+                return
+            try:
+                self._flush_tail()
+            finally:
+                fd, self.fd = self.fd, -1
+                stage, self._stage = self._stage, None
+                os.close(fd)
+                if stage is not None:
+                    try:
+                        stage.close()
+                    except BufferError:
+                        pass  # a failed write's traceback still holds a view: freed with it
 
