@@ -54,7 +54,13 @@ class Fetcher:
             sink = self.store.partial(desc.digest, desc.size,
                                       f"{registry}/{repo}@{desc.digest}")
             sink.tee = self.assembler.tee(desc.digest) if self.assembler else None
-            offset = await asyncio.get_running_loop().run_in_executor(_IO_POOL, sink.open)
+            opening = asyncio.get_running_loop().run_in_executor(_IO_POOL, sink.open)
+            try:
+                offset = await opening
+            except asyncio.CancelledError:
+                await asyncio.wait([opening])  # then nothing of it is left open
+                sink.close()
+                raise
             if offset:
                 self.progress.debug(f"resuming {desc.digest} at byte {offset}")
                 self.progress.advanced(offset)
