@@ -170,18 +170,40 @@ class _Run:
         res.manifests = [m.digest for m in plan.manifest_order()]
         self.plans[i] = plan
 
-    def check_sizes(self) -> None:
-        """One digest, one size: an image that lists a blob with another size than an image
-        before it is refused (a tar header cannot be both)."""
-        seen: dict[str, tuple[int, str]] = {}
+    async def check_sizes(self) -> None:
+        """One digest, one size (a tar header cannot be both). When images list one blob with
+        different sizes, the registry is asked (HEAD) which is right and the images that got
+        it wrong are refused; if it does not say, the image listed first is taken as right."""
+        listed: dict[str, dict[int, list[tuple[int, str]]]] = {}
         for i, p in self.resolved():
             for d in p.blobs.values():
-                size, who = seen.setdefault(d.digest, (d.size, p.name))
-                if size != d.size:
-                    self.failed(i, IntegrityError(
-                        f"{p.name}: blob {d.digest} is listed with {d.size} bytes, but {who} "
-                        f"lists it with {size}"))
-                    break
+                users = listed.setdefault(d.digest, {}).setdefault(d.size, [])
+                if (i, p.name) not in users:
+                    users.append((i, p.name))
+        for digest, sizes in listed.items():
+            if len(sizes) < 2:
+                continue
+            first = min(sizes, key=lambda size: sizes[size][0][0])
+            plan = self.plans[sizes[first][0][0]]
+            assert plan is not None
+            ref = plan.spec.reference
+            try:
+                true = await self.client.blob_size(ref.registry, ref.repository, digest)
+            except MirrorError:
+                true = None
+            if true is None:
+                right: int | None = first
+                why = f"{sizes[first][0][1]} lists it with {first} (the registry does not say)"
+            else:
+                right = true if true in sizes else None
+                why = f"the registry says {true}"
+            for size, users in sizes.items():
+                if size == right:
+                    continue
+                for i, name in users:
+                    if self.plans[i] is not None:  # not refused already (another blob)
+                        self.failed(i, IntegrityError(
+                            f"{name}: blob {digest} is listed with {size} bytes, but {why}"))
 
     def start_in_order(self, digests: list[str]) -> None:
         """Start the placements in the bundle's order (downloads queue for a slot first come,
@@ -217,7 +239,7 @@ class _Run:
         opts, f = self.opts, self.fetcher
         try:
             await gather_or_cancel(self.plan_one(i, s) for i, s in enumerate(self.specs))
-            self.check_sizes()
+            await self.check_sizes()
             if not self.resolved() and self.first_error:
                 raise self.first_error
             if opts.dry_run:

@@ -8,6 +8,8 @@ import json
 import tarfile
 from pathlib import Path
 
+import pytest
+
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault
 from tests.support.oracle import check_layout, mirror_ok, run_mirror
@@ -52,7 +54,11 @@ def test_failed_run_writes_a_report_and_no_success_is_an_error(src_registry, rep
     assert not (tmp_path / "b.tar").exists()
 
 
-def test_one_digest_listed_with_two_sizes_is_refused(src_registry, repo_name, rng, tmp_path):
+@pytest.mark.parametrize("liar_first", [False, True])
+def test_one_digest_listed_with_two_sizes_is_refused(src_registry, repo_name, rng, tmp_path,
+                                                     liar_first):
+    """Whichever image comes first, the one whose size the registry contradicts is refused;
+    the other goes into the bundle."""
     layer = ig.make_layer(rng)
     good = ig.make_image(rng, ig.AMD64, fmt="oci", layers=[layer])
     push_image(src_registry.url, repo_name, good, tags=["good"])
@@ -63,12 +69,17 @@ def test_one_digest_listed_with_two_sizes_is_refused(src_registry, repo_name, rn
     good_ref = f"{src_registry.host}/{repo_name}:good"
     liar_ref = f"{src_registry.host}/{repo_name}:liar"
     out = tmp_path / "b.tar"
-    r = run_mirror("pull", good_ref, liar_ref, "--keep-going", "-o", out, "--cache",
-                   tmp_path / "c")
+    refs = [liar_ref, good_ref] if liar_first else [good_ref, liar_ref]
+    r = run_mirror("pull", *refs, "--keep-going", "-o", out, "--cache", tmp_path / "c")
     assert r.returncode == 13, r.stderr
-    assert f"blob {layer.digest} is listed with {layer.size + 10} bytes" in r.stderr
+    assert (f"blob {layer.digest} is listed with {layer.size + 10} bytes, but the registry "
+            f"says {layer.size}") in r.stderr
+    assert f"is listed with {layer.size} bytes" not in r.stderr
     check_layout(out)
     assert mirror_ok("verify", out)
+    with tarfile.open(out) as tar:
+        index = json.loads(tar.extractfile("index.json").read())  # type: ignore[union-attr]
+    assert [m["digest"] for m in index["manifests"]] == [good.manifest.digest]
 
 
 def _rewrite_member(src: Path, dst: Path, name: str, data: bytes) -> None:

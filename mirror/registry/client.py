@@ -137,6 +137,19 @@ class Client(Uploads):
         async with resp:
             return True
 
+    async def blob_size(self, registry: str, repo: str, digest: str) -> int | None:
+        """The size the registry gives for a blob (HEAD, Content-Length); None when it does
+        not say (a redirect, no length) or has no such blob."""
+        try:
+            resp = await self.t.request(registry, "HEAD", f"/v2/{repo}/blobs/{digest}",
+                                        repository=repo, ok=(200, *REDIRECTS),
+                                        what=f"blob {digest}", allow_redirects=False)
+        except NotFound:
+            return None
+        async with resp:
+            length = resp.headers.get("Content-Length", "")
+            return int(length) if resp.status == 200 and length.isdigit() else None
+
     async def _open_blob(self, registry: str, repo: str, digest: str,
                          headers: dict[str, str], what: str) -> aiohttp.ClientResponse:
         """GET a blob: 200 or 206 from the registry, or from where it redirects us.
