@@ -279,16 +279,16 @@ class _Run:
 
     async def finish(self) -> tuple[str | None, bool]:
         """Name the assembled bundle, or write it from the store (a .tar.zst, or when an
-        image failed after the layout was fixed). Runs off the event loop. Ctrl-C during a
-        one-pass write stops it cleanly (nothing is renamed into place); an assembled bundle,
-        already whole, is still named (fsync, rename, .sha256) before the run stops."""
+        image failed after the layout was fixed). Runs off the event loop. Ctrl-C stops either
+        cleanly: nothing is renamed into place, and an interrupted run leaves the previous
+        bundle (if any) as it was."""
         opts, f = self.opts, self.fetcher
         loop = asyncio.get_running_loop()
         partial = self.first_error is not None
         late = any(self.plans[i] is None for i in self.in_layout)
         if f.assembler is not None and not late:
-            fut = loop.run_in_executor(_IO_POOL, f.assembler.finish)
-            stop = None
+            stop = threading.Event()
+            fut = loop.run_in_executor(_IO_POOL, f.assembler.finish, stop)
         elif opts.output is not None:
             if f.assembler is not None:
                 f.assembler.abort()

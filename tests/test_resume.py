@@ -188,3 +188,51 @@ def test_partial_file_with_bad_bytes_is_discarded(src_registry, image, recproxy,
     assert_exact(tmp_path / "out.tar", img)
     first, second = proxy.seen("GET", big.digest)
     assert first.headers.get("Range") == f"bytes={200_000 - 200_000 % ALIGN}-" and "Range" not in second.headers
+
+
+def test_ctrl_c_mid_blob_exits_130_names_nothing_then_resumes(
+        src_registry: Registry, recproxy, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """SIGINT (Ctrl-C, or `kill -INT` from a supervisor) in the middle of a layer: exit 130
+    with one line, no bundle and no `.partial` bundle left, the old bundle untouched, the
+    partial download kept; the next run resumes it and names the new bundle."""
+    small = ig.make_image(rng, ig.AMD64, "oci", layer_size=4096)
+    push_image(src_registry.url, repo_name, small, ["old"])
+    big = ig.make_layer(rng, 32 << 20, compressed=False)
+    img = ig.make_image(rng, ig.AMD64, "oci", layers=[big])
+    push_image(src_registry.url, repo_name, img, ["v1"])
+    cache, out = tmp_path / "cache", tmp_path / "out.tar"
+    ok(pull(tmp_path, f"{src_registry.host}/{repo_name}:old"))  # an earlier night's bundle
+    before = out.read_bytes()
+    proxy = recproxy(src_registry.url)
+    proxy.add(Fault("slow", method="GET", path=big.digest, chunk=256 << 10, delay=0.05,
+                    times=1))
+    partial = partial_file(cache, big.digest)
+    args = ["pull", f"{proxy.host}/{repo_name}:v1", "-o", out, "--cache", cache, "-q"]
+    proc = subprocess.Popen(mirror_cmd(*args), cwd=ROOT, env=mirror_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (partial.exists() and partial.stat().st_size >= 4 << 20):
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the download did not get going"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == 130, err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1 and "interrupted" in lines[0], err
+    assert out.read_bytes() == before  # the earlier bundle, untouched
+    assert not out.with_name("out.tar.partial").exists()
+    kept = partial.stat().st_size
+    assert 0 < kept < big.size
+
+    proxy.reset_counters()
+    ok(pull(tmp_path, f"{proxy.host}/{repo_name}:v1"))
+    assert_exact(out, img)
+    [get] = proxy.seen("GET", big.digest)[-1:]
+    assert get.headers["Range"] == f"bytes={kept - kept % ALIGN}-" and get.status == 206

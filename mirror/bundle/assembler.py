@@ -310,8 +310,10 @@ class Assembler:
         if v is not None:
             v.finish()
 
-    def finish(self) -> str:
-        """Wait for the hash, fsync, rename into place, write `<out>.sha256`; return digest."""
+    def finish(self, stop: threading.Event | None = None) -> str | None:
+        """Wait for the hash, fsync, rename into place, write `<out>.sha256`; return digest.
+        When `stop` is set (Ctrl-C) before the rename: None, nothing named (`abort()` then
+        removes the partial file)."""
         with self._lock:
             self._closed = True  # the hasher takes what is contiguous, then stops
             self._lock.notify_all()
@@ -320,6 +322,8 @@ class Assembler:
             h = hashlib.sha256()
             pos = 0
             while data := os.pread(self.fd, _HASH_CHUNK, pos):
+                if stop is not None and stop.is_set():
+                    return None
                 h.update(data)
                 pos += len(data)
             digest = h.hexdigest()
@@ -327,6 +331,8 @@ class Assembler:
             digest = self._hash.hexdigest()
         with self._flushing:  # not while a writeback thread still uses the descriptor
             os.fsync(self.fd)
+        if stop is not None and stop.is_set():
+            return None
         os.close(self.fd)
         self.fd = -1
         os.replace(self.tmp, self.out)
