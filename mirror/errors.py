@@ -146,3 +146,13 @@ class IncompleteBase(MirrorError):
 
 class LockHeld(MirrorError):
     exit_code = EXIT_CODES["lock-held"]
+
+
+def naming(e: OSError, path: object) -> OSError:
+    """`e` with the file it is about (os.pwrite and friends don't say): the CLI's one line
+    then names the bundle or cache file that could not be written."""
+    if e.filename is not None:
+        return e
+    named = OSError(e.errno, e.strerror, str(path))
+    named.__cause__ = e.__cause__
+    return named

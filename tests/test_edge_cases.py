@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
+import os
+import resource
+import signal
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -12,7 +17,7 @@ import pytest
 
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault
-from tests.support.oracle import check_layout, mirror_ok, run_mirror
+from tests.support.oracle import ROOT, check_layout, mirror_cmd, mirror_env, mirror_ok, run_mirror
 from tests.support.pusher import list_tags, push_blob, push_image, push_raw_manifest
 
 
@@ -269,3 +274,33 @@ def test_damaged_cache_entry_is_fetched_again_and_the_sha256_still_matches(
     assert side == hashlib.sha256(out.read_bytes()).hexdigest(), r.stderr
     assert mirror_ok("verify", out)
     check_layout(out)
+
+
+def _file_size_limit(limit: int):
+    def limit_writes() -> None:  # in the child: files may not grow past `limit` bytes
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return limit_writes
+
+
+def test_a_bundle_that_cannot_be_written_is_one_line_naming_it(src_registry, repo_name, rng,
+                                                               tmp_path):
+    """The disk refuses the bundle (here a file size limit, as a full disk or a quota
+    would): one line naming the file, exit 1, no bundle and no `.partial` left; the next
+    run, with room, writes it."""
+    img = ig.make_image(rng, ig.AMD64, "oci", layers=[ig.make_layer(rng, 768 << 10),
+                                                      ig.make_layer(rng, 768 << 10)])
+    push_image(src_registry.url, repo_name, img, tags=["v1"])
+    ref = f"{src_registry.host}/{repo_name}:v1"
+    out = tmp_path / "out.tar"
+    args = ["pull", ref, "-o", out, "--cache", tmp_path / "c", "-q"]
+    r = subprocess.run(mirror_cmd(*args), cwd=ROOT, env=mirror_env(), capture_output=True,
+                       text=True, timeout=120, preexec_fn=_file_size_limit(1 << 20))
+    assert r.returncode == 1, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert lines == [f"mirror: error: {out}.partial: {os.strerror(errno.EFBIG)}"], r.stderr
+    assert not out.exists() and not out.with_name("out.tar.partial").exists()
+    r = run_mirror(*args)
+    assert r.returncode == 0, r.stderr
+    check_layout(out)
+    assert mirror_ok("verify", out)

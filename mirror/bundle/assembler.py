@@ -26,6 +26,7 @@ from pathlib import Path
 from mirror.bundle.layout import MIRROR_JSON, OCI_LAYOUT
 from mirror.bundle.writer import BUF, _blob_name, _header, _pad, write_sidecar
 from mirror.digest import Verifier
+from mirror.errors import naming
 
 _HASH_CHUNK = 1 << 20
 # Writes of cached blobs into the bundle, each blob's in order. A pool of its own: its jobs
@@ -70,9 +71,12 @@ class Tee:
         with a.io:
             if a.fd < 0:
                 raise OSError("the bundle was aborted")
-            n = os.pwrite(a.fd, data, self.base + pos)
-            while n < len(data):  # short writes are legal
-                n += os.pwrite(a.fd, memoryview(data)[n:], self.base + pos + n)
+            try:
+                n = os.pwrite(a.fd, data, self.base + pos)
+                while n < len(data):  # short writes are legal
+                    n += os.pwrite(a.fd, memoryview(data)[n:], self.base + pos + n)
+            except OSError as e:
+                raise naming(e, a.tmp) from None
 
     def copy_from(self, path: Path, start: int, end: int) -> None:
         """Copy bytes [start, end) of a file (a resumed partial download) into place."""
@@ -98,6 +102,9 @@ class Assembler:
         self.io = _SharedLock()
         try:
             self._lay_out(index_json, inventory_json, manifests, blobs)
+        except OSError as e:
+            self.abort()
+            raise naming(e, self.tmp) from None
         except BaseException:
             self.abort()
             raise

@@ -22,6 +22,8 @@ import os
 import threading
 from pathlib import Path
 
+from mirror.errors import naming
+
 ALIGN = 4096  # a multiple of every logical block size O_DIRECT may ask for
 STAGE = 512 << 10
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
@@ -73,14 +75,17 @@ class AppendFile:
 
     def _pwrite_all(self, data: memoryview, pos: int) -> None:
         try:
-            n = os.pwrite(self.fd, data, pos)
+            try:
+                n = os.pwrite(self.fd, data, pos)
+            except OSError as e:
+                if e.errno != errno.EINVAL or not self.direct:
+                    raise
+                self._buffered()  # accepted at open, refused at write: some filesystems do
+                n = os.pwrite(self.fd, data, pos)
+            while n < len(data):  # short writes are legal
+                n += os.pwrite(self.fd, data[n:], pos + n)
         except OSError as e:
-            if e.errno != errno.EINVAL or not self.direct:
-                raise
-            self._buffered()  # accepted at open, refused at write: some filesystems do that
-            n = os.pwrite(self.fd, data, pos)
-        while n < len(data):  # short writes are legal
-            n += os.pwrite(self.fd, data[n:], pos + n)
+            raise naming(e, self.path) from None
 
     def _buffered(self) -> None:
         flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
