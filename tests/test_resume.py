@@ -124,6 +124,15 @@ def test_transient_corruption_is_refetched(src_registry, image, recproxy,
     assert "Range" not in second.headers and second.status == 200  # from byte 0
 
 
+def wait_for_bytes(proc: subprocess.Popen, partial: Path, at_least: int) -> None:
+    """Until the running pull has `at_least` bytes of the blob in its partial file."""
+    deadline = time.monotonic() + 120
+    while not (partial.exists() and partial.stat().st_size >= at_least):
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline, "the download did not get going"
+        time.sleep(0.05)
+
+
 def test_sigkill_mid_blob_then_resume(src_registry: Registry, recproxy, repo_name: str,
                                       rng: random.Random, tmp_path: Path) -> None:
     """Kill a pull in the middle of a 64 MiB layer; the next run resumes from the partial
@@ -141,12 +150,7 @@ def test_sigkill_mid_blob_then_resume(src_registry: Registry, recproxy, repo_nam
     proc = subprocess.Popen(mirror_cmd(*args), cwd=ROOT, env=mirror_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 120
-        # at least 8 MiB on disk (the sink writes in 4 MiB batches), well short of 64
-        while not (partial.exists() and partial.stat().st_size >= 8 << 20):
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, "the download did not get going"
-            time.sleep(0.05)
+        wait_for_bytes(proc, partial, 8 << 20)  # well short of 64
         proc.send_signal(signal.SIGKILL)
     finally:
         if proc.poll() is None:
@@ -212,11 +216,7 @@ def test_ctrl_c_mid_blob_exits_130_names_nothing_then_resumes(
     proc = subprocess.Popen(mirror_cmd(*args), cwd=ROOT, env=mirror_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while not (partial.exists() and partial.stat().st_size >= 4 << 20):
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, "the download did not get going"
-            time.sleep(0.05)
+        wait_for_bytes(proc, partial, 4 << 20)  # of 32
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
