@@ -208,14 +208,22 @@ def _shared_layer_images(rng: random.Random) -> tuple[ig.Layer, ig.Index, ig.Ima
     return shared, ig.make_index([amd, arm], "oci"), other
 
 
-def test_shared_layer_is_fetched_once_and_stored_once(
-        src_registry: Registry, faultproxy, repo_name: str, rng: random.Random,
-        tmp_path: Path) -> None:
+def _seed_shared_layer_images(src_registry: Registry, faultproxy, repo_name: str,
+                              rng: random.Random):
+    """Push the two images into REPO/a and REPO/b; a proxy in front counts what is fetched."""
     shared, index, other = _shared_layer_images(rng)
     push_image(src_registry.url, f"{repo_name}/a", index, ["v1"])
     push_image(src_registry.url, f"{repo_name}/b", other, ["v1"])
     proxy = faultproxy(src_registry.url)
     refs = [f"{proxy.host}/{repo_name}/a:v1", f"{proxy.host}/{repo_name}/b:v1"]
+    return shared, index, other, proxy, refs
+
+
+def test_shared_layer_is_fetched_once_and_stored_once(
+        src_registry: Registry, faultproxy, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    shared, index, other, proxy, refs = _seed_shared_layer_images(src_registry, faultproxy,
+                                                                  repo_name, rng)
     lay = check_layout(pull(tmp_path, *refs, "--platform", "all"))
     gets = [p for p in proxy.paths("GET") if p.endswith(f"/blobs/{shared.digest}")]
     assert len(gets) == 1, gets
@@ -230,11 +238,8 @@ def test_shared_layer_is_fetched_once_and_stored_once(
 def test_second_pull_with_warm_cache_fetches_no_blob_and_is_identical(
         src_registry: Registry, faultproxy, repo_name: str, rng: random.Random,
         tmp_path: Path) -> None:
-    shared, index, other = _shared_layer_images(rng)
-    push_image(src_registry.url, f"{repo_name}/a", index, ["v1"])
-    push_image(src_registry.url, f"{repo_name}/b", other, ["v1"])
-    proxy = faultproxy(src_registry.url)
-    refs = [f"{proxy.host}/{repo_name}/a:v1", f"{proxy.host}/{repo_name}/b:v1"]
+    shared, index, other, proxy, refs = _seed_shared_layer_images(src_registry, faultproxy,
+                                                                  repo_name, rng)
     first = pull(tmp_path, *refs, out="first.tar")
     blob_bytes = sum(n for p, n in proxy.bytes_by_path.items() if "/blobs/" in p)
     unique = {b.digest: b.size for b in (*index.all_blobs(), *other.all_blobs())}
