@@ -8,7 +8,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from mirror import __version__
+from mirror import __version__, malloc
 from mirror.commands import COMMANDS, DEFAULT_OUTPUT
 from mirror.config import (
     FOREIGN_POLICIES,
@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_CODES["usage"]
     progress = make_progress(quiet=args.quiet, verbose=args.verbose, desc=args.command)
+    malloc.tune()
     try:
         return asyncio.run(COMMANDS[args.command](args, progress))
     except MirrorError as e:

@@ -273,24 +273,26 @@ class Assembler:
             self._lock.wait()
 
     def _follow(self) -> None:
+        buf = bytearray(_HASH_CHUNK)  # one buffer, read into again and again
+        view = memoryview(buf)
         while not self._aborted:
             with self._lock:
                 piece = self._take()
             if piece is None:
                 return
             start, end = piece
-            data = b""
+            n = 0
             try:
                 with self.io:
                     if self.fd >= 0:
-                        data = os.pread(self.fd, end - start, start)
-                self._hash.update(data)
+                        n = os.preadv(self.fd, [view[:end - start]], start)
+                self._hash.update(view[:n])
             finally:
                 with self._lock:
-                    self._frontier = start + len(data)
+                    self._frontier = start + n
                     self._hashing = False
                     self._lock.notify_all()
-            if not data:
+            if not n:
                 return
 
     def copy_cached(self, digest: str, path: Path, verify: bool) -> None:
