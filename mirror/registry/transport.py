@@ -160,13 +160,17 @@ class Transport:
         return self.settings.get(registry) or RegistrySettings()
 
     def _ssl(self, registry: str) -> ssl.SSLContext | bool:
-        """Verified TLS by default; the system CAs plus `ca_file`; False only when insecure."""
+        """Verified TLS by default; the system CAs plus `ca_file`; False only when insecure.
+        True is aiohttp's own verified context (`ssl.create_default_context()`, made once
+        when aiohttp is imported): a context of our own only when there is more to load."""
         if registry in self._ssl_cache:
             return self._ssl_cache[registry]
         s = self._settings(registry)
         ctx: ssl.SSLContext | bool
         if s.insecure and not s.ca_file:
             ctx = False
+        elif not s.ca_file and not s.client_cert:
+            ctx = True
         else:
             ctx = ssl.create_default_context()
             what = "ca_file"
