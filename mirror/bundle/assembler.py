@@ -27,12 +27,13 @@ from mirror.bundle.layout import MIRROR_JSON, OCI_LAYOUT
 from mirror.bundle.writer import BUF, _blob_name, _header, _pad, write_sidecar
 from mirror.digest import Verifier
 from mirror.errors import naming
+from mirror.store import writeback
 
 _HASH_CHUNK = 1 << 20
 # Writes of cached blobs into the bundle, each blob's in order. A pool of its own: its jobs
 # wait only for the thread reading their blob, never for the shared I/O pool.
 _WRITERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mirror-bundle-write")
-_FLUSH_EVERY = 256 << 20  # start writeback as we go, so the final fsync has little left
+_FLUSH_EVERY = 256 << 20  # an fdatasync this often where writeback.start() is not possible
 
 
 class Tee:
@@ -141,6 +142,8 @@ class Assembler:
         self._closed = False
         self._aborted = False
         self._unflushed = 0
+        self._streaming = writeback.available()
+        self._flush_every = writeback.EVERY if self._streaming else _FLUSH_EVERY
         self._flushing = threading.Lock()
         os.ftruncate(self.fd, self.size)  # padding and the end-of-archive zeros are holes
         self._thread = threading.Thread(target=self._follow, name="mirror-bundle-hash",
@@ -227,8 +230,11 @@ class Assembler:
         self._unflushed += length
 
     def _maybe_writeback(self) -> None:
+        """Keep the disk busy as we go, so the final fsync has little left: start the
+        writeback every few MiB (store/writeback.py), else an fdatasync now and then; on a
+        thread of its own, one at a time, never in a writer's way."""
         with self._lock:
-            flush = self._unflushed >= _FLUSH_EVERY
+            flush = self._unflushed >= self._flush_every
             if flush:
                 self._unflushed = 0
         if flush and self._flushing.acquire(blocking=False):
@@ -237,7 +243,9 @@ class Assembler:
     def _writeback(self) -> None:
         try:
             with self.io:
-                if self.fd >= 0:
+                if self.fd >= 0 and not (self._streaming and writeback.start(self.fd)):
+                    self._streaming = False
+                    self._flush_every = _FLUSH_EVERY
                     os.fdatasync(self.fd)
         except OSError:
             pass  # the final fsync reports what matters
