@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_CODES["usage"]
     progress = make_progress(quiet=args.quiet, verbose=args.verbose, desc=args.command)
-    malloc.tune()
+    if args.command == "pull":  # its receive path; a load's reads are another story
+        malloc.tune()
     try:
         return asyncio.run(COMMANDS[args.command](args, progress))
     except MirrorError as e:
