@@ -61,11 +61,20 @@ class Platform:
 
     @classmethod
     def parse(cls, text: str) -> Platform:
-        """`os/arch[/variant]`; raise InvalidPlatform naming the text."""
+        """`os/arch[/variant]`, or a bare architecture (`aarch64`, `amd64`: Linux, as `uname -m`
+        gives it); raise InvalidPlatform naming the text."""
         parts = text.strip().split("/")
+        if len(parts) == 1 and parts[0] and _PART.match(parts[0].lower()):
+            arch = parts[0].lower()
+            if arch in KNOWN_ARCH - {"unknown"} or arch in _ARCH_ALIASES:
+                parts = ["linux", parts[0]]
+            elif arch in KNOWN_OS:
+                raise InvalidPlatform(f"invalid platform {text!r}: an os without an architecture",
+                                      hint=f"e.g. {arch}/amd64 or {arch}/arm64")
         if len(parts) not in (2, 3) or not all(p and _PART.match(p.lower()) for p in parts):
             raise InvalidPlatform(
-                f"invalid platform {text!r}: expected os/arch[/variant], e.g. linux/arm64"
+                f"invalid platform {text!r}: expected os/arch[/variant] or an architecture, "
+                "e.g. linux/arm64 or aarch64"
             )
         os_, arch, variant = _norm(parts[0], parts[1], parts[2] if len(parts) == 3 else "")
         if os_ not in KNOWN_OS:

@@ -144,6 +144,12 @@ def test_reference_with_tag_and_digest() -> None:
     ("macos/arm64", ("darwin", "arm64", "")),
     ("windows/amd64", ("windows", "amd64", "")),
     (" linux/s390x ", ("linux", "s390x", "")),
+    # a bare architecture is Linux's (what `uname -m` or `dpkg --print-architecture` says)
+    ("aarch64", ("linux", "arm64", "")),
+    ("x86_64", ("linux", "amd64", "")),
+    ("arm64", ("linux", "arm64", "")),
+    ("armhf", ("linux", "arm", "v7")),
+    ("s390x", ("linux", "s390x", "")),
 ])
 def test_platform_parse(text: str, want: tuple[str, str, str]) -> None:
     p = Platform.parse(text)
@@ -153,7 +159,9 @@ def test_platform_parse(text: str, want: tuple[str, str, str]) -> None:
 
 @pytest.mark.parametrize(("text", "why"), [
     ("", "expected os/arch"),
-    ("linux", "expected os/arch"),
+    ("linux", "an os without an architecture"),
+    ("unknown", "an os without an architecture"),
+    ("amd46", "expected os/arch[/variant] or an architecture"),
     ("linux/", "expected os/arch"),
     ("/amd64", "expected os/arch"),
     ("linux/arm/v7/x", "expected os/arch"),
@@ -301,7 +309,8 @@ def test_config_defaults_when_not_set() -> None:
     ("images:\n  - ref: a/b\n    foreign_layers: drop\n", 3, "'foreign_layers' must be one"),
     ("images:\n  - ref: a/b\n    referrers: maybe\n", 3, "must be true or false"),
     ("images:\n  - ref: a/b\n    platforms: [linux/amd46]\n", 3, "unknown architecture"),
-    ("defaults:\n  platforms: linux\nimages: [a]\n", 2, "expected os/arch"),
+    ("defaults:\n  platforms: linux\nimages: [a]\n", 2, "an os without an architecture"),
+    ("defaults:\n  platforms: amd46\nimages: [a]\n", 2, "expected os/arch"),
     ("images:\n  - ok/one\n  - Bad/Ref\n", 3, "lowercase"),
     ("images:\n  - ref: https://r.io/a\n", 2, "no scheme"),
     ("images:\n  - ref: ''\n", 2, "'ref' must be a non-empty string"),
