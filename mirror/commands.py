@@ -203,7 +203,8 @@ async def _pull(args: argparse.Namespace, progress) -> int:
         print(f"would fetch up to {result.dry_run_bytes} bytes "
               f"({result.bytes_reused} already in the cache)")
     elif result.bundle:
-        print(f"{result.bundle}\t{result.bundle_digest}")
+        if not args.quiet:  # -q: nothing on success (cron mails what a job prints)
+            print(f"{result.bundle}\t{result.bundle_digest}")
         verb = "unchanged (already holds exactly these images)" if result.unchanged else "wrote"
         progress.info(f"{verb} {result.bundle}: "
                       f"{len([r for r in result.images if not r.error])}"
@@ -239,8 +240,9 @@ async def _load(args: argparse.Namespace, progress) -> int:
         for line in result.dry_run:
             print(line)
         return 0
-    for tag in result.tags:
-        print(tag)
+    if not args.quiet:
+        for tag in result.tags:
+            print(tag)
     progress.info(f"loaded {args.bundle}: {result.blobs_pushed} blob(s) pushed "
                   f"({result.bytes_pushed} bytes), {result.blobs_mounted} mounted, "
                   f"{result.blobs_present} already present, {result.manifests_pushed} "
@@ -261,7 +263,8 @@ async def _verify(args: argparse.Namespace, progress) -> int:
 
         err = BundleError if structural else IntegrityError
         raise err(f"{args.bundle}: {len(problems)} problem(s) found")
-    print(f"{args.bundle}: OK")
+    if not args.quiet:
+        print(f"{args.bundle}: OK")
     return 0
 
 

@@ -68,7 +68,8 @@ def no_match(spec: ImageSpec, available: list[str]) -> NoMatchingPlatform:
     err = NoMatchingPlatform(
         f"{spec.reference}: no matching manifest for {spec.settings.platforms} "
         f"(the image has: {have})",
-        hint="pick one of those with --platform, or set `platforms:` for this image",
+        hint="ask for one of those: --platform, when given, applies to every image and "
+             "overrides `platforms:` in the config; --keep-going finishes the other images",
     )
     err.available = list(dict.fromkeys(available))  # type: ignore[attr-defined]
     return err

@@ -267,3 +267,26 @@ def test_rerun_with_nothing_new_leaves_the_bundle_alone(src_registry, repo_name,
     push_image(src_registry.url, repo_name, moved, tags=["n"])
     r = mirror_ok("pull", ref, "-o", tmp_path / "a.tar", "--cache", cache)
     assert "unchanged" not in r.stderr
+
+
+def test_quiet_runs_print_nothing_on_success_and_one_line_on_error(src_registry, dst_registry,
+                                                                    repo_name, rng, tmp_path):
+    """cron mails whatever a job prints: with -q a good night is silent (the report has the
+    details), a bad one is the one error line."""
+    idx, _ = _multi(rng)
+    push_image(src_registry.url, repo_name, idx, tags=["1"])
+    out = tmp_path / "q.tar"
+    report = tmp_path / "r.json"
+    for args in (("pull", f"{src_registry.host}/{repo_name}:1", "-o", out, "--cache",
+                  tmp_path / "c", "--report", report),
+                 ("verify", out),
+                 ("load", out, "--to", f"{dst_registry.host}/q")):
+        r = mirror_ok(*args, "-q")
+        assert (r.stdout, r.stderr) == ("", ""), (args[0], r.stdout, r.stderr)
+    assert json.loads(report.read_text())["bundle_digest"] == file_sha256(out)
+    assert list_tags(dst_registry.url, f"q/{repo_name}") == ["1"]
+    r = run_mirror("pull", f"{src_registry.host}/{repo_name}:nope", "-o", tmp_path / "x.tar",
+                   "--cache", tmp_path / "c", "-q")
+    assert r.returncode == EXIT["not-found"] and r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) <= 2, r.stderr  # the error and its hint
+    assert "mirror: error:" in r.stderr and f"{repo_name}: tag nope: HTTP 404" in r.stderr

@@ -26,9 +26,22 @@ def test_every_pull_option_in_readme_exists() -> None:
     sub = next(a for a in parser._actions if a.dest == "command")
     pull = sub.choices["pull"]
     flags = {s for a in pull._actions for s in a.option_strings}
-    table = README.split("Main options of `pull`:")[1].split("## ")[0]
+    section = README.split("Main options of `pull`:")[1].split("## ")[0]
+    table = "\n".join(line for line in section.splitlines() if line.startswith("|"))
     for flag in re.findall(r"`(--?[a-z][a-z-]*)", table):
         assert flag in flags, flag
+
+
+def test_every_option_of_every_command_is_in_the_readme() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, cmd in sub.choices.items():
+        for action in cmd._actions:
+            longs = [s for s in action.option_strings if s.startswith("--") and s != "--help"]
+            if longs:
+                shown = [s for s in action.option_strings
+                         if re.search(rf"(?<![\w-]){re.escape(s)}(?![\w-])", README)]
+                assert shown, f"mirror {name} {longs[0]} is not in the README"
 
 
 def test_only_the_cli_imports_tqdm() -> None:

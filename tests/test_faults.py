@@ -238,7 +238,7 @@ def test_persistent_failure_on_a_tag(src_registry, image, recproxy, tmp_path: Pa
     proc = pull(tmp_path, f"{proxy.host}/{repo}:v1", "--retries", "2")
     assert proc.returncode == 3, proc.stderr
     line = error_line(proc)
-    assert f"{proxy.host}/{repo}" in line and "manifest v1" in line and "HTTP 500" in line
+    assert f"{proxy.host}/{repo}" in line and "tag v1" in line and "HTTP 500" in line
 
 
 def test_connection_refused_is_retried_then_named(tmp_path: Path) -> None:

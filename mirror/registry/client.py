@@ -55,7 +55,7 @@ class Client(Uploads):
         while True:
             resp = await self.t.request(
                 registry, "GET", f"/v2/{repo}/manifests/{ref}", repository=repo,
-                headers={"Accept": mt.MANIFEST_ACCEPT}, what=f"manifest {ref}")
+                headers={"Accept": mt.MANIFEST_ACCEPT}, what=_asked(ref))
             try:
                 async with resp:
                     data = await read_body(resp, MAX_MANIFEST_BYTES)
@@ -81,7 +81,7 @@ class Client(Uploads):
         try:
             resp = await self.t.request(
                 registry, "HEAD", f"/v2/{repo}/manifests/{ref}", repository=repo,
-                headers={"Accept": mt.MANIFEST_ACCEPT}, what=f"manifest {ref}")
+                headers={"Accept": mt.MANIFEST_ACCEPT}, what=_asked(ref))
         except NotFound:
             return None
         async with resp:
@@ -311,3 +311,8 @@ async def _settle(sink: PartialBlob) -> None:
         raise
     except Exception:
         pass
+
+
+def _asked(ref: str) -> str:
+    """What a manifest request asked for, for errors: `tag v1` or `manifest sha256:...`."""
+    return f"manifest {ref}" if ":" in ref else f"tag {ref}"
