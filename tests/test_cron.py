@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
+
+import zstandard
 
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault
@@ -290,3 +294,57 @@ def test_quiet_runs_print_nothing_on_success_and_one_line_on_error(src_registry,
     assert r.returncode == EXIT["not-found"] and r.stdout == ""
     assert len(r.stderr.strip().splitlines()) <= 2, r.stderr  # the error and its hint
     assert "mirror: error:" in r.stderr and f"{repo_name}: tag nope: HTTP 404" in r.stderr
+
+
+def _readme_nightly_script() -> str:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("    #!/bin/sh\n", 1)[1].split("\n\n", 1)[0]
+    return "#!/bin/sh\n" + "\n".join(line[4:] for line in block.splitlines()) + "\n"
+
+
+def test_the_readmes_nightly_script_full_then_incremental(src_registry, dst_registry,
+                                                          repo_name, rng, tmp_path):
+    """The README's nightly script as written (only its directory changed, and `date` made to
+    say which night it is): the first night a full bundle, the next an incremental one against
+    the carried lock file; loaded in order, the target has both tags."""
+    script = _readme_nightly_script().replace("/srv/mirror", str(tmp_path / "site"))
+    site = tmp_path / "site"
+    (site / "bundles").mkdir(parents=True)
+    (site / "nightly.sh").write_text(script)
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "mirror").write_text(f'#!/bin/sh\nexec {sys.executable} -m mirror "$@"\n')
+    (bin_ / "date").write_text('#!/bin/sh\necho "$NIGHT"\n')
+    for f in bin_.iterdir():
+        f.chmod(0o755)
+    one, base = _multi(rng)
+    push_image(src_registry.url, repo_name, one, tags=["1"])
+    ref = f"{src_registry.host}/{repo_name}"
+    (site / "images.yaml").write_text(f"images:\n  - {ref}:1\n")
+    env = {**mirror_env(), "PATH": f"{bin_}:{os.environ['PATH']}",
+           "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+
+    def night(n: str) -> Path:
+        r = subprocess.run(["sh", str(site / "nightly.sh")], env={**env, "NIGHT": n},
+                           capture_output=True, text=True, timeout=180)
+        assert (r.returncode, r.stdout, r.stderr) == (0, "", ""), (n, r)
+        report = json.loads((site / "bundles" / "report.json").read_text())
+        assert report["exit_code"] == 0
+        return site / "bundles" / f"site-{n}.tar.zst"
+
+    first = night("20261127")
+    assert (site / "bundles" / "carried.lock").exists()
+    two, _ = _multi(rng, base=base)
+    push_image(src_registry.url, repo_name, two, tags=["2"])
+    (site / "images.yaml").write_text(f"images:\n  - {ref}:1\n  - {ref}:2\n")
+    second = night("20261128")
+    with open(second, "rb") as f, tarfile.open(
+            fileobj=zstandard.ZstdDecompressor().stream_reader(f), mode="r|") as tf:
+        shipped = {m.name.split("/")[-1] for m in tf if m.name.startswith("blobs/")}
+    assert shipped
+    assert base.digest.split(":")[1] not in shipped  # carried the night before
+    r = run_mirror("load", second, "--to", f"{dst_registry.host}/n", "-q")
+    assert r.returncode == EXIT["incomplete-base"]  # out of order: nothing pushed
+    for b in (first, second):
+        mirror_ok("load", b, "--to", f"{dst_registry.host}/n", "-q")
+    assert sorted(list_tags(dst_registry.url, f"n/{repo_name}")) == ["1", "2"]
