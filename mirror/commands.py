@@ -200,8 +200,8 @@ async def _pull(args: argparse.Namespace, progress) -> int:
         for r in result.images:
             if not r.error:
                 print(f"{r.reference}\t{r.digest}\t{','.join(r.platforms)}")
-        print(f"would fetch up to {result.dry_run_bytes} bytes "
-              f"({result.bytes_reused} already in the cache)")
+        print(f"would fetch up to {result.dry_run_bytes - result.bytes_reused} bytes "
+              f"(of {result.dry_run_bytes} needed; the rest is in the cache)")
     elif result.bundle:
         if not args.quiet:  # -q: nothing on success (cron mails what a job prints)
             print(f"{result.bundle}\t{result.bundle_digest}")

@@ -31,6 +31,7 @@ class Fetcher:
         self.reused: set[str] = set()
         self.teed: set[str] = set()
         self.owner: dict[str, int] = {}  # digest -> the image that first asked for it
+        self.resumed: dict[str, int] = {}  # digest -> bytes an earlier run had downloaded
         self.assembler: Assembler | None = None
         # cached blobs copied into the bundle at once: two keep both cores busy (one hashes,
         # one writes); more only add writers contending for the same file and memory
@@ -62,6 +63,7 @@ class Fetcher:
                 sink.close()
                 raise
             if offset:
+                self.resumed[desc.digest] = offset
                 self.progress.debug(f"resuming {desc.digest} at byte {offset}")
                 self.progress.advanced(offset)
             try:

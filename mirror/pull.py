@@ -320,9 +320,11 @@ class _Run:
     def unchanged(self, digest: str) -> PullResult:
         """The output already holds exactly this bundle: no byte to fetch or write."""
         for i, p in self.resolved():
-            self.results[i].bytes_reused = sum(d.size for d in self.need(p))
+            _account(self.results[i], p, self.need(p), self.fetcher, i)
             self.progress.info(_summary_line(p, self.results[i]))
         result = self.result()
+        needed = {d.digest for _, p in self.resolved() for d in self.need(p)}
+        result.blobs_reused = len(needed - self.fetcher.fetched)  # none was even looked at
         result.bundle, result.bundle_digest, result.unchanged = self.opts.output, digest, True
         return result
 
@@ -334,7 +336,7 @@ def _account(res: ImageResult, plan: ImagePlan, need: list[Descriptor], fetcher:
     res.bytes_fetched = res.bytes_reused = 0
     for d in need:
         if d.digest in fetcher.fetched and fetcher.owner.get(d.digest) == i:
-            res.bytes_fetched += d.size
+            res.bytes_fetched += d.size - fetcher.resumed.get(d.digest, 0)
         elif d.digest not in fetcher.fetched:
             res.bytes_reused += d.size
 

@@ -234,6 +234,8 @@ def test_dry_run_writes_nothing_and_prune_trims_the_cache(src_registry, repo_nam
     assert "would fetch up to" in r.stdout and img.digest in r.stdout
     assert int(r.stdout.split("would fetch up to ")[1].split()[0]) >= layers
     mirror_ok("pull", ref, "-o", tmp_path / "y.tar", "--cache", cache)
+    again = mirror_ok("pull", ref, "--dry-run", "--cache", cache).stdout
+    assert "would fetch up to 0 bytes" in again  # everything is in the cache now
     blobs = list((cache / "blobs" / "sha256").iterdir())
     assert len(blobs) == len(img.all_blobs())
     lock_file = tmp_path / "keep.lock"
@@ -258,7 +260,13 @@ def test_rerun_with_nothing_new_leaves_the_bundle_alone(src_registry, repo_name,
         before = (out.stat().st_mtime_ns, file_sha256(out))
         r = mirror_ok("pull", ref, "-o", out, "--cache", cache, "--report", tmp_path / "r.json")
         assert "unchanged" in r.stderr
-        assert json.loads((tmp_path / "r.json").read_text())["bundle_unchanged"] is True
+        doc = json.loads((tmp_path / "r.json").read_text())
+        assert doc["bundle_unchanged"] is True
+        # the totals agree with each image's line: nothing fetched, every blob reused
+        blobs = {b.digest: b.size for b in img.all_blobs()}
+        assert (doc["blobs_fetched"], doc["bytes_fetched"]) == (0, 0)
+        assert (doc["blobs_reused"], doc["bytes_reused"]) == (len(blobs), sum(blobs.values()))
+        assert f"0 blob(s) fetched (0 bytes), {len(blobs)} reused" in r.stderr
         assert (out.stat().st_mtime_ns, file_sha256(out)) == before
         # a bundle changed after its .sha256 was written is rewritten, not trusted
         data = bytearray(out.read_bytes())

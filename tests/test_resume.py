@@ -9,6 +9,7 @@ was downloaded again and what was not.
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import subprocess
@@ -165,12 +166,16 @@ def test_sigkill_mid_blob_then_resume(src_registry: Registry, recproxy, repo_nam
 
     proxy.clear_faults()
     proxy.reset_counters()
-    ok(pull(tmp_path, f"{proxy.host}/{repo_name}:v1"))
+    report = tmp_path / "report.json"
+    ok(pull(tmp_path, f"{proxy.host}/{repo_name}:v1", "--report", report))
     assert_exact(tmp_path / "out.tar", img)
     [get] = proxy.seen("GET", big.digest)[-1:]
     start = int(get.headers["Range"].removeprefix("bytes=").rstrip("-"))
     # resumed from the last whole block kept (the cache copy is written with O_DIRECT)
     assert start == kept - kept % ALIGN and get.status == 206
+    # the report counts what this run downloaded, not the bytes the killed one already had
+    # (the config is in the cache since the killed run)
+    assert json.loads(report.read_text())["bytes_fetched"] == big.size - start
     served = proxy.bytes_by_path[f"/v2/{repo_name}/blobs/{big.digest}"]
     # (a chunk the killed run's connection was still being sent may be counted here too)
     assert big.size - kept <= served < big.size
