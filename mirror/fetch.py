@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 
+from mirror import mediatypes as mt
 from mirror.bundle.assembler import Assembler
 from mirror.digest import check_bytes
 from mirror.errors import IntegrityError, RegistryError
@@ -53,7 +54,7 @@ class Fetcher:
             return False
         async with self.sem:
             sink = self.store.partial(desc.digest, desc.size,
-                                      f"{registry}/{repo}@{desc.digest}")
+                                      f"{registry}/{repo}: {mt.blob_kind(desc.media_type)} {desc.digest}")
             sink.tee = self.assembler.tee(desc.digest) if self.assembler else None
             opening = asyncio.get_running_loop().run_in_executor(_IO_POOL, sink.open)
             try:

@@ -57,3 +57,13 @@ def is_docker(media_type: str) -> bool:
 
 def strip_params(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def blob_kind(media_type: str) -> str:
+    """What a blob is, for messages: "config", "layer" or "blob" (an artifact's, say)."""
+    mtype = media_type.lower()
+    if ".config." in mtype or mtype.endswith(".config") or "container.image.v1+json" in mtype:
+        return "config"
+    if ".layer." in mtype or "rootfs" in mtype:
+        return "layer"
+    return "blob"
