@@ -223,3 +223,59 @@ def test_writeback_start_works_on_a_real_file(tmp_path: Path) -> None:
     with open(tmp_path / "f", "wb") as f:
         f.write(os.urandom(1 << 20))
         assert writeback.start(f.fileno())
+
+
+def _one_blob_assembler(tmp_path: Path) -> tuple[Assembler, Path, bytes]:
+    data = random.Random(5).randbytes(3 << 20)
+    out = tmp_path / "b.tar"
+    a = Assembler(out, index_json=b'{"schemaVersion":2}', inventory_json=b"{}", manifests=[],
+                  blobs=[("sha256:" + hashlib.sha256(data).hexdigest(), len(data))])
+    return a, out, data
+
+
+@pytest.mark.parametrize("err", [errno.EIO, errno.ENOSPC])
+def test_a_writeback_error_is_never_lost_the_bundle_is_not_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, err: int) -> None:
+    """The kernel reports a failed writeback once per open file: when the background
+    writeback hears of it, the final fsync may succeed. The bundle must still not be named."""
+    from mirror.store import writeback
+
+    monkeypatch.setattr(writeback, "EVERY", 64 << 10)
+    monkeypatch.setattr(writeback, "available", lambda: True)
+    monkeypatch.setattr(writeback, "_call", lambda fd: err)
+    a, out, data = _one_blob_assembler(tmp_path)
+    tee = a.tee(next(iter(a.offsets)))
+    assert tee is not None
+    for pos in range(0, len(data), 1 << 20):
+        tee.write(pos, data[pos:pos + (1 << 20)])
+    with pytest.raises(OSError) as exc:
+        a.finish()
+    assert exc.value.errno == err and exc.value.filename == str(a.tmp)
+    a.abort()
+    assert not out.exists() and not a.tmp.exists()
+
+
+def test_no_thread_for_a_writeback_is_no_hang(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from mirror.bundle import assembler
+    from mirror.store import writeback
+
+    class NoThreads(threading.Thread):
+        def start(self) -> None:
+            if getattr(self._target, "__name__", "") == "_writeback":  # type: ignore[attr-defined]
+                raise RuntimeError("can't start new thread")
+            super().start()
+
+    monkeypatch.setattr(writeback, "EVERY", 64 << 10)
+    monkeypatch.setattr(assembler.threading, "Thread", NoThreads)
+    a, out, data = _one_blob_assembler(tmp_path)
+    tee = a.tee(next(iter(a.offsets)))
+    assert tee is not None
+    for pos in range(0, len(data), 1 << 20):
+        tee.write(pos, data[pos:pos + (1 << 20)])
+    done = threading.Event()
+    result: list[str | None] = []
+    worker = threading.Thread(target=lambda: (result.append(a.finish()), done.set()))
+    worker.start()
+    assert done.wait(30), "finish() hung"
+    assert result[0] == "sha256:" + hashlib.sha256(out.read_bytes()).hexdigest()

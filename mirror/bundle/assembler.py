@@ -145,6 +145,7 @@ class Assembler:
         self._streaming = writeback.available()
         self._flush_every = writeback.EVERY if self._streaming else _FLUSH_EVERY
         self._flushing = threading.Lock()
+        self._write_error: OSError | None = None  # from a writeback, for finish()
         os.ftruncate(self.fd, self.size)  # padding and the end-of-archive zeros are holes
         self._thread = threading.Thread(target=self._follow, name="mirror-bundle-hash",
                                         daemon=True)
@@ -238,7 +239,10 @@ class Assembler:
             if flush:
                 self._unflushed = 0
         if flush and self._flushing.acquire(blocking=False):
-            threading.Thread(target=self._writeback, daemon=True).start()
+            try:
+                threading.Thread(target=self._writeback, daemon=True).start()
+            except BaseException:  # no thread to be had: no writeback this time
+                self._flushing.release()
 
     def _writeback(self) -> None:
         try:
@@ -247,8 +251,10 @@ class Assembler:
                     self._streaming = False
                     self._flush_every = _FLUSH_EVERY
                     os.fdatasync(self.fd)
-        except OSError:
-            pass  # the final fsync reports what matters
+        except OSError as e:
+            # The kernel reports a writeback error once per open file: this may be the only
+            # time we hear of it (the final fsync would then succeed). finish() raises it.
+            self._write_error = self._write_error or e
         finally:
             self._flushing.release()
 
@@ -348,6 +354,8 @@ class Assembler:
             digest = self._hash.hexdigest()
         with self._flushing:  # not while a writeback thread still uses the descriptor
             os.fsync(self.fd)
+        if self._write_error is not None:  # the disk lost some of it: never name it
+            raise naming(self._write_error, self.tmp)
         if stop is not None and stop.is_set():
             return None
         os.close(self.fd)

@@ -14,11 +14,15 @@ back to an occasional fdatasync.
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from collections.abc import Callable
 
 SYNC_FILE_RANGE_WRITE = 2  # from <fcntl.h>
 EVERY = 8 << 20  # bytes written between two starts
+# what says "not here" (no such call, a filesystem or file that can't) rather than "failed"
+_UNSUPPORTED = {errno.ENOSYS, errno.EINVAL, errno.ESPIPE, errno.EPERM, errno.EOPNOTSUPP}
 _call: Callable[[int], int] | None = None
 _tried = False
 
@@ -26,15 +30,22 @@ _tried = False
 def _load() -> Callable[[int], int] | None:
     if not sys.platform.startswith("linux"):
         return None
-    import ctypes
-
     try:
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.sync_file_range
+    except (ImportError, OSError, AttributeError):
         return None
     fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     fn.restype = ctypes.c_int
-    return lambda fd: fn(fd, 0, 0, SYNC_FILE_RANGE_WRITE)  # 0, 0: the whole file
+
+    def call(fd: int) -> int:
+        if fn(fd, 0, 0, SYNC_FILE_RANGE_WRITE) == 0:  # 0, 0: the whole file
+            return 0
+        return ctypes.get_errno() or errno.EIO
+
+    return call
 
 
 def available() -> bool:
@@ -45,9 +56,15 @@ def available() -> bool:
 
 
 def start(fd: int) -> bool:
-    """Start writing the file's dirty pages to disk; False when that is not possible here
-    (no sync_file_range, or the filesystem refused it)."""
+    """Start writing the file's dirty pages to disk. False when that is not possible here
+    (no sync_file_range, or the file or filesystem can't); OSError when the disk failed
+    (EIO, ENOSPC): the caller must not name the file."""
     if not available():
         return False
     assert _call is not None
-    return _call(fd) == 0
+    err = _call(fd)
+    if err == 0:
+        return True
+    if err in _UNSUPPORTED:
+        return False
+    raise OSError(err, os.strerror(err))
