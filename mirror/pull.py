@@ -244,6 +244,9 @@ class _Run:
                 raise self.first_error
             if opts.dry_run:
                 return self.dry_run()
+            # the bar's total (and so its ETA): every blob the bundle needs, counted once
+            self.progress.total(sum({d.digest: d.size for _, p in self.resolved()
+                                     for d in self.need(p)}.values()))
             if opts.output is not None and not opts.compress:
                 lay = bundle_layout([p for _, p in self.resolved()], opts,
                                     partial=self.first_error is not None)

@@ -356,3 +356,4 @@ def test_the_readmes_nightly_script_full_then_incremental(src_registry, dst_regi
     for b in (first, second):
         mirror_ok("load", b, "--to", f"{dst_registry.host}/n", "-q")
     assert sorted(list_tags(dst_registry.url, f"n/{repo_name}")) == ["1", "2"]
+
