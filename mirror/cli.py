@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--platform", action="append", default=[], metavar="OS/ARCH[/VARIANT]")
     p.add_argument("--index", choices=INDEX_MODES)
     p.add_argument("--format", choices=FORMATS)
+    p.add_argument("--no-referrers", action="store_true", help="as for pull: leave "
+                   "attestations out of the indexes (their digests change)")
     p.add_argument("--lock-file", type=Path)
     p.add_argument("--cache", type=Path)
     _add_net(p)

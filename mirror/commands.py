@@ -64,6 +64,8 @@ def _specs(args: argparse.Namespace) -> tuple[list[ImageSpec], Config | None]:
         over["format"] = args.format
     if getattr(args, "foreign_layers", None):
         over["foreign_layers"] = args.foreign_layers
+    if getattr(args, "no_referrers", False):  # exactly `referrers: false` for every image
+        over["referrers"] = False
     if over:
         specs = [replace(s, settings=replace(s.settings, **over)) for s in specs]
     if getattr(args, "locked", False):
@@ -176,7 +178,6 @@ async def _pull(args: argparse.Namespace, progress) -> int:
     opts = PullOptions(output=None if args.dry_run else out, compress=compress, jobs=args.jobs,
                        keep_going=args.keep_going, dry_run=args.dry_run,
                        base_blobs=base_blobs, base_digest=base_digest, base_name=base_name,
-                       referrers=not args.no_referrers,
                        referrer_types=tuple(args.referrer_type))
     try:
         with RunLock(Path(cache) / "lock", f"cache {cache}"), \

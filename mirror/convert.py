@@ -199,8 +199,8 @@ def _refuse_entry(e: dict[str, Any], where: str) -> None:
         raise UnsupportedContent(
             f"{where}: entry {digest} is an attestation ({ann[ATTESTATION_TYPE]}), which a "
             "Docker manifest list cannot carry",
-            hint="set `referrers: false` for this image in images.yaml to leave attestations "
-            "out, or use --format oci or keep")
+            hint="set `referrers: false` for this image in images.yaml (or pass "
+            "--no-referrers) to leave attestations out, or use --format oci or keep")
     if e.get("artifactType"):
         raise UnsupportedContent(
             f"{where}: entry {digest} is an artifact ({e['artifactType']}), which a Docker "

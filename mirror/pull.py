@@ -83,7 +83,6 @@ class PullOptions:
     base_blobs: dict[str, int] | None = None  # incremental: blobs the base bundle carries
     base_digest: str | None = None
     base_name: str | None = None
-    referrers: bool = True  # False: --no-referrers
     referrer_types: tuple[str, ...] = ()
 
 
@@ -154,7 +153,7 @@ class _Run:
                 plan = await resolve(self.client, spec,
                                      lambda r, p, d: f.config_bytes(r, p, d, owner=i))
             convert_plan(plan, spec.settings.format, self.progress)
-            if self.opts.referrers and spec.settings.referrers:
+            if spec.settings.referrers:  # `referrers: false` or --no-referrers
                 async with self.sem:
                     await attach_referrers(self.finder, plan, self.opts.referrer_types,
                                            self.progress)

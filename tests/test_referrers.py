@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.support import imagegen as ig
-from tests.support.oracle import mirror_ok, run_mirror
+from tests.support.oracle import check_layout, mirror_ok, run_mirror
 from tests.support.pusher import get_blob, get_manifest, push_blob, push_image, push_raw_manifest
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -150,6 +150,49 @@ def test_filtered_index_warns_and_no_referrers_leaves_them(src_registry, repo_na
     names = {d["reference"] for d in json.loads(mirror_ok("inspect", tmp_path / "s.tar",
                                                           "--json").stdout)}
     assert names == {ref, f"{src_registry.host}/{repo_name}:{tag}"}
+
+
+# -- --no-referrers and BuildKit attestations inside an index --------------------------------
+
+IN_INDEX = "vnd.docker.reference.type"
+
+
+def _attested_index(reg, repo: str, rng) -> tuple[ig.Index, str]:
+    """An OCI index of two platforms plus an in-index attestation of the first (BuildKit)."""
+    imgs = [ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)]
+    index = ig.make_index(imgs, "oci", attestation=True, rng=rng)
+    push_image(reg.url, repo, index, ["2.0"])
+    return index, f"{reg.host}/{repo}:2.0"
+
+
+def test_no_referrers_in_dry_run_lock_and_locked_pulls(src_registry, repo_name, rng, tmp_path):
+    """`--dry-run`, `mirror lock` and `--locked` see the same filtered index as a pull."""
+    index, ref = _attested_index(src_registry, repo_name, rng)
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text(f"version: 1\nimages:\n  - {ref}\n")
+    mirror_ok("pull", "-f", cfg, "--no-referrers", "-o", tmp_path / "a.tar", "--cache",
+              tmp_path / "c", "--lock-file", tmp_path / "pulled.lock", "-q")
+    root = check_layout(tmp_path / "a.tar").entry(ref)["digest"]
+    assert root != index.digest
+
+    dry = mirror_ok("pull", "-f", cfg, "--no-referrers", "--dry-run", "--cache", tmp_path / "c")
+    assert dry.stdout.splitlines()[0] == f"{ref}\t{root}\tlinux/amd64,linux/arm64"
+
+    mirror_ok("lock", "-f", cfg, "--no-referrers", "--cache", tmp_path / "c", "-q")
+    lock = json.loads((tmp_path / "images.lock").read_text())
+    entry = lock["images"][ref]
+    assert entry["sourceDigest"] == index.digest and entry["digest"] == root
+    assert index.extra[0].digest not in entry["manifests"]
+    assert not {b.digest for b in index.extra[0].blobs()} & set(lock["blobs"])
+    assert lock == json.loads((tmp_path / "pulled.lock").read_text())
+
+    mirror_ok("pull", "-f", cfg, "--locked", "--no-referrers", "-o", tmp_path / "l.tar",
+              "--cache", tmp_path / "c", "-q")
+    assert check_layout(tmp_path / "l.tar").entry(ref)["digest"] == root
+    # without the flag the lock keeps the attestation, as before
+    mirror_ok("lock", "-f", cfg, "--cache", tmp_path / "c", "-q")
+    entry = json.loads((tmp_path / "images.lock").read_text())["images"][ref]
+    assert entry["digest"] == index.digest and index.extra[0].digest in entry["manifests"]
 
 
 class _ReferrersAPI(http.server.ThreadingHTTPServer):
