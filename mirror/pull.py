@@ -373,6 +373,8 @@ def _summary_line(plan: ImagePlan, res: ImageResult) -> str:
         s += f" filtered from index {plan.source_digest}"
     elif plan.mode == "sparse":
         s += " sparse (source index kept)"
+    if plan.left_behind:
+        s += f"; {len(plan.left_behind)} attestation(s) left behind"
     for old, new in plan.conversions.items():
         s += f"; converted {old} -> {new}"
     if plan.referrers:

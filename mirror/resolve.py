@@ -37,6 +37,7 @@ class ImagePlan:
     platform_digests: dict[str, str] = field(default_factory=dict)  # platform -> manifest
     conversions: dict[str, str] = field(default_factory=dict)  # old -> new digest
     referrers: list = field(default_factory=list)  # mirror.referrers.Referrer, own entries
+    left_behind: list[str] = field(default_factory=list)  # in-index attestations, not carried
 
     @property
     def name(self) -> str:
@@ -141,8 +142,11 @@ async def _resolve_index(client: Client, spec: ImageSpec, plan: ImagePlan, root:
     chosen_digests = {c.digest for c in chosen}
     for c in children:  # attestations travel with the image they describe
         if c.platform is not None and c.platform.is_unknown and \
-                c.annotations.get(ATTESTATION_REF) in chosen_digests and spec.settings.referrers:
-            chosen.append(c)
+                c.annotations.get(ATTESTATION_REF) in chosen_digests:
+            if spec.settings.referrers:
+                chosen.append(c)
+            else:  # `referrers: false` / --no-referrers: the index is filtered without them
+                plan.left_behind.append(c.digest)
     if not any(c.digest in chosen_digests for c in chosen):
         raise no_match(spec, available)
     chosen_set = {c.digest for c in chosen}
@@ -161,6 +165,7 @@ async def _resolve_index(client: Client, spec: ImageSpec, plan: ImagePlan, root:
             plan.absent.update(sub.absent)
             plan.platforms.extend(sub.platforms)
             plan.platform_digests.update(sub.platform_digests)
+            plan.left_behind.extend(sub.left_behind)
             if sub.root.digest != sub.source_digest:
                 replaced[sub.source_digest] = sub.root
         else:

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.support import imagegen as ig
-from tests.support.oracle import check_layout, mirror_ok, run_mirror
+from tests.support.oracle import check_layout, mirror_ok, run_mirror, skopeo_copy_ok
 from tests.support.pusher import get_blob, get_manifest, push_blob, push_image, push_raw_manifest
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -163,6 +163,62 @@ def _attested_index(reg, repo: str, rng) -> tuple[ig.Index, str]:
     index = ig.make_index(imgs, "oci", attestation=True, rng=rng)
     push_image(reg.url, repo, index, ["2.0"])
     return index, f"{reg.host}/{repo}:2.0"
+
+
+def _without_attestations(lay, index: ig.Index, ref: str) -> dict:
+    """The bundle carries the two platforms, no attestation: neither an index entry nor a
+    blob; the image's root is a filtered index. Return that root, parsed."""
+    att = index.extra[0]
+    assert not {att.digest, *(b.digest for b in att.blobs())} & lay.blob_digests
+    assert lay.entry_names() == [ref] and lay.absent == {}
+    root = lay.entry(ref)["digest"]
+    assert root != index.digest
+    body = json.loads(lay.blob(root))
+    assert len(body["manifests"]) == 2
+    assert not any(IN_INDEX in (e.get("annotations") or {}) for e in body["manifests"])
+    return body
+
+
+@pytest.mark.parametrize("fmt", ["keep", "docker"])
+def test_no_referrers_leaves_in_index_attestations_behind(src_registry, dst_registry,
+                                                          repo_name, rng, tmp_path, fmt):
+    """--no-referrers is `referrers: false` for every image: the attestation entry of a BuildKit
+    index is left out (so --format docker converts it) and the filtered index is reported like
+    a platform subset, source digest -> new digest."""
+    index, ref = _attested_index(src_registry, repo_name, rng)
+    bundle, report = tmp_path / "b.tar", tmp_path / "r.json"
+    r = mirror_ok("pull", ref, "--platform", "all", "--format", fmt, "--no-referrers", "-o",
+                  bundle, "--cache", tmp_path / "c", "--report", report)
+    lay = check_layout(bundle)
+    body = _without_attestations(lay, index, ref)
+    root = lay.entry(ref)["digest"]
+    (img,) = json.loads(report.read_text())["images"]
+    assert img["mode"] == "filter" and img["source_digest"] == index.digest
+    assert img["digest"] == root
+    assert f"filtered from index {index.digest}; 1 attestation(s) left behind" in r.stderr
+    if fmt == "docker":
+        assert img["conversions"][index.digest] == root  # old -> new, like any conversion
+        assert body["mediaType"] == "application/vnd.docker.distribution.manifest.list.v2+json"
+    shown = mirror_ok("inspect", bundle).stdout
+    assert "attestation" not in shown and f"source digest (upstream):     {index.digest}" in shown
+
+    # the same image with `referrers: false` in images.yaml gives the very same bundle root;
+    # and the flag overrides a config that asks for referrers
+    cfg = tmp_path / "images.yaml"
+    for setting in ("false", "true"):
+        cfg.write_text(f"version: 1\ndefaults:\n  referrers: {setting}\nimages:\n"
+                       f"  - ref: {ref}\n    format: {fmt}\n")
+        flag = ["--no-referrers"] if setting == "true" else []
+        mirror_ok("pull", "-f", cfg, *flag, "-o", tmp_path / f"{setting}.tar", "--cache",
+                  tmp_path / "c", "-q")
+        assert check_layout(tmp_path / f"{setting}.tar").entry(ref)["digest"] == root
+
+    # the filtered index loads, and reads back the same
+    mirror_ok("load", bundle, "--to", f"{dst_registry.host}/{fmt}", "-q")
+    got, _, _ = get_manifest(dst_registry.url, f"{fmt}/{repo_name}", "2.0")
+    assert sha(got) == root
+    if fmt == "keep":
+        skopeo_copy_ok(bundle, ref, tmp_path / "copy")
 
 
 def test_no_referrers_in_dry_run_lock_and_locked_pulls(src_registry, repo_name, rng, tmp_path):
