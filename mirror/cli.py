@@ -16,6 +16,8 @@ from mirror.config import (
     INDEX_MODES,
 )
 from mirror.errors import EXIT_CODES, MirrorError
+from mirror.report import Report
+from mirror.report import check_path as check_report_path
 
 
 def _add_net(p: argparse.ArgumentParser) -> None:
@@ -135,34 +137,55 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mirror.cli_progress import make_progress
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
         return EXIT_CODES["usage"]
+    path = Path(args.report) if getattr(args, "report", None) else None
+    if path is not None:
+        try:  # before any work: a report that cannot be written fails the run now
+            check_report_path(path)
+        except MirrorError as e:
+            print(f"mirror: error: {e}", file=sys.stderr)
+            return e.exit_code
+    report = Report(path, args.command)
+    code, error = _run(args, report)
+    try:
+        report.write(code, error)
+    except MirrorError as e:
+        print(f"mirror: error: {e}", file=sys.stderr)
+        return code or e.exit_code
+    return code
+
+
+def _run(args: argparse.Namespace, report: Report) -> tuple[int, str | None]:
+    """Run the command: its exit code, and the error line printed (None on success)."""
+    from mirror.cli_progress import make_progress
+
     progress = make_progress(quiet=args.quiet, verbose=args.verbose, desc=args.command)
     if args.command == "pull":  # its receive path; a load's reads are another story
         malloc.tune()
     try:
-        return asyncio.run(COMMANDS[args.command](args, progress))
+        code = asyncio.run(COMMANDS[args.command](args, progress, report))
+        return code, None
     except MirrorError as e:
         _close(progress)
         print(f"mirror: error: {e}", file=sys.stderr)
         if e.hint:
             print(f"  hint: {e.hint}", file=sys.stderr)
-        return e.exit_code
+        return e.exit_code, str(e)
     except OSError as e:  # a full disk, a read-only or missing directory: one line, no trace
         _close(progress)
         where = f"{e.filename}: " if e.filename else ""
-        print(f"mirror: error: {where}{e.strerror or e}", file=sys.stderr)
-        return EXIT_CODES["error"]
+        line = f"{where}{e.strerror or e}"
+        print(f"mirror: error: {line}", file=sys.stderr)
+        return EXIT_CODES["error"], line
     except KeyboardInterrupt:
         _close(progress)
-        print("mirror: interrupted; finished blobs are kept, partial ones resume next run",
-              file=sys.stderr)
-        return EXIT_CODES["interrupted"]
+        print("mirror: interrupted (SIGINT); finished blobs are kept, partial ones resume "
+              "next run", file=sys.stderr)
+        return EXIT_CODES["interrupted"], "interrupted (SIGINT)"
     finally:
         _close(progress)
 

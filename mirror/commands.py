@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from mirror.reference import Reference
 from mirror.registry.credentials import CredentialStore
 from mirror.registry.policy import RegistrySettings, RetryPolicy, Timeouts
 from mirror.registry.transport import Transport
+from mirror.report import Report
 
 DEFAULT_OUTPUT = Path("bundles/mirror.tar")
 
@@ -142,8 +142,11 @@ def _base(args: argparse.Namespace) -> tuple[dict[str, int] | None, str | None, 
 
 
 def _pull_report(result) -> dict:
+    """The pull's part of the report; the same keys whether or not the pull got going."""
     if result is None:
-        return {"images": []}
+        return {"bundle": None, "bundle_digest": None, "partial": False,
+                "bundle_unchanged": False, "bytes_fetched": 0, "bytes_reused": 0,
+                "blobs_fetched": 0, "blobs_reused": 0, "retries": 0, "images": []}
     return {"bundle": str(result.bundle) if result.bundle else None,
             "bundle_digest": result.bundle_digest, "partial": result.partial,
             "bundle_unchanged": result.unchanged,
@@ -152,24 +155,13 @@ def _pull_report(result) -> dict:
             "retries": result.retries, "images": [asdict(r) for r in result.images]}
 
 
-def _write_report(path: str | None, doc: dict) -> None:
-    if not path:
-        return
-    p = Path(path)
-    tmp = p.with_name(p.name + ".partial")
-    try:
-        tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-        tmp.replace(p)
-    except OSError as e:
-        raise MirrorError(f"{p}: cannot write the report: {e.strerror}") from None
-
-
-async def _pull(args: argparse.Namespace, progress) -> int:
+async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.pull import PullOptions, pull
     from mirror.registry.client import Client
     from mirror.store.blobs import BlobStore, default_cache_dir
     from mirror.store.lock import RunLock
 
+    report.add(**_pull_report(None))
     specs, cfg = _specs(args)
     out: Path = args.output or DEFAULT_OUTPUT
     compress = args.compress == "zstd" or (args.compress is None and out.name.endswith(".zst"))
@@ -185,14 +177,12 @@ async def _pull(args: argparse.Namespace, progress) -> int:
             store = BlobStore(cache)
             async with _transport(args, cfg) as t:
                 result = await pull(Client(t), store, specs, opts, progress)
-    except MirrorError as e:  # the report says what failed, and what was done before
-        _write_report(args.report, {"command": "pull", "error": str(e),
-                                    "exit_code": e.exit_code, **_pull_report(
-                                        getattr(e, "pull_result", None))})
+    except BaseException as e:  # the report says what was done before the error or signal
+        done = getattr(e, "pull_result", None)
+        if done is not None:
+            report.add(**_pull_report(done))
         raise
-    report = {"command": "pull", "error": None,
-              "exit_code": EXIT_PARTIAL if result.partial else 0, **_pull_report(result)}
-    _write_report(args.report, report)
+    report.add(**_pull_report(result))
     if not args.dry_run and result.bundle:
         lock = _write_lock(args, result)
         if lock:
@@ -220,23 +210,28 @@ async def _pull(args: argparse.Namespace, progress) -> int:
     return 0
 
 
-async def _load(args: argparse.Namespace, progress) -> int:
+async def _load(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.bundle.reader import Bundle
     from mirror.load import Target, load
     from mirror.registry.client import Client
 
+    # None: not known (the load stopped before it could say)
+    report.add(bundle=str(args.bundle), target=args.to, blobs_pushed=None, blobs_mounted=None,
+               blobs_present=None, bytes_pushed=None, manifests_pushed=None, tags=None,
+               retries=0, dry_run=args.dry_run)
     target = Target.parse(args.to)
     bundle = Bundle(args.bundle)
-    async with _transport(args, None) as t:
-        result = await load(Client(t), bundle, target, jobs=args.jobs, dry_run=args.dry_run,
-                            progress=progress)
-        retries = t.retries
-    _write_report(args.report, {
-        "command": "load", "bundle": str(args.bundle), "target": args.to,
-        "blobs_pushed": result.blobs_pushed, "blobs_mounted": result.blobs_mounted,
-        "blobs_present": result.blobs_present, "bytes_pushed": result.bytes_pushed,
-        "manifests_pushed": result.manifests_pushed, "tags": result.tags, "retries": retries,
-        "dry_run": result.dry_run})
+    transport = _transport(args, None)
+    try:
+        async with transport as t:
+            result = await load(Client(t), bundle, target, jobs=args.jobs,
+                                dry_run=args.dry_run, progress=progress)
+    finally:
+        report.add(retries=transport.retries)
+    report.add(blobs_pushed=result.blobs_pushed, blobs_mounted=result.blobs_mounted,
+               blobs_present=result.blobs_present, bytes_pushed=result.bytes_pushed,
+               manifests_pushed=result.manifests_pushed, tags=result.tags,
+               dry_run=result.dry_run)
     if args.dry_run:
         for line in result.dry_run:
             print(line)
@@ -251,12 +246,12 @@ async def _load(args: argparse.Namespace, progress) -> int:
     return 0
 
 
-async def _verify(args: argparse.Namespace, progress) -> int:
+async def _verify(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.verify import verify_bundle
 
+    report.add(bundle=str(args.bundle), problems=None, ok=False)  # None: not checked
     problems, structural = await asyncio.to_thread(verify_bundle, args.bundle)
-    _write_report(args.report, {"command": "verify", "bundle": str(args.bundle),
-                                "problems": problems, "ok": not problems})
+    report.add(problems=problems, ok=not problems)
     if problems:
         for p in problems:
             print(f"{args.bundle}: {p}")
@@ -269,7 +264,7 @@ async def _verify(args: argparse.Namespace, progress) -> int:
     return 0
 
 
-async def _inspect(args: argparse.Namespace, progress) -> int:
+async def _inspect(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.inspect import inspect_target
 
     text = await inspect_target(args, lambda: _transport(args, None))
@@ -277,7 +272,7 @@ async def _inspect(args: argparse.Namespace, progress) -> int:
     return 0
 
 
-async def _lock(args: argparse.Namespace, progress) -> int:
+async def _lock(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.pull import PullOptions, pull
     from mirror.registry.client import Client
     from mirror.store.blobs import BlobStore, default_cache_dir
@@ -318,7 +313,7 @@ def _parse_size(text: str) -> int:
         raise UsageError(f"invalid size {text!r}: e.g. 50G, 500M") from None
 
 
-async def _cache(args: argparse.Namespace, progress) -> int:
+async def _cache(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.lockfile import Lock
     from mirror.store.blobs import BlobStore, default_cache_dir
     from mirror.store.lock import RunLock

@@ -91,13 +91,16 @@ async def pull(client: Client, store: BlobStore, specs: list[ImageSpec], opts: P
     """Resolve every image, then fetch and assemble the bundle.
 
     Raises the first MirrorError unless `keep_going` (then only when no image succeeded);
-    the error carries what was done so far as `err.pull_result`, for the report.
+    the error (or the CancelledError of Ctrl-C or SIGTERM) carries what was done so far as
+    `err.pull_result`, for the report: no bundle, so not a partial one.
     """
     run = _Run(client, store, specs, opts, progress or NullProgress())
     try:
         return await run.go()
-    except MirrorError as e:
-        e.pull_result = run.result()  # type: ignore[attr-defined]
+    except (MirrorError, asyncio.CancelledError) as e:
+        done = run.result()
+        done.partial = False
+        e.pull_result = done  # type: ignore[attr-defined]
         raise
 
 

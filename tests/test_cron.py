@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import tarfile
@@ -221,6 +222,65 @@ def test_keep_going_report_and_inspect(src_registry, repo_name, rng, tmp_path):
     remote = json.loads(mirror_ok("inspect", good, "--json").stdout)
     assert remote[0]["digest"] == img.digest
     assert [m["digest"] for m in remote[0]["manifests"]] == [i.digest for i in img.images]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # nothing listens once the socket is closed
+
+
+def test_report_is_written_whatever_the_outcome(src_registry, repo_name, rng, tmp_path):
+    """A monitor never reads last night's report: early usage errors, an OSError and a failed
+    load write theirs too, and the file is replaced whole (no temporary file left beside)."""
+    img = ig.make_image(rng, ig.AMD64, fmt="oci")
+    push_image(src_registry.url, repo_name, img, tags=["v1"])
+    ref = f"{src_registry.host}/{repo_name}:v1"
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    report = reports / "r.json"
+
+    def run(code: int, *args: object) -> dict:
+        report.write_text('{"stale": true}')
+        r = run_mirror(*args, "--report", report)
+        assert r.returncode == code, r.stderr
+        assert os.listdir(reports) == ["r.json"]
+        doc = json.loads(report.read_text())
+        assert doc["exit_code"] == code and "stale" not in doc, doc
+        return doc
+
+    doc = run(2, "pull", ref, "-o", tmp_path / "b.tar", "--cache", tmp_path / "c", "--base",
+              tmp_path / "nope.tar")
+    assert "--base" in doc["error"] and doc["images"] == [] and doc["retries"] == 0, doc
+    assert doc["bundle"] is None and doc["partial"] is False, doc
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    doc = run(1, "pull", ref, "-o", tmp_path / "b.tar", "--cache", not_a_dir)
+    assert str(not_a_dir) in doc["error"], doc
+    doc = run(0, "pull", ref, "-o", tmp_path / "b.tar", "--cache", tmp_path / "c")
+    assert doc["error"] is None and doc["bundle"] == str(tmp_path / "b.tar"), doc
+    host = f"127.0.0.1:{_closed_port()}"
+    doc = run(3, "load", tmp_path / "b.tar", "--to", host, "--retries", "2")
+    assert doc["command"] == "load" and host in doc["error"] and doc["retries"] == 1, doc
+    assert doc["tags"] is None, doc  # not known, rather than "none pushed"
+    doc = run(10, "verify", tmp_path / "nope.tar")
+    assert doc["ok"] is False, doc
+
+
+def test_report_path_is_checked_before_any_work(src_registry, repo_name, rng, tmp_path):
+    """`--report nodir/r.json`: exit 2 at once, naming it, instead of a whole pull that then
+    exits 1 with "cannot write the report"."""
+    img = ig.make_image(rng, ig.AMD64, fmt="oci")
+    push_image(src_registry.url, repo_name, img, tags=["v1"])
+    ref = f"{src_registry.host}/{repo_name}:v1"
+    out, cache = tmp_path / "b.tar", tmp_path / "c"
+    for bad in (tmp_path / "nodir" / "r.json", tmp_path):
+        r = run_mirror("pull", ref, "-o", out, "--cache", cache, "--report", bad)
+        assert r.returncode == 2, r.stderr
+        [line] = r.stderr.splitlines()
+        assert line.startswith(f"mirror: error: --report {bad}: "), line
+        assert not out.exists() and not cache.exists()  # nothing fetched, nothing written
+    assert not (tmp_path / "nodir").exists()
 
 
 def test_dry_run_writes_nothing_and_prune_trims_the_cache(src_registry, repo_name, rng,

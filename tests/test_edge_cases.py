@@ -51,6 +51,7 @@ def test_failed_run_writes_a_report_and_no_success_is_an_error(src_registry, rep
     assert r.returncode == 5
     doc = json.loads(report.read_text())
     assert doc["exit_code"] == 5 and "nope" in doc["error"]
+    assert doc["bundle"] is None and doc["partial"] is False  # no bundle: not a partial one
     assert doc["images"][0]["reference"] == missing and doc["images"][0]["error_code"] == 5
     # --keep-going with every image failed is a failure, not a partial bundle
     r = run_mirror("pull", missing, "--keep-going", "-o", tmp_path / "b.tar", "--cache",

@@ -247,9 +247,13 @@ def test_connection_refused_is_retried_then_named(tmp_path: Path) -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = pull(tmp_path, f"127.0.0.1:{port}/some/repo:v1", "--retries", "2")
+    proc = pull(tmp_path, f"127.0.0.1:{port}/some/repo:v1", "--retries", "3")
     assert proc.returncode == 3, proc.stderr
     assert f"127.0.0.1:{port}" in error_line(proc)
+    # the report counts the connect retries (3 tries: 2 retries), and no bundle is not partial
+    doc = report(tmp_path)
+    assert doc["retries"] == 2 and doc["images"][0]["retries"] == 2, doc
+    assert doc["exit_code"] == 3 and doc["bundle"] is None and doc["partial"] is False, doc
 
 
 # -- redirects to object storage ---------------------------------------------------------

@@ -199,12 +199,15 @@ def test_partial_file_with_bad_bytes_is_discarded(src_registry, image, recproxy,
     assert first.headers.get("Range") == f"bytes={200_000 - 200_000 % ALIGN}-" and "Range" not in second.headers
 
 
-def test_ctrl_c_mid_blob_exits_130_names_nothing_then_resumes(
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130)], ids=["sigint-130"])
+def test_signal_mid_blob_exits_130_or_143_names_nothing_then_resumes(
         src_registry: Registry, recproxy, repo_name: str, rng: random.Random,
-        tmp_path: Path) -> None:
-    """SIGINT (Ctrl-C, or `kill -INT` from a supervisor) in the middle of a layer: exit 130
-    with one line, no bundle and no `.partial` bundle left, the old bundle untouched, the
-    partial download kept; the next run resumes it and names the new bundle."""
+        tmp_path: Path, sig: signal.Signals, code: int) -> None:
+    """SIGINT (Ctrl-C, or `kill -INT` from a supervisor) or SIGTERM (systemd stopping the
+    unit, `timeout`) in the middle of a layer: exit 130 or 143 with one line, no bundle and
+    no `.partial` bundle left, the old bundle untouched, the partial download kept, the
+    report written (with the image's line); the next run resumes it and names the new
+    bundle."""
     small = ig.make_image(rng, ig.AMD64, "oci", layer_size=4096)
     push_image(src_registry.url, repo_name, small, ["old"])
     big = ig.make_layer(rng, 32 << 20, compressed=False)
@@ -217,20 +220,27 @@ def test_ctrl_c_mid_blob_exits_130_names_nothing_then_resumes(
     proxy.add(Fault("slow", method="GET", path=big.digest, chunk=256 << 10, delay=0.05,
                     times=1))
     partial = partial_file(cache, big.digest)
-    args = ["pull", f"{proxy.host}/{repo_name}:v1", "-o", out, "--cache", cache, "-q"]
+    report = tmp_path / "signal.json"
+    ref = f"{proxy.host}/{repo_name}:v1"
+    args = ["pull", ref, "-o", out, "--cache", cache, "-q", "--report", report]
     proc = subprocess.Popen(mirror_cmd(*args), cwd=ROOT, env=mirror_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_for_bytes(proc, partial, 4 << 20)  # of 32
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     lines = [x for x in err.splitlines() if x.strip()]
-    assert len(lines) == 1 and "interrupted" in lines[0], err
+    assert len(lines) == 1 and "interrupted" in lines[0] and sig.name in lines[0], err
+    doc = json.loads(report.read_text())
+    assert doc["exit_code"] == code and sig.name in doc["error"], doc
+    assert doc["bundle"] is None and doc["partial"] is False, doc
+    assert [i["reference"] for i in doc["images"]] == [ref], doc
+    assert doc["images"][0]["digest"] == img.digest  # resolved before the signal
     assert out.read_bytes() == before  # the earlier bundle, untouched
     assert not out.with_name("out.tar.partial").exists()
     kept = partial.stat().st_size

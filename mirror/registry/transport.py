@@ -228,6 +228,7 @@ class Transport:
                                                 allow_redirects=False) as resp:
                         await resp.read()
                         if resp.status in self.policy.statuses and attempt < self.policy.tries:
+                            self.count_retry()
                             ra = parse_retry_after(resp.headers.get("Retry-After"))
                             await asyncio.sleep(min(ra, self.policy.max_retry_after)
                                                 if ra is not None else self.policy.delay(attempt))
@@ -262,6 +263,7 @@ class Transport:
                             and plain_ok:
                         break
                     if attempt < self.policy.tries:
+                        self.count_retry()
                         await asyncio.sleep(self.policy.delay(attempt))
         if isinstance(last, aiohttp.ClientSSLError) and not plain_ok:
             raise RegistryError(

@@ -1,0 +1,64 @@
+"""`--report FILE.json`: what a monitor reads after a run, whatever its outcome.
+
+The path is checked before any work (a report that cannot be written must not be found out
+after a night's pull); the commands add what they did to `Report.details` as they go, and
+`mirror.cli` writes the file once, with the run's exit code and error line, on success, on
+any error and on SIGINT/SIGTERM. The file is replaced atomically (a temporary file beside it,
+then a rename): a monitor reads the old report or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from mirror.errors import MirrorError, UsageError
+
+
+def check_path(path: Path) -> None:
+    """Refuse (UsageError, exit 2) a report path whose directory is missing or read-only."""
+    parent = path.parent
+    if path.is_dir():
+        raise UsageError(f"--report {path}: is a directory; give the report's file name")
+    if not parent.is_dir():
+        raise UsageError(f"--report {path}: no such directory {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--report {path}: directory {parent} is not writable")
+
+
+class Report:
+    """One run's report; `path` None: no --report given, nothing is written."""
+
+    def __init__(self, path: Path | None, command: str) -> None:
+        self.path = path
+        self.command = command
+        self.details: dict[str, Any] = {}
+
+    def add(self, **fields: Any) -> None:
+        self.details.update(fields)
+
+    def write(self, exit_code: int, error: str | None) -> None:
+        if self.path is None:
+            return
+        doc = {"command": self.command, "error": error, "exit_code": exit_code,
+               **self.details}
+        write_atomic(self.path, json.dumps(doc, indent=2, default=str) + "\n")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write beside `path`, flush to disk, rename over it; MirrorError naming it if not."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise MirrorError(f"{path}: cannot write the report: {e.strerror or e}") from None
