@@ -18,6 +18,7 @@ from mirror.config import (
 from mirror.errors import EXIT_CODES, MirrorError
 from mirror.report import Report
 from mirror.report import check_path as check_report_path
+from mirror.signals import Terminated, run_stoppable
 
 
 def _add_net(p: argparse.ArgumentParser) -> None:
@@ -167,7 +168,7 @@ def _run(args: argparse.Namespace, report: Report) -> tuple[int, str | None]:
     if args.command == "pull":  # its receive path; a load's reads are another story
         malloc.tune()
     try:
-        code = asyncio.run(COMMANDS[args.command](args, progress, report))
+        code = asyncio.run(run_stoppable(COMMANDS[args.command](args, progress, report)))
         return code, None
     except MirrorError as e:
         _close(progress)
@@ -181,11 +182,13 @@ def _run(args: argparse.Namespace, report: Report) -> tuple[int, str | None]:
         line = f"{where}{e.strerror or e}"
         print(f"mirror: error: {line}", file=sys.stderr)
         return EXIT_CODES["error"], line
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as e:
         _close(progress)
-        print("mirror: interrupted (SIGINT); finished blobs are kept, partial ones resume "
+        name = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
+        print(f"mirror: interrupted ({name}); finished blobs are kept, partial ones resume "
               "next run", file=sys.stderr)
-        return EXIT_CODES["interrupted"], "interrupted (SIGINT)"
+        code = EXIT_CODES["terminated" if isinstance(e, Terminated) else "interrupted"]
+        return code, f"interrupted ({name})"
     finally:
         _close(progress)
 

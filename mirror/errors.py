@@ -18,6 +18,8 @@
     ├── IncompleteBase               exit 11  an incremental bundle's blobs are not at the target
     └── LockHeld                     exit 12  another run holds the lock
     PartialSuccess (not an error class): exit 13, `--keep-going` with some images failed.
+    Interrupted: exit 130 on SIGINT (Ctrl-C), 143 on SIGTERM (mirror.signals), after the same
+    cleanup.
 
 `str(err)` is one line naming the image, registry or file; `err.hint` is an optional second line.
 Library code raises; only `mirror.cli` turns errors into exit codes.
@@ -44,6 +46,7 @@ EXIT_CODES: dict[str, int] = {
     "lock-held": 12,
     "partial": 13,
     "interrupted": 130,
+    "terminated": 143,
 }
 
 

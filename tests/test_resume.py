@@ -199,7 +199,8 @@ def test_partial_file_with_bad_bytes_is_discarded(src_registry, image, recproxy,
     assert first.headers.get("Range") == f"bytes={200_000 - 200_000 % ALIGN}-" and "Range" not in second.headers
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130)], ids=["sigint-130"])
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["sigint-130", "sigterm-143"])
 def test_signal_mid_blob_exits_130_or_143_names_nothing_then_resumes(
         src_registry: Registry, recproxy, repo_name: str, rng: random.Random,
         tmp_path: Path, sig: signal.Signals, code: int) -> None:
