@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pull", help="pull images from registries into a bundle")
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image references (besides -f)")
     p.add_argument("-f", "--file", help="images.yaml listing the images")
-    p.add_argument("-o", "--output", type=Path, help="bundle path, .tar or .tar.zst "
+    p.add_argument("-o", "--output", help="bundle path, .tar or .tar.zst "
                    f"(default {DEFAULT_OUTPUT})")
     p.add_argument("--platform", action="append", default=[], metavar="OS/ARCH[/VARIANT]",
                    help="platforms to keep, repeatable or comma-separated; 'all' for every one "

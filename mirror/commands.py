@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -155,6 +156,19 @@ def _pull_report(result) -> dict:
             "retries": result.retries, "images": [asdict(r) for r in result.images]}
 
 
+def _output(args: argparse.Namespace) -> Path:
+    """-o, refused (exit 2, before any network work) when it names a directory."""
+    if not args.output:
+        return DEFAULT_OUTPUT
+    text: str = args.output
+    out = Path(text)
+    if text.endswith(("/", os.sep)) or out.is_dir():
+        what = "is" if out.is_dir() else "names"
+        raise UsageError(f"-o {text}: {what} a directory; give the bundle's file name, "
+                         f"e.g. {out / 'site.tar'}")
+    return out
+
+
 async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.pull import PullOptions, pull
     from mirror.registry.client import Client
@@ -162,8 +176,8 @@ async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.store.lock import RunLock
 
     report.add(**_pull_report(None))
+    out = _output(args)
     specs, cfg = _specs(args)
-    out: Path = args.output or DEFAULT_OUTPUT
     compress = args.compress == "zstd" or (args.compress is None and out.name.endswith(".zst"))
     cache = args.cache or default_cache_dir()
     base_blobs, base_digest, base_name = _base(args)

@@ -299,6 +299,22 @@ def test_bad_reference(ref: str, tmp_path: Path) -> None:
     assert not out.exists()
 
 
+@pytest.mark.parametrize("made", [True, False], ids=["existing-dir", "trailing-slash"])
+def test_output_that_is_a_directory_is_refused_first(good: Good, tmp_path: Path,
+                                                     made: bool) -> None:
+    """`-o bundles/` (or an existing directory): exit 2 before any download, naming what was
+    given and what to give instead; not a late `bundles.partial: Is a directory`."""
+    bundles = tmp_path / "bundles"
+    if made:
+        bundles.mkdir()
+    given = str(bundles) if made else f"{bundles}/"
+    err = fails("usage", "pull", good.ref, "-o", given, "--cache", tmp_path / "c")
+    assert f"-o {given}: " in err and "a directory" in err, err
+    assert str(bundles / "site.tar") in err, err
+    assert not (tmp_path / "c").exists()  # nothing fetched
+    assert not (tmp_path / "bundles.partial").exists()
+
+
 def test_bad_load_target(good: Good, dst_registry: Registry) -> None:
     for to in ("https://127.0.0.1:5000", f"{dst_registry.host}/Upper", ""):
         err = fails("usage", "load", good.bundle, "--to", to)
