@@ -191,6 +191,52 @@ def test_bundle_with_a_flipped_byte(fmt: str, good: Good, dst_registry: Registry
     assert digest in out and "mismatch" in out
 
 
+@pytest.mark.parametrize("cut", [1000, "half"])
+@pytest.mark.parametrize("fmt", ["tar", "zst"])
+def test_truncated_bundle_is_called_truncated(fmt: str, cut: int | str, good: Good,
+                                              dst_registry: Registry, tmp_path: Path) -> None:
+    """A bundle cut short in transit (the first 1000 bytes, or half of it) is called truncated,
+    naming the file, exit 10; not "empty file", nor a traceback from tarfile."""
+    src = good.bundle
+    if fmt == "zst":  # mirror's own streaming zstd writer, as a user's bundle would be
+        src = tmp_path / "whole.tar.zst"
+        mirror_ok("pull", good.ref, "-o", src, "--cache", good.bundle.parent / "cache", "-q")
+    data = src.read_bytes()
+    bad = tmp_path / f"cut.{'tar.zst' if fmt == 'zst' else 'tar'}"
+    bad.write_bytes(data[: 1000 if cut == 1000 else len(data) // 2])
+    proc = run_mirror("verify", bad)
+    assert proc.returncode == EXIT["bundle"], proc.stdout + proc.stderr
+    assert str(bad) in error_line(proc)
+    kind = "tar.zst" if fmt == "zst" else "tar"
+    assert f"{bad}: truncated: the {kind} ends in the middle of" in proc.stdout, proc.stdout
+    assert "empty file" not in proc.stdout
+    err = load_fails("bundle", bad, dst_registry, good)
+    assert f"{bad}: truncated: the {kind} ends in the middle of" in err, err
+
+
+def test_tar_zst_cut_inside_a_blob(good: Good, src_registry: Registry, dst_registry: Registry,
+                                   tmp_path: Path) -> None:
+    """A tar.zst that breaks off inside a large blob: the error names the file and the blob
+    (the read of the blob's bytes used to end in tarfile's traceback)."""
+    rng = random.Random("cut inside a blob")
+    layer = ig.make_layer(rng, size=2 << 20, compressed=False)  # incompressible: 2 MiB of zstd
+    img = ig.make_image(rng, ig.AMD64, "oci", layers=[layer])
+    repo = f"test/cut-{uuid.uuid4().hex[:8]}"
+    push_image(src_registry.url, repo, img, ["v1"])
+    whole = tmp_path / "whole.tar.zst"
+    mirror_ok("pull", f"{src_registry.host}/{repo}:v1", "-o", whole, "--cache",
+              tmp_path / "cache", "-q")
+    bad = tmp_path / "cut.tar.zst"
+    bad.write_bytes(whole.read_bytes()[: whole.stat().st_size * 3 // 4])
+    member = "blobs/sha256/" + layer.digest.split(":", 1)[1]
+    proc = run_mirror("verify", bad)
+    assert proc.returncode == EXIT["bundle"], proc.stdout + proc.stderr
+    assert str(bad) in error_line(proc)
+    assert f"{bad}: truncated: the tar.zst ends in the middle of '{member}'" in proc.stdout
+    err = load_fails("bundle", bad, dst_registry, good)
+    assert f"{bad}: truncated: the tar.zst ends in the middle of '{member}'" in err, err
+
+
 def _info(name: str, kind: bytes, **attrs: object) -> tarfile.TarInfo:
     ti = tarfile.TarInfo(name)
     ti.type = kind

@@ -83,6 +83,25 @@ class Contents:
     configs: dict[str, bytes] = field(default_factory=dict)  # scan(configs=True) of a stream
 
 
+# what tarfile says when the data ends before the archive does ("empty file": no data at all)
+_TRUNCATED = ("empty file", "unexpected end of data", "truncated header")
+_STREAM_ERRORS = (tarfile.TarError, zstandard.ZstdError, EOFError)
+
+
+class _StreamMember:
+    """A member of a tar.zst being read: a read that fails (the stream breaks off, or its
+    bytes are not zstd) raises the bundle's BundleError, not tarfile's or zstd's own."""
+
+    def __init__(self, f: BinaryIO, name: str, bundle: Bundle) -> None:
+        self._f, self._name, self._bundle = f, name, bundle
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._f.read(n)
+        except _STREAM_ERRORS as e:
+            raise self._bundle._unreadable(e, self._name) from None
+
+
 class Bundle:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -105,11 +124,12 @@ class Bundle:
                     for name, ti in _file_members(tf, self.name):
                         members[name] = Member(name, ti.size, ti.offset_data)
             except tarfile.TarError as e:
-                raise BundleError(f"{self.name}: not a readable tar: {e}") from None
+                raise self._unreadable(e) from None
             with open(self.path, "rb") as f:
                 for m in members.values():
                     if m.offset is not None and m.offset + m.size > f.seek(0, 2):
-                        raise BundleError(f"{self.name}: truncated tar (member {m.name!r})")
+                        raise BundleError(f"{self.name}: truncated: the tar ends in the middle "
+                                          f"of {m.name!r}")
             self._members = members
         return self._members
 
@@ -135,27 +155,46 @@ class Bundle:
             while left > 0:
                 data = f.read(min(CHUNK, left))
                 if not data:
-                    raise BundleError(f"{self.name}: truncated tar in blob {digest}")
+                    raise BundleError(f"{self.name}: truncated: the tar ends in the middle "
+                                      f"of blob {digest}")
                 left -= len(data)
                 yield data
 
     # -- zstd: a stream ------------------------------------------------------------------
 
-    def _iter_stream(self) -> Iterator[tuple[str, int, BinaryIO]]:
+    def _iter_stream(self) -> Iterator[tuple[str, int, _StreamMember]]:
         """Yield (name, size, fileobj) for each file member of a compressed tar, in order."""
+        current: str | None = None
         try:
             with open(self.path, "rb") as raw:
                 dctx = zstandard.ZstdDecompressor()
                 with dctx.stream_reader(raw, read_size=CHUNK) as zr, \
                         tarfile.open(fileobj=zr, mode="r|") as tf:
                     for name, ti in _file_members(tf, self.name):
+                        current = name  # tarfile skips what is left of it on the next step
                         f = tf.extractfile(ti)
                         assert f is not None
-                        yield name, ti.size, f
-        except (tarfile.TarError, zstandard.ZstdError, EOFError) as e:
-            raise BundleError(f"{self.name}: not a readable tar.zst: {e}") from None
+                        yield name, ti.size, _StreamMember(f, name, self)
+        except _STREAM_ERRORS as e:
+            inside = current if str(e) == "unexpected end of data" else None
+            raise self._unreadable(e, inside) from None
 
-    def members(self) -> Iterator[tuple[str, int, BinaryIO | None]]:
+    def _unreadable(self, e: BaseException, member: str | None = None) -> BundleError:
+        """The one-line error for a tar or tar.zst that cannot be read: truncated (the data
+        ends before the archive does), not zstd, or not a tar."""
+        if isinstance(e, zstandard.ZstdError):
+            return BundleError(f"{self.name}: not a valid zstd stream: {e}")
+        kind = "tar.zst" if self.compressed else "tar"
+        if isinstance(e, EOFError) or str(e) in _TRUNCATED:
+            if not self.compressed and str(e) == "empty file":  # not one byte
+                return BundleError(f"{self.name}: empty file: not a bundle")
+            where = f"of {member!r}" if member else "of the archive"
+            return BundleError(f"{self.name}: truncated: the {kind} ends in the middle {where}",
+                               hint="copy the bundle again")
+        inner = "not a tar inside the zstd stream" if self.compressed else "not a valid tar"
+        return BundleError(f"{self.name}: {inner}: {e}")
+
+    def members(self) -> Iterator[tuple[str, int, _StreamMember | None]]:
         """Every file member in tar order; the fileobj is None for a plain tar (use open_blob)."""
         if self.compressed:
             yield from self._iter_stream()
