@@ -228,9 +228,10 @@ async def load(client: Client, bundle: Bundle, target: Target, *, jobs: int = 4,
             todo.setdefault(d.digest, []).append((repo, d))
     if missing_base:
         base = contents.inventory.base_name if contents.inventory else None
+        more = f" and {len(missing_base) - 5} more" if len(missing_base) > 5 else ""
         raise IncompleteBase(
             f"{bundle.name}: incremental bundle: {len(missing_base)} blob(s) it does not carry "
-            f"are not in {reg}: {', '.join(missing_base[:5])}; nothing was pushed",
+            f"are not in {reg}: {', '.join(missing_base[:5])}{more}; nothing was pushed",
             hint=f"load the base bundle first{f' ({base})' if base else ''}")
     if dry_run:
         for repo, d, src in mounts:

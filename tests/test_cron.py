@@ -84,6 +84,25 @@ def test_incremental_bundle_carries_only_new_blobs(src_registry, dst_registry, r
     assert sorted(list_tags(dst_registry.url, repo_name)) == ["1", "2"]
 
 
+def test_incremental_load_lists_five_missing_base_blobs_and_counts_the_rest(
+        src_registry, registry_factory, repo_name, rng, tmp_path):
+    shared = [ig.make_layer(rng) for _ in range(8)]
+    one = ig.make_image(rng, ig.AMD64, fmt="oci", layers=shared)
+    two = ig.make_image(rng, ig.AMD64, fmt="oci", layers=[*shared, ig.make_layer(rng)])
+    push_image(src_registry.url, repo_name, one, tags=["1"])
+    push_image(src_registry.url, repo_name, two, tags=["2"])
+    cache, base, inc = tmp_path / "cache", tmp_path / "base.tar", tmp_path / "inc.tar"
+    mirror_ok("pull", f"{src_registry.host}/{repo_name}:1", "-o", base, "--cache", cache)
+    mirror_ok("pull", f"{src_registry.host}/{repo_name}:2", "--base", base, "-o", inc,
+              "--cache", cache)
+    r = run_mirror("load", inc, "--to", registry_factory().host)
+    assert r.returncode == EXIT["incomplete-base"], r.stderr
+    line = next(ln for ln in r.stderr.splitlines() if ln.startswith("mirror: error:"))
+    assert "8 blob(s) it does not carry" in line, line
+    assert sum(layer.digest in line for layer in shared) == 5, line
+    assert "and 3 more; nothing was pushed" in line, line
+
+
 def test_locked_pull_is_reproducible_even_after_the_tag_moves(src_registry, repo_name, rng,
                                                                tmp_path):
     first, _ = _multi(rng)
