@@ -1,4 +1,10 @@
-"""The run lock: a second run on the same cache or output exits at once (LockHeld)."""
+"""The run lock: a second run on the same cache or output exits at once (LockHeld).
+
+The lock file exists only while a run holds it: the holder unlinks it, still holding the
+flock, before it lets go. A process that opened the file before the unlink (or flocks it just
+after) finds, once it holds the flock, that the path no longer names the inode it locked,
+and starts again on a fresh file; so no two runs ever both believe they hold the lock.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,9 @@ from mirror.errors import LockHeld
 
 
 class RunLock:
-    """An flock on `path`; released when the process ends, however it ends."""
+    """An flock on `path`, which exists only while it is held. Released (and the file
+    removed) when the `with` block ends; the flock also goes when the process ends, however
+    it ends (a run killed outright leaves the file behind: the next run takes it over)."""
 
     def __init__(self, path: Path, what: str) -> None:
         self.path = Path(path)
@@ -19,25 +27,50 @@ class RunLock:
 
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
-            finally:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not self._names(fd):  # held only by a run about to find it stale
+                    os.close(fd)
+                    continue
+                try:
+                    holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+                finally:
+                    os.close(fd)
+                raise LockHeld(
+                    f"{self.what} is in use by another mirror run"
+                    f"{f' (pid {holder})' if holder else ''}: lock {self.path}",
+                    hint="wait for it to finish; the lock goes away with that process",
+                ) from None
+            except BaseException:
                 os.close(fd)
-            raise LockHeld(
-                f"{self.what} is in use by another mirror run"
-                f"{f' (pid {holder})' if holder else ''}: lock {self.path}",
-                hint="wait for it to finish; the lock goes away with that process",
-            ) from None
+                raise
+            if self._names(fd):
+                break
+            os.close(fd)  # the holder we waited on removed it: lock the new file
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._fd = fd
         return self
 
+    def _names(self, fd: int) -> bool:
+        """The path still names the file `fd` has open (it was not unlinked or replaced)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fd)
+        return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
     def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            self.path.unlink(missing_ok=True)  # still locked: nobody can be using this file
+        except OSError:
+            pass  # e.g. the directory turned read-only: the next run takes the file over
+        finally:
+            os.close(fd)
