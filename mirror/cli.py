@@ -131,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="show the digests of a bundle or a remote image")
     p.add_argument("target", help="a bundle file, or an image reference")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--platform", action="append", default=[], metavar="OS/ARCH[/VARIANT]")
+    p.add_argument("--platform", action="append", default=[], metavar="OS/ARCH[/VARIANT]",
+                   help="show only these platforms, repeatable or comma-separated, matched as "
+                   "pull matches them (default: all)")
     _add_net(p)
     _add_out(p)
     return ap

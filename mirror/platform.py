@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from mirror.errors import InvalidPlatform
+from mirror.errors import InvalidPlatform, NoMatchingPlatform
 
 KNOWN_OS = {
     "linux", "windows", "darwin", "freebsd", "netbsd", "openbsd", "solaris", "illumos",
@@ -146,3 +146,15 @@ class PlatformSelector:
 
     def __str__(self) -> str:
         return "all" if self.all else ",".join(str(p) for p in self.platforms)
+
+
+def no_matching_manifest(name: str, wanted: PlatformSelector, available: Iterable[str], *,
+                         hint: str, holder: str = "the image has") -> NoMatchingPlatform:
+    """The exit-8 error of pull and inspect: one line naming the image (or bundle) and the
+    platforms it does have; `.available` keeps that list for a caller that gathers several."""
+    have = list(dict.fromkeys(available))
+    err = NoMatchingPlatform(
+        f"{name}: no matching manifest for {wanted} ({holder}: {', '.join(have) or 'none'})",
+        hint=hint)
+    err.available = have  # type: ignore[attr-defined]
+    return err

@@ -16,7 +16,7 @@ from mirror import mediatypes as mt
 from mirror.config import ImageSpec
 from mirror.errors import NoMatchingPlatform, UnsupportedContent
 from mirror.manifest import Descriptor, RawManifest, dump_json
-from mirror.platform import Platform
+from mirror.platform import Platform, no_matching_manifest
 from mirror.registry.client import Client
 
 ATTESTATION_REF = "vnd.docker.reference.digest"
@@ -65,15 +65,10 @@ class ImagePlan:
 
 
 def no_match(spec: ImageSpec, available: list[str]) -> NoMatchingPlatform:
-    have = ", ".join(dict.fromkeys(available)) or "none"
-    err = NoMatchingPlatform(
-        f"{spec.reference}: no matching manifest for {spec.settings.platforms} "
-        f"(the image has: {have})",
+    return no_matching_manifest(
+        str(spec.reference), spec.settings.platforms, available,
         hint="ask for one of those: --platform, when given, applies to every image and "
-             "overrides `platforms:` in the config; --keep-going finishes the other images",
-    )
-    err.available = list(dict.fromkeys(available))  # type: ignore[attr-defined]
-    return err
+             "overrides `platforms:` in the config; --keep-going finishes the other images")
 
 
 async def resolve(client: Client, spec: ImageSpec, fetch_config: FetchConfig) -> ImagePlan:

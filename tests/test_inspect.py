@@ -1,0 +1,172 @@
+"""`mirror inspect`: `--platform` filters what it shows (remote and bundle, text and --json),
+as pull selects."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.support import imagegen as ig
+from tests.support.oracle import error_line, mirror_ok, run_mirror
+from tests.support.pusher import push_image, push_raw_manifest
+from tests.test_referrers import seed
+
+NO_MATCH = 8
+
+
+def inspect_json(target: object, *platforms: str) -> list[dict]:
+    args = [a for p in platforms for a in ("--platform", p)]
+    return json.loads(mirror_ok("inspect", target, "--json", *args).stdout)
+
+
+def digests(doc: dict) -> list[str]:
+    return [m["digest"] for m in doc["manifests"]]
+
+
+def no_match(target: object, *platforms: str) -> str:
+    args = [a for p in platforms for a in ("--platform", p)]
+    proc = run_mirror("inspect", target, *args)
+    assert proc.returncode == NO_MATCH, proc.stderr
+    assert proc.stdout == "", proc.stdout
+    assert "Traceback" not in proc.stderr
+    return error_line(proc)
+
+
+@pytest.fixture
+def multi(src_registry, repo_name, rng):
+    """An OCI index: amd64 (with its BuildKit attestation), arm64 without variant, arm/v7."""
+    imgs = [ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64, ig.ARM_V7)]
+    index = ig.make_index(imgs, "oci", attestation=True, rng=rng)
+    push_image(src_registry.url, repo_name, index, ["v1"])
+    return f"{src_registry.host}/{repo_name}:v1", index
+
+
+def test_platform_filters_a_remote_index(multi):
+    ref, index = multi
+    amd64, arm64, armv7 = index.images
+    att = index.extra[0]
+    assert digests(inspect_json(ref)[0]) == [amd64.digest, arm64.digest, armv7.digest,
+                                              att.digest]
+
+    # variant-aware, as pull: arm64/v8 is the arm64 entry without a variant
+    for plat in ("linux/arm64", "linux/arm64/v8", "linux/aarch64"):
+        (doc,) = inspect_json(ref, plat)
+        assert doc["digest"] == index.digest
+        assert digests(doc) == [arm64.digest], plat
+        assert doc["manifests"][0]["config"]["digest"] == arm64.config.digest
+    # linux/arm is arm/v7; the attestation stays with the amd64 image it describes
+    assert digests(inspect_json(ref, "linux/arm")[0]) == [armv7.digest]
+    assert digests(inspect_json(ref, "linux/amd64")[0]) == [amd64.digest, att.digest]
+    # repeatable and comma-separated
+    assert digests(inspect_json(ref, "linux/arm64", "linux/arm/v7")[0]) == [
+        arm64.digest, armv7.digest]
+    assert digests(inspect_json(ref, "linux/arm64,linux/amd64")[0]) == [
+        amd64.digest, arm64.digest, att.digest]
+
+    # the text output leaves out the same platforms
+    text = mirror_ok("inspect", ref, "--platform", "linux/arm64").stdout
+    assert "[linux/arm64]" in text and arm64.config.digest in text
+    for other in (amd64, armv7, att):
+        assert other.digest not in text and other.config.digest not in text
+
+
+@pytest.mark.parametrize("plat", ["linux/s390x", "linux/arm/v6", "windows/amd64"])
+def test_no_matching_platform_on_a_remote_index_is_exit_8(multi, plat):
+    ref, _ = multi
+    err = no_match(ref, plat)
+    assert ref in err and plat in err and "no matching manifest" in err, err
+    assert "linux/amd64, linux/arm64, linux/arm/v7)" in err, err  # never unknown/unknown
+
+
+def test_single_platform_image_is_matched_by_its_config(src_registry, repo_name, rng):
+    img = ig.make_image(rng, ig.ARM64_V8, "docker")
+    push_image(src_registry.url, repo_name, img, ["v1"])
+    ref = f"{src_registry.host}/{repo_name}:v1"
+    (doc,) = inspect_json(ref, "linux/arm64")
+    assert doc["digest"] == img.digest and doc["config"]["digest"] == img.config.digest
+    err = no_match(ref, "linux/amd64")
+    assert ref in err and "linux/arm64" in err, err
+
+
+@pytest.mark.parametrize("name", ["b.tar", "b.tar.zst"])
+def test_platform_filters_a_bundle(multi, tmp_path, name):
+    ref, index = multi
+    amd64, arm64, armv7 = index.images
+    bundle = tmp_path / name
+    mirror_ok("pull", ref, "-o", bundle, "--cache", tmp_path / "c", "-q")
+
+    (doc,) = inspect_json(bundle, "linux/arm64/v8")
+    assert doc["reference"] == ref and digests(doc) == [arm64.digest]
+    assert doc["manifests"][0]["diffIds"] == [la.diff_id for la in arm64.layers]
+    assert digests(inspect_json(bundle, "linux/arm/v7", "linux/arm64")[0]) == [
+        arm64.digest, armv7.digest]
+    text = mirror_ok("inspect", bundle, "--platform", "linux/arm/v7").stdout
+    assert armv7.config.digest in text and amd64.config.digest not in text
+
+    err = no_match(bundle, "linux/s390x")
+    assert ref in err and "linux/s390x" in err, err
+    assert "linux/amd64, linux/arm64, linux/arm/v7)" in err, err
+
+
+def test_bundle_of_one_platform_lists_only_what_it_has(multi, tmp_path):
+    ref, index = multi
+    bundle = tmp_path / "arm.tar"
+    mirror_ok("pull", ref, "--platform", "linux/arm64", "-o", bundle, "--cache",
+              tmp_path / "c", "-q")
+    (doc,) = inspect_json(bundle, "linux/arm64")
+    assert doc["sourceDigest"] == index.digest and digests(doc) == [index.images[1].digest]
+    err = no_match(bundle, "linux/amd64")
+    assert ref in err and "(the image has: linux/arm64)" in err, err
+
+
+def test_bundle_of_several_images_shows_those_that_match(src_registry, repo_name, rng,
+                                                         tmp_path):
+    arm = ig.make_image(rng, ig.ARM64, "oci")
+    amd = ig.make_index([ig.make_image(rng, ig.AMD64, "oci")], "oci")
+    push_image(src_registry.url, f"{repo_name}/arm", arm, ["v1"])
+    push_image(src_registry.url, f"{repo_name}/amd", amd, ["v1"])
+    ref_arm = f"{src_registry.host}/{repo_name}/arm:v1"
+    ref_amd = f"{src_registry.host}/{repo_name}/amd:v1"
+    bundle = tmp_path / "two.tar"
+    mirror_ok("pull", ref_arm, ref_amd, "-o", bundle, "--cache", tmp_path / "c", "-q")
+    assert [d["reference"] for d in inspect_json(bundle, "linux/arm64")] == [ref_arm]
+    assert [d["reference"] for d in inspect_json(bundle, "linux/amd64")] == [ref_amd]
+    err = no_match(bundle, "linux/s390x")
+    assert str(bundle) in err and "(its images have: " in err, err
+    assert set(err.split("have: ")[1].rstrip(")").split(", ")) == {"linux/arm64", "linux/amd64"}
+
+
+def test_referrers_follow_the_platform_they_describe(src_registry, repo_name, rng, tmp_path):
+    key = ec.generate_private_key(ec.SECP256R1())
+    index, imgs, _, tag, sbom = seed(src_registry.url, repo_name, rng, key)  # SBOM of amd64
+    bundle = tmp_path / "r.tar"
+    mirror_ok("pull", f"{src_registry.host}/{repo_name}:1.0", "-o", bundle, "--cache",
+              tmp_path / "c", "-q")
+    sig_name = f"{src_registry.host}/{repo_name}:{tag}"
+    sbom_name = f"{src_registry.host}/{repo_name}@{sbom.digest}"
+    names = [d["reference"] for d in inspect_json(bundle, "linux/amd64")]
+    assert sig_name in names and sbom_name in names  # the index's signature; amd64's SBOM
+    names = [d["reference"] for d in inspect_json(bundle, "linux/arm64")]
+    assert sig_name in names and sbom_name not in names
+
+
+def test_nested_index_is_matched_by_what_it_holds(src_registry, repo_name, rng, tmp_path):
+    imgs = [ig.make_image(rng, p, fmt="oci") for p in (ig.AMD64, ig.ARM64)]
+    inner = ig.make_index(imgs, fmt="oci")
+    push_image(src_registry.url, repo_name, inner, tags=[])
+    outer = ig.dump_json({"schemaVersion": 2, "mediaType": ig.OCI_INDEX,
+                          "manifests": [inner.manifest.descriptor()]})
+    push_raw_manifest(src_registry.url, repo_name, "1", outer, ig.OCI_INDEX)
+    ref = f"{src_registry.host}/{repo_name}:1"
+    assert digests(inspect_json(ref, "linux/arm64")[0]) == [inner.digest]
+    err = no_match(ref, "linux/s390x")
+    assert "(the image has: linux/amd64, linux/arm64)" in err, err
+
+    bundle = tmp_path / "n.tar"
+    mirror_ok("pull", ref, "--platform", "linux/arm64", "-o", bundle, "--cache",
+              tmp_path / "c", "-q")
+    assert len(digests(inspect_json(bundle, "linux/arm64")[0])) == 1  # the filtered inner one
+    err = no_match(bundle, "linux/amd64")
+    assert "(the image has: linux/arm64)" in err, err
