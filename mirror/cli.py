@@ -129,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_out(p)
 
     p = sub.add_parser("inspect", help="show the digests of a bundle or a remote image")
-    p.add_argument("target", help="a bundle file, or an image reference")
+    p.add_argument("target", help="a bundle file (an existing file, or a name ending in .tar, "
+                   ".tar.zst, .tzst, .zst or .tar.gz, or starting with /, ./, ../ or ~), or an "
+                   "image reference")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--platform", action="append", default=[], metavar="OS/ARCH[/VARIANT]",
                    help="show only these platforms, repeatable or comma-separated, matched as "

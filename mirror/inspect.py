@@ -23,7 +23,31 @@ from mirror.referrers import A_KIND, A_SUBJECT
 GetBlob = Callable[[str], Awaitable[bytes | None]]
 GetManifest = Callable[[str], Awaitable[RawManifest | None]]
 
+BUNDLE_SUFFIXES = (".tar", ".tar.zst", ".tzst", ".zst", ".tar.gz")
+PATH_PREFIXES = ("/", "./", "../", "~")
 HINT = "pick one of those with --platform"
+
+
+def bundle_path(target: str) -> Path | None:
+    """The bundle file `target` names, or None when it is an image reference.
+
+    An existing file is a bundle; so is a missing one that looks like a path (a bundle suffix,
+    or a leading /, ./, ../ or ~), so that a mistyped bundle name fails at once as a bundle
+    that cannot be opened instead of being looked up as docker.io/<dir>/<name>:tar."""
+    path = Path(target)
+    if target.startswith("~"):
+        try:
+            path = path.expanduser()
+        except RuntimeError:  # ~nosuchuser: opened as named, and reported missing
+            pass
+    try:
+        if path.is_file():
+            return path
+    except OSError:  # a reference too long to be a file name
+        pass
+    if target.startswith(PATH_PREFIXES) or target.lower().endswith(BUNDLE_SUFFIXES):
+        return path
+    return None
 
 
 async def describe(name: str, root: RawManifest, get_manifest: GetManifest, get_blob: GetBlob,
@@ -168,8 +192,8 @@ def render(docs: list[dict[str, Any]]) -> str:
 
 async def inspect_target(args, make_transport) -> str:
     sel = PlatformSelector.parse(args.platform)
-    path = Path(args.target)
-    if await asyncio.to_thread(path.exists):
+    path = await asyncio.to_thread(bundle_path, args.target)
+    if path is not None:
         docs = await _inspect_bundle(path, sel)
     else:
         from mirror.reference import Reference
@@ -195,7 +219,7 @@ async def _inspect_bundle(path: Path, sel: PlatformSelector) -> list[dict[str, A
     (the others left out; NoMatchingPlatform when none has) and what refers to them."""
     from mirror.bundle.reader import Bundle
 
-    bundle = Bundle(path)
+    bundle = Bundle(path)  # a missing file: BundleError, as verify and load say it
     contents = await asyncio.to_thread(bundle.scan, configs=True)
 
     async def get_manifest(d: str) -> RawManifest | None:

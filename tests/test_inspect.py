@@ -1,9 +1,12 @@
 """`mirror inspect`: `--platform` filters what it shows (remote and bundle, text and --json),
-as pull selects."""
+as pull selects; a mistyped bundle path fails at once as a bundle, never as a reference."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -13,7 +16,7 @@ from tests.support.oracle import error_line, mirror_ok, run_mirror
 from tests.support.pusher import push_image, push_raw_manifest
 from tests.test_referrers import seed
 
-NO_MATCH = 8
+NO_MATCH, BUNDLE = 8, 10
 
 
 def inspect_json(target: object, *platforms: str) -> list[dict]:
@@ -170,3 +173,41 @@ def test_nested_index_is_matched_by_what_it_holds(src_registry, repo_name, rng, 
     assert len(digests(inspect_json(bundle, "linux/arm64")[0])) == 1  # the filtered inner one
     err = no_match(bundle, "linux/amd64")
     assert "(the image has: linux/arm64)" in err, err
+
+
+# -- a bundle path that does not exist ------------------------------------------------------
+
+
+def _timed(*args: object, cwd: Path) -> tuple[subprocess.CompletedProcess[str], float]:
+    t0 = time.monotonic()
+    proc = run_mirror(*args, cwd=cwd)
+    return proc, time.monotonic() - t0
+
+
+@pytest.mark.parametrize("target", ["bundles/nosuch.tar", "nosuch.tar.zst", "b.tzst", "b.zst",
+                                    "b.tar.gz", "./nosuch", "../nosuch", "/nonexistent/b"])
+def test_missing_bundle_is_a_bundle_error_at_once(target, tmp_path):
+    proc, seconds = _timed("inspect", target, cwd=tmp_path)
+    assert proc.returncode == BUNDLE, proc.stderr
+    err = error_line(proc)
+    named = Path(target)  # as load and verify name it (./b is b)
+    assert err == f"mirror: error: {named}: cannot open bundle: No such file or directory", err
+    assert "registry" not in proc.stderr and "docker.io" not in proc.stderr
+    assert seconds < 2.5, seconds  # the reference lookup retried for ~6 s
+    # the same line, and exit code, as load gives for that path
+    assert error_line(run_mirror("load", target, "--to", "127.0.0.1:1", cwd=tmp_path)) == err
+
+
+def test_missing_bundle_with_platform_is_still_a_bundle_error(tmp_path):
+    proc = run_mirror("inspect", "bundles/nosuch.tar", "--platform", "linux/arm64",
+                      cwd=tmp_path)
+    assert proc.returncode == BUNDLE, proc.stderr
+    assert "bundles/nosuch.tar: cannot open bundle" in error_line(proc)
+
+
+def test_an_existing_file_without_a_bundle_name_is_a_bundle(multi, tmp_path):
+    ref, index = multi
+    mirror_ok("pull", ref, "-o", tmp_path / "b.tar", "--cache", tmp_path / "c", "-q")
+    (tmp_path / "b.tar").rename(tmp_path / "carried")
+    (doc,) = json.loads(mirror_ok("inspect", "carried", "--json", cwd=tmp_path).stdout)
+    assert doc["digest"] == index.digest

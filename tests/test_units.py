@@ -465,3 +465,35 @@ def test_descriptor_foreign(desc: dict, foreign: bool) -> None:
     d = Descriptor.from_dict(desc)
     assert d.is_foreign is foreign
     assert d.size == 1 and d.digest == D1
+
+
+# -- inspect: bundle or reference ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("target", "is_bundle"), [
+    ("bundles/nosuch.tar", True),  # once looked up as docker.io/bundles/nosuch:tar
+    ("b.tar", True), ("b.TAR", True), ("b.tar.zst", True), ("b.tzst", True), ("b.zst", True),
+    ("b.tar.gz", True), ("/srv/b", True), ("./b", True), ("../b", True), ("~/b", True),
+    ("alpine", False), ("alpine:3.20", False), ("bundles/app", False),
+    ("localhost:5000/team/app:1.2", False), ("ghcr.io/org/app@" + D1, False),
+    ("app:tar", False), ("registry.tar.example/app:v1", False),
+])
+def test_inspect_target_is_a_bundle_or_a_reference(target: str, is_bundle: bool,
+                                                   tmp_path: Path, monkeypatch) -> None:
+    from mirror.inspect import bundle_path
+
+    monkeypatch.chdir(tmp_path)
+    assert (bundle_path(target) is not None) is is_bundle
+
+
+def test_inspect_target_that_exists(tmp_path: Path, monkeypatch) -> None:
+    from mirror.inspect import bundle_path
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "carried").write_bytes(b"")
+    (tmp_path / "alpine").mkdir()  # a directory is no bundle: still a reference
+    assert bundle_path("carried") == Path("carried")
+    assert bundle_path("alpine") is None
+    assert bundle_path("~/b.tar") == tmp_path / "home" / "b.tar"
+    assert bundle_path("x" * 300 + ":v1") is None  # too long for a file name
