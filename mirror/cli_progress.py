@@ -47,6 +47,10 @@ class TqdmProgress(LineProgress):
 
         self.bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
                         file=stream, dynamic_ncols=True, leave=False)
+        # what a command prints on stdout (the bundle and its digest, say) goes above the
+        # bar, a whole line at a time, not onto the bar's line when both are the terminal
+        self._stdout = sys.stdout
+        sys.stdout = _AboveTheBar(self.bar, sys.stdout)
 
     def total(self, nbytes: int) -> None:
         self.bar.total = (self.bar.total or 0) + nbytes
@@ -59,7 +63,40 @@ class TqdmProgress(LineProgress):
         self.bar.write(text, file=self.stream)
 
     def close(self) -> None:
+        if isinstance(sys.stdout, _AboveTheBar):
+            sys.stdout.flush()
+            sys.stdout = self._stdout
         self.bar.close()
+
+
+class _AboveTheBar:
+    """sys.stdout while a bar is shown: whole lines, each written with the bar cleared."""
+
+    def __init__(self, bar, real: TextIO) -> None:  # type: ignore[no-untyped-def]
+        self.bar = bar
+        self.real = real
+        self.pending = ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        if "\n" in self.pending:
+            lines, _, self.pending = self.pending.rpartition("\n")
+            self._above(lines + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self.pending:
+            self._above(self.pending)
+            self.pending = ""
+
+    def _above(self, text: str) -> None:
+        self.bar.clear()  # (on stderr, flushed) then the line, then the bar again below it
+        self.real.write(text)
+        self.real.flush()
+        self.bar.refresh()
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.real, name)  # fileno, isatty, encoding...
 
 
 def make_progress(*, quiet: bool, verbose: bool, desc: str = "") -> LineProgress:

@@ -436,3 +436,43 @@ def test_the_readmes_nightly_script_full_then_incremental(src_registry, dst_regi
         mirror_ok("load", b, "--to", f"{dst_registry.host}/n", "-q")
     assert sorted(list_tags(dst_registry.url, f"n/{repo_name}")) == ["1", "2"]
 
+
+
+def _on_a_terminal(args: list, cols: int = 100) -> tuple[int, str]:
+    """Run mirror with stdout and stderr on a pseudo-terminal `cols` wide; (exit, output)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    main, sub = pty.openpty()
+    fcntl.ioctl(sub, termios.TIOCSWINSZ, struct.pack("HHHH", 40, cols, 0, 0))
+    proc = subprocess.Popen(mirror_cmd(*args), env={**mirror_env(), "COLUMNS": str(cols)},
+                            stdin=subprocess.DEVNULL, stdout=sub, stderr=sub)
+    os.close(sub)
+    out = bytearray()
+    while True:
+        try:
+            data = os.read(main, 65536)
+        except OSError:  # EIO: the other end is closed
+            break
+        if not data:
+            break
+        out += data
+    os.close(main)
+    return proc.wait(timeout=120), out.decode(errors="replace")
+
+
+def test_on_a_terminal_the_bar_has_a_total_and_the_result_its_own_line(src_registry, repo_name,
+                                                                       rng, tmp_path):
+    img = ig.make_image(rng, ig.AMD64, "oci", layers=[ig.make_layer(rng, 3 << 20)])
+    push_image(src_registry.url, repo_name, img, tags=["t"])
+    out = tmp_path / "t.tar"
+    code, text = _on_a_terminal(["pull", f"{src_registry.host}/{repo_name}:t", "-o", out,
+                                 "--cache", tmp_path / "c"])
+    assert code == 0, text
+    assert "%|" in text, text  # a bar with a total: percent and ETA, not a bare counter
+    # what the terminal shows: on each line, what comes after the last carriage return
+    # (the bar cleared with \r, spaces, \r, then the result written over it)
+    shown = [x.split("\r")[-1] for x in text.replace("\r\n", "\n").split("\n")]
+    assert f"{out}\t{file_sha256(out)}" in shown, text
