@@ -18,17 +18,18 @@ import pytest
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault
 from tests.support.oracle import ROOT, check_layout, mirror_cmd, mirror_env, mirror_ok, run_mirror
-from tests.support.pusher import list_tags, push_blob, push_image, push_raw_manifest
+from tests.support.pusher import (
+    list_tags,
+    push_blob,
+    push_image,
+    push_nested_index,
+    push_raw_manifest,
+)
 
 
 def test_nested_index_is_filtered_by_platform(src_registry, dst_registry, repo_name, rng,
                                               tmp_path):
-    imgs = [ig.make_image(rng, p, fmt="oci") for p in (ig.AMD64, ig.ARM64)]
-    inner = ig.make_index(imgs, fmt="oci")
-    push_image(src_registry.url, repo_name, inner, tags=[])
-    outer = ig.dump_json({"schemaVersion": 2, "mediaType": ig.OCI_INDEX,
-                          "manifests": [inner.manifest.descriptor()]})
-    push_raw_manifest(src_registry.url, repo_name, "1", outer, ig.OCI_INDEX)
+    imgs, inner = push_nested_index(src_registry.url, repo_name, rng)
     ref = f"{src_registry.host}/{repo_name}:1"
     out = tmp_path / "b.tar"
     mirror_ok("pull", ref, "--platform", "linux/arm64", "-o", out, "--cache", tmp_path / "c")

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.support import imagegen as ig
 from tests.support.oracle import error_line, mirror_ok, run_mirror
-from tests.support.pusher import push_image, push_raw_manifest
+from tests.support.pusher import push_image, push_nested_index
 from tests.test_referrers import seed
 
 NO_MATCH, BUNDLE = 8, 10
@@ -156,12 +156,7 @@ def test_referrers_follow_the_platform_they_describe(src_registry, repo_name, rn
 
 
 def test_nested_index_is_matched_by_what_it_holds(src_registry, repo_name, rng, tmp_path):
-    imgs = [ig.make_image(rng, p, fmt="oci") for p in (ig.AMD64, ig.ARM64)]
-    inner = ig.make_index(imgs, fmt="oci")
-    push_image(src_registry.url, repo_name, inner, tags=[])
-    outer = ig.dump_json({"schemaVersion": 2, "mediaType": ig.OCI_INDEX,
-                          "manifests": [inner.manifest.descriptor()]})
-    push_raw_manifest(src_registry.url, repo_name, "1", outer, ig.OCI_INDEX)
+    imgs, inner = push_nested_index(src_registry.url, repo_name, rng)
     ref = f"{src_registry.host}/{repo_name}:1"
     assert digests(inspect_json(ref, "linux/arm64")[0]) == [inner.digest]
     err = no_match(ref, "linux/s390x")

@@ -178,3 +178,17 @@ def list_tags(base_url: str, repo: str, auth: Auth = None, cafile: str | None = 
         return []
     _expect(status, 200, f"GET tags {repo}", body)
     return list(json.loads(body).get("tags") or [])
+
+
+def push_nested_index(base_url: str, repo: str, rng, tag: str = "1") -> tuple[list[Image], Index]:
+    """An OCI index whose one entry is another index (amd64 + arm64), tagged `tag`: the
+    images and the inner index."""
+    from . import imagegen as ig
+
+    imgs = [ig.make_image(rng, p, fmt="oci") for p in (ig.AMD64, ig.ARM64)]
+    inner = ig.make_index(imgs, fmt="oci")
+    push_image(base_url, repo, inner, tags=[])
+    outer = ig.dump_json({"schemaVersion": 2, "mediaType": ig.OCI_INDEX,
+                          "manifests": [inner.manifest.descriptor()]})
+    push_raw_manifest(base_url, repo, tag, outer, ig.OCI_INDEX)
+    return imgs, inner
