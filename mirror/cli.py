@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--unused-by", type=Path, action="append", default=[], metavar="LOCK",
                    help="remove every blob that this lock file (repeatable: these lock "
                    "files) does not use")
-    _add_out(p)
+    _add_out(c)
 
     p = sub.add_parser("load", help="push a bundle into a registry")
     p.add_argument("bundle", type=Path)
@@ -189,12 +189,19 @@ def _run(args: argparse.Namespace, report: Report) -> tuple[int, str | None]:
     except (KeyboardInterrupt, Terminated) as e:
         _close(progress)
         name = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
-        print(f"mirror: interrupted ({name}); finished blobs are kept, partial ones resume "
-              "next run", file=sys.stderr)
+        print(f"mirror: interrupted ({name}){_AFTER_INTERRUPT.get(args.command, '')}",
+              file=sys.stderr)
         code = EXIT_CODES["terminated" if isinstance(e, Terminated) else "interrupted"]
         return code, f"interrupted ({name})"
     finally:
         _close(progress)
+
+
+_AFTER_INTERRUPT = {  # what an interrupted run leaves, and what the next one does
+    "pull": "; finished blobs are kept, partial ones resume next run",
+    "load": "; blobs pushed so far stay, the next load skips them; tags are pushed last, "
+            "so none names an incomplete image",
+}
 
 
 def _close(progress) -> None:

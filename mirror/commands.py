@@ -346,7 +346,9 @@ async def _cache(args: argparse.Namespace, progress, report: Report) -> int:
             older_than=_parse_age(args.older_than) if args.older_than else None,
             max_bytes=_parse_size(args.max_size) if args.max_size else None, keep=keep,
             unused_by=used)
-    print(f"removed {removed} blob(s), {freed} bytes from {cache}")
+    report.add(cache=str(cache), blobs_removed=removed, bytes_freed=freed)
+    if not args.quiet:
+        print(f"removed {removed} blob(s), {freed} bytes from {cache}")
     return 0
 
 

@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work="$(mktemp -d -t mirror-demo.XXXXXX)"
-trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
+# the registries stop, and the work directory (registries' storage, cache, bundle) goes
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 scripts/registry.sh 5101 "$work/src" 2>/dev/null & scripts/registry.sh 5102 "$work/dst" 2>/dev/null &
 sleep 1
 python3 - <<'PY'

@@ -325,9 +325,13 @@ def test_dry_run_writes_nothing_and_prune_trims_the_cache(src_registry, repo_nam
     assert left == [img.images[0].config.digest.split(":")[1]], r.stdout
     # --unused-by: everything the lock file does not name goes
     mirror_ok("pull", ref, "-o", tmp_path / "z.tar", "--cache", cache)
-    r = mirror_ok("cache", "prune", "--cache", cache, "--unused-by", lock_file)
+    report = tmp_path / "prune.json"
+    r = mirror_ok("cache", "prune", "--cache", cache, "--unused-by", lock_file,
+                  "--report", report, "-q")
     left = [p.name for p in (cache / "blobs" / "sha256").iterdir()]
     assert left == [img.images[0].config.digest.split(":")[1]], r.stdout
+    doc = json.loads(report.read_text())  # (options after the action, as for the others)
+    assert doc["exit_code"] == 0 and doc["blobs_removed"] >= 1 and r.stdout == ""
 
 
 def test_rerun_with_nothing_new_leaves_the_bundle_alone(src_registry, repo_name, rng, tmp_path):
