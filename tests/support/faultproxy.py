@@ -291,8 +291,10 @@ class FaultProxy:
 
     async def _write(self, resp: web.StreamResponse, chunk: bytes, path: str) -> None:
         if chunk:
-            await resp.write(chunk)
+            # counted before the write: the client may have read the last byte (and a test
+            # looked at the count) before this coroutine runs again
             self._add_bytes(path, len(chunk))
+            await resp.write(chunk)
 
     @staticmethod
     async def _cut(request: web.Request, reset: bool) -> None:
