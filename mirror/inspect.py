@@ -159,35 +159,50 @@ async def _image(raw: RawManifest, get_blob: GetBlob) -> tuple[dict[str, Any], P
 
 
 def render(docs: list[dict[str, Any]]) -> str:
-    lines: list[str] = []
+    """Text for people: per image, each digest labelled, the values in one column."""
+    out: list[str] = []
     for d in docs:
-        lines.append(d["reference"])
-        lines.append(f"  manifest digest (pin this):   {d['digest']}  {d['mediaType']}")
+        rows: list[tuple[str, str, str] | str] = [d["reference"]]  # (indent, label, value)
+        row = _adder(rows)
+        row("  ", "manifest digest (pin this)", f"{d['digest']}  {d['mediaType']}")
         if d.get("sourceDigest"):
-            lines.append(f"  source digest (upstream):     {d['sourceDigest']}")
+            row("  ", "source digest (upstream)", d["sourceDigest"])
         if d.get("referrerOf"):
-            lines.append(f"  {d['kind']} of:                 {d['referrerOf']}")
+            row("  ", f"{d['kind']} of", d["referrerOf"])
         items = d.get("manifests") or [d]
         for m in items:
             if m is not d:
                 what = f"attestation for {m['attestationFor']}" if m.get("attestationFor") \
                     else (m.get("platform") or "no platform")
-                lines.append(f"  [{what}]")
-                lines.append(f"    platform manifest digest:   {m['digest']}"
-                             + ("  (absent from the bundle)" if m.get("absent") else ""))
+                rows.append(f"  [{what}]")
+                row("    ", "platform manifest digest", m["digest"]
+                    + ("  (absent from the bundle)" if m.get("absent") else ""))
             pad = "    " if m is not d else "  "
             if m.get("artifactType"):
-                lines.append(f"{pad}artifact type:                {m['artifactType']}")
+                row(pad, "artifact type", m["artifactType"])
             if "config" in m:
-                lines.append(f"{pad}config digest (image ID):     {m['config']['digest']}")
+                row(pad, "config digest (image ID)", m["config"]["digest"])
                 for i, layer in enumerate(m.get("layers", [])):
-                    lines.append(f"{pad}layer {i} digest (compressed): {layer['digest']} "
-                                 f"{layer['size']} bytes {layer['mediaType']}")
+                    row(pad, f"layer {i} digest (compressed)",
+                        f"{layer['digest']} {layer['size']} bytes {layer['mediaType']}")
                     if layer.get("urls"):
-                        lines.append(f"{pad}  foreign layer, served from: {layer['urls'][0]}")
+                        row(pad + "  ", "foreign layer, served from", layer["urls"][0])
                 for i, diff in enumerate(m.get("diffIds", [])):
-                    lines.append(f"{pad}layer {i} diff_id (uncompressed): {diff}")
-    return "\n".join(lines)
+                    row(pad, f"layer {i} diff_id (uncompressed)", diff)
+        width = max(len(r[0]) + len(r[1]) + 1 for r in rows if isinstance(r, tuple))
+        for r in rows:
+            if isinstance(r, str):
+                out.append(r)
+            else:
+                indent, label, value = r
+                out.append(f"{indent}{label + ':':<{width - len(indent)}} {value}")
+    return "\n".join(out)
+
+
+def _adder(rows: list) -> Any:
+    def row(indent: str, label: str, value: str) -> None:
+        rows.append((indent, label, value))
+    return row
 
 
 async def inspect_target(args, make_transport) -> str:

@@ -497,3 +497,18 @@ def test_inspect_target_that_exists(tmp_path: Path, monkeypatch) -> None:
     assert bundle_path("alpine") is None
     assert bundle_path("~/b.tar") == tmp_path / "home" / "b.tar"
     assert bundle_path("x" * 300 + ":v1") is None  # too long for a file name
+
+
+def test_inspect_text_puts_every_digest_in_one_column() -> None:
+    from mirror.inspect import render
+
+    doc = {"reference": "r.io/x:1", "digest": "sha256:" + "a" * 64, "mediaType": "m",
+           "sourceDigest": "sha256:" + "b" * 64,
+           "manifests": [{"platform": "linux/arm64", "digest": "sha256:" + "c" * 64,
+                          "config": {"digest": "sha256:" + "d" * 64},
+                          "layers": [{"digest": "sha256:" + "e" * 64, "size": 3,
+                                      "mediaType": "l", "urls": ["https://x.example/l"]}],
+                          "diffIds": ["sha256:" + "f" * 64]}]}
+    lines = [x for x in render([doc]).splitlines() if ": " in x and not x.startswith("r.io")]
+    columns = {x.index("sha256:") if "sha256:" in x else x.index("https:") for x in lines}
+    assert len(lines) == 7 and len(columns) == 1, lines
