@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -180,12 +181,16 @@ def _run(args: argparse.Namespace, report: Report) -> tuple[int, str | None]:
         if e.hint:
             print(f"  hint: {e.hint}", file=sys.stderr)
         return e.exit_code, str(e)
-    except OSError as e:  # a full disk, a read-only or missing directory: one line, no trace
+    except BrokenPipeError as e:
+        if not _stdout_gone():
+            return _os_error(progress, e)
+        # `mirror inspect X | head`: the reader has what it wanted; say nothing, and keep
+        # the interpreter from failing to flush stdout on the way out
         _close(progress)
-        where = f"{e.filename}: " if e.filename else ""
-        line = f"{where}{e.strerror or e}"
-        print(f"mirror: error: {line}", file=sys.stderr)
-        return EXIT_CODES["error"], line
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_CODES["stdout-closed"], "stdout closed"
+    except OSError as e:  # a full disk, a read-only or missing directory: one line, no trace
+        return _os_error(progress, e)
     except (KeyboardInterrupt, Terminated) as e:
         _close(progress)
         name = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
@@ -202,6 +207,26 @@ _AFTER_INTERRUPT = {  # what an interrupted run leaves, and what the next one do
     "load": "; blobs pushed so far stay, the next load skips them; tags are pushed last, "
             "so none names an incomplete image",
 }
+
+
+def _os_error(progress, e: OSError) -> tuple[int, str]:
+    _close(progress)
+    where = f"{e.filename}: " if e.filename else ""
+    line = f"{where}{e.strerror or e}"
+    print(f"mirror: error: {line}", file=sys.stderr)
+    return EXIT_CODES["error"], line
+
+
+def _stdout_gone() -> bool:
+    """Our stdout is a pipe whose reader has closed it (poll says POLLERR)."""
+    try:
+        import select
+
+        p = select.poll()
+        p.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in p.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _close(progress) -> None:

@@ -47,6 +47,7 @@ EXIT_CODES: dict[str, int] = {
     "partial": 13,
     "interrupted": 130,
     "terminated": 143,
+    "stdout-closed": 141,
 }
 
 

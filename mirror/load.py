@@ -232,7 +232,8 @@ async def load(client: Client, bundle: Bundle, target: Target, *, jobs: int = 4,
         raise IncompleteBase(
             f"{bundle.name}: incremental bundle: {len(missing_base)} blob(s) it does not carry "
             f"are not in {reg}: {', '.join(missing_base[:5])}{more}; nothing was pushed",
-            hint=f"load the base bundle first{f' ({base})' if base else ''}")
+            hint="load first the bundle(s) made before this one"
+                 + (f" (it was made against {base})" if base else ""))
     if dry_run:
         for repo, d, src in mounts:
             result.dry_run.append(f"blob {d.digest} -> {repo} (mount from {src})")

@@ -618,8 +618,11 @@ async def serve(app: web.Application) -> AsyncIterator[int]:
         await runner.cleanup()
 
 
-async def test_schema1_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
-    """A registry stand-in serving one signed schema 1 manifest."""
+@pytest.mark.parametrize("pinned", [False, True])
+async def test_schema1_is_refused_and_leaves_nothing(tmp_path: Path, pinned: bool) -> None:
+    """A registry stand-in serving one signed schema 1 manifest, by tag or by digest. Pinned
+    by digest it still says schema 1 (exit 9), not "digest mismatch": a signed schema 1
+    manifest's digest is that of its payload, and registries sign it anew on every GET."""
     seen: list[str] = []
 
     async def ping(request: web.Request) -> web.Response:
@@ -633,12 +636,12 @@ async def test_schema1_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
 
     app = web.Application()
     app.router.add_get("/v2/", ping)
-    app.router.add_route("*", "/v2/x/manifests/1", manifest)
+    app.router.add_route("*", "/v2/x/manifests/{ref}", manifest)
     out = tmp_path / "out"
     out.mkdir()
     bundle = out / "b.tar"
     async with serve(app) as port:
-        ref = f"127.0.0.1:{port}/x:1"
+        ref = f"127.0.0.1:{port}/x" + (f"@sha256:{'2' * 64}" if pinned else ":1")
         proc = await asyncio.to_thread(run_mirror, "pull", ref, "-o", bundle, "--cache",
                                        tmp_path / "cache")
     assert seen, "the manifest was never asked for"

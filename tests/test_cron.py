@@ -227,13 +227,15 @@ def test_keep_going_report_and_inspect(src_registry, repo_name, rng, tmp_path):
 
     # inspect labels each digest for what it is
     text = mirror_ok("inspect", out).stdout
-    assert f"manifest digest (pin this):   {ok['digest']}" in text
-    assert f"source digest (upstream):     {img.digest}" in text
-    assert f"platform manifest digest:   {arm.digest}" in text
-    assert f"config digest (image ID):     {arm.config.digest}" in text
+    shown = {label.strip(): value.split()[0] for label, _, value in
+             (line.partition(": ") for line in text.splitlines()) if value}
+    assert shown["manifest digest (pin this)"] == ok["digest"]
+    assert shown["source digest (upstream)"] == img.digest
+    assert shown["platform manifest digest"] == arm.digest
+    assert shown["config digest (image ID)"] == arm.config.digest
     for i, layer in enumerate(arm.layers):
-        assert f"layer {i} digest (compressed): {layer.digest}" in text
-        assert f"layer {i} diff_id (uncompressed): {layer.diff_id}" in text
+        assert shown[f"layer {i} digest (compressed)"] == layer.digest
+        assert shown[f"layer {i} diff_id (uncompressed)"] == layer.diff_id
     js = json.loads(mirror_ok("inspect", out, "--json").stdout)
     assert js[0]["manifests"][0]["config"]["digest"] == arm.config.digest
     assert js[0]["manifests"][0]["diffIds"] == [la.diff_id for la in arm.layers]
@@ -480,3 +482,19 @@ def test_on_a_terminal_the_bar_has_a_total_and_the_result_its_own_line(src_regis
     # (the bar cleared with \r, spaces, \r, then the result written over it)
     shown = [x.split("\r")[-1] for x in text.replace("\r\n", "\n").split("\n")]
     assert f"{out}\t{file_sha256(out)}" in shown, text
+
+
+def test_output_read_by_head_is_no_error(src_registry, repo_name, rng, tmp_path):
+    """`mirror inspect X | head`: when what reads stdout goes away, nothing is printed about
+    it (no 'Broken pipe' line) and the exit code says so (141)."""
+    idx, _ = _multi(rng)
+    push_image(src_registry.url, repo_name, idx, tags=["h"])
+    out = tmp_path / "h.tar"
+    mirror_ok("pull", f"{src_registry.host}/{repo_name}:h", "-o", out, "--cache",
+              tmp_path / "c")
+    proc = subprocess.Popen(mirror_cmd("inspect", out), env=mirror_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    proc.stdout.close()  # the reader is gone before mirror writes a byte
+    _, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err) == (141, ""), err
