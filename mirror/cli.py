@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from mirror import __version__, malloc
+from mirror import __version__, malloc, secrets
 from mirror.commands import COMMANDS, DEFAULT_OUTPUT
 from mirror.config import (
     FOREIGN_POLICIES,
@@ -32,7 +32,8 @@ def _add_net(p: argparse.ArgumentParser) -> None:
                    help="CA bundle to verify HOST's certificate (repeatable)")
     g.add_argument("--client-cert", action="append", default=[], metavar="HOST=CERT,KEY",
                    help="client certificate and key for HOST (repeatable)")
-    g.add_argument("--retries", type=int, default=5, help="tries per request (default 5)")
+    g.add_argument("--retries", type=int, default=4, metavar="N",
+                   help="retries per request after the first try (default 4; 0: none)")
     g.add_argument("--connect-timeout", type=float, default=30.0, metavar="S")
     g.add_argument("--read-timeout", type=float, default=120.0, metavar="S",
                    help="seconds without a byte before a transfer is retried (default 120)")
@@ -153,14 +154,14 @@ def main(argv: list[str] | None = None) -> int:
         try:  # before any work: a report that cannot be written fails the run now
             check_report_path(path)
         except MirrorError as e:
-            print(f"mirror: error: {e}", file=sys.stderr)
+            print(f"mirror: error: {secrets.redact(str(e))}", file=sys.stderr)
             return e.exit_code
     report = Report(path, args.command)
     code, error = _run(args, report)
     try:
         report.write(code, error)
     except MirrorError as e:
-        print(f"mirror: error: {e}", file=sys.stderr)
+        print(f"mirror: error: {secrets.redact(str(e))}", file=sys.stderr)
         return code or e.exit_code
     return code
 
@@ -177,10 +178,10 @@ def _run(args: argparse.Namespace, report: Report) -> tuple[int, str | None]:
         return code, None
     except MirrorError as e:
         _close(progress)
-        print(f"mirror: error: {e}", file=sys.stderr)
+        print(f"mirror: error: {secrets.redact(str(e))}", file=sys.stderr)
         if e.hint:
-            print(f"  hint: {e.hint}", file=sys.stderr)
-        return e.exit_code, str(e)
+            print(f"  hint: {secrets.redact(e.hint)}", file=sys.stderr)
+        return e.exit_code, secrets.redact(str(e))
     except BrokenPipeError as e:
         if not _stdout_gone():
             return _os_error(progress, e)
@@ -212,7 +213,7 @@ _AFTER_INTERRUPT = {  # what an interrupted run leaves, and what the next one do
 def _os_error(progress, e: OSError) -> tuple[int, str]:
     _close(progress)
     where = f"{e.filename}: " if e.filename else ""
-    line = f"{where}{e.strerror or e}"
+    line = secrets.redact(f"{where}{e.strerror or e}")
     print(f"mirror: error: {line}", file=sys.stderr)
     return EXIT_CODES["error"], line
 

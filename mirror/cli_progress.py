@@ -6,6 +6,8 @@ import sys
 import time
 from typing import TextIO
 
+from mirror import secrets
+
 
 class LineProgress:
     """One line per image and per warning; no bars (cron mail stays readable)."""
@@ -17,6 +19,7 @@ class LineProgress:
         self.verbose = verbose
 
     def _line(self, text: str) -> None:
+        text = secrets.redact(text)
         print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}", file=self.stream, flush=True)
 
     def total(self, nbytes: int) -> None:
@@ -60,7 +63,7 @@ class TqdmProgress(LineProgress):
         self.bar.update(nbytes)
 
     def _line(self, text: str) -> None:
-        self.bar.write(text, file=self.stream)
+        self.bar.write(secrets.redact(text), file=self.stream)
 
     def close(self) -> None:
         if isinstance(sys.stdout, _AboveTheBar):

@@ -41,11 +41,13 @@ def _transport(args: argparse.Namespace, cfg: Config | None) -> Transport:
         cert, _, key = pair.partition(",")
         settings[host] = replace(settings.get(host, RegistrySettings()), client_cert=cert,
                                  client_key=key or None)
-    if args.retries < 1 or args.jobs < 1:
-        raise UsageError("--retries and --jobs must be at least 1")
+    if args.retries < 0:
+        raise UsageError(f"--retries {args.retries}: must be 0 (no retry) or more")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs {args.jobs}: must be at least 1")
     creds = CredentialStore(cfg.logins if cfg else None, args.authfile)
     return Transport(settings=settings, credentials=creds,
-                     policy=RetryPolicy(tries=args.retries),
+                     policy=RetryPolicy(tries=args.retries + 1),
                      timeouts=Timeouts(args.connect_timeout, args.read_timeout), jobs=args.jobs)
 
 

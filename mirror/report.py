@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mirror import secrets
 from mirror.errors import MirrorError, UsageError
 
 
@@ -45,7 +46,8 @@ class Report:
             return
         doc = {"command": self.command, "error": error, "exit_code": exit_code,
                **self.details}
-        write_atomic(self.path, json.dumps(doc, indent=2, default=str) + "\n")
+        plain = json.loads(json.dumps(doc, default=str))  # then every value is JSON
+        write_atomic(self.path, json.dumps(secrets.redact_all(plain), indent=2) + "\n")
 
 
 def write_atomic(path: Path, text: str) -> None:

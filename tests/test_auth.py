@@ -28,6 +28,7 @@ from mirror.registry.credentials import HUB_KEY, Credential, CredentialStore, Re
 from mirror.registry.transport import RetryPolicy, Transport
 from tests.support import imagegen as ig
 from tests.support import pusher
+from tests.support.faultproxy import Fault
 from tests.support.oracle import ROOT, check_layout, mirror_cmd, mirror_env, run
 from tests.support.registry import Registry
 from tests.support.tokenserver import TokenServer
@@ -555,7 +556,7 @@ def test_bearer_token_server_hiccup_is_retried(tokens, ts: TokenServer,
                                                tmp_path: Path) -> None:
     _, reg, imgs = tokens
     ts.fail_next = 2
-    ok(pull(tmp_path, f"{reg.host}/private/app:v1", "--retries", "3",
+    ok(pull(tmp_path, f"{reg.host}/private/app:v1", "--retries", "2",
             env=basic_config(tmp_path, reg.host)))
     assert pulled_digest(tmp_path) == imgs["private/app"].digest
     assert json.loads((tmp_path / "report.json").read_text())["images"][0]["error"] is None
@@ -566,3 +567,23 @@ def test_bearer_one_token_per_scope_set(tokens, ts: TokenServer, tmp_path: Path)
     _, reg, _ = tokens
     ok(pull(tmp_path, f"{reg.host}/private/other:v1", env=basic_config(tmp_path, reg.host)))
     assert ts.scopes_asked() == [["repository:private/other:pull"]]
+
+
+@pytest.mark.parametrize("status", [400, 502])
+def test_a_secret_the_server_echoes_back_is_never_shown(basic, faultproxy, tmp_path: Path,
+                                                       status: int) -> None:
+    """A registry or proxy that puts the request's Authorization (or the password) in its
+    error message: the message is shown, with the secrets blanked out, in every output."""
+    reg, _, _ = basic
+    proxy = faultproxy(reg.url)
+    echoed = json.dumps({"errors": [{"code": "PROXY", "message": (
+        f"upstream refused; request had Authorization: Basic {b64(USER, SECRET)} "
+        f"password {SECRET}")}]}).encode()
+    proxy.add(Fault("status", method="GET", path="/manifests/", status=status, body=echoed,
+                    times=None))
+    proc = pull(tmp_path, f"{proxy.host}/private/app:v1", "--retries", "0", "-v",
+                env=basic_config(tmp_path, proxy.host))
+    assert proc.returncode == 3, proc.stderr
+    assert "PROXY" in proc.stderr and "upstream refused" in proc.stderr, proc.stderr
+    assert "***" in error_line(proc)
+    assert_no_secret(tmp_path, proc)

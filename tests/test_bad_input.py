@@ -103,7 +103,7 @@ def assert_nothing_pushed(dst_registry: Registry, prefix: str, good: Good) -> No
 
 def load_fails(code: str, bundle: Path, dst_registry: Registry, good: Good) -> str:
     prefix = f"bad-{uuid.uuid4().hex[:8]}"
-    err = fails(code, "load", bundle, "--to", f"{dst_registry.host}/{prefix}", "--retries", "2")
+    err = fails(code, "load", bundle, "--to", f"{dst_registry.host}/{prefix}", "--retries", "1")
     assert str(bundle) in err, err
     assert_nothing_pushed(dst_registry, prefix, good)
     return err
@@ -274,10 +274,10 @@ def test_unreachable_registry(good: Good, tmp_path: Path) -> None:
     host = f"127.0.0.1:{closed_port()}"
     out = tmp_path / "out.tar"
     err = fails("registry", "pull", f"{host}/app:v1", "-o", out, "--cache", tmp_path / "c",
-                "--retries", "2")
+                "--retries", "1")
     assert host in err and "unreachable" in err, err
     assert not out.exists()
-    err = fails("registry", "load", good.bundle, "--to", f"{host}/x", "--retries", "2")
+    err = fails("registry", "load", good.bundle, "--to", f"{host}/x", "--retries", "1")
     assert host in err, err
 
 

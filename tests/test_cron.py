@@ -281,7 +281,7 @@ def test_report_is_written_whatever_the_outcome(src_registry, repo_name, rng, tm
     doc = run(0, "pull", ref, "-o", tmp_path / "b.tar", "--cache", tmp_path / "c")
     assert doc["error"] is None and doc["bundle"] == str(tmp_path / "b.tar"), doc
     host = f"127.0.0.1:{_closed_port()}"
-    doc = run(3, "load", tmp_path / "b.tar", "--to", host, "--retries", "2")
+    doc = run(3, "load", tmp_path / "b.tar", "--to", host, "--retries", "1")
     assert doc["command"] == "load" and host in doc["error"] and doc["retries"] == 1, doc
     assert doc["tags"] is None, doc  # not known, rather than "none pushed"
     doc = run(10, "verify", tmp_path / "nope.tar")

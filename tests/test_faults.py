@@ -143,7 +143,7 @@ def test_transient_5xx_complete_with_exact_digests(src_registry, image, recproxy
     proxy.add(Fault("status", method="GET", path=img.config.digest, status=503,
                     code="UNAVAILABLE"))
     proxy.add(Fault("status", method="GET", path=img.layers[1].digest, status=504, times=2))
-    ok(pull(tmp_path, f"{proxy.host}/{repo}:v1", "--retries", "3"))
+    ok(pull(tmp_path, f"{proxy.host}/{repo}:v1", "--retries", "2"))
     assert_exact(tmp_path / "out.tar", img)
     assert report(tmp_path)["retries"] >= 5
     # the one image of the run carries them in its own line of the report
@@ -161,7 +161,7 @@ def test_429_retry_after_is_honoured(src_registry, image, recproxy, tmp_path: Pa
     value = "1" if form == "seconds" else email.utils.formatdate(until, usegmt=True)
     proxy.add(Fault("status", method="GET", path=layer, status=429,
                     headers={"Retry-After": value}))
-    ok(pull(tmp_path, f"{proxy.host}/{repo}:v1", "--retries", "3"))
+    ok(pull(tmp_path, f"{proxy.host}/{repo}:v1", "--retries", "2"))
     assert_exact(tmp_path / "out.tar", img)
     first, second = proxy.seen("GET", layer)
     assert first.status == 429 and second.status == 200
@@ -201,7 +201,7 @@ def test_other_4xx_are_not_retried(src_registry, image, recproxy, tmp_path: Path
     proxy = recproxy(src_registry.url)
     layer = img.layers[0].digest
     proxy.add(Fault("status", method="GET", path=layer, status=status, times=None))
-    proc = pull(tmp_path, f"{proxy.host}/{repo}:v1", "--retries", "3")
+    proc = pull(tmp_path, f"{proxy.host}/{repo}:v1", "--retries", "2")
     assert proc.returncode == code, proc.stderr
     assert len(proxy.seen("GET", layer)) == 1
     assert layer in error_line(proc) and f"HTTP {status}" in error_line(proc)
@@ -221,7 +221,7 @@ def test_persistent_failure_names_everything(src_registry, image, recproxy, tmp_
     layer = img.layers[1].digest
     proxy.add(Fault("status", method="GET", path=layer, status=status, headers=headers,
                     code=code, times=None))
-    proc = pull(tmp_path, f"{proxy.host}/{repo}:v1", "--retries", "3")
+    proc = pull(tmp_path, f"{proxy.host}/{repo}:v1", "--retries", "2")
     assert proc.returncode == exit_code, proc.stderr
     line = error_line(proc)
     for part in (f"{proxy.host}/{repo}", layer, f"HTTP {status}", code, "injected by faultproxy"):
@@ -235,7 +235,7 @@ def test_persistent_failure_on_a_tag(src_registry, image, recproxy, tmp_path: Pa
     proxy = recproxy(src_registry.url)
     proxy.add(Fault("status", method="GET", path=r"/manifests/v1$", status=500,
                     code="UNKNOWN", times=None))
-    proc = pull(tmp_path, f"{proxy.host}/{repo}:v1", "--retries", "2")
+    proc = pull(tmp_path, f"{proxy.host}/{repo}:v1", "--retries", "1")
     assert proc.returncode == 3, proc.stderr
     line = error_line(proc)
     assert f"{proxy.host}/{repo}" in line and "tag v1" in line and "HTTP 500" in line
@@ -247,7 +247,7 @@ def test_connection_refused_is_retried_then_named(tmp_path: Path) -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = pull(tmp_path, f"127.0.0.1:{port}/some/repo:v1", "--retries", "3")
+    proc = pull(tmp_path, f"127.0.0.1:{port}/some/repo:v1", "--retries", "2")
     assert proc.returncode == 3, proc.stderr
     assert f"127.0.0.1:{port}" in error_line(proc)
     # the report counts the connect retries (3 tries: 2 retries), and no bundle is not partial
@@ -308,7 +308,7 @@ def test_expired_redirect_is_asked_again(redirecting, repo_name: str, rng: rando
     storage.requests.clear()
     storage.expire_next = 2  # the first two storage GETs: 403 "Request has expired"
     ok(pull(tmp_path, f"{reg.host}/{repo_name}:v1", "--authfile",
-            authfile(tmp_path, reg.host), "-j", "1", "--retries", "3"))
+            authfile(tmp_path, reg.host), "-j", "1", "--retries", "2"))
     assert_exact(tmp_path / "out.tar", img)
     statuses = [r.status for r in storage.requests if r.method == "GET"]
     assert statuses.count(403) == 2 and statuses.count(200) == 2, statuses
@@ -352,7 +352,7 @@ def test_hung_registry_fails_naming_the_blob(src_registry, image, recproxy,
     proxy = recproxy(src_registry.url)
     layer = img.layers[2].digest
     proxy.stall = layer
-    proc = pull(tmp_path, f"{proxy.host}/{repo}:v1", "--read-timeout", "1", "--retries", "2")
+    proc = pull(tmp_path, f"{proxy.host}/{repo}:v1", "--read-timeout", "1", "--retries", "1")
     assert proc.returncode == 3, proc.stderr
     line = error_line(proc)
     assert f"{proxy.host}/{repo}" in line and layer in line and "timed out" in line, line

@@ -188,7 +188,7 @@ async def test_skip_keeps_the_descriptor_and_fetches_nothing(
         assert blob_exists(allow.url, repo_name, fi.image.layers[1].digest)
         # one with the default configuration refuses it
         refused_for_urls(await mirror("load", bundle, "--to", dst_registry.host, "-q",
-                                      "--retries", "1"), fi.digest)
+                                      "--retries", "0"), fi.digest)
         assert cdn.requests == []
 
 
@@ -227,7 +227,7 @@ async def test_include_fetches_from_the_urls_without_credentials(
            f"dir:{out}")
     assert (out / fi.foreign.digest.split(":", 1)[1]).read_bytes() == fi.foreign.data
     refused_for_urls(await mirror("load", bundle, "--to", dst_registry.host, "-q",
-                                  "--retries", "1"), fi.digest)
+                                  "--retries", "0"), fi.digest)
 
 
 async def test_include_prefers_the_registry(registry_factory, repo_name, rng,
@@ -252,7 +252,7 @@ async def test_include_fails_when_no_url_serves_the_layer(registry_factory, repo
         cdn.blobs["layer"] = fi.foreign.data
         push_foreign(src, repo_name, fi, with_blob=False)
         proc, bundle = await pull(tmp_path, src, f"{src.host}/{repo_name}:v1",
-                                  "--foreign-layers", "include", "--retries", "1")
+                                  "--foreign-layers", "include", "--retries", "0")
     assert proc.returncode == 3, proc.stderr
     assert f"foreign layer {fi.foreign.digest}" in proc.stderr
     assert "digest mismatch" in proc.stderr and "HTTP 404" in proc.stderr

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 import yarl
 
+from mirror import secrets
 from mirror.errors import AuthError
 from mirror.registry.body import read_body
 from mirror.registry.credentials import Credential
@@ -179,6 +180,11 @@ class Authenticator:
             raise AuthError(f"{self.registry}: the token server {realm_host} answered HTTP "
                             f"{status}", registry=self.registry, status=status)
         token = (doc.get("token") or doc.get("access_token")) if isinstance(doc, dict) else None
+        if isinstance(token, str):
+            secrets.remember(token)
+        refresh = doc.get("refresh_token") if isinstance(doc, dict) else None
+        if isinstance(refresh, str):
+            secrets.remember(refresh)
         if not token:
             raise AuthError(f"{self.registry}: the token server {realm_host} answered without "
                             "a token", registry=self.registry)

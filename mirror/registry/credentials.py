@@ -21,6 +21,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from mirror import secrets
 from mirror.errors import AuthError, ConfigError
 from mirror.reference import DOCKER_HUB
 
@@ -34,6 +35,10 @@ class Credential:
     identity_token: str = ""  # OAuth2 refresh token (Docker's `identitytoken`)
     registry_token: str = ""  # a ready bearer token
     source: str = ""  # where it came from, for messages (never the secret)
+
+    def __post_init__(self) -> None:  # whatever prints a line blanks these out
+        secrets.remember(self.password, self.identity_token, self.registry_token,
+                         self.basic if self.password else "")
 
     def __repr__(self) -> str:  # never print secrets, even in a traceback
         return f"Credential(username={self.username!r}, source={self.source!r})"
