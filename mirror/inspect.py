@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mirror import mediatypes as mt
-from mirror.bundle.layout import A_SOURCE_DIGEST, IMAGE_NAME, REF_NAME
+from mirror.bundle.layout import A_CONVERSIONS, A_SOURCE_DIGEST, IMAGE_NAME, REF_NAME
 from mirror.errors import NoMatchingPlatform
 from mirror.manifest import RawManifest
 from mirror.platform import Platform, PlatformSelector, no_matching_manifest
@@ -52,10 +53,15 @@ def bundle_path(target: str) -> Path | None:
 
 async def describe(name: str, root: RawManifest, get_manifest: GetManifest, get_blob: GetBlob,
                    annotations: dict[str, str] | None = None,
-                   platforms: PlatformSelector | None = None) -> dict[str, Any]:
-    """The labelled digests of `root`. With `platforms` (other than all): only the platform
-    manifests that match (and the attestations describing them), as pull selects them;
-    NoMatchingPlatform naming `name` when none does. An artifact is never platform-filtered."""
+                   platforms: PlatformSelector | None = None, *,
+                   conversions: dict[str, str] | None = None,
+                   absent: dict[str, str] | None = None) -> dict[str, Any]:
+    """The labelled digests of `root`, nested indexes recursed. With `platforms` (other than
+    all): only the platform manifests that match (and the attestations describing them), as
+    pull selects them; NoMatchingPlatform naming `name` when none does. An artifact is never
+    platform-filtered. `conversions` (old: new digest, a bundle's) names the manifest each
+    converted one replaced; `absent` (digest: reason, a bundle's mirror.json) marks the
+    blobs the bundle leaves out on purpose."""
     sel = platforms or PlatformSelector()
     doc: dict[str, Any] = {"reference": name, "digest": root.digest,
                            "mediaType": root.media_type, "size": root.size}
@@ -65,10 +71,15 @@ async def describe(name: str, root: RawManifest, get_manifest: GetManifest, get_
     if ann.get(A_SUBJECT):
         doc["referrerOf"] = ann[A_SUBJECT]
         doc["kind"] = ann.get(A_KIND, "artifact")
+    ctx = _Context(get_manifest, get_blob, sel, {n: o for o, n in (conversions or {}).items()},
+                   absent or {})
     if root.is_index:
-        doc["manifests"] = await _children(name, root, get_manifest, get_blob, sel)
+        available: list[str] = []
+        doc["manifests"] = await _children(root, ctx, available, {root.digest})
+        if not sel.all and not doc["manifests"]:
+            raise no_matching_manifest(name, sel, available, hint=HINT)
     else:
-        info, plat = await _image(root, get_blob)
+        info, plat = await _image(root, ctx)
         if not sel.all and has_platform(root) and (plat is None or not sel.wants(plat)):
             raise no_matching_manifest(name, sel, [str(plat)] if plat else [], hint=HINT)
         doc.update(info)
@@ -80,59 +91,61 @@ def has_platform(root: RawManifest) -> bool:
     return root.is_index or (root.is_image and not root.parsed.get("artifactType"))
 
 
-async def _children(name: str, root: RawManifest, get_manifest: GetManifest,
-                    get_blob: GetBlob, sel: PlatformSelector) -> list[dict[str, Any]]:
+@dataclass
+class _Context:
+    get_manifest: GetManifest
+    get_blob: GetBlob
+    sel: PlatformSelector
+    replaced: dict[str, str]  # new digest: the old one it replaced
+    absent: dict[str, str]  # blob digest: why the bundle leaves it out
+
+
+async def _children(raw: RawManifest, ctx: _Context, available: list[str],
+                    path: set[str]) -> list[dict[str, Any]]:
+    """The entries of index `raw`, a nested index with its own entries under `manifests`;
+    with a platform selection only the images that match (a nested index kept when any of its
+    images is), the platforms seen added to `available`."""
+    sel = ctx.sel
     items: list[dict[str, Any]] = []
-    available: list[str] = []
-    for c in root.children:
+    for c in raw.children:
         tagged = c.platform is not None and not c.platform.is_unknown
         if tagged:
             assert c.platform is not None
             available.append(str(c.platform))
-            if not sel.wants(c.platform):
+            if not sel.wants(c.platform) and not mt.is_index(c.media_type):
                 continue  # left out: not even fetched
-        child = await get_manifest(c.digest)
+        child = await ctx.get_manifest(c.digest)
         item: dict[str, Any] = {"platform": str(c.platform) if c.platform else None,
                                 "digest": c.digest, "mediaType": c.media_type,
                                 "size": c.size}
+        if c.digest in ctx.replaced:
+            item["convertedFrom"] = ctx.replaced[c.digest]
         if c.annotations.get("vnd.docker.reference.type"):
             item["attestationFor"] = c.annotations.get("vnd.docker.reference.digest")
-        found: list[Platform] = []
+        wanted = sel.all or tagged
         if child is None:
             item["absent"] = True
+        elif child.is_index:
+            if c.digest not in path:  # a digest cannot name itself; guard all the same
+                item["manifests"] = await _children(child, ctx, available,
+                                                    path | {c.digest})
+            wanted = sel.all or bool(item.get("manifests"))
         else:
-            info, plat = await _image(child, get_blob)
+            info, plat = await _image(child, ctx)
             item.update(info)
-            if c.platform is None and not sel.all:  # the entry says nothing: look inside
-                found = [plat] if plat else await _nested_platforms(child, get_manifest)
-                available.extend(str(p) for p in found)
-        if sel.all or tagged or any(sel.wants(p) for p in found):
-            items.append(item)
-        elif c.platform is not None and item.get("attestationFor"):
-            items.append(item)  # kept below if what it describes is shown
+            if c.platform is None and plat is not None:  # the entry says nothing: its config
+                available.append(str(plat))
+                wanted = sel.all or sel.wants(plat)
+        if wanted or (c.platform is not None and item.get("attestationFor")):
+            items.append(item)  # an attestation: kept below if what it describes is shown
     if sel.all:
         return items
     shown = {i["digest"] for i in items if "attestationFor" not in i}
-    if not shown:
-        raise no_matching_manifest(name, sel, available, hint=HINT)
-    return [i for i in items if "attestationFor" not in i or i["attestationFor"] in shown]
+    return [i for i in items if "attestationFor" not in i or i["attestationFor"] in shown] \
+        if shown else []
 
 
-async def _nested_platforms(raw: RawManifest, get_manifest: GetManifest) -> list[Platform]:
-    """The platforms a nested index (an entry without a platform) holds."""
-    out: list[Platform] = []
-    for c in raw.children:
-        if c.platform is not None:
-            if not c.platform.is_unknown:
-                out.append(c.platform)
-        elif mt.is_index(c.media_type):
-            sub = await get_manifest(c.digest)
-            if sub is not None and sub.is_index:
-                out.extend(await _nested_platforms(sub, get_manifest))
-    return out
-
-
-async def _image(raw: RawManifest, get_blob: GetBlob) -> tuple[dict[str, Any], Platform | None]:
+async def _image(raw: RawManifest, ctx: _Context) -> tuple[dict[str, Any], Platform | None]:
     """The labelled digests of one manifest, and the platform its image config names."""
     out: dict[str, Any] = {}
     if raw.artifact_type:
@@ -141,9 +154,13 @@ async def _image(raw: RawManifest, get_blob: GetBlob) -> tuple[dict[str, Any], P
     if cfg is None:
         return out, None
     out["config"] = {"digest": cfg.digest, "mediaType": cfg.media_type, "size": cfg.size}
+    if cfg.digest in ctx.absent:
+        out["config"]["absent"] = ctx.absent[cfg.digest]
     out["layers"] = [{"digest": d.digest, "size": d.size, "mediaType": d.media_type,
-                      **({"urls": list(d.urls)} if d.urls else {})} for d in raw.layers]
-    data = await get_blob(cfg.digest) if raw.is_image else None
+                      **({"urls": list(d.urls)} if d.urls else {}),
+                      **({"absent": ctx.absent[d.digest]} if d.digest in ctx.absent else {})}
+                     for d in raw.layers]
+    data = await ctx.get_blob(cfg.digest) if raw.is_image else None
     plat = None
     if data:
         try:
@@ -158,8 +175,13 @@ async def _image(raw: RawManifest, get_blob: GetBlob) -> tuple[dict[str, Any], P
     return out, plat
 
 
+ABSENT = {"foreign": "foreign, fetched from its urls", "base": "in the base bundle",
+          "sparse": "left out of a sparse index"}
+
+
 def render(docs: list[dict[str, Any]]) -> str:
-    """Text for people: per image, each digest labelled, the values in one column."""
+    """Text for people: per image, each digest labelled, the values in one column; a nested
+    index with its entries indented under it."""
     out: list[str] = []
     for d in docs:
         rows: list[tuple[str, str, str] | str] = [d["reference"]]  # (indent, label, value)
@@ -169,26 +191,10 @@ def render(docs: list[dict[str, Any]]) -> str:
             row("  ", "source digest (upstream)", d["sourceDigest"])
         if d.get("referrerOf"):
             row("  ", f"{d['kind']} of", d["referrerOf"])
-        items = d.get("manifests") or [d]
-        for m in items:
-            if m is not d:
-                what = f"attestation for {m['attestationFor']}" if m.get("attestationFor") \
-                    else (m.get("platform") or "no platform")
-                rows.append(f"  [{what}]")
-                row("    ", "platform manifest digest", m["digest"]
-                    + ("  (absent from the bundle)" if m.get("absent") else ""))
-            pad = "    " if m is not d else "  "
-            if m.get("artifactType"):
-                row(pad, "artifact type", m["artifactType"])
-            if "config" in m:
-                row(pad, "config digest (image ID)", m["config"]["digest"])
-                for i, layer in enumerate(m.get("layers", [])):
-                    row(pad, f"layer {i} digest (compressed)",
-                        f"{layer['digest']} {layer['size']} bytes {layer['mediaType']}")
-                    if layer.get("urls"):
-                        row(pad + "  ", "foreign layer, served from", layer["urls"][0])
-                for i, diff in enumerate(m.get("diffIds", [])):
-                    row(pad, f"layer {i} diff_id (uncompressed)", diff)
+        if "manifests" in d:
+            _entries(row, rows, d["manifests"], "  ")
+        else:
+            _digests(row, d, "  ")
         width = max(len(r[0]) + len(r[1]) + 1 for r in rows if isinstance(r, tuple))
         for r in rows:
             if isinstance(r, str):
@@ -197,6 +203,51 @@ def render(docs: list[dict[str, Any]]) -> str:
                 indent, label, value = r
                 out.append(f"{indent}{label + ':':<{width - len(indent)}} {value}")
     return "\n".join(out)
+
+
+def _entries(row, rows: list, items: list[dict[str, Any]], pad: str) -> None:
+    for m in items:
+        absent = "  (absent from the bundle)" if m.get("absent") else ""
+        if "manifests" in m:
+            where = f", {m['platform']}" if m.get("platform") else ""
+            rows.append(f"{pad}[nested index{where}]")
+            row(pad + "  ", "index digest", f"{m['digest']}  {m['mediaType']}{absent}")
+        else:
+            what = f"attestation for {m['attestationFor']}" if m.get("attestationFor") \
+                else (m.get("platform") or "no platform")
+            rows.append(f"{pad}[{what}]")
+            row(pad + "  ", "platform manifest digest", m["digest"] + absent)
+        if m.get("convertedFrom"):
+            row(pad + "  ", "converted from", m["convertedFrom"])
+        if "manifests" in m:
+            _entries(row, rows, m["manifests"], pad + "  ")
+        else:
+            _digests(row, m, pad + "  ")
+
+
+def _digests(row, m: dict[str, Any], pad: str) -> None:
+    """An image's (or an artifact's) config, layer digests and diff_ids."""
+    if m.get("artifactType"):
+        row(pad, "artifact type", m["artifactType"])
+    if "config" not in m:
+        return
+    cfg = m["config"]
+    if cfg.get("mediaType", mt.OCI_CONFIG) in mt.IMAGE_CONFIG_TYPES:
+        row(pad, "config digest (image ID)", cfg["digest"] + _left_out(cfg))
+    else:
+        row(pad, "config digest", f"{cfg['digest']}  {cfg['mediaType']}{_left_out(cfg)}")
+    for i, layer in enumerate(m.get("layers", [])):
+        row(pad, f"layer {i} digest (compressed)",
+            f"{layer['digest']} {layer['size']} bytes {layer['mediaType']}{_left_out(layer)}")
+        if layer.get("urls"):
+            row(pad + "  ", "foreign layer, served from", layer["urls"][0])
+    for i, diff in enumerate(m.get("diffIds", [])):
+        row(pad, f"layer {i} diff_id (uncompressed)", diff)
+
+
+def _left_out(blob: dict[str, Any]) -> str:
+    why = blob.get("absent")
+    return f"  (not in the bundle: {ABSENT.get(why, why)})" if why else ""
 
 
 def _adder(rows: list) -> Any:
@@ -247,6 +298,8 @@ async def _inspect_bundle(path: Path, sel: PlatformSelector) -> list[dict[str, A
             return None
         return bundle.read_member("blobs/" + d.replace(":", "/", 1))
 
+    inv = contents.inventory
+    absent = dict(inv.absent) if inv else {}
     docs: list[dict[str, Any]] = []
     matched, missed = 0, []
     for e in contents.index["manifests"]:
@@ -254,9 +307,11 @@ async def _inspect_bundle(path: Path, sel: PlatformSelector) -> list[dict[str, A
         name = ann.get(IMAGE_NAME) or ann.get(REF_NAME) or e["digest"]
         root = contents.manifests[e["digest"]]
         filtered = not ann.get(A_SUBJECT) and has_platform(root)
+        conversions = {**(inv.conversions if inv else {}), **_conversions(ann)}
         try:
             docs.append(await describe(name, root, get_manifest, get_blob, ann,
-                                       sel if filtered else None))
+                                       sel if filtered else None, conversions=conversions,
+                                       absent=absent))
             matched += filtered
         except NoMatchingPlatform as err:
             missed.append(err)
@@ -271,11 +326,17 @@ async def _inspect_bundle(path: Path, sel: PlatformSelector) -> list[dict[str, A
     return _with_their_subjects(docs)
 
 
+def _conversions(ann: dict[str, str]) -> dict[str, str]:
+    """An index.json entry's `dev.mirror.conversions`: "old>new,old>new" as {old: new}."""
+    pairs = (p.split(">", 1) for p in (ann.get(A_CONVERSIONS) or "").split(",") if ">" in p)
+    return {old.strip(): new.strip() for old, new in pairs}
+
+
 def _with_their_subjects(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Referrer entries (signatures, SBOMs...) whose subject is shown, the others left out."""
     def digests(d: dict[str, Any]) -> set[str]:
-        return {d["digest"], d.get("sourceDigest") or d["digest"],
-                *(m["digest"] for m in d.get("manifests") or [])}
+        return {d["digest"], d.get("sourceDigest") or d["digest"], d.get("convertedFrom")
+                or d["digest"], *(x for m in d.get("manifests") or [] for x in digests(m))}
 
     shown: set[str] = set()
     for d in docs:

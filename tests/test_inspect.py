@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.support import imagegen as ig
 from tests.support.oracle import error_line, mirror_ok, run_mirror
-from tests.support.pusher import push_image, push_nested_index
+from tests.support.pusher import push_blob, push_image, push_nested_index, push_raw_manifest
+from tests.test_foreign import ALLOW_LOOPBACK, make_foreign, push_foreign
 from tests.test_referrers import seed
 
 NO_MATCH, BUNDLE = 8, 10
@@ -168,6 +169,160 @@ def test_nested_index_is_matched_by_what_it_holds(src_registry, repo_name, rng, 
     assert len(digests(inspect_json(bundle, "linux/arm64")[0])) == 1  # the filtered inner one
     err = no_match(bundle, "linux/amd64")
     assert "(the image has: linux/arm64)" in err, err
+
+
+# -- nested indexes, conversions, artifact configs, blobs left out -------------------------
+
+
+def plat(img: ig.Image) -> str:
+    return "/".join(img.platform[k] for k in ("os", "architecture", "variant")
+                    if k in img.platform)
+
+
+def leaves(entry: dict) -> list[str]:
+    return [m["digest"] for m in entry["manifests"]]
+
+
+@pytest.fixture
+def nested(src_registry, repo_name, rng, tmp_path):
+    """The nested index (an OCI index whose one entry is an index of amd64 + arm64), and a
+    bundle of all of it."""
+    imgs, inner = push_nested_index(src_registry.url, repo_name, rng)
+    ref = f"{src_registry.host}/{repo_name}:1"
+    bundle = tmp_path / "n.tar"
+    mirror_ok("pull", ref, "-o", bundle, "--cache", tmp_path / "c", "-q")
+    return ref, bundle, imgs, inner
+
+
+@pytest.mark.parametrize("where", ["remote", "bundle"])
+def test_nested_index_shows_the_images_inside(nested, where):
+    ref, bundle, (amd64, arm64), inner = nested
+    target = ref if where == "remote" else bundle
+    (doc,) = inspect_json(target)
+    (entry,) = doc["manifests"]
+    assert entry["digest"] == inner.digest and entry["mediaType"] == ig.OCI_INDEX
+    assert entry["platform"] is None and "config" not in entry
+    assert leaves(entry) == [amd64.digest, arm64.digest]
+    for m, img in zip(entry["manifests"], (amd64, arm64), strict=True):
+        assert m["platform"] == plat(img)
+        assert m["config"]["digest"] == img.config.digest
+        assert [la["digest"] for la in m["layers"]] == [la.digest for la in img.layers]
+        assert m["diffIds"] == [la.diff_id for la in img.layers]
+
+    text = mirror_ok("inspect", target).stdout
+    assert "  [nested index]\n" in text, text
+    assert "index digest:" in text and f"{inner.digest}  {ig.OCI_INDEX}" in text, text
+    assert "[no platform]" not in text, text
+    for img in (amd64, arm64):
+        assert f"    [{plat(img)}]\n" in text, text
+        assert img.digest in text and img.config.digest in text, text
+        assert all(la.diff_id in text for la in img.layers), text
+
+    # --platform filters the images inside; the nested index stays, as what holds them
+    (doc,) = inspect_json(target, "linux/arm64")
+    (entry,) = doc["manifests"]
+    assert entry["digest"] == inner.digest and leaves(entry) == [arm64.digest]
+    assert entry["manifests"][0]["config"]["digest"] == arm64.config.digest
+    text = mirror_ok("inspect", target, "--platform", "linux/arm64").stdout
+    assert arm64.config.digest in text and inner.digest in text, text
+    assert amd64.digest not in text and amd64.config.digest not in text, text
+    err = no_match(target, "linux/s390x")
+    assert "(the image has: linux/amd64, linux/arm64)" in err, err
+
+
+def test_nested_index_in_a_bundle_of_one_platform(nested, tmp_path):
+    ref, _, (amd64, arm64), inner = nested
+    bundle = tmp_path / "arm.tar.zst"
+    mirror_ok("pull", ref, "--platform", "linux/arm64", "-o", bundle, "--cache",
+              tmp_path / "c", "-q")
+    for args in ((), ("linux/arm64",)):
+        (doc,) = inspect_json(bundle, *args)
+        (entry,) = doc["manifests"]  # the filtered inner index
+        assert leaves(entry) == [arm64.digest]
+        assert entry["manifests"][0]["diffIds"] == [la.diff_id for la in arm64.layers]
+
+
+def test_format_oci_shows_what_each_platform_manifest_replaced(src_registry, repo_name, rng,
+                                                               tmp_path):
+    imgs = [ig.make_image(rng, p, "docker") for p in (ig.AMD64, ig.ARM64)]
+    index = ig.make_index(imgs, "docker")
+    push_image(src_registry.url, repo_name, index, ["v1"])
+    ref = f"{src_registry.host}/{repo_name}:v1"
+    bundle = tmp_path / "oci.tar"
+    mirror_ok("pull", ref, "--format", "oci", "-o", bundle, "--cache", tmp_path / "c", "-q")
+
+    (doc,) = inspect_json(bundle)
+    assert doc["sourceDigest"] == index.digest and doc["digest"] != index.digest
+    olds = [m.get("convertedFrom") for m in doc["manifests"]]
+    assert olds == [img.digest for img in imgs], doc
+    assert all(m["digest"] != m["convertedFrom"] for m in doc["manifests"])
+
+    text = mirror_ok("inspect", bundle).stdout
+    lines = text.splitlines()
+    for m in doc["manifests"]:  # each old digest right under the digest that replaced it
+        at = next(i for i, x in enumerate(lines) if m["digest"] in x)
+        assert "platform manifest digest:" in lines[at], text
+        assert lines[at + 1].split() == ["converted", "from:", m["convertedFrom"]], text
+    # a pinned child digest finds its replacement with --platform too
+    (doc,) = inspect_json(bundle, "linux/arm64")
+    assert [m["convertedFrom"] for m in doc["manifests"]] == [imgs[1].digest]
+
+
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+HELM_CONFIG = "application/vnd.cncf.helm.config.v1+json"
+HELM_CHART = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
+IN_TOTO = "application/vnd.in-toto+json"
+
+
+def _push_artifact(url: str, repo: str, tag: str, config: ig.Blob, layer: ig.Blob,
+                   artifact_type: str | None = None) -> str:
+    for blob in (config, layer):
+        push_blob(url, repo, blob)
+    body = {"schemaVersion": 2, "mediaType": ig.OCI_MANIFEST,
+            **({"artifactType": artifact_type} if artifact_type else {}),
+            "config": config.descriptor(), "layers": [layer.descriptor()]}
+    return push_raw_manifest(url, repo, tag, ig.dump_json(body), ig.OCI_MANIFEST)
+
+
+def test_only_an_image_config_is_labelled_image_id(src_registry, repo_name, rng):
+    url, host = src_registry.url, src_registry.host
+    helm_cfg = ig.Blob(b'{"name":"chart","version":"1.0.0"}', HELM_CONFIG)
+    _push_artifact(url, repo_name, "chart", helm_cfg, ig.Blob(rng.randbytes(64), HELM_CHART))
+    empty = ig.Blob(b"{}", OCI_EMPTY)
+    _push_artifact(url, repo_name, "att", empty, ig.Blob(b'{"_type":"x"}', IN_TOTO), IN_TOTO)
+    img = ig.make_image(rng, ig.AMD64, "oci")
+    push_image(url, repo_name, img, ["img"])
+
+    for tag, cfg in (("chart", helm_cfg), ("att", empty)):
+        text = mirror_ok("inspect", f"{host}/{repo_name}:{tag}").stdout
+        (line,) = [x for x in text.splitlines() if cfg.digest in x]
+        assert "image ID" not in text, text
+        assert line.split() == ["config", "digest:", cfg.digest, cfg.media_type], text
+    text = mirror_ok("inspect", f"{host}/{repo_name}:img").stdout
+    (line,) = [x for x in text.splitlines() if img.config.digest in x]
+    assert line.split() == ["config", "digest", "(image", "ID):", img.config.digest], text
+
+
+def test_a_skipped_foreign_layer_is_marked_not_in_the_bundle(registry_factory, repo_name, rng,
+                                                            tmp_path):
+    src = registry_factory(urls_allow=ALLOW_LOOPBACK)
+    fi = make_foreign(rng, ["http://127.0.0.1:9/layer"])  # never fetched: skip
+    push_foreign(src, repo_name, fi, with_blob=False)
+    ref = f"{src.host}/{repo_name}:v1"
+    bundle = tmp_path / "skip.tar"
+    mirror_ok("pull", ref, "-o", bundle, "--cache", tmp_path / "c", "-q")
+
+    (doc,) = inspect_json(bundle)
+    foreign, ordinary = doc["layers"]
+    assert foreign["digest"] == fi.foreign.digest and foreign["absent"] == "foreign"
+    assert "absent" not in ordinary
+    text = mirror_ok("inspect", bundle).stdout
+    (line,) = [x for x in text.splitlines() if fi.foreign.digest in x and "layer 0" in x]
+    assert line.endswith("(not in the bundle: foreign, fetched from its urls)"), text
+    (line,) = [x for x in text.splitlines() if fi.image.layers[1].digest in x]
+    assert "not in the bundle" not in line, text
+    # the same image seen in its registry: nothing is said to be left out
+    assert "not in the bundle" not in mirror_ok("inspect", ref).stdout
 
 
 # -- a bundle path that does not exist ------------------------------------------------------
