@@ -3,6 +3,8 @@
 Users mix up the manifest digest (what you pin: `image@sha256:...`), the config digest (the
 image ID `docker images` shows), layer digests (of the compressed blobs in the registry) and
 diff_ids (of the uncompressed layers, in the config). This prints all four, named.
+A nested index is shown with the images inside it; in a bundle, each converted manifest with
+the digest it replaced, and each blob left out on purpose (mirror.json's `absent`) as such.
 """
 
 from __future__ import annotations
@@ -208,7 +210,8 @@ def render(docs: list[dict[str, Any]]) -> str:
 def _entries(row, rows: list, items: list[dict[str, Any]], pad: str) -> None:
     for m in items:
         absent = "  (absent from the bundle)" if m.get("absent") else ""
-        if "manifests" in m:
+        nested = mt.is_index(m.get("mediaType", ""))
+        if nested:
             where = f", {m['platform']}" if m.get("platform") else ""
             rows.append(f"{pad}[nested index{where}]")
             row(pad + "  ", "index digest", f"{m['digest']}  {m['mediaType']}{absent}")
@@ -219,8 +222,8 @@ def _entries(row, rows: list, items: list[dict[str, Any]], pad: str) -> None:
             row(pad + "  ", "platform manifest digest", m["digest"] + absent)
         if m.get("convertedFrom"):
             row(pad + "  ", "converted from", m["convertedFrom"])
-        if "manifests" in m:
-            _entries(row, rows, m["manifests"], pad + "  ")
+        if nested:
+            _entries(row, rows, m.get("manifests") or [], pad + "  ")
         else:
             _digests(row, m, pad + "  ")
 
