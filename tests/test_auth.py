@@ -356,8 +356,10 @@ def test_helper_token_username_means_identity_token(tmp_path: Path,
 
 def private_only_for_users(user: str | None, rtype: str, name: str,
                            actions: list[str]) -> list[str]:
-    if rtype != "repository":
+    if rtype != "repository" or name.startswith("denied/"):
         return []
+    if name.startswith("ro/"):  # read-only for everyone
+        return [a for a in actions if a == "pull"]
     if user:
         return list(actions)
     return [] if name.startswith("private/") else [a for a in actions if a == "pull"]
@@ -406,10 +408,10 @@ def ts(tokens) -> Iterator[TokenServer]:
     server = tokens[0]
     server.reset()
     server.expires_in, server.token_field, server.bad_tokens = 300, "token", 0
-    server.fail_next = 0
+    server.fail_next, server.forbid_denied = 0, False
     yield server
     server.expires_in, server.token_field, server.bad_tokens = 300, "token", 0
-    server.fail_next = 0
+    server.fail_next, server.forbid_denied = 0, False
 
 
 def basic_config(tmp_path: Path, host: str, password: str = SECRET) -> dict[str, str]:
@@ -586,4 +588,63 @@ def test_a_secret_the_server_echoes_back_is_never_shown(basic, faultproxy, tmp_p
     assert proc.returncode == 3, proc.stderr
     assert "PROXY" in proc.stderr and "upstream refused" in proc.stderr, proc.stderr
     assert "***" in error_line(proc)
+    assert_no_secret(tmp_path, proc)
+
+
+# -- refused access is not a wrong password --------------------------------------------------
+
+
+def authfile_for(tmp_path: Path, host: str, password: str = SECRET) -> Path:
+    return write_json(tmp_path / "auth.json", {"auths": {host: {"auth": b64(USER, password)}}})
+
+
+@pytest.mark.parametrize("forbid", [False, True], ids=["insufficient_scope", "token-403"])
+def test_refused_pull_scope_is_access_denied(tokens, ts: TokenServer, tmp_path: Path,
+                                             forbid: bool) -> None:
+    """Good credentials, a repository they may not pull: the registry's 401 with
+    error="insufficient_scope" (or the token server's 403) is "access denied", not "the
+    credentials were rejected"; the server's own words are kept."""
+    _, reg, _ = tokens
+    ts.forbid_denied = forbid
+    auth = authfile_for(tmp_path, reg.host)
+    proc = pull(tmp_path, f"{reg.host}/denied/app:v1", "--authfile", auth)
+    assert proc.returncode == 4, proc.stderr
+    line = error_line(proc)
+    assert "access denied" in line and "rejected" not in line, line
+    assert reg.host in line and "denied/app" in line and "pull" in line, line
+    if forbid:
+        assert "requested access to the resource is denied" in line, line
+    assert "check the username" not in proc.stderr
+    assert "pull rights on denied/app" in proc.stderr, proc.stderr
+    assert_no_secret(tmp_path, proc)
+    # the same credentials still pull what they may, and a wrong password is still that
+    ok(pull(tmp_path, f"{reg.host}/private/app:v1", "--authfile", auth))
+    wrong = "Wr0ng-" + SECRET[::-1]
+    proc = pull(tmp_path, f"{reg.host}/denied/app:v1", "--authfile",
+                authfile_for(tmp_path, reg.host, wrong))
+    assert proc.returncode == 4, proc.stderr
+    assert "rejected the credentials" in error_line(proc)
+    assert "check the username and password" in proc.stderr
+    assert_no_secret(tmp_path, proc, wrong)
+
+
+@pytest.mark.parametrize("forbid", [False, True], ids=["insufficient_scope", "token-403"])
+def test_refused_push_is_access_denied(tokens, ts: TokenServer, src_registry: Registry,
+                                       repo_name: str, rng: random.Random, tmp_path: Path,
+                                       forbid: bool) -> None:
+    """A read-only account loading into a repository: "access denied ... push"."""
+    _, reg, _ = tokens
+    img = ig.make_image(rng, ig.AMD64, layer_size=1500)
+    pusher.push_image(src_registry.url, repo_name, img, ["v1"])
+    ok(cli(tmp_path, "pull", f"{src_registry.host}/{repo_name}:v1", "-o", tmp_path / "pub.tar",
+           "--cache", tmp_path / "cache"))
+    ts.forbid_denied = forbid
+    proc = cli(tmp_path, "load", tmp_path / "pub.tar", "--to", f"{reg.host}/ro",
+               "--authfile", authfile_for(tmp_path, reg.host))
+    assert proc.returncode == 4, proc.stderr
+    line = error_line(proc)
+    assert "access denied" in line and "rejected" not in line, line
+    assert reg.host in line and f"ro/{repo_name}" in line and "push" in line, line
+    assert f"push rights on ro/{repo_name}" in proc.stderr, proc.stderr
+    assert "check the username" not in proc.stderr and "images.yaml" not in proc.stderr
     assert_no_secret(tmp_path, proc)

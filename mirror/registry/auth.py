@@ -55,6 +55,45 @@ def parse_challenges(values: Iterable[str]) -> list[tuple[str, dict[str, str]]]:
     return out
 
 
+def action_word(actions: str) -> str:
+    """`pull` or `push` for messages: pushing is what needs more than pull."""
+    return "push" if "push" in actions.split(",") else "pull"
+
+
+def _scope_words(scopes: Iterable[str]) -> tuple[str, str]:
+    """(repositories, action) named by token scopes, for messages."""
+    names, action = [], "pull"
+    for scope in scopes:
+        rtype, _, rest = scope.partition(":")
+        name, _, acts = rest.rpartition(":")
+        if rtype == "repository" and name:
+            names.append(name)
+            if action_word(acts) == "push":
+                action = "push"
+    return ", ".join(dict.fromkeys(names)) or "the registry", action
+
+
+def _server_message(body: bytes) -> str:
+    """What a token server said, in one short line: `errors[].message`, OAuth2's
+    `error_description`, Docker Hub's `details`, or the first line of text."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        lines = body.decode("utf-8", "replace").strip().splitlines()
+        return lines[0][:200] if lines else ""
+    if not isinstance(doc, dict):
+        return ""
+    errs = doc.get("errors")
+    if isinstance(errs, list):
+        msgs = [str(e.get("message") or e.get("code") or "") for e in errs if isinstance(e, dict)]
+        if any(msgs):
+            return "; ".join(m for m in msgs if m)[:200]
+    for key in ("error_description", "details", "message", "error"):
+        if isinstance(doc.get(key), str) and doc[key]:
+            return doc[key][:200]
+    return ""
+
+
 class Authenticator:
     """Auth state of one registry: which scheme it asked for and the tokens we hold."""
 
@@ -98,8 +137,7 @@ class Authenticator:
             raise AuthError(
                 f"{self.registry}: authentication required and no credentials found",
                 registry=self.registry, status=401,
-                hint=f"run `docker login {self.registry}`, pass --authfile, or add it under "
-                "`registries:` in images.yaml",
+                hint=self.transport.login_hint(self.registry),
             )
         if self.scheme == "bearer":
             self._tokens.pop(frozenset(scopes), None)
@@ -163,19 +201,33 @@ class Authenticator:
                 why = "not JSON" if isinstance(e, ValueError) else describe_exception(e)
                 raise AuthError(f"{self.registry}: token request to {realm_host} failed: {why}",
                                 registry=self.registry) from None
-        if status in (400, 401, 403) and cred:
+        said = _server_message(body) if status != 200 else ""
+        said_part = f": {said}" if said else ""
+        if status == 403:
+            # the credentials (or anonymous access) are fine; the scope is refused
+            repos, action = _scope_words(scopes)
+            who = f"the account from {cred.source}" if cred else "anonymous access"
+            raise AuthError(
+                f"{self.registry}: access denied: the token server {realm_host} does not let "
+                f"{who} {action} {repos} (HTTP 403{said_part})", registry=self.registry,
+                status=status, codes=("DENIED",),
+                hint=(f"ask the administrators of {self.registry} for {action} rights on "
+                      f"{repos} for that account" if cred else
+                      f"no credentials found for {self.registry}: "
+                      f"{self.transport.login_hint(self.registry)}"))
+        if status in (400, 401) and cred:
             raise AuthError(
                 f"{self.registry}: the token server {realm_host} rejected the credentials from "
-                f"{cred.source} (HTTP {status})", registry=self.registry, status=status,
+                f"{cred.source} (HTTP {status}{said_part})", registry=self.registry,
+                status=status,
                 hint=f"check the username and password for {self.registry} in {cred.source} "
                 f"(or run `docker login {self.registry}` again)")
-        if status in (401, 403):
+        if status == 401:
             raise AuthError(
                 f"{self.registry}: the token server {realm_host} refused anonymous access "
-                f"(HTTP {status})", registry=self.registry, status=status,
-                hint=f"no credentials found for {self.registry}: run `docker login "
-                f"{self.registry}`, pass --authfile, or add it under `registries:` in "
-                "images.yaml")
+                f"(HTTP {status}{said_part})", registry=self.registry, status=status,
+                hint=f"no credentials found for {self.registry}: "
+                f"{self.transport.login_hint(self.registry)}")
         if status != 200:
             raise AuthError(f"{self.registry}: the token server {realm_host} answered HTTP "
                             f"{status}", registry=self.registry, status=status)

@@ -32,7 +32,7 @@ from mirror.errors import (
     RegistryError,
 )
 from mirror.reference import api_host, is_loopback
-from mirror.registry.auth import Authenticator
+from mirror.registry.auth import Authenticator, action_word, parse_challenges
 from mirror.registry.body import read_body
 from mirror.registry.credentials import CredentialStore
 from mirror.registry.policy import (
@@ -124,6 +124,12 @@ class Transport:
         self._ssl_cache: dict[str, ssl.SSLContext | bool] = {}
         self._session: aiohttp.ClientSession | None = None
         self.retries = 0  # counted for the report
+
+    def login_hint(self, registry: str) -> str:
+        """How to give credentials for `registry` (images.yaml only where the command reads
+        one)."""
+        return (f"run `docker login {registry}`, pass --authfile, or add it under "
+                "`registries:` in images.yaml")
 
     def count_retry(self) -> None:
         """One more retry: for the run, and for the image being worked on."""
@@ -374,10 +380,12 @@ class Transport:
                         await asyncio.sleep(delay)
                     continue
             raise self.error_for(resp, err_body, registry, repository, what,
-                                 tries=attempt if resp.status in self.policy.statuses else 0)
+                                 tries=attempt if resp.status in self.policy.statuses else 0,
+                                 actions=actions)
 
     def error_for(self, resp: aiohttp.ClientResponse, body: bytes, registry: str,
-                  repository: str, what: str, tries: int = 0) -> RegistryError:
+                  repository: str, what: str, tries: int = 0,
+                  actions: str = "pull") -> RegistryError:
         codes, message = _error_codes(body)
         status = resp.status
         detail = f"HTTP {status}"
@@ -390,19 +398,31 @@ class Transport:
         where = _where(registry, repository)
         text = f"{where}: {what}: {detail}" if what else f"{where}: {detail}"
         kw = dict(registry=registry, repository=repository, status=status, codes=codes)
-        if status == 401:
+        if status in (401, 403):
             cred = self.credentials.get(registry)
-            if cred:
+            challenges = parse_challenges(resp.headers.getall("WWW-Authenticate", []))
+            scope_refused = any(p.get("error") == "insufficient_scope" for _, p in challenges)
+            if cred and (status == 403 or "DENIED" in codes or scope_refused):
+                # the credentials were accepted; this account may not do this here
+                action = action_word(actions)
+                return AuthError(
+                    f"{where}: {what or 'request'}: access denied: {registry} does not let "
+                    f"the account from {cred.source} {action} {repository or registry} "
+                    f"({detail})",
+                    hint=f"ask the administrators of {registry} for {action} rights on "
+                    f"{repository or registry} for that account (its username and password "
+                    "were accepted)", **kw)
+            if status == 401 and cred:
                 return AuthError(
                     f"{where}: {what or 'request'}: the credentials from {cred.source} were "
                     f"rejected ({detail})",
                     hint=f"check the username and password for {registry} in {cred.source}",
                     **kw)
-            return AuthError(text, hint=f"no credentials found for {registry}: run `docker "
-                             f"login {registry}`, pass --authfile, or add it under "
-                             "`registries:` in images.yaml", **kw)
-        if status == 403:
-            return AuthError(text, hint="the account has no access to this repository", **kw)
+            if status == 401:
+                return AuthError(text, hint=f"no credentials found for {registry}: "
+                                 f"{self.login_hint(registry)}", **kw)
+            return AuthError(text, hint="anonymous access is refused: "
+                             f"{self.login_hint(registry)}", **kw)
         if status == 404:
             return NotFound(text, **kw)
         if status == 429:

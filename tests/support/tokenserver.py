@@ -15,7 +15,9 @@ Knobs: `expires_in` (None: left out of the answer), `token_field` ("token", "acc
 "both"), `identity_tokens` (refresh token -> user, for the OAuth2 POST form), `bad_tokens` (the
 next N tokens get a broken signature, so the registry answers 401), `fail_next` (the next N GETs
 answer 503), `grant` (a policy function). Wrong Basic credentials or an unknown refresh token
-get 401 with a JSON body. `mint(scopes)` makes a token directly, for seeding the registry.
+get 401 with a JSON body. `forbid_denied` answers 403 with a DENIED error ("requested access to
+the resource is denied", as Harbor and Docker Hub say) instead of a token lacking the access,
+when the grant refuses an action that was asked for. `mint(scopes)` makes a token directly, for seeding the registry.
 
 StorageServer serves files from a directory (the registry's storage root) by path, records
 the headers of every request, and can answer 403 to the next N GETs (an expired presigned URL).
@@ -142,6 +144,7 @@ class TokenServer(_Thread):
         self.grant = grant or default_grant
         self.bad_tokens = 0
         self.fail_next = 0  # answer that many requests with 503 (a token server hiccup)
+        self.forbid_denied = False  # 403 instead of a token without the refused access
         self.requests: list[TokenRequest] = []
         self._lock = threading.Lock()
         self._dir = Path(directory) if directory else None
@@ -256,6 +259,10 @@ class TokenServer(_Thread):
         for scope in scopes:
             rtype, name, actions = parse_scope(scope)
             granted = self.grant(user, rtype, name, actions)
+            if self.forbid_denied and set(actions) - set(granted):
+                body = {"errors": [{"code": "DENIED",
+                                    "message": "requested access to the resource is denied"}]}
+                return web.json_response(body, status=403)
             if granted:
                 access.append({"type": rtype, "name": name, "actions": granted})
         now = int(time.time())
