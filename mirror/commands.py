@@ -31,7 +31,9 @@ def _host_values(values: list[str], flag: str) -> dict[str, str]:
     return out
 
 
-def _transport(args: argparse.Namespace, cfg: Config | None) -> Transport:
+def _transport(args: argparse.Namespace, cfg: Config | None, progress=None) -> Transport:
+    """The run's Transport; with `progress`, -v lists every request, retry, wait and token
+    fetch (progress.debug) and a long Retry-After wait is announced (progress.info)."""
     settings: dict[str, RegistrySettings] = dict(cfg.registries) if cfg else {}
     for host in args.insecure_registry:
         settings[host] = replace(settings.get(host, RegistrySettings()), insecure=True)
@@ -48,7 +50,9 @@ def _transport(args: argparse.Namespace, cfg: Config | None) -> Transport:
     creds = CredentialStore(cfg.logins if cfg else None, args.authfile)
     return Transport(settings=settings, credentials=creds,
                      policy=RetryPolicy(tries=args.retries + 1),
-                     timeouts=Timeouts(args.connect_timeout, args.read_timeout), jobs=args.jobs)
+                     timeouts=Timeouts(args.connect_timeout, args.read_timeout), jobs=args.jobs,
+                     debug=progress.debug if progress else None,
+                     notice=progress.info if progress else None)
 
 
 def _specs(args: argparse.Namespace) -> tuple[list[ImageSpec], Config | None]:
@@ -191,7 +195,7 @@ async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
         with RunLock(Path(cache) / "lock", f"cache {cache}"), \
                 RunLock(out.with_name(out.name + ".lock"), f"output {out}"):
             store = BlobStore(cache)
-            async with _transport(args, cfg) as t:
+            async with _transport(args, cfg, progress) as t:
                 result = await pull(Client(t), store, specs, opts, progress)
     except BaseException as e:  # the report says what was done before the error or signal
         done = getattr(e, "pull_result", None)
@@ -237,7 +241,7 @@ async def _load(args: argparse.Namespace, progress, report: Report) -> int:
                retries=0, dry_run=args.dry_run)
     target = Target.parse(args.to)
     bundle = Bundle(args.bundle)
-    transport = _transport(args, None)
+    transport = _transport(args, None, progress)
     try:
         async with transport as t:
             result = await load(Client(t), bundle, target, jobs=args.jobs,
@@ -283,7 +287,7 @@ async def _verify(args: argparse.Namespace, progress, report: Report) -> int:
 async def _inspect(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.inspect import inspect_target
 
-    text = await inspect_target(args, lambda: _transport(args, None))
+    text = await inspect_target(args, lambda: _transport(args, None, progress))
     print(text)
     return 0
 
@@ -302,7 +306,7 @@ async def _lock(args: argparse.Namespace, progress, report: Report) -> int:
     cache = args.cache or default_cache_dir()
     with RunLock(Path(cache) / "lock", f"cache {cache}"):
         store = BlobStore(cache)
-        async with _transport(args, cfg) as t:
+        async with _transport(args, cfg, progress) as t:
             result = await pull(Client(t), store, specs, PullOptions(
                 output=None, dry_run=True, jobs=args.jobs), progress)
     result.bundle = Path("-")  # resolved: write the lock

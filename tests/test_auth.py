@@ -648,3 +648,17 @@ def test_refused_push_is_access_denied(tokens, ts: TokenServer, src_registry: Re
     assert f"push rights on ro/{repo_name}" in proc.stderr, proc.stderr
     assert "check the username" not in proc.stderr and "images.yaml" not in proc.stderr
     assert_no_secret(tmp_path, proc)
+
+
+def test_verbose_lists_token_fetches_without_the_token(tokens, ts: TokenServer,
+                                                       tmp_path: Path) -> None:
+    """-v: each token fetch names the realm host and the scope, never the token."""
+    _, reg, _ = tokens
+    proc = ok(pull(tmp_path, f"{reg.host}/private/app:v1", "-v",
+                   env=basic_config(tmp_path, reg.host)))
+    realm = ts.registry_config()["auth"]["token"]["realm"].rsplit("/", 1)[0]
+    assert f"token from {realm} for repository:private/app:pull -> 200 (" in proc.stderr, \
+        proc.stderr
+    assert f"GET {reg.host}/v2/private/app/manifests/v1 -> 200 (" in proc.stderr
+    assert "eyJ" not in proc.stderr  # no JWT (they all start with the base64 of `{"`)
+    assert_no_secret(tmp_path, proc)

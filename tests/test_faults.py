@@ -256,6 +256,60 @@ def test_connection_refused_is_retried_then_named(tmp_path: Path) -> None:
     assert doc["exit_code"] == 3 and doc["bundle"] is None and doc["partial"] is False, doc
 
 
+# -- what -v and a long wait say -----------------------------------------------------------
+
+
+def test_verbose_lists_requests_retries_and_waits(src_registry, image, recproxy,
+                                                  tmp_path: Path) -> None:
+    """-v: one line per request (method, host, path, status, ms), per retry (why, try k of n,
+    delay) and per Retry-After wait; without -v none of them."""
+    repo, img = image
+    proxy = recproxy(src_registry.url)
+    proxy.add(Fault("status", method="GET", path=img.layers[0].digest, status=502))
+    proxy.add(Fault("status", method="GET", path=img.layers[1].digest, status=429,
+                    headers={"Retry-After": "1"}))
+    proc = ok(pull(tmp_path, f"{proxy.host}/{repo}:v1", "--retries", "3", "-v"))
+    err = proc.stderr
+    assert re.search(rf"GET {re.escape(proxy.host)}/v2/{re.escape(repo)}/manifests/v1 -> 200 "
+                     r"\(\d+ ms\)", err), err
+    assert re.search(rf"GET {re.escape(proxy.host)}{blob_path(repo, img.layers[0].digest)} "
+                     r"-> 502 \(\d+ ms\)", err), err
+    assert re.search(rf"retry GET \S+{img.layers[0].digest}: HTTP 502; try 2 of 3 in "
+                     r"[\d.]+ s", err), err
+    assert f"{proxy.host} asks to wait 1 s (HTTP 429); waiting" in err, err
+    proc = ok(pull(tmp_path, f"{proxy.host}/{repo}:v1", "--retries", "3", out="again.tar",
+                   cache="cache2"))
+    assert " -> 200 (" not in proc.stderr and "retry GET" not in proc.stderr
+
+
+def test_long_retry_after_is_announced_without_verbose(src_registry, image, recproxy,
+                                                       tmp_path: Path) -> None:
+    """A 10 s Retry-After is said on one line even without -v: a long silent pause looks
+    like a hang."""
+    repo, img = image
+    proxy = recproxy(src_registry.url)
+    proxy.add(Fault("status", method="GET", path=img.layers[2].digest, status=429,
+                    headers={"Retry-After": "10"}))
+    proc = ok(cli("pull", f"{proxy.host}/{repo}:v1", "-o", tmp_path / "out.tar",
+                  "--cache", tmp_path / "cache", "--retries", "3"))
+    lines = [ln for ln in proc.stderr.splitlines() if "asks to wait" in ln]
+    assert len(lines) == 1 and f"{proxy.host} asks to wait 10 s (HTTP 429); waiting" in lines[0], \
+        proc.stderr
+    assert_exact(tmp_path / "out.tar", img)
+
+
+def test_retry_after_beyond_the_cap_says_seconds(src_registry, image, recproxy,
+                                                 tmp_path: Path) -> None:
+    repo, img = image
+    proxy = recproxy(src_registry.url)
+    proxy.add(Fault("status", method="GET", path=img.layers[0].digest, status=429,
+                    headers={"Retry-After": "3600"}, times=None))
+    proc = pull(tmp_path, f"{proxy.host}/{repo}:v1", "--retries", "3")
+    assert proc.returncode == 6, proc.stderr
+    assert "retry after 3600 seconds, longer than the 300 seconds mirror waits at most" in \
+        proc.stderr, proc.stderr
+
+
 # -- redirects to object storage ---------------------------------------------------------
 
 

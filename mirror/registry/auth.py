@@ -183,11 +183,17 @@ class Authenticator:
         attempt = 0
         while True:  # the token server gets the same retry policy as the registry
             attempt += 1
+            t0 = time.monotonic()
             try:
                 status, body = await self._ask(realm, scopes)
+                self.transport.debug(
+                    f"token from {realm_host} for {' '.join(scopes) or '(no scope)'}"
+                    f" -> {status} ({(time.monotonic() - t0) * 1000:.0f} ms)")
                 if status in policy.statuses and attempt < policy.tries:
                     self.transport.count_retry()
-                    await asyncio.sleep(policy.delay(attempt))
+                    delay = policy.delay(attempt)
+                    self.transport.log_retry("GET", realm, f"HTTP {status}", attempt, delay)
+                    await asyncio.sleep(delay)
                     continue
                 doc = json.loads(body) if status == 200 else None
                 break
@@ -196,7 +202,9 @@ class Authenticator:
 
                 if not isinstance(e, ValueError) and attempt < policy.tries:
                     self.transport.count_retry()
-                    await asyncio.sleep(policy.delay(attempt))
+                    delay = policy.delay(attempt)
+                    self.transport.log_retry("GET", realm, describe_exception(e), attempt, delay)
+                    await asyncio.sleep(delay)
                     continue
                 why = "not JSON" if isinstance(e, ValueError) else describe_exception(e)
                 raise AuthError(f"{self.registry}: token request to {realm_host} failed: {why}",

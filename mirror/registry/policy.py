@@ -69,8 +69,13 @@ class HostGate:
     def __init__(self) -> None:
         self.paused_until = 0.0
 
-    def pause(self, seconds: float) -> None:
-        self.paused_until = max(self.paused_until, time.monotonic() + seconds)
+    def pause(self, seconds: float) -> bool:
+        """Pause; True when this lengthens the pause by more than a second (worth saying:
+        many requests hitting the same 429 announce it once)."""
+        until = time.monotonic() + seconds
+        longer = until > self.paused_until + 1.0
+        self.paused_until = max(self.paused_until, until)
+        return longer
 
     async def wait(self) -> None:
         while (delay := self.paused_until - time.monotonic()) > 0:

@@ -45,6 +45,21 @@ from mirror.registry.policy import (
 )
 
 MAX_ERROR_BODY = 64 * 1024
+LONG_WAIT = 10.0  # a Retry-After pause this long is announced even without -v
+
+
+def _quiet(text: str) -> None:
+    pass
+
+
+def loggable(url: str) -> str:
+    """HOST/PATH of a URL for -v: never the query (presigned URLs carry signatures there)."""
+    u = yarl.URL(url)
+    host = u.host or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{u.explicit_port}" if u.explicit_port else ""
+    return f"{host}{port}{u.raw_path}" + ("?..." if u.raw_query_string else "")
 
 
 @dataclass
@@ -113,7 +128,13 @@ class Transport:
         policy: RetryPolicy | None = None,
         timeouts: Timeouts | None = None,
         jobs: int = 4,
+        debug: Callable[[str], None] | None = None,
+        notice: Callable[[str], None] | None = None,
     ) -> None:
+        """`debug` gets one line per request, retry, wait and token fetch (-v); `notice` gets
+        the long Retry-After waits (LONG_WAIT or more), so a pause never looks like a hang."""
+        self.debug = debug or _quiet
+        self.notice = notice or _quiet
         self.settings = settings or {}
         self.credentials = credentials or CredentialStore()
         self.policy = policy or RetryPolicy()
@@ -130,6 +151,23 @@ class Transport:
         one)."""
         return (f"run `docker login {registry}`, pass --authfile, or add it under "
                 "`registries:` in images.yaml")
+
+    def log_request(self, method: str, url: str, status: int | str, t0: float) -> None:
+        if self.debug is not _quiet:
+            ms = (time.monotonic() - t0) * 1000
+            self.debug(f"{method} {loggable(url)} -> {status} ({ms:.0f} ms)")
+
+    def log_retry(self, method: str, url: str, why: str, attempt: int, delay: float) -> None:
+        """`attempt` tries have been made; the next one starts after `delay` seconds."""
+        self.debug(f"retry {method} {loggable(url)}: {why}; try {attempt + 1} of "
+                   f"{self.policy.tries} in {delay:.1f} s")
+
+    def announce_wait(self, url: str, seconds: float, status: int) -> None:
+        """A registry's Retry-After: said without -v too when it is long."""
+        u = yarl.URL(url)
+        host = f"{u.host}:{u.explicit_port}" if u.explicit_port else str(u.host)
+        line = f"{host} asks to wait {seconds:.0f} s (HTTP {status}); waiting"
+        (self.notice if seconds >= LONG_WAIT else self.debug)(line)
 
     def count_retry(self) -> None:
         """One more retry: for the run, and for the image being worked on."""
@@ -229,15 +267,22 @@ class Transport:
         for scheme in ("https", "http") if plain_ok else ("https",):
             base = f"{scheme}://{host}"
             for attempt in range(1, self.policy.tries + 1):
+                t0 = time.monotonic()
                 try:
                     async with self.session.get(f"{base}/v2/", ssl=ssl_ctx,
                                                 allow_redirects=False) as resp:
                         await resp.read()
+                        self.log_request("GET", f"{base}/v2/", resp.status, t0)
                         if resp.status in self.policy.statuses and attempt < self.policy.tries:
                             self.count_retry()
                             ra = parse_retry_after(resp.headers.get("Retry-After"))
-                            await asyncio.sleep(min(ra, self.policy.max_retry_after)
-                                                if ra is not None else self.policy.delay(attempt))
+                            delay = (min(ra, self.policy.max_retry_after) if ra is not None
+                                     else self.policy.delay(attempt))
+                            if ra is not None:
+                                self.announce_wait(base, delay, resp.status)
+                            self.log_retry("GET", f"{base}/v2/", f"HTTP {resp.status}", attempt,
+                                           delay)
+                            await asyncio.sleep(delay)
                             continue
                         if scheme == "http" and last is not None and resp.status == 400:
                             # a TLS server saying "HTTP request to an HTTPS server": the
@@ -265,12 +310,16 @@ class Transport:
                     break  # not TLS on the other end: try plain HTTP if allowed
                 except (TimeoutError, aiohttp.ClientConnectionError) as e:
                     last = e
+                    self.log_request("GET", f"{base}/v2/", describe_exception(e), t0)
                     if isinstance(e, aiohttp.ClientConnectorError) and scheme == "https" \
                             and plain_ok:
                         break
                     if attempt < self.policy.tries:
                         self.count_retry()
-                        await asyncio.sleep(self.policy.delay(attempt))
+                        delay = self.policy.delay(attempt)
+                        self.log_retry("GET", f"{base}/v2/", describe_exception(e), attempt,
+                                       delay)
+                        await asyncio.sleep(delay)
         if isinstance(last, aiohttp.ClientSSLError) and not plain_ok:
             raise RegistryError(
                 f"{registry}: TLS connection failed: {describe_exception(last)}",
@@ -328,11 +377,13 @@ class Transport:
             if own:
                 hdrs.update(await ep.auth.header(scopes))
             body = data() if callable(data) else data
+            t0 = time.monotonic()
             try:
                 resp = await self.session.request(
                     method, full, headers=hdrs, data=body, ssl=ssl_ctx,
                     allow_redirects=allow_redirects)
             except (TimeoutError, aiohttp.ClientConnectionError) as e:
+                self.log_request(method, full, describe_exception(e), t0)
                 cause = _mirror_cause(e)
                 if cause is not None:
                     raise cause from None  # the body stream failed (bad bytes in a bundle)
@@ -346,8 +397,10 @@ class Transport:
                         + (f" (after {attempt} tries)" if attempt > 1 else ""),
                         registry=registry, repository=repository) from None
                 self.count_retry()
+                self.log_retry(method, full, describe_exception(e), attempt, delay)
                 await asyncio.sleep(delay)
                 continue
+            self.log_request(method, full, resp.status, t0)
             if resp.status in ok:
                 return resp
             if resp.status == 401 and not reauthed:
@@ -374,8 +427,11 @@ class Transport:
                 if attempt < self.policy.tries and delay <= self.policy.max_retry_after and \
                         time.monotonic() + delay - started <= self.policy.max_elapsed:
                     self.count_retry()
+                    self.log_retry(method, full, f"HTTP {resp.status}", attempt, delay)
                     if resp.status == 429 or (resp.status == 503 and retry_after is not None):
-                        ep.gate.pause(delay)  # the whole registry waits, not just this request
+                        if ep.gate.pause(delay) and retry_after is not None:
+                            self.announce_wait(full, delay, resp.status)
+                        # the whole registry waits, not just this request
                     else:
                         await asyncio.sleep(delay)
                     continue
@@ -427,11 +483,21 @@ class Transport:
             return NotFound(text, **kw)
         if status == 429:
             ra = resp.headers.get("Retry-After")
-            return RateLimited(text, hint=f"the registry asked to retry after {ra}" if ra else
+            return RateLimited(text, hint=self._retry_after_hint(ra) if ra else
                                "authenticate to get a higher quota, or run later", **kw)
         if status == 503 and resp.headers.get("Retry-After"):
             return RateLimited(text, hint="the registry is overloaded; run later", **kw)
         return RegistryError(text, **kw)
+
+
+    def _retry_after_hint(self, value: str) -> str:
+        seconds = parse_retry_after(value)
+        if seconds is None:
+            return f"the registry asked to retry after {value!r}; run later"
+        cap = self.policy.max_retry_after
+        longer = (f", longer than the {cap:.0f} seconds mirror waits at most"
+                  if seconds > cap else "")
+        return f"the registry asked to retry after {seconds:.0f} seconds{longer}; run later"
 
 
 def _where(registry: str, repository: str) -> str:
