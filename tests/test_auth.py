@@ -662,3 +662,25 @@ def test_verbose_lists_token_fetches_without_the_token(tokens, ts: TokenServer,
     assert f"GET {reg.host}/v2/private/app/manifests/v1 -> 200 (" in proc.stderr
     assert "eyJ" not in proc.stderr  # no JWT (they all start with the base64 of `{"`)
     assert_no_secret(tmp_path, proc)
+
+
+@pytest.mark.parametrize("command", ["pull", "load"])
+@pytest.mark.parametrize("what", ["missing", "directory"])
+def test_authfile_that_cannot_be_read_is_a_usage_error(tokens, ts: TokenServer, tmp_path: Path,
+                                                       command: str, what: str) -> None:
+    """A named --authfile that is not there is exit 2 before any network work, not a silent
+    anonymous run (exit 0 for a public image, or "no credentials found")."""
+    _, reg, _ = tokens
+    bad = tmp_path / "nope.json"
+    if what == "directory":
+        bad.mkdir()
+    if command == "pull":
+        proc = pull(tmp_path, f"{reg.host}/public/app:v1", "--authfile", bad)
+    else:
+        bundle = tmp_path / "b.tar"
+        bundle.write_bytes(b"")
+        proc = cli(tmp_path, "load", bundle, "--to", f"{reg.host}/x", "--authfile", bad)
+    assert proc.returncode == 2, proc.stderr
+    line = error_line(proc)
+    assert f"--authfile {bad}" in line, line
+    assert ts.requests == [] and not (tmp_path / "out.tar").exists()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mirror import secrets
-from mirror.errors import AuthError, ConfigError
+from mirror.errors import AuthError, ConfigError, UsageError
 from mirror.reference import DOCKER_HUB
 
 HUB_KEY = "https://index.docker.io/v1/"
@@ -176,6 +176,13 @@ class CredentialStore:
                  authfile: str | None = None) -> None:
         self.logins = {_host_of_key(k): v for k, v in (logins or {}).items()}
         self.authfile = Path(authfile).expanduser() if authfile else None
+        if self.authfile is not None:  # a file given by name must be there: checked up front
+            try:
+                with open(self.authfile, "rb"):
+                    pass
+            except OSError as e:
+                raise UsageError(f"--authfile {authfile}: cannot read it: "
+                                 f"{e.strerror or e}") from None
         self._cache: dict[str, Credential | None] = {}
 
     def _files(self) -> list[tuple[Path, bool]]:
