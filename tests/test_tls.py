@@ -6,11 +6,14 @@ targets; a registry that requires client certificates gets one with --client-cer
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import random
+import socket
 import ssl
 import subprocess
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -84,6 +87,50 @@ def test_pull_ca_file_that_does_not_exist(tls_image, tmp_path: Path) -> None:
     proc = pull(tmp_path, ref, "--ca-file", f"{reg.host}={tmp_path / 'nope.pem'}")
     assert proc.returncode == 2, proc.stderr
     assert "nope.pem" in error_line(proc) and reg.host in error_line(proc)
+
+
+@contextlib.contextmanager
+def forwarder(bind: str, target_port: int) -> Iterator[int]:
+    """Plain TCP from `bind`:PORT to 127.0.0.1:target_port: the same TLS server reached by
+    an address its certificate does not name."""
+    srv = socket.socket()
+    srv.bind((bind, 0))
+    srv.listen()
+
+    def pipe(a: socket.socket, b: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                b.sendall(data)
+        with contextlib.suppress(OSError):
+            b.shutdown(socket.SHUT_WR)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = srv.accept()
+                up = socket.create_connection(("127.0.0.1", target_port))
+                for a, b in ((conn, up), (up, conn)):
+                    threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield srv.getsockname()[1]
+    finally:
+        srv.close()
+
+
+def test_wrong_certificate_name_with_the_right_ca(tls_image, tmp_path: Path) -> None:
+    """The CA is given and trusted; the address is not in the certificate: say so, not
+    "give the registry's CA"."""
+    reg, ref, _ = tls_image
+    with forwarder("127.0.0.2", reg.port) as port:
+        host = f"127.0.0.2:{port}"
+        proc = pull(tmp_path, ref.replace(reg.host, host), "--ca-file", f"{host}={reg.ca_path}")
+    assert proc.returncode == 3, proc.stderr
+    assert host in error_line(proc) and "certificate" in error_line(proc)
+    assert "--ca-file" not in proc.stderr, proc.stderr
+    assert "the certificate is not valid for 127.0.0.2" in proc.stderr, proc.stderr
+    assert "127.0.0.2 in subjectAltName" in proc.stderr
 
 
 def test_load_to_tls_target(registry_factory: Callable[..., Registry],

@@ -45,6 +45,8 @@ from mirror.registry.policy import (
 )
 
 MAX_ERROR_BODY = 64 * 1024
+# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH
+NAME_MISMATCH = (62, 64)
 LONG_WAIT = 10.0  # a Retry-After pause this long is announced even without -v
 
 
@@ -296,15 +298,22 @@ class Transport:
                         auth.observe(resp.headers.getall("WWW-Authenticate", []))
                         return Endpoint(registry, base, ssl_ctx, auth)
                 except aiohttp.ClientConnectorCertificateError as e:
+                    cert_err = e.certificate_error
+                    why = getattr(cert_err, "verify_message", None) or cert_err
+                    if getattr(cert_err, "verify_code", None) in NAME_MISMATCH:
+                        # the chain is trusted (a CA would not help): the name is wrong
+                        name = yarl.URL(base).host
+                        hint = (f"the certificate is not valid for {name}: reach the registry "
+                                "by a name the certificate was issued for, or reissue it with "
+                                f"{name} in subjectAltName")
+                    else:
+                        hint = (f"give the registry's CA with --ca-file {registry}=CA.pem (or "
+                                f"`registries: {registry}: ca_file:` in images.yaml); "
+                                f"--insecure-registry {registry} skips verification (trusted "
+                                "networks only)")
                     raise RegistryError(
-                        f"{registry}: TLS certificate verification failed: "
-                        f"{getattr(e.certificate_error, 'verify_message', None) or e.certificate_error}",
-                        registry=registry,
-                        hint=f"give the registry's CA with --ca-file {registry}=CA.pem (or "
-                        f"`registries: {registry}: ca_file:` in images.yaml); "
-                        f"--insecure-registry {registry} skips verification (trusted networks "
-                        "only)",
-                    ) from None
+                        f"{registry}: TLS certificate verification failed: {why}",
+                        registry=registry, hint=hint) from None
                 except (aiohttp.ClientSSLError, aiohttp.ServerDisconnectedError) as e:
                     last = e
                     break  # not TLS on the other end: try plain HTTP if allowed
