@@ -52,7 +52,8 @@ def _transport(args: argparse.Namespace, cfg: Config | None, progress=None) -> T
                      policy=RetryPolicy(tries=args.retries + 1),
                      timeouts=Timeouts(args.connect_timeout, args.read_timeout), jobs=args.jobs,
                      debug=progress.debug if progress else None,
-                     notice=progress.info if progress else None)
+                     notice=progress.info if progress else None,
+                     config_file="file" in vars(args))  # load and inspect read no images.yaml
 
 
 def _specs(args: argparse.Namespace) -> tuple[list[ImageSpec], Config | None]:

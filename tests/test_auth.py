@@ -684,3 +684,21 @@ def test_authfile_that_cannot_be_read_is_a_usage_error(tokens, ts: TokenServer, 
     line = error_line(proc)
     assert f"--authfile {bad}" in line, line
     assert ts.requests == [] and not (tmp_path / "out.tar").exists()
+
+
+def test_load_hints_name_no_images_yaml(basic, src_registry: Registry, repo_name: str,
+                                        rng: random.Random, tmp_path: Path) -> None:
+    """load reads no images.yaml: its hints say docker login / --authfile only; pull's
+    still offer the `registries:` entry."""
+    reg, ref, _ = basic
+    img = ig.make_image(rng, ig.AMD64, layer_size=1500)
+    pusher.push_image(src_registry.url, repo_name, img, ["v1"])
+    ok(cli(tmp_path, "pull", f"{src_registry.host}/{repo_name}:v1", "-o", tmp_path / "b.tar",
+           "--cache", tmp_path / "cache"))
+    proc = cli(tmp_path, "load", tmp_path / "b.tar", "--to", f"{reg.host}/copy")
+    assert proc.returncode == 4, proc.stderr
+    assert reg.host in error_line(proc)
+    assert f"docker login {reg.host}" in proc.stderr and "--authfile" in proc.stderr
+    assert "images.yaml" not in proc.stderr, proc.stderr
+    proc = pull(tmp_path, ref)
+    assert proc.returncode == 4 and "images.yaml" in proc.stderr, proc.stderr

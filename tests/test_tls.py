@@ -144,6 +144,9 @@ def test_load_to_tls_target(registry_factory: Callable[..., Registry],
     proc = cli("load", bundle, "--to", f"{dst.host}/a")
     assert proc.returncode == 3, proc.stderr
     assert dst.host in error_line(proc) and f"--ca-file {dst.host}=" in proc.stderr
+    assert "images.yaml" not in proc.stderr, "load reads no images.yaml"
+    proc = cli("load", bundle, "--to", f"{dst.host}/a", "--ca-file", f"{dst.host}=nope.pem")
+    assert proc.returncode == 2 and "images.yaml" not in proc.stderr, proc.stderr
     ok(cli("load", bundle, "--to", f"{dst.host}/a", "--ca-file", f"{dst.host}={dst.ca_path}"))
     ok(cli("load", bundle, "--to", f"{dst.host}/b", "--insecure-registry", dst.host))
     for prefix in ("a", "b"):

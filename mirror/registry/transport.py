@@ -132,9 +132,13 @@ class Transport:
         jobs: int = 4,
         debug: Callable[[str], None] | None = None,
         notice: Callable[[str], None] | None = None,
+        config_file: bool = True,
     ) -> None:
         """`debug` gets one line per request, retry, wait and token fetch (-v); `notice` gets
-        the long Retry-After waits (LONG_WAIT or more), so a pause never looks like a hang."""
+        the long Retry-After waits (LONG_WAIT or more), so a pause never looks like a hang.
+        `config_file`: the command reads an images.yaml, so hints may point into it (`mirror
+        load` and `inspect` read none)."""
+        self.config_file = config_file
         self.debug = debug or _quiet
         self.notice = notice or _quiet
         self.settings = settings or {}
@@ -151,8 +155,14 @@ class Transport:
     def login_hint(self, registry: str) -> str:
         """How to give credentials for `registry` (images.yaml only where the command reads
         one)."""
+        if not self.config_file:
+            return f"run `docker login {registry}` or pass --authfile"
         return (f"run `docker login {registry}`, pass --authfile, or add it under "
                 "`registries:` in images.yaml")
+
+    def in_yaml(self, text: str) -> str:
+        """`text` (an images.yaml alternative, with its separator) where there is one."""
+        return text if self.config_file else ""
 
     def log_request(self, method: str, url: str, status: int | str, t0: float) -> None:
         if self.debug is not _quiet:
@@ -231,8 +241,9 @@ class Transport:
                 raise ConfigError(
                     f"{registry}: cannot use the {what} {path}: "
                     f"{getattr(e, 'strerror', None) or e}",
-                    hint="check the path given with --ca-file/--client-cert or in "
-                    f"`registries: {registry}:`") from None
+                    hint="check the path given with --ca-file/--client-cert"
+                    + self.in_yaml(f" or in `registries: {registry}:` of images.yaml")
+                    ) from None
         self._ssl_cache[registry] = ctx
         return ctx
 
@@ -293,8 +304,8 @@ class Transport:
                                 f"{registry}: TLS connection failed: "
                                 f"{describe_exception(last)}", registry=registry,
                                 hint="if the registry requires a client certificate, give it "
-                                f"with --client-cert {registry}=CERT,KEY (or client_cert and "
-                                "client_key in images.yaml)")
+                                f"with --client-cert {registry}=CERT,KEY" + self.in_yaml(
+                                    " (or client_cert and client_key in images.yaml)"))
                         auth.observe(resp.headers.getall("WWW-Authenticate", []))
                         return Endpoint(registry, base, ssl_ctx, auth)
                 except aiohttp.ClientConnectorCertificateError as e:
@@ -307,10 +318,11 @@ class Transport:
                                 "by a name the certificate was issued for, or reissue it with "
                                 f"{name} in subjectAltName")
                     else:
-                        hint = (f"give the registry's CA with --ca-file {registry}=CA.pem (or "
-                                f"`registries: {registry}: ca_file:` in images.yaml); "
-                                f"--insecure-registry {registry} skips verification (trusted "
-                                "networks only)")
+                        hint = (f"give the registry's CA with --ca-file {registry}=CA.pem"
+                                + self.in_yaml(f" (or `registries: {registry}: ca_file:` in "
+                                               "images.yaml)")
+                                + f"; --insecure-registry {registry} skips verification "
+                                "(trusted networks only)")
                     raise RegistryError(
                         f"{registry}: TLS certificate verification failed: {why}",
                         registry=registry, hint=hint) from None
@@ -340,7 +352,7 @@ class Transport:
             f"{registry}: registry unreachable: {describe_exception(last) if last else 'no answer'}",
             registry=registry,
             hint=None if plain_ok else f"if it serves plain HTTP, pass --insecure-registry "
-            f"{registry} (or set `insecure: true` for it in images.yaml)",
+            f"{registry}" + self.in_yaml(" (or set `insecure: true` for it in images.yaml)"),
         )
 
     async def request(
