@@ -17,6 +17,7 @@ See config/README.md for the reference.
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ _SETTING_KEYS = ("platforms", "index", "format", "foreign_layers", "referrers")
 _IMAGE_KEYS = ("ref", "repository", "tags", *_SETTING_KEYS)
 _REGISTRY_KEYS = ("insecure", "ca_file", "client_cert", "client_key", "username",
                   "password_env", "password_file")
+_PATH_KEYS = ("ca_file", "client_cert", "client_key", "password_file")
 
 
 @dataclass(frozen=True)
@@ -150,9 +152,30 @@ def _ref(ctx: _Ctx, node: yaml.Node, text: str) -> Reference:
         raise ctx.err(node, str(e), e.hint) from None
 
 
+def _file_value(ctx: _Ctx, node: yaml.Node, key: str, value: str, check: bool) -> str:
+    """A path from images.yaml: `~` expanded, a relative one taken from the YAML file's
+    directory (as docker-compose does), so the run's working directory does not matter;
+    with `check`, a file that cannot be read is a config error naming file:line."""
+    p = Path(value).expanduser()
+    if not p.is_absolute():
+        p = Path(ctx.path).absolute().parent / p
+    resolved = os.path.normpath(p)
+    if check:
+        try:
+            with open(resolved, "rb"):
+                pass
+        except OSError as e:
+            raise ctx.err(node, f"{key} {resolved}: cannot read it: {e.strerror or e}",
+                          hint="a relative path is taken from the directory of "
+                          f"{Path(ctx.path).name}") from None
+    return resolved
+
+
 def parse_config(text: str, path: str = "images.yaml",
-                 base: ImageSettings | None = None) -> Config:
-    """Raise ConfigError (with file:line) for anything malformed."""
+                 base: ImageSettings | None = None, *, check_files: bool = False) -> Config:
+    """Raise ConfigError (with file:line) for anything malformed. Relative file paths in
+    `registries:` are taken from the directory of `path`; `check_files`: each must be
+    readable now."""
     ctx = _Ctx(path)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -182,6 +205,9 @@ def parse_config(text: str, path: str = "images.yaml",
         for host, (knode, vnode) in ctx.mapping(top["registries"][1], "registries", ()).items():
             r = ctx.mapping(vnode, f"registries.{host}", _REGISTRY_KEYS)
             val = {k: ctx.scalar(v, k) for k, (_, v) in r.items() if k != "insecure"}
+            for k in _PATH_KEYS:
+                if k in val:
+                    val[k] = _file_value(ctx, r[k][1], k, val[k], check_files)
             if "password_env" in val and "password_file" in val:
                 raise ctx.err(knode, f"registries.{host}: give password_env or password_file, "
                               "not both")
@@ -237,7 +263,7 @@ def load_config(path: str | Path, base: ImageSettings | None = None) -> Config:
         raise ConfigError(f"{p}: cannot read config: {e.strerror}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{p}: not UTF-8 text (byte {e.start})") from None
-    return parse_config(text, str(p), base)
+    return parse_config(text, str(p), base, check_files=True)
 
 
 def settings_as_dict(s: ImageSettings) -> dict[str, Any]:

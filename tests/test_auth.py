@@ -50,7 +50,7 @@ def forbidden_strings(*secrets: str) -> list[str]:
 
 
 def cli(tmp_path: Path, *args: object, env: dict[str, str] | None = None,
-        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        timeout: float = 120, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     """`python -m mirror ARGS` with credentials looked up only under tmp_path."""
     e = mirror_env()
     for k in ENV_KEYS:
@@ -59,7 +59,7 @@ def cli(tmp_path: Path, *args: object, env: dict[str, str] | None = None,
     home.mkdir(exist_ok=True)
     e["HOME"] = str(home)
     e.update(env or {})
-    return run(mirror_cmd(*args), env=e, cwd=ROOT, timeout=timeout)
+    return run(mirror_cmd(*args), env=e, cwd=cwd, timeout=timeout)
 
 
 def pull(tmp_path: Path, ref: str, *extra: object, env: dict[str, str] | None = None,
@@ -702,3 +702,26 @@ def test_load_hints_name_no_images_yaml(basic, src_registry: Registry, repo_name
     assert "images.yaml" not in proc.stderr, proc.stderr
     proc = pull(tmp_path, ref)
     assert proc.returncode == 4 and "images.yaml" in proc.stderr, proc.stderr
+
+
+def test_relative_password_file_is_taken_from_the_yaml_directory(basic, tmp_path: Path) -> None:
+    """`cd sub; mirror pull -f ../conf/images.yaml` with `password_file: pw.txt` reads
+    conf/pw.txt (as docker-compose resolves paths); a missing one is exit 2 naming the path
+    and images.yaml:LINE before any network work."""
+    reg, ref, img = basic
+    conf, sub = tmp_path / "conf", tmp_path / "sub"
+    conf.mkdir()
+    sub.mkdir()
+    (conf / "pw.txt").write_text(SECRET + "\n")
+    yml = conf / "images.yaml"
+    yml.write_text(f"version: 1\nregistries:\n  {reg.host}:\n    username: {USER}\n"
+                   f"    password_file: pw.txt\nimages:\n  - {ref}\n")
+    out = ("-o", tmp_path / "out.tar", "--cache", tmp_path / "cache")
+    proc = ok(cli(tmp_path, "pull", "-f", "../conf/images.yaml", *out, cwd=sub))
+    assert pulled_digest(tmp_path) == img.digest
+    assert_no_secret(tmp_path, proc)
+    (conf / "pw.txt").unlink()
+    proc = cli(tmp_path, "pull", "-f", "../conf/images.yaml", *out, cwd=sub)
+    assert proc.returncode == 2, proc.stderr
+    line = error_line(proc)
+    assert f"{yml.parent.name}/images.yaml:5" in line and str(conf / "pw.txt") in line, line

@@ -76,6 +76,27 @@ def test_pull_tls_with_ca_in_images_yaml(tls_image, tmp_path: Path) -> None:
     assert digest_of(tmp_path / "out.tar") == img.digest
 
 
+def test_relative_ca_file_is_taken_from_the_yaml_directory(tls_image, tmp_path: Path) -> None:
+    """`ca_file: certs/ca.pem` is next to images.yaml, wherever mirror runs from; a missing
+    one is exit 2 naming the resolved path and images.yaml:LINE."""
+    reg, ref, img = tls_image
+    (tmp_path / "conf/certs").mkdir(parents=True)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "conf/certs/ca.pem").write_bytes(reg.ca_path.read_bytes())
+    yml = tmp_path / "conf/images.yaml"
+    yml.write_text(f"version: 1\nregistries:\n  {reg.host}:\n    ca_file: certs/ca.pem\n"
+                   f"images:\n  - {ref}\n")
+    args = ("pull", "-f", "../conf/images.yaml", "-o", tmp_path / "out.tar", "--cache",
+            tmp_path / "cache", "-q")
+    ok(run_mirror(*args, cwd=tmp_path / "sub"))
+    assert digest_of(tmp_path / "out.tar") == img.digest
+    (tmp_path / "conf/certs/ca.pem").unlink()
+    proc = run_mirror(*args, cwd=tmp_path / "sub")
+    assert proc.returncode == 2, proc.stderr
+    line = error_line(proc)
+    assert "images.yaml:4" in line and str(tmp_path / "conf/certs/ca.pem") in line, line
+
+
 def test_pull_tls_insecure_registry_skips_verification(tls_image, tmp_path: Path) -> None:
     reg, ref, img = tls_image
     ok(pull(tmp_path, ref, "--insecure-registry", reg.host))

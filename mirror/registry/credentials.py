@@ -162,7 +162,8 @@ class RegistryLogin:
             try:
                 pw = Path(self.password_file).expanduser().read_text().rstrip("\r\n")
             except OSError as e:
-                raise AuthError(f"{registry}: cannot read password_file: {e.strerror}",
+                raise AuthError(f"{registry}: cannot read password_file {self.password_file}: "
+                                f"{e.strerror}",
                                 registry=registry) from None
         else:
             pw = ""
