@@ -268,7 +268,7 @@ def test_verbose_lists_requests_retries_and_waits(src_registry, image, recproxy,
     proxy.add(Fault("status", method="GET", path=img.layers[0].digest, status=502))
     proxy.add(Fault("status", method="GET", path=img.layers[1].digest, status=429,
                     headers={"Retry-After": "1"}))
-    proc = ok(pull(tmp_path, f"{proxy.host}/{repo}:v1", "--retries", "3", "-v"))
+    proc = ok(pull(tmp_path, f"{proxy.host}/{repo}:v1", "--retries", "2", "-v"))
     err = proc.stderr
     assert re.search(rf"GET {re.escape(proxy.host)}/v2/{re.escape(repo)}/manifests/v1 -> 200 "
                      r"\(\d+ ms\)", err), err
@@ -277,7 +277,7 @@ def test_verbose_lists_requests_retries_and_waits(src_registry, image, recproxy,
     assert re.search(rf"retry GET \S+{img.layers[0].digest}: HTTP 502; try 2 of 3 in "
                      r"[\d.]+ s", err), err
     assert f"{proxy.host} asks to wait 1 s (HTTP 429); waiting" in err, err
-    proc = ok(pull(tmp_path, f"{proxy.host}/{repo}:v1", "--retries", "3", out="again.tar",
+    proc = ok(pull(tmp_path, f"{proxy.host}/{repo}:v1", "--retries", "2", out="again.tar",
                    cache="cache2"))
     assert " -> 200 (" not in proc.stderr and "retry GET" not in proc.stderr
 
