@@ -39,7 +39,10 @@ class Descriptor:
         size = d.get("size")
         if not isinstance(digest, str):
             raise IntegrityError(f"{where}: descriptor has no digest")
-        Digest.parse(digest)
+        try:
+            Digest.parse(digest)
+        except IntegrityError as e:
+            raise IntegrityError(f"{where}: {e}") from None
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise IntegrityError(f"{where}: descriptor {digest} has no valid size")
         urls = d.get("urls") or ()

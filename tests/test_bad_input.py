@@ -8,6 +8,7 @@ repository prefix at the target, which must have no tags afterwards.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import random
 import socket
@@ -265,6 +266,77 @@ def test_unsafe_tar_member(member: tuple[tarfile.TarInfo, bytes | None], good: G
     err = load_fails("bundle", bundle, dst_registry, good)
     assert repr(ti.name) in err or ti.name in err, err
     verify_fails(bundle)
+
+
+def edit_json(name: str, change: Callable[[str], str]) -> Edit:
+    """An Edit that rewrites the text of member `name` (index.json, mirror.json, a blob)."""
+    def edit(ti: tarfile.TarInfo, data: bytes | None) -> tuple[tarfile.TarInfo, bytes | None]:
+        if ti.name != name or data is None:
+            return ti, data
+        text = change(data.decode())
+        assert text != data.decode(), f"{name}: nothing changed"
+        ti.size = len(text.encode())
+        return ti, text.encode()
+    return edit
+
+
+def verify_says(code: str, bundle: Path, *expect: str) -> str:
+    """verify exits with `code`; one of its stdout lines names the bundle and all of
+    `expect`; the error line names the bundle."""
+    proc = run_mirror("verify", bundle)
+    assert proc.returncode == EXIT[code], proc.stdout + proc.stderr
+    assert str(bundle) in error_line(proc)
+    lines = [ln for ln in proc.stdout.splitlines()
+             if ln.startswith(f"{bundle}: ") and all(e in ln for e in expect)]
+    assert lines, (expect, proc.stdout)
+    return proc.stdout
+
+
+def test_malformed_digest_in_index_json(good: Good, dst_registry: Registry,
+                                        tmp_path: Path) -> None:
+    """One hex digit of index.json's digest turned into a backtick: not a digest at all, so a
+    broken bundle (exit 10) naming the bundle and index.json, from verify, load and inspect;
+    not exit 7, which is for bytes that do not match a digest."""
+    root = good.index.manifest.digest
+    bad_digest = root[:7] + "`" + root[8:]
+    bundle = rewrite(good.bundle, tmp_path / "index.tar",
+                     edit_json("index.json", lambda t: t.replace(root, bad_digest)))
+    verify_says("bundle", bundle, "index.json", bad_digest)
+    err = load_fails("bundle", bundle, dst_registry, good)
+    assert "index.json" in err and bad_digest in err, err
+    err = fails("bundle", "inspect", bundle)
+    assert str(bundle) in err and "index.json" in err, err
+
+
+def test_malformed_digest_in_a_manifest(good: Good, dst_registry: Registry,
+                                        tmp_path: Path) -> None:
+    """The index blob lists a child whose digest is not a digest, and is renamed to its new
+    digest (index.json and mirror.json follow), so its bytes match: exit 10 naming the
+    bundle and the index, from verify, load and inspect."""
+    old = good.index.manifest
+    child = good.index.images[0].manifest.digest
+    bad_digest = child[:7] + "`" + child[8:]
+    data = old.data.replace(child.encode(), bad_digest.encode())
+    new = "sha256:" + hashlib.sha256(data).hexdigest()
+    hexes = old.digest.split(":")[1], new.split(":")[1]
+
+    def edit(ti: tarfile.TarInfo, d: bytes | None) -> tuple[tarfile.TarInfo, bytes | None]:
+        if ti.name == f"blobs/sha256/{hexes[0]}":
+            ti.name, ti.size = f"blobs/sha256/{hexes[1]}", len(data)
+            return ti, data
+        if ti.name in ("index.json", "mirror.json") and d is not None:
+            text = d.decode().replace(old.digest, new).replace(
+                f'"size":{len(old.data)}', f'"size":{len(data)}')
+            ti.size = len(text.encode())
+            return ti, text.encode()
+        return ti, d
+
+    bundle = rewrite(good.bundle, tmp_path / "manifest.tar", edit)
+    verify_says("bundle", bundle, f"index {new}", bad_digest)
+    err = load_fails("bundle", bundle, dst_registry, good)
+    assert f"index {new}" in err and bad_digest in err, err
+    err = fails("bundle", "inspect", bundle)
+    assert str(bundle) in err and f"index {new}" in err, err
 
 
 # -- registries and images ---------------------------------------------------------------

@@ -271,13 +271,18 @@ class Bundle:
         if inv is not None:
             try:
                 inventory = Inventory.from_bytes(inv)
-            except (ValueError, AttributeError):
+            except (ValueError, AttributeError, TypeError):
                 raise BundleError(f"{self.name}: mirror.json is not valid") from None
         return Contents(idx, inventory)
 
     def _walk(self, c: Contents, read) -> None:
-        """Load every manifest reachable from index.json (checking each digest)."""
-        todo = [Descriptor.from_dict(d, f"{self.name} index.json") for d in c.index["manifests"]]
+        """Load every manifest reachable from index.json (checking each digest). A descriptor
+        that is not well formed (a digest that is not a digest) is a broken bundle, named with
+        the file it is in: index.json, or the manifest."""
+        try:
+            todo = [Descriptor.from_dict(d, "index.json") for d in c.index["manifests"]]
+        except IntegrityError as e:
+            raise BundleError(f"{self.name}: {e}") from None
         while todo:
             desc = todo.pop()
             if desc.digest in c.manifests:
@@ -300,12 +305,12 @@ class Bundle:
                                      f"(got {got}, {len(data)} bytes)")
             raw = RawManifest.from_bytes(data, desc.media_type, where=where)
             c.manifests[desc.digest] = raw
-            try:
+            try:  # every descriptor in it parsed once here: later readers find them sound
                 todo.extend(raw.children)
+                list(raw.blobs())
+                raw.subject  # noqa: B018 - a referrer's subject is carried on its own entry
             except MirrorError as e:
-                raise BundleError(f"{where}: {e}") from None
-            if raw.subject is not None:
-                pass  # a referrer's subject is carried on its own entry
+                raise BundleError(f"{self.name}: {e}") from None
 
 
 def _name(digest: str) -> str:
