@@ -271,7 +271,8 @@ async def _verify(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.verify import verify_bundle
 
     report.add(bundle=str(args.bundle), problems=None, ok=False)  # None: not checked
-    problems, structural = await asyncio.to_thread(verify_bundle, args.bundle)
+    problems, structural = await asyncio.to_thread(verify_bundle, args.bundle,
+                                                    progress.debug)
     report.add(problems=problems, ok=not problems)
     if problems:
         for p in problems:

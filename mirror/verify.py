@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 from mirror.bundle.reader import Bundle, _blob_digest
@@ -9,23 +12,31 @@ from mirror.digest import Digest, Verifier
 from mirror.errors import IntegrityError, MirrorError
 
 CHUNK = 4 << 20
+_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
-def verify_bundle(path: Path) -> tuple[list[str], bool]:
+def verify_bundle(path: Path, note: Callable[[str], None] | None = None
+                  ) -> tuple[list[str], bool]:
     """Return the problems (empty when the bundle is sound) and whether any is structural (an
-    unreadable tar or layout, a missing blob) rather than bytes that do not match their digest.
-    Checks: a readable tar with an OCI layout; index.json well formed; every blob's size and
-    sha256; every manifest's config, layers and children present, or absent on purpose."""
+    unreadable tar or layout, trailing data, a missing blob) rather than bytes that do not
+    match their digest.
+    Checks: the file against `BUNDLE.sha256` when there is one; a readable tar (nothing but
+    zeros after its end; in a .tar.zst, nothing after the last zstd frame) with an OCI layout;
+    index.json and every digest in it well formed; every blob's size and sha256; every
+    manifest's config, layers and children present, or absent on purpose."""
     problems: list[str] = []
+    side = _sidecar_problem(Path(path), note or (lambda _: None))
+    if side:
+        problems.append(side)
     try:
         bundle = Bundle(path)
         contents = bundle.scan()
     except MirrorError as e:  # unreadable (structural), or a manifest with wrong bytes
-        return [str(e).removeprefix(f"{path}: ")], not isinstance(e, IntegrityError)
+        return [*problems, _own(e, path)], not isinstance(e, IntegrityError)
     try:
         _check_blobs(bundle, path, problems)
     except MirrorError as e:  # a stream that breaks off (truncated .tar.zst)
-        return [*problems, str(e).removeprefix(f"{path}: ")], True
+        return [*problems, _own(e, path)], True
     structural = False
     absent = contents.inventory.absent if contents.inventory else {}
     for raw in contents.manifests.values():
@@ -40,6 +51,38 @@ def verify_bundle(path: Path) -> tuple[list[str], bool]:
                 problems.append(f"blob {d.digest} is missing (needed by {raw.digest})")
                 structural = True
     return problems, structural
+
+
+def _own(e: MirrorError, path: Path) -> str:
+    return str(e).removeprefix(f"{path}: ")
+
+
+def _sidecar_problem(path: Path, note: Callable[[str], None]) -> str | None:
+    """`BUNDLE.sha256` (sha256sum's format, written by pull) against the file: None when it
+    matches or there is none. What `sha256sum -c` says, without leaving the directory."""
+    side = path.with_name(path.name + ".sha256")
+    try:
+        text = side.read_text(errors="replace")
+    except FileNotFoundError:
+        note(f"{path}: no {side.name} beside it; the file's own sha256 is not checked")
+        return None
+    except OSError as e:
+        return f"cannot read {side}: {e.strerror}"
+    want = text.split()[0] if text.split() else ""
+    if not _HEX.match(want):
+        return f"{side} is not a sha256sum line (expected '<64 hex>  {path.name}')"
+    try:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                h.update(chunk)
+    except OSError:
+        return None  # the bundle itself cannot be read: the reader says so
+    if h.hexdigest() != want.lower():
+        return (f"sha256 {h.hexdigest()} does not match {side} (which says {want.lower()}): "
+                "the file changed after it was written")
+    note(f"{path}: matches {side.name}")
+    return None
 
 
 def _check_blobs(bundle: Bundle, path: Path, problems: list[str]) -> None:
@@ -63,4 +106,4 @@ def _check_blobs(bundle: Bundle, path: Path, problems: list[str]) -> None:
                     v.update(chunk)
             v.finish()
         except MirrorError as e:
-            problems.append(f"blob {digest}: {str(e).removeprefix(f'{path}: ')}")
+            problems.append(f"blob {digest}: {_own(e, path)}")

@@ -292,6 +292,59 @@ def verify_says(code: str, bundle: Path, *expect: str) -> str:
     return proc.stdout
 
 
+def bundle_zst(good: Good, tmp_path: Path) -> Path:
+    """A .tar.zst of the good images written by mirror pull (with its .sha256)."""
+    out = tmp_path / "whole.tar.zst"
+    mirror_ok("pull", good.ref, "-o", out, "--cache", good.bundle.parent / "cache", "-q")
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["tar", "zst"])
+def test_junk_appended_to_the_bundle(fmt: str, good: Good, dst_registry: Registry,
+                                     tmp_path: Path) -> None:
+    """2000 random bytes appended in transit (sha256sum -c and zstd -t both fail): verify
+    names the trailing data (exit 10) and the .sha256 that no longer matches; load refuses it
+    before pushing anything."""
+    src = good.bundle if fmt == "tar" else bundle_zst(good, tmp_path)
+    bad = tmp_path / f"junk.{'tar' if fmt == 'tar' else 'tar.zst'}"
+    bad.write_bytes(src.read_bytes() + random.Random(fmt).randbytes(2000))
+    side = bad.with_name(bad.name + ".sha256")
+    side.write_text(src.with_name(src.name + ".sha256").read_text().replace(src.name, bad.name))
+    sha = subprocess.run(["sha256sum", "-c", side.name], cwd=tmp_path, capture_output=True,
+                         text=True)
+    assert sha.returncode != 0 and "FAILED" in sha.stdout, sha.stdout  # the outside judge
+    out = verify_says("bundle", bad, "trailing data")
+    assert f"{bad}: sha256 " in out and str(side) in out, out
+    err = load_fails("bundle", bad, dst_registry, good)
+    assert "trailing data" in err, err
+
+
+def test_zeros_appended_to_a_tar_only_fail_the_sha256(good: Good, tmp_path: Path) -> None:
+    """Zeros after the end of a tar are padding as far as tar goes; the .sha256 beside the
+    bundle still says the file changed: exit 7, one line naming both files."""
+    bad = tmp_path / "padded.tar"
+    bad.write_bytes(good.bundle.read_bytes() + bytes(4096))
+    side = bad.with_name(bad.name + ".sha256")
+    side.write_text(good.bundle.with_name(good.bundle.name + ".sha256").read_text())
+    out = verify_says("integrity", bad, "does not match", str(side))
+    assert len(out.splitlines()) == 1, out
+
+
+def test_sidecar_checked_when_present(good: Good, tmp_path: Path) -> None:
+    copy = tmp_path / "copy.tar"
+    copy.write_bytes(good.bundle.read_bytes())
+    proc = run_mirror("verify", copy, "-v")  # no .sha256 beside it: fine, a -v note
+    assert proc.returncode == 0 and f"{copy}: OK" in proc.stdout, proc.stdout + proc.stderr
+    assert "copy.tar.sha256" in proc.stderr, proc.stderr
+    side = copy.with_name("copy.tar.sha256")
+    side.write_text(good.bundle.with_name(good.bundle.name + ".sha256").read_text())
+    assert f"{copy}: OK" in mirror_ok("verify", copy).stdout  # the name inside is not ours
+    side.write_text(f"{'0' * 64}  copy.tar\n")
+    verify_says("integrity", copy, str(side), "does not match")
+    side.write_text("not a checksum\n")
+    verify_says("integrity", copy, str(side), "not a sha256sum line")
+
+
 def test_malformed_digest_in_index_json(good: Good, dst_registry: Registry,
                                         tmp_path: Path) -> None:
     """One hex digit of index.json's digest turned into a backtick: not a digest at all, so a

@@ -4,7 +4,8 @@ A plain tar is indexed once (member name -> data offset) and read at random. A z
 read as a stream: `scan()` reads until it holds index.json and every manifest (our bundles
 put them first, so that is quick), and `stream()` passes over it again, yielding the blobs in
 tar order. Every member is checked: regular files and directories only, relative paths inside
-the layout, no duplicates.
+the layout, no duplicates. Nothing but zeros may follow the end of the tar, and nothing but
+whole zstd frames the end of a .tar.zst's stream (mirror.bundle.trailer).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import BinaryIO
 import zstandard
 
 from mirror.bundle.layout import MIRROR_JSON, Inventory
+from mirror.bundle.trailer import first_nonzero, zstd_frames_problem
 from mirror.digest import Digest, sha256_of
 from mirror.errors import BundleError, IntegrityError, MirrorError
 from mirror.manifest import MAX_MANIFEST_BYTES, Descriptor, RawManifest
@@ -123,6 +125,7 @@ class Bundle:
                 with tarfile.open(self.path, "r:") as tf:
                     for name, ti in _file_members(tf, self.name):
                         members[name] = Member(name, ti.size, ti.offset_data)
+                    end = tf.offset  # where the end-of-archive blocks start
             except tarfile.TarError as e:
                 raise self._unreadable(e) from None
             with open(self.path, "rb") as f:
@@ -130,6 +133,11 @@ class Bundle:
                     if m.offset is not None and m.offset + m.size > f.seek(0, 2):
                         raise BundleError(f"{self.name}: truncated: the tar ends in the middle "
                                           f"of {m.name!r}")
+                f.seek(end)
+                junk = first_nonzero(f, end)
+                if junk is not None:
+                    raise BundleError(f"{self.name}: trailing data after the end of the tar "
+                                      f"(at byte {junk})", hint=_JUNK_HINT)
             self._members = members
         return self._members
 
@@ -168,13 +176,24 @@ class Bundle:
         try:
             with open(self.path, "rb") as raw:
                 dctx = zstandard.ZstdDecompressor()
-                with dctx.stream_reader(raw, read_size=CHUNK) as zr, \
+                with dctx.stream_reader(raw, read_size=CHUNK, read_across_frames=True) as zr, \
                         tarfile.open(fileobj=zr, mode="r|") as tf:
                     for name, ti in _file_members(tf, self.name):
                         current = name  # tarfile skips what is left of it on the next step
                         f = tf.extractfile(ti)
                         assert f is not None
                         yield name, ti.size, _StreamMember(f, name, self)
+                    current = None
+                    with open(self.path, "rb") as frames:  # the frames end where the file does
+                        wrong = zstd_frames_problem(frames)
+                    if wrong is not None:
+                        raise BundleError(f"{self.name}: {wrong}", hint=_JUNK_HINT)
+                    # what the stream holds after the tar's first end-of-archive block
+                    junk = first_nonzero(tf.fileobj, tf.offset + tarfile.BLOCKSIZE)
+                    if junk is not None:
+                        raise BundleError(f"{self.name}: trailing data after the end of the tar "
+                                          f"inside the zstd stream (at byte {junk} of the tar)",
+                                          hint=_JUNK_HINT)
         except _STREAM_ERRORS as e:
             inside = current if str(e) == "unexpected end of data" else None
             raise self._unreadable(e, inside) from None
@@ -183,6 +202,10 @@ class Bundle:
         """The one-line error for a tar or tar.zst that cannot be read: truncated (the data
         ends before the archive does), not zstd, or not a tar."""
         if isinstance(e, zstandard.ZstdError):
+            with open(self.path, "rb") as f:  # bytes appended after the last frame?
+                wrong = zstd_frames_problem(f)
+            if wrong is not None and wrong.startswith("trailing data"):
+                return BundleError(f"{self.name}: {wrong}", hint=_JUNK_HINT)
             return BundleError(f"{self.name}: not a valid zstd stream: {e}")
         kind = "tar.zst" if self.compressed else "tar"
         if isinstance(e, EOFError) or str(e) in _TRUNCATED:
@@ -311,6 +334,9 @@ class Bundle:
                 raw.subject  # noqa: B018 - a referrer's subject is carried on its own entry
             except MirrorError as e:
                 raise BundleError(f"{self.name}: {e}") from None
+
+
+_JUNK_HINT = "the file changed after it was written (bytes appended?): copy the bundle again"
 
 
 def _name(digest: str) -> str:
