@@ -14,7 +14,9 @@
     │   └── SizeMismatch
     ├── NoMatchingPlatform           exit 8   lists the platforms the image does have
     ├── UnsupportedContent           exit 9   schema 1, unconvertible content
-    ├── BundleError                  exit 10  not a tar, no oci-layout, unsafe member, missing blob
+    ├── BundleError                  exit 10  not a tar, no oci-layout, unsafe member, missing blob,
+    │                                         trailing data, a malformed digest, an inventory
+    │                                         (mirror.json) that does not match the bundle
     ├── IncompleteBase               exit 11  an incremental bundle's blobs are not at the target
     └── LockHeld                     exit 12  another run holds the lock
     PartialSuccess (not an error class): exit 13, `--keep-going` with some images failed.

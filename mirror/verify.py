@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from mirror.bundle import consistency
 from mirror.bundle.reader import Bundle, _blob_digest
 from mirror.digest import Digest, Verifier
 from mirror.errors import IntegrityError, MirrorError
@@ -18,39 +19,34 @@ _HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 def verify_bundle(path: Path, note: Callable[[str], None] | None = None
                   ) -> tuple[list[str], bool]:
     """Return the problems (empty when the bundle is sound) and whether any is structural (an
-    unreadable tar or layout, trailing data, a missing blob) rather than bytes that do not
-    match their digest.
+    unreadable tar or layout, trailing data, a missing blob, an inventory that does not match
+    the bundle) rather than bytes that do not match their digest.
     Checks: the file against `BUNDLE.sha256` when there is one; a readable tar (nothing but
     zeros after its end; in a .tar.zst, nothing after the last zstd frame) with an OCI layout;
-    index.json and every digest in it well formed; every blob's size and sha256; every
-    manifest's config, layers and children present, or absent on purpose."""
+    index.json and every digest in it well formed; every blob's size and sha256; the mirror.json
+    inventory against the bundle (mirror.bundle.consistency); every manifest's config, layers
+    and children present, or absent on purpose."""
     problems: list[str] = []
     side = _sidecar_problem(Path(path), note or (lambda _: None))
     if side:
         problems.append(side)
     try:
         bundle = Bundle(path)
-        contents = bundle.scan()
+        contents = bundle.scan(check=False)
     except MirrorError as e:  # unreadable (structural), or a manifest with wrong bytes
         return [*problems, _own(e, path)], not isinstance(e, IntegrityError)
     try:
         _check_blobs(bundle, path, problems)
     except MirrorError as e:  # a stream that breaks off (truncated .tar.zst)
         return [*problems, _own(e, path)], True
-    structural = False
-    absent = contents.inventory.absent if contents.inventory else {}
+    found = consistency.problems(contents)
     for raw in contents.manifests.values():
-        needed = list(raw.blobs()) + [c for c in raw.children
-                                      if c.digest not in contents.manifests]
-        for d in needed:
-            if d.digest in contents.members:
-                if contents.members[d.digest] != d.size:
-                    problems.append(f"blob {d.digest}: {contents.members[d.digest]} bytes, "
-                                    f"manifest {raw.digest} says {d.size}")
-            elif d.digest not in absent:
-                problems.append(f"blob {d.digest} is missing (needed by {raw.digest})")
-                structural = True
-    return problems, structural
+        for d in raw.blobs():
+            have = contents.members.get(d.digest)
+            if have is not None and have != d.size:
+                problems.append(f"blob {d.digest}: {have} bytes, manifest {raw.digest} says "
+                                f"{d.size}")
+    return problems + found, bool(found)
 
 
 def _own(e: MirrorError, path: Path) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import random
 import socket
 import subprocess
@@ -280,6 +281,18 @@ def edit_json(name: str, change: Callable[[str], str]) -> Edit:
     return edit
 
 
+def flipped(digest: str) -> str:
+    """The digest with its last hex character changed: still a digest, another one."""
+    return digest[:-1] + ("0" if digest[-1] != "0" else "1")
+
+
+def inventory(bundle: Path) -> dict:
+    with tarfile.open(bundle) as tf:
+        f = tf.extractfile("mirror.json")
+        assert f is not None
+        return json.loads(f.read())
+
+
 def verify_says(code: str, bundle: Path, *expect: str) -> str:
     """verify exits with `code`; one of its stdout lines names the bundle and all of
     `expect`; the error line names the bundle."""
@@ -290,6 +303,41 @@ def verify_says(code: str, bundle: Path, *expect: str) -> str:
              if ln.startswith(f"{bundle}: ") and all(e in ln for e in expect)]
     assert lines, (expect, proc.stdout)
     return proc.stdout
+
+
+@pytest.mark.parametrize("fmt", ["tar", "zst"])
+def test_inventory_blob_entry_flipped(fmt: str, good: Good, dst_registry: Registry,
+                                      tmp_path: Path) -> None:
+    """mirror.json lists a blob that is not in the bundle (one hex digit of a key changed):
+    verify and load both refuse it (exit 10), naming the bundle, mirror.json and the entry;
+    load pushes nothing."""
+    digest = good.index.images[0].layers[0].digest
+    assert digest in inventory(good.bundle)["blobs"]
+    bundle = rewrite(good.bundle, tmp_path / "inv.tar",
+                     edit_json("mirror.json", lambda t: t.replace(digest, flipped(digest))))
+    if fmt == "zst":
+        bundle = zstd(bundle)
+    verify_says("bundle", bundle, "mirror.json", flipped(digest), "not in the bundle")
+    out = verify_says("bundle", bundle, "mirror.json", digest)  # and the real one unlisted
+    assert "OK" not in out
+    err = load_fails("bundle", bundle, dst_registry, good)
+    assert "mirror.json" in err and (flipped(digest) in err or digest in err), err
+
+
+def test_inventory_absent_entry_for_a_carried_blob(good: Good, dst_registry: Registry,
+                                                   tmp_path: Path) -> None:
+    """An `absent` entry naming no blob any manifest references: refused by both."""
+    stranger = flipped(good.index.images[0].layers[0].digest)
+
+    def add_absent(text: str) -> str:
+        doc = json.loads(text)
+        doc["absent"][stranger] = "foreign"
+        return json.dumps(doc, indent=1) + "\n"
+
+    bundle = rewrite(good.bundle, tmp_path / "absent.tar", edit_json("mirror.json", add_absent))
+    verify_says("bundle", bundle, "mirror.json", stranger, "not referenced by any manifest")
+    err = load_fails("bundle", bundle, dst_registry, good)
+    assert stranger in err and "not referenced" in err, err
 
 
 def bundle_zst(good: Good, tmp_path: Path) -> Path:
@@ -359,6 +407,17 @@ def test_malformed_digest_in_index_json(good: Good, dst_registry: Registry,
     assert "index.json" in err and bad_digest in err, err
     err = fails("bundle", "inspect", bundle)
     assert str(bundle) in err and "index.json" in err, err
+
+
+def test_malformed_digest_in_mirror_json(good: Good, dst_registry: Registry,
+                                         tmp_path: Path) -> None:
+    digest = good.index.images[0].config.digest
+    bad_digest = digest[:7] + "`" + digest[8:]
+    bundle = rewrite(good.bundle, tmp_path / "inv.tar",
+                     edit_json("mirror.json", lambda t: t.replace(digest, bad_digest)))
+    verify_says("bundle", bundle, "mirror.json", bad_digest)
+    err = load_fails("bundle", bundle, dst_registry, good)
+    assert "mirror.json" in err and bad_digest in err, err
 
 
 def test_malformed_digest_in_a_manifest(good: Good, dst_registry: Registry,

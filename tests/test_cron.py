@@ -103,6 +103,51 @@ def test_incremental_load_lists_five_missing_base_blobs_and_counts_the_rest(
     assert "and 3 more; nothing was pushed" in line, line
 
 
+def test_incremental_inventory_is_checked_against_the_bundle(src_registry, dst_registry,
+                                                             repo_name, rng, tmp_path):
+    """An incremental bundle's blob left to its base is listed absent ("base"); with that
+    reason changed (to "foreign": load would leave it behind as if no registry could have it),
+    or the base's name removed, verify and load refuse it (exit 10) naming the entry, even
+    with the base already at the target; load pushes nothing."""
+    one, base = _multi(rng)
+    push_image(src_registry.url, repo_name, one, tags=["1"])
+    cache, full, inc = tmp_path / "cache", tmp_path / "base.tar", tmp_path / "inc.tar"
+    mirror_ok("pull", f"{src_registry.host}/{repo_name}:1", "-o", full, "--cache", cache)
+    two, _ = _multi(rng, base=base)
+    push_image(src_registry.url, repo_name, two, tags=["2"])
+    mirror_ok("pull", f"{src_registry.host}/{repo_name}:2", "--base", full, "-o", inc,
+              "--cache", cache)
+    assert _read(inc, "mirror.json")["absent"] == {base.digest: "base"}
+    assert f"{inc}: OK" in mirror_ok("verify", inc).stdout
+    mirror_ok("load", full, "--to", dst_registry.host)
+
+    def edit_inventory(change):
+        def edit(name, data):
+            if name != "mirror.json":
+                return data
+            doc = json.loads(data)
+            change(doc)
+            return json.dumps(doc).encode()
+        return edit
+
+    cases = {
+        "reason": (lambda doc: doc["absent"].update({base.digest: "foreign"}),
+                   f"mirror.json: blob {base.digest} is listed but not in the bundle"),
+        "no-base": (lambda doc: doc.pop("base"),
+                    f"mirror.json: absent {base.digest} (base): no base bundle is named"),
+    }
+    for what, (change, expect) in cases.items():
+        bad = tmp_path / f"{what}.tar"
+        _rewrite(inc, bad, edit_inventory(change))
+        r = run_mirror("verify", bad)
+        assert r.returncode == EXIT["bundle"], (what, r.stdout, r.stderr)
+        assert f"{bad}: {expect}" in r.stdout, (what, r.stdout)
+        r = run_mirror("load", bad, "--to", f"{dst_registry.host}/{what}")
+        assert r.returncode == EXIT["bundle"], (what, r.stderr)
+        assert f"{bad}: {expect}" in r.stderr, (what, r.stderr)
+        assert list_tags(dst_registry.url, f"{what}/{repo_name}") == []
+
+
 def test_locked_pull_is_reproducible_even_after_the_tag_moves(src_registry, repo_name, rng,
                                                                tmp_path):
     first, _ = _multi(rng)

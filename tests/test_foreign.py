@@ -20,13 +20,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from mirror import mediatypes as mt
 from tests.support import imagegen as ig
 from tests.support.oracle import check_layout, run_mirror, skopeo
-from tests.support.pusher import blob_exists, get_blob, get_manifest, push_blob, push_raw_manifest
+from tests.support.pusher import (
+    blob_exists,
+    get_blob,
+    get_manifest,
+    list_tags,
+    push_blob,
+    push_raw_manifest,
+)
 from tests.support.registry import Registry
+from tests.test_bad_input import edit_json, flipped, inventory, rewrite
 
 ALLOW_LOOPBACK = [r"^http://127\.0\.0\.1"]
 USER = ("alice", "s3cret-foreign")
@@ -190,6 +199,36 @@ async def test_skip_keeps_the_descriptor_and_fetches_nothing(
         refused_for_urls(await mirror("load", bundle, "--to", dst_registry.host, "-q",
                                       "--retries", "0"), fi.digest)
         assert cdn.requests == []
+
+
+async def test_skip_absent_entry_tampered_verify_and_load_agree(
+        registry_factory, repo_name, rng, tmp_path: Path) -> None:
+    """One hex digit of mirror.json's `absent` entry changed: verify and load both refuse the
+    bundle (exit 10) naming it and the entry; load pushes nothing (it used to push it all,
+    taking the foreign layer for absent because its descriptor has `urls`)."""
+    src = registry_factory(htpasswd=USER, urls_allow=ALLOW_LOOPBACK)
+    allow = registry_factory(urls_allow=ALLOW_LOOPBACK)
+    async with cdn_serving({}) as cdn:
+        fi = make_foreign(rng, [cdn.url("good", "layer")])
+        push_foreign(src, repo_name, fi, with_blob=False)
+        proc, good = await pull(tmp_path, src, f"{src.host}/{repo_name}:v1")
+        ok(proc)
+    real = fi.foreign.digest
+    other = flipped(real)
+    bundle = rewrite(good, tmp_path / "absent.tar",
+                     edit_json("mirror.json", lambda t: t.replace(real, other)))
+    assert inventory(bundle)["absent"] == {other: "foreign"}
+    with pytest.raises(AssertionError, match=f"{real}.* is missing"):
+        check_layout(bundle)  # the oracle sees it too
+    proc = await mirror("verify", bundle)
+    assert proc.returncode == 10, proc.stdout + proc.stderr
+    assert f"{bundle}: mirror.json: absent {other} (foreign) is not referenced" in proc.stdout
+    assert f"{bundle}: blob {real} is missing (needed by {fi.digest})" in proc.stdout
+    proc = await mirror("load", bundle, "--to", allow.host, "-q")
+    assert proc.returncode == 10, proc.stderr
+    assert str(bundle) in proc.stderr and (real in proc.stderr or other in proc.stderr)
+    assert list_tags(allow.url, repo_name) == []
+    assert not blob_exists(allow.url, repo_name, fi.image.layers[1].digest)
 
 
 # -- include ---------------------------------------------------------------------------------

@@ -6,6 +6,10 @@ put them first, so that is quick), and `stream()` passes over it again, yielding
 tar order. Every member is checked: regular files and directories only, relative paths inside
 the layout, no duplicates. Nothing but zeros may follow the end of the tar, and nothing but
 whole zstd frames the end of a .tar.zst's stream (mirror.bundle.trailer).
+
+`scan()` also checks that the parts agree (mirror.bundle.consistency: the mirror.json
+inventory, the manifests, the blobs in the tar), so load refuses what verify refuses before it
+pushes anything.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import BinaryIO
 
 import zstandard
 
+from mirror.bundle import consistency
 from mirror.bundle.layout import MIRROR_JSON, Inventory
 from mirror.bundle.trailer import first_nonzero, zstd_frames_problem
 from mirror.digest import Digest, sha256_of
@@ -228,9 +233,10 @@ class Bundle:
 
     # -- planning ------------------------------------------------------------------------
 
-    def scan(self, *, configs: bool = False) -> Contents:
+    def scan(self, *, configs: bool = False, check: bool = True) -> Contents:
         """Read the layout files and every manifest reachable from index.json; with
-        `configs`, also keep image configs (for inspect) in `Contents.configs`.
+        `configs`, also keep image configs (for inspect) in `Contents.configs`; with `check`
+        (verify lists the problems itself), raise for parts that disagree (`check`).
 
         Raises BundleError for a bundle that is not an OCI layout, and IntegrityError for a
         manifest whose bytes do not match its digest.
@@ -245,6 +251,8 @@ class Bundle:
             c = self._contents(layout, index, inv)
             c.members = {d: m.size for n, m in files.items() if (d := _blob_digest(n))}
             self._walk(c, lambda d: self.read_member(_name(d)) if _name(d) in files else None)
+            if check:
+                self.check(c)
             return c
         small: dict[str, bytes] = {}
         meta: dict[str, bytes] = {}
@@ -272,9 +280,20 @@ class Bundle:
             raise BundleError(f"{self.name}: no {missing} file: not an OCI image layout")
         c.members = members
         self._walk(c, small.get)
+        if check:
+            self.check(c)
         if configs:
             c.configs = {d: small[d] for d in _configs(small) if d in small}
         return c
+
+    def check(self, c: Contents) -> None:
+        """Raise BundleError naming the first place where the inventory, the manifests and
+        the blobs in the tar disagree (mirror.bundle.consistency; verify lists them all)."""
+        found = consistency.problems(c)
+        if found:
+            more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+            raise BundleError(f"{self.name}: {found[0]}{more}",
+                              hint=f"`mirror verify {self.name}` lists them" if more else None)
 
     def _contents(self, layout: bytes, index: bytes, inv: bytes | None) -> Contents:
         try:

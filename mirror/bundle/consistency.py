@@ -1,0 +1,115 @@
+"""Do a bundle's parts agree? The mirror.json inventory (mirror.bundle.layout.Inventory), the
+manifests reachable from index.json, and the blobs the tar holds.
+
+- every digest in mirror.json is a well-formed digest, every size a size;
+- every blob the inventory lists is in the tar at that size, or (an incremental bundle's)
+  absent because its base carried it; every manifest it lists is in the tar;
+- every `absent` entry has a known reason, is referenced by a manifest, and is not in the tar
+  (unless the inventory also lists it as carried: a foreign layer one image of the bundle
+  skips and another includes);
+- every blob or child manifest a manifest references is in the tar or listed absent; with an
+  inventory, every one is listed in it.
+
+Without mirror.json (skopeo's oci-archive) only the references are checked, and a foreign
+layer may be missing (no registry gives it out). The reader runs this for load (a bundle
+verify refuses is never half loaded); verify lists every problem. Each problem is one line,
+without the bundle's name; all are structural (exit 10). Sizes of blobs against their
+manifests' descriptors are left to the callers (for verify, bytes that do not match, exit 7).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mirror.digest import Digest
+from mirror.errors import IntegrityError
+
+if TYPE_CHECKING:
+    from mirror.bundle.layout import Inventory
+    from mirror.bundle.reader import Contents
+
+REASONS = ("foreign", "sparse", "base")
+
+
+def problems(c: Contents) -> list[str]:
+    inv = c.inventory
+    if inv is not None:
+        bad = _malformed(inv)
+        if bad:  # the other checks would only repeat it
+            return bad
+    out: list[str] = []
+    absent = inv.absent if inv is not None else {}
+    needed: dict[str, str] = {}  # blob -> the first manifest that references it
+    children: dict[str, str] = {}  # child manifest -> the index that lists it
+    for raw in c.manifests.values():
+        for d in raw.blobs():
+            needed.setdefault(d.digest, raw.digest)
+            if d.digest not in c.members and d.digest not in absent and not (
+                    inv is None and d.is_foreign):
+                out.append(f"blob {d.digest} is missing (needed by {raw.digest})")
+        for d in raw.children:
+            children.setdefault(d.digest, raw.digest)
+            if d.digest not in c.members and d.digest not in absent:
+                out.append(f"manifest {d.digest} is missing (listed in index {raw.digest})")
+    if inv is None:
+        return out
+    for digest, size in inv.blobs.items():
+        have = c.members.get(digest)
+        if have is not None:
+            if have != size:
+                out.append(f"mirror.json: blob {digest} is listed with {size} bytes, the "
+                           f"bundle holds {have}")
+        elif absent.get(digest) != "base":
+            out.append(f"mirror.json: blob {digest} is listed but not in the bundle")
+    for digest in inv.manifests:
+        if digest not in c.members:
+            out.append(f"mirror.json: manifest {digest} is listed but not in the bundle")
+    for digest, why in absent.items():
+        if why not in REASONS:
+            out.append(f"mirror.json: absent {digest}: unknown reason {why!r} (expected one "
+                       f"of {', '.join(REASONS)})")
+        elif why == "base" and not inv.base:
+            out.append(f"mirror.json: absent {digest} (base): no base bundle is named")
+        if digest not in needed and digest not in children:
+            out.append(f"mirror.json: absent {digest} ({why}) is not referenced by any "
+                       "manifest")
+        elif digest in c.members and (why == "base" or (
+                digest not in inv.blobs and digest not in inv.manifests)):
+            out.append(f"mirror.json: {digest} is listed absent ({why}) but is in the bundle")
+    for digest, by in needed.items():
+        if digest not in inv.blobs and digest not in absent:
+            out.append(f"mirror.json does not list blob {digest} (needed by {by})")
+    for digest in c.manifests:
+        if digest not in inv.manifests:
+            out.append(f"mirror.json does not list manifest {digest}")
+    return out
+
+
+def _malformed(inv: Inventory) -> list[str]:
+    """Digests that are not digests, sizes that are not sizes, in mirror.json."""
+    out: list[str] = []
+
+    def digest(text: object, where: str) -> None:
+        try:
+            if not isinstance(text, str):
+                raise IntegrityError(f"{text!r} is not a digest")
+            Digest.parse(text)
+        except IntegrityError as e:
+            out.append(f"mirror.json: {where}: {e}")
+
+    for d, size in inv.blobs.items():
+        digest(d, "blobs")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            out.append(f"mirror.json: blobs: {d}: {size!r} is not a size")
+    for d in inv.manifests:
+        digest(d, "manifests")
+    for d, why in inv.absent.items():
+        digest(d, "absent")
+        if not isinstance(why, str):
+            out.append(f"mirror.json: absent: {d}: {why!r} is not a reason")
+    for old, new in inv.conversions.items():
+        digest(old, "conversions")
+        digest(new, "conversions")
+    if inv.base is not None:
+        digest(inv.base, "base")
+    return out
