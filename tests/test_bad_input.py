@@ -393,31 +393,24 @@ def test_sidecar_checked_when_present(good: Good, tmp_path: Path) -> None:
     verify_says("integrity", copy, str(side), "not a sha256sum line")
 
 
-def test_malformed_digest_in_index_json(good: Good, dst_registry: Registry,
-                                        tmp_path: Path) -> None:
-    """One hex digit of index.json's digest turned into a backtick: not a digest at all, so a
-    broken bundle (exit 10) naming the bundle and index.json, from verify, load and inspect;
-    not exit 7, which is for bytes that do not match a digest."""
-    root = good.index.manifest.digest
-    bad_digest = root[:7] + "`" + root[8:]
-    bundle = rewrite(good.bundle, tmp_path / "index.tar",
-                     edit_json("index.json", lambda t: t.replace(root, bad_digest)))
-    verify_says("bundle", bundle, "index.json", bad_digest)
-    err = load_fails("bundle", bundle, dst_registry, good)
-    assert "index.json" in err and bad_digest in err, err
-    err = fails("bundle", "inspect", bundle)
-    assert str(bundle) in err and "index.json" in err, err
-
-
-def test_malformed_digest_in_mirror_json(good: Good, dst_registry: Registry,
-                                         tmp_path: Path) -> None:
-    digest = good.index.images[0].config.digest
+@pytest.mark.parametrize("member", ["index.json", "mirror.json"])
+def test_malformed_digest_in_the_bundles_json(good: Good, dst_registry: Registry,
+                                              tmp_path: Path, member: str) -> None:
+    """One hex digit of a digest in index.json (the root's) or mirror.json (a config's)
+    turned into a backtick: not a digest at all, so a broken bundle (exit 10) naming the
+    bundle and the file, from verify, load and inspect; not exit 7, which is for bytes that
+    do not match a digest."""
+    digest = good.index.manifest.digest if member == "index.json" else \
+        good.index.images[0].config.digest
     bad_digest = digest[:7] + "`" + digest[8:]
-    bundle = rewrite(good.bundle, tmp_path / "inv.tar",
-                     edit_json("mirror.json", lambda t: t.replace(digest, bad_digest)))
-    verify_says("bundle", bundle, "mirror.json", bad_digest)
+    bundle = rewrite(good.bundle, tmp_path / "bad.tar",
+                     edit_json(member, lambda t: t.replace(digest, bad_digest)))
+    verify_says("bundle", bundle, member, bad_digest)
     err = load_fails("bundle", bundle, dst_registry, good)
-    assert "mirror.json" in err and bad_digest in err, err
+    assert member in err and bad_digest in err, err
+    if member == "index.json":
+        err = fails("bundle", "inspect", bundle)
+        assert str(bundle) in err and "index.json" in err, err
 
 
 def test_malformed_digest_in_a_manifest(good: Good, dst_registry: Registry,
