@@ -272,13 +272,15 @@ def convert_plan(plan: ImagePlan, fmt: str, progress: Progress) -> None:
             f"{plan.name}: --index sparse keeps the source index byte for byte, but "
             f"{'--format ' + fmt if fmt != 'keep' else 'foreign_layers: rewrite'} has to "
             "change it", hint="use --index filter to convert a subset of platforms")
+    upstream = {n: o for o, n in plan.conversions.items()}  # a nested index filtered earlier
     for old, new in done.items():
         if new.digest == old:
             continue
         plan.manifests.pop(old, None)
         plan.manifests[new.digest] = new
-        # a filtered root exists nowhere upstream: report the source index it came from
-        key = plan.source_digest if old == plan.root.digest and plan.mode == "filter" else old
+        # a filtered index exists nowhere upstream: report the source index it came from
+        key = plan.source_digest if old == plan.root.digest and plan.mode == "filter" else \
+            upstream.get(old, old)
         plan.conversions[key] = new.digest
     plan.root = root
     for w in dict.fromkeys(warnings):

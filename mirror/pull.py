@@ -379,7 +379,8 @@ def _summary_line(plan: ImagePlan, res: ImageResult) -> str:
     if plan.left_behind:
         s += f"; {len(plan.left_behind)} attestation(s) left behind"
     for old, new in plan.conversions.items():
-        s += f"; converted {old} -> {new}"
+        s += f"; nested index {old} filtered to {new}" if old in plan.nested_filtered and \
+            plan.spec.settings.format == "keep" else f"; converted {old} -> {new}"
     if plan.referrers:
         kinds = sorted({r.kind for r in plan.referrers})
         s += f"; {len(plan.referrers)} referrer(s) ({', '.join(kinds)})"

@@ -36,6 +36,9 @@ class ImagePlan:
     platforms: list[str] = field(default_factory=list)
     platform_digests: dict[str, str] = field(default_factory=dict)  # platform -> manifest
     conversions: dict[str, str] = field(default_factory=dict)  # old -> new digest
+    # nested indexes filtered in turn (their old digests, also in `conversions`): a
+    # re-serialisation like any other, reported old -> new
+    nested_filtered: set[str] = field(default_factory=set)
     referrers: list = field(default_factory=list)  # mirror.referrers.Referrer, own entries
     left_behind: list[str] = field(default_factory=list)  # in-index attestations, not carried
 
@@ -161,8 +164,12 @@ async def _resolve_index(client: Client, spec: ImageSpec, plan: ImagePlan, root:
             plan.platforms.extend(sub.platforms)
             plan.platform_digests.update(sub.platform_digests)
             plan.left_behind.extend(sub.left_behind)
+            plan.conversions.update(sub.conversions)
+            plan.nested_filtered |= sub.nested_filtered
             if sub.root.digest != sub.source_digest:
                 replaced[sub.source_digest] = sub.root
+                plan.conversions[sub.source_digest] = sub.root.digest
+                plan.nested_filtered.add(sub.source_digest)
         else:
             assert child is not None
             _add_manifest(plan, child)

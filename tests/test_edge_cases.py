@@ -31,11 +31,19 @@ def test_nested_index_is_filtered_by_platform(src_registry, dst_registry, repo_n
                                               tmp_path):
     imgs, inner = push_nested_index(src_registry.url, repo_name, rng)
     ref = f"{src_registry.host}/{repo_name}:1"
-    out = tmp_path / "b.tar"
-    mirror_ok("pull", ref, "--platform", "linux/arm64", "-o", out, "--cache", tmp_path / "c")
+    out, report = tmp_path / "b.tar", tmp_path / "r.json"
+    r = mirror_ok("pull", ref, "--platform", "linux/arm64", "-o", out, "--cache",
+                  tmp_path / "c", "--report", report)
     lay = check_layout(out)
     assert "blobs/sha256/" + imgs[1].digest.split(":")[1] in lay.members
     assert "blobs/sha256/" + imgs[0].digest.split(":")[1] not in lay.members
+    # the inner index was filtered too: a new digest, reported old -> new like any other
+    [new_inner] = [d for d in json.loads(report.read_text())["images"][0]["manifests"]
+                   if d not in (imgs[1].digest, lay.index["manifests"][0]["digest"])]
+    assert json.loads(report.read_text())["images"][0]["conversions"] == {inner.digest: new_inner}
+    assert f"nested index {inner.digest} filtered to {new_inner}" in r.stderr
+    shown = mirror_ok("inspect", out).stdout
+    assert inner.digest in shown and new_inner in shown
     mirror_ok("load", out, "--to", dst_registry.host)
     r = run_mirror("pull", ref, "--platform", "linux/s390x", "-o", tmp_path / "x.tar",
                    "--cache", tmp_path / "c")
