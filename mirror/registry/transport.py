@@ -6,14 +6,13 @@ One aiohttp session per run with connect and read-inactivity timeouts but no tot
   - 401 with a challenge: authenticate (mirror.registry.auth) and try once more;
   - 408, 429, 5xx, connection errors and timeouts: retried with exponential back-off and jitter,
     bounded in count; 429 and 503 honour Retry-After by pausing the whole registry (HostGate);
-  - any other status outside `ok`: a typed error naming registry, repository, what was asked,
-    the HTTP status and the registry's own error code and message.
+  - any other status outside `ok`: a typed error (mirror.registry.answers) naming registry,
+    repository, what was asked, the HTTP status and the registry's own error code and message.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import ssl
 import time
 from collections.abc import Callable, Iterable
@@ -27,12 +26,12 @@ from mirror.errors import (
     AuthError,
     ConfigError,
     MirrorError,
-    NotFound,
-    RateLimited,
     RegistryError,
 )
 from mirror.reference import api_host, is_loopback
-from mirror.registry.auth import Authenticator, action_word, parse_challenges
+from mirror.registry.answers import error_for
+from mirror.registry.answers import where as _where
+from mirror.registry.auth import Authenticator
 from mirror.registry.body import read_body
 from mirror.registry.credentials import CredentialStore
 from mirror.registry.policy import (
@@ -71,18 +70,6 @@ class Endpoint:
     ssl: ssl.SSLContext | bool
     auth: Authenticator
     gate: HostGate = field(default_factory=HostGate)
-
-
-def _error_codes(body: bytes) -> tuple[tuple[str, ...], str]:
-    try:
-        doc = json.loads(body)
-        errs = doc.get("errors") or []
-        codes = tuple(str(e.get("code", "")) for e in errs if isinstance(e, dict))
-        msgs = "; ".join(str(e.get("message", "")) for e in errs if isinstance(e, dict))
-        return codes, msgs
-    except (ValueError, AttributeError):
-        text = body.decode("utf-8", "replace").strip().splitlines()
-        return (), (text[0][:200] if text else "")
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
@@ -463,63 +450,7 @@ class Transport:
     def error_for(self, resp: aiohttp.ClientResponse, body: bytes, registry: str,
                   repository: str, what: str, tries: int = 0,
                   actions: str = "pull") -> RegistryError:
-        codes, message = _error_codes(body)
-        status = resp.status
-        detail = f"HTTP {status}"
-        if codes:
-            detail += " " + ",".join(codes)
-        if message:
-            detail += f": {message}"
-        if tries > 1:
-            detail += f" (after {tries} tries)"
-        where = _where(registry, repository)
-        text = f"{where}: {what}: {detail}" if what else f"{where}: {detail}"
-        kw = dict(registry=registry, repository=repository, status=status, codes=codes)
-        if status in (401, 403):
-            cred = self.credentials.get(registry)
-            challenges = parse_challenges(resp.headers.getall("WWW-Authenticate", []))
-            scope_refused = any(p.get("error") == "insufficient_scope" for _, p in challenges)
-            if cred and (status == 403 or "DENIED" in codes or scope_refused):
-                # the credentials were accepted; this account may not do this here
-                action = action_word(actions)
-                return AuthError(
-                    f"{where}: {what or 'request'}: access denied: {registry} does not let "
-                    f"the account from {cred.source} {action} {repository or registry} "
-                    f"({detail})",
-                    hint=f"ask the administrators of {registry} for {action} rights on "
-                    f"{repository or registry} for that account (its username and password "
-                    "were accepted)", **kw)
-            if status == 401 and cred:
-                return AuthError(
-                    f"{where}: {what or 'request'}: the credentials from {cred.source} were "
-                    f"rejected ({detail})",
-                    hint=f"check the username and password for {registry} in {cred.source}",
-                    **kw)
-            if status == 401:
-                return AuthError(text, hint=f"no credentials found for {registry}: "
-                                 f"{self.login_hint(registry)}", **kw)
-            return AuthError(text, hint="anonymous access is refused: "
-                             f"{self.login_hint(registry)}", **kw)
-        if status == 404:
-            return NotFound(text, **kw)
-        if status == 429:
-            ra = resp.headers.get("Retry-After")
-            return RateLimited(text, hint=self._retry_after_hint(ra) if ra else
-                               "authenticate to get a higher quota, or run later", **kw)
-        if status == 503 and resp.headers.get("Retry-After"):
-            return RateLimited(text, hint="the registry is overloaded; run later", **kw)
-        return RegistryError(text, **kw)
-
-
-    def _retry_after_hint(self, value: str) -> str:
-        seconds = parse_retry_after(value)
-        if seconds is None:
-            return f"the registry asked to retry after {value!r}; run later"
-        cap = self.policy.max_retry_after
-        longer = (f", longer than the {cap:.0f} seconds mirror waits at most"
-                  if seconds > cap else "")
-        return f"the registry asked to retry after {seconds:.0f} seconds{longer}; run later"
-
-
-def _where(registry: str, repository: str) -> str:
-    return f"{registry}/{repository}" if repository else registry
+        return error_for(resp, body, registry, repository, what, tries=tries, actions=actions,
+                         credential=self.credentials.get(registry),
+                         login_hint=self.login_hint(registry),
+                         max_retry_after=self.policy.max_retry_after)
