@@ -34,6 +34,9 @@ IMAGE_CONFIG_TYPES = frozenset({DOCKER_CONFIG, OCI_CONFIG})
 FOREIGN_TYPES = frozenset({
     DOCKER_FOREIGN, DOCKER_FOREIGN_TAR, OCI_NONDIST, OCI_NONDIST_GZIP, OCI_NONDIST_ZSTD,
 })
+LAYER_TYPES = FOREIGN_TYPES | {
+    DOCKER_LAYER, DOCKER_LAYER_TAR, DOCKER_LAYER_ZSTD, OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD,
+}
 
 # One Accept header on every manifest GET and HEAD (REFERENCE.md 6.2, pitfall 3 and 28): the
 # schema 1 types are listed last so that a registry holding only schema 1 says so, and we can
@@ -60,10 +63,11 @@ def strip_params(content_type: str | None) -> str:
 
 
 def blob_kind(media_type: str) -> str:
-    """What a blob is, for messages: "config", "layer" or "blob" (an artifact's, say)."""
-    mtype = media_type.lower()
-    if ".config." in mtype or mtype.endswith(".config") or "container.image.v1+json" in mtype:
+    """What a blob is, for messages: "config" (an image's, or an artifact's `...config...`
+    type), "layer" (the image layer types, foreign ones included) or "blob"."""
+    mtype = strip_params(media_type)
+    if mtype in IMAGE_CONFIG_TYPES or ".config." in mtype:
         return "config"
-    if ".layer." in mtype or "rootfs" in mtype:
+    if mtype in LAYER_TYPES:
         return "layer"
     return "blob"

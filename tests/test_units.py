@@ -512,3 +512,17 @@ def test_inspect_text_puts_every_digest_in_one_column() -> None:
     lines = [x for x in render([doc]).splitlines() if ": " in x and not x.startswith("r.io")]
     columns = {x.index("sha256:") if "sha256:" in x else x.index("https:") for x in lines}
     assert len(lines) == 7 and len(columns) == 1, lines
+
+
+@pytest.mark.parametrize(("media_type", "kind"), [
+    ("application/vnd.oci.image.config.v1+json", "config"),
+    ("application/vnd.docker.container.image.v1+json", "config"),
+    ("application/vnd.cncf.helm.config.v1+json", "config"),
+    ("application/vnd.oci.image.layer.v1.tar+gzip", "layer"),
+    ("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", "layer"),
+    ("application/vnd.dev.sigstore.bundle.v0.3+json", "blob"),
+])
+def test_a_blob_is_named_for_what_it_is(media_type: str, kind: str) -> None:
+    from mirror.mediatypes import blob_kind
+
+    assert blob_kind(media_type) == kind
