@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import queue
 import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from mirror.bundle import consistency
 from mirror.bundle.reader import Bundle, _blob_digest
@@ -25,20 +28,44 @@ def verify_bundle(path: Path, note: Callable[[str], None] | None = None
     zeros after its end; in a .tar.zst, nothing after the last zstd frame) with an OCI layout;
     index.json and every digest in it well formed; every blob's size and sha256; the mirror.json
     inventory against the bundle (mirror.bundle.consistency); every manifest's config, layers
-    and children present, or absent on purpose."""
-    problems: list[str] = []
-    side = _sidecar_problem(Path(path), note or (lambda _: None))
-    if side:
-        problems.append(side)
+    and children present, or absent on purpose.
+    The bundle is read once: the file's own sha256 is taken from the same reads that hash the
+    blobs (a 50 GB bundle is not read twice). Only a bundle that cannot be read to its end is
+    read again, for the sha256 alone."""
+    path = Path(path)
+    note = note or (lambda _: None)
+    want, side_problem = _sidecar(path, note)
+    whole = _Sha256Behind()
+    tap = whole.update if want is not None else _ignore
+    blob_problems: list[str] = []
+    failure: MirrorError | None = None
+    contents = None
+
+    def check(name: str, size: int, data: bytes | BinaryIO | None) -> None:
+        assert data is not None  # members(tap=...) gives every member a fileobj
+        _check_blob(name, size, data, path, blob_problems)
+
     try:
         bundle = Bundle(path)
-        contents = bundle.scan(check=False)
+        if bundle.compressed:
+            contents = bundle.scan(check=False, visit=check, tap=tap)
+        else:
+            contents = bundle.scan(check=False)
+            for name, size, f in bundle.members(tap=tap):
+                check(name, size, f)
     except MirrorError as e:  # unreadable (structural), or a manifest with wrong bytes
-        return [*problems, _own(e, path)], not isinstance(e, IntegrityError)
-    try:
-        _check_blobs(bundle, path, problems)
-    except MirrorError as e:  # a stream that breaks off (truncated .tar.zst)
-        return [*problems, _own(e, path)], True
+        failure = e
+    finally:
+        whole.close()
+    if want is not None:
+        got = whole.hexdigest() if failure is None else _sha256_file(path)
+        side_problem = _sidecar_match(path, want, got, note) if got else None
+    problems = [side_problem] if side_problem else []
+    if failure is not None or contents is None:
+        assert failure is not None
+        own = _own(failure, path)
+        return [*problems, *blob_problems, own], not isinstance(failure, IntegrityError)
+    problems += blob_problems
     found = consistency.problems(contents)
     for raw in contents.manifests.values():
         for d in raw.blobs():
@@ -49,57 +76,100 @@ def verify_bundle(path: Path, note: Callable[[str], None] | None = None
     return problems + found, bool(found)
 
 
+class _Sha256Behind:
+    """The file's sha256 on a thread of its own, a few chunks behind the reads (hashlib
+    releases the GIL), so the blobs' hashes and this one use two cores."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+        self._q: queue.Queue[bytes | None] = queue.Queue(maxsize=2)  # two reads behind, at most
+        self._thread: threading.Thread | None = None
+
+    def update(self, data: bytes) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="mirror-sha256", daemon=True)
+            self._thread.start()
+        self._q.put(data)
+
+    def _run(self) -> None:
+        while (data := self._q.get()) is not None:
+            self._h.update(data)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._q.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def hexdigest(self) -> str:
+        self.close()
+        return self._h.hexdigest()
+
+
+def _ignore(_: bytes) -> None:
+    pass
+
+
 def _own(e: MirrorError, path: Path) -> str:
     return str(e).removeprefix(f"{path}: ")
 
 
-def _sidecar_problem(path: Path, note: Callable[[str], None]) -> str | None:
-    """`BUNDLE.sha256` (sha256sum's format, written by pull) against the file: None when it
-    matches or there is none. What `sha256sum -c` says, without leaving the directory."""
+def _sidecar(path: Path, note: Callable[[str], None]) -> tuple[str | None, str | None]:
+    """The sha256 `BUNDLE.sha256` (sha256sum's format, written by pull) says the file has,
+    and the problem with the sidecar itself when there is one."""
     side = path.with_name(path.name + ".sha256")
     try:
         text = side.read_text(errors="replace")
     except FileNotFoundError:
         note(f"{path}: no {side.name} beside it; the file's own sha256 is not checked")
-        return None
+        return None, None
     except OSError as e:
-        return f"cannot read {side}: {e.strerror}"
+        return None, f"cannot read {side}: {e.strerror}"
     want = text.split()[0] if text.split() else ""
     if not _HEX.match(want):
-        return f"{side} is not a sha256sum line (expected '<64 hex>  {path.name}')"
-    try:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(CHUNK):
-                h.update(chunk)
-    except OSError:
-        return None  # the bundle itself cannot be read: the reader says so
-    if h.hexdigest() != want.lower():
-        return (f"sha256 {h.hexdigest()} does not match {side} (which says {want.lower()}): "
+        return None, f"{side} is not a sha256sum line (expected '<64 hex>  {path.name}')"
+    return want.lower(), None
+
+
+def _sidecar_match(path: Path, want: str, got: str, note: Callable[[str], None]) -> str | None:
+    """What `sha256sum -c` says, without leaving the directory: None when it matches."""
+    side = path.with_name(path.name + ".sha256")
+    if got != want:
+        return (f"sha256 {got} does not match {side} (which says {want}): "
                 "the file changed after it was written")
     note(f"{path}: matches {side.name}")
     return None
 
 
-def _check_blobs(bundle: Bundle, path: Path, problems: list[str]) -> None:
-    """Hash every blob member against its name."""
-    for name, size, f in bundle.members():
-        digest = _blob_digest(name)
-        if digest is None:
-            continue
-        try:
-            Digest.parse(digest)
-        except MirrorError:
-            problems.append(f"{name}: not a valid blob name")
-            continue
-        v = Verifier(digest, size, name)
-        try:
-            if f is None:
-                for chunk in bundle.open_blob(digest):
-                    v.update(chunk)
-            else:
-                while chunk := f.read(CHUNK):
-                    v.update(chunk)
-            v.finish()
-        except MirrorError as e:
-            problems.append(f"blob {digest}: {_own(e, path)}")
+def _sha256_file(path: Path) -> str | None:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                h.update(chunk)
+    except OSError:
+        return None  # the bundle itself cannot be read: the reader says so
+    return h.hexdigest()
+
+
+def _check_blob(name: str, size: int, data: bytes | BinaryIO, path: Path,
+                problems: list[str]) -> None:
+    """Hash a blob member (its bytes, or a file to read them from) against its name."""
+    digest = _blob_digest(name)
+    if digest is None:
+        return
+    try:
+        Digest.parse(digest)
+    except MirrorError:
+        problems.append(f"{name}: not a valid blob name")
+        return
+    v = Verifier(digest, size, name)
+    try:
+        if isinstance(data, bytes):
+            v.update(data)
+        else:
+            while chunk := data.read(CHUNK):
+                v.update(chunk)
+        v.finish()
+    except MirrorError as e:
+        problems.append(f"blob {digest}: {_own(e, path)}")

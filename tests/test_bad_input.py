@@ -393,6 +393,43 @@ def test_sidecar_checked_when_present(good: Good, tmp_path: Path) -> None:
     verify_says("integrity", copy, str(side), "not a sha256sum line")
 
 
+def _bytes_read() -> int:
+    """Bytes this process has read with read(2) and friends so far (/proc/self/io rchar)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux /proc/self/io")
+@pytest.mark.parametrize("fmt", ["tar", "tar.zst"])
+def test_verify_reads_the_bundle_once(fmt: str, src_registry: Registry, tmp_path: Path) -> None:
+    """With a .sha256 beside it, verify takes the file's sha256 from the same reads that hash
+    the blobs: it reads about the bundle's size (6 MiB here), not twice (or, for a .tar.zst,
+    three times: sidecar, scan, blobs). And it still catches a sidecar that does not match."""
+    from mirror.verify import verify_bundle
+
+    rng = random.Random(f"read-once-{fmt}")
+    repo = f"test/read-once-{uuid.uuid4().hex[:8]}"
+    push_image(src_registry.url, repo, ig.make_image(rng, ig.AMD64, "oci", layer_size=3 << 20),
+               ["v1"])
+    bundle = tmp_path / f"once.{fmt}"
+    mirror_ok("pull", f"{src_registry.host}/{repo}:v1", "-o", bundle, "--cache",
+              tmp_path / "cache", "-q")
+    size = bundle.stat().st_size
+    side = bundle.with_name(bundle.name + ".sha256")
+    assert size > 6 << 20 and side.exists()
+    notes: list[str] = []
+    before = _bytes_read()
+    problems, _ = verify_bundle(bundle, notes.append)
+    read = _bytes_read() - before
+    assert problems == [] and any("matches" in n for n in notes), (problems, notes)
+    assert size <= read < size * 1.1, (read, size)
+    side.write_text(f"{'1' * 64}  {bundle.name}\n")
+    problems, structural = verify_bundle(bundle)
+    assert len(problems) == 1 and "does not match" in problems[0] and not structural, problems
+
+
 @pytest.mark.parametrize("member", ["index.json", "mirror.json"])
 def test_malformed_digest_in_the_bundles_json(good: Good, dst_registry: Registry,
                                               tmp_path: Path, member: str) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import posixpath
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -109,6 +109,49 @@ class _StreamMember:
             raise self._bundle._unreadable(e, self._name) from None
 
 
+Tap = Callable[[bytes], object]  # given every byte of the file, in order (its own sha256)
+
+
+class _Tapped:
+    """The bundle file, read through: every byte read is also given to `tap`."""
+
+    def __init__(self, f: BinaryIO, tap: Tap) -> None:
+        self._f, self._tap = f, tap
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        if data:
+            self._tap(data)
+        return data
+
+    def skip(self, n: int) -> None:
+        """Read (and tap) the next `n` bytes, which nobody wants."""
+        while n > 0 and (data := self.read(min(CHUNK, n))):
+            n -= len(data)
+
+    def drain(self) -> None:
+        """Read (and tap) the rest of the file."""
+        while self.read(CHUNK):
+            pass
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class _Window:
+    """A member of a plain tar being read through in order (members(tap=...)): at most its
+    `size` bytes, from a file positioned at its start."""
+
+    def __init__(self, f: _Tapped, size: int) -> None:
+        self._f, self.left = f, size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        data = self._f.read(n) if n else b""
+        self.left -= len(data)
+        return data
+
+
 class Bundle:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -175,11 +218,14 @@ class Bundle:
 
     # -- zstd: a stream ------------------------------------------------------------------
 
-    def _iter_stream(self) -> Iterator[tuple[str, int, _StreamMember]]:
-        """Yield (name, size, fileobj) for each file member of a compressed tar, in order."""
+    def _iter_stream(self, tap: Tap | None = None
+                     ) -> Iterator[tuple[str, int, _StreamMember]]:
+        """Yield (name, size, fileobj) for each file member of a compressed tar, in order;
+        `tap` is given every byte of the file once the last member has been read."""
         current: str | None = None
         try:
-            with open(self.path, "rb") as raw:
+            with open(self.path, "rb") as f:
+                raw: BinaryIO | _Tapped = _Tapped(f, tap) if tap else f
                 dctx = zstandard.ZstdDecompressor()
                 with dctx.stream_reader(raw, read_size=CHUNK, read_across_frames=True) as zr, \
                         tarfile.open(fileobj=zr, mode="r|") as tf:
@@ -189,7 +235,9 @@ class Bundle:
                         assert f is not None
                         yield name, ti.size, _StreamMember(f, name, self)
                     current = None
-                    with open(self.path, "rb") as frames:  # the frames end where the file does
+                    # the frames end where the file does; unbuffered: only their headers are
+                    # read (a buffered file read 8 KiB at each of a 50 GB bundle's blocks)
+                    with open(self.path, "rb", buffering=0) as frames:
                         wrong = zstd_frames_problem(frames)
                     if wrong is not None:
                         raise BundleError(f"{self.name}: {wrong}", hint=_JUNK_HINT)
@@ -199,6 +247,8 @@ class Bundle:
                         raise BundleError(f"{self.name}: trailing data after the end of the tar "
                                           f"inside the zstd stream (at byte {junk} of the tar)",
                                           hint=_JUNK_HINT)
+                    if isinstance(raw, _Tapped):
+                        raw.drain()  # the zstd reader may stop short of the file's end
         except _STREAM_ERRORS as e:
             inside = current if str(e) == "unexpected end of data" else None
             raise self._unreadable(e, inside) from None
@@ -207,7 +257,7 @@ class Bundle:
         """The one-line error for a tar or tar.zst that cannot be read: truncated (the data
         ends before the archive does), not zstd, or not a tar."""
         if isinstance(e, zstandard.ZstdError):
-            with open(self.path, "rb") as f:  # bytes appended after the last frame?
+            with open(self.path, "rb", buffering=0) as f:  # bytes after the last frame?
                 wrong = zstd_frames_problem(f)
             if wrong is not None and wrong.startswith("trailing data"):
                 return BundleError(f"{self.name}: {wrong}", hint=_JUNK_HINT)
@@ -222,21 +272,45 @@ class Bundle:
         inner = "not a tar inside the zstd stream" if self.compressed else "not a valid tar"
         return BundleError(f"{self.name}: {inner}: {e}")
 
-    def members(self) -> Iterator[tuple[str, int, _StreamMember | None]]:
-        """Every file member in tar order; the fileobj is None for a plain tar (use open_blob)."""
+    def members(self, tap: Tap | None = None
+                ) -> Iterator[tuple[str, int, _StreamMember | _Window | None]]:
+        """Every file member in tar order. The fileobj is None for a plain tar (use
+        open_blob), unless `tap` is given: then the file is read once from start to end, its
+        every byte (headers and padding too) given to `tap`, and each member comes with a
+        fileobj (what it leaves unread is read past)."""
         if self.compressed:
-            yield from self._iter_stream()
-        else:
-            items = sorted(self._index().values(), key=lambda m: m.offset or 0)
+            yield from self._iter_stream(tap)
+            return
+        items = sorted(self._index().values(), key=lambda m: m.offset or 0)
+        if tap is None:
             for m in items:
                 yield m.name, m.size, None
+            return
+        with open(self.path, "rb") as f:
+            raw = _Tapped(f, tap)
+            pos = 0
+            for m in items:
+                start = m.offset or 0
+                raw.skip(start - pos)
+                window = _Window(raw, m.size)
+                yield m.name, m.size, window
+                raw.skip(window.left)
+                pos = start + m.size
+            raw.drain()
 
     # -- planning ------------------------------------------------------------------------
 
-    def scan(self, *, configs: bool = False, check: bool = True) -> Contents:
+    def scan(self, *, configs: bool = False, check: bool = True,
+             visit: Callable[[str, int, bytes | _StreamMember], None] | None = None,
+             tap: Tap | None = None) -> Contents:
         """Read the layout files and every manifest reachable from index.json; with
         `configs`, also keep image configs (for inspect) in `Contents.configs`; with `check`
         (verify lists the problems itself), raise for parts that disagree (`check`).
+
+        A tar.zst is read from start to end here, so a caller that must read all of it
+        (verify) does so in this one pass: `visit` is given each blob member (its bytes when
+        the scan kept them, else its fileobj) and `tap` every byte of the file. Both are
+        ignored for a plain tar (see `members(tap=...)`).
 
         Raises BundleError for a bundle that is not an OCI layout, and IntegrityError for a
         manifest whose bytes do not match its digest.
@@ -259,7 +333,7 @@ class Bundle:
         members: dict[str, int] = {}
         held = 0
         c: Contents | None = None
-        for name, size, f in self._iter_stream():
+        for name, size, f in self._iter_stream(tap):
             d = _blob_digest(name)
             if d:
                 members[d] = size
@@ -272,6 +346,10 @@ class Bundle:
                                       hint="decompress it to a .tar and load that")
                 small[d] = f.read()
                 held += size
+                if visit:
+                    visit(name, size, small[d])
+            elif d and visit:
+                visit(name, size, f)
             if c is None and "index.json" in meta and "oci-layout" in meta and (
                     MIRROR_JSON in meta or name not in ("oci-layout", "index.json")):
                 c = self._contents(meta["oci-layout"], meta["index.json"], meta.get(MIRROR_JSON))

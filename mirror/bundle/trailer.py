@@ -25,7 +25,8 @@ def first_nonzero(f: BinaryIO, start: int) -> int | None:
 
 
 def zstd_frames_problem(f: BinaryIO) -> str | None:
-    """Walk the zstd frames of a file by their headers (nothing is decompressed): None when
+    """Walk the zstd frames of a file by their headers (nothing is decompressed; give an
+    unbuffered file, or each header costs a buffer's worth of reading): None when
     the file is whole frames end to end, else what is wrong (trailing bytes, or a frame cut
     short). The frames' content is checked by decompressing them (the reader does)."""
     size = f.seek(0, 2)
