@@ -33,6 +33,9 @@ class Fetcher:
         self.teed: set[str] = set()
         self.owner: dict[str, int] = {}  # digest -> the image that first asked for it
         self.resumed: dict[str, int] = {}  # digest -> bytes an earlier run had downloaded
+        # digest -> bytes this run downloaded into a partial file that it kept (the download
+        # failed or was stopped): they crossed the network, and the next run resumes them
+        self.kept: dict[str, int] = {}
         self.assembler: Assembler | None = None
         # cached blobs copied into the bundle at once: two keep both cores busy (one hashes,
         # one writes); more only add writers contending for the same file and memory
@@ -63,10 +66,12 @@ class Fetcher:
                 await asyncio.wait([opening])  # then nothing of it is left open
                 sink.close()
                 raise
+            earlier = self.kept.pop(desc.digest, 0)  # a failed try of this run's: its bytes
             if offset:
-                self.resumed[desc.digest] = offset
+                self.resumed[desc.digest] = max(0, offset - earlier)
                 self.progress.debug(f"resuming {desc.digest} at byte {offset}")
                 self.progress.advanced(offset)
+            done = False
             try:
                 try:
                     await self.client.download_blob(registry, repo, desc, sink,
@@ -75,8 +80,13 @@ class Fetcher:
                     if not desc.urls:  # a foreign layer (issue 4): then try its urls
                         raise
                     await download_url(self.client, desc, sink, self.progress.advanced)
+                done = True
             finally:
                 sink.close()
+                if not done and sink.path.exists():  # kept for the next run
+                    got = max(0, sink.offset - offset) + earlier
+                    if got:
+                        self.kept[desc.digest] = got
         self.fetched.add(desc.digest)
         if sink.teed:
             self.teed.add(desc.digest)

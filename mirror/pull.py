@@ -50,6 +50,7 @@ class ImageResult:
     conversions: dict[str, str] = field(default_factory=dict)
     bytes_fetched: int = 0
     bytes_reused: int = 0
+    bytes_kept: int = 0  # of bytes_fetched: in partial downloads kept for the next run
     retries: int = 0
     seconds: float = 0.0
     error: str | None = None
@@ -66,6 +67,7 @@ class PullResult:
     bytes_reused: int = 0
     blobs_fetched: int = 0
     blobs_reused: int = 0
+    bytes_kept: int = 0  # of bytes_fetched: in partial downloads kept for the next run
     retries: int = 0
     partial: bool = False
     dry_run_bytes: int = 0
@@ -119,11 +121,15 @@ class _Run:
         self.plans: list[ImagePlan | None] = [None] * len(specs)
         self.first_error: MirrorError | None = None
         self.in_layout: set[int] = set()  # the images the assembling bundle was laid out for
+        self.unfinished: dict[int, ImagePlan] = {}  # failed after planning, or still going
+        self.accounted: set[int] = set()  # images whose bytes are counted (_account)
         self.t0 = time.monotonic()
 
     def failed(self, i: int, e: MirrorError) -> None:
         res = self.results[i]
         res.error, res.error_code, res.hint = str(e), e.exit_code, e.hint
+        if self.plans[i] is not None:
+            self.unfinished[i] = self.plans[i]  # what it fetched still counts (result())
         self.plans[i] = None
         self.first_error = self.first_error or e
         if not self.opts.keep_going:
@@ -140,12 +146,16 @@ class _Run:
     def result(self) -> PullResult:
         for res, count in zip(self.results, self.retry_counts, strict=True):
             res.retries = count[0]
+        for i, plan in [*self.resolved(), *self.unfinished.items()]:
+            if i not in self.accounted:  # failed, or stopped (Ctrl-C): what it did so far
+                _account_unfinished(self.results[i], self.need(plan), self.fetcher, i)
         r = PullResult(self.results, retries=self.client.t.retries)
         r.partial = any(x.error for x in self.results)
         r.blobs = {d.digest: d.size for _, p in self.resolved() for d in p.blobs.values()}
         r.blobs_fetched, r.blobs_reused = len(self.fetcher.fetched), len(self.fetcher.reused)
         r.bytes_fetched = sum(x.bytes_fetched for x in self.results)
         r.bytes_reused = sum(x.bytes_reused for x in self.results)
+        r.bytes_kept = sum(x.bytes_kept for x in self.results)
         return r
 
     async def plan_one(self, i: int, spec: ImageSpec) -> None:
@@ -234,8 +244,12 @@ class _Run:
             return
         finally:
             self.results[i].seconds = round(time.monotonic() - self.t0, 3)
-        _account(self.results[i], plan, self.need(plan), self.fetcher, i)
+        self.account(i, plan)
         self.progress.info(_summary_line(plan, self.results[i]))
+
+    def account(self, i: int, plan: ImagePlan) -> None:
+        _account(self.results[i], self.need(plan), self.fetcher, i)
+        self.accounted.add(i)
 
     async def go(self) -> PullResult:
         opts, f = self.opts, self.fetcher
@@ -318,6 +332,7 @@ class _Run:
         for i, p in self.resolved():
             self.results[i].bytes_reused = sum(
                 d.size for d in self.need(p) if self.store.has(d.digest, d.size))
+            self.accounted.add(i)
         result = self.result()
         result.dry_run_bytes = sum(d.size for _, p in self.resolved() for d in self.need(p))
         return result
@@ -325,7 +340,7 @@ class _Run:
     def unchanged(self, digest: str) -> PullResult:
         """The output already holds exactly this bundle: no byte to fetch or write."""
         for i, p in self.resolved():
-            _account(self.results[i], p, self.need(p), self.fetcher, i)
+            self.account(i, p)
             self.progress.info(_summary_line(p, self.results[i]))
         result = self.result()
         needed = {d.digest for _, p in self.resolved() for d in self.need(p)}
@@ -334,16 +349,31 @@ class _Run:
         return result
 
 
-def _account(res: ImageResult, plan: ImagePlan, need: list[Descriptor], fetcher: Fetcher,
-             i: int) -> None:
+def _account(res: ImageResult, need: list[Descriptor], fetcher: Fetcher, i: int) -> None:
     """Bytes this image brought in: a blob fetched for several images counts for the first
     one that asked for it (so the totals are the bytes that really crossed the network)."""
-    res.bytes_fetched = res.bytes_reused = 0
+    res.bytes_fetched = res.bytes_reused = res.bytes_kept = 0
     for d in need:
         if d.digest in fetcher.fetched and fetcher.owner.get(d.digest) == i:
             res.bytes_fetched += d.size - fetcher.resumed.get(d.digest, 0)
         elif d.digest not in fetcher.fetched:
             res.bytes_reused += d.size
+
+
+def _account_unfinished(res: ImageResult, need: list[Descriptor], fetcher: Fetcher,
+                        i: int) -> None:
+    """The same for an image that failed or was stopped: the blobs it finished, the cached
+    ones it found, and the bytes of its unfinished downloads kept for the next run."""
+    res.bytes_fetched = res.bytes_reused = res.bytes_kept = 0
+    for d in need:
+        mine = fetcher.owner.get(d.digest) == i
+        if d.digest in fetcher.fetched:
+            res.bytes_fetched += d.size - fetcher.resumed.get(d.digest, 0) if mine else 0
+        elif d.digest in fetcher.reused:
+            res.bytes_reused += d.size
+        elif mine and d.digest in fetcher.kept:
+            res.bytes_kept += fetcher.kept[d.digest]
+    res.bytes_fetched += res.bytes_kept
 
 
 async def attach_referrers(finder: Finder, plan: ImagePlan, types: tuple[str, ...],

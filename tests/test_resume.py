@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from mirror.errors import EXIT_CODES as EXIT
 from mirror.store.direct import ALIGN
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault
@@ -252,3 +253,31 @@ def test_signal_mid_blob_exits_130_or_143_names_nothing_then_resumes(
     assert_exact(out, img)
     [get] = proxy.seen("GET", big.digest)[-1:]
     assert get.headers["Range"] == f"bytes={kept - kept % ALIGN}-" and get.status == 206
+
+
+def test_a_failed_download_reports_the_bytes_it_kept(src_registry, image, recproxy,
+                                                     tmp_path: Path) -> None:
+    """A blob broken off after 400,000 bytes whose retries then fail: the run fails, but the
+    report counts what crossed the network (`bytes_fetched`), the part kept for the next run
+    (`bytes_kept`, per image and in all), and the next run's report only what it added."""
+    repo, img = image
+    big = img.layers[0]
+    proxy: RecordingProxy = recproxy(src_registry.url)
+    proxy.add(Fault("reset_after", method="GET", path=big.digest, offset=400_000))
+    proxy.add(Fault("status", method="GET", path=big.digest, status=503, times=None))
+    proc = pull(tmp_path, f"{proxy.host}/{repo}:v1", "--retries", "1")
+    assert proc.returncode == EXIT["registry"], proc.stderr
+    kept = partial_file(tmp_path / "cache", big.digest).stat().st_size
+    assert 0 < kept <= 400_000
+    doc = json.loads((tmp_path / "report.json").read_text())
+    [image_doc] = doc["images"]
+    small = img.config.size + img.layers[1].size  # fetched whole before or beside the big one
+    assert image_doc["error"] and image_doc["bytes_kept"] == kept == doc["bytes_kept"]
+    assert image_doc["bytes_fetched"] == doc["bytes_fetched"] == small + kept, doc
+
+    proxy.clear_faults()
+    ok(pull(tmp_path, f"{proxy.host}/{repo}:v1"))
+    doc = json.loads((tmp_path / "report.json").read_text())
+    start = kept - kept % ALIGN
+    assert (doc["bytes_fetched"], doc["bytes_kept"]) == (big.size - start, 0), doc
+    assert_exact(tmp_path / "out.tar", img)
