@@ -208,6 +208,28 @@ def test_other_4xx_are_not_retried(src_registry, image, recproxy, tmp_path: Path
     assert not (tmp_path / "out.tar").exists()
 
 
+@pytest.mark.parametrize("code,tries", [("MANIFEST_BLOB_UNKNOWN", 1), ("BLOB_UNKNOWN", 1),
+                                        ("UNKNOWN", 3), ("UNAVAILABLE", 3)])
+def test_a_5xx_naming_a_definite_error_is_not_retried(src_registry, image, recproxy,
+                                                      tmp_path: Path, code: str,
+                                                      tries: int) -> None:
+    """A 500 whose body names what is wrong (the Debian registry answers a foreign layer's
+    manifest with 500 MANIFEST_BLOB_UNKNOWN) is an answer: one request, the code in the
+    error, no "after N tries". A 500 naming only a temporary code (UNKNOWN, UNAVAILABLE: what
+    go-containerregistry retries too) is tried again."""
+    repo, img = image
+    proxy = recproxy(src_registry.url)
+    layer = img.layers[0].digest
+    proxy.add(Fault("status", method="GET", path=layer, status=500, code=code, times=None))
+    proc = pull(tmp_path, f"{proxy.host}/{repo}:v1", "--retries", "2")
+    assert proc.returncode == 3, proc.stderr
+    assert len(proxy.seen("GET", layer)) == tries
+    line = error_line(proc)
+    assert layer in line and "HTTP 500" in line and code in line, line
+    assert ("tries" in line) == (tries > 1), line
+    assert report(tmp_path)["retries"] == tries - 1
+
+
 @pytest.mark.parametrize("status,headers,code,exit_code", [
     (503, {}, "UNAVAILABLE", 3),
     (503, {"Retry-After": "1"}, "UNAVAILABLE", 6),

@@ -31,10 +31,22 @@ class RetryPolicy:
     max_retry_after: float = 300.0  # a registry asking for a longer pause fails as RateLimited
     max_elapsed: float = 900.0  # no retry starts later than this after a request's first try
     statuses: frozenset[int] = frozenset({408, 429, 500, 502, 503, 504})
+    # distribution error codes that mean "try again"; a 5xx naming only other codes (the
+    # Debian registry's 500 MANIFEST_BLOB_UNKNOWN for a foreign layer, say) is an answer
+    temporary_codes: frozenset[str] = frozenset(
+        {"BLOB_UPLOAD_INVALID", "TOOMANYREQUESTS", "UNKNOWN", "UNAVAILABLE"})
 
     def delay(self, attempt: int) -> float:
         d = min(self.max_delay, self.base_delay * self.factor ** max(0, attempt - 1))
         return d * (0.5 + random.random() / 2)
+
+    def retryable(self, status: int, codes: tuple[str, ...]) -> bool:
+        """Worth another try: a status of the retry set, unless the body names error codes
+        none of which is temporary (the registry said what is wrong; asking again changes
+        nothing). A 429 is always retried."""
+        if status not in self.statuses:
+            return False
+        return status == 429 or not codes or any(c in self.temporary_codes for c in codes)
 
 
 @dataclass(frozen=True, slots=True)

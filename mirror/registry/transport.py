@@ -29,7 +29,7 @@ from mirror.errors import (
     RegistryError,
 )
 from mirror.reference import api_host, is_loopback
-from mirror.registry.answers import error_for
+from mirror.registry.answers import error_codes, error_for
 from mirror.registry.answers import where as _where
 from mirror.registry.auth import Authenticator
 from mirror.registry.body import read_body
@@ -428,7 +428,8 @@ class Transport:
             except (TimeoutError, aiohttp.ClientError):
                 err_body = b""
             resp.release()
-            if retry and resp.status in self.policy.statuses:
+            retryable = retry and self.policy.retryable(resp.status, error_codes(err_body)[0])
+            if retryable:
                 attempt += 1
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                 delay = retry_after if retry_after is not None else self.policy.delay(attempt)
@@ -444,7 +445,7 @@ class Transport:
                         await asyncio.sleep(delay)
                     continue
             raise self.error_for(resp, err_body, registry, repository, what,
-                                 tries=attempt if resp.status in self.policy.statuses else 0,
+                                 tries=attempt if retryable else attempt + 1 if attempt else 0,
                                  actions=actions)
 
     def error_for(self, resp: aiohttp.ClientResponse, body: bytes, registry: str,
