@@ -40,6 +40,26 @@ def _add_net(p: argparse.ArgumentParser) -> None:
     g.add_argument("-j", "--jobs", type=int, default=4, help="concurrent transfers (default 4)")
 
 
+def _add_selection(p: argparse.ArgumentParser) -> None:
+    """What each image brings along, and so the digests a pull records: `pull` and `lock`
+    take the very same flags (a lock made with them records what the pull would)."""
+    p.add_argument("--platform", action="append", default=[], metavar="OS/ARCH[/VARIANT]",
+                   help="platforms to keep, repeatable or comma-separated; 'all' for every one "
+                   "(default: the config's, else all)")
+    p.add_argument("--index", choices=INDEX_MODES, help="for a subset of platforms: write a "
+                   "filtered index (new digest) or keep the source index (sparse)")
+    p.add_argument("--format", choices=FORMATS, help="keep media types, or convert to oci or "
+                   "docker")
+    p.add_argument("--foreign-layers", choices=FOREIGN_POLICIES, help="layers with urls: skip "
+                   "(default: the descriptor only), include (fetch them) or rewrite (fetch them "
+                   "as ordinary layers; new manifest digests)")
+    p.add_argument("--no-referrers", action="store_true", help="leave signatures, SBOMs and "
+                   "attestations behind (an index that lists attestations gets a new digest)")
+    p.add_argument("--referrer-type", action="append", default=[], metavar="TYPE",
+                   help="carry only referrers of this artifactType or kind (signature, "
+                   "attestation, sbom); repeatable")
+
+
 def _add_out(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     p.add_argument("-v", "--verbose", action="store_true", help="more detail")
@@ -58,16 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--file", help="images.yaml listing the images")
     p.add_argument("-o", "--output", help="bundle path, .tar or .tar.zst "
                    f"(default {DEFAULT_OUTPUT})")
-    p.add_argument("--platform", action="append", default=[], metavar="OS/ARCH[/VARIANT]",
-                   help="platforms to keep, repeatable or comma-separated; 'all' for every one "
-                   "(default: the config's, else all)")
-    p.add_argument("--index", choices=INDEX_MODES, help="for a subset of platforms: write a "
-                   "filtered index (new digest) or keep the source index (sparse)")
-    p.add_argument("--format", choices=FORMATS, help="keep media types, or convert to oci or "
-                   "docker")
-    p.add_argument("--foreign-layers", choices=FOREIGN_POLICIES, help="layers with urls: skip "
-                   "(default: the descriptor only), include (fetch them) or rewrite (fetch them "
-                   "as ordinary layers; new manifest digests)")
+    _add_selection(p)
     p.add_argument("--compress", choices=["none", "zstd"], help="default: by the output name")
     p.add_argument("--cache", type=Path, help="blob cache directory (default "
                    "$XDG_CACHE_HOME/mirror)")
@@ -79,11 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "the lock file (default: images.lock beside -f images.yaml)")
     p.add_argument("--locked", action="store_true",
                    help="pull exactly the digests in the lock file")
-    p.add_argument("--no-referrers", action="store_true", help="leave signatures, SBOMs and "
-                   "attestations behind")
-    p.add_argument("--referrer-type", action="append", default=[], metavar="TYPE",
-                   help="carry only referrers of this artifactType or kind (signature, "
-                   "attestation, sbom); repeatable")
     p.add_argument("--base", type=Path, metavar="BUNDLE|LOCK", help="incremental: leave out "
                    "the blobs that this earlier bundle (or its lock file) already carried")
     _add_net(p)
@@ -93,11 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "no layer")
     p.add_argument("images", nargs="*", metavar="IMAGE")
     p.add_argument("-f", "--file", help="images.yaml listing the images")
-    p.add_argument("--platform", action="append", default=[], metavar="OS/ARCH[/VARIANT]")
-    p.add_argument("--index", choices=INDEX_MODES)
-    p.add_argument("--format", choices=FORMATS)
-    p.add_argument("--no-referrers", action="store_true", help="as for pull: leave "
-                   "attestations out of the indexes (their digests change)")
+    _add_selection(p)
     p.add_argument("--lock-file", type=Path)
     p.add_argument("--cache", type=Path)
     _add_net(p)

@@ -8,6 +8,7 @@ import asyncio
 import os
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mirror.config import Config, ImageSettings, ImageSpec, load_config
 from mirror.errors import EXIT_PARTIAL, MirrorError, UsageError
@@ -17,6 +18,9 @@ from mirror.registry.credentials import CredentialStore
 from mirror.registry.policy import RegistrySettings, RetryPolicy, Timeouts
 from mirror.registry.transport import Transport
 from mirror.report import Report
+
+if TYPE_CHECKING:
+    from mirror.pull import PullOptions
 
 DEFAULT_OUTPUT = Path("bundles/mirror.tar")
 
@@ -70,9 +74,9 @@ def _specs(args: argparse.Namespace) -> tuple[list[ImageSpec], Config | None]:
         over["index"] = args.index
     if args.format:
         over["format"] = args.format
-    if getattr(args, "foreign_layers", None):
+    if args.foreign_layers:
         over["foreign_layers"] = args.foreign_layers
-    if getattr(args, "no_referrers", False):  # exactly `referrers: false` for every image
+    if args.no_referrers:  # exactly `referrers: false` for every image
         over["referrers"] = False
     if over:
         specs = [replace(s, settings=replace(s.settings, **over)) for s in specs]
@@ -92,6 +96,14 @@ def _specs(args: argparse.Namespace) -> tuple[list[ImageSpec], Config | None]:
             pinned.append(replace(spec, pin=entry["sourceDigest"]))
         specs = pinned
     return specs, cfg
+
+
+def _pull_options(args: argparse.Namespace, **kw) -> PullOptions:
+    """PullOptions for `pull` and `lock` alike: what the flags choose beyond each image's
+    settings (those are in _specs), so a lock records what a pull with the same flags does."""
+    from mirror.pull import PullOptions
+
+    return PullOptions(jobs=args.jobs, referrer_types=tuple(args.referrer_type), **kw)
 
 
 def _lock_path(args: argparse.Namespace) -> Path | None:
@@ -177,7 +189,7 @@ def _output(args: argparse.Namespace) -> Path:
 
 
 async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
-    from mirror.pull import PullOptions, pull
+    from mirror.pull import pull
     from mirror.registry.client import Client
     from mirror.store.blobs import BlobStore, default_cache_dir
     from mirror.store.lock import RunLock
@@ -188,10 +200,9 @@ async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
     compress = args.compress == "zstd" or (args.compress is None and out.name.endswith(".zst"))
     cache = args.cache or default_cache_dir()
     base_blobs, base_digest, base_name = _base(args)
-    opts = PullOptions(output=None if args.dry_run else out, compress=compress, jobs=args.jobs,
-                       keep_going=args.keep_going, dry_run=args.dry_run,
-                       base_blobs=base_blobs, base_digest=base_digest, base_name=base_name,
-                       referrer_types=tuple(args.referrer_type))
+    opts = _pull_options(args, output=None if args.dry_run else out, compress=compress,
+                         keep_going=args.keep_going, dry_run=args.dry_run,
+                         base_blobs=base_blobs, base_digest=base_digest, base_name=base_name)
     try:
         with RunLock(Path(cache) / "lock", f"cache {cache}"), \
                 RunLock(out.with_name(out.name + ".lock"), f"output {out}"):
@@ -295,7 +306,7 @@ async def _inspect(args: argparse.Namespace, progress, report: Report) -> int:
 
 
 async def _lock(args: argparse.Namespace, progress, report: Report) -> int:
-    from mirror.pull import PullOptions, pull
+    from mirror.pull import pull
     from mirror.registry.client import Client
     from mirror.store.blobs import BlobStore, default_cache_dir
 
@@ -309,8 +320,8 @@ async def _lock(args: argparse.Namespace, progress, report: Report) -> int:
     with RunLock(Path(cache) / "lock", f"cache {cache}"):
         store = BlobStore(cache)
         async with _transport(args, cfg, progress) as t:
-            result = await pull(Client(t), store, specs, PullOptions(
-                output=None, dry_run=True, jobs=args.jobs), progress)
+            result = await pull(Client(t), store, specs,
+                                _pull_options(args, output=None, dry_run=True), progress)
     result.bundle = Path("-")  # resolved: write the lock
     args.dry_run = False
     path = _write_lock(args, result)

@@ -10,6 +10,11 @@
 
 A lock file can also serve as the `--base` of an incremental pull: its `blobs` are taken as
 already carried across.
+
+It records digests, not the settings that chose them (platforms, index, format,
+foreign_layers, referrers, --referrer-type): `mirror lock` takes the same flags as `mirror
+pull` and resolves with the same engine, so a lock made with a pull's flags records what that
+pull does; `--locked` pins each image's `sourceDigest` and applies the flags it is given.
 """
 
 from __future__ import annotations

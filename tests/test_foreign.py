@@ -25,7 +25,7 @@ from aiohttp import web
 
 from mirror import mediatypes as mt
 from tests.support import imagegen as ig
-from tests.support.oracle import check_layout, run_mirror, skopeo
+from tests.support.oracle import check_layout, file_sha256, run_mirror, skopeo
 from tests.support.pusher import (
     blob_exists,
     get_blob,
@@ -392,3 +392,54 @@ async def test_rewrite_in_a_list_with_format_oci(registry_factory, dst_registry,
     body, ctype, _ = get_manifest(dst_registry.url, repo_name, "v1")
     assert ig.sha256_digest(body) == conv[dlist.digest] and ctype == mt.OCI_INDEX
     assert blob_exists(dst_registry.url, repo_name, fi.foreign.digest)
+
+
+# -- mirror lock -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["include", "rewrite"])
+async def test_lock_takes_foreign_layers_like_pull(registry_factory, repo_name, rng,
+                                                   tmp_path: Path, policy: str) -> None:
+    """`mirror lock --foreign-layers P` records what `pull --foreign-layers P` does (the foreign
+    blob among the blobs; rewrite: the new manifest digest and its conversion) without
+    fetching a layer, as `foreign_layers: P` in images.yaml does; `pull --locked` with the flag
+    writes the very bundle the unlocked pull wrote."""
+    src = registry_factory(htpasswd=USER, urls_allow=ALLOW_LOOPBACK)
+    async with cdn_serving({}) as cdn:
+        fi = make_foreign(rng, [cdn.url("good", "layer")])
+        cdn.blobs["layer"] = fi.foreign.data
+        push_foreign(src, repo_name, fi, with_blob=False)
+        ref = f"{src.host}/{repo_name}:v1"
+        cfg = tmp_path / "images.yaml"
+        cfg.write_text(f"version: 1\nimages:\n  - {ref}\n")
+        common = ("--cache", tmp_path / "cache", "--authfile", authfile(tmp_path, src), "-q")
+
+        ok(await mirror("lock", "-f", cfg, "--foreign-layers", policy, *common))
+        assert cdn.requests == []  # a lock downloads no layer
+        lock = json.loads((tmp_path / "images.lock").read_text())
+        entry = lock["images"][ref]
+        assert entry["sourceDigest"] == fi.digest and fi.foreign.digest in lock["blobs"]
+        if policy == "rewrite":
+            assert entry["digest"] != fi.digest
+            assert entry["conversions"] == {fi.digest: entry["digest"]}
+        else:
+            assert entry["digest"] == fi.digest and entry["conversions"] == {}
+
+        ok(await mirror("pull", "-f", cfg, "--foreign-layers", policy, "-o",
+                        tmp_path / "a.tar", "--lock-file", tmp_path / "pulled.lock", *common))
+        assert lock == json.loads((tmp_path / "pulled.lock").read_text())
+        assert check_layout(tmp_path / "a.tar").entry(ref)["digest"] == entry["digest"]
+        ok(await mirror("pull", "-f", cfg, "--locked", "--foreign-layers", policy, "-o",
+                        tmp_path / "l.tar", *common))
+        assert file_sha256(tmp_path / "l.tar") == file_sha256(tmp_path / "a.tar")
+
+        # the images.yaml setting is the same lock; the flag overrides it
+        yaml_cfg = tmp_path / "setting.yaml"
+        yaml_cfg.write_text(f"version: 1\ndefaults:\n  foreign_layers: {policy}\n"
+                            f"images:\n  - {ref}\n")
+        ok(await mirror("lock", "-f", yaml_cfg, *common))
+        assert json.loads((tmp_path / "setting.lock").read_text()) == lock
+        ok(await mirror("lock", "-f", yaml_cfg, "--foreign-layers", "skip", *common))
+        skipped = json.loads((tmp_path / "setting.lock").read_text())
+        assert skipped["images"][ref]["digest"] == fi.digest
+        assert fi.foreign.digest not in skipped["blobs"]

@@ -23,7 +23,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.support import imagegen as ig
-from tests.support.oracle import check_layout, mirror_ok, run_mirror, skopeo_copy_ok
+from tests.support.oracle import (
+    check_layout,
+    file_sha256,
+    mirror_ok,
+    run_mirror,
+    skopeo_copy_ok,
+)
 from tests.support.pusher import get_blob, get_manifest, push_blob, push_image, push_raw_manifest
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -151,6 +157,41 @@ def test_filtered_index_warns_and_no_referrers_leaves_them(src_registry, repo_na
                                                           "--json").stdout)}
     assert names == {ref, f"{src_registry.host}/{repo_name}:{tag}"}
 
+
+
+def _blob_digests(manifest: ig.Blob) -> set[str]:
+    body = json.loads(manifest.data)
+    return {body["config"]["digest"], *(d["digest"] for d in body["layers"])}
+
+
+@pytest.mark.parametrize("kept", ["signature", "application/spdx+json"])
+def test_lock_takes_referrer_type_like_pull(src_registry, repo_name, rng, tmp_path, kept):
+    """`mirror lock --referrer-type T` records what `pull --referrer-type T` does (the blobs of
+    the referrers kept, none of those left behind), and `pull --locked` with the same flag
+    writes the very bundle the unlocked pull wrote. T by kind (a cosign signature tag) and by
+    artifactType (an OCI 1.1 SBOM)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    index, imgs, sig, tag, sbom = seed(src_registry.url, repo_name, rng, key)
+    ref = f"{src_registry.host}/{repo_name}:1.0"
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text(f"version: 1\nimages:\n  - {ref}\n")
+    own = {"signature": _blob_digests(sig), "application/spdx+json": _blob_digests(sbom)}
+    other = own["signature" if kept != "signature" else "application/spdx+json"]
+
+    mirror_ok("pull", "-f", cfg, "--referrer-type", kept, "-o", tmp_path / "a.tar", "--cache",
+              tmp_path / "c", "--lock-file", tmp_path / "pulled.lock", "-q")
+    mirror_ok("lock", "-f", cfg, "--referrer-type", kept, "--cache", tmp_path / "c", "-q")
+    lock = json.loads((tmp_path / "images.lock").read_text())
+    assert lock == json.loads((tmp_path / "pulled.lock").read_text())
+    assert own[kept] <= set(lock["blobs"]) and not other & set(lock["blobs"])
+    assert lock["images"][ref]["sourceDigest"] == index.digest
+
+    mirror_ok("pull", "-f", cfg, "--locked", "--referrer-type", kept, "-o", tmp_path / "l.tar",
+              "--cache", tmp_path / "c", "-q")
+    assert file_sha256(tmp_path / "l.tar") == file_sha256(tmp_path / "a.tar")
+    # without the flag the lock keeps every referrer's blobs, as before
+    mirror_ok("lock", "-f", cfg, "--cache", tmp_path / "c", "-q")
+    assert own[kept] | other <= set(json.loads((tmp_path / "images.lock").read_text())["blobs"])
 
 # -- --no-referrers and BuildKit attestations inside an index --------------------------------
 

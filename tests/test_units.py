@@ -526,3 +526,32 @@ def test_a_blob_is_named_for_what_it_is(media_type: str, kind: str) -> None:
     from mirror.mediatypes import blob_kind
 
     assert blob_kind(media_type) == kind
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", ["--platform", "--index", "--format", "--foreign-layers",
+                                  "--no-referrers", "--referrer-type"])
+def test_lock_takes_every_flag_that_changes_what_a_pull_records(flag: str) -> None:
+    """A lock made with pull's flags records what that pull does: each flag that changes the
+    digests or blobs a pull records is lock's too, with the same meaning."""
+    from mirror.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+
+    def action(command: str):
+        return next(a for a in sub.choices[command]._actions if flag in a.option_strings)
+
+    pull, lock = action("pull"), action("lock")
+    assert (type(lock), lock.dest, lock.choices, lock.default, lock.nargs, lock.help) == \
+        (type(pull), pull.dest, pull.choices, pull.default, pull.nargs, pull.help)
+
+
+def test_lock_parses_foreign_layers_and_referrer_types() -> None:
+    from mirror.cli import build_parser
+
+    args = build_parser().parse_args(["lock", "-f", "images.yaml", "--foreign-layers",
+                                      "rewrite", "--referrer-type", "sbom",
+                                      "--referrer-type", "signature"])
+    assert args.foreign_layers == "rewrite" and args.referrer_type == ["sbom", "signature"]
