@@ -430,6 +430,47 @@ def test_verify_reads_the_bundle_once(fmt: str, src_registry: Registry, tmp_path
     assert len(problems) == 1 and "does not match" in problems[0] and not structural, problems
 
 
+def _oversized_member(good: Good, dst: Path, says: int | None) -> tuple[Path, int]:
+    """The good tar with its first layer's bytes inverted, a member `pad` (1 byte) put before
+    it whose pax header says it is `says` bytes (GNU.sparse.size: tarfile believes it), and a
+    member `decoy` after it holding the layer's real bytes. `says` None: as far as `decoy`'s
+    data (the returned number), so that reading `pad` from its start runs into `decoy`."""
+    name = layer_member(good)
+    with tarfile.open(good.bundle) as tf:
+        f = tf.extractfile(name)
+        assert f is not None
+        real = f.read()
+        layer = tf.getmember(name)
+    pad = _info("pad", tarfile.REGTYPE, size=1)
+    if says is not None:
+        pad.pax_headers = {"GNU.sparse.size": str(says)}
+    extra = ((pad, b"x"), (layer, bytes(b ^ 0xFF for b in real)),
+             (_info("decoy", tarfile.REGTYPE, size=len(real)), real))
+    bundle = rewrite(good.bundle, dst, lambda ti, d: None if ti.name == name else (ti, d),
+                     extra)
+    with tarfile.open(bundle) as tf:
+        span = tf.getmember("decoy").offset_data - tf.getmember("pad").offset_data
+    return bundle, span
+
+
+def test_member_that_says_it_is_larger_than_it_is(good: Good, dst_registry: Registry,
+                                                  tmp_path: Path) -> None:
+    """A pax header may give a member a size larger than the bytes the tar holds for it
+    (GNU.sparse.size, a sparse file's): tarfile believes it. verify reads a plain tar in one
+    pass, so it read past `pad` into a later member and hashed the decoy's bytes in place of
+    the tampered layer's: exit 0 for a bundle whose layer load (rightly) refuses. A bundle
+    holds plain files only: exit 10 from both, naming the member."""
+    _, span = _oversized_member(good, tmp_path / "probe.tar", None)
+    bundle, again = _oversized_member(good, tmp_path / "sparse.tar", span)
+    assert again == span
+    with tarfile.open(bundle) as tf:
+        assert tf.getmember("pad").size == span  # what tarfile says `pad` holds
+    out = verify_says("bundle", bundle, "'pad'", "sparse")
+    assert "OK" not in out
+    err = load_fails("bundle", bundle, dst_registry, good)
+    assert "'pad'" in err and "sparse" in err, err
+
+
 @pytest.mark.parametrize("member", ["index.json", "mirror.json"])
 def test_malformed_digest_in_the_bundles_json(good: Good, dst_registry: Registry,
                                               tmp_path: Path, member: str) -> None:

@@ -3,9 +3,11 @@
 A plain tar is indexed once (member name -> data offset) and read at random. A zstd tar is
 read as a stream: `scan()` reads until it holds index.json and every manifest (our bundles
 put them first, so that is quick), and `stream()` passes over it again, yielding the blobs in
-tar order. Every member is checked: regular files and directories only, relative paths inside
-the layout, no duplicates. Nothing but zeros may follow the end of the tar, and nothing but
-whole zstd frames the end of a .tar.zst's stream (mirror.bundle.trailer).
+tar order. Every member is checked: regular files (not sparse: a sparse member's size is not
+the bytes the tar holds for it) and directories only, relative paths inside the layout, no
+duplicates; a member's data ends before the next header. Nothing but zeros may follow the end
+of the tar, and nothing but whole zstd frames the end of a .tar.zst's stream
+(mirror.bundle.trailer).
 
 `scan()` also checks that the parts agree (mirror.bundle.consistency: the mirror.json
 inventory, the manifests, the blobs in the tar), so load refuses what verify refuses before it
@@ -54,6 +56,11 @@ def _check_member(ti: tarfile.TarInfo, bundle: str) -> str | None:
     if not ti.isreg():
         kind = "link" if (ti.issym() or ti.islnk()) else "device or special file"
         raise BundleError(f"{bundle}: member {name!r} is a {kind}; a bundle holds only files")
+    if ti.issparse() or any(k.startswith("GNU.sparse.") for k in ti.pax_headers):
+        # its size is not the bytes the tar holds for it: a reader at its offset would read
+        # on into the members after it
+        raise BundleError(f"{bundle}: member {name!r} is a sparse file; a bundle holds only "
+                          "plain files")
     return norm
 
 
@@ -174,6 +181,14 @@ class Bundle:
                     for name, ti in _file_members(tf, self.name):
                         members[name] = Member(name, ti.size, ti.offset_data)
                     end = tf.offset  # where the end-of-archive blocks start
+                    entries = tf.getmembers()
+                    for ti, nxt in zip(entries, [*entries[1:], None], strict=True):
+                        # a member's data ends before the next header (members(tap=...) reads
+                        # them in one pass, load and open_blob at their offsets)
+                        if ti.isreg() and ti.offset_data + ti.size > (
+                                nxt.offset if nxt is not None else end):
+                            raise BundleError(f"{self.name}: member {ti.name!r} says it holds "
+                                              f"{ti.size} bytes, more than the tar has for it")
             except tarfile.TarError as e:
                 raise self._unreadable(e) from None
             with open(self.path, "rb") as f:
@@ -291,6 +306,9 @@ class Bundle:
             pos = 0
             for m in items:
                 start = m.offset or 0
+                if start < pos:  # _index refuses members that overlap; never misread one
+                    raise BundleError(f"{self.name}: member {m.name!r} overlaps the one "
+                                      "before it")
                 raw.skip(start - pos)
                 window = _Window(raw, m.size)
                 yield m.name, m.size, window
