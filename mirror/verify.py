@@ -154,7 +154,9 @@ def _sha256_file(path: Path) -> str | None:
 
 def _check_blob(name: str, size: int, data: bytes | BinaryIO, path: Path,
                 problems: list[str]) -> None:
-    """Hash a blob member (its bytes, or a file to read them from) against its name."""
+    """Hash a blob member (its bytes, or a file to read them from) against its name. A read
+    that fails (a .tar.zst's stream breaking off: BundleError) is the bundle's problem, not
+    this blob's, and is raised."""
     digest = _blob_digest(name)
     if digest is None:
         return
@@ -171,5 +173,5 @@ def _check_blob(name: str, size: int, data: bytes | BinaryIO, path: Path,
             while chunk := data.read(CHUNK):
                 v.update(chunk)
         v.finish()
-    except MirrorError as e:
+    except IntegrityError as e:  # its size or sha256 (Verifier)
         problems.append(f"blob {digest}: {_own(e, path)}")

@@ -235,6 +235,7 @@ def test_tar_zst_cut_inside_a_blob(good: Good, src_registry: Registry, dst_regis
     assert proc.returncode == EXIT["bundle"], proc.stdout + proc.stderr
     assert str(bad) in error_line(proc)
     assert f"{bad}: truncated: the tar.zst ends in the middle of '{member}'" in proc.stdout
+    assert len(proc.stdout.splitlines()) == 1, proc.stdout  # not also a problem of the blob's
     err = load_fails("bundle", bad, dst_registry, good)
     assert f"{bad}: truncated: the tar.zst ends in the middle of '{member}'" in err, err
 
@@ -365,6 +366,23 @@ def test_junk_appended_to_the_bundle(fmt: str, good: Good, dst_registry: Registr
     assert f"{bad}: sha256 " in out and str(side) in out, out
     err = load_fails("bundle", bad, dst_registry, good)
     assert "trailing data" in err, err
+
+
+def test_junk_after_the_last_zstd_frame_is_one_problem(good: Good, tmp_path: Path) -> None:
+    """Bytes after the last zstd frame break the stream inside the last member read (zstd
+    takes them for a frame). That is the bundle's one structural problem, said once: not
+    also a problem of the blob being read, nor "truncated ... in the middle of" it (verify
+    hashed blobs during the scan and took the stream's error for the blob's)."""
+    src = bundle_zst(good, tmp_path)
+    for junk in (random.Random("after the frames").randbytes(2000), bytes(100)):
+        bad = tmp_path / "junk.tar.zst"
+        bad.write_bytes(src.read_bytes() + junk)
+        side = bad.with_name(bad.name + ".sha256")
+        side.write_text(src.with_name(src.name + ".sha256").read_text())
+        out = verify_says("bundle", bad, "trailing data", "after the zstd stream")
+        lines = out.splitlines()
+        assert len(lines) == 2 and "does not match" in lines[0], out
+        assert "truncated" not in out and "blob " not in out, out
 
 
 def test_zeros_appended_to_a_tar_only_fail_the_sha256(good: Good, tmp_path: Path) -> None:
