@@ -14,6 +14,7 @@ import json
 import random
 import socket
 import subprocess
+import sys
 import tarfile
 import uuid
 from collections.abc import Callable
@@ -446,6 +447,49 @@ def test_verify_reads_the_bundle_once(fmt: str, src_registry: Registry, tmp_path
     side.write_text(f"{'1' * 64}  {bundle.name}\n")
     problems, structural = verify_bundle(bundle)
     assert len(problems) == 1 and "does not match" in problems[0] and not structural, problems
+
+
+_PEAK_RSS = """
+import resource, subprocess, sys
+code = subprocess.run(sys.argv[1:]).returncode
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def _verify_peak_rss(bundle: Path) -> int:
+    """Peak RSS (KiB) of `mirror verify BUNDLE`, which must pass. Run from a small python
+    that reports its one child's: a child of pytest's would count pytest's own peak (exec
+    keeps the high-water mark of the process it replaces)."""
+    from tests.support.oracle import mirror_cmd, mirror_env, run
+
+    proc = run([sys.executable, "-c", _PEAK_RSS, *mirror_cmd("verify", bundle)],
+               env=mirror_env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return int(proc.stderr.split()[-1])
+
+
+@pytest.mark.parametrize("fmt", ["tar", "tar.zst"])
+def test_verify_memory_does_not_grow_with_a_layer(fmt: str, good: Good, src_registry: Registry,
+                                                  tmp_path: Path) -> None:
+    """verify holds a few chunks of a layer at a time: its peak RSS on a bundle with a
+    48 MiB layer (a .sha256 beside it) is within 12 MiB of its peak on the small good bundle
+    (2-6 MiB more now). With 4 MiB reads (up to three more queued for the file's sha256;
+    tarfile's copies of a .tar.zst's) it was 16 and 26 MiB more: 66 MiB on a .tar.zst with a
+    1 GiB layer, over the 64 MiB budget (docs/BENCHMARKS.md)."""
+    rng = random.Random(f"memory-{fmt}")
+    layer = ig.make_layer(rng, size=48 << 20, compressed=False)  # incompressible
+    repo = f"test/memory-{uuid.uuid4().hex[:8]}"
+    push_image(src_registry.url, repo, ig.make_image(rng, ig.AMD64, "oci", layers=[layer]),
+               ["v1"])
+    big = tmp_path / f"big.{fmt}"
+    mirror_ok("pull", f"{src_registry.host}/{repo}:v1", "-o", big, "--cache",
+              tmp_path / "cache", "-q")
+    small = tmp_path / f"small.{fmt}"
+    mirror_ok("pull", good.ref, "-o", small, "--cache", good.bundle.parent / "cache", "-q")
+    base = _verify_peak_rss(small)
+    peak = _verify_peak_rss(big)
+    assert peak - base < 12 << 10, (f"{peak - base} KiB more", peak, base)
 
 
 def _oversized_member(good: Good, dst: Path, says: int | None) -> tuple[Path, int]:
