@@ -84,14 +84,19 @@ def verify_bundle(path: Path, note: Callable[[str], None] | None = None
 
 class _Sha256Behind:
     """The file's sha256 on a thread of its own, a few chunks behind the reads (hashlib
-    releases the GIL), so the blobs' hashes and this one use two cores."""
+    releases the GIL), so the blobs' hashes and this one use two cores. Should the thread
+    fail, it goes on taking reads (the reader never waits on a dead thread) and its error is
+    raised at the next update, or by hexdigest."""
 
     def __init__(self) -> None:
         self._h = hashlib.sha256()
         self._q: queue.Queue[bytes | None] = queue.Queue(maxsize=2)  # two reads behind, at most
         self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def update(self, data: bytes) -> None:
+        if self._error is not None:
+            raise self._error
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="mirror-sha256", daemon=True)
             self._thread.start()
@@ -99,7 +104,11 @@ class _Sha256Behind:
 
     def _run(self) -> None:
         while (data := self._q.get()) is not None:
-            self._h.update(data)
+            if self._error is None:
+                try:
+                    self._h.update(data)
+                except BaseException as e:  # noqa: BLE001 - raised on the reading thread
+                    self._error = e
 
     def close(self) -> None:
         if self._thread is not None:
@@ -109,6 +118,8 @@ class _Sha256Behind:
 
     def hexdigest(self) -> str:
         self.close()
+        if self._error is not None:
+            raise self._error
         return self._h.hexdigest()
 
 

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -531,6 +532,54 @@ def test_member_that_says_it_is_larger_than_it_is(good: Good, dst_registry: Regi
     assert "OK" not in out
     err = load_fails("bundle", bundle, dst_registry, good)
     assert "'pad'" in err and "sparse" in err, err
+
+
+class _FailsOffTheMainThread:
+    """A sha256 whose update fails (MemoryError) on any thread but the main one."""
+
+    def __init__(self, real: object) -> None:
+        self._real = real
+
+    def update(self, data: bytes) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            raise MemoryError("the sha256 thread ran out of memory")
+        self._real.update(data)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._real, name)
+
+
+@pytest.mark.parametrize("fmt", ["tar", "tar.zst"])
+def test_verify_does_not_hang_when_the_sha256_thread_fails(
+        fmt: str, good: Good, src_registry: Registry, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file's sha256 is taken on a thread of its own, fed through a queue two reads
+    deep. When that thread failed, the reads filled the queue and verify waited on it for
+    ever (Ctrl-C could not end it either). Its error is raised in verify instead."""
+    from mirror.verify import verify_bundle
+
+    rng = random.Random(f"thread-fails-{fmt}")
+    repo = f"test/thread-fails-{uuid.uuid4().hex[:8]}"
+    push_image(src_registry.url, repo, ig.make_image(rng, ig.AMD64, "oci", layer_size=8 << 20),
+               ["v1"])
+    bundle = tmp_path / f"b.{fmt}"
+    mirror_ok("pull", f"{src_registry.host}/{repo}:v1", "-o", bundle, "--cache",
+              tmp_path / "cache", "-q")
+    real = hashlib.sha256
+    monkeypatch.setattr(hashlib, "sha256", lambda *a: _FailsOffTheMainThread(real(*a)))
+    ended: list[BaseException | tuple] = []
+
+    def run() -> None:
+        try:
+            ended.append(verify_bundle(bundle))
+        except BaseException as e:  # noqa: BLE001 - what verify raised is the result
+            ended.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive(), "verify hangs when its sha256 thread fails"
+    assert isinstance(ended[0], MemoryError), ended
 
 
 @pytest.mark.parametrize("member", ["index.json", "mirror.json"])
