@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import threading
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -282,8 +283,13 @@ async def _verify(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.verify import verify_bundle
 
     report.add(bundle=str(args.bundle), problems=None, ok=False)  # None: not checked
-    problems, structural = await asyncio.to_thread(verify_bundle, args.bundle,
-                                                    progress.debug)
+    stop = threading.Event()
+    try:
+        problems, structural = await asyncio.to_thread(verify_bundle, args.bundle,
+                                                        progress.debug, stop)
+    except asyncio.CancelledError:  # Ctrl-C, SIGTERM: the thread stops at its next read
+        stop.set()
+        raise
     report.add(problems=problems, ok=not problems)
     if problems:
         for p in problems:

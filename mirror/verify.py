@@ -24,8 +24,12 @@ STREAM_CHUNK = 256 << 10
 _HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
-def verify_bundle(path: Path, note: Callable[[str], None] | None = None
-                  ) -> tuple[list[str], bool]:
+class Stopped(Exception):
+    """verify_bundle was told to stop (`stop` set: Ctrl-C or SIGTERM); not a problem found."""
+
+
+def verify_bundle(path: Path, note: Callable[[str], None] | None = None,
+                  stop: threading.Event | None = None) -> tuple[list[str], bool]:
     """Return the problems (empty when the bundle is sound) and whether any is structural (an
     unreadable tar or layout, trailing data, a missing blob, an inventory that does not match
     the bundle) rather than bytes that do not match their digest.
@@ -36,12 +40,21 @@ def verify_bundle(path: Path, note: Callable[[str], None] | None = None
     and children present, or absent on purpose.
     The bundle is read once: the file's own sha256 is taken from the same reads that hash the
     blobs (a 50 GB bundle is not read twice). Only a bundle that cannot be read to its end is
-    read again, for the sha256 alone."""
+    read again, for the sha256 alone.
+    Raises Stopped at the next read of the bundle once `stop` is set (verify runs on a worker
+    thread, which the end of the run waits for: it must not read 50 GB first)."""
     path = Path(path)
     note = note or (lambda _: None)
     want, side_problem = _sidecar(path, note)
     whole = _Sha256Behind()
-    tap = whole.update if want is not None else _ignore
+    stop = stop or threading.Event()
+
+    def tap(data: bytes) -> None:  # given every read of the bundle
+        if stop.is_set():
+            raise Stopped()
+        if want is not None:
+            whole.update(data)
+
     blob_problems: list[str] = []
     failure: MirrorError | None = None
     contents = None
@@ -64,7 +77,7 @@ def verify_bundle(path: Path, note: Callable[[str], None] | None = None
     finally:
         whole.close()
     if want is not None:
-        got = whole.hexdigest() if failure is None else _sha256_file(path)
+        got = whole.hexdigest() if failure is None else _sha256_file(path, stop)
         side_problem = _sidecar_match(path, want, got, note) if got else None
     problems = [side_problem] if side_problem else []
     if failure is not None or contents is None:
@@ -123,10 +136,6 @@ class _Sha256Behind:
         return self._h.hexdigest()
 
 
-def _ignore(_: bytes) -> None:
-    pass
-
-
 def _own(e: MirrorError, path: Path) -> str:
     return str(e).removeprefix(f"{path}: ")
 
@@ -158,11 +167,13 @@ def _sidecar_match(path: Path, want: str, got: str, note: Callable[[str], None])
     return None
 
 
-def _sha256_file(path: Path) -> str | None:
+def _sha256_file(path: Path, stop: threading.Event) -> str | None:
     h = hashlib.sha256()
     try:
         with open(path, "rb") as f:
             while chunk := f.read(CHUNK):
+                if stop.is_set():
+                    raise Stopped()
                 h.update(chunk)
     except OSError:
         return None  # the bundle itself cannot be read: the reader says so

@@ -11,12 +11,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import random
+import signal
 import socket
 import subprocess
 import sys
 import tarfile
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import imagegen as ig
-from tests.support.oracle import check_layout, mirror_ok, run_mirror
+from tests.support.oracle import ROOT, check_layout, mirror_cmd, mirror_env, mirror_ok, run_mirror
 from tests.support.pusher import list_tags, push_image
 from tests.support.registry import Registry
 
@@ -532,6 +535,85 @@ def test_member_that_says_it_is_larger_than_it_is(good: Good, dst_registry: Regi
     assert "OK" not in out
     err = load_fails("bundle", bundle, dst_registry, good)
     assert "'pad'" in err and "sparse" in err, err
+
+
+@pytest.fixture(scope="module")
+def big_bundles(src_registry: Registry, tmp_path_factory: pytest.TempPathFactory
+                ) -> dict[str, Path]:
+    """A .tar and a .tar.zst (each with its .sha256) of an image with a 128 MiB layer."""
+    rng = random.Random("big bundles")
+    layer = ig.make_layer(rng, size=128 << 20, compressed=False)  # incompressible
+    repo = f"test/big-{uuid.uuid4().hex[:8]}"
+    push_image(src_registry.url, repo, ig.make_image(rng, ig.AMD64, "oci", layers=[layer]),
+               ["v1"])
+    tmp = tmp_path_factory.mktemp("big")
+    out = {}
+    for fmt in ("tar", "tar.zst"):
+        out[fmt] = tmp / f"big.{fmt}"
+        mirror_ok("pull", f"{src_registry.host}/{repo}:v1", "-o", out[fmt], "--cache",
+                  tmp / "cache", "-q")
+    return out
+
+
+def _proc_io(pid: int) -> int | None:
+    """rchar of a running process (bytes read so far); None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/io").read_text()
+    except OSError:
+        return None
+    return next((int(ln.split()[1]) for ln in text.splitlines() if ln.startswith("rchar:")),
+                None)
+
+
+def _bundle_position(pid: int, bundle: Path) -> int:
+    """How far the process has read the bundle (the largest offset of its fds on it)."""
+    pos = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if Path(os.readlink(fd)) != bundle:
+                continue
+            info = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text()
+        except OSError:
+            continue
+        pos = max(pos, int(info.split()[1]))  # "pos:\t<offset>" comes first
+    return pos
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["sigint-130", "sigterm-143"])
+@pytest.mark.parametrize("fmt", ["tar", "tar.zst"])
+def test_signal_stops_verify_at_once(fmt: str, sig: signal.Signals, code: int,
+                                     big_bundles: dict[str, Path]) -> None:
+    """Ctrl-C (or SIGTERM) in the middle of a big bundle: verify stops reading it and exits
+    130 (143) with one line. It used to read the bundle to its end first (verify runs on a
+    worker thread, which the exit waits for): minutes for a 50 GB bundle."""
+    bundle = big_bundles[fmt]
+    size = bundle.stat().st_size
+    proc = subprocess.Popen(mirror_cmd("verify", bundle), cwd=ROOT, env=mirror_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while _bundle_position(proc.pid, bundle) < 8 << 20:
+            assert proc.poll() is None and time.monotonic() < deadline, "verify ended first"
+            time.sleep(0.001)
+        at_signal = _proc_io(proc.pid)
+        assert at_signal is not None
+        proc.send_signal(sig)
+        last = at_signal
+        while (now := _proc_io(proc.pid)) is not None and proc.poll() is None:
+            last = now
+            time.sleep(0.002)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == code, out + err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1 and "interrupted" in lines[0] and sig.name in lines[0], err
+    assert "OK" not in out, out
+    assert last - at_signal < size // 4, f"read {last - at_signal} bytes after the signal"
 
 
 class _FailsOffTheMainThread:
