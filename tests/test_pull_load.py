@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import subprocess
+import tarfile
 from pathlib import Path
 
 from tests.support import imagegen as ig
@@ -391,6 +392,31 @@ def test_load_skopeo_oci_archive(
     assert proc.returncode == 10, proc.stderr
     err = _error_line(proc)
     assert str(bare) in err and "v3" in err
+
+
+def test_skopeo_oci_archive_compressed_with_zstd(
+        src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """skopeo writes index.json and oci-layout last, and no mirror.json. zstd-compressed
+    (`zstd x.tar`), verify called it "no index.json file: not an OCI image layout" (the scan
+    waited for a mirror.json after oci-layout, then never built the layout it held) and load
+    refused it; both take it now, as they take the plain tar."""
+    import zstandard
+
+    imgs = [ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)]
+    index = ig.make_index(imgs, "oci")
+    push_image(src_registry.url, repo_name, index, ["v1"])
+    archive = tmp_path / "skopeo.tar"
+    skopeo("copy", "--all", "--src-tls-verify=false",
+           f"docker://{src_registry.host}/{repo_name}:v1", f"oci-archive:{archive}:v4")
+    with tarfile.open(archive) as tf:
+        assert tf.getnames()[-2:] == ["index.json", "oci-layout"], tf.getnames()
+    zst = tmp_path / "skopeo.tar.zst"
+    zst.write_bytes(zstandard.ZstdCompressor().compress(archive.read_bytes()))
+    assert f"{zst}: OK" in mirror_ok("verify", zst).stdout
+    prefix = f"{repo_name}/zst"
+    load(zst, f"{dst_registry.host}/{prefix}")
+    assert target_digest(dst_registry, prefix, "v4") == index.digest
 
 
 # -- 8. load --dry-run ------------------------------------------------------------------------

@@ -371,6 +371,9 @@ class Bundle:
             if c is None and "index.json" in meta and "oci-layout" in meta and (
                     MIRROR_JSON in meta or name not in ("oci-layout", "index.json")):
                 c = self._contents(meta["oci-layout"], meta["index.json"], meta.get(MIRROR_JSON))
+        if c is None and "index.json" in meta and "oci-layout" in meta:
+            # they were the last members (skopeo's order), no mirror.json after them
+            c = self._contents(meta["oci-layout"], meta["index.json"], None)
         if c is None:
             missing = "oci-layout" if "oci-layout" not in meta else "index.json"
             raise BundleError(f"{self.name}: no {missing} file: not an OCI image layout")
