@@ -245,6 +245,21 @@ def test_tar_zst_cut_inside_a_blob(good: Good, src_registry: Registry, dst_regis
     assert f"{bad}: truncated: the tar.zst ends in the middle of '{member}'" in err, err
 
 
+def test_tar_zst_starting_with_a_skippable_frame(good: Good, dst_registry: Registry,
+                                                 tmp_path: Path) -> None:
+    """zstd allows skippable frames anywhere, first too (`zstd` itself decompresses such a
+    file): a bundle that starts with one is a .tar.zst, not "not a valid tar"."""
+    import struct
+
+    bundle = tmp_path / "skip.tar.zst"
+    note = struct.pack("<II", 0x184D2A5E, 8) + b"metadata"
+    bundle.write_bytes(note + zstd(good.bundle).read_bytes())
+    assert f"{bundle}: OK" in mirror_ok("verify", bundle).stdout
+    target = f"{dst_registry.host}/skip"
+    mirror_ok("load", bundle, "--to", target, "-q")
+    assert list_tags(dst_registry.url, f"skip/{good.repo}") == ["v1"]
+
+
 def _info(name: str, kind: bytes, **attrs: object) -> tarfile.TarInfo:
     ti = tarfile.TarInfo(name)
     ti.type = kind

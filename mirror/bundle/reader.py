@@ -168,7 +168,9 @@ class Bundle:
                 magic = f.read(4)
         except OSError as e:
             raise BundleError(f"{self.name}: cannot open bundle: {e.strerror}") from None
-        self.compressed = magic == ZSTD_MAGIC
+        # a zstd frame, or a skippable one (zstd allows them anywhere, the first place too)
+        self.compressed = magic == ZSTD_MAGIC or (
+            len(magic) == 4 and int.from_bytes(magic, "little") & 0xFFFFFFF0 == 0x184D2A50)
         self._members: dict[str, Member] | None = None
 
     # -- plain tar: an index of members --------------------------------------------------
