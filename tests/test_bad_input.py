@@ -13,6 +13,7 @@ import io
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -156,6 +157,21 @@ def zstd(bundle: Path) -> Path:
     return out
 
 
+def one_image(src_registry: Registry, seed: str, layer_mib: int, *outs: Path) -> ig.Layer:
+    """Push an amd64 image with one incompressible layer of `layer_mib` MiB (generated from
+    `seed`) and pull it into each of `outs` (.tar or .tar.zst, each with its .sha256), with
+    one cache beside the first; return the layer."""
+    rng = random.Random(seed)
+    layer = ig.make_layer(rng, size=layer_mib << 20, compressed=False)
+    repo = f"test/{re.sub(r'[^a-z0-9]+', '-', seed.lower())}-{uuid.uuid4().hex[:8]}"
+    push_image(src_registry.url, repo, ig.make_image(rng, ig.AMD64, "oci", layers=[layer]),
+               ["v1"])
+    for out in outs:
+        mirror_ok("pull", f"{src_registry.host}/{repo}:v1", "-o", out, "--cache",
+                  outs[0].parent / "cache", "-q")
+    return layer
+
+
 @pytest.mark.parametrize("fmt", ["tar", "zst"])
 def test_bundle_with_a_blob_missing(fmt: str, good: Good, dst_registry: Registry,
                                     tmp_path: Path) -> None:
@@ -225,14 +241,8 @@ def test_tar_zst_cut_inside_a_blob(good: Good, src_registry: Registry, dst_regis
                                    tmp_path: Path) -> None:
     """A tar.zst that breaks off inside a large blob: the error names the file and the blob
     (the read of the blob's bytes used to end in tarfile's traceback)."""
-    rng = random.Random("cut inside a blob")
-    layer = ig.make_layer(rng, size=2 << 20, compressed=False)  # incompressible: 2 MiB of zstd
-    img = ig.make_image(rng, ig.AMD64, "oci", layers=[layer])
-    repo = f"test/cut-{uuid.uuid4().hex[:8]}"
-    push_image(src_registry.url, repo, img, ["v1"])
     whole = tmp_path / "whole.tar.zst"
-    mirror_ok("pull", f"{src_registry.host}/{repo}:v1", "-o", whole, "--cache",
-              tmp_path / "cache", "-q")
+    layer = one_image(src_registry, "cut inside a blob", 2, whole)  # 2 MiB of zstd
     bad = tmp_path / "cut.tar.zst"
     bad.write_bytes(whole.read_bytes()[: whole.stat().st_size * 3 // 4])
     member = "blobs/sha256/" + layer.digest.split(":", 1)[1]
@@ -447,13 +457,8 @@ def test_verify_reads_the_bundle_once(fmt: str, src_registry: Registry, tmp_path
     three times: sidecar, scan, blobs). And it still catches a sidecar that does not match."""
     from mirror.verify import verify_bundle
 
-    rng = random.Random(f"read-once-{fmt}")
-    repo = f"test/read-once-{uuid.uuid4().hex[:8]}"
-    push_image(src_registry.url, repo, ig.make_image(rng, ig.AMD64, "oci", layer_size=3 << 20),
-               ["v1"])
     bundle = tmp_path / f"once.{fmt}"
-    mirror_ok("pull", f"{src_registry.host}/{repo}:v1", "-o", bundle, "--cache",
-              tmp_path / "cache", "-q")
+    one_image(src_registry, f"read-once-{fmt}", 6, bundle)
     size = bundle.stat().st_size
     side = bundle.with_name(bundle.name + ".sha256")
     assert size > 6 << 20 and side.exists()
@@ -496,14 +501,8 @@ def test_verify_memory_does_not_grow_with_a_layer(fmt: str, good: Good, src_regi
     (2-6 MiB more now). With 4 MiB reads (up to three more queued for the file's sha256;
     tarfile's copies of a .tar.zst's) it was 16 and 26 MiB more: 66 MiB on a .tar.zst with a
     1 GiB layer, over the 64 MiB budget (docs/BENCHMARKS.md)."""
-    rng = random.Random(f"memory-{fmt}")
-    layer = ig.make_layer(rng, size=48 << 20, compressed=False)  # incompressible
-    repo = f"test/memory-{uuid.uuid4().hex[:8]}"
-    push_image(src_registry.url, repo, ig.make_image(rng, ig.AMD64, "oci", layers=[layer]),
-               ["v1"])
     big = tmp_path / f"big.{fmt}"
-    mirror_ok("pull", f"{src_registry.host}/{repo}:v1", "-o", big, "--cache",
-              tmp_path / "cache", "-q")
+    one_image(src_registry, f"memory-{fmt}", 48, big)
     small = tmp_path / f"small.{fmt}"
     mirror_ok("pull", good.ref, "-o", small, "--cache", good.bundle.parent / "cache", "-q")
     base = _verify_peak_rss(small)
@@ -556,17 +555,9 @@ def test_member_that_says_it_is_larger_than_it_is(good: Good, dst_registry: Regi
 def big_bundles(src_registry: Registry, tmp_path_factory: pytest.TempPathFactory
                 ) -> dict[str, Path]:
     """A .tar and a .tar.zst (each with its .sha256) of an image with a 128 MiB layer."""
-    rng = random.Random("big bundles")
-    layer = ig.make_layer(rng, size=128 << 20, compressed=False)  # incompressible
-    repo = f"test/big-{uuid.uuid4().hex[:8]}"
-    push_image(src_registry.url, repo, ig.make_image(rng, ig.AMD64, "oci", layers=[layer]),
-               ["v1"])
     tmp = tmp_path_factory.mktemp("big")
-    out = {}
-    for fmt in ("tar", "tar.zst"):
-        out[fmt] = tmp / f"big.{fmt}"
-        mirror_ok("pull", f"{src_registry.host}/{repo}:v1", "-o", out[fmt], "--cache",
-                  tmp / "cache", "-q")
+    out = {fmt: tmp / f"big.{fmt}" for fmt in ("tar", "tar.zst")}
+    one_image(src_registry, "big bundles", 128, *out.values())
     return out
 
 
@@ -655,13 +646,8 @@ def test_verify_does_not_hang_when_the_sha256_thread_fails(
     ever (Ctrl-C could not end it either). Its error is raised in verify instead."""
     from mirror.verify import verify_bundle
 
-    rng = random.Random(f"thread-fails-{fmt}")
-    repo = f"test/thread-fails-{uuid.uuid4().hex[:8]}"
-    push_image(src_registry.url, repo, ig.make_image(rng, ig.AMD64, "oci", layer_size=8 << 20),
-               ["v1"])
     bundle = tmp_path / f"b.{fmt}"
-    mirror_ok("pull", f"{src_registry.host}/{repo}:v1", "-o", bundle, "--cache",
-              tmp_path / "cache", "-q")
+    one_image(src_registry, f"thread-fails-{fmt}", 16, bundle)
     real = hashlib.sha256
     monkeypatch.setattr(hashlib, "sha256", lambda *a: _FailsOffTheMainThread(real(*a)))
     ended: list[BaseException | tuple] = []
