@@ -122,6 +122,16 @@ def push_foreign(reg: Registry, repo: str, fi: ForeignImage, *, with_blob: bool,
                       auth=reg.auth)
 
 
+def seed_foreign(cdn: Cdn, src: Registry, repo: str, rng: random.Random, *kinds: str,
+                 with_blob: bool = False) -> ForeignImage:
+    """An image whose foreign layer lists the CDN's URLs of these `kinds` (good, bad,
+    missing), pushed to `src` (push_foreign); the CDN serves the layer's bytes."""
+    fi = make_foreign(rng, [cdn.url(kind, "layer") for kind in kinds])
+    cdn.blobs["layer"] = fi.foreign.data
+    push_foreign(src, repo, fi, with_blob=with_blob)
+    return fi
+
+
 def authfile(tmp_path: Path, reg: Registry) -> Path:
     path = tmp_path / "auth.json"
     token = base64.b64encode(":".join(USER).encode()).decode()
@@ -175,9 +185,7 @@ async def test_skip_keeps_the_descriptor_and_fetches_nothing(
     src = registry_factory(htpasswd=USER, urls_allow=ALLOW_LOOPBACK)
     allow = registry_factory(urls_allow=ALLOW_LOOPBACK)
     async with cdn_serving({}) as cdn:
-        fi = make_foreign(rng, [cdn.url("good", "layer")])
-        cdn.blobs["layer"] = fi.foreign.data
-        push_foreign(src, repo_name, fi, with_blob=False)
+        fi = seed_foreign(cdn, src, repo_name, rng, "good")
         ref = f"{src.host}/{repo_name}:v1"
         proc, bundle = await pull(tmp_path, src, ref)
         ok(proc)
@@ -241,10 +249,7 @@ async def test_include_fetches_from_the_urls_without_credentials(
     src = registry_factory(htpasswd=USER, urls_allow=ALLOW_LOOPBACK)
     allow = registry_factory(urls_allow=ALLOW_LOOPBACK)
     async with cdn_serving({}) as cdn:
-        fi = make_foreign(rng, [cdn.url("missing", "layer"), cdn.url("bad", "layer"),
-                                cdn.url("good", "layer")])
-        cdn.blobs["layer"] = fi.foreign.data
-        push_foreign(src, repo_name, fi, with_blob=False)
+        fi = seed_foreign(cdn, src, repo_name, rng, "missing", "bad", "good")
         ref = f"{src.host}/{repo_name}:v1"
         proc, bundle = await pull(tmp_path, src, ref, "--foreign-layers", "include")
         ok(proc)
@@ -273,9 +278,7 @@ async def test_include_prefers_the_registry(registry_factory, repo_name, rng,
                                             tmp_path: Path) -> None:
     src = registry_factory(htpasswd=USER, urls_allow=ALLOW_LOOPBACK)
     async with cdn_serving({}) as cdn:
-        fi = make_foreign(rng, [cdn.url("good", "layer")])
-        cdn.blobs["layer"] = fi.foreign.data
-        push_foreign(src, repo_name, fi, with_blob=True)
+        fi = seed_foreign(cdn, src, repo_name, rng, "good", with_blob=True)
         proc, bundle = await pull(tmp_path, src, f"{src.host}/{repo_name}:v1",
                                   "--foreign-layers", "include")
         ok(proc)
@@ -287,9 +290,7 @@ async def test_include_fails_when_no_url_serves_the_layer(registry_factory, repo
                                                           tmp_path: Path) -> None:
     src = registry_factory(htpasswd=USER, urls_allow=ALLOW_LOOPBACK)
     async with cdn_serving({}) as cdn:
-        fi = make_foreign(rng, [cdn.url("bad", "layer"), cdn.url("missing", "layer")])
-        cdn.blobs["layer"] = fi.foreign.data
-        push_foreign(src, repo_name, fi, with_blob=False)
+        fi = seed_foreign(cdn, src, repo_name, rng, "bad", "missing")
         proc, bundle = await pull(tmp_path, src, f"{src.host}/{repo_name}:v1",
                                   "--foreign-layers", "include", "--retries", "0")
     assert proc.returncode == 3, proc.stderr
@@ -305,9 +306,7 @@ async def test_include_refuses_other_bytes(registry_factory, repo_name, rng,
                                            tmp_path: Path) -> None:
     src = registry_factory(htpasswd=USER, urls_allow=ALLOW_LOOPBACK)
     async with cdn_serving({}) as cdn:
-        fi = make_foreign(rng, [cdn.url("bad", "layer")])
-        cdn.blobs["layer"] = fi.foreign.data
-        push_foreign(src, repo_name, fi, with_blob=False)
+        fi = seed_foreign(cdn, src, repo_name, rng, "bad")
         proc, bundle = await pull(tmp_path, src, f"{src.host}/{repo_name}:v1",
                                   "--foreign-layers", "include")
         assert cdn.hits("bad") == 1
@@ -323,9 +322,7 @@ async def test_rewrite_makes_ordinary_layers_any_registry_takes(
         registry_factory, dst_registry, repo_name, rng, tmp_path: Path) -> None:
     src = registry_factory(htpasswd=USER, urls_allow=ALLOW_LOOPBACK)
     async with cdn_serving({}) as cdn:
-        fi = make_foreign(rng, [cdn.url("good", "layer")])
-        cdn.blobs["layer"] = fi.foreign.data
-        push_foreign(src, repo_name, fi, with_blob=False)
+        fi = seed_foreign(cdn, src, repo_name, rng, "good")
         ref = f"{src.host}/{repo_name}:v1"
         cfg = tmp_path / "images.yaml"
         cfg.write_text(f"version: 1\ndefaults:\n  foreign_layers: rewrite\nimages:\n  - {ref}\n")
@@ -406,9 +403,7 @@ async def test_lock_takes_foreign_layers_like_pull(registry_factory, repo_name, 
     writes the very bundle the unlocked pull wrote."""
     src = registry_factory(htpasswd=USER, urls_allow=ALLOW_LOOPBACK)
     async with cdn_serving({}) as cdn:
-        fi = make_foreign(rng, [cdn.url("good", "layer")])
-        cdn.blobs["layer"] = fi.foreign.data
-        push_foreign(src, repo_name, fi, with_blob=False)
+        fi = seed_foreign(cdn, src, repo_name, rng, "good")
         ref = f"{src.host}/{repo_name}:v1"
         cfg = tmp_path / "images.yaml"
         cfg.write_text(f"version: 1\nimages:\n  - {ref}\n")
