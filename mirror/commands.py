@@ -81,6 +81,7 @@ def _specs(args: argparse.Namespace) -> tuple[list[ImageSpec], Config | None]:
         over["referrers"] = False
     if over:
         specs = [replace(s, settings=replace(s.settings, **over)) for s in specs]
+    _refuse_conflicting_duplicates(specs)
     if getattr(args, "locked", False):
         from mirror.lockfile import Lock
 
@@ -97,6 +98,26 @@ def _specs(args: argparse.Namespace) -> tuple[list[ImageSpec], Config | None]:
             pinned.append(replace(spec, pin=entry["sourceDigest"]))
         specs = pinned
     return specs, cfg
+
+
+def _refuse_conflicting_duplicates(specs: list[ImageSpec]) -> None:
+    """A bundle (and a lock file) holds one entry per reference: one listed twice with other
+    settings would have its first listing silently replaced by the second. Listed twice
+    with the same settings (or made the same by a flag) is harmless."""
+    from mirror.config import settings_as_dict
+
+    first: dict[str, ImageSpec] = {}
+    for spec in specs:
+        seen = first.setdefault(str(spec.reference), spec)
+        if seen is spec or seen.settings == spec.settings:
+            continue
+        a, b = settings_as_dict(seen.settings), settings_as_dict(spec.settings)
+        diff = "; ".join(f"{k}: {b[k]} here, {a[k]} there" for k in a if a[k] != b[k])
+        raise UsageError(
+            f"{spec.where}: {spec.reference} is listed again (first at {seen.where}) with "
+            f"other settings ({diff})",
+            hint="a bundle holds one entry per reference: list it once, with the settings it "
+                 "needs")
 
 
 def _pull_options(args: argparse.Namespace, **kw) -> PullOptions:

@@ -767,6 +767,27 @@ def test_yaml_unknown_platform_names_file_line(good: Good, tmp_path: Path) -> No
     assert "images.yaml:3" in err and "linux/amd46" in err, err
 
 
+def test_one_reference_listed_twice_with_other_settings(good: Good, tmp_path: Path) -> None:
+    """A bundle holds one entry per reference: the second listing must not silently replace
+    the first (its platforms were dropped, their blobs carried unreferenced)."""
+    (tmp_path / "images.yaml").write_text(
+        "version: 1\n"
+        "images:\n"
+        f"  - {good.ref}\n"
+        f"  - ref: {good.ref}\n"
+        "    platforms: linux/arm64\n")
+    err = fails("usage", "pull", "-f", "images.yaml", "-o", "out.tar", "--cache", "c",
+                cwd=tmp_path)
+    assert "images.yaml:4" in err and "images.yaml:3" in err and good.ref in err, err
+    assert "platforms" in err, err
+    assert not (tmp_path / "c").exists() and not (tmp_path / "out.tar").exists()
+    # the same settings twice (or made the same by --platform) is no conflict
+    mirror_ok("pull", "-f", "images.yaml", "-o", "out.tar", "--cache", "c", "-q",
+              "--platform", "linux/arm64", cwd=tmp_path)
+    layout = check_layout(tmp_path / "out.tar")
+    assert layout.entry_names() == [good.ref]
+
+
 @pytest.mark.parametrize("platform", ["linux/amd46", "linux", "linux/arm64/v8/x", "lunix/amd64"])
 def test_unknown_platform_on_the_command_line(platform: str, good: Good,
                                               tmp_path: Path) -> None:
