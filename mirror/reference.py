@@ -103,6 +103,13 @@ class Reference:
             registry, path = first, rest
             if not _HOST.match(registry):
                 raise InvalidReference(f"invalid reference {original!r}: bad registry {first!r}")
+        elif not sep and (text == "localhost" or "." in text):
+            # `localhost:5000`, `127.0.0.1:5000`, `registry.example.com`: Docker would read
+            # docker.io/library/localhost:5000 (tag 5000), which is never what was meant
+            host = f"{text}:{tag}" if tag and tag.isdigit() else text
+            raise InvalidReference(
+                f"invalid reference {original!r}: {host!r} is a registry, with no repository",
+                hint=f"write {host}/REPOSITORY[:TAG]")
         else:
             registry, path = DOCKER_HUB, text
         registry = normalize_registry(registry)

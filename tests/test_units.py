@@ -80,6 +80,11 @@ def test_reference_parse(text: str, registry: str, repository: str, tag: str | N
     ("a/b@", "digest"),
     ("bad_host:5000/app", "bad registry"),
     ("r.io/" + "a" * 260, "longer than 255"),
+    # a registry without a repository: not docker.io/library/localhost:5000 (tag "5000")
+    ("localhost:5000", "'localhost:5000' is a registry"),
+    ("127.0.0.1:5000", "'127.0.0.1:5000' is a registry"),
+    ("registry.example.com", "'registry.example.com' is a registry"),
+    ("localhost", "'localhost' is a registry"),
 ])
 def test_reference_invalid(text: str, why: str) -> None:
     with pytest.raises(InvalidReference) as exc:
