@@ -344,7 +344,9 @@ class _Run:
             self.progress.info(_summary_line(p, self.results[i]))
         result = self.result()
         needed = {d.digest for _, p in self.resolved() for d in self.need(p)}
-        result.blobs_reused = len(needed - self.fetcher.fetched)  # none was even looked at
+        for digest in needed:  # none was even looked at, but each is in use (cache prune)
+            self.store.touch(digest)
+        result.blobs_reused = len(needed - self.fetcher.fetched)
         result.bundle, result.bundle_digest, result.unchanged = self.opts.output, digest, True
         return result
 

@@ -411,6 +411,27 @@ def test_rerun_with_nothing_new_leaves_the_bundle_alone(src_registry, repo_name,
     assert "unchanged" not in r.stderr
 
 
+def test_an_unchanged_run_counts_as_a_use_of_its_blobs_for_prune(src_registry, repo_name, rng,
+                                                                  tmp_path):
+    """Nightly: the bundle is unchanged for weeks, `cache prune --older-than 30d` runs weekly.
+    The blobs every night's run needs are in use: prune must not empty the cache (the next
+    change would then fetch every blob again)."""
+    img, _ = _multi(rng)
+    push_image(src_registry.url, repo_name, img, tags=["u"])
+    ref, cache, out = f"{src_registry.host}/{repo_name}:u", tmp_path / "cache", tmp_path / "u.tar"
+    mirror_ok("pull", ref, "-o", out, "--cache", cache)
+    blobs = list((cache / "blobs" / "sha256").iterdir())
+    assert len(blobs) == len(img.all_blobs())
+    old = time.time() - 40 * 86400
+    for p in blobs:
+        os.utime(p, (old, old))
+    r = mirror_ok("pull", ref, "-o", out, "--cache", cache)
+    assert "unchanged" in r.stderr
+    r = mirror_ok("cache", "prune", "--cache", cache, "--older-than", "30d")
+    assert "removed 0 blob(s)" in r.stdout, r.stdout
+    assert len(list((cache / "blobs" / "sha256").iterdir())) == len(blobs)
+
+
 def test_quiet_runs_print_nothing_on_success_and_one_line_on_error(src_registry, dst_registry,
                                                                     repo_name, rng, tmp_path):
     """cron mails whatever a job prints: with -q a good night is silent (the report has the
