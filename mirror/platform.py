@@ -124,7 +124,12 @@ class PlatformSelector:
     @classmethod
     def parse(cls, values: Iterable[str]) -> PlatformSelector:
         """Accepts repeated and comma-separated values; `all` selects every platform."""
+        values = list(values)
         items = [v.strip() for value in values for v in str(value).split(",") if v.strip()]
+        if values and not items:  # `--platform "$PLATFORMS"` with the variable empty
+            raise InvalidPlatform(
+                f"no platform in {', '.join(repr(str(v)) for v in values)}: give "
+                "os/arch[/variant] (e.g. linux/arm64), or 'all' for every platform")
         if not items or any(v.lower() == "all" for v in items):
             return cls(all_=True)
         return cls(Platform.parse(v) for v in items)

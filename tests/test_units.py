@@ -231,6 +231,14 @@ def test_platform_selector(values: list[str], all_: bool, platforms: tuple | Non
     assert sel.wants(None) is all_
 
 
+@pytest.mark.parametrize("values", [[""], [" "], [","], ["", ","]])
+def test_platform_selector_given_nothing(values: list[str]) -> None:
+    """`--platform "$PLATFORMS"` with the variable empty is a mistake, not `all`."""
+    with pytest.raises(InvalidPlatform) as exc:
+        PlatformSelector.parse(values)
+    assert "'all'" in str(exc.value) and exc.value.exit_code == EXIT_CODES["usage"]
+
+
 def test_platform_from_dict() -> None:
     assert Platform.from_dict(None) is None
     assert Platform.from_dict("linux/amd64") is None  # type: ignore[arg-type]
