@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mirror.config import Config, ImageSettings, ImageSpec, load_config
-from mirror.errors import EXIT_PARTIAL, MirrorError, UsageError
+from mirror.errors import EXIT_PARTIAL, BundleError, MirrorError, UsageError
 from mirror.platform import PlatformSelector
 from mirror.reference import Reference
 from mirror.registry.credentials import CredentialStore
@@ -179,7 +179,12 @@ def _base(args: argparse.Namespace) -> tuple[dict[str, int] | None, str | None, 
     digest = None
     if side.exists() and side.stat().st_mtime >= path.stat().st_mtime:
         digest = "sha256:" + side.read_text().split()[0]
-    contents = Bundle(path).scan()
+    try:
+        contents = Bundle(path).scan()
+    except BundleError as e:  # `--base images.yaml`, meant: images.lock
+        raise BundleError(f"--base {path}: neither a lock file nor a readable bundle: {e}",
+                          hint="give the earlier bundle (.tar, .tar.zst) or its lock file "
+                          "(images.lock)") from None
     return dict(contents.members), digest or sha256_file(path), path.name
 
 

@@ -831,6 +831,17 @@ def test_output_that_is_a_directory_is_refused_first(good: Good, tmp_path: Path,
     assert not (tmp_path / "bundles.partial").exists()
 
 
+def test_base_that_is_neither_a_bundle_nor_a_lock_file(good: Good, tmp_path: Path) -> None:
+    """`--base images.yaml` (meant: images.lock) says which option is wrong, before any
+    download; not a bare 'images.yaml: truncated ... copy the bundle again'."""
+    (tmp_path / "images.yaml").write_text(f"images:\n  - {good.ref}\n")
+    err = fails("bundle", "pull", "-f", "images.yaml", "-o", "out.tar", "--cache", "c",
+                "--base", "images.yaml", cwd=tmp_path)
+    assert err.startswith("mirror: error: --base images.yaml: "), err
+    assert "lock file" in err, err
+    assert not (tmp_path / "c").exists() and not (tmp_path / "out.tar").exists()
+
+
 def test_bad_load_target(good: Good, dst_registry: Registry) -> None:
     for to in ("https://127.0.0.1:5000", f"{dst_registry.host}/Upper", ""):
         err = fails("usage", "load", good.bundle, "--to", to)
