@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import threading
 from dataclasses import asdict, replace
@@ -362,20 +363,30 @@ async def _lock(args: argparse.Namespace, progress, report: Report) -> int:
 
 
 def _parse_age(text: str) -> float:
+    """`30d`, `12h`, `90m`, `2w`, `3600` (seconds): finite and not negative (a negative age
+    would call every blob too old)."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
     try:
-        return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+        age = float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
     except (ValueError, IndexError):
-        raise UsageError(f"invalid age {text!r}: e.g. 30d, 12h") from None
+        age = math.nan
+    if not math.isfinite(age) or age < 0:
+        raise UsageError(f"invalid age {text!r}: e.g. 30d, 12h")
+    return age
 
 
 def _parse_size(text: str) -> int:
+    """`50G`, `500M`, `1T`, bytes: finite and not negative (a negative size would remove every
+    blob)."""
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
     t = text.strip().lower().removesuffix("b").removesuffix("i")
     try:
-        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+        size = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(int(t))
     except (ValueError, IndexError):
-        raise UsageError(f"invalid size {text!r}: e.g. 50G, 500M") from None
+        size = math.nan
+    if not math.isfinite(size) or size < 0:
+        raise UsageError(f"invalid size {text!r}: e.g. 50G, 500M")
+    return int(size)
 
 
 async def _cache(args: argparse.Namespace, progress, report: Report) -> int:

@@ -12,8 +12,10 @@ import tarfile
 import time
 from pathlib import Path
 
+import pytest
 import zstandard
 
+from mirror.errors import EXIT_CODES
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault
 from tests.support.oracle import (
@@ -379,6 +381,23 @@ def test_dry_run_writes_nothing_and_prune_trims_the_cache(src_registry, repo_nam
     assert left == [img.images[0].config.digest.split(":")[1]], r.stdout
     doc = json.loads(report.read_text())  # (options after the action, as for the others)
     assert doc["exit_code"] == 0 and doc["blobs_removed"] >= 1 and r.stdout == ""
+
+
+@pytest.mark.parametrize("flag,value", [("--max-size", "-1"), ("--max-size", "-5G"),
+                                        ("--max-size", "infG"), ("--older-than", "-1d"),
+                                        ("--older-than", "nan"), ("--older-than", "infd")])
+def test_prune_refuses_a_negative_or_endless_limit(flag, value, tmp_path):
+    """`--max-size -1` (a typo, or an unset variable in `-${SIZE}G`) used to mean "over any
+    size": every blob was removed; `--older-than -1d` the same by age; `infG` was a
+    traceback. Each is a usage error (exit 2) that removes nothing."""
+    cache = tmp_path / "cache"
+    blob = cache / "blobs" / "sha256" / ("ab" * 32)
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(b"kept")
+    r = run_mirror("cache", "prune", "--cache", cache, f"{flag}={value}")
+    assert r.returncode == EXIT_CODES["usage"], r.stderr
+    assert f"invalid {'size' if flag == '--max-size' else 'age'} {value!r}" in r.stderr
+    assert "Traceback" not in r.stderr and blob.read_bytes() == b"kept"
 
 
 def test_rerun_with_nothing_new_leaves_the_bundle_alone(src_registry, repo_name, rng, tmp_path):
