@@ -61,8 +61,9 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
 
 
 def _add_out(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    p.add_argument("-v", "--verbose", action="store_true", help="more detail")
+    talk = p.add_mutually_exclusive_group()  # -q -v: which one? say so, not guess
+    talk.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    talk.add_argument("-v", "--verbose", action="store_true", help="more detail")
     p.add_argument("--report", metavar="FILE.json", help="write a JSON report of the run")
 
 

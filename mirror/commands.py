@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -175,7 +177,12 @@ def _base(args: argparse.Namespace) -> tuple[dict[str, int] | None, str | None, 
     if not path.exists():
         raise UsageError(f"--base {path}: no such file")
     if is_lock_file(path):
-        return Lock.read(path).blobs, sha256_file(path), path.name
+        blobs = Lock.read(path).blobs
+        if not blobs:  # else every blob would go in again, silently: not incremental at all
+            raise UsageError(f"--base {path}: the lock file lists no blobs",
+                             hint="give the lock file `mirror pull` wrote with the earlier "
+                             "bundle, or that bundle itself")
+        return blobs, sha256_file(path), path.name
     side = path.with_name(path.name + ".sha256")
     digest = None
     if side.exists() and side.stat().st_mtime >= path.stat().st_mtime:
@@ -187,6 +194,21 @@ def _base(args: argparse.Namespace) -> tuple[dict[str, int] | None, str | None, 
                           hint="give the earlier bundle (.tar, .tar.zst) or its lock file "
                           "(images.lock)") from None
     return dict(contents.members), digest or sha256_file(path), path.name
+
+
+@contextlib.contextmanager
+def _output_lock(out: Path, *, dry_run: bool) -> Iterator[None]:
+    """Hold the output for the run (a --dry-run writes none, so it takes none), and drop what
+    a killed run left there: no run but the holder of this lock writes `OUT.partial`."""
+    if dry_run:
+        yield
+        return
+    from mirror.store.lock import RunLock
+
+    with RunLock(out.with_name(out.name + ".lock"), f"output {out}"):
+        for stale in (out.name + ".partial", out.name + ".sha256.partial"):
+            out.with_name(stale).unlink(missing_ok=True)
+        yield
 
 
 def _pull_report(result) -> dict:
@@ -233,7 +255,7 @@ async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
                          base_blobs=base_blobs, base_digest=base_digest, base_name=base_name)
     try:
         with RunLock(Path(cache) / "lock", f"cache {cache}"), \
-                RunLock(out.with_name(out.name + ".lock"), f"output {out}"):
+                _output_lock(out, dry_run=args.dry_run):
             store = BlobStore(cache)
             async with _transport(args, cfg, progress) as t:
                 result = await pull(Client(t), store, specs, opts, progress)

@@ -400,6 +400,18 @@ def test_prune_refuses_a_negative_or_endless_limit(flag, value, tmp_path):
     assert "Traceback" not in r.stderr and blob.read_bytes() == b"kept"
 
 
+def test_base_lock_file_listing_no_blobs_is_refused(tmp_path):
+    """A lock file with no `blobs` as --base would make a full bundle while the operator
+    thinks it incremental: exit 2 naming it, before any request."""
+    lock = tmp_path / "old.lock"
+    lock.write_text(json.dumps({"lockVersion": 1, "images": {}}))
+    r = run_mirror("pull", "127.0.0.1:9/x/y:1", "--base", lock, "-o", tmp_path / "b.tar",
+                   "--cache", tmp_path / "cache")
+    assert r.returncode == EXIT_CODES["usage"], r.stderr
+    assert f"--base {lock}: the lock file lists no blobs" in r.stderr
+    assert not (tmp_path / "b.tar").exists()
+
+
 def test_rerun_with_nothing_new_leaves_the_bundle_alone(src_registry, repo_name, rng, tmp_path):
     img, _ = _multi(rng)
     push_image(src_registry.url, repo_name, img, tags=["n"])

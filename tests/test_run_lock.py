@@ -147,3 +147,25 @@ def test_taking_and_releasing_in_a_loop_never_lets_two_hold_the_lock(tmp_path):
         assert enter[0] == "+" and leave == "-" + enter[1:], (
             f"two holders at once at line {i}: {lines[max(0, i - 2):i + 4]}")
     assert not path.exists()
+
+
+def test_dry_run_takes_no_output_lock_and_a_run_drops_a_killed_runs_partial(
+        src_registry, repo_name, rng, tmp_path):
+    """While another run holds OUT (its lock taken here), `--dry-run -o OUT` still works: it
+    writes nothing, so it needs no output lock; a real pull of OUT exits 12. And the next run
+    that holds OUT removes the `OUT.partial` a killed run left (it used to stay until a run
+    rewrote the bundle; an unchanged run never did)."""
+    img = ig.make_image(rng, ig.AMD64)
+    push_image(src_registry.url, repo_name, img, tags=["1"])
+    ref = f"{src_registry.host}/{repo_name}:1"
+    out, cache = tmp_path / "b.tar", tmp_path / "cache"
+    mirror_ok("pull", ref, "-o", out, "--cache", cache, "-q")
+    with RunLock(out.with_name("b.tar.lock"), f"output {out}"):
+        r = run_mirror("pull", ref, "--dry-run", "-o", out, "--cache", tmp_path / "c2")
+        assert r.returncode == 0 and "would fetch" in r.stdout, r.stderr
+        r = run_mirror("pull", ref, "-o", out, "--cache", tmp_path / "c2")
+        assert r.returncode == 12, r.stderr
+    partial = out.with_name("b.tar.partial")
+    partial.write_bytes(b"\0" * 4096)  # what a SIGKILLed run leaves
+    r = mirror_ok("pull", ref, "-o", out, "--cache", cache)
+    assert "unchanged" in r.stderr and not partial.exists()
