@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from mirror.aio import gather_or_cancel
 from mirror.bundle.layout import IMAGE_NAME, REF_NAME
@@ -34,6 +36,7 @@ from mirror.progress import NullProgress, Progress
 from mirror.reference import Reference, _is_registry, normalize_registry
 from mirror.referrers import A_SUBJECT, push_fallback
 from mirror.registry.client import Client
+from mirror.registry.upload import restartable
 
 CHUNK = 1 << 20
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -295,19 +298,51 @@ async def load(client: Client, bundle: Bundle, target: Target, *, jobs: int = 4,
                                  f"into {repo}, and the bundle does not carry it")
 
     if bundle.compressed:
-        while todo:  # one pass over the stream; again only for blobs a mount did not take
+        # one pass over the stream; again for blobs a mount did not take, and for uploads
+        # that failed with a cause worth another try (a stream can't be re-sent: the blob
+        # waits for the next pass, up to the retry policy's tries)
+        failures: dict[str, int] = {}
+        policy = client.t.policy
+        # a failed upload may leave a read of its member running in a thread: the stream
+        # moves on to the next member only once that read is over
+        reading = threading.Lock()
+
+        def read(f: Any) -> bytes:
+            with reading:
+                return f.read(CHUNK)
+
+        while todo:
             again: dict[str, list[tuple[str, Descriptor]]] = {}
-            for name, _size, f in bundle.members():
+            stream = bundle.members()
+            while True:
+                with reading:
+                    item = next(stream, None)
+                if item is None:
+                    break
+                name, _size, f = item
                 digest = name.replace("blobs/", "", 1).replace("/", ":", 1)
                 if digest in todo and f is not None:
-                    left = await push_one(digest, todo.pop(digest),
-                                          iter(lambda f=f: f.read(CHUNK), b""))
+                    where = todo.pop(digest)
+                    try:
+                        left = await push_one(digest, where,
+                                              iter(lambda f=f: read(f), b""))
+                    except RegistryError as e:
+                        failures[digest] = failures.get(digest, 0) + 1
+                        if not restartable(e) or failures[digest] >= policy.tries:
+                            raise
+                        client.t.count_retry()
+                        client.t.debug(f"retry upload of blob {digest} on the next pass over "
+                                       f"{bundle.name}: {e}; try {failures[digest] + 1} of "
+                                       f"{policy.tries}")
+                        left = where
                     if left:
                         again[digest] = left
             if todo:
                 raise BundleError(f"{bundle.name}: blob(s) missing from the stream: "
                                   f"{', '.join(sorted(todo)[:5])}")
             todo = again
+            if failures and todo:
+                await asyncio.sleep(policy.delay(max(failures.values())))
     else:
         async def guarded(digest: str, where: list[tuple[str, Descriptor]]) -> None:
             async with sem:

@@ -505,6 +505,23 @@ def test_failed_chunk_is_resumed_not_restarted(big_bundle, dst_registry: Registr
     assert ("GET", 204) in [(m, st) for m, p, st in proxy.requests if "/uploads/" in p]
 
 
+def test_failed_upload_from_a_zstd_bundle_is_sent_again(
+        big_bundle, dst_registry: Registry, recproxy, repo_name: str, tmp_path: Path) -> None:
+    """A .tar.zst is a stream that can't be re-read from the middle of a blob; a 502 on a
+    chunk and a 503 on a monolithic PUT are still retried (the blob goes again on the next
+    pass over the bundle), not the end of the load."""
+    bundle, img = big_bundle
+    big, small = img.layers
+    zst = tmp_path / "big.tar.zst"
+    subprocess.run(["zstd", "-q", "-1", str(bundle), "-o", str(zst)], check=True)
+    proxy = recproxy(dst_registry.url)
+    proxy.add(Fault("status", method="PATCH", path=r"/blobs/uploads/", status=502, skip=1))
+    proxy.add(Fault("status", method="PUT", path=small.digest.split(":")[1], status=503))
+    ok(load(zst, f"{proxy.host}/{repo_name}", "--report", tmp_path / "r.json"))
+    check_loaded(dst_registry, f"{repo_name}/{_source_repo(bundle)}", img)
+    assert json.loads((tmp_path / "r.json").read_text())["retries"] >= 2
+
+
 def test_failed_monolithic_put_is_restarted(src_registry: Registry, dst_registry: Registry,
                                             recproxy, repo_name: str, rng: random.Random,
                                             tmp_path: Path) -> None:

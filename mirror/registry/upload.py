@@ -77,7 +77,7 @@ class Uploads:
                 return
             except RegistryError as e:
                 failures += 1
-                if not seekable or failures >= self.t.policy.tries or not _restartable(e):
+                if not seekable or failures >= self.t.policy.tries or not restartable(e):
                     raise
                 self.t.count_retry()
                 await self._cancel_upload(registry, repo, location)
@@ -152,7 +152,7 @@ class Uploads:
                     allow_redirects=False, retry=False)
             except RegistryError as e:
                 failures += 1
-                if not seekable or failures >= self.t.policy.tries or not _restartable(e):
+                if not seekable or failures >= self.t.policy.tries or not restartable(e):
                     raise
                 self.t.count_retry()
                 await asyncio.sleep(self.t.policy.delay(failures))
@@ -182,7 +182,7 @@ class Uploads:
         return loc, (end + 1 if end > 0 else 0)
 
 
-def _restartable(e: RegistryError) -> bool:
+def restartable(e: RegistryError) -> bool:
     """Worth another try: no status (connection), 401 (token expired mid-upload), an upload
     session the registry lost (404, 416), or a transient status."""
     if isinstance(e, NotFound) and e.codes and "BLOB_UPLOAD_UNKNOWN" not in e.codes:
