@@ -58,6 +58,9 @@ class Target:
                 Reference.parse(f"{host}/{prefix}")
         except InvalidReference as e:
             raise UsageError(f"invalid --to {text!r}: {e}") from None
+        if ":" in prefix:  # parsed as a tag: each image keeps its own
+            raise UsageError(f"invalid --to {text!r}: the prefix is a repository path, "
+                             "not a tag (each image is pushed with its own tag)")
         return cls(normalize_registry(host), prefix)
 
 

@@ -843,6 +843,7 @@ def test_base_that_is_neither_a_bundle_nor_a_lock_file(good: Good, tmp_path: Pat
 
 
 def test_bad_load_target(good: Good, dst_registry: Registry) -> None:
-    for to in ("https://127.0.0.1:5000", f"{dst_registry.host}/Upper", ""):
+    for to in ("https://127.0.0.1:5000", f"{dst_registry.host}/Upper", "",
+               f"{dst_registry.host}/mirror:latest", f"{dst_registry.host}/a/b:1.0"):
         err = fails("usage", "load", good.bundle, "--to", to)
         assert "--to" in err, err
