@@ -294,7 +294,7 @@ async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
 
 async def _load(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.bundle.reader import Bundle
-    from mirror.load import Target, load
+    from mirror.load import LoadResult, Target, load
     from mirror.registry.client import Client
 
     # None: not known (the load stopped before it could say)
@@ -304,16 +304,18 @@ async def _load(args: argparse.Namespace, progress, report: Report) -> int:
     target = Target.parse(args.to)
     bundle = Bundle(args.bundle)
     transport = _transport(args, None, progress)
+    result = LoadResult()
     try:
         async with transport as t:
-            result = await load(Client(t), bundle, target, jobs=args.jobs,
-                                dry_run=args.dry_run, progress=progress)
+            await load(Client(t), bundle, target, jobs=args.jobs, dry_run=args.dry_run,
+                       progress=progress, result=result)
     finally:
         report.add(retries=transport.retries)
-    report.add(blobs_pushed=result.blobs_pushed, blobs_mounted=result.blobs_mounted,
-               blobs_present=result.blobs_present, bytes_pushed=result.bytes_pushed,
-               manifests_pushed=result.manifests_pushed, tags=result.tags,
-               dry_run=result.dry_run)
+        if result.started:  # what was done, also when the load failed or was stopped later
+            report.add(blobs_pushed=result.blobs_pushed, blobs_mounted=result.blobs_mounted,
+                       blobs_present=result.blobs_present, bytes_pushed=result.bytes_pushed,
+                       manifests_pushed=result.manifests_pushed, tags=result.tags)
+    report.add(dry_run=result.dry_run)
     if args.dry_run:
         for line in result.dry_run:
             print(line)

@@ -85,6 +85,7 @@ class LoadResult:
     manifests_pushed: int = 0
     tags: list[str] = field(default_factory=list)
     dry_run: list[str] = field(default_factory=list)
+    started: bool = False  # the target answered what it holds: the counts mean something
 
 
 def _entry_target(entry: dict, target: Target, bundle: str) -> tuple[str, str | None]:
@@ -192,13 +193,17 @@ async def _aiter_thread(gen: Iterator[bytes]) -> AsyncIterator[bytes]:
 
 
 async def load(client: Client, bundle: Bundle, target: Target, *, jobs: int = 4,
-               dry_run: bool = False, progress: Progress | None = None) -> LoadResult:
+               dry_run: bool = False, progress: Progress | None = None,
+               result: LoadResult | None = None) -> LoadResult:
+    """`result`, when given, is filled in as the load goes: after a failure it holds what
+    was done (a report's counts)."""
     progress = progress or NullProgress()
+    result = result if result is not None else LoadResult()
     contents = await asyncio.to_thread(bundle.scan)
     images = plan_load(contents, target, bundle.name)
     absent = check_complete(images, contents, bundle.name)
     reg = target.registry
-    result = LoadResult(images)
+    result.images = images
     sem = asyncio.Semaphore(jobs)
 
     # which blobs each repository still needs
@@ -219,6 +224,7 @@ async def load(client: Client, bundle: Bundle, target: Target, *, jobs: int = 4,
     for (repo, d), ok in zip(checks, flags, strict=True):
         if ok:
             present_in.setdefault(d.digest, repo)
+    result.started = True
     mounts: list[tuple[str, Descriptor, str]] = []  # from an earlier load into another repo
     for (repo, d), ok in zip(checks, flags, strict=True):
         if ok:

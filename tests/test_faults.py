@@ -522,6 +522,23 @@ def test_failed_upload_from_a_zstd_bundle_is_sent_again(
     assert json.loads((tmp_path / "r.json").read_text())["retries"] >= 2
 
 
+def test_report_of_a_failed_load_says_what_was_pushed(
+        big_bundle, dst_registry: Registry, recproxy, repo_name: str, tmp_path: Path) -> None:
+    """The blobs went, the tag did not: the report (for the monitor at 3 a.m.) counts what
+    was pushed rather than saying null for all of it."""
+    bundle, img = big_bundle
+    proxy = recproxy(dst_registry.url)
+    proxy.add(Fault("status", method="PUT", path=r"/manifests/v1", status=500, times=None))
+    rep = tmp_path / "r.json"
+    proc = load(bundle, f"{proxy.host}/{repo_name}", "--report", rep, "--retries", "0")
+    assert proc.returncode == 3, proc.stderr
+    r = json.loads(rep.read_text())
+    assert r["exit_code"] == 3 and "v1" in r["error"]
+    assert r["blobs_pushed"] == len(img.blobs())
+    assert r["bytes_pushed"] == sum(b.size for b in img.blobs())
+    assert r["manifests_pushed"] == 0 and r["tags"] == []
+
+
 def test_failed_monolithic_put_is_restarted(src_registry: Registry, dst_registry: Registry,
                                             recproxy, repo_name: str, rng: random.Random,
                                             tmp_path: Path) -> None:
