@@ -299,7 +299,8 @@ async def _load(args: argparse.Namespace, progress, report: Report) -> int:
 
     # None: not known (the load stopped before it could say)
     report.add(bundle=str(args.bundle), target=args.to, blobs_pushed=None, blobs_mounted=None,
-               blobs_present=None, bytes_pushed=None, manifests_pushed=None, tags=None,
+               blobs_present=None, bytes_pushed=None, manifests_pushed=None,
+               manifests_present=None, tags=None,
                retries=0, dry_run=args.dry_run)
     target = Target.parse(args.to)
     bundle = Bundle(args.bundle)
@@ -314,7 +315,8 @@ async def _load(args: argparse.Namespace, progress, report: Report) -> int:
         if result.started:  # what was done, also when the load failed or was stopped later
             report.add(blobs_pushed=result.blobs_pushed, blobs_mounted=result.blobs_mounted,
                        blobs_present=result.blobs_present, bytes_pushed=result.bytes_pushed,
-                       manifests_pushed=result.manifests_pushed, tags=result.tags)
+                       manifests_pushed=result.manifests_pushed,
+                       manifests_present=result.manifests_present, tags=result.tags)
     report.add(dry_run=result.dry_run)
     if args.dry_run:
         for line in result.dry_run:
@@ -326,7 +328,8 @@ async def _load(args: argparse.Namespace, progress, report: Report) -> int:
     progress.info(f"loaded {args.bundle}: {result.blobs_pushed} blob(s) pushed "
                   f"({result.bytes_pushed} bytes), {result.blobs_mounted} mounted, "
                   f"{result.blobs_present} already present, {result.manifests_pushed} "
-                  f"manifest(s), {len(result.tags)} tag(s)")
+                  f"manifest(s) pushed ({result.manifests_present} already there), "
+                  f"{len(result.tags)} tag(s)")
     return 0
 
 

@@ -25,9 +25,11 @@ from mirror.bundle.layout import IMAGE_NAME, REF_NAME
 from mirror.bundle.reader import Bundle, Contents
 from mirror.digest import verified_sync
 from mirror.errors import (
+    AuthError,
     BundleError,
     IncompleteBase,
     InvalidReference,
+    RateLimited,
     RegistryError,
     UsageError,
 )
@@ -83,6 +85,7 @@ class LoadResult:
     blobs_present: int = 0
     bytes_pushed: int = 0
     manifests_pushed: int = 0
+    manifests_present: int = 0
     tags: list[str] = field(default_factory=list)
     dry_run: list[str] = field(default_factory=list)
     started: bool = False  # the target answered what it holds: the counts mean something
@@ -377,22 +380,45 @@ async def _push_manifests(client: Client, reg: str, images: list[PushImage],
         for m in img.manifests:
             if m is img.root or (img.repository, m.digest) in pushed:
                 continue
-            await _put(client, reg, img, m.digest, m)
             pushed.add((img.repository, m.digest))
+            if await _there(client, reg, img.repository, m.digest, m):
+                result.manifests_present += 1
+                continue
+            await _put(client, reg, img, m.digest, m)
             result.manifests_pushed += 1
     for img in images:
         if img.tag is None and (img.repository, img.root.digest) not in pushed:
-            subject = await _put(client, reg, img, img.root.digest, img.root)
             pushed.add((img.repository, img.root.digest))
+            if img.root.subject is None and await _there(client, reg, img.repository,
+                                                         img.root.digest, img.root):
+                result.manifests_present += 1  # (a referrer goes again: its fallback tag)
+                continue
+            subject = await _put(client, reg, img, img.root.digest, img.root)
             result.manifests_pushed += 1
             if img.root.subject is not None and not subject:
                 await push_fallback(client, reg, img.repository, img.root)
     for img in images:
         if img.tag is not None:
-            await _put(client, reg, img, img.tag, img.root)
-            result.manifests_pushed += 1
+            if await _there(client, reg, img.repository, img.tag, img.root):
+                result.manifests_present += 1  # a re-run: the tag already names these bytes
+            else:
+                await _put(client, reg, img, img.tag, img.root)
+                result.manifests_pushed += 1
             result.tags.append(f"{reg}/{img.repository}:{img.tag}")
             progress.info(f"{img.name} -> {reg}/{img.repository}:{img.tag} {img.root.digest}")
+
+
+async def _there(client: Client, reg: str, repo: str, ref: str, m: RawManifest) -> bool:
+    """The target already serves `m` as `ref` (a tag naming the same digest, or the digest):
+    nothing to push (a re-run pushes nothing, and a registry with immutable tags is not
+    asked to rewrite one)."""
+    try:
+        head = await client.head_manifest(reg, repo, ref)
+    except (AuthError, RateLimited):
+        raise
+    except RegistryError:
+        return False  # no answer worth trusting: push, as before
+    return head is not None and head.digest == m.digest
 
 
 async def _put(client: Client, reg: str, img: PushImage, ref: str, m: RawManifest

@@ -539,6 +539,29 @@ def test_report_of_a_failed_load_says_what_was_pushed(
     assert r["manifests_pushed"] == 0 and r["tags"] == []
 
 
+def test_loading_the_same_bundle_again_pushes_nothing(
+        src_registry: Registry, dst_registry: Registry, recproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """The second night's load of the same bundle: every blob and manifest is there, so no
+    PUT, POST or PATCH at all (a registry with immutable tags is not asked to rewrite one);
+    the tags are still listed, exit 0."""
+    imgs = [ig.make_image(rng, p, "oci", layer_size=2000) for p in (ig.AMD64, ig.ARM64)]
+    index = ig.make_index(imgs, "oci")
+    push_image(src_registry.url, repo_name, index, ["v1"])
+    ok(pull(tmp_path, f"{src_registry.host}/{repo_name}:v1", "--platform", "all"))
+    proxy = recproxy(dst_registry.url)
+    ok(load(tmp_path / "out.tar", f"{proxy.host}/again"))
+    assert proxy.seen("PUT", "/manifests/v1")
+    proxy.log.clear()
+    rep = tmp_path / "r.json"
+    proc = ok(cli("load", tmp_path / "out.tar", "--to", f"{proxy.host}/again", "--report", rep))
+    assert f"{proxy.host}/again/{repo_name}:v1" in proc.stdout
+    assert [(s.method, s.path) for s in proxy.log if s.method not in ("GET", "HEAD")] == []
+    r = json.loads(rep.read_text())
+    assert (r["blobs_pushed"], r["manifests_pushed"], r["manifests_present"]) == (0, 0, 3), r
+    assert get_manifest(dst_registry.url, f"again/{repo_name}", "v1")[0] == index.manifest.data
+
+
 def test_failed_monolithic_put_is_restarted(src_registry: Registry, dst_registry: Registry,
                                             recproxy, repo_name: str, rng: random.Random,
                                             tmp_path: Path) -> None:
