@@ -562,6 +562,24 @@ def test_loading_the_same_bundle_again_pushes_nothing(
     assert get_manifest(dst_registry.url, f"again/{repo_name}", "v1")[0] == index.manifest.data
 
 
+def test_retry_after_on_an_upload_chunk_is_honoured(big_bundle, dst_registry: Registry,
+                                                    recproxy, repo_name: str) -> None:
+    """A 429 with Retry-After on a PATCH (a one-shot body, retried by the upload itself):
+    the next request to the registry waits as long as it was asked, however many times."""
+    bundle, img = big_bundle
+    proxy = recproxy(dst_registry.url)
+    proxy.add(Fault("status", method="PATCH", path=r"/blobs/uploads/", status=429, times=3,
+                    headers={"Retry-After": "2"}))
+    ok(load(bundle, f"{proxy.host}/{repo_name}"))
+    check_loaded(dst_registry, f"{repo_name}/{_source_repo(bundle)}", img)
+    # the big blob's chunks and status checks (the small blobs' PUTs may be in flight)
+    log = [s for s in proxy.seen() if s.method in ("PATCH", "GET") and "/uploads/" in s.path]
+    limited = [i for i, s in enumerate(log) if s.status == 429]
+    assert len(limited) == 3
+    for i in limited:
+        assert log[i + 1].when - log[i].when >= 1.9, (log[i].path, log[i + 1].path)
+
+
 def test_failed_monolithic_put_is_restarted(src_registry: Registry, dst_registry: Registry,
                                             recproxy, repo_name: str, rng: random.Random,
                                             tmp_path: Path) -> None:

@@ -444,6 +444,13 @@ class Transport:
                     else:
                         await asyncio.sleep(delay)
                     continue
+            if not retry and resp.status in (429, 503):
+                # a one-shot body (an upload chunk): the caller tries again, and the registry's
+                # Retry-After holds for that try and every other request to it
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                if retry_after is not None and retry_after <= self.policy.max_retry_after \
+                        and ep.gate.pause(retry_after):
+                    self.announce_wait(full, retry_after, resp.status)
             raise self.error_for(resp, err_body, registry, repository, what,
                                  tries=attempt if retryable else attempt + 1 if attempt else 0,
                                  actions=actions)
