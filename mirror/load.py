@@ -257,6 +257,9 @@ async def load(client: Client, bundle: Bundle, target: Target, *, jobs: int = 4,
         for img in images:
             for m in img.manifests:
                 ref = img.tag if (m is img.root and img.tag) else m.digest
+                if not (m is img.root and img.tag is None and m.subject is not None) and \
+                        await _there(client, reg, img.repository, ref, m):
+                    continue  # already there: the load would not push it (_push_manifests)
                 result.dry_run.append(f"manifest {m.digest} -> {reg}/{img.repository}:{ref}"
                                       if not ref.startswith("sha256:") else
                                       f"manifest {m.digest} -> {reg}/{img.repository}@{ref}")

@@ -440,6 +440,10 @@ def test_load_dry_run_lists_and_pushes_nothing(
     assert list_tags(dst_registry.url, repo_name) == []
     for blob in dl.all_blobs():
         assert not blob_exists(dst_registry.url, repo_name, blob.digest)
+    # once loaded, nothing would be pushed: a dry run says so, as the load would do
+    load(bundle, dst_registry.host)
+    proc = mirror_ok("load", bundle, "--to", dst_registry.host, "--dry-run")
+    assert proc.stdout == "", proc.stdout
 
 
 # -- 10. memory does not grow with layer size ----------------------------------------------
