@@ -580,6 +580,21 @@ def test_retry_after_on_an_upload_chunk_is_honoured(big_bundle, dst_registry: Re
         assert log[i + 1].when - log[i].when >= 1.9, (log[i].path, log[i + 1].path)
 
 
+def test_upload_session_lost_mid_blob_starts_a_new_one(big_bundle, dst_registry: Registry,
+                                                       recproxy, repo_name: str) -> None:
+    """The registry restarts mid-chunk: the PATCH breaks off and the session's status answers
+    404 BLOB_UPLOAD_INVALID (what distribution said after a restart here). The session is
+    gone, not the repository: the blob is sent again in a new session, exit 0 (was exit 5)."""
+    bundle, img = big_bundle
+    proxy = recproxy(dst_registry.url)
+    proxy.add(Fault("status", method="PATCH", path=r"/blobs/uploads/", status=502, skip=1))
+    proxy.add(Fault("status", method="GET", path=r"/blobs/uploads/", status=404,
+                    code="BLOB_UPLOAD_INVALID"))
+    ok(load(bundle, f"{proxy.host}/{repo_name}"))
+    check_loaded(dst_registry, f"{repo_name}/{_source_repo(bundle)}", img)
+    assert len(proxy.seen("POST", "/blobs/uploads/")) == len(img.blobs()) + 1  # one again
+
+
 def test_failed_monolithic_put_is_restarted(src_registry: Registry, dst_registry: Registry,
                                             recproxy, repo_name: str, rng: random.Random,
                                             tmp_path: Path) -> None:

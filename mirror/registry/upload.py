@@ -184,8 +184,10 @@ class Uploads:
 
 def restartable(e: RegistryError) -> bool:
     """Worth another try: no status (connection), 401 (token expired mid-upload), an upload
-    session the registry lost (404, 416), or a transient status."""
-    if isinstance(e, NotFound) and e.codes and "BLOB_UPLOAD_UNKNOWN" not in e.codes:
+    session the registry lost (404, 416; distribution says BLOB_UPLOAD_INVALID for a session
+    it no longer has after a restart), or a transient status."""
+    if isinstance(e, NotFound) and e.codes and \
+            not {"BLOB_UPLOAD_UNKNOWN", "BLOB_UPLOAD_INVALID"} & set(e.codes):
         return False
     return e.status is None or e.status in (401, 404, 408, 416, 429) or e.status >= 500
 
