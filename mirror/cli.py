@@ -61,9 +61,11 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
 
 
 def _add_out(p: argparse.ArgumentParser) -> None:
-    talk = p.add_mutually_exclusive_group()  # -q -v: which one? say so, not guess
-    talk.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    talk.add_argument("-v", "--verbose", action="store_true", help="more detail")
+    # -q and -v go together as curl's -s and -v do: -q hides the progress and summary lines,
+    # -v adds a line per request, retry and wait
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("-v", "--verbose", action="store_true", help="more detail: a line per "
+                   "request, retry and wait (with -q: those lines and the warnings only)")
     p.add_argument("--report", metavar="FILE.json", help="write a JSON report of the run")
 
 

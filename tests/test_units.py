@@ -568,17 +568,3 @@ def test_lock_parses_foreign_layers_and_referrer_types() -> None:
                                       "rewrite", "--referrer-type", "sbom",
                                       "--referrer-type", "signature"])
     assert args.foreign_layers == "rewrite" and args.referrer_type == ["sbom", "signature"]
-
-
-@pytest.mark.parametrize("command", [["pull", "x/y:1"], ["load", "b.tar", "--to", "h"],
-                                     ["verify", "b.tar"], ["lock", "x/y:1"]])
-def test_quiet_and_verbose_together_is_a_usage_error(command: list[str],
-                                                     capsys: pytest.CaptureFixture) -> None:
-    """`-q -v` printed the -v request lines while saying quiet: which one was meant is the
-    operator's to say (exit 2), not ours to guess."""
-    from mirror.cli import build_parser
-
-    with pytest.raises(SystemExit) as e:
-        build_parser().parse_args([*command, "-q", "-v"])
-    assert e.value.code == 2
-    assert "not allowed with argument" in capsys.readouterr().err
