@@ -296,10 +296,12 @@ async def load(client: Client, bundle: Bundle, target: Target, *, jobs: int = 4,
             if loc is None:
                 result.blobs_mounted += 1
             elif stream is not None:
+                await client.cancel_upload(reg, repo, loc)  # the next pass opens its own
                 left.append((repo, desc))
             else:
                 await client.upload_blob(reg, repo, d, from_tar, seekable=True, location=loc)
                 result.blobs_pushed += 1
+                result.bytes_pushed += d.size
         return left
 
     for repo, d, src in mounts:
@@ -307,8 +309,10 @@ async def load(client: Client, bundle: Bundle, target: Target, *, jobs: int = 4,
         if loc is None:
             result.blobs_mounted += 1
         elif d.digest in contents.members:
+            await client.cancel_upload(reg, repo, loc)  # pushed below, in a session of its own
             todo.setdefault(d.digest, []).append((repo, d))
         else:
+            await client.cancel_upload(reg, repo, loc)
             raise IncompleteBase(f"{bundle.name}: {reg} would not mount {d.digest} from {src} "
                                  f"into {repo}, and the bundle does not carry it")
 

@@ -80,7 +80,7 @@ class Uploads:
                 if not seekable or failures >= self.t.policy.tries or not restartable(e):
                     raise
                 self.t.count_retry()
-                await self._cancel_upload(registry, repo, location)
+                await self.cancel_upload(registry, repo, location)
                 location = None
                 await asyncio.sleep(self.t.policy.delay(failures))
 
@@ -94,7 +94,7 @@ class Uploads:
                 self._min_chunk[registry] = int(min_len)
             return self._location(resp)
 
-    async def _cancel_upload(self, registry: str, repo: str, location: str) -> None:
+    async def cancel_upload(self, registry: str, repo: str, location: str) -> None:
         """DELETE an abandoned session (best effort; registries expire them anyway)."""
         try:
             resp = await self.t.request(registry, "DELETE", location, repository=repo,
