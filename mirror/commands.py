@@ -215,13 +215,15 @@ def _pull_report(result) -> dict:
     """The pull's part of the report; the same keys whether or not the pull got going."""
     if result is None:
         return {"bundle": None, "bundle_digest": None, "partial": False,
-                "bundle_unchanged": False, "bytes_fetched": 0, "bytes_reused": 0, "bytes_kept": 0,
-                "blobs_fetched": 0, "blobs_reused": 0, "retries": 0, "images": []}
+                "bundle_unchanged": False, "bytes_fetched": 0, "bytes_reused": 0,
+                "bytes_kept": 0, "blobs_fetched": 0, "blobs_reused": 0, "retries": 0,
+                "images": []}
     return {"bundle": str(result.bundle) if result.bundle else None,
             "bundle_digest": result.bundle_digest, "partial": result.partial,
             "bundle_unchanged": result.unchanged,
             "bytes_fetched": result.bytes_fetched, "bytes_reused": result.bytes_reused,
-            "bytes_kept": result.bytes_kept, "blobs_fetched": result.blobs_fetched, "blobs_reused": result.blobs_reused,
+            "bytes_kept": result.bytes_kept, "blobs_fetched": result.blobs_fetched,
+            "blobs_reused": result.blobs_reused,
             "retries": result.retries, "images": [asdict(r) for r in result.images]}
 
 

@@ -28,6 +28,7 @@ import zstandard
 
 from mirror.bundle import consistency
 from mirror.bundle.layout import MIRROR_JSON, Inventory
+from mirror.bundle.through import Tap, Tapped, Window
 from mirror.bundle.trailer import first_nonzero, zstd_frames_problem
 from mirror.digest import Digest, sha256_of
 from mirror.errors import BundleError, IntegrityError, MirrorError
@@ -116,49 +117,6 @@ class _StreamMember:
             raise self._bundle._unreadable(e, self._name) from None
 
 
-Tap = Callable[[bytes], object]  # given every byte of the file, in order (its own sha256)
-
-
-class _Tapped:
-    """The bundle file, read through: every byte read is also given to `tap`."""
-
-    def __init__(self, f: BinaryIO, tap: Tap) -> None:
-        self._f, self._tap = f, tap
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._f.read(n)
-        if data:
-            self._tap(data)
-        return data
-
-    def skip(self, n: int) -> None:
-        """Read (and tap) the next `n` bytes, which nobody wants."""
-        while n > 0 and (data := self.read(min(CHUNK, n))):
-            n -= len(data)
-
-    def drain(self) -> None:
-        """Read (and tap) the rest of the file."""
-        while self.read(CHUNK):
-            pass
-
-    def close(self) -> None:
-        self._f.close()
-
-
-class _Window:
-    """A member of a plain tar being read through in order (members(tap=...)): at most its
-    `size` bytes, from a file positioned at its start."""
-
-    def __init__(self, f: _Tapped, size: int) -> None:
-        self._f, self.left = f, size
-
-    def read(self, n: int = -1) -> bytes:
-        n = self.left if n < 0 else min(n, self.left)
-        data = self._f.read(n) if n else b""
-        self.left -= len(data)
-        return data
-
-
 class Bundle:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -242,7 +200,7 @@ class Bundle:
         current: str | None = None
         try:
             with open(self.path, "rb") as f:
-                raw: BinaryIO | _Tapped = _Tapped(f, tap) if tap else f
+                raw: BinaryIO | Tapped = Tapped(f, tap) if tap else f
                 dctx = zstandard.ZstdDecompressor()
                 with dctx.stream_reader(raw, read_size=CHUNK, read_across_frames=True) as zr, \
                         tarfile.open(fileobj=zr, mode="r|") as tf:
@@ -264,7 +222,7 @@ class Bundle:
                         raise BundleError(f"{self.name}: trailing data after the end of the tar "
                                           f"inside the zstd stream (at byte {junk} of the tar)",
                                           hint=_JUNK_HINT)
-                    if isinstance(raw, _Tapped):
+                    if isinstance(raw, Tapped):
                         raw.drain()  # the zstd reader may stop short of the file's end
         except _STREAM_ERRORS as e:
             inside = current if str(e) == "unexpected end of data" else None
@@ -290,7 +248,7 @@ class Bundle:
         return BundleError(f"{self.name}: {inner}: {e}")
 
     def members(self, tap: Tap | None = None
-                ) -> Iterator[tuple[str, int, _StreamMember | _Window | None]]:
+                ) -> Iterator[tuple[str, int, _StreamMember | Window | None]]:
         """Every file member in tar order. The fileobj is None for a plain tar (use
         open_blob), unless `tap` is given: then the file is read once from start to end, its
         every byte (headers and padding too) given to `tap`, and each member comes with a
@@ -304,7 +262,7 @@ class Bundle:
                 yield m.name, m.size, None
             return
         with open(self.path, "rb") as f:
-            raw = _Tapped(f, tap)
+            raw = Tapped(f, tap)
             pos = 0
             for m in items:
                 start = m.offset or 0
@@ -312,7 +270,7 @@ class Bundle:
                     raise BundleError(f"{self.name}: member {m.name!r} overlaps the one "
                                       "before it")
                 raw.skip(start - pos)
-                window = _Window(raw, m.size)
+                window = Window(raw, m.size)
                 yield m.name, m.size, window
                 raw.skip(window.left)
                 pos = start + m.size
