@@ -177,7 +177,10 @@ async def _image(raw: RawManifest, ctx: _Context) -> tuple[dict[str, Any], Platf
     return out, plat
 
 
-ABSENT = {"foreign": "foreign, fetched from its urls", "base": "in the base bundle",
+# why a blob is not in the bundle; a skipped foreign layer was not carried by mirror at all:
+# the runtime that pulls the image (at the target) fetches it from the urls in its descriptor
+ABSENT = {"foreign": "foreign layer, not carried; the runtime that pulls the image fetches "
+                     "it from its urls", "base": "in the base bundle",
           "sparse": "left out of a sparse index"}
 
 
