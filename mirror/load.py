@@ -36,7 +36,7 @@ from mirror.errors import (
 from mirror.manifest import Descriptor, RawManifest
 from mirror.progress import NullProgress, Progress
 from mirror.reference import Reference, _is_registry, normalize_registry
-from mirror.referrers import A_SUBJECT, push_fallback
+from mirror.referrers import A_SUBJECT, Finder, in_fallback, push_fallback
 from mirror.registry.client import Client
 from mirror.registry.upload import restartable
 
@@ -254,11 +254,13 @@ async def load(client: Client, bundle: Bundle, target: Target, *, jobs: int = 4,
             result.dry_run.append(f"blob {d.digest} -> {repo} (mount from {src})")
         for digest, where in sorted(todo.items()):
             result.dry_run.append(f"blob {digest} -> {', '.join(r for r, _ in where)}")
+        finder = Finder(client)
         for img in images:
             for m in img.manifests:
                 ref = img.tag if (m is img.root and img.tag) else m.digest
-                if not (m is img.root and img.tag is None and m.subject is not None) and \
-                        await _there(client, reg, img.repository, ref, m):
+                if await _there(client, reg, img.repository, ref, m) and not (
+                        m is img.root and img.tag is None and
+                        await _fallback_missing(client, finder, reg, img.repository, m)):
                     continue  # already there: the load would not push it (_push_manifests)
                 result.dry_run.append(f"manifest {m.digest} -> {reg}/{img.repository}:{ref}"
                                       if not ref.startswith("sha256:") else
@@ -370,19 +372,22 @@ async def load(client: Client, bundle: Bundle, target: Target, *, jobs: int = 4,
         await gather_or_cancel(guarded(dg, w) for dg, w in todo.items())
 
     pushed: set[tuple[str, str]] = set()
+    finder = Finder(client)
     plain = [i for i in images if i.referrer_of is None]
-    await _push_manifests(client, reg, plain, pushed, result, progress)
-    await _push_manifests(client, reg, [i for i in images if i.referrer_of is not None],
+    await _push_manifests(client, finder, reg, plain, pushed, result, progress)
+    await _push_manifests(client, finder, reg,
+                          [i for i in images if i.referrer_of is not None],
                           pushed, result, progress)
     return result
 
 
 
-async def _push_manifests(client: Client, reg: str, images: list[PushImage],
+async def _push_manifests(client: Client, finder: Finder, reg: str, images: list[PushImage],
                           pushed: set[tuple[str, str]], result: LoadResult,
                           progress: Progress) -> None:
     """Children by digest for every image, then digest-only roots, then tags; a referrer
-    whose registry has no referrers API is added to its subject's fallback tag index."""
+    whose registry has no referrers API is added to its subject's fallback tag index. What
+    the target already serves (HEAD), a referrer's fallback entry included, is not pushed."""
     for img in images:
         for m in img.manifests:
             if m is img.root or (img.repository, m.digest) in pushed:
@@ -396,9 +401,10 @@ async def _push_manifests(client: Client, reg: str, images: list[PushImage],
     for img in images:
         if img.tag is None and (img.repository, img.root.digest) not in pushed:
             pushed.add((img.repository, img.root.digest))
-            if img.root.subject is None and await _there(client, reg, img.repository,
-                                                         img.root.digest, img.root):
-                result.manifests_present += 1  # (a referrer goes again: its fallback tag)
+            if await _there(client, reg, img.repository, img.root.digest, img.root):
+                result.manifests_present += 1
+                if await _fallback_missing(client, finder, reg, img.repository, img.root):
+                    await push_fallback(client, reg, img.repository, img.root)
                 continue
             subject = await _put(client, reg, img, img.root.digest, img.root)
             result.manifests_pushed += 1
@@ -413,6 +419,15 @@ async def _push_manifests(client: Client, reg: str, images: list[PushImage],
                 result.manifests_pushed += 1
             result.tags.append(f"{reg}/{img.repository}:{img.tag}")
             progress.info(f"{img.name} -> {reg}/{img.repository}:{img.tag} {img.root.digest}")
+
+
+async def _fallback_missing(client: Client, finder: Finder, reg: str, repo: str,
+                            m: RawManifest) -> bool:
+    """`m` is a referrer (it has a `subject`), the target has no referrers API, and the
+    subject's fallback tag index does not list it (yet): the index has to be merged."""
+    if m.subject is None or await finder.has_api(reg, repo, m.subject.digest):
+        return False
+    return not await in_fallback(client, reg, repo, m)
 
 
 async def _there(client: Client, reg: str, repo: str, ref: str, m: RawManifest) -> bool:

@@ -98,6 +98,12 @@ class Finder:
         self.api[registry] = True
         return out
 
+    async def has_api(self, registry: str, repo: str, subject: str) -> bool:
+        """Whether `registry` has the referrers API (asked once per registry and run)."""
+        known = self.api.get(registry)
+        return known if known is not None else await self._api(registry, repo, subject) \
+            is not None
+
     async def discover(self, registry: str, repo: str, subject: str,
                        artifact_types: tuple[str, ...] = ()) -> list[Referrer]:
         """Everything that refers to `subject` in `registry/repo`, filtered by artifactType."""
@@ -125,19 +131,33 @@ class Finder:
         return found
 
 
+async def _fallback(client: Client, registry: str, repo: str, subject: str) -> dict:
+    """The subject's `sha256-<hex>` index of referrers, parsed (empty when there is none)."""
+    try:
+        current = await client.get_manifest(registry, repo, fallback_tag(subject))
+        return json.loads(current.data)
+    except NotFound:
+        return {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": []}
+
+
+def _listed(body: dict, referrer: RawManifest) -> bool:
+    return any(e.get("digest") == referrer.digest for e in body.get("manifests") or [])
+
+
+async def in_fallback(client: Client, registry: str, repo: str, referrer: RawManifest) -> bool:
+    """Whether the `sha256-<hex>` index of its subject already lists `referrer`."""
+    assert referrer.subject is not None
+    return _listed(await _fallback(client, registry, repo, referrer.subject.digest), referrer)
+
+
 async def push_fallback(client: Client, registry: str, repo: str, referrer: RawManifest
                         ) -> bool:
-    """Add `referrer` to the `sha256-<hex>` index of its subject; True if it changed."""
+    """Add `referrer` to the `sha256-<hex>` index of its subject; True if it changed (an
+    index that lists it already is not pushed again)."""
     subject = referrer.subject
     assert subject is not None
-    tag = fallback_tag(subject.digest)
-    try:
-        current = await client.get_manifest(registry, repo, tag)
-        body = json.loads(current.data)
-    except NotFound:
-        body = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": []}
-    entries = body.setdefault("manifests", [])
-    if any(e.get("digest") == referrer.digest for e in entries):
+    body = await _fallback(client, registry, repo, subject.digest)
+    if _listed(body, referrer):
         return False
     desc = referrer.descriptor()
     if referrer.artifact_type:
@@ -145,6 +165,7 @@ async def push_fallback(client: Client, registry: str, repo: str, referrer: RawM
     ann = referrer.parsed.get("annotations")
     if ann:
         desc["annotations"] = ann
-    entries.append(desc)
-    await client.put_manifest(registry, repo, tag, RawManifest(dump_json(body), mt.OCI_INDEX))
+    body.setdefault("manifests", []).append(desc)
+    await client.put_manifest(registry, repo, fallback_tag(subject.digest),
+                              RawManifest(dump_json(body), mt.OCI_INDEX))
     return True

@@ -373,3 +373,27 @@ def test_referrers_api_is_used_where_the_registry_has_it(src_registry, dst_regis
     assert [e["digest"] for e in json.loads(fb)["manifests"]] == [sbom.digest]
     assert sha(get_manifest(dst_registry.url, f"api/{repo_name}", sbom.digest)[0]) == \
         sbom.digest
+
+
+def test_a_second_load_pushes_no_referrer(src_registry, dst_registry, faultproxy, repo_name, rng,
+                                          tmp_path):
+    """The README's promise holds for referrers too: a second load of the same bundle HEADs
+    the OCI 1.1 referrer (and reads its fallback tag index) and PUTs nothing."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    index, imgs, sig, tag, sbom = seed(src_registry.url, repo_name, rng, key)
+    bundle = tmp_path / "b.tar"
+    mirror_ok("pull", f"{src_registry.host}/{repo_name}:1.0", "-o", bundle, "--cache",
+              tmp_path / "c", "-q")
+    proxy = faultproxy(dst_registry.url)
+    mirror_ok("load", bundle, "--to", proxy.host, "-q")
+    assert any(p.endswith(f"/manifests/{sbom.digest}") for p in proxy.paths("PUT"))
+    proxy.reset_counters()
+    report = tmp_path / "second.json"
+    mirror_ok("load", bundle, "--to", proxy.host, "-q", "--report", report)
+    assert proxy.paths("PUT") == [] and proxy.paths("POST") == []
+    assert json.loads(report.read_text())["manifests_pushed"] == 0
+    dry = mirror_ok("load", bundle, "--to", proxy.host, "--dry-run")
+    assert "manifest" not in dry.stdout, dry.stdout  # nothing would be pushed either
+    fb, _, _ = get_manifest(dst_registry.url, repo_name, "sha256-" + imgs[0].digest.split(":")[1])
+    assert [e["digest"] for e in json.loads(fb)["manifests"]] == [sbom.digest]
+
