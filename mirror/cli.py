@@ -56,8 +56,11 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-referrers", action="store_true", help="leave signatures, SBOMs and "
                    "attestations behind (an index that lists attestations gets a new digest)")
     p.add_argument("--referrer-type", action="append", default=[], metavar="TYPE",
-                   help="carry only referrers of this artifactType or kind (signature, "
-                   "attestation, sbom); repeatable")
+                   help="carry only referrers of this kind: signature (cosign, Sigstore "
+                   "bundle, Notation), sbom (SPDX, CycloneDX, cosign .sbom), attestation "
+                   "(in-toto, cosign .att, BuildKit attestations in the index); or of this "
+                   "artifactType (type/subtype, verbatim); repeatable; any other value is "
+                   "refused")
 
 
 def _add_out(p: argparse.ArgumentParser) -> None:

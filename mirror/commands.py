@@ -126,9 +126,10 @@ def _refuse_conflicting_duplicates(specs: list[ImageSpec]) -> None:
 def _pull_options(args: argparse.Namespace, **kw) -> PullOptions:
     """PullOptions for `pull` and `lock` alike: what the flags choose beyond each image's
     settings (those are in _specs), so a lock records what a pull with the same flags does."""
+    from mirror.artifacts import parse_types
     from mirror.pull import PullOptions
 
-    return PullOptions(jobs=args.jobs, referrer_types=tuple(args.referrer_type), **kw)
+    return PullOptions(jobs=args.jobs, referrer_types=parse_types(args.referrer_type), **kw)
 
 
 def _lock_path(args: argparse.Namespace) -> Path | None:

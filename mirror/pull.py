@@ -164,7 +164,8 @@ class _Run:
         try:
             async with self.sem:
                 plan = await resolve(self.client, spec,
-                                     lambda r, p, d: f.config_bytes(r, p, d, owner=i))
+                                     lambda r, p, d: f.config_bytes(r, p, d, owner=i),
+                                     self.opts.referrer_types)
             convert_plan(plan, spec.settings.format, self.progress)
             if spec.settings.referrers:  # `referrers: false` or --no-referrers
                 async with self.sem:

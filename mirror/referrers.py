@@ -5,6 +5,8 @@ Found, for each subject (the source index and each selected platform manifest):
     the fallback tag `sha256-<hex>` (an index of referrers) (REFERENCE.md 6.7);
   - cosign's tags `sha256-<hex>.sig`, `.att`, `.sbom` in the same repository;
   - BuildKit attestation manifests inside an index are handled by mirror.resolve.
+Each has a kind (mirror.artifacts: signature, sbom, attestation), which `--referrer-type`
+filters on, with the artifactType.
 Carried byte for byte. At the target, a manifest with `subject` is pushed by digest; when the
 registry does not answer `OCI-Subject` (no referrers API), the fallback tag index is fetched,
 merged (never clobbered, no duplicates) and pushed back. Cosign tags are pushed as tags.
@@ -18,6 +20,7 @@ import re
 from dataclasses import dataclass
 
 from mirror import mediatypes as mt
+from mirror.artifacts import kind_of, wanted
 from mirror.errors import NotFound, RegistryError
 from mirror.manifest import Descriptor, RawManifest, dump_json
 from mirror.registry.body import read_body
@@ -33,7 +36,7 @@ class Referrer:
     manifest: RawManifest
     subject: str  # the digest it refers to
     tag: str | None  # the cosign tag it came from; None for an OCI 1.1 referrer
-    kind: str  # signature | attestation | sbom | the artifactType
+    kind: str  # signature | attestation | sbom (mirror.artifacts) | else the artifactType
 
     @property
     def artifact_type(self) -> str | None:
@@ -106,7 +109,8 @@ class Finder:
 
     async def discover(self, registry: str, repo: str, subject: str,
                        artifact_types: tuple[str, ...] = ()) -> list[Referrer]:
-        """Everything that refers to `subject` in `registry/repo`, filtered by artifactType."""
+        """Everything that refers to `subject` in `registry/repo`, filtered by kind or
+        artifactType (mirror.artifacts.wanted)."""
         client = self.client
         found: list[Referrer] = []
         descs = await self._api(registry, repo, subject)
@@ -120,15 +124,13 @@ class Finder:
             s = raw.subject
             if s is None or s.digest != subject:
                 continue  # a stale fallback entry
-            found.append(Referrer(raw, subject, None, raw.artifact_type or "artifact"))
+            kind = kind_of(raw) or raw.artifact_type or "artifact"
+            found.append(Referrer(raw, subject, None, kind))
         for suffix, kind in COSIGN_SUFFIXES.items():
             if fallback + suffix in tags:
                 raw = await client.get_manifest(registry, repo, fallback + suffix)
                 found.append(Referrer(raw, subject, fallback + suffix, kind))
-        if artifact_types:
-            found = [r for r in found if (r.artifact_type or "") in artifact_types
-                     or r.kind in artifact_types]
-        return found
+        return [r for r in found if wanted(artifact_types, r.kind, r.artifact_type)]
 
 
 async def _fallback(client: Client, registry: str, repo: str, subject: str) -> dict:

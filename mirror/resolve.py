@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from mirror import mediatypes as mt
+from mirror.artifacts import wanted
 from mirror.config import ImageSpec
 from mirror.errors import NoMatchingPlatform, UnsupportedContent
 from mirror.manifest import Descriptor, RawManifest, dump_json
@@ -74,15 +75,19 @@ def no_match(spec: ImageSpec, available: list[str]) -> NoMatchingPlatform:
              "overrides `platforms:` in the config; --keep-going finishes the other images")
 
 
-async def resolve(client: Client, spec: ImageSpec, fetch_config: FetchConfig) -> ImagePlan:
-    """Raise NotFound, NoMatchingPlatform, UnsupportedContent or a RegistryError."""
+async def resolve(client: Client, spec: ImageSpec, fetch_config: FetchConfig,
+                  referrer_types: tuple[str, ...] = ()) -> ImagePlan:
+    """Raise NotFound, NoMatchingPlatform, UnsupportedContent or a RegistryError.
+    `referrer_types` (--referrer-type) decides, with `referrers:`, whether the attestation
+    manifests inside an index are kept (mirror.artifacts)."""
     ref = spec.reference
     reg, repo = ref.registry, ref.repository
     root = await client.get_manifest(reg, repo, spec.pin or ref.ref)
     sel = spec.settings.platforms
     plan = ImagePlan(spec, root, root.digest, "single")
     if root.is_index:
-        await _resolve_index(client, spec, plan, root, fetch_config)
+        attestations = spec.settings.referrers and wanted(referrer_types, "attestation", None)
+        await _resolve_index(client, spec, plan, root, fetch_config, attestations)
     elif root.is_image and not root.parsed.get("artifactType"):
         cfg = root.config
         assert cfg is not None
@@ -100,7 +105,9 @@ async def resolve(client: Client, spec: ImageSpec, fetch_config: FetchConfig) ->
 
 
 async def _resolve_index(client: Client, spec: ImageSpec, plan: ImagePlan, root: RawManifest,
-                         fetch_config: FetchConfig) -> None:
+                         fetch_config: FetchConfig, attestations: bool) -> None:
+    """`attestations`: keep the attestation manifests of the chosen platforms; otherwise
+    the index is filtered without them (`left_behind`)."""
     ref = spec.reference
     reg, repo = ref.registry, ref.repository
     sel = spec.settings.platforms
@@ -114,7 +121,7 @@ async def _resolve_index(client: Client, spec: ImageSpec, plan: ImagePlan, root:
             child = await client.get_manifest(reg, repo, c.digest, expected=c)
             sub = ImagePlan(spec, child, child.digest, "full")
             try:
-                await _resolve_index(client, spec, sub, child, fetch_config)
+                await _resolve_index(client, spec, sub, child, fetch_config, attestations)
             except NoMatchingPlatform as e:
                 available.extend(getattr(e, "available", []))
                 continue
@@ -141,9 +148,10 @@ async def _resolve_index(client: Client, spec: ImageSpec, plan: ImagePlan, root:
     for c in children:  # attestations travel with the image they describe
         if c.platform is not None and c.platform.is_unknown and \
                 c.annotations.get(ATTESTATION_REF) in chosen_digests:
-            if spec.settings.referrers:
+            if attestations:
                 chosen.append(c)
-            else:  # `referrers: false` / --no-referrers: the index is filtered without them
+            else:  # `referrers: false`, --no-referrers or a --referrer-type that is not
+                # `attestation`: the index is filtered without them
                 plan.left_behind.append(c.digest)
     if not any(c.digest in chosen_digests for c in chosen):
         raise no_match(spec, available)
@@ -156,7 +164,7 @@ async def _resolve_index(client: Client, spec: ImageSpec, plan: ImagePlan, root:
         child = None if sub else await client.get_manifest(reg, repo, c.digest, expected=c)
         if sub is None and child is not None and child.is_index:
             sub = ImagePlan(spec, child, child.digest, "full")
-            await _resolve_index(client, spec, sub, child, fetch_config)
+            await _resolve_index(client, spec, sub, child, fetch_config, attestations)
         if sub is not None:
             plan.manifests.update(sub.manifests)
             plan.blobs.update(sub.blobs)

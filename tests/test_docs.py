@@ -48,3 +48,14 @@ def test_only_the_cli_imports_tqdm() -> None:
     for path in (Path(__file__).parent.parent / "mirror").rglob("*.py"):
         if path.name not in ("cli_progress.py",):
             assert not re.search(r"^\s*(from|import) tqdm", path.read_text(), re.M), path
+
+
+def test_referrer_kinds_are_in_help_and_readme() -> None:
+    from mirror.artifacts import KINDS
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    (action,) = [a for a in sub.choices["pull"]._actions if "--referrer-type" in a.option_strings]
+    kinds_table = README.split("`--referrer-type` keeps only the kinds")[1].split("\n\n")[1]
+    for kind in KINDS:
+        assert f"{kind} (" in action.help, kind
+        assert f"| `{kind}` |" in kinds_table, kind

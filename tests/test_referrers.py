@@ -109,13 +109,13 @@ def test_signature_and_sbom_travel_and_verify(src_registry, dst_registry, repo_n
     bundle = tmp_path / "b.tar"
     pull = mirror_ok("pull", f"{src_registry.host}/{repo_name}:1.0", "-o", bundle,
                      "--cache", tmp_path / "c")
-    assert "referrer(s) (artifact" in pull.stderr or "referrer(s)" in pull.stderr
+    assert "2 referrer(s) (sbom, signature)" in pull.stderr
     inspect = json.loads(mirror_ok("inspect", bundle, "--json").stdout)
     names = {d["reference"] for d in inspect}
     kinds = {d["reference"]: (d.get("kind"), d.get("referrerOf"), d.get("artifactType"))
              for d in inspect}
     assert kinds[f"{src_registry.host}/{repo_name}@{sbom.digest}"] == (
-        "application/spdx+json", imgs[0].digest, "application/spdx+json")
+        "sbom", imgs[0].digest, "application/spdx+json")
     assert kinds[f"{src_registry.host}/{repo_name}:{tag}"][:2] == ("signature", index.digest)
     assert "signature of:" in mirror_ok("inspect", bundle).stdout
     assert f"{src_registry.host}/{repo_name}:{tag}" in names
@@ -397,3 +397,106 @@ def test_a_second_load_pushes_no_referrer(src_registry, dst_registry, faultproxy
     fb, _, _ = get_manifest(dst_registry.url, repo_name, "sha256-" + imgs[0].digest.split(":")[1])
     assert [e["digest"] for e in json.loads(fb)["manifests"]] == [sbom.digest]
 
+
+# -- --referrer-type: kinds --------------------------------------------------------------------
+
+NOTATION_CONFIG = "application/vnd.cncf.notary.signature"
+CYCLONEDX = "application/vnd.cyclonedx+json"
+
+
+def make_referrer(subject: ig.Blob, layer: ig.Blob, *, artifact_type: str | None = None,
+                  config: ig.Blob = EMPTY) -> tuple[ig.Blob, list[ig.Blob]]:
+    """An OCI 1.1 referrer of `subject`: artifactType (or a typed config) and one layer."""
+    body = {"schemaVersion": 2, "mediaType": OCI_MANIFEST}
+    if artifact_type:
+        body["artifactType"] = artifact_type
+    body |= {"config": config.descriptor(), "layers": [layer.descriptor()],
+             "subject": subject.descriptor()}
+    return ig.Blob(ig.dump_json(body), OCI_MANIFEST), [config, layer]
+
+
+def seed_kinds(reg, repo: str, rng, key):
+    """An index of two platforms with a BuildKit attestation of the first; a cosign `.sig` of
+    the index; an SPDX SBOM (OCI 1.1) of the first platform; a Notation signature (its kind in
+    the config's media type, no artifactType) and a CycloneDX SBOM of the second. Returns the
+    index, its reference, and the reference of each referrer by name."""
+    imgs = [ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)]
+    index = ig.make_index(imgs, "oci", attestation=True, rng=rng)
+    push_image(reg.url, repo, index, ["3.0"])
+    sig, sig_blobs = make_signature(key, repo, index.digest)
+    spdx, spdx_blobs = make_sbom(imgs[0].manifest)
+    notation, notation_blobs = make_referrer(
+        imgs[1].manifest, ig.Blob(b'{"payload": "x"}', "application/jose+json"),
+        config=ig.Blob(b"{}", NOTATION_CONFIG))
+    cdx, cdx_blobs = make_referrer(
+        imgs[1].manifest, ig.Blob(b'{"bomFormat": "CycloneDX"}', CYCLONEDX),
+        artifact_type=CYCLONEDX)
+    for b in [*sig_blobs, *spdx_blobs, *notation_blobs, *cdx_blobs]:
+        push_blob(reg.url, repo, b)
+    sig_tag = "sha256-" + index.digest.split(":")[1] + ".sig"
+    push_raw_manifest(reg.url, repo, sig_tag, sig.data, sig.media_type)
+    for m in (spdx, notation, cdx):
+        push_raw_manifest(reg.url, repo, m.digest, m.data, m.media_type)
+    push_raw_manifest(reg.url, repo, "sha256-" + imgs[0].digest.split(":")[1],
+                      fallback_index([spdx]), OCI_INDEX)
+    push_raw_manifest(reg.url, repo, "sha256-" + imgs[1].digest.split(":")[1], ig.dump_json({
+        "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+            notation.descriptor(artifactType=NOTATION_CONFIG),
+            cdx.descriptor(artifactType=CYCLONEDX)]}), OCI_INDEX)
+    at = f"{reg.host}/{repo}"
+    return index, f"{at}:3.0", {"cosign": f"{at}:{sig_tag}", "spdx": f"{at}@{spdx.digest}",
+                                "notation": f"{at}@{notation.digest}",
+                                "cyclonedx": f"{at}@{cdx.digest}"}
+
+
+@pytest.mark.parametrize(("types", "kept"), [
+    (["sbom"], {"spdx", "cyclonedx"}),
+    (["signature"], {"cosign", "notation"}),
+    (["attestation"], set()),
+    ([CYCLONEDX], {"cyclonedx"}),
+    (["signature", "SBOM"], {"cosign", "notation", "spdx", "cyclonedx"}),
+])
+def test_referrer_type_kinds(src_registry, repo_name, rng, tmp_path, types, kept):
+    """A kind means the artifact types users mean by it (Notation and cosign signatures; SPDX
+    and CycloneDX SBOMs), an artifactType matches verbatim, and the BuildKit attestation
+    inside the index is kept only when `attestation` is asked: otherwise the index is
+    filtered without it, as with --no-referrers, and reported old -> new."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    index, ref, refs = seed_kinds(src_registry, repo_name, rng, key)
+    bundle, report = tmp_path / "b.tar", tmp_path / "r.json"
+    flags = [x for t in types for x in ("--referrer-type", t)]
+    r = mirror_ok("pull", ref, *flags, "-o", bundle, "--cache", tmp_path / "c",
+                  "--report", report)
+    lay = check_layout(bundle)
+    assert set(lay.entry_names()) == {ref, *(refs[k] for k in kept)}
+    (img,) = json.loads(report.read_text())["images"]
+    att = index.extra[0].digest
+    if "attestation" in types:
+        assert lay.entry(ref)["digest"] == index.digest and att in lay.blob_digests
+        assert img["mode"] == "full"
+    else:
+        root = lay.entry(ref)["digest"]
+        assert root != index.digest and att not in lay.blob_digests
+        assert len(json.loads(lay.blob(root))["manifests"]) == 2
+        assert img["mode"] == "filter" and img["source_digest"] == index.digest
+        assert f"filtered from index {index.digest}; 1 attestation(s) left behind" in r.stderr
+    kinds = {d["reference"]: d.get("kind") for d in json.loads(
+        mirror_ok("inspect", bundle, "--json").stdout)}
+    assert {refs[k]: kinds[refs[k]] for k in kept} == {
+        refs[k]: "signature" if k in ("cosign", "notation") else "sbom" for k in kept}
+
+
+@pytest.mark.parametrize("bad", ["signatures", "sbom,signature", "spdx"])
+def test_an_unknown_referrer_type_is_refused(src_registry, repo_name, rng, tmp_path, bad):
+    """A value that is neither a kind nor a media type would drop every referrer: refused,
+    exit 2, before any network work, and with the kinds named."""
+    ref = f"{src_registry.host}/{repo_name}:none"
+    for cmd in (["pull", "-o", tmp_path / "b.tar"], ["lock", "--lock-file", tmp_path / "l"]):
+        r = run_mirror(*cmd, ref, "--referrer-type", bad, "--cache", tmp_path / "c")
+        assert r.returncode == 2, r.stderr
+        first = r.stderr.splitlines()[0]
+        assert first.startswith(f"mirror: error: --referrer-type '{bad}' is neither a kind "
+                                "(signature, sbom, attestation) nor a media type"), r.stderr
+        if bad == "signatures":
+            assert "(did you mean 'signature'?)" in first, first
+        assert not (tmp_path / "b.tar").exists()
