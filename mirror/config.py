@@ -2,7 +2,8 @@
 
     version: 1
     defaults: {platforms: [...], index: filter|sparse, format: keep|oci|docker,
-               foreign_layers: skip|include|rewrite, referrers: true}
+               foreign_layers: skip|include|rewrite, referrers: true,
+               accept_unsigned_index: false}
     registries: {HOST: {insecure, ca_file, client_cert, client_key,
                         username, password_env, password_file}}
     images:
@@ -36,7 +37,8 @@ FORMATS = ("keep", "oci", "docker")
 FOREIGN_POLICIES = ("skip", "include", "rewrite")
 
 _TOP_KEYS = ("version", "defaults", "registries", "images")
-_SETTING_KEYS = ("platforms", "index", "format", "foreign_layers", "referrers")
+_SETTING_KEYS = ("platforms", "index", "format", "foreign_layers", "referrers",
+                 "accept_unsigned_index")
 _IMAGE_KEYS = ("ref", "repository", "tags", *_SETTING_KEYS)
 _REGISTRY_KEYS = ("insecure", "ca_file", "client_cert", "client_key", "username",
                   "password_env", "password_file")
@@ -50,6 +52,9 @@ class ImageSettings:
     format: str = "keep"
     foreign_layers: str = "skip"
     referrers: bool = True
+    # the user knows a filtered index is not what the source's signatures name: the run says
+    # so as information (hidden by -q), not as a warning every night
+    accept_unsigned_index: bool = False
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,9 @@ def _settings(ctx: _Ctx, items: dict[str, tuple[yaml.Node, yaml.Node]],
                                                  FOREIGN_POLICIES))
     if "referrers" in items:
         s = replace(s, referrers=ctx.boolean(items["referrers"][1], "referrers"))
+    if "accept_unsigned_index" in items:
+        s = replace(s, accept_unsigned_index=ctx.boolean(items["accept_unsigned_index"][1],
+                                                         "accept_unsigned_index"))
     return s
 
 
@@ -268,4 +276,5 @@ def load_config(path: str | Path, base: ImageSettings | None = None) -> Config:
 
 def settings_as_dict(s: ImageSettings) -> dict[str, Any]:
     return {"platforms": str(s.platforms), "index": s.index, "format": s.format,
-            "foreign_layers": s.foreign_layers, "referrers": s.referrers}
+            "foreign_layers": s.foreign_layers, "referrers": s.referrers,
+            "accept_unsigned_index": s.accept_unsigned_index}

@@ -396,7 +396,9 @@ async def attach_referrers(finder: Finder, plan: ImagePlan, types: tuple[str, ..
                 plan.blobs[d.digest] = d
     if plan.root.digest != plan.source_digest and any(
             r.subject == plan.source_digest for r in plan.referrers):
-        progress.warn(
+        # `accept_unsigned_index: true`: known and accepted, so not a warning (-q is silent)
+        say = progress.info if plan.spec.settings.accept_unsigned_index else progress.warn
+        say(
             f"{plan.name}: signatures or other referrers were made for the source index "
             f"{plan.source_digest}; the filtered index {plan.root.digest} does not match them. "
             "They are carried keyed to the source digest; use `index: sparse` (or all "

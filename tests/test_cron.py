@@ -486,6 +486,44 @@ def test_quiet_runs_print_nothing_on_success_and_one_line_on_error(src_registry,
     assert "mirror: error:" in r.stderr and f"{repo_name}: tag nope: HTTP 404" in r.stderr
 
 
+def test_an_acknowledged_unsigned_filtered_index_keeps_quiet_runs_silent(src_registry,
+                                                                         repo_name, rng,
+                                                                         tmp_path):
+    """A filtered index whose signatures name the source digest is said every night; once the
+    user acknowledged it (`accept_unsigned_index: true`, in defaults or on the image), a -q
+    night is silent again, and a run without -q still says it (as information)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tests.test_referrers import seed
+
+    index, *_ = seed(src_registry.url, repo_name, rng, ec.generate_private_key(ec.SECP256R1()))
+    ref = f"{src_registry.host}/{repo_name}:1.0"
+    cfg = tmp_path / "images.yaml"
+    said = f"made for the source index {index.digest}"
+
+    def pull(defaults: str, entry: str = "", *flags: str):
+        cfg.write_text(f"version: 1\ndefaults:\n  platforms: [linux/amd64]\n{defaults}"
+                       f"images:\n  - ref: {ref}\n{entry}")
+        return run_mirror("pull", "-f", cfg, "-o", tmp_path / "b.tar", "--cache",
+                          tmp_path / "c", *flags)
+
+    r = pull("", "", "-q")  # not acknowledged: the warning, every night
+    assert r.returncode == 0 and said in r.stderr and "warning:" in r.stderr, r.stderr
+    for defaults, entry in (("  accept_unsigned_index: true\n", ""),
+                            ("", "    accept_unsigned_index: true\n")):
+        r = pull(defaults, entry, "-q")
+        assert (r.returncode, r.stdout, r.stderr) == (0, "", ""), r.stderr
+        r = pull(defaults, entry)
+        assert r.returncode == 0 and said in r.stderr and "warning:" not in r.stderr, r.stderr
+    # the image's own setting wins over the defaults
+    r = pull("  accept_unsigned_index: true\n", "    accept_unsigned_index: false\n", "-q")
+    assert r.returncode == 0 and said in r.stderr, r.stderr
+    # typed like the other keys: a bool, refused otherwise with file:line
+    r = pull("  accept_unsigned_index: sometimes\n", "", "-q")
+    assert r.returncode == 2, r.stderr
+    assert f"mirror: error: {cfg}:4: 'accept_unsigned_index' must be true or false" in r.stderr
+
+
 def _readme_nightly_script() -> str:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = readme.split("    #!/bin/sh\n", 1)[1].split("\n\n", 1)[0]

@@ -293,7 +293,7 @@ def test_config_defaults_when_not_set() -> None:
     cfg = parse_config("images: [alpine]\n")
     assert settings_as_dict(cfg.defaults) == settings_as_dict(ImageSettings()) == {
         "platforms": "all", "index": "filter", "format": "keep", "foreign_layers": "skip",
-        "referrers": True}
+        "referrers": True, "accept_unsigned_index": False}
     assert cfg.images[0].settings.platforms.all
     base = ImageSettings(index="sparse")
     assert parse_config("images: [alpine]\n", base=base).images[0].settings.index == "sparse"
