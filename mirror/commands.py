@@ -166,8 +166,10 @@ def _write_lock(args: argparse.Namespace, result) -> Path | None:
     return path
 
 
-def _base(args: argparse.Namespace) -> tuple[dict[str, int] | None, str | None, str | None]:
-    """Blobs an earlier bundle (or lock file) carried, and that base's digest."""
+def _base(args: argparse.Namespace, out: Path
+          ) -> tuple[dict[str, int] | None, str | None, str | None]:
+    """Blobs an earlier bundle (or lock file) carried, and that base's digest. Refuses an
+    output `out` that is the base itself (the same file under any name)."""
     if not args.base:
         return None, None, None
     from mirror.bundle.reader import Bundle
@@ -177,6 +179,10 @@ def _base(args: argparse.Namespace) -> tuple[dict[str, int] | None, str | None, 
     path: Path = args.base
     if not path.exists():
         raise UsageError(f"--base {path}: no such file")
+    if not args.dry_run and out.exists() and os.path.samefile(out, path):
+        raise UsageError(f"-o {out} is --base {path} (the same file): the new bundle would "
+                         "replace the base it leaves out",
+                         hint="write the incremental bundle to a file of its own")
     if is_lock_file(path):
         blobs = Lock.read(path).blobs
         if not blobs:  # else every blob would go in again, silently: not incremental at all
@@ -252,7 +258,7 @@ async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
     specs, cfg = _specs(args)
     compress = args.compress == "zstd" or (args.compress is None and out.name.endswith(".zst"))
     cache = args.cache or default_cache_dir()
-    base_blobs, base_digest, base_name = _base(args)
+    base_blobs, base_digest, base_name = _base(args, out)
     opts = _pull_options(args, output=None if args.dry_run else out, compress=compress,
                          keep_going=args.keep_going, dry_run=args.dry_run,
                          base_blobs=base_blobs, base_digest=base_digest, base_name=base_name)

@@ -463,6 +463,33 @@ def test_an_unchanged_run_counts_as_a_use_of_its_blobs_for_prune(src_registry, r
     assert len(list((cache / "blobs" / "sha256").iterdir())) == len(blobs)
 
 
+def _state(*paths: Path) -> list[tuple[int, str]]:
+    return [(p.stat().st_mtime_ns, file_sha256(p)) for p in paths]
+
+
+def test_an_output_that_is_its_own_base_is_refused(src_registry, repo_name, rng, tmp_path):
+    """`pull -o s.tar --base s.tar` replaced the full bundle with an incremental one whose
+    base was the file it had just overwritten. The same file under another name (a symlink,
+    a hard link) too: exit 2 naming both, before any request, nothing touched."""
+    img, _ = _multi(rng)
+    push_image(src_registry.url, repo_name, img, tags=["s"])
+    ref, out = f"{src_registry.host}/{repo_name}:s", tmp_path / "s.tar"
+    mirror_ok("pull", ref, "-o", out, "--cache", tmp_path / "cache")
+    link, hard = tmp_path / "link.tar", tmp_path / "hard.tar"
+    link.symlink_to(out)
+    os.link(out, hard)
+    kept = (out, out.with_name("s.tar.sha256"))
+    before = _state(*kept)
+    for o, base in ((out, out), (out, link), (out, hard), (link, out)):
+        r = run_mirror("pull", ref, "-o", o, "--base", base, "--cache", tmp_path / "c2")
+        assert r.returncode == EXIT_CODES["usage"], r.stderr
+        [line] = [ln for ln in r.stderr.splitlines() if ln.startswith("mirror: error:")]
+        assert f"-o {o}" in line and f"--base {base}" in line, line
+        assert _state(*kept) == before
+        assert not (tmp_path / "c2").exists()  # refused before any work
+    assert link.is_symlink()
+
+
 def test_quiet_runs_print_nothing_on_success_and_one_line_on_error(src_registry, dst_registry,
                                                                     repo_name, rng, tmp_path):
     """cron mails whatever a job prints: with -q a good night is silent (the report has the
