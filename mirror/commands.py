@@ -145,6 +145,8 @@ def _write_lock(args: argparse.Namespace, result) -> Path | None:
     if path is None or getattr(args, "locked", False):
         return None
     lock = Lock(blobs=result.blobs)
+    if result.bundle_digest:  # a pull: the bundle written with it (--base refuses it as -o)
+        lock.bundle = {"name": result.bundle.name, "digest": result.bundle_digest}
     if path.exists():  # an image that failed this time keeps its last good entry
         try:
             old = Lock.read(path)
@@ -184,7 +186,15 @@ def _base(args: argparse.Namespace, out: Path
                          "replace the base it leaves out",
                          hint="write the incremental bundle to a file of its own")
     if is_lock_file(path):
-        blobs = Lock.read(path).blobs
+        lock = Lock.read(path)
+        blobs = lock.blobs
+        if not args.dry_run and lock.bundle and out.exists() and \
+                lock.bundle["name"] in (out.name, out.resolve().name) and \
+                sha256_file(out) == lock.bundle["digest"]:
+            raise UsageError(
+                f"-o {out} is the bundle --base {path} was written with "
+                f"({lock.bundle['digest']}): the far side may still need it",
+                hint="write the incremental bundle to a file of its own (a name per run)")
         if not blobs:  # else every blob would go in again, silently: not incremental at all
             raise UsageError(f"--base {path}: the lock file lists no blobs",
                              hint="give the lock file `mirror pull` wrote with the earlier "

@@ -6,10 +6,12 @@
          "digest": "sha256:..",         # the root in the bundle (differs when filtered/converted)
          "platforms": {"linux/arm64": "sha256:.."},  # selected platform manifests
          "manifests": ["sha256:..", ...], "conversions": {"old": "new"}}},
-     "blobs": {"sha256:..": size, ...}}          # every blob the images need
+     "blobs": {"sha256:..": size, ...},         # every blob the images need
+     "bundle": {"name": "site.tar", "digest": "sha256:.."}}  # the bundle a pull wrote
 
 A lock file can also serve as the `--base` of an incremental pull: its `blobs` are taken as
-already carried across.
+already carried across, and its `bundle` (absent when `mirror lock` wrote it) is the one file
+such a pull must not write over: the far side may still need it.
 
 It records digests, not the settings that chose them (platforms, index, format,
 foreign_layers, referrers, --referrer-type): `mirror lock` takes the same flags as `mirror
@@ -34,10 +36,14 @@ LOCK_VERSION = 1
 class Lock:
     images: dict[str, dict[str, Any]] = field(default_factory=dict)
     blobs: dict[str, int] = field(default_factory=dict)
+    bundle: dict[str, str] | None = None  # {"name", "digest"} of the bundle written with it
 
     def to_bytes(self) -> bytes:
-        doc = {"lockVersion": LOCK_VERSION, "images": dict(sorted(self.images.items())),
-               "blobs": dict(sorted(self.blobs.items()))}
+        doc: dict[str, Any] = {"lockVersion": LOCK_VERSION,
+                               "images": dict(sorted(self.images.items())),
+                               "blobs": dict(sorted(self.blobs.items()))}
+        if self.bundle:
+            doc["bundle"] = self.bundle
         return json.dumps(doc, indent=2).encode() + b"\n"
 
     def write(self, path: Path) -> None:
@@ -55,7 +61,13 @@ class Lock:
             raise ConfigError(f"{path}: not a valid lock file: {e}") from None
         if not isinstance(doc, dict) or doc.get("lockVersion") != LOCK_VERSION:
             raise ConfigError(f"{path}: not a lock file of version {LOCK_VERSION}")
-        return cls(dict(doc.get("images") or {}), dict(doc.get("blobs") or {}))
+        bundle = doc.get("bundle")
+        if bundle is not None and not (
+                isinstance(bundle, dict) and all(isinstance(bundle.get(k), str)
+                                                 for k in ("name", "digest"))):
+            raise ConfigError(f"{path}: not a valid lock file: 'bundle' is not "
+                              '{"name": ..., "digest": ...}')
+        return cls(dict(doc.get("images") or {}), dict(doc.get("blobs") or {}), bundle)
 
 
 def is_lock_file(path: Path) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -490,6 +491,34 @@ def test_an_output_that_is_its_own_base_is_refused(src_registry, repo_name, rng,
     assert link.is_symlink()
 
 
+def test_a_lock_file_names_its_bundle_which_is_not_overwritten_from_it(src_registry, repo_name,
+                                                                       rng, tmp_path):
+    """A lock file records the bundle it was written with (name and digest); a pull that
+    takes it as --base refuses to write over that bundle (exit 2, nothing touched): it is the
+    one the far side still needs. Any other output is an incremental bundle on top of it."""
+    img, _ = _multi(rng)
+    push_image(src_registry.url, repo_name, img, tags=["l"])
+    cfg, cache, out = tmp_path / "images.yaml", tmp_path / "cache", tmp_path / "s.tar"
+    cfg.write_text(f"images:\n  - {src_registry.host}/{repo_name}:l\n")
+    mirror_ok("pull", "-f", cfg, "-o", out, "--cache", cache)
+    lock = json.loads((tmp_path / "images.lock").read_text())
+    assert lock["bundle"] == {"name": "s.tar", "digest": file_sha256(out)}, lock
+    carried = tmp_path / "carried.lock"
+    shutil.copy(tmp_path / "images.lock", carried)
+    kept = (out, out.with_name("s.tar.sha256"), carried)
+    before = _state(*kept)
+    r = run_mirror("pull", "-f", cfg, "-o", out, "--base", carried, "--cache", tmp_path / "c2")
+    assert r.returncode == EXIT_CODES["usage"], r.stderr
+    [line] = [ln for ln in r.stderr.splitlines() if ln.startswith("mirror: error:")]
+    assert f"-o {out}" in line and f"--base {carried}" in line, line
+    assert _state(*kept) == before and not (tmp_path / "c2").exists()
+    nxt = tmp_path / "next.tar"
+    mirror_ok("pull", "-f", cfg, "-o", nxt, "--base", carried, "--cache", cache)
+    assert _members(nxt) and _state(*kept) == before
+    lock = json.loads((tmp_path / "images.lock").read_text())
+    assert lock["bundle"] == {"name": "next.tar", "digest": file_sha256(nxt)}, lock
+
+
 def test_quiet_runs_print_nothing_on_success_and_one_line_on_error(src_registry, dst_registry,
                                                                     repo_name, rng, tmp_path):
     """cron mails whatever a job prints: with -q a good night is silent (the report has the
@@ -561,10 +590,13 @@ def test_the_readmes_nightly_script_full_then_incremental(src_registry, dst_regi
                                                           repo_name, rng, tmp_path):
     """The README's nightly script as written (only its directory changed, and `date` made to
     say which night it is): the first night a full bundle, the next an incremental one against
-    the carried lock file; loaded in order, the target has both tags."""
+    the carried lock file; run a second time that day (new images meanwhile), it must not
+    overwrite that day's bundle, which was not carried yet, but write another one; loaded in
+    order, the target has every tag."""
     script = _readme_nightly_script().replace("/srv/mirror", str(tmp_path / "site"))
     site = tmp_path / "site"
-    (site / "bundles").mkdir(parents=True)
+    bundles = site / "bundles"
+    bundles.mkdir(parents=True)
     (site / "nightly.sh").write_text(script)
     bin_ = tmp_path / "bin"
     bin_.mkdir()
@@ -580,15 +612,21 @@ def test_the_readmes_nightly_script_full_then_incremental(src_registry, dst_regi
            "XDG_CACHE_HOME": str(tmp_path / "xdg")}
 
     def night(n: str) -> Path:
+        """Run the script as night `n`; the one bundle it wrote (no other file changed)."""
+        before = {p: (p.stat().st_mtime_ns, file_sha256(p)) for p in bundles.glob("site-*")}
         r = subprocess.run(["sh", str(site / "nightly.sh")], env={**env, "NIGHT": n},
                            capture_output=True, text=True, timeout=180)
         assert (r.returncode, r.stdout, r.stderr) == (0, "", ""), (n, r)
-        report = json.loads((site / "bundles" / "report.json").read_text())
+        report = json.loads((bundles / "report.json").read_text())
         assert report["exit_code"] == 0
-        return site / "bundles" / f"site-{n}.tar.zst"
+        after = {p: (p.stat().st_mtime_ns, file_sha256(p)) for p in bundles.glob("site-*")}
+        assert {p: after[p] for p in before} == before  # nothing written over
+        [new] = [p for p in after if p not in before and p.name.endswith(".zst")]
+        assert new.name.startswith(f"site-{n}")
+        return new
 
     first = night("20261127")
-    assert (site / "bundles" / "carried.lock").exists()
+    assert (bundles / "carried.lock").exists()
     two, _ = _multi(rng, base=base)
     push_image(src_registry.url, repo_name, two, tags=["2"])
     (site / "images.yaml").write_text(f"images:\n  - {ref}:1\n  - {ref}:2\n")
@@ -598,12 +636,15 @@ def test_the_readmes_nightly_script_full_then_incremental(src_registry, dst_regi
         shipped = {m.name.split("/")[-1] for m in tf if m.name.startswith("blobs/")}
     assert shipped
     assert base.digest.split(":")[1] not in shipped  # carried the night before
+    three, _ = _multi(rng)
+    push_image(src_registry.url, repo_name, three, tags=["3"])
+    (site / "images.yaml").write_text(f"images:\n  - {ref}:1\n  - {ref}:2\n  - {ref}:3\n")
+    third = night("20261128")  # the same day again
     r = run_mirror("load", second, "--to", f"{dst_registry.host}/n", "-q")
     assert r.returncode == EXIT["incomplete-base"]  # out of order: nothing pushed
-    for b in (first, second):
+    for b in (first, second, third):
         mirror_ok("load", b, "--to", f"{dst_registry.host}/n", "-q")
-    assert sorted(list_tags(dst_registry.url, f"n/{repo_name}")) == ["1", "2"]
-
+    assert sorted(list_tags(dst_registry.url, f"n/{repo_name}")) == ["1", "2", "3"]
 
 
 def _on_a_terminal(args: list, cols: int = 100) -> tuple[int, str]:

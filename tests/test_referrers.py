@@ -27,6 +27,7 @@ from tests.support.oracle import (
     check_layout,
     file_sha256,
     mirror_ok,
+    resolved,
     run_mirror,
     skopeo_copy_ok,
 )
@@ -182,7 +183,7 @@ def test_lock_takes_referrer_type_like_pull(src_registry, repo_name, rng, tmp_pa
               tmp_path / "c", "--lock-file", tmp_path / "pulled.lock", "-q")
     mirror_ok("lock", "-f", cfg, "--referrer-type", kept, "--cache", tmp_path / "c", "-q")
     lock = json.loads((tmp_path / "images.lock").read_text())
-    assert lock == json.loads((tmp_path / "pulled.lock").read_text())
+    assert lock == resolved(tmp_path / "pulled.lock")
     assert own[kept] <= set(lock["blobs"]) and not other & set(lock["blobs"])
     assert lock["images"][ref]["sourceDigest"] == index.digest
 
@@ -281,7 +282,7 @@ def test_no_referrers_in_dry_run_lock_and_locked_pulls(src_registry, repo_name, 
     assert entry["sourceDigest"] == index.digest and entry["digest"] == root
     assert index.extra[0].digest not in entry["manifests"]
     assert not {b.digest for b in index.extra[0].blobs()} & set(lock["blobs"])
-    assert lock == json.loads((tmp_path / "pulled.lock").read_text())
+    assert lock == resolved(tmp_path / "pulled.lock")
 
     mirror_ok("pull", "-f", cfg, "--locked", "--no-referrers", "-o", tmp_path / "l.tar",
               "--cache", tmp_path / "c", "-q")

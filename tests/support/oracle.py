@@ -207,6 +207,14 @@ def file_sha256(path: Path | str) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def resolved(lock_path: Path | str) -> dict[str, Any]:
+    """A lock file's resolution (what `mirror lock` records): all but the `bundle` a pull's
+    lock file names besides."""
+    doc = json.loads(Path(lock_path).read_text())
+    doc.pop("bundle", None)
+    return dict(doc)
+
+
 def run(cmd: list[str], *, timeout: float = 180, cwd: Path | str | None = None,
         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(c) for c in cmd], capture_output=True, text=True,
