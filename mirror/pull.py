@@ -345,8 +345,8 @@ class _Run:
             self.progress.info(_summary_line(p, self.results[i]))
         result = self.result()
         needed = {d.digest for _, p in self.resolved() for d in self.need(p)}
-        for digest in needed:  # none was even looked at, but each is in use (cache prune)
-            self.store.touch(digest)
+        for blob in needed:  # none was even looked at, but each is in use (cache prune)
+            self.store.touch(blob)
         result.blobs_reused = len(needed - self.fetcher.fetched)
         result.bundle, result.bundle_digest, result.unchanged = self.opts.output, digest, True
         return result

@@ -430,6 +430,10 @@ def test_rerun_with_nothing_new_leaves_the_bundle_alone(src_registry, repo_name,
         assert (doc["blobs_reused"], doc["bytes_reused"]) == (len(blobs), sum(blobs.values()))
         assert f"0 blob(s) fetched (0 bytes), {len(blobs)} reused" in r.stderr
         assert (out.stat().st_mtime_ns, file_sha256(out)) == before
+        # the digest printed and reported is the file's (it was a blob's inside the bundle)
+        side = out.with_name(out.name + ".sha256").read_text().split()[0]
+        assert f"{out}\t{before[1]}" in r.stdout.splitlines(), r.stdout
+        assert doc["bundle_digest"] == before[1] == f"sha256:{side}", doc
         # a bundle changed after its .sha256 was written is rewritten, not trusted
         data = bytearray(out.read_bytes())
         data[-600] ^= 0xFF
