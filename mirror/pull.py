@@ -267,8 +267,9 @@ class _Run:
             if opts.output is not None and not opts.compress:
                 lay = bundle_layout([p for _, p in self.resolved()], opts,
                                     partial=self.first_error is not None)
-                same = unchanged(opts.output, lay.index, lay.inventory,
-                                 tar_size(lay.index, lay.inventory, lay.manifests, lay.blobs))
+                same = await asyncio.get_running_loop().run_in_executor(  # hashes the file
+                    _IO_POOL, unchanged, opts.output, lay.index, lay.inventory,
+                    tar_size(lay.index, lay.inventory, lay.manifests, lay.blobs))
                 if same:
                     return self.unchanged(same)
                 self.in_layout = {i for i, _ in self.resolved()}

@@ -440,6 +440,16 @@ def test_rerun_with_nothing_new_leaves_the_bundle_alone(src_registry, repo_name,
         out.write_bytes(bytes(data))
         r = mirror_ok("pull", ref, "-o", out, "--cache", cache)
         assert "unchanged" not in r.stderr and file_sha256(out) == before[1]
+        # so is one damaged in place: same size, its mtime put back (verify says exit 7)
+        st = out.stat()
+        data = bytearray(out.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        out.write_bytes(bytes(data))
+        os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert run_mirror("verify", out).returncode == EXIT["integrity"]
+        r = mirror_ok("pull", ref, "-o", out, "--cache", cache)
+        assert "unchanged" not in r.stderr and file_sha256(out) == before[1], r.stderr
+        assert run_mirror("verify", out).returncode == 0
     # a moved tag is a new bundle
     moved, _ = _multi(rng)
     push_image(src_registry.url, repo_name, moved, tags=["n"])

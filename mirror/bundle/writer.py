@@ -22,7 +22,7 @@ import zstandard
 
 from mirror.digest import Verifier
 from mirror.errors import IntegrityError, MirrorError, SizeMismatch
-from mirror.store.blobs import BlobStore
+from mirror.store.blobs import BlobStore, sha256_file
 
 BUF = 1 << 20
 
@@ -147,7 +147,9 @@ def unchanged(out: Path, index_json: bytes, inventory_json: bytes, size: int | N
               ) -> str | None:
     """The digest of an existing bundle at `out` that already holds exactly this content
     (same index.json and inventory, which pin every blob by digest and size; same size for a
-    plain tar), else None. Lets a nightly run with nothing new skip rewriting gigabytes."""
+    plain tar) and is undamaged (the file hashes to its `.sha256`), else None. Lets a nightly
+    run with nothing new skip rewriting gigabytes; reading them once is the price of never
+    calling a damaged bundle unchanged (a byte changed in place keeps size and mtime)."""
     from mirror.bundle.layout import MIRROR_JSON
 
     side = out.with_name(out.name + ".sha256")
@@ -177,7 +179,10 @@ def unchanged(out: Path, index_json: bytes, inventory_json: bytes, size: int | N
                     if ti.name not in want or f is None or f.read() != want.pop(ti.name):
                         return None
                     if not want:
-                        return "sha256:" + digest
+                        break
+            if want or sha256_file(out) != "sha256:" + digest:
+                return None
+            return "sha256:" + digest
     except (OSError, ValueError, tarfile.TarError, zstandard.ZstdError):
         return None
     return None
