@@ -155,6 +155,9 @@ def _write_lock(args: argparse.Namespace, result) -> Path | None:
         for r in result.images:
             if r.error and r.reference in old.images:
                 lock.images[r.reference] = old.images[r.reference]
+                # and its blobs, among those the last lock listed (which went across with
+                # its bundle): an incremental bundle on this lock must not carry them again
+                lock.blobs = {**old.blobs, **lock.blobs}
     for r in result.images:
         if r.error:
             continue

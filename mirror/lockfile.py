@@ -9,8 +9,9 @@
      "blobs": {"sha256:..": size, ...},         # every blob the images need
      "bundle": {"name": "site.tar", "digest": "sha256:.."}}  # the bundle a pull wrote
 
-A lock file can also serve as the `--base` of an incremental pull: its `blobs` are taken as
-already carried across, and its `bundle` (absent when `mirror lock` wrote it) is the one file
+After a `--keep-going` run an image that failed keeps its last good entry, and `blobs` keeps
+what the last lock listed besides (the failed image's blobs among them). A lock file can also
+serve as the `--base` of an incremental pull: its `blobs` are taken as already carried across, and its `bundle` (absent when `mirror lock` wrote it) is the one file
 such a pull must not write over: the far side may still need it.
 
 It records digests, not the settings that chose them (platforms, index, format,

@@ -533,6 +533,37 @@ def test_a_lock_file_names_its_bundle_which_is_not_overwritten_from_it(src_regis
     assert lock["bundle"] == {"name": "next.tar", "digest": file_sha256(nxt)}, lock
 
 
+def test_keep_going_keeps_the_failed_images_blobs_in_the_lock(src_registry, faultproxy,
+                                                              repo_name, rng, tmp_path):
+    """A --keep-going night where one image fails: the lock keeps that image's last good
+    entry and its blobs (they were carried), so the next incremental bundle against it does
+    not carry them again."""
+    a, b = (ig.make_image(rng, ig.AMD64, fmt="oci") for _ in range(2))
+    push_image(src_registry.url, f"{repo_name}/a", a, tags=["1"])
+    push_image(src_registry.url, f"{repo_name}/b", b, tags=["1"])
+    proxy = faultproxy(src_registry.url)
+    ref_b = f"{proxy.host}/{repo_name}/b:1"
+    cfg, cache = tmp_path / "images.yaml", tmp_path / "cache"
+    cfg.write_text(f"images:\n  - {proxy.host}/{repo_name}/a:1\n  - {ref_b}\n")
+    mirror_ok("pull", "-f", cfg, "-o", tmp_path / "n1.tar", "--cache", cache)
+    first = json.loads((tmp_path / "images.lock").read_text())
+    b_blobs = {d.digest for d in b.all_blobs()}
+    assert set(first["blobs"]) == {d.digest for d in a.all_blobs()} | b_blobs
+    proxy.add(Fault("status", path=rf"/{repo_name}/b/manifests/", status=404, times=None))
+    r = run_mirror("pull", "-f", cfg, "-o", tmp_path / "n2.tar", "--keep-going", "--cache",
+                   cache)
+    assert r.returncode == EXIT["partial"], r.stderr
+    second = json.loads((tmp_path / "images.lock").read_text())
+    assert second["images"][ref_b] == first["images"][ref_b]
+    assert set(second["blobs"]) >= b_blobs, second["blobs"]
+    proxy.clear_faults()
+    inc = tmp_path / "n3.tar"
+    mirror_ok("pull", "-f", cfg, "-o", inc, "--base", tmp_path / "images.lock", "--cache",
+              cache)
+    carried = {m.split("/")[-1] for m in _members(inc) if m.startswith("blobs/")}
+    assert not carried & {d.split(":")[1] for d in b_blobs}, carried
+
+
 def test_quiet_runs_print_nothing_on_success_and_one_line_on_error(src_registry, dst_registry,
                                                                     repo_name, rng, tmp_path):
     """cron mails whatever a job prints: with -q a good night is silent (the report has the
