@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from mirror.config import Config, ImageSettings, ImageSpec, load_config
 from mirror.errors import EXIT_PARTIAL, BundleError, MirrorError, UsageError
+from mirror.paths import check_writable
 from mirror.platform import PlatformSelector
 from mirror.reference import Reference
 from mirror.registry.credentials import CredentialStore
@@ -248,16 +249,24 @@ def _pull_report(result) -> dict:
 
 
 def _output(args: argparse.Namespace) -> Path:
-    """-o, refused (exit 2, before any network work) when it names a directory."""
-    if not args.output:
-        return DEFAULT_OUTPUT
-    text: str = args.output
+    """-o, refused (exit 2, before any network work) when it names a directory or cannot be
+    written; its directory is made (not for --dry-run, which writes nothing)."""
+    text: str = args.output or str(DEFAULT_OUTPUT)
     out = Path(text)
     if text.endswith(("/", os.sep)) or out.is_dir():
         what = "is" if out.is_dir() else "names"
         raise UsageError(f"-o {text}: {what} a directory; give the bundle's file name, "
                          f"e.g. {out / 'site.tar'}")
+    if not args.dry_run:
+        check_writable(out, "-o")
     return out
+
+
+def _check_lock_path(args: argparse.Namespace) -> None:
+    """The lock file a run will write, checked before any work as --report is."""
+    path = _lock_path(args)
+    if path is not None and not getattr(args, "locked", False):
+        check_writable(path, "--lock-file" if args.lock_file else "lock file")
 
 
 async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
@@ -269,6 +278,8 @@ async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
     report.add(**_pull_report(None))
     out = _output(args)
     specs, cfg = _specs(args)
+    if not args.dry_run:
+        _check_lock_path(args)
     compress = args.compress == "zstd" or (args.compress is None and out.name.endswith(".zst"))
     cache = args.cache or default_cache_dir()
     base_blobs, base_digest, base_name = _base(args, out)
@@ -396,6 +407,7 @@ async def _lock(args: argparse.Namespace, progress, report: Report) -> int:
     specs, cfg = _specs(args)
     if _lock_path(args) is None:
         raise UsageError("mirror lock needs -f images.yaml or --lock-file")
+    _check_lock_path(args)
     from mirror.store.lock import RunLock
 
     cache = args.cache or default_cache_dir()

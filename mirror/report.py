@@ -1,7 +1,7 @@
 """`--report FILE.json`: what a monitor reads after a run, whatever its outcome.
 
 The path is checked before any work (a report that cannot be written must not be found out
-after a night's pull); the commands add what they did to `Report.details` as they go, and
+after a night's pull; a missing directory is made, as -o makes the bundle's); the commands add what they did to `Report.details` as they go, and
 `mirror.cli` writes the file once, with the run's exit code and error line, on success, on
 any error and on SIGINT/SIGTERM. The file is replaced atomically (a temporary file beside it,
 then a rename): a monitor reads the old report or the new one, never half of one.
@@ -16,18 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from mirror import secrets
-from mirror.errors import MirrorError, UsageError
+from mirror.errors import MirrorError
+from mirror.paths import check_writable
 
 
 def check_path(path: Path) -> None:
-    """Refuse (UsageError, exit 2) a report path whose directory is missing or read-only."""
-    parent = path.parent
-    if path.is_dir():
-        raise UsageError(f"--report {path}: is a directory; give the report's file name")
-    if not parent.is_dir():
-        raise UsageError(f"--report {path}: no such directory {parent}")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"--report {path}: directory {parent} is not writable")
+    """Make the report's directory if missing (as -o does the bundle's); refuse (UsageError,
+    exit 2) a report path that is a directory or whose directory cannot be written."""
+    check_writable(path, "--report")
 
 
 class Report:

@@ -337,19 +337,56 @@ def test_report_is_written_whatever_the_outcome(src_registry, repo_name, rng, tm
 
 
 def test_report_path_is_checked_before_any_work(src_registry, repo_name, rng, tmp_path):
-    """`--report nodir/r.json`: exit 2 at once, naming it, instead of a whole pull that then
-    exits 1 with "cannot write the report"."""
+    """A report that cannot be written (a directory; a directory that cannot be made): exit
+    2 at once, naming it, instead of a whole pull that then exits 1 with "cannot write the
+    report". A missing directory is made, as -o makes the bundle's."""
     img = ig.make_image(rng, ig.AMD64, fmt="oci")
     push_image(src_registry.url, repo_name, img, tags=["v1"])
     ref = f"{src_registry.host}/{repo_name}:v1"
     out, cache = tmp_path / "b.tar", tmp_path / "c"
-    for bad in (tmp_path / "nodir" / "r.json", tmp_path):
+    plain = tmp_path / "file"
+    plain.write_text("")
+    for bad in (plain / "r.json", plain / "sub" / "r.json", tmp_path):
         r = run_mirror("pull", ref, "-o", out, "--cache", cache, "--report", bad)
         assert r.returncode == 2, r.stderr
         [line] = r.stderr.splitlines()
         assert line.startswith(f"mirror: error: --report {bad}: "), line
         assert not out.exists() and not cache.exists()  # nothing fetched, nothing written
-    assert not (tmp_path / "nodir").exists()
+    report = tmp_path / "nodir" / "sub" / "r.json"
+    mirror_ok("pull", ref, "-o", out, "--cache", cache, "--report", report)
+    assert json.loads(report.read_text())["exit_code"] == 0
+
+
+def _readme_cron_line() -> str:
+    """The command of the README's crontab line (what follows the five time fields)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    line = next(ln for ln in readme.splitlines()
+                if ln.strip().startswith("15 2 * * *") and "mirror pull" in ln)
+    return line.split(None, 5)[5]
+
+
+def test_the_readmes_cron_line_works_the_first_night_in_a_fresh_directory(
+        src_registry, repo_name, rng, tmp_path):
+    """The crontab line as written, in a directory holding only images.yaml: -o makes
+    bundles/, and --report bundles/report.json must not refuse it (exit 2) for being missing."""
+    img = ig.make_image(rng, ig.AMD64, fmt="oci")
+    push_image(src_registry.url, repo_name, img, tags=["c"])
+    site, bin_ = tmp_path / "site", tmp_path / "bin"
+    site.mkdir()
+    bin_.mkdir()
+    (site / "images.yaml").write_text(f"images:\n  - {src_registry.host}/{repo_name}:c\n")
+    (bin_ / "mirror").write_text(f'#!/bin/sh\nexec {sys.executable} -m mirror "$@"\n')
+    (bin_ / "logger").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "logged"}\n')
+    for f in bin_.iterdir():
+        f.chmod(0o755)
+    env = {**mirror_env(), "PATH": f"{bin_}:{os.environ['PATH']}",
+           "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    cmd = _readme_cron_line().replace("/srv/mirror", str(site))
+    r = subprocess.run(["sh", "-c", cmd], env=env, capture_output=True, text=True, timeout=180)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", ""), r
+    assert not (tmp_path / "logged").exists(), (tmp_path / "logged").read_text()
+    assert json.loads((site / "bundles" / "report.json").read_text())["exit_code"] == 0
+    check_layout(site / "bundles" / "site.tar.zst")
 
 
 def test_dry_run_writes_nothing_and_prune_trims_the_cache(src_registry, repo_name, rng,
@@ -562,6 +599,28 @@ def test_keep_going_keeps_the_failed_images_blobs_in_the_lock(src_registry, faul
               cache)
     carried = {m.split("/")[-1] for m in _members(inc) if m.startswith("blobs/")}
     assert not carried & {d.split(":")[1] for d in b_blobs}, carried
+
+
+def test_an_unwritable_lock_file_is_refused_before_any_work(src_registry, repo_name, rng,
+                                                            tmp_path):
+    """--lock-file that cannot be written was found only after the bundle was written (exit
+    1); like --report it is checked first: exit 2 naming it, nothing fetched or written."""
+    img = ig.make_image(rng, ig.AMD64, fmt="oci")
+    push_image(src_registry.url, repo_name, img, tags=["v1"])
+    ref = f"{src_registry.host}/{repo_name}:v1"
+    out, cache = tmp_path / "b.tar", tmp_path / "c"
+    plain = tmp_path / "file"
+    plain.write_text("")
+    for bad in (plain / "x.lock", tmp_path):
+        for args in (("pull", ref, "-o", out), ("lock", ref)):
+            r = run_mirror(*args, "--cache", cache, "--lock-file", bad)
+            assert r.returncode == EXIT_CODES["usage"], (args, r.stderr)
+            [line] = [ln for ln in r.stderr.splitlines() if ln.startswith("mirror: error:")]
+            assert line.startswith(f"mirror: error: --lock-file {bad}: "), line
+            assert not out.exists() and not cache.exists()
+    # a missing directory is made, as for -o
+    mirror_ok("pull", ref, "-o", out, "--cache", cache, "--lock-file", tmp_path / "l" / "x.lock")
+    assert json.loads((tmp_path / "l" / "x.lock").read_text())["images"]
 
 
 def test_quiet_runs_print_nothing_on_success_and_one_line_on_error(src_registry, dst_registry,

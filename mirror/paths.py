@@ -1,0 +1,32 @@
+"""Files a run will write (-o, --report, the lock file), checked before any work.
+
+A missing directory is made, for each of them alike; a path that names a directory, or whose
+directory cannot be made or written, is a usage error (exit 2) naming the option, found
+before any network work instead of after a night's pull.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mirror.errors import UsageError
+
+
+def check_writable(path: Path, flag: str) -> None:
+    """Make `path`'s directory if missing; UsageError `FLAG PATH: ...` if it cannot be written."""
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: is a directory; give a file name")
+    parent = path.parent
+    for up in (parent, *parent.parents):  # the nearest one that exists must be a directory
+        if up.exists():
+            if not up.is_dir():
+                raise UsageError(f"{flag} {path}: {up} is not a directory")
+            break
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot make directory {parent}: "
+                         f"{e.strerror or e}") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: directory {parent} is not writable")
