@@ -275,6 +275,7 @@ def load_config(path: str | Path, base: ImageSettings | None = None) -> Config:
 
 
 def settings_as_dict(s: ImageSettings) -> dict[str, Any]:
-    return {"platforms": str(s.platforms), "index": s.index, "format": s.format,
+    platforms = "all" if s.platforms.all else ",".join(sorted(map(str, s.platforms.platforms)))
+    return {"platforms": platforms, "index": s.index, "format": s.format,
             "foreign_layers": s.foreign_layers, "referrers": s.referrers,
             "accept_unsigned_index": s.accept_unsigned_index}

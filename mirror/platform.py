@@ -142,12 +142,14 @@ class PlatformSelector:
         return self.all or any(want.matches(p) for want in self.platforms)
 
     def __eq__(self, other: object) -> bool:
+        """The same set of platforms, in any order (`linux/arm64,linux/amd64` is
+        `[linux/amd64, aarch64]`): the order never changes what is selected."""
         if not isinstance(other, PlatformSelector):
             return NotImplemented
-        return (self.all, self.platforms) == (other.all, other.platforms)
+        return (self.all, frozenset(self.platforms)) == (other.all, frozenset(other.platforms))
 
     def __hash__(self) -> int:
-        return hash((self.all, self.platforms))
+        return hash((self.all, frozenset(self.platforms)))
 
     def __str__(self) -> str:
         return "all" if self.all else ",".join(str(p) for p in self.platforms)

@@ -788,6 +788,30 @@ def test_one_reference_listed_twice_with_other_settings(good: Good, tmp_path: Pa
     assert layout.entry_names() == [good.ref]
 
 
+def test_one_reference_listed_twice_with_its_platforms_in_another_order(good: Good,
+                                                                         tmp_path: Path) -> None:
+    """The same platform set in another order (or spelled another way) is the same setting:
+    no conflict, one entry with both platforms."""
+    (tmp_path / "images.yaml").write_text(
+        "version: 1\n"
+        "images:\n"
+        f"  - ref: {good.ref}\n"
+        "    platforms: [linux/amd64, linux/arm64]\n"
+        f"  - ref: {good.ref}\n"
+        "    platforms: aarch64,linux/amd64\n")
+    mirror_ok("pull", "-f", "images.yaml", "-o", "out.tar", "--cache", "c", "-q",
+              cwd=tmp_path)
+    layout = check_layout(tmp_path / "out.tar")
+    assert layout.entry_names() == [good.ref]
+    assert len(layout.manifests) == 3  # the index and both platforms
+    # another setting that does differ is the only one named
+    with open(tmp_path / "images.yaml", "a") as f:
+        f.write("    format: docker\n")
+    err = fails("usage", "pull", "-f", "images.yaml", "-o", "out2.tar", "--cache", "c",
+                cwd=tmp_path)
+    assert "format: docker here, keep there" in err and "platforms" not in err, err
+
+
 @pytest.mark.parametrize("platform", ["linux/amd46", "linux", "linux/arm64/v8/x", "lunix/amd64"])
 def test_unknown_platform_on_the_command_line(platform: str, good: Good,
                                               tmp_path: Path) -> None:
