@@ -82,6 +82,22 @@ def test_truncated_body_is_resumed(src_registry, image, recproxy, tmp_path: Path
     assert proxy.bytes_by_path[blob_path(repo, big.digest)] == big.size
 
 
+def test_short_body_with_a_matching_length_is_resumed(src_registry, image, recproxy,
+                                                      tmp_path: Path) -> None:
+    """A proxy or CDN that cut the body and sent a Content-Length to match: the blob is
+    incomplete (resumed with Range), not bytes that fail verification (exit 7)."""
+    repo, img = image
+    big = img.layers[0]
+    proxy = recproxy(src_registry.url)
+    proxy.add(Fault("short", method="GET", path=big.digest, offset=300_000))
+    ok(pull(tmp_path, f"{proxy.host}/{repo}:v1", "--retries", "1"))
+    assert_exact(tmp_path / "out.tar", img)
+    first, second = proxy.seen("GET", big.digest)
+    assert first.status == 200
+    assert second.headers.get("Range") == "bytes=300000-" and second.status == 206
+    assert proxy.bytes_by_path[blob_path(repo, big.digest)] == big.size
+
+
 def test_server_ignoring_range_restarts_cleanly(src_registry, image, recproxy,
                                                 tmp_path: Path) -> None:
     repo, img = image

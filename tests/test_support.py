@@ -262,6 +262,16 @@ def test_proxy_truncate_and_skip(src_registry, faultproxy, pushed) -> None:
     assert len(info.value.partial) == 5000
 
 
+def test_proxy_short_body_with_a_matching_length(src_registry, faultproxy, pushed) -> None:
+    repo, img = pushed
+    proxy = faultproxy(src_registry.url)
+    proxy.add(Fault("short", method="GET", path=r"/blobs/", offset=5000))
+    url = f"{proxy.url}/v2/{repo}/blobs/{img.layers[0].digest}"
+    status, headers, body = fetch(url)  # a whole answer as far as HTTP can tell
+    assert (status, headers["Content-Length"], body) == (200, "5000", img.layers[0].data[:5000])
+    assert fetch(url)[2] == img.layers[0].data  # times=1
+
+
 def test_proxy_reset_after(src_registry, faultproxy, pushed) -> None:
     repo, img = pushed
     proxy = faultproxy(src_registry.url)

@@ -293,8 +293,10 @@ class Client(Uploads):
             if offset:
                 await sink.restart()  # Range ignored: a clean restart from byte 0
             length = resp.headers.get("Content-Length")
-            if length and length.isdigit() and int(length) != desc.size:
+            if length and length.isdigit() and int(length) > desc.size:
                 raise SizeMismatch(desc.size, int(length), where, desc.digest)
+            # a shorter one is a body cut on the way (a proxy or CDN that fixed up the
+            # length): an incomplete download, resumed below like any body that ends early
         async for chunk in resp.content.iter_any():
             await sink.write(chunk)
             self.bytes_downloaded += len(chunk)

@@ -14,6 +14,8 @@ the proxy. Each request is handled by the first active fault that matches it, if
     status        answer `status` + `headers` + a JSON `errors` body; upstream never sees it
     reset_after   forward, abort the connection (TCP RST) after `offset` body bytes
     truncate      forward with the full Content-Length, send `offset` bytes, then close
+    short         forward the first `offset` bytes as the whole answer, with a Content-Length
+                  that says so (a proxy or CDN that cut the body and fixed up the length)
     flip_byte     forward with the byte at `offset` XOR 0xFF
     slow          forward, sleeping `delay` seconds between chunks of `chunk` bytes
     ignore_range  drop the request's Range header, so upstream answers 200 with everything
@@ -37,7 +39,7 @@ import aiohttp
 import yarl
 from aiohttp import web
 
-KINDS = ("status", "reset_after", "truncate", "flip_byte", "slow", "ignore_range")
+KINDS = ("status", "reset_after", "truncate", "short", "flip_byte", "slow", "ignore_range")
 HOP_BY_HOP = frozenset(
     h.lower()
     for h in (
@@ -251,6 +253,8 @@ class FaultProxy:
                 if k.lower() in HOP_BY_HOP:
                     continue
                 resp.headers.add(k, self._rewrite_location(v) if k.lower() == "location" else v)
+            if fault is not None and fault.kind == "short" and up.content_length is not None:
+                resp.content_length = min(fault.offset, up.content_length)
             self._record(method, path, up.status, 0)
             await resp.prepare(request)
             try:
@@ -273,6 +277,9 @@ class FaultProxy:
         size = fault.chunk if fault is not None and kind == "slow" else CHUNK
         sent = 0
         async for chunk in up.content.iter_chunked(size):
+            if kind == "short" and sent + len(chunk) >= offset:
+                await self._write(resp, chunk[: offset - sent], path)
+                return  # the answer ends there, as its Content-Length says
             if cut and sent + len(chunk) >= offset:
                 await self._write(resp, chunk[: offset - sent], path)
                 await self._cut(request, reset=kind == "reset_after")
