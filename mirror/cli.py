@@ -115,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     csub = p.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
     c = csub.add_parser("prune", help="remove cached blobs by age or total size")
     c.add_argument("--cache", type=Path)
-    c.add_argument("--older-than", metavar="AGE", help="unused for longer than AGE "
-                   "(e.g. 30d, 12h)")
+    c.add_argument("--older-than", metavar="AGE", help="unused for longer than AGE, "
+                   "with a unit: s, m, h, d or w (e.g. 30d, 12h)")
     c.add_argument("--max-size", metavar="SIZE", help="then the least recently used, until "
                    "under SIZE (e.g. 50G)")
     c.add_argument("--keep", type=Path, action="append", default=[], metavar="LOCK",

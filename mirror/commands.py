@@ -424,13 +424,18 @@ async def _lock(args: argparse.Namespace, progress, report: Report) -> int:
 
 
 def _parse_age(text: str) -> float:
-    """`30d`, `12h`, `90m`, `2w`, `3600` (seconds): finite and not negative (a negative age
-    would call every blob too old)."""
+    """`30d`, `12h`, `90m`, `2w`, `3600s`: finite and not negative (a negative age would call
+    every blob too old), with a unit (`30` meant as days would remove what 30 seconds left
+    unused)."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
     try:
         age = float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
     except (ValueError, IndexError):
         age = math.nan
+    else:
+        if text[-1] not in units and math.isfinite(age) and age >= 0:
+            raise UsageError(f"--older-than {text}: no unit",
+                             hint=f"give one of s, m, h, d, w: e.g. {text}d for {text} days")
     if not math.isfinite(age) or age < 0:
         raise UsageError(f"invalid age {text!r}: e.g. 30d, 12h")
     return age

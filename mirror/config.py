@@ -104,13 +104,32 @@ class _Ctx:
             raise self.err(node, f"{key!r} must be a non-empty string")
         return str(node.value)
 
+    def typed(self, node: yaml.Node, key: str, kind: str, expected: str) -> str:
+        """The text of a scalar of YAML type `kind` (bool, int): a quoted "true" or "1" is a
+        string, refused as such (file:line, the key, the type expected)."""
+        if isinstance(node, yaml.ScalarNode) and node.tag == f"tag:yaml.org,2002:{kind}":
+            return str(node.value)
+        hint = None
+        if not isinstance(node, yaml.ScalarNode):
+            got = "a list or a mapping"
+        elif node.tag.endswith(":str") and node.style in ("'", '"'):
+            got = f'the string "{node.value}"'
+            hint = f"write it without quotes: {key}: {node.value}"
+        else:
+            got = repr(node.value)
+        raise self.err(node, f"{key!r} must be {expected}, not {got}", hint)
+
     def boolean(self, node: yaml.Node, key: str) -> bool:
-        v = str(node.value).lower() if isinstance(node, yaml.ScalarNode) else None
-        if v in ("true", "yes", "on"):
-            return True
-        if v in ("false", "no", "off"):
-            return False
-        raise self.err(node, f"{key!r} must be true or false")
+        # YAML 1.1 (PyYAML) reads true/false, yes/no and on/off as booleans
+        v = self.typed(node, key, "bool", "true or false (a boolean)").lower()
+        return v in ("true", "yes", "on")
+
+    def integer(self, node: yaml.Node, key: str) -> int:
+        v = self.typed(node, key, "int", "an integer")
+        try:
+            return int(v)
+        except ValueError:  # YAML 1.1 ints Python does not read (0x1f, 0o7, 1:30)
+            raise self.err(node, f"{key!r} must be a decimal integer, not {v!r}") from None
 
     def choice(self, node: yaml.Node, key: str, choices: tuple[str, ...]) -> str:
         v = self.scalar(node, key)
@@ -196,10 +215,7 @@ def parse_config(text: str, path: str = "images.yaml",
     top = ctx.mapping(root, "the top level", _TOP_KEYS)
     if "version" in top:
         node = top["version"][1]
-        try:
-            version = int(node.value)
-        except (TypeError, ValueError):
-            raise ctx.err(node, "'version' must be an integer") from None
+        version = ctx.integer(node, "version")
         if version > SUPPORTED_VERSION or version < 1:
             raise ctx.err(node, f"config version {version} is not supported (this mirror "
                           f"reads version {SUPPORTED_VERSION})")
@@ -241,7 +257,12 @@ def parse_config(text: str, path: str = "images.yaml",
             continue
         e = ctx.mapping(item, "an image entry", _IMAGE_KEYS)
         settings = _settings(ctx, e, defaults)
-        if ("ref" in e) == ("repository" in e):
+        if "ref" in e and "repository" in e:
+            later = max(e["ref"][0], e["repository"][0], key=lambda k: k.start_mark.index)
+            raise ctx.err(later, "give 'ref' or 'repository' (with 'tags'), not both",
+                          hint="one entry per reference (ref:), or one per repository with "
+                          "its tags (repository: and tags:)")
+        if "ref" not in e and "repository" not in e:
             raise ctx.err(item, "an image entry needs either 'ref' or 'repository' (with 'tags')")
         if "ref" in e:
             if "tags" in e:

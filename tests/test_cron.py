@@ -438,6 +438,25 @@ def test_prune_refuses_a_negative_or_endless_limit(flag, value, tmp_path):
     assert "Traceback" not in r.stderr and blob.read_bytes() == b"kept"
 
 
+def test_prune_age_without_a_unit_is_refused(tmp_path):
+    """`--older-than 30` was read as 30 seconds (meant: 30 days): every blob unused for half
+    a minute was removed. An age needs its unit; the hint lists them."""
+    cache = tmp_path / "cache"
+    blob = cache / "blobs" / "sha256" / ("ab" * 32)
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(b"kept")
+    old = time.time() - 3600
+    os.utime(blob, (old, old))
+    r = run_mirror("cache", "prune", "--cache", cache, "--older-than", "30")
+    assert r.returncode == EXIT_CODES["usage"], r.stderr
+    assert "mirror: error: --older-than 30: no unit" in r.stderr, r.stderr
+    assert "hint:" in r.stderr and "30d" in r.stderr and "s, m, h, d, w" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and blob.read_bytes() == b"kept"
+    os.utime(blob, (old, old))  # (reading it counted as a use)
+    r = run_mirror("cache", "prune", "--cache", cache, "--older-than", "30m")
+    assert r.returncode == 0 and not blob.exists(), r.stderr
+
+
 def test_base_lock_file_listing_no_blobs_is_refused(tmp_path):
     """A lock file with no `blobs` as --base would make a full bundle while the operator
     thinks it incremental: exit 2 naming it, before any request."""
