@@ -62,7 +62,9 @@ def _transport(args: argparse.Namespace, cfg: Config | None, progress=None) -> T
                      timeouts=Timeouts(args.connect_timeout, args.read_timeout), jobs=args.jobs,
                      debug=progress.debug if progress else None,
                      notice=progress.info if progress else None,
-                     config_file="file" in vars(args))  # load and inspect read no images.yaml
+                     # load and inspect read no images.yaml; pull and lock name theirs
+                     config_file=(cfg.path if cfg else "images.yaml") if "file" in vars(args)
+                     else None)
 
 
 def _specs(args: argparse.Namespace) -> tuple[list[ImageSpec], Config | None]:

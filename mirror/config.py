@@ -242,8 +242,11 @@ def parse_config(text: str, path: str = "images.yaml",
                 ca_file=val.get("ca_file"), client_cert=val.get("client_cert"),
                 client_key=val.get("client_key"))
             if "username" in val:
+                key = next((r[k][0] for k in ("password_env", "password_file") if k in r),
+                           r["username"][0])
                 logins[host] = RegistryLogin(val["username"], val.get("password_env", ""),
-                                             val.get("password_file", ""))
+                                             val.get("password_file", ""),
+                                             f"{path}:{key.start_mark.line + 1}")
     if "images" not in top:
         raise ctx.err(root, "no 'images' list", hint="add `images:` with one reference per item")
     inode = top["images"][1]

@@ -248,9 +248,10 @@ def test_missing_creds_store_counts_as_empty(basic, src_registry: Registry, repo
     assert pulled_digest(tmp_path) == img.digest
 
 
-@pytest.mark.parametrize("source", ["config.json", "images.yaml", "helper"])
+@pytest.mark.parametrize("source", ["config.json", "images.yaml", "env.yaml", "helper"])
 def test_basic_wrong_credentials_exit_4(basic, tmp_path: Path, source: str) -> None:
-    """One line naming the registry and where the credentials came from; no secret."""
+    """One line naming the registry and where the credentials came from (the YAML file by
+    the name it was given, `-f env.yaml`, and where the secret came from); no secret."""
     reg, ref, _ = basic
     wrong = "Wr0ng-" + SECRET[::-1]
     env: dict[str, str] = {}
@@ -260,13 +261,13 @@ def test_basic_wrong_credentials_exit_4(basic, tmp_path: Path, source: str) -> N
                          {"auths": {reg.host: {"auth": b64(USER, wrong)}}})
         env["DOCKER_CONFIG"] = str(cfg.parent)
         expect = str(cfg)
-    elif source == "images.yaml":
+    elif source.endswith(".yaml"):
         env["MIRROR_TEST_PW"] = wrong
-        yml = tmp_path / "images.yaml"
+        yml = tmp_path / source
         yml.write_text(f"registries:\n  {reg.host}:\n    username: {USER}\n"
                        f"    password_env: MIRROR_TEST_PW\nimages: [{ref}]\n")
         args = ["pull", "-f", yml]
-        expect = "images.yaml"
+        expect = f"password from $MIRROR_TEST_PW named in {yml}:4"
     else:
         write_helper(tmp_path / "bin", "wrongpw", USER, wrong)
         write_json(tmp_path / "docker/config.json", {"credHelpers": {reg.host: "wrongpw"}})
@@ -277,8 +278,23 @@ def test_basic_wrong_credentials_exit_4(basic, tmp_path: Path, source: str) -> N
     assert proc.returncode == 4, proc.stderr
     line = error_line(proc)
     assert reg.host in line and expect in line, line
+    if source == "env.yaml":
+        assert "images.yaml" not in proc.stderr, proc.stderr
     assert_no_secret(tmp_path, proc, wrong, SECRET)
     assert not (tmp_path / "out.tar").exists()
+
+
+def test_password_env_not_set_names_the_yaml_file_and_line(basic, tmp_path: Path) -> None:
+    reg, ref, _ = basic
+    yml = tmp_path / "env.yaml"
+    yml.write_text(f"registries:\n  {reg.host}:\n    username: {USER}\n"
+                   f"    password_env: MIRROR_TEST_UNSET_PW\nimages: [{ref}]\n")
+    proc = cli(tmp_path, "pull", "-f", yml, "-o", tmp_path / "out.tar", "--cache",
+               tmp_path / "cache")
+    assert proc.returncode == 4, proc.stderr
+    line = error_line(proc)
+    assert reg.host in line and "MIRROR_TEST_UNSET_PW" in line and f"{yml}:4" in line, line
+    assert "images.yaml" not in proc.stderr, proc.stderr
 
 
 def test_basic_no_credentials_exit_4_with_hint(basic, tmp_path: Path) -> None:

@@ -145,29 +145,43 @@ def _from_config_file(path: Path, registry: str, *, helpers: bool) -> Credential
 
 @dataclass
 class RegistryLogin:
-    """A per-registry entry of images.yaml: the secret stays in the environment or a file."""
+    """A per-registry entry of images.yaml: the secret stays in the environment or a file.
+    `where`: the file:line of the key naming the secret (of `username` when there is none),
+    for messages."""
 
     username: str = ""
     password_env: str = ""
     password_file: str = ""
+    where: str = "images.yaml"
+
+    @property
+    def source(self) -> str:
+        """Where the credential came from (never the secret): `env.yaml (password from $VAR
+        named in env.yaml:12)`."""
+        file = self.where.rsplit(":", 1)[0] if self.where[-1:].isdigit() else self.where
+        if self.password_env:
+            return f"{file} (password from ${self.password_env} named in {self.where})"
+        if self.password_file:
+            return f"{file} (password from {self.password_file} named in {self.where})"
+        return f"{file} (username at {self.where}, no password)"
 
     def resolve(self, registry: str) -> Credential:
         if self.password_env:
             pw = os.environ.get(self.password_env)
             if pw is None:
                 raise AuthError(
-                    f"{registry}: environment variable {self.password_env} is not set",
-                    registry=registry)
+                    f"{registry}: environment variable {self.password_env} (password_env in "
+                    f"{self.where}) is not set", registry=registry)
         elif self.password_file:
             try:
                 pw = Path(self.password_file).expanduser().read_text().rstrip("\r\n")
             except OSError as e:
-                raise AuthError(f"{registry}: cannot read password_file {self.password_file}: "
-                                f"{e.strerror}",
+                raise AuthError(f"{registry}: cannot read password_file {self.password_file} "
+                                f"(named in {self.where}): {e.strerror}",
                                 registry=registry) from None
         else:
             pw = ""
-        return Credential(self.username, pw, source="images.yaml")
+        return Credential(self.username, pw, source=self.source)
 
 
 class CredentialStore:

@@ -119,12 +119,12 @@ class Transport:
         jobs: int = 4,
         debug: Callable[[str], None] | None = None,
         notice: Callable[[str], None] | None = None,
-        config_file: bool = True,
+        config_file: str | None = "images.yaml",
     ) -> None:
         """`debug` gets one line per request, retry, wait and token fetch (-v); `notice` gets
         the long Retry-After waits (LONG_WAIT or more), so a pause never looks like a hang.
-        `config_file`: the command reads an images.yaml, so hints may point into it (`mirror
-        load` and `inspect` read none)."""
+        `config_file`: the YAML file the command reads (`-f env.yaml`), so hints may point
+        into it by its name (None: `mirror load` and `inspect` read none)."""
         self.config_file = config_file
         self.debug = debug or _quiet
         self.notice = notice or _quiet
@@ -145,11 +145,12 @@ class Transport:
         if not self.config_file:
             return f"run `docker login {registry}` or pass --authfile"
         return (f"run `docker login {registry}`, pass --authfile, or add it under "
-                "`registries:` in images.yaml")
+                f"`registries:` in {self.config_file}")
 
     def in_yaml(self, text: str) -> str:
-        """`text` (an images.yaml alternative, with its separator) where there is one."""
-        return text if self.config_file else ""
+        """`text` (an images.yaml alternative, with its separator) where there is one, naming
+        the file the command reads."""
+        return text.replace("images.yaml", self.config_file) if self.config_file else ""
 
     def log_request(self, method: str, url: str, status: int | str, t0: float) -> None:
         if self.debug is not _quiet:
