@@ -675,7 +675,7 @@ def test_verbose_lists_token_fetches_without_the_token(tokens, ts: TokenServer,
     realm = ts.registry_config()["auth"]["token"]["realm"].rsplit("/", 1)[0]
     assert f"token from {realm} for repository:private/app:pull -> 200 (" in proc.stderr, \
         proc.stderr
-    assert f"GET {reg.host}/v2/private/app/manifests/v1 -> 200 (" in proc.stderr
+    assert f"GET http://{reg.host}/v2/private/app/manifests/v1 -> 200 (" in proc.stderr
     assert "eyJ" not in proc.stderr  # no JWT (they all start with the base64 of `{"`)
     assert_no_secret(tmp_path, proc)
 

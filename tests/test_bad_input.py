@@ -730,6 +730,29 @@ def test_unreachable_registry(good: Good, tmp_path: Path) -> None:
     assert host in err, err
 
 
+def test_a_name_that_does_not_resolve(tmp_path: Path) -> None:
+    """No --insecure-registry hint for a name that does not resolve (plain HTTP would not
+    help); a name without a registry host means Docker Hub, and the error says so and how
+    to name another registry (not `--insecure-registry docker.io`)."""
+    err = fails("registry", "pull", "registry.invalid/app:1", "-o", tmp_path / "o.tar",
+                "--cache", tmp_path / "c", "--retries", "0")
+    assert "registry.invalid" in err, err
+    proc = run_mirror("pull", "registry.invalid/app:1", "-o", tmp_path / "o.tar", "--cache",
+                      tmp_path / "c", "--retries", "0")
+    assert "--insecure-registry" not in proc.stderr and "did not resolve" in proc.stderr, \
+        proc.stderr
+    with pytest.raises(socket.gaierror):  # the tests run where Docker Hub is out of reach
+        socket.getaddrinfo("registry-1.docker.io", 443)
+    proc = run_mirror("pull", "myapp:1", "-o", tmp_path / "o.tar", "--cache", tmp_path / "c",
+                      "--retries", "0")
+    assert proc.returncode == EXIT["registry"], proc.stderr
+    assert "docker.io" in error_line(proc), proc.stderr
+    assert "--insecure-registry" not in proc.stderr, proc.stderr
+    assert "Docker Hub (docker.io)" in proc.stderr and "localhost:5000/myapp:1" in proc.stderr, \
+        proc.stderr
+    assert not (tmp_path / "o.tar").exists()
+
+
 def test_unknown_tag(good: Good, src_registry: Registry, tmp_path: Path) -> None:
     ref = f"{src_registry.host}/{good.repo}:no-such-tag"
     out = tmp_path / "out.tar"

@@ -278,6 +278,34 @@ def test_connection_refused_is_retried_then_named(tmp_path: Path) -> None:
     assert doc["exit_code"] == 3 and doc["bundle"] is None and doc["partial"] is False, doc
 
 
+def test_a_port_that_never_answers_costs_the_retry_budget_once(tmp_path: Path) -> None:
+    """A port that accepts and never answers, on a loopback registry (HTTPS, then plain HTTP):
+    `--retries 1` is two tries in all, one per scheme, not two of each; each line says which
+    scheme it tried."""
+    import socket
+
+    with socket.socket() as s:  # the kernel accepts connections; nobody ever answers
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        host = f"127.0.0.1:{s.getsockname()[1]}"
+        t0 = time.monotonic()
+        proc = pull(tmp_path, f"{host}/some/repo:v1", "--retries", "1", "--read-timeout", "3",
+                    "--connect-timeout", "3",
+                    "-v")
+        took = time.monotonic() - t0
+    assert proc.returncode == 3, proc.stderr
+    line = error_line(proc)
+    assert f"https://{host}/v2/: timed out" in line and f"http://{host}/v2/: timed out" in line \
+        and "after 2 tries" in line, line
+    assert "--insecure-registry" not in proc.stderr, proc.stderr
+    tries = re.findall(rf"GET (https?)://{re.escape(host)}/v2/ -> ", proc.stderr)
+    assert tries == ["https", "http"], proc.stderr
+    assert re.search(rf"retry GET https://{re.escape(host)}/v2/: timed out[^;]*; try 2 of 2 ",
+                     proc.stderr), proc.stderr
+    assert took < 2 * 3 + 4, took  # four tries took 4 x 3 s
+    assert report(tmp_path)["retries"] == 1
+
+
 # -- what -v and a long wait say -----------------------------------------------------------
 
 
@@ -292,9 +320,9 @@ def test_verbose_lists_requests_retries_and_waits(src_registry, image, recproxy,
                     headers={"Retry-After": "1"}))
     proc = ok(pull(tmp_path, f"{proxy.host}/{repo}:v1", "--retries", "2", "-v"))
     err = proc.stderr
-    assert re.search(rf"GET {re.escape(proxy.host)}/v2/{re.escape(repo)}/manifests/v1 -> 200 "
+    assert re.search(rf"GET http://{re.escape(proxy.host)}/v2/{re.escape(repo)}/manifests/v1 -> 200 "
                      r"\(\d+ ms\)", err), err
-    assert re.search(rf"GET {re.escape(proxy.host)}{blob_path(repo, img.layers[0].digest)} "
+    assert re.search(rf"GET http://{re.escape(proxy.host)}{blob_path(repo, img.layers[0].digest)} "
                      r"-> 502 \(\d+ ms\)", err), err
     assert re.search(rf"retry GET \S+{img.layers[0].digest}: HTTP 502; try 2 of 3 in "
                      r"[\d.]+ s", err), err

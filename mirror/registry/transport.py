@@ -28,7 +28,7 @@ from mirror.errors import (
     MirrorError,
     RegistryError,
 )
-from mirror.reference import api_host, is_loopback
+from mirror.reference import DOCKER_HUB, api_host, is_loopback
 from mirror.registry.answers import error_codes, error_for
 from mirror.registry.answers import where as _where
 from mirror.registry.auth import Authenticator
@@ -54,13 +54,14 @@ def _quiet(text: str) -> None:
 
 
 def loggable(url: str) -> str:
-    """HOST/PATH of a URL for -v: never the query (presigned URLs carry signatures there)."""
+    """SCHEME://HOST/PATH of a URL for -v and errors: the scheme (https, or plain http for a
+    local or insecure registry) but never the query (presigned URLs carry signatures there)."""
     u = yarl.URL(url)
     host = u.host or ""
     if ":" in host:
         host = f"[{host}]"
     port = f":{u.explicit_port}" if u.explicit_port else ""
-    return f"{host}{port}{u.raw_path}" + ("?..." if u.raw_query_string else "")
+    return f"{u.scheme}://{host}{port}{u.raw_path}" + ("?..." if u.raw_query_string else "")
 
 
 @dataclass
@@ -80,8 +81,11 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 def describe_exception(e: BaseException) -> str:
     """One line for a network failure; never includes headers (they may hold credentials)."""
     if isinstance(e, asyncio.TimeoutError | TimeoutError):
-        return "timed out (no data within the read timeout)" if isinstance(
-            e, getattr(aiohttp, "SocketTimeoutError", ())) else "timed out"
+        if isinstance(e, getattr(aiohttp, "SocketTimeoutError", ())):
+            return "timed out (no data within the read timeout)"
+        if isinstance(e, getattr(aiohttp, "ConnectionTimeoutError", ())):
+            return "timed out (not connected within the connect timeout)"
+        return "timed out"
     if isinstance(e, aiohttp.ClientConnectorError):
         return f"cannot connect: {e.os_error.strerror or e.os_error}"
     if isinstance(e, aiohttp.ServerDisconnectedError):
@@ -258,90 +262,124 @@ class Transport:
         return self._endpoints[registry]
 
     async def _ping(self, registry: str) -> Endpoint:
+        """GET /v2/ over HTTPS, or plain HTTP where allowed (`insecure`, loopback). Every try
+        counts against the one retry budget, whichever scheme it used (`--retries 1`: two
+        tries in all); a try that fails on HTTPS in a way plain HTTP may not (a timeout, a
+        refused connection) is followed by one over HTTP. An answer that shows the other end
+        does not speak TLS moves to HTTP at once, as no try of its own."""
         host = api_host(registry)
         ssl_ctx = self._ssl(registry)
         plain_ok = self._settings(registry).insecure or is_loopback(registry)
         # a credential helper is a subprocess: not on the event loop
         auth = Authenticator(registry, await asyncio.to_thread(self.credentials.get, registry),
                              self)
-        last: BaseException | None = None
-        for scheme in ("https", "http") if plain_ok else ("https",):
-            base = f"{scheme}://{host}"
-            for attempt in range(1, self.policy.tries + 1):
-                t0 = time.monotonic()
-                try:
-                    async with self.session.get(f"{base}/v2/", ssl=ssl_ctx,
-                                                allow_redirects=False) as resp:
-                        await resp.read()
-                        self.log_request("GET", f"{base}/v2/", resp.status, t0)
-                        if resp.status in self.policy.statuses and attempt < self.policy.tries:
-                            self.count_retry()
-                            ra = parse_retry_after(resp.headers.get("Retry-After"))
-                            delay = (min(ra, self.policy.max_retry_after) if ra is not None
-                                     else self.policy.delay(attempt))
-                            if ra is not None:
-                                self.announce_wait(base, delay, resp.status)
-                            self.log_retry("GET", f"{base}/v2/", f"HTTP {resp.status}", attempt,
-                                           delay)
-                            await asyncio.sleep(delay)
-                            continue
-                        if scheme == "http" and last is not None and resp.status == 400:
-                            # a TLS server saying "HTTP request to an HTTPS server": the
-                            # HTTPS failure above is the real story
-                            raise RegistryError(
-                                f"{registry}: TLS connection failed: "
-                                f"{describe_exception(last)}", registry=registry,
-                                hint="if the registry requires a client certificate, give it "
-                                f"with --client-cert {registry}=CERT,KEY" + self.in_yaml(
-                                    " (or client_cert and client_key in images.yaml)"))
-                        auth.observe(resp.headers.getall("WWW-Authenticate", []))
-                        return Endpoint(registry, base, ssl_ctx, auth)
-                except aiohttp.ClientConnectorCertificateError as e:
-                    cert_err = e.certificate_error
-                    why = getattr(cert_err, "verify_message", None) or cert_err
-                    if getattr(cert_err, "verify_code", None) in NAME_MISMATCH:
-                        # the chain is trusted (a CA would not help): the name is wrong
-                        name = yarl.URL(base).host
-                        hint = (f"the certificate is not valid for {name}: reach the registry "
-                                "by a name the certificate was issued for, or reissue it with "
-                                f"{name} in subjectAltName")
-                    else:
-                        hint = (f"give the registry's CA with --ca-file {registry}=CA.pem"
-                                + self.in_yaml(f" (or `registries: {registry}: ca_file:` in "
-                                               "images.yaml)")
-                                + f"; --insecure-registry {registry} skips verification "
-                                "(trusted networks only)")
-                    raise RegistryError(
-                        f"{registry}: TLS certificate verification failed: {why}",
-                        registry=registry, hint=hint) from None
-                except (aiohttp.ClientSSLError, aiohttp.ServerDisconnectedError) as e:
-                    last = e
-                    break  # not TLS on the other end: try plain HTTP if allowed
-                except (TimeoutError, aiohttp.ClientConnectionError) as e:
-                    last = e
-                    self.log_request("GET", f"{base}/v2/", describe_exception(e), t0)
-                    if isinstance(e, aiohttp.ClientConnectorError) and scheme == "https" \
-                            and plain_ok:
-                        break
-                    if attempt < self.policy.tries:
+        scheme = "https"
+        failed: dict[str, str] = {}  # scheme -> how its last try failed, for the error
+        last: BaseException | None = None  # how the last try failed
+        tls_failure: BaseException | None = None  # how HTTPS failed, before plain HTTP
+        attempt = 0
+        while True:
+            url = f"{scheme}://{host}/v2/"
+            t0 = time.monotonic()
+            try:
+                async with self.session.get(url, ssl=ssl_ctx, allow_redirects=False) as resp:
+                    await resp.read()
+                    self.log_request("GET", url, resp.status, t0)
+                    attempt += 1
+                    if resp.status in self.policy.statuses and attempt < self.policy.tries:
                         self.count_retry()
-                        delay = self.policy.delay(attempt)
-                        self.log_retry("GET", f"{base}/v2/", describe_exception(e), attempt,
-                                       delay)
+                        ra = parse_retry_after(resp.headers.get("Retry-After"))
+                        delay = (min(ra, self.policy.max_retry_after) if ra is not None
+                                 else self.policy.delay(attempt))
+                        if ra is not None:
+                            self.announce_wait(url, delay, resp.status)
+                        self.log_retry("GET", url, f"HTTP {resp.status}", attempt, delay)
                         await asyncio.sleep(delay)
+                        continue
+                    if scheme == "http" and tls_failure is not None and resp.status == 400:
+                        # a TLS server saying "HTTP request to an HTTPS server": the
+                        # HTTPS failure above is the real story
+                        raise RegistryError(
+                            f"{registry}: TLS connection failed: https://{host}/v2/: "
+                            f"{describe_exception(tls_failure)}", registry=registry,
+                            hint="if the registry requires a client certificate, give it "
+                            f"with --client-cert {registry}=CERT,KEY" + self.in_yaml(
+                                " (or client_cert and client_key in images.yaml)"))
+                    auth.observe(resp.headers.getall("WWW-Authenticate", []))
+                    return Endpoint(registry, f"{scheme}://{host}", ssl_ctx, auth)
+            except aiohttp.ClientConnectorCertificateError as e:
+                cert_err = e.certificate_error
+                why = getattr(cert_err, "verify_message", None) or cert_err
+                if getattr(cert_err, "verify_code", None) in NAME_MISMATCH:
+                    # the chain is trusted (a CA would not help): the name is wrong
+                    name = yarl.URL(url).host
+                    hint = (f"the certificate is not valid for {name}: reach the registry "
+                            "by a name the certificate was issued for, or reissue it with "
+                            f"{name} in subjectAltName")
+                else:
+                    hint = (f"give the registry's CA with --ca-file {registry}=CA.pem"
+                            + self.in_yaml(f" (or `registries: {registry}: ca_file:` in "
+                                           "images.yaml)")
+                            + f"; --insecure-registry {registry} skips verification "
+                            "(trusted networks only)")
+                raise RegistryError(
+                    f"{registry}: TLS certificate verification failed: {why}",
+                    registry=registry, hint=hint) from None
+            except (aiohttp.ClientSSLError, aiohttp.ServerDisconnectedError) as e:
+                # the other end answered, but not with TLS: plain HTTP if allowed
+                last = e
+                self.log_request("GET", url, describe_exception(e), t0)
+                failed[scheme] = describe_exception(e)
+                if scheme == "https" and plain_ok:
+                    tls_failure, scheme = e, "http"
+                    self.debug(f"{registry}: not TLS; plain HTTP")
+                    continue
+                break
+            except (TimeoutError, aiohttp.ClientConnectionError) as e:
+                last = e
+                self.log_request("GET", url, describe_exception(e), t0)
+                failed[scheme] = describe_exception(e)
+                if scheme == "https" and plain_ok:
+                    tls_failure, scheme = e, "http"
+                    if isinstance(e, aiohttp.ClientConnectorError) and \
+                            yarl.URL(url).explicit_port is None:
+                        continue  # port 443 refused: port 80 is another question
+                attempt += 1
+                if attempt >= self.policy.tries:
+                    break
+                self.count_retry()
+                delay = self.policy.delay(attempt)
+                self.log_retry("GET", url, describe_exception(e), attempt, delay)
+                if scheme == "http" and url.startswith("https:"):
+                    self.debug(f"{registry}: next try over plain HTTP")
+                await asyncio.sleep(delay)
         if isinstance(last, aiohttp.ClientSSLError) and not plain_ok:
             raise RegistryError(
-                f"{registry}: TLS connection failed: {describe_exception(last)}",
+                f"{registry}: TLS connection failed: https://{host}/v2/: "
+                f"{describe_exception(last)}",
                 registry=registry,
                 hint="if the registry requires a client certificate, give it with --client-cert "
                 f"{registry}=CERT,KEY; if it serves plain HTTP, pass --insecure-registry "
                 f"{registry}")
+        tries = f" (after {attempt} tries)" if attempt > 1 else ""
         raise RegistryError(
-            f"{registry}: registry unreachable: {describe_exception(last) if last else 'no answer'}",
-            registry=registry,
-            hint=None if plain_ok else f"if it serves plain HTTP, pass --insecure-registry "
-            f"{registry}" + self.in_yaml(" (or set `insecure: true` for it in images.yaml)"),
-        )
+            f"{registry}: registry unreachable: "
+            + "; ".join(f"{s}://{host}/v2/: {why}" for s, why in failed.items()) + tries,
+            registry=registry, hint=self._unreachable_hint(registry, last, plain_ok))
+
+    def _unreachable_hint(self, registry: str, last: BaseException | None,
+                          plain_ok: bool) -> str | None:
+        if isinstance(last, aiohttp.ClientConnectorDNSError):
+            if registry == DOCKER_HUB:
+                return ("a name without a registry host (`myapp:1`, `library/alpine`) means "
+                        f"Docker Hub ({DOCKER_HUB}), whose name did not resolve here; to pull "
+                        "from another registry, start the name with its host: "
+                        "`registry.example.com/myapp:1` or `localhost:5000/myapp:1`")
+            return f"check the registry's name: {api_host(registry)} did not resolve"
+        if plain_ok or registry == DOCKER_HUB:
+            return None
+        return (f"if it serves plain HTTP, pass --insecure-registry {registry}"
+                + self.in_yaml(" (or set `insecure: true` for it in images.yaml)"))
 
     async def request(
         self,
