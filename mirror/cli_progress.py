@@ -69,6 +69,7 @@ class TqdmProgress(LineProgress):
         if isinstance(sys.stdout, _AboveTheBar):
             sys.stdout.flush()
             sys.stdout = self._stdout
+        self.bar.refresh()  # where it got to (tqdm draws at most every 0.1 s), then cleared
         self.bar.close()
 
 

@@ -374,8 +374,13 @@ async def _verify(args: argparse.Namespace, progress, report: Report) -> int:
     report.add(bundle=str(args.bundle), problems=None, ok=False)  # None: not checked
     stop = threading.Event()
     try:
+        progress.total(os.stat(args.bundle).st_size)  # the bar: bytes of the file read
+    except OSError:
+        pass  # verify says what is wrong with it
+    try:
         problems, structural = await asyncio.to_thread(verify_bundle, args.bundle,
-                                                        progress.debug, stop)
+                                                        progress.debug, stop,
+                                                        progress.advanced)
     except asyncio.CancelledError:  # Ctrl-C, SIGTERM: the thread stops at its next read
         stop.set()
         raise

@@ -29,7 +29,8 @@ class Stopped(Exception):
 
 
 def verify_bundle(path: Path, note: Callable[[str], None] | None = None,
-                  stop: threading.Event | None = None) -> tuple[list[str], bool]:
+                  stop: threading.Event | None = None,
+                  advanced: Callable[[int], None] | None = None) -> tuple[list[str], bool]:
     """Return the problems (empty when the bundle is sound) and whether any is structural (an
     unreadable tar or layout, trailing data, a missing blob, an inventory that does not match
     the bundle) rather than bytes that do not match their digest.
@@ -42,7 +43,8 @@ def verify_bundle(path: Path, note: Callable[[str], None] | None = None,
     blobs (a 50 GB bundle is not read twice). Only a bundle that cannot be read to its end is
     read again, for the sha256 alone.
     Raises Stopped at the next read of the bundle once `stop` is set (verify runs on a worker
-    thread, which the end of the run waits for: it must not read 50 GB first)."""
+    thread, which the end of the run waits for: it must not read 50 GB first). `advanced` is
+    given the size of every read of the bundle (a progress bar: the file's size in all)."""
     path = Path(path)
     note = note or (lambda _: None)
     want, side_problem = _sidecar(path, note)
@@ -54,6 +56,8 @@ def verify_bundle(path: Path, note: Callable[[str], None] | None = None,
             raise Stopped()
         if want is not None:
             whole.update(data)
+        if advanced is not None:
+            advanced(len(data))
 
     blob_problems: list[str] = []
     failure: MirrorError | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -808,6 +809,25 @@ def test_on_a_terminal_the_bar_has_a_total_and_the_result_its_own_line(src_regis
     # (the bar cleared with \r, spaces, \r, then the result written over it)
     shown = [x.split("\r")[-1] for x in text.replace("\r\n", "\n").split("\n")]
     assert f"{out}\t{file_sha256(out)}" in shown, text
+
+
+@pytest.mark.parametrize("fmt", ["tar", "tar.zst"])
+def test_verify_on_a_terminal_moves_the_bar_to_the_total(fmt, src_registry, repo_name, rng,
+                                                         tmp_path):
+    """verify's bar counts the bytes of the bundle it has read, up to the file's size (it
+    stood at 0 B, with no total, until the end)."""
+    img = ig.make_image(rng, ig.AMD64, "oci", layers=[ig.make_layer(rng, 3 << 20)])
+    push_image(src_registry.url, repo_name, img, tags=["t"])
+    out = tmp_path / f"t.{fmt}"
+    mirror_ok("pull", f"{src_registry.host}/{repo_name}:t", "-o", out, "--cache",
+              tmp_path / "c", "-q")
+    code, text = _on_a_terminal(["verify", out])
+    assert code == 0, text
+    size = out.stat().st_size
+    shown = f"{size / 1024 / 1024:.2f}M"  # tqdm's unit_scale with 1024 as the divisor
+    assert re.search(rf"100%\|[^|]*\| {re.escape(shown)}/{re.escape(shown)} ", text), \
+        (shown, text)
+    assert f"{out}: OK" in text, text
 
 
 def test_output_read_by_head_is_no_error(src_registry, repo_name, rng, tmp_path):
