@@ -115,6 +115,8 @@ class _Ctx:
         elif node.tag.endswith(":str") and node.style in ("'", '"'):
             got = f'the string "{node.value}"'
             hint = f"write it without quotes: {key}: {node.value}"
+        elif node.tag.endswith(":null"):
+            got = "nothing"
         else:
             got = repr(node.value)
         raise self.err(node, f"{key!r} must be {expected}, not {got}", hint)
