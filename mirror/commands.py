@@ -166,7 +166,8 @@ def _write_lock(args: argparse.Namespace, result) -> Path | None:
             continue
         lock.images[r.reference] = {
             "sourceDigest": r.source_digest, "digest": r.digest,
-            "platforms": r.platform_digests, "manifests": r.manifests,
+            "platforms": r.platform_digests, "sourcePlatforms": r.source_platform_digests,
+            "manifests": r.manifests,
             "conversions": r.conversions}
     if not lock.images:
         return None

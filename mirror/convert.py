@@ -235,7 +235,9 @@ def _docker_entry(e: dict[str, Any], child: RawManifest | None, where: str,
 def convert_plan(plan: ImagePlan, fmt: str, progress: Progress) -> None:
     """Rewrite the plan's manifests to `fmt` (keep|oci|docker) and, with `foreign_layers:
     rewrite`, its foreign layers to ordinary ones; update `plan.root` and `plan.manifests`
-    and record old -> new digests in `plan.conversions` (children before parents).
+    and record old -> new digests in `plan.conversions` (children before parents);
+    `plan.platform_digests` follow the converted manifests (the source ones stay in
+    `plan.source_platform_digests`).
 
     Raise UnsupportedContent (naming the image) for what the target cannot carry, and
     UsageError for a sparse index that would have to change.
@@ -283,6 +285,8 @@ def convert_plan(plan: ImagePlan, fmt: str, progress: Progress) -> None:
             upstream.get(old, old)
         plan.conversions[key] = new.digest
     plan.root = root
+    plan.platform_digests = {p: done[d].digest if d in done else d
+                             for p, d in plan.platform_digests.items()}
     for w in dict.fromkeys(warnings):
         progress.warn(w)
 

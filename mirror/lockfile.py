@@ -4,7 +4,8 @@
      "images": {"docker.io/library/alpine:3.20": {
          "sourceDigest": "sha256:..",   # what the reference named upstream
          "digest": "sha256:..",         # the root in the bundle (differs when filtered/converted)
-         "platforms": {"linux/arm64": "sha256:.."},  # selected platform manifests
+         "platforms": {"linux/arm64": "sha256:.."},  # selected platform manifests, in the bundle
+         "sourcePlatforms": {"linux/arm64": "sha256:.."},  # the same, upstream
          "manifests": ["sha256:..", ...], "conversions": {"old": "new"}}},
      "blobs": {"sha256:..": size, ...},         # every blob the images need
      "bundle": {"name": "site.tar", "digest": "sha256:.."}}  # the bundle a pull wrote
@@ -18,6 +19,12 @@ It records digests, not the settings that chose them (platforms, index, format,
 foreign_layers, referrers, --referrer-type): `mirror lock` takes the same flags as `mirror
 pull` and resolves with the same engine, so a lock made with a pull's flags records what that
 pull does; `--locked` pins each image's `sourceDigest` and applies the flags it is given.
+
+`digest`, `platforms` and `manifests` name what the bundle carries, so what the loaded
+registry serves; `sourceDigest` and `sourcePlatforms` what the source registry served (they
+differ after `--format oci|docker`, `foreign_layers: rewrite` or a filtered index). Lock files
+written before `sourcePlatforms` existed have source digests under `platforms`; `--locked`
+reads only `sourceDigest`, so they still pin the same images.
 """
 
 from __future__ import annotations

@@ -45,7 +45,8 @@ class ImageResult:
     media_type: str | None = None
     mode: str | None = None
     platforms: list[str] = field(default_factory=list)
-    platform_digests: dict[str, str] = field(default_factory=dict)
+    platform_digests: dict[str, str] = field(default_factory=dict)  # in the bundle
+    source_platform_digests: dict[str, str] = field(default_factory=dict)  # upstream
     manifests: list[str] = field(default_factory=list)
     conversions: dict[str, str] = field(default_factory=dict)
     bytes_fetched: int = 0
@@ -180,6 +181,7 @@ class _Run:
         res.media_type, res.mode = plan.root.media_type, plan.mode
         res.platforms, res.conversions = plan.platforms, plan.conversions
         res.platform_digests = plan.platform_digests
+        res.source_platform_digests = plan.source_platform_digests
         res.manifests = [m.digest for m in plan.manifest_order()]
         self.plans[i] = plan
 
@@ -385,7 +387,7 @@ async def attach_referrers(finder: Finder, plan: ImagePlan, types: tuple[str, ..
     """Find what refers to the image (its source index and each platform manifest) and add
     each referrer, with its blobs, to the plan as an entry of its own."""
     ref = plan.spec.reference
-    subjects = dict.fromkeys([plan.source_digest, *plan.platform_digests.values()])
+    subjects = dict.fromkeys([plan.source_digest, *plan.source_platform_digests.values()])
     for subject in subjects:
         for r in await finder.discover(ref.registry, ref.repository, subject, types):
             if r.manifest.is_index:

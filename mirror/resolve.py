@@ -35,7 +35,10 @@ class ImagePlan:
     blobs: dict[str, Descriptor] = field(default_factory=dict)  # configs and layers
     absent: dict[str, str] = field(default_factory=dict)  # digest -> reason
     platforms: list[str] = field(default_factory=list)
-    platform_digests: dict[str, str] = field(default_factory=dict)  # platform -> manifest
+    # platform -> manifest in the bundle (what the target serves after a load), and the
+    # source's (upstream, where referrers are looked up): they differ after a conversion
+    platform_digests: dict[str, str] = field(default_factory=dict)
+    source_platform_digests: dict[str, str] = field(default_factory=dict)
     conversions: dict[str, str] = field(default_factory=dict)  # old -> new digest
     # nested indexes filtered in turn (their old digests, also in `conversions`): a
     # re-serialisation like any other, reported old -> new
@@ -101,6 +104,7 @@ async def resolve(client: Client, spec: ImageSpec, fetch_config: FetchConfig,
         _add_manifest(plan, root)  # an artifact: copied byte for byte, never platform-filtered
     else:
         raise UnsupportedContent(f"{ref}: unsupported manifest type {root.media_type!r}")
+    plan.source_platform_digests = dict(plan.platform_digests)  # convert_plan may rename them
     return plan
 
 

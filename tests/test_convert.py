@@ -28,7 +28,14 @@ from mirror.progress import NullProgress
 from mirror.reference import Reference
 from mirror.resolve import ImagePlan
 from tests.support import imagegen as ig
-from tests.support.oracle import check_layout, mirror_ok, run_mirror, skopeo, skopeo_copy_ok
+from tests.support.oracle import (
+    check_layout,
+    file_sha256,
+    mirror_ok,
+    run_mirror,
+    skopeo,
+    skopeo_copy_ok,
+)
 from tests.support.pusher import get_manifest, push_blob, push_image, push_raw_manifest
 
 # -- the seeds (../shared/seeds/000_2f22ff097b1b5472.txt), as quoted there -----------------
@@ -502,6 +509,48 @@ def test_pull_format_oci_load_and_read_back(src_registry, dst_registry, repo_nam
     out = skopeo_copy_ok(bundle, ref, tmp_path / "copy")
     copied = json.loads((out / "index.json").read_text())
     assert [m["digest"] for m in copied["manifests"]] == [conv[dlist.digest]]
+
+
+def test_report_and_lock_name_the_digests_the_target_serves(src_registry, dst_registry,
+                                                            repo_name, rng,
+                                                            tmp_path: Path) -> None:
+    """After --format oci the report's `platform_digests` and the lock's `platforms` are the
+    converted manifests, which the loaded registry serves; the source ones are recorded
+    beside them under their own names (`source_platform_digests`, `sourcePlatforms`), and
+    `--locked` pins the source, from a lock of this kind or of the old kind without them."""
+    imgs = [ig.make_image(rng, p, "docker") for p in (ig.AMD64, ig.ARM64_V8)]
+    dlist = ig.make_index(imgs, "docker")
+    push_image(src_registry.url, repo_name, dlist, ["v1"])
+    ref = f"{src_registry.host}/{repo_name}:v1"
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text(f"version: 1\ndefaults:\n  format: oci\nimages:\n  - {ref}\n")
+    bundle, report = tmp_path / "b.tar", tmp_path / "r.json"
+    mirror_ok("pull", "-f", cfg, "-o", bundle, "--cache", tmp_path / "cache", "--report",
+              report, "-q")
+    rep = report_of(report)
+    conv = rep["conversions"]
+    source = {"linux/amd64": imgs[0].digest, "linux/arm64": imgs[1].digest}
+    assert rep["source_platform_digests"] == source
+    assert rep["platform_digests"] == {p: conv[d] for p, d in source.items()}
+    entry = json.loads((tmp_path / "images.lock").read_text())["images"][ref]
+    assert entry["sourcePlatforms"] == source
+    assert entry["platforms"] == rep["platform_digests"]
+    mirror_ok("load", bundle, "--to", dst_registry.host, "-q")
+    for digest in [rep["digest"], *rep["platform_digests"].values(), *entry["platforms"].values()]:
+        data, _ = raw_at(dst_registry, repo_name, digest)
+        assert ig.sha256_digest(data) == digest
+
+    # --locked pins the source: the same bundle from this lock and from an old-style one
+    mirror_ok("pull", "-f", cfg, "--locked", "-o", tmp_path / "l.tar", "--cache",
+              tmp_path / "cache", "-q")
+    old = json.loads((tmp_path / "images.lock").read_text())
+    del old["images"][ref]["sourcePlatforms"]
+    old["images"][ref]["platforms"] = source  # what the old lock files said
+    (tmp_path / "old.lock").write_text(json.dumps(old))
+    mirror_ok("pull", "-f", cfg, "--locked", "--lock-file", tmp_path / "old.lock", "-o",
+              tmp_path / "o.tar", "--cache", tmp_path / "cache", "-q")
+    assert file_sha256(tmp_path / "l.tar") == file_sha256(tmp_path / "o.tar") == \
+        file_sha256(bundle)
 
 
 def test_docker_oci_docker_round_trip_through_registries(src_registry, dst_registry,

@@ -334,6 +334,9 @@ async def test_rewrite_makes_ordinary_layers_any_registry_takes(
     rep = report(tmp_path / "r.json")
     new = rep["digest"]
     assert rep["conversions"] == {fi.digest: new} and new != fi.digest
+    # the report names the manifest the target will serve, and the source's as such
+    assert rep["platform_digests"] == {"linux/amd64": new}
+    assert rep["source_platform_digests"] == {"linux/amd64": fi.digest}
     assert f"converted {fi.digest} -> {new}" in proc.stderr
     lay = check_layout(bundle)
     entry = lay.entry(ref)
