@@ -31,67 +31,22 @@ from tests.support.oracle import (
     run_mirror,
     skopeo_copy_ok,
 )
-from tests.support.pusher import get_blob, get_manifest, push_blob, push_image, push_raw_manifest
+from tests.support.pusher import get_blob, get_manifest, push_image
+from tests.support.referrers import fallback_index, push_sbom, push_signature
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-EMPTY = ig.Blob(b"{}", "application/vnd.oci.empty.v1+json")
 
 
 def sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def make_signature(key: ec.EllipticCurvePrivateKey, repo: str, digest: str
-                   ) -> tuple[ig.Blob, list[ig.Blob]]:
-    payload = json.dumps({
-        "critical": {"identity": {"docker-reference": repo},
-                     "image": {"docker-manifest-digest": digest},
-                     "type": "cosign container image signature"},
-        "optional": None}).encode()
-    sig = base64.b64encode(key.sign(payload, ec.ECDSA(hashes.SHA256()))).decode()
-    layer = ig.Blob(payload, "application/vnd.dev.cosign.simplesigning.v1+json")
-    config = ig.Blob(json.dumps({"architecture": "", "os": "", "rootfs": {
-        "type": "layers", "diff_ids": [layer.digest]}}).encode(),
-        "application/vnd.oci.image.config.v1+json")
-    manifest = ig.dump_json({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config.descriptor(),
-        "layers": [layer.descriptor(annotations={"dev.cosignproject.cosign/signature": sig})]})
-    return ig.Blob(manifest, OCI_MANIFEST), [config, layer]
-
-
-def make_sbom(subject: ig.Blob) -> tuple[ig.Blob, list[ig.Blob]]:
-    doc = ig.Blob(json.dumps({"spdxVersion": "SPDX-2.3", "name": subject.digest}).encode(),
-                  "application/spdx+json")
-    manifest = ig.dump_json({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/spdx+json",
-        "config": EMPTY.descriptor(), "layers": [doc.descriptor()],
-        "subject": subject.descriptor(),
-        "annotations": {"org.opencontainers.image.created": "2026-01-01T00:00:00Z"}})
-    return ig.Blob(manifest, OCI_MANIFEST), [EMPTY, doc]
-
-
-def fallback_index(entries: list[ig.Blob]) -> bytes:
-    return ig.dump_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
-        e.descriptor(artifactType=json.loads(e.data)["artifactType"]) for e in entries]})
-
-
 def seed(url: str, repo: str, rng, key, *, fallback: bool = True):
     imgs = [ig.make_image(rng, p, fmt="oci") for p in (ig.AMD64, ig.ARM64)]
     index = ig.make_index(imgs, fmt="oci")
     push_image(url, repo, index, tags=["1.0"])
-    sig, sig_blobs = make_signature(key, repo, index.digest)
-    for b in sig_blobs:
-        push_blob(url, repo, b)
-    tag = "sha256-" + index.digest.split(":")[1] + ".sig"
-    push_raw_manifest(url, repo, tag, sig.data, sig.media_type)
-    sbom, sbom_blobs = make_sbom(imgs[0].manifest)
-    for b in sbom_blobs:
-        push_blob(url, repo, b)
-    push_raw_manifest(url, repo, sbom.digest, sbom.data, sbom.media_type)
-    if fallback:
-        push_raw_manifest(url, repo, "sha256-" + imgs[0].digest.split(":")[1],
-                          fallback_index([sbom]), OCI_INDEX)
+    tag, sig = push_signature(url, repo, key, index.digest)
+    sbom = push_sbom(url, repo, imgs[0].manifest, fallback=fallback)
     return index, imgs, sig, tag, sbom
 
 
