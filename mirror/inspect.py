@@ -5,6 +5,9 @@ image ID `docker images` shows), layer digests (of the compressed blobs in the r
 diff_ids (of the uncompressed layers, in the config). This prints all four, named.
 A nested index is shown with the images inside it; in a bundle, each converted manifest with
 the digest it replaced, and each blob left out on purpose (mirror.json's `absent`) as such.
+A referrer (signature, SBOM) shows what it refers to: `referrerOf` when the bundle carries
+that manifest, `referrerOfSource` when it is a source digest the bundle replaced (a filtered
+index, a converted manifest), which no registry loaded from the bundle serves.
 """
 
 from __future__ import annotations
@@ -196,6 +199,8 @@ def render(docs: list[dict[str, Any]]) -> str:
             row("  ", "source digest (upstream)", d["sourceDigest"])
         if d.get("referrerOf"):
             row("  ", f"{d['kind']} of", d["referrerOf"])
+        if d.get("referrerOfSource"):
+            row("  ", f"{d['kind']} of source digest (upstream)", d["referrerOfSource"])
         if "manifests" in d:
             _entries(row, rows, d["manifests"], "  ")
         else:
@@ -315,9 +320,14 @@ async def _inspect_bundle(path: Path, sel: PlatformSelector) -> list[dict[str, A
         filtered = not ann.get(A_SUBJECT) and has_platform(root)
         conversions = {**(inv.conversions if inv else {}), **_conversions(ann)}
         try:
-            docs.append(await describe(name, root, get_manifest, get_blob, ann,
-                                       sel if filtered else None, conversions=conversions,
-                                       absent=absent))
+            doc = await describe(name, root, get_manifest, get_blob, ann,
+                                 sel if filtered else None, conversions=conversions,
+                                 absent=absent)
+            if doc.get("referrerOf") not in (None, *contents.manifests):
+                # made for a manifest the bundle replaced (a filtered index, a converted
+                # manifest): named as the source's, which no target of this bundle serves
+                doc["referrerOfSource"] = doc.pop("referrerOf")
+            docs.append(doc)
             matched += filtered
         except NoMatchingPlatform as err:
             missed.append(err)
@@ -344,17 +354,20 @@ def _with_their_subjects(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return {d["digest"], d.get("sourceDigest") or d["digest"], d.get("convertedFrom")
                 or d["digest"], *(x for m in d.get("manifests") or [] for x in digests(m))}
 
+    def subject(d: dict[str, Any]) -> str | None:
+        return d.get("referrerOf") or d.get("referrerOfSource")
+
     shown: set[str] = set()
     for d in docs:
-        if not d.get("referrerOf"):
+        if not subject(d):
             shown |= digests(d)
     kept: set[int] = set()
     grew = True
     while grew:  # a signature of an SBOM follows the SBOM
         grew = False
         for i, d in enumerate(docs):
-            if d.get("referrerOf") in shown and i not in kept:
+            if subject(d) in shown and i not in kept:
                 kept.add(i)
                 shown |= digests(d)
                 grew = True
-    return [d for i, d in enumerate(docs) if not d.get("referrerOf") or i in kept]
+    return [d for i, d in enumerate(docs) if not subject(d) or i in kept]

@@ -102,6 +102,15 @@ def test_filtered_index_warns_and_no_referrers_leaves_them(src_registry, repo_na
                   "--cache", tmp_path / "c")
     assert f"made for the source index {index.digest}" in r.stderr
     assert "index: sparse" in r.stderr
+    # the signed index is not in the bundle (nor, after a load, at the target): inspect names
+    # it as the source's, the SBOM's subject (carried) as the bundle's
+    docs = {d["reference"]: d for d in json.loads(mirror_ok("inspect", tmp_path / "f.tar",
+                                                           "--json").stdout)}
+    signed = docs[f"{src_registry.host}/{repo_name}:{tag}"]
+    assert signed["referrerOfSource"] == index.digest and "referrerOf" not in signed
+    assert docs[f"{src_registry.host}/{repo_name}@{sbom.digest}"]["referrerOf"] == imgs[0].digest
+    shown = mirror_ok("inspect", tmp_path / "f.tar").stdout
+    assert re.search(rf"signature of source digest \(upstream\): +{index.digest}", shown)
     r = mirror_ok("pull", ref, "--no-referrers", "-o", tmp_path / "n.tar", "--cache",
                   tmp_path / "c")
     names = {d["reference"] for d in json.loads(mirror_ok("inspect", tmp_path / "n.tar",
