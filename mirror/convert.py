@@ -247,6 +247,9 @@ def convert_plan(plan: ImagePlan, fmt: str, progress: Progress) -> None:
         return
     if fmt not in ("keep", "oci", "docker"):
         raise UsageError(f"unknown format {fmt!r}: expected keep, oci or docker")
+    retyped = {"oci": TO_OCI, "docker": TO_DOCKER}.get(fmt, {}).get(plan.root.media_type)
+    if plan.mode == "sparse" and retyped not in (None, plan.root.media_type):
+        raise _sparse_unchangeable(plan, fmt)  # before what the new type could not carry
     done: dict[str, RawManifest] = {}  # old digest -> converted, children first
     warnings: Warnings = []
 
@@ -270,10 +273,7 @@ def convert_plan(plan: ImagePlan, fmt: str, progress: Progress) -> None:
     for raw in list(plan.manifests.values()):
         visit(raw)
     if plan.mode == "sparse" and root.digest != plan.root.digest:
-        raise UsageError(
-            f"{plan.name}: --index sparse keeps the source index byte for byte, but "
-            f"{'--format ' + fmt if fmt != 'keep' else 'foreign_layers: rewrite'} has to "
-            "change it", hint="use --index filter to convert a subset of platforms")
+        raise _sparse_unchangeable(plan, fmt)
     upstream = {n: o for o, n in plan.conversions.items()}  # a nested index filtered earlier
     for old, new in done.items():
         if new.digest == old:
@@ -289,6 +289,13 @@ def convert_plan(plan: ImagePlan, fmt: str, progress: Progress) -> None:
                              for p, d in plan.platform_digests.items()}
     for w in dict.fromkeys(warnings):
         progress.warn(w)
+
+
+def _sparse_unchangeable(plan: ImagePlan, fmt: str) -> UsageError:
+    return UsageError(
+        f"{plan.name}: --index sparse keeps the source index byte for byte, but "
+        f"{'--format ' + fmt if fmt != 'keep' else 'foreign_layers: rewrite'} has to "
+        "change it", hint="use --index filter to convert a subset of platforms")
 
 
 def _refuse_oci_only(body: dict, where: str, what: str) -> None:

@@ -334,6 +334,19 @@ def test_sparse_index_cannot_be_converted(rng: random.Random) -> None:
         convert_plan(plan, "oci", NullProgress())
 
 
+def test_sparse_index_with_an_attestation_is_refused_as_sparse(rng: random.Random) -> None:
+    """An OCI index kept sparse cannot become a Docker list, whatever it lists: the sparse
+    refusal (exit 2), not the attestation's (exit 9, whose hint, `referrers: false`, would
+    not help: the attestation entry stays in the kept index bytes)."""
+    index = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)], "oci",
+                          attestation=True, rng=rng)
+    plan = plan_for(index, "sparse", referrers=False)
+    del plan.manifests[index.images[1].digest]
+    del plan.manifests[index.extra[0].digest]
+    with pytest.raises(UsageError, match="--index sparse keeps the source index byte for byte"):
+        convert_plan(plan, "docker", NullProgress())
+
+
 # -- non-image content: copied byte for byte, refused by docker -------------------------------
 
 
