@@ -31,10 +31,18 @@ from tests.support.oracle import (
     run_mirror,
     skopeo_copy_ok,
 )
-from tests.support.pusher import get_blob, get_manifest, push_image
-from tests.support.referrers import fallback_index, push_sbom, push_signature
+from tests.support.pusher import get_blob, get_manifest, push_blob, push_image, push_raw_manifest
+from tests.support.referrers import (
+    EMPTY,
+    fallback_index,
+    make_sbom,
+    make_signature,
+    push_sbom,
+    push_signature,
+)
 
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = ig.OCI_MANIFEST
+OCI_INDEX = ig.OCI_INDEX
 
 
 def sha(data: bytes) -> str:
