@@ -124,6 +124,9 @@ class _Run:
         self.in_layout: set[int] = set()  # the images the assembling bundle was laid out for
         self.unfinished: dict[int, ImagePlan] = {}  # failed after planning, or still going
         self.accounted: set[int] = set()  # images whose bytes are counted (_account)
+        # digest -> size of each blob found in the cache: the run's bytes_reused counts a
+        # blob shared by several images once (each image's own figure counts all it needs)
+        self.reused: dict[str, int] = {}
         self.t0 = time.monotonic()
 
     def failed(self, i: int, e: MirrorError) -> None:
@@ -149,13 +152,14 @@ class _Run:
             res.retries = count[0]
         for i, plan in [*self.resolved(), *self.unfinished.items()]:
             if i not in self.accounted:  # failed, or stopped (Ctrl-C): what it did so far
-                _account_unfinished(self.results[i], self.need(plan), self.fetcher, i)
+                _account_unfinished(self.results[i], self.need(plan), self.fetcher, i,
+                                    self.reused)
         r = PullResult(self.results, retries=self.client.t.retries)
         r.partial = any(x.error for x in self.results)
         r.blobs = {d.digest: d.size for _, p in self.resolved() for d in p.blobs.values()}
         r.blobs_fetched, r.blobs_reused = len(self.fetcher.fetched), len(self.fetcher.reused)
         r.bytes_fetched = sum(x.bytes_fetched for x in self.results)
-        r.bytes_reused = sum(x.bytes_reused for x in self.results)
+        r.bytes_reused = sum(self.reused.values())
         r.bytes_kept = sum(x.bytes_kept for x in self.results)
         return r
 
@@ -251,7 +255,7 @@ class _Run:
         self.progress.info(_summary_line(plan, self.results[i]))
 
     def account(self, i: int, plan: ImagePlan) -> None:
-        _account(self.results[i], self.need(plan), self.fetcher, i)
+        _account(self.results[i], self.need(plan), self.fetcher, i, self.reused)
         self.accounted.add(i)
 
     async def go(self) -> PullResult:
@@ -333,12 +337,15 @@ class _Run:
         return (out, False) if isinstance(out, str) else out
 
     def dry_run(self) -> PullResult:
+        needed: dict[str, int] = {}  # each blob once, however many images share it
         for i, p in self.resolved():
-            self.results[i].bytes_reused = sum(
-                d.size for d in self.need(p) if self.store.has(d.digest, d.size))
+            cached = {d.digest: d.size for d in self.need(p) if self.store.has(d.digest, d.size)}
+            self.results[i].bytes_reused = sum(cached.values())
+            self.reused.update(cached)
+            needed.update((d.digest, d.size) for d in self.need(p))
             self.accounted.add(i)
         result = self.result()
-        result.dry_run_bytes = sum(d.size for _, p in self.resolved() for d in self.need(p))
+        result.dry_run_bytes = sum(needed.values())
         return result
 
     def unchanged(self, digest: str) -> PullResult:
@@ -355,19 +362,22 @@ class _Run:
         return result
 
 
-def _account(res: ImageResult, need: list[Descriptor], fetcher: Fetcher, i: int) -> None:
+def _account(res: ImageResult, need: list[Descriptor], fetcher: Fetcher, i: int,
+             reused: dict[str, int]) -> None:
     """Bytes this image brought in: a blob fetched for several images counts for the first
-    one that asked for it (so the totals are the bytes that really crossed the network)."""
+    one that asked for it (so the totals are the bytes that really crossed the network); the
+    cached blobs it uses go into `reused` (the run's total counts each once)."""
     res.bytes_fetched = res.bytes_reused = res.bytes_kept = 0
     for d in need:
         if d.digest in fetcher.fetched and fetcher.owner.get(d.digest) == i:
             res.bytes_fetched += d.size - fetcher.resumed.get(d.digest, 0)
         elif d.digest not in fetcher.fetched:
             res.bytes_reused += d.size
+            reused[d.digest] = d.size
 
 
 def _account_unfinished(res: ImageResult, need: list[Descriptor], fetcher: Fetcher,
-                        i: int) -> None:
+                        i: int, reused: dict[str, int]) -> None:
     """The same for an image that failed or was stopped: the blobs it finished, the cached
     ones it found, and the bytes of its unfinished downloads kept for the next run."""
     res.bytes_fetched = res.bytes_reused = res.bytes_kept = 0
@@ -377,6 +387,7 @@ def _account_unfinished(res: ImageResult, need: list[Descriptor], fetcher: Fetch
             res.bytes_fetched += d.size - fetcher.resumed.get(d.digest, 0) if mine else 0
         elif d.digest in fetcher.reused:
             res.bytes_reused += d.size
+            reused[d.digest] = d.size
         elif mine and d.digest in fetcher.kept:
             res.bytes_kept += fetcher.kept[d.digest]
     res.bytes_fetched += res.bytes_kept

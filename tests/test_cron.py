@@ -844,3 +844,41 @@ def test_output_read_by_head_is_no_error(src_registry, repo_name, rng, tmp_path)
     proc.stdout.close()  # the reader is gone before mirror writes a byte
     _, err = proc.communicate(timeout=60)
     assert (proc.returncode, err) == (141, ""), err
+
+
+def test_dry_run_and_totals_count_a_shared_layer_once(src_registry, repo_name, rng, tmp_path):
+    """Two tags sharing a big layer (app:1.0 and app:1.1): the dry run's "would fetch" and
+    the run totals count the shared blob once, and the pull then fetches exactly what the
+    dry run announced; a run that finds the shared blob in the cache reuses it once."""
+    shared = ig.make_layer(rng, 200_000, compressed=False)
+    imgs = [ig.make_image(rng, ig.AMD64, "oci", layers=[shared, ig.make_layer(rng)])
+            for _ in range(2)]
+    for tag, img in zip(("1.0", "1.1"), imgs, strict=True):
+        push_image(src_registry.url, repo_name, img, tags=[tag])
+    refs = [f"{src_registry.host}/{repo_name}:{t}" for t in ("1.0", "1.1")]
+    cache, report = tmp_path / "cache", tmp_path / "r.json"
+    unique = {b.digest: b.size for img in imgs for b in img.layers}
+
+    dry = mirror_ok("pull", *refs, "--dry-run", "--cache", cache)
+    would = int(dry.stdout.split("would fetch up to ")[1].split()[0])
+    assert would == sum(unique.values()), dry.stdout  # configs came with the resolving
+    mirror_ok("pull", *refs, "-o", tmp_path / "a.tar", "--cache", cache, "--report", report)
+    doc = json.loads(report.read_text())
+    assert doc["bytes_fetched"] == would == sum(i["bytes_fetched"] for i in doc["images"])
+
+    # a new cache holding only 1.0's blobs: 1.1 reuses the shared layer, counted once in all
+    cache2 = tmp_path / "cache2"
+    mirror_ok("pull", refs[0], "-o", tmp_path / "b.tar", "--cache", cache2)
+    mine = {b.digest: b.size for b in imgs[0].all_blobs()}
+    dry = mirror_ok("pull", *refs, "--dry-run", "--cache", cache2, "--report", report)
+    doc = json.loads(report.read_text())
+    new = imgs[1].layers[1].size
+    assert f"would fetch up to {new} bytes" in dry.stdout, dry.stdout
+    assert doc["bytes_reused"] == sum(mine.values()) + imgs[1].config.size, doc
+    r = mirror_ok("pull", *refs, "-o", tmp_path / "c.tar", "--cache", cache2,
+                  "--report", report)
+    doc = json.loads(report.read_text())
+    assert doc["bytes_fetched"] == new, doc
+    every = {b.digest: b.size for img in imgs for b in img.all_blobs()}
+    assert doc["bytes_reused"] == sum(every.values()) - new, doc
+    assert f"({new} bytes), {doc['blobs_reused']} reused" in r.stderr
