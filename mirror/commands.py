@@ -298,7 +298,9 @@ async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
     except BaseException as e:  # the report says what was done before the error or signal
         done = getattr(e, "pull_result", None)
         if done is not None:
-            report.add(**_pull_report(done))
+            fields = _pull_report(done)
+            report.add(**fields)
+            report.cut_short([fields["images"][i] for i in done.unfinished])
         raise
     report.add(**_pull_report(result))
     if not args.dry_run and result.bundle:

@@ -5,7 +5,9 @@ assembled: teed while it downloads, else copied from the cache."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+from pathlib import Path
 
 from mirror import mediatypes as mt
 from mirror.bundle.assembler import Assembler
@@ -82,15 +84,23 @@ class Fetcher:
                     await download_url(self.client, desc, sink, self.progress.advanced)
                 done = True
             finally:
-                sink.close()
-                if not done and sink.path.exists():  # kept for the next run
-                    got = max(0, sink.offset - offset) + earlier
-                    if got:
-                        self.kept[desc.digest] = got
+                try:
+                    sink.close()  # may fail too (a full disk: the last bytes do not fit)
+                finally:
+                    if not done:
+                        self._keep(desc.digest, sink.path, offset, earlier)
         self.fetched.add(desc.digest)
         if sink.teed:
             self.teed.add(desc.digest)
         return True
+
+    def _keep(self, digest: str, path: Path, offset: int, earlier: int) -> None:
+        """A failed or stopped download's partial file, kept for the next run: the bytes
+        this run put in it (those on disk: a full disk took fewer than arrived)."""
+        with contextlib.suppress(OSError):
+            got = max(0, path.stat().st_size - offset) + earlier
+            if got:
+                self.kept[digest] = got
 
     async def config_bytes(self, registry: str, repo: str, desc: Descriptor,
                            owner: int = -1) -> bytes:

@@ -74,6 +74,9 @@ class PullResult:
     dry_run_bytes: int = 0
     blobs: dict[str, int] = field(default_factory=dict)  # every blob the images need
     unchanged: bool = False  # the output already held exactly this bundle
+    # a run that stopped: the images (indexes into `images`) it stopped before their blobs
+    # were all in hand; they take the run's error and exit code in the report
+    unfinished: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -94,15 +97,18 @@ async def pull(client: Client, store: BlobStore, specs: list[ImageSpec], opts: P
     """Resolve every image, then fetch and assemble the bundle.
 
     Raises the first MirrorError unless `keep_going` (then only when no image succeeded);
-    the error (or the CancelledError of Ctrl-C or SIGTERM) carries what was done so far as
-    `err.pull_result`, for the report: no bundle, so not a partial one.
+    whatever stops the run (that error, an OSError such as a full disk, the CancelledError
+    of Ctrl-C or SIGTERM) carries what was done so far as `err.pull_result`, for the report:
+    no bundle, so not a partial one; its `unfinished` lists the images it cut short.
     """
     run = _Run(client, store, specs, opts, progress or NullProgress())
     try:
         return await run.go()
-    except (MirrorError, asyncio.CancelledError) as e:
+    except BaseException as e:
         done = run.result()
         done.partial = False
+        done.unfinished = [i for i, r in enumerate(done.images)
+                           if r.error is None and i not in run.accounted]
         e.pull_result = done  # type: ignore[attr-defined]
         raise
 

@@ -33,13 +33,22 @@ class Report:
         self.path = path
         self.command = command
         self.details: dict[str, Any] = {}
+        self.unfinished: list[dict[str, Any]] = []
 
     def add(self, **fields: Any) -> None:
         self.details.update(fields)
 
+    def cut_short(self, entries: list[dict[str, Any]]) -> None:
+        """Entries of `details` (a pull's images) that the run stopped before finishing:
+        written with the run's error line and exit code (an interrupted image says so)."""
+        self.unfinished = entries
+
     def write(self, exit_code: int, error: str | None) -> None:
         if self.path is None:
             return
+        for entry in self.unfinished if error else []:
+            if entry.get("error") is None:
+                entry["error"], entry["error_code"] = error, exit_code
         doc = {"command": self.command, "error": error, "exit_code": exit_code,
                **self.details}
         plain = json.loads(json.dumps(doc, default=str))  # then every value is JSON

@@ -239,8 +239,8 @@ def test_signal_mid_blob_exits_130_or_143_names_nothing_then_resumes(
                     times=1))
     partial = partial_file(cache, big.digest)
     report = tmp_path / "signal.json"
-    ref = f"{proxy.host}/{repo_name}:v1"
-    args = ["pull", ref, "-o", out, "--cache", cache, "-q", "--report", report]
+    ref, done = f"{proxy.host}/{repo_name}:v1", f"{src_registry.host}/{repo_name}:old"
+    args = ["pull", done, ref, "-o", out, "--cache", cache, "-q", "--report", report]
     proc = subprocess.Popen(mirror_cmd(*args), cwd=ROOT, env=mirror_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -257,8 +257,13 @@ def test_signal_mid_blob_exits_130_or_143_names_nothing_then_resumes(
     doc = json.loads(report.read_text())
     assert doc["exit_code"] == code and sig.name in doc["error"], doc
     assert doc["bundle"] is None and doc["partial"] is False, doc
-    assert [i["reference"] for i in doc["images"]] == [ref], doc
-    assert doc["images"][0]["digest"] == img.digest  # resolved before the signal
+    assert [i["reference"] for i in doc["images"]] == [done, ref], doc
+    finished, stopped = doc["images"]
+    assert stopped["digest"] == img.digest  # resolved before the signal
+    # the image cut off says so; the one whose blobs were all in hand does not
+    assert "interrupted" in stopped["error"] and sig.name in stopped["error"], stopped
+    assert stopped["error_code"] == code and stopped["bytes_kept"] > 0, stopped
+    assert finished["error"] is None and finished["error_code"] is None, finished
     assert out.read_bytes() == before  # the earlier bundle, untouched
     assert not out.with_name("out.tar.partial").exists()
     kept = partial.stat().st_size
@@ -297,3 +302,48 @@ def test_a_failed_download_reports_the_bytes_it_kept(src_registry, image, recpro
     start = kept - kept % ALIGN
     assert (doc["bytes_fetched"], doc["bytes_kept"]) == (big.size - start, 0), doc
     assert_exact(tmp_path / "out.tar", img)
+
+
+def test_a_full_disk_reports_what_was_done_and_keeps_the_partial(src_registry, image,
+                                                                 tmp_path: Path) -> None:
+    """The disk fills up (the file size limit of the child, RLIMIT_FSIZE: the same OSError
+    path as ENOSPC, without root) in the middle of the big layer: one error line naming the
+    file, exit 1, and the report carries the image's entry with that error and the bytes
+    that were fetched and kept, not `images: []`; the next run resumes the kept part."""
+    import resource
+
+    repo, img = image
+    big, small = img.layers
+    cache, report, out = tmp_path / "cache", tmp_path / "full.json", tmp_path / "out.tar.zst"
+    limit = 256 << 10  # the config and the small layer fit, the 1 MiB layer does not
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    ref = f"{src_registry.host}/{repo}:v1"
+    proc = subprocess.run(mirror_cmd("pull", ref, "-o", out, "--cache", cache, "-q",
+                                     "--report", report),
+                          cwd=ROOT, env=mirror_env(), capture_output=True, text=True,
+                          timeout=120, preexec_fn=small_disk)
+    assert proc.returncode == EXIT["error"], proc.stderr
+    line = error_line(proc)
+    assert str(partial_file(cache, big.digest)) in line and "File too large" in line, line
+    doc = json.loads(report.read_text())
+    assert doc["exit_code"] == EXIT["error"] and doc["error"] == line.split("error: ", 1)[1]
+    [entry] = doc["images"]
+    assert entry["reference"] == ref and entry["digest"] == img.digest, entry
+    assert entry["error"] == doc["error"] and entry["error_code"] == EXIT["error"], entry
+    kept = {b.digest: partial_file(cache, b.digest).stat().st_size for b in (big, small)
+            if partial_file(cache, b.digest).exists()}
+    assert 0 < kept[big.digest] <= limit, kept
+    small_done = cache_blob(cache, small.digest).exists()  # it may have been cut short too
+    whole = img.config.size + (small.size if small_done else 0)
+    assert doc["bytes_kept"] == entry["bytes_kept"] == sum(kept.values()), (doc, kept)
+    assert doc["bytes_fetched"] == entry["bytes_fetched"] == whole + sum(kept.values()), doc
+    assert not out.exists() and not out.with_name(out.name + ".partial").exists()
+
+    ok(pull(tmp_path, ref))  # room again: the kept part is resumed, not fetched again
+    doc = json.loads((tmp_path / "report.json").read_text())
+    rest = sum(b.size - (kept[b.digest] - kept[b.digest] % ALIGN) if b.digest in kept
+               else 0 if b is small and small_done else b.size for b in (big, small))
+    assert doc["bytes_fetched"] == rest, doc
