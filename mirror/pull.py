@@ -420,9 +420,27 @@ async def attach_referrers(finder: Finder, plan: ImagePlan, types: tuple[str, ..
         say = progress.info if plan.spec.settings.accept_unsigned_index else progress.warn
         say(
             f"{plan.name}: signatures or other referrers were made for the source index "
-            f"{plan.source_digest}; the filtered index {plan.root.digest} does not match them. "
-            "They are carried keyed to the source digest; use `index: sparse` (or all "
-            "platforms) to keep a signed index valid")
+            f"{plan.source_digest}; the {_new_root(plan)} does not match them. They are "
+            f"carried keyed to the source digest; {_keep_signed(plan)} to keep a signed index "
+            "valid")
+
+
+def _new_root(plan: ImagePlan) -> str:
+    """What became of the source index: filtered (a subset), converted (old -> new), both."""
+    converted = plan.source_digest in plan.conversions  # the root's own old -> new pair
+    if plan.mode == "filter":
+        return f"{'filtered and converted' if converted else 'filtered'} index {plan.root.digest}"
+    return f"converted index {plan.source_digest} -> {plan.root.digest}"
+
+
+def _keep_signed(plan: ImagePlan) -> str:
+    settings = plan.spec.settings
+    keep = "`format: keep`" if settings.format != "keep" else "`foreign_layers: include`"
+    if plan.source_digest not in plan.conversions:  # filtered only
+        return "use `index: sparse` (or all platforms)"
+    if plan.mode == "filter":
+        return f"use {keep} with all platforms"
+    return f"use {keep}"
 
 
 def _summary_line(plan: ImagePlan, res: ImageResult) -> str:

@@ -473,3 +473,34 @@ def test_an_unknown_referrer_type_is_refused(src_registry, repo_name, rng, tmp_p
         if bad == "signatures":
             assert "(did you mean 'signature'?)" in first, first
         assert not (tmp_path / "b.tar").exists()
+
+
+def test_a_converted_index_is_called_converted_not_filtered(src_registry, repo_name, rng,
+                                                            tmp_path):
+    """A signed Docker list pulled with `--format oci` and every platform is converted, not
+    filtered: the warning about its signatures says converted, old -> new; only a subset of
+    its platforms is called filtered."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    imgs = [ig.make_image(rng, p, fmt="docker") for p in (ig.AMD64, ig.ARM64)]
+    index = ig.make_index(imgs, fmt="docker")
+    push_image(src_registry.url, repo_name, index, tags=["1.0"])
+    sig, sig_blobs = make_signature(key, repo_name, index.digest)
+    for b in sig_blobs:
+        push_blob(src_registry.url, repo_name, b)
+    push_raw_manifest(src_registry.url, repo_name, "sha256-" + index.digest.split(":")[1] +
+                      ".sig", sig.data, sig.media_type)
+    ref = f"{src_registry.host}/{repo_name}:1.0"
+    r = mirror_ok("pull", ref, "--format", "oci", "-o", tmp_path / "all.tar", "--cache",
+                  tmp_path / "c", "--report", tmp_path / "r.json")
+    [new] = [v for k, v in json.loads((tmp_path / "r.json").read_text())["images"][0]
+             ["conversions"].items() if k == index.digest]
+    warning = [ln for ln in r.stderr.splitlines() if "made for the source index" in ln]
+    assert len(warning) == 1 and f"converted index {index.digest} -> {new}" in warning[0], \
+        r.stderr
+    assert "filtered" not in r.stderr, r.stderr
+    r = mirror_ok("pull", ref, "--format", "oci", "--platform", "linux/amd64", "-o",
+                  tmp_path / "one.tar", "--cache", tmp_path / "c", "--report", tmp_path / "r.json")
+    [new] = [v for k, v in json.loads((tmp_path / "r.json").read_text())["images"][0]
+             ["conversions"].items() if k == index.digest]
+    warning = [ln for ln in r.stderr.splitlines() if "made for the source index" in ln]
+    assert len(warning) == 1 and f"filtered and converted index {new}" in warning[0], r.stderr
