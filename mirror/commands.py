@@ -339,7 +339,7 @@ async def _load(args: argparse.Namespace, progress, report: Report) -> int:
     report.add(bundle=str(args.bundle), target=args.to, blobs_pushed=None, blobs_mounted=None,
                blobs_present=None, bytes_pushed=None, manifests_pushed=None,
                manifests_present=None, tags=None,
-               retries=0, dry_run=args.dry_run)
+               retries=0, dry_run=args.dry_run, would_push=[])
     target = Target.parse(args.to)
     bundle = Bundle(args.bundle)
     transport = _transport(args, None, progress)
@@ -355,7 +355,7 @@ async def _load(args: argparse.Namespace, progress, report: Report) -> int:
                        blobs_present=result.blobs_present, bytes_pushed=result.bytes_pushed,
                        manifests_pushed=result.manifests_pushed,
                        manifests_present=result.manifests_present, tags=result.tags)
-    report.add(dry_run=result.dry_run)
+    report.add(would_push=result.dry_run)  # dry_run stays what it is: a boolean
     if args.dry_run:
         for line in result.dry_run:
             print(line)

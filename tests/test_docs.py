@@ -59,3 +59,33 @@ def test_referrer_kinds_are_in_help_and_readme() -> None:
     for kind in KINDS:
         assert f"{kind} (" in action.help, kind
         assert f"| `{kind}` |" in kinds_table, kind
+
+
+def test_every_report_field_is_in_the_readme(tmp_path: Path) -> None:
+    """README's Reports table names every field each command's report has (runs that fail
+    at once, as the keys are the same in every outcome), and each image entry's fields."""
+    import json
+    from dataclasses import fields
+
+    from mirror.pull import ImageResult
+    from tests.support.oracle import run_mirror
+
+    section = README.split("## Reports")[1].split("\n## ")[0]
+    documented = set(re.findall(r"`([a-z_]+)`", section))
+    cache = tmp_path / "cache"
+    (cache / "blobs" / "sha256").mkdir(parents=True)
+    runs = {
+        "pull": ["127.0.0.1:9/x/y:1", "--retries", "0", "--cache", cache, "-o",
+                 tmp_path / "b.tar"],
+        "load": [tmp_path / "none.tar", "--to", "127.0.0.1:9"],
+        "verify": [tmp_path / "none.tar"],
+        "cache": ["prune", "--cache", cache, "--older-than", "30d"],
+    }
+    for command, args in runs.items():
+        report = tmp_path / f"{command}.json"
+        run_mirror(command, *args, "--report", report)
+        doc = json.loads(report.read_text())
+        missing = set(doc) - documented
+        assert not missing, f"{command} report fields not in README's Reports: {missing}"
+    missing = {f.name for f in fields(ImageResult)} - documented
+    assert not missing, f"pull report image fields not in README's Reports: {missing}"

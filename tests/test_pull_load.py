@@ -479,3 +479,31 @@ def test_memory_does_not_grow_with_layer_size(
         bundle.unlink()
     for cmd, peaks in rss.items():
         assert peaks["large"] < peaks["small"] + 30 * 1024, (cmd, peaks)
+
+
+def test_load_report_fields_have_one_type_whatever_the_outcome(
+        src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """`dry_run` is a boolean (was this a dry run) and `would_push` the dry run's lines, in
+    a successful load, a dry run and a load that failed; it used to be `[]` on success and
+    `false` after an error."""
+    img = ig.make_image(rng, ig.AMD64, "oci")
+    push_image(src_registry.url, repo_name, img, ["v1"])
+    bundle = pull(tmp_path, f"{src_registry.host}/{repo_name}:v1")
+    report = tmp_path / "load.json"
+    docs = {}
+    for name, to, extra in (("dry", dst_registry.host, ["--dry-run"]),
+                            ("load", dst_registry.host, []),
+                            ("failed", "127.0.0.1:9", ["--retries", "0"]),
+                            ("failed-dry", "127.0.0.1:9", ["--retries", "0", "--dry-run"])):
+        proc = run_mirror("load", bundle, "--to", to, "--report", report, *extra)
+        assert (proc.returncode == 0) == (not name.startswith("failed")), proc.stderr
+        docs[name] = json.loads(report.read_text())
+    for name, doc in docs.items():
+        assert doc["dry_run"] is ("dry" in name), (name, doc)
+        assert isinstance(doc["would_push"], list), (name, doc)
+        for key in ("blobs_pushed", "bytes_pushed", "manifests_pushed", "tags"):
+            assert (doc[key] is None) == name.startswith("failed"), (name, key, doc)
+    assert f"blob {img.layers[0].digest} -> {repo_name}" in docs["dry"]["would_push"]
+    assert docs["load"]["would_push"] == docs["failed"]["would_push"] == []
+    assert docs["failed-dry"]["would_push"] == []
