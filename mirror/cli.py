@@ -114,11 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cache", help="manage the blob cache")
     csub = p.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
     c = csub.add_parser("prune", help="remove cached blobs by age or total size")
-    c.add_argument("--cache", type=Path)
+    c.add_argument("--cache", type=Path, help="the blob cache (default $XDG_CACHE_HOME/mirror); "
+                   "a directory that is not one is refused")
     c.add_argument("--older-than", metavar="AGE", help="unused for longer than AGE, "
                    "with a unit: s, m, h, d or w (e.g. 30d, 12h)")
     c.add_argument("--max-size", metavar="SIZE", help="then the least recently used, until "
-                   "under SIZE (e.g. 50G)")
+                   "under SIZE (e.g. 50G; a warning says when --keep holds it over)")
     c.add_argument("--keep", type=Path, action="append", default=[], metavar="LOCK",
                    help="never remove blobs listed in this lock file (repeatable)")
     c.add_argument("--unused-by", type=Path, action="append", default=[], metavar="LOCK",

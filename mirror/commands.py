@@ -472,7 +472,14 @@ async def _cache(args: argparse.Namespace, progress, report: Report) -> int:
 
     if not args.older_than and not args.max_size and not args.unused_by:
         raise UsageError("cache prune needs --older-than, --max-size or --unused-by")
+    older_than = _parse_age(args.older_than) if args.older_than else None
+    max_bytes = _parse_size(args.max_size) if args.max_size else None
     cache = args.cache or default_cache_dir()
+    report.add(cache=str(cache), blobs_removed=None, bytes_freed=None, bytes_left=None)
+    why = BlobStore.not_a_cache(cache)  # a typo must not make a cache there (nor prune one)
+    if why:
+        raise UsageError(f"{'--cache' if args.cache else 'cache'} {cache}: {why}",
+                         hint="give the directory `mirror pull --cache` used")
     keep: set[str] = set()
     for lock in args.keep:
         keep |= set(Lock.read(lock).blobs)
@@ -480,13 +487,14 @@ async def _cache(args: argparse.Namespace, progress, report: Report) -> int:
     for lock in args.unused_by:
         used = (used or set()) | set(Lock.read(lock).blobs)
     with RunLock(Path(cache) / "lock", f"cache {cache}"):
-        removed, freed = BlobStore(cache).prune(
-            older_than=_parse_age(args.older_than) if args.older_than else None,
-            max_bytes=_parse_size(args.max_size) if args.max_size else None, keep=keep,
-            unused_by=used)
-    report.add(cache=str(cache), blobs_removed=removed, bytes_freed=freed)
+        done = BlobStore(cache).prune(
+            older_than=older_than, max_bytes=max_bytes, keep=keep, unused_by=used)
+    report.add(blobs_removed=done.removed, bytes_freed=done.freed, bytes_left=done.left)
     if not args.quiet:
-        print(f"removed {removed} blob(s), {freed} bytes from {cache}")
+        print(f"removed {done.removed} blob(s), {done.freed} bytes from {cache}")
+    if max_bytes is not None and done.left > max_bytes:
+        progress.warn(f"{cache} still holds {done.left} bytes, over --max-size {max_bytes}: "
+                      f"{done.kept} bytes are blobs --keep protects")
     return 0
 
 

@@ -882,3 +882,58 @@ def test_dry_run_and_totals_count_a_shared_layer_once(src_registry, repo_name, r
     every = {b.digest: b.size for img in imgs for b in img.all_blobs()}
     assert doc["bytes_reused"] == sum(every.values()) - new, doc
     assert f"({new} bytes), {doc['blobs_reused']} reused" in r.stderr
+
+
+def _cache_with(root, *contents: bytes) -> dict[str, int]:
+    """A cache holding blobs of these bytes (named by their sha256); digest -> size."""
+    import hashlib
+
+    (root / "blobs" / "sha256").mkdir(parents=True)
+    (root / "partial").mkdir()
+    out = {}
+    for data in contents:
+        hexd = hashlib.sha256(data).hexdigest()
+        (root / "blobs" / "sha256" / hexd).write_bytes(data)
+        out[f"sha256:{hexd}"] = len(data)
+    return out
+
+
+def test_prune_refuses_a_directory_that_is_not_a_cache(tmp_path):
+    """`cache prune --cache WRONG` (a typo, or the bundles directory) used to make a cache
+    there and say it removed 0 blobs: it is refused (exit 2, naming it), creating nothing."""
+    missing, other = tmp_path / "no-such-cache", tmp_path / "bundles"
+    other.mkdir()
+    (other / "site.tar").write_bytes(b"not a cache")
+    report = tmp_path / "r.json"
+    for wrong in (missing, other, other / "site.tar"):
+        r = run_mirror("cache", "prune", "--cache", wrong, "--older-than", "1d",
+                       "--report", report)
+        assert r.returncode == EXIT_CODES["usage"], r.stderr
+        [line] = [ln for ln in r.stderr.splitlines() if ln.startswith("mirror: error:")]
+        assert f"--cache {wrong}: " in line and "cache" in line.split(": ", 2)[2], line
+        doc = json.loads(report.read_text())
+        assert doc["exit_code"] == 2 and doc["blobs_removed"] is None, doc
+    assert not missing.exists()
+    assert sorted(p.name for p in other.iterdir()) == ["site.tar"]
+    assert (other / "site.tar").read_bytes() == b"not a cache"
+
+
+def test_prune_says_when_keep_holds_the_cache_over_max_size(tmp_path):
+    """--max-size that --keep does not let prune reach: it removes what it may, then says on
+    one warning line how far over the size the kept blobs leave the cache; the report has
+    the bytes left. Within reach: no warning."""
+    cache = tmp_path / "cache"
+    blobs = _cache_with(cache, b"k" * 5000, b"x" * 3000, b"y" * 2000)
+    kept = next(d for d, s in blobs.items() if s == 5000)
+    lock = tmp_path / "keep.lock"
+    lock.write_text(json.dumps({"lockVersion": 1, "images": {}, "blobs": {kept: 5000}}))
+    report = tmp_path / "r.json"
+    r = mirror_ok("cache", "prune", "--cache", cache, "--max-size", "4000", "--keep", lock,
+                  "--report", report)
+    warn = [ln for ln in r.stderr.splitlines() if "warning:" in ln]
+    assert len(warn) == 1 and "--max-size 4000" in warn[0] and "--keep" in warn[0] \
+        and "5000 bytes" in warn[0], r.stderr
+    doc = json.loads(report.read_text())
+    assert (doc["blobs_removed"], doc["bytes_freed"], doc["bytes_left"]) == (2, 5000, 5000)
+    r = mirror_ok("cache", "prune", "--cache", cache, "--max-size", "5000", "--keep", lock)
+    assert "warning" not in r.stderr, r.stderr

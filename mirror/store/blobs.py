@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -115,12 +116,20 @@ class BlobStore:
                     if not p.name.startswith("."):
                         yield f"{alg_dir.name}:{p.name}", p
 
+    @staticmethod
+    def not_a_cache(root: Path | str) -> str | None:
+        """Why `root` is not a blob cache (what BlobStore made there); None when it is one."""
+        root = Path(root)
+        if (root / "blobs" / "sha256").is_dir():
+            return None
+        if not root.exists():
+            return "no such directory"
+        return "not a directory" if not root.is_dir() else "not a mirror cache (no blobs/sha256)"
+
     def prune(self, *, older_than: float | None = None, max_bytes: int | None = None,
-              keep: set[str] | None = None, unused_by: set[str] | None = None
-              ) -> tuple[int, int]:
+              keep: set[str] | None = None, unused_by: set[str] | None = None) -> Pruned:
         """Remove blobs not in `unused_by` (when given), those not used for `older_than`
-        seconds, then the oldest until under `max_bytes`; never those in `keep`.
-        Returns (files removed, bytes freed)."""
+        seconds, then the oldest until under `max_bytes`; never those in `keep`."""
         entries = []
         for digest, p in self.iter_digests():
             st = p.stat()
@@ -128,9 +137,10 @@ class BlobStore:
         entries.sort()
         now = time.time()
         total = sum(e[1] for e in entries)
-        removed = freed = 0
+        removed = freed = kept = 0
         for used, size, digest, p in entries:
             if keep and digest in keep:
+                kept += size
                 continue
             too_old = older_than is not None and now - used > older_than
             too_big = max_bytes is not None and total > max_bytes
@@ -143,7 +153,18 @@ class BlobStore:
         for p in self.partial_dir.iterdir():
             if older_than is not None and now - p.stat().st_mtime > older_than:
                 p.unlink(missing_ok=True)
-        return removed, freed
+        return Pruned(removed, freed, total, kept)
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What `BlobStore.prune` did: blobs removed, bytes freed, the bytes of blobs left, and
+    of those the bytes `keep` protected."""
+
+    removed: int
+    freed: int
+    left: int
+    kept: int
 
 
 class _Serial:
