@@ -347,3 +347,38 @@ def test_a_full_disk_reports_what_was_done_and_keeps_the_partial(src_registry, i
     rest = sum(b.size - (kept[b.digest] - kept[b.digest] % ALIGN) if b.digest in kept
                else 0 if b is small and small_done else b.size for b in (big, small))
     assert doc["bytes_fetched"] == rest, doc
+
+
+def test_a_full_disk_while_writing_the_bundle_keeps_what_was_fetched(
+        src_registry: Registry, repo_name: str, rng: random.Random, tmp_path: Path) -> None:
+    """Every blob fits in the cache but the .tar.zst bundle written at the end does not (the
+    child's RLIMIT_FSIZE): exit 1 naming the bundle's .partial, no bundle left, and the
+    report has the image's entry with every byte fetched; the next run fetches nothing."""
+    import resource
+
+    img = ig.make_image(rng, ig.AMD64, "oci",
+                        layers=[ig.make_layer(rng, 200_000, compressed=False) for _ in range(2)])
+    push_image(src_registry.url, repo_name, img, ["v1"])
+    cache, report, out = tmp_path / "cache", tmp_path / "full.json", tmp_path / "out.tar.zst"
+    limit = 256 << 10  # each blob fits; the two together (zstd cannot shrink them) do not
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    ref = f"{src_registry.host}/{repo_name}:v1"
+    proc = subprocess.run(mirror_cmd("pull", ref, "-o", out, "--cache", cache, "-q",
+                                     "--report", report),
+                          cwd=ROOT, env=mirror_env(), capture_output=True, text=True,
+                          timeout=120, preexec_fn=small_disk)
+    assert proc.returncode == EXIT["error"], proc.stderr
+    assert f"{out}.partial" in error_line(proc), proc.stderr
+    assert not out.exists() and not out.with_name(out.name + ".partial").exists()
+    doc = json.loads(report.read_text())
+    [entry] = doc["images"]
+    every = sum(b.size for b in img.blobs())
+    assert entry["digest"] == img.digest and doc["bytes_fetched"] == every, doc
+    assert entry["bytes_fetched"] == every and doc["bytes_kept"] == 0, entry
+
+    ok(pull(tmp_path, ref, out="out.tar.zst"))
+    doc = json.loads((tmp_path / "report.json").read_text())
+    assert (doc["bytes_fetched"], doc["bytes_reused"]) == (0, every), doc

@@ -21,7 +21,7 @@ from typing import BinaryIO
 import zstandard
 
 from mirror.digest import Verifier
-from mirror.errors import IntegrityError, MirrorError, SizeMismatch
+from mirror.errors import IntegrityError, MirrorError, SizeMismatch, naming
 from mirror.store.blobs import BlobStore, sha256_file
 
 BUF = 1 << 20
@@ -110,6 +110,9 @@ def write_bundle(
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(tmp, out)
+    except OSError as e:  # a full disk: the error line names the bundle being written
+        tmp.unlink(missing_ok=True)
+        raise naming(e, tmp) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
