@@ -477,6 +477,12 @@ async def _cache(args: argparse.Namespace, progress, report: Report) -> int:
     cache = args.cache or default_cache_dir()
     report.add(cache=str(cache), blobs_removed=None, bytes_freed=None, bytes_left=None)
     why = BlobStore.not_a_cache(cache)  # a typo must not make a cache there (nor prune one)
+    if why == "no such directory" and not args.cache:
+        # the default cache before the first pull (a prune job on a new machine): nothing to do
+        report.add(blobs_removed=0, bytes_freed=0, bytes_left=0)
+        if not args.quiet:
+            print(f"removed 0 blob(s), 0 bytes: no cache at {cache} yet")
+        return 0
     if why:
         raise UsageError(f"{'--cache' if args.cache else 'cache'} {cache}: {why}",
                          hint="give the directory `mirror pull --cache` used")

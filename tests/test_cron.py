@@ -26,6 +26,7 @@ from tests.support.oracle import (
     mirror_cmd,
     mirror_env,
     mirror_ok,
+    run,
     run_mirror,
 )
 from tests.support.pusher import list_tags, push_image
@@ -916,6 +917,20 @@ def test_prune_refuses_a_directory_that_is_not_a_cache(tmp_path):
     assert not missing.exists()
     assert sorted(p.name for p in other.iterdir()) == ["site.tar"]
     assert (other / "site.tar").read_bytes() == b"not a cache"
+
+
+def test_prune_before_the_first_pull_has_nothing_to_do(tmp_path):
+    """The default cache (no --cache) that no pull has made yet: a prune job on a new machine
+    removes nothing and exits 0, creating nothing (an explicit --cache stays strict, above)."""
+    env = {**mirror_env(), "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    report = tmp_path / "r.json"
+    r = run(mirror_cmd("cache", "prune", "--older-than", "30d", "--report", report), env=env)
+    assert r.returncode == 0 and "no cache at" in r.stdout, (r.stdout, r.stderr)
+    assert not (tmp_path / "xdg").exists()
+    doc = json.loads(report.read_text())
+    assert (doc["exit_code"], doc["blobs_removed"], doc["bytes_left"]) == (0, 0, 0), doc
+    r = run(mirror_cmd("cache", "prune", "-q", "--older-than", "30d"), env=env)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", ""), r
 
 
 def test_prune_says_when_keep_holds_the_cache_over_max_size(tmp_path):
