@@ -281,13 +281,15 @@ class _Run:
                                     partial=self.first_error is not None)
                 same = await asyncio.get_running_loop().run_in_executor(  # hashes the file
                     _IO_POOL, unchanged, opts.output, lay.index, lay.inventory,
-                    tar_size(lay.index, lay.inventory, lay.manifests, lay.blobs))
+                    tar_size(lay.index, lay.inventory, lay.manifests, lay.blobs, lay.docker),
+                    lay.docker)
                 if same:
                     return self.unchanged(same)
                 self.in_layout = {i for i, _ in self.resolved()}
                 f.assembler = Assembler(opts.output, index_json=lay.index,
                                         inventory_json=lay.inventory, manifests=lay.manifests,
-                                        blobs=[(b.digest, b.size) for b in lay.blobs])
+                                        blobs=[(b.digest, b.size) for b in lay.blobs],
+                                        docker_json=lay.docker)
                 self.start_in_order([b.digest for b in lay.blobs])
             try:
                 await gather_or_cancel(self.fetch_one(i, p) for i, p in self.resolved())

@@ -29,7 +29,8 @@ from tests.support.pusher import blob_exists, get_manifest, list_tags, push_imag
 from tests.support.registry import Registry
 
 A_SOURCE_DIGEST = "dev.mirror.source.digest"
-BASE_MEMBERS = {"oci-layout", "index.json", "mirror.json", "blobs", "blobs/sha256"}
+BASE_MEMBERS = {"oci-layout", "index.json", "mirror.json", "manifest.json", "blobs",
+                "blobs/sha256"}
 
 
 def sha(data: bytes) -> str:

@@ -23,8 +23,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
-from mirror.bundle.layout import MIRROR_JSON, OCI_LAYOUT
-from mirror.bundle.writer import BUF, _blob_name, _header, _pad, write_sidecar
+from mirror.bundle.writer import BUF, _blob_name, _header, _pad, head_files, write_sidecar
 from mirror.digest import Verifier
 from mirror.errors import naming
 from mirror.store import writeback
@@ -94,7 +93,8 @@ class Tee:
 
 class Assembler:
     def __init__(self, out: Path, *, index_json: bytes, inventory_json: bytes,
-                 manifests: list[tuple[str, bytes]], blobs: Iterable[tuple[str, int]]) -> None:
+                 manifests: list[tuple[str, bytes]], blobs: Iterable[tuple[str, int]],
+                 docker_json: bytes | None = None) -> None:
         self.out = out
         self.tmp = out.with_name(out.name + ".partial")
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +102,8 @@ class Assembler:
         # held (shared) around every use of fd; abort() takes it to close the descriptor
         self.io = _SharedLock()
         try:
-            self._lay_out(index_json, inventory_json, manifests, blobs)
+            self._lay_out(head_files(index_json, inventory_json, docker_json), manifests,
+                          blobs)
         except OSError as e:
             self.abort()
             raise naming(e, self.tmp) from None
@@ -110,17 +111,16 @@ class Assembler:
             self.abort()
             raise
 
-    def _lay_out(self, index_json: bytes, inventory_json: bytes,
-                 manifests: list[tuple[str, bytes]], blobs: Iterable[tuple[str, int]]) -> None:
+    def _lay_out(self, files: list[tuple[str, bytes]], manifests: list[tuple[str, bytes]],
+                 blobs: Iterable[tuple[str, int]]) -> None:
         self.offsets: dict[str, tuple[int, int]] = {}  # digest -> (data offset, size)
         head = bytearray()
 
         def member(name: str, data: bytes) -> None:
             head.extend(_header(name, len(data)) + data + _pad(len(data)))
 
-        member("oci-layout", OCI_LAYOUT)
-        member("index.json", index_json)
-        member(MIRROR_JSON, inventory_json)
+        for name, data in files:
+            member(name, data)
         head.extend(_header("blobs/", 0, is_dir=True) + _header("blobs/sha256/", 0, is_dir=True))
         for digest, data in manifests:
             member(_blob_name(digest), data)

@@ -8,6 +8,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from mirror.bundle.dockersave import docker_manifest
 from mirror.bundle.layout import (
     A_CONVERSIONS,
     A_INDEX_MODE,
@@ -15,6 +16,7 @@ from mirror.bundle.layout import (
     A_SOURCE_DIGEST,
     Entry,
     Inventory,
+    entry_list,
     index_json,
 )
 from mirror.bundle.writer import BlobItem, tar_size, unchanged, write_bundle
@@ -27,8 +29,11 @@ if TYPE_CHECKING:
     from mirror.pull import PullOptions
 
 
-def entries_for(plans: list[ImagePlan]) -> list[Entry]:
+def entries_for(plans: list[ImagePlan]) -> tuple[list[Entry], list[Entry]]:
+    """The index.json entries (one per image reference) and the referrers' entries (their
+    own tag or `name@digest`), which mirror.json carries (mirror.bundle.layout)."""
     entries: dict[str, Entry] = {}
+    referrers: dict[str, Entry] = {}
     for p in plans:
         ann = {A_INDEX_MODE: p.mode}
         if p.platforms:
@@ -42,15 +47,16 @@ def entries_for(plans: list[ImagePlan]) -> list[Entry]:
             ref = p.spec.reference
             name = f"{ref.name}:{r.tag}" if r.tag else f"{ref.name}@{r.manifest.digest}"
             m = r.manifest
-            entries[name] = Entry(name, m.media_type, m.digest, m.size,
-                                  {A_SUBJECT: r.subject, A_KIND: r.kind})
-    return list(entries.values())
+            referrers[name] = Entry(name, m.media_type, m.digest, m.size,
+                                    {A_SUBJECT: r.subject, A_KIND: r.kind})
+    return list(entries.values()), [r for n, r in referrers.items() if n not in entries]
 
 
 @dataclass
 class BundleLayout:
     index: bytes
     inventory: bytes
+    docker: bytes  # manifest.json
     manifests: list[tuple[str, bytes]]  # in tar order
     blobs: list[BlobItem]  # in tar order (verify flags set by the writer's caller)
 
@@ -75,7 +81,10 @@ def bundle_layout(plans: list[ImagePlan], opts: PullOptions, *, partial: bool) -
             inv.absent.setdefault(digest, reason)
         inv.conversions.update(p.conversions)
     inv.manifests = sorted(manifests)
-    return BundleLayout(index_json(entries_for(plans)), inv.to_bytes(),
+    images, referrers = entries_for(plans)
+    inv.referrers = entry_list(referrers)
+    carried = set(blobs)
+    return BundleLayout(index_json(images), inv.to_bytes(), docker_manifest(plans, carried),
                         [(d, manifests[d]) for d in inv.manifests],
                         [BlobItem(d, size, verify=True) for d, size in sorted(blobs.items())])
 
@@ -88,12 +97,13 @@ def write_plans(plans: list[ImagePlan], store: BlobStore, opts: PullOptions,
     assert opts.output is not None
     lay = bundle_layout(plans, opts, partial=partial)
     items = [BlobItem(b.digest, b.size, verify=b.digest not in fresh) for b in lay.blobs]
-    size = None if opts.compress else tar_size(lay.index, lay.inventory, lay.manifests, items)
-    same = unchanged(opts.output, lay.index, lay.inventory, size)
+    size = None if opts.compress else tar_size(lay.index, lay.inventory, lay.manifests, items,
+                                               lay.docker)
+    same = unchanged(opts.output, lay.index, lay.inventory, size, lay.docker)
     if same:
         return same, True
     progress.total(sum(b.size for b in items))
     return write_bundle(
         opts.output, index_json=lay.index, inventory_json=lay.inventory,
         manifests=lay.manifests, blobs=items, store=store, compress=opts.compress,
-        stop=stop), False
+        stop=stop, docker_json=lay.docker), False

@@ -1,10 +1,16 @@
 """What a bundle holds besides blobs: oci-layout, index.json entries, and mirror.json.
 
-index.json has one entry per reference with `org.opencontainers.image.ref.name` and
+index.json has one entry per image reference with `org.opencontainers.image.ref.name` and
 `io.containerd.image.name` both set to the full source reference (REFERENCE.md 4), plus our
 own `dev.mirror.*` annotations. mirror.json (an extra file, allowed by the layout spec) is the
 inventory: every blob the images need, which are absent on purpose and why, the base bundle
-of an incremental bundle, and the digest conversions.
+of an incremental bundle, the digest conversions, and the referrers (signatures, SBOMs,
+attestations with their own tag or subject), each an entry in index.json's form.
+
+Referrers are not index.json entries: runtimes read index.json as "the images to import"
+(`ctr images import` names and unpacks every entry and fails on a signature; `podman load`
+takes an OCI archive of exactly one entry), as Docker 25's `docker save` and `ctr export`
+list only images there. The reader gives load, verify and inspect the entries of both files.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ A_INDEX_MODE = "dev.mirror.index"  # full | filter | sparse
 A_PLATFORMS = "dev.mirror.platforms"
 A_CONVERSIONS = "dev.mirror.conversions"  # "old>new,old>new" for converted manifests
 MIRROR_JSON = "mirror.json"
+DOCKER_JSON = "manifest.json"  # Docker's save format (mirror.bundle.dockersave)
 FORMAT_VERSION = 1
 
 
@@ -47,8 +54,12 @@ def index_json(entries: list[Entry]) -> bytes:
     return dump_json({
         "schemaVersion": 2,
         "mediaType": mt.OCI_INDEX,
-        "manifests": [e.to_json() for e in sorted(entries, key=lambda e: e.name)],
+        "manifests": entry_list(entries),
     })
+
+
+def entry_list(entries: list[Entry]) -> list[dict[str, Any]]:
+    return [e.to_json() for e in sorted(entries, key=lambda e: e.name)]
 
 
 @dataclass
@@ -62,6 +73,7 @@ class Inventory:
     base_name: str | None = None
     partial: bool = False  # --keep-going left images out
     conversions: dict[str, str] = field(default_factory=dict)  # old digest: new digest
+    referrers: list[dict[str, Any]] = field(default_factory=list)  # index.json-style entries
 
     def to_bytes(self) -> bytes:
         doc: dict[str, Any] = {
@@ -75,6 +87,8 @@ class Inventory:
             doc["base"] = {"digest": self.base, "name": self.base_name}
         if self.conversions:
             doc["conversions"] = dict(sorted(self.conversions.items()))
+        if self.referrers:
+            doc["referrers"] = self.referrers
         return json.dumps(doc, indent=1, sort_keys=False).encode() + b"\n"
 
     @classmethod
@@ -84,4 +98,5 @@ class Inventory:
         return cls(blobs=dict(doc.get("blobs") or {}), manifests=list(doc.get("manifests") or []),
                    absent=dict(doc.get("absent") or {}), base=base.get("digest"),
                    base_name=base.get("name"), partial=bool(doc.get("partial")),
-                   conversions=dict(doc.get("conversions") or {}))
+                   conversions=dict(doc.get("conversions") or {}),
+                   referrers=list(doc.get("referrers") or []))

@@ -372,8 +372,12 @@ class Bundle:
         if inv is not None:
             try:
                 inventory = Inventory.from_bytes(inv)
+                if not all(isinstance(r, dict) for r in inventory.referrers):
+                    raise ValueError
             except (ValueError, AttributeError, TypeError):
                 raise BundleError(f"{self.name}: mirror.json is not valid") from None
+            # the referrers' entries (mirror.bundle.layout): entries like index.json's own
+            idx["manifests"] = [*idx["manifests"], *inventory.referrers]
         return Contents(idx, inventory)
 
     def _walk(self, c: Contents, read) -> None:

@@ -1,8 +1,9 @@
 """Write a bundle tar from the blob store: deterministic, verified, atomic.
 
-Member order: oci-layout, index.json, mirror.json, blobs/, blobs/sha256/, the manifests (so a
-streaming reader can plan before the big blobs arrive), then every other blob sorted by
-digest. Headers are fixed (PAX, mode 0644/0755, mtime 0, uid/gid 0, no user names), so the
+Member order: oci-layout, index.json, mirror.json, manifest.json (Docker's save format, for
+`docker load` and `podman load`: mirror.bundle.dockersave), blobs/, blobs/sha256/, the
+manifests (so a streaming reader can plan before the big blobs arrive), then every other blob
+sorted by digest. Headers are fixed (PAX, mode 0644/0755, mtime 0, uid/gid 0, no user names), so the
 same images give the same bytes. The tar is written to `<out>.partial` and renamed into
 place only when complete; `<out>.sha256` is written beside it.
 """
@@ -63,6 +64,20 @@ def _pad(n: int) -> bytes:
     return b"\0" * ((512 - n % 512) % 512)
 
 
+def head_files(index_json: bytes, inventory_json: bytes, docker_json: bytes | None
+               ) -> list[tuple[str, bytes]]:
+    """The files before blobs/, in their order (the one list the writer, the assembler and
+    `tar_size` lay out). manifest.json comes after mirror.json: a streaming reader plans
+    once it holds index.json and mirror.json."""
+    from mirror.bundle.layout import DOCKER_JSON, MIRROR_JSON, OCI_LAYOUT
+
+    files = [("oci-layout", OCI_LAYOUT), ("index.json", index_json),
+             (MIRROR_JSON, inventory_json)]
+    if docker_json is not None:
+        files.append((DOCKER_JSON, docker_json))
+    return files
+
+
 def write_bundle(
     out: Path,
     *,
@@ -74,11 +89,10 @@ def write_bundle(
     compress: bool,
     progress: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
+    docker_json: bytes | None = None,
 ) -> str:
     """Write the bundle; return the sha256 of the file. Raises IntegrityError if a cached
     blob no longer matches its digest (the entry is evicted; the next run fetches it)."""
-    from mirror.bundle.layout import MIRROR_JSON, OCI_LAYOUT
-
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
     try:
@@ -94,9 +108,8 @@ def write_bundle(
             def member(name: str, data: bytes) -> None:
                 sink.write(_header(name, len(data)) + data + _pad(len(data)))
 
-            member("oci-layout", OCI_LAYOUT)
-            member("index.json", index_json)
-            member(MIRROR_JSON, inventory_json)
+            for name, data in head_files(index_json, inventory_json, docker_json):
+                member(name, data)
             sink.write(_header("blobs/", 0, is_dir=True))
             sink.write(_header("blobs/sha256/", 0, is_dir=True))
             for digest, data in manifests:
@@ -130,15 +143,14 @@ def write_sidecar(out: Path, hexdigest: str) -> None:
 
 
 def tar_size(index_json: bytes, inventory_json: bytes, manifests: list[tuple[str, bytes]],
-             blobs: list[BlobItem]) -> int:
+             blobs: list[BlobItem], docker_json: bytes | None = None) -> int:
     """The exact size of the uncompressed tar write_bundle would write."""
-    from mirror.bundle.layout import MIRROR_JSON, OCI_LAYOUT
 
     def member(name: str, size: int) -> int:
         return len(_header(name, size)) + size + len(_pad(size))
 
-    total = member("oci-layout", len(OCI_LAYOUT)) + member("index.json", len(index_json))
-    total += member(MIRROR_JSON, len(inventory_json))
+    total = sum(member(n, len(d)) for n, d in head_files(index_json, inventory_json,
+                                                         docker_json))
     total += len(_header("blobs/", 0, is_dir=True)) + len(_header("blobs/sha256/", 0,
                                                                     is_dir=True))
     total += sum(member(_blob_name(d), len(data)) for d, data in manifests)
@@ -146,14 +158,14 @@ def tar_size(index_json: bytes, inventory_json: bytes, manifests: list[tuple[str
     return total + 1024
 
 
-def unchanged(out: Path, index_json: bytes, inventory_json: bytes, size: int | None
-              ) -> str | None:
+def unchanged(out: Path, index_json: bytes, inventory_json: bytes, size: int | None,
+              docker_json: bytes | None = None) -> str | None:
     """The digest of an existing bundle at `out` that already holds exactly this content
-    (same index.json and inventory, which pin every blob by digest and size; same size for a
-    plain tar) and is undamaged (the file hashes to its `.sha256`), else None. Lets a nightly
-    run with nothing new skip rewriting gigabytes; reading them once is the price of never
-    calling a damaged bundle unchanged (a byte changed in place keeps size and mtime)."""
-    from mirror.bundle.layout import MIRROR_JSON
+    (same index.json, inventory and manifest.json, which pin every blob by digest and size;
+    same size for a plain tar) and is undamaged (the file hashes to its `.sha256`), else
+    None. Lets a nightly run with nothing new skip rewriting gigabytes; reading them once is
+    the price of never calling a damaged bundle unchanged (a byte changed in place keeps
+    size and mtime)."""
 
     side = out.with_name(out.name + ".sha256")
     try:
@@ -173,7 +185,7 @@ def unchanged(out: Path, index_json: bytes, inventory_json: bytes, size: int | N
             else:
                 raw.seek(0)
                 stream = raw
-            want = {"index.json": index_json, MIRROR_JSON: inventory_json}
+            want = dict(head_files(index_json, inventory_json, docker_json)[1:])
             with tarfile.open(fileobj=stream, mode="r|") as tf:
                 for ti in tf:
                     if ti.name == "oci-layout":

@@ -9,9 +9,11 @@ helpers to run the CLI and skopeo as subprocesses.
 `check_layout` reads a `.tar` or a `.tar.zst` (zstd magic) in one streaming pass and asserts:
 only regular files and directories, relative names, no member twice; `oci-layout` is
 `{"imageLayoutVersion": "1.0.0"}`; every `blobs/<alg>/<hex>` hashes to its name; every
-index.json entry names a blob of that size; every manifest reachable from index.json has its
-config, layers and children in the tar at the declared size, unless mirror.json lists the
-digest under "absent".
+index.json entry (and every referrer entry mirror.json lists: signatures, SBOMs and
+attestations live there, not in index.json) names a blob of that size; every manifest
+reachable from them has its config, layers and children in the tar at the declared size,
+unless mirror.json lists the digest under "absent"; every path manifest.json (Docker's save
+format) names is a blob in the tar.
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ class Layout:
     manifests: dict[str, dict[str, Any]] = field(default_factory=dict)  # digest -> parsed
 
     @property
+    def entries(self) -> list[dict[str, Any]]:
+        """index.json's entries and the referrer entries mirror.json lists."""
+        return [*self.index["manifests"], *((self.inventory or {}).get("referrers") or [])]
+
+    @property
     def blob_digests(self) -> set[str]:
         return {_digest_of(n) for n in self.sizes if _digest_of(n)}  # type: ignore[misc]
 
@@ -64,15 +71,15 @@ class Layout:
         return self.data[_blob_name(digest)]
 
     def entry(self, name: str) -> dict[str, Any]:
-        """The index.json entry whose ref.name is `name`."""
-        for e in self.index["manifests"]:
+        """The index.json (or mirror.json referrer) entry whose ref.name is `name`."""
+        for e in self.entries:
             if (e.get("annotations") or {}).get("org.opencontainers.image.ref.name") == name:
                 return e
         raise AssertionError(f"no index.json entry named {name!r}: {self.entry_names()}")
 
     def entry_names(self) -> list[str]:
         return [(e.get("annotations") or {}).get("org.opencontainers.image.ref.name", "")
-                for e in self.index["manifests"]]
+                for e in self.entries]
 
 
 def _blob_name(digest: str) -> str:
@@ -174,7 +181,10 @@ def check_layout(bundle_path: Path | str) -> Layout:
         assert digest in absent, f"{path}: {digest} (needed by {by}) is missing"
         return False
 
-    todo = [(e, "index.json") for e in lay.index["manifests"]]
+    for item in json.loads(lay.data.get("manifest.json", b"[]")):
+        for member in [item["Config"], *item["Layers"]]:
+            assert member in lay.sizes, f"{path}: manifest.json names {member!r}, not in the tar"
+    todo = [(e, "index.json") for e in lay.entries]
     for e, _ in todo:
         assert _blob_name(e["digest"]) in lay.sizes, \
             f"{path}: index.json names {e['digest']}, which is not in the tar"

@@ -1,0 +1,95 @@
+"""manifest.json: Docker's save format beside index.json, so that `docker load` before Docker
+25 (which reads nothing else) and `podman load` of a bundle of several images (its OCI path
+takes one index.json entry; its docker-archive path reads this file) open the bundle.
+
+The bytes are what `docker save` writes (Go's encoder: compact, a newline at the end): a list
+of `{"Config": "blobs/sha256/<hex>", "RepoTags": [...] | null, "Layers": ["blobs/sha256/<hex>",
+...]}`, one per image, paths inside the tar, RepoTags in Docker's short form. Both runtimes
+decompress gzip layers themselves and check them against the config's diff_ids; the image ID
+is the config digest, as from a registry.
+
+Listed: every Linux image manifest whose config and layers the bundle carries (not a foreign
+layer, not one left to a base bundle), none of an artifact or an attestation. Docker keeps one
+image per tag: a reference with several platforms tags linux/amd64 when it has it, else its
+first platform; the other platforms load untagged (by image ID).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from mirror import mediatypes as mt
+from mirror.bundle.writer import _blob_name
+from mirror.manifest import RawManifest
+from mirror.platform import Platform
+from mirror.reference import DOCKER_HUB, Reference
+
+if TYPE_CHECKING:
+    from mirror.resolve import ImagePlan
+
+TAGGED_FIRST = ("linux", "amd64")
+_TAR_LAYERS = mt.LAYER_TYPES - mt.FOREIGN_TYPES
+
+
+def familiar(ref: Reference) -> str | None:
+    """Docker's short name:tag (`alpine:3.20` for docker.io/library/alpine:3.20); None for
+    a reference without a tag (a digest alone cannot be a RepoTag)."""
+    if not ref.tag:
+        return None
+    name = ref.name
+    if ref.registry == DOCKER_HUB:
+        name = ref.repository.removeprefix("library/") if \
+            ref.repository.count("/") == 1 else ref.repository
+    return f"{name}:{ref.tag}"
+
+
+def _images(plan: ImagePlan) -> list[tuple[Platform | None, RawManifest]]:
+    """The platform images under the plan's root, in index order (nested indexes walked)."""
+    out: list[tuple[Platform | None, RawManifest]] = []
+
+    def walk(raw: RawManifest, platform: Platform | None) -> None:
+        if raw.is_index:
+            for d in raw.children:
+                child = plan.manifests.get(d.digest)
+                if child is not None:
+                    walk(child, d.platform)
+        elif raw.is_image and not raw.parsed.get("artifactType"):
+            out.append((platform, raw))
+
+    own = Platform.parse(plan.platforms[0]) if plan.platforms and not plan.root.is_index \
+        else None
+    walk(plan.root, own)
+    return out
+
+
+def _loadable(platform: Platform | None, raw: RawManifest, carried: set[str]) -> bool:
+    if platform is not None and platform.os != "linux":
+        return False  # Windows and the attestations' unknown/unknown: not on a Linux host
+    layers = raw.layers
+    return all(d.media_type in _TAR_LAYERS and not d.urls for d in layers) and all(
+        d.digest in carried for d in raw.blobs())
+
+
+def docker_manifest(plans: Iterable[ImagePlan], carried: set[str]) -> bytes:
+    """manifest.json for the images of `plans` whose blobs are all in `carried`."""
+    entries: dict[tuple[str, tuple[str, ...]], set[str]] = {}
+    for plan in plans:
+        images = [(p, raw) for p, raw in _images(plan) if _loadable(p, raw, carried)]
+        tagged = next((raw for p, raw in images if p is not None and
+                       (p.os, p.architecture) == TAGGED_FIRST), None)
+        if tagged is None and images:
+            tagged = images[0][1]
+        tag = familiar(plan.spec.reference)
+        for _, raw in images:
+            assert raw.config is not None
+            key = (raw.config.digest, tuple(d.digest for d in raw.layers))
+            tags = entries.setdefault(key, set())
+            if raw is tagged and tag:
+                tags.add(tag)
+    docs = [{"Config": _blob_name(config), "RepoTags": sorted(tags) or None,
+             "Layers": [_blob_name(d) for d in layers]}
+            for (config, layers), tags in entries.items()]
+    docs.sort(key=lambda d: (d["RepoTags"] is None, d["RepoTags"] or [], d["Config"]))
+    return json.dumps(docs, separators=(",", ":")).encode() + b"\n"

@@ -1,0 +1,164 @@
+"""Bundles open in the runtimes at the far side: `docker load` (20.10, reading manifest.json),
+`ctr images import` (containerd 1.6, as k3s/RKE2 import their airgap images) and `podman load`
+(4.3), all from the Debian packages, rootful, with private roots (tests/support/runtimes.py).
+
+Each test pulls from the real registry (a signed two-platform index with an SBOM, and a
+Docker-typed single-platform image), hands the bundle to the runtime unchanged, and checks the
+names, tags, image IDs (the source config digests) and platforms the runtime reports.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.support import imagegen as ig
+from tests.support.oracle import check_layout, mirror_ok
+from tests.support.pusher import push_image
+from tests.support.registry import Registry
+from tests.support.runtimes import Containerd, Dockerd, Podman
+from tests.test_referrers import seed
+
+REF = "org.opencontainers.image.ref.name"
+
+
+def blob(digest: str) -> str:
+    return "blobs/sha256/" + digest.split(":", 1)[1]
+
+
+@pytest.fixture(scope="module")
+def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dockerd]:
+    with Dockerd(tmp_path_factory.mktemp("dockerd")) as d:
+        yield d
+
+
+@pytest.fixture(scope="module")
+def containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Containerd]:
+    with Containerd(tmp_path_factory.mktemp("containerd")) as c:
+        yield c
+
+
+@pytest.fixture
+def podman(tmp_path: Path) -> Iterator[Podman]:
+    p = Podman(tmp_path / "podman")
+    yield p
+    p.stop()
+
+
+@dataclass
+class Seeded:
+    signed: str  # reference of the signed two-platform OCI index (amd64, arm64)
+    index: ig.Index
+    imgs: list[ig.Image]  # amd64, arm64
+    single: str  # reference of a Docker-typed amd64 image
+    single_img: ig.Image
+    sig_tag: str
+
+
+def seed_both(reg: Registry, repo: str, rng) -> Seeded:
+    index, imgs, _sig, tag, _sbom = seed(reg.url, repo, rng, ec.generate_private_key(
+        ec.SECP256R1()))
+    single = ig.make_image(rng, ig.AMD64, fmt="docker")
+    push_image(reg.url, repo + "-single", single, tags=["2"])
+    return Seeded(f"{reg.host}/{repo}:1.0", index, imgs, f"{reg.host}/{repo}-single:2", single,
+                  tag)
+
+
+def pull(tmp_path: Path, name: str, *args: object) -> Path:
+    out = tmp_path / name
+    mirror_ok("pull", *args, "-o", out, "--cache", tmp_path / "cache", "-q")
+    return out
+
+
+def test_docker_load_opens_a_default_bundle(dockerd, src_registry, repo_name, rng, tmp_path):
+    s = seed_both(src_registry, repo_name, rng)
+    bundle = pull(tmp_path, "b.tar", s.signed, s.single)
+    out = dockerd.cli("load", "-i", bundle).stdout
+    assert f"Loaded image: {s.signed}" in out, out
+    amd, arm = s.imgs
+    got = dockerd.image(s.signed)
+    assert got["Id"] == amd.config.digest  # the image ID is the source config digest
+    assert (got["Os"], got["Architecture"]) == ("linux", "amd64")
+    assert dockerd.image(arm.config.digest)["Architecture"] == "arm64"  # loaded, untagged
+    assert dockerd.image(s.single)["Id"] == s.single_img.config.digest
+    assert not any(s.sig_tag in line for line in out.splitlines())
+
+
+def test_manifest_json_is_docker_saves(src_registry, repo_name, rng, tmp_path):
+    """manifest.json as `docker save` (25+) writes it: Go's compact JSON and a newline,
+    blob paths, the tag on amd64, arm64 untagged (null); no signature or SBOM in it."""
+    s = seed_both(src_registry, repo_name, rng)
+    lay = check_layout(pull(tmp_path, "b.tar", s.signed, s.single))
+    data = lay.data["manifest.json"]
+    doc = json.loads(data)
+    assert data == json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+
+    def item(img: ig.Image, tags: list[str] | None) -> dict:
+        return {"Config": blob(img.config.digest), "RepoTags": tags,
+                "Layers": [blob(la.digest) for la in img.layers]}
+
+    assert doc == [item(s.single_img, [s.single]), item(s.imgs[0], [s.signed]),
+                   item(s.imgs[1], None)]
+    assert [e["annotations"][REF] for e in lay.index["manifests"]] == [s.single, s.signed]
+
+
+def test_docker_load_opens_a_one_platform_bundle(dockerd, src_registry, repo_name, rng,
+                                                 tmp_path):
+    s = seed_both(src_registry, repo_name, rng)
+    bundle = pull(tmp_path, "arm.tar", s.signed, "--platform", "linux/arm64")
+    dockerd.cli("load", "-i", bundle)
+    got = dockerd.image(s.signed)
+    assert got["Id"] == s.imgs[1].config.digest
+    assert got["Architecture"] == "arm64"
+
+
+def test_ctr_import_opens_a_default_bundle(containerd, src_registry, repo_name, rng,
+                                           tmp_path):
+    s = seed_both(src_registry, repo_name, rng)
+    bundle = pull(tmp_path, "b.tar", s.signed, s.single)
+    proc = containerd.import_(bundle, check=False)
+    assert proc.returncode == 0, proc.stderr
+    images = containerd.images()
+    assert images[s.signed]["digest"] == s.index.digest  # the source index, byte for byte
+    assert images[s.signed]["platforms"] == "linux/amd64,linux/arm64"
+    assert images[s.single]["digest"] == s.single_img.digest
+    assert not [n for n in images if s.sig_tag in n or "@" in n], images  # no referrer image
+    # unpacked for the host: the snapshot chain of the amd64 image is there
+    containerd.ctr("images", "check")
+    snaps = containerd.ctr("snapshots", "--snapshotter", "native", "ls").stdout
+    assert len(snaps.splitlines()) > 1, snaps
+
+
+def test_ctr_import_all_platforms_of_a_foreign_platform_bundle(containerd, src_registry,
+                                                               repo_name, rng, tmp_path):
+    s = seed_both(src_registry, repo_name, rng)
+    bundle = pull(tmp_path, "arm.tar", s.signed, "--platform", "linux/arm64")
+    containerd.import_(bundle, "--all-platforms", "--no-unpack")
+    img = containerd.images()[s.signed]
+    assert img["platforms"] == "linux/arm64"
+    assert containerd.blob(s.imgs[1].config.digest) == s.imgs[1].config.data
+
+
+def test_podman_load_opens_a_default_bundle(podman, src_registry, repo_name, rng, tmp_path):
+    s = seed_both(src_registry, repo_name, rng)
+    bundle = pull(tmp_path, "b.tar", s.signed, s.single)
+    podman.cli("load", "-i", bundle)
+    got = podman.image(s.signed)
+    assert "sha256:" + got["Id"] == s.imgs[0].config.digest
+    assert got["Architecture"] == "amd64"
+    assert "sha256:" + podman.image(s.single)["Id"] == s.single_img.config.digest
+
+
+def test_podman_load_opens_a_one_image_signed_bundle(podman, src_registry, repo_name, rng,
+                                                     tmp_path):
+    """One image and its signature and SBOM: the image alone is named in index.json."""
+    s = seed_both(src_registry, repo_name, rng)
+    bundle = pull(tmp_path, "one.tar", s.signed)
+    podman.cli("load", "-i", bundle)
+    got = podman.image(s.signed)
+    assert "sha256:" + got["Id"] == s.imgs[0].config.digest
