@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.support import imagegen as ig
 from tests.support.oracle import check_layout, mirror_ok
-from tests.support.pusher import push_image
+from tests.support.pusher import get_manifest, push_image
 from tests.support.registry import Registry
 from tests.support.runtimes import Containerd, Dockerd, Podman
 from tests.test_referrers import seed
@@ -162,3 +162,34 @@ def test_podman_load_opens_a_one_image_signed_bundle(podman, src_registry, repo_
     podman.cli("load", "-i", bundle)
     got = podman.image(s.signed)
     assert "sha256:" + got["Id"] == s.imgs[0].config.digest
+
+
+def test_ctr_export_loads_back_with_the_source_digests(containerd, src_registry, dst_registry,
+                                                       repo_name, rng, tmp_path):
+    """Import, `ctr images export --all-platforms`, `mirror load` into the real registry: the
+    index, its platform manifests and configs keep the source digests."""
+    s = seed_both(src_registry, repo_name, rng)
+    containerd.import_(pull(tmp_path, "b.tar", s.signed), "--all-platforms")
+    out = tmp_path / "ctr-export.tar"
+    containerd.ctr("images", "export", "--all-platforms", out, s.signed)
+    mirror_ok("load", out, "--to", f"{dst_registry.host}/back")
+    body, _, _ = get_manifest(dst_registry.url, f"back/{repo_name}", "1.0")
+    assert ig.sha256_digest(body) == s.index.digest
+    for img in s.imgs:
+        got, _, _ = get_manifest(dst_registry.url, f"back/{repo_name}", img.digest)
+        assert got == img.manifest.data
+
+
+def test_podman_save_loads_back_with_the_source_config(podman, src_registry, dst_registry,
+                                                       repo_name, rng, tmp_path):
+    """`podman save --format oci-archive` of a loaded OCI image, then `mirror load`: the
+    image at the target has the source config (its image ID). Podman itself compresses the
+    layers again on save (new layer and manifest digests, as it says)."""
+    s = seed_both(src_registry, repo_name, rng)
+    podman.cli("load", "-i", pull(tmp_path, "b.tar", s.signed))
+    out = tmp_path / "podman-save.tar"
+    podman.cli("save", "--format", "oci-archive", "-o", out, s.signed)
+    mirror_ok("load", out, "--to", f"{dst_registry.host}/back")
+    body, _, _ = get_manifest(dst_registry.url, f"back/{repo_name}", "1.0")
+    doc = json.loads(body)
+    assert doc["config"]["digest"] == s.imgs[0].config.digest  # so the same diff_ids
