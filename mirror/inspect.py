@@ -307,7 +307,7 @@ async def _inspect_bundle(path: Path, sel: PlatformSelector) -> list[dict[str, A
             return contents.configs.get(d)
         if d not in contents.members or contents.members[d] > (1 << 22):
             return None
-        return bundle.read_member("blobs/" + d.replace(":", "/", 1))
+        return bundle.read_member(bundle.blob_member(d))
 
     inv = contents.inventory
     absent = dict(inv.absent) if inv else {}

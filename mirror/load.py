@@ -203,6 +203,8 @@ async def load(client: Client, bundle: Bundle, target: Target, *, jobs: int = 4,
     progress = progress or NullProgress()
     result = result if result is not None else LoadResult()
     contents = await asyncio.to_thread(bundle.scan)
+    for note in contents.notes:  # a docker-archive's new manifests (conversions)
+        progress.info(note)
     images = plan_load(contents, target, bundle.name)
     absent = check_complete(images, contents, bundle.name)
     reg = target.registry

@@ -66,7 +66,7 @@ def verify_bundle(path: Path, note: Callable[[str], None] | None = None,
     def check(name: str, size: int, data: bytes | BinaryIO | None) -> None:
         assert data is not None  # members(tap=...) gives every member a fileobj
         _check_blob(name, size, data, path, blob_problems,
-                    STREAM_CHUNK if bundle.compressed else CHUNK)
+                    STREAM_CHUNK if bundle.compressed else CHUNK, bundle.member_digest(name))
 
     try:
         bundle = Bundle(path)
@@ -185,11 +185,12 @@ def _sha256_file(path: Path, stop: threading.Event) -> str | None:
 
 
 def _check_blob(name: str, size: int, data: bytes | BinaryIO, path: Path,
-                problems: list[str], chunk: int) -> None:
-    """Hash a blob member (its bytes, or a file to read them from) against its name. A read
-    that fails (a .tar.zst's stream breaking off: BundleError) is the bundle's problem, not
-    this blob's, and is raised."""
-    digest = _blob_digest(name)
+                problems: list[str], chunk: int, digest: str | None = None) -> None:
+    """Hash a blob member (its bytes, or a file to read them from) against its name (or the
+    `digest` it holds: a docker-archive's layer, its diff_id). A read that fails (a .tar.zst's
+    stream breaking off: BundleError) is the bundle's problem, not this blob's, and is
+    raised."""
+    digest = digest or _blob_digest(name)
     if digest is None:
         return
     try:

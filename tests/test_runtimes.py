@@ -10,6 +10,7 @@ names, tags, image IDs (the source config digests) and platforms the runtime rep
 from __future__ import annotations
 
 import json
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.support import imagegen as ig
-from tests.support.oracle import check_layout, mirror_ok
+from tests.support.oracle import check_layout, mirror_ok, run_mirror
 from tests.support.pusher import get_manifest, push_image
 from tests.support.registry import Registry
 from tests.support.runtimes import Containerd, Dockerd, Podman
@@ -193,3 +194,61 @@ def test_podman_save_loads_back_with_the_source_config(podman, src_registry, dst
     body, _, _ = get_manifest(dst_registry.url, f"back/{repo_name}", "1.0")
     doc = json.loads(body)
     assert doc["config"]["digest"] == s.imgs[0].config.digest  # so the same diff_ids
+
+
+def test_docker_save_loads_back_with_the_source_config(dockerd, src_registry, dst_registry,
+                                                       repo_name, rng, tmp_path):
+    """`docker save` (20.10: manifest.json, `<id>/layer.tar`, uncompressed, no index.json)
+    of two images sharing a layer, then `mirror load`: each at the target under its tag
+    with the source config; its layers are the uncompressed tars (digest = diff_id), so the
+    manifest is a new one, which the load reports as a conversion."""
+    shared = ig.make_layer(rng)
+    a = ig.make_image(rng, ig.AMD64, fmt="docker", layers=[shared, ig.make_layer(rng)])
+    b = ig.make_image(rng, ig.AMD64, fmt="docker", layers=[shared, shared])
+    push_image(src_registry.url, repo_name, a, tags=["a"])
+    push_image(src_registry.url, repo_name, b, tags=["b"])
+    refs = [f"{src_registry.host}/{repo_name}:{t}" for t in ("a", "b")]
+    dockerd.cli("load", "-i", pull(tmp_path, "b.tar", *refs))
+    out = tmp_path / "docker-save.tar"
+    dockerd.cli("save", "-o", out, *refs)
+    proc = mirror_ok("load", out, "--to", f"{dst_registry.host}/back")
+    for tag, img in (("a", a), ("b", b)):
+        body, _, _ = get_manifest(dst_registry.url, f"back/{repo_name}", tag)
+        doc = json.loads(body)
+        assert doc["config"]["digest"] == img.config.digest
+        assert [la["digest"] for la in doc["layers"]] == [la.diff_id for la in img.layers]
+        assert f"{ig.sha256_digest(body)}" in proc.stderr + proc.stdout
+    assert "docker-archive" in proc.stderr + proc.stdout
+    mirror_ok("verify", out)
+    shown = json.loads(mirror_ok("inspect", out, "--json").stdout)
+    assert sorted(d["manifests"][0]["config"]["digest"] if "manifests" in d else
+                  d["config"]["digest"] for d in shown) == sorted([a.config.digest,
+                                                                   b.config.digest])
+    # a layer changed in the archive no longer hashes to its diff_id: verify says which
+    with tarfile.open(out) as tf:
+        member = next(ti for ti in tf if ti.name.endswith("/layer.tar") and ti.isreg())
+    with open(out, "r+b") as f:
+        f.seek(member.offset_data + member.size - 2048)  # inside the layer's file data
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    bad = run_mirror("verify", out)
+    assert bad.returncode == 7, bad.stderr
+    assert member.name in bad.stderr + bad.stdout
+
+
+def test_podman_save_docker_archive_loads_back(podman, src_registry, dst_registry, repo_name,
+                                              rng, tmp_path):
+    """`podman save --format docker-archive --multi-image-archive`, then `mirror load`."""
+    s = seed_both(src_registry, repo_name, rng)
+    podman.cli("load", "-i", pull(tmp_path, "b.tar", s.signed, s.single))
+    out = tmp_path / "podman-save.tar"
+    podman.cli("save", "--format", "docker-archive", "--multi-image-archive", "-o", out,
+               s.signed, s.single)
+    mirror_ok("load", out, "--to", f"{dst_registry.host}/back")
+    for repo, tag, img in ((repo_name, "1.0", s.imgs[0]),
+                           (repo_name + "-single", "2", s.single_img)):
+        body, _, _ = get_manifest(dst_registry.url, f"back/{repo}", tag)
+        doc = json.loads(body)
+        assert doc["config"]["digest"] == img.config.digest
+        assert [la["digest"] for la in doc["layers"]] == [la.diff_id for la in img.layers]

@@ -27,7 +27,7 @@ from typing import BinaryIO
 import zstandard
 
 from mirror.bundle import consistency
-from mirror.bundle.layout import MIRROR_JSON, Inventory
+from mirror.bundle.layout import DOCKER_JSON, MIRROR_JSON, Inventory
 from mirror.bundle.through import Tap, Tapped, Window
 from mirror.bundle.trailer import first_nonzero, zstd_frames_problem
 from mirror.digest import Digest, sha256_of
@@ -46,13 +46,20 @@ class Member:
     offset: int | None  # data offset in a plain tar; None in a stream
 
 
-def _check_member(ti: tarfile.TarInfo, bundle: str) -> str | None:
-    """Return the normalised name of a file member, None for a directory; raise otherwise."""
+def _check_member(ti: tarfile.TarInfo, bundle: str, links: dict[str, str] | None = None
+                  ) -> str | None:
+    """Return the normalised name of a file member, None for a directory; raise otherwise.
+    With `links`, a link is recorded there (name -> the member it names) instead."""
     name = ti.name
-    norm = posixpath.normpath(name.lstrip("./") if name.startswith("./") else name)
+    norm = _norm(name)
     if name.startswith("/") or norm.startswith("..") or "/../" in f"/{norm}/":
         raise BundleError(f"{bundle}: unsafe path {name!r} in the tar")
     if ti.isdir():
+        return None
+    if links is not None and (ti.issym() or ti.islnk()):
+        target = posixpath.join(posixpath.dirname(norm), ti.linkname) if ti.issym() \
+            else ti.linkname
+        links[norm] = _norm(target)
         return None
     if not ti.isreg():
         kind = "link" if (ti.issym() or ti.islnk()) else "device or special file"
@@ -65,11 +72,16 @@ def _check_member(ti: tarfile.TarInfo, bundle: str) -> str | None:
     return norm
 
 
-def _file_members(tf: tarfile.TarFile, bundle: str) -> Iterator[tuple[str, tarfile.TarInfo]]:
+def _norm(name: str) -> str:
+    return posixpath.normpath(name.lstrip("./") if name.startswith("./") else name)
+
+
+def _file_members(tf: tarfile.TarFile, bundle: str, links: dict[str, str] | None = None
+                  ) -> Iterator[tuple[str, tarfile.TarInfo]]:
     """The file members of a tar, each checked (_check_member) and seen once."""
     seen: set[str] = set()
     for ti in tf:
-        name = _check_member(ti, bundle)
+        name = _check_member(ti, bundle, links)
         if name is None:
             continue
         if name in seen:
@@ -96,6 +108,7 @@ class Contents:
     members: dict[str, int] = field(default_factory=dict)  # digest -> size
     complete_members: bool = True
     configs: dict[str, bytes] = field(default_factory=dict)  # scan(configs=True) of a stream
+    notes: list[str] = field(default_factory=list)  # what a reader of another format changed
 
 
 # what tarfile says when the data ends before the archive does ("empty file": no data at all)
@@ -130,6 +143,8 @@ class Bundle:
         self.compressed = magic == ZSTD_MAGIC or (
             len(magic) == 4 and int.from_bytes(magic, "little") & 0xFFFFFFF0 == 0x184D2A50)
         self._members: dict[str, Member] | None = None
+        self._links: dict[str, str] = {}  # link member -> what it names (a docker-archive)
+        self._aliases: dict[str, str] = {}  # digest -> member, where not blobs/<alg>/<hex>
 
     # -- plain tar: an index of members --------------------------------------------------
 
@@ -138,7 +153,7 @@ class Bundle:
             members: dict[str, Member] = {}
             try:
                 with tarfile.open(self.path, "r:") as tf:
-                    for name, ti in _file_members(tf, self.name):
+                    for name, ti in _file_members(tf, self.name, self._links):
                         members[name] = Member(name, ti.size, ti.offset_data)
                     end = tf.offset  # where the end-of-archive blocks start
                     entries = tf.getmembers()
@@ -165,7 +180,7 @@ class Bundle:
         return self._members
 
     def read_member(self, name: str, limit: int = MAX_MANIFEST_BYTES) -> bytes:
-        m = self._index().get(name)
+        m = self._index().get(name) or (self._linked().get(name) if self._links else None)
         if m is None:
             raise BundleError(f"{self.name}: no {name!r} in the bundle")
         if m.size > limit:
@@ -174,10 +189,40 @@ class Bundle:
             f.seek(m.offset or 0)
             return f.read(m.size)
 
+    def _linked(self) -> dict[str, Member]:
+        """The link members (a docker-archive's repeated layers), each as the file it names
+        (through other links too)."""
+        files = self._index()
+        out: dict[str, Member] = {}
+        for name in self._links:
+            target, hops = name, 0
+            while target in self._links and hops < 40:
+                target, hops = self._links[target], hops + 1
+            if target not in files:
+                raise BundleError(f"{self.name}: member {name!r} is a link to "
+                                  f"{self._links[name]!r}, which is not a file in the tar")
+            out[name] = files[target]
+        return out
+
+    def blob_member(self, digest: str) -> str:
+        """The member that holds a blob: `blobs/<alg>/<hex>`, or a docker-archive's path."""
+        return self._aliases.get(digest) or "blobs/" + digest.replace(":", "/", 1)
+
+    def member_digest(self, name: str) -> str | None:
+        """The digest a docker-archive's member holds (config: its sha256; layer: its
+        diff_id), after scan(); None for other members."""
+        if not self._aliases:
+            return None
+        if not hasattr(self, "_by_member"):
+            real = {**{n: n for n in self._index()}, **{
+                n: m.name for n, m in self._linked().items()}}
+            self._by_member = {real[m]: d for d, m in self._aliases.items() if m in real}
+        return self._by_member.get(name)
+
     def open_blob(self, digest: str, offset: int = 0) -> Iterator[bytes]:
         """Chunks of a blob of a plain tar, from `offset` (sync; run it off the event loop)."""
-        name = "blobs/" + digest.replace(":", "/", 1)
-        m = self._index().get(name)
+        name = self.blob_member(digest)
+        m = self._index().get(name) or (self._linked().get(name) if self._links else None)
         if m is None:
             raise BundleError(f"{self.name}: blob {digest} is missing")
         with open(self.path, "rb") as f:
@@ -295,6 +340,17 @@ class Bundle:
         """
         if not self.compressed:
             files = self._index()
+            if "oci-layout" not in files and DOCKER_JSON in files:
+                from mirror.bundle import dockerarchive
+
+                c, self._aliases = dockerarchive.read(self, {**files, **self._linked()})
+                if check:
+                    self.check(c)
+                return c
+            if self._links:
+                name = next(iter(self._links))
+                raise BundleError(f"{self.name}: member {name!r} is a link; a bundle holds "
+                                  "only files")
             if "oci-layout" not in files:
                 raise BundleError(f"{self.name}: no oci-layout file: not an OCI image layout")
             layout = self.read_member("oci-layout")
