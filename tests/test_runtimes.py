@@ -252,3 +252,19 @@ def test_podman_save_docker_archive_loads_back(podman, src_registry, dst_registr
         doc = json.loads(body)
         assert doc["config"]["digest"] == img.config.digest
         assert [la["digest"] for la in doc["layers"]] == [la.diff_id for la in img.layers]
+
+
+def test_a_one_platform_ctr_export_is_explained(containerd, src_registry, dst_registry,
+                                                repo_name, rng, tmp_path):
+    """`ctr images export` without --all-platforms writes the index and the host's platform
+    only: load says which platforms the archive holds, which it lacks, and what to do."""
+    s = seed_both(src_registry, repo_name, rng)
+    containerd.import_(pull(tmp_path, "b.tar", s.signed), "--all-platforms")
+    out = tmp_path / "ctr-export.tar"
+    containerd.ctr("images", "export", out, s.signed)
+    proc = run_mirror("load", out, "--to", f"{dst_registry.host}/back")
+    assert proc.returncode == 10, proc.stderr
+    line = proc.stderr
+    assert "holds linux/amd64 only" in line and "linux/arm64" in line, line
+    assert "--all-platforms" in line, line
+    assert s.index.digest in line, line

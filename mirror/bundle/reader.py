@@ -441,11 +441,12 @@ class Bundle:
         that is not well formed (a digest that is not a digest) is a broken bundle, named with
         the file it is in: index.json, or the manifest."""
         try:
-            todo = [Descriptor.from_dict(d, "index.json") for d in c.index["manifests"]]
+            todo: list[tuple[Descriptor, RawManifest | None]] = [
+                (Descriptor.from_dict(d, "index.json"), None) for d in c.index["manifests"]]
         except IntegrityError as e:
             raise BundleError(f"{self.name}: {e}") from None
         while todo:
-            desc = todo.pop()
+            desc, parent = todo.pop()
             if desc.digest in c.manifests:
                 continue
             data = read(desc.digest)
@@ -453,6 +454,8 @@ class Bundle:
                 absent = c.inventory.absent if c.inventory else {}
                 if desc.digest in absent:
                     continue
+                if parent is not None and desc.platform is not None and c.inventory is None:
+                    raise self._partial(parent, read)
                 raise BundleError(f"{self.name}: manifest {desc.digest} is missing from the "
                                   "bundle")
             where = f"{self.name}: manifest {desc.digest}"
@@ -467,11 +470,26 @@ class Bundle:
             raw = RawManifest.from_bytes(data, desc.media_type, where=where)
             c.manifests[desc.digest] = raw
             try:  # every descriptor in it parsed once here: later readers find them sound
-                todo.extend(raw.children)
+                todo.extend((child, raw) for child in raw.children)
                 list(raw.blobs())
                 raw.subject  # noqa: B018 - a referrer's subject is carried on its own entry
             except MirrorError as e:
                 raise BundleError(f"{self.name}: {e}") from None
+
+
+    def _partial(self, index: RawManifest, read) -> BundleError:
+        """An index some of whose platforms are not in the archive: an export of one
+        platform (`ctr images export` without --all-platforms) rather than a broken file."""
+        have, lack = [], []
+        for d in index.children:
+            if d.platform is not None and not d.platform.is_unknown:
+                (have if read(d.digest) is not None else lack).append(str(d.platform))
+        held = ", ".join(have) or "none of them"
+        return BundleError(
+            f"{self.name}: index {index.digest} lists {len(have) + len(lack)} platform(s); the "
+            f"archive holds {held} only, not {', '.join(lack)} (an export of one platform)",
+            hint="export all of them (`ctr images export --all-platforms`), or pull the image "
+                 "with `mirror pull --platform` for the platforms wanted")
 
 
 _JUNK_HINT = "the file changed after it was written (bytes appended?): copy the bundle again"
