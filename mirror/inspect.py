@@ -47,7 +47,7 @@ def bundle_path(target: str) -> Path | None:
         except RuntimeError:  # ~nosuchuser: opened as named, and reported missing
             pass
     try:
-        if path.is_file():
+        if path.is_file() or path.is_dir():  # a bundle, or an OCI layout directory
             return path
     except OSError:  # a reference too long to be a file name
         pass

@@ -508,3 +508,28 @@ def test_load_report_fields_have_one_type_whatever_the_outcome(
     assert f"blob {img.layers[0].digest} -> {repo_name}" in docs["dry"]["would_push"]
     assert docs["load"]["would_push"] == docs["failed"]["would_push"] == []
     assert docs["failed-dry"]["would_push"] == []
+
+
+def test_an_oci_layout_directory_is_verified_inspected_and_loaded(
+        src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """An OCI image layout as a directory (a bundle unpacked, `skopeo copy oci:DIR`, an
+    extracted `ctr export`): verify, inspect (not a Docker Hub name) and load read it as they
+    read the tar."""
+    imgs = [ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)]
+    index = ig.make_index(imgs, "oci")
+    push_image(src_registry.url, repo_name, index, ["1"])
+    ref = f"{src_registry.host}/{repo_name}:1"
+    bundle = pull(tmp_path, ref)
+    layout = tmp_path / "layout"
+    with tarfile.open(bundle) as tf:
+        tf.extractall(layout, filter="data")
+    mirror_ok("verify", layout)
+    doc = json.loads(mirror_ok("inspect", layout, "--json").stdout)
+    assert [d["digest"] for d in doc] == [index.digest]
+    load(layout, f"{dst_registry.host}/dir")
+    assert target_digest(dst_registry, f"dir/{repo_name}", "1") == index.digest
+    cfg = layout / "blobs" / "sha256" / imgs[1].config.digest.split(":")[1]
+    cfg.write_bytes(cfg.read_bytes().replace(b'"os"', b'"OS"'))  # same size, other bytes
+    bad = run_mirror("verify", layout)
+    assert bad.returncode == 7 and imgs[1].config.digest in bad.stdout + bad.stderr, bad

@@ -96,8 +96,7 @@ def _image(bundle: Bundle, files: dict[str, Member], item: dict[str, Any], where
     descs = []
     for path, diff_id in zip(layers, diff_ids, strict=True):
         name = _member(files, path, where)
-        with open(bundle.path, "rb") as f:
-            f.seek(files[name].offset or 0)
+        with bundle.open_member(files[name]) as f:
             head = f.read(6)
         if head.startswith(_COMPRESSED):
             raise BundleError(f"{where}: layer {path} is compressed; a docker-archive's "

@@ -44,6 +44,7 @@ class Member:
     name: str
     size: int
     offset: int | None  # data offset in a plain tar; None in a stream
+    path: Path | None = None  # the file, in a layout directory (offset 0)
 
 
 def _check_member(ti: tarfile.TarInfo, bundle: str, links: dict[str, str] | None = None
@@ -134,6 +135,13 @@ class Bundle:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.name = str(path)
+        self._members: dict[str, Member] | None = None
+        self._links: dict[str, str] = {}  # link member -> what it names (a docker-archive)
+        self._aliases: dict[str, str] = {}  # digest -> member, where not blobs/<alg>/<hex>
+        self.directory = self.path.is_dir()  # an OCI layout directory (mirror.bundle.directory)
+        self.compressed = False
+        if self.directory:
+            return
         try:
             with open(self.path, "rb") as f:
                 magic = f.read(4)
@@ -142,13 +150,14 @@ class Bundle:
         # a zstd frame, or a skippable one (zstd allows them anywhere, the first place too)
         self.compressed = magic == ZSTD_MAGIC or (
             len(magic) == 4 and int.from_bytes(magic, "little") & 0xFFFFFFF0 == 0x184D2A50)
-        self._members: dict[str, Member] | None = None
-        self._links: dict[str, str] = {}  # link member -> what it names (a docker-archive)
-        self._aliases: dict[str, str] = {}  # digest -> member, where not blobs/<alg>/<hex>
 
     # -- plain tar: an index of members --------------------------------------------------
 
     def _index(self) -> dict[str, Member]:
+        if self._members is None and self.directory:
+            from mirror.bundle import directory
+
+            self._members = directory.index(self.path, self.name)
         if self._members is None:
             members: dict[str, Member] = {}
             try:
@@ -185,9 +194,17 @@ class Bundle:
             raise BundleError(f"{self.name}: no {name!r} in the bundle")
         if m.size > limit:
             raise BundleError(f"{self.name}: {name!r} is too large ({m.size} bytes)")
-        with open(self.path, "rb") as f:
-            f.seek(m.offset or 0)
+        with self.open_member(m) as f:
             return f.read(m.size)
+
+    def open_member(self, m: Member) -> BinaryIO:
+        """The file, positioned at the member's data (a plain tar's or a directory's)."""
+        try:
+            f = open(m.path or self.path, "rb")  # noqa: SIM115 - the caller closes it
+        except OSError as e:
+            raise BundleError(f"{self.name}: cannot open {m.name!r}: {e.strerror}") from None
+        f.seek(m.offset or 0)
+        return f
 
     def _linked(self) -> dict[str, Member]:
         """The link members (a docker-archive's repeated layers), each as the file it names
@@ -225,7 +242,7 @@ class Bundle:
         m = self._index().get(name) or (self._linked().get(name) if self._links else None)
         if m is None:
             raise BundleError(f"{self.name}: blob {digest} is missing")
-        with open(self.path, "rb") as f:
+        with self.open_member(m) as f:
             f.seek((m.offset or 0) + offset)
             left = m.size - offset
             while left > 0:
@@ -300,6 +317,11 @@ class Bundle:
         fileobj (what it leaves unread is read past)."""
         if self.compressed:
             yield from self._iter_stream(tap)
+            return
+        if self.directory:  # no file of its own to hash: `tap` has nothing to follow
+            for name, m in sorted(self._index().items()):
+                with self.open_member(m) as f:
+                    yield name, m.size, f  # type: ignore[misc]
             return
         items = sorted(self._index().values(), key=lambda m: m.offset or 0)
         if tap is None:
