@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, metavar="HOST[:PORT][/PREFIX]",
                    help="target registry and optional repository prefix")
     p.add_argument("--dry-run", action="store_true", help="list what would be pushed")
+    p.add_argument("--merge", action="store_true",
+                   help="a tag that holds another multi-arch index keeps its other platforms "
+                   "(a merged index, new digest); without it they are replaced, with a warning")
     _add_net(p)
     _add_out(p)
 

@@ -347,7 +347,7 @@ async def _load(args: argparse.Namespace, progress, report: Report) -> int:
     try:
         async with transport as t:
             await load(Client(t), bundle, target, jobs=args.jobs, dry_run=args.dry_run,
-                       progress=progress, result=result)
+                       progress=progress, result=result, merge=args.merge)
     finally:
         report.add(retries=transport.retries)
         if result.started:  # what was done, also when the load failed or was stopped later

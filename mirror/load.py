@@ -29,11 +29,13 @@ from mirror.errors import (
     BundleError,
     IncompleteBase,
     InvalidReference,
+    NotFound,
     RateLimited,
     RegistryError,
     UsageError,
 )
 from mirror.manifest import Descriptor, RawManifest
+from mirror.merge import merged, other_platforms, platforms
 from mirror.progress import NullProgress, Progress
 from mirror.reference import Reference, _is_registry, normalize_registry
 from mirror.referrers import A_SUBJECT, Finder, in_fallback, push_fallback
@@ -197,9 +199,10 @@ async def _aiter_thread(gen: Iterator[bytes]) -> AsyncIterator[bytes]:
 
 async def load(client: Client, bundle: Bundle, target: Target, *, jobs: int = 4,
                dry_run: bool = False, progress: Progress | None = None,
-               result: LoadResult | None = None) -> LoadResult:
+               result: LoadResult | None = None, merge: bool = False) -> LoadResult:
     """`result`, when given, is filled in as the load goes: after a failure it holds what
-    was done (a report's counts)."""
+    was done (a report's counts). `merge`: a tag holding another index keeps its other
+    platforms (mirror.merge)."""
     progress = progress or NullProgress()
     result = result if result is not None else LoadResult()
     contents = await asyncio.to_thread(bundle.scan)
@@ -376,7 +379,7 @@ async def load(client: Client, bundle: Bundle, target: Target, *, jobs: int = 4,
     pushed: set[tuple[str, str]] = set()
     finder = Finder(client)
     plain = [i for i in images if i.referrer_of is None]
-    await _push_manifests(client, finder, reg, plain, pushed, result, progress)
+    await _push_manifests(client, finder, reg, plain, pushed, result, progress, merge)
     await _push_manifests(client, finder, reg,
                           [i for i in images if i.referrer_of is not None],
                           pushed, result, progress)
@@ -386,7 +389,7 @@ async def load(client: Client, bundle: Bundle, target: Target, *, jobs: int = 4,
 
 async def _push_manifests(client: Client, finder: Finder, reg: str, images: list[PushImage],
                           pushed: set[tuple[str, str]], result: LoadResult,
-                          progress: Progress) -> None:
+                          progress: Progress, merge: bool = False) -> None:
     """Children by digest for every image, then digest-only roots, then tags; a referrer
     whose registry has no referrers API is added to its subject's fallback tag index. What
     the target already serves (HEAD), a referrer's fallback entry included, is not pushed."""
@@ -414,13 +417,47 @@ async def _push_manifests(client: Client, finder: Finder, reg: str, images: list
                 await push_fallback(client, reg, img.repository, img.root)
     for img in images:
         if img.tag is not None:
+            root = img.root
             if await _there(client, reg, img.repository, img.tag, img.root):
                 result.manifests_present += 1  # a re-run: the tag already names these bytes
             else:
-                await _put(client, reg, img, img.tag, img.root)
-                result.manifests_pushed += 1
+                root = await _over(client, reg, img, merge, progress)
+                if root is not img.root and await _there(client, reg, img.repository,
+                                                         img.tag, root):
+                    result.manifests_present += 1  # merged before, the same way
+                else:
+                    await _put(client, reg, img, img.tag, root)
+                    result.manifests_pushed += 1
             result.tags.append(f"{reg}/{img.repository}:{img.tag}")
-            progress.info(f"{img.name} -> {reg}/{img.repository}:{img.tag} {img.root.digest}")
+            progress.info(f"{img.name} -> {reg}/{img.repository}:{img.tag} {root.digest}")
+
+
+async def _over(client: Client, reg: str, img: PushImage, merge: bool, progress: Progress
+                ) -> RawManifest:
+    """What to push as the tag: the bundle's root, or, when the tag holds another index
+    with platforms the root lacks and `merge` is asked, the two merged (mirror.merge). Says
+    so either way: a tag never loses platforms silently."""
+    if not img.root.is_index or img.tag is None:
+        return img.root
+    try:
+        old = await client.get_manifest(reg, img.repository, img.tag)
+    except NotFound:
+        return img.root
+    except RegistryError:
+        return img.root  # no answer worth trusting: push, as before
+    keep = other_platforms(img.root, old) if old.is_index else []
+    if not keep:
+        return img.root
+    where = f"{reg}/{img.repository}:{img.tag}"
+    if not merge:
+        progress.warn(f"{where} held index {old.digest} with {platforms(keep)}, which "
+                      f"{img.name} ({img.root.digest}) does not have: replaced, those "
+                      "platforms are no longer tagged (`mirror load --merge` keeps them)")
+        return img.root
+    new = merged(img.root, old, keep)
+    progress.warn(f"{where}: merged {img.root.digest} with {platforms(keep)} from the index "
+                  f"it held ({old.digest}): {img.root.digest} -> {new.digest}")
+    return new
 
 
 async def _fallback_missing(client: Client, finder: Finder, reg: str, repo: str,

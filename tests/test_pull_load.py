@@ -533,3 +533,32 @@ def test_an_oci_layout_directory_is_verified_inspected_and_loaded(
     cfg.write_bytes(cfg.read_bytes().replace(b'"os"', b'"OS"'))  # same size, other bytes
     bad = run_mirror("verify", layout)
     assert bad.returncode == 7 and imgs[1].config.digest in bad.stdout + bad.stderr, bad
+
+
+def test_a_tag_holding_another_index_is_replaced_with_a_warning_or_merged(
+        src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """The target's tag holds an amd64+arm64 index; the bundle's index has amd64 only (a
+    new build). Plain load: replaced, with a warning naming arm64 and --merge. --merge: the
+    tag gets the bundle's amd64 entry and the old arm64 one (a new digest, reported)."""
+    old_imgs = [ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)]
+    old = ig.make_index(old_imgs, "oci")
+    new_img = ig.make_image(rng, ig.AMD64, "oci")
+    new = ig.make_index([new_img], "oci")
+    push_image(src_registry.url, repo_name, new, ["1"])
+    bundle = pull(tmp_path, f"{src_registry.host}/{repo_name}:1")
+    dst_repo = f"m/{repo_name}"
+    push_image(dst_registry.url, dst_repo, old, ["1"])
+    plain = mirror_ok("load", bundle, "--to", f"{dst_registry.host}/m")
+    assert "linux/arm64" in plain.stderr and "--merge" in plain.stderr, plain.stderr
+    assert target_digest(dst_registry, dst_repo, "1") == new.digest
+
+    push_image(dst_registry.url, dst_repo, old, ["1"])  # the tag as it was
+    merged = mirror_ok("load", bundle, "--to", f"{dst_registry.host}/m", "--merge")
+    body, _, _ = get_manifest(dst_registry.url, dst_repo, "1")
+    entries = json.loads(body)["manifests"]
+    assert [e["digest"] for e in entries] == [new_img.digest, old_imgs[1].digest]
+    assert f"{new.digest} -> {sha(body)}" in merged.stderr, merged.stderr
+    again = mirror_ok("load", bundle, "--to", f"{dst_registry.host}/m", "--merge")
+    assert target_digest(dst_registry, dst_repo, "1") == sha(body)  # a re-run: the same
+    assert "0 manifest(s) pushed" in again.stderr, again.stderr
