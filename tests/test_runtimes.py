@@ -19,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.support import imagegen as ig
-from tests.support.oracle import check_layout, mirror_ok, run_mirror
+from tests.support.oracle import check_layout, mirror_ok, run_mirror, skopeo
 from tests.support.pusher import get_manifest, push_image
 from tests.support.registry import Registry
 from tests.support.runtimes import Containerd, Dockerd, Podman
@@ -268,3 +268,18 @@ def test_a_one_platform_ctr_export_is_explained(containerd, src_registry, dst_re
     assert "holds linux/amd64 only" in line and "linux/arm64" in line, line
     assert "--all-platforms" in line, line
     assert s.index.digest in line, line
+
+
+def test_skopeo_docker_archive_loads_back(src_registry, dst_registry, repo_name, rng,
+                                          tmp_path):
+    """skopeo's `docker-archive:` (from the registry), then `mirror load` and `inspect`."""
+    s = seed_both(src_registry, repo_name, rng)
+    out = tmp_path / "skopeo.tar"
+    skopeo("copy", "--src-tls-verify=false", f"docker://{s.single}",
+           f"docker-archive:{out}:{s.single}")
+    mirror_ok("verify", out)
+    mirror_ok("load", out, "--to", f"{dst_registry.host}/back")
+    body, _, _ = get_manifest(dst_registry.url, f"back/{repo_name}-single", "2")
+    doc = json.loads(body)
+    assert doc["config"]["digest"] == s.single_img.config.digest
+    assert [la["digest"] for la in doc["layers"]] == [la.diff_id for la in s.single_img.layers]
