@@ -10,6 +10,7 @@ names, tags, image IDs (the source config digests) and platforms the runtime rep
 from __future__ import annotations
 
 import json
+import subprocess
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from tests.support import imagegen as ig
 from tests.support.oracle import check_layout, mirror_ok, run_mirror, skopeo
 from tests.support.pusher import get_manifest, push_image
 from tests.support.registry import Registry
-from tests.support.runtimes import Containerd, Dockerd, Podman
+from tests.support.runtimes import CTR, DOCKER, Containerd, Dockerd, Podman
 from tests.test_referrers import seed
 
 REF = "org.opencontainers.image.ref.name"
@@ -283,3 +284,20 @@ def test_skopeo_docker_archive_loads_back(src_registry, dst_registry, repo_name,
     doc = json.loads(body)
     assert doc["config"]["digest"] == s.single_img.config.digest
     assert [la["digest"] for la in doc["layers"]] == [la.diff_id for la in s.single_img.layers]
+
+
+def test_a_tar_zst_bundle_reaches_ctr_and_docker_through_zstd(containerd, dockerd,
+                                                              src_registry, repo_name, rng,
+                                                              tmp_path):
+    """ctr 1.6 reads no zstd: `zstd -dc B.tar.zst | ctr images import -` (README), and the
+    same pipe into `docker load`."""
+    s = seed_both(src_registry, repo_name, rng)
+    bundle = pull(tmp_path, "b.tar.zst", s.signed)
+    for cmd in ([CTR, "--address", containerd.sock, "images", "import", "--snapshotter",
+                 "native", "-"], [DOCKER, "-H", f"unix://{dockerd.sock}", "load"]):
+        with subprocess.Popen(["zstd", "-dc", bundle], stdout=subprocess.PIPE) as z:
+            proc = subprocess.run([str(c) for c in cmd], stdin=z.stdout, capture_output=True,
+                                  text=True, timeout=300)
+        assert proc.returncode == 0 and z.returncode == 0, proc.stderr
+    assert containerd.images()[s.signed]["digest"] == s.index.digest
+    assert dockerd.image(s.signed)["Id"] == s.imgs[0].config.digest
