@@ -362,8 +362,8 @@ class Bundle:
         """
         if not self.compressed:
             files = self._index()
-            if "oci-layout" not in files and DOCKER_JSON in files:
-                from mirror.bundle import dockerarchive
+            if DOCKER_JSON in files and not {"oci-layout", "index.json"} & files.keys():
+                from mirror.bundle import dockerarchive  # no layout: a docker-archive
 
                 c, self._aliases = dockerarchive.read(self, {**files, **self._linked()})
                 if check:
