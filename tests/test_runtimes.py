@@ -301,3 +301,13 @@ def test_a_tar_zst_bundle_reaches_ctr_and_docker_through_zstd(containerd, docker
         assert proc.returncode == 0 and z.returncode == 0, proc.stderr
     assert containerd.images()[s.signed]["digest"] == s.index.digest
     assert dockerd.image(s.signed)["Id"] == s.imgs[0].config.digest
+
+
+def test_podman_load_opens_a_foreign_platform_bundle(podman, src_registry, repo_name, rng,
+                                                     tmp_path):
+    """An arm64-only bundle on this amd64 host: the OCI path finds no amd64 image in the
+    index, manifest.json serves (podman tries it next): the arm64 image, its ID the config."""
+    s = seed_both(src_registry, repo_name, rng)
+    podman.cli("load", "-i", pull(tmp_path, "arm.tar", s.signed, "--platform", "linux/arm64"))
+    got = podman.image(s.signed)
+    assert ("sha256:" + got["Id"], got["Architecture"]) == (s.imgs[1].config.digest, "arm64")
