@@ -578,3 +578,16 @@ def test_lock_parses_foreign_layers_and_referrer_types() -> None:
                                       "rewrite", "--referrer-type", "sbom",
                                       "--referrer-type", "signature"])
     assert args.foreign_layers == "rewrite" and args.referrer_type == ["sbom", "signature"]
+
+
+def test_manifest_json_names_images_as_docker_save_does() -> None:
+    """RepoTags in Docker's short form (what `docker save` writes, and `docker load` and
+    podman read back to the full name); a digest alone is no tag."""
+    from mirror.bundle.dockersave import familiar
+
+    assert familiar(Reference.parse("docker.io/library/alpine:3.20")) == "alpine:3.20"
+    assert familiar(Reference.parse("redis")) == "redis:latest"
+    assert familiar(Reference.parse("docker.io/bitnami/redis:7")) == "bitnami/redis:7"
+    assert familiar(Reference.parse("docker.io/library/a/b:1")) == "library/a/b:1"
+    assert familiar(Reference.parse("ghcr.io/org/app:1.2")) == "ghcr.io/org/app:1.2"
+    assert familiar(Reference.parse("localhost:5000/app@sha256:" + "a" * 64)) is None

@@ -39,9 +39,9 @@ def familiar(ref: Reference) -> str | None:
     if not ref.tag:
         return None
     name = ref.name
-    if ref.registry == DOCKER_HUB:
-        name = ref.repository.removeprefix("library/") if \
-            ref.repository.count("/") == 1 else ref.repository
+    if ref.registry == DOCKER_HUB:  # docker.io/library/x -> x, docker.io/org/x -> org/x
+        repo = ref.repository
+        name = repo.removeprefix("library/") if repo.count("/") == 1 else repo
     return f"{name}:{ref.tag}"
 
 
