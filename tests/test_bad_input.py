@@ -148,6 +148,29 @@ def test_tar_without_oci_layout(good: Good, dst_registry: Registry, tmp_path: Pa
     assert "oci-layout" in verify_fails(bundle)
 
 
+def test_manifest_json_that_does_not_match_the_images(good: Good, dst_registry: Registry,
+                                                     tmp_path: Path) -> None:
+    """manifest.json (what docker load and podman load read) naming the arm64 config with
+    the amd64 layers: verify and load refuse the bundle (exit 10), naming manifest.json."""
+    amd, arm = good.index.images
+
+    def swap(ti: tarfile.TarInfo, data: bytes | None):
+        if ti.name != "manifest.json" or data is None:
+            return ti, data
+        doc = json.loads(data)
+        for item in doc:
+            if item["Config"].endswith(arm.config.digest.split(":")[1]):
+                item["Layers"] = [f"blobs/sha256/{la.digest.split(':')[1]}" for la in amd.layers]
+        data = json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+        ti.size = len(data)
+        return ti, data
+
+    bundle = rewrite(good.bundle, tmp_path / "docker-json.tar", swap)
+    err = load_fails("bundle", bundle, dst_registry, good)
+    assert "manifest.json" in err and arm.config.digest in err, err
+    assert "manifest.json" in verify_fails(bundle)
+
+
 def zstd(bundle: Path) -> Path:
     """The same tar, zstd-compressed (the reader streams those)."""
     import zstandard

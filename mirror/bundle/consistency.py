@@ -10,6 +10,9 @@ manifests reachable from index.json, and the blobs the tar holds.
 - every blob or child manifest a manifest references is in the tar or listed absent; with an
   inventory, every one is listed in it.
 
+- manifest.json (Docker's save format, which docker load and podman load read) names, for
+  each image, the config and layers of an image manifest of the bundle, in its order.
+
 Without mirror.json (skopeo's oci-archive) only the references are checked, and a foreign
 layer may be missing (no registry gives it out). The reader runs this for load (a bundle
 verify refuses is never half loaded); verify lists every problem. Each problem is one line,
@@ -19,6 +22,7 @@ manifests' descriptors are left to the callers (for verify, bytes that do not ma
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 from mirror.digest import Digest
@@ -82,7 +86,34 @@ def problems(c: Contents) -> list[str]:
     for digest in c.manifests:
         if digest not in inv.manifests:
             out.append(f"mirror.json does not list manifest {digest}")
-    return out
+    return out + _docker_problems(c)
+
+
+def _docker_problems(c: Contents) -> list[str]:
+    """manifest.json against the image manifests: each entry one of them, blob for blob."""
+    if c.docker is None:
+        return []
+    try:
+        items = json.loads(c.docker)
+        images = {(m.config.digest, tuple(d.digest for d in m.layers))
+                  for m in c.manifests.values() if m.config is not None}
+        out = []
+        for n, item in enumerate(items, 1):
+            paths = [item["Config"], *item["Layers"]]
+            if not all(isinstance(p, str) for p in paths):
+                raise TypeError
+            digests = [p.replace("blobs/", "", 1).replace("/", ":", 1) for p in paths]
+            missing = [p for p, d in zip(paths, digests, strict=True) if d not in c.members]
+            if missing:
+                out.append(f"manifest.json: image {n} names {missing[0]}, which is not in "
+                           "the bundle")
+            elif (digests[0], tuple(digests[1:])) not in images:
+                out.append(f"manifest.json: image {n} (config {digests[0]}) does not match "
+                           "the layers of any image manifest in the bundle")
+        return out
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return ["manifest.json is not a list of {Config, RepoTags, Layers} (Docker's save "
+                "format)"]
 
 
 def _malformed(inv: Inventory) -> list[str]:

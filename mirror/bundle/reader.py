@@ -110,6 +110,7 @@ class Contents:
     complete_members: bool = True
     configs: dict[str, bytes] = field(default_factory=dict)  # scan(configs=True) of a stream
     notes: list[str] = field(default_factory=list)  # what a reader of another format changed
+    docker: bytes | None = None  # manifest.json beside index.json (Docker's save format)
 
 
 # what tarfile says when the data ends before the archive does ("empty file": no data at all)
@@ -379,6 +380,7 @@ class Bundle:
             index = self.read_member("index.json")
             inv = self.read_member(MIRROR_JSON) if MIRROR_JSON in files else None
             c = self._contents(layout, index, inv)
+            c.docker = self.read_member(DOCKER_JSON) if DOCKER_JSON in files else None
             c.members = {d: m.size for n, m in files.items() if (d := _blob_digest(n))}
             self._walk(c, lambda d: self.read_member(_name(d)) if _name(d) in files else None)
             if check:
@@ -393,7 +395,7 @@ class Bundle:
             d = _blob_digest(name)
             if d:
                 members[d] = size
-            if name in ("oci-layout", "index.json", MIRROR_JSON):
+            if name in ("oci-layout", "index.json", MIRROR_JSON, DOCKER_JSON):
                 meta[name] = f.read(MAX_MANIFEST_BYTES + 1)
             elif d and size <= MAX_MANIFEST_BYTES and (
                     c is None or d in _wanted(c, small) or (configs and d in _configs(small))):
@@ -416,6 +418,7 @@ class Bundle:
             missing = "oci-layout" if "oci-layout" not in meta else "index.json"
             raise BundleError(f"{self.name}: no {missing} file: not an OCI image layout")
         c.members = members
+        c.docker = meta.get(DOCKER_JSON)
         self._walk(c, small.get)
         if check:
             self.check(c)
