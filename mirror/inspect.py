@@ -37,9 +37,11 @@ HINT = "pick one of those with --platform"
 def bundle_path(target: str) -> Path | None:
     """The bundle file `target` names, or None when it is an image reference.
 
-    An existing file is a bundle; so is a missing one that looks like a path (a bundle suffix,
-    or a leading /, ./, ../ or ~), so that a mistyped bundle name fails at once as a bundle
-    that cannot be opened instead of being looked up as docker.io/<dir>/<name>:tar."""
+    An existing file is a bundle, and so is a directory with an `oci-layout` file (an OCI
+    layout directory; any other directory is a name); so is a missing one that looks like a
+    path (a bundle suffix, or a leading /, ./, ../ or ~), so that a mistyped bundle name fails
+    at once as a bundle that cannot be opened instead of being looked up as
+    docker.io/<dir>/<name>:tar."""
     path = Path(target)
     if target.startswith("~"):
         try:
@@ -47,7 +49,7 @@ def bundle_path(target: str) -> Path | None:
         except RuntimeError:  # ~nosuchuser: opened as named, and reported missing
             pass
     try:
-        if path.is_file() or path.is_dir():  # a bundle, or an OCI layout directory
+        if path.is_file() or (path / "oci-layout").is_file():  # a bundle, or a layout dir
             return path
     except OSError:  # a reference too long to be a file name
         pass

@@ -518,6 +518,9 @@ def test_inspect_target_that_exists(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "alpine").mkdir()  # a directory is no bundle: still a reference
     assert bundle_path("carried") == Path("carried")
     assert bundle_path("alpine") is None
+    (tmp_path / "layout").mkdir()
+    (tmp_path / "layout" / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    assert bundle_path("layout") == Path("layout")  # an OCI layout directory
     assert bundle_path("~/b.tar") == tmp_path / "home" / "b.tar"
     assert bundle_path("x" * 300 + ":v1") is None  # too long for a file name
 
