@@ -37,7 +37,7 @@ from mirror.errors import (
 from mirror.manifest import Descriptor, RawManifest
 from mirror.merge import merged, other_platforms, platforms
 from mirror.progress import NullProgress, Progress
-from mirror.reference import Reference, _is_registry, normalize_registry
+from mirror.reference import Reference, _is_registry, normalize_registry, registry_problem
 from mirror.referrers import A_SUBJECT, Finder, in_fallback, push_fallback
 from mirror.registry.client import Client
 from mirror.registry.upload import restartable
@@ -57,6 +57,10 @@ class Target:
         if not text or "://" in text or "@" in text:
             raise UsageError(f"invalid --to {text!r}: expected HOST[:PORT][/PREFIX]")
         host, _, prefix = text.partition("/")
+        why = registry_problem(host)
+        if why is not None:
+            raise UsageError(f"invalid --to {text!r}: {why} ({host!r}); expected "
+                             "HOST[:PORT][/PREFIX]")
         try:
             if prefix:
                 Reference.parse(f"{host}/{prefix}")

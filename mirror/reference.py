@@ -36,6 +36,17 @@ def _is_registry(component: str) -> bool:
     )
 
 
+def registry_problem(host: str) -> str | None:
+    """What makes `host` (HOST[:PORT]) no registry address, or None: an empty host, a bad
+    name, a port that is not 1-65535 (aiohttp would fail on the URL with a traceback)."""
+    if not _HOST.match(host):
+        return "bad registry" if host.partition(":")[0] else "no host before the port"
+    port = host.rsplit("]", 1)[-1].rpartition(":")[2] if ":" in host.rsplit("]", 1)[-1] else ""
+    if port and not 0 < int(port) < 65536:
+        return f"port {port} is not 1-65535"
+    return None
+
+
 def normalize_registry(host: str) -> str:
     host = host.lower()
     if host in ("index.docker.io", "registry-1.docker.io"):
@@ -101,8 +112,9 @@ class Reference:
         first, sep, rest = text.partition("/")
         if sep and _is_registry(first):
             registry, path = first, rest
-            if not _HOST.match(registry):
-                raise InvalidReference(f"invalid reference {original!r}: bad registry {first!r}")
+            why = registry_problem(registry)
+            if why is not None:
+                raise InvalidReference(f"invalid reference {original!r}: {why} ({first!r})")
         elif not sep and (text == "localhost" or "." in text):
             # `localhost:5000`, `127.0.0.1:5000`, `registry.example.com`: Docker would read
             # docker.io/library/localhost:5000 (tag 5000), which is never what was meant

@@ -140,6 +140,32 @@ def test_not_a_tar(good: Good, dst_registry: Registry, tmp_path: Path) -> None:
     load_fails("bundle", missing, dst_registry, good)
 
 
+@pytest.mark.parametrize("text", ["hello\n", "a line of text\n" * 40],
+                         ids=["short", "longer-than-a-header"])
+def test_text_file_is_not_a_tar(text: str, good: Good, dst_registry: Registry,
+                                tmp_path: Path) -> None:
+    """A text file given as the bundle (a README, a .sha256 given by mistake) is said to be
+    no tar bundle; 'truncated ... copy the bundle again' is kept for a tar really cut short
+    (test_truncated_bundle_is_called_truncated)."""
+    import zstandard
+
+    plain = tmp_path / "notes.tar"
+    plain.write_text(text)
+    packed = tmp_path / "notes.tar.zst"
+    packed.write_bytes(zstandard.ZstdCompressor().compress(text.encode()))
+    for bundle, says in ((plain, "not a tar (nor a .tar.zst) bundle"),
+                         (packed, "not a bundle: the zstd stream does not hold a tar")):
+        for cmd in ("load", "inspect"):
+            err = (load_fails("bundle", bundle, dst_registry, good) if cmd == "load"
+                   else fails("bundle", "inspect", bundle))
+            assert f"{bundle}: {says}" in err and "truncated" not in err, err
+        proc = run_mirror("verify", bundle)
+        assert proc.returncode == EXIT["bundle"], proc.stdout + proc.stderr
+        error_line(proc)
+        assert f"{bundle}: {says}" in proc.stdout and "truncated" not in proc.stdout, \
+            proc.stdout
+
+
 def test_tar_without_oci_layout(good: Good, dst_registry: Registry, tmp_path: Path) -> None:
     bundle = rewrite(good.bundle, tmp_path / "nolayout.tar",
                      lambda ti, d: None if ti.name == "oci-layout" else (ti, d))
@@ -237,11 +263,11 @@ def test_bundle_with_a_flipped_byte(fmt: str, good: Good, dst_registry: Registry
     assert digest in out and "mismatch" in out
 
 
-@pytest.mark.parametrize("cut", [1000, "half"])
+@pytest.mark.parametrize("cut", [300, 1000, "half"])
 @pytest.mark.parametrize("fmt", ["tar", "zst"])
 def test_truncated_bundle_is_called_truncated(fmt: str, cut: int | str, good: Good,
                                               dst_registry: Registry, tmp_path: Path) -> None:
-    """A bundle cut short in transit (the first 1000 bytes, or half of it) is called truncated,
+    """A bundle cut short in transit (the first 300 or 1000 bytes, or half of it) is called truncated,
     naming the file, exit 10; not "empty file", nor a traceback from tarfile."""
     src = good.bundle
     if fmt == "zst":  # mirror's own streaming zstd writer, as a user's bundle would be
@@ -249,7 +275,7 @@ def test_truncated_bundle_is_called_truncated(fmt: str, cut: int | str, good: Go
         mirror_ok("pull", good.ref, "-o", src, "--cache", good.bundle.parent / "cache", "-q")
     data = src.read_bytes()
     bad = tmp_path / f"cut.{'tar.zst' if fmt == 'zst' else 'tar'}"
-    bad.write_bytes(data[: 1000 if cut == 1000 else len(data) // 2])
+    bad.write_bytes(data[: cut if isinstance(cut, int) else len(data) // 2])
     proc = run_mirror("verify", bad)
     assert proc.returncode == EXIT["bundle"], proc.stdout + proc.stderr
     assert str(bad) in error_line(proc)
@@ -910,6 +936,29 @@ def test_base_that_is_neither_a_bundle_nor_a_lock_file(good: Good, tmp_path: Pat
     assert err.startswith("mirror: error: --base images.yaml: "), err
     assert "lock file" in err, err
     assert not (tmp_path / "c").exists() and not (tmp_path / "out.tar").exists()
+
+
+@pytest.mark.parametrize("where", ["load", "pull", "inspect", "images.yaml"])
+def test_port_out_of_range_or_host_missing(where: str, good: Good, tmp_path: Path) -> None:
+    """`localhost:99999`, `:5000`, `localhost:0` are no registry: a usage error naming what was
+    given (and images.yaml's line), not aiohttp's traceback with exit 1."""
+    if where == "load":
+        for to in ("localhost:99999", ":5000", "localhost:0/pre", "localhost:99999/pre/x"):
+            err = fails("usage", "load", good.bundle, "--to", to)
+            assert f"--to {to!r}" in err and "nothing was pushed" not in err, err
+        return
+    for ref in ("localhost:99999/foo:1", "localhost:0/foo", ":5000/foo:1"):
+        if where == "pull":
+            err = fails("usage", "pull", ref, "-o", tmp_path / "o.tar", "--cache", tmp_path / "c")
+        elif where == "inspect":
+            err = fails("usage", "inspect", ref)
+        else:
+            (tmp_path / "images.yaml").write_text(f"version: 1\nimages:\n  - ref: {ref}\n")
+            err = fails("usage", "pull", "-f", "images.yaml", "-o", "o.tar", "--cache", "c",
+                        cwd=tmp_path)
+            assert "images.yaml:3" in err, err
+        assert ref in err, err
+        assert not (tmp_path / "c").exists()
 
 
 def test_bad_load_target(good: Good, dst_registry: Registry) -> None:

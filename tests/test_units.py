@@ -79,6 +79,9 @@ def test_reference_parse(text: str, registry: str, repository: str, tag: str | N
     ("a/b@md5:" + "a" * 32, "digest"),
     ("a/b@", "digest"),
     ("bad_host:5000/app", "bad registry"),
+    ("localhost:99999/app:1", "port 99999 is not 1-65535"),
+    ("localhost:0/app", "port 0 is not 1-65535"),
+    (":5000/app:1", "no host before the port"),
     ("r.io/" + "a" * 260, "longer than 255"),
     # a registry without a repository: not docker.io/library/localhost:5000 (tag "5000")
     ("localhost:5000", "'localhost:5000' is a registry"),
