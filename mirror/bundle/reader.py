@@ -26,7 +26,7 @@ from typing import BinaryIO
 
 import zstandard
 
-from mirror.bundle import consistency
+from mirror.bundle import consistency, sniff
 from mirror.bundle.layout import DOCKER_JSON, MIRROR_JSON, Inventory
 from mirror.bundle.through import Tap, Tapped, Window
 from mirror.bundle.trailer import first_nonzero, zstd_frames_problem
@@ -301,9 +301,14 @@ class Bundle:
                 return BundleError(f"{self.name}: {wrong}", hint=_JUNK_HINT)
             return BundleError(f"{self.name}: not a valid zstd stream: {e}")
         kind = "tar.zst" if self.compressed else "tar"
+        if not self.compressed and self.path.stat().st_size == 0:  # not one byte
+            return BundleError(f"{self.name}: empty file: not a bundle")
+        start = sniff.head(self.path, self.compressed)  # empty: a zstd block cut short
+        if start and not sniff.starts_as_tar(start):
+            return BundleError(f"{self.name}: not a bundle: the zstd stream does not hold a tar"
+                               if self.compressed else
+                               f"{self.name}: not a tar (nor a .tar.zst) bundle")
         if isinstance(e, EOFError) or str(e) in _TRUNCATED:
-            if not self.compressed and str(e) == "empty file":  # not one byte
-                return BundleError(f"{self.name}: empty file: not a bundle")
             where = f"of {member!r}" if member else "of the archive"
             return BundleError(f"{self.name}: truncated: the {kind} ends in the middle {where}",
                                hint="copy the bundle again")
