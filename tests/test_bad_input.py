@@ -802,6 +802,40 @@ def test_a_name_that_does_not_resolve(tmp_path: Path) -> None:
     assert not (tmp_path / "o.tar").exists()
 
 
+def test_web_server_that_is_not_a_registry(good: Good, tmp_path: Path) -> None:
+    """A plain web server (GET /v2/ -> 404 with an HTML page) is not a registry: the run stops
+    at /v2/ with exit 3 before any push (not a failed upload with an HTML body)."""
+    import http.server
+
+    seen: list[str] = []
+
+    class Web(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a: object, **kw: object) -> None:
+            super().__init__(*a, directory=str(tmp_path), **kw)  # type: ignore[arg-type]
+
+        def log_request(self, *a: object) -> None:
+            seen.append(self.requestline)
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Web)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        err = fails("registry", "load", good.bundle, "--to", f"{host}/x", "--retries", "1")
+        assert f"{host} does not answer as a registry" in err and "HTTP 404" in err, err
+        # one ping (the TLS try aside), nothing pushed
+        assert [ln for ln in seen if ln.startswith(("GET", "HEAD", "POST", "PUT", "PATCH"))] \
+            == ["GET /v2/ HTTP/1.1"], seen
+        err = fails("registry", "pull", f"{host}/app:v1", "-o", tmp_path / "o.tar",
+                    "--cache", tmp_path / "c", "--retries", "1")
+        assert f"{host} does not answer as a registry" in err, err
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_unknown_tag(good: Good, src_registry: Registry, tmp_path: Path) -> None:
     ref = f"{src_registry.host}/{good.repo}:no-such-tag"
     out = tmp_path / "out.tar"

@@ -139,6 +139,7 @@ class Transport:
         self.jobs = jobs
         self._endpoints: dict[str, Endpoint] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._refused: dict[str, RegistryError] = {}  # a ping that failed: not tried again
         self._ssl_cache: dict[str, ssl.SSLContext | bool] = {}
         self._session: aiohttp.ClientSession | None = None
         self.retries = 0  # counted for the report
@@ -252,13 +253,21 @@ class Transport:
         return self._ssl("")
 
     async def endpoint(self, registry: str) -> Endpoint:
-        """Find the scheme (and the auth challenge) with one ping of /v2/, once per registry."""
+        """Find the scheme (and the auth challenge) with one ping of /v2/, once per registry;
+        a ping that failed fails the requests waiting for it too, without another ping."""
         if registry in self._endpoints:
             return self._endpoints[registry]
         lock = self._locks.setdefault(registry, asyncio.Lock())
         async with lock:
+            if registry in self._refused:
+                e = self._refused[registry]
+                raise type(e)(str(e), registry=e.registry, status=e.status, hint=e.hint)
             if registry not in self._endpoints:
-                self._endpoints[registry] = await self._ping(registry)
+                try:
+                    self._endpoints[registry] = await self._ping(registry)
+                except RegistryError as e:
+                    self._refused[registry] = e
+                    raise
         return self._endpoints[registry]
 
     async def _ping(self, registry: str) -> Endpoint:
@@ -305,6 +314,12 @@ class Transport:
                             hint="if the registry requires a client certificate, give it "
                             f"with --client-cert {registry}=CERT,KEY" + self.in_yaml(
                                 " (or client_cert and client_key in images.yaml)"))
+                    if resp.status in (404, 405, 410):  # a web server, not the API
+                        raise RegistryError(
+                            f"{registry} does not answer as a registry (GET {url}: "
+                            f"HTTP {resp.status})", registry=registry, status=resp.status,
+                            hint="give the host[:port] where the registry's /v2/ API is "
+                            "served")
                     auth.observe(resp.headers.getall("WWW-Authenticate", []))
                     return Endpoint(registry, f"{scheme}://{host}", ssl_ctx, auth)
             except aiohttp.ClientConnectorCertificateError as e:
