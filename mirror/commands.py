@@ -338,7 +338,7 @@ async def _load(args: argparse.Namespace, progress, report: Report) -> int:
     # None: not known (the load stopped before it could say)
     report.add(bundle=str(args.bundle), target=args.to, blobs_pushed=None, blobs_mounted=None,
                blobs_present=None, bytes_pushed=None, manifests_pushed=None,
-               manifests_present=None, tags=None,
+               manifests_present=None, tags=None, untagged=None,
                retries=0, dry_run=args.dry_run, would_push=[])
     target = Target.parse(args.to)
     bundle = Bundle(args.bundle)
@@ -354,15 +354,16 @@ async def _load(args: argparse.Namespace, progress, report: Report) -> int:
             report.add(blobs_pushed=result.blobs_pushed, blobs_mounted=result.blobs_mounted,
                        blobs_present=result.blobs_present, bytes_pushed=result.bytes_pushed,
                        manifests_pushed=result.manifests_pushed,
-                       manifests_present=result.manifests_present, tags=result.tags)
+                       manifests_present=result.manifests_present, tags=result.tags,
+                       untagged=result.untagged)
     report.add(would_push=result.dry_run)  # dry_run stays what it is: a boolean
     if args.dry_run:
         for line in result.dry_run:
             print(line)
         return 0
     if not args.quiet:
-        for tag in result.tags:
-            print(tag)
+        for ref in result.tags + result.untagged:
+            print(ref)
     progress.info(f"loaded {args.bundle}: {result.blobs_pushed} blob(s) pushed "
                   f"({result.bytes_pushed} bytes), {result.blobs_mounted} mounted, "
                   f"{result.blobs_present} already present, {result.manifests_pushed} "

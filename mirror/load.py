@@ -81,6 +81,7 @@ class PushImage:
     manifests: list[RawManifest]  # children first, root last
     blobs: list[Descriptor]
     referrer_of: str | None = None  # a signature, SBOM or attestation: its subject digest
+    unnamed: bool = False  # an entry with no ref name (skopeo's oci-archive:FILE): by digest
 
 
 @dataclass
@@ -93,6 +94,7 @@ class LoadResult:
     manifests_pushed: int = 0
     manifests_present: int = 0
     tags: list[str] = field(default_factory=list)
+    untagged: list[str] = field(default_factory=list)  # HOST/REPO@DIGEST of unnamed entries
     dry_run: list[str] = field(default_factory=list)
     started: bool = False  # the target answered what it holds: the counts mean something
 
@@ -102,8 +104,10 @@ def _entry_target(entry: dict, target: Target, bundle: str) -> tuple[str, str | 
     name = ann.get(IMAGE_NAME) or ann.get(REF_NAME)
     if not name:
         if not target.prefix:
-            raise BundleError(f"{bundle}: an index.json entry ({entry.get('digest')}) has no "
-                              "image name", hint="give the repository with --to HOST/REPO")
+            raise BundleError(f"{bundle}: index.json entry {entry.get('digest')} has no ref "
+                              f"name ({REF_NAME}) and --to has no repository to put it in",
+                              hint="give the repository with --to HOST/REPO (it is pushed "
+                              "there by digest)")
         return target.prefix, None
     if _TAG.match(name) and "/" not in name and ":" not in name:
         if not target.prefix:  # a bare tag, as skopeo writes for oci-archive:FILE:TAG
@@ -153,8 +157,10 @@ def plan_load(contents: Contents, target: Target, bundle: str) -> list[PushImage
         visit(root)
         ann = entry.get("annotations") or {}
         subject = ann.get(A_SUBJECT) or (root.subject.digest if root.subject else None)
-        images.append(PushImage(str(ann.get(IMAGE_NAME) or ann.get(REF_NAME) or repo),
-                                repo, tag, root, order, list(blobs.values()), subject))
+        name = ann.get(IMAGE_NAME) or ann.get(REF_NAME)
+        images.append(PushImage(str(name or f"{bundle}: index.json entry {desc.digest}"),
+                                repo, tag, root, order, list(blobs.values()), subject,
+                                unnamed=not name))
     targets: dict[tuple[str, str], PushImage] = {}
     for img in images:  # ghcr.io/org/app:1 and docker.io/org/app:1 both land on org/app:1
         if img.tag is None:
@@ -419,6 +425,11 @@ async def _push_manifests(client: Client, finder: Finder, reg: str, images: list
             result.manifests_pushed += 1
             if img.root.subject is not None and not subject:
                 await push_fallback(client, reg, img.repository, img.root)
+    for img in images:
+        if img.unnamed:  # put where the user did not name: say where
+            where = f"{reg}/{img.repository}@{img.root.digest}"
+            result.untagged.append(where)
+            progress.info(f"{img.name} has no ref name: pushed as {where} (no tag)")
     for img in images:
         if img.tag is not None:
             root = img.root

@@ -395,6 +395,37 @@ def test_load_skopeo_oci_archive(
     assert str(bare) in err and "v3" in err
 
 
+def test_load_skopeo_oci_archive_without_a_ref_name(
+        src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """`skopeo copy ... oci-archive:FILE` (no :REF) writes an entry with no ref name. As
+    `skopeo copy oci-archive:FILE docker://HOST/REPO` would, the load puts it in the --to
+    prefix, by digest (no tag is made up), and says so: one line per such image naming its
+    target reference. With no prefix to put it in, it is refused with a hint."""
+    imgs = [ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)]
+    index = ig.make_index(imgs, "oci")
+    push_image(src_registry.url, repo_name, index, ["v1"])
+    anon = tmp_path / "anon.tar"
+    skopeo("copy", "--all", "--src-tls-verify=false",
+           f"docker://{src_registry.host}/{repo_name}:v1", f"oci-archive:{anon}")
+    assert check_layout(anon).entry_names() == [""]
+
+    prefix = f"{repo_name}/anon"
+    proc = mirror_ok("load", anon, "--to", f"{dst_registry.host}/{prefix}")
+    where = f"{dst_registry.host}/{prefix}@{index.digest}"
+    assert proc.stdout.splitlines() == [where], proc.stdout
+    said = [ln for ln in proc.stderr.splitlines() if "no ref name" in ln]
+    assert len(said) == 1 and where in said[0] and str(anon) in said[0], proc.stderr
+    assert target_digest(dst_registry, prefix, index.digest) == index.digest
+    assert list_tags(dst_registry.url, prefix) == []
+
+    proc = run_mirror("load", anon, "--to", dst_registry.host)
+    assert proc.returncode == 10, proc.stderr
+    err = _error_line(proc)
+    assert str(anon) in err and "no ref name" in err, err
+    assert "--to HOST/REPO" in proc.stderr
+
+
 def test_skopeo_oci_archive_compressed_with_zstd(
         src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
         tmp_path: Path) -> None:
