@@ -212,9 +212,19 @@ async def load(client: Client, bundle: Bundle, target: Target, *, jobs: int = 4,
                result: LoadResult | None = None, merge: bool = False) -> LoadResult:
     """`result`, when given, is filled in as the load goes: after a failure it holds what
     was done (a report's counts). `merge`: a tag holding another index keeps its other
-    platforms (mirror.merge)."""
+    platforms (mirror.merge). A load that fails or is stopped (Ctrl-C, SIGTERM: a
+    cancellation) first cancels the upload sessions it left open, within a few seconds."""
     progress = progress or NullProgress()
     result = result if result is not None else LoadResult()
+    try:
+        return await _load(client, bundle, target, jobs, dry_run, progress, result, merge)
+    except BaseException:
+        await client.cancel_open_uploads()
+        raise
+
+
+async def _load(client: Client, bundle: Bundle, target: Target, jobs: int, dry_run: bool,
+                progress: Progress, result: LoadResult, merge: bool) -> LoadResult:
     contents = await asyncio.to_thread(bundle.scan)
     for note in contents.notes:  # a docker-archive's new manifests (conversions)
         progress.info(note)

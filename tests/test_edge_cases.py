@@ -11,6 +11,7 @@ import resource
 import signal
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -171,6 +172,59 @@ def test_load_when_the_registry_refuses_mounts(src_registry, dst_registry, fault
     assert mine.is_dir()  # (the registry is shared: other tests' failed loads stay out)
     open_sessions = [p for p in mine.rglob("_uploads/*/*") if p.is_file()]
     assert open_sessions == [], open_sessions
+
+
+def _open_sessions(reg, prefix: str) -> list[Path]:
+    """Upload sessions the registry holds under repositories PREFIX/... (an open session
+    holds files: startedat, data; a cancelled one leaves empty directories at most)."""
+    root = reg.storage / "docker/registry/v2/repositories" / prefix
+    return [p for p in root.rglob("_uploads/*/*") if p.is_file()]
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["sigint-130", "sigterm-143"])
+def test_interrupted_load_cancels_its_upload_sessions(src_registry, dst_registry, faultproxy,
+                                                      rng, repo_name, tmp_path, sig, code):
+    """Ctrl-C or SIGTERM in the middle of a chunked upload (the registry holds 16 MiB of it,
+    and sessions for the other blobs): every session the load opened is cancelled (DELETE)
+    before it exits 130/143, promptly even though a PATCH hangs; none is left holding the
+    registry's disk."""
+    big = ig.make_layer(rng, 40 << 20, compressed=False)  # three 16 MiB PATCHes
+    img = ig.make_image(rng, ig.AMD64, fmt="oci", layers=[big, ig.make_layer(rng)])
+    others = [ig.make_image(rng, ig.AMD64, fmt="oci") for _ in range(3)]
+    refs = []
+    for i, im in enumerate([img, *others]):
+        push_image(src_registry.url, f"{repo_name}/i{i}", im, tags=["1"])
+        refs.append(f"{src_registry.host}/{repo_name}/i{i}:1")
+    out = tmp_path / "b.tar"
+    mirror_ok("pull", *refs, "-o", out, "--cache", tmp_path / "c", "-q")
+    proxy = faultproxy(dst_registry.url)
+    stall = proxy.add(Fault("stall", method="PATCH", skip=1, delay=60, times=None))
+    prefix = f"stop-{repo_name.rsplit('-', 1)[-1]}"
+    proc = subprocess.Popen(mirror_cmd("load", out, "--to", f"{proxy.host}/{prefix}", "-q"),
+                            cwd=ROOT, env=mirror_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while stall.hits == 0:  # the second PATCH of the big layer is held
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the upload did not get going"
+            time.sleep(0.05)
+        time.sleep(0.5)  # the small blobs' sessions are open or done by now
+        assert _open_sessions(dst_registry, prefix)  # what an interrupted load used to leave
+        t0 = time.monotonic()
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == code, err
+    assert "interrupted" in err and "Traceback" not in err, err
+    assert took < 15, took
+    assert _open_sessions(dst_registry, prefix) == []
+    assert list_tags(dst_registry.url, f"{prefix}/{repo_name}/i0") == []  # no tag: stopped
 
 
 def test_manifest_arriving_in_small_pieces_is_read_whole(src_registry, faultproxy, repo_name,

@@ -44,6 +44,7 @@ class Client(Uploads):
         self.bytes_downloaded = 0
         self.bytes_uploaded = 0
         self._min_chunk: dict[str, int] = {}  # registry -> its OCI-Chunk-Min-Length
+        self._sessions: dict[str, tuple[str, str, str]] = {}  # open upload sessions
 
     # -- manifests -------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
-from urllib.parse import urlencode, urljoin
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import aiohttp
 
@@ -17,6 +17,7 @@ from mirror.manifest import Descriptor
 if TYPE_CHECKING:
     from mirror.registry.transport import Transport
 
+CANCEL_WITHIN = 5.0  # seconds an interrupted load spends cancelling its open upload sessions
 MONOLITHIC_MAX = 16 << 20  # blobs up to this size go in one PUT; larger ones in PATCH chunks
 UPLOAD_CHUNK = 16 << 20  # raised to the registry's OCI-Chunk-Min-Length when it asks
 
@@ -25,11 +26,39 @@ BodyFactory = Callable[[int], AsyncIterator[bytes]]  # offset -> chunks from tha
 
 class Uploads:
     """The upload half of mirror.registry.client.Client (a mixin: it uses the client's
-    transport `t`, `bytes_uploaded` and `_min_chunk`)."""
+    transport `t`, `bytes_uploaded` and `_min_chunk`).
+
+    Every upload session the registry opens for us is kept in `_sessions` (by its URL path,
+    with the latest Location, whose state token changes with each PATCH) until it is
+    finished or cancelled, so a load that stops can cancel what it left open
+    (`cancel_open_uploads`)."""
 
     t: Transport
     bytes_uploaded: int
     _min_chunk: dict[str, int]
+    _sessions: dict[str, tuple[str, str, str]]  # URL path -> (registry, repo, location)
+
+    def _opened(self, registry: str, repo: str, location: str) -> str:
+        self._sessions[urlsplit(location).path] = (registry, repo, location)
+        return location
+
+    def _closed(self, location: str) -> None:
+        self._sessions.pop(urlsplit(location).path, None)
+
+    async def cancel_open_uploads(self, within: float = CANCEL_WITHIN) -> int:
+        """DELETE every upload session still open (a load that failed or was interrupted),
+        giving up after `within` seconds (the registry expires them in the end); return how
+        many there were."""
+        open_now = list(self._sessions.values())
+        if open_now:
+            try:
+                await asyncio.wait_for(asyncio.gather(
+                    *(self.cancel_upload(reg, repo, loc) for reg, repo, loc in open_now)),
+                    within)
+            except TimeoutError:
+                self.t.debug(f"gave up cancelling {len(self._sessions)} upload session(s) "
+                             f"after {within:g} s")
+        return len(open_now)
 
     async def mount_blob(self, registry: str, repo: str, desc: Descriptor,
                          from_repo: str) -> str | None:
@@ -51,7 +80,7 @@ class Uploads:
         async with resp:
             if resp.status == 201:
                 return None
-            return self._location(resp)
+            return self._opened(registry, repo, self._location(resp))
 
     async def upload_blob(self, registry: str, repo: str, desc: Descriptor,
                           body: BodyFactory, *, seekable: bool,
@@ -92,10 +121,12 @@ class Uploads:
             min_len = resp.headers.get("OCI-Chunk-Min-Length", "")
             if min_len.isdigit():
                 self._min_chunk[registry] = int(min_len)
-            return self._location(resp)
+            return self._opened(registry, repo, self._location(resp))
 
     async def cancel_upload(self, registry: str, repo: str, location: str) -> None:
         """DELETE an abandoned session (best effort; registries expire them anyway)."""
+        location = self._sessions.get(urlsplit(location).path, (registry, repo, location))[2]
+        self._closed(location)
         try:
             resp = await self.t.request(registry, "DELETE", location, repository=repo,
                                         actions="pull,push", ok=(202, 204), retry=False,
@@ -127,6 +158,7 @@ class Uploads:
                 raise IntegrityError(f"{e} (the uploaded bytes do not match the digest)") \
                     from None
             raise
+        self._closed(location)
         async with resp:
             got = resp.headers.get("Docker-Content-Digest")
         if got and got != desc.digest:
@@ -162,7 +194,7 @@ class Uploads:
                 stream = _Stream(body(offset))
                 continue
             async with resp:
-                location = self._location(resp)
+                location = self._opened(registry, repo, self._location(resp))
                 min_len = resp.headers.get("OCI-Chunk-Min-Length", "")
             if min_len.isdigit():
                 chunk_size = max(chunk_size, int(min_len))
@@ -176,7 +208,7 @@ class Uploads:
                                     allow_redirects=False)
         async with resp:
             rng = resp.headers.get("Range", "0-0")
-            loc = self._location(resp)
+            loc = self._opened(registry, repo, self._location(resp))
         end = int(rng.split("-")[-1]) if "-" in rng else 0
         # distribution answers 0-0 both for nothing and for one byte; re-send from 0 then
         return loc, (end + 1 if end > 0 else 0)

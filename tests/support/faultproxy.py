@@ -19,6 +19,8 @@ the proxy. Each request is handled by the first active fault that matches it, if
     flip_byte     forward with the byte at `offset` XOR 0xFF
     slow          forward, sleeping `delay` seconds between chunks of `chunk` bytes
     ignore_range  drop the request's Range header, so upstream answers 200 with everything
+    stall         hold the request `delay` seconds before forwarding it (a registry that hangs
+                  mid-upload: a test can signal the client while it waits)
 
 The proxy itself speaks plain HTTP; pass `cafile=` to reach a TLS upstream.
 """
@@ -39,7 +41,8 @@ import aiohttp
 import yarl
 from aiohttp import web
 
-KINDS = ("status", "reset_after", "truncate", "short", "flip_byte", "slow", "ignore_range")
+KINDS = ("status", "reset_after", "truncate", "short", "flip_byte", "slow", "ignore_range",
+         "stall")
 HOP_BY_HOP = frozenset(
     h.lower()
     for h in (
@@ -240,6 +243,8 @@ class FaultProxy:
             headers = {"Content-Type": "application/json", **fault.headers}
             return web.Response(status=fault.status, body=body, headers=headers)
 
+        if fault is not None and fault.kind == "stall":
+            await asyncio.sleep(fault.delay)
         drop = HOP_BY_HOP | {"range"} if fault and fault.kind == "ignore_range" else HOP_BY_HOP
         fwd = [(k, v) for k, v in request.headers.items() if k.lower() not in drop]
         data: Any = request.content.iter_chunked(CHUNK) if request.body_exists else None
