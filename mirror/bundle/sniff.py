@@ -39,10 +39,10 @@ def starts_as_tar(data: bytes) -> bool:
     if not data:
         return False
     if len(data) >= tarfile.BLOCKSIZE:
+        if not data[: tarfile.BLOCKSIZE].strip(b"\0"):
+            return True  # an end-of-archive block: an empty tar
         try:
             tarfile.TarInfo.frombuf(data[: tarfile.BLOCKSIZE], "utf-8", "surrogateescape")
-        except tarfile.EOFHeaderError:
-            return True  # an end-of-archive block: an empty tar
         except tarfile.HeaderError:
             return False
         return True
