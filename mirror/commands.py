@@ -175,12 +175,14 @@ def _write_lock(args: argparse.Namespace, result) -> Path | None:
     return path
 
 
-def _base(args: argparse.Namespace, out: Path
-          ) -> tuple[dict[str, int] | None, str | None, str | None]:
-    """Blobs an earlier bundle (or lock file) carried, and that base's digest. Refuses an
-    output `out` that is the base itself (the same file under any name)."""
+def _base(args: argparse.Namespace, out: Path) -> dict:
+    """PullOptions' base_*: the blobs an earlier bundle (or lock file) carried, that base's
+    digest and name, and the images it carried (a load looks for the blobs in their
+    repositories at the target). Refuses an output `out` that is the base itself (the same
+    file under any name)."""
     if not args.base:
-        return None, None, None
+        return {}
+    from mirror.bundle.layout import REF_NAME
     from mirror.bundle.reader import Bundle
     from mirror.lockfile import Lock, is_lock_file
     from mirror.store.blobs import sha256_file
@@ -206,7 +208,8 @@ def _base(args: argparse.Namespace, out: Path
             raise UsageError(f"--base {path}: the lock file lists no blobs",
                              hint="give the lock file `mirror pull` wrote with the earlier "
                              "bundle, or that bundle itself")
-        return blobs, sha256_file(path), path.name
+        return {"base_blobs": blobs, "base_digest": sha256_file(path), "base_name": path.name,
+                "base_images": tuple(sorted(lock.images))}
     side = path.with_name(path.name + ".sha256")
     digest = None
     if side.exists() and side.stat().st_mtime >= path.stat().st_mtime:
@@ -217,7 +220,12 @@ def _base(args: argparse.Namespace, out: Path
         raise BundleError(f"--base {path}: neither a lock file nor a readable bundle: {e}",
                           hint="give the earlier bundle (.tar, .tar.zst) or its lock file "
                           "(images.lock)") from None
-    return dict(contents.members), digest or sha256_file(path), path.name
+    names = {str(n) for e in contents.index["manifests"]
+             for n in [(e.get("annotations") or {}).get(REF_NAME)] if n}
+    if contents.inventory:  # the base's own base, for a chain of incremental bundles
+        names.update(contents.inventory.base_images)
+    return {"base_blobs": dict(contents.members), "base_digest": digest or sha256_file(path),
+            "base_name": path.name, "base_images": tuple(sorted(names))}
 
 
 @contextlib.contextmanager
@@ -285,10 +293,8 @@ async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
         _check_lock_path(args)
     compress = args.compress == "zstd" or (args.compress is None and out.name.endswith(".zst"))
     cache = args.cache or default_cache_dir()
-    base_blobs, base_digest, base_name = _base(args, out)
     opts = _pull_options(args, output=None if args.dry_run else out, compress=compress,
-                         keep_going=args.keep_going, dry_run=args.dry_run,
-                         base_blobs=base_blobs, base_digest=base_digest, base_name=base_name)
+                         keep_going=args.keep_going, dry_run=args.dry_run, **_base(args, out))
     try:
         with RunLock(Path(cache) / "lock", f"cache {cache}"), \
                 _output_lock(out, dry_run=args.dry_run):

@@ -24,6 +24,7 @@ from mirror.aio import gather_or_cancel
 from mirror.bundle.layout import IMAGE_NAME, REF_NAME
 from mirror.bundle.reader import Bundle, Contents
 from mirror.digest import verified_sync
+from mirror.elsewhere import find_elsewhere
 from mirror.errors import (
     AuthError,
     BundleError,
@@ -198,6 +199,32 @@ def check_complete(images: list[PushImage], contents: Contents, bundle: str) -> 
     return absent
 
 
+def _base_repositories(contents: Contents, target: Target, bundle: str) -> list[str]:
+    """Where the base's images went if it was loaded with the same --to."""
+    names = contents.inventory.base_images if contents.inventory else []
+    repos = []
+    for name in names:
+        try:
+            repos.append(_entry_target({"annotations": {REF_NAME: name}}, target, bundle)[0])
+        except BundleError:
+            continue
+    return repos
+
+
+def _source_paths(images: list[PushImage], contents: Contents) -> list[str]:
+    """Repository paths of this bundle's and its base's images, as the source names them
+    (what a catalog's repository under any prefix ends with)."""
+    names = [i.name for i in images if not i.unnamed]
+    names += contents.inventory.base_images if contents.inventory else []
+    paths = []
+    for name in names:
+        try:
+            paths.append(Reference.parse(name).repository)
+        except InvalidReference:
+            continue
+    return sorted(set(paths))
+
+
 async def _aiter_thread(gen: Iterator[bytes]) -> AsyncIterator[bytes]:
     sentinel = object()
     while True:
@@ -252,6 +279,15 @@ async def _load(client: Client, bundle: Bundle, target: Target, jobs: int, dry_r
     for (repo, d), ok in zip(checks, flags, strict=True):
         if ok:
             present_in.setdefault(d.digest, repo)
+    lost = {d.digest: d for (repo, d), ok in zip(checks, flags, strict=True)
+            if not ok and d.digest not in present_in and d.digest not in contents.members
+            and absent.get(d.digest) == "base"}
+    searched = 0
+    if lost:  # the base may have put them in other repositories: mount from there
+        found, searched = await find_elsewhere(
+            client, reg, lost, _base_repositories(contents, target, bundle.name)
+            + list(need), _source_paths(images, contents), jobs)
+        present_in.update(found)
     result.started = True
     mounts: list[tuple[str, Descriptor, str]] = []  # from an earlier load into another repo
     for (repo, d), ok in zip(checks, flags, strict=True):
@@ -271,7 +307,8 @@ async def _load(client: Client, bundle: Bundle, target: Target, jobs: int, dry_r
         more = f" and {len(missing_base) - 5} more" if len(missing_base) > 5 else ""
         raise IncompleteBase(
             f"{bundle.name}: incremental bundle: {len(missing_base)} blob(s) it does not carry "
-            f"are not in {reg}: {', '.join(missing_base[:5])}{more}; nothing was pushed",
+            f"are not in {reg} (looked in {searched} repositories): "
+            f"{', '.join(missing_base[:5])}{more}; nothing was pushed",
             hint="load first the bundle(s) made before this one"
                  + (f" (it was made against {base})" if base else ""))
     if dry_run:

@@ -89,6 +89,7 @@ class PullOptions:
     base_blobs: dict[str, int] | None = None  # incremental: blobs the base bundle carries
     base_digest: str | None = None
     base_name: str | None = None
+    base_images: tuple[str, ...] = ()  # the references the base carried
     referrer_types: tuple[str, ...] = ()
 
 

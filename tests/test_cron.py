@@ -29,7 +29,7 @@ from tests.support.oracle import (
     run,
     run_mirror,
 )
-from tests.support.pusher import list_tags, push_image
+from tests.support.pusher import blob_exists, list_tags, push_image
 
 EXIT = {"integrity": 7, "bundle": 10, "incomplete-base": 11, "lock-held": 12, "partial": 13,
         "not-found": 5}
@@ -87,6 +87,51 @@ def test_incremental_bundle_carries_only_new_blobs(src_registry, dst_registry, r
     mirror_ok("load", tmp_path / "base.tar", "--to", dst_registry.host)
     mirror_ok("load", inc, "--to", dst_registry.host)
     assert sorted(list_tags(dst_registry.url, repo_name)) == ["1", "2"]
+
+
+@pytest.mark.parametrize("kind", ["bundle", "lock"])
+def test_incremental_load_mounts_base_blobs_from_other_repositories(
+        src_registry, dst_registry, faultproxy, repo_name, rng, kind, tmp_path):
+    """The base put the shared layer in another repository of the target (its own image's,
+    under this prefix or another): the incremental load finds it there (the base's images
+    under this prefix, this bundle's repositories, then the catalog) and mounts it (POST
+    ?mount=&from=) instead of refusing with exit 11. With nowhere to find it (no catalog) it
+    refuses, naming the blob, pushing nothing."""
+    shared = ig.make_layer(rng)
+    one = ig.make_image(rng, ig.AMD64, fmt="oci", layers=[shared, ig.make_layer(rng)])
+    two = ig.make_image(rng, ig.AMD64, fmt="oci", layers=[shared, ig.make_layer(rng)])
+    push_image(src_registry.url, f"{repo_name}/base", one, tags=["1"])
+    push_image(src_registry.url, f"{repo_name}/app", two, tags=["1"])
+    cache, full, inc = tmp_path / "cache", tmp_path / "base.tar", tmp_path / "inc.tar"
+    ref_one = f"{src_registry.host}/{repo_name}/base:1"
+    mirror_ok("pull", ref_one, "-o", full, "--cache", cache, "-q")
+    base = full
+    if kind == "lock":
+        base = tmp_path / "base.lock"
+        mirror_ok("lock", ref_one, "--lock-file", base, "-q")
+    mirror_ok("pull", f"{src_registry.host}/{repo_name}/app:1", "--base", base, "-o", inc,
+              "--cache", cache, "-q")
+    assert _read(inc, "mirror.json")["absent"] == {shared.digest: "base"}
+    mirror_ok("load", full, "--to", f"{dst_registry.host}/{kind}-p")  # the base, first
+
+    nocat = faultproxy(dst_registry.url)  # a registry without a catalog
+    nocat.add(Fault("status", path=r"/v2/_catalog", status=404, times=None))
+    app = f"{repo_name}/app"
+    for prefix, host in ((f"{kind}-p", nocat.host),  # the base image's repository, same prefix
+                         (f"{kind}-q", dst_registry.host)):  # another prefix: the catalog
+        report = tmp_path / f"{prefix}.json"
+        mirror_ok("load", inc, "--to", f"{host}/{prefix}", "--report", report, "-q")
+        assert list_tags(dst_registry.url, f"{prefix}/{app}") == ["1"]
+        assert blob_exists(dst_registry.url, f"{prefix}/{app}", shared.digest)
+        assert json.loads(report.read_text())["blobs_mounted"] == 1
+
+    r = run_mirror("load", inc, "--to", f"{nocat.host}/{kind}-r")  # nowhere to mount from
+    assert r.returncode == EXIT["incomplete-base"], r.stderr
+    line = next(ln for ln in r.stderr.splitlines() if ln.startswith("mirror: error:"))
+    assert "1 blob(s) it does not carry" in line and shared.digest in line, line
+    assert "nothing was pushed" in line, line
+    assert list_tags(dst_registry.url, f"{kind}-r/{app}") == []
+    assert not blob_exists(dst_registry.url, f"{kind}-r/{app}", two.layers[1].digest)
 
 
 def test_incremental_load_lists_five_missing_base_blobs_and_counts_the_rest(

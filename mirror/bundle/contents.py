@@ -65,7 +65,8 @@ def bundle_layout(plans: list[ImagePlan], opts: PullOptions, *, partial: bool) -
     """What the bundle holds, in its fixed order: the same plans give the same bytes."""
     manifests: dict[str, bytes] = {}
     blobs: dict[str, int] = {}
-    inv = Inventory(partial=partial, base=opts.base_digest, base_name=opts.base_name)
+    inv = Inventory(partial=partial, base=opts.base_digest, base_name=opts.base_name,
+                    base_images=list(opts.base_images))
     for p in plans:
         for m in p.manifest_order():
             manifests[m.digest] = m.data

@@ -4,7 +4,8 @@ index.json has one entry per image reference with `org.opencontainers.image.ref.
 `io.containerd.image.name` both set to the full source reference (REFERENCE.md 4), plus our
 own `dev.mirror.*` annotations. mirror.json (an extra file, allowed by the layout spec) is the
 inventory: every blob the images need, which are absent on purpose and why, the base bundle
-of an incremental bundle, the digest conversions, and the referrers (signatures, SBOMs,
+of an incremental bundle (and the images it carried: where a load finds the blobs it left
+out), the digest conversions, and the referrers (signatures, SBOMs,
 attestations with their own tag or subject), each an entry in index.json's form.
 
 Referrers are not index.json entries: runtimes read index.json as "the images to import"
@@ -71,6 +72,7 @@ class Inventory:
     absent: dict[str, str] = field(default_factory=dict)  # digest: reason (foreign|sparse|base)
     base: str | None = None  # sha256 of the base bundle file, for incremental bundles
     base_name: str | None = None
+    base_images: list[str] = field(default_factory=list)  # what the base carried: its refs
     partial: bool = False  # --keep-going left images out
     conversions: dict[str, str] = field(default_factory=dict)  # old digest: new digest
     referrers: list[dict[str, Any]] = field(default_factory=list)  # index.json-style entries
@@ -85,6 +87,8 @@ class Inventory:
         }
         if self.base:
             doc["base"] = {"digest": self.base, "name": self.base_name}
+            if self.base_images:
+                doc["base"]["images"] = sorted(self.base_images)
         if self.conversions:
             doc["conversions"] = dict(sorted(self.conversions.items()))
         if self.referrers:
@@ -97,6 +101,8 @@ class Inventory:
         base = doc.get("base") or {}
         return cls(blobs=dict(doc.get("blobs") or {}), manifests=list(doc.get("manifests") or []),
                    absent=dict(doc.get("absent") or {}), base=base.get("digest"),
-                   base_name=base.get("name"), partial=bool(doc.get("partial")),
+                   base_name=base.get("name"),
+                   base_images=[str(n) for n in base.get("images") or [] if isinstance(n, str)],
+                   partial=bool(doc.get("partial")),
                    conversions=dict(doc.get("conversions") or {}),
                    referrers=list(doc.get("referrers") or []))

@@ -15,7 +15,7 @@ import yarl
 
 from mirror import mediatypes as mt
 from mirror.digest import check_bytes
-from mirror.errors import IntegrityError, NotFound, RegistryError, SizeMismatch
+from mirror.errors import AuthError, IntegrityError, NotFound, RegistryError, SizeMismatch
 from mirror.manifest import MAX_MANIFEST_BYTES, Descriptor, RawManifest
 from mirror.registry.body import read_body
 from mirror.registry.transport import Transport, describe_exception
@@ -116,20 +116,39 @@ class Client(Uploads):
         return subject
 
     async def list_tags(self, registry: str, repo: str) -> list[str]:
-        tags: list[str] = []
-        url: str | None = f"/v2/{repo}/tags/list"
-        while url:
-            resp = await self.t.request(registry, "GET", url, repository=repo,
-                                        what="list tags")
+        return await self._pages(registry, f"/v2/{repo}/tags/list", "tags", repo, "list tags")
+
+    async def catalog(self, registry: str, limit: int) -> list[str]:
+        """Up to `limit` repository names from the registry's `_catalog`; [] where it has
+        none, or will not list it for us (an optional endpoint: 404, 401, 403)."""
+        try:
+            return await self._pages(registry, f"/v2/_catalog?n={limit}", "repositories", "",
+                                     "list repositories (_catalog)", limit)
+        except (AuthError, NotFound):
+            return []
+        except RegistryError as e:
+            if e.status is not None and 400 <= e.status < 500 and e.status != 429:
+                return []
+            raise
+
+    async def _pages(self, registry: str, url: str, key: str, repo: str, what: str,
+                     limit: int | None = None) -> list[str]:
+        """A paginated list (`key` of each page's JSON), following `Link: <...>; rel="next"`
+        until the end or `limit` names."""
+        names: list[str] = []
+        next_url: str | None = url
+        while next_url and (limit is None or len(names) < limit):
+            resp = await self.t.request(registry, "GET", next_url, repository=repo, what=what)
             async with resp:
                 doc = await resp.json(content_type=None)
                 link = resp.headers.get("Link")
-            tags.extend(doc.get("tags") or [])
-            url = None
+            page = doc.get(key) if isinstance(doc, dict) else None
+            names.extend(str(n) for n in page or [])
+            next_url = None
             if link and 'rel="next"' in link:
                 m = re.search(r"<([^>]+)>", link)
-                url = m.group(1) if m else None
-        return tags
+                next_url = m.group(1) if m else None
+        return names if limit is None else names[:limit]
 
     # -- blobs -----------------------------------------------------------------------------
 
