@@ -130,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("load", help="push a bundle into a registry")
     p.add_argument("bundle", type=Path)
     p.add_argument("--to", required=True, metavar="HOST[:PORT][/PREFIX]",
-                   help="target registry and optional repository prefix")
+                   help="target registry and optional repository prefix: each image goes "
+                   "to PREFIX/<its source repository>; an oci-archive entry named by a bare "
+                   "tag, or not named, to PREFIX itself (an unnamed one by digest)")
     p.add_argument("--dry-run", action="store_true", help="list what would be pushed")
     p.add_argument("--merge", action="store_true",
                    help="a tag that holds another multi-arch index keeps its other platforms "
