@@ -4,11 +4,12 @@
    index.json entry, the target repository `HOST/PREFIX/<source repository>` and its tag.
 2. Check, before pushing anything, that every blob the manifests need is in the bundle at the
    right size, or absent on purpose (a foreign layer; an incremental bundle's blobs, which must
-   then already be at the target).
+   then already be at the target, in some repository of it: mirror.elsewhere finds them).
 3. Push blobs (HEAD skips those present; a blob already pushed to another repository of the
    target is mounted), streamed out of the tar and hashed on the way.
 4. Push child manifests by digest, then each root by tag, byte for byte; the registry's
    Docker-Content-Digest must equal ours.
+A load that fails or is stopped cancels the upload sessions it has open at the target.
 """
 
 from __future__ import annotations
