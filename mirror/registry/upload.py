@@ -38,7 +38,11 @@ class Uploads:
     _min_chunk: dict[str, int]
     _sessions: dict[str, tuple[str, str, str]]  # URL path -> (registry, repo, location)
 
-    def _opened(self, registry: str, repo: str, location: str) -> str:
+    def _opened(self, registry: str, repo: str, location: str,
+                previous: str | None = None) -> str:
+        """Record a session's Location (`previous`: the one it replaces, whatever its path)."""
+        if previous is not None:
+            self._closed(previous)
         self._sessions[urlsplit(location).path] = (registry, repo, location)
         return location
 
@@ -194,7 +198,7 @@ class Uploads:
                 stream = _Stream(body(offset))
                 continue
             async with resp:
-                location = self._opened(registry, repo, self._location(resp))
+                location = self._opened(registry, repo, self._location(resp), location)
                 min_len = resp.headers.get("OCI-Chunk-Min-Length", "")
             if min_len.isdigit():
                 chunk_size = max(chunk_size, int(min_len))
@@ -208,7 +212,7 @@ class Uploads:
                                     allow_redirects=False)
         async with resp:
             rng = resp.headers.get("Range", "0-0")
-            loc = self._opened(registry, repo, self._location(resp))
+            loc = self._opened(registry, repo, self._location(resp), location)
         end = int(rng.split("-")[-1]) if "-" in rng else 0
         # distribution answers 0-0 both for nothing and for one byte; re-send from 0 then
         return loc, (end + 1 if end > 0 else 0)
