@@ -304,27 +304,31 @@ def test_a_failed_download_reports_the_bytes_it_kept(src_registry, image, recpro
     assert_exact(tmp_path / "out.tar", img)
 
 
+def _pull_on_a_small_disk(limit: int, *args: object) -> subprocess.CompletedProcess[str]:
+    """`mirror pull ARGS` in a child that may write no file past `limit` bytes
+    (RLIMIT_FSIZE: "File too large", a full disk as the writer sees it, without root)."""
+    import resource
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run(mirror_cmd("pull", *args), cwd=ROOT, env=mirror_env(),
+                          capture_output=True, text=True, timeout=120, preexec_fn=small_disk)
+
+
 def test_a_full_disk_reports_what_was_done_and_keeps_the_partial(src_registry, image,
                                                                  tmp_path: Path) -> None:
     """The disk fills up (the file size limit of the child, RLIMIT_FSIZE: the same OSError
     path as ENOSPC, without root) in the middle of the big layer: one error line naming the
     file, exit 1, and the report carries the image's entry with that error and the bytes
     that were fetched and kept, not `images: []`; the next run resumes the kept part."""
-    import resource
-
     repo, img = image
     big, small = img.layers
     cache, report, out = tmp_path / "cache", tmp_path / "full.json", tmp_path / "out.tar.zst"
     limit = 256 << 10  # the config and the small layer fit, the 1 MiB layer does not
-
-    def small_disk() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
     ref = f"{src_registry.host}/{repo}:v1"
-    proc = subprocess.run(mirror_cmd("pull", ref, "-o", out, "--cache", cache, "-q",
-                                     "--report", report),
-                          cwd=ROOT, env=mirror_env(), capture_output=True, text=True,
-                          timeout=120, preexec_fn=small_disk)
+    proc = _pull_on_a_small_disk(limit, ref, "-o", out, "--cache", cache, "-q",
+                                 "--report", report)
     assert proc.returncode == EXIT["error"], proc.stderr
     line = error_line(proc)
     assert str(partial_file(cache, big.digest)) in line and "File too large" in line, line
@@ -354,22 +358,15 @@ def test_a_full_disk_while_writing_the_bundle_keeps_what_was_fetched(
     """Every blob fits in the cache but the .tar.zst bundle written at the end does not (the
     child's RLIMIT_FSIZE): exit 1 naming the bundle's .partial, no bundle left, and the
     report has the image's entry with every byte fetched; the next run fetches nothing."""
-    import resource
 
     img = ig.make_image(rng, ig.AMD64, "oci",
                         layers=[ig.make_layer(rng, 200_000, compressed=False) for _ in range(2)])
     push_image(src_registry.url, repo_name, img, ["v1"])
     cache, report, out = tmp_path / "cache", tmp_path / "full.json", tmp_path / "out.tar.zst"
     limit = 256 << 10  # each blob fits; the two together (zstd cannot shrink them) do not
-
-    def small_disk() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
     ref = f"{src_registry.host}/{repo_name}:v1"
-    proc = subprocess.run(mirror_cmd("pull", ref, "-o", out, "--cache", cache, "-q",
-                                     "--report", report),
-                          cwd=ROOT, env=mirror_env(), capture_output=True, text=True,
-                          timeout=120, preexec_fn=small_disk)
+    proc = _pull_on_a_small_disk(limit, ref, "-o", out, "--cache", cache, "-q",
+                                 "--report", report)
     assert proc.returncode == EXIT["error"], proc.stderr
     assert f"{out}.partial" in error_line(proc), proc.stderr
     assert not out.exists() and not out.with_name(out.name + ".partial").exists()
