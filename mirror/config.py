@@ -260,30 +260,31 @@ def parse_config(text: str, path: str = "images.yaml",
         if isinstance(item, yaml.ScalarNode):
             images.append(ImageSpec(_ref(ctx, item, ctx.scalar(item, "image")), defaults, where))
             continue
-        e = ctx.mapping(item, "an image entry", _IMAGE_KEYS)
-        settings = _settings(ctx, e, defaults)
-        if "ref" in e and "repository" in e:
-            later = max(e["ref"][0], e["repository"][0], key=lambda k: k.start_mark.index)
+        entry = ctx.mapping(item, "an image entry", _IMAGE_KEYS)
+        settings = _settings(ctx, entry, defaults)
+        if "ref" in entry and "repository" in entry:
+            later = max(entry["ref"][0], entry["repository"][0],
+                        key=lambda k: k.start_mark.index)
             raise ctx.err(later, "give 'ref' or 'repository' (with 'tags'), not both",
                           hint="one entry per reference (ref:), or one per repository with "
                           "its tags (repository: and tags:)")
-        if "ref" not in e and "repository" not in e:
+        if "ref" not in entry and "repository" not in entry:
             raise ctx.err(item, "an image entry needs either 'ref' or 'repository' (with 'tags')")
-        if "ref" in e:
-            if "tags" in e:
-                raise ctx.err(e["tags"][0], "'tags' goes with 'repository', not 'ref'")
-            node = e["ref"][1]
+        if "ref" in entry:
+            if "tags" in entry:
+                raise ctx.err(entry["tags"][0], "'tags' goes with 'repository', not 'ref'")
+            node = entry["ref"][1]
             images.append(ImageSpec(_ref(ctx, node, ctx.scalar(node, "ref")), settings, where))
             continue
-        rnode = e["repository"][1]
+        rnode = entry["repository"][1]
         repo = _ref(ctx, rnode, ctx.scalar(rnode, "repository"))
         if repo.digest or ":" in ctx.scalar(rnode, "repository").rsplit("/", 1)[-1]:
             raise ctx.err(rnode, "'repository' takes no tag or digest; list them under 'tags'")
-        if "tags" not in e:
+        if "tags" not in entry:
             raise ctx.err(item, f"repository {repo.name} has no 'tags' list")
-        for tag in ctx.str_list(e["tags"][1], "tags"):
+        for tag in ctx.str_list(entry["tags"][1], "tags"):
             text = f"{repo.name}{tag}" if tag.startswith("@") else f"{repo.name}:{tag}"
-            images.append(ImageSpec(_ref(ctx, e["tags"][1], text), settings, where))
+            images.append(ImageSpec(_ref(ctx, entry["tags"][1], text), settings, where))
     if not images:
         raise ctx.err(inode, "the 'images' list is empty")
     return Config(images, registries, logins, defaults, path)

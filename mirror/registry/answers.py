@@ -6,6 +6,7 @@ were accepted; not found; rate-limited, and for how long)."""
 from __future__ import annotations
 
 import json
+from typing import TypedDict
 
 import aiohttp
 
@@ -13,6 +14,15 @@ from mirror.errors import AuthError, NotFound, RateLimited, RegistryError
 from mirror.registry.auth import action_word, parse_challenges
 from mirror.registry.credentials import Credential
 from mirror.registry.policy import parse_retry_after
+
+
+class _Answer(TypedDict):
+    """What every error made from an answer carries (RegistryError's keyword arguments)."""
+
+    registry: str
+    repository: str
+    status: int
+    codes: tuple[str, ...]
 
 
 def where(registry: str, repository: str) -> str:
@@ -47,7 +57,8 @@ def error_for(resp: aiohttp.ClientResponse, body: bytes, registry: str, reposito
         detail += f" (after {tries} tries)"
     at = where(registry, repository)
     text = f"{at}: {what}: {detail}" if what else f"{at}: {detail}"
-    kw = dict(registry=registry, repository=repository, status=status, codes=codes)
+    kw: _Answer = {"registry": registry, "repository": repository, "status": status,
+                   "codes": codes}
     if status in (401, 403):
         cred = credential
         challenges = parse_challenges(resp.headers.getall("WWW-Authenticate", []))
