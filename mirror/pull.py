@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -139,8 +138,9 @@ class _Run:
     def failed(self, i: int, e: MirrorError) -> None:
         res = self.results[i]
         res.error, res.error_code, res.hint = str(e), e.exit_code, e.hint
-        if self.plans[i] is not None:
-            self.unfinished[i] = self.plans[i]  # what it fetched still counts (result())
+        plan = self.plans[i]
+        if plan is not None:
+            self.unfinished[i] = plan  # what it fetched still counts (result())
         self.plans[i] = None
         self.first_error = self.first_error or e
         if not self.opts.keep_going:
@@ -280,12 +280,12 @@ class _Run:
             if opts.output is not None and not opts.compress:
                 lay = bundle_layout([p for _, p in self.resolved()], opts,
                                     partial=self.first_error is not None)
-                same = await asyncio.get_running_loop().run_in_executor(  # hashes the file
+                there = await asyncio.get_running_loop().run_in_executor(  # hashes the file
                     _IO_POOL, unchanged, opts.output, lay.index, lay.inventory,
                     tar_size(lay.index, lay.inventory, lay.manifests, lay.blobs, lay.docker),
                     lay.docker)
-                if same:
-                    return self.unchanged(same)
+                if there:
+                    return self.unchanged(there)
                 self.in_layout = {i for i, _ in self.resolved()}
                 f.assembler = Assembler(opts.output, index_json=lay.index,
                                         inventory_json=lay.inventory, manifests=lay.manifests,
@@ -322,28 +322,29 @@ class _Run:
         loop = asyncio.get_running_loop()
         partial = self.first_error is not None
         late = any(self.plans[i] is None for i in self.in_layout)
-        if f.assembler is not None and not late:
-            stop = threading.Event()
-            fut = loop.run_in_executor(_IO_POOL, f.assembler.finish, stop)
+        stop = threading.Event()
+        assembler = f.assembler
+        if assembler is not None and not late:
+            def name() -> tuple[str | None, bool]:
+                return assembler.finish(stop), False  # None: stopped before the rename
         elif opts.output is not None:
-            if f.assembler is not None:
-                f.assembler.abort()
+            if assembler is not None:
+                assembler.abort()
                 f.assembler = None
-            stop = threading.Event()
             plans = [p for _, p in self.resolved()]
-            fut = loop.run_in_executor(_IO_POOL, functools.partial(
-                write_plans, plans, self.store, opts, f.fetched, self.progress,
-                partial=partial, stop=stop))
+
+            def name() -> tuple[str | None, bool]:
+                return write_plans(plans, self.store, opts, f.fetched, self.progress,
+                                   partial=partial, stop=stop)
         else:
             return None, False
+        fut = loop.run_in_executor(_IO_POOL, name)
         try:
-            out = await fut
+            return await fut
         except asyncio.CancelledError:
-            if stop is not None:
-                stop.set()
+            stop.set()
             await asyncio.wait([fut])
             raise
-        return (out, False) if isinstance(out, str) else out
 
     def dry_run(self) -> PullResult:
         needed: dict[str, int] = {}  # each blob once, however many images share it

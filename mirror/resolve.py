@@ -123,14 +123,14 @@ async def _resolve_index(client: Client, spec: ImageSpec, plan: ImagePlan, root:
         if c.platform is None and mt.is_index(c.media_type) and not sel.all:
             # a nested index without a platform: chosen if anything inside it matches
             child = await client.get_manifest(reg, repo, c.digest, expected=c)
-            sub = ImagePlan(spec, child, child.digest, "full")
+            inner = ImagePlan(spec, child, child.digest, "full")
             try:
-                await _resolve_index(client, spec, sub, child, fetch_config, attestations)
+                await _resolve_index(client, spec, inner, child, fetch_config, attestations)
             except NoMatchingPlatform as e:
                 available.extend(getattr(e, "available", []))
                 continue
-            available.extend(sub.platforms)
-            nested[c.digest] = sub
+            available.extend(inner.platforms)
+            nested[c.digest] = inner
             chosen.append(c)
         elif c.platform is not None and not c.platform.is_unknown:
             if sel.wants(c.platform):
@@ -165,29 +165,28 @@ async def _resolve_index(client: Client, spec: ImageSpec, plan: ImagePlan, root:
         if c.digest not in chosen_set:
             continue
         sub = nested.get(c.digest)
-        child = None if sub else await client.get_manifest(reg, repo, c.digest, expected=c)
-        if sub is None and child is not None and child.is_index:
+        if sub is None:
+            child = await client.get_manifest(reg, repo, c.digest, expected=c)
+            if not child.is_index:
+                _add_manifest(plan, child)
+                if c.platform is not None and not c.platform.is_unknown:
+                    plan.platforms.append(str(c.platform))
+                    plan.platform_digests[str(c.platform)] = c.digest
+                continue
             sub = ImagePlan(spec, child, child.digest, "full")
             await _resolve_index(client, spec, sub, child, fetch_config, attestations)
-        if sub is not None:
-            plan.manifests.update(sub.manifests)
-            plan.blobs.update(sub.blobs)
-            plan.absent.update(sub.absent)
-            plan.platforms.extend(sub.platforms)
-            plan.platform_digests.update(sub.platform_digests)
-            plan.left_behind.extend(sub.left_behind)
-            plan.conversions.update(sub.conversions)
-            plan.nested_filtered |= sub.nested_filtered
-            if sub.root.digest != sub.source_digest:
-                replaced[sub.source_digest] = sub.root
-                plan.conversions[sub.source_digest] = sub.root.digest
-                plan.nested_filtered.add(sub.source_digest)
-        else:
-            assert child is not None
-            _add_manifest(plan, child)
-            if c.platform is not None and not c.platform.is_unknown:
-                plan.platforms.append(str(c.platform))
-                plan.platform_digests[str(c.platform)] = c.digest
+        plan.manifests.update(sub.manifests)
+        plan.blobs.update(sub.blobs)
+        plan.absent.update(sub.absent)
+        plan.platforms.extend(sub.platforms)
+        plan.platform_digests.update(sub.platform_digests)
+        plan.left_behind.extend(sub.left_behind)
+        plan.conversions.update(sub.conversions)
+        plan.nested_filtered |= sub.nested_filtered
+        if sub.root.digest != sub.source_digest:
+            replaced[sub.source_digest] = sub.root
+            plan.conversions[sub.source_digest] = sub.root.digest
+            plan.nested_filtered.add(sub.source_digest)
     if len(chosen_set) == len({c.digest for c in children}) and not replaced:
         plan.mode = "full"
         plan.root = root

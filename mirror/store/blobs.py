@@ -22,10 +22,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mirror.digest import Digest, Verifier, check_bytes
 from mirror.store.direct import AppendFile, align_down
+
+if TYPE_CHECKING:  # the bundle's assembler uses the store; only its type is needed here
+    from mirror.bundle.assembler import Tee
 
 CHUNK = 1 << 20
 DIRECT_MIN = 1 << 20  # smaller blobs (configs, small layers) go through the page cache
@@ -294,7 +297,7 @@ class PartialBlob:
         self._buf: list[bytes] = []
         self._buffered = 0
         self.resumed_from = 0
-        self.tee = None  # mirror.bundle.assembler.Tee: also put the bytes in the bundle
+        self.tee: Tee | None = None  # also put the bytes in the bundle
         self.tee_failed = False
 
     def open(self) -> int:
