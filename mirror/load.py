@@ -15,11 +15,11 @@ A load that fails or is stopped cancels the upload sessions it has open at the t
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from mirror.aio import gather_or_cancel
 from mirror.bundle.layout import IMAGE_NAME, REF_NAME
@@ -36,6 +36,7 @@ from mirror.errors import (
     RegistryError,
     UsageError,
 )
+from mirror.fileobj import Readable
 from mirror.manifest import Descriptor, RawManifest
 from mirror.merge import merged, other_platforms, platforms
 from mirror.progress import NullProgress, Progress
@@ -391,7 +392,7 @@ async def _load(client: Client, bundle: Bundle, target: Target, jobs: int, dry_r
         # moves on to the next member only once that read is over
         reading = threading.Lock()
 
-        def read(f: Any) -> bytes:
+        def read(f: Readable) -> bytes:
             with reading:
                 return f.read(CHUNK)
 
@@ -409,7 +410,7 @@ async def _load(client: Client, bundle: Bundle, target: Target, jobs: int, dry_r
                     where = todo.pop(digest)
                     try:
                         left = await push_one(digest, where,
-                                              iter(lambda f=f: read(f), b""))
+                                              iter(functools.partial(read, f), b""))
                     except RegistryError as e:
                         failures[digest] = failures.get(digest, 0) + 1
                         if not restartable(e) or failures[digest] >= policy.tries:

@@ -8,12 +8,12 @@ import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 from mirror.bundle import consistency
 from mirror.bundle.reader import Bundle, _blob_digest
 from mirror.digest import Digest, Verifier
 from mirror.errors import IntegrityError, MirrorError
+from mirror.fileobj import Readable
 
 # what verify reads of a blob at a time: 1 MiB from a plain tar (each read also goes to the
 # file's sha256 on its own thread, two reads behind at most); 256 KiB from a .tar.zst's stream
@@ -63,7 +63,7 @@ def verify_bundle(path: Path, note: Callable[[str], None] | None = None,
     failure: MirrorError | None = None
     contents = None
 
-    def check(name: str, size: int, data: bytes | BinaryIO | None) -> None:
+    def check(name: str, size: int, data: bytes | Readable | None) -> None:
         assert data is not None  # members(tap=...) gives every member a fileobj
         _check_blob(name, size, data, path, blob_problems,
                     STREAM_CHUNK if bundle.compressed else CHUNK, bundle.member_digest(name))
@@ -184,7 +184,7 @@ def _sha256_file(path: Path, stop: threading.Event) -> str | None:
     return h.hexdigest()
 
 
-def _check_blob(name: str, size: int, data: bytes | BinaryIO, path: Path,
+def _check_blob(name: str, size: int, data: bytes | Readable, path: Path,
                 problems: list[str], chunk: int, digest: str | None = None) -> None:
     """Hash a blob member (its bytes, or a file to read them from) against its name (or the
     `digest` it holds: a docker-archive's layer, its diff_id). A read that fails (a .tar.zst's

@@ -22,7 +22,7 @@ import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO, cast
 
 import zstandard
 
@@ -32,6 +32,7 @@ from mirror.bundle.through import Tap, Tapped, Window
 from mirror.bundle.trailer import first_nonzero, zstd_frames_problem
 from mirror.digest import Digest, sha256_of
 from mirror.errors import BundleError, IntegrityError, MirrorError
+from mirror.fileobj import Readable
 from mirror.manifest import MAX_MANIFEST_BYTES, Descriptor, RawManifest
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -122,7 +123,7 @@ class _StreamMember:
     """A member of a tar.zst being read: a read that fails (the stream breaks off, or its
     bytes are not zstd) raises the bundle's BundleError, not tarfile's or zstd's own."""
 
-    def __init__(self, f: BinaryIO, name: str, bundle: Bundle) -> None:
+    def __init__(self, f: Readable, name: str, bundle: Bundle) -> None:
         self._f, self._name, self._bundle = f, name, bundle
 
     def read(self, n: int = -1) -> bytes:
@@ -263,15 +264,17 @@ class Bundle:
         current: str | None = None
         try:
             with open(self.path, "rb") as f:
-                raw: BinaryIO | Tapped = Tapped(f, tap) if tap else f
+                raw = Tapped(f, tap) if tap else f
                 dctx = zstandard.ZstdDecompressor()
-                with dctx.stream_reader(raw, read_size=CHUNK, read_across_frames=True) as zr, \
+                # zstandard's stubs ask for an IO[bytes]; its reader needs only read()
+                with dctx.stream_reader(cast(IO[bytes], raw), read_size=CHUNK,
+                                        read_across_frames=True) as zr, \
                         tarfile.open(fileobj=zr, mode="r|") as tf:
                     for name, ti in _file_members(tf, self.name):
                         current = name  # tarfile skips what is left of it on the next step
-                        f = tf.extractfile(ti)
-                        assert f is not None
-                        yield name, ti.size, _StreamMember(f, name, self)
+                        member = tf.extractfile(ti)
+                        assert member is not None
+                        yield name, ti.size, _StreamMember(member, name, self)
                     current = None
                     # the frames end where the file does; unbuffered: only their headers are
                     # read (a buffered file read 8 KiB at each of a 50 GB bundle's blocks)
@@ -371,10 +374,10 @@ class Bundle:
             if DOCKER_JSON in files and not {"oci-layout", "index.json"} & files.keys():
                 from mirror.bundle import dockerarchive  # no layout: a docker-archive
 
-                c, self._aliases = dockerarchive.read(self, {**files, **self._linked()})
+                plain, self._aliases = dockerarchive.read(self, {**files, **self._linked()})
                 if check:
-                    self.check(c)
-                return c
+                    self.check(plain)
+                return plain
             if self._links:
                 name = next(iter(self._links))
                 raise BundleError(f"{self.name}: member {name!r} is a link; a bundle holds "
@@ -384,13 +387,13 @@ class Bundle:
             layout = self.read_member("oci-layout")
             index = self.read_member("index.json")
             inv = self.read_member(MIRROR_JSON) if MIRROR_JSON in files else None
-            c = self._contents(layout, index, inv)
-            c.docker = self.read_member(DOCKER_JSON) if DOCKER_JSON in files else None
-            c.members = {d: m.size for n, m in files.items() if (d := _blob_digest(n))}
-            self._walk(c, lambda d: self.read_member(_name(d)) if _name(d) in files else None)
+            plain = self._contents(layout, index, inv)
+            plain.docker = self.read_member(DOCKER_JSON) if DOCKER_JSON in files else None
+            plain.members = {d: m.size for n, m in files.items() if (d := _blob_digest(n))}
+            self._walk(plain, lambda d: self.read_member(_name(d)) if _name(d) in files else None)
             if check:
-                self.check(c)
-            return c
+                self.check(plain)
+            return plain
         small: dict[str, bytes] = {}
         meta: dict[str, bytes] = {}
         members: dict[str, int] = {}

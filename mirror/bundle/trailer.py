@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
+from mirror.fileobj import Readable
+
 CHUNK = 1 << 20
 _ZSTD_MAGIC = 0xFD2FB528
 _SKIPPABLE = 0x184D2A50  # 0x184D2A50..0x184D2A5F: a skippable frame (zstd allows them)
 _SKIPPABLE_MASK = 0xFFFFFFF0
 
 
-def first_nonzero(f: BinaryIO, start: int) -> int | None:
+def first_nonzero(f: Readable, start: int) -> int | None:
     """Read `f` to its end; the position of the first byte that is not zero, counting the
     first byte read as `start`; None when there is none."""
     pos = start

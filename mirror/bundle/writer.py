@@ -17,12 +17,13 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO, cast
 
 import zstandard
 
 from mirror.digest import Verifier
 from mirror.errors import IntegrityError, MirrorError, SizeMismatch, naming
+from mirror.fileobj import Writable
 from mirror.store.blobs import BlobStore, sha256_file
 
 BUF = 1 << 20
@@ -100,10 +101,11 @@ def write_bundle(
             hw = _HashingWriter(raw)
             if compress:
                 cctx = zstandard.ZstdCompressor(level=3, threads=-1)
-                zw = cctx.stream_writer(hw, closefd=False, write_size=BUF)
-                sink: BinaryIO = zw  # type: ignore[assignment]
+                # zstandard's stubs ask for an IO[bytes]; its writer needs only write()
+                zw = cctx.stream_writer(cast(IO[bytes], hw), closefd=False, write_size=BUF)
+                sink: Writable = zw
             else:
-                sink = hw  # type: ignore[assignment]
+                sink = hw
 
             def member(name: str, data: bytes) -> None:
                 sink.write(_header(name, len(data)) + data + _pad(len(data)))
@@ -208,7 +210,7 @@ def _blob_name(digest: str) -> str:
     return f"blobs/{alg}/{enc}"
 
 
-def _copy_blob(sink: BinaryIO, store: BlobStore, item: BlobItem,
+def _copy_blob(sink: Writable, store: BlobStore, item: BlobItem,
                progress: Callable[[int], None] | None,
                stop: threading.Event | None = None) -> None:
     path = store.path(item.digest)
