@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from mirror import secrets
+
+if TYPE_CHECKING:  # imported where a bar is made: a run without one never loads tqdm
+    from tqdm import tqdm
 
 
 class LineProgress:
@@ -76,7 +79,7 @@ class TqdmProgress(LineProgress):
 class _AboveTheBar:
     """sys.stdout while a bar is shown: whole lines, each written with the bar cleared."""
 
-    def __init__(self, bar, real: TextIO) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, bar: tqdm[Any], real: TextIO) -> None:
         self.bar = bar
         self.real = real
         self.pending = ""
@@ -99,7 +102,7 @@ class _AboveTheBar:
         self.real.flush()
         self.bar.refresh()
 
-    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+    def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)  # fileno, isatty, encoding...
 
 

@@ -137,6 +137,11 @@ class SizeMismatch(IntegrityError):
 class NoMatchingPlatform(MirrorError):
     exit_code = EXIT_CODES["no-matching-platform"]
 
+    def __init__(self, message: str, *, hint: str | None = None,
+                 available: list[str] | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.available = available or []  # the platforms there are (for a caller's own line)
+
 
 class UnsupportedContent(MirrorError):
     exit_code = EXIT_CODES["unsupported"]

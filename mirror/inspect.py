@@ -339,7 +339,7 @@ async def _inspect_bundle(path: Path, sel: PlatformSelector) -> list[dict[str, A
         if len(missed) == 1:
             raise missed[0]
         raise no_matching_manifest(
-            str(path), sel, [p for err in missed for p in getattr(err, "available", [])],
+            str(path), sel, [p for err in missed for p in err.available],
             hint=HINT, holder="its images have")
     return _with_their_subjects(docs)
 

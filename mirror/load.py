@@ -228,12 +228,11 @@ def _source_paths(images: list[PushImage], contents: Contents) -> list[str]:
 
 
 async def _aiter_thread(gen: Iterator[bytes]) -> AsyncIterator[bytes]:
-    sentinel = object()
     while True:
-        chunk = await asyncio.to_thread(next, gen, sentinel)
-        if chunk is sentinel:
+        chunk = await asyncio.to_thread(next, gen, None)
+        if chunk is None:
             return
-        yield chunk  # type: ignore[misc]
+        yield chunk
 
 
 async def load(client: Client, bundle: Bundle, target: Target, *, jobs: int = 4,

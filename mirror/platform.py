@@ -160,8 +160,6 @@ def no_matching_manifest(name: str, wanted: PlatformSelector, available: Iterabl
     """The exit-8 error of pull and inspect: one line naming the image (or bundle) and the
     platforms it does have; `.available` keeps that list for a caller that gathers several."""
     have = list(dict.fromkeys(available))
-    err = NoMatchingPlatform(
+    return NoMatchingPlatform(
         f"{name}: no matching manifest for {wanted} ({holder}: {', '.join(have) or 'none'})",
-        hint=hint)
-    err.available = have  # type: ignore[attr-defined]
-    return err
+        hint=hint, available=have)

@@ -127,7 +127,7 @@ async def _resolve_index(client: Client, spec: ImageSpec, plan: ImagePlan, root:
             try:
                 await _resolve_index(client, spec, inner, child, fetch_config, attestations)
             except NoMatchingPlatform as e:
-                available.extend(getattr(e, "available", []))
+                available.extend(e.available)
                 continue
             available.extend(inner.platforms)
             nested[c.digest] = inner

@@ -239,17 +239,18 @@ class Authenticator:
         if status != 200:
             raise AuthError(f"{self.registry}: the token server {realm_host} answered HTTP "
                             f"{status}", registry=self.registry, status=status)
-        token = (doc.get("token") or doc.get("access_token")) if isinstance(doc, dict) else None
+        fields = doc if isinstance(doc, dict) else {}  # JSON, but maybe not an object
+        token = fields.get("token") or fields.get("access_token")
         if isinstance(token, str):
             secrets.remember(token)
-        refresh = doc.get("refresh_token") if isinstance(doc, dict) else None
+        refresh = fields.get("refresh_token")
         if isinstance(refresh, str):
             secrets.remember(refresh)
         if not token:
             raise AuthError(f"{self.registry}: the token server {realm_host} answered without "
                             "a token", registry=self.registry)
         try:
-            expires_in = float(doc.get("expires_in") or 60)  # type: ignore[union-attr]
+            expires_in = float(fields.get("expires_in") or 60)
         except (TypeError, ValueError):
             expires_in = 60.0
         return str(token), expires_in
