@@ -319,7 +319,7 @@ class Bundle:
         return BundleError(f"{self.name}: {inner}: {e}")
 
     def members(self, tap: Tap | None = None
-                ) -> Iterator[tuple[str, int, _StreamMember | Window | None]]:
+                ) -> Iterator[tuple[str, int, Readable | None]]:
         """Every file member in tar order. The fileobj is None for a plain tar (use
         open_blob), unless `tap` is given: then the file is read once from start to end, its
         every byte (headers and padding too) given to `tap`, and each member comes with a
@@ -330,7 +330,7 @@ class Bundle:
         if self.directory:  # no file of its own to hash: `tap` has nothing to follow
             for name, m in sorted(self._index().items()):
                 with self.open_member(m) as f:
-                    yield name, m.size, f  # type: ignore[misc]
+                    yield name, m.size, f
             return
         items = sorted(self._index().values(), key=lambda m: m.offset or 0)
         if tap is None:
@@ -469,7 +469,7 @@ class Bundle:
             idx["manifests"] = [*idx["manifests"], *inventory.referrers]
         return Contents(idx, inventory)
 
-    def _walk(self, c: Contents, read) -> None:
+    def _walk(self, c: Contents, read: Callable[[str], bytes | None]) -> None:
         """Load every manifest reachable from index.json (checking each digest). A descriptor
         that is not well formed (a digest that is not a digest) is a broken bundle, named with
         the file it is in: index.json, or the manifest."""
@@ -510,10 +510,12 @@ class Bundle:
                 raise BundleError(f"{self.name}: {e}") from None
 
 
-    def _partial(self, index: RawManifest, read) -> BundleError:
+    def _partial(self, index: RawManifest, read: Callable[[str], bytes | None]
+                 ) -> BundleError:
         """An index some of whose platforms are not in the archive: an export of one
         platform (`ctr images export` without --all-platforms) rather than a broken file."""
-        have, lack = [], []
+        have: list[str] = []
+        lack: list[str] = []
         for d in index.children:
             if d.platform is not None and not d.platform.is_unknown:
                 (have if read(d.digest) is not None else lack).append(str(d.platform))
