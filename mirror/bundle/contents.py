@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 from mirror.bundle.dockersave import docker_manifest
 from mirror.bundle.layout import (
@@ -25,8 +26,22 @@ from mirror.referrers import A_KIND, A_SUBJECT
 from mirror.resolve import ImagePlan
 from mirror.store.blobs import BlobStore
 
-if TYPE_CHECKING:
-    from mirror.pull import PullOptions
+
+class Options(Protocol):
+    """What the layout and its writer read of a pull's options (mirror.pull.PullOptions)."""
+
+    @property
+    def output(self) -> Path | None: ...
+    @property
+    def compress(self) -> bool: ...
+    @property
+    def base_blobs(self) -> dict[str, int] | None: ...  # incremental: what the base carries
+    @property
+    def base_digest(self) -> str | None: ...
+    @property
+    def base_name(self) -> str | None: ...
+    @property
+    def base_images(self) -> tuple[str, ...]: ...
 
 
 def entries_for(plans: list[ImagePlan]) -> tuple[list[Entry], list[Entry]]:
@@ -61,7 +76,7 @@ class BundleLayout:
     blobs: list[BlobItem]  # in tar order (verify flags set by the writer's caller)
 
 
-def bundle_layout(plans: list[ImagePlan], opts: PullOptions, *, partial: bool) -> BundleLayout:
+def bundle_layout(plans: list[ImagePlan], opts: Options, *, partial: bool) -> BundleLayout:
     """What the bundle holds, in its fixed order: the same plans give the same bytes."""
     manifests: dict[str, bytes] = {}
     blobs: dict[str, int] = {}
@@ -90,7 +105,7 @@ def bundle_layout(plans: list[ImagePlan], opts: PullOptions, *, partial: bool) -
                         [BlobItem(d, size, verify=True) for d, size in sorted(blobs.items())])
 
 
-def write_plans(plans: list[ImagePlan], store: BlobStore, opts: PullOptions,
+def write_plans(plans: list[ImagePlan], store: BlobStore, opts: Options,
                 fresh: set[str], progress: Progress, *, partial: bool,
                 stop: threading.Event | None = None) -> tuple[str, bool]:
     """Write the bundle from the store in one pass (a .tar.zst, or after a late failure);

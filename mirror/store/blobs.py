@@ -22,13 +22,27 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from mirror.digest import Digest, Verifier, check_bytes
 from mirror.store.direct import AppendFile, align_down
 
-if TYPE_CHECKING:  # the bundle's assembler uses the store; only its type is needed here
-    from mirror.bundle.assembler import Tee
+
+class Tee(Protocol):
+    """Where a download's bytes also go as they arrive (the bundle being assembled: its
+    `mirror.bundle.assembler.Tee`); the store knows it by these four calls alone."""
+
+    def put(self, pos: int, chunks: list[bytes]) -> None:
+        """Write a batch at `pos` of the blob (on an I/O thread)."""
+
+    def offer(self, pos: int, chunks: list[bytes]) -> None:
+        """The same batch again, to hash from memory."""
+
+    def copy_from(self, path: Path, start: int, end: int) -> None:
+        """Copy bytes [start, end) of a resumed partial download into place."""
+
+    def rewound(self) -> None:
+        """What was put may be stale: the reader must hash the blob's region again."""
 
 CHUNK = 1 << 20
 DIRECT_MIN = 1 << 20  # smaller blobs (configs, small layers) go through the page cache
