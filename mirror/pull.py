@@ -21,6 +21,7 @@ from pathlib import Path
 from mirror.aio import cancel_all, gather_or_cancel
 from mirror.bundle.assembler import Assembler
 from mirror.bundle.contents import bundle_layout, write_plans
+from mirror.bundle.dockersave import left_out
 from mirror.bundle.writer import tar_size, unchanged
 from mirror.config import ImageSpec
 from mirror.convert import convert_plan
@@ -311,7 +312,18 @@ class _Run:
         result = self.result()
         if opts.output is not None:
             result.bundle, result.bundle_digest, result.unchanged = opts.output, digest, same
+            self.say_left_out()
         return result
+
+    def say_left_out(self) -> None:
+        """A note per image the bundle's manifest.json leaves out (a base bundle's blobs, a
+        foreign layer): docker load and podman load will not load it."""
+        plans = [p for _, p in self.resolved()]
+        base = self.opts.base_blobs or {}
+        carried = {d for p in plans for d in p.blobs if d not in base}
+        for name, why in left_out(plans, carried):
+            self.progress.info(f"{name}: not in manifest.json, so docker load and podman load "
+                               f"leave it out: {why}")
 
     async def finish(self) -> tuple[str | None, bool]:
         """Name the assembled bundle, or write it from the store (a .tar.zst, or when an

@@ -311,3 +311,30 @@ def test_podman_load_opens_a_foreign_platform_bundle(podman, src_registry, repo_
     podman.cli("load", "-i", pull(tmp_path, "arm.tar", s.signed, "--platform", "linux/arm64"))
     got = podman.image(s.signed)
     assert ("sha256:" + got["Id"], got["Architecture"]) == (s.imgs[1].config.digest, "arm64")
+
+
+def test_an_incremental_bundle_in_the_runtimes(containerd, dockerd, src_registry, repo_name,
+                                               rng, tmp_path):
+    """`--base`: an image whose layers the base bundle carried is left out of manifest.json
+    (docker load and podman load cannot take it), and pull says so, naming it; ctr import
+    unpacks it once the base went in first (the order incremental bundles are loaded in)."""
+    shared = ig.make_layer(rng)
+    a = ig.make_image(rng, ig.AMD64, layers=[shared, ig.make_layer(rng)])
+    b = ig.make_image(rng, ig.AMD64, layers=[shared, ig.make_layer(rng)])
+    c = ig.make_image(rng, ig.AMD64)
+    for tag, img in (("a", a), ("b", b), ("c", c)):
+        push_image(src_registry.url, repo_name, img, tags=[tag])
+    ref = {t: f"{src_registry.host}/{repo_name}:{t}" for t in "abc"}
+    base = pull(tmp_path, "base.tar", ref["a"])
+    inc = tmp_path / "inc.tar"
+    proc = mirror_ok("pull", ref["b"], ref["c"], "--base", base, "-o", inc, "--cache",
+                     tmp_path / "cache")
+    notes = [line for line in proc.stderr.splitlines() if "manifest.json" in line]
+    assert len(notes) == 1 and ref["b"] in notes[0], proc.stderr
+    assert "docker load" in notes[0] and "base" in notes[0], notes
+    containerd.import_(base)
+    containerd.import_(inc)  # the shared layer is in containerd's content store: no error
+    assert containerd.images()[ref["b"]]["digest"] == b.digest
+    dockerd.cli("load", "-i", base)
+    out = dockerd.cli("load", "-i", inc).stdout
+    assert ref["c"] in out and ref["b"] not in out, out

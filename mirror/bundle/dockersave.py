@@ -93,3 +93,28 @@ def docker_manifest(plans: Iterable[ImagePlan], carried: set[str]) -> bytes:
             for (config, layers), tags in entries.items()]
     docs.sort(key=lambda d: (d["RepoTags"] is None, d["RepoTags"] or [], d["Config"]))
     return json.dumps(docs, separators=(",", ":")).encode() + b"\n"
+
+
+def left_out(plans: Iterable[ImagePlan], carried: set[str]) -> list[tuple[str, str]]:
+    """The references with a Linux image that manifest.json leaves out (docker load and
+    podman load do not get it), each with the reason in words, for pull to say."""
+    out: list[tuple[str, str]] = []
+    for plan in plans:
+        images = [raw for p, raw in _images(plan) if (p is None or p.os == "linux")
+                  and not _loadable(p, raw, carried)]
+        if not images:
+            continue
+        layers = [d for raw in images for d in raw.layers]
+        if any(d.urls or d.media_type in mt.FOREIGN_TYPES for d in layers if
+               d.digest not in carried):
+            why = ("a foreign layer the bundle does not carry (--foreign-layers skip): "
+                   "ctr import cannot unpack it either; --foreign-layers include or "
+                   "rewrite carries it")
+        elif any(d.urls or d.media_type in mt.FOREIGN_TYPES for d in layers):
+            why = "a foreign layer (urls, a non-distributable type): --foreign-layers rewrite"
+        else:
+            n = len({d.digest for raw in images for d in raw.blobs()} - carried)
+            why = (f"{n} of its blob(s) are in the base bundle; ctr import unpacks it once "
+                   "the base bundle was imported (as mirror load needs the base loaded)")
+        out.append((plan.name, why))
+    return out
