@@ -24,6 +24,7 @@ from tests.support.oracle import check_layout, mirror_ok, run_mirror, skopeo
 from tests.support.pusher import get_manifest, push_image
 from tests.support.registry import Registry
 from tests.support.runtimes import CTR, DOCKER, Containerd, Dockerd, Podman
+from tests.test_foreign import ALLOW_LOOPBACK, make_foreign, push_foreign
 from tests.test_referrers import seed
 
 REF = "org.opencontainers.image.ref.name"
@@ -338,3 +339,21 @@ def test_an_incremental_bundle_in_the_runtimes(containerd, dockerd, src_registry
     dockerd.cli("load", "-i", base)
     out = dockerd.cli("load", "-i", inc).stdout
     assert ref["c"] in out and ref["b"] not in out, out
+
+
+def test_ctr_import_unpacks_the_images_after_one_it_cannot(containerd, registry_factory,
+                                                           repo_name, rng, tmp_path):
+    """ctr import stops at the first image it cannot unpack (here a skipped foreign layer) and
+    leaves the images after it in index.json packed: the bundle lists those it can first."""
+    src = registry_factory(urls_allow=ALLOW_LOOPBACK)
+    fi = make_foreign(rng, ["http://127.0.0.1:9/layer"])
+    push_foreign(src, f"{repo_name}/a-foreign", fi, with_blob=False)
+    img = ig.make_image(rng, ig.AMD64)
+    push_image(src.url, f"{repo_name}/b-plain", img, tags=["1"])
+    foreign, plain = f"{src.host}/{repo_name}/a-foreign:v1", f"{src.host}/{repo_name}/b-plain:1"
+    bundle = tmp_path / "b.tar"
+    proc = mirror_ok("pull", foreign, plain, "-o", bundle, "--cache", tmp_path / "cache")
+    assert f"{foreign}: not in manifest.json" in proc.stderr, proc.stderr
+    assert "foreign layer" in proc.stderr, proc.stderr
+    out = containerd.import_(bundle, check=False).stdout
+    assert f"unpacking {plain} ({img.digest})...done" in out, out

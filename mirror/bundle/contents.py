@@ -100,7 +100,11 @@ def bundle_layout(plans: list[ImagePlan], opts: Options, *, partial: bool) -> Bu
     images, referrers = entries_for(plans)
     inv.referrers = entry_list(referrers)
     carried = set(blobs)
-    return BundleLayout(index_json(images), inv.to_bytes(), docker_manifest(plans, carried),
+    # an image whose layers are not all here (a base bundle's, a skipped foreign layer)
+    incomplete = {p.name for p in plans if "foreign" in p.absent.values()
+                  or any(d not in carried for d in p.blobs)}
+    return BundleLayout(index_json(images, incomplete), inv.to_bytes(),
+                        docker_manifest(plans, carried),
                         [(d, manifests[d]) for d in inv.manifests],
                         [BlobItem(d, size, verify=True) for d, size in sorted(blobs.items())])
 

@@ -17,6 +17,7 @@ list only images there. The reader gives load, verify and inspect the entries of
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,16 +52,19 @@ class Entry:
                 "annotations": dict(sorted(ann.items()))}
 
 
-def index_json(entries: list[Entry]) -> bytes:
+def index_json(entries: list[Entry], last: Collection[str] = ()) -> bytes:
+    """index.json: the entries by name, those named in `last` (images whose blobs are not
+    all in the bundle) after the others: `ctr images import` stops unpacking at the first
+    image it cannot unpack, so the images it can come first."""
     return dump_json({
         "schemaVersion": 2,
         "mediaType": mt.OCI_INDEX,
-        "manifests": entry_list(entries),
+        "manifests": entry_list(entries, last),
     })
 
 
-def entry_list(entries: list[Entry]) -> list[dict[str, Any]]:
-    return [e.to_json() for e in sorted(entries, key=lambda e: e.name)]
+def entry_list(entries: list[Entry], last: Collection[str] = ()) -> list[dict[str, Any]]:
+    return [e.to_json() for e in sorted(entries, key=lambda e: (e.name in last, e.name))]
 
 
 @dataclass
