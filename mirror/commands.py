@@ -410,7 +410,8 @@ async def _verify(args: argparse.Namespace, progress, report: Report) -> int:
 async def _inspect(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.inspect import inspect_target
 
-    text = await inspect_target(args, lambda: _transport(args, None, progress))
+    text = await inspect_target(args, lambda: _transport(args, None, progress),
+                                note=progress.info)
     print(text)
     return 0
 

@@ -269,11 +269,14 @@ def _adder(rows: list) -> Any:
     return row
 
 
-async def inspect_target(args, make_transport) -> str:
+async def inspect_target(args, make_transport,
+                         note: Callable[[str], None] | None = None) -> str:
+    """The text (or --json) of args.target; `note` gets what a reader of another format
+    says about it (a docker-archive's new manifests and untagged images), as load says it."""
     sel = PlatformSelector.parse(args.platform)
     path = await asyncio.to_thread(bundle_path, args.target)
     if path is not None:
-        docs = await _inspect_bundle(path, sel)
+        docs = await _inspect_bundle(path, sel, note)
     else:
         from mirror.reference import Reference
         from mirror.registry.client import Client
@@ -293,13 +296,17 @@ async def inspect_target(args, make_transport) -> str:
     return json.dumps(docs, indent=2) if args.json else render(docs)
 
 
-async def _inspect_bundle(path: Path, sel: PlatformSelector) -> list[dict[str, Any]]:
+async def _inspect_bundle(path: Path, sel: PlatformSelector,
+                          note: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Every index.json entry; with --platform, the images that have one of those platforms
     (the others left out; NoMatchingPlatform when none has) and what refers to them."""
     from mirror.bundle.reader import Bundle
 
     bundle = Bundle(path)  # a missing file: BundleError, as verify and load say it
     contents = await asyncio.to_thread(bundle.scan, configs=True)
+    if note is not None:
+        for line in contents.notes:
+            note(line)
 
     async def get_manifest(d: str) -> RawManifest | None:
         return contents.manifests.get(d)

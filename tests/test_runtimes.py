@@ -357,3 +357,20 @@ def test_ctr_import_unpacks_the_images_after_one_it_cannot(containerd, registry_
     assert "foreign layer" in proc.stderr, proc.stderr
     out = containerd.import_(bundle, check=False).stdout
     assert f"unpacking {plain} ({img.digest})...done" in out, out
+
+
+def test_inspect_of_a_docker_save_by_image_id_says_what_it_holds(dockerd, src_registry,
+                                                                 repo_name, rng, tmp_path):
+    """`docker save IMAGE-ID` writes an image without RepoTags: load leaves it out with a note,
+    and inspect, which printed nothing at all, says the same; a tagged image's new manifest
+    (made from the archive) is noted too."""
+    s = seed_both(src_registry, repo_name, rng)
+    dockerd.cli("load", "-i", pull(tmp_path, "b.tar", s.single))
+    out = tmp_path / "by-id.tar"
+    dockerd.cli("save", "-o", out, s.single_img.config.digest)
+    proc = mirror_ok("inspect", out)
+    assert s.single_img.config.digest in proc.stderr and "no tag" in proc.stderr, proc.stderr
+    tagged = tmp_path / "tagged.tar"
+    dockerd.cli("save", "-o", tagged, s.single)
+    proc = mirror_ok("inspect", tagged)
+    assert "docker-archive: new manifest" in proc.stderr, proc.stderr
