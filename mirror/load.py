@@ -518,6 +518,8 @@ async def _over(client: Client, reg: str, img: PushImage, merge: bool, progress:
                       "platforms are no longer tagged (`mirror load --merge` keeps them)")
         return img.root
     new = merged(img.root, old, keep)
+    if new.digest == old.digest:
+        return new  # merged so before (a re-run): nothing changes, nothing to say
     progress.warn(f"{where}: merged {img.root.digest} with {platforms(keep)} from the index "
                   f"it held ({old.digest}): {img.root.digest} -> {new.digest}")
     return new

@@ -593,3 +593,20 @@ def test_a_tag_holding_another_index_is_replaced_with_a_warning_or_merged(
     again = mirror_ok("load", bundle, "--to", f"{dst_registry.host}/m", "--merge")
     assert target_digest(dst_registry, dst_repo, "1") == sha(body)  # a re-run: the same
     assert "0 manifest(s) pushed" in again.stderr, again.stderr
+
+
+def test_a_merge_rerun_is_silent_under_q(src_registry: Registry, dst_registry: Registry,
+                                         repo_name: str, rng: random.Random,
+                                         tmp_path: Path) -> None:
+    """`load --merge -q` under cron: the first run warns that it merged; a re-run, whose tag
+    already holds that merged index, pushes nothing and says nothing (it used to warn
+    'merged' every night)."""
+    old = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)], "oci")
+    new = ig.make_index([ig.make_image(rng, ig.AMD64, "oci")], "oci")
+    push_image(src_registry.url, repo_name, new, ["1"])
+    bundle = pull(tmp_path, f"{src_registry.host}/{repo_name}:1")
+    push_image(dst_registry.url, f"q/{repo_name}", old, ["1"])
+    first = mirror_ok("load", bundle, "--to", f"{dst_registry.host}/q", "--merge", "-q")
+    assert "merged" in first.stderr, first.stderr
+    again = mirror_ok("load", bundle, "--to", f"{dst_registry.host}/q", "--merge", "-q")
+    assert again.stderr == "" and again.stdout == "", again.stderr
