@@ -325,6 +325,13 @@ async def _load(client: Client, bundle: Bundle, target: Target, jobs: int, dry_r
                         m is img.root and img.tag is None and
                         await _fallback_missing(client, finder, reg, img.repository, m)):
                     continue  # already there: the load would not push it (_push_manifests)
+                if m is img.root and img.tag:
+                    # what the tag would get: the bundle's root, or it merged with the index
+                    # the tag holds (`_over` warns as the load would)
+                    m = await _over(client, reg, img, merge, progress)
+                    if m is not img.root and await _there(client, reg, img.repository,
+                                                          ref, m):
+                        continue
                 result.dry_run.append(f"manifest {m.digest} -> {reg}/{img.repository}:{ref}"
                                       if not ref.startswith("sha256:") else
                                       f"manifest {m.digest} -> {reg}/{img.repository}@{ref}")

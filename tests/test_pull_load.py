@@ -610,3 +610,26 @@ def test_a_merge_rerun_is_silent_under_q(src_registry: Registry, dst_registry: R
     assert "merged" in first.stderr, first.stderr
     again = mirror_ok("load", bundle, "--to", f"{dst_registry.host}/q", "--merge", "-q")
     assert again.stderr == "" and again.stdout == "", again.stderr
+
+
+def test_a_dry_run_says_what_a_tag_holding_another_index_would_get(
+        src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """`load --dry-run` over a tag that holds another index: the warning the load would give
+    (platforms no longer tagged); with --merge, the merged index as the manifest to push."""
+    old = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)], "oci")
+    new = ig.make_index([ig.make_image(rng, ig.AMD64, "oci")], "oci")
+    push_image(src_registry.url, repo_name, new, ["1"])
+    bundle = pull(tmp_path, f"{src_registry.host}/{repo_name}:1")
+    dst_repo = f"dry/{repo_name}"
+    push_image(dst_registry.url, dst_repo, old, ["1"])
+    plain = mirror_ok("load", bundle, "--to", f"{dst_registry.host}/dry", "--dry-run")
+    assert "linux/arm64" in plain.stderr and "--merge" in plain.stderr, plain.stderr
+    report = tmp_path / "r.json"
+    mirror_ok("load", bundle, "--to", f"{dst_registry.host}/dry", "--dry-run", "--merge",
+              "--report", report)
+    assert target_digest(dst_registry, dst_repo, "1") == old.digest  # nothing pushed
+    mirror_ok("load", bundle, "--to", f"{dst_registry.host}/dry", "--merge")
+    merged = target_digest(dst_registry, dst_repo, "1")
+    would = json.loads(report.read_text())["would_push"]
+    assert f"manifest {merged} -> {dst_registry.host}/{dst_repo}:1" in would, would
