@@ -368,7 +368,7 @@ async def _load(args: argparse.Namespace, progress, report: Report) -> int:
             print(line)
         return 0
     if not args.quiet:
-        for ref in result.tags + result.untagged:
+        for ref in [*result.tags, *result.untagged, *result.pinned]:  # tag or digest
             print(ref)
     progress.info(f"loaded {args.bundle}: {result.blobs_pushed} blob(s) pushed "
                   f"({result.bytes_pushed} bytes), {result.blobs_mounted} mounted, "

@@ -90,6 +90,7 @@ class PushImage:
 @dataclass
 class LoadResult:
     images: list[PushImage] = field(default_factory=list)
+    pinned: list[str] = field(default_factory=list)  # target@digest of images without a tag
     blobs_pushed: int = 0
     blobs_mounted: int = 0
     blobs_present: int = 0
@@ -475,11 +476,15 @@ async def _push_manifests(client: Client, finder: Finder, reg: str, images: list
                 result.manifests_present += 1
                 if await _fallback_missing(client, finder, reg, img.repository, img.root):
                     await push_fallback(client, reg, img.repository, img.root)
-                continue
-            subject = await _put(client, reg, img, img.root.digest, img.root)
-            result.manifests_pushed += 1
-            if img.root.subject is not None and not subject:
-                await push_fallback(client, reg, img.repository, img.root)
+            else:
+                subject = await _put(client, reg, img, img.root.digest, img.root)
+                result.manifests_pushed += 1
+                if img.root.subject is not None and not subject:
+                    await push_fallback(client, reg, img.repository, img.root)
+            if img.referrer_of is None and not img.unnamed:  # pinned by digest: named
+                at = f"{reg}/{img.repository}@{img.root.digest}"
+                result.pinned.append(at)
+                progress.info(f"{img.name} -> {at}")
     for img in images:
         if img.unnamed:  # put where the user did not name: say where
             where = f"{reg}/{img.repository}@{img.root.digest}"

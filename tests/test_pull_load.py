@@ -633,3 +633,19 @@ def test_a_dry_run_says_what_a_tag_holding_another_index_would_get(
     merged = target_digest(dst_registry, dst_repo, "1")
     would = json.loads(report.read_text())["would_push"]
     assert f"manifest {merged} -> {dst_registry.host}/{dst_repo}:1" in would, would
+
+
+def test_a_digest_pinned_image_is_named_where_it_was_loaded(
+        src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """An image pulled by digest has no tag to push: the load used to list nothing for it
+    (stdout, the per-image line); it now names it as a tagged one is, `target@digest`."""
+    img = ig.make_image(rng, ig.AMD64, "oci")
+    push_image(src_registry.url, repo_name, img, ["x"])
+    bundle = pull(tmp_path, f"{src_registry.host}/{repo_name}@{img.digest}")
+    proc = mirror_ok("load", bundle, "--to", f"{dst_registry.host}/pin")
+    at = f"{dst_registry.host}/pin/{repo_name}@{img.digest}"
+    assert at in proc.stdout.splitlines(), proc.stdout
+    assert f"-> {at}" in proc.stderr, proc.stderr
+    again = mirror_ok("load", bundle, "--to", f"{dst_registry.host}/pin")  # already there
+    assert at in again.stdout.splitlines(), again.stdout
