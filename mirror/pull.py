@@ -317,13 +317,20 @@ class _Run:
 
     def say_left_out(self) -> None:
         """A note per image the bundle's manifest.json leaves out (a base bundle's blobs, a
-        foreign layer): docker load and podman load will not load it."""
+        foreign layer): docker load and podman load will not load it; and per sparse index,
+        which ctr import cannot take."""
         plans = [p for _, p in self.resolved()]
         base = self.opts.base_blobs or {}
         carried = {d for p in plans for d in p.blobs if d not in base}
         for name, why in left_out(plans, carried):
             self.progress.info(f"{name}: not in manifest.json, so docker load and podman load "
                                f"leave it out: {why}")
+        for p in plans:
+            if "sparse" in p.absent.values():
+                self.progress.info(
+                    f"{p.name}: --index sparse: the index names platform manifests the bundle "
+                    "does not carry, so ctr import (k3s, RKE2) imports nothing from this file, "
+                    "not even the other images; --index filter makes one it imports")
 
     async def finish(self) -> tuple[str | None, bool]:
         """Name the assembled bundle, or write it from the store (a .tar.zst, or when an

@@ -374,3 +374,21 @@ def test_inspect_of_a_docker_save_by_image_id_says_what_it_holds(dockerd, src_re
     dockerd.cli("save", "-o", tagged, s.single)
     proc = mirror_ok("inspect", tagged)
     assert "docker-archive: new manifest" in proc.stderr, proc.stderr
+
+
+def test_a_sparse_index_is_named_as_what_ctr_cannot_import(containerd, src_registry,
+                                                            repo_name, rng, tmp_path):
+    """`--index sparse` keeps the source index, whose other platforms' manifests the bundle
+    does not carry: ctr import (k3s, RKE2) then imports nothing from the file, not even the
+    other images. pull says so, naming the image and --index filter."""
+    s = seed_both(src_registry, repo_name, rng)
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text(json.dumps({"version": 1, "images": [
+        {"repository": s.signed.rsplit(":", 1)[0], "tags": ["1.0"], "index": "sparse",
+         "platforms": ["linux/arm64"]}, s.single]}))
+    bundle = tmp_path / "b.tar"
+    proc = mirror_ok("pull", "-f", cfg, "-o", bundle, "--cache", tmp_path / "cache")
+    assert f"{s.signed}: --index sparse" in proc.stderr, proc.stderr
+    assert "ctr import" in proc.stderr and "--index filter" in proc.stderr, proc.stderr
+    imported = containerd.import_(bundle, check=False)
+    assert imported.returncode != 0 and s.single not in containerd.images(), imported.stdout
