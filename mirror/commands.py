@@ -401,7 +401,8 @@ async def _verify(args: argparse.Namespace, progress, report: Report) -> int:
         from mirror.errors import BundleError, IntegrityError
 
         err = BundleError if structural else IntegrityError
-        raise err(f"{args.bundle}: {len(problems)} problem(s) found")
+        raise err(f"{args.bundle}: {len(problems)} problem(s) found",
+                  hint=getattr(problems, "hint", None))
     if not args.quiet:
         print(f"{args.bundle}: OK")
     return 0

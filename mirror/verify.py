@@ -28,6 +28,13 @@ class Stopped(Exception):
     """verify_bundle was told to stop (`stop` set: Ctrl-C or SIGTERM); not a problem found."""
 
 
+class Problems(list):
+    """The problems found, and the hint of the error that stopped the reading, if it had one
+    (what to do about it, as load and inspect say it)."""
+
+    hint: str | None = None
+
+
 def verify_bundle(path: Path, note: Callable[[str], None] | None = None,
                   stop: threading.Event | None = None,
                   advanced: Callable[[int], None] | None = None) -> tuple[list[str], bool]:
@@ -87,7 +94,9 @@ def verify_bundle(path: Path, note: Callable[[str], None] | None = None,
     if failure is not None or contents is None:
         assert failure is not None
         own = _own(failure, path)
-        return [*problems, *blob_problems, own], not isinstance(failure, IntegrityError)
+        stopped = Problems([*problems, *blob_problems, own])
+        stopped.hint = failure.hint
+        return stopped, not isinstance(failure, IntegrityError)
     problems += blob_problems
     found = consistency.problems(contents)
     for raw in contents.manifests.values():

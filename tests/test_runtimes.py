@@ -273,6 +273,11 @@ def test_a_one_platform_ctr_export_is_explained(containerd, src_registry, dst_re
     assert "holds linux/amd64 only" in line and "linux/arm64" in line, line
     assert "--all-platforms" in line, line
     assert s.index.digest in line, line
+    for cmd in ("verify", "inspect"):  # the same words, the hint too
+        proc = run_mirror(cmd, out)
+        assert proc.returncode == 10, proc.stderr
+        said = proc.stdout + proc.stderr
+        assert "holds linux/amd64 only" in said and "--all-platforms" in said, (cmd, said)
 
 
 def test_skopeo_docker_archive_loads_back(src_registry, dst_registry, repo_name, rng,
