@@ -400,3 +400,30 @@ def test_a_sparse_index_is_named_as_what_ctr_cannot_import(containerd, src_regis
     assert "ctr import" in proc.stderr and "--index filter" in proc.stderr, proc.stderr
     imported = containerd.import_(bundle, check=False)
     assert imported.returncode != 0 and s.single not in containerd.images(), imported.stdout
+
+
+def test_docker_load_is_not_stopped_by_a_zstd_image(dockerd, src_registry, repo_name, rng,
+                                                    tmp_path):
+    """Docker 20.10 cannot read zstd layers: an image with one in manifest.json made docker
+    load fail (`invalid tar header`) and load nothing, not even the other images. It is left
+    out of manifest.json, and pull says so; the other images load."""
+    import zstandard
+
+    raw = ig.make_layer(rng, compressed=False)
+    z = ig.Layer(zstandard.ZstdCompressor().compress(raw.data), "application/vnd.oci.image."
+                 "layer.v1.tar+zstd", raw.diff_id)
+    zimg = ig.make_image(rng, ig.AMD64, layers=[z, ig.make_layer(rng)])
+    body = json.loads(zimg.manifest.data)
+    body["layers"][0]["mediaType"] = z.media_type
+    zimg.manifest = ig.Blob(ig.dump_json(body), ig.OCI_MANIFEST)
+    push_image(src_registry.url, repo_name + "-z", zimg, tags=["1"])
+    plain = ig.make_image(rng, ig.AMD64)
+    push_image(src_registry.url, repo_name, plain, tags=["1"])
+    zref, ref = f"{src_registry.host}/{repo_name}-z:1", f"{src_registry.host}/{repo_name}:1"
+    bundle = tmp_path / "b.tar"
+    proc = mirror_ok("pull", zref, ref, "-o", bundle, "--cache", tmp_path / "cache")
+    assert f"{zref}: not in manifest.json" in proc.stderr and "zstd" in proc.stderr, \
+        proc.stderr
+    out = dockerd.cli("load", "-i", bundle).stdout
+    assert f"Loaded image: {ref}" in out, out
+    assert dockerd.image(ref)["Id"] == plain.config.digest

@@ -9,7 +9,8 @@ decompress gzip layers themselves and check them against the config's diff_ids; 
 is the config digest, as from a registry.
 
 Listed: every Linux image manifest whose config and layers the bundle carries (not a foreign
-layer, not one left to a base bundle), none of an artifact or an attestation. Docker keeps one
+layer, not one left to a base bundle) and that has no zstd layer (docker load 20.10 fails on
+one, and loads nothing after it), none of an artifact or an attestation. Docker keeps one
 image per tag: a reference with several platforms tags linux/amd64 when it has it, else its
 first platform; the other platforms load untagged (by image ID).
 """
@@ -30,7 +31,10 @@ if TYPE_CHECKING:
     from mirror.resolve import ImagePlan
 
 TAGGED_FIRST = ("linux", "amd64")
-_TAR_LAYERS = mt.LAYER_TYPES - mt.FOREIGN_TYPES
+# Docker 20.10's load reads tar and gzip layers, not zstd ("invalid tar header", and nothing
+# after it loads): a zstd image stays out (ctr import and mirror load take it)
+_ZSTD_LAYERS = frozenset({mt.DOCKER_LAYER_ZSTD, mt.OCI_LAYER_ZSTD})
+_TAR_LAYERS = mt.LAYER_TYPES - mt.FOREIGN_TYPES - _ZSTD_LAYERS
 
 
 def familiar(ref: Reference) -> str | None:
@@ -112,6 +116,9 @@ def left_out(plans: Iterable[ImagePlan], carried: set[str]) -> list[tuple[str, s
                    "rewrite carries it")
         elif any(d.urls or d.media_type in mt.FOREIGN_TYPES for d in layers):
             why = "a foreign layer (urls, a non-distributable type): --foreign-layers rewrite"
+        elif any(d.media_type in _ZSTD_LAYERS for d in layers):
+            why = ("a zstd layer, which docker load (20.10) cannot read; ctr import and "
+                   "mirror load take it")
         else:
             n = len({d.digest for raw in images for d in raw.blobs()} - carried)
             why = (f"{n} of its blob(s) are in the base bundle; ctr import unpacks it once "
