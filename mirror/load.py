@@ -512,7 +512,7 @@ async def _over(client: Client, reg: str, img: PushImage, merge: bool, progress:
     """What to push as the tag: the bundle's root, or, when the tag holds another index
     with platforms the root lacks and `merge` is asked, the two merged (mirror.merge). Says
     so either way: a tag never loses platforms silently."""
-    if not img.root.is_index or img.tag is None:
+    if img.tag is None or not (img.root.is_index or img.root.is_image):
         return img.root
     try:
         old = await client.get_manifest(reg, img.repository, img.tag)
@@ -520,10 +520,20 @@ async def _over(client: Client, reg: str, img: PushImage, merge: bool, progress:
         return img.root
     except RegistryError:
         return img.root  # no answer worth trusting: push, as before
+    where = f"{reg}/{img.repository}:{img.tag}"
+    if not img.root.is_index:
+        # one image manifest (a docker-archive's, a single-platform image) over a multi-arch
+        # tag: the tag becomes that one image; --merge merges indexes only
+        held = [d for d in old.children if d.platform is not None and
+                not d.platform.is_unknown] if old.is_index else []
+        if len(held) > 1:
+            progress.warn(f"{where} held index {old.digest} with {platforms(held)}; "
+                          f"{img.name} is one image manifest ({img.root.digest}), not an "
+                          "index: replaced, the tag is no longer multi-arch")
+        return img.root
     keep = other_platforms(img.root, old) if old.is_index else []
     if not keep:
         return img.root
-    where = f"{reg}/{img.repository}:{img.tag}"
     if not merge:
         progress.warn(f"{where} held index {old.digest} with {platforms(keep)}, which "
                       f"{img.name} ({img.root.digest}) does not have: replaced, those "

@@ -649,3 +649,21 @@ def test_a_digest_pinned_image_is_named_where_it_was_loaded(
     assert f"-> {at}" in proc.stderr, proc.stderr
     again = mirror_ok("load", bundle, "--to", f"{dst_registry.host}/pin")  # already there
     assert at in again.stdout.splitlines(), again.stdout
+
+
+def test_one_image_over_a_multi_arch_tag_is_not_replaced_silently(
+        src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """The target's tag holds an amd64+arm64 index; the bundle holds one image manifest for
+    that tag (a docker-archive, a single-platform image): the load replaces the index, and
+    now says so, naming the platforms the tag no longer has (it was silent)."""
+    old = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)], "oci")
+    one = ig.make_image(rng, ig.AMD64, "oci")
+    push_image(src_registry.url, repo_name, one, ["1"])
+    bundle = pull(tmp_path, f"{src_registry.host}/{repo_name}:1")
+    push_image(dst_registry.url, f"one/{repo_name}", old, ["1"])
+    proc = mirror_ok("load", bundle, "--to", f"{dst_registry.host}/one")
+    assert target_digest(dst_registry, f"one/{repo_name}", "1") == one.digest
+    assert "linux/arm64" in proc.stderr and old.digest in proc.stderr, proc.stderr
+    again = mirror_ok("load", bundle, "--to", f"{dst_registry.host}/one", "-q")
+    assert again.stderr == "", again.stderr  # the tag holds it now: nothing to say
