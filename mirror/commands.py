@@ -438,7 +438,8 @@ async def _lock(args: argparse.Namespace, progress, report: Report) -> int:
     result.bundle = Path("-")  # resolved: write the lock
     args.dry_run = False
     path = _write_lock(args, result)
-    print(path)
+    if not args.quiet:  # -q: nothing at all on success
+        print(path)
     return 0
 
 

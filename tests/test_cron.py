@@ -700,7 +700,10 @@ def test_quiet_runs_print_nothing_on_success_and_one_line_on_error(src_registry,
     for args in (("pull", f"{src_registry.host}/{repo_name}:1", "-o", out, "--cache",
                   tmp_path / "c", "--report", report),
                  ("verify", out),
-                 ("load", out, "--to", f"{dst_registry.host}/q")):
+                 ("load", out, "--to", f"{dst_registry.host}/q"),
+                 # `mirror lock -q` printed the lock file's name on success
+                 ("lock", f"{src_registry.host}/{repo_name}:1", "--lock-file",
+                  tmp_path / "q.lock", "--cache", tmp_path / "c")):
         r = mirror_ok(*args, "-q")
         assert (r.stdout, r.stderr) == ("", ""), (args[0], r.stdout, r.stderr)
     assert json.loads(report.read_text())["bundle_digest"] == file_sha256(out)
