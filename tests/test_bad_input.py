@@ -16,6 +16,7 @@ import random
 import re
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
 import tarfile
@@ -777,6 +778,74 @@ def test_unreachable_registry(good: Good, tmp_path: Path) -> None:
     assert not out.exists()
     err = fails("registry", "load", good.bundle, "--to", f"{host}/x", "--retries", "1")
     assert host in err, err
+
+
+def _serve(handler: type, port_box: list[int]) -> socketserver.ThreadingTCPServer:
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port_box.append(server.server_address[1])
+    return server
+
+
+class _Banner(socketserver.BaseRequestHandler):
+    """Another service on the port: a banner that is not HTTP (here an SSH server's)."""
+
+    def handle(self) -> None:
+        self.request.sendall(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")
+        try:
+            self.request.recv(65536)
+        except OSError:
+            pass
+
+
+class _BodyOnHead(socketserver.StreamRequestHandler):
+    """An HTTP server that answers /v2/ like a registry but sends a body after every HEAD
+    answer too (a broken proxy): the client cannot parse what follows."""
+
+    def handle(self) -> None:
+        while True:
+            line = self.rfile.readline()
+            if not line:
+                return
+            length = 0
+            while (h := self.rfile.readline()) not in (b"\r\n", b"\n", b""):
+                if h.lower().startswith(b"content-length:"):
+                    length = int(h.split(b":", 1)[1])
+            self.rfile.read(length)
+            body = b"{}"
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: 2\r\nDocker-Distribution-API-Version: "
+                             b"registry/2.0\r\n\r\n" + body)
+
+
+def test_a_service_that_does_not_speak_http(good: Good, tmp_path: Path) -> None:
+    """A port where something else answers (an SSH banner), or an answer aiohttp cannot
+    parse (a body after a HEAD answer) ended in a Python traceback, exit 1 and no --report;
+    now exit 3, one error line naming the host and what it answered, and the report."""
+    ports: list[int] = []
+    servers = [_serve(_Banner, ports), _serve(_BodyOnHead, ports)]
+    banner, bad_head = (f"127.0.0.1:{p}" for p in ports)
+    try:
+        report = tmp_path / "r.json"
+        for args in (("pull", f"{banner}/app:v1", "-o", tmp_path / "o.tar", "--cache",
+                      tmp_path / "c"),
+                     ("inspect", f"{banner}/app:v1"),
+                     ("load", good.bundle, "--to", f"{banner}/x")):
+            err = fails("registry", *args, "--retries", "1", "--report", report)
+            assert f"{banner} does not answer as a registry" in err, (args[0], err)
+            assert "SSH-2.0" in err, err
+            assert json.loads(report.read_text())["exit_code"] == EXIT["registry"]
+            report.unlink()
+        # (it waits for a line, so the TLS try ends at --connect-timeout)
+        err = fails("registry", "load", good.bundle, "--to", f"{bad_head}/x", "--retries", "1",
+                    "--connect-timeout", "1", "--report", report)
+        assert bad_head in err and "not a valid HTTP answer" in err, err
+        assert json.loads(report.read_text())["error"] == err.removeprefix("mirror: error: ")
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
 
 
 def test_a_name_that_does_not_resolve(tmp_path: Path) -> None:

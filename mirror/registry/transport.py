@@ -92,6 +92,13 @@ def describe_exception(e: BaseException) -> str:
         return "server closed the connection"
     if isinstance(e, aiohttp.ClientPayloadError):
         return f"connection broken mid-body: {str(e).splitlines()[0] if str(e) else 'payload'}"
+    if isinstance(e, aiohttp.ClientResponseError):
+        # what the parser choked on: its reason and the bytes it quotes (the other end's
+        # words, never our headers)
+        lines = [ln.strip() for ln in str(e.message).splitlines() if ln.strip()]
+        quoted = next((ln for ln in lines[1:] if ln.startswith(("b'", 'b"'))), "")
+        why = " ".join(x for x in (lines[0].rstrip(":") if lines else "", quoted[:80]) if x)
+        return f"not a valid HTTP answer ({why or 'unparsable'})"
     return (str(e).splitlines() or [""])[0] or type(e).__name__
 
 
@@ -322,6 +329,14 @@ class Transport:
                             "served")
                     auth.observe(resp.headers.getall("WWW-Authenticate", []))
                     return Endpoint(registry, f"{scheme}://{host}", ssl_ctx, auth)
+            except aiohttp.ClientResponseError as e:
+                # an answer, but not HTTP (another service on the port: SSH, SMTP, ...)
+                self.log_request("GET", url, describe_exception(e), t0)
+                raise RegistryError(
+                    f"{registry} does not answer as a registry (GET {url}: "
+                    f"{describe_exception(e)})", registry=registry,
+                    hint="give the host[:port] where the registry's /v2/ API is served: "
+                    "another service answers there") from None
             except aiohttp.ClientConnectorCertificateError as e:
                 cert_err = e.certificate_error
                 why = getattr(cert_err, "verify_message", None) or cert_err
@@ -444,7 +459,8 @@ class Transport:
                 resp = await self.session.request(
                     method, full, headers=hdrs, data=body, ssl=ssl_ctx,
                     allow_redirects=allow_redirects)
-            except (TimeoutError, aiohttp.ClientConnectionError) as e:
+            except (TimeoutError, aiohttp.ClientConnectionError,
+                    aiohttp.ClientResponseError) as e:  # the latter: an answer not HTTP
                 self.log_request(method, full, describe_exception(e), t0)
                 cause = _mirror_cause(e)
                 if cause is not None:
