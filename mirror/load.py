@@ -319,19 +319,25 @@ async def _load(client: Client, bundle: Bundle, target: Target, jobs: int, dry_r
         for digest, where in sorted(todo.items()):
             result.dry_run.append(f"blob {digest} -> {', '.join(r for r, _ in where)}")
         finder = Finder(client)
+        seen: set[tuple[str, str]] = set()  # as _push_manifests: each (repository, ref) once
         for img in images:
             for m in img.manifests:
                 ref = img.tag if (m is img.root and img.tag) else m.digest
-                if await _there(client, reg, img.repository, ref, m) and not (
-                        m is img.root and img.tag is None and
-                        await _fallback_missing(client, finder, reg, img.repository, m)):
-                    continue  # already there: the load would not push it (_push_manifests)
-                if m is img.root and img.tag:
+                if (img.repository, ref) in seen:
+                    continue
+                seen.add((img.repository, ref))
+                if await _there(client, reg, img.repository, ref, m):
+                    result.manifests_present += 1  # counted as the load counts it
+                    if not (m is img.root and img.tag is None and
+                            await _fallback_missing(client, finder, reg, img.repository, m)):
+                        continue  # already there: the load would not push it
+                elif m is img.root and img.tag:
                     # what the tag would get: the bundle's root, or it merged with the index
                     # the tag holds (`_over` warns as the load would)
                     m = await _over(client, reg, img, merge, progress)
                     if m is not img.root and await _there(client, reg, img.repository,
                                                           ref, m):
+                        result.manifests_present += 1  # merged before, the same way
                         continue
                 result.dry_run.append(f"manifest {m.digest} -> {reg}/{img.repository}:{ref}"
                                       if not ref.startswith("sha256:") else

@@ -667,3 +667,38 @@ def test_one_image_over_a_multi_arch_tag_is_not_replaced_silently(
     assert "linux/arm64" in proc.stderr and old.digest in proc.stderr, proc.stderr
     again = mirror_ok("load", bundle, "--to", f"{dst_registry.host}/one", "-q")
     assert again.stderr == "", again.stderr  # the tag holds it now: nothing to say
+
+
+def test_load_dry_run_says_what_the_load_does(
+        src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """`load --dry-run` listed a platform manifest once per tag naming its index (the load
+    pushes it once), and its report counted no manifest already present (the load counts
+    every one): against a fresh target and against one that holds the bundle, the dry run's
+    lines and counts are now what the load then does."""
+    imgs = [ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)]
+    index = ig.make_index(imgs, "oci")
+    push_image(src_registry.url, repo_name, index, ["v1", "v2"])
+    bundle = pull(tmp_path, f"{src_registry.host}/{repo_name}:v1",
+                  f"{src_registry.host}/{repo_name}:v2")
+    to = f"{dst_registry.host}/dry-{tmp_path.name[-12:].lower().strip('-_.')}"
+    report = tmp_path / "r.json"
+
+    def run_load(*extra: str) -> dict:
+        mirror_ok("load", bundle, "--to", to, "-q", "--report", report, *extra)
+        return json.loads(report.read_text())
+
+    dry = run_load("--dry-run")
+    lines = [ln for ln in dry["would_push"] if ln.startswith("manifest ")]
+    assert len(lines) == len(set(lines)), lines
+    by_digest = [ln for ln in lines if "@sha256:" in ln]
+    assert len(by_digest) == len(imgs), lines  # each platform manifest once
+    assert sum(ln.endswith((":v1", ":v2")) for ln in lines) == 2, lines
+    first = run_load()
+    assert first["manifests_pushed"] == len(lines), (first, lines)
+    again = run_load("--dry-run")
+    second = run_load()
+    assert again["would_push"] == [], again
+    for key in ("blobs_present", "manifests_present"):
+        assert again[key] == second[key], (key, again, second)
+    assert second["manifests_present"] == first["manifests_pushed"], (first, second)
