@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from mirror import __version__, malloc, secrets
-from mirror.commands import COMMANDS, DEFAULT_OUTPUT
+from mirror.commands import COMMANDS, DEFAULT_OUTPUT, check_run_files
 from mirror.config import (
     FOREIGN_POLICIES,
     FORMATS,
@@ -170,6 +170,13 @@ def main(argv: list[str] | None = None) -> int:
         except MirrorError as e:
             print(f"mirror: error: {secrets.redact(str(e))}", file=sys.stderr)
             return e.exit_code
+    try:  # before any work: a run must not write one of its files over another
+        check_run_files(args)
+    except MirrorError as e:
+        print(f"mirror: error: {secrets.redact(str(e))}", file=sys.stderr)
+        if e.hint:
+            print(f"  hint: {secrets.redact(e.hint)}", file=sys.stderr)
+        return e.exit_code  # and no report: it could be the very file it would replace
     report = Report(path, args.command)
     code, error = _run(args, report)
     try:

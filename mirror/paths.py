@@ -30,3 +30,28 @@ def check_writable(path: Path, flag: str) -> None:
                          f"{e.strerror or e}") from None
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UsageError(f"{flag} {path}: directory {parent} is not writable")
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """`a` and `b` name one file: the same inode when both exist (a symlink, a hard link),
+    else the same absolute path with symlinks resolved."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except (OSError, RuntimeError):
+        return False
+
+
+def check_distinct(writes: list[tuple[str, Path]], reads: list[tuple[str, Path]],
+                   allow: frozenset[tuple[str, str]] = frozenset()) -> None:
+    """UsageError (exit 2, before any work) when a file the run writes is another file it
+    writes or one it reads (`-o images.yaml`, `--report images.lock`): one would silently
+    replace the other. `allow` names (written, read) flag pairs that may be one file."""
+    for i, (flag, path) in enumerate(writes):
+        for other_flag, other in [*writes[i + 1:], *reads]:
+            if (flag, other_flag) in allow or not same_file(path, other):
+                continue
+            raise UsageError(f"{flag} {path} is {other_flag} {other} (the same file): the run "
+                             "would write over it",
+                             hint="give each file a name of its own")

@@ -919,6 +919,46 @@ def test_unknown_tag(good: Good, src_registry: Registry, tmp_path: Path) -> None
 # -- configuration and command line -------------------------------------------------------
 
 
+def test_a_run_that_would_write_over_its_own_files_is_refused(good: Good,
+                                                               tmp_path: Path) -> None:
+    """`-o images.yaml` wrote the bundle over the config, `--report images.yaml` or
+    `--lock-file images.yaml` the report or the lock over it, `--report images.lock` the report
+    over the lock just written, `--report OUT` over the bundle, `load B --report B` over the
+    bundle it loaded: all exit 0. Each is now exit 2 before any work, naming both, with every
+    file as it was (and no report, which would be the damage)."""
+    cfg = tmp_path / "images.yaml"
+    text = f"version: 1\nimages:\n  - {good.ref}\n"
+    cfg.write_text(text)
+    lock = tmp_path / "images.lock"
+    lock.write_text('{"lockVersion": 1, "images": {}, "blobs": {}}\n')
+    bundle = tmp_path / "b.tar"
+    bundle.write_bytes(good.bundle.read_bytes())
+    (tmp_path / "link.yaml").symlink_to(cfg)
+    pull = ("pull", "-f", "images.yaml", "--cache", "c")
+    cases = [
+        ((*pull, "-o", "images.yaml"), "-o images.yaml is -f images.yaml"),
+        ((*pull, "-o", "link.yaml"), "-o link.yaml is -f images.yaml"),
+        ((*pull, "-o", "o.tar", "--report", "images.yaml"), "--report images.yaml is -f"),
+        ((*pull, "-o", "o.tar", "--lock-file", "./images.yaml"), "--lock-file images.yaml is -f"),
+        ((*pull, "-o", "o.tar", "--report", "images.lock"), "lock file images.lock is --report"),
+        ((*pull, "-o", "b.tar", "--report", "b.tar"), "-o b.tar is --report b.tar"),
+        ((*pull, "-o", "o.tar", "--report", "o.tar.sha256"), "o.tar.sha256 is --report"),
+        (("lock", "-f", "images.yaml", "--lock-file", "images.yaml"), "--lock-file images.yaml"),
+        (("load", "b.tar", "--to", "127.0.0.1:9/x", "--report", "b.tar"), "--report b.tar is"),
+        (("verify", "b.tar", "--report", str(bundle)), f"--report {bundle} is the bundle b.tar"),
+    ]
+    before = {p.name: p.read_bytes() for p in (cfg, lock, bundle)}
+    for args, says in cases:
+        err = fails("usage", *args, cwd=tmp_path)
+        assert says in err and "(the same file)" in err, (args, err)
+        assert {p.name: p.read_bytes() for p in (cfg, lock, bundle)} == before, args
+        assert not (tmp_path / "c").exists() and not (tmp_path / "o.tar").exists(), args
+    # what may be one file still is: the new lock over the lock given as --base
+    mirror_ok("pull", "-f", "images.yaml", "-o", "full.tar", "--cache", "c", "-q", cwd=tmp_path)
+    mirror_ok("pull", "-f", "images.yaml", "-o", "inc.tar", "--cache", "c", "-q", "--base",
+              "images.lock", cwd=tmp_path)
+
+
 def test_yaml_typo_names_file_line_and_suggestion(good: Good, tmp_path: Path) -> None:
     (tmp_path / "images.yaml").write_text(
         "version: 1\n"
