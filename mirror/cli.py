@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from mirror import __version__, malloc, secrets
-from mirror.commands import COMMANDS, DEFAULT_OUTPUT, check_run_files
+from mirror.commands import COMMANDS, DEFAULT_OUTPUT, check_net_flags, check_run_files
 from mirror.config import (
     FOREIGN_POLICIES,
     FORMATS,
@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         except MirrorError as e:
             print(f"mirror: error: {secrets.redact(str(e))}", file=sys.stderr)
             return e.exit_code
-    try:  # before any work: a run must not write one of its files over another
+    try:  # before any work: flags out of range; a run writing one of its files over another
+        check_net_flags(args)
         check_run_files(args)
     except MirrorError as e:
         print(f"mirror: error: {secrets.redact(str(e))}", file=sys.stderr)

@@ -40,6 +40,21 @@ def _host_values(values: list[str], flag: str) -> dict[str, str]:
     return out
 
 
+def check_net_flags(args: argparse.Namespace) -> None:
+    """--retries, --jobs and the timeouts, refused (exit 2) before anything is made."""
+    if not hasattr(args, "retries"):
+        return  # verify, cache prune: no network
+    if args.retries < 0:
+        raise UsageError(f"--retries {args.retries}: must be 0 (no retry) or more")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs {args.jobs}: must be at least 1")
+    for flag, value in (("--connect-timeout", args.connect_timeout),
+                        ("--read-timeout", args.read_timeout)):
+        # a negative or NaN timeout timed every request out at once ("unreachable", exit 3)
+        if not (math.isfinite(value) and value > 0):
+            raise UsageError(f"{flag} {value:g}: must be a positive number of seconds")
+
+
 def _transport(args: argparse.Namespace, cfg: Config | None, progress=None) -> Transport:
     """The run's Transport; with `progress`, -v lists every request, retry, wait and token
     fetch (progress.debug) and a long Retry-After wait is announced (progress.info)."""
@@ -52,10 +67,7 @@ def _transport(args: argparse.Namespace, cfg: Config | None, progress=None) -> T
         cert, _, key = pair.partition(",")
         settings[host] = replace(settings.get(host, RegistrySettings()), client_cert=cert,
                                  client_key=key or None)
-    if args.retries < 0:
-        raise UsageError(f"--retries {args.retries}: must be 0 (no retry) or more")
-    if args.jobs < 1:
-        raise UsageError(f"--jobs {args.jobs}: must be at least 1")
+    check_net_flags(args)
     creds = CredentialStore(cfg.logins if cfg else None, args.authfile)
     return Transport(settings=settings, credentials=creds,
                      policy=RetryPolicy(tries=args.retries + 1),

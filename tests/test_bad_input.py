@@ -959,6 +959,24 @@ def test_a_run_that_would_write_over_its_own_files_is_refused(good: Good,
               "images.lock", cwd=tmp_path)
 
 
+@pytest.mark.parametrize("flag", ["--connect-timeout", "--read-timeout"])
+@pytest.mark.parametrize("value", ["-5", "0", "nan", "inf"])
+def test_a_timeout_that_is_not_a_positive_number_is_refused(flag: str, value: str, good: Good,
+                                                            dst_registry: Registry,
+                                                            tmp_path: Path) -> None:
+    """`--read-timeout -5` or `--connect-timeout nan` was taken: every request then timed
+    out at once and the run said `registry unreachable ... (after 5 tries)`, exit 3, about a
+    registry that was up. A timeout is a positive number of seconds: exit 2 naming it, before
+    anything is made (the cache was made before --jobs 0 or --retries -1 were refused)."""
+    out = tmp_path / "o.tar"
+    for args in (("pull", good.ref, "-o", out, "--cache", tmp_path / "c"),
+                 ("load", good.bundle, "--to", f"{dst_registry.host}/t"),
+                 ("inspect", good.ref)):
+        err = fails("usage", *args, f"{flag}={value}")
+        assert f"{flag} {value}: " in err and "positive number of seconds" in err, (args, err)
+    assert not out.exists() and not (tmp_path / "c").exists()  # nothing made first
+
+
 def test_yaml_typo_names_file_line_and_suggestion(good: Good, tmp_path: Path) -> None:
     (tmp_path / "images.yaml").write_text(
         "version: 1\n"
