@@ -741,3 +741,24 @@ def test_relative_password_file_is_taken_from_the_yaml_directory(basic, tmp_path
     assert proc.returncode == 2, proc.stderr
     line = error_line(proc)
     assert f"{yml.parent.name}/images.yaml:5" in line and str(conf / "pw.txt") in line, line
+
+
+def test_a_refused_load_counts_no_retry_it_did_not_make(basic, src_registry: Registry,
+                                                         repo_name: str, rng: random.Random,
+                                                         tmp_path: Path) -> None:
+    """A load with no credentials stopped at the first 401 (exit 4), but the blob checks still
+    in flight then hit the closed connection pool and were logged and counted as retries
+    ('Connector is closed.; try 2 of 5'; the report's retries 3). Nothing was tried again:
+    no retry line and retries 0."""
+    reg, _, _ = basic
+    imgs = [ig.make_image(rng, p, "oci", layer_size=1500) for p in (ig.AMD64, ig.ARM64)]
+    pusher.push_image(src_registry.url, repo_name, ig.make_index(imgs, "oci"), ["v1"])
+    ok(cli(tmp_path, "pull", f"{src_registry.host}/{repo_name}:v1", "-o", tmp_path / "b.tar",
+           "--cache", tmp_path / "cache"))
+    for _ in range(3):  # the in-flight requests race the first 401: give them a few chances
+        proc = cli(tmp_path, "load", tmp_path / "b.tar", "--to", f"{reg.host}/copy", "-v",
+                   "--report", tmp_path / "r.json")
+        assert proc.returncode == 4, proc.stderr
+        assert "Connector is closed" not in proc.stderr, proc.stderr
+        assert not [ln for ln in proc.stderr.splitlines() if " retry " in ln], proc.stderr
+        assert json.loads((tmp_path / "r.json").read_text())["retries"] == 0

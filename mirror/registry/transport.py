@@ -461,6 +461,12 @@ class Transport:
                     allow_redirects=allow_redirects)
             except (TimeoutError, aiohttp.ClientConnectionError,
                     aiohttp.ClientResponseError) as e:  # the latter: an answer not HTTP
+                if self.session.closed:
+                    # the run is ending (another request's error closed the pool): no try
+                    # of ours failed, so none is logged, counted or made again
+                    raise RegistryError(f"{_where(registry, repository)}: {what or method}: "
+                                        "stopped: the run is ending", registry=registry,
+                                        repository=repository) from None
                 self.log_request(method, full, describe_exception(e), t0)
                 cause = _mirror_cause(e)
                 if cause is not None:
