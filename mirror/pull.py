@@ -28,6 +28,7 @@ from mirror.convert import convert_plan
 from mirror.errors import IntegrityError, MirrorError
 from mirror.fetch import Fetcher
 from mirror.manifest import Descriptor
+from mirror.platform import Platform
 from mirror.progress import NullProgress, Progress
 from mirror.referrers import Finder
 from mirror.registry.client import Client
@@ -179,6 +180,13 @@ class _Run:
                 plan = await resolve(self.client, spec,
                                      lambda r, p, d: f.config_bytes(r, p, d, owner=i),
                                      self.opts.referrer_types)
+            missing = missing_platforms(spec, plan)
+            if missing:  # some asked for, not all: the bundle lacks them, so say it
+                self.progress.warn(
+                    f"{spec.reference}: has no {', '.join(missing)}: the bundle carries only "
+                    f"{', '.join(plan.platforms) or 'none'} of the platforms asked for "
+                    "(give this image the platforms it has with `platforms:` in its "
+                    "images.yaml entry to say that is expected)")
             convert_plan(plan, spec.settings.format, self.progress)
             if spec.settings.referrers:  # `referrers: false` or --no-referrers
                 async with self.sem:
@@ -420,6 +428,21 @@ def _account_unfinished(res: ImageResult, need: list[Descriptor], fetcher: Fetch
         elif mine and d.digest in fetcher.kept:
             res.bytes_kept += fetcher.kept[d.digest]
     res.bytes_fetched += res.bytes_kept
+
+
+def missing_platforms(spec: ImageSpec, plan: ImagePlan) -> list[str]:
+    """The platforms asked for by name that the image does not have (none for `all`, or for
+    a single-platform image or artifact, which matched or was refused with exit 8)."""
+    sel = spec.settings.platforms
+    if sel.all or not plan.root.is_index:
+        return []
+    have = []
+    for text in plan.platforms:
+        try:
+            have.append(Platform.parse(text))
+        except MirrorError:  # not a platform we can name: it matched nothing asked for
+            continue
+    return [str(w) for w in sel.platforms if not any(w.matches(h) for h in have)]
 
 
 async def attach_referrers(finder: Finder, plan: ImagePlan, types: tuple[str, ...],
