@@ -29,13 +29,14 @@ reads only `sourceDigest`, so they still pin the same images.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mirror.errors import ConfigError
+from mirror.errors import ConfigError, MirrorError
 
 LOCK_VERSION = 1
 
@@ -55,9 +56,16 @@ class Lock:
         return json.dumps(doc, indent=2).encode() + b"\n"
 
     def write(self, path: Path) -> None:
+        """Beside `path`, then renamed over it; a write that fails (a full disk) leaves the
+        old lock file as it was, no .partial, and an error naming the file."""
         tmp = path.with_name(path.name + ".partial")
-        tmp.write_bytes(self.to_bytes())
-        os.replace(tmp, path)
+        try:
+            tmp.write_bytes(self.to_bytes())
+            os.replace(tmp, path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise MirrorError(f"{path}: cannot write the lock file: {e.strerror or e}") from None
 
     @classmethod
     def read(cls, path: Path) -> Lock:

@@ -379,3 +379,32 @@ def test_a_full_disk_while_writing_the_bundle_keeps_what_was_fetched(
     ok(pull(tmp_path, ref, out="out.tar.zst"))
     doc = json.loads((tmp_path / "report.json").read_text())
     assert (doc["bytes_fetched"], doc["bytes_reused"]) == (0, every), doc
+
+
+def test_a_lock_file_that_does_not_fit_names_itself(
+        src_registry: Registry, repo_name: str, rng: random.Random, tmp_path: Path) -> None:
+    """The disk fills (the child's RLIMIT_FSIZE) while the lock file is written after the
+    bundle: the error line was `mirror: error: File too large` (ENOSPC alike), naming no
+    file, and LOCK.partial stayed. Now the line names the lock file, and nothing half
+    written is left beside it."""
+    import resource
+
+    img = ig.make_image(rng, ig.AMD64, "oci", n_layers=1, layer_size=64)
+    tags = [f"t{i}" for i in range(60)]
+    push_image(src_registry.url, repo_name, img, tags)
+    lock, out = tmp_path / "many.lock", tmp_path / "out.tar.zst"
+    limit = 16 << 10  # blobs and the compressed bundle fit; the lock's 60 entries do not
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    refs = [f"{src_registry.host}/{repo_name}:{t}" for t in tags]
+    proc = subprocess.run(mirror_cmd("pull", *refs, "-o", out, "--cache", tmp_path / "cache",
+                                     "-q", "--lock-file", lock),
+                          cwd=ROOT, env=mirror_env(), capture_output=True, text=True,
+                          timeout=120, preexec_fn=small_disk)
+    assert proc.returncode == EXIT["error"], proc.stderr
+    assert out.exists(), proc.stderr  # the bundle fitted
+    line = error_line(proc)
+    assert str(lock) in line and "File too large" in line, line
+    assert not lock.exists() and not lock.with_name(lock.name + ".partial").exists()
