@@ -408,3 +408,23 @@ def test_a_lock_file_that_does_not_fit_names_itself(
     line = error_line(proc)
     assert str(lock) in line and "File too large" in line, line
     assert not lock.exists() and not lock.with_name(lock.name + ".partial").exists()
+
+
+def test_a_checksum_file_that_cannot_be_written_names_itself(
+        src_registry: Registry, repo_name: str, rng: random.Random, tmp_path: Path) -> None:
+    """OUT.sha256 that cannot be written (here a directory in its place; a full disk alike)
+    said `OUT.sha256.partial: Is a directory` about a file that is not one, and left that
+    .partial behind. Now the line names OUT.sha256, and no .partial stays."""
+    img = ig.make_image(rng, ig.AMD64, "oci", n_layers=1, layer_size=64)
+    push_image(src_registry.url, repo_name, img, ["v1"])
+    out = tmp_path / "out.tar"
+    side = tmp_path / "out.tar.sha256"
+    side.mkdir()
+    proc = subprocess.run(mirror_cmd("pull", f"{src_registry.host}/{repo_name}:v1", "-o", out,
+                                     "--cache", tmp_path / "cache", "-q"),
+                          cwd=ROOT, env=mirror_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == EXIT["error"], proc.stderr
+    line = error_line(proc)
+    assert line.startswith(f"mirror: error: {side}: cannot write the checksum file: "), line
+    assert not side.with_name(side.name + ".partial").exists()

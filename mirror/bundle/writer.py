@@ -10,6 +10,7 @@ place only when complete; `<out>.sha256` is written beside it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tarfile
@@ -140,8 +141,13 @@ def write_sidecar(out: Path, hexdigest: str) -> None:
     """`<out>.sha256` in sha256sum's format, so `sha256sum -c` checks the carried file."""
     side = out.with_name(out.name + ".sha256")
     side_tmp = side.with_name(side.name + ".partial")
-    side_tmp.write_text(f"{hexdigest}  {out.name}\n")
-    os.replace(side_tmp, side)
+    try:
+        side_tmp.write_text(f"{hexdigest}  {out.name}\n")
+        os.replace(side_tmp, side)
+    except OSError as e:  # a full disk, a directory in its place: name the file, leave no tmp
+        with contextlib.suppress(OSError):
+            side_tmp.unlink(missing_ok=True)
+        raise MirrorError(f"{side}: cannot write the checksum file: {e.strerror or e}") from None
 
 
 def tar_size(index_json: bytes, inventory_json: bytes, manifests: list[tuple[str, bytes]],
