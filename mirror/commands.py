@@ -280,9 +280,20 @@ def _output(args: argparse.Namespace) -> Path:
         what = "is" if out.is_dir() else "names"
         raise UsageError(f"-o {text}: {what} a directory; give the bundle's file name, "
                          f"e.g. {out / 'site.tar'}")
+    lower = out.name.lower()
+    if lower.endswith(FOREIGN_COMPRESSION):
+        raise UsageError(f"-o {text}: mirror writes .tar (plain) or .tar.zst (zstd); this name "
+                         "says another compression, which the file would not have",
+                         hint=f"name it {out.name.split('.')[0] or 'site'}.tar or "
+                         f"{out.name.split('.')[0] or 'site'}.tar.zst")
     if not args.dry_run:
         check_writable(out, "-o")
     return out
+
+
+FOREIGN_COMPRESSION = (".gz", ".tgz", ".xz", ".txz", ".bz2", ".tbz", ".tbz2", ".lz4", ".lzma",
+                       ".z", ".zip")
+ZSTD_NAMES = (".zst", ".tzst", ".zstd")  # the names that mean a zstd-compressed bundle
 
 
 def check_run_files(args: argparse.Namespace) -> None:
@@ -337,7 +348,8 @@ async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
     specs, cfg = _specs(args)
     if not args.dry_run:
         _check_lock_path(args)
-    compress = args.compress == "zstd" or (args.compress is None and out.name.endswith(".zst"))
+    compress = args.compress == "zstd" or (args.compress is None and
+                                           out.name.lower().endswith(ZSTD_NAMES))
     cache = args.cache or default_cache_dir()
     opts = _pull_options(args, output=None if args.dry_run else out, compress=compress,
                          keep_going=args.keep_going, dry_run=args.dry_run, **_base(args, out))

@@ -1088,6 +1088,21 @@ def test_output_that_is_a_directory_is_refused_first(good: Good, tmp_path: Path,
     assert not (tmp_path / "bundles.partial").exists()
 
 
+def test_output_name_and_compression_agree(good: Good, tmp_path: Path) -> None:
+    """`-o site.tzst` or `site.tar.zstd` wrote a plain tar (only `.zst` compressed), and
+    `-o site.tar.gz`, `.tgz` or `.tar.xz` a plain tar under a name that says gzip or xz
+    (`tar xzf` fails on it). zstd names compress; a compression mirror does not write is
+    refused (exit 2, before any download), naming the names it does write."""
+    for name in ("a.tzst", "a.tar.zstd", "a.tar.zst"):
+        out = tmp_path / name
+        mirror_ok("pull", good.ref, "-o", out, "--cache", tmp_path / "c", "-q")
+        assert out.read_bytes()[:4] == b"\x28\xb5\x2f\xfd", name  # zstd's magic
+    for name in ("b.tar.gz", "b.tgz", "b.tar.xz", "b.tar.bz2"):
+        err = fails("usage", "pull", good.ref, "-o", tmp_path / name, "--cache", tmp_path / "d")
+        assert f"-o {tmp_path / name}: " in err and ".tar.zst" in err, err
+        assert not (tmp_path / name).exists() and not (tmp_path / "d").exists()
+
+
 def test_base_that_is_neither_a_bundle_nor_a_lock_file(good: Good, tmp_path: Path) -> None:
     """`--base images.yaml` (meant: images.lock) says which option is wrong, before any
     download; not a bare 'images.yaml: truncated ... copy the bundle again'."""
