@@ -167,6 +167,28 @@ def test_text_file_is_not_a_tar(text: str, good: Good, dst_registry: Registry,
             proc.stdout
 
 
+def test_a_bundle_compressed_for_the_trip_is_named_so(good: Good, dst_registry: Registry,
+                                                       tmp_path: Path) -> None:
+    """A bundle gzip'ed (or xz'ed) to carry it: load and verify said `not a valid tar:
+    invalid header` (or `truncated ... copy the bundle again`), as if it were damaged. Now
+    they say which compression it is and to decompress it first."""
+    import bz2
+    import gzip
+    import lzma
+
+    data = good.bundle.read_bytes()
+    for name, packed, kind, tool in (("g.tar.gz", gzip.compress(data), "gzip", "gunzip"),
+                                     ("x.tar.xz", lzma.compress(data), "xz", "unxz"),
+                                     ("b.tar.bz2", bz2.compress(data), "bzip2", "bunzip2")):
+        bundle = tmp_path / name
+        bundle.write_bytes(packed)
+        proc = run_mirror("load", bundle, "--to", f"{dst_registry.host}/gz", "--retries", "1")
+        assert proc.returncode == EXIT["bundle"], proc.stderr
+        assert f"{bundle}: {kind}-compressed" in error_line(proc), proc.stderr
+        assert f"({tool})" in proc.stderr, proc.stderr
+        assert f"{kind}-compressed" in verify_fails(bundle)
+
+
 def test_tar_without_oci_layout(good: Good, dst_registry: Registry, tmp_path: Path) -> None:
     bundle = rewrite(good.bundle, tmp_path / "nolayout.tar",
                      lambda ti, d: None if ti.name == "oci-layout" else (ti, d))

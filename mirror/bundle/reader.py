@@ -36,6 +36,8 @@ from mirror.fileobj import Readable
 from mirror.manifest import MAX_MANIFEST_BYTES, Descriptor, RawManifest
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_OTHER_MAGIC = {"gzip": b"\x1f\x8b", "xz": b"\xfd7zXZ\x00", "bzip2": b"BZh"}
+_UNPACK = {"gzip": "gunzip", "xz": "unxz", "bzip2": "bunzip2"}
 CHUNK = 1 << 20
 _SMALL_CAP = 256 << 20  # bytes of small blobs a streaming scan may hold before index.json
 
@@ -294,6 +296,18 @@ class Bundle:
             inside = current if str(e) == "unexpected end of data" else None
             raise self._unreadable(e, inside) from None
 
+    def _other_compression(self) -> str | None:
+        """gzip, xz or bzip2 by the file's first bytes (a bundle compressed for the trip)."""
+        try:
+            with open(self.path, "rb", buffering=0) as f:
+                head = f.read(6)
+        except OSError:
+            return None
+        for name, magic in _OTHER_MAGIC.items():
+            if head.startswith(magic):
+                return name
+        return None
+
     def _unreadable(self, e: BaseException, member: str | None = None) -> BundleError:
         """The one-line error for a tar or tar.zst that cannot be read: truncated (the data
         ends before the archive does), not zstd, or not a tar."""
@@ -306,6 +320,12 @@ class Bundle:
         kind = "tar.zst" if self.compressed else "tar"
         if not self.compressed and self.path.stat().st_size == 0:  # not one byte
             return BundleError(f"{self.name}: empty file: not a bundle")
+        other = None if self.compressed else self._other_compression()
+        if other:  # gzip'ed (or xz'ed) for the trip: not truncated, not junk; say what to do
+            return BundleError(f"{self.name}: {other}-compressed: mirror reads a bundle as "
+                               "written, .tar or .tar.zst",
+                               hint=f"decompress it first ({_UNPACK[other]}), or carry "
+                               "the .tar.zst that `mirror pull -o NAME.tar.zst` writes")
         start = sniff.head(self.path, self.compressed)  # empty: a zstd block cut short
         if start and not sniff.starts_as_tar(start):
             return BundleError(f"{self.name}: not a bundle: the zstd stream does not hold a tar"
