@@ -25,7 +25,7 @@ from mirror.bundle.dockersave import left_out
 from mirror.bundle.writer import tar_size, unchanged
 from mirror.config import ImageSpec
 from mirror.convert import convert_plan
-from mirror.errors import IntegrityError, MirrorError
+from mirror.errors import IntegrityError, MirrorError, UsageError
 from mirror.fetch import Fetcher
 from mirror.manifest import Descriptor
 from mirror.platform import Platform
@@ -205,6 +205,25 @@ class _Run:
         res.manifests = [m.digest for m in plan.manifest_order()]
         self.plans[i] = plan
 
+    def check_targets(self) -> None:
+        """`mirror load` pushes an image to PREFIX/<repository>:<tag>, whatever its registry:
+        ghcr.io/org/app:1 and docker.io/org/app:1 land on one tag. Two such images that are
+        not the same bytes make a bundle load refuses whole (exit 10 on the far side); the
+        later one fails here instead (with --keep-going the others go on)."""
+        first: dict[tuple[str, str], tuple[int, ImagePlan]] = {}
+        for i, plan in self.resolved():
+            ref = self.specs[i].reference
+            if not ref.tag:
+                continue
+            j, other = first.setdefault((ref.repository, ref.tag), (i, plan))
+            if j != i and other.root.digest != plan.root.digest:
+                self.failed(i, UsageError(
+                    f"{self.specs[j].reference} and {ref} would both be loaded as "
+                    f"PREFIX/{ref.repository}:{ref.tag}, and they differ "
+                    f"({other.root.digest}, {plan.root.digest}): mirror load refuses such a "
+                    "bundle", hint="pull them into bundles of their own (an images.yaml per "
+                    "source registry) and load each with its own --to prefix"))
+
     async def check_sizes(self) -> None:
         """One digest, one size (a tar header cannot be both). When images list one blob with
         different sizes, the registry is asked (HEAD) which is right and the images that got
@@ -279,6 +298,7 @@ class _Run:
         try:
             await gather_or_cancel(self.plan_one(i, s) for i, s in enumerate(self.specs))
             await self.check_sizes()
+            self.check_targets()
             if not self.resolved() and self.first_error:
                 raise self.first_error
             if opts.dry_run:

@@ -981,6 +981,36 @@ def test_a_run_that_would_write_over_its_own_files_is_refused(good: Good,
               "images.lock", cwd=tmp_path)
 
 
+def test_two_registries_one_repository_and_tag(good: Good, src_registry: Registry,
+                                               dst_registry: Registry, tmp_path: Path) -> None:
+    """REG1/app:v1 and REG2/app:v1 (a registry and a mirror that drifted) both load as
+    PREFIX/app:v1: pull wrote the bundle, exit 0, and every load of it was refused (exit
+    10) on the far side. Different images under one target tag now fail the pull (exit 2,
+    naming both and their digests; --keep-going: the later one only); the same image from
+    two registries is fine."""
+    rng = random.Random("two registries")
+    other = ig.make_image(rng, ig.AMD64, "oci")
+    push_image(dst_registry.url, good.repo, other, ["v1"])
+    theirs = f"{dst_registry.host}/{good.repo}:v1"
+    out = tmp_path / "b.tar"
+    err = fails("usage", "pull", good.ref, theirs, "-o", out, "--cache", tmp_path / "c")
+    assert f"{good.ref} and {theirs} would both be loaded as PREFIX/{good.repo}:v1" in err, err
+    assert good.index.digest in err and other.digest in err, err
+    assert not out.exists()
+    proc = run_mirror("pull", good.ref, theirs, "-o", out, "--cache", tmp_path / "c",
+                      "--keep-going", "--report", tmp_path / "r.json")
+    assert proc.returncode == 13, proc.stderr
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert [e["error_code"] for e in doc["images"]] == [None, EXIT["usage"]], doc
+    mirror_ok("load", out, "--to", f"{dst_registry.host}/two", "-q")
+    # the same bytes under both names: one image to load, nothing to refuse
+    same = f"{good.repo}-same"
+    for reg in (src_registry, dst_registry):
+        push_image(reg.url, same, good.index, ["v1"])
+    mirror_ok("pull", f"{src_registry.host}/{same}:v1", f"{dst_registry.host}/{same}:v1",
+              "-o", tmp_path / "same.tar", "--cache", tmp_path / "c", "-q")
+
+
 @pytest.mark.parametrize("flag", ["--connect-timeout", "--read-timeout"])
 @pytest.mark.parametrize("value", ["-5", "0", "nan", "inf"])
 def test_a_timeout_that_is_not_a_positive_number_is_refused(flag: str, value: str, good: Good,
