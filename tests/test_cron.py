@@ -1023,3 +1023,47 @@ def test_a_platform_asked_for_that_an_image_lacks_is_said(src_registry, repo_nam
     assert (r.stdout, r.stderr) == ("", ""), r.stderr
     r = mirror_ok("pull", ref, "--platform", "linux/amd64,linux/arm64", *common)
     assert (r.stdout, r.stderr) == ("", ""), r.stderr
+
+
+def test_prune_counts_and_bounds_unfinished_downloads(src_registry, repo_name, rng, tmp_path):
+    """Unfinished downloads (<cache>/partial/, what an interrupted pull leaves to resume)
+    were outside the prune's sums: --older-than removed them but bytes_freed did not count
+    them, and --max-size neither counted nor removed them, so a cache with gigabytes of
+    partial layers was reported under its limit (bytes_left) while over it. They now count
+    as the cache's bytes, oldest first like blobs, and --unused-by and --keep judge them."""
+
+    img, _ = _multi(rng)
+    push_image(src_registry.url, repo_name, img, tags=["p"])
+    cache = tmp_path / "cache"
+    mirror_ok("pull", f"{src_registry.host}/{repo_name}:p", "-o", tmp_path / "b.tar",
+              "--cache", cache, "-q")
+    blobs = sum(p.stat().st_size for p in (cache / "blobs" / "sha256").iterdir())
+    partial = cache / "partial"
+
+    def leftover(name: str, size: int, age: float) -> None:
+        p = partial / f"sha256-{name * 64}"
+        p.write_bytes(b"\0" * size)
+        when = time.time() - age
+        os.utime(p, (when, when))
+
+    report = tmp_path / "r.json"
+
+    def prune(*args: object) -> dict:
+        mirror_ok("cache", "prune", "--cache", cache, *args, "--report", report, "-q")
+        return json.loads(report.read_text())
+
+    leftover("a", 300_000, 10 * 86400)  # older than every blob: the first to go
+    doc = prune("--max-size", str(blobs))
+    assert not list(partial.iterdir()), doc
+    assert (doc["bytes_freed"], doc["bytes_left"]) == (300_000, blobs), doc
+    leftover("b", 200_000, 10 * 86400)
+    doc = prune("--older-than", "1d")
+    assert not list(partial.iterdir()) and doc["bytes_freed"] == 200_000, doc
+    leftover("c", 100_000, 0)
+    doc = prune("--older-than", "1d")
+    assert doc["bytes_left"] == blobs + 100_000 and doc["bytes_freed"] == 0, doc
+    lock = tmp_path / "keep.lock"
+    lock.write_text(json.dumps({"lockVersion": 1, "images": {}, "blobs": {
+        d.digest: d.size for d in img.all_blobs()}}))
+    doc = prune("--unused-by", lock)  # not a blob the lock uses: an old download, gone
+    assert not list(partial.iterdir()) and doc["bytes_freed"] == 100_000, doc

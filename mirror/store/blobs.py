@@ -151,6 +151,16 @@ class BlobStore:
         for digest, p in self.iter_digests():
             st = p.stat()
             entries.append((max(st.st_mtime, st.st_atime), st.st_size, digest, p))
+        # unfinished downloads (partial/sha256-<hex>) hold disk too: judged as blobs are,
+        # or a cache of interrupted layers stays over --max-size while said to be under it
+        for p in self.partial_dir.iterdir() if self.partial_dir.is_dir() else ():
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            if p.is_file():
+                digest = p.name.replace("-", ":", 1)
+                entries.append((max(st.st_mtime, st.st_atime), st.st_size, digest, p))
         entries.sort()
         now = time.time()
         total = sum(e[1] for e in entries)
@@ -167,9 +177,6 @@ class BlobStore:
                 total -= size
                 removed += 1
                 freed += size
-        for p in self.partial_dir.iterdir():
-            if older_than is not None and now - p.stat().st_mtime > older_than:
-                p.unlink(missing_ok=True)
         return Pruned(removed, freed, total, kept)
 
 
