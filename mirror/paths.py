@@ -8,6 +8,7 @@ before any network work instead of after a night's pull.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from mirror.errors import UsageError
@@ -30,6 +31,15 @@ def check_writable(path: Path, flag: str) -> None:
                          f"{e.strerror or e}") from None
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UsageError(f"{flag} {path}: directory {parent} is not writable")
+    # access(2) says yes to root whatever the filesystem will do (/proc, /sys, a FUSE or
+    # root-squashed mount): make and drop a file there, as the run will
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: directory {parent} is not writable "
+                         f"({e.strerror or e})") from None
 
 
 def same_file(a: Path, b: Path) -> bool:

@@ -684,6 +684,16 @@ def test_an_unwritable_lock_file_is_refused_before_any_work(src_registry, repo_n
             [line] = [ln for ln in r.stderr.splitlines() if ln.startswith("mirror: error:")]
             assert line.startswith(f"mirror: error: --lock-file {bad}: "), line
             assert not out.exists() and not cache.exists()
+    # a directory that says it is writable but is not (access(2) says yes to root; /proc
+    # takes no new file): found first too, not after the bundle was written (exit 1)
+    for flag in ("--lock-file", "--report", "-o"):
+        bad = Path("/proc") / f"mirror-{flag.strip('-')}.x"
+        args = {"-o": ("-o", bad), "--report": ("-o", out, "--report", bad),
+                "--lock-file": ("-o", out, "--lock-file", bad)}[flag]
+        r = run_mirror("pull", ref, *args, "--cache", cache)
+        assert r.returncode == EXIT_CODES["usage"], (flag, r.stderr)
+        assert f"{flag} {bad}: " in r.stderr and "not writable" in r.stderr, r.stderr
+        assert not out.exists() and not cache.exists(), flag
     # a missing directory is made, as for -o
     mirror_ok("pull", ref, "-o", out, "--cache", cache, "--lock-file", tmp_path / "l" / "x.lock")
     assert json.loads((tmp_path / "l" / "x.lock").read_text())["images"]
