@@ -89,3 +89,41 @@ def test_every_report_field_is_in_the_readme(tmp_path: Path) -> None:
         assert not missing, f"{command} report fields not in README's Reports: {missing}"
     missing = {f.name for f in fields(ImageResult)} - documented
     assert not missing, f"pull report image fields not in README's Reports: {missing}"
+
+
+def test_the_demo_uses_registries_of_its_own() -> None:
+    """scripts/demo.sh started its registries on 5101 and 5102 (errors to /dev/null) and
+    went on after `sleep 1`: where something else listened there (a registry of one's own,
+    any web server) it seeded and loaded into that, or failed on its answers. It now takes
+    free ports and waits for its own registries. Here 5101 and 5102 answer 404 to all."""
+    import http.server
+    import subprocess
+    import threading
+
+    class NotARegistry(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            self.send_error(404)
+
+        do_HEAD = do_POST = do_PUT = do_GET  # noqa: N815
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    servers = []
+    for port in (5101, 5102):
+        try:
+            servers.append(http.server.ThreadingHTTPServer(("127.0.0.1", port), NotARegistry))
+        except OSError:  # already taken by something else: as much the point
+            continue
+        threading.Thread(target=servers[-1].serve_forever, daemon=True).start()
+    try:
+        root = Path(__file__).parent.parent
+        proc = subprocess.run(["bash", "scripts/demo.sh"], cwd=root, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert '"Architecture": "arm64"' in proc.stdout, proc.stdout
+        assert "127.0.0.1:5101" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
