@@ -130,7 +130,13 @@ class PlatformSelector:
             raise InvalidPlatform(
                 f"no platform in {', '.join(repr(str(v)) for v in values)}: give "
                 "os/arch[/variant] (e.g. linux/arm64), or 'all' for every platform")
-        if not items or any(v.lower() == "all" for v in items):
+        alls = [v for v in items if v.lower() == "all"]
+        if alls and len(items) > len(alls):  # `all,linux/amd64`: which one was meant?
+            others = ", ".join(v for v in items if v.lower() != "all")
+            raise InvalidPlatform(
+                f"'all' together with {others}: give 'all' for every platform, or the "
+                "platforms alone")
+        if not items or alls:
             return cls(all_=True)
         return cls(Platform.parse(v) for v in items)
 

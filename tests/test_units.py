@@ -216,7 +216,6 @@ def test_platform_matching(request_: str, candidate: dict, match: bool) -> None:
     ([], True, ()),
     (["all"], True, ()),
     (["ALL"], True, ()),
-    (["linux/amd64", "all"], True, None),
     (["linux/amd64"], False, ("linux/amd64",)),
     (["linux/amd64,linux/arm64/v8"], False, ("linux/amd64", "linux/arm64")),
     (["linux/amd64", "linux/arm64", "linux/x86_64"], False, ("linux/amd64", "linux/arm64")),
@@ -232,6 +231,16 @@ def test_platform_selector(values: list[str], all_: bool, platforms: tuple | Non
     assert unknown is not None and unknown.is_unknown
     assert sel.wants(unknown) is False  # attestations are never an image
     assert sel.wants(None) is all_
+
+
+@pytest.mark.parametrize("values", [["linux/amd64", "all"], ["all,linux/arm64"]])
+def test_platform_selector_all_with_others(values: list[str]) -> None:
+    """`all` beside named platforms (images.yaml `platforms: [all, linux/amd64]`) was read as
+    all, silently; which one was meant is not known: a usage error naming the others."""
+    with pytest.raises(InvalidPlatform) as exc:
+        PlatformSelector.parse(values)
+    assert "'all' together with linux/" in str(exc.value)
+    assert exc.value.exit_code == EXIT_CODES["usage"]
 
 
 @pytest.mark.parametrize("values", [[""], [" "], [","], ["", ","]])
