@@ -388,8 +388,9 @@ async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
                       f"{result.retries} retries")
     if result.partial:
         failed = [r for r in result.images if r.error]
-        progress.warn(f"{len(failed)} of {len(result.images)} image(s) failed; the bundle is "
-                      "partial")
+        line = f"{len(failed)} of {len(result.images)} image(s) failed; the bundle is partial"
+        progress.warn(line)
+        report.error = line  # exit 13 is not success: the report's error says why
         return EXIT_PARTIAL
     return 0
 

@@ -34,6 +34,7 @@ class Report:
         self.command = command
         self.details: dict[str, Any] = {}
         self.unfinished: list[dict[str, Any]] = []
+        self.error: str | None = None  # a run that ends without an error line (exit 13): why
 
     def add(self, **fields: Any) -> None:
         self.details.update(fields)
@@ -46,6 +47,7 @@ class Report:
     def write(self, exit_code: int, error: str | None) -> None:
         if self.path is None:
             return
+        error = error or (self.error if exit_code else None)
         for entry in self.unfinished if error else []:
             if entry.get("error") is None:
                 entry["error"], entry["error_code"] = error, exit_code

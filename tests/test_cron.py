@@ -308,6 +308,9 @@ def test_keep_going_report_and_inspect(src_registry, repo_name, rng, tmp_path):
     check_layout(out)
     doc = json.loads(report.read_text())
     assert doc["partial"] is True and doc["bundle"] == str(out)
+    # exit 13 is not success: the report's error says why (it was null, as on success)
+    assert (doc["exit_code"], doc["error"]) == (
+        13, "1 of 2 image(s) failed; the bundle is partial"), doc
     by_ref = {i["reference"]: i for i in doc["images"]}
     ok, failed = by_ref[good], by_ref[bad]
     assert failed["error"] and "nope" in failed["error"] and failed["error_code"] == 5
