@@ -922,6 +922,15 @@ def test_web_server_that_is_not_a_registry(good: Good, tmp_path: Path) -> None:
         err = fails("registry", "pull", f"{host}/app:v1", "-o", tmp_path / "o.tar",
                     "--cache", tmp_path / "c", "--retries", "1")
         assert f"{host} does not answer as a registry" in err, err
+        # a web page at /v2/ (200, text/html: a catch-all site) is no registry either; it
+        # used to pass the ping and fail later on 'manifest is not JSON' (exit 9)
+        (tmp_path / "v2").mkdir()
+        (tmp_path / "v2" / "index.html").write_text("<html>welcome</html>")
+        seen.clear()
+        err = fails("registry", "load", good.bundle, "--to", f"{host}/x", "--retries", "1")
+        assert f"{host} does not answer as a registry" in err and "text/html" in err, err
+        assert [ln for ln in seen if ln.startswith(("GET", "HEAD", "POST", "PUT", "PATCH"))] \
+            == ["GET /v2/ HTTP/1.1"], seen
     finally:
         server.shutdown()
         server.server_close()

@@ -327,6 +327,15 @@ class Transport:
                             f"HTTP {resp.status})", registry=registry, status=resp.status,
                             hint="give the host[:port] where the registry's /v2/ API is "
                             "served")
+                    ctype = resp.headers.get("Content-Type", "").split(";")[0].strip()
+                    if (resp.status == 200 and ctype == "text/html"
+                            and "Docker-Distribution-API-Version" not in resp.headers):
+                        # a web page (a catch-all site): registries answer /v2/ with JSON
+                        raise RegistryError(
+                            f"{registry} does not answer as a registry (GET {url}: "
+                            "HTTP 200 with a text/html page)", registry=registry, status=200,
+                            hint="give the host[:port] where the registry's /v2/ API is "
+                            "served")
                     auth.observe(resp.headers.getall("WWW-Authenticate", []))
                     return Endpoint(registry, f"{scheme}://{host}", ssl_ctx, auth)
             except aiohttp.ClientResponseError as e:
