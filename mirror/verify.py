@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import queue
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from mirror.bundle import consistency
@@ -73,7 +74,7 @@ def verify_bundle(path: Path, note: Callable[[str], None] | None = None,
     def check(name: str, size: int, data: bytes | Readable | None) -> None:
         assert data is not None  # members(tap=...) gives every member a fileobj
         _check_blob(name, size, data, path, blob_problems,
-                    STREAM_CHUNK if bundle.compressed else CHUNK, bundle.member_digest(name))
+                    STREAM_CHUNK if bundle.compressed else CHUNK, bundle.member_digests(name))
 
     try:
         bundle = Bundle(path)
@@ -194,26 +195,41 @@ def _sha256_file(path: Path, stop: threading.Event) -> str | None:
 
 
 def _check_blob(name: str, size: int, data: bytes | Readable, path: Path,
-                problems: list[str], chunk: int, digest: str | None = None) -> None:
+                problems: list[str], chunk: int, digests: list[str] | None = None) -> None:
     """Hash a blob member (its bytes, or a file to read them from) against its name (or the
-    `digest` it holds: a docker-archive's layer, its diff_id). A read that fails (a .tar.zst's
-    stream breaking off: BundleError) is the bundle's problem, not this blob's, and is
-    raised."""
-    digest = digest or _blob_digest(name)
-    if digest is None:
+    `digests` it holds: a docker-archive's layer, its diff_id; a layer file that links make
+    several layers of, each of their diff_ids). A read that fails (a .tar.zst's stream
+    breaking off: BundleError) is the bundle's problem, not this blob's, and is raised."""
+    named = _blob_digest(name)
+    wanted = digests or ([named] if named is not None else [])
+    if not wanted:
         return
-    try:
-        Digest.parse(digest)
-    except MirrorError:
-        problems.append(f"{name}: not a valid blob name")
+    verifiers: list[Verifier] = []
+    for digest in dict.fromkeys(wanted):
+        try:
+            Digest.parse(digest)
+        except MirrorError:
+            problems.append(f"{name}: not a valid blob name")
+            continue
+        verifiers.append(Verifier(digest, size, name))
+    if not verifiers:
         return
-    v = Verifier(digest, size, name)
-    try:
-        if isinstance(data, bytes):
-            v.update(data)
-        else:
-            while piece := data.read(chunk):
+    live = list(verifiers)
+    if isinstance(data, bytes):
+        pieces: Iterator[bytes] = iter((data,))
+    else:
+        pieces = iter(functools.partial(data.read, chunk), b"")
+    for piece in pieces:
+        for v in list(live):
+            try:
                 v.update(piece)
-        v.finish()
-    except IntegrityError as e:  # its size or sha256 (Verifier)
-        problems.append(f"blob {digest}: {_own(e, path)}")
+            except IntegrityError as e:  # too many bytes for its size
+                problems.append(f"blob {v.digest}: {_own(e, path)}")
+                live.remove(v)
+        if not live:
+            break
+    for v in live:
+        try:
+            v.finish()
+        except IntegrityError as e:  # its size or sha256 (Verifier)
+            problems.append(f"blob {v.digest}: {_own(e, path)}")

@@ -372,6 +372,51 @@ def test_unsafe_tar_member(member: tuple[tarfile.TarInfo, bytes | None], good: G
     verify_fails(bundle)
 
 
+def _docker_archive(path: Path, layers: list[tuple[str, str]], links: dict[str, str],
+                    files: dict[str, bytes], tag: str) -> Path:
+    """A docker-archive (manifest.json, `<id>.json`, `<dir>/layer.tar`): `layers` the
+    (path, diff_id) pairs in order, `links` symlinks (path -> target), `files` the rest."""
+    cfg = ig.dump_json({"architecture": "amd64", "os": "linux", "rootfs": {
+        "type": "layers", "diff_ids": [d for _, d in layers]}})
+    cid = hashlib.sha256(cfg).hexdigest()
+    items = [{"Config": f"{cid}.json", "RepoTags": [tag], "Layers": [p for p, _ in layers]}]
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in {f"{cid}.json": cfg, **files,
+                           "manifest.json": json.dumps(items).encode()}.items():
+            tf.addfile(_info(name, tarfile.REGTYPE, size=len(data)), io.BytesIO(data))
+        for name, target in links.items():
+            tf.addfile(_info(name, tarfile.SYMTYPE, linkname=target))
+    return path
+
+
+def test_docker_archive_layer_linked_under_a_wrong_diff_id(dst_registry: Registry,
+                                                            tmp_path: Path) -> None:
+    """A docker-archive whose one layer file is two layers (the second path a link to it,
+    as docker save writes a repeated layer) under two diff_ids, one of which the file does
+    not hash to: verify checked the file against one of them only (the last) and said OK,
+    though load stops on the other. verify checks it against each (exit 7, naming it)."""
+    rng = random.Random("linked-layer")
+    real, other = ig.make_layer(rng, compressed=False), ig.make_layer(rng, compressed=False)
+    tag = f"{dst_registry.host}/src/linked:1"
+    bundle = _docker_archive(
+        tmp_path / "linked.tar", [("b/layer.tar", other.diff_id), ("a/layer.tar", real.diff_id)],
+        {"b/layer.tar": "../a/layer.tar"}, {"a/layer.tar": real.data}, tag)
+    proc = run_mirror("verify", bundle)
+    assert proc.returncode == EXIT["integrity"], proc.stdout + proc.stderr
+    error_line(proc)
+    assert other.diff_id in proc.stdout and "a/layer.tar" in proc.stdout, proc.stdout
+    assert f"blob {real.diff_id}" not in proc.stdout, proc.stdout  # the one it hashes to
+    prefix = f"linked-{uuid.uuid4().hex[:8]}"
+    proc = run_mirror("load", bundle, "--to", f"{dst_registry.host}/{prefix}", "--retries", "1")
+    assert proc.returncode == EXIT["integrity"], proc.stderr
+    assert list_tags(dst_registry.url, f"{prefix}/src/linked") == []
+    # the same archive with the diff_ids right (the link a repeated layer) is sound
+    sound = _docker_archive(
+        tmp_path / "sound.tar", [("b/layer.tar", real.diff_id), ("a/layer.tar", real.diff_id)],
+        {"b/layer.tar": "../a/layer.tar"}, {"a/layer.tar": real.data}, tag)
+    assert f"{sound}: OK" in mirror_ok("verify", sound).stdout
+
+
 def edit_json(name: str, change: Callable[[str], str]) -> Edit:
     """An Edit that rewrites the text of member `name` (index.json, mirror.json, a blob)."""
     def edit(ti: tarfile.TarInfo, data: bytes | None) -> tuple[tarfile.TarInfo, bytes | None]:

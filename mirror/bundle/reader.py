@@ -229,16 +229,21 @@ class Bundle:
         """The member that holds a blob: `blobs/<alg>/<hex>`, or a docker-archive's path."""
         return self._aliases.get(digest) or "blobs/" + digest.replace(":", "/", 1)
 
-    def member_digest(self, name: str) -> str | None:
-        """The digest a docker-archive's member holds (config: its sha256; layer: its
-        diff_id), after scan(); None for other members."""
+    def member_digests(self, name: str) -> list[str]:
+        """The digests a docker-archive's member holds (config: its sha256; layer: its
+        diff_id; a file that links make several layers: each of theirs), after scan(); empty
+        for other members."""
         if not self._aliases:
-            return None
+            return []
         if not hasattr(self, "_by_member"):
             real = {**{n: n for n in self._index()}, **{
                 n: m.name for n, m in self._linked().items()}}
-            self._by_member = {real[m]: d for d, m in self._aliases.items() if m in real}
-        return self._by_member.get(name)
+            by: dict[str, list[str]] = {}
+            for d, m in self._aliases.items():
+                if m in real:
+                    by.setdefault(real[m], []).append(d)
+            self._by_member = by
+        return self._by_member.get(name, [])
 
     def open_blob(self, digest: str, offset: int = 0) -> Iterator[bytes]:
         """Chunks of a blob of a plain tar, from `offset` (sync; run it off the event loop)."""
