@@ -417,6 +417,43 @@ def test_docker_archive_layer_linked_under_a_wrong_diff_id(dst_registry: Registr
     assert f"{sound}: OK" in mirror_ok("verify", sound).stdout
 
 
+@pytest.mark.parametrize("link_first", [False, True], ids=["file-then-link", "link-then-file"])
+def test_docker_archive_member_both_a_file_and_a_link(link_first: bool, dst_registry: Registry,
+                                                      tmp_path: Path) -> None:
+    """A docker-archive holding `a/layer.tar` twice, as a file (bytes that are not its
+    diff_id's) and as a link to a file that is: verify hashed the link's target and said OK,
+    while load read the file. Such a tar (a member twice) is refused, as two files are
+    (exit 10), by verify and by load before anything is pushed."""
+    rng = random.Random("file-and-link")
+    real, other = ig.make_layer(rng, compressed=False), ig.make_layer(rng, compressed=False)
+    tag = f"{dst_registry.host}/src/twice:1"
+    cfg = ig.dump_json({"architecture": "amd64", "os": "linux", "rootfs": {
+        "type": "layers", "diff_ids": [real.diff_id]}})
+    cid = hashlib.sha256(cfg).hexdigest()
+    items = [{"Config": f"{cid}.json", "RepoTags": [tag], "Layers": ["a/layer.tar"]}]
+    bundle = tmp_path / "twice.tar"
+    with tarfile.open(bundle, "w", format=tarfile.PAX_FORMAT) as tf:
+        def file(name: str, data: bytes) -> None:
+            tf.addfile(_info(name, tarfile.REGTYPE, size=len(data)), io.BytesIO(data))
+
+        file(f"{cid}.json", cfg)
+        file("c/layer.tar", real.data)
+        link = _info("a/layer.tar", tarfile.SYMTYPE, linkname="../c/layer.tar")
+        if link_first:
+            tf.addfile(link)
+        file("a/layer.tar", other.data)
+        if not link_first:
+            tf.addfile(link)
+        file("manifest.json", json.dumps(items).encode())
+    proc = run_mirror("verify", bundle)
+    assert proc.returncode == EXIT["bundle"], proc.stdout + proc.stderr
+    assert "'a/layer.tar' appears twice" in proc.stdout, proc.stdout
+    prefix = f"twice-{uuid.uuid4().hex[:8]}"
+    err = fails("bundle", "load", bundle, "--to", f"{dst_registry.host}/{prefix}")
+    assert "appears twice" in err, err
+    assert list_tags(dst_registry.url, f"{prefix}/src/twice") == []
+
+
 def edit_json(name: str, change: Callable[[str], str]) -> Edit:
     """An Edit that rewrites the text of member `name` (index.json, mirror.json, a blob)."""
     def edit(ti: tarfile.TarInfo, data: bytes | None) -> tuple[tarfile.TarInfo, bytes | None]:

@@ -85,7 +85,12 @@ def _file_members(tf: tarfile.TarFile, bundle: str, links: dict[str, str] | None
     """The file members of a tar, each checked (_check_member) and seen once."""
     seen: set[str] = set()
     for ti in tf:
+        link = _norm(ti.name) if links is not None and (ti.issym() or ti.islnk()) else None
+        if link is not None and (link in seen or link in (links or {})):
+            raise BundleError(f"{bundle}: member {link!r} appears twice")
         name = _check_member(ti, bundle, links)
+        if link is not None:
+            seen.add(link)  # a file of that name after it is twice too
         if name is None:
             continue
         if name in seen:
