@@ -220,6 +220,32 @@ def test_manifest_json_that_does_not_match_the_images(good: Good, dst_registry: 
     assert "manifest.json" in verify_fails(bundle)
 
 
+def test_manifest_json_tag_that_index_json_does_not_give(good: Good, dst_registry: Registry,
+                                                         tmp_path: Path) -> None:
+    """manifest.json tagging the image another name (`docker load` would tag it
+    `library/nginx:latest`, while index.json, which `mirror load` and `ctr import` read,
+    names it good.ref): verify said OK; verify and load refuse it (exit 10), naming the
+    tag."""
+    bad_tag = "library/nginx:latest"
+
+    def retag(ti: tarfile.TarInfo, data: bytes | None):
+        if ti.name != "manifest.json" or data is None:
+            return ti, data
+        doc = json.loads(data)
+        tagged = [item for item in doc if item["RepoTags"]]
+        assert tagged, doc
+        tagged[0]["RepoTags"] = [bad_tag]
+        data = json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+        ti.size = len(data)
+        return ti, data
+
+    bundle = rewrite(good.bundle, tmp_path / "retagged.tar", retag)
+    err = load_fails("bundle", bundle, dst_registry, good)
+    assert "manifest.json" in err and bad_tag in err, err
+    assert bad_tag in verify_fails(bundle)
+    assert f"{good.bundle}: OK" in mirror_ok("verify", good.bundle).stdout
+
+
 def zstd(bundle: Path) -> Path:
     """The same tar, zstd-compressed (the reader streams those)."""
     import zstandard

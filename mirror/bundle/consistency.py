@@ -97,6 +97,7 @@ def _docker_problems(c: Contents) -> list[str]:
         items = json.loads(c.docker)
         images = {(m.config.digest, tuple(d.digest for d in m.layers))
                   for m in c.manifests.values() if m.config is not None}
+        tagged = _tagged(c)
         out = []
         for n, item in enumerate(items, 1):
             paths = [item["Config"], *item["Layers"]]
@@ -110,10 +111,50 @@ def _docker_problems(c: Contents) -> list[str]:
             elif (digests[0], tuple(digests[1:])) not in images:
                 out.append(f"manifest.json: image {n} (config {digests[0]}) does not match "
                            "the layers of any image manifest in the bundle")
+            else:
+                key = (digests[0], tuple(digests[1:]))
+                tags = item.get("RepoTags") or []
+                if not isinstance(tags, list):
+                    raise TypeError
+                for tag in tags:
+                    if key not in tagged.get(tag, ()):
+                        out.append(f"manifest.json: image {n} (config {digests[0]}) is tagged "
+                                   f"{tag!r}, a name index.json gives none of its images")
         return out
     except (ValueError, TypeError, KeyError, AttributeError):
         return ["manifest.json is not a list of {Config, RepoTags, Layers} (Docker's save "
                 "format)"]
+
+
+def _tagged(c: Contents) -> dict[str, set[tuple[str, tuple[str, ...]]]]:
+    """Docker's short name:tag of each index.json entry (mirror.bundle.dockersave.familiar)
+    -> the images (config, layers) under its root: what manifest.json may tag so."""
+    from mirror.bundle.dockersave import familiar  # the writer's side: imported when needed
+    from mirror.bundle.layout import IMAGE_NAME, REF_NAME
+    from mirror.errors import InvalidReference
+    from mirror.reference import Reference
+
+    out: dict[str, set[tuple[str, tuple[str, ...]]]] = {}
+    for entry in c.index.get("manifests") or []:
+        ann = entry.get("annotations") or {} if isinstance(entry, dict) else {}
+        name = ann.get(IMAGE_NAME) or ann.get(REF_NAME)
+        try:
+            tag = familiar(Reference.parse(name)) if isinstance(name, str) else None
+        except InvalidReference:
+            tag = None
+        if tag is None:
+            continue
+        found = out.setdefault(tag, set())
+        todo, seen = [entry.get("digest")], set()
+        while todo:
+            raw = c.manifests.get(d) if isinstance(d := todo.pop(), str) else None
+            if raw is None or raw.digest in seen:
+                continue
+            seen.add(raw.digest)
+            if raw.config is not None:
+                found.add((raw.config.digest, tuple(x.digest for x in raw.layers)))
+            todo.extend(x.digest for x in raw.children)
+    return out
 
 
 def _malformed(inv: Inventory) -> list[str]:
