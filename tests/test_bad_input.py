@@ -535,6 +535,34 @@ def test_inventory_blob_entry_flipped(fmt: str, good: Good, dst_registry: Regist
     assert "mirror.json" in err and (flipped(digest) in err or digest in err), err
 
 
+@pytest.mark.parametrize("lie", ["own-tag", "wrong-subject"])
+def test_inventory_referrer_that_is_not_one(lie: str, good: Good, dst_registry: Registry,
+                                            tmp_path: Path) -> None:
+    """mirror.json's referrers (which runtimes do not read) listing the amd64 image as a
+    referrer of the index: under a tag of its own, load pushed that tag (`smuggled`, seen by
+    no runtime and by no index.json); said to refer to a subject its manifest does not name,
+    inspect showed it so. verify said OK to both; now verify and load refuse them (exit 10)."""
+    amd = good.index.images[0]
+    name = (f"{good.ref.rsplit(':', 1)[0]}:smuggled" if lie == "own-tag" else
+            f"{good.ref.rsplit(':', 1)[0]}@{amd.manifest.digest}")
+    entry = amd.manifest.descriptor(annotations={
+        "org.opencontainers.image.ref.name": name, "io.containerd.image.name": name,
+        "dev.mirror.referrer.subject": good.index.manifest.digest,
+        "dev.mirror.referrer.kind": "signature"})
+
+    def add(text: str) -> str:
+        doc = json.loads(text)
+        doc["referrers"] = [*doc.get("referrers", []), entry]
+        return json.dumps(doc, indent=1) + "\n"
+
+    bundle = rewrite(good.bundle, tmp_path / "referrer-lie.tar", edit_json("mirror.json", add))
+    prefix = f"lie-{uuid.uuid4().hex[:8]}"
+    err = fails("bundle", "load", bundle, "--to", f"{dst_registry.host}/{prefix}")
+    assert f"referrer {amd.manifest.digest}" in err, err
+    assert list_tags(dst_registry.url, f"{prefix}/{good.repo}") == []
+    assert f"referrer {amd.manifest.digest}" in verify_fails(bundle)
+
+
 def test_inventory_absent_entry_for_a_carried_blob(good: Good, dst_registry: Registry,
                                                    tmp_path: Path) -> None:
     """An `absent` entry naming no blob any manifest references: refused by both."""

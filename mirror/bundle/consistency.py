@@ -86,7 +86,44 @@ def problems(c: Contents) -> list[str]:
     for digest in c.manifests:
         if digest not in inv.manifests:
             out.append(f"mirror.json does not list manifest {digest}")
-    return out + _docker_problems(c)
+    return out + _referrer_problems(c, inv) + _docker_problems(c)
+
+
+def _referrer_problems(c: Contents, inv: Inventory) -> list[str]:
+    """mirror.json's referrers: each refers to what its manifest does, under the name pull
+    gives a referrer (`name@digest`, or a cosign tag `sha256-<subject hex>.sig|.att|.sbom`),
+    not a tag of its own that a load would push (and no runtime would see)."""
+    from mirror.bundle.layout import IMAGE_NAME, REF_NAME
+    from mirror.errors import InvalidReference
+    from mirror.reference import Reference
+    from mirror.referrers import A_SUBJECT, COSIGN_SUFFIXES, fallback_tag
+
+    out: list[str] = []
+    for entry in inv.referrers:
+        digest = entry.get("digest")
+        ann = entry.get("annotations") or {}
+        subject = ann.get(A_SUBJECT) if isinstance(ann, dict) else None
+        name = (ann.get(IMAGE_NAME) or ann.get(REF_NAME)) if isinstance(ann, dict) else None
+        where = f"mirror.json: referrer {digest}"
+        if not isinstance(subject, str) or not isinstance(name, str):
+            out.append(f"{where} names no subject or no name")
+            continue
+        raw = c.manifests.get(digest) if isinstance(digest, str) else None
+        own = raw.subject.digest if raw is not None and raw.subject is not None else None
+        if own is not None and own != subject:
+            out.append(f"{where} is said to refer to {subject}; its manifest's subject is {own}")
+            continue
+        try:
+            tag = Reference.parse(name).tag
+        except InvalidReference:
+            tag = None
+        if tag is not None and tag not in {fallback_tag(subject) + s for s in COSIGN_SUFFIXES}:
+            out.append(f"{where} is named {name}, a tag that is not its subject's cosign tag "
+                       f"({fallback_tag(subject)}.sig, .att or .sbom)")
+        elif tag is None and own is None:
+            out.append(f"{where} ({name}) has no subject of its own and no cosign tag: not a "
+                       "referrer")
+    return out
 
 
 def _docker_problems(c: Contents) -> list[str]:
