@@ -415,6 +415,43 @@ def _docker_archive(path: Path, layers: list[tuple[str, str]], links: dict[str, 
     return path
 
 
+@pytest.mark.parametrize("diff_id", ["sha256:nothex", 5, ["sha256:" + "0" * 64]],
+                         ids=["not-hex", "number", "list"])
+def test_docker_archive_diff_id_that_is_not_a_digest(diff_id: object, dst_registry: Registry,
+                                                     tmp_path: Path) -> None:
+    """A docker-archive whose config lists a diff_id that is not a digest: verify printed a
+    traceback (exit 1), and load too for one that is not a string; each command now names
+    it in one line (exit 10), nothing pushed."""
+    rng = random.Random("bad-diff-id")
+    layer = ig.make_layer(rng, compressed=False)
+    bundle = _docker_archive(tmp_path / "bad-diff-id.tar", [("a/layer.tar", layer.diff_id)],
+                             {}, {"a/layer.tar": layer.data}, f"{dst_registry.host}/src/bad:1")
+    with tarfile.open(bundle) as tf:  # the config, its diff_id replaced
+        members = [(ti, tf.extractfile(ti).read()) for ti in tf]  # type: ignore[union-attr]
+    with tarfile.open(bundle, "w", format=tarfile.PAX_FORMAT) as tf:
+        items = []
+        for ti, data in members:
+            if ti.name.endswith(".json") and ti.name != "manifest.json":
+                cfg = json.loads(data)
+                cfg["rootfs"]["diff_ids"] = [diff_id]
+                data = ig.dump_json(cfg)
+                ti.name = hashlib.sha256(data).hexdigest() + ".json"
+                ti.size = len(data)
+                items = [{"Config": ti.name, "RepoTags": [f"{dst_registry.host}/src/bad:1"],
+                          "Layers": ["a/layer.tar"]}]
+            if ti.name == "manifest.json":
+                data = json.dumps(items).encode()
+                ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    assert "diff_id 1" in verify_fails(bundle)
+    err = fails("bundle", "inspect", bundle)
+    assert "diff_id 1" in err, err
+    prefix = f"bad-diff-{uuid.uuid4().hex[:8]}"
+    err = fails("bundle", "load", bundle, "--to", f"{dst_registry.host}/{prefix}")
+    assert "diff_id 1" in err, err
+    assert list_tags(dst_registry.url, f"{prefix}/src/bad") == []
+
+
 def test_docker_archive_layer_linked_under_a_wrong_diff_id(dst_registry: Registry,
                                                             tmp_path: Path) -> None:
     """A docker-archive whose one layer file is two layers (the second path a link to it,

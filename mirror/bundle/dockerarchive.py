@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from mirror import mediatypes as mt
 from mirror.bundle.layout import DOCKER_JSON, IMAGE_NAME, REF_NAME
-from mirror.digest import sha256_of
-from mirror.errors import BundleError, InvalidReference
+from mirror.digest import Digest, sha256_of
+from mirror.errors import BundleError, IntegrityError, InvalidReference
 from mirror.manifest import RawManifest, dump_json
 from mirror.reference import Reference
 
@@ -93,6 +93,13 @@ def _image(bundle: Bundle, files: dict[str, Member], item: dict[str, Any], where
     if len(diff_ids) != len(layers):
         raise BundleError(f"{where}: {len(layers)} layer(s), but the config lists "
                           f"{len(diff_ids)} diff_id(s)")
+    for n, diff_id in enumerate(diff_ids, 1):
+        try:
+            if not isinstance(diff_id, str):
+                raise IntegrityError(f"{diff_id!r} is not a digest")
+            Digest.parse(diff_id)
+        except IntegrityError as e:
+            raise BundleError(f"{where}: config {cfg_name}: diff_id {n}: {e}") from None
     descs = []
     for path, diff_id in zip(layers, diff_ids, strict=True):
         name = _member(files, path, where)
