@@ -208,6 +208,23 @@ def test_other_4xx_are_not_retried(src_registry, image, recproxy, tmp_path: Path
     assert not (tmp_path / "out.tar").exists()
 
 
+def test_an_endless_tag_list_is_read_bounded(src_registry, image, recproxy,
+                                             tmp_path: Path) -> None:
+    """A tags/list page (read to find cosign's .sig/.att/.sbom tags) of over 16 MiB was parsed
+    whole (memory bounded by nothing the registry did not choose); it is read up to the
+    bound and refused as the registry's error, exit 3, naming the list."""
+    repo, _ = image
+    proxy = recproxy(src_registry.url)
+    tags = ",".join(f'"t{i:07d}"' for i in range(1_600_000))  # ~17 MB of valid JSON
+    proxy.add(Fault("status", method="GET", path=r"/tags/list", status=200, times=None,
+                    headers={"Content-Type": "application/json"},
+                    body=f'{{"name": "{repo}", "tags": [{tags}]}}'.encode()))
+    proc = pull(tmp_path, f"{proxy.host}/{repo}:v1")
+    assert proc.returncode == 3, proc.stderr
+    line = error_line(proc)
+    assert "list tags" in line and f"over {16 << 20} bytes" in line, line
+
+
 @pytest.mark.parametrize("code,tries", [("MANIFEST_BLOB_UNKNOWN", 1), ("BLOB_UNKNOWN", 1),
                                         ("UNKNOWN", 3), ("UNAVAILABLE", 3)])
 def test_a_5xx_naming_a_definite_error_is_not_retried(src_registry, image, recproxy,

@@ -5,6 +5,7 @@ bytes in, raw manifest bytes out."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from mirror.registry.body import read_body
 from mirror.registry.transport import Transport, describe_exception
 from mirror.registry.upload import Uploads
 from mirror.store.blobs import PartialBlob
+
+MAX_LIST_PAGE_BYTES = 16 << 20  # one page of tags/list or _catalog (a bounded read)
 
 PROGRESS_BYTES = 64 << 10  # a broken download that got this far starts a fresh retry count
 REDIRECTS = (301, 302, 303, 307, 308)
@@ -140,8 +143,17 @@ class Client(Uploads):
         while next_url and (limit is None or len(names) < limit):
             resp = await self.t.request(registry, "GET", next_url, repository=repo, what=what)
             async with resp:
-                doc = await resp.json(content_type=None)
+                body = await read_body(resp, MAX_LIST_PAGE_BYTES)
                 link = resp.headers.get("Link")
+            if len(body) > MAX_LIST_PAGE_BYTES:
+                raise RegistryError(f"{registry}/{repo}: {what}: a page of the list is over "
+                                    f"{MAX_LIST_PAGE_BYTES} bytes", registry=registry,
+                                    repository=repo)
+            try:
+                doc = json.loads(body)
+            except ValueError:
+                raise RegistryError(f"{registry}/{repo}: {what}: the list is not JSON",
+                                    registry=registry, repository=repo) from None
             page = doc.get(key) if isinstance(doc, dict) else None
             names.extend(str(n) for n in page or [])
             next_url = None
