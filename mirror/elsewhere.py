@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
+from mirror.aio import gather_or_cancel
 from mirror.errors import AuthError
 from mirror.manifest import Descriptor
 from mirror.registry.client import Client
@@ -46,7 +47,7 @@ async def find_elsewhere(client: Client, registry: str, wanted: dict[str, Descri
                 continue
             tried.add(repo)
             budget -= len(left)
-            flags = await asyncio.gather(*(has(repo, d) for d in left))
+            flags = await gather_or_cancel(has(repo, d) for d in left)
             for d, ok in zip(left, flags, strict=True):
                 if ok:
                     found[d.digest] = repo

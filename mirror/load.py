@@ -274,7 +274,7 @@ async def _load(client: Client, bundle: Bundle, target: Target, jobs: int, dry_r
             return await client.has_blob(reg, repo, d)
 
     checks = [(repo, d) for repo, ds in need.items() for d in ds.values()]
-    flags = await asyncio.gather(*(present(r, d) for r, d in checks))
+    flags = await gather_or_cancel(present(r, d) for r, d in checks)
     todo: dict[str, list[tuple[str, Descriptor]]] = {}
     missing_base: list[str] = []
     present_in: dict[str, str] = {}  # digest -> a target repository that already has it
