@@ -197,6 +197,24 @@ def test_tar_without_oci_layout(good: Good, dst_registry: Registry, tmp_path: Pa
     assert "oci-layout" in verify_fails(bundle)
 
 
+def test_an_empty_docker_archive_is_refused(dst_registry: Registry, tmp_path: Path) -> None:
+    """A docker-archive whose manifest.json lists no image (`[]`): verify said OK and load
+    exited 0 having pushed nothing, without a word; both now say so, exit 10."""
+    import io
+    import tarfile
+
+    archive = tmp_path / "empty.tar"
+    with tarfile.open(archive, "w") as tf:
+        ti = tarfile.TarInfo("manifest.json")
+        ti.size = 2
+        tf.addfile(ti, io.BytesIO(b"[]"))
+    proc = run_mirror("verify", archive)
+    assert proc.returncode == EXIT["bundle"], proc.stdout + proc.stderr
+    assert "manifest.json lists no image" in proc.stdout, proc.stdout
+    err = fails("bundle", "load", archive, "--to", f"{dst_registry.host}/e")
+    assert "manifest.json lists no image" in err, err
+
+
 def test_manifest_json_that_does_not_match_the_images(good: Good, dst_registry: Registry,
                                                      tmp_path: Path) -> None:
     """manifest.json (what docker load and podman load read) naming the arm64 config with

@@ -43,6 +43,8 @@ def read(bundle: Bundle, files: dict[str, Member]) -> tuple[Contents, dict[str, 
             raise ValueError
     except ValueError:
         raise BundleError(f"{where} is not a list of images (docker-archive)") from None
+    if not items:  # `docker save` of nothing: verify said OK and load pushed nothing, exit 0
+        raise BundleError(f"{where} lists no image (an empty docker-archive)")
     c = Contents({"schemaVersion": 2, "manifests": []}, None)
     aliases: dict[str, str] = {}
     for n, item in enumerate(items):
