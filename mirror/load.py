@@ -412,29 +412,32 @@ async def _load(client: Client, bundle: Bundle, target: Target, jobs: int, dry_r
         while todo:
             again: dict[str, list[tuple[str, Descriptor]]] = {}
             stream = bundle.members()
-            while True:
-                with reading:
-                    item = next(stream, None)
-                if item is None:
-                    break
-                name, _size, f = item
-                digest = name.replace("blobs/", "", 1).replace("/", ":", 1)
-                if digest in todo and f is not None:
-                    where = todo.pop(digest)
-                    try:
-                        left = await push_one(digest, where,
-                                              iter(functools.partial(read, f), b""))
-                    except RegistryError as e:
-                        failures[digest] = failures.get(digest, 0) + 1
-                        if not restartable(e) or failures[digest] >= policy.tries:
-                            raise
-                        client.t.count_retry()
-                        client.t.debug(f"retry upload of blob {digest} on the next pass over "
-                                       f"{bundle.name}: {e}; try {failures[digest] + 1} of "
-                                       f"{policy.tries}")
-                        left = where
-                    if left:
-                        again[digest] = left
+            try:  # a push that fails closes the bundle's file now, not when collected
+                while True:
+                    with reading:
+                        item = next(stream, None)
+                    if item is None:
+                        break
+                    name, _size, f = item
+                    digest = name.replace("blobs/", "", 1).replace("/", ":", 1)
+                    if digest in todo and f is not None:
+                        where = todo.pop(digest)
+                        try:
+                            left = await push_one(digest, where,
+                                                  iter(functools.partial(read, f), b""))
+                        except RegistryError as e:
+                            failures[digest] = failures.get(digest, 0) + 1
+                            if not restartable(e) or failures[digest] >= policy.tries:
+                                raise
+                            client.t.count_retry()
+                            client.t.debug(f"retry upload of blob {digest} on the next pass over "
+                                           f"{bundle.name}: {e}; try {failures[digest] + 1} of "
+                                           f"{policy.tries}")
+                            left = where
+                        if left:
+                            again[digest] = left
+            finally:
+                stream.close()
             if todo:
                 raise BundleError(f"{bundle.name}: blob(s) missing from the stream: "
                                   f"{', '.join(sorted(todo)[:5])}")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import posixpath
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO, cast
@@ -349,7 +349,7 @@ class Bundle:
         return BundleError(f"{self.name}: {inner}: {e}")
 
     def members(self, tap: Tap | None = None
-                ) -> Iterator[tuple[str, int, Readable | None]]:
+                ) -> Generator[tuple[str, int, Readable | None], None, None]:
         """Every file member in tar order. The fileobj is None for a plain tar (use
         open_blob), unless `tap` is given: then the file is read once from start to end, its
         every byte (headers and padding too) given to `tap`, and each member comes with a
