@@ -18,7 +18,16 @@ import pytest
 
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault
-from tests.support.oracle import ROOT, check_layout, mirror_cmd, mirror_env, mirror_ok, run_mirror
+from tests.support.oracle import (
+    ROOT,
+    check_layout,
+    mirror_cmd,
+    mirror_env,
+    mirror_ok,
+    ok,
+    run,
+    run_mirror,
+)
 from tests.support.pusher import (
     list_tags,
     push_blob,
@@ -134,9 +143,17 @@ def test_two_registries_one_target_name_is_refused(src_registry, registry_factor
     push_image(src_registry.url, "org/app", a, tags=["1"])
     push_image(other.url, "org/app", b, tags=["1"])
     out = tmp_path / "b.tar"
-    mirror_ok("pull", f"{src_registry.host}/org/app:1", f"{other.host}/org/app:1", "-o", out,
-              "--cache", tmp_path / "c")
-    r = run_mirror("load", out, "--to", f"{dst_registry.host}/clash")
+    # mirror pull refuses to write such a bundle (test_bad_input); an OCI layout that another
+    # tool wrote with both names (skopeo, oci:DIR) is refused by the load, pushing nothing
+    r = run_mirror("pull", f"{src_registry.host}/org/app:1", f"{other.host}/org/app:1",
+                   "-o", out, "--cache", tmp_path / "c")
+    assert r.returncode == 2 and "would both be loaded as" in r.stderr and not out.exists()
+    layout = tmp_path / "layout"
+    for reg in (src_registry, other):
+        ref = f"{reg.host}/org/app:1"
+        ok(run(["skopeo", "copy", "--src-tls-verify=false", f"docker://{ref}",
+                f"oci:{layout}:{ref}"]))
+    r = run_mirror("load", layout, "--to", f"{dst_registry.host}/clash")
     assert r.returncode == 10 and "would both be pushed as" in r.stderr, r.stderr
     assert list_tags(dst_registry.url, "clash/org/app") == []
 
