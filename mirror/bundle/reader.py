@@ -146,6 +146,7 @@ class Bundle:
         self.name = str(path)
         self._members: dict[str, Member] | None = None
         self._links: dict[str, str] = {}  # link member -> what it names (a docker-archive)
+        self._linked_cache: dict[str, Member] | None = None
         self._aliases: dict[str, str] = {}  # digest -> member, where not blobs/<alg>/<hex>
         self.directory = self.path.is_dir()  # an OCI layout directory (mirror.bundle.directory)
         self.compressed = False
@@ -217,7 +218,9 @@ class Bundle:
 
     def _linked(self) -> dict[str, Member]:
         """The link members (a docker-archive's repeated layers), each as the file it names
-        (through other links too)."""
+        (through other links too); worked out once (every read of a member asks)."""
+        if self._linked_cache is not None:
+            return self._linked_cache
         files = self._index()
         out: dict[str, Member] = {}
         for name in self._links:
@@ -228,6 +231,7 @@ class Bundle:
                 raise BundleError(f"{self.name}: member {name!r} is a link to "
                                   f"{self._links[name]!r}, which is not a file in the tar")
             out[name] = files[target]
+        self._linked_cache = out
         return out
 
     def blob_member(self, digest: str) -> str:
