@@ -268,7 +268,8 @@ class Transport:
         async with lock:
             if registry in self._refused:
                 e = self._refused[registry]
-                raise type(e)(str(e), registry=e.registry, status=e.status, hint=e.hint)
+                raise type(e)(str(e), registry=e.registry, repository=e.repository,
+                              status=e.status, codes=e.codes, hint=e.hint)
             if registry not in self._endpoints:
                 try:
                     self._endpoints[registry] = await self._ping(registry)
