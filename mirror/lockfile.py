@@ -29,14 +29,13 @@ reads only `sourceDigest`, so they still pin the same images.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mirror.errors import ConfigError, MirrorError
+from mirror.errors import ConfigError
+from mirror.paths import write_atomic
 
 LOCK_VERSION = 1
 
@@ -56,16 +55,9 @@ class Lock:
         return json.dumps(doc, indent=2).encode() + b"\n"
 
     def write(self, path: Path) -> None:
-        """Beside `path`, then renamed over it; a write that fails (a full disk) leaves the
-        old lock file as it was, no .partial, and an error naming the file."""
-        tmp = path.with_name(path.name + ".partial")
-        try:
-            tmp.write_bytes(self.to_bytes())
-            os.replace(tmp, path)
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            raise MirrorError(f"{path}: cannot write the lock file: {e.strerror or e}") from None
+        """Atomically (mirror.paths.write_atomic): a write that fails (a full disk) leaves
+        the old lock file as it was, nothing half-written, and an error naming the file."""
+        write_atomic(path, self.to_bytes(), "the lock file")
 
     @classmethod
     def read(cls, path: Path) -> Lock:

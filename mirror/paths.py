@@ -1,4 +1,5 @@
-"""Files a run will write (-o, --report, the lock file), checked before any work.
+"""Files a run will write (-o, --report, the lock file): checked before any work, and the
+small ones written atomically (`write_atomic`).
 
 A missing directory is made, for each of them alike; a path that names a directory, or whose
 directory cannot be made or written, is a usage error (exit 2) naming the option, found
@@ -7,11 +8,12 @@ before any network work instead of after a night's pull.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
 
-from mirror.errors import UsageError
+from mirror.errors import MirrorError, UsageError
 
 
 def check_writable(path: Path, flag: str) -> None:
@@ -65,3 +67,21 @@ def check_distinct(writes: list[tuple[str, Path]], reads: list[tuple[str, Path]]
             raise UsageError(f"{flag} {path} is {other_flag} {other} (the same file): the run "
                              "would write over it",
                              hint="give each file a name of its own")
+
+
+def write_atomic(path: Path, data: bytes, what: str) -> None:
+    """Write beside `path`, flush to disk, rename over it: a reader sees the old file or the
+    new one. A write that fails (a full disk) leaves the old file as it was and no temporary
+    file, and is a MirrorError naming `path` and `what` it is (the report, the lock file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise MirrorError(f"{path}: cannot write {what}: {e.strerror or e}") from None

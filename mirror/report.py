@@ -9,15 +9,12 @@ then a rename): a monitor reads the old report or the new one, never half of one
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from mirror import secrets
-from mirror.errors import MirrorError
-from mirror.paths import check_writable
+from mirror.paths import check_writable, write_atomic
 
 
 def check_path(path: Path) -> None:
@@ -54,20 +51,5 @@ class Report:
         doc = {"command": self.command, "error": error, "exit_code": exit_code,
                **self.details}
         plain = json.loads(json.dumps(doc, default=str))  # then every value is JSON
-        write_atomic(self.path, json.dumps(secrets.redact_all(plain), indent=2) + "\n")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write beside `path`, flush to disk, rename over it; MirrorError naming it if not."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise MirrorError(f"{path}: cannot write the report: {e.strerror or e}") from None
+        write_atomic(self.path, (json.dumps(secrets.redact_all(plain), indent=2) + "\n").encode(),
+                     "the report")
