@@ -386,16 +386,21 @@ def test_report_is_written_whatever_the_outcome(src_registry, repo_name, rng, tm
     assert doc["ok"] is False, doc
 
 
+def _one_image_and_a_file(src_registry, repo_name, rng, tmp_path):
+    """An image to pull (its reference), the bundle and cache paths of a run, and a plain
+    file (a path under it can be neither made nor written)."""
+    img = ig.make_image(rng, ig.AMD64, fmt="oci")
+    push_image(src_registry.url, repo_name, img, tags=["v1"])
+    plain = tmp_path / "file"
+    plain.write_text("")
+    return f"{src_registry.host}/{repo_name}:v1", tmp_path / "b.tar", tmp_path / "c", plain
+
+
 def test_report_path_is_checked_before_any_work(src_registry, repo_name, rng, tmp_path):
     """A report that cannot be written (a directory; a directory that cannot be made): exit
     2 at once, naming it, instead of a whole pull that then exits 1 with "cannot write the
     report". A missing directory is made, as -o makes the bundle's."""
-    img = ig.make_image(rng, ig.AMD64, fmt="oci")
-    push_image(src_registry.url, repo_name, img, tags=["v1"])
-    ref = f"{src_registry.host}/{repo_name}:v1"
-    out, cache = tmp_path / "b.tar", tmp_path / "c"
-    plain = tmp_path / "file"
-    plain.write_text("")
+    ref, out, cache, plain = _one_image_and_a_file(src_registry, repo_name, rng, tmp_path)
     for bad in (plain / "r.json", plain / "sub" / "r.json", tmp_path):
         r = run_mirror("pull", ref, "-o", out, "--cache", cache, "--report", bad)
         assert r.returncode == 2, r.stderr
@@ -674,12 +679,7 @@ def test_an_unwritable_lock_file_is_refused_before_any_work(src_registry, repo_n
                                                             tmp_path):
     """--lock-file that cannot be written was found only after the bundle was written (exit
     1); like --report it is checked first: exit 2 naming it, nothing fetched or written."""
-    img = ig.make_image(rng, ig.AMD64, fmt="oci")
-    push_image(src_registry.url, repo_name, img, tags=["v1"])
-    ref = f"{src_registry.host}/{repo_name}:v1"
-    out, cache = tmp_path / "b.tar", tmp_path / "c"
-    plain = tmp_path / "file"
-    plain.write_text("")
+    ref, out, cache, plain = _one_image_and_a_file(src_registry, repo_name, rng, tmp_path)
     for bad in (plain / "x.lock", tmp_path):
         for args in (("pull", ref, "-o", out), ("lock", ref)):
             r = run_mirror(*args, "--cache", cache, "--lock-file", bad)

@@ -395,6 +395,17 @@ def test_load_skopeo_oci_archive(
     assert str(bare) in err and "v3" in err
 
 
+def _skopeo_archive(src_registry: Registry, repo_name: str, rng: random.Random,
+                    dest: str) -> ig.Index:
+    """A two-platform OCI index pushed to the source, then `skopeo copy --all` to `dest`
+    (an oci-archive: destination); returns the index."""
+    index = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)], "oci")
+    push_image(src_registry.url, repo_name, index, ["v1"])
+    skopeo("copy", "--all", "--src-tls-verify=false",
+           f"docker://{src_registry.host}/{repo_name}:v1", dest)
+    return index
+
+
 def test_load_skopeo_oci_archive_without_a_ref_name(
         src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
         tmp_path: Path) -> None:
@@ -402,12 +413,8 @@ def test_load_skopeo_oci_archive_without_a_ref_name(
     `skopeo copy oci-archive:FILE docker://HOST/REPO` would, the load puts it in the --to
     prefix, by digest (no tag is made up), and says so: one line per such image naming its
     target reference. With no prefix to put it in, it is refused with a hint."""
-    imgs = [ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)]
-    index = ig.make_index(imgs, "oci")
-    push_image(src_registry.url, repo_name, index, ["v1"])
     anon = tmp_path / "anon.tar"
-    skopeo("copy", "--all", "--src-tls-verify=false",
-           f"docker://{src_registry.host}/{repo_name}:v1", f"oci-archive:{anon}")
+    index = _skopeo_archive(src_registry, repo_name, rng, f"oci-archive:{anon}")
     assert check_layout(anon).entry_names() == [""]
 
     prefix = f"{repo_name}/anon"
@@ -435,12 +442,8 @@ def test_skopeo_oci_archive_compressed_with_zstd(
     refused it; both take it now, as they take the plain tar."""
     import zstandard
 
-    imgs = [ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)]
-    index = ig.make_index(imgs, "oci")
-    push_image(src_registry.url, repo_name, index, ["v1"])
     archive = tmp_path / "skopeo.tar"
-    skopeo("copy", "--all", "--src-tls-verify=false",
-           f"docker://{src_registry.host}/{repo_name}:v1", f"oci-archive:{archive}:v4")
+    index = _skopeo_archive(src_registry, repo_name, rng, f"oci-archive:{archive}:v4")
     with tarfile.open(archive) as tf:
         assert tf.getnames()[-2:] == ["index.json", "oci-layout"], tf.getnames()
     zst = tmp_path / "skopeo.tar.zst"
