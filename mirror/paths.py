@@ -18,6 +18,9 @@ from mirror.errors import MirrorError, UsageError
 
 def check_writable(path: Path, flag: str) -> None:
     """Make `path`'s directory if missing; UsageError `FLAG PATH: ...` if it cannot be written."""
+    if str(path) == "-":  # every output is written atomically (a rename), so never stdout
+        raise UsageError(f"{flag} -: writes a file (replaced atomically at the end), not "
+                         "stdout; give a file path")
     if path.is_dir():
         raise UsageError(f"{flag} {path}: is a directory; give a file name")
     parent = path.parent

@@ -1181,6 +1181,25 @@ def test_a_run_that_would_write_over_its_own_files_is_refused(good: Good,
               "images.lock", cwd=tmp_path)
 
 
+@pytest.mark.parametrize("args", [
+    ("pull", "-f", "images.yaml", "-o", "o.tar", "--report", "-"),
+    ("pull", "-f", "images.yaml", "-o", "-"),
+    ("pull", "-f", "images.yaml", "-o", "o.tar", "--lock-file", "-"),
+    ("verify", "b.tar", "--report", "-"),
+])
+def test_a_dash_for_a_file_is_refused(args: tuple[str, ...], good: Good,
+                                      tmp_path: Path) -> None:
+    """`--report -` wrote a file named `-` (a reader of the usual convention looks for the
+    report on stdout and finds none). Every file argument is written atomically at the end,
+    so none can be stdout: `-` is exit 2 before any work, saying so."""
+    (tmp_path / "images.yaml").write_text(f"version: 1\nimages:\n  - {good.ref}\n")
+    (tmp_path / "b.tar").write_bytes(good.bundle.read_bytes())
+    err = fails("usage", *args, cwd=tmp_path)
+    flag = args[args.index("-") - 1]
+    assert f"{flag} -: " in err and "not stdout" in err, err
+    assert not (tmp_path / "-").exists() and not (tmp_path / "o.tar").exists()
+
+
 def test_two_registries_one_repository_and_tag(good: Good, src_registry: Registry,
                                                dst_registry: Registry, tmp_path: Path) -> None:
     """REG1/app:v1 and REG2/app:v1 (a registry and a mirror that drifted) both load as
