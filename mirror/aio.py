@@ -1,9 +1,10 @@
-"""Small asyncio helpers: run tasks together, and on the first failure cancel the rest."""
+"""Small asyncio helpers: run tasks together, and on the first failure cancel the rest;
+step a blocking iterator in a thread."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator
 from typing import Any
 
 
@@ -23,3 +24,12 @@ async def gather_or_cancel(aws: Iterable[Awaitable[Any]]) -> list[Any]:
     except BaseException:
         await cancel_all(tasks)
         raise
+
+
+async def aiter_thread(gen: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """A blocking iterator (file reads, hashing) stepped in a thread, off the event loop."""
+    while True:
+        chunk = await asyncio.to_thread(next, gen, None)
+        if chunk is None:
+            return
+        yield chunk
