@@ -1,11 +1,11 @@
 """The pull engine: registry -> blob store -> bundle.
 
-First every image is resolved (manifests, platform selection, conversion, referrers), so the
-bundle's layout is known; then every blob is fetched once into the content-addressed store
-(shared across images, platforms and runs), verified on the way in, and teed into the bundle
-being assembled (mirror.bundle.assembler). A .tar.zst is written from the store in one pass
-at the end (mirror.bundle.contents). With `keep_going`, an image that fails is reported and
-left out (the bundle is marked partial); otherwise the first failure stops the run. What was
+First every image is resolved (mirror.planning, shared with `mirror sync`: manifests,
+platform selection, conversion, referrers), so the bundle's layout is known; then every blob
+is fetched once into the content-addressed store (shared across images, platforms and runs),
+verified on the way in, and teed into the bundle being assembled (mirror.bundle.assembler).
+A .tar.zst is written from the store in one pass at the end (mirror.bundle.contents). With
+`keep_going`, an image that fails is reported and left out (the bundle is marked partial); otherwise the first failure stops the run. What was
 downloaded stays in the store either way, so the next run does not fetch it again.
 """
 
@@ -15,6 +15,7 @@ import asyncio
 import contextvars
 import threading
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,40 +25,15 @@ from mirror.bundle.contents import bundle_layout, write_plans
 from mirror.bundle.dockersave import left_out
 from mirror.bundle.writer import tar_size, unchanged
 from mirror.config import ImageSpec
-from mirror.convert import convert_plan
-from mirror.errors import IntegrityError, MirrorError, UsageError
+from mirror.errors import MirrorError
 from mirror.fetch import Fetcher
 from mirror.manifest import Descriptor
-from mirror.platform import Platform
+from mirror.planning import ImageResult, Planner
 from mirror.progress import NullProgress, Progress
-from mirror.referrers import Finder
 from mirror.registry.client import Client
 from mirror.registry.policy import RETRY_COUNTER
-from mirror.resolve import ImagePlan, resolve
+from mirror.resolve import ImagePlan
 from mirror.store.blobs import _IO_POOL, BlobStore
-
-
-@dataclass
-class ImageResult:
-    reference: str
-    where: str = ""
-    digest: str | None = None  # root digest in the bundle
-    source_digest: str | None = None
-    media_type: str | None = None
-    mode: str | None = None
-    platforms: list[str] = field(default_factory=list)
-    platform_digests: dict[str, str] = field(default_factory=dict)  # in the bundle
-    source_platform_digests: dict[str, str] = field(default_factory=dict)  # upstream
-    manifests: list[str] = field(default_factory=list)
-    conversions: dict[str, str] = field(default_factory=dict)
-    bytes_fetched: int = 0
-    bytes_reused: int = 0
-    bytes_kept: int = 0  # of bytes_fetched: in partial downloads kept for the next run
-    retries: int = 0
-    seconds: float = 0.0
-    error: str | None = None
-    error_code: int | None = None
-    hint: str | None = None
 
 
 @dataclass
@@ -115,46 +91,28 @@ async def pull(client: Client, store: BlobStore, specs: list[ImageSpec], opts: P
         raise
 
 
-class _Run:
-    """One pull: the per-image results and plans, and the phases that fill them."""
+class _Run(Planner):
+    """One pull: the planning (mirror.planning), then the fetching and the bundle."""
+
+    opts: PullOptions
 
     def __init__(self, client: Client, store: BlobStore, specs: list[ImageSpec],
                  opts: PullOptions, progress: Progress) -> None:
-        self.client, self.store, self.specs, self.opts = client, store, specs, opts
-        self.progress = progress
+        super().__init__(client, specs, opts, progress)
+        self.store, self.opts = store, opts
         self.fetcher = Fetcher(client, store, opts.jobs, progress)
-        self.finder = Finder(client)
-        self.sem = asyncio.Semaphore(max(2, opts.jobs))
-        self.results = [ImageResult(str(s.reference), s.where) for s in specs]
-        self.retry_counts = [[0] for _ in specs]  # per image (a shared blob: its first image)
-        self.plans: list[ImagePlan | None] = [None] * len(specs)
-        self.first_error: MirrorError | None = None
         self.in_layout: set[int] = set()  # the images the assembling bundle was laid out for
-        self.unfinished: dict[int, ImagePlan] = {}  # failed after planning, or still going
         self.accounted: set[int] = set()  # images whose bytes are counted (_account)
         # digest -> size of each blob found in the cache: the run's bytes_reused counts a
         # blob shared by several images once (each image's own figure counts all it needs)
         self.reused: dict[str, int] = {}
-        self.t0 = time.monotonic()
 
-    def failed(self, i: int, e: MirrorError) -> None:
-        res = self.results[i]
-        res.error, res.error_code, res.hint = str(e), e.exit_code, e.hint
-        plan = self.plans[i]
-        if plan is not None:
-            self.unfinished[i] = plan  # what it fetched still counts (result())
-        self.plans[i] = None
-        self.first_error = self.first_error or e
-        if not self.opts.keep_going:
-            raise e
-        self.progress.warn(f"{self.specs[i].reference}: failed: {e}")
+    def config(self, i: int, registry: str, repo: str, desc: Descriptor) -> Awaitable[bytes]:
+        return self.fetcher.config_bytes(registry, repo, desc, owner=i)
 
     def need(self, plan: ImagePlan) -> list[Descriptor]:
         base = self.opts.base_blobs or {}
         return [d for d in plan.blobs.values() if d.digest not in base]
-
-    def resolved(self) -> list[tuple[int, ImagePlan]]:
-        return [(i, p) for i, p in enumerate(self.plans) if p is not None]
 
     def result(self) -> PullResult:
         for res, count in zip(self.results, self.retry_counts, strict=True):
@@ -171,93 +129,6 @@ class _Run:
         r.bytes_reused = sum(self.reused.values())
         r.bytes_kept = sum(x.bytes_kept for x in self.results)
         return r
-
-    async def plan_one(self, i: int, spec: ImageSpec) -> None:
-        res, f = self.results[i], self.fetcher
-        RETRY_COUNTER.set(self.retry_counts[i])  # this task, and those it starts
-        try:
-            async with self.sem:
-                plan = await resolve(self.client, spec,
-                                     lambda r, p, d: f.config_bytes(r, p, d, owner=i),
-                                     self.opts.referrer_types)
-            missing = missing_platforms(spec, plan)
-            if missing:  # some asked for, not all: the bundle lacks them, so say it
-                self.progress.warn(
-                    f"{spec.reference}: has no {', '.join(missing)}: the bundle carries only "
-                    f"{', '.join(plan.platforms) or 'none'} of the platforms asked for "
-                    "(give this image the platforms it has with `platforms:` in its "
-                    "images.yaml entry to say that is expected)")
-            convert_plan(plan, spec.settings.format, self.progress)
-            if spec.settings.referrers:  # `referrers: false` or --no-referrers
-                async with self.sem:
-                    await attach_referrers(self.finder, plan, self.opts.referrer_types,
-                                           self.progress)
-        except MirrorError as e:
-            self.failed(i, e)
-            return
-        finally:
-            res.seconds = round(time.monotonic() - self.t0, 3)
-        res.digest, res.source_digest = plan.root.digest, plan.source_digest
-        res.media_type, res.mode = plan.root.media_type, plan.mode
-        res.platforms, res.conversions = plan.platforms, plan.conversions
-        res.platform_digests = plan.platform_digests
-        res.source_platform_digests = plan.source_platform_digests
-        res.manifests = [m.digest for m in plan.manifest_order()]
-        self.plans[i] = plan
-
-    def check_targets(self) -> None:
-        """`mirror load` pushes an image to PREFIX/<repository>:<tag>, whatever its registry:
-        ghcr.io/org/app:1 and docker.io/org/app:1 land on one tag. Two such images that are
-        not the same bytes make a bundle load refuses whole (exit 10 on the far side); the
-        later one fails here instead (with --keep-going the others go on)."""
-        first: dict[tuple[str, str], tuple[int, ImagePlan]] = {}
-        for i, plan in self.resolved():
-            ref = self.specs[i].reference
-            if not ref.tag:
-                continue
-            j, other = first.setdefault((ref.repository, ref.tag), (i, plan))
-            if j != i and other.root.digest != plan.root.digest:
-                self.failed(i, UsageError(
-                    f"{self.specs[j].reference} and {ref} would both be loaded as "
-                    f"PREFIX/{ref.repository}:{ref.tag}, and they differ "
-                    f"({other.root.digest}, {plan.root.digest}): mirror load refuses such a "
-                    "bundle", hint="pull them into bundles of their own (an images.yaml per "
-                    "source registry) and load each with its own --to prefix"))
-
-    async def check_sizes(self) -> None:
-        """One digest, one size (a tar header cannot be both). When images list one blob with
-        different sizes, the registry is asked (HEAD) which is right and the images that got
-        it wrong are refused; if it does not say, the image listed first is taken as right."""
-        listed: dict[str, dict[int, list[tuple[int, str]]]] = {}
-        for i, p in self.resolved():
-            for d in p.blobs.values():
-                users = listed.setdefault(d.digest, {}).setdefault(d.size, [])
-                if (i, p.name) not in users:
-                    users.append((i, p.name))
-        for digest, sizes in listed.items():
-            if len(sizes) < 2:
-                continue
-            first = min(sizes, key=lambda size: sizes[size][0][0])
-            plan = self.plans[sizes[first][0][0]]
-            assert plan is not None
-            ref = plan.spec.reference
-            try:
-                true = await self.client.blob_size(ref.registry, ref.repository, digest)
-            except MirrorError:
-                true = None
-            if true is None:
-                right: int | None = first
-                why = f"{sizes[first][0][1]} lists it with {first} (the registry does not say)"
-            else:
-                right = true if true in sizes else None
-                why = f"the registry says {true}"
-            for size, users in sizes.items():
-                if size == right:
-                    continue
-                for i, name in users:
-                    if self.plans[i] is not None:  # not refused already (another blob)
-                        self.failed(i, IntegrityError(
-                            f"{name}: blob {digest} is listed with {size} bytes, but {why}"))
 
     def start_in_order(self, digests: list[str]) -> None:
         """Start the placements in the bundle's order (downloads queue for a slot first come,
@@ -296,11 +167,7 @@ class _Run:
     async def go(self) -> PullResult:
         opts, f = self.opts, self.fetcher
         try:
-            await gather_or_cancel(self.plan_one(i, s) for i, s in enumerate(self.specs))
-            await self.check_sizes()
-            self.check_targets()
-            if not self.resolved() and self.first_error:
-                raise self.first_error
+            await self.plan()
             if opts.dry_run:
                 return self.dry_run()
             # the bar's total (and so its ETA): every blob the bundle needs, counted once
@@ -448,65 +315,6 @@ def _account_unfinished(res: ImageResult, need: list[Descriptor], fetcher: Fetch
         elif mine and d.digest in fetcher.kept:
             res.bytes_kept += fetcher.kept[d.digest]
     res.bytes_fetched += res.bytes_kept
-
-
-def missing_platforms(spec: ImageSpec, plan: ImagePlan) -> list[str]:
-    """The platforms asked for by name that the image does not have (none for `all`, or for
-    a single-platform image or artifact, which matched or was refused with exit 8)."""
-    sel = spec.settings.platforms
-    if sel.all or not plan.root.is_index:
-        return []
-    have = []
-    for text in plan.platforms:
-        try:
-            have.append(Platform.parse(text))
-        except MirrorError:  # not a platform we can name: it matched nothing asked for
-            continue
-    return [str(w) for w in sel.platforms if not any(w.matches(h) for h in have)]
-
-
-async def attach_referrers(finder: Finder, plan: ImagePlan, types: tuple[str, ...],
-                           progress: Progress) -> None:
-    """Find what refers to the image (its source index and each platform manifest) and add
-    each referrer, with its blobs, to the plan as an entry of its own."""
-    ref = plan.spec.reference
-    subjects = dict.fromkeys([plan.source_digest, *plan.source_platform_digests.values()])
-    for subject in subjects:
-        for r in await finder.discover(ref.registry, ref.repository, subject, types):
-            if r.manifest.is_index:
-                progress.warn(f"{plan.name}: skipping referrer {r.manifest.digest} of {subject}:"
-                              " an index of referrers is not carried yet")
-                continue
-            plan.referrers.append(r)
-            for d in r.manifest.blobs():
-                plan.blobs[d.digest] = d
-    if plan.root.digest != plan.source_digest and any(
-            r.subject == plan.source_digest for r in plan.referrers):
-        # `accept_unsigned_index: true`: known and accepted, so not a warning (-q is silent)
-        say = progress.info if plan.spec.settings.accept_unsigned_index else progress.warn
-        say(
-            f"{plan.name}: signatures or other referrers were made for the source index "
-            f"{plan.source_digest}; the {_new_root(plan)} does not match them. They are "
-            f"carried keyed to the source digest; {_keep_signed(plan)} to keep a signed index "
-            "valid")
-
-
-def _new_root(plan: ImagePlan) -> str:
-    """What became of the source index: filtered (a subset), converted (old -> new), both."""
-    converted = plan.source_digest in plan.conversions  # the root's own old -> new pair
-    if plan.mode == "filter":
-        return f"{'filtered and converted' if converted else 'filtered'} index {plan.root.digest}"
-    return f"converted index {plan.source_digest} -> {plan.root.digest}"
-
-
-def _keep_signed(plan: ImagePlan) -> str:
-    settings = plan.spec.settings
-    keep = "`format: keep`" if settings.format != "keep" else "`foreign_layers: include`"
-    if plan.source_digest not in plan.conversions:  # filtered only
-        return "use `index: sparse` (or all platforms)"
-    if plan.mode == "filter":
-        return f"use {keep} with all platforms"
-    return f"use {keep}"
 
 
 def _summary_line(plan: ImagePlan, res: ImageResult) -> str:
