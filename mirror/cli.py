@@ -101,6 +101,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_net(p)
     _add_out(p)
 
+    p = sub.add_parser("sync", help="copy images from their registries straight into one or "
+                       "more registries (no bundle): the connected case")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image references (besides -f)")
+    p.add_argument("-f", "--file", help="images.yaml listing the images")
+    p.add_argument("--to", action="append", required=True, metavar="HOST[:PORT][/PREFIX]",
+                   help="target registry and optional repository prefix, as load's (each "
+                   "image goes to PREFIX/<its source repository>); repeatable: one push per "
+                   "target")
+    _add_selection(p)
+    p.add_argument("--cache", type=Path, help="fetch each blob into this cache once and push "
+                   "it from there to every target (default: none, blobs stream from the "
+                   "source registries straight into the targets)")
+    p.add_argument("--keep-going", action="store_true",
+                   help="sync the other images when one fails to resolve (exit 13)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="resolve and list what would be pushed to each target; push nothing")
+    p.add_argument("--merge", action="store_true", help="as load's: a tag that holds another "
+                   "multi-arch index keeps its other platforms")
+    p.add_argument("--lock-file", type=Path, help="where to write (or, with --locked, read) "
+                   "the lock file (default: images.lock beside -f images.yaml)")
+    p.add_argument("--locked", action="store_true",
+                   help="sync exactly the digests in the lock file")
+    _add_net(p)
+    _add_out(p)
+
     p = sub.add_parser("lock", help="resolve images.yaml to digests (images.lock); download "
                        "no layer")
     p.add_argument("images", nargs="*", metavar="IMAGE")

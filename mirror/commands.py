@@ -160,7 +160,7 @@ def _write_lock(args: argparse.Namespace, result) -> Path | None:
     if path is None or getattr(args, "locked", False):
         return None
     lock = Lock(blobs=result.blobs)
-    if result.bundle_digest:  # a pull: the bundle written with it (--base refuses it as -o)
+    if getattr(result, "bundle_digest", None):  # a pull: the bundle written with it (--base refuses it as -o)
         lock.bundle = {"name": result.bundle.name, "digest": result.bundle_digest}
     if path.exists():  # an image that failed this time keeps its last good entry
         try:
@@ -307,7 +307,7 @@ def check_run_files(args: argparse.Namespace) -> None:
     if args.command == "pull" and not args.dry_run:
         out = Path(args.output or str(DEFAULT_OUTPUT))
         writes += [("-o", out), ("the checksum file", out.with_name(out.name + ".sha256"))]
-    lock = _lock_path(args) if args.command in ("pull", "lock") else None
+    lock = _lock_path(args) if args.command in ("pull", "sync", "lock") else None
     if lock is not None:
         if getattr(args, "locked", False):
             reads.append((lock_flag, lock))
@@ -401,9 +401,7 @@ async def _load(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.registry.client import Client
 
     # None: not known (the load stopped before it could say)
-    report.add(bundle=str(args.bundle), target=args.to, blobs_pushed=None, blobs_mounted=None,
-               blobs_present=None, bytes_pushed=None, manifests_pushed=None,
-               manifests_present=None, tags=None, untagged=None,
+    report.add(bundle=str(args.bundle), target=args.to, **_push_report(None),
                retries=0, dry_run=args.dry_run, would_push=[])
     target = Target.parse(args.to)
     bundle = Bundle(args.bundle)
@@ -416,24 +414,102 @@ async def _load(args: argparse.Namespace, progress, report: Report) -> int:
     finally:
         report.add(retries=transport.retries)
         if result.started:  # what was done, also when the load failed or was stopped later
-            report.add(blobs_pushed=result.blobs_pushed, blobs_mounted=result.blobs_mounted,
-                       blobs_present=result.blobs_present, bytes_pushed=result.bytes_pushed,
-                       manifests_pushed=result.manifests_pushed,
-                       manifests_present=result.manifests_present, tags=result.tags,
-                       untagged=result.untagged)
+            report.add(**_push_report(result))
     report.add(would_push=result.dry_run)  # dry_run stays what it is: a boolean
     if args.dry_run:
         for line in result.dry_run:
             print(line)
         return 0
     if not args.quiet:
-        for ref in [*result.tags, *result.untagged, *result.pinned]:  # tag or digest
-            print(ref)
-    progress.info(f"loaded {args.bundle}: {result.blobs_pushed} blob(s) pushed "
-                  f"({result.bytes_pushed} bytes), {result.blobs_mounted} mounted, "
-                  f"{result.blobs_present} already present, {result.manifests_pushed} "
-                  f"manifest(s) pushed ({result.manifests_present} already there), "
-                  f"{len(result.tags)} tag(s)")
+        _print_pushed(result)
+    progress.info(f"loaded {args.bundle}: {_push_summary(result)}")
+    return 0
+
+
+_PUSH_FIELDS = ("blobs_pushed", "blobs_mounted", "blobs_present", "bytes_pushed",
+                "manifests_pushed", "manifests_present", "tags", "untagged")
+
+
+def _push_report(result) -> dict:
+    """What a push did (mirror.push.PushResult), for load's report and each of sync's
+    targets; None for each when the push stopped before the target said what it holds."""
+    return {k: getattr(result, k) if result is not None and result.started else None
+            for k in _PUSH_FIELDS}
+
+
+def _push_summary(result) -> str:
+    return (f"{result.blobs_pushed} blob(s) pushed ({result.bytes_pushed} bytes), "
+            f"{result.blobs_mounted} mounted, {result.blobs_present} already present, "
+            f"{result.manifests_pushed} manifest(s) pushed ({result.manifests_present} "
+            f"already there), {len(result.tags)} tag(s)")
+
+
+def _print_pushed(result) -> None:
+    for ref in [*result.tags, *result.untagged, *result.pinned]:  # tag or digest
+        print(ref)
+
+
+def _sync_report(result) -> dict:
+    """The sync's part of the report: the images as a pull's, and per target what a load
+    says; the same keys whether or not the sync got going."""
+    if result is None or not result.planned:
+        return {"partial": False, "images": [], "targets": []}
+    return {"partial": result.partial, "images": [asdict(r) for r in result.images],
+            "targets": [{"target": f"{t.registry}/{t.prefix}".rstrip("/"),
+                         **_push_report(done), "would_push": done.dry_run}
+                        for t, done in result.targets]}
+
+
+async def _sync(args: argparse.Namespace, progress, report: Report) -> int:
+    from mirror.artifacts import parse_types
+    from mirror.load import Target
+    from mirror.registry.client import Client
+    from mirror.store.blobs import BlobStore
+    from mirror.store.lock import RunLock
+    from mirror.sync import SyncOptions, SyncResult, sync
+
+    report.add(**_sync_report(None), retries=0, dry_run=args.dry_run)
+    targets = [Target.parse(t) for t in args.to]
+    specs, cfg = _specs(args)
+    if not args.dry_run:
+        _check_lock_path(args)
+    opts = SyncOptions(jobs=args.jobs, keep_going=args.keep_going, dry_run=args.dry_run,
+                       merge=args.merge, referrer_types=parse_types(args.referrer_type))
+    result = SyncResult()
+    transport = _transport(args, cfg, progress)
+    try:
+        with RunLock(Path(args.cache) / "lock", f"cache {args.cache}") if args.cache \
+                else contextlib.nullcontext():
+            async with transport as t:
+                await sync(Client(t), specs, targets, opts, progress, result,
+                           BlobStore(args.cache) if args.cache else None)
+    except BaseException:  # the images the sync did not finish carry its error
+        fields = _sync_report(result)
+        report.add(**fields)
+        report.cut_short([e for e in fields["images"] if e["error"] is None])
+        raise
+    finally:
+        report.add(retries=transport.retries)
+    report.add(**_sync_report(result))
+    for target, done in result.targets:
+        if args.dry_run:
+            for line in done.dry_run:
+                print(f"{target.registry}/{target.prefix}".rstrip("/") + f"\t{line}")
+            continue
+        if not args.quiet:
+            _print_pushed(done)
+        progress.info(f"synced to {target.registry}/{target.prefix}".rstrip("/") +
+                      f": {_push_summary(done)}")
+    if not args.dry_run:
+        lock = _write_lock(args, result)
+        if lock:
+            progress.info(f"wrote {lock}")
+    if result.partial:
+        failed = [r for r in result.images if r.error]
+        line = f"{len(failed)} of {len(result.images)} image(s) failed; the others are synced"
+        progress.warn(line)
+        report.error = line
+        return EXIT_PARTIAL
     return 0
 
 
@@ -573,5 +649,5 @@ async def _cache(args: argparse.Namespace, progress, report: Report) -> int:
     return 0
 
 
-COMMANDS = {"pull": _pull, "load": _load, "verify": _verify, "inspect": _inspect,
+COMMANDS = {"pull": _pull, "sync": _sync, "load": _load, "verify": _verify, "inspect": _inspect,
             "lock": _lock, "cache": _cache}

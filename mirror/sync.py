@@ -1,0 +1,102 @@
+"""`mirror sync`: registry -> registry, no bundle. A composition of the two halves the other
+commands use: pull's planning (mirror.planning: resolve, platforms, conversion, referrers,
+the checks across images) as the source, and load's registry sink (mirror.push) once per
+target, with the blobs read from the source registries (mirror.sources.RegistrySource) or,
+with a cache, fetched into it once and read from it for every target (CacheSource)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mirror.config import ImageSpec
+from mirror.fetch import Fetcher
+from mirror.load import Target
+from mirror.planning import ImageResult, Planner
+from mirror.progress import Progress
+from mirror.push import BlobSource, PushImage, PushResult, push, push_order
+from mirror.registry.client import Client
+from mirror.resolve import ImagePlan
+from mirror.sources import CacheSource, RegistrySource
+from mirror.store.blobs import BlobStore
+
+
+@dataclass
+class SyncOptions:
+    jobs: int = 4
+    keep_going: bool = False
+    dry_run: bool = False
+    merge: bool = False
+    referrer_types: tuple[str, ...] = ()
+
+
+@dataclass
+class SyncResult:
+    """Filled in as the sync goes: after a failure it holds what was done."""
+    images: list[ImageResult] = field(default_factory=list)
+    blobs: dict[str, int] = field(default_factory=dict)  # every blob the images need
+    targets: list[tuple[Target, PushResult]] = field(default_factory=list)
+    partial: bool = False
+    planned: bool = False  # every image resolved (or failed): the images' entries are known
+
+
+def push_images(plans: list[ImagePlan], target: Target) -> list[PushImage]:
+    """The images as `mirror load` of their bundle would push them to `target`: each to
+    PREFIX/<its source repository> with its tag (none when pinned by digest), its referrers
+    after every image, by digest or under their cosign tag."""
+    images: list[PushImage] = []
+    referrers: list[PushImage] = []
+    for p in plans:
+        ref = p.spec.reference
+        repo = f"{target.prefix}/{ref.repository}" if target.prefix else ref.repository
+        order, blobs = push_order(p.root, p.manifests)
+        images.append(PushImage(p.name, repo, ref.tag, p.root, order, blobs))
+        for r in p.referrers:
+            name = f"{ref.name}:{r.tag}" if r.tag else f"{ref.name}@{r.manifest.digest}"
+            referrers.append(PushImage(name, repo, r.tag, r.manifest, [r.manifest],
+                                       r.manifest.blobs(), referrer_of=r.subject))
+    return images + referrers
+
+
+async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
+               opts: SyncOptions, progress: Progress, result: SyncResult,
+               store: BlobStore | None = None) -> SyncResult:
+    """Plan every image, then push them to each target in turn. With `keep_going`, an
+    image that fails to resolve is left out (`partial`); a push that fails stops the run."""
+    fetcher = Fetcher(client, store, opts.jobs, progress) if store is not None else None
+    planner = _Planner(client, specs, opts, progress, fetcher)
+    result.images = planner.results
+    try:
+        await planner.plan()
+    finally:
+        for res, count in zip(planner.results, planner.retry_counts, strict=True):
+            res.retries = count[0]
+        result.planned = True
+    plans = [p for _, p in planner.resolved()]
+    result.partial = planner.first_error is not None
+    result.blobs = {d.digest: d.size for p in plans for d in p.blobs.values()}
+    where = {d.digest: (p.spec.reference.registry, p.spec.reference.repository)
+             for p in plans for d in p.blobs.values()}
+    source: BlobSource = CacheSource(fetcher, where) if fetcher is not None else \
+        RegistrySource(client, where)
+    absent = {dg: why for p in plans for dg, why in p.absent.items()}
+    for target in targets:
+        done = PushResult()
+        result.targets.append((target, done))
+        await push(client, target.registry, push_images(plans, target), source, done,
+                   progress, absent=absent, jobs=opts.jobs, dry_run=opts.dry_run,
+                   merge=opts.merge)
+    return result
+
+
+class _Planner(Planner):
+    """Configs from the cache when there is one (a pull's way), else from the registry."""
+
+    def __init__(self, client: Client, specs: list[ImageSpec], opts: SyncOptions,
+                 progress: Progress, fetcher: Fetcher | None) -> None:
+        super().__init__(client, specs, opts, progress)
+        self.fetcher = fetcher
+
+    async def config(self, i: int, registry: str, repo: str, desc) -> bytes:
+        if self.fetcher is not None:
+            return await self.fetcher.config_bytes(registry, repo, desc, owner=i)
+        return await self.client.get_small_blob(registry, repo, desc.digest)

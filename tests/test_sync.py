@@ -1,0 +1,261 @@
+"""`mirror sync`: registry to registry, no bundle, against real registries.
+
+The judge of what a sync leaves at a target is the registry's own storage (tags, manifest
+revisions and blob links per repository, read from its filesystem), compared both ways with
+what `mirror pull` then `mirror load` of the same images.yaml leaves at another prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.support import imagegen as ig
+from tests.support.faultproxy import Fault
+from tests.support.oracle import error_line, mirror_cmd, mirror_env, mirror_ok, run_mirror
+from tests.support.pusher import blob_exists, get_manifest, push_image
+from tests.support.referrers import push_sbom, push_signature
+from tests.support.registry import Registry
+
+
+def state(reg: Registry, prefix: str) -> dict[str, dict[str, object]]:
+    """What the registry holds under `prefix`, from its storage: per repository (named
+    without the prefix) its tags and the digests they name, its manifest revisions and the
+    blobs linked into it."""
+    root = reg.storage / "docker/registry/v2/repositories" / prefix
+    out: dict[str, dict[str, object]] = {}
+    for manifests in sorted(root.rglob("_manifests")):
+        repo = manifests.parent.relative_to(root).as_posix()
+        tags_dir = manifests / "tags"
+        tags = {t.name: (t / "current/link").read_text()
+                for t in (tags_dir.iterdir() if tags_dir.exists() else [])}
+        revs = manifests / "revisions/sha256"
+        layers = manifests.parent / "_layers/sha256"
+        out[repo] = {
+            "tags": tags,
+            "manifests": sorted(f"sha256:{p.name}" for p in revs.iterdir()) if revs.exists()
+            else [],
+            "blobs": sorted(f"sha256:{p.name}" for p in layers.iterdir()) if layers.exists()
+            else []}
+    return out
+
+
+def images_yaml(tmp_path: Path, refs: list[str], extra: str = "") -> Path:
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text("version: 1\n" + extra + "images:\n" + "".join(f"  - {r}\n" for r in refs))
+    return cfg
+
+
+def seed_several(reg: Registry, repo: str, rng: random.Random) -> list[str]:
+    """A Docker list (three platforms, a signature and an SBOM), an OCI index, a single
+    image pinned by digest: the references an images.yaml lists for them."""
+    plats = (ig.AMD64, ig.ARM64_V8, ig.ARM_V7)
+    dl = ig.make_index([ig.make_image(rng, p, "docker") for p in plats], "docker")
+    push_image(reg.url, f"{repo}/docker", dl, ["1"])
+    key = ec.generate_private_key(ec.SECP256R1())
+    push_signature(reg.url, f"{repo}/docker", key, dl.digest)
+    push_sbom(reg.url, f"{repo}/docker", dl.images[0].manifest)
+    oi = ig.make_index([ig.make_image(rng, p, "oci") for p in plats[:2]], "oci")
+    push_image(reg.url, f"{repo}/oci", oi, ["2", "latest"])
+    one = ig.make_image(rng, ig.AMD64, "oci")
+    push_image(reg.url, f"{repo}/one", one, ["x"])
+    return [f"{reg.host}/{repo}/docker:1", f"{reg.host}/{repo}/oci:2",
+            f"{reg.host}/{repo}/one@{one.digest}"]
+
+
+def pull_load(tmp_path: Path, cfg: Path, to: str, *flags: str) -> None:
+    """`mirror pull` then `mirror load` of `cfg` to `to` (the sync's yardstick)."""
+    bundle = tmp_path / "pl.tar"
+    mirror_ok("pull", "-f", cfg, "-o", bundle, "--cache", tmp_path / "pl-cache",
+              "--lock-file", tmp_path / "pl.lock", "-q", *flags)
+    mirror_ok("load", bundle, "--to", to, "-q")
+
+
+def served(reg: Registry, report: dict, prefix: str) -> None:
+    """Every digest the sync report names for an image is served by the target."""
+    for entry in report["images"]:
+        repo = entry["reference"].split("/", 1)[1].split("@")[0].rsplit(":", 1)[0]
+        for digest in [entry["digest"], *entry["manifests"], *entry["platform_digests"].values(),
+                       *entry["conversions"].values()]:
+            get_manifest(reg.url, f"{prefix}/{repo}", digest)
+
+
+def test_sync_leaves_what_pull_then_load_leaves_at_two_targets(
+        src_registry: Registry, dst_registry: Registry, registry_factory, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """Several images, a platform subset, referrers, two targets: each target holds, tag for
+    tag, manifest for manifest and blob for blob, what pull then load leaves; the report and
+    the lock file are pull's."""
+    u = repo_name[-8:]  # prefixes of this test's own
+    refs = seed_several(src_registry, repo_name, rng)
+    cfg = images_yaml(tmp_path, refs, "defaults:\n  platforms: [linux/amd64, linux/arm64]\n")
+    other = registry_factory()
+    report = tmp_path / "sync.json"
+    proc = mirror_ok("sync", "-f", cfg, "--to", f"{dst_registry.host}/s{u}",
+                     "--to", f"{other.host}/s{u}", "--report", report)
+    pull_load(tmp_path, cfg, f"{dst_registry.host}/pl{u}")
+    want = state(dst_registry, f"pl{u}")
+    assert want and state(dst_registry, f"s{u}") == want
+    assert state(other, f"s{u}") == want
+    docker = want[f"{repo_name}/docker"]
+    assert any(t.endswith(".sig") for t in docker["tags"]), docker  # type: ignore[union-attr]
+    doc = json.loads(report.read_text())
+    assert doc["exit_code"] == 0 and doc["error"] is None, doc
+    assert [t["target"] for t in doc["targets"]] == [f"{dst_registry.host}/s{u}", f"{other.host}/s{u}"]
+    assert doc["targets"][0]["blobs_pushed"] > 0 and doc["targets"][0]["tags"], doc
+    for reg in (dst_registry, other):
+        served(reg, doc, f"s{u}")
+    for entry in doc["images"]:
+        assert set(entry["platforms"]) <= {"linux/amd64", "linux/arm64/v8", "linux/arm64"}
+    # stdout names what was pushed, as load's does
+    assert f"{dst_registry.host}/s{u}/{repo_name}/oci:2" in proc.stdout.splitlines(), proc.stdout
+    # the lock file is pull's (the same digests)
+    mine, theirs = (json.loads(p.read_text())["images"]
+                    for p in (tmp_path / "images.lock", tmp_path / "pl.lock"))
+    assert mine == theirs
+    # a second sync pushes nothing: everything is there
+    again = tmp_path / "again.json"
+    mirror_ok("sync", "-f", cfg, "--to", f"{dst_registry.host}/s{u}", "--report", again, "-q")
+    t = json.loads(again.read_text())["targets"][0]
+    assert t["blobs_pushed"] == t["manifests_pushed"] == 0, t
+
+
+def test_sync_format_oci_converts_as_pull_does(
+        src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    u = repo_name[-8:]  # prefixes of this test's own
+    dl = ig.make_index([ig.make_image(rng, p, "docker") for p in (ig.AMD64, ig.ARM64_V8)],
+                       "docker")
+    push_image(src_registry.url, repo_name, dl, ["1"])
+    cfg = images_yaml(tmp_path, [f"{src_registry.host}/{repo_name}:1"])
+    report = tmp_path / "r.json"
+    mirror_ok("sync", "-f", cfg, "--format", "oci", "--to", f"{dst_registry.host}/s{u}", "-q",
+              "--report", report)
+    pull_load(tmp_path, cfg, f"{dst_registry.host}/pl{u}", "--format", "oci")
+    assert state(dst_registry, f"s{u}") == state(dst_registry, f"pl{u}")
+    doc = json.loads(report.read_text())
+    (entry,) = doc["images"]
+    assert entry["conversions"] and entry["digest"] != dl.digest, entry
+    body, ctype, _ = get_manifest(dst_registry.url, f"s{u}/{repo_name}", "1")
+    assert ig.sha256_digest(body) == entry["digest"] and "oci.image.index" in ctype
+    served(dst_registry, doc, f"s{u}")
+
+
+def test_sync_through_a_cache_fetches_each_blob_once(
+        src_registry: Registry, dst_registry: Registry, registry_factory, faultproxy,
+        repo_name: str, rng: random.Random, tmp_path: Path) -> None:
+    """With --cache, blobs are fetched once into it and pushed from it to both targets;
+    without, each target's push reads them from the source."""
+    u = repo_name[-8:]  # prefixes of this test's own
+    layer = ig.make_layer(rng, size=3 << 20, compressed=False)
+    img = ig.make_image(rng, ig.AMD64, "oci", layers=[layer])
+    push_image(src_registry.url, repo_name, img, ["1"])
+    proxy = faultproxy(src_registry.url)
+    ref = f"{proxy.host}/{repo_name}:1"
+    other = registry_factory()
+    targets = ["--to", f"{dst_registry.host}/c{u}", "--to", f"{other.host}/c{u}"]
+    mirror_ok("sync", ref, *targets, "--cache", tmp_path / "cache", "-q")
+    assert len([p for p in proxy.paths("GET") if layer.digest in p]) == 1
+    assert blob_exists(other.url, f"c{u}/{repo_name}", layer.digest)
+    proxy.reset_counters()
+    mirror_ok("sync", ref, "--to", f"{dst_registry.host}/d{u}", "--to", f"{other.host}/d{u}", "-q")
+    assert len([p for p in proxy.paths("GET") if layer.digest in p]) == 2
+    assert state(dst_registry, f"d{u}") == state(dst_registry, f"c{u}") == state(other, f"d{u}")
+
+
+def test_sync_dry_run_pushes_nothing(src_registry: Registry, dst_registry: Registry,
+                                     repo_name: str, rng: random.Random, tmp_path: Path) -> None:
+    img = ig.make_image(rng, ig.AMD64, "oci")
+    push_image(src_registry.url, repo_name, img, ["1"])
+    cfg = images_yaml(tmp_path, [f"{src_registry.host}/{repo_name}:1"])
+    proc = mirror_ok("sync", "-f", cfg, "--to", f"{dst_registry.host}/dry", "--dry-run")
+    assert f"manifest {img.digest} -> {dst_registry.host}/dry/{repo_name}:1" in proc.stdout
+    assert f"blob {img.layers[0].digest} -> dry/{repo_name}" in proc.stdout, proc.stdout
+    assert repo_name not in state(dst_registry, "dry")
+    assert not (tmp_path / "images.lock").exists()
+
+
+def test_sync_through_429_and_5xx(src_registry: Registry, dst_registry: Registry, faultproxy,
+                                  repo_name: str, rng: random.Random, tmp_path: Path) -> None:
+    """A 429 with Retry-After on a source blob, a 5xx on another and on the target's tag:
+    waited for, tried again, and the sync completes with the retries in its report."""
+    img = ig.make_image(rng, ig.AMD64, "oci")
+    push_image(src_registry.url, repo_name, img, ["1"])
+    src = faultproxy(src_registry.url)
+    dst = faultproxy(dst_registry.url)
+    src.add(Fault("status", method="GET", path=img.layers[0].digest, status=429,
+                  headers={"Retry-After": "1"}))
+    src.add(Fault("status", method="GET", path=img.config.digest, status=503))
+    dst.add(Fault("status", method="PUT", path=r"/manifests/1$", status=502))
+    report = tmp_path / "r.json"
+    t0 = time.monotonic()
+    mirror_ok("sync", f"{src.host}/{repo_name}:1", "--to", f"{dst.host}/f", "-q",
+              "--report", report)
+    assert time.monotonic() - t0 >= 1.0  # Retry-After was honoured
+    doc = json.loads(report.read_text())
+    assert doc["retries"] >= 3, doc
+    body, _, _ = get_manifest(dst_registry.url, f"f/{repo_name}", "1")
+    assert ig.sha256_digest(body) == img.digest
+
+
+def test_a_blob_that_does_not_match_never_completes_an_upload(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    layer = ig.make_layer(rng, size=1 << 20, compressed=False)
+    img = ig.make_image(rng, ig.AMD64, "oci", layers=[layer])
+    push_image(src_registry.url, repo_name, img, ["1"])
+    src = faultproxy(src_registry.url)
+    src.add(Fault("flip_byte", method="GET", path=layer.digest, offset=1000, times=None))
+    proc = run_mirror("sync", f"{src.host}/{repo_name}:1", "--to", f"{dst_registry.host}/bad")
+    assert proc.returncode == 7, proc.stderr
+    assert layer.digest in error_line(proc), proc.stderr
+    assert not blob_exists(dst_registry.url, f"bad/{repo_name}", layer.digest)
+    assert state(dst_registry, "bad").get(repo_name, {}).get("tags", {}) == {}
+
+
+def test_an_interrupted_sync_is_completed_by_the_next(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """SIGINT while a big blob streams from a slow source into the target: exit 130, no tag at
+    the target, the report says so; the next sync completes it, digests as pull and load's."""
+    u = repo_name[-8:]  # prefixes of this test's own
+    big = ig.make_layer(rng, size=4 << 20, compressed=False)
+    img = ig.make_image(rng, ig.AMD64, "oci", layers=[big, ig.make_layer(rng, size=4096)])
+    push_image(src_registry.url, repo_name, img, ["1"])
+    src = faultproxy(src_registry.url)
+    src.add(Fault("slow", method="GET", path=big.digest, chunk=64 << 10, delay=0.2))
+    cfg = images_yaml(tmp_path, [f"{src.host}/{repo_name}:1"])
+    report = tmp_path / "r.json"
+    proc = subprocess.Popen(mirror_cmd("sync", "-f", cfg, "--to", f"{dst_registry.host}/i{u}",
+                                       "--report", report, "-q"),
+                            env=mirror_env(), cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not any(big.digest in p for p in src.paths("GET")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # mid-blob
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    doc = json.loads(report.read_text())
+    assert doc["error"] == "interrupted (SIGINT)" and doc["exit_code"] == 130, doc
+    assert doc["images"][0]["error"] == "interrupted (SIGINT)", doc
+    assert not blob_exists(dst_registry.url, f"i{u}/{repo_name}", big.digest)
+    assert state(dst_registry, f"i{u}").get(repo_name, {}).get("tags", {}) == {}
+    src.clear_faults()
+    mirror_ok("sync", "-f", cfg, "--to", f"{dst_registry.host}/i{u}", "-q")
+    pull_load(tmp_path, cfg, f"{dst_registry.host}/pl{u}")
+    assert state(dst_registry, f"i{u}") == state(dst_registry, f"pl{u}")
+
+
+def test_sync_refuses_a_bad_target_before_any_work(src_registry: Registry, tmp_path: Path
+                                                   ) -> None:
+    proc = run_mirror("sync", f"{src_registry.host}/x/y:1", "--to", "http://h:5000")
+    assert proc.returncode == 2 and "--to" in error_line(proc), proc.stderr
