@@ -9,6 +9,7 @@ was downloaded again and what was not.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import signal
@@ -19,6 +20,9 @@ from pathlib import Path
 import pytest
 
 from mirror.errors import EXIT_CODES as EXIT
+from mirror.manifest import Descriptor
+from mirror.registry.client import Client
+from mirror.registry.transport import RetryPolicy, TransferError, Transport
 from mirror.store.direct import ALIGN
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault
@@ -51,6 +55,46 @@ def cache_blob(cache: Path, digest: str) -> Path:
 
 def partial_file(cache: Path, digest: str) -> Path:
     return cache / "partial" / f"sha256-{digest.split(':', 1)[1]}"
+
+
+async def read_blob(client: Client, registry: str, repo: str, blob: ig.Blob,
+                    offset: int = 0) -> tuple[bytes, TransferError | None]:
+    """What `open_blob` yields from `offset`, and the TransferError it ended with, if any."""
+    desc = Descriptor(blob.media_type, blob.digest, blob.size)
+    got = bytearray()
+    try:
+        async with contextlib.aclosing(client.open_blob(registry, repo, desc, offset)) as it:
+            async for chunk in it:
+                got += chunk
+    except TransferError as e:
+        return bytes(got), e
+    return bytes(got), None
+
+
+async def test_open_blob_streams_from_an_offset(src_registry, image, recproxy) -> None:
+    """The registry client's byte stream of a blob: from byte 0, from an offset (Range,
+    206), from an offset where the registry ignores Range (200: the first bytes skipped), and
+    a body reset mid-way ends in TransferError after the bytes that came, from which a second
+    open goes on."""
+    repo, img = image
+    big = img.layers[0]
+    proxy: RecordingProxy = recproxy(src_registry.url)
+    async with Transport(policy=RetryPolicy(tries=2)) as t:
+        client = Client(t)
+        assert await read_blob(client, proxy.host, repo, big) == (big.data, None)
+        assert await read_blob(client, proxy.host, repo, big, 300_000) == (big.data[300_000:],
+                                                                          None)
+        assert proxy.seen("GET", big.digest)[-1].headers["Range"] == "bytes=300000-"
+        assert proxy.statuses(big.digest)[-1] == ("GET", 206)
+        proxy.add(Fault("ignore_range", method="GET", path=big.digest))
+        assert await read_blob(client, proxy.host, repo, big, 300_000) == (big.data[300_000:],
+                                                                          None)
+        assert proxy.statuses(big.digest)[-1] == ("GET", 200)
+        proxy.add(Fault("reset_after", method="GET", path=big.digest, offset=400_000))
+        head, err = await read_blob(client, proxy.host, repo, big)
+        assert err is not None and 0 < len(head) <= 400_000 and big.data.startswith(head), err
+        assert await read_blob(client, proxy.host, repo, big, len(head)) == (
+            big.data[len(head):], None)
 
 
 def test_reset_mid_body_resumes_with_range(src_registry, image, recproxy,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
@@ -19,7 +19,7 @@ from mirror.digest import check_bytes
 from mirror.errors import AuthError, IntegrityError, NotFound, RegistryError, SizeMismatch
 from mirror.manifest import MAX_MANIFEST_BYTES, Descriptor, RawManifest
 from mirror.registry.body import read_body
-from mirror.registry.transport import Transport, describe_exception
+from mirror.registry.transport import TransferError, Transport, describe_exception
 from mirror.registry.upload import Uploads
 from mirror.store.blobs import PartialBlob
 
@@ -228,6 +228,64 @@ class Client(Uploads):
         raise RegistryError(f"{registry}/{repo}: {what}: too many redirects",
                             registry=registry, repository=repo)
 
+    async def open_blob(self, registry: str, repo: str, desc: Descriptor,
+                        offset: int = 0) -> AsyncIterator[bytes]:
+        """The bytes of blob `desc` from byte `offset` on, as they arrive (close the iterator
+        to stop early: `contextlib.aclosing`).
+
+        Redirects are followed (no registry credentials to another host); Range asks for the
+        rest. A registry that ignores Range (200) has its first `offset` bytes skipped; a 206
+        whose Content-Range does not start at `offset` is asked again without Range. The
+        request is retried by the transport before the first byte. A body that breaks off or
+        ends early raises TransferError (ask again from where it got to); more bytes than the
+        descriptor says, SizeMismatch. The digest is the caller's to check.
+        """
+        where = f"{registry}/{repo}"
+        headers = {"Accept-Encoding": "identity"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        resp = await self._opened_blob(registry, repo, desc, headers)
+        skip = _skip(resp, desc, offset, where)
+        if skip is None:  # a 206 that is not the rest: ask for the whole blob
+            why = (f"unusable Content-Range {resp.headers.get('Content-Range', '')!r} for "
+                   f"bytes={offset}-")
+            resp.release()
+            self.t.count_retry()
+            self.t.log_retry("GET", str(resp.url), why, 1, 0.0)
+            resp = await self._opened_blob(registry, repo, desc, {"Accept-Encoding": "identity"})
+            skip = offset if _skip(resp, desc, 0, where) == 0 else None
+            if skip is None:
+                resp.release()
+                raise TransferError(why)
+        got = offset
+        async with resp:
+            try:
+                async for chunk in resp.content.iter_any():
+                    self.bytes_downloaded += len(chunk)
+                    if skip:
+                        if len(chunk) <= skip:
+                            skip -= len(chunk)
+                            continue
+                        chunk, skip = chunk[skip:], 0
+                    got += len(chunk)
+                    if got > desc.size:
+                        raise SizeMismatch(desc.size, got, where, desc.digest)
+                    yield chunk
+            except (TimeoutError, aiohttp.ClientPayloadError,
+                    aiohttp.ClientConnectionError) as e:
+                raise TransferError(describe_exception(e)) from None
+        if got < desc.size:
+            raise TransferError(f"body ended at byte {got} of {desc.size}")
+
+    async def _opened_blob(self, registry: str, repo: str, desc: Descriptor,
+                           headers: dict[str, str]) -> aiohttp.ClientResponse:
+        try:
+            return await self._open_blob(registry, repo, desc.digest, headers,
+                                         f"blob {desc.digest}")
+        except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
+                _Retry) as e:
+            raise TransferError(describe_exception(e)) from None
+
     async def get_small_blob(self, registry: str, repo: str, digest: str,
                              limit: int = MAX_MANIFEST_BYTES) -> bytes:
         """A config blob, in memory, checked against its digest."""
@@ -352,6 +410,26 @@ async def _settle(sink: PartialBlob) -> None:
         raise
     except Exception:
         pass
+
+
+def _skip(resp: aiohttp.ClientResponse, desc: Descriptor, offset: int,
+          where: str) -> int | None:
+    """How many bytes of a 200 or 206 answer to a request from `offset` come before it: a 206
+    must start there (None: its Content-Range is unusable); a 200 (Range ignored) holds the
+    whole blob, no longer than the descriptor says."""
+    if resp.status == 206:
+        m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+        if not m or int(m.group(1)) != offset or (
+                m.group(3) != "*" and int(m.group(3)) != desc.size):
+            return None
+        return 0
+    length = resp.headers.get("Content-Length")
+    if length and length.isdigit() and int(length) > desc.size:
+        resp.release()
+        raise SizeMismatch(desc.size, int(length), where, desc.digest)
+    # a shorter one is a body cut on the way (a proxy or CDN that fixed up the length): an
+    # incomplete download, asked again from where it got to like any body that ends early
+    return offset
 
 
 def _asked(ref: str) -> str:

@@ -113,6 +113,17 @@ def _mirror_cause(e: BaseException) -> MirrorError | None:
     return None
 
 
+class TransferError(Exception):
+    """A transfer that broke off (a connection error or timeout, a body that ended early, an
+    answer that cannot be used): worth asking again from where it got to. `why` is one line
+    for -v and errors; `tries` how many were made."""
+
+    def __init__(self, why: str, tries: int = 1) -> None:
+        super().__init__(why)
+        self.why = why
+        self.tries = tries
+
+
 def _replayable(data: object) -> bool:
     return data is None or callable(data) or isinstance(data, bytes | bytearray | str)
 
