@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import subprocess
 import traceback
 from collections.abc import Iterator
@@ -32,6 +33,9 @@ from tests.support.faultproxy import Fault
 from tests.support.oracle import ROOT, check_layout, mirror_cmd, mirror_env, run
 from tests.support.registry import Registry
 from tests.support.tokenserver import TokenServer
+from tests.test_faults import RecordingProxy, recproxy
+
+__all__ = ["recproxy"]  # the fixture, shared with test_faults
 
 USER = "mirror-user"
 SECRET = "Zq8-s3cret-pw-41c7"  # searched for in every output
@@ -578,6 +582,31 @@ def test_bearer_token_server_hiccup_is_retried(tokens, ts: TokenServer,
             env=basic_config(tmp_path, reg.host)))
     assert pulled_digest(tmp_path) == imgs["private/app"].digest
     assert json.loads((tmp_path / "report.json").read_text())["images"][0]["error"] is None
+
+
+def test_token_server_503_is_retried_paused_logged_and_counted(
+        tokens, ts: TokenServer, recproxy, registry_factory, rng: random.Random,
+        tmp_path: Path) -> None:
+    """The token server is one more host to the transport: its 503 with Retry-After is
+    tried again after the pause it asks for (not the back-off's fraction of a second), on a
+    -v retry line naming it, counted in the report's retries."""
+    proxy: RecordingProxy = recproxy(ts.url)
+    config = ts.registry_config()
+    config["auth"]["token"]["realm"] = f"{proxy.url}/token"
+    reg = registry_factory(extra_config=config)
+    img = ig.make_image(rng, ig.AMD64, layer_size=1500)
+    with bearer(ts.mint(["repository:public/app:pull,push"])):
+        pusher.push_image(reg.url, "public/app", img, ["v1"])
+    proxy.add(Fault("status", method="GET", path="/token", status=503,
+                    headers={"Retry-After": "2"}))
+    proc = ok(pull(tmp_path, f"{reg.host}/public/app:v1", "-v", "--retries", "2"))
+    assert pulled_digest(tmp_path) == img.digest
+    assert re.search(rf"retry GET http://{re.escape(proxy.host)}/token: HTTP 503; try 2 of 3 "
+                     r"in 2\.0 s", proc.stderr), proc.stderr
+    first, second = proxy.seen("GET", "/token")[:2]
+    assert (first.status, second.status) == (503, 200)
+    assert second.when - first.when >= 1.9
+    assert json.loads((tmp_path / "report.json").read_text())["retries"] == 1
 
 
 def test_bearer_one_token_per_scope_set(tokens, ts: TokenServer, tmp_path: Path) -> None:

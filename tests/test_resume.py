@@ -22,7 +22,8 @@ import pytest
 from mirror.errors import EXIT_CODES as EXIT
 from mirror.manifest import Descriptor
 from mirror.registry.client import Client
-from mirror.registry.transport import RetryPolicy, TransferError, Transport
+from mirror.registry.network import TransferError
+from mirror.registry.transport import RetryPolicy, Transport
 from mirror.store.direct import ALIGN
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault

@@ -23,9 +23,10 @@ from mirror import secrets
 from mirror.errors import AuthError
 from mirror.registry.body import read_body
 from mirror.registry.credentials import Credential
+from mirror.registry.network import TransferError, describe_exception
 
 if TYPE_CHECKING:
-    from mirror.registry.transport import Transport
+    from mirror.registry.transport import Reply, Transport
 
 _PARAM = re.compile(r'\s*([A-Za-z0-9_.-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))\s*,?')
 
@@ -179,36 +180,18 @@ class Authenticator:
             raise AuthError(f"{self.registry}: refusing a plain-HTTP token realm for an HTTPS "
                             "registry", registry=self.registry)
         realm_host = str(yarl.URL(realm).origin()) if yarl.URL(realm).host else realm
-        policy = self.transport.policy
-        attempt = 0
-        while True:  # the token server gets the same retry policy as the registry
-            attempt += 1
-            t0 = time.monotonic()
-            try:
-                status, body = await self._ask(realm, scopes)
-                self.transport.debug(
-                    f"token from {realm_host} for {' '.join(scopes) or '(no scope)'}"
-                    f" -> {status} ({(time.monotonic() - t0) * 1000:.0f} ms)")
-                if status in policy.statuses and attempt < policy.tries:
-                    self.transport.count_retry()
-                    delay = policy.delay(attempt)
-                    self.transport.log_retry("GET", realm, f"HTTP {status}", attempt, delay)
-                    await asyncio.sleep(delay)
-                    continue
-                doc = json.loads(body) if status == 200 else None
-                break
-            except (TimeoutError, aiohttp.ClientError, ValueError) as e:
-                from mirror.registry.transport import describe_exception
-
-                if not isinstance(e, ValueError) and attempt < policy.tries:
-                    self.transport.count_retry()
-                    delay = policy.delay(attempt)
-                    self.transport.log_retry("GET", realm, describe_exception(e), attempt, delay)
-                    await asyncio.sleep(delay)
-                    continue
-                why = "not JSON" if isinstance(e, ValueError) else describe_exception(e)
-                raise AuthError(f"{self.registry}: token request to {realm_host} failed: {why}",
-                                registry=self.registry) from None
+        try:
+            # the token server is one more host to the transport: the same retries, pauses
+            # and -v lines as the registry
+            status, body = await self._ask(realm, realm_host, scopes)
+        except TransferError as e:
+            raise AuthError(f"{self.registry}: token request to {realm_host} failed: {e.why}",
+                            registry=self.registry) from None
+        try:
+            doc = json.loads(body) if status == 200 else None
+        except ValueError:
+            raise AuthError(f"{self.registry}: token request to {realm_host} failed: not JSON",
+                            registry=self.registry) from None
         said = _server_message(body) if status != 200 else ""
         said_part = f": {said}" if said else ""
         if status == 403:
@@ -255,24 +238,35 @@ class Authenticator:
             expires_in = 60.0
         return str(token), expires_in
 
-    async def _ask(self, realm: str, scopes: list[str]) -> tuple[int, bytes]:
+    async def _ask(self, realm: str, realm_host: str, scopes: list[str]) -> tuple[int, bytes]:
         """One token request: the OAuth2 POST form for an identity token (falling back to
         GET when the realm has no POST endpoint), else GET with Basic or anonymously."""
         cred = self.credential
         service = self.params.get("service", "")
-        session = self.transport.session
-        ssl_ctx = self.transport.ssl_for_url(realm)
+        note = f"token from {realm_host} for {' '.join(scopes) or '(no scope)'}"
         if cred and cred.identity_token:
             form = {"grant_type": "refresh_token", "refresh_token": cred.identity_token,
                     "service": service, "client_id": "mirror", "scope": " ".join(scopes)}
-            async with session.post(realm, data=form, ssl=ssl_ctx) as resp:
-                body = await read_body(resp, 1 << 20)
-                if resp.status not in (404, 405) or not cred.username:
-                    return resp.status, body
+            status, body = await self._answer(
+                await self.transport.send("POST", realm, data=form, note=note))
+            if status not in (404, 405) or not cred.username:
+                return status, body
         q = [("service", service)] if service else []
         q += [("scope", s) for s in scopes]
         headers = {}
         if cred and cred.username:
             headers["Authorization"] = f"Basic {cred.basic}"
-        async with session.get(realm, params=q, headers=headers, ssl=ssl_ctx) as resp:
-            return resp.status, await read_body(resp, 1 << 20)
+        return await self._answer(
+            await self.transport.send("GET", realm, params=q, headers=headers, note=note))
+
+    @staticmethod
+    async def _answer(reply: Reply) -> tuple[int, bytes]:
+        """The status and body of a token server's answer (a body that breaks off: a
+        TransferError, as a request that got no answer)."""
+        if reply.body is not None:
+            return reply.resp.status, reply.body
+        async with reply.resp as resp:
+            try:
+                return resp.status, await read_body(resp, 1 << 20)
+            except (TimeoutError, aiohttp.ClientError) as e:
+                raise TransferError(describe_exception(e)) from None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
@@ -19,7 +19,8 @@ from mirror.digest import check_bytes
 from mirror.errors import AuthError, IntegrityError, NotFound, RegistryError, SizeMismatch
 from mirror.manifest import MAX_MANIFEST_BYTES, Descriptor, RawManifest
 from mirror.registry.body import read_body
-from mirror.registry.transport import TransferError, Transport, describe_exception
+from mirror.registry.network import TransferError, describe_exception
+from mirror.registry.transport import Transport
 from mirror.registry.upload import Uploads
 from mirror.store.blobs import PartialBlob
 
@@ -55,24 +56,14 @@ class Client(Uploads):
                            expected: Descriptor | None = None) -> RawManifest:
         """GET by tag or digest; a by-digest answer is checked against the digest asked for."""
         where = f"{registry}/{repo}{'@' if ref.startswith('sha') and ':' in ref else ':'}{ref}"
-        attempt = 0
-        while True:
-            resp = await self.t.request(
+
+        async def ask() -> aiohttp.ClientResponse:
+            return await self.t.request(
                 registry, "GET", f"/v2/{repo}/manifests/{ref}", repository=repo,
                 headers={"Accept": mt.MANIFEST_ACCEPT}, what=_asked(ref))
-            try:
-                async with resp:
-                    data = await read_body(resp, MAX_MANIFEST_BYTES)
-                    ctype = resp.headers.get("Content-Type", "")
-                break
-            except (TimeoutError, aiohttp.ClientPayloadError,
-                    aiohttp.ClientConnectionError) as e:  # the body broke off: ask again
-                attempt += 1
-                if attempt >= self.t.policy.tries:
-                    raise RegistryError(f"{where}: manifest: {describe_exception(e)}",
-                                        registry=registry, repository=repo) from None
-                self.t.count_retry()
-                await asyncio.sleep(self.t.policy.delay(attempt))
+
+        data, ctype = await self._read_whole(ask, MAX_MANIFEST_BYTES, f"{where}: manifest",
+                                             registry, repo)
         # the bytes are checked before they are parsed: wrong bytes are an integrity error
         try:
             if ":" in ref:
@@ -195,7 +186,7 @@ class Client(Uploads):
 
         Redirects are followed here, not by aiohttp: the registry's Authorization goes to the
         registry's own origin only, and a redirect target that fails (an expired presigned
-        URL answers 403) raises _Retry, so the caller asks the registry for a fresh one.
+        URL answers 403) raises _Refused, so the caller asks the registry for a fresh one.
         """
         url = f"/v2/{repo}/blobs/{digest}"
         for _hop in range(5):
@@ -215,16 +206,15 @@ class Client(Uploads):
                 url = str(target)  # same registry: keep authenticating
                 continue
             # another host (object storage, a CDN): no registry credentials go there
-            store = await self.t.session.get(
-                target, headers=headers, ssl=self.t.ssl_for_url(str(target)),
-                allow_redirects=True)
+            reply = await self.t.send("GET", str(target), headers=headers)
+            store = reply.resp
             if store.status in (200, 206):
                 return store
-            snippet = (await store.content.read(512)).decode("utf-8", "replace")
+            said = reply.body if reply.body is not None else await store.content.read(512)
             store.release()
-            code = re.search(r"<Code>([^<]+)</Code>", snippet)
-            raise _Retry(f"{target.host} (redirected to by the registry) answered HTTP "
-                         f"{store.status}{' ' + code.group(1) if code else ''}")
+            code = re.search(r"<Code>([^<]+)</Code>", said[:512].decode("utf-8", "replace"))
+            raise _Refused(str(target), f"{target.host} (redirected to by the registry) "
+                           f"answered HTTP {store.status}{' ' + code.group(1) if code else ''}")
         raise RegistryError(f"{registry}/{repo}: {what}: too many redirects",
                             registry=registry, repository=repo)
 
@@ -244,15 +234,15 @@ class Client(Uploads):
         headers = {"Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
-        resp = await self._opened_blob(registry, repo, desc, headers)
+        resp = await self._opened_blob(registry, repo, desc.digest, headers)
         skip = _skip(resp, desc, offset, where)
         if skip is None:  # a 206 that is not the rest: ask for the whole blob
             why = (f"unusable Content-Range {resp.headers.get('Content-Range', '')!r} for "
                    f"bytes={offset}-")
             resp.release()
-            self.t.count_retry()
-            self.t.log_retry("GET", str(resp.url), why, 1, 0.0)
-            resp = await self._opened_blob(registry, repo, desc, {"Accept-Encoding": "identity"})
+            await self.t.backoff("GET", str(resp.url), why, 1, delay=0.0)
+            resp = await self._opened_blob(registry, repo, desc.digest,
+                                           {"Accept-Encoding": "identity"})
             skip = offset if _skip(resp, desc, 0, where) == 0 else None
             if skip is None:
                 resp.release()
@@ -277,37 +267,56 @@ class Client(Uploads):
         if got < desc.size:
             raise TransferError(f"body ended at byte {got} of {desc.size}")
 
-    async def _opened_blob(self, registry: str, repo: str, desc: Descriptor,
+    async def _opened_blob(self, registry: str, repo: str, digest: str,
                            headers: dict[str, str]) -> aiohttp.ClientResponse:
-        try:
-            return await self._open_blob(registry, repo, desc.digest, headers,
-                                         f"blob {desc.digest}")
-        except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
-                _Retry) as e:
-            raise TransferError(describe_exception(e)) from None
+        """`_open_blob`, asking the registry again (for a fresh redirect) while the place it
+        sends us to refuses (an expired presigned URL), within the retry budget."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._open_blob(registry, repo, digest, headers,
+                                             f"blob {digest}")
+            except _Refused as e:
+                if attempt >= self.t.policy.tries:
+                    raise TransferError(e.why, attempt) from None
+                await self.t.backoff("GET", e.url, e.why, attempt)
 
     async def get_small_blob(self, registry: str, repo: str, digest: str,
                              limit: int = MAX_MANIFEST_BYTES) -> bytes:
         """A config blob, in memory, checked against its digest."""
-        attempt = 0
-        while True:
-            try:
-                resp = await self._open_blob(registry, repo, digest,
-                                             {"Accept-Encoding": "identity"}, f"blob {digest}")
-                async with resp:
-                    data = await read_body(resp, limit)
-                break
-            except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
-                    _Retry) as e:
-                attempt += 1
-                if attempt >= self.t.policy.tries:
-                    raise RegistryError(f"{registry}/{repo}: blob {digest}: "
-                                        f"{describe_exception(e)}", registry=registry,
-                                        repository=repo) from None
-                self.t.count_retry()
-                await asyncio.sleep(self.t.policy.delay(attempt))
+        async def ask() -> aiohttp.ClientResponse:
+            return await self._opened_blob(registry, repo, digest,
+                                           {"Accept-Encoding": "identity"})
+
+        data, _ = await self._read_whole(ask, limit, f"{registry}/{repo}: blob {digest}",
+                                         registry, repo)
         check_bytes(data, digest, None, f"{registry}/{repo}@{digest}")
         return data
+
+    async def _read_whole(self, ask: Callable[[], Awaitable[aiohttp.ClientResponse]],
+                          limit: int, where: str, registry: str, repo: str
+                          ) -> tuple[bytes, str]:
+        """A small document (its first `limit`+1 bytes) and its Content-Type, asked for
+        again when the body breaks off (the request itself is retried by the transport)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                resp = await ask()
+            except TransferError as e:
+                raise RegistryError(f"{where}: {e.why}", registry=registry,
+                                    repository=repo) from None
+            try:
+                async with resp:
+                    return await read_body(resp, limit), resp.headers.get("Content-Type", "")
+            except (TimeoutError, aiohttp.ClientPayloadError,
+                    aiohttp.ClientConnectionError) as e:
+                why = describe_exception(e)
+                if attempt >= self.t.policy.tries:
+                    raise RegistryError(f"{where}: {why}", registry=registry,
+                                        repository=repo) from None
+                await self.t.backoff(resp.method, str(resp.url), why, attempt)
 
     async def download_blob(self, registry: str, repo: str, desc: Descriptor,
                             sink: PartialBlob, progress: Callable[[int], None] | None = None
@@ -331,7 +340,7 @@ class Client(Uploads):
                 if before < desc.size:
                     await self._fetch_into(registry, repo, desc, sink, progress, what)
             except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
-                    _Retry) as e:
+                    _Retry, TransferError) as e:
                 await _settle(sink)
                 if sink.offset - before >= PROGRESS_BYTES:
                     attempt = 0  # progress was made: a flaky link, not a dead one
@@ -363,7 +372,7 @@ class Client(Uploads):
         headers = {"Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
-        resp = await self._open_blob(registry, repo, desc.digest, headers, what)
+        resp = await self._opened_blob(registry, repo, desc.digest, headers)
         async with resp:
             await self.receive(resp, desc, sink, offset, progress, f"{registry}/{repo}")
 
@@ -398,6 +407,15 @@ class Client(Uploads):
 
 class _Retry(Exception):
     pass
+
+
+class _Refused(Exception):
+    """Where the registry redirected us refused the blob: ask the registry again."""
+
+    def __init__(self, url: str, why: str) -> None:
+        super().__init__(why)
+        self.url = url
+        self.why = why
 
 
 async def _settle(sink: PartialBlob) -> None:

@@ -11,7 +11,7 @@ import aiohttp
 from mirror.errors import IntegrityError, NotFound, RegistryError
 from mirror.manifest import Descriptor
 from mirror.registry.client import Client, _Retry, _settle
-from mirror.registry.transport import describe_exception
+from mirror.registry.network import describe_exception
 from mirror.store.blobs import PartialBlob
 
 

@@ -13,9 +13,10 @@ One aiohttp session per run with connect and read-inactivity timeouts but no tot
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ from mirror.registry.answers import where as _where
 from mirror.registry.auth import Authenticator
 from mirror.registry.body import read_body
 from mirror.registry.credentials import CredentialStore
+from mirror.registry.network import TransferError, describe_exception
 from mirror.registry.policy import (
     RETRY_COUNTER,
     HostGate,
@@ -78,30 +80,6 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return (u.scheme, (u.host or "").lower(), u.port)
 
 
-def describe_exception(e: BaseException) -> str:
-    """One line for a network failure; never includes headers (they may hold credentials)."""
-    if isinstance(e, asyncio.TimeoutError | TimeoutError):
-        if isinstance(e, getattr(aiohttp, "SocketTimeoutError", ())):
-            return "timed out (no data within the read timeout)"
-        if isinstance(e, getattr(aiohttp, "ConnectionTimeoutError", ())):
-            return "timed out (not connected within the connect timeout)"
-        return "timed out"
-    if isinstance(e, aiohttp.ClientConnectorError):
-        return f"cannot connect: {e.os_error.strerror or e.os_error}"
-    if isinstance(e, aiohttp.ServerDisconnectedError):
-        return "server closed the connection"
-    if isinstance(e, aiohttp.ClientPayloadError):
-        return f"connection broken mid-body: {str(e).splitlines()[0] if str(e) else 'payload'}"
-    if isinstance(e, aiohttp.ClientResponseError):
-        # what the parser choked on: its reason and the bytes it quotes (the other end's
-        # words, never our headers)
-        lines = [ln.strip() for ln in str(e.message).splitlines() if ln.strip()]
-        quoted = next((ln for ln in lines[1:] if ln.startswith(("b'", 'b"'))), "")
-        why = " ".join(x for x in (lines[0].rstrip(":") if lines else "", quoted[:80]) if x)
-        return f"not a valid HTTP answer ({why or 'unparsable'})"
-    return (str(e).splitlines() or [""])[0] or type(e).__name__
-
-
 def _mirror_cause(e: BaseException) -> MirrorError | None:
     """aiohttp wraps an exception raised by a streamed request body in a connection error."""
     seen = 0
@@ -113,15 +91,25 @@ def _mirror_cause(e: BaseException) -> MirrorError | None:
     return None
 
 
-class TransferError(Exception):
-    """A transfer that broke off (a connection error or timeout, a body that ended early, an
-    answer that cannot be used): worth asking again from where it got to. `why` is one line
-    for -v and errors; `tries` how many were made."""
+@dataclass
+class Reply:
+    """An answer from `Transport.send`: the response, the tries it took, and for an answer
+    of the retry set (429, 5xx) its first bytes, already read (the response is released)."""
 
-    def __init__(self, why: str, tries: int = 1) -> None:
-        super().__init__(why)
-        self.why = why
-        self.tries = tries
+    resp: aiohttp.ClientResponse
+    tries: int
+    body: bytes | None = None
+
+
+async def _error_body(resp: aiohttp.ClientResponse) -> bytes:
+    """The first bytes of an error answer (its codes and message), and the response
+    released."""
+    try:
+        return await read_body(resp, MAX_ERROR_BODY)
+    except (TimeoutError, aiohttp.ClientError):
+        return b""
+    finally:
+        resp.release()
 
 
 def _replayable(data: object) -> bool:
@@ -156,6 +144,7 @@ class Transport:
         self.timeouts = timeouts or Timeouts()
         self.jobs = jobs
         self._endpoints: dict[str, Endpoint] = {}
+        self._gates: dict[tuple[str, str, int | None], HostGate] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._refused: dict[str, RegistryError] = {}  # a ping that failed: not tried again
         self._ssl_cache: dict[str, ssl.SSLContext | bool] = {}
@@ -175,10 +164,12 @@ class Transport:
         the file the command reads."""
         return text.replace("images.yaml", self.config_file) if self.config_file else ""
 
-    def log_request(self, method: str, url: str, status: int | str, t0: float) -> None:
+    def log_request(self, method: str, url: str, status: int | str, t0: float,
+                    note: str | None = None) -> None:
+        """One -v line per try: METHOD URL (or `note`) -> status or why it failed, time."""
         if self.debug is not _quiet:
             ms = (time.monotonic() - t0) * 1000
-            self.debug(f"{method} {loggable(url)} -> {status} ({ms:.0f} ms)")
+            self.debug(f"{note or f'{method} {loggable(url)}'} -> {status} ({ms:.0f} ms)")
 
     def log_retry(self, method: str, url: str, why: str, attempt: int, delay: float) -> None:
         """`attempt` tries have been made; the next one starts after `delay` seconds."""
@@ -308,6 +299,7 @@ class Transport:
         attempt = 0
         while True:
             url = f"{scheme}://{host}/v2/"
+            await self.gate(url).wait()
             t0 = time.monotonic()
             try:
                 async with self.session.get(url, ssl=ssl_ctx, allow_redirects=False) as resp:
@@ -315,14 +307,11 @@ class Transport:
                     self.log_request("GET", url, resp.status, t0)
                     attempt += 1
                     if resp.status in self.policy.statuses and attempt < self.policy.tries:
-                        self.count_retry()
                         ra = parse_retry_after(resp.headers.get("Retry-After"))
                         delay = (min(ra, self.policy.max_retry_after) if ra is not None
                                  else self.policy.delay(attempt))
-                        if ra is not None:
-                            self.announce_wait(url, delay, resp.status)
-                        self.log_retry("GET", url, f"HTTP {resp.status}", attempt, delay)
-                        await asyncio.sleep(delay)
+                        await self.backoff("GET", url, f"HTTP {resp.status}", attempt,
+                                           delay=delay, status=resp.status, retry_after=ra)
                         continue
                     if scheme == "http" and tls_failure is not None and resp.status == 400:
                         # a TLS server saying "HTTP request to an HTTPS server": the
@@ -349,7 +338,8 @@ class Transport:
                             hint="give the host[:port] where the registry's /v2/ API is "
                             "served")
                     auth.observe(resp.headers.getall("WWW-Authenticate", []))
-                    return Endpoint(registry, f"{scheme}://{host}", ssl_ctx, auth)
+                    return Endpoint(registry, f"{scheme}://{host}", ssl_ctx, auth,
+                                    self.gate(url))
             except aiohttp.ClientResponseError as e:
                 # an answer, but not HTTP (another service on the port: SSH, SMTP, ...)
                 self.log_request("GET", url, describe_exception(e), t0)
@@ -398,12 +388,9 @@ class Transport:
                 attempt += 1
                 if attempt >= self.policy.tries:
                     break
-                self.count_retry()
-                delay = self.policy.delay(attempt)
-                self.log_retry("GET", url, describe_exception(e), attempt, delay)
                 if scheme == "http" and url.startswith("https:"):
                     self.debug(f"{registry}: next try over plain HTTP")
-                await asyncio.sleep(delay)
+                await self.backoff("GET", url, describe_exception(e), attempt)
         if isinstance(last, aiohttp.ClientSSLError) and not plain_ok:
             raise RegistryError(
                 f"{registry}: TLS connection failed: https://{host}/v2/: "
@@ -432,6 +419,117 @@ class Transport:
         return (f"if it serves plain HTTP, pass --insecure-registry {registry}"
                 + self.in_yaml(" (or set `insecure: true` for it in images.yaml)"))
 
+    def gate(self, url: str) -> HostGate:
+        """The pause shared by every request to one host (scheme, host, port): a registry,
+        its token server, object storage it redirects to, a foreign layer's server."""
+        return self._gates.setdefault(_origin(url), HostGate())
+
+    async def backoff(self, method: str, url: str, why: str, attempt: int, *,
+                      delay: float | None = None, status: int = 0,
+                      retry_after: float | None = None) -> None:
+        """Before another try of a request (`attempt` tries made): count it, say it on one
+        -v line, and wait. A 429, or a 503 with Retry-After, pauses the whole host (every
+        request to it waits: `gate`); anything else waits here, `delay` seconds or the
+        policy's back-off."""
+        if delay is None:
+            delay = retry_after if retry_after is not None else self.policy.delay(attempt)
+        self.count_retry()
+        self.log_retry(method, url, why, attempt, delay)
+        if status == 429 or (status == 503 and retry_after is not None):
+            if self.gate(url).pause(delay) and retry_after is not None:
+                self.announce_wait(url, delay, status)
+        else:
+            await asyncio.sleep(delay)
+
+    def _may_retry(self, attempt: int, started: float, delay: float) -> bool:
+        """Another try is in the budget: fewer than `tries` made, and it would start within
+        `max_elapsed` of the first."""
+        return attempt < self.policy.tries and \
+            time.monotonic() + delay - started <= self.policy.max_elapsed
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        auth: Callable[[], Awaitable[dict[str, str]]] | None = None,
+        data: Callable[[], Any] | bytes | Any | None = None,
+        params: Any = None,
+        ssl_ctx: ssl.SSLContext | bool | None = None,
+        retry: bool = True,
+        allow_redirects: bool = True,
+        note: str | None = None,
+    ) -> Reply:
+        """The one retry loop: every request of a run goes through here, to a registry, its
+        token server, a redirect target or a foreign URL alike (each just a host: its own
+        gate, its TLS settings from `ssl_for_url` unless `ssl_ctx` is given).
+
+        Connection errors, timeouts and the policy's statuses (408, 429, 5xx not naming a
+        definite error code) are tried again within the policy's budget (`backoff`); a
+        Retry-After pauses the host. Any other answer is returned, and the last one when
+        the tries are used up (`Reply.body` then holds its first bytes, already read).
+        Raises TransferError when no answer came at all, or the MirrorError a streamed
+        request body raised. `auth` gives headers for each try (a token may be renewed);
+        `note` names the request in its -v line instead of METHOD URL. A one-shot `data`
+        (neither bytes nor a callable) is never sent twice: no retry."""
+        started = time.monotonic()
+        gate = self.gate(url)
+        ssl_ctx = self.ssl_for_url(url) if ssl_ctx is None else ssl_ctx
+        retry = retry and _replayable(data)
+        attempt = 0
+        while True:
+            await gate.wait()
+            hdrs = {**(headers or {}), **(await auth() if auth is not None else {})}
+            attempt += 1
+            t0 = time.monotonic()
+            try:
+                resp = await self.session.request(
+                    method, url, headers=hdrs, data=data() if callable(data) else data,
+                    params=params, ssl=ssl_ctx, allow_redirects=allow_redirects)
+            except (TimeoutError, aiohttp.ClientConnectionError,
+                    aiohttp.ClientResponseError) as e:  # the latter: an answer not HTTP
+                why = self._no_answer(e, method, url, t0, note)
+                delay = self.policy.delay(attempt)
+                if not retry or not self._may_retry(attempt, started, delay):
+                    raise TransferError(why, attempt) from None
+                await self.backoff(method, url, why, attempt, delay=delay)
+                continue
+            self.log_request(method, url, resp.status, t0, note)
+            if resp.status not in self.policy.statuses:
+                return Reply(resp, attempt)
+            body = await _error_body(resp)
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            if retry and self.policy.retryable(resp.status, error_codes(body)[0]):
+                delay = retry_after if retry_after is not None else self.policy.delay(attempt)
+                if delay <= self.policy.max_retry_after and \
+                        self._may_retry(attempt, started, delay):
+                    await self.backoff(method, url, f"HTTP {resp.status}", attempt,
+                                       delay=delay, status=resp.status,
+                                       retry_after=retry_after)
+                    continue
+            elif not retry and retry_after is not None and resp.status in (429, 503) and \
+                    retry_after <= self.policy.max_retry_after and gate.pause(retry_after):
+                # a one-shot body (an upload chunk): the caller tries again, and the
+                # Retry-After holds for that try and every other request to the host
+                self.announce_wait(url, retry_after, resp.status)
+            return Reply(resp, attempt, body)
+
+    def _no_answer(self, e: BaseException, method: str, url: str, t0: float,
+                   note: str | None) -> str:
+        """Why a try got no answer, logged; raises when trying again makes no sense: the
+        run is ending (another request's error closed the pool: no try of ours failed, so
+        none is logged or counted), or a streamed request body failed (bad bytes in a
+        bundle: its own error)."""
+        if self.session.closed:
+            raise TransferError("stopped: the run is ending")
+        why = describe_exception(e)
+        self.log_request(method, url, why, t0, note)
+        cause = _mirror_cause(e)
+        if cause is not None:
+            raise cause from None
+        return why
+
     async def request(
         self,
         registry: str,
@@ -448,7 +546,8 @@ class Transport:
         allow_redirects: bool = True,
         retry: bool = True,
     ) -> aiohttp.ClientResponse:
-        """Send with auth, retries and the host gate; return the response (caller releases it).
+        """A request of the registry API: `send` with the registry's auth; return the
+        response (caller releases it).
 
         Raises AuthError, NotFound, RateLimited or RegistryError. `data` may be bytes, a
         callable that returns a fresh body for each try, or a one-shot stream; a one-shot
@@ -460,97 +559,48 @@ class Transport:
         full = url if url.startswith(("http://", "https://")) else ep.base_url + url
         scopes: tuple[str, ...] = (
             (f"repository:{repository}:{actions}", *extra_scopes) if repository else ())
-        replayable = _replayable(data)
-        retry = retry and replayable
-        started = time.monotonic()
-        attempt = 0
-        reauthed = False
         # credentials and the registry's TLS settings go only to the registry's own origin;
         # an upload Location or a Link on another host gets neither (REFERENCE.md 6.3, 6.4)
         own = _origin(full) == _origin(ep.base_url)
-        ssl_ctx = ep.ssl if own else self.ssl_for_url(full)
+        reauthed = False
         while True:
-            await ep.gate.wait()
-            hdrs = dict(headers or {})
-            if own:
-                hdrs.update(await ep.auth.header(scopes))
-            body = data() if callable(data) else data
-            t0 = time.monotonic()
             try:
-                resp = await self.session.request(
-                    method, full, headers=hdrs, data=body, ssl=ssl_ctx,
-                    allow_redirects=allow_redirects)
-            except (TimeoutError, aiohttp.ClientConnectionError,
-                    aiohttp.ClientResponseError) as e:  # the latter: an answer not HTTP
-                if self.session.closed:
-                    # the run is ending (another request's error closed the pool): no try
-                    # of ours failed, so none is logged, counted or made again
-                    raise RegistryError(f"{_where(registry, repository)}: {what or method}: "
-                                        "stopped: the run is ending", registry=registry,
-                                        repository=repository) from None
-                self.log_request(method, full, describe_exception(e), t0)
-                cause = _mirror_cause(e)
-                if cause is not None:
-                    raise cause from None  # the body stream failed (bad bytes in a bundle)
-                attempt += 1
-                delay = self.policy.delay(attempt)
-                if not retry or attempt >= self.policy.tries or \
-                        time.monotonic() + delay - started > self.policy.max_elapsed:
-                    raise RegistryError(
-                        f"{_where(registry, repository)}: {what or method}: "
-                        f"{describe_exception(e)}"
-                        + (f" (after {attempt} tries)" if attempt > 1 else ""),
-                        registry=registry, repository=repository) from None
-                self.count_retry()
-                self.log_retry(method, full, describe_exception(e), attempt, delay)
-                await asyncio.sleep(delay)
-                continue
-            self.log_request(method, full, resp.status, t0)
+                reply = await self.send(
+                    method, full, headers=headers, data=data, retry=retry,
+                    auth=functools.partial(ep.auth.header, scopes) if own else None,
+                    ssl_ctx=ep.ssl if own else None, allow_redirects=allow_redirects)
+            except TransferError as e:
+                raise RegistryError(
+                    f"{_where(registry, repository)}: {what or method}: {e.why}"
+                    + (f" (after {e.tries} tries)" if e.tries > 1 else ""),
+                    registry=registry, repository=repository) from None
+            resp = reply.resp
             if resp.status in ok:
                 return resp
             if resp.status == 401 and not reauthed:
-                challenges = resp.headers.getall("WWW-Authenticate", [])
-                await resp.read()
-                resp.release()
                 reauthed = True
-                scopes = await ep.auth.challenge(challenges, scopes)
-                if replayable:
-                    continue
-                raise AuthError(
-                    f"{_where(registry, repository)}: {what or method}: HTTP 401 (token "
-                    "expired mid-transfer)", registry=registry, repository=repository,
-                    status=401)
-            try:
-                err_body = await read_body(resp, MAX_ERROR_BODY)
-            except (TimeoutError, aiohttp.ClientError):
-                err_body = b""
-            resp.release()
-            retryable = retry and self.policy.retryable(resp.status, error_codes(err_body)[0])
-            if retryable:
-                attempt += 1
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-                delay = retry_after if retry_after is not None else self.policy.delay(attempt)
-                if attempt < self.policy.tries and delay <= self.policy.max_retry_after and \
-                        time.monotonic() + delay - started <= self.policy.max_elapsed:
-                    self.count_retry()
-                    self.log_retry(method, full, f"HTTP {resp.status}", attempt, delay)
-                    if resp.status == 429 or (resp.status == 503 and retry_after is not None):
-                        if ep.gate.pause(delay) and retry_after is not None:
-                            self.announce_wait(full, delay, resp.status)
-                        # the whole registry waits, not just this request
-                    else:
-                        await asyncio.sleep(delay)
-                    continue
-            if not retry and resp.status in (429, 503):
-                # a one-shot body (an upload chunk): the caller tries again, and the registry's
-                # Retry-After holds for that try and every other request to it
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-                if retry_after is not None and retry_after <= self.policy.max_retry_after \
-                        and ep.gate.pause(retry_after):
-                    self.announce_wait(full, retry_after, resp.status)
-            raise self.error_for(resp, err_body, registry, repository, what,
-                                 tries=attempt if retryable else attempt + 1 if attempt else 0,
+                scopes = await self._reauth(ep, resp, scopes, data, registry, repository, what,
+                                            method)
+                continue
+            body = reply.body if reply.body is not None else await _error_body(resp)
+            raise self.error_for(resp, body, registry, repository, what, tries=reply.tries,
                                  actions=actions)
+
+    async def _reauth(self, ep: Endpoint, resp: aiohttp.ClientResponse,
+                      scopes: tuple[str, ...], data: object, registry: str, repository: str,
+                      what: str, method: str) -> tuple[str, ...]:
+        """A 401: adopt its challenge (a fresh token, maybe for more scopes) and return the
+        scopes to ask with; a one-shot body cannot be sent again: its token expired."""
+        challenges = resp.headers.getall("WWW-Authenticate", [])
+        await resp.read()
+        resp.release()
+        scopes = await ep.auth.challenge(challenges, scopes)
+        if not _replayable(data):
+            raise AuthError(
+                f"{_where(registry, repository)}: {what or method}: HTTP 401 (token "
+                "expired mid-transfer)", registry=registry, repository=repository,
+                status=401)
+        return scopes
 
     def error_for(self, resp: aiohttp.ClientResponse, body: bytes, registry: str,
                   repository: str, what: str, tries: int = 0,
