@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mirror.config import Config, ImageSettings, ImageSpec, load_config
-from mirror.errors import EXIT_PARTIAL, BundleError, MirrorError, UsageError
+from mirror.errors import EXIT_PARTIAL, BundleError, UsageError
 from mirror.paths import check_writable
 from mirror.platform import PlatformSelector
 from mirror.reference import Reference
@@ -101,20 +101,9 @@ def _specs(args: argparse.Namespace) -> tuple[list[ImageSpec], Config | None]:
         specs = [replace(s, settings=replace(s.settings, **over)) for s in specs]
     _refuse_conflicting_duplicates(specs)
     if getattr(args, "locked", False):
-        from mirror.lockfile import Lock
+        from mirror.lockfile import pin
 
-        path = _lock_path(args)
-        if path is None:
-            raise UsageError("--locked needs -f images.yaml or --lock-file")
-        lock = Lock.read(path)
-        pinned = []
-        for spec in specs:
-            entry = lock.images.get(str(spec.reference))
-            if not isinstance(entry, dict) or not isinstance(entry.get("sourceDigest"), str):
-                raise UsageError(f"{spec.reference} is not in {path}",
-                                 hint="run `mirror lock` (or pull without --locked) to update it")
-            pinned.append(replace(spec, pin=entry["sourceDigest"]))
-        specs = pinned
+        specs = pin(specs, _lock_path(args))
     return specs, cfg
 
 
@@ -154,34 +143,13 @@ def _lock_path(args: argparse.Namespace) -> Path | None:
 
 
 def _write_lock(args: argparse.Namespace, result) -> Path | None:
-    from mirror.lockfile import Lock
+    from mirror.lockfile import after_run
 
     path = _lock_path(args)
     if path is None or getattr(args, "locked", False):
         return None
-    lock = Lock(blobs=result.blobs)
-    if getattr(result, "bundle_digest", None):  # a pull: the bundle written with it (--base refuses it as -o)
-        lock.bundle = {"name": result.bundle.name, "digest": result.bundle_digest}
-    if path.exists():  # an image that failed this time keeps its last good entry
-        try:
-            old = Lock.read(path)
-        except MirrorError:
-            old = Lock()
-        for r in result.images:
-            if r.error and r.reference in old.images:
-                lock.images[r.reference] = old.images[r.reference]
-                # and its blobs, among those the last lock listed (which went across with
-                # its bundle): an incremental bundle on this lock must not carry them again
-                lock.blobs = {**old.blobs, **lock.blobs}
-    for r in result.images:
-        if r.error:
-            continue
-        lock.images[r.reference] = {
-            "sourceDigest": r.source_digest, "digest": r.digest,
-            "platforms": r.platform_digests, "sourcePlatforms": r.source_platform_digests,
-            "manifests": r.manifests,
-            "conversions": r.conversions}
-    if not lock.images:
+    lock = after_run(result, path)
+    if lock is None:
         return None
     lock.write(path)
     return path

@@ -30,12 +30,16 @@ reads only `sourceDigest`, so they still pin the same images.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mirror.errors import ConfigError
+from mirror.errors import ConfigError, MirrorError, UsageError
 from mirror.paths import write_atomic
+
+if TYPE_CHECKING:
+    from mirror.config import ImageSpec
+    from mirror.pull import ImageResult, PullResult
 
 LOCK_VERSION = 1
 
@@ -92,3 +96,49 @@ def default_lock_path(config: str | None) -> Path | None:
         return None
     p = Path(config)
     return p.with_name(p.stem + ".lock")
+
+
+def pin(specs: list[ImageSpec], path: Path | None) -> list[ImageSpec]:
+    """--locked: each image pinned to the `sourceDigest` the lock file at `path` recorded
+    for its reference; no lock file, or one that does not list an image, is a usage error."""
+    if path is None:
+        raise UsageError("--locked needs -f images.yaml or --lock-file")
+    lock = Lock.read(path)
+    pinned = []
+    for spec in specs:
+        entry = lock.images.get(str(spec.reference))
+        if not isinstance(entry, dict) or not isinstance(entry.get("sourceDigest"), str):
+            raise UsageError(f"{spec.reference} is not in {path}",
+                             hint="run `mirror lock` (or pull without --locked) to update it")
+        pinned.append(replace(spec, pin=entry["sourceDigest"]))
+    return pinned
+
+
+def _entry(r: ImageResult) -> dict[str, Any]:
+    return {"sourceDigest": r.source_digest, "digest": r.digest,
+            "platforms": r.platform_digests, "sourcePlatforms": r.source_platform_digests,
+            "manifests": r.manifests, "conversions": r.conversions}
+
+
+def after_run(result: PullResult, path: Path) -> Lock | None:
+    """The lock file a pull (or `mirror lock`) leaves at `path`: the images it resolved, and
+    the blobs they need; an image that failed this time (--keep-going) keeps its entry in the
+    lock already at `path`, and the blobs that lock listed stay listed (they went across with
+    its bundle: an incremental bundle on this lock must not carry them again). None when no
+    image has an entry: the lock at `path` stays as it is."""
+    lock = Lock(blobs=result.blobs)
+    bundle, digest = getattr(result, "bundle", None), getattr(result, "bundle_digest", None)
+    if bundle and digest:  # a pull's bundle (--base refuses it as -o); a sync writes none
+        lock.bundle = {"name": bundle.name, "digest": digest}
+    failed = [r.reference for r in result.images if r.error]
+    if failed and path.exists():
+        try:
+            old = Lock.read(path)
+        except MirrorError:
+            old = Lock()
+        kept = {ref: old.images[ref] for ref in failed if ref in old.images}
+        if kept:
+            lock.images.update(kept)
+            lock.blobs = {**old.blobs, **lock.blobs}
+    lock.images.update((r.reference, _entry(r)) for r in result.images if not r.error)
+    return lock if lock.images else None
