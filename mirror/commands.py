@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mirror.config import Config, ImageSettings, ImageSpec, load_config
-from mirror.errors import EXIT_PARTIAL, BundleError, UsageError
+from mirror.errors import EXIT_PARTIAL, UsageError
 from mirror.paths import check_writable
 from mirror.platform import PlatformSelector
 from mirror.reference import Reference
@@ -155,59 +155,6 @@ def _write_lock(args: argparse.Namespace, result) -> Path | None:
     return path
 
 
-def _base(args: argparse.Namespace, out: Path) -> dict:
-    """PullOptions' base_*: the blobs an earlier bundle (or lock file) carried, that base's
-    digest and name, and the images it carried (a load looks for the blobs in their
-    repositories at the target). Refuses an output `out` that is the base itself (the same
-    file under any name)."""
-    if not args.base:
-        return {}
-    from mirror.bundle.layout import REF_NAME
-    from mirror.bundle.reader import Bundle
-    from mirror.lockfile import Lock, is_lock_file
-    from mirror.store.blobs import sha256_file
-
-    path: Path = args.base
-    if not path.exists():
-        raise UsageError(f"--base {path}: no such file")
-    if not args.dry_run and out.exists() and os.path.samefile(out, path):
-        raise UsageError(f"-o {out} is --base {path} (the same file): the new bundle would "
-                         "replace the base it leaves out",
-                         hint="write the incremental bundle to a file of its own")
-    if is_lock_file(path):
-        lock = Lock.read(path)
-        blobs = lock.blobs
-        if not args.dry_run and lock.bundle and out.exists() and \
-                lock.bundle["name"] in (out.name, out.resolve().name) and \
-                sha256_file(out) == lock.bundle["digest"]:
-            raise UsageError(
-                f"-o {out} is the bundle --base {path} was written with "
-                f"({lock.bundle['digest']}): the far side may still need it",
-                hint="write the incremental bundle to a file of its own (a name per run)")
-        if not blobs:  # else every blob would go in again, silently: not incremental at all
-            raise UsageError(f"--base {path}: the lock file lists no blobs",
-                             hint="give the lock file `mirror pull` wrote with the earlier "
-                             "bundle, or that bundle itself")
-        return {"base_blobs": blobs, "base_digest": sha256_file(path), "base_name": path.name,
-                "base_images": tuple(sorted(lock.images))}
-    side = path.with_name(path.name + ".sha256")
-    digest = None
-    if side.exists() and side.stat().st_mtime >= path.stat().st_mtime:
-        digest = "sha256:" + side.read_text().split()[0]
-    try:
-        contents = Bundle(path).scan()
-    except BundleError as e:  # `--base images.yaml`, meant: images.lock
-        raise BundleError(f"--base {path}: neither a lock file nor a readable bundle: {e}",
-                          hint="give the earlier bundle (.tar, .tar.zst) or its lock file "
-                          "(images.lock)") from None
-    names = {str(n) for e in contents.index["manifests"]
-             for n in [(e.get("annotations") or {}).get(REF_NAME)] if n}
-    if contents.inventory:  # the base's own base, for a chain of incremental bundles
-        names.update(contents.inventory.base_images)
-    return {"base_blobs": dict(contents.members), "base_digest": digest or sha256_file(path),
-            "base_name": path.name, "base_images": tuple(sorted(names))}
-
-
 @contextlib.contextmanager
 def _output_lock(out: Path, *, dry_run: bool) -> Iterator[None]:
     """Hold the output for the run (a --dry-run writes none, so it takes none), and drop what
@@ -293,7 +240,7 @@ def check_run_files(args: argparse.Namespace) -> None:
         reads.append(("the bundle", Path(args.target)))
     for flag in ("keep", "unused_by"):
         reads += [(f"--{flag.replace('_', '-')}", p) for p in getattr(args, flag, None) or []]
-    # -o against --base has its own message (_base); a new lock over its base is fine: the
+    # -o against --base has its own message (mirror.incremental); a new lock over its base is fine: the
     # base is read before the lock is written
     check_distinct(writes, reads, allow=frozenset({("-o", "--base"), (lock_flag, "--base")}))
 
@@ -306,6 +253,7 @@ def _check_lock_path(args: argparse.Namespace) -> None:
 
 
 async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
+    from mirror.incremental import read_base
     from mirror.pull import pull
     from mirror.registry.client import Client
     from mirror.store.blobs import BlobStore, default_cache_dir
@@ -320,7 +268,8 @@ async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
                                            out.name.lower().endswith(ZSTD_NAMES))
     cache = args.cache or default_cache_dir()
     opts = _pull_options(args, output=None if args.dry_run else out, compress=compress,
-                         keep_going=args.keep_going, dry_run=args.dry_run, **_base(args, out))
+                         keep_going=args.keep_going, dry_run=args.dry_run,
+                         **read_base(args.base, out, dry_run=args.dry_run))
     try:
         with RunLock(Path(cache) / "lock", f"cache {cache}"), \
                 _output_lock(out, dry_run=args.dry_run):

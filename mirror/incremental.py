@@ -1,0 +1,76 @@
+"""The base of an incremental pull (`--base`): what an earlier bundle, or the lock file written
+with it, says was carried across already: its blobs (left out of the new bundle), its digest
+and name (recorded in the new bundle's inventory) and its images (a load looks for the blobs
+in their repositories at the target). An output that is the base itself is refused."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from mirror.errors import BundleError, UsageError
+from mirror.lockfile import Lock, is_lock_file
+
+
+def read_base(path: Path | None, out: Path, *, dry_run: bool) -> dict[str, Any]:
+    """PullOptions' base_* fields for `--base path` ({} without one), for a pull writing `out`
+    (nothing is written with `dry_run`, so nothing can be written over)."""
+    if not path:
+        return {}
+    if not path.exists():
+        raise UsageError(f"--base {path}: no such file")
+    if not dry_run and out.exists() and os.path.samefile(out, path):
+        raise UsageError(f"-o {out} is --base {path} (the same file): the new bundle would "
+                         "replace the base it leaves out",
+                         hint="write the incremental bundle to a file of its own")
+    if is_lock_file(path):
+        return _from_lock(path, None if dry_run else out)
+    return _from_bundle(path)
+
+
+def _from_lock(path: Path, out: Path | None) -> dict[str, Any]:
+    """A lock file's blobs; `out` (None: nothing is written) must not be the bundle the lock
+    was written with: the far side may still need it."""
+    from mirror.store.blobs import sha256_file
+
+    lock = Lock.read(path)
+    if out is not None and lock.bundle and out.exists() and \
+            lock.bundle["name"] in (out.name, out.resolve().name) and \
+            sha256_file(out) == lock.bundle["digest"]:
+        raise UsageError(
+            f"-o {out} is the bundle --base {path} was written with "
+            f"({lock.bundle['digest']}): the far side may still need it",
+            hint="write the incremental bundle to a file of its own (a name per run)")
+    if not lock.blobs:  # else every blob would go in again, silently: not incremental at all
+        raise UsageError(f"--base {path}: the lock file lists no blobs",
+                         hint="give the lock file `mirror pull` wrote with the earlier "
+                         "bundle, or that bundle itself")
+    return {"base_blobs": lock.blobs, "base_digest": sha256_file(path), "base_name": path.name,
+            "base_images": tuple(sorted(lock.images))}
+
+
+def _from_bundle(path: Path) -> dict[str, Any]:
+    """A bundle's members, the images its index names and those its own base carried (a chain
+    of incremental bundles); its digest from the checksum file beside it when that is not
+    older than the bundle."""
+    from mirror.bundle.layout import REF_NAME
+    from mirror.bundle.reader import Bundle
+    from mirror.store.blobs import sha256_file
+
+    side = path.with_name(path.name + ".sha256")
+    digest = None
+    if side.exists() and side.stat().st_mtime >= path.stat().st_mtime:
+        digest = "sha256:" + side.read_text().split()[0]
+    try:
+        contents = Bundle(path).scan()
+    except BundleError as e:  # `--base images.yaml`, meant: images.lock
+        raise BundleError(f"--base {path}: neither a lock file nor a readable bundle: {e}",
+                          hint="give the earlier bundle (.tar, .tar.zst) or its lock file "
+                          "(images.lock)") from None
+    names = {str(n) for e in contents.index["manifests"]
+             for n in [(e.get("annotations") or {}).get(REF_NAME)] if n}
+    if contents.inventory:
+        names.update(contents.inventory.base_images)
+    return {"base_blobs": dict(contents.members), "base_digest": digest or sha256_file(path),
+            "base_name": path.name, "base_images": tuple(sorted(names))}
