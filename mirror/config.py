@@ -206,21 +206,10 @@ def parse_config(text: str, path: str = "images.yaml",
     `registries:` are taken from the directory of `path`; `check_files`: each must be
     readable now."""
     ctx = _Ctx(path)
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark
-        line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{line}: invalid YAML: {e.problem}") from None
-    if root is None:
-        raise ConfigError(f"{path}: empty file", hint="list images under `images:`")
+    root = _compose(text, path)
     top = ctx.mapping(root, "the top level", _TOP_KEYS)
     if "version" in top:
-        node = top["version"][1]
-        version = ctx.integer(node, "version")
-        if version > SUPPORTED_VERSION or version < 1:
-            raise ctx.err(node, f"config version {version} is not supported (this mirror "
-                          f"reads version {SUPPORTED_VERSION})")
+        _check_version(ctx, top["version"][1])
     defaults = base or ImageSettings()
     if "defaults" in top:
         defaults = _settings(ctx, ctx.mapping(top["defaults"][1], "defaults", _SETTING_KEYS),
@@ -229,65 +218,106 @@ def parse_config(text: str, path: str = "images.yaml",
     logins: dict[str, RegistryLogin] = {}
     if "registries" in top:
         for host, (knode, vnode) in ctx.mapping(top["registries"][1], "registries", ()).items():
-            r = ctx.mapping(vnode, f"registries.{host}", _REGISTRY_KEYS)
-            val = {k: ctx.scalar(v, k) for k, (_, v) in r.items() if k != "insecure"}
-            for k in _PATH_KEYS:
-                if k in val:
-                    val[k] = _file_value(ctx, r[k][1], k, val[k], check_files)
-            if "password_env" in val and "password_file" in val:
-                raise ctx.err(knode, f"registries.{host}: give password_env or password_file, "
-                              "not both")
-            if ("password_env" in val or "password_file" in val) and "username" not in val:
-                raise ctx.err(knode, f"registries.{host}: a password needs a 'username'")
-            registries[host] = RegistrySettings(
-                insecure=ctx.boolean(r["insecure"][1], "insecure") if "insecure" in r else False,
-                ca_file=val.get("ca_file"), client_cert=val.get("client_cert"),
-                client_key=val.get("client_key"))
-            if "username" in val:
-                key = next((r[k][0] for k in ("password_env", "password_file") if k in r),
-                           r["username"][0])
-                logins[host] = RegistryLogin(val["username"], val.get("password_env", ""),
-                                             val.get("password_file", ""),
-                                             f"{path}:{key.start_mark.line + 1}")
+            registries[host], login = _registry(ctx, host, knode, vnode, check_files)
+            if login:
+                logins[host] = login
     if "images" not in top:
         raise ctx.err(root, "no 'images' list", hint="add `images:` with one reference per item")
-    inode = top["images"][1]
+    return Config(_images(ctx, top["images"][1], defaults), registries, logins, defaults, path)
+
+
+def _compose(text: str, path: str) -> yaml.Node:
+    """The YAML document's node tree (lines kept for messages); not empty."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: invalid YAML: {e.problem}") from None
+    if root is None:
+        raise ConfigError(f"{path}: empty file", hint="list images under `images:`")
+    return root
+
+
+def _check_version(ctx: _Ctx, node: yaml.Node) -> None:
+    version = ctx.integer(node, "version")
+    if version > SUPPORTED_VERSION or version < 1:
+        raise ctx.err(node, f"config version {version} is not supported (this mirror "
+                      f"reads version {SUPPORTED_VERSION})")
+
+
+def _registry(ctx: _Ctx, host: str, knode: yaml.Node, vnode: yaml.Node,
+              check_files: bool) -> tuple[RegistrySettings, RegistryLogin | None]:
+    """One entry of `registries:`: its settings, and its login when it names a username."""
+    r = ctx.mapping(vnode, f"registries.{host}", _REGISTRY_KEYS)
+    val = {k: ctx.scalar(v, k) for k, (_, v) in r.items() if k != "insecure"}
+    for k in _PATH_KEYS:
+        if k in val:
+            val[k] = _file_value(ctx, r[k][1], k, val[k], check_files)
+    if "password_env" in val and "password_file" in val:
+        raise ctx.err(knode, f"registries.{host}: give password_env or password_file, "
+                      "not both")
+    if ("password_env" in val or "password_file" in val) and "username" not in val:
+        raise ctx.err(knode, f"registries.{host}: a password needs a 'username'")
+    settings = RegistrySettings(
+        insecure=ctx.boolean(r["insecure"][1], "insecure") if "insecure" in r else False,
+        ca_file=val.get("ca_file"), client_cert=val.get("client_cert"),
+        client_key=val.get("client_key"))
+    if "username" not in val:
+        return settings, None
+    key = next((r[k][0] for k in ("password_env", "password_file") if k in r),
+               r["username"][0])
+    return settings, RegistryLogin(val["username"], val.get("password_env", ""),
+                                   val.get("password_file", ""),
+                                   f"{ctx.path}:{key.start_mark.line + 1}")
+
+
+def _images(ctx: _Ctx, inode: yaml.Node, defaults: ImageSettings) -> list[ImageSpec]:
+    """The `images:` list, in order; each entry a reference, a `ref:` mapping or a
+    `repository:` with its `tags:`."""
     if not isinstance(inode, yaml.SequenceNode):
         raise ctx.err(inode, "'images' must be a list")
     images: list[ImageSpec] = []
     for item in inode.value:
-        where = f"{path}:{item.start_mark.line + 1}"
+        where = f"{ctx.path}:{item.start_mark.line + 1}"
         if isinstance(item, yaml.ScalarNode):
             images.append(ImageSpec(_ref(ctx, item, ctx.scalar(item, "image")), defaults, where))
-            continue
-        entry = ctx.mapping(item, "an image entry", _IMAGE_KEYS)
-        settings = _settings(ctx, entry, defaults)
-        if "ref" in entry and "repository" in entry:
-            later = max(entry["ref"][0], entry["repository"][0],
-                        key=lambda k: k.start_mark.index)
-            raise ctx.err(later, "give 'ref' or 'repository' (with 'tags'), not both",
-                          hint="one entry per reference (ref:), or one per repository with "
-                          "its tags (repository: and tags:)")
-        if "ref" not in entry and "repository" not in entry:
-            raise ctx.err(item, "an image entry needs either 'ref' or 'repository' (with 'tags')")
-        if "ref" in entry:
-            if "tags" in entry:
-                raise ctx.err(entry["tags"][0], "'tags' goes with 'repository', not 'ref'")
-            node = entry["ref"][1]
-            images.append(ImageSpec(_ref(ctx, node, ctx.scalar(node, "ref")), settings, where))
-            continue
-        rnode = entry["repository"][1]
-        repo = _ref(ctx, rnode, ctx.scalar(rnode, "repository"))
-        if repo.digest or ":" in ctx.scalar(rnode, "repository").rsplit("/", 1)[-1]:
-            raise ctx.err(rnode, "'repository' takes no tag or digest; list them under 'tags'")
-        if "tags" not in entry:
-            raise ctx.err(item, f"repository {repo.name} has no 'tags' list")
-        for tag in ctx.str_list(entry["tags"][1], "tags"):
-            text = f"{repo.name}{tag}" if tag.startswith("@") else f"{repo.name}:{tag}"
-            images.append(ImageSpec(_ref(ctx, entry["tags"][1], text), settings, where))
+        else:
+            images += _image_entry(ctx, item, defaults, where)
     if not images:
         raise ctx.err(inode, "the 'images' list is empty")
-    return Config(images, registries, logins, defaults, path)
+    return images
+
+
+def _image_entry(ctx: _Ctx, item: yaml.Node, defaults: ImageSettings,
+                 where: str) -> list[ImageSpec]:
+    """A mapping in `images:`: `ref:` (one image) or `repository:` with `tags:` (one per
+    tag), with the settings it gives over the defaults."""
+    entry = ctx.mapping(item, "an image entry", _IMAGE_KEYS)
+    settings = _settings(ctx, entry, defaults)
+    if "ref" in entry and "repository" in entry:
+        later = max(entry["ref"][0], entry["repository"][0],
+                    key=lambda k: k.start_mark.index)
+        raise ctx.err(later, "give 'ref' or 'repository' (with 'tags'), not both",
+                      hint="one entry per reference (ref:), or one per repository with "
+                      "its tags (repository: and tags:)")
+    if "ref" not in entry and "repository" not in entry:
+        raise ctx.err(item, "an image entry needs either 'ref' or 'repository' (with 'tags')")
+    if "ref" in entry:
+        if "tags" in entry:
+            raise ctx.err(entry["tags"][0], "'tags' goes with 'repository', not 'ref'")
+        node = entry["ref"][1]
+        return [ImageSpec(_ref(ctx, node, ctx.scalar(node, "ref")), settings, where)]
+    rnode = entry["repository"][1]
+    repo = _ref(ctx, rnode, ctx.scalar(rnode, "repository"))
+    if repo.digest or ":" in ctx.scalar(rnode, "repository").rsplit("/", 1)[-1]:
+        raise ctx.err(rnode, "'repository' takes no tag or digest; list them under 'tags'")
+    if "tags" not in entry:
+        raise ctx.err(item, f"repository {repo.name} has no 'tags' list")
+    tnode = entry["tags"][1]
+    return [ImageSpec(_ref(ctx, tnode, f"{repo.name}{tag}" if tag.startswith("@")
+                           else f"{repo.name}:{tag}"), settings, where)
+            for tag in ctx.str_list(tnode, "tags")]
 
 
 def load_config(path: str | Path, base: ImageSettings | None = None) -> Config:
