@@ -37,38 +37,60 @@ REASONS = ("foreign", "sparse", "base")
 
 def problems(c: Contents) -> list[str]:
     inv = c.inventory
-    if inv is not None:
-        bad = _malformed(inv)
-        if bad:  # the other checks would only repeat it
-            return bad
+    if inv is None:
+        return _references(c, {})[0]
+    bad = _malformed(inv)
+    if bad:  # the other checks would only repeat it
+        return bad
+    out, needed, children = _references(c, inv.absent)
+    return (out + _listed(c, inv) + _absent(c, inv, needed, children)
+            + _unlisted(c, inv, needed) + _referrer_problems(c, inv) + _docker_problems(c))
+
+
+def _references(c: Contents, absent: dict[str, str]
+                ) -> tuple[list[str], dict[str, str], dict[str, str]]:
+    """Each blob and child manifest a manifest references is in the tar or listed `absent`
+    (without an inventory, a foreign layer may be missing). Also returns each blob -> the first
+    manifest that references it, and each child manifest -> the index that lists it."""
     out: list[str] = []
-    absent = inv.absent if inv is not None else {}
-    needed: dict[str, str] = {}  # blob -> the first manifest that references it
-    children: dict[str, str] = {}  # child manifest -> the index that lists it
+    needed: dict[str, str] = {}
+    children: dict[str, str] = {}
     for raw in c.manifests.values():
         for d in raw.blobs():
             needed.setdefault(d.digest, raw.digest)
             if d.digest not in c.members and d.digest not in absent and not (
-                    inv is None and d.is_foreign):
+                    c.inventory is None and d.is_foreign):
                 out.append(f"blob {d.digest} is missing (needed by {raw.digest})")
         for d in raw.children:
             children.setdefault(d.digest, raw.digest)
             if d.digest not in c.members and d.digest not in absent:
                 out.append(f"manifest {d.digest} is missing (listed in index {raw.digest})")
-    if inv is None:
-        return out
+    return out, needed, children
+
+
+def _listed(c: Contents, inv: Inventory) -> list[str]:
+    """What mirror.json lists is in the tar (a blob at its size), or its base carried it."""
+    out: list[str] = []
     for digest, size in inv.blobs.items():
         have = c.members.get(digest)
         if have is not None:
             if have != size:
                 out.append(f"mirror.json: blob {digest} is listed with {size} bytes, the "
                            f"bundle holds {have}")
-        elif absent.get(digest) != "base":
+        elif inv.absent.get(digest) != "base":
             out.append(f"mirror.json: blob {digest} is listed but not in the bundle")
     for digest in inv.manifests:
         if digest not in c.members:
             out.append(f"mirror.json: manifest {digest} is listed but not in the bundle")
-    for digest, why in absent.items():
+    return out
+
+
+def _absent(c: Contents, inv: Inventory, needed: dict[str, str],
+            children: dict[str, str]) -> list[str]:
+    """Each `absent` entry has a known reason (`base` only with a base named), is referenced
+    by a manifest, and is not in the tar unless also listed as carried."""
+    out: list[str] = []
+    for digest, why in inv.absent.items():
         if why not in REASONS:
             out.append(f"mirror.json: absent {digest}: unknown reason {why!r} (expected one "
                        f"of {', '.join(REASONS)})")
@@ -80,13 +102,16 @@ def problems(c: Contents) -> list[str]:
         elif digest in c.members and (why == "base" or (
                 digest not in inv.blobs and digest not in inv.manifests)):
             out.append(f"mirror.json: {digest} is listed absent ({why}) but is in the bundle")
-    for digest, by in needed.items():
-        if digest not in inv.blobs and digest not in absent:
-            out.append(f"mirror.json does not list blob {digest} (needed by {by})")
-    for digest in c.manifests:
-        if digest not in inv.manifests:
-            out.append(f"mirror.json does not list manifest {digest}")
-    return out + _referrer_problems(c, inv) + _docker_problems(c)
+    return out
+
+
+def _unlisted(c: Contents, inv: Inventory, needed: dict[str, str]) -> list[str]:
+    """Every blob and manifest the manifests need is listed in mirror.json."""
+    out = [f"mirror.json does not list blob {digest} (needed by {by})"
+           for digest, by in needed.items()
+           if digest not in inv.blobs and digest not in inv.absent]
+    return out + [f"mirror.json does not list manifest {digest}"
+                  for digest in c.manifests if digest not in inv.manifests]
 
 
 def _referrer_problems(c: Contents, inv: Inventory) -> list[str]:
