@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import re
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -33,12 +32,17 @@ from mirror.fileobj import Readable
 from mirror.manifest import Descriptor
 from mirror.progress import NullProgress, Progress
 from mirror.push import Body, PushImage, PushResult, push, push_order
-from mirror.reference import Reference, _is_registry, normalize_registry, registry_problem
+from mirror.reference import (
+    Reference,
+    _is_registry,
+    is_bare_tag,
+    normalize_registry,
+    registry_problem,
+)
 from mirror.referrers import A_SUBJECT
 from mirror.registry.client import Client
 
 CHUNK = 1 << 20
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
 @dataclass
@@ -80,7 +84,7 @@ def _entry_target(entry: dict, target: Target, bundle: str) -> tuple[str, str | 
                               hint="give the repository with --to HOST/REPO (it is pushed "
                               "there by digest)")
         return target.prefix, None
-    if _TAG.match(name) and "/" not in name and ":" not in name:
+    if is_bare_tag(name):
         if not target.prefix:  # a bare tag, as skopeo writes for oci-archive:FILE:TAG
             raise BundleError(f"{bundle}: entry {name!r} names a tag but no repository",
                               hint="give the repository with --to HOST/REPO")

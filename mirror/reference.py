@@ -36,6 +36,12 @@ def _is_registry(component: str) -> bool:
     )
 
 
+def is_bare_tag(name: str) -> bool:
+    """A bundle's ref name that is a tag only (`v2`, as skopeo writes for
+    oci-archive:FILE:TAG): it names no repository, so a load puts it in --to's."""
+    return bool(_TAG.match(name)) and "/" not in name and ":" not in name
+
+
 def registry_problem(host: str) -> str | None:
     """What makes `host` (HOST[:PORT]) no registry address, or None: an empty host, a bad
     name, a port that is not 1-65535 (aiohttp would fail on the URL with a traceback)."""
