@@ -72,6 +72,14 @@ def _add_out(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", metavar="FILE.json", help="write a JSON report of the run")
 
 
+def _add_client_config(p: argparse.ArgumentParser, flag: str, help: str, *more: str,
+                       required: bool = False) -> None:
+    p.add_argument(flag, *more, type=Path, metavar="DIR", required=required, help=help)
+    p.add_argument("--no-fallback", action="store_true", help="configuration under which "
+                   "the clients never ask the source registries (containerd, Podman/CRI-O, "
+                   "OpenShift; k3s needs --disable-default-registry-endpoint, Docker cannot)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="mirror",
@@ -162,6 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", action="store_true",
                    help="a tag that holds another multi-arch index keeps its other platforms "
                    "(a merged index, new digest); without it they are replaced, with a warning")
+    _add_client_config(p, "--write-client-config", "after the load, write into DIR the "
+                       "configuration that makes containerd, k3s/RKE2, Podman/CRI-O, "
+                       "OpenShift and Docker pull the loaded images by their source names "
+                       "from the target (DIR/README.txt says how to install it)")
+    _add_net(p)
+    _add_out(p)
+
+    p = sub.add_parser("client-config", help="write the clients' mirror configuration for a "
+                       "bundle loaded earlier (the load's naming; one ping of the target)")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--to", required=True, metavar="HOST[:PORT][/PREFIX]",
+                   help="where the bundle was loaded (load's --to)")
+    _add_client_config(p, "-o", "the directory to write into (made if missing)",
+                       "--output", required=True)
     _add_net(p)
     _add_out(p)
 

@@ -314,13 +314,23 @@ async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
 
 async def _load(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.bundle.reader import Bundle
+    from mirror.clientconfig_run import access_of, check_dir, write_for
     from mirror.load import LoadResult, Target, load
     from mirror.registry.client import Client
 
     # None: not known (the load stopped before it could say)
     report.add(bundle=str(args.bundle), target=args.to, **_push_report(None),
-               retries=0, dry_run=args.dry_run, would_push=[])
+               retries=0, dry_run=args.dry_run, would_push=[], client_config=None)
     target = Target.parse(args.to)
+    if args.no_fallback and not args.write_client_config:
+        raise UsageError("--no-fallback says how to write the client configuration; give "
+                         "--write-client-config DIR")
+    if args.write_client_config:
+        if args.dry_run:
+            raise UsageError("--write-client-config writes what a load pushed; --dry-run "
+                             "pushes nothing", hint="run `mirror client-config` for the "
+                             "configuration this bundle would give")
+        check_dir(args.write_client_config, "--write-client-config")
     bundle = Bundle(args.bundle)
     transport = _transport(args, None, progress)
     result = LoadResult()
@@ -328,6 +338,8 @@ async def _load(args: argparse.Namespace, progress, report: Report) -> int:
         async with transport as t:
             await load(Client(t), bundle, target, jobs=args.jobs, dry_run=args.dry_run,
                        progress=progress, result=result, merge=args.merge)
+            access = await access_of(args, t, target.registry) \
+                if args.write_client_config else None
     finally:
         report.add(retries=transport.retries)
         if result.started:  # what was done, also when the load failed or was stopped later
@@ -339,6 +351,9 @@ async def _load(args: argparse.Namespace, progress, report: Report) -> int:
         return 0
     if not args.quiet:
         _print_pushed(result)
+    if access is not None:
+        write_for(args.write_client_config, result.images, target, access, args.no_fallback,
+                  progress, report)
     progress.info(f"loaded {args.bundle}: {_push_summary(result)}")
     return 0
 
@@ -566,5 +581,11 @@ async def _cache(args: argparse.Namespace, progress, report: Report) -> int:
     return 0
 
 
+async def _client_config(args: argparse.Namespace, progress, report: Report) -> int:
+    from mirror.clientconfig_run import client_config
+
+    return await client_config(args, progress, report)
+
+
 COMMANDS = {"pull": _pull, "sync": _sync, "load": _load, "verify": _verify, "inspect": _inspect,
-            "lock": _lock, "cache": _cache}
+            "lock": _lock, "cache": _cache, "client-config": _client_config}

@@ -80,6 +80,7 @@ def test_every_report_field_is_in_the_readme(tmp_path: Path) -> None:
         "load": [tmp_path / "none.tar", "--to", "127.0.0.1:9"],
         "sync": ["127.0.0.1:9/x/y:1", "--retries", "0", "--to", "127.0.0.1:9"],
         "verify": [tmp_path / "none.tar"],
+        "client-config": [tmp_path / "none.tar", "--to", "127.0.0.1:9", "-o", tmp_path / "cc"],
         "cache": ["prune", "--cache", cache, "--older-than", "30d"],
     }
     for command, args in runs.items():

@@ -1,0 +1,73 @@
+"""The client configuration as a run writes it: `mirror load --write-client-config DIR`
+after a successful load, and `mirror client-config BUNDLE --to HOST[/PREFIX] -o DIR` for a
+bundle loaded earlier (the load's own plan of where each image goes). How the clients reach
+the target is what the run found (mirror.clientconfig.Access); the files come from the pure
+mirror.clientconfig.render; what a client cannot express goes to stderr, one line each, and
+to the report's `client_config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from mirror import clientconfig
+from mirror.bundle.reader import Bundle
+from mirror.commands import _host_values, _transport
+from mirror.load import Target, plan_load
+from mirror.paths import check_writable
+from mirror.push import PushImage
+from mirror.registry.transport import Transport
+from mirror.report import Report
+
+
+def check_dir(directory: Path, flag: str) -> None:
+    """The configuration's directory, made and checked before any work (exit 2)."""
+    check_writable(directory / clientconfig.README, flag)
+
+
+async def access_of(args: argparse.Namespace, t: Transport,
+                    registry: str) -> clientconfig.Access:
+    """How the clients reach the target: the scheme the run found it speaks, unverified TLS
+    where --insecure-registry says so, the CA file --ca-file gave for it, and whether it
+    asked for credentials."""
+    ep = await t.endpoint(registry)
+    scheme = ep.base_url.split("://", 1)[0]
+    cas = {h.lower(): f for h, f in _host_values(args.ca_file, "--ca-file").items()}
+    return clientconfig.Access(scheme, skip_verify=scheme == "https" and ep.ssl is False,
+                               ca_file=cas.get(registry), auth=ep.auth.scheme is not None)
+
+
+def write_for(directory: Path, images: list[PushImage], target: Target,
+              access: clientconfig.Access, no_fallback: bool, progress, report: Report) -> None:
+    """The clients' configuration for the images pushed to `target` (load's naming): files
+    written, and each mapping a client cannot express on a line of its own."""
+    maps, left = clientconfig.mappings(
+        [(None if i.unnamed else i.name, i.repository, i.tag) for i in images
+         if i.referrer_of is None], target.registry)
+    cfg = clientconfig.render(maps, access, fallback=not no_fallback, left_out=left)
+    paths = clientconfig.write(directory, cfg)
+    for x in cfg.left_out:
+        progress.info(f"client config: {x.line()}")
+    report.add(client_config={
+        "dir": str(directory), "files": [str(p) for p in paths],
+        "left_out": [{"client": x.client, "source": x.source, "target": x.target,
+                      "reason": x.reason} for x in cfg.left_out]})
+    progress.info(f"wrote the client configuration for {len(maps)} image(s) in {directory} "
+                  f"({len(paths)} file(s); see {directory / clientconfig.README})")
+
+
+async def client_config(args: argparse.Namespace, progress, report: Report) -> int:
+    report.add(bundle=str(args.bundle), target=args.to, client_config=None)
+    target = Target.parse(args.to)
+    check_dir(args.output, "-o")
+    bundle = Bundle(args.bundle)
+    contents = await asyncio.to_thread(bundle.scan)
+    images = plan_load(contents, target, bundle.name)
+    async with _transport(args, None, progress) as t:  # one ping: the scheme it speaks
+        access = await access_of(args, t, target.registry)
+    write_for(args.output, images, target, access, args.no_fallback, progress, report)
+    if not args.quiet:
+        print(args.output / clientconfig.README)
+    return 0

@@ -1,0 +1,308 @@
+"""`mirror load --write-client-config DIR` and `mirror client-config`: the clients inside the
+gap pull `docker.io/library/NAME:TAG` and `ghcr.io/org/NAME:TAG` from where the load put them.
+
+A layout naming its images as the clients do (tests/support/imagegen.write_layout) is loaded
+into a real registry under a prefix (its access log on: the proof that a pull went there, as
+nothing else on this machine answers for docker.io or ghcr.io); then containerd 1.6 (`ctr
+images pull --hosts-dir`) and Podman 4.3 (`CONTAINERS_REGISTRIES_CONF`) from the Debian
+packages, with private roots, pull by the source names through the files written, and get the
+digests the target serves. The other files parse (tomllib, yaml.safe_load) with the fields
+their schemas require.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support import imagegen as ig
+from tests.support.oracle import mirror_ok, run_mirror
+from tests.support.pusher import get_manifest, list_tags
+from tests.support.registry import Registry
+from tests.support.runtimes import Containerd, Podman
+
+HUB = "docker.io/library/cfgredis:7"  # Hub name under the prefix: every client
+GHCR = "ghcr.io/org/cfgapp:1.0"  # another registry: not Docker
+SHORT = "cfgshort:2"  # a short name: the load puts it at PREFIX/cfgshort, a path rewrite
+PREFIX = "site"
+# config.openshift.io/v1 ImageMirror (github.com/openshift/api config/v1, kubebuilder pattern)
+IMAGE_MIRROR = re.compile(
+    r"^((?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9]"
+    r"[a-zA-Z0-9-]*[a-zA-Z0-9]))+)?(?::[0-9]+)?)(?:(?:/[a-z0-9]+(?:(?:(?:[._]|__|[-]*)"
+    r"[a-z0-9]+)+)?)+)?$")
+
+
+@dataclass
+class Loaded:
+    target: Registry
+    layout: Path
+    out: Path  # the configuration directory
+    stderr: str
+    report: dict
+    digests: dict[str, str]  # source name -> the digest the target serves
+
+
+def _log(reg: Registry) -> str:
+    return reg.log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
+    tmp = tmp_path_factory.mktemp("clientconfig")
+    rng = random.Random(16)
+    images = {HUB: ig.make_image(rng, ig.AMD64), GHCR: ig.make_image(rng, ig.AMD64),
+              SHORT: ig.make_image(rng, ig.AMD64)}
+    layout = ig.write_layout(tmp / "layout", images)
+    with Registry(extra_config={"log": {"accesslog": {"disabled": False}}}) as target:
+        report = tmp / "report.json"
+        proc = mirror_ok("load", layout, "--to", f"{target.host}/{PREFIX}",
+                         "--write-client-config", tmp / "cfg", "--report", report)
+        digests = {}
+        for name, repo, tag in ((HUB, "library/cfgredis", "7"), (GHCR, "org/cfgapp", "1.0"),
+                                (SHORT, "cfgshort", "2")):
+            _, _, headers = get_manifest(target.url, f"{PREFIX}/{repo}", tag)
+            digests[name] = headers["Docker-Content-Digest"]
+            assert digests[name] == images[name].digest
+        yield Loaded(target, layout, tmp / "cfg", proc.stderr, json.loads(report.read_text()),
+                     digests)
+
+
+def test_files_parse_with_the_fields_each_client_requires(loaded: Loaded) -> None:
+    t, out = loaded.target.host, loaded.out
+    hub = tomllib.loads((out / "containerd/certs.d/docker.io/hosts.toml").read_text())
+    assert hub["server"] == "https://registry-1.docker.io"  # the fallback: Docker Hub's API
+    assert hub["host"] == {f"http://{t}/v2/{PREFIX}": {  # plain HTTP: the scheme says so
+        "capabilities": ["pull", "resolve"], "override_path": True}}
+    ghcr = tomllib.loads((out / "containerd/certs.d/ghcr.io/hosts.toml").read_text())
+    assert ghcr["server"] == "https://ghcr.io" and f"http://{t}/v2/{PREFIX}" in ghcr["host"]
+
+    k3s = yaml.safe_load((out / "k3s/registries.yaml").read_text())
+    assert k3s["mirrors"]["ghcr.io"] == {"endpoint": [f"http://{t}"],
+                                         "rewrite": {"^(.*)$": f"{PREFIX}/$1"}}
+    # docker.io holds a path rewrite (cfgshort): one anchored rule per repository
+    assert k3s["mirrors"]["docker.io"] == {"endpoint": [f"http://{t}"], "rewrite": {
+        "^library/cfgredis$": f"{PREFIX}/library/cfgredis",
+        "^library/cfgshort$": f"{PREFIX}/cfgshort"}}
+    assert "configs" not in k3s  # plain HTTP needs no TLS settings
+
+    conf = tomllib.loads((out / "containers/registries.conf.d/50-mirror.conf").read_text())
+    # the source stays the location (tried last); the mirror, plain HTTP, is insecure
+    assert {r["prefix"]: r for r in conf["registry"]} == {
+        f"{reg}/{r}": {"prefix": f"{reg}/{r}", "location": f"{reg}/{r}",
+                       "mirror": [{"location": f"{t}/{p}", "insecure": True}]}
+        for reg, r, p in (("docker.io", "library/cfgredis", f"{PREFIX}/library/cfgredis"),
+                          ("docker.io", "library/cfgshort", f"{PREFIX}/cfgshort"),
+                          ("ghcr.io", "org/cfgapp", f"{PREFIX}/org/cfgapp"))}
+
+    for path, kind, key in (("imagedigestmirrorset", "ImageDigestMirrorSet",
+                             "imageDigestMirrors"),
+                            ("imagetagmirrorset", "ImageTagMirrorSet", "imageTagMirrors")):
+        doc = yaml.safe_load((out / f"openshift/{path}.yaml").read_text())
+        assert doc["apiVersion"] == "config.openshift.io/v1" and doc["kind"] == kind
+        assert doc["metadata"]["name"]
+        for e in doc["spec"][key]:  # the API's pattern for a mirror (openshift/api)
+            assert all(IMAGE_MIRROR.match(m) for m in [e["source"], *e["mirrors"]]), e
+        assert {e["source"]: e["mirrors"] for e in doc["spec"][key]} == {
+            "docker.io/library/cfgredis": [f"{t}/{PREFIX}/library/cfgredis"],
+            "docker.io/library/cfgshort": [f"{t}/{PREFIX}/cfgshort"],
+            "ghcr.io/org/cfgapp": [f"{t}/{PREFIX}/org/cfgapp"]}
+    assert not (out / "docker").exists()  # a prefix: Docker's mirror cannot express it
+
+
+def test_what_a_client_cannot_express_is_listed_with_the_reason(loaded: Loaded) -> None:
+    t = loaded.target.host
+    left = {(x["client"], x["source"]): x for x in loaded.report["client_config"]["left_out"]}
+    assert set(left) == {("containerd", "docker.io/library/cfgshort"),
+                         ("docker", "docker.io/library/cfgredis"),
+                         ("docker", "docker.io/library/cfgshort"),
+                         ("docker", "ghcr.io/org/cfgapp")}
+    assert "not rewrite the path" in left["containerd", "docker.io/library/cfgshort"]["reason"]
+    assert left["containerd", "docker.io/library/cfgshort"]["target"] == f"{t}/{PREFIX}/cfgshort"
+    assert "cannot rewrite paths" in left["docker", "docker.io/library/cfgredis"]["reason"]
+    assert "Docker Hub images only" in left["docker", "ghcr.io/org/cfgapp"]["reason"]
+    readme = (loaded.out / "README.txt").read_text()
+    lines = [ln for ln in loaded.stderr.splitlines() if "not written:" in ln]
+    assert len(lines) == 4, loaded.stderr
+    for ln in lines:  # each on stderr and in README.txt, one line each
+        assert ln.split("client config: ", 1)[1] in readme
+    files = loaded.report["client_config"]["files"]
+    assert str(loaded.out / "containerd/certs.d/docker.io/hosts.toml") in files
+    assert f"{HUB} -> {t}/{PREFIX}/library/cfgredis:7" in readme
+
+
+def test_containerd_pulls_the_source_names_from_the_target(loaded: Loaded,
+                                                           tmp_path: Path) -> None:
+    with Containerd(tmp_path / "ctrd") as c:
+        for name in (HUB, GHCR):
+            c.ctr("images", "pull", "--snapshotter", "native", "--hosts-dir",
+                  loaded.out / "containerd/certs.d", name)
+            assert c.images()[name]["digest"] == loaded.digests[name]
+    log = _log(loaded.target)
+    assert f"GET /v2/{PREFIX}/library/cfgredis/manifests/" in log
+    assert f"GET /v2/{PREFIX}/org/cfgapp/manifests/" in log
+
+
+def test_podman_pulls_the_source_names_from_the_target(loaded: Loaded, tmp_path: Path) -> None:
+    p = Podman(tmp_path / "podman")
+    try:
+        # registries.conf: podman's own settings, then the drop-in's entries
+        conf = p.root / "registries.conf"
+        conf.write_text(conf.read_text() + (
+            loaded.out / "containers/registries.conf.d/50-mirror.conf").read_text())
+        for name in (HUB, SHORT):  # SHORT: by its full name, docker.io/library/cfgshort:2
+            full = name if "/" in name else f"docker.io/library/{name}"
+            p.cli("pull", "-q", full)
+            assert p.image(full)["Digest"] == loaded.digests[name]
+    finally:
+        p.stop()
+    log = _log(loaded.target)
+    assert f"GET /v2/{PREFIX}/library/cfgredis/manifests/7" in log
+    assert f"GET /v2/{PREFIX}/cfgshort/manifests/2" in log
+
+
+def test_client_config_without_a_load_and_no_fallback(loaded: Loaded, tmp_path: Path) -> None:
+    """`mirror client-config` gives the load's mapping from the bundle alone (one ping of the
+    target for its scheme); --no-fallback makes the mirror containerd's server."""
+    out = tmp_path / "cfg"
+    proc = run_mirror("client-config", loaded.layout, "--to",
+                      f"{loaded.target.host}/{PREFIX}", "-o", out, "--no-fallback")
+    assert proc.returncode == 0, proc.stderr
+    t = loaded.target.host
+    hub = tomllib.loads((out / "containerd/certs.d/docker.io/hosts.toml").read_text())
+    mirror = {"override_path": True, "capabilities": ["pull", "resolve"]}
+    assert hub == {"server": f"http://{t}/v2/{PREFIX}", **mirror,  # no upstream anywhere
+                   "host": {f"http://{t}/v2/{PREFIX}": mirror}}
+    conf = tomllib.loads((out / "containers/registries.conf.d/50-mirror.conf").read_text())
+    assert conf["registry"][0] == {"prefix": "docker.io/library/cfgredis", "insecure": True,
+                                   "location": f"{t}/{PREFIX}/library/cfgredis"}
+    idms = yaml.safe_load((out / "openshift/imagedigestmirrorset.yaml").read_text())
+    assert {e["mirrorSourcePolicy"] for e in idms["spec"]["imageDigestMirrors"]} == {
+        "NeverContactSource"}
+    assert "--disable-default-registry-endpoint" in (out / "k3s/registries.yaml").read_text()
+    with Containerd(tmp_path / "ctrd") as c:
+        c.ctr("images", "pull", "--snapshotter", "native", "--hosts-dir",
+              out / "containerd/certs.d", GHCR)
+        assert c.images()[GHCR]["digest"] == loaded.digests[GHCR]
+        # an image the mirror lacks: with the fallback ghcr.io is asked next; without, never
+        missing = "ghcr.io/org/cfgmissing:1"
+        for hosts, upstream in ((loaded.out, True), (out, False)):
+            proc = c.ctr("images", "pull", "--snapshotter", "native", "--hosts-dir",
+                         hosts / "containerd/certs.d", missing, check=False)
+            assert proc.returncode != 0
+            assert ("https://ghcr.io/v2/" in proc.stderr) is upstream, proc.stderr
+            assert "notfound" in proc.stderr.lower() and f'host="{t}"' in proc.stderr, \
+                proc.stderr  # the mirror was asked first, and said no
+    p = Podman(tmp_path / "podman")
+    try:  # Podman: the mirror is the location; an image it lacks is not looked for elsewhere
+        conf_file = p.root / "registries.conf"
+        conf_file.write_text(conf_file.read_text() + (
+            out / "containers/registries.conf.d/50-mirror.conf").read_text())
+        p.cli("pull", "-q", HUB)
+        assert p.image(HUB)["Digest"] == loaded.digests[HUB]
+        proc = p.cli("pull", "-q", "docker.io/library/cfgredis:8", check=False)
+        assert proc.returncode != 0 and f"{t}/{PREFIX}/library/cfgredis" in proc.stderr
+        assert "registry-1.docker.io" not in proc.stderr, proc.stderr  # with it: asked next
+    finally:
+        p.stop()
+    # the same mapping as the load's, file for file but the fallback
+    assert sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file()) == sorted(
+        p.relative_to(loaded.out) for p in loaded.out.rglob("*") if p.is_file())
+
+
+def test_flags_that_write_no_configuration_are_refused_before_any_work(loaded: Loaded,
+                                                               tmp_path: Path) -> None:
+    proc = run_mirror("load", loaded.layout, "--to", f"{loaded.target.host}/x", "--dry-run",
+                      "--write-client-config", tmp_path / "cfg")
+    assert proc.returncode == 2 and "--dry-run pushes nothing" in proc.stderr, proc.stderr
+    assert not (tmp_path / "cfg").exists()
+    proc = run_mirror("load", loaded.layout, "--to", f"{loaded.target.host}/x", "--no-fallback")
+    assert proc.returncode == 2 and "give --write-client-config" in proc.stderr, proc.stderr
+    assert list_tags(loaded.target.url, "x/library/cfgredis") == []  # nothing pushed
+
+
+@pytest.mark.parametrize("trust", ["ca-file", "insecure"])
+def test_a_tls_target_is_reached_as_mirror_reached_it(loaded: Loaded, registry_factory,
+                                                      tmp_path: Path, trust: str) -> None:
+    """A TLS target: with --ca-file the clients get the CA (containerd `ca`, k3s `ca_file`,
+    a note for Podman's certs.d); with --insecure-registry they skip verification, as the
+    load did. containerd pulls through it either way."""
+    target = registry_factory(tls=True)
+    t, out = target.host, tmp_path / "cfg"
+    flag = ["--ca-file", f"{t}={target.ca_path}"] if trust == "ca-file" else \
+        ["--insecure-registry", t]
+    mirror_ok("load", loaded.layout, "--to", f"{t}/{PREFIX}", *flag, "--write-client-config",
+              out)
+    hub = tomllib.loads((out / "containerd/certs.d/docker.io/hosts.toml").read_text())
+    k3s = yaml.safe_load((out / "k3s/registries.yaml").read_text())
+    conf = tomllib.loads((out / "containers/registries.conf.d/50-mirror.conf").read_text())
+    readme = (out / "README.txt").read_text()
+    host = hub["host"][f"https://{t}/v2/{PREFIX}"]
+    if trust == "ca-file":
+        assert host["ca"] == str(target.ca_path) and "skip_verify" not in host
+        assert k3s["configs"] == {t: {"tls": {"ca_file": str(target.ca_path)}}}
+        assert all("insecure" not in m for r in conf["registry"] for m in r["mirror"])
+        assert f"/etc/containers/certs.d/{t}/ca.crt" in readme
+        assert f"CA is named by its path here, {target.ca_path}" in readme
+    else:
+        assert host["skip_verify"] is True and "ca" not in host
+        assert k3s["configs"] == {t: {"tls": {"insecure_skip_verify": True}}}
+        assert all(m["insecure"] for r in conf["registry"] for m in r["mirror"])
+        assert "insecureRegistries" in readme
+    with Containerd(tmp_path / "ctrd") as c:
+        c.ctr("images", "pull", "--snapshotter", "native", "--hosts-dir",
+              out / "containerd/certs.d", HUB)
+        assert c.images()[HUB]["digest"] == loaded.digests[HUB]
+
+
+def test_images_without_a_source_name_and_by_digest_only() -> None:
+    """The mapping itself (mirror.clientconfig, no registry): an entry with no ref name or
+    a bare tag (skopeo's oci-archive:FILE[:TAG]) names no source: left out for every client;
+    an image by digest only is in the ImageDigestMirrorSet, not the ImageTagMirrorSet; one
+    source loaded at two places gives the clients the first."""
+    from mirror import clientconfig as cc
+
+    digest = "sha256:" + "a" * 64
+    maps, left = cc.mappings([
+        (None, "site", None), ("v3", "site", "v3"),
+        (f"ghcr.io/org/pinned@{digest}", "site/org/pinned", None),
+        ("docker.io/library/redis:7", "site/library/redis", "7"),
+        ("redis:8", "site/redis", "8"),  # the short name: another place for the same source
+    ], "reg.local")
+    assert [(x.client, x.source, x.target) for x in left] == [
+        ("all", "(no ref name)", "reg.local/site"), ("all", "v3", "reg.local/site:v3")]
+    cfg = cc.render(maps, cc.Access("https"), left_out=left)
+    assert [(x.client, x.source) for x in cfg.left_out[2:3]] == [
+        ("all", "docker.io/library/redis")]
+    assert "also loaded at reg.local/site/library/redis" in cfg.left_out[2].reason
+    idms = yaml.safe_load(cfg.files[cc.IDMS])["spec"]["imageDigestMirrors"]
+    itms = yaml.safe_load(cfg.files[cc.ITMS])["spec"]["imageTagMirrors"]
+    assert [e["source"] for e in idms] == ["ghcr.io/org/pinned", "docker.io/library/redis"]
+    assert [e["source"] for e in itms] == ["docker.io/library/redis"]
+    readme = cfg.files[cc.README]
+    assert f"ghcr.io/org/pinned@{digest} -> reg.local/site/org/pinned@{digest}" in readme
+    assert "all: v3 -> reg.local/site:v3 not written: the bundle does not name its source" \
+        in readme
+
+
+def test_a_target_that_asks_for_credentials_is_named_and_no_secret_written(
+        loaded: Loaded, tmp_path: Path) -> None:
+    """The load's credentials (--authfile) stay out of the files; README.txt says the
+    clients need their own."""
+    from tests.test_auth import SECRET, USER, authfile_for
+
+    with Registry(htpasswd=(USER, SECRET)) as target:
+        out = tmp_path / "cfg"
+        mirror_ok("load", loaded.layout, "--to", f"{target.host}/{PREFIX}", "--authfile",
+                  authfile_for(tmp_path, target.host), "--write-client-config", out)
+        assert f"{target.host} asks for credentials" in (out / "README.txt").read_text()
+        for f in out.rglob("*"):
+            if f.is_file():
+                assert SECRET not in f.read_text() and USER not in f.read_text(), f
