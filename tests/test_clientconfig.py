@@ -27,7 +27,7 @@ from tests.support import imagegen as ig
 from tests.support.oracle import mirror_ok, run_mirror
 from tests.support.pusher import get_manifest, list_tags
 from tests.support.registry import Registry
-from tests.support.runtimes import Containerd, Podman
+from tests.support.runtimes import Containerd, Dockerd, Podman
 
 HUB = "docker.io/library/cfgredis:7"  # Hub name under the prefix: every client
 GHCR = "ghcr.io/org/cfgapp:1.0"  # another registry: not Docker
@@ -215,6 +215,26 @@ def test_client_config_without_a_load_and_no_fallback(loaded: Loaded, tmp_path: 
     # the same mapping as the load's, file for file but the fallback
     assert sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file()) == sorted(
         p.relative_to(loaded.out) for p in loaded.out.rglob("*") if p.is_file())
+
+
+def test_docker_pulls_hub_images_through_registry_mirrors(
+        loaded: Loaded, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Loaded with no prefix, Docker Hub images are at their own paths: Docker 20.10 given
+    the daemon.json written pulls docker.io/library/cfgredis:7 from the target (the ghcr.io
+    one is left out for Docker); containerd's hosts.toml has no override_path then."""
+    with Registry(extra_config={"log": {"accesslog": {"disabled": False}}}) as target:
+        t, out = target.host, tmp_path / "cfg"
+        mirror_ok("load", loaded.layout, "--to", t, "--write-client-config", out)
+        doc = json.loads((out / "docker/daemon.json").read_text())
+        assert doc == {"registry-mirrors": [f"http://{t}"], "insecure-registries": [t]}
+        hub = tomllib.loads((out / "containerd/certs.d/docker.io/hosts.toml").read_text())
+        assert hub["host"] == {f"http://{t}": {"capabilities": ["pull", "resolve"]}}
+        assert "docker: ghcr.io/org/cfgapp" in (out / "README.txt").read_text()
+        # a short root: dockerd's containerd socket path must fit a sockaddr_un
+        with Dockerd(tmp_path_factory.mktemp("dk"), config=doc) as d:
+            d.cli("pull", HUB)
+            assert d.image(HUB)["RepoDigests"] == [f"cfgredis@{loaded.digests[HUB]}"]
+        assert "GET /v2/library/cfgredis/manifests/7" in _log(target)
 
 
 def test_flags_that_write_no_configuration_are_refused_before_any_work(loaded: Loaded,

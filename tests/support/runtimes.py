@@ -87,9 +87,10 @@ class Dockerd:
     """dockerd 20.10 (Debian docker.io) with its own roots and socket; `cli(...)` runs the
     Debian docker client against it."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, config: dict[str, Any] | None = None) -> None:
         self.root = Path(root)
         self.sock = self.root / "docker.sock"
+        self.config = config or {}  # daemon.json's settings (registry-mirrors...)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Dockerd:
@@ -106,7 +107,7 @@ class Dockerd:
 
     def _config(self) -> Path:
         cfg = self.root / "daemon.json"
-        cfg.write_text("{}")  # not /etc/docker/daemon.json
+        cfg.write_text(json.dumps(self.config))  # not /etc/docker/daemon.json
         return cfg
 
     def cli(self, *args: Any, check: bool = True) -> subprocess.CompletedProcess[str]:
