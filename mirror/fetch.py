@@ -1,12 +1,19 @@
 """Getting blobs: each digest once per run (a shared task), from the cache when it holds it
 (verified: cache entries are checked whenever they are reused), and into the bundle being
-assembled: teed while it downloads, else copied from the cache."""
+assembled: teed while it downloads, else copied from the cache.
+
+Downloading lives here, for registry blobs and foreign URLs alike: the registry package gives
+byte streams from an offset (`Client.open_blob`, `foreign.open_url`); this module writes them
+into the cache's partial file, opens the stream again from where it broke off, and commits
+the file once its digest checks out (or fetches it once more from byte 0)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import contextvars
+import functools
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 
 from mirror import mediatypes as mt
@@ -16,8 +23,13 @@ from mirror.errors import IntegrityError, RegistryError
 from mirror.manifest import Descriptor
 from mirror.progress import Progress
 from mirror.registry.client import Client
-from mirror.registry.foreign import download_url
-from mirror.store.blobs import _IO_POOL, BlobStore
+from mirror.registry.foreign import UrlRefused, open_url, unserved
+from mirror.registry.network import TransferError
+from mirror.store.blobs import _IO_POOL, BlobStore, PartialBlob
+
+PROGRESS_BYTES = 64 << 10  # a broken download that got this far starts a fresh retry count
+
+Opener = Callable[[int], AsyncGenerator[bytes, None]]  # offset -> the blob's bytes from there
 
 
 class Fetcher:
@@ -76,12 +88,15 @@ class Fetcher:
             done = False
             try:
                 try:
-                    await self.client.download_blob(registry, repo, desc, sink,
-                                                    progress=self.progress.advanced)
+                    await self._download(
+                        sink, desc, lambda offset: self.client.open_blob(registry, repo, desc,
+                                                                         offset),
+                        f"{registry}/{repo}: blob {desc.digest}", registry=registry,
+                        repository=repo)
                 except RegistryError:
                     if not desc.urls:  # a foreign layer (issue 4): then try its urls
                         raise
-                    await download_url(self.client, desc, sink, self.progress.advanced)
+                    await self._from_urls(sink, desc)
                 done = True
             finally:
                 try:
@@ -93,6 +108,79 @@ class Fetcher:
         if sink.teed:
             self.teed.add(desc.digest)
         return True
+
+    async def _download(self, sink: PartialBlob, desc: Descriptor, open_at: Opener,
+                        where: str, refetch: bool = True, registry: str = "",
+                        repository: str = "") -> None:
+        """Stream the blob into `sink` (opened, maybe at an offset a killed run left) and
+        commit it. A stream that breaks off is opened again from the sink's offset (a
+        retry: counted, on a -v line, after the policy's back-off); the count starts again
+        after progress, so a flaky link that keeps moving does not run out of tries. A
+        digest mismatch is fetched once more from byte 0 (`refetch`), then raised (the bad
+        bytes are deleted, never stored); more bytes than the descriptor says keep nothing."""
+        t = self.client.t
+        attempt = mismatches = 0
+        url = where  # the last URL asked, for -v
+        while True:
+            before = sink.offset
+            try:
+                if before < desc.size:
+                    await self._receive(sink, open_at(before))
+            except TransferError as e:
+                url = e.url or url
+                await _settle(sink)
+                if sink.offset - before >= PROGRESS_BYTES:
+                    attempt = 0  # progress was made: a flaky link, not a dead one
+                attempt += 1
+                if attempt >= t.policy.tries:
+                    raise RegistryError(
+                        f"{where}: {e.why} after {attempt} tries ({sink.offset} of "
+                        f"{desc.size} bytes kept for the next run)", registry=registry,
+                        repository=repository) from None
+                await t.backoff("GET", url, e.why, attempt)
+                continue
+            except IntegrityError:
+                sink.discard()  # more bytes than the descriptor says: nothing to keep
+                raise
+            try:
+                await sink.commit()
+                return
+            except IntegrityError as e:
+                mismatches += 1
+                if not refetch or mismatches > 1:
+                    raise
+                sink.open()  # the bad file is gone: start over from byte 0
+                await t.backoff("GET", url, f"digest mismatch: {e}", 1, delay=0.0)
+
+    async def _receive(self, sink: PartialBlob, chunks: AsyncGenerator[bytes, None]) -> None:
+        async with contextlib.aclosing(chunks) as stream:
+            async for chunk in stream:
+                await sink.write(chunk)
+                self.progress.advanced(len(chunk))
+        await sink.drain()
+
+    async def _from_urls(self, sink: PartialBlob, desc: Descriptor) -> None:
+        """A foreign layer from its descriptor's `urls` in turn (REFERENCE.md 3), resumed
+        like a registry blob; a URL that serves other bytes is dropped for the next one."""
+        problems: list[str] = []
+        statuses: list[int | None] = []
+        mismatches = 0
+        for url in desc.urls:
+            try:
+                await self._download(sink, desc, functools.partial(open_url, self.client.t, url,
+                                                                   desc), url, refetch=False)
+                return
+            except UrlRefused as e:
+                problems.append(f"{url}: {e}")
+                statuses.append(e.status)
+            except IntegrityError as e:  # too long, or other bytes: try the next URL
+                problems.append(f"{url}: {e}")
+                mismatches += 1
+                sink.discard()
+                sink.open()
+            except RegistryError as e:  # broke off, again and again
+                problems.append(str(e))
+        raise unserved(desc, problems, statuses, mismatches)
 
     def _keep(self, digest: str, path: Path, offset: int, earlier: int) -> None:
         """A failed or stopped download's partial file, kept for the next run: the bytes
@@ -150,3 +238,15 @@ class Fetcher:
                 self.forget(desc.digest)  # and fetch it again, once
                 if attempt == 2:
                     raise
+
+
+async def _settle(sink: PartialBlob) -> None:
+    """After a network error: let the batches in flight land, so `sink.offset` is exact.
+    Bytes that don't match (IntegrityError) and a disk that fails (OSError) are not network
+    errors and are raised."""
+    try:
+        await sink.drain()
+    except (IntegrityError, OSError):
+        raise
+    except Exception:
+        pass

@@ -6,9 +6,8 @@ chunk, so no upload completes with it."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
-
-import aiohttp
 
 from mirror.aio import aiter_thread
 from mirror.digest import Verifier, verified_sync
@@ -16,8 +15,8 @@ from mirror.errors import RegistryError
 from mirror.fetch import Fetcher
 from mirror.manifest import Descriptor
 from mirror.push import Body
-from mirror.registry.client import Client, _Retry
-from mirror.registry.transport import describe_exception
+from mirror.registry.client import Client
+from mirror.registry.network import TransferError
 
 CHUNK = 1 << 20
 
@@ -42,46 +41,29 @@ class RegistrySource:
 
     async def open(self, desc: Descriptor, offset: int) -> AsyncIterator[bytes]:
         reg, repo = self.where[desc.digest]
-        what = f"blob {desc.digest}"
-        headers = {"Accept-Encoding": "identity"}
-        if offset:
-            headers["Range"] = f"bytes={offset}-"
+        where = f"{reg}/{repo}: blob {desc.digest}"
+        # from byte 0 the blob is checked as it goes (from an offset, the target checks it)
+        v = Verifier(desc.digest, desc.size, where) if offset == 0 else None
         try:
-            resp = await self.client._open_blob(reg, repo, desc.digest, headers, what)
-            async with resp:
-                # a 200 to a Range request starts at byte 0: skip to the offset (and check
-                # the whole blob); from byte 0 the blob is checked too
-                skip = offset if resp.status == 200 else 0
-                v = Verifier(desc.digest, desc.size, f"{reg}/{repo}: {what}") \
-                    if offset == 0 or skip else None
-                async for chunk in _checked(resp.content.iter_chunked(CHUNK), v, desc.size):
-                    self.client.bytes_downloaded += len(chunk)
-                    if skip:
-                        cut = min(skip, len(chunk))
-                        chunk, skip = chunk[cut:], skip - cut
-                    if chunk:
-                        yield chunk
-        except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
-                _Retry) as e:
-            raise RegistryError(f"{reg}/{repo}: {what}: {describe_exception(e)}",
-                                registry=reg, repository=repo) from None
+            async with contextlib.aclosing(
+                    self.client.open_blob(reg, repo, desc, offset)) as chunks:
+                async for chunk in _checked(chunks, v, desc.size):
+                    yield chunk
+        except TransferError as e:
+            raise RegistryError(f"{where}: {e.why}", registry=reg, repository=repo) from None
         self.fetched.add(desc.digest)
 
 
 async def _checked(chunks: AsyncIterator[bytes], v: Verifier | None, size: int
                    ) -> AsyncIterator[bytes]:
     """Pass chunks through `v`, which is finished (digest checked) before the last one goes
-    on; a body that ends early is a broken stream, tried again by the upload."""
-    got = 0
+    on. (A body that ends early is the stream's TransferError, tried again by the upload.)"""
     async for chunk in chunks:
-        got += len(chunk)
         if v is not None:
             v.update(chunk)
             if v.received == size:
                 v.finish()
         yield chunk
-    if v is not None and v.received < size or v is None and got == 0 and size:
-        raise _Retry(f"body ended at byte {v.received if v else got} of {size}")
 
 
 class CacheSource:

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from mirror import mediatypes as mt
 from tests.support import imagegen as ig
+from tests.support.faultproxy import Fault
 from tests.support.oracle import check_layout, file_sha256, resolved, run_mirror, skopeo
 from tests.support.pusher import (
     blob_exists,
@@ -36,6 +37,7 @@ from tests.support.pusher import (
 )
 from tests.support.registry import Registry
 from tests.test_bad_input import edit_json, flipped, inventory, rewrite
+from tests.test_faults import RecordingProxy
 
 ALLOW_LOOPBACK = [r"^http://127\.0\.0\.1"]
 USER = ("alice", "s3cret-foreign")
@@ -272,6 +274,33 @@ async def test_include_fetches_from_the_urls_without_credentials(
     assert (out / fi.foreign.digest.split(":", 1)[1]).read_bytes() == fi.foreign.data
     refused_for_urls(await mirror("load", bundle, "--to", dst_registry.host, "-q",
                                   "--retries", "0"), fi.digest)
+
+
+async def test_a_url_host_asking_to_wait_is_waited_for(registry_factory, repo_name, rng,
+                                                       tmp_path: Path) -> None:
+    """A foreign URL's host is one more host to the transport: its 429 with Retry-After is
+    tried again after the pause it asks for (not the back-off's fraction of a second), on a
+    -v retry line, counted in the report."""
+    src = registry_factory(htpasswd=USER, urls_allow=ALLOW_LOOPBACK)
+    async with cdn_serving({}) as cdn:
+        proxy = RecordingProxy(f"http://127.0.0.1:{cdn.port}").start()
+        try:
+            fi = make_foreign(rng, [f"{proxy.url}/good/layer"])
+            cdn.blobs["layer"] = fi.foreign.data
+            push_foreign(src, repo_name, fi, with_blob=False)
+            proxy.add(Fault("status", method="GET", path="/good/layer", status=429,
+                            headers={"Retry-After": "2"}))
+            proc, bundle = await pull(tmp_path, src, f"{src.host}/{repo_name}:v1",
+                                      "--foreign-layers", "include", "-v")
+            ok(proc)
+            first, second = proxy.seen("GET", "/good/layer")
+        finally:
+            proxy.stop()
+    assert (first.status, second.status) == (429, 200)
+    assert second.when - first.when >= 1.9
+    assert f"retry GET {proxy.url}/good/layer: HTTP 429; try 2 of " in proc.stderr, proc.stderr
+    assert check_layout(bundle).blob(fi.foreign.digest) == fi.foreign.data
+    assert json.loads((tmp_path / "b.tar.json").read_text())["retries"] == 1
 
 
 async def test_include_prefers_the_registry(registry_factory, repo_name, rng,

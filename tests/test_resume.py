@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import re
 import signal
 import subprocess
 import time
@@ -113,6 +114,21 @@ def test_reset_mid_body_resumes_with_range(src_registry, image, recproxy,
     served = proxy.bytes_by_path[blob_path(repo, big.digest)]
     assert served < big.size + 400_000 and served < 1.5 * big.size  # not twice
     assert not partial_file(tmp_path / "cache", big.digest).exists()
+
+
+def test_a_body_reset_is_retried_on_a_verbose_line(src_registry, image, recproxy,
+                                                   tmp_path: Path) -> None:
+    """A retry after a body broke off is one like any other: counted in the report and said
+    on a -v line (method, URL, why, try k of n, delay)."""
+    repo, img = image
+    big = img.layers[0]
+    proxy: RecordingProxy = recproxy(src_registry.url)
+    proxy.add(Fault("reset_after", method="GET", path=big.digest, offset=400_000))
+    proc = ok(pull(tmp_path, f"{proxy.host}/{repo}:v1", "-v"))
+    assert_exact(tmp_path / "out.tar", img)
+    assert re.search(rf"retry GET http://{re.escape(proxy.host)}{blob_path(repo, big.digest)}: "
+                     r"[^;\n]+; try 2 of 5 in [\d.]+ s", proc.stderr), proc.stderr
+    assert json.loads((tmp_path / "report.json").read_text())["retries"] == 1
 
 
 def test_truncated_body_is_resumed(src_registry, image, recproxy, tmp_path: Path) -> None:

@@ -1,13 +1,14 @@
-"""The distribution API as we use it: manifests, tags, blob downloads (resumable, redirects
-followed without credentials); uploads and mounts are in mirror.registry.upload. Raw manifest
-bytes in, raw manifest bytes out."""
+"""The distribution API as we use it: manifests, tags, blobs as byte streams from an offset
+(redirects followed without credentials; resuming and verifying a download is mirror.fetch's);
+uploads and mounts are in mirror.registry.upload. Raw manifest bytes in, raw manifest bytes
+out."""
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
@@ -16,19 +17,17 @@ import yarl
 
 from mirror import mediatypes as mt
 from mirror.digest import check_bytes
-from mirror.errors import AuthError, IntegrityError, NotFound, RegistryError, SizeMismatch
+from mirror.errors import AuthError, IntegrityError, NotFound, RegistryError
 from mirror.manifest import MAX_MANIFEST_BYTES, Descriptor, RawManifest
 from mirror.registry.body import read_body
 from mirror.registry.network import TransferError, describe_exception
+from mirror.registry.stream import blob_stream
 from mirror.registry.transport import Transport
 from mirror.registry.upload import Uploads
-from mirror.store.blobs import PartialBlob
 
 MAX_LIST_PAGE_BYTES = 16 << 20  # one page of tags/list or _catalog (a bounded read)
 
-PROGRESS_BYTES = 64 << 10  # a broken download that got this far starts a fresh retry count
 REDIRECTS = (301, 302, 303, 307, 308)
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +44,6 @@ class Client(Uploads):
 
     def __init__(self, transport: Transport) -> None:
         self.t = transport
-        self.bytes_downloaded = 0
         self.bytes_uploaded = 0
         self._min_chunk: dict[str, int] = {}  # registry -> its OCI-Chunk-Min-Length
         self._sessions: dict[str, tuple[str, str, str]] = {}  # open upload sessions
@@ -206,7 +204,13 @@ class Client(Uploads):
                 url = str(target)  # same registry: keep authenticating
                 continue
             # another host (object storage, a CDN): no registry credentials go there
-            reply = await self.t.send("GET", str(target), headers=headers)
+            try:
+                reply = await self.t.send("GET", str(target), headers=headers)
+            except TransferError as e:
+                raise RegistryError(
+                    f"{registry}/{repo}: {what}: {target.host} (redirected to by the registry): "
+                    f"{e.why}" + (f" (after {e.tries} tries)" if e.tries > 1 else ""),
+                    registry=registry, repository=repo) from None
             store = reply.resp
             if store.status in (200, 206):
                 return store
@@ -218,54 +222,21 @@ class Client(Uploads):
         raise RegistryError(f"{registry}/{repo}: {what}: too many redirects",
                             registry=registry, repository=repo)
 
-    async def open_blob(self, registry: str, repo: str, desc: Descriptor,
-                        offset: int = 0) -> AsyncIterator[bytes]:
+    def open_blob(self, registry: str, repo: str, desc: Descriptor,
+                  offset: int = 0) -> AsyncGenerator[bytes, None]:
         """The bytes of blob `desc` from byte `offset` on, as they arrive (close the iterator
         to stop early: `contextlib.aclosing`).
 
         Redirects are followed (no registry credentials to another host); Range asks for the
         rest. A registry that ignores Range (200) has its first `offset` bytes skipped; a 206
         whose Content-Range does not start at `offset` is asked again without Range. The
-        request is retried by the transport before the first byte. A body that breaks off or
-        ends early raises TransferError (ask again from where it got to); more bytes than the
-        descriptor says, SizeMismatch. The digest is the caller's to check.
+        request is retried by the transport before the first byte (RegistryError when that
+        fails). A body that breaks off or ends early raises TransferError (ask again from
+        where it got to); more bytes than the descriptor says, SizeMismatch. The digest is
+        the caller's to check (mirror.fetch).
         """
-        where = f"{registry}/{repo}"
-        headers = {"Accept-Encoding": "identity"}
-        if offset:
-            headers["Range"] = f"bytes={offset}-"
-        resp = await self._opened_blob(registry, repo, desc.digest, headers)
-        skip = _skip(resp, desc, offset, where)
-        if skip is None:  # a 206 that is not the rest: ask for the whole blob
-            why = (f"unusable Content-Range {resp.headers.get('Content-Range', '')!r} for "
-                   f"bytes={offset}-")
-            resp.release()
-            await self.t.backoff("GET", str(resp.url), why, 1, delay=0.0)
-            resp = await self._opened_blob(registry, repo, desc.digest,
-                                           {"Accept-Encoding": "identity"})
-            skip = offset if _skip(resp, desc, 0, where) == 0 else None
-            if skip is None:
-                resp.release()
-                raise TransferError(why)
-        got = offset
-        async with resp:
-            try:
-                async for chunk in resp.content.iter_any():
-                    self.bytes_downloaded += len(chunk)
-                    if skip:
-                        if len(chunk) <= skip:
-                            skip -= len(chunk)
-                            continue
-                        chunk, skip = chunk[skip:], 0
-                    got += len(chunk)
-                    if got > desc.size:
-                        raise SizeMismatch(desc.size, got, where, desc.digest)
-                    yield chunk
-            except (TimeoutError, aiohttp.ClientPayloadError,
-                    aiohttp.ClientConnectionError) as e:
-                raise TransferError(describe_exception(e)) from None
-        if got < desc.size:
-            raise TransferError(f"body ended at byte {got} of {desc.size}")
+        return blob_stream(functools.partial(self._opened_blob, registry, repo, desc.digest),
+                           self.t, desc, offset, f"{registry}/{repo}")
 
     async def _opened_blob(self, registry: str, repo: str, digest: str,
                            headers: dict[str, str]) -> aiohttp.ClientResponse:
@@ -279,7 +250,10 @@ class Client(Uploads):
                                              f"blob {digest}")
             except _Refused as e:
                 if attempt >= self.t.policy.tries:
-                    raise TransferError(e.why, attempt) from None
+                    raise RegistryError(
+                        f"{registry}/{repo}: blob {digest}: {e.why}"
+                        + (f" (after {attempt} tries)" if attempt > 1 else ""),
+                        registry=registry, repository=repo) from None
                 await self.t.backoff("GET", e.url, e.why, attempt)
 
     async def get_small_blob(self, registry: str, repo: str, digest: str,
@@ -318,96 +292,6 @@ class Client(Uploads):
                                         repository=repo) from None
                 await self.t.backoff(resp.method, str(resp.url), why, attempt)
 
-    async def download_blob(self, registry: str, repo: str, desc: Descriptor,
-                            sink: PartialBlob, progress: Callable[[int], None] | None = None
-                            ) -> None:
-        """Stream a blob into `sink` (opened by the caller, maybe at an offset a killed run
-        left), resuming with Range after a broken connection.
-
-        Only a 206 whose Content-Range starts at our offset is appended; a 200 (Range
-        ignored) restarts the sink from byte 0. The sink checks the size as bytes arrive and
-        the digest at commit; a digest mismatch is fetched once more from byte 0, then
-        raised (the bad bytes are deleted, never stored). Retries are counted per stretch
-        without progress, so a flaky link that keeps moving does not run out of tries.
-        """
-        tries = self.t.policy.tries
-        attempt = 0
-        mismatches = 0
-        what = f"blob {desc.digest}"
-        while True:
-            before = sink.offset
-            try:
-                if before < desc.size:
-                    await self._fetch_into(registry, repo, desc, sink, progress, what)
-            except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
-                    _Retry, TransferError) as e:
-                await _settle(sink)
-                if sink.offset - before >= PROGRESS_BYTES:
-                    attempt = 0  # progress was made: a flaky link, not a dead one
-                attempt += 1
-                if attempt >= tries:
-                    raise RegistryError(
-                        f"{registry}/{repo}: {what}: {describe_exception(e)} after {attempt} "
-                        f"tries ({sink.offset} of {desc.size} bytes kept for the next run)",
-                        registry=registry, repository=repo) from None
-                self.t.count_retry()
-                await asyncio.sleep(self.t.policy.delay(attempt))
-                continue
-            except IntegrityError:
-                sink.discard()  # more bytes than the descriptor says: nothing to keep
-                raise
-            try:
-                await sink.commit()
-                return
-            except IntegrityError:
-                mismatches += 1
-                if mismatches > 1:
-                    raise
-                sink.open()  # the bad file is gone: start over from byte 0
-                self.t.count_retry()
-
-    async def _fetch_into(self, registry: str, repo: str, desc: Descriptor, sink: PartialBlob,
-                          progress: Callable[[int], None] | None, what: str) -> None:
-        offset = sink.offset
-        headers = {"Accept-Encoding": "identity"}
-        if offset:
-            headers["Range"] = f"bytes={offset}-"
-        resp = await self._opened_blob(registry, repo, desc.digest, headers)
-        async with resp:
-            await self.receive(resp, desc, sink, offset, progress, f"{registry}/{repo}")
-
-    async def receive(self, resp: aiohttp.ClientResponse, desc: Descriptor, sink: PartialBlob,
-                      offset: int, progress: Callable[[int], None] | None, where: str) -> None:
-        """Stream a 200 or 206 answer into `sink`, which is at `offset`: a 206 must start
-        there; a 200 (Range ignored) restarts the blob from byte 0. Raises _Retry for a body
-        that ends early or an unusable Content-Range."""
-        if resp.status == 206:
-            crange = resp.headers.get("Content-Range", "")
-            m = _CONTENT_RANGE.match(crange)
-            if not m or int(m.group(1)) != offset or (
-                    m.group(3) != "*" and int(m.group(3)) != desc.size):
-                await sink.restart()
-                raise _Retry(f"unusable Content-Range {crange!r} for bytes={offset}-")
-        else:
-            if offset:
-                await sink.restart()  # Range ignored: a clean restart from byte 0
-            length = resp.headers.get("Content-Length")
-            if length and length.isdigit() and int(length) > desc.size:
-                raise SizeMismatch(desc.size, int(length), where, desc.digest)
-            # a shorter one is a body cut on the way (a proxy or CDN that fixed up the
-            # length): an incomplete download, resumed below like any body that ends early
-        async for chunk in resp.content.iter_any():
-            await sink.write(chunk)
-            self.bytes_downloaded += len(chunk)
-            if progress:
-                progress(len(chunk))
-        await sink.drain()
-        if sink.offset < desc.size:
-            raise _Retry(f"body ended at byte {sink.offset} of {desc.size}")
-
-class _Retry(Exception):
-    pass
-
 
 class _Refused(Exception):
     """Where the registry redirected us refused the blob: ask the registry again."""
@@ -416,38 +300,6 @@ class _Refused(Exception):
         super().__init__(why)
         self.url = url
         self.why = why
-
-
-async def _settle(sink: PartialBlob) -> None:
-    """After a network error: let the batches in flight land, so `sink.offset` is exact.
-    Bytes that don't match (IntegrityError) and a disk that fails (OSError) are not network
-    errors and are raised."""
-    try:
-        await sink.drain()
-    except (IntegrityError, OSError):
-        raise
-    except Exception:
-        pass
-
-
-def _skip(resp: aiohttp.ClientResponse, desc: Descriptor, offset: int,
-          where: str) -> int | None:
-    """How many bytes of a 200 or 206 answer to a request from `offset` come before it: a 206
-    must start there (None: its Content-Range is unusable); a 200 (Range ignored) holds the
-    whole blob, no longer than the descriptor says."""
-    if resp.status == 206:
-        m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
-        if not m or int(m.group(1)) != offset or (
-                m.group(3) != "*" and int(m.group(3)) != desc.size):
-            return None
-        return 0
-    length = resp.headers.get("Content-Length")
-    if length and length.isdigit() and int(length) > desc.size:
-        resp.release()
-        raise SizeMismatch(desc.size, int(length), where, desc.digest)
-    # a shorter one is a body cut on the way (a proxy or CDN that fixed up the length): an
-    # incomplete download, asked again from where it got to like any body that ends early
-    return offset
 
 
 def _asked(ref: str) -> str:

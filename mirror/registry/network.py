@@ -14,10 +14,11 @@ class TransferError(Exception):
     answer that cannot be used): worth asking again from where it got to. `why` is one line
     for -v and errors; `tries` how many were made."""
 
-    def __init__(self, why: str, tries: int = 1) -> None:
+    def __init__(self, why: str, tries: int = 1, url: str = "") -> None:
         super().__init__(why)
         self.why = why
         self.tries = tries
+        self.url = url  # what was asked, when known (for the retry's -v line)
 
 
 def describe_exception(e: BaseException) -> str:

@@ -173,7 +173,8 @@ class Transport:
 
     def log_retry(self, method: str, url: str, why: str, attempt: int, delay: float) -> None:
         """`attempt` tries have been made; the next one starts after `delay` seconds."""
-        self.debug(f"retry {method} {loggable(url)}: {why}; try {attempt + 1} of "
+        shown = loggable(url) if "://" in url else url  # a URL, or what was asked
+        self.debug(f"retry {method} {shown}: {why}; try {attempt + 1} of "
                    f"{self.policy.tries} in {delay:.1f} s")
 
     def announce_wait(self, url: str, seconds: float, status: int) -> None:
