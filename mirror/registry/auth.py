@@ -168,17 +168,12 @@ class Authenticator:
             return token
 
     async def _fetch(self, scopes: list[str]) -> tuple[str, float]:
+        """A token for `scopes` and its lifetime: the credential's own registry token, or
+        the realm's answer."""
         cred = self.credential
         if cred and cred.registry_token:
             return cred.registry_token, 3600.0
-        realm = self.params.get("realm")
-        if not realm:
-            raise AuthError(f"{self.registry}: Bearer challenge without a realm",
-                            registry=self.registry)
-        ep = await self.transport.endpoint(self.registry)
-        if realm.startswith("http://") and ep.base_url.startswith("https://"):
-            raise AuthError(f"{self.registry}: refusing a plain-HTTP token realm for an HTTPS "
-                            "registry", registry=self.registry)
+        realm = await self._realm()
         realm_host = str(yarl.URL(realm).origin()) if yarl.URL(realm).host else realm
         try:
             # the token server is one more host to the transport: the same retries, pauses
@@ -187,18 +182,39 @@ class Authenticator:
         except TransferError as e:
             raise AuthError(f"{self.registry}: token request to {realm_host} failed: {e.why}",
                             registry=self.registry) from None
+        if status != 200:
+            raise self._refusal(status, body, realm_host, scopes)
         try:
-            doc = json.loads(body) if status == 200 else None
+            doc = json.loads(body)
         except ValueError:
             raise AuthError(f"{self.registry}: token request to {realm_host} failed: not JSON",
                             registry=self.registry) from None
-        said = _server_message(body) if status != 200 else ""
+        return self._token_in(doc, realm_host)
+
+    async def _realm(self) -> str:
+        """The challenge's token realm, which may not be plain HTTP for an HTTPS registry."""
+        realm = self.params.get("realm")
+        if not realm:
+            raise AuthError(f"{self.registry}: Bearer challenge without a realm",
+                            registry=self.registry)
+        ep = await self.transport.endpoint(self.registry)
+        if realm.startswith("http://") and ep.base_url.startswith("https://"):
+            raise AuthError(f"{self.registry}: refusing a plain-HTTP token realm for an HTTPS "
+                            "registry", registry=self.registry)
+        return realm
+
+    def _refusal(self, status: int, body: bytes, realm_host: str,
+                 scopes: list[str]) -> AuthError:
+        """What a token server's answer other than 200 means, in its own words: the scope
+        refused (403), the credentials rejected, anonymous access refused, or just a status."""
+        cred = self.credential
+        said = _server_message(body)
         said_part = f": {said}" if said else ""
         if status == 403:
             # the credentials (or anonymous access) are fine; the scope is refused
             repos, action = _scope_words(scopes)
             who = f"the account from {cred.source}" if cred else "anonymous access"
-            raise AuthError(
+            return AuthError(
                 f"{self.registry}: access denied: the token server {realm_host} does not let "
                 f"{who} {action} {repos} (HTTP 403{said_part})", registry=self.registry,
                 status=status, codes=("DENIED",),
@@ -207,21 +223,24 @@ class Authenticator:
                       f"no credentials found for {self.registry}: "
                       f"{self.transport.login_hint(self.registry)}"))
         if status in (400, 401) and cred:
-            raise AuthError(
+            return AuthError(
                 f"{self.registry}: the token server {realm_host} rejected the credentials from "
                 f"{cred.source} (HTTP {status}{said_part})", registry=self.registry,
                 status=status,
                 hint=f"check the username and password for {self.registry} in {cred.source} "
                 f"(or run `docker login {self.registry}` again)")
         if status == 401:
-            raise AuthError(
+            return AuthError(
                 f"{self.registry}: the token server {realm_host} refused anonymous access "
                 f"(HTTP {status}{said_part})", registry=self.registry, status=status,
                 hint=f"no credentials found for {self.registry}: "
                 f"{self.transport.login_hint(self.registry)}")
-        if status != 200:
-            raise AuthError(f"{self.registry}: the token server {realm_host} answered HTTP "
-                            f"{status}", registry=self.registry, status=status)
+        return AuthError(f"{self.registry}: the token server {realm_host} answered HTTP "
+                         f"{status}", registry=self.registry, status=status)
+
+    def _token_in(self, doc: object, realm_host: str) -> tuple[str, float]:
+        """The token (`token` or `access_token`) of a 200 answer and its `expires_in`
+        (default 60 s); the token and any refresh token are remembered as secrets."""
         fields = doc if isinstance(doc, dict) else {}  # JSON, but maybe not an object
         token = fields.get("token") or fields.get("access_token")
         if isinstance(token, str):

@@ -92,6 +92,21 @@ def _mirror_cause(e: BaseException) -> MirrorError | None:
 
 
 @dataclass
+class _Ping:
+    """Where a registry's ping has got to: the scheme it tries, the tries made, how each
+    scheme's last try failed (for the error), how HTTPS failed before plain HTTP."""
+
+    registry: str
+    host: str
+    plain_ok: bool  # plain HTTP allowed (`insecure`, loopback)
+    scheme: str = "https"
+    attempt: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    last: BaseException | None = None
+    tls_failure: BaseException | None = None
+
+
+@dataclass
 class Reply:
     """An answer from `Transport.send`: the response, the tries it took, and for an answer
     of the retry set (429, 5xx) its first bytes, already read (the response is released)."""
@@ -289,57 +304,24 @@ class Transport:
         does not speak TLS moves to HTTP at once, as no try of its own."""
         host = api_host(registry)
         ssl_ctx = self._ssl(registry)
-        plain_ok = self._settings(registry).insecure or is_loopback(registry)
         # a credential helper is a subprocess: not on the event loop
         auth = Authenticator(registry, await asyncio.to_thread(self.credentials.get, registry),
                              self)
-        scheme = "https"
-        failed: dict[str, str] = {}  # scheme -> how its last try failed, for the error
-        last: BaseException | None = None  # how the last try failed
-        tls_failure: BaseException | None = None  # how HTTPS failed, before plain HTTP
-        attempt = 0
+        ping = _Ping(registry, host, self._settings(registry).insecure or is_loopback(registry))
         while True:
-            url = f"{scheme}://{host}/v2/"
+            url = f"{ping.scheme}://{host}/v2/"
             await self.gate(url).wait()
             t0 = time.monotonic()
             try:
                 async with self.session.get(url, ssl=ssl_ctx, allow_redirects=False) as resp:
                     await resp.read()
                     self.log_request("GET", url, resp.status, t0)
-                    attempt += 1
-                    if resp.status in self.policy.statuses and attempt < self.policy.tries:
-                        ra = parse_retry_after(resp.headers.get("Retry-After"))
-                        delay = (min(ra, self.policy.max_retry_after) if ra is not None
-                                 else self.policy.delay(attempt))
-                        await self.backoff("GET", url, f"HTTP {resp.status}", attempt,
-                                           delay=delay, status=resp.status, retry_after=ra)
+                    ping.attempt += 1
+                    if await self._ping_again(resp, url, ping.attempt):
                         continue
-                    if scheme == "http" and tls_failure is not None and resp.status == 400:
-                        # a TLS server saying "HTTP request to an HTTPS server": the
-                        # HTTPS failure above is the real story
-                        raise RegistryError(
-                            f"{registry}: TLS connection failed: https://{host}/v2/: "
-                            f"{describe_exception(tls_failure)}", registry=registry,
-                            hint="if the registry requires a client certificate, give it "
-                            f"with --client-cert {registry}=CERT,KEY" + self.in_yaml(
-                                " (or client_cert and client_key in images.yaml)"))
-                    if resp.status in (404, 405, 410):  # a web server, not the API
-                        raise RegistryError(
-                            f"{registry} does not answer as a registry (GET {url}: "
-                            f"HTTP {resp.status})", registry=registry, status=resp.status,
-                            hint="give the host[:port] where the registry's /v2/ API is "
-                            "served")
-                    ctype = resp.headers.get("Content-Type", "").split(";")[0].strip()
-                    if (resp.status == 200 and ctype == "text/html"
-                            and "Docker-Distribution-API-Version" not in resp.headers):
-                        # a web page (a catch-all site): registries answer /v2/ with JSON
-                        raise RegistryError(
-                            f"{registry} does not answer as a registry (GET {url}: "
-                            "HTTP 200 with a text/html page)", registry=registry, status=200,
-                            hint="give the host[:port] where the registry's /v2/ API is "
-                            "served")
+                    self._check_registry(resp, url, ping)
                     auth.observe(resp.headers.getall("WWW-Authenticate", []))
-                    return Endpoint(registry, f"{scheme}://{host}", ssl_ctx, auth,
+                    return Endpoint(registry, f"{ping.scheme}://{host}", ssl_ctx, auth,
                                     self.gate(url))
             except aiohttp.ClientResponseError as e:
                 # an answer, but not HTTP (another service on the port: SSH, SMTP, ...)
@@ -350,61 +332,107 @@ class Transport:
                     hint="give the host[:port] where the registry's /v2/ API is served: "
                     "another service answers there") from None
             except aiohttp.ClientConnectorCertificateError as e:
-                cert_err = e.certificate_error
-                why = getattr(cert_err, "verify_message", None) or cert_err
-                if getattr(cert_err, "verify_code", None) in NAME_MISMATCH:
-                    # the chain is trusted (a CA would not help): the name is wrong
-                    name = yarl.URL(url).host
-                    hint = (f"the certificate is not valid for {name}: reach the registry "
-                            "by a name the certificate was issued for, or reissue it with "
-                            f"{name} in subjectAltName")
-                else:
-                    hint = (f"give the registry's CA with --ca-file {registry}=CA.pem"
-                            + self.in_yaml(f" (or `registries: {registry}: ca_file:` in "
-                                           "images.yaml)")
-                            + f"; --insecure-registry {registry} skips verification "
-                            "(trusted networks only)")
-                raise RegistryError(
-                    f"{registry}: TLS certificate verification failed: {why}",
-                    registry=registry, hint=hint) from None
-            except (aiohttp.ClientSSLError, aiohttp.ServerDisconnectedError) as e:
-                # the other end answered, but not with TLS: plain HTTP if allowed
-                last = e
-                self.log_request("GET", url, describe_exception(e), t0)
-                failed[scheme] = describe_exception(e)
-                if scheme == "https" and plain_ok:
-                    tls_failure, scheme = e, "http"
-                    self.debug(f"{registry}: not TLS; plain HTTP")
-                    continue
-                break
+                raise self._certificate_error(registry, url, e) from None
             except (TimeoutError, aiohttp.ClientConnectionError) as e:
-                last = e
                 self.log_request("GET", url, describe_exception(e), t0)
-                failed[scheme] = describe_exception(e)
-                if scheme == "https" and plain_ok:
-                    tls_failure, scheme = e, "http"
-                    if isinstance(e, aiohttp.ClientConnectorError) and \
-                            yarl.URL(url).explicit_port is None:
-                        continue  # port 443 refused: port 80 is another question
-                attempt += 1
-                if attempt >= self.policy.tries:
+                if not await self._ping_failed(e, url, ping):
                     break
-                if scheme == "http" and url.startswith("https:"):
-                    self.debug(f"{registry}: next try over plain HTTP")
-                await self.backoff("GET", url, describe_exception(e), attempt)
-        if isinstance(last, aiohttp.ClientSSLError) and not plain_ok:
+        raise self._ping_error(ping)
+
+    async def _ping_again(self, resp: aiohttp.ClientResponse, url: str, attempt: int) -> bool:
+        """An answer of the retry set with tries left: back off (a Retry-After pauses the
+        host) and say so."""
+        if resp.status not in self.policy.statuses or attempt >= self.policy.tries:
+            return False
+        ra = parse_retry_after(resp.headers.get("Retry-After"))
+        delay = min(ra, self.policy.max_retry_after) if ra is not None else \
+            self.policy.delay(attempt)
+        await self.backoff("GET", url, f"HTTP {resp.status}", attempt, delay=delay,
+                           status=resp.status, retry_after=ra)
+        return True
+
+    def _check_registry(self, resp: aiohttp.ClientResponse, url: str, ping: _Ping) -> None:
+        """Raise unless the answer to GET /v2/ comes from a registry's API: a TLS server's
+        400 to plain HTTP (the HTTPS failure before it is the story), a web server's 404,
+        405 or 410, a web page (registries answer /v2/ with JSON)."""
+        registry = ping.registry
+        if ping.scheme == "http" and ping.tls_failure is not None and resp.status == 400:
             raise RegistryError(
+                f"{registry}: TLS connection failed: https://{ping.host}/v2/: "
+                f"{describe_exception(ping.tls_failure)}", registry=registry,
+                hint="if the registry requires a client certificate, give it "
+                f"with --client-cert {registry}=CERT,KEY" + self.in_yaml(
+                    " (or client_cert and client_key in images.yaml)"))
+        served = "give the host[:port] where the registry's /v2/ API is served"
+        if resp.status in (404, 405, 410):
+            raise RegistryError(
+                f"{registry} does not answer as a registry (GET {url}: HTTP {resp.status})",
+                registry=registry, status=resp.status, hint=served)
+        ctype = resp.headers.get("Content-Type", "").split(";")[0].strip()
+        if (resp.status == 200 and ctype == "text/html"
+                and "Docker-Distribution-API-Version" not in resp.headers):
+            raise RegistryError(
+                f"{registry} does not answer as a registry (GET {url}: HTTP 200 with a "
+                "text/html page)", registry=registry, status=200, hint=served)
+
+    def _certificate_error(self, registry: str, url: str,
+                           e: aiohttp.ClientConnectorCertificateError) -> RegistryError:
+        cert_err = e.certificate_error
+        why = getattr(cert_err, "verify_message", None) or cert_err
+        if getattr(cert_err, "verify_code", None) in NAME_MISMATCH:
+            # the chain is trusted (a CA would not help): the name is wrong
+            name = yarl.URL(url).host
+            hint = (f"the certificate is not valid for {name}: reach the registry by a name "
+                    f"the certificate was issued for, or reissue it with {name} in "
+                    "subjectAltName")
+        else:
+            hint = (f"give the registry's CA with --ca-file {registry}=CA.pem"
+                    + self.in_yaml(f" (or `registries: {registry}: ca_file:` in images.yaml)")
+                    + f"; --insecure-registry {registry} skips verification (trusted "
+                    "networks only)")
+        return RegistryError(f"{registry}: TLS certificate verification failed: {why}",
+                             registry=registry, hint=hint)
+
+    async def _ping_failed(self, e: BaseException, url: str, ping: _Ping) -> bool:
+        """A try that got no answer: True to try again (over plain HTTP where allowed, or
+        after a back-off), False when that is all. An answer that is not TLS (a TLS error,
+        a server that hangs up) moves to plain HTTP at once or ends the ping."""
+        ping.last = e
+        ping.failed[ping.scheme] = describe_exception(e)
+        not_tls = isinstance(e, aiohttp.ClientSSLError | aiohttp.ServerDisconnectedError)
+        if ping.scheme == "https" and ping.plain_ok:
+            ping.tls_failure, ping.scheme = e, "http"
+            if not_tls:
+                self.debug(f"{ping.registry}: not TLS; plain HTTP")
+                return True
+            if isinstance(e, aiohttp.ClientConnectorError) and \
+                    yarl.URL(url).explicit_port is None:
+                return True  # port 443 refused: port 80 is another question
+        elif not_tls:
+            return False
+        ping.attempt += 1
+        if ping.attempt >= self.policy.tries:
+            return False
+        if ping.scheme == "http" and url.startswith("https:"):
+            self.debug(f"{ping.registry}: next try over plain HTTP")
+        await self.backoff("GET", url, describe_exception(e), ping.attempt)
+        return True
+
+    def _ping_error(self, ping: _Ping) -> RegistryError:
+        registry, host = ping.registry, ping.host
+        if isinstance(ping.last, aiohttp.ClientSSLError) and not ping.plain_ok:
+            return RegistryError(
                 f"{registry}: TLS connection failed: https://{host}/v2/: "
-                f"{describe_exception(last)}",
+                f"{describe_exception(ping.last)}",
                 registry=registry,
                 hint="if the registry requires a client certificate, give it with --client-cert "
                 f"{registry}=CERT,KEY; if it serves plain HTTP, pass --insecure-registry "
                 f"{registry}")
-        tries = f" (after {attempt} tries)" if attempt > 1 else ""
-        raise RegistryError(
+        tries = f" (after {ping.attempt} tries)" if ping.attempt > 1 else ""
+        return RegistryError(
             f"{registry}: registry unreachable: "
-            + "; ".join(f"{s}://{host}/v2/: {why}" for s, why in failed.items()) + tries,
-            registry=registry, hint=self._unreachable_hint(registry, last, plain_ok))
+            + "; ".join(f"{s}://{host}/v2/: {why}" for s, why in ping.failed.items()) + tries,
+            registry=registry, hint=self._unreachable_hint(registry, ping.last, ping.plain_ok))
 
     def _unreachable_hint(self, registry: str, last: BaseException | None,
                           plain_ok: bool) -> str | None:
