@@ -7,18 +7,13 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from mirror.bundle.members import Member
 from mirror.errors import BundleError
-
-if TYPE_CHECKING:
-    from mirror.bundle.reader import Member
 
 
 def index(root: Path, bundle: str) -> dict[str, Member]:
     """name (relative, `/`-separated) -> Member(offset 0, `path` the file)."""
-    from mirror.bundle.reader import Member
-
     members: dict[str, Member] = {}
     try:
         for top, dirs, files in os.walk(root, onerror=_raise):

@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 from mirror import mediatypes as mt
 from mirror.bundle.layout import DOCKER_JSON, IMAGE_NAME, REF_NAME
+from mirror.bundle.members import Contents, Member
 from mirror.digest import Digest, sha256_of
 from mirror.errors import BundleError, IntegrityError, InvalidReference
 from mirror.manifest import RawManifest, dump_json
 from mirror.reference import Reference
 
 if TYPE_CHECKING:
-    from mirror.bundle.reader import Bundle, Contents, Member
+    from mirror.bundle.reader import Bundle
 
 _COMPRESSED = (b"\x1f\x8b", b"\x28\xb5\x2f\xfd", b"BZh", b"\xfd7zXZ")
 
@@ -34,8 +35,6 @@ _COMPRESSED = (b"\x1f\x8b", b"\x28\xb5\x2f\xfd", b"BZh", b"\xfd7zXZ")
 def read(bundle: Bundle, files: dict[str, Member]) -> tuple[Contents, dict[str, str]]:
     """The layout view of a docker-archive: Contents (index entries named by RepoTags, the
     new manifests, notes) and the member each config and layer digest is read from."""
-    from mirror.bundle.reader import Contents
-
     where = f"{bundle.name}: {DOCKER_JSON}"
     try:
         items = json.loads(bundle.read_member(DOCKER_JSON))

@@ -20,7 +20,6 @@ import json
 import posixpath
 import tarfile
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO, cast
 
@@ -28,6 +27,7 @@ import zstandard
 
 from mirror.bundle import consistency, sniff
 from mirror.bundle.layout import DOCKER_JSON, MIRROR_JSON, Inventory
+from mirror.bundle.members import Contents, Member
 from mirror.bundle.through import Tap, Tapped, Window
 from mirror.bundle.trailer import first_nonzero, zstd_frames_problem
 from mirror.digest import Digest, sha256_of
@@ -40,14 +40,6 @@ _OTHER_MAGIC = {"gzip": b"\x1f\x8b", "xz": b"\xfd7zXZ\x00", "bzip2": b"BZh"}
 _UNPACK = {"gzip": "gunzip", "xz": "unxz", "bzip2": "bunzip2"}
 CHUNK = 1 << 20
 _SMALL_CAP = 256 << 20  # bytes of small blobs a streaming scan may hold before index.json
-
-
-@dataclass
-class Member:
-    name: str
-    size: int
-    offset: int | None  # data offset in a plain tar; None in a stream
-    path: Path | None = None  # the file, in a layout directory (offset 0)
 
 
 def _check_member(ti: tarfile.TarInfo, bundle: str, links: dict[str, str] | None = None
@@ -104,21 +96,6 @@ def _blob_digest(name: str) -> str | None:
     if len(parts) == 3 and parts[0] == "blobs":
         return f"{parts[1]}:{parts[2]}"
     return None
-
-
-@dataclass
-class Contents:
-    """What a plan needs: the layout files, every manifest reachable from index.json, and the
-    blob members present (complete for a plain tar; for a stream, from the whole scan)."""
-
-    index: dict
-    inventory: Inventory | None
-    manifests: dict[str, RawManifest] = field(default_factory=dict)
-    members: dict[str, int] = field(default_factory=dict)  # digest -> size
-    complete_members: bool = True
-    configs: dict[str, bytes] = field(default_factory=dict)  # scan(configs=True) of a stream
-    notes: list[str] = field(default_factory=list)  # what a reader of another format changed
-    docker: bytes | None = None  # manifest.json beside index.json (Docker's save format)
 
 
 # what tarfile says when the data ends before the archive does ("empty file": no data at all)

@@ -1,0 +1,120 @@
+"""Issue 15, the layers: no import cycles in mirror/ (a module's imports, at any depth of it,
+TYPE_CHECKING blocks aside: those are for the type checker only), and the registry package
+(HTTP: requests, auth, byte streams) imports none of the layers above it: the cache, the
+bundle, the pull and load engines, the download driver."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "mirror"
+ABOVE_REGISTRY = ("mirror.store", "mirror.bundle", "mirror.pull", "mirror.load", "mirror.fetch")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _imported(tree: ast.AST, name: str, is_package: bool) -> list[str]:
+    """Every module `name` imports (relative imports resolved), outside TYPE_CHECKING."""
+    found: list[str] = []
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                pkg = name.split(".") if is_package else name.split(".")[:-1]
+                pkg = pkg[:len(pkg) - node.level + 1]
+                base = ".".join([*pkg, base] if base else pkg)
+            found.append(base)
+            found.extend(f"{base}.{alias.name}" for alias in node.names)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    paths = sorted(PACKAGE.rglob("*.py"))
+    modules = {module_name(p): p for p in paths}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(), str(path))
+        targets = _imported(tree, name, path.name == "__init__.py")
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def connect(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            connect(v)
+    return found
+
+
+def test_the_checker_sees_a_cycle_and_type_checking_imports_apart() -> None:
+    """The checker itself: a cycle is found, and an import under TYPE_CHECKING is no edge."""
+    a = ast.parse("import mirror.b\nfrom typing import TYPE_CHECKING\n"
+                  "if TYPE_CHECKING:\n    from mirror import c\n"
+                  "def f():\n    from . import d\n")
+    assert set(_imported(a, "mirror.a", False)) == {"mirror.b", "typing",
+                                                   "typing.TYPE_CHECKING", "mirror",
+                                                   "mirror.d"}
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles_in_mirror() -> None:
+    assert cycles(import_graph()) == []
+
+
+def test_the_registry_package_imports_no_layer_above_it() -> None:
+    graph = import_graph()
+    wrong = {f"{mod} -> {dep}" for mod, deps in graph.items()
+             if mod.startswith("mirror.registry") for dep in deps
+             if dep.startswith(ABOVE_REGISTRY)}
+    assert not wrong, sorted(wrong)
