@@ -541,8 +541,11 @@ def test_failed_chunk_is_resumed_not_restarted(big_bundle, dst_registry: Registr
     big = img.layers[0]
     proxy = recproxy(dst_registry.url)
     proxy.add(Fault("status", method="PATCH", path=r"/blobs/uploads/", status=500, skip=1))
-    ok(load(bundle, f"{proxy.host}/{repo_name}"))
+    proc = ok(load(bundle, f"{proxy.host}/{repo_name}", "-v"))
     check_loaded(dst_registry, f"{repo_name}/{_source_repo(bundle)}", img)
+    # the retry is one like any other: on its -v line
+    assert re.search(rf"retry PATCH http://{re.escape(proxy.host)}/v2/\S+/blobs/uploads/\S+: "
+                     r"[^;\n]*HTTP 500[^;\n]*; try 2 of 5 in [\d.]+ s", proc.stderr), proc.stderr
     mib16 = 16 << 20
     ranges = [s.headers.get("Content-Range") for s in proxy.seen("PATCH")]
     assert ranges == [f"0-{mib16 - 1}", f"{mib16}-{big.size - 1}",
@@ -649,10 +652,12 @@ def test_failed_monolithic_put_is_restarted(src_registry: Registry, dst_registry
     proxy = recproxy(dst_registry.url)
     proxy.add(Fault("status", method="PUT", path=img.layers[0].digest.split(":")[1],
                     status=500))
-    ok(load(tmp_path / "out.tar", f"{proxy.host}/x"))
+    proc = ok(load(tmp_path / "out.tar", f"{proxy.host}/x", "-v"))
     check_loaded(dst_registry, f"x/{repo_name}", img)
     puts = [s.status for s in proxy.seen("PUT", img.layers[0].digest.split(":")[1])]
     assert puts == [500, 201]
+    assert re.search(r"retry PUT \S+/blobs/uploads/\S+: [^;\n]*HTTP 500[^;\n]*; a new upload "
+                     r"session; try 2 of 5 in [\d.]+ s", proc.stderr), proc.stderr
 
 
 def test_bad_bytes_in_bundle_fail_the_upload_with_exit_7(

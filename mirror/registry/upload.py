@@ -112,10 +112,10 @@ class Uploads:
                 failures += 1
                 if not seekable or failures >= self.t.policy.tries or not restartable(e):
                     raise
-                self.t.count_retry()
                 await self.cancel_upload(registry, repo, location)
+                await self.t.backoff("PUT" if desc.size <= MONOLITHIC_MAX else "PATCH",
+                                     location, f"{e}; a new upload session", failures)
                 location = None
-                await asyncio.sleep(self.t.policy.delay(failures))
 
     async def _start_upload(self, registry: str, repo: str) -> str:
         resp = await self.t.request(registry, "POST", f"/v2/{repo}/blobs/uploads/",
@@ -190,8 +190,7 @@ class Uploads:
                 failures += 1
                 if not seekable or failures >= self.t.policy.tries or not restartable(e):
                     raise
-                self.t.count_retry()
-                await asyncio.sleep(self.t.policy.delay(failures))
+                await self.t.backoff("PATCH", location, str(e), failures)
                 # where did the registry get to? resume from there with a fresh stream
                 location, offset = await self._upload_status(registry, repo, location)
                 await stream.close()
@@ -257,3 +256,4 @@ class _Stream:
                 chunk, self._carry = chunk[:left], chunk[left:]
             left -= len(chunk)
             yield chunk
+
