@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from dataclasses import dataclass
 
 from mirror import mediatypes as mt
 from mirror.artifacts import kind_of, wanted
 from mirror.errors import NotFound, RegistryError
 from mirror.manifest import Descriptor, RawManifest, dump_json
-from mirror.registry.body import read_body
 from mirror.registry.client import Client
 
 COSIGN_SUFFIXES = {".sig": "signature", ".att": "attestation", ".sbom": "sbom"}
@@ -78,9 +76,9 @@ class Finder:
         url: str | None = f"/v2/{repo}/referrers/{digest}"
         while url:
             try:
-                resp = await self.client.t.request(
-                    registry, "GET", url, repository=repo,
-                    headers={"Accept": mt.OCI_INDEX}, what=f"referrers of {digest}")
+                data, url = await self.client.get_page(registry, url, repo,
+                                                       f"referrers of {digest}", 8 << 20,
+                                                       accept=mt.OCI_INDEX)
             except NotFound:
                 self.api[registry] = False
                 return None
@@ -89,15 +87,9 @@ class Finder:
                     raise
                 self.api[registry] = False
                 return None
-            async with resp:
-                data = await read_body(resp, 8 << 20)
-                link = resp.headers.get("Link")
             page = RawManifest.from_bytes(data, mt.OCI_INDEX,
                                           where=f"{registry}/{repo} referrers")
             out.extend(page.children)
-            url = None
-            if link and 'rel="next"' in link and (m := re.search(r"<([^>]+)>", link)):
-                url = m.group(1)
         self.api[registry] = True
         return out
 

@@ -225,6 +225,21 @@ def test_an_endless_tag_list_is_read_bounded(src_registry, image, recproxy,
     assert "list tags" in line and f"over {16 << 20} bytes" in line, line
 
 
+def test_a_list_page_cut_mid_body_is_asked_again(src_registry, image, recproxy,
+                                                  tmp_path: Path) -> None:
+    """A page of tags/list whose body breaks off (the referrers fallback lists the tags) is
+    asked again like a manifest whose body breaks off, on a -v retry line, counted."""
+    repo, img = image
+    proxy = recproxy(src_registry.url)
+    proxy.add(Fault("truncate", method="GET", path="/tags/list", offset=5))
+    proc = ok(pull(tmp_path, f"{proxy.host}/{repo}:v1", "-v"))
+    assert_exact(tmp_path / "out.tar", img)
+    assert re.search(rf"retry GET http://{re.escape(proxy.host)}/v2/{re.escape(repo)}/tags/list: "
+                     r"[^;\n]+; try 2 of 5 in [\d.]+ s", proc.stderr), proc.stderr
+    assert [st for _, st in proxy.statuses("/tags/list")] == [200, 200]
+    assert report(tmp_path)["retries"] == 1
+
+
 @pytest.mark.parametrize("code,tries", [("MANIFEST_BLOB_UNKNOWN", 1), ("BLOB_UNKNOWN", 1),
                                         ("UNKNOWN", 3), ("UNAVAILABLE", 3)])
 def test_a_5xx_naming_a_definite_error_is_not_retried(src_registry, image, recproxy,

@@ -14,6 +14,7 @@ from urllib.parse import urljoin
 
 import aiohttp
 import yarl
+from multidict import CIMultiDictProxy
 
 from mirror import mediatypes as mt
 from mirror.digest import check_bytes
@@ -60,8 +61,9 @@ class Client(Uploads):
                 registry, "GET", f"/v2/{repo}/manifests/{ref}", repository=repo,
                 headers={"Accept": mt.MANIFEST_ACCEPT}, what=_asked(ref))
 
-        data, ctype = await self._read_whole(ask, MAX_MANIFEST_BYTES, f"{where}: manifest",
-                                             registry, repo)
+        data, headers = await self._read_whole(ask, MAX_MANIFEST_BYTES, f"{where}: manifest",
+                                               registry, repo)
+        ctype = headers.get("Content-Type", "")
         # the bytes are checked before they are parsed: wrong bytes are an integrity error
         try:
             if ":" in ref:
@@ -130,10 +132,8 @@ class Client(Uploads):
         names: list[str] = []
         next_url: str | None = url
         while next_url and (limit is None or len(names) < limit):
-            resp = await self.t.request(registry, "GET", next_url, repository=repo, what=what)
-            async with resp:
-                body = await read_body(resp, MAX_LIST_PAGE_BYTES)
-                link = resp.headers.get("Link")
+            body, next_url = await self.get_page(registry, next_url, repo, what,
+                                                 MAX_LIST_PAGE_BYTES)
             if len(body) > MAX_LIST_PAGE_BYTES:
                 raise RegistryError(f"{registry}/{repo}: {what}: a page of the list is over "
                                     f"{MAX_LIST_PAGE_BYTES} bytes", registry=registry,
@@ -145,11 +145,22 @@ class Client(Uploads):
                                     registry=registry, repository=repo) from None
             page = doc.get(key) if isinstance(doc, dict) else None
             names.extend(str(n) for n in page or [])
-            next_url = None
-            if link and 'rel="next"' in link:
-                m = re.search(r"<([^>]+)>", link)
-                next_url = m.group(1) if m else None
         return names if limit is None else names[:limit]
+
+    async def get_page(self, registry: str, url: str, repo: str, what: str, limit: int,
+                       accept: str | None = None) -> tuple[bytes, str | None]:
+        """One page of a paginated answer (tags/list, _catalog, referrers): its first
+        `limit`+1 bytes (asked again when the body breaks off) and the URL of the next page
+        (`Link: <...>; rel="next"`), if any."""
+        async def ask() -> aiohttp.ClientResponse:
+            return await self.t.request(registry, "GET", url, repository=repo, what=what,
+                                        headers={"Accept": accept} if accept else None)
+
+        body, headers = await self._read_whole(ask, limit, f"{registry}/{repo}: {what}",
+                                               registry, repo)
+        link = headers.get("Link")
+        m = re.search(r"<([^>]+)>", link) if link and 'rel="next"' in link else None
+        return body, m.group(1) if m else None
 
     # -- blobs -----------------------------------------------------------------------------
 
@@ -270,20 +281,16 @@ class Client(Uploads):
 
     async def _read_whole(self, ask: Callable[[], Awaitable[aiohttp.ClientResponse]],
                           limit: int, where: str, registry: str, repo: str
-                          ) -> tuple[bytes, str]:
-        """A small document (its first `limit`+1 bytes) and its Content-Type, asked for
+                          ) -> tuple[bytes, CIMultiDictProxy[str]]:
+        """A small document (its first `limit`+1 bytes) and its answer's headers, asked for
         again when the body breaks off (the request itself is retried by the transport)."""
         attempt = 0
         while True:
             attempt += 1
-            try:
-                resp = await ask()
-            except TransferError as e:
-                raise RegistryError(f"{where}: {e.why}", registry=registry,
-                                    repository=repo) from None
+            resp = await ask()
             try:
                 async with resp:
-                    return await read_body(resp, limit), resp.headers.get("Content-Type", "")
+                    return await read_body(resp, limit), resp.headers
             except (TimeoutError, aiohttp.ClientPayloadError,
                     aiohttp.ClientConnectionError) as e:
                 why = describe_exception(e)
