@@ -10,13 +10,14 @@ import sys
 from pathlib import Path
 
 from mirror import __version__, malloc, secrets
-from mirror.commands import COMMANDS, DEFAULT_OUTPUT, check_net_flags, check_run_files
+from mirror.commands import COMMANDS, DEFAULT_OUTPUT, check_run_files
 from mirror.config import (
     FOREIGN_POLICIES,
     FORMATS,
     INDEX_MODES,
 )
 from mirror.errors import EXIT_CODES, MirrorError
+from mirror.netargs import check_net_flags
 from mirror.report import Report
 from mirror.report import check_path as check_report_path
 from mirror.signals import Terminated, run_stoppable

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from mirror import clientconfig
 from mirror.bundle.reader import Bundle
-from mirror.commands import _host_values, _transport
 from mirror.load import Target, plan_load
+from mirror.netargs import host_values, transport_for
 from mirror.paths import check_writable
 from mirror.push import PushImage
 from mirror.registry.transport import Transport
@@ -34,7 +34,7 @@ async def access_of(args: argparse.Namespace, t: Transport,
     asked for credentials."""
     ep = await t.endpoint(registry)
     scheme = ep.base_url.split("://", 1)[0]
-    cas = {h.lower(): f for h, f in _host_values(args.ca_file, "--ca-file").items()}
+    cas = {h.lower(): f for h, f in host_values(args.ca_file, "--ca-file").items()}
     return clientconfig.Access(scheme, skip_verify=scheme == "https" and ep.ssl is False,
                                ca_file=cas.get(registry), auth=ep.auth.scheme is not None)
 
@@ -65,7 +65,7 @@ async def client_config(args: argparse.Namespace, progress, report: Report) -> i
     bundle = Bundle(args.bundle)
     contents = await asyncio.to_thread(bundle.scan)
     images = plan_load(contents, target, bundle.name)
-    async with _transport(args, None, progress) as t:  # one ping: the scheme it speaks
+    async with transport_for(args, None, progress) as t:  # one ping: the scheme it speaks
         access = await access_of(args, t, target.registry)
     write_for(args.output, images, target, access, args.no_fallback, progress, report)
     if not args.quiet:

@@ -16,67 +16,16 @@ from typing import TYPE_CHECKING
 
 from mirror.config import Config, ImageSettings, ImageSpec, load_config
 from mirror.errors import EXIT_PARTIAL, UsageError
+from mirror.netargs import transport_for
 from mirror.paths import check_writable
 from mirror.platform import PlatformSelector
 from mirror.reference import Reference
-from mirror.registry.credentials import CredentialStore
-from mirror.registry.policy import RegistrySettings, RetryPolicy, Timeouts
-from mirror.registry.transport import Transport
 from mirror.report import Report
 
 if TYPE_CHECKING:
     from mirror.pull import PullOptions
 
 DEFAULT_OUTPUT = Path("bundles/mirror.tar")
-
-
-def _host_values(values: list[str], flag: str) -> dict[str, str]:
-    out = {}
-    for v in values:
-        host, sep, val = v.partition("=")
-        if not sep or not host or not val:
-            raise UsageError(f"{flag} {v!r}: expected HOST=VALUE")
-        out[host] = val
-    return out
-
-
-def check_net_flags(args: argparse.Namespace) -> None:
-    """--retries, --jobs and the timeouts, refused (exit 2) before anything is made."""
-    if not hasattr(args, "retries"):
-        return  # verify, cache prune: no network
-    if args.retries < 0:
-        raise UsageError(f"--retries {args.retries}: must be 0 (no retry) or more")
-    if args.jobs < 1:
-        raise UsageError(f"--jobs {args.jobs}: must be at least 1")
-    for flag, value in (("--connect-timeout", args.connect_timeout),
-                        ("--read-timeout", args.read_timeout)):
-        # a negative or NaN timeout timed every request out at once ("unreachable", exit 3)
-        if not (math.isfinite(value) and value > 0):
-            raise UsageError(f"{flag} {value:g}: must be a positive number of seconds")
-
-
-def _transport(args: argparse.Namespace, cfg: Config | None, progress=None) -> Transport:
-    """The run's Transport; with `progress`, -v lists every request, retry, wait and token
-    fetch (progress.debug) and a long Retry-After wait is announced (progress.info)."""
-    settings: dict[str, RegistrySettings] = dict(cfg.registries) if cfg else {}
-    for host in args.insecure_registry:
-        settings[host] = replace(settings.get(host, RegistrySettings()), insecure=True)
-    for host, path in _host_values(args.ca_file, "--ca-file").items():
-        settings[host] = replace(settings.get(host, RegistrySettings()), ca_file=path)
-    for host, pair in _host_values(args.client_cert, "--client-cert").items():
-        cert, _, key = pair.partition(",")
-        settings[host] = replace(settings.get(host, RegistrySettings()), client_cert=cert,
-                                 client_key=key or None)
-    check_net_flags(args)
-    creds = CredentialStore(cfg.logins if cfg else None, args.authfile)
-    return Transport(settings=settings, credentials=creds,
-                     policy=RetryPolicy(tries=args.retries + 1),
-                     timeouts=Timeouts(args.connect_timeout, args.read_timeout), jobs=args.jobs,
-                     debug=progress.debug if progress else None,
-                     notice=progress.info if progress else None,
-                     # load and inspect read no images.yaml; pull and lock name theirs
-                     config_file=(cfg.path if cfg else "images.yaml") if "file" in vars(args)
-                     else None)
 
 
 def _specs(args: argparse.Namespace) -> tuple[list[ImageSpec], Config | None]:
@@ -274,7 +223,7 @@ async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
         with RunLock(Path(cache) / "lock", f"cache {cache}"), \
                 _output_lock(out, dry_run=args.dry_run):
             store = BlobStore(cache)
-            async with _transport(args, cfg, progress) as t:
+            async with transport_for(args, cfg, progress) as t:
                 result = await pull(Client(t), store, specs, opts, progress)
     except BaseException as e:  # the report says what was done before the error or signal
         done = getattr(e, "pull_result", None)
@@ -332,7 +281,7 @@ async def _load(args: argparse.Namespace, progress, report: Report) -> int:
                              "configuration this bundle would give")
         check_dir(args.write_client_config, "--write-client-config")
     bundle = Bundle(args.bundle)
-    transport = _transport(args, None, progress)
+    transport = transport_for(args, None, progress)
     result = LoadResult()
     try:
         async with transport as t:
@@ -408,7 +357,7 @@ async def _sync(args: argparse.Namespace, progress, report: Report) -> int:
     opts = SyncOptions(jobs=args.jobs, keep_going=args.keep_going, dry_run=args.dry_run,
                        merge=args.merge, referrer_types=parse_types(args.referrer_type))
     result = SyncResult()
-    transport = _transport(args, cfg, progress)
+    transport = transport_for(args, cfg, progress)
     try:
         with RunLock(Path(args.cache) / "lock", f"cache {args.cache}") if args.cache \
                 else contextlib.nullcontext():
@@ -478,7 +427,7 @@ async def _verify(args: argparse.Namespace, progress, report: Report) -> int:
 async def _inspect(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.inspect import inspect_target
 
-    text = await inspect_target(args, lambda: _transport(args, None, progress),
+    text = await inspect_target(args, lambda: transport_for(args, None, progress),
                                 note=progress.info)
     print(text)
     return 0
@@ -499,7 +448,7 @@ async def _lock(args: argparse.Namespace, progress, report: Report) -> int:
     cache = args.cache or default_cache_dir()
     with RunLock(Path(cache) / "lock", f"cache {cache}"):
         store = BlobStore(cache)
-        async with _transport(args, cfg, progress) as t:
+        async with transport_for(args, cfg, progress) as t:
             result = await pull(Client(t), store, specs,
                                 _pull_options(args, output=None, dry_run=True), progress)
     result.bundle = Path("-")  # resolved: write the lock

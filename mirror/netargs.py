@@ -1,0 +1,64 @@
+"""A run's Transport from the command line's network flags (and images.yaml's `registries:`):
+TLS per host (--insecure-registry, --ca-file, --client-cert), credentials, retries, timeouts,
+jobs; the flags checked (exit 2) before anything is made."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import replace
+
+from mirror.config import Config
+from mirror.errors import UsageError
+from mirror.registry.credentials import CredentialStore
+from mirror.registry.policy import RegistrySettings, RetryPolicy, Timeouts
+from mirror.registry.transport import Transport
+
+
+def host_values(values: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for v in values:
+        host, sep, val = v.partition("=")
+        if not sep or not host or not val:
+            raise UsageError(f"{flag} {v!r}: expected HOST=VALUE")
+        out[host] = val
+    return out
+
+
+def check_net_flags(args: argparse.Namespace) -> None:
+    """--retries, --jobs and the timeouts, refused (exit 2) before anything is made."""
+    if not hasattr(args, "retries"):
+        return  # verify, cache prune: no network
+    if args.retries < 0:
+        raise UsageError(f"--retries {args.retries}: must be 0 (no retry) or more")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs {args.jobs}: must be at least 1")
+    for flag, value in (("--connect-timeout", args.connect_timeout),
+                        ("--read-timeout", args.read_timeout)):
+        # a negative or NaN timeout timed every request out at once ("unreachable", exit 3)
+        if not (math.isfinite(value) and value > 0):
+            raise UsageError(f"{flag} {value:g}: must be a positive number of seconds")
+
+
+def transport_for(args: argparse.Namespace, cfg: Config | None, progress=None) -> Transport:
+    """The run's Transport; with `progress`, -v lists every request, retry, wait and token
+    fetch (progress.debug) and a long Retry-After wait is announced (progress.info)."""
+    settings: dict[str, RegistrySettings] = dict(cfg.registries) if cfg else {}
+    for host in args.insecure_registry:
+        settings[host] = replace(settings.get(host, RegistrySettings()), insecure=True)
+    for host, path in host_values(args.ca_file, "--ca-file").items():
+        settings[host] = replace(settings.get(host, RegistrySettings()), ca_file=path)
+    for host, pair in host_values(args.client_cert, "--client-cert").items():
+        cert, _, key = pair.partition(",")
+        settings[host] = replace(settings.get(host, RegistrySettings()), client_cert=cert,
+                                 client_key=key or None)
+    check_net_flags(args)
+    creds = CredentialStore(cfg.logins if cfg else None, args.authfile)
+    return Transport(settings=settings, credentials=creds,
+                     policy=RetryPolicy(tries=args.retries + 1),
+                     timeouts=Timeouts(args.connect_timeout, args.read_timeout), jobs=args.jobs,
+                     debug=progress.debug if progress else None,
+                     notice=progress.info if progress else None,
+                     # load and inspect read no images.yaml; pull and lock name theirs
+                     config_file=(cfg.path if cfg else "images.yaml") if "file" in vars(args)
+                     else None)
