@@ -21,6 +21,9 @@ with tests/support/pusher.py, and runs, for each data set, side by side:
           writing the bundle from the cache costs)
   load    `skopeo copy --all oci-archive:IMAGE.tar docker://...` per image, summed, vs one
           `mirror load` of the bundle the cold pull wrote; each into a fresh registry
+  sync    registry to registry, no bundle: one `skopeo sync --src yaml` of every image (`--all`,
+          or `--override-arch` for a one-platform sync) vs one `mirror sync` (no cache: blobs
+          stream from the source into the target); each into a fresh registry
 
 Data set A: 20 images x 3 platforms (linux/amd64, linux/arm64/v8, linux/arm/v7), OCI indexes;
 per platform two base layers shared by every image and one of four "runtime" layers shared by
@@ -366,6 +369,41 @@ def mirror_load(b: Bench, ds: DataSet, bundle: Path) -> Run:
     return run
 
 
+def skopeo_sync(b: Bench, ds: DataSet, src: Registry) -> Run:
+    """One `skopeo sync` of every image, registry to registry (its YAML source names them)."""
+    cfg = b.work / f"skopeo-sync-{ds.name}.yaml"
+    lines = [f"{src.host}:", "  tls-verify: false", "  images:"]
+    lines += [f"    {repo}: [{TAG}]" for repo, _ in ds.images]
+    cfg.write_text("\n".join(lines) + "\n")
+    arch: list[str] = []
+    if ds.platform:
+        os_, arch_, *variant = ds.platform.split("/")
+        arch = ["--override-os", os_, "--override-arch", arch_]
+        arch += ["--override-variant", variant[0]] if variant else []
+    try:
+        with Registry() as dst:
+            return b.timed(["skopeo", "--insecure-policy", *arch, "sync",
+                            *([] if ds.platform else ["--all"]), "--src", "yaml", "--dest",
+                            "docker", "--dest-tls-verify=false", str(cfg), f"{dst.host}/s"],
+                           "skopeo sync")
+    finally:
+        _rm(cfg)
+
+
+def mirror_sync(b: Bench, ds: DataSet, src: Registry) -> Run:
+    report = b.work / f"sync-{ds.name}.json"
+    plat = ["--platform", ds.platform] if ds.platform else []
+    with Registry() as dst:
+        run = b.timed(b.mirror("sync", "-q", *ds.refs(src.host), *plat, "--to",
+                               f"{dst.host}/s", "--report", str(report)), "mirror sync")
+    doc = json.loads(report.read_text())
+    report.unlink()
+    (target,) = doc["targets"]
+    run.extra = {"bytes_pushed": target["bytes_pushed"], "blobs_pushed": target["blobs_pushed"],
+                 "blobs_mounted": target["blobs_mounted"]}
+    return run
+
+
 def _mount(src: Registry, repo: str, digest: str, from_repo: str) -> None:
     """Cross-repository mount (REFERENCE.md 6.4): a shared blob without uploading it again."""
     url = f"{src.url}/v2/{repo}/blobs/uploads/?mount={digest}&from={from_repo}"
@@ -408,7 +446,7 @@ def run_dataset(b: Bench, ds: DataSet, src: Registry, repeat: int) -> dict[str, 
     runs: dict[str, list[Run]] = {k: [] for k in (
         "curl", "sha256", "skopeo_pull", "mirror_pull", "mirror_warm", "mirror_warm_new",
         "skopeo_load",
-        "mirror_load")}
+        "mirror_load", "skopeo_sync", "mirror_sync")}
     try:
         for i in range(repeat):
             tag = f" (run {i + 1}/{repeat})" if repeat > 1 else ""
@@ -436,6 +474,10 @@ def run_dataset(b: Bench, ds: DataSet, src: Registry, repeat: int) -> dict[str, 
                 runs["skopeo_load"].append(skopeo_load(b, ds, archives))
                 log(f"data set {ds.name}{tag}: mirror load")
                 runs["mirror_load"].append(mirror_load(b, ds, bundle))
+                log(f"data set {ds.name}{tag}: skopeo sync (registry to registry)")
+                runs["skopeo_sync"].append(skopeo_sync(b, ds, src))
+                log(f"data set {ds.name}{tag}: mirror sync (registry to registry)")
+                runs["mirror_sync"].append(mirror_sync(b, ds, src))
             finally:
                 _rm(cache, bundle, bundle2, *(p.with_name(p.name + ".sha256")
                                               for p in (bundle, bundle2)))
@@ -495,6 +537,7 @@ def summarize(ds: DataSet, runs: dict[str, list[Run]]) -> tuple[list[Row], list[
     pull, warm, load = med["mirror_pull"], med["mirror_warm"], med["mirror_load"]
     warm_new = med["mirror_warm_new"]
     sk_pull, sk_load = med["skopeo_pull"], med["skopeo_load"]
+    sync, sk_sync = med["mirror_sync"], med["skopeo_sync"]
     per = f"{len(ds.images)} commands" if len(ds.images) > 1 else "1 command"
     skopeo_pull_label = ("pull: skopeo copy --all -> oci:" if ds.platform is None
                          else "pull: skopeo copy --override-arch -> oci:")
@@ -519,6 +562,12 @@ def summarize(ds: DataSet, runs: dict[str, list[Run]]) -> tuple[list[Row], list[
         Row("load: mirror load", load, n, load.wall / sk_load.wall,
             note=f"pushed {load.extra['bytes_pushed'] / MiB:.1f} MiB, "
                  f"{load.extra['blobs_mounted']} mounted"),
+        Row("sync: skopeo sync reg -> reg", sk_sync, n, note="1 command"),
+        Row("sync: mirror sync reg -> reg", sync, n, sync.wall / sk_sync.wall,
+            sync.wall / overlapped.wall,
+            note=f"pushed {sync.extra['bytes_pushed'] / MiB:.1f} MiB, "
+                 f"{sync.extra['blobs_mounted']} mounted; "
+                 f"{sync.wall / (pull.wall + load.wall):.2f}x pull + load"),
     ]
     # Targets on time are judged by the median of per-run ratios: each repeat's mirror run
     # against the skopeo run or limit measured in the same repeat, minutes apart at most.
@@ -541,7 +590,7 @@ def summarize(ds: DataSet, runs: dict[str, list[Run]]) -> tuple[list[Row], list[
         checks.append(_paired_check("load A wall <= {t} x skopeo", T_LOAD_A_SKOPEO,
                                     runs["mirror_load"], runs["skopeo_load"]))
     for label, run in (("pull", pull), ("warm pull", warm), ("warm pull, new -o", warm_new),
-                       ("load", load)):
+                       ("load", load), ("sync", sync)):
         mib = run.rss_kib / KiB
         checks.append(Check(f"{label} {ds.name} peak RSS <= {T_RSS_MIB} MiB", f"{mib:.1f} MiB",
                             mib <= T_RSS_MIB))

@@ -20,6 +20,8 @@ ROWS = (
     "pull: mirror pull, warm cache, new -o",
     "load: skopeo copy oci-archive: -> reg",
     "load: mirror load",
+    "sync: skopeo sync reg -> reg",
+    "sync: mirror sync reg -> reg",
 )
 SKOPEO_PULL = {"A": "pull: skopeo copy --all -> oci:",
                "B": "pull: skopeo copy --override-arch -> oci:"}
@@ -61,3 +63,4 @@ def test_tiny_benchmark_prints_every_row(tmp_path: Path) -> None:
         assert rows["pull: mirror pull"]["extra"]["blobs_fetched"] == ds["unique_blobs"]
         assert rows["pull: mirror pull again (warm cache)"]["extra"]["bytes_fetched"] == 0
         assert rows["load: mirror load"]["extra"]["bytes_pushed"] == ds["bytes"]
+        assert rows["sync: mirror sync reg -> reg"]["extra"]["bytes_pushed"] == ds["bytes"]
