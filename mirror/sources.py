@@ -7,7 +7,8 @@ chunk, so no upload completes with it."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from typing import cast
 
 from mirror.aio import aiter_thread
 from mirror.digest import Verifier, verified_sync
@@ -18,20 +19,20 @@ from mirror.push import Body
 from mirror.registry.client import Client
 from mirror.registry.network import TransferError
 
-CHUNK = 1 << 20
+CHUNK = 1 << 20  # bytes per read of a cached blob
 
 
 class RegistrySource:
     """Each blob streamed from the source repository that lists it (`where`: digest ->
-    (registry, repository)), at an offset with Range. A stream that breaks is a RegistryError
-    without a status, which the upload tries again (mirror.registry.upload.restartable)."""
+    (registry, repository)) from an offset (Client.open_blob). A stream that breaks is a
+    RegistryError without a status, which the upload tries again (from where the target got
+    to: mirror.registry.upload.restartable)."""
 
     one_pass = False
 
     def __init__(self, client: Client, where: dict[str, tuple[str, str]],
                  name: str = "the source registries") -> None:
         self.client, self.where, self.name = client, where, name
-        self.fetched: set[str] = set()
 
     def carries(self, digest: str) -> bool:
         return digest in self.where
@@ -41,29 +42,31 @@ class RegistrySource:
 
     async def open(self, desc: Descriptor, offset: int) -> AsyncIterator[bytes]:
         reg, repo = self.where[desc.digest]
-        where = f"{reg}/{repo}: blob {desc.digest}"
-        # from byte 0 the blob is checked as it goes (from an offset, the target checks it)
-        v = Verifier(desc.digest, desc.size, where) if offset == 0 else None
+        # from byte 0 the blob is checked; a resumed upload (offset > 0) is checked by the
+        # registry against the digest in the final PUT, as a bundle's is
+        chunks = cast(AsyncGenerator[bytes, None], self.client.open_blob(reg, repo, desc, offset))
         try:
-            async with contextlib.aclosing(
-                    self.client.open_blob(reg, repo, desc, offset)) as chunks:
-                async for chunk in _checked(chunks, v, desc.size):
+            async with contextlib.aclosing(chunks):
+                async for chunk in (chunks if offset else
+                                    verified(chunks, desc, f"{reg}/{repo}: blob {desc.digest}")):
                     yield chunk
         except TransferError as e:
-            raise RegistryError(f"{where}: {e.why}", registry=reg, repository=repo) from None
-        self.fetched.add(desc.digest)
+            raise RegistryError(f"{reg}/{repo}: blob {desc.digest}: {e.why}", registry=reg,
+                                repository=repo) from None
 
 
-async def _checked(chunks: AsyncIterator[bytes], v: Verifier | None, size: int
+async def verified(chunks: AsyncIterator[bytes], desc: Descriptor, source: str
                    ) -> AsyncIterator[bytes]:
-    """Pass chunks through `v`, which is finished (digest checked) before the last one goes
-    on. (A body that ends early is the stream's TransferError, tried again by the upload.)"""
+    """Pass chunks through, hashing them; the digest is checked before the last chunk goes
+    on (the async form of mirror.digest.verified_sync)."""
+    v = Verifier(desc.digest, desc.size, source)
     async for chunk in chunks:
-        if v is not None:
-            v.update(chunk)
-            if v.received == size:
-                v.finish()
+        v.update(chunk)
+        if v.received == desc.size:
+            v.finish()
         yield chunk
+    if v.received != desc.size:
+        v.finish()
 
 
 class CacheSource:

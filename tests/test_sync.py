@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault
 from tests.support.oracle import error_line, mirror_cmd, mirror_env, mirror_ok, run_mirror
-from tests.support.pusher import blob_exists, get_manifest, push_image
+from tests.support.pusher import blob_exists, get_blob, get_manifest, push_image
 from tests.support.referrers import push_sbom, push_signature
 from tests.support.registry import Registry
 
@@ -204,6 +204,25 @@ def test_sync_through_429_and_5xx(src_registry: Registry, dst_registry: Registry
     assert doc["retries"] >= 3, doc
     body, _, _ = get_manifest(dst_registry.url, f"f/{repo_name}", "1")
     assert ig.sha256_digest(body) == img.digest
+
+
+def test_a_source_stream_that_breaks_off_is_sent_again(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """The source's connection is reset mid-blob while its bytes stream into the target's
+    upload: the upload starts again (a retry in the report), and the target gets the blob."""
+    layer = ig.make_layer(rng, size=2 << 20, compressed=False)
+    img = ig.make_image(rng, ig.AMD64, "oci", layers=[layer])
+    push_image(src_registry.url, repo_name, img, ["1"])
+    src = faultproxy(src_registry.url)
+    src.add(Fault("reset_after", method="GET", path=layer.digest, offset=300_000))
+    report = tmp_path / "r.json"
+    mirror_ok("sync", f"{src.host}/{repo_name}:1", "--to", f"{dst_registry.host}/reset", "-q",
+              "--report", report)
+    assert json.loads(report.read_text())["retries"] >= 1
+    assert len([p for p in src.paths("GET") if layer.digest in p]) == 2
+    assert ig.sha256_digest(get_blob(dst_registry.url, f"reset/{repo_name}", layer.digest)) \
+        == layer.digest
 
 
 def test_a_blob_that_does_not_match_never_completes_an_upload(
