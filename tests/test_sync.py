@@ -293,3 +293,24 @@ def test_sync_refuses_a_bad_target_before_any_work(src_registry: Registry, tmp_p
                                                    ) -> None:
     proc = run_mirror("sync", f"{src_registry.host}/x/y:1", "--to", "http://h:5000")
     assert proc.returncode == 2 and "--to" in error_line(proc), proc.stderr
+
+
+def test_keep_going_syncs_the_images_that_resolve(
+        src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """An image that is not there: without --keep-going nothing is pushed (exit 5); with it
+    the other is synced and the run ends with exit 13, the report naming the failed one."""
+    img = ig.make_image(rng, ig.AMD64, "oci")
+    push_image(src_registry.url, repo_name, img, ["1"])
+    refs = [f"{src_registry.host}/{repo_name}:1", f"{src_registry.host}/{repo_name}:nope"]
+    proc = run_mirror("sync", *refs, "--to", f"{dst_registry.host}/kg1")
+    assert proc.returncode == 5 and "tag nope" in error_line(proc), proc.stderr
+    assert repo_name not in state(dst_registry, "kg1")
+    report = tmp_path / "r.json"
+    proc = run_mirror("sync", *refs, "--to", f"{dst_registry.host}/kg2", "--keep-going",
+                      "--report", report)
+    assert proc.returncode == 13, proc.stderr
+    assert state(dst_registry, "kg2")[repo_name]["tags"] == {"1": img.digest}
+    doc = json.loads(report.read_text())
+    assert doc["exit_code"] == 13 and doc["error"].startswith("1 of 2 image(s) failed"), doc
+    assert [e["error_code"] for e in doc["images"]] == [None, 5], doc
