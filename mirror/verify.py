@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from mirror.bundle import consistency
-from mirror.bundle.reader import Bundle, _blob_digest
+from mirror.bundle.members import blob_digest
+from mirror.bundle.reader import Bundle
 from mirror.digest import Digest, Verifier
 from mirror.errors import IntegrityError, MirrorError
 from mirror.fileobj import Readable
@@ -200,7 +201,7 @@ def _check_blob(name: str, size: int, data: bytes | Readable, path: Path,
     `digests` it holds: a docker-archive's layer, its diff_id; a layer file that links make
     several layers of, each of their diff_ids). A read that fails (a .tar.zst's stream
     breaking off: BundleError) is the bundle's problem, not this blob's, and is raised."""
-    named = _blob_digest(name)
+    named = blob_digest(name)
     wanted = digests or ([named] if named is not None else [])
     if not wanted:
         return
