@@ -25,6 +25,15 @@ from mirror.errors import UsageError
 from mirror.manifest import RawManifest
 
 KINDS = ("signature", "sbom", "attestation")
+# cosign's tags beside a subject: `sha256-<hex>.sig` (mirror.referrers)
+COSIGN_SUFFIXES = {".sig": "signature", ".att": "attestation", ".sbom": "sbom"}
+
+
+def fallback_tag(digest: str) -> str:
+    """The tag of a subject's referrers where a registry has no referrers API (the OCI
+    fallback index), and the stem of cosign's tags: `sha256-<hex>`."""
+    alg, _, enc = digest.partition(":")
+    return f"{alg[:32]}-{enc[:64]}"
 
 _EXACT = {
     "application/vnd.dev.cosign.simplesigning.v1+json": "signature",

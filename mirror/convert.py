@@ -1,4 +1,4 @@
-"""Docker <-> OCI conversion of a plan's manifests, and the rewrite of foreign layers (issue 4).
+"""Docker <-> OCI conversion of an image's manifests, and the rewrite of foreign layers (issue 4).
 
 `keep` changes no byte. A conversion only rewrites manifests and indexes (REFERENCE.md 3): the
 config and layer blobs are never touched, so their digests, sizes and the config's diff_ids
@@ -19,9 +19,9 @@ from typing import Any
 
 from mirror import mediatypes as mt
 from mirror.errors import UnsupportedContent, UsageError
+from mirror.image import Image
 from mirror.manifest import RawManifest, dump_json
 from mirror.progress import Progress
-from mirror.resolve import ImagePlan
 
 # REFERENCE.md section 3. The zstd Docker type is containerd's, not Docker's; OCI has its own.
 TO_OCI: dict[str, str] = {
@@ -232,17 +232,18 @@ def _docker_entry(e: dict[str, Any], child: RawManifest | None, where: str,
     return e
 
 
-def convert_plan(plan: ImagePlan, fmt: str, progress: Progress) -> None:
-    """Rewrite the plan's manifests to `fmt` (keep|oci|docker) and, with `foreign_layers:
-    rewrite`, its foreign layers to ordinary ones; update `plan.root` and `plan.manifests`
-    and record old -> new digests in `plan.conversions` (children before parents);
+def convert_plan(plan: Image, fmt: str, progress: Progress, *,
+                 rewrite_foreign: bool = False) -> None:
+    """Rewrite the image's manifests to `fmt` (keep|oci|docker) and, with `rewrite_foreign`
+    (`foreign_layers: rewrite`), its foreign layers to ordinary ones; update `plan.root`
+    and `plan.manifests` and record old -> new digests in `plan.conversions` (children before parents);
     `plan.platform_digests` follow the converted manifests (the source ones stay in
     `plan.source_platform_digests`).
 
     Raise UnsupportedContent (naming the image) for what the target cannot carry, and
     UsageError for a sparse index that would have to change.
     """
-    rewrite = plan.spec.settings.foreign_layers == "rewrite"
+    rewrite = rewrite_foreign
     if fmt == "keep" and not rewrite:
         return
     if fmt not in ("keep", "oci", "docker"):
@@ -291,7 +292,7 @@ def convert_plan(plan: ImagePlan, fmt: str, progress: Progress) -> None:
         progress.warn(w)
 
 
-def _sparse_unchangeable(plan: ImagePlan, fmt: str) -> UsageError:
+def _sparse_unchangeable(plan: Image, fmt: str) -> UsageError:
     return UsageError(
         f"{plan.name}: --index sparse keeps the source index byte for byte, but "
         f"{'--format ' + fmt if fmt != 'keep' else 'foreign_layers: rewrite'} has to "

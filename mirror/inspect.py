@@ -20,11 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from mirror import mediatypes as mt
-from mirror.bundle.layout import A_CONVERSIONS, A_SOURCE_DIGEST, IMAGE_NAME, REF_NAME
+from mirror.bundle.layout import (
+    A_CONVERSIONS,
+    A_KIND,
+    A_SOURCE_DIGEST,
+    A_SUBJECT,
+    IMAGE_NAME,
+    REF_NAME,
+)
 from mirror.errors import NoMatchingPlatform
 from mirror.manifest import RawManifest
 from mirror.platform import Platform, PlatformSelector, no_matching_manifest
-from mirror.referrers import A_KIND, A_SUBJECT
 
 GetBlob = Callable[[str], Awaitable[bytes | None]]
 GetManifest = Callable[[str], Awaitable[RawManifest | None]]

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 from mirror.aio import aiter_thread
-from mirror.bundle.layout import IMAGE_NAME, REF_NAME
+from mirror.bundle.layout import A_SUBJECT, IMAGE_NAME, REF_NAME
 from mirror.bundle.reader import Bundle, Contents
 from mirror.digest import verified_sync
 from mirror.elsewhere import find_elsewhere
@@ -39,7 +39,6 @@ from mirror.reference import (
     normalize_registry,
     registry_problem,
 )
-from mirror.referrers import A_SUBJECT
 from mirror.registry.client import Client
 
 CHUNK = 1 << 20

@@ -15,13 +15,14 @@ from mirror.aio import gather_or_cancel
 from mirror.config import ImageSpec
 from mirror.convert import convert_plan
 from mirror.errors import IntegrityError, MirrorError, UsageError
+from mirror.image import Image, report_fields
 from mirror.manifest import Descriptor
 from mirror.platform import Platform
 from mirror.progress import Progress
 from mirror.referrers import Finder
 from mirror.registry.client import Client
 from mirror.registry.policy import RETRY_COUNTER
-from mirror.resolve import ImagePlan, resolve
+from mirror.resolve import resolve
 
 
 @dataclass
@@ -70,9 +71,9 @@ class Planner:
         self.sem = asyncio.Semaphore(max(2, opts.jobs))
         self.results = [ImageResult(str(s.reference), s.where) for s in specs]
         self.retry_counts = [[0] for _ in specs]  # per image (a shared blob: its first image)
-        self.plans: list[ImagePlan | None] = [None] * len(specs)
+        self.plans: list[Image | None] = [None] * len(specs)
         self.first_error: MirrorError | None = None
-        self.unfinished: dict[int, ImagePlan] = {}  # failed after planning, or still going
+        self.unfinished: dict[int, Image] = {}  # failed after planning, or still going
         self.t0 = time.monotonic()
 
     def config(self, i: int, registry: str, repo: str, desc: Descriptor) -> Awaitable[bytes]:
@@ -99,7 +100,7 @@ class Planner:
             raise e
         self.progress.warn(f"{self.specs[i].reference}: failed: {e}")
 
-    def resolved(self) -> list[tuple[int, ImagePlan]]:
+    def resolved(self) -> list[tuple[int, Image]]:
         return [(i, p) for i, p in enumerate(self.plans) if p is not None]
 
     async def plan_one(self, i: int, spec: ImageSpec) -> None:
@@ -117,22 +118,19 @@ class Planner:
                     f"{', '.join(plan.platforms) or 'none'} of the platforms asked for "
                     "(give this image the platforms it has with `platforms:` in its "
                     "images.yaml entry to say that is expected)")
-            convert_plan(plan, spec.settings.format, self.progress)
+            convert_plan(plan, spec.settings.format, self.progress,
+                         rewrite_foreign=spec.settings.foreign_layers == "rewrite")
             if spec.settings.referrers:  # `referrers: false` or --no-referrers
                 async with self.sem:
-                    await attach_referrers(self.finder, plan, self.opts.referrer_types,
+                    await attach_referrers(self.finder, spec, plan, self.opts.referrer_types,
                                            self.progress)
         except MirrorError as e:
             self.failed(i, e)
             return
         finally:
             res.seconds = round(time.monotonic() - self.t0, 3)
-        res.digest, res.source_digest = plan.root.digest, plan.source_digest
-        res.media_type, res.mode = plan.root.media_type, plan.mode
-        res.platforms, res.conversions = plan.platforms, plan.conversions
-        res.platform_digests = plan.platform_digests
-        res.source_platform_digests = plan.source_platform_digests
-        res.manifests = [m.digest for m in plan.manifest_order()]
+        for key, value in report_fields(plan).items():  # the lock file's entry too
+            setattr(res, key, value)
         self.plans[i] = plan
 
     def check_targets(self) -> None:
@@ -140,7 +138,7 @@ class Planner:
         ghcr.io/org/app:1 and docker.io/org/app:1 land on one tag. Two such images that are
         not the same bytes make a bundle load refuses whole (exit 10 on the far side); the
         later one fails here instead (with --keep-going the others go on)."""
-        first: dict[tuple[str, str], tuple[int, ImagePlan]] = {}
+        first: dict[tuple[str, str], tuple[int, Image]] = {}
         for i, plan in self.resolved():
             ref = self.specs[i].reference
             if not ref.tag:
@@ -168,9 +166,7 @@ class Planner:
             if len(sizes) < 2:
                 continue
             first = min(sizes, key=lambda size: sizes[size][0][0])
-            plan = self.plans[sizes[first][0][0]]
-            assert plan is not None
-            ref = plan.spec.reference
+            ref = self.specs[sizes[first][0][0]].reference
             try:
                 true = await self.client.blob_size(ref.registry, ref.repository, digest)
             except MirrorError:
@@ -189,7 +185,7 @@ class Planner:
                         self.failed(i, IntegrityError(
                             f"{name}: blob {digest} is listed with {size} bytes, but {why}"))
 
-def missing_platforms(spec: ImageSpec, plan: ImagePlan) -> list[str]:
+def missing_platforms(spec: ImageSpec, plan: Image) -> list[str]:
     """The platforms asked for by name that the image does not have (none for `all`, or for
     a single-platform image or artifact, which matched or was refused with exit 8)."""
     sel = spec.settings.platforms
@@ -204,33 +200,32 @@ def missing_platforms(spec: ImageSpec, plan: ImagePlan) -> list[str]:
     return [str(w) for w in sel.platforms if not any(w.matches(h) for h in have)]
 
 
-async def attach_referrers(finder: Finder, plan: ImagePlan, types: tuple[str, ...],
-                           progress: Progress) -> None:
+async def attach_referrers(finder: Finder, spec: ImageSpec, plan: Image,
+                           types: tuple[str, ...], progress: Progress) -> None:
     """Find what refers to the image (its source index and each platform manifest) and add
-    each referrer, with its blobs, to the plan as an entry of its own."""
-    ref = plan.spec.reference
+    each referrer, an image of its own, to the image's referrers (its blobs to the image's)."""
+    ref = spec.reference
     subjects = dict.fromkeys([plan.source_digest, *plan.source_platform_digests.values()])
     for subject in subjects:
         for r in await finder.discover(ref.registry, ref.repository, subject, types):
-            if r.manifest.is_index:
-                progress.warn(f"{plan.name}: skipping referrer {r.manifest.digest} of {subject}:"
+            if r.root.is_index:
+                progress.warn(f"{plan.name}: skipping referrer {r.root.digest} of {subject}:"
                               " an index of referrers is not carried yet")
                 continue
             plan.referrers.append(r)
-            for d in r.manifest.blobs():
-                plan.blobs[d.digest] = d
+            plan.blobs.update(r.blobs)
     if plan.root.digest != plan.source_digest and any(
             r.subject == plan.source_digest for r in plan.referrers):
         # `accept_unsigned_index: true`: known and accepted, so not a warning (-q is silent)
-        say = progress.info if plan.spec.settings.accept_unsigned_index else progress.warn
+        say = progress.info if spec.settings.accept_unsigned_index else progress.warn
         say(
             f"{plan.name}: signatures or other referrers were made for the source index "
             f"{plan.source_digest}; the {_new_root(plan)} does not match them. They are "
-            f"carried keyed to the source digest; {_keep_signed(plan)} to keep a signed index "
+            f"carried keyed to the source digest; {_keep_signed(spec, plan)} to keep a signed index "
             "valid")
 
 
-def _new_root(plan: ImagePlan) -> str:
+def _new_root(plan: Image) -> str:
     """What became of the source index: filtered (a subset), converted (old -> new), both."""
     converted = plan.source_digest in plan.conversions  # the root's own old -> new pair
     if plan.mode == "filter":
@@ -238,8 +233,8 @@ def _new_root(plan: ImagePlan) -> str:
     return f"converted index {plan.source_digest} -> {plan.root.digest}"
 
 
-def _keep_signed(plan: ImagePlan) -> str:
-    settings = plan.spec.settings
+def _keep_signed(spec: ImageSpec, plan: Image) -> str:
+    settings = spec.settings
     keep = "`format: keep`" if settings.format != "keep" else "`foreign_layers: include`"
     if plan.source_digest not in plan.conversions:  # filtered only
         return "use `index: sparse` (or all platforms)"

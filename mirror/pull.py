@@ -27,12 +27,12 @@ from mirror.bundle.writer import tar_size, unchanged
 from mirror.config import ImageSpec
 from mirror.errors import MirrorError
 from mirror.fetch import Fetcher
+from mirror.image import Image
 from mirror.manifest import Descriptor
 from mirror.planning import ImageResult, Planner
 from mirror.progress import NullProgress, Progress
 from mirror.registry.client import Client
 from mirror.registry.policy import RETRY_COUNTER
-from mirror.resolve import ImagePlan
 from mirror.store.blobs import _IO_POOL, BlobStore
 
 
@@ -110,7 +110,7 @@ class _Run(Planner):
     def config(self, i: int, registry: str, repo: str, desc: Descriptor) -> Awaitable[bytes]:
         return self.fetcher.config_bytes(registry, repo, desc, owner=i)
 
-    def need(self, plan: ImagePlan) -> list[Descriptor]:
+    def need(self, plan: Image) -> list[Descriptor]:
         base = self.opts.base_blobs or {}
         return [d for d in plan.blobs.values() if d.digest not in base]
 
@@ -135,7 +135,7 @@ class _Run(Planner):
         first served), so the bundle's sha256 can follow the downloads instead of waiting for
         a blob early in the tar that happened to come last. Each image's `fetch_one` then
         finds its blobs' tasks already running."""
-        first: dict[str, tuple[int, ImagePlan, Descriptor]] = {}
+        first: dict[str, tuple[int, Image, Descriptor]] = {}
         for i, p in self.resolved():
             for d in self.need(p):
                 first.setdefault(d.digest, (i, p, d))
@@ -143,11 +143,11 @@ class _Run(Planner):
             i, p, d = first[digest]
             ctx = contextvars.copy_context()
             ctx.run(RETRY_COUNTER.set, self.retry_counts[i])  # retries count for image i
-            ref = p.spec.reference
+            ref = self.specs[i].reference
             self.fetcher.place(ref.registry, ref.repository, d, i, context=ctx)
 
-    async def fetch_one(self, i: int, plan: ImagePlan) -> None:
-        ref = plan.spec.reference
+    async def fetch_one(self, i: int, plan: Image) -> None:
+        ref = self.specs[i].reference
         RETRY_COUNTER.set(self.retry_counts[i])
         try:
             await asyncio.gather(*(self.fetcher.place(ref.registry, ref.repository, d, i)
@@ -158,9 +158,9 @@ class _Run(Planner):
         finally:
             self.results[i].seconds = round(time.monotonic() - self.t0, 3)
         self.account(i, plan)
-        self.progress.info(_summary_line(plan, self.results[i]))
+        self.progress.info(_summary_line(self.specs[i], plan, self.results[i]))
 
-    def account(self, i: int, plan: ImagePlan) -> None:
+    def account(self, i: int, plan: Image) -> None:
         _account(self.results[i], self.need(plan), self.fetcher, i, self.reused)
         self.accounted.add(i)
 
@@ -276,7 +276,7 @@ class _Run(Planner):
         """The output already holds exactly this bundle: no byte to fetch or write."""
         for i, p in self.resolved():
             self.account(i, p)
-            self.progress.info(_summary_line(p, self.results[i]))
+            self.progress.info(_summary_line(self.specs[i], p, self.results[i]))
         result = self.result()
         needed = {d.digest for _, p in self.resolved() for d in self.need(p)}
         for blob in needed:  # none was even looked at, but each is in use (cache prune)
@@ -317,7 +317,7 @@ def _account_unfinished(res: ImageResult, need: list[Descriptor], fetcher: Fetch
     res.bytes_fetched += res.bytes_kept
 
 
-def _summary_line(plan: ImagePlan, res: ImageResult) -> str:
+def _summary_line(spec: ImageSpec, plan: Image, res: ImageResult) -> str:
     s = f"{plan.name}: {plan.root.digest} ({', '.join(plan.platforms) or 'no platform'})"
     if plan.mode == "filter":
         s += f" filtered from index {plan.source_digest}"
@@ -327,9 +327,9 @@ def _summary_line(plan: ImagePlan, res: ImageResult) -> str:
         s += f"; {len(plan.left_behind)} attestation(s) left behind"
     for old, new in plan.conversions.items():
         s += f"; nested index {old} filtered to {new}" if old in plan.nested_filtered and \
-            plan.spec.settings.format == "keep" else f"; converted {old} -> {new}"
+            spec.settings.format == "keep" else f"; converted {old} -> {new}"
     if plan.referrers:
-        kinds = sorted({r.kind for r in plan.referrers})
+        kinds = sorted({r.kind for r in plan.referrers if r.kind})
         s += f"; {len(plan.referrers)} referrer(s) ({', '.join(kinds)})"
     s += f"; {res.bytes_fetched} bytes fetched, {res.bytes_reused} reused"
     return s

@@ -16,34 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
 
 from mirror import mediatypes as mt
-from mirror.artifacts import kind_of, wanted
+from mirror.artifacts import COSIGN_SUFFIXES, fallback_tag, kind_of, wanted
 from mirror.errors import NotFound, RegistryError
+from mirror.image import Image
 from mirror.manifest import Descriptor, RawManifest, dump_json
+from mirror.reference import Reference
 from mirror.registry.client import Client
-
-COSIGN_SUFFIXES = {".sig": "signature", ".att": "attestation", ".sbom": "sbom"}
-A_SUBJECT = "dev.mirror.referrer.subject"
-A_KIND = "dev.mirror.referrer.kind"
-
-
-@dataclass(frozen=True)
-class Referrer:
-    manifest: RawManifest
-    subject: str  # the digest it refers to
-    tag: str | None  # the cosign tag it came from; None for an OCI 1.1 referrer
-    kind: str  # signature | attestation | sbom (mirror.artifacts) | else the artifactType
-
-    @property
-    def artifact_type(self) -> str | None:
-        return self.manifest.artifact_type
-
-
-def fallback_tag(digest: str) -> str:
-    alg, _, enc = digest.partition(":")
-    return f"{alg[:32]}-{enc[:64]}"
 
 
 class Finder:
@@ -100,11 +80,13 @@ class Finder:
             is not None
 
     async def discover(self, registry: str, repo: str, subject: str,
-                       artifact_types: tuple[str, ...] = ()) -> list[Referrer]:
-        """Everything that refers to `subject` in `registry/repo`, filtered by kind or
-        artifactType (mirror.artifacts.wanted)."""
+                       artifact_types: tuple[str, ...] = ()) -> list[Image]:
+        """Everything that refers to `subject` in `registry/repo`, each an image of its own
+        (named by its cosign tag, else by digest), filtered by kind or artifactType
+        (mirror.artifacts.wanted)."""
         client = self.client
-        found: list[Referrer] = []
+        where = Reference(registry, repo)
+        found: list[Image] = []
         descs = await self._api(registry, repo, subject)
         tags = await self.tags(registry, repo)
         fallback = fallback_tag(subject)
@@ -117,11 +99,11 @@ class Finder:
             if s is None or s.digest != subject:
                 continue  # a stale fallback entry
             kind = kind_of(raw) or raw.artifact_type or "artifact"
-            found.append(Referrer(raw, subject, None, kind))
+            found.append(Image.referrer(raw, subject, kind, where))
         for suffix, kind in COSIGN_SUFFIXES.items():
             if fallback + suffix in tags:
                 raw = await client.get_manifest(registry, repo, fallback + suffix)
-                found.append(Referrer(raw, subject, fallback + suffix, kind))
+                found.append(Image.referrer(raw, subject, kind, where, fallback + suffix))
         return [r for r in found if wanted(artifact_types, r.kind, r.artifact_type)]
 
 

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 
 from mirror.config import ImageSpec
 from mirror.fetch import Fetcher
+from mirror.image import Image
 from mirror.load import Target
 from mirror.planning import ImageResult, Planner
 from mirror.progress import Progress
 from mirror.push import BlobSource, PushImage, PushResult, push, push_order
 from mirror.registry.client import Client
-from mirror.resolve import ImagePlan
 from mirror.sources import CacheSource, RegistrySource
 from mirror.store.blobs import BlobStore
 
@@ -39,21 +39,21 @@ class SyncResult:
     planned: bool = False  # every image resolved (or failed): the images' entries are known
 
 
-def push_images(plans: list[ImagePlan], target: Target) -> list[PushImage]:
+def push_images(plans: list[Image], target: Target) -> list[PushImage]:
     """The images as `mirror load` of their bundle would push them to `target`: each to
     PREFIX/<its source repository> with its tag (none when pinned by digest), its referrers
     after every image, by digest or under their cosign tag."""
     images: list[PushImage] = []
     referrers: list[PushImage] = []
     for p in plans:
-        ref = p.spec.reference
+        ref = p.reference
+        assert ref is not None  # resolved from images.yaml
         repo = f"{target.prefix}/{ref.repository}" if target.prefix else ref.repository
         order, blobs = push_order(p.root, p.manifests)
         images.append(PushImage(p.name, repo, ref.tag, p.root, order, blobs))
         for r in p.referrers:
-            name = f"{ref.name}:{r.tag}" if r.tag else f"{ref.name}@{r.manifest.digest}"
-            referrers.append(PushImage(name, repo, r.tag, r.manifest, [r.manifest],
-                                       r.manifest.blobs(), referrer_of=r.subject))
+            referrers.append(PushImage(r.name, repo, r.tag, r.root, [r.root],
+                                       list(r.blobs.values()), referrer_of=r.subject))
     return images + referrers
 
 
@@ -74,8 +74,8 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
     plans = [p for _, p in planner.resolved()]
     result.partial = planner.first_error is not None
     result.blobs = {d.digest: d.size for p in plans for d in p.blobs.values()}
-    where = {d.digest: (p.spec.reference.registry, p.spec.reference.repository)
-             for p in plans for d in p.blobs.values()}
+    where = {d.digest: (ref.registry, ref.repository) for p in plans
+             if (ref := p.reference) is not None for d in p.blobs.values()}
     source: BlobSource = CacheSource(fetcher, where) if fetcher is not None else \
         RegistrySource(client, where)
     absent = {dg: why for p in plans for dg, why in p.absent.items()}

@@ -23,10 +23,10 @@ from mirror import mediatypes as mt
 from mirror.config import ImageSettings, ImageSpec
 from mirror.convert import convert_index, convert_manifest, convert_plan
 from mirror.errors import UnsupportedContent, UsageError
+from mirror.image import Image
 from mirror.manifest import RawManifest
 from mirror.progress import NullProgress
 from mirror.reference import Reference
-from mirror.resolve import ImagePlan
 from tests.support import imagegen as ig
 from tests.support.oracle import (
     check_layout,
@@ -135,8 +135,8 @@ def descriptors(body: dict[str, Any]) -> list[tuple[str, int, tuple[str, ...]]]:
 
 
 def plan_for(obj: ig.Image | ig.Index | RawManifest, mode: str = "full", *,
-             extra: list[RawManifest] = (), **settings: Any) -> ImagePlan:
-    """An ImagePlan as resolve would make it for a generated image (no registry needed)."""
+             extra: list[RawManifest] = (), **settings: Any) -> Image:
+    """An Image as resolve would make it for a generated image (no registry needed)."""
     spec = ImageSpec(Reference.parse("registry.example/test/app:v1"),
                      ImageSettings(**settings))
     if isinstance(obj, RawManifest):
@@ -146,7 +146,7 @@ def plan_for(obj: ig.Image | ig.Index | RawManifest, mode: str = "full", *,
         subs = obj.images + obj.extra if isinstance(obj, ig.Index) else []
         children = [RawManifest.from_bytes(i.manifest.data, i.manifest.media_type) for i in subs]
         children += list(extra)
-    plan = ImagePlan(spec, root, root.digest, mode)
+    plan = Image(str(spec.reference), root, mode=mode, reference=spec.reference)
     for raw in [*children, root]:
         plan.manifests[raw.digest] = raw
     return plan

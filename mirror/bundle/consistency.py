@@ -118,10 +118,10 @@ def _referrer_problems(c: Contents, inv: Inventory) -> list[str]:
     """mirror.json's referrers: each refers to what its manifest does, under the name pull
     gives a referrer (`name@digest`, or a cosign tag `sha256-<subject hex>.sig|.att|.sbom`),
     not a tag of its own that a load would push (and no runtime would see)."""
-    from mirror.bundle.layout import IMAGE_NAME, REF_NAME
+    from mirror.artifacts import COSIGN_SUFFIXES, fallback_tag
+    from mirror.bundle.layout import A_SUBJECT, IMAGE_NAME, REF_NAME
     from mirror.errors import InvalidReference
     from mirror.reference import Reference
-    from mirror.referrers import A_SUBJECT, COSIGN_SUFFIXES, fallback_tag
 
     out: list[str] = []
     for entry in inv.referrers:

@@ -13,17 +13,18 @@ from mirror.bundle.dockersave import docker_manifest
 from mirror.bundle.layout import (
     A_CONVERSIONS,
     A_INDEX_MODE,
+    A_KIND,
     A_PLATFORMS,
     A_SOURCE_DIGEST,
+    A_SUBJECT,
     Entry,
     Inventory,
     entry_list,
     index_json,
 )
 from mirror.bundle.writer import BlobItem, tar_size, unchanged, write_bundle
+from mirror.image import Image
 from mirror.progress import Progress
-from mirror.referrers import A_KIND, A_SUBJECT
-from mirror.resolve import ImagePlan
 from mirror.store.blobs import BlobStore
 
 
@@ -44,7 +45,7 @@ class Options(Protocol):
     def base_images(self) -> tuple[str, ...]: ...
 
 
-def entries_for(plans: list[ImagePlan]) -> tuple[list[Entry], list[Entry]]:
+def entries_for(plans: list[Image]) -> tuple[list[Entry], list[Entry]]:
     """The index.json entries (one per image reference) and the referrers' entries (their
     own tag or `name@digest`), which mirror.json carries (mirror.bundle.layout)."""
     entries: dict[str, Entry] = {}
@@ -59,11 +60,9 @@ def entries_for(plans: list[ImagePlan]) -> tuple[list[Entry], list[Entry]]:
             ann[A_CONVERSIONS] = ",".join(f"{o}>{n}" for o, n in p.conversions.items())
         entries[p.name] = Entry(p.name, p.root.media_type, p.root.digest, p.root.size, ann)
         for r in p.referrers:
-            ref = p.spec.reference
-            name = f"{ref.name}:{r.tag}" if r.tag else f"{ref.name}@{r.manifest.digest}"
-            m = r.manifest
-            referrers[name] = Entry(name, m.media_type, m.digest, m.size,
-                                    {A_SUBJECT: r.subject, A_KIND: r.kind})
+            m = r.root
+            referrers[r.name] = Entry(r.name, m.media_type, m.digest, m.size,
+                                      {A_SUBJECT: r.subject or "", A_KIND: r.kind or ""})
     return list(entries.values()), [r for n, r in referrers.items() if n not in entries]
 
 
@@ -76,7 +75,7 @@ class BundleLayout:
     blobs: list[BlobItem]  # in tar order (verify flags set by the writer's caller)
 
 
-def bundle_layout(plans: list[ImagePlan], opts: Options, *, partial: bool) -> BundleLayout:
+def bundle_layout(plans: list[Image], opts: Options, *, partial: bool) -> BundleLayout:
     """What the bundle holds, in its fixed order: the same plans give the same bytes."""
     manifests: dict[str, bytes] = {}
     blobs: dict[str, int] = {}
@@ -86,7 +85,7 @@ def bundle_layout(plans: list[ImagePlan], opts: Options, *, partial: bool) -> Bu
         for m in p.manifest_order():
             manifests[m.digest] = m.data
         for r in p.referrers:
-            manifests[r.manifest.digest] = r.manifest.data
+            manifests[r.root.digest] = r.root.data
         for d in p.blobs.values():
             inv.blobs[d.digest] = d.size
             if opts.base_blobs and d.digest in opts.base_blobs:
@@ -109,7 +108,7 @@ def bundle_layout(plans: list[ImagePlan], opts: Options, *, partial: bool) -> Bu
                         [BlobItem(d, size, verify=True) for d, size in sorted(blobs.items())])
 
 
-def write_plans(plans: list[ImagePlan], store: BlobStore, opts: Options,
+def write_plans(plans: list[Image], store: BlobStore, opts: Options,
                 fresh: set[str], progress: Progress, *, partial: bool,
                 stop: threading.Event | None = None) -> tuple[str, bool]:
     """Write the bundle from the store in one pass (a .tar.zst, or after a late failure);

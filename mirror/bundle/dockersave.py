@@ -19,16 +19,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from mirror import mediatypes as mt
 from mirror.bundle.writer import _blob_name
+from mirror.image import Image
 from mirror.manifest import RawManifest
 from mirror.platform import Platform
 from mirror.reference import DOCKER_HUB, Reference
-
-if TYPE_CHECKING:
-    from mirror.resolve import ImagePlan
 
 TAGGED_FIRST = ("linux", "amd64")
 # Docker 20.10's load reads tar and gzip layers, not zstd ("invalid tar header", and nothing
@@ -49,7 +46,7 @@ def familiar(ref: Reference) -> str | None:
     return f"{name}:{ref.tag}"
 
 
-def _images(plan: ImagePlan) -> list[tuple[Platform | None, RawManifest]]:
+def _images(plan: Image) -> list[tuple[Platform | None, RawManifest]]:
     """The platform images under the plan's root, in index order (nested indexes walked)."""
     out: list[tuple[Platform | None, RawManifest]] = []
 
@@ -76,7 +73,7 @@ def _loadable(platform: Platform | None, raw: RawManifest, carried: set[str]) ->
         d.digest in carried for d in raw.blobs())
 
 
-def docker_manifest(plans: Iterable[ImagePlan], carried: set[str]) -> bytes:
+def docker_manifest(plans: Iterable[Image], carried: set[str]) -> bytes:
     """manifest.json for the images of `plans` whose blobs are all in `carried`."""
     entries: dict[tuple[str, tuple[str, ...]], set[str]] = {}
     for plan in plans:
@@ -85,7 +82,7 @@ def docker_manifest(plans: Iterable[ImagePlan], carried: set[str]) -> bytes:
                        (p.os, p.architecture) == TAGGED_FIRST), None)
         if tagged is None and images:
             tagged = images[0][1]
-        tag = familiar(plan.spec.reference)
+        tag = familiar(plan.reference) if plan.reference else None
         for _, raw in images:
             assert raw.config is not None
             key = (raw.config.digest, tuple(d.digest for d in raw.layers))
@@ -99,7 +96,7 @@ def docker_manifest(plans: Iterable[ImagePlan], carried: set[str]) -> bytes:
     return json.dumps(docs, separators=(",", ":")).encode() + b"\n"
 
 
-def left_out(plans: Iterable[ImagePlan], carried: set[str]) -> list[tuple[str, str]]:
+def left_out(plans: Iterable[Image], carried: set[str]) -> list[tuple[str, str]]:
     """The references with a Linux image that manifest.json leaves out (docker load and
     podman load do not get it), each with the reason in words, for pull to say."""
     out: list[tuple[str, str]] = []
