@@ -18,7 +18,8 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 from mirror.aio import aiter_thread
-from mirror.bundle.layout import A_SUBJECT, IMAGE_NAME, REF_NAME
+from mirror.bundle.images import bundle_images, entry_name
+from mirror.bundle.layout import REF_NAME
 from mirror.bundle.reader import Bundle, Contents
 from mirror.digest import verified_sync
 from mirror.elsewhere import find_elsewhere
@@ -31,7 +32,7 @@ from mirror.errors import (
 from mirror.fileobj import Readable
 from mirror.manifest import Descriptor
 from mirror.progress import NullProgress, Progress
-from mirror.push import Body, PushImage, PushResult, push, push_order
+from mirror.push import Body, PushImage, PushResult, push
 from mirror.reference import (
     Reference,
     _is_registry,
@@ -74,8 +75,7 @@ LoadResult = PushResult  # what a load did: the sink's counts
 
 
 def _entry_target(entry: dict, target: Target, bundle: str) -> tuple[str, str | None]:
-    ann = entry.get("annotations") or {}
-    name = ann.get(IMAGE_NAME) or ann.get(REF_NAME)
+    name = entry_name(entry)
     if not name:
         if not target.prefix:
             raise BundleError(f"{bundle}: index.json entry {entry.get('digest')} has no ref "
@@ -104,20 +104,11 @@ def _entry_target(entry: dict, target: Target, bundle: str) -> tuple[str, str | 
 
 
 def plan_load(contents: Contents, target: Target, bundle: str) -> list[PushImage]:
-    images = []
-    for entry in contents.index["manifests"]:
-        desc = Descriptor.from_dict(entry, f"{bundle} index.json")
-        root = contents.manifests.get(desc.digest)
-        if root is None:
-            raise BundleError(f"{bundle}: manifest {desc.digest} is missing")
-        repo, tag = _entry_target(entry, target, bundle)
-        order, blobs = push_order(root, contents.manifests)
-        ann = entry.get("annotations") or {}
-        subject = ann.get(A_SUBJECT) or (root.subject.digest if root.subject else None)
-        name = ann.get(IMAGE_NAME) or ann.get(REF_NAME)
-        images.append(PushImage(str(name or f"{bundle}: index.json entry {desc.digest}"),
-                                repo, tag, root, order, blobs, subject,
-                                unnamed=not name))
+    """The bundle's images (mirror.bundle.images), each mapped to its target repository and
+    tag; referrers after every image."""
+    entries = contents.index["manifests"]
+    images = [PushImage(img, *_entry_target(e, target, bundle), unnamed=not entry_name(e))
+              for e, img in zip(entries, bundle_images(contents, bundle).images, strict=True)]
     targets: dict[tuple[str, str], PushImage] = {}
     for img in images:  # ghcr.io/org/app:1 and docker.io/org/app:1 both land on org/app:1
         if img.tag is None:

@@ -19,6 +19,7 @@ A push that fails or is stopped cancels the upload sessions it left open at the 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -33,6 +34,7 @@ from mirror.errors import (
     RateLimited,
     RegistryError,
 )
+from mirror.image import Image, push_order
 from mirror.manifest import Descriptor, RawManifest
 from mirror.merge import merged, other_platforms, platforms
 from mirror.progress import Progress
@@ -43,14 +45,34 @@ from mirror.registry.upload import restartable
 
 @dataclass
 class PushImage:
-    name: str  # the source's name for it
+    """An image (mirror.image) and where it goes at the target."""
+
+    image: Image
     repository: str  # target repository
     tag: str | None
-    root: RawManifest
-    manifests: list[RawManifest]  # children first, root last
-    blobs: list[Descriptor]
-    referrer_of: str | None = None  # a signature, SBOM or attestation: its subject digest
     unnamed: bool = False  # an entry with no ref name (skopeo's oci-archive:FILE): by digest
+
+    @property
+    def name(self) -> str:  # the source's name for it
+        return self.image.name
+
+    @property
+    def root(self) -> RawManifest:
+        return self.image.root
+
+    @property
+    def referrer_of(self) -> str | None:  # a signature, SBOM or attestation: its subject
+        return self.image.subject
+
+    @functools.cached_property
+    def manifests(self) -> list[RawManifest]:
+        """Those under the root, children before their parents, root last."""
+        return push_order([self.image.root], self.image.manifests)
+
+    @functools.cached_property
+    def blobs(self) -> list[Descriptor]:
+        """Every blob the manifests name (absent on purpose or not), each once."""
+        return list({d.digest: d for m in self.manifests for d in m.blobs()}.values())
 
 
 @dataclass
@@ -91,30 +113,6 @@ class BlobSource(Protocol):
 Elsewhere = Callable[[dict[str, Descriptor], list[str]], Awaitable[tuple[dict[str, str], int]]]
 # the error for base blobs found nowhere: (their "digest (repository)", repositories looked in)
 Incomplete = Callable[[list[str], int], MirrorError]
-
-
-def push_order(root: RawManifest, lookup: Mapping[str, RawManifest]
-               ) -> tuple[list[RawManifest], list[Descriptor]]:
-    """The manifests under `root` that `lookup` holds, children before their parents (root
-    last), and every blob they name, each once."""
-    order: list[RawManifest] = []
-    blobs: dict[str, Descriptor] = {}
-    seen: set[str] = set()
-
-    def visit(raw: RawManifest) -> None:
-        if raw.digest in seen:
-            return
-        seen.add(raw.digest)
-        for child in raw.children:
-            sub = lookup.get(child.digest)
-            if sub is not None:
-                visit(sub)
-        for d in raw.blobs():
-            blobs.setdefault(d.digest, d)
-        order.append(raw)
-
-    visit(root)
-    return order, list(blobs.values())
 
 
 @dataclass

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 
 from mirror.config import ImageSpec
 from mirror.fetch import Fetcher
-from mirror.image import Image
+from mirror.image import Image, ImageSet
 from mirror.load import Target
 from mirror.planning import ImageResult, Planner
 from mirror.progress import Progress
-from mirror.push import BlobSource, PushImage, PushResult, push, push_order
+from mirror.push import BlobSource, PushImage, PushResult, push
 from mirror.registry.client import Client
 from mirror.sources import CacheSource, RegistrySource
 from mirror.store.blobs import BlobStore
@@ -43,18 +43,12 @@ def push_images(plans: list[Image], target: Target) -> list[PushImage]:
     """The images as `mirror load` of their bundle would push them to `target`: each to
     PREFIX/<its source repository> with its tag (none when pinned by digest), its referrers
     after every image, by digest or under their cosign tag."""
-    images: list[PushImage] = []
-    referrers: list[PushImage] = []
-    for p in plans:
-        ref = p.reference
-        assert ref is not None  # resolved from images.yaml
-        repo = f"{target.prefix}/{ref.repository}" if target.prefix else ref.repository
-        order, blobs = push_order(p.root, p.manifests)
-        images.append(PushImage(p.name, repo, ref.tag, p.root, order, blobs))
-        for r in p.referrers:
-            referrers.append(PushImage(r.name, repo, r.tag, r.root, [r.root],
-                                       list(r.blobs.values()), referrer_of=r.subject))
-    return images + referrers
+    out: list[PushImage] = []
+    for img in ImageSet(plans).in_push_order():
+        assert img.repository is not None  # resolved from images.yaml
+        repo = f"{target.prefix}/{img.repository}" if target.prefix else img.repository
+        out.append(PushImage(img, repo, img.tag))
+    return out
 
 
 async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
