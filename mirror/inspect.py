@@ -20,15 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from mirror import mediatypes as mt
-from mirror.bundle.layout import (
-    A_CONVERSIONS,
-    A_KIND,
-    A_SOURCE_DIGEST,
-    A_SUBJECT,
-    IMAGE_NAME,
-    REF_NAME,
-)
 from mirror.errors import NoMatchingPlatform
+from mirror.image import Image
 from mirror.manifest import RawManifest
 from mirror.platform import Platform, PlatformSelector, no_matching_manifest
 
@@ -64,26 +57,27 @@ def bundle_path(target: str) -> Path | None:
     return None
 
 
-async def describe(name: str, root: RawManifest, get_manifest: GetManifest, get_blob: GetBlob,
-                   annotations: dict[str, str] | None = None,
-                   platforms: PlatformSelector | None = None, *,
+async def describe(image: Image, get_manifest: GetManifest, get_blob: GetBlob,
+                   platforms: PlatformSelector | None = None, *, name: str | None = None,
                    conversions: dict[str, str] | None = None,
                    absent: dict[str, str] | None = None) -> dict[str, Any]:
-    """The labelled digests of `root`, nested indexes recursed. With `platforms` (other than
-    all): only the platform manifests that match (and the attestations describing them), as
-    pull selects them; NoMatchingPlatform naming `name` when none does. An artifact is never
-    platform-filtered. `conversions` (old: new digest, a bundle's) names the manifest each
-    converted one replaced; `absent` (digest: reason, a bundle's mirror.json) marks the
-    blobs the bundle leaves out on purpose."""
+    """The labelled digests of the image (mirror.image), nested indexes recursed. With
+    `platforms` (other than all): only the platform manifests that match (and the
+    attestations describing them), as pull selects them; NoMatchingPlatform naming `name`
+    (default: the image's) when none does. An artifact is never platform-filtered.
+    `conversions` (old: new digest, a bundle's) names the manifest each converted one
+    replaced; `absent` (digest: reason, a bundle's mirror.json) marks the blobs the bundle
+    leaves out on purpose."""
     sel = platforms or PlatformSelector()
+    name = name or image.name
+    root = image.root
     doc: dict[str, Any] = {"reference": name, "digest": root.digest,
                            "mediaType": root.media_type, "size": root.size}
-    ann = annotations or {}
-    if ann.get(A_SOURCE_DIGEST):
-        doc["sourceDigest"] = ann[A_SOURCE_DIGEST]
-    if ann.get(A_SUBJECT):
-        doc["referrerOf"] = ann[A_SUBJECT]
-        doc["kind"] = ann.get(A_KIND, "artifact")
+    if image.source_digest != root.digest:
+        doc["sourceDigest"] = image.source_digest
+    if image.kind is not None:  # a referrer the bundle names as one
+        doc["referrerOf"] = image.subject
+        doc["kind"] = image.kind
     ctx = _Context(get_manifest, get_blob, sel, {n: o for o, n in (conversions or {}).items()},
                    absent or {})
     if root.is_index:
@@ -298,7 +292,8 @@ async def inspect_target(args, make_transport,
             async def get_blob(d: str) -> bytes | None:
                 return await client.get_small_blob(ref.registry, ref.repository, d)
 
-            docs = [await describe(str(ref), root, get_manifest, get_blob, platforms=sel)]
+            docs = [await describe(Image(str(ref), root, reference=ref), get_manifest,
+                                   get_blob, platforms=sel)]
     return json.dumps(docs, indent=2) if args.json else render(docs)
 
 
@@ -306,6 +301,7 @@ async def _inspect_bundle(path: Path, sel: PlatformSelector,
                           note: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Every index.json entry; with --platform, the images that have one of those platforms
     (the others left out; NoMatchingPlatform when none has) and what refers to them."""
+    from mirror.bundle.images import bundle_images, entry_name
     from mirror.bundle.reader import Bundle
 
     bundle = Bundle(path)  # a missing file: BundleError, as verify and load say it
@@ -328,15 +324,13 @@ async def _inspect_bundle(path: Path, sel: PlatformSelector,
     absent = dict(inv.absent) if inv else {}
     docs: list[dict[str, Any]] = []
     matched, missed = 0, []
-    for e in contents.index["manifests"]:
-        ann = e.get("annotations") or {}
-        name = ann.get(IMAGE_NAME) or ann.get(REF_NAME) or e["digest"]
-        root = contents.manifests[e["digest"]]
-        filtered = not ann.get(A_SUBJECT) and has_platform(root)
-        conversions = {**(inv.conversions if inv else {}), **_conversions(ann)}
+    images = bundle_images(contents, bundle.name).images
+    for e, img in zip(contents.index["manifests"], images, strict=True):
+        filtered = img.kind is None and has_platform(img.root)
+        conversions = {**(inv.conversions if inv else {}), **img.conversions}
         try:
-            doc = await describe(name, root, get_manifest, get_blob, ann,
-                                 sel if filtered else None, conversions=conversions,
+            doc = await describe(img, get_manifest, get_blob, sel if filtered else None,
+                                 name=entry_name(e) or e["digest"], conversions=conversions,
                                  absent=absent)
             if doc.get("referrerOf") not in (None, *contents.manifests):
                 # made for a manifest the bundle replaced (a filtered index, a converted
@@ -355,12 +349,6 @@ async def _inspect_bundle(path: Path, sel: PlatformSelector,
             str(path), sel, [p for err in missed for p in err.available],
             hint=HINT, holder="its images have")
     return _with_their_subjects(docs)
-
-
-def _conversions(ann: dict[str, str]) -> dict[str, str]:
-    """An index.json entry's `dev.mirror.conversions`: "old>new,old>new" as {old: new}."""
-    pairs = (p.split(">", 1) for p in (ann.get(A_CONVERSIONS) or "").split(",") if ">" in p)
-    return {old.strip(): new.strip() for old, new in pairs}
 
 
 def _with_their_subjects(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
