@@ -56,7 +56,8 @@ class Image:
     mode: str = "single"  # full | filter | sparse | single
     reference: Reference | None = None  # the name parsed (None: an entry with no name)
     manifests: dict[str, RawManifest] = field(default_factory=dict)  # all, root included
-    blobs: dict[str, Descriptor] = field(default_factory=dict)  # configs and layers
+    # configs and layers to carry (from a bundle: all its manifests name, so the absent too)
+    blobs: dict[str, Descriptor] = field(default_factory=dict)
     absent: dict[str, str] = field(default_factory=dict)  # digest -> why it is left out
     platforms: list[str] = field(default_factory=list)
     platform_digests: dict[str, str] = field(default_factory=dict)  # platform -> carried

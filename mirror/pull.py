@@ -27,7 +27,7 @@ from mirror.bundle.writer import tar_size, unchanged
 from mirror.config import ImageSpec
 from mirror.errors import MirrorError
 from mirror.fetch import Fetcher
-from mirror.image import Image
+from mirror.image import Image, ImageSet
 from mirror.manifest import Descriptor
 from mirror.planning import ImageResult, Planner
 from mirror.progress import NullProgress, Progress
@@ -114,6 +114,13 @@ class _Run(Planner):
         base = self.opts.base_blobs or {}
         return [d for d in plan.blobs.values() if d.digest not in base]
 
+    def image_set(self) -> ImageSet:
+        """The images the bundle carries (partial when one failed), and its base's."""
+        o = self.opts
+        return ImageSet([p for _, p in self.resolved()], base=o.base_digest,
+                        base_name=o.base_name, base_images=list(o.base_images),
+                        partial=self.first_error is not None)
+
     def result(self) -> PullResult:
         for res, count in zip(self.results, self.retry_counts, strict=True):
             res.retries = count[0]
@@ -174,8 +181,7 @@ class _Run(Planner):
             self.progress.total(sum({d.digest: d.size for _, p in self.resolved()
                                      for d in self.need(p)}.values()))
             if opts.output is not None and not opts.compress:
-                lay = bundle_layout([p for _, p in self.resolved()], opts,
-                                    partial=self.first_error is not None)
+                lay = bundle_layout(self.image_set(), opts)
                 there = await asyncio.get_running_loop().run_in_executor(  # hashes the file
                     _IO_POOL, unchanged, opts.output, lay.index, lay.inventory,
                     tar_size(lay.index, lay.inventory, lay.manifests, lay.blobs, lay.docker),
@@ -234,7 +240,6 @@ class _Run(Planner):
         bundle (if any) as it was."""
         opts, f = self.opts, self.fetcher
         loop = asyncio.get_running_loop()
-        partial = self.first_error is not None
         late = any(self.plans[i] is None for i in self.in_layout)
         stop = threading.Event()
         assembler = f.assembler
@@ -245,11 +250,11 @@ class _Run(Planner):
             if assembler is not None:
                 assembler.abort()
                 f.assembler = None
-            plans = [p for _, p in self.resolved()]
+            images = self.image_set()
 
             def name() -> tuple[str | None, bool]:
-                return write_plans(plans, self.store, opts, f.fetched, self.progress,
-                                   partial=partial, stop=stop)
+                return write_plans(images, self.store, opts, f.fetched, self.progress,
+                                   stop=stop)
         else:
             return None, False
         fut = loop.run_in_executor(_IO_POOL, name)

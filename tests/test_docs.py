@@ -50,6 +50,16 @@ def test_only_the_cli_imports_tqdm() -> None:
             assert not re.search(r"^\s*(from|import) tqdm", path.read_text(), re.M), path
 
 
+def test_the_bundle_package_does_not_import_the_engines() -> None:
+    """mirror/bundle reads and writes bundles from the model (mirror.image): it never
+    imports the engines that make or consume it, nor the registry client."""
+    engines = ("pull", "load", "resolve", "convert", "referrers", "fetch", "registry",
+               "commands", "cli")
+    pattern = re.compile(rf"^\s*(from|import) mirror\.({'|'.join(engines)})\b", re.M)
+    for path in (Path(__file__).parent.parent / "mirror" / "bundle").rglob("*.py"):
+        assert not pattern.search(path.read_text()), path
+
+
 def test_referrer_kinds_are_in_help_and_readme() -> None:
     from mirror.artifacts import KINDS
 

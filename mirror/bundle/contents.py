@@ -23,7 +23,7 @@ from mirror.bundle.layout import (
     index_json,
 )
 from mirror.bundle.writer import BlobItem, tar_size, unchanged, write_bundle
-from mirror.image import Image
+from mirror.image import Image, ImageSet
 from mirror.progress import Progress
 from mirror.store.blobs import BlobStore
 
@@ -37,12 +37,6 @@ class Options(Protocol):
     def compress(self) -> bool: ...
     @property
     def base_blobs(self) -> dict[str, int] | None: ...  # incremental: what the base carries
-    @property
-    def base_digest(self) -> str | None: ...
-    @property
-    def base_name(self) -> str | None: ...
-    @property
-    def base_images(self) -> tuple[str, ...]: ...
 
 
 def entries_for(plans: list[Image]) -> tuple[list[Entry], list[Entry]]:
@@ -75,17 +69,17 @@ class BundleLayout:
     blobs: list[BlobItem]  # in tar order (verify flags set by the writer's caller)
 
 
-def bundle_layout(plans: list[Image], opts: Options, *, partial: bool) -> BundleLayout:
-    """What the bundle holds, in its fixed order: the same plans give the same bytes."""
+def bundle_layout(images: ImageSet, opts: Options) -> BundleLayout:
+    """What the bundle holds, in its fixed order: the same images give the same bytes."""
+    plans = images.images
     manifests: dict[str, bytes] = {}
     blobs: dict[str, int] = {}
-    inv = Inventory(partial=partial, base=opts.base_digest, base_name=opts.base_name,
-                    base_images=list(opts.base_images))
-    for p in plans:
-        for m in p.manifest_order():
+    inv = Inventory(partial=images.partial, base=images.base, base_name=images.base_name,
+                    base_images=list(images.base_images))
+    for img in images.in_push_order():  # referrers included
+        for m in img.manifest_order():
             manifests[m.digest] = m.data
-        for r in p.referrers:
-            manifests[r.root.digest] = r.root.data
+    for p in plans:
         for d in p.blobs.values():
             inv.blobs[d.digest] = d.size
             if opts.base_blobs and d.digest in opts.base_blobs:
@@ -96,25 +90,25 @@ def bundle_layout(plans: list[Image], opts: Options, *, partial: bool) -> Bundle
             inv.absent.setdefault(digest, reason)
         inv.conversions.update(p.conversions)
     inv.manifests = sorted(manifests)
-    images, referrers = entries_for(plans)
+    entries, referrers = entries_for(plans)
     inv.referrers = entry_list(referrers)
     carried = set(blobs)
     # an image whose layers are not all here (a base bundle's, a skipped foreign layer)
     incomplete = {p.name for p in plans if "foreign" in p.absent.values()
                   or any(d not in carried for d in p.blobs)}
-    return BundleLayout(index_json(images, incomplete), inv.to_bytes(),
+    return BundleLayout(index_json(entries, incomplete), inv.to_bytes(),
                         docker_manifest(plans, carried),
                         [(d, manifests[d]) for d in inv.manifests],
                         [BlobItem(d, size, verify=True) for d, size in sorted(blobs.items())])
 
 
-def write_plans(plans: list[Image], store: BlobStore, opts: Options,
-                fresh: set[str], progress: Progress, *, partial: bool,
+def write_plans(images: ImageSet, store: BlobStore, opts: Options,
+                fresh: set[str], progress: Progress, *,
                 stop: threading.Event | None = None) -> tuple[str, bool]:
     """Write the bundle from the store in one pass (a .tar.zst, or after a late failure);
     return its digest, and True when an identical one was already there."""
     assert opts.output is not None
-    lay = bundle_layout(plans, opts, partial=partial)
+    lay = bundle_layout(images, opts)
     items = [BlobItem(b.digest, b.size, verify=b.digest not in fresh) for b in lay.blobs]
     size = None if opts.compress else tar_size(lay.index, lay.inventory, lay.manifests, items,
                                                lay.docker)
