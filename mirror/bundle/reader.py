@@ -117,10 +117,15 @@ class Bundle:
             self._by_member = by
         return self._by_member.get(name, [])
 
+    def blob_at(self, digest: str) -> Member | None:
+        """Where a blob's bytes are: its member (a plain tar's data offset, or a directory's
+        file), for a reader at random (open_blob, mirror serve); None when not in the bundle."""
+        name = self.blob_member(digest)
+        return self._index().get(name) or (self._linked().get(name) if self._links else None)
+
     def open_blob(self, digest: str, offset: int = 0) -> Iterator[bytes]:
         """Chunks of a blob of a plain tar, from `offset` (sync; run it off the event loop)."""
-        name = self.blob_member(digest)
-        m = self._index().get(name) or (self._linked().get(name) if self._links else None)
+        m = self.blob_at(digest)
         if m is None:
             raise BundleError(f"{self.name}: blob {digest} is missing")
         with self.open_member(m) as f:
