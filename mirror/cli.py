@@ -20,6 +20,7 @@ from mirror.errors import EXIT_CODES, MirrorError
 from mirror.netargs import check_net_flags
 from mirror.report import Report
 from mirror.report import check_path as check_report_path
+from mirror.serve import DEFAULT_LISTEN
 from mirror.signals import Terminated, run_stoppable
 
 
@@ -202,6 +203,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "pull matches them (default: all)")
     _add_net(p)
     _add_out(p)
+
+    p = sub.add_parser("serve", help="answer as a read-only registry from a bundle (.tar), "
+                       "with no registry installed")
+    p.add_argument("bundle", type=Path, help="a bundle .tar (a .tar.zst: decompress it once)")
+    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="ADDR:PORT",
+                   help=f"address and port to listen on (default {DEFAULT_LISTEN}: every "
+                   "address; port 0: a free one, printed)")
+    p.add_argument("--tls-cert", type=Path, metavar="FILE", help="serve HTTPS with this "
+                   "certificate (PEM, with its chain); needs --tls-key")
+    p.add_argument("--tls-key", type=Path, metavar="FILE", help="the certificate's key (PEM)")
+    p.add_argument("--prefix", default="", metavar="P", help="serve each image as "
+                   "P/<source repository>, as `mirror load --to HOST/P` names it")
+    _add_out(p)
     return ap
 
 
@@ -277,6 +291,7 @@ _AFTER_INTERRUPT = {  # what an interrupted run leaves, and what the next one do
     "pull": "; finished blobs are kept, partial ones resume next run",
     "load": "; blobs pushed so far stay, the next load skips them; tags are pushed last, "
             "so none names an incomplete image",
+    "serve": "; stopped serving",
 }
 
 

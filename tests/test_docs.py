@@ -92,6 +92,7 @@ def test_every_report_field_is_in_the_readme(tmp_path: Path) -> None:
         "verify": [tmp_path / "none.tar"],
         "client-config": [tmp_path / "none.tar", "--to", "127.0.0.1:9", "-o", tmp_path / "cc"],
         "cache": ["prune", "--cache", cache, "--older-than", "30d"],
+        "serve": [tmp_path / "none.tar", "--listen", "127.0.0.1:0"],
     }
     for command, args in runs.items():
         report = tmp_path / f"{command}.json"

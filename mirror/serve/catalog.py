@@ -1,0 +1,91 @@
+"""What `mirror serve` serves: each repository's tags, manifests, blobs and referrers, named
+as `mirror load --to HOST/PREFIX` would push them (the same plan, so the two cannot disagree).
+
+Only the bundle's index is held: the member offsets of the plain tar (or a layout
+directory's files) and its manifests; blobs are read from the file per request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mirror.bundle.reader import Bundle, Member
+from mirror.errors import BundleError, InvalidReference, UsageError
+from mirror.load import Target, check_complete, plan_load
+from mirror.manifest import RawManifest
+from mirror.reference import Reference
+
+
+@dataclass
+class Repository:
+    name: str
+    tags: dict[str, str] = field(default_factory=dict)  # tag -> manifest digest
+    manifests: dict[str, RawManifest] = field(default_factory=dict)
+    blobs: set[str] = field(default_factory=set)  # digests the bundle holds for it
+    referrers: dict[str, list[RawManifest]] = field(default_factory=dict)  # subject -> them
+
+
+@dataclass
+class Catalog:
+    bundle: Bundle
+    repositories: dict[str, Repository]
+    absent: int = 0  # blobs the images name that the bundle does not hold (left out on purpose)
+
+    def blob(self, digest: str) -> Member | None:
+        return self.bundle.blob_at(digest)
+
+    @property
+    def tags(self) -> int:
+        return sum(len(r.tags) for r in self.repositories.values())
+
+
+def check_prefix(prefix: str) -> str:
+    """--prefix: a repository path (as load's --to HOST/PREFIX takes it), or empty."""
+    prefix = prefix.strip().strip("/")
+    if not prefix:
+        return ""
+    try:
+        Reference.parse(f"localhost/{prefix}")
+    except InvalidReference as e:
+        raise UsageError(f"invalid --prefix {prefix!r}: {e}") from None
+    if ":" in prefix or "@" in prefix:
+        raise UsageError(f"invalid --prefix {prefix!r}: a repository path, not a tag or digest "
+                         "(each image is served with its own tags)")
+    return prefix
+
+
+def refuse_compressed(path: Path) -> None:
+    """A .tar.zst cannot be read at an offset: say what to do rather than decompress per
+    request."""
+    name = str(path)
+    raise BundleError(f"{name}: a .tar.zst cannot be read at random, and mirror serve reads "
+                      "each blob at its offset in the tar",
+                      hint=f"decompress it once to a .tar (`zstd -d {name} -o "
+                      f"{name.removesuffix('.zst').removesuffix('.tzst')}"
+                      f"{'' if name.endswith('.tar.zst') else '.tar'}`) and serve that, or "
+                      "pull with -o NAME.tar (no compression)")
+
+
+def open_catalog(path: Path, prefix: str, registry: str) -> Catalog:
+    """Scan the bundle (the checks load makes before pushing) and plan it as load would for
+    `--to REGISTRY/PREFIX`. Sync: run it off the event loop."""
+    bundle = Bundle(path)
+    if bundle.compressed:
+        refuse_compressed(path)
+    contents = bundle.scan()
+    images = plan_load(contents, Target(registry, prefix), bundle.name)
+    absent = check_complete(images, contents, bundle.name)
+    repos: dict[str, Repository] = {}
+    for img in images:
+        repo = repos.setdefault(img.repository, Repository(img.repository))
+        for m in img.manifests:
+            repo.manifests[m.digest] = m
+        if img.tag is not None:
+            repo.tags[img.tag] = img.root.digest
+        repo.blobs.update(d.digest for d in img.blobs if d.digest in contents.members)
+        if img.root.subject is not None:  # an OCI referrer: listed by the referrers API
+            found = repo.referrers.setdefault(img.root.subject.digest, [])
+            if img.root not in found:
+                found.append(img.root)
+    return Catalog(bundle, repos, len(absent))

@@ -1,0 +1,443 @@
+"""Issue 17: `mirror serve BUNDLE` answers as a read-only registry, straight from the tar.
+
+A bundle of generated images (a signed two-platform OCI index with an SBOM, a Docker manifest
+list), pulled from the real registry, is served by `mirror serve` as a subprocess on a free
+127.0.0.1 port; real clients (skopeo, ctr, podman, docker, mirror pull) and plain HTTP
+requests check what it answers against the bundle's own bytes (tests.support.oracle).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.support import imagegen as ig
+from tests.support.oracle import (
+    Layout,
+    check_layout,
+    error_line,
+    mirror_cmd,
+    mirror_env,
+    mirror_ok,
+    run,
+    run_mirror,
+    skopeo,
+)
+from tests.support.pusher import push_image
+from tests.support.registry import make_tls_files
+from tests.support.runtimes import Containerd, Dockerd, Podman
+from tests.test_referrers import seed
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Served:
+    proc: subprocess.Popen
+    url: str  # http://127.0.0.1:PORT
+    log: Path  # its stderr: the request lines
+    bundle: Path
+    layout: Layout
+    signed: str  # repository of the signed OCI index (tag 1.0)
+    listed: str  # repository of the Docker manifest list (tag 2)
+    index: ig.Index
+    docker_list: ig.Index
+    sbom_type: str
+
+    @property
+    def host(self) -> str:
+        return self.url.split("://", 1)[1]
+
+
+def start_serve(bundle: Path, log: Path, *args: object) -> tuple[subprocess.Popen, str]:
+    """`mirror serve BUNDLE --listen 127.0.0.1:0 ARGS`: the process and the URL it prints."""
+    err = open(log, "wb")  # noqa: SIM115 - the process writes it until stopped
+    proc = subprocess.Popen(mirror_cmd("serve", bundle, "--listen", "127.0.0.1:0", *args),
+                            stdout=subprocess.PIPE, stderr=err, cwd=ROOT, env=mirror_env(),
+                            text=True)
+    err.close()
+    assert proc.stdout is not None
+    url = proc.stdout.readline().strip()
+    assert url.startswith(("http://127.0.0.1:", "https://127.0.0.1:")), \
+        f"no URL from mirror serve (exit {proc.poll()}):\n{log.read_text()}"
+    return proc, url
+
+
+def stop_serve(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=15)
+    finally:
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def served(src_registry, tmp_path_factory) -> Iterator[Served]:
+    import random
+
+    rng = random.Random("test_serve")
+    tmp = tmp_path_factory.mktemp("serve")
+    signed = f"serve/signed-{uuid.uuid4().hex[:8]}"
+    listed = f"serve/listed-{uuid.uuid4().hex[:8]}"
+    index, _imgs, _sig, _tag, sbom = seed(src_registry.url, signed, rng,
+                                          ec.generate_private_key(ec.SECP256R1()))
+    docker_list = ig.make_index([ig.make_image(rng, p, fmt="docker", layer_size=300_000)
+                                 for p in (ig.AMD64, ig.ARM64)], fmt="docker")
+    push_image(src_registry.url, listed, docker_list, tags=["2"])
+    bundle = tmp / "site.tar"
+    mirror_ok("pull", f"{src_registry.host}/{signed}:1.0", f"{src_registry.host}/{listed}:2",
+              "-o", bundle, "--cache", tmp / "cache", "-q")
+    layout = check_layout(bundle)
+    proc, url = start_serve(bundle, tmp / "serve.log")
+    sbom_type = json.loads(sbom.data).get("artifactType") or \
+        json.loads(sbom.data)["config"]["mediaType"]
+    yield Served(proc, url, tmp / "serve.log", bundle, layout, signed, listed, index,
+                 docker_list, sbom_type)
+    code = stop_serve(proc)
+    assert code == 143, (code, (tmp / "serve.log").read_text()[-2000:])
+    assert "mirror: interrupted (SIGTERM); stopped serving" in (tmp / "serve.log").read_text()
+
+
+def http(url: str, method: str = "GET", headers: dict[str, str] | None = None,
+         data: bytes | None = None, context=None) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, method=method, headers=headers or {}, data=data)
+    try:
+        with urllib.request.urlopen(req, timeout=30, context=context) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def codes(body: bytes) -> list[str]:
+    return [e["code"] for e in json.loads(body)["errors"]]
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_ping_says_registry_2(served):
+    status, headers, body = http(f"{served.url}/v2/")
+    assert status == 200 and json.loads(body) == {}
+    assert headers["Docker-Distribution-API-Version"] == "registry/2.0"
+
+
+def test_skopeo_copies_the_bundles_digests(served, tmp_path):
+    """skopeo copy --all docker://SERVE/... oci:DIR: the index, every manifest and blob have
+    the bundle's digests; skopeo hashes each blob it reads."""
+    dest = tmp_path / "oci"
+    skopeo("copy", "--all", "--src-tls-verify=false",
+           f"docker://{served.host}/{served.signed}:1.0", f"oci:{dest}:x")
+    (entry,) = json.loads((dest / "index.json").read_text())["manifests"]
+    assert entry["digest"] == served.index.digest
+    for blob in (dest / "blobs" / "sha256").iterdir():
+        digest = f"sha256:{blob.name}"
+        assert digest in served.layout.blob_digests
+        assert sha(blob.read_bytes()) == digest
+    # the Docker list: dir: keeps manifests as they are (oci: would convert them)
+    dest = tmp_path / "dir"
+    skopeo("copy", "--all", "--src-tls-verify=false",
+           f"docker://{served.host}/{served.listed}:2", f"dir:{dest}")
+    assert sha((dest / "manifest.json").read_bytes()) == served.docker_list.digest
+
+
+def test_inspect_raw_bytes_equal_the_bundles(served):
+    for ref, digest in ((f"{served.signed}:1.0", served.index.digest),
+                        (f"{served.listed}:2", served.docker_list.digest),
+                        (f"{served.listed}@{served.docker_list.images[1].digest}",
+                         served.docker_list.images[1].digest)):
+        raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false",
+                              f"docker://{served.host}/{ref}"], capture_output=True,
+                             timeout=60, check=True).stdout
+        assert raw == served.layout.blob(digest), ref
+
+
+def test_manifest_headers_head_and_accept(served):
+    url = f"{served.url}/v2/{served.signed}/manifests/1.0"
+    status, h, body = http(url, headers={"Accept": ig.ACCEPT})
+    assert status == 200 and body == served.layout.blob(served.index.digest)
+    assert h["Content-Type"] == ig.OCI_INDEX
+    assert h["Docker-Content-Digest"] == served.index.digest
+    status, h, body = http(url, "HEAD", headers={"Accept": ig.ACCEPT})
+    assert (status, body) == (200, b"")
+    assert int(h["Content-Length"]) == served.index.manifest.size
+    assert h["Docker-Content-Digest"] == served.index.digest
+    # as distribution: an OCI index asked for without its type in Accept is unknown
+    status, _, body = http(url, headers={"Accept": ig.DOCKER_MANIFEST})
+    assert status == 404 and codes(body) == ["MANIFEST_UNKNOWN"]
+    # ... and a Docker list by tag, without the list type, is its linux/amd64 image
+    amd64 = served.docker_list.images[0]
+    status, h, body = http(f"{served.url}/v2/{served.listed}/manifests/2",
+                           headers={"Accept": ig.DOCKER_MANIFEST})
+    assert status == 200 and body == amd64.manifest.data
+    assert h["Docker-Content-Digest"] == amd64.digest
+    assert h["Content-Type"] == ig.DOCKER_MANIFEST
+    # by digest it is the list itself, whatever Accept says
+    status, h, body = http(f"{served.url}/v2/{served.listed}/manifests/"
+                           f"{served.docker_list.digest}")
+    assert status == 200 and body == served.docker_list.manifest.data
+    assert h["Content-Type"] == ig.DOCKER_LIST
+
+
+def test_blob_get_head_and_ranges(served):
+    layer = served.docker_list.images[0].layers[0]
+    data = layer.data
+    url = f"{served.url}/v2/{served.listed}/blobs/{layer.digest}"
+    status, h, body = http(url)
+    assert status == 200 and body == data
+    assert h["Docker-Content-Digest"] == layer.digest and h["Accept-Ranges"] == "bytes"
+    status, h, body = http(url, "HEAD")
+    assert (status, body, int(h["Content-Length"])) == (200, b"", len(data))
+    size = len(data)
+    for rng, first, last in (("bytes=10-19", 10, 19), ("bytes=1000-", 1000, size - 1),
+                             ("bytes=-7", size - 7, size - 1),
+                             (f"bytes=5-{size + 100}", 5, size - 1)):
+        status, h, body = http(url, headers={"Range": rng})
+        assert status == 206, rng
+        assert h["Content-Range"] == f"bytes {first}-{last}/{size}", rng
+        assert body == data[first:last + 1], rng
+    for rng in (f"bytes={size}-", "bytes=20-10", "bytes=-0"):
+        status, h, body = http(url, headers={"Range": rng})
+        assert status == 416 and h["Content-Range"] == f"bytes */{size}", rng
+
+
+def test_many_clients_at_once(served):
+    """32 ranged reads of one blob at once, each its own connection: every byte right."""
+    layer = served.docker_list.images[1].layers[0]
+    url = f"{served.url}/v2/{served.listed}/blobs/{layer.digest}"
+    step = len(layer.data) // 32
+
+    def part(i: int) -> bytes:
+        return http(url, headers={"Range": f"bytes={i * step}-{(i + 1) * step - 1}"})[2]
+
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        parts = list(pool.map(part, range(32)))
+    assert b"".join(parts) == layer.data[:32 * step]
+
+
+def test_unknown_names_manifests_and_blobs(served):
+    absent = sha(b"not in the bundle")
+    cases = [
+        (f"/v2/{served.signed}/blobs/{absent}", "BLOB_UNKNOWN"),
+        # a blob of the bundle, but of another repository's image: as a registry answers
+        (f"/v2/{served.signed}/blobs/{served.docker_list.images[0].layers[0].digest}",
+         "BLOB_UNKNOWN"),
+        (f"/v2/{served.signed}/manifests/no-such-tag", "MANIFEST_UNKNOWN"),
+        (f"/v2/{served.signed}/manifests/{absent}", "MANIFEST_UNKNOWN"),
+        ("/v2/serve/nothing-here/manifests/1.0", "NAME_UNKNOWN"),
+        (f"/v2/serve/nothing-here/blobs/{absent}", "NAME_UNKNOWN"),
+        ("/v2/serve/nothing-here/tags/list", "NAME_UNKNOWN"),
+    ]
+    for path, code in cases:
+        for method in ("GET", "HEAD"):
+            status, _, body = http(served.url + path, method, headers={"Accept": ig.ACCEPT})
+            assert status == 404, (method, path)
+            if method == "GET":
+                assert codes(body) == [code], path
+
+
+def test_writes_are_refused(served):
+    cases = [("POST", f"/v2/{served.signed}/blobs/uploads/"),
+             ("PUT", f"/v2/{served.signed}/manifests/2.0"),
+             ("DELETE", f"/v2/{served.signed}/manifests/{served.index.digest}"),
+             ("PATCH", f"/v2/{served.signed}/blobs/uploads/x"),
+             ("DELETE", f"/v2/{served.signed}/blobs/{served.index.images[0].config.digest}")]
+    for method, path in cases:
+        status, _, body = http(served.url + path, method, data=b"{}",
+                               headers={"Content-Type": ig.OCI_MANIFEST})
+        assert status == 405 and codes(body) == ["UNSUPPORTED"], (method, path)
+    # the image is still there, unchanged
+    status, _, body = http(f"{served.url}/v2/{served.signed}/manifests/1.0",
+                           headers={"Accept": ig.ACCEPT})
+    assert body == served.index.manifest.data
+    # and a real client is told no
+    proc = run(["skopeo", "copy", "--dest-tls-verify=false",
+                f"docker://{served.host}/{served.signed}:1.0",
+                f"docker://{served.host}/{served.signed}:copy"])
+    assert proc.returncode != 0
+
+
+def test_tags_and_catalog_paginate(served):
+    status, _, body = http(f"{served.url}/v2/{served.signed}/tags/list")
+    tags = json.loads(body)["tags"]
+    assert json.loads(body)["name"] == served.signed
+    sig = f"sha256-{served.index.digest.split(':')[1]}.sig"
+    assert tags == sorted(["1.0", sig])
+    status, h, body = http(f"{served.url}/v2/{served.signed}/tags/list?n=1")
+    assert json.loads(body)["tags"] == [tags[0]]
+    assert h["Link"] == f'</v2/{served.signed}/tags/list?last={tags[0]}&n=1>; rel="next"'
+    status, h, body = http(f"{served.url}/v2/{served.signed}/tags/list?n=1&last={tags[0]}")
+    assert json.loads(body)["tags"] == [tags[1]] and "Link" not in h
+    status, _, body = http(f"{served.url}/v2/{served.signed}/tags/list?n=x")
+    assert status == 400 and codes(body) == ["PAGINATION_NUMBER_INVALID"]
+    status, _, body = http(f"{served.url}/v2/_catalog")
+    assert json.loads(body)["repositories"] == sorted([served.signed, served.listed])
+    status, h, body = http(f"{served.url}/v2/_catalog?n=1")
+    assert json.loads(body)["repositories"] == [min(served.signed, served.listed)]
+    assert 'rel="next"' in h["Link"]
+
+
+def test_referrers_api(served):
+    amd64 = served.index.images[0]
+    url = f"{served.url}/v2/{served.signed}/referrers/{amd64.digest}"
+    status, h, body = http(url)
+    assert status == 200 and h["Content-Type"] == ig.OCI_INDEX
+    doc = json.loads(body)
+    (sbom,) = doc["manifests"]
+    assert sbom["artifactType"] == served.sbom_type
+    assert served.layout.blob(sbom["digest"])  # the bundle's referrer, by its digest
+    assert json.loads(served.layout.blob(sbom["digest"]))["subject"]["digest"] == amd64.digest
+    status, h, body = http(url + "?artifactType=application/x-other")
+    assert json.loads(body)["manifests"] == []
+    assert h["OCI-Filters-Applied"] == "artifactType"
+    status, h, body = http(url + "?artifactType=" + urllib.parse.quote(served.sbom_type))
+    assert [m["digest"] for m in json.loads(body)["manifests"]] == [sbom["digest"]]
+    # a digest nothing refers to: an empty list (a registry with the API never 404s it)
+    status, _, body = http(f"{served.url}/v2/{served.signed}/referrers/{served.index.digest}")
+    assert status == 200 and json.loads(body)["manifests"] == []
+
+
+def test_one_log_line_per_request_without_credentials(served):
+    path = f"/v2/{served.listed}/manifests/2"
+    http(served.url + path + "?secret=query", "HEAD",
+         headers={"Authorization": "Basic c2VjcmV0OnBhc3N3b3Jk", "Accept": ig.ACCEPT})
+    time.sleep(0.3)
+    lines = [ln for ln in served.log.read_text().splitlines() if f"HEAD {path} " in ln]
+    assert len(lines) == 1, lines
+    assert lines[0].endswith(" ms") and " 200 0 B " in lines[0], lines[0]
+    text = served.log.read_text()
+    assert "c2VjcmV0" not in text and "secret" not in text
+
+
+def test_mirror_pull_from_serve_gives_the_same_digests(served, dst_registry, tmp_path):
+    """The served bundle's images, pulled again (referrers through the API) and loaded into a
+    real registry: the same digests as the bundle's."""
+    again = tmp_path / "again.tar"
+    mirror_ok("pull", f"{served.host}/{served.signed}:1.0", f"{served.host}/{served.listed}:2",
+              "-o", again, "--cache", tmp_path / "cache", "--insecure-registry", served.host,
+              "-q")
+    lay = check_layout(again)
+    assert {e["digest"] for e in lay.index["manifests"]} == {served.index.digest,
+                                                            served.docker_list.digest}
+    assert lay.blob_digests == served.layout.blob_digests
+    mirror_ok("load", again, "--to", f"{dst_registry.host}/fromserve", "-q")
+    raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false",
+                          f"docker://{dst_registry.host}/fromserve/{served.signed}:1.0"],
+                         capture_output=True, timeout=60, check=True).stdout
+    assert raw == served.index.manifest.data
+
+
+def test_prefix_names_images_as_load_does(served, tmp_path):
+    report = tmp_path / "report.json"
+    proc, url = start_serve(served.bundle, tmp_path / "log", "--prefix", "site/mirror",
+                            "--report", report)
+    try:
+        status, _, body = http(f"{url}/v2/_catalog")
+        assert json.loads(body)["repositories"] == sorted(
+            [f"site/mirror/{served.signed}", f"site/mirror/{served.listed}"])
+        status, _, body = http(f"{url}/v2/site/mirror/{served.listed}/manifests/2",
+                               headers={"Accept": ig.ACCEPT})
+        assert body == served.docker_list.manifest.data
+    finally:
+        assert stop_serve(proc) == 143
+    doc = json.loads(report.read_text())  # written when it stops, whatever the outcome
+    assert (doc["url"], doc["requests"], doc["exit_code"]) == (url, 2, 143)
+    assert doc["error"] == "interrupted (SIGTERM)"
+    proc2 = run_mirror("serve", served.bundle, "--prefix", "Bad:Prefix", "--listen",
+                       "127.0.0.1:0")
+    assert proc2.returncode == 2 and "--prefix" in error_line(proc2)
+
+
+def test_tls(served, tmp_path):
+    ca, cert, key = make_tls_files(tmp_path)
+    proc, url = start_serve(served.bundle, tmp_path / "log", "--tls-cert", cert,
+                            "--tls-key", key)
+    try:
+        assert url.startswith("https://")
+        certs = tmp_path / "certs"
+        certs.mkdir()
+        (certs / "ca.crt").write_bytes(ca.read_bytes())
+        raw = subprocess.run(["skopeo", "inspect", "--raw", "--cert-dir", str(certs),
+                              f"docker://{url.split('://')[1]}/{served.signed}:1.0"],
+                             capture_output=True, timeout=60, check=True).stdout
+        assert raw == served.index.manifest.data
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=str(ca))
+        layer = served.index.images[0].layers[0]
+        status, _, body = http(f"{url}/v2/{served.signed}/blobs/{layer.digest}",
+                               headers={"Range": "bytes=3-"}, context=ctx)
+        assert status == 206 and body == layer.data[3:]
+    finally:
+        assert stop_serve(proc) == 143
+    bad = run_mirror("serve", served.bundle, "--tls-cert", cert, "--listen", "127.0.0.1:0")
+    assert bad.returncode == 2 and "--tls-key" in error_line(bad)
+    bad = run_mirror("serve", served.bundle, "--tls-cert", key, "--tls-key", key,
+                     "--listen", "127.0.0.1:0")
+    assert bad.returncode == 2, bad.stderr
+
+
+def test_a_tar_zst_is_refused_with_what_to_do(served, tmp_path):
+    zst = tmp_path / "site.tar.zst"
+    subprocess.run(["zstd", "-q", "-o", str(zst), str(served.bundle)], check=True)
+    proc = run_mirror("serve", zst, "--listen", "127.0.0.1:0")
+    assert proc.returncode == 10
+    assert "cannot be read at random" in error_line(proc)
+    assert f"zstd -d {zst}" in proc.stderr
+
+
+def test_a_broken_bundle_is_refused_before_listening(tmp_path):
+    bad = tmp_path / "bad.tar"
+    bad.write_text("hello\n")
+    proc = run_mirror("serve", bad, "--listen", "127.0.0.1:0")
+    assert proc.returncode == 10 and proc.stdout == ""
+    assert "not a tar" in error_line(proc)
+    proc = run_mirror("serve", bad, "--listen", "127.0.0.1:99999")
+    assert proc.returncode == 2 and "--listen" in error_line(proc)
+
+
+def test_ctr_pulls_from_serve(served, tmp_path):
+    with Containerd(tmp_path / "ctrd") as c:
+        ref = f"{served.host}/{served.signed}:1.0"
+        c.ctr("images", "pull", "--plain-http", "--all-platforms", "--snapshotter", "native",
+              ref)
+        assert c.images()[ref]["digest"] == served.index.digest
+        for img in served.index.images:
+            assert c.blob(img.config.digest) == img.config.data
+
+
+def test_podman_pulls_from_serve(served, tmp_path):
+    p = Podman(tmp_path / "podman")
+    try:
+        ref = f"{served.host}/{served.listed}:2"
+        p.cli("pull", "--tls-verify=false", ref)
+        got = p.image(ref)
+        assert "sha256:" + got["Id"] == served.docker_list.images[0].config.digest
+        assert got["Digest"] == served.docker_list.digest
+    finally:
+        p.stop()
+
+
+def test_docker_pulls_from_serve(served, tmp_path_factory):
+    root = tmp_path_factory.mktemp("dockerd")  # short: its sockets' paths have a limit
+    with Dockerd(root, config={"insecure-registries": [served.host]}) as d:
+        ref = f"{served.host}/{served.signed}:1.0"
+        d.cli("pull", ref)
+        got = d.image(ref)
+        assert got["Id"] == served.index.images[0].config.digest
+        assert f"{served.host}/{served.signed}@{served.index.digest}" in got["RepoDigests"]
