@@ -24,6 +24,10 @@ with tests/support/pusher.py, and runs, for each data set, side by side:
   sync    registry to registry, no bundle: one `skopeo sync --src yaml` of every image (`--all`,
           or `--override-arch` for a one-platform sync) vs one `mirror sync` (no cache: blobs
           stream from the source into the target); each into a fresh registry
+  serve   the bundle's largest blob read from the file (`dd` at its offset: the limit), vs
+          `curl` of it from `mirror serve BUNDLE` and from `docker-registry` after a `mirror
+          load` of the same bundle; then 1000 small requests (every manifest and config of the
+          bundle by digest, over and over) with one `curl -K`, from each (issue 17)
 
 Data set A: 20 images x 3 platforms (linux/amd64, linux/arm64/v8, linux/arm/v7), OCI indexes;
 per platform two base layers shared by every image and one of four "runtime" layers shared by
@@ -404,6 +408,124 @@ def mirror_sync(b: Bench, ds: DataSet, src: Registry) -> Run:
     return run
 
 
+SMALL_REQUESTS = 1000
+
+
+def _largest_blob(bundle: Path) -> tuple[str, int, int]:
+    """The bundle's largest blob: digest, data offset in the tar, size."""
+    with tarfile.open(bundle) as tf:
+        best = max((m for m in tf if m.isfile() and m.name.startswith("blobs/")),
+                   key=lambda m: m.size)
+    return "sha256:" + best.name.rsplit("/", 1)[1], best.offset_data, best.size
+
+
+def _small_paths(bundle: Path) -> list[str]:
+    """/v2/ paths of every manifest and image config in the bundle, by digest: what a
+    client's pull asks for besides the layers."""
+    with tarfile.open(bundle) as tf:
+        files = {m.name: m for m in tf if m.isfile()}
+
+        def read(name: str) -> Any:
+            f = tf.extractfile(files[name])
+            assert f is not None
+            return json.loads(f.read())
+
+        paths = []
+        for entry in read("index.json")["manifests"]:
+            ref = entry["annotations"]["org.opencontainers.image.ref.name"]
+            repo = ref.split("/", 1)[1].rsplit(":", 1)[0]  # as mirror load and serve name it
+            todo = [entry["digest"]]
+            while todo:
+                digest = todo.pop()
+                name = f"blobs/sha256/{digest.split(':', 1)[1]}"
+                if name not in files:  # a platform a filtered pull left out
+                    continue
+                body = read(name)
+                paths.append(f"/v2/{repo}/manifests/{digest}")
+                todo += [m["digest"] for m in body.get("manifests", [])]
+                if "config" in body:
+                    paths.append(f"/v2/{repo}/blobs/{body['config']['digest']}")
+    return paths
+
+
+def _peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _curl_blob(b: Bench, url: str, repo: str, digest: str, size: int, what: str) -> Run:
+    out = b.work / "curl-size.out"
+    run = b.timed(["sh", "-c", 'exec curl -sS --fail -o /dev/null -w "%{size_download}" '
+                   '"$1" > "$0"', str(out), f"{url}/v2/{repo}/blobs/{digest}"], what)
+    got = int(out.read_text() or 0)
+    out.unlink()
+    if got != size:
+        raise BenchError(f"{what}: {got} bytes, expected {size}")
+    run.extra = {"bytes": size}
+    return run
+
+
+def _curl_small(b: Bench, url: str, paths: list[str], what: str) -> Run:
+    """SMALL_REQUESTS GETs over one connection (curl -K reuses it), every answer a 200."""
+    cfg, out = b.work / "curl-small.cfg", b.work / "curl-small.out"
+    reqs = (paths * (SMALL_REQUESTS // len(paths) + 1))[:SMALL_REQUESTS]
+    accept = ("Accept: application/vnd.oci.image.index.v1+json, "
+              "application/vnd.oci.image.manifest.v1+json, "
+              "application/vnd.docker.distribution.manifest.list.v2+json, "
+              "application/vnd.docker.distribution.manifest.v2+json")
+    cfg.write_text(f'header = "{accept}"\nwrite-out = "%{{http_code}} %{{size_download}}\\n"\n'
+                   + "".join(f'url = "{url}{p}"\noutput = "/dev/null"\n' for p in reqs))
+    try:
+        run = b.timed(["sh", "-c", 'exec curl -sS -K "$1" > "$0"', str(out), str(cfg)], what)
+        answers = out.read_text().split()
+        codes, sizes = answers[0::2], answers[1::2]
+        if len(codes) != SMALL_REQUESTS or set(codes) != {"200"}:
+            raise BenchError(f"{what}: answers {sorted(set(codes))} to {len(codes)} requests")
+        run.extra = {"bytes": sum(map(int, sizes)), "requests": SMALL_REQUESTS}
+        return run
+    finally:
+        _rm(cfg, out)
+
+
+def serve_bench(b: Bench, ds: DataSet, bundle: Path) -> dict[str, Run]:
+    """The largest blob and many small requests, from `mirror serve` and from docker-registry
+    holding the same images, against reading the blob from the file."""
+    digest, offset, size = _largest_blob(bundle)
+    repo = ds.pulled[digest][0]
+    paths = _small_paths(bundle)
+    out = {"file_read": b.timed(["dd", f"if={bundle}", "of=/dev/null", "bs=1M", "status=none",
+                                 "iflag=skip_bytes,count_bytes", f"skip={offset}",
+                                 f"count={size}"], "dd")}
+    out["file_read"].extra = {"bytes": size}
+    serve = subprocess.Popen(b.mirror("serve", str(bundle), "--listen", "127.0.0.1:0"),
+                             cwd=REPO, env=b.env, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert serve.stdout is not None
+        url = serve.stdout.readline().strip()
+        if not url.startswith("http://"):
+            raise BenchError(f"mirror serve did not start (exit {serve.poll()})")
+        out["serve_blob"] = _curl_blob(b, url, repo, digest, size, "curl from mirror serve")
+        out["serve_small"] = _curl_small(b, url, paths, "curl -K from mirror serve")
+        out["serve_blob"].extra["server_rss_kib"] = _peak_rss_kib(serve.pid)
+    finally:
+        serve.terminate()
+        serve.wait(30)
+        if serve.stdout is not None:
+            serve.stdout.close()
+    with Registry() as reg:
+        subprocess.run(b.mirror("load", "-q", str(bundle), "--to", reg.host), cwd=REPO,
+                       env=b.env, check=True, stdout=subprocess.DEVNULL)
+        out["registry_blob"] = _curl_blob(b, reg.url, repo, digest, size,
+                                          "curl from docker-registry")
+        out["registry_small"] = _curl_small(b, reg.url, paths, "curl -K from docker-registry")
+        assert reg._proc is not None  # noqa: SLF001 - its server's memory, for the note
+        out["registry_blob"].extra["server_rss_kib"] = _peak_rss_kib(reg._proc.pid)  # noqa: SLF001
+    return out
+
+
 def _mount(src: Registry, repo: str, digest: str, from_repo: str) -> None:
     """Cross-repository mount (REFERENCE.md 6.4): a shared blob without uploading it again."""
     url = f"{src.url}/v2/{repo}/blobs/uploads/?mount={digest}&from={from_repo}"
@@ -445,8 +567,8 @@ def run_dataset(b: Bench, ds: DataSet, src: Registry, repeat: int) -> dict[str, 
         archives.append((repo, path))
     runs: dict[str, list[Run]] = {k: [] for k in (
         "curl", "sha256", "skopeo_pull", "mirror_pull", "mirror_warm", "mirror_warm_new",
-        "skopeo_load",
-        "mirror_load", "skopeo_sync", "mirror_sync")}
+        "skopeo_load", "mirror_load", "skopeo_sync", "mirror_sync", "file_read",
+        "serve_blob", "registry_blob", "serve_small", "registry_small")}
     try:
         for i in range(repeat):
             tag = f" (run {i + 1}/{repeat})" if repeat > 1 else ""
@@ -478,6 +600,9 @@ def run_dataset(b: Bench, ds: DataSet, src: Registry, repeat: int) -> dict[str, 
                 runs["skopeo_sync"].append(skopeo_sync(b, ds, src))
                 log(f"data set {ds.name}{tag}: mirror sync (registry to registry)")
                 runs["mirror_sync"].append(mirror_sync(b, ds, src))
+                log(f"data set {ds.name}{tag}: mirror serve and docker-registry (curl)")
+                for k, v in serve_bench(b, ds, bundle).items():
+                    runs[k].append(v)
             finally:
                 _rm(cache, bundle, bundle2, *(p.with_name(p.name + ".sha256")
                                               for p in (bundle, bundle2)))
@@ -569,6 +694,26 @@ def summarize(ds: DataSet, runs: dict[str, list[Run]]) -> tuple[list[Row], list[
                  f"{sync.extra['blobs_mounted']} mounted; "
                  f"{sync.wall / (pull.wall + load.wall):.2f}x pull + load"),
     ]
+    read, blob_s, blob_r = med["file_read"], med["serve_blob"], med["registry_blob"]
+    small_s, small_r = med["serve_small"], med["registry_small"]
+    size = read.extra["bytes"]
+    rows += [
+        Row("serve: read the largest blob (dd)", read, size,
+            note=f"{size / MiB:.1f} MiB at its offset in the bundle (page cache warm)"),
+        Row("serve: mirror serve, 1 blob (curl)", blob_s, size, vs_limit=_per(blob_s, read),
+            note=f"server peak RSS {blob_s.extra['server_rss_kib'] / KiB:.1f} MiB; "
+                 f"{_ratio(_per(blob_s, blob_r))} docker-registry"),
+        Row("serve: docker-registry, 1 blob (curl)", blob_r, size,
+            vs_limit=_per(blob_r, read),
+            note=f"after mirror load; server peak RSS "
+                 f"{blob_r.extra['server_rss_kib'] / KiB:.1f} MiB"),
+        Row(f"serve: mirror serve, {SMALL_REQUESTS} small (curl)", small_s,
+            small_s.extra["bytes"], note=f"{SMALL_REQUESTS / max(small_s.wall, 0.01):.0f} "
+            f"req/s; {_ratio(_per(small_s, small_r))} docker-registry"),
+        Row(f"serve: docker-registry, {SMALL_REQUESTS} small (curl)", small_r,
+            small_r.extra["bytes"],
+            note=f"{SMALL_REQUESTS / max(small_r.wall, 0.01):.0f} req/s"),
+    ]
     # Targets on time are judged by the median of per-run ratios: each repeat's mirror run
     # against the skopeo run or limit measured in the same repeat, minutes apart at most.
     # (The table's ratios divide medians; on a machine whose curl drifts by a third within
@@ -602,6 +747,11 @@ def _paired_check(label: str, target: float, runs: list[Run], against: list[Run]
     r = statistics.median(ratios)
     each = f" (runs: {', '.join(f'{x:.2f}' for x in ratios)})" if len(ratios) > 1 else ""
     return Check(label.format(t=f"{target:g}"), f"{r:.2f} x{each}", r <= target)
+
+
+def _per(run: Run, against: Run) -> float | None:
+    """run's wall time over against's; None when that is too short to tell (0.00 s)."""
+    return run.wall / against.wall if against.wall > 0 else None
 
 
 def _ratio(x: float | None) -> str:

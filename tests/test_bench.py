@@ -22,6 +22,11 @@ ROWS = (
     "load: mirror load",
     "sync: skopeo sync reg -> reg",
     "sync: mirror sync reg -> reg",
+    "serve: read the largest blob (dd)",
+    "serve: mirror serve, 1 blob (curl)",
+    "serve: docker-registry, 1 blob (curl)",
+    "serve: mirror serve, 1000 small (curl)",
+    "serve: docker-registry, 1000 small (curl)",
 )
 SKOPEO_PULL = {"A": "pull: skopeo copy --all -> oci:",
                "B": "pull: skopeo copy --override-arch -> oci:"}
