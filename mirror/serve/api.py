@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable
 
 from aiohttp import web
 
@@ -35,8 +34,8 @@ _ROUTES = [
 ]
 READ = ("GET", "HEAD")
 API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
-SENT = web.RequestKey("sent", int)  # body bytes sent, for the request log
-LOG: web.AppKey[Callable[[str], None]] = web.AppKey("log")
+SENT = web.RequestKey("sent", int)  # a blob's bytes sent, for the request log
+CUT = web.RequestKey("cut", bool)  # the client went away before the body was sent
 CATALOG = web.AppKey("catalog", Catalog)
 _ACCEPTS = {  # a manifest type -> the Accept type distribution wants before it serves it
     mt.OCI_MANIFEST: mt.OCI_MANIFEST, mt.OCI_INDEX: mt.OCI_INDEX}
@@ -177,8 +176,11 @@ async def _blob(request: web.Request, repo: Repository, digest: str) -> web.Stre
         transport = request.transport
         if transport is None:
             raise ConnectionResetError("the client went away")
-        # sendfile(2) for plain TCP; asyncio reads and writes in chunks under TLS
-        await asyncio.get_running_loop().sendfile(transport, f, f.tell() + first, count)
+        try:  # sendfile(2) for plain TCP; asyncio reads and writes in chunks under TLS
+            await asyncio.get_running_loop().sendfile(transport, f, f.tell() + first, count)
+        except ConnectionError:  # the client went away: no one to answer; the log says so
+            request[CUT] = True
+            return resp
         request[SENT] = count
     await resp.write_eof()
     return resp
@@ -207,8 +209,6 @@ def _referrers(request: web.Request, repo: Repository, digest: str) -> web.Strea
 def _body(request: web.Request, body: bytes, content_type: str, headers: dict[str, str]
           ) -> web.Response:
     """A small answer; a HEAD gets its headers (Content-Length too) and no body (aiohttp)."""
-    if request.method == "GET":
-        request[SENT] = len(body)
     return web.Response(body=body, content_type=content_type, headers=headers)
 
 
@@ -253,10 +253,9 @@ async def _api_version(request: web.Request, response: web.StreamResponse) -> No
     response.headers[API_VERSION[0]] = API_VERSION[1]
 
 
-def make_app(catalog: Catalog, log: Callable[[str], None]) -> web.Application:
+def make_app(catalog: Catalog) -> web.Application:
     app = web.Application()
     app[CATALOG] = catalog
-    app[LOG] = log
     app.on_response_prepare.append(_api_version)
-    app.router.add_route("*", "/{tail:.*}", dispatch)
+    app.router.add_route("*", r"/{tail:[\s\S]*}", dispatch)  # any path, newlines too
     return app

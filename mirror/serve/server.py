@@ -18,7 +18,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from mirror.errors import MirrorError, UsageError
 from mirror.serve import DEFAULT_LISTEN
-from mirror.serve.api import LOG, SENT, make_app
+from mirror.serve.api import CUT, SENT, make_app
 from mirror.serve.catalog import Catalog
 
 
@@ -60,16 +60,33 @@ def tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
     return ctx
 
 
+class _Lines(logging.Handler):
+    """The request log's lines, to the run's progress (a timestamped line each)."""
+
+    def __init__(self, line: Callable[[str], None]) -> None:
+        super().__init__()
+        self.line = line
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.line(record.getMessage())
+
+
 class _RequestLog(AbstractAccessLogger):
     """One line per request: client, method, path (no query: it may carry what a client
     thought was private), status, body bytes sent, milliseconds. No header is logged."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        assert isinstance(request, web.Request)  # an Application's request
+        # a request aiohttp answered itself (400: not HTTP, as a TLS hello to a plain port,
+        # which skopeo tries first) never reached the application: no request.app here
         peer = request.remote or "-"
-        sent = request.get(SENT, 0)
-        request.app[LOG](f"{peer} {request.method} {request.path} {response.status} "
-                         f"{sent} B {time * 1000:.1f} ms")
+        sent = request.get(SENT)
+        if sent is None:  # an answer with a body of its own (not a blob's): its bytes
+            body = getattr(response, "body", None)
+            sent = len(body) if isinstance(body, bytes) and request.method != "HEAD" else 0
+        shown = "cut short (the client went away)" if request.get(CUT) else f"{sent} B"
+        # the path as sent, %-encoded: a %0a in it cannot start a line of its own
+        self.logger.info(f"{peer} {request.method} {request.rel_url.raw_path} "
+                         f"{response.status} {shown} {time * 1000:.1f} ms")
 
     @property
     def enabled(self) -> bool:
@@ -79,9 +96,12 @@ class _RequestLog(AbstractAccessLogger):
 async def serve(catalog: Catalog, listen: Listen, tls: ssl.SSLContext | None,
                 log: Callable[[str], None], ready: Callable[[str], None]) -> None:
     """Serve until cancelled; `ready` is given the URL once the socket listens."""
-    runner = web.AppRunner(make_app(catalog, log), access_log_class=_RequestLog,
-                           access_log=logging.getLogger("mirror.serve"), handle_signals=False,
-                           shutdown_timeout=2.0)
+    requests = logging.getLogger("mirror.serve.requests")
+    requests.setLevel(logging.INFO)
+    requests.propagate = False
+    requests.handlers[:] = [_Lines(log)]
+    runner = web.AppRunner(make_app(catalog), access_log_class=_RequestLog,
+                           access_log=requests, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
     try:
         site = web.TCPSite(runner, listen.host, listen.port, ssl_context=tls)
