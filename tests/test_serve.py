@@ -375,6 +375,27 @@ def test_mirror_pull_from_serve_gives_the_same_digests(served, dst_registry, tmp
     assert raw == served.index.manifest.data
 
 
+def test_mirror_sync_from_serve_into_a_registry(served, dst_registry, tmp_path):
+    """The way from the bootstrap to a real registry without the file at hand: mirror sync
+    from mirror serve; the images, their bytes and the SBOM (through the referrers API) land
+    there as they are in the bundle."""
+    mirror_ok("sync", f"{served.host}/{served.signed}:1.0", f"{served.host}/{served.listed}:2",
+              "--to", f"{dst_registry.host}/viasync", "--insecure-registry", served.host,
+              "--lock-file", tmp_path / "sync.lock", "-q", cwd=tmp_path)
+    for ref, digest in ((f"{served.signed}:1.0", served.index.digest),
+                        (f"{served.listed}:2", served.docker_list.digest)):
+        raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false",
+                              f"docker://{dst_registry.host}/viasync/{ref}"],
+                             capture_output=True, timeout=60, check=True).stdout
+        assert raw == served.layout.blob(digest), ref
+    amd64 = served.index.images[0].digest
+    fallback = f"sha256-{amd64.split(':', 1)[1]}"  # docker-registry 2.8: no referrers API
+    status, _, body = http(f"{dst_registry.url}/v2/viasync/{served.signed}/manifests/"
+                           f"{fallback}", headers={"Accept": ig.OCI_INDEX})
+    assert status == 200, body
+    assert [m.get("artifactType") for m in json.loads(body)["manifests"]] == [served.sbom_type]
+
+
 def test_prefix_names_images_as_load_does(served, tmp_path):
     report = tmp_path / "report.json"
     proc, url = start_serve(served.bundle, tmp_path / "log", "--prefix", "site/mirror",
