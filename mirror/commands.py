@@ -545,6 +545,8 @@ async def _serve(args: argparse.Namespace, progress, report: Report) -> int:
     prefix = check_prefix(args.prefix)
     tls = tls_context(args.tls_cert, args.tls_key)
     catalog = await asyncio.to_thread(open_catalog, args.bundle, prefix, args.listen)
+    for note in catalog.notes:  # a docker-archive's new manifests, as load says them
+        progress.info(note)
     if catalog.absent:
         progress.warn(f"{args.bundle}: {catalog.absent} blob(s) the images name are not in "
                       "it (foreign layers, or what an incremental bundle's base carried): "

@@ -79,8 +79,8 @@ def start_serve(bundle: Path, log: Path, *args: object) -> tuple[subprocess.Pope
     return proc, url
 
 
-def stop_serve(proc: subprocess.Popen) -> int:
-    proc.send_signal(signal.SIGTERM)
+def stop_serve(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> int:
+    proc.send_signal(sig)
     try:
         return proc.wait(timeout=15)
     finally:
@@ -408,13 +408,43 @@ def test_prefix_names_images_as_load_does(served, tmp_path):
                                headers={"Accept": ig.ACCEPT})
         assert body == served.docker_list.manifest.data
     finally:
-        assert stop_serve(proc) == 143
+        assert stop_serve(proc, signal.SIGINT) == 130  # Ctrl-C
     doc = json.loads(report.read_text())  # written when it stops, whatever the outcome
-    assert (doc["url"], doc["requests"], doc["exit_code"]) == (url, 2, 143)
-    assert doc["error"] == "interrupted (SIGTERM)"
+    assert (doc["url"], doc["requests"], doc["exit_code"]) == (url, 2, 130)
+    assert doc["error"] == "interrupted (SIGINT)"
+    assert "mirror: interrupted (SIGINT); stopped serving" in (tmp_path / "log").read_text()
     proc2 = run_mirror("serve", served.bundle, "--prefix", "Bad:Prefix", "--listen",
                        "127.0.0.1:0")
     assert proc2.returncode == 2 and "--prefix" in error_line(proc2)
+
+
+def test_a_docker_archive_is_served_as_load_would_push_it(served, tmp_path):
+    """`docker save`'s format holds no registry manifest: the image is served with the new
+    Docker manifest load would push (said on start-up, as load says it), the config the
+    source's, each layer the uncompressed tar named by its diff_id."""
+    amd64 = served.index.images[0]
+    ref = next(n for n in served.layout.entry_names() if n.endswith(f"/{served.signed}:1.0"))
+    archive = tmp_path / "saved.tar"
+    skopeo("copy", "--override-arch", "amd64", f"oci-archive:{served.bundle}:{ref}",
+           f"docker-archive:{archive}:{served.signed}:1.0")
+    proc, url = start_serve(archive, tmp_path / "log")
+    try:
+        status, _, body = http(f"{url}/v2/_catalog")
+        (repo,) = json.loads(body)["repositories"]
+        assert repo.endswith(served.signed)
+        status, h, body = http(f"{url}/v2/{repo}/manifests/1.0",
+                               headers={"Accept": ig.DOCKER_MANIFEST})
+        manifest = json.loads(body)
+        assert status == 200 and h["Content-Type"] == ig.DOCKER_MANIFEST
+        assert manifest["config"]["digest"] == amd64.config.digest
+        assert [la["digest"] for la in manifest["layers"]] == [la.diff_id for la in amd64.layers]
+        layer = manifest["layers"][0]
+        status, _, data = http(f"{url}/v2/{repo}/blobs/{layer['digest']}")
+        assert status == 200 and sha(data) == layer["digest"] and len(data) == layer["size"]
+    finally:
+        assert stop_serve(proc) == 143
+    assert f"docker-archive: new manifest {h['Docker-Content-Digest']}" in \
+        (tmp_path / "log").read_text()
 
 
 def test_tls(served, tmp_path):

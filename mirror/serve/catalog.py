@@ -31,6 +31,7 @@ class Catalog:
     bundle: Bundle
     repositories: dict[str, Repository]
     absent: int = 0  # blobs the images name that the bundle does not hold (left out on purpose)
+    notes: list[str] = field(default_factory=list)  # a docker-archive's new manifests
 
     def blob(self, digest: str) -> Member | None:
         return self.bundle.blob_at(digest)
@@ -88,4 +89,4 @@ def open_catalog(path: Path, prefix: str, registry: str) -> Catalog:
             found = repo.referrers.setdefault(img.root.subject.digest, [])
             if img.root not in found:
                 found.append(img.root)
-    return Catalog(bundle, repos, len(absent))
+    return Catalog(bundle, repos, len(absent), contents.notes)
