@@ -418,6 +418,27 @@ def test_prefix_names_images_as_load_does(served, tmp_path):
     assert proc2.returncode == 2 and "--prefix" in error_line(proc2)
 
 
+def test_a_layout_directory_is_served(served, tmp_path):
+    """The bundle unpacked (an OCI layout directory): the same answers, each blob read from
+    its own file."""
+    import tarfile
+
+    layout = tmp_path / "layout"
+    with tarfile.open(served.bundle) as tf:
+        tf.extractall(layout, filter="data")
+    proc, url = start_serve(layout, tmp_path / "log")
+    try:
+        status, _, body = http(f"{url}/v2/{served.signed}/manifests/1.0",
+                               headers={"Accept": ig.ACCEPT})
+        assert status == 200 and body == served.index.manifest.data
+        layer = served.docker_list.images[0].layers[0]
+        status, h, body = http(f"{url}/v2/{served.listed}/blobs/{layer.digest}",
+                               headers={"Range": "bytes=100-"})
+        assert status == 206 and body == layer.data[100:]
+    finally:
+        assert stop_serve(proc) == 143
+
+
 def test_a_docker_archive_is_served_as_load_would_push_it(served, tmp_path):
     """`docker save`'s format holds no registry manifest: the image is served with the new
     Docker manifest load would push (said on start-up, as load says it), the config the
