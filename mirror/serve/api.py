@@ -37,8 +37,7 @@ API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
 SENT = web.RequestKey("sent", int)  # a blob's bytes sent, for the request log
 CUT = web.RequestKey("cut", bool)  # the client went away before the body was sent
 CATALOG = web.AppKey("catalog", Catalog)
-_ACCEPTS = {  # a manifest type -> the Accept type distribution wants before it serves it
-    mt.OCI_MANIFEST: mt.OCI_MANIFEST, mt.OCI_INDEX: mt.OCI_INDEX}
+_OCI_TYPES = frozenset({mt.OCI_MANIFEST, mt.OCI_INDEX})  # served only to who accepts them
 
 
 def error(status: int, code: str, message: str, detail: object = None) -> web.Response:
@@ -104,8 +103,7 @@ def _manifest(request: web.Request, repo: Repository, ref: str) -> web.StreamRes
         return error(404, "MANIFEST_UNKNOWN", "manifest unknown", {"Tag" if by_tag else
                      "Digest": ref})
     accept = _accepts(request)
-    want = _ACCEPTS.get(m.media_type)
-    if want is not None and want not in accept:
+    if m.media_type in _OCI_TYPES and m.media_type not in accept:
         kind = "index" if m.is_index else "manifest"
         return error(404, "MANIFEST_UNKNOWN", f"OCI {kind} found, but accept header does not "
                      f"support OCI {kind}s")
