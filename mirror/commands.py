@@ -537,37 +537,9 @@ async def _client_config(args: argparse.Namespace, progress, report: Report) -> 
 
 
 async def _serve(args: argparse.Namespace, progress, report: Report) -> int:
-    from mirror.serve.catalog import check_prefix, open_catalog
-    from mirror.serve.server import Listen, serve, tls_context
+    from mirror.serve.command import serve_bundle
 
-    report.add(bundle=str(args.bundle), url=None, requests=0)
-    listen = Listen.parse(args.listen)
-    prefix = check_prefix(args.prefix)
-    tls = tls_context(args.tls_cert, args.tls_key)
-    catalog = await asyncio.to_thread(open_catalog, args.bundle, prefix, args.listen)
-    for note in catalog.notes:  # a docker-archive's new manifests, as load says them
-        progress.info(note)
-    if catalog.absent:
-        progress.warn(f"{args.bundle}: {catalog.absent} blob(s) the images name are not in "
-                      "it (foreign layers, or what an incremental bundle's base carried): "
-                      "requests for them get BLOB_UNKNOWN")
-    served = [0]
-
-    def log(line: str) -> None:
-        served[0] += 1
-        report.add(requests=served[0])
-        progress.info(line)
-
-    def ready(url: str) -> None:
-        report.add(url=url)
-        if not args.quiet:
-            print(url, flush=True)
-        progress.info(f"serving {args.bundle} read-only at {url}/v2/: "
-                      f"{len(catalog.repositories)} repositories, {catalog.tags} tag(s); "
-                      "Ctrl-C stops")
-
-    await serve(catalog, listen, tls, log, ready)
-    return 0
+    return await serve_bundle(args, progress, report)
 
 
 COMMANDS = {"pull": _pull, "sync": _sync, "load": _load, "verify": _verify, "inspect": _inspect,
