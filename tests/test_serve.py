@@ -357,6 +357,28 @@ def test_a_client_that_goes_away_is_one_line(served):
     assert http(f"{served.url}/v2/")[0] == 200
 
 
+def test_sigterm_stops_it_during_a_transfer(served, tmp_path):
+    """A client stalled in the middle of a blob does not hold the stop up: the socket closes
+    at once, the transfer gets two seconds, then the run exits 143."""
+    proc, url = start_serve(served.bundle, tmp_path / "log")
+    layer = served.docker_list.images[0].layers[0]
+    host, port = url.split("://", 1)[1].split(":")
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect((host, int(port)))
+    try:
+        s.sendall(f"GET /v2/{served.listed}/blobs/{layer.digest} HTTP/1.1\r\n"
+                  f"Host: {host}\r\n\r\n".encode())
+        assert s.recv(1024).startswith(b"HTTP/1.1 200")  # then read nothing more
+        started = time.monotonic()
+        assert stop_serve(proc) == 143
+        assert time.monotonic() - started < 10
+    finally:
+        s.close()
+    with pytest.raises(OSError):  # nothing listens there any more
+        socket.create_connection((host, int(port)), timeout=5).close()
+
+
 def test_mirror_pull_from_serve_gives_the_same_digests(served, dst_registry, tmp_path):
     """The served bundle's images, pulled again (referrers through the API) and loaded into a
     real registry: the same digests as the bundle's."""
