@@ -440,6 +440,33 @@ def test_prefix_names_images_as_load_does(served, tmp_path):
     assert proc2.returncode == 2 and "--prefix" in error_line(proc2)
 
 
+def test_an_incremental_bundle_serves_what_it_holds(served, src_registry, tmp_path):
+    """A bundle made --base the served one carries only the new image's blobs: it is served,
+    a warning says how many blobs are left to the base, and those are BLOB_UNKNOWN."""
+    listed_ref = f"{src_registry.host}/{served.listed}:2"
+    signed_ref = f"{src_registry.host}/{served.signed}:1.0"
+    base = tmp_path / "base.tar"
+    mirror_ok("pull", signed_ref, "-o", base, "--cache", tmp_path / "cache", "-q")
+    inc = tmp_path / "inc.tar"
+    mirror_ok("pull", signed_ref, listed_ref, "-o", inc, "--base", base,
+              "--cache", tmp_path / "cache", "-q")
+    proc, url = start_serve(inc, tmp_path / "log")
+    try:
+        amd64 = served.index.images[0]
+        status, _, body = http(f"{url}/v2/{served.signed}/manifests/1.0",
+                               headers={"Accept": ig.ACCEPT})
+        assert status == 200 and body == served.index.manifest.data  # manifests: all there
+        status, _, body = http(f"{url}/v2/{served.signed}/blobs/{amd64.layers[0].digest}")
+        assert status == 404 and codes(body) == ["BLOB_UNKNOWN"]  # in the base
+        layer = served.docker_list.images[1].layers[0]
+        status, _, body = http(f"{url}/v2/{served.listed}/blobs/{layer.digest}")
+        assert status == 200 and body == layer.data
+    finally:
+        assert stop_serve(proc) == 143
+    left = len(check_layout(base).blob_digests - check_layout(inc).blob_digests)
+    assert f"{left} blob(s) the images name are not in it" in (tmp_path / "log").read_text()
+
+
 def test_a_layout_directory_is_served(served, tmp_path):
     """The bundle unpacked (an OCI layout directory): the same answers, each blob read from
     its own file."""
