@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mirror.bundle.reader import Bundle, Member
+from mirror.bundle.members import Member
+from mirror.bundle.reader import Bundle
 from mirror.errors import BundleError, InvalidReference, UsageError
 from mirror.load import Target, check_complete, plan_load
 from mirror.manifest import RawManifest
