@@ -8,7 +8,8 @@ from pathlib import Path
 from mirror.cli import COMMANDS, build_parser
 from mirror.errors import EXIT_CODES
 
-README = (Path(__file__).parent.parent / "README.md").read_text()
+ROOT = Path(__file__).parent.parent
+README = (ROOT / "README.md").read_text()
 
 
 def test_exit_code_table_matches_errors_module() -> None:
@@ -140,3 +141,16 @@ def test_the_demo_uses_registries_of_its_own() -> None:
         for server in servers:
             server.shutdown()
             server.server_close()
+
+
+def test_the_architecture_page_names_every_module_and_only_modules_that_exist() -> None:
+    """docs/ARCHITECTURE.md stays true: each module of mirror/ (by file name) and each package
+    is named there, and every `name.py` or `package/` it names exists."""
+    page = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    named = set(re.findall(r"`([A-Za-z_]+(?:\.py|/))`", page))
+    package = ROOT / "mirror"
+    files = {p.name for p in package.rglob("*.py")}
+    packages = {f"{p.parent.name}/" for p in package.glob("*/__init__.py")}
+    assert files - named == set(), "modules the page does not name"
+    assert packages - named == set(), "packages the page does not name"
+    assert named - files - packages == set(), "names on the page that are not modules"
