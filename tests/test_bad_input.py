@@ -757,6 +757,7 @@ def _verify_peak_rss(bundle: Path) -> int:
 
 
 @pytest.mark.parametrize("fmt", ["tar", "tar.zst"])
+@pytest.mark.slow
 def test_verify_memory_does_not_grow_with_a_layer(fmt: str, good: Good, src_registry: Registry,
                                                   tmp_path: Path) -> None:
     """verify holds a few chunks of a layer at a time: its peak RSS on a bundle with a

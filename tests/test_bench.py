@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 ROWS = (
@@ -32,6 +34,7 @@ SKOPEO_PULL = {"A": "pull: skopeo copy --all -> oci:",
                "B": "pull: skopeo copy --override-arch -> oci:"}
 
 
+@pytest.mark.slow
 def test_tiny_benchmark_prints_every_row(tmp_path: Path) -> None:
     out_json = tmp_path / "bench.json"
     proc = subprocess.run(

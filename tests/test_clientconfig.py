@@ -138,6 +138,7 @@ def test_what_a_client_cannot_express_is_listed_with_the_reason(loaded: Loaded) 
     assert f"{HUB} -> {t}/{PREFIX}/library/cfgredis:7" in readme
 
 
+@pytest.mark.slow
 def test_containerd_pulls_the_source_names_from_the_target(loaded: Loaded,
                                                            tmp_path: Path) -> None:
     with Containerd(tmp_path / "ctrd") as c:
@@ -150,6 +151,7 @@ def test_containerd_pulls_the_source_names_from_the_target(loaded: Loaded,
     assert f"GET /v2/{PREFIX}/org/cfgapp/manifests/" in log
 
 
+@pytest.mark.slow
 def test_podman_pulls_the_source_names_from_the_target(loaded: Loaded, tmp_path: Path) -> None:
     p = Podman(tmp_path / "podman")
     try:
@@ -168,6 +170,7 @@ def test_podman_pulls_the_source_names_from_the_target(loaded: Loaded, tmp_path:
     assert f"GET /v2/{PREFIX}/cfgshort/manifests/2" in log
 
 
+@pytest.mark.slow
 def test_client_config_without_a_load_and_no_fallback(loaded: Loaded, tmp_path: Path) -> None:
     """`mirror client-config` gives the load's mapping from the bundle alone (one ping of the
     target for its scheme); --no-fallback makes the mirror containerd's server."""
@@ -217,6 +220,7 @@ def test_client_config_without_a_load_and_no_fallback(loaded: Loaded, tmp_path: 
         p.relative_to(loaded.out) for p in loaded.out.rglob("*") if p.is_file())
 
 
+@pytest.mark.slow
 def test_docker_pulls_hub_images_through_registry_mirrors(
         loaded: Loaded, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Loaded with no prefix, Docker Hub images are at their own paths: Docker 20.10 given
@@ -249,6 +253,7 @@ def test_flags_that_write_no_configuration_are_refused_before_any_work(loaded: L
 
 
 @pytest.mark.parametrize("trust", ["ca-file", "insecure"])
+@pytest.mark.slow
 def test_a_tls_target_is_reached_as_mirror_reached_it(loaded: Loaded, registry_factory,
                                                       tmp_path: Path, trust: str) -> None:
     """A TLS target: with --ca-file the clients get the CA (containerd `ca`, k3s `ca_file`,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from mirror.cli import COMMANDS, build_parser
 from mirror.errors import EXIT_CODES
 
@@ -72,6 +74,7 @@ def test_referrer_kinds_are_in_help_and_readme() -> None:
         assert f"| `{kind}` |" in kinds_table, kind
 
 
+@pytest.mark.slow
 def test_every_report_field_is_in_the_readme(tmp_path: Path) -> None:
     """README's Reports table names every field each command's report has (runs that fail
     at once, as the keys are the same in every outcome), and each image entry's fields."""
@@ -105,6 +108,7 @@ def test_every_report_field_is_in_the_readme(tmp_path: Path) -> None:
     assert not missing, f"pull report image fields not in README's Reports: {missing}"
 
 
+@pytest.mark.slow
 def test_the_demo_uses_registries_of_its_own() -> None:
     """scripts/demo.sh started its registries on 5101 and 5102 (errors to /dev/null) and
     went on after `sleep 1`: where something else listened there (a registry of one's own,

@@ -37,6 +37,7 @@ from tests.support.pusher import (
 )
 
 
+@pytest.mark.slow
 def test_nested_index_is_filtered_by_platform(src_registry, dst_registry, repo_name, rng,
                                               tmp_path):
     imgs, inner = push_nested_index(src_registry.url, repo_name, rng)
@@ -202,6 +203,7 @@ def _open_sessions(reg, prefix: str) -> list[Path]:
                          [(signal.SIGINT, 130, False), (signal.SIGTERM, 143, False),
                           (signal.SIGINT, 130, True)],
                          ids=["sigint-130", "sigterm-143", "delete-hangs"])
+@pytest.mark.slow
 def test_interrupted_load_cancels_its_upload_sessions(src_registry, dst_registry, faultproxy,
                                                       rng, repo_name, tmp_path, sig, code,
                                                       deletes_hang):

@@ -208,6 +208,7 @@ def test_other_4xx_are_not_retried(src_registry, image, recproxy, tmp_path: Path
     assert not (tmp_path / "out.tar").exists()
 
 
+@pytest.mark.slow
 def test_an_endless_tag_list_is_read_bounded(src_registry, image, recproxy,
                                              tmp_path: Path) -> None:
     """A tags/list page (read to find cosign's .sig/.att/.sbom tags) of over 16 MiB was parsed
@@ -310,6 +311,7 @@ def test_connection_refused_is_retried_then_named(tmp_path: Path) -> None:
     assert doc["exit_code"] == 3 and doc["bundle"] is None and doc["partial"] is False, doc
 
 
+@pytest.mark.slow
 def test_a_port_that_never_answers_costs_the_retry_budget_once(tmp_path: Path) -> None:
     """A port that accepts and never answers, on a loopback registry (HTTPS, then plain HTTP):
     `--retries 1` is two tries in all, one per scheme, not two of each; each line says which
@@ -341,6 +343,7 @@ def test_a_port_that_never_answers_costs_the_retry_budget_once(tmp_path: Path) -
 # -- what -v and a long wait say -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_verbose_lists_requests_retries_and_waits(src_registry, image, recproxy,
                                                   tmp_path: Path) -> None:
     """-v: one line per request (method, host, path, status, ms), per retry (why, try k of n,
@@ -364,6 +367,7 @@ def test_verbose_lists_requests_retries_and_waits(src_registry, image, recproxy,
     assert " -> 200 (" not in proc.stderr and "retry GET" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_long_retry_after_is_announced_without_verbose(src_registry, image, recproxy,
                                                        tmp_path: Path) -> None:
     """A 10 s Retry-After is said on one line even without -v: a long silent pause looks
@@ -524,6 +528,7 @@ def check_loaded(reg: Registry, repo: str, img: ig.Image) -> None:
         assert blob_exists(reg.url, repo, blob.digest)
 
 
+@pytest.mark.slow
 def test_upload_monolithic_small_chunked_big(big_bundle, dst_registry: Registry, recproxy,
                                              repo_name: str) -> None:
     bundle, img = big_bundle
@@ -550,6 +555,7 @@ def _source_repo(bundle: Path) -> str:
     return name.split("/", 1)[1].rsplit(":", 1)[0]
 
 
+@pytest.mark.slow
 def test_failed_chunk_is_resumed_not_restarted(big_bundle, dst_registry: Registry, recproxy,
                                                repo_name: str) -> None:
     bundle, img = big_bundle
@@ -602,6 +608,7 @@ def test_report_of_a_failed_load_says_what_was_pushed(
     assert r["manifests_pushed"] == 0 and r["tags"] == []
 
 
+@pytest.mark.slow
 def test_loading_the_same_bundle_again_pushes_nothing(
         src_registry: Registry, dst_registry: Registry, recproxy, repo_name: str,
         rng: random.Random, tmp_path: Path) -> None:
@@ -625,6 +632,7 @@ def test_loading_the_same_bundle_again_pushes_nothing(
     assert get_manifest(dst_registry.url, f"again/{repo_name}", "v1")[0] == index.manifest.data
 
 
+@pytest.mark.slow
 def test_retry_after_on_an_upload_chunk_is_honoured(big_bundle, dst_registry: Registry,
                                                     recproxy, repo_name: str) -> None:
     """A 429 with Retry-After on a PATCH (a one-shot body, retried by the upload itself):
@@ -643,6 +651,7 @@ def test_retry_after_on_an_upload_chunk_is_honoured(big_bundle, dst_registry: Re
         assert log[i + 1].when - log[i].when >= 1.9, (log[i].path, log[i + 1].path)
 
 
+@pytest.mark.slow
 def test_upload_session_lost_mid_blob_starts_a_new_one(big_bundle, dst_registry: Registry,
                                                        recproxy, repo_name: str) -> None:
     """The registry restarts mid-chunk: the PATCH breaks off and the session's status answers

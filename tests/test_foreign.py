@@ -427,6 +427,7 @@ async def test_rewrite_in_a_list_with_format_oci(registry_factory, dst_registry,
 
 
 @pytest.mark.parametrize("policy", ["include", "rewrite"])
+@pytest.mark.slow
 async def test_lock_takes_foreign_layers_like_pull(registry_factory, repo_name, rng,
                                                    tmp_path: Path, policy: str) -> None:
     """`mirror lock --foreign-layers P` records what `pull --foreign-layers P` does (the foreign

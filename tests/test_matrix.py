@@ -43,6 +43,8 @@ from tests.support.pusher import PushError, blob_exists, get_manifest, push_imag
 from tests.support.referrers import push_sbom, push_signature
 from tests.support.registry import Registry
 
+pytestmark = pytest.mark.slow  # the whole pull/load matrix: minutes
+
 FORMATS = ("keep", "oci", "docker")
 PLATFORMS = ("all", "filter", "sparse")
 SUBSET = "linux/amd64,linux/arm64"

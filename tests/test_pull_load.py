@@ -13,6 +13,8 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+import pytest
+
 from tests.support import imagegen as ig
 from tests.support.oracle import (
     check_layout,
@@ -457,6 +459,7 @@ def test_skopeo_oci_archive_compressed_with_zstd(
 # -- 8. load --dry-run ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_load_dry_run_lists_and_pushes_nothing(
         src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
         tmp_path: Path) -> None:
@@ -493,6 +496,7 @@ def _peak_rss_kib(args: list[object], tmp_path: Path, name: str) -> int:
     return int(out.read_text().strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_memory_does_not_grow_with_layer_size(
         src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
         tmp_path: Path) -> None:
@@ -516,6 +520,7 @@ def test_memory_does_not_grow_with_layer_size(
         assert peaks["large"] < peaks["small"] + 30 * 1024, (cmd, peaks)
 
 
+@pytest.mark.slow
 def test_load_report_fields_have_one_type_whatever_the_outcome(
         src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
         tmp_path: Path) -> None:
@@ -544,6 +549,7 @@ def test_load_report_fields_have_one_type_whatever_the_outcome(
     assert docs["failed-dry"]["would_push"] == []
 
 
+@pytest.mark.slow
 def test_an_oci_layout_directory_is_verified_inspected_and_loaded(
         src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
         tmp_path: Path) -> None:
@@ -569,6 +575,7 @@ def test_an_oci_layout_directory_is_verified_inspected_and_loaded(
     assert bad.returncode == 7 and imgs[1].config.digest in bad.stdout + bad.stderr, bad
 
 
+@pytest.mark.slow
 def test_a_tag_holding_another_index_is_replaced_with_a_warning_or_merged(
         src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
         tmp_path: Path) -> None:
@@ -615,6 +622,7 @@ def test_a_merge_rerun_is_silent_under_q(src_registry: Registry, dst_registry: R
     assert again.stderr == "" and again.stdout == "", again.stderr
 
 
+@pytest.mark.slow
 def test_a_dry_run_says_what_a_tag_holding_another_index_would_get(
         src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
         tmp_path: Path) -> None:
@@ -638,6 +646,7 @@ def test_a_dry_run_says_what_a_tag_holding_another_index_would_get(
     assert f"manifest {merged} -> {dst_registry.host}/{dst_repo}:1" in would, would
 
 
+@pytest.mark.slow
 def test_a_digest_pinned_image_is_named_where_it_was_loaded(
         src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
         tmp_path: Path) -> None:
@@ -672,6 +681,7 @@ def test_one_image_over_a_multi_arch_tag_is_not_replaced_silently(
     assert again.stderr == "", again.stderr  # the tag holds it now: nothing to say
 
 
+@pytest.mark.slow
 def test_load_dry_run_says_what_the_load_does(
         src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
         tmp_path: Path) -> None:

@@ -66,6 +66,7 @@ def verify_signature(key, sig_manifest: bytes, url: str, repo: str) -> None:
     key.public_key().verify(signature, payload, ec.ECDSA(hashes.SHA256()))  # raises if bad
 
 
+@pytest.mark.slow
 def test_signature_and_sbom_travel_and_verify(src_registry, dst_registry, repo_name, rng,
                                               tmp_path):
     key = ec.generate_private_key(ec.SECP256R1())
@@ -101,6 +102,7 @@ def test_signature_and_sbom_travel_and_verify(src_registry, dst_registry, repo_n
     assert got_sbom == sbom.data
 
 
+@pytest.mark.slow
 def test_filtered_index_warns_and_no_referrers_leaves_them(src_registry, repo_name, rng,
                                                            tmp_path):
     key = ec.generate_private_key(ec.SECP256R1())
@@ -138,6 +140,7 @@ def _blob_digests(manifest: ig.Blob) -> set[str]:
 
 
 @pytest.mark.parametrize("kept", ["signature", "application/spdx+json"])
+@pytest.mark.slow
 def test_lock_takes_referrer_type_like_pull(src_registry, repo_name, rng, tmp_path, kept):
     """`mirror lock --referrer-type T` records what `pull --referrer-type T` does (the blobs of
     the referrers kept, none of those left behind), and `pull --locked` with the same flag
@@ -194,6 +197,7 @@ def _without_attestations(lay, index: ig.Index, ref: str) -> dict:
 
 
 @pytest.mark.parametrize("fmt", ["keep", "docker"])
+@pytest.mark.slow
 def test_no_referrers_leaves_in_index_attestations_behind(src_registry, dst_registry,
                                                           repo_name, rng, tmp_path, fmt):
     """--no-referrers is `referrers: false` for every image: the attestation entry of a BuildKit
@@ -235,6 +239,7 @@ def test_no_referrers_leaves_in_index_attestations_behind(src_registry, dst_regi
         skopeo_copy_ok(bundle, ref, tmp_path / "copy")
 
 
+@pytest.mark.slow
 def test_no_referrers_in_dry_run_lock_and_locked_pulls(src_registry, repo_name, rng, tmp_path):
     """`--dry-run`, `mirror lock` and `--locked` see the same filtered index as a pull."""
     index, ref = _attested_index(src_registry, repo_name, rng)
@@ -325,6 +330,7 @@ def referrers_api(src_registry) -> Iterator[_ReferrersAPI]:
     server.server_close()
 
 
+@pytest.mark.slow
 def test_referrers_api_is_used_where_the_registry_has_it(src_registry, dst_registry,
                                                          referrers_api, repo_name, rng,
                                                          tmp_path):
@@ -348,6 +354,7 @@ def test_referrers_api_is_used_where_the_registry_has_it(src_registry, dst_regis
         sbom.digest
 
 
+@pytest.mark.slow
 def test_a_second_load_pushes_no_referrer(src_registry, dst_registry, faultproxy, repo_name, rng,
                                           tmp_path):
     """The README's promise holds for referrers too: a second load of the same bundle HEADs

@@ -212,6 +212,7 @@ def wait_for_bytes(proc: subprocess.Popen, partial: Path, at_least: int) -> None
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_blob_then_resume(src_registry: Registry, recproxy, repo_name: str,
                                       rng: random.Random, tmp_path: Path) -> None:
     """Kill a pull in the middle of a 64 MiB layer; the next run resumes from the partial
@@ -279,6 +280,7 @@ def test_partial_file_with_bad_bytes_is_discarded(src_registry, image, recproxy,
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
                          ids=["sigint-130", "sigterm-143"])
+@pytest.mark.slow
 def test_signal_mid_blob_exits_130_or_143_names_nothing_then_resumes(
         src_registry: Registry, recproxy, repo_name: str, rng: random.Random,
         tmp_path: Path, sig: signal.Signals, code: int) -> None:
@@ -377,6 +379,7 @@ def _pull_on_a_small_disk(limit: int, *args: object) -> subprocess.CompletedProc
                           capture_output=True, text=True, timeout=120, preexec_fn=small_disk)
 
 
+@pytest.mark.slow
 def test_a_full_disk_reports_what_was_done_and_keeps_the_partial(src_registry, image,
                                                                  tmp_path: Path) -> None:
     """The disk fills up (the file size limit of the child, RLIMIT_FSIZE: the same OSError
@@ -419,6 +422,7 @@ def test_a_full_disk_reports_what_was_done_and_keeps_the_partial(src_registry, i
     assert doc["bytes_fetched"] == rest, doc
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_writing_the_bundle_keeps_what_was_fetched(
         src_registry: Registry, repo_name: str, rng: random.Random, tmp_path: Path) -> None:
     """Every blob fits in the cache but the .tar.zst bundle written at the end does not (the
@@ -447,6 +451,7 @@ def test_a_full_disk_while_writing_the_bundle_keeps_what_was_fetched(
     assert (doc["bytes_fetched"], doc["bytes_reused"]) == (0, every), doc
 
 
+@pytest.mark.slow
 def test_a_lock_file_that_does_not_fit_names_itself(
         src_registry: Registry, repo_name: str, rng: random.Random, tmp_path: Path) -> None:
     """The disk fills (the child's RLIMIT_FSIZE) while the lock file is written after the

@@ -27,6 +27,8 @@ from tests.support.runtimes import CTR, DOCKER, Containerd, Dockerd, Podman
 from tests.test_foreign import ALLOW_LOOPBACK, make_foreign, push_foreign
 from tests.test_referrers import seed
 
+pytestmark = pytest.mark.slow  # dockerd, containerd and podman started per test
+
 REF = "org.opencontainers.image.ref.name"
 
 

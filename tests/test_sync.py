@@ -88,6 +88,7 @@ def served(reg: Registry, report: dict, prefix: str) -> None:
             get_manifest(reg.url, f"{prefix}/{repo}", digest)
 
 
+@pytest.mark.slow
 def test_sync_leaves_what_pull_then_load_leaves_at_two_targets(
         src_registry: Registry, dst_registry: Registry, registry_factory, repo_name: str,
         rng: random.Random, tmp_path: Path) -> None:
@@ -241,6 +242,7 @@ def test_a_blob_that_does_not_match_never_completes_an_upload(
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+@pytest.mark.slow
 def test_an_interrupted_sync_is_completed_by_the_next(
         src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
         rng: random.Random, tmp_path: Path, sig: signal.Signals) -> None:

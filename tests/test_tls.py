@@ -213,6 +213,7 @@ def make_client_cert(directory: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
+@pytest.mark.slow
 def test_client_certificate(registry_factory: Callable[..., Registry], repo_name: str,
                             rng: random.Random, tmp_path: Path,
                             monkeypatch: pytest.MonkeyPatch) -> None:
