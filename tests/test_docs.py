@@ -158,3 +158,21 @@ def test_the_architecture_page_names_every_module_and_only_modules_that_exist() 
     assert files - named == set(), "modules the page does not name"
     assert packages - named == set(), "packages the page does not name"
     assert named - files - packages == set(), "names on the page that are not modules"
+
+
+def test_the_fast_tests_alone_are_one_documented_command() -> None:
+    """`scripts/test -m "not slow"` (README, scripts/test's header) selects by a marker
+    pyproject.toml registers: under --strict-markers an unregistered `slow` is an error, and a
+    marker no test had would select everything. The complexity gate is in ruff's settings,
+    which scripts/test runs."""
+    import tomllib
+
+    settings = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]
+    markers = settings["pytest"]["ini_options"]["markers"]
+    assert [m for m in markers if m.split(":")[0] == "slow"], markers
+    assert any("@pytest.mark.slow" in p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
+    command = 'scripts/test -m "not slow"'
+    assert command in README
+    assert command in (ROOT / "scripts" / "test").read_text()
+    assert "C901" in settings["ruff"]["lint"]["select"]
+    assert settings["ruff"]["lint"]["mccabe"]["max-complexity"] == 15
