@@ -23,7 +23,8 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
-from mirror.bundle.writer import BUF, _blob_name, _header, _pad, head_files, write_sidecar
+from mirror.bundle.layout import blob_name
+from mirror.bundle.writer import BUF, _header, _pad, head_files, write_sidecar
 from mirror.digest import Verifier
 from mirror.errors import naming
 from mirror.store import writeback
@@ -123,11 +124,11 @@ class Assembler:
             member(name, data)
         head.extend(_header("blobs/", 0, is_dir=True) + _header("blobs/sha256/", 0, is_dir=True))
         for digest, data in manifests:
-            member(_blob_name(digest), data)
+            member(blob_name(digest), data)
         pos = len(head)
         frames: list[tuple[int, bytes, int]] = []  # blob header offset, header, size
         for digest, size in blobs:
-            h = _header(_blob_name(digest), size)
+            h = _header(blob_name(digest), size)
             frames.append((pos, h, size))
             self.offsets[digest] = (pos + len(h), size)
             pos += len(h) + size + len(_pad(size))

@@ -21,7 +21,7 @@ import json
 from collections.abc import Iterable
 
 from mirror import mediatypes as mt
-from mirror.bundle.writer import _blob_name
+from mirror.bundle.layout import blob_name
 from mirror.image import Image
 from mirror.manifest import RawManifest
 from mirror.platform import Platform
@@ -89,8 +89,8 @@ def docker_manifest(plans: Iterable[Image], carried: set[str]) -> bytes:
             tags = entries.setdefault(key, set())
             if raw is tagged and tag:
                 tags.add(tag)
-    docs = [{"Config": _blob_name(config), "RepoTags": sorted(tags) or None,
-             "Layers": [_blob_name(d) for d in layers]}
+    docs = [{"Config": blob_name(config), "RepoTags": sorted(tags) or None,
+             "Layers": [blob_name(d) for d in layers]}
             for (config, layers), tags in entries.items()]
     docs.sort(key=lambda d: (d["RepoTags"] is None, d["RepoTags"] or [], d["Config"]))
     return json.dumps(docs, separators=(",", ":")).encode() + b"\n"

@@ -112,3 +112,9 @@ class Inventory:
                    partial=bool(doc.get("partial")),
                    conversions=dict(doc.get("conversions") or {}),
                    referrers=list(doc.get("referrers") or []))
+
+
+def blob_name(digest: str) -> str:
+    """The member (or file) `blobs/<alg>/<encoded>` of a layout that holds `digest`."""
+    alg, _, enc = digest.partition(":")
+    return f"blobs/{alg}/{enc}"

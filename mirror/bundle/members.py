@@ -109,11 +109,6 @@ def blob_digest(name: str) -> str | None:
     return None
 
 
-def blob_name(digest: str) -> str:
-    """The member `blobs/<alg>/<hex>` of a layout that holds `digest`."""
-    return "blobs/" + digest.replace(":", "/", 1)
-
-
 def index_tar(path: Path, bundle: str, links: dict[str, str]) -> dict[str, Member]:
     """A plain tar's file members (name -> Member at its data offset), its links recorded in
     `links`; raise BundleError for a member whose data runs past the next header or the end

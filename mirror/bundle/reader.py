@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 from mirror.bundle import consistency
-from mirror.bundle.layout import DOCKER_JSON, MIRROR_JSON, Inventory
+from mirror.bundle.layout import DOCKER_JSON, MIRROR_JSON, Inventory, blob_name
 from mirror.bundle.members import (
     CHUNK,
     Contents,
     Member,
     blob_digest,
-    blob_name,
     index_tar,
     resolve_links,
 )

@@ -22,6 +22,7 @@ from typing import IO, BinaryIO, cast
 
 import zstandard
 
+from mirror.bundle.layout import DOCKER_JSON, MIRROR_JSON, OCI_LAYOUT, blob_name
 from mirror.digest import Verifier
 from mirror.errors import IntegrityError, MirrorError, SizeMismatch, naming
 from mirror.fileobj import Writable
@@ -71,8 +72,6 @@ def head_files(index_json: bytes, inventory_json: bytes, docker_json: bytes | No
     """The files before blobs/, in their order (the one list the writer, the assembler and
     `tar_size` lay out). manifest.json comes after mirror.json: a streaming reader plans
     once it holds index.json and mirror.json."""
-    from mirror.bundle.layout import DOCKER_JSON, MIRROR_JSON, OCI_LAYOUT
-
     files = [("oci-layout", OCI_LAYOUT), ("index.json", index_json),
              (MIRROR_JSON, inventory_json)]
     if docker_json is not None:
@@ -116,7 +115,7 @@ def write_bundle(
             sink.write(_header("blobs/", 0, is_dir=True))
             sink.write(_header("blobs/sha256/", 0, is_dir=True))
             for digest, data in manifests:
-                member(_blob_name(digest), data)
+                member(blob_name(digest), data)
             for item in blobs:
                 _copy_blob(sink, store, item, progress, stop)
             sink.write(b"\0" * 1024)
@@ -161,8 +160,8 @@ def tar_size(index_json: bytes, inventory_json: bytes, manifests: list[tuple[str
                                                          docker_json))
     total += len(_header("blobs/", 0, is_dir=True)) + len(_header("blobs/sha256/", 0,
                                                                     is_dir=True))
-    total += sum(member(_blob_name(d), len(data)) for d, data in manifests)
-    total += sum(member(_blob_name(b.digest), b.size) for b in blobs)
+    total += sum(member(blob_name(d), len(data)) for d, data in manifests)
+    total += sum(member(blob_name(b.digest), b.size) for b in blobs)
     return total + 1024
 
 
@@ -211,16 +210,11 @@ def unchanged(out: Path, index_json: bytes, inventory_json: bytes, size: int | N
     return None
 
 
-def _blob_name(digest: str) -> str:
-    alg, _, enc = digest.partition(":")
-    return f"blobs/{alg}/{enc}"
-
-
 def _copy_blob(sink: Writable, store: BlobStore, item: BlobItem,
                progress: Callable[[int], None] | None,
                stop: threading.Event | None = None) -> None:
     path = store.path(item.digest)
-    sink.write(_header(_blob_name(item.digest), item.size))
+    sink.write(_header(blob_name(item.digest), item.size))
     v = Verifier(item.digest, item.size, f"cache {path}") if item.verify else None
     copied = 0
     try:
