@@ -119,6 +119,19 @@ def verified_sync(chunks: Iterator[bytes], digest: str, size: int | None,
         v.finish()
 
 
+async def verified_async(chunks: AsyncIterator[bytes], digest: str, size: int,
+                         source: str) -> AsyncIterator[bytes]:
+    """verified_sync for an async stream (a blob read from a registry as it arrives)."""
+    v = Verifier(digest, size, source)
+    async for chunk in chunks:
+        v.update(chunk)
+        if v.received == size:
+            v.finish()
+        yield chunk
+    if v.received != size:
+        v.finish()
+
+
 def check_bytes(data: bytes, digest: str, size: int | None, source: str) -> None:
     """Verify an in-memory document (a manifest) against its descriptor."""
     v = Verifier(digest, size, source)

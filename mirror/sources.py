@@ -11,7 +11,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import cast
 
 from mirror.aio import aiter_thread
-from mirror.digest import Verifier, verified_sync
+from mirror.digest import verified_async, verified_sync
 from mirror.errors import RegistryError
 from mirror.fetch import Fetcher
 from mirror.manifest import Descriptor
@@ -48,25 +48,12 @@ class RegistrySource:
         try:
             async with contextlib.aclosing(chunks):
                 async for chunk in (chunks if offset else
-                                    verified(chunks, desc, f"{reg}/{repo}: blob {desc.digest}")):
+                                    verified_async(chunks, desc.digest, desc.size,
+                                                   f"{reg}/{repo}: blob {desc.digest}")):
                     yield chunk
         except TransferError as e:
             raise RegistryError(f"{reg}/{repo}: blob {desc.digest}: {e.why}", registry=reg,
                                 repository=repo) from None
-
-
-async def verified(chunks: AsyncIterator[bytes], desc: Descriptor, source: str
-                   ) -> AsyncIterator[bytes]:
-    """Pass chunks through, hashing them; the digest is checked before the last chunk goes
-    on (the async form of mirror.digest.verified_sync)."""
-    v = Verifier(desc.digest, desc.size, source)
-    async for chunk in chunks:
-        v.update(chunk)
-        if v.received == desc.size:
-            v.finish()
-        yield chunk
-    if v.received != desc.size:
-        v.finish()
 
 
 class CacheSource:
