@@ -12,14 +12,18 @@ from typing import cast
 
 from mirror.aio import aiter_thread
 from mirror.digest import verified_async, verified_sync
-from mirror.errors import RegistryError
+from mirror.errors import IntegrityError, RegistryError
 from mirror.fetch import Fetcher
 from mirror.manifest import Descriptor
 from mirror.push import Body
 from mirror.registry.client import Client
+from mirror.registry.foreign import UrlRefused, open_url, unserved
 from mirror.registry.network import TransferError
 
 CHUNK = 1 << 20  # bytes per read of a cached blob
+# digest -> the source registry and repository that list the blob, and its descriptor there
+# (a foreign layer's `urls`, which a rewritten manifest no longer lists)
+Where = dict[str, tuple[str, str, Descriptor]]
 
 
 class RegistrySource:
@@ -30,8 +34,8 @@ class RegistrySource:
 
     one_pass = False
 
-    def __init__(self, client: Client, where: dict[str, tuple[str, str]],
-                 name: str = "the source registries") -> None:
+    def __init__(self, client: Client, where: Where, name: str = "the source registries"
+                 ) -> None:
         self.client, self.where, self.name = client, where, name
 
     def carries(self, digest: str) -> bool:
@@ -41,19 +45,51 @@ class RegistrySource:
         raise NotImplementedError("a registry is read blob by blob")
 
     async def open(self, desc: Descriptor, offset: int) -> AsyncIterator[bytes]:
-        reg, repo = self.where[desc.digest]
-        # from byte 0 the blob is checked; a resumed upload (offset > 0) is checked by the
-        # registry against the digest in the final PUT, as a bundle's is
-        chunks = cast(AsyncGenerator[bytes, None], self.client.open_blob(reg, repo, desc, offset))
+        """A foreign layer the registry does not serve comes from its `urls` in turn (no
+        registry credentials: mirror.registry.foreign), as a pull fetches it."""
+        reg, repo, there = self.where[desc.digest]
+        sent = 0
         try:
-            async with contextlib.aclosing(chunks):
-                async for chunk in (chunks if offset else
-                                    verified_async(chunks, desc.digest, desc.size,
-                                                   f"{reg}/{repo}: blob {desc.digest}")):
+            async for chunk in _checked(self.client.open_blob(reg, repo, desc, offset), desc,
+                                        offset, f"{reg}/{repo}: blob {desc.digest}"):
+                sent += len(chunk)
+                yield chunk
+            return
+        except RegistryError:
+            if sent or not there.urls:
+                raise
+        problems: list[str] = []
+        statuses: list[int | None] = []
+        mismatches = 0
+        for url in there.urls:
+            try:
+                async for chunk in _checked(open_url(self.client.t, url, desc, offset), desc,
+                                            offset, url):
+                    sent += len(chunk)
                     yield chunk
-        except TransferError as e:
-            raise RegistryError(f"{reg}/{repo}: blob {desc.digest}: {e.why}", registry=reg,
-                                repository=repo) from None
+                return
+            except (UrlRefused, IntegrityError, RegistryError) as e:
+                if sent:  # bytes of it went into the upload: that one cannot go on
+                    raise
+                problems.append(f"{url}: {e}")
+                statuses.append(getattr(e, "status", None))
+                mismatches += isinstance(e, IntegrityError)
+        raise unserved(desc, problems, statuses, mismatches)
+
+
+async def _checked(chunks: AsyncIterator[bytes], desc: Descriptor, offset: int, where: str
+                   ) -> AsyncIterator[bytes]:
+    """A blob stream, checked from byte 0 (a resumed upload, from `offset`, is checked by
+    the registry against the digest in the final PUT, as a bundle's is); one that breaks off
+    is a RegistryError without a status, which the upload tries again."""
+    gen = cast(AsyncGenerator[bytes, None], chunks)
+    try:
+        async with contextlib.aclosing(gen):
+            async for chunk in (gen if offset else
+                                verified_async(gen, desc.digest, desc.size, where)):
+                yield chunk
+    except TransferError as e:
+        raise RegistryError(f"{where}: {e.why}") from None
 
 
 class CacheSource:
@@ -63,7 +99,7 @@ class CacheSource:
     one_pass = False
     name = "the cache"
 
-    def __init__(self, fetcher: Fetcher, where: dict[str, tuple[str, str]]) -> None:
+    def __init__(self, fetcher: Fetcher, where: Where) -> None:
         self.fetcher, self.where = fetcher, where
 
     def carries(self, digest: str) -> bool:
@@ -73,8 +109,8 @@ class CacheSource:
         raise NotImplementedError("the cache is read blob by blob")
 
     async def open(self, desc: Descriptor, offset: int) -> AsyncIterator[bytes]:
-        reg, repo = self.where[desc.digest]
-        await self.fetcher.fetch(reg, repo, desc, owner=-1)
+        reg, repo, there = self.where[desc.digest]
+        await self.fetcher.fetch(reg, repo, there, owner=-1)
         path = self.fetcher.store.path(desc.digest)
         chunks = _read(str(path), offset)
         async for chunk in aiter_thread(

@@ -68,7 +68,9 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
     plans = [p for _, p in planner.resolved()]
     result.partial = planner.first_error is not None
     result.blobs = {d.digest: d.size for p in plans for d in p.blobs.values()}
-    where = {d.digest: (ref.registry, ref.repository) for p in plans
+    # each blob's source repository, and its descriptor there (a foreign layer's `urls`,
+    # which a rewritten manifest no longer lists)
+    where = {d.digest: (ref.registry, ref.repository, d) for p in plans
              if (ref := p.reference) is not None for d in p.blobs.values()}
     source: BlobSource = CacheSource(fetcher, where) if fetcher is not None else \
         RegistrySource(client, where)

@@ -316,3 +316,34 @@ def test_keep_going_syncs_the_images_that_resolve(
     doc = json.loads(report.read_text())
     assert doc["exit_code"] == 13 and doc["error"].startswith("1 of 2 image(s) failed"), doc
     assert [e["error_code"] for e in doc["images"]] == [None, 5], doc
+
+
+@pytest.mark.parametrize("cache", [False, True], ids=["streamed", "cache"])
+async def test_a_foreign_layer_comes_from_its_urls_as_in_a_pull(
+        registry_factory, dst_registry: Registry, repo_name: str, rng: random.Random,
+        tmp_path: Path, cache: bool) -> None:
+    """`--foreign-layers rewrite`: the layer the source registry does not hold comes from its
+    descriptor's URLs in turn (no credentials; the first one answers 404), streamed into the
+    target or through the cache, as a pull fetches it (the rewritten manifest lists no URL:
+    the source's descriptor does); the target serves what pull then load leaves."""
+    from tests.test_foreign import ALLOW_LOOPBACK, USER, authfile, cdn_serving, mirror, seed_foreign
+
+    u = repo_name[-8:]
+    src = registry_factory(htpasswd=USER, urls_allow=ALLOW_LOOPBACK)
+    async with cdn_serving({}) as cdn:
+        fi = seed_foreign(cdn, src, repo_name, rng, "missing", "good")
+        cfg = images_yaml(tmp_path, [f"{src.host}/{repo_name}:v1"],
+                          "defaults:\n  foreign_layers: rewrite\n")
+        auth = authfile(tmp_path, src)
+        proc = await mirror("sync", "-f", cfg, "--to", f"{dst_registry.host}/fl{u}",
+                            "--authfile", auth, "-q",
+                            *(["--cache", tmp_path / "sc"] if cache else []))
+        assert proc.returncode == 0, proc.stderr
+        assert all(a is None for _, _, a in cdn.requests)  # no registry credentials there
+        proc = await mirror("pull", "-f", cfg, "-o", tmp_path / "b.tar", "--cache",
+                            tmp_path / "c", "--authfile", auth, "--lock-file",
+                            tmp_path / "pl.lock", "-q")
+        assert proc.returncode == 0, proc.stderr
+    mirror_ok("load", tmp_path / "b.tar", "--to", f"{dst_registry.host}/pl{u}", "-q")
+    assert get_blob(dst_registry.url, f"fl{u}/{repo_name}", fi.foreign.digest) == fi.foreign.data
+    assert state(dst_registry, f"fl{u}") == state(dst_registry, f"pl{u}")
