@@ -194,6 +194,7 @@ def _tagged(c: Contents) -> dict[str, set[tuple[str, tuple[str, ...]]]]:
     from mirror.bundle.dockersave import familiar  # the writer's side: imported when needed
     from mirror.bundle.layout import IMAGE_NAME, REF_NAME
     from mirror.errors import InvalidReference
+    from mirror.image import push_order
     from mirror.reference import Reference
 
     out: dict[str, set[tuple[str, tuple[str, ...]]]] = {}
@@ -207,15 +208,10 @@ def _tagged(c: Contents) -> dict[str, set[tuple[str, tuple[str, ...]]]]:
         if tag is None:
             continue
         found = out.setdefault(tag, set())
-        todo, seen = [entry.get("digest")], set()
-        while todo:
-            raw = c.manifests.get(d) if isinstance(d := todo.pop(), str) else None
-            if raw is None or raw.digest in seen:
-                continue
-            seen.add(raw.digest)
+        root = c.manifests.get(d) if isinstance(d := entry.get("digest"), str) else None
+        for raw in push_order([root] if root is not None else [], c.manifests):
             if raw.config is not None:
                 found.add((raw.config.digest, tuple(x.digest for x in raw.layers)))
-            todo.extend(x.digest for x in raw.children)
     return out
 
 
