@@ -63,6 +63,16 @@ def test_the_bundle_package_does_not_import_the_engines() -> None:
         assert not pattern.search(path.read_text()), path
 
 
+def test_the_image_model_imports_only_the_facts() -> None:
+    """mirror/image.py sits below storage, sources and sinks (docs/ARCHITECTURE.md), so that
+    each of them can take it: it imports nothing but the facts."""
+    facts = {"errors", "digest", "reference", "platform", "mediatypes", "manifest",
+             "artifacts"}
+    text = (Path(__file__).parent.parent / "mirror" / "image.py").read_text()
+    imported = set(re.findall(r"^\s*(?:from|import) mirror\.(\w+)", text, re.M))
+    assert imported and imported <= facts, imported - facts
+
+
 def test_referrer_kinds_are_in_help_and_readme() -> None:
     from mirror.artifacts import KINDS
 
