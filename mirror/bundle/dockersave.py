@@ -22,7 +22,7 @@ from collections.abc import Iterable
 
 from mirror import mediatypes as mt
 from mirror.bundle.layout import blob_name
-from mirror.image import Image
+from mirror.image import Image, push_order
 from mirror.manifest import RawManifest
 from mirror.platform import Platform
 from mirror.reference import DOCKER_HUB, Reference
@@ -47,22 +47,14 @@ def familiar(ref: Reference) -> str | None:
 
 
 def _images(plan: Image) -> list[tuple[Platform | None, RawManifest]]:
-    """The platform images under the plan's root, in index order (nested indexes walked)."""
-    out: list[tuple[Platform | None, RawManifest]] = []
-
-    def walk(raw: RawManifest, platform: Platform | None) -> None:
-        if raw.is_index:
-            for d in raw.children:
-                child = plan.manifests.get(d.digest)
-                if child is not None:
-                    walk(child, d.platform)
-        elif raw.is_image and not raw.parsed.get("artifactType"):
-            out.append((platform, raw))
-
+    """The platform images under the plan's root, in index order (nested indexes walked),
+    each with the platform of the entry that names it."""
+    order = push_order([plan.root], plan.manifests)
+    named = {d.digest: d.platform for raw in order if raw.is_index for d in raw.children}
     own = Platform.parse(plan.platforms[0]) if plan.platforms and not plan.root.is_index \
         else None
-    walk(plan.root, own)
-    return out
+    return [(named.get(raw.digest, own), raw) for raw in order
+            if raw.is_image and not raw.parsed.get("artifactType")]
 
 
 def _loadable(platform: Platform | None, raw: RawManifest, carried: set[str]) -> bool:
