@@ -82,6 +82,23 @@ def _add_client_config(p: argparse.ArgumentParser, flag: str, help: str, *more: 
                    "OpenShift; k3s needs --disable-default-registry-endpoint, Docker cannot)")
 
 
+def _add_layout(p: argparse.ArgumentParser) -> None:
+    """Where images land at the target (mirror.mapping): the same flags wherever a run
+    names target repositories (load, sync, client-config)."""
+    p.add_argument("--map", action="append", default=[], metavar="SRC=DST",
+                   help="put the source repository SRC (or every one under a prefix, SRC "
+                   "ending in /*) at DST below the --to prefix: 'docker.io/library/*=base/*'; "
+                   "repeatable; over the bundle's own destinations (images.yaml to:, map:)")
+    p.add_argument("--map-file", type=Path, metavar="FILE.yaml", help="rules as "
+                   "images.yaml's map: (SOURCE: DESTINATION per line); --map's come first")
+    p.add_argument("--max-depth", type=int, metavar="N", help="at most N path components "
+                   "per target repository: a deeper one has the leading components below the "
+                   "--to prefix joined with '-' (org/team/app -> org-team/app for N=2)")
+    p.add_argument("--no-digest-tag", action="store_true", help="push an image pinned by "
+                   "digest only by digest, without the tag sha256-<hex> that keeps it from "
+                   "the target's garbage collection")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="mirror",
@@ -119,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target registry and optional repository prefix, as load's (each "
                    "image goes to PREFIX/<its source repository>); repeatable: one push per "
                    "target")
+    _add_layout(p)
     _add_selection(p)
     p.add_argument("--cache", type=Path, help="fetch each blob into this cache once and push "
                    "it from there to every target (default: none, blobs stream from the "
@@ -168,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target registry and optional repository prefix: each image goes "
                    "to PREFIX/<its source repository>; an oci-archive entry named by a bare "
                    "tag, or not named, to PREFIX itself (an unnamed one by digest)")
+    _add_layout(p)
     p.add_argument("--dry-run", action="store_true", help="list what would be pushed")
     p.add_argument("--merge", action="store_true",
                    help="a tag that holds another multi-arch index keeps its other platforms "
@@ -184,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", type=Path)
     p.add_argument("--to", required=True, metavar="HOST[:PORT][/PREFIX]",
                    help="where the bundle was loaded (load's --to)")
+    _add_layout(p)
     _add_client_config(p, "-o", "the directory to write into (made if missing)",
                        "--output", required=True)
     _add_net(p)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mirror import clientconfig
 from mirror.bundle.reader import Bundle
+from mirror.commands import target_of
 from mirror.load import Target, plan_load
 from mirror.netargs import host_values, transport_for
 from mirror.paths import check_writable
@@ -60,7 +61,7 @@ def write_for(directory: Path, images: list[PushImage], target: Target,
 
 async def client_config(args: argparse.Namespace, progress, report: Report) -> int:
     report.add(bundle=str(args.bundle), target=args.to, client_config=None)
-    target = Target.parse(args.to)
+    target = target_of(args, args.to)
     check_dir(args.output, "-o")
     bundle = Bundle(args.bundle)
     contents = await asyncio.to_thread(bundle.scan)

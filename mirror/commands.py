@@ -261,16 +261,43 @@ async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
     return 0
 
 
+def target_of(args: argparse.Namespace, to: str):
+    """--to with the run's layout flags (--map, --map-file, --max-depth, --no-digest-tag)."""
+    from mirror.config import load_map_file
+    from mirror.mapping import Layout, Rule, Target, parse_max_depth
+
+    rules = [Rule.parse_arg(m) for m in args.map]
+    if args.map_file:
+        rules += load_map_file(args.map_file)
+    return Target.parse(to, Layout(tuple(rules), parse_max_depth(args.max_depth),
+                                   not args.no_digest_tag))
+
+
+def _placement(result) -> list[dict] | None:
+    """Per image, source -> target repository and tags (referrers left out)."""
+    if result is None or not result.images:
+        return None
+    out: dict[tuple[str, str], list[str]] = {}
+    for img in result.images:
+        if img.referrer_of is None:
+            tags = out.setdefault((img.name, img.repository), [])
+            if img.tag:
+                tags.append(img.tag)
+    return [{"source": name, "repository": repo, "tags": tags}
+            for (name, repo), tags in out.items()]
+
+
 async def _load(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.bundle.reader import Bundle
     from mirror.clientconfig_run import access_of, check_dir, write_for
-    from mirror.load import LoadResult, Target, load
+    from mirror.load import LoadResult, load
     from mirror.registry.client import Client
 
     # None: not known (the load stopped before it could say)
     report.add(bundle=str(args.bundle), target=args.to, **_push_report(None),
-               retries=0, dry_run=args.dry_run, would_push=[], client_config=None)
-    target = Target.parse(args.to)
+               retries=0, dry_run=args.dry_run, would_push=[], client_config=None,
+               placement=None)
+    target = target_of(args, args.to)
     if args.no_fallback and not args.write_client_config:
         raise UsageError("--no-fallback says how to write the client configuration; give "
                          "--write-client-config DIR")
@@ -293,7 +320,7 @@ async def _load(args: argparse.Namespace, progress, report: Report) -> int:
         report.add(retries=transport.retries)
         if result.started:  # what was done, also when the load failed or was stopped later
             report.add(**_push_report(result))
-    report.add(would_push=result.dry_run)  # dry_run stays what it is: a boolean
+    report.add(would_push=result.dry_run, placement=_placement(result))
     if args.dry_run:
         for line in result.dry_run:
             print(line)
@@ -337,20 +364,20 @@ def _sync_report(result) -> dict:
         return {"partial": False, "images": [], "targets": []}
     return {"partial": result.partial, "images": [asdict(r) for r in result.images],
             "targets": [{"target": f"{t.registry}/{t.prefix}".rstrip("/"),
-                         **_push_report(done), "would_push": done.dry_run}
+                         **_push_report(done), "would_push": done.dry_run,
+                         "placement": _placement(done)}
                         for t, done in result.targets]}
 
 
 async def _sync(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.artifacts import parse_types
-    from mirror.load import Target
     from mirror.registry.client import Client
     from mirror.store.blobs import BlobStore
     from mirror.store.lock import RunLock
     from mirror.sync import SyncOptions, SyncResult, sync
 
     report.add(**_sync_report(None), retries=0, dry_run=args.dry_run)
-    targets = [Target.parse(t) for t in args.to]
+    targets = [target_of(args, t) for t in args.to]
     specs, cfg = _specs(args)
     if not args.dry_run:
         _check_lock_path(args)

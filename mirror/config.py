@@ -26,8 +26,9 @@ from typing import Any
 import yaml
 
 from mirror.errors import ConfigError, MirrorError
+from mirror.mapping import Destination, Rule, find_rule, path_problem
 from mirror.platform import PlatformSelector
-from mirror.reference import Reference
+from mirror.reference import _TAG, Reference
 from mirror.registry.credentials import RegistryLogin
 from mirror.registry.policy import RegistrySettings
 
@@ -36,10 +37,11 @@ INDEX_MODES = ("filter", "sparse")
 FORMATS = ("keep", "oci", "docker")
 FOREIGN_POLICIES = ("skip", "include", "rewrite")
 
-_TOP_KEYS = ("version", "defaults", "registries", "images")
+_TOP_KEYS = ("version", "defaults", "registries", "map", "images")
 _SETTING_KEYS = ("platforms", "index", "format", "foreign_layers", "referrers",
                  "accept_unsigned_index")
-_IMAGE_KEYS = ("ref", "repository", "tags", *_SETTING_KEYS)
+_DEST_KEYS = ("to", "tag_as", "tags_also")  # where it lands (mirror.mapping)
+_IMAGE_KEYS = ("ref", "repository", "tags", *_DEST_KEYS, *_SETTING_KEYS)
 _REGISTRY_KEYS = ("insecure", "ca_file", "client_cert", "client_key", "username",
                   "password_env", "password_file")
 _PATH_KEYS = ("ca_file", "client_cert", "client_key", "password_file")
@@ -63,6 +65,7 @@ class ImageSpec:
     settings: ImageSettings
     where: str = ""  # file:line, for messages
     pin: str | None = None  # --locked: the digest to fetch instead of resolving the tag
+    dest: Destination | None = None  # `to:`, `tag_as:`, `tags_also:`, or a `map:` rule's
 
 
 @dataclass
@@ -223,7 +226,75 @@ def parse_config(text: str, path: str = "images.yaml",
                 logins[host] = login
     if "images" not in top:
         raise ctx.err(root, "no 'images' list", hint="add `images:` with one reference per item")
-    return Config(_images(ctx, top["images"][1], defaults), registries, logins, defaults, path)
+    images = _images(ctx, top["images"][1], defaults)
+    if "map" in top:
+        images = _mapped(images, _map_rules(ctx, top["map"][1]))
+    return Config(images, registries, logins, defaults, path)
+
+
+def _map_rules(ctx: _Ctx, node: yaml.Node) -> list[Rule]:
+    """`map:` {SOURCE: DESTINATION}: `ghcr.io/org/*: org/*`, `docker.io/library/redis:
+    base/redis` (mirror.mapping.Rule)."""
+    rules = []
+    for src, (knode, vnode) in ctx.mapping(node, "map", ()).items():
+        try:
+            rules.append(Rule.parse(src, ctx.scalar(vnode, src),
+                                    f"{ctx.path}:{knode.start_mark.line + 1}"))
+        except MirrorError as e:
+            raise ConfigError(str(e), hint=e.hint) from None
+    return rules
+
+
+def _mapped(images: list[ImageSpec], rules: list[Rule]) -> list[ImageSpec]:
+    """The images with the `map:` rule's destination where their own `to:` gives none."""
+    out = []
+    for spec in images:
+        found = find_rule(rules, spec.reference.name)
+        if found is not None and not (spec.dest and spec.dest.to):
+            spec = replace(spec, dest=replace(spec.dest or Destination(), to=found[1]))
+        out.append(spec)
+    return out
+
+
+def load_map_file(path: str | Path) -> list[Rule]:
+    """--map-file FILE.yaml: `map:` as images.yaml's (and an optional `version:`)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read the map file: "
+                          f"{getattr(e, 'strerror', None) or e}") from None
+    ctx = _Ctx(str(p))
+    top = ctx.mapping(_compose(text, str(p)), "the top level", ("version", "map"))
+    if "version" in top:
+        _check_version(ctx, top["version"][1])
+    if "map" not in top:
+        raise ConfigError(f"{p}: no 'map:' (SOURCE: DESTINATION, one per line)")
+    return _map_rules(ctx, top["map"][1])
+
+
+def _destination(ctx: _Ctx, entry: dict[str, tuple[yaml.Node, yaml.Node]]
+                 ) -> Destination | None:
+    """An image entry's `to:`, `tag_as:` and `tags_also:`."""
+    if not any(k in entry for k in _DEST_KEYS):
+        return None
+    to = None
+    if "to" in entry:
+        node = entry["to"][1]
+        to = ctx.scalar(node, "to").strip("/")
+        why = path_problem(to)
+        if why is not None:
+            raise ctx.err(node, f"to {to!r}: {why}", hint="a repository path below load's "
+                          "--to HOST/PREFIX, lowercase (base/redis); the host is --to's")
+    tags = {k: ctx.str_list(entry[k][1], k) for k in ("tag_as", "tags_also") if k in entry}
+    for key, values in tags.items():
+        for t in values:
+            if not _TAG.match(t):
+                raise ctx.err(entry[key][1], f"{key}: {t!r} is not a valid tag")
+    if len(tags.get("tag_as", [])) > 1:
+        raise ctx.err(entry["tag_as"][1], "'tag_as' is one tag (add more with 'tags_also')")
+    tag_as = tags["tag_as"][0] if "tag_as" in tags else None
+    return Destination(to, tag_as, tuple(tags.get("tags_also", ())))
 
 
 def _compose(text: str, path: str) -> yaml.Node:
@@ -295,6 +366,7 @@ def _image_entry(ctx: _Ctx, item: yaml.Node, defaults: ImageSettings,
     tag), with the settings it gives over the defaults."""
     entry = ctx.mapping(item, "an image entry", _IMAGE_KEYS)
     settings = _settings(ctx, entry, defaults)
+    dest = _destination(ctx, entry)
     if "ref" in entry and "repository" in entry:
         later = max(entry["ref"][0], entry["repository"][0],
                     key=lambda k: k.start_mark.index)
@@ -307,7 +379,8 @@ def _image_entry(ctx: _Ctx, item: yaml.Node, defaults: ImageSettings,
         if "tags" in entry:
             raise ctx.err(entry["tags"][0], "'tags' goes with 'repository', not 'ref'")
         node = entry["ref"][1]
-        return [ImageSpec(_ref(ctx, node, ctx.scalar(node, "ref")), settings, where)]
+        return [ImageSpec(_ref(ctx, node, ctx.scalar(node, "ref")), settings, where,
+                          dest=dest)]
     rnode = entry["repository"][1]
     repo = _ref(ctx, rnode, ctx.scalar(rnode, "repository"))
     if repo.digest or ":" in ctx.scalar(rnode, "repository").rsplit("/", 1)[-1]:
@@ -315,9 +388,13 @@ def _image_entry(ctx: _Ctx, item: yaml.Node, defaults: ImageSettings,
     if "tags" not in entry:
         raise ctx.err(item, f"repository {repo.name} has no 'tags' list")
     tnode = entry["tags"][1]
+    tags = ctx.str_list(tnode, "tags")
+    if dest is not None and dest.tag_as and len(tags) > 1:
+        raise ctx.err(entry["tag_as"][0], f"'tag_as' would give {len(tags)} images one tag",
+                      hint="rename one image: give it its own entry with ref:")
     return [ImageSpec(_ref(ctx, tnode, f"{repo.name}{tag}" if tag.startswith("@")
-                           else f"{repo.name}:{tag}"), settings, where)
-            for tag in ctx.str_list(tnode, "tags")]
+                           else f"{repo.name}:{tag}"), settings, where, dest=dest)
+            for tag in tags]
 
 
 def load_config(path: str | Path, base: ImageSettings | None = None) -> Config:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mirror.manifest import Descriptor, RawManifest
+from mirror.mapping import Destination
 from mirror.reference import Reference
 
 
@@ -70,6 +71,7 @@ class Image:
     left_behind: list[str] = field(default_factory=list)  # in-index attestations, not carried
     subject: str | None = None  # a referrer: the digest it refers to
     kind: str | None = None  # a referrer: signature | attestation | sbom | its artifactType
+    dest: Destination | None = None  # where images.yaml says it lands (mirror.mapping)
 
     def __post_init__(self) -> None:
         self.source_digest = self.source_digest or self.root.digest

@@ -15,7 +15,6 @@ import asyncio
 import functools
 import threading
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 
 from mirror.aio import aiter_thread
 from mirror.bundle.images import bundle_images, entry_name
@@ -23,71 +22,38 @@ from mirror.bundle.layout import REF_NAME
 from mirror.bundle.reader import Bundle, Contents
 from mirror.digest import verified_sync
 from mirror.elsewhere import find_elsewhere
-from mirror.errors import (
-    BundleError,
-    IncompleteBase,
-    InvalidReference,
-    UsageError,
-)
+from mirror.errors import BundleError, IncompleteBase, InvalidReference
 from mirror.fileobj import Readable
 from mirror.manifest import Descriptor
+from mirror.mapping import Destination, Placement, Target, check, place
 from mirror.progress import NullProgress, Progress
 from mirror.push import Body, PushImage, PushResult, push
-from mirror.reference import (
-    Reference,
-    _is_registry,
-    is_bare_tag,
-    normalize_registry,
-    registry_problem,
-)
+from mirror.reference import Reference, _is_registry, is_bare_tag
 from mirror.registry.client import Client
 
 CHUNK = 1 << 20
 
 
-@dataclass
-class Target:
-    registry: str
-    prefix: str
-
-    @classmethod
-    def parse(cls, text: str) -> Target:
-        text = text.strip().rstrip("/")
-        if not text or "://" in text or "@" in text:
-            raise UsageError(f"invalid --to {text!r}: expected HOST[:PORT][/PREFIX]")
-        host, _, prefix = text.partition("/")
-        why = registry_problem(host)
-        if why is not None:
-            raise UsageError(f"invalid --to {text!r}: {why} ({host!r}); expected "
-                             "HOST[:PORT][/PREFIX]")
-        try:
-            if prefix:
-                Reference.parse(f"{host}/{prefix}")
-        except InvalidReference as e:
-            raise UsageError(f"invalid --to {text!r}: {e}") from None
-        if ":" in prefix:  # parsed as a tag: each image keeps its own
-            raise UsageError(f"invalid --to {text!r}: the prefix is a repository path, "
-                             "not a tag (each image is pushed with its own tag)")
-        return cls(normalize_registry(host), prefix)
-
-
 LoadResult = PushResult  # what a load did: the sink's counts
 
 
-def _entry_target(entry: dict, target: Target, bundle: str) -> tuple[str, str | None]:
+def _entry_target(entry: dict, target: Target, bundle: str, dest: Destination | None = None,
+                  referrer: bool = False) -> Placement:
+    """Where an index.json entry lands (mirror.mapping.place): by its ref name, its
+    destination from images.yaml (the pull's annotations) and the run's rules."""
     name = entry_name(entry)
     if not name:
         if not target.prefix:
             raise BundleError(f"{bundle}: index.json entry {entry.get('digest')} has no ref "
                               f"name ({REF_NAME}) and --to has no repository to put it in",
                               hint="give the repository with --to HOST/REPO (it is pushed "
-                              "there by digest)")
-        return target.prefix, None
+                              "by digest)")
+        return Placement(target.prefix, ())
     if is_bare_tag(name):
         if not target.prefix:  # a bare tag, as skopeo writes for oci-archive:FILE:TAG
             raise BundleError(f"{bundle}: entry {name!r} names a tag but no repository",
                               hint="give the repository with --to HOST/REPO")
-        return target.prefix, name
+        return Placement(target.prefix, (name,))
     try:
         ref = Reference.parse(name)
     except InvalidReference as e:
@@ -99,26 +65,28 @@ def _entry_target(entry: dict, target: Target, bundle: str) -> tuple[str, str | 
         path = name.split("@")[0]
         if ":" in path.rsplit("/", 1)[-1]:
             path = path.rsplit(":", 1)[0]
-    repo = f"{target.prefix}/{path}" if target.prefix else path
-    return repo, ref.tag
+    return place(target, ref.name, path, ref.tag, ref.digest, dest, referrer=referrer)
 
 
 def plan_load(contents: Contents, target: Target, bundle: str) -> list[PushImage]:
-    """The bundle's images (mirror.bundle.images), each mapped to its target repository and
-    tag; referrers after every image."""
+    """The bundle's images (mirror.bundle.images), each placed at the target (mirror.mapping:
+    its repository and tags), the whole checked before anything is pushed; referrers after
+    every image, in the repository their image went to."""
     entries = contents.index["manifests"]
-    images = [PushImage(img, *_entry_target(e, target, bundle), unnamed=not entry_name(e))
-              for e, img in zip(entries, bundle_images(contents, bundle).images, strict=True)]
-    targets: dict[tuple[str, str], PushImage] = {}
-    for img in images:  # ghcr.io/org/app:1 and docker.io/org/app:1 both land on org/app:1
-        if img.tag is None:
-            continue
-        other = targets.setdefault((img.repository, img.tag), img)
-        if other.root.digest != img.root.digest:
-            raise BundleError(
-                f"{bundle}: {other.name} and {img.name} would both be pushed as "
-                f"{target.registry}/{img.repository}:{img.tag}; nothing was pushed",
-                hint="load them with different --to prefixes (one bundle per source registry)")
+    found = bundle_images(contents, bundle).images
+    dests: dict[str, Destination] = {}  # a signature or SBOM goes where its image went
+    for img in found:
+        if img.subject is None and img.reference and img.dest and img.dest.to:
+            dests.setdefault(img.reference.name, Destination(img.dest.to))
+    images, placed = [], []
+    for e, img in zip(entries, found, strict=True):
+        dest = img.dest if img.subject is None else \
+            dests.get(img.reference.name) if img.reference else None
+        where = _entry_target(e, target, bundle, dest, referrer=img.subject is not None)
+        placed.append((img.name, where, img.root.digest))
+        images += [PushImage(img, where.repository, tag, unnamed=not entry_name(e))
+                   for tag in where.tags or (None,)]
+    check(target, placed, bundle)
     # referrers go after every image, so their subjects are at the target first
     return sorted(images, key=lambda i: i.referrer_of is not None)
 
@@ -152,7 +120,8 @@ def _base_repositories(contents: Contents, target: Target, bundle: str) -> list[
     repos = []
     for name in names:
         try:
-            repos.append(_entry_target({"annotations": {REF_NAME: name}}, target, bundle)[0])
+            repos.append(_entry_target({"annotations": {REF_NAME: name}}, target,
+                                       bundle).repository)
         except BundleError:
             continue
     return repos

@@ -17,6 +17,7 @@ from mirror.convert import convert_plan
 from mirror.errors import IntegrityError, MirrorError, UsageError
 from mirror.image import Image, report_fields
 from mirror.manifest import Descriptor
+from mirror.mapping import Target, place
 from mirror.platform import Platform
 from mirror.progress import Progress
 from mirror.referrers import Finder
@@ -134,23 +135,30 @@ class Planner:
         self.plans[i] = plan
 
     def check_targets(self) -> None:
-        """`mirror load` pushes an image to PREFIX/<repository>:<tag>, whatever its registry:
-        ghcr.io/org/app:1 and docker.io/org/app:1 land on one tag. Two such images that are
-        not the same bytes make a bundle load refuses whole (exit 10 on the far side); the
-        later one fails here instead (with --keep-going the others go on)."""
+        """`mirror load` pushes an image to PREFIX/<repository>:<tag> (mirror.mapping.place,
+        with images.yaml's destinations), whatever its registry: ghcr.io/org/app:1 and
+        docker.io/org/app:1 land on one tag. Two such images that are not the same bytes
+        make a bundle load refuses whole (exit 10 on the far side); the later one fails here
+        instead (with --keep-going the others go on)."""
         first: dict[tuple[str, str], tuple[int, Image]] = {}
+        anywhere = Target("", "")
         for i, plan in self.resolved():
-            ref = self.specs[i].reference
-            if not ref.tag:
+            spec = self.specs[i]
+            ref = spec.reference
+            if not ref.tag and not (spec.dest and (spec.dest.tag_as or spec.dest.tags_also)):
                 continue
-            j, other = first.setdefault((ref.repository, ref.tag), (i, plan))
-            if j != i and other.root.digest != plan.root.digest:
-                self.failed(i, UsageError(
-                    f"{self.specs[j].reference} and {ref} would both be loaded as "
-                    f"PREFIX/{ref.repository}:{ref.tag}, and they differ "
-                    f"({other.root.digest}, {plan.root.digest}): mirror load refuses such a "
-                    "bundle", hint="pull them into bundles of their own (an images.yaml per "
-                    "source registry) and load each with its own --to prefix"))
+            where = place(anywhere, ref.name, ref.repository, ref.tag, ref.digest, spec.dest)
+            for tag in where.tags:
+                j, other = first.setdefault((where.repository, tag), (i, plan))
+                if j != i and other.root.digest != plan.root.digest:
+                    self.failed(i, UsageError(
+                        f"{self.specs[j].reference} and {ref} would both be loaded as "
+                        f"PREFIX/{where.repository}:{tag}, and they differ "
+                        f"({other.root.digest}, {plan.root.digest}): mirror load refuses "
+                        "such a bundle", hint="give one of them another destination (to: in "
+                        "images.yaml), or pull them into bundles of their own (an images.yaml "
+                        "per source registry) and load each with its own --to prefix"))
+                    break
 
     async def check_sizes(self) -> None:
         """One digest, one size (a tar header cannot be both). When images list one blob with

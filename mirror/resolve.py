@@ -75,7 +75,8 @@ class _Resolver:
         self.sel = spec.settings.platforms
 
     def image(self, root: RawManifest, mode: str = "single") -> Image:
-        return Image(str(self.spec.reference), root, mode=mode, reference=self.spec.reference)
+        return Image(str(self.spec.reference), root, mode=mode, reference=self.spec.reference,
+                     dest=self.spec.dest)
 
     def add(self, image: Image, raw: RawManifest) -> None:
         """Foreign layers (`urls`, or a foreign/non-distributable type) are absent on purpose

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 from mirror.config import ImageSpec
 from mirror.fetch import Fetcher
-from mirror.image import Image, ImageSet
-from mirror.load import Target
+from mirror.image import Image
+from mirror.mapping import Target, check, place
 from mirror.planning import ImageResult, Planner
 from mirror.progress import Progress
 from mirror.push import BlobSource, PushImage, PushResult, push
@@ -40,15 +40,24 @@ class SyncResult:
 
 
 def push_images(plans: list[Image], target: Target) -> list[PushImage]:
-    """The images as `mirror load` of their bundle would push them to `target`: each to
-    PREFIX/<its source repository> with its tag (none when pinned by digest), its referrers
-    after every image, by digest or under their cosign tag."""
+    """The images as `mirror load` of their bundle would push them to `target`
+    (mirror.mapping.place: the run's rules, images.yaml's destinations, the depth limit,
+    digest tags), its referrers after every image, in their image's repository, by digest
+    or under their cosign tag."""
     out: list[PushImage] = []
-    for img in ImageSet(plans).in_push_order():
-        assert img.repository is not None  # resolved from images.yaml
-        repo = f"{target.prefix}/{img.repository}" if target.prefix else img.repository
-        out.append(PushImage(img, repo, img.tag))
-    return out
+    placed = []
+    repos: dict[int, str] = {}
+    for img in plans:
+        assert img.reference is not None  # resolved from images.yaml
+        ref = img.reference
+        where = place(target, ref.name, ref.repository, ref.tag, ref.digest, img.dest)
+        placed.append((img.name, where, img.root.digest))
+        for r in img.referrers:
+            repos[id(r)] = where.repository
+        out += [PushImage(img, where.repository, tag) for tag in where.tags or (None,)]
+    check(target, placed)
+    referrers = [PushImage(r, repos[id(r)], r.tag) for img in plans for r in img.referrers]
+    return out + referrers
 
 
 async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
@@ -75,10 +84,12 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
     source: BlobSource = CacheSource(fetcher, where) if fetcher is not None else \
         RegistrySource(client, where)
     absent = {dg: why for p in plans for dg, why in p.absent.items()}
-    for target in targets:
-        done = PushResult()
+    # every target's names checked before anything is pushed to any of them
+    pushes = [(target, push_images(plans, target)) for target in targets]
+    for target, images in pushes:
+        done = PushResult(images=images)
         result.targets.append((target, done))
-        await push(client, target.registry, push_images(plans, target), source, done,
+        await push(client, target.registry, images, source, done,
                    progress, absent=absent, jobs=opts.jobs, dry_run=opts.dry_run,
                    merge=opts.merge)
     return result

@@ -651,16 +651,21 @@ def test_a_digest_pinned_image_is_named_where_it_was_loaded(
         src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
         tmp_path: Path) -> None:
     """An image pulled by digest has no tag to push: the load used to list nothing for it
-    (stdout, the per-image line); it now names it as a tagged one is, `target@digest`."""
+    (stdout, the per-image line); with --no-digest-tag it names it as a tagged one is,
+    `target@digest`; by default it is pushed under the tag sha256-<hex> (mirror.mapping)."""
     img = ig.make_image(rng, ig.AMD64, "oci")
     push_image(src_registry.url, repo_name, img, ["x"])
     bundle = pull(tmp_path, f"{src_registry.host}/{repo_name}@{img.digest}")
-    proc = mirror_ok("load", bundle, "--to", f"{dst_registry.host}/pin")
+    proc = mirror_ok("load", bundle, "--to", f"{dst_registry.host}/pin", "--no-digest-tag")
     at = f"{dst_registry.host}/pin/{repo_name}@{img.digest}"
     assert at in proc.stdout.splitlines(), proc.stdout
     assert f"-> {at}" in proc.stderr, proc.stderr
-    again = mirror_ok("load", bundle, "--to", f"{dst_registry.host}/pin")  # already there
+    again = mirror_ok("load", bundle, "--to", f"{dst_registry.host}/pin",  # already there
+                      "--no-digest-tag")
     assert at in again.stdout.splitlines(), again.stdout
+    tagged = mirror_ok("load", bundle, "--to", f"{dst_registry.host}/pin")
+    tag = f"{dst_registry.host}/pin/{repo_name}:{img.digest.replace(':', '-')}"
+    assert tagged.stdout.splitlines() == [tag], tagged.stdout
 
 
 def test_one_image_over_a_multi_arch_tag_is_not_replaced_silently(

@@ -52,6 +52,8 @@ def entries_for(plans: list[Image]) -> tuple[list[Entry], list[Entry]]:
             ann[A_SOURCE_DIGEST] = p.source_digest
         if p.conversions:
             ann[A_CONVERSIONS] = ",".join(f"{o}>{n}" for o, n in p.conversions.items())
+        if p.dest is not None:  # where images.yaml says it lands (mirror.mapping)
+            ann.update(p.dest.annotations())
         entries[p.name] = Entry(p.name, p.root.media_type, p.root.digest, p.root.size, ann)
         for r in p.referrers:
             m = r.root

@@ -24,6 +24,7 @@ from mirror.bundle.reader import Contents
 from mirror.errors import BundleError, InvalidReference
 from mirror.image import Image, ImageSet, push_order
 from mirror.manifest import Descriptor
+from mirror.mapping import Destination
 from mirror.reference import Reference
 
 
@@ -71,7 +72,8 @@ def _image(entry: dict[str, Any], contents: Contents, bundle: str,
                 platforms=[p for p in (ann.get(A_PLATFORMS) or "").split(",") if p],
                 conversions=conversions_of(entry),
                 subject=ann.get(A_SUBJECT) or (root.subject.digest if root.subject else None),
-                kind=(ann.get(A_KIND) or "artifact") if ann.get(A_SUBJECT) else None)
+                kind=(ann.get(A_KIND) or "artifact") if ann.get(A_SUBJECT) else None,
+                dest=Destination.from_annotations(ann))
     for raw in push_order([root], contents.manifests):
         img.manifests[raw.digest] = raw
         for d in raw.blobs():

@@ -1,0 +1,214 @@
+"""Where images land (mirror.mapping): images.yaml destinations carried in the bundle,
+load-time rules, --max-depth, digest-only images tagged, collisions refused before any push;
+the same for sync. Judged from the target registry's own storage and catalog."""
+
+from __future__ import annotations
+
+import json
+import random
+import urllib.request
+from pathlib import Path
+
+from tests.support import imagegen as ig
+from tests.support.oracle import error_line, mirror_ok, run_mirror
+from tests.support.pusher import push_image
+from tests.support.registry import Registry
+
+
+def tags_at(reg: Registry, repo: str) -> dict[str, str]:
+    """Tag -> digest of `repo` at `reg`, from its storage ({} if there is no such repo)."""
+    d = reg.storage / "docker/registry/v2/repositories" / repo / "_manifests/tags"
+    return {t.name: (t / "current/link").read_text() for t in d.iterdir()} if d.exists() else {}
+
+
+def catalog(reg: Registry) -> list[str]:
+    """The target's /v2/_catalog, every page."""
+    out: list[str] = []
+    url: str | None = f"{reg.url}/v2/_catalog?n=1000"
+    while url:
+        with urllib.request.urlopen(url) as r:
+            out += json.load(r)["repositories"] or []
+            link = r.headers.get("Link")
+        url = f"{reg.url}{link.split(';')[0].strip('<> ')}" if link else None
+    return out
+
+
+def seed(reg: Registry, repo: str, rng: random.Random) -> dict[str, str]:
+    """redis:7 (a two-platform index), team/app:1, one image pushed by digest only."""
+    idx = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64_V8)], "oci")
+    app = ig.make_image(rng, ig.AMD64, "docker")
+    one = ig.make_image(rng, ig.AMD64, "oci")
+    return {"redis": push_image(reg.url, f"{repo}/redis", idx, ["7"]),
+            "app": push_image(reg.url, f"{repo}/team/app", app, ["1"]),
+            "one": push_image(reg.url, f"{repo}/one", one, [])}
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def images_yaml(tmp_path: Path, src: Registry, repo: str, digests: dict[str, str]) -> Path:
+    h = src.host
+    return write(tmp_path / "images.yaml", f"""version: 1
+map:
+  {h}/{repo}/*: mapped/*
+images:
+  - ref: {h}/{repo}/redis:7
+    to: base/redis
+    tags_also: [stable]
+  - {h}/{repo}/team/app:1
+  - {h}/{repo}/one@{digests["one"]}
+""")
+
+
+def pull(tmp_path: Path, cfg: Path) -> Path:
+    bundle = tmp_path / "b.tar"
+    mirror_ok("pull", "-f", cfg, "-o", bundle, "--cache", tmp_path / "cache", "-q")
+    return bundle
+
+
+def test_images_yaml_destinations_travel_in_the_bundle(src_registry, dst_registry, repo_name,
+                                                       rng, tmp_path):
+    digests = seed(src_registry, repo_name, rng)
+    bundle = pull(tmp_path, images_yaml(tmp_path, src_registry, repo_name, digests))
+    prefix = f"{repo_name}/t"
+    report = tmp_path / "load.json"
+    mirror_ok("load", bundle, "--to", f"{dst_registry.host}/{prefix}", "-q",
+              "--report", report)
+    # to: with tags_also; the map: rule for the others; the digest-only image tagged
+    assert tags_at(dst_registry, f"{prefix}/base/redis") == {"7": digests["redis"],
+                                                             "stable": digests["redis"]}
+    assert tags_at(dst_registry, f"{prefix}/mapped/team/app") == {"1": digests["app"]}
+    hexd = digests["one"].split(":")[1]
+    assert tags_at(dst_registry, f"{prefix}/mapped/one") == {f"sha256-{hexd}": digests["one"]}
+    assert not [r for r in catalog(dst_registry)
+                if r.startswith(f"{prefix}/") and "/mapped/" not in r and "/base/" not in r]
+    placement = json.loads(report.read_text())["placement"]
+    h = src_registry.host
+    assert {(p["source"], p["repository"], tuple(p["tags"])) for p in placement} == {
+        (f"{h}/{repo_name}/redis:7", f"{prefix}/base/redis", ("7", "stable")),
+        (f"{h}/{repo_name}/team/app:1", f"{prefix}/mapped/team/app", ("1",)),
+        (f"{h}/{repo_name}/one@{digests['one']}", f"{prefix}/mapped/one",
+         (f"sha256-{hexd}",))}
+
+
+def test_load_time_rules_lay_one_bundle_out_two_ways(src_registry, dst_registry,
+                                                     registry_factory, repo_name, rng,
+                                                     tmp_path):
+    digests = seed(src_registry, repo_name, rng)
+    h = src_registry.host
+    cfg = write(tmp_path / "images.yaml", f"""version: 1
+images:
+  - {h}/{repo_name}/redis:7
+  - {h}/{repo_name}/team/app:1
+  - {h}/{repo_name}/one@{digests["one"]}
+""")
+    bundle = pull(tmp_path, cfg)
+    # registry one: --map over the whole source prefix, and the digest tag turned off
+    mirror_ok("load", bundle, "--to", f"{dst_registry.host}/{repo_name}", "-q",
+              "--map", f"{h}/{repo_name}/*=lib/*", "--no-digest-tag")
+    assert tags_at(dst_registry, f"{repo_name}/lib/redis") == {"7": digests["redis"]}
+    assert tags_at(dst_registry, f"{repo_name}/lib/team/app") == {"1": digests["app"]}
+    assert (dst_registry.storage / "docker/registry/v2/repositories" / repo_name / "lib/one"
+            / "_manifests/revisions/sha256" / digests["one"].split(":")[1]).exists()
+    assert tags_at(dst_registry, f"{repo_name}/lib/one") == {}
+    # registry two, no prefix: a map file, an exact rule over a prefix rule
+    other = registry_factory()
+    mf = write(tmp_path / "map.yaml", f"""map:
+  {h}/{repo_name}/*: apps/*
+  {h}/{repo_name}/redis: base/redis
+""")
+    mirror_ok("load", bundle, "--to", other.host, "-q", "--map-file", mf)
+    assert tags_at(other, "base/redis") == {"7": digests["redis"]}
+    assert tags_at(other, "apps/team/app") == {"1": digests["app"]}
+    assert set(catalog(other)) == {"base/redis", "apps/team/app", "apps/one"}
+
+
+def test_max_depth_flattens_below_the_prefix(src_registry, dst_registry, repo_name, rng,
+                                             tmp_path):
+    digests = seed(src_registry, repo_name, rng)
+    h = src_registry.host
+    cfg = write(tmp_path / "images.yaml", f"version: 1\nimages:\n  - {h}/{repo_name}/team/app:1\n")
+    bundle = pull(tmp_path, cfg)
+    flat = repo_name.replace("/", "-")
+    mirror_ok("load", bundle, "--to", f"{dst_registry.host}/{flat}", "-q", "--max-depth", "3")
+    # repo_name is test/<name>: test/<name>/team/app (4) -> test-<name>-team/app under flat
+    assert tags_at(dst_registry, f"{flat}/{flat}-team/app") == {"1": digests["app"]}
+    # a prefix that leaves no room is refused before anything is pushed
+    r = run_mirror("load", bundle, "--to", f"{dst_registry.host}/{flat}/x/y", "--max-depth",
+                   "3")
+    assert r.returncode == 2 and "--max-depth 3" in error_line(r), r.stderr
+    assert not [x for x in catalog(dst_registry) if x.startswith(f"{flat}/x/")]
+
+
+def test_two_sources_on_one_name_are_refused_before_any_push(src_registry, dst_registry,
+                                                             repo_name, rng, tmp_path):
+    h = src_registry.host
+    a = push_image(src_registry.url, f"{repo_name}/a/b-c", ig.make_image(rng, ig.AMD64), ["1"])
+    b = push_image(src_registry.url, f"{repo_name}/a-b/c", ig.make_image(rng, ig.AMD64), ["1"])
+    assert a != b
+    cfg = write(tmp_path / "images.yaml", f"version: 1\nimages:\n  - {h}/{repo_name}/a/b-c:1\n"
+                f"  - {h}/{repo_name}/a-b/c:1\n")
+    bundle = pull(tmp_path, cfg)
+    prefix = repo_name.replace("/", "-") + "-out"
+    # flattened to one name: test-<name>-a-b-c
+    r = run_mirror("load", bundle, "--to", f"{dst_registry.host}/{prefix}", "--max-depth", "2")
+    line = error_line(r)
+    assert r.returncode == 2, r.stderr
+    assert f"{h}/{repo_name}/a/b-c:1" in line and f"{h}/{repo_name}/a-b/c:1" in line, line
+    # mapped to one name
+    r = run_mirror("load", bundle, "--to", f"{dst_registry.host}/{prefix}",
+                   "--map", f"{h}/{repo_name}/a/b-c=same", "--map", f"{h}/{repo_name}/a-b/c=same")
+    assert r.returncode == 2 and "would both be pushed as" in error_line(r), r.stderr
+    # a name the registry would refuse
+    r = run_mirror("load", bundle, "--to", f"{dst_registry.host}/{prefix}",
+                   "--map", f"{h}/{repo_name}/a/*=Upper/*")
+    assert r.returncode == 2 and "lowercase" in error_line(r), r.stderr
+    # the same with sync: nothing pushed to either target
+    r = run_mirror("sync", "-f", cfg, "--to", f"{dst_registry.host}/{prefix}-s",
+                   "--lock-file", tmp_path / "s.lock", "--max-depth", "2")
+    assert r.returncode == 2 and "would both be pushed as" in error_line(r), r.stderr
+    assert not [x for x in catalog(dst_registry) if x.startswith(prefix)]
+
+
+def test_sync_takes_the_same_rules(src_registry, dst_registry, repo_name, rng, tmp_path):
+    digests = seed(src_registry, repo_name, rng)
+    cfg = images_yaml(tmp_path, src_registry, repo_name, digests)
+    h = src_registry.host
+    report = tmp_path / "sync.json"
+    mirror_ok("sync", "-f", cfg, "--to", f"{dst_registry.host}/{repo_name}/s", "-q",
+              "--lock-file", tmp_path / "s.lock", "--map", f"{h}/{repo_name}/team/*=t/*",
+              "--report", report)
+    p = f"{repo_name}/s"
+    hexd = digests["one"].split(":")[1]
+    assert tags_at(dst_registry, f"{p}/base/redis") == {"7": digests["redis"],
+                                                        "stable": digests["redis"]}
+    assert tags_at(dst_registry, f"{p}/t/app") == {"1": digests["app"]}  # --map over map:
+    assert tags_at(dst_registry, f"{p}/mapped/one") == {f"sha256-{hexd}": digests["one"]}
+    placement = json.loads(report.read_text())["targets"][0]["placement"]
+    assert {(x["repository"], tuple(x["tags"])) for x in placement} == {
+        (f"{p}/base/redis", ("7", "stable")), (f"{p}/t/app", ("1",)),
+        (f"{p}/mapped/one", (f"sha256-{hexd}",))}
+
+
+def test_config_readme_example_places_as_it_says():
+    """config/README.md's example, parsed as images.yaml and placed as a load with
+    --to reg.local/site would: what its comments say."""
+    from mirror.config import parse_config
+    from mirror.mapping import Target, place
+
+    doc = (Path(__file__).parent.parent / "config/README.md").read_text()
+    text = doc.split("## Where images land")[1].split("```yaml\n")[1].split("```")[0]
+    target = Target.parse("reg.local/site")
+    got = {}
+    for spec in parse_config(text, "config/README.md").images:
+        ref = spec.reference
+        where = place(target, ref.name, ref.repository, ref.tag, ref.digest, spec.dest)
+        got[str(ref)] = (where.repository, where.tags)
+    digest = "sha256:4f3c1b9e6bb1a1d5c2a2c1e0b8a0f3e4d5c6b7a8091a2b3c4d5e6f708192a3b4"
+    assert got == {
+        "docker.io/library/redis:7.4": ("site/cache/redis", ("7.4", "stable")),
+        "docker.io/library/nginx:1.27": ("site/base/nginx", ("1.27",)),
+        "ghcr.io/org/app:1": ("site/org/app", ("1",)),
+        f"ghcr.io/org/tool@{digest}": ("site/org/tool", (digest.replace(":", "-"),))}
