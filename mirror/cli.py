@@ -134,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--file", help="images.yaml listing the images")
     p.add_argument("--to", action="append", required=True, metavar="HOST[:PORT][/PREFIX]",
                    help="target registry and optional repository prefix, as load's (each "
-                   "image goes to PREFIX/<its source repository>); repeatable: one push per "
-                   "target")
+                   "image goes to PREFIX/<its source repository>, or where --map or "
+                   "images.yaml's to:/map: put it); repeatable: one push per target")
     _add_layout(p)
     _add_selection(p)
     p.add_argument("--cache", type=Path, help="fetch each blob into this cache once and push "
@@ -184,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", type=Path)
     p.add_argument("--to", required=True, metavar="HOST[:PORT][/PREFIX]",
                    help="target registry and optional repository prefix: each image goes "
-                   "to PREFIX/<its source repository>; an oci-archive entry named by a bare "
+                   "to PREFIX/<its source repository> (or where --map, or the to:/map: of the "
+                   "images.yaml it was pulled with, put it); an oci-archive entry named by a bare "
                    "tag, or not named, to PREFIX itself (an unnamed one by digest)")
     _add_layout(p)
     p.add_argument("--dry-run", action="store_true", help="list what would be pushed")

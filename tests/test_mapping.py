@@ -9,9 +9,12 @@ import random
 import urllib.request
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from tests.support import imagegen as ig
 from tests.support.oracle import error_line, mirror_ok, run_mirror
 from tests.support.pusher import push_image
+from tests.support.referrers import push_signature
 from tests.support.registry import Registry
 
 
@@ -34,11 +37,15 @@ def catalog(reg: Registry) -> list[str]:
 
 
 def seed(reg: Registry, repo: str, rng: random.Random) -> dict[str, str]:
-    """redis:7 (a two-platform index), team/app:1, one image pushed by digest only."""
+    """redis:7 (a two-platform index, signed: its cosign tag), team/app:1, one image pushed
+    by digest only."""
     idx = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64_V8)], "oci")
     app = ig.make_image(rng, ig.AMD64, "docker")
     one = ig.make_image(rng, ig.AMD64, "oci")
-    return {"redis": push_image(reg.url, f"{repo}/redis", idx, ["7"]),
+    redis = push_image(reg.url, f"{repo}/redis", idx, ["7"])
+    sig_tag, sig = push_signature(reg.url, f"{repo}/redis", ec.generate_private_key(ec.SECP256R1()),
+                                  redis)
+    return {"redis": redis, sig_tag: sig.digest,
             "app": push_image(reg.url, f"{repo}/team/app", app, ["1"]),
             "one": push_image(reg.url, f"{repo}/one", one, [])}
 
@@ -77,8 +84,9 @@ def test_images_yaml_destinations_travel_in_the_bundle(src_registry, dst_registr
     mirror_ok("load", bundle, "--to", f"{dst_registry.host}/{prefix}", "-q",
               "--report", report)
     # to: with tags_also; the map: rule for the others; the digest-only image tagged
+    sig = {t: d for t, d in digests.items() if t.endswith(".sig")}  # with its image
     assert tags_at(dst_registry, f"{prefix}/base/redis") == {"7": digests["redis"],
-                                                             "stable": digests["redis"]}
+                                                             "stable": digests["redis"], **sig}
     assert tags_at(dst_registry, f"{prefix}/mapped/team/app") == {"1": digests["app"]}
     hexd = digests["one"].split(":")[1]
     assert tags_at(dst_registry, f"{prefix}/mapped/one") == {f"sha256-{hexd}": digests["one"]}
@@ -108,7 +116,8 @@ images:
     # registry one: --map over the whole source prefix, and the digest tag turned off
     mirror_ok("load", bundle, "--to", f"{dst_registry.host}/{repo_name}", "-q",
               "--map", f"{h}/{repo_name}/*=lib/*", "--no-digest-tag")
-    assert tags_at(dst_registry, f"{repo_name}/lib/redis") == {"7": digests["redis"]}
+    sig = {t: d for t, d in digests.items() if t.endswith(".sig")}
+    assert tags_at(dst_registry, f"{repo_name}/lib/redis") == {"7": digests["redis"], **sig}
     assert tags_at(dst_registry, f"{repo_name}/lib/team/app") == {"1": digests["app"]}
     assert (dst_registry.storage / "docker/registry/v2/repositories" / repo_name / "lib/one"
             / "_manifests/revisions/sha256" / digests["one"].split(":")[1]).exists()
@@ -120,7 +129,7 @@ images:
   {h}/{repo_name}/redis: base/redis
 """)
     mirror_ok("load", bundle, "--to", other.host, "-q", "--map-file", mf)
-    assert tags_at(other, "base/redis") == {"7": digests["redis"]}
+    assert tags_at(other, "base/redis") == {"7": digests["redis"], **sig}
     assert tags_at(other, "apps/team/app") == {"1": digests["app"]}
     assert set(catalog(other)) == {"base/redis", "apps/team/app", "apps/one"}
 
@@ -182,8 +191,9 @@ def test_sync_takes_the_same_rules(src_registry, dst_registry, repo_name, rng, t
               "--report", report)
     p = f"{repo_name}/s"
     hexd = digests["one"].split(":")[1]
+    sig = {t: d for t, d in digests.items() if t.endswith(".sig")}  # with its image
     assert tags_at(dst_registry, f"{p}/base/redis") == {"7": digests["redis"],
-                                                        "stable": digests["redis"]}
+                                                        "stable": digests["redis"], **sig}
     assert tags_at(dst_registry, f"{p}/t/app") == {"1": digests["app"]}  # --map over map:
     assert tags_at(dst_registry, f"{p}/mapped/one") == {f"sha256-{hexd}": digests["one"]}
     placement = json.loads(report.read_text())["targets"][0]["placement"]
@@ -212,3 +222,21 @@ def test_config_readme_example_places_as_it_says():
         "docker.io/library/nginx:1.27": ("site/base/nginx", ("1.27",)),
         "ghcr.io/org/app:1": ("site/org/app", ("1",)),
         f"ghcr.io/org/tool@{digest}": ("site/org/tool", (digest.replace(":", "-"),))}
+
+
+def test_bad_destinations_in_images_yaml_are_refused_at_their_line(tmp_path):
+    """A host in to:, an uppercase path, a prefix rule without its /*, tag_as for several
+    tags: exit 2 naming images.yaml:LINE, before any network work."""
+    cases = {
+        "images:\n  - ref: localhost:9/a:1\n    to: registry.local/base/redis\n":
+            (3, "is a registry"),
+        "images:\n  - ref: localhost:9/a:1\n    to: Base/redis\n": (3, "lowercase"),
+        "map:\n  localhost:9/*: flat\nimages:\n  - localhost:9/a:1\n": (2, "ends with /*"),
+        "images:\n  - repository: localhost:9/a\n    tags: [1, 2]\n    tag_as: x\n":
+            (4, "one tag"),
+    }
+    for text, (line, what) in cases.items():
+        cfg = write(tmp_path / "images.yaml", "version: 1\n" + text)
+        r = run_mirror("pull", "-f", cfg, "-o", tmp_path / "b.tar", "--dry-run")
+        err = error_line(r)
+        assert r.returncode == 2 and f"images.yaml:{line + 1}" in err and what in err, err
