@@ -65,9 +65,11 @@ def _refuse_conflicting_duplicates(specs: list[ImageSpec]) -> None:
     first: dict[str, ImageSpec] = {}
     for spec in specs:
         seen = first.setdefault(str(spec.reference), spec)
-        if seen is spec or seen.settings == spec.settings:
+        if seen is spec or (seen.settings, seen.dest) == (spec.settings, spec.dest):
             continue
         a, b = settings_as_dict(seen.settings), settings_as_dict(spec.settings)
+        # to:, tag_as:, tags_also: (as the bundle's annotations)
+        a["destination"], b["destination"] = str(seen.dest or "none"), str(spec.dest or "none")
         diff = "; ".join(f"{k}: {b[k]} here, {a[k]} there" for k in a if a[k] != b[k])
         raise UsageError(
             f"{spec.where}: {spec.reference} is listed again (first at {seen.where}) with "

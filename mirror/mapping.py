@@ -138,6 +138,9 @@ class Destination:
     tag_as: str | None = None
     tags_also: tuple[str, ...] = ()
 
+    def __str__(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.annotations().items())
+
     def annotations(self) -> dict[str, str]:
         out = {}
         if self.to:

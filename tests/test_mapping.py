@@ -240,3 +240,11 @@ def test_bad_destinations_in_images_yaml_are_refused_at_their_line(tmp_path):
         r = run_mirror("pull", "-f", cfg, "-o", tmp_path / "b.tar", "--dry-run")
         err = error_line(r)
         assert r.returncode == 2 and f"images.yaml:{line + 1}" in err and what in err, err
+
+
+def test_one_reference_with_two_destinations_is_refused(tmp_path):
+    cfg = write(tmp_path / "images.yaml", "version: 1\nimages:\n  - ref: localhost:9/a:1\n"
+                "    to: x/a\n  - ref: localhost:9/a:1\n    to: y/a\n")
+    r = run_mirror("pull", "-f", cfg, "-o", tmp_path / "b.tar", "--dry-run")
+    err = error_line(r)
+    assert r.returncode == 2 and "listed again" in err and "y/a here" in err, err
