@@ -206,7 +206,7 @@ def _containerd(repos: list[Mapping], access: Access, fallback: bool,
     for registry, ms in _per_registry(repos).items():
         prefix = next((m.prefix for m in ms if m.prefix is not None), None)
         for m in ms:
-            if m.prefix != prefix:
+            if m.prefix is None or m.prefix != prefix:
                 why = ("hosts.toml can put a prefix before the repository path, not rewrite "
                        f"the path ({m.source.repository} -> {m.repository})"
                        if m.prefix is None else

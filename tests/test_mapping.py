@@ -248,3 +248,35 @@ def test_one_reference_with_two_destinations_is_refused(tmp_path):
     r = run_mirror("pull", "-f", cfg, "-o", tmp_path / "b.tar", "--dry-run")
     err = error_line(r)
     assert r.returncode == 2 and "listed again" in err and "y/a here" in err, err
+
+
+def test_podman_pulls_mapped_images_through_the_written_configuration(registry_factory,
+                                                                      rng, tmp_path):
+    """load --map ... --write-client-config: the client configuration follows the mapping
+    (one function places images for both): Podman pulls docker.io/library/cfgmap:7 and
+    ghcr.io/org/cfgmapapp:1 from where --map put them at the target (its access log);
+    containerd, which cannot rewrite a path, is left out for them with the reason."""
+    from tests.support.runtimes import Podman
+
+    images = {"docker.io/library/cfgmap:7": ig.make_image(rng, ig.AMD64),
+              "ghcr.io/org/cfgmapapp:1": ig.make_image(rng, ig.AMD64)}
+    layout = ig.write_layout(tmp_path / "layout", images)
+    target = registry_factory(extra_config={"log": {"accesslog": {"disabled": False}}})
+    out = tmp_path / "cfg"
+    proc = mirror_ok("load", layout, "--to", f"{target.host}/site", "--map",
+                     "docker.io/library/*=base/*", "--map", "ghcr.io/org/*=apps/*",
+                     "--write-client-config", out, "--no-fallback")
+    assert "containerd" in proc.stderr and "site/base/cfgmap" in proc.stderr, proc.stderr
+    p = Podman(tmp_path / "podman")
+    try:
+        conf = p.root / "registries.conf"
+        conf.write_text(conf.read_text() + (
+            out / "containers/registries.conf.d/50-mirror.conf").read_text())
+        for name, img in images.items():
+            p.cli("pull", "-q", name)
+            assert p.image(name)["Digest"] == img.digest
+    finally:
+        p.stop()
+    log = target.log_path.read_text(errors="replace")
+    assert "GET /v2/site/base/cfgmap/manifests/7" in log
+    assert "GET /v2/site/apps/cfgmapapp/manifests/1" in log
