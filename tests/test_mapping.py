@@ -9,6 +9,7 @@ import random
 import urllib.request
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.support import imagegen as ig
@@ -101,6 +102,7 @@ def test_images_yaml_destinations_travel_in_the_bundle(src_registry, dst_registr
          (f"sha256-{hexd}",))}
 
 
+@pytest.mark.slow
 def test_load_time_rules_lay_one_bundle_out_two_ways(src_registry, dst_registry,
                                                      registry_factory, repo_name, rng,
                                                      tmp_path):
@@ -134,6 +136,7 @@ images:
     assert set(catalog(other)) == {"base/redis", "apps/team/app", "apps/one"}
 
 
+@pytest.mark.slow
 def test_max_depth_flattens_below_the_prefix(src_registry, dst_registry, repo_name, rng,
                                              tmp_path):
     digests = seed(src_registry, repo_name, rng)
@@ -151,6 +154,7 @@ def test_max_depth_flattens_below_the_prefix(src_registry, dst_registry, repo_na
     assert not [x for x in catalog(dst_registry) if x.startswith(f"{flat}/x/")]
 
 
+@pytest.mark.slow
 def test_two_sources_on_one_name_are_refused_before_any_push(src_registry, dst_registry,
                                                              repo_name, rng, tmp_path):
     h = src_registry.host
@@ -224,6 +228,7 @@ def test_config_readme_example_places_as_it_says():
         f"ghcr.io/org/tool@{digest}": ("site/org/tool", (digest.replace(":", "-"),))}
 
 
+@pytest.mark.slow
 def test_bad_destinations_in_images_yaml_are_refused_at_their_line(tmp_path):
     """A host in to:, an uppercase path, a prefix rule without its /*, tag_as for several
     tags: exit 2 naming images.yaml:LINE, before any network work."""
@@ -250,6 +255,7 @@ def test_one_reference_with_two_destinations_is_refused(tmp_path):
     assert r.returncode == 2 and "listed again" in err and "y/a here" in err, err
 
 
+@pytest.mark.slow
 def test_podman_pulls_mapped_images_through_the_written_configuration(registry_factory,
                                                                       rng, tmp_path):
     """load --map ... --write-client-config: the client configuration follows the mapping
