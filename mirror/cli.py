@@ -113,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
                    f"(default {DEFAULT_OUTPUT})")
     _add_selection(p)
     p.add_argument("--compress", choices=["none", "zstd"], help="default: by the output name")
+    p.add_argument("--volume-size", metavar="SIZE", help="write the bundle as parts OUT.001, "
+                   "OUT.002, ... of at most SIZE bytes each (k, M, G, T are 1024-based; "
+                   "presets: fat32 = 4 GiB - 1 byte, dvd = 4.7 GB, bd25 = 25 GB), with "
+                   "OUT.volumes.json, OUT.parts.sha256 and OUT.sha256 beside them; `cat "
+                   "OUT.0* > OUT` is the bundle")
     p.add_argument("--cache", type=Path, help="blob cache directory (default "
                    "$XDG_CACHE_HOME/mirror)")
     p.add_argument("--keep-going", action="store_true",

@@ -14,6 +14,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mirror.bundle.volumes import parse_size
 from mirror.config import Config, ImageSettings, ImageSpec, load_config
 from mirror.errors import EXIT_PARTIAL, UsageError
 from mirror.netargs import transport_for
@@ -220,6 +221,7 @@ async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
     cache = args.cache or default_cache_dir()
     opts = _pull_options(args, output=None if args.dry_run else out, compress=compress,
                          keep_going=args.keep_going, dry_run=args.dry_run,
+                         volume_size=parse_size(args.volume_size) if args.volume_size else None,
                          **read_base(args.base, out, dry_run=args.dry_run))
     try:
         with RunLock(Path(cache) / "lock", f"cache {cache}"), \

@@ -304,7 +304,7 @@ async def _inspect_bundle(path: Path, sel: PlatformSelector,
     from mirror.bundle.images import bundle_images, entry_name
     from mirror.bundle.reader import Bundle
 
-    bundle = Bundle(path)  # a missing file: BundleError, as verify and load say it
+    bundle = Bundle(path, check_parts=False)  # a missing file: BundleError, as verify and load say it
     contents = await asyncio.to_thread(bundle.scan, configs=True)
     if note is not None:
         for line in contents.notes:

@@ -68,6 +68,7 @@ class PullOptions:
     base_name: str | None = None
     base_images: tuple[str, ...] = ()  # the references the base carried
     referrer_types: tuple[str, ...] = ()
+    volume_size: int | None = None  # --volume-size: the bundle as parts (mirror.bundle.volumes)
 
 
 async def pull(client: Client, store: BlobStore, specs: list[ImageSpec], opts: PullOptions,
@@ -185,14 +186,15 @@ class _Run(Planner):
                 there = await asyncio.get_running_loop().run_in_executor(  # hashes the file
                     _IO_POOL, unchanged, opts.output, lay.index, lay.inventory,
                     tar_size(lay.index, lay.inventory, lay.manifests, lay.blobs, lay.docker),
-                    lay.docker)
+                    lay.docker, opts.volume_size)
                 if there:
                     return self.unchanged(there)
                 self.in_layout = {i for i, _ in self.resolved()}
                 f.assembler = Assembler(opts.output, index_json=lay.index,
                                         inventory_json=lay.inventory, manifests=lay.manifests,
                                         blobs=[(b.digest, b.size) for b in lay.blobs],
-                                        docker_json=lay.docker)
+                                        docker_json=lay.docker,
+                                        volume_size=opts.volume_size)
                 self.start_in_order([b.digest for b in lay.blobs])
             try:
                 await gather_or_cancel(self.fetch_one(i, p) for i, p in self.resolved())

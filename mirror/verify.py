@@ -10,11 +10,11 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from mirror.bundle import consistency
+from mirror.bundle import consistency, volumes
 from mirror.bundle.members import blob_digest
 from mirror.bundle.reader import Bundle
 from mirror.digest import Digest, Verifier
-from mirror.errors import IntegrityError, MirrorError
+from mirror.errors import BundleError, IntegrityError, MirrorError
 from mirror.fileobj import Readable
 
 # what verify reads of a blob at a time: 1 MiB from a plain tar (each read also goes to the
@@ -56,9 +56,12 @@ def verify_bundle(path: Path, note: Callable[[str], None] | None = None,
     given the size of every read of the bundle (a progress bar: the file's size in all)."""
     path = Path(path)
     note = note or (lambda _: None)
-    want, side_problem = _sidecar(path, note)
-    whole = _Sha256Behind()
     stop = stop or threading.Event()
+    parts = _parts(path, stop)
+    if parts is not None:  # which parts to copy again, one line each, before the bundle
+        return parts
+    want, side_problem = _sidecar(volumes.base_of(path) or path, note)
+    whole = _Sha256Behind()
 
     def tap(data: bytes) -> None:  # given every read of the bundle
         if stop.is_set():
@@ -78,7 +81,7 @@ def verify_bundle(path: Path, note: Callable[[str], None] | None = None,
                     STREAM_CHUNK if bundle.compressed else CHUNK, bundle.member_digests(name))
 
     try:
-        bundle = Bundle(path)
+        bundle = Bundle(path, check_parts=False)  # _parts() checked them
         if bundle.compressed:
             contents = bundle.scan(check=False, visit=check, tap=tap)
         else:
@@ -91,7 +94,8 @@ def verify_bundle(path: Path, note: Callable[[str], None] | None = None,
         whole.close()
     if want is not None:
         got = whole.hexdigest() if failure is None else _sha256_file(path, stop)
-        side_problem = _sidecar_match(path, want, got, note) if got else None
+        side_problem = _sidecar_match(volumes.base_of(path) or path, want, got, note) \
+            if got else None
     problems = [side_problem] if side_problem else []
     if failure is not None or contents is None:
         assert failure is not None
@@ -155,6 +159,21 @@ def _own(e: MirrorError, path: Path) -> str:
     return str(e).removeprefix(f"{path}: ")
 
 
+def _parts(path: Path, stop: threading.Event) -> tuple[Problems, bool] | None:
+    """For a set of parts (mirror.bundle.volumes): one line per part to copy again (missing,
+    cut short, too long, damaged, or an extra one); None for a sound set or a single file."""
+    try:
+        vs = volumes.find(path)
+        found = volumes.problems(vs, hashes=True, stop=stop) if vs is not None else []
+    except BundleError as e:  # a part given without its sidecar
+        return Problems([_own(e, path)]), True
+    except MirrorError:
+        if stop.is_set():
+            raise Stopped() from None
+        raise
+    return (Problems(found), False) if found else None
+
+
 def _sidecar(path: Path, note: Callable[[str], None]) -> tuple[str | None, str | None]:
     """The sha256 `BUNDLE.sha256` (sha256sum's format, written by pull) says the file has,
     and the problem with the sidecar itself when there is one."""
@@ -185,7 +204,7 @@ def _sidecar_match(path: Path, want: str, got: str, note: Callable[[str], None])
 def _sha256_file(path: Path, stop: threading.Event) -> str | None:
     h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
+        with volumes.open_read(path) as f:
             while chunk := f.read(CHUNK):
                 if stop.is_set():
                     raise Stopped()

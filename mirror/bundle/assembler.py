@@ -23,8 +23,9 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
+from mirror.bundle import volumes
 from mirror.bundle.layout import blob_name
-from mirror.bundle.writer import BUF, _header, _pad, head_files, write_sidecar
+from mirror.bundle.writer import BUF, _header, _pad, head_files
 from mirror.digest import Verifier
 from mirror.errors import naming
 from mirror.store import writeback
@@ -95,8 +96,9 @@ class Tee:
 class Assembler:
     def __init__(self, out: Path, *, index_json: bytes, inventory_json: bytes,
                  manifests: list[tuple[str, bytes]], blobs: Iterable[tuple[str, int]],
-                 docker_json: bytes | None = None) -> None:
+                 docker_json: bytes | None = None, volume_size: int | None = None) -> None:
         self.out = out
+        self.volume_size = volume_size  # named as parts of this size (mirror.bundle.volumes)
         self.tmp = out.with_name(out.name + ".partial")
         out.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -361,8 +363,8 @@ class Assembler:
             return None
         os.close(self.fd)
         self.fd = -1
-        os.replace(self.tmp, self.out)
-        write_sidecar(self.out, digest)
+        if not volumes.publish(self.tmp, self.out, digest, self.volume_size, stop):
+            return None
         return "sha256:" + digest
 
     def abort(self) -> None:

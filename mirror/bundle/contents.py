@@ -37,6 +37,8 @@ class Options(Protocol):
     def compress(self) -> bool: ...
     @property
     def base_blobs(self) -> dict[str, int] | None: ...  # incremental: what the base carries
+    @property
+    def volume_size(self) -> int | None: ...  # written as parts (mirror.bundle.volumes)
 
 
 def entries_for(plans: list[Image]) -> tuple[list[Entry], list[Entry]]:
@@ -114,11 +116,11 @@ def write_plans(images: ImageSet, store: BlobStore, opts: Options,
     items = [BlobItem(b.digest, b.size, verify=b.digest not in fresh) for b in lay.blobs]
     size = None if opts.compress else tar_size(lay.index, lay.inventory, lay.manifests, items,
                                                lay.docker)
-    same = unchanged(opts.output, lay.index, lay.inventory, size, lay.docker)
+    same = unchanged(opts.output, lay.index, lay.inventory, size, lay.docker, opts.volume_size)
     if same:
         return same, True
     progress.total(sum(b.size for b in items))
     return write_bundle(
         opts.output, index_json=lay.index, inventory_json=lay.inventory,
         manifests=lay.manifests, blobs=items, store=store, compress=opts.compress,
-        stop=stop, docker_json=lay.docker), False
+        stop=stop, docker_json=lay.docker, volume_size=opts.volume_size), False

@@ -18,6 +18,7 @@ import zstandard
 from mirror.bundle import sniff
 from mirror.bundle.layout import Inventory
 from mirror.bundle.trailer import first_nonzero, zstd_frames_problem
+from mirror.bundle.volumes import find, open_read
 from mirror.errors import BundleError
 from mirror.manifest import RawManifest
 
@@ -115,7 +116,7 @@ def index_tar(path: Path, bundle: str, links: dict[str, str]) -> dict[str, Membe
     of the file, and for anything but zeros after the end of the tar."""
     members: dict[str, Member] = {}
     try:
-        with tarfile.open(path, "r:") as tf:
+        with open_read(path) as raw, tarfile.open(fileobj=raw, mode="r:") as tf:
             for name, ti in file_members(tf, bundle, links):
                 members[name] = Member(name, ti.size, ti.offset_data)
             end = tf.offset  # where the end-of-archive blocks start
@@ -129,7 +130,7 @@ def index_tar(path: Path, bundle: str, links: dict[str, str]) -> dict[str, Membe
                                       f"{ti.size} bytes, more than the tar has for it")
     except tarfile.TarError as e:
         raise unreadable(path, bundle, False, e) from None
-    with open(path, "rb") as f:
+    with open_read(path) as f:
         for m in members.values():
             if m.offset is not None and m.offset + m.size > f.seek(0, 2):
                 raise BundleError(f"{bundle}: truncated: the tar ends in the middle "
@@ -163,13 +164,13 @@ def unreadable(path: Path, bundle: str, compressed: bool, e: BaseException,
     """The one-line error for a tar or tar.zst that cannot be read: truncated (the data ends
     before the archive does), not zstd, or not a tar."""
     if isinstance(e, zstandard.ZstdError):
-        with open(path, "rb", buffering=0) as f:  # bytes after the last frame?
+        with open_read(path, buffering=0) as f:  # bytes after the last frame?
             wrong = zstd_frames_problem(f)
         if wrong is not None and wrong.startswith("trailing data"):
             return BundleError(f"{bundle}: {wrong}", hint=JUNK_HINT)
         return BundleError(f"{bundle}: not a valid zstd stream: {e}")
     kind = "tar.zst" if compressed else "tar"
-    if not compressed and path.stat().st_size == 0:  # not one byte
+    if not compressed and _size(path) == 0:  # not one byte
         return BundleError(f"{bundle}: empty file: not a bundle")
     other = None if compressed else _other_compression(path)
     if other:  # gzip'ed (or xz'ed) for the trip: not truncated, not junk; say what to do
@@ -190,10 +191,15 @@ def unreadable(path: Path, bundle: str, compressed: bool, e: BaseException,
     return BundleError(f"{bundle}: {inner}: {e}")
 
 
+def _size(path: Path) -> int:
+    vs = find(path)
+    return vs.size if vs is not None else path.stat().st_size
+
+
 def _other_compression(path: Path) -> str | None:
     """gzip, xz or bzip2 by the file's first bytes (a bundle compressed for the trip)."""
     try:
-        with open(path, "rb", buffering=0) as f:
+        with open_read(path, buffering=0) as f:
             head = f.read(6)
     except OSError:
         return None

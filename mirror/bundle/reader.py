@@ -21,7 +21,7 @@ from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from mirror.bundle import consistency
+from mirror.bundle import consistency, volumes
 from mirror.bundle.layout import DOCKER_JSON, MIRROR_JSON, Inventory, blob_name
 from mirror.bundle.members import (
     CHUNK,
@@ -42,19 +42,27 @@ __all__ = ["Bundle", "Contents", "Member"]
 
 
 class Bundle:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, check_parts: bool = True) -> None:
+        """`path`: the bundle file, an OCI layout directory, or a set of parts (the first
+        part, the sidecar, or the base name when only the parts exist: mirror.bundle.volumes),
+        whose parts are checked against the sidecar here (their sizes; with `check_parts`,
+        their sha256 too), before anything is read from them."""
         self.path = Path(path)
         self.name = str(path)
         self._members: dict[str, Member] | None = None
         self._links: dict[str, str] = {}  # link member -> what it names (a docker-archive)
         self._linked_cache: dict[str, Member] | None = None
         self._aliases: dict[str, str] = {}  # digest -> member, where not blobs/<alg>/<hex>
+        self.volumes: volumes.VolumeSet | None = None
         self.directory = self.path.is_dir()  # an OCI layout directory (mirror.bundle.directory)
         self.compressed = False
         if self.directory:
             return
+        self.volumes = volumes.find(self.path)
+        if self.volumes is not None:
+            volumes.check(self.volumes, self.name, hashes=check_parts)
         try:
-            with open(self.path, "rb") as f:
+            with volumes.open_read(self.path) as f:
                 magic = f.read(4)
         except OSError as e:
             raise BundleError(f"{self.name}: cannot open bundle: {e.strerror}") from None
@@ -83,7 +91,7 @@ class Bundle:
     def open_member(self, m: Member) -> BinaryIO:
         """The file, positioned at the member's data (a plain tar's or a directory's)."""
         try:
-            f = open(m.path or self.path, "rb")  # noqa: SIM115 - the caller closes it
+            f = open(m.path, "rb") if m.path else volumes.open_read(self.path)  # noqa: SIM115
         except OSError as e:
             raise BundleError(f"{self.name}: cannot open {m.name!r}: {e.strerror}") from None
         f.seek(m.offset or 0)
@@ -157,7 +165,7 @@ class Bundle:
             for m in items:
                 yield m.name, m.size, None
             return
-        with open(self.path, "rb") as f:
+        with volumes.open_read(self.path) as f:
             raw = Tapped(f, tap)
             pos = 0
             for m in items:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import zstandard
 
+from mirror.bundle.volumes import open_read
+
 _NUMERIC = re.compile(rb"^[0-7 \0]*$")  # mode, uid, gid, size, mtime, chksum: octal text
 # (offset, end) of the numeric fields of a tar header
 _FIELDS = ((100, 108), (108, 116), (116, 124), (124, 136), (136, 148), (148, 156))
@@ -16,7 +18,7 @@ _FIELDS = ((100, 108), (108, 116), (116, 124), (124, 136), (136, 148), (148, 156
 
 def head(path: Path, compressed: bool) -> bytes:
     """Up to the first 512 bytes of the tar (inside the zstd stream when `compressed`)."""
-    with open(path, "rb") as f:
+    with open_read(path) as f:
         if not compressed:
             return f.read(tarfile.BLOCKSIZE)
         out = b""

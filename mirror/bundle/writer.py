@@ -10,7 +10,6 @@ place only when complete; `<out>.sha256` is written beside it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import tarfile
@@ -22,6 +21,7 @@ from typing import IO, BinaryIO, cast
 
 import zstandard
 
+from mirror.bundle import volumes
 from mirror.bundle.layout import DOCKER_JSON, MIRROR_JSON, OCI_LAYOUT, blob_name
 from mirror.digest import Verifier
 from mirror.errors import IntegrityError, MirrorError, SizeMismatch, naming
@@ -91,9 +91,11 @@ def write_bundle(
     progress: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
     docker_json: bytes | None = None,
+    volume_size: int | None = None,
 ) -> str:
-    """Write the bundle; return the sha256 of the file. Raises IntegrityError if a cached
-    blob no longer matches its digest (the entry is evicted; the next run fetches it)."""
+    """Write the bundle (as parts of `volume_size`, when given: mirror.bundle.volumes);
+    return the sha256 of the file. Raises IntegrityError if a cached blob no longer matches
+    its digest (the entry is evicted; the next run fetches it)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
     try:
@@ -124,29 +126,15 @@ def write_bundle(
                 zw.close()
             raw.flush()
             os.fsync(raw.fileno())
-        os.replace(tmp, out)
+        if not volumes.publish(tmp, out, hw.h.hexdigest(), volume_size, stop):
+            raise MirrorError(f"{out}: interrupted while writing the bundle")
     except OSError as e:  # a full disk: the error line names the bundle being written
         tmp.unlink(missing_ok=True)
         raise naming(e, tmp) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    digest = hw.h.hexdigest()
-    write_sidecar(out, digest)
-    return "sha256:" + digest
-
-
-def write_sidecar(out: Path, hexdigest: str) -> None:
-    """`<out>.sha256` in sha256sum's format, so `sha256sum -c` checks the carried file."""
-    side = out.with_name(out.name + ".sha256")
-    side_tmp = side.with_name(side.name + ".partial")
-    try:
-        side_tmp.write_text(f"{hexdigest}  {out.name}\n")
-        os.replace(side_tmp, side)
-    except OSError as e:  # a full disk, a directory in its place: name the file, leave no tmp
-        with contextlib.suppress(OSError):
-            side_tmp.unlink(missing_ok=True)
-        raise MirrorError(f"{side}: cannot write the checksum file: {e.strerror or e}") from None
+    return "sha256:" + hw.h.hexdigest()
 
 
 def tar_size(index_json: bytes, inventory_json: bytes, manifests: list[tuple[str, bytes]],
@@ -166,48 +154,73 @@ def tar_size(index_json: bytes, inventory_json: bytes, manifests: list[tuple[str
 
 
 def unchanged(out: Path, index_json: bytes, inventory_json: bytes, size: int | None,
-              docker_json: bytes | None = None) -> str | None:
+              docker_json: bytes | None = None, volume_size: int | None = None) -> str | None:
     """The digest of an existing bundle at `out` that already holds exactly this content
     (same index.json, inventory and manifest.json, which pin every blob by digest and size;
-    same size for a plain tar) and is undamaged (the file hashes to its `.sha256`), else
-    None. Lets a nightly run with nothing new skip rewriting gigabytes; reading them once is
-    the price of never calling a damaged bundle unchanged (a byte changed in place keeps
-    size and mtime)."""
+    same size for a plain tar; the same parts, for `volume_size`) and is undamaged (the file
+    hashes to its `.sha256`; each part to its sha256 in the sidecar), else None. Lets a
+    nightly run with nothing new skip rewriting gigabytes; reading them once is the price of
+    never calling a damaged bundle unchanged (a byte changed in place keeps size and
+    mtime)."""
 
     side = out.with_name(out.name + ".sha256")
     try:
         digest, name = side.read_text().split()[:2]
-        st = out.stat()
-        if name != out.name or (size is not None and st.st_size != size) or \
-                st.st_mtime > side.stat().st_mtime:
-            return None  # another file, or the bundle changed after its .sha256 was written
-        with open(out, "rb") as raw:
-            if raw.read(4) == b"\x28\xb5\x2f\xfd":
-                if size is not None:
-                    return None
-                raw.seek(0)
-                stream: BinaryIO = zstandard.ZstdDecompressor().stream_reader(raw)
-            elif size is None:
+        if name != out.name:
+            return None
+        same, vs = _same_shape(out, side, digest, size, volume_size)
+        if not same:
+            return None
+        with volumes.open_read(out) as raw:
+            if not _same_head(raw, size, head_files(index_json, inventory_json, docker_json)):
                 return None
-            else:
-                raw.seek(0)
-                stream = raw
-            want = dict(head_files(index_json, inventory_json, docker_json)[1:])
-            with tarfile.open(fileobj=stream, mode="r|") as tf:
-                for ti in tf:
-                    if ti.name == "oci-layout":
-                        continue
-                    f = tf.extractfile(ti)
-                    if ti.name not in want or f is None or f.read() != want.pop(ti.name):
-                        return None
-                    if not want:
-                        break
-            if want or sha256_file(out) != "sha256:" + digest:
-                return None
-            return "sha256:" + digest
-    except (OSError, ValueError, tarfile.TarError, zstandard.ZstdError):
+        if vs is None:
+            return "sha256:" + digest if sha256_file(out) == "sha256:" + digest else None
+        return None if volumes.problems(vs, hashes=True) else "sha256:" + digest
+    except (OSError, ValueError, tarfile.TarError, zstandard.ZstdError, MirrorError):
         return None
-    return None
+
+
+def _same_shape(out: Path, side: Path, digest: str, size: int | None,
+                volume_size: int | None) -> tuple[bool, volumes.VolumeSet | None]:
+    """Whether what is at `out` can be the bundle asked for, by its size (or its set's
+    sidecar, for `volume_size`), before a byte of it is read; and the set."""
+    if volume_size is None:
+        if volumes.base_of(out) is not None:
+            return False, None  # only parts there: a pull without volumes writes the file
+        st = out.stat()
+        # another file, or the bundle changed after its .sha256 was written
+        return not ((size is not None and st.st_size != size) or
+                    st.st_mtime > side.stat().st_mtime), None
+    vs = volumes.find(volumes.sidecar_path(out))
+    same = vs is not None and vs.volume_size == volume_size and vs.sha256 == digest and \
+        (size is None or vs.size == size) and not out.exists()
+    return same, vs
+
+
+def _same_head(raw: BinaryIO, size: int | None, files: list[tuple[str, bytes]]) -> bool:
+    """The bundle read from `raw` starts with these files (a .tar.zst when `size` is None)."""
+    if raw.read(4) == b"\x28\xb5\x2f\xfd":
+        if size is not None:
+            return False
+        raw.seek(0)
+        stream: BinaryIO = zstandard.ZstdDecompressor().stream_reader(raw)
+    elif size is None:
+        return False
+    else:
+        raw.seek(0)
+        stream = raw
+    want = dict(files[1:])
+    with tarfile.open(fileobj=stream, mode="r|") as tf:
+        for ti in tf:
+            if ti.name == "oci-layout":
+                continue
+            f = tf.extractfile(ti)
+            if ti.name not in want or f is None or f.read() != want.pop(ti.name):
+                return False
+            if not want:
+                break
+    return not want
 
 
 def _copy_blob(sink: Writable, store: BlobStore, item: BlobItem,

@@ -20,6 +20,7 @@ from mirror.bundle.layout import DOCKER_JSON, MIRROR_JSON
 from mirror.bundle.members import CHUNK, JUNK_HINT, blob_digest, file_members, unreadable
 from mirror.bundle.through import Tap, Tapped
 from mirror.bundle.trailer import first_nonzero, zstd_frames_problem
+from mirror.bundle.volumes import open_read
 from mirror.errors import BundleError
 from mirror.fileobj import Readable
 from mirror.manifest import MAX_MANIFEST_BYTES
@@ -60,7 +61,7 @@ def iter_stream(path: Path, bundle: str, tap: Tap | None = None
     `tap` is given every byte of the file once the last member has been read."""
     current: str | None = None
     try:
-        with open(path, "rb") as f:
+        with open_read(path) as f:
             raw = Tapped(f, tap) if tap else f
             dctx = zstandard.ZstdDecompressor()
             # zstandard's stubs ask for an IO[bytes]; its reader needs only read()
@@ -86,7 +87,7 @@ def _check_end(path: Path, bundle: str, tf: tarfile.TarFile) -> None:
     nothing but zeros after the tar's first end-of-archive block."""
     # unbuffered: only the frames' headers are read (a buffered file read 8 KiB at each of a
     # 50 GB bundle's blocks)
-    with open(path, "rb", buffering=0) as frames:
+    with open_read(path, buffering=0) as frames:
         wrong = zstd_frames_problem(frames)
     if wrong is not None:
         raise BundleError(f"{bundle}: {wrong}", hint=JUNK_HINT)

@@ -1,0 +1,430 @@
+"""A bundle carried as parts (volumes) for media with a size limit: `OUT.001`, `OUT.002`, ...
+each at most SIZE bytes, whose concatenation is byte for byte the bundle a pull without
+volumes writes; `OUT.volumes.json` lists each part's name, size and sha256 and the whole
+file's size and sha256; `OUT.sha256` is the whole file's, as for a single file, and
+`OUT.parts.sha256` the parts' in sha256sum's format (`sha256sum -c` names a damaged part).
+
+The writers (mirror.bundle.assembler, mirror.bundle.writer) write the whole file as ever and
+hand it to `publish()`, which cuts it into parts from its end (each part copied out, then the
+file truncated: the disk holds one part more than the bundle, never two bundles) and names
+them all at once: nothing of the new set is named before every part is written, and the old
+set's parts are removed only after the new set's sidecar is in place.
+
+The readers open a bundle through `open_read()`: a plain file, or one readable, seekable file
+over the parts (`PartsFile`: random access for a plain tar, a stream for a .tar.zst), so they
+need no knowledge of parts. `find()` takes the first part, the sidecar, or the base name when
+only the parts exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from mirror.errors import BundleError, MirrorError, UsageError, naming
+
+SIDECAR = ".volumes.json"
+PARTS_SUMS = ".parts.sha256"
+CHUNK = 1 << 20
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+PRESETS = {
+    "fat32": (4 << 30) - 1,  # FAT32's largest file: 4 GiB - 1 byte
+    "dvd": 4_700_000_000,  # a single-layer DVD±R
+    "bd25": 25_000_000_000,  # a single-layer BD-R
+}
+_MIN = 64 << 10  # a part smaller than this is a mistake (a unit left off), not a medium
+_PART = re.compile(r"\.(\d{3,})$")
+
+
+def parse_size(text: str) -> int:
+    """`--volume-size`: bytes, with k, M, G or T (1024-based: 4G is 4 GiB; a B or iB after
+    the unit is allowed), or a preset (fat32, dvd, bd25). Raises UsageError."""
+    t = text.strip().lower()
+    if t in PRESETS:
+        return PRESETS[t]
+    m = re.fullmatch(r"(\d+)\s*([kmgt]?)(?:i?b)?", t)
+    if m is None:
+        raise UsageError(f"--volume-size {text!r}: not a size (bytes, or a number with k, M, "
+                         f"G or T, 1024-based; or one of {', '.join(PRESETS)})")
+    size = int(m.group(1)) * _UNITS[m.group(2)]
+    if size < _MIN:
+        raise UsageError(f"--volume-size {text!r}: {size} bytes is below the least a part may "
+                         f"be ({_MIN} bytes, 64k)")
+    return size
+
+
+def part_path(out: Path, i: int) -> Path:
+    return out.with_name(f"{out.name}.{i:03d}")
+
+
+def sidecar_path(out: Path) -> Path:
+    return out.with_name(out.name + SIDECAR)
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    path: Path
+    size: int
+    sha256: str  # hex
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeSet:
+    base: Path  # the bundle's own name (site.tar): what `cat site.tar.0* > site.tar` makes
+    volume_size: int
+    size: int
+    sha256: str  # hex, of the whole
+    parts: tuple[Part, ...]
+
+    @property
+    def sidecar(self) -> Path:
+        return sidecar_path(self.base)
+
+    def to_json(self) -> bytes:
+        return (json.dumps({
+            "name": self.base.name, "volumeSize": self.volume_size, "size": self.size,
+            "sha256": self.sha256,
+            "parts": [{"name": p.path.name, "size": p.size, "sha256": p.sha256}
+                      for p in self.parts]}, indent=2) + "\n").encode()
+
+
+def base_of(path: Path) -> Path | None:
+    """The base name of a set that `path` names (the sidecar, a part, or the base itself when
+    only the parts exist); None when `path` is a plain file or names no set."""
+    path = Path(path)
+    if path.name.endswith(SIDECAR):
+        return path.with_name(path.name[: -len(SIDECAR)])
+    m = _PART.search(path.name)
+    if m is not None:
+        base = path.with_name(path.name[: m.start()])
+        if sidecar_path(base).exists() or not path.exists() or part_path(base, 2).exists():
+            return base  # (without its sidecar: find() says to copy it)
+        return None  # a file that only looks like a part (site.tar.001 alone, no .002)
+    if not path.exists() and sidecar_path(path).exists():
+        return path
+    return None
+
+
+def find(path: Path) -> VolumeSet | None:
+    """The set `path` names, read from its sidecar; None for a plain file. Raises
+    BundleError when the sidecar is missing or unreadable."""
+    base = base_of(path)
+    if base is None:
+        return None
+    side = sidecar_path(base)
+    try:
+        doc = json.loads(side.read_bytes())
+        parts = tuple(Part(base.with_name(p["name"]), int(p["size"]), str(p["sha256"]))
+                      for p in doc["parts"])
+        if any("/" in p.path.name or not p.path.name.startswith(base.name) for p in parts):
+            raise ValueError
+        return VolumeSet(base, int(doc["volumeSize"]), int(doc["size"]), str(doc["sha256"]),
+                         parts)
+    except FileNotFoundError:
+        raise BundleError(f"{path}: a part of a set without its {side.name}, which lists the "
+                          "parts: copy it too", hint=f"the sidecar is written beside "
+                          f"{base.name}.001 by `mirror pull --volume-size`") from None
+    except OSError as e:
+        raise BundleError(f"{side}: cannot read: {e.strerror}") from None
+    except (ValueError, KeyError, TypeError):
+        raise BundleError(f"{side}: not a valid list of parts") from None
+
+
+def problems(vs: VolumeSet, *, hashes: bool, stop: threading.Event | None = None
+             ) -> list[str]:
+    """One line per part that is missing, too short or too long, damaged (its sha256), or
+    there but not in the set (an extra part: `site.tar.004` of a larger, older set). With
+    `hashes`, every part is read once (the whole file's sha256 too, from the same reads)."""
+    found: list[str] = []
+    whole = hashlib.sha256()
+    whole_ok = True
+    listed = {p.path.name for p in vs.parts}
+    for p in vs.parts:
+        try:
+            size = p.path.stat().st_size
+        except FileNotFoundError:
+            found.append(f"part {p.path.name}: missing (expected {p.size} bytes, sha256 {p.sha256}): "
+                         "copy it again")
+            whole_ok = False
+            continue
+        except OSError as e:
+            found.append(f"part {p.path.name}: cannot read: {e.strerror}: copy it again")
+            whole_ok = False
+            continue
+        if size != p.size:
+            cut = "truncated" if size < p.size else "too long"
+            found.append(f"part {p.path.name}: {cut}: {size} bytes, expected {p.size}: copy it again")
+            whole_ok = False
+            continue
+        if not hashes:
+            continue
+        h = hashlib.sha256()
+        with open(p.path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                if stop is not None and stop.is_set():
+                    raise MirrorError("interrupted while checking the parts")
+                h.update(chunk)
+                whole.update(chunk)
+        if h.hexdigest() != p.sha256:
+            found.append(f"part {p.path.name}: damaged: sha256 {h.hexdigest()}, expected {p.sha256} "
+                         f"(from {vs.sidecar.name}; a part renamed, or bytes changed): copy "
+                         "it again")
+            whole_ok = False
+    for extra in sorted(vs.base.parent.glob(vs.base.name + ".[0-9][0-9][0-9]*")):
+        if _PART.search(extra.name) and extra.name not in listed and \
+                extra.name[len(vs.base.name):].count(".") == 1:
+            found.append(f"part {extra.name}: not a part of this set ({vs.sidecar.name} lists "
+                         f"{len(vs.parts)}): an extra part, from another set; remove it")
+    if hashes and whole_ok and whole.hexdigest() != vs.sha256:
+        found.append(f"{vs.sidecar.name}: the parts' concatenation has sha256 "
+                     f"{whole.hexdigest()}, the sidecar says {vs.sha256}")
+    return found
+
+
+def check(vs: VolumeSet, name: str, *, hashes: bool) -> None:
+    """Raise BundleError (exit 10) naming the first part wrong, before anything is read."""
+    found = problems(vs, hashes=hashes)
+    if found:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise BundleError(f"{name}: {found[0]}{more}", hint=f"`mirror verify {vs.sidecar}` says which "
+                          "parts to copy again" if more else None)
+
+
+class PartsFile(io.RawIOBase):
+    """The parts read as one file: read, readinto, seek and tell over their concatenation;
+    one part open at a time."""
+
+    def __init__(self, vs: VolumeSet) -> None:
+        self.vs = vs
+        self.name = str(vs.base)
+        self.mode = "rb"
+        self._starts: list[int] = []
+        pos = 0
+        for p in vs.parts:
+            self._starts.append(pos)
+            pos += p.size
+        self._size = pos
+        self._pos = 0
+        self._open: tuple[int, BinaryIO] | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = (0, self._pos, self._size)[whence]
+        if base + offset < 0:
+            raise OSError(22, "negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        if self._pos >= self._size or not len(view):
+            return 0
+        i = _part_at(self._starts, self._pos)
+        f = self._part(i)
+        f.seek(self._pos - self._starts[i])
+        want = min(len(view), self.vs.parts[i].size - (self._pos - self._starts[i]))
+        n = f.readinto(view[:want]) or 0  # type: ignore[attr-defined]
+        if n == 0:  # a part shorter than the sidecar says (check() was not called)
+            raise OSError(f"{self.vs.parts[i].path}: truncated: ends before its "
+                          f"{self.vs.parts[i].size} bytes")
+        self._pos += n
+        return n
+
+    def _part(self, i: int) -> BinaryIO:
+        if self._open is not None and self._open[0] == i:
+            return self._open[1]
+        if self._open is not None:
+            self._open[1].close()
+            self._open = None
+        f = open(self.vs.parts[i].path, "rb", buffering=0)  # noqa: SIM115 - closed here
+        self._open = (i, f)
+        return f
+
+    def close(self) -> None:
+        if self._open is not None:
+            self._open[1].close()
+            self._open = None
+        super().close()
+
+
+def _part_at(starts: list[int], pos: int) -> int:
+    lo, hi = 0, len(starts) - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if starts[mid] <= pos:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def open_read(path: Path, buffering: int = -1) -> BinaryIO:
+    """The bundle at `path` for reading: the file, or its parts as one file."""
+    vs = find(path)
+    if vs is None:
+        return open(path, "rb", buffering=buffering)  # noqa: SIM115 - the caller closes it
+    raw = PartsFile(vs)
+    return raw if buffering == 0 else io.BufferedReader(raw, CHUNK)  # type: ignore[return-value]
+
+
+# -- writing ------------------------------------------------------------------------------
+
+def publish(tmp: Path, out: Path, hexdigest: str, volume_size: int | None,
+            stop: threading.Event | None = None) -> bool:
+    """Name the finished, fsynced bundle `tmp` as `out` (and its `.sha256`), or, with
+    `volume_size`, as the parts of `out` and their sidecars. False when `stop` was set before
+    anything was named (then `tmp` may be gone; the caller removes what is left of it)."""
+    old = _old_set(out)
+    if volume_size is None:
+        if stop is not None and stop.is_set():
+            return False
+        os.replace(tmp, out)
+        write_sidecar(out, hexdigest)
+        if old is not None:  # a set this output was before: gone once the file is named
+            _remove(old, keep=set())
+        return True
+    parts = _split(tmp, out, volume_size, stop)
+    if parts is None:
+        return False
+    vs = VolumeSet(out, volume_size, sum(p.size for p in parts), hexdigest, tuple(parts))
+    # the old set stops being one (its sidecar goes first), then the new parts are named,
+    # then the new sidecars; a run stopped in between leaves parts without a sidecar, which
+    # no reader takes for a set
+    side = sidecar_path(out)
+    with contextlib.suppress(FileNotFoundError):
+        side.unlink()
+    for p in parts:
+        os.replace(p.path.with_name(p.path.name + ".partial"), p.path)
+    _write_atomic(out.with_name(out.name + PARTS_SUMS),
+                  "".join(f"{p.sha256}  {p.path.name}\n" for p in parts).encode())
+    write_sidecar(out, hexdigest)
+    _write_atomic(side, vs.to_json())
+    if old is not None:
+        _remove(old, keep={p.path.name for p in parts})
+    with contextlib.suppress(FileNotFoundError):
+        out.unlink()  # a single-file bundle this output was before
+    return True
+
+
+def write_sidecar(out: Path, hexdigest: str) -> None:
+    """`<out>.sha256` in sha256sum's format, so `sha256sum -c` checks the carried file."""
+    side = out.with_name(out.name + ".sha256")
+    side_tmp = side.with_name(side.name + ".partial")
+    try:
+        side_tmp.write_text(f"{hexdigest}  {out.name}\n")
+        os.replace(side_tmp, side)
+    except OSError as e:  # a full disk, a directory in its place: name the file, leave no tmp
+        with contextlib.suppress(OSError):
+            side_tmp.unlink(missing_ok=True)
+        raise MirrorError(f"{side}: cannot write the checksum file: {e.strerror or e}") from None
+
+
+def _old_set(out: Path) -> VolumeSet | None:
+    try:
+        return find(sidecar_path(out)) if sidecar_path(out).exists() else None
+    except BundleError:
+        return None
+
+
+def _remove(old: VolumeSet, keep: set[str]) -> None:
+    for p in old.parts:
+        if p.path.name not in keep:
+            with contextlib.suppress(FileNotFoundError):
+                p.path.unlink()
+    if not keep:
+        for extra in (old.sidecar, old.base.with_name(old.base.name + PARTS_SUMS)):
+            with contextlib.suppress(FileNotFoundError):
+                extra.unlink()
+
+
+def _split(tmp: Path, out: Path, size: int, stop: threading.Event | None) -> list[Part] | None:
+    """Cut `tmp` into `out.NNN.partial` parts from its end, truncating it as each is copied
+    (the first part is `tmp` itself, renamed); each part fsynced and hashed."""
+    total = tmp.stat().st_size
+    n = max(1, -(-total // size))
+    parts: list[Part] = [Part(part_path(out, 1), 0, "")] * n
+    made: list[Path] = []
+    try:
+        with open(tmp, "r+b", buffering=0) as src:
+            for i in range(n, 1, -1):
+                if stop is not None and stop.is_set():
+                    raise _Stopped()
+                start = (i - 1) * size
+                dest = part_path(out, i)
+                part_tmp = dest.with_name(dest.name + ".partial")
+                made.append(part_tmp)
+                parts[i - 1] = Part(dest, total - start, _copy(src, start, total, part_tmp))
+                src.truncate(start)
+                os.fsync(src.fileno())
+                total = start
+            src.seek(0)
+            h = hashlib.sha256()
+            while chunk := src.read(CHUNK):
+                h.update(chunk)
+            parts[0] = Part(part_path(out, 1), total, h.hexdigest())
+        first = part_path(out, 1)
+        os.replace(tmp, first.with_name(first.name + ".partial"))
+        return parts
+    except _Stopped:
+        _unlink(made)
+        return None
+    except OSError as e:
+        _unlink(made)
+        raise naming(e, tmp) from None
+    except BaseException:
+        _unlink(made)
+        raise
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _copy(src: BinaryIO, start: int, end: int, dest: Path) -> str:
+    h = hashlib.sha256()
+    src.seek(start)
+    with open(dest, "wb") as f:
+        left = end - start
+        while left > 0:
+            chunk = src.read(min(CHUNK, left))
+            if not chunk:
+                raise OSError(f"{dest}: the bundle ended early")
+            h.update(chunk)
+            f.write(chunk)
+            left -= len(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+    return h.hexdigest()
+
+
+def _unlink(paths: list[Path]) -> None:
+    for p in paths:
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise MirrorError(f"{path}: cannot write: {e.strerror or e}") from None

@@ -1,0 +1,295 @@
+"""Issue 17, its volumes half: `mirror pull --volume-size SIZE` writes the bundle as parts
+for media with a size limit, and load, verify, inspect and serve read across the parts.
+
+Generated images are pushed to the real registry with the independent pusher; the parts are
+checked against a pull of the same images without volumes (byte for byte), against
+sha256sum, and against skopeo reading their concatenation (an oracle that knows nothing of
+parts). Broken sets are made by hand (a part removed, cut, changed, renamed, or one too
+many) and refused naming the part, with nothing pushed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import signal
+import subprocess
+import tarfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.support import imagegen as ig
+from tests.support.faultproxy import Fault
+from tests.support.oracle import (
+    check_layout,
+    error_line,
+    mirror_cmd,
+    mirror_env,
+    mirror_ok,
+    run,
+    run_mirror,
+    skopeo_copy_ok,
+)
+from tests.support.pusher import push_image
+from tests.support.registry import Registry
+from tests.test_serve import start_serve
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 256 << 10  # --volume-size 256k: a bundle of about 1 MB makes four or five parts
+
+
+def seed(reg: Registry, repo: str, rng: random.Random, n: int = 2) -> list[str]:
+    """`n` images of two 200 KB layers each (random bytes: gzip leaves them as large)."""
+    refs = []
+    for i in range(n):
+        img = ig.make_image(rng, ig.AMD64, "oci", layer_size=200_000)
+        push_image(reg.url, f"{repo}/v{i}", img, ["1"])
+        refs.append(f"{reg.host}/{repo}/v{i}:1")
+    return refs
+
+
+def pull(out: Path, refs: list[str], cache: Path, *args: object
+         ) -> subprocess.CompletedProcess[str]:
+    return mirror_ok("pull", *refs, "-o", out, "--cache", cache, *args)
+
+
+def parts(out: Path) -> list[Path]:
+    return sorted(out.parent.glob(out.name + ".[0-9][0-9][0-9]"))
+
+
+def joined(out: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in parts(out))
+
+
+def catalog(reg: Registry) -> list[str]:
+    with urllib.request.urlopen(f"{reg.url}/v2/_catalog") as r:
+        return json.load(r)["repositories"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["site.tar", "site.tar.zst"])
+def test_parts_concatenate_to_the_plain_bundle(src_registry, repo_name, rng, tmp_path, name):
+    """The parts, joined, are byte for byte the bundle a pull without volumes writes; each is
+    at most SIZE; the sidecar lists each part's size and sha256 and the whole file's;
+    sha256sum checks the parts and (over `cat`) the whole; a rerun says unchanged."""
+    refs = seed(src_registry, repo_name, rng)
+    plain = tmp_path / "plain" / name
+    pull(plain, refs, tmp_path / "cache", "-q")
+    out = tmp_path / "media" / name
+    pull(out, refs, tmp_path / "cache", "-q", "--volume-size", "256k")
+    got = parts(out)
+    assert len(got) >= 3 and not out.exists()
+    assert all(p.stat().st_size == SIZE for p in got[:-1]) and got[-1].stat().st_size <= SIZE
+    whole = plain.read_bytes()
+    assert joined(out) == whole
+    side = json.loads((out.parent / (name + ".volumes.json")).read_text())
+    assert side["size"] == len(whole) and side["volumeSize"] == SIZE
+    assert side["sha256"] == hashlib.sha256(whole).hexdigest()
+    assert [(p["name"], p["size"], p["sha256"]) for p in side["parts"]] == [
+        (p.name, p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest()) for p in got]
+    assert (out.parent / (name + ".sha256")).read_text() == \
+        (plain.parent / (name + ".sha256")).read_text()
+    assert run(["sha256sum", "-c", f"{name}.parts.sha256"], cwd=out.parent).returncode == 0
+    check = f"cat {name}.0* | sha256sum -c <(sed 's/  .*/  -/' {name}.sha256)"
+    assert run(["bash", "-c", check], cwd=out.parent).returncode == 0
+    assert not list(out.parent.glob("*.partial"))
+
+    mtimes = [p.stat().st_mtime_ns for p in got]
+    again = pull(out, refs, tmp_path / "cache", "--volume-size", "256k")
+    if not name.endswith(".zst"):  # the assembler's path says so on stderr
+        assert "unchanged" in again.stdout + again.stderr
+    assert [p.stat().st_mtime_ns for p in parts(out)] == mtimes
+
+    # another size: the set is written again, the old set's extra parts gone
+    pull(out, refs, tmp_path / "cache", "-q", "--volume-size", "512k")
+    assert len(parts(out)) < len(got) and joined(out) == whole
+    assert json.loads((out.parent / (name + ".volumes.json")).read_text())["volumeSize"] \
+        == 512 << 10
+    # and back to one file: the parts and their sidecars are removed
+    pull(out, refs, tmp_path / "cache", "-q")
+    assert out.read_bytes() == whole and parts(out) == []
+    assert not (out.parent / (name + ".volumes.json")).exists()
+
+
+@pytest.mark.slow
+def test_load_verify_inspect_serve_and_skopeo_from_parts(src_registry, dst_registry,
+                                                         repo_name, rng, tmp_path):
+    """The first part, the sidecar, or the base name (only parts there) is the bundle for
+    load, verify, inspect and serve; skopeo reads the joined file."""
+    refs = seed(src_registry, repo_name, rng)
+    out = tmp_path / "site.tar"
+    pull(out, refs, tmp_path / "cache", "-q", "--volume-size", "256k")
+    first, side = parts(out)[0], tmp_path / "site.tar.volumes.json"
+    for given in (first, side, out):
+        assert mirror_ok("verify", given).stdout.strip().endswith("OK")
+        docs = json.loads(mirror_ok("inspect", given, "--json").stdout)
+        assert sorted(d["reference"] for d in docs) == sorted(refs)
+    prefix = f"vol-{repo_name.rsplit('-', 1)[-1]}"
+    mirror_ok("load", first, "--to", f"{dst_registry.host}/{prefix}", "-q")
+    lay = check_layout(_join(out, tmp_path / "joined.tar"))
+    for ref in refs:
+        repo = ref.split("/", 1)[1].rsplit(":", 1)[0]
+        with urllib.request.urlopen(urllib.request.Request(
+                f"{dst_registry.url}/v2/{prefix}/{repo}/manifests/1",
+                headers={"Accept": ig.OCI_MANIFEST}, method="HEAD")) as r:
+            assert r.headers["Docker-Content-Digest"] == lay.entry(ref)["digest"]
+        skopeo_copy_ok(tmp_path / "joined.tar", ref, tmp_path / f"sk-{repo.replace('/', '-')}")
+
+    proc, url = start_serve(first, tmp_path / "serve.log")
+    try:
+        digest = _across(tmp_path / "joined.tar")
+        data = lay.blob(digest)
+        repo = next(r for r in (ref.split("/", 1)[1].rsplit(":", 1)[0] for ref in refs)
+                    if digest in _blobs_of(url, r))
+        with urllib.request.urlopen(f"{url}/v2/{repo}/blobs/{digest}") as r:
+            assert r.read() == data
+        req = urllib.request.Request(f"{url}/v2/{repo}/blobs/{digest}",
+                                     headers={"Range": "bytes=1000-199999"})
+        with urllib.request.urlopen(req) as r:
+            assert r.status == 206 and r.read() == data[1000:200000]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+
+
+def _across(tar: Path) -> str:
+    """A blob whose bytes start in one part and end in the next."""
+    with tarfile.open(tar) as tf:
+        for ti in tf:
+            first, last = ti.offset_data, ti.offset_data + ti.size - 1
+            if ti.isfile() and ti.size > 200_000 and first // SIZE != last // SIZE:
+                return "sha256:" + ti.name.rsplit("/", 1)[1]
+    raise AssertionError("no blob crosses a part boundary")
+
+
+def _blobs_of(url: str, repo: str) -> set[str]:
+    req = urllib.request.Request(f"{url}/v2/{repo}/manifests/1",
+                                 headers={"Accept": ig.OCI_MANIFEST})
+    with urllib.request.urlopen(req) as r:
+        m = json.load(r)
+    return {m["config"]["digest"], *(x["digest"] for x in m["layers"])}
+
+
+def _join(out: Path, dest: Path) -> Path:
+    dest.write_bytes(joined(out))
+    return dest
+
+
+def _break(kind: str, out: Path) -> str:
+    """Break the set one way; the name of the part every message must name."""
+    ps = parts(out)
+    if kind == "missing":
+        ps[1].unlink()
+        return ps[1].name
+    if kind == "truncated":
+        with open(ps[1], "r+b") as f:
+            f.truncate(SIZE - 1000)
+        return ps[1].name
+    if kind == "damaged":
+        with open(ps[2], "r+b") as f:
+            f.seek(5000)
+            b = f.read(1)
+            f.seek(5000)
+            f.write(bytes([b[0] ^ 0xFF]))
+        return ps[2].name
+    if kind == "reordered":  # parts 1 and 2 swapped by renaming: same sizes, other bytes
+        tmp = ps[1].with_name("swap")
+        ps[1].rename(tmp)
+        ps[2].rename(ps[1])
+        tmp.rename(ps[2])
+        return ps[1].name
+    if kind == "sidecar":  # the parts copied, their list not
+        out.with_name(out.name + ".volumes.json").unlink()
+        return out.name + ".volumes.json"
+    assert kind == "extra"
+    extra = out.with_name(f"{out.name}.{len(ps) + 1:03d}")
+    shutil.copy(ps[0], extra)
+    return extra.name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["missing", "truncated", "damaged", "reordered", "extra",
+                                  "sidecar"])
+def test_broken_set_is_refused_naming_the_part(src_registry, registry_factory, repo_name, rng,
+                                               tmp_path, kind):
+    """load refuses the set before pushing anything (exit 10, the part named, the target
+    empty); verify says which part to copy again, one line each (exit 7; a set without its
+    sidecar is no set: exit 10, naming the sidecar)."""
+    refs = seed(src_registry, repo_name, rng)
+    out = tmp_path / "site.tar"
+    pull(out, refs, tmp_path / "cache", "-q", "--volume-size", "256k")
+    first = parts(out)[0]
+    named = _break(kind, out)
+    target = registry_factory()
+    res = run_mirror("load", first, "--to", target.host)
+    assert res.returncode == 10, res.stderr
+    line = error_line(res)
+    assert named in line and line.startswith("mirror: error: "), line
+    assert catalog(target) == []
+    res = run_mirror("verify", first)
+    if kind == "sidecar":
+        assert res.returncode == 10 and named in res.stdout + res.stderr
+        return
+    assert res.returncode == 7, res.stdout + res.stderr
+    wrong = [ln for ln in res.stdout.splitlines() if "part " in ln]
+    assert any(named in ln for ln in wrong) and all("copy it again" in ln or "extra" in ln
+                                                  for ln in wrong), res.stdout
+    res = run_mirror("inspect", first)
+    if kind in ("missing", "truncated", "extra"):  # inspect checks sizes, not hashes
+        assert res.returncode == 10 and named in error_line(res)
+
+
+@pytest.mark.slow
+def test_interrupted_pull_leaves_the_old_set(src_registry, faultproxy, repo_name, rng,
+                                             tmp_path):
+    """SIGINT in the middle of a pull over an existing set: exit 130, the old parts and
+    sidecars as they were, nothing of the new set left (no part, no .partial)."""
+    refs = seed(src_registry, repo_name, rng)
+    out = tmp_path / "site.tar"
+    pull(out, refs, tmp_path / "cache", "-q", "--volume-size", "256k")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    more = seed(src_registry, repo_name + "-more", rng, n=1)
+    proxy = faultproxy(src_registry.url)
+    stall = proxy.add(Fault("stall", method="GET", path=r"/blobs/", delay=60, times=None))
+    moved = [r.replace(src_registry.host, proxy.host) for r in [*refs, *more]]
+    proc = subprocess.Popen(mirror_cmd("pull", *moved, "-o", out, "--cache",
+                                       tmp_path / "cache2", "-q", "--volume-size", "200k"),
+                            cwd=ROOT, env=mirror_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while stall.hits == 0:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == 130, err
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert {n: b for n, b in after.items() if n.startswith("site.tar")} == before
+    mirror_ok("verify", parts(out)[0])
+
+
+def test_volume_size_units_and_presets(src_registry, repo_name, rng, tmp_path):
+    """A size that is not one is refused before any work (exit 2); a preset larger than the
+    bundle makes one part."""
+    refs = seed(src_registry, repo_name, rng, n=1)
+    out = tmp_path / "site.tar"
+    res = run_mirror("pull", *refs, "-o", out, "--cache", tmp_path / "c", "--volume-size",
+                     "4 gigs")
+    assert res.returncode == 2 and "--volume-size" in error_line(res)
+    res = run_mirror("pull", *refs, "-o", out, "--cache", tmp_path / "c", "--volume-size", "1k")
+    assert res.returncode == 2 and "64k" in error_line(res)
+    pull(out, refs, tmp_path / "c", "-q", "--volume-size", "fat32")
+    assert [p.name for p in parts(out)] == ["site.tar.001"]
+    side = json.loads((tmp_path / "site.tar.volumes.json").read_text())
+    assert side["volumeSize"] == 4 * 1024**3 - 1
