@@ -14,9 +14,8 @@ from pathlib import Path
 
 from mirror import clientconfig
 from mirror.bundle.reader import Bundle
-from mirror.commands import target_of
 from mirror.load import Target, plan_load
-from mirror.netargs import host_values, transport_for
+from mirror.netargs import host_values, target_of, transport_for
 from mirror.paths import check_writable
 from mirror.push import PushImage
 from mirror.registry.transport import Transport

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from mirror.bundle.volumes import parse_size
 from mirror.config import Config, ImageSettings, ImageSpec, load_config
 from mirror.errors import EXIT_PARTIAL, UsageError
-from mirror.netargs import transport_for
+from mirror.netargs import target_of, transport_for
 from mirror.paths import check_writable
 from mirror.platform import PlatformSelector
 from mirror.reference import Reference
@@ -263,18 +263,6 @@ async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
         report.error = line  # exit 13 is not success: the report's error says why
         return EXIT_PARTIAL
     return 0
-
-
-def target_of(args: argparse.Namespace, to: str):
-    """--to with the run's layout flags (--map, --map-file, --max-depth, --no-digest-tag)."""
-    from mirror.config import load_map_file
-    from mirror.mapping import Layout, Rule, Target, parse_max_depth
-
-    rules = [Rule.parse_arg(m) for m in args.map]
-    if args.map_file:
-        rules += load_map_file(args.map_file)
-    return Target.parse(to, Layout(tuple(rules), parse_max_depth(args.max_depth),
-                                   not args.no_digest_tag))
 
 
 def _placement(result) -> list[dict] | None:

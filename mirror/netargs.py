@@ -1,6 +1,7 @@
 """A run's Transport from the command line's network flags (and images.yaml's `registries:`):
 TLS per host (--insecure-registry, --ca-file, --client-cert), credentials, retries, timeouts,
-jobs; the flags checked (exit 2) before anything is made."""
+jobs; the flags checked (exit 2) before anything is made. And a --to Target with the run's
+layout flags (mirror.mapping)."""
 
 from __future__ import annotations
 
@@ -62,3 +63,15 @@ def transport_for(args: argparse.Namespace, cfg: Config | None, progress=None) -
                      # load and inspect read no images.yaml; pull and lock name theirs
                      config_file=(cfg.path if cfg else "images.yaml") if "file" in vars(args)
                      else None)
+
+
+def target_of(args: argparse.Namespace, to: str):
+    """--to with the run's layout flags (--map, --map-file, --max-depth, --no-digest-tag)."""
+    from mirror.config import load_map_file
+    from mirror.mapping import Layout, Rule, Target, parse_max_depth
+
+    rules = [Rule.parse_arg(m) for m in args.map]
+    if args.map_file:
+        rules += load_map_file(args.map_file)
+    return Target.parse(to, Layout(tuple(rules), parse_max_depth(args.max_depth),
+                                   not args.no_digest_tag))
