@@ -141,21 +141,18 @@ def _source_paths(images: list[PushImage], contents: Contents) -> list[str]:
     return sorted(set(paths))
 
 
-class BundleSource:
-    """The bundle as the sink's blob source (mirror.push.BlobSource): a blob read from the
-    tar at an offset, or a .tar.zst's members in one pass; hashed in the reading thread, not
-    on the event loop."""
-
+class _BundleBlobs:
     def __init__(self, bundle: Bundle, contents: Contents) -> None:
         self.bundle, self.contents = bundle, contents
         self.name = bundle.name
-        self.one_pass = bundle.compressed
-        # a failed upload may leave a read of its member running in a thread: the stream
-        # moves on to the next member only once that read is over
-        self._reading = threading.Lock()
 
     def carries(self, digest: str) -> bool:
         return digest in self.contents.members
+
+
+class BundleSource(_BundleBlobs):
+    """A plain tar (or layout directory) as the sink's blob source (mirror.push.BlobSource):
+    a blob read at its offset, hashed in the reading thread, not on the event loop."""
 
     def open(self, desc: Descriptor, offset: int) -> AsyncIterator[bytes]:
         # a resumed upload (offset > 0) is checked by the registry against the digest in
@@ -164,6 +161,17 @@ class BundleSource:
         return aiter_thread(verified_sync(chunks, desc.digest, desc.size,
                                            f"{self.name}: blob {desc.digest}")
                              if offset == 0 else chunks)
+
+
+class BundleStream(_BundleBlobs):
+    """A .tar.zst as the sink's blob source (mirror.push.StreamSource): its members in one
+    pass, each hashed in the reading thread as it is uploaded."""
+
+    def __init__(self, bundle: Bundle, contents: Contents) -> None:
+        super().__init__(bundle, contents)
+        # a failed upload may leave a read of its member running in a thread: the stream
+        # moves on to the next member only once that read is over
+        self._reading = threading.Lock()
 
     def _read(self, f: Readable) -> bytes:
         with self._reading:
@@ -224,6 +232,8 @@ async def load(client: Client, bundle: Bundle, target: Target, *, jobs: int = 4,
             hint="load first the bundle(s) made before this one"
                  + (f" (it was made against {base})" if base else ""))
 
-    return await push(client, reg, images, BundleSource(bundle, contents), result, progress,
-                      absent=absent, jobs=jobs, dry_run=dry_run, merge=merge,
-                      elsewhere=elsewhere, incomplete=incomplete)
+    source = BundleStream(bundle, contents) if bundle.compressed else \
+        BundleSource(bundle, contents)
+    return await push(client, reg, images, source, result, progress, absent=absent,
+                      jobs=jobs, dry_run=dry_run, merge=merge, elsewhere=elsewhere,
+                      incomplete=incomplete)

@@ -1,6 +1,6 @@
 """The registry sink: images -> one target registry, in the order that never leaves a tag on
 a half image. Its sources (a bundle for `mirror load`, the source registries or the cache for
-`mirror sync`) hand it the images and a BlobSource.
+`mirror sync`) hand it the images and a BlobSource (or, read in one pass, a StreamSource).
 
 1. Blobs: HEAD each (repository, blob) at the target, so those present are skipped; a blob
    present in another repository of the target is mounted (POST ?mount=&from=), as are an
@@ -22,7 +22,7 @@ import asyncio
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from mirror.aio import gather_or_cancel
 from mirror.errors import (
@@ -95,17 +95,29 @@ Body = Callable[[Descriptor], AsyncIterator[bytes]]  # a member of a one-pass st
 
 
 class BlobSource(Protocol):
-    """Where the blobs come from. `open` yields a blob's bytes from `offset`, checked against
-    its digest and size (from byte 0: a mismatch raises before the last chunk, so no upload
-    completes with it). `one_pass` sources (a .tar.zst) are read with `stream` instead: each
-    blob they carry, in their order, once per pass."""
+    """Where the blobs come from, at random: `open` yields a blob's bytes from `offset`,
+    checked against its digest and size (from byte 0: a mismatch raises before the last
+    chunk, so no upload completes with it)."""
 
     name: str
-    one_pass: bool
 
     def carries(self, digest: str) -> bool: ...
     def open(self, desc: Descriptor, offset: int) -> AsyncIterator[bytes]: ...
+
+
+@runtime_checkable
+class StreamSource(Protocol):
+    """Where the blobs come from in one pass (a .tar.zst): `stream` yields each blob it
+    carries, in its order, once per pass; a blob whose upload failed waits for the next."""
+
+    name: str
+
+    def carries(self, digest: str) -> bool: ...
     def stream(self) -> Iterator[tuple[str, Body]]: ...
+
+
+Source = BlobSource | StreamSource
+Reader = Callable[[Descriptor, int], AsyncIterator[bytes]]  # a blob's bytes from an offset
 
 
 # the blobs an incremental source left to its base, not in the repositories that need them:
@@ -125,7 +137,7 @@ class BlobPlan:
     searched: int = 0
 
 
-async def push(client: Client, registry: str, images: list[PushImage], source: BlobSource,
+async def push(client: Client, registry: str, images: list[PushImage], source: Source,
                result: PushResult, progress: Progress, *, absent: Mapping[str, str] | None = None,
                jobs: int = 4, dry_run: bool = False, merge: bool = False,
                elsewhere: Elsewhere | None = None, incomplete: Incomplete | None = None
@@ -162,7 +174,7 @@ class Pusher:
     """One push to one registry."""
 
     def __init__(self, client: Client, registry: str, images: list[PushImage],
-                 source: BlobSource, result: PushResult, progress: Progress, jobs: int,
+                 source: Source, result: PushResult, progress: Progress, jobs: int,
                  merge: bool) -> None:
         self.client, self.reg, self.images, self.source = client, registry, images, source
         self.result, self.progress, self.merge = result, progress, merge
@@ -231,39 +243,37 @@ class Pusher:
                                      f"{d.digest} from {src} into {repo}, and "
                                      f"{self.source.name} does not carry it")
             todo.setdefault(d.digest, []).append((repo, d))
-        if self.source.one_pass:
-            await self._push_passes(todo)
+        if isinstance(self.source, StreamSource):
+            await self._push_passes(self.source, todo)
             return
+        source = self.source
 
         async def guarded(where: list[tuple[str, Descriptor]]) -> None:
             async with self.sem:
-                await self._push_one(where, None)
+                await self._push_one(where, source.open, one_pass=False)
 
         await gather_or_cancel(guarded(w) for w in todo.values())
 
-    async def _push_one(self, where: list[tuple[str, Descriptor]], body: Body | None
-                        ) -> list[tuple[str, Descriptor]]:
+    async def _push_one(self, where: list[tuple[str, Descriptor]], read: Reader, *,
+                        one_pass: bool) -> list[tuple[str, Descriptor]]:
         """Upload to the first repository, mount into the others; return those where the
-        registry would not mount (a one-pass `body` cannot be read twice: the caller passes
+        registry would not mount (a `one_pass` body cannot be read twice: the caller passes
         again)."""
         client, reg = self.client, self.reg
         first_repo, d = where[0]
-        if body is not None:
-            await client.upload_blob(reg, first_repo, d, lambda _off: body(d), seekable=False)
-        else:
-            await client.upload_blob(reg, first_repo, d,
-                                     lambda off: self.source.open(d, off), seekable=True)
+        await client.upload_blob(reg, first_repo, d, lambda off: read(d, off),
+                                 seekable=not one_pass)
         self._pushed(d)
         left = []
         for repo, desc in where[1:]:
             loc = await client.mount_blob(reg, repo, d, first_repo)
             if loc is None:
                 self.result.blobs_mounted += 1
-            elif body is not None:
+            elif one_pass:
                 await client.cancel_upload(reg, repo, loc)  # the next pass opens its own
                 left.append((repo, desc))
             else:
-                await client.upload_blob(reg, repo, d, lambda off: self.source.open(d, off),
+                await client.upload_blob(reg, repo, d, lambda off: read(d, off),
                                          seekable=True, location=loc)
                 self.result.blobs_pushed += 1
                 self.result.bytes_pushed += d.size
@@ -274,7 +284,8 @@ class Pusher:
         self.result.bytes_pushed += d.size
         self.progress.advanced(d.size)
 
-    async def _push_passes(self, todo: dict[str, list[tuple[str, Descriptor]]]) -> None:
+    async def _push_passes(self, source: StreamSource,
+                           todo: dict[str, list[tuple[str, Descriptor]]]) -> None:
         """One pass over the source's stream; again for blobs a mount did not take, and for
         uploads that failed with a cause worth another try (a stream can't be re-sent: the
         blob waits for the next pass, up to the retry policy's tries)."""
@@ -282,7 +293,7 @@ class Pusher:
         policy = self.client.t.policy
         while todo:
             again: dict[str, list[tuple[str, Descriptor]]] = {}
-            stream = self.source.stream()
+            stream = source.stream()
             try:  # a push that fails closes the source's file now, not when collected
                 for digest, body in stream:
                     if digest not in todo:
@@ -305,7 +316,7 @@ class Pusher:
     async def _try_pass(self, digest: str, where: list[tuple[str, Descriptor]], body: Body,
                         failures: dict[str, int]) -> list[tuple[str, Descriptor]]:
         try:
-            return await self._push_one(where, body)
+            return await self._push_one(where, lambda d, _off: body(d), one_pass=True)
         except RegistryError as e:
             tries = self.client.t.policy.tries
             failures[digest] = failures.get(digest, 0) + 1

@@ -15,7 +15,6 @@ from mirror.digest import verified_async, verified_sync
 from mirror.errors import IntegrityError, RegistryError
 from mirror.fetch import Fetcher
 from mirror.manifest import Descriptor
-from mirror.push import Body
 from mirror.registry.client import Client
 from mirror.registry.foreign import UrlRefused, open_url, unserved
 from mirror.registry.network import TransferError
@@ -32,17 +31,12 @@ class RegistrySource:
     RegistryError without a status, which the upload tries again (from where the target got
     to: mirror.registry.upload.restartable)."""
 
-    one_pass = False
-
     def __init__(self, client: Client, where: Where, name: str = "the source registries"
                  ) -> None:
         self.client, self.where, self.name = client, where, name
 
     def carries(self, digest: str) -> bool:
         return digest in self.where
-
-    def stream(self) -> Iterator[tuple[str, Body]]:
-        raise NotImplementedError("a registry is read blob by blob")
 
     async def open(self, desc: Descriptor, offset: int) -> AsyncIterator[bytes]:
         """A foreign layer the registry does not serve comes from its `urls` in turn (no
@@ -96,7 +90,6 @@ class CacheSource:
     """Each blob from the cache, fetched into it first when it is not there (mirror.fetch:
     once per run, resumable, verified), then read from the file for every target."""
 
-    one_pass = False
     name = "the cache"
 
     def __init__(self, fetcher: Fetcher, where: Where) -> None:
@@ -104,9 +97,6 @@ class CacheSource:
 
     def carries(self, digest: str) -> bool:
         return digest in self.where
-
-    def stream(self) -> Iterator[tuple[str, Body]]:
-        raise NotImplementedError("the cache is read blob by blob")
 
     async def open(self, desc: Descriptor, offset: int) -> AsyncIterator[bytes]:
         reg, repo, there = self.where[desc.digest]
