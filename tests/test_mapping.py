@@ -286,3 +286,22 @@ def test_podman_pulls_mapped_images_through_the_written_configuration(registry_f
     log = target.log_path.read_text(errors="replace")
     assert "GET /v2/site/base/cfgmap/manifests/7" in log
     assert "GET /v2/site/apps/cfgmapapp/manifests/1" in log
+
+
+def test_a_to_keeps_two_registries_images_apart(src_registry, dst_registry,
+                                                registry_factory, repo_name, rng, tmp_path):
+    """Two registries' images with one repository path and tag: the pull refuses them in one
+    bundle (load would put both at PREFIX/<path>:1), unless a to: sends one elsewhere; then
+    the load puts each where it was told."""
+    other = registry_factory()
+    a = push_image(src_registry.url, f"{repo_name}/app", ig.make_image(rng, ig.AMD64), ["1"])
+    b = push_image(other.url, f"{repo_name}/app", ig.make_image(rng, ig.AMD64), ["1"])
+    refs = f"  - {src_registry.host}/{repo_name}/app:1\n  - ref: {other.host}/{repo_name}/app:1\n"
+    cfg = write(tmp_path / "same.yaml", f"version: 1\nimages:\n{refs}")
+    r = run_mirror("pull", "-f", cfg, "-o", tmp_path / "same.tar", "--cache", tmp_path / "c")
+    assert r.returncode == 2 and "would both be loaded as" in error_line(r), r.stderr
+    bundle = pull(tmp_path, write(tmp_path / "images.yaml",
+                                  f"version: 1\nimages:\n{refs}    to: other/app\n"))
+    mirror_ok("load", bundle, "--to", f"{dst_registry.host}/{repo_name}", "-q")
+    assert tags_at(dst_registry, f"{repo_name}/{repo_name}/app") == {"1": a}
+    assert tags_at(dst_registry, f"{repo_name}/other/app") == {"1": b}
