@@ -125,6 +125,7 @@ def mappings(images: Iterable[tuple[str | None, str, str | None]], registry: str
     None), the mappings; images with no source name cannot be mapped: left out."""
     out: list[Mapping] = []
     left: list[LeftOut] = []
+    tags: dict[str, list[str]] = {}  # source name -> the tags it got at the target
     for name, repository, tag in images:
         where = f"{registry}/{repository}" + (f":{tag}" if tag else "")
         if not name or is_bare_tag(name):
@@ -139,7 +140,26 @@ def mappings(images: Iterable[tuple[str | None, str, str | None]], registry: str
         m = Mapping(ref, registry, repository)
         if m not in out:
             out.append(m)
+        if tag:
+            tags.setdefault(name, []).append(f"{registry}/{repository}:{tag}")
+    left += _renamed(tags)
     return out, left
+
+
+def _renamed(tags: dict[str, list[str]]) -> list[LeftOut]:
+    """Sources whose own tag is not among those they got (images.yaml `tag_as:`): a client
+    asking the mirror for it finds nothing, and no client configuration renames a tag."""
+    left = []
+    for name, where in tags.items():
+        ref = Reference.parse(name)
+        if ref.tag and not any(w.rsplit(":", 1)[1] == ref.tag for w in where):
+            got = ", ".join(w.rsplit(":", 1)[1] for w in where)
+            left.append(LeftOut(
+                "all", name, where[0],
+                f"its tag {ref.tag} was loaded as {got} (`tag_as:`); no client configuration "
+                f"renames a tag, so a client asking for {name} finds nothing: pull "
+                f"{where[0]}, or add the tag with `tags_also:`"))
+    return left
 
 
 def render(maps: list[Mapping], access: Access, *, fallback: bool = True,

@@ -331,3 +331,22 @@ def test_a_target_that_asks_for_credentials_is_named_and_no_secret_written(
         for f in out.rglob("*"):
             if f.is_file():
                 assert SECRET not in f.read_text() and USER not in f.read_text(), f
+
+
+def test_a_renamed_tag_is_said_to_be_out_of_the_clients_reach() -> None:
+    """images.yaml `tag_as:` loads `redis:7` as `stable`: a client asking the mirror for
+    docker.io/library/redis:7 finds no such tag, and no client configuration can rename a
+    tag. The mapping of the repository stays (by digest and under other tags it works), and
+    the renamed tag is listed, for every client, with where to find it; `tags_also:` keeps
+    the original tag, so it is not listed."""
+    from mirror import clientconfig as cc
+
+    maps, left = cc.mappings([
+        ("docker.io/library/redis:7", "site/library/redis", "stable"),
+        ("docker.io/library/nginx:1", "site/library/nginx", "1"),
+        ("docker.io/library/nginx:1", "site/library/nginx", "latest"),
+    ], "reg.local")
+    assert [m.source.repository for m in maps] == ["library/redis", "library/nginx"]
+    assert [(x.client, x.source, x.target) for x in left] == [
+        ("all", "docker.io/library/redis:7", "reg.local/site/library/redis:stable")]
+    assert "tag 7" in left[0].reason and "stable" in left[0].reason, left[0].reason
