@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mirror.bundle import volumes
 from mirror.errors import BundleError, UsageError
 from mirror.lockfile import Lock, is_lock_file
 
@@ -18,9 +19,11 @@ def read_base(path: Path | None, out: Path, *, dry_run: bool) -> dict[str, Any]:
     (nothing is written with `dry_run`, so nothing can be written over)."""
     if not path:
         return {}
-    if not path.exists():
+    parts = volumes.base_of(path)  # a set of parts: its base name (mirror.bundle.volumes)
+    if not path.exists() and parts is None:
         raise UsageError(f"--base {path}: no such file")
-    if not dry_run and out.exists() and os.path.samefile(out, path):
+    if not dry_run and (out.exists() and os.path.samefile(out, parts or path) or
+                        parts is not None and out.absolute() == parts.absolute()):
         raise UsageError(f"-o {out} is --base {path} (the same file): the new bundle would "
                          "replace the base it leaves out",
                          hint="write the incremental bundle to a file of its own")
@@ -58,16 +61,20 @@ def _from_bundle(path: Path) -> dict[str, Any]:
     from mirror.bundle.reader import Bundle
     from mirror.store.blobs import sha256_file
 
-    side = path.with_name(path.name + ".sha256")
-    digest = None
-    if side.exists() and side.stat().st_mtime >= path.stat().st_mtime:
-        digest = "sha256:" + side.read_text().split()[0]
     try:
-        contents = Bundle(path).scan()
+        bundle = Bundle(path)  # a set of parts: checked against its sidecar here
+        contents = bundle.scan()
     except BundleError as e:  # `--base images.yaml`, meant: images.lock
         raise BundleError(f"--base {path}: neither a lock file nor a readable bundle: {e}",
                           hint="give the earlier bundle (.tar, .tar.zst) or its lock file "
                           "(images.lock)") from None
+    digest = None
+    if bundle.volumes is not None:  # the whole file's name and sha256, not a part's
+        path, digest = bundle.volumes.base, "sha256:" + bundle.volumes.sha256
+    else:
+        side = path.with_name(path.name + ".sha256")
+        if side.exists() and side.stat().st_mtime >= path.stat().st_mtime:
+            digest = "sha256:" + side.read_text().split()[0]
     names = {str(n) for e in contents.index["manifests"]
              for n in [(e.get("annotations") or {}).get(REF_NAME)] if n}
     if contents.inventory:

@@ -293,3 +293,35 @@ def test_volume_size_units_and_presets(src_registry, repo_name, rng, tmp_path):
     assert [p.name for p in parts(out)] == ["site.tar.001"]
     side = json.loads((tmp_path / "site.tar.volumes.json").read_text())
     assert side["volumeSize"] == 4 * 1024**3 - 1
+
+
+@pytest.mark.slow
+def test_incremental_bundle_over_a_base_in_parts(src_registry, dst_registry, repo_name, rng,
+                                                 tmp_path):
+    """`--base site.tar.001` (a set) is the base as a whole: the new bundle records the
+    base's name and whole sha256 (not its first part's) and leaves its blobs out; written as
+    parts too, it loads over the base; `-o` the base's own set is refused."""
+    refs = seed(src_registry, repo_name, rng)
+    base = tmp_path / "site.tar"
+    pull(base, refs, tmp_path / "cache", "-q", "--volume-size", "256k")
+    more = seed(src_registry, repo_name + "-more", rng, n=1)
+    res = run_mirror("pull", *refs, *more, "-o", base, "--cache", tmp_path / "cache",
+                     "--base", parts(base)[0], "--volume-size", "256k")
+    assert res.returncode == 2 and "--base" in error_line(res), res.stderr
+    new = tmp_path / "night.tar"
+    pull(new, [*refs, *more], tmp_path / "cache", "-q", "--base", parts(base)[0],
+         "--volume-size", "256k")
+    inv = json.loads(_member(_join(new, tmp_path / "night-joined.tar"), "mirror.json"))
+    whole = json.loads((tmp_path / "site.tar.volumes.json").read_text())["sha256"]
+    assert json.dumps(inv).count(whole) == 1 and "site.tar.001" not in json.dumps(inv)
+    assert len(joined(new)) < len(joined(base))
+    prefix = f"inc-{repo_name.rsplit('-', 1)[-1]}"
+    mirror_ok("load", base, "--to", f"{dst_registry.host}/{prefix}", "-q")
+    mirror_ok("load", parts(new)[0], "--to", f"{dst_registry.host}/{prefix}", "-q")
+
+
+def _member(tar: Path, name: str) -> bytes:
+    with tarfile.open(tar) as tf:
+        f = tf.extractfile(name)
+        assert f is not None
+        return f.read()
