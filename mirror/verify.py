@@ -55,11 +55,28 @@ def verify_bundle(path: Path, note: Callable[[str], None] | None = None,
     thread, which the end of the run waits for: it must not read 50 GB first). `advanced` is
     given the size of every read of the bundle (a progress bar: the file's size in all)."""
     path = Path(path)
-    note = note or (lambda _: None)
     stop = stop or threading.Event()
-    parts = _parts(path, stop)
-    if parts is not None:  # which parts to copy again, one line each, before the bundle
-        return parts
+    early, hasher = _parts(path, stop)
+    if early is not None:  # parts missing, cut short or extra: one line each, nothing read
+        return early
+    problems, structural = _verify_file(path, note or (lambda _: None), stop, advanced,
+                                        hasher.update if hasher is not None else None)
+    try:
+        damaged = hasher.problems(stop) if hasher is not None else []
+    except MirrorError:  # the parts read again (the bundle was not read to its end), stopped
+        if stop.is_set():
+            raise Stopped() from None
+        raise
+    if damaged:  # which parts to copy again, before what their bytes broke
+        return Problems([*damaged, *problems]), False
+    return problems, structural
+
+
+def _verify_file(path: Path, note: Callable[[str], None], stop: threading.Event,
+                 advanced: Callable[[int], None] | None,
+                 seen: Callable[[bytes], None] | None) -> tuple[list[str], bool]:
+    """verify_bundle's checks of the file (or of the parts read as one: `seen` is given every
+    read of it)."""
     want, side_problem = _sidecar(volumes.base_of(path) or path, note)
     whole = _Sha256Behind()
 
@@ -70,6 +87,8 @@ def verify_bundle(path: Path, note: Callable[[str], None] | None = None,
             whole.update(data)
         if advanced is not None:
             advanced(len(data))
+        if seen is not None:
+            seen(data)
 
     blob_problems: list[str] = []
     failure: MirrorError | None = None
@@ -159,19 +178,19 @@ def _own(e: MirrorError, path: Path) -> str:
     return str(e).removeprefix(f"{path}: ")
 
 
-def _parts(path: Path, stop: threading.Event) -> tuple[Problems, bool] | None:
-    """For a set of parts (mirror.bundle.volumes): one line per part to copy again (missing,
-    cut short, too long, damaged, or an extra one); None for a sound set or a single file."""
+def _parts(path: Path, stop: threading.Event
+           ) -> tuple[tuple[Problems, bool] | None, volumes.PartHasher | None]:
+    """For a set of parts (mirror.bundle.volumes): one line per part to copy again that its
+    size tells (missing, cut short, too long, or an extra one), and the hasher that tells the
+    damaged ones from the one read of the bundle; (None, None) for a single file."""
     try:
         vs = volumes.find(path)
-        found = volumes.problems(vs, hashes=True, stop=stop) if vs is not None else []
     except BundleError as e:  # a part given without its sidecar
-        return Problems([_own(e, path)]), True
-    except MirrorError:
-        if stop.is_set():
-            raise Stopped() from None
-        raise
-    return (Problems(found), False) if found else None
+        return (Problems([_own(e, path)]), True), None
+    if vs is None:
+        return None, None
+    found = volumes.problems(vs, hashes=False)
+    return ((Problems(found), False) if found else None), volumes.PartHasher(vs)
 
 
 def _sidecar(path: Path, note: Callable[[str], None]) -> tuple[str | None, str | None]:

@@ -174,9 +174,7 @@ def problems(vs: VolumeSet, *, hashes: bool, stop: threading.Event | None = None
                 h.update(chunk)
                 whole.update(chunk)
         if h.hexdigest() != p.sha256:
-            found.append(f"part {p.path.name}: damaged: sha256 {h.hexdigest()}, expected {p.sha256} "
-                         f"(from {vs.sidecar.name}; a part renamed, or bytes changed): copy "
-                         "it again")
+            found.append(_damaged(vs, p, h.hexdigest()))
             whole_ok = False
     for extra in sorted(vs.base.parent.glob(vs.base.name + ".[0-9][0-9][0-9]*")):
         if _PART.search(extra.name) and extra.name not in listed and \
@@ -187,6 +185,44 @@ def problems(vs: VolumeSet, *, hashes: bool, stop: threading.Event | None = None
         found.append(f"{vs.sidecar.name}: the parts' concatenation has sha256 "
                      f"{whole.hexdigest()}, the sidecar says {vs.sha256}")
     return found
+
+
+def _damaged(vs: VolumeSet, p: Part, got: str) -> str:
+    return (f"part {p.path.name}: damaged: sha256 {got}, expected {p.sha256} (from "
+            f"{vs.sidecar.name}; a part renamed, or bytes changed): copy it again")
+
+
+class PartHasher:
+    """Each part's sha256 from reads of the whole file in order (verify's one pass over the
+    bundle), so the parts need not be read again to say which one is damaged."""
+
+    def __init__(self, vs: VolumeSet) -> None:
+        self.vs = vs
+        self._i = 0
+        self._left = vs.parts[0].size if vs.parts else 0
+        self._h = hashlib.sha256()
+        self._got: list[str] = []
+
+    def update(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while len(view) and self._i < len(self.vs.parts):
+            n = min(self._left, len(view))
+            self._h.update(view[:n])
+            view = view[n:]
+            self._left -= n
+            if self._left == 0:
+                self._got.append(self._h.hexdigest())
+                self._h = hashlib.sha256()
+                self._i += 1
+                self._left = self.vs.parts[self._i].size if self._i < len(self.vs.parts) else 0
+
+    def problems(self, stop: threading.Event | None = None) -> list[str]:
+        """One line per damaged part; when the reads stopped short of the end (a bundle that
+        cannot be read to its end), the parts are read again for their sha256."""
+        if len(self._got) < len(self.vs.parts):
+            return problems(self.vs, hashes=True, stop=stop)
+        return [_damaged(self.vs, p, got) for p, got in zip(self.vs.parts, self._got,
+                                                              strict=True) if got != p.sha256]
 
 
 def check(vs: VolumeSet, name: str, *, hashes: bool) -> None:
