@@ -325,3 +325,36 @@ def _member(tar: Path, name: str) -> bytes:
         f = tf.extractfile(name)
         assert f is not None
         return f.read()
+
+
+@pytest.mark.slow
+def test_pull_stopped_while_cutting_the_parts_leaves_the_old_set(src_registry, repo_name, rng,
+                                                                 tmp_path):
+    """SIGINT while the new set's parts are being cut (every byte fetched, the bundle whole):
+    exit 130, the old set as it was, no part of the new one (no .partial left)."""
+    img = ig.make_image(rng, ig.AMD64, "oci", layer_size=12_000_000)
+    push_image(src_registry.url, f"{repo_name}/big", img, ["1"])
+    refs = [f"{src_registry.host}/{repo_name}/big:1"]
+    out = tmp_path / "site.tar"
+    pull(out, refs, tmp_path / "cache", "-q", "--volume-size", "1M")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    proc = subprocess.Popen(mirror_cmd("pull", *refs, "-o", out, "--cache", tmp_path / "cache",
+                                       "-q", "--volume-size", "64k"),
+                            cwd=ROOT, env=mirror_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob("site.tar.[0-9]*.partial")):
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the parts were not cut"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == 130, err
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert after == before
+    mirror_ok("verify", out)
