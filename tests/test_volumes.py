@@ -19,6 +19,7 @@ import subprocess
 import tarfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,25 @@ def catalog(reg: Registry) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["site.tar", "site.tar.zst"])
+
+def interrupted_pull(when: Callable[[], bool], never: str, *args: object) -> None:
+    """`mirror pull ARGS` sent SIGINT as soon as `when()` holds: it must exit 130."""
+    proc = subprocess.Popen(mirror_cmd("pull", *args), cwd=ROOT, env=mirror_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not when():
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, never
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == 130, err
+
 def test_parts_concatenate_to_the_plain_bundle(src_registry, repo_name, rng, tmp_path, name):
     """The parts, joined, are byte for byte the bundle a pull without volumes writes; each is
     at most SIZE; the sidecar lists each part's size and sha256 and the whole file's;
@@ -257,23 +277,8 @@ def test_interrupted_pull_leaves_the_old_set(src_registry, faultproxy, repo_name
     proxy = faultproxy(src_registry.url)
     stall = proxy.add(Fault("stall", method="GET", path=r"/blobs/", delay=60, times=None))
     moved = [r.replace(src_registry.host, proxy.host) for r in [*refs, *more]]
-    proc = subprocess.Popen(mirror_cmd("pull", *moved, "-o", out, "--cache",
-                                       tmp_path / "cache2", "-q", "--volume-size", "200k"),
-                            cwd=ROOT, env=mirror_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while stall.hits == 0:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    assert proc.returncode == 130, err
+    interrupted_pull(lambda: stall.hits > 0, "the download did not start", *moved, "-o",
+                     out, "--cache", tmp_path / "cache2", "-q", "--volume-size", "200k")
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     assert {n: b for n, b in after.items() if n.startswith("site.tar")} == before
     mirror_ok("verify", parts(out)[0])
@@ -338,23 +343,9 @@ def test_pull_stopped_while_cutting_the_parts_leaves_the_old_set(src_registry, r
     out = tmp_path / "site.tar"
     pull(out, refs, tmp_path / "cache", "-q", "--volume-size", "1M")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
-    proc = subprocess.Popen(mirror_cmd("pull", *refs, "-o", out, "--cache", tmp_path / "cache",
-                                       "-q", "--volume-size", "64k"),
-                            cwd=ROOT, env=mirror_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not list(tmp_path.glob("site.tar.[0-9]*.partial")):
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, "the parts were not cut"
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    assert proc.returncode == 130, err
+    interrupted_pull(lambda: bool(list(tmp_path.glob("site.tar.[0-9]*.partial"))),
+                     "the parts were not cut", *refs, "-o", out, "--cache",
+                     tmp_path / "cache", "-q", "--volume-size", "64k")
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     assert after == before
     mirror_ok("verify", out)
