@@ -39,7 +39,7 @@ def _add_net(p: argparse.ArgumentParser) -> None:
     g.add_argument("--connect-timeout", type=float, default=30.0, metavar="S")
     g.add_argument("--read-timeout", type=float, default=120.0, metavar="S",
                    help="seconds without a byte before a transfer is retried (default 120)")
-    g.add_argument("-j", "--jobs", type=int, default=4, help="concurrent transfers (default 4)")
+    g.add_argument("-j", "--jobs", type=int, default=4, help="concurrent transfers per registry (default 4)")
 
 
 def _add_selection(p: argparse.ArgumentParser) -> None:

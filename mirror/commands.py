@@ -138,6 +138,15 @@ def _pull_report(result) -> dict:
             "retries": result.retries, "images": [asdict(r) for r in result.images]}
 
 
+def _traffic(transport) -> dict:
+    """The report's `requests` (per registry, by kind) and `rate_limit` (per registry, the
+    last RateLimit headers it sent): empty before any request."""
+    if transport is None:
+        return {"requests": {}, "rate_limit": {}}
+    return {"requests": transport.requests_report(),
+            "rate_limit": transport.rate_limit_report()}
+
+
 def _output(args: argparse.Namespace) -> Path:
     """-o, refused (exit 2, before any network work) when it names a directory or cannot be
     written; its directory is made (not for --dry-run, which writes nothing)."""
@@ -211,7 +220,7 @@ async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.store.blobs import BlobStore, default_cache_dir
     from mirror.store.lock import RunLock
 
-    report.add(**_pull_report(None))
+    report.add(**_pull_report(None), **_traffic(None))
     out = _output(args)
     specs, cfg = _specs(args)
     if not args.dry_run:
@@ -223,11 +232,12 @@ async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
                          keep_going=args.keep_going, dry_run=args.dry_run,
                          volume_size=parse_size(args.volume_size) if args.volume_size else None,
                          **read_base(args.base, out, dry_run=args.dry_run))
+    transport = transport_for(args, cfg, progress)
     try:
         with RunLock(Path(cache) / "lock", f"cache {cache}"), \
                 _output_lock(out, dry_run=args.dry_run):
             store = BlobStore(cache)
-            async with transport_for(args, cfg, progress) as t:
+            async with transport as t:
                 result = await pull(Client(t), store, specs, opts, progress)
     except BaseException as e:  # the report says what was done before the error or signal
         done = getattr(e, "pull_result", None)
@@ -236,6 +246,8 @@ async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
             report.add(**fields)
             report.cut_short([fields["images"][i] for i in done.unfinished])
         raise
+    finally:
+        report.add(**_traffic(transport))
     report.add(**_pull_report(result))
     if not args.dry_run and result.bundle:
         lock = _write_lock(args, result)
@@ -288,7 +300,7 @@ async def _load(args: argparse.Namespace, progress, report: Report) -> int:
     # None: not known (the load stopped before it could say)
     report.add(bundle=str(args.bundle), target=args.to, **_push_report(None),
                retries=0, dry_run=args.dry_run, would_push=[], client_config=None,
-               placement=None)
+               placement=None, **_traffic(None))
     target = target_of(args, args.to)
     if args.no_fallback and not args.write_client_config:
         raise UsageError("--no-fallback says how to write the client configuration; give "
@@ -309,7 +321,7 @@ async def _load(args: argparse.Namespace, progress, report: Report) -> int:
             access = await access_of(args, t, target.registry) \
                 if args.write_client_config else None
     finally:
-        report.add(retries=transport.retries)
+        report.add(retries=transport.retries, **_traffic(transport))
         if result.started:  # what was done, also when the load failed or was stopped later
             report.add(**_push_report(result))
     report.add(would_push=result.dry_run, placement=_placement(result))
@@ -368,7 +380,7 @@ async def _sync(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.store.lock import RunLock
     from mirror.sync import SyncOptions, SyncResult, sync
 
-    report.add(**_sync_report(None), retries=0, dry_run=args.dry_run)
+    report.add(**_sync_report(None), retries=0, dry_run=args.dry_run, **_traffic(None))
     targets = [target_of(args, t) for t in args.to]
     specs, cfg = _specs(args)
     if not args.dry_run:
@@ -389,7 +401,7 @@ async def _sync(args: argparse.Namespace, progress, report: Report) -> int:
         report.cut_short([e for e in fields["images"] if e["error"] is None])
         raise
     finally:
-        report.add(retries=transport.retries)
+        report.add(retries=transport.retries, **_traffic(transport))
     report.add(**_sync_report(result))
     for target, done in result.targets:
         if args.dry_run:

@@ -43,7 +43,8 @@ _SETTING_KEYS = ("platforms", "index", "format", "foreign_layers", "referrers",
 _DEST_KEYS = ("to", "tag_as", "tags_also")  # where it lands (mirror.mapping)
 _IMAGE_KEYS = ("ref", "repository", "tags", *_DEST_KEYS, *_SETTING_KEYS)
 _REGISTRY_KEYS = ("insecure", "ca_file", "client_cert", "client_key", "username",
-                  "password_env", "password_file")
+                  "password_env", "password_file", "max_concurrency")
+_COUNT_KEYS = ("max_concurrency",)
 _PATH_KEYS = ("ca_file", "client_cert", "client_key", "password_file")
 
 
@@ -321,7 +322,12 @@ def _registry(ctx: _Ctx, host: str, knode: yaml.Node, vnode: yaml.Node,
               check_files: bool) -> tuple[RegistrySettings, RegistryLogin | None]:
     """One entry of `registries:`: its settings, and its login when it names a username."""
     r = ctx.mapping(vnode, f"registries.{host}", _REGISTRY_KEYS)
-    val = {k: ctx.scalar(v, k) for k, (_, v) in r.items() if k != "insecure"}
+    val = {k: ctx.scalar(v, k) for k, (_, v) in r.items()
+           if k != "insecure" and k not in _COUNT_KEYS}
+    counts = {k: ctx.integer(r[k][1], k) for k in _COUNT_KEYS if k in r}
+    for k, n in counts.items():
+        if n < 1:
+            raise ctx.err(r[k][1], f"registries.{host}.{k}: must be at least 1, not {n}")
     for k in _PATH_KEYS:
         if k in val:
             val[k] = _file_value(ctx, r[k][1], k, val[k], check_files)
@@ -333,7 +339,7 @@ def _registry(ctx: _Ctx, host: str, knode: yaml.Node, vnode: yaml.Node,
     settings = RegistrySettings(
         insecure=ctx.boolean(r["insecure"][1], "insecure") if "insecure" in r else False,
         ca_file=val.get("ca_file"), client_cert=val.get("client_cert"),
-        client_key=val.get("client_key"))
+        client_key=val.get("client_key"), **counts)
     if "username" not in val:
         return settings, None
     key = next((r[k][0] for k in ("password_env", "password_file") if k in r),

@@ -38,7 +38,10 @@ class Fetcher:
     def __init__(self, client: Client, store: BlobStore, jobs: int, progress: Progress) -> None:
         self.client = client
         self.store = store
-        self.sem = asyncio.Semaphore(jobs)
+        # `jobs` downloads at once from each registry: one that makes its requests wait (a
+        # 429, its limiter) holds its own slots, never another registry's
+        self.jobs = jobs
+        self.sems: dict[str, asyncio.Semaphore] = {}
         self.progress = progress
         self.tasks: dict[str, asyncio.Task[bool]] = {}
         self.placing: dict[str, asyncio.Task[None]] = {}
@@ -69,7 +72,7 @@ class Fetcher:
             self.reused.add(desc.digest)
             self.progress.advanced(desc.size)
             return False
-        async with self.sem:
+        async with self.sems.setdefault(registry, asyncio.Semaphore(self.jobs)):
             sink = self.store.partial(desc.digest, desc.size,
                                       f"{registry}/{repo}: {mt.blob_kind(desc.media_type)} {desc.digest}")
             sink.tee = self.assembler.tee(desc.digest) if self.assembler else None

@@ -267,7 +267,8 @@ class Authenticator:
             form = {"grant_type": "refresh_token", "refresh_token": cred.identity_token,
                     "service": service, "client_id": "mirror", "scope": " ".join(scopes)}
             status, body = await self._answer(
-                await self.transport.send("POST", realm, data=form, note=note))
+                await self.transport.send("POST", realm, data=form, note=note,
+                                          registry=self.registry, kind="token"))
             if status not in (404, 405) or not cred.username:
                 return status, body
         q = [("service", service)] if service else []
@@ -276,7 +277,8 @@ class Authenticator:
         if cred and cred.username:
             headers["Authorization"] = f"Basic {cred.basic}"
         return await self._answer(
-            await self.transport.send("GET", realm, params=q, headers=headers, note=note))
+            await self.transport.send("GET", realm, params=q, headers=headers, note=note,
+                                      registry=self.registry, kind="token"))
 
     @staticmethod
     async def _answer(reply: Reply) -> tuple[int, bytes]:

@@ -20,6 +20,7 @@ class RegistrySettings:
     ca_file: str | None = None
     client_cert: str | None = None
     client_key: str | None = None
+    max_concurrency: int | None = None  # requests in flight at most (None: the default)
 
 
 @dataclass(frozen=True, slots=True)

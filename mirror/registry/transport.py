@@ -44,6 +44,7 @@ from mirror.registry.policy import (
     Timeouts,
     parse_retry_after,
 )
+from mirror.registry.ratelimit import RegistryLimits, parse_ratelimit, request_kind
 
 MAX_ERROR_BODY = 64 * 1024
 # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH
@@ -165,6 +166,7 @@ class Transport:
         self._ssl_cache: dict[str, ssl.SSLContext | bool] = {}
         self._session: aiohttp.ClientSession | None = None
         self.retries = 0  # counted for the report
+        self.limits: dict[str, RegistryLimits] = {}  # per registry: limiter and counts
 
     def login_hint(self, registry: str) -> str:
         """How to give credentials for `registry` (images.yaml only where the command reads
@@ -198,6 +200,38 @@ class Transport:
         host = f"{u.host}:{u.explicit_port}" if u.explicit_port else str(u.host)
         line = f"{host} asks to wait {seconds:.0f} s (HTTP {status}); waiting"
         (self.notice if seconds >= LONG_WAIT else self.debug)(line)
+
+    def limits_for(self, registry: str) -> RegistryLimits:
+        """The registry's limiter and counts: `max_concurrency` requests in flight (default:
+        the connection pool's per-host bound)."""
+        if registry not in self.limits:
+            s = self._settings(registry)
+            self.limits[registry] = RegistryLimits(
+                registry, s.max_concurrency or max(8, self.jobs * 2),
+                self.policy.max_retry_after)
+        return self.limits[registry]
+
+    def requests_report(self) -> dict[str, dict[str, int]]:
+        """The report's `requests`: per registry, the requests sent by kind."""
+        return {r: dict(sorted(lim.counts.items())) for r, lim in sorted(self.limits.items())
+                if lim.counts}
+
+    def rate_limit_report(self) -> dict[str, dict[str, int | None]]:
+        """The report's `rate_limit`: per registry that sent RateLimit headers, the last."""
+        return {r: lim.rate.report() for r, lim in sorted(self.limits.items())
+                if lim.rate is not None}
+
+    def observe(self, registry: str, headers: Any) -> None:
+        """An answer of `registry`: its RateLimit headers kept (and said on a -v line when
+        the count changes)."""
+        rate = parse_ratelimit(headers)
+        if rate is None:
+            return
+        lim = self.limits_for(registry)
+        before = lim.rate
+        lim.observe(rate)
+        if before is None or (before.limit, before.remaining) != (rate.limit, rate.remaining):
+            self.debug(f"{registry} rate limit: {rate.line()}")
 
     def count_retry(self) -> None:
         """One more retry: for the run, and for the image being worked on."""
@@ -314,8 +348,12 @@ class Transport:
             t0 = time.monotonic()
             try:
                 async with self.session.get(url, ssl=ssl_ctx, allow_redirects=False) as resp:
+                    # counted once answered: an HTTPS try that a plain-HTTP port could not
+                    # read reached no registry
+                    self.limits_for(registry).count("ping")
                     await resp.read()
                     self.log_request("GET", url, resp.status, t0)
+                    self.observe(registry, resp.headers)
                     ping.attempt += 1
                     if await self._ping_again(resp, url, ping.attempt):
                         continue
@@ -489,6 +527,8 @@ class Transport:
         retry: bool = True,
         allow_redirects: bool = True,
         note: str | None = None,
+        registry: str | None = None,
+        kind: str = "",
     ) -> Reply:
         """The one retry loop: every request of a run goes through here, to a registry, its
         token server, a redirect target or a foreign URL alike (each just a host: its own
@@ -501,15 +541,25 @@ class Transport:
         Raises TransferError when no answer came at all, or the MirrorError a streamed
         request body raised. `auth` gives headers for each try (a token may be renewed);
         `note` names the request in its -v line instead of METHOD URL. A one-shot `data`
-        (neither bytes nor a callable) is never sent twice: no retry."""
+        (neither bytes nor a callable) is never sent twice: no retry.
+
+        A request for `registry` (its API, or its token server: `kind` "token") is counted
+        under `kind` for the report and its RateLimit headers read; one of its API waits for
+        a slot of the registry's limiter (mirror.registry.ratelimit), whose cap a 429 halves:
+        other registries never wait for it. A token is fetched before the slot is taken (the
+        request that needs it holds none yet), and takes none."""
         started = time.monotonic()
         gate = self.gate(url)
         ssl_ctx = self.ssl_for_url(url) if ssl_ctx is None else ssl_ctx
         retry = retry and _replayable(data)
+        lim = self.limits_for(registry) if registry is not None else None
         attempt = 0
         while True:
             await gate.wait()
             hdrs = {**(headers or {}), **(await auth() if auth is not None else {})}
+            held = await self._take_slot(lim, kind, note or f"{method} {loggable(url)}")
+            if lim is not None:
+                lim.count(kind or request_kind(method, url))
             attempt += 1
             t0 = time.monotonic()
             try:
@@ -518,13 +568,23 @@ class Transport:
                     params=params, ssl=ssl_ctx, allow_redirects=allow_redirects)
             except (TimeoutError, aiohttp.ClientConnectionError,
                     aiohttp.ClientResponseError) as e:  # the latter: an answer not HTTP
+                if held is not None:
+                    held.release(None)
                 why = self._no_answer(e, method, url, t0, note)
                 delay = self.policy.delay(attempt)
                 if not retry or not self._may_retry(attempt, started, delay):
                     raise TransferError(why, attempt) from None
                 await self.backoff(method, url, why, attempt, delay=delay)
                 continue
+            except BaseException:  # cancelled: the slot goes back
+                if held is not None:
+                    held.release(None)
+                raise
+            if held is not None:
+                held.release(resp.status)
             self.log_request(method, url, resp.status, t0, note)
+            if registry is not None:
+                self.observe(registry, resp.headers)
             if resp.status not in self.policy.statuses:
                 return Reply(resp, attempt)
             body = await _error_body(resp)
@@ -543,6 +603,17 @@ class Transport:
                 # Retry-After holds for that try and every other request to the host
                 self.announce_wait(url, retry_after, resp.status)
             return Reply(resp, attempt, body)
+
+    @staticmethod
+    async def _take_slot(lim: RegistryLimits | None, kind: str,
+                         what: str) -> RegistryLimits | None:
+        """A slot of the registry's limiter for one try (the limiter, to release it), or
+        None: no registry, or a token request (it goes to the token server, and the request
+        waiting for the token may hold the registry's last slot)."""
+        if lim is None or kind == "token":
+            return None
+        await lim.acquire(what)
+        return lim
 
     def _no_answer(self, e: BaseException, method: str, url: str, t0: float,
                    note: str | None) -> str:
@@ -597,7 +668,8 @@ class Transport:
                 reply = await self.send(
                     method, full, headers=headers, data=data, retry=retry,
                     auth=functools.partial(ep.auth.header, scopes) if own else None,
-                    ssl_ctx=ep.ssl if own else None, allow_redirects=allow_redirects)
+                    ssl_ctx=ep.ssl if own else None, allow_redirects=allow_redirects,
+                    registry=registry)
             except TransferError as e:
                 raise RegistryError(
                     f"{_where(registry, repository)}: {what or method}: {e.why}"

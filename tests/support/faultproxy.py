@@ -21,6 +21,7 @@ the proxy. Each request is handled by the first active fault that matches it, if
     ignore_range  drop the request's Range header, so upstream answers 200 with everything
     stall         hold the request `delay` seconds before forwarding it (a registry that hangs
                   mid-upload: a test can signal the client while it waits)
+    headers       forward, adding `headers` to the answer (a registry's RateLimit headers)
 
 The proxy itself speaks plain HTTP; pass `cafile=` to reach a TLS upstream.
 """
@@ -42,7 +43,7 @@ import yarl
 from aiohttp import web
 
 KINDS = ("status", "reset_after", "truncate", "short", "flip_byte", "slow", "ignore_range",
-         "stall")
+         "stall", "headers")
 HOP_BY_HOP = frozenset(
     h.lower()
     for h in (
@@ -258,6 +259,8 @@ class FaultProxy:
                 if k.lower() in HOP_BY_HOP:
                     continue
                 resp.headers.add(k, self._rewrite_location(v) if k.lower() == "location" else v)
+            if fault is not None and fault.kind == "headers":
+                resp.headers.update(fault.headers)
             if fault is not None and fault.kind == "short" and up.content_length is not None:
                 resp.content_length = min(fault.offset, up.content_length)
             self._record(method, path, up.status, 0)

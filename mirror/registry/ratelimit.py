@@ -1,0 +1,213 @@
+"""Each registry's share of a run: its requests counted by kind, the rate limit it announces
+(`RateLimit-*` headers), and the limiter every request to it passes (concurrency that halves
+on a 429 or a low `RateLimit-Remaining` and grows back after successes, and waits for a
+window with no request left). One `RegistryLimits` per registry, held by the transport; other registries never wait
+for it."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import yarl
+
+from mirror.errors import RateLimited
+
+LOW_REMAINING = 0.1  # RateLimit-Remaining under this share of the limit slows the registry
+
+_MANIFEST = re.compile(r"^/v2/.+/manifests/[^/]+$")
+_BLOB = re.compile(r"^/v2/.+/blobs/[^/]+:[0-9a-fA-F]+$")
+_UPLOAD = re.compile(r"^/v2/.+/blobs/uploads/")
+_TAGS = re.compile(r"^/v2/.+/tags/list$")
+_REFERRERS = re.compile(r"^/v2/.+/referrers/[^/]+$")
+
+
+def request_kind(method: str, url: str) -> str:
+    """What a request of the registry API asks for, by its path: `ping` (GET /v2/),
+    `manifest GET` (HEAD, PUT, DELETE), `blob GET` (HEAD, DELETE), `upload` (every request of
+    a blob upload: POST, PATCH, PUT, GET and DELETE of its session), `tags list`, `catalog`,
+    `referrers`, else `other`. Tokens are counted by the token fetch itself (`token`)."""
+    path = yarl.URL(url).path
+    if path in ("/v2/", "/v2"):
+        return "ping"
+    if path == "/v2/_catalog":
+        return "catalog"
+    if _UPLOAD.search(path):
+        return "upload"
+    if _MANIFEST.search(path):
+        return f"manifest {method}"
+    if _BLOB.search(path):
+        return f"blob {method}"
+    if _TAGS.search(path):
+        return "tags list"
+    if _REFERRERS.search(path):
+        return "referrers"
+    return "other"
+
+
+_NUMBER = re.compile(r"^\s*(\d+)\s*(?:;(.*))?$")
+_PARAM = re.compile(r"(\w+)\s*=\s*\"?([^;,\"]*)\"?")
+
+
+def _params(text: str) -> dict[str, str]:
+    return {k.lower(): v.strip() for k, v in _PARAM.findall(text or "")}
+
+
+def _number(value: str | None) -> tuple[int | None, dict[str, str]]:
+    """`100;w=21600` (Docker Hub) or `100` (the IETF draft): the number and its parameters."""
+    m = _NUMBER.match(value or "")
+    if not m:
+        return None, {}
+    return int(m.group(1)), _params(m.group(2) or "")
+
+
+def _int(text: str | None) -> int | None:
+    return int(text) if text is not None and text.isdigit() else None
+
+
+@dataclass
+class RateLimit:
+    """What a registry last said of its rate limit: requests allowed per window, those left,
+    the window (seconds) and when it resets (seconds from when it was said), each None when
+    not said."""
+
+    limit: int | None = None
+    remaining: int | None = None
+    window: int | None = None
+    reset: int | None = None
+    seen: float = 0.0  # time.monotonic() of the answer
+
+    def report(self) -> dict[str, int | None]:
+        return {"limit": self.limit, "remaining": self.remaining, "window": self.window,
+                "reset": self.reset}
+
+    def line(self) -> str:
+        text = f"{self.remaining} of {self.limit} requests left"
+        if self.window is not None:
+            text += f" per {self.window} s"
+        if self.reset is not None:
+            text += f", window resets in {self.reset} s"
+        return text
+
+    def resets_in(self) -> float | None:
+        """Seconds until the window resets, from now (the window itself when no reset was
+        said: the worst case)."""
+        after = self.reset if self.reset is not None else self.window
+        if after is None:
+            return None
+        return max(0.0, after - (time.monotonic() - self.seen))
+
+
+def parse_ratelimit(headers: Mapping[str, str]) -> RateLimit | None:
+    """The rate limit an answer announces: Docker Hub's `RateLimit-Limit: 100;w=21600` and
+    `RateLimit-Remaining: 76;w=21600`, the IETF draft's `RateLimit-Limit`,
+    `RateLimit-Remaining`, `RateLimit-Reset` (seconds) and `RateLimit-Policy: 100;w=3600`,
+    and its later form `RateLimit: "default";r=76;t=30` with `RateLimit-Policy:
+    "default";q=100;w=3600`. None when it announces none."""
+    limit, lp = _number(headers.get("RateLimit-Limit"))
+    remaining, rp = _number(headers.get("RateLimit-Remaining"))
+    policy_text = headers.get("RateLimit-Policy") or ""
+    policy = _params(policy_text)
+    combined = _params(headers.get("RateLimit") or "")
+    if limit is None:
+        limit = _number(policy_text)[0] or _int(policy.get("q"))
+    if remaining is None:
+        remaining = _int(combined.get("r"))
+    if limit is None and remaining is None:
+        return None
+    window = _int(lp.get("w") or rp.get("w") or policy.get("w"))
+    reset = _int((headers.get("RateLimit-Reset") or "").strip()) or _int(combined.get("t"))
+    return RateLimit(limit, remaining, window, reset, time.monotonic())
+
+
+@dataclass
+class RegistryLimits:
+    """One registry's limiter and counts. `ceiling`: requests in flight at most (its
+    `max_concurrency`, else the run's default); `max_wait`: the longest the run waits for a
+    window that has no request left to reset."""
+
+    registry: str
+    ceiling: int
+    max_wait: float = 300.0
+    cap: int = 0  # requests in flight allowed now
+    in_flight: int = 0
+    streak: int = 0  # answers without a 429 since the cap last changed
+    counts: dict[str, int] = field(default_factory=dict)
+    rate: RateLimit | None = None
+    _waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.cap = self.ceiling
+
+    def count(self, kind: str) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+
+    def check(self, what: str) -> None:
+        """Refuse a request the run may not make: a window with no request left that
+        resets later than the run waits (raise RateLimited)."""
+        if self.rate is not None and self.rate.remaining == 0:
+            after = self.rate.resets_in()
+            if after is None or after > self.max_wait:
+                raise self.exhausted(what, self.rate.line())
+
+    def exhausted(self, what: str, why: str) -> RateLimited:
+        return RateLimited(
+            f"rate limited by {self.registry}: {why}; {what} waits for the next run",
+            registry=self.registry, status=429)
+
+    async def acquire(self, what: str) -> None:
+        """A slot for one request (waiting while the registry's cap is used), after the
+        window resets when the registry said none is left (refused when it resets later
+        than `max_wait`)."""
+        self.check(what)
+        while self.in_flight >= self.cap:
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            try:
+                await fut
+            finally:
+                if fut in self._waiters:
+                    self._waiters.remove(fut)
+        self.check(what)
+        self.in_flight += 1
+        if self.rate is not None and self.rate.remaining == 0:
+            after = self.rate.resets_in() or 0.0
+            if after > 0:
+                await asyncio.sleep(after)
+
+    def release(self, status: int | None) -> None:
+        """The answer came (`status`; None: no answer): a 429 halves the cap (floor 1), a
+        run of `ceiling` answers without one raises it by one, up to the ceiling (so a
+        registry that said 429 gets its full concurrency back only slowly)."""
+        self.in_flight -= 1
+        if status == 429:
+            self.slow()
+        elif status is not None:
+            self.streak += 1
+            if self.streak >= self.ceiling and self.cap < self.ceiling:
+                self.cap += 1
+                self.streak = 0
+        self._wake()
+
+    def slow(self) -> None:
+        self.cap = max(1, self.cap // 2)
+        self.streak = 0
+
+    def observe(self, rate: RateLimit) -> None:
+        """An answer's RateLimit headers: kept; few requests left slow the registry."""
+        self.rate = rate
+        if rate.remaining is not None and rate.limit and \
+                rate.remaining < rate.limit * LOW_REMAINING and self.cap > 1:
+            self.slow()
+
+    def _wake(self) -> None:
+        free = self.cap - self.in_flight
+        for fut in list(self._waiters):
+            if free <= 0:
+                break
+            if not fut.done():
+                fut.set_result(None)
+                free -= 1

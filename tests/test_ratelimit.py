@@ -1,0 +1,201 @@
+"""Issue 18, rate limits per registry: requests counted by kind and registry in the report (as
+the proxy in front of the registry counted them), `RateLimit-*` headers read and reported, a
+429 storm on one registry slowing that registry only, and `max_requests_per_run` ending a run
+with the images that wait named (exit 14) and the next run completing them.
+
+Two registries are the same CNCF registry behind two fault proxies: two hosts, so two
+registries to mirror, each proxy counting what reaches it."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from tests.support import imagegen as ig
+from tests.support.faultproxy import Fault, FaultProxy
+from tests.support.oracle import check_layout, run_mirror
+from tests.support.pusher import push_image
+from tests.support.registry import Registry
+
+
+class TimingProxy(FaultProxy):
+    """A FaultProxy that also keeps, per request, when it arrived and when its answer was
+    sent, and the most requests it had in flight at once."""
+
+    def __init__(self, upstream_url: str) -> None:
+        super().__init__(upstream_url)
+        self.spans: list[tuple[float, float, str, str, int]] = []
+        self.in_flight = 0
+        self.peak = 0
+        self._spans_lock = threading.Lock()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        t0 = time.monotonic()
+        with self._spans_lock:
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+        status = 0
+        try:
+            resp = await super()._handle(request)
+            status = resp.status
+            return resp
+        finally:
+            with self._spans_lock:
+                self.in_flight -= 1
+                self.spans.append((t0, time.monotonic(), request.method, request.path,
+                                   status))
+
+
+@pytest.fixture
+def proxies(src_registry: Registry) -> Iterator[Callable[[], TimingProxy]]:
+    started: list[TimingProxy] = []
+
+    def factory(upstream: Registry = src_registry) -> TimingProxy:
+        p = TimingProxy(upstream.url)
+        started.append(p)
+        return p.start()
+
+    yield factory
+    for p in reversed(started):
+        p.stop()
+
+
+def kind(method: str, path: str) -> str:
+    """The test's own reading of what a request asked for."""
+    if path == "/v2/":
+        return "ping"
+    if path == "/v2/_catalog":
+        return "catalog"
+    if "/blobs/uploads/" in path:
+        return "upload"
+    if "/manifests/" in path:
+        return f"manifest {method}"
+    if "/blobs/" in path:
+        return f"blob {method}"
+    if path.endswith("/tags/list"):
+        return "tags list"
+    if "/referrers/" in path:
+        return "referrers"
+    return "other"
+
+
+def counted(proxy: FaultProxy) -> dict[str, int]:
+    return dict(Counter(kind(m, p) for m, p, _ in proxy.requests))
+
+
+def seed(registry: Registry, repo: str, rng: random.Random, n: int = 1,
+         layers: int = 3) -> list[ig.Image]:
+    images = []
+    for i in range(n):
+        img = ig.make_image(rng, ig.AMD64, "oci", n_layers=layers, layer_size=4000)
+        push_image(registry.url, f"{repo}{i}", img, ["v1"])
+        images.append(img)
+    return images
+
+
+def report_of(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_requests_counted_by_kind_and_registry(src_registry: Registry, dst_registry: Registry,
+                                               proxies, repo_name: str, rng: random.Random,
+                                               tmp_path: Path) -> None:
+    """pull and load report, per registry, the requests of each kind: what each proxy saw."""
+    seed(src_registry, f"{repo_name}/a", rng)
+    seed(src_registry, f"{repo_name}/b", rng)
+    a, b, dst = proxies(), proxies(), proxies(dst_registry)
+    bundle = tmp_path / "b.tar"
+    proc = run_mirror("pull", f"{a.host}/{repo_name}/a0:v1", f"{b.host}/{repo_name}/b0:v1",
+                      "-o", bundle, "--cache", tmp_path / "cache", "-q",
+                      "--report", tmp_path / "pull.json")
+    assert proc.returncode == 0, proc.stderr
+    got = report_of(tmp_path / "pull.json")["requests"]
+    assert got == {a.host: counted(a), b.host: counted(b)}
+    assert got[a.host]["manifest GET"] >= 1 and got[a.host]["blob GET"] == 4, got
+
+    proc = run_mirror("load", bundle, "--to", f"{dst.host}/{repo_name}", "-q",
+                      "--report", tmp_path / "load.json")
+    assert proc.returncode == 0, proc.stderr
+    got = report_of(tmp_path / "load.json")["requests"]
+    assert got == {dst.host: counted(dst)}
+    assert got[dst.host]["upload"] >= 8 and got[dst.host]["manifest PUT"] == 2, got
+
+
+def test_ratelimit_headers_are_read_and_reported(src_registry: Registry, proxies,
+                                                 repo_name: str, rng: random.Random,
+                                                 tmp_path: Path) -> None:
+    """Docker Hub's `RateLimit-Limit: 100;w=21600` form and the IETF draft's (with
+    `RateLimit-Reset`): the last seen per registry in the report and on a -v line."""
+    seed(src_registry, f"{repo_name}/a", rng, layers=1)
+    seed(src_registry, f"{repo_name}/b", rng, layers=1)
+    a, b = proxies(), proxies()
+    a.add(Fault("headers", path=r"/manifests/", times=None,
+                headers={"RateLimit-Limit": "100;w=21600",
+                         "RateLimit-Remaining": "76;w=21600"}))
+    b.add(Fault("headers", path=r"/manifests/", times=None,
+                headers={"RateLimit-Limit": "50", "RateLimit-Remaining": "40",
+                         "RateLimit-Reset": "30"}))
+    proc = run_mirror("pull", f"{a.host}/{repo_name}/a0:v1", f"{b.host}/{repo_name}/b0:v1",
+                      "-o", tmp_path / "b.tar", "--cache", tmp_path / "cache", "-v",
+                      "--report", tmp_path / "pull.json")
+    assert proc.returncode == 0, proc.stderr
+    assert report_of(tmp_path / "pull.json")["rate_limit"] == {
+        a.host: {"limit": 100, "remaining": 76, "window": 21600, "reset": None},
+        b.host: {"limit": 50, "remaining": 40, "window": None, "reset": 30}}
+    assert f"{a.host} rate limit: 76 of 100 requests left per 21600 s" in proc.stderr
+    assert f"{b.host} rate limit: 40 of 50 requests left, window resets in 30 s" in proc.stderr
+
+
+def test_a_429_storm_on_one_registry_does_not_slow_another(src_registry: Registry, proxies,
+                                                           repo_name: str,
+                                                           rng: random.Random,
+                                                           tmp_path: Path) -> None:
+    """Registry A answers its first layer GETs with 429 (Retry-After: 2): A's requests wait
+    and fewer go at once; B's layers are all fetched meanwhile, none of them waiting for A
+    (the -j slots A's waiting downloads hold are A's own)."""
+    on_a = seed(src_registry, f"{repo_name}/a", rng, n=3, layers=4)
+    seed(src_registry, f"{repo_name}/b", rng, n=3, layers=4)
+    a, b = proxies(), proxies()
+    layers = "|".join(x.digest for img in on_a for x in img.layers)
+    a.add(Fault("status", method="GET", path=f"/blobs/({layers})", status=429, times=4,
+                headers={"Retry-After": "2"}))
+    refs = [f"{p.host}/{repo_name}/{x}{i}:v1" for p, x in ((a, "a"), (b, "b"))
+            for i in range(3)]
+    proc = run_mirror("pull", *refs, "-o", tmp_path / "b.tar", "--cache",
+                      tmp_path / "cache", "-q", "-j", "4", "--report", tmp_path / "r.json")
+    assert proc.returncode == 0, proc.stderr
+    check_layout(tmp_path / "b.tar")
+    storm = min(t0 for t0, _, m, p, st in a.spans if st == 429)
+    limited = {p: t0 for t0, _, m, p, st in a.spans if st == 429}
+    b_layers = [t1 for _, t1, m, p, st in b.spans if m == "GET" and "/blobs/" in p]
+    assert len(limited) == 4 and len(b_layers) == 15, (limited, b_layers)
+    # every blob of B was served within a second of A's first 429; A's waited its 2 s
+    assert max(b_layers) - storm < 1.0, (max(b_layers) - storm)
+    for path, t in limited.items():
+        [again] = [t0 for t0, _, m, p, st in a.spans if p == path and st == 200]
+        assert again - t >= 1.9, (path, again - t)
+    # after the storm fewer of A's requests went at once (its limiter halved) than B's did
+    after = [(t0, t1) for t0, t1, m, p, st in a.spans if t0 >= storm + 1.9]
+    overlap = max(sum(1 for s0, s1 in after if s0 <= t0 < s1) for t0, _ in after)
+    assert overlap <= 2, overlap
+    assert report_of(tmp_path / "r.json")["requests"][a.host]["blob GET"] == 19
+
+
+def test_max_concurrency_must_be_a_positive_integer(tmp_path: Path) -> None:
+    """images.yaml `registries: HOST: max_concurrency:` 0 or a word: exit 2, file:line."""
+    for value, why in (("0", "must be at least 1, not 0"), ("many", "an integer")):
+        cfg = tmp_path / "images.yaml"
+        cfg.write_text("version: 1\nregistries:\n  127.0.0.1:9:\n"
+                       f"    max_concurrency: {value}\nimages:\n  - 127.0.0.1:9/x/y:1\n")
+        proc = run_mirror("pull", "-f", cfg, "-o", tmp_path / "b.tar", "--cache",
+                          tmp_path / "cache")
+        assert proc.returncode == 2, proc.stderr
+        assert f"mirror: error: {cfg}:4:" in proc.stderr and why in proc.stderr, proc.stderr
