@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from mirror.bundle.volumes import parse_size
 from mirror.config import Config, ImageSettings, ImageSpec, load_config
-from mirror.errors import EXIT_PARTIAL, UsageError
+from mirror.errors import EXIT_PARTIAL, EXIT_RATE_LIMITED_PARTIAL, UsageError
 from mirror.netargs import target_of, transport_for
 from mirror.paths import check_writable
 from mirror.platform import PlatformSelector
@@ -128,14 +128,15 @@ def _pull_report(result) -> dict:
         return {"bundle": None, "bundle_digest": None, "partial": False,
                 "bundle_unchanged": False, "bytes_fetched": 0, "bytes_reused": 0,
                 "bytes_kept": 0, "blobs_fetched": 0, "blobs_reused": 0, "retries": 0,
-                "images": []}
+                "images": [], "waiting": []}
     return {"bundle": str(result.bundle) if result.bundle else None,
             "bundle_digest": result.bundle_digest, "partial": result.partial,
             "bundle_unchanged": result.unchanged,
             "bytes_fetched": result.bytes_fetched, "bytes_reused": result.bytes_reused,
             "bytes_kept": result.bytes_kept, "blobs_fetched": result.blobs_fetched,
             "blobs_reused": result.blobs_reused,
-            "retries": result.retries, "images": [asdict(r) for r in result.images]}
+            "retries": result.retries, "images": [asdict(r) for r in result.images],
+            "waiting": _waiting(result.images)}
 
 
 def _traffic(transport) -> dict:
@@ -269,11 +270,7 @@ async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
                       f"({result.bytes_fetched} bytes), {result.blobs_reused} reused, "
                       f"{result.retries} retries")
     if result.partial:
-        failed = [r for r in result.images if r.error]
-        line = f"{len(failed)} of {len(result.images)} image(s) failed; the bundle is partial"
-        progress.warn(line)
-        report.error = line  # exit 13 is not success: the report's error says why
-        return EXIT_PARTIAL
+        return _partial(result.images, "the bundle is partial", progress, report)
     return 0
 
 
@@ -289,6 +286,29 @@ def _placement(result) -> list[dict] | None:
                 tags.append(img.tag)
     return [{"source": name, "repository": repo, "tags": tags}
             for (name, repo), tags in out.items()]
+
+
+def _partial(images, rest: str, progress, report: Report) -> int:
+    """Some images failed (--keep-going) or wait for a registry's rate limit: one line
+    saying how many, also the report's error (exit 13 or 14 is not success); exit 14 when
+    every image that failed waits, else 13."""
+    failed = [r for r in images if r.error]
+    waiting = _waiting(images)
+    if waiting:
+        others = len(failed) - len(waiting)
+        line = (f"{len(waiting)} of {len(images)} image(s) wait for a registry's rate limit "
+                f"(the next run takes them)" + (f", {others} failed" if others else "")
+                + f"; {rest}")
+    else:
+        line = f"{len(failed)} of {len(images)} image(s) failed; {rest}"
+    progress.warn(line)
+    report.error = line
+    return EXIT_RATE_LIMITED_PARTIAL if len(waiting) == len(failed) else EXIT_PARTIAL
+
+
+def _waiting(images) -> list[str]:
+    """The report's `waiting`: the images a registry's rate limit left for the next run."""
+    return [r.reference for r in images if r.error_code == EXIT_RATE_LIMITED_PARTIAL]
 
 
 async def _load(args: argparse.Namespace, progress, report: Report) -> int:
@@ -365,8 +385,9 @@ def _sync_report(result) -> dict:
     """The sync's part of the report: the images as a pull's, and per target what a load
     says; the same keys whether or not the sync got going."""
     if result is None or not result.planned:
-        return {"partial": False, "images": [], "targets": []}
+        return {"partial": False, "images": [], "waiting": [], "targets": []}
     return {"partial": result.partial, "images": [asdict(r) for r in result.images],
+            "waiting": _waiting(result.images),
             "targets": [{"target": f"{t.registry}/{t.prefix}".rstrip("/"),
                          **_push_report(done), "would_push": done.dry_run,
                          "placement": _placement(done)}
@@ -417,11 +438,7 @@ async def _sync(args: argparse.Namespace, progress, report: Report) -> int:
         if lock:
             progress.info(f"wrote {lock}")
     if result.partial:
-        failed = [r for r in result.images if r.error]
-        line = f"{len(failed)} of {len(result.images)} image(s) failed; the others are synced"
-        progress.warn(line)
-        report.error = line
-        return EXIT_PARTIAL
+        return _partial(result.images, "the others are synced", progress, report)
     return 0
 
 

@@ -43,8 +43,8 @@ _SETTING_KEYS = ("platforms", "index", "format", "foreign_layers", "referrers",
 _DEST_KEYS = ("to", "tag_as", "tags_also")  # where it lands (mirror.mapping)
 _IMAGE_KEYS = ("ref", "repository", "tags", *_DEST_KEYS, *_SETTING_KEYS)
 _REGISTRY_KEYS = ("insecure", "ca_file", "client_cert", "client_key", "username",
-                  "password_env", "password_file", "max_concurrency")
-_COUNT_KEYS = ("max_concurrency",)
+                  "password_env", "password_file", "max_concurrency", "max_requests_per_run")
+_COUNT_KEYS = ("max_concurrency", "max_requests_per_run")
 _PATH_KEYS = ("ca_file", "client_cert", "client_key", "password_file")
 
 

@@ -9,6 +9,9 @@
     │   ├── AuthError                exit 4   401/403, bad or missing credentials
     │   ├── NotFound                 exit 5   tag, manifest, blob or repository unknown
     │   └── RateLimited              exit 6   429 / 503 after the retry budget
+    │       └── BudgetSpent          exit 14  a registry's requests for this run are spent
+    │                                         (max_requests_per_run, or RateLimit-Remaining 0
+    │                                         for longer than --max-wait): images wait
     ├── IntegrityError               exit 7   bytes that do not match their digest or size
     │   ├── DigestMismatch
     │   └── SizeMismatch
@@ -19,7 +22,8 @@
     │                                         (mirror.json) that does not match the bundle
     ├── IncompleteBase               exit 11  an incremental bundle's blobs are not at the target
     └── LockHeld                     exit 12  another run holds the lock
-    PartialSuccess (not an error class): exit 13, `--keep-going` with some images failed.
+    PartialSuccess (not an error class): exit 13, `--keep-going` with some images failed;
+    exit 14 too when the images that failed wait for a registry's rate limit (BudgetSpent).
     Interrupted: exit 130 on SIGINT (Ctrl-C), 143 on SIGTERM (mirror.signals), after the same
     cleanup.
 
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 EXIT_OK = 0
 EXIT_PARTIAL = 13
+EXIT_RATE_LIMITED_PARTIAL = 14
 
 EXIT_CODES: dict[str, int] = {
     "success": 0,
@@ -47,6 +52,7 @@ EXIT_CODES: dict[str, int] = {
     "incomplete-base": 11,
     "lock-held": 12,
     "partial": 13,
+    "rate-limited-partial": 14,
     "interrupted": 130,
     "terminated": 143,
     "stdout-closed": 141,
@@ -111,6 +117,13 @@ class NotFound(RegistryError):
 
 class RateLimited(RegistryError):
     exit_code = EXIT_CODES["rate-limited"]
+
+
+class BudgetSpent(RateLimited):
+    """No request left for a registry in this run: the images that need one wait for the
+    next run, the others finish."""
+
+    exit_code = EXIT_CODES["rate-limited-partial"]
 
 
 class IntegrityError(MirrorError):

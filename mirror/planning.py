@@ -14,7 +14,7 @@ from typing import Protocol
 from mirror.aio import gather_or_cancel
 from mirror.config import ImageSpec
 from mirror.convert import convert_plan
-from mirror.errors import IntegrityError, MirrorError, UsageError
+from mirror.errors import BudgetSpent, IntegrityError, MirrorError, UsageError
 from mirror.image import Image, report_fields
 from mirror.manifest import Descriptor
 from mirror.mapping import Target, place
@@ -97,7 +97,8 @@ class Planner:
             self.unfinished[i] = plan  # what it fetched still counts (result())
         self.plans[i] = None
         self.first_error = self.first_error or e
-        if not self.opts.keep_going:
+        # a registry's requests for this run are spent: the images that need none finish
+        if not self.opts.keep_going and not isinstance(e, BudgetSpent):
             raise e
         self.progress.warn(f"{self.specs[i].reference}: failed: {e}")
 

@@ -21,6 +21,7 @@ class RegistrySettings:
     client_cert: str | None = None
     client_key: str | None = None
     max_concurrency: int | None = None  # requests in flight at most (None: the default)
+    max_requests_per_run: int | None = None  # requests a run may make (None: no bound)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """Each registry's share of a run: its requests counted by kind, the rate limit it announces
 (`RateLimit-*` headers), and the limiter every request to it passes (concurrency that halves
-on a 429 or a low `RateLimit-Remaining` and grows back after successes, and waits for a
-window with no request left). One `RegistryLimits` per registry, held by the transport; other registries never wait
+on a 429 or a low `RateLimit-Remaining` and grows back after successes, waits for a window
+with no request left, and keeps to the run's request budget). One `RegistryLimits` per registry, held by the transport; other registries never wait
 for it."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import yarl
 
-from mirror.errors import RateLimited
+from mirror.errors import BudgetSpent
 
 LOW_REMAINING = 0.1  # RateLimit-Remaining under this share of the limit slows the registry
 
@@ -85,7 +85,10 @@ class RateLimit:
                 "reset": self.reset}
 
     def line(self) -> str:
-        text = f"{self.remaining} of {self.limit} requests left"
+        if self.limit is None:
+            text = f"{self.remaining} requests left"
+        else:
+            text = f"{self.remaining} of {self.limit} requests left"
         if self.window is not None:
             text += f" per {self.window} s"
         if self.reset is not None:
@@ -126,11 +129,13 @@ def parse_ratelimit(headers: Mapping[str, str]) -> RateLimit | None:
 @dataclass
 class RegistryLimits:
     """One registry's limiter and counts. `ceiling`: requests in flight at most (its
-    `max_concurrency`, else the run's default); `max_wait`: the longest the run waits for a
+    `max_concurrency`, else the run's default); `budget`: requests this run may make
+    (`max_requests_per_run`, None: no bound); `max_wait`: the longest the run waits for a
     window that has no request left to reset."""
 
     registry: str
     ceiling: int
+    budget: int | None = None
     max_wait: float = 300.0
     cap: int = 0  # requests in flight allowed now
     in_flight: int = 0
@@ -145,17 +150,25 @@ class RegistryLimits:
     def count(self, kind: str) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + 1
 
+    @property
+    def made(self) -> int:
+        return sum(self.counts.values())
+
     def check(self, what: str) -> None:
-        """Refuse a request the run may not make: a window with no request left that
-        resets later than the run waits (raise RateLimited)."""
+        """Refuse a request the run may not make (raise BudgetSpent): the budget spent, or
+        a window with no request left that resets later than the run waits."""
+        if self.budget is not None and self.made >= self.budget:
+            left = f"resets with the next run (max_requests_per_run: {self.budget})"
+            raise self.exhausted(what, f"0 requests left, {left}")
         if self.rate is not None and self.rate.remaining == 0:
             after = self.rate.resets_in()
             if after is None or after > self.max_wait:
                 raise self.exhausted(what, self.rate.line())
 
-    def exhausted(self, what: str, why: str) -> RateLimited:
-        return RateLimited(
-            f"rate limited by {self.registry}: {why}; {what} waits for the next run",
+    def exhausted(self, what: str, why: str) -> BudgetSpent:
+        return BudgetSpent(
+            f"rate limited by {self.registry}: {why}; this image waits for the next run "
+            f"(at {what})",
             registry=self.registry, status=429)
 
     async def acquire(self, what: str) -> None:

@@ -203,12 +203,13 @@ class Transport:
 
     def limits_for(self, registry: str) -> RegistryLimits:
         """The registry's limiter and counts: `max_concurrency` requests in flight (default:
-        the connection pool's per-host bound)."""
+        the connection pool's per-host bound), `max_requests_per_run` requests (its
+        token server's among them)."""
         if registry not in self.limits:
             s = self._settings(registry)
             self.limits[registry] = RegistryLimits(
                 registry, s.max_concurrency or max(8, self.jobs * 2),
-                self.policy.max_retry_after)
+                s.max_requests_per_run, self.policy.max_retry_after)
         return self.limits[registry]
 
     def requests_report(self) -> dict[str, dict[str, int]]:
