@@ -129,6 +129,21 @@ def test_requests_counted_by_kind_and_registry(src_registry: Registry, dst_regis
     assert got[dst.host]["upload"] >= 8 and got[dst.host]["manifest PUT"] == 2, got
 
 
+def test_sync_counts_the_source_and_the_target(src_registry: Registry,
+                                               dst_registry: Registry, proxies,
+                                               repo_name: str, rng: random.Random,
+                                               tmp_path: Path) -> None:
+    """sync's report: the source's requests and the target's, each as its proxy saw them."""
+    seed(src_registry, f"{repo_name}/s", rng)
+    src, dst = proxies(), proxies(dst_registry)
+    proc = run_mirror("sync", f"{src.host}/{repo_name}/s0:v1", "--to",
+                      f"{dst.host}/{repo_name}", "-q", "--report", tmp_path / "sync.json")
+    assert proc.returncode == 0, proc.stderr
+    got = report_of(tmp_path / "sync.json")["requests"]
+    assert got == {src.host: counted(src), dst.host: counted(dst)}
+    assert got[src.host]["blob GET"] >= 4 and got[dst.host]["manifest PUT"] == 1, got
+
+
 def test_ratelimit_headers_are_read_and_reported(src_registry: Registry, proxies,
                                                  repo_name: str, rng: random.Random,
                                                  tmp_path: Path) -> None:
