@@ -39,6 +39,10 @@ def _add_net(p: argparse.ArgumentParser) -> None:
     g.add_argument("--connect-timeout", type=float, default=30.0, metavar="S")
     g.add_argument("--read-timeout", type=float, default=120.0, metavar="S",
                    help="seconds without a byte before a transfer is retried (default 120)")
+    g.add_argument("--max-wait", type=float, default=300.0, metavar="S",
+                   help="the longest a registry may hold the run up (default 300): a longer "
+                   "Retry-After fails the request; a longer rate-limit window with no "
+                   "request left makes the images that need it wait for the next run")
     g.add_argument("-j", "--jobs", type=int, default=4, help="concurrent transfers per registry (default 4)")
 
 

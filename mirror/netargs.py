@@ -27,13 +27,17 @@ def host_values(values: list[str], flag: str) -> dict[str, str]:
 
 
 def check_net_flags(args: argparse.Namespace) -> None:
-    """--retries, --jobs and the timeouts, refused (exit 2) before anything is made."""
+    """--retries, --jobs, --max-wait and the timeouts, refused (exit 2) before anything is
+    made."""
     if not hasattr(args, "retries"):
         return  # verify, cache prune: no network
     if args.retries < 0:
         raise UsageError(f"--retries {args.retries}: must be 0 (no retry) or more")
     if args.jobs < 1:
         raise UsageError(f"--jobs {args.jobs}: must be at least 1")
+    if not (math.isfinite(args.max_wait) and args.max_wait >= 0):
+        raise UsageError(f"--max-wait {args.max_wait:g}: must be 0 (never wait) or more "
+                         "seconds")
     for flag, value in (("--connect-timeout", args.connect_timeout),
                         ("--read-timeout", args.read_timeout)):
         # a negative or NaN timeout timed every request out at once ("unreachable", exit 3)
@@ -56,7 +60,8 @@ def transport_for(args: argparse.Namespace, cfg: Config | None, progress=None) -
     check_net_flags(args)
     creds = CredentialStore(cfg.logins if cfg else None, args.authfile)
     return Transport(settings=settings, credentials=creds,
-                     policy=RetryPolicy(tries=args.retries + 1),
+                     policy=RetryPolicy(tries=args.retries + 1,
+                                        max_retry_after=args.max_wait),
                      timeouts=Timeouts(args.connect_timeout, args.read_timeout), jobs=args.jobs,
                      debug=progress.debug if progress else None,
                      notice=progress.info if progress else None,

@@ -319,3 +319,39 @@ async def test_the_limiter_halves_on_429_and_grows_back_slowly() -> None:
     assert rate is not None and (rate.limit, rate.remaining, rate.window) == (100, 5, 21600)
     lim.observe(rate)
     assert lim.cap == 1
+
+
+@pytest.mark.parametrize("max_wait", [None, "1"])
+def test_a_window_with_no_request_left_is_waited_for_up_to_max_wait(
+        src_registry: Registry, proxies, repo_name: str, rng: random.Random, tmp_path: Path,
+        max_wait: str | None) -> None:
+    """`RateLimit-Remaining: 0` and `RateLimit-Reset: 2` with the first manifest: the next
+    request waits the 2 s (the default --max-wait is 300); with --max-wait 1 the image
+    waits for the next run instead (exit 14), and no request follows the manifest."""
+    seed(src_registry, f"{repo_name}/a", rng, layers=1)
+    a = proxies()
+    a.add(Fault("headers", path=r"/manifests/", times=1,
+                headers={"RateLimit-Limit": "10", "RateLimit-Remaining": "0",
+                         "RateLimit-Reset": "2"}))
+    flags = ["--max-wait", max_wait] if max_wait else []
+    proc = run_mirror("pull", f"{a.host}/{repo_name}/a0:v1", "-o", tmp_path / "b.tar",
+                      "--cache", tmp_path / "cache", "-q", *flags)
+    manifest = next(t1 for _, t1, m, p, st in a.spans if "/manifests/" in p)
+    later = [t0 for t0, _, m, p, st in a.spans if t0 > manifest]
+    if max_wait is None:
+        assert proc.returncode == 0, proc.stderr
+        assert later and min(later) - manifest >= 1.9, later
+    else:
+        assert proc.returncode == 14, proc.stderr
+        assert f"mirror: error: rate limited by {a.host}: 0 of 10 requests left, window " \
+            "resets in 2 s; this image waits for the next run" in proc.stderr, proc.stderr
+        assert later == []
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_max_wait_must_be_a_number_of_seconds(tmp_path: Path, value: str) -> None:
+    proc = run_mirror("pull", "127.0.0.1:9/x/y:1", "--max-wait", value, "-o",
+                      tmp_path / "b.tar", "--cache", tmp_path / "cache")
+    assert proc.returncode == 2, proc.stderr
+    assert f"mirror: error: --max-wait {value}: must be 0 (never wait) or more seconds" \
+        in proc.stderr, proc.stderr
