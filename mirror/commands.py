@@ -504,6 +504,8 @@ async def _lock(args: argparse.Namespace, progress, report: Report) -> int:
     path = _write_lock(args, result)
     if not args.quiet:  # -q: nothing at all on success
         print(path)
+    if result.partial:  # a registry's rate limit left images waiting: not success
+        return _partial(result.images, f"{path} keeps their last entries", progress, report)
     return 0
 
 
