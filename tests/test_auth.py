@@ -446,6 +446,9 @@ def test_bearer_anonymous_pull(tokens, ts: TokenServer, tmp_path: Path) -> None:
     got = [(r.method, r.user, r.scopes) for r in ts.requests]
     assert got and all(r == ("GET", None, ["repository:public/app:pull"]) for r in got), got
     assert_no_secret(tmp_path, proc)
+    # the report counts the token requests under the registry that asked for them
+    counts = json.loads((tmp_path / "report.json").read_text())["requests"]
+    assert counts[reg.host]["token"] == len(got), counts
 
 
 def test_bearer_private_needs_credentials(tokens, ts: TokenServer, tmp_path: Path) -> None:
