@@ -38,7 +38,7 @@ from tests.support.oracle import (
 )
 from tests.support.pusher import push_image
 from tests.support.registry import Registry
-from tests.test_serve import start_serve
+from tests.test_serve import start_serve, stop_serve
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 256 << 10  # --volume-size 256k: a bundle of about 1 MB makes four or five parts
@@ -173,8 +173,7 @@ def test_load_verify_inspect_serve_and_skopeo_from_parts(src_registry, dst_regis
         with urllib.request.urlopen(req) as r:
             assert r.status == 206 and r.read() == data[1000:200000]
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
+        stop_serve(proc, signal.SIGINT)  # its stdout pipe closed too
 
 
 def _across(tar: Path) -> str:
