@@ -220,6 +220,7 @@ async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.registry.client import Client
     from mirror.store.blobs import BlobStore, default_cache_dir
     from mirror.store.lock import RunLock
+    from mirror.store.manifests import ManifestStore
 
     report.add(**_pull_report(None), **_traffic(None))
     out = _output(args)
@@ -239,7 +240,8 @@ async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
                 _output_lock(out, dry_run=args.dry_run):
             store = BlobStore(cache)
             async with transport as t:
-                result = await pull(Client(t), store, specs, opts, progress)
+                result = await pull(Client(t, ManifestStore(cache)), store, specs, opts,
+                                    progress)
     except BaseException as e:  # the report says what was done before the error or signal
         done = getattr(e, "pull_result", None)
         if done is not None:
@@ -399,6 +401,7 @@ async def _sync(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.registry.client import Client
     from mirror.store.blobs import BlobStore
     from mirror.store.lock import RunLock
+    from mirror.store.manifests import ManifestStore
     from mirror.sync import SyncOptions, SyncResult, sync
 
     report.add(**_sync_report(None), retries=0, dry_run=args.dry_run, **_traffic(None))
@@ -414,7 +417,8 @@ async def _sync(args: argparse.Namespace, progress, report: Report) -> int:
         with RunLock(Path(args.cache) / "lock", f"cache {args.cache}") if args.cache \
                 else contextlib.nullcontext():
             async with transport as t:
-                await sync(Client(t), specs, targets, opts, progress, result,
+                await sync(Client(t, ManifestStore(args.cache) if args.cache else None),
+                           specs, targets, opts, progress, result,
                            BlobStore(args.cache) if args.cache else None)
     except BaseException:  # the images the sync did not finish carry its error
         fields = _sync_report(result)
@@ -485,6 +489,7 @@ async def _lock(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.pull import pull
     from mirror.registry.client import Client
     from mirror.store.blobs import BlobStore, default_cache_dir
+    from mirror.store.manifests import ManifestStore
 
     args.locked = False
     specs, cfg = _specs(args)
@@ -497,7 +502,7 @@ async def _lock(args: argparse.Namespace, progress, report: Report) -> int:
     with RunLock(Path(cache) / "lock", f"cache {cache}"):
         store = BlobStore(cache)
         async with transport_for(args, cfg, progress) as t:
-            result = await pull(Client(t), store, specs,
+            result = await pull(Client(t, ManifestStore(cache)), store, specs,
                                 _pull_options(args, output=None, dry_run=True), progress)
     result.bundle = Path("-")  # resolved: write the lock
     args.dry_run = False

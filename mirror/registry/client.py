@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urljoin
 
 import aiohttp
@@ -40,11 +41,24 @@ class ManifestHead:
 
 
 
-class Client(Uploads):
-    """Operations on repositories of any registry, through one Transport."""
+class ManifestStore(Protocol):
+    """Where manifests seen once are kept (mirror.store.manifests, the cache's): by digest,
+    verified on read, and what each tag named when last asked."""
 
-    def __init__(self, transport: Transport) -> None:
+    def get(self, digest: str) -> bytes | None: ...
+    def put(self, digest: str, data: bytes) -> None: ...
+    def tag(self, registry: str, repo: str, tag: str) -> str | None: ...
+    def remember(self, registry: str, repo: str, tag: str, digest: str) -> None: ...
+
+
+class Client(Uploads):
+    """Operations on repositories of any registry, through one Transport. With `manifests`
+    (the cache's store), a manifest seen once is read from there: by digest always, by tag
+    after one HEAD of the tag says it still names that digest (mirror.store.manifests)."""
+
+    def __init__(self, transport: Transport, manifests: ManifestStore | None = None) -> None:
         self.t = transport
+        self.manifests = manifests
         self.bytes_uploaded = 0
         self._min_chunk: dict[str, int] = {}  # registry -> its OCI-Chunk-Min-Length
         self._sessions: dict[str, tuple[str, str, str]] = {}  # open upload sessions
@@ -53,8 +67,13 @@ class Client(Uploads):
 
     async def get_manifest(self, registry: str, repo: str, ref: str,
                            expected: Descriptor | None = None) -> RawManifest:
-        """GET by tag or digest; a by-digest answer is checked against the digest asked for."""
+        """GET by tag or digest; a by-digest answer is checked against the digest asked for.
+        From the store of manifests instead, when it has the answer (`_stored`)."""
         where = f"{registry}/{repo}{'@' if ref.startswith('sha') and ':' in ref else ':'}{ref}"
+        if self.manifests is not None:
+            stored = await self._stored(self.manifests, registry, repo, ref, expected, where)
+            if stored is not None:
+                return stored
 
         async def ask() -> aiohttp.ClientResponse:
             return await self.t.request(
@@ -76,6 +95,35 @@ class Client(Uploads):
             # not "digest mismatch"; anything else that does not match is what it is.
             RawManifest.from_bytes(data, ctype, where=where)
             raise
+        raw = RawManifest.from_bytes(data, ctype, where=where)
+        if self.manifests is not None:
+            self.manifests.put(raw.digest, raw.data)
+            if ":" not in ref:
+                self.manifests.remember(registry, repo, ref, raw.digest)
+        return raw
+
+    async def _stored(self, store: ManifestStore, registry: str, repo: str, ref: str,
+                      expected: Descriptor | None, where: str) -> RawManifest | None:
+        """The manifest `ref` names, from `store`: by digest when stored (immutable); by tag
+        when the store knows what the tag named and one HEAD says what it names now, and
+        that is stored too. None: ask with a GET (the tag is new to the store, moved to a
+        manifest not seen yet, gone, or the HEAD gave no digest)."""
+        if ":" in ref:
+            data = store.get(ref)
+            if data is None or (expected is not None and expected.size != len(data)):
+                return None
+            ctype = expected.media_type if expected is not None else ""
+        else:
+            if store.tag(registry, repo, ref) is None:
+                return None
+            head = await self.head_manifest(registry, repo, ref)
+            if head is None or not head.digest:
+                return None
+            data = store.get(head.digest)
+            if data is None:
+                return None
+            store.remember(registry, repo, ref, head.digest)
+            ctype = head.media_type
         return RawManifest.from_bytes(data, ctype, where=where)
 
     async def head_manifest(self, registry: str, repo: str, ref: str) -> ManifestHead | None:

@@ -1,0 +1,89 @@
+"""The cache's store of manifests: what a warm rerun answers from instead of the network.
+
+Layout under the cache root, beside `blobs/`:
+    manifests/sha256/<hex>   a manifest's exact bytes, as the registry served them
+    manifests/tags/<hex>     what a tag named when last asked: `<digest>\\n`, under the
+                             sha256 of `registry/repository:tag`
+A manifest by digest is immutable, so once seen it is never fetched again; it is verified on
+every read (its sha256 against its name) and one that does not match is dropped and fetched
+again, as a blob is. A tag is not immutable: its record only says which digest to expect, and
+the registry is asked with one HEAD of the tag (not counted as a pull by Docker Hub) before
+the stored manifest stands in for a GET (mirror.registry.client). Writes are atomic (beside,
+then renamed); entries are not fsync'ed, since every read re-hashes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from pathlib import Path
+
+from mirror.digest import Digest, check_bytes
+from mirror.errors import IntegrityError
+
+
+class ManifestStore:
+    def __init__(self, cache_root: Path | str) -> None:
+        self.root = Path(cache_root) / "manifests"
+        self.by_digest = self.root / "sha256"
+        self.tags = self.root / "tags"
+        for d in (self.by_digest, self.tags):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, digest: str) -> Path | None:
+        try:
+            d = Digest.parse(digest)
+        except IntegrityError:  # not a digest we name files by
+            return None
+        return self.by_digest / d.encoded if d.algorithm == "sha256" else None
+
+    def get(self, digest: str) -> bytes | None:
+        """The bytes of manifest `digest`, verified; None when absent or damaged (dropped)."""
+        path = self._path(digest)
+        if path is None:
+            return None
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        try:
+            check_bytes(data, digest, None, f"cache {path}")
+        except IntegrityError:
+            path.unlink(missing_ok=True)
+            return None
+        return data
+
+    def put(self, digest: str, data: bytes) -> None:
+        """Keep manifest bytes already checked against `digest` (a no-op when there)."""
+        path = self._path(digest)
+        if path is not None and not path.exists():
+            _write(path, data)
+
+    def _tag_path(self, registry: str, repo: str, tag: str) -> Path:
+        key = hashlib.sha256(f"{registry}/{repo}:{tag}".encode()).hexdigest()
+        return self.tags / key
+
+    def tag(self, registry: str, repo: str, tag: str) -> str | None:
+        """The digest `tag` named when last asked, if recorded."""
+        try:
+            text = self._tag_path(registry, repo, tag).read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return text or None
+
+    def remember(self, registry: str, repo: str, tag: str, digest: str) -> None:
+        if self.tag(registry, repo, tag) != digest:
+            _write(self._tag_path(registry, repo, tag), f"{digest}\n".encode())
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Beside, then renamed into place; a cache that cannot be written is not an error (the
+    next run asks the registry again)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)

@@ -1,0 +1,82 @@
+"""The warm rerun (issue 18): once a run has seen what a tag names, the next one asks the
+registry with one HEAD of the tag and takes the manifests from the cache's store of manifests
+(mirror/store/manifests.py), never a manifest GET; a tag moved in between is picked up.
+Requests are counted at the fault proxy in front of the real registry."""
+
+from __future__ import annotations
+
+import json
+
+from tests.support import imagegen as ig
+from tests.support.oracle import mirror_ok, resolved
+from tests.support.pusher import push_image
+
+
+def manifest_requests(proxy, method: str) -> list[str]:
+    return [p for p in proxy.paths(method) if "/manifests/" in p]
+
+
+def test_warm_rerun_makes_one_tag_head_per_image_and_no_manifest_get(
+        src_registry, faultproxy, repo_name, rng, tmp_path):
+    proxy = faultproxy(src_registry.url)
+    host = proxy.host
+    refs = []
+    for n in range(3):  # two-platform indexes: a root and two platform manifests each
+        index = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)],
+                              "oci")
+        push_image(src_registry.url, repo_name, index, tags=[f"v{n}"])
+        refs.append(f"{host}/{repo_name}:v{n}")
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text("images:\n" + "".join(f"  - {r}\n" for r in refs))
+    cache, out = tmp_path / "cache", tmp_path / "out.tar"
+    mirror_ok("pull", "-f", cfg, "-o", out, "--cache", cache)
+    assert len(manifest_requests(proxy, "GET")) == 9  # cold: every manifest once
+    first = resolved(tmp_path / "images.lock")
+
+    proxy.reset_counters()
+    mirror_ok("pull", "-f", cfg, "-o", tmp_path / "again.tar", "--cache", cache)
+    assert manifest_requests(proxy, "GET") == []
+    heads = manifest_requests(proxy, "HEAD")
+    assert sorted(heads) == sorted(f"/v2/{repo_name}/manifests/v{n}" for n in range(3))
+    assert resolved(tmp_path / "images.lock") == first
+    assert (tmp_path / "again.tar").read_bytes() == out.read_bytes()
+
+    # `mirror lock` takes the same way
+    proxy.reset_counters()
+    mirror_ok("lock", "-f", cfg, "--cache", cache)
+    assert manifest_requests(proxy, "GET") == []
+    assert len(manifest_requests(proxy, "HEAD")) == 3
+
+    # a tag moved between runs: its new manifests are fetched, the others stay local
+    moved = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)],
+                          "oci")
+    push_image(src_registry.url, repo_name, moved, tags=["v1"])
+    proxy.reset_counters()
+    mirror_ok("pull", "-f", cfg, "-o", tmp_path / "moved.tar", "--cache", cache)
+    gets = manifest_requests(proxy, "GET")
+    assert f"/v2/{repo_name}/manifests/v1" in gets
+    assert len(gets) == 3, gets  # the moved tag and its two platform manifests
+    assert len(manifest_requests(proxy, "HEAD")) == 3
+    lock = json.loads((tmp_path / "images.lock").read_text())["images"]
+    assert lock[refs[1]]["sourceDigest"] == moved.digest
+    assert lock[refs[0]]["sourceDigest"] == first["images"][refs[0]]["sourceDigest"]
+
+
+def test_a_damaged_manifest_in_the_cache_is_fetched_again(
+        src_registry, faultproxy, repo_name, rng, tmp_path):
+    """Verified on read, as blobs are: a stored manifest whose bytes no longer match its
+    digest is dropped and asked for again, and the run's result is the same."""
+    proxy = faultproxy(src_registry.url)
+    host = proxy.host
+    img = ig.make_image(rng, ig.AMD64, "oci")
+    push_image(src_registry.url, repo_name, img, tags=["1"])
+    ref = f"{host}/{repo_name}:1"
+    cache = tmp_path / "cache"
+    mirror_ok("pull", ref, "-o", tmp_path / "a.tar", "--cache", cache)
+    stored = cache / "manifests" / "sha256" / img.digest.split(":", 1)[1]
+    stored.write_bytes(stored.read_bytes().replace(b"{", b" {", 1))
+    proxy.reset_counters()
+    mirror_ok("pull", ref, "-o", tmp_path / "b.tar", "--cache", cache)
+    assert manifest_requests(proxy, "GET") == [f"/v2/{repo_name}/manifests/1"]
+    assert (tmp_path / "b.tar").read_bytes() == (tmp_path / "a.tar").read_bytes()
+    assert stored.read_bytes() == img.manifest.data  # stored again, as served
