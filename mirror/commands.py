@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import math
 import os
 import threading
@@ -94,13 +95,30 @@ def _lock_path(args: argparse.Namespace) -> Path | None:
     return args.lock_file or default_lock_path(args.file)
 
 
-def _write_lock(args: argparse.Namespace, result) -> Path | None:
+async def _tag_rules(client, specs: list[ImageSpec], report: Report) -> list[ImageSpec]:
+    """The images the tag rules choose (mirror.tagrules; --locked: what the lock recorded),
+    in the report's `tag_rules`."""
+    from mirror.tagrules import resolve_rules, resolved
+
+    specs = await resolve_rules(client, specs)
+    _refuse_conflicting_duplicates(specs)
+    report.add(tag_rules=resolved(specs))
+    return specs
+
+
+def _rule_text(rule: dict) -> str:
+    """A tag rule on one line, for --dry-run: `semver=">=1.2 <2" exclude=["-rc"]`."""
+    return " ".join(f"{k}={json.dumps(v)}" for k, v in rule.items())
+
+
+def _write_lock(args: argparse.Namespace, result, specs: list[ImageSpec]) -> Path | None:
     from mirror.lockfile import after_run
+    from mirror.tagrules import resolved
 
     path = _lock_path(args)
     if path is None or getattr(args, "locked", False):
         return None
-    lock = after_run(result, path)
+    lock = after_run(result, path, resolved(specs))
     if lock is None:
         return None
     lock.write(path)
@@ -222,7 +240,7 @@ async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.store.lock import RunLock
     from mirror.store.manifests import ManifestStore
 
-    report.add(**_pull_report(None), **_traffic(None))
+    report.add(**_pull_report(None), **_traffic(None), tag_rules=[])
     out = _output(args)
     specs, cfg = _specs(args)
     if not args.dry_run:
@@ -240,8 +258,9 @@ async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
                 _output_lock(out, dry_run=args.dry_run):
             store = BlobStore(cache)
             async with transport as t:
-                result = await pull(Client(t, ManifestStore(cache)), store, specs, opts,
-                                    progress)
+                client = Client(t, ManifestStore(cache))
+                specs = await _tag_rules(client, specs, report)
+                result = await pull(client, store, specs, opts, progress)
     except BaseException as e:  # the report says what was done before the error or signal
         done = getattr(e, "pull_result", None)
         if done is not None:
@@ -253,10 +272,12 @@ async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
         report.add(**_traffic(transport))
     report.add(**_pull_report(result))
     if not args.dry_run and result.bundle:
-        lock = _write_lock(args, result)
+        lock = _write_lock(args, result, specs)
         if lock:
             progress.info(f"wrote {lock}")
     if args.dry_run:
+        for rule in report.details.get("tag_rules") or []:
+            print(f"{rule['repository']}\t{_rule_text(rule['rule'])}\t{','.join(rule['tags'])}")
         for r in result.images:
             if not r.error:
                 print(f"{r.reference}\t{r.digest}\t{','.join(r.platforms)}")
@@ -404,7 +425,7 @@ async def _sync(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.store.manifests import ManifestStore
     from mirror.sync import SyncOptions, SyncResult, sync
 
-    report.add(**_sync_report(None), retries=0, dry_run=args.dry_run, **_traffic(None))
+    report.add(**_sync_report(None), retries=0, dry_run=args.dry_run, **_traffic(None), tag_rules=[])
     targets = [target_of(args, t) for t in args.to]
     specs, cfg = _specs(args)
     if not args.dry_run:
@@ -417,8 +438,9 @@ async def _sync(args: argparse.Namespace, progress, report: Report) -> int:
         with RunLock(Path(args.cache) / "lock", f"cache {args.cache}") if args.cache \
                 else contextlib.nullcontext():
             async with transport as t:
-                await sync(Client(t, ManifestStore(args.cache) if args.cache else None),
-                           specs, targets, opts, progress, result,
+                client = Client(t, ManifestStore(args.cache) if args.cache else None)
+                specs = await _tag_rules(client, specs, report)
+                await sync(client, specs, targets, opts, progress, result,
                            BlobStore(args.cache) if args.cache else None)
     except BaseException:  # the images the sync did not finish carry its error
         fields = _sync_report(result)
@@ -438,7 +460,7 @@ async def _sync(args: argparse.Namespace, progress, report: Report) -> int:
         progress.info(f"synced to {target.registry}/{target.prefix}".rstrip("/") +
                       f": {_push_summary(done)}")
     if not args.dry_run:
-        lock = _write_lock(args, result)
+        lock = _write_lock(args, result, specs)
         if lock:
             progress.info(f"wrote {lock}")
     if result.partial:
@@ -492,6 +514,7 @@ async def _lock(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.store.manifests import ManifestStore
 
     args.locked = False
+    report.add(tag_rules=[])
     specs, cfg = _specs(args)
     if _lock_path(args) is None:
         raise UsageError("mirror lock needs -f images.yaml or --lock-file")
@@ -502,11 +525,13 @@ async def _lock(args: argparse.Namespace, progress, report: Report) -> int:
     with RunLock(Path(cache) / "lock", f"cache {cache}"):
         store = BlobStore(cache)
         async with transport_for(args, cfg, progress) as t:
-            result = await pull(Client(t, ManifestStore(cache)), store, specs,
+            client = Client(t, ManifestStore(cache))
+            specs = await _tag_rules(client, specs, report)
+            result = await pull(client, store, specs,
                                 _pull_options(args, output=None, dry_run=True), progress)
     result.bundle = Path("-")  # resolved: write the lock
     args.dry_run = False
-    path = _write_lock(args, result)
+    path = _write_lock(args, result, specs)
     if not args.quiet:  # -q: nothing at all on success
         print(path)
     if result.partial:  # a registry's rate limit left images waiting: not success

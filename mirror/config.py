@@ -11,7 +11,7 @@
       - ref: ghcr.io/org/app@sha256:...                # the same, with per-image settings
         platforms: [linux/arm64]
       - repository: docker.io/library/redis            # a repository with a list of tags
-        tags: ["7.2", "7.4"]
+        tags: ["7.2", "7.4", {semver: ">=7.2 <8", latest: 2}]  # and tag rules (tagrules.py)
 See config/README.md for the reference.
 """
 
@@ -31,6 +31,8 @@ from mirror.platform import PlatformSelector
 from mirror.reference import _TAG, Reference
 from mirror.registry.credentials import RegistryLogin
 from mirror.registry.policy import RegistrySettings
+from mirror.semver import Range
+from mirror.tagrules import RULE_KEYS, TagRule, check_regex
 
 SUPPORTED_VERSION = 1
 INDEX_MODES = ("filter", "sparse")
@@ -67,6 +69,7 @@ class ImageSpec:
     where: str = ""  # file:line, for messages
     pin: str | None = None  # --locked: the digest to fetch instead of resolving the tag
     dest: Destination | None = None  # `to:`, `tag_as:`, `tags_also:`, or a `map:` rule's
+    rule: TagRule | None = None  # a tag rule (mirror.tagrules): unresolved while tag is None
 
 
 @dataclass
@@ -394,13 +397,49 @@ def _image_entry(ctx: _Ctx, item: yaml.Node, defaults: ImageSettings,
     if "tags" not in entry:
         raise ctx.err(item, f"repository {repo.name} has no 'tags' list")
     tnode = entry["tags"][1]
-    tags = ctx.str_list(tnode, "tags")
-    if dest is not None and dest.tag_as and len(tags) > 1:
-        raise ctx.err(entry["tag_as"][0], f"'tag_as' would give {len(tags)} images one tag",
+    if not (isinstance(tnode, yaml.SequenceNode) and tnode.value):
+        ctx.str_list(tnode, "tags")  # one tag as a string, or the error for what is neither
+    nodes = tnode.value if isinstance(tnode, yaml.SequenceNode) else [tnode]
+    if dest is not None and dest.tag_as and (
+            len(nodes) > 1 or isinstance(nodes[0], yaml.MappingNode)):
+        many = f"{len(nodes)} images" if len(nodes) > 1 else "a tag rule's images"
+        raise ctx.err(entry["tag_as"][0], f"'tag_as' would give {many} one tag",
                       hint="rename one image: give it its own entry with ref:")
-    return [ImageSpec(_ref(ctx, tnode, f"{repo.name}{tag}" if tag.startswith("@")
-                           else f"{repo.name}:{tag}"), settings, where, dest=dest)
-            for tag in tags]
+    return [_tag_item(ctx, n, repo, settings, where, dest) for n in nodes]
+
+
+def _tag_item(ctx: _Ctx, node: yaml.Node, repo: Reference, settings: ImageSettings,
+              where: str, dest: Destination | None) -> ImageSpec:
+    """One item of `tags:`: a tag (or `@digest`), or a tag rule (a mapping)."""
+    if not isinstance(node, yaml.MappingNode):
+        tag = ctx.scalar(node, "tags")
+        return ImageSpec(_ref(ctx, node, f"{repo.name}{tag}" if tag.startswith("@")
+                              else f"{repo.name}:{tag}"), settings, where, dest=dest)
+    items = ctx.mapping(node, "a tag rule", RULE_KEYS)
+    if not {"semver", "regex", "latest"} & items.keys():
+        raise ctx.err(node, "a tag rule needs 'semver', 'regex' or 'latest'",
+                      hint='e.g. `- semver: ">=1.2 <2"` (config/README.md, Tag rules)')
+    rule = TagRule()
+    try:
+        if "semver" in items:
+            rule = replace(rule, semver=Range.parse(ctx.scalar(items["semver"][1], "semver")))
+        if "regex" in items:
+            rule = replace(rule, regex=check_regex(ctx.scalar(items["regex"][1], "regex")))
+        if "exclude" in items:
+            rule = replace(rule, exclude=tuple(
+                check_regex(x) for x in ctx.str_list(items["exclude"][1], "exclude")))
+    except ValueError as e:
+        raise ctx.err(node, f"tag rule: {e}") from None
+    if "latest" in items:
+        n = ctx.integer(items["latest"][1], "latest")
+        if n < 1:
+            raise ctx.err(items["latest"][1], f"'latest' must be 1 or more, not {n}")
+        rule = replace(rule, latest=n)
+    if "prerelease" in items:
+        rule = replace(rule, prerelease=ctx.boolean(items["prerelease"][1], "prerelease"))
+    ref = Reference(repo.registry, repo.repository, None, None)
+    return ImageSpec(ref, settings, f"{ctx.path}:{node.start_mark.line + 1}", dest=dest,
+                     rule=rule)
 
 
 def load_config(path: str | Path, base: ImageSettings | None = None) -> Config:

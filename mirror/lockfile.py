@@ -8,6 +8,9 @@
          "sourcePlatforms": {"linux/arm64": "sha256:.."},  # the same, upstream
          "manifests": ["sha256:..", ...], "conversions": {"old": "new"}}},
      "blobs": {"sha256:..": size, ...},         # every blob the images need
+     "tagRules": [{"repository": "registry.example.com/app",  # what each tag rule chose
+                   "rule": {"semver": ">=1.2 <2"}, "where": "images.yaml:7",
+                   "tags": ["1.2.0", "1.4.1"]}],  # (present when images.yaml has rules)
      "bundle": {"name": "site.tar", "digest": "sha256:.."}}  # the bundle a pull wrote
 
 After a `--keep-going` run an image that failed keeps its last good entry, and `blobs` keeps
@@ -49,6 +52,7 @@ class Lock:
     images: dict[str, dict[str, Any]] = field(default_factory=dict)
     blobs: dict[str, int] = field(default_factory=dict)
     bundle: dict[str, str] | None = None  # {"name", "digest"} of the bundle written with it
+    tag_rules: list[dict[str, Any]] = field(default_factory=list)  # mirror.tagrules.resolved
 
     def to_bytes(self) -> bytes:
         doc: dict[str, Any] = {"lockVersion": LOCK_VERSION,
@@ -56,6 +60,8 @@ class Lock:
                                "blobs": dict(sorted(self.blobs.items()))}
         if self.bundle:
             doc["bundle"] = self.bundle
+        if self.tag_rules:
+            doc["tagRules"] = self.tag_rules
         return json.dumps(doc, indent=2).encode() + b"\n"
 
     def write(self, path: Path) -> None:
@@ -79,7 +85,9 @@ class Lock:
                                                  for k in ("name", "digest"))):
             raise ConfigError(f"{path}: not a valid lock file: 'bundle' is not "
                               '{"name": ..., "digest": ...}')
-        return cls(dict(doc.get("images") or {}), dict(doc.get("blobs") or {}), bundle)
+        rules = doc.get("tagRules") or []
+        return cls(dict(doc.get("images") or {}), dict(doc.get("blobs") or {}), bundle,
+                   list(rules) if isinstance(rules, list) else [])
 
 
 def is_lock_file(path: Path) -> bool:
@@ -105,7 +113,7 @@ def pin(specs: list[ImageSpec], path: Path | None) -> list[ImageSpec]:
         raise UsageError("--locked needs -f images.yaml or --lock-file")
     lock = Lock.read(path)
     pinned = []
-    for spec in specs:
+    for spec in _recorded_tags(specs, lock, path):
         entry = lock.images.get(str(spec.reference))
         if not isinstance(entry, dict) or not isinstance(entry.get("sourceDigest"), str):
             raise UsageError(f"{spec.reference} is not in {path}",
@@ -114,19 +122,39 @@ def pin(specs: list[ImageSpec], path: Path | None) -> list[ImageSpec]:
     return pinned
 
 
+def _recorded_tags(specs: list[ImageSpec], lock: Lock, path: Path) -> list[ImageSpec]:
+    """Each tag rule replaced by the tags the lock file recorded for it (no listing)."""
+    from mirror.tagrules import from_lock, is_rule
+
+    out: list[ImageSpec] = []
+    for spec in specs:
+        if not is_rule(spec):
+            out.append(spec)
+            continue
+        chosen = from_lock(spec, lock.tag_rules)
+        if chosen is None:
+            assert spec.rule is not None
+            raise UsageError(f"{spec.where}: the tag rule of {spec.reference.name} "
+                             f"({spec.rule.describe()}) is not in {path}",
+                             hint="run `mirror lock` (or pull without --locked) to update it")
+        out += chosen
+    return out
+
+
 def _entry(r: ImageResult) -> dict[str, Any]:
     return {"sourceDigest": r.source_digest, "digest": r.digest,
             "platforms": r.platform_digests, "sourcePlatforms": r.source_platform_digests,
             "manifests": r.manifests, "conversions": r.conversions}
 
 
-def after_run(result: PullResult, path: Path) -> Lock | None:
+def after_run(result: PullResult, path: Path,
+              tag_rules: list[dict[str, Any]] | None = None) -> Lock | None:
     """The lock file a pull (or `mirror lock`) leaves at `path`: the images it resolved, and
     the blobs they need; an image that failed this time (--keep-going) keeps its entry in the
     lock already at `path`, and the blobs that lock listed stay listed (they went across with
     its bundle: an incremental bundle on this lock must not carry them again). None when no
     image has an entry: the lock at `path` stays as it is."""
-    lock = Lock(blobs=result.blobs)
+    lock = Lock(blobs=result.blobs, tag_rules=tag_rules or [])
     bundle, digest = getattr(result, "bundle", None), getattr(result, "bundle_digest", None)
     if bundle and digest:  # a pull's bundle (--base refuses it as -o); a sync writes none
         lock.bundle = {"name": bundle.name, "digest": digest}

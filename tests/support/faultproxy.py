@@ -22,6 +22,10 @@ the proxy. Each request is handled by the first active fault that matches it, if
     stall         hold the request `delay` seconds before forwarding it (a registry that hangs
                   mid-upload: a test can signal the client while it waits)
     headers       forward, adding `headers` to the answer (a registry's RateLimit headers)
+    paginate      a list (tags/list, _catalog) in pages of `offset` names (or the request's
+                  `n`) after its `last`, with `Link: <...?n=&last=>; rel="next"` while more
+                  remain, as distribution 3 and Docker Hub page it (distribution 2.8 ignores
+                  `n` on tags/list); the names are upstream's, asked for whole
 
 The proxy itself speaks plain HTTP; pass `cafile=` to reach a TLS upstream.
 """
@@ -43,7 +47,7 @@ import yarl
 from aiohttp import web
 
 KINDS = ("status", "reset_after", "truncate", "short", "flip_byte", "slow", "ignore_range",
-         "stall", "headers")
+         "stall", "headers", "paginate")
 HOP_BY_HOP = frozenset(
     h.lower()
     for h in (
@@ -244,6 +248,8 @@ class FaultProxy:
             headers = {"Content-Type": "application/json", **fault.headers}
             return web.Response(status=fault.status, body=body, headers=headers)
 
+        if fault is not None and fault.kind == "paginate":
+            return await self._page(request, fault)
         if fault is not None and fault.kind == "stall":
             await asyncio.sleep(fault.delay)
         drop = HOP_BY_HOP | {"range"} if fault and fault.kind == "ignore_range" else HOP_BY_HOP
@@ -310,6 +316,32 @@ class FaultProxy:
             # looked at the count) before this coroutine runs again
             self._add_bytes(path, len(chunk))
             await resp.write(chunk)
+
+    async def _page(self, request: web.Request, fault: Fault) -> web.Response:
+        """One page of upstream's whole list (the `paginate` fault)."""
+        fwd = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
+        assert self._session is not None
+        async with self._session.get(self.upstream + request.path, headers=fwd) as up:
+            body = await up.read()
+            if up.status != 200:
+                self._record(request.method, request.path, up.status, len(body))
+                return web.Response(status=up.status, body=body,
+                                    content_type=up.content_type)
+        doc = json.loads(body)
+        key = "tags" if "tags" in doc else "repositories"
+        names = sorted(doc.get(key) or [])
+        n = int(request.query.get("n") or fault.offset)
+        last = request.query.get("last")
+        start = names.index(last) + 1 if last in names else 0
+        page = names[start:start + n]
+        headers = {}
+        if start + n < len(names):
+            q = yarl.URL(request.path).with_query(n=str(n), last=page[-1])
+            headers["Link"] = f'<{q}>; rel="next"'
+        out = json.dumps({**doc, key: page}).encode()
+        self._record(request.method, request.path, 200, len(out))
+        return web.Response(status=200, body=out, headers=headers,
+                            content_type="application/json")
 
     @staticmethod
     async def _cut(request: web.Request, reset: bool) -> None:

@@ -1,0 +1,160 @@
+"""Tag rules: `tags:` items in images.yaml that choose tags from the repository's listing.
+
+    - repository: registry.example.com/team/app
+      tags:
+        - "1.0"                                   # a tag, as before
+        - semver: ">=1.2 <2"                      # mirror.semver's ranges
+          exclude: ["-rc"]                        # regexes; a tag any of them finds is out
+        - regex: '^v?\\d+\\.\\d+\\.\\d+$'
+        - latest: 3                               # the 3 highest versions (semver order)
+          prerelease: true                        # pre-releases are out unless this
+
+A rule keeps a tag when every key it gives agrees: `semver` (the tag is a version in the
+range), `regex` (found in the tag), none of `exclude`; a version with a pre-release part
+(`1.3.0-rc.1`) only with `prerelease: true`; then `latest: N` keeps the N highest versions
+(tags that are not versions have no order and are left out). A rule that keeps no tag is an
+error naming the image and the rule's file:line. The listing follows `Link` pages
+(mirror.registry.client `list_tags`). What each rule chose is recorded in the lock file
+(`tagRules`), so `--locked` pulls exactly those tags without listing; the report's
+`tag_rules` says the same.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from mirror.errors import ConfigError
+from mirror.semver import Range, Version
+
+if TYPE_CHECKING:
+    from mirror.config import ImageSpec
+    from mirror.registry.client import Client
+
+RULE_KEYS = ("semver", "regex", "exclude", "latest", "prerelease")
+
+
+@dataclass(frozen=True)
+class TagRule:
+    semver: Range | None = None
+    regex: str | None = None
+    exclude: tuple[str, ...] = ()
+    latest: int | None = None
+    prerelease: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """The rule as written (the lock file's and the report's `rule`)."""
+        d: dict[str, Any] = {}
+        if self.semver is not None:
+            d["semver"] = self.semver.text
+        if self.regex is not None:
+            d["regex"] = self.regex
+        if self.exclude:
+            d["exclude"] = list(self.exclude)
+        if self.latest is not None:
+            d["latest"] = self.latest
+        if self.prerelease:
+            d["prerelease"] = True
+        return d
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}: {v!r}" if isinstance(v, str) else f"{k}: {v}"
+                         for k, v in self.as_dict().items())
+
+    def select(self, tags: list[str]) -> list[str]:
+        """The tags this rule keeps, lowest version first (tags that are not versions after,
+        by name)."""
+        kept: list[tuple[str, Version | None]] = []
+        for tag in tags:
+            v = Version.parse(tag)
+            if v is not None and v.prerelease and not self.prerelease:
+                continue
+            if self.semver is not None and (v is None or v not in self.semver):
+                continue
+            if self.regex is not None and not re.search(self.regex, tag):
+                continue
+            if any(re.search(x, tag) for x in self.exclude):
+                continue
+            kept.append((tag, v))
+        versions = sorted(((t, v) for t, v in kept if v is not None),
+                          key=lambda tv: (tv[1].key(), tv[0]))
+        if self.latest is not None:
+            return [t for t, _ in versions[-self.latest:]] if self.latest > 0 else []
+        return [t for t, _ in versions] + sorted(t for t, v in kept if v is None)
+
+
+def check_regex(text: str) -> str:
+    """Raise ValueError when `text` is not a regular expression."""
+    try:
+        re.compile(text)
+    except re.error as e:
+        raise ValueError(f"{text!r} is not a regular expression: {e}") from None
+    return text
+
+
+def is_rule(spec: ImageSpec) -> bool:
+    """A rule not yet resolved to tags (its reference names the repository alone)."""
+    return spec.rule is not None and spec.reference.tag is None
+
+
+def _nothing(spec: ImageSpec, listed: list[str]) -> ConfigError:
+    assert spec.rule is not None
+    some = ", ".join(listed[:10]) + (f" ... ({len(listed)} in all)" if len(listed) > 10
+                                     else "")
+    return ConfigError(
+        f"{spec.where}: {spec.reference.name}: the tag rule ({spec.rule.describe()}) matches "
+        f"none of the repository's {len(listed)} tag(s)",
+        hint=f"its tags: {some}" if listed else "the repository has no tags")
+
+
+def expand(spec: ImageSpec, tags: list[str]) -> list[ImageSpec]:
+    """One image per tag `spec`'s rule chose (the rule and its file:line kept on each)."""
+    return [replace(spec, reference=replace(spec.reference, tag=t)) for t in tags]
+
+
+async def resolve_rules(client: Client, specs: list[ImageSpec]) -> list[ImageSpec]:
+    """Every rule in `specs` replaced, in place in the list, by the images of the tags it
+    chooses from the repository's listing (one listing per repository); raise ConfigError
+    for a rule that chooses none."""
+    listings: dict[str, list[str]] = {}
+    out: list[ImageSpec] = []
+    for spec in specs:
+        if not is_rule(spec):
+            out.append(spec)
+            continue
+        ref = spec.reference
+        if ref.name not in listings:
+            listings[ref.name] = await client.list_tags(ref.registry, ref.repository)
+        assert spec.rule is not None
+        chosen = spec.rule.select(listings[ref.name])
+        if not chosen:
+            raise _nothing(spec, listings[ref.name])
+        out += expand(spec, chosen)
+    return out
+
+
+def resolved(specs: list[ImageSpec]) -> list[dict[str, Any]]:
+    """What each rule chose: `repository`, `rule`, `where` and `tags` (in the order chosen);
+    the lock file's `tagRules` and the report's `tag_rules`."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for spec in specs:
+        if spec.rule is None or spec.reference.tag is None:
+            continue
+        key = (spec.reference.name, repr(spec.rule.as_dict()))
+        entry = out.setdefault(key, {"repository": spec.reference.name,
+                                     "rule": spec.rule.as_dict(), "where": spec.where,
+                                     "tags": []})
+        entry["tags"].append(spec.reference.tag)
+    return list(out.values())
+
+
+def from_lock(spec: ImageSpec, recorded: list[dict[str, Any]]) -> list[ImageSpec] | None:
+    """--locked: the images of the tags the lock file recorded for `spec`'s rule; None when
+    it recorded nothing for it."""
+    assert spec.rule is not None
+    for entry in recorded:
+        if isinstance(entry, dict) and entry.get("repository") == spec.reference.name and \
+                entry.get("rule") == spec.rule.as_dict() and isinstance(entry.get("tags"), list):
+            return expand(spec, [str(t) for t in entry["tags"]])
+    return None

@@ -1,0 +1,169 @@
+"""Tag rules in images.yaml (issue 18): `tags:` items that choose from the repository's
+listing (mirror/tagrules.py, mirror/semver.py), against the real registry holding semver,
+non-semver and pre-release tags, listed over several pages; the lock file records what each
+rule chose, `--locked` pulls exactly that (no listing) even after a new matching tag appears,
+and the report and --dry-run show rule -> tags."""
+
+from __future__ import annotations
+
+import json
+
+from tests.support import imagegen as ig
+from tests.support.faultproxy import Fault
+from tests.support.oracle import error_line, mirror_ok, run_mirror
+from tests.support.pusher import push_raw_manifest
+
+TAGS = ["1.0.0", "1.2.0", "1.2.5", "1.3.0-rc.1", "1.4.1", "v1.5.0", "2.0.0", "2.1.0-beta.1",
+        "latest", "stable", "nightly-20240101", "1.4.1-rc2", "3.20"]
+
+CONFIG = """\
+images:
+  - repository: {repo}
+    tags:
+      - semver: ">=1.2 <2"
+      - regex: '^v?\\d+\\.\\d+\\.\\d+$'
+        exclude: ["^v", "^2"]
+      - latest: 2
+      - semver: "^2"
+        prerelease: true
+      - regex: "^(latest|stable)$"
+"""
+
+CHOSEN = [["1.2.0", "1.2.5", "1.4.1", "v1.5.0"], ["1.0.0", "1.2.0", "1.2.5", "1.4.1"],
+          ["2.0.0", "3.20"], ["2.0.0", "2.1.0-beta.1"], ["latest", "stable"]]
+
+
+def seed(registry, repo: str, rng, tags: list[str]) -> str:
+    img = ig.make_image(rng, ig.AMD64, "oci")
+    from tests.support.pusher import push_image
+
+    push_image(registry.url, repo, img, tags=[tags[0]])
+    for tag in tags[1:]:
+        push_raw_manifest(registry.url, repo, tag, img.manifest.data, img.manifest.media_type)
+    return img.digest
+
+
+def paged(proxy) -> None:
+    """The registry lists 3 tags a page (`Link` headers lead on)."""
+    proxy.add(Fault("paginate", method="GET", path=r"/tags/list", offset=3, times=None))
+
+
+def listings(proxy) -> list[str]:
+    return [p for p in proxy.paths("GET") if "/tags/list" in p]
+
+
+def test_each_rule_kind_resolved_locked_and_reported(
+        src_registry, faultproxy, repo_name, rng, tmp_path):
+    proxy = faultproxy(src_registry.url)
+    digest = seed(src_registry, repo_name, rng, TAGS)
+    paged(proxy)
+    cfg = tmp_path / "images.yaml"
+    repo = f"{proxy.host}/{repo_name}"
+    cfg.write_text(CONFIG.format(repo=repo))
+    cache = tmp_path / "cache"
+
+    mirror_ok("lock", "-f", cfg, "--cache", cache, "--no-referrers")
+    assert len(listings(proxy)) >= 5  # the 13 tags over pages of 3, listed once
+    lock = json.loads((tmp_path / "images.lock").read_text())
+    rules = lock["tagRules"]
+    assert [r["tags"] for r in rules] == CHOSEN
+    assert [r["where"] for r in rules] == [f"{cfg}:{n}" for n in (4, 5, 7, 8, 10)]
+    assert rules[0]["rule"] == {"semver": ">=1.2 <2"}
+    chosen = {t for tags in CHOSEN for t in tags}
+    assert set(lock["images"]) == {f"{repo}:{t}" for t in chosen}
+    assert {e["sourceDigest"] for e in lock["images"].values()} == {digest}
+
+    dry = mirror_ok("pull", "-f", cfg, "--cache", cache, "--dry-run", "--no-referrers",
+                    "-o", tmp_path / "x.tar")
+    lines = dry.stdout.splitlines()
+    assert f'{repo}\tsemver=">=1.2 <2"\t1.2.0,1.2.5,1.4.1,v1.5.0' in lines
+    assert f"{repo}\tlatest=2\t2.0.0,3.20" in lines
+
+    # a new tag the first rule matches: --locked pulls what the lock recorded, unlisted
+    seed(src_registry, repo_name, rng, ["1.6.0"])
+    proxy.reset_counters()
+    report = tmp_path / "report.json"
+    mirror_ok("pull", "-f", cfg, "--locked", "--cache", cache, "--no-referrers",
+              "-o", tmp_path / "locked.tar", "--report", report)
+    assert listings(proxy) == []
+    doc = json.loads(report.read_text())
+    assert [r["tags"] for r in doc["tag_rules"]] == CHOSEN
+    assert {e["reference"] for e in doc["images"]} == {f"{repo}:{t}" for t in chosen}
+
+    # without --locked the rule is resolved again and finds it
+    dry = mirror_ok("pull", "-f", cfg, "--cache", cache, "--dry-run", "--no-referrers",
+                    "-o", tmp_path / "y.tar")
+    assert f'{repo}\tsemver=">=1.2 <2"\t1.2.0,1.2.5,1.4.1,v1.5.0,1.6.0' in dry.stdout
+
+
+def test_a_rule_matching_nothing_names_the_image_and_the_rules_line(
+        src_registry, repo_name, rng, tmp_path):
+    seed(src_registry, repo_name, rng, ["1.0.0", "latest"])
+    cfg = tmp_path / "images.yaml"
+    repo = f"{src_registry.host}/{repo_name}"
+    cfg.write_text(f"images:\n  - repository: {repo}\n    tags:\n      - \"1.0.0\"\n"
+                   f"      - semver: \">=9\"\n")
+    r = run_mirror("pull", "-f", cfg, "--cache", tmp_path / "cache", "-o", tmp_path / "o.tar")
+    assert r.returncode == 2, r.stderr
+    line = error_line(r)
+    assert line.startswith(f"mirror: error: {cfg}:5: {repo}: the tag rule"), line
+    assert "matches none of the repository's 2 tag(s)" in line
+    assert not (tmp_path / "o.tar").exists()
+
+
+def test_a_bad_rule_is_a_config_error_before_any_request(tmp_path):
+    cfg = tmp_path / "images.yaml"
+    for rule, says in [('semver: ">=1.2 <<2"', "is not a comparator"),
+                       ('regex: "(unclosed"', "is not a regular expression"),
+                       ("latest: 0", "'latest' must be 1 or more"),
+                       ("exclude: [x]", "needs 'semver', 'regex' or 'latest'"),
+                       ("semvr: '1'", "did you mean 'semver'")]:
+        cfg.write_text("images:\n  - repository: localhost:1/app\n    tags:\n"
+                       f"      - {rule}\n")
+        r = run_mirror("lock", "-f", cfg, "--cache", tmp_path / "cache")
+        assert r.returncode == 2, r.stderr
+        assert error_line(r).startswith(f"mirror: error: {cfg}:4:"), error_line(r)
+        assert says in error_line(r), error_line(r)
+
+
+def test_config_readmes_tag_rule_example_chooses_what_its_comments_say():
+    """config/README.md's example: each rule of its YAML block, run over the listing the text
+    gives, keeps the tags its comment names."""
+    import re
+    from pathlib import Path
+
+    from mirror.config import parse_config
+
+    text = (Path(__file__).parent.parent / "config" / "README.md").read_text()
+    section = text.split("## Tag rules", 1)[1].split("\n## ", 1)[0]
+    listing = re.search(r"holding `([^`]+)`", section.replace("\n", " ")).group(1).split()
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    rules = [s for s in parse_config(block).images if s.rule is not None]
+    said = [line.split("#", 1)[1].split() for line in block.splitlines()
+            if "#" in line]
+    assert len(rules) == len(said) == 5
+    for spec, tags in zip(rules, said, strict=True):
+        assert spec.rule is not None
+        assert spec.rule.select(listing) == tags, spec.rule.describe()
+
+
+def test_semver_order_and_ranges():
+    from mirror.semver import Range, Version
+
+    order = ["1.0.0-alpha", "1.0.0-alpha.1", "1.0.0-alpha.beta", "1.0.0-beta.2",
+             "1.0.0-beta.11", "1.0.0-rc.1", "1.0.0", "v1.0.1", "1.1", "2"]
+    assert sorted(reversed(order), key=lambda t: Version.parse(t).key()) == order
+    for text in ("latest", "1.2.3.4", "v", "1.x", "01a"):
+        assert Version.parse(text) is None, text
+    cases = {">=1.2 <2": (["1.2.0", "1.9.9", "v1.5"], ["1.1.9", "2.0.0"]),
+             "1.2": (["1.2.0", "1.2.99"], ["1.3.0", "1.1.0"]),
+             "~1.2.3": (["1.2.3", "1.2.9"], ["1.3.0", "1.2.2"]),
+             "^0.2.3": (["0.2.3", "0.2.9"], ["0.3.0"]),
+             "^1.2": (["1.2.0", "1.9.0"], ["2.0.0", "1.1.0"]),
+             ">1.2 <=2": (["1.3.0", "2.0.0", "2.9.9"], ["1.2.9", "3.0.0"]),
+             "<1 || >=3": (["0.9.0", "3.0.0"], ["1.0.0", "2.9.9"]),
+             ">= 1.2": (["1.2.0"], ["1.1.0"])}
+    for text, (inside, outside) in cases.items():
+        r = Range.parse(text)
+        assert all(Version.parse(v) in r for v in inside), text
+        assert not any(Version.parse(v) in r for v in outside), text
