@@ -95,6 +95,17 @@ def _lock_path(args: argparse.Namespace) -> Path | None:
     return args.lock_file or default_lock_path(args.file)
 
 
+def _source_client(t, cache, cfg: Config | None):
+    """The Client a pull, lock or sync reads its sources with: the cache's manifests (none
+    without a cache), and the registries whose referrers it may take from there."""
+    from mirror.registry.client import Client
+    from mirror.store.manifests import ManifestStore
+
+    client = Client(t, ManifestStore(cache) if cache else None)
+    client.cached_referrers = set(cfg.cached_referrers) if cfg else set()
+    return client
+
+
 async def _tag_rules(client, specs: list[ImageSpec], report: Report) -> list[ImageSpec]:
     """The images the tag rules choose (mirror.tagrules; --locked: what the lock recorded),
     in the report's `tag_rules`."""
@@ -235,10 +246,8 @@ def _check_lock_path(args: argparse.Namespace) -> None:
 async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.incremental import read_base
     from mirror.pull import pull
-    from mirror.registry.client import Client
     from mirror.store.blobs import BlobStore, default_cache_dir
     from mirror.store.lock import RunLock
-    from mirror.store.manifests import ManifestStore
 
     report.add(**_pull_report(None), **_traffic(None), tag_rules=[])
     out = _output(args)
@@ -258,7 +267,7 @@ async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
                 _output_lock(out, dry_run=args.dry_run):
             store = BlobStore(cache)
             async with transport as t:
-                client = Client(t, ManifestStore(cache))
+                client = _source_client(t, cache, cfg)
                 specs = await _tag_rules(client, specs, report)
                 result = await pull(client, store, specs, opts, progress)
     except BaseException as e:  # the report says what was done before the error or signal
@@ -419,10 +428,8 @@ def _sync_report(result) -> dict:
 
 async def _sync(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.artifacts import parse_types
-    from mirror.registry.client import Client
     from mirror.store.blobs import BlobStore
     from mirror.store.lock import RunLock
-    from mirror.store.manifests import ManifestStore
     from mirror.sync import SyncOptions, SyncResult, sync
 
     report.add(**_sync_report(None), retries=0, dry_run=args.dry_run, **_traffic(None), tag_rules=[])
@@ -438,7 +445,7 @@ async def _sync(args: argparse.Namespace, progress, report: Report) -> int:
         with RunLock(Path(args.cache) / "lock", f"cache {args.cache}") if args.cache \
                 else contextlib.nullcontext():
             async with transport as t:
-                client = Client(t, ManifestStore(args.cache) if args.cache else None)
+                client = _source_client(t, args.cache, cfg)
                 specs = await _tag_rules(client, specs, report)
                 await sync(client, specs, targets, opts, progress, result,
                            BlobStore(args.cache) if args.cache else None)
@@ -509,9 +516,7 @@ async def _inspect(args: argparse.Namespace, progress, report: Report) -> int:
 
 async def _lock(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.pull import pull
-    from mirror.registry.client import Client
     from mirror.store.blobs import BlobStore, default_cache_dir
-    from mirror.store.manifests import ManifestStore
 
     args.locked = False
     report.add(tag_rules=[])
@@ -525,7 +530,7 @@ async def _lock(args: argparse.Namespace, progress, report: Report) -> int:
     with RunLock(Path(cache) / "lock", f"cache {cache}"):
         store = BlobStore(cache)
         async with transport_for(args, cfg, progress) as t:
-            client = Client(t, ManifestStore(cache))
+            client = _source_client(t, cache, cfg)
             specs = await _tag_rules(client, specs, report)
             result = await pull(client, store, specs,
                                 _pull_options(args, output=None, dry_run=True), progress)

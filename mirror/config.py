@@ -45,8 +45,10 @@ _SETTING_KEYS = ("platforms", "index", "format", "foreign_layers", "referrers",
 _DEST_KEYS = ("to", "tag_as", "tags_also")  # where it lands (mirror.mapping)
 _IMAGE_KEYS = ("ref", "repository", "tags", *_DEST_KEYS, *_SETTING_KEYS)
 _REGISTRY_KEYS = ("insecure", "ca_file", "client_cert", "client_key", "username",
-                  "password_env", "password_file", "max_concurrency", "max_requests_per_run")
+                  "password_env", "password_file", "max_concurrency", "max_requests_per_run",
+                  "referrers")
 _COUNT_KEYS = ("max_concurrency", "max_requests_per_run")
+REFERRER_MODES = ("always", "cached")  # registries.HOST.referrers (mirror.referrers.Finder)
 _PATH_KEYS = ("ca_file", "client_cert", "client_key", "password_file")
 
 
@@ -79,6 +81,7 @@ class Config:
     logins: dict[str, RegistryLogin]
     defaults: ImageSettings
     path: str = ""
+    cached_referrers: set[str] = field(default_factory=set)  # `referrers: cached` hosts
 
 
 class _Ctx:
@@ -223,17 +226,21 @@ def parse_config(text: str, path: str = "images.yaml",
                              defaults)
     registries: dict[str, RegistrySettings] = {}
     logins: dict[str, RegistryLogin] = {}
+    cached: set[str] = set()
     if "registries" in top:
         for host, (knode, vnode) in ctx.mapping(top["registries"][1], "registries", ()).items():
             registries[host], login = _registry(ctx, host, knode, vnode, check_files)
             if login:
                 logins[host] = login
+            mode = ctx.mapping(vnode, f"registries.{host}", _REGISTRY_KEYS).get("referrers")
+            if mode and ctx.choice(mode[1], "referrers", REFERRER_MODES) == "cached":
+                cached.add(host)
     if "images" not in top:
         raise ctx.err(root, "no 'images' list", hint="add `images:` with one reference per item")
     images = _images(ctx, top["images"][1], defaults)
     if "map" in top:
         images = _mapped(images, _map_rules(ctx, top["map"][1]))
-    return Config(images, registries, logins, defaults, path)
+    return Config(images, registries, logins, defaults, path, cached)
 
 
 def _map_rules(ctx: _Ctx, node: yaml.Node) -> list[Rule]:
@@ -326,7 +333,7 @@ def _registry(ctx: _Ctx, host: str, knode: yaml.Node, vnode: yaml.Node,
     """One entry of `registries:`: its settings, and its login when it names a username."""
     r = ctx.mapping(vnode, f"registries.{host}", _REGISTRY_KEYS)
     val = {k: ctx.scalar(v, k) for k, (_, v) in r.items()
-           if k != "insecure" and k not in _COUNT_KEYS}
+           if k not in ("insecure", "referrers") and k not in _COUNT_KEYS}
     counts = {k: ctx.integer(r[k][1], k) for k in _COUNT_KEYS if k in r}
     for k, n in counts.items():
         if n < 1:

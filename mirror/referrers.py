@@ -83,7 +83,41 @@ class Finder:
                        artifact_types: tuple[str, ...] = ()) -> list[Image]:
         """Everything that refers to `subject` in `registry/repo`, each an image of its own
         (named by its cosign tag, else by digest), filtered by kind or artifactType
-        (mirror.artifacts.wanted)."""
+        (mirror.artifacts.wanted). What is found is kept in the cache's store of manifests;
+        for a registry with `referrers: cached` what the store kept is taken instead of
+        asking (no tag list, referrers API or fallback tag): a subject's digest does not
+        change, but what refers to it can, so this is the user's choice."""
+        store = self.client.manifests
+        kept = store.referrers(registry, repo, subject) \
+            if store is not None and registry in self.client.cached_referrers else None
+        found = await self._kept(registry, repo, subject, kept) if kept is not None else None
+        if found is None:
+            found = await self._find(registry, repo, subject)
+            if store is not None:
+                store.keep_referrers(registry, repo, subject, [
+                    {"digest": r.root.digest, "kind": r.kind,
+                     "tag": r.reference.tag if r.reference else None} for r in found])
+        return [r for r in found if wanted(artifact_types, r.kind, r.artifact_type)]
+
+    async def _kept(self, registry: str, repo: str, subject: str,
+                    kept: list[dict]) -> list[Image] | None:
+        """The referrers the store kept for `subject`, their manifests from the store; None
+        when one is missing there (then they are asked for)."""
+        store = self.client.manifests
+        assert store is not None
+        where = Reference(registry, repo)
+        out = []
+        for e in kept:
+            data = store.get(str(e.get("digest")))
+            if data is None:
+                return None
+            raw = RawManifest.from_bytes(data, where=f"{registry}/{repo}@{e['digest']}")
+            out.append(Image.referrer(raw, subject, str(e.get("kind")), where,
+                                      e.get("tag") or None))
+        return out
+
+    async def _find(self, registry: str, repo: str, subject: str) -> list[Image]:
+        """What refers to `subject`, asked of the registry."""
         client = self.client
         where = Reference(registry, repo)
         found: list[Image] = []
@@ -104,7 +138,7 @@ class Finder:
             if fallback + suffix in tags:
                 raw = await client.get_manifest(registry, repo, fallback + suffix)
                 found.append(Image.referrer(raw, subject, kind, where, fallback + suffix))
-        return [r for r in found if wanted(artifact_types, r.kind, r.artifact_type)]
+        return found
 
 
 async def _fallback(client: Client, registry: str, repo: str, subject: str) -> dict:

@@ -80,3 +80,36 @@ def test_a_damaged_manifest_in_the_cache_is_fetched_again(
     assert manifest_requests(proxy, "GET") == [f"/v2/{repo_name}/manifests/1"]
     assert (tmp_path / "b.tar").read_bytes() == (tmp_path / "a.tar").read_bytes()
     assert stored.read_bytes() == img.manifest.data  # stored again, as served
+
+
+def test_referrers_cached_per_registry_skips_the_probes_on_a_warm_rerun(
+        src_registry, faultproxy, repo_name, rng, tmp_path):
+    """Referrers can change while their subject does not (a signature added later), so by
+    default every run asks (tag list, referrers API or fallback tag); `referrers: cached` on
+    a registry takes what the last run found for an unchanged subject, with no request."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tests.support.referrers import push_signature
+
+    proxy = faultproxy(src_registry.url)
+    index = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)], "oci")
+    push_image(src_registry.url, repo_name, index, tags=["1"])
+    key = ec.generate_private_key(ec.SECP256R1())
+    push_signature(src_registry.url, repo_name, key, index.digest)
+    ref = f"{proxy.host}/{repo_name}:1"
+    cache = tmp_path / "cache"
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text(f"images: [{ref}]\n")
+    mirror_ok("pull", "-f", cfg, "-o", tmp_path / "a.tar", "--cache", cache)
+    proxy.reset_counters()
+    mirror_ok("pull", "-f", cfg, "-o", tmp_path / "b.tar", "--cache", cache)
+    assert [p for p in proxy.paths("GET") if "/tags/list" in p]  # `always`: asked again
+    assert manifest_requests(proxy, "GET") == []
+
+    cfg.write_text(f"registries:\n  {proxy.host}:\n    referrers: cached\nimages: [{ref}]\n")
+    proxy.reset_counters()
+    mirror_ok("pull", "-f", cfg, "-o", tmp_path / "c.tar", "--cache", cache)
+    assert [p for p in proxy.paths("GET")
+            if any(k in p for k in ("/tags/list", "/referrers/", "/manifests/"))] == []
+    assert manifest_requests(proxy, "HEAD") == [f"/v2/{repo_name}/manifests/1"]
+    assert (tmp_path / "c.tar").read_bytes() == (tmp_path / "a.tar").read_bytes()

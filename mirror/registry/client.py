@@ -49,6 +49,9 @@ class ManifestStore(Protocol):
     def put(self, digest: str, data: bytes) -> None: ...
     def tag(self, registry: str, repo: str, tag: str) -> str | None: ...
     def remember(self, registry: str, repo: str, tag: str, digest: str) -> None: ...
+    def referrers(self, registry: str, repo: str, subject: str) -> list[dict] | None: ...
+    def keep_referrers(self, registry: str, repo: str, subject: str,
+                       found: list[dict]) -> None: ...
 
 
 class Client(Uploads):
@@ -59,6 +62,9 @@ class Client(Uploads):
     def __init__(self, transport: Transport, manifests: ManifestStore | None = None) -> None:
         self.t = transport
         self.manifests = manifests
+        # registries whose referrers are taken from `manifests` when it has them (images.yaml
+        # `referrers: cached`; mirror.referrers.Finder)
+        self.cached_referrers: set[str] = set()
         self.bytes_uploaded = 0
         self._min_chunk: dict[str, int] = {}  # registry -> its OCI-Chunk-Min-Length
         self._sessions: dict[str, tuple[str, str, str]] = {}  # open upload sessions

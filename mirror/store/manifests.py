@@ -4,6 +4,10 @@ Layout under the cache root, beside `blobs/`:
     manifests/sha256/<hex>   a manifest's exact bytes, as the registry served them
     manifests/tags/<hex>     what a tag named when last asked: `<digest>\\n`, under the
                              sha256 of `registry/repository:tag`
+    manifests/referrers/<hex>  what referred to a subject when last asked (JSON: digest,
+                             kind, cosign tag of each), under the sha256 of
+                             `registry/repository@subject`; read only for a registry with
+                             `referrers: cached` (mirror.referrers)
 A manifest by digest is immutable, so once seen it is never fetched again; it is verified on
 every read (its sha256 against its name) and one that does not match is dropped and fetched
 again, as a blob is. A tag is not immutable: its record only says which digest to expect, and
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -28,7 +33,8 @@ class ManifestStore:
         self.root = Path(cache_root) / "manifests"
         self.by_digest = self.root / "sha256"
         self.tags = self.root / "tags"
-        for d in (self.by_digest, self.tags):
+        self.referrer_dir = self.root / "referrers"
+        for d in (self.by_digest, self.tags, self.referrer_dir):
             d.mkdir(parents=True, exist_ok=True)
 
     def _path(self, digest: str) -> Path | None:
@@ -75,6 +81,23 @@ class ManifestStore:
     def remember(self, registry: str, repo: str, tag: str, digest: str) -> None:
         if self.tag(registry, repo, tag) != digest:
             _write(self._tag_path(registry, repo, tag), f"{digest}\n".encode())
+
+
+    def _referrers_path(self, registry: str, repo: str, subject: str) -> Path:
+        key = hashlib.sha256(f"{registry}/{repo}@{subject}".encode()).hexdigest()
+        return self.referrer_dir / key
+
+    def referrers(self, registry: str, repo: str, subject: str) -> list[dict] | None:
+        """What referred to `subject` when last asked; None when never asked (or unreadable)."""
+        try:
+            doc = json.loads(self._referrers_path(registry, repo, subject).read_text())
+        except (OSError, ValueError):
+            return None
+        return doc if isinstance(doc, list) and all(isinstance(e, dict) for e in doc) \
+            else None
+
+    def keep_referrers(self, registry: str, repo: str, subject: str, found: list[dict]) -> None:
+        _write(self._referrers_path(registry, repo, subject), json.dumps(found).encode())
 
 
 def _write(path: Path, data: bytes) -> None:
