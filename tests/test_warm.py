@@ -113,3 +113,20 @@ def test_referrers_cached_per_registry_skips_the_probes_on_a_warm_rerun(
             if any(k in p for k in ("/tags/list", "/referrers/", "/manifests/"))] == []
     assert manifest_requests(proxy, "HEAD") == [f"/v2/{repo_name}/manifests/1"]
     assert (tmp_path / "c.tar").read_bytes() == (tmp_path / "a.tar").read_bytes()
+
+
+def test_sync_with_a_cache_reruns_on_tag_heads(src_registry, dst_registry, faultproxy,
+                                                repo_name, rng, tmp_path):
+    proxy = faultproxy(src_registry.url)
+    index = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)], "oci")
+    push_image(src_registry.url, repo_name, index, tags=["1", "2"])
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text(f"images: [{proxy.host}/{repo_name}:1, {proxy.host}/{repo_name}:2]\n")
+    sync = ("sync", "-f", cfg, "--to", f"{dst_registry.host}/w", "--cache", tmp_path / "c", "-q")
+    mirror_ok(*sync)
+    assert len(manifest_requests(proxy, "GET")) == 6
+    proxy.reset_counters()
+    mirror_ok(*sync)
+    assert manifest_requests(proxy, "GET") == []
+    assert sorted(manifest_requests(proxy, "HEAD")) == [f"/v2/{repo_name}/manifests/{t}"
+                                                        for t in ("1", "2")]
