@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from mirror.bundle.volumes import parse_size
 from mirror.config import Config, ImageSettings, ImageSpec, load_config
-from mirror.errors import EXIT_PARTIAL, EXIT_RATE_LIMITED_PARTIAL, UsageError
+from mirror.errors import EXIT_PARTIAL, EXIT_RATE_LIMITED_PARTIAL, MirrorError, UsageError
 from mirror.netargs import target_of, transport_for
 from mirror.paths import check_writable
 from mirror.platform import PlatformSelector
@@ -95,13 +95,27 @@ def _lock_path(args: argparse.Namespace) -> Path | None:
     return args.lock_file or default_lock_path(args.file)
 
 
-def _source_client(t, cache, cfg: Config | None):
+def _source_client(t, cache, cfg: Config | None, args: argparse.Namespace):
     """The Client a pull, lock or sync reads its sources with: the cache's manifests (none
-    without a cache), and the registries whose referrers it may take from there."""
+    without a cache), told what the lock file says each tag named where the cache does not
+    know (so those tags too are asked about with a HEAD), and the registries whose referrers
+    it may take from the cache."""
+    from mirror.lockfile import source_digests
     from mirror.registry.client import Client
     from mirror.store.manifests import ManifestStore
 
-    client = Client(t, ManifestStore(cache) if cache else None)
+    store = ManifestStore(cache) if cache else None
+    if store is not None:
+        for text, digest in source_digests(_lock_path(args)).items():
+            try:
+                ref = Reference.parse(text)
+            except MirrorError:  # a hand-edited lock: only a hint, so nothing lost
+                continue
+            if ref.tag and not ref.digest and store.tag(ref.registry, ref.repository,
+                                                         ref.tag) is None \
+                    and store.get(digest) is not None:
+                store.remember(ref.registry, ref.repository, ref.tag, digest)
+    client = Client(t, store)
     client.cached_referrers = set(cfg.cached_referrers) if cfg else set()
     return client
 
@@ -267,7 +281,7 @@ async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
                 _output_lock(out, dry_run=args.dry_run):
             store = BlobStore(cache)
             async with transport as t:
-                client = _source_client(t, cache, cfg)
+                client = _source_client(t, cache, cfg, args)
                 specs = await _tag_rules(client, specs, report)
                 result = await pull(client, store, specs, opts, progress)
     except BaseException as e:  # the report says what was done before the error or signal
@@ -445,7 +459,7 @@ async def _sync(args: argparse.Namespace, progress, report: Report) -> int:
         with RunLock(Path(args.cache) / "lock", f"cache {args.cache}") if args.cache \
                 else contextlib.nullcontext():
             async with transport as t:
-                client = _source_client(t, args.cache, cfg)
+                client = _source_client(t, args.cache, cfg, args)
                 specs = await _tag_rules(client, specs, report)
                 await sync(client, specs, targets, opts, progress, result,
                            BlobStore(args.cache) if args.cache else None)
@@ -530,7 +544,7 @@ async def _lock(args: argparse.Namespace, progress, report: Report) -> int:
     with RunLock(Path(cache) / "lock", f"cache {cache}"):
         store = BlobStore(cache)
         async with transport_for(args, cfg, progress) as t:
-            client = _source_client(t, cache, cfg)
+            client = _source_client(t, cache, cfg, args)
             specs = await _tag_rules(client, specs, report)
             result = await pull(client, store, specs,
                                 _pull_options(args, output=None, dry_run=True), progress)

@@ -122,6 +122,20 @@ def pin(specs: list[ImageSpec], path: Path | None) -> list[ImageSpec]:
     return pinned
 
 
+def source_digests(path: Path | None) -> dict[str, str]:
+    """What each tag named when the lock file at `path` was written (reference ->
+    `sourceDigest`); nothing when there is no readable lock file there. A warm rerun's hint
+    (mirror.commands), never a pin: the tag is still asked about."""
+    if path is None or not path.exists():
+        return {}
+    try:
+        images = Lock.read(path).images
+    except MirrorError:
+        return {}
+    return {ref: e["sourceDigest"] for ref, e in images.items()
+            if isinstance(e, dict) and isinstance(e.get("sourceDigest"), str)}
+
+
 def _recorded_tags(specs: list[ImageSpec], lock: Lock, path: Path) -> list[ImageSpec]:
     """Each tag rule replaced by the tags the lock file recorded for it (no listing)."""
     from mirror.tagrules import from_lock, is_rule

@@ -130,3 +130,24 @@ def test_sync_with_a_cache_reruns_on_tag_heads(src_registry, dst_registry, fault
     assert manifest_requests(proxy, "GET") == []
     assert sorted(manifest_requests(proxy, "HEAD")) == [f"/v2/{repo_name}/manifests/{t}"
                                                         for t in ("1", "2")]
+
+
+def test_the_lock_file_tells_a_cache_without_tag_records_what_each_tag_named(
+        src_registry, faultproxy, repo_name, rng, tmp_path):
+    """The cache's manifests without its tag records (a cache from another config, or its
+    tags/ directory lost): the lock file beside images.yaml says what each tag named, so
+    the rerun is still one HEAD per image."""
+    import shutil
+
+    proxy = faultproxy(src_registry.url)
+    index = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)], "oci")
+    push_image(src_registry.url, repo_name, index, tags=["1"])
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text(f"images: [{proxy.host}/{repo_name}:1]\n")
+    cache = tmp_path / "cache"
+    mirror_ok("pull", "-f", cfg, "-o", tmp_path / "a.tar", "--cache", cache)
+    shutil.rmtree(cache / "manifests" / "tags")
+    proxy.reset_counters()
+    mirror_ok("pull", "-f", cfg, "-o", tmp_path / "b.tar", "--cache", cache)
+    assert manifest_requests(proxy, "GET") == []
+    assert manifest_requests(proxy, "HEAD") == [f"/v2/{repo_name}/manifests/1"]
