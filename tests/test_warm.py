@@ -124,7 +124,9 @@ def test_sync_with_a_cache_reruns_on_tag_heads(src_registry, dst_registry, fault
     cfg.write_text(f"images: [{proxy.host}/{repo_name}:1, {proxy.host}/{repo_name}:2]\n")
     sync = ("sync", "-f", cfg, "--to", f"{dst_registry.host}/w", "--cache", tmp_path / "c", "-q")
     mirror_ok(*sync)
-    assert len(manifest_requests(proxy, "GET")) == 6
+    # each tag and platform manifest at least once (the two tags, resolved at once, may
+    # both ask for a platform manifest before either has stored it)
+    assert 4 <= len(manifest_requests(proxy, "GET")) <= 6
     proxy.reset_counters()
     mirror_ok(*sync)
     assert manifest_requests(proxy, "GET") == []
