@@ -6,6 +6,7 @@ chunk, so no upload completes with it."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import cast
@@ -18,6 +19,7 @@ from mirror.manifest import Descriptor
 from mirror.registry.client import Client
 from mirror.registry.foreign import UrlRefused, open_url, unserved
 from mirror.registry.network import TransferError
+from mirror.store.blobs import _IO_POOL
 
 CHUNK = 1 << 20  # bytes per read of a cached blob
 # digest -> the source registry and repository that list the blob, and its descriptor there
@@ -88,25 +90,49 @@ async def _checked(chunks: AsyncIterator[bytes], desc: Descriptor, offset: int, 
 
 class CacheSource:
     """Each blob from the cache, fetched into it first when it is not there (mirror.fetch:
-    once per run, resumable, verified), then read from the file for every target."""
+    once per run, resumable, verified), then read from the file for every target. An entry
+    an earlier run left is re-hashed before its first use in this run (as a pull verifies
+    what it reuses): a damaged one is dropped and fetched again, once."""
 
     name = "the cache"
 
     def __init__(self, fetcher: Fetcher, where: Where) -> None:
         self.fetcher, self.where = fetcher, where
+        self.ready: dict[str, asyncio.Task[None]] = {}
 
     def carries(self, digest: str) -> bool:
         return digest in self.where
 
     async def open(self, desc: Descriptor, offset: int) -> AsyncIterator[bytes]:
-        reg, repo, there = self.where[desc.digest]
-        await self.fetcher.fetch(reg, repo, there, owner=-1)
+        task = self.ready.get(desc.digest)
+        if task is None or (task.done() and (task.cancelled() or task.exception())):
+            task = asyncio.ensure_future(self._ready(desc.digest))
+            self.ready[desc.digest] = task
+        await asyncio.shield(task)
         path = self.fetcher.store.path(desc.digest)
         chunks = _read(str(path), offset)
         async for chunk in aiter_thread(
                 verified_sync(chunks, desc.digest, desc.size, f"cache {path}")
                 if offset == 0 else chunks):
             yield chunk
+
+
+    async def _ready(self, digest: str) -> None:
+        """The blob in the cache, fetched in this run or an earlier entry re-hashed."""
+        reg, repo, there = self.where[digest]
+        store = self.fetcher.store
+        for attempt in (1, 2):
+            await self.fetcher.fetch(reg, repo, there, owner=-1)
+            if digest in self.fetcher.fetched:  # checked as it arrived
+                return
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    _IO_POOL, store.verify, digest, there.size)
+                return
+            except IntegrityError:
+                self.fetcher.forget(digest)  # store.verify evicted it: fetch it again
+                if attempt == 2:
+                    raise
 
 
 def _read(path: str, offset: int) -> Iterator[bytes]:

@@ -172,6 +172,33 @@ def test_sync_through_a_cache_fetches_each_blob_once(
     assert state(dst_registry, f"d{u}") == state(dst_registry, f"c{u}") == state(other, f"d{u}")
 
 
+def test_sync_through_a_damaged_cache_fetches_the_blob_again(
+        src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """A cache entry whose bytes no longer match its digest (a bad disk, a stray edit) is
+    dropped and fetched again, as a pull does with the same cache; the sync used to stream
+    it, fail at its last chunk (exit 7) and do so again on every run until the cache was
+    removed by hand."""
+    u = repo_name[-8:]
+    img = ig.make_image(rng, ig.AMD64, "oci")
+    push_image(src_registry.url, repo_name, img, ["1"])
+    ref = f"{src_registry.host}/{repo_name}:1"
+    cache = tmp_path / "cache"
+    mirror_ok("sync", ref, "--to", f"{dst_registry.host}/a{u}", "--cache", cache, "-q")
+    layer = img.layers[0].digest
+    entry = cache / "blobs/sha256" / layer.split(":", 1)[1]
+    entry.chmod(0o644)
+    data = bytearray(entry.read_bytes())
+    data[10] ^= 0xFF
+    entry.write_bytes(bytes(data))
+    report = tmp_path / "r.json"
+    mirror_ok("sync", ref, "--to", f"{dst_registry.host}/b{u}", "--cache", cache, "-q",
+              "--report", report)
+    assert get_blob(dst_registry.url, f"b{u}/{repo_name}", layer)
+    assert ig.sha256_digest(entry.read_bytes()) == layer  # the cache holds good bytes again
+    served(dst_registry, json.loads(report.read_text()), f"b{u}")
+
+
 def test_sync_dry_run_pushes_nothing(src_registry: Registry, dst_registry: Registry,
                                      repo_name: str, rng: random.Random, tmp_path: Path) -> None:
     img = ig.make_image(rng, ig.AMD64, "oci")
