@@ -65,8 +65,11 @@ class Planner:
     `config` fetches an image's config (for its platform); a pull's keeps it in the cache."""
 
     def __init__(self, client: Client, specs: list[ImageSpec], opts: PlanOptions,
-                 progress: Progress) -> None:
+                 progress: Progress, target: Target | None = None) -> None:
         self.client, self.specs, self.opts = client, specs, opts
+        # where the images will land: a sync's first --to, with the run's rules (--map,
+        # --max-depth); a pull's is any load's PREFIX, with images.yaml's destinations alone
+        self.target = target
         self.progress = progress
         self.finder = Finder(client)
         self.sem = asyncio.Semaphore(max(2, opts.jobs))
@@ -142,24 +145,35 @@ class Planner:
         make a bundle load refuses whole (exit 10 on the far side); the later one fails here
         instead (with --keep-going the others go on)."""
         first: dict[tuple[str, str], tuple[int, Image]] = {}
-        anywhere = Target("", "")
+        target = self.target or Target("", "")
         for i, plan in self.resolved():
             spec = self.specs[i]
             ref = spec.reference
             if not ref.tag and not (spec.dest and (spec.dest.tag_as or spec.dest.tags_also)):
                 continue
-            where = place(anywhere, ref.name, ref.repository, ref.tag, ref.digest, spec.dest)
+            where = place(target, ref.name, ref.repository, ref.tag, ref.digest, spec.dest)
             for tag in where.tags:
                 j, other = first.setdefault((where.repository, tag), (i, plan))
                 if j != i and other.root.digest != plan.root.digest:
-                    self.failed(i, UsageError(
-                        f"{self.specs[j].reference} and {ref} would both be loaded as "
-                        f"PREFIX/{where.repository}:{tag}, and they differ "
-                        f"({other.root.digest}, {plan.root.digest}): mirror load refuses "
-                        "such a bundle", hint="give one of them another destination (to: in "
-                        "images.yaml), or pull them into bundles of their own (an images.yaml "
-                        "per source registry) and load each with its own --to prefix"))
+                    self.failed(i, self._collision(self.specs[j].reference, ref,
+                                                   f"{where.repository}:{tag}",
+                                                   (other.root.digest, plan.root.digest)))
                     break
+
+    def _collision(self, first: object, ref: object, name: str, digests: tuple[str, str]
+                   ) -> UsageError:
+        if self.target is not None:  # a sync: the run's own target and rules
+            return UsageError(
+                f"{first} and {ref} would both be pushed as {self.target.registry}/{name}, "
+                f"and they differ ({digests[0]}, {digests[1]})",
+                hint="give one of them another destination (images.yaml to:, --map), or "
+                "sync them with different --to prefixes")
+        return UsageError(
+            f"{first} and {ref} would both be loaded as PREFIX/{name}, and they differ "
+            f"({digests[0]}, {digests[1]}): mirror load refuses such a bundle",
+            hint="give one of them another destination (to: in images.yaml), or pull them "
+            "into bundles of their own (an images.yaml per source registry) and load each "
+            "with its own --to prefix")
 
     async def check_sizes(self) -> None:
         """One digest, one size (a tar header cannot be both). When images list one blob with

@@ -66,7 +66,7 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
     """Plan every image, then push them to each target in turn. With `keep_going`, an
     image that fails to resolve is left out (`partial`); a push that fails stops the run."""
     fetcher = Fetcher(client, store, opts.jobs, progress) if store is not None else None
-    planner = _Planner(client, specs, opts, progress, fetcher)
+    planner = _Planner(client, specs, opts, progress, fetcher, targets[0] if targets else None)
     result.images = planner.results
     try:
         await planner.plan()
@@ -99,8 +99,8 @@ class _Planner(Planner):
     """Configs from the cache when there is one (a pull's way), else from the registry."""
 
     def __init__(self, client: Client, specs: list[ImageSpec], opts: SyncOptions,
-                 progress: Progress, fetcher: Fetcher | None) -> None:
-        super().__init__(client, specs, opts, progress)
+                 progress: Progress, fetcher: Fetcher | None, target: Target | None) -> None:
+        super().__init__(client, specs, opts, progress, target)
         self.fetcher = fetcher
 
     async def config(self, i: int, registry: str, repo: str, desc) -> bytes:

@@ -185,6 +185,32 @@ def test_two_sources_on_one_name_are_refused_before_any_push(src_registry, dst_r
     assert not [x for x in catalog(dst_registry) if x.startswith(prefix)]
 
 
+def test_sync_map_that_parts_two_sources_on_one_name_is_taken(src_registry, dst_registry,
+                                                               registry_factory, repo_name,
+                                                               rng, tmp_path):
+    """Two registries' images on one repository path and tag: a sync's --map that sends one
+    of them elsewhere is what the refusal's hint asks for; the sync's own check used to
+    place them without the run's rules and refuse them (exit 2) all the same."""
+    other = registry_factory()
+    a = push_image(src_registry.url, f"{repo_name}/app", ig.make_image(rng, ig.AMD64), ["1"])
+    b = push_image(other.url, f"{repo_name}/app", ig.make_image(rng, ig.AMD64), ["1"])
+    assert a != b
+    cfg = write(tmp_path / "images.yaml", f"version: 1\nimages:\n"
+                f"  - {src_registry.host}/{repo_name}/app:1\n  - {other.host}/{repo_name}/app:1\n")
+    p = f"{repo_name}/s"
+    mirror_ok("sync", "-f", cfg, "--to", f"{dst_registry.host}/{p}", "-q",
+              "--lock-file", tmp_path / "s.lock", "--map", f"{other.host}/*=other/*")
+    assert tags_at(dst_registry, f"{p}/{repo_name}/app") == {"1": a}
+    assert tags_at(dst_registry, f"{p}/other/{repo_name}/app") == {"1": b}
+    # without the rule: refused before any push, naming the target's name
+    r = run_mirror("sync", "-f", cfg, "--to", f"{dst_registry.host}/{p}2",
+                   "--lock-file", tmp_path / "s2.lock")
+    assert r.returncode == 2, r.stderr
+    assert f"would both be pushed as {dst_registry.host}/{p}2/{repo_name}/app:1" in \
+        error_line(r), r.stderr
+    assert not [x for x in catalog(dst_registry) if x.startswith(f"{p}2/")]
+
+
 def test_sync_takes_the_same_rules(src_registry, dst_registry, repo_name, rng, tmp_path):
     digests = seed(src_registry, repo_name, rng)
     cfg = images_yaml(tmp_path, src_registry, repo_name, digests)
