@@ -40,6 +40,7 @@ verification, CA file) to file contents, plus what each client cannot express, w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -69,6 +70,15 @@ class Mapping:
     source: Reference
     registry: str  # target host[:port]
     repository: str  # target repository
+    tags: tuple[str, ...] = field(default=(), compare=False)  # the tags it got there
+
+    @property
+    def tag(self) -> str | None:
+        """The target tag to name for it: the source's when it got it (else the first it
+        got: images.yaml `tag_as:`); None for an image pinned by digest."""
+        if not self.source.tag or not self.tags or self.source.tag in self.tags:
+            return self.source.tag
+        return self.tags[0]
 
     @property
     def target(self) -> str:
@@ -126,6 +136,7 @@ def mappings(images: Iterable[tuple[str | None, str, str | None]], registry: str
     out: list[Mapping] = []
     left: list[LeftOut] = []
     tags: dict[str, list[str]] = {}  # source name -> the tags it got at the target
+    got: dict[Mapping, list[str]] = {}  # the same per mapping: README.txt names one
     for name, repository, tag in images:
         where = f"{registry}/{repository}" + (f":{tag}" if tag else "")
         if not name or is_bare_tag(name):
@@ -142,8 +153,9 @@ def mappings(images: Iterable[tuple[str | None, str, str | None]], registry: str
             out.append(m)
         if tag:
             tags.setdefault(name, []).append(f"{registry}/{repository}:{tag}")
+            got.setdefault(m, []).append(tag)
     left += _renamed(tags)
-    return out, left
+    return [dataclasses.replace(m, tags=tuple(got.get(m, ()))) for m in out], left
 
 
 def _renamed(tags: dict[str, list[str]]) -> list[LeftOut]:
@@ -384,7 +396,7 @@ def _readme(maps: list[Mapping], cfg: ClientConfig, fallback: bool) -> str:
     lines = ["Client configuration written by `mirror`: the clients pull these names from "
              "the mirror.", ""]
     lines += [f"  {m.source} -> {m.target}"
-              + (f":{m.source.tag}" if m.source.tag else "")
+              + (f":{m.tag}" if m.tag else "")
               + (f"@{m.source.digest}" if m.source.digest else "") for m in maps]
     lines += ["", "Fallback to the source registries: "
               + ("yes (tried after the mirror)" if fallback else "no"), "", "Install:"]

@@ -25,7 +25,7 @@ import yaml
 
 from tests.support import imagegen as ig
 from tests.support.oracle import mirror_ok, run_mirror
-from tests.support.pusher import get_manifest, list_tags
+from tests.support.pusher import get_manifest, list_tags, push_image
 from tests.support.registry import Registry
 from tests.support.runtimes import Containerd, Dockerd, Podman
 
@@ -350,3 +350,29 @@ def test_a_renamed_tag_is_said_to_be_out_of_the_clients_reach() -> None:
     assert [(x.client, x.source, x.target) for x in left] == [
         ("all", "docker.io/library/redis:7", "reg.local/site/library/redis:stable")]
     assert "tag 7" in left[0].reason and "stable" in left[0].reason, left[0].reason
+
+
+def test_an_image_pushed_under_another_tag_is_named_with_the_tag_it_has(
+        src_registry: Registry, dst_registry: Registry, repo_name: str, tmp_path: Path) -> None:
+    """images.yaml's tag_as: README.txt's list of names used to say `SRC:2 -> TARGET:2`, a
+    tag the target does not have; it names TARGET:two (the source tag is listed as out of
+    the clients' reach, test_a_renamed_tag_is_said_to_be_out_of_the_clients_reach)."""
+    rng = random.Random(61)
+    img = ig.make_image(rng, ig.AMD64)
+    push_image(src_registry.url, f"{repo_name}/app", img, ["2"])
+    src = f"{src_registry.host}/{repo_name}/app"
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text(f"version: 1\nimages:\n  - ref: {src}:2\n    tag_as: two\n")
+    bundle = tmp_path / "b.tar"
+    mirror_ok("pull", "-f", cfg, "-o", bundle, "--cache", tmp_path / "c", "-q")
+    report = tmp_path / "r.json"
+    mirror_ok("load", bundle, "--to", f"{dst_registry.host}/p", "--write-client-config",
+              tmp_path / "cfg", "--report", report, "-q")
+    target = f"{dst_registry.host}/p/{repo_name}/app"
+    assert list_tags(dst_registry.url, f"p/{repo_name}/app") == ["two"]
+    readme = (tmp_path / "cfg/README.txt").read_text()
+    assert f"{src}:2 -> {target}:two" in readme, readme
+    assert f"{target}:2" not in readme, readme
+    left = json.loads(report.read_text())["client_config"]["left_out"]
+    assert {"client": "all", "source": f"{src}:2", "target": f"{target}:two"} in [
+        {k: x[k] for k in ("client", "source", "target")} for x in left], left
