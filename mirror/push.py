@@ -356,6 +356,8 @@ class Pusher:
             return
         self.done.add((img.repository, ref))
         action, m = await self.decide(img, ref, m, merge)
+        if m is not img.root and ref == img.tag:  # merged: the tag gets another index
+            await self._root_by_digest(img, dry_run)
         if action != "push":
             self.result.manifests_present += 1
         if action != "present":
@@ -369,6 +371,22 @@ class Pusher:
                 await self._put(img, ref, m)
         if not dry_run:
             self._say_where(img, ref, m)
+
+    async def _root_by_digest(self, img: PushImage, dry_run: bool) -> None:
+        """With --merge the tag holds a merged index; the image's own root is pushed by
+        digest as well, so the digest the report, the lock file and its signatures name is
+        one the target serves."""
+        key = (img.repository, img.root.digest)
+        if key in self.done:
+            return
+        self.done.add(key)
+        if await _there(self.client, self.reg, img.repository, img.root.digest, img.root):
+            self.result.manifests_present += 1
+        elif dry_run:
+            self.result.dry_run.append(f"manifest {img.root.digest} -> {self.reg}/"
+                                       f"{img.repository}@{img.root.digest}")
+        else:
+            await self._put(img, img.root.digest, img.root)
 
     async def decide(self, img: PushImage, ref: str, m: RawManifest, merge: bool
                      ) -> tuple[str, RawManifest]:

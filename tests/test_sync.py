@@ -199,6 +199,37 @@ def test_sync_through_a_damaged_cache_fetches_the_blob_again(
     served(dst_registry, json.loads(report.read_text()), f"b{u}")
 
 
+def test_sync_merge_serves_every_digest_its_report_names(
+        src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """--merge over a tag that holds another index with a platform the image lacks: the
+    tag gets the merged index (a new digest) and the image's own index, the one the report,
+    the lock file and its signatures name, is served by digest too (it was never pushed:
+    the report named a digest the target did not have)."""
+    u = repo_name[-8:]
+    old = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)], "oci")
+    new = ig.make_index([ig.make_image(rng, ig.AMD64, "oci")], "oci")
+    push_image(src_registry.url, repo_name, new, ["1"])
+    push_image(dst_registry.url, f"m{u}/{repo_name}", old, ["1"])
+    report = tmp_path / "r.json"
+    proc = mirror_ok("sync", f"{src_registry.host}/{repo_name}:1", "--to",
+                     f"{dst_registry.host}/m{u}", "--merge", "--report", report,
+                     "--lock-file", tmp_path / "m.lock")
+    body, _, _ = get_manifest(dst_registry.url, f"m{u}/{repo_name}", "1")
+    assert ig.sha256_digest(body) not in (new.digest, old.digest), body  # merged
+    assert f"{new.digest} -> {ig.sha256_digest(body)}" in proc.stderr, proc.stderr
+    doc = json.loads(report.read_text())
+    assert doc["images"][0]["digest"] == new.digest
+    served(dst_registry, doc, f"m{u}")
+    lock = json.loads((tmp_path / "m.lock").read_text())["images"]
+    assert [e["digest"] for e in lock.values()] == [new.digest]
+    again = mirror_ok("sync", f"{src_registry.host}/{repo_name}:1", "--to",
+                      f"{dst_registry.host}/m{u}", "--merge", "-q", "--report", report,
+                      "--lock-file", tmp_path / "m.lock")
+    assert again.stderr == "", again.stderr
+    assert json.loads(report.read_text())["targets"][0]["manifests_pushed"] == 0
+
+
 def test_sync_dry_run_pushes_nothing(src_registry: Registry, dst_registry: Registry,
                                      repo_name: str, rng: random.Random, tmp_path: Path) -> None:
     img = ig.make_image(rng, ig.AMD64, "oci")
