@@ -448,6 +448,12 @@ async def _sync(args: argparse.Namespace, progress, report: Report) -> int:
 
     report.add(**_sync_report(None), retries=0, dry_run=args.dry_run, **_traffic(None), tag_rules=[])
     targets = [target_of(args, t) for t in args.to]
+    seen: set[tuple[str, str]] = set()
+    for t in targets:
+        if (t.registry, t.prefix) in seen:
+            raise UsageError(f"--to {t.registry}/{t.prefix}".rstrip("/") + " is given twice: "
+                             "each target is pushed to once")
+        seen.add((t.registry, t.prefix))
     specs, cfg = _specs(args)
     if not args.dry_run:
         _check_lock_path(args)

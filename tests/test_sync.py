@@ -230,6 +230,21 @@ def test_sync_merge_serves_every_digest_its_report_names(
     assert json.loads(report.read_text())["targets"][0]["manifests_pushed"] == 0
 
 
+def test_sync_one_target_given_twice_is_refused(src_registry: Registry, dst_registry: Registry,
+                                                repo_name: str, rng: random.Random,
+                                                tmp_path: Path) -> None:
+    """--to H/p --to H/p/ (a pasted line, a script's list): the same target twice was pushed
+    to twice and listed twice in the report; refused before any work (exit 2)."""
+    u = repo_name[-8:]
+    push_image(src_registry.url, repo_name, ig.make_image(rng, ig.AMD64, "oci"), ["1"])
+    r = run_mirror("sync", f"{src_registry.host}/{repo_name}:1", "--to",
+                   f"{dst_registry.host}/t{u}", "--to", f"{dst_registry.host}/t{u}/",
+                   "--lock-file", tmp_path / "l.lock")
+    assert r.returncode == 2, r.stderr
+    assert f"--to {dst_registry.host}/t{u} is given twice" in error_line(r), r.stderr
+    assert not state(dst_registry, f"t{u}")
+
+
 def test_sync_dry_run_pushes_nothing(src_registry: Registry, dst_registry: Registry,
                                      repo_name: str, rng: random.Random, tmp_path: Path) -> None:
     img = ig.make_image(rng, ig.AMD64, "oci")
