@@ -15,6 +15,7 @@ from pathlib import Path
 from mirror import clientconfig
 from mirror.bundle.reader import Bundle
 from mirror.load import Target, plan_load
+from mirror.mapping import unmatched
 from mirror.netargs import host_values, target_of, transport_for
 from mirror.paths import check_writable
 from mirror.push import PushImage
@@ -65,6 +66,9 @@ async def client_config(args: argparse.Namespace, progress, report: Report) -> i
     bundle = Bundle(args.bundle)
     contents = await asyncio.to_thread(bundle.scan)
     images = plan_load(contents, target, bundle.name)
+    for line in unmatched(target.layout.rules, (i.image.reference.name for i in images
+                                                if i.image.reference is not None)):
+        progress.warn(line)
     async with transport_for(args, None, progress) as t:  # one ping: the scheme it speaks
         access = await access_of(args, t, target.registry)
     write_for(args.output, images, target, access, args.no_fallback, progress, report)

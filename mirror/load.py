@@ -25,7 +25,7 @@ from mirror.elsewhere import find_elsewhere
 from mirror.errors import BundleError, IncompleteBase, InvalidReference
 from mirror.fileobj import Readable
 from mirror.manifest import Descriptor
-from mirror.mapping import Destination, Placement, Target, check, place
+from mirror.mapping import Destination, Placement, Target, check, place, unmatched
 from mirror.progress import NullProgress, Progress
 from mirror.push import Body, PushImage, PushResult, push
 from mirror.reference import Reference, _is_registry, is_bare_tag
@@ -212,6 +212,9 @@ async def load(client: Client, bundle: Bundle, target: Target, *, jobs: int = 4,
     for note in contents.notes:  # a docker-archive's new manifests (conversions)
         progress.info(note)
     images = plan_load(contents, target, bundle.name)
+    for line in unmatched(target.layout.rules, (i.image.reference.name for i in images
+                                                if i.image.reference is not None)):
+        progress.warn(line)
     absent = check_complete(images, contents, bundle.name)
     result.images = images
     reg = target.registry

@@ -105,6 +105,17 @@ class Rule:
         return cls.parse(src, dst, f"--map {text!r}")
 
 
+def unmatched(rules: Iterable[Rule], names: Iterable[str | None]) -> list[str]:
+    """A warning line for each of the run's rules (--map, --map-file) that matches none of
+    the images' source repositories (a typo, a source written without its registry): it
+    moved nothing, and the images land where they would without it."""
+    known = sorted({n for n in names if n})
+    some = ", ".join(known[:5]) + (f" and {len(known) - 5} more" if len(known) > 5 else "")
+    return [f"{r.where or r.source}: {r.source} matches no image of this run "
+            f"({some or 'none named'}); it moved nothing"
+            for r in rules if not any(r.apply(n) is not None for n in known)]
+
+
 def path_problem(path: str) -> str | None:
     """Why `path` is not a repository path a registry takes (the distribution spec's
     grammar: lowercase components), or names a registry (that is --to's part), or None."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from mirror.config import ImageSpec
 from mirror.fetch import Fetcher
 from mirror.image import Image
-from mirror.mapping import Target, check, place
+from mirror.mapping import Target, check, place, unmatched
 from mirror.planning import ImageResult, Planner
 from mirror.progress import Progress
 from mirror.push import BlobSource, PushImage, PushResult, push
@@ -86,6 +86,9 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
     absent = {dg: why for p in plans for dg, why in p.absent.items()}
     # every target's names checked before anything is pushed to any of them
     pushes = [(target, push_images(plans, target)) for target in targets]
+    for line in unmatched(targets[0].layout.rules if targets else (),
+                          (p.reference.name for p in plans if p.reference is not None)):
+        progress.warn(line)
     for target, images in pushes:
         done = PushResult(images=images)
         result.targets.append((target, done))

@@ -211,6 +211,33 @@ def test_sync_map_that_parts_two_sources_on_one_name_is_taken(src_registry, dst_
     assert not [x for x in catalog(dst_registry) if x.startswith(f"{p}2/")]
 
 
+def test_a_rule_that_matches_no_image_is_said(src_registry, dst_registry, repo_name, rng,
+                                              tmp_path):
+    """A --map or --map-file rule that no image's source repository matches (a typo, a
+    source written without its registry: 'lib/app=x' is docker.io/lib/app) moved nothing,
+    and load and sync said nothing: the images landed at their default paths. Each such
+    rule is now named on a warning line (the run goes on: a shared map file may hold rules
+    for other bundles)."""
+    h = src_registry.host
+    push_image(src_registry.url, f"{repo_name}/app", ig.make_image(rng, ig.AMD64), ["1"])
+    cfg = write(tmp_path / "images.yaml", f"version: 1\nimages:\n  - {h}/{repo_name}/app:1\n")
+    bundle = pull(tmp_path, cfg)
+    mf = write(tmp_path / "site.yaml", f"map:\n  {h}/{repo_name}/ap: x\n")
+    typo = f"{repo_name}/app=y"  # no registry: docker.io/...
+    p = f"{repo_name}/l"
+    proc = mirror_ok("load", bundle, "--to", f"{dst_registry.host}/{p}", "--map", typo,
+                     "--map-file", mf, "-q")
+    assert f"--map '{typo}'" in proc.stderr and "matches no image" in proc.stderr, proc.stderr
+    assert f"{mf}:2" in proc.stderr, proc.stderr
+    assert list(tags_at(dst_registry, f"{p}/{repo_name}/app")) == ["1"]  # where it was
+    proc = mirror_ok("sync", "-f", cfg, "--to", f"{dst_registry.host}/{repo_name}/s", "-q",
+                     "--lock-file", tmp_path / "s.lock", "--map", typo)
+    assert f"--map '{typo}'" in proc.stderr and "matches no image" in proc.stderr, proc.stderr
+    proc = mirror_ok("load", bundle, "--to", f"{dst_registry.host}/{p}", "-q",
+                     "--map", f"{h}/{repo_name}/app=z")
+    assert proc.stderr == "", proc.stderr
+
+
 def test_sync_takes_the_same_rules(src_registry, dst_registry, repo_name, rng, tmp_path):
     digests = seed(src_registry, repo_name, rng)
     cfg = images_yaml(tmp_path, src_registry, repo_name, digests)
