@@ -89,10 +89,10 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
     for line in unmatched(targets[0].layout.rules if targets else (),
                           (p.reference.name for p in plans if p.reference is not None)):
         progress.warn(line)
-    for target, images in pushes:
-        done = PushResult(images=images)
-        result.targets.append((target, done))
-        await push(client, target.registry, images, source, done,
+    # every target in the report from here on: one not reached has null counts
+    result.targets = [(target, PushResult(images=images)) for target, images in pushes]
+    for target, done in result.targets:
+        await push(client, target.registry, done.images, source, done,
                    progress, absent=absent, jobs=opts.jobs, dry_run=opts.dry_run,
                    merge=opts.merge)
     return result

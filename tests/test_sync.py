@@ -364,6 +364,41 @@ def test_an_interrupted_sync_is_completed_by_the_next(
     assert state(dst_registry, f"i{u}") == state(dst_registry, f"pl{u}")
 
 
+def test_an_interrupted_sync_reports_every_target(
+        src_registry: Registry, dst_registry: Registry, registry_factory, faultproxy,
+        repo_name: str, rng: random.Random, tmp_path: Path) -> None:
+    """Ctrl-C while the first of two targets is pushed: the report's `targets` has one entry
+    per --to as documented, the one not reached with null counts and its placement (it
+    used to be left out, as if it had not been asked for)."""
+    u = repo_name[-8:]
+    img = ig.make_image(rng, ig.AMD64, "oci")
+    push_image(src_registry.url, repo_name, img, ["1"])
+    src = faultproxy(src_registry.url)
+    src.add(Fault("stall", method="GET", path=img.layers[0].digest, delay=30, times=None))
+    other = registry_factory()
+    report = tmp_path / "r.json"
+    proc = subprocess.Popen(mirror_cmd("sync", f"{src.host}/{repo_name}:1", "--to",
+                                       f"{dst_registry.host}/i{u}", "--to", f"{other.host}/i{u}",
+                                       "--report", report, "-q"),
+                            env=mirror_env(), cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    # the config is read (planned), the layer's GET is held for 30 s: in the first push
+    while not any(img.config.digest in p for p in src.paths()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    doc = json.loads(report.read_text())
+    assert [t["target"] for t in doc["targets"]] == [f"{dst_registry.host}/i{u}",
+                                                     f"{other.host}/i{u}"], doc
+    second = doc["targets"][1]
+    assert second["blobs_pushed"] is None and second["tags"] is None, second
+    assert second["placement"] == [{"source": f"{src.host}/{repo_name}:1",
+                                    "repository": f"i{u}/{repo_name}", "tags": ["1"]}], second
+
+
 def test_sync_refuses_a_bad_target_before_any_work(src_registry: Registry, tmp_path: Path
                                                    ) -> None:
     proc = run_mirror("sync", f"{src_registry.host}/x/y:1", "--to", "http://h:5000")
