@@ -13,7 +13,7 @@ from typing import cast
 
 from mirror.aio import aiter_thread
 from mirror.digest import verified_async, verified_sync
-from mirror.errors import IntegrityError, RegistryError
+from mirror.errors import IntegrityError, MirrorError, RegistryError
 from mirror.fetch import Fetcher
 from mirror.manifest import Descriptor
 from mirror.registry.client import Client
@@ -104,17 +104,24 @@ class CacheSource:
         return digest in self.where
 
     async def open(self, desc: Descriptor, offset: int) -> AsyncIterator[bytes]:
-        task = self.ready.get(desc.digest)
-        if task is None or (task.done() and (task.cancelled() or task.exception())):
-            task = asyncio.ensure_future(self._ready(desc.digest))
-            self.ready[desc.digest] = task
-        await asyncio.shield(task)
-        path = self.fetcher.store.path(desc.digest)
-        chunks = _read(str(path), offset)
-        async for chunk in aiter_thread(
-                verified_sync(chunks, desc.digest, desc.size, f"cache {path}")
-                if offset == 0 else chunks):
-            yield chunk
+        """A full cache disk (or any local I/O error) is said as such, exit 1 as a pull's:
+        raised inside the upload's body, an OSError became the upload's 'Can not write
+        request body' (a registry error, exit 3)."""
+        try:
+            task = self.ready.get(desc.digest)
+            if task is None or (task.done() and (task.cancelled() or task.exception())):
+                task = asyncio.ensure_future(self._ready(desc.digest))
+                self.ready[desc.digest] = task
+            await asyncio.shield(task)
+            path = self.fetcher.store.path(desc.digest)
+            chunks = _read(str(path), offset)
+            async for chunk in aiter_thread(
+                    verified_sync(chunks, desc.digest, desc.size, f"cache {path}")
+                    if offset == 0 else chunks):
+                yield chunk
+        except OSError as e:
+            where = e.filename or f"cache {self.fetcher.store.root}"
+            raise MirrorError(f"{where}: {e.strerror or e}") from None
 
 
     async def _ready(self, digest: str) -> None:

@@ -199,6 +199,40 @@ def test_sync_through_a_damaged_cache_fetches_the_blob_again(
     served(dst_registry, json.loads(report.read_text()), f"b{u}")
 
 
+def test_sync_with_a_cache_on_a_full_disk_says_so(
+        src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """The cache's disk fills up (RLIMIT_FSIZE in the child: the OSError path of ENOSPC)
+    while a blob is fetched into it for the upload: one line naming the cache file and
+    'File too large', exit 1 as a pull's; it was the upload's error instead, exit 3 (a
+    registry failure), 'Can not write request body for http://TARGET/...?_state=...'."""
+    import resource
+
+    u = repo_name[-8:]
+    big = ig.make_layer(rng, size=1 << 20, compressed=False)
+    push_image(src_registry.url, repo_name, ig.make_image(rng, ig.AMD64, "oci", layers=[big]),
+               ["1"])
+    limit = 256 << 10
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    cache = tmp_path / "cache"
+    proc = subprocess.run(mirror_cmd("sync", f"{src_registry.host}/{repo_name}:1", "--to",
+                                     f"{dst_registry.host}/f{u}", "--cache", cache, "-q",
+                                     "--lock-file", tmp_path / "l.lock"),
+                          cwd=tmp_path, env=mirror_env(), capture_output=True, text=True,
+                          timeout=120, preexec_fn=small_disk)
+    assert proc.returncode == 1, proc.stderr
+    line = error_line(proc)
+    assert "File too large" in line and str(cache) in line, line
+    assert "_state=" not in line and "request body" not in line, line
+    assert not blob_exists(dst_registry.url, f"f{u}/{repo_name}", big.digest)
+    mirror_ok("sync", f"{src_registry.host}/{repo_name}:1", "--to", f"{dst_registry.host}/f{u}",
+              "--cache", cache, "-q", "--lock-file", tmp_path / "l.lock")
+    assert blob_exists(dst_registry.url, f"f{u}/{repo_name}", big.digest)
+
+
 def test_sync_merge_serves_every_digest_its_report_names(
         src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
         tmp_path: Path) -> None:
