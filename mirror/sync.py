@@ -87,7 +87,7 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
     # every target's names checked before anything is pushed to any of them
     pushes = [(target, push_images(plans, target)) for target in targets]
     for line in unmatched(targets[0].layout.rules if targets else (),
-                          (p.reference.name for p in plans if p.reference is not None)):
+                          (s.reference.name for s in specs)):  # failed ones too
         progress.warn(line)
     # every target in the report from here on: one not reached has null counts
     result.targets = [(target, PushResult(images=images)) for target, images in pushes]
