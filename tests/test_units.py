@@ -606,3 +606,16 @@ def test_manifest_json_names_images_as_docker_save_does() -> None:
     assert familiar(Reference.parse("docker.io/library/a/b:1")) == "library/a/b:1"
     assert familiar(Reference.parse("ghcr.io/org/app:1.2")) == "ghcr.io/org/app:1.2"
     assert familiar(Reference.parse("localhost:5000/app@sha256:" + "a" * 64)) is None
+
+
+def test_a_network_error_line_never_carries_a_url_query() -> None:
+    """aiohttp names the URL in some errors ("Can not write request body for URL"): an
+    upload's `?_state=` token or a presigned URL's signature must not reach an error line."""
+    import aiohttp
+
+    from mirror.registry.network import describe_exception
+
+    e = aiohttp.ClientOSError(28, "Can not write request body for "
+                              "http://reg:5000/v2/app/blobs/uploads/u1?_state=SECRET&digest=x")
+    line = describe_exception(e)
+    assert "SECRET" not in line and "http://reg:5000/v2/app/blobs/uploads/u1?..." in line, line

@@ -5,6 +5,7 @@ the transport, the authenticator and the client all use it without importing eac
 from __future__ import annotations
 
 import asyncio
+import re
 
 import aiohttp
 
@@ -19,6 +20,9 @@ class TransferError(Exception):
         self.why = why
         self.tries = tries
         self.url = url  # what was asked, when known (for the retry's -v line)
+
+
+_QUERY = re.compile(r"(\bhttps?://[^\s?#]+)\?[^\s#]*")
 
 
 def describe_exception(e: BaseException) -> str:
@@ -42,4 +46,7 @@ def describe_exception(e: BaseException) -> str:
         quoted = next((ln for ln in lines[1:] if ln.startswith(("b'", 'b"'))), "")
         why = " ".join(x for x in (lines[0].rstrip(":") if lines else "", quoted[:80]) if x)
         return f"not a valid HTTP answer ({why or 'unparsable'})"
-    return (str(e).splitlines() or [""])[0] or type(e).__name__
+    line = (str(e).splitlines() or [""])[0] or type(e).__name__
+    # some errors name the URL ("Can not write request body for URL"): never its query (an
+    # upload's state token, a presigned URL's signature)
+    return _QUERY.sub(r"\1?...", line)
