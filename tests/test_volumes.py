@@ -348,3 +348,27 @@ def test_pull_stopped_while_cutting_the_parts_leaves_the_old_set(src_registry, r
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     assert after == before
     mirror_ok("verify", out)
+
+
+@pytest.mark.parametrize("volume", [[], ["--volume-size", "256k"]], ids=["file", "parts"])
+def test_serve_sends_the_served_bundle_after_a_rerun_replaced_it(src_registry, repo_name, rng,
+                                                                 tmp_path, volume):
+    """A nightly pull rewrites the bundle `mirror serve` is serving (other images, so other
+    offsets): every blob it still names is sent with its own bytes (the sha256 its
+    Docker-Content-Digest says), from the bundle it opened, never the new file's bytes at
+    the old offsets."""
+    refs = seed(src_registry, repo_name, rng)
+    out = tmp_path / "site.tar"
+    pull(out, refs[1:], tmp_path / "cache", "-q", *volume)
+    proc, url = start_serve(parts(out)[0] if volume else out, tmp_path / "serve.log")
+    try:
+        repo = refs[1].split("/", 1)[1].rsplit(":", 1)[0]
+        blobs = sorted(_blobs_of(url, repo))
+        pull(out, refs, tmp_path / "cache", "-q", *volume)  # v0 first: every offset moves
+        for digest in blobs:
+            with urllib.request.urlopen(f"{url}/v2/{repo}/blobs/{digest}") as r:
+                body = r.read()
+                assert r.headers["Docker-Content-Digest"] == digest
+            assert "sha256:" + hashlib.sha256(body).hexdigest() == digest
+    finally:
+        stop_serve(proc)

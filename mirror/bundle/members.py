@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import posixpath
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import zstandard
 
@@ -110,13 +111,15 @@ def blob_digest(name: str) -> str | None:
     return None
 
 
-def index_tar(path: Path, bundle: str, links: dict[str, str]) -> dict[str, Member]:
+def index_tar(path: Path, bundle: str, links: dict[str, str],
+              opener: Callable[[], BinaryIO] | None = None) -> dict[str, Member]:
     """A plain tar's file members (name -> Member at its data offset), its links recorded in
-    `links`; raise BundleError for a member whose data runs past the next header or the end
+    `links` (read through `opener` when given, else from `path`); raise BundleError for a member whose data runs past the next header or the end
     of the file, and for anything but zeros after the end of the tar."""
     members: dict[str, Member] = {}
+    opener = opener or (lambda: open_read(path))
     try:
-        with open_read(path) as raw, tarfile.open(fileobj=raw, mode="r:") as tf:
+        with opener() as raw, tarfile.open(fileobj=raw, mode="r:") as tf:
             for name, ti in file_members(tf, bundle, links):
                 members[name] = Member(name, ti.size, ti.offset_data)
             end = tf.offset  # where the end-of-archive blocks start
@@ -130,7 +133,7 @@ def index_tar(path: Path, bundle: str, links: dict[str, str]) -> dict[str, Membe
                                       f"{ti.size} bytes, more than the tar has for it")
     except tarfile.TarError as e:
         raise unreadable(path, bundle, False, e) from None
-    with open_read(path) as f:
+    with opener() as f:
         for m in members.values():
             if m.offset is not None and m.offset + m.size > f.seek(0, 2):
                 raise BundleError(f"{bundle}: truncated: the tar ends in the middle "

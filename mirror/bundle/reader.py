@@ -54,6 +54,7 @@ class Bundle:
         self._linked_cache: dict[str, Member] | None = None
         self._aliases: dict[str, str] = {}  # digest -> member, where not blobs/<alg>/<hex>
         self.volumes: volumes.VolumeSet | None = None
+        self._pinned: volumes.Pinned | None = None
         self.directory = self.path.is_dir()  # an OCI layout directory (mirror.bundle.directory)
         self.compressed = False
         if self.directory:
@@ -62,7 +63,10 @@ class Bundle:
         if self.volumes is not None:
             volumes.check(self.volumes, self.name, hashes=check_parts)
         try:
-            with volumes.open_read(self.path) as f:
+            # every read of a plain tar's members (mirror serve's for as long as it runs)
+            # is of these files, even once a rerun has replaced them
+            self._pinned = volumes.Pinned(self.path, self.volumes)
+            with self._pinned.open() as f:
                 magic = f.read(4)
         except OSError as e:
             raise BundleError(f"{self.name}: cannot open bundle: {e.strerror}") from None
@@ -76,7 +80,7 @@ class Bundle:
 
             self._members = directory.index(self.path, self.name)
         if self._members is None:
-            self._members = index_tar(self.path, self.name, self._links)
+            self._members = index_tar(self.path, self.name, self._links, self._open)
         return self._members
 
     def read_member(self, name: str, limit: int = MAX_MANIFEST_BYTES) -> bytes:
@@ -91,11 +95,20 @@ class Bundle:
     def open_member(self, m: Member) -> BinaryIO:
         """The file, positioned at the member's data (a plain tar's or a directory's)."""
         try:
-            f = open(m.path, "rb") if m.path else volumes.open_read(self.path)  # noqa: SIM115
+            f = open(m.path, "rb") if m.path else self._open()  # noqa: SIM115
         except OSError as e:
             raise BundleError(f"{self.name}: cannot open {m.name!r}: {e.strerror}") from None
         f.seek(m.offset or 0)
         return f
+
+    def __del__(self) -> None:
+        if getattr(self, "_pinned", None) is not None:
+            self._pinned.close()  # type: ignore[union-attr]
+
+    def _open(self) -> BinaryIO:
+        """The bundle's file (or parts) as it was when opened, from its start."""
+        pinned = getattr(self, "_pinned", None)
+        return pinned.open() if pinned is not None else volumes.open_read(self.path)
 
     def _linked(self) -> dict[str, Member]:
         """The link members (a docker-archive's repeated layers), each as the file it names;
@@ -165,7 +178,7 @@ class Bundle:
             for m in items:
                 yield m.name, m.size, None
             return
-        with volumes.open_read(self.path) as f:
+        with self._open() as f:
             raw = Tapped(f, tap)
             pos = 0
             for m in items:

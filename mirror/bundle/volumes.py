@@ -238,8 +238,9 @@ class PartsFile(io.RawIOBase):
     """The parts read as one file: read, readinto, seek and tell over their concatenation;
     one part open at a time."""
 
-    def __init__(self, vs: VolumeSet) -> None:
+    def __init__(self, vs: VolumeSet, paths: list[Path] | None = None) -> None:
         self.vs = vs
+        self._paths = paths or [p.path for p in vs.parts]  # what is opened (Pinned's)
         self.name = str(vs.base)
         self.mode = "rb"
         self._starts: list[int] = []
@@ -288,7 +289,7 @@ class PartsFile(io.RawIOBase):
         if self._open is not None:
             self._open[1].close()
             self._open = None
-        f = open(self.vs.parts[i].path, "rb", buffering=0)  # noqa: SIM115 - closed here
+        f = open(self._paths[i], "rb", buffering=0)  # noqa: SIM115 - closed here
         self._open = (i, f)
         return f
 
@@ -317,6 +318,43 @@ def open_read(path: Path, buffering: int = -1) -> BinaryIO:
         return open(path, "rb", buffering=buffering)  # noqa: SIM115 - the caller closes it
     raw = PartsFile(vs)
     return raw if buffering == 0 else io.BufferedReader(raw, CHUNK)  # type: ignore[return-value]
+
+
+class Pinned:
+    """The bundle at `path` as it is now: its file, or each of its parts, held open, so that
+    every later read sees these bytes even when a rerun replaces the files under the same
+    names (a reader that reopened by name would read the new bundle at the old one's
+    offsets: `mirror serve` would send other bytes under a blob's digest)."""
+
+    def __init__(self, path: Path, vs: VolumeSet | None) -> None:
+        self.path = path
+        self.vs = vs
+        self.fds: list[int] = []
+        try:
+            for name in [p.path for p in vs.parts] if vs is not None else [path]:
+                self.fds.append(os.open(name, os.O_RDONLY | os.O_CLOEXEC))
+        except BaseException:
+            self.close()
+            raise
+
+    def _paths(self) -> list[Path]:
+        # Linux: /proc/self/fd/N opens the file N is, whatever its name is now, with an
+        # offset of its own (a dup would share one between concurrent readers)
+        return [Path(f"/proc/self/fd/{fd}") for fd in self.fds]
+
+    def open(self, buffering: int = -1) -> BinaryIO:
+        """A new reader (its own position) over the held file or parts."""
+        paths = self._paths()
+        if self.vs is None:
+            return open(paths[0], "rb", buffering=buffering)  # noqa: SIM115 - the caller closes it
+        raw = PartsFile(self.vs, paths)
+        return raw if buffering == 0 else io.BufferedReader(raw, CHUNK)  # type: ignore[return-value]
+
+    def close(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds = []
 
 
 # -- writing ------------------------------------------------------------------------------
