@@ -372,3 +372,22 @@ def test_serve_sends_the_served_bundle_after_a_rerun_replaced_it(src_registry, r
             assert "sha256:" + hashlib.sha256(body).hexdigest() == digest
     finally:
         stop_serve(proc)
+
+
+def test_rerun_removes_parts_no_sidecar_lists(src_registry, repo_name, rng, tmp_path):
+    """Parts of a set whose sidecar is gone (a pull killed while naming its parts, a sidecar
+    deleted) are removed when a rerun names its own, smaller set: the pull's success is a set
+    that verify takes (not one every reader refuses for its extra parts), and the next rerun
+    says unchanged."""
+    refs = seed(src_registry, repo_name, rng)
+    out = tmp_path / "site.tar"
+    pull(out, refs, tmp_path / "cache", "-q", "--volume-size", "256k")
+    assert len(parts(out)) > 2
+    (tmp_path / "site.tar.volumes.json").unlink()
+    (tmp_path / "site.tar.009.partial").write_bytes(b"left by a killed run")
+    pull(out, refs, tmp_path / "cache", "-q", "--volume-size", "512k")
+    listed = json.loads((tmp_path / "site.tar.volumes.json").read_text())["parts"]
+    assert [p.name for p in parts(out)] == [p["name"] for p in listed] and len(listed) == 2
+    assert not (tmp_path / "site.tar.009.partial").exists()
+    assert mirror_ok("verify", out).stdout.strip().endswith("OK")
+    assert "unchanged" in pull(out, refs, tmp_path / "cache", "--volume-size", "512k").stderr

@@ -372,6 +372,7 @@ def publish(tmp: Path, out: Path, hexdigest: str, volume_size: int | None,
         write_sidecar(out, hexdigest)
         if old is not None:  # a set this output was before: gone once the file is named
             _remove(old, keep=set())
+        _remove_strays(out, keep=set())
         return True
     parts = _split(tmp, out, volume_size, stop)
     if parts is None:
@@ -391,6 +392,7 @@ def publish(tmp: Path, out: Path, hexdigest: str, volume_size: int | None,
     _write_atomic(side, vs.to_json())
     if old is not None:
         _remove(old, keep={p.path.name for p in parts})
+    _remove_strays(out, keep={p.path.name for p in parts})
     with contextlib.suppress(FileNotFoundError):
         out.unlink()  # a single-file bundle this output was before
     return True
@@ -425,6 +427,22 @@ def _remove(old: VolumeSet, keep: set[str]) -> None:
         for extra in (old.sidecar, old.base.with_name(old.base.name + PARTS_SUMS)):
             with contextlib.suppress(FileNotFoundError):
                 extra.unlink()
+
+
+def _remove_strays(out: Path, keep: set[str]) -> None:
+    """Remove `out.NNN` (and `out.NNN.partial`) files the new set does not have: parts of a
+    set whose sidecar is gone (a pull killed while it named its parts, a sidecar deleted),
+    which no sidecar lists, so `_remove` misses them, and which every reader would refuse
+    as extra parts of the new set (and no rerun would ever call it unchanged)."""
+    pattern = re.compile(re.escape(out.name) + r"\.\d{3,}(?:\.partial)?")
+    try:
+        names = [p for p in out.parent.iterdir() if pattern.fullmatch(p.name)]
+    except OSError:
+        return
+    for p in names:
+        if p.name not in keep:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
 
 
 def _split(tmp: Path, out: Path, size: int, stop: threading.Event | None) -> list[Part] | None:
