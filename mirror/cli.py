@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import os
 import sys
 from pathlib import Path
@@ -330,6 +331,11 @@ def _os_error(progress, e: OSError) -> tuple[int, str]:
     where = f"{e.filename}: " if e.filename else ""
     line = secrets.redact(f"{where}{e.strerror or e}")
     print(f"mirror: error: {line}", file=sys.stderr)
+    if e.errno == errno.EFBIG:  # FAT32's 4 GiB - 1, or ulimit -f
+        print("  hint: the file system (or `ulimit -f`) limits a file's size; a pull writes "
+              "the whole bundle before --volume-size cuts it into parts: write it (-o) to a "
+              "file system without the limit, then copy the parts to the medium",
+              file=sys.stderr)
     return EXIT_CODES["error"], line
 
 

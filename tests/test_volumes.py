@@ -391,3 +391,18 @@ def test_rerun_removes_parts_no_sidecar_lists(src_registry, repo_name, rng, tmp_
     assert not (tmp_path / "site.tar.009.partial").exists()
     assert mirror_ok("verify", out).stdout.strip().endswith("OK")
     assert "unchanged" in pull(out, refs, tmp_path / "cache", "--volume-size", "512k").stderr
+
+
+def test_a_file_size_limit_says_where_the_parts_are_cut(src_registry, repo_name, rng,
+                                                       tmp_path):
+    """The output's file system takes files smaller than the bundle (FAT32's 4 GiB - 1, here
+    `ulimit -f`): the pull fails naming the bundle's partial file (exit 1, nothing named),
+    and says the whole bundle is written before the parts are cut, and what to do."""
+    refs = seed(src_registry, repo_name, rng)
+    out = tmp_path / "usb" / "site.tar"
+    res = run(["prlimit", f"--fsize={600 << 10}", *mirror_cmd(
+        "pull", *refs, "-o", out, "--cache", tmp_path / "cache", "-q", "--volume-size",
+        "256k")], cwd=ROOT, env=mirror_env())
+    assert res.returncode == 1 and "site.tar.partial: File too large" in error_line(res)
+    assert "hint:" in res.stderr and "copy the parts to the medium" in res.stderr
+    assert sorted(p.name for p in out.parent.iterdir()) == []
