@@ -406,3 +406,19 @@ def test_a_file_size_limit_says_where_the_parts_are_cut(src_registry, repo_name,
     assert res.returncode == 1 and "site.tar.partial: File too large" in error_line(res)
     assert "hint:" in res.stderr and "copy the parts to the medium" in res.stderr
     assert sorted(p.name for p in out.parent.iterdir()) == []
+
+
+def test_serve_of_tar_zst_parts_says_how_to_join_them(src_registry, repo_name, rng, tmp_path):
+    """serve refuses a .tar.zst given as parts (exit 10) with a command that decompresses
+    the parts' concatenation (`zstd -d site.tar.zst.001` reads the first part alone and
+    fails); that command's tar is then served."""
+    refs = seed(src_registry, repo_name, rng, n=1)
+    out = tmp_path / "site.tar.zst"
+    pull(out, refs, tmp_path / "cache", "-q", "--volume-size", "64k")
+    res = run_mirror("serve", parts(out)[0], "--listen", "127.0.0.1:0")
+    assert res.returncode == 10 and "cannot be read at random" in error_line(res)
+    command = res.stderr.split("`")[1]
+    assert command.startswith("cat ") and f"{out}.0*" in command, res.stderr
+    subprocess.run(command, shell=True, check=True, cwd=tmp_path)
+    proc, _ = start_serve(tmp_path / "site.tar", tmp_path / "serve.log")
+    assert stop_serve(proc) == 143

@@ -57,15 +57,19 @@ def check_prefix(prefix: str) -> str:
     return prefix
 
 
-def refuse_compressed(path: Path) -> None:
+def refuse_compressed(path: Path, parts_of: Path | None = None) -> None:
     """A .tar.zst cannot be read at an offset: say what to do rather than decompress per
-    request."""
+    request. `parts_of`: the set's base name when `path` names parts (then the command
+    decompresses their concatenation, not the first part alone)."""
     name = str(path)
+    whole = str(parts_of) if parts_of is not None else name
+    tar = f"{whole.removesuffix('.zst').removesuffix('.tzst')}" \
+        f"{'' if whole.endswith('.tar.zst') else '.tar'}"
+    command = f"cat {whole}.0* | zstd -d -o {tar}" if parts_of is not None else \
+        f"zstd -d {name} -o {tar}"
     raise BundleError(f"{name}: a .tar.zst cannot be read at random, and mirror serve reads "
                       "each blob at its offset in the tar",
-                      hint=f"decompress it once to a .tar (`zstd -d {name} -o "
-                      f"{name.removesuffix('.zst').removesuffix('.tzst')}"
-                      f"{'' if name.endswith('.tar.zst') else '.tar'}`) and serve that, or "
+                      hint=f"decompress it once to a .tar (`{command}`) and serve that, or "
                       "pull with -o NAME.tar (no compression)")
 
 
@@ -74,7 +78,7 @@ def open_catalog(path: Path, prefix: str, registry: str) -> Catalog:
     `--to REGISTRY/PREFIX`. Sync: run it off the event loop."""
     bundle = Bundle(path)
     if bundle.compressed:
-        refuse_compressed(path)
+        refuse_compressed(path, bundle.volumes.base if bundle.volumes is not None else None)
     contents = bundle.scan()
     images = plan_load(contents, Target(registry, prefix), bundle.name)
     absent = check_complete(images, contents, bundle.name)
