@@ -422,3 +422,23 @@ def test_serve_of_tar_zst_parts_says_how_to_join_them(src_registry, repo_name, r
     subprocess.run(command, shell=True, check=True, cwd=tmp_path)
     proc, _ = start_serve(tmp_path / "site.tar", tmp_path / "serve.log")
     assert stop_serve(proc) == 143
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage"])
+def test_unchanged_rerun_restores_the_parts_sha256(src_registry, repo_name, rng, tmp_path,
+                                                   damage):
+    """A rerun that finds the set unchanged (the parts checked against the sidecar) writes
+    OUT.parts.sha256 again when it is gone or damaged: `sha256sum -c` on it, the README's
+    first check on the far side, works after every successful pull."""
+    refs = seed(src_registry, repo_name, rng)
+    out = tmp_path / "site.tar"
+    pull(out, refs, tmp_path / "cache", "-q", "--volume-size", "256k")
+    sums = tmp_path / "site.tar.parts.sha256"
+    good = sums.read_bytes()
+    if damage == "missing":
+        sums.unlink()
+    else:
+        sums.write_text("garbage\n")
+    assert "unchanged" in pull(out, refs, tmp_path / "cache", "--volume-size", "256k").stderr
+    assert sums.read_bytes() == good
+    assert run(["sha256sum", "-c", sums.name], cwd=tmp_path).returncode == 0

@@ -386,8 +386,7 @@ def publish(tmp: Path, out: Path, hexdigest: str, volume_size: int | None,
         side.unlink()
     for p in parts:
         os.replace(p.path.with_name(p.path.name + ".partial"), p.path)
-    _write_atomic(out.with_name(out.name + PARTS_SUMS),
-                  "".join(f"{p.sha256}  {p.path.name}\n" for p in parts).encode())
+    _write_atomic(out.with_name(out.name + PARTS_SUMS), _sums(parts))
     write_sidecar(out, hexdigest)
     _write_atomic(side, vs.to_json())
     if old is not None:
@@ -396,6 +395,23 @@ def publish(tmp: Path, out: Path, hexdigest: str, volume_size: int | None,
     with contextlib.suppress(FileNotFoundError):
         out.unlink()  # a single-file bundle this output was before
     return True
+
+
+def _sums(parts: tuple[Part, ...] | list[Part]) -> bytes:
+    return "".join(f"{p.sha256}  {p.path.name}\n" for p in parts).encode()
+
+
+def restore_sums(vs: VolumeSet) -> None:
+    """`OUT.parts.sha256` as the (checked) sidecar says, when it is missing or not that: a
+    rerun that finds the set unchanged leaves no set without its sha256sum file."""
+    path = vs.base.with_name(vs.base.name + PARTS_SUMS)
+    want = _sums(vs.parts)
+    try:
+        if path.read_bytes() == want:
+            return
+    except OSError:
+        pass
+    _write_atomic(path, want)
 
 
 def write_sidecar(out: Path, hexdigest: str) -> None:
