@@ -238,9 +238,11 @@ class PartsFile(io.RawIOBase):
     """The parts read as one file: read, readinto, seek and tell over their concatenation;
     one part open at a time."""
 
-    def __init__(self, vs: VolumeSet, paths: list[Path] | None = None) -> None:
+    def __init__(self, vs: VolumeSet, paths: list[Path] | None = None,
+                 ids: dict[int, tuple[int, int, int, int]] | None = None) -> None:
         self.vs = vs
         self._paths = paths or [p.path for p in vs.parts]  # what is opened (Pinned's)
+        self._ids = ids or {}  # part -> the file it must still be (Pinned's, past _HOLD)
         self.name = str(vs.base)
         self.mode = "rb"
         self._starts: list[int] = []
@@ -290,6 +292,10 @@ class PartsFile(io.RawIOBase):
             self._open[1].close()
             self._open = None
         f = open(self._paths[i], "rb", buffering=0)  # noqa: SIM115 - closed here
+        if i in self._ids and _identity(os.fstat(f.fileno())) != self._ids[i]:
+            f.close()
+            raise OSError(f"{self.vs.parts[i].path}: replaced since the bundle was opened "
+                          "(another set written under its name)")
         self._open = (i, f)
         return f
 
@@ -320,34 +326,44 @@ def open_read(path: Path, buffering: int = -1) -> BinaryIO:
     return raw if buffering == 0 else io.BufferedReader(raw, CHUNK)  # type: ignore[return-value]
 
 
+_HOLD = 64  # parts held open at most (a 64k part size can make thousands: file limits)
+
+
 class Pinned:
     """The bundle at `path` as it is now: its file, or each of its parts, held open, so that
     every later read sees these bytes even when a rerun replaces the files under the same
     names (a reader that reopened by name would read the new bundle at the old one's
-    offsets: `mirror serve` would send other bytes under a blob's digest)."""
+    offsets: `mirror serve` would send other bytes under a blob's digest). Past _HOLD parts
+    the others are opened by name and must still be the files they were (else OSError)."""
 
     def __init__(self, path: Path, vs: VolumeSet | None) -> None:
         self.path = path
         self.vs = vs
         self.fds: list[int] = []
+        names = [p.path for p in vs.parts] if vs is not None else [path]
+        self.ids = [_identity(os.stat(n)) for n in names[_HOLD:]]
         try:
-            for name in [p.path for p in vs.parts] if vs is not None else [path]:
+            for name in names[:_HOLD]:
                 self.fds.append(os.open(name, os.O_RDONLY | os.O_CLOEXEC))
         except BaseException:
             self.close()
             raise
+        self.proc = Path("/proc/self/fd").is_dir()
 
     def _paths(self) -> list[Path]:
         # Linux: /proc/self/fd/N opens the file N is, whatever its name is now, with an
         # offset of its own (a dup would share one between concurrent readers)
-        return [Path(f"/proc/self/fd/{fd}") for fd in self.fds]
+        names = [p.path for p in self.vs.parts] if self.vs is not None else [self.path]
+        if not self.proc:
+            return names
+        return [Path(f"/proc/self/fd/{fd}") for fd in self.fds] + names[len(self.fds):]
 
     def open(self, buffering: int = -1) -> BinaryIO:
         """A new reader (its own position) over the held file or parts."""
         paths = self._paths()
         if self.vs is None:
             return open(paths[0], "rb", buffering=buffering)  # noqa: SIM115 - the caller closes it
-        raw = PartsFile(self.vs, paths)
+        raw = PartsFile(self.vs, paths, dict(enumerate(self.ids, start=len(self.fds))))
         return raw if buffering == 0 else io.BufferedReader(raw, CHUNK)  # type: ignore[return-value]
 
     def close(self) -> None:
@@ -355,6 +371,10 @@ class Pinned:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.fds = []
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 # -- writing ------------------------------------------------------------------------------
