@@ -442,3 +442,20 @@ def test_unchanged_rerun_restores_the_parts_sha256(src_registry, repo_name, rng,
     assert "unchanged" in pull(out, refs, tmp_path / "cache", "--volume-size", "256k").stderr
     assert sums.read_bytes() == good
     assert run(["sha256sum", "-c", sums.name], cwd=tmp_path).returncode == 0
+
+
+def test_an_extra_part_is_found_whatever_the_bundle_is_named(src_registry, repo_name, rng,
+                                                              tmp_path):
+    """A base name with glob characters (`site[1].tar`): an extra part beside the set is
+    still named (verify exit 7, load exit 10 before any push), as for `site.tar`."""
+    refs = seed(src_registry, repo_name, rng, n=1)
+    out = tmp_path / "site[1].tar"
+    pull(out, refs, tmp_path / "cache", "-q", "--volume-size", "128k")
+    named = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("site[1].tar.0"))
+    assert len(named) > 1
+    extra = tmp_path / f"site[1].tar.{len(named) + 1:03d}"
+    shutil.copy(tmp_path / named[-1], extra)
+    res = run_mirror("verify", tmp_path / named[0])
+    assert res.returncode == 7 and extra.name in res.stdout, res.stdout + res.stderr
+    res = run_mirror("load", tmp_path / named[0], "--to", "127.0.0.1:9", "-q")
+    assert res.returncode == 10 and extra.name in error_line(res)

@@ -176,9 +176,8 @@ def problems(vs: VolumeSet, *, hashes: bool, stop: threading.Event | None = None
         if h.hexdigest() != p.sha256:
             found.append(_damaged(vs, p, h.hexdigest()))
             whole_ok = False
-    for extra in sorted(vs.base.parent.glob(vs.base.name + ".[0-9][0-9][0-9]*")):
-        if _PART.search(extra.name) and extra.name not in listed and \
-                extra.name[len(vs.base.name):].count(".") == 1:
+    for extra in _numbered(vs.base):
+        if extra.name not in listed:
             found.append(f"part {extra.name}: not a part of this set ({vs.sidecar.name} lists "
                          f"{len(vs.parts)}): an extra part, from another set; remove it")
     if hashes and whole_ok and whole.hexdigest() != vs.sha256:
@@ -465,17 +464,23 @@ def _remove(old: VolumeSet, keep: set[str]) -> None:
                 extra.unlink()
 
 
+def _numbered(base: Path, partial: bool = False) -> list[Path]:
+    """The files named as parts of `base` (`base.NNN`, with `partial` `base.NNN.partial`
+    too), sorted; matched by name, not by a glob (a base name may hold `[`, `*`, `?`)."""
+    pattern = re.compile(re.escape(base.name) + r"\.\d{3,}" + (r"(?:\.partial)?" if partial
+                                                              else ""))
+    try:
+        return sorted(p for p in base.parent.iterdir() if pattern.fullmatch(p.name))
+    except OSError:
+        return []
+
+
 def _remove_strays(out: Path, keep: set[str]) -> None:
     """Remove `out.NNN` (and `out.NNN.partial`) files the new set does not have: parts of a
     set whose sidecar is gone (a pull killed while it named its parts, a sidecar deleted),
     which no sidecar lists, so `_remove` misses them, and which every reader would refuse
     as extra parts of the new set (and no rerun would ever call it unchanged)."""
-    pattern = re.compile(re.escape(out.name) + r"\.\d{3,}(?:\.partial)?")
-    try:
-        names = [p for p in out.parent.iterdir() if pattern.fullmatch(p.name)]
-    except OSError:
-        return
-    for p in names:
+    for p in _numbered(out, partial=True):
         if p.name not in keep:
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
