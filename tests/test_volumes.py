@@ -72,9 +72,6 @@ def catalog(reg: Registry) -> list[str]:
         return json.load(r)["repositories"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["site.tar", "site.tar.zst"])
-
 def interrupted_pull(when: Callable[[], bool], never: str, *args: object) -> None:
     """`mirror pull ARGS` sent SIGINT as soon as `when()` holds: it must exit 130."""
     proc = subprocess.Popen(mirror_cmd("pull", *args), cwd=ROOT, env=mirror_env(),
@@ -93,6 +90,9 @@ def interrupted_pull(when: Callable[[], bool], never: str, *args: object) -> Non
         proc.wait()
     assert proc.returncode == 130, err
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["site.tar", "site.tar.zst"])
 def test_parts_concatenate_to_the_plain_bundle(src_registry, repo_name, rng, tmp_path, name):
     """The parts, joined, are byte for byte the bundle a pull without volumes writes; each is
     at most SIZE; the sidecar lists each part's size and sha256 and the whole file's;
