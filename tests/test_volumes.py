@@ -459,3 +459,25 @@ def test_an_extra_part_is_found_whatever_the_bundle_is_named(src_registry, repo_
     assert res.returncode == 7 and extra.name in res.stdout, res.stdout + res.stderr
     res = run_mirror("load", tmp_path / named[0], "--to", "127.0.0.1:9", "-q")
     assert res.returncode == 10 and extra.name in error_line(res)
+
+
+def test_a_renamed_set_is_refused_saying_so(src_registry, repo_name, rng, tmp_path):
+    """Every file of a set renamed (site.tar.* -> night.tar.*): load and verify refuse it
+    (exit 10) saying the set was renamed and the names to give back, not 'not a valid list
+    of parts'; renamed back, it verifies."""
+    refs = seed(src_registry, repo_name, rng, n=1)
+    out = tmp_path / "site.tar"
+    pull(out, refs, tmp_path / "cache", "-q", "--volume-size", "128k")
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for f in tmp_path.glob("site.tar.*"):
+        f.rename(moved / f.name.replace("site.tar", "night.tar", 1))
+    for cmd in ("verify", "load"):
+        res = run_mirror(cmd, moved / "night.tar.001", "--to", "127.0.0.1:9", "-q") \
+            if cmd == "load" else run_mirror(cmd, moved / "night.tar.001")
+        assert res.returncode == 10, res.stderr
+        said = res.stdout + res.stderr
+        assert "renamed" in said and "site.tar.volumes.json" in said, said
+    for f in moved.iterdir():
+        f.rename(moved / f.name.replace("night.tar", "site.tar", 1))
+    mirror_ok("verify", moved / "site.tar.001")

@@ -124,8 +124,10 @@ def find(path: Path) -> VolumeSet | None:
         doc = json.loads(side.read_bytes())
         parts = tuple(Part(base.with_name(p["name"]), int(p["size"]), str(p["sha256"]))
                       for p in doc["parts"])
-        if any("/" in p.path.name or not p.path.name.startswith(base.name) for p in parts):
+        if any("/" in p.path.name for p in parts):
             raise ValueError
+        if any(not p.path.name.startswith(base.name) for p in parts):
+            raise _Renamed(parts[0].path.name.rsplit(".", 1)[0])
         return VolumeSet(base, int(doc["volumeSize"]), int(doc["size"]), str(doc["sha256"]),
                          parts)
     except FileNotFoundError:
@@ -134,8 +136,18 @@ def find(path: Path) -> VolumeSet | None:
                           f"{base.name}.001 by `mirror pull --volume-size`") from None
     except OSError as e:
         raise BundleError(f"{side}: cannot read: {e.strerror}") from None
-    except (ValueError, KeyError, TypeError):
+    except _Renamed as e:
+        raise BundleError(f"{side}: lists the parts of {e.name} ({e.name}.001, ...), not of "
+                          f"{base.name}: the set was renamed; rename its files back ({e.name}.001, ..., "
+                          f"{e.name}{SIDECAR})", hint="the names are written inside the "
+                          "sidecars") from None
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise BundleError(f"{side}: not a valid list of parts") from None
+
+
+class _Renamed(Exception):
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 def problems(vs: VolumeSet, *, hashes: bool, stop: threading.Event | None = None
