@@ -481,3 +481,20 @@ def test_a_renamed_set_is_refused_saying_so(src_registry, repo_name, rng, tmp_pa
     for f in moved.iterdir():
         f.rename(moved / f.name.replace("night.tar", "site.tar", 1))
     mirror_ok("verify", moved / "site.tar.001")
+
+
+def test_bundles_named_in_sequence_are_not_taken_for_parts(src_registry, dst_registry,
+                                                           repo_name, rng, tmp_path):
+    """`-o night.001`, then `-o night.002` (bundles numbered by night, no --volume-size):
+    each is a bundle of its own with its .sha256, which verify, load and a rerun read as one
+    (they were refused as parts of a set 'night' without its night.volumes.json)."""
+    refs = seed(src_registry, repo_name, rng)
+    first, second = tmp_path / "night.001", tmp_path / "night.002"
+    pull(first, refs[:1], tmp_path / "cache", "-q")
+    pull(second, refs[1:], tmp_path / "cache", "-q")
+    for out in (first, second):
+        assert mirror_ok("verify", out).stdout.strip().endswith("OK")
+    prefix = f"seq-{repo_name.rsplit('-', 1)[-1]}"
+    mirror_ok("load", second, "--to", f"{dst_registry.host}/{prefix}", "-q")
+    assert f"{prefix}/{refs[1].split('/', 1)[1].rsplit(':', 1)[0]}" in catalog(dst_registry)
+    assert "unchanged" in pull(second, refs[1:], tmp_path / "cache").stderr

@@ -105,9 +105,14 @@ def base_of(path: Path) -> Path | None:
     m = _PART.search(path.name)
     if m is not None:
         base = path.with_name(path.name[: m.start()])
-        if sidecar_path(base).exists() or not path.exists() or part_path(base, 2).exists():
-            return base  # (without its sidecar: find() says to copy it)
-        return None  # a file that only looks like a part (site.tar.001 alone, no .002)
+        if sidecar_path(base).exists():
+            return base
+        if path.exists() and (path.with_name(path.name + ".sha256").exists() or
+                              not part_path(base, 2).exists()):
+            # a bundle of its own that only looks like a part: site.tar.001 alone, or
+            # night.001 beside night.002, each with its .sha256 (a part has none)
+            return None
+        return base  # (without its sidecar: find() says to copy it)
     if not path.exists() and sidecar_path(path).exists():
         return path
     return None
