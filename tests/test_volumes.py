@@ -498,3 +498,16 @@ def test_bundles_named_in_sequence_are_not_taken_for_parts(src_registry, dst_reg
     mirror_ok("load", second, "--to", f"{dst_registry.host}/{prefix}", "-q")
     assert f"{prefix}/{refs[1].split('/', 1)[1].rsplit(':', 1)[0]}" in catalog(dst_registry)
     assert "unchanged" in pull(second, refs[1:], tmp_path / "cache").stderr
+
+
+def test_a_pull_removes_no_bundle_named_like_a_part(src_registry, repo_name, rng, tmp_path):
+    """Bundles of their own named like parts of the output (site.tar.001 with its .sha256,
+    an archived night) survive a pull to site.tar, with or without --volume-size."""
+    refs = seed(src_registry, repo_name, rng, n=1)
+    kept = tmp_path / "site.tar.007"
+    pull(kept, refs, tmp_path / "cache", "-q")
+    before = kept.read_bytes()
+    pull(tmp_path / "site.tar", refs, tmp_path / "cache", "-q")
+    pull(tmp_path / "site.tar", refs, tmp_path / "cache", "-q", "--volume-size", "128k")
+    assert kept.read_bytes() == before
+    mirror_ok("verify", kept)

@@ -105,17 +105,20 @@ def base_of(path: Path) -> Path | None:
     m = _PART.search(path.name)
     if m is not None:
         base = path.with_name(path.name[: m.start()])
-        if sidecar_path(base).exists():
-            return base
-        if path.exists() and (path.with_name(path.name + ".sha256").exists() or
-                              not part_path(base, 2).exists()):
-            # a bundle of its own that only looks like a part: site.tar.001 alone, or
-            # night.001 beside night.002, each with its .sha256 (a part has none)
-            return None
-        return base  # (without its sidecar: find() says to copy it)
+        if _own_bundle(path):
+            return None  # night.001 beside night.002, each with its .sha256
+        if sidecar_path(base).exists() or not path.exists() or part_path(base, 2).exists():
+            return base  # (without its sidecar: find() says to copy it)
+        return None  # a file that only looks like a part (site.tar.001 alone, no .002)
     if not path.exists() and sidecar_path(path).exists():
         return path
     return None
+
+
+def _own_bundle(path: Path) -> bool:
+    """A file named like a part that is a bundle of its own: it has its own .sha256, which
+    `mirror pull` writes beside every bundle file and never beside a part."""
+    return path.exists() and path.with_name(path.name + ".sha256").exists()
 
 
 def find(path: Path) -> VolumeSet | None:
@@ -194,7 +197,7 @@ def problems(vs: VolumeSet, *, hashes: bool, stop: threading.Event | None = None
             found.append(_damaged(vs, p, h.hexdigest()))
             whole_ok = False
     for extra in _numbered(vs.base):
-        if extra.name not in listed:
+        if extra.name not in listed and not _own_bundle(extra):
             found.append(f"part {extra.name}: not a part of this set ({vs.sidecar.name} lists "
                          f"{len(vs.parts)}): an extra part, from another set; remove it")
     if hashes and whole_ok and whole.hexdigest() != vs.sha256:
@@ -408,7 +411,6 @@ def publish(tmp: Path, out: Path, hexdigest: str, volume_size: int | None,
         write_sidecar(out, hexdigest)
         if old is not None:  # a set this output was before: gone once the file is named
             _remove(old, keep=set())
-        _remove_strays(out, keep=set())
         return True
     parts = _split(tmp, out, volume_size, stop)
     if parts is None:
@@ -496,9 +498,10 @@ def _remove_strays(out: Path, keep: set[str]) -> None:
     """Remove `out.NNN` (and `out.NNN.partial`) files the new set does not have: parts of a
     set whose sidecar is gone (a pull killed while it named its parts, a sidecar deleted),
     which no sidecar lists, so `_remove` misses them, and which every reader would refuse
-    as extra parts of the new set (and no rerun would ever call it unchanged)."""
+    as extra parts of the new set (and no rerun would ever call it unchanged). A file with
+    its own .sha256 is a bundle of its own (night.001), never removed."""
     for p in _numbered(out, partial=True):
-        if p.name not in keep:
+        if p.name not in keep and not _own_bundle(p):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
 
