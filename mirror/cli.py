@@ -299,14 +299,14 @@ def _run(args: argparse.Namespace, report: Report) -> tuple[int, str | None]:
         return e.exit_code, secrets.redact(str(e))
     except BrokenPipeError as e:
         if not _stdout_gone():
-            return _os_error(progress, e)
+            return _os_error(progress, e, args)
         # `mirror inspect X | head`: the reader has what it wanted; say nothing, and keep
         # the interpreter from failing to flush stdout on the way out
         _close(progress)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_CODES["stdout-closed"], "stdout closed"
     except OSError as e:  # a full disk, a read-only or missing directory: one line, no trace
-        return _os_error(progress, e)
+        return _os_error(progress, e, args)
     except (KeyboardInterrupt, Terminated) as e:
         _close(progress)
         name = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
@@ -326,12 +326,12 @@ _AFTER_INTERRUPT = {  # what an interrupted run leaves, and what the next one do
 }
 
 
-def _os_error(progress, e: OSError) -> tuple[int, str]:
+def _os_error(progress, e: OSError, args: argparse.Namespace) -> tuple[int, str]:
     _close(progress)
     where = f"{e.filename}: " if e.filename else ""
     line = secrets.redact(f"{where}{e.strerror or e}")
     print(f"mirror: error: {line}", file=sys.stderr)
-    if e.errno == errno.EFBIG:  # FAT32's 4 GiB - 1, or ulimit -f
+    if e.errno == errno.EFBIG and getattr(args, "volume_size", None):  # FAT32's 4 GiB - 1
         print("  hint: the file system (or `ulimit -f`) limits a file's size; a pull writes "
               "the whole bundle before --volume-size cuts it into parts: write it (-o) to a "
               "file system without the limit, then copy the parts to the medium",
