@@ -4,6 +4,9 @@
     scripts/bench.py                      full run (data sets A and B, about 2.5 GiB)
     scripts/bench.py --scale 0.01         smoke run: every layer at 1% of its size
     scripts/bench.py --only B --repeat 3  one data set, median of three runs
+    scripts/bench.py --only S --scale 0.25
+                                          the scale set (run only when asked): 0.25 x 400
+                                          references; --scale 5 for the issue's 2,000
     scripts/bench.py --json out.json      also write every measurement as JSON
     scripts/bench.py --profile DIR        then one more cold `mirror pull` per data set under
                                           cProfile (DIR/pull-A.prof, DIR/pull-B.prof; untimed)
@@ -33,7 +36,18 @@ Data set A: 20 images x 3 platforms (linux/amd64, linux/arm64/v8, linux/arm/v7),
 per platform two base layers shared by every image and one of four "runtime" layers shared by
 a group of five images, plus three layers of each image's own: about 1.3 GiB of unique blobs.
 Data set B: one OCI index, linux/amd64 with one 1 GiB layer (and a 1 MiB linux/arm64/v8
-sibling the one-platform pull leaves out). Layers are tars of random bytes wrapped in gzip
+sibling the one-platform pull leaves out).
+Data set S (issue 18; only with --only S, whose --scale scales the number of repositories):
+50 repositories x 8 tags (1.0.0 ... 1.7.0) = 400 two-platform references (amd64, arm64/v8;
+OCI indexes and Docker lists, half each), every image on two base layers shared by all
+(256 + 64 KiB per platform), one 128 KiB layer per repository and one of its own (4-32 KiB).
+Rows: `skopeo sync --all --src yaml --dest dir` of every reference vs one `mirror pull`,
+each cold and then again with nothing new (skopeo refuses to write over its directories and
+keeps no cache: its rerun is a new directory); then the same for one repository in five
+(80 references) through tests/support/faultproxy.py holding every request 50 ms (one round
+trip per request; no `tc netem` here: the kernel has no sch_netem), mirror at -j 4 and -j 16.
+Every row counts the requests the registry answered, by kind, from its access log; a mirror
+run whose report counts otherwise stops the benchmark. Layers are tars of random bytes wrapped in gzip
 level 0 (stored blocks), so they are incompressible and seeding stays fast; everything derives
 from fixed seeds, so every run sees the same digests.
 
@@ -54,6 +68,7 @@ import os
 import platform
 import pstats
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -62,9 +77,10 @@ import tarfile
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +88,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from mirror.registry.ratelimit import request_kind  # noqa: E402
+from tests.support.faultproxy import Fault, FaultProxy  # noqa: E402
 from tests.support.imagegen import (  # noqa: E402
     AMD64,
     ARM64_V8,
@@ -79,6 +97,7 @@ from tests.support.imagegen import (  # noqa: E402
     OCI_INDEX,
     OCI_LAYER_GZIP,
     Blob,
+    Fmt,
     Image,
     Index,
     Layer,
@@ -102,6 +121,9 @@ T_PULL_LIMIT = 2.0
 T_RSS_MIB = 64
 T_WARM = 0.1
 T_LOAD_A_SKOPEO = 0.6
+# issue 18 targets (data set S)
+T_S_SKOPEO = 0.3
+T_S_WARM_ABOVE = 0.5  # seconds above Python's start-up
 
 
 class BenchError(RuntimeError):
@@ -139,17 +161,22 @@ def make_big_layer(rng: random.Random, size: int) -> _Layer:
 class DataSet:
     name: str
     description: str
-    images: list[tuple[str, Index]]  # (repository, what is pushed as :v1)
+    images: list[tuple[str, str, Index]]  # (repository, tag, what is pushed as that tag)
     platform: str | None  # None: every platform (skopeo --all); else the one to pull
     pulled: dict[str, tuple[str, int]]  # unique blobs a pull needs: digest -> (repo, size)
     archives: list[tuple[str, Image | Index]]  # what skopeo loads, per image
+    issue: int = 6  # whose targets the checks are
+
+    @property
+    def repos(self) -> int:
+        return len({repo for repo, _, _ in self.images})
 
     @property
     def bytes(self) -> int:
         return sum(size for _, size in self.pulled.values())
 
     def refs(self, host: str) -> list[str]:
-        return [f"{host}/{repo}:{TAG}" for repo, _ in self.images]
+        return [f"{host}/{repo}:{tag}" for repo, tag, _ in self.images]
 
 
 def _scaled(n: int, scale: float) -> int:
@@ -162,7 +189,7 @@ def dataset_a(scale: float) -> DataSet:
     base = [[make_big_layer(rng, _scaled(s, scale)) for s in (24 * MiB, 8 * MiB)]
             for _ in plats]
     runtime = [[make_big_layer(rng, _scaled(12 * MiB, scale)) for _ in plats] for _ in range(4)]
-    images: list[tuple[str, Index]] = []
+    images: list[tuple[str, str, Index]] = []
     for i in range(20):
         per_platform = []
         for p, plat in enumerate(plats):
@@ -171,13 +198,18 @@ def dataset_a(scale: float) -> DataSet:
             own = [make_big_layer(rng, _scaled(s, scale)) for s in sizes]
             layers = [*base[p], runtime[i % 4][p], *own]
             per_platform.append(make_image(rng, plat, "oci", layers=layers))
-        images.append((f"bench/a{i:02d}", make_index(per_platform, "oci")))
+        images.append((f"bench/a{i:02d}", TAG, make_index(per_platform, "oci")))
+    return DataSet("A", "20 images x 3 platforms (amd64, arm64/v8, arm/v7), shared base layers",
+                   images, None, _unique_blobs(images),
+                   [(repo, idx) for repo, _, idx in images])
+
+
+def _unique_blobs(images: list[tuple[str, str, Index]]) -> dict[str, tuple[str, int]]:
     pulled: dict[str, tuple[str, int]] = {}
-    for repo, idx in images:
+    for repo, _, idx in images:
         for blob in idx.all_blobs():
             pulled.setdefault(blob.digest, (repo, blob.size))
-    return DataSet("A", "20 images x 3 platforms (amd64, arm64/v8, arm/v7), shared base layers",
-                   images, None, pulled, list(images))
+    return pulled
 
 
 def dataset_b(scale: float) -> DataSet:
@@ -189,7 +221,36 @@ def dataset_b(scale: float) -> DataSet:
     idx = make_index([amd, arm], "oci")
     pulled = {b.digest: (repo, b.size) for b in amd.all_blobs()}
     return DataSet("B", "1 image, one 1 GiB layer; pull linux/amd64 out of amd64 + arm64/v8",
-                   [(repo, idx)], "linux/amd64", pulled, [(repo, amd)])
+                   [(repo, TAG, idx)], "linux/amd64", pulled, [(repo, amd)])
+
+
+S_REPOS, S_TAGS = 50, 8  # data set S at scale 1: 400 references
+S_WAN_SHARE = 5  # the 50 ms rows pull one repository in five (80 references at scale 1)
+WAN_RTT = 0.05  # seconds the delaying proxy holds each request
+
+
+def s_repos(scale: float) -> int:
+    return max(2, round(S_REPOS * scale))
+
+
+def dataset_s(scale: float) -> DataSet:
+    """Many small two-platform images: `--scale` scales the number of repositories (50 at
+    scale 1, 250 at scale 5: 2,000 references), not the layer sizes."""
+    rng = random.Random("mirror-bench-S-v1")
+    plats = [AMD64, ARM64_V8]
+    base = [[make_big_layer(rng, n) for n in (256 * KiB, 64 * KiB)] for _ in plats]
+    images: list[tuple[str, str, Index]] = []
+    for r in range(s_repos(scale)):
+        fmt: Fmt = "oci" if r % 2 == 0 else "docker"  # OCI indexes and Docker lists
+        runtime = [make_big_layer(rng, 128 * KiB) for _ in plats]
+        for t in range(S_TAGS):
+            per_platform = [
+                make_image(rng, plat, fmt, layers=[*base[p], runtime[p], make_big_layer(
+                    rng, rng.randint(4 * KiB, 32 * KiB))]) for p, plat in enumerate(plats)]
+            images.append((f"bench/s{r:03d}", f"1.{t}.0", make_index(per_platform, fmt)))
+    return DataSet("S", f"{len(images)} references ({len(images) // S_TAGS} repositories x "
+                   f"{S_TAGS} tags), 2 platforms (amd64, arm64/v8), shared base layers",
+                   images, None, _unique_blobs(images), [], issue=18)
 
 
 def write_oci_archive(path: Path, obj: Image | Index) -> None:
@@ -327,28 +388,30 @@ def skopeo_pull(b: Bench, ds: DataSet, src: Registry) -> Run:
         arch += ["--override-variant", variant[0]] if variant else []
     runs = []
     try:
-        for repo, _ in ds.images:
+        for repo, tag, _ in ds.images:
             cmd = ["skopeo", "--insecure-policy", *arch, "copy", "-q",
                    *([] if ds.platform else ["--all"]), "--src-tls-verify=false",
-                   f"docker://{src.host}/{repo}:{TAG}", f"oci:{layout}:{repo.rsplit('/', 1)[1]}"]
+                   f"docker://{src.host}/{repo}:{tag}", f"oci:{layout}:{repo.rsplit('/', 1)[1]}"]
             runs.append(b.timed(cmd, "skopeo copy (pull)"))
         return Run.total(runs)
     finally:
         _rm(layout)
 
 
-def mirror_pull(b: Bench, ds: DataSet, src: Registry, out: Path, cache: Path, *,
+def mirror_pull(b: Bench, ds: DataSet, refs: list[str], out: Path, cache: Path, *args: str,
                 profile: Path | None = None) -> Run:
     report = b.work / f"report-{ds.name}.json"
     plat = ["--platform", ds.platform] if ds.platform else []
-    run = b.timed(b.mirror("pull", "-q", *ds.refs(src.host), *plat, "-o", str(out),
+    run = b.timed(b.mirror("pull", "-q", *refs, *plat, *args, "-o", str(out),
                            "--cache", str(cache), "--report", str(report), profile=profile),
                   "mirror pull")
     doc = json.loads(report.read_text())
     report.unlink()
     run.extra = {"bytes_fetched": doc["bytes_fetched"], "blobs_fetched": doc["blobs_fetched"],
                  "bytes_reused": doc["bytes_reused"],
-                 "bundle_unchanged": bool(doc.get("bundle_unchanged"))}
+                 "bundle_unchanged": bool(doc.get("bundle_unchanged")),
+                 "report_requests": sum(n for kinds in doc["requests"].values()
+                                        for n in kinds.values())}
     return run
 
 
@@ -373,12 +436,21 @@ def mirror_load(b: Bench, ds: DataSet, bundle: Path) -> Run:
     return run
 
 
+def _sync_yaml(b: Bench, name: str, host: str, images: list[tuple[str, str, Index]]) -> Path:
+    """skopeo sync's YAML source naming every image (tags quoted: 1.10 is no number)."""
+    by_repo: dict[str, list[str]] = {}
+    for repo, tag, _ in images:
+        by_repo.setdefault(repo, []).append(tag)
+    cfg = b.work / f"skopeo-sync-{name}.yaml"
+    lines = [f"{host}:", "  tls-verify: false", "  images:"]
+    lines += [f"    {repo}: {json.dumps(tags)}" for repo, tags in by_repo.items()]
+    cfg.write_text("\n".join(lines) + "\n")
+    return cfg
+
+
 def skopeo_sync(b: Bench, ds: DataSet, src: Registry) -> Run:
     """One `skopeo sync` of every image, registry to registry (its YAML source names them)."""
-    cfg = b.work / f"skopeo-sync-{ds.name}.yaml"
-    lines = [f"{src.host}:", "  tls-verify: false", "  images:"]
-    lines += [f"    {repo}: [{TAG}]" for repo, _ in ds.images]
-    cfg.write_text("\n".join(lines) + "\n")
+    cfg = _sync_yaml(b, ds.name, src.host, ds.images)
     arch: list[str] = []
     if ds.platform:
         os_, arch_, *variant = ds.platform.split("/")
@@ -540,15 +612,17 @@ def seed(src: Registry, ds: DataSet) -> None:
     mounted into the other repositories, so push_image finds it there and skips it."""
     users: dict[str, list[str]] = {}
     blobs: dict[str, Blob] = {}
-    for repo, obj in ds.images:
+    for repo, _, obj in ds.images:
         for blob in obj.all_blobs():
-            users.setdefault(blob.digest, []).append(repo)
+            repos = users.setdefault(blob.digest, [])
+            if repo not in repos:  # S: tags of one repository share its layers
+                repos.append(repo)
             blobs.setdefault(blob.digest, blob)
     shared = [d for d, repos in users.items() if len(repos) > 1]
     with ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(lambda d: push_blob(src.url, users[d][0], blobs[d]), shared))
         list(pool.map(lambda d: [_mount(src, r, d, users[d][0]) for r in users[d][1:]], shared))
-        list(pool.map(lambda item: push_image(src.url, item[0], item[1], tags=[TAG]),
+        list(pool.map(lambda item: push_image(src.url, item[0], item[2], tags=[item[1]]),
                       ds.images))
 
 
@@ -582,15 +656,16 @@ def run_dataset(b: Bench, ds: DataSet, src: Registry, repeat: int) -> dict[str, 
                                       b.work / f"{ds.name}-warm.tar")
             try:
                 log(f"data set {ds.name}{tag}: mirror pull (cold cache)")
-                cold = mirror_pull(b, ds, src, bundle, cache)
+                cold = mirror_pull(b, ds, ds.refs(src.host), bundle, cache)
                 if cold.extra["blobs_fetched"] != len(ds.pulled):
                     raise BenchError(f"cold mirror pull fetched {cold.extra['blobs_fetched']} "
                                      f"blobs; the data set has {len(ds.pulled)}")
                 runs["mirror_pull"].append(cold)
                 log(f"data set {ds.name}{tag}: mirror pull again (warm cache, same command)")
-                runs["mirror_warm"].append(mirror_pull(b, ds, src, bundle, cache))
+                runs["mirror_warm"].append(mirror_pull(b, ds, ds.refs(src.host), bundle, cache))
                 log(f"data set {ds.name}{tag}: mirror pull (warm cache, new output file)")
-                runs["mirror_warm_new"].append(mirror_pull(b, ds, src, bundle2, cache))
+                runs["mirror_warm_new"].append(mirror_pull(b, ds, ds.refs(src.host), bundle2,
+                                                            cache))
                 _rm(bundle2, bundle2.with_name(bundle2.name + ".sha256"), cache)
                 log(f"data set {ds.name}{tag}: skopeo copy from oci-archive:")
                 runs["skopeo_load"].append(skopeo_load(b, ds, archives))
@@ -617,7 +692,7 @@ def profile_pull(b: Bench, ds: DataSet, src: Registry, profile_dir: Path) -> Non
     _log(f"data set {ds.name}: mirror pull under cProfile -> {prof}")
     cache, bundle = b.work / f"cache-{ds.name}", b.work / f"{ds.name}.tar"
     try:
-        mirror_pull(b, ds, src, bundle, cache, profile=prof)
+        mirror_pull(b, ds, ds.refs(src.host), bundle, cache, profile=prof)
     finally:
         _rm(cache, bundle, bundle.with_name(bundle.name + ".sha256"))
     _print_profile(prof)
@@ -627,6 +702,170 @@ def _print_profile(prof: Path, top: int = 25) -> None:
     print(f"\n== cProfile of {prof.name} (main thread only), top {top} by own time ==")
     stats = pstats.Stats(str(prof), stream=sys.stdout)
     stats.sort_stats("tottime").print_stats(top)
+
+
+# -- data set S: many small images, cold and warm, on loopback and at 50 ms -------------------
+_ACCESS = re.compile(rb'"([A-Z]+) (\S+) HTTP/[0-9.]+" [0-9]{3} ')
+REQ = "req "  # Run.extra keys holding a request count by kind
+LO_JOBS, WAN_JOBS = (4,), (4, 16)
+
+
+class AccessLog:
+    """The requests a registry answered since `mark()`, by kind, read from its access log
+    (the kinds of mirror's report: mirror.registry.ratelimit.request_kind): counts skopeo's
+    requests as well as mirror's, and checks mirror's own count."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset = path, 0
+
+    def mark(self) -> None:
+        self.offset = self.path.stat().st_size
+
+    def counts(self) -> dict[str, int]:
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            text = f.read()
+        out: dict[str, int] = {}
+        for m in _ACCESS.finditer(text):
+            kind = request_kind(m.group(1).decode(), m.group(2).decode())
+            out[kind] = out.get(kind, 0) + 1
+        return out
+
+
+def counted(log: AccessLog, step: Callable[[], Run]) -> Run:
+    """step's Run with the requests the registry answered meanwhile, by kind. A mirror run
+    whose report counts otherwise is a broken benchmark (or a broken report)."""
+    log.mark()
+    run = step()
+    kinds = log.counts()
+    run.extra.update({"requests": sum(kinds.values()),
+                      **{f"{REQ}{k}": n for k, n in kinds.items()}})
+    said = run.extra.get("report_requests")
+    if said is not None and said != run.extra["requests"]:
+        raise BenchError(f"mirror's report counts {said} requests; the registry answered "
+                         f"{run.extra['requests']} ({kinds})")
+    return run
+
+
+def skopeo_sync_dir(b: Bench, ds: DataSet, host: str, images: list[tuple[str, str, Index]],
+                    dest: Path) -> Run:
+    cfg = _sync_yaml(b, ds.name, host, images)
+    try:
+        return b.timed(["skopeo", "--insecure-policy", "sync", "--all", "--src", "yaml",
+                        "--dest", "dir", str(cfg), str(dest)], "skopeo sync (to a directory)")
+    finally:
+        _rm(cfg)
+
+
+def wan_images(ds: DataSet) -> list[tuple[str, str, Index]]:
+    return ds.images[:S_TAGS * max(1, ds.repos // S_WAN_SHARE)]
+
+
+def run_scale(b: Bench, ds: DataSet, src: Registry, repeat: int) -> dict[str, list[Run]]:
+    """Data set S: skopeo sync to a directory and mirror pull, each cold then again with
+    nothing new, on loopback and through a proxy holding every request WAN_RTT seconds."""
+    t0 = time.monotonic()
+    seed(src, ds)
+    _log(f"data set S: seeded {len(ds.images)} references, {len(ds.pulled)} unique blobs, "
+         f"{ds.bytes / MiB:.1f} MiB, in {time.monotonic() - t0:.1f} s")
+    log = AccessLog(src.log_path)
+    wan = wan_images(ds)
+    runs: dict[str, list[Run]] = {k: [] for k in ("python_start", "mirror_start")}
+    with FaultProxy(src.url) as proxy:
+        proxy.add(Fault("stall", delay=WAN_RTT, times=None))
+        for i in range(repeat):
+            tag = f" (run {i + 1}/{repeat})" if repeat > 1 else ""
+            runs["python_start"].append(b.timed([sys.executable, "-c", "pass"], "python3"))
+            runs["mirror_start"].append(b.timed(b.mirror("--version"), "mirror --version"))
+            for where, host, images, jobs in (("lo", src.host, ds.images, LO_JOBS),
+                                              ("wan", proxy.host, wan, WAN_JOBS)):
+                what = "loopback" if where == "lo" else f"{WAN_RTT * 1000:.0f} ms"
+                d = b.work / "skopeo-dir-S"
+                try:
+                    for w in ("cold", "warm"):
+                        _log(f"data set S{tag}: {what}: skopeo sync to a directory ({w}, "
+                             f"{len(images)} references)")
+                        # it refuses to write over an image directory, and keeps no cache:
+                        # its rerun is a new directory, every image copied again
+                        _rm(d)
+                        runs.setdefault(f"{where}_skopeo_{w}", []).append(counted(
+                            log, partial(skopeo_sync_dir, b, ds, host, images, d)))
+                finally:
+                    _rm(d)
+                refs = [f"{host}/{repo}:{t}" for repo, t, _ in images]
+                for j in jobs:
+                    out, cache = b.work / "S.tar", b.work / "cache-S"
+                    try:
+                        for w in ("cold", "warm"):
+                            _log(f"data set S{tag}: {what}: mirror pull -j {j} ({w})")
+                            run = counted(log, partial(mirror_pull, b, ds, refs, out, cache,
+                                                       "-j", str(j)))
+                            want = len(_unique_blobs(images)) if w == "cold" else 0
+                            if run.extra["blobs_fetched"] != want:
+                                raise BenchError(f"{w} mirror pull fetched "
+                                                 f"{run.extra['blobs_fetched']} blobs, not {want}")
+                            runs.setdefault(f"{where}_mirror_j{j}_{w}", []).append(run)
+                    finally:
+                        _rm(out, out.with_name(out.name + ".sha256"), cache)
+    return runs
+
+
+def _requests(run: Run) -> str:
+    kinds = sorted(((k[len(REQ):], n) for k, n in run.extra.items() if k.startswith(REQ)),
+                   key=lambda kn: (-kn[1], kn[0]))
+    return f"{run.extra['requests']} requests" + (
+        f" ({', '.join(f'{k} {n}' for k, n in kinds)})" if kinds else "")
+
+
+def summarize_scale(ds: DataSet, runs: dict[str, list[Run]]) -> tuple[list[Row], list[Check]]:
+    med = {k: Run.median(v) for k, v in runs.items()}
+    n_wan = len(wan_images(ds))
+    rows = [Row("start: python3 -c pass", med["python_start"], 0),
+            Row("start: mirror --version", med["mirror_start"], 0)]
+    for where, jobs, n in (("lo", LO_JOBS, len(ds.images)), ("wan", WAN_JOBS, n_wan)):
+        what = "lo" if where == "lo" else f"{WAN_RTT * 1000:.0f}ms"
+        nbytes = sum(size for _, size in _unique_blobs(
+            ds.images if where == "lo" else wan_images(ds)).values())
+        sk_cold, sk_warm = med[f"{where}_skopeo_cold"], med[f"{where}_skopeo_warm"]
+        rows += [Row(f"{what}: skopeo sync -> dir: ({n} refs)", sk_cold, nbytes,
+                     note=_requests(sk_cold)),
+                 Row(f"{what}: skopeo sync again, new dir:", sk_warm, nbytes,
+                     note=f"{_requests(sk_warm)}; {sk_warm.wall / sk_cold.wall:.2f}x cold")]
+        for j in jobs:
+            cold, warm = med[f"{where}_mirror_j{j}_cold"], med[f"{where}_mirror_j{j}_warm"]
+            rows += [Row(f"{what}: mirror pull -j {j}", cold, nbytes, cold.wall / sk_cold.wall,
+                         note=_requests(cold)),
+                     Row(f"{what}: mirror pull -j {j} rerun, nothing new", warm, nbytes,
+                         warm.wall / sk_warm.wall,
+                         note=f"{_requests(warm)}; {warm.wall / cold.wall:.2f}x cold")]
+    j = LO_JOBS[0]
+    n = len(ds.images)
+    warm = med[f"lo_mirror_j{j}_warm"]
+    heads, gets = warm.extra.get(f"{REQ}manifest HEAD", 0), warm.extra.get(f"{REQ}manifest GET", 0)
+    blob_gets = warm.extra.get(f"{REQ}blob GET", 0)
+    checks = [
+        Check(f"warm S: {n} tag HEADs, no manifest GET",
+              f"{heads} HEAD, {gets} GET, {blob_gets} blob GET of {warm.extra['requests']}",
+              heads == n and gets == 0 and blob_gets == 0),
+        _paired_check("warm pull S wall <= {t} x cold pull", T_WARM,
+                      runs[f"lo_mirror_j{j}_warm"], runs[f"lo_mirror_j{j}_cold"]),
+    ]
+    above = [w.wall - p.wall for w, p in zip(runs[f"lo_mirror_j{j}_warm"], runs["python_start"],
+                                             strict=True)]
+    checks.append(Check(f"warm pull S wall <= python start + {T_S_WARM_ABOVE:g} s",
+                        f"{statistics.median(above):.2f} s above", 
+                        statistics.median(above) <= T_S_WARM_ABOVE))
+    for where, jobs in (("lo", LO_JOBS), ("wan", WAN_JOBS)):
+        for j in jobs:
+            what = "" if where == "lo" else f" {WAN_RTT * 1000:.0f}ms -j {j}"
+            checks.append(_paired_check(f"pull S{what} wall <= {{t}} x skopeo sync",
+                                        T_S_SKOPEO, runs[f"{where}_mirror_j{j}_cold"],
+                                        runs[f"{where}_skopeo_cold"]))
+    worst = max((r for r in rows if "mirror pull" in r.label), key=lambda r: r.run.rss_kib)
+    mib = worst.run.rss_kib / KiB
+    checks.append(Check(f"pull S peak RSS <= {T_RSS_MIB} MiB ({n} refs)",
+                        f"{mib:.1f} MiB ({worst.label})", mib <= T_RSS_MIB))
+    return rows, checks
 
 
 def _log(text: str) -> None:
@@ -768,15 +1007,19 @@ def render(ds: DataSet, rows: list[Row], checks: list[Check], repeat: int,
            f"{'/skopeo':>8} {'/limit':>8}  note")
     lines = [head, hdr, "  " + "-" * (len(hdr) + 10)]
     for r in rows:
-        mbs = f"{r.nbytes / 1e6 / r.run.wall:8.1f}" if r.run.wall > 0 else f"{'-':>8}"
+        mbs = f"{r.nbytes / 1e6 / r.run.wall:8.1f}" if r.run.wall > 0 and r.nbytes \
+            else f"{'-':>8}"
         lines.append(f"  {r.label:42} {r.run.wall:8.2f} {mbs} {r.run.cpu:8.2f} "
                      f"{r.run.rss_kib / KiB:8.1f} {_ratio(r.vs_skopeo):>8} "
                      f"{_ratio(r.vs_limit):>8}  {r.note}".rstrip())
     lines.append("")
     small = " (scale < 1: start-up costs dominate; the targets are for scale 1)" \
         if scale < 1 else ""
-    lines.append(f"  targets (issue 6), data set {ds.name}{small}; time ratios: the median of each "
-                 "run's own ratio:")
+    if ds.name == "S":
+        small = (f" (scale {scale:g}: {len(ds.images)} references; the targets are for 400, "
+                 "the RSS target for 2,000: scale 5)")
+    lines.append(f"  targets (issue {ds.issue}), data set {ds.name}{small}; time ratios: the "
+                 "median of each run's own ratio:")
     for c in checks:
         lines.append(f"    {'PASS' if c.ok else 'FAIL'}  {c.what:42} {c.value}")
     return "\n".join(lines) + "\n"
@@ -829,10 +1072,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=float, default=1.0,
-                    help="fraction of the layer sizes (1 = full; 0.01 for a smoke run)")
+                    help="fraction of the layer sizes (1 = full; 0.01 for a smoke run); "
+                    "for S, of the 50 repositories (5: 2,000 references)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per measurement; the median "
                     "is shown (default 1)")
-    ap.add_argument("--only", choices=["A", "B"], help="run one data set")
+    ap.add_argument("--only", choices=["A", "B", "S"], help="run one data set (S, the scale "
+                    "set, runs only when asked)")
     ap.add_argument("--json", type=Path, metavar="FILE", help="write every measurement here")
     ap.add_argument("--tmp", type=Path, default=Path("/tmp"),
                     help="where to make the working directory (default /tmp)")
@@ -840,8 +1085,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="also run one cold mirror pull per data set under cProfile")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every command")
     args = ap.parse_args(argv)
-    if not 0 < args.scale <= 4:
-        ap.error("--scale must be in (0, 4]")
+    if not 0 < args.scale <= (5 if args.only == "S" else 4):
+        ap.error("--scale must be in (0, 4] (with --only S: (0, 5])")
     if args.repeat < 1:
         ap.error("--repeat must be at least 1")
     return args
@@ -851,7 +1096,9 @@ def _space_needed(scale: float, only: str | None) -> int:
     # A: registry + archives (shared layers repeated per image) + bundle + cache + copies
     a = int(1.4 * GiB * scale) * 4 + int(3.8 * GiB * scale)
     b = int(1.05 * GiB * scale) * 5
-    return {"A": a, "B": b}.get(only or "", a + b) + 64 * MiB
+    # S: skopeo's directories hold every image's layers again (~1 MiB per reference)
+    s = int(0.5 * GiB * scale) + s_repos(scale) * S_TAGS * MiB
+    return {"A": a, "B": b, "S": s}.get(only or "", a + b) + 64 * MiB
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -881,15 +1128,21 @@ def main(argv: list[str] | None = None) -> int:
                            "repeat": args.repeat, "datasets": {}}
     all_ok = True
     try:
-        with Registry() as src:
-            for name, make in (("A", dataset_a), ("B", dataset_b)):
-                if args.only and args.only != name:
+        # S counts requests by kind from the registry's access log
+        log = {"log": {"accesslog": {"disabled": args.only != "S"}}}
+        with Registry(extra_config=log) as src:
+            for name, make in (("A", dataset_a), ("B", dataset_b), ("S", dataset_s)):
+                if args.only != name and (args.only or name == "S"):
                     continue
                 t0 = time.monotonic()
                 ds = make(args.scale)
                 _log(f"data set {name}: generated in {time.monotonic() - t0:.1f} s")
-                runs = run_dataset(bench, ds, src, args.repeat)
-                rows, checks = summarize(ds, runs)
+                if name == "S":
+                    runs = run_scale(bench, ds, src, args.repeat)
+                    rows, checks = summarize_scale(ds, runs)
+                else:
+                    runs = run_dataset(bench, ds, src, args.repeat)
+                    rows, checks = summarize(ds, runs)
                 print(render(ds, rows, checks, args.repeat, args.scale), flush=True)
                 if args.profile:
                     profile_pull(bench, ds, src, args.profile)

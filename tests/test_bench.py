@@ -72,3 +72,58 @@ def test_tiny_benchmark_prints_every_row(tmp_path: Path) -> None:
         assert rows["pull: mirror pull again (warm cache)"]["extra"]["bytes_fetched"] == 0
         assert rows["load: mirror load"]["extra"]["bytes_pushed"] == ds["bytes"]
         assert rows["sync: mirror sync reg -> reg"]["extra"]["bytes_pushed"] == ds["bytes"]
+
+
+S_ROWS = (
+    "start: python3 -c pass",
+    "start: mirror --version",
+    "lo: skopeo sync -> dir: (16 refs)",
+    "lo: skopeo sync again, new dir:",
+    "lo: mirror pull -j 4",
+    "lo: mirror pull -j 4 rerun, nothing new",
+    "50ms: skopeo sync -> dir: (8 refs)",
+    "50ms: skopeo sync again, new dir:",
+    "50ms: mirror pull -j 4",
+    "50ms: mirror pull -j 4 rerun, nothing new",
+    "50ms: mirror pull -j 16",
+    "50ms: mirror pull -j 16 rerun, nothing new",
+)
+
+
+@pytest.mark.slow
+def test_tiny_scale_benchmark_counts_requests(tmp_path: Path) -> None:
+    """Data set S (issue 18) runs only when asked; at scale 0.04, 2 repositories x 8 tags (8
+    references through the 50 ms proxy). Requests are counted from the registry's access log:
+    a cold pull GETs each unique blob once, a rerun none, and mirror's report counts what the
+    registry answered (the script fails otherwise)."""
+    out_json = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--only", "S", "--scale", "0.04",
+         "--json", str(out_json), "--tmp", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    assert "data set S:" in proc.stdout and "targets (issue 18), data set S" in proc.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]
+    (s,) = json.loads(out_json.read_text())["datasets"].values()
+    assert s["images"] == 16
+    rows = {r["label"]: r for r in s["rows"]}
+    assert list(rows) == list(S_ROWS)
+    for label in S_ROWS:
+        assert f"  {label:42} " in proc.stdout, label
+    for label, r in rows.items():
+        assert r["wall"] > 0 and r["rss_kib"] > 0
+        if not label.startswith("start:"):
+            assert r["extra"]["requests"] > 0, label
+    blobs = {"lo": s["unique_blobs"]}
+    for where in ("lo", "50ms"):
+        for j in (4,) if where == "lo" else (4, 16):
+            cold = rows[f"{where}: mirror pull -j {j}"]["extra"]
+            warm = rows[f"{where}: mirror pull -j {j} rerun, nothing new"]["extra"]
+            assert cold["report_requests"] == cold["requests"]
+            assert warm["report_requests"] == warm["requests"]
+            assert cold["req blob GET"] == cold["blobs_fetched"] == blobs.get(
+                where, cold["blobs_fetched"])
+            assert warm["blobs_fetched"] == 0 and "req blob GET" not in warm
+    # skopeo keeps nothing: its rerun fetches every blob again
+    for where in ("lo", "50ms"):
+        assert rows[f"{where}: skopeo sync again, new dir:"]["extra"]["req blob GET"] > 0
