@@ -612,13 +612,17 @@ def seed(src: Registry, ds: DataSet) -> None:
     mounted into the other repositories, so push_image finds it there and skips it."""
     users: dict[str, list[str]] = {}
     blobs: dict[str, Blob] = {}
+    images: dict[str, int] = {}
     for repo, _, obj in ds.images:
         for blob in obj.all_blobs():
             repos = users.setdefault(blob.digest, [])
             if repo not in repos:  # S: tags of one repository share its layers
                 repos.append(repo)
             blobs.setdefault(blob.digest, blob)
-    shared = [d for d, repos in users.items() if len(repos) > 1]
+            images[blob.digest] = images.get(blob.digest, 0) + 1
+    # pushed before the images, so no two threads upload one blob into one repository at once
+    # (docker-registry then answers a HEAD of it 500 now and then)
+    shared = [d for d, n in images.items() if n > 1]
     with ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(lambda d: push_blob(src.url, users[d][0], blobs[d]), shared))
         list(pool.map(lambda d: [_mount(src, r, d, users[d][0]) for r in users[d][1:]], shared))
