@@ -125,13 +125,23 @@ def forwarder(bind: str, target_port: int) -> Iterator[int]:
         with contextlib.suppress(OSError):
             b.shutdown(socket.SHUT_WR)
 
+    def relay(conn: socket.socket, up: socket.socket) -> None:
+        """Both directions, then both sockets closed (left to the collector, they were
+        found unclosed, a ResourceWarning, in whatever test ran then)."""
+        with conn, up:
+            both = [threading.Thread(target=pipe, args=ab, daemon=True)
+                    for ab in ((conn, up), (up, conn))]
+            for t in both:
+                t.start()
+            for t in both:
+                t.join()
+
     def serve() -> None:
         with contextlib.suppress(OSError):
             while True:
                 conn, _ = srv.accept()
                 up = socket.create_connection(("127.0.0.1", target_port))
-                for a, b in ((conn, up), (up, conn)):
-                    threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+                threading.Thread(target=relay, args=(conn, up), daemon=True).start()
 
     threading.Thread(target=serve, daemon=True).start()
     try:
