@@ -1065,23 +1065,42 @@ def test_a_service_that_does_not_speak_http(good: Good, tmp_path: Path) -> None:
 def test_a_name_that_does_not_resolve(tmp_path: Path) -> None:
     """No --insecure-registry hint for a name that does not resolve (plain HTTP would not
     help); a name without a registry host means Docker Hub, and the error says so and how
-    to name another registry (not `--insecure-registry docker.io`)."""
+    to name another registry (not `--insecure-registry docker.io`). Names under the reserved
+    `.invalid` (RFC 2606) never resolve, wherever the tests run: Docker Hub's API host is
+    looked up as `registry-1.docker.io.invalid` (a sitecustomize in the run's PYTHONPATH), so
+    the test does not depend on Docker Hub being out of reach."""
     err = fails("registry", "pull", "registry.invalid/app:1", "-o", tmp_path / "o.tar",
                 "--cache", tmp_path / "c", "--retries", "0")
-    assert "registry.invalid" in err, err
+    assert err.startswith("mirror: error: registry.invalid: registry unreachable"), err
     proc = run_mirror("pull", "registry.invalid/app:1", "-o", tmp_path / "o.tar", "--cache",
                       tmp_path / "c", "--retries", "0")
     assert "--insecure-registry" not in proc.stderr and "did not resolve" in proc.stderr, \
         proc.stderr
-    with pytest.raises(socket.gaierror):  # the tests run where Docker Hub is out of reach
-        socket.getaddrinfo("registry-1.docker.io", 443)
-    proc = run_mirror("pull", "myapp:1", "-o", tmp_path / "o.tar", "--cache", tmp_path / "c",
-                      "--retries", "0")
+    site, asked = tmp_path / "site", tmp_path / "asked"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import socket\n"
+        "_real = socket.getaddrinfo\n"
+        "def getaddrinfo(host, *a, **kw):\n"
+        "    if host == 'registry-1.docker.io':\n"
+        "        host += '.invalid'\n"
+        f"        open({str(asked)!r}, 'a').write(host + '\\n')\n"
+        "    return _real(host, *a, **kw)\n"
+        "socket.getaddrinfo = getaddrinfo\n")
+    env = mirror_env()
+    env["PYTHONPATH"] += os.pathsep + str(site)
+    proc = subprocess.run(mirror_cmd("pull", "myapp:1", "-o", tmp_path / "o.tar", "--cache",
+                                     tmp_path / "c", "--retries", "0"),
+                          capture_output=True, text=True, timeout=180, cwd=ROOT, env=env)
     assert proc.returncode == EXIT["registry"], proc.stderr
-    assert "docker.io" in error_line(proc), proc.stderr
+    assert error_line(proc).startswith("mirror: error: docker.io: registry unreachable"), \
+        proc.stderr
+    assert "registry-1.docker.io.invalid" not in proc.stderr, proc.stderr
     assert "--insecure-registry" not in proc.stderr, proc.stderr
     assert "Docker Hub (docker.io)" in proc.stderr and "localhost:5000/myapp:1" in proc.stderr, \
         proc.stderr
+    assert len(proc.stderr.splitlines()) == 2, proc.stderr  # the line and its hint
+    assert "registry-1.docker.io.invalid" in asked.read_text()  # the name looked up
     assert not (tmp_path / "o.tar").exists()
 
 
