@@ -36,6 +36,12 @@ class Problems(list):
 
     hint: str | None = None
 
+    @classmethod
+    def of(cls, lines: list[str], hint: str | None) -> Problems:
+        found = cls(lines)
+        found.hint = hint
+        return found
+
 
 def verify_bundle(path: Path, note: Callable[[str], None] | None = None,
                   stop: threading.Event | None = None,
@@ -68,7 +74,7 @@ def verify_bundle(path: Path, note: Callable[[str], None] | None = None,
             raise Stopped() from None
         raise
     if damaged:  # which parts to copy again, before what their bytes broke
-        return Problems([*damaged, *problems]), False
+        return Problems.of([*damaged, *problems], getattr(problems, "hint", None)), False
     return problems, structural
 
 
@@ -118,9 +124,7 @@ def _verify_file(path: Path, note: Callable[[str], None], stop: threading.Event,
     problems = [side_problem] if side_problem else []
     if failure is not None or contents is None:
         assert failure is not None
-        own = _own(failure, path)
-        stopped = Problems([*problems, *blob_problems, own])
-        stopped.hint = failure.hint
+        stopped = Problems.of([*problems, *blob_problems, _own(failure, path)], failure.hint)
         return stopped, not isinstance(failure, IntegrityError)
     problems += blob_problems
     found = consistency.problems(contents)
@@ -186,7 +190,7 @@ def _parts(path: Path, stop: threading.Event
     try:
         vs = volumes.find(path)
     except BundleError as e:  # a part given without its sidecar
-        return (Problems([_own(e, path)]), True), None
+        return (Problems.of([_own(e, path)], e.hint), True), None
     if vs is None:
         return None, None
     found = volumes.problems(vs, hashes=False)

@@ -251,8 +251,9 @@ def test_broken_set_is_refused_naming_the_part(src_registry, registry_factory, r
     assert named in line and line.startswith("mirror: error: "), line
     assert catalog(target) == []
     res = run_mirror("verify", first)
-    if kind == "sidecar":
+    if kind == "sidecar":  # with the error's hint, as load gives it
         assert res.returncode == 10 and named in res.stdout + res.stderr
+        assert "  hint: the sidecar is written beside site.tar.001" in res.stderr, res.stderr
         return
     assert res.returncode == 7, res.stdout + res.stderr
     wrong = [ln for ln in res.stdout.splitlines() if "part " in ln]
@@ -464,7 +465,7 @@ def test_an_extra_part_is_found_whatever_the_bundle_is_named(src_registry, repo_
 def test_a_renamed_set_is_refused_saying_so(src_registry, repo_name, rng, tmp_path):
     """Every file of a set renamed (site.tar.* -> night.tar.*): load and verify refuse it
     (exit 10) saying the set was renamed and the names to give back, not 'not a valid list
-    of parts'; renamed back, it verifies."""
+    of parts', with the error's hint (verify's too); renamed back, it verifies."""
     refs = seed(src_registry, repo_name, rng, n=1)
     out = tmp_path / "site.tar"
     pull(out, refs, tmp_path / "cache", "-q", "--volume-size", "128k")
@@ -478,6 +479,7 @@ def test_a_renamed_set_is_refused_saying_so(src_registry, repo_name, rng, tmp_pa
         assert res.returncode == 10, res.stderr
         said = res.stdout + res.stderr
         assert "renamed" in said and "site.tar.volumes.json" in said, said
+        assert "  hint: the names are written inside the sidecars" in res.stderr, (cmd, said)
     for f in moved.iterdir():
         f.rename(moved / f.name.replace("night.tar", "site.tar", 1))
     mirror_ok("verify", moved / "site.tar.001")
