@@ -120,12 +120,14 @@ def _source_client(t, cache, cfg: Config | None, args: argparse.Namespace):
     return client
 
 
-async def _tag_rules(client, specs: list[ImageSpec], report: Report) -> list[ImageSpec]:
+async def _tag_rules(client, specs: list[ImageSpec], report: Report, progress,
+                     blobs=None) -> list[ImageSpec]:
     """The images the tag rules choose (mirror.tagrules; --locked: what the lock recorded),
-    in the report's `tag_rules`."""
+    in the report's `tag_rules`; `blobs`, the cache, keeps the configs `order: created`
+    reads."""
     from mirror.tagrules import resolve_rules, resolved
 
-    specs = await resolve_rules(client, specs)
+    specs = await resolve_rules(client, specs, blobs, progress.warn)
     _refuse_conflicting_duplicates(specs)
     report.add(tag_rules=resolved(specs))
     return specs
@@ -282,7 +284,7 @@ async def _pull(args: argparse.Namespace, progress, report: Report) -> int:
             store = BlobStore(cache)
             async with transport as t:
                 client = _source_client(t, cache, cfg, args)
-                specs = await _tag_rules(client, specs, report)
+                specs = await _tag_rules(client, specs, report, progress, store)
                 result = await pull(client, store, specs, opts, progress)
     except BaseException as e:  # the report says what was done before the error or signal
         done = getattr(e, "pull_result", None)
@@ -466,9 +468,9 @@ async def _sync(args: argparse.Namespace, progress, report: Report) -> int:
                 else contextlib.nullcontext():
             async with transport as t:
                 client = _source_client(t, args.cache, cfg, args)
-                specs = await _tag_rules(client, specs, report)
-                await sync(client, specs, targets, opts, progress, result,
-                           BlobStore(args.cache) if args.cache else None)
+                blobs = BlobStore(args.cache) if args.cache else None
+                specs = await _tag_rules(client, specs, report, progress, blobs)
+                await sync(client, specs, targets, opts, progress, result, blobs)
     except BaseException:  # the images the sync did not finish carry its error
         fields = _sync_report(result)
         report.add(**fields)
@@ -551,7 +553,7 @@ async def _lock(args: argparse.Namespace, progress, report: Report) -> int:
         store = BlobStore(cache)
         async with transport_for(args, cfg, progress) as t:
             client = _source_client(t, cache, cfg, args)
-            specs = await _tag_rules(client, specs, report)
+            specs = await _tag_rules(client, specs, report, progress, store)
             result = await pull(client, store, specs,
                                 _pull_options(args, output=None, dry_run=True), progress)
     result.bundle = Path("-")  # resolved: write the lock

@@ -32,7 +32,7 @@ from mirror.reference import _TAG, Reference
 from mirror.registry.credentials import RegistryLogin
 from mirror.registry.policy import RegistrySettings
 from mirror.semver import Range
-from mirror.tagrules import RULE_KEYS, TagRule, check_regex
+from mirror.tagrules import ORDERS, RULE_KEYS, TagRule, check_regex
 
 SUPPORTED_VERSION = 1
 INDEX_MODES = ("filter", "sparse")
@@ -444,6 +444,11 @@ def _tag_item(ctx: _Ctx, node: yaml.Node, repo: Reference, settings: ImageSettin
         rule = replace(rule, latest=n)
     if "prerelease" in items:
         rule = replace(rule, prerelease=ctx.boolean(items["prerelease"][1], "prerelease"))
+    if "order" in items:
+        if rule.latest is None:
+            raise ctx.err(items["order"][0], "'order' goes with 'latest': the order of the "
+                          "tags it keeps the last N of", hint="add `latest: N`, or drop 'order'")
+        rule = replace(rule, order=ctx.choice(items["order"][1], "order", ORDERS))
     ref = Reference(repo.registry, repo.repository, None, None)
     return ImageSpec(ref, settings, f"{ctx.path}:{node.start_mark.line + 1}", dest=dest,
                      rule=rule)

@@ -8,12 +8,17 @@
         - regex: '^v?\\d+\\.\\d+\\.\\d+$'
         - latest: 3                               # the 3 highest versions (semver order)
           prerelease: true                        # pre-releases are out unless this
+        - latest: 2                               # the 2 created last (mirror.created)
+          order: created
+          regex: '^nightly-'
 
 A rule keeps a tag when every key it gives agrees: `semver` (the tag is a version in the
 range), `regex` (found in the tag), none of `exclude`; a version with a pre-release part
 (`1.3.0-rc.1`) only with `prerelease: true`; then `latest: N` keeps the N highest versions
-(tags that are not versions have no order and are left out). A rule that keeps no tag is an
-error naming the image and the rule's file:line. The listing follows `Link` pages
+(tags that are not versions have no order and are left out), or with `order: created` the N
+created last, versions or not (the candidates' times asked for: mirror.created; a tag with
+none ranks oldest and is named on stderr; equal times go by tag name). A rule that keeps no
+tag is an error naming the image and the rule's file:line. The listing follows `Link` pages
 (mirror.registry.client `list_tags`). What each rule chose is recorded in the lock file
 (`tagRules`), so `--locked` pulls exactly those tags without listing; the report's
 `tag_rules` says the same.
@@ -22,7 +27,9 @@ error naming the image and the rule's file:line. The listing follows `Link` page
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from mirror.errors import ConfigError
@@ -31,8 +38,10 @@ from mirror.semver import Range, Version
 if TYPE_CHECKING:
     from mirror.config import ImageSpec
     from mirror.registry.client import Client
+    from mirror.store.blobs import BlobStore
 
-RULE_KEYS = ("semver", "regex", "exclude", "latest", "prerelease")
+RULE_KEYS = ("semver", "regex", "exclude", "latest", "prerelease", "order")
+ORDERS = ("semver", "created")
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,7 @@ class TagRule:
     exclude: tuple[str, ...] = ()
     latest: int | None = None
     prerelease: bool = False
+    order: str = "semver"  # of `latest`: semver, or created (its times asked for)
 
     def as_dict(self) -> dict[str, Any]:
         """The rule as written (the lock file's and the report's `rule`)."""
@@ -56,15 +66,36 @@ class TagRule:
             d["latest"] = self.latest
         if self.prerelease:
             d["prerelease"] = True
+        if self.order != "semver":  # the default unwritten: rules recorded before match
+            d["order"] = self.order
         return d
 
     def describe(self) -> str:
         return ", ".join(f"{k}: {v!r}" if isinstance(v, str) else f"{k}: {v}"
                          for k, v in self.as_dict().items())
 
-    def select(self, tags: list[str]) -> list[str]:
+    def candidates(self, tags: list[str]) -> list[str]:
+        """The tags every key but `latest` keeps: those `order: created` asks the times of."""
+        return [t for t, _ in self._kept(tags)]
+
+    def select(self, tags: list[str],
+               created: dict[str, datetime | None] | None = None) -> list[str]:
         """The tags this rule keeps, lowest version first (tags that are not versions after,
-        by name)."""
+        by name); with `order: created`, oldest first by `created` (the candidates' times:
+        none ranks oldest; equal times by name)."""
+        kept = self._kept(tags)
+        if self.order == "created":
+            assert created is not None
+            ranked = sorted((t for t, _ in kept),
+                            key=lambda t: (created[t] is not None, created[t] or 0, t))
+            return ranked[-self.latest:] if self.latest else ranked
+        versions = sorted(((t, v) for t, v in kept if v is not None),
+                          key=lambda tv: (tv[1].key(), tv[0]))
+        if self.latest is not None:
+            return [t for t, _ in versions[-self.latest:]] if self.latest > 0 else []
+        return [t for t, _ in versions] + sorted(t for t, v in kept if v is None)
+
+    def _kept(self, tags: list[str]) -> list[tuple[str, Version | None]]:
         kept: list[tuple[str, Version | None]] = []
         for tag in tags:
             v = Version.parse(tag)
@@ -77,11 +108,7 @@ class TagRule:
             if any(re.search(x, tag) for x in self.exclude):
                 continue
             kept.append((tag, v))
-        versions = sorted(((t, v) for t, v in kept if v is not None),
-                          key=lambda tv: (tv[1].key(), tv[0]))
-        if self.latest is not None:
-            return [t for t, _ in versions[-self.latest:]] if self.latest > 0 else []
-        return [t for t, _ in versions] + sorted(t for t, v in kept if v is None)
+        return kept
 
 
 def check_regex(text: str) -> str:
@@ -113,11 +140,14 @@ def expand(spec: ImageSpec, tags: list[str]) -> list[ImageSpec]:
     return [replace(spec, reference=replace(spec.reference, tag=t)) for t in tags]
 
 
-async def resolve_rules(client: Client, specs: list[ImageSpec]) -> list[ImageSpec]:
+async def resolve_rules(client: Client, specs: list[ImageSpec], blobs: BlobStore | None = None,
+                        warn: Callable[[str], None] = lambda _: None) -> list[ImageSpec]:
     """Every rule in `specs` replaced, in place in the list, by the images of the tags it
     chooses from the repository's listing (one listing per repository); raise ConfigError
-    for a rule that chooses none."""
+    for a rule that chooses none. `order: created` asks the times of its candidates
+    (mirror.created: configs through `blobs`, the cache); `warn` names the tags without."""
     listings: dict[str, list[str]] = {}
+    times = None
     out: list[ImageSpec] = []
     for spec in specs:
         if not is_rule(spec):
@@ -127,7 +157,18 @@ async def resolve_rules(client: Client, specs: list[ImageSpec]) -> list[ImageSpe
         if ref.name not in listings:
             listings[ref.name] = await client.list_tags(ref.registry, ref.repository)
         assert spec.rule is not None
-        chosen = spec.rule.select(listings[ref.name])
+        created = None
+        if spec.rule.order == "created":
+            from mirror.created import Times
+
+            times = times or Times(client, blobs)
+            created = await times.of_tags(spec, spec.rule.candidates(listings[ref.name]))
+            unknown = sorted(t for t, at in created.items() if at is None)
+            if unknown:
+                warn(f"{spec.where}: {ref.name}: no creation time for {', '.join(unknown)} "
+                     "(no org.opencontainers.image.created annotation, no `created` in the "
+                     "config): ranked oldest by the tag rule")
+        chosen = spec.rule.select(listings[ref.name], created)
         if not chosen:
             raise _nothing(spec, listings[ref.name])
         out += expand(spec, chosen)

@@ -11,7 +11,7 @@ import json
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault
 from tests.support.oracle import error_line, mirror_ok, run_mirror
-from tests.support.pusher import push_raw_manifest
+from tests.support.pusher import push_image, push_raw_manifest
 
 TAGS = ["1.0.0", "1.2.0", "1.2.5", "1.3.0-rc.1", "1.4.1", "v1.5.0", "2.0.0", "2.1.0-beta.1",
         "latest", "stable", "nightly-20240101", "1.4.1-rc2", "3.20"]
@@ -117,7 +117,9 @@ def test_a_bad_rule_is_a_config_error_before_any_request(tmp_path):
                        ('regex: "(unclosed"', "is not a regular expression"),
                        ("latest: 0", "'latest' must be 1 or more"),
                        ("exclude: [x]", "needs 'semver', 'regex' or 'latest'"),
-                       ("semvr: '1'", "did you mean 'semver'")]:
+                       ("semvr: '1'", "did you mean 'semver'"),
+                       ("{regex: x, order: created}", "'order' goes with 'latest'"),
+                       ("{latest: 2, order: create}", "did you mean 'created'")]:
         cfg.write_text("images:\n  - repository: localhost:1/app\n    tags:\n"
                        f"      - {rule}\n")
         r = run_mirror("lock", "-f", cfg, "--cache", tmp_path / "cache")
@@ -167,3 +169,80 @@ def test_semver_order_and_ranges():
         r = Range.parse(text)
         assert all(Version.parse(v) in r for v in inside), text
         assert not any(Version.parse(v) in r for v in outside), text
+
+
+CREATED = "org.opencontainers.image.created"
+
+
+def test_latest_by_creation_time(src_registry, faultproxy, repo_name, rng, tmp_path):
+    """`latest: N` with `order: created`: a tag's time is its manifest's (or index's)
+    `org.opencontainers.image.created` annotation, else its config's `created` (for an index,
+    the first platform's the entry asks for); tags without one rank oldest and are named on
+    stderr; ties go by tag name. Only the candidates the other keys leave are asked about,
+    each manifest once in the run; a warm rerun asks one HEAD per candidate and nothing else.
+    The lock and the report keep the tags in the order used, oldest first."""
+    proxy = faultproxy(src_registry.url)
+    reg = src_registry.url
+
+    def image(created: str | None, platform=ig.AMD64, at: str | None = None) -> ig.Image:
+        return ig.make_image(rng, platform, "oci", created=created,
+                             annotations={CREATED: at} if at else None)
+
+    old = image("2024-01-01T00:00:00Z")
+    push_image(reg, repo_name, old, tags=["a-old", "a-twin"])  # one manifest, a tie
+    push_image(reg, repo_name, image("2020-01-01T00:00:00Z", at="2024-06-01T12:00:00+02:00"),
+               tags=["b-new"])  # the annotation wins over the config
+    push_image(reg, repo_name, ig.make_index(
+        [image("2019-01-01T00:00:00Z"), image("2019-01-01T00:00:00Z", ig.ARM64)], "oci",
+        annotations={CREATED: "2024-03-01T00:00:00.123456789Z"}), tags=["c-mid"])
+    push_image(reg, repo_name, ig.make_index(  # a Docker list: its first platform's config
+        [ig.make_image(rng, ig.AMD64, "docker", created="2024-05-01T00:00:00Z"),
+         ig.make_image(rng, ig.ARM64, "docker", created="2025-01-01T00:00:00Z")], "docker"),
+        tags=["d-list"])
+    push_image(reg, repo_name, image(None), tags=["e-none"])
+    push_image(reg, repo_name, image("2026-01-01T00:00:00Z"), tags=["skip-me", "1.0.0-rc.1"])
+    proxy.add(Fault("paginate", method="GET", path=r"/tags/list", offset=3, times=None))
+    cfg = tmp_path / "images.yaml"
+    repo = f"{proxy.host}/{repo_name}"
+    cfg.write_text(f"images:\n  - repository: {repo}\n    tags:\n"
+                   "      - latest: 5\n        order: created\n        exclude: ['^skip']\n"
+                   "      - latest: 1\n        order: created\n        regex: '^[ae]-'\n")
+    cache = tmp_path / "cache"
+
+    r = mirror_ok("lock", "-f", cfg, "--cache", cache, "--no-referrers")
+    rules = json.loads((tmp_path / "images.lock").read_text())["tagRules"]
+    assert [r["tags"] for r in rules] == [["a-old", "a-twin", "c-mid", "d-list", "b-new"],
+                                          ["a-twin"]]
+    assert rules[0]["rule"] == {"latest": 5, "order": "created", "exclude": ["^skip"]}
+    assert "e-none" in r.stderr and "no creation time" in r.stderr, r.stderr
+    asked = [p for p in proxy.paths() if "/manifests/" in p]
+    tags = ["a-old", "a-twin", "b-new", "c-mid", "d-list", "e-none"]
+    for tag in tags:  # each candidate once, the chosen ones too (no HEAD after the GET)
+        assert asked.count(f"/v2/{repo_name}/manifests/{tag}") == 1, (tag, asked)
+    assert not any(p.endswith(("/skip-me", "/1.0.0-rc.1")) for p in asked), asked
+    config = f"/v2/{repo_name}/blobs/{old.config.digest}"
+    assert proxy.paths("GET").count(config) == 1  # one manifest under two tags: read once
+
+    proxy.reset_counters()
+    report = tmp_path / "report.json"
+    dry = mirror_ok("pull", "-f", cfg, "--cache", cache, "--no-referrers", "--dry-run",
+                    "-o", tmp_path / "o.tar", "--report", report)
+    assert [p for p in proxy.paths("GET") if "/manifests/" in p or "/blobs/" in p] == []
+    heads = proxy.paths("HEAD")
+    assert sorted(heads) == [f"/v2/{repo_name}/manifests/{t}" for t in tags], heads
+    assert f'{repo}\texclude=["^skip"] latest=5 order="created"\t' \
+           "a-old,a-twin,c-mid,d-list,b-new" in dry.stdout.splitlines(), dry.stdout
+    doc = json.loads(report.read_text())
+    assert [r["tags"] for r in doc["tag_rules"]] == [r["tags"] for r in rules]
+
+
+def test_latest_by_creation_time_in_config_readme():
+    """The rule config/README.md shows for `order: created` is one images.yaml reads."""
+    from pathlib import Path
+
+    from mirror.config import parse_config
+
+    text = (Path(__file__).parent.parent / "config" / "README.md").read_text()
+    block = text.split("## Tag rules", 1)[1].split("\n## ", 1)[0].split("```yaml\n")[2]
+    rules = [s.rule for s in parse_config(block.split("```", 1)[0]).images if s.rule]
+    assert rules and all(r.order == "created" and r.latest for r in rules)

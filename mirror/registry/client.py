@@ -57,7 +57,9 @@ class ManifestStore(Protocol):
 class Client(Uploads):
     """Operations on repositories of any registry, through one Transport. With `manifests`
     (the cache's store), a manifest seen once is read from there: by digest always, by tag
-    after one HEAD of the tag says it still names that digest (mirror.store.manifests)."""
+    after one HEAD of the tag says it still names that digest (mirror.store.manifests), and
+    once a run has asked (a tag rule's candidate, then the image it chose), without asking
+    again."""
 
     def __init__(self, transport: Transport, manifests: ManifestStore | None = None) -> None:
         self.t = transport
@@ -68,6 +70,8 @@ class Client(Uploads):
         self.bytes_uploaded = 0
         self._min_chunk: dict[str, int] = {}  # registry -> its OCI-Chunk-Min-Length
         self._sessions: dict[str, tuple[str, str, str]] = {}  # open upload sessions
+        # (registry, repo, tag) -> the digest (and type) a GET or HEAD of this run said it names
+        self._asked: dict[tuple[str, str, str], tuple[str, str]] = {}
 
     # -- manifests -------------------------------------------------------------------------
 
@@ -106,6 +110,7 @@ class Client(Uploads):
             self.manifests.put(raw.digest, raw.data)
             if ":" not in ref:
                 self.manifests.remember(registry, repo, ref, raw.digest)
+                self._asked[(registry, repo, ref)] = (raw.digest, raw.media_type)
         return raw
 
     async def _stored(self, store: ManifestStore, registry: str, repo: str, ref: str,
@@ -119,6 +124,11 @@ class Client(Uploads):
             if data is None or (expected is not None and expected.size != len(data)):
                 return None
             ctype = expected.media_type if expected is not None else ""
+        elif (registry, repo, ref) in self._asked:  # asked earlier in this run
+            digest, ctype = self._asked[(registry, repo, ref)]
+            data = store.get(digest)
+            if data is None:
+                return None
         else:
             if store.tag(registry, repo, ref) is None:
                 return None
@@ -130,6 +140,7 @@ class Client(Uploads):
                 return None
             store.remember(registry, repo, ref, head.digest)
             ctype = head.media_type
+            self._asked[(registry, repo, ref)] = (head.digest, ctype)
         return RawManifest.from_bytes(data, ctype, where=where)
 
     async def head_manifest(self, registry: str, repo: str, ref: str) -> ManifestHead | None:
@@ -154,6 +165,7 @@ class Client(Uploads):
             registry, "PUT", f"/v2/{repo}/manifests/{ref}", repository=repo,
             actions="pull,push", headers={"Content-Type": raw.media_type}, data=raw.data,
             ok=(200, 201), what=f"push manifest {raw.digest} as {ref}")
+        self._asked.pop((registry, repo, ref), None)
         async with resp:
             got = resp.headers.get("Docker-Content-Digest")
             subject = resp.headers.get("OCI-Subject")

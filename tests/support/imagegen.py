@@ -167,17 +167,22 @@ def make_image(
     layers: list[Layer] | None = None,
     n_layers: int = 2,
     layer_size: int = 4096,
+    created: str | None = _FIXED_TIME,
+    annotations: dict[str, str] | None = None,
 ) -> Image:
-    """A runnable-looking single-platform image in Docker v2.2 or OCI form."""
+    """A runnable-looking single-platform image in Docker v2.2 or OCI form; its config's
+    `created` (none when None) and the manifest's `annotations` as given."""
     if fmt not in ("docker", "oci"):
         raise ValueError(f"fmt must be 'docker' or 'oci', not {fmt!r}")
     if layers is None:
         layers = [make_layer(rng, layer_size, fmt=fmt) for _ in range(n_layers)]
     config_obj: dict[str, Any] = {
-        "created": _FIXED_TIME,
+        "created": created,
         "architecture": platform["architecture"],
         "os": platform["os"],
     }
+    if created is None:
+        del config_obj["created"]
     if "variant" in platform:
         config_obj["variant"] = platform["variant"]
     config_obj["config"] = {
@@ -203,6 +208,8 @@ def make_image(
             for layer in layers
         ],
     }
+    if annotations:
+        manifest_obj["annotations"] = dict(annotations)
     return Image(config, list(layers), Blob(dump_json(manifest_obj), manifest_type), dict(platform))
 
 
@@ -244,8 +251,10 @@ def make_index(
     fmt: Fmt = "oci",
     attestation: bool = False,
     rng: random.Random | None = None,
+    annotations: dict[str, str] | None = None,
 ) -> Index:
-    """A Docker manifest list or an OCI index over `images` (optionally with an attestation)."""
+    """A Docker manifest list or an OCI index over `images` (optionally with an attestation,
+    and the index's own `annotations`)."""
     if fmt not in ("docker", "oci"):
         raise ValueError(f"fmt must be 'docker' or 'oci', not {fmt!r}")
     if attestation and fmt != "oci":
@@ -265,7 +274,9 @@ def make_index(
             )
         )
     media_type = OCI_INDEX if fmt == "oci" else DOCKER_LIST
-    obj = {"schemaVersion": 2, "mediaType": media_type, "manifests": entries}
+    obj: dict[str, Any] = {"schemaVersion": 2, "mediaType": media_type, "manifests": entries}
+    if annotations:
+        obj["annotations"] = dict(annotations)
     return Index(Blob(dump_json(obj), media_type), list(images), extra)
 
 

@@ -1,0 +1,132 @@
+"""When a tag's image was created: the order of a tag rule's `latest: N` with
+`order: created` (mirror.tagrules).
+
+Where the time comes from, the first found (image-spec annotations.md and config.md; both
+RFC 3339 date-times):
+1. the tag's manifest's, or index's, `org.opencontainers.image.created` annotation;
+2. for an index: the entry of the first platform the image's `platforms:` asks for (all by
+   default; attestation entries are no platform): that entry's annotation, else the
+   platform's manifest, read as in 1 and 3. One platform, not the newest of all: a build
+   makes them together, and it keeps the cost at one manifest beyond the tag's (Docker Hub
+   counts a pull as up to two manifest GETs);
+3. for an image manifest: its config's `created`.
+A tag with none (or a time that is not RFC 3339) has no time; the rule ranks it oldest.
+
+Costs: the manifests come through the client, so a manifest seen once is never fetched again
+(a tag costs one HEAD on a warm rerun, and the pull that follows asks nothing more); the
+config is read from the cache of blobs, where it is kept for the pull and the next run. A
+digest several tags name is read once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from mirror.aio import gather_or_cancel
+from mirror.digest import check_bytes
+from mirror.errors import IntegrityError
+from mirror.manifest import Descriptor, RawManifest
+
+if TYPE_CHECKING:
+    from mirror.config import ImageSpec
+    from mirror.registry.client import Client
+    from mirror.store.blobs import BlobStore
+
+ANNOTATION = "org.opencontainers.image.created"
+AT_ONCE = 8  # candidate tags asked about at once (the transport bounds each registry too)
+
+
+def parse_time(text: object) -> datetime | None:
+    """An RFC 3339 date-time (nanoseconds cut to microseconds; no zone read as UTC); None
+    for anything else."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+class Times:
+    """The creation times of one run's candidate tags, each digest worked out once."""
+
+    def __init__(self, client: Client, blobs: BlobStore | None) -> None:
+        self.client, self.blobs = client, blobs
+        self._by_digest: dict[str, asyncio.Task[datetime | None]] = {}
+        self._sem = asyncio.Semaphore(AT_ONCE)
+
+    async def of_tags(self, spec: ImageSpec, tags: list[str]) -> dict[str, datetime | None]:
+        """`tags` of `spec`'s repository, each with its image's creation time or None."""
+        async def one(tag: str) -> datetime | None:
+            async with self._sem:
+                raw = await self.client.get_manifest(spec.reference.registry,
+                                                     spec.reference.repository, tag)
+            return await self._of(spec, raw)
+
+        times = await gather_or_cancel(one(t) for t in tags)
+        return dict(zip(tags, times, strict=True))
+
+    def _of(self, spec: ImageSpec, raw: RawManifest) -> asyncio.Task[datetime | None]:
+        task = self._by_digest.get(raw.digest)
+        if task is None:
+            task = asyncio.ensure_future(self._work_out(spec, raw))
+            self._by_digest[raw.digest] = task
+        return task
+
+    async def _work_out(self, spec: ImageSpec, raw: RawManifest) -> datetime | None:
+        own = _annotated(raw.parsed)
+        if own is not None:
+            return own
+        ref = spec.reference
+        if raw.is_index:
+            entry = _platform_entry(spec, raw.children)
+            if entry is None:
+                return None
+            said = parse_time(entry.annotations.get(ANNOTATION))
+            if said is not None:
+                return said
+            async with self._sem:
+                child = await self.client.get_manifest(ref.registry, ref.repository,
+                                                       entry.digest, expected=entry)
+            return await self._of(spec, child)
+        cfg = raw.config
+        if not raw.is_image or cfg is None:
+            return None
+        async with self._sem:
+            data = await self._config(ref.registry, ref.repository, cfg)
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            return None
+        return parse_time(doc.get("created")) if isinstance(doc, dict) else None
+
+    async def _config(self, registry: str, repo: str, desc: Descriptor) -> bytes:
+        """The config's bytes, from the cache of blobs when it holds them (verified), else
+        fetched and kept there."""
+        if self.blobs is not None and self.blobs.has(desc.digest, desc.size):
+            data = self.blobs.read(desc.digest)
+            try:
+                check_bytes(data, desc.digest, desc.size, f"cache {self.blobs.path(desc.digest)}")
+                return data
+            except IntegrityError:
+                self.blobs.evict(desc.digest)
+        data = await self.client.get_small_blob(registry, repo, desc.digest)
+        if self.blobs is not None:
+            self.blobs.put_bytes(desc.digest, data, f"{registry}/{repo}@{desc.digest}")
+        return data
+
+
+def _annotated(doc: dict) -> datetime | None:
+    notes = doc.get("annotations")
+    return parse_time(notes.get(ANNOTATION)) if isinstance(notes, dict) else None
+
+
+def _platform_entry(spec: ImageSpec, children: list[Descriptor]) -> Descriptor | None:
+    """The first entry of a platform `spec` asks for, else the first of any platform."""
+    platforms = [c for c in children if c.platform is not None and not c.platform.is_unknown]
+    wanted = [c for c in platforms if spec.settings.platforms.wants(c.platform)]
+    return wanted[0] if wanted else (platforms[0] if platforms else None)
