@@ -69,6 +69,7 @@ class Client(Uploads):
         self.cached_referrers: set[str] = set()
         self.bytes_uploaded = 0
         self._min_chunk: dict[str, int] = {}  # registry -> its OCI-Chunk-Min-Length
+        self._chunked_at: set[str] = set()  # registries that refused one whole-blob PATCH
         self._sessions: dict[str, tuple[str, str, str]] = {}  # open upload sessions
         # (registry, repo, tag) -> the digest (and type) a GET or HEAD of this run said it names
         self._asked: dict[tuple[str, str, str], tuple[str, str]] = {}

@@ -1,4 +1,5 @@
-"""Pushing blobs (REFERENCE.md 6.4): one PUT for small blobs, PATCH chunks for big ones,
+"""Pushing blobs (REFERENCE.md 6.4): one PUT for small blobs, one streamed PATCH of the
+whole blob for big ones (16 MiB chunks where the registry refuses so large a body),
 relative or absolute Location, cross-repository mounts, and an upload that fails is resumed
 from the offset the registry reports (seekable sources) or restarted cleanly."""
 
@@ -18,15 +19,17 @@ if TYPE_CHECKING:
     from mirror.registry.transport import Transport
 
 CANCEL_WITHIN = 5.0  # seconds an interrupted load spends cancelling its open upload sessions
-MONOLITHIC_MAX = 16 << 20  # blobs up to this size go in one PUT; larger ones in PATCH chunks
-UPLOAD_CHUNK = 16 << 20  # raised to the registry's OCI-Chunk-Min-Length when it asks
+MONOLITHIC_MAX = 16 << 20  # blobs up to this size go in one PUT; larger ones in one PATCH
+# the PATCH size for a registry that refused a whole blob in one (413: a proxy's body limit),
+# raised to the registry's OCI-Chunk-Min-Length when it asks
+UPLOAD_CHUNK = 16 << 20
 
 BodyFactory = Callable[[int], AsyncIterator[bytes]]  # offset -> chunks from that offset
 
 
 class Uploads:
     """The upload half of mirror.registry.client.Client (a mixin: it uses the client's
-    transport `t`, `bytes_uploaded` and `_min_chunk`).
+    transport `t`, `bytes_uploaded`, `_min_chunk` and `_chunked_at`).
 
     Every upload session the registry opens for us is kept in `_sessions` (by its URL path,
     with the latest Location, whose state token changes with each PATCH) until it is
@@ -36,6 +39,7 @@ class Uploads:
     t: Transport
     bytes_uploaded: int
     _min_chunk: dict[str, int]
+    _chunked_at: set[str]  # registries that refused a whole blob in one PATCH (413)
     _sessions: dict[str, tuple[str, str, str]]  # URL path -> (registry, repo, location)
 
     def _opened(self, registry: str, repo: str, location: str,
@@ -89,9 +93,9 @@ class Uploads:
     async def upload_blob(self, registry: str, repo: str, desc: Descriptor,
                           body: BodyFactory, *, seekable: bool,
                           location: str | None = None) -> None:
-        """Push a blob: one PUT up to MONOLITHIC_MAX, PATCH chunks above.
+        """Push a blob: one PUT up to MONOLITHIC_MAX, one PATCH above (`_patched`).
 
-        A failed chunk of a seekable source is resumed from the offset the registry reports
+        A failed PATCH of a seekable source is resumed from the offset the registry reports
         (GET on the session); anything else that fails with a retryable cause restarts the
         upload in a new session (the old one is cancelled), with back-off, bounded by the
         retry policy. A non-seekable source (a compressed bundle's stream) can't be replayed:
@@ -105,7 +109,7 @@ class Uploads:
                 if desc.size <= MONOLITHIC_MAX:
                     await self._put_final(registry, repo, location, desc, body(0), desc.size)
                 else:
-                    await self._chunked(registry, repo, location, desc, body, seekable)
+                    await self._patched(registry, repo, location, desc, body, seekable)
                 self.bytes_uploaded += desc.size
                 return
             except RegistryError as e:
@@ -169,10 +173,20 @@ class Uploads:
             raise IntegrityError(f"{registry}/{repo}: registry stored blob {desc.digest} as "
                                  f"{got}")
 
-    async def _chunked(self, registry: str, repo: str, location: str, desc: Descriptor,
+    async def _patched(self, registry: str, repo: str, location: str, desc: Descriptor,
                        body: BodyFactory, seekable: bool) -> None:
+        """The blob's bytes in one streamed PATCH (`Content-Range: 0-END`, the spec's chunked
+        upload with one chunk: no chunk waits for the answer to the one before, as in docker's
+        and skopeo's streamed PATCH), then the closing PUT. The source's bytes pass straight
+        to the socket: memory does not grow with the blob.
+
+        A failed PATCH of a seekable source resumes from the offset the registry reports
+        (GET on the session; distribution 2.8 has nothing to resume after a body cut midway:
+        its session is then invalid, and upload_blob opens a new one). A registry that
+        refuses so large a body (413, seekable or not) gets UPLOAD_CHUNK PATCHes from then
+        on, in order, each waiting for its answer."""
         offset = 0
-        chunk_size = max(UPLOAD_CHUNK, self._min_chunk.get(registry, 0))
+        chunk_size = self._chunk_size(registry, desc.size)
         stream = _Stream(body(0))
         failures = 0
         while offset < desc.size:
@@ -187,10 +201,19 @@ class Uploads:
                     what=f"upload blob {desc.digest} (bytes {offset}-{offset + n - 1})",
                     allow_redirects=False, retry=False)
             except RegistryError as e:
-                failures += 1
-                if not seekable or failures >= self.t.policy.tries or not restartable(e):
-                    raise
-                await self.t.backoff("PATCH", location, str(e), failures)
+                if e.status == 413 and registry not in self._chunked_at:
+                    self._chunked_at.add(registry)  # not a failure: the body was too big
+                    self.t.debug(f"{registry}: PATCH of {n} bytes refused (HTTP 413): "
+                                 f"{UPLOAD_CHUNK >> 20} MiB chunks from now on")
+                    chunk_size = self._chunk_size(registry, desc.size)
+                    if not seekable:  # the next pass over the stream goes in chunks
+                        raise TooLarge(str(e), registry=e.registry, repository=e.repository,
+                                       status=413, codes=e.codes) from None
+                else:
+                    failures += 1
+                    if not seekable or failures >= self.t.policy.tries or not restartable(e):
+                        raise
+                    await self.t.backoff("PATCH", location, str(e), failures)
                 # where did the registry get to? resume from there with a fresh stream
                 location, offset = await self._upload_status(registry, repo, location)
                 await stream.close()
@@ -200,10 +223,18 @@ class Uploads:
                 location = self._opened(registry, repo, self._location(resp), location)
                 min_len = resp.headers.get("OCI-Chunk-Min-Length", "")
             if min_len.isdigit():
-                chunk_size = max(chunk_size, int(min_len))
+                self._min_chunk[registry] = int(min_len)
+                chunk_size = self._chunk_size(registry, desc.size)
             offset += n
         await stream.close()
         await self._put_final(registry, repo, location, desc, None, 0)
+
+    def _chunk_size(self, registry: str, size: int) -> int:
+        """The whole blob, or UPLOAD_CHUNK (at least the registry's OCI-Chunk-Min-Length)
+        where the registry refused a whole blob."""
+        if registry not in self._chunked_at:
+            return size
+        return max(UPLOAD_CHUNK, self._min_chunk.get(registry, 0))
 
     async def _upload_status(self, registry: str, repo: str, location: str) -> tuple[str, int]:
         resp = await self.t.request(registry, "GET", location, repository=repo,
@@ -217,10 +248,16 @@ class Uploads:
         return loc, (end + 1 if end > 0 else 0)
 
 
+class TooLarge(RegistryError):
+    """A one-pass source's PATCH refused for its size (413): its next try goes in chunks."""
+
+
 def restartable(e: RegistryError) -> bool:
     """Worth another try: no status (connection), 401 (token expired mid-upload), an upload
     session the registry lost (404, 416; distribution says BLOB_UPLOAD_INVALID for a session
-    it no longer has after a restart), or a transient status."""
+    it no longer has after a restart), a transient status, or TooLarge."""
+    if isinstance(e, TooLarge):
+        return True
     if isinstance(e, NotFound) and e.codes and \
             not {"BLOB_UPLOAD_UNKNOWN", "BLOB_UPLOAD_INVALID"} & set(e.codes):
         return False
