@@ -29,13 +29,15 @@ Where = dict[str, tuple[str, str, Descriptor]]
 
 class RegistrySource:
     """Each blob streamed from the source repository that lists it (`where`: digest ->
-    (registry, repository)) from an offset (Client.open_blob). A stream that breaks is a
-    RegistryError without a status, which the upload tries again (from where the target got
-    to: mirror.registry.upload.restartable)."""
+    (registry, repository)) from an offset (Client.open_blob), but those `held`: bytes
+    already read and checked against their digest (the configs planning read), sent as
+    they are. A stream that breaks is a RegistryError without a status, which the upload
+    tries again (from where the target got to: mirror.registry.upload.restartable)."""
 
-    def __init__(self, client: Client, where: Where, name: str = "the source registries"
-                 ) -> None:
+    def __init__(self, client: Client, where: Where, name: str = "the source registries",
+                 held: dict[str, bytes] | None = None) -> None:
         self.client, self.where, self.name = client, where, name
+        self.held = held if held is not None else {}
 
     def carries(self, digest: str) -> bool:
         return digest in self.where
@@ -43,6 +45,10 @@ class RegistrySource:
     async def open(self, desc: Descriptor, offset: int) -> AsyncIterator[bytes]:
         """A foreign layer the registry does not serve comes from its `urls` in turn (no
         registry credentials: mirror.registry.foreign), as a pull fetches it."""
+        data = self.held.get(desc.digest)
+        if data is not None and len(data) == desc.size:
+            yield data[offset:]
+            return
         reg, repo, there = self.where[desc.digest]
         sent = 0
         try:

@@ -19,6 +19,8 @@ from mirror.registry.client import Client
 from mirror.sources import CacheSource, RegistrySource
 from mirror.store.blobs import BlobStore
 
+CONFIGS_HELD_MAX = 8 << 20  # bytes of configs a sync without a cache keeps from planning
+
 
 @dataclass
 class SyncOptions:
@@ -82,7 +84,7 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
     where = {d.digest: (ref.registry, ref.repository, d) for p in plans
              if (ref := p.reference) is not None for d in p.blobs.values()}
     source: BlobSource = CacheSource(fetcher, where) if fetcher is not None else \
-        RegistrySource(client, where)
+        RegistrySource(client, where, held=planner.configs)
     absent = {dg: why for p in plans for dg, why in p.absent.items()}
     # every target's names checked before anything is pushed to any of them
     pushes = [(target, push_images(plans, target)) for target in targets]
@@ -99,14 +101,22 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
 
 
 class _Planner(Planner):
-    """Configs from the cache when there is one (a pull's way), else from the registry."""
+    """Configs from the cache when there is one (a pull's way), else from the registry,
+    kept (up to CONFIGS_HELD_MAX bytes in all) for the push: read and checked here, they
+    are not asked for again."""
 
     def __init__(self, client: Client, specs: list[ImageSpec], opts: SyncOptions,
                  progress: Progress, fetcher: Fetcher | None, target: Target | None) -> None:
         super().__init__(client, specs, opts, progress, target)
         self.fetcher = fetcher
+        self.configs: dict[str, bytes] = {}  # digest -> config bytes (no cache)
+        self.held = 0
 
     async def config(self, i: int, registry: str, repo: str, desc) -> bytes:
         if self.fetcher is not None:
             return await self.fetcher.config_bytes(registry, repo, desc, owner=i)
-        return await self.client.get_small_blob(registry, repo, desc.digest)
+        data = await self.client.get_small_blob(registry, repo, desc.digest)
+        if desc.digest not in self.configs and self.held + len(data) <= CONFIGS_HELD_MAX:
+            self.configs[desc.digest] = data
+            self.held += len(data)
+        return data

@@ -172,6 +172,31 @@ def test_sync_through_a_cache_fetches_each_blob_once(
     assert state(dst_registry, f"d{u}") == state(dst_registry, f"c{u}") == state(other, f"d{u}")
 
 
+def test_sync_without_a_cache_fetches_a_config_planning_read_once(
+        src_registry: Registry, dst_registry: Registry, registry_factory, faultproxy,
+        repo_name: str, rng: random.Random, tmp_path: Path) -> None:
+    """An image manifest without an index: planning reads its config (for its platform),
+    and the pushes to both targets send those bytes (checked as they came) rather than
+    GET it from the source again; the layer is read once per target. The report's
+    `requests` agree with the source's proxy."""
+    u = repo_name[-8:]
+    img = ig.make_image(rng, ig.AMD64, "docker", layers=[ig.make_layer(rng, 5000)])
+    push_image(src_registry.url, repo_name, img, ["1"])
+    proxy = faultproxy(src_registry.url)
+    other = registry_factory()
+    report = tmp_path / "r.json"
+    mirror_ok("sync", f"{proxy.host}/{repo_name}:1", "--to", f"{dst_registry.host}/g{u}",
+              "--to", f"{other.host}/g{u}", "-q", "--report", report)
+    gets = proxy.paths("GET")
+    assert len([p for p in gets if img.config.digest in p]) == 1, gets
+    assert len([p for p in gets if img.layers[0].digest in p]) == 2, gets
+    assert json.loads(report.read_text())["requests"][proxy.host]["blob GET"] == 3
+    for reg in (dst_registry, other):
+        assert get_blob(reg.url, f"g{u}/{repo_name}", img.config.digest) == img.config.data
+        assert ig.sha256_digest(get_blob(reg.url, f"g{u}/{repo_name}",
+                                         img.layers[0].digest)) == img.layers[0].digest
+
+
 def test_sync_through_a_damaged_cache_fetches_the_blob_again(
         src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
         tmp_path: Path) -> None:
