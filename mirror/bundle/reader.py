@@ -61,6 +61,16 @@ class Bundle:
             return
         self.volumes = volumes.find(self.path)
         if self.volumes is not None:
+            # A read of every part before the load or serve reads them again (verify does
+            # both in one read: it pushes nothing). Hashing the parts as the push reads them
+            # would not keep "a damaged part pushes nothing": the blobs' digests cover only
+            # their own bytes, not index.json (which tags name which roots) nor the tar's
+            # headers, so the damage would be known only at the last part, after the blobs
+            # of the parts before it went out; the push reads the blobs at random, -j at a
+            # time, and skips those the target holds, where the hashes need every byte in
+            # order; and serve sends blobs with sendfile, never hashed, for as long as it
+            # runs. Holding every upload's closing PUT until the end would keep nothing
+            # pushed, at two requests more per small blob and a session open per blob.
             volumes.check(self.volumes, self.name, hashes=check_parts)
         try:
             # every read of a plain tar's members (mirror serve's for as long as it runs)
