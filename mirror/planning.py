@@ -72,7 +72,9 @@ class Planner:
         self.target = target
         self.progress = progress
         self.finder = Finder(client)
-        self.sem = asyncio.Semaphore(max(2, opts.jobs))
+        # images resolving at once, per registry: one whose requests wait (a 429 storm, a
+        # stall) holds its own registry's slots, never another's
+        self.sems: dict[str, asyncio.Semaphore] = {}
         self.results = [ImageResult(str(s.reference), s.where) for s in specs]
         self.retry_counts = [[0] for _ in specs]  # per image (a shared blob: its first image)
         self.plans: list[Image | None] = [None] * len(specs)
@@ -108,11 +110,18 @@ class Planner:
     def resolved(self) -> list[tuple[int, Image]]:
         return [(i, p) for i, p in enumerate(self.plans) if p is not None]
 
+    def slots(self, registry: str) -> asyncio.Semaphore:
+        """The resolution slots of `registry`'s images."""
+        if registry not in self.sems:
+            self.sems[registry] = asyncio.Semaphore(max(2, self.opts.jobs))
+        return self.sems[registry]
+
     async def plan_one(self, i: int, spec: ImageSpec) -> None:
         res = self.results[i]
         RETRY_COUNTER.set(self.retry_counts[i])  # this task, and those it starts
+        slots = self.slots(spec.reference.registry)
         try:
-            async with self.sem:
+            async with slots:
                 plan = await resolve(self.client, spec,
                                      lambda r, p, d: self.config(i, r, p, d),
                                      self.opts.referrer_types)
@@ -126,7 +135,7 @@ class Planner:
             convert_plan(plan, spec.settings.format, self.progress,
                          rewrite_foreign=spec.settings.foreign_layers == "rewrite")
             if spec.settings.referrers:  # `referrers: false` or --no-referrers
-                async with self.sem:
+                async with slots:
                     await attach_referrers(self.finder, spec, plan, self.opts.referrer_types,
                                            self.progress)
         except MirrorError as e:

@@ -372,3 +372,29 @@ def test_lock_says_which_images_wait(src_registry: Registry, proxies, repo_name:
     assert "1 of 2 image(s) wait for a registry's rate limit" in proc.stderr
     lock = (tmp_path / "images.lock").read_text()
     assert refs[1] in lock and refs[0] not in lock
+
+
+def test_a_429_storm_on_one_registrys_manifests_does_not_hold_anothers_resolution(
+        src_registry: Registry, proxies, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """Registry A answers its images' first manifest requests with 429 (Retry-After: 2):
+    while A's images wait to be resolved, B's are resolved (manifests and configs) within a
+    second of the storm, none waiting behind A's images for a resolution slot (each registry
+    has its own); A's requests honour the 2 s."""
+    seed(src_registry, f"{repo_name}/a", rng, n=4, layers=1)
+    seed(src_registry, f"{repo_name}/b", rng, n=4, layers=1)
+    a, b = proxies(), proxies()
+    a.add(Fault("status", path="/manifests/", status=429, times=4,
+                headers={"Retry-After": "2"}))
+    refs = [f"{p.host}/{repo_name}/{x}{i}:v1" for p, x in ((a, "a"), (b, "b"))
+            for i in range(4)]
+    proc = run_mirror("pull", *refs, "-o", tmp_path / "b.tar", "--cache",
+                      tmp_path / "cache", "-q", "-j", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert bundle_refs(tmp_path / "b.tar") == set(refs)
+    storm = min(t0 for t0, _, m, p, st in a.spans if st == 429)
+    resolving = [t1 for _, t1, m, p, st in b.spans if "/manifests/" in p]
+    assert len(resolving) >= 4, b.spans
+    assert max(resolving) - storm < 1.0, (max(resolving) - storm)
+    retried = [t0 for t0, _, m, p, st in a.spans if "/manifests/" in p and st == 200]
+    assert retried and min(retried) - storm >= 1.9, (min(retried) - storm)
