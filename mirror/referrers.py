@@ -34,6 +34,7 @@ class Finder:
     def __init__(self, client: Client) -> None:
         self.client = client
         self.api: dict[str, bool] = {}
+        self._probing: dict[str, asyncio.Lock] = {}  # the first probe of each registry
         self._tags: dict[tuple[str, str], asyncio.Task[set[str]]] = {}
 
     async def tags(self, registry: str, repo: str) -> set[str]:
@@ -49,9 +50,21 @@ class Finder:
             return set()
 
     async def _api(self, registry: str, repo: str, digest: str) -> list[Descriptor] | None:
-        """The referrers API's answer (every page), or None where the registry has none."""
-        if self.api.get(registry) is False:
+        """The referrers API's answer (every page), or None where the registry has none.
+        Single-flight: while a registry's first answer is awaited, the other subjects (of
+        every image resolved at once) wait for it instead of each probing the API too."""
+        if registry not in self.api:
+            async with self._probing.setdefault(registry, asyncio.Lock()):
+                if registry not in self.api:  # the first (or the first failed): ask
+                    return await self._ask(registry, repo, digest)
+        if not self.api[registry]:
             return None
+        return await self._ask(registry, repo, digest)
+
+    async def _ask(self, registry: str, repo: str, digest: str) -> list[Descriptor] | None:
+        """The referrers API asked about `digest`; what it answers (404: no API, None)
+        decides for the registry (REFERENCE.md 6.7: a registry with the API never answers
+        404 for a repository it has)."""
         out: list[Descriptor] = []
         url: str | None = f"/v2/{repo}/referrers/{digest}"
         while url:

@@ -511,3 +511,32 @@ def test_a_converted_index_is_called_converted_not_filtered(src_registry, repo_n
              ["conversions"].items() if k == index.digest]
     warning = [ln for ln in r.stderr.splitlines() if "made for the source index" in ln]
     assert len(warning) == 1 and f"filtered and converted index {new}" in warning[0], r.stderr
+
+
+def test_the_referrers_api_is_probed_once_per_registry(src_registry, faultproxy, repo_name,
+                                                       rng, tmp_path):
+    """Eight images of one registry (four repositories) resolved at once: the first referrers
+    request finds the registry has no referrers API (404, Debian's registry 2.8), and the
+    other images wait for that answer instead of each asking too: one referrers request in
+    the run (counted at the proxy); the fallback tags and cosign tags are still looked for
+    (a tag list per repository), so each image's signature travels."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    refs, sigs = [], []
+    proxy = faultproxy(src_registry.url)
+    for r in range(4):
+        for t in ("1.0", "2.0"):
+            repo = f"{repo_name}/r{r}"
+            imgs = [ig.make_image(rng, p, fmt="oci") for p in (ig.AMD64, ig.ARM64)]
+            index = ig.make_index(imgs, fmt="oci")
+            push_image(src_registry.url, repo, index, tags=[t])
+            sigs.append(push_signature(src_registry.url, repo, key, index.digest)[1])
+            refs.append(f"{proxy.host}/{repo}:{t}")
+    out = tmp_path / "b.tar"
+    mirror_ok("pull", *refs, "-o", out, "--cache", tmp_path / "cache", "-j", "8", "-q")
+    probes = [p for m, p, st in proxy.requests if "/referrers/" in p]
+    assert len(probes) == 1, probes
+    lists = [p for m, p, st in proxy.requests if p.endswith("/tags/list")]
+    assert len(lists) == 4, lists
+    lay = check_layout(out)
+    assert all(lay.sha256.get(f"blobs/sha256/{sig.digest.split(':')[1]}") == sig.digest
+               for sig in sigs), "a signature was left behind"
