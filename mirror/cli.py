@@ -44,7 +44,11 @@ def _add_net(p: argparse.ArgumentParser) -> None:
                    help="the longest a registry may hold the run up (default 300): a longer "
                    "Retry-After fails the request; a longer rate-limit window with no "
                    "request left makes the images that need it wait for the next run")
-    g.add_argument("-j", "--jobs", type=int, default=4, help="concurrent transfers per registry (default 4)")
+    g.add_argument("-j", "--jobs", type=int, default=4,
+                   help="concurrent transfers per registry (default 4): blobs of 1 MiB or "
+                   "more, and every upload; smaller blobs, manifests, tags and tokens are "
+                   "small requests, up to 16 at once per registry beside them "
+                   "(max_concurrency in images.yaml)")
 
 
 def _add_selection(p: argparse.ArgumentParser) -> None:

@@ -25,6 +25,7 @@ from mirror.progress import Progress
 from mirror.registry.client import Client
 from mirror.registry.foreign import UrlRefused, open_url, unserved
 from mirror.registry.network import TransferError
+from mirror.registry.ratelimit import SMALL_BLOB
 from mirror.store.blobs import _IO_POOL, BlobStore, PartialBlob
 
 PROGRESS_BYTES = 64 << 10  # a broken download that got this far starts a fresh retry count
@@ -38,10 +39,11 @@ class Fetcher:
     def __init__(self, client: Client, store: BlobStore, jobs: int, progress: Progress) -> None:
         self.client = client
         self.store = store
-        # `jobs` downloads at once from each registry: one that makes its requests wait (a
+        # `jobs` transfers (blobs of SMALL_BLOB or more) at once from each registry, and its
+        # small requests' share of smaller blobs: a registry that makes its requests wait (a
         # 429, its limiter) holds its own slots, never another registry's
         self.jobs = jobs
-        self.sems: dict[str, asyncio.Semaphore] = {}
+        self.sems: dict[tuple[str, bool], asyncio.Semaphore] = {}
         self.progress = progress
         self.tasks: dict[str, asyncio.Task[bool]] = {}
         self.placing: dict[str, asyncio.Task[None]] = {}
@@ -66,13 +68,22 @@ class Fetcher:
             self.owner.setdefault(desc.digest, owner)
         return task
 
+    def _slots(self, registry: str, size: int) -> asyncio.Semaphore:
+        """A small blob waits on round trips (as many at once as the registry's small
+        requests), a transfer on bandwidth (`jobs` at once)."""
+        key = (registry, size < SMALL_BLOB)
+        if key not in self.sems:
+            n = self.client.t.limits_for(registry).small if key[1] else self.jobs
+            self.sems[key] = asyncio.Semaphore(n)
+        return self.sems[key]
+
     async def _fetch(self, registry: str, repo: str, desc: Descriptor) -> bool:
         if self.store.has(desc.digest, desc.size):
             self.store.touch(desc.digest)
             self.reused.add(desc.digest)
             self.progress.advanced(desc.size)
             return False
-        async with self.sems.setdefault(registry, asyncio.Semaphore(self.jobs)):
+        async with self._slots(registry, desc.size):
             sink = self.store.partial(desc.digest, desc.size,
                                       f"{registry}/{repo}: {mt.blob_kind(desc.media_type)} {desc.digest}")
             sink.tee = self.assembler.tee(desc.digest) if self.assembler else None

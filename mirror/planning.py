@@ -111,9 +111,10 @@ class Planner:
         return [(i, p) for i, p in enumerate(self.plans) if p is not None]
 
     def slots(self, registry: str) -> asyncio.Semaphore:
-        """The resolution slots of `registry`'s images."""
+        """The resolution slots of `registry`'s images: as many as the small requests it
+        may have in flight (resolving is small requests, one after another)."""
         if registry not in self.sems:
-            self.sems[registry] = asyncio.Semaphore(max(2, self.opts.jobs))
+            self.sems[registry] = asyncio.Semaphore(self.client.t.limits_for(registry).small)
         return self.sems[registry]
 
     async def plan_one(self, i: int, spec: ImageSpec) -> None:

@@ -398,3 +398,61 @@ def test_a_429_storm_on_one_registrys_manifests_does_not_hold_anothers_resolutio
     assert max(resolving) - storm < 1.0, (max(resolving) - storm)
     retried = [t0 for t0, _, m, p, st in a.spans if "/manifests/" in p and st == 200]
     assert retried and min(retried) - storm >= 1.9, (min(retried) - storm)
+
+
+def most_at_once(spans: list[tuple[float, float]]) -> int:
+    """The most of `spans` (start, end) that overlap at one moment."""
+    edges = sorted([(t0, 1) for t0, _ in spans] + [(t1, -1) for _, t1 in spans])
+    now = peak = 0
+    for _, step in edges:
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+def test_small_requests_run_many_at_once_and_large_transfers_at_jobs(
+        src_registry: Registry, proxies, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """Through a link holding each request 0.3 s, with -j 1: the twelve images' manifests
+    and small blobs (configs, 4 KB layers) are asked for many at once, as a link with long
+    round trips needs (16 small requests per registry), while the layers of 1 MiB or more
+    (the transfers) still come one at a time, as -j 1 says."""
+    small = seed(src_registry, f"{repo_name}/s", rng, n=12, layers=1)
+    big = ig.make_image(rng, ig.AMD64, "oci", n_layers=3, layer_size=(1 << 20) + 4096)
+    push_image(src_registry.url, f"{repo_name}/big", big, ["v1"])
+    a = proxies()
+    a.add(Fault("stall", delay=0.3, times=None))
+    refs = [f"{a.host}/{repo_name}/s{i}:v1" for i in range(12)] + \
+        [f"{a.host}/{repo_name}/big:v1"]
+    proc = run_mirror("pull", *refs, "-o", tmp_path / "b.tar", "--cache",
+                      tmp_path / "cache", "-q", "-j", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert bundle_refs(tmp_path / "b.tar") == set(refs)
+    manifests = [(t0, t1) for t0, t1, m, p, st in a.spans if "/manifests/" in p]
+    assert len(manifests) == 13 and most_at_once(manifests) >= 8, manifests
+    layers = {x.digest for img in small for x in img.layers}
+    smalls = [(t0, t1) for t0, t1, m, p, st in a.spans
+              if m == "GET" and p.rsplit("/", 1)[-1] in layers]
+    assert len(smalls) == 12 and most_at_once(smalls) >= 8, smalls
+    large = {x.digest for x in big.layers}
+    transfers = [(t0, t1) for t0, t1, m, p, st in a.spans
+                 if m == "GET" and p.rsplit("/", 1)[-1] in large]
+    assert len(transfers) == 3 and most_at_once(transfers) == 1, transfers
+
+
+async def test_the_limiter_halves_on_5xx_and_on_no_answer() -> None:
+    """A 5xx answer, and a try that got no answer (a reset, a timeout), halve what the
+    registry's limiter lets through, as a 429 does; a try given up (cancelled) does not."""
+    from mirror.registry.ratelimit import RegistryLimits
+
+    lim = RegistryLimits("r.example", ceiling=8)
+    for _ in range(4):
+        await lim.acquire("GET x")
+    lim.release(503)
+    assert lim.cap == 4
+    lim.release(None)
+    assert lim.cap == 2
+    lim.give_back()
+    assert lim.cap == 2 and lim.in_flight == 1
+    lim.release(404)
+    assert lim.cap == 2 and lim.in_flight == 0

@@ -1,6 +1,7 @@
 """Each registry's share of a run: its requests counted by kind, the rate limit it announces
 (`RateLimit-*` headers), and the limiter every request to it passes (concurrency that halves
-on a 429 or a low `RateLimit-Remaining` and grows back after successes, waits for a window
+on a 429, a 5xx, a try with no answer or a low `RateLimit-Remaining` and grows back after
+successes, waits for a window
 with no request left, and keeps to the run's request budget). One `RegistryLimits` per registry, held by the transport; other registries never wait
 for it."""
 
@@ -17,6 +18,11 @@ import yarl
 from mirror.errors import BudgetSpent
 
 LOW_REMAINING = 0.1  # RateLimit-Remaining under this share of the limit slows the registry
+# Small requests (tokens, tag HEADs and lists, manifests, referrers, blobs under SMALL_BLOB)
+# wait on round trips, not bandwidth: this many of them per registry at once (beside -j
+# transfers) made data set S as fast at 50 ms round trips as -j 16 (docs/BENCHMARKS.md)
+SMALL_REQUESTS = 16
+SMALL_BLOB = 1 << 20  # a blob under this size is a small request, at or over it a transfer
 
 _MANIFEST = re.compile(r"^/v2/.+/manifests/[^/]+$")
 _BLOB = re.compile(r"^/v2/.+/blobs/[^/]+:[0-9a-fA-F]+$")
@@ -131,12 +137,14 @@ class RegistryLimits:
     """One registry's limiter and counts. `ceiling`: requests in flight at most (its
     `max_concurrency`, else the run's default); `budget`: requests this run may make
     (`max_requests_per_run`, None: no bound); `max_wait`: the longest the run waits for a
-    window that has no request left to reset."""
+    window that has no request left to reset; `small`: the small requests (images resolved,
+    small blobs fetched) to have in flight at once, of the `ceiling`."""
 
     registry: str
     ceiling: int
     budget: int | None = None
     max_wait: float = 300.0
+    small: int = SMALL_REQUESTS
     cap: int = 0  # requests in flight allowed now
     in_flight: int = 0
     streak: int = 0  # answers without a 429 since the cap last changed
@@ -192,17 +200,23 @@ class RegistryLimits:
                 await asyncio.sleep(after)
 
     def release(self, status: int | None) -> None:
-        """The answer came (`status`; None: no answer): a 429 halves the cap (floor 1), a
-        run of `ceiling` answers without one raises it by one, up to the ceiling (so a
-        registry that said 429 gets its full concurrency back only slowly)."""
+        """The answer came (`status`; None: no answer, a reset or a timeout): a 429, a 5xx
+        or no answer halves the cap (floor 1), a run of `ceiling` answers without one raises
+        it by one, up to the ceiling (so a registry that said 429 gets its full concurrency
+        back only slowly)."""
         self.in_flight -= 1
-        if status == 429:
+        if status is None or status == 429 or status >= 500:
             self.slow()
         elif status is not None:
             self.streak += 1
             if self.streak >= self.ceiling and self.cap < self.ceiling:
                 self.cap += 1
                 self.streak = 0
+        self._wake()
+
+    def give_back(self) -> None:
+        """A try given up before its answer (cancelled): its slot, and nothing learnt."""
+        self.in_flight -= 1
         self._wake()
 
     def slow(self) -> None:

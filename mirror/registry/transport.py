@@ -44,7 +44,12 @@ from mirror.registry.policy import (
     Timeouts,
     parse_retry_after,
 )
-from mirror.registry.ratelimit import RegistryLimits, parse_ratelimit, request_kind
+from mirror.registry.ratelimit import (
+    SMALL_REQUESTS,
+    RegistryLimits,
+    parse_ratelimit,
+    request_kind,
+)
 
 MAX_ERROR_BODY = 64 * 1024
 # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH
@@ -203,14 +208,19 @@ class Transport:
 
     def limits_for(self, registry: str) -> RegistryLimits:
         """The registry's limiter and counts: `max_concurrency` requests in flight (default:
-        the connection pool's per-host bound), `max_requests_per_run` requests (its
-        token server's among them)."""
+        SMALL_REQUESTS small ones beside `jobs` transfers, the connection pool's per-host
+        bound), `max_requests_per_run` requests (its token server's among them)."""
         if registry not in self.limits:
             s = self._settings(registry)
             self.limits[registry] = RegistryLimits(
-                registry, s.max_concurrency or max(8, self.jobs * 2),
-                s.max_requests_per_run, self.policy.max_retry_after)
+                registry, s.max_concurrency or self.per_host, s.max_requests_per_run,
+                self.policy.max_retry_after, small=s.max_concurrency or SMALL_REQUESTS)
         return self.limits[registry]
+
+    @property
+    def per_host(self) -> int:
+        """Requests in flight to one registry by default: small ones and transfers."""
+        return SMALL_REQUESTS + self.jobs
 
     def requests_report(self) -> dict[str, dict[str, int]]:
         """The report's `requests`: per registry, the requests sent by kind."""
@@ -242,8 +252,8 @@ class Transport:
             counter[0] += 1
 
     async def __aenter__(self) -> Transport:
-        connector = aiohttp.TCPConnector(limit=max(16, self.jobs * 4),
-                                         limit_per_host=max(8, self.jobs * 2))
+        connector = aiohttp.TCPConnector(limit=self.per_host * 2,
+                                         limit_per_host=self.per_host)
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(
@@ -579,7 +589,7 @@ class Transport:
                 continue
             except BaseException:  # cancelled: the slot goes back
                 if held is not None:
-                    held.release(None)
+                    held.give_back()
                 raise
             if held is not None:
                 held.release(resp.status)
