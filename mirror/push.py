@@ -182,6 +182,9 @@ class Pusher:
         self.sem = asyncio.Semaphore(jobs)
         self.finder = Finder(client)
         self.done: set[tuple[str, str]] = set()  # (repository, reference) decided
+        # (repository, digest) counted, pushed or present: a manifest is counted once in its
+        # repository however many tags name it (another tag of it is a tag, not a manifest)
+        self.counted: set[tuple[str, str]] = set()
 
     # -- blobs -----------------------------------------------------------------------------
 
@@ -359,7 +362,7 @@ class Pusher:
         if m is not img.root and ref == img.tag:  # merged: the tag gets another index
             await self._root_by_digest(img, dry_run)
         if action != "push":
-            self.result.manifests_present += 1
+            self._count(img.repository, m.digest, pushed=False)
         if action != "present":
             if dry_run:
                 at = "@" if ref == m.digest else ":"
@@ -381,7 +384,7 @@ class Pusher:
             return
         self.done.add(key)
         if await _there(self.client, self.reg, img.repository, img.root.digest, img.root):
-            self.result.manifests_present += 1
+            self._count(img.repository, img.root.digest, pushed=False)
         elif dry_run:
             self.result.dry_run.append(f"manifest {img.root.digest} -> {self.reg}/"
                                        f"{img.repository}@{img.root.digest}")
@@ -408,9 +411,20 @@ class Pusher:
 
     async def _put(self, img: PushImage, ref: str, m: RawManifest) -> None:
         subject = await _put(self.client, self.reg, img, ref, m)
-        self.result.manifests_pushed += 1
+        self._count(img.repository, m.digest, pushed=True)
         if m is img.root and img.tag is None and m.subject is not None and not subject:
             await push_fallback(self.client, self.reg, img.repository, m)
+
+    def _count(self, repo: str, digest: str, *, pushed: bool) -> None:
+        """The report's manifests_pushed or manifests_present: once per manifest and
+        repository, at the first reference decided (the other tags are `tags`)."""
+        if (repo, digest) in self.counted:
+            return
+        self.counted.add((repo, digest))
+        if pushed:
+            self.result.manifests_pushed += 1
+        else:
+            self.result.manifests_present += 1
 
     def _say_where(self, img: PushImage, ref: str, m: RawManifest) -> None:
         if m is not img.root and ref != img.tag:

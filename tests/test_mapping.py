@@ -259,6 +259,41 @@ def test_sync_takes_the_same_rules(src_registry, dst_registry, repo_name, rng, t
         (f"{p}/mapped/one", (f"sha256-{hexd}",))}
 
 
+def revisions_and_tags(reg: Registry, prefix: str) -> tuple[int, int]:
+    """How many manifests (revisions) and tags the repositories under `prefix` hold, from
+    the registry's storage."""
+    root = reg.storage / "docker/registry/v2/repositories" / prefix
+    revs = sum(1 for d in root.rglob("_manifests/revisions/sha256/*"))
+    tags = sum(1 for d in root.rglob("_manifests/tags/*"))
+    return revs, tags
+
+
+def test_an_extra_tag_is_a_tag_not_another_manifest(src_registry, dst_registry, repo_name,
+                                                    rng, tmp_path):
+    """`tags_also:` (and two tags of one index) counted each extra tag as one more manifest
+    pushed: the report's `manifests_pushed` said 4 where the target holds 3 manifests. Each
+    manifest is counted once per repository, pushed or present; a tag is a tag. Judged by
+    the target's storage, on a first sync and on a rerun that finds everything there."""
+    digests = seed(src_registry, repo_name, rng)
+    cfg = images_yaml(tmp_path, src_registry, repo_name, digests)
+    p = f"{repo_name}/c"
+    report = tmp_path / "sync.json"
+
+    def run() -> dict:
+        mirror_ok("sync", "-f", cfg, "--to", f"{dst_registry.host}/{p}", "-q",
+                  "--lock-file", tmp_path / "s.lock", "--report", report)
+        return json.loads(report.read_text())["targets"][0]
+
+    first = run()
+    manifests, tags = revisions_and_tags(dst_registry, p)
+    assert tags_at(dst_registry, f"{p}/base/redis")["stable"] == digests["redis"]
+    assert (first["manifests_pushed"], first["manifests_present"]) == (manifests, 0), first
+    assert len(first["tags"]) == tags, first  # the signature's cosign tag among them
+    again = run()
+    assert (again["manifests_pushed"], again["manifests_present"]) == (0, manifests), again
+    assert again["tags"] == first["tags"]
+
+
 def test_config_readme_example_places_as_it_says():
     """config/README.md's example, parsed as images.yaml and placed as a load with
     --to reg.local/site would: what its comments say."""
