@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from mirror.aio import gather_or_cancel
+from mirror.artifacts import fallback_tag
 from mirror.errors import (
     AuthError,
     BundleError,
@@ -38,7 +39,7 @@ from mirror.image import Image, push_order
 from mirror.manifest import Descriptor, RawManifest
 from mirror.merge import merged, other_platforms, platforms
 from mirror.progress import Progress
-from mirror.referrers import Finder, in_fallback, push_fallback
+from mirror.referrers import Finder, held_fallback, with_referrer
 from mirror.registry.client import Client
 from mirror.registry.upload import restartable
 
@@ -185,6 +186,9 @@ class Pusher:
         # (repository, digest) counted, pushed or present: a manifest is counted once in its
         # repository however many tags name it (another tag of it is a tag, not a manifest)
         self.counted: set[tuple[str, str]] = set()
+        # (repository, fallback tag) -> the index it holds, as this push left it (or, in a
+        # dry run, would leave it): read from the target once, then kept up to date here
+        self.fallbacks: dict[tuple[str, str], RawManifest | None] = {}
 
     # -- blobs -----------------------------------------------------------------------------
 
@@ -365,13 +369,11 @@ class Pusher:
             self._count(img.repository, m.digest, pushed=False)
         if action != "present":
             if dry_run:
-                at = "@" if ref == m.digest else ":"
-                self.result.dry_run.append(f"manifest {m.digest} -> {self.reg}/"
-                                           f"{img.repository}{at}{ref}")
-            elif action == "fallback":
-                await push_fallback(self.client, self.reg, img.repository, m)
+                self._list(img.repository, ref, m)
             else:
                 await self._put(img, ref, m)
+        if m is img.root and img.tag is None and m.subject is not None:
+            await self._fallback(img.repository, m, dry_run)
         if not dry_run:
             self._say_where(img, ref, m)
 
@@ -386,22 +388,18 @@ class Pusher:
         if await _there(self.client, self.reg, img.repository, img.root.digest, img.root):
             self._count(img.repository, img.root.digest, pushed=False)
         elif dry_run:
-            self.result.dry_run.append(f"manifest {img.root.digest} -> {self.reg}/"
-                                       f"{img.repository}@{img.root.digest}")
+            self._list(img.repository, img.root.digest, img.root)
         else:
             await self._put(img, img.root.digest, img.root)
 
     async def decide(self, img: PushImage, ref: str, m: RawManifest, merge: bool
                      ) -> tuple[str, RawManifest]:
         """What `ref` gets: ("present", m) when the target already serves those bytes as
-        `ref`; ("fallback", m) for a referrer present by digest whose subject's fallback tag
-        index does not list it yet; else ("push", what): for a tag, the root or the root
-        merged with the index the tag holds (`_over` warns as it decides)."""
+        `ref`; else ("push", what): for a tag, the root or the root merged with the index the
+        tag holds (`_over` warns as it decides)."""
         client, reg, repo = self.client, self.reg, img.repository
         root = m is img.root
         if await _there(client, reg, repo, ref, m):
-            if root and img.tag is None and await self._fallback_missing(repo, m):
-                return "fallback", m
             return "present", m
         if root and img.tag is not None:
             m = await self._over(img, merge)
@@ -412,8 +410,36 @@ class Pusher:
     async def _put(self, img: PushImage, ref: str, m: RawManifest) -> None:
         subject = await _put(self.client, self.reg, img, ref, m)
         self._count(img.repository, m.digest, pushed=True)
-        if m is img.root and img.tag is None and m.subject is not None and not subject:
-            await push_fallback(self.client, self.reg, img.repository, m)
+        if m.subject is not None:  # the registry's own word on its referrers API
+            self.finder.api[self.reg] = subject is not None
+
+    def _list(self, repo: str, ref: str, m: RawManifest) -> None:
+        """A dry run's line for a manifest the push would PUT as `ref`."""
+        at = "@" if ref == m.digest else ":"
+        self.result.dry_run.append(f"manifest {m.digest} -> {self.reg}/{repo}{at}{ref}")
+
+    async def _fallback(self, repo: str, m: RawManifest, dry_run: bool) -> None:
+        """After referrer `m` is pushed by digest (or found there): where the target has no
+        referrers API, its subject's `sha256-<hex>` index with `m` added (mirror.referrers)
+        is pushed, or listed in a dry run, unless it lists `m` already. One decision for
+        both: the dry run lists the very index the push would PUT, a second referrer of the
+        same subject added to the first's."""
+        assert m.subject is not None
+        subject = m.subject.digest
+        if await self.finder.has_api(self.reg, repo, subject):
+            return
+        key = (repo, fallback_tag(subject))
+        if key not in self.fallbacks:
+            self.fallbacks[key] = await held_fallback(self.client, self.reg, repo, subject)
+        new = with_referrer(self.fallbacks[key], m)
+        if new is None:
+            return
+        if dry_run:
+            self._list(repo, key[1], new)
+        else:
+            await self.client.put_manifest(self.reg, repo, key[1], new)
+            self._count(repo, new.digest, pushed=True)
+        self.fallbacks[key] = new
 
     def _count(self, repo: str, digest: str, *, pushed: bool) -> None:
         """The report's manifests_pushed or manifests_present: once per manifest and
@@ -484,13 +510,6 @@ class Pusher:
         self.progress.warn(f"{where}: merged {img.root.digest} with {platforms(keep)} from the "
                            f"index it held ({old.digest}): {img.root.digest} -> {new.digest}")
         return new
-
-    async def _fallback_missing(self, repo: str, m: RawManifest) -> bool:
-        """`m` is a referrer (it has a `subject`), the target has no referrers API, and the
-        subject's fallback tag index does not list it (yet): the index has to be merged."""
-        if m.subject is None or await self.finder.has_api(self.reg, repo, m.subject.digest):
-            return False
-        return not await in_fallback(self.client, self.reg, repo, m)
 
 
 async def _there(client: Client, reg: str, repo: str, ref: str, m: RawManifest) -> bool:

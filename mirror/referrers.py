@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 from mirror import mediatypes as mt
 from mirror.artifacts import COSIGN_SUFFIXES, fallback_tag, kind_of, wanted
@@ -154,34 +155,23 @@ class Finder:
         return found
 
 
-async def _fallback(client: Client, registry: str, repo: str, subject: str) -> dict:
-    """The subject's `sha256-<hex>` index of referrers, parsed (empty when there is none)."""
+async def held_fallback(client: Client, registry: str, repo: str, subject: str
+                        ) -> RawManifest | None:
+    """The subject's `sha256-<hex>` index of referrers as the target holds it (None when
+    there is none)."""
     try:
-        current = await client.get_manifest(registry, repo, fallback_tag(subject))
-        return json.loads(current.data)
+        return await client.get_manifest(registry, repo, fallback_tag(subject))
     except NotFound:
-        return {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": []}
+        return None
 
 
-def _listed(body: dict, referrer: RawManifest) -> bool:
-    return any(e.get("digest") == referrer.digest for e in body.get("manifests") or [])
-
-
-async def in_fallback(client: Client, registry: str, repo: str, referrer: RawManifest) -> bool:
-    """Whether the `sha256-<hex>` index of its subject already lists `referrer`."""
-    assert referrer.subject is not None
-    return _listed(await _fallback(client, registry, repo, referrer.subject.digest), referrer)
-
-
-async def push_fallback(client: Client, registry: str, repo: str, referrer: RawManifest
-                        ) -> bool:
-    """Add `referrer` to the `sha256-<hex>` index of its subject; True if it changed (an
-    index that lists it already is not pushed again)."""
-    subject = referrer.subject
-    assert subject is not None
-    body = await _fallback(client, registry, repo, subject.digest)
-    if _listed(body, referrer):
-        return False
+def with_referrer(held: RawManifest | None, referrer: RawManifest) -> RawManifest | None:
+    """The fallback index `held` (None: none yet) with `referrer` added, never clobbered:
+    what is pushed as its subject's `sha256-<hex>` tag; None when `held` lists it already."""
+    body: dict[str, Any] = json.loads(held.data) if held is not None else \
+        {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": []}
+    if any(e.get("digest") == referrer.digest for e in body.get("manifests") or []):
+        return None
     desc = referrer.descriptor()
     if referrer.artifact_type:
         desc["artifactType"] = referrer.artifact_type
@@ -189,6 +179,4 @@ async def push_fallback(client: Client, registry: str, repo: str, referrer: RawM
     if ann:
         desc["annotations"] = ann
     body.setdefault("manifests", []).append(desc)
-    await client.put_manifest(registry, repo, fallback_tag(subject.digest),
-                              RawManifest(dump_json(body), mt.OCI_INDEX))
-    return True
+    return RawManifest(dump_json(body), mt.OCI_INDEX)

@@ -540,3 +540,69 @@ def test_the_referrers_api_is_probed_once_per_registry(src_registry, faultproxy,
     lay = check_layout(out)
     assert all(lay.sha256.get(f"blobs/sha256/{sig.digest.split(':')[1]}") == sig.digest
                for sig in sigs), "a signature was left behind"
+
+
+def _dry_manifests(lines: list[str]) -> list[tuple[str, str, str]]:
+    """(repository, reference, digest) of a dry run's `manifest D -> HOST/REPO:REF` lines."""
+    out = []
+    for ln in lines:
+        if not ln.startswith("manifest "):
+            continue
+        _, digest, _, name = ln.split()
+        rest = name.split("/", 1)[1]
+        repo, ref = rest.split("@", 1) if "@" in rest else rest.rsplit(":", 1)
+        out.append((repo, ref, digest))
+    return out
+
+
+@pytest.mark.slow
+def test_dry_run_lists_the_fallback_tag_index_as_the_run_pushes_it(
+        src_registry, dst_registry, faultproxy, repo_name, rng, tmp_path):
+    """A target without the referrers API (docker-registry 2.8) gets, after each OCI 1.1
+    referrer, its subject's `sha256-<hex>` index with the referrer added; the dry runs of
+    load and sync listed the referrer (even one the target held already, which is not
+    pushed) and never that index. Two SBOMs of one manifest, the target holding the second
+    by digest already: the dry run's manifest lines are, in order, the manifest PUTs of the
+    run that follows (seen by a proxy), and the digests the target then holds."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    index, imgs, sig, tag, sbom = seed(src_registry.url, repo_name, rng, key)
+    doc = json.loads(sbom.data)
+    doc["annotations"]["org.opencontainers.image.created"] = "2026-02-01T00:00:00Z"
+    sbom2 = ig.Blob(ig.dump_json(doc), OCI_MANIFEST)
+    fallback = "sha256-" + imgs[0].digest.split(":")[1]
+    push_raw_manifest(src_registry.url, repo_name, sbom2.digest, sbom2.data, OCI_MANIFEST)
+    push_raw_manifest(src_registry.url, repo_name, fallback, fallback_index([sbom, sbom2]),
+                      OCI_INDEX)
+    bundle = tmp_path / "b.tar"
+    mirror_ok("pull", f"{src_registry.host}/{repo_name}:1.0", "-o", bundle, "--cache",
+              tmp_path / "c", "-q")
+    proxy = faultproxy(dst_registry.url)
+    for command in ("load", "sync"):
+        prefix = f"{command}-{tmp_path.name[-8:].lower().strip('-_.')}"
+        repo = f"{prefix}/{repo_name}"
+        # the target holds the second SBOM by digest, not its fallback tag index entry
+        for b in (EMPTY, ig.Blob(get_blob(src_registry.url, repo_name,
+                                          doc["layers"][0]["digest"]), "application/spdx+json")):
+            push_blob(dst_registry.url, repo, b)
+        push_raw_manifest(dst_registry.url, repo, sbom2.digest, sbom2.data, OCI_MANIFEST)
+        args = [bundle] if command == "load" else [
+            f"{src_registry.host}/{repo_name}:1.0", "--lock-file", tmp_path / "s.lock"]
+        report = tmp_path / f"{command}.json"
+        mirror_ok(command, *args, "--to", f"{proxy.host}/{prefix}", "-q", "--dry-run",
+                  "--report", report)
+        got = json.loads(report.read_text())
+        dry = _dry_manifests(got["would_push"] if command == "load" else
+                             got["targets"][0]["would_push"])
+        assert (repo, fallback) in [(r, ref) for r, ref, _ in dry], "\n".join(map(str, dry))
+        assert sbom2.digest not in [d for _, _, d in dry], dry  # the target has it
+        proxy.reset_counters()
+        mirror_ok(command, *args, "--to", f"{proxy.host}/{prefix}", "-q")
+        puts = [tuple(p.removeprefix("/v2/").split("/manifests/"))
+                for p in proxy.paths("PUT") if "/manifests/" in p]
+        assert [(r, ref) for r, ref, _ in dry] == puts, (dry, puts)
+        final = {(r, ref): d for r, ref, d in dry}
+        for (r, ref), digest in final.items():
+            assert get_manifest(dst_registry.url, r, ref)[2]["Docker-Content-Digest"] == \
+                digest, (r, ref)
+        fb = json.loads(get_manifest(dst_registry.url, repo, fallback)[0])
+        assert sorted(e["digest"] for e in fb["manifests"]) == sorted([sbom.digest, sbom2.digest])
