@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "the lock file (default: images.lock beside -f images.yaml)")
     p.add_argument("--locked", action="store_true",
                    help="sync exactly the digests in the lock file")
+    _add_client_config(p, "--write-client-config", "after the sync, write into DIR the "
+                       "configuration that makes the clients pull the synced images by "
+                       "their source names from the target (as load's; one --to)")
     _add_net(p)
     _add_out(p)
 

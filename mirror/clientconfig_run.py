@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mirror import clientconfig
 from mirror.bundle.reader import Bundle
+from mirror.errors import UsageError
 from mirror.load import Target, plan_load
 from mirror.mapping import unmatched
 from mirror.netargs import host_values, target_of, transport_for
@@ -38,6 +39,25 @@ async def access_of(args: argparse.Namespace, t: Transport,
     cas = {h.lower(): f for h, f in host_values(args.ca_file, "--ca-file").items()}
     return clientconfig.Access(scheme, skip_verify=scheme == "https" and ep.ssl is False,
                                ca_file=cas.get(registry), auth=ep.auth.scheme is not None)
+
+
+def check_flags(args: argparse.Namespace, targets: int) -> None:
+    """load's and sync's --write-client-config and --no-fallback, refused (exit 2) before
+    any work where they would write nothing true; the directory made and checked."""
+    if args.no_fallback and not args.write_client_config:
+        raise UsageError("--no-fallback says how to write the client configuration; give "
+                         "--write-client-config DIR")
+    if not args.write_client_config:
+        return
+    if args.dry_run:
+        raise UsageError("--write-client-config writes what a run pushed; --dry-run "
+                         "pushes nothing", hint="run `mirror client-config` for the "
+                         "configuration a bundle would give")
+    if targets > 1:
+        raise UsageError(f"--write-client-config writes the configuration for one target; "
+                         f"{targets} --to are given", hint="sync to each target with its own "
+                         "--write-client-config DIR")
+    check_dir(args.write_client_config, "--write-client-config")
 
 
 def write_for(directory: Path, images: list[PushImage], target: Target,

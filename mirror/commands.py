@@ -361,7 +361,7 @@ def _waiting(images) -> list[str]:
 
 async def _load(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.bundle.reader import Bundle
-    from mirror.clientconfig_run import access_of, check_dir, write_for
+    from mirror.clientconfig_run import access_of, check_flags, write_for
     from mirror.load import LoadResult, load
     from mirror.registry.client import Client
 
@@ -370,15 +370,7 @@ async def _load(args: argparse.Namespace, progress, report: Report) -> int:
                retries=0, dry_run=args.dry_run, would_push=[], client_config=None,
                placement=None, **_traffic(None))
     target = target_of(args, args.to)
-    if args.no_fallback and not args.write_client_config:
-        raise UsageError("--no-fallback says how to write the client configuration; give "
-                         "--write-client-config DIR")
-    if args.write_client_config:
-        if args.dry_run:
-            raise UsageError("--write-client-config writes what a load pushed; --dry-run "
-                             "pushes nothing", hint="run `mirror client-config` for the "
-                             "configuration this bundle would give")
-        check_dir(args.write_client_config, "--write-client-config")
+    check_flags(args, 1)
     bundle = Bundle(args.bundle)
     transport = transport_for(args, None, progress)
     result = LoadResult()
@@ -444,11 +436,13 @@ def _sync_report(result) -> dict:
 
 async def _sync(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.artifacts import parse_types
+    from mirror.clientconfig_run import access_of, check_flags, write_for
     from mirror.store.blobs import BlobStore
     from mirror.store.lock import RunLock
     from mirror.sync import SyncOptions, SyncResult, sync
 
-    report.add(**_sync_report(None), retries=0, dry_run=args.dry_run, **_traffic(None), tag_rules=[])
+    report.add(**_sync_report(None), retries=0, dry_run=args.dry_run, **_traffic(None),
+               tag_rules=[], client_config=None)
     targets = [target_of(args, t) for t in args.to]
     seen: set[tuple[str, str]] = set()
     for t in targets:
@@ -456,6 +450,7 @@ async def _sync(args: argparse.Namespace, progress, report: Report) -> int:
             raise UsageError(f"--to {t.registry}/{t.prefix}".rstrip("/") + " is given twice: "
                              "each target is pushed to once")
         seen.add((t.registry, t.prefix))
+    check_flags(args, len(targets))
     specs, cfg = _specs(args)
     if not args.dry_run:
         _check_lock_path(args)
@@ -471,6 +466,8 @@ async def _sync(args: argparse.Namespace, progress, report: Report) -> int:
                 blobs = BlobStore(args.cache) if args.cache else None
                 specs = await _tag_rules(client, specs, report, progress, blobs)
                 await sync(client, specs, targets, opts, progress, result, blobs)
+                access = await access_of(args, t, targets[0].registry) \
+                    if args.write_client_config else None
     except BaseException:  # the images the sync did not finish carry its error
         fields = _sync_report(result)
         report.add(**fields)
@@ -488,6 +485,10 @@ async def _sync(args: argparse.Namespace, progress, report: Report) -> int:
             _print_pushed(done)
         progress.info(f"synced to {target.registry}/{target.prefix}".rstrip("/") +
                       f": {_push_summary(done)}")
+    if access is not None:  # for the images synced (--keep-going: those that resolved)
+        target, done = result.targets[0]
+        write_for(args.write_client_config, done.images, target, access, args.no_fallback,
+                  progress, report)
     if not args.dry_run:
         lock = _write_lock(args, result, specs)
         if lock:

@@ -376,3 +376,52 @@ def test_an_image_pushed_under_another_tag_is_named_with_the_tag_it_has(
     left = json.loads(report.read_text())["client_config"]["left_out"]
     assert {"client": "all", "source": f"{src}:2", "target": f"{target}:two"} in [
         {k: x[k] for k in ("client", "source", "target")} for x in left], left
+
+
+@pytest.mark.slow
+def test_sync_writes_the_configuration_for_its_own_placement(
+        src_registry: Registry, repo_name: str, tmp_path: Path) -> None:
+    """`mirror sync --write-client-config DIR` writes what `load --write-client-config`
+    writes, from sync's placement (here a --map rule for one image): the files name the
+    repositories the sync pushed to, and Podman pulls both source names from the target
+    through them (the target's access log: nothing else answers for those names there)."""
+    rng = random.Random(162)
+    src = f"{src_registry.host}/{repo_name}"
+    digests = {name: push_image(src_registry.url, f"{repo_name}/{name}",
+                                ig.make_image(rng, ig.AMD64), ["1"]) for name in ("app", "db")}
+    out, report = tmp_path / "cfg", tmp_path / "sync.json"
+    with Registry(extra_config={"log": {"accesslog": {"disabled": False}}}) as target:
+        t = target.host
+        mirror_ok("sync", f"{src}/app:1", f"{src}/db:1", "--to", f"{t}/{PREFIX}",
+                  "--map", f"{src}/db=data/db", "--lock-file", tmp_path / "s.lock",
+                  "--write-client-config", out, "--report", report, "-q")
+        conf = tomllib.loads((out / "containers/registries.conf.d/50-mirror.conf").read_text())
+        assert {r["prefix"]: [m["location"] for m in r["mirror"]] for r in conf["registry"]} \
+            == {f"{src}/app": [f"{t}/{PREFIX}/{repo_name}/app"],
+                f"{src}/db": [f"{t}/{PREFIX}/data/db"]}
+        readme = (out / "README.txt").read_text()
+        assert f"{src}/db:1 -> {t}/{PREFIX}/data/db:1" in readme, readme
+        doc = json.loads(report.read_text())
+        assert doc["client_config"]["dir"] == str(out), doc
+        assert ("containerd", f"{src}/db") in {
+            (x["client"], x["source"]) for x in doc["client_config"]["left_out"]}  # a rename
+        p = Podman(tmp_path / "podman")
+        try:
+            conf_file = p.root / "registries.conf"
+            conf_file.write_text(conf_file.read_text() + (
+                out / "containers/registries.conf.d/50-mirror.conf").read_text())
+            for name in ("app", "db"):
+                p.cli("pull", "-q", f"{src}/{name}:1")
+                assert p.image(f"{src}/{name}:1")["Digest"] == digests[name]
+        finally:
+            p.stop()
+        log = _log(target)
+        assert f"GET /v2/{PREFIX}/{repo_name}/app/manifests/1" in log
+        assert f"GET /v2/{PREFIX}/data/db/manifests/1" in log
+        # a dry run pushes nothing to write about; two targets would need two files
+        for extra in (["--dry-run"], ["--to", f"{t}/other"]):
+            proc = run_mirror("sync", f"{src}/app:1", "--to", f"{t}/{PREFIX}", *extra,
+                              "--write-client-config", tmp_path / "no", "--lock-file",
+                              tmp_path / "s.lock")
+            assert proc.returncode == 2 and "--write-client-config" in proc.stderr, proc.stderr
+            assert not (tmp_path / "no").exists()
