@@ -82,7 +82,6 @@ class ManifestStore:
         if self.tag(registry, repo, tag) != digest:
             _write(self._tag_path(registry, repo, tag), f"{digest}\n".encode())
 
-
     def _referrers_path(self, registry: str, repo: str, subject: str) -> Path:
         key = hashlib.sha256(f"{registry}/{repo}@{subject}".encode()).hexdigest()
         return self.referrer_dir / key
@@ -97,7 +96,14 @@ class ManifestStore:
             else None
 
     def keep_referrers(self, registry: str, repo: str, subject: str, found: list[dict]) -> None:
-        _write(self._referrers_path(registry, repo, subject), json.dumps(found).encode())
+        """Record what refers to `subject`; a record that says so already is left alone (a
+        rerun with nothing new writes nothing: on ext4 a rename over a file flushes it)."""
+        data = json.dumps(found).encode()
+        path = self._referrers_path(registry, repo, subject)
+        with contextlib.suppress(OSError):
+            if path.read_bytes() == data:
+                return
+        _write(path, data)
 
 
 def _write(path: Path, data: bytes) -> None:
