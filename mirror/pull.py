@@ -25,7 +25,7 @@ from mirror.bundle.contents import bundle_layout, write_plans
 from mirror.bundle.dockersave import left_out
 from mirror.bundle.writer import tar_size, unchanged
 from mirror.config import ImageSpec
-from mirror.errors import MirrorError
+from mirror.errors import BudgetSpent, MirrorError
 from mirror.fetch import Fetcher
 from mirror.image import Image, ImageSet
 from mirror.manifest import Descriptor
@@ -198,9 +198,14 @@ class _Run(Planner):
                 self.start_in_order([b.digest for b in lay.blobs])
             try:
                 await gather_or_cancel(self.fetch_one(i, p) for i, p in self.resolved())
+                running = [*f.tasks.values(), *f.placing.values()]
+                if self.only_waiting():  # their requests are paid for: let them land in
+                    # the cache (a new request of theirs finds the budget spent at once), so
+                    # the next run does not download them again
+                    await asyncio.gather(*running, return_exceptions=True)
                 # downloads only a failed image still wanted (--keep-going): stop them before
                 # the bundle is finished or rewritten, so none writes into it any more
-                await cancel_all([*f.tasks.values(), *f.placing.values()])
+                await cancel_all(running)
                 if not self.resolved() and self.first_error:
                     raise self.first_error
                 digest, same = await self.finish()
@@ -217,6 +222,11 @@ class _Run(Planner):
             result.bundle, result.bundle_digest, result.unchanged = opts.output, digest, same
             self.say_left_out()
         return result
+
+    def only_waiting(self) -> bool:
+        """Every image that failed waits for a registry's request budget (exit 14)."""
+        codes = {r.error_code for r in self.results if r.error}
+        return bool(codes) and codes == {BudgetSpent.exit_code}
 
     def say_left_out(self) -> None:
         """A note per image the bundle's manifest.json leaves out (a base bundle's blobs, a

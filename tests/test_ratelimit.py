@@ -232,10 +232,12 @@ def test_max_requests_per_run_leaves_images_for_the_next_run(
     layers): the run fetches what it can, the images it could not finish wait (exit 14, each
     named, the report's `waiting`), B's image is in the bundle; A got no request past its
     budget; the next run (with the budget renewed) completes them from where this one
-    stopped, fetching no layer twice."""
+    stopped, fetching no layer twice: a layer whose download was under way when the budget
+    ran out is finished, not dropped (A's blobs answer after 0.3 s, so several are)."""
     seed(src_registry, f"{repo_name}/a", rng, n=3, layers=2)
     seed(src_registry, f"{repo_name}/b", rng, n=1, layers=2)
     a, b = proxies(), proxies()
+    a.add(Fault("stall", method="GET", path="/blobs/sha256:", times=None, delay=0.3))
     refs = [*(f"{a.host}/{repo_name}/a{i}:v1" for i in range(3)), f"{b.host}/{repo_name}/b0:v1"]
     cfg = budget_config(tmp_path / "images.yaml", a.host, 15, refs)
     out, rep = tmp_path / "b.tar", tmp_path / "r.json"
