@@ -52,11 +52,12 @@ def parse_time(text: object) -> datetime | None:
 
 
 class Times:
-    """The creation times of one run's candidate tags, each digest worked out once."""
+    """The creation times of one run's candidate tags, each digest worked out once (an
+    index once per platforms asked for: they choose the entry read)."""
 
     def __init__(self, client: Client, blobs: BlobStore | None) -> None:
         self.client, self.blobs = client, blobs
-        self._by_digest: dict[str, asyncio.Task[datetime | None]] = {}
+        self._by_digest: dict[tuple[str, object], asyncio.Task[datetime | None]] = {}
         self._sem = asyncio.Semaphore(AT_ONCE)
 
     async def of_tags(self, spec: ImageSpec, tags: list[str]) -> dict[str, datetime | None]:
@@ -71,10 +72,12 @@ class Times:
         return dict(zip(tags, times, strict=True))
 
     def _of(self, spec: ImageSpec, raw: RawManifest) -> asyncio.Task[datetime | None]:
-        task = self._by_digest.get(raw.digest)
+        sel = spec.settings.platforms
+        key = (raw.digest, (sel.all, sel.platforms) if raw.is_index else None)
+        task = self._by_digest.get(key)
         if task is None:
             task = asyncio.ensure_future(self._work_out(spec, raw))
-            self._by_digest[raw.digest] = task
+            self._by_digest[key] = task
         return task
 
     async def _work_out(self, spec: ImageSpec, raw: RawManifest) -> datetime | None:

@@ -195,10 +195,13 @@ def test_latest_by_creation_time(src_registry, faultproxy, repo_name, rng, tmp_p
     push_image(reg, repo_name, ig.make_index(
         [image("2019-01-01T00:00:00Z"), image("2019-01-01T00:00:00Z", ig.ARM64)], "oci",
         annotations={CREATED: "2024-03-01T00:00:00.123456789Z"}), tags=["c-mid"])
-    push_image(reg, repo_name, ig.make_index(  # a Docker list: its first platform's config
+    listed = ig.make_index(  # a Docker list: the first platform the entry asks for
         [ig.make_image(rng, ig.AMD64, "docker", created="2024-05-01T00:00:00Z"),
-         ig.make_image(rng, ig.ARM64, "docker", created="2025-01-01T00:00:00Z")], "docker"),
-        tags=["d-list"])
+         ig.make_image(rng, ig.ARM64, "docker", created="2025-01-01T00:00:00Z")], "docker")
+    push_image(reg, repo_name, listed, tags=["d-list"])
+    b_new = image("2020-01-01T00:00:00Z", ig.ARM64, at="2024-06-01T12:00:00+02:00")
+    push_image(reg, repo_name + "-arm", listed, tags=["d-list"])
+    push_image(reg, repo_name + "-arm", b_new, tags=["b-new"])
     push_image(reg, repo_name, image(None), tags=["e-none"])
     push_image(reg, repo_name, image("2026-01-01T00:00:00Z"), tags=["skip-me", "1.0.0-rc.1"])
     proxy.add(Fault("paginate", method="GET", path=r"/tags/list", offset=3, times=None))
@@ -206,13 +209,15 @@ def test_latest_by_creation_time(src_registry, faultproxy, repo_name, rng, tmp_p
     repo = f"{proxy.host}/{repo_name}"
     cfg.write_text(f"images:\n  - repository: {repo}\n    tags:\n"
                    "      - latest: 5\n        order: created\n        exclude: ['^skip']\n"
-                   "      - latest: 1\n        order: created\n        regex: '^[ae]-'\n")
+                   "      - latest: 1\n        order: created\n        regex: '^[ae]-'\n"
+                   f"  - repository: {repo}-arm\n    platforms: [linux/arm64]\n    tags:\n"
+                   "      - latest: 1\n        order: created\n")
     cache = tmp_path / "cache"
 
     r = mirror_ok("lock", "-f", cfg, "--cache", cache, "--no-referrers")
     rules = json.loads((tmp_path / "images.lock").read_text())["tagRules"]
     assert [r["tags"] for r in rules] == [["a-old", "a-twin", "c-mid", "d-list", "b-new"],
-                                          ["a-twin"]]
+                                          ["a-twin"], ["d-list"]]  # arm64's: 2025
     assert rules[0]["rule"] == {"latest": 5, "order": "created", "exclude": ["^skip"]}
     assert "e-none" in r.stderr and "no creation time" in r.stderr, r.stderr
     asked = [p for p in proxy.paths() if "/manifests/" in p]
@@ -229,7 +234,9 @@ def test_latest_by_creation_time(src_registry, faultproxy, repo_name, rng, tmp_p
                     "-o", tmp_path / "o.tar", "--report", report)
     assert [p for p in proxy.paths("GET") if "/manifests/" in p or "/blobs/" in p] == []
     heads = proxy.paths("HEAD")
-    assert sorted(heads) == [f"/v2/{repo_name}/manifests/{t}" for t in tags], heads
+    assert sorted(heads) == sorted([*(f"/v2/{repo_name}/manifests/{t}" for t in tags),
+                                    f"/v2/{repo_name}-arm/manifests/b-new",
+                                    f"/v2/{repo_name}-arm/manifests/d-list"]), heads
     assert f'{repo}\texclude=["^skip"] latest=5 order="created"\t' \
            "a-old,a-twin,c-mid,d-list,b-new" in dry.stdout.splitlines(), dry.stdout
     doc = json.loads(report.read_text())
