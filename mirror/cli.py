@@ -93,7 +93,7 @@ def _add_client_config(p: argparse.ArgumentParser, flag: str, help: str, *more: 
 
 def _add_layout(p: argparse.ArgumentParser) -> None:
     """Where images land at the target (mirror.mapping): the same flags wherever a run
-    names target repositories (load, sync, client-config)."""
+    names target repositories (load, sync, client-config, serve)."""
     p.add_argument("--map", action="append", default=[], metavar="SRC=DST",
                    help="put the source repository SRC (or every one under a prefix, SRC "
                    "ending in /*) at DST below the --to prefix: 'docker.io/library/*=base/*'; "
@@ -253,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", type=Path, metavar="FILE", help="the certificate's key (PEM)")
     p.add_argument("--prefix", default="", metavar="P", help="serve each image as "
                    "P/<source repository>, as `mirror load --to HOST/P` names it")
+    _add_layout(p)
     _add_out(p)
     return ap
 

@@ -204,13 +204,16 @@ class Target:
         if ":" in prefix:  # parsed as a tag: each image keeps its own
             raise UsageError(f"invalid --to {text!r}: the prefix is a repository path, "
                              "not a tag (each image is pushed with its own tag)")
-        layout = layout or Layout()
-        if layout.max_depth is not None and prefix and \
-                len(prefix.split("/")) >= layout.max_depth:
-            raise UsageError(f"--to {text!r}: the prefix has {len(prefix.split('/'))} "
-                             f"path component(s), --max-depth {layout.max_depth} leaves no "
-                             "room for the image's name")
-        return cls(normalize_registry(host), prefix, layout)
+        target = cls(normalize_registry(host), prefix, layout or Layout())
+        target.check_room(f"--to {text!r}")
+        return target
+
+    def check_room(self, flag: str) -> None:
+        """--max-depth leaves room below the prefix for the image's name (else exit 2)."""
+        depth, parts = self.layout.max_depth, len(self.prefix.split("/"))
+        if depth is not None and self.prefix and parts >= depth:
+            raise UsageError(f"{flag}: the prefix has {parts} path component(s), --max-depth "
+                             f"{depth} leaves no room for the image's name")
 
 
 @dataclass(frozen=True)

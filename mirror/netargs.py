@@ -70,13 +70,20 @@ def transport_for(args: argparse.Namespace, cfg: Config | None, progress=None) -
                      else None)
 
 
-def target_of(args: argparse.Namespace, to: str):
-    """--to with the run's layout flags (--map, --map-file, --max-depth, --no-digest-tag)."""
+def layout_of(args: argparse.Namespace):
+    """The run's layout flags (--map, --map-file, --max-depth, --no-digest-tag): load, sync,
+    client-config and serve take the same."""
     from mirror.config import load_map_file
-    from mirror.mapping import Layout, Rule, Target, parse_max_depth
+    from mirror.mapping import Layout, Rule, parse_max_depth
 
     rules = [Rule.parse_arg(m) for m in args.map]
     if args.map_file:
         rules += load_map_file(args.map_file)
-    return Target.parse(to, Layout(tuple(rules), parse_max_depth(args.max_depth),
-                                   not args.no_digest_tag))
+    return Layout(tuple(rules), parse_max_depth(args.max_depth), not args.no_digest_tag)
+
+
+def target_of(args: argparse.Namespace, to: str):
+    """--to with the run's layout flags."""
+    from mirror.mapping import Target
+
+    return Target.parse(to, layout_of(args))

@@ -440,6 +440,34 @@ def test_prefix_names_images_as_load_does(served, tmp_path):
     assert proc2.returncode == 2 and "--prefix" in error_line(proc2)
 
 
+def test_map_and_max_depth_name_images_as_load_does(served, src_registry, tmp_path):
+    """serve takes load's placement flags (--map, --map-file, --max-depth, --no-digest-tag)
+    and answers under the names load would push: skopeo reads the mapped, flattened names,
+    byte for byte, and the old names are unknown."""
+    rule = f"{src_registry.host}/{served.signed}=mapped/app"
+    proc, url = start_serve(served.bundle, tmp_path / "log", "--prefix", "site", "--map", rule,
+                            "--max-depth", "2")
+    try:
+        host = url.split("://", 1)[1]
+        flat = f"site/{served.listed.replace('/', '-')}"  # serve/listed-x under depth 2
+        _, _, body = http(f"{url}/v2/_catalog")
+        assert json.loads(body)["repositories"] == sorted(["site/mapped-app", flat])
+        for repo, tag, digest in (("site/mapped-app", "1.0", served.index.digest),
+                                  (flat, "2", served.docker_list.digest)):
+            raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false",
+                                  f"docker://{host}/{repo}:{tag}"],
+                                 capture_output=True, timeout=60, check=True).stdout
+            assert raw == served.layout.blob(digest), repo
+        status, _, _ = http(f"{url}/v2/site/{served.signed}/manifests/1.0",
+                            headers={"Accept": ig.ACCEPT})
+        assert status == 404
+    finally:
+        stop_serve(proc)
+    bad = run_mirror("serve", served.bundle, "--prefix", "a/b", "--max-depth", "2",
+                     "--listen", "127.0.0.1:0")
+    assert bad.returncode == 2 and "--max-depth 2" in error_line(bad), bad.stderr
+
+
 def test_an_incremental_bundle_serves_what_it_holds(served, src_registry, tmp_path):
     """A bundle made --base the served one carries only the new image's blobs: it is served,
     a warning says how many blobs are left to the base, and those are BLOB_UNKNOWN."""

@@ -15,6 +15,7 @@ from mirror.bundle.reader import Bundle
 from mirror.errors import BundleError, InvalidReference, UsageError
 from mirror.load import Target, check_complete, plan_load
 from mirror.manifest import RawManifest
+from mirror.mapping import Layout, unmatched
 from mirror.reference import Reference
 
 
@@ -33,6 +34,7 @@ class Catalog:
     repositories: dict[str, Repository]
     absent: int = 0  # blobs the images name that the bundle does not hold (left out on purpose)
     notes: list[str] = field(default_factory=list)  # a docker-archive's new manifests
+    unmatched: list[str] = field(default_factory=list)  # --map rules that moved nothing
 
     def blob(self, digest: str) -> Member | None:
         return self.bundle.blob_at(digest)
@@ -73,14 +75,18 @@ def refuse_compressed(path: Path, parts_of: Path | None = None) -> None:
                       "pull with -o NAME.tar (no compression)")
 
 
-def open_catalog(path: Path, prefix: str, registry: str) -> Catalog:
+def open_catalog(path: Path, prefix: str, registry: str, layout: Layout | None = None
+                 ) -> Catalog:
     """Scan the bundle (the checks load makes before pushing) and plan it as load would for
-    `--to REGISTRY/PREFIX`. Sync: run it off the event loop."""
+    `--to REGISTRY/PREFIX` with `layout` (load's --map, --max-depth, ...). Sync: run it off
+    the event loop."""
+    target = Target(registry, prefix, layout or Layout())
+    target.check_room(f"--prefix {prefix!r}")
     bundle = Bundle(path)
     if bundle.compressed:
         refuse_compressed(path, bundle.volumes.base if bundle.volumes is not None else None)
     contents = bundle.scan()
-    images = plan_load(contents, Target(registry, prefix), bundle.name)
+    images = plan_load(contents, target, bundle.name)
     absent = check_complete(images, contents, bundle.name)
     repos: dict[str, Repository] = {}
     for img in images:
@@ -94,4 +100,6 @@ def open_catalog(path: Path, prefix: str, registry: str) -> Catalog:
             found = repo.referrers.setdefault(img.root.subject.digest, [])
             if img.root not in found:
                 found.append(img.root)
-    return Catalog(bundle, repos, len(absent), contents.notes)
+    names = (i.image.reference.name for i in images if i.image.reference is not None)
+    return Catalog(bundle, repos, len(absent), contents.notes,
+                   unmatched(target.layout.rules, names))

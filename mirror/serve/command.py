@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from mirror.netargs import layout_of
 from mirror.progress import Progress
 from mirror.report import Report
 from mirror.serve.catalog import check_prefix, open_catalog
@@ -18,10 +19,13 @@ async def serve_bundle(args: argparse.Namespace, progress: Progress, report: Rep
     report.add(bundle=str(args.bundle), url=None, requests=0)
     listen = Listen.parse(args.listen)
     prefix = check_prefix(args.prefix)
+    layout = layout_of(args)
     tls = tls_context(args.tls_cert, args.tls_key)
-    catalog = await asyncio.to_thread(open_catalog, args.bundle, prefix, args.listen)
+    catalog = await asyncio.to_thread(open_catalog, args.bundle, prefix, args.listen, layout)
     for note in catalog.notes:  # a docker-archive's new manifests, as load says them
         progress.info(note)
+    for line in catalog.unmatched:
+        progress.warn(line)
     if catalog.absent:
         progress.warn(f"{args.bundle}: {catalog.absent} blob(s) the images name are not in "
                       "it (foreign layers, or what an incremental bundle's base carried): "
