@@ -17,7 +17,7 @@ from mirror.bundle.reader import Bundle
 from mirror.errors import UsageError
 from mirror.load import Target, plan_load
 from mirror.mapping import unmatched
-from mirror.netargs import host_values, target_of, transport_for
+from mirror.netargs import target_of, transport_for
 from mirror.paths import check_writable
 from mirror.push import PushImage
 from mirror.registry.transport import Transport
@@ -29,14 +29,13 @@ def check_dir(directory: Path, flag: str) -> None:
     check_writable(directory / clientconfig.README, flag)
 
 
-async def access_of(args: argparse.Namespace, t: Transport,
-                    registry: str) -> clientconfig.Access:
+async def access_of(t: Transport, registry: str) -> clientconfig.Access:
     """How the clients reach the target: the scheme the run found it speaks, unverified TLS
-    where --insecure-registry says so, the CA file --ca-file gave for it, and whether it
-    asked for credentials."""
+    where --insecure-registry says so, the CA file the run verified it with (--ca-file, or
+    for a sync images.yaml's `registries:`), and whether it asked for credentials."""
     ep = await t.endpoint(registry)
     scheme = ep.base_url.split("://", 1)[0]
-    cas = {h.lower(): f for h, f in host_values(args.ca_file, "--ca-file").items()}
+    cas = {h.lower(): s.ca_file for h, s in t.settings.items() if s.ca_file}
     return clientconfig.Access(scheme, skip_verify=scheme == "https" and ep.ssl is False,
                                ca_file=cas.get(registry), auth=ep.auth.scheme is not None)
 
@@ -90,7 +89,7 @@ async def client_config(args: argparse.Namespace, progress, report: Report) -> i
                                                 if i.image.reference is not None)):
         progress.warn(line)
     async with transport_for(args, None, progress) as t:  # one ping: the scheme it speaks
-        access = await access_of(args, t, target.registry)
+        access = await access_of(t, target.registry)
     write_for(args.output, images, target, access, args.no_fallback, progress, report)
     if not args.quiet:
         print(args.output / clientconfig.README)

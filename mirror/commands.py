@@ -378,7 +378,7 @@ async def _load(args: argparse.Namespace, progress, report: Report) -> int:
         async with transport as t:
             await load(Client(t), bundle, target, jobs=args.jobs, dry_run=args.dry_run,
                        progress=progress, result=result, merge=args.merge)
-            access = await access_of(args, t, target.registry) \
+            access = await access_of(t, target.registry) \
                 if args.write_client_config else None
     finally:
         report.add(retries=transport.retries, **_traffic(transport))
@@ -466,7 +466,7 @@ async def _sync(args: argparse.Namespace, progress, report: Report) -> int:
                 blobs = BlobStore(args.cache) if args.cache else None
                 specs = await _tag_rules(client, specs, report, progress, blobs)
                 await sync(client, specs, targets, opts, progress, result, blobs)
-                access = await access_of(args, t, targets[0].registry) \
+                access = await access_of(t, targets[0].registry) \
                     if args.write_client_config else None
     except BaseException:  # the images the sync did not finish carry its error
         fields = _sync_report(result)

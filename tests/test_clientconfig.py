@@ -425,3 +425,21 @@ def test_sync_writes_the_configuration_for_its_own_placement(
                               tmp_path / "s.lock")
             assert proc.returncode == 2 and "--write-client-config" in proc.stderr, proc.stderr
             assert not (tmp_path / "no").exists()
+
+
+def test_sync_names_the_ca_its_images_yaml_gives_for_the_target(
+        src_registry: Registry, registry_factory, repo_name: str, tmp_path: Path) -> None:
+    """A sync reaches a TLS target with images.yaml's `registries: HOST: ca_file:` (no
+    --ca-file): the clients are given that CA, as load's --ca-file gives them its own."""
+    push_image(src_registry.url, f"{repo_name}/app", ig.make_image(random.Random(163),
+                                                                    ig.AMD64), ["1"])
+    target = registry_factory(tls=True)
+    t, out = target.host, tmp_path / "cfg"
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text(f"version: 1\nregistries:\n  {t}:\n    ca_file: {target.ca_path}\n"
+                   f"images:\n  - {src_registry.host}/{repo_name}/app:1\n")
+    mirror_ok("sync", "-f", cfg, "--to", f"{t}/{PREFIX}", "--write-client-config", out, "-q")
+    host = tomllib.loads(next((out / "containerd/certs.d").glob("*/hosts.toml")).read_text())
+    assert host["host"][f"https://{t}/v2/{PREFIX}"]["ca"] == str(target.ca_path), host
+    assert yaml.safe_load((out / "k3s/registries.yaml").read_text())["configs"] == {
+        t: {"tls": {"ca_file": str(target.ca_path)}}}
