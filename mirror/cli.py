@@ -91,20 +91,22 @@ def _add_client_config(p: argparse.ArgumentParser, flag: str, help: str, *more: 
                    "OpenShift; k3s needs --disable-default-registry-endpoint, Docker cannot)")
 
 
-def _add_layout(p: argparse.ArgumentParser) -> None:
+def _add_layout(p: argparse.ArgumentParser, prefix: str = "the --to prefix") -> None:
     """Where images land at the target (mirror.mapping): the same flags wherever a run
-    names target repositories (load, sync, client-config, serve)."""
+    names target repositories (load, sync, client-config, serve: its --prefix is --to's)."""
     p.add_argument("--map", action="append", default=[], metavar="SRC=DST",
                    help="put the source repository SRC (or every one under a prefix, SRC "
-                   "ending in /*) at DST below the --to prefix: 'docker.io/library/*=base/*'; "
-                   "repeatable; over the bundle's own destinations (images.yaml to:, map:)")
+                   f"ending in /*) at DST below {prefix}: "
+                   "'docker.io/library/*=base/*'; repeatable; over the bundle's own "
+                   "destinations (images.yaml to:, map:)")
     p.add_argument("--map-file", type=Path, metavar="FILE.yaml", help="rules as "
                    "images.yaml's map: (SOURCE: DESTINATION per line); --map's come first")
     p.add_argument("--max-depth", type=int, metavar="N", help="at most N path components "
-                   "per target repository: a deeper one has the leading components below the "
-                   "--to prefix joined with '-' (org/team/app -> org-team/app for N=2)")
-    p.add_argument("--no-digest-tag", action="store_true", help="push an image pinned by "
-                   "digest only by digest, without the tag sha256-<hex> that keeps it from "
+                   "per target repository: a deeper one has the leading components below "
+                   f"{prefix} joined with '-' (org/team/app -> org-team/app for N=2)")
+    verb = "push" if "--to" in prefix else "serve"
+    p.add_argument("--no-digest-tag", action="store_true", help=f"{verb} an image pinned by "
+                   f"digest only by digest, without the tag sha256-<hex> that keeps it from "
                    "the target's garbage collection")
 
 
@@ -253,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", type=Path, metavar="FILE", help="the certificate's key (PEM)")
     p.add_argument("--prefix", default="", metavar="P", help="serve each image as "
                    "P/<source repository>, as `mirror load --to HOST/P` names it")
-    _add_layout(p)
+    _add_layout(p, "--prefix P")
     _add_out(p)
     return ap
 
