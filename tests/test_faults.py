@@ -598,6 +598,23 @@ def test_a_registry_refusing_one_big_body_gets_chunks_resumed_mid_blob(
     assert len(proxy.seen("POST", "/blobs/uploads/")) == len(img.blobs())
 
 
+@pytest.mark.slow
+def test_a_failed_closing_put_is_sent_again_not_the_blob(big_bundle, dst_registry: Registry,
+                                                         recproxy, repo_name: str) -> None:
+    """The empty PUT that closes the one-PATCH upload fails (HTTP 500 from a gateway): the
+    session holds every byte (its GET says so), so the PUT goes again in it; the blob's
+    bytes are not sent a second time in a new session."""
+    bundle, img = big_bundle
+    big = img.layers[0]
+    proxy = recproxy(dst_registry.url)
+    proxy.add(Fault("status", method="PUT", path=big.digest.split(":")[1], status=500))
+    ok(load(bundle, f"{proxy.host}/{repo_name}"))
+    check_loaded(dst_registry, f"{repo_name}/{_source_repo(bundle)}", img)
+    assert len(proxy.seen("PATCH")) == 1
+    assert [s.status for s in proxy.seen("PUT", big.digest.split(":")[1])] == [500, 201]
+    assert len(proxy.seen("POST", "/blobs/uploads/")) == len(img.blobs())
+
+
 def test_failed_upload_from_a_zstd_bundle_is_sent_again(
         big_bundle, dst_registry: Registry, recproxy, repo_name: str, tmp_path: Path) -> None:
     """A .tar.zst is a stream that can't be re-read from the middle of a blob; a 502 on a

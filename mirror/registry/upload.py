@@ -1,7 +1,8 @@
 """Pushing blobs (REFERENCE.md 6.4): one PUT for small blobs, one streamed PATCH of the
 whole blob for big ones (16 MiB chunks where the registry refuses so large a body),
 relative or absolute Location, cross-repository mounts, and an upload that fails is resumed
-from the offset the registry reports (seekable sources) or restarted cleanly."""
+from the offset the registry reports (seekable sources; a failed closing PUT is sent again
+while the session holds every byte) or restarted cleanly."""
 
 from __future__ import annotations
 
@@ -227,7 +228,27 @@ class Uploads:
                 chunk_size = self._chunk_size(registry, desc.size)
             offset += n
         await stream.close()
-        await self._put_final(registry, repo, location, desc, None, 0)
+        await self._close(registry, repo, location, desc)
+
+    async def _close(self, registry: str, repo: str, location: str, desc: Descriptor
+                     ) -> None:
+        """The empty PUT that closes a PATCHed upload. One that fails with a cause worth
+        another try (a gateway's 5xx) is asked again in the same session while the session
+        holds every byte (GET on it): the blob is not sent again; else the error goes to
+        upload_blob, which opens a new session."""
+        failures = 0
+        while True:
+            try:
+                await self._put_final(registry, repo, location, desc, None, 0)
+                return
+            except RegistryError as e:
+                failures += 1
+                if failures >= self.t.policy.tries or not restartable(e):
+                    raise
+                await self.t.backoff("PUT", location, str(e), failures)
+                location, offset = await self._upload_status(registry, repo, location)
+                if offset != desc.size:
+                    raise
 
     def _chunk_size(self, registry: str, size: int) -> int:
         """The whole blob, or UPLOAD_CHUNK (at least the registry's OCI-Chunk-Min-Length)
