@@ -1,28 +1,34 @@
 """The command line: argparse, and the one place that turns errors into exit codes.
-The commands themselves are in mirror.commands."""
+Each command's run is a module of its own (COMMANDS), imported only when that command runs:
+`mirror --version`, `--help` and a refused flag import no HTTP stack and no yaml
+(tests/test_layers.py checks it)."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import errno
+import importlib
 import os
 import sys
 from pathlib import Path
 
 from mirror import __version__, malloc, secrets
-from mirror.commands import COMMANDS, DEFAULT_OUTPUT, check_run_files
-from mirror.config import (
-    FOREIGN_POLICIES,
-    FORMATS,
-    INDEX_MODES,
-)
+from mirror.choices import FOREIGN_POLICIES, FORMATS, INDEX_MODES
 from mirror.errors import EXIT_CODES, MirrorError
 from mirror.netargs import check_net_flags
 from mirror.report import Report
 from mirror.report import check_path as check_report_path
+from mirror.runfiles import DEFAULT_OUTPUT, check_run_files
 from mirror.serve import DEFAULT_LISTEN
-from mirror.signals import Terminated, run_stoppable
+
+# command -> (module, coroutine function(args, progress, report) -> exit code)
+COMMANDS = {"pull": ("mirror.pull_run", "run_pull"), "lock": ("mirror.pull_run", "run_lock"),
+            "sync": ("mirror.sync_run", "run_sync"), "load": ("mirror.load_run", "run_load"),
+            "verify": ("mirror.verify_run", "run_verify"),
+            "inspect": ("mirror.inspect_run", "run_inspect"),
+            "cache": ("mirror.store.command", "run_cache"),
+            "client-config": ("mirror.clientconfig_run", "client_config"),
+            "serve": ("mirror.serve.command", "serve_bundle")}
 
 
 def _add_net(p: argparse.ArgumentParser) -> None:
@@ -293,13 +299,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, report: Report) -> tuple[int, str | None]:
     """Run the command: its exit code, and the error line printed (None on success)."""
+    import asyncio
+
     from mirror.cli_progress import make_progress
+    from mirror.signals import Terminated, run_stoppable
 
     progress = make_progress(quiet=args.quiet, verbose=args.verbose, desc=args.command)
     if args.command == "pull":  # its receive path; a load's reads are another story
         malloc.tune()
     try:
-        code = asyncio.run(run_stoppable(COMMANDS[args.command](args, progress, report)))
+        module, name = COMMANDS[args.command]
+        run = getattr(importlib.import_module(module), name)
+        code = asyncio.run(run_stoppable(run(args, progress, report)))
         return code, None
     except MirrorError as e:
         _close(progress)

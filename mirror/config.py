@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from mirror.choices import FOREIGN_POLICIES, FORMATS, INDEX_MODES
 from mirror.errors import ConfigError, MirrorError
 from mirror.mapping import Destination, Rule, find_rule, path_problem
 from mirror.platform import PlatformSelector
@@ -35,9 +36,6 @@ from mirror.semver import Range
 from mirror.tagrules import ORDERS, RULE_KEYS, TagRule, check_regex
 
 SUPPORTED_VERSION = 1
-INDEX_MODES = ("filter", "sparse")
-FORMATS = ("keep", "oci", "docker")
-FOREIGN_POLICIES = ("skip", "include", "rewrite")
 
 _TOP_KEYS = ("version", "defaults", "registries", "map", "images")
 _SETTING_KEYS = ("platforms", "index", "format", "foreign_layers", "referrers",

@@ -8,12 +8,13 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from mirror.config import Config
 from mirror.errors import UsageError
-from mirror.registry.credentials import CredentialStore
-from mirror.registry.policy import RegistrySettings, RetryPolicy, Timeouts
-from mirror.registry.transport import Transport
+
+if TYPE_CHECKING:
+    from mirror.config import Config
+    from mirror.registry.transport import Transport
 
 
 def host_values(values: list[str], flag: str) -> dict[str, str]:
@@ -47,7 +48,13 @@ def check_net_flags(args: argparse.Namespace) -> None:
 
 def transport_for(args: argparse.Namespace, cfg: Config | None, progress=None) -> Transport:
     """The run's Transport; with `progress`, -v lists every request, retry, wait and token
-    fetch (progress.debug) and a long Retry-After wait is announced (progress.info)."""
+    fetch (progress.debug) and a long Retry-After wait is announced (progress.info).
+    The HTTP stack is imported here, by the commands that reach a registry: cli.py checks the
+    flags (check_net_flags) without it."""
+    from mirror.registry.credentials import CredentialStore
+    from mirror.registry.policy import RegistrySettings, RetryPolicy, Timeouts
+    from mirror.registry.transport import Transport
+
     settings: dict[str, RegistrySettings] = dict(cfg.registries) if cfg else {}
     for host in args.insecure_registry:
         settings[host] = replace(settings.get(host, RegistrySettings()), insecure=True)

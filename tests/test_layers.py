@@ -6,7 +6,13 @@ bundle, the pull and load engines, the download driver."""
 from __future__ import annotations
 
 import ast
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "mirror"
@@ -118,3 +124,32 @@ def test_the_registry_package_imports_no_layer_above_it() -> None:
              if mod.startswith("mirror.registry") for dep in deps
              if dep.startswith(ABOVE_REGISTRY)}
     assert not wrong, sorted(wrong)
+
+
+# the run of `mirror ARGS...` in a fresh interpreter: which modules it imported
+_IMPORTED = """
+import json, sys
+from mirror.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(json.dumps(sorted(sys.modules)), file=sys.__stderr__)
+"""
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["pull", "--help"],
+                                  ["sync", "--help"], ["pull", "-j", "x", "a/b:1"],
+                                  ["pull", "--retries", "-1", "a/b:1"]])
+def test_version_help_and_refused_flags_import_no_http_stack_nor_yaml(argv) -> None:
+    """Issue 18: start-up. Each command's run is imported by cli.py only when it runs, so
+    `mirror --version`, `--help` and a refused flag cost the interpreter and the parser, not
+    aiohttp (110 ms) or the config reader."""
+    proc = subprocess.run([sys.executable, "-c", _IMPORTED, *argv], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                          text=True, timeout=60)
+    modules = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert "mirror.cli" in modules
+    heavy = [m for m in modules if m.split(".")[0] in ("aiohttp", "yaml", "multidict", "yarl")
+             or m in ("mirror.commands", "mirror.config", "mirror.registry.transport")]
+    assert heavy == [], heavy

@@ -1,0 +1,104 @@
+"""`mirror sync` as a run: the targets checked, the sync engine (mirror.sync) run, the
+report's fields per target, the lock file written, what is printed."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from dataclasses import asdict
+from pathlib import Path
+
+from mirror.commands import (
+    check_lock_path,
+    image_specs,
+    partial,
+    placement,
+    print_pushed,
+    push_report,
+    push_summary,
+    source_client,
+    tag_rules,
+    traffic,
+    waiting_images,
+    write_lock,
+)
+from mirror.errors import UsageError
+from mirror.netargs import target_of, transport_for
+from mirror.report import Report
+
+
+def _sync_report(result) -> dict:
+    """The sync's part of the report: the images as a pull's, and per target what a load
+    says; the same keys whether or not the sync got going."""
+    if result is None or not result.planned:
+        return {"partial": False, "images": [], "waiting": [], "targets": []}
+    return {"partial": result.partial, "images": [asdict(r) for r in result.images],
+            "waiting": waiting_images(result.images),
+            "targets": [{"target": f"{t.registry}/{t.prefix}".rstrip("/"),
+                         **push_report(done), "would_push": done.dry_run,
+                         "placement": placement(done)}
+                        for t, done in result.targets]}
+
+
+async def run_sync(args: argparse.Namespace, progress, report: Report) -> int:
+    from mirror.artifacts import parse_types
+    from mirror.clientconfig_run import access_of, check_flags, write_for
+    from mirror.store.blobs import BlobStore
+    from mirror.store.lock import RunLock
+    from mirror.sync import SyncOptions, SyncResult, sync
+
+    report.add(**_sync_report(None), retries=0, dry_run=args.dry_run, **traffic(None),
+               tag_rules=[], client_config=None)
+    targets = [target_of(args, t) for t in args.to]
+    seen: set[tuple[str, str]] = set()
+    for t in targets:
+        if (t.registry, t.prefix) in seen:
+            raise UsageError(f"--to {t.registry}/{t.prefix}".rstrip("/") + " is given twice: "
+                             "each target is pushed to once")
+        seen.add((t.registry, t.prefix))
+    check_flags(args, len(targets))
+    specs, cfg = image_specs(args)
+    if not args.dry_run:
+        check_lock_path(args)
+    opts = SyncOptions(jobs=args.jobs, keep_going=args.keep_going, dry_run=args.dry_run,
+                       merge=args.merge, referrer_types=parse_types(args.referrer_type))
+    result = SyncResult()
+    transport = transport_for(args, cfg, progress)
+    try:
+        with RunLock(Path(args.cache) / "lock", f"cache {args.cache}") if args.cache \
+                else contextlib.nullcontext():
+            async with transport as t:
+                client = source_client(t, args.cache, cfg, args)
+                blobs = BlobStore(args.cache) if args.cache else None
+                specs = await tag_rules(client, specs, report, progress, blobs)
+                await sync(client, specs, targets, opts, progress, result, blobs)
+                access = await access_of(t, targets[0].registry) \
+                    if args.write_client_config else None
+    except BaseException:  # the images the sync did not finish carry its error
+        fields = _sync_report(result)
+        report.add(**fields)
+        report.cut_short([e for e in fields["images"] if e["error"] is None])
+        raise
+    finally:
+        report.add(retries=transport.retries, **traffic(transport))
+    report.add(**_sync_report(result))
+    for target, done in result.targets:
+        if args.dry_run:
+            for line in done.dry_run:
+                print(f"{target.registry}/{target.prefix}".rstrip("/") + f"\t{line}")
+            continue
+        if not args.quiet:
+            print_pushed(done)
+        progress.info(f"synced to {target.registry}/{target.prefix}".rstrip("/") +
+                      f": {push_summary(done)}")
+    if access is not None:  # for the images synced (--keep-going: those that resolved)
+        target, done = result.targets[0]
+        write_for(args.write_client_config, done.images, target, access, args.no_fallback,
+                  progress, report)
+    if not args.dry_run:
+        lock = write_lock(args, result, specs)
+        if lock:
+            progress.info(f"wrote {lock}")
+    if result.partial:
+        return partial(result.images, "the others are synced", progress, report)
+    return 0
