@@ -81,7 +81,9 @@ def sniff_media_type(body: Mapping[str, Any], content_type: str = "") -> str:
 
 @dataclass(frozen=True)
 class RawManifest:
-    """The exact bytes of a manifest or index, with its media type."""
+    """The exact bytes of a manifest or index, with its media type. The parsed views
+    (children, config, layers, subject) are made once: the bytes never change, and a run
+    reads them again and again (planning, the bundle's layout, manifest.json)."""
 
     data: bytes
     media_type: str
@@ -136,7 +138,7 @@ class RawManifest:
         d.update({k: v for k, v in extra.items() if v})
         return d
 
-    @property
+    @cached_property
     def children(self) -> list[Descriptor]:
         """Index entries (empty for an image manifest)."""
         if not self.is_index:
@@ -146,21 +148,21 @@ class RawManifest:
             raise IntegrityError(f"index {self.digest} has no manifests list")
         return [Descriptor.from_dict(d, f"index {self.digest}") for d in items]
 
-    @property
+    @cached_property
     def config(self) -> Descriptor | None:
         cfg = self.parsed.get("config")
         if self.is_index or cfg is None:
             return None
         return Descriptor.from_dict(cfg, f"manifest {self.digest} config")
 
-    @property
+    @cached_property
     def layers(self) -> list[Descriptor]:
         if self.is_index:
             return []
         items = self.parsed.get("layers") or []
         return [Descriptor.from_dict(d, f"manifest {self.digest} layer") for d in items]
 
-    @property
+    @cached_property
     def subject(self) -> Descriptor | None:
         s = self.parsed.get("subject")
         return Descriptor.from_dict(s, f"manifest {self.digest} subject") if s else None
