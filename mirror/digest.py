@@ -24,6 +24,8 @@ class Digest:
     @classmethod
     def parse(cls, text: str) -> Digest:
         """Raise IntegrityError for anything that is not a well-formed digest we can check."""
+        if _SHA256.match(text):  # nearly every digest: one match, not three
+            return cls("sha256", text.partition(":")[2])
         if not _GRAMMAR.match(text):
             raise IntegrityError(f"invalid digest {text!r}")
         alg = text.partition(":")[0]
