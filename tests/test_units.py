@@ -619,3 +619,15 @@ def test_a_network_error_line_never_carries_a_url_query() -> None:
                               "http://reg:5000/v2/app/blobs/uploads/u1?_state=SECRET&digest=x")
     line = describe_exception(e)
     assert "SECRET" not in line and "http://reg:5000/v2/app/blobs/uploads/u1?..." in line, line
+
+
+@pytest.mark.parametrize("name", ["blobs/sha256/" + "a" * 64, "index.json", "x" * 100,
+                                  "x" * 101, "blobs/sha256/é", "manifest.json"])
+@pytest.mark.parametrize("size", [0, 1, 511, 8 ** 11 - 1, 8 ** 11, 10 ** 13])
+def test_a_header_size_is_the_size_of_the_header_written(name: str, size: int) -> None:
+    """tar_size measures each member's header without making it (a rerun with nothing new
+    checks the bundle's size, thousands of members): the same bytes as the header written,
+    past the ustar limits too (a long or non-ASCII name, 8 GiB and more: PAX)."""
+    from mirror.bundle.writer import _header, _header_size
+
+    assert _header_size(name, size) == len(_header(name, size))

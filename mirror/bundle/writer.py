@@ -49,6 +49,15 @@ def _header(name: str, size: int, *, is_dir: bool = False) -> bytes:
     return ti.tobuf(format=tarfile.PAX_FORMAT)
 
 
+def _header_size(name: str, size: int) -> int:
+    """len(_header(name, size)) of a file, without making it: one 512-byte block when the
+    ustar fields hold the name (ASCII, at most 100 bytes) and the size (under 8 GiB), as
+    for every blob; otherwise the header with its PAX extension, made and measured."""
+    if size < 8 ** 11 and len(name) <= 100 and name.isascii():
+        return tarfile.BLOCKSIZE
+    return len(_header(name, size))
+
+
 class _HashingWriter:
     """Counts and hashes what goes to the file, for the .sha256 beside the bundle."""
 
@@ -142,7 +151,7 @@ def tar_size(index_json: bytes, inventory_json: bytes, manifests: list[tuple[str
     """The exact size of the uncompressed tar write_bundle would write."""
 
     def member(name: str, size: int) -> int:
-        return len(_header(name, size)) + size + len(_pad(size))
+        return _header_size(name, size) + size + len(_pad(size))
 
     total = sum(member(n, len(d)) for n, d in head_files(index_json, inventory_json,
                                                          docker_json))
