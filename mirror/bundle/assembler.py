@@ -34,6 +34,7 @@ _HASH_CHUNK = 1 << 20
 # Writes of cached blobs into the bundle, each blob's in order. A pool of its own: its jobs
 # wait only for the thread reading their blob, never for the shared I/O pool.
 _WRITERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mirror-bundle-write")
+_DIRS = _header("blobs/", 0, is_dir=True) + _header("blobs/sha256/", 0, is_dir=True)
 _FLUSH_EVERY = 256 << 20  # an fdatasync this often where writeback.start() is not possible
 
 
@@ -116,24 +117,17 @@ class Assembler:
 
     def _lay_out(self, files: list[tuple[str, bytes]], manifests: list[tuple[str, bytes]],
                  blobs: Iterable[tuple[str, int]]) -> None:
+        """Write the head (files, manifests) and each blob's tar header at its offset, in
+        pieces of about a MiB: the head of thousands of manifests as one bytearray, and a
+        header kept per blob, were most of a pull's peak memory at 2,000 images."""
+        pos = len(_DIRS) + sum(len(_header(name, len(data))) + len(data) + len(_pad(len(data)))
+                               for name, data in [*files, *((blob_name(d), data)
+                                                            for d, data in manifests)])
         self.offsets: dict[str, tuple[int, int]] = {}  # digest -> (data offset, size)
-        head = bytearray()
-
-        def member(name: str, data: bytes) -> None:
-            head.extend(_header(name, len(data)) + data + _pad(len(data)))
-
-        for name, data in files:
-            member(name, data)
-        head.extend(_header("blobs/", 0, is_dir=True) + _header("blobs/sha256/", 0, is_dir=True))
-        for digest, data in manifests:
-            member(blob_name(digest), data)
-        pos = len(head)
-        frames: list[tuple[int, bytes, int]] = []  # blob header offset, header, size
         for digest, size in blobs:
-            h = _header(blob_name(digest), size)
-            frames.append((pos, h, size))
-            self.offsets[digest] = (pos + len(h), size)
-            pos += len(h) + size + len(_pad(size))
+            n = len(_header(blob_name(digest), size))
+            self.offsets[digest] = (pos + n, size)
+            pos += n + size + len(_pad(size))
         self.size = pos + 1024
         self._lock = threading.Condition()
         self._ranges: list[tuple[int, int]] = []  # written, not yet hashed
@@ -153,13 +147,33 @@ class Assembler:
         self._thread = threading.Thread(target=self._follow, name="mirror-bundle-hash",
                                         daemon=True)
         self._thread.start()
-        os.pwrite(self.fd, bytes(head), 0)
-        self.written(0, len(head))
-        for off, h, size in frames:
-            os.pwrite(self.fd, h, off)
-            self.written(off, len(h))
-            self.written(off + len(h) + size, len(_pad(size)))  # zeros: part of the hole
+        self._write_head(files, manifests)
+        for digest, (off, size) in self.offsets.items():
+            h = _header(blob_name(digest), size)
+            os.pwrite(self.fd, h, off - len(h))
+            self.written(off - len(h), len(h))
+            self.written(off + size, len(_pad(size)))  # zeros: part of the hole
         self.written(self.size - 1024, 1024)
+
+    def _write_head(self, files: list[tuple[str, bytes]], manifests: list[tuple[str, bytes]]
+                    ) -> None:
+        head, at = bytearray(), 0
+
+        def put(piece: bytes) -> None:
+            nonlocal head, at
+            head += piece
+            if len(head) >= _HASH_CHUNK:
+                os.pwrite(self.fd, head, at)
+                self.written(at, len(head))
+                at, head = at + len(head), bytearray()
+
+        for name, data in files:
+            put(_header(name, len(data)) + data + _pad(len(data)))
+        put(_DIRS)
+        for digest, data in manifests:
+            put(_header(blob_name(digest), len(data)) + data + _pad(len(data)))
+        os.pwrite(self.fd, head, at)
+        self.written(at, len(head))
 
     def tee(self, digest: str) -> Tee | None:
         where = self.offsets.get(digest)
