@@ -1,11 +1,13 @@
-"""Small asyncio helpers: run tasks together, and on the first failure cancel the rest;
-step a blocking iterator in a thread."""
+"""Small asyncio helpers: run tasks together, and on the first failure cancel the rest; run
+many, a bounded number at a time; step a blocking iterator in a thread."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+K = TypeVar("K")
 
 
 async def cancel_all(tasks: Iterable[asyncio.Future[Any]]) -> None:
@@ -24,6 +26,28 @@ async def gather_or_cancel(aws: Iterable[Awaitable[Any]]) -> list[Any]:
     except BaseException:
         await cancel_all(tasks)
         raise
+
+
+async def bounded(starts: Iterable[tuple[K, Callable[[], asyncio.Future[Any] | None]]],
+                  limit: int, finished: Callable[[K, asyncio.Future[Any]], None]) -> None:
+    """Start each future in turn (a start that gives None is skipped), at most `limit`
+    under way at once, and call `finished(key, future)` as each ends; what `finished`
+    raises stops the run (the futures still under way are the caller's to cancel). For
+    thousands of jobs: only `limit` coroutines are alive at once, not one per job."""
+    running: dict[asyncio.Future[Any], K] = {}
+
+    async def settle(down_to: int) -> None:
+        while len(running) > down_to:
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for fut in done:
+                finished(running.pop(fut), fut)
+
+    for key, start in starts:
+        await settle(limit - 1)
+        fut = start()
+        if fut is not None:
+            running[fut] = key
+    await settle(0)
 
 
 async def aiter_thread(gen: Iterator[bytes]) -> AsyncIterator[bytes]:

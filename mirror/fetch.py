@@ -15,6 +15,7 @@ import contextvars
 import functools
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from mirror import mediatypes as mt
 from mirror.bundle.assembler import Assembler
@@ -30,6 +31,7 @@ from mirror.store.blobs import _IO_POOL, BlobStore, PartialBlob
 
 PROGRESS_BYTES = 64 << 10  # a broken download that got this far starts a fresh retry count
 
+T = TypeVar("T")
 Opener = Callable[[int], AsyncGenerator[bytes, None]]  # offset -> the blob's bytes from there
 
 
@@ -45,8 +47,12 @@ class Fetcher:
         self.jobs = jobs
         self.sems: dict[tuple[str, bool], asyncio.Semaphore] = {}
         self.progress = progress
+        # the fetches and placements under way; one that succeeded leaves its digest in
+        # `done` or `placed` instead (a finished task per blob of thousands held ~0.5 KB)
         self.tasks: dict[str, asyncio.Task[bool]] = {}
         self.placing: dict[str, asyncio.Task[None]] = {}
+        self.done: set[str] = set()
+        self.placed: set[str] = set()
         self.fetched: set[str] = set()
         self.reused: set[str] = set()
         self.teed: set[str] = set()
@@ -60,11 +66,16 @@ class Fetcher:
         # one writes); more only add writers contending for the same file and memory
         self.copying = asyncio.Semaphore(2)
 
-    def fetch(self, registry: str, repo: str, desc: Descriptor, owner: int) -> asyncio.Task[bool]:
+    def fetch(self, registry: str, repo: str, desc: Descriptor, owner: int
+              ) -> asyncio.Future[bool]:
+        if desc.digest in self.done:
+            return _finished(False)
         task = self.tasks.get(desc.digest)
         if task is None or (task.done() and (task.cancelled() or task.exception())):
             task = asyncio.ensure_future(self._fetch(registry, repo, desc))
             self.tasks[desc.digest] = task
+            task.add_done_callback(functools.partial(_succeeded, self.tasks, self.done,
+                                                     desc.digest))
             self.owner.setdefault(desc.digest, owner)
         return task
 
@@ -223,16 +234,21 @@ class Fetcher:
         """A damaged cache entry: drop it, so the next fetch downloads it again."""
         self.store.evict(digest)
         self.reused.discard(digest)
+        self.done.discard(digest)
         self.tasks.pop(digest, None)
 
     def place(self, registry: str, repo: str, desc: Descriptor, owner: int,
-              context: contextvars.Context | None = None) -> asyncio.Task[None]:
+              context: contextvars.Context | None = None) -> asyncio.Future[None]:
         """Fetch, then make sure the blob is in the bundle being assembled (once)."""
+        if desc.digest in self.placed:
+            return _finished(None)
         task = self.placing.get(desc.digest)
         if task is None or (task.done() and (task.cancelled() or task.exception())):
             task = asyncio.get_running_loop().create_task(
                 self._place(registry, repo, desc, owner), context=context)
             self.placing[desc.digest] = task
+            task.add_done_callback(functools.partial(_succeeded, self.placing, self.placed,
+                                                     desc.digest))
         return task
 
     async def _place(self, registry: str, repo: str, desc: Descriptor, owner: int) -> None:
@@ -252,6 +268,21 @@ class Fetcher:
                 self.forget(desc.digest)  # and fetch it again, once
                 if attempt == 2:
                     raise
+
+
+def _finished(result: T) -> asyncio.Future[T]:
+    """An awaitable of what is done already."""
+    fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    fut.set_result(result)
+    return fut
+
+
+def _succeeded(tasks: dict[str, asyncio.Task[Any]], done: set[str], digest: str,
+               task: asyncio.Task[Any]) -> None:
+    """A task that succeeded leaves `tasks` for `done`; a failed one stays, to be seen."""
+    if tasks.get(digest) is task and not task.cancelled() and task.exception() is None:
+        del tasks[digest]
+        done.add(digest)
 
 
 async def _settle(sink: PartialBlob) -> None:

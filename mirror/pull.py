@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import threading
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mirror.aio import cancel_all, gather_or_cancel
+from mirror.aio import bounded, cancel_all, gather_or_cancel
 from mirror.bundle.assembler import Assembler
 from mirror.bundle.contents import bundle_layout, write_plans
 from mirror.bundle.dockersave import left_out
@@ -34,6 +35,8 @@ from mirror.progress import NullProgress, Progress
 from mirror.registry.client import Client
 from mirror.registry.policy import RETRY_COUNTER
 from mirror.store.blobs import _IO_POOL, BlobStore
+
+PLACING = 64  # blobs under way at once per registry (each waits for one of -j's slots)
 
 
 @dataclass
@@ -138,33 +141,62 @@ class _Run(Planner):
         r.bytes_kept = sum(x.bytes_kept for x in self.results)
         return r
 
-    def start_in_order(self, digests: list[str]) -> None:
-        """Start the placements in the bundle's order (downloads queue for a slot first come,
-        first served), so the bundle's sha256 can follow the downloads instead of waiting for
-        a blob early in the tar that happened to come last. Each image's `fetch_one` then
-        finds its blobs' tasks already running."""
-        first: dict[str, tuple[int, Image, Descriptor]] = {}
+    async def fetch_all(self, order: list[str] | None) -> None:
+        """Every blob the images need, each once, in `order` (the bundle's, so its sha256
+        can follow the downloads instead of waiting for a blob early in the tar that came
+        last; else the images'). At most PLACING per registry are under way at once: a task
+        per blob for thousands of images at once held 2-3 KB each (its coroutine, semaphore
+        waiter, the image's gather) until the last download ended. An image is accounted
+        (its summary line, `seconds`) when its last blob is in; a blob that fails fails
+        every image that needs it (`failed`: the run stops, or with --keep-going the
+        others go on and blobs no image still needs are not started)."""
+        first: dict[str, tuple[int, Descriptor]] = {}
+        users: dict[str, list[int]] = {}
+        left: dict[int, int] = {}
         for i, p in self.resolved():
-            for d in self.need(p):
-                first.setdefault(d.digest, (i, p, d))
-        for digest in digests:
-            i, p, d = first[digest]
+            need = self.need(p)
+            left[i] = len(need)
+            for d in need:
+                first.setdefault(d.digest, (i, d))
+                users.setdefault(d.digest, []).append(i)
+            if not need:
+                self.fetched_all(i, p)
+        lanes: dict[str, list[str]] = {}  # registry -> its blobs, in order
+        for digest in order if order is not None else first:
+            lanes.setdefault(self.specs[first[digest][0]].reference.registry, []).append(digest)
+
+        def placed(digest: str, task: asyncio.Future[None]) -> None:
+            e = task.exception()
+            if e is not None and not isinstance(e, MirrorError):
+                raise e
+            for i in users.pop(digest):
+                plan = self.plans[i]
+                if plan is None:
+                    continue
+                if e is not None:
+                    self.results[i].seconds = round(time.monotonic() - self.t0, 3)
+                    self.failed(i, e)  # raises unless keep_going
+                    continue
+                left[i] -= 1
+                if not left[i]:
+                    self.fetched_all(i, plan)
+
+        def start(digest: str) -> asyncio.Future[None] | None:
+            if not any(self.plans[i] is not None for i in users[digest]):
+                users.pop(digest)  # only failed images wanted it (--keep-going)
+                return None
+            i, d = first[digest]
             ctx = contextvars.copy_context()
             ctx.run(RETRY_COUNTER.set, self.retry_counts[i])  # retries count for image i
             ref = self.specs[i].reference
-            self.fetcher.place(ref.registry, ref.repository, d, i, context=ctx)
+            return self.fetcher.place(ref.registry, ref.repository, d, i, context=ctx)
 
-    async def fetch_one(self, i: int, plan: Image) -> None:
-        ref = self.specs[i].reference
-        RETRY_COUNTER.set(self.retry_counts[i])
-        try:
-            await asyncio.gather(*(self.fetcher.place(ref.registry, ref.repository, d, i)
-                                   for d in self.need(plan)))
-        except MirrorError as e:
-            self.failed(i, e)
-            return
-        finally:
-            self.results[i].seconds = round(time.monotonic() - self.t0, 3)
+        await gather_or_cancel(
+            bounded(((d, functools.partial(start, d)) for d in digests), PLACING, placed)
+            for digests in lanes.values())
+
+    def fetched_all(self, i: int, plan: Image) -> None:
+        self.results[i].seconds = round(time.monotonic() - self.t0, 3)
         self.account(i, plan)
         self.progress.info(_summary_line(self.specs[i], plan, self.results[i]))
 
@@ -174,6 +206,7 @@ class _Run(Planner):
 
     async def go(self) -> PullResult:
         opts, f = self.opts, self.fetcher
+        order: list[str] | None = None
         try:
             await self.plan()
             if opts.dry_run:
@@ -195,9 +228,10 @@ class _Run(Planner):
                                         blobs=[(b.digest, b.size) for b in lay.blobs],
                                         docker_json=lay.docker,
                                         volume_size=opts.volume_size)
-                self.start_in_order([b.digest for b in lay.blobs])
+                order = [b.digest for b in lay.blobs]
+                del lay
             try:
-                await gather_or_cancel(self.fetch_one(i, p) for i, p in self.resolved())
+                await self.fetch_all(order)
                 running = [*f.tasks.values(), *f.placing.values()]
                 if self.only_waiting():  # their requests are paid for: let them land in
                     # the cache (a new request of theirs finds the budget spent at once), so
