@@ -63,7 +63,7 @@ Warnings = list[str]
 def is_image(raw: RawManifest) -> bool:
     """A runnable image: an image manifest with an image config and no `artifactType`.
     Anything else is carried byte for byte and never converted."""
-    return raw.is_image and not raw.parsed.get("artifactType")
+    return raw.is_image and not raw.declared_artifact_type
 
 
 def _new(body: dict[str, Any], media_type: str) -> RawManifest:
@@ -103,7 +103,7 @@ def convert_manifest(raw: RawManifest, fmt: str, *, rewrite_foreign: bool = Fals
     if not is_image(raw):
         # a Docker plugin is already Docker; an OCI artifact has no Docker form
         if fmt == "docker" and (raw.media_type != mt.DOCKER_MANIFEST
-                                or raw.parsed.get("artifactType")):
+                                or raw.declared_artifact_type):
             what = raw.artifact_type or raw.media_type
             raise UnsupportedContent(
                 f"{where}: {what!r} is not an image; a Docker manifest cannot carry it",

@@ -95,7 +95,7 @@ async def describe(image: Image, get_manifest: GetManifest, get_blob: GetBlob,
 
 def has_platform(root: RawManifest) -> bool:
     """What --platform selects from: an index, or an image (not an artifact)."""
-    return root.is_index or (root.is_image and not root.parsed.get("artifactType"))
+    return root.is_index or (root.is_image and not root.declared_artifact_type)
 
 
 @dataclass

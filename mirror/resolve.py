@@ -43,7 +43,7 @@ async def resolve(client: Client, spec: ImageSpec, fetch_config: FetchConfig,
     r = _Resolver(client, spec, fetch_config, attestations)
     if root.is_index:
         image = await r.index(root)
-    elif root.is_image and not root.parsed.get("artifactType"):
+    elif root.is_image and not root.declared_artifact_type:
         image = r.image(root)
         cfg = root.config
         assert cfg is not None
@@ -148,7 +148,7 @@ class _Resolver:
         artifact is never read as an image (its config may not be one)."""
         child = await self.get(c)
         cfg = child.config
-        if not (child.is_image and cfg and not child.parsed.get("artifactType")):
+        if not (child.is_image and cfg and not child.declared_artifact_type):
             return None
         ref = self.spec.reference
         return _config_platform(await self.fetch_config(ref.registry, ref.repository, cfg))

@@ -54,7 +54,7 @@ def _images(plan: Image) -> list[tuple[Platform | None, RawManifest]]:
     own = Platform.parse(plan.platforms[0]) if plan.platforms and not plan.root.is_index \
         else None
     return [(named.get(raw.digest, own), raw) for raw in order
-            if raw.is_image and not raw.parsed.get("artifactType")]
+            if raw.is_image and not raw.declared_artifact_type]
 
 
 def _loadable(platform: Platform | None, raw: RawManifest, carried: set[str]) -> bool:

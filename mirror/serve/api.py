@@ -189,7 +189,7 @@ def _referrers(request: web.Request, repo: Repository, digest: str) -> web.Strea
     manifests = []
     for m in repo.referrers.get(digest, []):
         cfg = m.config
-        artifact = m.parsed.get("artifactType") or (cfg.media_type if cfg else None)
+        artifact = m.declared_artifact_type or (cfg.media_type if cfg else None)
         if wanted is not None and artifact != wanted:
             continue
         d: dict[str, object] = {"mediaType": m.media_type, "digest": m.digest, "size": m.size}
