@@ -45,7 +45,7 @@ class Fetcher:
         # small requests' share of smaller blobs: a registry that makes its requests wait (a
         # 429, its limiter) holds its own slots, never another registry's
         self.jobs = jobs
-        self.sems: dict[tuple[str, bool], asyncio.Semaphore] = {}
+        self.sems: dict[tuple[str, bool | None], asyncio.Semaphore] = {}
         self.progress = progress
         # the fetches and placements under way; one that succeeded leaves its digest in
         # `done` or `placed` instead (a finished task per blob of thousands held ~0.5 KB)
@@ -81,10 +81,12 @@ class Fetcher:
 
     def _slots(self, registry: str, size: int) -> asyncio.Semaphore:
         """A small blob waits on round trips (as many at once as the registry's small
-        requests), a transfer on bandwidth (`jobs` at once)."""
-        key = (registry, size < SMALL_BLOB)
+        requests), a transfer on bandwidth (`jobs` at once); a registry that sets
+        `max_concurrency` has that many downloads under way at once, whatever their size."""
+        lim = self.client.t.limits_for(registry)
+        key = (registry, None if lim.bodies else size < SMALL_BLOB)
         if key not in self.sems:
-            n = self.client.t.limits_for(registry).small if key[1] else self.jobs
+            n = lim.bodies or (lim.small if key[1] else self.jobs)
             self.sems[key] = asyncio.Semaphore(n)
         return self.sems[key]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from typing import cast
+from typing import Any, cast
 
 from mirror.aio import aiter_thread
 from mirror.digest import verified_async, verified_sync
@@ -38,9 +38,18 @@ class RegistrySource:
                  held: dict[str, bytes] | None = None) -> None:
         self.client, self.where, self.name = client, where, name
         self.held = held if held is not None else {}
+        self._sems: dict[str, asyncio.Semaphore] = {}
 
     def carries(self, digest: str) -> bool:
         return digest in self.where
+
+    def _bodies(self, registry: str) -> contextlib.AbstractAsyncContextManager[Any]:
+        """A registry that sets `max_concurrency` has at most that many of its blobs
+        streaming at once (the limiter holds a request's slot only until its answer starts)."""
+        n = self.client.t.limits_for(registry).bodies
+        if not n:
+            return contextlib.nullcontext()
+        return self._sems.setdefault(registry, asyncio.Semaphore(n))
 
     async def open(self, desc: Descriptor, offset: int) -> AsyncIterator[bytes]:
         """A foreign layer the registry does not serve comes from its `urls` in turn (no
@@ -52,10 +61,11 @@ class RegistrySource:
         reg, repo, there = self.where[desc.digest]
         sent = 0
         try:
-            async for chunk in _checked(self.client.open_blob(reg, repo, desc, offset), desc,
-                                        offset, f"{reg}/{repo}: blob {desc.digest}"):
-                sent += len(chunk)
-                yield chunk
+            async with self._bodies(reg):
+                async for chunk in _checked(self.client.open_blob(reg, repo, desc, offset),
+                                            desc, offset, f"{reg}/{repo}: blob {desc.digest}"):
+                    sent += len(chunk)
+                    yield chunk
             return
         except RegistryError:
             if sent or not there.urls:

@@ -458,3 +458,30 @@ async def test_the_limiter_halves_on_5xx_and_on_no_answer() -> None:
     assert lim.cap == 2 and lim.in_flight == 1
     lim.release(404)
     assert lim.cap == 2 and lim.in_flight == 0
+
+
+@pytest.mark.parametrize("command", ["pull", "sync"])
+def test_max_concurrency_bounds_the_downloads_under_way(
+        src_registry: Registry, dst_registry: Registry, proxies, repo_name: str,
+        rng: random.Random, tmp_path: Path, command: str) -> None:
+    """`max_concurrency: 2` is two requests to the registry at once, downloads included: a
+    blob's body still arriving holds its place. Four 1 MiB layers and four small ones,
+    each body sent slowly, with -j 4: at most two blob GETs under way at the proxy at any
+    moment (four of them were, since the limiter counts a request until its answer starts)."""
+    img = ig.make_image(rng, ig.AMD64, "oci", n_layers=4, layer_size=(1 << 20) + 4096)
+    push_image(src_registry.url, f"{repo_name}/big", img, ["v1"])
+    seed(src_registry, f"{repo_name}/s", rng, n=1, layers=4)
+    a = proxies()
+    a.add(Fault("slow", method="GET", path="/blobs/sha256:", times=None, delay=0.02,
+                chunk=128 << 10))
+    refs = [f"{a.host}/{repo_name}/big:v1", f"{a.host}/{repo_name}/s0:v1"]
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text(f"version: 1\nregistries:\n  {a.host}:\n    max_concurrency: 2\nimages:\n" +
+                   "".join(f"  - {r}\n" for r in refs))
+    out = ["-o", tmp_path / "b.tar", "--cache", tmp_path / "cache"] if command == "pull" else \
+        ["--to", f"{dst_registry.host}/{tmp_path.name[-8:].lower().strip('-_.')}"]
+    proc = run_mirror(command, "-f", cfg, *out, "-j", "4", "-q")
+    assert proc.returncode == 0, proc.stderr
+    blobs = [(t0, t1) for t0, t1, m, p, st in a.spans if m == "GET" and "/blobs/" in p]
+    assert len(blobs) >= 9, blobs  # 4 + 4 layers and the configs
+    assert most_at_once(blobs) <= 2, most_at_once(blobs)

@@ -138,13 +138,16 @@ class RegistryLimits:
     `max_concurrency`, else the run's default); `budget`: requests this run may make
     (`max_requests_per_run`, None: no bound); `max_wait`: the longest the run waits for a
     window that has no request left to reset; `small`: the small requests (images resolved,
-    small blobs fetched) to have in flight at once, of the `ceiling`."""
+    small blobs fetched) to have in flight at once, of the `ceiling`; `bodies`: when the
+    registry sets `max_concurrency`, the blob downloads under way at once (a request holds
+    its limiter slot until its answer starts; a download's body takes longer)."""
 
     registry: str
     ceiling: int
     budget: int | None = None
     max_wait: float = 300.0
     small: int = SMALL_REQUESTS
+    bodies: int | None = None  # max_concurrency: blob downloads under way at once, at most
     cap: int = 0  # requests in flight allowed now
     in_flight: int = 0
     streak: int = 0  # answers without a 429 since the cap last changed

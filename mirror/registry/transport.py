@@ -184,7 +184,8 @@ class Transport:
             s = self._settings(registry)
             self.limits[registry] = RegistryLimits(
                 registry, s.max_concurrency or self.per_host, s.max_requests_per_run,
-                self.policy.max_retry_after, small=s.max_concurrency or SMALL_REQUESTS)
+                self.policy.max_retry_after, small=s.max_concurrency or SMALL_REQUESTS,
+                bodies=s.max_concurrency)
         return self.limits[registry]
 
     @property
