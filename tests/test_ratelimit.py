@@ -290,6 +290,49 @@ def test_no_request_left_for_longer_than_the_run_waits(src_registry: Registry, p
     assert doc["rate_limit"][a.host]["remaining"] == 0
 
 
+def test_a_retry_after_longer_than_max_wait_leaves_that_registry_for_the_next_run(
+        src_registry: Registry, proxies, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """A 429 storm on registry A asking for 30 s, --max-wait 2: A's images wait for the next
+    run (exit 14, each named, the report's `waiting`, the lock keeping no entry for them), B's
+    are carried; A gets no request once its first 429 is in (the run does not ask again what
+    it was told to wait for). It was exit 6 with nothing in the bundle: B's images lost to A's
+    storm. The next run, the storm over, carries A's images too."""
+    seed(src_registry, f"{repo_name}/a", rng, n=2, layers=1)
+    seed(src_registry, f"{repo_name}/b", rng, n=2, layers=1)
+    a, b = proxies(), proxies()
+    storm = a.add(Fault("status", path=r"/manifests/", status=429, times=None,
+                        headers={"Retry-After": "30"}))
+    refs = [f"{a.host}/{repo_name}/a0:v1", f"{a.host}/{repo_name}/a1:v1",
+            f"{b.host}/{repo_name}/b0:v1", f"{b.host}/{repo_name}/b1:v1"]
+    items = "".join(f"  - {r}\n" for r in refs)
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text(f"version: 1\nimages:\n{items}")
+    out, rep, lock = tmp_path / "b.tar", tmp_path / "r.json", tmp_path / "images.lock"
+    args = ["-f", cfg, "-o", out, "--cache", tmp_path / "cache", "--report", rep,
+            "--lock-file", lock, "--max-wait", "2"]
+    proc = run_mirror("pull", *args)
+    assert proc.returncode == 14, proc.stderr
+    for ref in refs[:2]:
+        assert f"{ref}: failed: rate limited by {a.host}: asked to wait 30 s (HTTP 429), " \
+            "longer than --max-wait 2 s; this image waits for the next run" in proc.stderr, \
+            proc.stderr
+    doc = report_of(rep)
+    assert sorted(doc["waiting"]) == refs[:2] and doc["exit_code"] == 14, doc
+    assert bundle_refs(out) == set(refs[2:])
+    # one try per image resolved at once, none after the first answer came
+    asked = [(m, st) for m, p, st in a.requests if p != "/v2/"]
+    assert 1 <= storm.hits <= 2 and asked == [("GET", 429)] * storm.hits, a.requests
+    assert doc["requests"][a.host] == counted(a)
+    assert set(json.loads(lock.read_text())["images"]) == set(refs[2:])
+
+    a.clear_faults()
+    proc = run_mirror("pull", *args)
+    assert proc.returncode == 0, proc.stderr
+    assert bundle_refs(out) == set(refs) and report_of(rep)["waiting"] == []
+    assert set(json.loads(lock.read_text())["images"]) == set(refs)
+
+
 async def test_the_limiter_halves_on_429_and_grows_back_slowly() -> None:
     """A registry's limiter: 8 in flight at most; each 429 halves what it lets through (floor
     1), the 9th request waits for a slot, and a run of 8 answers without a 429 gives one

@@ -30,7 +30,7 @@ class RetryPolicy:
     base_delay: float = 0.5
     factor: float = 2.0
     max_delay: float = 20.0
-    max_retry_after: float = 300.0  # a registry asking for a longer pause fails as RateLimited
+    max_retry_after: float = 300.0  # a registry asking for a longer pause is left for the next run
     max_elapsed: float = 900.0  # no retry starts later than this after a request's first try
     statuses: frozenset[int] = frozenset({408, 429, 500, 502, 503, 504})
     # distribution error codes that mean "try again"; a 5xx naming only other codes (the

@@ -153,6 +153,7 @@ class RegistryLimits:
     streak: int = 0  # answers without a 429 since the cap last changed
     counts: dict[str, int] = field(default_factory=dict)
     rate: RateLimit | None = None
+    held: str | None = None  # why the run sends it nothing more (hold)
     _waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -168,6 +169,8 @@ class RegistryLimits:
     def check(self, what: str) -> None:
         """Refuse a request the run may not make (raise BudgetSpent): the budget spent, or
         a window with no request left that resets later than the run waits."""
+        if self.held is not None:
+            raise self.exhausted(what, self.held)
         if self.budget is not None and self.made >= self.budget:
             left = f"resets with the next run (max_requests_per_run: {self.budget})"
             raise self.exhausted(what, f"0 requests left, {left}")
@@ -175,6 +178,12 @@ class RegistryLimits:
             after = self.rate.resets_in()
             if after is None or after > self.max_wait:
                 raise self.exhausted(what, self.rate.line())
+
+    def hold(self, seconds: float, status: int) -> None:
+        """The registry asked for a pause (Retry-After) longer than the run waits: it is
+        left for the next run, as a window with no request left that resets too late."""
+        self.held = f"asked to wait {seconds:.0f} s (HTTP {status}), longer than " \
+            f"--max-wait {self.max_wait:g} s"
 
     def exhausted(self, what: str, why: str) -> BudgetSpent:
         return BudgetSpent(

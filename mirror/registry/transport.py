@@ -428,6 +428,9 @@ class Transport:
                 # a one-shot body (an upload chunk): the caller tries again, and the
                 # Retry-After holds for that try and every other request to the host
                 self.announce_wait(url, retry_after, resp.status)
+            if lim is not None and kind != "token" and resp.status in (429, 503) and \
+                    retry_after is not None and retry_after > self.policy.max_retry_after:
+                lim.hold(retry_after, resp.status)
             return Reply(resp, attempt, body)
 
     @staticmethod
@@ -509,6 +512,10 @@ class Transport:
                 scopes = await reauth(ep, resp, scopes, data, registry, repository, what, method)
                 continue
             body = reply.body if reply.body is not None else await _error_body(resp)
+            held = self.limits.get(registry)
+            if held is not None and held.held is not None and resp.status in (429, 503):
+                # longer than --max-wait: what needs this registry waits for the next run
+                raise held.exhausted(f"{method} {loggable(full)}", held.held)
             raise self.error_for(resp, body, registry, repository, what, tries=reply.tries,
                                  actions=actions)
 
