@@ -118,17 +118,30 @@ async def tag_rules(client, specs: list[ImageSpec], report: Report, progress,
     specs = await resolve_rules(client, specs, blobs, progress.warn)
     refuse_conflicting_duplicates(specs)
     report.add(tag_rules=resolved(specs))
-    return specs
+    return _once(specs)
 
 
-def write_lock(args: argparse.Namespace, result, specs: list[ImageSpec]) -> Path | None:
+def _once(specs: list[ImageSpec]) -> list[ImageSpec]:
+    """Each reference once, where first listed: a tag two rules choose (or one listed twice
+    with the same settings, refuse_conflicting_duplicates) is one image of the run, as of
+    the bundle; what each rule chose is in the report's tag_rules, which the lock records."""
+    seen: set[str] = set()
+    out = []
+    for spec in specs:
+        if str(spec.reference) not in seen:
+            seen.add(str(spec.reference))
+            out.append(spec)
+    return out
+
+
+def write_lock(args: argparse.Namespace, result, report: Report) -> Path | None:
+    """The lock file of the run: its images, and the tag rules' choices as reported."""
     from mirror.lockfile import after_run
-    from mirror.tagrules import resolved
 
     path = lock_path(args)
     if path is None or getattr(args, "locked", False):
         return None
-    lock = after_run(result, path, resolved(specs))
+    lock = after_run(result, path, list(report.details.get("tag_rules") or []))
     if lock is None:
         return None
     lock.write(path)

@@ -133,7 +133,7 @@ async def run_pull(args: argparse.Namespace, progress, report: Report) -> int:
         report.add(**traffic(transport))
     report.add(**_pull_report(result))
     if not args.dry_run and result.bundle:
-        lock = write_lock(args, result, specs)
+        lock = write_lock(args, result, report)
         if lock:
             progress.info(f"wrote {lock}")
     if args.dry_run:
@@ -180,7 +180,7 @@ async def run_lock(args: argparse.Namespace, progress, report: Report) -> int:
                                 pull_options(args, output=None, dry_run=True), progress)
     result.bundle = Path("-")  # resolved: write the lock
     args.dry_run = False
-    path = write_lock(args, result, specs)
+    path = write_lock(args, result, report)
     if not args.quiet:  # -q: nothing at all on success
         print(path)
     if result.partial:  # a registry's rate limit left images waiting: not success

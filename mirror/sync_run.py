@@ -96,7 +96,7 @@ async def run_sync(args: argparse.Namespace, progress, report: Report) -> int:
         write_for(args.write_client_config, done.images, target, access, args.no_fallback,
                   progress, report)
     if not args.dry_run:
-        lock = write_lock(args, result, specs)
+        lock = write_lock(args, result, report)
         if lock:
             progress.info(f"wrote {lock}")
     if result.partial:

@@ -253,3 +253,35 @@ def test_latest_by_creation_time_in_config_readme():
     block = text.split("## Tag rules", 1)[1].split("\n## ", 1)[0].split("```yaml\n")[2]
     rules = [s.rule for s in parse_config(block.split("```", 1)[0]).images if s.rule]
     assert rules and all(r.order == "created" and r.latest for r in rules)
+
+
+def test_a_tag_two_rules_choose_is_one_image(src_registry, faultproxy, repo_name, rng,
+                                             tmp_path):
+    """config/README's rules overlap (1.2.0 is chosen by the semver rule and by the regex
+    rule, 2.0.0 by `latest: 2` and by `^2`): each tag is one image of the run, asked about
+    once (one GET by tag cold, one HEAD warm), one entry of the report as of the bundle, and
+    the summary counts the bundle's images; each rule still records all it chose. It was one
+    image per rule choosing it: 14 report entries and '14 image(s)' for a bundle of 10, and
+    the tag resolved once per rule."""
+    proxy = faultproxy(src_registry.url)
+    seed(src_registry, repo_name, rng, TAGS)
+    cfg = tmp_path / "images.yaml"
+    repo = f"{proxy.host}/{repo_name}"
+    cfg.write_text(CONFIG.format(repo=repo))
+    chosen = sorted({t for tags in CHOSEN for t in tags})
+    report = tmp_path / "report.json"
+    args = ["pull", "-f", cfg, "--cache", tmp_path / "cache", "--no-referrers",
+            "-o", tmp_path / "b.tar", "--report", report]
+    for method in ("GET", "HEAD"):  # cold, then warm
+        proxy.reset_counters()
+        proc = mirror_ok(*args)
+        by_tag = sorted(p.rsplit("/", 1)[1] for p in proxy.paths(method)
+                        if "/manifests/" in p and "sha256:" not in p)
+        assert by_tag == chosen, (method, by_tag)
+        doc = json.loads(report.read_text())
+        assert sorted(e["reference"] for e in doc["images"]) == [f"{repo}:{t}" for t in chosen]
+        assert [r["tags"] for r in doc["tag_rules"]] == CHOSEN
+        assert f"{len(chosen)} image(s)" in proc.stderr, proc.stderr
+    lock = json.loads((tmp_path / "images.lock").read_text())
+    assert [r["tags"] for r in lock["tagRules"]] == CHOSEN
+    assert sorted(lock["images"]) == [f"{repo}:{t}" for t in chosen]
