@@ -45,6 +45,9 @@ class Finder:
         return await self._tags[key]
 
     async def _list(self, registry: str, repo: str) -> set[str]:
+        listed = self.client.listed.get((registry, repo))
+        if listed is not None:  # the tag rules' listing of this run
+            return set(listed)
         try:
             return set(await self.client.list_tags(registry, repo))
         except NotFound:

@@ -156,6 +156,7 @@ async def resolve_rules(client: Client, specs: list[ImageSpec], blobs: BlobStore
         ref = spec.reference
         if ref.name not in listings:
             listings[ref.name] = await client.list_tags(ref.registry, ref.repository)
+            client.listed[(ref.registry, ref.repository)] = listings[ref.name]
         assert spec.rule is not None
         created = None
         if spec.rule.order == "created":

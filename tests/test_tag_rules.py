@@ -7,6 +7,7 @@ and the report and --dry-run show rule -> tags."""
 from __future__ import annotations
 
 import json
+import tarfile
 
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault
@@ -285,3 +286,30 @@ def test_a_tag_two_rules_choose_is_one_image(src_registry, faultproxy, repo_name
     lock = json.loads((tmp_path / "images.lock").read_text())
     assert [r["tags"] for r in lock["tagRules"]] == CHOSEN
     assert sorted(lock["images"]) == [f"{repo}:{t}" for t in chosen]
+
+
+def test_a_repository_with_rules_is_listed_once_with_its_signatures(
+        src_registry, faultproxy, repo_name, rng, tmp_path):
+    """A repository whose tags a rule chooses is listed once per run: that listing also
+    answers the referrers' questions (its cosign `.sig` tag here), which listed the
+    repository a second time (every repository twice a night at scale; on a registry with
+    `max_requests_per_run`, requests spent for nothing). The signature is carried."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tests.support.referrers import push_signature
+
+    proxy = faultproxy(src_registry.url)
+    digest = seed(src_registry, repo_name, rng, TAGS)
+    sig_tag, _ = push_signature(src_registry.url, repo_name, ec.generate_private_key(
+        ec.SECP256R1()), digest)
+    cfg = tmp_path / "images.yaml"
+    repo = f"{proxy.host}/{repo_name}"
+    cfg.write_text(f"images:\n  - repository: {repo}\n    tags:\n      - latest: 2\n")
+    report = tmp_path / "report.json"
+    mirror_ok("pull", "-f", cfg, "--cache", tmp_path / "cache", "-o", tmp_path / "b.tar",
+              "--report", report)
+    assert len(listings(proxy)) == 1, listings(proxy)
+    assert json.loads(report.read_text())["requests"][proxy.host]["tags list"] == 1
+    with tarfile.open(tmp_path / "b.tar") as tf:
+        inventory = tf.extractfile("mirror.json").read().decode()  # type: ignore[union-attr]
+    assert sig_tag in inventory, inventory

@@ -73,6 +73,9 @@ class Client(Uploads):
         self._sessions: dict[str, tuple[str, str, str]] = {}  # open upload sessions
         # (registry, repo, tag) -> the digest (and type) a GET or HEAD of this run said it names
         self._asked: dict[tuple[str, str, str], tuple[str, str]] = {}
+        # (registry, repo) -> its tags as a source's listing this run gave them (tag rules):
+        # the referrers' questions are answered from it (mirror.referrers.Finder)
+        self.listed: dict[tuple[str, str], list[str]] = {}
 
     # -- manifests -------------------------------------------------------------------------
 
