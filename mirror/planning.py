@@ -14,7 +14,7 @@ from typing import Protocol
 from mirror.aio import gather_or_cancel
 from mirror.config import ImageSpec
 from mirror.convert import convert_plan
-from mirror.errors import BudgetSpent, IntegrityError, MirrorError, UsageError
+from mirror.errors import BudgetSpent, IntegrityError, MirrorError, NotFound, UsageError
 from mirror.image import Image, report_fields
 from mirror.manifest import Descriptor
 from mirror.mapping import Target, place
@@ -139,6 +139,10 @@ class Planner:
                 async with slots:
                     await attach_referrers(self.finder, spec, plan, self.opts.referrer_types,
                                            self.progress)
+        except NotFound as e:
+            self.failed(i, _gone(spec, e) if spec.pin is not None and spec.pin in str(e)
+                        else e)
+            return
         except MirrorError as e:
             self.failed(i, e)
             return
@@ -217,6 +221,17 @@ class Planner:
                     if self.plans[i] is not None:  # not refused already (another blob)
                         self.failed(i, IntegrityError(
                             f"{name}: blob {digest} is listed with {size} bytes, but {why}"))
+
+def _gone(spec: ImageSpec, e: NotFound) -> NotFound:
+    """--locked: the manifest the lock file pinned is no longer served; say which image,
+    where it is listed, that the digest is the lock's, and what to do."""
+    return NotFound(
+        f"{spec.reference} (locked at {spec.pin}, {spec.where}): {e}",
+        registry=e.registry, repository=e.repository, status=e.status, codes=e.codes,
+        hint="the registry no longer serves the manifest the lock file names (deleted, or "
+             "the tag moved and the old manifest was removed): pull without --locked (or "
+             "run `mirror lock`) to lock what the tag names now")
+
 
 def missing_platforms(spec: ImageSpec, plan: Image) -> list[str]:
     """The platforms asked for by name that the image does not have (none for `all`, or for

@@ -313,3 +313,29 @@ def test_a_repository_with_rules_is_listed_once_with_its_signatures(
     with tarfile.open(tmp_path / "b.tar") as tf:
         inventory = tf.extractfile("mirror.json").read().decode()  # type: ignore[union-attr]
     assert sig_tag in inventory, inventory
+
+
+def test_locked_with_a_manifest_gone_upstream_names_the_image_and_the_lock(
+        src_registry, repo_name, rng, tmp_path):
+    """--locked with a stale lock: a tag the rule recorded whose manifest the registry has
+    since deleted. The error named the repository and digest alone ('.../app: manifest
+    sha256:...: HTTP 404'); it now names the image, its images.yaml line, that the digest is
+    the lock's, and what to do (exit 5)."""
+    from tests.support.pusher import _request
+
+    old = ig.make_image(rng, ig.AMD64, "oci")
+    push_image(src_registry.url, repo_name, old, tags=["1.0.0"])
+    push_image(src_registry.url, repo_name, ig.make_image(rng, ig.AMD64, "oci"), tags=["1.1.0"])
+    cfg = tmp_path / "images.yaml"
+    repo = f"{src_registry.host}/{repo_name}"
+    cfg.write_text(f"images:\n  - repository: {repo}\n    tags:\n      - semver: '*'\n")
+    mirror_ok("lock", "-f", cfg, "--cache", tmp_path / "c1", "--no-referrers")
+    status, _, _ = _request("DELETE", f"{src_registry.url}/v2/{repo_name}/manifests/{old.digest}")
+    assert status == 202
+    proc = run_mirror("pull", "-f", cfg, "--locked", "--cache", tmp_path / "c2",
+                      "--no-referrers", "-o", tmp_path / "b.tar")
+    assert proc.returncode == 5, proc.stderr
+    line = error_line(proc)
+    assert f"{repo}:1.0.0 (locked at {old.digest}, {cfg}:4): " in line and "HTTP 404" in line, proc.stderr
+    assert "hint: the registry no longer serves the manifest the lock file names" in \
+        proc.stderr, proc.stderr
