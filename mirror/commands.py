@@ -109,13 +109,15 @@ def source_client(t, cache, cfg: Config | None, args: argparse.Namespace):
 
 
 async def tag_rules(client, specs: list[ImageSpec], report: Report, progress,
-                     blobs=None) -> list[ImageSpec]:
+                    blobs=None, lock: Path | None = None) -> list[ImageSpec]:
     """The images the tag rules choose (mirror.tagrules; --locked: what the lock recorded),
     in the report's `tag_rules`; `blobs`, the cache, keeps the configs `order: created`
-    reads."""
+    reads; the tags the lock file at `lock` recorded stand in for a rule whose registry's
+    requests are spent."""
+    from mirror.lockfile import recorded_rules
     from mirror.tagrules import resolve_rules, resolved
 
-    specs = await resolve_rules(client, specs, blobs, progress.warn)
+    specs = await resolve_rules(client, specs, blobs, progress.warn, recorded_rules(lock))
     refuse_conflicting_duplicates(specs)
     report.add(tag_rules=resolved(specs))
     return _once(specs)

@@ -70,6 +70,8 @@ class ImageSpec:
     pin: str | None = None  # --locked: the digest to fetch instead of resolving the tag
     dest: Destination | None = None  # `to:`, `tag_as:`, `tags_also:`, or a `map:` rule's
     rule: TagRule | None = None  # a tag rule (mirror.tagrules): unresolved while tag is None
+    # a rule its registry could not be asked about (requests spent): why it waits
+    waits: str | None = None
 
 
 @dataclass

@@ -136,6 +136,17 @@ def source_digests(path: Path | None) -> dict[str, str]:
             if isinstance(e, dict) and isinstance(e.get("sourceDigest"), str)}
 
 
+def recorded_rules(path: Path | None) -> list[dict[str, Any]]:
+    """What the tag rules chose when the lock file at `path` was written (its `tagRules`);
+    nothing when there is no readable lock file there."""
+    if path is None or not path.exists():
+        return []
+    try:
+        return Lock.read(path).tag_rules
+    except MirrorError:
+        return []
+
+
 def _recorded_tags(specs: list[ImageSpec], lock: Lock, path: Path) -> list[ImageSpec]:
     """Each tag rule replaced by the tags the lock file recorded for it (no listing)."""
     from mirror.tagrules import from_lock, is_rule

@@ -119,6 +119,10 @@ class Planner:
 
     async def plan_one(self, i: int, spec: ImageSpec) -> None:
         res = self.results[i]
+        if spec.waits is not None:  # a tag rule its registry could not be asked about
+            self.failed(i, BudgetSpent(spec.waits, registry=spec.reference.registry,
+                                       status=429))
+            return
         RETRY_COUNTER.set(self.retry_counts[i])  # this task, and those it starts
         slots = self.slots(spec.reference.registry)
         try:

@@ -120,7 +120,7 @@ async def run_pull(args: argparse.Namespace, progress, report: Report) -> int:
             store = BlobStore(cache)
             async with transport as t:
                 client = source_client(t, cache, cfg, args)
-                specs = await tag_rules(client, specs, report, progress, store)
+                specs = await tag_rules(client, specs, report, progress, store, lock_path(args))
                 result = await pull(client, store, specs, opts, progress)
     except BaseException as e:  # the report says what was done before the error or signal
         done = getattr(e, "pull_result", None)
@@ -175,7 +175,7 @@ async def run_lock(args: argparse.Namespace, progress, report: Report) -> int:
         store = BlobStore(cache)
         async with transport_for(args, cfg, progress) as t:
             client = source_client(t, cache, cfg, args)
-            specs = await tag_rules(client, specs, report, progress, store)
+            specs = await tag_rules(client, specs, report, progress, store, lock_path(args))
             result = await pull(client, store, specs,
                                 pull_options(args, output=None, dry_run=True), progress)
     result.bundle = Path("-")  # resolved: write the lock

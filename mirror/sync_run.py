@@ -25,6 +25,7 @@ from mirror.commands import (
 from mirror.errors import UsageError
 from mirror.netargs import target_of, transport_for
 from mirror.report import Report
+from mirror.runfiles import lock_path
 
 
 def _sync_report(result) -> dict:
@@ -70,7 +71,7 @@ async def run_sync(args: argparse.Namespace, progress, report: Report) -> int:
             async with transport as t:
                 client = source_client(t, args.cache, cfg, args)
                 blobs = BlobStore(args.cache) if args.cache else None
-                specs = await tag_rules(client, specs, report, progress, blobs)
+                specs = await tag_rules(client, specs, report, progress, blobs, lock_path(args))
                 await sync(client, specs, targets, opts, progress, result, blobs)
                 access = await access_of(t, targets[0].registry) \
                     if args.write_client_config else None

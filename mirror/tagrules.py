@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from mirror.errors import ConfigError
+from mirror.errors import BudgetSpent, ConfigError
 from mirror.semver import Range, Version
 
 if TYPE_CHECKING:
@@ -141,39 +141,57 @@ def expand(spec: ImageSpec, tags: list[str]) -> list[ImageSpec]:
 
 
 async def resolve_rules(client: Client, specs: list[ImageSpec], blobs: BlobStore | None = None,
-                        warn: Callable[[str], None] = lambda _: None) -> list[ImageSpec]:
+                        warn: Callable[[str], None] = lambda _: None,
+                        recorded: list[dict[str, Any]] | None = None) -> list[ImageSpec]:
     """Every rule in `specs` replaced, in place in the list, by the images of the tags it
     chooses from the repository's listing (one listing per repository); raise ConfigError
     for a rule that chooses none. `order: created` asks the times of its candidates
-    (mirror.created: configs through `blobs`, the cache); `warn` names the tags without."""
+    (mirror.created: configs through `blobs`, the cache); `warn` names the tags without.
+    A rule whose registry's requests for the run are spent (BudgetSpent) waits for the next
+    run: the tags the last lock file `recorded` for it stand in (they wait too, each named,
+    and the lock keeps them), else the rule itself, unresolved, marked `waits`."""
     listings: dict[str, list[str]] = {}
-    times = None
+    times: list = []
     out: list[ImageSpec] = []
     for spec in specs:
         if not is_rule(spec):
             out.append(spec)
             continue
-        ref = spec.reference
-        if ref.name not in listings:
-            listings[ref.name] = await client.list_tags(ref.registry, ref.repository)
-            client.listed[(ref.registry, ref.repository)] = listings[ref.name]
-        assert spec.rule is not None
-        created = None
-        if spec.rule.order == "created":
-            from mirror.created import Times
-
-            times = times or Times(client, blobs)
-            created = await times.of_tags(spec, spec.rule.candidates(listings[ref.name]))
-            unknown = sorted(t for t, at in created.items() if at is None)
-            if unknown:
-                warn(f"{spec.where}: {ref.name}: no creation time for {', '.join(unknown)} "
-                     "(no org.opencontainers.image.created annotation, no `created` in the "
-                     "config): ranked oldest by the tag rule")
-        chosen = spec.rule.select(listings[ref.name], created)
-        if not chosen:
-            raise _nothing(spec, listings[ref.name])
+        try:
+            chosen = await _choose(client, spec, listings, times, blobs, warn)
+        except BudgetSpent as e:
+            out += from_lock(spec, recorded or []) or [replace(spec, waits=str(e))]
+            continue
         out += expand(spec, chosen)
     return out
+
+
+async def _choose(client: Client, spec: ImageSpec, listings: dict[str, list[str]],
+                  times: list, blobs: BlobStore | None,
+                  warn: Callable[[str], None]) -> list[str]:
+    """The tags `spec`'s rule chooses (the repository listed once per run, in `listings`;
+    `times` holds the run's mirror.created.Times once made)."""
+    ref = spec.reference
+    if ref.name not in listings:
+        listings[ref.name] = await client.list_tags(ref.registry, ref.repository)
+        client.listed[(ref.registry, ref.repository)] = listings[ref.name]
+    assert spec.rule is not None
+    created = None
+    if spec.rule.order == "created":
+        from mirror.created import Times
+
+        if not times:
+            times.append(Times(client, blobs))
+        created = await times[0].of_tags(spec, spec.rule.candidates(listings[ref.name]))
+        unknown = sorted(t for t, at in created.items() if at is None)
+        if unknown:
+            warn(f"{spec.where}: {ref.name}: no creation time for {', '.join(unknown)} "
+                 "(no org.opencontainers.image.created annotation, no `created` in the "
+                 "config): ranked oldest by the tag rule")
+    chosen = spec.rule.select(listings[ref.name], created)
+    if not chosen:
+        raise _nothing(spec, listings[ref.name])
+    return chosen
 
 
 def resolved(specs: list[ImageSpec]) -> list[dict[str, Any]]:

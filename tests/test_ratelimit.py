@@ -333,6 +333,53 @@ def test_a_retry_after_longer_than_max_wait_leaves_that_registry_for_the_next_ru
     assert set(json.loads(lock.read_text())["images"]) == set(refs)
 
 
+def test_a_tag_rule_whose_listing_the_budget_refuses_waits(
+        src_registry: Registry, proxies, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """Registry A's requests are spent before its repository's tag listing (a budget of 1:
+    the ping): the tag rule's images wait for the next run, B's image is carried (exit 14).
+    It stopped the whole run at the listing: exit 14, 'the others are in the bundle', and no
+    bundle, no report entry, nothing in `waiting`. With no lock yet the rule's repository is
+    what waits; with the lock of an earlier run, the tags it recorded for the rule wait, each
+    named, and the lock keeps their entries and the rule's tags."""
+    seed(src_registry, f"{repo_name}/a", rng, n=1, layers=1)
+    seed(src_registry, f"{repo_name}/b", rng, n=1, layers=1)
+    a, b = proxies(), proxies()
+    rule_repo, b_ref = f"{a.host}/{repo_name}/a0", f"{b.host}/{repo_name}/b0:v1"
+    cfg = tmp_path / "images.yaml"
+
+    def config(budget: int) -> None:
+        cfg.write_text(f"version: 1\nregistries:\n  {a.host}:\n    max_requests_per_run: "
+                       f"{budget}\nimages:\n  - repository: {rule_repo}\n    tags:\n"
+                       f"      - semver: '*'\n        regex: '^v'\n  - {b_ref}\n")
+
+    out, rep, lock = tmp_path / "b.tar", tmp_path / "r.json", tmp_path / "images.lock"
+    args = ["-f", cfg, "-o", out, "--cache", tmp_path / "cache", "--report", rep,
+            "--lock-file", lock]
+    config(1)
+    proc = run_mirror("pull", *args)
+    assert proc.returncode == 14, proc.stderr
+    assert f"{rule_repo}: failed: rate limited by {a.host}: 0 requests left" in proc.stderr, \
+        proc.stderr
+    doc = report_of(rep)
+    assert doc["waiting"] == [rule_repo] and bundle_refs(out) == {b_ref}, doc["waiting"]
+    assert set(json.loads(lock.read_text())["images"]) == {b_ref}
+
+    config(100)  # the next night: all of it
+    proc = run_mirror("pull", *args)
+    assert proc.returncode == 0, proc.stderr
+    assert bundle_refs(out) == {f"{rule_repo}:v1", b_ref}
+    recorded = json.loads(lock.read_text())
+
+    config(1)  # spent again: the tags the lock recorded wait, the lock keeps them
+    proc = run_mirror("pull", *args)
+    assert proc.returncode == 14, proc.stderr
+    assert report_of(rep)["waiting"] == [f"{rule_repo}:v1"]
+    assert bundle_refs(out) == {b_ref}
+    kept = json.loads(lock.read_text())
+    assert kept["images"] == recorded["images"] and kept["tagRules"] == recorded["tagRules"]
+
+
 async def test_the_limiter_halves_on_429_and_grows_back_slowly() -> None:
     """A registry's limiter: 8 in flight at most; each 429 halves what it lets through (floor
     1), the 9th request waits for a slot, and a run of 8 answers without a 429 gives one
