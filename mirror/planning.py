@@ -173,25 +173,41 @@ class Planner:
             for tag in where.tags:
                 j, other = first.setdefault((where.repository, tag), (i, plan))
                 if j != i and other.root.digest != plan.root.digest:
-                    self.failed(i, self._collision(self.specs[j].reference, ref,
+                    self.failed(i, self._collision(self.specs[j], spec, tag,
                                                    f"{where.repository}:{tag}",
                                                    (other.root.digest, plan.root.digest)))
                     break
 
-    def _collision(self, first: object, ref: object, name: str, digests: tuple[str, str]
-                   ) -> UsageError:
+    def _collision(self, a: ImageSpec, b: ImageSpec, tag: str, name: str,
+                   digests: tuple[str, str]) -> UsageError:
+        first, ref = a.reference, b.reference
+        hint = self._one_rule(a, b, tag)
         if self.target is not None:  # a sync: the run's own target and rules
             return UsageError(
                 f"{first} and {ref} would both be pushed as {self.target.registry}/{name}, "
                 f"and they differ ({digests[0]}, {digests[1]})",
-                hint="give one of them another destination (images.yaml to:, --map), or "
-                "sync them with different --to prefixes")
+                hint=hint or "give one of them another destination (images.yaml to:, --map), "
+                "or sync them with different --to prefixes")
         return UsageError(
             f"{first} and {ref} would both be loaded as PREFIX/{name}, and they differ "
             f"({digests[0]}, {digests[1]}): mirror load refuses such a bundle",
-            hint="give one of them another destination (to: in images.yaml), or pull them "
-            "into bundles of their own (an images.yaml per source registry) and load each "
-            "with its own --to prefix")
+            hint=hint or "give one of them another destination (to: in images.yaml), or pull "
+            "them into bundles of their own (an images.yaml per source registry) and load "
+            "each with its own --to prefix")
+
+    def _one_rule(self, a: ImageSpec, b: ImageSpec, tag: str) -> str | None:
+        """The hint when one tag rule's images collide on a tag its entry's `tags_also:` or
+        `tag_as:` gives them all."""
+        dest = b.dest
+        if a.rule is None or a.rule is not b.rule or a.where != b.where or dest is None or \
+                (tag not in dest.tags_also and tag != dest.tag_as):
+            return None
+        tags = [s.reference.tag or "" for s in self.specs
+                if s.rule is a.rule and s.where == a.where]
+        key = "tag_as" if tag == dest.tag_as else "tags_also"
+        return (f"the tag rule at {a.where} chooses {len(tags)} tags ({', '.join(tags)}) and "
+                f"{key} puts each on {tag}: give the rule `latest: 1`, or give {key} an "
+                "entry of its own")
 
     async def check_sizes(self) -> None:
         """One digest, one size (a tar header cannot be both). When images list one blob with

@@ -339,3 +339,23 @@ def test_locked_with_a_manifest_gone_upstream_names_the_image_and_the_lock(
     assert f"{repo}:1.0.0 (locked at {old.digest}, {cfg}:4): " in line and "HTTP 404" in line, proc.stderr
     assert "hint: the registry no longer serves the manifest the lock file names" in \
         proc.stderr, proc.stderr
+
+
+def test_tags_also_on_a_rule_choosing_several_tags_says_so(src_registry, repo_name, rng,
+                                                           tmp_path):
+    """`tags_also: [stable]` on a rule that chooses two tags puts both images on `stable`:
+    refused (exit 2) with a hint about the rule (`latest: 1`), not the one for two sources
+    on one name (another destination, bundles of their own), which does not apply."""
+    push_image(src_registry.url, repo_name, ig.make_image(rng, ig.AMD64, "oci"), tags=["1.0.0"])
+    push_image(src_registry.url, repo_name, ig.make_image(rng, ig.AMD64, "oci"), tags=["1.1.0"])
+    cfg = tmp_path / "images.yaml"
+    repo = f"{src_registry.host}/{repo_name}"
+    cfg.write_text(f"images:\n  - repository: {repo}\n    tags:\n      - semver: '*'\n"
+                   "    tags_also: [stable]\n")
+    proc = run_mirror("pull", "-f", cfg, "--cache", tmp_path / "c", "--no-referrers",
+                      "-o", tmp_path / "b.tar")
+    assert proc.returncode == 2, proc.stderr
+    assert f"{repo}:1.0.0 and {repo}:1.1.0 would both be loaded as PREFIX/{repo_name}:stable" \
+        in error_line(proc), proc.stderr
+    assert f"hint: the tag rule at {cfg}:4 chooses 2 tags (1.0.0, 1.1.0) and tags_also puts " \
+        "each on stable: give the rule `latest: 1`" in proc.stderr, proc.stderr
