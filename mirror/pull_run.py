@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mirror.bundle.volumes import parse_size
 from mirror.commands import (
+    as_given,
     check_lock_path,
     image_specs,
     partial,
@@ -114,6 +115,7 @@ async def run_pull(args: argparse.Namespace, progress, report: Report) -> int:
                          volume_size=parse_size(args.volume_size) if args.volume_size else None,
                          **read_base(args.base, out, dry_run=args.dry_run))
     transport = transport_for(args, cfg, progress)
+    as_given(specs, report)
     try:
         with RunLock(Path(cache) / "lock", f"cache {cache}"), \
                 _output_lock(out, dry_run=args.dry_run):

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mirror.commands import (
+    as_given,
     check_lock_path,
     image_specs,
     partial,
@@ -65,6 +66,7 @@ async def run_sync(args: argparse.Namespace, progress, report: Report) -> int:
                        merge=args.merge, referrer_types=parse_types(args.referrer_type))
     result = SyncResult()
     transport = transport_for(args, cfg, progress)
+    as_given(specs, report)
     try:
         with RunLock(Path(args.cache) / "lock", f"cache {args.cache}") if args.cache \
                 else contextlib.nullcontext():
@@ -77,8 +79,11 @@ async def run_sync(args: argparse.Namespace, progress, report: Report) -> int:
                     if args.write_client_config else None
     except BaseException:  # the images the sync did not finish carry its error
         fields = _sync_report(result)
+        if not result.planned:  # stopped before (its tag rules): the images as given
+            del fields["images"]
         report.add(**fields)
-        report.cut_short([e for e in fields["images"] if e["error"] is None])
+        if result.planned:
+            report.cut_short([e for e in fields["images"] if e["error"] is None])
         raise
     finally:
         report.add(retries=transport.retries, **traffic(transport))

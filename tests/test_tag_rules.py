@@ -359,3 +359,26 @@ def test_tags_also_on_a_rule_choosing_several_tags_says_so(src_registry, repo_na
         in error_line(proc), proc.stderr
     assert f"hint: the tag rule at {cfg}:4 chooses 2 tags (1.0.0, 1.1.0) and tags_also puts " \
         "each on stable: give the rule `latest: 1`" in proc.stderr, proc.stderr
+
+
+def test_a_run_stopped_at_its_tag_rules_reports_every_image(src_registry, repo_name, rng,
+                                                            tmp_path):
+    """The report lists every image of the run, in the order given, also after an error: a
+    run stopped while choosing tags (a rule that matches nothing here; a signal or a
+    registry's error there alike) reported no image at all. Each is now there with the
+    run's error (a rule by its repository), for pull and sync."""
+    seed(src_registry, repo_name, rng, ["1.0.0"])
+    repo = f"{src_registry.host}/{repo_name}"
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text(f"images:\n  - {repo}:1.0.0\n  - repository: {repo}\n    tags:\n"
+                   "      - semver: '>=9'\n")
+    report = tmp_path / "r.json"
+    for cmd in (["pull", "-o", tmp_path / "b.tar"], ["sync", "--to", f"{src_registry.host}/x"]):
+        proc = run_mirror(*cmd, "-f", cfg, "--cache", tmp_path / "c", "--no-referrers",
+                          "--report", report)
+        assert proc.returncode == 2, proc.stderr
+        doc = json.loads(report.read_text())
+        assert [(e["reference"], e["where"]) for e in doc["images"]] == \
+            [(f"{repo}:1.0.0", f"{cfg}:2"), (repo, f"{cfg}:5")], doc["images"]
+        assert all(e["error"] == doc["error"] and e["error_code"] == 2
+                   for e in doc["images"]), doc["images"]
