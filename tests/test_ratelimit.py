@@ -333,6 +333,29 @@ def test_a_retry_after_longer_than_max_wait_leaves_that_registry_for_the_next_ru
     assert set(json.loads(lock.read_text())["images"]) == set(refs)
 
 
+def test_a_429_storm_without_retry_after_leaves_that_registry_for_the_next_run(
+        src_registry: Registry, proxies, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """Registry A answers every manifest request 429 with no Retry-After (nor RateLimit
+    headers): once a request's tries are spent, A's images wait for the next run (exit 14,
+    named, `waiting`), B's are carried; it was exit 6 and no bundle."""
+    seed(src_registry, f"{repo_name}/a", rng, n=2, layers=1)
+    seed(src_registry, f"{repo_name}/b", rng, n=1, layers=1)
+    a, b = proxies(), proxies()
+    a.add(Fault("status", path=r"/manifests/", status=429, times=None))
+    refs = [f"{a.host}/{repo_name}/a0:v1", f"{a.host}/{repo_name}/a1:v1",
+            f"{b.host}/{repo_name}/b0:v1"]
+    out, rep = tmp_path / "b.tar", tmp_path / "r.json"
+    proc = run_mirror("pull", *refs, "-o", out, "--cache", tmp_path / "cache", "--report", rep,
+                      "--retries", "1")
+    assert proc.returncode == 14, proc.stderr
+    assert f"{refs[0]}: failed: rate limited by {a.host}: answered HTTP 429 TOOMANYREQUESTS: " \
+        "injected by faultproxy (HTTP 429) (after 2 tries); this image waits for the next run" \
+        in proc.stderr, proc.stderr
+    doc = report_of(rep)
+    assert sorted(doc["waiting"]) == refs[:2] and bundle_refs(out) == {refs[2]}, doc["waiting"]
+
+
 def test_a_tag_rule_whose_listing_the_budget_refuses_waits(
         src_registry: Registry, proxies, repo_name: str, rng: random.Random,
         tmp_path: Path) -> None:

@@ -179,11 +179,15 @@ class RegistryLimits:
             if after is None or after > self.max_wait:
                 raise self.exhausted(what, self.rate.line())
 
-    def hold(self, seconds: float, status: int) -> None:
-        """The registry asked for a pause (Retry-After) longer than the run waits: it is
-        left for the next run, as a window with no request left that resets too late."""
-        self.held = f"asked to wait {seconds:.0f} s (HTTP {status}), longer than " \
-            f"--max-wait {self.max_wait:g} s"
+    def hold(self, why: str) -> None:
+        """The registry will not answer this run (a Retry-After longer than the run waits,
+        429s through all of a request's tries): it is left for the next run, as a window with
+        no request left that resets too late."""
+        self.held = why
+
+    def hold_for(self, seconds: float, status: int) -> None:
+        self.hold(f"asked to wait {seconds:.0f} s (HTTP {status}), longer than "
+                  f"--max-wait {self.max_wait:g} s")
 
     def exhausted(self, what: str, why: str) -> BudgetSpent:
         return BudgetSpent(
