@@ -356,6 +356,28 @@ def test_a_429_storm_without_retry_after_leaves_that_registry_for_the_next_run(
     assert sorted(doc["waiting"]) == refs[:2] and bundle_refs(out) == {refs[2]}, doc["waiting"]
 
 
+def test_requests_waiting_for_a_slot_when_the_registry_is_left_are_refused_not_stuck(
+        src_registry: Registry, proxies, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """Ten of A's images, every manifest answered 429: the 429s halve A's limiter, so most
+    requests wait for a slot when A is left for the next run.
+    A request woken for a slot and then refused kept the slot's wake-up to itself, and the
+    requests behind it waited for ever (the run hung); each is now refused in turn: exit
+    14 at once, all ten named."""
+    seed(src_registry, f"{repo_name}/a", rng, n=10, layers=1)
+    a = proxies()
+    a.add(Fault("status", path=r"/manifests/", status=429, times=None))
+    refs = [f"{a.host}/{repo_name}/a{i}:v1" for i in range(10)]
+    items = "".join(f"  - {r}\n" for r in refs)
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text(f"version: 1\nimages:\n{items}")
+    rep = tmp_path / "r.json"
+    proc = run_mirror("pull", "-f", cfg, "-o", tmp_path / "b.tar", "--cache",
+                      tmp_path / "cache", "--report", rep, "--retries", "1", timeout=60)
+    assert proc.returncode == 14, proc.stderr
+    assert sorted(report_of(rep)["waiting"]) == refs
+
+
 def test_a_tag_rule_whose_listing_the_budget_refuses_waits(
         src_registry: Registry, proxies, repo_name: str, rng: random.Random,
         tmp_path: Path) -> None:

@@ -184,6 +184,9 @@ class RegistryLimits:
         429s through all of a request's tries): it is left for the next run, as a window with
         no request left that resets too late."""
         self.held = why
+        for fut in list(self._waiters):  # each request waiting for a slot is refused now
+            if not fut.done():
+                fut.set_result(None)
 
     def hold_for(self, seconds: float, status: int) -> None:
         self.hold(f"asked to wait {seconds:.0f} s (HTTP {status}), longer than "
@@ -208,7 +211,11 @@ class RegistryLimits:
             finally:
                 if fut in self._waiters:
                     self._waiters.remove(fut)
-        self.check(what)
+        try:
+            self.check(what)
+        except BudgetSpent:  # refused after a wake-up: the slot it was woken for is free
+            self._wake()
+            raise
         self.in_flight += 1
         if self.rate is not None and self.rate.remaining == 0:
             after = self.rate.resets_in() or 0.0
