@@ -16,6 +16,7 @@ hash is then recomputed from the file at the end.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import os
 import queue
 import threading
@@ -130,7 +131,9 @@ class Assembler:
             pos += n + size + len(_pad(size))
         self.size = pos + 1024
         self._lock = threading.Condition()
-        self._ranges: list[tuple[int, int]] = []  # written, not yet hashed
+        # written, not yet hashed: a heap, by start (sorting and merging them all on every
+        # piece took 9 s of CPU at 8,500 blobs)
+        self._ranges: list[tuple[int, int]] = []
         self._frontier = 0
         self._hashing = False  # someone is hashing at the frontier (a writer or the hasher)
         self._batches: dict[int, str] = {}  # download batch offset -> "written" | "passed"
@@ -240,7 +243,7 @@ class Assembler:
 
     def _readable(self, start: int, end: int) -> None:
         """(lock held) In the file, to be read back by the hasher."""
-        self._ranges.append((start, end))
+        heapq.heappush(self._ranges, (start, end))
         self._lock.notify_all()
 
     def _count(self, length: int) -> None:
@@ -284,19 +287,16 @@ class Assembler:
         a writer hashing at the frontier); None when closed. Called with the lock held."""
         while True:
             if not self._hashing:
-                self._ranges.sort()
-                merged: list[tuple[int, int]] = []
-                for a, b in self._ranges:
-                    if merged and a <= merged[-1][1]:
-                        merged[-1] = (merged[-1][0], max(merged[-1][1], b))
-                    else:
-                        merged.append((a, b))
-                while merged and merged[0][1] <= self._frontier:
-                    merged.pop(0)  # hashed already (from memory)
-                self._ranges = merged
-                if merged and merged[0][0] <= self._frontier:
+                r = self._ranges
+                while r and r[0][1] <= self._frontier:
+                    heapq.heappop(r)  # hashed already (from memory)
+                if r and r[0][0] <= self._frontier:
+                    end = heapq.heappop(r)[1]
+                    while r and r[0][0] <= end < self._frontier + _HASH_CHUNK:
+                        end = max(end, heapq.heappop(r)[1])  # a range that continues it
+                    heapq.heappush(r, (self._frontier, end))  # popped once hashed
                     self._hashing = True
-                    return self._frontier, min(merged[0][1], self._frontier + _HASH_CHUNK)
+                    return self._frontier, min(end, self._frontier + _HASH_CHUNK)
                 if self._closed or self._frontier >= self.size:
                     return None
             elif self._aborted:
