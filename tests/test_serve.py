@@ -335,6 +335,20 @@ def test_one_log_line_per_request_without_credentials(served):
     assert len(lines) == 1 and "/v2/x%0a2026" in lines[0] and " 404 19 B " in lines[0], lines
 
 
+def test_quiet_still_prints_the_url_and_no_request_lines(served, tmp_path):
+    """`-q` leaves out the request lines; the URL on stdout stays, since with
+    `--listen 127.0.0.1:0` it is the only way to learn the port."""
+    log = tmp_path / "log"
+    proc, url = start_serve(served.bundle, log, "-q")
+    try:
+        status, _, _ = http(f"{url}/v2/")
+        assert status == 200
+        time.sleep(0.3)
+    finally:
+        assert stop_serve(proc) == 143
+    assert "GET /v2/ " not in log.read_text()
+
+
 def test_a_client_that_goes_away_is_one_line(served):
     """A client that resets the connection in the middle of a blob: one log line saying so
     (no traceback), and the server goes on answering."""

@@ -39,8 +39,8 @@ async def serve_bundle(args: argparse.Namespace, progress: Progress, report: Rep
 
     def ready(url: str) -> None:
         report.add(url=url)
-        if not args.quiet:
-            print(url, flush=True)
+        # printed with -q too: with --listen ADDR:0 it is the only way to learn the port
+        print(url, flush=True)
         progress.info(f"serving {args.bundle} read-only at {url}/v2/: "
                       f"{len(catalog.repositories)} repositories, {catalog.tags} tag(s); "
                       "Ctrl-C stops")
