@@ -167,6 +167,21 @@ def test_text_file_is_not_a_tar(text: str, good: Good, dst_registry: Registry,
             proc.stdout
 
 
+def test_the_checksum_file_given_as_the_bundle_names_the_bundle(
+        good: Good, dst_registry: Registry) -> None:
+    """`mirror verify site.tar.sha256` (the file `sha256sum -c` takes) said `not a tar (nor a
+    .tar.zst) bundle` and nothing more; it now names the bundle to give instead."""
+    sums = Path(f"{good.bundle}.sha256")
+    assert sums.exists()
+    proc = run_mirror("verify", sums)
+    assert proc.returncode == EXIT["bundle"], proc.stdout + proc.stderr
+    error_line(proc)
+    assert f"hint: {sums} is the bundle's checksum: `mirror verify {good.bundle}`" \
+        in proc.stderr, proc.stderr
+    err = load_fails("bundle", sums, dst_registry, good)
+    assert "not a tar" in err
+
+
 def test_a_bundle_compressed_for_the_trip_is_named_so(good: Good, dst_registry: Registry,
                                                        tmp_path: Path) -> None:
     """A bundle gzip'ed (or xz'ed) to carry it: load and verify said `not a valid tar:

@@ -162,6 +162,18 @@ def resolve_links(links: dict[str, str], files: dict[str, Member], bundle: str
     return out
 
 
+def _checksum_hint(path: Path, bundle: str) -> str | None:
+    """What to give instead when `path` is a bundle's OUT.sha256 or OUT.parts.sha256 (the
+    file `sha256sum -c` takes) and the bundle is beside it."""
+    for suffix in (".parts.sha256", ".sha256"):
+        if bundle.endswith(suffix):
+            base = bundle[: -len(suffix)]
+            first = f"{base}.001" if suffix == ".parts.sha256" else base
+            if Path(first).exists():
+                return f"{bundle} is the bundle's checksum: `mirror verify {first}`"
+    return None
+
+
 def unreadable(path: Path, bundle: str, compressed: bool, e: BaseException,
                member: str | None = None) -> BundleError:
     """The one-line error for a tar or tar.zst that cannot be read: truncated (the data ends
@@ -185,7 +197,8 @@ def unreadable(path: Path, bundle: str, compressed: bool, e: BaseException,
     if start and not sniff.starts_as_tar(start):
         return BundleError(f"{bundle}: not a bundle: the zstd stream does not hold a tar"
                            if compressed else
-                           f"{bundle}: not a tar (nor a .tar.zst) bundle")
+                           f"{bundle}: not a tar (nor a .tar.zst) bundle",
+                           hint=None if compressed else _checksum_hint(path, bundle))
     if isinstance(e, EOFError) or str(e) in _TRUNCATED:
         where = f"of {member!r}" if member else "of the archive"
         return BundleError(f"{bundle}: truncated: the {kind} ends in the middle {where}",
