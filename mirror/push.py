@@ -2,6 +2,10 @@
 a half image. Its sources (a bundle for `mirror load`, the source registries or the cache for
 `mirror sync`) hand it the images and a BlobSource (or, read in one pass, a StreamSource).
 
+0. An image whose root the target already serves as its reference (the tag names the root's
+   digest: one HEAD) is there whole: a registry accepts a manifest only once the blobs it
+   names are there, an index (by default) only once its children are, and this push puts
+   children before parents. Its blobs and children are not asked about again.
 1. Blobs: HEAD each (repository, blob) at the target, so those present are skipped; a blob
    present in another repository of the target is mounted (POST ?mount=&from=), as are an
    incremental bundle's base blobs found elsewhere (the caller's `elsewhere`, which the
@@ -150,6 +154,7 @@ async def push(client: Client, registry: str, images: list[PushImage], source: S
     first cancels the upload sessions it left open, within a few seconds."""
     pusher = Pusher(client, registry, images, source, result, progress, jobs, merge)
     try:
+        await pusher.find_held()
         plan = await pusher.check_blobs(absent or {}, elsewhere)
         if plan.missing_base:
             missing = plan.missing_base
@@ -189,15 +194,37 @@ class Pusher:
         # (repository, fallback tag) -> the index it holds, as this push left it (or, in a
         # dry run, would leave it): read from the target once, then kept up to date here
         self.fallbacks: dict[tuple[str, str], RawManifest | None] = {}
+        self.held: set[int] = set()  # id() of the images the target serves whole already
+        self.not_there: set[tuple[str, str]] = set()  # (repository, root reference) asked
+
+    async def find_held(self) -> None:
+        """One HEAD of each image's reference (its tag, else its root's digest): where it
+        names the root's digest, the image is there with everything it references (step 0)."""
+        async def there(img: PushImage) -> bool:
+            async with self.sem:
+                return await _there(self.client, self.reg, img.repository,
+                                    img.tag or img.root.digest, img.root)
+
+        flags = await gather_or_cancel(there(i) for i in self.images)
+        self.held = {id(i) for i, ok in zip(self.images, flags, strict=True) if ok}
+        self.not_there = {(i.repository, i.tag or i.root.digest)
+                          for i, ok in zip(self.images, flags, strict=True) if not ok}
 
     # -- blobs -----------------------------------------------------------------------------
 
     async def check_blobs(self, absent: Mapping[str, str],
                           elsewhere: Elsewhere | None) -> BlobPlan:
         need: dict[str, dict[str, Descriptor]] = {}  # which blobs each repository needs
+        held: set[tuple[str, str]] = set()  # (repository, blob) of images there already
         for img in self.images:
             for d in img.blobs:
-                need.setdefault(img.repository, {})[d.digest] = d
+                if id(img) in self.held:
+                    held.add((img.repository, d.digest))
+                else:
+                    need.setdefault(img.repository, {})[d.digest] = d
+        # the report counts them present, as when each was asked about
+        self.result.blobs_present += len({(r, dg) for r, dg in held
+                                          if dg not in need.get(r, {})})
 
         async def present(repo: str, d: Descriptor) -> bool:
             async with self.sem:
@@ -209,6 +236,8 @@ class Pusher:
         for (repo, d), ok in zip(checks, flags, strict=True):
             if ok:
                 present_in.setdefault(d.digest, repo)
+        for repo, digest in sorted(held):  # an image there whole: its blobs can be mounted
+            present_in.setdefault(digest, repo)
         plan = BlobPlan()
         lost = {d.digest: d for (repo, d), ok in zip(checks, flags, strict=True)
                 if not ok and d.digest not in present_in and not self.source.carries(d.digest)
@@ -362,7 +391,10 @@ class Pusher:
         if (img.repository, ref) in self.done:
             return
         self.done.add((img.repository, ref))
-        action, m = await self.decide(img, ref, m, merge)
+        if id(img) in self.held:  # there whole: its tag and children asked about once
+            action = "present"
+        else:
+            action, m = await self.decide(img, ref, m, merge)
         if m is not img.root and ref == img.tag:  # merged: the tag gets another index
             await self._root_by_digest(img, dry_run)
         if action != "push":
@@ -399,7 +431,8 @@ class Pusher:
         tag holds (`_over` warns as it decides)."""
         client, reg, repo = self.client, self.reg, img.repository
         root = m is img.root
-        if await _there(client, reg, repo, ref, m):
+        asked = root and (repo, ref) in self.not_there  # by find_held: not there
+        if not asked and await _there(client, reg, repo, ref, m):
             return "present", m
         if root and img.tag is not None:
             m = await self._over(img, merge)

@@ -9,7 +9,8 @@ import json
 
 from tests.support import imagegen as ig
 from tests.support.oracle import mirror_ok, resolved
-from tests.support.pusher import push_image
+from tests.support.pusher import get_manifest, push_image
+from tests.support.referrers import push_sbom
 
 
 def manifest_requests(proxy, method: str) -> list[str]:
@@ -163,3 +164,63 @@ def test_the_lock_file_tells_a_cache_without_tag_records_what_each_tag_named(
     mirror_ok("pull", "-f", cfg, "-o", tmp_path / "b.tar", "--cache", cache)
     assert manifest_requests(proxy, "GET") == []
     assert manifest_requests(proxy, "HEAD") == [f"/v2/{repo_name}/manifests/1"]
+
+
+def test_a_warm_sync_asks_each_target_one_tag_head_per_image(
+        src_registry, dst_registry, faultproxy, repo_name, rng, tmp_path):
+    """A target whose tag already names the source's manifest digest holds the whole image
+    (a registry accepts a manifest only once what it references is there, an index only once
+    its children are): one HEAD of the tag there, no blob HEAD, no child's HEAD. A new
+    referrer of an unchanged image is still pushed."""
+    pa, pb = faultproxy(dst_registry.url), faultproxy(dst_registry.url)
+    index = None
+    for tag in ("1", "2"):
+        index = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)],
+                              "oci")
+        push_image(src_registry.url, repo_name, index, tags=[tag])
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text(f"images: [{src_registry.host}/{repo_name}:1, "
+                   f"{src_registry.host}/{repo_name}:2]\n")
+    sync = ("sync", "-f", cfg, "--to", f"{pa.host}/a", "--to", f"{pb.host}/b",
+            "--cache", tmp_path / "c", "-q")
+    mirror_ok(*sync)
+    for proxy in (pa, pb):
+        assert [p for p in proxy.paths("HEAD") if "/blobs/" in p]  # cold: blobs checked
+        proxy.reset_counters()
+    mirror_ok(*sync)
+    for proxy, top in ((pa, "a"), (pb, "b")):
+        asked = [p for p in proxy.paths() if p != "/v2/"]  # the ping aside
+        assert sorted(asked) == [f"/v2/{top}/{repo_name}/manifests/{t}"
+                                 for t in ("1", "2")], asked
+        assert not [p for p in proxy.paths("GET") if p != "/v2/"]
+        assert not proxy.paths("PUT") and not proxy.paths("POST")
+
+    assert index is not None
+    sbom = push_sbom(src_registry.url, repo_name, index.manifest)
+    for proxy in (pa, pb):
+        proxy.reset_counters()
+    mirror_ok(*sync)
+    for top in ("a", "b"):
+        got = get_manifest(dst_registry.url, f"{top}/{repo_name}", sbom.digest)
+        assert got == sbom.data or got[0] == sbom.data
+
+
+def test_a_load_rerun_asks_the_target_one_tag_head_per_image(
+        src_registry, dst_registry, faultproxy, repo_name, rng, tmp_path):
+    """`mirror load` of the same bundle again pushes through the same sink: one HEAD of each
+    tag, nothing more."""
+    refs = []
+    for tag in ("1", "2"):
+        index = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)],
+                              "oci")
+        push_image(src_registry.url, repo_name, index, tags=[tag])
+        refs.append(f"{src_registry.host}/{repo_name}:{tag}")
+    out = tmp_path / "b.tar"
+    mirror_ok("pull", *refs, "-o", out, "-q")
+    proxy = faultproxy(dst_registry.url)
+    mirror_ok("load", out, "--to", f"{proxy.host}/l", "-q")
+    proxy.reset_counters()
+    mirror_ok("load", out, "--to", f"{proxy.host}/l", "-q")
+    asked = [p for p in proxy.paths() if p != "/v2/"]
+    assert sorted(asked) == [f"/v2/l/{repo_name}/manifests/{t}" for t in ("1", "2")], asked
+    assert proxy.paths("HEAD") == asked or sorted(proxy.paths("HEAD")) == sorted(["/v2/", *asked])
