@@ -105,7 +105,12 @@ class Planner:
         # a registry's requests for this run are spent: the images that need none finish
         if not self.opts.keep_going and not isinstance(e, BudgetSpent):
             raise e
-        self.progress.warn(f"{self.specs[i].reference}: failed: {e}")
+        ref, msg = str(self.specs[i].reference), str(e)
+        rest = msg[len(ref):] if msg.startswith(ref) else ""
+        if rest[:1] in (":", " "):  # the error names its image first: once, not twice
+            self.progress.warn(f"{ref}: failed{rest}")
+        else:
+            self.progress.warn(f"{ref}: failed: {msg}")
 
     def resolved(self) -> list[tuple[int, Image]]:
         return [(i, p) for i, p in enumerate(self.plans) if p is not None]

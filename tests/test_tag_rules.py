@@ -341,6 +341,29 @@ def test_locked_with_a_manifest_gone_upstream_names_the_image_and_the_lock(
         proc.stderr, proc.stderr
 
 
+def test_locked_keep_going_names_the_image_once(src_registry, repo_name, rng, tmp_path):
+    """--locked --keep-going with a manifest gone upstream: the warning named the image twice
+    ('REF: failed: REF (locked at ...)'); an error that names its image already is said
+    once."""
+    from tests.support.pusher import _request
+
+    old = ig.make_image(rng, ig.AMD64, "oci")
+    push_image(src_registry.url, repo_name, old, tags=["1.0.0"])
+    push_image(src_registry.url, repo_name, ig.make_image(rng, ig.AMD64, "oci"), tags=["1.1.0"])
+    cfg = tmp_path / "images.yaml"
+    repo = f"{src_registry.host}/{repo_name}"
+    cfg.write_text(f"images:\n  - repository: {repo}\n    tags:\n      - semver: '*'\n")
+    mirror_ok("lock", "-f", cfg, "--cache", tmp_path / "c1", "--no-referrers")
+    status, _, _ = _request("DELETE", f"{src_registry.url}/v2/{repo_name}/manifests/{old.digest}")
+    assert status == 202
+    proc = run_mirror("pull", "-f", cfg, "--locked", "--keep-going", "--cache",
+                      tmp_path / "c2", "--no-referrers", "-o", tmp_path / "b.tar")
+    lines = [ln for ln in proc.stderr.splitlines() if old.digest in ln and "failed" in ln]
+    assert len(lines) == 1, proc.stderr
+    assert f"{repo}:1.0.0: failed (locked at {old.digest}, {cfg}:4): " in lines[0], lines
+    assert lines[0].count(f"{repo}:1.0.0") == 1, lines
+
+
 def test_tags_also_on_a_rule_choosing_several_tags_says_so(src_registry, repo_name, rng,
                                                            tmp_path):
     """`tags_also: [stable]` on a rule that chooses two tags puts both images on `stable`:
