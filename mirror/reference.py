@@ -45,6 +45,8 @@ def is_bare_tag(name: str) -> bool:
 def registry_problem(host: str) -> str | None:
     """What makes `host` (HOST[:PORT]) no registry address, or None: an empty host, a bad
     name, a port that is not 1-65535 (aiohttp would fail on the URL with a traceback)."""
+    if not host:
+        return "no registry host before the '/'"
     if not _HOST.match(host):
         return "bad registry" if host.partition(":")[0] else "no host before the port"
     port = host.rsplit("]", 1)[-1].rpartition(":")[2] if ":" in host.rsplit("]", 1)[-1] else ""

@@ -1448,3 +1448,15 @@ def test_bad_load_target(good: Good, dst_registry: Registry) -> None:
                f"{dst_registry.host}/mirror:latest", f"{dst_registry.host}/a/b:1.0"):
         err = fails("usage", "load", good.bundle, "--to", to)
         assert "--to" in err, err
+
+
+@pytest.mark.parametrize(("to", "said"), [
+    ("/other", "no registry host before the '/' ('')"),
+    (":5000/other", "no host before the port (':5000')"),
+])
+def test_a_target_without_a_host_says_which_part_is_missing(tmp_path, to, said):
+    """`--to /other` said 'no host before the port' though no port was given."""
+    (tmp_path / "images.yaml").write_text("images: [example.com/a:1]\n")
+    for args in (("sync", "-f", "images.yaml", "--to", to), ("load", "b.tar", "--to", to)):
+        err = fails("usage", *args, cwd=tmp_path)
+        assert f"invalid --to '{to}': {said}; expected HOST[:PORT][/PREFIX]" in err, err
