@@ -397,7 +397,9 @@ def _readme(maps: list[Mapping], cfg: ClientConfig, fallback: bool) -> str:
              "the mirror.", ""]
     lines += [f"  {m.source} -> {m.target}"
               + (f":{m.tag}" if m.tag else "")
-              + (f"@{m.source.digest}" if m.source.digest else "") for m in maps]
+              + (f"@{m.source.digest}" if m.source.digest else "")
+              + (f" (also tagged {', '.join(also)})" if also else "")
+              for m in maps for also in [[t for t in m.tags if t != m.tag]]]
     lines += ["", "Fallback to the source registries: "
               + ("yes (tried after the mirror)" if fallback else "no"), "", "Install:"]
     for key, how in _HOWTO.items():

@@ -352,6 +352,22 @@ def test_a_renamed_tag_is_said_to_be_out_of_the_clients_reach() -> None:
     assert "tag 7" in left[0].reason and "stable" in left[0].reason, left[0].reason
 
 
+def test_readme_lists_the_tags_tags_also_added() -> None:
+    """images.yaml `tags_also: [stable]`: README.txt's list named `ops/agent:1.0 -> ...:1.0`
+    alone, leaving out `stable`, which the target has as well."""
+    from mirror import clientconfig as cc
+
+    maps, left = cc.mappings([
+        ("docker.io/ops/agent:1.0", "site/ops/agent", "1.0"),
+        ("docker.io/ops/agent:1.0", "site/ops/agent", "stable"),
+        ("docker.io/ops/db:2", "site/ops/db", "2"),
+    ], "reg.local")
+    readme = cc.render(maps, cc.Access(), left_out=left).files[cc.README]
+    assert "  docker.io/ops/agent:1.0 -> reg.local/site/ops/agent:1.0 (also tagged stable)\n" \
+        in readme, readme
+    assert "  docker.io/ops/db:2 -> reg.local/site/ops/db:2\n" in readme, readme
+
+
 def test_an_image_pushed_under_another_tag_is_named_with_the_tag_it_has(
         src_registry: Registry, dst_registry: Registry, repo_name: str, tmp_path: Path) -> None:
     """images.yaml's tag_as: README.txt's list of names used to say `SRC:2 -> TARGET:2`, a
