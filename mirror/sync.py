@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mirror.config import ImageSpec
+from mirror.errors import BudgetSpent
 from mirror.fetch import Fetcher
 from mirror.image import Image
 from mirror.mapping import Target, check, place, unmatched
@@ -94,10 +95,28 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
     # every target in the report from here on: one not reached has null counts
     result.targets = [(target, PushResult(images=images)) for target, images in pushes]
     for target, done in result.targets:
-        await push(client, target.registry, done.images, source, done,
-                   progress, absent=absent, jobs=opts.jobs, dry_run=opts.dry_run,
-                   merge=opts.merge)
+        try:
+            await push(client, target.registry, done.images, source, done,
+                       progress, absent=absent, jobs=opts.jobs, dry_run=opts.dry_run,
+                       merge=opts.merge)
+        except BudgetSpent as e:  # the target's rate limit: its images wait, as a source's
+            for i in unfinished(planner.resolved(), target.registry, done):
+                planner.failed(i, e)
+            result.partial = True
     return result
+
+
+def unfinished(resolved: list[tuple[int, Image]], reg: str, done: PushResult) -> list[int]:
+    """The images (their index among the run's) a push that stopped left unfinished: a tag
+    (or, without one, the digest) not yet pushed, or, when it stopped among the referrers
+    (every image's tags are there), the images with referrers."""
+    there = set(done.tags) | set(done.pinned) | set(done.untagged)
+    left = {id(p.image) for p in done.images if p.referrer_of is None and
+            (f"{reg}/{p.repository}:{p.tag}" if p.tag else
+             f"{reg}/{p.repository}@{p.root.digest}") not in there}
+    if left:
+        return [i for i, plan in resolved if id(plan) in left]
+    return [i for i, plan in resolved if plan.referrers]
 
 
 class _Planner(Planner):

@@ -620,3 +620,32 @@ def test_max_concurrency_bounds_the_downloads_under_way(
     blobs = [(t0, t1) for t0, t1, m, p, st in a.spans if m == "GET" and "/blobs/" in p]
     assert len(blobs) >= 9, blobs  # 4 + 4 layers and the configs
     assert most_at_once(blobs) <= 2, most_at_once(blobs)
+
+
+def test_a_target_asking_for_too_long_a_wait_names_the_images_that_wait(
+        src_registry: Registry, dst_registry: Registry, proxies, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """A sync whose target A answers 429 with a Retry-After beyond --max-wait: exit 14 saying
+    'this image waits for the next run', but the report's `waiting` was empty and no image was
+    named; each image A did not get now waits as for a source (named on stderr, `waiting`),
+    and target B, after A, still gets them all."""
+    seed(src_registry, f"{repo_name}/s", rng, n=2, layers=1)
+    refs = [f"{src_registry.host}/{repo_name}/s{n}:v1" for n in range(2)]
+    a = proxies(dst_registry)
+    a.add(Fault("status", path=r"/manifests/", status=429, times=None,
+                headers={"Retry-After": "30"}))
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text("version: 1\nimages:\n" + "".join(f"  - {r}\n" for r in refs))
+    rep = tmp_path / "r.json"
+    proc = run_mirror("sync", "-f", cfg, "--to", f"{a.host}/a", "--to", f"{dst_registry.host}/b",
+                      "--report", rep, "--max-wait", "2", "--lock-file", tmp_path / "l.lock")
+    assert proc.returncode == 14, proc.stderr
+    for ref in refs:
+        assert f"{ref}: failed: rate limited by {a.host}: asked to wait 30 s (HTTP 429), " \
+            "longer than --max-wait 2 s; this image waits for the next run" in proc.stderr, \
+            proc.stderr
+    doc = report_of(rep)
+    assert sorted(doc["waiting"]) == refs and doc["exit_code"] == 14, doc
+    b = [t for t in doc["targets"] if t["target"].endswith("/b")][0]
+    assert sorted(b["tags"]) == sorted(f"{dst_registry.host}/b/{repo_name}/s{n}:v1"
+                                       for n in range(2)), doc["targets"]
