@@ -179,6 +179,23 @@ def traffic(transport) -> dict:
             "rate_limit": transport.rate_limit_report()}
 
 
+def starved(transport, specs, progress) -> None:
+    """A registry whose max_requests_per_run went before any blob could be fetched: its
+    images would wait every night, never getting further. One warning naming it, what the
+    budget went on, and a run's least need (what this one spent, and a blob GET per image)."""
+    for reg, lim in sorted(transport.limits.items()):
+        if lim.budget is None or lim.made < lim.budget or lim.counts.get("blob GET"):
+            continue
+        n = sum(1 for s in specs if s.reference.registry == reg)
+        if not n:
+            continue
+        went = ", ".join(f"{k} {v}" for k, v in sorted(lim.counts.items()))
+        progress.warn(f"{reg}: max_requests_per_run: {lim.budget} was spent before any image "
+                      f"could be fetched ({went}): a run of these {n} image(s) needs at least "
+                      f"{lim.made + n} requests (what this one spent resolving them, and a "
+                      "blob GET each); raise it, or the same images wait every run")
+
+
 def placement(result) -> list[dict] | None:
     """Per image, source -> target repository and tags (referrers left out)."""
     if result is None or not result.images:

@@ -20,6 +20,7 @@ from mirror.commands import (
     partial,
     pull_options,
     source_client,
+    starved,
     tag_rules,
     traffic,
     waiting_images,
@@ -133,6 +134,7 @@ async def run_pull(args: argparse.Namespace, progress, report: Report) -> int:
         raise
     finally:
         report.add(**traffic(transport))
+        starved(transport, specs, progress)
     report.add(**_pull_report(result))
     if not args.dry_run and result.bundle:
         lock = write_lock(args, result, report)

@@ -18,6 +18,7 @@ from mirror.commands import (
     push_report,
     push_summary,
     source_client,
+    starved,
     tag_rules,
     traffic,
     waiting_images,
@@ -87,6 +88,7 @@ async def run_sync(args: argparse.Namespace, progress, report: Report) -> int:
         raise
     finally:
         report.add(retries=transport.retries, **traffic(transport))
+        starved(transport, specs, progress)
     report.add(**_sync_report(result))
     for target, done in result.targets:
         if args.dry_run:

@@ -649,3 +649,26 @@ def test_a_target_asking_for_too_long_a_wait_names_the_images_that_wait(
     b = [t for t in doc["targets"] if t["target"].endswith("/b")][0]
     assert sorted(b["tags"]) == sorted(f"{dst_registry.host}/b/{repo_name}/s{n}:v1"
                                        for n in range(2)), doc["targets"]
+
+
+def test_a_budget_spent_before_any_image_could_be_fetched_says_so(
+        src_registry: Registry, proxies, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """max_requests_per_run: 4 on a registry of three images: the ping and the three
+    manifests spend it, no blob is fetched, and the same images wait every night. One
+    warning names the registry, says the budget went before any image could be fetched,
+    what it went on, and how many requests a run of these images needs at least."""
+    seed(src_registry, f"{repo_name}/a", rng, n=3, layers=1)
+    a = proxies()
+    refs = [f"{a.host}/{repo_name}/a{i}:v1" for i in range(3)]
+    cfg = budget_config(tmp_path / "images.yaml", a.host, 4, refs)
+    proc = run_mirror("pull", "-f", cfg, "-o", tmp_path / "b.tar", "--cache", tmp_path / "c",
+                      "--no-referrers")
+    assert proc.returncode == 14, proc.stderr
+    assert not [p for m, p, _ in a.requests if "/blobs/" in p]
+    lines = [ln for ln in proc.stderr.splitlines()
+             if "spent before any image could be fetched" in ln]
+    assert len(lines) == 1, proc.stderr
+    assert f"{a.host}: max_requests_per_run: 4 was spent before any image could be " \
+        "fetched" in lines[0], lines
+    assert "a run of these 3 image(s) needs at least 7 requests" in lines[0], lines
