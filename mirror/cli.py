@@ -287,7 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         if e.hint:
             print(f"  hint: {secrets.redact(e.hint)}", file=sys.stderr)
         return e.exit_code  # and no report: it could be the very file it would replace
-    report = Report(path, args.command)
+    # a command with an action (`cache prune`) is named whole, as it was typed
+    action = getattr(args, f"{args.command}_command", None)
+    report = Report(path, f"{args.command} {action}" if action else args.command)
     code, error = _run(args, report)
     try:
         report.write(code, error)

@@ -474,6 +474,7 @@ def test_dry_run_writes_nothing_and_prune_trims_the_cache(src_registry, repo_nam
     assert left == [img.images[0].config.digest.split(":")[1]], r.stdout
     doc = json.loads(report.read_text())  # (options after the action, as for the others)
     assert doc["exit_code"] == 0 and doc["blobs_removed"] >= 1 and r.stdout == ""
+    assert doc["command"] == "cache prune", doc["command"]
 
 
 @pytest.mark.parametrize("flag,value", [("--max-size", "-1"), ("--max-size", "-5G"),
