@@ -315,12 +315,9 @@ def test_a_repository_with_rules_is_listed_once_with_its_signatures(
     assert sig_tag in inventory, inventory
 
 
-def test_locked_with_a_manifest_gone_upstream_names_the_image_and_the_lock(
-        src_registry, repo_name, rng, tmp_path):
-    """--locked with a stale lock: a tag the rule recorded whose manifest the registry has
-    since deleted. The error named the repository and digest alone ('.../app: manifest
-    sha256:...: HTTP 404'); it now names the image, its images.yaml line, that the digest is
-    the lock's, and what to do (exit 5)."""
+def _stale_lock(src_registry, repo_name, rng, tmp_path):
+    """A rule's lock (1.0.0 and 1.1.0), then 1.0.0's manifest deleted upstream: the
+    images.yaml, the repository and the deleted image."""
     from tests.support.pusher import _request
 
     old = ig.make_image(rng, ig.AMD64, "oci")
@@ -332,6 +329,16 @@ def test_locked_with_a_manifest_gone_upstream_names_the_image_and_the_lock(
     mirror_ok("lock", "-f", cfg, "--cache", tmp_path / "c1", "--no-referrers")
     status, _, _ = _request("DELETE", f"{src_registry.url}/v2/{repo_name}/manifests/{old.digest}")
     assert status == 202
+    return cfg, repo, old
+
+
+def test_locked_with_a_manifest_gone_upstream_names_the_image_and_the_lock(
+        src_registry, repo_name, rng, tmp_path):
+    """--locked with a stale lock: a tag the rule recorded whose manifest the registry has
+    since deleted. The error named the repository and digest alone ('.../app: manifest
+    sha256:...: HTTP 404'); it now names the image, its images.yaml line, that the digest is
+    the lock's, and what to do (exit 5)."""
+    cfg, repo, old = _stale_lock(src_registry, repo_name, rng, tmp_path)
     proc = run_mirror("pull", "-f", cfg, "--locked", "--cache", tmp_path / "c2",
                       "--no-referrers", "-o", tmp_path / "b.tar")
     assert proc.returncode == 5, proc.stderr
@@ -345,17 +352,7 @@ def test_locked_keep_going_names_the_image_once(src_registry, repo_name, rng, tm
     """--locked --keep-going with a manifest gone upstream: the warning named the image twice
     ('REF: failed: REF (locked at ...)'); an error that names its image already is said
     once."""
-    from tests.support.pusher import _request
-
-    old = ig.make_image(rng, ig.AMD64, "oci")
-    push_image(src_registry.url, repo_name, old, tags=["1.0.0"])
-    push_image(src_registry.url, repo_name, ig.make_image(rng, ig.AMD64, "oci"), tags=["1.1.0"])
-    cfg = tmp_path / "images.yaml"
-    repo = f"{src_registry.host}/{repo_name}"
-    cfg.write_text(f"images:\n  - repository: {repo}\n    tags:\n      - semver: '*'\n")
-    mirror_ok("lock", "-f", cfg, "--cache", tmp_path / "c1", "--no-referrers")
-    status, _, _ = _request("DELETE", f"{src_registry.url}/v2/{repo_name}/manifests/{old.digest}")
-    assert status == 202
+    cfg, repo, old = _stale_lock(src_registry, repo_name, rng, tmp_path)
     proc = run_mirror("pull", "-f", cfg, "--locked", "--keep-going", "--cache",
                       tmp_path / "c2", "--no-referrers", "-o", tmp_path / "b.tar")
     lines = [ln for ln in proc.stderr.splitlines() if old.digest in ln and "failed" in ln]
