@@ -140,11 +140,9 @@ def as_given(specs: list[ImageSpec], report: Report) -> None:
     """Each image of the run as given (a tag rule by its repository) in the report, with the
     run's error should it stop before planning them (at its tag rules: an error, a signal);
     the run's own entries replace them once it has them."""
-    from dataclasses import asdict
-
     from mirror.planning import ImageResult
 
-    entries = [asdict(ImageResult(str(s.reference), s.where)) for s in specs]
+    entries = [ImageResult(str(s.reference), s.where).entry() for s in specs]
     report.add(images=entries)
     report.cut_short(entries)
 

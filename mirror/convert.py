@@ -68,7 +68,7 @@ def is_image(raw: RawManifest) -> bool:
 
 def _new(body: dict[str, Any], media_type: str) -> RawManifest:
     raw = RawManifest(dump_json(body), media_type)
-    raw.__dict__["parsed"] = body
+    raw._views_from(body)
     return raw
 
 

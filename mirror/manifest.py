@@ -7,6 +7,7 @@ A RawManifest keeps the exact bytes received; its digest is computed from them. 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from mirror.platform import Platform
 
 NO_ANNOTATIONS: Mapping[str, str] = MappingProxyType({})  # one for every descriptor with none
 MAX_MANIFEST_BYTES = 8 * 1024 * 1024  # regclient's bound; distribution's own limit is 4 MiB
+_SHA256_DIGEST = re.compile(r"sha256:[a-f0-9]{64}").fullmatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +44,11 @@ class Descriptor:
         size = d.get("size")
         if not isinstance(digest, str):
             raise IntegrityError(f"{where}: descriptor has no digest")
-        try:
-            Digest.parse(digest)
-        except IntegrityError as e:
-            raise IntegrityError(f"{where}: {e}") from None
+        if not _SHA256_DIGEST(digest):  # nearly every digest; the rest are parsed
+            try:
+                Digest.parse(digest)
+            except IntegrityError as e:
+                raise IntegrityError(f"{where}: {e}") from None
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise IntegrityError(f"{where}: descriptor {digest} has no valid size")
         urls = d.get("urls") or ()
@@ -96,8 +99,12 @@ class RawManifest:
     media_type: str
 
     @classmethod
-    def from_bytes(cls, data: bytes, content_type: str = "", where: str = "manifest") -> RawManifest:
-        """Parse enough to classify; raise UnsupportedContent for schema 1 or non-JSON."""
+    def from_bytes(cls, data: bytes, content_type: str = "", where: str = "manifest",
+                   digest: str | None = None) -> RawManifest:
+        """Parse enough to classify; raise UnsupportedContent for schema 1 or non-JSON.
+        `digest`: the bytes' digest, when the caller has just checked it (not hashed again).
+        The views are read from this one parse (a descriptor that is not valid raises
+        where its view is read, as before)."""
         if len(data) > MAX_MANIFEST_BYTES:
             raise UnsupportedContent(f"{where}: manifest larger than {MAX_MANIFEST_BYTES} bytes")
         try:
@@ -114,8 +121,23 @@ class RawManifest:
                 "schema 2, or pin a schema 2 digest",
             )
         raw = cls(data, media_type)
-        raw.__dict__["declared_artifact_type"] = body.get("artifactType")
+        if digest is not None and digest.startswith("sha256:"):  # what `digest` would say
+            raw.__dict__["digest"] = digest
+        raw._views_from(body)
         return raw
+
+    def _views_from(self, body: dict[str, Any]) -> None:
+        """Every view at once from a parse in hand: a manifest is read by all of them
+        (planning, the layout, manifest.json), and each parsing the bytes again cost a
+        warm rerun a JSON parse per view. On an error they are left to be read lazily."""
+        views = self.__dict__
+        views["declared_artifact_type"] = body.get("artifactType")
+        try:
+            made = {"_children": _children_of(self, body), "config": _config_of(self, body),
+                    "_layers": _layers_of(self, body), "subject": _subject_of(self, body)}
+        except IntegrityError:
+            return
+        views.update(made)
 
     @property
     def parsed(self) -> dict[str, Any]:
@@ -159,19 +181,11 @@ class RawManifest:
 
     @cached_property
     def _children(self) -> tuple[Descriptor, ...]:
-        if not self.is_index:
-            return ()
-        items = self.parsed.get("manifests")
-        if not isinstance(items, list):
-            raise IntegrityError(f"index {self.digest} has no manifests list")
-        return tuple(Descriptor.from_dict(d, f"index {self.digest}") for d in items)
+        return _children_of(self, None)
 
     @cached_property
     def config(self) -> Descriptor | None:
-        cfg = self.parsed.get("config")
-        if self.is_index or cfg is None:
-            return None
-        return Descriptor.from_dict(cfg, f"manifest {self.digest} config")
+        return _config_of(self, None)
 
     @property
     def layers(self) -> list[Descriptor]:
@@ -179,15 +193,11 @@ class RawManifest:
 
     @cached_property
     def _layers(self) -> tuple[Descriptor, ...]:
-        if self.is_index:
-            return ()
-        items = self.parsed.get("layers") or []
-        return tuple(Descriptor.from_dict(d, f"manifest {self.digest} layer") for d in items)
+        return _layers_of(self, None)
 
     @cached_property
     def subject(self) -> Descriptor | None:
-        s = self.parsed.get("subject")
-        return Descriptor.from_dict(s, f"manifest {self.digest} subject") if s else None
+        return _subject_of(self, None)
 
     @property
     def artifact_type(self) -> str | None:
@@ -207,6 +217,35 @@ class RawManifest:
             if d.digest not in seen:
                 seen.add(d.digest)
                 yield d
+
+
+def _children_of(raw: RawManifest, body: dict[str, Any] | None) -> tuple[Descriptor, ...]:
+    """Index entries (none for an image manifest); `body`: the parse in hand, else parsed."""
+    if not raw.is_index:
+        return ()
+    items = (raw.parsed if body is None else body).get("manifests")
+    if not isinstance(items, list):
+        raise IntegrityError(f"index {raw.digest} has no manifests list")
+    return tuple(Descriptor.from_dict(d, f"index {raw.digest}") for d in items)
+
+
+def _config_of(raw: RawManifest, body: dict[str, Any] | None) -> Descriptor | None:
+    if raw.is_index:
+        return None
+    cfg = (raw.parsed if body is None else body).get("config")
+    return None if cfg is None else Descriptor.from_dict(cfg, f"manifest {raw.digest} config")
+
+
+def _layers_of(raw: RawManifest, body: dict[str, Any] | None) -> tuple[Descriptor, ...]:
+    if raw.is_index:
+        return ()
+    items = (raw.parsed if body is None else body).get("layers") or []
+    return tuple(Descriptor.from_dict(d, f"manifest {raw.digest} layer") for d in items)
+
+
+def _subject_of(raw: RawManifest, body: dict[str, Any] | None) -> Descriptor | None:
+    s = (raw.parsed if body is None else body).get("subject")
+    return Descriptor.from_dict(s, f"manifest {raw.digest} subject") if s else None
 
 
 def dump_json(obj: Any) -> bytes:

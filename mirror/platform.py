@@ -28,6 +28,7 @@ _ARCH_ALIASES = {
     "armel": ("arm", "v6"),
 }
 _PART = re.compile(r"^[a-z0-9._-]+$")
+_SEEN: dict[tuple[str, str, str, str], Platform] = {}  # Platform.from_dict's answers
 
 
 def _norm(os_: str, arch: str, variant: str) -> tuple[str, str, str]:
@@ -91,11 +92,14 @@ class Platform:
     def from_dict(cls, d: Mapping[str, object] | None) -> Platform | None:
         if not isinstance(d, Mapping):
             return None
-        os_, arch, variant = _norm(
-            str(d.get("os", "") or ""), str(d.get("architecture", "") or ""),
-            str(d.get("variant", "") or ""),
-        )
-        return cls(os_, arch, variant, str(d.get("os.version", "") or ""))
+        key = (str(d.get("os", "") or ""), str(d.get("architecture", "") or ""),
+               str(d.get("variant", "") or ""), str(d.get("os.version", "") or ""))
+        known = _SEEN.get(key)
+        if known is None:  # thousands of index entries name a handful of platforms: one each
+            known = cls(*_norm(*key[:3]), key[3])
+            if len(_SEEN) < 1024:
+                _SEEN[key] = known
+        return known
 
     @property
     def is_unknown(self) -> bool:

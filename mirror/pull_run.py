@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 
 from mirror.bundle.volumes import parse_size
@@ -66,7 +65,7 @@ def _pull_report(result) -> dict:
             "bytes_fetched": result.bytes_fetched, "bytes_reused": result.bytes_reused,
             "bytes_kept": result.bytes_kept, "blobs_fetched": result.blobs_fetched,
             "blobs_reused": result.blobs_reused,
-            "retries": result.retries, "images": [asdict(r) for r in result.images],
+            "retries": result.retries, "images": [r.entry() for r in result.images],
             "waiting": waiting_images(result.images)}
 
 

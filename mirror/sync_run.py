@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from dataclasses import asdict
 from pathlib import Path
 
 from mirror.commands import (
@@ -35,7 +34,7 @@ def _sync_report(result) -> dict:
     says; the same keys whether or not the sync got going."""
     if result is None or not result.planned:
         return {"partial": False, "images": [], "waiting": [], "targets": []}
-    return {"partial": result.partial, "images": [asdict(r) for r in result.images],
+    return {"partial": result.partial, "images": [r.entry() for r in result.images],
             "waiting": waiting_images(result.images),
             "targets": [{"target": f"{t.registry}/{t.prefix}".rstrip("/"),
                          **push_report(done), "would_push": done.dry_run,

@@ -98,18 +98,21 @@ class Client(Uploads):
                                                registry, repo)
         ctype = headers.get("Content-Type", "")
         # the bytes are checked before they are parsed: wrong bytes are an integrity error
+        checked: str | None = None  # the digest the bytes were checked against
         try:
             if ":" in ref:
                 check_bytes(data, ref, expected.size if expected else None, where)
+                checked = ref
             elif expected is not None:
                 check_bytes(data, expected.digest, expected.size, where)
+                checked = expected.digest
         except IntegrityError:
             # A signed schema 1 manifest's digest is not the sha256 of the bytes served (the
             # registry signs it anew on every GET, REFERENCE.md 1.2): say schema 1, exit 9,
             # not "digest mismatch"; anything else that does not match is what it is.
             RawManifest.from_bytes(data, ctype, where=where)
             raise
-        raw = RawManifest.from_bytes(data, ctype, where=where)
+        raw = RawManifest.from_bytes(data, ctype, where=where, digest=checked)
         if self.manifests is not None:
             self.manifests.put(raw.digest, raw.data)
             if ":" not in ref:
@@ -124,6 +127,7 @@ class Client(Uploads):
         that is stored too. None: ask with a GET (the tag is new to the store, moved to a
         manifest not seen yet, gone, or the HEAD gave no digest)."""
         if ":" in ref:
+            digest = ref
             data = store.get(ref)
             if data is None or (expected is not None and expected.size != len(data)):
                 return None
@@ -134,18 +138,22 @@ class Client(Uploads):
             if data is None:
                 return None
         else:
-            if store.tag(registry, repo, ref) is None:
+            known = store.tag(registry, repo, ref)
+            if known is None:
                 return None
             head = await self.head_manifest(registry, repo, ref)
             if head is None or not head.digest:
                 return None
-            data = store.get(head.digest)
+            digest = head.digest
+            data = store.get(digest)
             if data is None:
                 return None
-            store.remember(registry, repo, ref, head.digest)
+            if known != digest:
+                store.remember(registry, repo, ref, digest)
             ctype = head.media_type
-            self._asked[(registry, repo, ref)] = (head.digest, ctype)
-        return RawManifest.from_bytes(data, ctype, where=where)
+            self._asked[(registry, repo, ref)] = (digest, ctype)
+        # the store checked the bytes against `digest` as it read them
+        return RawManifest.from_bytes(data, ctype, where=where, digest=digest)
 
     async def head_manifest(self, registry: str, repo: str, ref: str) -> ManifestHead | None:
         """HEAD (not counted by Docker Hub's pull limit); None when absent."""
