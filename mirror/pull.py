@@ -24,7 +24,7 @@ from mirror.aio import bounded, cancel_all, gather_or_cancel
 from mirror.bundle.assembler import Assembler
 from mirror.bundle.contents import bundle_layout, write_plans
 from mirror.bundle.dockersave import left_out
-from mirror.bundle.writer import tar_size, unchanged
+from mirror.bundle.writer import Prehash, tar_size, unchanged
 from mirror.config import ImageSpec
 from mirror.errors import BudgetSpent, MirrorError
 from mirror.fetch import Fetcher
@@ -207,6 +207,10 @@ class _Run(Planner):
     async def go(self) -> PullResult:
         opts, f = self.opts, self.fetcher
         order: list[str] | None = None
+        # the bundle already there is hashed while the images are planned: when they are
+        # what it holds, the rerun need not read it after (mirror.bundle.writer.unchanged)
+        prehash = Prehash.start(opts.output) if opts.output is not None and not (
+            opts.compress or opts.volume_size or opts.dry_run) else None
         try:
             await self.plan()
             if opts.dry_run:
@@ -219,9 +223,11 @@ class _Run(Planner):
                 there = await asyncio.get_running_loop().run_in_executor(  # hashes the file
                     _IO_POOL, unchanged, opts.output, lay.index, lay.inventory,
                     tar_size(lay.index, lay.inventory, lay.manifests, lay.blobs, lay.docker),
-                    lay.docker, opts.volume_size)
+                    lay.docker, opts.volume_size, prehash)
                 if there:
                     return self.unchanged(there)
+                if prehash is not None:  # the file will be replaced: no need to read on
+                    prehash.stop()
                 self.in_layout = {i for i, _ in self.resolved()}
                 f.assembler = Assembler(opts.output, index_json=lay.index,
                                         inventory_json=lay.inventory, manifests=lay.manifests,
@@ -251,6 +257,9 @@ class _Run(Planner):
         except BaseException:
             await cancel_all([*f.tasks.values(), *f.placing.values()])
             raise
+        finally:
+            if prehash is not None:
+                prehash.stop()
         result = self.result()
         if opts.output is not None:
             result.bundle, result.bundle_digest, result.unchanged = opts.output, digest, same

@@ -631,3 +631,32 @@ def test_a_header_size_is_the_size_of_the_header_written(name: str, size: int) -
     from mirror.bundle.writer import _header, _header_size
 
     assert _header_size(name, size) == len(_header(name, size))
+
+
+def test_a_prehash_stands_only_for_the_file_it_read(tmp_path: Path) -> None:
+    """The bundle hashed while a run plans (mirror.bundle.writer.Prehash): its digest is the
+    file's, and None once the file changed after the read (same size, mtime put back: the
+    ctime still tells), so `unchanged` hashes it again rather than trust an old answer."""
+    import os
+
+    from mirror.bundle.writer import Prehash
+    from mirror.store.blobs import sha256_file
+
+    out = tmp_path / "b.tar"
+    out.write_bytes(os.urandom(9 << 20))
+    assert Prehash.start(out) is None  # no .sha256 beside it: nothing to compare with
+    out.with_name("b.tar.sha256").write_text("0" * 64 + "  b.tar\n")
+    p = Prehash.start(out)
+    assert p is not None and p.digest() == sha256_file(out)
+    p = Prehash.start(out)
+    assert p is not None and p.digest() is not None
+    st = out.stat()
+    data = bytearray(out.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    out.write_bytes(bytes(data))
+    os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert p.digest() is None
+    stopped = Prehash.start(out)
+    assert stopped is not None
+    stopped.stop()
+    assert stopped.digest() in (None, sha256_file(out))  # never another file's digest

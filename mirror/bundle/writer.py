@@ -162,15 +162,69 @@ def tar_size(index_json: bytes, inventory_json: bytes, manifests: list[tuple[str
     return total + 1024
 
 
+class Prehash:
+    """The sha256 of the bundle already at the output, read in a thread while the run
+    plans, for `unchanged`: a nightly run with nothing new finds it ready instead of reading
+    the whole file once planning is done. `stop()` ends the read (the run writes a new
+    bundle, or is stopping). The digest stands only for the file it read: same inode, size,
+    mtime and ctime when asked as before and after the read."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self._stop = threading.Event()
+        from mirror.store.blobs import _IO_POOL
+
+        self._future = _IO_POOL.submit(self._read)
+
+    @classmethod
+    def start(cls, out: Path) -> Prehash | None:
+        """Reading only a plain bundle with its .sha256 beside it (what `unchanged` hashes)."""
+        if not (out.is_file() and out.with_name(out.name + ".sha256").is_file()):
+            return None
+        return cls(out)
+
+    def _read(self) -> tuple[tuple[int, ...], str] | None:
+        try:
+            before = _identity(self.out)
+            h = hashlib.sha256()
+            with open(self.out, "rb") as f:
+                while chunk := f.read(4 << 20):
+                    if self._stop.is_set():
+                        return None
+                    h.update(chunk)
+            return (before, "sha256:" + h.hexdigest()) if _identity(self.out) == before \
+                else None
+        except OSError:
+            return None
+
+    def digest(self) -> str | None:
+        """The file's sha256 (waits for the read), or None: stopped, unreadable, or the file
+        changed since."""
+        try:
+            got = self._future.result()
+            return got[1] if got is not None and _identity(self.out) == got[0] else None
+        except OSError:
+            return None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _identity(path: Path) -> tuple[int, ...]:
+    st = os.stat(path)
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 def unchanged(out: Path, index_json: bytes, inventory_json: bytes, size: int | None,
-              docker_json: bytes | None = None, volume_size: int | None = None) -> str | None:
+              docker_json: bytes | None = None, volume_size: int | None = None,
+              prehash: Prehash | None = None) -> str | None:
     """The digest of an existing bundle at `out` that already holds exactly this content
     (same index.json, inventory and manifest.json, which pin every blob by digest and size;
     same size for a plain tar; the same parts, for `volume_size`) and is undamaged (the file
     hashes to its `.sha256`; each part to its sha256 in the sidecar), else None. Lets a
     nightly run with nothing new skip rewriting gigabytes; reading them once is the price of
     never calling a damaged bundle unchanged (a byte changed in place keeps size and
-    mtime)."""
+    mtime). `prehash`: the file's sha256 read while the run planned."""
 
     side = out.with_name(out.name + ".sha256")
     try:
@@ -184,7 +238,8 @@ def unchanged(out: Path, index_json: bytes, inventory_json: bytes, size: int | N
             if not _same_head(raw, size, head_files(index_json, inventory_json, docker_json)):
                 return None
         if vs is None:
-            return "sha256:" + digest if sha256_file(out) == "sha256:" + digest else None
+            got = (prehash.digest() if prehash is not None else None) or sha256_file(out)
+            return "sha256:" + digest if got == "sha256:" + digest else None
         if volumes.problems(vs, hashes=True):
             return None
         volumes.restore_sums(vs)  # the sidecar is right: the sha256sum file follows it
