@@ -513,3 +513,31 @@ def test_a_pull_removes_no_bundle_named_like_a_part(src_registry, repo_name, rng
     pull(tmp_path / "site.tar", refs, tmp_path / "cache", "-q", "--volume-size", "128k")
     assert kept.read_bytes() == before
     mirror_ok("verify", kept)
+
+
+def test_a_first_part_alone_is_said_to_be_one_part_of_a_set(src_registry, repo_name, rng,
+                                                             tmp_path):
+    """A set's first part copied alone under another name (renamed.001: no other part, no
+    sidecar, no .sha256 beside it): verify, load and inspect said 'truncated: the tar ends
+    in the middle of the archive', as if a bundle were cut short; they say it is one part of
+    a set without its other parts and sidecar, and what to give instead (exit 10)."""
+    refs = seed(src_registry, repo_name, rng, n=1)
+    pull(tmp_path / "site.tar", refs, tmp_path / "cache", "-q", "--volume-size", "128k")
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for name in ("renamed.001", "site.tar.001"):
+        shutil.copy(tmp_path / "site.tar.001", alone / name)
+        base = name.rsplit(".", 1)[0]
+        for cmd in (["verify"], ["load", "--to", "127.0.0.1:9", "-q"], ["inspect"]):
+            res = run_mirror(cmd[0], alone / name, *cmd[1:])
+            assert res.returncode == 10, (cmd, res.stderr)
+            said = res.stdout + error_line(res)  # verify's problems go to stdout
+            assert "truncated" not in said and "one part of a set" in said, (cmd, said)
+            assert f"{base}.volumes.json" in said, (cmd, said)
+            assert "  hint: give the set's first part with every part and its sidecar " \
+                   "beside it" in res.stderr, (cmd, res.stderr)
+    # a bundle really cut short, named as no part is, is still 'truncated'
+    cut = alone / "cut.tar"
+    cut.write_bytes((tmp_path / "site.tar.001").read_bytes())
+    res = run_mirror("verify", cut)
+    assert res.returncode == 10 and "truncated" in res.stdout, res.stdout + res.stderr

@@ -19,7 +19,7 @@ import zstandard
 from mirror.bundle import sniff
 from mirror.bundle.layout import Inventory
 from mirror.bundle.trailer import first_nonzero, zstd_frames_problem
-from mirror.bundle.volumes import find, open_read
+from mirror.bundle.volumes import find, lone_part, open_read
 from mirror.errors import BundleError
 from mirror.manifest import RawManifest
 
@@ -136,8 +136,7 @@ def index_tar(path: Path, bundle: str, links: dict[str, str],
     with opener() as f:
         for m in members.values():
             if m.offset is not None and m.offset + m.size > f.seek(0, 2):
-                raise BundleError(f"{bundle}: truncated: the tar ends in the middle "
-                                  f"of {m.name!r}")
+                raise truncated(path, bundle, f"the tar ends in the middle of {m.name!r}")
         f.seek(end)
         junk = first_nonzero(f, end)
         if junk is not None:
@@ -174,6 +173,19 @@ def _checksum_hint(path: Path, bundle: str) -> str | None:
     return None
 
 
+def truncated(path: Path, bundle: str, what: str) -> BundleError:
+    """A bundle whose data ends too soon: cut short (copy it again), or, named as a part
+    (`site.tar.001`) with nothing of its set beside it, one part of a set."""
+    side = lone_part(path)
+    if side is None:
+        return BundleError(f"{bundle}: truncated: {what}", hint="copy the bundle again")
+    return BundleError(
+        f"{bundle}: {what}: named as one part of a set (`mirror pull --volume-size`), with "
+        f"no other part and no {side.name} beside it",
+        hint="give the set's first part with every part and its sidecar beside it, named "
+        "as the pull wrote them (the sidecar lists the names)")
+
+
 def unreadable(path: Path, bundle: str, compressed: bool, e: BaseException,
                member: str | None = None) -> BundleError:
     """The one-line error for a tar or tar.zst that cannot be read: truncated (the data ends
@@ -201,8 +213,7 @@ def unreadable(path: Path, bundle: str, compressed: bool, e: BaseException,
                            hint=None if compressed else _checksum_hint(path, bundle))
     if isinstance(e, EOFError) or str(e) in _TRUNCATED:
         where = f"of {member!r}" if member else "of the archive"
-        return BundleError(f"{bundle}: truncated: the {kind} ends in the middle {where}",
-                           hint="copy the bundle again")
+        return truncated(path, bundle, f"the {kind} ends in the middle {where}")
     inner = "not a tar inside the zstd stream" if compressed else "not a valid tar"
     return BundleError(f"{bundle}: {inner}: {e}")
 

@@ -30,6 +30,7 @@ from mirror.bundle.members import (
     blob_digest,
     index_tar,
     resolve_links,
+    truncated,
 )
 from mirror.bundle.through import Tap, Tapped, Window
 from mirror.bundle.zstdstream import StreamScan, Visit, is_zstd, iter_stream
@@ -164,8 +165,8 @@ class Bundle:
             while left > 0:
                 data = f.read(min(CHUNK, left))
                 if not data:
-                    raise BundleError(f"{self.name}: truncated: the tar ends in the middle "
-                                      f"of blob {digest}")
+                    raise truncated(self.path, self.name,
+                                    f"the tar ends in the middle of blob {digest}")
                 left -= len(data)
                 yield data
 

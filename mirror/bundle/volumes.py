@@ -115,6 +115,17 @@ def base_of(path: Path) -> Path | None:
     return None
 
 
+def lone_part(path: Path) -> Path | None:
+    """The sidecar a file named like a set's part (`NAME.NNN`) would need when it is all
+    there is of the set: no other part, no sidecar and no .sha256 of its own beside it
+    (base_of takes it for a plain file, which a bundle cut short would be too); None
+    otherwise. Said when it reads as a bundle cut short: a part alone is one."""
+    m = _PART.search(path.name)
+    if m is None or _own_bundle(path) or base_of(path) is not None:
+        return None
+    return sidecar_path(path.with_name(path.name[: m.start()]))
+
+
 def _own_bundle(path: Path) -> bool:
     """A file named like a part that is a bundle of its own: it has its own .sha256, which
     `mirror pull` writes beside every bundle file and never beside a part."""
