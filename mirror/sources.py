@@ -45,7 +45,9 @@ class RegistrySource:
 
     def _bodies(self, registry: str) -> contextlib.AbstractAsyncContextManager[Any]:
         """A registry that sets `max_concurrency` has at most that many of its blobs
-        streaming at once (the limiter holds a request's slot only until its answer starts)."""
+        streaming at once (the limiter holds a request's slot only until its answer starts).
+        A stream holds its place until it ends or is closed: an upload closes its body
+        whatever fails (mirror.registry.upload.aclose), not leaving it to the collector."""
         n = self.client.t.limits_for(registry).bodies
         if not n:
             return contextlib.nullcontext()

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from mirror.errors import RegistryError
 from mirror.registry.client import Client
 from mirror.registry.transport import RetryPolicy, Transport
 from tests.support import imagegen as ig
@@ -816,3 +817,34 @@ def test_cross_repository_mount(src_registry: Registry, dst_registry: Registry, 
     check_loaded(dst_registry, f"m/{repo_name}/a", a)
     check_loaded(dst_registry, f"m/{repo_name}/b", b)
 
+
+
+@pytest.mark.parametrize("size", [12 << 20, 17 << 20], ids=["put", "patch"])
+async def test_a_failed_upload_closes_its_body(dst_registry, recproxy, repo_name, size) -> None:
+    """The target answers a blob's upload (its one PUT up to 16 MiB, its PATCH above) with
+    HTTP 500 while the body is still being sent: the body's stream (in a sync, a download
+    from the source holding one of its `max_concurrency` slots) was left suspended, closed
+    only when the garbage collector finalised it; upload_blob now closes every body it
+    opened before it raises, whichever request failed."""
+    from mirror.manifest import Descriptor
+
+    data = random.Random(size).randbytes(size)
+    desc = Descriptor("application/octet-stream", ig.sha256_digest(data), size)
+    proxy = recproxy(dst_registry.url)
+    proxy.add(Fault("status", method="PUT" if size < 16 << 20 else "PATCH",
+                    path="/blobs/uploads/", status=500, times=None, delay=0.5))
+    bodies = []  # held here: none can be finalised by the collector
+
+    def body(offset: int):
+        async def chunks():
+            for i in range(offset, size, 1 << 20):
+                yield data[i:i + (1 << 20)]
+        bodies.append(chunks())
+        return bodies[-1]
+
+    async with Transport(policy=RetryPolicy(tries=2, base_delay=0.01)) as t:
+        with pytest.raises(RegistryError) as e:
+            await Client(t).upload_blob(proxy.host, repo_name, desc, body, seekable=True)
+    assert e.value.status == 500
+    assert len(bodies) >= 2  # one per try (and per resumed PATCH)
+    assert all(b.ag_frame is None for b in bodies), "a body left open"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -21,8 +23,8 @@ from aiohttp import web
 
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault, FaultProxy
-from tests.support.oracle import check_layout, run_mirror
-from tests.support.pusher import push_image
+from tests.support.oracle import ROOT, check_layout, mirror_env, run, run_mirror
+from tests.support.pusher import get_manifest, push_image
 from tests.support.registry import Registry
 
 
@@ -672,3 +674,36 @@ def test_a_budget_spent_before_any_image_could_be_fetched_says_so(
     assert f"{a.host}: max_requests_per_run: 4 was spent before any image could be " \
         "fetched" in lines[0], lines
     assert "a run of these 3 image(s) needs at least 7 requests" in lines[0], lines
+
+
+def test_a_failed_upload_gives_back_its_source_slot_without_the_gc(
+        src_registry: Registry, dst_registry: Registry, proxies, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """`max_concurrency: 1` on the source of a sync: a blob's stream holds the source's one
+    download slot. Target A refuses the upload of a 17 MiB layer (one PATCH) with a 429 and
+    a Retry-After beyond --max-wait: its images wait and target B is pushed to; B's upload
+    of that layer waited for the slot A's abandoned stream held, which came back only when
+    the garbage collector finalised the stream: under `gc.disable()` the sync hung. An
+    upload closes its body itself: B gets the image, exit 14 (A's images wait)."""
+    img = ig.make_image(rng, ig.AMD64, "oci", n_layers=1, layer_size=17 << 20)
+    push_image(src_registry.url, f"{repo_name}/s0", img, ["v1"])
+    src = proxies()
+    a = proxies(dst_registry)
+    patch = a.add(Fault("status", method="PATCH", path=r"/blobs/uploads/", status=429,
+                        times=None, headers={"Retry-After": "30"}, delay=0.5))
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text(f"version: 1\nregistries:\n  {src.host}:\n    max_concurrency: 1\n"
+                   f"images:\n  - {src.host}/{repo_name}/s0:v1\n")
+    cmd = [sys.executable, "-c", "import gc, runpy; gc.disable(); "
+           "runpy.run_module('mirror', run_name='__main__', alter_sys=True)",
+           "sync", "-f", cfg, "--to", f"{a.host}/a", "--to", f"{dst_registry.host}/b",
+           "--max-wait", "2", "--lock-file", tmp_path / "l.lock", "-q"]
+    try:
+        proc = run(cmd, timeout=60, cwd=ROOT, env=mirror_env())
+    except subprocess.TimeoutExpired:
+        pytest.fail("the sync hung: A's failed upload kept the source's one slot")
+    print(proc.stderr)
+    assert proc.returncode == 14, proc.stderr
+    assert patch.hits >= 1
+    assert get_manifest(dst_registry.url, f"b/{repo_name}/s0", "v1")[2][
+        "Docker-Content-Digest"] == img.digest

@@ -108,7 +108,12 @@ class Uploads:
                 location = await self._start_upload(registry, repo)
             try:
                 if desc.size <= MONOLITHIC_MAX:
-                    await self._put_final(registry, repo, location, desc, body(0), desc.size)
+                    chunks = body(0)
+                    try:
+                        await self._put_final(registry, repo, location, desc, chunks,
+                                              desc.size)
+                    finally:  # a PUT that failed mid-body left it suspended: close it now
+                        await aclose(chunks)
                 else:
                     await self._patched(registry, repo, location, desc, body, seekable)
                 self.bytes_uploaded += desc.size
@@ -186,9 +191,16 @@ class Uploads:
         its session is then invalid, and upload_blob opens a new one). A registry that
         refuses so large a body (413, seekable or not) gets UPLOAD_CHUNK PATCHes from then
         on, in order, each waiting for its answer."""
+        stream = _Stream(body(0))
+        try:
+            await self._patch(registry, repo, location, desc, body, seekable, stream)
+        finally:  # whatever failed, the body (the last one opened) is closed now
+            await stream.close()
+
+    async def _patch(self, registry: str, repo: str, location: str, desc: Descriptor,
+                     body: BodyFactory, seekable: bool, stream: _Stream) -> None:
         offset = 0
         chunk_size = self._chunk_size(registry, desc.size)
-        stream = _Stream(body(0))
         failures = 0
         while offset < desc.size:
             n = min(chunk_size, desc.size - offset)
@@ -217,8 +229,7 @@ class Uploads:
                     await self.t.backoff("PATCH", location, str(e), failures)
                 # where did the registry get to? resume from there with a fresh stream
                 location, offset = await self._upload_status(registry, repo, location)
-                await stream.close()
-                stream = _Stream(body(offset))
+                await stream.reopen(body(offset))
                 continue
             async with resp:
                 location = self._opened(registry, repo, self._location(resp), location)
@@ -227,7 +238,7 @@ class Uploads:
                 self._min_chunk[registry] = int(min_len)
                 chunk_size = self._chunk_size(registry, desc.size)
             offset += n
-        await stream.close()
+        await stream.close()  # before the closing PUT: a source's slot is not held over it
         await self._close(registry, repo, location, desc)
 
     async def _close(self, registry: str, repo: str, location: str, desc: Descriptor
@@ -285,6 +296,19 @@ def restartable(e: RegistryError) -> bool:
     return e.status is None or e.status in (401, 404, 408, 416, 429) or e.status >= 500
 
 
+async def aclose(chunks: AsyncIterator[bytes]) -> None:
+    """Close a body now (a generator left suspended is otherwise closed only when the
+    garbage collector finalises it): a sync's source stream holds one of its registry's
+    `max_concurrency` download slots (mirror.sources) until it is closed. Closing twice,
+    or a body that is no generator, is harmless; its own error on closing is not ours."""
+    close = getattr(chunks, "aclose", None)
+    if close is not None:
+        try:
+            await close()
+        except Exception:
+            pass
+
+
 class _Stream:
     """An async byte stream that can be cut into exact-length pieces (upload chunks)."""
 
@@ -293,12 +317,12 @@ class _Stream:
         self._carry = b""
 
     async def close(self) -> None:
-        aclose = getattr(self._it, "aclose", None)
-        if aclose is not None:
-            try:
-                await aclose()
-            except Exception:
-                pass
+        await aclose(self._it)
+
+    async def reopen(self, chunks: AsyncIterator[bytes]) -> None:
+        """The stream from another body (a resumed upload's, from its offset)."""
+        await self.close()
+        self._it, self._carry = chunks, b""
 
     async def take(self, n: int) -> AsyncIterator[bytes]:
         left = n

@@ -12,6 +12,8 @@ bodies both ways, no decompression); `Location` headers naming the upstream are 
 the proxy. Each request is handled by the first active fault that matches it, if any:
 
     status        answer `status` + `headers` + a JSON `errors` body; upstream never sees it
+                  (after `delay` seconds when given, the request's body unread meanwhile: a
+                  registry that answers an upload while the client is still sending)
     reset_after   forward, abort the connection (TCP RST) after `offset` body bytes
     truncate      forward with the full Content-Length, send `offset` bytes, then close
     short         forward the first `offset` bytes as the whole answer, with a Content-Length
@@ -243,6 +245,8 @@ class FaultProxy:
         method, path = request.method, request.path
         fault = self._pick(method, request.raw_path)
         if fault is not None and fault.kind == "status":
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
             body = fault.error_body()
             self._record(method, path, fault.status, 0 if method == "HEAD" else len(body))
             headers = {"Content-Type": "application/json", **fault.headers}
