@@ -175,13 +175,17 @@ def _renamed(tags: dict[str, list[str]]) -> list[LeftOut]:
 
 
 def render(maps: list[Mapping], access: Access, *, fallback: bool = True,
-           left_out: Iterable[LeftOut] = ()) -> ClientConfig:
+           left_out: Iterable[LeftOut] = (),
+           sources: dict[str, Access] | None = None) -> ClientConfig:
     """Every client's files for `maps`; what a client cannot express goes to `left_out`
-    (after those given: images `mappings` could not map)."""
+    (after those given: images `mappings` could not map). `sources`: how the run reached
+    each source registry (a sync; a load never does: https, as the clients' default), for
+    the fallback to it."""
     cfg = ClientConfig(left_out=list(left_out))
     repos = _by_repository(maps, cfg)
-    _containerd(repos, access, fallback, cfg)
-    _k3s(repos, access, fallback, cfg)
+    upstream = sources or {}
+    _containerd(repos, access, fallback, cfg, upstream)
+    _k3s(repos, access, fallback, cfg, upstream)
     if access.auth and repos:
         cfg.notes.append(f"{repos[0].registry} asks for credentials, which these files do not "
                          "carry: k3s/RKE2 configs.HOST.auth, Kubernetes image pull secrets "
@@ -191,8 +195,8 @@ def render(maps: list[Mapping], access: Access, *, fallback: bool = True,
         cfg.notes.append(f"containerd, k3s: the CA is named by its path here, "
                          f"{os.path.abspath(access.ca_file)}: put it at that path on every "
                          "node")
-    _containers(repos, access, fallback, cfg)
-    _openshift(repos, maps, access, fallback, cfg)
+    _containers(repos, access, fallback, cfg, upstream)
+    _openshift(repos, maps, access, fallback, cfg, upstream)
     _docker(repos, access, fallback, cfg)
     cfg.files[README] = _readme(maps, cfg, fallback)
     return cfg
@@ -233,8 +237,25 @@ def _q(text: str) -> str:
     return json.dumps(text)
 
 
+def _tls(access: Access) -> list[str]:
+    """containerd's settings for reaching a host as mirror reached it."""
+    out = ["skip_verify = true"] if access.skip_verify else []
+    if access.ca_file:
+        out.append(f"ca = {_q(os.path.abspath(access.ca_file))}")
+    return out
+
+
+def _plain(sources: dict[str, Access], fallback: bool, repos: list[Mapping]) -> list[str]:
+    """The source registries the fallback reaches without verified TLS (plain HTTP, or
+    --insecure-registry), as the run reached them."""
+    if not fallback:
+        return []
+    return sorted({m.source.registry for m in repos
+                   if sources.get(m.source.registry, Access()).insecure})
+
+
 def _containerd(repos: list[Mapping], access: Access, fallback: bool,
-                cfg: ClientConfig) -> None:
+                cfg: ClientConfig, sources: dict[str, Access]) -> None:
     for registry, ms in _per_registry(repos).items():
         prefix = next((m.prefix for m in ms if m.prefix is not None), None)
         for m in ms:
@@ -250,22 +271,22 @@ def _containerd(repos: list[Mapping], access: Access, fallback: bool,
         settings = ['capabilities = ["pull", "resolve"]']
         if prefix:
             settings.append("override_path = true")
-        if access.skip_verify:
-            settings.append("skip_verify = true")
-        if access.ca_file:
-            settings.append(f"ca = {_q(os.path.abspath(access.ca_file))}")
+        settings += _tls(access)
         head = [f"# written by mirror: {registry}/* is pulled from {ms[0].registry}/"
                 + (f"{prefix}/*" if prefix else "*")]
         host = ["", f"[host.{_q(url)}]", *("  " + s for s in settings)]
-        if fallback:
-            body = [*head, f"server = {_q('https://' + api_host(registry))}", *host]
+        if fallback:  # the source as the run reached it (a load never does: https)
+            src = sources.get(registry, Access())
+            body = [*head, f"server = {_q(f'{src.scheme}://' + api_host(registry))}",
+                    *_tls(src), *host]
         else:  # containerd 1.6 wants a [host] table even then: the mirror, twice
             body = [*head, "# no fallback: the mirror is the server too, the upstream is "
                     "never asked", f"server = {_q(url)}", *settings, *host]
         cfg.files[f"{CONTAINERD_DIR}/{registry}/hosts.toml"] = "\n".join(body) + "\n"
 
 
-def _k3s(repos: list[Mapping], access: Access, fallback: bool, cfg: ClientConfig) -> None:
+def _k3s(repos: list[Mapping], access: Access, fallback: bool, cfg: ClientConfig,
+         sources: dict[str, Access]) -> None:
     mirrors: dict[str, dict] = {}
     for registry, ms in _per_registry(repos).items():
         entry: dict = {"endpoint": [f"{access.scheme}://{ms[0].registry}"]}
@@ -288,6 +309,11 @@ def _k3s(repos: list[Mapping], access: Access, fallback: bool, cfg: ClientConfig
         tls["ca_file"] = os.path.abspath(access.ca_file)
     if tls:
         doc["configs"] = {repos[0].registry: {"tls": tls}}
+    for registry in _plain(sources, fallback, repos):
+        cfg.notes.append(f"k3s: the fallback to {registry} (reached without verified TLS) "
+                         f"is k3s's default endpoint, https://{registry}, which "
+                         "registries.yaml cannot change: the mirror is used, the fallback "
+                         "fails")
     head = "# written by mirror: /etc/rancher/k3s/registries.yaml (RKE2: /etc/rancher/rke2/)\n"
     if not fallback:
         head += ("# no fallback: start k3s/rke2 with --disable-default-registry-endpoint "
@@ -296,18 +322,21 @@ def _k3s(repos: list[Mapping], access: Access, fallback: bool, cfg: ClientConfig
 
 
 def _containers(repos: list[Mapping], access: Access, fallback: bool,
-                cfg: ClientConfig) -> None:
+                cfg: ClientConfig, sources: dict[str, Access]) -> None:
     if not repos:
         return
     lines = ["# written by mirror: /etc/containers/registries.conf.d/ (registries.conf "
              "version 2)"]
     if not fallback:
         lines.append("# no fallback: each location is the mirror, the source is never asked")
+    plain = set(_plain(sources, fallback, repos))
     for m in repos:
         lines += ["", "[[registry]]", f"prefix = {_q(m.source.name)}"]
-        if fallback:
-            lines += [f"location = {_q(m.source.name)}", "", "[[registry.mirror]]",
-                      f"location = {_q(m.target)}"]
+        if fallback:  # `insecure` before the mirror's table is the source's own
+            lines.append(f"location = {_q(m.source.name)}")
+            if m.source.registry in plain:
+                lines.append("insecure = true")
+            lines += ["", "[[registry.mirror]]", f"location = {_q(m.target)}"]
         else:
             lines.append(f"location = {_q(m.target)}")
         if access.insecure:
@@ -320,7 +349,7 @@ def _containers(repos: list[Mapping], access: Access, fallback: bool,
 
 
 def _openshift(repos: list[Mapping], maps: list[Mapping], access: Access, fallback: bool,
-               cfg: ClientConfig) -> None:
+               cfg: ClientConfig, sources: dict[str, Access]) -> None:
     if not repos:
         return
     tagged = {m.source.name for m in maps if m.source.tag}
@@ -343,11 +372,13 @@ def _openshift(repos: list[Mapping], maps: list[Mapping], access: Access, fallba
                    "metadata": {"name": name}, "spec": {key: entries(ms)}}
             cfg.files[path] = "# written by mirror: oc apply -f\n" + yaml.safe_dump(
                 doc, sort_keys=False)
-    if access.insecure:
-        cfg.notes.append(f"openshift: add {repos[0].registry} to "
+    insecure = [repos[0].registry] if access.insecure else []
+    insecure += _plain(sources, fallback, repos)
+    if insecure:
+        cfg.notes.append(f"openshift: add {', '.join(insecure)} to "
                          "image.config.openshift.io/cluster spec.registrySources."
                          "insecureRegistries (the mirror sets cannot say it)")
-    elif access.ca_file:
+    if access.ca_file and not access.insecure:
         cfg.notes.append(f"openshift: give {os.path.abspath(access.ca_file)} to "
                          "image.config.openshift.io/cluster spec.additionalTrustedCA")
 

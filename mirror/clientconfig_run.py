@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Iterable
 from pathlib import Path
 
 from mirror import clientconfig
@@ -59,14 +60,23 @@ def check_flags(args: argparse.Namespace, targets: int) -> None:
     check_dir(args.write_client_config, "--write-client-config")
 
 
+async def sources_of(t: Transport, registries: Iterable[str]
+                     ) -> dict[str, clientconfig.Access]:
+    """How a sync reached each of its source registries: the clients' fallback."""
+    return {r: await access_of(t, r) for r in sorted(set(registries))}
+
+
 def write_for(directory: Path, images: list[PushImage], target: Target,
-              access: clientconfig.Access, no_fallback: bool, progress, report: Report) -> None:
+              access: clientconfig.Access, no_fallback: bool, progress, report: Report,
+              sources: dict[str, clientconfig.Access] | None = None) -> None:
     """The clients' configuration for the images pushed to `target` (load's naming): files
-    written, and each mapping a client cannot express on a line of its own."""
+    written, and each mapping a client cannot express on a line of its own. `sources`: how
+    a sync reached the source registries (a load never does: the fallback says https)."""
     maps, left = clientconfig.mappings(
         [(None if i.unnamed else i.name, i.repository, i.tag) for i in images
          if i.referrer_of is None], target.registry)
-    cfg = clientconfig.render(maps, access, fallback=not no_fallback, left_out=left)
+    cfg = clientconfig.render(maps, access, fallback=not no_fallback, left_out=left,
+                              sources=sources)
     paths = clientconfig.write(directory, cfg)
     for x in cfg.left_out:
         progress.info(f"client config: {x.line()}")

@@ -44,7 +44,7 @@ def _sync_report(result) -> dict:
 
 async def run_sync(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.artifacts import parse_types
-    from mirror.clientconfig_run import access_of, check_flags, write_for
+    from mirror.clientconfig_run import access_of, check_flags, sources_of, write_for
     from mirror.store.blobs import BlobStore
     from mirror.store.lock import RunLock
     from mirror.sync import SyncOptions, SyncResult, sync
@@ -77,6 +77,8 @@ async def run_sync(args: argparse.Namespace, progress, report: Report) -> int:
                 await sync(client, specs, targets, opts, progress, result, blobs)
                 access = await access_of(t, targets[0].registry) \
                     if args.write_client_config else None
+                sources = await sources_of(t, (s.reference.registry for s in specs)) \
+                    if args.write_client_config else None
     except BaseException:  # the images the sync did not finish carry its error
         fields = _sync_report(result)
         if not result.planned:  # stopped before (its tag rules): the images as given
@@ -101,7 +103,7 @@ async def run_sync(args: argparse.Namespace, progress, report: Report) -> int:
     if access is not None:  # for the images synced (--keep-going: those that resolved)
         target, done = result.targets[0]
         write_for(args.write_client_config, done.images, target, access, args.no_fallback,
-                  progress, report)
+                  progress, report, sources)
     if not args.dry_run:
         lock = write_lock(args, result, report)
         if lock:

@@ -459,3 +459,38 @@ def test_sync_names_the_ca_its_images_yaml_gives_for_the_target(
     assert host["host"][f"https://{t}/v2/{PREFIX}"]["ca"] == str(target.ca_path), host
     assert yaml.safe_load((out / "k3s/registries.yaml").read_text())["configs"] == {
         t: {"tls": {"ca_file": str(target.ca_path)}}}
+
+
+@pytest.mark.slow
+def test_the_fallback_is_the_source_as_the_sync_reached_it(
+        src_registry: Registry, repo_name: str, tmp_path: Path) -> None:
+    """A sync from a plain-HTTP source (127.0.0.1:PORT, as mirror reached it): the files'
+    fallback named it https://, so with the mirror down containerd's `server` and Podman's
+    primary location failed; they say http (containerd) and insecure (Podman), and both
+    pull the source name through the fallback once the target is gone."""
+    img = ig.make_image(random.Random(164), ig.AMD64)
+    digest = push_image(src_registry.url, f"{repo_name}/app", img, ["1"])
+    src, name = src_registry.host, f"{src_registry.host}/{repo_name}/app:1"
+    out = tmp_path / "cfg"
+    with Registry() as target:
+        mirror_ok("sync", name, "--to", f"{target.host}/{PREFIX}", "--lock-file",
+                  tmp_path / "s.lock", "--write-client-config", out, "-q")
+    # the mirror is down from here on: only the fallback can answer
+    hosts = tomllib.loads((out / f"containerd/certs.d/{src}/hosts.toml").read_text())
+    assert hosts["server"] == f"http://{src}", hosts
+    conf = tomllib.loads((out / "containers/registries.conf.d/50-mirror.conf").read_text())
+    [entry] = conf["registry"]
+    assert entry["location"] == f"{src}/{repo_name}/app" and entry["insecure"] is True, entry
+    with Containerd(tmp_path / "ctrd") as c:
+        c.ctr("images", "pull", "--snapshotter", "native", "--hosts-dir",
+              out / "containerd/certs.d", name)
+        assert c.images()[name]["digest"] == digest
+    p = Podman(tmp_path / "podman")
+    try:
+        conf_file = p.root / "registries.conf"
+        conf_file.write_text(conf_file.read_text() + (
+            out / "containers/registries.conf.d/50-mirror.conf").read_text())
+        p.cli("pull", "-q", name)
+        assert p.image(name)["Digest"] == digest
+    finally:
+        p.stop()
