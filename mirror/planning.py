@@ -166,6 +166,10 @@ class Planner:
         for key, value in report_fields(plan).items():  # the lock file's entry too
             setattr(res, key, value)
         self.plans[i] = plan
+        self.planned(i, plan)
+
+    def planned(self, i: int, plan: Image) -> None:
+        """Image `i` is resolved (a pull may start its downloads: mirror.prefetch)."""
 
     def check_targets(self) -> None:
         """`mirror load` pushes an image to PREFIX/<repository>:<tag> (mirror.mapping.place,

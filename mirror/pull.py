@@ -4,6 +4,9 @@ First every image is resolved (mirror.planning, shared with `mirror sync`: manif
 platform selection, conversion, referrers), so the bundle's layout is known; then every blob
 is fetched once into the content-addressed store (shared across images, platforms and runs),
 verified on the way in, and teed into the bundle being assembled (mirror.bundle.assembler).
+While resolving waits on a registry (a 429's Retry-After, a back-off), the blobs of the images
+resolved so far are downloaded into the store meanwhile (mirror.prefetch) and copied into the
+bundle once it is laid out.
 A .tar.zst is written from the store in one pass at the end (mirror.bundle.contents). With
 `keep_going`, an image that fails is reported and left out (the bundle is marked partial); otherwise the first failure stops the run. What was
 downloaded stays in the store either way, so the next run does not fetch it again.
@@ -31,6 +34,7 @@ from mirror.fetch import Fetcher
 from mirror.image import Image, ImageSet
 from mirror.manifest import Descriptor
 from mirror.planning import ImageResult, Planner
+from mirror.prefetch import Prefetch
 from mirror.progress import NullProgress, Progress
 from mirror.registry.client import Client
 from mirror.registry.policy import RETRY_COUNTER
@@ -105,6 +109,7 @@ class _Run(Planner):
         super().__init__(client, specs, opts, progress)
         self.store, self.opts = store, opts
         self.fetcher = Fetcher(client, store, opts.jobs, progress)
+        self.prefetch = Prefetch(self.fetcher, PLACING)
         self.in_layout: set[int] = set()  # the images the assembling bundle was laid out for
         self.accounted: set[int] = set()  # images whose bytes are counted (_account)
         # digest -> size of each blob found in the cache: the run's bytes_reused counts a
@@ -186,14 +191,43 @@ class _Run(Planner):
                 users.pop(digest)  # only failed images wanted it (--keep-going)
                 return None
             i, d = first[digest]
-            ctx = contextvars.copy_context()
-            ctx.run(RETRY_COUNTER.set, self.retry_counts[i])  # retries count for image i
             ref = self.specs[i].reference
-            return self.fetcher.place(ref.registry, ref.repository, d, i, context=ctx)
+            return self.fetcher.place(ref.registry, ref.repository, d, i,
+                                      context=self.context(i))
 
         await gather_or_cancel(
             bounded(((d, functools.partial(start, d)) for d in digests), PLACING, placed)
             for digests in lanes.values())
+
+    def context(self, i: int) -> contextvars.Context:
+        """Where image `i`'s downloads run: their retries count for it."""
+        ctx = contextvars.copy_context()
+        ctx.run(RETRY_COUNTER.set, self.retry_counts[i])
+        return ctx
+
+    async def plan_and_prefetch(self) -> None:
+        """Planning; once a request of it waits (a 429's Retry-After, a back-off), the blobs
+        of the images planned so far, and of each planned after, start downloading into the
+        cache (mirror.prefetch): one registry's storm does not hold another's downloads."""
+        watch = None if self.opts.dry_run else asyncio.ensure_future(self.prefetch_when_held())
+        try:
+            await self.plan()
+        finally:
+            self.prefetch.stop()
+            if watch is not None:
+                await cancel_all([watch])
+
+    async def prefetch_when_held(self) -> None:
+        await self.client.t.stalled.wait()
+        self.prefetch.on = True
+        for i, plan in self.resolved():
+            self.planned(i, plan)
+
+    def planned(self, i: int, plan: Image) -> None:
+        if self.prefetch.on:
+            ref = self.specs[i].reference
+            self.prefetch.add(ref.registry, ref.repository, self.need(plan), i,
+                              self.context(i))
 
     def fetched_all(self, i: int, plan: Image) -> None:
         self.results[i].seconds = round(time.monotonic() - self.t0, 3)
@@ -212,7 +246,7 @@ class _Run(Planner):
         prehash = Prehash.start(opts.output) if opts.output is not None and not (
             opts.compress or opts.volume_size or opts.dry_run) else None
         try:
-            await self.plan()
+            await self.plan_and_prefetch()
             if opts.dry_run:
                 return self.dry_run()
             # the bar's total (and so its ETA): every blob the bundle needs, counted once
@@ -225,6 +259,7 @@ class _Run(Planner):
                     tar_size(lay.index, lay.inventory, lay.manifests, lay.blobs, lay.docker),
                     lay.docker, opts.volume_size, prehash)
                 if there:
+                    await cancel_all([*f.tasks.values()])  # any started early: not needed
                     return self.unchanged(there)
                 if prehash is not None:  # the file will be replaced: no need to read on
                     prehash.stop()

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault, FaultProxy
-from tests.support.oracle import ROOT, check_layout, mirror_env, run, run_mirror
+from tests.support.oracle import ROOT, check_layout, mirror_env, run, run_mirror, skopeo_copy_ok
 from tests.support.pusher import get_manifest, push_image
 from tests.support.registry import Registry
 
@@ -537,6 +537,42 @@ def test_a_429_storm_on_one_registrys_manifests_does_not_hold_anothers_resolutio
     assert max(resolving) - storm < 1.0, (max(resolving) - storm)
     retried = [t0 for t0, _, m, p, st in a.spans if "/manifests/" in p and st == 200]
     assert retried and min(retried) - storm >= 1.9, (min(retried) - storm)
+
+
+def test_a_429_storm_on_one_registrys_manifests_does_not_hold_anothers_downloads(
+        src_registry: Registry, proxies, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """Registry A answers its images' first manifest requests with 429 (Retry-After: 3):
+    while A's images wait to be resolved, the blobs of B's images, resolved already, are
+    downloaded (into the cache), each once, all before A's storm ends, instead of waiting for
+    every image to be planned; the bundle is still exactly right (skopeo copies an image of
+    each registry out of it) and the report counts every blob as fetched, none reused."""
+    seed(src_registry, f"{repo_name}/a", rng, n=3, layers=2)
+    on_b = seed(src_registry, f"{repo_name}/b", rng, n=3, layers=2)
+    a, b = proxies(), proxies()
+    a.add(Fault("status", path="/manifests/", status=429, times=3,
+                headers={"Retry-After": "3"}))
+    refs = [f"{p.host}/{repo_name}/{x}{i}:v1" for p, x in ((a, "a"), (b, "b"))
+            for i in range(3)]
+    out, rep = tmp_path / "b.tar", tmp_path / "r.json"
+    proc = run_mirror("pull", *refs, "-o", out, "--cache", tmp_path / "cache", "-q",
+                      "--report", rep)
+    assert proc.returncode == 0, proc.stderr
+    storm = min(t0 for t0, _, m, p, st in a.spans if st == 429)
+    over = min(t0 for t0, _, m, p, st in a.spans if "/manifests/" in p and st == 200)
+    assert over - storm >= 2.9, (over - storm)
+    b_blobs = [(p, t1) for _, t1, m, p, st in b.spans if m == "GET" and "/blobs/" in p]
+    wanted = {f"/v2/{repo_name}/b{i}/blobs/{d}" for i, img in enumerate(on_b)
+              for d in [img.config.digest, *(x.digest for x in img.layers)]}
+    assert sorted(p for p, _ in b_blobs) == sorted(wanted), b_blobs
+    assert max(t for _, t in b_blobs) < over, [t - over for _, t in b_blobs]
+    check_layout(out)
+    assert bundle_refs(out) == set(refs)
+    for n, ref in enumerate((refs[0], refs[3])):
+        skopeo_copy_ok(out, ref, tmp_path / f"copy{n}")
+    doc = report_of(rep)
+    assert (doc["blobs_fetched"], doc["blobs_reused"], doc["bytes_reused"]) == (18, 0, 0), doc
+    assert doc["bytes_fetched"] == sum(x["bytes_fetched"] for x in doc["images"]) > 0
 
 
 def most_at_once(spans: list[tuple[float, float]]) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import yarl
@@ -154,6 +154,7 @@ class RegistryLimits:
     counts: dict[str, int] = field(default_factory=dict)
     rate: RateLimit | None = None
     held: str | None = None  # why the run sends it nothing more (hold)
+    stalled: Callable[[], None] | None = None  # called when a request waits for it
     _waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -203,6 +204,8 @@ class RegistryLimits:
         window resets when the registry said none is left (refused when it resets later
         than `max_wait`)."""
         self.check(what)
+        if self.stalled is not None and self.in_flight >= self.cap < self.ceiling:
+            self.stalled()  # waiting because 429s (or errors) slowed it
         while self.in_flight >= self.cap:
             fut = asyncio.get_running_loop().create_future()
             self._waiters.append(fut)
@@ -220,6 +223,8 @@ class RegistryLimits:
         if self.rate is not None and self.rate.remaining == 0:
             after = self.rate.resets_in() or 0.0
             if after > 0:
+                if self.stalled is not None:
+                    self.stalled()
                 await asyncio.sleep(after)
 
     def release(self, status: int | None) -> None:

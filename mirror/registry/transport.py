@@ -127,6 +127,10 @@ class Transport:
         `config_file`: the YAML file the command reads (`-f env.yaml`), so hints may point
         into it by its name (None: `mirror load` and `inspect` read none)."""
         self.config_file = config_file
+        # set once a request of the run waits to be tried again (a back-off, a Retry-After)
+        # or for a slot of a limiter that 429s slowed: a pull then starts the downloads of
+        # the images it has planned instead of waiting for the rest (mirror.prefetch)
+        self.stalled = asyncio.Event()
         self.debug = debug or _quiet
         self.notice = notice or _quiet
         self.settings = settings or {}
@@ -185,7 +189,7 @@ class Transport:
             self.limits[registry] = RegistryLimits(
                 registry, s.max_concurrency or self.per_host, s.max_requests_per_run,
                 self.policy.max_retry_after, small=s.max_concurrency or SMALL_REQUESTS,
-                bodies=s.max_concurrency)
+                bodies=s.max_concurrency, stalled=self.stalled.set)
         return self.limits[registry]
 
     @property
@@ -328,6 +332,7 @@ class Transport:
             delay = retry_after if retry_after is not None else self.policy.delay(attempt)
         self.count_retry()
         self.log_retry(method, url, why, attempt, delay)
+        self.stalled.set()
         if status == 429 or (status == 503 and retry_after is not None):
             if self.gate(url).pause(delay) and retry_after is not None:
                 self.announce_wait(url, delay, status)

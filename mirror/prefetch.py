@@ -1,0 +1,59 @@
+"""Downloads started before a pull's bundle is laid out: while planning is held up (a
+registry answers 429 with Retry-After, a back-off, a limiter that 429s slowed: the
+transport's `stalled`), the blobs of the images already planned go into the cache
+(Fetcher.fetch: each digest once per run, verified, resumable), so one registry's storm does
+not hold another's downloads. Once the layout is fixed, placing a blob in the bundle finds
+its download done or under way and copies it from the cache. A run in which nothing waits
+starts none of these: its blobs are teed into the bundle as they arrive (one write each).
+
+At most `limit` blobs per registry are under way at once from here; a download that fails
+is left for the run's own fetching to ask again (and to fail the image that needs it)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+from collections import deque
+
+from mirror.fetch import Fetcher
+from mirror.manifest import Descriptor
+
+Job = tuple[str, Descriptor, int, contextvars.Context]  # repository, blob, owner, context
+
+
+class Prefetch:
+    def __init__(self, fetcher: Fetcher, limit: int) -> None:
+        self.fetcher, self.limit = fetcher, limit
+        self.queues: dict[str, deque[Job]] = {}  # registry -> blobs not started yet
+        self.running: dict[str, int] = {}
+        self.on = False
+
+    def add(self, registry: str, repo: str, blobs: list[Descriptor], owner: int,
+            context: contextvars.Context) -> None:
+        """The blobs of an image just planned (once `on`)."""
+        queue = self.queues.setdefault(registry, deque())
+        queue.extend((repo, d, owner, context) for d in blobs
+                     if d.digest not in self.fetcher.done)
+        self._pump(registry)
+
+    def stop(self) -> None:
+        """Planning is over: the run's fetching takes the rest (those under way go on)."""
+        self.on = False
+        self.queues.clear()
+
+    def _pump(self, registry: str) -> None:
+        queue = self.queues.get(registry)
+        while self.on and queue and self.running.get(registry, 0) < self.limit:
+            repo, desc, owner, ctx = queue.popleft()
+            fut = ctx.run(self.fetcher.fetch, registry, repo, desc, owner)
+            if fut.done():
+                continue
+            self.running[registry] = self.running.get(registry, 0) + 1
+            fut.add_done_callback(functools.partial(self._ended, registry))
+
+    def _ended(self, registry: str, fut: asyncio.Future[bool]) -> None:
+        self.running[registry] -= 1
+        if not fut.cancelled():
+            fut.exception()  # seen; the run's fetching asks again and reports it
+        self._pump(registry)
