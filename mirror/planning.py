@@ -230,10 +230,8 @@ class Planner:
         it wrong are refused; if it does not say, the image listed first is taken as right."""
         listed: dict[str, dict[int, list[tuple[int, str]]]] = {}
         for i, p in self.resolved():
-            for d in p.blobs.values():
-                users = listed.setdefault(d.digest, {}).setdefault(d.size, [])
-                if (i, p.name) not in users:
-                    users.append((i, p.name))
+            for d in p.blobs.values():  # each digest once per image (keyed by digest)
+                listed.setdefault(d.digest, {}).setdefault(d.size, []).append((i, p.name))
         for digest, sizes in listed.items():
             if len(sizes) < 2:
                 continue
