@@ -176,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sync exactly the digests in the lock file")
     _add_client_config(p, "--write-client-config", "after the sync, write into DIR the "
                        "configuration that makes the clients pull the synced images by "
-                       "their source names from the target (as load's; one --to)")
+                       "their source names from the targets (as load's; several --to: mirrors in that "
+                       "order)")
     _add_net(p)
     _add_out(p)
 

@@ -44,7 +44,7 @@ import dataclasses
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +71,7 @@ class Mapping:
     registry: str  # target host[:port]
     repository: str  # target repository
     tags: tuple[str, ...] = field(default=(), compare=False)  # the tags it got there
+    mirror: int = field(default=0, compare=False)  # which target (--to, in order) it is in
 
     @property
     def tag(self) -> str | None:
@@ -129,10 +130,11 @@ class ClientConfig:
     notes: list[str] = field(default_factory=list)  # what a client needs besides its file
 
 
-def mappings(images: Iterable[tuple[str | None, str, str | None]], registry: str
-             ) -> tuple[list[Mapping], list[LeftOut]]:
+def mappings(images: Iterable[tuple[str | None, str, str | None]], registry: str,
+             mirror: int = 0) -> tuple[list[Mapping], list[LeftOut]]:
     """From what a load pushed, per image (its ref name or None, target repository, tag or
-    None), the mappings; images with no source name cannot be mapped: left out."""
+    None), the mappings (to the `mirror`th target); images with no source name cannot be
+    mapped: left out."""
     out: list[Mapping] = []
     left: list[LeftOut] = []
     tags: dict[str, list[str]] = {}  # source name -> the tags it got at the target
@@ -148,7 +150,7 @@ def mappings(images: Iterable[tuple[str | None, str, str | None]], registry: str
         except InvalidReference:
             left.append(LeftOut("all", name, where, "not a reference a client could name"))
             continue
-        m = Mapping(ref, registry, repository)
+        m = Mapping(ref, registry, repository, mirror=mirror)
         if m not in out:
             out.append(m)
         if tag:
@@ -174,30 +176,33 @@ def _renamed(tags: dict[str, list[str]]) -> list[LeftOut]:
     return left
 
 
-def render(maps: list[Mapping], access: Access, *, fallback: bool = True,
+def render(maps: list[Mapping], access: Access | Sequence[Access], *, fallback: bool = True,
            left_out: Iterable[LeftOut] = (),
            sources: dict[str, Access] | None = None) -> ClientConfig:
     """Every client's files for `maps`; what a client cannot express goes to `left_out`
-    (after those given: images `mappings` could not map). `sources`: how the run reached
-    each source registry (a sync; a load never does: https, as the clients' default), for
-    the fallback to it."""
+    (after those given: images `mappings` could not map). `access`: how the clients reach
+    each target, by `Mapping.mirror` (one Access for one target); the targets are mirrors
+    in that order. `sources`: how the run reached each source registry (a sync; a load
+    never does: https, as the clients' default), for the fallback to it."""
+    accs = [access] if isinstance(access, Access) else list(access)
     cfg = ClientConfig(left_out=list(left_out))
-    repos = _by_repository(maps, cfg)
+    rows = _by_repository(maps, cfg)
     upstream = sources or {}
-    _containerd(repos, access, fallback, cfg, upstream)
-    _k3s(repos, access, fallback, cfg, upstream)
-    if access.auth and repos:
-        cfg.notes.append(f"{repos[0].registry} asks for credentials, which these files do not "
-                         "carry: k3s/RKE2 configs.HOST.auth, Kubernetes image pull secrets "
-                         "(containerd CRI, OpenShift's global pull secret), podman login, "
-                         "docker login")
-    if access.ca_file and repos:
-        cfg.notes.append(f"containerd, k3s: the CA is named by its path here, "
-                         f"{os.path.abspath(access.ca_file)}: put it at that path on every "
-                         "node")
-    _containers(repos, access, fallback, cfg, upstream)
-    _openshift(repos, maps, access, fallback, cfg, upstream)
-    _docker(repos, access, fallback, cfg)
+    _containerd(rows, accs, fallback, cfg, upstream)
+    _k3s(rows, accs, fallback, cfg, upstream)
+    for registry, acc in _targets(rows, accs).items():
+        if acc.auth:
+            cfg.notes.append(f"{registry} asks for credentials, which these files do not "
+                             "carry: k3s/RKE2 configs.HOST.auth, Kubernetes image pull "
+                             "secrets (containerd CRI, OpenShift's global pull secret), "
+                             "podman login, docker login")
+        if acc.ca_file:
+            cfg.notes.append(f"containerd, k3s: the CA is named by its path here, "
+                             f"{os.path.abspath(acc.ca_file)}: put it at that path on every "
+                             "node")
+    _containers(rows, accs, fallback, cfg, upstream)
+    _openshift(rows, maps, accs, fallback, cfg, upstream)
+    _docker(rows, accs, fallback, cfg)
     cfg.files[README] = _readme(maps, cfg, fallback)
     return cfg
 
@@ -213,23 +218,35 @@ def write(directory: Path, cfg: ClientConfig) -> list[Path]:
     return written
 
 
-def _by_repository(maps: list[Mapping], cfg: ClientConfig) -> list[Mapping]:
-    """One mapping per source repository (a client maps a name to one place): the first."""
-    seen: dict[str, Mapping] = {}
+Row = list[Mapping]  # one source repository's places: one per target, in --to order
+
+
+def _by_repository(maps: list[Mapping], cfg: ClientConfig) -> list[Row]:
+    """Per source repository its place in each target (a client maps a name to one place
+    per mirror): the first the target got."""
+    seen: dict[str, dict[int, Mapping]] = {}
     for m in maps:
-        first = seen.setdefault(m.source.name, m)
+        first = seen.setdefault(m.source.name, {}).setdefault(m.mirror, m)
         if first.target != m.target:
             cfg.left_out.append(LeftOut("all", m.source.name, m.target,
                                         f"also loaded at {first.target}, which the clients "
                                         "are given"))
-    return list(seen.values())
+    return [[places[k] for k in sorted(places)] for places in seen.values()]
 
 
-def _per_registry(repos: list[Mapping]) -> dict[str, list[Mapping]]:
-    out: dict[str, list[Mapping]] = {}
-    for m in repos:
-        out.setdefault(m.source.registry, []).append(m)
-    return out
+def _per_registry(rows: list[Row]) -> dict[str, dict[int, list[Mapping]]]:
+    """Per source registry, the mappings each target (by `mirror`, in order) got of it."""
+    out: dict[str, dict[int, list[Mapping]]] = {}
+    for row in rows:
+        for m in row:
+            out.setdefault(m.source.registry, {}).setdefault(m.mirror, []).append(m)
+    return {reg: dict(sorted(cols.items())) for reg, cols in out.items()}
+
+
+def _targets(rows: list[Row], accs: list[Access]) -> dict[str, Access]:
+    """The target registries in --to order, each with how the clients reach it."""
+    return {m.registry: accs[m.mirror]
+            for m in sorted((m for row in rows for m in row), key=lambda m: m.mirror)}
 
 
 def _q(text: str) -> str:
@@ -245,71 +262,105 @@ def _tls(access: Access) -> list[str]:
     return out
 
 
-def _plain(sources: dict[str, Access], fallback: bool, repos: list[Mapping]) -> list[str]:
+def _plain(sources: dict[str, Access], fallback: bool, rows: list[Row]) -> list[str]:
     """The source registries the fallback reaches without verified TLS (plain HTTP, or
     --insecure-registry), as the run reached them."""
     if not fallback:
         return []
-    return sorted({m.source.registry for m in repos
-                   if sources.get(m.source.registry, Access()).insecure})
+    return sorted({row[0].source.registry for row in rows
+                   if sources.get(row[0].source.registry, Access()).insecure})
 
 
-def _containerd(repos: list[Mapping], access: Access, fallback: bool,
+def _containerd(rows: list[Row], accs: list[Access], fallback: bool,
                 cfg: ClientConfig, sources: dict[str, Access]) -> None:
-    for registry, ms in _per_registry(repos).items():
-        prefix = next((m.prefix for m in ms if m.prefix is not None), None)
-        for m in ms:
-            if m.prefix is None or m.prefix != prefix:
-                why = ("hosts.toml can put a prefix before the repository path, not rewrite "
-                       f"the path ({m.source.repository} -> {m.repository})"
-                       if m.prefix is None else
-                       f"hosts.toml maps {registry} to one place, {m.registry}/{prefix}")
-                cfg.left_out.append(LeftOut("containerd", m.source.name, m.target, why))
-        if prefix is None:
+    """One hosts.toml per source registry: a [host] per target, in order (containerd tries
+    them so), then the source as `server`."""
+    for registry, cols in _per_registry(rows).items():
+        hosts: list[tuple[str, list[str], str]] = []  # URL, settings, what it serves
+        for k, ms in cols.items():
+            prefix = next((m.prefix for m in ms if m.prefix is not None), None)
+            for m in ms:
+                if m.prefix is None or m.prefix != prefix:
+                    why = ("hosts.toml can put a prefix before the repository path, not "
+                           f"rewrite the path ({m.source.repository} -> {m.repository})"
+                           if m.prefix is None else
+                           f"hosts.toml maps {registry} to one place per target, "
+                           f"{m.registry}/{prefix}")
+                    cfg.left_out.append(LeftOut("containerd", m.source.name, m.target, why))
+            if prefix is None:
+                continue
+            url = f"{accs[k].scheme}://{ms[0].registry}" + (f"/v2/{prefix}" if prefix else "")
+            settings = ['capabilities = ["pull", "resolve"]']
+            if prefix:
+                settings.append("override_path = true")
+            hosts.append((url, settings + _tls(accs[k]),
+                          f"{ms[0].registry}/" + (f"{prefix}/*" if prefix else "*")))
+        if not hosts:
             continue
-        url = f"{access.scheme}://{ms[0].registry}" + (f"/v2/{prefix}" if prefix else "")
-        settings = ['capabilities = ["pull", "resolve"]']
-        if prefix:
-            settings.append("override_path = true")
-        settings += _tls(access)
-        head = [f"# written by mirror: {registry}/* is pulled from {ms[0].registry}/"
-                + (f"{prefix}/*" if prefix else "*")]
-        host = ["", f"[host.{_q(url)}]", *("  " + s for s in settings)]
+        head = [f"# written by mirror: {registry}/* is pulled from "
+                + ", then ".join(h[2] for h in hosts)]
+        tables = [line for url, settings, _ in hosts
+                  for line in ("", f"[host.{_q(url)}]", *("  " + s for s in settings))]
         if fallback:  # the source as the run reached it (a load never does: https)
             src = sources.get(registry, Access())
             body = [*head, f"server = {_q(f'{src.scheme}://' + api_host(registry))}",
-                    *_tls(src), *host]
-        else:  # containerd 1.6 wants a [host] table even then: the mirror, twice
-            body = [*head, "# no fallback: the mirror is the server too, the upstream is "
-                    "never asked", f"server = {_q(url)}", *settings, *host]
+                    *_tls(src), *tables]
+        else:  # containerd 1.6 wants a [host] table even then: the first mirror, twice
+            url, settings, _ = hosts[0]
+            body = [*head, "# no fallback: the (first) mirror is the server too, the "
+                    "upstream is never asked", f"server = {_q(url)}", *settings, *tables]
         cfg.files[f"{CONTAINERD_DIR}/{registry}/hosts.toml"] = "\n".join(body) + "\n"
 
 
-def _k3s(repos: list[Mapping], access: Access, fallback: bool, cfg: ClientConfig,
+def _rewrite(ms: list[Mapping]) -> dict[str, str]:
+    """k3s's rewrite from a source registry's paths to one target's ({} for none)."""
+    prefixes = {m.prefix for m in ms}
+    if len(prefixes) == 1 and None not in prefixes:
+        (prefix,) = prefixes
+        return {"^(.*)$": f"{prefix}/$1"} if prefix else {}
+    return {f"^{re.escape(m.source.repository)}$": m.repository  # one anchored rule each
+            for m in ms if m.repository != m.source.repository}
+
+
+def _k3s(rows: list[Row], accs: list[Access], fallback: bool, cfg: ClientConfig,
          sources: dict[str, Access]) -> None:
+    """Per source registry its targets as endpoints, in order; registries.yaml has one
+    rewrite per registry for all its endpoints: a target whose paths need another is left
+    out for k3s."""
     mirrors: dict[str, dict] = {}
-    for registry, ms in _per_registry(repos).items():
-        entry: dict = {"endpoint": [f"{access.scheme}://{ms[0].registry}"]}
-        prefixes = {m.prefix for m in ms}
-        if len(prefixes) == 1 and None not in prefixes:
-            (prefix,) = prefixes
-            if prefix:
-                entry["rewrite"] = {"^(.*)$": f"{prefix}/$1"}
-        else:  # one anchored rule per repository
-            entry["rewrite"] = {f"^{re.escape(m.source.repository)}$": m.repository
-                                for m in ms if m.repository != m.source.repository}
+    configs: dict[str, dict] = {}
+    for registry, cols in _per_registry(rows).items():
+        endpoints: list[str] = []
+        rewrite: dict[str, str] = {}
+        first = ""
+        for k, ms in cols.items():
+            rw = _rewrite(ms)
+            if endpoints and rw != rewrite:
+                for m in ms:
+                    cfg.left_out.append(LeftOut(
+                        "k3s", m.source.name, m.target,
+                        f"registries.yaml has one rewrite for all of {registry}'s endpoints, "
+                        f"and {m.registry}'s paths are not {first}'s"))
+                continue
+            rewrite, first, acc = rw, ms[0].registry, accs[k]
+            endpoints.append(f"{acc.scheme}://{ms[0].registry}")
+            tls: dict = {}
+            if acc.skip_verify:
+                tls["insecure_skip_verify"] = True
+            if acc.ca_file:
+                tls["ca_file"] = os.path.abspath(acc.ca_file)
+            if tls:
+                configs[ms[0].registry] = {"tls": tls}
+        entry: dict = {"endpoint": list(dict.fromkeys(endpoints))}
+        if rewrite:
+            entry["rewrite"] = rewrite
         mirrors[registry] = entry
     if not mirrors:
         return
     doc: dict = {"mirrors": mirrors}
-    tls: dict = {}
-    if access.skip_verify:
-        tls["insecure_skip_verify"] = True
-    if access.ca_file:
-        tls["ca_file"] = os.path.abspath(access.ca_file)
-    if tls:
-        doc["configs"] = {repos[0].registry: {"tls": tls}}
-    for registry in _plain(sources, fallback, repos):
+    if configs:
+        doc["configs"] = configs
+    for registry in _plain(sources, fallback, rows):
         cfg.notes.append(f"k3s: the fallback to {registry} (reached without verified TLS) "
                          f"is k3s's default endpoint, https://{registry}, which "
                          "registries.yaml cannot change: the mirror is used, the fallback "
@@ -321,71 +372,80 @@ def _k3s(repos: list[Mapping], access: Access, fallback: bool, cfg: ClientConfig
     cfg.files[K3S] = head + yaml.safe_dump(doc, sort_keys=False)
 
 
-def _containers(repos: list[Mapping], access: Access, fallback: bool,
+def _containers(rows: list[Row], accs: list[Access], fallback: bool,
                 cfg: ClientConfig, sources: dict[str, Access]) -> None:
-    if not repos:
+    """Per source repository a [[registry]]: its targets as [[registry.mirror]] in order,
+    tried before `location`, the source (without fallback: the last target)."""
+    if not rows:
         return
     lines = ["# written by mirror: /etc/containers/registries.conf.d/ (registries.conf "
              "version 2)"]
     if not fallback:
-        lines.append("# no fallback: each location is the mirror, the source is never asked")
-    plain = set(_plain(sources, fallback, repos))
-    for m in repos:
-        lines += ["", "[[registry]]", f"prefix = {_q(m.source.name)}"]
-        if fallback:  # `insecure` before the mirror's table is the source's own
-            lines.append(f"location = {_q(m.source.name)}")
-            if m.source.registry in plain:
-                lines.append("insecure = true")
-            lines += ["", "[[registry.mirror]]", f"location = {_q(m.target)}"]
+        lines.append("# no fallback: each location is the (last) mirror, the source is never "
+                     "asked")
+    plain = set(_plain(sources, fallback, rows))
+    for row in rows:
+        source = row[0].source
+        if fallback:
+            mirrors, location, insecure = row, source.name, source.registry in plain
         else:
-            lines.append(f"location = {_q(m.target)}")
-        if access.insecure:
+            mirrors, location, insecure = row[:-1], row[-1].target, accs[row[-1].mirror].insecure
+        lines += ["", "[[registry]]", f"prefix = {_q(source.name)}",
+                  f"location = {_q(location)}"]
+        if insecure:  # before the mirrors' tables: the location's own
             lines.append("insecure = true")
+        for m in mirrors:
+            lines += ["", "[[registry.mirror]]", f"location = {_q(m.target)}"]
+            if accs[m.mirror].insecure:
+                lines.append("insecure = true")
     cfg.files[CONTAINERS] = "\n".join(lines) + "\n"
-    if access.ca_file and not access.skip_verify:
-        cfg.notes.append(f"containers: copy {os.path.abspath(access.ca_file)} to "
-                         f"/etc/containers/certs.d/{repos[0].registry}/ca.crt "
-                         "(registries.conf has no CA setting)")
+    for registry, acc in _targets(rows, accs).items():
+        if acc.ca_file and not acc.skip_verify:
+            cfg.notes.append(f"containers: copy {os.path.abspath(acc.ca_file)} to "
+                             f"/etc/containers/certs.d/{registry}/ca.crt "
+                             "(registries.conf has no CA setting)")
 
 
-def _openshift(repos: list[Mapping], maps: list[Mapping], access: Access, fallback: bool,
+def _openshift(rows: list[Row], maps: list[Mapping], accs: list[Access], fallback: bool,
                cfg: ClientConfig, sources: dict[str, Access]) -> None:
-    if not repos:
+    if not rows:
         return
     tagged = {m.source.name for m in maps if m.source.tag}
-    name = "mirror-" + re.sub(r"[^a-z0-9.-]+", "-", repos[0].registry.lower()).strip("-.")
+    targets = _targets(rows, accs)
+    name = "mirror-" + re.sub(r"[^a-z0-9.-]+", "-", next(iter(targets)).lower()).strip("-.")
 
-    def entries(ms: list[Mapping]) -> list[dict]:
+    def entries(rs: list[Row]) -> list[dict]:
         out = []
-        for m in ms:
-            e: dict = {"source": m.source.name, "mirrors": [m.target]}
+        for row in rs:
+            e: dict = {"source": row[0].source.name, "mirrors": [m.target for m in row]}
             if not fallback:
                 e["mirrorSourcePolicy"] = "NeverContactSource"
             out.append(e)
         return out
 
-    for path, kind, key, ms in ((IDMS, "ImageDigestMirrorSet", "imageDigestMirrors", repos),
+    for path, kind, key, rs in ((IDMS, "ImageDigestMirrorSet", "imageDigestMirrors", rows),
                                 (ITMS, "ImageTagMirrorSet", "imageTagMirrors",
-                                 [m for m in repos if m.source.name in tagged])):
-        if ms:
+                                 [r for r in rows if r[0].source.name in tagged])):
+        if rs:
             doc = {"apiVersion": "config.openshift.io/v1", "kind": kind,
-                   "metadata": {"name": name}, "spec": {key: entries(ms)}}
+                   "metadata": {"name": name}, "spec": {key: entries(rs)}}
             cfg.files[path] = "# written by mirror: oc apply -f\n" + yaml.safe_dump(
                 doc, sort_keys=False)
-    insecure = [repos[0].registry] if access.insecure else []
-    insecure += _plain(sources, fallback, repos)
+    insecure = [reg for reg, acc in targets.items() if acc.insecure]
+    insecure += _plain(sources, fallback, rows)
     if insecure:
         cfg.notes.append(f"openshift: add {', '.join(insecure)} to "
                          "image.config.openshift.io/cluster spec.registrySources."
                          "insecureRegistries (the mirror sets cannot say it)")
-    if access.ca_file and not access.insecure:
-        cfg.notes.append(f"openshift: give {os.path.abspath(access.ca_file)} to "
-                         "image.config.openshift.io/cluster spec.additionalTrustedCA")
+    for acc in targets.values():
+        if acc.ca_file and not acc.insecure:
+            cfg.notes.append(f"openshift: give {os.path.abspath(acc.ca_file)} to "
+                             "image.config.openshift.io/cluster spec.additionalTrustedCA")
 
 
-def _docker(repos: list[Mapping], access: Access, fallback: bool, cfg: ClientConfig) -> None:
-    usable = []
-    for m in repos:
+def _docker(rows: list[Row], accs: list[Access], fallback: bool, cfg: ClientConfig) -> None:
+    usable: dict[str, Access] = {}  # target registry -> its access, in --to order
+    for m in sorted((m for row in rows for m in row), key=lambda m: m.mirror):
         if m.source.registry != DOCKER_HUB:
             why = "Docker's registry-mirrors serve Docker Hub images only"
         elif m.prefix != "":
@@ -393,21 +453,23 @@ def _docker(repos: list[Mapping], access: Access, fallback: bool, cfg: ClientCon
                    "target must serve Docker Hub images at their own paths (load with --to "
                    "HOST, no prefix)")
         else:
-            usable.append(m)
+            usable[m.registry] = accs[m.mirror]
             continue
         cfg.left_out.append(LeftOut("docker", m.source.name, m.target, why))
     if not usable:
         return
-    doc: dict = {"registry-mirrors": [f"{access.scheme}://{usable[0].registry}"]}
-    if access.insecure:
-        doc["insecure-registries"] = [usable[0].registry]
+    doc: dict = {"registry-mirrors": [f"{acc.scheme}://{reg}" for reg, acc in usable.items()]}
+    insecure = [reg for reg, acc in usable.items() if acc.insecure]
+    if insecure:
+        doc["insecure-registries"] = insecure
     cfg.files[DOCKER] = json.dumps(doc, indent=2) + "\n"
     if not fallback:
         cfg.notes.append("docker: Docker always falls back to Docker Hub after its mirrors; "
                          "that cannot be turned off")
-    if access.ca_file and not access.skip_verify:
-        cfg.notes.append(f"docker: copy {os.path.abspath(access.ca_file)} to "
-                         f"/etc/docker/certs.d/{usable[0].registry}/ca.crt")
+    for reg, acc in usable.items():
+        if acc.ca_file and not acc.skip_verify:
+            cfg.notes.append(f"docker: copy {os.path.abspath(acc.ca_file)} to "
+                             f"/etc/docker/certs.d/{reg}/ca.crt")
 
 
 _HOWTO = {

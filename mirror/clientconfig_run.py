@@ -41,7 +41,7 @@ async def access_of(t: Transport, registry: str) -> clientconfig.Access:
                                ca_file=cas.get(registry), auth=ep.auth.scheme is not None)
 
 
-def check_flags(args: argparse.Namespace, targets: int) -> None:
+def check_flags(args: argparse.Namespace) -> None:
     """load's and sync's --write-client-config and --no-fallback, refused (exit 2) before
     any work where they would write nothing true; the directory made and checked."""
     if args.no_fallback and not args.write_client_config:
@@ -53,10 +53,6 @@ def check_flags(args: argparse.Namespace, targets: int) -> None:
         raise UsageError("--write-client-config writes what a run pushed; --dry-run "
                          "pushes nothing", hint="run `mirror client-config` for the "
                          "configuration a bundle would give")
-    if targets > 1:
-        raise UsageError(f"--write-client-config writes the configuration for one target; "
-                         f"{targets} --to are given", hint="sync to each target with its own "
-                         "--write-client-config DIR")
     check_dir(args.write_client_config, "--write-client-config")
 
 
@@ -66,17 +62,25 @@ async def sources_of(t: Transport, registries: Iterable[str]
     return {r: await access_of(t, r) for r in sorted(set(registries))}
 
 
-def write_for(directory: Path, images: list[PushImage], target: Target,
-              access: clientconfig.Access, no_fallback: bool, progress, report: Report,
-              sources: dict[str, clientconfig.Access] | None = None) -> None:
-    """The clients' configuration for the images pushed to `target` (load's naming): files
-    written, and each mapping a client cannot express on a line of its own. `sources`: how
-    a sync reached the source registries (a load never does: the fallback says https)."""
-    maps, left = clientconfig.mappings(
-        [(None if i.unnamed else i.name, i.repository, i.tag) for i in images
-         if i.referrer_of is None], target.registry)
-    cfg = clientconfig.render(maps, access, fallback=not no_fallback, left_out=left,
-                              sources=sources)
+Pushed = tuple[list[PushImage], Target, clientconfig.Access]  # one target's, as reached
+
+
+def write_for(directory: Path, pushed: list[Pushed], no_fallback: bool, progress,
+              report: Report, sources: dict[str, clientconfig.Access] | None = None) -> None:
+    """The clients' configuration for the images pushed to each target (load's naming),
+    the targets mirrors in the order given: files written, and each mapping a client cannot
+    express on a line of its own. `sources`: how a sync reached the source registries (a
+    load never does: the fallback says https)."""
+    maps: list[clientconfig.Mapping] = []
+    left: list[clientconfig.LeftOut] = []
+    for k, (images, target, _) in enumerate(pushed):
+        got, lost = clientconfig.mappings(
+            [(None if i.unnamed else i.name, i.repository, i.tag) for i in images
+             if i.referrer_of is None], target.registry, k)
+        maps += got
+        left += lost
+    cfg = clientconfig.render(maps, [access for _, _, access in pushed],
+                              fallback=not no_fallback, left_out=left, sources=sources)
     paths = clientconfig.write(directory, cfg)
     for x in cfg.left_out:
         progress.info(f"client config: {x.line()}")
@@ -100,7 +104,7 @@ async def client_config(args: argparse.Namespace, progress, report: Report) -> i
         progress.warn(line)
     async with transport_for(args, None, progress) as t:  # one ping: the scheme it speaks
         access = await access_of(t, target.registry)
-    write_for(args.output, images, target, access, args.no_fallback, progress, report)
+    write_for(args.output, [(images, target, access)], args.no_fallback, progress, report)
     if not args.quiet:
         print(args.output / clientconfig.README)
     return 0

@@ -21,7 +21,7 @@ async def run_load(args: argparse.Namespace, progress, report: Report) -> int:
                retries=0, dry_run=args.dry_run, would_push=[], client_config=None,
                placement=None, **traffic(None))
     target = target_of(args, args.to)
-    check_flags(args, 1)
+    check_flags(args)
     bundle = Bundle(args.bundle)
     transport = transport_for(args, None, progress)
     result = LoadResult()
@@ -43,7 +43,7 @@ async def run_load(args: argparse.Namespace, progress, report: Report) -> int:
     if not args.quiet:
         print_pushed(result)
     if access is not None:
-        write_for(args.write_client_config, result.images, target, access, args.no_fallback,
-                  progress, report)
+        write_for(args.write_client_config, [(result.images, target, access)],
+                  args.no_fallback, progress, report)
     progress.info(f"loaded {args.bundle}: {push_summary(result)}")
     return 0

@@ -58,7 +58,7 @@ async def run_sync(args: argparse.Namespace, progress, report: Report) -> int:
             raise UsageError(f"--to {t.registry}/{t.prefix}".rstrip("/") + " is given twice: "
                              "each target is pushed to once")
         seen.add((t.registry, t.prefix))
-    check_flags(args, len(targets))
+    check_flags(args)
     specs, cfg = image_specs(args)
     if not args.dry_run:
         check_lock_path(args)
@@ -75,7 +75,7 @@ async def run_sync(args: argparse.Namespace, progress, report: Report) -> int:
                 blobs = BlobStore(args.cache) if args.cache else None
                 specs = await tag_rules(client, specs, report, progress, blobs, lock_path(args))
                 await sync(client, specs, targets, opts, progress, result, blobs)
-                access = await access_of(t, targets[0].registry) \
+                access = [await access_of(t, target.registry) for target in targets] \
                     if args.write_client_config else None
                 sources = await sources_of(t, (s.reference.registry for s in specs)) \
                     if args.write_client_config else None
@@ -101,9 +101,10 @@ async def run_sync(args: argparse.Namespace, progress, report: Report) -> int:
         progress.info(f"synced to {target.registry}/{target.prefix}".rstrip("/") +
                       f": {push_summary(done)}")
     if access is not None:  # for the images synced (--keep-going: those that resolved)
-        target, done = result.targets[0]
-        write_for(args.write_client_config, done.images, target, access, args.no_fallback,
-                  progress, report, sources)
+        write_for(args.write_client_config,
+                  [(done.images, target, acc) for (target, done), acc
+                   in zip(result.targets, access, strict=True)],
+                  args.no_fallback, progress, report, sources)
     if not args.dry_run:
         lock = write_lock(args, result, report)
         if lock:

@@ -434,13 +434,12 @@ def test_sync_writes_the_configuration_for_its_own_placement(
         log = _log(target)
         assert f"GET /v2/{PREFIX}/{repo_name}/app/manifests/1" in log
         assert f"GET /v2/{PREFIX}/data/db/manifests/1" in log
-        # a dry run pushes nothing to write about; two targets would need two files
-        for extra in (["--dry-run"], ["--to", f"{t}/other"]):
-            proc = run_mirror("sync", f"{src}/app:1", "--to", f"{t}/{PREFIX}", *extra,
-                              "--write-client-config", tmp_path / "no", "--lock-file",
-                              tmp_path / "s.lock")
-            assert proc.returncode == 2 and "--write-client-config" in proc.stderr, proc.stderr
-            assert not (tmp_path / "no").exists()
+        # a dry run pushes nothing to write about
+        proc = run_mirror("sync", f"{src}/app:1", "--to", f"{t}/{PREFIX}", "--dry-run",
+                          "--write-client-config", tmp_path / "no", "--lock-file",
+                          tmp_path / "s.lock")
+        assert proc.returncode == 2 and "--write-client-config" in proc.stderr, proc.stderr
+        assert not (tmp_path / "no").exists()
 
 
 def test_sync_names_the_ca_its_images_yaml_gives_for_the_target(
@@ -494,3 +493,54 @@ def test_the_fallback_is_the_source_as_the_sync_reached_it(
         assert p.image(name)["Digest"] == digest
     finally:
         p.stop()
+
+
+@pytest.mark.slow
+def test_several_targets_are_mirrors_in_the_order_given(
+        src_registry: Registry, repo_name: str, tmp_path: Path) -> None:
+    """`mirror sync --to A/one --to B/two --write-client-config DIR` was refused (one target
+    only); every target is now a mirror, in the order given: containerd's [host] tables,
+    registries.conf's [[registry.mirror]], k3s's endpoints (one rewrite for all: B's other
+    prefix is left out for k3s, said so), OpenShift's mirrors. With A down, containerd and
+    Podman pull the source name from B (B's access log), the source never needed."""
+    img = ig.make_image(random.Random(165), ig.AMD64)
+    digest = push_image(src_registry.url, f"{repo_name}/app", img, ["1"])
+    src, name = src_registry.host, f"{src_registry.host}/{repo_name}/app:1"
+    out, report = tmp_path / "cfg", tmp_path / "r.json"
+    with Registry(extra_config={"log": {"accesslog": {"disabled": False}}}) as b:
+        with Registry() as a:
+            mirror_ok("sync", name, "--to", f"{a.host}/one", "--to", f"{b.host}/two",
+                      "--lock-file", tmp_path / "s.lock", "--write-client-config", out,
+                      "--report", report, "-q")
+        one, two = f"{a.host}/one/{repo_name}/app", f"{b.host}/two/{repo_name}/app"
+        hosts = tomllib.loads((out / f"containerd/certs.d/{src}/hosts.toml").read_text())
+        assert list(hosts["host"]) == [f"http://{a.host}/v2/one", f"http://{b.host}/v2/two"]
+        conf = tomllib.loads((out / "containers/registries.conf.d/50-mirror.conf").read_text())
+        assert [m["location"] for m in conf["registry"][0]["mirror"]] == [one, two]
+        k3s = yaml.safe_load((out / "k3s/registries.yaml").read_text())
+        assert k3s["mirrors"][src] == {"endpoint": [f"http://{a.host}"],
+                                       "rewrite": {"^(.*)$": "one/$1"}}
+        left = json.loads(report.read_text())["client_config"]["left_out"]
+        k3s_left = [x for x in left if x["client"] == "k3s"]  # docker: not Docker Hub
+        assert [x["target"] for x in k3s_left] == [two], left
+        assert "one rewrite" in k3s_left[0]["reason"], left
+        assert {x["client"] for x in left} == {"k3s", "docker"}, left
+        idms = yaml.safe_load((out / "openshift/imagedigestmirrorset.yaml").read_text())
+        assert idms["spec"]["imageDigestMirrors"][0]["mirrors"] == [one, two]
+        readme = (out / "README.txt").read_text()
+        assert f"{name} -> {one}:1" in readme and f"{name} -> {two}:1" in readme, readme
+        with Containerd(tmp_path / "ctrd") as c:
+            c.ctr("images", "pull", "--snapshotter", "native", "--hosts-dir",
+                  out / "containerd/certs.d", name)
+            assert c.images()[name]["digest"] == digest
+        p = Podman(tmp_path / "podman")
+        try:
+            conf_file = p.root / "registries.conf"
+            conf_file.write_text(conf_file.read_text() + (
+                out / "containers/registries.conf.d/50-mirror.conf").read_text())
+            p.cli("pull", "-q", name)
+            assert p.image(name)["Digest"] == digest
+        finally:
+            p.stop()
+        log = _log(b)
+        assert log.count(f"GET /v2/two/{repo_name}/app/manifests/1") >= 2, log[-2000:]
