@@ -20,7 +20,7 @@ from mirror.load import Target, plan_load
 from mirror.mapping import unmatched
 from mirror.netargs import target_of, transport_for
 from mirror.paths import check_writable
-from mirror.push import PushImage
+from mirror.pushplan import PushImage
 from mirror.registry.transport import Transport
 from mirror.report import Report
 

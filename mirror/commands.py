@@ -236,7 +236,7 @@ _PUSH_FIELDS = ("blobs_pushed", "blobs_mounted", "blobs_present", "bytes_pushed"
 
 
 def push_report(result) -> dict:
-    """What a push did (mirror.push.PushResult), for load's report and each of sync's
+    """What a push did (mirror.pushplan.PushResult), for load's report and each of sync's
     targets; None for each when the push stopped before the target said what it holds."""
     return {k: getattr(result, k) if result is not None and result.started else None
             for k in _PUSH_FIELDS}

@@ -27,7 +27,9 @@ from mirror.fileobj import Readable
 from mirror.manifest import Descriptor
 from mirror.mapping import Destination, Placement, Target, check, place, unmatched
 from mirror.progress import NullProgress, Progress
-from mirror.push import Body, PushImage, PushResult, push
+from mirror.push import push
+from mirror.pushblobs import Body
+from mirror.pushplan import PushImage, PushResult
 from mirror.reference import Reference, _is_registry, is_bare_tag
 from mirror.registry.client import Client
 
@@ -151,7 +153,7 @@ class _BundleBlobs:
 
 
 class BundleSource(_BundleBlobs):
-    """A plain tar (or layout directory) as the sink's blob source (mirror.push.BlobSource):
+    """A plain tar (or layout directory) as the sink's blob source (mirror.pushblobs.BlobSource):
     a blob read at its offset, hashed in the reading thread, not on the event loop."""
 
     def open(self, desc: Descriptor, offset: int) -> AsyncIterator[bytes]:
@@ -164,7 +166,7 @@ class BundleSource(_BundleBlobs):
 
 
 class BundleStream(_BundleBlobs):
-    """A .tar.zst as the sink's blob source (mirror.push.StreamSource): its members in one
+    """A .tar.zst as the sink's blob source (mirror.pushblobs.StreamSource): its members in one
     pass, each hashed in the reading thread as it is uploaded."""
 
     def __init__(self, bundle: Bundle, contents: Contents) -> None:

@@ -16,130 +16,52 @@ a half image. Its sources (a bundle for `mirror load`, the source registries or 
    referrers after every image, so their subjects are there first. What the target already
    serves as that reference is not pushed again (HEAD). A tag over another index keeps its
    other platforms with `merge` (mirror.merge), and is replaced with a warning without.
-The dry run takes the same decisions (one function) and lists them instead of acting.
+The decisions are mirror.pushplan's (no request there), step 1's transfers
+mirror.pushblobs'; here the order of the steps and the requests that inform the decisions.
+The dry run takes the same decisions and lists them instead of acting.
 A push that fails or is stopped cancels the upload sessions it left open at the target.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from collections.abc import Awaitable, Callable, Mapping
 
 from mirror.aio import gather_or_cancel
 from mirror.artifacts import fallback_tag
 from mirror.errors import (
     AuthError,
-    BundleError,
     IncompleteBase,
     MirrorError,
     NotFound,
     RateLimited,
     RegistryError,
 )
-from mirror.image import Image, push_order
 from mirror.manifest import Descriptor, RawManifest
-from mirror.merge import merged, other_platforms, platforms
 from mirror.progress import Progress
+from mirror.pushblobs import BlobPush, Source
+from mirror.pushplan import (
+    BlobPlan,
+    PushImage,
+    PushResult,
+    blob_needs,
+    blob_plan,
+    by_digest,
+    by_tag,
+    held_only,
+    holders,
+    lost_base,
+    manifest_groups,
+    over,
+)
 from mirror.referrers import Finder, held_fallback, with_referrer
 from mirror.registry.client import Client
-from mirror.registry.upload import restartable
-
-
-@dataclass
-class PushImage:
-    """An image (mirror.image) and where it goes at the target."""
-
-    image: Image
-    repository: str  # target repository
-    tag: str | None
-    unnamed: bool = False  # an entry with no ref name (skopeo's oci-archive:FILE): by digest
-
-    @property
-    def name(self) -> str:  # the source's name for it
-        return self.image.name
-
-    @property
-    def root(self) -> RawManifest:
-        return self.image.root
-
-    @property
-    def referrer_of(self) -> str | None:  # a signature, SBOM or attestation: its subject
-        return self.image.subject
-
-    @functools.cached_property
-    def manifests(self) -> list[RawManifest]:
-        """Those under the root, children before their parents, root last."""
-        return push_order([self.image.root], self.image.manifests)
-
-    @functools.cached_property
-    def blobs(self) -> list[Descriptor]:
-        """Every blob the manifests name (absent on purpose or not), each once."""
-        return list({d.digest: d for m in self.manifests for d in m.blobs()}.values())
-
-
-@dataclass
-class PushResult:
-    images: list[PushImage] = field(default_factory=list)
-    pinned: list[str] = field(default_factory=list)  # target@digest of images without a tag
-    blobs_pushed: int = 0
-    blobs_mounted: int = 0
-    blobs_present: int = 0
-    bytes_pushed: int = 0
-    manifests_pushed: int = 0
-    manifests_present: int = 0
-    tags: list[str] = field(default_factory=list)
-    untagged: list[str] = field(default_factory=list)  # HOST/REPO@DIGEST of unnamed entries
-    dry_run: list[str] = field(default_factory=list)
-    started: bool = False  # the target answered what it holds: the counts mean something
-
-
-Body = Callable[[Descriptor], AsyncIterator[bytes]]  # a member of a one-pass stream, verified
-
-
-class BlobSource(Protocol):
-    """Where the blobs come from, at random: `open` yields a blob's bytes from `offset`,
-    checked against its digest and size (from byte 0: a mismatch raises before the last
-    chunk, so no upload completes with it)."""
-
-    name: str
-
-    def carries(self, digest: str) -> bool: ...
-    def open(self, desc: Descriptor, offset: int) -> AsyncIterator[bytes]: ...
-
-
-@runtime_checkable
-class StreamSource(Protocol):
-    """Where the blobs come from in one pass (a .tar.zst): `stream` yields each blob it
-    carries, in its order, once per pass; a blob whose upload failed waits for the next."""
-
-    name: str
-
-    def carries(self, digest: str) -> bool: ...
-    def stream(self) -> Iterator[tuple[str, Body]]: ...
-
-
-Source = BlobSource | StreamSource
-Reader = Callable[[Descriptor, int], AsyncIterator[bytes]]  # a blob's bytes from an offset
-
 
 # the blobs an incremental source left to its base, not in the repositories that need them:
 # digest -> a target repository holding it, and how many repositories were looked in
 Elsewhere = Callable[[dict[str, Descriptor], list[str]], Awaitable[tuple[dict[str, str], int]]]
 # the error for base blobs found nowhere: (their "digest (repository)", repositories looked in)
 Incomplete = Callable[[list[str], int], MirrorError]
-
-
-@dataclass
-class BlobPlan:
-    """What the target holds and what each blob needs: the one set of decisions the push
-    and the dry run act on."""
-    mounts: list[tuple[str, Descriptor, str]] = field(default_factory=list)  # repo, blob, from
-    todo: dict[str, list[tuple[str, Descriptor]]] = field(default_factory=dict)  # to upload
-    missing_base: list[str] = field(default_factory=list)
-    searched: int = 0
 
 
 async def push(client: Client, registry: str, images: list[PushImage], source: Source,
@@ -162,7 +84,7 @@ async def push(client: Client, registry: str, images: list[PushImage], source: S
         if dry_run:
             pusher.list_blobs(plan)
         else:
-            await pusher.push_blobs(plan)
+            await BlobPush(client, registry, source, result, progress, pusher.sem).run(plan)
         await pusher.push_manifests(dry_run)
         return result
     except BaseException:
@@ -214,17 +136,11 @@ class Pusher:
 
     async def check_blobs(self, absent: Mapping[str, str],
                           elsewhere: Elsewhere | None) -> BlobPlan:
-        need: dict[str, dict[str, Descriptor]] = {}  # which blobs each repository needs
-        held: set[tuple[str, str]] = set()  # (repository, blob) of images there already
-        for img in self.images:
-            for d in img.blobs:
-                if id(img) in self.held:
-                    held.add((img.repository, d.digest))
-                else:
-                    need.setdefault(img.repository, {})[d.digest] = d
-        # the report counts them present, as when each was asked about
-        self.result.blobs_present += len({(r, dg) for r, dg in held
-                                          if dg not in need.get(r, {})})
+        """A HEAD of each blob each repository needs asked about (mirror.pushplan decides
+        which, and what each then needs); an incremental source's base blobs found in none
+        of them are looked for elsewhere in the target (`elsewhere`), to be mounted."""
+        need, there = blob_needs(self.images, self.held)
+        self.result.blobs_present += held_only(need, there)
 
         async def present(repo: str, d: Descriptor) -> bool:
             async with self.sem:
@@ -232,31 +148,17 @@ class Pusher:
 
         checks = [(repo, d) for repo, ds in need.items() for d in ds.values()]
         flags = await gather_or_cancel(present(r, d) for r, d in checks)
-        present_in: dict[str, str] = {}  # digest -> a target repository that already has it
-        for (repo, d), ok in zip(checks, flags, strict=True):
-            if ok:
-                present_in.setdefault(d.digest, repo)
-        for repo, digest in sorted(held):  # an image there whole: its blobs can be mounted
-            present_in.setdefault(digest, repo)
-        plan = BlobPlan()
-        lost = {d.digest: d for (repo, d), ok in zip(checks, flags, strict=True)
-                if not ok and d.digest not in present_in and not self.source.carries(d.digest)
-                and absent.get(d.digest) == "base"}
+        held_in = holders(checks, flags, there)
+        carries = self.source.carries
+        lost = lost_base(checks, flags, held_in, carries, absent)
+        searched = 0
         if lost and elsewhere is not None:  # the base may be in other repositories: mount
-            found, plan.searched = await elsewhere(lost, list(need))
-            present_in.update(found)
+            found, searched = await elsewhere(lost, list(need))
+            held_in.update(found)
         self.result.started = True
-        for (repo, d), ok in zip(checks, flags, strict=True):
-            if ok:
-                self.result.blobs_present += 1
-                continue
-            reason = None if self.source.carries(d.digest) else absent.get(d.digest, "foreign")
-            if d.digest in present_in and reason in (None, "base"):  # foreign: never needed
-                plan.mounts.append((repo, d, present_in[d.digest]))
-            elif reason == "base":
-                plan.missing_base.append(f"{d.digest} ({repo})")
-            elif reason is None:
-                plan.todo.setdefault(d.digest, []).append((repo, d))
+        plan = blob_plan(checks, flags, held_in, carries, absent)
+        plan.searched = searched
+        self.result.blobs_present += plan.present
         return plan
 
     def list_blobs(self, plan: BlobPlan) -> None:
@@ -265,125 +167,18 @@ class Pusher:
         for digest, where in sorted(plan.todo.items()):
             self.result.dry_run.append(f"blob {digest} -> {', '.join(r for r, _ in where)}")
 
-    async def push_blobs(self, plan: BlobPlan) -> None:
-        todo = plan.todo
-        self.progress.total(sum(ws[0][1].size for ws in todo.values()))
-        for repo, d, src in plan.mounts:
-            loc = await self.client.mount_blob(self.reg, repo, d, src)
-            if loc is None:
-                self.result.blobs_mounted += 1
-                continue
-            await self.client.cancel_upload(self.reg, repo, loc)  # pushed in its own session
-            if not self.source.carries(d.digest):
-                raise IncompleteBase(f"{self.source.name}: {self.reg} would not mount "
-                                     f"{d.digest} from {src} into {repo}, and "
-                                     f"{self.source.name} does not carry it")
-            todo.setdefault(d.digest, []).append((repo, d))
-        if isinstance(self.source, StreamSource):
-            await self._push_passes(self.source, todo)
-            return
-        source = self.source
-
-        async def guarded(where: list[tuple[str, Descriptor]]) -> None:
-            async with self.sem:
-                await self._push_one(where, source.open, one_pass=False)
-
-        await gather_or_cancel(guarded(w) for w in todo.values())
-
-    async def _push_one(self, where: list[tuple[str, Descriptor]], read: Reader, *,
-                        one_pass: bool) -> list[tuple[str, Descriptor]]:
-        """Upload to the first repository, mount into the others; return those where the
-        registry would not mount (a `one_pass` body cannot be read twice: the caller passes
-        again)."""
-        client, reg = self.client, self.reg
-        first_repo, d = where[0]
-        await client.upload_blob(reg, first_repo, d, lambda off: read(d, off),
-                                 seekable=not one_pass)
-        self._pushed(d)
-        left = []
-        for repo, desc in where[1:]:
-            loc = await client.mount_blob(reg, repo, d, first_repo)
-            if loc is None:
-                self.result.blobs_mounted += 1
-            elif one_pass:
-                await client.cancel_upload(reg, repo, loc)  # the next pass opens its own
-                left.append((repo, desc))
-            else:
-                await client.upload_blob(reg, repo, d, lambda off: read(d, off),
-                                         seekable=True, location=loc)
-                self.result.blobs_pushed += 1
-                self.result.bytes_pushed += d.size
-        return left
-
-    def _pushed(self, d: Descriptor) -> None:
-        self.result.blobs_pushed += 1
-        self.result.bytes_pushed += d.size
-        self.progress.advanced(d.size)
-
-    async def _push_passes(self, source: StreamSource,
-                           todo: dict[str, list[tuple[str, Descriptor]]]) -> None:
-        """One pass over the source's stream; again for blobs a mount did not take, and for
-        uploads that failed with a cause worth another try (a stream can't be re-sent: the
-        blob waits for the next pass, up to the retry policy's tries)."""
-        failures: dict[str, int] = {}
-        policy = self.client.t.policy
-        while todo:
-            again: dict[str, list[tuple[str, Descriptor]]] = {}
-            stream = source.stream()
-            try:  # a push that fails closes the source's file now, not when collected
-                for digest, body in stream:
-                    if digest not in todo:
-                        continue
-                    where = todo.pop(digest)
-                    left = await self._try_pass(digest, where, body, failures)
-                    if left:
-                        again[digest] = left
-            finally:
-                close = getattr(stream, "close", None)
-                if close is not None:
-                    close()
-            if todo:
-                raise BundleError(f"{self.source.name}: blob(s) missing from the stream: "
-                                  f"{', '.join(sorted(todo)[:5])}")
-            todo = again
-            if failures and todo:
-                await asyncio.sleep(policy.delay(max(failures.values())))
-
-    async def _try_pass(self, digest: str, where: list[tuple[str, Descriptor]], body: Body,
-                        failures: dict[str, int]) -> list[tuple[str, Descriptor]]:
-        try:
-            return await self._push_one(where, lambda d, _off: body(d), one_pass=True)
-        except RegistryError as e:
-            tries = self.client.t.policy.tries
-            failures[digest] = failures.get(digest, 0) + 1
-            if not restartable(e) or failures[digest] >= tries:
-                raise
-            self.client.t.count_retry()
-            self.client.t.debug(f"retry upload of blob {digest} on the next pass over "
-                                f"{self.source.name}: {e}; try {failures[digest] + 1} of "
-                                f"{tries}")
-            return where
-
     # -- manifests -------------------------------------------------------------------------
 
     async def push_manifests(self, dry_run: bool) -> None:
         """Children by digest for every image, then digest-only roots, then tags; the
         referrers after the images, never merged. Each (repository, reference) once."""
-        plain = [i for i in self.images if i.referrer_of is None]
-        refs = [i for i in self.images if i.referrer_of is not None]
-        for group, merge in ((plain, self.merge), (refs, False)):
-            for img in group:
-                for m in img.manifests:
-                    if m is not img.root:
-                        await self._manifest(img, m.digest, m, merge, dry_run)
-            for img in group:
-                if img.tag is None:
-                    await self._manifest(img, img.root.digest, img.root, merge, dry_run)
+        for group, merge in manifest_groups(self.images, self.merge):
+            for img, ref, m in by_digest(group):
+                await self._manifest(img, ref, m, merge, dry_run)
             if not dry_run:
                 self._say_untagged(group)
-            for img in group:
-                if img.tag is not None:
-                    await self._manifest(img, img.tag, img.root, merge, dry_run)
+            for img, ref, m in by_tag(group):
+                await self._manifest(img, ref, m, merge, dry_run)
 
     async def _manifest(self, img: PushImage, ref: str, m: RawManifest, merge: bool,
                         dry_run: bool) -> None:
@@ -505,9 +300,8 @@ class Pusher:
                 self.progress.info(f"{img.name} has no ref name: pushed as {where} (no tag)")
 
     async def _over(self, img: PushImage, merge: bool) -> RawManifest:
-        """What to push as the tag: the root, or, when the tag holds another index with
-        platforms the root lacks and `merge` is asked, the two merged (mirror.merge). Says
-        so either way: a tag never loses platforms silently."""
+        """What to push as the tag: what the tag holds, read (one GET), and the root pushed
+        over it or merged with it (mirror.pushplan.over), said either way."""
         if img.tag is None or not (img.root.is_index or img.root.is_image):
             return img.root
         try:
@@ -516,32 +310,9 @@ class Pusher:
             return img.root
         except RegistryError:
             return img.root  # no answer worth trusting: push, as before
-        where = f"{self.reg}/{img.repository}:{img.tag}"
-        if not img.root.is_index:
-            # one image manifest (a docker-archive's, a single-platform image) over a
-            # multi-arch tag: the tag becomes that one image; merge merges indexes only
-            held = [d for d in old.children if d.platform is not None and
-                    not d.platform.is_unknown] if old.is_index else []
-            if len(held) > 1:
-                self.progress.warn(
-                    f"{where} held index {old.digest} with {platforms(held)}; {img.name} is "
-                    f"one image manifest ({img.root.digest}), not an index: replaced, the tag "
-                    "is no longer multi-arch")
-            return img.root
-        keep = other_platforms(img.root, old) if old.is_index else []
-        if not keep:
-            return img.root
-        if not merge:
-            self.progress.warn(
-                f"{where} held index {old.digest} with {platforms(keep)}, which {img.name} "
-                f"({img.root.digest}) does not have: replaced, those platforms are no longer "
-                "tagged (`--merge` keeps them)")
-            return img.root
-        new = merged(img.root, old, keep)
-        if new.digest == old.digest:
-            return new  # merged so before (a re-run): nothing changes, nothing to say
-        self.progress.warn(f"{where}: merged {img.root.digest} with {platforms(keep)} from the "
-                           f"index it held ({old.digest}): {img.root.digest} -> {new.digest}")
+        new, warning = over(img, old, merge, f"{self.reg}/{img.repository}:{img.tag}")
+        if warning:
+            self.progress.warn(warning)
         return new
 
 

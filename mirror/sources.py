@@ -1,4 +1,4 @@
-"""Blob sources for the registry sink (mirror.push.BlobSource) when the images come straight
+"""Blob sources for the registry sink (mirror.pushblobs.BlobSource) when the images come straight
 from their registries (`mirror sync`): each blob read from its source repository, or from the
 cache, which fetches it there once (mirror.fetch) for every target. Both check the bytes
 against the digest and size as they go: a blob that does not match raises before its last

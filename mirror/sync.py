@@ -15,7 +15,9 @@ from mirror.image import Image
 from mirror.mapping import Target, check, place, unmatched
 from mirror.planning import ImageResult, Planner
 from mirror.progress import Progress
-from mirror.push import BlobSource, PushImage, PushResult, push
+from mirror.push import push
+from mirror.pushblobs import BlobSource
+from mirror.pushplan import PushImage, PushResult
 from mirror.registry.client import Client
 from mirror.sources import CacheSource, RegistrySource
 from mirror.store.blobs import BlobStore

@@ -1,0 +1,159 @@
+"""A push's blob transfers to one target registry (step 1 of mirror.push, after
+mirror.pushplan decided what each blob needs): the mounts, then each blob uploaded once, to
+the first repository that needs it, and mounted into the others. From a BlobSource read at
+random, `jobs` at once (a failed upload is tried again by mirror.registry.upload, from the
+offset the registry reports); from a StreamSource read in one pass (a .tar.zst) in the
+stream's order, a blob whose upload failed waiting for the next pass."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Protocol, runtime_checkable
+
+from mirror.aio import gather_or_cancel
+from mirror.errors import BundleError, IncompleteBase, RegistryError
+from mirror.manifest import Descriptor
+from mirror.progress import Progress
+from mirror.pushplan import BlobPlan, PushResult
+from mirror.registry.client import Client
+from mirror.registry.upload import restartable
+
+Body = Callable[[Descriptor], AsyncIterator[bytes]]  # a member of a one-pass stream, verified
+
+
+class BlobSource(Protocol):
+    """Where the blobs come from, at random: `open` yields a blob's bytes from `offset`,
+    checked against its digest and size (from byte 0: a mismatch raises before the last
+    chunk, so no upload completes with it)."""
+
+    name: str
+
+    def carries(self, digest: str) -> bool: ...
+    def open(self, desc: Descriptor, offset: int) -> AsyncIterator[bytes]: ...
+
+
+@runtime_checkable
+class StreamSource(Protocol):
+    """Where the blobs come from in one pass (a .tar.zst): `stream` yields each blob it
+    carries, in its order, once per pass; a blob whose upload failed waits for the next."""
+
+    name: str
+
+    def carries(self, digest: str) -> bool: ...
+    def stream(self) -> Iterator[tuple[str, Body]]: ...
+
+
+Source = BlobSource | StreamSource
+Reader = Callable[[Descriptor, int], AsyncIterator[bytes]]  # a blob's bytes from an offset
+
+
+
+class BlobPush:
+    """The blob transfers of one push: counted in `result`, advanced on `progress`."""
+
+    def __init__(self, client: Client, registry: str, source: Source, result: PushResult,
+                 progress: Progress, sem: asyncio.Semaphore) -> None:
+        self.client, self.reg, self.source = client, registry, source
+        self.result, self.progress, self.sem = result, progress, sem
+
+    async def run(self, plan: BlobPlan) -> None:
+        """Mount what the plan mounts (a mount refused: uploaded instead), then upload the
+        rest, each blob once, mounted into the other repositories that need it."""
+        todo = plan.todo
+        self.progress.total(sum(ws[0][1].size for ws in todo.values()))
+        for repo, d, src in plan.mounts:
+            loc = await self.client.mount_blob(self.reg, repo, d, src)
+            if loc is None:
+                self.result.blobs_mounted += 1
+                continue
+            await self.client.cancel_upload(self.reg, repo, loc)  # pushed in its own session
+            if not self.source.carries(d.digest):
+                raise IncompleteBase(f"{self.source.name}: {self.reg} would not mount "
+                                     f"{d.digest} from {src} into {repo}, and "
+                                     f"{self.source.name} does not carry it")
+            todo.setdefault(d.digest, []).append((repo, d))
+        if isinstance(self.source, StreamSource):
+            await self._push_passes(self.source, todo)
+            return
+        source = self.source
+
+        async def guarded(where: list[tuple[str, Descriptor]]) -> None:
+            async with self.sem:
+                await self._push_one(where, source.open, one_pass=False)
+
+        await gather_or_cancel(guarded(w) for w in todo.values())
+
+    async def _push_one(self, where: list[tuple[str, Descriptor]], read: Reader, *,
+                        one_pass: bool) -> list[tuple[str, Descriptor]]:
+        """Upload to the first repository, mount into the others; return those where the
+        registry would not mount (a `one_pass` body cannot be read twice: the caller passes
+        again)."""
+        client, reg = self.client, self.reg
+        first_repo, d = where[0]
+        await client.upload_blob(reg, first_repo, d, lambda off: read(d, off),
+                                 seekable=not one_pass)
+        self._pushed(d)
+        left = []
+        for repo, desc in where[1:]:
+            loc = await client.mount_blob(reg, repo, d, first_repo)
+            if loc is None:
+                self.result.blobs_mounted += 1
+            elif one_pass:
+                await client.cancel_upload(reg, repo, loc)  # the next pass opens its own
+                left.append((repo, desc))
+            else:
+                await client.upload_blob(reg, repo, d, lambda off: read(d, off),
+                                         seekable=True, location=loc)
+                self.result.blobs_pushed += 1
+                self.result.bytes_pushed += d.size
+        return left
+
+    def _pushed(self, d: Descriptor) -> None:
+        self.result.blobs_pushed += 1
+        self.result.bytes_pushed += d.size
+        self.progress.advanced(d.size)
+
+    async def _push_passes(self, source: StreamSource,
+                           todo: dict[str, list[tuple[str, Descriptor]]]) -> None:
+        """One pass over the source's stream; again for blobs a mount did not take, and for
+        uploads that failed with a cause worth another try (a stream can't be re-sent: the
+        blob waits for the next pass, up to the retry policy's tries)."""
+        failures: dict[str, int] = {}
+        policy = self.client.t.policy
+        while todo:
+            again: dict[str, list[tuple[str, Descriptor]]] = {}
+            stream = source.stream()
+            try:  # a push that fails closes the source's file now, not when collected
+                for digest, body in stream:
+                    if digest not in todo:
+                        continue
+                    where = todo.pop(digest)
+                    left = await self._try_pass(digest, where, body, failures)
+                    if left:
+                        again[digest] = left
+            finally:
+                close = getattr(stream, "close", None)
+                if close is not None:
+                    close()
+            if todo:
+                raise BundleError(f"{self.source.name}: blob(s) missing from the stream: "
+                                  f"{', '.join(sorted(todo)[:5])}")
+            todo = again
+            if failures and todo:
+                await asyncio.sleep(policy.delay(max(failures.values())))
+
+    async def _try_pass(self, digest: str, where: list[tuple[str, Descriptor]], body: Body,
+                        failures: dict[str, int]) -> list[tuple[str, Descriptor]]:
+        try:
+            return await self._push_one(where, lambda d, _off: body(d), one_pass=True)
+        except RegistryError as e:
+            tries = self.client.t.policy.tries
+            failures[digest] = failures.get(digest, 0) + 1
+            if not restartable(e) or failures[digest] >= tries:
+                raise
+            self.client.t.count_retry()
+            self.client.t.debug(f"retry upload of blob {digest} on the next pass over "
+                                f"{self.source.name}: {e}; try {failures[digest] + 1} of "
+                                f"{tries}")
+            return where

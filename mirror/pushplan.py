@@ -1,0 +1,211 @@
+"""What a push to one target registry decides, with no request of its own (mirror.push asks
+the target and acts): which blobs each repository needs asked about and how each then gets
+there (present, mounted, uploaded, or missing from an incremental bundle's base), the order
+of the manifests, and what a tag gets over the index it already holds. The dry run and the
+push act on the same decisions. Also the push's input and record: PushImage, PushResult."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from mirror.image import Image, push_order
+from mirror.manifest import Descriptor, RawManifest
+from mirror.merge import merged, other_platforms, platforms
+
+
+@dataclass
+class PushImage:
+    """An image (mirror.image) and where it goes at the target."""
+
+    image: Image
+    repository: str  # target repository
+    tag: str | None
+    unnamed: bool = False  # an entry with no ref name (skopeo's oci-archive:FILE): by digest
+
+    @property
+    def name(self) -> str:  # the source's name for it
+        return self.image.name
+
+    @property
+    def root(self) -> RawManifest:
+        return self.image.root
+
+    @property
+    def referrer_of(self) -> str | None:  # a signature, SBOM or attestation: its subject
+        return self.image.subject
+
+    @functools.cached_property
+    def manifests(self) -> list[RawManifest]:
+        """Those under the root, children before their parents, root last."""
+        return push_order([self.image.root], self.image.manifests)
+
+    @functools.cached_property
+    def blobs(self) -> list[Descriptor]:
+        """Every blob the manifests name (absent on purpose or not), each once."""
+        return list({d.digest: d for m in self.manifests for d in m.blobs()}.values())
+
+
+@dataclass
+class PushResult:
+    """What a push did (and, in a dry run, would do): filled in as it goes, so after a
+    failure it holds what was done."""
+
+    images: list[PushImage] = field(default_factory=list)
+    pinned: list[str] = field(default_factory=list)  # target@digest of images without a tag
+    blobs_pushed: int = 0
+    blobs_mounted: int = 0
+    blobs_present: int = 0
+    bytes_pushed: int = 0
+    manifests_pushed: int = 0
+    manifests_present: int = 0
+    tags: list[str] = field(default_factory=list)
+    untagged: list[str] = field(default_factory=list)  # HOST/REPO@DIGEST of unnamed entries
+    dry_run: list[str] = field(default_factory=list)
+    started: bool = False  # the target answered what it holds: the counts mean something
+
+
+# -- blobs ---------------------------------------------------------------------------------
+
+Check = tuple[str, Descriptor]  # (target repository, blob) asked about with a HEAD
+
+
+@dataclass
+class BlobPlan:
+    """What the target holds and what each blob needs: the one set of decisions the push
+    and the dry run act on."""
+    mounts: list[tuple[str, Descriptor, str]] = field(default_factory=list)  # repo, blob, from
+    todo: dict[str, list[tuple[str, Descriptor]]] = field(default_factory=dict)  # to upload
+    missing_base: list[str] = field(default_factory=list)
+    searched: int = 0
+    present: int = 0  # (repository, blob) pairs the target has: the report's blobs_present
+
+
+def blob_needs(images: list[PushImage], held: set[int]
+               ) -> tuple[dict[str, dict[str, Descriptor]], set[tuple[str, str]]]:
+    """Which blobs each repository needs asked about, and the (repository, blob) pairs of
+    the images the target serves whole already (`held`: their id()), never asked about."""
+    need: dict[str, dict[str, Descriptor]] = {}
+    there: set[tuple[str, str]] = set()
+    for img in images:
+        for d in img.blobs:
+            if id(img) in held:
+                there.add((img.repository, d.digest))
+            else:
+                need.setdefault(img.repository, {})[d.digest] = d
+    return need, there
+
+
+def held_only(need: dict[str, dict[str, Descriptor]], there: set[tuple[str, str]]) -> int:
+    """The pairs of images there whole that no other image needs asked about: counted
+    present, as when each was asked about."""
+    return len({(r, dg) for r, dg in there if dg not in need.get(r, {})})
+
+
+def holders(checks: list[Check], flags: list[bool], there: set[tuple[str, str]]
+            ) -> dict[str, str]:
+    """digest -> a target repository that has it (a HEAD said so, or an image there
+    whole): where a mount takes it from."""
+    out: dict[str, str] = {}
+    for (repo, d), ok in zip(checks, flags, strict=True):
+        if ok:
+            out.setdefault(d.digest, repo)
+    for repo, digest in sorted(there):
+        out.setdefault(digest, repo)
+    return out
+
+
+def lost_base(checks: list[Check], flags: list[bool], held_in: dict[str, str],
+              carries: Callable[[str], bool], absent: Mapping[str, str]
+              ) -> dict[str, Descriptor]:
+    """An incremental source's base blobs that are in no repository asked about: the
+    caller looks for them in the target's other repositories."""
+    return {d.digest: d for (_, d), ok in zip(checks, flags, strict=True)
+            if not ok and d.digest not in held_in and not carries(d.digest)
+            and absent.get(d.digest) == "base"}
+
+
+def blob_plan(checks: list[Check], flags: list[bool], held_in: dict[str, str],
+              carries: Callable[[str], bool], absent: Mapping[str, str]) -> BlobPlan:
+    """Per blob a repository lacks: a mount where the target has it elsewhere, an upload
+    where the source carries it, missing where it is a base blob found nowhere; a foreign
+    one (`absent` "foreign", or not carried) is never needed."""
+    plan = BlobPlan()
+    for (repo, d), ok in zip(checks, flags, strict=True):
+        if ok:
+            plan.present += 1
+            continue
+        reason = None if carries(d.digest) else absent.get(d.digest, "foreign")
+        if d.digest in held_in and reason in (None, "base"):  # foreign: never needed
+            plan.mounts.append((repo, d, held_in[d.digest]))
+        elif reason == "base":
+            plan.missing_base.append(f"{d.digest} ({repo})")
+        elif reason is None:
+            plan.todo.setdefault(d.digest, []).append((repo, d))
+    return plan
+
+
+# -- manifests -----------------------------------------------------------------------------
+
+Step = tuple[PushImage, str, RawManifest]  # an image, the reference to push, the manifest
+
+
+def manifest_groups(images: list[PushImage], merge: bool
+                    ) -> list[tuple[list[PushImage], bool]]:
+    """The images, then the referrers (after every image: their subjects are there first;
+    never merged), each with whether a tag over another index is merged."""
+    return [([i for i in images if i.referrer_of is None], merge),
+            ([i for i in images if i.referrer_of is not None], False)]
+
+
+def by_digest(group: list[PushImage]) -> Iterator[Step]:
+    """Children by digest for every image, then the roots of those without a tag."""
+    for img in group:
+        for m in img.manifests:
+            if m is not img.root:
+                yield img, m.digest, m
+    for img in group:
+        if img.tag is None:
+            yield img, img.root.digest, img.root
+
+
+def by_tag(group: list[PushImage]) -> Iterator[Step]:
+    """The tags, last: no tag names a half-pushed image."""
+    for img in group:
+        if img.tag is not None:
+            yield img, img.tag, img.root
+
+
+def over(img: PushImage, old: RawManifest | None, merge: bool, where: str
+         ) -> tuple[RawManifest, str | None]:
+    """What to push as the tag `where` holding `old` (None: nothing, or no answer worth
+    trusting): the root, or, when `old` is another index with platforms the root lacks and
+    `merge` is asked, the two merged (mirror.merge); and the warning to give, if any: a tag
+    never loses platforms silently."""
+    if old is None:
+        return img.root, None
+    if not img.root.is_index:
+        # one image manifest (a docker-archive's, a single-platform image) over a
+        # multi-arch tag: the tag becomes that one image; merge merges indexes only
+        held = [d for d in old.children if d.platform is not None and
+                not d.platform.is_unknown] if old.is_index else []
+        if len(held) > 1:
+            return img.root, (
+                f"{where} held index {old.digest} with {platforms(held)}; {img.name} is "
+                f"one image manifest ({img.root.digest}), not an index: replaced, the tag "
+                "is no longer multi-arch")
+        return img.root, None
+    keep = other_platforms(img.root, old) if old.is_index else []
+    if not keep:
+        return img.root, None
+    if not merge:
+        return img.root, (
+            f"{where} held index {old.digest} with {platforms(keep)}, which {img.name} "
+            f"({img.root.digest}) does not have: replaced, those platforms are no longer "
+            "tagged (`--merge` keeps them)")
+    new = merged(img.root, old, keep)
+    if new.digest == old.digest:
+        return new, None  # merged so before (a re-run): nothing changes, nothing to say
+    return new, (f"{where}: merged {img.root.digest} with {platforms(keep)} from the index "
+                 f"it held ({old.digest}): {img.root.digest} -> {new.digest}")
