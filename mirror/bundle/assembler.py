@@ -25,8 +25,8 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 from mirror.bundle import volumes
-from mirror.bundle.layout import blob_name
-from mirror.bundle.writer import BUF, _header, _pad, head_files
+from mirror.bundle.layout import Piecewise, blob_name
+from mirror.bundle.writer import BUF, HeadFile, _header, _pad, head_files, head_member
 from mirror.digest import Verifier
 from mirror.errors import naming
 from mirror.store import writeback
@@ -96,9 +96,9 @@ class Tee:
 
 
 class Assembler:
-    def __init__(self, out: Path, *, index_json: bytes, inventory_json: bytes,
+    def __init__(self, out: Path, *, index_json: HeadFile, inventory_json: HeadFile,
                  manifests: list[tuple[str, bytes]], blobs: Iterable[tuple[str, int]],
-                 docker_json: bytes | None = None, volume_size: int | None = None) -> None:
+                 docker_json: HeadFile | None = None, volume_size: int | None = None) -> None:
         self.out = out
         self.volume_size = volume_size  # named as parts of this size (mirror.bundle.volumes)
         self.tmp = out.with_name(out.name + ".partial")
@@ -116,14 +116,15 @@ class Assembler:
             self.abort()
             raise
 
-    def _lay_out(self, files: list[tuple[str, bytes]], manifests: list[tuple[str, bytes]],
+    def _lay_out(self, files: list[tuple[str, Piecewise]], manifests: list[tuple[str, bytes]],
                  blobs: Iterable[tuple[str, int]]) -> None:
         """Write the head (files, manifests) and each blob's tar header at its offset, in
         pieces of about a MiB: the head of thousands of manifests as one bytearray, and a
         header kept per blob, were most of a pull's peak memory at 2,000 images."""
-        pos = len(_DIRS) + sum(len(_header(name, len(data))) + len(data) + len(_pad(len(data)))
-                               for name, data in [*files, *((blob_name(d), data)
-                                                            for d, data in manifests)])
+        pos = len(_DIRS) + sum(len(_header(name, size)) + size + len(_pad(size))
+                               for name, size in [*((n, doc.size) for n, doc in files),
+                                                  *((blob_name(d), len(data))
+                                                    for d, data in manifests)])
         self.offsets: dict[str, tuple[int, int]] = {}  # digest -> (data offset, size)
         for digest, size in blobs:
             n = len(_header(blob_name(digest), size))
@@ -158,8 +159,8 @@ class Assembler:
             self.written(off + size, len(_pad(size)))  # zeros: part of the hole
         self.written(self.size - 1024, 1024)
 
-    def _write_head(self, files: list[tuple[str, bytes]], manifests: list[tuple[str, bytes]]
-                    ) -> None:
+    def _write_head(self, files: list[tuple[str, Piecewise]],
+                    manifests: list[tuple[str, bytes]]) -> None:
         head, at = bytearray(), 0
 
         def put(piece: bytes) -> None:
@@ -170,8 +171,9 @@ class Assembler:
                 self.written(at, len(head))
                 at, head = at + len(head), bytearray()
 
-        for name, data in files:
-            put(_header(name, len(data)) + data + _pad(len(data)))
+        for name, doc in files:
+            for piece in head_member(name, doc):
+                put(piece)
         put(_DIRS)
         for digest, data in manifests:
             put(_header(blob_name(digest), len(data)) + data + _pad(len(data)))

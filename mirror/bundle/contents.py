@@ -5,6 +5,7 @@ inventory, the manifests and blobs in their fixed tar order; and the one-pass wr
 from __future__ import annotations
 
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -19,6 +20,7 @@ from mirror.bundle.layout import (
     A_SUBJECT,
     Entry,
     Inventory,
+    Piecewise,
     entry_list,
     index_json,
 )
@@ -41,34 +43,37 @@ class Options(Protocol):
     def volume_size(self) -> int | None: ...  # written as parts (mirror.bundle.volumes)
 
 
-def entries_for(plans: list[Image]) -> tuple[list[Entry], list[Entry]]:
-    """The index.json entries (one per image reference) and the referrers' entries (their
-    own tag or `name@digest`), which mirror.json carries (mirror.bundle.layout)."""
-    entries: dict[str, Entry] = {}
+def entry_for(p: Image) -> Entry:
+    """The index.json entry of an image (one per reference)."""
+    ann = {A_INDEX_MODE: p.mode}
+    if p.platforms:
+        ann[A_PLATFORMS] = ",".join(dict.fromkeys(p.platforms))
+    if p.root.digest != p.source_digest:
+        ann[A_SOURCE_DIGEST] = p.source_digest
+    if p.conversions:
+        ann[A_CONVERSIONS] = ",".join(f"{o}>{n}" for o, n in p.conversions.items())
+    if p.dest is not None:  # where images.yaml says it lands (mirror.mapping)
+        ann.update(p.dest.annotations())
+    return Entry(p.name, p.root.media_type, p.root.digest, p.root.size, ann)
+
+
+def referrer_entries(plans: list[Image], named: Collection[str]) -> list[Entry]:
+    """The referrers' entries (their own tag or `name@digest`), which mirror.json carries
+    (mirror.bundle.layout), but for a name that is an image's (`named`)."""
     referrers: dict[str, Entry] = {}
     for p in plans:
-        ann = {A_INDEX_MODE: p.mode}
-        if p.platforms:
-            ann[A_PLATFORMS] = ",".join(dict.fromkeys(p.platforms))
-        if p.root.digest != p.source_digest:
-            ann[A_SOURCE_DIGEST] = p.source_digest
-        if p.conversions:
-            ann[A_CONVERSIONS] = ",".join(f"{o}>{n}" for o, n in p.conversions.items())
-        if p.dest is not None:  # where images.yaml says it lands (mirror.mapping)
-            ann.update(p.dest.annotations())
-        entries[p.name] = Entry(p.name, p.root.media_type, p.root.digest, p.root.size, ann)
         for r in p.referrers:
             m = r.root
             referrers[r.name] = Entry(r.name, m.media_type, m.digest, m.size,
                                       {A_SUBJECT: r.subject or "", A_KIND: r.kind or ""})
-    return list(entries.values()), [r for n, r in referrers.items() if n not in entries]
+    return [r for n, r in referrers.items() if n not in named]
 
 
 @dataclass
 class BundleLayout:
-    index: bytes
-    inventory: bytes
-    docker: bytes  # manifest.json
+    index: Piecewise
+    inventory: Piecewise
+    docker: Piecewise  # manifest.json
     manifests: list[tuple[str, bytes]]  # in tar order
     blobs: list[BlobItem]  # in tar order (verify flags set by the writer's caller)
 
@@ -94,14 +99,17 @@ def bundle_layout(images: ImageSet, opts: Options) -> BundleLayout:
             inv.absent.setdefault(digest, reason)
         inv.conversions.update(p.conversions)
     inv.manifests = sorted(manifests)
-    entries, referrers = entries_for(plans)
-    inv.referrers = entry_list(referrers)
+    named = {p.name: p for p in plans}  # one entry per reference: the last one's
+    inv.referrers = entry_list(referrer_entries(plans, named))
     carried = set(blobs)
     # an image whose layers are not all here (a base bundle's, a skipped foreign layer)
     incomplete = {p.name for p in plans if "foreign" in p.absent.values()
                   or any(d not in carried for d in p.blobs)}
-    return BundleLayout(index_json(entries, incomplete), inv.to_bytes(),
-                        docker_manifest(plans, carried),
+    # the three documents are made again each time they are read, never held whole
+    return BundleLayout(Piecewise(lambda: index_json(named, lambda n: entry_for(named[n]),
+                                                     incomplete)),
+                        Piecewise(inv.pieces),
+                        Piecewise(lambda: docker_manifest(plans, carried)),
                         [(d, manifests[d]) for d in inv.manifests],
                         [BlobItem(d, size, verify=True) for d, size in sorted(blobs.items())])
 

@@ -18,10 +18,10 @@ first platform; the other platforms load untagged (by image ID).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from mirror import mediatypes as mt
-from mirror.bundle.layout import blob_name
+from mirror.bundle.layout import batched, blob_name
 from mirror.image import Image, push_order
 from mirror.manifest import RawManifest
 from mirror.platform import Platform
@@ -65,9 +65,10 @@ def _loadable(platform: Platform | None, raw: RawManifest, carried: set[str]) ->
         d.digest in carried for d in raw.blobs())
 
 
-def docker_manifest(plans: Iterable[Image], carried: set[str]) -> bytes:
-    """manifest.json for the images of `plans` whose blobs are all in `carried`."""
-    entries: dict[tuple[str, tuple[str, ...]], set[str]] = {}
+def docker_manifest(plans: Iterable[Image], carried: set[str]) -> Iterator[bytes]:
+    """manifest.json for the images of `plans` whose blobs are all in `carried`: the bytes
+    of json.dumps of the whole list (compact, a newline after it), made entry by entry."""
+    entries: dict[tuple[str, tuple[str, ...]], set[str] | None] = {}
     for plan in plans:
         images = [(p, raw) for p, raw in _images(plan) if _loadable(p, raw, carried)]
         tagged = next((raw for p, raw in images if p is not None and
@@ -78,14 +79,23 @@ def docker_manifest(plans: Iterable[Image], carried: set[str]) -> bytes:
         for _, raw in images:
             assert raw.config is not None
             key = (raw.config.digest, tuple(d.digest for d in raw.layers))
-            tags = entries.setdefault(key, set())
+            tags = entries.setdefault(key, None)
             if raw is tagged and tag:
+                if tags is None:
+                    tags = entries[key] = set()
                 tags.add(tag)
-    docs = [{"Config": blob_name(config), "RepoTags": sorted(tags) or None,
-             "Layers": [blob_name(d) for d in layers]}
-            for (config, layers), tags in entries.items()]
-    docs.sort(key=lambda d: (d["RepoTags"] is None, d["RepoTags"] or [], d["Config"]))
-    return json.dumps(docs, separators=(",", ":")).encode() + b"\n"
+    # each entry's dict made as it is written, in the order of the whole list sorted by
+    # (untagged, tags, config path); a stable sort: ties keep the images' order
+    docs = sorted(((sorted(tags) if tags else None, key) for key, tags in entries.items()),
+                  key=lambda d: (d[0] is None, d[0] or [], blob_name(d[1][0])))
+    del entries
+    compact = json.JSONEncoder(separators=(",", ":")).encode
+    yield b"["
+    yield from batched(("," if n else "") + compact(
+        {"Config": blob_name(config), "RepoTags": names,
+         "Layers": [blob_name(d) for d in layers]})
+        for n, (names, (config, layers)) in enumerate(docs))
+    yield b"]\n"
 
 
 def left_out(plans: Iterable[Image], carried: set[str]) -> list[tuple[str, str]]:

@@ -16,8 +16,9 @@ list only images there. The reader gives load, verify and inspect the entries of
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,19 +55,88 @@ class Entry:
                 "annotations": dict(sorted(ann.items()))}
 
 
-def index_json(entries: list[Entry], last: Collection[str] = ()) -> bytes:
-    """index.json: the entries by name, those named in `last` (images whose blobs are not
-    all in the bundle) after the others: `ctr images import` stops unpacking at the first
-    image it cannot unpack, so the images it can come first."""
-    return dump_json({
-        "schemaVersion": 2,
-        "mediaType": mt.OCI_INDEX,
-        "manifests": entry_list(entries, last),
-    })
+class Piecewise:
+    """A file of the bundle's head (index.json, mirror.json, manifest.json) as the pieces
+    `make` yields, made once for its size and sha256 (what the unchanged check compares)
+    and again as it is written: at 2,000 images each document whole, and the Python
+    structures it was serialised from, were a tenth of a pull's peak memory."""
+
+    __slots__ = ("_make", "sha256", "size")
+
+    def __init__(self, make: Callable[[], Iterable[bytes]]) -> None:
+        self._make = make
+        h, self.size = hashlib.sha256(), 0
+        for piece in make():
+            h.update(piece)
+            self.size += len(piece)
+        self.sha256 = h.digest()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._make())
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self)
+
+    @classmethod
+    def of(cls, data: bytes | Piecewise) -> Piecewise:
+        return data if isinstance(data, Piecewise) else cls(lambda: (data,))
+
+
+PIECE = 64 << 10  # what the serialisers below gather before they yield
+
+
+def batched(parts: Iterable[str]) -> Iterator[bytes]:
+    """`parts` joined and encoded in pieces of about PIECE bytes."""
+    held: list[str] = []
+    n = 0
+    for part in parts:
+        held.append(part)
+        n += len(part)
+        if n >= PIECE:
+            yield "".join(held).encode()
+            held, n = [], 0
+    if held:
+        yield "".join(held).encode()
+
+
+def index_json(names: Iterable[str], entry: Callable[[str], Entry],
+               last: Collection[str] = ()) -> Iterator[bytes]:
+    """index.json: an entry per name (`entry` makes it), by name, those named in `last`
+    (images whose blobs are not all in the bundle) after the others: `ctr images import`
+    stops unpacking at the first image it cannot unpack, so the images it can come first.
+    The bytes of dump_json of the whole document, made entry by entry."""
+    yield b'{"schemaVersion":2,"mediaType":' + dump_json(mt.OCI_INDEX) + b',"manifests":['
+    # dump_json's bytes as str: ensure_ascii=False, compact
+    compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    yield from batched(("," if n else "") + compact(entry(name).to_json())
+                       for n, name in enumerate(sorted(names, key=lambda n: (n in last, n))))
+    yield b"]}"
 
 
 def entry_list(entries: list[Entry], last: Collection[str] = ()) -> list[dict[str, Any]]:
     return [e.to_json() for e in sorted(entries, key=lambda e: (e.name in last, e.name))]
+
+
+def indented_json(obj: Any, level: int = 0) -> Iterator[str]:
+    """json.dumps(obj, indent=1) in pieces (at nesting `level`): a dict or list item by
+    item, so no encoder holds the pieces of a document of thousands of entries. A dict
+    value may be a callable: the items it returns are serialised as a dict's, one by one
+    (a sorted view made as it is read)."""
+    pad, end = "\n" + " " * (level + 1), "\n" + " " * level
+    items = obj() if callable(obj) else obj.items() if isinstance(obj, dict) else None
+    if items is not None:
+        n = 0
+        for n, (k, v) in enumerate(items, 1):
+            yield ("{" if n == 1 else ",") + pad + json.dumps(k) + ": "
+            yield from indented_json(v, level + 1)
+        yield end + "}" if n else "{}"
+    elif isinstance(obj, list) and obj:
+        for n, v in enumerate(obj):
+            yield ("[" if n == 0 else ",") + pad
+            yield from indented_json(v, level + 1)
+        yield end + "]"
+    else:
+        yield json.dumps(obj)
 
 
 @dataclass
@@ -84,9 +154,14 @@ class Inventory:
     referrers: list[dict[str, Any]] = field(default_factory=list)  # index.json-style entries
 
     def to_bytes(self) -> bytes:
+        return b"".join(self.pieces())
+
+    def pieces(self) -> Iterator[bytes]:
+        """The bytes of json.dumps(the document, indent=1) and a newline, in pieces."""
+        blobs = self.blobs
         doc: dict[str, Any] = {
             "mirrorBundleVersion": FORMAT_VERSION,
-            "blobs": dict(sorted(self.blobs.items())),
+            "blobs": lambda: ((d, blobs[d]) for d in sorted(blobs)),
             "manifests": self.manifests,
             "absent": dict(sorted(self.absent.items())),
             "partial": self.partial,
@@ -99,7 +174,8 @@ class Inventory:
             doc["conversions"] = dict(sorted(self.conversions.items()))
         if self.referrers:
             doc["referrers"] = self.referrers
-        return json.dumps(doc, indent=1, sort_keys=False).encode() + b"\n"
+        yield from batched(indented_json(doc))
+        yield b"\n"
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Inventory:

@@ -14,7 +14,7 @@ import hashlib
 import os
 import tarfile
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO, cast
@@ -22,7 +22,7 @@ from typing import IO, BinaryIO, cast
 import zstandard
 
 from mirror.bundle import volumes
-from mirror.bundle.layout import DOCKER_JSON, MIRROR_JSON, OCI_LAYOUT, blob_name
+from mirror.bundle.layout import DOCKER_JSON, MIRROR_JSON, OCI_LAYOUT, Piecewise, blob_name
 from mirror.digest import Verifier
 from mirror.errors import IntegrityError, MirrorError, SizeMismatch, naming
 from mirror.fileobj import Writable
@@ -76,8 +76,11 @@ def _pad(n: int) -> bytes:
     return b"\0" * ((512 - n % 512) % 512)
 
 
-def head_files(index_json: bytes, inventory_json: bytes, docker_json: bytes | None
-               ) -> list[tuple[str, bytes]]:
+HeadFile = bytes | Piecewise  # a file of the head: its bytes, or made piece by piece
+
+
+def head_files(index_json: HeadFile, inventory_json: HeadFile, docker_json: HeadFile | None
+               ) -> list[tuple[str, Piecewise]]:
     """The files before blobs/, in their order (the one list the writer, the assembler and
     `tar_size` lay out). manifest.json comes after mirror.json: a streaming reader plans
     once it holds index.json and mirror.json."""
@@ -85,21 +88,28 @@ def head_files(index_json: bytes, inventory_json: bytes, docker_json: bytes | No
              (MIRROR_JSON, inventory_json)]
     if docker_json is not None:
         files.append((DOCKER_JSON, docker_json))
-    return files
+    return [(name, Piecewise.of(data)) for name, data in files]
+
+
+def head_member(name: str, data: Piecewise) -> Iterator[bytes]:
+    """A file of the head as it goes into the tar: its header, its pieces, its padding."""
+    yield _header(name, data.size)
+    yield from data
+    yield _pad(data.size)
 
 
 def write_bundle(
     out: Path,
     *,
-    index_json: bytes,
-    inventory_json: bytes,
+    index_json: HeadFile,
+    inventory_json: HeadFile,
     manifests: Iterable[tuple[str, bytes]],
     blobs: Iterable[BlobItem],
     store: BlobStore,
     compress: bool,
     progress: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
-    docker_json: bytes | None = None,
+    docker_json: HeadFile | None = None,
     volume_size: int | None = None,
 ) -> str:
     """Write the bundle (as parts of `volume_size`, when given: mirror.bundle.volumes);
@@ -121,8 +131,9 @@ def write_bundle(
             def member(name: str, data: bytes) -> None:
                 sink.write(_header(name, len(data)) + data + _pad(len(data)))
 
-            for name, data in head_files(index_json, inventory_json, docker_json):
-                member(name, data)
+            for name, doc in head_files(index_json, inventory_json, docker_json):
+                for piece in head_member(name, doc):
+                    sink.write(piece)
             sink.write(_header("blobs/", 0, is_dir=True))
             sink.write(_header("blobs/sha256/", 0, is_dir=True))
             for digest, data in manifests:
@@ -146,14 +157,15 @@ def write_bundle(
     return "sha256:" + hw.h.hexdigest()
 
 
-def tar_size(index_json: bytes, inventory_json: bytes, manifests: list[tuple[str, bytes]],
-             blobs: list[BlobItem], docker_json: bytes | None = None) -> int:
+def tar_size(index_json: HeadFile, inventory_json: HeadFile,
+             manifests: list[tuple[str, bytes]], blobs: list[BlobItem],
+             docker_json: HeadFile | None = None) -> int:
     """The exact size of the uncompressed tar write_bundle would write."""
 
     def member(name: str, size: int) -> int:
         return _header_size(name, size) + size + len(_pad(size))
 
-    total = sum(member(n, len(d)) for n, d in head_files(index_json, inventory_json,
+    total = sum(member(n, d.size) for n, d in head_files(index_json, inventory_json,
                                                          docker_json))
     total += len(_header("blobs/", 0, is_dir=True)) + len(_header("blobs/sha256/", 0,
                                                                     is_dir=True))
@@ -215,8 +227,8 @@ def _identity(path: Path) -> tuple[int, ...]:
     return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
-def unchanged(out: Path, index_json: bytes, inventory_json: bytes, size: int | None,
-              docker_json: bytes | None = None, volume_size: int | None = None,
+def unchanged(out: Path, index_json: HeadFile, inventory_json: HeadFile, size: int | None,
+              docker_json: HeadFile | None = None, volume_size: int | None = None,
               prehash: Prehash | None = None) -> str | None:
     """The digest of an existing bundle at `out` that already holds exactly this content
     (same index.json, inventory and manifest.json, which pin every blob by digest and size;
@@ -265,7 +277,7 @@ def _same_shape(out: Path, side: Path, digest: str, size: int | None,
     return same, vs
 
 
-def _same_head(raw: BinaryIO, size: int | None, files: list[tuple[str, bytes]]) -> bool:
+def _same_head(raw: BinaryIO, size: int | None, files: list[tuple[str, Piecewise]]) -> bool:
     """The bundle read from `raw` starts with these files (a .tar.zst when `size` is None)."""
     if raw.read(4) == b"\x28\xb5\x2f\xfd":
         if size is not None:
@@ -283,7 +295,13 @@ def _same_head(raw: BinaryIO, size: int | None, files: list[tuple[str, bytes]]) 
             if ti.name == "oci-layout":
                 continue
             f = tf.extractfile(ti)
-            if ti.name not in want or f is None or f.read() != want.pop(ti.name):
+            doc = want.pop(ti.name, None)
+            if doc is None or f is None or ti.size != doc.size:
+                return False
+            h = hashlib.sha256()
+            while data := f.read(BUF):
+                h.update(data)
+            if h.digest() != doc.sha256:
                 return False
             if not want:
                 break
