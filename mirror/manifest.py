@@ -152,7 +152,8 @@ class RawManifest:
 
     @cached_property
     def digest(self) -> str:
-        return sha256_of(self.data)
+        # interned: the same string as the descriptors naming it (Descriptor.from_dict)
+        return sys.intern(sha256_of(self.data))
 
     @property
     def size(self) -> int:

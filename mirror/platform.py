@@ -8,6 +8,7 @@ recommends for a mirror: the user gets what they asked for, not a compatible fal
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -51,6 +52,13 @@ def _norm(os_: str, arch: str, variant: str) -> tuple[str, str, str]:
         elif variant in ("5", "6", "8"):
             variant = "v" + variant
     return os_, arch, variant
+
+
+@functools.lru_cache(maxsize=256)
+def _text(os_: str, arch: str, variant: str) -> str:
+    """`os/arch[/variant]`, one string per platform (the keys of every image's platform
+    digests)."""
+    return f"{os_}/{arch}/{variant}" if variant else f"{os_}/{arch}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,10 +120,7 @@ class Platform:
             other.os, other.architecture, other.variant)
 
     def __str__(self) -> str:
-        s = f"{self.os}/{self.architecture}"
-        if self.variant:
-            s += f"/{self.variant}"
-        return s
+        return _text(self.os, self.architecture, self.variant)
 
 
 class PlatformSelector:
