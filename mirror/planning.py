@@ -6,6 +6,7 @@ why it failed, is its ImageResult (the report's entry)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -81,6 +82,7 @@ class Planner:
         # images resolving at once, per registry: one whose requests wait (a 429 storm, a
         # stall) holds its own registry's slots, never another's
         self.sems: dict[str, asyncio.Semaphore] = {}
+        self.turns: dict[str, asyncio.Lock] = {}  # per registry with a budget (turn)
         self.results = [ImageResult(str(s.reference), s.where) for s in specs]
         self.retry_counts = [[0] for _ in specs]  # per image (a shared blob: its first image)
         self.plans: list[Image | None] = [None] * len(specs)
@@ -128,7 +130,24 @@ class Planner:
             self.sems[registry] = asyncio.Semaphore(self.client.t.limits_for(registry).small)
         return self.sems[registry]
 
+    def turn(self, registry: str) -> contextlib.AbstractAsyncContextManager[object]:
+        """A registry with a request budget (max_requests_per_run) resolves its images one
+        at a time, in the config's order, each admitted (`admit`) before the next is asked
+        about: the budget goes to whole images, first to last, not to every image's manifests
+        and then to none's blobs. Other registries resolve theirs at once."""
+        if self.client.t.limits_for(registry).budget is None:
+            return contextlib.nullcontext()
+        return self.turns.setdefault(registry, asyncio.Lock())
+
+    def admit(self, i: int, plan: Image) -> None:
+        """Image `i` is resolved; raise BudgetSpent when its registry's budget cannot
+        fetch it (a pull's: mirror.pull)."""
+
     async def plan_one(self, i: int, spec: ImageSpec) -> None:
+        async with self.turn(spec.reference.registry):
+            await self.resolve_one(i, spec)
+
+    async def resolve_one(self, i: int, spec: ImageSpec) -> None:
         res = self.results[i]
         if spec.waits is not None:  # a tag rule its registry could not be asked about
             self.failed(i, BudgetSpent(spec.waits, registry=spec.reference.registry,
@@ -154,6 +173,7 @@ class Planner:
                 async with slots:
                     await attach_referrers(self.finder, spec, plan, self.opts.referrer_types,
                                            self.progress)
+            self.admit(i, plan)
         except NotFound as e:
             self.failed(i, _gone(spec, e) if spec.pin is not None and spec.pin in str(e)
                         else e)

@@ -6,7 +6,8 @@ is fetched once into the content-addressed store (shared across images, platform
 verified on the way in, and teed into the bundle being assembled (mirror.bundle.assembler).
 While resolving waits on a registry (a 429's Retry-After, a back-off), the blobs of the images
 resolved so far are downloaded into the store meanwhile (mirror.prefetch) and copied into the
-bundle once it is laid out.
+bundle once it is laid out. A registry with a request budget has its images admitted whole,
+in order (`admit`): those its budget cannot fetch wait for the next run.
 A .tar.zst is written from the store in one pass at the end (mirror.bundle.contents). With
 `keep_going`, an image that fails is reported and left out (the bundle is marked partial); otherwise the first failure stops the run. What was
 downloaded stays in the store either way, so the next run does not fetch it again.
@@ -38,6 +39,7 @@ from mirror.prefetch import Prefetch
 from mirror.progress import NullProgress, Progress
 from mirror.registry.client import Client
 from mirror.registry.policy import RETRY_COUNTER
+from mirror.registry.ratelimit import ADMITTED
 from mirror.store.blobs import _IO_POOL, BlobStore
 
 PLACING = 64  # blobs under way at once per registry (each waits for one of -j's slots)
@@ -110,6 +112,7 @@ class _Run(Planner):
         self.store, self.opts = store, opts
         self.fetcher = Fetcher(client, store, opts.jobs, progress)
         self.prefetch = Prefetch(self.fetcher, PLACING)
+        self.promised: set[str] = set()  # blobs a registry's budget promised requests to
         self.in_layout: set[int] = set()  # the images the assembling bundle was laid out for
         self.accounted: set[int] = set()  # images whose bytes are counted (_account)
         # digest -> size of each blob found in the cache: the run's bytes_reused counts a
@@ -200,10 +203,25 @@ class _Run(Planner):
             for digests in lanes.values())
 
     def context(self, i: int) -> contextvars.Context:
-        """Where image `i`'s downloads run: their retries count for it."""
+        """Where image `i`'s downloads run: their retries count for it, and their requests
+        draw on what its registry's budget promised it (admit)."""
         ctx = contextvars.copy_context()
         ctx.run(RETRY_COUNTER.set, self.retry_counts[i])
+        ctx.run(ADMITTED.set, True)
         return ctx
+
+    def admit(self, i: int, plan: Image) -> None:
+        """A registry with a request budget: promise the image a request per blob it
+        still needs (not in the cache, not promised to an image before it), or refuse it and
+        the images after it (BudgetSpent: they wait for the next run)."""
+        ref = self.specs[i].reference
+        lim = self.client.t.limits_for(ref.registry)
+        if lim.budget is None:
+            return
+        new = {d.digest for d in self.need(plan) if d.digest not in self.promised
+               and d.digest not in self.fetcher.done and not self.store.has(d.digest, d.size)}
+        lim.admit(len(new))
+        self.promised |= new
 
     async def plan_and_prefetch(self) -> None:
         """Planning; once a request of it waits (a 429's Retry-After, a back-off), the blobs

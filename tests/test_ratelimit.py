@@ -230,12 +230,11 @@ def bundle_refs(bundle: Path) -> set[str]:
 def test_max_requests_per_run_leaves_images_for_the_next_run(
         src_registry: Registry, proxies, repo_name: str, rng: random.Random,
         tmp_path: Path) -> None:
-    """A budget of 15 requests for registry A (3 images: 13 to resolve them, 2 per image's
-    layers): the run fetches what it can, the images it could not finish wait (exit 14, each
+    """A budget of 15 requests for registry A (3 images, each resolved and then admitted
+    while the budget covers its layers): the images it could not finish wait (exit 14, each
     named, the report's `waiting`), B's image is in the bundle; A got no request past its
     budget; the next run (with the budget renewed) completes them from where this one
-    stopped, fetching no layer twice: a layer whose download was under way when the budget
-    ran out is finished, not dropped (A's blobs answer after 0.3 s, so several are)."""
+    stopped, fetching no layer twice (A's blobs answer after 0.3 s)."""
     seed(src_registry, f"{repo_name}/a", rng, n=3, layers=2)
     seed(src_registry, f"{repo_name}/b", rng, n=1, layers=2)
     a, b = proxies(), proxies()
@@ -251,9 +250,10 @@ def test_max_requests_per_run_leaves_images_for_the_next_run(
     assert waiting and set(waiting) <= set(refs[:3]), doc["waiting"]
     assert doc["requests"][a.host] == counted(a) and sum(counted(a).values()) == 15
     for ref in waiting:
-        line = f"{ref}: failed: rate limited by {a.host}: 0 requests left, resets with " \
-               "the next run (max_requests_per_run: 15); this image waits for the next run"
-        assert line in proc.stderr, proc.stderr
+        [line] = [x for x in proc.stderr.splitlines()
+                  if f"{ref}: failed: rate limited by {a.host}: " in x]
+        assert "max_requests_per_run: 15" in line and "this image waits for the next run" \
+            in line, line
     assert f"{len(waiting)} of 4 image(s) wait for a registry's rate limit" in proc.stderr
     assert doc["error"].startswith(f"{len(waiting)} of 4 image(s) wait") and \
         doc["exit_code"] == 14
@@ -267,6 +267,75 @@ def test_max_requests_per_run_leaves_images_for_the_next_run(
     assert bundle_refs(out) == set(refs) and report_of(rep)["waiting"] == []
     again = {p for m, p, st in a.requests if "/blobs/" in p and m == "GET" and st == 200}
     assert again and again.isdisjoint(fetched), again & fetched
+
+
+def test_a_tight_budget_finishes_whole_images_in_order_and_the_rest_wait(
+        src_registry: Registry, proxies, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """max_requests_per_run covering about half of registry A's four images: the run spends
+    it on whole images in the config's order (resolve one, then the next only while the
+    budget still covers the blobs of those admitted): the first two are in the bundle
+    complete (skopeo copies them out of it), the third is resolved but its blobs would not
+    fit, so it and the fourth wait (named on stderr and in the report's `waiting`, exit 14),
+    none of their blobs asked for; it used to resolve all four and finish none. The next
+    night, incremental against the lock and with the budget renewed, carries the other two
+    without fetching a blob of the first two again, and the lock then names all four."""
+    seed(src_registry, f"{repo_name}/cal", rng, n=2, layers=2)
+    on_a = seed(src_registry, f"{repo_name}/a", rng, n=4, layers=2)
+    a = proxies()
+    cost = []  # of the first such image from a cold cache, then of the first two
+    for n in (1, 2):
+        a.reset_counters()
+        run_mirror("pull", *(f"{a.host}/{repo_name}/cal{i}:v1" for i in range(n)), "-o",
+                   tmp_path / "cal.tar", "--cache", tmp_path / f"cal{n}",
+                   "--lock-file", tmp_path / "cal.lock")
+        cost.append(sum(counted(a).values()))
+    per_image = cost[1] - cost[0]  # one more image: its resolution and its 3 blobs
+    assert per_image >= 4, cost
+    a.reset_counters()
+    budget = cost[1] + per_image - 1  # two images, and all but one request of a third
+    refs = [f"{a.host}/{repo_name}/a{i}:v1" for i in range(4)]
+    cfg = budget_config(tmp_path / "images.yaml", a.host, budget, refs)
+    out, rep, lock = tmp_path / "b.tar", tmp_path / "r.json", tmp_path / "images.lock"
+    args = ["-f", cfg, "--cache", tmp_path / "cache", "--report", rep]
+    proc = run_mirror("pull", *args, "-o", out)
+    assert proc.returncode == 14, proc.stderr
+    doc = report_of(rep)
+    assert doc["waiting"] == refs[2:], doc["waiting"]
+    for ref in refs[2:]:
+        assert f"{ref}: failed: rate limited by {a.host}: " in proc.stderr, proc.stderr
+    # its config was fetched resolving it: its layers are the requests it still needs
+    assert f"{refs[2]}: failed: rate limited by {a.host}: its 2 blob(s) need 2 requests, 1 " \
+        f"of max_requests_per_run: {budget} left for them; this image waits" in proc.stderr, \
+        proc.stderr
+    assert "spent before any image could be fetched" not in proc.stderr, proc.stderr
+    assert sum(counted(a).values()) <= budget and doc["requests"][a.host] == counted(a)
+    assert bundle_refs(out) == set(refs[:2])
+    for n, ref in enumerate(refs[:2]):
+        skopeo_copy_ok(out, ref, tmp_path / f"copy{n}")
+    later = {x.digest for img in on_a[2:] for x in img.layers}
+    asked = {p.rsplit("/", 1)[1] for m, p, _ in a.requests if "/blobs/" in p}
+    assert asked and asked.isdisjoint(later), asked & later
+    # the blobs of the first two, and the config the third was resolved with
+    assert (doc["blobs_fetched"], doc["blobs_reused"]) == (7, 0), doc
+    assert set(json.loads(lock.read_text())["images"]) == set(refs[:2])
+    carried = tmp_path / "carried.lock"
+    carried.write_bytes(lock.read_bytes())
+
+    a.reset_counters()
+    budget_config(cfg, a.host, 100, refs)  # the next night: the budget is renewed
+    out2 = tmp_path / "b2.tar"
+    proc = run_mirror("pull", *args, "-o", out2, "--base", carried)
+    assert proc.returncode == 0, proc.stderr
+    assert report_of(rep)["waiting"] == []
+    assert set(json.loads(lock.read_text())["images"]) == set(refs)
+    again = {p.rsplit("/", 1)[1] for m, p, _ in a.requests if "/blobs/" in p and m == "GET"}
+    first = {x.digest for img in on_a[:2] for x in img.layers}
+    assert later <= again and again.isdisjoint(first), again
+    lay = check_layout(out2)
+    assert later <= lay.blob_digests and lay.blob_digests.isdisjoint(first)
+    assert {m["annotations"]["org.opencontainers.image.ref.name"]
+            for m in lay.index["manifests"]} >= set(refs[2:])
 
 
 def test_no_request_left_for_longer_than_the_run_waits(src_registry: Registry, proxies,
@@ -692,14 +761,14 @@ def test_a_target_asking_for_too_long_a_wait_names_the_images_that_wait(
 def test_a_budget_spent_before_any_image_could_be_fetched_says_so(
         src_registry: Registry, proxies, repo_name: str, rng: random.Random,
         tmp_path: Path) -> None:
-    """max_requests_per_run: 4 on a registry of three images: the ping and the three
-    manifests spend it, no blob is fetched, and the same images wait every night. One
-    warning names the registry, says the budget went before any image could be fetched,
+    """max_requests_per_run: 2 on a registry of three images: the ping and the first
+    image's manifest spend it, no blob is fetched, and the same images wait every night.
+    One warning names the registry, says the budget went before any image could be fetched,
     what it went on, and how many requests a run of these images needs at least."""
     seed(src_registry, f"{repo_name}/a", rng, n=3, layers=1)
     a = proxies()
     refs = [f"{a.host}/{repo_name}/a{i}:v1" for i in range(3)]
-    cfg = budget_config(tmp_path / "images.yaml", a.host, 4, refs)
+    cfg = budget_config(tmp_path / "images.yaml", a.host, 2, refs)
     proc = run_mirror("pull", "-f", cfg, "-o", tmp_path / "b.tar", "--cache", tmp_path / "c",
                       "--no-referrers")
     assert proc.returncode == 14, proc.stderr
@@ -707,9 +776,9 @@ def test_a_budget_spent_before_any_image_could_be_fetched_says_so(
     lines = [ln for ln in proc.stderr.splitlines()
              if "spent before any image could be fetched" in ln]
     assert len(lines) == 1, proc.stderr
-    assert f"{a.host}: max_requests_per_run: 4 was spent before any image could be " \
-        "fetched" in lines[0], lines
-    assert "a run of these 3 image(s) needs at least 7 requests" in lines[0], lines
+    assert f"{a.host}: max_requests_per_run: 2 was spent before any image could be " \
+        "fetched (manifest GET 1, ping 1)" in lines[0], lines
+    assert "a run of these 3 image(s) needs at least 5 requests" in lines[0], lines
 
 
 def test_a_failed_upload_gives_back_its_source_slot_without_the_gc(

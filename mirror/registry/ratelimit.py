@@ -8,6 +8,7 @@ for it."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -23,6 +24,10 @@ LOW_REMAINING = 0.1  # RateLimit-Remaining under this share of the limit slows t
 # transfers) made data set S as fast at 50 ms round trips as -j 16 (docs/BENCHMARKS.md)
 SMALL_REQUESTS = 16
 SMALL_BLOB = 1 << 20  # a blob under this size is a small request, at or over it a transfer
+
+# set in the tasks that fetch the blobs of images a pull admitted to a registry's request
+# budget (RegistryLimits.admit): their requests draw on what was promised to them
+ADMITTED: contextvars.ContextVar[bool] = contextvars.ContextVar("ADMITTED", default=False)
 
 _MANIFEST = re.compile(r"^/v2/.+/manifests/[^/]+$")
 _BLOB = re.compile(r"^/v2/.+/blobs/[^/]+:[0-9a-fA-F]+$")
@@ -155,6 +160,9 @@ class RegistryLimits:
     rate: RateLimit | None = None
     held: str | None = None  # why the run sends it nothing more (hold)
     stalled: Callable[[], None] | None = None  # called when a request waits for it
+    # of the budget: requests promised to the blobs of admitted images (admit), not spent yet
+    promised: int = 0
+    closed: str | None = None  # why no more images are admitted (one's blobs did not fit)
     _waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -162,6 +170,24 @@ class RegistryLimits:
 
     def count(self, kind: str) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + 1
+        if self.promised and ADMITTED.get():
+            self.promised -= 1
+
+    def admit(self, requests: int) -> None:
+        """An image resolved whose blobs need `requests` more: promise them from the budget,
+        or refuse it (raise BudgetSpent) when what is left does not cover them; then no
+        later image is admitted either (they wait, in order, for the next run)."""
+        if self.budget is None:
+            return
+        left = self.budget - self.made - self.promised
+        if self.closed is None and requests <= left:
+            self.promised += requests
+            return
+        self.closed = self.closed or self.spoken_for()
+        raise self.exhausted(
+            "fetching its blobs",
+            f"its {requests} blob(s) need {requests} requests, {max(0, left)} of "
+            f"max_requests_per_run: {self.budget} left for them")
 
     @property
     def made(self) -> int:
@@ -172,6 +198,10 @@ class RegistryLimits:
         a window with no request left that resets later than the run waits."""
         if self.held is not None:
             raise self.exhausted(what, self.held)
+        if self.budget is not None and not ADMITTED.get() and (
+                self.closed is not None or self.promised and
+                self.made + self.promised >= self.budget):
+            raise self.exhausted(what, self.closed or self.spoken_for())
         if self.budget is not None and self.made >= self.budget:
             left = f"resets with the next run (max_requests_per_run: {self.budget})"
             raise self.exhausted(what, f"0 requests left, {left}")
@@ -179,6 +209,10 @@ class RegistryLimits:
             after = self.rate.resets_in()
             if after is None or after > self.max_wait:
                 raise self.exhausted(what, self.rate.line())
+
+    def spoken_for(self) -> str:
+        return (f"max_requests_per_run: {self.budget} is spent or promised to the images "
+                "listed before this one; resets with the next run")
 
     def hold(self, why: str) -> None:
         """The registry will not answer this run (a Retry-After longer than the run waits,
