@@ -213,10 +213,11 @@ class _Run(Planner):
     def admit(self, i: int, plan: Image) -> None:
         """A registry with a request budget: promise the image a request per blob it
         still needs (not in the cache, not promised to an image before it), or refuse it and
-        the images after it (BudgetSpent: they wait for the next run)."""
+        the images after it (BudgetSpent: they wait for the next run). A dry run (and so
+        `mirror lock`) fetches no blob: it spends the budget on resolving alone."""
         ref = self.specs[i].reference
         lim = self.client.t.limits_for(ref.registry)
-        if lim.budget is None:
+        if lim.budget is None or self.opts.dry_run:
             return
         new = {d.digest for d in self.need(plan) if d.digest not in self.promised
                and d.digest not in self.fetcher.done and not self.store.has(d.digest, d.size)}

@@ -338,6 +338,27 @@ def test_a_tight_budget_finishes_whole_images_in_order_and_the_rest_wait(
             for m in lay.index["manifests"]} >= set(refs[2:])
 
 
+def test_a_lock_spends_its_budget_on_resolving_alone(
+        src_registry: Registry, proxies, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """`mirror lock` downloads no layer: a budget that covers resolving its images (as many
+    requests as locking them without a budget made) locks them all, none left waiting for
+    layers a pull would fetch."""
+    seed(src_registry, f"{repo_name}/a", rng, n=3, layers=2)
+    a = proxies()
+    refs = [f"{a.host}/{repo_name}/a{i}:v1" for i in range(3)]
+    cfg = budget_config(tmp_path / "images.yaml", a.host, 1000, refs)
+    args = ["-f", cfg, "--lock-file", tmp_path / "images.lock", "-q"]
+    assert run_mirror("lock", *args, "--cache", tmp_path / "c1").returncode == 0
+    need = sum(counted(a).values())
+    a.reset_counters()
+    budget_config(cfg, a.host, need, refs)
+    proc = run_mirror("lock", *args, "--cache", tmp_path / "c2")
+    assert proc.returncode == 0, proc.stderr
+    assert sum(counted(a).values()) == need, counted(a)
+    assert set(json.loads((tmp_path / "images.lock").read_text())["images"]) == set(refs)
+
+
 def test_no_request_left_for_longer_than_the_run_waits(src_registry: Registry, proxies,
                                                        repo_name: str, rng: random.Random,
                                                        tmp_path: Path) -> None:
