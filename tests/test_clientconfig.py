@@ -50,6 +50,24 @@ class Loaded:
     digests: dict[str, str]  # source name -> the digest the target serves
 
 
+def _pull_with_ctr_and_podman(tmp_path: Path, out: Path, name: str, digest: str) -> None:
+    """containerd (through DIR's hosts.toml) and Podman (DIR's registries.conf drop-in) each
+    pull `name` and get `digest`."""
+    with Containerd(tmp_path / "ctrd") as c:
+        c.ctr("images", "pull", "--snapshotter", "native", "--hosts-dir",
+              out / "containerd/certs.d", name)
+        assert c.images()[name]["digest"] == digest
+    p = Podman(tmp_path / "podman")
+    try:
+        conf_file = p.root / "registries.conf"
+        conf_file.write_text(conf_file.read_text() + (
+            out / "containers/registries.conf.d/50-mirror.conf").read_text())
+        p.cli("pull", "-q", name)
+        assert p.image(name)["Digest"] == digest
+    finally:
+        p.stop()
+
+
 def _log(reg: Registry) -> str:
     return reg.log_path.read_text(errors="replace")
 
@@ -480,19 +498,7 @@ def test_the_fallback_is_the_source_as_the_sync_reached_it(
     conf = tomllib.loads((out / "containers/registries.conf.d/50-mirror.conf").read_text())
     [entry] = conf["registry"]
     assert entry["location"] == f"{src}/{repo_name}/app" and entry["insecure"] is True, entry
-    with Containerd(tmp_path / "ctrd") as c:
-        c.ctr("images", "pull", "--snapshotter", "native", "--hosts-dir",
-              out / "containerd/certs.d", name)
-        assert c.images()[name]["digest"] == digest
-    p = Podman(tmp_path / "podman")
-    try:
-        conf_file = p.root / "registries.conf"
-        conf_file.write_text(conf_file.read_text() + (
-            out / "containers/registries.conf.d/50-mirror.conf").read_text())
-        p.cli("pull", "-q", name)
-        assert p.image(name)["Digest"] == digest
-    finally:
-        p.stop()
+    _pull_with_ctr_and_podman(tmp_path, out, name, digest)
 
 
 @pytest.mark.slow
@@ -529,18 +535,6 @@ def test_several_targets_are_mirrors_in_the_order_given(
         assert idms["spec"]["imageDigestMirrors"][0]["mirrors"] == [one, two]
         readme = (out / "README.txt").read_text()
         assert f"{name} -> {one}:1" in readme and f"{name} -> {two}:1" in readme, readme
-        with Containerd(tmp_path / "ctrd") as c:
-            c.ctr("images", "pull", "--snapshotter", "native", "--hosts-dir",
-                  out / "containerd/certs.d", name)
-            assert c.images()[name]["digest"] == digest
-        p = Podman(tmp_path / "podman")
-        try:
-            conf_file = p.root / "registries.conf"
-            conf_file.write_text(conf_file.read_text() + (
-                out / "containers/registries.conf.d/50-mirror.conf").read_text())
-            p.cli("pull", "-q", name)
-            assert p.image(name)["Digest"] == digest
-        finally:
-            p.stop()
+        _pull_with_ctr_and_podman(tmp_path, out, name, digest)
         log = _log(b)
         assert log.count(f"GET /v2/two/{repo_name}/app/manifests/1") >= 2, log[-2000:]
