@@ -127,16 +127,41 @@ def indented_json(obj: Any, level: int = 0) -> Iterator[str]:
     if items is not None:
         n = 0
         for n, (k, v) in enumerate(items, 1):
-            yield ("{" if n == 1 else ",") + pad + json.dumps(k) + ": "
-            yield from indented_json(v, level + 1)
+            head = ("{" if n == 1 else ",") + pad + _scalar(k) + ": "
+            if _nested(v):
+                yield head
+                yield from indented_json(v, level + 1)
+            else:
+                yield head + _scalar(v)
         yield end + "}" if n else "{}"
     elif isinstance(obj, list) and obj:
         for n, v in enumerate(obj):
-            yield ("[" if n == 0 else ",") + pad
-            yield from indented_json(v, level + 1)
+            head = ("[" if n == 0 else ",") + pad
+            if _nested(v):
+                yield head
+                yield from indented_json(v, level + 1)
+            else:
+                yield head + _scalar(v)
         yield end + "]"
     else:
         yield json.dumps(obj)
+
+
+def _scalar(v: Any) -> str:
+    """json.dumps(v) of a value that is not a container (or an empty one)."""
+    if type(v) is str:
+        return _quoted(v)
+    if type(v) is int:
+        return int.__repr__(v)
+    return json.dumps(v)
+
+
+_quoted = json.encoder.encode_basestring_ascii  # what json.dumps makes of a str
+
+
+def _nested(v: Any) -> bool:
+    """Whether json.dumps(v, indent=1) spans lines (what indented_json takes apart)."""
+    return callable(v) or (isinstance(v, (dict, list)) and bool(v))
 
 
 @dataclass
