@@ -281,3 +281,33 @@ def test_no_thread_for_a_writeback_is_no_hang(tmp_path: Path,
     worker.start()
     assert done.wait(30), "finish() hung"
     assert result[0] == "sha256:" + hashlib.sha256(out.read_bytes()).hexdigest()
+
+
+def test_a_head_document_that_changes_between_its_passes_is_an_error_not_a_bad_tar(
+        tmp_path: Path) -> None:
+    """index.json, mirror.json and manifest.json are made once for their size (the tar's
+    layout) and again as they are written (mirror.bundle.layout.Piecewise): bytes of another
+    length the second time would shift every member after them, so the write stops, and
+    nothing is named."""
+    from mirror.bundle.layout import Piecewise
+    from mirror.bundle.writer import write_bundle
+    from mirror.errors import MirrorError
+    from mirror.store.blobs import BlobStore
+
+    made: list[int] = []
+
+    def index() -> list[bytes]:
+        made.append(1)
+        return [b'{"schemaVersion":2', b"}" * len(made)]
+
+    out = tmp_path / "a.tar"
+    with pytest.raises(MirrorError, match="index.json"):
+        Assembler(out, index_json=Piecewise(index), inventory_json=b"{}", manifests=[],
+                  blobs=[])
+    assert not out.exists() and not out.with_name("a.tar.partial").exists()
+    made.clear()
+    out = tmp_path / "b.tar"
+    with pytest.raises(MirrorError, match="index.json"):
+        write_bundle(out, index_json=Piecewise(index), inventory_json=b"{}", manifests=[],
+                     blobs=[], store=BlobStore(tmp_path / "cache"), compress=False)
+    assert not out.exists() and not out.with_name("b.tar.partial").exists()

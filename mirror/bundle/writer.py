@@ -92,9 +92,19 @@ def head_files(index_json: HeadFile, inventory_json: HeadFile, docker_json: Head
 
 
 def head_member(name: str, data: Piecewise) -> Iterator[bytes]:
-    """A file of the head as it goes into the tar: its header, its pieces, its padding."""
+    """A file of the head as it goes into the tar: its header, its pieces, its padding.
+    Raises MirrorError when the pieces are not the size the tar was laid out for (the
+    images changed between the two passes): every member after it would be misplaced."""
     yield _header(name, data.size)
-    yield from data
+    n = 0
+    for piece in data:
+        n += len(piece)
+        if n > data.size:
+            break
+        yield piece
+    if n != data.size:
+        raise MirrorError(f"{name}: made as {n} bytes where the bundle was laid out for "
+                          f"{data.size}: the images changed while the bundle was written")
     yield _pad(data.size)
 
 
