@@ -119,7 +119,8 @@ class Times:
                 self.blobs.evict(desc.digest)
         data = await self.client.get_small_blob(registry, repo, desc.digest)
         if self.blobs is not None:
-            self.blobs.put_bytes(desc.digest, data, f"{registry}/{repo}@{desc.digest}")
+            self.blobs.put_bytes(desc.digest, data, f"{registry}/{repo}@{desc.digest}",
+                                 fetched=True)
         return data
 
 

@@ -93,6 +93,10 @@ class Fetcher:
     async def _fetch(self, registry: str, repo: str, desc: Descriptor) -> bool:
         if self.store.has(desc.digest, desc.size):
             self.store.touch(desc.digest)
+            if desc.digest in self.store.fetched_now:  # this run's (a config `order: created`
+                self.fetched.add(desc.digest)          # read, checked then): crossed the
+                self.progress.advanced(desc.size)      # network once, in this run
+                return True
             self.reused.add(desc.digest)
             self.progress.advanced(desc.size)
             return False

@@ -402,3 +402,34 @@ def test_a_run_stopped_at_its_tag_rules_reports_every_image(src_registry, repo_n
             [(f"{repo}:1.0.0", f"{cfg}:2"), (repo, f"{cfg}:5")], doc["images"]
         assert all(e["error"] == doc["error"] and e["error_code"] == 2
                    for e in doc["images"]), doc["images"]
+
+
+def test_configs_order_created_read_count_as_fetched(src_registry, faultproxy, repo_name,
+                                                     rng, tmp_path):
+    """The configs `order: created` reads to rank the tags cross the network once, in the
+    run, into the cache: a cold pull counts them as fetched (the report's blobs_fetched,
+    bytes_fetched, and the image's own), not as found in the cache; a rerun reuses them."""
+    proxy = faultproxy(src_registry.url)
+    imgs = [ig.make_image(rng, ig.AMD64, "oci", created=f"2024-0{n}-01T00:00:00Z")
+            for n in (1, 2)]
+    for n, img in enumerate(imgs):
+        push_image(src_registry.url, repo_name, img, tags=[f"nightly-{n}"])
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text(f"images:\n  - repository: {proxy.host}/{repo_name}\n    tags:\n"
+                   "      - latest: 2\n        order: created\n")
+    rep = tmp_path / "r.json"
+    pull = ("pull", "-f", cfg, "--cache", tmp_path / "cache", "-o", tmp_path / "b.tar",
+            "--report", rep, "-q")
+    mirror_ok(*pull)
+    blobs = {d.digest: d.size for img in imgs for d in [img.config, *img.layers]}
+    gets = [p.rsplit("/", 1)[-1] for p in proxy.paths("GET") if "/blobs/" in p]
+    assert sorted(gets) == sorted(blobs), gets  # each blob crossed once, configs first
+    doc = json.loads(rep.read_text())
+    assert (doc["blobs_fetched"], doc["bytes_fetched"], doc["blobs_reused"],
+            doc["bytes_reused"]) == (len(blobs), sum(blobs.values()), 0, 0), doc
+    assert [(e["bytes_fetched"], e["bytes_reused"]) for e in doc["images"]] == \
+        [(img.config.size + sum(x.size for x in img.layers), 0) for img in imgs]
+    mirror_ok(*pull)
+    doc = json.loads(rep.read_text())
+    assert (doc["blobs_fetched"], doc["blobs_reused"], doc["bytes_reused"]) == \
+        (0, len(blobs), sum(blobs.values())), doc

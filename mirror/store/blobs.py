@@ -63,6 +63,7 @@ class BlobStore:
         self.partial_dir = self.root / "partial"
         for d in (self.blob_dir / "sha256", self.partial_dir):
             d.mkdir(parents=True, exist_ok=True)
+        self.fetched_now: set[str] = set()  # blobs put_bytes took from the network this run
 
     def path(self, digest: str) -> Path:
         d = Digest.parse(digest)
@@ -87,9 +88,14 @@ class BlobStore:
         except OSError:
             pass
 
-    def put_bytes(self, digest: str, data: bytes, source: str = "manifest") -> Path:
-        """Verify and store a small document (a manifest); a no-op when already present."""
+    def put_bytes(self, digest: str, data: bytes, source: str = "manifest",
+                  fetched: bool = False) -> Path:
+        """Verify and store a small document (a manifest); a no-op when already present.
+        `fetched`: the bytes came from the network in this run (a config `order: created`
+        read), so the run's fetching counts the blob as fetched, not found in the cache."""
         check_bytes(data, digest, len(data), source)
+        if fetched:
+            self.fetched_now.add(digest)
         dest = self.path(digest)
         if dest.exists() and dest.stat().st_size == len(data):
             return dest
