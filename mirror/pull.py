@@ -143,7 +143,9 @@ class _Run(Planner):
         r = PullResult(self.results, retries=self.client.t.retries)
         r.partial = any(x.error for x in self.results)
         r.blobs = {d.digest: d.size for _, p in self.resolved() for d in p.blobs.values()}
-        r.blobs_fetched, r.blobs_reused = len(self.fetcher.fetched), len(self.fetcher.reused)
+        # reused: the blobs of the bundle found in the cache, as bytes_reused counts them (a
+        # config an incremental pull read for planning, which its base carried, is neither)
+        r.blobs_fetched, r.blobs_reused = len(self.fetcher.fetched), len(self.reused)
         r.bytes_fetched = sum(x.bytes_fetched for x in self.results)
         r.bytes_reused = sum(self.reused.values())
         r.bytes_kept = sum(x.bytes_kept for x in self.results)

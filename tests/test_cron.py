@@ -1081,3 +1081,25 @@ def test_prune_counts_and_bounds_unfinished_downloads(src_registry, repo_name, r
         d.digest: d.size for d in img.all_blobs()}}))
     doc = prune("--unused-by", lock)  # not a blob the lock uses: an old download, gone
     assert not list(partial.iterdir()) and doc["bytes_freed"] == 100_000, doc
+
+
+def test_an_incremental_pulls_reused_blobs_agree_with_its_bytes(src_registry, repo_name, rng,
+                                                                tmp_path):
+    """An incremental pull against last night's lock file: the blobs the base carried are
+    not the bundle's, so they are neither fetched nor reused by it, though planning read the
+    single images' configs (their platform) from the cache: the report's blobs_reused and
+    bytes_reused count the same blobs (none here), as its summary line does."""
+    one = ig.make_image(rng, ig.AMD64, "oci")
+    push_image(src_registry.url, f"{repo_name}/one", one, tags=["1"])
+    two = ig.make_image(rng, ig.AMD64, "oci")
+    push_image(src_registry.url, f"{repo_name}/two", two, tags=["1"])
+    refs = [f"{src_registry.host}/{repo_name}/{x}:1" for x in ("one", "two")]
+    cache, report, lock = tmp_path / "cache", tmp_path / "r.json", tmp_path / "night1.lock"
+    mirror_ok("pull", refs[0], "-o", tmp_path / "a.tar", "--cache", cache, "--lock-file", lock)
+    r = mirror_ok("pull", *refs, "-o", tmp_path / "b.tar", "--cache", cache, "--base", lock,
+                  "--report", report, "--lock-file", tmp_path / "night2.lock")
+    doc = json.loads(report.read_text())
+    new = {b.digest: b.size for b in two.all_blobs()}
+    assert (doc["blobs_fetched"], doc["bytes_fetched"]) == (len(new), sum(new.values())), doc
+    assert (doc["blobs_reused"], doc["bytes_reused"]) == (0, 0), doc
+    assert f"({sum(new.values())} bytes), 0 reused" in r.stderr, r.stderr
