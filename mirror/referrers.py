@@ -129,8 +129,10 @@ class Finder:
             if data is None:
                 return None
             raw = RawManifest.from_bytes(data, where=f"{registry}/{repo}@{e['digest']}")
-            out.append(Image.referrer(raw, subject, str(e.get("kind")), where,
-                                      e.get("tag") or None))
+            tag = e.get("tag") or None
+            if not _refers(raw, subject, e.get("kind"), tag):
+                return None  # a damaged record (another subject's, say): ask again
+            out.append(Image.referrer(raw, subject, str(e.get("kind")), where, tag))
         return out
 
     async def _find(self, registry: str, repo: str, subject: str) -> list[Image]:
@@ -156,6 +158,18 @@ class Finder:
                 raw = await client.get_manifest(registry, repo, fallback + suffix)
                 found.append(Image.referrer(raw, subject, kind, where, fallback + suffix))
         return found
+
+
+def _refers(raw: RawManifest, subject: str, kind: object, tag: object) -> bool:
+    """Whether a kept record's entry is what `_find` would have found for `subject`: a
+    manifest whose `subject` is it, of the kind its bytes say, or the subject's own cosign
+    tag (`sha256-<hex>.sig`, `.att`, `.sbom`) of that tag's kind."""
+    if tag is None:
+        s = raw.subject
+        return s is not None and s.digest == subject and \
+            kind == (kind_of(raw) or raw.artifact_type or "artifact")
+    fallback = fallback_tag(subject)
+    return any(tag == fallback + suffix and kind == k for suffix, k in COSIGN_SUFFIXES.items())
 
 
 async def held_fallback(client: Client, registry: str, repo: str, subject: str

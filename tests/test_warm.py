@@ -224,3 +224,48 @@ def test_a_load_rerun_asks_the_target_one_tag_head_per_image(
     asked = [p for p in proxy.paths() if p != "/v2/"]
     assert sorted(asked) == [f"/v2/l/{repo_name}/manifests/{t}" for t in ("1", "2")], asked
     assert proxy.paths("HEAD") == asked or sorted(proxy.paths("HEAD")) == sorted(["/v2/", *asked])
+
+
+def test_a_damaged_referrers_record_is_asked_again_not_carried(
+        src_registry, faultproxy, repo_name, rng, tmp_path):
+    """`referrers: cached` takes what the last run found for a subject from the cache's
+    manifests/referrers/ record. A record that does not hold what refers to that subject
+    (another subject's record copied over it, an entry naming a manifest that is no
+    referrer of it, a cosign tag of another subject) is not carried: the subject's
+    referrers are asked again, the bundle is the one the first run wrote (verify passes) and
+    the record is repaired."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tests.support.oracle import run_mirror
+    from tests.support.referrers import push_signature
+
+    proxy = faultproxy(src_registry.url)
+    key = ec.generate_private_key(ec.SECP256R1())
+    imgs = [ig.make_image(rng, ig.AMD64, "oci") for _ in range(3)]
+    for n, img in enumerate(imgs):
+        push_image(src_registry.url, f"{repo_name}/i{n}", img, tags=["1"])
+        push_signature(src_registry.url, f"{repo_name}/i{n}", key, img.digest)
+    refs = [f"{proxy.host}/{repo_name}/i{n}:1" for n in range(3)]
+    cache, cfg = tmp_path / "cache", tmp_path / "images.yaml"
+    cfg.write_text(f"registries:\n  {proxy.host}:\n    referrers: cached\n"
+                   f"images: [{', '.join(refs)}]\n")
+    mirror_ok("pull", "-f", cfg, "-o", tmp_path / "a.tar", "--cache", cache)
+
+    def record(n: int):
+        name = f"{proxy.host}/{repo_name}/i{n}@{imgs[n].digest}"
+        return cache / "manifests" / "referrers" / hashlib.sha256(name.encode()).hexdigest()
+
+    kept = [json.loads(record(n).read_text()) for n in range(3)]
+    assert all(len(k) == 1 and k[0]["tag"] for k in kept), kept  # cosign .sig tags
+    record(0).write_text(json.dumps(kept[1]))  # i1's signature, kept as i0's
+    record(1).write_text(json.dumps([{**kept[1][0], "tag": None}]))  # no subject: no referrer
+    record(2).write_text(json.dumps([{"digest": imgs[0].digest, "kind": "signature",
+                                      "tag": None}]))  # an image, not a referrer of i2
+    out = tmp_path / "b.tar"
+    mirror_ok("pull", "-f", cfg, "-o", out, "--cache", cache)
+    v = run_mirror("verify", out)
+    assert v.returncode == 0, v.stdout + v.stderr
+    assert out.read_bytes() == (tmp_path / "a.tar").read_bytes()
+    assert [json.loads(record(n).read_text()) for n in range(3)] == kept
