@@ -31,6 +31,7 @@ from mirror.aio import gather_or_cancel
 from mirror.artifacts import fallback_tag
 from mirror.errors import (
     AuthError,
+    BudgetSpent,
     IncompleteBase,
     MirrorError,
     NotFound,
@@ -81,11 +82,17 @@ async def push(client: Client, registry: str, images: list[PushImage], source: S
         if plan.missing_base:
             missing = plan.missing_base
             raise (incomplete or _incomplete)(missing, plan.searched)
+        unread: dict[str, BudgetSpent] = {}
         if dry_run:
             pusher.list_blobs(plan)
         else:
-            await BlobPush(client, registry, source, result, progress, pusher.sem).run(plan)
+            blobs = BlobPush(client, registry, source, result, progress, pusher.sem)
+            await blobs.run(plan)
+            unread = blobs.unread
+            pusher.leave_out(unread)
         await pusher.push_manifests(dry_run)
+        if unread:  # the images left out wait for their registry's next run
+            raise next(iter(unread.values()))
         return result
     except BaseException:
         await client.cancel_open_uploads()
@@ -118,6 +125,17 @@ class Pusher:
         self.fallbacks: dict[tuple[str, str], RawManifest | None] = {}
         self.held: set[int] = set()  # id() of the images the target serves whole already
         self.not_there: set[tuple[str, str]] = set()  # (repository, root reference) asked
+
+    def leave_out(self, unread: dict[str, BudgetSpent]) -> None:
+        """A source registry whose requests ran out (a sync): the images that need one of
+        its blobs not read, and what refers to them, are left out of the push (they wait
+        for the next run: push() raises once the others are pushed); the others go on."""
+        if not unread:
+            return
+        out = {id(p.image) for p in self.images if any(d.digest in unread for d in p.blobs)}
+        subjects = {m.digest for p in self.images if id(p.image) in out for m in p.manifests}
+        out |= {id(p.image) for p in self.images if p.referrer_of in subjects}
+        self.images = [p for p in self.images if id(p.image) not in out]
 
     async def find_held(self) -> None:
         """One HEAD of each image's reference (its tag, else its root's digest): where it

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Protocol, runtime_checkable
 
 from mirror.aio import gather_or_cancel
-from mirror.errors import BundleError, IncompleteBase, RegistryError
+from mirror.errors import BudgetSpent, BundleError, IncompleteBase, RegistryError
 from mirror.manifest import Descriptor
 from mirror.progress import Progress
 from mirror.pushplan import BlobPlan, PushResult
@@ -56,6 +56,9 @@ class BlobPush:
                  progress: Progress, sem: asyncio.Semaphore) -> None:
         self.client, self.reg, self.source = client, registry, source
         self.result, self.progress, self.sem = result, progress, sem
+        # digest -> why a blob could not be read: its source registry's requests for the run
+        # are spent (a sync's max_requests_per_run); the images that need it wait
+        self.unread: dict[str, BudgetSpent] = {}
 
     async def run(self, plan: BlobPlan) -> None:
         """Mount what the plan mounts (a mount refused: uploaded instead), then upload the
@@ -80,7 +83,12 @@ class BlobPush:
 
         async def guarded(where: list[tuple[str, Descriptor]]) -> None:
             async with self.sem:
-                await self._push_one(where, source.open, one_pass=False)
+                try:
+                    await self._push_one(where, source.open, one_pass=False)
+                except BudgetSpent as e:
+                    if e.registry == self.reg:  # the target's own: the push stops
+                        raise
+                    self.unread[where[0][1].digest] = e
 
         await gather_or_cancel(guarded(w) for w in todo.values())
 

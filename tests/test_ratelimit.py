@@ -833,3 +833,44 @@ def test_a_failed_upload_gives_back_its_source_slot_without_the_gc(
     assert patch.hits >= 1
     assert get_manifest(dst_registry.url, f"b/{repo_name}/s0", "v1")[2][
         "Docker-Content-Digest"] == img.digest
+
+
+def test_a_sources_budget_spent_during_a_sync_holds_only_its_own_images(
+        src_registry: Registry, dst_registry: Registry, proxies, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """A sync from two registries, B's max_requests_per_run enough to resolve its images
+    but not to read all their layers: the blob GET that found B's budget spent stopped the
+    push to the target, and every image not pushed yet, A's too, was said to wait 'rate
+    limited by B' (exit 14, all named in `waiting`; night after night, as resolving from a
+    warm cache left more of B's budget for blobs only slowly). B's images wait; A's are
+    pushed, every digest the report names for them served; the next run finishes B's."""
+    seed(src_registry, f"{repo_name}/a", rng, n=2, layers=2)
+    seed(src_registry, f"{repo_name}/b", rng, n=2, layers=1)
+    a, b = proxies(), proxies()
+    a_refs = [f"{a.host}/{repo_name}/a{i}:v1" for i in range(2)]
+    b_refs = [f"{b.host}/{repo_name}/b{i}:v1" for i in range(2)]
+    # B: the ping, two manifests and two configs resolve its images; one layer GET is left
+    # (for one of its two layers: the other image waits, and the next run reads its layer)
+    cfg = budget_config(tmp_path / "images.yaml", b.host, 6, a_refs + b_refs)
+    target = proxies(dst_registry)
+    rep, prefix = tmp_path / "r.json", f"{target.host}/m"
+    sync = ("sync", "-f", cfg, "--to", prefix, "--report", rep, "--no-referrers",
+            "--lock-file", tmp_path / "l.lock")
+    proc = run_mirror(*sync)
+    assert proc.returncode == 14, proc.stderr
+    doc = report_of(rep)
+    assert doc["waiting"] and set(doc["waiting"]) <= set(b_refs), doc["waiting"]
+    for ref in a_refs:
+        assert f"{ref}: failed" not in proc.stderr, proc.stderr
+    entries = {e["reference"]: e for e in doc["images"]}
+    for ref in a_refs:
+        assert entries[ref]["error"] is None, entries[ref]
+        repo = ref.split("/", 1)[1].rsplit(":", 1)[0]
+        get_manifest(dst_registry.url, f"m/{repo}", "v1")
+        for digest in [entries[ref]["digest"], *entries[ref]["manifests"]]:
+            get_manifest(dst_registry.url, f"m/{repo}", digest)
+    proc = run_mirror(*sync)
+    assert proc.returncode == 0, proc.stderr
+    assert report_of(rep)["waiting"] == []
+    for ref in b_refs:
+        get_manifest(dst_registry.url, f"m/{ref.split('/', 1)[1].rsplit(':', 1)[0]}", "v1")
