@@ -858,6 +858,10 @@ def test_a_sources_budget_spent_during_a_sync_holds_only_its_own_images(
             "--lock-file", tmp_path / "l.lock")
     proc = run_mirror(*sync)
     assert proc.returncode == 14, proc.stderr
+    # one upload session per blob (A's 6, B's 4): the one whose body B's budget could not
+    # give is not tried again, which only asked B again (and waited out the back-offs)
+    sessions = [p for m, p, _ in target.requests if m == "POST" and "/blobs/uploads/" in p]
+    assert len(sessions) == 10, sessions
     doc = report_of(rep)
     assert doc["waiting"] and set(doc["waiting"]) <= set(b_refs), doc["waiting"]
     for ref in a_refs:

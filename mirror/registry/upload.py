@@ -13,7 +13,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 import aiohttp
 
-from mirror.errors import IntegrityError, NotFound, RateLimited, RegistryError
+from mirror.errors import BudgetSpent, IntegrityError, NotFound, RateLimited, RegistryError
 from mirror.manifest import Descriptor
 
 if TYPE_CHECKING:
@@ -287,9 +287,13 @@ class TooLarge(RegistryError):
 def restartable(e: RegistryError) -> bool:
     """Worth another try: no status (connection), 401 (token expired mid-upload), an upload
     session the registry lost (404, 416; distribution says BLOB_UPLOAD_INVALID for a session
-    it no longer has after a restart), a transient status, or TooLarge."""
+    it no longer has after a restart), a transient status, or TooLarge. Not a registry
+    with no request left this run (BudgetSpent: the target's, or a sync's source that was to
+    give the body), which another try only asks again."""
     if isinstance(e, TooLarge):
         return True
+    if isinstance(e, BudgetSpent):
+        return False
     if isinstance(e, NotFound) and e.codes and \
             not {"BLOB_UPLOAD_UNKNOWN", "BLOB_UPLOAD_INVALID"} & set(e.codes):
         return False
