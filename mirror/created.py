@@ -25,7 +25,7 @@ import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from mirror.aio import gather_or_cancel
+from mirror.aio import cancel_all, gather_or_cancel
 from mirror.digest import check_bytes
 from mirror.errors import IntegrityError
 from mirror.manifest import Descriptor, RawManifest
@@ -59,17 +59,29 @@ class Times:
         self.client, self.blobs = client, blobs
         self._by_digest: dict[tuple[str, object], asyncio.Task[datetime | None]] = {}
         self._sem = asyncio.Semaphore(AT_ONCE)
+        # (registry, repository, tag) -> its manifest, asked once however many rules ask
+        self._tags: dict[tuple[str, str, str], asyncio.Task[RawManifest]] = {}
 
     async def of_tags(self, spec: ImageSpec, tags: list[str]) -> dict[str, datetime | None]:
         """`tags` of `spec`'s repository, each with its image's creation time or None."""
         async def one(tag: str) -> datetime | None:
-            async with self._sem:
-                raw = await self.client.get_manifest(spec.reference.registry,
-                                                     spec.reference.repository, tag)
+            ref = spec.reference
+            key = (ref.registry, ref.repository, tag)
+            if key not in self._tags:  # two rules on one repository, resolved at once
+                self._tags[key] = asyncio.ensure_future(self._manifest(*key))
+            raw = await asyncio.shield(self._tags[key])
             return await self._of(spec, raw)
 
         times = await gather_or_cancel(one(t) for t in tags)
         return dict(zip(tags, times, strict=True))
+
+    async def close(self) -> None:
+        """Nothing left running (a rule failed, or the run was stopped), nor unseen."""
+        await cancel_all([*self._tags.values(), *self._by_digest.values()])
+
+    async def _manifest(self, registry: str, repo: str, tag: str) -> RawManifest:
+        async with self._sem:
+            return await self.client.get_manifest(registry, repo, tag)
 
     def _of(self, spec: ImageSpec, raw: RawManifest) -> asyncio.Task[datetime | None]:
         sel = spec.settings.platforms

@@ -26,12 +26,14 @@ tag is an error naming the image and the rule's file:line. The listing follows `
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from mirror.aio import cancel_all, gather_or_cancel
 from mirror.errors import BudgetSpent, ConfigError
 from mirror.semver import Range, Version
 
@@ -150,31 +152,39 @@ async def resolve_rules(client: Client, specs: list[ImageSpec], blobs: BlobStore
     A rule whose registry's requests for the run are spent (BudgetSpent) waits for the next
     run: the tags the last lock file `recorded` for it stand in (they wait too, each named,
     and the lock keeps them), else the rule itself, unresolved, marked `waits`."""
-    listings: dict[str, list[str]] = {}
+    listings: dict[str, asyncio.Future[list[str]]] = {}
     times: list = []
-    out: list[ImageSpec] = []
-    for spec in specs:
+
+    async def one(spec: ImageSpec) -> list[ImageSpec]:
         if not is_rule(spec):
-            out.append(spec)
-            continue
+            return [spec]
         try:
             chosen = await _choose(client, spec, listings, times, blobs, warn)
         except BudgetSpent as e:
-            out += from_lock(spec, recorded or []) or [replace(spec, waits=str(e))]
-            continue
-        out += expand(spec, chosen)
-    return out
+            return from_lock(spec, recorded or []) or [replace(spec, waits=str(e))]
+        return expand(spec, chosen)
+
+    # every rule at once: one registry's listing that waits (a 429's Retry-After) does not
+    # hold another's rules (each registry's limiter bounds its own requests)
+    try:
+        chosen = await gather_or_cancel(one(spec) for spec in specs)
+    finally:  # a rule that failed (or a signal) leaves no listing running, nor unseen
+        await cancel_all(listings.values())
+        if times:
+            await times[0].close()
+    return [s for part in chosen for s in part]
 
 
-async def _choose(client: Client, spec: ImageSpec, listings: dict[str, list[str]],
-                  times: list, blobs: BlobStore | None,
-                  warn: Callable[[str], None]) -> list[str]:
-    """The tags `spec`'s rule chooses (the repository listed once per run, in `listings`;
-    `times` holds the run's mirror.created.Times once made)."""
+async def _choose(client: Client, spec: ImageSpec,
+                  listings: dict[str, asyncio.Future[list[str]]], times: list,
+                  blobs: BlobStore | None, warn: Callable[[str], None]) -> list[str]:
+    """The tags `spec`'s rule chooses (the repository listed once per run, in `listings`,
+    for every rule on it; `times` holds the run's mirror.created.Times once made)."""
     ref = spec.reference
     if ref.name not in listings:
-        listings[ref.name] = await client.list_tags(ref.registry, ref.repository)
-        client.listed[(ref.registry, ref.repository)] = listings[ref.name]
+        listings[ref.name] = asyncio.ensure_future(_listing(client, ref.registry,
+                                                            ref.repository))
+    listed = await asyncio.shield(listings[ref.name])  # another rule may await it too
     assert spec.rule is not None
     created = None
     if spec.rule.order == "created":
@@ -182,16 +192,22 @@ async def _choose(client: Client, spec: ImageSpec, listings: dict[str, list[str]
 
         if not times:
             times.append(Times(client, blobs))
-        created = await times[0].of_tags(spec, spec.rule.candidates(listings[ref.name]))
+        created = await times[0].of_tags(spec, spec.rule.candidates(listed))
         unknown = sorted(t for t, at in created.items() if at is None)
         if unknown:
             warn(f"{spec.where}: {ref.name}: no creation time for {', '.join(unknown)} "
                  "(no org.opencontainers.image.created annotation, no `created` in the "
                  "config): ranked oldest by the tag rule")
-    chosen = spec.rule.select(listings[ref.name], created)
+    chosen = spec.rule.select(listed, created)
     if not chosen:
-        raise _nothing(spec, listings[ref.name])
+        raise _nothing(spec, listed)
     return chosen
+
+
+async def _listing(client: Client, registry: str, repository: str) -> list[str]:
+    listed = await client.list_tags(registry, repository)
+    client.listed[(registry, repository)] = listed
+    return listed
 
 
 def resolved(specs: list[ImageSpec]) -> list[dict[str, Any]]:

@@ -878,3 +878,36 @@ def test_a_sources_budget_spent_during_a_sync_holds_only_its_own_images(
     assert report_of(rep)["waiting"] == []
     for ref in b_refs:
         get_manifest(dst_registry.url, f"m/{ref.split('/', 1)[1].rsplit(':', 1)[0]}", "v1")
+
+
+def test_a_429_storm_on_one_registrys_tag_listing_does_not_hold_anothers_tag_rules(
+        src_registry: Registry, proxies, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """Tag rules on two registries: A answers its tag listing with 429 (Retry-After: 3).
+    The rules were resolved one after another, so B's listing (and the manifests its
+    `order: created` rule reads) waited out A's storm; they are asked at once, while A
+    waits, and the run chooses the same tags."""
+    for repo in ("a", "b"):
+        for n, tag in enumerate(("1.0.0", "1.1.0")):
+            img = ig.make_image(rng, ig.AMD64, "oci", n_layers=1, layer_size=2000,
+                                created=f"2024-0{n + 1}-01T00:00:00Z")
+            push_image(src_registry.url, f"{repo_name}/{repo}", img, [tag])
+    a, b = proxies(), proxies()
+    a.add(Fault("status", path="/tags/list", status=429, times=1,
+                headers={"Retry-After": "3"}))
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text("version: 1\nimages:\n"
+                   f"  - repository: {a.host}/{repo_name}/a\n    tags: [{{semver: '>=1'}}]\n"
+                   f"  - repository: {b.host}/{repo_name}/b\n"
+                   "    tags: [{latest: 1, order: created}]\n")
+    proc = run_mirror("pull", "-f", cfg, "-o", tmp_path / "b.tar", "--cache",
+                      tmp_path / "cache", "-q", "--no-referrers")
+    assert proc.returncode == 0, proc.stderr
+    assert bundle_refs(tmp_path / "b.tar") == {
+        f"{a.host}/{repo_name}/a:1.0.0", f"{a.host}/{repo_name}/a:1.1.0",
+        f"{b.host}/{repo_name}/b:1.1.0"}
+    storm = min(t0 for t0, _, m, p, st in a.spans if st == 429)
+    over = min(t0 for t0, _, m, p, st in a.spans if "/tags/list" in p and st == 200)
+    assert over - storm >= 2.9, (over - storm)
+    ranked = [t1 for _, t1, m, p, st in b.spans if "/tags/list" in p or "/manifests/" in p]
+    assert len(ranked) >= 3 and max(ranked[:3]) < over, ([t - over for t in ranked], b.spans)
