@@ -166,7 +166,7 @@ async def run_lock(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.store.blobs import BlobStore, default_cache_dir
 
     args.locked = False
-    report.add(tag_rules=[])
+    report.add(tag_rules=[], waiting=[], **traffic(None))
     specs, cfg = image_specs(args)
     if lock_path(args) is None:
         raise UsageError("mirror lock needs -f images.yaml or --lock-file")
@@ -174,13 +174,19 @@ async def run_lock(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.store.lock import RunLock
 
     cache = args.cache or default_cache_dir()
-    with RunLock(Path(cache) / "lock", f"cache {cache}"):
-        store = BlobStore(cache)
-        async with transport_for(args, cfg, progress) as t:
-            client = source_client(t, cache, cfg, args)
-            specs = await tag_rules(client, specs, report, progress, store, lock_path(args))
-            result = await pull(client, store, specs,
-                                pull_options(args, output=None, dry_run=True), progress)
+    transport = transport_for(args, cfg, progress)
+    try:
+        with RunLock(Path(cache) / "lock", f"cache {cache}"):
+            store = BlobStore(cache)
+            async with transport as t:
+                client = source_client(t, cache, cfg, args)
+                specs = await tag_rules(client, specs, report, progress, store,
+                                        lock_path(args))
+                result = await pull(client, store, specs,
+                                    pull_options(args, output=None, dry_run=True), progress)
+    finally:  # what the run asked of each registry, its budget's too, whatever the outcome
+        report.add(**traffic(transport))
+    report.add(waiting=waiting_images(result.images))
     result.bundle = Path("-")  # resolved: write the lock
     args.dry_run = False
     path = write_lock(args, result, report)

@@ -104,6 +104,8 @@ def test_every_report_field_is_in_the_readme(tmp_path: Path) -> None:
     runs = {
         "pull": ["127.0.0.1:9/x/y:1", "--retries", "0", "--cache", cache, "-o",
                  tmp_path / "b.tar"],
+        "lock": ["127.0.0.1:9/x/y:1", "--retries", "0", "--cache", cache, "--lock-file",
+                 tmp_path / "l.lock"],
         "load": [tmp_path / "none.tar", "--to", "127.0.0.1:9"],
         "sync": ["127.0.0.1:9/x/y:1", "--retries", "0", "--to", "127.0.0.1:9"],
         "verify": [tmp_path / "none.tar"],

@@ -589,18 +589,25 @@ def test_max_wait_must_be_a_number_of_seconds(tmp_path: Path, value: str) -> Non
 def test_lock_says_which_images_wait(src_registry: Registry, proxies, repo_name: str,
                                      rng: random.Random, tmp_path: Path) -> None:
     """mirror lock with registry A's budget spent after its ping: A's image waits (exit 14,
-    named), B's is locked."""
+    named, and in the report's `waiting`, beside the requests each registry was sent, as
+    its proxy counted them), B's is locked."""
     seed(src_registry, f"{repo_name}/a", rng, layers=1)
     seed(src_registry, f"{repo_name}/b", rng, layers=1)
     a, b = proxies(), proxies()
     refs = [f"{a.host}/{repo_name}/a0:v1", f"{b.host}/{repo_name}/b0:v1"]
     cfg = budget_config(tmp_path / "images.yaml", a.host, 1, refs)
-    proc = run_mirror("lock", "-f", cfg, "--cache", tmp_path / "cache")
+    report = tmp_path / "lock.json"
+    proc = run_mirror("lock", "-f", cfg, "--cache", tmp_path / "cache", "--report", report)
     assert proc.returncode == 14, proc.stderr
     assert f"{refs[0]}: failed: rate limited by {a.host}" in proc.stderr, proc.stderr
     assert "1 of 2 image(s) wait for a registry's rate limit" in proc.stderr
     lock = (tmp_path / "images.lock").read_text()
     assert refs[1] in lock and refs[0] not in lock
+    doc = report_of(report)
+    assert doc["exit_code"] == 14 and doc["waiting"] == [refs[0]], doc
+    assert doc["requests"] == {a.host: counted(a), b.host: counted(b)}, doc["requests"]
+    assert sum(doc["requests"][a.host].values()) == 1, doc["requests"]
+    assert doc["rate_limit"] == {}, doc
 
 
 def test_a_429_storm_on_one_registrys_manifests_does_not_hold_anothers_resolution(
