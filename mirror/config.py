@@ -70,8 +70,9 @@ class ImageSpec:
     pin: str | None = None  # --locked: the digest to fetch instead of resolving the tag
     dest: Destination | None = None  # `to:`, `tag_as:`, `tags_also:`, or a `map:` rule's
     rule: TagRule | None = None  # a tag rule (mirror.tagrules): unresolved while tag is None
-    # a rule its registry could not be asked about (requests spent): why it waits
-    waits: str | None = None
+    # a rule whose tags could not be listed: the error its images fail with (BudgetSpent:
+    # they wait for the next run), as a fixed tag's would (--keep-going: the others go on)
+    failed: MirrorError | None = None
 
 
 @dataclass

@@ -149,9 +149,8 @@ class Planner:
 
     async def resolve_one(self, i: int, spec: ImageSpec) -> None:
         res = self.results[i]
-        if spec.waits is not None:  # a tag rule its registry could not be asked about
-            self.failed(i, BudgetSpent(spec.waits, registry=spec.reference.registry,
-                                       status=429))
+        if spec.failed is not None:  # a tag rule whose repository could not be listed
+            self.failed(i, spec.failed)
             return
         RETRY_COUNTER.set(self.retry_counts[i])  # this task, and those it starts
         slots = self.slots(spec.reference.registry)

@@ -34,7 +34,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from mirror.aio import cancel_all, gather_or_cancel
-from mirror.errors import BudgetSpent, ConfigError
+from mirror.errors import BudgetSpent, ConfigError, MirrorError
 from mirror.semver import Range, Version
 
 if TYPE_CHECKING:
@@ -151,7 +151,10 @@ async def resolve_rules(client: Client, specs: list[ImageSpec], blobs: BlobStore
     (mirror.created: configs through `blobs`, the cache); `warn` names the tags without.
     A rule whose registry's requests for the run are spent (BudgetSpent) waits for the next
     run: the tags the last lock file `recorded` for it stand in (they wait too, each named,
-    and the lock keeps them), else the rule itself, unresolved, marked `waits`."""
+    and the lock keeps them), else the rule itself, unresolved, marked `failed`. A rule whose
+    listing failed otherwise (the repository gone, 5xx through the retries, access denied)
+    fails as a fixed tag would, its images (those tags, else the rule) marked `failed` with
+    the error: the run stops on it, or with --keep-going finishes the others (exit 13)."""
     listings: dict[str, asyncio.Future[list[str]]] = {}
     times: list = []
 
@@ -161,7 +164,11 @@ async def resolve_rules(client: Client, specs: list[ImageSpec], blobs: BlobStore
         try:
             chosen = await _choose(client, spec, listings, times, blobs, warn)
         except BudgetSpent as e:
-            return from_lock(spec, recorded or []) or [replace(spec, waits=str(e))]
+            return from_lock(spec, recorded or []) or [replace(spec, failed=e)]
+        except ConfigError:  # a rule that matches nothing (exit 2)
+            raise
+        except MirrorError as e:
+            return [replace(s, failed=e) for s in from_lock(spec, recorded or []) or [spec]]
         return expand(spec, chosen)
 
     # every rule at once: one registry's listing that waits (a 429's Retry-After) does not

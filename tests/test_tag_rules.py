@@ -433,3 +433,52 @@ def test_configs_order_created_read_count_as_fetched(src_registry, faultproxy, r
     doc = json.loads(rep.read_text())
     assert (doc["blobs_fetched"], doc["blobs_reused"], doc["bytes_reused"]) == \
         (0, len(blobs), sum(blobs.values())), doc
+
+
+def test_a_rule_whose_repository_cannot_be_listed_fails_alone_with_keep_going(
+        src_registry, faultproxy, repo_name, rng, tmp_path):
+    """A tag rule whose listing fails (the repository gone upstream: 404; 500s through the
+    retries) is one failed entry of a nightly --keep-going run, as a fixed tag that fails is:
+    the other images are carried (exit 13), where it stopped the whole run (exit 5, both
+    images failed, no bundle). With a lock recording the rule's tags, those tags fail, named,
+    and the lock keeps their entries; without --keep-going the run stops as before."""
+    proxy = faultproxy(src_registry.url)
+    seed(src_registry, repo_name, rng, ["1.0.0"])
+    fixed, ruled = f"{proxy.host}/{repo_name}", f"{proxy.host}/{repo_name}-later"
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text(f"images:\n  - {fixed}:1.0.0\n  - repository: {ruled}\n    tags:\n"
+                   "      - latest: 1\n")
+    common = ["-f", cfg, "--cache", tmp_path / "c", "--no-referrers", "--retries", "0"]
+    report = tmp_path / "r.json"
+
+    def pull(out: str, *more) -> tuple[object, dict]:
+        proc = run_mirror("pull", *common, "-o", tmp_path / out, "--report", report, *more)
+        return proc, json.loads(report.read_text())
+
+    proc, doc = pull("b1.tar", "--keep-going")
+    assert proc.returncode == 13, proc.stderr
+    assert [(e["reference"], e["where"], e["error_code"]) for e in doc["images"]] == \
+        [(f"{fixed}:1.0.0", f"{cfg}:2", None), (ruled, f"{cfg}:5", 5)], doc["images"]
+    assert f"{ruled}: failed: list tags: HTTP 404" in proc.stderr, proc.stderr
+    with tarfile.open(tmp_path / "b1.tar") as tar:
+        index = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
+    assert [m["annotations"]["org.opencontainers.image.ref.name"]
+            for m in index["manifests"]] == [f"{fixed}:1.0.0"]
+    proc, doc = pull("b2.tar")
+    assert proc.returncode == 5 and "list tags: HTTP 404" in error_line(proc), proc.stderr
+    assert not (tmp_path / "b2.tar").exists()
+
+    seed(src_registry, f"{repo_name}-later", rng, ["2.0.0"])
+    proc, doc = pull("b3.tar", "--keep-going")
+    assert proc.returncode == 0, proc.stderr
+    locked = json.loads((tmp_path / "images.lock").read_text())
+    assert set(locked["images"]) == {f"{fixed}:1.0.0", f"{ruled}:2.0.0"}
+    proxy.add(Fault("status", method="GET", path=rf"/{repo_name}-later/tags/list",
+                    status=500, times=None))
+    proc, doc = pull("b4.tar", "--keep-going")
+    assert proc.returncode == 13, proc.stderr
+    assert f"{ruled}:2.0.0: failed: {ruled}: list tags: HTTP 500" in proc.stderr, proc.stderr
+    assert [(e["reference"], e["error_code"]) for e in doc["images"]] == \
+        [(f"{fixed}:1.0.0", None), (f"{ruled}:2.0.0", 3)], doc["images"]
+    assert [r["tags"] for r in doc["tag_rules"]] == [["2.0.0"]], doc["tag_rules"]
+    assert json.loads((tmp_path / "images.lock").read_text())["images"] == locked["images"]
