@@ -10,7 +10,9 @@ RFC 3339 date-times):
    makes them together, and it keeps the cost at one manifest beyond the tag's (Docker Hub
    counts a pull as up to two manifest GETs);
 3. for an image manifest: its config's `created`.
-A tag with none (or a time that is not RFC 3339) has no time; the rule ranks it oldest.
+A tag with none (or a time that is not RFC 3339) has no time; the rule ranks it oldest. A tag
+the listing named that is gone when asked about (404: deleted since, as registries that prune
+old nightly builds do while the job runs) is no candidate: it is left out of the answer.
 
 Costs: the manifests come through the client, so a manifest seen once is never fetched again
 (a tag costs one HEAD on a warm rerun, and the pull that follows asks nothing more); the
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from mirror.aio import cancel_all, gather_or_cancel
 from mirror.digest import check_bytes
-from mirror.errors import IntegrityError
+from mirror.errors import IntegrityError, NotFound
 from mirror.manifest import Descriptor, RawManifest
 
 if TYPE_CHECKING:
@@ -36,6 +38,13 @@ if TYPE_CHECKING:
     from mirror.store.blobs import BlobStore
 
 ANNOTATION = "org.opencontainers.image.created"
+
+
+class _Gone:
+    """A candidate tag whose manifest the registry no longer has."""
+
+
+GONE = _Gone()
 AT_ONCE = 8  # candidate tags asked about at once (the transport bounds each registry too)
 
 
@@ -63,17 +72,21 @@ class Times:
         self._tags: dict[tuple[str, str, str], asyncio.Task[RawManifest]] = {}
 
     async def of_tags(self, spec: ImageSpec, tags: list[str]) -> dict[str, datetime | None]:
-        """`tags` of `spec`'s repository, each with its image's creation time or None."""
-        async def one(tag: str) -> datetime | None:
+        """`tags` of `spec`'s repository, each with its image's creation time or None; a tag
+        whose manifest is gone (404 for the tag itself) is left out."""
+        async def one(tag: str) -> datetime | None | _Gone:
             ref = spec.reference
             key = (ref.registry, ref.repository, tag)
             if key not in self._tags:  # two rules on one repository, resolved at once
                 self._tags[key] = asyncio.ensure_future(self._manifest(*key))
-            raw = await asyncio.shield(self._tags[key])
+            try:
+                raw = await asyncio.shield(self._tags[key])
+            except NotFound:  # deleted since the listing: not a tag to choose
+                return GONE
             return await self._of(spec, raw)
 
         times = await gather_or_cancel(one(t) for t in tags)
-        return dict(zip(tags, times, strict=True))
+        return {t: at for t, at in zip(tags, times, strict=True) if not isinstance(at, _Gone)}
 
     async def close(self) -> None:
         """Nothing left running (a rule failed, or the run was stopped), nor unseen."""

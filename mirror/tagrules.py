@@ -199,7 +199,13 @@ async def _choose(client: Client, spec: ImageSpec,
 
         if not times:
             times.append(Times(client, blobs))
-        created = await times[0].of_tags(spec, spec.rule.candidates(listed))
+        candidates = spec.rule.candidates(listed)
+        created = await times[0].of_tags(spec, candidates)
+        gone = [t for t in candidates if t not in created]
+        if gone:  # listed, then deleted before its time was read: no tag to choose now
+            listed = [t for t in listed if t not in gone]
+            warn(f"{spec.where}: {ref.name}: {', '.join(gone)} listed but gone when asked "
+                 "about (deleted since the listing): not chosen by the tag rule")
         unknown = sorted(t for t, at in created.items() if at is None)
         if unknown:
             warn(f"{spec.where}: {ref.name}: no creation time for {', '.join(unknown)} "

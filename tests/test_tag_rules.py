@@ -482,3 +482,34 @@ def test_a_rule_whose_repository_cannot_be_listed_fails_alone_with_keep_going(
         [(f"{fixed}:1.0.0", None), (f"{ruled}:2.0.0", 3)], doc["images"]
     assert [r["tags"] for r in doc["tag_rules"]] == [["2.0.0"]], doc["tag_rules"]
     assert json.loads((tmp_path / "images.lock").read_text())["images"] == locked["images"]
+
+
+def test_order_created_leaves_out_a_tag_deleted_since_the_listing(
+        src_registry, faultproxy, repo_name, rng, tmp_path):
+    """A registry pruning old nightly builds while the job runs: a candidate tag the listing
+    named is gone (404) when `order: created` asks for its time. It is no tag to choose, so
+    the rule chooses among the others (a warning names it), on a cold run (GET) as on a warm
+    one (HEAD); it stopped the run (exit 5), or with --keep-going failed the rule's images."""
+    proxy = faultproxy(src_registry.url)
+    for day in (1, 2, 3):
+        img = ig.make_image(rng, ig.AMD64, "oci", created=f"2024-01-0{day}T00:00:00Z")
+        push_image(src_registry.url, repo_name, img, tags=[f"nightly-{day}"])
+    repo = f"{proxy.host}/{repo_name}"
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text(f"images:\n  - repository: {repo}\n    tags:\n"
+                   "      - latest: 2\n        order: created\n")
+    common = ["pull", "-f", cfg, "--no-referrers", "--report", tmp_path / "r.json"]
+    mirror_ok(*common, "--cache", tmp_path / "warm", "-o", tmp_path / "first.tar")
+    gone = proxy.add(Fault("status", path=rf"/{repo_name}/manifests/nightly-1$", status=404,
+                           code="MANIFEST_UNKNOWN", times=None))
+    for night in ("cold", "warm"):  # a cache that never saw nightly-1 (GET), one that did
+        proc = run_mirror(*common, "--cache", tmp_path / night, "-o", tmp_path / f"{night}.tar")
+        assert proc.returncode == 0, proc.stderr
+        assert "nightly-1 listed but gone when asked about" in proc.stderr, proc.stderr
+        doc = json.loads((tmp_path / "r.json").read_text())
+        assert doc["tag_rules"][0]["tags"] == ["nightly-2", "nightly-3"], doc["tag_rules"]
+    asked = [(m, status) for m, p, status in proxy.requests if p.endswith("/nightly-1")]
+    # the first night's GET, the cold night's GET, the warm night's HEAD (and the GET the
+    # client tries after a HEAD's 404)
+    assert asked == [("GET", 200), ("GET", 404), ("HEAD", 404), ("GET", 404)], asked
+    assert gone.hits == 3
