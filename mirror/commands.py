@@ -178,20 +178,31 @@ def traffic(transport) -> dict:
 
 
 def starved(transport, specs, progress) -> None:
-    """A registry whose max_requests_per_run went before any blob could be fetched: its
+    """A registry whose max_requests_per_run went before any blob could be fetched, or whose
+    first image's blobs need more than a run with nothing new to resolve leaves them: its
     images would wait every night, never getting further. One warning naming it, what the
-    budget went on, and a run's least need (what this one spent, and a blob GET per image)."""
+    budget went on, and a run's least need (what this one spent, and a blob GET per image,
+    or the blobs of the image refused)."""
     for reg, lim in sorted(transport.limits.items()):
-        if lim.budget is None or lim.made < lim.budget or lim.counts.get("blob GET"):
+        if lim.budget is None or lim.counts.get("blob GET"):
             continue
         n = sum(1 for s in specs if s.reference.registry == reg)
         if not n:
             continue
         went = ", ".join(f"{k} {v}" for k, v in sorted(lim.counts.items()))
-        progress.warn(f"{reg}: max_requests_per_run: {lim.budget} was spent before any image "
-                      f"could be fetched ({went}): a run of these {n} image(s) needs at least "
-                      f"{lim.made + n} requests (what this one spent resolving them, and a "
-                      "blob GET each); raise it, or the same images wait every run")
+        if lim.made >= lim.budget:
+            progress.warn(f"{reg}: max_requests_per_run: {lim.budget} was spent before any "
+                          f"image could be fetched ({went}): a run of these {n} image(s) "
+                          f"needs at least {lim.made + n} requests (what this one spent "
+                          "resolving them, and a blob GET each); raise it, or the same "
+                          "images wait every run")
+        elif lim.refused is not None and not lim.counts.get("manifest GET"):
+            # every manifest came from the cache: the next run resolves at the same cost
+            progress.warn(f"{reg}: max_requests_per_run: {lim.budget} leaves the first image "
+                          f"that waits too few requests for its {lim.refused} blob(s) after "
+                          f"resolving ({went}), with nothing new to resolve: a run needs at "
+                          f"least {lim.made + lim.refused} requests; raise it, or the same "
+                          "images wait every run")
 
 
 def placement(result) -> list[dict] | None:

@@ -809,6 +809,38 @@ def test_a_budget_spent_before_any_image_could_be_fetched_says_so(
     assert "a run of these 3 image(s) needs at least 5 requests" in lines[0], lines
 
 
+def test_a_budget_too_small_for_the_first_images_blobs_says_so(
+        src_registry: Registry, proxies, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """The budget covers resolving but not the first image's blobs, with every manifest in
+    the cache already: the image is refused, fetches nothing, and the next night is the same
+    run, for ever. It waited silently, night after night (the budget not spent, so no
+    warning); one warning now names the registry and the least a run needs (what this one
+    spent and the image's blobs), and a budget of that much fetches it."""
+    img = seed(src_registry, f"{repo_name}/a", rng, layers=3)[0]
+    a = proxies()
+    refs = [f"{a.host}/{repo_name}/a0:v1"]
+    cache, blobs = tmp_path / "c", len(img.all_blobs()) - 1  # its layers: the lock reads
+    cfg = budget_config(tmp_path / "images.yaml", a.host, 1000, refs)  # the config
+    locked = run_mirror("lock", "-f", cfg, "--cache", cache, "--no-referrers", "-q")
+    assert locked.returncode == 0, locked.stderr  # its manifest and config in the cache
+    budget_config(cfg, a.host, 2 + blobs - 1, refs)  # the ping, the tag's HEAD, blobs less 1
+    args = ["pull", "-f", cfg, "-o", tmp_path / "b.tar", "--cache", cache, "--no-referrers"]
+    for _night in (1, 2):
+        a.reset_counters()
+        proc = run_mirror(*args)
+        assert proc.returncode == 14, proc.stderr
+        assert counted(a) == {"ping": 1, "manifest HEAD": 1}, counted(a)
+        lines = [ln for ln in proc.stderr.splitlines() if "every run" in ln]
+        assert len(lines) == 1, proc.stderr
+        assert f"{a.host}: max_requests_per_run: {1 + blobs} leaves the first image that " \
+            f"waits too few requests for its {blobs} blob(s)" in lines[0], lines
+        assert f"a run needs at least {2 + blobs} requests" in lines[0], lines
+    budget_config(cfg, a.host, 2 + blobs, refs)
+    proc = run_mirror(*args)
+    assert proc.returncode == 0 and "every run" not in proc.stderr, proc.stderr
+
+
 def test_a_failed_upload_gives_back_its_source_slot_without_the_gc(
         src_registry: Registry, dst_registry: Registry, proxies, repo_name: str,
         rng: random.Random, tmp_path: Path) -> None:

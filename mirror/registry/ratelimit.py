@@ -163,6 +163,7 @@ class RegistryLimits:
     # of the budget: requests promised to the blobs of admitted images (admit), not spent yet
     promised: int = 0
     closed: str | None = None  # why no more images are admitted (one's blobs did not fit)
+    refused: int | None = None  # the blob requests of the first image admit refused
     _waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -184,6 +185,8 @@ class RegistryLimits:
             self.promised += requests
             return
         self.closed = self.closed or self.spoken_for()
+        if self.refused is None:
+            self.refused = requests
         raise self.exhausted(
             "fetching its blobs",
             f"its {requests} blob(s) need {requests} requests, {max(0, left)} of "
