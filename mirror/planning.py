@@ -169,6 +169,10 @@ class Planner:
             convert_plan(plan, spec.settings.format, self.progress,
                          rewrite_foreign=spec.settings.foreign_layers == "rewrite")
             if spec.settings.referrers:  # `referrers: false` or --no-referrers
+                # its repository's tags (cosign's, the fallback's) are awaited without a
+                # slot: the first image of a repository lists it while the others' HEADs
+                # go on, instead of each listing waiting in the queue behind every HEAD
+                await self.finder.listing(spec.reference.registry, spec.reference.repository)
                 async with slots:
                     await attach_referrers(self.finder, spec, plan, self.opts.referrer_types,
                                            self.progress)

@@ -44,6 +44,13 @@ class Finder:
             self._tags[key] = asyncio.ensure_future(self._list(registry, repo))
         return await self._tags[key]
 
+    async def listing(self, registry: str, repo: str) -> None:
+        """The repository listed, where `discover` will need its tags (every registry but
+        one with `referrers: cached`, whose records may answer without a listing); once a
+        run, however many images of the repository ask."""
+        if registry not in self.client.cached_referrers:
+            await self.tags(registry, repo)
+
     async def _list(self, registry: str, repo: str) -> set[str]:
         listed = self.client.listed.get((registry, repo))
         if listed is not None:  # the tag rules' listing of this run
