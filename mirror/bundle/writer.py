@@ -209,11 +209,15 @@ class Prehash:
         try:
             before = _identity(self.out)
             h = hashlib.sha256()
-            with open(self.out, "rb") as f:
-                while chunk := f.read(4 << 20):
+            # into one buffer: a new 4 MiB bytes per read was a fresh mapping to fault in
+            # each time (a 30 MiB bundle: 29.8 -> 25.9 ms of CPU)
+            buf = bytearray(BUF)
+            view = memoryview(buf)
+            with open(self.out, "rb", buffering=0) as f:
+                while n := f.readinto(buf):
                     if self._stop.is_set():
                         return None
-                    h.update(chunk)
+                    h.update(view[:n])
             return (before, "sha256:" + h.hexdigest()) if _identity(self.out) == before \
                 else None
         except OSError:
