@@ -123,6 +123,22 @@ async def tag_rules(client, specs: list[ImageSpec], report: Report, progress,
     return _once(specs)
 
 
+def planned_meanwhile(client, specs: list[ImageSpec]) -> list[ImageSpec] | None:
+    """The images a pull resolves while its tag rules choose theirs (None: no rule), so that
+    a registry holding its listing (a Retry-After) holds only its own images: those that are
+    no rule, on a registry without a request budget (its images go in the config's order),
+    in a repository no rule lists (its listing, and the manifests `order: created` reads,
+    asked once)."""
+    from mirror.tagrules import is_rule
+
+    listed = {(s.reference.registry, s.reference.repository) for s in specs if is_rule(s)}
+    if not listed:
+        return None
+    return _once([s for s in specs if not is_rule(s)
+                  and (s.reference.registry, s.reference.repository) not in listed
+                  and client.t.limits_for(s.reference.registry).budget is None]) or None
+
+
 def _once(specs: list[ImageSpec]) -> list[ImageSpec]:
     """Each reference once, where first listed: a tag two rules choose (or one listed twice
     with the same settings, refuse_conflicting_duplicates) is one image of the run, as of

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -72,8 +72,14 @@ class Planner:
     `config` fetches an image's config (for its platform); a pull's keeps it in the cache."""
 
     def __init__(self, client: Client, specs: list[ImageSpec], opts: PlanOptions,
-                 progress: Progress, target: Target | None = None) -> None:
-        self.client, self.specs, self.opts = client, specs, opts
+                 progress: Progress, target: Target | None = None,
+                 later: Callable[[], Awaitable[list[ImageSpec]]] | None = None) -> None:
+        self.client, self.specs, self.opts = client, list(specs), opts
+        # the run's images once its tag rules chose theirs (`specs` those planned meanwhile:
+        # mirror.commands.planned_meanwhile), and where each stands in them (settle)
+        self.later = later
+        self.order: list[int] | None = None
+        self.known = later is None  # the run's images known (the tag rules chose theirs)
         # where the images will land: a sync's first --to, with the run's rules (--map,
         # --max-depth); a pull's is any load's PREFIX, with images.yaml's destinations alone
         self.target = target
@@ -95,12 +101,60 @@ class Planner:
 
     async def plan(self) -> None:
         """Resolve every image and check them together; raise the first error unless
-        `keep_going` (then only when no image is left)."""
-        await gather_or_cancel(self.plan_one(i, s) for i, s in enumerate(self.specs))
+        `keep_going` (then only when no image is left). With `later`, the images given are
+        resolved while the tag rules choose the rest (a registry's Retry-After on its
+        listing holds its own images, not another's), then all are put in the run's order."""
+        if self.later is None:
+            await gather_or_cancel(self.plan_one(i, s) for i, s in enumerate(self.specs))
+        else:
+            early = list(enumerate(self.specs))
+            await gather_or_cancel([gather_or_cancel(self.plan_one(i, s) for i, s in early),
+                                    self.plan_later()])
+            self.settle()
         await self.check_sizes()
         self.check_targets()
         if not self.resolved() and self.first_error:
             raise self.first_error
+
+    async def plan_later(self) -> None:
+        """The run's images, once the tag rules chose theirs (among them, as they are,
+        those planned already: in no repository a rule lists, so no rule chose them too);
+        the others are planned now, in the config's order."""
+        assert self.later is not None
+        final = await self.later()
+        early = {id(s): i for i, s in enumerate(self.specs)}
+        order, new = [], []
+        for spec in final:
+            i = early.get(id(spec))
+            if i is None:
+                i = len(self.specs)
+                self.specs.append(spec)
+                self.results.append(ImageResult(str(spec.reference), spec.where))
+                self.retry_counts.append([0])
+                self.plans.append(None)
+                new.append(i)
+            order.append(i)
+        assert sorted(order) == list(range(len(self.specs))), "an image planned twice"
+        self.order, self.known = order, True
+        await gather_or_cancel(self.plan_one(i, self.specs[i]) for i in new)
+
+    def settle(self) -> None:
+        """Put every image in the run's order (`order`, once known): the report's, the
+        bundle's and the lock file's."""
+        order, self.order = self.order, None
+        if order is None or order == list(range(len(order))):
+            return
+        at = {i: n for n, i in enumerate(order)}
+        self.specs = [self.specs[i] for i in order]
+        self.results = [self.results[i] for i in order]
+        self.retry_counts = [self.retry_counts[i] for i in order]
+        self.plans = [self.plans[i] for i in order]
+        self.unfinished = {at[i]: p for i, p in self.unfinished.items()}
+        self.renumbered(at)
+
+    def renumbered(self, at: dict[int, int]) -> None:
+        """The images were put in the run's order: image `i` is now `at[i]` (what a pull
+        keeps by image moves with it)."""
 
     def failed(self, i: int, e: MirrorError) -> None:
         res = self.results[i]

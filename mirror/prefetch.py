@@ -37,6 +37,13 @@ class Prefetch:
                      if d.digest not in self.fetcher.done)
         self._pump(registry)
 
+    def renumbered(self, at: dict[int, int]) -> None:
+        """The run's images were put in their order (mirror.planning.Planner.settle)."""
+        for queue in self.queues.values():
+            jobs = [(repo, d, at.get(owner, owner), ctx) for repo, d, owner, ctx in queue]
+            queue.clear()
+            queue.extend(jobs)
+
     def stop(self) -> None:
         """Planning is over: the run's fetching takes the rest (those under way go on)."""
         self.on = False

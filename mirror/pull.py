@@ -20,7 +20,7 @@ import contextvars
 import functools
 import threading
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +63,9 @@ class PullResult:
     # a run that stopped: the images (indexes into `images`) it stopped before their blobs
     # were all in hand; they take the run's error and exit code in the report
     unfinished: list[int] = field(default_factory=list)
+    # stopped at the tag rules: `images` are those planned meanwhile (mirror.planning), not
+    # yet the run's; the report puts each in its place among the images given
+    early: bool = False
 
 
 @dataclass
@@ -81,19 +84,23 @@ class PullOptions:
 
 
 async def pull(client: Client, store: BlobStore, specs: list[ImageSpec], opts: PullOptions,
-               progress: Progress | None = None) -> PullResult:
-    """Resolve every image, then fetch and assemble the bundle.
+               progress: Progress | None = None,
+               later: Callable[[], Awaitable[list[ImageSpec]]] | None = None) -> PullResult:
+    """Resolve every image, then fetch and assemble the bundle. With `later` (the tag rules'
+    choice: the run's images), `specs` are those planned meanwhile (mirror.planning).
 
     Raises the first MirrorError unless `keep_going` (then only when no image succeeded);
     whatever stops the run (that error, an OSError such as a full disk, the CancelledError
     of Ctrl-C or SIGTERM) carries what was done so far as `err.pull_result`, for the report:
     no bundle, so not a partial one; its `unfinished` lists the images it cut short.
     """
-    run = _Run(client, store, specs, opts, progress or NullProgress())
+    run = _Run(client, store, specs, opts, progress or NullProgress(), later)
     try:
         return await run.go()
     except BaseException as e:
+        run.settle()
         done = run.result()
+        done.early = not run.known  # stopped at the tag rules: those planned meanwhile
         done.partial = False
         done.unfinished = [i for i, r in enumerate(done.images)
                            if r.error is None and i not in run.accounted]
@@ -107,8 +114,9 @@ class _Run(Planner):
     opts: PullOptions
 
     def __init__(self, client: Client, store: BlobStore, specs: list[ImageSpec],
-                 opts: PullOptions, progress: Progress) -> None:
-        super().__init__(client, specs, opts, progress)
+                 opts: PullOptions, progress: Progress,
+                 later: Callable[[], Awaitable[list[ImageSpec]]] | None = None) -> None:
+        super().__init__(client, specs, opts, progress, later=later)
         self.store, self.opts = store, opts
         self.fetcher = Fetcher(client, store, opts.jobs, progress)
         self.prefetch = Prefetch(self.fetcher, PLACING)
@@ -243,6 +251,10 @@ class _Run(Planner):
         self.prefetch.on = True
         for i, plan in self.resolved():
             self.planned(i, plan)
+
+    def renumbered(self, at: dict[int, int]) -> None:
+        self.fetcher.owner = {d: at.get(i, i) for d, i in self.fetcher.owner.items()}
+        self.prefetch.renumbered(at)
 
     def planned(self, i: int, plan: Image) -> None:
         if self.prefetch.on:

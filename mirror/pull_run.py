@@ -17,6 +17,7 @@ from mirror.commands import (
     check_lock_path,
     image_specs,
     partial,
+    planned_meanwhile,
     pull_options,
     source_client,
     starved,
@@ -69,6 +70,21 @@ def _pull_report(result) -> dict:
             "waiting": waiting_images(result.images)}
 
 
+def _report_stopped(report: Report, done) -> None:
+    """What a pull stopped by an error or a signal did: every image given, those it cut short
+    with the run's error; stopped at the tag rules, the images planned meanwhile as they
+    stand among those given (mirror.commands.as_given)."""
+    fields = _pull_report(done)
+    cut = [fields["images"][i] for i in done.unfinished]
+    if done.early:
+        mine = {x["reference"]: x for x in fields["images"]}
+        given = report.details["images"]
+        fields["images"] = [mine.get(x["reference"], x) for x in given]
+        cut += [x for x in given if x["reference"] not in mine]
+    report.add(**fields)
+    report.cut_short(cut)
+
+
 def _output(args: argparse.Namespace) -> Path:
     """-o, refused (exit 2, before any network work) when it names a directory or cannot be
     written; its directory is made (not for --dry-run, which writes nothing)."""
@@ -116,24 +132,32 @@ async def run_pull(args: argparse.Namespace, progress, report: Report) -> int:
                          **read_base(args.base, out, dry_run=args.dry_run))
     transport = transport_for(args, cfg, progress)
     as_given(specs, report)
+    final: list = []  # the run's images, once the tag rules chose theirs
     try:
         with RunLock(Path(cache) / "lock", f"cache {cache}"), \
                 _output_lock(out, dry_run=args.dry_run):
             store = BlobStore(cache)
             async with transport as t:
                 client = source_client(t, cache, cfg, args)
-                specs = await tag_rules(client, specs, report, progress, store, lock_path(args))
-                result = await pull(client, store, specs, opts, progress)
+
+                async def rules() -> list:
+                    final[:] = await tag_rules(client, specs, report, progress, store,
+                                               lock_path(args))
+                    return final
+
+                early = planned_meanwhile(client, specs)
+                if early is None:
+                    result = await pull(client, store, await rules(), opts, progress)
+                else:  # the others resolved while the rules choose (mirror.planning)
+                    result = await pull(client, store, early, opts, progress, later=rules)
     except BaseException as e:  # the report says what was done before the error or signal
         done = getattr(e, "pull_result", None)
         if done is not None:
-            fields = _pull_report(done)
-            report.add(**fields)
-            report.cut_short([fields["images"][i] for i in done.unfinished])
+            _report_stopped(report, done)
         raise
     finally:
         report.add(**traffic(transport))
-        starved(transport, specs, progress)
+        starved(transport, final or specs, progress)
     report.add(**_pull_report(result))
     if not args.dry_run and result.bundle:
         lock = write_lock(args, result, report)

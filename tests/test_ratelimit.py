@@ -636,6 +636,20 @@ def test_a_429_storm_on_one_registrys_manifests_does_not_hold_anothers_resolutio
     assert retried and min(retried) - storm >= 1.9, (min(retried) - storm)
 
 
+def downloaded_during_storm(a: TimingProxy, b: TimingProxy, asked: str, repo_name: str,
+                            on_b: list[ig.Image]) -> None:
+    """A answered a request for `asked` with 429 (Retry-After: 3): every blob of B's images
+    `on_b` (repositories b0, b1, ...) was downloaded, once, before A's storm ended."""
+    storm = min(t0 for t0, _, m, p, st in a.spans if st == 429)
+    over = min(t0 for t0, _, m, p, st in a.spans if asked in p and st == 200)
+    assert over - storm >= 2.9, (over - storm)
+    b_blobs = [(p, t1) for _, t1, m, p, st in b.spans if m == "GET" and "/blobs/" in p]
+    wanted = {f"/v2/{repo_name}/b{i}/blobs/{d}" for i, img in enumerate(on_b)
+              for d in [img.config.digest, *(x.digest for x in img.layers)]}
+    assert sorted(p for p, _ in b_blobs) == sorted(wanted), b_blobs
+    assert max(t for _, t in b_blobs) < over, [t - over for _, t in b_blobs]
+
+
 def test_a_429_storm_on_one_registrys_manifests_does_not_hold_anothers_downloads(
         src_registry: Registry, proxies, repo_name: str, rng: random.Random,
         tmp_path: Path) -> None:
@@ -655,14 +669,7 @@ def test_a_429_storm_on_one_registrys_manifests_does_not_hold_anothers_downloads
     proc = run_mirror("pull", *refs, "-o", out, "--cache", tmp_path / "cache", "-q",
                       "--report", rep)
     assert proc.returncode == 0, proc.stderr
-    storm = min(t0 for t0, _, m, p, st in a.spans if st == 429)
-    over = min(t0 for t0, _, m, p, st in a.spans if "/manifests/" in p and st == 200)
-    assert over - storm >= 2.9, (over - storm)
-    b_blobs = [(p, t1) for _, t1, m, p, st in b.spans if m == "GET" and "/blobs/" in p]
-    wanted = {f"/v2/{repo_name}/b{i}/blobs/{d}" for i, img in enumerate(on_b)
-              for d in [img.config.digest, *(x.digest for x in img.layers)]}
-    assert sorted(p for p, _ in b_blobs) == sorted(wanted), b_blobs
-    assert max(t for _, t in b_blobs) < over, [t - over for _, t in b_blobs]
+    downloaded_during_storm(a, b, "/manifests/", repo_name, on_b)
     check_layout(out)
     assert bundle_refs(out) == set(refs)
     for n, ref in enumerate((refs[0], refs[3])):
@@ -950,3 +957,45 @@ def test_a_429_storm_on_one_registrys_tag_listing_does_not_hold_anothers_tag_rul
     assert over - storm >= 2.9, (over - storm)
     ranked = [t1 for _, t1, m, p, st in b.spans if "/tags/list" in p or "/manifests/" in p]
     assert len(ranked) >= 3 and max(ranked[:3]) < over, ([t - over for t in ranked], b.spans)
+
+
+def test_a_429_storm_on_one_registrys_tag_listing_does_not_hold_anothers_images(
+        src_registry: Registry, proxies, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """A tag rule on registry A, whose listing answers 429 (Retry-After: 3), beside images
+    of registry B given by tag (and one of A in another repository). Planning started once
+    every rule was resolved, so B's images, resolved and downloaded in a moment otherwise,
+    waited out A's storm; they are now resolved while A's rule waits, their blobs downloaded
+    (each once) before it ends; the bundle is byte for byte a calm run's, and the report
+    lists the images in the config's order."""
+    on_b = seed(src_registry, f"{repo_name}/b", rng, n=2, layers=2)
+    seed(src_registry, f"{repo_name}/c", rng, n=1, layers=1)
+    for tag in ("1.0.0", "1.1.0"):
+        push_image(src_registry.url, f"{repo_name}/a",
+                   ig.make_image(rng, ig.AMD64, "oci", n_layers=1, layer_size=2000), [tag])
+    a, b = proxies(), proxies()
+    refs = [f"{b.host}/{repo_name}/b0:v1", f"{a.host}/{repo_name}/a:1.0.0",
+            f"{a.host}/{repo_name}/a:1.1.0", f"{a.host}/{repo_name}/c0:v1",
+            f"{b.host}/{repo_name}/b1:v1"]
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text("version: 1\nimages:\n"
+                   f"  - {refs[0]}\n"
+                   f"  - repository: {a.host}/{repo_name}/a\n    tags: [{{semver: '>=1'}}]\n"
+                   f"  - {refs[3]}\n  - {refs[4]}\n")
+    args = ["-f", cfg, "-q", "--no-referrers"]
+    calm = run_mirror("pull", *args, "-o", tmp_path / "calm.tar", "--cache", tmp_path / "c0")
+    assert calm.returncode == 0, calm.stderr
+    a.reset_counters()
+    b.reset_counters()
+    a.spans.clear()
+    b.spans.clear()
+    a.add(Fault("status", path="/tags/list", status=429, times=1,
+                headers={"Retry-After": "3"}))
+    out, rep = tmp_path / "b.tar", tmp_path / "r.json"
+    proc = run_mirror("pull", *args, "-o", out, "--cache", tmp_path / "c1", "--report", rep)
+    assert proc.returncode == 0, proc.stderr
+    downloaded_during_storm(a, b, "/tags/list", repo_name, on_b)
+    assert out.read_bytes() == (tmp_path / "calm.tar").read_bytes()
+    assert bundle_refs(out) == set(refs)
+    assert [e["reference"] for e in report_of(rep)["images"]] == refs
+    assert set(json.loads((tmp_path / "images.lock").read_text())["images"]) == set(refs)
