@@ -123,6 +123,21 @@ async def tag_rules(client, specs: list[ImageSpec], report: Report, progress,
     return _once(specs)
 
 
+async def images_now(client, specs: list[ImageSpec], report: Report, progress, blobs,
+                     lock: Path | None, final: list[ImageSpec]):
+    """The images to plan now, and the tag rules' choice of the run's images to plan them
+    among (mirror.planning.Planner's `later`; None: there are no rules, or no image to plan
+    meanwhile, and the images now are the run's, chosen before). `final` gets the run's."""
+    async def rules() -> list[ImageSpec]:
+        final[:] = await tag_rules(client, specs, report, progress, blobs, lock)
+        return final
+
+    early = planned_meanwhile(client, specs)
+    if early is None:
+        return await rules(), None
+    return early, rules
+
+
 def planned_meanwhile(client, specs: list[ImageSpec]) -> list[ImageSpec] | None:
     """The images a pull resolves while its tag rules choose theirs (None: no rule), so that
     a registry holding its listing (a Retry-After) holds only its own images: those that are

@@ -16,8 +16,8 @@ from mirror.commands import (
     as_given,
     check_lock_path,
     image_specs,
+    images_now,
     partial,
-    planned_meanwhile,
     pull_options,
     source_client,
     starved,
@@ -139,17 +139,10 @@ async def run_pull(args: argparse.Namespace, progress, report: Report) -> int:
             store = BlobStore(cache)
             async with transport as t:
                 client = source_client(t, cache, cfg, args)
-
-                async def rules() -> list:
-                    final[:] = await tag_rules(client, specs, report, progress, store,
-                                               lock_path(args))
-                    return final
-
-                early = planned_meanwhile(client, specs)
-                if early is None:
-                    result = await pull(client, store, await rules(), opts, progress)
-                else:  # the others resolved while the rules choose (mirror.planning)
-                    result = await pull(client, store, early, opts, progress, later=rules)
+                # the images no rule waits for resolved while the rules choose the others
+                now, later = await images_now(client, specs, report, progress, store,
+                                              lock_path(args), final)
+                result = await pull(client, store, now, opts, progress, later=later)
     except BaseException as e:  # the report says what was done before the error or signal
         done = getattr(e, "pull_result", None)
         if done is not None:

@@ -6,6 +6,7 @@ with a cache, fetched into it once and read from it for every target (CacheSourc
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from mirror.config import ImageSpec
@@ -67,18 +68,24 @@ def push_images(plans: list[Image], target: Target) -> list[PushImage]:
 
 async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
                opts: SyncOptions, progress: Progress, result: SyncResult,
-               store: BlobStore | None = None) -> SyncResult:
+               store: BlobStore | None = None,
+               later: Callable[[], Awaitable[list[ImageSpec]]] | None = None) -> SyncResult:
     """Plan every image, then push them to each target in turn. With `keep_going`, an
-    image that fails to resolve is left out (`partial`); a push that fails stops the run."""
+    image that fails to resolve is left out (`partial`); a push that fails stops the run.
+    With `later` (the tag rules' choice: the run's images), `specs` are those planned
+    meanwhile (mirror.planning)."""
     fetcher = Fetcher(client, store, opts.jobs, progress) if store is not None else None
-    planner = _Planner(client, specs, opts, progress, fetcher, targets[0] if targets else None)
-    result.images = planner.results
+    planner = _Planner(client, specs, opts, progress, fetcher, targets[0] if targets else None,
+                       later)
     try:
         await planner.plan()
     finally:
+        planner.settle()
+        result.images = planner.results
         for res, count in zip(planner.results, planner.retry_counts, strict=True):
             res.retries = count[0]
-        result.planned = True
+        result.planned = planner.known
+    specs = planner.specs
     plans = [p for _, p in planner.resolved()]
     result.partial = planner.first_error is not None
     result.blobs = {d.digest: d.size for p in plans for d in p.blobs.values()}
@@ -127,11 +134,16 @@ class _Planner(Planner):
     are not asked for again."""
 
     def __init__(self, client: Client, specs: list[ImageSpec], opts: SyncOptions,
-                 progress: Progress, fetcher: Fetcher | None, target: Target | None) -> None:
-        super().__init__(client, specs, opts, progress, target)
+                 progress: Progress, fetcher: Fetcher | None, target: Target | None,
+                 later: Callable[[], Awaitable[list[ImageSpec]]] | None = None) -> None:
+        super().__init__(client, specs, opts, progress, target, later)
         self.fetcher = fetcher
         self.configs: dict[str, bytes] = {}  # digest -> config bytes (no cache)
         self.held = 0
+
+    def renumbered(self, at: dict[int, int]) -> None:
+        if self.fetcher is not None:
+            self.fetcher.owner = {d: at.get(i, i) for d, i in self.fetcher.owner.items()}
 
     async def config(self, i: int, registry: str, repo: str, desc) -> bytes:
         if self.fetcher is not None:

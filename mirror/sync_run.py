@@ -11,6 +11,7 @@ from mirror.commands import (
     as_given,
     check_lock_path,
     image_specs,
+    images_now,
     partial,
     placement,
     print_pushed,
@@ -18,7 +19,6 @@ from mirror.commands import (
     push_summary,
     source_client,
     starved,
-    tag_rules,
     traffic,
     waiting_images,
     write_lock,
@@ -67,14 +67,18 @@ async def run_sync(args: argparse.Namespace, progress, report: Report) -> int:
     result = SyncResult()
     transport = transport_for(args, cfg, progress)
     as_given(specs, report)
+    final: list = []  # the run's images, once the tag rules chose theirs
     try:
         with RunLock(Path(args.cache) / "lock", f"cache {args.cache}") if args.cache \
                 else contextlib.nullcontext():
             async with transport as t:
                 client = source_client(t, args.cache, cfg, args)
                 blobs = BlobStore(args.cache) if args.cache else None
-                specs = await tag_rules(client, specs, report, progress, blobs, lock_path(args))
-                await sync(client, specs, targets, opts, progress, result, blobs)
+                # the images no rule waits for resolved while the rules choose the others
+                now, later = await images_now(client, specs, report, progress, blobs,
+                                              lock_path(args), final)
+                await sync(client, now, targets, opts, progress, result, blobs, later=later)
+                specs = final or specs
                 access = [await access_of(t, target.registry) for target in targets] \
                     if args.write_client_config else None
                 sources = await sources_of(t, (s.reference.registry for s in specs)) \
@@ -89,7 +93,7 @@ async def run_sync(args: argparse.Namespace, progress, report: Report) -> int:
         raise
     finally:
         report.add(retries=transport.retries, **traffic(transport))
-        starved(transport, specs, progress)
+        starved(transport, final or specs, progress)
     report.add(**_sync_report(result))
     for target, done in result.targets:
         if args.dry_run:

@@ -999,3 +999,33 @@ def test_a_429_storm_on_one_registrys_tag_listing_does_not_hold_anothers_images(
     assert bundle_refs(out) == set(refs)
     assert [e["reference"] for e in report_of(rep)["images"]] == refs
     assert set(json.loads((tmp_path / "images.lock").read_text())["images"]) == set(refs)
+
+
+def test_a_sync_resolves_anothers_images_while_one_registrys_tag_listing_waits(
+        src_registry: Registry, dst_registry: Registry, proxies, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """sync as pull: a tag rule on A whose listing answers 429 (Retry-After: 3) beside an
+    image of B given by tag; B's image is resolved while A's rule waits (it waited for every
+    rule before), and both are pushed, the report listing them in the config's order."""
+    seed(src_registry, f"{repo_name}/b", rng, n=1, layers=1)
+    push_image(src_registry.url, f"{repo_name}/a",
+               ig.make_image(rng, ig.AMD64, "oci", n_layers=1, layer_size=2000), ["1.0.0"])
+    a, b = proxies(), proxies()
+    a.add(Fault("status", path="/tags/list", status=429, times=1,
+                headers={"Retry-After": "3"}))
+    refs = [f"{a.host}/{repo_name}/a:1.0.0", f"{b.host}/{repo_name}/b0:v1"]
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text("version: 1\nimages:\n"
+                   f"  - repository: {a.host}/{repo_name}/a\n    tags: [{{latest: 1}}]\n"
+                   f"  - {refs[1]}\n")
+    rep = tmp_path / "r.json"
+    proc = run_mirror("sync", "-f", cfg, "--to", f"{dst_registry.host}/m", "-q",
+                      "--no-referrers", "--report", rep)
+    assert proc.returncode == 0, proc.stderr
+    over = min(t0 for t0, _, m, p, st in a.spans if "/tags/list" in p and st == 200)
+    resolved = [t1 for _, t1, m, p, st in b.spans if "/manifests/" in p]
+    assert resolved and max(resolved) < over, [t - over for t in resolved]
+    assert [e["reference"] for e in report_of(rep)["images"]] == refs
+    for ref in refs:
+        get_manifest(dst_registry.url, f"m/{repo_name}/{ref.split('/')[-1].split(':')[0]}",
+                     ref.rsplit(":", 1)[1])
