@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
@@ -108,16 +108,64 @@ def sniff_media_type(body: Mapping[str, Any], content_type: str = "") -> str:
     return mt.OCI_MANIFEST
 
 
-@dataclass(frozen=True)
 class RawManifest:
     """The exact bytes of a manifest or index, with its media type. The parsed JSON is not
     kept (at 2,000 images its dicts were the largest part of a pull's memory): `parsed`
     parses the bytes again. The views read from it (children, config, layers, subject) are
     made once and kept: the bytes never change, and a run reads them again and again
-    (planning, the bundle's layout, manifest.json)."""
+    (planning, the bundle's layout, manifest.json). Once the bytes are kept elsewhere (the
+    cache's store of manifests), `release` drops them: `data` reads them back, checked
+    against the digest (6,000 manifests held all run were 5.7 MiB of a pull at 2,000
+    images). Immutable, like the bytes: equal when their digests and media types are."""
 
-    data: bytes
+    __slots__ = ("_data", "_read", "_size", "media_type", "__dict__")
+    _data: bytes | None
+    _read: Callable[[str], bytes | None] | None
+    _size: int
     media_type: str
+
+    def __init__(self, data: bytes, media_type: str) -> None:
+        set_ = object.__setattr__
+        set_(self, "_data", data)
+        set_(self, "_read", None)
+        set_(self, "_size", len(data))
+        set_(self, "media_type", media_type)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"RawManifest is immutable: cannot set {name}")
+
+    def __repr__(self) -> str:
+        return f"RawManifest({self.digest}, {self.media_type!r}, {self._size} bytes)"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RawManifest):
+            return NotImplemented
+        return self.digest == other.digest and self.media_type == other.media_type
+
+    def __hash__(self) -> int:
+        return hash((self.digest, self.media_type))
+
+    @property
+    def data(self) -> bytes:
+        """The bytes: held, or read back (and checked) from where `release` left them."""
+        data = self._data
+        if data is not None:
+            return data
+        assert self._read is not None
+        data = self._read(self.digest)
+        if data is None or len(data) != self._size:
+            raise IntegrityError(
+                f"manifest {self.digest}: no longer in the cache's store of manifests, "
+                "where this run left it (removed or damaged while the run went on)",
+                hint="run again: the manifest is fetched from the registry anew")
+        return data
+
+    def release(self, read: Callable[[str], bytes | None]) -> None:
+        """Drop the bytes: `read(digest)` gives them back, checked against the digest (or
+        None when it no longer can). The views and the digest are made first."""
+        self.digest  # noqa: B018 (computed from the bytes while they are here)
+        object.__setattr__(self, "_read", read)
+        object.__setattr__(self, "_data", None)
 
     @classmethod
     def from_bytes(cls, data: bytes, content_type: str = "", where: str = "manifest",
@@ -178,7 +226,7 @@ class RawManifest:
 
     @property
     def size(self) -> int:
-        return len(self.data)
+        return self._size
 
     @property
     def is_index(self) -> bool:

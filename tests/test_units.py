@@ -441,6 +441,29 @@ def test_raw_manifest_keeps_exact_bytes() -> None:
         assert raw.children == [] and raw.artifact_type is None
 
 
+def test_a_released_manifest_reads_its_bytes_back_from_the_store_checked(tmp_path: Path) -> None:
+    from mirror.store.manifests import ManifestStore
+
+    data = json.dumps(_manifest(), indent=1).encode()
+    raw = RawManifest.from_bytes(data)
+    store = ManifestStore(tmp_path)
+    assert store.put(raw.digest, raw.data)
+    raw.release(store.get)
+    assert raw._data is None  # not held any more
+    assert raw.data == data and raw.size == len(data) and raw.config is not None
+    assert raw == RawManifest.from_bytes(data) and hash(raw) == hash(RawManifest.from_bytes(data))
+    # damaged in the store while the run goes on: an integrity error naming it, not bad bytes
+    path = tmp_path / "manifests" / "sha256" / raw.digest[7:]
+    path.write_bytes(data.replace(b"\n", b" "))
+    with pytest.raises(IntegrityError) as exc:
+        raw.data  # noqa: B018
+    assert raw.digest in str(exc.value) and exc.value.exit_code == EXIT_CODES["integrity"]
+    assert not path.exists()  # dropped: the next run fetches it again
+    # a damaged entry is replaced by the next put of the right bytes, not taken as there
+    path.write_bytes(data.replace(b"\n", b" "))
+    assert store.put(raw.digest, data) and store.get(raw.digest) == data
+
+
 def test_manifest_blobs_dedupe_and_artifacts() -> None:
     layer = {"mediaType": mt.OCI_LAYER_GZIP, "digest": D2, "size": 20}
     dup = RawManifest.from_bytes(json.dumps(_manifest(layers=[layer, layer])).encode())

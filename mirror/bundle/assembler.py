@@ -21,7 +21,7 @@ import os
 import queue
 import threading
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from mirror.bundle.layout import Piecewise, blob_name
 from mirror.bundle.writer import BUF, HeadFile, _header, _pad, head_files, head_member
 from mirror.digest import Verifier
 from mirror.errors import naming
+from mirror.manifest import RawManifest
 from mirror.store import writeback
 
 _HASH_CHUNK = 1 << 20
@@ -98,7 +99,7 @@ class Tee:
 
 class Assembler:
     def __init__(self, out: Path, *, index_json: HeadFile, inventory_json: HeadFile,
-                 manifests: list[tuple[str, bytes]], blobs: Iterable[tuple[str, int]],
+                 manifests: Sequence[RawManifest], blobs: Iterable[tuple[str, int]],
                  docker_json: HeadFile | None = None, volume_size: int | None = None) -> None:
         self.out = out
         self.volume_size = volume_size  # named as parts of this size (mirror.bundle.volumes)
@@ -117,15 +118,15 @@ class Assembler:
             self.abort()
             raise
 
-    def _lay_out(self, files: list[tuple[str, Piecewise]], manifests: list[tuple[str, bytes]],
+    def _lay_out(self, files: list[tuple[str, Piecewise]], manifests: Sequence[RawManifest],
                  blobs: Iterable[tuple[str, int]]) -> None:
         """Write the head (files, manifests) and each blob's tar header at its offset, in
         pieces of about a MiB: the head of thousands of manifests as one bytearray, and a
         header kept per blob, were most of a pull's peak memory at 2,000 images."""
         pos = len(_DIRS) + sum(len(_header(name, size)) + size + len(_pad(size))
                                for name, size in [*((n, doc.size) for n, doc in files),
-                                                  *((blob_name(d), len(data))
-                                                    for d, data in manifests)])
+                                                  *((blob_name(m.digest), m.size)
+                                                    for m in manifests)])
         head_end = pos
         self.offsets: dict[str, tuple[int, int]] = {}  # digest -> (data offset, size)
         for digest, size in blobs:
@@ -174,7 +175,7 @@ class Assembler:
         self._maybe_writeback()
 
     def _write_head(self, files: list[tuple[str, Piecewise]],
-                    manifests: list[tuple[str, bytes]]) -> None:
+                    manifests: Sequence[RawManifest]) -> None:
         head, at = bytearray(), 0
 
         def put(piece: bytes) -> None:
@@ -189,8 +190,8 @@ class Assembler:
             for piece in head_member(name, doc):
                 put(piece)
         put(_DIRS)
-        for digest, data in manifests:
-            put(_header(blob_name(digest), len(data)) + data + _pad(len(data)))
+        for m in manifests:  # each read back from the cache's store, one at a time
+            put(_header(blob_name(m.digest), m.size) + m.data + _pad(m.size))
         os.pwrite(self.fd, head, at)
         self.written(at, len(head))
 

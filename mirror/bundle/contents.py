@@ -26,6 +26,7 @@ from mirror.bundle.layout import (
 )
 from mirror.bundle.writer import BlobItem, tar_size, unchanged, write_bundle
 from mirror.image import Image, ImageSet
+from mirror.manifest import RawManifest
 from mirror.progress import Progress
 from mirror.store.blobs import BlobStore
 
@@ -74,20 +75,20 @@ class BundleLayout:
     index: Piecewise
     inventory: Piecewise
     docker: Piecewise  # manifest.json
-    manifests: list[tuple[str, bytes]]  # in tar order
+    manifests: list[RawManifest]  # in tar order (their bytes read as they are written)
     blobs: list[BlobItem]  # in tar order (verify flags set by the writer's caller)
 
 
 def bundle_layout(images: ImageSet, opts: Options) -> BundleLayout:
     """What the bundle holds, in its fixed order: the same images give the same bytes."""
     plans = images.images
-    manifests: dict[str, bytes] = {}
+    manifests: dict[str, RawManifest] = {}
     blobs: dict[str, int] = {}
     inv = Inventory(partial=images.partial, base=images.base, base_name=images.base_name,
                     base_images=list(images.base_images))
     for img in images.in_push_order():  # referrers included
         for m in img.manifest_order():
-            manifests[m.digest] = m.data
+            manifests[m.digest] = m
     for p in plans:
         for d in p.blobs.values():
             inv.blobs[d.digest] = d.size
@@ -110,7 +111,7 @@ def bundle_layout(images: ImageSet, opts: Options) -> BundleLayout:
                                                      incomplete)),
                         Piecewise(inv.pieces),
                         Piecewise(lambda: docker_manifest(plans, carried)),
-                        [(d, manifests[d]) for d in inv.manifests],
+                        [manifests[d] for d in inv.manifests],
                         [BlobItem(d, size, verify=True) for d, size in sorted(blobs.items())])
 
 

@@ -26,6 +26,7 @@ from mirror.bundle.layout import DOCKER_JSON, MIRROR_JSON, OCI_LAYOUT, Piecewise
 from mirror.digest import Verifier
 from mirror.errors import IntegrityError, MirrorError, SizeMismatch, naming
 from mirror.fileobj import Writable
+from mirror.manifest import RawManifest
 from mirror.store.blobs import BlobStore, sha256_file
 
 BUF = 1 << 20
@@ -113,7 +114,7 @@ def write_bundle(
     *,
     index_json: HeadFile,
     inventory_json: HeadFile,
-    manifests: Iterable[tuple[str, bytes]],
+    manifests: Iterable[RawManifest],
     blobs: Iterable[BlobItem],
     store: BlobStore,
     compress: bool,
@@ -146,8 +147,8 @@ def write_bundle(
                     sink.write(piece)
             sink.write(_header("blobs/", 0, is_dir=True))
             sink.write(_header("blobs/sha256/", 0, is_dir=True))
-            for digest, data in manifests:
-                member(blob_name(digest), data)
+            for m in manifests:  # each read back from the cache's store, one at a time
+                member(blob_name(m.digest), m.data)
             for item in blobs:
                 _copy_blob(sink, store, item, progress, stop)
             sink.write(b"\0" * 1024)
@@ -168,7 +169,7 @@ def write_bundle(
 
 
 def tar_size(index_json: HeadFile, inventory_json: HeadFile,
-             manifests: list[tuple[str, bytes]], blobs: list[BlobItem],
+             manifests: list[RawManifest], blobs: list[BlobItem],
              docker_json: HeadFile | None = None) -> int:
     """The exact size of the uncompressed tar write_bundle would write."""
 
@@ -179,7 +180,7 @@ def tar_size(index_json: HeadFile, inventory_json: HeadFile,
                                                          docker_json))
     total += len(_header("blobs/", 0, is_dir=True)) + len(_header("blobs/sha256/", 0,
                                                                     is_dir=True))
-    total += sum(member(blob_name(d), len(data)) for d, data in manifests)
+    total += sum(member(blob_name(m.digest), m.size) for m in manifests)
     total += sum(member(blob_name(b.digest), b.size) for b in blobs)
     return total + 1024
 

@@ -46,7 +46,7 @@ class ManifestStore(Protocol):
     verified on read, and what each tag named when last asked."""
 
     def get(self, digest: str) -> bytes | None: ...
-    def put(self, digest: str, data: bytes) -> None: ...
+    def put(self, digest: str, data: bytes) -> bool: ...
     def tag(self, registry: str, repo: str, tag: str) -> str | None: ...
     def remember(self, registry: str, repo: str, tag: str, digest: str) -> None: ...
     def referrers(self, registry: str, repo: str, subject: str) -> list[dict] | None: ...
@@ -114,7 +114,8 @@ class Client(Uploads):
             raise
         raw = RawManifest.from_bytes(data, ctype, where=where, digest=checked)
         if self.manifests is not None:
-            self.manifests.put(raw.digest, raw.data)
+            if self.manifests.put(raw.digest, data):  # read back from there when needed
+                raw.release(self.manifests.get)
             if ":" not in ref:
                 self.manifests.remember(registry, repo, ref, raw.digest)
                 self._asked[(registry, repo, ref)] = (raw.digest, raw.media_type)
@@ -152,8 +153,10 @@ class Client(Uploads):
                 store.remember(registry, repo, ref, digest)
             ctype = head.media_type
             self._asked[(registry, repo, ref)] = (digest, ctype)
-        # the store checked the bytes against `digest` as it read them
-        return RawManifest.from_bytes(data, ctype, where=where, digest=digest)
+        # the store checked the bytes against `digest` as it read them, and holds them
+        raw = RawManifest.from_bytes(data, ctype, where=where, digest=digest)
+        raw.release(store.get)
+        return raw
 
     async def head_manifest(self, registry: str, repo: str, ref: str) -> ManifestHead | None:
         """HEAD (not counted by Docker Hub's pull limit); None when absent."""

@@ -61,11 +61,16 @@ class ManifestStore:
             return None
         return data
 
-    def put(self, digest: str, data: bytes) -> None:
-        """Keep manifest bytes already checked against `digest` (a no-op when there)."""
+    def put(self, digest: str, data: bytes) -> bool:
+        """Keep manifest bytes already checked against `digest` (a no-op when there); True
+        when the store holds them now (`get` reads them back), False when it cannot."""
         path = self._path(digest)
-        if path is not None and not os.path.exists(path):
-            _write(Path(path), data)
+        if path is None:
+            return False
+        with contextlib.suppress(OSError), open(path, "rb") as f:
+            if f.read(len(data) + 1) == data:  # there already (one damaged is replaced)
+                return True
+        return _write(Path(path), data)
 
     def _tag_path(self, registry: str, repo: str, tag: str) -> str:
         key = hashlib.sha256(f"{registry}/{repo}:{tag}".encode()).hexdigest()
@@ -126,9 +131,9 @@ def _read(path: str) -> bytes | None:
     return b"".join(chunks)
 
 
-def _write(path: Path, data: bytes) -> None:
+def _write(path: Path, data: bytes) -> bool:
     """Beside, then renamed into place; a cache that cannot be written is not an error (the
-    next run asks the registry again)."""
+    next run asks the registry again): False."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         tmp.write_bytes(data)
@@ -136,3 +141,5 @@ def _write(path: Path, data: bytes) -> None:
     except OSError:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+        return False
+    return True
