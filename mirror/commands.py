@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mirror.config import Config, ImageSettings, ImageSpec, load_config
 from mirror.errors import EXIT_PARTIAL, EXIT_RATE_LIMITED_PARTIAL, MirrorError, UsageError
@@ -170,12 +170,15 @@ def _once(specs: list[ImageSpec]) -> list[ImageSpec]:
 def as_given(specs: list[ImageSpec], report: Report) -> None:
     """Each image of the run as given (a tag rule by its repository) in the report, with the
     run's error should it stop before planning them (at its tag rules: an error, a signal);
-    the run's own entries replace them once it has them."""
-    from mirror.planning import ImageResult
+    the run's own entries replace them once it has them (so these are made only when the
+    report is written before that)."""
 
-    entries = [ImageResult(str(s.reference), s.where).entry() for s in specs]
-    report.add(images=entries)
-    report.cut_short(entries)
+    def entries() -> list[dict[str, Any]]:
+        from mirror.planning import ImageResult
+
+        return [ImageResult(str(s.reference), s.where).entry() for s in specs]
+
+    report.add_later("images", entries)
 
 
 def write_lock(args: argparse.Namespace, result, report: Report) -> Path | None:
