@@ -16,7 +16,6 @@ The manifest's artifactType (else its config's media type) decides; when that sa
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable
 
@@ -84,6 +83,8 @@ def parse_types(values: Iterable[str]) -> tuple[str, ...]:
         if v in KINDS or _MEDIA_TYPE.fullmatch(v):
             out.append(mt.strip_params(v))
             continue
+        import difflib  # for the error only
+
         close = difflib.get_close_matches(v, KINDS, n=1)
         raise UsageError(
             f"--referrer-type {value!r} is neither a kind ({', '.join(KINDS)}) nor a media "
