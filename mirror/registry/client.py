@@ -64,6 +64,9 @@ class Client(Uploads):
     def __init__(self, transport: Transport, manifests: ManifestStore | None = None) -> None:
         self.t = transport
         self.manifests = manifests
+        # what a manifest whose bytes the store holds reads them back with (one bound
+        # method for all: one each was 64 bytes a manifest)
+        self._read_back = manifests.get if manifests is not None else None
         # registries whose referrers are taken from `manifests` when it has them (images.yaml
         # `referrers: cached`; mirror.referrers.Finder)
         self.cached_referrers: set[str] = set()
@@ -114,8 +117,9 @@ class Client(Uploads):
             raise
         raw = RawManifest.from_bytes(data, ctype, where=where, digest=checked)
         if self.manifests is not None:
-            if self.manifests.put(raw.digest, data):  # read back from there when needed
-                raw.release(self.manifests.get)
+            # held there, the bytes are read back from the store when needed
+            if self._read_back is not None and self.manifests.put(raw.digest, data):
+                raw.release(self._read_back)
             if ":" not in ref:
                 self.manifests.remember(registry, repo, ref, raw.digest)
                 self._asked[(registry, repo, ref)] = (raw.digest, raw.media_type)
@@ -155,7 +159,8 @@ class Client(Uploads):
             self._asked[(registry, repo, ref)] = (digest, ctype)
         # the store checked the bytes against `digest` as it read them, and holds them
         raw = RawManifest.from_bytes(data, ctype, where=where, digest=digest)
-        raw.release(store.get)
+        if self._read_back is not None:
+            raw.release(self._read_back)
         return raw
 
     async def head_manifest(self, registry: str, repo: str, ref: str) -> ManifestHead | None:
