@@ -105,7 +105,7 @@ def _assemble(tmp_path: Path, blobs: dict[str, bytes], order: str, seed: int) ->
 
         threads = []
         for digest in blobs:
-            mine = [j for j in jobs if j[0].base == a.offsets[digest][0]]
+            mine = [j for j in jobs if j[0].base == a.offset(digest)[0]]
             threads += [threading.Thread(target=stream, args=("put", mine)),
                         threading.Thread(target=stream, args=("offer", mine))]
         rng.shuffle(threads)
@@ -246,7 +246,7 @@ def test_a_writeback_error_is_never_lost_the_bundle_is_not_named(
     monkeypatch.setattr(writeback, "available", lambda: True)
     monkeypatch.setattr(writeback, "_call", lambda fd: err)
     a, out, data = _one_blob_assembler(tmp_path)
-    tee = a.tee(next(iter(a.offsets)))
+    tee = a.tee(next(iter(a.order)))
     assert tee is not None
     for pos in range(0, len(data), 1 << 20):
         tee.write(pos, data[pos:pos + (1 << 20)])
@@ -271,7 +271,7 @@ def test_no_thread_for_a_writeback_is_no_hang(tmp_path: Path,
     monkeypatch.setattr(writeback, "EVERY", 64 << 10)
     monkeypatch.setattr(assembler.threading, "Thread", NoThreads)
     a, out, data = _one_blob_assembler(tmp_path)
-    tee = a.tee(next(iter(a.offsets)))
+    tee = a.tee(next(iter(a.order)))
     assert tee is not None
     for pos in range(0, len(data), 1 << 20):
         tee.write(pos, data[pos:pos + (1 << 20)])
