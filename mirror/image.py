@@ -44,7 +44,7 @@ def push_order(starts: Iterable[RawManifest], manifests: Mapping[str, RawManifes
     return out
 
 
-@dataclass
+@dataclass(slots=True)  # no __dict__ each (296 bytes: 0.6 MiB at 2,000 images)
 class Image:
     """One image reference and all it carries. Digests of `manifests`, `platform_digests`
     and `root` are what is carried (what a target serves after a load); `source_digest` and
