@@ -416,7 +416,7 @@ class _Run(Planner):
         needed = {d.digest for _, p in self.resolved() for d in self.need(p)}
         for blob in needed:  # none was even looked at, but each is in use (cache prune)
             self.store.touch(blob)
-        result.blobs_reused = len(needed - self.fetcher.fetched)
+        result.blobs_reused = sum(1 for d in needed if d not in self.fetcher.fetched)
         result.bundle, result.bundle_digest, result.unchanged = self.opts.output, digest, True
         return result
 

@@ -116,7 +116,7 @@ def bundle_layout(images: ImageSet, opts: Options) -> BundleLayout:
 
 
 def write_plans(images: ImageSet, store: BlobStore, opts: Options,
-                fresh: set[str], progress: Progress, *,
+                fresh: Collection[str], progress: Progress, *,
                 stop: threading.Event | None = None) -> tuple[str, bool]:
     """Write the bundle from the store in one pass (a .tar.zst, or after a late failure);
     return its digest, and True when an identical one was already there."""
