@@ -3,8 +3,10 @@ more than a few KB each. The peak Python heap (tracemalloc, in the mirror proces
 pull of N and of 4N small two-platform references from the real registry, sharing base
 layers as a nightly's images do: the difference per added reference was 36 KB when every
 blob's placement was a task started at once, the bundle's head one bytearray and every
-manifest's parsed JSON kept (72df636); 19 KB since (the same slope as 400 -> 2,000
-references of scripts/bench.py's data set S, docs/BENCHMARKS.md)."""
+manifest's parsed JSON kept (72df636); 22.7 KB at 4b34030; 16.6 KB since the manifests'
+bytes are read back from the cache's store instead of held, plain descriptors are shared,
+planning starts each registry's images as slots free up and per-image objects are slotted
+(docs/BENCHMARKS.md)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from tests.support.oracle import ROOT, mirror_env
 from tests.support.pusher import push_blob, push_image
 
 N = 10
-PER_REFERENCE = 24 << 10  # bytes of peak heap each added reference may cost
+PER_REFERENCE = 20 << 10  # bytes of peak heap each added reference may cost
 
 # mirror's CLI with tracemalloc on; the peak traced heap goes to the file argv[1]
 TRACED = """
