@@ -66,9 +66,11 @@ class Image:
     conversions: dict[str, str] = field(default_factory=dict)  # old -> new digest
     # nested indexes filtered in turn (their old digests, also in `conversions`): a
     # re-serialisation like any other, reported old -> new
-    nested_filtered: set[str] = field(default_factory=set)
+    # (it and `left_behind` immutable: nearly every image's are empty, and an empty set each
+    # was 0.45 MiB at 2,000 images, a list 0.15; the empty frozenset and tuple are shared)
+    nested_filtered: frozenset[str] = frozenset()
     referrers: list[Image] = field(default_factory=list)  # signatures, SBOMs: child images
-    left_behind: list[str] = field(default_factory=list)  # in-index attestations, not carried
+    left_behind: tuple[str, ...] = ()  # in-index attestations, not carried
     subject: str | None = None  # a referrer: the digest it refers to
     kind: str | None = None  # a referrer: signature | attestation | sbom | its artifactType
     dest: Destination | None = None  # where images.yaml says it lands (mirror.mapping)
@@ -116,12 +118,12 @@ class Image:
         self.absent.update(sub.absent)
         self.platforms.extend(sub.platforms)
         self.platform_digests.update(sub.platform_digests)
-        self.left_behind.extend(sub.left_behind)
+        self.left_behind += sub.left_behind
         self.conversions.update(sub.conversions)
         self.nested_filtered |= sub.nested_filtered
         if sub.root.digest != sub.source_digest:
             self.conversions[sub.source_digest] = sub.root.digest
-            self.nested_filtered.add(sub.source_digest)
+            self.nested_filtered |= {sub.source_digest}
 
     def manifest_order(self) -> list[RawManifest]:
         """Its own manifests in push order, root last (referrers not included)."""

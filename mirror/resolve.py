@@ -164,7 +164,7 @@ class _Resolver:
                 if self.attestations:
                     chosen.append(c)
                 else:
-                    image.left_behind.append(c.digest)
+                    image.left_behind += (c.digest,)
 
     async def _child(self, image: Image, c: Descriptor) -> Image | None:
         """A chosen entry: an image manifest added to `image`, or a nested index resolved
