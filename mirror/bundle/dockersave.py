@@ -67,8 +67,13 @@ def _loadable(platform: Platform | None, raw: RawManifest, carried: set[str]) ->
 
 def docker_manifest(plans: Iterable[Image], carried: set[str]) -> Iterator[bytes]:
     """manifest.json for the images of `plans` whose blobs are all in `carried`: the bytes
-    of json.dumps of the whole list (compact, a newline after it), made entry by entry."""
-    entries: dict[tuple[str, tuple[str, ...]], set[str] | None] = {}
+    of json.dumps of the whole list (compact, a newline after it), made entry by entry.
+    What it holds while it sorts is what every image of the bundle costs at once (made for
+    the head's size, then as it is written: the run's peak at 2,000 images), so an entry's
+    tags are a list, made a set one entry at a time, and entries sort by config digest (the
+    order of its `blobs/<alg>/<hex>` path: sha256 and sha512 alone, neither the other's
+    prefix), not a path made for each."""
+    entries: dict[tuple[str, tuple[str, ...]], list[str] | None] = {}
     for plan in plans:
         images = [(p, raw) for p, raw in _images(plan) if _loadable(p, raw, carried)]
         tagged = next((raw for p, raw in images if p is not None and
@@ -82,12 +87,12 @@ def docker_manifest(plans: Iterable[Image], carried: set[str]) -> Iterator[bytes
             tags = entries.setdefault(key, None)
             if raw is tagged and tag:
                 if tags is None:
-                    tags = entries[key] = set()
-                tags.add(tag)
+                    tags = entries[key] = []
+                tags.append(tag)
     # each entry's dict made as it is written, in the order of the whole list sorted by
     # (untagged, tags, config path); a stable sort: ties keep the images' order
-    docs = sorted(((sorted(tags) if tags else None, key) for key, tags in entries.items()),
-                  key=lambda d: (d[0] is None, d[0] or [], blob_name(d[1][0])))
+    docs = sorted(((sorted(set(tags)) if tags else None, key) for key, tags in entries.items()),
+                  key=lambda d: (d[0] is None, d[0] or [], d[1][0]))
     del entries
     compact = json.JSONEncoder(separators=(",", ":")).encode
     yield b"["
