@@ -78,7 +78,7 @@ def _report_stopped(report: Report, done) -> None:
     cut = [fields["images"][i] for i in done.unfinished]
     if done.early:
         mine = {x["reference"]: x for x in fields["images"]}
-        given = report.details["images"]
+        given = report.entries("images")
         fields["images"] = [mine.get(x["reference"], x) for x in given]
         cut += [x for x in given if x["reference"] not in mine]
     report.add(**fields)

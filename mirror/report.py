@@ -47,6 +47,15 @@ class Report:
         self.details.pop(key, None)
         self._later[key] = make
 
+    def entries(self, key: str) -> list[dict[str, Any]]:
+        """`key`'s entries as they stand: those given with `add_later` made now (a pull
+        stopped at its tag rules puts the images it planned meanwhile among them)."""
+        make = self._later.pop(key, None)
+        if make is not None:
+            self.details[key] = make()
+        entries: list[dict[str, Any]] = self.details[key]
+        return entries
+
     def cut_short(self, entries: list[dict[str, Any]]) -> None:
         """Entries of `details` (a pull's images) that the run stopped before finishing:
         written with the run's error line and exit code (an interrupted image says so)."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import tarfile
 
+import pytest
+
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault
 from tests.support.oracle import error_line, mirror_ok, run_mirror
@@ -381,25 +383,34 @@ def test_tags_also_on_a_rule_choosing_several_tags_says_so(src_registry, repo_na
         "each on stable: give the rule `latest: 1`" in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize("fixed", ["in_the_rules_repository", "planned_meanwhile"])
 def test_a_run_stopped_at_its_tag_rules_reports_every_image(src_registry, repo_name, rng,
-                                                            tmp_path):
+                                                            tmp_path, fixed):
     """The report lists every image of the run, in the order given, also after an error: a
     run stopped while choosing tags (a rule that matches nothing here; a signal or a
     registry's error there alike) reported no image at all. Each is now there with the
-    run's error (a rule by its repository), for pull and sync."""
+    run's error (a rule by its repository), for pull and sync. A fixed tag in a repository
+    no rule lists is planned while the rules run, and stands in its place: the pull's stop
+    read the images as given from the report before they were made (Report.add_later), a
+    KeyError traceback, exit 1 and no report."""
     seed(src_registry, repo_name, rng, ["1.0.0"])
     repo = f"{src_registry.host}/{repo_name}"
+    first = f"{repo}:1.0.0"
+    if fixed == "planned_meanwhile":
+        seed(src_registry, f"{repo_name}-fixed", rng, ["1"])
+        first = f"{repo}-fixed:1"
     cfg = tmp_path / "images.yaml"
-    cfg.write_text(f"images:\n  - {repo}:1.0.0\n  - repository: {repo}\n    tags:\n"
+    cfg.write_text(f"images:\n  - {first}\n  - repository: {repo}\n    tags:\n"
                    "      - semver: '>=9'\n")
     report = tmp_path / "r.json"
     for cmd in (["pull", "-o", tmp_path / "b.tar"], ["sync", "--to", f"{src_registry.host}/x"]):
+        report.unlink(missing_ok=True)
         proc = run_mirror(*cmd, "-f", cfg, "--cache", tmp_path / "c", "--no-referrers",
                           "--report", report)
-        assert proc.returncode == 2, proc.stderr
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         doc = json.loads(report.read_text())
         assert [(e["reference"], e["where"]) for e in doc["images"]] == \
-            [(f"{repo}:1.0.0", f"{cfg}:2"), (repo, f"{cfg}:5")], doc["images"]
+            [(first, f"{cfg}:2"), (repo, f"{cfg}:5")], doc["images"]
         assert all(e["error"] == doc["error"] and e["error_code"] == 2
                    for e in doc["images"]), doc["images"]
 
