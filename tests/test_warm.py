@@ -299,3 +299,47 @@ def test_a_reruns_tag_listing_goes_beside_its_heads_not_after_them(
     assert len(listing) == 1
     before = sum(1 for i in heads if i < listing[0])
     assert before <= SMALL_REQUESTS, (before, order)
+
+
+def test_a_manifest_damaged_in_the_cache_while_the_run_goes_on_stops_it_cleanly(
+        src_registry, faultproxy, repo_name, rng, tmp_path):
+    """A pull keeps a manifest's bytes in the cache's store, not in memory, from its GET to
+    the bundle's head (RawManifest.release): damaged there while the blobs download (a .zst
+    bundle writes its head last), the run stops with one error line naming the manifest
+    (integrity, exit 7), writes no bundle and no .partial, and drops the entry; the next run
+    fetches it again and writes the bundle, which verifies."""
+    import subprocess
+    import time
+
+    from tests.support.oracle import error_line, mirror_cmd, mirror_env
+
+    proxy = faultproxy(src_registry.url)
+    img = ig.make_image(rng, ig.AMD64, "oci", layers=[ig.make_layer(rng, 400_000)])
+    push_image(src_registry.url, repo_name, img, tags=["1"])
+    ref, cache, out = f"{proxy.host}/{repo_name}:1", tmp_path / "cache", tmp_path / "b.tar.zst"
+    proxy.add(Fault("slow", method="GET", path=r"/blobs/sha256:", delay=0.05, chunk=16384,
+                    times=None))
+    stored = cache / "manifests" / "sha256" / img.digest.split(":", 1)[1]
+    proc = subprocess.Popen(mirror_cmd("pull", ref, "-o", out, "--cache", cache),
+                            env=mirror_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (stored.exists() and any("/blobs/" in p for p in proxy.paths("GET"))):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        stored.write_bytes(stored.read_bytes().replace(b"{", b" {", 1))  # same digest named
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    assert done.returncode == 7, stderr
+    assert img.digest in error_line(done) and "Traceback" not in stderr, stderr
+    assert not out.exists() and not list(tmp_path.glob("b.tar.zst.*")), list(tmp_path.iterdir())
+    assert not stored.exists()  # dropped: the next run asks for it again
+    proxy.clear_faults()
+    mirror_ok("pull", ref, "-o", out, "--cache", cache)
+    assert stored.read_bytes() == img.manifest.data
+    mirror_ok("verify", out)
