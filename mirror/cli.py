@@ -19,7 +19,7 @@ from mirror.errors import EXIT_CODES, MirrorError
 from mirror.netargs import check_net_flags
 from mirror.report import Report
 from mirror.report import check_path as check_report_path
-from mirror.runfiles import DEFAULT_OUTPUT, check_run_files
+from mirror.runfiles import DEFAULT_OUTPUT, check_run_files, lock_file_held
 from mirror.serve import DEFAULT_LISTEN
 
 # command -> (module, coroutine function(args, progress, report) -> exit code)
@@ -315,7 +315,8 @@ def _run(args: argparse.Namespace, report: Report) -> tuple[int, str | None]:
         module, name = COMMANDS[args.command]
         run = getattr(importlib.import_module(module), name)
         _settle_gc()
-        code = asyncio.run(run_stoppable(run(args, progress, report)))
+        with lock_file_held(args):
+            code = asyncio.run(run_stoppable(run(args, progress, report)))
         return code, None
     except MirrorError as e:
         _close(progress)

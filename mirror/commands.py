@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from mirror.config import Config, ImageSettings, ImageSpec, load_config
 from mirror.errors import EXIT_PARTIAL, EXIT_RATE_LIMITED_PARTIAL, MirrorError, UsageError
-from mirror.paths import check_writable
 from mirror.platform import PlatformSelector
 from mirror.reference import Reference
 from mirror.report import Report
@@ -193,13 +192,6 @@ def write_lock(args: argparse.Namespace, result, report: Report) -> Path | None:
         return None
     lock.write(path)
     return path
-
-
-def check_lock_path(args: argparse.Namespace) -> None:
-    """The lock file a run will write, checked before any work as --report is."""
-    path = lock_path(args)
-    if path is not None and not getattr(args, "locked", False):
-        check_writable(path, "--lock-file" if args.lock_file else "lock file")
 
 
 def traffic(transport) -> dict:

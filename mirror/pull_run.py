@@ -14,7 +14,6 @@ from pathlib import Path
 from mirror.bundle.volumes import parse_size
 from mirror.commands import (
     as_given,
-    check_lock_path,
     image_specs,
     images_now,
     partial,
@@ -30,7 +29,7 @@ from mirror.errors import UsageError
 from mirror.netargs import transport_for
 from mirror.paths import check_writable
 from mirror.report import Report
-from mirror.runfiles import DEFAULT_OUTPUT, lock_path
+from mirror.runfiles import DEFAULT_OUTPUT, check_lock_path, lock_path
 
 
 def _rule_text(rule: dict) -> str:

@@ -4,6 +4,7 @@ file of the run. Light on purpose: cli.py imports it for every command (no aioht
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,30 @@ def lock_path(args: argparse.Namespace) -> Path | None:
     from mirror.lockfile import default_lock_path
 
     return args.lock_file or default_lock_path(args.file)
+
+
+def check_lock_path(args: argparse.Namespace) -> None:
+    """The lock file a run will write, checked before any work as --report is."""
+    from mirror.paths import check_writable
+
+    path = lock_path(args)
+    if path is not None and not getattr(args, "locked", False):
+        check_writable(path, "--lock-file" if args.lock_file else "lock file")
+
+
+def lock_file_held(args: argparse.Namespace) -> contextlib.AbstractContextManager[object]:
+    """Hold the lock file a run will write (`LOCKFILE.lock` beside it, as `OUT.lock` beside
+    a bundle) from its start to its end: a pull, lock or sync with another cache writing the
+    same images.lock meanwhile exits at once (exit 12), instead of the last one to finish
+    leaving its images beside the other's bundle. A dry run or --locked writes none."""
+    path = lock_path(args) if args.command in ("pull", "sync", "lock") else None
+    if path is None or getattr(args, "dry_run", False) or \
+            (args.command != "lock" and getattr(args, "locked", False)):
+        return contextlib.nullcontext()
+    from mirror.store.lock import RunLock
+
+    check_lock_path(args)  # its own error (exit 2) first, not the lock's
+    return RunLock(path.with_name(path.name + ".lock"), f"lock file {path}")
 
 
 def check_run_files(args: argparse.Namespace) -> None:

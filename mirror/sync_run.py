@@ -9,7 +9,6 @@ from pathlib import Path
 
 from mirror.commands import (
     as_given,
-    check_lock_path,
     image_specs,
     images_now,
     partial,
@@ -26,7 +25,7 @@ from mirror.commands import (
 from mirror.errors import UsageError
 from mirror.netargs import target_of, transport_for
 from mirror.report import Report
-from mirror.runfiles import lock_path
+from mirror.runfiles import check_lock_path, lock_path
 
 
 def _sync_report(result) -> dict:

@@ -169,3 +169,48 @@ def test_dry_run_takes_no_output_lock_and_a_run_drops_a_killed_runs_partial(
     partial.write_bytes(b"\0" * 4096)  # what a SIGKILLed run leaves
     r = mirror_ok("pull", ref, "-o", out, "--cache", cache)
     assert "unchanged" in r.stderr and not partial.exists()
+
+
+def test_a_second_run_writing_the_same_lock_file_exits_12(
+        src_registry, faultproxy, repo_name, rng, tmp_path):
+    """Two caches, two bundles, one images.lock: a pull holds `images.lock.lock` from its
+    start to its end, so `mirror lock` or another pull with another cache exits 12 instead
+    of the last to finish leaving its images beside the other's bundle (a cron script then
+    copies the wrong images.lock as the next night's --base). A dry run writes no lock file
+    and goes on; when the pull ends, images.lock is its own and nothing else is left."""
+    img = ig.make_image(rng, ig.AMD64, layers=[ig.make_layer(rng, size=256 << 10,
+                                                               compressed=False)])
+    push_image(src_registry.url, repo_name, img, tags=["slow"])
+    proxy = faultproxy(src_registry.url)
+    proxy.add(Fault("slow", method="GET", path=r"/blobs/", delay=0.05, chunk=4096, times=None))
+    conf = tmp_path / "images.yaml"
+    conf.write_text(f"images:\n  - {proxy.host}/{repo_name}:slow\n")
+    lock = tmp_path / "images.lock"
+    first = subprocess.Popen(
+        mirror_cmd("pull", "-f", conf, "-o", tmp_path / "a.tar", "--cache", tmp_path / "c1"),
+        env=mirror_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not any("/blobs/" in p for _, p, _ in proxy.requests):
+            assert time.monotonic() < deadline, "first run never started downloading"
+            time.sleep(0.05)
+        held = (f"lock file {lock} is in use by another mirror run (pid {first.pid}): "
+                f"lock {lock}.lock")
+        for cmd in (("lock", "-f", conf, "--cache", tmp_path / "c2"),
+                    ("pull", "-f", conf, "-o", tmp_path / "b.tar", "--cache", tmp_path / "c3")):
+            r = run_mirror(*cmd)
+            assert r.returncode == 12, r.stderr
+            assert held in r.stderr, r.stderr
+        assert not (tmp_path / "b.tar").exists()
+        r = run_mirror("pull", "-f", conf, "--dry-run", "--cache", tmp_path / "c2")
+        assert r.returncode == 0 and "would fetch" in r.stdout, r.stderr
+        _, err = first.communicate(timeout=120)
+        assert first.returncode == 0, err
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.communicate()
+    assert '"a.tar"' in lock.read_text()  # the lock file names the bundle written with it
+    assert not lock.with_name("images.lock.lock").exists()
+    assert not (tmp_path / "a.tar.lock").exists() and not (tmp_path / "c1" / "lock").exists()
+    mirror_ok("lock", "-f", conf, "--cache", tmp_path / "c1", "-q")
