@@ -20,7 +20,6 @@ from mirror.commands import (
     pull_options,
     source_client,
     starved,
-    tag_rules,
     traffic,
     waiting_images,
     write_lock,
@@ -191,15 +190,19 @@ async def run_lock(args: argparse.Namespace, progress, report: Report) -> int:
 
     cache = args.cache or default_cache_dir()
     transport = transport_for(args, cfg, progress)
+    final: list = []  # the run's images, once the tag rules chose theirs
     try:
         with RunLock(Path(cache) / "lock", f"cache {cache}"):
             store = BlobStore(cache)
             async with transport as t:
                 client = source_client(t, cache, cfg, args)
-                specs = await tag_rules(client, specs, report, progress, store,
-                                        lock_path(args))
-                result = await pull(client, store, specs,
-                                    pull_options(args, output=None, dry_run=True), progress)
+                # the images no rule waits for resolved while the rules choose the others
+                # (as a pull's): one registry's Retry-After on a listing holds only its own
+                now, later = await images_now(client, specs, report, progress, store,
+                                              lock_path(args), final)
+                result = await pull(client, store, now,
+                                    pull_options(args, output=None, dry_run=True), progress,
+                                    later=later)
     finally:  # what the run asked of each registry, its budget's too, whatever the outcome
         report.add(**traffic(transport))
     report.add(waiting=waiting_images(result.images))

@@ -1029,3 +1029,45 @@ def test_a_sync_resolves_anothers_images_while_one_registrys_tag_listing_waits(
     for ref in refs:
         get_manifest(dst_registry.url, f"m/{repo_name}/{ref.split('/')[-1].split(':')[0]}",
                      ref.rsplit(":", 1)[1])
+
+
+def test_a_429_storm_on_one_registrys_tag_listing_does_not_hold_anothers_lock(
+        src_registry: Registry, proxies, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """`mirror lock` as a pull (the test above): a tag rule on registry A whose listing
+    answers 429 (Retry-After: 3) beside images of registry B given by tag. The lock resolved
+    nothing until every rule was; B's manifests are now asked for, and answered, while A's
+    rule waits, and the lock file is a calm run's."""
+    seed(src_registry, f"{repo_name}/b", rng, n=2, layers=1)
+    for tag in ("1.0.0", "1.1.0"):
+        push_image(src_registry.url, f"{repo_name}/a",
+                   ig.make_image(rng, ig.AMD64, "oci", n_layers=1, layer_size=2000), [tag])
+    a, b = proxies(), proxies()
+    refs = [f"{b.host}/{repo_name}/b0:v1", f"{a.host}/{repo_name}/a:1.0.0",
+            f"{a.host}/{repo_name}/a:1.1.0", f"{b.host}/{repo_name}/b1:v1"]
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text("version: 1\nimages:\n"
+                   f"  - {refs[0]}\n"
+                   f"  - repository: {a.host}/{repo_name}/a\n    tags: [{{semver: '>=1'}}]\n"
+                   f"  - {refs[3]}\n")
+    lock = tmp_path / "images.lock"
+    args = ["-f", cfg, "-q", "--no-referrers"]
+    calm = run_mirror("lock", *args, "--cache", tmp_path / "c0")
+    assert calm.returncode == 0, calm.stderr
+    calm_images = json.loads(lock.read_text())["images"]
+    assert set(calm_images) == set(refs)
+    a.spans.clear()
+    b.spans.clear()
+    a.add(Fault("status", path="/tags/list", status=429, times=1,
+                headers={"Retry-After": "3"}))
+    proc = run_mirror("lock", *args, "--cache", tmp_path / "c1", "--report",
+                      tmp_path / "r.json")
+    assert proc.returncode == 0, proc.stderr
+    storm = min(t0 for t0, _, m, p, st in a.spans if st == 429)
+    over = min(t0 for t0, _, m, p, st in a.spans if "/tags/list" in p and st == 200)
+    assert over - storm >= 2.9, (over - storm)
+    b_manifests = [t1 for _, t1, m, p, st in b.spans if "/manifests/" in p]
+    assert len(b_manifests) >= 2 and max(b_manifests) < over, \
+        ([t - over for t in b_manifests], b.spans)
+    assert json.loads(lock.read_text())["images"] == calm_images
+    assert report_of(tmp_path / "r.json")["waiting"] == []
