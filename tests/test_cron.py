@@ -22,6 +22,7 @@ from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault
 from tests.support.oracle import (
     check_layout,
+    downloading,
     file_sha256,
     mirror_cmd,
     mirror_env,
@@ -29,7 +30,7 @@ from tests.support.oracle import (
     run,
     run_mirror,
 )
-from tests.support.pusher import blob_exists, list_tags, push_image
+from tests.support.pusher import blob_exists, list_tags, push_image, slow_image
 
 EXIT = {"integrity": 7, "bundle": 10, "incomplete-base": 11, "lock-held": 12, "partial": 13,
         "not-found": 5}
@@ -274,27 +275,13 @@ def test_verify_catches_tampering(src_registry, repo_name, rng, tmp_path):
 
 def test_second_run_waits_for_no_one_it_exits_with_lock_held(src_registry, faultproxy,
                                                              repo_name, rng, tmp_path):
-    img = ig.make_image(rng, ig.AMD64, layers=[ig.make_layer(rng, size=256 << 10,
-                                                               compressed=False)])
-    push_image(src_registry.url, repo_name, img, tags=["slow"])
-    proxy = faultproxy(src_registry.url)
-    proxy.add(Fault("slow", method="GET", path=r"/blobs/", delay=0.05, chunk=4096, times=None))
+    proxy, ref = slow_image(src_registry.url, faultproxy, repo_name, rng)
     cache = tmp_path / "cache"
-    ref = f"{proxy.host}/{repo_name}:slow"
-    first = subprocess.Popen(mirror_cmd("pull", ref, "-o", tmp_path / "a.tar", "--cache", cache),
-                             env=mirror_env(), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while not any("/blobs/" in p for _, p, _ in proxy.requests):
-            assert time.monotonic() < deadline, "first run never started downloading"
-            time.sleep(0.05)
+    with downloading(proxy, "pull", ref, "-o", tmp_path / "a.tar", "--cache", cache,
+                     finish=False):
         r = run_mirror("pull", ref, "-o", tmp_path / "b.tar", "--cache", cache)
         assert r.returncode == EXIT["lock-held"], r.stderr
         assert "in use by another mirror run" in r.stderr and str(cache) in r.stderr
-    finally:
-        first.kill()
-        first.wait()
 
 
 def test_keep_going_report_and_inspect(src_registry, repo_name, rng, tmp_path):

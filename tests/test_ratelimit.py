@@ -959,15 +959,12 @@ def test_a_429_storm_on_one_registrys_tag_listing_does_not_hold_anothers_tag_rul
     assert len(ranked) >= 3 and max(ranked[:3]) < over, ([t - over for t in ranked], b.spans)
 
 
-def test_a_429_storm_on_one_registrys_tag_listing_does_not_hold_anothers_images(
-        src_registry: Registry, proxies, repo_name: str, rng: random.Random,
-        tmp_path: Path) -> None:
-    """A tag rule on registry A, whose listing answers 429 (Retry-After: 3), beside images
-    of registry B given by tag (and one of A in another repository). Planning started once
-    every rule was resolved, so B's images, resolved and downloaded in a moment otherwise,
-    waited out A's storm; they are now resolved while A's rule waits, their blobs downloaded
-    (each once) before it ends; the bundle is byte for byte a calm run's, and the report
-    lists the images in the config's order."""
+def rule_beside_tags(src_registry: Registry, proxies, repo_name: str, rng: random.Random,
+                     tmp_path: Path):
+    """images.yaml: B's b0:v1, a semver rule on A's repository `a` (tags 1.0.0 and 1.1.0),
+    A's c0:v1 (another repository: resolved beside the rule), B's b1:v1; each registry
+    behind a TimingProxy. Gives B's two images, the proxies A and B, the run's references
+    in the config's order, and the config file."""
     on_b = seed(src_registry, f"{repo_name}/b", rng, n=2, layers=2)
     seed(src_registry, f"{repo_name}/c", rng, n=1, layers=1)
     for tag in ("1.0.0", "1.1.0"):
@@ -982,6 +979,19 @@ def test_a_429_storm_on_one_registrys_tag_listing_does_not_hold_anothers_images(
                    f"  - {refs[0]}\n"
                    f"  - repository: {a.host}/{repo_name}/a\n    tags: [{{semver: '>=1'}}]\n"
                    f"  - {refs[3]}\n  - {refs[4]}\n")
+    return on_b, a, b, refs, cfg
+
+
+def test_a_429_storm_on_one_registrys_tag_listing_does_not_hold_anothers_images(
+        src_registry: Registry, proxies, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """A tag rule on registry A, whose listing answers 429 (Retry-After: 3), beside images
+    of registry B given by tag (and one of A in another repository). Planning started once
+    every rule was resolved, so B's images, resolved and downloaded in a moment otherwise,
+    waited out A's storm; they are now resolved while A's rule waits, their blobs downloaded
+    (each once) before it ends; the bundle is byte for byte a calm run's, and the report
+    lists the images in the config's order."""
+    on_b, a, b, refs, cfg = rule_beside_tags(src_registry, proxies, repo_name, rng, tmp_path)
     args = ["-f", cfg, "-q", "--no-referrers"]
     calm = run_mirror("pull", *args, "-o", tmp_path / "calm.tar", "--cache", tmp_path / "c0")
     assert calm.returncode == 0, calm.stderr
@@ -1038,18 +1048,7 @@ def test_a_429_storm_on_one_registrys_tag_listing_does_not_hold_anothers_lock(
     answers 429 (Retry-After: 3) beside images of registry B given by tag. The lock resolved
     nothing until every rule was; B's manifests are now asked for, and answered, while A's
     rule waits, and the lock file is a calm run's."""
-    seed(src_registry, f"{repo_name}/b", rng, n=2, layers=1)
-    for tag in ("1.0.0", "1.1.0"):
-        push_image(src_registry.url, f"{repo_name}/a",
-                   ig.make_image(rng, ig.AMD64, "oci", n_layers=1, layer_size=2000), [tag])
-    a, b = proxies(), proxies()
-    refs = [f"{b.host}/{repo_name}/b0:v1", f"{a.host}/{repo_name}/a:1.0.0",
-            f"{a.host}/{repo_name}/a:1.1.0", f"{b.host}/{repo_name}/b1:v1"]
-    cfg = tmp_path / "images.yaml"
-    cfg.write_text("version: 1\nimages:\n"
-                   f"  - {refs[0]}\n"
-                   f"  - repository: {a.host}/{repo_name}/a\n    tags: [{{semver: '>=1'}}]\n"
-                   f"  - {refs[3]}\n")
+    _, a, b, refs, cfg = rule_beside_tags(src_registry, proxies, repo_name, rng, tmp_path)
     lock = tmp_path / "images.lock"
     args = ["-f", cfg, "-q", "--no-referrers"]
     calm = run_mirror("lock", *args, "--cache", tmp_path / "c0")

@@ -16,9 +16,8 @@ import pytest
 from mirror.errors import LockHeld
 from mirror.store.lock import RunLock
 from tests.support import imagegen as ig
-from tests.support.faultproxy import Fault
-from tests.support.oracle import mirror_cmd, mirror_env, mirror_ok, run_mirror
-from tests.support.pusher import push_image
+from tests.support.oracle import downloading, mirror_env, mirror_ok, run_mirror
+from tests.support.pusher import push_image, slow_image
 
 
 def lock_files(*dirs: Path) -> list[Path]:
@@ -57,31 +56,14 @@ def test_pull_into_a_directory_leaves_no_lock_beside_it(src_registry, repo_name,
 def test_second_pull_of_the_same_output_exits_12_naming_the_holder(
         src_registry, faultproxy, repo_name, rng, tmp_path):
     """Two caches, one -o: the output lock is what keeps them apart."""
-    img = ig.make_image(rng, ig.AMD64, layers=[ig.make_layer(rng, size=256 << 10,
-                                                               compressed=False)])
-    push_image(src_registry.url, repo_name, img, tags=["slow"])
-    proxy = faultproxy(src_registry.url)
-    proxy.add(Fault("slow", method="GET", path=r"/blobs/", delay=0.05, chunk=4096, times=None))
-    ref, out = f"{proxy.host}/{repo_name}:slow", tmp_path / "b.tar"
-    first = subprocess.Popen(mirror_cmd("pull", ref, "-o", out, "--cache", tmp_path / "c1"),
-                             env=mirror_env(), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not any("/blobs/" in p for _, p, _ in proxy.requests):
-            assert time.monotonic() < deadline, "first run never started downloading"
-            time.sleep(0.05)
+    proxy, ref = slow_image(src_registry.url, faultproxy, repo_name, rng)
+    out = tmp_path / "b.tar"
+    with downloading(proxy, "pull", ref, "-o", out, "--cache", tmp_path / "c1") as first:
         r = run_mirror("pull", ref, "-o", out, "--cache", tmp_path / "c2")
         assert r.returncode == 12, r.stderr
         assert (f"output {out} is in use by another mirror run (pid {first.pid}): "
                 f"lock {out}.lock") in r.stderr, r.stderr
         assert "hint: wait for it to finish" in r.stderr
-        _, err = first.communicate(timeout=120)
-        assert first.returncode == 0, err
-    finally:
-        if first.poll() is None:
-            first.kill()
-        first.communicate()
     assert out.exists()
     assert lock_files(tmp_path) == []
 
@@ -178,22 +160,12 @@ def test_a_second_run_writing_the_same_lock_file_exits_12(
     of the last to finish leaving its images beside the other's bundle (a cron script then
     copies the wrong images.lock as the next night's --base). A dry run writes no lock file
     and goes on; when the pull ends, images.lock is its own and nothing else is left."""
-    img = ig.make_image(rng, ig.AMD64, layers=[ig.make_layer(rng, size=256 << 10,
-                                                               compressed=False)])
-    push_image(src_registry.url, repo_name, img, tags=["slow"])
-    proxy = faultproxy(src_registry.url)
-    proxy.add(Fault("slow", method="GET", path=r"/blobs/", delay=0.05, chunk=4096, times=None))
+    proxy, ref = slow_image(src_registry.url, faultproxy, repo_name, rng)
     conf = tmp_path / "images.yaml"
-    conf.write_text(f"images:\n  - {proxy.host}/{repo_name}:slow\n")
+    conf.write_text(f"images:\n  - {ref}\n")
     lock = tmp_path / "images.lock"
-    first = subprocess.Popen(
-        mirror_cmd("pull", "-f", conf, "-o", tmp_path / "a.tar", "--cache", tmp_path / "c1"),
-        env=mirror_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not any("/blobs/" in p for _, p, _ in proxy.requests):
-            assert time.monotonic() < deadline, "first run never started downloading"
-            time.sleep(0.05)
+    with downloading(proxy, "pull", "-f", conf, "-o", tmp_path / "a.tar",
+                     "--cache", tmp_path / "c1") as first:
         held = (f"lock file {lock} is in use by another mirror run (pid {first.pid}): "
                 f"lock {lock}.lock")
         for cmd in (("lock", "-f", conf, "--cache", tmp_path / "c2"),
@@ -204,12 +176,6 @@ def test_a_second_run_writing_the_same_lock_file_exits_12(
         assert not (tmp_path / "b.tar").exists()
         r = run_mirror("pull", "-f", conf, "--dry-run", "--cache", tmp_path / "c2")
         assert r.returncode == 0 and "would fetch" in r.stdout, r.stderr
-        _, err = first.communicate(timeout=120)
-        assert first.returncode == 0, err
-    finally:
-        if first.poll() is None:
-            first.kill()
-        first.communicate()
     assert '"a.tar"' in lock.read_text()  # the lock file names the bundle written with it
     assert not lock.with_name("images.lock.lock").exists()
     assert not (tmp_path / "a.tar.lock").exists() and not (tmp_path / "c1" / "lock").exists()

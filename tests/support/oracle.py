@@ -18,6 +18,7 @@ format) names is a blob in the tar.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,6 +26,8 @@ import posixpath
 import subprocess
 import sys
 import tarfile
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,6 +259,31 @@ def mirror_ok(*args: object, cwd: Path | str | None = None,
         f"mirror {' '.join(map(str, args))} exited {proc.returncode}\n"
         f"stdout: {proc.stdout}\nstderr: {proc.stderr}")
     return proc
+
+
+@contextlib.contextmanager
+def downloading(proxy: Any, *args: object, finish: bool = True
+                ) -> Iterator[subprocess.Popen[str]]:
+    """`mirror ARGS` in the background, given back once it is downloading a blob through
+    `proxy` (a tests.support.faultproxy.FaultProxy whose blob bodies the test slowed): the
+    run holds its locks then. On leaving, it is waited for (`finish`: it must exit 0) or
+    killed."""
+    proc = subprocess.Popen(mirror_cmd(*args), env=mirror_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not any("/blobs/" in p for _, p, _ in proxy.requests):
+            assert proc.poll() is None, f"the run ended first: {proc.communicate()[1]}"
+            assert time.monotonic() < deadline, "the run never started downloading"
+            time.sleep(0.05)
+        yield proc
+        if finish:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
 
 
 def skopeo(*args: object, timeout: float = 180) -> subprocess.CompletedProcess[str]:

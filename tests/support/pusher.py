@@ -192,3 +192,17 @@ def push_nested_index(base_url: str, repo: str, rng, tag: str = "1") -> tuple[li
                           "manifests": [inner.manifest.descriptor()]})
     push_raw_manifest(base_url, repo, tag, outer, ig.OCI_INDEX)
     return imgs, inner
+
+
+def slow_image(registry_url: str, faultproxy, repo: str, rng) -> tuple[object, str]:
+    """An image with a 256 KiB layer pushed as `repo:slow`, behind a fault proxy (the tests'
+    `faultproxy` fixture) whose blob bodies come 4 KiB per 50 ms: a run pulling it stays
+    in its downloads (holding its locks) for about 3 s. Gives the proxy and the reference."""
+    from .faultproxy import Fault
+    from .imagegen import AMD64, make_image, make_layer
+
+    img = make_image(rng, AMD64, layers=[make_layer(rng, size=256 << 10, compressed=False)])
+    push_image(registry_url, repo, img, tags=["slow"])
+    proxy = faultproxy(registry_url)
+    proxy.add(Fault("slow", method="GET", path=r"/blobs/", delay=0.05, chunk=4096, times=None))
+    return proxy, f"{proxy.host}/{repo}:slow"
