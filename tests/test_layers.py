@@ -153,3 +153,18 @@ def test_version_help_and_refused_flags_import_no_http_stack_nor_yaml(argv) -> N
     heavy = [m for m in modules if m.split(".")[0] in ("aiohttp", "yaml", "multidict", "yarl")
              or m in ("mirror.commands", "mirror.config", "mirror.registry.transport")]
     assert heavy == [], heavy
+
+
+def test_a_pull_without_a_config_file_reads_no_yaml(tmp_path) -> None:
+    """Issue 18: a warm rerun's start-up. `mirror pull REF...` reads no images.yaml, so PyYAML
+    (10 ms of its imports) is never executed: mirror.config names it, to be loaded when a
+    config is first parsed. The pull fails at once (nothing listens on port 9); its imports
+    are a pull's."""
+    proc = subprocess.run([sys.executable, "-c", _IMPORTED, "pull", "127.0.0.1:9/a/b:1",
+                           "--retries", "0", "-o", str(tmp_path / "b.tar"),
+                           "--cache", str(tmp_path / "cache")],
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=60)
+    modules = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert "mirror.pull" in modules and "mirror.config" in modules, proc.stderr
+    assert [m for m in modules if m.startswith("yaml.")] == []
