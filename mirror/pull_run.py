@@ -118,9 +118,7 @@ async def run_pull(args: argparse.Namespace, progress, report: Report) -> int:
 
     report.add(**_pull_report(None), **traffic(None), tag_rules=[])
     out = _output(args)
-    specs, cfg = image_specs(args)
-    if not args.dry_run:
-        check_lock_path(args)
+    specs, cfg = image_specs(args)  # the lock file was checked first (lock_file_held)
     compress = args.compress == "zstd" or (args.compress is None and
                                            out.name.lower().endswith(ZSTD_NAMES))
     cache = args.cache or default_cache_dir()

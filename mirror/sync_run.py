@@ -25,7 +25,7 @@ from mirror.commands import (
 from mirror.errors import UsageError
 from mirror.netargs import target_of, transport_for
 from mirror.report import Report
-from mirror.runfiles import check_lock_path, lock_path
+from mirror.runfiles import lock_path
 
 
 def _sync_report(result) -> dict:
@@ -58,9 +58,7 @@ async def run_sync(args: argparse.Namespace, progress, report: Report) -> int:
                              "each target is pushed to once")
         seen.add((t.registry, t.prefix))
     check_flags(args)
-    specs, cfg = image_specs(args)
-    if not args.dry_run:
-        check_lock_path(args)
+    specs, cfg = image_specs(args)  # the lock file was checked first (lock_file_held)
     opts = SyncOptions(jobs=args.jobs, keep_going=args.keep_going, dry_run=args.dry_run,
                        merge=args.merge, referrer_types=parse_types(args.referrer_type))
     result = SyncResult()
