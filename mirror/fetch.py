@@ -134,7 +134,9 @@ class Fetcher:
                 try:
                     sink.close()  # may fail too (a full disk: the last bytes do not fit)
                 finally:
-                    if not done:
+                    if sink.committed:  # stopped after its commit: it crossed the network
+                        self.fetched.add(desc.digest)
+                    elif not done:
                         self._keep(desc.digest, sink.path, offset, earlier)
         self.fetched.add(desc.digest)
         if sink.teed:

@@ -9,6 +9,7 @@ was downloaded again and what was not.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import random
@@ -365,6 +366,46 @@ def test_a_failed_download_reports_the_bytes_it_kept(src_registry, image, recpro
     start = kept - kept % ALIGN
     assert (doc["bytes_fetched"], doc["bytes_kept"]) == (big.size - start, 0), doc
     assert_exact(tmp_path / "out.tar", img)
+
+
+async def test_a_download_stopped_after_its_commit_counts_as_fetched(
+        src_registry, image, tmp_path: Path, monkeypatch) -> None:
+    """A download stopped (another blob's error, Ctrl-C) while its verified file is being
+    moved into the cache: the file is in the cache, so its bytes crossed the network and are
+    counted as fetched, not lost from the report (CI once saw `bytes_fetched` short of a
+    small layer that the full-disk test found in the cache)."""
+    import threading
+
+    from mirror.fetch import Fetcher
+    from mirror.progress import NullProgress
+    from mirror.store.blobs import BlobStore, PartialBlob
+
+    repo, img = image
+    small = img.layers[1]
+    moved, go_on = threading.Event(), threading.Event()
+    commit = PartialBlob._commit
+
+    def slow_commit(self: PartialBlob) -> Path:
+        dest = commit(self)
+        moved.set()
+        go_on.wait(10)  # the task is cancelled here, its file already in the store
+        return dest
+
+    monkeypatch.setattr(PartialBlob, "_commit", slow_commit)
+    store = BlobStore(tmp_path / "cache")
+    async with Transport(policy=RetryPolicy(tries=2)) as t:
+        fetcher = Fetcher(Client(t), store, 4, NullProgress())
+        desc = Descriptor(small.media_type, small.digest, small.size)
+        task = fetcher.fetch(src_registry.host, repo, desc, 0)
+        while not moved.is_set():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.sleep(0.05)
+        go_on.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert store.has(small.digest, small.size)
+    assert small.digest in fetcher.fetched and small.digest not in fetcher.kept
 
 
 def _pull_on_a_small_disk(limit: int, *args: object) -> subprocess.CompletedProcess[str]:

@@ -332,6 +332,7 @@ class PartialBlob:
         self.resumed_from = 0
         self.tee: Tee | None = None  # also put the bytes in the bundle
         self.tee_failed = False
+        self.committed = False  # in the store: verified, whatever befell the task after
 
     def open(self) -> int:
         """Open, rebuilding the hash state from bytes a killed run left; return the offset.
@@ -474,6 +475,7 @@ class PartialBlob:
         dest = self.store.path(self.digest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.path, dest)
+        self.committed = True
         return dest
 
     def close(self) -> None:
