@@ -12,6 +12,7 @@ import random
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,9 +21,13 @@ import pytest
 
 from tests.support import imagegen as ig
 from tests.support.oracle import (
+    ROOT,
     check_layout,
     error_line,
+    mirror_cmd,
+    mirror_env,
     ok,
+    run,
     run_mirror,
 )
 from tests.support.pusher import get_manifest, push_image
@@ -101,6 +106,34 @@ def test_pull_tls_insecure_registry_skips_verification(tls_image, tmp_path: Path
     reg, ref, img = tls_image
     ok(pull(tmp_path, ref, "--insecure-registry", reg.host))
     assert digest_of(tmp_path / "out.tar") == img.digest
+
+
+def test_the_system_trust_store_is_read_as_openssl_says(tls_image, tmp_path: Path) -> None:
+    """A CA given the OpenSSL way (`SSL_CERT_FILE`, as a site's CA bundle often is) verifies
+    the registry with no flag: mirror.registry.tls imports aiohttp with that variable pointed
+    elsewhere (its import-time contexts load no CA) and must put it back for the run's own."""
+    reg, ref, img = tls_image
+    env = {**mirror_env(), "SSL_CERT_FILE": str(reg.ca_path)}
+    ok(run(mirror_cmd("pull", ref, "-o", tmp_path / "out.tar", "--cache", tmp_path / "c",
+                      "-q"), cwd=ROOT, env=env, timeout=120))
+    assert digest_of(tmp_path / "out.tar") == img.digest
+
+
+def test_aiohttps_import_time_contexts_load_no_ca(tls_image) -> None:
+    """What a run imports leaves aiohttp's two import-time SSL contexts without CAs (2 x 20 ms
+    of every run's start saved) and the environment as it was; the run's own verified
+    context has the CA the environment names."""
+    reg, _, _ = tls_image
+    code = ("import os; before = dict(os.environ)\n"
+            "import mirror.cli, mirror.pull_run, mirror.sync_run, mirror.load_run\n"
+            "import aiohttp.connector as c\n"
+            "from mirror.registry import tls\n"
+            "assert dict(os.environ) == before\n"
+            "print(c._SSL_CONTEXT_VERIFIED.cert_store_stats()['x509_ca'],"
+            " tls.verified().cert_store_stats()['x509_ca'])\n")
+    env = {**mirror_env(), "SSL_CERT_FILE": str(reg.ca_path)}
+    proc = run([sys.executable, "-c", code], cwd=ROOT, env=env, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.split() == ["0", "1"], proc
 
 
 def test_pull_ca_file_that_does_not_exist(tls_image, tmp_path: Path) -> None:

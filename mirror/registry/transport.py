@@ -30,6 +30,7 @@ from mirror.errors import (
     MirrorError,
     RegistryError,
 )
+from mirror.registry import tls
 from mirror.registry.answers import error_codes, error_for
 from mirror.registry.answers import where as _where
 from mirror.registry.body import read_body
@@ -254,9 +255,9 @@ class Transport:
         return self.settings.get(registry) or RegistrySettings()
 
     def _ssl(self, registry: str) -> ssl.SSLContext | bool:
-        """Verified TLS by default; the system CAs plus `ca_file`; False only when insecure.
-        True is aiohttp's own verified context (`ssl.create_default_context()`, made once
-        when aiohttp is imported): a context of our own only when there is more to load."""
+        """Verified TLS by default (`tls.verified()`: the system CAs, one context a run); the
+        system CAs plus `ca_file`; False only when insecure. Never True: aiohttp's own
+        verified context holds no CA (mirror.registry.tls)."""
         if registry in self._ssl_cache:
             return self._ssl_cache[registry]
         s = self._settings(registry)
@@ -264,7 +265,7 @@ class Transport:
         if s.insecure and not s.ca_file:
             ctx = False
         elif not s.ca_file and not s.client_cert:
-            ctx = True
+            ctx = tls.verified()
         else:
             ctx = ssl.create_default_context()
             what = "ca_file"

@@ -1,0 +1,47 @@
+"""The client's TLS contexts, and aiohttp imported without loading the system's CAs twice.
+
+aiohttp makes two SSL contexts when it is imported (`aiohttp.connector`'s verified and
+unverified defaults), each loading the system's CA file: 2 x 20 ms of every run, plain-HTTP
+runs (a registry on the local network) included, and a sixth of a rerun with nothing new.
+Our requests never use them: every request to an HTTPS URL is given a context of ours
+(`verified()`, made once, on the first HTTPS request; one with `ca_file` or a client
+certificate; or False, insecure, where aiohttp's unverified default checks nothing and
+needs no CA). So `import_aiohttp()` imports aiohttp with OpenSSL's `SSL_CERT_FILE` and
+`SSL_CERT_DIR` pointed at nothing, and puts back what the user had (a CA bundle given that
+way is read by `verified()`, as OpenSSL documents). aiohttp's verified default then holds
+no CA: used by mistake, it would fail verification, never pass it."""
+
+from __future__ import annotations
+
+import os
+import ssl
+import sys
+
+_NOWHERE = {"SSL_CERT_FILE": os.devnull, "SSL_CERT_DIR": os.path.join(os.devnull, "none")}
+_verified: ssl.SSLContext | None = None
+
+
+def import_aiohttp() -> None:
+    """Import aiohttp (once a process; a no-op when something imported it already)."""
+    if "aiohttp" in sys.modules:
+        return
+    saved = {k: os.environ.get(k) for k in _NOWHERE}
+    os.environ.update(_NOWHERE)
+    try:
+        import aiohttp  # noqa: F401
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
+
+
+def verified() -> ssl.SSLContext:
+    """The system's CAs (`SSL_CERT_FILE`/`SSL_CERT_DIR` where set), hostnames checked: one
+    context for the run's every host that has no TLS settings of its own."""
+    global _verified
+    if _verified is None:
+        _verified = ssl.create_default_context()
+        _verified.set_alpn_protocols(("http/1.1",))
+    return _verified
