@@ -16,9 +16,12 @@ from __future__ import annotations
 import os
 import ssl
 import sys
+import threading
 
 _NOWHERE = {"SSL_CERT_FILE": os.devnull, "SSL_CERT_DIR": os.path.join(os.devnull, "none")}
+_lock = threading.Lock()
 _verified: ssl.SSLContext | None = None
+_making: threading.Thread | None = None
 
 
 def import_aiohttp() -> None:
@@ -37,11 +40,35 @@ def import_aiohttp() -> None:
                 os.environ[k] = v
 
 
+def prepare() -> None:
+    """Start making the verified context in a thread (OpenSSL lets go of the GIL while it
+    reads the CAs): a transport does so when it opens, and the 20 ms pass beside the run's
+    start, not in its first request (which, to a registry that may speak plain HTTP, tries
+    HTTPS first)."""
+    global _making
+    with _lock:
+        if _verified is None and _making is None:
+            _making = threading.Thread(target=_make, name="mirror-tls", daemon=True)
+            _making.start()
+
+
+def _make() -> None:
+    global _verified
+    ctx = ssl.create_default_context()
+    ctx.set_alpn_protocols(("http/1.1",))
+    with _lock:
+        if _verified is None:
+            _verified = ctx
+
+
 def verified() -> ssl.SSLContext:
     """The system's CAs (`SSL_CERT_FILE`/`SSL_CERT_DIR` where set), hostnames checked: one
     context for the run's every host that has no TLS settings of its own."""
-    global _verified
     if _verified is None:
-        _verified = ssl.create_default_context()
-        _verified.set_alpn_protocols(("http/1.1",))
+        making = _making
+        if making is not None:
+            making.join()
+        if _verified is None:  # not prepared, or the thread failed: here, raising if it must
+            _make()
+    assert _verified is not None
     return _verified

@@ -228,6 +228,7 @@ class Transport:
             counter[0] += 1
 
     async def __aenter__(self) -> Transport:
+        tls.prepare()
         connector = aiohttp.TCPConnector(limit=self.per_host * 2,
                                          limit_per_host=self.per_host)
         self._session = aiohttp.ClientSession(
