@@ -19,6 +19,10 @@ def manifest_requests(proxy, method: str) -> list[str]:
     return [p for p in proxy.paths(method) if "/manifests/" in p]
 
 
+def head_statuses(proxy) -> list[int]:
+    return [st for m, p, st in proxy.requests if m == "HEAD" and "/manifests/" in p]
+
+
 def stored_files(cache) -> dict[str, tuple[int, int]]:
     """Each file of the cache's store of manifests: (inode, mtime), which a rewrite changes."""
     return {str(p.relative_to(cache)): (p.stat().st_ino, p.stat().st_mtime_ns)
@@ -51,6 +55,8 @@ def test_warm_rerun_makes_one_tag_head_per_image_and_no_manifest_get(
     assert manifest_requests(proxy, "GET") == []
     heads = manifest_requests(proxy, "HEAD")
     assert sorted(heads) == sorted(f"/v2/{repo_name}/manifests/v{n}" for n in range(3))
+    # each named the digest its tag named last time (If-None-Match): the registry said 304
+    assert head_statuses(proxy) == [304] * 3
     assert resolved(tmp_path / "images.lock") == first
     assert (tmp_path / "again.tar").read_bytes() == out.read_bytes()
 
@@ -70,9 +76,44 @@ def test_warm_rerun_makes_one_tag_head_per_image_and_no_manifest_get(
     assert f"/v2/{repo_name}/manifests/v1" in gets
     assert len(gets) == 3, gets  # the moved tag and its two platform manifests
     assert len(manifest_requests(proxy, "HEAD")) == 3
+    assert sorted(head_statuses(proxy)) == [200, 304, 304]  # the moved one: 200, new digest
     lock = json.loads((tmp_path / "images.lock").read_text())["images"]
     assert lock[refs[1]]["sourceDigest"] == moved.digest
     assert lock[refs[0]]["sourceDigest"] == first["images"][refs[0]]["sourceDigest"]
+
+
+def test_a_registry_that_ignores_if_none_match_reruns_as_well(
+        src_registry, faultproxy, repo_name, rng, tmp_path):
+    """The HEAD of a warm rerun names the digest the tag named (If-None-Match); a registry
+    without ETags (the proxy drops the header) answers 200 with the digest, and the rerun is
+    the same: no manifest GET, the same bundle. A tag record with no media type (seeded from
+    the lock file, or written before records had one) is asked with a plain HEAD, and the
+    run records the type, so the next HEAD is conditional again."""
+    proxy = faultproxy(src_registry.url)
+    index = ig.make_index([ig.make_image(rng, p, "docker") for p in (ig.AMD64, ig.ARM64)],
+                          "docker")
+    push_image(src_registry.url, repo_name, index, tags=["1"])
+    ref, cache = f"{proxy.host}/{repo_name}:1", tmp_path / "cache"
+    mirror_ok("pull", ref, "-o", tmp_path / "a.tar", "--cache", cache)
+    [record] = (cache / "manifests" / "tags").iterdir()
+    assert record.read_text() == f"{index.digest} {index.manifest.media_type}\n"
+
+    proxy.add(Fault("ignore_conditional", method="HEAD", times=None))
+    proxy.reset_counters()
+    mirror_ok("pull", ref, "-o", tmp_path / "b.tar", "--cache", cache)
+    assert manifest_requests(proxy, "GET") == [] and head_statuses(proxy) == [200]
+    assert (tmp_path / "b.tar").read_bytes() == (tmp_path / "a.tar").read_bytes()
+
+    proxy.clear_faults()
+    record.write_text(f"{index.digest}\n")  # as a lock file seeds it
+    proxy.reset_counters()
+    mirror_ok("pull", ref, "-o", tmp_path / "c.tar", "--cache", cache)
+    assert manifest_requests(proxy, "GET") == [] and head_statuses(proxy) == [200]
+    assert record.read_text() == f"{index.digest} {index.manifest.media_type}\n"
+    assert (tmp_path / "c.tar").read_bytes() == (tmp_path / "a.tar").read_bytes()
+    proxy.reset_counters()
+    mirror_ok("pull", ref, "-o", tmp_path / "d.tar", "--cache", cache)
+    assert manifest_requests(proxy, "GET") == [] and head_statuses(proxy) == [304]
 
 
 def test_a_damaged_manifest_in_the_cache_is_fetched_again(

@@ -47,8 +47,9 @@ class ManifestStore(Protocol):
 
     def get(self, digest: str) -> bytes | None: ...
     def put(self, digest: str, data: bytes) -> bool: ...
-    def tag(self, registry: str, repo: str, tag: str) -> str | None: ...
-    def remember(self, registry: str, repo: str, tag: str, digest: str) -> None: ...
+    def known(self, registry: str, repo: str, tag: str) -> tuple[str, str] | None: ...
+    def remember(self, registry: str, repo: str, tag: str, digest: str,
+                 media_type: str = "") -> None: ...
     def referrers(self, registry: str, repo: str, subject: str) -> list[dict] | None: ...
     def keep_referrers(self, registry: str, repo: str, subject: str,
                        found: list[dict]) -> None: ...
@@ -121,7 +122,7 @@ class Client(Uploads):
             if self._read_back is not None and self.manifests.put(raw.digest, data):
                 raw.release(self._read_back)
             if ":" not in ref:
-                self.manifests.remember(registry, repo, ref, raw.digest)
+                self.manifests.remember(registry, repo, ref, raw.digest, raw.media_type)
                 self._asked[(registry, repo, ref)] = (raw.digest, raw.media_type)
         return raw
 
@@ -131,6 +132,7 @@ class Client(Uploads):
         when the store knows what the tag named and one HEAD says what it names now, and
         that is stored too. None: ask with a GET (the tag is new to the store, moved to a
         manifest not seen yet, gone, or the HEAD gave no digest)."""
+        known: tuple[str, str] | None = None  # set when a HEAD was asked just now
         if ":" in ref:
             digest = ref
             data = store.get(ref)
@@ -143,35 +145,47 @@ class Client(Uploads):
             if data is None:
                 return None
         else:
-            known = store.tag(registry, repo, ref)
+            known = store.known(registry, repo, ref)
             if known is None:
                 return None
-            head = await self.head_manifest(registry, repo, ref)
+            head = await self.head_manifest(registry, repo, ref, known)
             if head is None or not head.digest:
                 return None
-            digest = head.digest
+            digest, ctype = head.digest, head.media_type
             data = store.get(digest)
             if data is None:
                 return None
-            if known != digest:
-                store.remember(registry, repo, ref, digest)
-            ctype = head.media_type
-            self._asked[(registry, repo, ref)] = (digest, ctype)
         # the store checked the bytes against `digest` as it read them, and holds them
         raw = RawManifest.from_bytes(data, ctype, where=where, digest=digest)
+        if known is not None:
+            if (digest, raw.media_type) != known:
+                store.remember(registry, repo, ref, digest, raw.media_type)
+            self._asked[(registry, repo, ref)] = (digest, raw.media_type)
         if self._read_back is not None:
             raw.release(self._read_back)
         return raw
 
-    async def head_manifest(self, registry: str, repo: str, ref: str) -> ManifestHead | None:
-        """HEAD (not counted by Docker Hub's pull limit); None when absent."""
+    async def head_manifest(self, registry: str, repo: str, ref: str,
+                            known: tuple[str, str] | None = None) -> ManifestHead | None:
+        """HEAD (not counted by Docker Hub's pull limit); None when absent. `known`: the
+        digest and media type the tag named when last asked; the digest goes in
+        `If-None-Match`, so a registry whose ETag is the manifest's digest (distribution's)
+        answers 304 while the tag still names it, without reading the manifest (a seventh of
+        the CPU of each HEAD, measured on distribution 2.8); one that ignores it answers 200
+        with the digest, as to any HEAD."""
+        headers = {"Accept": mt.MANIFEST_ACCEPT}
+        if known is not None and known[1]:
+            headers["If-None-Match"] = f'"{known[0]}"'
         try:
             resp = await self.t.request(
                 registry, "HEAD", f"/v2/{repo}/manifests/{ref}", repository=repo,
-                headers={"Accept": mt.MANIFEST_ACCEPT}, what=_asked(ref))
+                headers=headers, ok=(200, 304), what=_asked(ref))
         except NotFound:
             return None
         async with resp:
+            if resp.status == 304:  # only a conditional HEAD is answered so
+                return ManifestHead(known[0], known[1], None) if "If-None-Match" in headers \
+                    and known is not None else None
             size = resp.headers.get("Content-Length")
             return ManifestHead(resp.headers.get("Docker-Content-Digest"),
                                 mt.strip_params(resp.headers.get("Content-Type")),

@@ -2,8 +2,9 @@
 
 Layout under the cache root, beside `blobs/`:
     manifests/sha256/<hex>   a manifest's exact bytes, as the registry served them
-    manifests/tags/<hex>     what a tag named when last asked: `<digest>\\n`, under the
-                             sha256 of `registry/repository:tag`
+    manifests/tags/<hex>     what a tag named when last asked: `<digest> <media type>\\n`,
+                             under the sha256 of `registry/repository:tag` (`<digest>\\n`
+                             alone where the type is not known: seeded from a lock file)
     manifests/referrers/<hex>  what referred to a subject when last asked (JSON: digest,
                              kind, cosign tag of each), under the sha256 of
                              `registry/repository@subject`; read only for a registry with
@@ -12,8 +13,10 @@ A manifest by digest is immutable, so once seen it is never fetched again; it is
 every read (its sha256 against its name) and one that does not match is dropped and fetched
 again, as a blob is. A tag is not immutable: its record only says which digest to expect, and
 the registry is asked with one HEAD of the tag (not counted as a pull by Docker Hub) before
-the stored manifest stands in for a GET (mirror.registry.client). Writes are atomic (beside,
-then renamed); entries are not fsync'ed, since every read re-hashes them.
+the stored manifest stands in for a GET (mirror.registry.client); the HEAD names the recorded
+digest in `If-None-Match`, which a registry answers with 304 while the tag still names it.
+Writes are atomic (beside, then renamed); entries are not fsync'ed, since every read re-hashes
+them.
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ import os
 import re
 from pathlib import Path
 
+from mirror.mediatypes import MANIFEST_TYPES
+
 _SHA256 = re.compile(r"sha256:[a-f0-9]{64}")
+_TYPES = MANIFEST_TYPES  # a tag record's media type: one of these, or none
 
 
 
@@ -76,18 +82,28 @@ class ManifestStore:
         key = hashlib.sha256(f"{registry}/{repo}:{tag}".encode()).hexdigest()
         return f"{self._tags}/{key}"
 
-    def tag(self, registry: str, repo: str, tag: str) -> str | None:
-        """The digest `tag` named when last asked, if recorded."""
+    def known(self, registry: str, repo: str, tag: str) -> tuple[str, str] | None:
+        """What `tag` named when last asked, if recorded: its digest, and that manifest's
+        media type ("" where the record has none: one the lock file seeded, or older)."""
         data = _read(self._tag_path(registry, repo, tag))
         try:
             text = data.decode().strip() if data is not None else ""
         except UnicodeDecodeError:
             return None
-        return text or None
+        digest, _, media_type = text.partition(" ")
+        return (digest, media_type if media_type in _TYPES else "") if digest else None
 
-    def remember(self, registry: str, repo: str, tag: str, digest: str) -> None:
-        if self.tag(registry, repo, tag) != digest:
-            _write(Path(self._tag_path(registry, repo, tag)), f"{digest}\n".encode())
+    def tag(self, registry: str, repo: str, tag: str) -> str | None:
+        """The digest `tag` named when last asked, if recorded."""
+        known = self.known(registry, repo, tag)
+        return known[0] if known else None
+
+    def remember(self, registry: str, repo: str, tag: str, digest: str,
+                 media_type: str = "") -> None:
+        media_type = media_type if media_type in _TYPES else ""
+        if self.known(registry, repo, tag) != (digest, media_type):
+            _write(Path(self._tag_path(registry, repo, tag)),
+                   f"{digest} {media_type}\n".encode() if media_type else f"{digest}\n".encode())
 
     def _referrers_path(self, registry: str, repo: str, subject: str) -> str:
         key = hashlib.sha256(f"{registry}/{repo}@{subject}".encode()).hexdigest()

@@ -21,6 +21,8 @@ the proxy. Each request is handled by the first active fault that matches it, if
     flip_byte     forward with the byte at `offset` XOR 0xFF
     slow          forward, sleeping `delay` seconds between chunks of `chunk` bytes
     ignore_range  drop the request's Range header, so upstream answers 200 with everything
+    ignore_conditional  drop the request's If-None-Match header (a registry that has no ETag,
+                  or ignores it): upstream answers 200 where it would have said 304
     stall         hold the request `delay` seconds before forwarding it (a registry that hangs
                   mid-upload: a test can signal the client while it waits)
     headers       forward, adding `headers` to the answer (a registry's RateLimit headers)
@@ -49,7 +51,7 @@ import yarl
 from aiohttp import web
 
 KINDS = ("status", "reset_after", "truncate", "short", "flip_byte", "slow", "ignore_range",
-         "stall", "headers", "paginate")
+         "ignore_conditional", "stall", "headers", "paginate")
 HOP_BY_HOP = frozenset(
     h.lower()
     for h in (
@@ -256,7 +258,9 @@ class FaultProxy:
             return await self._page(request, fault)
         if fault is not None and fault.kind == "stall":
             await asyncio.sleep(fault.delay)
-        drop = HOP_BY_HOP | {"range"} if fault and fault.kind == "ignore_range" else HOP_BY_HOP
+        drop = HOP_BY_HOP | {"range"} if fault and fault.kind == "ignore_range" else \
+            HOP_BY_HOP | {"if-none-match"} if fault and fault.kind == "ignore_conditional" \
+            else HOP_BY_HOP
         fwd = [(k, v) for k, v in request.headers.items() if k.lower() not in drop]
         data: Any = request.content.iter_chunked(CHUNK) if request.body_exists else None
         url = yarl.URL(self.upstream + request.raw_path, encoded=True)
