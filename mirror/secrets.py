@@ -28,6 +28,11 @@ def redact(text: str) -> str:
     return text
 
 
+def known() -> bool:
+    """Whether the run holds a secret that output must not show."""
+    return bool(_known)
+
+
 def redact_all(obj: object) -> object:
     """`redact()` over every string in a JSON-like structure (a report); `obj` itself when
     the run holds no secret (an anonymous pull's report of 400 images is 20,000 strings)."""
