@@ -365,6 +365,9 @@ def test_report_is_written_whatever_the_outcome(src_registry, repo_name, rng, tm
     assert str(not_a_dir) in doc["error"], doc
     doc = run(0, "pull", ref, "-o", tmp_path / "b.tar", "--cache", tmp_path / "c")
     assert doc["error"] is None and doc["bundle"] == str(tmp_path / "b.tar"), doc
+    # an image's entry is one line of its own: grep finds it whole
+    [line] = [x for x in report.read_text().splitlines() if f'"reference": "{ref}"' in x]
+    assert json.loads(line.strip().rstrip(",")) == doc["images"][0], line
     host = f"127.0.0.1:{_closed_port()}"
     doc = run(3, "load", tmp_path / "b.tar", "--to", host, "--retries", "1")
     assert doc["command"] == "load" and host in doc["error"] and doc["retries"] == 1, doc
