@@ -81,6 +81,7 @@ S_ROWS = (
     "lo: skopeo sync again, new dir:",
     "lo: mirror pull -j 4",
     "lo: mirror pull -j 4 rerun, nothing new",
+    "lo: the rerun's requests alone",
     "50ms: skopeo sync -> dir: (8 refs)",
     "50ms: skopeo sync again, new dir:",
     "50ms: mirror pull -j 4",
@@ -124,6 +125,11 @@ def test_tiny_scale_benchmark_counts_requests(tmp_path: Path) -> None:
             assert cold["req blob GET"] == cold["blobs_fetched"] == blobs.get(
                 where, cold["blobs_fetched"])
             assert warm["blobs_fetched"] == 0 and "req blob GET" not in warm
+    # the bare client's requests are the rerun's, kind by kind
+    floor = rows["lo: the rerun's requests alone"]["extra"]
+    warm = rows["lo: mirror pull -j 4 rerun, nothing new"]["extra"]
+    assert {k: v for k, v in floor.items() if k.startswith("req")} == {
+        k: v for k, v in warm.items() if k.startswith("req")}, (floor, warm)
     # skopeo keeps nothing: its rerun fetches every blob again
     for where in ("lo", "50ms"):
         assert rows[f"{where}: skopeo sync again, new dir:"]["extra"]["req blob GET"] > 0
