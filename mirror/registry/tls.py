@@ -48,7 +48,10 @@ def prepare() -> None:
     global _making
     with _lock:
         if _verified is None and _making is None:
-            _making = threading.Thread(target=_make, name="mirror-tls", daemon=True)
+            # not a daemon: the interpreter waits for it at exit (20 ms at most); a daemon
+            # still in OpenSSL when the process tore OpenSSL down crashed it (SIGSEGV after
+            # a run that stopped early, a usage error, say)
+            _making = threading.Thread(target=_make, name="mirror-tls")
             _making.start()
 
 
