@@ -139,6 +139,7 @@ class Finder:
             tag = e.get("tag") or None
             if not _refers(raw, subject, e.get("kind"), tag):
                 return None  # a damaged record (another subject's, say): ask again
+            raw.release(store.get)  # read back from the store when written, as fetched ones
             out.append(Image.referrer(raw, subject, str(e.get("kind")), where, tag))
         return out
 
