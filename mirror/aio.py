@@ -29,9 +29,11 @@ async def gather_or_cancel(aws: Iterable[Awaitable[Any]]) -> list[Any]:
 
 
 async def bounded(starts: Iterable[tuple[K, Callable[[], asyncio.Future[Any] | None]]],
-                  limit: int, finished: Callable[[K, asyncio.Future[Any]], None]) -> None:
+                  limit: int | Callable[[], int],
+                  finished: Callable[[K, asyncio.Future[Any]], None]) -> None:
     """Start each future in turn (a start that gives None is skipped), at most `limit`
-    under way at once, and call `finished(key, future)` as each ends; what `finished`
+    (or what it says now, when a callable) under way at once, and call
+    `finished(key, future)` as each ends; what `finished`
     raises stops the run (the futures still under way are the caller's to cancel). For
     thousands of jobs: only `limit` coroutines are alive at once, not one per job."""
     running: dict[asyncio.Future[Any], K] = {}
@@ -43,11 +45,17 @@ async def bounded(starts: Iterable[tuple[K, Callable[[], asyncio.Future[Any] | N
                 finished(running.pop(fut), fut)
 
     for key, start in starts:
-        await settle(limit - 1)
+        await settle((limit() if callable(limit) else limit) - 1)
         fut = start()
         if fut is not None:
             running[fut] = key
     await settle(0)
+
+
+def more_slots(sem: asyncio.Semaphore, n: int) -> None:
+    """`n` more slots in `sem`, for good (what it bounds may now have more at once)."""
+    for _ in range(n):
+        sem.release()
 
 
 async def aiter_thread(gen: Iterator[bytes]) -> AsyncIterator[bytes]:

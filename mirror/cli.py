@@ -54,8 +54,8 @@ def _add_net(p: argparse.ArgumentParser) -> None:
     g.add_argument("-j", "--jobs", type=int, default=4,
                    help="concurrent transfers per registry (default 4): blobs of 1 MiB or "
                    "more, and every upload; smaller blobs, manifests, tags and tokens are "
-                   "small requests, up to 16 at once per registry beside them "
-                   "(max_concurrency in images.yaml)")
+                   "small requests, 16 at once per registry beside them to start with, "
+                   "up to 64 while answers come faster (max_concurrency in images.yaml)")
 
 
 def _add_selection(p: argparse.ArgumentParser) -> None:

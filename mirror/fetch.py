@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mirror import mediatypes as mt
+from mirror.aio import more_slots
 from mirror.bundle.assembler import Assembler
 from mirror.digest import check_bytes
 from mirror.errors import IntegrityError, RegistryError
@@ -88,7 +89,9 @@ class Fetcher:
         key = (registry, None if lim.bodies else size < SMALL_BLOB)
         if key not in self.sems:
             n = lim.bodies or (lim.small if key[1] else self.jobs)
-            self.sems[key] = asyncio.Semaphore(n)
+            self.sems[key] = sem = asyncio.Semaphore(n)
+            if key[1]:  # small blobs: as many more as the registry's small requests grow
+                lim.grown.append(functools.partial(more_slots, sem))
         return self.sems[key]
 
     async def _fetch(self, registry: str, repo: str, desc: Descriptor) -> bool:

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from mirror.aio import bounded, cancel_all, gather_or_cancel
+from mirror.aio import bounded, cancel_all, gather_or_cancel, more_slots
 from mirror.config import ImageSpec
 from mirror.convert import convert_plan
 from mirror.errors import BudgetSpent, IntegrityError, MirrorError, NotFound, UsageError
@@ -182,8 +182,9 @@ class Planner:
             task.result()  # its error stops the run
 
         try:
+            lim = self.client.t.limits_for(registry)
             await bounded(((i, functools.partial(start, i)) for i in ids),
-                          LANE * self.client.t.limits_for(registry).small, finished)
+                          lambda: LANE * lim.small, finished)
         finally:
             if running:
                 await cancel_all(running)
@@ -217,7 +218,9 @@ class Planner:
         """The resolution slots of `registry`'s images: as many as the small requests it
         may have in flight (resolving is small requests, one after another)."""
         if registry not in self.sems:
-            self.sems[registry] = asyncio.Semaphore(self.client.t.limits_for(registry).small)
+            lim = self.client.t.limits_for(registry)
+            self.sems[registry] = sem = asyncio.Semaphore(lim.small)
+            lim.grown.append(functools.partial(more_slots, sem))  # the limiter grew: as many more
         return self.sems[registry]
 
     def turn(self, registry: str) -> contextlib.AbstractAsyncContextManager[object]:
@@ -435,5 +438,3 @@ def _keep_signed(spec: ImageSpec, plan: Image) -> str:
     if plan.mode == "filter":
         return f"use {keep} with all platforms"
     return f"use {keep}"
-
-

@@ -719,6 +719,75 @@ def test_small_requests_run_many_at_once_and_large_transfers_at_jobs(
     assert len(transfers) == 3 and most_at_once(transfers) == 1, transfers
 
 
+async def test_the_limiter_grows_its_small_requests_while_answers_come_faster(
+        monkeypatch) -> None:
+    """A registry's small requests at once: 16, then half as many again after each window
+    of that many answers that came in faster than the best before by 10% (a long round
+    trip), until one does not (the registry, or the client, is the limit then), up to 64;
+    what holds small requests is told of each growth; a slow-down ends the growing, and a
+    registry with max_concurrency never grows."""
+    from mirror.registry import ratelimit
+    from mirror.registry.ratelimit import SMALL_MOST, RegistryLimits
+
+    clock = [100.0]
+    monkeypatch.setattr(ratelimit.time, "monotonic", lambda: clock[0])
+    told: list[int] = []
+    lim = RegistryLimits("r.example", ceiling=20, grown=[told.append])
+
+    async def window(answers: int, seconds: float) -> None:
+        for _ in range(answers):
+            clock[0] += seconds / answers
+            await lim.acquire("HEAD x")
+            lim.release(200)
+
+    await window(1, 0.1)  # the first answer starts the first window
+    await window(16, 1.0)  # 16 a second: the best so far
+    assert (lim.small, lim.ceiling, told) == (24, 28, [8])
+    await window(24, 1.0)  # 24 a second: faster by more than 10%
+    assert (lim.small, lim.ceiling, told) == (36, 40, [8, 12])
+    await window(36, 1.4)  # 25.7 a second: not 10% faster than 24; it stays at 36
+    assert (lim.small, lim.grows, told) == (36, False, [8, 12])
+    await window(36, 0.1)
+    assert lim.small == 36
+
+    lim = RegistryLimits("r.example", ceiling=20)  # faster each window: 64 at most
+    for n, seconds in ((1, 0.1), (16, 1.0), (24, 0.5), (36, 0.25), (54, 0.12), (64, 0.06)):
+        await window(n, seconds)
+    assert lim.small == SMALL_MOST and not lim.grows
+
+    lim = RegistryLimits("r.example", ceiling=20)
+    await lim.acquire("HEAD x")
+    lim.release(429)  # halved: no growing for the rest of the run
+    await window(1, 0.1)
+    await window(16, 0.1)
+    assert lim.small == 16 and not lim.grows
+    assert not RegistryLimits("r.example", ceiling=8, small=8, bodies=8).grows
+
+
+def test_a_long_round_trip_gets_more_small_requests_at_once(
+        src_registry: Registry, proxies, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """A rerun of 96 tags through a link holding each request 0.1 s: its tag HEADs start 16
+    at once and, each window of answers coming in faster, more (a -v line says so), so the
+    proxy sees more than 16 at once; the bundle is the same."""
+    img = ig.make_image(rng, ig.AMD64, "oci", layer_size=256)
+    tags = [f"t{i}" for i in range(96)]
+    push_image(src_registry.url, repo_name, img, tags)
+    a = proxies()
+    a.add(Fault("stall", delay=0.1, times=None))
+    refs = [f"{a.host}/{repo_name}:{t}" for t in tags]
+    args = ("-o", tmp_path / "b.tar", "--cache", tmp_path / "cache")
+    assert run_mirror("pull", *refs, *args, "-q").returncode == 0
+    first = (tmp_path / "b.tar").read_bytes()
+    a.spans.clear()
+    proc = run_mirror("pull", *refs, *args, "-v")
+    assert proc.returncode == 0, proc.stderr
+    assert f"{a.host}: 24 small requests at once (were 16; " in proc.stderr, proc.stderr
+    heads = [(t0, t1) for t0, t1, m, p, st in a.spans if m == "HEAD"]
+    assert len(heads) == 96 and most_at_once(heads) > 16, most_at_once(heads)
+    assert (tmp_path / "b.tar").read_bytes() == first
+
+
 async def test_the_limiter_halves_on_5xx_and_on_no_answer() -> None:
     """A 5xx answer, and a try that got no answer (a reset, a timeout), halve what the
     registry's limiter lets through, as a 429 does; a try given up (cancelled) does not."""

@@ -21,8 +21,12 @@ from mirror.errors import BudgetSpent
 LOW_REMAINING = 0.1  # RateLimit-Remaining under this share of the limit slows the registry
 # Small requests (tokens, tag HEADs and lists, manifests, referrers, blobs under SMALL_BLOB)
 # wait on round trips, not bandwidth: this many of them per registry at once (beside -j
-# transfers) made data set S as fast at 50 ms round trips as -j 16 (docs/BENCHMARKS.md)
+# transfers) to start with, made data set S as fast at 50 ms round trips as -j 16; then more,
+# half as many again each time, while a window of that many answers comes in faster than
+# the best before (GROWTH), up to SMALL_MOST (docs/BENCHMARKS.md)
 SMALL_REQUESTS = 16
+SMALL_MOST = 64
+GROWTH = 1.1
 SMALL_BLOB = 1 << 20  # a blob under this size is a small request, at or over it a transfer
 
 # set in the tasks that fetch the blobs of images a pull admitted to a registry's request
@@ -164,10 +168,19 @@ class RegistryLimits:
     promised: int = 0
     closed: str | None = None  # why no more images are admitted (one's blobs did not fit)
     refused: int | None = None  # the blob requests of the first image admit refused
+    # whether `small` may still grow (not with max_concurrency, nor after a slow-down), and
+    # what is told of each growth: the slots that hold small requests (planning's, the
+    # fetcher's), and a -v line
+    grows: bool = True
+    grown: list[Callable[[int], None]] = field(default_factory=list)
+    said: Callable[[str], None] | None = None
+    _window: tuple[float, int] = (0.0, 0)  # since when, how many answers
+    _best: float = 0.0  # answers per second, the best window's
     _waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.cap = self.ceiling
+        self.grows = self.grows and self.bodies is None
 
     def count(self, kind: str) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + 1
@@ -277,7 +290,39 @@ class RegistryLimits:
             if self.streak >= self.ceiling and self.cap < self.ceiling:
                 self.cap += 1
                 self.streak = 0
+            if self.grows:
+                self._measure()
         self._wake()
+
+    def _measure(self) -> None:
+        """One more answer of the window; at its end (`small` answers), more small
+        requests at once if the window came in faster than the best one by GROWTH (on a
+        long round trip more in flight is more answers a second; where the registry or
+        the client's CPU is the limit it is not, and growing stops there)."""
+        now = time.monotonic()
+        since, n = self._window
+        if not since:
+            self._window = (now, 0)
+            return
+        n += 1
+        if n < self.small:
+            self._window = (since, n)
+            return
+        rate = n / max(now - since, 1e-6)
+        self._window = (now, 0)
+        if rate < self._best * GROWTH or self.small >= SMALL_MOST:
+            self.grows = False  # as many at once as pays, for the rest of the run
+            return
+        before, self._best = self.small, rate
+        more = min(SMALL_MOST, self.small + self.small // 2) - self.small
+        self.small += more
+        self.ceiling += more
+        self.cap += more
+        for tell in self.grown:
+            tell(more)
+        if self.said is not None:
+            self.said(f"{self.registry}: {self.small} small requests at once (were {before}; "
+                      f"{rate:.0f} answers a second)")
 
     def give_back(self) -> None:
         """A try given up before its answer (cancelled): its slot, and nothing learnt."""
@@ -287,6 +332,7 @@ class RegistryLimits:
     def slow(self) -> None:
         self.cap = max(1, self.cap // 2)
         self.streak = 0
+        self.grows = False
 
     def observe(self, rate: RateLimit) -> None:
         """An answer's RateLimit headers: kept; few requests left slow the registry."""

@@ -46,6 +46,7 @@ from mirror.registry.policy import (
     parse_retry_after,
 )
 from mirror.registry.ratelimit import (
+    SMALL_MOST,
     SMALL_REQUESTS,
     RegistryLimits,
     parse_ratelimit,
@@ -190,7 +191,7 @@ class Transport:
             self.limits[registry] = RegistryLimits(
                 registry, s.max_concurrency or self.per_host, s.max_requests_per_run,
                 self.policy.max_retry_after, small=s.max_concurrency or SMALL_REQUESTS,
-                bodies=s.max_concurrency, stalled=self.stalled.set)
+                bodies=s.max_concurrency, stalled=self.stalled.set, said=self.debug)
         return self.limits[registry]
 
     @property
@@ -229,8 +230,8 @@ class Transport:
 
     async def __aenter__(self) -> Transport:
         tls.prepare()
-        connector = aiohttp.TCPConnector(limit=self.per_host * 2,
-                                         limit_per_host=self.per_host)
+        most = SMALL_MOST + self.jobs  # what a registry's limiter may grow to (ratelimit)
+        connector = aiohttp.TCPConnector(limit=most * 2, limit_per_host=most)
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(
