@@ -44,13 +44,12 @@ def prepare() -> None:
     """Start making the verified context in a thread (OpenSSL lets go of the GIL while it
     reads the CAs): a transport does so when it opens, and the 20 ms pass beside the run's
     start, not in its first request (which, to a registry that may speak plain HTTP, tries
-    HTTPS first)."""
+    HTTPS first). Not a daemon: a run that ends first (an error at once) waits for it, for
+    a daemon thread still in OpenSSL when the process exits is crashed by OpenSSL's cleanup
+    (SIGSEGV instead of the run's exit code)."""
     global _making
     with _lock:
         if _verified is None and _making is None:
-            # not a daemon: the interpreter waits for it at exit (20 ms at most); a daemon
-            # still in OpenSSL when the process tore OpenSSL down crashed it (SIGSEGV after
-            # a run that stopped early, a usage error, say)
             _making = threading.Thread(target=_make, name="mirror-tls")
             _making.start()
 
