@@ -1,5 +1,6 @@
 """Small asyncio helpers: run tasks together, and on the first failure cancel the rest; run
-many, a bounded number at a time; step a blocking iterator in a thread."""
+many, a bounded number at a time; step a blocking iterator in a thread; wait for a thread's
+work to end even when cancelled."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from typing import Any, TypeVar
 
 K = TypeVar("K")
+T = TypeVar("T")
 
 
 async def cancel_all(tasks: Iterable[asyncio.Future[Any]]) -> None:
@@ -65,3 +67,18 @@ async def aiter_thread(gen: Iterator[bytes]) -> AsyncIterator[bytes]:
         if chunk is None:
             return
         yield chunk
+
+
+async def to_the_end(fut: asyncio.Future[T], stopping: Callable[[], None] | None = None) -> T:
+    """Await `fut`, a thread's work (`run_in_executor`); cancelled meanwhile (Ctrl-C, another
+    blob's error), call `stopping` (to tell the work to stop early), wait until the thread
+    is done with it, then raise. `await asyncio.wait([fut])` after the cancellation does not
+    wait: the cancellation cancels `fut` too, while its thread goes on (a blob renamed into
+    the cache, a bundle renamed into place, after the caller went on as if it were not)."""
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        if stopping is not None:
+            stopping()
+        await asyncio.wait([fut])
+        raise

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mirror import mediatypes as mt
-from mirror.aio import more_slots
+from mirror.aio import more_slots, to_the_end
 from mirror.bundle.assembler import Assembler
 from mirror.digest import check_bytes
 from mirror.errors import IntegrityError, RegistryError
@@ -110,10 +110,9 @@ class Fetcher:
             sink.tee = self.assembler.tee(desc.digest) if self.assembler else None
             opening = asyncio.get_running_loop().run_in_executor(_IO_POOL, sink.open)
             try:
-                offset = await opening
+                offset = await to_the_end(opening)
             except asyncio.CancelledError:
-                await asyncio.wait([opening])  # then nothing of it is left open
-                sink.close()
+                sink.close()  # the thread is done with it: nothing of it is left open
                 raise
             earlier = self.kept.pop(desc.digest, 0)  # a failed try of this run's: its bytes
             if offset:

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mirror.aio import bounded, cancel_all, gather_or_cancel
+from mirror.aio import bounded, cancel_all, gather_or_cancel, to_the_end
 from mirror.bundle.assembler import Assembler
 from mirror.bundle.contents import bundle_layout, write_plans
 from mirror.bundle.dockersave import left_out
@@ -387,13 +387,7 @@ class _Run(Planner):
                                    stop=stop)
         else:
             return None, False
-        fut = loop.run_in_executor(_IO_POOL, name)
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            stop.set()
-            await asyncio.wait([fut])
-            raise
+        return await to_the_end(loop.run_in_executor(_IO_POOL, name), stop.set)
 
     def dry_run(self) -> PullResult:
         needed: dict[str, int] = {}  # each blob once, however many images share it

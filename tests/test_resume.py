@@ -408,6 +408,48 @@ async def test_a_download_stopped_after_its_commit_counts_as_fetched(
     assert small.digest in fetcher.fetched and small.digest not in fetcher.kept
 
 
+async def test_a_download_stopped_before_its_rename_waits_for_it(
+        src_registry, image, tmp_path: Path, monkeypatch) -> None:
+    """The same stop landing a moment earlier, while the commit's thread has closed the
+    verified file but not yet renamed it: the task must wait for that thread before it
+    decides what became of the blob. It did not (the cancellation cancelled the awaited
+    future too, so `asyncio.wait` on it returned at once): the blob was counted as a kept
+    partial download while the thread went on to put it in the cache."""
+    import threading
+
+    from mirror.fetch import Fetcher
+    from mirror.progress import NullProgress
+    from mirror.store.blobs import BlobStore
+
+    repo, img = image
+    small = img.layers[1]
+    closed, go_on = threading.Event(), threading.Event()
+    store = BlobStore(tmp_path / "cache")
+    path = store.path
+
+    def held_path(digest: str) -> Path:
+        if threading.current_thread() is not threading.main_thread():  # _commit's
+            closed.set()
+            go_on.wait(10)  # the task is cancelled here: the file closed, not yet renamed
+        return path(digest)
+
+    monkeypatch.setattr(store, "path", held_path)
+    async with Transport(policy=RetryPolicy(tries=2)) as t:
+        fetcher = Fetcher(Client(t), store, 4, NullProgress())
+        desc = Descriptor(small.media_type, small.digest, small.size)
+        task = fetcher.fetch(src_registry.host, repo, desc, 0)
+        while not closed.is_set():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.sleep(0.05)
+        go_on.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.2)  # a thread left running would have renamed it by now
+    assert store.has(small.digest, small.size)
+    assert small.digest in fetcher.fetched and small.digest not in fetcher.kept
+
+
 def _pull_on_a_small_disk(limit: int, *args: object) -> subprocess.CompletedProcess[str]:
     """`mirror pull ARGS` in a child that may write no file past `limit` bytes
     (RLIMIT_FSIZE: "File too large", a full disk as the writer sees it, without root)."""

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from mirror.aio import to_the_end
 from mirror.digest import Digest, Verifier, check_bytes
 from mirror.store.direct import AppendFile, align_down
 
@@ -453,12 +454,9 @@ class PartialBlob:
         """Check size and digest, fsync, and move into the store. On a bad digest the partial
         file is deleted (it can't be resumed) and IntegrityError raised."""
         await self.drain()
-        fut = asyncio.get_running_loop().run_in_executor(_IO_POOL, self._commit)
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            await asyncio.wait([fut])  # the file is closed and moved (or not) before we go on
-            raise
+        # cancelled, the file is closed and moved (or not) before we go on
+        return await to_the_end(asyncio.get_running_loop().run_in_executor(_IO_POOL,
+                                                                            self._commit))
 
     def _commit(self) -> Path:
         assert self._file is not None and self._verifier is not None
