@@ -16,6 +16,7 @@ import random
 import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -368,16 +369,34 @@ def test_a_failed_download_reports_the_bytes_it_kept(src_registry, image, recpro
     assert_exact(tmp_path / "out.tar", img)
 
 
+async def _stopped_in_commit(registry: Registry, repo: str, blob: ig.Layer, store,
+                             held: threading.Event, go_on: threading.Event):
+    """Download `blob` into `store`, cancel the task once `held` is set (the commit's thread
+    waits on `go_on` there), let the thread go on; the fetcher, once the task has ended."""
+    from mirror.fetch import Fetcher
+    from mirror.progress import NullProgress
+
+    async with Transport(policy=RetryPolicy(tries=2)) as t:
+        fetcher = Fetcher(Client(t), store, 4, NullProgress())
+        task = fetcher.fetch(registry.host, repo,
+                             Descriptor(blob.media_type, blob.digest, blob.size), 0)
+        while not held.is_set():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.sleep(0.05)
+        go_on.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.2)  # a thread left running would have renamed it by now
+    return fetcher
+
+
 async def test_a_download_stopped_after_its_commit_counts_as_fetched(
         src_registry, image, tmp_path: Path, monkeypatch) -> None:
     """A download stopped (another blob's error, Ctrl-C) while its verified file is being
     moved into the cache: the file is in the cache, so its bytes crossed the network and are
     counted as fetched, not lost from the report (CI once saw `bytes_fetched` short of a
     small layer that the full-disk test found in the cache)."""
-    import threading
-
-    from mirror.fetch import Fetcher
-    from mirror.progress import NullProgress
     from mirror.store.blobs import BlobStore, PartialBlob
 
     repo, img = image
@@ -393,17 +412,7 @@ async def test_a_download_stopped_after_its_commit_counts_as_fetched(
 
     monkeypatch.setattr(PartialBlob, "_commit", slow_commit)
     store = BlobStore(tmp_path / "cache")
-    async with Transport(policy=RetryPolicy(tries=2)) as t:
-        fetcher = Fetcher(Client(t), store, 4, NullProgress())
-        desc = Descriptor(small.media_type, small.digest, small.size)
-        task = fetcher.fetch(src_registry.host, repo, desc, 0)
-        while not moved.is_set():
-            await asyncio.sleep(0.01)
-        task.cancel()
-        await asyncio.sleep(0.05)
-        go_on.set()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+    fetcher = await _stopped_in_commit(src_registry, repo, small, store, moved, go_on)
     assert store.has(small.digest, small.size)
     assert small.digest in fetcher.fetched and small.digest not in fetcher.kept
 
@@ -415,10 +424,6 @@ async def test_a_download_stopped_before_its_rename_waits_for_it(
     decides what became of the blob. It did not (the cancellation cancelled the awaited
     future too, so `asyncio.wait` on it returned at once): the blob was counted as a kept
     partial download while the thread went on to put it in the cache."""
-    import threading
-
-    from mirror.fetch import Fetcher
-    from mirror.progress import NullProgress
     from mirror.store.blobs import BlobStore
 
     repo, img = image
@@ -434,18 +439,7 @@ async def test_a_download_stopped_before_its_rename_waits_for_it(
         return path(digest)
 
     monkeypatch.setattr(store, "path", held_path)
-    async with Transport(policy=RetryPolicy(tries=2)) as t:
-        fetcher = Fetcher(Client(t), store, 4, NullProgress())
-        desc = Descriptor(small.media_type, small.digest, small.size)
-        task = fetcher.fetch(src_registry.host, repo, desc, 0)
-        while not closed.is_set():
-            await asyncio.sleep(0.01)
-        task.cancel()
-        await asyncio.sleep(0.05)
-        go_on.set()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        await asyncio.sleep(0.2)  # a thread left running would have renamed it by now
+    fetcher = await _stopped_in_commit(src_registry, repo, small, store, closed, go_on)
     assert store.has(small.digest, small.size)
     assert small.digest in fetcher.fetched and small.digest not in fetcher.kept
 
