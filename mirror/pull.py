@@ -104,6 +104,8 @@ async def pull(client: Client, store: BlobStore, specs: list[ImageSpec], opts: P
         done.partial = False
         done.unfinished = [i for i, r in enumerate(done.images)
                            if r.error is None and i not in run.accounted]
+        if run.named is not None:  # stopped once the bundle was named: it is this run's
+            done.bundle, (done.bundle_digest, done.unchanged) = run.opts.output, run.named
         e.pull_result = done  # type: ignore[attr-defined]
         raise
 
@@ -126,6 +128,9 @@ class _Run(Planner):
         # digest -> size of each blob found in the cache: the run's bytes_reused counts a
         # blob shared by several images once (each image's own figure counts all it needs)
         self.reused: dict[str, int] = {}
+        # the bundle's digest once it is named at -o (and whether it was there already): a
+        # stop that lands after the rename still has the report and lock file say so
+        self.named: tuple[str, bool] | None = None
 
     def config(self, i: int, registry: str, repo: str, desc: Descriptor) -> Awaitable[bytes]:
         return self.fetcher.config_bytes(registry, repo, desc, owner=i)
@@ -387,7 +392,15 @@ class _Run(Planner):
                                    stop=stop)
         else:
             return None, False
-        return await to_the_end(loop.run_in_executor(_IO_POOL, name), stop.set)
+        fut = loop.run_in_executor(_IO_POOL, name)
+        try:
+            return await to_the_end(fut, stop.set)
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                digest, same = fut.result()
+                if digest is not None:  # renamed before it saw the stop: in place
+                    self.named = (digest, same)
+            raise
 
     def dry_run(self) -> PullResult:
         needed: dict[str, int] = {}  # each blob once, however many images share it

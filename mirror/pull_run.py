@@ -129,6 +129,7 @@ async def run_pull(args: argparse.Namespace, progress, report: Report) -> int:
     transport = transport_for(args, cfg, progress)
     as_given(specs, report)
     final: list = []  # the run's images, once the tag rules chose theirs
+    result = None
     try:
         with RunLock(Path(cache) / "lock", f"cache {cache}"), \
                 _output_lock(out, dry_run=args.dry_run):
@@ -140,9 +141,11 @@ async def run_pull(args: argparse.Namespace, progress, report: Report) -> int:
                                               lock_path(args), final)
                 result = await pull(client, store, now, opts, progress, later=later)
     except BaseException as e:  # the report says what was done before the error or signal
-        done = getattr(e, "pull_result", None)
+        done = getattr(e, "pull_result", None) or result  # stopped after the pull: its own
         if done is not None:
             _report_stopped(report, done)
+            if done.bundle and not args.dry_run:  # named before the stop: the lock file is
+                write_lock(args, done, report)    # the bundle's, whatever comes after
         raise
     finally:
         report.add(**traffic(transport))

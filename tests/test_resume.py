@@ -16,6 +16,7 @@ import random
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -442,6 +443,55 @@ async def test_a_download_stopped_before_its_rename_waits_for_it(
     fetcher = await _stopped_in_commit(src_registry, repo, small, store, closed, go_on)
     assert store.has(small.digest, small.size)
     assert small.digest in fetcher.fetched and small.digest not in fetcher.kept
+
+
+_NAMED_THEN_STOPPED = {  # a SIGTERM once the bundle is in place, while the run waits
+    "rename": ("from mirror.bundle import volumes\n"  # the rename's thread, which it awaits
+               "publish = volumes.publish\n"
+               "def stopped(*a, **k):\n"
+               "    named = publish(*a, **k)\n"
+               "    os.kill(os.getpid(), signal.SIGTERM)\n"
+               "    time.sleep(0.5)\n"
+               "    return named\n"
+               "volumes.publish = stopped\n"),
+    "transport": ("from mirror.registry.transport import Transport\n"  # the pull returned
+                  "close = Transport.__aexit__\n"
+                  "async def stopped(self, *exc):\n"
+                  "    os.kill(os.getpid(), signal.SIGTERM)\n"
+                  "    await asyncio.sleep(0.5)\n"
+                  "    await close(self, *exc)\n"
+                  "Transport.__aexit__ = stopped\n"),
+}
+
+
+@pytest.mark.parametrize(("where", "volumes"), [("rename", None), ("rename", "300K"),
+                                                ("transport", None)],
+                         ids=["rename", "rename-volume-set", "transport-closing"])
+def test_a_stop_once_the_bundle_is_named_still_writes_its_lock_file_and_report(
+        src_registry, image, tmp_path: Path, where: str, volumes: str | None) -> None:
+    """SIGTERM (or Ctrl-C) that lands once the new bundle is renamed into place (while the
+    run waits for the thread that renamed it, or closes its connections after): the bundle
+    at -o is the new one, so the lock file is written for it and the report names it (exit
+    143 still). It said no bundle and left the lock file as it was, beside a new bundle:
+    what the README's cron copies as the next night's --base."""
+    repo, img = image
+    out, lock, report = tmp_path / "out.tar", tmp_path / "images.lock", tmp_path / "r.json"
+    args = ["pull", f"{src_registry.host}/{repo}:v1", "-o", out, "--cache", tmp_path / "c",
+            "--lock-file", lock, "-q", "--report", report,
+            *(["--volume-size", volumes] if volumes else [])]
+    code = ("import asyncio, os, signal, sys, time\n" + _NAMED_THEN_STOPPED[where] +
+            "from mirror.cli import main\n"
+            f"sys.exit(main({[str(a) for a in args]!r}))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=mirror_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 143, proc.stderr
+    doc = json.loads(report.read_text())
+    assert doc["bundle"] == str(out) and doc["bundle_digest"], doc
+    assert out.with_name("out.tar.sha256").read_text().split()[0] == \
+        doc["bundle_digest"].removeprefix("sha256:")
+    assert [x["digest"] for x in doc["images"]] == [img.digest], doc
+    images = json.loads(lock.read_text())["images"]
+    assert [x["sourceDigest"] for x in images.values()] == [img.digest], images
 
 
 def _pull_on_a_small_disk(limit: int, *args: object) -> subprocess.CompletedProcess[str]:
