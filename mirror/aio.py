@@ -5,6 +5,7 @@ work to end even when cancelled."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -77,8 +78,10 @@ async def to_the_end(fut: asyncio.Future[T], stopping: Callable[[], None] | None
     the cache, a bundle renamed into place, after the caller went on as if it were not)."""
     try:
         return await asyncio.shield(fut)
-    except asyncio.CancelledError:
+    except asyncio.CancelledError as stopped:
         if stopping is not None:
             stopping()
-        await asyncio.wait([fut])
-        raise
+        while not fut.done():  # cancelled again (a gather's cancel, then cancel_all): wait on
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([fut])
+        raise stopped

@@ -371,9 +371,11 @@ def test_a_failed_download_reports_the_bytes_it_kept(src_registry, image, recpro
 
 
 async def _stopped_in_commit(registry: Registry, repo: str, blob: ig.Layer, store,
-                             held: threading.Event, go_on: threading.Event):
+                             held: threading.Event, go_on: threading.Event,
+                             cancels: int = 1):
     """Download `blob` into `store`, cancel the task once `held` is set (the commit's thread
-    waits on `go_on` there), let the thread go on; the fetcher, once the task has ended."""
+    waits on `go_on` there; `cancels` times, as a pull's gather and then its cancel_all
+    do), let the thread go on; the fetcher, once the task has ended."""
     from mirror.fetch import Fetcher
     from mirror.progress import NullProgress
 
@@ -383,8 +385,9 @@ async def _stopped_in_commit(registry: Registry, repo: str, blob: ig.Layer, stor
                              Descriptor(blob.media_type, blob.digest, blob.size), 0)
         while not held.is_set():
             await asyncio.sleep(0.01)
-        task.cancel()
-        await asyncio.sleep(0.05)
+        for _ in range(cancels):
+            task.cancel()
+            await asyncio.sleep(0.05)
         go_on.set()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -418,13 +421,16 @@ async def test_a_download_stopped_after_its_commit_counts_as_fetched(
     assert small.digest in fetcher.fetched and small.digest not in fetcher.kept
 
 
+@pytest.mark.parametrize("cancels", [1, 2])
 async def test_a_download_stopped_before_its_rename_waits_for_it(
-        src_registry, image, tmp_path: Path, monkeypatch) -> None:
+        src_registry, image, tmp_path: Path, monkeypatch, cancels: int) -> None:
     """The same stop landing a moment earlier, while the commit's thread has closed the
     verified file but not yet renamed it: the task must wait for that thread before it
     decides what became of the blob. It did not (the cancellation cancelled the awaited
     future too, so `asyncio.wait` on it returned at once): the blob was counted as a kept
-    partial download while the thread went on to put it in the cache."""
+    partial download while the thread went on to put it in the cache. Cancelled twice (a
+    pull's gather cancels its downloads, then cancel_all cancels them again), it must still
+    wait."""
     from mirror.store.blobs import BlobStore
 
     repo, img = image
@@ -440,7 +446,8 @@ async def test_a_download_stopped_before_its_rename_waits_for_it(
         return path(digest)
 
     monkeypatch.setattr(store, "path", held_path)
-    fetcher = await _stopped_in_commit(src_registry, repo, small, store, closed, go_on)
+    fetcher = await _stopped_in_commit(src_registry, repo, small, store, closed, go_on,
+                                       cancels)
     assert store.has(small.digest, small.size)
     assert small.digest in fetcher.fetched and small.digest not in fetcher.kept
 
