@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -62,12 +64,21 @@ def more_slots(sem: asyncio.Semaphore, n: int) -> None:
 
 
 async def aiter_thread(gen: Iterator[bytes]) -> AsyncIterator[bytes]:
-    """A blocking iterator (file reads, hashing) stepped in a thread, off the event loop."""
+    """A blocking iterator (file reads, hashing) stepped in a thread, off the event loop.
+    Cancelled while a step runs, it waits for that step (to_the_end) before it raises: the
+    caller then closes `gen` (and its file) with no thread still inside it ("generator
+    already executing", or a read of a file closed under it)."""
+    loop = asyncio.get_running_loop()
     while True:
-        chunk = await asyncio.to_thread(next, gen, None)
+        step = functools.partial(contextvars.copy_context().run, _step, gen)  # as to_thread
+        chunk = await to_the_end(loop.run_in_executor(None, step))
         if chunk is None:
             return
         yield chunk
+
+
+def _step(gen: Iterator[bytes]) -> bytes | None:
+    return next(gen, None)
 
 
 async def to_the_end(fut: asyncio.Future[T], stopping: Callable[[], None] | None = None) -> T:

@@ -683,3 +683,41 @@ def test_a_prehash_stands_only_for_the_file_it_read(tmp_path: Path) -> None:
     assert stopped is not None
     stopped.stop()
     assert stopped.digest() in (None, sha256_file(out))  # never another file's digest
+
+
+async def test_an_iterator_stepped_in_a_thread_is_left_by_it_when_cancelled() -> None:
+    """aiter_thread (sync's and load's sources: a file read and hashed in a thread),
+    cancelled while a step runs in its thread: it waits for that step before it raises, so
+    the caller closes the iterator (and its file) with no thread inside it. Before, the
+    cancellation came back at once and closing it raised `generator already executing`."""
+    import asyncio
+    import threading
+
+    from mirror.aio import aiter_thread
+
+    started, release = threading.Event(), threading.Event()
+
+    def chunks():
+        yield b"a"
+        started.set()
+        release.wait(5)
+        yield b"b"
+
+    gen = chunks()
+    got: list[bytes] = []
+
+    async def consume() -> None:
+        async for chunk in aiter_thread(gen):
+            got.append(chunk)
+
+    task = asyncio.ensure_future(consume())
+    while not started.is_set():
+        await asyncio.sleep(0.01)
+    task.cancel()
+    await asyncio.sleep(0.05)
+    assert not task.done()  # the step under way is waited for
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    gen.close()
+    assert got == [b"a"]
