@@ -726,11 +726,13 @@ async def test_the_limiter_grows_its_small_requests_while_answers_come_faster(
     trip), until one does not (the registry, or the client, is the limit then), up to 64;
     what holds small requests is told of each growth; a slow-down ends the growing, and a
     registry with max_concurrency never grows."""
+    import types
+
     from mirror.registry import ratelimit
     from mirror.registry.ratelimit import SMALL_MOST, RegistryLimits
 
-    clock = [100.0]
-    monkeypatch.setattr(ratelimit.time, "monotonic", lambda: clock[0])
+    clock = [100.0]  # the limiter's clock alone (the event loop keeps the real one)
+    monkeypatch.setattr(ratelimit, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
     told: list[int] = []
     lim = RegistryLimits("r.example", ceiling=20, grown=[told.append])
 

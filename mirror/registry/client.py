@@ -174,8 +174,9 @@ class Client(Uploads):
         the CPU of each HEAD, measured on distribution 2.8); one that ignores it answers 200
         with the digest, as to any HEAD."""
         headers = {"Accept": mt.MANIFEST_ACCEPT}
-        if known is not None and known[1]:
-            headers["If-None-Match"] = f'"{known[0]}"'
+        asked = known if known is not None and known[1] else None  # a type to answer 304 with
+        if asked is not None:
+            headers["If-None-Match"] = f'"{asked[0]}"'
         try:
             resp = await self.t.request(
                 registry, "HEAD", f"/v2/{repo}/manifests/{ref}", repository=repo,
@@ -184,8 +185,7 @@ class Client(Uploads):
             return None
         async with resp:
             if resp.status == 304:  # only a conditional HEAD is answered so
-                return ManifestHead(known[0], known[1], None) if "If-None-Match" in headers \
-                    and known is not None else None
+                return ManifestHead(asked[0], asked[1], None) if asked is not None else None
             size = resp.headers.get("Content-Length")
             return ManifestHead(resp.headers.get("Docker-Content-Digest"),
                                 mt.strip_params(resp.headers.get("Content-Type")),
