@@ -22,6 +22,8 @@ from mirror.report import check_path as check_report_path
 from mirror.runfiles import DEFAULT_OUTPUT, check_run_files, lock_file_held
 from mirror.serve import DEFAULT_LISTEN
 
+# commands that talk to registries (inspect of a registry's image too): see _run
+_TRANSPORT_COMMANDS = {"pull", "lock", "sync", "load", "inspect", "client-config"}
 # command -> (module, coroutine function(args, progress, report) -> exit code)
 COMMANDS = {"pull": ("mirror.pull_run", "run_pull"), "lock": ("mirror.pull_run", "run_lock"),
             "sync": ("mirror.sync_run", "run_sync"), "load": ("mirror.load_run", "run_load"),
@@ -268,7 +270,21 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+_gc_was_on = True  # the cyclic collector when main began (a caller may have turned it off)
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _gc_was_on
+    _gc_was_on = gc.isenabled()
+    gc.disable()  # through the command's imports: see _settle_gc
+    try:
+        return _main(argv)
+    finally:
+        if _gc_was_on:
+            gc.enable()
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
@@ -311,6 +327,14 @@ def _run(args: argparse.Namespace, report: Report) -> tuple[int, str | None]:
     progress = make_progress(quiet=args.quiet, verbose=args.verbose, desc=args.command)
     if args.command == "pull":  # its receive path; a load's reads are another story
         malloc.tune()
+    if args.command in _TRANSPORT_COMMANDS:
+        # the system's CAs load in a thread (OpenSSL lets go of the GIL) while the command's
+        # modules import and it reads its inputs: the first request (an HTTPS try, even to
+        # a registry that speaks plain HTTP) does not wait for them. aiohttp first (this
+        # import), so that its import's SSL_CERT_FILE trick (tls.py) is over when they load
+        from mirror.registry import tls
+
+        tls.prepare()
     try:
         module, name = COMMANDS[args.command]
         run = getattr(importlib.import_module(module), name)
@@ -346,13 +370,17 @@ def _run(args: argparse.Namespace, report: Report) -> tuple[int, str | None]:
 
 
 def _settle_gc() -> None:
-    """The objects the imports made live as long as the process: gc.freeze() stops the
-    cyclic collector walking them again at every collection, and a first generation of
-    10,000 (700 by default) lets a run's descriptors settle before it looks. The run itself
-    makes few cycles (its objects are freed by reference counting). A warm rerun of 400
-    images spent 60-100 ms in 151 collections; now 15-25 ms in 74."""
+    """The objects the imports made live as long as the process: the cyclic collector is
+    off while they are made (main), as it found nothing to free there but walked them in
+    60 collections (9 ms of a rerun's start); gc.freeze() then stops it walking them again
+    at every collection, and a first generation of 10,000 (700 by default) lets a run's
+    descriptors settle before it looks. The run itself makes few cycles (its objects are
+    freed by reference counting). A warm rerun of 400 images spent 60-100 ms in 151
+    collections; now 8-16 ms in 2 or 3."""
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)
+    if _gc_was_on:
+        gc.enable()
 
 
 _AFTER_INTERRUPT = {  # what an interrupted run leaves, and what the next one does

@@ -721,3 +721,27 @@ async def test_an_iterator_stepped_in_a_thread_is_left_by_it_when_cancelled() ->
         await task
     gen.close()
     assert got == [b"a"]
+
+
+@pytest.mark.parametrize("was_on", [True, False])
+def test_main_leaves_the_cyclic_collector_as_its_caller_had_it(tmp_path: Path,
+                                                                was_on: bool) -> None:
+    """main turns the collector off while a command's modules import (it walked them 60
+    times at a rerun's start, to free nothing), then on for the run: only if it was on. A
+    caller that turned it off (test_ratelimit's sync without it) keeps it off, through a
+    run, an error and argparse's exit alike."""
+    import gc
+
+    from mirror.cli import main
+
+    seen: list[bool] = []
+    try:
+        gc.enable() if was_on else gc.disable()
+        assert main(["inspect", str(tmp_path / "missing.tar"), "-q"]) != 0
+        seen.append(gc.isenabled())
+        with pytest.raises(SystemExit):
+            main(["--version"])
+        seen.append(gc.isenabled())
+    finally:
+        gc.enable()
+    assert seen == [was_on, was_on]

@@ -42,9 +42,10 @@ def import_aiohttp() -> None:
 
 def prepare() -> None:
     """Start making the verified context in a thread (OpenSSL lets go of the GIL while it
-    reads the CAs): a transport does so when it opens, and the 20 ms pass beside the run's
-    start, not in its first request (which, to a registry that may speak plain HTTP, tries
-    HTTPS first). Not a daemon: a run that ends first (an error at once) waits for it, for
+    reads the CAs): the CLI does so as soon as aiohttp is imported, for a command that talks
+    to registries (a transport when it opens, too), and the 20 ms pass beside the run's
+    imports and set-up, not in its first request (which, to a registry that may speak plain
+    HTTP, tries HTTPS first). Not a daemon: a run that ends first (an error at once) waits for it, for
     a daemon thread still in OpenSSL when the process exits is crashed by OpenSSL's cleanup
     (SIGSEGV instead of the run's exit code)."""
     global _making
