@@ -22,8 +22,9 @@ from mirror.report import check_path as check_report_path
 from mirror.runfiles import DEFAULT_OUTPUT, check_run_files, lock_file_held
 from mirror.serve import DEFAULT_LISTEN
 
-# commands that talk to registries (inspect of a registry's image too): see _run
-_TRANSPORT_COMMANDS = {"pull", "lock", "sync", "load", "inspect", "client-config"}
+# commands that always talk to registries: see _run (`inspect` of a bundle imports no HTTP
+# stack; of a registry's image, its transport starts the TLS context when it opens)
+_TRANSPORT_COMMANDS = {"pull", "lock", "sync", "load", "client-config"}
 # command -> (module, coroutine function(args, progress, report) -> exit code)
 COMMANDS = {"pull": ("mirror.pull_run", "run_pull"), "lock": ("mirror.pull_run", "run_lock"),
             "sync": ("mirror.sync_run", "run_sync"), "load": ("mirror.load_run", "run_load"),

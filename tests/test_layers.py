@@ -155,6 +155,20 @@ def test_version_help_and_refused_flags_import_no_http_stack_nor_yaml(argv) -> N
     assert heavy == [], heavy
 
 
+def test_inspect_of_a_bundle_imports_no_http_stack(tmp_path) -> None:
+    """`mirror inspect bundle.tar` reads a file: neither aiohttp (70 ms of imports) nor the
+    thread that loads the system's CAs for a run that talks to registries (cli.py's
+    _TRANSPORT_COMMANDS). It fails at once here (no such file); its imports are inspect's."""
+    proc = subprocess.run([sys.executable, "-c", _IMPORTED, "inspect",
+                           str(tmp_path / "missing.tar"), "-q"],
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=60)
+    modules = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert "mirror.inspect_run" in modules, proc.stderr
+    assert [m for m in modules if m.split(".")[0] in ("aiohttp", "multidict", "yarl")
+            or m.startswith("mirror.registry")] == []
+
+
 def test_a_pull_without_a_config_file_reads_no_yaml(tmp_path) -> None:
     """Issue 18: a warm rerun's start-up. `mirror pull REF...` reads no images.yaml, so PyYAML
     (10 ms of its imports) is never executed: mirror.config names it, to be loaded when a
