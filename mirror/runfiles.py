@@ -1,6 +1,7 @@
 """The files a run reads and writes, named from its flags before any work: the bundle's
 default name, the lock file's path, and the check that no output is written over another
-file of the run. Light on purpose: cli.py imports it for every command (no aiohttp, no yaml)."""
+file of the run. Light on purpose: cli.py and cli_args.py import it for every command (no
+aiohttp, no yaml)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mirror.cli import COMMANDS, build_parser
+from mirror.cli import COMMANDS
+from mirror.cli_args import build_parser
 from mirror.errors import EXIT_CODES
 
 ROOT = Path(__file__).parent.parent
@@ -22,6 +23,13 @@ def test_exit_code_table_matches_errors_module() -> None:
 def test_every_command_is_documented() -> None:
     for name in COMMANDS:
         assert f"`mirror {name}" in README, name
+
+
+def test_every_command_the_parser_takes_has_a_run() -> None:
+    """The parser (mirror.cli_args) and the runs (mirror.cli's COMMANDS) name the same
+    commands: one the parser took with no run would fail with a trace, not an error line."""
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert sorted(sub.choices) == sorted(COMMANDS)
 
 
 def test_every_pull_option_in_readme_exists() -> None:

@@ -149,7 +149,7 @@ def test_version_help_and_refused_flags_import_no_http_stack_nor_yaml(argv) -> N
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
                           text=True, timeout=60)
     modules = json.loads(proc.stderr.strip().splitlines()[-1])
-    assert "mirror.cli" in modules
+    assert "mirror.cli" in modules and "mirror.cli_args" in modules
     heavy = [m for m in modules if m.split(".")[0] in ("aiohttp", "yaml", "multidict", "yarl")
              or m in ("mirror.commands", "mirror.config", "mirror.registry.transport")]
     assert heavy == [], heavy

@@ -597,7 +597,7 @@ def test_a_blob_is_named_for_what_it_is(media_type: str, kind: str) -> None:
 def test_lock_takes_every_flag_that_changes_what_a_pull_records(flag: str) -> None:
     """A lock made with pull's flags records what that pull does: each flag that changes the
     digests or blobs a pull records is lock's too, with the same meaning."""
-    from mirror.cli import build_parser
+    from mirror.cli_args import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
 
@@ -610,7 +610,7 @@ def test_lock_takes_every_flag_that_changes_what_a_pull_records(flag: str) -> No
 
 
 def test_lock_parses_foreign_layers_and_referrer_types() -> None:
-    from mirror.cli import build_parser
+    from mirror.cli_args import build_parser
 
     args = build_parser().parse_args(["lock", "-f", "images.yaml", "--foreign-layers",
                                       "rewrite", "--referrer-type", "sbom",
