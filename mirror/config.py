@@ -12,7 +12,8 @@
         platforms: [linux/arm64]
       - repository: docker.io/library/redis            # a repository with a list of tags
         tags: ["7.2", "7.4", {semver: ">=7.2 <8", latest: 2}]  # and tag rules (tagrules.py)
-See config/README.md for the reference.
+See config/README.md for the reference. The YAML's nodes, with their lines, are read by
+mirror.config_yaml; what each key means is here.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mirror.choices import FOREIGN_POLICIES, FORMATS, INDEX_MODES
+from mirror.config_yaml import Ctx, compose
 from mirror.errors import ConfigError, MirrorError
 from mirror.mapping import Destination, Rule, find_rule, path_problem
 from mirror.platform import PlatformSelector
@@ -35,17 +37,7 @@ from mirror.tagrules import ORDERS, RULE_KEYS, TagRule, check_regex
 if TYPE_CHECKING:
     import yaml
 else:
-    class _Yaml:
-        """PyYAML, imported when a config file is first read: a run given its images on the
-        command line does not need it (0.9 MiB of a pull's memory)."""
-
-        def __getattr__(self, name: str) -> Any:
-            import yaml as module
-
-            globals()["yaml"] = module
-            return getattr(module, name)
-
-    yaml = _Yaml()
+    from mirror.config_yaml import yaml
 
 SUPPORTED_VERSION = 1
 
@@ -97,89 +89,7 @@ class Config:
     cached_referrers: set[str] = field(default_factory=set)  # `referrers: cached` hosts
 
 
-def _close(word: str, choices: tuple[str, ...]) -> list[str]:
-    """The choice closest to a misspelt `word`, if any (difflib: imported for an error)."""
-    import difflib
-
-    return difflib.get_close_matches(word, choices, n=1)
-
-
-class _Ctx:
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def err(self, node: yaml.Node | None, msg: str, hint: str | None = None) -> ConfigError:
-        line = f":{node.start_mark.line + 1}" if node is not None else ""
-        return ConfigError(f"{self.path}{line}: {msg}", hint=hint)
-
-    def mapping(self, node: yaml.Node, what: str, allowed: tuple[str, ...]
-                ) -> dict[str, tuple[yaml.Node, yaml.Node]]:
-        if not isinstance(node, yaml.MappingNode):
-            raise self.err(node, f"{what} must be a mapping")
-        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-        for k, v in node.value:
-            key = str(k.value)
-            if allowed and key not in allowed:
-                close = _close(key, allowed)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise self.err(k, f"unknown key {key!r} in {what}{hint}",
-                               hint="allowed: " + ", ".join(allowed))
-            if key in out:
-                raise self.err(k, f"duplicate key {key!r} in {what}")
-            out[key] = (k, v)
-        return out
-
-    def scalar(self, node: yaml.Node, key: str) -> str:
-        if not isinstance(node, yaml.ScalarNode) or node.value == "":
-            raise self.err(node, f"{key!r} must be a non-empty string")
-        return str(node.value)
-
-    def typed(self, node: yaml.Node, key: str, kind: str, expected: str) -> str:
-        """The text of a scalar of YAML type `kind` (bool, int): a quoted "true" or "1" is a
-        string, refused as such (file:line, the key, the type expected)."""
-        if isinstance(node, yaml.ScalarNode) and node.tag == f"tag:yaml.org,2002:{kind}":
-            return str(node.value)
-        hint = None
-        if not isinstance(node, yaml.ScalarNode):
-            got = "a list or a mapping"
-        elif node.tag.endswith(":str") and node.style in ("'", '"'):
-            got = f'the string "{node.value}"'
-            hint = f"write it without quotes: {key}: {node.value}"
-        elif node.tag.endswith(":null"):
-            got = "nothing"
-        else:
-            got = repr(node.value)
-        raise self.err(node, f"{key!r} must be {expected}, not {got}", hint)
-
-    def boolean(self, node: yaml.Node, key: str) -> bool:
-        # YAML 1.1 (PyYAML) reads true/false, yes/no and on/off as booleans
-        v = self.typed(node, key, "bool", "true or false (a boolean)").lower()
-        return v in ("true", "yes", "on")
-
-    def integer(self, node: yaml.Node, key: str) -> int:
-        v = self.typed(node, key, "int", "an integer")
-        try:
-            return int(v)
-        except ValueError:  # YAML 1.1 ints Python does not read (0x1f, 0o7, 1:30)
-            raise self.err(node, f"{key!r} must be a decimal integer, not {v!r}") from None
-
-    def choice(self, node: yaml.Node, key: str, choices: tuple[str, ...]) -> str:
-        v = self.scalar(node, key)
-        if v not in choices:
-            close = _close(v, choices)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise self.err(node, f"{key!r} must be one of {', '.join(choices)}, not {v!r}{hint}")
-        return v
-
-    def str_list(self, node: yaml.Node, key: str) -> list[str]:
-        if isinstance(node, yaml.ScalarNode):
-            return [self.scalar(node, key)]
-        if not isinstance(node, yaml.SequenceNode) or not node.value:
-            raise self.err(node, f"{key!r} must be a string or a non-empty list")
-        return [self.scalar(n, key) for n in node.value]
-
-
-def _settings(ctx: _Ctx, items: dict[str, tuple[yaml.Node, yaml.Node]],
+def _settings(ctx: Ctx, items: dict[str, tuple[yaml.Node, yaml.Node]],
               base: ImageSettings) -> ImageSettings:
     s = base
     if "platforms" in items:
@@ -204,14 +114,14 @@ def _settings(ctx: _Ctx, items: dict[str, tuple[yaml.Node, yaml.Node]],
     return s
 
 
-def _ref(ctx: _Ctx, node: yaml.Node, text: str) -> Reference:
+def _ref(ctx: Ctx, node: yaml.Node, text: str) -> Reference:
     try:
         return Reference.parse(text)
     except MirrorError as e:
         raise ctx.err(node, str(e), e.hint) from None
 
 
-def _file_value(ctx: _Ctx, node: yaml.Node, key: str, value: str, check: bool) -> str:
+def _file_value(ctx: Ctx, node: yaml.Node, key: str, value: str, check: bool) -> str:
     """A path from images.yaml: `~` expanded, a relative one taken from the YAML file's
     directory (as docker-compose does), so the run's working directory does not matter;
     with `check`, a file that cannot be read is a config error naming file:line."""
@@ -235,8 +145,8 @@ def parse_config(text: str, path: str = "images.yaml",
     """Raise ConfigError (with file:line) for anything malformed. Relative file paths in
     `registries:` are taken from the directory of `path`; `check_files`: each must be
     readable now."""
-    ctx = _Ctx(path)
-    root = _compose(text, path)
+    ctx = Ctx(path)
+    root = compose(text, path)
     top = ctx.mapping(root, "the top level", _TOP_KEYS)
     if "version" in top:
         _check_version(ctx, top["version"][1])
@@ -263,7 +173,7 @@ def parse_config(text: str, path: str = "images.yaml",
     return Config(images, registries, logins, defaults, path, cached)
 
 
-def _map_rules(ctx: _Ctx, node: yaml.Node) -> list[Rule]:
+def _map_rules(ctx: Ctx, node: yaml.Node) -> list[Rule]:
     """`map:` {SOURCE: DESTINATION}: `ghcr.io/org/*: org/*`, `docker.io/library/redis:
     base/redis` (mirror.mapping.Rule)."""
     rules = []
@@ -295,8 +205,8 @@ def load_map_file(path: str | Path) -> list[Rule]:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p}: cannot read the map file: "
                           f"{getattr(e, 'strerror', None) or e}") from None
-    ctx = _Ctx(str(p))
-    top = ctx.mapping(_compose(text, str(p)), "the top level", ("version", "map"))
+    ctx = Ctx(str(p))
+    top = ctx.mapping(compose(text, str(p)), "the top level", ("version", "map"))
     if "version" in top:
         _check_version(ctx, top["version"][1])
     if "map" not in top:
@@ -304,7 +214,7 @@ def load_map_file(path: str | Path) -> list[Rule]:
     return _map_rules(ctx, top["map"][1])
 
 
-def _destination(ctx: _Ctx, entry: dict[str, tuple[yaml.Node, yaml.Node]]
+def _destination(ctx: Ctx, entry: dict[str, tuple[yaml.Node, yaml.Node]]
                  ) -> Destination | None:
     """An image entry's `to:`, `tag_as:` and `tags_also:`."""
     if not any(k in entry for k in _DEST_KEYS):
@@ -328,27 +238,14 @@ def _destination(ctx: _Ctx, entry: dict[str, tuple[yaml.Node, yaml.Node]]
     return Destination(to, tag_as, tuple(tags.get("tags_also", ())))
 
 
-def _compose(text: str, path: str) -> yaml.Node:
-    """The YAML document's node tree (lines kept for messages); not empty."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark
-        line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{line}: invalid YAML: {e.problem}") from None
-    if root is None:
-        raise ConfigError(f"{path}: empty file", hint="list images under `images:`")
-    return root
-
-
-def _check_version(ctx: _Ctx, node: yaml.Node) -> None:
+def _check_version(ctx: Ctx, node: yaml.Node) -> None:
     version = ctx.integer(node, "version")
     if version > SUPPORTED_VERSION or version < 1:
         raise ctx.err(node, f"config version {version} is not supported (this mirror "
                       f"reads version {SUPPORTED_VERSION})")
 
 
-def _registry(ctx: _Ctx, host: str, knode: yaml.Node, vnode: yaml.Node,
+def _registry(ctx: Ctx, host: str, knode: yaml.Node, vnode: yaml.Node,
               check_files: bool) -> tuple[RegistrySettings, RegistryLogin | None]:
     """One entry of `registries:`: its settings, and its login when it names a username."""
     r = ctx.mapping(vnode, f"registries.{host}", _REGISTRY_KEYS)
@@ -379,7 +276,7 @@ def _registry(ctx: _Ctx, host: str, knode: yaml.Node, vnode: yaml.Node,
                                    f"{ctx.path}:{key.start_mark.line + 1}")
 
 
-def _images(ctx: _Ctx, inode: yaml.Node, defaults: ImageSettings) -> list[ImageSpec]:
+def _images(ctx: Ctx, inode: yaml.Node, defaults: ImageSettings) -> list[ImageSpec]:
     """The `images:` list, in order; each entry a reference, a `ref:` mapping or a
     `repository:` with its `tags:`."""
     if not isinstance(inode, yaml.SequenceNode):
@@ -396,7 +293,7 @@ def _images(ctx: _Ctx, inode: yaml.Node, defaults: ImageSettings) -> list[ImageS
     return images
 
 
-def _image_entry(ctx: _Ctx, item: yaml.Node, defaults: ImageSettings,
+def _image_entry(ctx: Ctx, item: yaml.Node, defaults: ImageSettings,
                  where: str) -> list[ImageSpec]:
     """A mapping in `images:`: `ref:` (one image) or `repository:` with `tags:` (one per
     tag), with the settings it gives over the defaults."""
@@ -435,7 +332,7 @@ def _image_entry(ctx: _Ctx, item: yaml.Node, defaults: ImageSettings,
     return [_tag_item(ctx, n, repo, settings, where, dest) for n in nodes]
 
 
-def _tag_item(ctx: _Ctx, node: yaml.Node, repo: Reference, settings: ImageSettings,
+def _tag_item(ctx: Ctx, node: yaml.Node, repo: Reference, settings: ImageSettings,
               where: str, dest: Destination | None) -> ImageSpec:
     """One item of `tags:`: a tag (or `@digest`), or a tag rule (a mapping)."""
     if not isinstance(node, yaml.MappingNode):

@@ -151,7 +151,8 @@ def test_version_help_and_refused_flags_import_no_http_stack_nor_yaml(argv) -> N
     modules = json.loads(proc.stderr.strip().splitlines()[-1])
     assert "mirror.cli" in modules and "mirror.cli_args" in modules
     heavy = [m for m in modules if m.split(".")[0] in ("aiohttp", "yaml", "multidict", "yarl")
-             or m in ("mirror.commands", "mirror.config", "mirror.registry.transport")]
+             or m in ("mirror.commands", "mirror.config", "mirror.config_yaml",
+                      "mirror.registry.transport")]
     assert heavy == [], heavy
 
 
