@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from mirror.bundle import consistency, volumes
+from mirror.bundle import consistency, volumecheck, volumefile, volumes
 from mirror.bundle.members import blob_digest
 from mirror.bundle.reader import Bundle
 from mirror.digest import Digest, Verifier
@@ -183,7 +183,7 @@ def _own(e: MirrorError, path: Path) -> str:
 
 
 def _parts(path: Path, stop: threading.Event
-           ) -> tuple[tuple[Problems, bool] | None, volumes.PartHasher | None]:
+           ) -> tuple[tuple[Problems, bool] | None, volumecheck.PartHasher | None]:
     """For a set of parts (mirror.bundle.volumes): one line per part to copy again that its
     size tells (missing, cut short, too long, or an extra one), and the hasher that tells the
     damaged ones from the one read of the bundle; (None, None) for a single file."""
@@ -193,8 +193,8 @@ def _parts(path: Path, stop: threading.Event
         return (Problems.of([_own(e, path)], e.hint), True), None
     if vs is None:
         return None, None
-    found = volumes.problems(vs, hashes=False)
-    return ((Problems(found), False) if found else None), volumes.PartHasher(vs)
+    found = volumecheck.problems(vs, hashes=False)
+    return ((Problems(found), False) if found else None), volumecheck.PartHasher(vs)
 
 
 def _sidecar(path: Path, note: Callable[[str], None]) -> tuple[str | None, str | None]:
@@ -227,7 +227,7 @@ def _sidecar_match(path: Path, want: str, got: str, note: Callable[[str], None])
 def _sha256_file(path: Path, stop: threading.Event) -> str | None:
     h = hashlib.sha256()
     try:
-        with volumes.open_read(path) as f:
+        with volumefile.open_read(path) as f:
             while chunk := f.read(CHUNK):
                 if stop.is_set():
                     raise Stopped()

@@ -453,14 +453,14 @@ async def test_a_download_stopped_before_its_rename_waits_for_it(
 
 
 _NAMED_THEN_STOPPED = {  # a SIGTERM once the bundle is in place, while the run waits
-    "rename": ("from mirror.bundle import volumes\n"  # the rename's thread, which it awaits
-               "publish = volumes.publish\n"
+    "rename": ("from mirror.bundle import publish as naming\n"  # the rename's thread, awaited
+               "publish = naming.publish\n"
                "def stopped(*a, **k):\n"
                "    named = publish(*a, **k)\n"
                "    os.kill(os.getpid(), signal.SIGTERM)\n"
                "    time.sleep(0.5)\n"
                "    return named\n"
-               "volumes.publish = stopped\n"),
+               "naming.publish = stopped\n"),
     "transport": ("from mirror.registry.transport import Transport\n"  # the pull returned
                   "close = Transport.__aexit__\n"
                   "async def stopped(self, *exc):\n"

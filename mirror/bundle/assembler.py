@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
-from mirror.bundle import volumes
+from mirror.bundle import publish
 from mirror.bundle.layout import Piecewise, blob_name
 from mirror.bundle.writer import BUF, HeadFile, _header, _pad, head_files, head_member
 from mirror.digest import Verifier
@@ -412,7 +412,7 @@ class Assembler:
             return None
         os.close(self.fd)
         self.fd = -1
-        if not volumes.publish(self.tmp, self.out, digest, self.volume_size, stop):
+        if not publish.publish(self.tmp, self.out, digest, self.volume_size, stop):
             return None
         return "sha256:" + digest
 

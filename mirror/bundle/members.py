@@ -19,7 +19,8 @@ import zstandard
 from mirror.bundle import sniff
 from mirror.bundle.layout import Inventory
 from mirror.bundle.trailer import first_nonzero, zstd_frames_problem
-from mirror.bundle.volumes import find, lone_part, open_read
+from mirror.bundle.volumefile import open_read
+from mirror.bundle.volumes import find, lone_part
 from mirror.errors import BundleError
 from mirror.manifest import RawManifest
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from mirror.bundle import consistency, volumes
+from mirror.bundle import consistency, volumecheck, volumefile, volumes
 from mirror.bundle.layout import DOCKER_JSON, MIRROR_JSON, Inventory, blob_name
 from mirror.bundle.members import (
     CHUNK,
@@ -55,7 +55,7 @@ class Bundle:
         self._linked_cache: dict[str, Member] | None = None
         self._aliases: dict[str, str] = {}  # digest -> member, where not blobs/<alg>/<hex>
         self.volumes: volumes.VolumeSet | None = None
-        self._pinned: volumes.Pinned | None = None
+        self._pinned: volumefile.Pinned | None = None
         self.directory = self.path.is_dir()  # an OCI layout directory (mirror.bundle.directory)
         self.compressed = False
         if self.directory:
@@ -72,11 +72,11 @@ class Bundle:
             # order; and serve sends blobs with sendfile, never hashed, for as long as it
             # runs. Holding every upload's closing PUT until the end would keep nothing
             # pushed, at two requests more per small blob and a session open per blob.
-            volumes.check(self.volumes, self.name, hashes=check_parts)
+            volumecheck.check(self.volumes, self.name, hashes=check_parts)
         try:
             # every read of a plain tar's members (mirror serve's for as long as it runs)
             # is of these files, even once a rerun has replaced them
-            self._pinned = volumes.Pinned(self.path, self.volumes)
+            self._pinned = volumefile.Pinned(self.path, self.volumes)
             with self._pinned.open() as f:
                 magic = f.read(4)
         except OSError as e:
@@ -119,7 +119,7 @@ class Bundle:
     def _open(self) -> BinaryIO:
         """The bundle's file (or parts) as it was when opened, from its start."""
         pinned = getattr(self, "_pinned", None)
-        return pinned.open() if pinned is not None else volumes.open_read(self.path)
+        return pinned.open() if pinned is not None else volumefile.open_read(self.path)
 
     def _linked(self) -> dict[str, Member]:
         """The link members (a docker-archive's repeated layers), each as the file it names;

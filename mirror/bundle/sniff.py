@@ -9,7 +9,7 @@ from pathlib import Path
 
 import zstandard
 
-from mirror.bundle.volumes import open_read
+from mirror.bundle.volumefile import open_read
 
 _NUMERIC = re.compile(rb"^[0-7 \0]*$")  # mode, uid, gid, size, mtime, chksum: octal text
 # (offset, end) of the numeric fields of a tar header

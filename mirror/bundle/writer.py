@@ -21,7 +21,7 @@ from typing import IO, BinaryIO, cast
 
 import zstandard
 
-from mirror.bundle import volumes
+from mirror.bundle import publish, volumecheck, volumefile, volumes
 from mirror.bundle.layout import DOCKER_JSON, MIRROR_JSON, OCI_LAYOUT, Piecewise, blob_name
 from mirror.digest import Verifier
 from mirror.errors import IntegrityError, MirrorError, SizeMismatch, naming
@@ -157,7 +157,7 @@ def write_bundle(
                 zw.close()
             raw.flush()
             os.fsync(raw.fileno())
-        if not volumes.publish(tmp, out, hw.h.hexdigest(), volume_size, stop):
+        if not publish.publish(tmp, out, hw.h.hexdigest(), volume_size, stop):
             raise MirrorError(f"{out}: interrupted while writing the bundle")
     except OSError as e:  # a full disk: the error line names the bundle being written
         tmp.unlink(missing_ok=True)
@@ -261,15 +261,15 @@ def unchanged(out: Path, index_json: HeadFile, inventory_json: HeadFile, size: i
         same, vs = _same_shape(out, side, digest, size, volume_size)
         if not same:
             return None
-        with volumes.open_read(out) as raw:
+        with volumefile.open_read(out) as raw:
             if not _same_head(raw, size, head_files(index_json, inventory_json, docker_json)):
                 return None
         if vs is None:
             got = (prehash.digest() if prehash is not None else None) or sha256_file(out)
             return "sha256:" + digest if got == "sha256:" + digest else None
-        if volumes.problems(vs, hashes=True):
+        if volumecheck.problems(vs, hashes=True):
             return None
-        volumes.restore_sums(vs)  # the sidecar is right: the sha256sum file follows it
+        publish.restore_sums(vs)  # the sidecar is right: the sha256sum file follows it
         return "sha256:" + digest
     except (OSError, ValueError, tarfile.TarError, zstandard.ZstdError, MirrorError):
         return None

@@ -20,7 +20,7 @@ from mirror.bundle.layout import DOCKER_JSON, MIRROR_JSON
 from mirror.bundle.members import CHUNK, JUNK_HINT, blob_digest, file_members, unreadable
 from mirror.bundle.through import Tap, Tapped
 from mirror.bundle.trailer import first_nonzero, zstd_frames_problem
-from mirror.bundle.volumes import open_read
+from mirror.bundle.volumefile import open_read
 from mirror.errors import BundleError
 from mirror.fileobj import Readable
 from mirror.manifest import MAX_MANIFEST_BYTES
