@@ -3,11 +3,10 @@
 Every size is known once the images are resolved, so the whole tar can be laid out up front:
 the headers, the manifests and the padding are written first, then each blob's bytes go
 straight to their offset as they come off the network (a tee from the download sink) or out of
-the cache. The bundle's sha256 follows the contiguous written prefix of the file: bytes
-written right at that frontier are hashed from memory by the writer, the others are read back
-by a hasher thread once the frontier reaches them, so the sha256 is ready moments after the
-last byte. The file is `<out>.partial` until `finish()`
-(every blob verified), then renamed; nothing is named before it is whole.
+the cache. The bundle's sha256 follows the contiguous written prefix of the file
+(mirror.bundle.prefixhash), so it is ready moments after the last byte. The file is
+`<out>.partial` until `finish()` (every blob verified), then renamed; nothing is named before
+it is whole.
 
 A region written twice (a download restarted from byte 0) may already have been hashed: the
 hash is then recomputed from the file at the end.
@@ -16,7 +15,6 @@ hash is then recomputed from the file at the end.
 from __future__ import annotations
 
 import hashlib
-import heapq
 import os
 import queue
 import threading
@@ -27,13 +25,13 @@ from pathlib import Path
 
 from mirror.bundle import publish
 from mirror.bundle.layout import Piecewise, blob_name
+from mirror.bundle.prefixhash import HASH_CHUNK, PrefixHash
 from mirror.bundle.writer import BUF, HeadFile, _header, _pad, head_files, head_member
 from mirror.digest import Verifier
 from mirror.errors import naming
 from mirror.manifest import RawManifest
 from mirror.store import writeback
 
-_HASH_CHUNK = 1 << 20
 # Writes of cached blobs into the bundle, each blob's in order. A pool of its own: its jobs
 # wait only for the thread reading their blob, never for the shared I/O pool.
 _WRITERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mirror-bundle-write")
@@ -139,32 +137,14 @@ class Assembler:
             self._sizes.append(size)
             pos += n + size + len(_pad(size))
         self.size = pos + 1024
-        self._lock = threading.Condition()
-        # written, not yet hashed: a heap, by start (sorting and merging them all on every
-        # piece took 9 s of CPU at 8,500 blobs)
-        self._ranges: list[tuple[int, int]] = []
-        # what lies between the blobs' bytes (a blob's padding, the next one's header; the
-        # end-of-archive zeros after the last), written with the head: start, end, start,
-        # end, ... in order, readable from `_gap` on once `_lay_out` has written them all
-        # (a range each in the heap held 2 MiB at 8,500 blobs)
-        self._gaps = array("q")
-        self._gap = 0
-        self._frontier = 0
-        self._hashing = False  # someone is hashing at the frontier (a writer or the hasher)
-        self._batches: dict[int, str] = {}  # download batch offset -> "written" | "passed"
-        self._hash = hashlib.sha256()
-        self._invalid = False
-        self._closed = False
-        self._aborted = False
+        self._counting = threading.Lock()
         self._unflushed = 0
         self._streaming = writeback.available()
         self._flush_every = writeback.EVERY if self._streaming else _FLUSH_EVERY
         self._flushing = threading.Lock()
         self._write_error: OSError | None = None  # from a writeback, for finish()
         os.ftruncate(self.fd, self.size)  # padding and the end-of-archive zeros are holes
-        self._thread = threading.Thread(target=self._follow, name="mirror-bundle-hash",
-                                        daemon=True)
-        self._thread.start()
+        self.hasher = PrefixHash(self.size, self._read)
         self._write_head(files, manifests)
         gaps, at = array("q"), head_end
         for digest, k in self.order.items():
@@ -174,11 +154,8 @@ class Assembler:
             gaps.extend((at, off))  # the padding before it (zeros: part of the hole), its header
             at = off + size
         gaps.extend((at, self.size))
-        with self._lock:
-            self._gaps = gaps
-            self._count(len(gaps) // 2 * 512)  # the headers
-            self._lock.notify_all()
-        self._maybe_writeback()
+        self.hasher.gaps(gaps)
+        self._wrote(len(gaps) // 2 * 512)  # the headers
 
     def _write_head(self, files: list[tuple[str, Piecewise]],
                     manifests: Sequence[RawManifest]) -> None:
@@ -187,7 +164,7 @@ class Assembler:
         def put(piece: bytes) -> None:
             nonlocal head, at
             head += piece
-            if len(head) >= _HASH_CHUNK:
+            if len(head) >= HASH_CHUNK:
                 os.pwrite(self.fd, head, at)
                 self.written(at, len(head))
                 at, head = at + len(head), bytearray()
@@ -215,74 +192,31 @@ class Assembler:
         here if they sit right at the hash frontier, else read back later by the hasher."""
         if length <= 0:
             return
-        with self._lock:
-            mine = data is not None and self._claim(offset)
-            if not mine:
-                self._readable(offset, offset + length)
-            self._count(length)
-        if mine:
-            self._hashed(offset, length, [data])
-        self._maybe_writeback()
+        self.hasher.written(offset, length, data)
+        self._wrote(length)
 
     def batch_written(self, offset: int, length: int) -> None:
         """A download's batch is in the file; its `batch_offer()` may have hashed it already,
         may still do so, or may have passed (then it is read back)."""
-        with self._lock:
-            state = self._batches.pop(offset, None)
-            if state == "passed":
-                self._readable(offset, offset + length)
-            elif offset + length > self._frontier:
-                self._batches[offset] = "written"
-            self._count(length)
-        self._maybe_writeback()
+        self.hasher.batch_written(offset, length)
+        self._wrote(length)
 
     def batch_offer(self, offset: int, chunks: list[bytes]) -> None:
         """A download's batch, in memory: hashed now if it sits at the frontier, else left to
         be read back from the file once `batch_written()` says it is there."""
-        length = sum(len(c) for c in chunks)
-        with self._lock:
-            mine = self._claim(offset)
-            if not mine:
-                if self._batches.pop(offset, None) == "written":
-                    self._readable(offset, offset + length)
-                else:
-                    self._batches[offset] = "passed"
-        if mine:
-            self._hashed(offset, length, chunks)
+        self.hasher.batch_offer(offset, chunks)
 
-    def _claim(self, offset: int) -> bool:
-        """(lock held) Take the frontier for hashing bytes at `offset` from memory."""
-        if offset == self._frontier and not self._hashing:
-            self._hashing = True
-            return True
-        return False
+    def _read(self, view: memoryview, offset: int) -> int:
+        """The hasher's read back of the file (0 once the bundle was aborted)."""
+        with self.io:
+            return os.preadv(self.fd, [view], offset) if self.fd >= 0 else 0
 
-    def _hashed(self, offset: int, length: int, chunks: list) -> None:
-        try:
-            for c in chunks:
-                self._hash.update(c)
-        finally:
-            with self._lock:
-                self._frontier = offset + length
-                self._hashing = False
-                if self._batches.get(offset) == "written":
-                    del self._batches[offset]
-                self._lock.notify_all()
-
-    def _readable(self, start: int, end: int) -> None:
-        """(lock held) In the file, to be read back by the hasher."""
-        heapq.heappush(self._ranges, (start, end))
-        self._lock.notify_all()
-
-    def _count(self, length: int) -> None:
-        """(lock held)"""
-        self._unflushed += length
-
-    def _maybe_writeback(self) -> None:
+    def _wrote(self, length: int) -> None:
         """Keep the disk busy as we go, so the final fsync has little left: start the
         writeback every few MiB (store/writeback.py), else an fdatasync now and then; on a
         thread of its own, one at a time, never in a writer's way."""
-        with self._lock:
+        with self._counting:
+            self._unflushed += length
             flush = self._unflushed >= self._flush_every
             if flush:
                 self._unflushed = 0
@@ -307,59 +241,7 @@ class Assembler:
             self._flushing.release()
 
     def invalidate(self) -> None:
-        with self._lock:
-            self._invalid = True
-
-    def _take(self) -> tuple[int, int] | None:
-        """Claim the next piece at the frontier to read back and hash (waits for one, and for
-        a writer hashing at the frontier); None when closed. Called with the lock held."""
-        while True:
-            if not self._hashing:
-                start, r, g = self._frontier, self._ranges, self._gaps
-                while r and r[0][1] <= start:
-                    heapq.heappop(r)  # hashed already (from memory)
-                while self._gap < len(g) and g[self._gap + 1] <= start:
-                    self._gap += 2
-                end, limit, i = start, start + _HASH_CHUNK, self._gap
-                while end < limit:  # what is readable from the frontier on, up to a piece
-                    if r and r[0][0] <= end:
-                        end = max(end, heapq.heappop(r)[1])
-                    elif i < len(g) and g[i] <= end:
-                        end, i = max(end, g[i + 1]), i + 2
-                    else:
-                        break
-                if end > start:
-                    heapq.heappush(r, (start, end))  # popped once hashed
-                    self._hashing = True
-                    return start, min(end, limit)
-                if self._closed or start >= self.size:
-                    return None
-            elif self._aborted:
-                return None
-            self._lock.wait()
-
-    def _follow(self) -> None:
-        buf = bytearray(_HASH_CHUNK)  # one buffer, read into again and again
-        view = memoryview(buf)
-        while not self._aborted:
-            with self._lock:
-                piece = self._take()
-            if piece is None:
-                return
-            start, end = piece
-            n = 0
-            try:
-                with self.io:
-                    if self.fd >= 0:
-                        n = os.preadv(self.fd, [view[:end - start]], start)
-                self._hash.update(view[:n])
-            finally:
-                with self._lock:
-                    self._frontier = start + n
-                    self._hashing = False
-                    self._lock.notify_all()
-            if not n:
-                return
+        self.hasher.invalidate()
 
     def copy_cached(self, digest: str, path: Path, verify: bool) -> None:
         """Put a blob from the cache in place, re-hashing it when it was not fetched in this
@@ -373,7 +255,7 @@ class Assembler:
         pos = 0
         try:
             with open(path, "rb", buffering=0) as f:
-                while chunk := f.read(_HASH_CHUNK):
+                while chunk := f.read(HASH_CHUNK):
                     chunks.put((pos, chunk))  # written (and summed) on a writer thread
                     if v is not None:
                         v.update(chunk)  # while this thread hashes
@@ -389,21 +271,16 @@ class Assembler:
         """Wait for the hash, fsync, rename into place, write `<out>.sha256`; return digest.
         When `stop` is set (Ctrl-C) before the rename: None, nothing named (`abort()` then
         removes the partial file)."""
-        with self._lock:
-            self._closed = True  # the hasher takes what is contiguous, then stops
-            self._lock.notify_all()
-        self._thread.join()
-        if self._frontier < self.size or self._invalid:
+        digest = self.hasher.close()
+        if digest is None:
             h = hashlib.sha256()
             pos = 0
-            while data := os.pread(self.fd, _HASH_CHUNK, pos):
+            while data := os.pread(self.fd, HASH_CHUNK, pos):
                 if stop is not None and stop.is_set():
                     return None
                 h.update(data)
                 pos += len(data)
             digest = h.hexdigest()
-        else:
-            digest = self._hash.hexdigest()
         with self._flushing:  # not while a writeback thread still uses the descriptor
             os.fsync(self.fd)
         if self._write_error is not None:  # the disk lost some of it: never name it
@@ -418,15 +295,9 @@ class Assembler:
 
     def abort(self) -> None:
         """Drop the unfinished bundle: stop the hasher, close, delete `<out>.partial`."""
-        self._aborted = True
-        lock = getattr(self, "_lock", None)
-        if lock is not None:
-            with lock:
-                self._closed = True
-                lock.notify_all()
-        thread = getattr(self, "_thread", None)
-        if thread is not None and thread.is_alive():
-            thread.join()
+        hasher = getattr(self, "hasher", None)
+        if hasher is not None:
+            hasher.abort()
         with getattr(self, "_flushing", threading.Lock()), self.io.exclusive():
             if self.fd >= 0:
                 os.close(self.fd)
