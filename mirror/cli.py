@@ -42,9 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     global _gc_was_on
     _gc_was_on = gc.isenabled()
     gc.disable()  # through the command's imports: see _settle_gc
+    from mirror.signals import hold
+
+    put_back = hold()  # a stop before the run's task exists waits for it (mirror.signals)
     try:
         return _main(argv)
     finally:
+        put_back()
         if _gc_was_on:
             gc.enable()
 
@@ -87,7 +91,7 @@ def _run(args: argparse.Namespace, report: Report) -> tuple[int, str | None]:
     import asyncio
 
     from mirror.cli_progress import make_progress
-    from mirror.signals import Terminated, run_stoppable
+    from mirror.signals import Terminated, release_sigint, run_stoppable
 
     progress = make_progress(quiet=args.quiet, verbose=args.verbose, desc=args.command)
     if args.command == "pull":  # its receive path; a load's reads are another story
@@ -105,6 +109,7 @@ def _run(args: argparse.Namespace, report: Report) -> tuple[int, str | None]:
         run = getattr(importlib.import_module(module), name)
         _settle_gc()
         with lock_file_held(args):
+            release_sigint()
             code = asyncio.run(run_stoppable(run(args, progress, report)))
         return code, None
     except MirrorError as e:

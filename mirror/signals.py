@@ -4,14 +4,20 @@ asyncio.run already turns SIGINT into a cancellation of the main task, so every 
 and `except BaseException` on the way out runs: the bundle's `.partial` is removed, the cache
 keeps its partial downloads for the next run, the locks are released. `run_stoppable` does
 the same for SIGTERM and then raises `Terminated`, which `mirror.cli` turns into exit 143.
+
+Before the run's task exists (the flags read, the command's modules imported: half a second
+of a start on a loaded machine) `hold` keeps both signals waiting instead: a Ctrl-C there was
+a KeyboardInterrupt before the command had put its fields in the report (a report of
+`command`, `error` and `exit_code` alone), and a SIGTERM killed the process with no report
+at all. `run_stoppable` delivers what was held once its task can be cancelled, so the run
+stops as one stopped later does.
 """
 
 from __future__ import annotations
 
-import asyncio
 import signal
-from collections.abc import Awaitable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -20,9 +26,48 @@ class Terminated(BaseException):
     """The run was stopped by SIGTERM (after the same cleanup as Ctrl-C)."""
 
 
+_held: list[int] = []  # the signals `hold` kept waiting, for run_stoppable to deliver
+_found: dict[int, Any] = {}  # the handlers `hold` replaced
+_DEFAULTS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+
+
+def hold() -> Callable[[], None]:
+    """Keep SIGINT and SIGTERM waiting (recorded, not acted on) until `release_sigint` and
+    `run_stoppable` take them over; gives what puts the handlers found back. Only a signal
+    with its default handler (one ignored, as a shell leaves SIGINT to a background job,
+    stays ignored), and only in the main thread, where signals are handled."""
+    def keep(signum: int, frame: Any) -> None:
+        if signum not in _held:
+            _held.append(signum)
+
+    for sig, default in _DEFAULTS.items():
+        try:
+            if signal.getsignal(sig) is default:
+                _found[sig] = signal.signal(sig, keep)
+        except ValueError:  # not the main thread
+            break
+
+    def put_back() -> None:
+        for sig, handler in _found.items():
+            signal.signal(sig, handler)
+        _found.clear()
+        _held.clear()
+    return put_back
+
+
+def release_sigint() -> None:
+    """SIGINT's own handler back, just before asyncio.run, which turns it into a
+    cancellation of its main task only where it finds Python's default handler."""
+    handler = _found.pop(signal.SIGINT, None)
+    if handler is not None:
+        signal.signal(signal.SIGINT, handler)
+
+
 async def run_stoppable(aw: Awaitable[T]) -> T:
     """Await `aw` in the current (main) task; a SIGTERM cancels it, then raises Terminated.
     A second SIGTERM while cleaning up is ignored (the first one is being honoured)."""
+    import asyncio  # here: `hold` runs as every command starts, before asyncio is needed
+
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
@@ -38,6 +83,13 @@ async def run_stoppable(aw: Awaitable[T]) -> T:
         installed = True
     except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, Windows
         installed = False
+    if installed:  # what `hold` kept waiting: the run stops at its first await
+        for sig in _held:
+            if sig == signal.SIGTERM:
+                on_term()
+            else:
+                signal.raise_signal(sig)  # asyncio.run's handler: it cancels this task
+        _held.clear()
     try:
         return await aw
     except asyncio.CancelledError:

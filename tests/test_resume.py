@@ -626,3 +626,44 @@ def test_a_checksum_file_that_cannot_be_written_names_itself(
     line = error_line(proc)
     assert line.startswith(f"mirror: error: {side}: cannot write the checksum file: "), line
     assert not side.with_name(side.name + ".partial").exists()
+
+
+_STOPPED_WHILE_IMPORTING = (  # the signal sent as the command's own module is imported
+    "import importlib.abc, os, signal, sys\n"
+    "class Stop(importlib.abc.MetaPathFinder):\n"
+    "    def find_spec(self, name, path, target=None):\n"
+    "        if name == 'mirror.pull_run':\n"
+    "            sys.meta_path.remove(self)\n"
+    "            os.kill(os.getpid(), getattr(signal, SIG))\n"
+    "        return None\n"
+    "sys.meta_path.insert(0, Stop())\n")
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_stop_while_the_command_imports_writes_a_whole_report(
+        src_registry, image, tmp_path: Path, sig: str) -> None:
+    """Ctrl-C or SIGTERM in the first half second, while the command's modules import
+    (before its run had added its fields to the report): exit 130/143, one line, and a
+    report with every field and every image, each cut short. SIGINT wrote a report of
+    `command`, `error` and `exit_code` alone (no `images`, no `bundle`: the README says
+    every field is there in every outcome); SIGTERM killed the process outright, with no
+    report at all."""
+    repo, img = image
+    report = tmp_path / "r.json"
+    ref = f"{src_registry.host}/{repo}:v1"
+    args = ["pull", ref, "-o", tmp_path / "out.tar", "--cache", tmp_path / "c", "-q",
+            "--report", report]
+    code = (f"SIG = {sig!r}\n" + _STOPPED_WHILE_IMPORTING + "from mirror.cli import main\n"
+            f"sys.exit(main({[str(a) for a in args]!r}))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=mirror_env(),
+                          capture_output=True, text=True, timeout=120)
+    want = EXIT["interrupted" if sig == "SIGINT" else "terminated"]
+    assert proc.returncode == want, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"mirror: interrupted ({sig}); finished blobs are kept, partial ones resume next run"]
+    doc = json.loads(report.read_text())
+    assert doc["exit_code"] == want and doc["error"] == f"interrupted ({sig})", doc
+    assert {"bundle", "bundle_digest", "waiting", "requests", "tag_rules"} <= set(doc), doc
+    assert doc["bundle"] is None and not (tmp_path / "out.tar").exists()
+    [entry] = doc["images"]
+    assert entry["reference"] == ref and entry["error_code"] == want, entry
