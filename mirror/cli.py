@@ -91,7 +91,7 @@ def _run(args: argparse.Namespace, report: Report) -> tuple[int, str | None]:
     import asyncio
 
     from mirror.cli_progress import make_progress
-    from mirror.signals import Terminated, release_sigint, run_stoppable
+    from mirror.signals import Terminated, hold, release_sigint, run_stoppable
 
     progress = make_progress(quiet=args.quiet, verbose=args.verbose, desc=args.command)
     if args.command == "pull":  # its receive path; a load's reads are another story
@@ -110,7 +110,10 @@ def _run(args: argparse.Namespace, report: Report) -> tuple[int, str | None]:
         _settle_gc()
         with lock_file_held(args):
             release_sigint()
-            code = asyncio.run(run_stoppable(run(args, progress, report)))
+            try:
+                code = asyncio.run(run_stoppable(run(args, progress, report)))
+            finally:  # the run is over: a stop from here on is held, unheeded, so that
+                hold()  # its report is written and its exit code is its own
         return code, None
     except MirrorError as e:
         _close(progress)

@@ -10,7 +10,10 @@ of a start on a loaded machine) `hold` keeps both signals waiting instead: a Ctr
 a KeyboardInterrupt before the command had put its fields in the report (a report of
 `command`, `error` and `exit_code` alone), and a SIGTERM killed the process with no report
 at all. `run_stoppable` delivers what was held once its task can be cancelled, so the run
-stops as one stopped later does.
+stops as one stopped later does. Once the task is over (asyncio.run closing its loop, the
+report written) they are held again, and never delivered: the run is done, so its report is
+written whole and the exit code is its own; a stop then was a traceback from inside the
+report's writing, or a SIGTERM that killed the process before its report.
 """
 
 from __future__ import annotations
@@ -48,8 +51,8 @@ def hold() -> Callable[[], None]:
             break
 
     def put_back() -> None:
-        for sig, handler in _found.items():
-            signal.signal(sig, handler)
+        """The handlers found, back; what was held is dropped."""
+        _swap(dict(_found))
         _found.clear()
         _held.clear()
     return put_back
@@ -60,7 +63,28 @@ def release_sigint() -> None:
     cancellation of its main task only where it finds Python's default handler."""
     handler = _found.pop(signal.SIGINT, None)
     if handler is not None:
-        signal.signal(signal.SIGINT, handler)
+        _held.extend(s for s in _swap({signal.SIGINT: handler}) if s not in _held)
+
+
+def _swap(handlers: dict[int, Any]) -> list[int]:
+    """Put `handlers` in place of `hold`'s, with the signals blocked meanwhile: a signal
+    caught (in C) just before, whose Python handler had not run yet, would otherwise run the
+    new one (a KeyboardInterrupt as the run ends, or before the run's task has begun);
+    pthread_sigmask runs those first, in `hold`'s handler. Gives those that came while
+    blocked, taken from the pending set (unheeded, unless the caller keeps them)."""
+    sigs = set(handlers)
+    if not sigs:
+        return []
+    came = []
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        while (info := signal.sigtimedwait(sigs, 0)) is not None:
+            came.append(info.si_signo)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    return came
 
 
 async def run_stoppable(aw: Awaitable[T]) -> T:
@@ -99,3 +123,5 @@ async def run_stoppable(aw: Awaitable[T]) -> T:
     finally:
         if installed:
             loop.remove_signal_handler(signal.SIGTERM)
+            if signal.SIGTERM in _found:  # held before the task (main): held again, the
+                hold()  # task over: a SIGTERM now waits, unheeded, as the run ends

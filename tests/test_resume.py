@@ -628,6 +628,18 @@ def test_a_checksum_file_that_cannot_be_written_names_itself(
     assert not side.with_name(side.name + ".partial").exists()
 
 
+def _pull_stopped(setup: str, sig: str, ref: str, tmp_path: Path
+                  ) -> subprocess.CompletedProcess[str]:
+    """`mirror pull REF` (-o out.tar, its report r.json) in a child whose `setup` code
+    sends it `sig` (SIG) at the moment it chooses."""
+    args = ["pull", ref, "-o", tmp_path / "out.tar", "--cache", tmp_path / "c", "-q",
+            "--report", tmp_path / "r.json"]
+    code = (f"SIG = {sig!r}\n" + setup + "from mirror.cli import main\n"
+            f"sys.exit(main({[str(a) for a in args]!r}))\n")
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=mirror_env(),
+                          capture_output=True, text=True, timeout=120)
+
+
 _STOPPED_WHILE_IMPORTING = (  # the signal sent as the command's own module is imported
     "import importlib.abc, os, signal, sys\n"
     "class Stop(importlib.abc.MetaPathFinder):\n"
@@ -648,15 +660,8 @@ def test_a_stop_while_the_command_imports_writes_a_whole_report(
     `command`, `error` and `exit_code` alone (no `images`, no `bundle`: the README says
     every field is there in every outcome); SIGTERM killed the process outright, with no
     report at all."""
-    repo, img = image
-    report = tmp_path / "r.json"
-    ref = f"{src_registry.host}/{repo}:v1"
-    args = ["pull", ref, "-o", tmp_path / "out.tar", "--cache", tmp_path / "c", "-q",
-            "--report", report]
-    code = (f"SIG = {sig!r}\n" + _STOPPED_WHILE_IMPORTING + "from mirror.cli import main\n"
-            f"sys.exit(main({[str(a) for a in args]!r}))\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=mirror_env(),
-                          capture_output=True, text=True, timeout=120)
+    ref, report = f"{src_registry.host}/{image[0]}:v1", tmp_path / "r.json"
+    proc = _pull_stopped(_STOPPED_WHILE_IMPORTING, sig, ref, tmp_path)
     want = EXIT["interrupted" if sig == "SIGINT" else "terminated"]
     assert proc.returncode == want, proc.stderr
     assert proc.stderr.splitlines() == [
@@ -667,3 +672,33 @@ def test_a_stop_while_the_command_imports_writes_a_whole_report(
     assert doc["bundle"] is None and not (tmp_path / "out.tar").exists()
     [entry] = doc["images"]
     assert entry["reference"] == ref and entry["error_code"] == want, entry
+
+
+_STOPPED_WHILE_REPORTING = (  # the signal sent as the report is written, the run over
+    "import os, signal, sys, time\n"
+    "from mirror import report\n"
+    "to_text = report.to_text\n"
+    "def stopped(doc):\n"
+    "    os.kill(os.getpid(), getattr(signal, SIG))\n"
+    "    time.sleep(0.2)\n"
+    "    return to_text(doc)\n"
+    "report.to_text = stopped\n")
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_stop_once_the_run_is_over_leaves_its_report_whole(
+        src_registry, image, tmp_path: Path, sig: str) -> None:
+    """Ctrl-C or SIGTERM that lands once the run's task has ended, while the report is
+    written (a warm rerun with nothing new is over in a second: a stop sent at about that
+    time): the run is done, so the report is written as it ended and the exit code is its
+    own. It was a KeyboardInterrupt traceback from inside the report's writing, or a SIGTERM
+    that killed the process: no report either way, after a run that had written its bundle
+    and lock file."""
+    repo, img = image
+    report, out = tmp_path / "r.json", tmp_path / "out.tar"
+    proc = _pull_stopped(_STOPPED_WHILE_REPORTING, sig, f"{src_registry.host}/{repo}:v1",
+                         tmp_path)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    doc = json.loads(report.read_text())
+    assert doc["exit_code"] == 0 and doc["error"] is None, doc
+    assert doc["bundle"] == str(out) and [x["digest"] for x in doc["images"]] == [img.digest]
