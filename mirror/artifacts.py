@@ -28,6 +28,16 @@ KINDS = ("signature", "sbom", "attestation")
 COSIGN_SUFFIXES = {".sig": "signature", ".att": "attestation", ".sbom": "sbom"}
 
 
+# the tags of referrers in a listing: the fallback index's and cosign's (mirror.tagrules)
+_REFERRER_TAG = re.compile(r"sha(256|512)-[0-9a-f]{64}(\.sig|\.att|\.sbom)?")
+
+
+def is_referrer_tag(tag: str) -> bool:
+    """Whether `tag` is a subject's fallback index (`sha256-<hex>`) or one of cosign's tags
+    beside it (`.sig`, `.att`, `.sbom`): what refers to an image, not an image."""
+    return _REFERRER_TAG.fullmatch(tag) is not None
+
+
 def fallback_tag(digest: str) -> str:
     """The tag of a subject's referrers where a registry has no referrers API (the OCI
     fallback index), and the stem of cosign's tags: `sha256-<hex>`."""

@@ -17,8 +17,10 @@ range), `regex` (found in the tag), none of `exclude`; a version with a pre-rele
 (`1.3.0-rc.1`) only with `prerelease: true`; then `latest: N` keeps the N highest versions
 (tags that are not versions have no order and are left out), or with `order: created` the N
 created last, versions or not (the candidates' times asked for: mirror.created; a tag with
-none ranks oldest and is named on stderr; equal times go by tag name). A rule that keeps no
-tag is an error naming the image and the rule's file:line. The listing follows `Link` pages
+none ranks oldest and is named on stderr; equal times go by tag name). The listing's tags of
+signatures, SBOMs and attestations (the fallback `sha256-<hex>` and cosign's `.sig`, `.att`,
+`.sbom` beside it: mirror.artifacts) are never a rule's: they travel with the images they
+refer to. A rule that keeps no tag is an error naming the image and the rule's file:line. The listing follows `Link` pages
 (mirror.registry.client `list_tags`). What each rule chose is recorded in the lock file
 (`tagRules`), so `--locked` pulls exactly those tags without listing; the report's
 `tag_rules` says the same.
@@ -34,6 +36,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from mirror.aio import cancel_all, gather_or_cancel
+from mirror.artifacts import is_referrer_tag
 from mirror.errors import BudgetSpent, ConfigError, MirrorError
 from mirror.semver import Range, Version
 
@@ -192,6 +195,8 @@ async def _choose(client: Client, spec: ImageSpec,
         listings[ref.name] = asyncio.ensure_future(_listing(client, ref.registry,
                                                             ref.repository))
     listed = await asyncio.shield(listings[ref.name])  # another rule may await it too
+    # the tags of signatures, SBOMs and attestations are no images: they travel with theirs
+    listed = [t for t in listed if not is_referrer_tag(t)]
     assert spec.rule is not None
     created = None
     if spec.rule.order == "created":

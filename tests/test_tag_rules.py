@@ -524,3 +524,45 @@ def test_order_created_leaves_out_a_tag_deleted_since_the_listing(
     # client tries after a HEAD's 404)
     assert asked == [("GET", 200), ("GET", 404), ("HEAD", 404), ("GET", 404)], asked
     assert gone.hits == 3
+
+
+def test_a_rule_never_chooses_the_tags_of_signatures_and_referrers(
+        src_registry, repo_name, rng, tmp_path):
+    """A signed repository's listing holds cosign's `sha256-<hex>.sig` tags and the OCI
+    fallback tags `sha256-<hex>` (an SBOM here) beside its images' tags: they are not images
+    of the repository but what refers to them, carried with their subjects. A rule took them
+    as candidates: `order: created` fetched each one's manifest and warned, every run (on
+    stderr with -q too), that they had no creation time; `latest: 5` of two builds chose
+    them as images, and the run failed (exit 2, "invalid platform '/'"), as would a `regex`
+    they match. Now the rule sees the images' tags alone; the signatures and SBOMs still
+    travel with the images the rule chose."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tests.support.referrers import push_sbom, push_signature
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    signed = {}
+    for n, at in ((1, "2024-01-01T00:00:00Z"), (2, "2024-02-01T00:00:00Z")):
+        img = ig.make_image(rng, ig.AMD64, "oci", created=at)
+        push_image(src_registry.url, repo_name, img, tags=[f"nightly-{n}"])
+        signed[f"nightly-{n}"] = push_signature(src_registry.url, repo_name, key, img.digest)[0]
+        push_sbom(src_registry.url, repo_name, img.manifest)
+    repo = f"{src_registry.host}/{repo_name}"
+    cfg = tmp_path / "images.yaml"
+    for rule, chosen in (("latest: 1\n        order: created", ["nightly-2"]),
+                         ("latest: 5\n        order: created", ["nightly-1", "nightly-2"]),
+                         ("regex: '-'", ["nightly-1", "nightly-2"])):
+        cfg.write_text(f"images:\n  - repository: {repo}\n    tags:\n      - {rule}\n")
+        report, out = tmp_path / "r.json", tmp_path / "b.tar"
+        proc = run_mirror("pull", "-q", "-f", cfg, "--cache", tmp_path / "cache", "-o", out,
+                          "--report", report)
+        assert proc.returncode == 0 and proc.stderr == "", (rule, proc.stderr)
+        doc = json.loads(report.read_text())
+        assert [r["tags"] for r in doc["tag_rules"]] == [chosen], (rule, doc["tag_rules"])
+        with tarfile.open(out) as tf:
+            inventory = json.loads(tf.extractfile("mirror.json").read())  # type: ignore[union-attr]
+        kinds = sorted(r["annotations"]["dev.mirror.referrer.kind"]
+                       for r in inventory["referrers"])
+        assert kinds == sorted(["sbom", "signature"] * len(chosen)), (rule, kinds)
+        text = json.dumps(inventory)
+        assert all(signed[t] in text for t in chosen), (rule, text)
