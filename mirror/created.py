@@ -27,7 +27,7 @@ import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from mirror.aio import cancel_all, gather_or_cancel
+from mirror.aio import cancel_all
 from mirror.digest import check_bytes
 from mirror.errors import IntegrityError, NotFound
 from mirror.manifest import Descriptor, RawManifest
@@ -85,7 +85,17 @@ class Times:
                 return GONE
             return await self._of(spec, raw)
 
-        times = await gather_or_cancel(one(t) for t in tags)
+        # every question to its end, though one failed: an answer on its way is paid for
+        # (a request of a max_requests_per_run, a Docker Hub pull), so it is kept for the
+        # next run; once the budget is spent, the questions not yet sent fail at once
+        tasks = [asyncio.ensure_future(one(t)) for t in tags]
+        try:
+            if tasks:
+                await asyncio.wait(tasks)
+        except BaseException:  # stopped (a signal): nothing left running
+            await cancel_all(tasks)
+            raise
+        times = [t.result() for t in tasks]  # the first error, in the tags' order
         return {t: at for t, at in zip(tags, times, strict=True) if not isinstance(at, _Gone)}
 
     async def close(self) -> None:

@@ -566,3 +566,41 @@ def test_a_rule_never_chooses_the_tags_of_signatures_and_referrers(
         assert kinds == sorted(["sbom", "signature"] * len(chosen)), (rule, kinds)
         text = json.dumps(inventory)
         assert all(signed[t] in text for t in chosen), (rule, text)
+
+
+def test_the_times_a_spent_budget_cut_short_keep_what_was_paid_for(
+        src_registry, faultproxy, repo_name, rng, tmp_path):
+    """`order: created` over 12 nightly builds on a registry whose max_requests_per_run (10:
+    the ping, the listing and 8 manifest GETs, the candidates asked 8 at once) runs out
+    while it asks their times: the first answer's config GET is refused, and the 7 GETs
+    still on their way were cancelled, their manifests (requests spent, Docker Hub pulls)
+    thrown away: the next run asked the same 7 tags with a GET again, and every run after
+    (1 HEAD, 7 GETs each night). The questions already under way now finish: every manifest
+    the run paid for is kept, and the next run asks those tags with a HEAD."""
+    proxy = faultproxy(src_registry.url)
+    for n in range(12):
+        push_image(src_registry.url, repo_name, ig.make_image(
+            rng, ig.AMD64, "oci", created=f"2024-01-{n + 1:02d}T00:00:00Z"),
+            tags=[f"nightly-{n:02d}"])
+    proxy.add(Fault("stall", method="GET", path="/manifests/nightly-", skip=1, times=None,
+                    delay=0.5))
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text(f"registries:\n  {proxy.host}:\n    max_requests_per_run: 10\n"
+                   f"images:\n  - repository: {proxy.host}/{repo_name}\n    tags:\n"
+                   "      - latest: 2\n        order: created\n")
+    report = tmp_path / "r.json"
+    args = ["pull", "-f", cfg, "--cache", tmp_path / "cache", "-o", tmp_path / "b.tar",
+            "--report", report]
+    assert run_mirror(*args).returncode == 14
+    sent = json.loads(report.read_text())["requests"][proxy.host]
+    assert sent["manifest GET"] == 8, sent
+    assert len(list((tmp_path / "cache" / "manifests" / "tags").iterdir())) == 8
+    got = {p.rsplit("/", 1)[1] for m, p, st in proxy.requests
+           if m == "GET" and "/manifests/" in p and st == 200}
+    assert len(got) == 8, proxy.requests
+
+    proxy.reset_counters()
+    assert run_mirror(*args).returncode == 14
+    again = {p.rsplit("/", 1)[1] for m, p, _ in proxy.requests
+             if m == "GET" and "/manifests/" in p}
+    assert not again & got, (again & got, proxy.requests)
