@@ -217,11 +217,16 @@ def starved(transport, specs, progress) -> None:
             continue
         went = ", ".join(f"{k} {v}" for k, v in sorted(lim.counts.items()))
         if lim.made >= lim.budget:
+            # a tag rule cut short in its candidates' times: a request each, at least
+            unasked = sum(getattr(s.failed, "unasked", 0) for s in specs
+                          if s.reference.registry == reg)
+            also = f", a request per tag rule candidate it left unasked ({unasked})" \
+                if unasked else ""
             progress.warn(f"{reg}: max_requests_per_run: {lim.budget} was spent before any "
                           f"image could be fetched ({went}): a run of these {n} image(s) "
-                          f"needs at least {lim.made + n} requests (what this one spent "
-                          "resolving them, and a blob GET each); raise it, or the same "
-                          "images wait every run")
+                          f"needs at least {lim.made + unasked + n} requests (what this "
+                          f"one spent resolving them{also}, and a blob GET each); raise it, "
+                          "or the same images wait every run")
         elif lim.refused is not None and not lim.counts.get("manifest GET"):
             # every manifest came from the cache: the next run resolves at the same cost
             progress.warn(f"{reg}: max_requests_per_run: {lim.budget} leaves the first image "

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from mirror.aio import cancel_all
 from mirror.digest import check_bytes
-from mirror.errors import IntegrityError, NotFound
+from mirror.errors import BudgetSpent, IntegrityError, NotFound
 from mirror.manifest import Descriptor, RawManifest
 
 if TYPE_CHECKING:
@@ -95,7 +95,12 @@ class Times:
         except BaseException:  # stopped (a signal): nothing left running
             await cancel_all(tasks)
             raise
-        times = [t.result() for t in tasks]  # the first error, in the tags' order
+        failed = [e for t in tasks if (e := t.exception()) is not None]
+        if failed:  # the first, in the tags' order; with the budget spent, how many of
+            if isinstance(failed[0], BudgetSpent):  # them a next run must ask again
+                failed[0].unasked = sum(isinstance(e, BudgetSpent) for e in failed)
+            raise failed[0]
+        times = [t.result() for t in tasks]
         return {t: at for t, at in zip(tags, times, strict=True) if not isinstance(at, _Gone)}
 
     async def close(self) -> None:

@@ -124,6 +124,7 @@ class BudgetSpent(RateLimited):
     next run, the others finish."""
 
     exit_code = EXIT_CODES["rate-limited-partial"]
+    unasked = 0  # a tag rule's candidates whose times it left unasked (mirror.created)
 
 
 class IntegrityError(MirrorError):

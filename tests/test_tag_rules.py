@@ -591,7 +591,14 @@ def test_the_times_a_spent_budget_cut_short_keep_what_was_paid_for(
     report = tmp_path / "r.json"
     args = ["pull", "-f", cfg, "--cache", tmp_path / "cache", "-o", tmp_path / "b.tar",
             "--report", report]
-    assert run_mirror(*args).returncode == 14
+    proc = run_mirror(*args)
+    assert proc.returncode == 14
+    # the least a run needs counts the candidates it could not ask about (12: 8 configs,
+    # 4 manifests), not only the 10 requests spent and a blob GET: 12 would never do
+    assert f"{proxy.host}: max_requests_per_run: 10 was spent before any image could be " \
+        "fetched (manifest GET 8, ping 1, tags list 1): a run of these 1 image(s) needs at " \
+        "least 23 requests (what this one spent resolving them, a request per tag rule " \
+        "candidate it left unasked (12), and a blob GET each)" in proc.stderr, proc.stderr
     sent = json.loads(report.read_text())["requests"][proxy.host]
     assert sent["manifest GET"] == 8, sent
     assert len(list((tmp_path / "cache" / "manifests" / "tags").iterdir())) == 8
