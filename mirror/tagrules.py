@@ -59,7 +59,9 @@ class TagRule:
     order: str = "semver"  # of `latest`: semver, or created (its times asked for)
 
     def as_dict(self) -> dict[str, Any]:
-        """The rule as written (the lock file's and the report's `rule`)."""
+        """The rule as images.yaml gives it, in one form (the lock file's and the report's
+        `rule`, which a lock's entry is matched by): `exclude` always a list, the defaults
+        (`order: semver`, no pre-releases) left out."""
         d: dict[str, Any] = {}
         if self.semver is not None:
             d["semver"] = self.semver.text
