@@ -306,14 +306,17 @@ def test_a_tls_target_is_reached_as_mirror_reached_it(loaded: Loaded, registry_f
 
 
 def test_images_without_a_source_name_and_by_digest_only() -> None:
-    """The mapping itself (mirror.clientconfig, no registry): an entry with no ref name or
-    a bare tag (skopeo's oci-archive:FILE[:TAG]) names no source: left out for every client;
-    an image by digest only is in the ImageDigestMirrorSet, not the ImageTagMirrorSet; one
-    source loaded at two places gives the clients the first."""
-    from mirror import clientconfig as cc
+    """The mapping itself (mirror.clientconfig's model and render, no registry): an entry
+    with no ref name or a bare tag (skopeo's oci-archive:FILE[:TAG]) names no source: left
+    out for every client; an image by digest only is in the ImageDigestMirrorSet, not the
+    ImageTagMirrorSet; one source loaded at two places gives the clients the first."""
+    from mirror.clientconfig.model import Access, mappings
+    from mirror.clientconfig.openshift import IDMS, ITMS
+    from mirror.clientconfig.readme import README
+    from mirror.clientconfig.render import render
 
     digest = "sha256:" + "a" * 64
-    maps, left = cc.mappings([
+    maps, left = mappings([
         (None, "site", None), ("v3", "site", "v3"),
         (f"ghcr.io/org/pinned@{digest}", "site/org/pinned", None),
         ("docker.io/library/redis:7", "site/library/redis", "7"),
@@ -321,15 +324,15 @@ def test_images_without_a_source_name_and_by_digest_only() -> None:
     ], "reg.local")
     assert [(x.client, x.source, x.target) for x in left] == [
         ("all", "(no ref name)", "reg.local/site"), ("all", "v3", "reg.local/site:v3")]
-    cfg = cc.render(maps, cc.Access("https"), left_out=left)
+    cfg = render(maps, Access("https"), left_out=left)
     assert [(x.client, x.source) for x in cfg.left_out[2:3]] == [
         ("all", "docker.io/library/redis")]
     assert "also loaded at reg.local/site/library/redis" in cfg.left_out[2].reason
-    idms = yaml.safe_load(cfg.files[cc.IDMS])["spec"]["imageDigestMirrors"]
-    itms = yaml.safe_load(cfg.files[cc.ITMS])["spec"]["imageTagMirrors"]
+    idms = yaml.safe_load(cfg.files[IDMS])["spec"]["imageDigestMirrors"]
+    itms = yaml.safe_load(cfg.files[ITMS])["spec"]["imageTagMirrors"]
     assert [e["source"] for e in idms] == ["ghcr.io/org/pinned", "docker.io/library/redis"]
     assert [e["source"] for e in itms] == ["docker.io/library/redis"]
-    readme = cfg.files[cc.README]
+    readme = cfg.files[README]
     assert f"ghcr.io/org/pinned@{digest} -> reg.local/site/org/pinned@{digest}" in readme
     assert "all: v3 -> reg.local/site:v3 not written: the bundle does not name its source" \
         in readme
@@ -357,9 +360,9 @@ def test_a_renamed_tag_is_said_to_be_out_of_the_clients_reach() -> None:
     tag. The mapping of the repository stays (by digest and under other tags it works), and
     the renamed tag is listed, for every client, with where to find it; `tags_also:` keeps
     the original tag, so it is not listed."""
-    from mirror import clientconfig as cc
+    from mirror.clientconfig.model import mappings
 
-    maps, left = cc.mappings([
+    maps, left = mappings([
         ("docker.io/library/redis:7", "site/library/redis", "stable"),
         ("docker.io/library/nginx:1", "site/library/nginx", "1"),
         ("docker.io/library/nginx:1", "site/library/nginx", "latest"),
@@ -373,14 +376,16 @@ def test_a_renamed_tag_is_said_to_be_out_of_the_clients_reach() -> None:
 def test_readme_lists_the_tags_tags_also_added() -> None:
     """images.yaml `tags_also: [stable]`: README.txt's list named `ops/agent:1.0 -> ...:1.0`
     alone, leaving out `stable`, which the target has as well."""
-    from mirror import clientconfig as cc
+    from mirror.clientconfig.model import Access, mappings
+    from mirror.clientconfig.readme import README
+    from mirror.clientconfig.render import render
 
-    maps, left = cc.mappings([
+    maps, left = mappings([
         ("docker.io/ops/agent:1.0", "site/ops/agent", "1.0"),
         ("docker.io/ops/agent:1.0", "site/ops/agent", "stable"),
         ("docker.io/ops/db:2", "site/ops/db", "2"),
     ], "reg.local")
-    readme = cc.render(maps, cc.Access(), left_out=left).files[cc.README]
+    readme = render(maps, Access(), left_out=left).files[README]
     assert "  docker.io/ops/agent:1.0 -> reg.local/site/ops/agent:1.0 (also tagged stable)\n" \
         in readme, readme
     assert "  docker.io/ops/db:2 -> reg.local/site/ops/db:2\n" in readme, readme
