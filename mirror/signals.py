@@ -115,7 +115,11 @@ async def run_stoppable(aw: Awaitable[T]) -> T:
                 signal.raise_signal(sig)  # asyncio.run's handler: it cancels this task
         _held.clear()
     try:
-        return await aw
+        result = await aw
+        if got:  # a held SIGTERM's cancel that no await took (a run that never awaits, as
+            task.uncancel()  # `cache prune`): still pending, it ended the task cancelled
+            raise Terminated()
+        return result
     except asyncio.CancelledError:
         if got and task.uncancel() == 0:
             raise Terminated() from None

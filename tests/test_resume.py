@@ -702,3 +702,30 @@ def test_a_stop_once_the_run_is_over_leaves_its_report_whole(
     doc = json.loads(report.read_text())
     assert doc["exit_code"] == 0 and doc["error"] is None, doc
     assert doc["bundle"] == str(out) and [x["digest"] for x in doc["images"]] == [img.digest]
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_stop_while_a_run_without_an_await_imports_is_a_stop(
+        src_registry, image, tmp_path: Path, sig: str) -> None:
+    """A stop held while the command imports, for a run that never awaits (`cache prune`
+    does its work in one go): it was delivered as a cancel that no await took, so the task
+    ended cancelled after the prune and SIGTERM was a CancelledError traceback, exit 1, no
+    report (SIGINT: exit 130, as asyncio.run turns it into a KeyboardInterrupt). Both are a
+    stop: exit 130/143, one line, the report whole."""
+    cache = tmp_path / "c"
+    _pull_stopped("import sys\n", sig, f"{src_registry.host}/{image[0]}:v1", tmp_path)
+    assert (tmp_path / "out.tar").exists()
+    report = tmp_path / "p.json"
+    args = ["cache", "prune", "--cache", cache, "--max-size", "1G", "-q", "--report", report]
+    code = (f"SIG = {sig!r}\n"
+            + _STOPPED_WHILE_IMPORTING.replace("mirror.pull_run", "mirror.store.command")
+            + f"from mirror.cli import main\nsys.exit(main({[str(a) for a in args]!r}))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=mirror_env(),
+                          capture_output=True, text=True, timeout=120)
+    want = EXIT["interrupted" if sig == "SIGINT" else "terminated"]
+    assert proc.returncode == want, proc.stderr
+    assert proc.stderr.splitlines() == [f"mirror: interrupted ({sig})"]
+    doc = json.loads(report.read_text())
+    assert doc["exit_code"] == want and doc["error"] == f"interrupted ({sig})", doc
+    assert {"cache", "blobs_removed", "bytes_freed", "bytes_left"} <= set(doc), doc
+
