@@ -31,6 +31,12 @@ class Terminated(BaseException):
 
 _held: list[int] = []  # the signals `hold` kept waiting, for run_stoppable to deliver
 _found: dict[int, Any] = {}  # the handlers `hold` replaced
+_given: dict[int, Any] = {}  # SIGINT's, that release_sigint gave back for asyncio.run
+
+
+def _keep(signum: int, frame: Any) -> None:
+    if signum not in _held:
+        _held.append(signum)
 _DEFAULTS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
 
 
@@ -39,14 +45,10 @@ def hold() -> Callable[[], None]:
     `run_stoppable` take them over; gives what puts the handlers found back. Only a signal
     with its default handler (one ignored, as a shell leaves SIGINT to a background job,
     stays ignored), and only in the main thread, where signals are handled."""
-    def keep(signum: int, frame: Any) -> None:
-        if signum not in _held:
-            _held.append(signum)
-
     for sig, default in _DEFAULTS.items():
         try:
             if signal.getsignal(sig) is default:
-                _found[sig] = signal.signal(sig, keep)
+                _found[sig] = signal.signal(sig, _keep)
         except ValueError:  # not the main thread
             break
 
@@ -55,6 +57,7 @@ def hold() -> Callable[[], None]:
         _swap(dict(_found))
         _found.clear()
         _held.clear()
+        _given.clear()
     return put_back
 
 
@@ -63,6 +66,7 @@ def release_sigint() -> None:
     cancellation of its main task only where it finds Python's default handler."""
     handler = _found.pop(signal.SIGINT, None)
     if handler is not None:
+        _given[signal.SIGINT] = handler
         _held.extend(s for s in _swap({signal.SIGINT: handler}) if s not in _held)
 
 
@@ -80,7 +84,7 @@ def _swap(handlers: dict[int, Any]) -> list[int]:
     try:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-        while (info := signal.sigtimedwait(sigs, 0)) is not None:
+        while (info := signal.sigtimedwait(sigs - mask, 0)) is not None:
             came.append(info.si_signo)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -126,6 +130,26 @@ async def run_stoppable(aw: Awaitable[T]) -> T:
         raise
     finally:
         if installed:
-            loop.remove_signal_handler(signal.SIGTERM)
-            if signal.SIGTERM in _found:  # held before the task (main): held again, the
-                hold()  # task over: a SIGTERM now waits, unheeded, as the run ends
+            _hold_again(loop)
+
+
+def _hold_again(loop: Any) -> None:
+    """The run's task is over: the signals main held are held again, unheeded, as the run
+    ends (asyncio.run closing its loop, joining its executor's threads; the report). SIGINT
+    was asyncio.run's until it returned: a KeyboardInterrupt for a run that had ended (exit
+    130 after its bundle and lock file were written); asyncio.run leaves `_keep` in place
+    (it puts its default back only over its own). Swapped with both blocked, as _swap: no
+    SIGTERM meets its default (fatal) between the loop's handler and `_keep`."""
+    sigs = {signal.SIGTERM, signal.SIGINT}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        loop.remove_signal_handler(signal.SIGTERM)
+        if signal.SIGTERM in _found:  # held before the task (main)
+            signal.signal(signal.SIGTERM, _keep)
+        if signal.SIGINT in _given:  # asyncio.run's, from release_sigint's
+            _found[signal.SIGINT] = _given.pop(signal.SIGINT)
+            signal.signal(signal.SIGINT, _keep)
+        while signal.sigtimedwait(sigs - mask, 0) is not None:
+            pass  # blocked by the caller: theirs
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)

@@ -674,29 +674,41 @@ def test_a_stop_while_the_command_imports_writes_a_whole_report(
     assert entry["reference"] == ref and entry["error_code"] == want, entry
 
 
-_STOPPED_WHILE_REPORTING = (  # the signal sent as the report is written, the run over
-    "import os, signal, sys, time\n"
-    "from mirror import report\n"
-    "to_text = report.to_text\n"
-    "def stopped(doc):\n"
-    "    os.kill(os.getpid(), getattr(signal, SIG))\n"
-    "    time.sleep(0.2)\n"
-    "    return to_text(doc)\n"
-    "report.to_text = stopped\n")
+def _stopped_in(module: str, *path: str) -> str:
+    """Setup code for _pull_stopped: `module.path` (a function, or a method of a class in
+    it) sends the signal, waits 0.2 s, then does its work."""
+    return ("import importlib, os, signal, sys, time\n"
+            f"owner = importlib.import_module({module!r})\n"
+            + "".join(f"owner = owner.{p}\n" for p in path[:-1])
+            + f"orig = owner.{path[-1]}\n"
+            "def stopped(*args):\n"
+            "    os.kill(os.getpid(), getattr(signal, SIG))\n"
+            "    time.sleep(0.2)\n"
+            "    return orig(*args)\n"
+            f"owner.{path[-1]} = stopped\n")
 
 
+_STOPPED_ONCE_OVER = {  # the run's task over: as asyncio.run closes its loop, as the report
+    "loop closing": _stopped_in("asyncio.runners", "Runner", "close"),  # is written
+    "reporting": _stopped_in("mirror.report", "to_text"),
+}
+
+
+@pytest.mark.parametrize("moment", list(_STOPPED_ONCE_OVER))
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_a_stop_once_the_run_is_over_leaves_its_report_whole(
-        src_registry, image, tmp_path: Path, sig: str) -> None:
-    """Ctrl-C or SIGTERM that lands once the run's task has ended, while the report is
+        src_registry, image, tmp_path: Path, sig: str, moment: str) -> None:
+    """Ctrl-C or SIGTERM that lands once the run's task has ended, as asyncio.run closes its
+    loop (async generators, the default executor's threads joined) or while the report is
     written (a warm rerun with nothing new is over in a second: a stop sent at about that
     time): the run is done, so the report is written as it ended and the exit code is its
     own. It was a KeyboardInterrupt traceback from inside the report's writing, or a SIGTERM
     that killed the process: no report either way, after a run that had written its bundle
-    and lock file."""
+    and lock file; and as the loop closed, asyncio.run's KeyboardInterrupt: exit 130,
+    `interrupted (SIGINT)` and `finished blobs are kept` for that run."""
     repo, img = image
     report, out = tmp_path / "r.json", tmp_path / "out.tar"
-    proc = _pull_stopped(_STOPPED_WHILE_REPORTING, sig, f"{src_registry.host}/{repo}:v1",
+    proc = _pull_stopped(_STOPPED_ONCE_OVER[moment], sig, f"{src_registry.host}/{repo}:v1",
                          tmp_path)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     doc = json.loads(report.read_text())
@@ -728,4 +740,3 @@ def test_a_stop_while_a_run_without_an_await_imports_is_a_stop(
     doc = json.loads(report.read_text())
     assert doc["exit_code"] == want and doc["error"] == f"interrupted ({sig})", doc
     assert {"cache", "blobs_removed", "bytes_freed", "bytes_left"} <= set(doc), doc
-
