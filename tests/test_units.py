@@ -745,3 +745,23 @@ def test_main_leaves_the_cyclic_collector_as_its_caller_had_it(tmp_path: Path,
     finally:
         gc.enable()
     assert seen == [was_on, was_on]
+
+
+def test_main_leaves_the_collectors_thresholds_and_frozen_objects_as_found(
+        tmp_path: Path) -> None:
+    """_settle_gc freezes what the imports made and raises the first generation's threshold
+    to 10,000, for the run; main puts both back as it returns. In-process callers (the tests)
+    kept a threshold of 10,000 and every object alive at each call frozen for good: cyclic
+    garbage of what ran before, never collected."""
+    import gc
+
+    from mirror.cli import main
+
+    gc.collect()
+    found = gc.get_threshold(), gc.get_freeze_count()
+    assert found[1] == 0, found
+    assert main(["inspect", str(tmp_path / "missing.tar"), "-q"]) != 0
+    after = gc.get_threshold(), gc.get_freeze_count()
+    gc.unfreeze()
+    gc.set_threshold(*found[0])
+    assert after == found
