@@ -631,13 +631,13 @@ def test_a_checksum_file_that_cannot_be_written_names_itself(
 def _pull_stopped(setup: str, sig: str, ref: str, tmp_path: Path
                   ) -> subprocess.CompletedProcess[str]:
     """`mirror pull REF` (-o out.tar, its report r.json) in a child whose `setup` code
-    sends it `sig` (SIG) at the moment it chooses."""
+    sends it `sig` (SIG) at the moment it chooses; main reads the flags from the command
+    line, as the console script's does."""
     args = ["pull", ref, "-o", tmp_path / "out.tar", "--cache", tmp_path / "c", "-q",
             "--report", tmp_path / "r.json"]
-    code = (f"SIG = {sig!r}\n" + setup + "from mirror.cli import main\n"
-            f"sys.exit(main({[str(a) for a in args]!r}))\n")
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=mirror_env(),
-                          capture_output=True, text=True, timeout=120)
+    code = f"SIG = {sig!r}\n" + setup + "from mirror.cli import main\nsys.exit(main())\n"
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=ROOT,
+                          env=mirror_env(), capture_output=True, text=True, timeout=120)
 
 
 _STOPPED_WHILE_IMPORTING = (  # the signal sent as the command's own module is imported
@@ -689,8 +689,11 @@ def _stopped_in(module: str, *path: str) -> str:
 
 
 _STOPPED_ONCE_OVER = {  # the run's task over: as asyncio.run closes its loop, as the report
-    "loop closing": _stopped_in("asyncio.runners", "Runner", "close"),  # is written
-    "reporting": _stopped_in("mirror.report", "to_text"),
+    "loop closing": _stopped_in("asyncio.runners", "Runner", "close"),  # is written, as the
+    "reporting": _stopped_in("mirror.report", "to_text"),  # interpreter exits (main returned)
+    "exiting": ("import atexit, os, signal, sys, time\n"
+                "atexit.register(lambda: (os.kill(os.getpid(), getattr(signal, SIG)),"
+                " time.sleep(0.2)))\n"),
 }
 
 
@@ -705,7 +708,9 @@ def test_a_stop_once_the_run_is_over_leaves_its_report_whole(
     own. It was a KeyboardInterrupt traceback from inside the report's writing, or a SIGTERM
     that killed the process: no report either way, after a run that had written its bundle
     and lock file; and as the loop closed, asyncio.run's KeyboardInterrupt: exit 130,
-    `interrupted (SIGINT)` and `finished blobs are kept` for that run."""
+    `interrupted (SIGINT)` and `finished blobs are kept` for that run. Once main has
+    returned (the interpreter exiting: 12 ms, its threads joined, its modules torn down)
+    SIGTERM killed the process (exit -15) and SIGINT was an `Exception ignored` traceback."""
     repo, img = image
     report, out = tmp_path / "r.json", tmp_path / "out.tar"
     proc = _pull_stopped(_STOPPED_ONCE_OVER[moment], sig, f"{src_registry.host}/{repo}:v1",
