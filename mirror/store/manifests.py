@@ -31,7 +31,6 @@ from pathlib import Path
 from mirror.mediatypes import MANIFEST_TYPES
 
 _SHA256 = re.compile(r"sha256:[a-f0-9]{64}")
-_TYPES = MANIFEST_TYPES  # a tag record's media type: one of these, or none
 
 
 
@@ -91,7 +90,7 @@ class ManifestStore:
         except UnicodeDecodeError:
             return None
         digest, _, media_type = text.partition(" ")
-        return (digest, media_type if media_type in _TYPES else "") if digest else None
+        return (digest, media_type if media_type in MANIFEST_TYPES else "") if digest else None
 
     def tag(self, registry: str, repo: str, tag: str) -> str | None:
         """The digest `tag` named when last asked, if recorded."""
@@ -100,7 +99,7 @@ class ManifestStore:
 
     def remember(self, registry: str, repo: str, tag: str, digest: str,
                  media_type: str = "") -> None:
-        media_type = media_type if media_type in _TYPES else ""
+        media_type = media_type if media_type in MANIFEST_TYPES else ""
         if self.known(registry, repo, tag) != (digest, media_type):
             _write(Path(self._tag_path(registry, repo, tag)),
                    f"{digest} {media_type}\n".encode() if media_type else f"{digest}\n".encode())
