@@ -70,15 +70,11 @@ async def aiter_thread(gen: Iterator[bytes]) -> AsyncIterator[bytes]:
     already executing", or a read of a file closed under it)."""
     loop = asyncio.get_running_loop()
     while True:
-        step = functools.partial(contextvars.copy_context().run, _step, gen)  # as to_thread
+        step = functools.partial(contextvars.copy_context().run, next, gen, None)  # to_thread's
         chunk = await to_the_end(loop.run_in_executor(None, step))
         if chunk is None:
             return
         yield chunk
-
-
-def _step(gen: Iterator[bytes]) -> bytes | None:
-    return next(gen, None)
 
 
 async def to_the_end(fut: asyncio.Future[T], stopping: Callable[[], None] | None = None) -> T:
