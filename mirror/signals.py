@@ -30,14 +30,13 @@ class Terminated(BaseException):
 
 
 _held: list[int] = []  # the signals `hold` kept waiting, for run_stoppable to deliver
-_found: dict[int, Any] = {}  # the handlers `hold` replaced
-_given: dict[int, Any] = {}  # SIGINT's, that release_sigint gave back for asyncio.run
+_found: dict[int, Any] = {}  # the handlers `hold` replaced (SIGINT's: asyncio.run's meanwhile)
+_DEFAULTS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
 
 
 def _keep(signum: int, frame: Any) -> None:
     if signum not in _held:
         _held.append(signum)
-_DEFAULTS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
 
 
 def hold() -> Callable[[], None]:
@@ -57,16 +56,14 @@ def hold() -> Callable[[], None]:
         _swap(dict(_found))
         _found.clear()
         _held.clear()
-        _given.clear()
     return put_back
 
 
 def release_sigint() -> None:
     """SIGINT's own handler back, just before asyncio.run, which turns it into a
     cancellation of its main task only where it finds Python's default handler."""
-    handler = _found.pop(signal.SIGINT, None)
+    handler = _found.get(signal.SIGINT)
     if handler is not None:
-        _given[signal.SIGINT] = handler
         _held.extend(s for s in _swap({signal.SIGINT: handler}) if s not in _held)
 
 
@@ -144,11 +141,8 @@ def _hold_again(loop: Any) -> None:
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
     try:
         loop.remove_signal_handler(signal.SIGTERM)
-        if signal.SIGTERM in _found:  # held before the task (main)
-            signal.signal(signal.SIGTERM, _keep)
-        if signal.SIGINT in _given:  # asyncio.run's, from release_sigint's
-            _found[signal.SIGINT] = _given.pop(signal.SIGINT)
-            signal.signal(signal.SIGINT, _keep)
+        for sig in sigs & _found.keys():  # held before the task (main); SIGINT then asyncio.run's
+            signal.signal(sig, _keep)
         while signal.sigtimedwait(sigs - mask, 0) is not None:
             pass  # blocked by the caller: theirs
     finally:
