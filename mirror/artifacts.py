@@ -29,7 +29,8 @@ COSIGN_SUFFIXES = {".sig": "signature", ".att": "attestation", ".sbom": "sbom"}
 
 
 # the tags of referrers in a listing: the fallback index's and cosign's (mirror.tagrules)
-_REFERRER_TAG = re.compile(r"sha(256|512)-[0-9a-f]{64}(\.sig|\.att|\.sbom)?")
+_COSIGN = "|".join(map(re.escape, COSIGN_SUFFIXES))
+_REFERRER_TAG = re.compile(rf"sha(256|512)-[0-9a-f]{{64}}({_COSIGN})?")
 
 
 def is_referrer_tag(tag: str) -> bool:
