@@ -132,10 +132,12 @@ class Finder:
         where = Reference(registry, repo)
         out = []
         for e in kept:
-            data = store.get(str(e.get("digest")))
+            digest = str(e.get("digest"))
+            data = store.get(digest)  # checked against `digest` as read: not hashed again
             if data is None:
                 return None
-            raw = RawManifest.from_bytes(data, where=f"{registry}/{repo}@{e['digest']}")
+            raw = RawManifest.from_bytes(data, where=f"{registry}/{repo}@{digest}",
+                                         digest=digest)
             tag = e.get("tag") or None
             if not _refers(raw, subject, e.get("kind"), tag):
                 return None  # a damaged record (another subject's, say): ask again
