@@ -21,7 +21,7 @@ import functools
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from mirror.aio import bounded, cancel_all, gather_or_cancel, to_the_end
@@ -34,38 +34,16 @@ from mirror.errors import BudgetSpent, MirrorError
 from mirror.fetch import Fetcher
 from mirror.image import Image, ImageSet
 from mirror.manifest import Descriptor
-from mirror.planning import ImageResult, Planner
+from mirror.planning import Planner
 from mirror.prefetch import Prefetch
 from mirror.progress import NullProgress, Progress
+from mirror.pull_account import PullResult, account_image, account_unfinished, summary_line
 from mirror.registry.client import Client
 from mirror.registry.policy import RETRY_COUNTER
 from mirror.registry.ratelimit import ADMITTED
 from mirror.store.blobs import _IO_POOL, BlobStore
 
 PLACING = 64  # blobs under way at once per registry (each waits for one of -j's slots)
-
-
-@dataclass
-class PullResult:
-    images: list[ImageResult]
-    bundle: Path | None = None
-    bundle_digest: str | None = None
-    bytes_fetched: int = 0
-    bytes_reused: int = 0
-    blobs_fetched: int = 0
-    blobs_reused: int = 0
-    bytes_kept: int = 0  # of bytes_fetched: in partial downloads kept for the next run
-    retries: int = 0
-    partial: bool = False
-    dry_run_bytes: int = 0
-    blobs: dict[str, int] = field(default_factory=dict)  # every blob the images need
-    unchanged: bool = False  # the output already held exactly this bundle
-    # a run that stopped: the images (indexes into `images`) it stopped before their blobs
-    # were all in hand; they take the run's error and exit code in the report
-    unfinished: list[int] = field(default_factory=list)
-    # stopped at the tag rules: `images` are those planned meanwhile (mirror.planning), not
-    # yet the run's; the report puts each in its place among the images given
-    early: bool = False
 
 
 @dataclass
@@ -151,7 +129,7 @@ class _Run(Planner):
             res.retries = count[0]
         for i, plan in [*self.resolved(), *self.unfinished.items()]:
             if i not in self.accounted:  # failed, or stopped (Ctrl-C): what it did so far
-                _account_unfinished(self.results[i], self.need(plan), self.fetcher, i,
+                account_unfinished(self.results[i], self.need(plan), self.fetcher, i,
                                     self.reused)
         r = PullResult(self.results, retries=self.client.t.retries)
         r.partial = any(x.error for x in self.results)
@@ -277,10 +255,10 @@ class _Run(Planner):
     def fetched_all(self, i: int, plan: Image) -> None:
         self.results[i].seconds = round(time.monotonic() - self.t0, 3)
         self.account(i, plan)
-        self.progress.info(_summary_line(self.specs[i], plan, self.results[i]))
+        self.progress.info(summary_line(self.specs[i], plan, self.results[i]))
 
     def account(self, i: int, plan: Image) -> None:
-        _account(self.results[i], self.need(plan), self.fetcher, i, self.reused)
+        account_image(self.results[i], self.need(plan), self.fetcher, i, self.reused)
         self.accounted.add(i)
 
     async def go(self) -> PullResult:
@@ -418,7 +396,7 @@ class _Run(Planner):
         """The output already holds exactly this bundle: no byte to fetch or write."""
         for i, p in self.resolved():
             self.account(i, p)
-            self.progress.info(_summary_line(self.specs[i], p, self.results[i]))
+            self.progress.info(summary_line(self.specs[i], p, self.results[i]))
         result = self.result()
         needed = {d.digest for _, p in self.resolved() for d in self.need(p)}
         for blob in needed:  # none was even looked at, but each is in use (cache prune)
@@ -434,52 +412,3 @@ def _first(users: int | list[int]) -> int:
 
 def _all(users: int | list[int]) -> list[int]:
     return users if isinstance(users, list) else [users]
-
-
-def _account(res: ImageResult, need: list[Descriptor], fetcher: Fetcher, i: int,
-             reused: dict[str, int]) -> None:
-    """Bytes this image brought in: a blob fetched for several images counts for the first
-    one that asked for it (so the totals are the bytes that really crossed the network); the
-    cached blobs it uses go into `reused` (the run's total counts each once)."""
-    res.bytes_fetched = res.bytes_reused = res.bytes_kept = 0
-    for d in need:
-        if d.digest in fetcher.fetched and fetcher.owner.get(d.digest) == i:
-            res.bytes_fetched += d.size - fetcher.resumed.get(d.digest, 0)
-        elif d.digest not in fetcher.fetched:
-            res.bytes_reused += d.size
-            reused[d.digest] = d.size
-
-
-def _account_unfinished(res: ImageResult, need: list[Descriptor], fetcher: Fetcher,
-                        i: int, reused: dict[str, int]) -> None:
-    """The same for an image that failed or was stopped: the blobs it finished, the cached
-    ones it found, and the bytes of its unfinished downloads kept for the next run."""
-    res.bytes_fetched = res.bytes_reused = res.bytes_kept = 0
-    for d in need:
-        mine = fetcher.owner.get(d.digest) == i
-        if d.digest in fetcher.fetched:
-            res.bytes_fetched += d.size - fetcher.resumed.get(d.digest, 0) if mine else 0
-        elif d.digest in fetcher.reused:
-            res.bytes_reused += d.size
-            reused[d.digest] = d.size
-        elif mine and d.digest in fetcher.kept:
-            res.bytes_kept += fetcher.kept[d.digest]
-    res.bytes_fetched += res.bytes_kept
-
-
-def _summary_line(spec: ImageSpec, plan: Image, res: ImageResult) -> str:
-    s = f"{plan.name}: {plan.root.digest} ({', '.join(plan.platforms) or 'no platform'})"
-    if plan.mode == "filter":
-        s += f" filtered from index {plan.source_digest}"
-    elif plan.mode == "sparse":
-        s += " sparse (source index kept)"
-    if plan.left_behind:
-        s += f"; {len(plan.left_behind)} attestation(s) left behind"
-    for old, new in plan.conversions.items():
-        s += f"; nested index {old} filtered to {new}" if old in plan.nested_filtered and \
-            spec.settings.format == "keep" else f"; converted {old} -> {new}"
-    if plan.referrers:
-        kinds = sorted({r.kind for r in plan.referrers if r.kind})
-        s += f"; {len(plan.referrers)} referrer(s) ({', '.join(kinds)})"
-    s += f"; {res.bytes_fetched} bytes fetched, {res.bytes_reused} reused"
-    return s
