@@ -173,7 +173,7 @@ def as_given(specs: list[ImageSpec], report: Report) -> None:
     report is written before that)."""
 
     def entries() -> list[dict[str, Any]]:
-        from mirror.planning import ImageResult
+        from mirror.imageresult import ImageResult
 
         return [ImageResult(str(s.reference), s.where).entry() for s in specs]
 

@@ -42,7 +42,7 @@ from mirror.paths import write_atomic
 
 if TYPE_CHECKING:
     from mirror.config import ImageSpec
-    from mirror.planning import ImageResult
+    from mirror.imageresult import ImageResult
     from mirror.pull_account import PullResult
 
 LOCK_VERSION = 1

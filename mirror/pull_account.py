@@ -10,8 +10,8 @@ from pathlib import Path
 from mirror.config import ImageSpec
 from mirror.fetch import Fetcher
 from mirror.image import Image
+from mirror.imageresult import ImageResult
 from mirror.manifest import Descriptor
-from mirror.planning import ImageResult
 
 
 @dataclass

@@ -13,8 +13,9 @@ from mirror.config import ImageSpec
 from mirror.errors import BudgetSpent
 from mirror.fetch import Fetcher
 from mirror.image import Image
+from mirror.imageresult import ImageResult
 from mirror.mapping import Target, check, place, unmatched
-from mirror.planning import ImageResult, Planner
+from mirror.planning import Planner
 from mirror.progress import Progress
 from mirror.push import push
 from mirror.pushblobs import BlobSource

@@ -102,7 +102,7 @@ def test_every_report_field_is_in_the_readme(tmp_path: Path) -> None:
     import json
     from dataclasses import fields
 
-    from mirror.planning import ImageResult
+    from mirror.imageresult import ImageResult
     from tests.support.oracle import run_mirror
 
     section = README.split("## Reports")[1].split("\n## ")[0]
