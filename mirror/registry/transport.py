@@ -1,8 +1,8 @@
 """Network policy in one place: TLS and scheme per registry, retries, the per-host gate, auth.
 
-One aiohttp session per run with connect and read-inactivity timeouts but no total timeout
-(a multi-GB layer must not be cut), no transparent decompression (REFERENCE.md 9), no
-`trust_env` (it would send ~/.netrc credentials). Every request goes through `request()`:
+The session and TLS per registry are set up by its base mirror.registry.session, the -v
+lines and the counting of requests by mirror.registry.accounting. Every request goes
+through `request()`:
   - the first request to a registry pings it once (mirror.registry.endpoint: its scheme, its
     auth challenge);
   - 401 with a challenge: authenticate (mirror.registry.auth, endpoint.reauth) and try once more;
@@ -26,11 +26,10 @@ import aiohttp
 import yarl
 
 from mirror.errors import (
-    ConfigError,
     MirrorError,
     RegistryError,
 )
-from mirror.registry import tls
+from mirror.registry.accounting import Accounting, _quiet, loggable
 from mirror.registry.answers import error_codes, error_for
 from mirror.registry.answers import where as _where
 from mirror.registry.body import read_body
@@ -38,7 +37,6 @@ from mirror.registry.credentials import CredentialStore
 from mirror.registry.endpoint import Endpoint, find_endpoint, reauth, replayable
 from mirror.registry.network import TransferError, describe_exception
 from mirror.registry.policy import (
-    RETRY_COUNTER,
     HostGate,
     RegistrySettings,
     RetryPolicy,
@@ -46,30 +44,11 @@ from mirror.registry.policy import (
     parse_retry_after,
 )
 from mirror.registry.ratelimit import (
-    SMALL_MOST,
-    SMALL_REQUESTS,
     RegistryLimits,
-    parse_ratelimit,
     request_kind,
 )
 
 MAX_ERROR_BODY = 64 * 1024
-LONG_WAIT = 10.0  # a Retry-After pause this long is announced even without -v
-
-
-def _quiet(text: str) -> None:
-    pass
-
-
-def loggable(url: str) -> str:
-    """SCHEME://HOST/PATH of a URL for -v and errors: the scheme (https, or plain http for a
-    local or insecure registry) but never the query (presigned URLs carry signatures there)."""
-    u = yarl.URL(url)
-    host = u.host or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{u.explicit_port}" if u.explicit_port else ""
-    return f"{u.scheme}://{host}{port}{u.raw_path}" + ("?..." if u.raw_query_string else "")
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
@@ -109,7 +88,7 @@ async def _error_body(resp: aiohttp.ClientResponse) -> bytes:
         resp.release()
 
 
-class Transport:
+class Transport(Accounting):
     """Owns the session and one Endpoint per registry. Use as an async context manager."""
 
     def __init__(
@@ -148,157 +127,6 @@ class Transport:
         self._session: aiohttp.ClientSession | None = None
         self.retries = 0  # counted for the report
         self.limits: dict[str, RegistryLimits] = {}  # per registry: limiter and counts
-
-    def login_hint(self, registry: str) -> str:
-        """How to give credentials for `registry` (images.yaml only where the command reads
-        one)."""
-        if not self.config_file:
-            return f"run `docker login {registry}` or pass --authfile"
-        return (f"run `docker login {registry}`, pass --authfile, or add it under "
-                f"`registries:` in {self.config_file}")
-
-    def in_yaml(self, text: str) -> str:
-        """`text` (an images.yaml alternative, with its separator) where there is one, naming
-        the file the command reads."""
-        return text.replace("images.yaml", self.config_file) if self.config_file else ""
-
-    def log_request(self, method: str, url: str, status: int | str, t0: float,
-                    note: str | None = None) -> None:
-        """One -v line per try: METHOD URL (or `note`) -> status or why it failed, time."""
-        if self.debug is not _quiet:
-            ms = (time.monotonic() - t0) * 1000
-            self.debug(f"{note or f'{method} {loggable(url)}'} -> {status} ({ms:.0f} ms)")
-
-    def log_retry(self, method: str, url: str, why: str, attempt: int, delay: float) -> None:
-        """`attempt` tries have been made; the next one starts after `delay` seconds."""
-        shown = loggable(url) if "://" in url else url  # a URL, or what was asked
-        self.debug(f"retry {method} {shown}: {why}; try {attempt + 1} of "
-                   f"{self.policy.tries} in {delay:.1f} s")
-
-    def announce_wait(self, url: str, seconds: float, status: int) -> None:
-        """A registry's Retry-After: said without -v too when it is long."""
-        u = yarl.URL(url)
-        host = f"{u.host}:{u.explicit_port}" if u.explicit_port else str(u.host)
-        line = f"{host} asks to wait {seconds:.0f} s (HTTP {status}); waiting"
-        (self.notice if seconds >= LONG_WAIT else self.debug)(line)
-
-    def limits_for(self, registry: str) -> RegistryLimits:
-        """The registry's limiter and counts: `max_concurrency` requests in flight (default:
-        SMALL_REQUESTS small ones beside `jobs` transfers, the connection pool's per-host
-        bound), `max_requests_per_run` requests (its token server's among them)."""
-        if registry not in self.limits:
-            s = self._settings(registry)
-            self.limits[registry] = RegistryLimits(
-                registry, s.max_concurrency or self.per_host, s.max_requests_per_run,
-                self.policy.max_retry_after, small=s.max_concurrency or SMALL_REQUESTS,
-                bodies=s.max_concurrency, stalled=self.stalled.set, said=self.debug)
-        return self.limits[registry]
-
-    @property
-    def per_host(self) -> int:
-        """Requests in flight to one registry by default: small ones and transfers."""
-        return SMALL_REQUESTS + self.jobs
-
-    def requests_report(self) -> dict[str, dict[str, int]]:
-        """The report's `requests`: per registry, the requests sent by kind."""
-        return {r: dict(sorted(lim.counts.items())) for r, lim in sorted(self.limits.items())
-                if lim.counts}
-
-    def rate_limit_report(self) -> dict[str, dict[str, int | None]]:
-        """The report's `rate_limit`: per registry that sent RateLimit headers, the last."""
-        return {r: lim.rate.report() for r, lim in sorted(self.limits.items())
-                if lim.rate is not None}
-
-    def observe(self, registry: str, headers: Any) -> None:
-        """An answer of `registry`: its RateLimit headers kept (and said on a -v line when
-        the count changes)."""
-        rate = parse_ratelimit(headers)
-        if rate is None:
-            return
-        lim = self.limits_for(registry)
-        before = lim.rate
-        lim.observe(rate)
-        if before is None or (before.limit, before.remaining) != (rate.limit, rate.remaining):
-            self.debug(f"{registry} rate limit: {rate.line()}")
-
-    def count_retry(self) -> None:
-        """One more retry: for the run, and for the image being worked on."""
-        self.retries += 1
-        counter = RETRY_COUNTER.get()
-        if counter is not None:
-            counter[0] += 1
-
-    async def __aenter__(self) -> Transport:
-        tls.prepare()
-        most = SMALL_MOST + self.jobs  # what a registry's limiter may grow to (ratelimit)
-        connector = aiohttp.TCPConnector(limit=most * 2, limit_per_host=most)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=self.timeouts.connect, sock_read=self.timeouts.read),
-            auto_decompress=False,
-            trust_env=False,
-            read_bufsize=256 << 10,  # per connection; memory must not grow with jobs
-            max_field_size=65536,
-            max_line_size=65536,
-        )
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        assert self._session is not None, "Transport used outside `async with`"
-        return self._session
-
-    def _settings(self, registry: str) -> RegistrySettings:
-        return self.settings.get(registry) or RegistrySettings()
-
-    def _ssl(self, registry: str) -> ssl.SSLContext | bool:
-        """Verified TLS by default (`tls.verified()`: the system CAs, one context a run); the
-        system CAs plus `ca_file`; False only when insecure. Never True: aiohttp's own
-        verified context holds no CA (mirror.registry.tls)."""
-        if registry in self._ssl_cache:
-            return self._ssl_cache[registry]
-        s = self._settings(registry)
-        ctx: ssl.SSLContext | bool
-        if s.insecure and not s.ca_file:
-            ctx = False
-        elif not s.ca_file and not s.client_cert:
-            ctx = tls.verified()
-        else:
-            ctx = ssl.create_default_context()
-            what = "ca_file"
-            try:
-                if s.ca_file:
-                    ctx.load_verify_locations(cafile=s.ca_file)
-                if s.client_cert:
-                    what = "client certificate"
-                    ctx.load_cert_chain(s.client_cert, s.client_key)
-            except (OSError, ssl.SSLError) as e:
-                path = s.ca_file if what == "ca_file" else s.client_cert
-                raise ConfigError(
-                    f"{registry}: cannot use the {what} {path}: "
-                    f"{getattr(e, 'strerror', None) or e}",
-                    hint="check the path given with --ca-file/--client-cert"
-                    + self.in_yaml(f" or in `registries: {registry}:` of images.yaml")
-                    ) from None
-        self._ssl_cache[registry] = ctx
-        return ctx
-
-    def ssl_for_url(self, url: str) -> ssl.SSLContext | bool:
-        """TLS settings for a host we are sent to (a token realm, object storage): that
-        host's own settings when it has some, else verified TLS with the system CAs."""
-        u = yarl.URL(url)
-        host = u.host or ""
-        if ":" in host:
-            host = f"[{host}]"
-        for key in (f"{host}:{u.port}", host):
-            if key in self.settings or key in self._endpoints:
-                return self._ssl(key)
-        return self._ssl("")
 
     async def endpoint(self, registry: str) -> Endpoint:
         """Find the scheme (and the auth challenge) with one ping of /v2/, once per registry;
