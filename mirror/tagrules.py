@@ -21,7 +21,7 @@ none ranks oldest and is named on stderr; equal times go by tag name). The listi
 signatures, SBOMs and attestations (the fallback `sha256-<hex>` and cosign's `.sig`, `.att`,
 `.sbom` beside it: mirror.artifacts) are never a rule's: they travel with the images they
 refer to. A rule that keeps no tag is an error naming the image and the rule's file:line. The listing follows `Link` pages
-(mirror.registry.client `list_tags`). What each rule chose is recorded in the lock file
+(mirror.registry.listing `list_tags`). What each rule chose is recorded in the lock file
 (`tagRules`), so `--locked` pulls exactly those tags without listing; the report's
 `tag_rules` says the same.
 """
