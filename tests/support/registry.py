@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 import shutil
 import socket
 import ssl
@@ -144,8 +145,10 @@ class Registry:
         urls_allow: list[str] | None = None,
         extra_config: dict[str, Any] | None = None,
         start_timeout: float = START_TIMEOUT,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.htpasswd = htpasswd
+        self.env = env
         self.extra_config = extra_config
         self.tls = tls
         self.urls_allow = urls_allow
@@ -234,6 +237,7 @@ class Registry:
                 stdin=subprocess.DEVNULL,
                 stdout=self._log_file,
                 stderr=subprocess.STDOUT,
+                env=None if self.env is None else {**os.environ, **self.env},
             )
             try:
                 self._wait_ready()
