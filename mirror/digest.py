@@ -6,6 +6,7 @@ import hashlib
 import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from mirror.errors import DigestMismatch, IntegrityError, SizeMismatch
 
@@ -57,6 +58,14 @@ class Digest:
 
 def sha256_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while data := f.read(4 << 20):
+            h.update(data)
+    return "sha256:" + h.hexdigest()
 
 
 class Verifier:

@@ -28,7 +28,9 @@ from mirror.registry.client import Client
 from mirror.registry.foreign import UrlRefused, open_url, unserved
 from mirror.registry.network import TransferError
 from mirror.registry.ratelimit import SMALL_BLOB
-from mirror.store.blobs import _IO_POOL, BlobStore, PartialBlob
+from mirror.store.blobs import BlobStore
+from mirror.store.iowork import IO_POOL
+from mirror.store.partial import PartialBlob
 
 PROGRESS_BYTES = 64 << 10  # a broken download that got this far starts a fresh retry count
 
@@ -108,7 +110,7 @@ class Fetcher:
             sink = self.store.partial(desc.digest, desc.size,
                                       f"{registry}/{repo}: {mt.blob_kind(desc.media_type)} {desc.digest}")
             sink.tee = self.assembler.tee(desc.digest) if self.assembler else None
-            opening = asyncio.get_running_loop().run_in_executor(_IO_POOL, sink.open)
+            opening = asyncio.get_running_loop().run_in_executor(IO_POOL, sink.open)
             try:
                 offset = await to_the_end(opening)
             except asyncio.CancelledError:
@@ -272,7 +274,7 @@ class Fetcher:
             try:
                 async with self.copying:
                     await asyncio.get_running_loop().run_in_executor(
-                        _IO_POOL, self.assembler.copy_cached, desc.digest, path, verify)
+                        IO_POOL, self.assembler.copy_cached, desc.digest, path, verify)
                 return
             except IntegrityError:
                 self.assembler.invalidate()  # its damaged bytes were hashed: hash again

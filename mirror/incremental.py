@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mirror.bundle import volumes
+from mirror.digest import sha256_file
 from mirror.errors import BundleError, UsageError
 from mirror.lockfile import Lock, is_lock_file
 
@@ -35,8 +36,6 @@ def read_base(path: Path | None, out: Path, *, dry_run: bool) -> dict[str, Any]:
 def _from_lock(path: Path, out: Path | None) -> dict[str, Any]:
     """A lock file's blobs; `out` (None: nothing is written) must not be the bundle the lock
     was written with: the far side may still need it."""
-    from mirror.store.blobs import sha256_file
-
     lock = Lock.read(path)
     if out is not None and lock.bundle and out.exists() and \
             lock.bundle["name"] in (out.name, out.resolve().name) and \
@@ -59,7 +58,6 @@ def _from_bundle(path: Path) -> dict[str, Any]:
     older than the bundle."""
     from mirror.bundle.layout import REF_NAME
     from mirror.bundle.reader import Bundle
-    from mirror.store.blobs import sha256_file
 
     try:
         bundle = Bundle(path)  # a set of parts: checked against its sidecar here

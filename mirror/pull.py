@@ -41,7 +41,8 @@ from mirror.pull_account import PullResult, account_image, account_unfinished, s
 from mirror.registry.client import Client
 from mirror.registry.policy import RETRY_COUNTER
 from mirror.registry.ratelimit import ADMITTED
-from mirror.store.blobs import _IO_POOL, BlobStore
+from mirror.store.blobs import BlobStore
+from mirror.store.iowork import IO_POOL
 
 PLACING = 64  # blobs under way at once per registry (each waits for one of -j's slots)
 
@@ -278,7 +279,7 @@ class _Run(Planner):
             if opts.output is not None and not opts.compress:
                 lay = bundle_layout(self.image_set(), opts)
                 there = await asyncio.get_running_loop().run_in_executor(  # hashes the file
-                    _IO_POOL, unchanged, opts.output, lay.index, lay.inventory,
+                    IO_POOL, unchanged, opts.output, lay.index, lay.inventory,
                     tar_size(lay.index, lay.inventory, lay.manifests, lay.blobs, lay.docker),
                     lay.docker, opts.volume_size, prehash)
                 if there:
@@ -370,7 +371,7 @@ class _Run(Planner):
                                    stop=stop)
         else:
             return None, False
-        fut = loop.run_in_executor(_IO_POOL, name)
+        fut = loop.run_in_executor(IO_POOL, name)
         try:
             return await to_the_end(fut, stop.set)
         except asyncio.CancelledError:

@@ -19,7 +19,7 @@ from mirror.manifest import Descriptor
 from mirror.registry.client import Client
 from mirror.registry.foreign import UrlRefused, open_url, unserved
 from mirror.registry.network import TransferError
-from mirror.store.blobs import _IO_POOL
+from mirror.store.iowork import IO_POOL
 
 CHUNK = 1 << 20  # bytes per read of a cached blob
 # digest -> the source registry and repository that list the blob, and its descriptor there
@@ -152,7 +152,7 @@ class CacheSource:
                 return
             try:
                 await asyncio.get_running_loop().run_in_executor(
-                    _IO_POOL, store.verify, digest, there.size)
+                    IO_POOL, store.verify, digest, there.size)
                 return
             except IntegrityError:
                 self.fetcher.forget(digest)  # store.verify evicted it: fetch it again

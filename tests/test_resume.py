@@ -401,7 +401,8 @@ async def test_a_download_stopped_after_its_commit_counts_as_fetched(
     moved into the cache: the file is in the cache, so its bytes crossed the network and are
     counted as fetched, not lost from the report (CI once saw `bytes_fetched` short of a
     small layer that the full-disk test found in the cache)."""
-    from mirror.store.blobs import BlobStore, PartialBlob
+    from mirror.store.blobs import BlobStore
+    from mirror.store.partial import PartialBlob
 
     repo, img = image
     small = img.layers[1]

@@ -663,7 +663,7 @@ def test_a_prehash_stands_only_for_the_file_it_read(tmp_path: Path) -> None:
     import os
 
     from mirror.bundle.writer import Prehash
-    from mirror.store.blobs import sha256_file
+    from mirror.digest import sha256_file
 
     out = tmp_path / "b.tar"
     out.write_bytes(os.urandom(9 << 20))

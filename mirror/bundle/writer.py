@@ -23,11 +23,11 @@ import zstandard
 
 from mirror.bundle import publish, volumecheck, volumefile, volumes
 from mirror.bundle.layout import DOCKER_JSON, MIRROR_JSON, OCI_LAYOUT, Piecewise, blob_name
-from mirror.digest import Verifier
+from mirror.digest import Verifier, sha256_file
 from mirror.errors import IntegrityError, MirrorError, SizeMismatch, naming
 from mirror.fileobj import Writable
 from mirror.manifest import RawManifest
-from mirror.store.blobs import BlobStore, sha256_file
+from mirror.store.blobs import BlobStore
 
 BUF = 1 << 20
 
@@ -195,9 +195,9 @@ class Prehash:
     def __init__(self, out: Path) -> None:
         self.out = out
         self._stop = threading.Event()
-        from mirror.store.blobs import _IO_POOL
+        from mirror.store.iowork import IO_POOL
 
-        self._future = _IO_POOL.submit(self._read)
+        self._future = IO_POOL.submit(self._read)
 
     @classmethod
     def start(cls, out: Path) -> Prehash | None:

@@ -1,5 +1,5 @@
 """`mirror cache prune` as a run: --older-than and --max-size read, the locks' blobs kept
-or judged unused, the cache pruned (mirror.store.blobs) under its lock."""
+or judged unused, the cache pruned (mirror.store.prune) under its lock."""
 
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ async def run_cache(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.lockfile import Lock
     from mirror.store.blobs import BlobStore, default_cache_dir
     from mirror.store.lock import RunLock
+    from mirror.store.prune import not_a_cache, prune
 
     if not args.older_than and not args.max_size and not args.unused_by:
         raise UsageError("cache prune needs --older-than, --max-size or --unused-by")
@@ -54,7 +55,7 @@ async def run_cache(args: argparse.Namespace, progress, report: Report) -> int:
     max_bytes = _parse_size(args.max_size) if args.max_size else None
     cache = args.cache or default_cache_dir()
     report.add(cache=str(cache), blobs_removed=None, bytes_freed=None, bytes_left=None)
-    why = BlobStore.not_a_cache(cache)  # a typo must not make a cache there (nor prune one)
+    why = not_a_cache(cache)  # a typo must not make a cache there (nor prune one)
     if why == "no such directory" and not args.cache:
         # the default cache before the first pull (a prune job on a new machine): nothing to do
         report.add(blobs_removed=0, bytes_freed=0, bytes_left=0)
@@ -71,8 +72,8 @@ async def run_cache(args: argparse.Namespace, progress, report: Report) -> int:
     for lock in args.unused_by:
         used = (used or set()) | set(Lock.read(lock).blobs)
     with RunLock(Path(cache) / "lock", f"cache {cache}"):
-        done = BlobStore(cache).prune(
-            older_than=older_than, max_bytes=max_bytes, keep=keep, unused_by=used)
+        done = prune(BlobStore(cache), older_than=older_than, max_bytes=max_bytes, keep=keep,
+                     unused_by=used)
     report.add(blobs_removed=done.removed, bytes_freed=done.freed, bytes_left=done.left)
     if not args.quiet:
         print(f"removed {done.removed} blob(s), {done.freed} bytes from {cache}")
