@@ -20,8 +20,9 @@ from mirror.registry.session import SessionSetup
 LONG_WAIT = 10.0  # a Retry-After pause this long is announced even without -v
 
 
-def _quiet(text: str) -> None:
-    pass
+def quiet(text: str) -> None:
+    """What a Transport says a line with when nobody listens (no -v, no notices): nothing.
+    `debug` being it is how the -v lines know they need not be made."""
 
 
 def loggable(url: str) -> str:
@@ -48,7 +49,7 @@ class Accounting(SessionSetup):
     def log_request(self, method: str, url: str, status: int | str, t0: float,
                     note: str | None = None) -> None:
         """One -v line per try: METHOD URL (or `note`) -> status or why it failed, time."""
-        if self.debug is not _quiet:
+        if self.debug is not quiet:
             ms = (time.monotonic() - t0) * 1000
             self.debug(f"{note or f'{method} {loggable(url)}'} -> {status} ({ms:.0f} ms)")
 

@@ -29,7 +29,7 @@ from mirror.errors import (
     MirrorError,
     RegistryError,
 )
-from mirror.registry.accounting import Accounting, _quiet, loggable
+from mirror.registry.accounting import Accounting, loggable, quiet
 from mirror.registry.answers import error_codes, error_for
 from mirror.registry.answers import where as _where
 from mirror.registry.body import read_body
@@ -112,8 +112,8 @@ class Transport(Accounting):
         # or for a slot of a limiter that 429s slowed: a pull then starts the downloads of
         # the images it has planned instead of waiting for the rest (mirror.prefetch)
         self.stalled = asyncio.Event()
-        self.debug = debug or _quiet
-        self.notice = notice or _quiet
+        self.debug = debug or quiet
+        self.notice = notice or quiet
         self.settings = settings or {}
         self.credentials = credentials or CredentialStore()
         self.policy = policy or RetryPolicy()
