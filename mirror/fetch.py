@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mirror import mediatypes as mt
-from mirror.aio import more_slots, to_the_end
+from mirror.aio import to_the_end
 from mirror.bundle.assembler import Assembler
 from mirror.digest import check_bytes
 from mirror.errors import IntegrityError, RegistryError
@@ -89,11 +89,9 @@ class Fetcher:
         `max_concurrency` has that many downloads under way at once, whatever their size."""
         lim = self.client.t.limits_for(registry)
         key = (registry, None if lim.bodies else size < SMALL_BLOB)
-        if key not in self.sems:
-            n = lim.bodies or (lim.small if key[1] else self.jobs)
-            self.sems[key] = sem = asyncio.Semaphore(n)
-            if key[1]:  # small blobs: as many more as the registry's small requests grow
-                lim.grown.append(functools.partial(more_slots, sem))
+        if key not in self.sems:  # small blobs: as many more as the registry's small requests grow
+            self.sems[key] = lim.small_slots() if key[1] else \
+                asyncio.Semaphore(lim.bodies or self.jobs)
         return self.sems[key]
 
     async def _fetch(self, registry: str, repo: str, desc: Descriptor) -> bool:

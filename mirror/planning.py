@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from mirror.aio import bounded, cancel_all, gather_or_cancel, more_slots
+from mirror.aio import bounded, cancel_all, gather_or_cancel
 from mirror.config import ImageSpec
 from mirror.convert import convert_plan
 from mirror.errors import BudgetSpent, IntegrityError, MirrorError, NotFound, UsageError
@@ -188,10 +188,8 @@ class Planner:
     def slots(self, registry: str) -> asyncio.Semaphore:
         """The resolution slots of `registry`'s images: as many as the small requests it
         may have in flight (resolving is small requests, one after another)."""
-        if registry not in self.sems:
-            lim = self.client.t.limits_for(registry)
-            self.sems[registry] = sem = asyncio.Semaphore(lim.small)
-            lim.grown.append(functools.partial(more_slots, sem))  # the limiter grew: as many more
+        if registry not in self.sems:  # the limiter's small requests grow: as many more
+            self.sems[registry] = self.client.t.limits_for(registry).small_slots()
         return self.sems[registry]
 
     def turn(self, registry: str) -> contextlib.AbstractAsyncContextManager[object]:

@@ -8,6 +8,7 @@ registries to mirror, each proxy counting what reaches it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import subprocess
@@ -724,8 +725,8 @@ async def test_the_limiter_grows_its_small_requests_while_answers_come_faster(
     """A registry's small requests at once: 16, then half as many again after each window
     of that many answers that came in faster than the best before by 10% (a long round
     trip), until one does not (the registry, or the client, is the limit then), up to 64;
-    what holds small requests is told of each growth; a slow-down ends the growing, and a
-    registry with max_concurrency never grows."""
+    what holds small requests is told of each growth (the slots `small_slots` makes gain as
+    many); a slow-down ends the growing, and a registry with max_concurrency never grows."""
     import types
 
     from mirror.registry import ratelimit
@@ -735,6 +736,7 @@ async def test_the_limiter_grows_its_small_requests_while_answers_come_faster(
     monkeypatch.setattr(ratelimit, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
     told: list[int] = []
     lim = RegistryLimits("r.example", ceiling=20, grown=[told.append])
+    slots = lim.small_slots()
 
     async def window(answers: int, seconds: float) -> None:
         for _ in range(answers):
@@ -742,11 +744,21 @@ async def test_the_limiter_grows_its_small_requests_while_answers_come_faster(
             await lim.acquire("HEAD x")
             lim.release(200)
 
+    async def free(sem: asyncio.Semaphore) -> int:
+        n = 0
+        while not sem.locked():
+            await sem.acquire()
+            n += 1
+        for _ in range(n):
+            sem.release()
+        return n
+
+    assert await free(slots) == 16
     await window(1, 0.1)  # the first answer starts the first window
     await window(16, 1.0)  # 16 a second: the best so far
-    assert (lim.small, lim.ceiling, told) == (24, 28, [8])
+    assert (lim.small, lim.ceiling, told, await free(slots)) == (24, 28, [8], 24)
     await window(24, 1.0)  # 24 a second: faster by more than 10%
-    assert (lim.small, lim.ceiling, told) == (36, 40, [8, 12])
+    assert (lim.small, lim.ceiling, told, await free(slots)) == (36, 40, [8, 12], 36)
     await window(36, 1.4)  # 25.7 a second: not 10% faster than 24; it stays at 36
     assert (lim.small, lim.grows, told) == (36, False, [8, 12])
     await window(36, 0.1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 
 import yarl
 
+from mirror.aio import more_slots
 from mirror.errors import BudgetSpent
 
 LOW_REMAINING = 0.1  # RateLimit-Remaining under this share of the limit slows the registry
@@ -169,8 +171,8 @@ class RegistryLimits:
     closed: str | None = None  # why no more images are admitted (one's blobs did not fit)
     refused: int | None = None  # the blob requests of the first image admit refused
     # whether `small` may still grow (not with max_concurrency, nor after a slow-down), and
-    # what is told of each growth: the slots that hold small requests (planning's, the
-    # fetcher's), and a -v line
+    # what is told of each growth: the slots that hold small requests (small_slots:
+    # planning's, the fetcher's), and a -v line
     grows: bool = True
     grown: list[Callable[[int], None]] = field(default_factory=list)
     said: Callable[[str], None] | None = None
@@ -181,6 +183,14 @@ class RegistryLimits:
     def __post_init__(self) -> None:
         self.cap = self.ceiling
         self.grows = self.grows and self.bodies is None
+
+    def small_slots(self) -> asyncio.Semaphore:
+        """Slots for work that is small requests to this registry (planning's resolution of
+        its images, the fetcher's small blobs): as many as its small requests at once, and as
+        many more each time the limiter grows them (`grown`)."""
+        sem = asyncio.Semaphore(self.small)
+        self.grown.append(functools.partial(more_slots, sem))
+        return sem
 
     def count(self, kind: str) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + 1
