@@ -1,7 +1,7 @@
 """The planning phase shared by `mirror pull` and `mirror sync`: every image resolved
 (manifests, platform selection, conversion, referrers), then checked together (one size per
-blob digest, one image per target tag), before any layer moves. What each image became, or
-why it failed, is its ImageResult (the report's entry: mirror.imageresult)."""
+blob digest, one image per target tag: mirror.crosscheck), before any layer moves. What each
+image became, or why it failed, is its ImageResult (the report's entry: mirror.imageresult)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ from typing import Protocol
 from mirror.aio import bounded, cancel_all, gather_or_cancel
 from mirror.config import ImageSpec
 from mirror.convert import convert_plan
-from mirror.errors import BudgetSpent, IntegrityError, MirrorError, NotFound, UsageError
+from mirror.crosscheck import check_sizes, check_targets, resolved
+from mirror.errors import BudgetSpent, MirrorError, NotFound
 from mirror.image import Image, report_fields
 from mirror.imageresult import ImageResult
 from mirror.manifest import Descriptor
-from mirror.mapping import Target, place
+from mirror.mapping import Target
 from mirror.platform import Platform
 from mirror.progress import Progress
 from mirror.referrers import Finder
@@ -86,8 +87,8 @@ class Planner:
         else:
             await gather_or_cancel([self._lanes(early), self.plan_later()])
             self.settle()
-        await self.check_sizes()
-        self.check_targets()
+        await check_sizes(self.client, self.specs, self.plans, self.failed)
+        check_targets(self.specs, self.plans, self.target, self.failed)
         if not self.resolved() and self.first_error:
             raise self.first_error
 
@@ -183,7 +184,7 @@ class Planner:
             self.progress.warn(f"{ref}: failed: {msg}")
 
     def resolved(self) -> list[tuple[int, Image]]:
-        return [(i, p) for i, p in enumerate(self.plans) if p is not None]
+        return resolved(self.plans)
 
     def slots(self, registry: str) -> asyncio.Semaphore:
         """The resolution slots of `registry`'s images: as many as the small requests it
@@ -256,89 +257,6 @@ class Planner:
     def planned(self, i: int, plan: Image) -> None:
         """Image `i` is resolved (a pull may start its downloads: mirror.prefetch)."""
 
-    def check_targets(self) -> None:
-        """`mirror load` pushes an image to PREFIX/<repository>:<tag> (mirror.mapping.place,
-        with images.yaml's destinations), whatever its registry: ghcr.io/org/app:1 and
-        docker.io/org/app:1 land on one tag. Two such images that are not the same bytes
-        make a bundle load refuses whole (exit 10 on the far side); the later one fails here
-        instead (with --keep-going the others go on)."""
-        first: dict[tuple[str, str], tuple[int, Image]] = {}
-        target = self.target or Target("", "")
-        for i, plan in self.resolved():
-            spec = self.specs[i]
-            ref = spec.reference
-            if not ref.tag and not (spec.dest and (spec.dest.tag_as or spec.dest.tags_also)):
-                continue
-            where = place(target, ref.name, ref.repository, ref.tag, ref.digest, spec.dest)
-            for tag in where.tags:
-                j, other = first.setdefault((where.repository, tag), (i, plan))
-                if j != i and other.root.digest != plan.root.digest:
-                    self.failed(i, self._collision(self.specs[j], spec, tag,
-                                                   f"{where.repository}:{tag}",
-                                                   (other.root.digest, plan.root.digest)))
-                    break
-
-    def _collision(self, a: ImageSpec, b: ImageSpec, tag: str, name: str,
-                   digests: tuple[str, str]) -> UsageError:
-        first, ref = a.reference, b.reference
-        hint = self._one_rule(a, b, tag)
-        if self.target is not None:  # a sync: the run's own target and rules
-            return UsageError(
-                f"{first} and {ref} would both be pushed as {self.target.registry}/{name}, "
-                f"and they differ ({digests[0]}, {digests[1]})",
-                hint=hint or "give one of them another destination (images.yaml to:, --map), "
-                "or sync them with different --to prefixes")
-        return UsageError(
-            f"{first} and {ref} would both be loaded as PREFIX/{name}, and they differ "
-            f"({digests[0]}, {digests[1]}): mirror load refuses such a bundle",
-            hint=hint or "give one of them another destination (to: in images.yaml), or pull "
-            "them into bundles of their own (an images.yaml per source registry) and load "
-            "each with its own --to prefix")
-
-    def _one_rule(self, a: ImageSpec, b: ImageSpec, tag: str) -> str | None:
-        """The hint when one tag rule's images collide on a tag its entry's `tags_also:` or
-        `tag_as:` gives them all."""
-        dest = b.dest
-        if a.rule is None or a.rule is not b.rule or a.where != b.where or dest is None or \
-                (tag not in dest.tags_also and tag != dest.tag_as):
-            return None
-        tags = [s.reference.tag or "" for s in self.specs
-                if s.rule is a.rule and s.where == a.where]
-        key = "tag_as" if tag == dest.tag_as else "tags_also"
-        return (f"the tag rule at {a.where} chooses {len(tags)} tags ({', '.join(tags)}) and "
-                f"{key} puts each on {tag}: give the rule `latest: 1`, or give {key} an "
-                "entry of its own")
-
-    async def check_sizes(self) -> None:
-        """One digest, one size (a tar header cannot be both). When images list one blob with
-        different sizes, the registry is asked (HEAD) which is right and the images that got
-        it wrong are refused; if it does not say, the image listed first is taken as right."""
-        listed: dict[str, dict[int, list[tuple[int, str]]]] = {}
-        for i, p in self.resolved():
-            for d in p.blobs.values():  # each digest once per image (keyed by digest)
-                listed.setdefault(d.digest, {}).setdefault(d.size, []).append((i, p.name))
-        for digest, sizes in listed.items():
-            if len(sizes) < 2:
-                continue
-            first = min(sizes, key=lambda size: sizes[size][0][0])
-            ref = self.specs[sizes[first][0][0]].reference
-            try:
-                true = await self.client.blob_size(ref.registry, ref.repository, digest)
-            except MirrorError:
-                true = None
-            if true is None:
-                right: int | None = first
-                why = f"{sizes[first][0][1]} lists it with {first} (the registry does not say)"
-            else:
-                right = true if true in sizes else None
-                why = f"the registry says {true}"
-            for size, users in sizes.items():
-                if size == right:
-                    continue
-                for i, name in users:
-                    if self.plans[i] is not None:  # not refused already (another blob)
-                        self.failed(i, IntegrityError(
-                            f"{name}: blob {digest} is listed with {size} bytes, but {why}"))
 
 def _gone(spec: ImageSpec, e: NotFound) -> NotFound:
     """--locked: the manifest the lock file pinned is no longer served; say which image,
