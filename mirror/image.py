@@ -155,7 +155,7 @@ class ImageSet:
 
 
 def report_fields(img: Image) -> dict[str, Any]:
-    """A pull's per-image report fields (mirror.planning.ImageResult)."""
+    """A pull's per-image report fields (mirror.imageresult.ImageResult)."""
     return {"digest": img.root.digest, "source_digest": img.source_digest,
             "media_type": img.root.media_type, "mode": img.mode,
             "platforms": img.platforms, "platform_digests": img.platform_digests,
