@@ -183,3 +183,63 @@ def test_a_pull_without_a_config_file_reads_no_yaml(tmp_path) -> None:
     modules = json.loads(proc.stderr.strip().splitlines()[-1])
     assert "mirror.pull" in modules and "mirror.config" in modules, proc.stderr
     assert [m for m in modules if m.startswith("yaml.")] == []
+
+
+# the modules of features a pull with none of them does not import: each is imported where
+# its feature starts (a bundle written or its --volume-size parts checked, a .tar.zst), not
+# at the top of a module every pull imports
+OPTIONAL = ("mirror.bundle.publish", "mirror.bundle.volumecheck", "zstandard")
+# what `mirror pull` imports before its run begins (mirror.cli's COMMANDS), and what its run
+# imports on the way to its first request
+PULL_PATH = ("mirror.cli", "mirror.cli_progress", "mirror.signals", "mirror.registry.tls",
+             "mirror.pull_run", "mirror.pull", "mirror.commands", "mirror.registry.client",
+             "mirror.store.blobs", "mirror.store.manifests", "mirror.store.lock")
+
+
+def test_the_optional_features_are_modules_that_exist() -> None:
+    """Else the checks below would pass for a name nothing could import."""
+    import importlib.util
+
+    assert [m for m in OPTIONAL if importlib.util.find_spec(m) is None] == []
+
+
+def test_a_pulls_modules_import_no_optional_feature() -> None:
+    """Issue 18: a warm rerun's start-up is its imports (a dataclass costs 0.25-1.2 ms): those
+    of a pull import none of the features it may not use."""
+    code = (f"import json, sys\nimport {', '.join(PULL_PATH)}\n"
+            "print(json.dumps(sorted(sys.modules)))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    modules = json.loads(proc.stdout)
+    assert [m for m in modules if m in OPTIONAL or m.split(".")[0] == "yaml"] == []
+
+
+def test_a_warm_rerun_with_nothing_new_imports_no_optional_feature(src_registry, repo_name,
+                                                                  rng, tmp_path) -> None:
+    """The whole run, not only the imports before it: a rerun that finds the bundle at -o
+    already holding its images (given on the command line: no images.yaml, no lock file)
+    imports none of them; the cold run before it, which writes the bundle, imports
+    mirror.bundle.publish (so the check sees what a run imports late)."""
+    from tests.support import imagegen as ig
+    from tests.support.pusher import push_image
+
+    push_image(src_registry.url, repo_name, ig.make_image(rng, ig.AMD64, "oci"), tags=["v1"])
+    ref = f"{src_registry.host}/{repo_name}:v1"
+
+    def run() -> tuple[list[str], dict]:
+        report = tmp_path / "report.json"
+        proc = subprocess.run([sys.executable, "-c", _IMPORTED, "pull", "-q", ref, "-o",
+                               str(tmp_path / "out.tar"), "--cache", str(tmp_path / "cache"),
+                               "--report", str(report)],
+                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                              capture_output=True, text=True, timeout=120)
+        return json.loads(proc.stderr.strip().splitlines()[-1]), json.loads(report.read_text())
+
+    cold, report = run()
+    assert report["exit_code"] == 0 and not report["bundle_unchanged"], report
+    assert "mirror.bundle.publish" in cold
+    warm, report = run()
+    assert report["exit_code"] == 0 and report["bundle_unchanged"], report
+    assert [m for m in warm if m in OPTIONAL or m.split(".")[0] == "yaml"] == []

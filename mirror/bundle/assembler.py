@@ -23,7 +23,6 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
-from mirror.bundle import publish
 from mirror.bundle.layout import Piecewise, blob_name
 from mirror.bundle.prefixhash import HASH_CHUNK, PrefixHash
 from mirror.bundle.writer import BUF, HeadFile, _header, _pad, head_files, head_member
@@ -289,6 +288,8 @@ class Assembler:
             return None
         os.close(self.fd)
         self.fd = -1
+        from mirror.bundle import publish
+
         if not publish.publish(self.tmp, self.out, digest, self.volume_size, stop):
             return None
         return "sha256:" + digest

@@ -19,9 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO, cast
 
-import zstandard
-
-from mirror.bundle import publish, volumecheck, volumefile, volumes
+from mirror.bundle import volumefile, volumes
 from mirror.bundle.layout import DOCKER_JSON, MIRROR_JSON, OCI_LAYOUT, Piecewise, blob_name
 from mirror.digest import Verifier, sha256_file
 from mirror.errors import IntegrityError, MirrorError, SizeMismatch, naming
@@ -132,6 +130,8 @@ def write_bundle(
         with open(tmp, "wb") as raw:
             hw = _HashingWriter(raw)
             if compress:
+                import zstandard
+
                 cctx = zstandard.ZstdCompressor(level=3, threads=-1)
                 # zstandard's stubs ask for an IO[bytes]; its writer needs only write()
                 zw = cctx.stream_writer(cast(IO[bytes], hw), closefd=False, write_size=BUF)
@@ -157,6 +157,8 @@ def write_bundle(
                 zw.close()
             raw.flush()
             os.fsync(raw.fileno())
+        from mirror.bundle import publish
+
         if not publish.publish(tmp, out, hw.h.hexdigest(), volume_size, stop):
             raise MirrorError(f"{out}: interrupted while writing the bundle")
     except OSError as e:  # a full disk: the error line names the bundle being written
@@ -267,11 +269,13 @@ def unchanged(out: Path, index_json: HeadFile, inventory_json: HeadFile, size: i
         if vs is None:
             got = (prehash.digest() if prehash is not None else None) or sha256_file(out)
             return "sha256:" + digest if got == "sha256:" + digest else None
+        from mirror.bundle import publish, volumecheck  # --volume-size's parts
+
         if volumecheck.problems(vs, hashes=True):
             return None
         publish.restore_sums(vs)  # the sidecar is right: the sha256sum file follows it
         return "sha256:" + digest
-    except (OSError, ValueError, tarfile.TarError, zstandard.ZstdError, MirrorError):
+    except (OSError, ValueError, tarfile.TarError, MirrorError):
         return None
 
 
@@ -293,17 +297,25 @@ def _same_shape(out: Path, side: Path, digest: str, size: int | None,
 
 
 def _same_head(raw: BinaryIO, size: int | None, files: list[tuple[str, Piecewise]]) -> bool:
-    """The bundle read from `raw` starts with these files (a .tar.zst when `size` is None)."""
+    """The bundle read from `raw` starts with these files (a .tar.zst when `size` is None):
+    False too for a .tar.zst that does not decompress."""
     if raw.read(4) == b"\x28\xb5\x2f\xfd":
         if size is not None:
             return False
         raw.seek(0)
-        stream: BinaryIO = zstandard.ZstdDecompressor().stream_reader(raw)
-    elif size is None:
+        import zstandard  # a .tar.zst only: a plain bundle's run does not import it
+
+        try:
+            return _starts_with(zstandard.ZstdDecompressor().stream_reader(raw), files)
+        except zstandard.ZstdError:
+            return False
+    if size is None:
         return False
-    else:
-        raw.seek(0)
-        stream = raw
+    raw.seek(0)
+    return _starts_with(raw, files)
+
+
+def _starts_with(stream: BinaryIO, files: list[tuple[str, Piecewise]]) -> bool:
     want = dict(files[1:])
     with tarfile.open(fileobj=stream, mode="r|") as tf:
         for ti in tf:
