@@ -87,13 +87,15 @@ def source_client(t, cache, cfg: Config | None, args: argparse.Namespace):
     without a cache), told what the lock file says each tag named where the cache does not
     know (so those tags too are asked about with a HEAD), and the registries whose referrers
     it may take from the cache."""
-    from mirror.lockfile import source_digests
     from mirror.registry.client import Client
     from mirror.store.manifests import ManifestStore
 
     store = ManifestStore(cache) if cache else None
-    if store is not None:
-        for text, digest in source_digests(lock_path(args)).items():
+    lock = lock_path(args)
+    if store is not None and lock is not None:
+        from mirror.lockfile import source_digests
+
+        for text, digest in source_digests(lock).items():
             try:
                 ref = Reference.parse(text)
             except MirrorError:  # a hand-edited lock: only a hint, so nothing lost
@@ -113,13 +115,22 @@ async def tag_rules(client, specs: list[ImageSpec], report: Report, progress,
     in the report's `tag_rules`; `blobs`, the cache, keeps the configs `order: created`
     reads; the tags the lock file at `lock` recorded stand in for a rule whose registry's
     requests are spent."""
-    from mirror.lockfile import recorded_rules
-    from mirror.tagrules import resolve_rules, resolved
+    chosen: list[dict[str, Any]] = []
+    if _with_rules(specs):
+        from mirror.lockfile import recorded_rules
+        from mirror.tagrules import resolve_rules, resolved
 
-    specs = await resolve_rules(client, specs, blobs, progress.warn, recorded_rules(lock))
+        specs = await resolve_rules(client, specs, blobs, progress.warn, recorded_rules(lock))
+        chosen = resolved(specs)
     refuse_conflicting_duplicates(specs)
-    report.add(tag_rules=resolved(specs))
+    report.add(tag_rules=chosen)
     return _once(specs)
+
+
+def _with_rules(specs: list[ImageSpec]) -> bool:
+    """Some image is a tag rule's, chosen or not; a run without one does not import
+    mirror.tagrules (nor mirror.semver): its images are those given."""
+    return any(s.rule is not None for s in specs)
 
 
 async def images_now(client, specs: list[ImageSpec], report: Report, progress, blobs,
@@ -143,6 +154,8 @@ def planned_meanwhile(client, specs: list[ImageSpec]) -> list[ImageSpec] | None:
     no rule, on a registry without a request budget (its images go in the config's order),
     in a repository no rule lists (its listing, and the manifests `order: created` reads,
     asked once)."""
+    if not _with_rules(specs):
+        return None
     from mirror.tagrules import is_rule
 
     listed = {(s.reference.registry, s.reference.repository) for s in specs if is_rule(s)}
@@ -182,11 +195,11 @@ def as_given(specs: list[ImageSpec], report: Report) -> None:
 
 def write_lock(args: argparse.Namespace, result, report: Report) -> Path | None:
     """The lock file of the run: its images, and the tag rules' choices as reported."""
-    from mirror.lockfile import after_run
-
     path = lock_path(args)
     if path is None or getattr(args, "locked", False):
         return None
+    from mirror.lockfile import after_run
+
     lock = after_run(result, path, list(report.details.get("tag_rules") or []))
     if lock is None:
         return None

@@ -31,11 +31,11 @@ from mirror.platform import PlatformSelector
 from mirror.reference import _TAG, Reference
 from mirror.registry.credentials import RegistryLogin
 from mirror.registry.policy import RegistrySettings
-from mirror.semver import Range
-from mirror.tagrules import ORDERS, RULE_KEYS, TagRule, check_regex
 
 if TYPE_CHECKING:
     import yaml
+
+    from mirror.tagrules import TagRule
 else:
     from mirror.config_yaml import yaml
 
@@ -339,6 +339,10 @@ def _tag_item(ctx: Ctx, node: yaml.Node, repo: Reference, settings: ImageSetting
         tag = ctx.scalar(node, "tags")
         return ImageSpec(_ref(ctx, node, f"{repo.name}{tag}" if tag.startswith("@")
                               else f"{repo.name}:{tag}"), settings, where, dest=dest)
+    # a tag rule: mirror.tagrules (and mirror.semver), imported only for a config with one
+    from mirror.semver import Range
+    from mirror.tagrules import ORDERS, RULE_KEYS, TagRule, check_regex
+
     items = ctx.mapping(node, "a tag rule", RULE_KEYS)
     if not {"semver", "regex", "latest"} & items.keys():
         raise ctx.err(node, "a tag rule needs 'semver', 'regex' or 'latest'",

@@ -100,13 +100,6 @@ def is_lock_file(path: Path) -> bool:
     return head.lstrip().startswith(b"{") and b"lockVersion" in head
 
 
-def default_lock_path(config: str | None) -> Path | None:
-    if not config:
-        return None
-    p = Path(config)
-    return p.with_name(p.stem + ".lock")
-
-
 def pin(specs: list[ImageSpec], path: Path | None) -> list[ImageSpec]:
     """--locked: each image pinned to the `sourceDigest` the lock file at `path` recorded
     for its reference; no lock file, or one that does not list an image, is a usage error."""

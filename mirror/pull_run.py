@@ -110,8 +110,17 @@ FOREIGN_COMPRESSION = (".gz", ".tgz", ".xz", ".txz", ".bz2", ".tbz", ".tbz2", ".
 ZSTD_NAMES = (".zst", ".tzst", ".zstd")  # the names that mean a zstd-compressed bundle
 
 
-async def run_pull(args: argparse.Namespace, progress, report: Report) -> int:
+def _base(args: argparse.Namespace, out: Path) -> dict:
+    """PullOptions' base_* fields: what --base carried across (mirror.incremental, imported
+    only then); none without it."""
+    if not args.base:
+        return {}
     from mirror.incremental import read_base
+
+    return read_base(args.base, out, dry_run=args.dry_run)
+
+
+async def run_pull(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.pull import pull
     from mirror.store.blobs import BlobStore, default_cache_dir
     from mirror.store.lock import RunLock
@@ -125,7 +134,7 @@ async def run_pull(args: argparse.Namespace, progress, report: Report) -> int:
     opts = pull_options(args, output=None if args.dry_run else out, compress=compress,
                          keep_going=args.keep_going, dry_run=args.dry_run,
                          volume_size=parse_size(args.volume_size) if args.volume_size else None,
-                         **read_base(args.base, out, dry_run=args.dry_run))
+                         **_base(args, out))
     transport = transport_for(args, cfg, progress)
     as_given(specs, report)
     final: list = []  # the run's images, once the tag rules chose theirs

@@ -16,9 +16,16 @@ DEFAULT_OUTPUT = Path("bundles/mirror.tar")
 
 
 def lock_path(args: argparse.Namespace) -> Path | None:
-    from mirror.lockfile import default_lock_path
-
+    """The lock file of the run: --lock-file, else images.yaml's (`images.lock` beside it);
+    None for a run given neither (nothing here imports mirror.lockfile)."""
     return args.lock_file or default_lock_path(args.file)
+
+
+def default_lock_path(config: str | None) -> Path | None:
+    if not config:
+        return None
+    p = Path(config)
+    return p.with_name(p.stem + ".lock")
 
 
 def check_lock_path(args: argparse.Namespace) -> None:

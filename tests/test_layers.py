@@ -186,9 +186,10 @@ def test_a_pull_without_a_config_file_reads_no_yaml(tmp_path) -> None:
 
 
 # the modules of features a pull with none of them does not import: each is imported where
-# its feature starts (a bundle written or its --volume-size parts checked, a .tar.zst), not
-# at the top of a module every pull imports
-OPTIONAL = ("mirror.bundle.publish", "mirror.bundle.volumecheck", "zstandard")
+# its feature starts (images.yaml's tag rule, a lock file, --base, a bundle written or its
+# --volume-size parts checked, a .tar.zst), not at the top of a module every pull imports
+OPTIONAL = ("mirror.tagrules", "mirror.semver", "mirror.lockfile", "mirror.incremental",
+            "mirror.bundle.publish", "mirror.bundle.volumecheck", "zstandard")
 # what `mirror pull` imports before its run begins (mirror.cli's COMMANDS), and what its run
 # imports on the way to its first request
 PULL_PATH = ("mirror.cli", "mirror.cli_progress", "mirror.signals", "mirror.registry.tls",
