@@ -91,4 +91,6 @@ async def to_the_end(fut: asyncio.Future[T], stopping: Callable[[], None] | None
         while not fut.done():  # cancelled again (a gather's cancel, then cancel_all): wait on
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait([fut])
+        if not fut.cancelled():
+            fut.exception()  # retrieved: the cancellation is the answer, not a stray traceback
         raise stopped

@@ -194,6 +194,28 @@ def test_persistent_corruption_exit_7_and_nothing_stored(src_registry, image, re
     assert len(proxy.seen("GET", big.digest)) == 2  # fetched once more from byte 0, then no
 
 
+def test_every_blob_corrupt_one_error_line_no_stray_traceback(src_registry, recproxy,
+                                                            repo_name: str, rng: random.Random,
+                                                            tmp_path: Path) -> None:
+    """Every blob of a 3-platform image corrupted on the way: the first digest mismatch stops
+    the run, the others' downloads are cancelled while their threads still check the digest.
+    Their own mismatches must be awaited: asyncio printed `Future exception was never
+    retrieved` and a traceback per blob on stderr after the one-line error."""
+    imgs = [ig.make_image(rng, p, "docker", n_layers=3, layer_size=20000)
+            for p in (ig.AMD64, ig.ARM64_V8, ig.ARM_V7)]
+    push_image(src_registry.url, repo_name, ig.make_index(imgs, "docker"), ["v1"])
+    proxy = recproxy(src_registry.url)
+    proxy.add(Fault("flip_byte", method="GET", path="/blobs/", offset=10, times=None))
+    for n in range(3):  # the race is the threads': each run has its chance
+        proc = pull(tmp_path, f"{proxy.host}/{repo_name}:v1", "--retries", "0",
+                    cache=f"cache{n}")
+        assert proc.returncode == 7, proc.stderr
+        assert "digest mismatch" in error_line(proc)
+        assert "Traceback" not in proc.stderr and "never retrieved" not in proc.stderr, \
+            proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
 def test_transient_corruption_is_refetched(src_registry, image, recproxy,
                                            tmp_path: Path) -> None:
     repo, img = image
