@@ -1394,6 +1394,24 @@ def test_output_that_is_a_directory_is_refused_first(good: Good, tmp_path: Path,
     assert not (tmp_path / "bundles.partial").exists()
 
 
+@pytest.mark.parametrize("command", ["pull", "lock", "sync"])
+@pytest.mark.parametrize("below", [False, True], ids=["a-file", "below-a-file"])
+def test_a_cache_that_is_a_file_is_a_usage_error(good: Good, tmp_path: Path, command: str,
+                                                 below: bool) -> None:
+    """`--cache images.yaml` (a file given for the directory): exit 2 naming the cache, as
+    `cache prune` says it; it was exit 1, `mirror: error: images.yaml: File exists` (the run
+    lock's mkdir), naming neither the flag nor what is wrong."""
+    given = tmp_path / "images.yaml"
+    given.write_text("version: 1\n")
+    cache = given / "sub" if below else given
+    more = {"pull": ["-o", tmp_path / "out.tar"], "lock": ["--lock-file", tmp_path / "x.lock"],
+            "sync": ["--to", "127.0.0.1:9/x", "--dry-run"]}[command]
+    err = fails("usage", command, good.ref, *more, "--cache", cache)
+    assert f"cache {cache}: " in err and "not a directory" in err, err
+    assert given.read_text() == "version: 1\n"
+    assert not (tmp_path / "out.tar").exists() and not (tmp_path / "x.lock").exists()
+
+
 def test_output_name_and_compression_agree(good: Good, tmp_path: Path) -> None:
     """`-o site.tzst` or `site.tar.zstd` wrote a plain tar (only `.zst` compressed), and
     `-o site.tar.gz`, `.tgz` or `.tar.xz` a plain tar under a name that says gzip or xz

@@ -359,9 +359,10 @@ def test_report_is_written_whatever_the_outcome(src_registry, repo_name, rng, tm
               tmp_path / "nope.tar")
     assert "--base" in doc["error"] and doc["images"] == [] and doc["retries"] == 0, doc
     assert doc["bundle"] is None and doc["partial"] is False, doc
-    not_a_dir = tmp_path / "file"
+    not_a_dir = tmp_path / "cache-with-a-file" / "blobs"  # the cache's blobs/ is a file
+    not_a_dir.parent.mkdir()
     not_a_dir.write_text("")
-    doc = run(1, "pull", ref, "-o", tmp_path / "b.tar", "--cache", not_a_dir)
+    doc = run(1, "pull", ref, "-o", tmp_path / "b.tar", "--cache", not_a_dir.parent)
     assert str(not_a_dir) in doc["error"], doc
     doc = run(0, "pull", ref, "-o", tmp_path / "b.tar", "--cache", tmp_path / "c")
     assert doc["error"] is None and doc["bundle"] == str(tmp_path / "b.tar"), doc

@@ -12,7 +12,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from mirror.errors import LockHeld
+from mirror.errors import LockHeld, UsageError
 
 
 class RunLock:
@@ -26,7 +26,11 @@ class RunLock:
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):  # `--cache images.yaml`, a file
+            raise UsageError(f"{self.what}: not a directory",
+                             hint="give a directory (made if missing)") from None
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
