@@ -21,6 +21,7 @@ from mirror.errors import EXIT_CODES
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault
 from tests.support.oracle import (
+    ROOT,
     check_layout,
     downloading,
     file_sha256,
@@ -385,6 +386,22 @@ def _one_image_and_a_file(src_registry, repo_name, rng, tmp_path):
     plain = tmp_path / "file"
     plain.write_text("")
     return f"{src_registry.host}/{repo_name}:v1", tmp_path / "b.tar", tmp_path / "c", plain
+
+
+def test_mirror_lock_of_images_alone_needs_lock_file_as_the_readme_says(src_registry, repo_name,
+                                                                          rng, tmp_path):
+    """README's table said `mirror lock [-f images.yaml] [IMAGE...]` resolves "into
+    images.lock": `mirror lock REF` (no -f) names no lock file and is refused (exit 2), asking
+    for --lock-file, writing nothing; with --lock-file it writes that file. The row says so."""
+    ref, _, cache, _ = _one_image_and_a_file(src_registry, repo_name, rng, tmp_path)
+    r = run_mirror("lock", ref, "--cache", cache, cwd=tmp_path)
+    assert r.returncode == EXIT_CODES["usage"], r.stderr
+    assert "--lock-file" in r.stderr and not list(tmp_path.glob("*.lock")), r.stderr
+    mirror_ok("lock", ref, "--cache", cache, "--lock-file", tmp_path / "x.lock", cwd=tmp_path)
+    assert ref in json.loads((tmp_path / "x.lock").read_text())["images"]
+    row = next(ln for ln in (ROOT / "README.md").read_text().splitlines()
+               if ln.startswith("| `mirror lock"))
+    assert "without `-f`" in row and "`--lock-file`" in row and "exit 2" in row, row
 
 
 def test_report_path_is_checked_before_any_work(src_registry, repo_name, rng, tmp_path):
