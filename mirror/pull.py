@@ -135,9 +135,13 @@ class _Run(Planner):
         r = PullResult(self.results, retries=self.client.t.retries)
         r.partial = any(x.error for x in self.results)
         r.blobs = {d.digest: d.size for _, p in self.resolved() for d in p.blobs.values()}
-        # reused: the blobs of the bundle found in the cache, as bytes_reused counts them (a
-        # config an incremental pull read for planning, which its base carried, is neither)
-        r.blobs_fetched, r.blobs_reused = len(self.fetcher.fetched), len(self.reused)
+        # the blobs of the bundle fetched and found in the cache, as bytes_fetched and
+        # bytes_reused count them (a config an incremental pull read for planning, which its
+        # base carried, is neither: it was counted a blob fetched of 0 bytes)
+        base = self.opts.base_blobs or {}
+        r.blobs_fetched = sum(1 for d in self.fetcher.fetched if d not in base) if base else \
+            len(self.fetcher.fetched)
+        r.blobs_reused = len(self.reused)
         r.bytes_fetched = sum(x.bytes_fetched for x in self.results)
         r.bytes_reused = sum(self.reused.values())
         r.bytes_kept = sum(x.bytes_kept for x in self.results)

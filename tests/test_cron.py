@@ -91,6 +91,34 @@ def test_incremental_bundle_carries_only_new_blobs(src_registry, dst_registry, r
     assert sorted(list_tags(dst_registry.url, repo_name)) == ["1", "2"]
 
 
+def test_an_incremental_pull_counts_blobs_as_it_counts_bytes(src_registry, repo_name, rng,
+                                                             tmp_path):
+    """A single-platform image's config is read to plan it (its platform); with --base
+    carrying it and a fresh cache, the read crossed the network but the bundle leaves the
+    config to its base. The report said `1 blob(s) fetched (0 bytes)`: the blob counted, its
+    bytes not (pull.result's rule: a config an incremental pull read for planning, which its
+    base carried, is neither fetched nor reused). Now blobs_fetched counts as bytes_fetched
+    does: the blobs of the bundle."""
+    img = ig.make_image(rng, ig.AMD64, fmt="oci")
+    push_image(src_registry.url, repo_name, img, tags=["1"])
+    ref = f"{src_registry.host}/{repo_name}:1"
+    base = tmp_path / "base.tar"
+    mirror_ok("pull", ref, "-o", base, "--cache", tmp_path / "c0", "-q")
+    report = tmp_path / "r.json"
+    mirror_ok("pull", ref, "--base", base, "-o", tmp_path / "inc.tar", "--cache",
+              tmp_path / "c1", "--report", report, "-q")
+    got = json.loads(report.read_text())
+    assert (got["blobs_fetched"], got["bytes_fetched"]) == (0, 0), got
+    assert (got["blobs_reused"], got["bytes_reused"]) == (0, 0), got
+    # a full pull on that cache: the config it read counts with its bytes, as always
+    mirror_ok("pull", ref, "-o", tmp_path / "full.tar", "--cache", tmp_path / "c1", "--report",
+              report, "-q")
+    got = json.loads(report.read_text())
+    assert got["blobs_fetched"] + got["blobs_reused"] == 1 + len(img.layers), got
+    assert got["bytes_fetched"] + got["bytes_reused"] == \
+        img.config.size + sum(x.size for x in img.layers), got
+
+
 @pytest.mark.parametrize("kind", ["bundle", "lock"])
 def test_incremental_load_mounts_base_blobs_from_other_repositories(
         src_registry, dst_registry, faultproxy, repo_name, rng, kind, tmp_path):
