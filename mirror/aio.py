@@ -91,6 +91,13 @@ async def to_the_end(fut: asyncio.Future[T], stopping: Callable[[], None] | None
         while not fut.done():  # cancelled again (a gather's cancel, then cancel_all): wait on
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait([fut])
-        if not fut.cancelled():
-            fut.exception()  # retrieved: the cancellation is the answer, not a stray traceback
+        retrieved(fut)  # the cancellation is the answer, not a stray traceback at exit
         raise stopped
+
+
+def retrieved(fut: asyncio.Future[Any]) -> None:
+    """A finished future's exception marked as seen (as a done callback too: for a task
+    shielded from a caller that was cancelled, which nobody awaits after it fails), so
+    asyncio prints no `exception was never retrieved` and traceback at exit."""
+    if not fut.cancelled():
+        fut.exception()

@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any, cast
 
-from mirror.aio import aiter_thread
+from mirror.aio import aiter_thread, retrieved
 from mirror.digest import verified_async, verified_sync
 from mirror.errors import IntegrityError, MirrorError, RegistryError
 from mirror.fetch import Fetcher
@@ -129,6 +129,7 @@ class CacheSource:
             task = self.ready.get(desc.digest)
             if task is None or (task.done() and (task.cancelled() or task.exception())):
                 task = asyncio.ensure_future(self._ready(desc.digest))
+                task.add_done_callback(retrieved)  # its opener may be cancelled meanwhile
                 self.ready[desc.digest] = task
             await asyncio.shield(task)
             path = self.fetcher.store.path(desc.digest)

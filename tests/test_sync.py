@@ -376,6 +376,30 @@ def test_a_blob_that_does_not_match_never_completes_an_upload(
     assert state(dst_registry, "bad").get(repo_name, {}).get("tags", {}) == {}
 
 
+def test_a_sync_through_the_cache_with_every_blob_corrupt_says_one_line(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """sync --cache, every blob corrupted on the way: the first mismatch stops the run (exit
+    7, one line). The other blobs' fetches into the cache (CacheSource.ready's tasks, shielded
+    from their openers' cancellation) failed too, later, and nobody awaited them: asyncio
+    printed `Task exception was never retrieved` and a traceback for each at exit."""
+    imgs = [ig.make_image(rng, p, "docker", n_layers=3, layer_size=20000)
+            for p in (ig.AMD64, ig.ARM64_V8, ig.ARM_V7)]
+    push_image(src_registry.url, repo_name, ig.make_index(imgs, "docker"), ["1"])
+    src = faultproxy(src_registry.url)
+    src.add(Fault("flip_byte", method="GET", path="/blobs/", offset=10, times=None))
+    for n in range(3):  # the race is the tasks': each run has its chance
+        proc = run_mirror("sync", f"{src.host}/{repo_name}:1", "--to",
+                          f"{dst_registry.host}/corrupt{n}", "--cache", tmp_path / f"c{n}",
+                          "--retries", "0")
+        assert proc.returncode == 7, proc.stderr
+        assert "digest mismatch" in error_line(proc), proc.stderr
+        assert "Traceback" not in proc.stderr and "never retrieved" not in proc.stderr, \
+            proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert state(dst_registry, f"corrupt{n}").get(repo_name, {}).get("tags", {}) == {}
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
 @pytest.mark.slow
 def test_an_interrupted_sync_is_completed_by_the_next(
