@@ -17,6 +17,7 @@ import pytest
 
 from tests.support import imagegen as ig
 from tests.support.oracle import (
+    ROOT,
     check_layout,
     file_sha256,
     mirror_cmd,
@@ -656,10 +657,21 @@ def test_a_digest_pinned_image_is_named_where_it_was_loaded(
     img = ig.make_image(rng, ig.AMD64, "oci")
     push_image(src_registry.url, repo_name, img, ["x"])
     bundle = pull(tmp_path, f"{src_registry.host}/{repo_name}@{img.digest}")
-    proc = mirror_ok("load", bundle, "--to", f"{dst_registry.host}/pin", "--no-digest-tag")
+    report = tmp_path / "pin.json"
+    proc = mirror_ok("load", bundle, "--to", f"{dst_registry.host}/pin", "--no-digest-tag",
+                     "--report", report)
     at = f"{dst_registry.host}/pin/{repo_name}@{img.digest}"
     assert at in proc.stdout.splitlines(), proc.stdout
     assert f"-> {at}" in proc.stderr, proc.stderr
+    # the report: `untagged` is for entries with no ref name; this one, named by its digest,
+    # is in `placement` with no tag (README said `untagged` was "what went by digest only")
+    doc = json.loads(report.read_text())
+    assert doc["untagged"] == [] and doc["tags"] == [], doc
+    assert doc["placement"] == [{"source": f"{src_registry.host}/{repo_name}@{img.digest}",
+                                 "repository": f"pin/{repo_name}", "tags": []}], doc
+    readme = (ROOT / "README.md").read_text()
+    assert "`untagged`: what went by digest only" not in readme
+    assert "`untagged`: the images with no ref name" in readme
     again = mirror_ok("load", bundle, "--to", f"{dst_registry.host}/pin",  # already there
                       "--no-digest-tag")
     assert at in again.stdout.splitlines(), again.stdout
