@@ -32,7 +32,7 @@ from mirror.store.direct import ALIGN
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault
 from tests.support.oracle import ROOT, mirror_cmd, mirror_env
-from tests.support.pusher import push_image
+from tests.support.pusher import corrupt_list, push_image
 from tests.support.registry import Registry
 from tests.test_faults import RecordingProxy, assert_exact, error_line, ok, pull, recproxy
 
@@ -201,14 +201,9 @@ def test_every_blob_corrupt_one_error_line_no_stray_traceback(src_registry, recp
     the run, the others' downloads are cancelled while their threads still check the digest.
     Their own mismatches must be awaited: asyncio printed `Future exception was never
     retrieved` and a traceback per blob on stderr after the one-line error."""
-    imgs = [ig.make_image(rng, p, "docker", n_layers=3, layer_size=20000)
-            for p in (ig.AMD64, ig.ARM64_V8, ig.ARM_V7)]
-    push_image(src_registry.url, repo_name, ig.make_index(imgs, "docker"), ["v1"])
-    proxy = recproxy(src_registry.url)
-    proxy.add(Fault("flip_byte", method="GET", path="/blobs/", offset=10, times=None))
+    _, ref = corrupt_list(src_registry.url, recproxy, repo_name, rng)
     for n in range(3):  # the race is the threads': each run has its chance
-        proc = pull(tmp_path, f"{proxy.host}/{repo_name}:v1", "--retries", "0",
-                    cache=f"cache{n}")
+        proc = pull(tmp_path, ref, "--retries", "0", cache=f"cache{n}")
         assert proc.returncode == 7, proc.stderr
         assert "digest mismatch" in error_line(proc)
         assert "Traceback" not in proc.stderr and "never retrieved" not in proc.stderr, \

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault
 from tests.support.oracle import error_line, mirror_cmd, mirror_env, mirror_ok, run_mirror
-from tests.support.pusher import blob_exists, get_blob, get_manifest, push_image
+from tests.support.pusher import blob_exists, corrupt_list, get_blob, get_manifest, push_image
 from tests.support.referrers import push_sbom, push_signature
 from tests.support.registry import Registry
 
@@ -383,13 +383,9 @@ def test_a_sync_through_the_cache_with_every_blob_corrupt_says_one_line(
     7, one line). The other blobs' fetches into the cache (CacheSource.ready's tasks, shielded
     from their openers' cancellation) failed too, later, and nobody awaited them: asyncio
     printed `Task exception was never retrieved` and a traceback for each at exit."""
-    imgs = [ig.make_image(rng, p, "docker", n_layers=3, layer_size=20000)
-            for p in (ig.AMD64, ig.ARM64_V8, ig.ARM_V7)]
-    push_image(src_registry.url, repo_name, ig.make_index(imgs, "docker"), ["1"])
-    src = faultproxy(src_registry.url)
-    src.add(Fault("flip_byte", method="GET", path="/blobs/", offset=10, times=None))
+    _, ref = corrupt_list(src_registry.url, faultproxy, repo_name, rng)
     for n in range(3):  # the race is the tasks': each run has its chance
-        proc = run_mirror("sync", f"{src.host}/{repo_name}:1", "--to",
+        proc = run_mirror("sync", ref, "--to",
                           f"{dst_registry.host}/corrupt{n}", "--cache", tmp_path / f"c{n}",
                           "--retries", "0")
         assert proc.returncode == 7, proc.stderr

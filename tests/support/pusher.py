@@ -206,3 +206,19 @@ def slow_image(registry_url: str, faultproxy, repo: str, rng) -> tuple[object, s
     proxy = faultproxy(registry_url)
     proxy.add(Fault("slow", method="GET", path=r"/blobs/", delay=0.05, chunk=4096, times=None))
     return proxy, f"{proxy.host}/{repo}:slow"
+
+
+def corrupt_list(registry_url: str, faultproxy, repo: str, rng) -> tuple[object, str]:
+    """A Docker list of 3 platforms (3 layers of 20000 bytes each) pushed as `repo:1`, behind
+    a fault proxy (a `faultproxy`-like fixture) that flips a byte of every blob it serves: a
+    run fails its first digest while the other downloads are still under way. Gives the
+    proxy and the reference."""
+    from .faultproxy import Fault
+    from .imagegen import AMD64, ARM64_V8, ARM_V7, make_image, make_index
+
+    imgs = [make_image(rng, p, "docker", n_layers=3, layer_size=20000)
+            for p in (AMD64, ARM64_V8, ARM_V7)]
+    push_image(registry_url, repo, make_index(imgs, "docker"), tags=["1"])
+    proxy = faultproxy(registry_url)
+    proxy.add(Fault("flip_byte", method="GET", path="/blobs/", offset=10, times=None))
+    return proxy, f"{proxy.host}/{repo}:1"
