@@ -10,6 +10,7 @@ import asyncio
 import inspect
 import random
 import re
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,6 +19,14 @@ import pytest
 
 from tests.support.faultproxy import FaultProxy
 from tests.support.registry import Registry
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The suite runs where its oracles do (Debian's docker-registry, skopeo, dockerd,
+    containerd, podman; Linux's /proc): elsewhere it stops at once instead of skipping."""
+    if not sys.platform.startswith("linux"):
+        raise pytest.UsageError(f"the tests need Linux (the registry, skopeo, the runtimes "
+                                f"and /proc are Linux's), not {sys.platform}")
 
 
 @pytest.hookimpl(tryfirst=True)

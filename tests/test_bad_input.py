@@ -727,7 +727,6 @@ def _bytes_read() -> int:
     raise AssertionError("no rchar in /proc/self/io")
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc/self/io")
 @pytest.mark.parametrize("fmt", ["tar", "tar.zst"])
 def test_verify_reads_the_bundle_once(fmt: str, src_registry: Registry, tmp_path: Path) -> None:
     """With a .sha256 beside it, verify takes the file's sha256 from the same reads that hash
@@ -864,7 +863,6 @@ def _bundle_position(pid: int, bundle: Path) -> int:
     return pos
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc")
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
                          ids=["sigint-130", "sigterm-143"])
 @pytest.mark.parametrize("fmt", ["tar", "tar.zst"])

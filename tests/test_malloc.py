@@ -39,19 +39,22 @@ def _run(code: str, *args: str, env: dict[str, str] | None = None) -> list[str]:
                           capture_output=True, text=True, check=True).stdout.split()
 
 
-@pytest.mark.skipif(not GLIBC, reason="64-bit glibc only")
 def test_tuned_thresholds_stop_the_fault_churn() -> None:
     """Without them glibc gives the freed megabyte back and faults it in again each round
     (about 256 faults a round); with them the pages stay. Wrong mallopt constants would
-    leave the churn as it is."""
+    leave the churn as it is. Elsewhere (musl) tune() is a no-op and says so."""
     tuned, faults = _run(CHURN, "tune")
     untuned, churn = _run(CHURN, "leave")
+    if not _glibc():
+        assert (tuned, untuned) == ("False", "False")
+        return
     assert (tuned, untuned) == ("True", "False")
+    if not GLIBC:  # 32-bit: the same calls, but the churn's figures are the 64-bit heap's
+        return
     assert int(churn) > 200 * 100, churn  # the pattern does churn here
     assert int(faults) < int(churn) // 10, (faults, churn)
 
 
-@pytest.mark.skipif(not GLIBC, reason="64-bit glibc only")
 @pytest.mark.parametrize("env", [{"MALLOC_ARENA_MAX": "2"},
                                  {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1048576"}])
 def test_a_user_who_tunes_malloc_is_left_alone(env: dict[str, str]) -> None:
