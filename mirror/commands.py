@@ -19,7 +19,7 @@ from mirror.report import Report
 from mirror.runfiles import lock_path
 
 if TYPE_CHECKING:
-    from mirror.pull import PullOptions
+    from mirror.pull_options import PullOptions
 
 
 def image_specs(args: argparse.Namespace) -> tuple[list[ImageSpec], Config | None]:
@@ -77,7 +77,7 @@ def pull_options(args: argparse.Namespace, **kw) -> PullOptions:
     settings (those are in image_specs), so a lock records what a pull with the same flags
     does."""
     from mirror.artifacts import parse_types
-    from mirror.pull import PullOptions
+    from mirror.pull_options import PullOptions
 
     return PullOptions(jobs=args.jobs, referrer_types=parse_types(args.referrer_type), **kw)
 

@@ -34,7 +34,8 @@ LANE = 4
 
 
 class PlanOptions(Protocol):
-    """What planning reads of a run's options (mirror.pull.PullOptions, mirror.sync's)."""
+    """What planning reads of a run's options (mirror.pull_options.PullOptions, and
+    mirror.sync's)."""
 
     @property
     def jobs(self) -> int: ...

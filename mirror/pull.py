@@ -21,13 +21,10 @@ import functools
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 from mirror.aio import bounded, cancel_all, gather_or_cancel, to_the_end
 from mirror.bundle.assembler import Assembler
-from mirror.bundle.contents import bundle_layout, write_plans
-from mirror.bundle.dockersave import left_out
+from mirror.bundle.contents import bundle_layout, unloadable, write_plans
 from mirror.bundle.writer import Prehash, tar_size, unchanged
 from mirror.config import ImageSpec
 from mirror.errors import BudgetSpent, MirrorError
@@ -38,6 +35,7 @@ from mirror.planning import Planner
 from mirror.prefetch import Prefetch
 from mirror.progress import NullProgress, Progress
 from mirror.pull_account import PullResult, account_image, account_unfinished, summary_line
+from mirror.pull_options import PullOptions
 from mirror.registry.client import Client
 from mirror.registry.policy import RETRY_COUNTER
 from mirror.registry.ratelimit import ADMITTED
@@ -45,21 +43,6 @@ from mirror.store.blobs import BlobStore
 from mirror.store.iowork import IO_POOL
 
 PLACING = 64  # blobs under way at once per registry (each waits for one of -j's slots)
-
-
-@dataclass
-class PullOptions:
-    output: Path | None
-    compress: bool = False
-    jobs: int = 4
-    keep_going: bool = False
-    dry_run: bool = False
-    base_blobs: dict[str, int] | None = None  # incremental: blobs the base bundle carries
-    base_digest: str | None = None
-    base_name: str | None = None
-    base_images: tuple[str, ...] = ()  # the references the base carried
-    referrer_types: tuple[str, ...] = ()
-    volume_size: int | None = None  # --volume-size: the bundle as parts (mirror.bundle.volumes)
 
 
 async def pull(client: Client, store: BlobStore, specs: list[ImageSpec], opts: PullOptions,
@@ -326,30 +309,14 @@ class _Run(Planner):
         result = self.result()
         if opts.output is not None:
             result.bundle, result.bundle_digest, result.unchanged = opts.output, digest, same
-            self.say_left_out()
+            for note in unloadable([p for _, p in self.resolved()], self.opts.base_blobs):
+                self.progress.info(note)
         return result
 
     def only_waiting(self) -> bool:
         """Every image that failed waits for a registry's request budget (exit 14)."""
         codes = {r.error_code for r in self.results if r.error}
         return bool(codes) and codes == {BudgetSpent.exit_code}
-
-    def say_left_out(self) -> None:
-        """A note per image the bundle's manifest.json leaves out (a base bundle's blobs, a
-        foreign layer): docker load and podman load will not load it; and per sparse index,
-        which ctr import cannot take."""
-        plans = [p for _, p in self.resolved()]
-        base = self.opts.base_blobs or {}
-        carried = {d for p in plans for d in p.blobs if d not in base}
-        for name, why in left_out(plans, carried):
-            self.progress.info(f"{name}: not in manifest.json, so docker load and podman load "
-                               f"leave it out: {why}")
-        for p in plans:
-            if "sparse" in p.absent.values():
-                self.progress.info(
-                    f"{p.name}: --index sparse: the index names platform manifests the bundle "
-                    "does not carry, so ctr import (k3s, RKE2) imports nothing from this file, "
-                    "not even the other images; --index filter makes one it imports")
 
     async def finish(self) -> tuple[str | None, bool]:
         """Name the assembled bundle, or write it from the store (a .tar.zst, or when an

@@ -5,12 +5,12 @@ inventory, the manifests and blobs in their fixed tar order; and the one-pass wr
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from mirror.bundle.dockersave import docker_manifest
+from mirror.bundle.dockersave import docker_manifest, left_out
 from mirror.bundle.layout import (
     A_CONVERSIONS,
     A_INDEX_MODE,
@@ -32,7 +32,8 @@ from mirror.store.blobs import BlobStore
 
 
 class Options(Protocol):
-    """What the layout and its writer read of a pull's options (mirror.pull.PullOptions)."""
+    """What the layout and its writer read of a pull's options
+    (mirror.pull_options.PullOptions)."""
 
     @property
     def output(self) -> Path | None: ...
@@ -68,6 +69,22 @@ def referrer_entries(plans: list[Image], named: Collection[str]) -> list[Entry]:
             referrers[r.name] = Entry(r.name, m.media_type, m.digest, m.size,
                                       {A_SUBJECT: r.subject or "", A_KIND: r.kind or ""})
     return [r for n, r in referrers.items() if n not in named]
+
+
+def unloadable(plans: list[Image], base_blobs: dict[str, int] | None) -> Iterator[str]:
+    """A note per image the bundle's manifest.json leaves out (a base bundle's blobs, a
+    foreign layer): docker load and podman load will not load it; and per sparse index,
+    which ctr import cannot take."""
+    base = base_blobs or {}
+    carried = {d for p in plans for d in p.blobs if d not in base}
+    for name, why in left_out(plans, carried):
+        yield (f"{name}: not in manifest.json, so docker load and podman load leave it out: "
+               f"{why}")
+    for p in plans:
+        if "sparse" in p.absent.values():
+            yield (f"{p.name}: --index sparse: the index names platform manifests the bundle "
+                   "does not carry, so ctr import (k3s, RKE2) imports nothing from this file, "
+                   "not even the other images; --index filter makes one it imports")
 
 
 @dataclass
