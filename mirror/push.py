@@ -77,6 +77,7 @@ async def push(client: Client, registry: str, images: list[PushImage], source: S
     first cancels the upload sessions it left open, within a few seconds."""
     pusher = Pusher(client, registry, images, source, result, progress, jobs, merge)
     try:
+        await pusher.give_way()
         await pusher.find_held()
         plan = await pusher.check_blobs(absent or {}, elsewhere)
         if plan.missing_base:
@@ -136,6 +137,30 @@ class Pusher:
         subjects = {m.digest for p in self.images if id(p.image) in out for m in p.manifests}
         out |= {id(p.image) for p in self.images if p.referrer_of in subjects}
         self.images = [p for p in self.images if id(p.image) not in out]
+
+    async def give_way(self) -> None:
+        """An image pinned by digest is tagged `sha256-<hex>` at the target (mirror.mapping:
+        digest_tag), which on a registry with no referrers API is the tag of the index of
+        its referrers (the OCI fallback tag, mirror.artifacts.fallback_tag). Where this push
+        carries a referrer of it, the spec's meaning wins: the image goes by digest (its
+        other tags stay), said once, and the tag holds its referrers' index."""
+        subjects = {(p.repository, p.referrer_of) for p in self.images if p.referrer_of}
+        keep: list[PushImage] = []
+        for p in self.images:
+            digest = p.root.digest
+            if p.referrer_of is None and p.tag == fallback_tag(digest) and \
+                    (p.repository, digest) in subjects and \
+                    not await self.finder.has_api(self.reg, p.repository, digest):
+                self.progress.warn(
+                    f"{p.name} is not tagged {p.tag} at {self.reg}/{p.repository}: there that "
+                    "tag is the index of its referrers (no referrers API: the OCI fallback "
+                    "tag); it goes by digest (tag_as: in images.yaml gives it a tag)")
+                if any(q.image is p.image and q.repository == p.repository and
+                       q.tag not in (None, p.tag) for q in self.images):
+                    continue  # tagged otherwise too
+                p.tag = None
+            keep.append(p)
+        self.images[:] = keep
 
     async def find_held(self) -> None:
         """One HEAD of each image's reference (its tag, else its root's digest): where it
