@@ -197,8 +197,6 @@ async def _choose(client: Client, spec: ImageSpec,
         listings[ref.name] = asyncio.ensure_future(_listing(client, ref.registry,
                                                             ref.repository))
     listed = await asyncio.shield(listings[ref.name])  # another rule may await it too
-    # the tags of signatures, SBOMs and attestations are no images: they travel with theirs
-    listed = [t for t in listed if not is_referrer_tag(t)]
     assert spec.rule is not None
     created = None
     if spec.rule.order == "created":
@@ -225,9 +223,12 @@ async def _choose(client: Client, spec: ImageSpec,
 
 
 async def _listing(client: Client, registry: str, repository: str) -> list[str]:
+    """The repository's tags a rule may choose from, once for all its rules; the whole
+    listing is kept in `client.listed` for the referrers' discovery. The tags of signatures,
+    SBOMs and attestations are no images: they travel with theirs."""
     listed = await client.list_tags(registry, repository)
     client.listed[(registry, repository)] = listed
-    return listed
+    return [t for t in listed if not is_referrer_tag(t)]
 
 
 def resolved(specs: list[ImageSpec]) -> list[dict[str, Any]]:
