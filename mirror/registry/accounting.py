@@ -15,7 +15,7 @@ import yarl
 
 from mirror.registry.policy import RETRY_COUNTER, RetryPolicy
 from mirror.registry.ratelimit import SMALL_REQUESTS, RegistryLimits, parse_ratelimit
-from mirror.registry.session import SessionSetup
+from mirror.registry.session import SessionSetup, url_host
 
 LONG_WAIT = 10.0  # a Retry-After pause this long is announced even without -v
 
@@ -29,9 +29,7 @@ def loggable(url: str) -> str:
     """SCHEME://HOST/PATH of a URL for -v and errors: the scheme (https, or plain http for a
     local or insecure registry) but never the query (presigned URLs carry signatures there)."""
     u = yarl.URL(url)
-    host = u.host or ""
-    if ":" in host:
-        host = f"[{host}]"
+    host = url_host(u)
     port = f":{u.explicit_port}" if u.explicit_port else ""
     return f"{u.scheme}://{host}{port}{u.raw_path}" + ("?..." if u.raw_query_string else "")
 

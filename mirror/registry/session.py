@@ -110,10 +110,14 @@ class SessionSetup:
         """TLS settings for a host we are sent to (a token realm, object storage): that
         host's own settings when it has some, else verified TLS with the system CAs."""
         u = yarl.URL(url)
-        host = u.host or ""
-        if ":" in host:
-            host = f"[{host}]"
+        host = url_host(u)
         for key in (f"{host}:{u.port}", host):
             if key in self.settings or key in self._endpoints:
                 return self._ssl(key)
         return self._ssl("")
+
+
+def url_host(u: yarl.URL) -> str:
+    """The host of `u` as a registry is named (an IPv6 address in brackets), without port."""
+    host = u.host or ""
+    return f"[{host}]" if ":" in host else host
