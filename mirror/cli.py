@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     _gc_was_on = gc.isenabled()
     threshold, frozen = gc.get_threshold(), gc.get_freeze_count()
     gc.disable()  # through the command's imports: see _settle_gc
-    from mirror.signals import hold
+    from mirror.signals import hold, put_back
 
-    put_back = hold()  # a stop before the run's task exists waits for it (mirror.signals)
+    hold()  # a stop before the run's task exists waits for it (mirror.signals)
     try:
         return _main(argv)
     finally:

@@ -19,7 +19,7 @@ report's writing, or a SIGTERM that killed the process before its report.
 from __future__ import annotations
 
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -39,9 +39,9 @@ def _keep(signum: int, frame: Any) -> None:
         _held.append(signum)
 
 
-def hold() -> Callable[[], None]:
+def hold() -> None:
     """Keep SIGINT and SIGTERM waiting (recorded, not acted on) until `release_sigint` and
-    `run_stoppable` take them over; gives what puts the handlers found back. Only a signal
+    `run_stoppable` take them over (`put_back` gives back the handlers found). Only a signal
     with its default handler (one ignored, as a shell leaves SIGINT to a background job,
     stays ignored), and only in the main thread, where signals are handled."""
     for sig, default in _DEFAULTS.items():
@@ -51,12 +51,12 @@ def hold() -> Callable[[], None]:
         except ValueError:  # not the main thread
             break
 
-    def put_back() -> None:
-        """The handlers found, back; what was held is dropped."""
-        _swap(dict(_found))
-        _found.clear()
-        _held.clear()
-    return put_back
+
+def put_back() -> None:
+    """The handlers `hold` found, back; what was held is dropped."""
+    _swap(dict(_found))
+    _found.clear()
+    _held.clear()
 
 
 def release_sigint() -> None:
