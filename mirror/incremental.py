@@ -15,11 +15,9 @@ from mirror.errors import BundleError, UsageError
 from mirror.lockfile import Lock, is_lock_file
 
 
-def read_base(path: Path | None, out: Path, *, dry_run: bool) -> dict[str, Any]:
-    """PullOptions' base_* fields for `--base path` ({} without one), for a pull writing `out`
-    (nothing is written with `dry_run`, so nothing can be written over)."""
-    if not path:
-        return {}
+def read_base(path: Path, out: Path, *, dry_run: bool) -> dict[str, Any]:
+    """PullOptions' base_* fields for `--base path` (mirror.pull_run asks only with one), for
+    a pull writing `out` (nothing is written with `dry_run`, so nothing can be written over)."""
     parts = volumes.base_of(path)  # a set of parts: its base name (mirror.bundle.volumes)
     if not path.exists() and parts is None:
         raise UsageError(f"--base {path}: no such file")
