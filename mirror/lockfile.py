@@ -116,11 +116,12 @@ def pin(specs: list[ImageSpec], path: Path | None) -> list[ImageSpec]:
     return pinned
 
 
-def source_digests(path: Path | None) -> dict[str, str]:
+def source_digests(path: Path) -> dict[str, str]:
     """What each tag named when the lock file at `path` was written (reference ->
     `sourceDigest`); nothing when there is no readable lock file there. A warm rerun's hint
-    (mirror.commands), never a pin: the tag is still asked about."""
-    if path is None or not path.exists():
+    (mirror.commands, which asks only with a lock file's path), never a pin: the tag is
+    still asked about."""
+    if not path.exists():
         return {}
     try:
         images = Lock.read(path).images
