@@ -122,8 +122,7 @@ class _Run(Planner):
         # bytes_reused count them (a config an incremental pull read for planning, which its
         # base carried, is neither: it was counted a blob fetched of 0 bytes)
         base = self.opts.base_blobs or {}
-        r.blobs_fetched = sum(1 for d in self.fetcher.fetched if d not in base) if base else \
-            len(self.fetcher.fetched)
+        r.blobs_fetched = sum(1 for d in self.fetcher.fetched if d not in base)
         r.blobs_reused = len(self.reused)
         r.bytes_fetched = sum(x.bytes_fetched for x in self.results)
         r.bytes_reused = sum(self.reused.values())
