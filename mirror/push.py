@@ -126,6 +126,9 @@ class Pusher:
         self.fallbacks: dict[tuple[str, str], RawManifest | None] = {}
         self.held: set[int] = set()  # id() of the images the target serves whole already
         self.not_there: set[tuple[str, str]] = set()  # (repository, root reference) asked
+        # (repository, subject) -> the image whose digest tag gave way to the subject's
+        # fallback index (give_way): found under that tag, it is not a referrers' index
+        self.gave_way: dict[tuple[str, str], str] = {}
 
     def leave_out(self, unread: dict[str, BudgetSpent]) -> None:
         """A source registry whose requests ran out (a sync): the images that need one of
@@ -139,22 +142,24 @@ class Pusher:
         self.images = [p for p in self.images if id(p.image) not in out]
 
     async def give_way(self) -> None:
-        """An image pinned by digest is tagged `sha256-<hex>` at the target (mirror.mapping:
-        digest_tag), which on a registry with no referrers API is the tag of the index of
-        its referrers (the OCI fallback tag, mirror.artifacts.fallback_tag). Where this push
-        carries a referrer of it, the spec's meaning wins: the image goes by digest (its
-        other tags stay), said once, and the tag holds its referrers' index."""
-        subjects = {(p.repository, p.referrer_of) for p in self.images if p.referrer_of}
+        """An image pinned by digest is tagged `sha256-<hex>` after its source digest
+        (mirror.mapping: digest_tag), which on a registry with no referrers API is the tag
+        of the index of that digest's referrers (the OCI fallback tag,
+        mirror.artifacts.fallback_tag). Where this push carries such a referrer, the spec's
+        meaning wins: the image goes by digest (its other tags stay), said once, and the
+        tag holds the referrers' index (replacing the image where a load left it there)."""
+        fallbacks = {(p.repository, fallback_tag(p.referrer_of)): p.referrer_of
+                     for p in self.images if p.referrer_of}
         keep: list[PushImage] = []
         for p in self.images:
-            digest = p.root.digest
-            if p.referrer_of is None and p.tag == fallback_tag(digest) and \
-                    (p.repository, digest) in subjects and \
-                    not await self.finder.has_api(self.reg, p.repository, digest):
+            subject = fallbacks.get((p.repository, p.tag or ""))
+            if p.referrer_of is None and subject is not None and \
+                    not await self.finder.has_api(self.reg, p.repository, subject):
                 self.progress.warn(
                     f"{p.name} is not tagged {p.tag} at {self.reg}/{p.repository}: there that "
                     "tag is the index of its referrers (no referrers API: the OCI fallback "
                     "tag); it goes by digest (tag_as: in images.yaml gives it a tag)")
+                self.gave_way[(p.repository, subject)] = p.root.digest
                 if any(q.image is p.image and q.repository == p.repository and
                        q.tag not in (None, p.tag) for q in self.images):
                     continue  # tagged otherwise too
@@ -301,7 +306,9 @@ class Pusher:
             return
         key = (repo, fallback_tag(subject))
         if key not in self.fallbacks:
-            self.fallbacks[key] = await held_fallback(self.client, self.reg, repo, subject)
+            held = await held_fallback(self.client, self.reg, repo, subject)
+            mistaken = held is not None and held.digest == self.gave_way.get((repo, subject))
+            self.fallbacks[key] = None if mistaken else held
         new = with_referrer(self.fallbacks[key], m)
         if new is None:
             return

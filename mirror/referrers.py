@@ -185,13 +185,11 @@ def _refers(raw: RawManifest, subject: str, kind: object, tag: object) -> bool:
 async def held_fallback(client: Client, registry: str, repo: str, subject: str
                         ) -> RawManifest | None:
     """The subject's `sha256-<hex>` index of referrers as the target holds it (None when
-    there is none, or when the tag holds the subject itself: an image pinned by digest, its
-    digest tag pushed before mirror.push.Pusher.give_way, which the index replaces)."""
+    there is none)."""
     try:
-        held = await client.get_manifest(registry, repo, fallback_tag(subject))
+        return await client.get_manifest(registry, repo, fallback_tag(subject))
     except NotFound:
         return None
-    return None if held.digest == subject else held
 
 
 def with_referrer(held: RawManifest | None, referrer: RawManifest) -> RawManifest | None:
