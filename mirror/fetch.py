@@ -15,11 +15,10 @@ import contextvars
 import functools
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, MutableSet
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mirror import mediatypes as mt
 from mirror.aio import to_the_end
-from mirror.bundle.assembler import Assembler
 from mirror.digest import check_bytes
 from mirror.errors import IntegrityError, RegistryError
 from mirror.manifest import Descriptor
@@ -31,6 +30,9 @@ from mirror.registry.ratelimit import SMALL_BLOB
 from mirror.store.blobs import BlobStore
 from mirror.store.iowork import IO_POOL
 from mirror.store.partial import PartialBlob
+
+if TYPE_CHECKING:  # made only where a bundle is written (mirror.pull)
+    from mirror.bundle.assembler import Assembler
 
 PROGRESS_BYTES = 64 << 10  # a broken download that got this far starts a fresh retry count
 

@@ -23,7 +23,6 @@ import time
 from collections.abc import Awaitable, Callable
 
 from mirror.aio import bounded, cancel_all, gather_or_cancel, to_the_end
-from mirror.bundle.assembler import Assembler
 from mirror.bundle.contents import bundle_layout, unloadable, write_plans
 from mirror.bundle.writer import Prehash, tar_size, unchanged
 from mirror.config import ImageSpec
@@ -274,6 +273,8 @@ class _Run(Planner):
                 if prehash is not None:  # the file will be replaced: no need to read on
                     prehash.stop()
                 self.in_layout = {i for i, _ in self.resolved()}
+                from mirror.bundle.assembler import Assembler  # a bundle to write: not a rerun's
+
                 f.assembler = Assembler(opts.output, index_json=lay.index,
                                         inventory_json=lay.inventory, manifests=lay.manifests,
                                         blobs=[(b.digest, b.size) for b in lay.blobs],
