@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -575,6 +576,9 @@ def test_a_window_with_no_request_left_is_waited_for_up_to_max_wait(
         assert proc.returncode == 14, proc.stderr
         assert f"mirror: error: rate limited by {a.host}: 0 of 10 requests left, window " \
             "resets in 2 s; this image waits for the next run" in proc.stderr, proc.stderr
+        # and the request it stopped at, as a URL (not the callable that formats it)
+        assert re.search(rf"\(at (HEAD|GET) http://{re.escape(a.host)}/v2/\S+\)$",
+                         proc.stderr.strip().splitlines()[-1]), proc.stderr
         assert later == []
 
 

@@ -30,6 +30,8 @@ SMALL_REQUESTS = 16
 SMALL_MOST = 64
 GROWTH = 1.1
 SMALL_BLOB = 1 << 20  # a blob under this size is a small request, at or over it a transfer
+# a request as a refusal names it: made only when one is refused (every request has one)
+Label = str | Callable[[], str]
 
 # set in the tasks that fetch the blobs of images a pull admitted to a registry's request
 # budget (RegistryLimits.admit): their requests draw on what was promised to them
@@ -219,9 +221,10 @@ class RegistryLimits:
     def made(self) -> int:
         return sum(self.counts.values())
 
-    def check(self, what: str) -> None:
+    def check(self, what: Label) -> None:
         """Refuse a request the run may not make (raise BudgetSpent): the budget spent, or
-        a window with no request left that resets later than the run waits."""
+        a window with no request left that resets later than the run waits. `what` names
+        the request in the refusal (a callable: formatted only for a refusal)."""
         if self.held is not None:
             raise self.exhausted(what, self.held)
         if self.budget is not None and not ADMITTED.get() and (
@@ -253,13 +256,13 @@ class RegistryLimits:
         self.hold(f"asked to wait {seconds:.0f} s (HTTP {status}), longer than "
                   f"--max-wait {self.max_wait:g} s")
 
-    def exhausted(self, what: str, why: str) -> BudgetSpent:
+    def exhausted(self, what: Label, why: str) -> BudgetSpent:
         return BudgetSpent(
             f"rate limited by {self.registry}: {why}; this image waits for the next run "
-            f"(at {what})",
+            f"(at {what() if callable(what) else what})",
             registry=self.registry, status=429)
 
-    async def acquire(self, what: str) -> None:
+    async def acquire(self, what: Label) -> None:
         """A slot for one request (waiting while the registry's cap is used), after the
         window resets when the registry said none is left (refused when it resets later
         than `max_wait`)."""

@@ -44,6 +44,7 @@ from mirror.registry.policy import (
     parse_retry_after,
 )
 from mirror.registry.ratelimit import (
+    Label,
     RegistryLimits,
     request_kind,
 )
@@ -219,7 +220,8 @@ class Transport(Accounting):
         while True:
             await gate.wait()
             hdrs = {**(headers or {}), **(await auth() if auth is not None else {})}
-            held = await self._take_slot(lim, kind, note or f"{method} {loggable(url)}")
+            held = await self._take_slot(
+                lim, kind, note or (lambda: f"{method} {loggable(url)}"))
             if lim is not None:
                 lim.count(kind or request_kind(method, url))
             attempt += 1
@@ -284,7 +286,7 @@ class Transport(Accounting):
 
     @staticmethod
     async def _take_slot(lim: RegistryLimits | None, kind: str,
-                         what: str) -> RegistryLimits | None:
+                         what: Label) -> RegistryLimits | None:
         """A slot of the registry's limiter for one try (the limiter, to release it), or
         None: no registry, or a token request (it goes to the token server, and the request
         waiting for the token may hold the registry's last slot)."""
