@@ -170,6 +170,35 @@ def test_inspect_of_a_bundle_imports_no_http_stack(tmp_path) -> None:
             or m.startswith("mirror.registry")] == []
 
 
+@pytest.mark.parametrize("command", ["verify", "inspect"])
+def test_a_plain_bundle_is_read_without_zstandard(command, rng, tmp_path) -> None:
+    """zstandard is a .tar.zst's: `verify` and `inspect` of a plain .tar (and `load`, which
+    reads it with the same reader) import none of it; of the same bundle as a .tar.zst, they
+    do (so the check sees it)."""
+    import tarfile
+
+    import zstandard
+
+    from tests.support import imagegen as ig
+
+    root = ig.write_layout(tmp_path / "layout", {"v1": ig.make_index(
+        [ig.make_image(rng, ig.AMD64, "oci"), ig.make_image(rng, ig.ARM64_V8, "oci")], "oci")})
+    plain, packed = tmp_path / "b.tar", tmp_path / "b.tar.zst"
+    with tarfile.open(plain, "w") as tar:
+        for f in sorted(root.rglob("*")):
+            tar.add(f, f.relative_to(root).as_posix(), recursive=False)
+    packed.write_bytes(zstandard.ZstdCompressor().compress(plain.read_bytes()))
+    for bundle, zstd in ((plain, False), (packed, True)):
+        proc = subprocess.run([sys.executable, "-c", _IMPORTED, command, str(bundle)],
+                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                              capture_output=True, text=True, timeout=60)
+        *said, listed = proc.stderr.strip().splitlines()
+        said = "\n".join([proc.stdout, *said])
+        # read whole, and found good: verify's verdict, inspect's listing
+        assert "error" not in said and (": OK" if command == "verify" else "v1") in said, said
+        assert ("zstandard" in json.loads(listed)) is zstd, (bundle.name, said)
+
+
 def test_a_pull_without_a_config_file_reads_no_yaml(tmp_path) -> None:
     """Issue 18: a warm rerun's start-up. `mirror pull REF...` reads no images.yaml, so PyYAML
     (10 ms of its imports) is never executed: mirror.config names it, to be loaded when a

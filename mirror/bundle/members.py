@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-import zstandard
-
 from mirror.bundle import sniff
 from mirror.bundle.layout import Inventory
 from mirror.bundle.trailer import first_nonzero, zstd_frames_problem
@@ -187,11 +185,17 @@ def truncated(path: Path, bundle: str, what: str) -> BundleError:
         "as the pull wrote them (the sidecar lists the names)")
 
 
+def _zstd_error(e: BaseException) -> bool:
+    import zstandard  # only a .tar.zst's errors: a plain bundle's read does not import it
+
+    return isinstance(e, zstandard.ZstdError)
+
+
 def unreadable(path: Path, bundle: str, compressed: bool, e: BaseException,
                member: str | None = None) -> BundleError:
     """The one-line error for a tar or tar.zst that cannot be read: truncated (the data ends
     before the archive does), not zstd, or not a tar."""
-    if isinstance(e, zstandard.ZstdError):
+    if compressed and _zstd_error(e):
         with open_read(path, buffering=0) as f:  # bytes after the last frame?
             wrong = zstd_frames_problem(f)
         if wrong is not None and wrong.startswith("trailing data"):

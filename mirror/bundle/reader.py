@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from mirror.bundle import consistency, volumecheck, volumefile, volumes
 from mirror.bundle.layout import DOCKER_JSON, MIRROR_JSON, Inventory, blob_name
@@ -33,11 +33,14 @@ from mirror.bundle.members import (
     truncated,
 )
 from mirror.bundle.through import Tap, Tapped, Window
-from mirror.bundle.zstdstream import StreamScan, Visit, is_zstd, iter_stream
+from mirror.bundle.trailer import is_zstd
 from mirror.digest import Digest, sha256_of
 from mirror.errors import BundleError, IntegrityError, MirrorError
 from mirror.fileobj import Readable
 from mirror.manifest import MAX_MANIFEST_BYTES, Descriptor, RawManifest
+
+if TYPE_CHECKING:  # a .tar.zst's (it imports zstandard): read only for one
+    from mirror.bundle.zstdstream import Visit
 
 __all__ = ["Bundle", "Contents", "Member"]
 
@@ -177,6 +180,8 @@ class Bundle:
         every byte (headers and padding too) given to `tap`, and each member comes with a
         fileobj (what it leaves unread is read past)."""
         if self.compressed:
+            from mirror.bundle.zstdstream import iter_stream
+
             yield from iter_stream(self.path, self.name, tap)
             return
         if self.directory:  # no file of its own to hash: `tap` has nothing to follow
@@ -263,6 +268,8 @@ class Bundle:
 
     def _scan_stream(self, configs: bool, visit: Visit | None, tap: Tap | None) -> Contents:
         """A tar.zst, in one pass (mirror.bundle.zstdstream)."""
+        from mirror.bundle.zstdstream import StreamScan, iter_stream
+
         scan = StreamScan(self.name, self._contents, configs=configs, visit=visit)
         for name, size, f in iter_stream(self.path, self.name, tap):
             scan.feed(name, size, f)

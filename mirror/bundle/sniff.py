@@ -7,8 +7,6 @@ import re
 import tarfile
 from pathlib import Path
 
-import zstandard
-
 from mirror.bundle.volumefile import open_read
 
 _NUMERIC = re.compile(rb"^[0-7 \0]*$")  # mode, uid, gid, size, mtime, chksum: octal text
@@ -21,6 +19,8 @@ def head(path: Path, compressed: bool) -> bytes:
     with open_read(path) as f:
         if not compressed:
             return f.read(tarfile.BLOCKSIZE)
+        import zstandard  # a .tar.zst's head only
+
         out = b""
         try:
             with zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True) as zr:

@@ -11,8 +11,17 @@ from mirror.fileobj import Readable
 
 CHUNK = 1 << 20
 _ZSTD_MAGIC = 0xFD2FB528
+ZSTD_MAGIC = _ZSTD_MAGIC.to_bytes(4, "little")  # a zstd frame's first 4 bytes
 _SKIPPABLE = 0x184D2A50  # 0x184D2A50..0x184D2A5F: a skippable frame (zstd allows them)
 _SKIPPABLE_MASK = 0xFFFFFFF0
+
+
+def is_zstd(magic: bytes) -> bool:
+    """A file's first 4 bytes: a zstd frame, or a skippable one (zstd allows them anywhere,
+    the first place too). Here, not in mirror.bundle.zstdstream: a plain bundle's reader and
+    writer ask it without importing zstandard."""
+    return magic == ZSTD_MAGIC or (
+        len(magic) == 4 and int.from_bytes(magic, "little") & _SKIPPABLE_MASK == _SKIPPABLE)
 
 
 def first_nonzero(f: Readable, start: int) -> int | None:

@@ -21,6 +21,7 @@ from typing import IO, BinaryIO, cast
 
 from mirror.bundle import volumefile, volumes
 from mirror.bundle.layout import DOCKER_JSON, MIRROR_JSON, OCI_LAYOUT, Piecewise, blob_name
+from mirror.bundle.trailer import is_zstd
 from mirror.digest import Verifier, sha256_file
 from mirror.errors import IntegrityError, MirrorError, SizeMismatch, naming
 from mirror.fileobj import Writable
@@ -299,7 +300,7 @@ def _same_shape(out: Path, side: Path, digest: str, size: int | None,
 def _same_head(raw: BinaryIO, size: int | None, files: list[tuple[str, Piecewise]]) -> bool:
     """The bundle read from `raw` starts with these files (a .tar.zst when `size` is None):
     False too for a .tar.zst that does not decompress."""
-    if raw.read(4) == b"\x28\xb5\x2f\xfd":
+    if is_zstd(raw.read(4)):
         if size is not None:
             return False
         raw.seek(0)

@@ -28,17 +28,9 @@ from mirror.manifest import MAX_MANIFEST_BYTES
 if TYPE_CHECKING:
     from mirror.bundle.reader import Contents
 
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _SMALL_CAP = 256 << 20  # bytes of small blobs a streaming scan may hold before index.json
 _STREAM_ERRORS = (tarfile.TarError, zstandard.ZstdError, EOFError)
 _LAYOUT_FILES = ("oci-layout", "index.json", MIRROR_JSON, DOCKER_JSON)
-
-
-def is_zstd(magic: bytes) -> bool:
-    """A file's first 4 bytes: a zstd frame, or a skippable one (zstd allows them anywhere,
-    the first place too)."""
-    return magic == ZSTD_MAGIC or (
-        len(magic) == 4 and int.from_bytes(magic, "little") & 0xFFFFFFF0 == 0x184D2A50)
 
 
 class StreamMember:
