@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
 import signal
@@ -407,6 +408,55 @@ def test_a_file_size_limit_says_where_the_parts_are_cut(src_registry, repo_name,
     assert res.returncode == 1 and "site.tar.partial: File too large" in error_line(res)
     assert "hint:" in res.stderr and "copy the parts to the medium" in res.stderr
     assert sorted(p.name for p in out.parent.iterdir()) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A file system of its own, `small_disk(bytes)`: a tmpfs of that size (the suite runs as
+    root, for its runtimes), so a write past it fails with ENOSPC as on a full disk (a file
+    size limit cannot: every part is smaller than the bundle written before it)."""
+    mounted: list[Path] = []
+
+    def make(size: int) -> Path:
+        where = tmp_path / "disk"
+        where.mkdir()
+        res = run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", where])
+        assert res.returncode == 0, f"cannot mount a tmpfs at {where}: {res.stderr}"
+        mounted.append(where)
+        return where
+
+    yield make
+    for where in mounted:
+        run(["umount", "-l", where])
+
+
+def test_a_full_disk_while_cutting_the_parts_names_the_part(src_registry, repo_name, rng,
+                                                            tmp_path, small_disk):
+    """The disk has room for the new bundle but not for one part more, which cutting it
+    needs: the pull said `site.tar.partial: No space left on device`, a file the user never
+    sees, while the file that could not be written was the part being cut. It names that
+    part now; still exit 1, the old set as it was, nothing of the new one left."""
+    refs = seed(src_registry, repo_name, rng)
+    plain = tmp_path / "plain" / "site.tar"
+    pull(plain, refs, tmp_path / "cache", "-q")
+    whole = plain.stat().st_size  # the new set's bundle, whatever its parts
+    volume = (whole * 6 // 10) & ~4095  # two parts; the second, cut first, 0.4 of it
+    disk = small_disk(4 << 20)
+    out = disk / "site.tar"
+    pull(out, refs[:1], tmp_path / "cache", "-q", "--volume-size", "256k")
+    before = {p.name: p.read_bytes() for p in disk.iterdir()}
+    st = os.statvfs(disk)
+    room = whole + whole // 5  # the bundle fits, and half of the part cut first
+    (disk / "filler").write_bytes(b"\0" * (st.f_bavail * st.f_frsize - room))
+    res = run(mirror_cmd("pull", *refs, "-o", out, "--cache", tmp_path / "cache", "-q",
+                         "--volume-size", volume), cwd=ROOT, env=mirror_env())
+    assert res.returncode == 1, res.stderr
+    line = error_line(res)
+    assert f"{out}.002: " in line and "No space left on device" in line, line
+    assert ".partial" not in line and "room for the bundle and one part more" in line, line
+    after = {p.name: p.read_bytes() for p in disk.iterdir() if p.name != "filler"}
+    assert after == before
+    mirror_ok("verify", out)
 
 
 def test_serve_of_tar_zst_parts_says_how_to_join_them(src_registry, repo_name, rng, tmp_path):

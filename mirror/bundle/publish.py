@@ -9,6 +9,7 @@ place."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import threading
@@ -172,20 +173,45 @@ class _Stopped(Exception):
 
 
 def _copy(src: BinaryIO, start: int, end: int, dest: Path) -> str:
+    """Bytes [start, end) of the bundle into the part `dest` (`OUT.NNN.partial`). An error
+    writing it names the part (a full disk: it is the file that did not fit, not the
+    bundle); one reading the bundle is left to name the bundle."""
     h = hashlib.sha256()
     src.seek(start)
-    with open(dest, "wb") as f:
+    try:
+        f = open(dest, "wb", buffering=0)  # unbuffered: no write left for close() to fail
+    except OSError as e:
+        raise _unwritten(e, dest) from None
+    with f:
         left = end - start
         while left > 0:
             chunk = src.read(min(CHUNK, left))
             if not chunk:
                 raise OSError(f"{dest}: the bundle ended early")
             h.update(chunk)
-            f.write(chunk)
-            left -= len(chunk)
-        f.flush()
-        os.fsync(f.fileno())
+            try:
+                view, n = memoryview(chunk), 0
+                while n < len(chunk):  # short writes are legal (a disk filling up)
+                    n += f.write(view[n:]) or 0
+                left -= len(chunk)
+            except OSError as e:
+                raise _unwritten(e, dest) from None
+        try:
+            os.fsync(f.fileno())
+        except OSError as e:
+            raise _unwritten(e, dest) from None
     return h.hexdigest()
+
+
+def _unwritten(e: OSError, dest: Path) -> OSError:
+    """`e` naming the part `dest` by its name (the `.partial` it is written as is removed),
+    and, for a full disk, the room cutting needs."""
+    part = dest.with_name(dest.name.removesuffix(".partial"))
+    why = e.strerror or str(e)
+    if e.errno == errno.ENOSPC:
+        why += (" (cutting the bundle into parts needs room for the bundle and one part "
+                "more; the previous set is kept)")
+    return OSError(e.errno, why, str(part))
 
 
 def _unlink(paths: list[Path]) -> None:
