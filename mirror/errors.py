@@ -131,6 +131,15 @@ class IntegrityError(MirrorError):
     exit_code = EXIT_CODES["integrity"]
 
 
+class ManifestLost(IntegrityError):
+    """A manifest a run released to the cache's store (RawManifest.release) is no longer
+    there when read back: `digest` can be fetched again from its registry."""
+
+    def __init__(self, message: str, digest: str, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.digest = digest
+
+
 class DigestMismatch(IntegrityError):
     def __init__(self, expected: str, actual: str, source: str) -> None:
         super().__init__(f"{source}: digest mismatch: expected {expected}, got {actual}")

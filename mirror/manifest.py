@@ -16,7 +16,7 @@ from typing import Any
 
 from mirror import mediatypes as mt
 from mirror.digest import Digest, sha256_of
-from mirror.errors import IntegrityError, UnsupportedContent
+from mirror.errors import IntegrityError, ManifestLost, UnsupportedContent
 from mirror.platform import Platform
 
 _UNSET: Any = object()  # a view not made yet
@@ -180,10 +180,10 @@ class RawManifest:
         assert self._read is not None
         data = self._read(self.digest)
         if data is None or len(data) != self._size:
-            raise IntegrityError(
+            raise ManifestLost(
                 f"manifest {self.digest}: no longer in the cache's store of manifests, "
                 "where this run left it (removed or damaged while the run went on)",
-                hint="run again: the manifest is fetched from the registry anew")
+                self.digest, hint="run again: the manifest is fetched from the registry anew")
         return data
 
     def release(self, read: Callable[[str], bytes | None]) -> None:

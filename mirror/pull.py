@@ -26,7 +26,7 @@ from mirror.aio import bounded, cancel_all, gather_or_cancel, to_the_end
 from mirror.bundle.contents import bundle_layout, unloadable, write_plans
 from mirror.bundle.writer import Prehash, tar_size, unchanged
 from mirror.config import ImageSpec
-from mirror.errors import BudgetSpent, MirrorError
+from mirror.errors import BudgetSpent, IntegrityError, ManifestLost, MirrorError
 from mirror.fetch import Fetcher
 from mirror.image import Image, ImageSet
 from mirror.manifest import Descriptor
@@ -92,6 +92,7 @@ class _Run(Planner):
         # the bundle's digest once it is named at -o (and whether it was there already): a
         # stop that lands after the rename still has the report and lock file say so
         self.named: tuple[str, bool] | None = None
+        self.found_again: set[str] = set()  # manifests lost in the store, fetched again
 
     def config(self, i: int, registry: str, repo: str, desc: Descriptor) -> Awaitable[bytes]:
         return self.fetcher.config_bytes(registry, repo, desc, owner=i)
@@ -99,6 +100,32 @@ class _Run(Planner):
     def need(self, plan: Image) -> list[Descriptor]:
         base = self.opts.base_blobs or {}
         return [d for d in plan.blobs.values() if d.digest not in base]
+
+    def source_of(self, digest: str) -> tuple[str, str] | None:
+        """The registry and repository manifest `digest` of a planned image came from (a
+        referrer's: its subject's); None when no planned image has it."""
+        todo = [p for _, p in self.resolved()]
+        while todo:
+            img = todo.pop()
+            if digest in img.manifests and img.reference is not None:
+                return img.reference.registry, img.reference.repository
+            todo.extend(img.referrers)
+        return None
+
+    async def found(self, lost: ManifestLost) -> None:
+        """The manifest the bundle's head could not read back from the cache's store
+        (damaged or removed there since planning) fetched again, by digest, from the
+        registry of the image it belongs to, and stored again: the head is written anew.
+        Once a manifest per run; `lost` stands when there is no registry to ask."""
+        source = self.source_of(lost.digest)
+        if source is None or lost.digest in self.found_again:
+            raise lost
+        self.found_again.add(lost.digest)
+        try:
+            await self.client.store_again(*source, lost.digest)
+        except MirrorError as e:
+            raise IntegrityError(f"{lost}; fetching it again: {e}",
+                                 hint="run again: the tag is resolved anew") from None
 
     def image_set(self) -> ImageSet:
         """The images the bundle carries (partial when one failed), and its base's."""
@@ -275,11 +302,15 @@ class _Run(Planner):
                 self.in_layout = {i for i, _ in self.resolved()}
                 from mirror.bundle.assembler import Assembler  # a bundle to write: not a rerun's
 
-                f.assembler = Assembler(opts.output, index_json=lay.index,
-                                        inventory_json=lay.inventory, manifests=lay.manifests,
-                                        blobs=[(b.digest, b.size) for b in lay.blobs],
-                                        docker_json=lay.docker,
-                                        volume_size=opts.volume_size)
+                while f.assembler is None:
+                    try:
+                        f.assembler = Assembler(
+                            opts.output, index_json=lay.index, inventory_json=lay.inventory,
+                            manifests=lay.manifests,
+                            blobs=[(b.digest, b.size) for b in lay.blobs],
+                            docker_json=lay.docker, volume_size=opts.volume_size)
+                    except ManifestLost as lost:  # the head could not read it back
+                        await self.found(lost)
                 order = [b.digest for b in lay.blobs]
                 del lay
             try:
@@ -342,15 +373,18 @@ class _Run(Planner):
                                    stop=stop)
         else:
             return None, False
-        fut = loop.run_in_executor(IO_POOL, name)
-        try:
-            return await to_the_end(fut, stop.set)
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                digest, same = fut.result()
-                if digest is not None:  # renamed before it saw the stop: in place
-                    self.named = (digest, same)
-            raise
+        while True:
+            fut = loop.run_in_executor(IO_POOL, name)
+            try:
+                return await to_the_end(fut, stop.set)
+            except ManifestLost as lost:  # the head (written first) could not read it back
+                await self.found(lost)
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
+                    digest, same = fut.result()
+                    if digest is not None:  # renamed before it saw the stop: in place
+                        self.named = (digest, same)
+                raise
 
     def dry_run(self) -> PullResult:
         needed: dict[str, int] = {}  # each blob once, however many images share it

@@ -6,11 +6,15 @@ Requests are counted at the fault proxy in front of the real registry."""
 from __future__ import annotations
 
 import json
+import subprocess
+import time
+
+import pytest
 
 from mirror.registry.ratelimit import SMALL_REQUESTS
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault
-from tests.support.oracle import mirror_ok, resolved
+from tests.support.oracle import error_line, mirror_cmd, mirror_env, mirror_ok, resolved
 from tests.support.pusher import get_manifest, push_image
 from tests.support.referrers import push_sbom
 
@@ -342,31 +346,20 @@ def test_a_reruns_tag_listing_goes_beside_its_heads_not_after_them(
     assert before <= SMALL_REQUESTS, (before, order)
 
 
-def test_a_manifest_damaged_in_the_cache_while_the_run_goes_on_stops_it_cleanly(
-        src_registry, faultproxy, repo_name, rng, tmp_path):
-    """A pull keeps a manifest's bytes in the cache's store, not in memory, from its GET to
-    the bundle's head (RawManifest.release): damaged there while the blobs download (a .zst
-    bundle writes its head last), the run stops with one error line naming the manifest
-    (integrity, exit 7), writes no bundle and no .partial, and drops the entry; the next run
-    fetches it again and writes the bundle, which verifies."""
-    import subprocess
-    import time
-
-    from tests.support.oracle import error_line, mirror_cmd, mirror_env
-
-    proxy = faultproxy(src_registry.url)
-    img = ig.make_image(rng, ig.AMD64, "oci", layers=[ig.make_layer(rng, 400_000)])
-    push_image(src_registry.url, repo_name, img, tags=["1"])
-    ref, cache, out = f"{proxy.host}/{repo_name}:1", tmp_path / "cache", tmp_path / "b.tar.zst"
-    proxy.add(Fault("slow", method="GET", path=r"/blobs/sha256:", delay=0.05, chunk=16384,
-                    times=None))
-    stored = cache / "manifests" / "sha256" / img.digest.split(":", 1)[1]
-    proc = subprocess.Popen(mirror_cmd("pull", ref, "-o", out, "--cache", cache),
+def _pull_damaging(proxy, ref_a: str, ref_b: str, repo_b: str, stored, out, cache,
+                   report) -> subprocess.CompletedProcess[str]:
+    """`mirror pull A B`, B's manifest GET held by the proxy until A's manifest, stored and
+    released (RawManifest.release), has been damaged in the cache's store: after planning
+    read it, before the bundle's head reads it back."""
+    stall = proxy.add(Fault("stall", method="GET", path=rf"/v2/{repo_b}/manifests/1$",
+                            delay=3))
+    proc = subprocess.Popen(mirror_cmd("pull", ref_a, ref_b, "-o", out, "--cache", cache,
+                                       "--report", report),
                             env=mirror_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
         deadline = time.monotonic() + 60
-        while not (stored.exists() and any("/blobs/" in p for p in proxy.paths("GET"))):
+        while not (stored.exists() and stall.hits):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.02)
         stored.write_bytes(stored.read_bytes().replace(b"{", b" {", 1))  # same digest named
@@ -375,12 +368,60 @@ def test_a_manifest_damaged_in_the_cache_while_the_run_goes_on_stops_it_cleanly(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
-    assert done.returncode == 7, stderr
-    assert img.digest in error_line(done) and "Traceback" not in stderr, stderr
-    assert not out.exists() and not list(tmp_path.glob("b.tar.zst.*")), list(tmp_path.iterdir())
-    assert not stored.exists()  # dropped: the next run asks for it again
-    proxy.clear_faults()
-    mirror_ok("pull", ref, "-o", out, "--cache", cache)
-    assert stored.read_bytes() == img.manifest.data
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+@pytest.mark.parametrize("name", ["b.tar", "b.tar.zst"])
+def test_a_manifest_damaged_in_the_cache_while_the_run_goes_on_is_fetched_again(
+        src_registry, faultproxy, repo_name, rng, tmp_path, name):
+    """A pull keeps a manifest's bytes in the cache's store, not in memory, from its GET to
+    the bundle's head (RawManifest.release). Damaged there meanwhile, it failed the whole
+    run (exit 7, `no longer in the cache's store of manifests ... run again`); it is fetched
+    again by digest from its registry now (checked, and stored again), one more manifest
+    GET in the report, and the bundle is the one an undamaged run writes, byte for byte:
+    the .tar's head (written once planning is done) and the .tar.zst's (written last)."""
+    proxy = faultproxy(src_registry.url)
+    img = ig.make_image(rng, ig.AMD64, "oci", layers=[ig.make_layer(rng, 400_000)])
+    other = ig.make_image(rng, ig.AMD64, "oci")
+    push_image(src_registry.url, f"{repo_name}/a", img, tags=["1"])
+    push_image(src_registry.url, f"{repo_name}/b", other, tags=["1"])
+    refs = [f"{proxy.host}/{repo_name}/a:1", f"{proxy.host}/{repo_name}/b:1"]
+    mirror_ok("pull", *refs, "-o", tmp_path / "clean" / name, "--cache", tmp_path / "c0",
+              "--report", tmp_path / "clean.json")
+    cache, out, report = tmp_path / "cache", tmp_path / name, tmp_path / "r.json"
+    stored = cache / "manifests" / "sha256" / img.digest.split(":", 1)[1]
+    proxy.reset_counters()
+    done = _pull_damaging(proxy, *refs, f"{repo_name}/b", stored, out, cache, report)
+    assert done.returncode == 0, done.stderr
+    assert manifest_requests(proxy, "GET")[-1] == f"/v2/{repo_name}/a/manifests/{img.digest}"
+    assert out.read_bytes() == (tmp_path / "clean" / name).read_bytes()
+    assert stored.read_bytes() == img.manifest.data  # stored again, as served
+    asked = json.loads(report.read_text())["requests"][proxy.host]
+    clean = json.loads((tmp_path / "clean.json").read_text())["requests"][proxy.host]
+    assert asked["manifest GET"] == clean["manifest GET"] + 1, (asked, clean)
     mirror_ok("verify", out)
+
+
+def test_a_damaged_manifest_the_registry_no_longer_serves_stops_the_run_cleanly(
+        src_registry, faultproxy, repo_name, rng, tmp_path):
+    """The same damage, and the registry cannot serve the manifest again (404): the run stops
+    with one error line naming the manifest, the cache's damage and the registry's answer
+    (integrity, exit 7), writes no bundle and no .partial, and drops the entry."""
+    proxy = faultproxy(src_registry.url)
+    img = ig.make_image(rng, ig.AMD64, "oci", layers=[ig.make_layer(rng, 400_000)])
+    other = ig.make_image(rng, ig.AMD64, "oci")
+    push_image(src_registry.url, f"{repo_name}/a", img, tags=["1"])
+    push_image(src_registry.url, f"{repo_name}/b", other, tags=["1"])
+    refs = [f"{proxy.host}/{repo_name}/a:1", f"{proxy.host}/{repo_name}/b:1"]
+    gone = proxy.add(Fault("status", method="GET", path=f"/manifests/{img.digest}",
+                           status=404, code="MANIFEST_UNKNOWN", times=None))
+    cache, out, report = tmp_path / "cache", tmp_path / "b.tar", tmp_path / "r.json"
+    stored = cache / "manifests" / "sha256" / img.digest.split(":", 1)[1]
+    done = _pull_damaging(proxy, *refs, f"{repo_name}/b", stored, out, cache, report)
+    assert done.returncode == 7, done.stderr
+    line = error_line(done)
+    assert img.digest in line and "no longer in the cache's store" in line, line
+    assert "404" in line and gone.hits == 1, line
+    assert "Traceback" not in done.stderr, done.stderr
+    assert not out.exists() and not list(tmp_path.glob("b.tar.*")), list(tmp_path.iterdir())
+    assert not stored.exists()  # dropped: the next run asks for it again

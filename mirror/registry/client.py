@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
+from multidict import CIMultiDictProxy
 
 from mirror import mediatypes as mt
 from mirror.digest import check_bytes
@@ -82,13 +83,7 @@ class Client(Blobs, Listings, Uploads):
             if stored is not None:
                 return stored
 
-        async def ask() -> aiohttp.ClientResponse:
-            return await self.t.request(
-                registry, "GET", f"/v2/{repo}/manifests/{ref}", repository=repo,
-                headers={"Accept": mt.MANIFEST_ACCEPT}, what=_asked(ref))
-
-        data, headers = await self._read_whole(ask, MAX_MANIFEST_BYTES, f"{where}: manifest",
-                                               registry, repo)
+        data, headers = await self._get(registry, repo, ref, where)
         ctype = headers.get("Content-Type", "")
         # the bytes are checked before they are parsed: wrong bytes are an integrity error
         checked: str | None = None  # the digest the bytes were checked against
@@ -114,6 +109,27 @@ class Client(Blobs, Listings, Uploads):
                 self.manifests.remember(registry, repo, ref, raw.digest, raw.media_type)
                 self._asked[(registry, repo, ref)] = (raw.digest, raw.media_type)
         return raw
+
+    async def _get(self, registry: str, repo: str, ref: str, where: str
+                   ) -> tuple[bytes, CIMultiDictProxy[str]]:
+        async def ask() -> aiohttp.ClientResponse:
+            return await self.t.request(
+                registry, "GET", f"/v2/{repo}/manifests/{ref}", repository=repo,
+                headers={"Accept": mt.MANIFEST_ACCEPT}, what=_asked(ref))
+
+        return await self._read_whole(ask, MAX_MANIFEST_BYTES, f"{where}: manifest",
+                                      registry, repo)
+
+    async def store_again(self, registry: str, repo: str, digest: str) -> None:
+        """A manifest this run released to the store (RawManifest.release), lost there
+        (damaged, removed): GET it by digest, check it, and keep it in the store again, where
+        the manifests released with it read it back."""
+        where = f"{registry}/{repo}@{digest}"
+        data, _ = await self._get(registry, repo, digest, where)
+        check_bytes(data, digest, None, where)
+        if self.manifests is None or not self.manifests.put(digest, data):
+            raise IntegrityError(f"manifest {digest}: fetched again from {registry}/{repo}, "
+                                 "but the cache's store of manifests cannot keep it")
 
     async def _stored(self, store: ManifestStore, registry: str, repo: str, ref: str,
                       expected: Descriptor | None, where: str) -> RawManifest | None:
