@@ -216,12 +216,14 @@ def traffic(transport) -> dict:
             "rate_limit": transport.rate_limit_report()}
 
 
-def starved(transport, specs, progress) -> None:
+def starved(transport, specs, progress, kept: bool = True) -> None:
     """A registry whose max_requests_per_run went before any blob could be fetched, or whose
     first image's blobs need more than a run with nothing new to resolve leaves them: its
     images would wait every night, never getting further. One warning naming it, what the
     budget went on, and a run's least need (what this one spent, and a blob GET per image,
-    or the blobs of the image refused)."""
+    or the blobs of the image refused). A tag rule's candidates' times a run read are `kept`
+    in the cache (none without one: a sync without --cache), and the next run asks only the
+    rest (mirror.created): then it gets further, which the warning says."""
     for reg, lim in sorted(transport.limits.items()):
         if lim.budget is None or lim.counts.get("blob GET"):
             continue
@@ -235,11 +237,13 @@ def starved(transport, specs, progress) -> None:
                           if s.reference.registry == reg)
             also = f", a request per tag rule candidate it left unasked ({unasked})" \
                 if unasked else ""
+            then = ("; what it read of the candidates is kept, and the next run goes on from "
+                    "there: runs on this budget get through them" if unasked and kept
+                    else "; raise it, or the same images wait every run")
             progress.warn(f"{reg}: max_requests_per_run: {lim.budget} was spent before any "
                           f"image could be fetched ({went}): a run of these {n} image(s) "
                           f"needs at least {lim.made + unasked + n} requests (what this "
-                          f"one spent resolving them{also}, and a blob GET each); raise it, "
-                          "or the same images wait every run")
+                          f"one spent resolving them{also}, and a blob GET each){then}")
         elif lim.refused is not None and not lim.counts.get("manifest GET"):
             # every manifest came from the cache: the next run resolves at the same cost
             progress.warn(f"{reg}: max_requests_per_run: {lim.budget} leaves the first image "

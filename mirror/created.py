@@ -17,7 +17,12 @@ old nightly builds do while the job runs) is no candidate: it is left out of the
 Costs: the manifests come through the client, so a manifest seen once is never fetched again
 (a tag costs one HEAD on a warm rerun, and the pull that follows asks nothing more); the
 config is read from the cache of blobs, where it is kept for the pull and the next run. A
-digest several tags name is read once.
+digest several tags name is read once. On a registry with a request budget
+(`max_requests_per_run`) a tag the store recorded, with its manifest, is not asked again (its
+time is worked out from what the cache holds, the tag as a run last saw it): the budget goes
+to the candidates not read yet, and what a run read is what the next need not ask, so runs
+on a budget smaller than the candidates get through them (the tags chosen are asked again
+by the pull, which carries what they name now).
 """
 
 from __future__ import annotations
@@ -99,6 +104,7 @@ class Times:
         if failed:  # the first, in the tags' order; with the budget spent, how many of
             if isinstance(failed[0], BudgetSpent):  # them a next run must ask again
                 failed[0].unasked = sum(isinstance(e, BudgetSpent) for e in failed)
+                failed[0].candidates = len(tags)
             raise failed[0]
         times = [t.result() for t in tasks]
         return {t: at for t, at in zip(tags, times, strict=True) if not isinstance(at, _Gone)}
@@ -108,6 +114,10 @@ class Times:
         await cancel_all([*self._tags.values(), *self._by_digest.values()])
 
     async def _manifest(self, registry: str, repo: str, tag: str) -> RawManifest:
+        if self.client.t.limits_for(registry).budget is not None:
+            raw = self.client.recorded(registry, repo, tag)
+            if raw is not None:
+                return raw
         async with self._sem:
             return await self.client.get_manifest(registry, repo, tag)
 

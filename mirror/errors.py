@@ -125,6 +125,7 @@ class BudgetSpent(RateLimited):
 
     exit_code = EXIT_CODES["rate-limited-partial"]
     unasked = 0  # a tag rule's candidates whose times it left unasked (mirror.created)
+    candidates = 0  # of how many
 
 
 class IntegrityError(MirrorError):

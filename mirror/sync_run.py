@@ -90,7 +90,7 @@ async def run_sync(args: argparse.Namespace, progress, report: Report) -> int:
         raise
     finally:
         report.add(retries=transport.retries, **traffic(transport))
-        starved(transport, final or specs, progress)
+        starved(transport, final or specs, progress, kept=bool(args.cache))
     report.add(**_sync_report(result))
     for target, done in result.targets:
         if args.dry_run:

@@ -498,8 +498,8 @@ def test_a_tag_rule_whose_listing_the_budget_refuses_waits(
     config(1)
     proc = run_mirror("pull", *args)
     assert proc.returncode == 14, proc.stderr
-    assert f"{rule_repo}: failed: rate limited by {a.host}: 0 requests left" in proc.stderr, \
-        proc.stderr
+    assert f"{rule_repo}: failed: tag rule at {cfg}:8 (semver: '*', regex: '^v'): rate " \
+        f"limited by {a.host}: 0 requests left" in proc.stderr, proc.stderr
     doc = report_of(rep)
     assert doc["waiting"] == [rule_repo] and bundle_refs(out) == {b_ref}, doc["waiting"]
     assert set(json.loads(lock.read_text())["images"]) == {b_ref}

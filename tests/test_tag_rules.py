@@ -611,3 +611,59 @@ def test_the_times_a_spent_budget_cut_short_keep_what_was_paid_for(
     again = {p.rsplit("/", 1)[1] for m, p, _ in proxy.requests
              if m == "GET" and "/manifests/" in p}
     assert not again & got, (again & got, proxy.requests)
+
+
+def test_order_created_on_a_budget_smaller_than_its_candidates_converges(
+        src_registry, faultproxy, repo_name, rng, tmp_path):
+    """`latest: 2, order: created` over 14 nightly builds (indexes without annotations:
+    a tag's time costs its index, one platform's manifest and that config) on a registry
+    whose max_requests_per_run (12) is smaller than its candidates: each run spent the
+    budget on the times, asking every candidate again, and the next started over (exit 14
+    every night, for ever). What a run read stays in the cache and the next asks only what
+    is still unknown, so repeated runs get there, each saying the rule waits (exit 14);
+    the tags, lock file and bundle are then an unbudgeted run's."""
+    proxy = faultproxy(src_registry.url)
+    for n in range(14):
+        index = ig.make_index([ig.make_image(rng, p, "oci", created=f"2024-01-{n + 1:02d}T00:00:00Z")
+                               for p in (ig.AMD64, ig.ARM64)], "oci")
+        push_image(src_registry.url, repo_name, index, tags=[f"nightly-{n:02d}"])
+    rule = (f"images:\n  - repository: {proxy.host}/{repo_name}\n    tags:\n"
+            "      - latest: 2\n        order: created\n")
+    free, tight = tmp_path / "free", tmp_path / "tight"
+    for d, budget in ((free, None), (tight, 12)):
+        d.mkdir()
+        (d / "images.yaml").write_text(
+            (f"registries:\n  {proxy.host}:\n    max_requests_per_run: {budget}\n"
+             if budget else "") + rule)
+    mirror_ok("pull", "-f", free / "images.yaml", "--cache", free / "cache", "-o",
+              free / "b.tar", "--report", free / "r.json")
+    want = json.loads((free / "r.json").read_text())["tag_rules"]
+    assert [r["tags"] for r in want] == [["nightly-12", "nightly-13"]], want
+    args = ["pull", "-f", tight / "images.yaml", "--cache", tight / "cache", "-o",
+            tight / "b.tar", "--report", tight / "r.json"]
+    codes: list[int] = []
+    waits: list[list[str]] = []
+    for _ in range(8):
+        proc = run_mirror(*args)
+        codes.append(proc.returncode)
+        doc = json.loads((tight / "r.json").read_text())
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == 14, proc.stderr
+        # the rule waits, named by its repository; once it chose, the images that wait
+        waits.append(doc["waiting"])
+        if doc["waiting"] == [f"{proxy.host}/{repo_name}"]:  # named so, with how far it got
+            assert f"tag rule at {tight / 'images.yaml'}:" in proc.stderr and \
+                "candidate tags still to read (what this run read is kept" in proc.stderr, \
+                proc.stderr
+        assert doc["waiting"] in ([f"{proxy.host}/{repo_name}"], *(
+            [f"{proxy.host}/{repo_name}:{t}" for t in tags]
+            for tags in (["nightly-12", "nightly-13"], ["nightly-13"]))), doc
+        assert sum(doc["requests"][proxy.host].values()) <= 12, doc["requests"]
+    assert codes[-1] == 0 and len(codes) > 1, (codes, waits)
+    assert doc["waiting"] == [] and [r["tags"] for r in doc["tag_rules"]] == \
+        [r["tags"] for r in want], doc["tag_rules"]
+    assert (tight / "b.tar").read_bytes() == (free / "b.tar").read_bytes()
+    locks = [json.loads((d / "images.lock").read_text()) for d in (tight, free)]
+    assert locks[0]["images"] == locks[1]["images"], locks
+    assert [r["tags"] for r in locks[0]["tagRules"]] == [["nightly-12", "nightly-13"]], locks

@@ -170,6 +170,21 @@ class Client(Blobs, Listings, Uploads):
             raw.release(self._read_back)
         return raw
 
+    def recorded(self, registry: str, repo: str, tag: str) -> RawManifest | None:
+        """The manifest `tag` named when last asked, as the store recorded it, asking nothing
+        (a tag rule's candidate on a registry with a request budget: mirror.created); None
+        when the store has no record of the tag, or no longer that manifest."""
+        store = self.manifests
+        known = store.known(registry, repo, tag) if store is not None else None
+        data = store.get(known[0]) if store is not None and known is not None else None
+        if known is None or data is None:
+            return None
+        raw = RawManifest.from_bytes(data, known[1], where=f"{registry}/{repo}:{tag}",
+                                     digest=known[0])
+        if self._read_back is not None:
+            raw.release(self._read_back)
+        return raw
+
     async def head_manifest(self, registry: str, repo: str, ref: str,
                             known: tuple[str, str] | None = None) -> ManifestHead | None:
         """HEAD (not counted by Docker Hub's pull limit); None when absent. `known`: the
