@@ -346,6 +346,16 @@ def test_a_reruns_tag_listing_goes_beside_its_heads_not_after_them(
     assert before <= SMALL_REQUESTS, (before, order)
 
 
+def _two_images(src_registry, proxy, repo_name: str, rng) -> tuple[ig.Image, list[str]]:
+    """A (with a 400 KB layer, the one damaged) and B (whose manifest GET is held), through
+    `proxy`: A's image and both references."""
+    img = ig.make_image(rng, ig.AMD64, "oci", layers=[ig.make_layer(rng, 400_000)])
+    other = ig.make_image(rng, ig.AMD64, "oci")
+    push_image(src_registry.url, f"{repo_name}/a", img, tags=["1"])
+    push_image(src_registry.url, f"{repo_name}/b", other, tags=["1"])
+    return img, [f"{proxy.host}/{repo_name}/a:1", f"{proxy.host}/{repo_name}/b:1"]
+
+
 def _pull_damaging(proxy, ref_a: str, ref_b: str, repo_b: str, stored, out, cache,
                    report) -> subprocess.CompletedProcess[str]:
     """`mirror pull A B`, B's manifest GET held by the proxy until A's manifest, stored and
@@ -381,11 +391,7 @@ def test_a_manifest_damaged_in_the_cache_while_the_run_goes_on_is_fetched_again(
     GET in the report, and the bundle is the one an undamaged run writes, byte for byte:
     the .tar's head (written once planning is done) and the .tar.zst's (written last)."""
     proxy = faultproxy(src_registry.url)
-    img = ig.make_image(rng, ig.AMD64, "oci", layers=[ig.make_layer(rng, 400_000)])
-    other = ig.make_image(rng, ig.AMD64, "oci")
-    push_image(src_registry.url, f"{repo_name}/a", img, tags=["1"])
-    push_image(src_registry.url, f"{repo_name}/b", other, tags=["1"])
-    refs = [f"{proxy.host}/{repo_name}/a:1", f"{proxy.host}/{repo_name}/b:1"]
+    img, refs = _two_images(src_registry, proxy, repo_name, rng)
     mirror_ok("pull", *refs, "-o", tmp_path / "clean" / name, "--cache", tmp_path / "c0",
               "--report", tmp_path / "clean.json")
     cache, out, report = tmp_path / "cache", tmp_path / name, tmp_path / "r.json"
@@ -408,11 +414,7 @@ def test_a_damaged_manifest_the_registry_no_longer_serves_stops_the_run_cleanly(
     with one error line naming the manifest, the cache's damage and the registry's answer
     (integrity, exit 7), writes no bundle and no .partial, and drops the entry."""
     proxy = faultproxy(src_registry.url)
-    img = ig.make_image(rng, ig.AMD64, "oci", layers=[ig.make_layer(rng, 400_000)])
-    other = ig.make_image(rng, ig.AMD64, "oci")
-    push_image(src_registry.url, f"{repo_name}/a", img, tags=["1"])
-    push_image(src_registry.url, f"{repo_name}/b", other, tags=["1"])
-    refs = [f"{proxy.host}/{repo_name}/a:1", f"{proxy.host}/{repo_name}/b:1"]
+    img, refs = _two_images(src_registry, proxy, repo_name, rng)
     gone = proxy.add(Fault("status", method="GET", path=f"/manifests/{img.digest}",
                            status=404, code="MANIFEST_UNKNOWN", times=None))
     cache, out, report = tmp_path / "cache", tmp_path / "b.tar", tmp_path / "r.json"
