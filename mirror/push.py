@@ -297,7 +297,8 @@ class Pusher:
     async def _fallback(self, repo: str, m: RawManifest, dry_run: bool) -> None:
         """After referrer `m` is pushed by digest (or found there): where the target has no
         referrers API, its subject's `sha256-<hex>` index with `m` added (mirror.referrers)
-        is pushed, or listed in a dry run, unless it lists `m` already. One decision for
+        is pushed, or listed in a dry run, unless it lists `m` already (then it is counted
+        present, as every manifest the push finds in place). One decision for
         both: the dry run lists the very index the push would PUT, a second referrer of the
         same subject added to the first's."""
         assert m.subject is not None
@@ -309,8 +310,11 @@ class Pusher:
             held = await held_fallback(self.client, self.reg, repo, subject)
             mistaken = held is not None and held.digest == self.gave_way.get((repo, subject))
             self.fallbacks[key] = None if mistaken else held
-        new = with_referrer(self.fallbacks[key], m)
-        if new is None:
+        held = self.fallbacks[key]
+        new = with_referrer(held, m)
+        if new is None:  # the index lists `m` already: a manifest this push finds placed
+            assert held is not None
+            self._count(repo, held.digest, pushed=False)
             return
         if dry_run:
             self._list(repo, key[1], new)

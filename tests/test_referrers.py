@@ -384,6 +384,50 @@ NOTATION_CONFIG = "application/vnd.cncf.notary.signature"
 CYCLONEDX = "application/vnd.cyclonedx+json"
 
 
+def _served(url: str, repo: str, ref: str) -> str | None:
+    """The digest the registry serves as `ref` (one HEAD), None when it serves none."""
+    req = urllib.request.Request(f"{url}/v2/{repo}/manifests/{ref}", method="HEAD",
+                                 headers={"Accept": f"{OCI_INDEX}, {OCI_MANIFEST}"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.headers["Docker-Content-Digest"]
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return None
+        raise
+
+
+@pytest.mark.slow
+def test_a_load_counts_each_manifest_it_places_once_the_fallback_index_too(
+        src_registry, dst_registry, faultproxy, repo_name, rng, tmp_path):
+    """A load places six manifests for a signed index whose first platform has an SBOM (the
+    index, its two platforms, the signature, the SBOM and, the target having no referrers
+    API, the SBOM's `sha256-<hex>` fallback index). The first load counts the six pushed (one
+    PUT each), the rerun the six present; the rerun counted the fallback index neither
+    pushed nor present (5 of 6). Each digest counted is one the target serves (HEAD)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    index, imgs, sig, tag, sbom = seed(src_registry.url, repo_name, rng, key)
+    bundle = tmp_path / "b.tar"
+    mirror_ok("pull", f"{src_registry.host}/{repo_name}:1.0", "-o", bundle, "--cache",
+              tmp_path / "c", "-q")
+    proxy = faultproxy(dst_registry.url)
+    fallback = "sha256-" + imgs[0].digest.split(":")[1]
+    runs = []
+    for _ in range(2):
+        proxy.reset_counters()
+        report = tmp_path / f"load{len(runs)}.json"
+        mirror_ok("load", bundle, "--to", proxy.host, "-q", "--report", report)
+        doc = json.loads(report.read_text())
+        puts = [p for p in proxy.paths("PUT") if "/manifests/" in p]
+        runs.append((doc["manifests_pushed"], doc["manifests_present"], len(puts)))
+    placed = [index.digest, *(i.digest for i in imgs), sig.digest, sbom.digest,
+              _served(dst_registry.url, repo_name, fallback)]
+    assert all(_served(dst_registry.url, repo_name, d) == d for d in placed if d), placed
+    assert len(set(placed) - {None}) == 6, placed
+    assert _served(dst_registry.url, repo_name, tag) == sig.digest
+    assert runs == [(6, 0, 6), (0, 6, 0)], runs
+
+
 def make_referrer(subject: ig.Blob, layer: ig.Blob, *, artifact_type: str | None = None,
                   config: ig.Blob = EMPTY) -> tuple[ig.Blob, list[ig.Blob]]:
     """An OCI 1.1 referrer of `subject`: artifactType (or a typed config) and one layer."""
