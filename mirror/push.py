@@ -19,7 +19,9 @@ a half image. Its sources (a bundle for `mirror load`, the source registries or 
 The decisions are mirror.pushplan's (no request there), step 1's transfers
 mirror.pushblobs'; here the order of the steps and the requests that inform the decisions.
 The dry run takes the same decisions and lists them instead of acting.
-A push that fails or is stopped cancels the upload sessions it left open at the target.
+A push that fails or is stopped cancels the upload sessions it left open at the target, then
+counts, of the blob transfers it stopped in, those the target holds (one HEAD each): the
+report's blobs pushed are what the target received in the run.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from mirror.pushplan import (
 )
 from mirror.referrers import Finder, held_fallback, with_referrer
 from mirror.registry.client import Client
+from mirror.registry.upload import CANCEL_WITHIN
 
 # the blobs an incremental source left to its base, not in the repositories that need them:
 # digest -> a target repository holding it, and how many repositories were looked in
@@ -76,6 +79,7 @@ async def push(client: Client, registry: str, images: list[PushImage], source: S
     holds what was done. A push that fails or is stopped (Ctrl-C, SIGTERM: a cancellation)
     first cancels the upload sessions it left open, within a few seconds."""
     pusher = Pusher(client, registry, images, source, result, progress, jobs, merge)
+    blobs: BlobPush | None = None
     try:
         await pusher.give_way()
         await pusher.find_held()
@@ -97,6 +101,8 @@ async def push(client: Client, registry: str, images: list[PushImage], source: S
         return result
     except BaseException:
         await client.cancel_open_uploads()
+        if blobs is not None:  # what the target got of the transfers cut short, counted
+            await blobs.settle(CANCEL_WITHIN)
         raise
 
 

@@ -59,6 +59,10 @@ class BlobPush:
         # digest -> why a blob could not be read: its source registry's requests for the run
         # are spent (a sync's max_requests_per_run); the images that need it wait
         self.unread: dict[str, BudgetSpent] = {}
+        # (repository, digest) -> the blob and whether it is uploaded (else mounted) there:
+        # transfers asked for and not answered yet; one the push stops in (Ctrl-C, another
+        # blob's error) may have reached the target all the same (`settle`)
+        self.asked: dict[tuple[str, str], tuple[Descriptor, bool]] = {}
 
     async def run(self, plan: BlobPlan) -> None:
         """Mount what the plan mounts (a mount refused: uploaded instead), then upload the
@@ -66,9 +70,8 @@ class BlobPush:
         todo = plan.todo
         self.progress.total(sum(ws[0][1].size for ws in todo.values()))
         for repo, d, src in plan.mounts:
-            loc = await self.client.mount_blob(self.reg, repo, d, src)
+            loc = await self._mount(repo, d, src)
             if loc is None:
-                self.result.blobs_mounted += 1
                 continue
             await self.client.cancel_upload(self.reg, repo, loc)  # pushed in its own session
             if not self.source.carries(d.digest):
@@ -99,28 +102,73 @@ class BlobPush:
         again)."""
         client, reg = self.client, self.reg
         first_repo, d = where[0]
-        await client.upload_blob(reg, first_repo, d, lambda off: read(d, off),
-                                 seekable=not one_pass)
-        self._pushed(d)
+        await self._upload(first_repo, d, read, seekable=not one_pass)
+        self.progress.advanced(d.size)
         left = []
         for repo, desc in where[1:]:
-            loc = await client.mount_blob(reg, repo, d, first_repo)
+            loc = await self._mount(repo, d, first_repo)
             if loc is None:
-                self.result.blobs_mounted += 1
-            elif one_pass:
+                continue
+            if one_pass:
                 await client.cancel_upload(reg, repo, loc)  # the next pass opens its own
                 left.append((repo, desc))
             else:
-                await client.upload_blob(reg, repo, d, lambda off: read(d, off),
-                                         seekable=True, location=loc)
-                self.result.blobs_pushed += 1
-                self.result.bytes_pushed += d.size
+                await self._upload(repo, d, read, seekable=True, location=loc)
         return left
 
-    def _pushed(self, d: Descriptor) -> None:
-        self.result.blobs_pushed += 1
-        self.result.bytes_pushed += d.size
-        self.progress.advanced(d.size)
+    async def _upload(self, repo: str, d: Descriptor, read: Reader, *, seekable: bool,
+                      location: str | None = None) -> None:
+        """Upload `d` into `repo`, counted once the registry has answered (or, cut short,
+        once `settle` finds it there)."""
+        key = (repo, d.digest)
+        self.asked[key] = (d, True)
+        await self.client.upload_blob(self.reg, repo, d, lambda off: read(d, off),
+                                      seekable=seekable, location=location)
+        del self.asked[key]
+        self._count(d, True)
+
+    async def _mount(self, repo: str, d: Descriptor, src: str) -> str | None:
+        """Mount `d` into `repo` from `src`, counted when mounted; else the Location of an
+        upload session to push it into."""
+        key = (repo, d.digest)
+        self.asked[key] = (d, False)
+        loc = await self.client.mount_blob(self.reg, repo, d, src)
+        del self.asked[key]
+        if loc is None:
+            self._count(d, False)
+        return loc
+
+    def _count(self, d: Descriptor, uploaded: bool) -> None:
+        if uploaded:
+            self.result.blobs_pushed += 1
+            self.result.bytes_pushed += d.size
+        else:
+            self.result.blobs_mounted += 1
+
+    async def settle(self, within: float) -> None:
+        """After the push stopped (Ctrl-C, SIGTERM, an error) and its open upload sessions
+        were cancelled: each transfer it stopped in whose blob the target holds now (the
+        registry did the work, its answer was still on its way) is counted as done, so the
+        report says what the target received in this run. One HEAD each, at most `within`
+        seconds in all; a transfer not known to have landed is not counted."""
+        asked, self.asked = list(self.asked.items()), {}
+        if not asked:
+            return
+
+        async def landed(repo: str, d: Descriptor) -> bool:
+            try:
+                return await self.client.has_blob(self.reg, repo, d)
+            except RegistryError:
+                return False
+
+        try:
+            there = await asyncio.wait_for(asyncio.gather(
+                *(landed(repo, d) for (repo, _), (d, _) in asked)), within)
+        except TimeoutError:
+            return
+        for (_, (d, uploaded)), ok in zip(asked, there, strict=True):
+            if ok:
+                self._count(d, uploaded)
 
     async def _push_passes(self, source: StreamSource,
                            todo: dict[str, list[tuple[str, Descriptor]]]) -> None:

@@ -32,7 +32,7 @@ from mirror.store.direct import ALIGN
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault
 from tests.support.oracle import ROOT, mirror_cmd, mirror_env
-from tests.support.pusher import corrupt_list, push_image
+from tests.support.pusher import blob_exists, corrupt_list, push_image
 from tests.support.registry import Registry
 from tests.test_faults import RecordingProxy, assert_exact, error_line, ok, pull, recproxy
 
@@ -357,6 +357,59 @@ def test_signal_mid_blob_exits_130_or_143_names_nothing_then_resumes(
     assert_exact(out, img)
     [get] = proxy.seen("GET", big.digest)[-1:]
     assert get.headers["Range"] == f"bytes={kept - kept % ALIGN}-" and get.status == 206
+
+
+@pytest.mark.parametrize("out", ["b.tar", "b.tar.zst"])  # blobs read at random, in one pass
+def test_a_load_stopped_while_an_upload_is_answered_counts_what_the_target_got(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path, out: str) -> None:
+    """Ctrl-C while the answer to a blob's upload is on its way back (the registry has the
+    blob): the report's blobs_pushed left that blob out, one short of what the target got.
+    What the report says was pushed is what the target received in the run (HEAD of every
+    blob), and the rerun skips exactly those and uploads the rest."""
+    img = ig.make_image(rng, ig.AMD64, "oci",
+                        layers=[ig.make_layer(rng, 4096 + i) for i in range(3)])
+    push_image(src_registry.url, repo_name, img, ["v1"])
+    bundle = tmp_path / out
+    ok(pull(tmp_path, f"{src_registry.host}/{repo_name}:v1", out=out))
+    proxy = faultproxy(dst_registry.url)
+    # the second upload's answer held back (-j 1: one upload at a time)
+    proxy.add(Fault("late", method="PUT", path=r"/blobs/uploads/", skip=1, delay=60))
+    report, repo = tmp_path / "load.json", f"stop/{repo_name}"
+    args = ["load", bundle, "--to", f"{proxy.host}/stop", "-j", "1", "-q", "--report", report]
+    proc = subprocess.Popen(mirror_cmd(*args), cwd=ROOT, env=mirror_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while sum(1 for m, p, s in proxy.requests
+                  if m == "PUT" and "/blobs/uploads/" in p and s == 201) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "no second upload"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == EXIT["interrupted"], err
+    blobs = img.blobs()
+    there = [b for b in blobs if blob_exists(dst_registry.url, repo, b.digest)]
+    doc = json.loads(report.read_text())
+    assert len(there) == 2, there
+    assert (doc["blobs_pushed"], doc["bytes_pushed"]) == (2, sum(b.size for b in there)), doc
+
+    proxy.clear_faults()
+    proxy.reset_counters()
+    again = tmp_path / "again.json"
+    ok(subprocess.run(mirror_cmd("load", bundle, "--to", f"{proxy.host}/stop", "-q",
+                                 "--report", again), cwd=ROOT, env=mirror_env(),
+                      capture_output=True, text=True, timeout=120))
+    doc = json.loads(again.read_text())
+    assert (doc["blobs_present"], doc["blobs_pushed"]) == (2, len(blobs) - 2), doc
+    found = {p.rsplit("/", 1)[1] for m, p, s in proxy.requests
+             if m == "HEAD" and "/blobs/sha256:" in p and s == 200}
+    assert found == {b.digest for b in there}, found
+    assert len([p for p in proxy.paths("PUT") if "/blobs/uploads/" in p]) == len(blobs) - 2
 
 
 def test_a_failed_download_reports_the_bytes_it_kept(src_registry, image, recproxy,

@@ -25,6 +25,9 @@ the proxy. Each request is handled by the first active fault that matches it, if
                   or ignores it): upstream answers 200 where it would have said 304
     stall         hold the request `delay` seconds before forwarding it (a registry that hangs
                   mid-upload: a test can signal the client while it waits)
+    late          forward, and once upstream has answered (and done what was asked: a blob
+                  upload committed) hold its answer `delay` seconds before sending it (an
+                  answer lost on its way back: a test can signal the client while it waits)
     headers       forward, adding `headers` to the answer (a registry's RateLimit headers)
     paginate      a list (tags/list, _catalog) in pages of `offset` names (or the request's
                   `n`) after its `last`, with `Link: <...?n=&last=>; rel="next"` while more
@@ -51,7 +54,7 @@ import yarl
 from aiohttp import web
 
 KINDS = ("status", "reset_after", "truncate", "short", "flip_byte", "slow", "ignore_range",
-         "ignore_conditional", "stall", "headers", "paginate")
+         "ignore_conditional", "stall", "late", "headers", "paginate")
 HOP_BY_HOP = frozenset(
     h.lower()
     for h in (
@@ -278,6 +281,8 @@ class FaultProxy:
             if fault is not None and fault.kind == "short" and up.content_length is not None:
                 resp.content_length = min(fault.offset, up.content_length)
             self._record(method, path, up.status, 0)
+            if fault is not None and fault.kind == "late":
+                await asyncio.sleep(fault.delay)
             await resp.prepare(request)
             try:
                 await self._stream(request, resp, up, path, fault)
