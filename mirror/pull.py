@@ -53,13 +53,15 @@ async def pull(client: Client, store: BlobStore, specs: list[ImageSpec], opts: P
     Raises the first MirrorError unless `keep_going` (then only when no image succeeded);
     whatever stops the run (that error, an OSError such as a full disk, the CancelledError
     of Ctrl-C or SIGTERM) carries what was done so far as `err.pull_result`, for the report:
-    no bundle, so not a partial one; its `unfinished` lists the images it cut short.
+    no bundle, so not a partial one; its `unfinished` lists the images it cut short (not
+    those planned with every blob in hand: `in_hand`).
     """
     run = _Run(client, store, specs, opts, progress or NullProgress(), later)
     try:
         return await run.go()
     except BaseException as e:
         run.settle()
+        run.in_hand()
         done = run.result()
         done.early = not run.known  # stopped at the tag rules: those planned meanwhile
         done.partial = False
@@ -269,6 +271,18 @@ class _Run(Planner):
         self.results[i].seconds = round(time.monotonic() - self.t0, 3)
         self.account(i, plan)
         self.progress.info(summary_line(self.specs[i], plan, self.results[i]))
+
+    def in_hand(self) -> None:
+        """The run stopped: each image planned whose blobs are all in hand (fetched by this
+        run or found in the cache, as a warm rerun's are) is accounted as finished, as one
+        whose last blob came in is; only the others were cut short. A stop while a rerun
+        with nothing new planned, or checked the bundle already there, had every image
+        `interrupted`. One stat per blob of an image not accounted, at the stop only."""
+        fetched, store = self.fetcher.fetched, self.store
+        for i, plan in self.resolved():
+            if i not in self.accounted and all(
+                    d.digest in fetched or store.has(d.digest, d.size) for d in self.need(plan)):
+                self.account(i, plan)
 
     def account(self, i: int, plan: Image) -> None:
         account_image(self.results[i], self.need(plan), self.fetcher, i, self.reused)

@@ -359,6 +359,64 @@ def test_signal_mid_blob_exits_130_or_143_names_nothing_then_resumes(
     assert get.headers["Range"] == f"bytes={kept - kept % ALIGN}-" and get.status == 206
 
 
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["sigint-130", "sigterm-143"])
+def test_a_warm_rerun_stopped_says_interrupted_only_of_the_images_not_finished(
+        src_registry: Registry, faultproxy, repo_name: str, rng: random.Random,
+        tmp_path: Path, sig: signal.Signals, code: int) -> None:
+    """A warm rerun (nothing new: the cache holds every blob, the bundle these images)
+    stopped while one image's tag HEAD hangs: the other image, its tag answered and its
+    blobs all in hand, was reported `interrupted` too (every image was, whatever it had
+    done). Only the image not finished says so; the run's exit code and error line are the
+    signal's (130, 143), and the bundle is the earlier one, untouched."""
+    imgs = [ig.make_image(rng, ig.AMD64, "oci", layer_size=2048 + n) for n in range(2)]
+    repos = [f"{repo_name}/done", f"{repo_name}/hung"]
+    for repo, img in zip(repos, imgs, strict=True):
+        push_image(src_registry.url, repo, img, ["v1"])
+    proxy = faultproxy(src_registry.url)
+    refs = [f"{proxy.host}/{repo}:v1" for repo in repos]
+    out, report = tmp_path / "out.tar", tmp_path / "report.json"
+    args = ["pull", *refs, "-o", out, "--cache", tmp_path / "cache", "-q", "--report", report]
+    ok(subprocess.run(mirror_cmd(*args), cwd=ROOT, env=mirror_env(), capture_output=True,
+                      text=True, timeout=120))  # the earlier night's run
+    before = out.read_bytes()
+    proxy.reset_counters()
+    ok(subprocess.run(mirror_cmd(*args), cwd=ROOT, env=mirror_env(), capture_output=True,
+                      text=True, timeout=120))  # a warm rerun: what the first image asks
+    asks = {(m, p) for m, p, _ in proxy.requests if f"/{repos[0]}/" in p}
+    assert json.loads(report.read_text())["bundle_unchanged"] is True
+    assert ("HEAD", f"/v2/{repos[0]}/manifests/v1") in asks, asks
+    proxy.reset_counters()
+    proxy.add(Fault("stall", method="HEAD", path=f"/{repos[1]}/manifests/v1", delay=60))
+    proc = subprocess.Popen(mirror_cmd(*args), cwd=ROOT, env=mirror_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not asks <= {(m, p) for m, p, _ in proxy.requests}:
+            assert proc.poll() is None and time.monotonic() < deadline, asks
+            time.sleep(0.02)
+        time.sleep(1)  # its answers read: the first image is planned, the second one hangs
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == code, err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1 and "interrupted" in lines[0] and sig.name in lines[0], err
+    doc = json.loads(report.read_text())
+    assert doc["exit_code"] == code and sig.name in doc["error"], doc
+    assert doc["bundle"] is None and out.read_bytes() == before, doc
+    finished, stopped = doc["images"]
+    assert [finished["reference"], stopped["reference"]] == refs, doc
+    assert (finished["error"], finished["error_code"]) == (None, None), finished
+    assert finished["digest"] == imgs[0].digest, finished
+    assert finished["bytes_reused"] == sum(b.size for b in imgs[0].blobs()), finished
+    assert "interrupted" in stopped["error"] and sig.name in stopped["error"], stopped
+    assert stopped["error_code"] == code, stopped
+
+
 @pytest.mark.parametrize("out", ["b.tar", "b.tar.zst"])  # blobs read at random, in one pass
 def test_a_load_stopped_while_an_upload_is_answered_counts_what_the_target_got(
         src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
