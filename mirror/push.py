@@ -130,6 +130,9 @@ class Pusher:
         # (repository, fallback tag) -> the index it holds, as this push left it (or, in a
         # dry run, would leave it): read from the target once, then kept up to date here
         self.fallbacks: dict[tuple[str, str], RawManifest | None] = {}
+        # the fallback indexes a group's referrers need, not yet put or counted: whether it
+        # changed (then it is put once, with every referrer of its subject in the group)
+        self.unput: dict[tuple[str, str], bool] = {}
         self.held: set[int] = set()  # id() of the images the target serves whole already
         self.not_there: set[tuple[str, str]] = set()  # (repository, root reference) asked
         # (repository, subject) -> the image whose digest tag gave way to the subject's
@@ -233,6 +236,7 @@ class Pusher:
                 self._say_untagged(group)
             for img, ref, m in by_tag(group):
                 await self._manifest(img, ref, m, merge, dry_run)
+            await self._put_fallbacks(dry_run)
 
     async def _manifest(self, img: PushImage, ref: str, m: RawManifest, merge: bool,
                         dry_run: bool) -> None:
@@ -303,10 +307,10 @@ class Pusher:
     async def _fallback(self, repo: str, m: RawManifest, dry_run: bool) -> None:
         """After referrer `m` is pushed by digest (or found there): where the target has no
         referrers API, its subject's `sha256-<hex>` index with `m` added (mirror.referrers)
-        is pushed, or listed in a dry run, unless it lists `m` already (then it is counted
-        present, as every manifest the push finds in place). One decision for
-        both: the dry run lists the very index the push would PUT, a second referrer of the
-        same subject added to the first's."""
+        is what `_put_fallbacks` pushes, or lists in a dry run, once the group's manifests
+        are in, unless it lists `m` already (then it is counted present, as every manifest
+        the push finds in place). One decision for both: the dry run lists the very index the
+        push would PUT, a second referrer of the same subject added to the first's."""
         assert m.subject is not None
         subject = m.subject.digest
         if await self.finder.has_api(self.reg, repo, subject):
@@ -318,16 +322,29 @@ class Pusher:
             self.fallbacks[key] = None if mistaken else held
         held = self.fallbacks[key]
         new = with_referrer(held, m)
-        if new is None:  # the index lists `m` already: a manifest this push finds placed
-            assert held is not None
-            self._count(repo, held.digest, pushed=False)
+        if new is None:  # the index lists `m` already
+            self.unput.setdefault(key, False)
             return
-        if dry_run:
-            self._list(repo, key[1], new)
-        else:
-            await self.client.put_manifest(self.reg, repo, key[1], new)
-            self._count(repo, new.digest, pushed=True)
-        self.fallbacks[key] = new
+        self.fallbacks[key], self.unput[key] = new, True
+
+    async def _put_fallbacks(self, dry_run: bool) -> None:
+        """The fallback indexes the group's referrers need: each one changed put (or listed)
+        once, with all its referrers of the group, and counted pushed; one that lists them
+        all already counted present. Put after each referrer, a subject's second one made the
+        index with the first alone a manifest of its own at the target, pushed and replaced
+        at once (counted pushed, and present on no rerun)."""
+        while self.unput:
+            key, changed = next(iter(self.unput.items()))
+            index = self.fallbacks[key]
+            assert index is not None
+            if not changed:
+                self._count(key[0], index.digest, pushed=False)
+            elif dry_run:
+                self._list(key[0], key[1], index)
+            else:
+                await self.client.put_manifest(self.reg, key[0], key[1], index)
+                self._count(key[0], index.digest, pushed=True)
+            del self.unput[key]
 
     def _count(self, repo: str, digest: str, *, pushed: bool) -> None:
         """The report's manifests_pushed or manifests_present: once per manifest and

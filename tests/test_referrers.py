@@ -397,21 +397,33 @@ def _served(url: str, repo: str, ref: str) -> str | None:
         raise
 
 
+@pytest.mark.parametrize("sboms", [1, 2])
 @pytest.mark.slow
 def test_a_load_counts_each_manifest_it_places_once_the_fallback_index_too(
-        src_registry, dst_registry, faultproxy, repo_name, rng, tmp_path):
+        src_registry, dst_registry, faultproxy, repo_name, rng, tmp_path, sboms):
     """A load places six manifests for a signed index whose first platform has an SBOM (the
     index, its two platforms, the signature, the SBOM and, the target having no referrers
     API, the SBOM's `sha256-<hex>` fallback index). The first load counts the six pushed (one
     PUT each), the rerun the six present; the rerun counted the fallback index neither
-    pushed nor present (5 of 6). Each digest counted is one the target serves (HEAD)."""
+    pushed nor present (5 of 6). Each digest counted is one the target serves (HEAD). With
+    two SBOMs of that platform, seven: their fallback index is one manifest, put once with
+    both; it was put with the first, then again with both (8 pushed, 8 PUTs; 7 present)."""
     key = ec.generate_private_key(ec.SECP256R1())
     index, imgs, sig, tag, sbom = seed(src_registry.url, repo_name, rng, key)
+    fallback = "sha256-" + imgs[0].digest.split(":")[1]
+    referrers = [sbom]
+    if sboms == 2:
+        doc = json.loads(sbom.data)
+        doc["annotations"]["org.opencontainers.image.created"] = "2026-02-01T00:00:00Z"
+        referrers.append(ig.Blob(ig.dump_json(doc), OCI_MANIFEST))
+        push_raw_manifest(src_registry.url, repo_name, referrers[1].digest, referrers[1].data,
+                          OCI_MANIFEST)
+        push_raw_manifest(src_registry.url, repo_name, fallback, fallback_index(referrers),
+                          OCI_INDEX)
     bundle = tmp_path / "b.tar"
     mirror_ok("pull", f"{src_registry.host}/{repo_name}:1.0", "-o", bundle, "--cache",
               tmp_path / "c", "-q")
     proxy = faultproxy(dst_registry.url)
-    fallback = "sha256-" + imgs[0].digest.split(":")[1]
     runs = []
     for _ in range(2):
         proxy.reset_counters()
@@ -420,12 +432,15 @@ def test_a_load_counts_each_manifest_it_places_once_the_fallback_index_too(
         doc = json.loads(report.read_text())
         puts = [p for p in proxy.paths("PUT") if "/manifests/" in p]
         runs.append((doc["manifests_pushed"], doc["manifests_present"], len(puts)))
-    placed = [index.digest, *(i.digest for i in imgs), sig.digest, sbom.digest,
+    placed = [index.digest, *(i.digest for i in imgs), sig.digest, *(r.digest for r in referrers),
               _served(dst_registry.url, repo_name, fallback)]
     assert all(_served(dst_registry.url, repo_name, d) == d for d in placed if d), placed
-    assert len(set(placed) - {None}) == 6, placed
+    n = 5 + sboms
+    assert len(set(placed) - {None}) == n, placed
     assert _served(dst_registry.url, repo_name, tag) == sig.digest
-    assert runs == [(6, 0, 6), (0, 6, 0)], runs
+    listed = json.loads(get_manifest(dst_registry.url, repo_name, fallback)[0])["manifests"]
+    assert sorted(e["digest"] for e in listed) == sorted(r.digest for r in referrers)
+    assert runs == [(n, 0, n), (0, n, 0)], runs
 
 
 def make_referrer(subject: ig.Blob, layer: ig.Blob, *, artifact_type: str | None = None,
