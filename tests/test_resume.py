@@ -31,7 +31,7 @@ from mirror.registry.transport import RetryPolicy, Transport
 from mirror.store.direct import ALIGN
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault
-from tests.support.oracle import ROOT, mirror_cmd, mirror_env
+from tests.support.oracle import ROOT, mirror_cmd, mirror_env, stopped_mirror
 from tests.support.pusher import blob_exists, corrupt_list, push_image
 from tests.support.registry import Registry
 from tests.test_faults import RecordingProxy, assert_exact, error_line, ok, pull, recproxy
@@ -232,6 +232,18 @@ def wait_for_bytes(proc: subprocess.Popen, partial: Path, at_least: int) -> None
         time.sleep(0.05)
 
 
+def report_of_stop(proc: subprocess.CompletedProcess[str], report: Path, sig: signal.Signals,
+                   code: int) -> dict:
+    """A run stopped by `sig`: exit `code`, one line that says so, and its report, which
+    says so too."""
+    assert proc.returncode == code, proc.stderr
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "interrupted" in lines[0] and sig.name in lines[0], proc.stderr
+    doc = json.loads(report.read_text())
+    assert doc["exit_code"] == code and sig.name in doc["error"], doc
+    return doc
+
+
 @pytest.mark.slow
 def test_sigkill_mid_blob_then_resume(src_registry: Registry, recproxy, repo_name: str,
                                       rng: random.Random, tmp_path: Path) -> None:
@@ -323,22 +335,10 @@ def test_signal_mid_blob_exits_130_or_143_names_nothing_then_resumes(
     partial = partial_file(cache, big.digest)
     report = tmp_path / "signal.json"
     ref, done = f"{proxy.host}/{repo_name}:v1", f"{src_registry.host}/{repo_name}:old"
-    args = ["pull", done, ref, "-o", out, "--cache", cache, "-q", "--report", report]
-    proc = subprocess.Popen(mirror_cmd(*args), cwd=ROOT, env=mirror_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for_bytes(proc, partial, 4 << 20)  # of 32
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    assert proc.returncode == code, err
-    lines = [x for x in err.splitlines() if x.strip()]
-    assert len(lines) == 1 and "interrupted" in lines[0] and sig.name in lines[0], err
-    doc = json.loads(report.read_text())
-    assert doc["exit_code"] == code and sig.name in doc["error"], doc
+    proc = stopped_mirror(lambda: partial.exists() and partial.stat().st_size >= 4 << 20,
+                          "the download did not get going", "pull", done, ref, "-o", out,
+                          "--cache", cache, "-q", "--report", report, sig=sig)  # 4 of 32 MiB
+    doc = report_of_stop(proc, report, sig, code)
     assert doc["bundle"] is None and doc["partial"] is False, doc
     assert [i["reference"] for i in doc["images"]] == [done, ref], doc
     finished, stopped = doc["images"]
@@ -388,25 +388,10 @@ def test_a_warm_rerun_stopped_says_interrupted_only_of_the_images_not_finished(
     assert ("HEAD", f"/v2/{repos[0]}/manifests/v1") in asks, asks
     proxy.reset_counters()
     proxy.add(Fault("stall", method="HEAD", path=f"/{repos[1]}/manifests/v1", delay=60))
-    proc = subprocess.Popen(mirror_cmd(*args), cwd=ROOT, env=mirror_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not asks <= {(m, p) for m, p, _ in proxy.requests}:
-            assert proc.poll() is None and time.monotonic() < deadline, asks
-            time.sleep(0.02)
-        time.sleep(1)  # its answers read: the first image is planned, the second one hangs
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    assert proc.returncode == code, err
-    lines = [x for x in err.splitlines() if x.strip()]
-    assert len(lines) == 1 and "interrupted" in lines[0] and sig.name in lines[0], err
-    doc = json.loads(report.read_text())
-    assert doc["exit_code"] == code and sig.name in doc["error"], doc
+    # once the first image's answers are in (and read: a second), the second one hangs
+    proc = stopped_mirror(lambda: asks <= {(m, p) for m, p, _ in proxy.requests}, str(asks),
+                          *args, sig=sig, after=1)
+    doc = report_of_stop(proc, report, sig, code)
     assert doc["bundle"] is None and out.read_bytes() == before, doc
     finished, stopped = doc["images"]
     assert [finished["reference"], stopped["reference"]] == refs, doc
@@ -434,22 +419,11 @@ def test_a_load_stopped_while_an_upload_is_answered_counts_what_the_target_got(
     # the second upload's answer held back (-j 1: one upload at a time)
     proxy.add(Fault("late", method="PUT", path=r"/blobs/uploads/", skip=1, delay=60))
     report, repo = tmp_path / "load.json", f"stop/{repo_name}"
-    args = ["load", bundle, "--to", f"{proxy.host}/stop", "-j", "1", "-q", "--report", report]
-    proc = subprocess.Popen(mirror_cmd(*args), cwd=ROOT, env=mirror_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while sum(1 for m, p, s in proxy.requests
-                  if m == "PUT" and "/blobs/uploads/" in p and s == 201) < 2:
-            assert proc.poll() is None and time.monotonic() < deadline, "no second upload"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    assert proc.returncode == EXIT["interrupted"], err
+    proc = stopped_mirror(lambda: sum(1 for m, p, s in proxy.requests if m == "PUT" and
+                                      "/blobs/uploads/" in p and s == 201) == 2,
+                          "no second upload", "load", bundle, "--to", f"{proxy.host}/stop",
+                          "-j", "1", "-q", "--report", report)
+    assert proc.returncode == EXIT["interrupted"], proc.stderr
     blobs = img.blobs()
     there = [b for b in blobs if blob_exists(dst_registry.url, repo, b.digest)]
     doc = json.loads(report.read_text())

@@ -18,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import tarfile
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +35,7 @@ from tests.support.oracle import (
     run,
     run_mirror,
     skopeo_copy_ok,
+    stopped_mirror,
 )
 from tests.support.pusher import push_image
 from tests.support.registry import Registry
@@ -75,21 +75,8 @@ def catalog(reg: Registry) -> list[str]:
 
 def interrupted_pull(when: Callable[[], bool], never: str, *args: object) -> None:
     """`mirror pull ARGS` sent SIGINT as soon as `when()` holds: it must exit 130."""
-    proc = subprocess.Popen(mirror_cmd("pull", *args), cwd=ROOT, env=mirror_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not when():
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, never
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    assert proc.returncode == 130, err
+    proc = stopped_mirror(when, never, "pull", *args)
+    assert proc.returncode == 130, proc.stderr
 
 
 @pytest.mark.slow

@@ -23,11 +23,12 @@ import hashlib
 import json
 import os
 import posixpath
+import signal
 import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,6 +260,30 @@ def mirror_ok(*args: object, cwd: Path | str | None = None,
         f"mirror {' '.join(map(str, args))} exited {proc.returncode}\n"
         f"stdout: {proc.stdout}\nstderr: {proc.stderr}")
     return proc
+
+
+def stopped_mirror(when: Callable[[], bool], never: str, *args: object,
+                   sig: signal.Signals = signal.SIGINT, after: float = 0.0
+                   ) -> subprocess.CompletedProcess[str]:
+    """`python -m mirror ARGS` sent `sig` once `when()` holds (and `after` seconds more);
+    its exit code and stderr. `never`: the failure's message should `when()` not hold within
+    60 s, or the run end before."""
+    proc = subprocess.Popen(mirror_cmd(*args), cwd=ROOT, env=mirror_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not when():
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else never
+            assert time.monotonic() < deadline, never
+            time.sleep(0.01)
+        time.sleep(after)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
 
 
 @contextlib.contextmanager
