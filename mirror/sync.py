@@ -44,6 +44,9 @@ class SyncResult:
     targets: list[tuple[Target, PushResult]] = field(default_factory=list)
     partial: bool = False
     planned: bool = False  # every image resolved (or failed): the images' entries are known
+    # a sync that stopped: the images (indexes into `images`) pushed whole to every target
+    # (their tags put or found there); the others, not failed, take the run's error
+    finished: set[int] = field(default_factory=set)
 
 
 def push_images(plans: list[Image], target: Target) -> list[PushImage]:
@@ -104,15 +107,23 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
         progress.warn(line)
     # every target in the report from here on: one not reached has null counts
     result.targets = [(target, PushResult(images=images)) for target, images in pushes]
-    for target, done in result.targets:
-        try:
-            await push(client, target.registry, done.images, source, done,
-                       progress, absent=absent, jobs=opts.jobs, dry_run=opts.dry_run,
-                       merge=opts.merge)
-        except BudgetSpent as e:  # the target's rate limit: its images wait, as a source's
-            for i in unfinished(planner.resolved(), target.registry, done):
-                planner.failed(i, e)
-            result.partial = True
+    over = 0  # the targets whose push is over
+    try:
+        for target, done in result.targets:
+            try:
+                await push(client, target.registry, done.images, source, done,
+                           progress, absent=absent, jobs=opts.jobs, dry_run=opts.dry_run,
+                           merge=opts.merge)
+            except BudgetSpent as e:  # the target's rate limit: its images wait, as a source's
+                for i in unfinished(planner.resolved(), target.registry, done):
+                    planner.failed(i, e)
+                result.partial = True
+            over += 1
+    except BaseException:  # stopped: which images every target has whole, for the report
+        left = {i for t, done in result.targets[over:]
+                for i in unfinished(planner.resolved(), t.registry, done)}
+        result.finished = {i for i, _ in planner.resolved() if i not in left}
+        raise
     return result
 
 

@@ -85,8 +85,9 @@ async def run_sync(args: argparse.Namespace, progress, report: Report) -> int:
         if not result.planned:  # stopped before (its tag rules): the images as given
             del fields["images"]
         report.add(**fields)
-        if result.planned:
-            report.cut_short([e for e in fields["images"] if e["error"] is None])
+        if result.planned:  # those not pushed whole to every target
+            report.cut_short([e for i, e in enumerate(fields["images"])
+                              if e["error"] is None and i not in result.finished])
         raise
     finally:
         report.add(retries=transport.retries, **traffic(transport))

@@ -20,7 +20,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault
-from tests.support.oracle import error_line, mirror_cmd, mirror_env, mirror_ok, run_mirror
+from tests.support.oracle import (
+    error_line,
+    mirror_cmd,
+    mirror_env,
+    mirror_ok,
+    run_mirror,
+    stopped_mirror,
+)
 from tests.support.pusher import blob_exists, corrupt_list, get_blob, get_manifest, push_image
 from tests.support.referrers import push_sbom, push_signature
 from tests.support.registry import Registry
@@ -479,6 +486,36 @@ def test_an_interrupted_sync_reports_every_target(
     assert second["blobs_pushed"] is None and second["tags"] is None, second
     assert second["placement"] == [{"source": f"{src.host}/{repo_name}:1",
                                     "repository": f"i{u}/{repo_name}", "tags": ["1"]}], second
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["sigint-130", "sigterm-143"])
+def test_a_stopped_sync_says_interrupted_only_of_the_images_not_finished(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path, sig: signal.Signals, code: int) -> None:
+    """Stopped while the second image's tag is being put at the target, the first image
+    tagged there already: every image was reported `interrupted`, the one the target serves
+    whole under its tag too. Only the image not finished says so (the run's error and exit
+    code are the signal's, as a pull's)."""
+    repos = [f"{repo_name}/done", f"{repo_name}/hung"]
+    imgs = [ig.make_image(rng, ig.AMD64, "oci", layer_size=2048 + n) for n in range(2)]
+    for repo, img in zip(repos, imgs, strict=True):
+        push_image(src_registry.url, repo, img, ["1"])
+    dst = faultproxy(dst_registry.url)
+    hung = dst.add(Fault("stall", method="PUT", path=f"/{repos[1]}/manifests/1", delay=60))
+    report, u = tmp_path / "r.json", repo_name[-8:]
+    proc = stopped_mirror(lambda: hung.hits > 0, "the second tag was never put", "sync",
+                          *(f"{src_registry.host}/{r}:1" for r in repos), "--to",
+                          f"{dst.host}/s{u}", "--report", report, "-q", sig=sig)
+    assert proc.returncode == code, proc.stderr
+    doc = json.loads(report.read_text())
+    assert doc["exit_code"] == code and sig.name in doc["error"], doc
+    assert get_manifest(dst_registry.url, f"s{u}/{repos[0]}", "1")[0] == imgs[0].manifest.data
+    finished, stopped = doc["images"]
+    assert (finished["error"], finished["error_code"]) == (None, None), finished
+    assert finished["digest"] == imgs[0].digest, finished
+    assert sig.name in stopped["error"] and stopped["error_code"] == code, stopped
+    assert doc["targets"][0]["tags"] == [f"{dst.host}/s{u}/{repos[0]}:1"], doc["targets"]
 
 
 def test_sync_refuses_a_bad_target_before_any_work(src_registry: Registry, tmp_path: Path
