@@ -20,8 +20,8 @@ The decisions are mirror.pushplan's (no request there), step 1's transfers
 mirror.pushblobs'; here the order of the steps and the requests that inform the decisions.
 The dry run takes the same decisions and lists them instead of acting.
 A push that fails or is stopped cancels the upload sessions it left open at the target, then
-counts, of the blob transfers it stopped in, those the target holds (one HEAD each): the
-report's blobs pushed are what the target received in the run.
+counts, of the blob transfers and manifest PUTs it stopped in, those the target holds (one
+HEAD each): the report's counts and tags are what the target received in the run.
 """
 
 from __future__ import annotations
@@ -101,8 +101,11 @@ async def push(client: Client, registry: str, images: list[PushImage], source: S
         return result
     except BaseException:
         await client.cancel_open_uploads()
-        if blobs is not None:  # what the target got of the transfers cut short, counted
+        # what the target got of the transfers cut short, counted (blobs and manifests are
+        # never under way at once: one of the two has any to ask about)
+        if blobs is not None:
             await blobs.settle(CANCEL_WITHIN)
+        await pusher.settle(CANCEL_WITHIN)
         raise
 
 
@@ -133,6 +136,9 @@ class Pusher:
         # the fallback indexes a group's referrers need, not yet put or counted: whether it
         # changed (then it is put once, with every referrer of its subject in the group)
         self.unput: dict[tuple[str, str], bool] = {}
+        # (repository, reference) -> the image (None: a fallback index) and manifest of a
+        # PUT asked for and not answered yet: one the push stops in may have landed (settle)
+        self.putting: dict[tuple[str, str], tuple[PushImage | None, RawManifest]] = {}
         self.held: set[int] = set()  # id() of the images the target serves whole already
         self.not_there: set[tuple[str, str]] = set()  # (repository, root reference) asked
         # (repository, subject) -> the image whose digest tag gave way to the subject's
@@ -257,10 +263,10 @@ class Pusher:
                 self._list(img.repository, ref, m)
             else:
                 await self._put(img, ref, m)
-        if m is img.root and img.tag is None and m.subject is not None:
-            await self._fallback(img.repository, m, dry_run)
         if not dry_run:
             self._say_where(img, ref, m)
+        if m is img.root and img.tag is None and m.subject is not None:
+            await self._fallback(img.repository, m, dry_run)
 
     async def _root_by_digest(self, img: PushImage, dry_run: bool) -> None:
         """With --merge the tag holds a merged index; the image's own root is pushed by
@@ -294,7 +300,10 @@ class Pusher:
         return "push", m
 
     async def _put(self, img: PushImage, ref: str, m: RawManifest) -> None:
+        key = (img.repository, ref)
+        self.putting[key] = (img, m)
         subject = await _put(self.client, self.reg, img, ref, m)
+        del self.putting[key]
         self._count(img.repository, m.digest, pushed=True)
         if m.subject is not None:  # the registry's own word on its referrers API
             self.finder.api[self.reg] = subject is not None
@@ -342,9 +351,36 @@ class Pusher:
             elif dry_run:
                 self._list(key[0], key[1], index)
             else:
+                self.putting[key] = (None, index)
                 await self.client.put_manifest(self.reg, key[0], key[1], index)
+                del self.putting[key]
                 self._count(key[0], index.digest, pushed=True)
             del self.unput[key]
+
+    async def settle(self, within: float) -> None:
+        """After the push stopped (as BlobPush.settle): each manifest PUT it stopped in
+        whose reference the target serves as that manifest now is counted pushed, and its
+        tag (or pinned digest) reported. One HEAD each, at most `within` seconds in all."""
+        putting, self.putting = list(self.putting.items()), {}
+        if not putting:
+            return
+
+        async def landed(repo: str, ref: str, m: RawManifest) -> bool:
+            try:
+                return await _there(self.client, self.reg, repo, ref, m)
+            except MirrorError:
+                return False
+
+        try:
+            there = await asyncio.wait_for(asyncio.gather(
+                *(landed(repo, ref, m) for (repo, ref), (_, m) in putting)), within)
+        except TimeoutError:
+            return
+        for ((repo, ref), (img, m)), ok in zip(putting, there, strict=True):
+            if ok:
+                self._count(repo, m.digest, pushed=True)
+                if img is not None:
+                    self._say_where(img, ref, m)
 
     def _count(self, repo: str, digest: str, *, pushed: bool) -> None:
         """The report's manifests_pushed or manifests_present: once per manifest and

@@ -31,8 +31,8 @@ from mirror.registry.transport import RetryPolicy, Transport
 from mirror.store.direct import ALIGN
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault
-from tests.support.oracle import ROOT, mirror_cmd, mirror_env, stopped_mirror
-from tests.support.pusher import blob_exists, corrupt_list, push_image
+from tests.support.oracle import ROOT, mirror_cmd, mirror_env, mirror_ok, stopped_mirror
+from tests.support.pusher import blob_exists, corrupt_list, get_manifest, push_image
 from tests.support.registry import Registry
 from tests.test_faults import RecordingProxy, assert_exact, error_line, ok, pull, recproxy
 
@@ -433,15 +433,40 @@ def test_a_load_stopped_while_an_upload_is_answered_counts_what_the_target_got(
     proxy.clear_faults()
     proxy.reset_counters()
     again = tmp_path / "again.json"
-    ok(subprocess.run(mirror_cmd("load", bundle, "--to", f"{proxy.host}/stop", "-q",
-                                 "--report", again), cwd=ROOT, env=mirror_env(),
-                      capture_output=True, text=True, timeout=120))
+    mirror_ok("load", bundle, "--to", f"{proxy.host}/stop", "-q", "--report", again)
     doc = json.loads(again.read_text())
     assert (doc["blobs_present"], doc["blobs_pushed"]) == (2, len(blobs) - 2), doc
     found = {p.rsplit("/", 1)[1] for m, p, s in proxy.requests
              if m == "HEAD" and "/blobs/sha256:" in p and s == 200}
     assert found == {b.digest for b in there}, found
     assert len([p for p in proxy.paths("PUT") if "/blobs/uploads/" in p]) == len(blobs) - 2
+
+
+def test_a_load_stopped_while_its_tag_is_answered_reports_the_tag(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """Ctrl-C while the answer to the tag's PUT is on its way back (the registry serves the
+    tag): the report said no manifest pushed and no tag, the target serving both. It says
+    what the target got (HEAD), and the rerun finds it present."""
+    img = ig.make_image(rng, ig.AMD64, "oci")
+    push_image(src_registry.url, repo_name, img, ["v1"])
+    bundle = tmp_path / "b.tar"
+    ok(pull(tmp_path, f"{src_registry.host}/{repo_name}:v1", out="b.tar"))
+    proxy = faultproxy(dst_registry.url)
+    proxy.add(Fault("late", method="PUT", path=r"/manifests/v1$", delay=60))
+    report, repo = tmp_path / "load.json", f"stop/{repo_name}"
+    put = ("PUT", f"/v2/{repo}/manifests/v1", 201)
+    proc = stopped_mirror(lambda: put in proxy.requests, "the tag was never put", "load",
+                          bundle, "--to", f"{proxy.host}/stop", "-q", "--report", report)
+    assert proc.returncode == EXIT["interrupted"], proc.stderr
+    assert get_manifest(dst_registry.url, repo, "v1")[0] == img.manifest.data
+    doc = json.loads(report.read_text())
+    assert (doc["manifests_pushed"], doc["tags"]) == (1, [f"{proxy.host}/{repo}:v1"]), doc
+    proxy.clear_faults()
+    again = tmp_path / "again.json"
+    mirror_ok("load", bundle, "--to", f"{proxy.host}/stop", "-q", "--report", again)
+    doc = json.loads(again.read_text())
+    assert (doc["manifests_pushed"], doc["manifests_present"]) == (0, 1), doc
 
 
 def test_a_failed_download_reports_the_bytes_it_kept(src_registry, image, recproxy,
