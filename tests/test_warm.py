@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 import pytest
 
 from mirror.registry.ratelimit import SMALL_REQUESTS
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault
-from tests.support.oracle import error_line, mirror_cmd, mirror_env, mirror_ok, resolved
-from tests.support.pusher import get_manifest, push_image
+from tests.support.oracle import damaging, error_line, mirror_ok, resolved
+from tests.support.pusher import get_manifest, push_image, two_images
 from tests.support.referrers import push_sbom
 
 
@@ -346,39 +345,12 @@ def test_a_reruns_tag_listing_goes_beside_its_heads_not_after_them(
     assert before <= SMALL_REQUESTS, (before, order)
 
 
-def _two_images(src_registry, proxy, repo_name: str, rng) -> tuple[ig.Image, list[str]]:
-    """A (with a 400 KB layer, the one damaged) and B (whose manifest GET is held), through
-    `proxy`: A's image and both references."""
-    img = ig.make_image(rng, ig.AMD64, "oci", layers=[ig.make_layer(rng, 400_000)])
-    other = ig.make_image(rng, ig.AMD64, "oci")
-    push_image(src_registry.url, f"{repo_name}/a", img, tags=["1"])
-    push_image(src_registry.url, f"{repo_name}/b", other, tags=["1"])
-    return img, [f"{proxy.host}/{repo_name}/a:1", f"{proxy.host}/{repo_name}/b:1"]
-
-
 def _pull_damaging(proxy, ref_a: str, ref_b: str, repo_b: str, stored, out, cache,
                    report) -> subprocess.CompletedProcess[str]:
-    """`mirror pull A B`, B's manifest GET held by the proxy until A's manifest, stored and
-    released (RawManifest.release), has been damaged in the cache's store: after planning
-    read it, before the bundle's head reads it back."""
-    stall = proxy.add(Fault("stall", method="GET", path=rf"/v2/{repo_b}/manifests/1$",
-                            delay=3))
-    proc = subprocess.Popen(mirror_cmd("pull", ref_a, ref_b, "-o", out, "--cache", cache,
-                                       "--report", report),
-                            env=mirror_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not (stored.exists() and stall.hits):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.02)
-        stored.write_bytes(stored.read_bytes().replace(b"{", b" {", 1))  # same digest named
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    """`mirror pull A B` with A's manifest damaged in the cache's store after planning read
+    it, before the bundle's head reads it back (tests.support.oracle.damaging)."""
+    return damaging(proxy, repo_b, stored, "pull", ref_a, ref_b, "-o", out, "--cache", cache,
+                    "--report", report)
 
 
 @pytest.mark.parametrize("name", ["b.tar", "b.tar.zst"])
@@ -391,7 +363,7 @@ def test_a_manifest_damaged_in_the_cache_while_the_run_goes_on_is_fetched_again(
     GET in the report, and the bundle is the one an undamaged run writes, byte for byte:
     the .tar's head (written once planning is done) and the .tar.zst's (written last)."""
     proxy = faultproxy(src_registry.url)
-    img, refs = _two_images(src_registry, proxy, repo_name, rng)
+    img, refs = two_images(src_registry.url, proxy, repo_name, rng)
     mirror_ok("pull", *refs, "-o", tmp_path / "clean" / name, "--cache", tmp_path / "c0",
               "--report", tmp_path / "clean.json")
     cache, out, report = tmp_path / "cache", tmp_path / name, tmp_path / "r.json"
@@ -414,7 +386,7 @@ def test_a_damaged_manifest_the_registry_no_longer_serves_stops_the_run_cleanly(
     with one error line naming the manifest, the cache's damage and the registry's answer
     (integrity, exit 7), writes no bundle and no .partial, and drops the entry."""
     proxy = faultproxy(src_registry.url)
-    img, refs = _two_images(src_registry, proxy, repo_name, rng)
+    img, refs = two_images(src_registry.url, proxy, repo_name, rng)
     gone = proxy.add(Fault("status", method="GET", path=f"/manifests/{img.digest}",
                            status=404, code="MANIFEST_UNKNOWN", times=None))
     cache, out, report = tmp_path / "cache", tmp_path / "b.tar", tmp_path / "r.json"

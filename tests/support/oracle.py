@@ -286,6 +286,33 @@ def stopped_mirror(when: Callable[[], bool], never: str, *args: object,
     return subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
 
 
+def damaging(proxy: Any, held: str, stored: Path, *args: object
+             ) -> subprocess.CompletedProcess[str]:
+    """`python -m mirror ARGS` (a run of two images through `proxy`, a
+    tests.support.faultproxy.FaultProxy), the manifest GET of repository `held`'s tag 1
+    held there until `stored`, a manifest in the cache's store that the run stored and
+    released (RawManifest.release), has been damaged: after planning read it, before the
+    run reads it back (a pull's bundle head, a sync's PUT). Its exit code and output."""
+    from .faultproxy import Fault
+
+    stall = proxy.add(Fault("stall", method="GET", path=rf"/v2/{held}/manifests/1$",
+                            delay=3))
+    proc = subprocess.Popen(mirror_cmd(*args), env=mirror_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (stored.exists() and stall.hits):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        stored.write_bytes(stored.read_bytes().replace(b"{", b" {", 1))  # same digest named
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
 @contextlib.contextmanager
 def downloading(proxy: Any, *args: object, finish: bool = True
                 ) -> Iterator[subprocess.Popen[str]]:

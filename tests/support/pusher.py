@@ -222,3 +222,16 @@ def corrupt_list(registry_url: str, faultproxy, repo: str, rng) -> tuple[object,
     proxy = faultproxy(registry_url)
     proxy.add(Fault("flip_byte", method="GET", path="/blobs/", offset=10, times=None))
     return proxy, f"{proxy.host}/{repo}:1"
+
+
+def two_images(registry_url: str, proxy, repo: str, rng) -> tuple[Image, list[str]]:
+    """A (`repo/a:1`, with a 400 KB layer) and B (`repo/b:1`), pushed, for a run whose
+    manifest of A is damaged in the cache's store while B's manifest GET is held
+    (tests.support.oracle.damaging): A's image and both references through `proxy`."""
+    from .imagegen import AMD64, make_image, make_layer
+
+    img = make_image(rng, AMD64, "oci", layers=[make_layer(rng, 400_000)])
+    other = make_image(rng, AMD64, "oci")
+    push_image(registry_url, f"{repo}/a", img, tags=["1"])
+    push_image(registry_url, f"{repo}/b", other, tags=["1"])
+    return img, [f"{proxy.host}/{repo}/a:1", f"{proxy.host}/{repo}/b:1"]
