@@ -26,7 +26,7 @@ from mirror.aio import bounded, cancel_all, gather_or_cancel, to_the_end
 from mirror.bundle.contents import bundle_layout, unloadable, write_plans
 from mirror.bundle.writer import Prehash, tar_size, unchanged
 from mirror.config import ImageSpec
-from mirror.errors import BudgetSpent, IntegrityError, ManifestLost, MirrorError
+from mirror.errors import BudgetSpent, ManifestLost, MirrorError
 from mirror.fetch import Fetcher
 from mirror.image import Image, ImageSet
 from mirror.manifest import Descriptor
@@ -94,7 +94,6 @@ class _Run(Planner):
         # the bundle's digest once it is named at -o (and whether it was there already): a
         # stop that lands after the rename still has the report and lock file say so
         self.named: tuple[str, bool] | None = None
-        self.found_again: set[str] = set()  # manifests lost in the store, fetched again
 
     def config(self, i: int, registry: str, repo: str, desc: Descriptor) -> Awaitable[bytes]:
         return self.fetcher.config_bytes(registry, repo, desc, owner=i)
@@ -102,32 +101,6 @@ class _Run(Planner):
     def need(self, plan: Image) -> list[Descriptor]:
         base = self.opts.base_blobs or {}
         return [d for d in plan.blobs.values() if d.digest not in base]
-
-    def source_of(self, digest: str) -> tuple[str, str] | None:
-        """The registry and repository manifest `digest` of a planned image came from (a
-        referrer's: its subject's); None when no planned image has it."""
-        todo = [p for _, p in self.resolved()]
-        while todo:
-            img = todo.pop()
-            if digest in img.manifests and img.reference is not None:
-                return img.reference.registry, img.reference.repository
-            todo.extend(img.referrers)
-        return None
-
-    async def found(self, lost: ManifestLost) -> None:
-        """The manifest the bundle's head could not read back from the cache's store
-        (damaged or removed there since planning) fetched again, by digest, from the
-        registry of the image it belongs to, and stored again: the head is written anew.
-        Once a manifest per run; `lost` stands when there is no registry to ask."""
-        source = self.source_of(lost.digest)
-        if source is None or lost.digest in self.found_again:
-            raise lost
-        self.found_again.add(lost.digest)
-        try:
-            await self.client.store_again(*source, lost.digest)
-        except MirrorError as e:
-            raise IntegrityError(f"{lost}; fetching it again: {e}",
-                                 hint="run again: the tag is resolved anew") from None
 
     def image_set(self) -> ImageSet:
         """The images the bundle carries (partial when one failed), and its base's."""

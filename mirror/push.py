@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
 
 from mirror.aio import gather_or_cancel
 from mirror.artifacts import fallback_tag
@@ -35,6 +36,7 @@ from mirror.errors import (
     AuthError,
     BudgetSpent,
     IncompleteBase,
+    ManifestLost,
     MirrorError,
     NotFound,
     RateLimited,
@@ -66,19 +68,24 @@ from mirror.registry.upload import CANCEL_WITHIN
 Elsewhere = Callable[[dict[str, Descriptor], list[str]], Awaitable[tuple[dict[str, str], int]]]
 # the error for base blobs found nowhere: (their "digest (repository)", repositories looked in)
 Incomplete = Callable[[list[str], int], MirrorError]
+# a manifest lost in the cache's store (a sync's: planning released it there) fetched again
+# and stored, or the error that stops the push (mirror.planning.Planner.found)
+Found = Callable[[ManifestLost], Awaitable[None]]
+T = TypeVar("T")
 
 
 async def push(client: Client, registry: str, images: list[PushImage], source: Source,
                result: PushResult, progress: Progress, *, absent: Mapping[str, str] | None = None,
                jobs: int = 4, dry_run: bool = False, merge: bool = False,
-               elsewhere: Elsewhere | None = None, incomplete: Incomplete | None = None
-               ) -> PushResult:
+               elsewhere: Elsewhere | None = None, incomplete: Incomplete | None = None,
+               found: Found | None = None) -> PushResult:
     """Push `images` (referrers after the others) to `registry`. `absent`: digest -> why a
     blob the source does not carry is not needed from it ("foreign": never pushed; "base":
     must be at the target already). `result` is filled in as the push goes: after a failure it
     holds what was done. A push that fails or is stopped (Ctrl-C, SIGTERM: a cancellation)
-    first cancels the upload sessions it left open, within a few seconds."""
-    pusher = Pusher(client, registry, images, source, result, progress, jobs, merge)
+    first cancels the upload sessions it left open, within a few seconds. `found`: what
+    fetches again a manifest lost in the cache's store, whose bytes the push reads back."""
+    pusher = Pusher(client, registry, images, source, result, progress, jobs, merge, found)
     blobs: BlobPush | None = None
     try:
         await pusher.give_way()
@@ -120,9 +127,10 @@ class Pusher:
 
     def __init__(self, client: Client, registry: str, images: list[PushImage],
                  source: Source, result: PushResult, progress: Progress, jobs: int,
-                 merge: bool) -> None:
+                 merge: bool, found: Found | None = None) -> None:
         self.client, self.reg, self.images, self.source = client, registry, images, source
         self.result, self.progress, self.merge = result, progress, merge
+        self.found = found
         self.jobs = jobs
         self.sem = asyncio.Semaphore(jobs)
         self.finder = Finder(client)
@@ -302,7 +310,7 @@ class Pusher:
     async def _put(self, img: PushImage, ref: str, m: RawManifest) -> None:
         key = (img.repository, ref)
         self.putting[key] = (img, m)
-        subject = await _put(self.client, self.reg, img, ref, m)
+        subject = await self._reading(lambda: _put(self.client, self.reg, img, ref, m))
         del self.putting[key]
         self._count(img.repository, m.digest, pushed=True)
         if m.subject is not None:  # the registry's own word on its referrers API
@@ -330,7 +338,11 @@ class Pusher:
             mistaken = held is not None and held.digest == self.gave_way.get((repo, subject))
             self.fallbacks[key] = None if mistaken else held
         held = self.fallbacks[key]
-        new = with_referrer(held, m)
+
+        async def added() -> RawManifest | None:
+            return with_referrer(held, m)
+
+        new = await self._reading(added)
         if new is None:  # the index lists `m` already
             self.unput.setdefault(key, False)
             return
@@ -356,6 +368,19 @@ class Pusher:
                 del self.putting[key]
                 self._count(key[0], index.digest, pushed=True)
             del self.unput[key]
+
+    async def _reading(self, act: Callable[[], Awaitable[T]]) -> T:
+        """`act`, which reads manifests' bytes, again once one it read back from the cache's
+        store (a sync's: planning released it there) was lost there and `found` fetched it
+        again: the push goes on as if it had never been lost. Without `found` (nothing
+        released: a load) the loss stands."""
+        while True:
+            try:
+                return await act()
+            except ManifestLost as lost:
+                if self.found is None:
+                    raise
+                await self.found(lost)
 
     async def settle(self, within: float) -> None:
         """After the push stopped (as BlobPush.settle): each manifest PUT it stopped in
@@ -423,7 +448,11 @@ class Pusher:
             return img.root
         except RegistryError:
             return img.root  # no answer worth trusting: push, as before
-        new, warning = over(img, old, merge, f"{self.reg}/{img.repository}:{img.tag}")
+
+        async def put_over() -> tuple[RawManifest, str | None]:
+            return over(img, old, merge, f"{self.reg}/{img.repository}:{img.tag}")
+
+        new, warning = await self._reading(put_over)
         if warning:
             self.progress.warn(warning)
         return new

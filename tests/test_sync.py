@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault
 from tests.support.oracle import (
+    damaging,
     error_line,
     mirror_cmd,
     mirror_env,
@@ -28,7 +29,14 @@ from tests.support.oracle import (
     run_mirror,
     stopped_mirror,
 )
-from tests.support.pusher import blob_exists, corrupt_list, get_blob, get_manifest, push_image
+from tests.support.pusher import (
+    blob_exists,
+    corrupt_list,
+    get_blob,
+    get_manifest,
+    push_image,
+    two_images,
+)
 from tests.support.referrers import push_sbom, push_signature
 from tests.support.registry import Registry
 
@@ -229,6 +237,66 @@ def test_sync_through_a_damaged_cache_fetches_the_blob_again(
     assert get_blob(dst_registry.url, f"b{u}/{repo_name}", layer)
     assert ig.sha256_digest(entry.read_bytes()) == layer  # the cache holds good bytes again
     served(dst_registry, json.loads(report.read_text()), f"b{u}")
+
+
+def _manifest_gets(proxy) -> list[str]:
+    return [p for p in proxy.paths("GET") if "/manifests/" in p]
+
+
+def test_a_manifest_damaged_in_the_cache_while_a_sync_goes_on_is_fetched_again(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """A sync through a cache keeps a manifest's bytes in the cache's store, not in memory,
+    from its GET to its PUT at the target (RawManifest.release). Damaged there meanwhile, it
+    failed the whole run (exit 7, `no longer in the cache's store of manifests ... run
+    again`); as a pull, the sync fetches it again by digest from the source (checked, stored
+    again), one more manifest GET in the report, and the target holds what an undamaged
+    sync puts there: the same tags, manifests and blobs."""
+    u = repo_name[-8:]
+    proxy = faultproxy(src_registry.url)
+    img, refs = two_images(src_registry.url, proxy, repo_name, rng)
+    clean = tmp_path / "clean.json"
+    mirror_ok("sync", *refs, "--to", f"{dst_registry.host}/c{u}", "--cache", tmp_path / "c0",
+              "--report", clean, "-q")
+    cache, report = tmp_path / "cache", tmp_path / "r.json"
+    stored = cache / "manifests" / "sha256" / img.digest.split(":", 1)[1]
+    proxy.reset_counters()
+    done = damaging(proxy, f"{repo_name}/b", stored, "sync", *refs, "--to",
+                    f"{dst_registry.host}/d{u}", "--cache", cache, "--report", report, "-q")
+    assert done.returncode == 0, done.stderr
+    assert _manifest_gets(proxy)[-1] == f"/v2/{repo_name}/a/manifests/{img.digest}"
+    assert state(dst_registry, f"d{u}") == state(dst_registry, f"c{u}")
+    assert state(dst_registry, f"d{u}")[f"{repo_name}/a"]["tags"] == {"1": img.digest}
+    assert stored.read_bytes() == img.manifest.data  # stored again, as served
+    asked = json.loads(report.read_text())["requests"][proxy.host]
+    before = json.loads(clean.read_text())["requests"][proxy.host]
+    assert asked["manifest GET"] == before["manifest GET"] + 1, (asked, before)
+
+
+def test_a_damaged_manifest_the_source_no_longer_serves_stops_the_sync_cleanly(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """The same damage, and the source cannot serve the manifest again (404): the sync stops
+    with one error line naming the manifest, the cache's damage and the registry's answer
+    (integrity, exit 7); the image's tag is not put at the target, and the cache's damaged
+    entry is dropped (the next run asks for it again)."""
+    u = repo_name[-8:]
+    proxy = faultproxy(src_registry.url)
+    img, refs = two_images(src_registry.url, proxy, repo_name, rng)
+    gone = proxy.add(Fault("status", method="GET", path=f"/manifests/{img.digest}",
+                           status=404, code="MANIFEST_UNKNOWN", times=None))
+    cache = tmp_path / "cache"
+    stored = cache / "manifests" / "sha256" / img.digest.split(":", 1)[1]
+    done = damaging(proxy, f"{repo_name}/b", stored, "sync", *refs, "--to",
+                    f"{dst_registry.host}/g{u}", "--cache", cache, "-q")
+    assert done.returncode == 7, done.stderr
+    line = error_line(done)
+    assert img.digest in line and "no longer in the cache's store" in line, line
+    assert "404" in line and gone.hits == 1, line
+    assert "Traceback" not in done.stderr, done.stderr
+    assert not state(dst_registry, f"g{u}").get(f"{repo_name}/a", {}).get("tags"), \
+        state(dst_registry, f"g{u}")
+    assert not stored.exists()
 
 
 def test_sync_with_a_cache_on_a_full_disk_says_so(
