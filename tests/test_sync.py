@@ -250,8 +250,8 @@ def test_a_manifest_damaged_in_the_cache_while_a_sync_goes_on_is_fetched_again(
     from its GET to its PUT at the target (RawManifest.release). Damaged there meanwhile, it
     failed the whole run (exit 7, `no longer in the cache's store of manifests ... run
     again`); as a pull, the sync fetches it again by digest from the source (checked, stored
-    again), one more manifest GET in the report, and the target holds what an undamaged
-    sync puts there: the same tags, manifests and blobs."""
+    again), one more manifest GET in the report however many targets, and each target holds
+    what an undamaged sync puts there: the same tags, manifests and blobs."""
     u = repo_name[-8:]
     proxy = faultproxy(src_registry.url)
     img, refs = two_images(src_registry.url, proxy, repo_name, rng)
@@ -262,11 +262,13 @@ def test_a_manifest_damaged_in_the_cache_while_a_sync_goes_on_is_fetched_again(
     stored = cache / "manifests" / "sha256" / img.digest.split(":", 1)[1]
     proxy.reset_counters()
     done = damaging(proxy, f"{repo_name}/b", stored, "sync", *refs, "--to",
-                    f"{dst_registry.host}/d{u}", "--cache", cache, "--report", report, "-q")
+                    f"{dst_registry.host}/d{u}", "--to", f"{dst_registry.host}/e{u}",
+                    "--cache", cache, "--report", report, "-q")
     assert done.returncode == 0, done.stderr
     assert _manifest_gets(proxy)[-1] == f"/v2/{repo_name}/a/manifests/{img.digest}"
-    assert state(dst_registry, f"d{u}") == state(dst_registry, f"c{u}")
-    assert state(dst_registry, f"d{u}")[f"{repo_name}/a"]["tags"] == {"1": img.digest}
+    for prefix in (f"d{u}", f"e{u}"):  # the second target reads what the first stored again
+        assert state(dst_registry, prefix) == state(dst_registry, f"c{u}")
+        assert state(dst_registry, prefix)[f"{repo_name}/a"]["tags"] == {"1": img.digest}
     assert stored.read_bytes() == img.manifest.data  # stored again, as served
     asked = json.loads(report.read_text())["requests"][proxy.host]
     before = json.loads(clean.read_text())["requests"][proxy.host]
