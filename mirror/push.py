@@ -404,7 +404,9 @@ class Pusher:
         for ((repo, ref), (img, m)), ok in zip(putting, there, strict=True):
             if ok:
                 self._count(repo, m.digest, pushed=True)
-                if img is not None:
+                # the image's own reference only: with --merge its root goes by digest
+                # first, and the tag, not put yet, still holds what it held
+                if img is not None and ref == (img.tag or img.root.digest):
                     self._say_where(img, ref, m)
 
     def _count(self, repo: str, digest: str, *, pushed: bool) -> None:

@@ -469,6 +469,36 @@ def test_a_load_stopped_while_its_tag_is_answered_reports_the_tag(
     assert (doc["manifests_pushed"], doc["manifests_present"]) == (0, 1), doc
 
 
+def test_a_merge_load_stopped_while_its_own_index_is_answered_reports_no_tag(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """`load --merge` over a tag holding another index puts the bundle's own index by digest
+    before the merged one as the tag. Ctrl-C while that digest PUT's answer is on its way
+    back: the index is counted pushed (the target serves it), but the tag, which still holds
+    the old index, is not among the report's tags (it was, as if the tag had been put)."""
+    old = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)], "oci")
+    new = ig.make_index([ig.make_image(rng, ig.AMD64, "oci")], "oci")
+    push_image(src_registry.url, repo_name, new, ["1"])
+    bundle = tmp_path / "b.tar"
+    ok(pull(tmp_path, f"{src_registry.host}/{repo_name}:1", out="b.tar"))
+    repo = f"merge/{repo_name}"
+    push_image(dst_registry.url, repo, old, ["1"])
+    proxy = faultproxy(dst_registry.url)
+    proxy.add(Fault("late", method="PUT", path=rf"/manifests/{new.digest}$", delay=60))
+    report = tmp_path / "load.json"
+    put = ("PUT", f"/v2/{repo}/manifests/{new.digest}", 201)
+    proc = stopped_mirror(lambda: put in proxy.requests, "the index was never put", "load",
+                          bundle, "--to", f"{proxy.host}/merge", "--merge", "-q",
+                          "--report", report)
+    assert proc.returncode == EXIT["interrupted"], proc.stderr
+    assert get_manifest(dst_registry.url, repo, "1")[0] == old.manifest.data  # the tag as it was
+    assert get_manifest(dst_registry.url, repo, new.digest)[0] == new.manifest.data
+    doc = json.loads(report.read_text())
+    puts = [r for r in proxy.requests if r[0] == "PUT" and "/manifests/" in r[1]]
+    assert all(status == 201 for _, _, status in puts), puts
+    assert (doc["manifests_pushed"], doc["tags"]) == (len(puts), []), doc
+
+
 def test_a_failed_download_reports_the_bytes_it_kept(src_registry, image, recproxy,
                                                      tmp_path: Path) -> None:
     """A blob broken off after 400,000 bytes whose retries then fail: the run fails, but the
