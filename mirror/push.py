@@ -251,6 +251,7 @@ class Pusher:
             for img, ref, m in by_tag(group):
                 await self._manifest(img, ref, m, merge, dry_run)
             await self._put_fallbacks(dry_run)
+        self.result.placed = True
 
     async def _manifest(self, img: PushImage, ref: str, m: RawManifest, merge: bool,
                         dry_run: bool) -> None:

@@ -64,6 +64,7 @@ class PushResult:
     untagged: list[str] = field(default_factory=list)  # HOST/REPO@DIGEST of unnamed entries
     dry_run: list[str] = field(default_factory=list)
     started: bool = False  # the target answered what it holds: the counts mean something
+    placed: bool = False  # every manifest decided, the referrers' last: the push got through
 
 
 # -- blobs ---------------------------------------------------------------------------------

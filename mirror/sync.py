@@ -129,15 +129,16 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
 
 def unfinished(resolved: list[tuple[int, Image]], reg: str, done: PushResult) -> list[int]:
     """The images (their index among the run's) a push that stopped left unfinished: a tag
-    (or, without one, the digest) not yet pushed, or, when it stopped among the referrers
-    (every image's tags are there), the images with referrers."""
+    (or, without one, the digest) not yet pushed, or, unless the push placed every manifest
+    (it then stopped for the images it left out), referrers: those go after every image's
+    tags (mirror.pushplan.manifest_groups), so an image with referrers is unfinished until
+    then, its tags there or not."""
     there = set(done.tags) | set(done.pinned) | set(done.untagged)
     left = {id(p.image) for p in done.images if p.referrer_of is None and
             (f"{reg}/{p.repository}:{p.tag}" if p.tag else
              f"{reg}/{p.repository}@{p.root.digest}") not in there}
-    if left:
-        return [i for i, plan in resolved if id(plan) in left]
-    return [i for i, plan in resolved if plan.referrers]
+    return [i for i, plan in resolved
+            if id(plan) in left or (plan.referrers and not done.placed)]
 
 
 class _Planner(Planner):

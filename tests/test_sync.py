@@ -588,6 +588,39 @@ def test_a_stopped_sync_says_interrupted_only_of_the_images_not_finished(
     assert doc["targets"][0]["tags"] == [f"{dst.host}/s{u}/{repos[0]}:1"], doc["targets"]
 
 
+def test_a_stopped_sync_says_interrupted_of_an_image_whose_referrers_are_not_there(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """As above, the first image with an SBOM: the referrers are pushed after every image's
+    tags, so at the stop the first image is tagged at the target but its SBOM is not. It was
+    reported finished (no error) although the target lacks its referrer, as the same run
+    stopped among the referrers reports it interrupted: it says interrupted."""
+    repos = [f"{repo_name}/signed", f"{repo_name}/hung"]
+    imgs = [ig.make_image(rng, ig.AMD64, "oci", layer_size=2048 + n) for n in range(2)]
+    for repo, img in zip(repos, imgs, strict=True):
+        push_image(src_registry.url, repo, img, ["1"])
+    sbom = push_sbom(src_registry.url, repos[0], imgs[0].manifest)
+    dst = faultproxy(dst_registry.url)
+    hung = dst.add(Fault("stall", method="PUT", path=f"/{repos[1]}/manifests/1", delay=60))
+    report, u = tmp_path / "r.json", repo_name[-8:]
+    proc = stopped_mirror(lambda: hung.hits > 0, "the second tag was never put", "sync",
+                          *(f"{src_registry.host}/{r}:1" for r in repos), "--to",
+                          f"{dst.host}/s{u}", "--report", report, "-q")
+    assert proc.returncode == 130, proc.stderr
+    target = f"s{u}/{repos[0]}"
+    assert get_manifest(dst_registry.url, target, "1")[0] == imgs[0].manifest.data
+    with pytest.raises(Exception, match="404"):  # its SBOM not pushed yet
+        get_manifest(dst_registry.url, target, sbom.digest)
+    doc = json.loads(report.read_text())
+    signed, stopped = doc["images"]
+    for entry in (signed, stopped):
+        assert entry["error"] and "SIGINT" in entry["error"], entry
+        assert entry["error_code"] == 130, entry
+    mirror_ok("sync", *(f"{src_registry.host}/{r}:1" for r in repos), "--to",
+              f"{dst_registry.host}/s{u}", "-q")  # the SBOM is the sync's to push
+    assert get_manifest(dst_registry.url, target, sbom.digest)[0] == sbom.data
+
+
 def test_sync_refuses_a_bad_target_before_any_work(src_registry: Registry, tmp_path: Path
                                                    ) -> None:
     proc = run_mirror("sync", f"{src_registry.host}/x/y:1", "--to", "http://h:5000")
