@@ -223,7 +223,8 @@ def starved(transport, specs, progress, kept: bool = True) -> None:
     budget went on, and a run's least need (what this one spent, and a blob GET per image,
     or the blobs of the image refused). A tag rule's candidates' times a run read are `kept`
     in the cache (none without one: a sync without --cache), and the next run asks only the
-    rest (mirror.created): then it gets further, which the warning says."""
+    rest (mirror.created): then, if this one read any, it gets further, which the warning
+    says."""
     for reg, lim in sorted(transport.limits.items()):
         if lim.budget is None or lim.counts.get("blob GET"):
             continue
@@ -237,8 +238,11 @@ def starved(transport, specs, progress, kept: bool = True) -> None:
                           if s.reference.registry == reg)
             also = f", a request per tag rule candidate it left unasked ({unasked})" \
                 if unasked else ""
+            # read some of them (a manifest GET: one seen is not asked again), the next run
+            # goes further; none (the ping and listing took it all), it is this run again
+            gets_on = unasked and kept and lim.counts.get("manifest GET")
             then = ("; what it read of the candidates is kept, and the next run goes on from "
-                    "there: runs on this budget get through them" if unasked and kept
+                    "there: runs on this budget get through them" if gets_on
                     else "; raise it, or the same images wait every run")
             progress.warn(f"{reg}: max_requests_per_run: {lim.budget} was spent before any "
                           f"image could be fetched ({went}): a run of these {n} image(s) "

@@ -667,3 +667,36 @@ def test_order_created_on_a_budget_smaller_than_its_candidates_converges(
     locks = [json.loads((d / "images.lock").read_text()) for d in (tight, free)]
     assert locks[0]["images"] == locks[1]["images"], locks
     assert [r["tags"] for r in locks[0]["tagRules"]] == [["nightly-12", "nightly-13"]], locks
+
+
+def test_a_budget_the_listing_spends_says_the_rule_waits_every_run(
+        src_registry, faultproxy, repo_name, rng, tmp_path):
+    """`order: created` on a registry whose max_requests_per_run (2) goes on the ping and the
+    tag listing: no candidate's time is read, so no run gets further than the last. The
+    warning said the opposite ('what it read of the candidates is kept ... runs on this
+    budget get through them'); it says to raise the budget, as for a budget that reads
+    nothing else, and each run is the same."""
+    proxy = faultproxy(src_registry.url)
+    for n in range(3):
+        index = ig.make_index([ig.make_image(rng, ig.AMD64, "oci",
+                                             created=f"2024-01-{n + 1:02d}T00:00:00Z")], "oci")
+        push_image(src_registry.url, repo_name, index, tags=[f"nightly-{n:02d}"])
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text(f"registries:\n  {proxy.host}:\n    max_requests_per_run: 2\n"
+                   f"images:\n  - repository: {proxy.host}/{repo_name}\n    tags:\n"
+                   "      - latest: 1\n        order: created\n")
+    runs = []
+    for _ in range(2):
+        proxy.reset_counters()
+        proc = run_mirror("pull", "-f", cfg, "--cache", tmp_path / "cache", "-o",
+                          tmp_path / "b.tar", "--report", tmp_path / "r.json")
+        assert proc.returncode == 14, proc.stderr
+        asked = [(m, p) for m, p, _ in proxy.requests]
+        assert not [p for _, p in asked if "/manifests/" in p], asked  # no time read
+        runs.append(asked)
+        warning = [line for line in proc.stderr.splitlines()
+                   if "max_requests_per_run: 2 was spent" in line]
+        assert len(warning) == 1, proc.stderr
+        assert "get through them" not in warning[0], warning
+        assert "raise it, or the same images wait every run" in warning[0], warning
+    assert runs[0] == runs[1]
