@@ -169,7 +169,8 @@ async def resolve_rules(client: Client, specs: list[ImageSpec], blobs: BlobStore
         try:
             chosen = await _choose(client, spec, listings, times, blobs, warn)
         except BudgetSpent as e:
-            return from_lock(spec, recorded or []) or [replace(spec, failed=_waits(spec, e))]
+            return from_lock(spec, recorded or []) or [
+                replace(spec, failed=_waits(spec, e, kept=client.manifests is not None))]
         except ConfigError:  # a rule that matches nothing (exit 2)
             raise
         except MirrorError as e:
@@ -187,15 +188,17 @@ async def resolve_rules(client: Client, specs: list[ImageSpec], blobs: BlobStore
     return [s for part in chosen for s in part]
 
 
-def _waits(spec: ImageSpec, e: BudgetSpent) -> BudgetSpent:
+def _waits(spec: ImageSpec, e: BudgetSpent, *, kept: bool) -> BudgetSpent:
     """`e` saying that `spec`'s rule waits (its tags unknown: no lock file records them), and,
-    for `order: created`, how far its candidates' times got: those read are kept (the cache),
-    and a run on a budget asks only those not read yet (mirror.created)."""
+    for `order: created`, how far its candidates' times got: those read are `kept` (the
+    cache; a sync without --cache keeps none), and a run on a budget asks only those not
+    read yet (mirror.created)."""
     assert spec.rule is not None
     got = ""
     if e.unasked:
         got = (f": the creation times of {e.unasked} of its {e.candidates} candidate tags "
-               "still to read (what this run read is kept: the next run goes on from there)")
+               "still to read" + (" (what this run read is kept: the next run goes on from "
+                                  "there)" if kept else ""))
     waits = BudgetSpent(f"tag rule at {spec.where} ({spec.rule.describe()}){got}: {e}",
                         registry=e.registry, repository=e.repository, status=e.status,
                         codes=e.codes, hint=e.hint)

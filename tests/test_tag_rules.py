@@ -700,3 +700,25 @@ def test_a_budget_the_listing_spends_says_the_rule_waits_every_run(
         assert "get through them" not in warning[0], warning
         assert "raise it, or the same images wait every run" in warning[0], warning
     assert runs[0] == runs[1]
+
+
+def test_a_sync_without_a_cache_does_not_say_it_keeps_the_times(
+        src_registry, dst_registry, faultproxy, repo_name, rng, tmp_path):
+    """`order: created` on a budget too small for its candidates, synced without --cache:
+    nothing is kept (no cache), so every run asks them all again. The rule's waiting line
+    said 'what this run read is kept: the next run goes on from there'; it says how far
+    it got, and no such thing."""
+    proxy = faultproxy(src_registry.url)
+    for n in range(4):
+        index = ig.make_index([ig.make_image(rng, ig.AMD64, "oci",
+                                             created=f"2024-01-{n + 1:02d}T00:00:00Z")], "oci")
+        push_image(src_registry.url, repo_name, index, tags=[f"nightly-{n:02d}"])
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text(f"registries:\n  {proxy.host}:\n    max_requests_per_run: 4\n"
+                   f"images:\n  - repository: {proxy.host}/{repo_name}\n    tags:\n"
+                   "      - latest: 1\n        order: created\n")
+    proc = run_mirror("sync", "-f", cfg, "--to", f"{dst_registry.host}/nc")
+    assert proc.returncode == 14, proc.stderr
+    assert "candidate tags still to read" in proc.stderr, proc.stderr
+    assert "is kept" not in proc.stderr and "goes on from there" not in proc.stderr, \
+        proc.stderr
