@@ -669,6 +669,22 @@ def test_order_created_on_a_budget_smaller_than_its_candidates_converges(
     assert [r["tags"] for r in locks[0]["tagRules"]] == [["nightly-12", "nightly-13"]], locks
 
 
+def _budgeted_nightlies(src_registry, proxy, repo_name: str, rng, tmp_path, n: int, *,
+                        budget: int):
+    """`n` one-platform nightly indexes (their configs dated a day apart), and an images.yaml
+    with `latest: 1, order: created` over them through `proxy`, on a max_requests_per_run of
+    `budget`: its path."""
+    for i in range(n):
+        index = ig.make_index([ig.make_image(rng, ig.AMD64, "oci",
+                                             created=f"2024-01-{i + 1:02d}T00:00:00Z")], "oci")
+        push_image(src_registry.url, repo_name, index, tags=[f"nightly-{i:02d}"])
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text(f"registries:\n  {proxy.host}:\n    max_requests_per_run: {budget}\n"
+                   f"images:\n  - repository: {proxy.host}/{repo_name}\n    tags:\n"
+                   "      - latest: 1\n        order: created\n")
+    return cfg
+
+
 def test_a_budget_the_listing_spends_says_the_rule_waits_every_run(
         src_registry, faultproxy, repo_name, rng, tmp_path):
     """`order: created` on a registry whose max_requests_per_run (2) goes on the ping and the
@@ -677,14 +693,7 @@ def test_a_budget_the_listing_spends_says_the_rule_waits_every_run(
     budget get through them'); it says to raise the budget, as for a budget that reads
     nothing else, and each run is the same."""
     proxy = faultproxy(src_registry.url)
-    for n in range(3):
-        index = ig.make_index([ig.make_image(rng, ig.AMD64, "oci",
-                                             created=f"2024-01-{n + 1:02d}T00:00:00Z")], "oci")
-        push_image(src_registry.url, repo_name, index, tags=[f"nightly-{n:02d}"])
-    cfg = tmp_path / "images.yaml"
-    cfg.write_text(f"registries:\n  {proxy.host}:\n    max_requests_per_run: 2\n"
-                   f"images:\n  - repository: {proxy.host}/{repo_name}\n    tags:\n"
-                   "      - latest: 1\n        order: created\n")
+    cfg = _budgeted_nightlies(src_registry, proxy, repo_name, rng, tmp_path, 3, budget=2)
     runs = []
     for _ in range(2):
         proxy.reset_counters()
@@ -709,14 +718,7 @@ def test_a_sync_without_a_cache_does_not_say_it_keeps_the_times(
     said 'what this run read is kept: the next run goes on from there'; it says how far
     it got, and no such thing."""
     proxy = faultproxy(src_registry.url)
-    for n in range(4):
-        index = ig.make_index([ig.make_image(rng, ig.AMD64, "oci",
-                                             created=f"2024-01-{n + 1:02d}T00:00:00Z")], "oci")
-        push_image(src_registry.url, repo_name, index, tags=[f"nightly-{n:02d}"])
-    cfg = tmp_path / "images.yaml"
-    cfg.write_text(f"registries:\n  {proxy.host}:\n    max_requests_per_run: 4\n"
-                   f"images:\n  - repository: {proxy.host}/{repo_name}\n    tags:\n"
-                   "      - latest: 1\n        order: created\n")
+    cfg = _budgeted_nightlies(src_registry, proxy, repo_name, rng, tmp_path, 4, budget=4)
     proc = run_mirror("sync", "-f", cfg, "--to", f"{dst_registry.host}/nc")
     assert proc.returncode == 14, proc.stderr
     assert "candidate tags still to read" in proc.stderr, proc.stderr
