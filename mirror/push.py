@@ -27,6 +27,7 @@ HEAD each): the report's counts and tags are what the target received in the run
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
@@ -107,12 +108,15 @@ async def push(client: Client, registry: str, images: list[PushImage], source: S
             raise next(iter(unread.values()))
         return result
     except BaseException:
-        await client.cancel_open_uploads()
+        # CANCEL_WITHIN in all, the sessions cancelled first: a target that hangs holds the
+        # stop that long, not once for the DELETEs and again for the HEADs
+        end = time.monotonic() + CANCEL_WITHIN
+        await client.cancel_open_uploads(CANCEL_WITHIN)
         # what the target got of the transfers cut short, counted (blobs and manifests are
         # never under way at once: one of the two has any to ask about)
         if blobs is not None:
-            await blobs.settle(CANCEL_WITHIN)
-        await pusher.settle(CANCEL_WITHIN)
+            await blobs.settle(end - time.monotonic())
+        await pusher.settle(end - time.monotonic())
         raise
 
 

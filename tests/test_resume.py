@@ -442,6 +442,38 @@ def test_a_load_stopped_while_an_upload_is_answered_counts_what_the_target_got(
     assert len([p for p in proxy.paths("PUT") if "/blobs/uploads/" in p]) == len(blobs) - 2
 
 
+def test_a_load_stopped_on_a_target_that_hangs_exits_within_the_cancelling_time(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """Ctrl-C during an upload to a target that then answers nothing: the load gives up
+    cancelling its upload session after CANCEL_WITHIN (5 s), and the HEADs that count what
+    landed share that time. They had 5 s of their own after it: the stop took 10 s (5 s
+    before they were added)."""
+    img = ig.make_image(rng, ig.AMD64, "oci",
+                        layers=[ig.make_layer(rng, 4096 + i) for i in range(2)])
+    push_image(src_registry.url, repo_name, img, ["v1"])
+    ok(pull(tmp_path, f"{src_registry.host}/{repo_name}:v1", out="b.tar"))
+    proxy = faultproxy(dst_registry.url)
+    hung = proxy.add(Fault("stall", method="PUT", path=r"/blobs/uploads/", delay=60))
+    signalled: list[float] = []
+    held: list[Fault] = []
+
+    def hanging() -> bool:  # the upload held: from now on the target answers nothing
+        if not hung.hits:
+            return False
+        held.extend(proxy.add(Fault("stall", method=method, path=r"/blobs/", delay=60,
+                                    times=None)) for method in ("DELETE", "HEAD"))
+        signalled.append(time.monotonic())
+        return True
+
+    proc = stopped_mirror(hanging, "no upload", "load", tmp_path / "b.tar", "--to",
+                          f"{proxy.host}/hang", "-j", "1", "-q")
+    took = time.monotonic() - signalled[0]
+    assert proc.returncode == EXIT["interrupted"], proc.stderr
+    assert held[0].hits == 1, held  # the session's DELETE, held as the HEADs would be
+    assert took < 8.5, took
+
+
 def test_a_load_stopped_while_its_tag_is_answered_reports_the_tag(
         src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
         rng: random.Random, tmp_path: Path) -> None:
