@@ -211,6 +211,9 @@ class Planner:
         self.found_again.add(lost.digest)
         try:
             await self.client.store_again(*source, lost.digest)
+        except BudgetSpent as e:  # the registry may be asked again next run: it waits (14)
+            raise BudgetSpent(f"{lost}; fetching it again: {e}", registry=e.registry,
+                              status=e.status) from None
         except MirrorError as e:
             raise IntegrityError(f"{lost}; fetching it again: {e}",
                                  hint="run again: the tag is resolved anew") from None

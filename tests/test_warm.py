@@ -380,6 +380,35 @@ def test_a_manifest_damaged_in_the_cache_while_the_run_goes_on_is_fetched_again(
     mirror_ok("verify", out)
 
 
+def test_a_damaged_manifest_a_spent_budget_cannot_fetch_again_waits_for_the_next_run(
+        src_registry, faultproxy, repo_name, rng, tmp_path):
+    """The same damage on a registry whose max_requests_per_run the run spends to the last
+    request (what an undamaged run sends): fetching the manifest again is refused, and that
+    is the budget's, not damage that stays (exit 14, not 7): the one line names the
+    manifest, the cache's damage and the budget; no bundle, no .partial; the next run, on
+    the same budget, writes the bundle an undamaged run writes."""
+    proxy = faultproxy(src_registry.url)
+    img, refs = two_images(src_registry.url, proxy, repo_name, rng)
+    clean, report = tmp_path / "clean.tar", tmp_path / "r.json"
+    mirror_ok("pull", *refs, "-o", clean, "--cache", tmp_path / "c0", "--report", report)
+    budget = sum(json.loads(report.read_text())["requests"][proxy.host].values())
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text(f"version: 1\nregistries:\n  {proxy.host}:\n    max_requests_per_run: "
+                   f"{budget}\nimages:\n" + "".join(f"  - {r}\n" for r in refs))
+    cache, out = tmp_path / "cache", tmp_path / "b.tar"
+    stored = cache / "manifests" / "sha256" / img.digest.split(":", 1)[1]
+    done = damaging(proxy, f"{repo_name}/b", stored, "pull", "-f", cfg, "-o", out,
+                    "--cache", cache, "--report", report)
+    assert done.returncode == 14, done.stderr
+    line = error_line(done)
+    assert img.digest in line and "no longer in the cache's store" in line, line
+    assert f"rate limited by {proxy.host}" in line and "max_requests_per_run" in line, line
+    assert "Traceback" not in done.stderr, done.stderr
+    assert not out.exists() and not list(tmp_path.glob("b.tar.*")), list(tmp_path.iterdir())
+    mirror_ok("pull", "-f", cfg, "-o", out, "--cache", cache)
+    assert out.read_bytes() == clean.read_bytes()
+
+
 def test_a_damaged_manifest_the_registry_no_longer_serves_stops_the_run_cleanly(
         src_registry, faultproxy, repo_name, rng, tmp_path):
     """The same damage, and the registry cannot serve the manifest again (404): the run stops
