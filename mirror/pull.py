@@ -252,9 +252,15 @@ class _Run(Planner):
         with nothing new planned, or checked the bundle already there, had every image
         `interrupted`. One stat per blob of an image not accounted, at the stop only."""
         fetched, store = self.fetcher.fetched, self.store
+
+        def held(d: Descriptor) -> bool:
+            try:
+                return d.digest in fetched or store.has(d.digest, d.size)
+            except OSError:  # the cache unreadable: not known to be in hand (and the run's
+                return False  # own error, not this one, is what the stop reports)
+
         for i, plan in self.resolved():
-            if i not in self.accounted and all(
-                    d.digest in fetched or store.has(d.digest, d.size) for d in self.need(plan)):
+            if i not in self.accounted and all(held(d) for d in self.need(plan)):
                 self.account(i, plan)
 
     def account(self, i: int, plan: Image) -> None:

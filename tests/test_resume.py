@@ -402,6 +402,44 @@ def test_a_warm_rerun_stopped_says_interrupted_only_of_the_images_not_finished(
     assert stopped["error_code"] == code, stopped
 
 
+def test_a_stop_that_finds_the_cache_unreadable_still_reports_the_stop(
+        src_registry: Registry, faultproxy, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """A warm rerun stopped (SIGINT) once the cache's blob store can no longer be read (its
+    directory replaced by a file: ENOTDIR, not ENOENT): the stop's check of which images
+    have their blobs in hand (pull.in_hand) takes an unreadable blob as not in hand; its
+    OSError did not replace the run's own stop, and the report and exit code say the stop
+    (130), every image cut short."""
+    imgs = [ig.make_image(rng, ig.AMD64, "oci", layer_size=2048 + n) for n in range(2)]
+    repos = [f"{repo_name}/done", f"{repo_name}/hung"]
+    for repo, img in zip(repos, imgs, strict=True):
+        push_image(src_registry.url, repo, img, ["v1"])
+    proxy = faultproxy(src_registry.url)
+    refs = [f"{proxy.host}/{repo}:v1" for repo in repos]
+    out, report, cache = tmp_path / "out.tar", tmp_path / "report.json", tmp_path / "cache"
+    args = ["pull", *refs, "-o", out, "--cache", cache, "-q", "--report", report]
+    ok(subprocess.run(mirror_cmd(*args), cwd=ROOT, env=mirror_env(), capture_output=True,
+                      text=True, timeout=120))
+    proxy.reset_counters()
+    stall = proxy.add(Fault("stall", method="HEAD", path=f"/{repos[1]}/manifests/v1",
+                            delay=60))
+    blobs = cache / "blobs" / "sha256"
+
+    def hung_then_unreadable() -> bool:
+        if not stall.hits:
+            return False
+        blobs.rename(cache / "blobs" / "moved")
+        blobs.write_bytes(b"")  # a file where the directory was
+        return True
+
+    proc = stopped_mirror(hung_then_unreadable, "the second tag's HEAD was never sent",
+                          *args, sig=signal.SIGINT, after=0.5)
+    doc = report_of_stop(proc, report, signal.SIGINT, 130)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert [i["reference"] for i in doc["images"]] == refs, doc
+    assert all(i["error_code"] == 130 for i in doc["images"]), doc
+
+
 @pytest.mark.parametrize("out", ["b.tar", "b.tar.zst"])  # blobs read at random, in one pass
 def test_a_load_stopped_while_an_upload_is_answered_counts_what_the_target_got(
         src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
