@@ -443,11 +443,36 @@ def test_a_429_storm_without_retry_after_leaves_that_registry_for_the_next_run(
     proc = run_mirror("pull", *refs, "-o", out, "--cache", tmp_path / "cache", "--report", rep,
                       "--retries", "1")
     assert proc.returncode == 14, proc.stderr
-    assert f"{refs[0]}: failed: rate limited by {a.host}: answered HTTP 429 TOOMANYREQUESTS: " \
-        "injected by faultproxy (HTTP 429) (after 2 tries); this image waits for the next run" \
-        in proc.stderr, proc.stderr
+    assert f"{refs[0]}: failed: rate limited by {a.host}: GET http://{a.host}/v2/" \
+        in proc.stderr and " answered HTTP 429 TOOMANYREQUESTS: injected by faultproxy " \
+        "(HTTP 429) (after 2 tries); this image waits for the next run" in proc.stderr, \
+        proc.stderr
     doc = report_of(rep)
     assert sorted(doc["waiting"]) == refs[:2] and bundle_refs(out) == {refs[2]}, doc["waiting"]
+
+
+def test_images_left_by_a_429_storm_name_the_request_answered_429_not_their_own(
+        src_registry: Registry, proxies, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """A's images resolved one at a time (a max_requests_per_run): a0's manifest is
+    answered 429 through its tries, so a1 is never asked for. a1's line said `answered
+    HTTP 429 ... (after 2 tries) ... (at GET .../a1/manifests/v1)`, a request never sent;
+    the reason now names the request that was answered 429."""
+    seed(src_registry, f"{repo_name}/a", rng, n=2, layers=1)
+    a = proxies()
+    a.add(Fault("status", path=r"/a0/manifests/", status=429, times=None))
+    refs = [f"{a.host}/{repo_name}/a0:v1", f"{a.host}/{repo_name}/a1:v1"]
+    cfg = budget_config(tmp_path / "images.yaml", a.host, 100, refs)
+    proc = run_mirror("pull", "-f", cfg, "-o", tmp_path / "b.tar", "--cache",
+                      tmp_path / "cache", "--retries", "1")
+    assert proc.returncode == 14, proc.stderr
+    asked = {p for m, p, st in a.requests}
+    assert f"/v2/{repo_name}/a1/manifests/v1" not in asked, a.requests
+    why = (f"rate limited by {a.host}: GET http://{a.host}/v2/{repo_name}/a0/manifests/v1 "
+           "answered HTTP 429 TOOMANYREQUESTS: injected by faultproxy (HTTP 429) "
+           "(after 2 tries); this image waits for the next run")
+    for ref in refs:
+        assert f"{ref}: failed: {why}" in proc.stderr, proc.stderr
 
 
 def test_requests_waiting_for_a_slot_when_the_registry_is_left_are_refused_not_stuck(

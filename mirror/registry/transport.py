@@ -267,20 +267,23 @@ class Transport(Accounting):
                 # Retry-After holds for that try and every other request to the host
                 self.announce_wait(url, retry_after, resp.status)
             if lim is not None and kind != "token":
-                self._hold(lim, resp.status, retry_after, attempt if retry else 0, body)
+                self._hold(lim, resp.status, retry_after, attempt if retry else 0, body,
+                           note or f"{method} {loggable(url)}")
             return Reply(resp, attempt, body)
 
     def _hold(self, lim: RegistryLimits, status: int, retry_after: float | None,
-              tries: int, body: bytes) -> None:
+              tries: int, body: bytes, what: str) -> None:
         """A registry that will not answer this run is left for the next (its images wait,
         exit 14): a 429 or 503 asking for longer than --max-wait, or 429s through all of a
-        request's tries (`tries`: 0 for a one-shot body, which its caller tries again)."""
+        request's tries (`tries`: 0 for a one-shot body, which its caller tries again), the
+        request (`what`) named: every waiting image gives that reason, most of them for a
+        request of their own never sent."""
         if status in (429, 503) and retry_after is not None and \
                 retry_after > self.policy.max_retry_after:
             lim.hold_for(retry_after, status)
         elif status == 429 and tries:
             codes, message = error_codes(body)
-            lim.hold("answered HTTP 429" + (" " + ",".join(codes) if codes else "")
+            lim.hold(f"{what} answered HTTP 429" + (" " + ",".join(codes) if codes else "")
                      + (f": {message}" if message else "")
                      + (f" (after {tries} tries)" if tries > 1 else ""))
 
