@@ -216,15 +216,17 @@ def traffic(transport) -> dict:
             "rate_limit": transport.rate_limit_report()}
 
 
-def starved(transport, specs, progress, kept: bool = True) -> None:
+def starved(transport, specs, progress, images=None, kept: bool = True) -> None:
     """A registry whose max_requests_per_run went before any blob could be fetched, or whose
     first image's blobs need more than a run with nothing new to resolve leaves them: its
     images would wait every night, never getting further. One warning naming it, what the
     budget went on, and a run's least need (what this one spent, and a blob GET per image,
-    or the blobs of the image refused). A tag rule's candidates' times a run read are `kept`
-    in the cache (none without one: a sync without --cache), and the next run asks only the
-    rest (mirror.created): then, if this one read any, it gets further, which the warning
-    says."""
+    or the blobs of the image refused; on a rerun that carried some of them from the cache
+    (`images`, the run's results, tell), what it spent scaled to all its images). A tag
+    rule's candidates' times a run read are `kept` in the cache (none without one: a sync
+    without --cache), and the next run asks only the rest (mirror.created): then, if this
+    one read any, it gets further, which the warning says."""
+    waiting = set(waiting_images(images or []))
     for reg, lim in sorted(transport.limits.items()):
         if lim.budget is None or lim.counts.get("blob GET"):
             continue
@@ -232,7 +234,17 @@ def starved(transport, specs, progress, kept: bool = True) -> None:
         if not n:
             continue
         went = ", ".join(f"{k} {v}" for k, v in sorted(lim.counts.items()))
-        if lim.made >= lim.budget:
+        left = sum(1 for s in specs if s.reference.registry == reg and str(s.reference) in waiting)
+        if images is not None and not left:
+            continue  # every image of it carried (from the cache): nothing waits
+        if lim.made >= lim.budget and 0 < left < n:
+            need = -(-lim.made * n // (n - left))  # what the carried ones took, scaled up
+            progress.warn(f"{reg}: max_requests_per_run: {lim.budget} was spent resolving "
+                          f"({went}) before {left} of its {n} image(s) could be asked for, "
+                          f"with nothing new to fetch: a run needs about {need} requests "
+                          f"(what this one spent on {n - left} image(s), scaled to {n}); "
+                          "raise it, or the same images wait every run")
+        elif lim.made >= lim.budget:
             # a tag rule cut short in its candidates' times: a request each, at least
             unasked = sum(getattr(s.failed, "unasked", 0) for s in specs
                           if s.reference.registry == reg)

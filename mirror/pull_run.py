@@ -158,7 +158,7 @@ async def run_pull(args: argparse.Namespace, progress, report: Report) -> int:
         raise
     finally:
         report.add(**traffic(transport))
-        starved(transport, final or specs, progress)
+        starved(transport, final or specs, progress, result and result.images)
     report.add(**_pull_report(result))
     if not args.dry_run and result.bundle:
         lock = write_lock(args, result, report)

@@ -91,7 +91,8 @@ async def run_sync(args: argparse.Namespace, progress, report: Report) -> int:
         raise
     finally:
         report.add(retries=transport.retries, **traffic(transport))
-        starved(transport, final or specs, progress, kept=bool(args.cache))
+        starved(transport, final or specs, progress,
+                result.images if result.planned else None, kept=bool(args.cache))
     report.add(**_sync_report(result))
     for target, done in result.targets:
         if args.dry_run:

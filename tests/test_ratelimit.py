@@ -928,6 +928,39 @@ def test_a_budget_spent_before_any_image_could_be_fetched_says_so(
     assert "a run of these 3 image(s) needs at least 5 requests" in lines[0], lines
 
 
+def test_a_budget_spent_on_a_rerun_after_some_images_were_carried_says_so_truly(
+        src_registry: Registry, proxies, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """A rerun with nothing new (every manifest and blob in the cache) and a budget of 3 for
+    three images: the ping and two tag HEADs spend it, a0 and a1 are carried from the cache,
+    a2 waits, every night. The warning said the budget 'was spent before any image could be
+    fetched' and that a run 'needs at least 6 requests' (a blob GET per image, none of which
+    a rerun sends); it now says how many images were left unasked and about what a run
+    needs: what it spent on two images, scaled to three: 5, which carries all three."""
+    seed(src_registry, f"{repo_name}/a", rng, n=3, layers=1)
+    a = proxies()
+    refs = [f"{a.host}/{repo_name}/a{i}:v1" for i in range(3)]
+    cfg = budget_config(tmp_path / "images.yaml", a.host, 1000, refs)
+    args = ["pull", "-f", cfg, "-o", tmp_path / "b.tar", "--cache", tmp_path / "c",
+            "--no-referrers"]
+    assert run_mirror(*args).returncode == 0
+    budget_config(cfg, a.host, 3, refs)
+    proc = run_mirror(*args)
+    assert proc.returncode == 14, proc.stderr
+    assert bundle_refs(tmp_path / "b.tar") == set(refs[:2])
+    lines = [ln for ln in proc.stderr.splitlines() if "every run" in ln]
+    assert len(lines) == 1, proc.stderr
+    assert "before any image could be fetched" not in lines[0], lines
+    assert f"{a.host}: max_requests_per_run: 3 was spent resolving (manifest HEAD 2, ping 1) " \
+        "before 1 of its 3 image(s) could be asked for, with nothing new to fetch: a run " \
+        "needs about 5 requests (what this one spent on 2 image(s), scaled to 3)" in lines[0], \
+        lines
+    budget_config(cfg, a.host, 5, refs)
+    proc = run_mirror(*args)
+    assert proc.returncode == 0 and "every run" not in proc.stderr, proc.stderr
+    assert bundle_refs(tmp_path / "b.tar") == set(refs)
+
+
 def test_a_budget_too_small_for_the_first_images_blobs_says_so(
         src_registry: Registry, proxies, repo_name: str, rng: random.Random,
         tmp_path: Path) -> None:
