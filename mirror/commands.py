@@ -270,16 +270,19 @@ def starved(transport, specs, progress, images=None, kept: bool = True) -> None:
 
 
 def placement(result) -> list[dict] | None:
-    """Per image, source -> target repository and tags (referrers left out)."""
+    """Per image, source -> target repository, tags and the digest of its manifest there
+    (referrers left out)."""
     if result is None or not result.images:
         return None
     out: dict[tuple[str, str], list[str]] = {}
+    digests: dict[tuple[str, str], str] = {}
     for img in result.images:
         if img.referrer_of is None:
             tags = out.setdefault((img.name, img.repository), [])
+            digests[img.name, img.repository] = img.root.digest
             if img.tag:
                 tags.append(img.tag)
-    return [{"source": name, "repository": repo, "tags": tags}
+    return [{"source": name, "repository": repo, "tags": tags, "digest": digests[name, repo]}
             for (name, repo), tags in out.items()]
 
 

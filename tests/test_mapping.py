@@ -100,6 +100,11 @@ def test_images_yaml_destinations_travel_in_the_bundle(src_registry, dst_registr
         (f"{h}/{repo_name}/team/app:1", f"{prefix}/mapped/team/app", ("1",)),
         (f"{h}/{repo_name}/one@{digests['one']}", f"{prefix}/mapped/one",
          (f"sha256-{hexd}",))}
+    # each with the digest its tags name at the target (the report named none: what was
+    # loaded could not be checked against the target from the load's own report)
+    assert {p["repository"]: p["digest"] for p in placement} == {
+        f"{prefix}/base/redis": digests["redis"], f"{prefix}/mapped/team/app": digests["app"],
+        f"{prefix}/mapped/one": digests["one"]}, placement
 
 
 @pytest.mark.slow

@@ -668,7 +668,8 @@ def test_a_digest_pinned_image_is_named_where_it_was_loaded(
     doc = json.loads(report.read_text())
     assert doc["untagged"] == [] and doc["tags"] == [], doc
     assert doc["placement"] == [{"source": f"{src_registry.host}/{repo_name}@{img.digest}",
-                                 "repository": f"pin/{repo_name}", "tags": []}], doc
+                                 "repository": f"pin/{repo_name}", "tags": [],
+                                 "digest": img.digest}], doc
     readme = (ROOT / "README.md").read_text()
     assert "`untagged`: what went by digest only" not in readme
     assert "`untagged`: the images with no ref name" in readme

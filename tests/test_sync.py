@@ -555,7 +555,8 @@ def test_an_interrupted_sync_reports_every_target(
     second = doc["targets"][1]
     assert second["blobs_pushed"] is None and second["tags"] is None, second
     assert second["placement"] == [{"source": f"{src.host}/{repo_name}:1",
-                                    "repository": f"i{u}/{repo_name}", "tags": ["1"]}], second
+                                    "repository": f"i{u}/{repo_name}", "tags": ["1"],
+                                    "digest": img.digest}], second
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
