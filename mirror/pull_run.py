@@ -182,7 +182,8 @@ async def run_pull(args: argparse.Namespace, progress, report: Report) -> int:
                       f"({result.bytes_fetched} bytes), {result.blobs_reused} reused, "
                       f"{result.retries} retries")
     if result.partial:
-        return partial(result.images, "the bundle is partial", progress, report)
+        return partial(result.images, "a pull would write a partial bundle" if args.dry_run
+                       else "the bundle is partial", progress, report)
     return 0
 
 

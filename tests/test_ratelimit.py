@@ -961,6 +961,27 @@ def test_a_budget_spent_on_a_rerun_after_some_images_were_carried_says_so_truly(
     assert bundle_refs(tmp_path / "b.tar") == set(refs)
 
 
+def test_a_dry_run_left_waiting_by_a_budget_writes_no_bundle_and_says_none(
+        src_registry: Registry, proxies, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """--dry-run with max_requests_per_run: 3 on three images: the ping and the first
+    image (its manifest and config) spend it, the others wait (exit 14, named). Its last
+    line said 'the bundle is partial' of a bundle a dry run never writes; it says what a
+    pull would write."""
+    seed(src_registry, f"{repo_name}/a", rng, n=3, layers=1)
+    a = proxies()
+    refs = [f"{a.host}/{repo_name}/a{i}:v1" for i in range(3)]
+    cfg = budget_config(tmp_path / "images.yaml", a.host, 3, refs)
+    out = tmp_path / "b.tar"
+    proc = run_mirror("pull", "-f", cfg, "-o", out, "--cache", tmp_path / "c",
+                      "--no-referrers", "--dry-run")
+    assert proc.returncode == 14, proc.stderr
+    assert not out.exists()
+    assert "the bundle is partial" not in proc.stderr, proc.stderr
+    assert "wait for a registry's rate limit (the next run takes them); a pull would " \
+        "write a partial bundle" in proc.stderr, proc.stderr
+
+
 def test_a_budget_too_small_for_the_first_images_blobs_says_so(
         src_registry: Registry, proxies, repo_name: str, rng: random.Random,
         tmp_path: Path) -> None:
