@@ -126,6 +126,8 @@ class BudgetSpent(RateLimited):
     exit_code = EXIT_CODES["rate-limited-partial"]
     unasked = 0  # a tag rule's candidates whose times it left unasked (mirror.created)
     candidates = 0  # of how many
+    # a push's source blobs left unread (digest -> why), each image waiting for its own
+    unread: dict[str, BudgetSpent] | None = None
 
 
 class IntegrityError(MirrorError):

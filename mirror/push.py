@@ -105,7 +105,9 @@ async def push(client: Client, registry: str, images: list[PushImage], source: S
             pusher.leave_out(unread)
         await pusher.push_manifests(dry_run)
         if unread:  # the images left out wait for their registry's next run
-            raise next(iter(unread.values()))
+            err = next(iter(unread.values()))
+            err.unread = unread
+            raise err
         return result
     except BaseException:
         # CANCEL_WITHIN in all, the sessions cancelled first: a target that hangs holds the

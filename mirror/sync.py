@@ -115,8 +115,10 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
                            progress, absent=absent, jobs=opts.jobs, dry_run=opts.dry_run,
                            merge=opts.merge, found=planner.found)
             except BudgetSpent as e:  # the target's rate limit: its images wait, as a source's
+                held = dict(planner.resolved())  # each for a blob of its own it could not read
                 for i in unfinished(planner.resolved(), target.registry, done):
-                    planner.failed(i, e)
+                    planner.failed(i, next((e.unread[d] for d in held[i].blobs
+                                            if e.unread and d in e.unread), e))
                 result.partial = True
             over += 1
     except BaseException:  # stopped: which images every target has whole, for the report

@@ -1092,6 +1092,29 @@ def test_a_sources_budget_spent_during_a_sync_holds_only_its_own_images(
         get_manifest(dst_registry.url, f"m/{ref.split('/', 1)[1].rsplit(':', 1)[0]}", "v1")
 
 
+def test_images_a_sync_leaves_waiting_each_name_a_blob_of_their_own(
+        src_registry: Registry, dst_registry: Registry, proxies, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """A sync of three images of B, its max_requests_per_run enough to resolve them and
+    read one layer: two wait. Each was said to wait '(at GET .../b0/blobs/...)', the first
+    blob left unread, of another image and another repository; each names a blob of its
+    own."""
+    seed(src_registry, f"{repo_name}/b", rng, n=3, layers=1)
+    b = proxies()
+    refs = [f"{b.host}/{repo_name}/b{i}:v1" for i in range(3)]
+    cfg = budget_config(tmp_path / "images.yaml", b.host, 8, refs)  # ping, 3 + 3, 1 layer
+    rep = tmp_path / "r.json"
+    proc = run_mirror("sync", "-f", cfg, "--to", f"{dst_registry.host}/w", "--report", rep,
+                      "--no-referrers", "--lock-file", tmp_path / "l.lock")
+    assert proc.returncode == 14, proc.stderr
+    waiting = report_of(rep)["waiting"]
+    assert len(waiting) == 2, waiting
+    for ref in waiting:
+        line = next(ln for ln in proc.stderr.splitlines() if f"{ref}: failed" in ln)
+        own = ref.rsplit(":", 1)[0].split("/", 1)[1]
+        assert f"(at GET http://{b.host}/v2/{own}/blobs/sha256:" in line, line
+
+
 def test_a_429_storm_on_one_registrys_tag_listing_does_not_hold_anothers_tag_rules(
         src_registry: Registry, proxies, repo_name: str, rng: random.Random,
         tmp_path: Path) -> None:
