@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from mirror.errors import MirrorError, UsageError
@@ -72,15 +73,17 @@ def check_distinct(writes: list[tuple[str, Path]], reads: list[tuple[str, Path]]
                              hint="give each file a name of its own")
 
 
-def write_atomic(path: Path, data: bytes, what: str) -> None:
-    """Write beside `path`, flush to disk, rename over it: a reader sees the old file or the
-    new one. A write that fails (a full disk) leaves the old file as it was and no temporary
-    file, and is a MirrorError naming `path` and `what` it is (the report, the lock file)."""
+def write_atomic(path: Path, data: bytes | Iterable[bytes], what: str) -> None:
+    """Write `data` (or its pieces, in turn) beside `path`, flush to disk, rename over it:
+    a reader sees the old file or the new one. A write that fails (a full disk) leaves the
+    old file as it was and no temporary file, and is a MirrorError naming `path` and `what`
+    it is (the report, the lock file)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for piece in [data] if isinstance(data, bytes) else data:
+                f.write(piece)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -765,3 +765,50 @@ def test_main_leaves_the_collectors_thresholds_and_frozen_objects_as_found(
     gc.unfreeze()
     gc.set_threshold(*found[0])
     assert after == found
+
+
+def _report_doc(n: int) -> dict:
+    """A pull report's shape with `n` images (digests and platforms as a run's)."""
+    def digest(i: int, k: int) -> str:
+        return "sha256:" + f"{i:08x}{k:02x}".ljust(64, "0")
+
+    images = [{"reference": f"registry.example/bench/s{i // 8:03d}:1.{i % 8}.0",
+               "where": "command line", "digest": digest(i, 0), "source_digest": digest(i, 0),
+               "media_type": "application/vnd.oci.image.index.v1+json", "mode": "full",
+               "platforms": ["linux/amd64", "linux/arm64"],
+               "platform_digests": {"linux/amd64": digest(i, 1), "linux/arm64": digest(i, 2)},
+               "manifests": [digest(i, 1), digest(i, 2), digest(i, 0)], "conversions": {},
+               "bytes_fetched": 958317, "bytes_reused": 0, "bytes_kept": 0, "retries": 0,
+               "seconds": 26.992, "error": None, "error_code": None, "hint": None}
+              for i in range(n)]
+    return {"bundle": "site.tar", "requests": {"registry.example": {"manifest HEAD": n}},
+            "waiting": [], "tag_rules": [], "images": images, "empty": []}
+
+
+def test_the_report_is_written_entry_by_entry(tmp_path: Path) -> None:
+    """A report of 2,000 images (1.9 MiB of JSON) was made whole in memory three times over
+    (the entries' texts, their join, the document, its bytes: 7.5 MiB of heap at its peak
+    above the entries, the last thing a nightly at 2,000 references allocates); it is
+    written to the file an entry at a time. The file is the same: one key, and one entry of
+    a list of objects, per line, the document json.loads reads back."""
+    import tracemalloc
+
+    from mirror.report import Report
+
+    doc = _report_doc(2000)
+    path = tmp_path / "r.json"
+    report = Report(path, "pull")
+    report.add(**doc)
+    tracemalloc.start()
+    try:
+        report.write(0, None)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    text = path.read_text()
+    assert json.loads(text) == {"command": "pull", "error": None, "exit_code": 0, **doc}
+    assert len(text) > 1 << 20 and peak < 256 << 10, (len(text), peak)
+    lines = text.splitlines()
+    assert lines[:2] == ["{", '  "command": "pull",'] and lines[-1] == "}"
+    assert sum(1 for ln in lines if ln.startswith('    {"reference": ')) == 2000
+    assert '  "empty": []' in lines and '  "waiting": [],' in lines
