@@ -33,6 +33,7 @@ reads only `sourceDigest`, so they still pin the same images.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,7 +56,10 @@ class Lock:
     bundle: dict[str, str] | None = None  # {"name", "digest"} of the bundle written with it
     tag_rules: list[dict[str, Any]] = field(default_factory=list)  # mirror.tagrules.resolved
 
-    def to_bytes(self) -> bytes:
+    def pieces(self) -> Iterator[bytes]:
+        """json.dumps(doc, indent=2) and a newline, as the encoder gives it: whole, its
+        indent the pure-Python encoder's (a string per token, in a list, then the text and
+        its bytes), 2,000 images' lock file was 10 MiB of heap at the end of a run."""
         doc: dict[str, Any] = {"lockVersion": LOCK_VERSION,
                                "images": dict(sorted(self.images.items())),
                                "blobs": dict(sorted(self.blobs.items()))}
@@ -63,12 +67,21 @@ class Lock:
             doc["bundle"] = self.bundle
         if self.tag_rules:
             doc["tagRules"] = self.tag_rules
-        return json.dumps(doc, indent=2).encode() + b"\n"
+        batch: list[str] = []
+        size = 0
+        for piece in json.JSONEncoder(indent=2).iterencode(doc):
+            batch.append(piece)
+            size += len(piece)
+            if size >= 64 << 10:  # tokens, joined: a write per token cost as much again
+                yield "".join(batch).encode()
+                batch.clear()
+                size = 0
+        yield ("".join(batch) + "\n").encode()
 
     def write(self, path: Path) -> None:
         """Atomically (mirror.paths.write_atomic): a write that fails (a full disk) leaves
         the old lock file as it was, nothing half-written, and an error naming the file."""
-        write_atomic(path, self.to_bytes(), "the lock file")
+        write_atomic(path, self.pieces(), "the lock file")
 
     @classmethod
     def read(cls, path: Path) -> Lock:

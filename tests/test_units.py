@@ -812,3 +812,35 @@ def test_the_report_is_written_entry_by_entry(tmp_path: Path) -> None:
     assert lines[:2] == ["{", '  "command": "pull",'] and lines[-1] == "}"
     assert sum(1 for ln in lines if ln.startswith('    {"reference": ')) == 2000
     assert '  "empty": []' in lines and '  "waiting": [],' in lines
+
+
+def test_the_lock_file_is_written_piece_by_piece(tmp_path: Path) -> None:
+    """A lock file of 2,000 images and 8,500 blobs (2.6 MiB) was json.dumps'd whole, its
+    indent the pure-Python encoder's: a string per token held in a list, then the text and
+    its bytes, 10 MiB of heap at the end of a nightly; it is written as the encoder gives
+    it. The same bytes: json.dumps(doc, indent=2) and a newline, Lock.read reads it back."""
+    import tracemalloc
+
+    from mirror.lockfile import LOCK_VERSION, Lock
+
+    entries = {i["reference"]: {"sourceDigest": i["source_digest"], "digest": i["digest"],
+                                "platforms": i["platform_digests"],
+                                "sourcePlatforms": i["platform_digests"],
+                                "manifests": i["manifests"], "conversions": {}}
+               for i in _report_doc(2000)["images"]}
+    blobs = {"sha256:" + f"{n:064x}": 4096 + n for n in range(8500)}
+    bundle = {"name": "site.tar", "digest": "sha256:" + "0" * 64}
+    lock = Lock(images=entries, blobs=blobs, bundle=bundle)
+    path = tmp_path / "images.lock"
+    tracemalloc.start()
+    try:
+        lock.write(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    doc = {"lockVersion": LOCK_VERSION, "images": dict(sorted(entries.items())),
+           "blobs": dict(sorted(blobs.items())), "bundle": bundle}
+    assert path.read_bytes() == json.dumps(doc, indent=2).encode() + b"\n"
+    assert peak < 2 << 20, peak
+    again = Lock.read(path)
+    assert again.images == entries and again.blobs == blobs and again.bundle == bundle
