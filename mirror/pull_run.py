@@ -223,5 +223,21 @@ async def run_lock(args: argparse.Namespace, progress, report: Report) -> int:
     if not args.quiet:  # -q: nothing at all on success
         print(path)
     if result.partial:  # a registry's rate limit left images waiting: not success
-        return partial(result.images, f"{path} keeps their last entries", progress, report)
+        return partial(result.images, _kept(path or lock_path(args),
+                                            waiting_images(result.images)), progress, report)
     return 0
+
+
+def _kept(path: Path | None, waiting: list[str]) -> str:
+    """What the lock file keeps of the images left waiting: their entries from the last
+    run, where it had them."""
+    from mirror.lockfile import Lock
+
+    have = Lock.read(path).images if path is not None and path.exists() else {}
+    kept = sum(1 for ref in waiting if ref in have)
+    if kept == len(waiting):
+        return f"{path} keeps their last entries"
+    if not kept:
+        return f"{path} has no entry for them yet"
+    return (f"{path} keeps the last entry of {kept} of them (none for the other "
+            f"{len(waiting) - kept})")

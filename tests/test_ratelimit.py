@@ -361,6 +361,32 @@ def test_a_lock_spends_its_budget_on_resolving_alone(
     assert set(json.loads((tmp_path / "images.lock").read_text())["images"]) == set(refs)
 
 
+def test_a_lock_left_waiting_says_which_waiting_images_it_keeps(
+        src_registry: Registry, proxies, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """`mirror lock` of three images with a budget for the first alone: a1 and a2 wait, the
+    lock file kept a1's entry from the last run and has none for a2. The run ended
+    'images.lock keeps their last entries' of both; it says how many it kept."""
+    seed(src_registry, f"{repo_name}/a", rng, n=3, layers=1)
+    a = proxies()
+    refs = [f"{a.host}/{repo_name}/a{i}:v1" for i in range(3)]
+    cfg, lock = tmp_path / "images.yaml", tmp_path / "images.lock"
+    args = ["-f", cfg, "--lock-file", lock, "--no-referrers"]
+    budget_config(cfg, a.host, 1000, refs[:1])
+    assert run_mirror("lock", *args, "-q", "--cache", tmp_path / "c0").returncode == 0
+    need = sum(counted(a).values())
+    budget_config(cfg, a.host, 1000, refs[:2])
+    assert run_mirror("lock", *args, "-q", "--cache", tmp_path / "c1").returncode == 0
+    budget_config(cfg, a.host, need, refs)
+    proc = run_mirror("lock", *args, "--cache", tmp_path / "c2")
+    assert proc.returncode == 14, proc.stderr
+    assert set(json.loads(lock.read_text())["images"]) == set(refs[:2])
+    assert "keeps their last entries" not in proc.stderr, proc.stderr
+    assert "2 of 3 image(s) wait for a registry's rate limit (the next run takes them); " \
+        f"{lock} keeps the last entry of 1 of them (none for the other 1)" in proc.stderr, \
+        proc.stderr
+
+
 def test_no_request_left_for_longer_than_the_run_waits(src_registry: Registry, proxies,
                                                        repo_name: str, rng: random.Random,
                                                        tmp_path: Path) -> None:
