@@ -155,6 +155,7 @@ class Pusher:
         self.putting: dict[tuple[str, str], tuple[PushImage | None, RawManifest]] = {}
         self.held: set[int] = set()  # id() of the images the target serves whole already
         self.not_there: set[tuple[str, str]] = set()  # (repository, root reference) asked
+        self.absent: set[tuple[str, str]] = set()  # (repository, tag) that HEAD found absent
         # (repository, subject) -> the image whose digest tag gave way to the subject's
         # fallback index (give_way): found under that tag, it is not a referrers' index
         self.gave_way: dict[tuple[str, str], str] = {}
@@ -199,15 +200,17 @@ class Pusher:
     async def find_held(self) -> None:
         """One HEAD of each image's reference (its tag, else its root's digest): where it
         names the root's digest, the image is there with everything it references (step 0)."""
-        async def there(img: PushImage) -> bool:
+        async def there(img: PushImage) -> bool | None:
             async with self.sem:
                 return await _there(self.client, self.reg, img.repository,
-                                    img.tag or img.root.digest, img.root)
+                                    img.tag or img.root.digest, img.root, absent=None)
 
         flags = await gather_or_cancel(there(i) for i in self.images)
         self.held = {id(i) for i, ok in zip(self.images, flags, strict=True) if ok}
         self.not_there = {(i.repository, i.tag or i.root.digest)
                           for i, ok in zip(self.images, flags, strict=True) if not ok}
+        self.absent = {(i.repository, i.tag) for i, ok in zip(self.images, flags, strict=True)
+                       if ok is None and i.tag}
 
     # -- blobs -----------------------------------------------------------------------------
 
@@ -449,7 +452,8 @@ class Pusher:
     async def _over(self, img: PushImage, merge: bool) -> RawManifest:
         """What to push as the tag: what the tag holds, read (one GET), and the root pushed
         over it or merged with it (mirror.pushplan.over), said either way."""
-        if img.tag is None or not (img.root.is_index or img.root.is_image):
+        if img.tag is None or not (img.root.is_index or img.root.is_image) or \
+                (img.repository, img.tag) in self.absent:  # find_held's HEAD: 404
             return img.root
         try:
             old = await self.client.get_manifest(self.reg, img.repository, img.tag)
@@ -467,17 +471,21 @@ class Pusher:
         return new
 
 
-async def _there(client: Client, reg: str, repo: str, ref: str, m: RawManifest) -> bool:
+async def _there(client: Client, reg: str, repo: str, ref: str, m: RawManifest, *,
+                 absent: bool | None = False) -> bool | None:
     """The target already serves `m` as `ref` (a tag naming the same digest, or the digest):
     nothing to push (a re-run pushes nothing, and a registry with immutable tags is not
-    asked to rewrite one)."""
+    asked to rewrite one). `absent`: what to answer when the target has no `ref` at all
+    (a 404), where the caller tells that from another manifest under it."""
     try:
         head = await client.head_manifest(reg, repo, ref)
     except (AuthError, RateLimited):
         raise
     except RegistryError:
         return False  # no answer worth trusting: push, as before
-    return head is not None and head.digest == m.digest
+    if head is None:
+        return absent
+    return head.digest == m.digest
 
 
 async def _put(client: Client, reg: str, img: PushImage, ref: str, m: RawManifest

@@ -133,6 +133,33 @@ def test_requests_counted_by_kind_and_registry(src_registry: Registry, dst_regis
     assert got[dst.host]["upload"] >= 8 and got[dst.host]["manifest PUT"] == 2, got
 
 
+def test_a_load_into_a_new_repository_reads_no_tag_it_found_absent(
+        src_registry: Registry, dst_registry: Registry, proxies, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """A first load of three images: each tag's HEAD (is the image there whole?) answered
+    404, and the load then asked for the same tag again with a GET, to see what it held
+    before pushing over it: 2,000 GETs answered 404 in a first load of 2,000 references.
+    A tag found absent is pushed with no GET; a second load still finds them all there."""
+    seed(src_registry, f"{repo_name}/a", rng, n=3, layers=1)
+    refs = [f"{src_registry.host}/{repo_name}/a{i}:v1" for i in range(3)]
+    bundle = tmp_path / "b.tar"
+    assert run_mirror("pull", *refs, "-o", bundle, "--cache", tmp_path / "cache",
+                      "-q").returncode == 0
+    dst = proxies(dst_registry)
+    proc = run_mirror("load", bundle, "--to", f"{dst.host}/fresh", "-q",
+                      "--report", tmp_path / "load.json")
+    assert proc.returncode == 0, proc.stderr
+    tags = [(m, st) for m, p, st in dst.requests if p.endswith("/manifests/v1")]
+    assert sorted(tags) == [("HEAD", 404)] * 3 + [("PUT", 201)] * 3, dst.requests
+    doc = report_of(tmp_path / "load.json")
+    assert "manifest GET" not in doc["requests"][dst.host], doc["requests"]
+    assert doc["manifests_pushed"] == 3 and len(doc["tags"]) == 3, doc
+    dst.reset_counters()
+    proc = run_mirror("load", bundle, "--to", f"{dst.host}/fresh", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert counted(dst) == {"ping": 1, "manifest HEAD": 3}, counted(dst)
+
+
 def test_sync_counts_the_source_and_the_target(src_registry: Registry,
                                                dst_registry: Registry, proxies,
                                                repo_name: str, rng: random.Random,
