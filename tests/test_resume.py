@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -359,6 +360,24 @@ def test_signal_mid_blob_exits_130_or_143_names_nothing_then_resumes(
     assert get.headers["Range"] == f"bytes={kept - kept % ALIGN}-" and get.status == 206
 
 
+def _done_and_hung(src_registry: Registry, faultproxy, repo_name: str, rng: random.Random,
+                   tmp_path: Path) -> tuple[list, list[str], Any, list[str], list]:
+    """Two images (`repo/done`, `repo/hung`: the one a test's proxy will hold) pulled once
+    through a fault proxy, to out.tar, cache and report.json in `tmp_path` (the earlier
+    night's run): the images, repositories, proxy, references, and the pull's arguments."""
+    imgs = [ig.make_image(rng, ig.AMD64, "oci", layer_size=2048 + n) for n in range(2)]
+    repos = [f"{repo_name}/done", f"{repo_name}/hung"]
+    for repo, img in zip(repos, imgs, strict=True):
+        push_image(src_registry.url, repo, img, ["v1"])
+    proxy = faultproxy(src_registry.url)
+    refs = [f"{proxy.host}/{repo}:v1" for repo in repos]
+    args = ["pull", *refs, "-o", tmp_path / "out.tar", "--cache", tmp_path / "cache", "-q",
+            "--report", tmp_path / "report.json"]
+    ok(subprocess.run(mirror_cmd(*args), cwd=ROOT, env=mirror_env(), capture_output=True,
+                      text=True, timeout=120))
+    return imgs, repos, proxy, refs, args
+
+
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
                          ids=["sigint-130", "sigterm-143"])
 def test_a_warm_rerun_stopped_says_interrupted_only_of_the_images_not_finished(
@@ -369,16 +388,9 @@ def test_a_warm_rerun_stopped_says_interrupted_only_of_the_images_not_finished(
     blobs all in hand, was reported `interrupted` too (every image was, whatever it had
     done). Only the image not finished says so; the run's exit code and error line are the
     signal's (130, 143), and the bundle is the earlier one, untouched."""
-    imgs = [ig.make_image(rng, ig.AMD64, "oci", layer_size=2048 + n) for n in range(2)]
-    repos = [f"{repo_name}/done", f"{repo_name}/hung"]
-    for repo, img in zip(repos, imgs, strict=True):
-        push_image(src_registry.url, repo, img, ["v1"])
-    proxy = faultproxy(src_registry.url)
-    refs = [f"{proxy.host}/{repo}:v1" for repo in repos]
+    imgs, repos, proxy, refs, args = _done_and_hung(src_registry, faultproxy, repo_name, rng,
+                                                    tmp_path)
     out, report = tmp_path / "out.tar", tmp_path / "report.json"
-    args = ["pull", *refs, "-o", out, "--cache", tmp_path / "cache", "-q", "--report", report]
-    ok(subprocess.run(mirror_cmd(*args), cwd=ROOT, env=mirror_env(), capture_output=True,
-                      text=True, timeout=120))  # the earlier night's run
     before = out.read_bytes()
     proxy.reset_counters()
     ok(subprocess.run(mirror_cmd(*args), cwd=ROOT, env=mirror_env(), capture_output=True,
@@ -410,16 +422,9 @@ def test_a_stop_that_finds_the_cache_unreadable_still_reports_the_stop(
     have their blobs in hand (pull.in_hand) takes an unreadable blob as not in hand; its
     OSError did not replace the run's own stop, and the report and exit code say the stop
     (130), every image cut short."""
-    imgs = [ig.make_image(rng, ig.AMD64, "oci", layer_size=2048 + n) for n in range(2)]
-    repos = [f"{repo_name}/done", f"{repo_name}/hung"]
-    for repo, img in zip(repos, imgs, strict=True):
-        push_image(src_registry.url, repo, img, ["v1"])
-    proxy = faultproxy(src_registry.url)
-    refs = [f"{proxy.host}/{repo}:v1" for repo in repos]
-    out, report, cache = tmp_path / "out.tar", tmp_path / "report.json", tmp_path / "cache"
-    args = ["pull", *refs, "-o", out, "--cache", cache, "-q", "--report", report]
-    ok(subprocess.run(mirror_cmd(*args), cwd=ROOT, env=mirror_env(), capture_output=True,
-                      text=True, timeout=120))
+    _, repos, proxy, refs, args = _done_and_hung(src_registry, faultproxy, repo_name, rng,
+                                                 tmp_path)
+    report, cache = tmp_path / "report.json", tmp_path / "cache"
     proxy.reset_counters()
     stall = proxy.add(Fault("stall", method="HEAD", path=f"/{repos[1]}/manifests/v1",
                             delay=60))
