@@ -402,7 +402,7 @@ class Pusher:
 
         async def landed(repo: str, ref: str, m: RawManifest) -> bool:
             try:
-                return await _there(self.client, self.reg, repo, ref, m)
+                return await _there(self.client, self.reg, repo, ref, m) is True
             except MirrorError:
                 return False
 
