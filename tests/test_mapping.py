@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import random
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,25 +15,13 @@ from tests.support import imagegen as ig
 from tests.support.oracle import error_line, mirror_ok, run_mirror
 from tests.support.pusher import push_image
 from tests.support.referrers import push_signature
-from tests.support.registry import Registry
+from tests.support.registry import Registry, catalog
 
 
 def tags_at(reg: Registry, repo: str) -> dict[str, str]:
     """Tag -> digest of `repo` at `reg`, from its storage ({} if there is no such repo)."""
     d = reg.storage / "docker/registry/v2/repositories" / repo / "_manifests/tags"
     return {t.name: (t / "current/link").read_text() for t in d.iterdir()} if d.exists() else {}
-
-
-def catalog(reg: Registry) -> list[str]:
-    """The target's /v2/_catalog, every page."""
-    out: list[str] = []
-    url: str | None = f"{reg.url}/v2/_catalog?n=1000"
-    while url:
-        with urllib.request.urlopen(url) as r:
-            out += json.load(r)["repositories"] or []
-            link = r.headers.get("Link")
-        url = f"{reg.url}{link.split(';')[0].strip('<> ')}" if link else None
-    return out
 
 
 def seed(reg: Registry, repo: str, rng: random.Random) -> dict[str, str]:

@@ -38,7 +38,7 @@ from tests.support.oracle import (
     stopped_mirror,
 )
 from tests.support.pusher import push_image
-from tests.support.registry import Registry
+from tests.support.registry import Registry, catalog
 from tests.test_serve import start_serve, stop_serve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,11 +66,6 @@ def parts(out: Path) -> list[Path]:
 
 def joined(out: Path) -> bytes:
     return b"".join(p.read_bytes() for p in parts(out))
-
-
-def catalog(reg: Registry) -> list[str]:
-    with urllib.request.urlopen(f"{reg.url}/v2/_catalog") as r:
-        return json.load(r)["repositories"]
 
 
 def interrupted_pull(when: Callable[[], bool], never: str, *args: object) -> None:

@@ -311,3 +311,19 @@ class Registry:
 
     def __repr__(self) -> str:
         return f"Registry({self.url or 'not started'})"
+
+
+def catalog(reg: Registry) -> list[str]:
+    """The registry's /v2/_catalog, every page (distribution answers 100 names a page
+    unless asked for more: a shared test registry holds more than that)."""
+    import json
+    import urllib.request
+
+    out: list[str] = []
+    url: str | None = f"{reg.url}/v2/_catalog?n=1000"
+    while url:
+        with urllib.request.urlopen(url) as r:
+            out += json.load(r)["repositories"] or []
+            link = r.headers.get("Link")
+        url = f"{reg.url}{link.split(';')[0].strip('<> ')}" if link else None
+    return out
