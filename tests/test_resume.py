@@ -430,15 +430,20 @@ def test_a_stop_that_finds_the_cache_unreadable_still_reports_the_stop(
                             delay=60))
     blobs = cache / "blobs" / "sha256"
 
+    first = ("HEAD", f"/v2/{repos[0]}/manifests/v1")
+
     def hung_then_unreadable() -> bool:
-        if not stall.hits:
+        if not stall.hits or first not in {(m, p) for m, p, _ in proxy.requests}:
             return False
+        # the first image's blobs looked at in the cache (its HEAD answered, and two seconds:
+        # a broken cache met there is the run's own error, exit 1), then the store breaks
+        time.sleep(2)
         blobs.rename(cache / "blobs" / "moved")
         blobs.write_bytes(b"")  # a file where the directory was
         return True
 
     proc = stopped_mirror(hung_then_unreadable, "the second tag's HEAD was never sent",
-                          *args, sig=signal.SIGINT, after=0.5)
+                          *args, sig=signal.SIGINT)
     doc = report_of_stop(proc, report, signal.SIGINT, 130)
     assert "Traceback" not in proc.stderr, proc.stderr
     assert [i["reference"] for i in doc["images"]] == refs, doc
