@@ -7,8 +7,8 @@ Layout under the cache root, beside `blobs/`:
                              alone where the type is not known: seeded from a lock file)
     manifests/referrers/<hex>  what referred to a subject when last asked (JSON: digest,
                              kind, cosign tag of each), under the sha256 of
-                             `registry/repository@subject`; read only for a registry with
-                             `referrers: cached` (mirror.referrers)
+                             `registry/repository@subject`; kept and read only for a
+                             registry with `referrers: cached` (mirror.referrers)
 A manifest by digest is immutable, so once seen it is never fetched again; it is verified on
 every read (its sha256 against its name) and one that does not match is dropped and fetched
 again, as a blob is. A tag is not immutable: its record only says which digest to expect, and
