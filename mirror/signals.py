@@ -19,7 +19,7 @@ report's writing, or a SIGTERM that killed the process before its report.
 from __future__ import annotations
 
 import signal
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -67,22 +67,26 @@ def release_sigint() -> None:
         _held.extend(s for s in _swap({signal.SIGINT: handler}) if s not in _held)
 
 
-def _swap(handlers: dict[int, Any]) -> list[int]:
-    """Put `handlers` in place of `hold`'s, with the signals blocked meanwhile: a signal
-    caught (in C) just before, whose Python handler had not run yet, would otherwise run the
-    new one (a KeyboardInterrupt as the run ends, or before the run's task has begun);
-    pthread_sigmask runs those first, in `hold`'s handler. Gives those that came while
-    blocked, taken from the pending set (unheeded, unless the caller keeps them)."""
-    sigs = set(handlers)
+def _swap(handlers: dict[int, Any], first: Callable[[], object] | None = None,
+          blocked: frozenset[int] = frozenset()) -> list[int]:
+    """Put `handlers` in place of `hold`'s (after `first`, when given), with the signals
+    blocked meanwhile (theirs and `blocked`): a signal caught (in C) just before, whose
+    Python handler had not run yet, would otherwise run the new one (a KeyboardInterrupt as
+    the run ends, or before the run's task has begun); pthread_sigmask runs those first, in
+    `hold`'s handler. Gives those that came while blocked, taken from the pending set
+    (unheeded, unless the caller keeps them)."""
+    sigs = set(handlers) | blocked
     if not sigs:
         return []
     came = []
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
     try:
+        if first is not None:
+            first()
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-        while (info := signal.sigtimedwait(sigs - mask, 0)) is not None:
-            came.append(info.si_signo)
+        while (info := signal.sigtimedwait(sigs - mask, 0)) is not None:  # not the
+            came.append(info.si_signo)  # caller's: those it blocks stay pending for it
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     return came
@@ -135,15 +139,9 @@ def _hold_again(loop: Any) -> None:
     ends (asyncio.run closing its loop, joining its executor's threads; the report). SIGINT
     was asyncio.run's until it returned: a KeyboardInterrupt for a run that had ended (exit
     130 after its bundle and lock file were written); asyncio.run leaves `_keep` in place
-    (it puts its default back only over its own). Swapped with both blocked, as _swap: no
-    SIGTERM meets its default (fatal) between the loop's handler and `_keep`."""
-    sigs = {signal.SIGTERM, signal.SIGINT}
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-    try:
-        loop.remove_signal_handler(signal.SIGTERM)
-        for sig in sigs & _found.keys():  # held before the task (main); SIGINT then asyncio.run's
-            signal.signal(sig, _keep)
-        while signal.sigtimedwait(sigs - mask, 0) is not None:
-            pass  # blocked by the caller: theirs
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    (it puts its default back only over its own). Both blocked while the loop's SIGTERM
+    handler goes and `_keep` comes back: no SIGTERM meets its default (fatal) between."""
+    both = frozenset({signal.SIGTERM, signal.SIGINT})
+    # held before the task (main); SIGINT then asyncio.run's
+    _swap({sig: _keep for sig in both & _found.keys()},
+          lambda: loop.remove_signal_handler(signal.SIGTERM), both)
