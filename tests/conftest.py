@@ -13,11 +13,13 @@ import re
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.faultproxy import FaultProxy
+from tests.support.oracle import run
 from tests.support.registry import Registry
 
 
@@ -97,3 +99,24 @@ def faultproxy() -> Iterator[Callable[..., FaultProxy]]:
     yield factory
     for proxy in reversed(started):
         proxy.stop()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A file system of its own, `small_disk(bytes)`: a tmpfs of that size (the suite runs as
+    root, for its runtimes), so a write past it fails with ENOSPC as on a full disk (a file
+    size limit cannot: a volume's part is smaller than the bundle written before it, and
+    several downloads fill the cache's disk together)."""
+    mounted: list[Path] = []
+
+    def make(size: int) -> Path:
+        where = tmp_path / "disk"
+        where.mkdir()
+        res = run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", where])
+        assert res.returncode == 0, f"cannot mount a tmpfs at {where}: {res.stderr}"
+        mounted.append(where)
+        return where
+
+    yield make
+    for where in mounted:
+        run(["umount", "-l", where])

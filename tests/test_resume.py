@@ -29,10 +29,10 @@ from mirror.manifest import Descriptor
 from mirror.registry.client import Client
 from mirror.registry.network import TransferError
 from mirror.registry.transport import RetryPolicy, Transport
-from mirror.store.direct import ALIGN
+from mirror.store.direct import ALIGN, align_down
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault
-from tests.support.oracle import ROOT, mirror_cmd, mirror_env, mirror_ok, stopped_mirror
+from tests.support.oracle import ROOT, mirror_cmd, mirror_env, mirror_ok, run, stopped_mirror
 from tests.support.pusher import blob_exists, corrupt_list, get_manifest, push_image
 from tests.support.registry import Registry
 from tests.test_faults import RecordingProxy, assert_exact, error_line, ok, pull, recproxy
@@ -792,6 +792,37 @@ def test_a_full_disk_reports_what_was_done_and_keeps_the_partial(src_registry, i
     rest = sum(b.size - resumed_at(b) if b.digest in kept
                else 0 if b is small and small_done else b.size for b in (big, small))
     assert doc["bytes_fetched"] == rest, doc
+
+
+def test_a_full_disk_leaves_no_partial_file_a_run_cannot_resume(
+        src_registry: Registry, repo_name: str, rng: random.Random, tmp_path: Path,
+        small_disk) -> None:
+    """The cache's disk (a tmpfs of its own: ENOSPC) fills while six layers download at
+    once: exit 1, the file named with 'No space left on device'. Each download with less
+    than a block on disk when the run failed (none: its first write did not fit, or it was
+    cancelled before) left its partial file, empty, in <cache>/partial, where no run resumes
+    it (a resume starts at a block boundary) and it stayed until a run fetched that blob
+    again. The run removes them; those a run resumes are kept (the report's bytes_kept),
+    and the next run with room fetches only the rest."""
+    layers = [ig.make_layer(rng, 300_000, compressed=False) for _ in range(6)]
+    img = ig.make_image(rng, ig.AMD64, "oci", layers=layers)
+    push_image(src_registry.url, repo_name, img, ["v1"])
+    disk = small_disk(1 << 20)  # the manifest and the config fit, the layers (1.8 MB) do not
+    cache, ref = disk / "cache", f"{src_registry.host}/{repo_name}:v1"
+    proc = pull(tmp_path, ref, cache=str(cache))
+    assert proc.returncode == EXIT["error"], proc.stderr
+    assert "No space left on device" in error_line(proc), proc.stderr
+    left = {p.name: p.stat().st_size for p in (cache / "partial").iterdir()}
+    assert all(n >= ALIGN for n in left.values()), left
+    assert json.loads((tmp_path / "report.json").read_text())["bytes_kept"] == \
+        sum(left.values()), left
+    rest = {b.digest: 0 if cache_blob(cache, b.digest).exists() else
+            b.size - align_down(left.get(partial_file(cache, b.digest).name, 0))
+            for b in layers}  # what the next run fetches of each layer
+    assert run(["mount", "-o", "remount,size=16m", str(disk)]).returncode == 0
+    ok(pull(tmp_path, ref, cache=str(cache)))
+    doc = json.loads((tmp_path / "report.json").read_text())
+    assert doc["bytes_fetched"] == sum(rest.values()), (doc, rest)
 
 
 @pytest.mark.slow

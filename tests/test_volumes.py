@@ -392,26 +392,6 @@ def test_a_file_size_limit_says_where_the_parts_are_cut(src_registry, repo_name,
     assert sorted(p.name for p in out.parent.iterdir()) == []
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path):
-    """A file system of its own, `small_disk(bytes)`: a tmpfs of that size (the suite runs as
-    root, for its runtimes), so a write past it fails with ENOSPC as on a full disk (a file
-    size limit cannot: every part is smaller than the bundle written before it)."""
-    mounted: list[Path] = []
-
-    def make(size: int) -> Path:
-        where = tmp_path / "disk"
-        where.mkdir()
-        res = run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", where])
-        assert res.returncode == 0, f"cannot mount a tmpfs at {where}: {res.stderr}"
-        mounted.append(where)
-        return where
-
-    yield make
-    for where in mounted:
-        run(["umount", "-l", where])
-
-
 def test_a_full_disk_while_cutting_the_parts_names_the_part(src_registry, repo_name, rng,
                                                             tmp_path, small_disk):
     """The disk has room for the new bundle but not for one part more, which cutting it

@@ -79,12 +79,7 @@ class PartialBlob:
         An unfinished file is resumed from a block boundary (the cache copy is written with
         O_DIRECT, see store/direct.py): at most a few KiB are asked for again."""
         h = Digest.parse(self.digest).hasher()
-        try:
-            have = min(self.path.stat().st_size, self.size)
-        except FileNotFoundError:
-            have = 0
-        if have < self.size:
-            have = align_down(have)
+        have = self._resumable()
         offset = 0
         if have:
             with open(self.path, "rb") as f:
@@ -215,16 +210,32 @@ class PartialBlob:
         self.committed = True
         return dest
 
+    def _resumable(self) -> int:
+        """The bytes of the partial file a run resumes from (`open`): all of them when
+        they are the whole blob, else up to a block boundary."""
+        try:
+            have = min(self.path.stat().st_size, self.size)
+        except FileNotFoundError:
+            return 0
+        return have if have == self.size else align_down(have)
+
     def close(self) -> None:
-        """Keep what we have for the next run (interrupted or failed download)."""
+        """Keep what we have for the next run (interrupted or failed download), if a run
+        can resume it: a file with less than a block (empty: the disk was full at its first
+        write, or the download stopped before it) is removed. The run holds the cache's
+        lock (mirror.store.lock), so no other run is writing it."""
         self._pending.join()
         if self._file is not None:
             if self._buf:
                 # bytes received but not yet written: drop them, the file stays consistent
                 self._buf.clear()
                 self._buffered = 0
-            self._file.close()
-            self._file = None
+            try:
+                self._file.close()  # may fail: a full disk, the last bytes do not fit
+            finally:
+                self._file = None
+                if not self.committed and not self._resumable():
+                    self.path.unlink(missing_ok=True)
 
     def discard(self) -> None:
         self.close()
