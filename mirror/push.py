@@ -113,6 +113,8 @@ async def push(client: Client, registry: str, images: list[PushImage], source: S
         # CANCEL_WITHIN in all, the sessions cancelled first: a target that hangs holds the
         # stop that long, not once for the DELETEs and again for the HEADs
         end = time.monotonic() + CANCEL_WITHIN
+        if not dry_run:
+            pusher.say_held()
         await client.cancel_open_uploads(CANCEL_WITHIN)
         # what the target got of the transfers cut short, counted (blobs and manifests are
         # never under way at once: one of the two has any to ask about)
@@ -202,11 +204,13 @@ class Pusher:
         names the root's digest, the image is there with everything it references (step 0)."""
         async def there(img: PushImage) -> bool | None:
             async with self.sem:
-                return await _there(self.client, self.reg, img.repository,
-                                    img.tag or img.root.digest, img.root, absent=None)
+                ok = await _there(self.client, self.reg, img.repository,
+                                  img.tag or img.root.digest, img.root, absent=None)
+            if ok:  # kept as it answers: a push stopped before the others is told (say_held)
+                self.held.add(id(img))
+            return ok
 
         flags = await gather_or_cancel(there(i) for i in self.images)
-        self.held = {id(i) for i, ok in zip(self.images, flags, strict=True) if ok}
         self.not_there = {(i.repository, i.tag or i.root.digest)
                           for i, ok in zip(self.images, flags, strict=True) if not ok}
         self.absent = {(i.repository, i.tag) for i, ok in zip(self.images, flags, strict=True)
@@ -418,6 +422,24 @@ class Pusher:
                 # first, and the tag, not put yet, still holds what it held
                 if img is not None and ref == (img.tag or img.root.digest):
                     self._say_where(img, ref, m)
+
+    def say_held(self) -> None:
+        """The push stopped (or failed) before its manifests were all decided: the images
+        find_held found whole at the target and not decided yet are counted present and
+        their tag (or digest) reported, as a push that got through reports them: the target
+        has them, whatever stopped the push (a sync's stop reports them finished)."""
+        for img in self.images:
+            ref = img.tag or img.root.digest
+            if id(img) not in self.held or (img.repository, ref) in self.done:
+                continue
+            self.done.add((img.repository, ref))
+            for m in img.manifests:
+                self._count(img.repository, m.digest, pushed=False)
+            if img.unnamed:
+                if f"{self.reg}/{img.repository}@{img.root.digest}" not in self.result.untagged:
+                    self._say_untagged([img])
+            else:
+                self._say_where(img, ref, img.root)
 
     def _count(self, repo: str, digest: str, *, pushed: bool) -> None:
         """The report's manifests_pushed or manifests_present: once per manifest and

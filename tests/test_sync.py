@@ -589,6 +589,73 @@ def test_a_stopped_sync_says_interrupted_only_of_the_images_not_finished(
     assert doc["targets"][0]["tags"] == [f"{dst.host}/s{u}/{repos[0]}:1"], doc["targets"]
 
 
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["sigint-130", "sigterm-143"])
+def test_a_rerun_stopped_at_its_first_heads_says_interrupted_only_of_the_image_not_found(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path, sig: signal.Signals, code: int) -> None:
+    """A rerun (both images at the target already) stopped while it still asks the target
+    whether each image is there (the second one's tag HEAD held by the fault proxy), the
+    first one's HEAD answered 'present': both were reported `interrupted` (the answers were
+    kept only once all had come). The first has no error; only the second says
+    interrupted."""
+    repos = [f"{repo_name}/done", f"{repo_name}/hung"]
+    imgs = [ig.make_image(rng, ig.AMD64, "oci", layer_size=2048 + n) for n in range(2)]
+    for repo, img in zip(repos, imgs, strict=True):
+        push_image(src_registry.url, repo, img, ["1"])
+    dst = faultproxy(dst_registry.url)
+    report, u = tmp_path / "r.json", repo_name[-8:]
+    args = ("sync", *(f"{src_registry.host}/{r}:1" for r in repos), "--to", f"{dst.host}/h{u}",
+            "--report", report, "-q")
+    mirror_ok(*args)
+    dst.reset_counters()
+    hung = dst.add(Fault("stall", method="HEAD", path=f"/{repos[1]}/manifests/1$", delay=60))
+    first = ("HEAD", f"/v2/h{u}/{repos[0]}/manifests/1", 200)
+    # once the first HEAD is answered (and read: a second), the second one hangs
+    proc = stopped_mirror(lambda: hung.hits > 0 and first in dst.requests, str(first), *args,
+                          sig=sig, after=1)
+    assert proc.returncode == code, proc.stderr
+    doc = json.loads(report.read_text())
+    assert doc["exit_code"] == code and sig.name in doc["error"], doc
+    assert not [r for r in dst.requests if r[0] != "HEAD" and "/manifests/" in r[1]], \
+        dst.requests  # nothing but the HEADs: the stop came before any manifest was put
+    finished, stopped = doc["images"]
+    assert (finished["error"], finished["error_code"]) == (None, None), finished
+    assert finished["digest"] == imgs[0].digest, finished
+    assert sig.name in stopped["error"] and stopped["error_code"] == code, stopped
+    # stopped before the target said what it holds of the blobs: its counts are null
+    assert doc["targets"][0]["tags"] is None, doc["targets"]
+
+
+def test_a_rerun_stopped_in_its_uploads_reports_the_image_found_whole(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """A rerun that adds a second image, stopped while its layer uploads (the fault proxy
+    holds it), the first image found whole at the target by its tag HEAD: the first was
+    reported `interrupted` and its tag missing from the target's tags (an image found whole
+    was said only once the manifests were decided). It has no error, its tag is reported
+    (manifests_present counts its manifest), the second says interrupted."""
+    repos = [f"{repo_name}/done", f"{repo_name}/new"]
+    imgs = [ig.make_image(rng, ig.AMD64, "oci", layer_size=2048 + n) for n in range(2)]
+    for repo, img in zip(repos, imgs, strict=True):
+        push_image(src_registry.url, repo, img, ["1"])
+    dst = faultproxy(dst_registry.url)
+    report, u = tmp_path / "r.json", repo_name[-8:]
+    refs = [f"{src_registry.host}/{r}:1" for r in repos]
+    mirror_ok("sync", refs[0], "--to", f"{dst.host}/w{u}", "-q")
+    hung = dst.add(Fault("stall", method="PUT", path=f"/{repos[1]}/blobs/uploads/", delay=60))
+    proc = stopped_mirror(lambda: hung.hits > 0, "no upload was held", "sync", *refs, "--to",
+                          f"{dst.host}/w{u}", "--report", report, "-q")
+    assert proc.returncode == 130, proc.stderr
+    doc = json.loads(report.read_text())
+    finished, stopped = doc["images"]
+    assert (finished["error"], finished["error_code"]) == (None, None), finished
+    assert "SIGINT" in stopped["error"] and stopped["error_code"] == 130, stopped
+    target = doc["targets"][0]
+    assert target["tags"] == [f"{dst.host}/w{u}/{repos[0]}:1"], target
+    assert (target["manifests_present"], target["manifests_pushed"]) == (1, 0), target
+
+
 def test_a_stopped_sync_says_interrupted_of_an_image_whose_referrers_are_not_there(
         src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
         rng: random.Random, tmp_path: Path) -> None:
