@@ -200,6 +200,74 @@ def test_ratelimit_headers_are_read_and_reported(src_registry: Registry, proxies
     assert f"{b.host} rate limit: 40 of 50 requests left, window resets in 30 s" in proc.stderr
 
 
+def test_verbose_says_the_rate_limit_at_its_low_water_marks_not_every_answer(
+        src_registry: Registry, proxies, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """-v said the rate limit with every answer whose RateLimit-Remaining moved: hundreds of
+    lines in a nightly over Docker Hub. It says it when the registry first sends one, when
+    the requests left pass another tenth of the limit (A: 400, then 399 of 1000), each
+    hundredth below the reserve (B: 12 of 100 down: each under 10) and with a 429 (A's
+    first layer's, with its own figures), and not otherwise; the report keeps the last
+    figures. Each registry takes one request at once (max_concurrency: 1), so the answers
+    are read in the order the proxy numbered them."""
+    on_a = seed(src_registry, f"{repo_name}/a", rng, n=2, layers=4)
+    seed(src_registry, f"{repo_name}/b", rng, n=2, layers=4)
+    a, b = proxies(), proxies()
+
+    def limited(proxy: TimingProxy, limit: int, left: list[int]) -> list[Fault]:
+        return [proxy.add(Fault("headers", times=1, headers={
+            "RateLimit-Limit": f"{limit};w=21600", "RateLimit-Remaining": f"{n};w=21600"}))
+            for n in left]
+
+    storm = a.add(Fault("status", method="GET", path=f"/blobs/{on_a[0].layers[0].digest}",
+                        status=429, headers={"Retry-After": "0", "RateLimit-Limit": "1000",
+                                             "RateLimit-Remaining": "350"}))
+    on_a_left = limited(a, 1000, list(range(400, 300, -1)))
+    on_b_left = limited(b, 100, list(range(12, 0, -1)))
+    refs = [f"{p.host}/{repo_name}/{x}{i}:v1" for p, x in ((a, "a"), (b, "b")) for i in range(2)]
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text("version: 1\nregistries:\n" + "".join(
+        f"  {p.host}:\n    max_concurrency: 1\n" for p in (a, b)) + "images:\n" +
+        "".join(f"  - {r}\n" for r in refs))
+    proc = run_mirror("pull", "-f", cfg, "-o", tmp_path / "b.tar", "--cache",
+                      tmp_path / "cache", "-v", "--report", tmp_path / "pull.json")
+    assert proc.returncode == 0, proc.stderr
+    said = [ln.split(" rate limit: ")[1] for ln in proc.stderr.splitlines()
+            if f"{a.host} rate limit: " in ln]
+    per = " per 21600 s"
+    assert storm.hits == 1 and said == [f"400 of 1000 requests left{per}",
+                                        f"399 of 1000 requests left{per}",
+                                        "350 of 1000 requests left; HTTP 429"], said
+    on_b = [12 - i for i, f in enumerate(on_b_left) if f.hits]
+    assert len(on_b) >= 11, on_b  # ping, 2 manifests, 2 configs, 8 layers: 13 requests
+    said = [ln.split(" rate limit: ")[1] for ln in proc.stderr.splitlines()
+            if f"{b.host} rate limit: " in ln]
+    assert said == [f"{n} of 100 requests left{per}" for n in on_b if n == 12 or n < 10], said
+    last_a = 400 - sum(f.hits for f in on_a_left) + 1
+    assert report_of(tmp_path / "pull.json")["rate_limit"] == {
+        a.host: {"limit": 1000, "remaining": last_a, "window": 21600, "reset": None},
+        b.host: {"limit": 100, "remaining": on_b[-1], "window": 21600, "reset": None}}
+
+
+def test_a_registry_held_says_its_rate_limit_once() -> None:
+    """A hold (a Retry-After beyond --max-wait, 429s through every try) says the registry's
+    rate limit on a -v line, with why, once however many requests meet it; a registry that
+    sent no RateLimit headers has none to say."""
+    from mirror.registry.ratelimit import RegistryLimits, parse_ratelimit
+
+    said: list[str] = []
+    lim = RegistryLimits("r.example", ceiling=8, said=said.append)
+    lim.hold("asked to wait 60 s")
+    assert said == []
+    lim = RegistryLimits("r.example", ceiling=8, said=said.append)
+    rate = parse_ratelimit({"RateLimit-Limit": "100;w=21600", "RateLimit-Remaining": "7"})
+    assert rate is not None and lim.observe(rate) and not lim.observe(rate)
+    lim.hold("asked to wait 60 s")
+    lim.hold("asked to wait 90 s")
+    assert said == ["r.example rate limit: 7 of 100 requests left per 21600 s; held: asked "
+                    "to wait 60 s"], said
+
+
 def test_a_429_storm_on_one_registry_does_not_slow_another(src_registry: Registry, proxies,
                                                            repo_name: str,
                                                            rng: random.Random,

@@ -91,17 +91,18 @@ class Accounting(SessionSetup):
         return {r: lim.rate.report() for r, lim in sorted(self.limits.items())
                 if lim.rate is not None}
 
-    def observe(self, registry: str, headers: Any) -> None:
-        """An answer of `registry`: its RateLimit headers kept (and said on a -v line when
-        the count changes)."""
+    def observe(self, registry: str, headers: Any, status: int) -> None:
+        """An answer of `registry`: its RateLimit headers kept for the report, and said on a
+        -v line the first time, when the requests left pass a low-water mark (each tenth of
+        the limit, each hundredth below the reserve: ratelimit.mark) and with a 429 (the
+        last said, when the 429 says none): a nightly over Docker Hub said every answer."""
         rate = parse_ratelimit(headers)
-        if rate is None:
-            return
-        lim = self.limits_for(registry)
-        before = lim.rate
-        lim.observe(rate)
-        if before is None or (before.limit, before.remaining) != (rate.limit, rate.remaining):
-            self.debug(f"{registry} rate limit: {rate.line()}")
+        news = rate is not None and self.limits_for(registry).observe(rate)
+        if rate is None and status == 429 and registry in self.limits:
+            rate = self.limits[registry].rate
+        if rate is not None and (news or status == 429):
+            self.debug(f"{registry} rate limit: {rate.line()}"
+                       + ("; HTTP 429" if status == 429 else ""))
 
     def count_retry(self) -> None:
         """One more retry: for the run, and for the image being worked on."""

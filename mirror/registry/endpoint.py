@@ -77,7 +77,7 @@ async def find_endpoint(t: Transport, registry: str) -> Endpoint:
                 t.limits_for(registry).count("ping")
                 await resp.read()
                 t.log_request("GET", url, resp.status, t0)
-                t.observe(registry, resp.headers)
+                t.observe(registry, resp.headers, resp.status)
                 ping.attempt += 1
                 if await _ping_again(t, resp, url, ping.attempt):
                     continue

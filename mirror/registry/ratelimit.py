@@ -145,6 +145,18 @@ def parse_ratelimit(headers: Mapping[str, str]) -> RateLimit | None:
     return RateLimit(limit, remaining, window, reset, time.monotonic())
 
 
+def mark(remaining: int | None, limit: int) -> int | None:
+    """The low-water mark `remaining` of `limit` requests is at, in percent of the limit:
+    each 10 above the reserve (LOW_REMAINING of it, where the registry is slowed), each 1
+    below, -1 for none left; the -v line says the rate limit when it moves."""
+    if remaining is None or not limit:
+        return None if remaining is None else 0 if remaining else -1
+    if remaining == 0:
+        return -1
+    share = remaining * 100 // limit
+    return share if share < LOW_REMAINING * 100 else share - share % 10
+
+
 @dataclass
 class RegistryLimits:
     """One registry's limiter and counts. `ceiling`: requests in flight at most (its
@@ -179,6 +191,8 @@ class RegistryLimits:
     grown: list[Callable[[int], None]] = field(default_factory=list)
     said: Callable[[str], None] | None = None
     _window: tuple[float, int] = (0.0, 0)  # since when, how many answers
+    _said: int | None = None  # the low-water mark of the rate limit said last (`mark`)
+    _most: int = 0  # the most requests left seen: the limit, for a registry that says none
     _best: float = 0.0  # answers per second, the best window's
     _waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
@@ -247,6 +261,8 @@ class RegistryLimits:
         """The registry will not answer this run (a Retry-After longer than the run waits,
         429s through all of a request's tries): it is left for the next run, as a window with
         no request left that resets too late."""
+        if self.held is None and self.said is not None and self.rate is not None:
+            self.said(f"{self.registry} rate limit: {self.rate.line()}; held: {why}")
         self.held = why
         for fut in list(self._waiters):  # each request waiting for a slot is refused now
             if not fut.done():
@@ -347,12 +363,20 @@ class RegistryLimits:
         self.streak = 0
         self.grows = False
 
-    def observe(self, rate: RateLimit) -> None:
-        """An answer's RateLimit headers: kept; few requests left slow the registry."""
+    def observe(self, rate: RateLimit) -> bool:
+        """An answer's RateLimit headers: kept; few requests left slow the registry. Whether
+        they are news worth a -v line: the registry's first, or its requests left past
+        another low-water mark (`mark`)."""
         self.rate = rate
         if rate.remaining is not None and rate.limit and \
                 rate.remaining < rate.limit * LOW_REMAINING and self.cap > 1:
             self.slow()
+        if rate.remaining is not None:
+            self._most = max(self._most, rate.remaining)
+        level = mark(rate.remaining, rate.limit or self._most)
+        news = level != self._said
+        self._said = level
+        return news
 
     def _wake(self) -> None:
         free = self.cap - self.in_flight

@@ -248,7 +248,7 @@ class Transport(Accounting):
                 held.release(resp.status)
             self.log_request(method, url, resp.status, t0, note)
             if registry is not None:
-                self.observe(registry, resp.headers)
+                self.observe(registry, resp.headers, resp.status)
             if resp.status not in self.policy.statuses:
                 return Reply(resp, attempt)
             body = await _error_body(resp)
