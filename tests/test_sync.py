@@ -559,6 +559,17 @@ def test_an_interrupted_sync_reports_every_target(
                                     "digest": img.digest}], second
 
 
+def _two_images(src_registry: Registry, repo_name: str, rng: random.Random, *names: str
+                ) -> tuple[list[str], list[ig.Image]]:
+    """Two small images at the source, tag 1, in `repo_name`/NAME for each of the two
+    names: their repositories and the images."""
+    repos = [f"{repo_name}/{name}" for name in names]
+    imgs = [ig.make_image(rng, ig.AMD64, "oci", layer_size=2048 + n) for n in range(2)]
+    for repo, img in zip(repos, imgs, strict=True):
+        push_image(src_registry.url, repo, img, ["1"])
+    return repos, imgs
+
+
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
                          ids=["sigint-130", "sigterm-143"])
 def test_a_stopped_sync_says_interrupted_only_of_the_images_not_finished(
@@ -568,10 +579,7 @@ def test_a_stopped_sync_says_interrupted_only_of_the_images_not_finished(
     tagged there already: every image was reported `interrupted`, the one the target serves
     whole under its tag too. Only the image not finished says so (the run's error and exit
     code are the signal's, as a pull's)."""
-    repos = [f"{repo_name}/done", f"{repo_name}/hung"]
-    imgs = [ig.make_image(rng, ig.AMD64, "oci", layer_size=2048 + n) for n in range(2)]
-    for repo, img in zip(repos, imgs, strict=True):
-        push_image(src_registry.url, repo, img, ["1"])
+    repos, imgs = _two_images(src_registry, repo_name, rng, "done", "hung")
     dst = faultproxy(dst_registry.url)
     hung = dst.add(Fault("stall", method="PUT", path=f"/{repos[1]}/manifests/1", delay=60))
     report, u = tmp_path / "r.json", repo_name[-8:]
@@ -599,10 +607,7 @@ def test_a_rerun_stopped_at_its_first_heads_says_interrupted_only_of_the_image_n
     first one's HEAD answered 'present': both were reported `interrupted` (the answers were
     kept only once all had come). The first has no error; only the second says
     interrupted."""
-    repos = [f"{repo_name}/done", f"{repo_name}/hung"]
-    imgs = [ig.make_image(rng, ig.AMD64, "oci", layer_size=2048 + n) for n in range(2)]
-    for repo, img in zip(repos, imgs, strict=True):
-        push_image(src_registry.url, repo, img, ["1"])
+    repos, imgs = _two_images(src_registry, repo_name, rng, "done", "hung")
     dst = faultproxy(dst_registry.url)
     report, u = tmp_path / "r.json", repo_name[-8:]
     args = ("sync", *(f"{src_registry.host}/{r}:1" for r in repos), "--to", f"{dst.host}/h{u}",
@@ -635,10 +640,7 @@ def test_a_rerun_stopped_in_its_uploads_reports_the_image_found_whole(
     reported `interrupted` and its tag missing from the target's tags (an image found whole
     was said only once the manifests were decided). It has no error, its tag is reported
     (manifests_present counts its manifest), the second says interrupted."""
-    repos = [f"{repo_name}/done", f"{repo_name}/new"]
-    imgs = [ig.make_image(rng, ig.AMD64, "oci", layer_size=2048 + n) for n in range(2)]
-    for repo, img in zip(repos, imgs, strict=True):
-        push_image(src_registry.url, repo, img, ["1"])
+    repos, imgs = _two_images(src_registry, repo_name, rng, "done", "new")
     dst = faultproxy(dst_registry.url)
     report, u = tmp_path / "r.json", repo_name[-8:]
     refs = [f"{src_registry.host}/{r}:1" for r in repos]
@@ -663,10 +665,7 @@ def test_a_stopped_sync_says_interrupted_of_an_image_whose_referrers_are_not_the
     tags, so at the stop the first image is tagged at the target but its SBOM is not. It was
     reported finished (no error) although the target lacks its referrer, as the same run
     stopped among the referrers reports it interrupted: it says interrupted."""
-    repos = [f"{repo_name}/signed", f"{repo_name}/hung"]
-    imgs = [ig.make_image(rng, ig.AMD64, "oci", layer_size=2048 + n) for n in range(2)]
-    for repo, img in zip(repos, imgs, strict=True):
-        push_image(src_registry.url, repo, img, ["1"])
+    repos, imgs = _two_images(src_registry, repo_name, rng, "signed", "hung")
     sbom = push_sbom(src_registry.url, repos[0], imgs[0].manifest)
     dst = faultproxy(dst_registry.url)
     hung = dst.add(Fault("stall", method="PUT", path=f"/{repos[1]}/manifests/1", delay=60))
