@@ -446,6 +446,40 @@ def test_configs_order_created_read_count_as_fetched(src_registry, faultproxy, r
         (0, len(blobs), sum(blobs.values())), doc
 
 
+def test_a_config_order_created_cannot_keep_on_a_full_disk_leaves_no_temporary_file(
+        src_registry, repo_name, rng, tmp_path, small_disk):
+    """The configs `order: created` reads are kept in the cache's blobs; on a full disk the
+    run said only "No space left on device" (the run lock's pid failed first; with room for
+    that, the config's write, which left its `.<hex>.<pid>.tmp` beside the blob). The run
+    lock holds without its pid (the flock is the lock), the config's write fails naming its
+    file and leaves no temporary file, and the next run, with room, gets through."""
+    imgs = [ig.make_image(rng, ig.AMD64, "oci", created=f"2024-0{n}-01T00:00:00Z")
+            for n in (1, 2)]
+    for n, img in enumerate(imgs):
+        push_image(src_registry.url, repo_name, img, tags=[f"nightly-{n}"])
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text(f"images:\n  - repository: {src_registry.host}/{repo_name}\n    tags:\n"
+                   "      - latest: 1\n        order: created\n")
+    cache = small_disk(256 << 10) / "cache"
+    (cache / "blobs" / "sha256").mkdir(parents=True)
+    (cache / "manifests").mkdir()
+    filler = cache.parent / "filler"
+    with open(filler, "wb", buffering=0) as f:  # the disk full to its last byte
+        try:
+            while f.write(b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+    pull = ("pull", "-f", cfg, "--cache", cache, "-o", tmp_path / "b.tar", "-q")
+    proc = run_mirror(*pull)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    line = error_line(proc)
+    assert str(cache / "blobs" / "sha256") in line and "No space left" in line, line
+    assert [p.name for p in cache.rglob("*.tmp")] == []
+    filler.unlink()
+    mirror_ok(*pull)
+
+
 def test_a_rule_whose_repository_cannot_be_listed_fails_alone_with_keep_going(
         src_registry, faultproxy, repo_name, rng, tmp_path):
     """A tag rule whose listing fails (the repository gone upstream: 404; 500s through the

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mirror.digest import Digest, Verifier, check_bytes
+from mirror.paths import write_atomic
 from mirror.store.iowork import CHUNK
 from mirror.store.partial import PartialBlob
 
@@ -70,12 +71,7 @@ class BlobStore:
         if dest.exists() and dest.stat().st_size == len(data):
             return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
+        write_atomic(dest, data, f"{source} in the cache")  # none half-written, none left
         return dest
 
     def read(self, digest: str) -> bytes:

@@ -8,11 +8,12 @@ and starts again on a fresh file; so no two runs ever both believe they hold the
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from pathlib import Path
 
-from mirror.errors import LockHeld, UsageError
+from mirror.errors import LockHeld, MirrorError, UsageError
 
 
 class RunLock:
@@ -54,9 +55,17 @@ class RunLock:
             if self._names(fd):
                 break
             os.close(fd)  # the holder we waited on removed it: lock the new file
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._fd = fd
+        try:  # the holder's pid, for the message of a run that finds the lock held
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                self.__exit__()
+                raise MirrorError(f"{self.what}: cannot write its lock {self.path}: "
+                                  f"{e.strerror or e}") from None
+            # a full disk: the flock is the lock; a run that needs no room goes on, and
+            # one that does names the file it could not write
         return self
 
     def _names(self, fd: int) -> bool:
