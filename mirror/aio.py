@@ -1,6 +1,6 @@
 """Small asyncio helpers: run tasks together, and on the first failure cancel the rest; run
-many, a bounded number at a time; step a blocking iterator in a thread; wait for a thread's
-work to end even when cancelled."""
+many, a bounded number at a time; ask many yes-or-no questions at once within a time limit;
+step a blocking iterator in a thread; wait for a thread's work to end even when cancelled."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 K = TypeVar("K")
@@ -55,6 +55,28 @@ async def bounded(starts: Iterable[tuple[K, Callable[[], asyncio.Future[Any] | N
         if fut is not None:
             running[fut] = key
     await settle(0)
+
+
+async def confirmed(items: Sequence[K], check: Callable[[K], Awaitable[bool]], within: float,
+                    *, errors: type[Exception] | tuple[type[Exception], ...]) -> list[K]:
+    """The `items` whose `check` said True, all checked at once (a push's transfers cut
+    short: one HEAD each, which landed); a check that raised one of `errors` said no. None
+    of them when the checks have not all answered within `within` seconds in all (those
+    still asking are cancelled)."""
+    if not items:
+        return []
+
+    async def said(item: K) -> bool:
+        try:
+            return await check(item)
+        except errors:
+            return False
+
+    try:
+        answers = await asyncio.wait_for(asyncio.gather(*(said(i) for i in items)), within)
+    except TimeoutError:
+        return []
+    return [i for i, ok in zip(items, answers, strict=True) if ok]
 
 
 def more_slots(sem: asyncio.Semaphore, n: int) -> None:

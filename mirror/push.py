@@ -31,7 +31,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
-from mirror.aio import gather_or_cancel
+from mirror.aio import confirmed, gather_or_cancel
 from mirror.artifacts import fallback_tag
 from mirror.errors import (
     AuthError,
@@ -401,27 +401,19 @@ class Pusher:
         whose reference the target serves as that manifest now is counted pushed, and its
         tag (or pinned digest) reported. One HEAD each, at most `within` seconds in all."""
         putting, self.putting = list(self.putting.items()), {}
-        if not putting:
-            return
 
-        async def landed(repo: str, ref: str, m: RawManifest) -> bool:
-            try:
-                return await _there(self.client, self.reg, repo, ref, m) is True
-            except MirrorError:
-                return False
+        async def landed(put: tuple[tuple[str, str], tuple[PushImage | None, RawManifest]]
+                         ) -> bool:
+            (repo, ref), (_, m) = put
+            return await _there(self.client, self.reg, repo, ref, m) is True
 
-        try:
-            there = await asyncio.wait_for(asyncio.gather(
-                *(landed(repo, ref, m) for (repo, ref), (_, m) in putting)), within)
-        except TimeoutError:
-            return
-        for ((repo, ref), (img, m)), ok in zip(putting, there, strict=True):
-            if ok:
-                self._count(repo, m.digest, pushed=True)
-                # the image's own reference only: with --merge its root goes by digest
-                # first, and the tag, not put yet, still holds what it held
-                if img is not None and ref == (img.tag or img.root.digest):
-                    self._say_where(img, ref, m)
+        for (repo, ref), (img, m) in await confirmed(putting, landed, within,
+                                                     errors=MirrorError):
+            self._count(repo, m.digest, pushed=True)
+            # the image's own reference only: with --merge its root goes by digest
+            # first, and the tag, not put yet, still holds what it held
+            if img is not None and ref == (img.tag or img.root.digest):
+                self._say_where(img, ref, m)
 
     def say_held(self) -> None:
         """The push stopped (or failed) before its manifests were all decided: the images

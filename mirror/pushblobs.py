@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Protocol, runtime_checkable
 
-from mirror.aio import gather_or_cancel
+from mirror.aio import confirmed, gather_or_cancel
 from mirror.errors import BudgetSpent, BundleError, IncompleteBase, RegistryError
 from mirror.manifest import Descriptor
 from mirror.progress import Progress
@@ -152,23 +152,13 @@ class BlobPush:
         report says what the target received in this run. One HEAD each, at most `within`
         seconds in all; a transfer not known to have landed is not counted."""
         asked, self.asked = list(self.asked.items()), {}
-        if not asked:
-            return
 
-        async def landed(repo: str, d: Descriptor) -> bool:
-            try:
-                return await self.client.has_blob(self.reg, repo, d)
-            except RegistryError:
-                return False
+        async def landed(transfer: tuple[tuple[str, str], tuple[Descriptor, bool]]) -> bool:
+            (repo, _), (d, _) = transfer
+            return await self.client.has_blob(self.reg, repo, d)
 
-        try:
-            there = await asyncio.wait_for(asyncio.gather(
-                *(landed(repo, d) for (repo, _), (d, _) in asked)), within)
-        except TimeoutError:
-            return
-        for (_, (d, uploaded)), ok in zip(asked, there, strict=True):
-            if ok:
-                self._count(d, uploaded)
+        for _, (d, uploaded) in await confirmed(asked, landed, within, errors=RegistryError):
+            self._count(d, uploaded)
 
     async def _push_passes(self, source: StreamSource,
                            todo: dict[str, list[tuple[str, Descriptor]]]) -> None:

@@ -727,6 +727,41 @@ async def test_an_iterator_stepped_in_a_thread_is_left_by_it_when_cancelled() ->
     assert got == [b"a"]
 
 
+async def test_confirmed_answers_which_checks_said_yes_within_the_time_given() -> None:
+    """aio.confirmed (a stopped push's settling: one HEAD per transfer cut short): the items
+    whose check said True, asked all at once; a check raising one of `errors` said no, any
+    other error is the caller's; none when they have not all answered in time."""
+    import asyncio
+    import time
+
+    from mirror.aio import confirmed
+    from mirror.errors import NotFound, RegistryError
+
+    async def check(item: str) -> bool:
+        await asyncio.sleep(0.2)
+        if item == "gone":
+            raise NotFound("gone")
+        if item == "broken":
+            raise ValueError("broken")
+        return item.startswith("yes")
+
+    start = time.monotonic()
+    got = await confirmed(["yes-1", "no", "gone", "yes-2"], check, 5, errors=RegistryError)
+    assert got == ["yes-1", "yes-2"]
+    assert time.monotonic() - start < 0.6  # at once, not one after the other
+    assert await confirmed([], check, 0, errors=RegistryError) == []
+    with pytest.raises(ValueError):
+        await confirmed(["yes", "broken"], check, 5, errors=RegistryError)
+
+    async def slow(item: str) -> bool:
+        await asyncio.sleep(0.05 if item == "quick" else 5)
+        return True
+
+    start = time.monotonic()
+    assert await confirmed(["quick", "slow"], slow, 0.3, errors=RegistryError) == []
+    assert time.monotonic() - start < 2
+
+
 @pytest.mark.parametrize("was_on", [True, False])
 def test_main_leaves_the_cyclic_collector_as_its_caller_had_it(tmp_path: Path,
                                                                 was_on: bool) -> None:
