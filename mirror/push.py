@@ -17,7 +17,9 @@ a half image. Its sources (a bundle for `mirror load`, the source registries or 
    serves as that reference is not pushed again (HEAD). A tag over another index keeps its
    other platforms with `merge` (mirror.merge), and is replaced with a warning without.
 The decisions are mirror.pushplan's (no request there), step 1's transfers
-mirror.pushblobs'; here the order of the steps and the requests that inform the decisions.
+mirror.pushblobs', the referrers' `sha256-<hex>` indexes on a target without the referrers
+API mirror.pushfallback's; here the order of the steps and the requests that inform the
+decisions.
 The dry run takes the same decisions and lists them instead of acting.
 A push that fails or is stopped cancels the upload sessions it left open at the target, then
 counts, of the blob transfers and manifest PUTs it stopped in, those the target holds (one
@@ -32,7 +34,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 from mirror.aio import confirmed, gather_or_cancel
-from mirror.artifacts import fallback_tag
 from mirror.errors import (
     AuthError,
     BudgetSpent,
@@ -46,6 +47,7 @@ from mirror.errors import (
 from mirror.manifest import Descriptor, RawManifest
 from mirror.progress import Progress
 from mirror.pushblobs import BlobPush, Source
+from mirror.pushfallback import Fallbacks, Putting
 from mirror.pushplan import (
     BlobPlan,
     PushImage,
@@ -60,7 +62,7 @@ from mirror.pushplan import (
     manifest_groups,
     over,
 )
-from mirror.referrers import Finder, held_fallback, with_referrer
+from mirror.referrers import Finder
 from mirror.registry.client import Client
 from mirror.registry.upload import CANCEL_WITHIN
 
@@ -89,7 +91,7 @@ async def push(client: Client, registry: str, images: list[PushImage], source: S
     pusher = Pusher(client, registry, images, source, result, progress, jobs, merge, found)
     blobs: BlobPush | None = None
     try:
-        await pusher.give_way()
+        await pusher.fallbacks.give_way(pusher.images)
         await pusher.find_held()
         plan = await pusher.check_blobs(absent or {}, elsewhere)
         if plan.missing_base:
@@ -146,21 +148,12 @@ class Pusher:
         # (repository, digest) counted, pushed or present: a manifest is counted once in its
         # repository however many tags name it (another tag of it is a tag, not a manifest)
         self.counted: set[tuple[str, str]] = set()
-        # (repository, fallback tag) -> the index it holds, as this push left it (or, in a
-        # dry run, would leave it): read from the target once, then kept up to date here
-        self.fallbacks: dict[tuple[str, str], RawManifest | None] = {}
-        # the fallback indexes a group's referrers need, not yet put or counted: whether it
-        # changed (then it is put once, with every referrer of its subject in the group)
-        self.unput: dict[tuple[str, str], bool] = {}
-        # (repository, reference) -> the image (None: a fallback index) and manifest of a
-        # PUT asked for and not answered yet: one the push stops in may have landed (settle)
-        self.putting: dict[tuple[str, str], tuple[PushImage | None, RawManifest]] = {}
+        self.putting: Putting = {}  # the manifest PUTs under way, for `settle`
         self.held: set[int] = set()  # id() of the images the target serves whole already
         self.not_there: set[tuple[str, str]] = set()  # (repository, root reference) asked
         self.absent: set[tuple[str, str]] = set()  # (repository, tag) that HEAD found absent
-        # (repository, subject) -> the image whose digest tag gave way to the subject's
-        # fallback index (give_way): found under that tag, it is not a referrers' index
-        self.gave_way: dict[tuple[str, str], str] = {}
+        # the referrers' `sha256-<hex>` indexes, where the target has no referrers API
+        self.fallbacks = Fallbacks(client, registry, self.finder, progress, self)
 
     def leave_out(self, unread: dict[str, BudgetSpent]) -> None:
         """A source registry whose requests ran out (a sync): the images that need one of
@@ -172,32 +165,6 @@ class Pusher:
         subjects = {m.digest for p in self.images if id(p.image) in out for m in p.manifests}
         out |= {id(p.image) for p in self.images if p.referrer_of in subjects}
         self.images = [p for p in self.images if id(p.image) not in out]
-
-    async def give_way(self) -> None:
-        """An image pinned by digest is tagged `sha256-<hex>` after its source digest
-        (mirror.mapping: digest_tag), which on a registry with no referrers API is the tag
-        of the index of that digest's referrers (the OCI fallback tag,
-        mirror.artifacts.fallback_tag). Where this push carries such a referrer, the spec's
-        meaning wins: the image goes by digest (its other tags stay), said once, and the
-        tag holds the referrers' index (replacing the image where a load left it there)."""
-        fallbacks = {(p.repository, fallback_tag(p.referrer_of)): p.referrer_of
-                     for p in self.images if p.referrer_of}
-        keep: list[PushImage] = []
-        for p in self.images:
-            subject = fallbacks.get((p.repository, p.tag or ""))
-            if p.referrer_of is None and subject is not None and \
-                    not await self.finder.has_api(self.reg, p.repository, subject):
-                self.progress.warn(
-                    f"{p.name} is not tagged {p.tag} at {self.reg}/{p.repository}: there that "
-                    "tag is the index of its referrers (no referrers API: the OCI fallback "
-                    "tag); it goes by digest (tag_as: in images.yaml gives it a tag)")
-                self.gave_way[(p.repository, subject)] = p.root.digest
-                if any(q.image is p.image and q.repository == p.repository and
-                       q.tag not in (None, p.tag) for q in self.images):
-                    continue  # tagged otherwise too
-                p.tag = None
-            keep.append(p)
-        self.images[:] = keep
 
     async def find_held(self) -> None:
         """One HEAD of each image's reference (its tag, else its root's digest): where it
@@ -263,7 +230,7 @@ class Pusher:
                 self._say_untagged(group)
             for img, ref, m in by_tag(group):
                 await self._manifest(img, ref, m, merge, dry_run)
-            await self._put_fallbacks(dry_run)
+            await self.fallbacks.put(dry_run)
         self.result.placed = True
 
     async def _manifest(self, img: PushImage, ref: str, m: RawManifest, merge: bool,
@@ -279,16 +246,16 @@ class Pusher:
         if m is not img.root and ref == img.tag:  # merged: the tag gets another index
             await self._root_by_digest(img, dry_run)
         if action != "push":
-            self._count(img.repository, m.digest, pushed=False)
+            self.count(img.repository, m.digest, pushed=False)
         if action != "present":
             if dry_run:
-                self._list(img.repository, ref, m)
+                self.listed(img.repository, ref, m)
             else:
                 await self._put(img, ref, m)
         if not dry_run:
             self._say_where(img, ref, m)
         if m is img.root and img.tag is None and m.subject is not None:
-            await self._fallback(img.repository, m, dry_run)
+            await self.fallbacks.add(img.repository, m)
 
     async def _root_by_digest(self, img: PushImage, dry_run: bool) -> None:
         """With --merge the tag holds a merged index; the image's own root is pushed by
@@ -299,9 +266,9 @@ class Pusher:
             return
         self.done.add(key)
         if await _there(self.client, self.reg, img.repository, img.root.digest, img.root):
-            self._count(img.repository, img.root.digest, pushed=False)
+            self.count(img.repository, img.root.digest, pushed=False)
         elif dry_run:
-            self._list(img.repository, img.root.digest, img.root)
+            self.listed(img.repository, img.root.digest, img.root)
         else:
             await self._put(img, img.root.digest, img.root)
 
@@ -324,66 +291,18 @@ class Pusher:
     async def _put(self, img: PushImage, ref: str, m: RawManifest) -> None:
         key = (img.repository, ref)
         self.putting[key] = (img, m)
-        subject = await self._reading(lambda: _put(self.client, self.reg, img, ref, m))
+        subject = await self.reading(lambda: _put(self.client, self.reg, img, ref, m))
         del self.putting[key]
-        self._count(img.repository, m.digest, pushed=True)
+        self.count(img.repository, m.digest, pushed=True)
         if m.subject is not None:  # the registry's own word on its referrers API
             self.finder.api[self.reg] = subject is not None
 
-    def _list(self, repo: str, ref: str, m: RawManifest) -> None:
+    def listed(self, repo: str, ref: str, m: RawManifest) -> None:
         """A dry run's line for a manifest the push would PUT as `ref`."""
         at = "@" if ref == m.digest else ":"
         self.result.dry_run.append(f"manifest {m.digest} -> {self.reg}/{repo}{at}{ref}")
 
-    async def _fallback(self, repo: str, m: RawManifest, dry_run: bool) -> None:
-        """After referrer `m` is pushed by digest (or found there): where the target has no
-        referrers API, its subject's `sha256-<hex>` index with `m` added (mirror.referrers)
-        is what `_put_fallbacks` pushes, or lists in a dry run, once the group's manifests
-        are in, unless it lists `m` already (then it is counted present, as every manifest
-        the push finds in place). One decision for both: the dry run lists the very index the
-        push would PUT, a second referrer of the same subject added to the first's."""
-        assert m.subject is not None
-        subject = m.subject.digest
-        if await self.finder.has_api(self.reg, repo, subject):
-            return
-        key = (repo, fallback_tag(subject))
-        if key not in self.fallbacks:
-            held = await held_fallback(self.client, self.reg, repo, subject)
-            mistaken = held is not None and held.digest == self.gave_way.get((repo, subject))
-            self.fallbacks[key] = None if mistaken else held
-        held = self.fallbacks[key]
-
-        async def added() -> RawManifest | None:
-            return with_referrer(held, m)
-
-        new = await self._reading(added)
-        if new is None:  # the index lists `m` already
-            self.unput.setdefault(key, False)
-            return
-        self.fallbacks[key], self.unput[key] = new, True
-
-    async def _put_fallbacks(self, dry_run: bool) -> None:
-        """The fallback indexes the group's referrers need: each one changed put (or listed)
-        once, with all its referrers of the group, and counted pushed; one that lists them
-        all already counted present. Put after each referrer, a subject's second one made the
-        index with the first alone a manifest of its own at the target, pushed and replaced
-        at once (counted pushed, and present on no rerun)."""
-        while self.unput:
-            key, changed = next(iter(self.unput.items()))
-            index = self.fallbacks[key]
-            assert index is not None
-            if not changed:
-                self._count(key[0], index.digest, pushed=False)
-            elif dry_run:
-                self._list(key[0], key[1], index)
-            else:
-                self.putting[key] = (None, index)
-                await self.client.put_manifest(self.reg, key[0], key[1], index)
-                del self.putting[key]
-                self._count(key[0], index.digest, pushed=True)
-            del self.unput[key]
-
-    async def _reading(self, act: Callable[[], Awaitable[T]]) -> T:
+    async def reading(self, act: Callable[[], Awaitable[T]]) -> T:
         """`act`, which reads manifests' bytes, again once one it read back from the cache's
         store (a sync's: planning released it there) was lost there and `found` fetched it
         again: the push goes on as if it had never been lost. Without `found` (nothing
@@ -409,7 +328,7 @@ class Pusher:
 
         for (repo, ref), (img, m) in await confirmed(putting, landed, within,
                                                      errors=MirrorError):
-            self._count(repo, m.digest, pushed=True)
+            self.count(repo, m.digest, pushed=True)
             # the image's own reference only: with --merge its root goes by digest
             # first, and the tag, not put yet, still holds what it held
             if img is not None and ref == (img.tag or img.root.digest):
@@ -426,14 +345,14 @@ class Pusher:
                 continue
             self.done.add((img.repository, ref))
             for m in img.manifests:
-                self._count(img.repository, m.digest, pushed=False)
+                self.count(img.repository, m.digest, pushed=False)
             if img.unnamed:
                 if f"{self.reg}/{img.repository}@{img.root.digest}" not in self.result.untagged:
                     self._say_untagged([img])
             else:
                 self._say_where(img, ref, img.root)
 
-    def _count(self, repo: str, digest: str, *, pushed: bool) -> None:
+    def count(self, repo: str, digest: str, *, pushed: bool) -> None:
         """The report's manifests_pushed or manifests_present: once per manifest and
         repository, at the first reference decided (the other tags are `tags`)."""
         if (repo, digest) in self.counted:
@@ -479,7 +398,7 @@ class Pusher:
         async def put_over() -> tuple[RawManifest, str | None]:
             return over(img, old, merge, f"{self.reg}/{img.repository}:{img.tag}")
 
-        new, warning = await self._reading(put_over)
+        new, warning = await self.reading(put_over)
         if warning:
             self.progress.warn(warning)
         return new
