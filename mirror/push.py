@@ -16,7 +16,7 @@ a half image. Its sources (a bundle for `mirror load`, the source registries or 
    referrers after every image, so their subjects are there first. What the target already
    serves as that reference is not pushed again (HEAD). A tag over another index keeps its
    other platforms with `merge` (mirror.merge), and is replaced with a warning without.
-The decisions are mirror.pushplan's (no request there), step 1's transfers
+The decisions are mirror.pushplan's (no request there), step 1's requests
 mirror.pushblobs', the referrers' `sha256-<hex>` indexes on a target without the referrers
 API mirror.pushfallback's; here the order of the steps and the requests that inform the
 decisions.
@@ -44,21 +44,15 @@ from mirror.errors import (
     RateLimited,
     RegistryError,
 )
-from mirror.manifest import Descriptor, RawManifest
+from mirror.manifest import RawManifest
 from mirror.progress import Progress
-from mirror.pushblobs import BlobPush, Source
+from mirror.pushblobs import BlobPush, Elsewhere, Source
 from mirror.pushfallback import Fallbacks, Putting
 from mirror.pushplan import (
-    BlobPlan,
     PushImage,
     PushResult,
-    blob_needs,
-    blob_plan,
     by_digest,
     by_tag,
-    held_only,
-    holders,
-    lost_base,
     manifest_groups,
     over,
 )
@@ -66,9 +60,6 @@ from mirror.referrers import Finder
 from mirror.registry.client import Client
 from mirror.registry.upload import CANCEL_WITHIN
 
-# the blobs an incremental source left to its base, not in the repositories that need them:
-# digest -> a target repository holding it, and how many repositories were looked in
-Elsewhere = Callable[[dict[str, Descriptor], list[str]], Awaitable[tuple[dict[str, str], int]]]
 # the error for base blobs found nowhere: (their "digest (repository)", repositories looked in)
 Incomplete = Callable[[list[str], int], MirrorError]
 # a manifest lost in the cache's store (a sync's: planning released it there) fetched again
@@ -88,20 +79,19 @@ async def push(client: Client, registry: str, images: list[PushImage], source: S
     holds what was done. A push that fails or is stopped (Ctrl-C, SIGTERM: a cancellation)
     first cancels the upload sessions it left open, within a few seconds. `found`: what
     fetches again a manifest lost in the cache's store, whose bytes the push reads back."""
-    pusher = Pusher(client, registry, images, source, result, progress, jobs, merge, found)
-    blobs: BlobPush | None = None
+    pusher = Pusher(client, registry, images, result, progress, jobs, merge, found)
+    blobs = BlobPush(client, registry, source, result, progress, pusher.sem)
     try:
         await pusher.fallbacks.give_way(pusher.images)
         await pusher.find_held()
-        plan = await pusher.check_blobs(absent or {}, elsewhere)
+        plan = await blobs.check(pusher.images, pusher.held, absent or {}, elsewhere)
         if plan.missing_base:
             missing = plan.missing_base
             raise (incomplete or _incomplete)(missing, plan.searched)
         unread: dict[str, BudgetSpent] = {}
         if dry_run:
-            pusher.list_blobs(plan)
+            blobs.listed(plan)
         else:
-            blobs = BlobPush(client, registry, source, result, progress, pusher.sem)
             await blobs.run(plan)
             unread = blobs.unread
             pusher.leave_out(unread)
@@ -120,8 +110,7 @@ async def push(client: Client, registry: str, images: list[PushImage], source: S
         await client.cancel_open_uploads(CANCEL_WITHIN)
         # what the target got of the transfers cut short, counted (blobs and manifests are
         # never under way at once: one of the two has any to ask about)
-        if blobs is not None:
-            await blobs.settle(end - time.monotonic())
+        await blobs.settle(end - time.monotonic())
         await pusher.settle(end - time.monotonic())
         raise
 
@@ -133,12 +122,13 @@ def _incomplete(missing: list[str], searched: int) -> MirrorError:
 
 
 class Pusher:
-    """One push to one registry."""
+    """One push to one registry: its images' manifests and tags (their blobs are a
+    BlobPush's, the referrers' fallback indexes its Fallbacks')."""
 
     def __init__(self, client: Client, registry: str, images: list[PushImage],
-                 source: Source, result: PushResult, progress: Progress, jobs: int,
+                 result: PushResult, progress: Progress, jobs: int,
                  merge: bool, found: Found | None = None) -> None:
-        self.client, self.reg, self.images, self.source = client, registry, images, source
+        self.client, self.reg, self.images = client, registry, images
         self.result, self.progress, self.merge = result, progress, merge
         self.found = found
         self.jobs = jobs
@@ -182,41 +172,6 @@ class Pusher:
                           for i, ok in zip(self.images, flags, strict=True) if not ok}
         self.absent = {(i.repository, i.tag) for i, ok in zip(self.images, flags, strict=True)
                        if ok is None and i.tag}
-
-    # -- blobs -----------------------------------------------------------------------------
-
-    async def check_blobs(self, absent: Mapping[str, str],
-                          elsewhere: Elsewhere | None) -> BlobPlan:
-        """A HEAD of each blob each repository needs asked about (mirror.pushplan decides
-        which, and what each then needs); an incremental source's base blobs found in none
-        of them are looked for elsewhere in the target (`elsewhere`), to be mounted."""
-        need, there = blob_needs(self.images, self.held)
-        self.result.blobs_present += held_only(need, there)
-
-        async def present(repo: str, d: Descriptor) -> bool:
-            async with self.sem:
-                return await self.client.has_blob(self.reg, repo, d)
-
-        checks = [(repo, d) for repo, ds in need.items() for d in ds.values()]
-        flags = await gather_or_cancel(present(r, d) for r, d in checks)
-        held_in = holders(checks, flags, there)
-        carries = self.source.carries
-        lost = lost_base(checks, flags, held_in, carries, absent)
-        searched = 0
-        if lost and elsewhere is not None:  # the base may be in other repositories: mount
-            found, searched = await elsewhere(lost, list(need))
-            held_in.update(found)
-        self.result.started = True
-        plan = blob_plan(checks, flags, held_in, carries, absent)
-        plan.searched = searched
-        self.result.blobs_present += plan.present
-        return plan
-
-    def list_blobs(self, plan: BlobPlan) -> None:
-        for repo, d, src in plan.mounts:
-            self.result.dry_run.append(f"blob {d.digest} -> {repo} (mount from {src})")
-        for digest, where in sorted(plan.todo.items()):
-            self.result.dry_run.append(f"blob {digest} -> {', '.join(r for r, _ in where)}")
 
     # -- manifests -------------------------------------------------------------------------
 

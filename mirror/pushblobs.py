@@ -1,21 +1,31 @@
-"""A push's blob transfers to one target registry (step 1 of mirror.push, after
-mirror.pushplan decided what each blob needs): the mounts, then each blob uploaded once, to
-the first repository that needs it, and mounted into the others. From a BlobSource read at
-random, `jobs` at once (a failed upload is tried again by mirror.registry.upload, from the
-offset the registry reports); from a StreamSource read in one pass (a .tar.zst) in the
-stream's order, a blob whose upload failed waiting for the next pass."""
+"""A push's blobs at one target registry (step 1 of mirror.push): a HEAD of each blob each
+repository needs, then, as mirror.pushplan decides from the answers, the mounts, then each
+blob uploaded once, to the first repository that needs it, and mounted into the others. From
+a BlobSource read at random, `jobs` at once (a failed upload is tried again by
+mirror.registry.upload, from the offset the registry reports); from a StreamSource read in
+one pass (a .tar.zst) in the stream's order, a blob whose upload failed waiting for the next
+pass."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Protocol, runtime_checkable
 
 from mirror.aio import confirmed, gather_or_cancel
 from mirror.errors import BudgetSpent, BundleError, IncompleteBase, RegistryError
 from mirror.manifest import Descriptor
 from mirror.progress import Progress
-from mirror.pushplan import BlobPlan, PushResult
+from mirror.pushplan import (
+    BlobPlan,
+    PushImage,
+    PushResult,
+    blob_needs,
+    blob_plan,
+    held_only,
+    holders,
+    lost_base,
+)
 from mirror.registry.client import Client
 from mirror.registry.upload import restartable
 
@@ -46,11 +56,15 @@ class StreamSource(Protocol):
 
 Source = BlobSource | StreamSource
 Reader = Callable[[Descriptor, int], AsyncIterator[bytes]]  # a blob's bytes from an offset
+# the blobs an incremental source left to its base, not in the repositories that need them:
+# digest -> a target repository holding it, and how many repositories were looked in
+Elsewhere = Callable[[dict[str, Descriptor], list[str]], Awaitable[tuple[dict[str, str], int]]]
 
 
 
 class BlobPush:
-    """The blob transfers of one push: counted in `result`, advanced on `progress`."""
+    """The blobs of one push, asked about and transferred: counted in `result`, advanced on
+    `progress`."""
 
     def __init__(self, client: Client, registry: str, source: Source, result: PushResult,
                  progress: Progress, sem: asyncio.Semaphore) -> None:
@@ -63,6 +77,41 @@ class BlobPush:
         # transfers asked for and not answered yet; one the push stops in (Ctrl-C, another
         # blob's error) may have reached the target all the same (`settle`)
         self.asked: dict[tuple[str, str], tuple[Descriptor, bool]] = {}
+
+    async def check(self, images: list[PushImage], held: set[int], absent: Mapping[str, str],
+                    elsewhere: Elsewhere | None) -> BlobPlan:
+        """A HEAD of each blob each repository needs asked about (mirror.pushplan decides
+        which, and what each then needs: `held`, the id() of the images the target serves
+        whole, need none); an incremental source's base blobs found in none of them are
+        looked for elsewhere in the target (`elsewhere`), to be mounted."""
+        need, there = blob_needs(images, held)
+        self.result.blobs_present += held_only(need, there)
+
+        async def present(repo: str, d: Descriptor) -> bool:
+            async with self.sem:
+                return await self.client.has_blob(self.reg, repo, d)
+
+        checks = [(repo, d) for repo, ds in need.items() for d in ds.values()]
+        flags = await gather_or_cancel(present(r, d) for r, d in checks)
+        held_in = holders(checks, flags, there)
+        carries = self.source.carries
+        lost = lost_base(checks, flags, held_in, carries, absent)
+        searched = 0
+        if lost and elsewhere is not None:  # the base may be in other repositories: mount
+            found, searched = await elsewhere(lost, list(need))
+            held_in.update(found)
+        self.result.started = True
+        plan = blob_plan(checks, flags, held_in, carries, absent)
+        plan.searched = searched
+        self.result.blobs_present += plan.present
+        return plan
+
+    def listed(self, plan: BlobPlan) -> None:
+        """A dry run's lines for the blobs the push would mount and upload."""
+        for repo, d, src in plan.mounts:
+            self.result.dry_run.append(f"blob {d.digest} -> {repo} (mount from {src})")
+        for digest, where in sorted(plan.todo.items()):
+            self.result.dry_run.append(f"blob {digest} -> {', '.join(r for r, _ in where)}")
 
     async def run(self, plan: BlobPlan) -> None:
         """Mount what the plan mounts (a mount refused: uploaded instead), then upload the
