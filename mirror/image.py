@@ -104,6 +104,17 @@ class Image:
     def artifact_type(self) -> str | None:
         return self.root.artifact_type
 
+    def source_of(self, digest: str) -> tuple[str, str] | None:
+        """The registry and repository its manifest `digest` came from (a referrer's: its
+        subject's); None when it has no such manifest (or no name)."""
+        todo = [self]
+        while todo:
+            img = todo.pop()
+            if digest in img.manifests and img.reference is not None:
+                return img.reference.registry, img.reference.repository
+            todo.extend(img.referrers)
+        return None
+
     def add(self, raw: RawManifest, foreign_absent: bool) -> None:
         """One more manifest and its blobs; foreign layers (`urls`, a non-distributable type)
         are absent on purpose when `foreign_absent`."""

@@ -16,7 +16,7 @@ from mirror.aio import bounded, cancel_all, gather_or_cancel
 from mirror.config import ImageSpec
 from mirror.convert import convert_plan
 from mirror.crosscheck import check_sizes, check_targets, resolved
-from mirror.errors import BudgetSpent, IntegrityError, ManifestLost, MirrorError, NotFound
+from mirror.errors import BudgetSpent, MirrorError, NotFound
 from mirror.image import Image, report_fields
 from mirror.imageresult import ImageResult
 from mirror.manifest import Descriptor
@@ -72,7 +72,6 @@ class Planner:
         self.plans: list[Image | None] = [None] * len(specs)
         self.first_error: MirrorError | None = None
         self.unfinished: dict[int, Image] = {}  # failed after planning, or still going
-        self.found_again: set[str] = set()  # manifests lost in the store, fetched again
         self.t0 = time.monotonic()
 
     def config(self, i: int, registry: str, repo: str, desc: Descriptor) -> Awaitable[bytes]:
@@ -191,32 +190,7 @@ class Planner:
     def source_of(self, digest: str) -> tuple[str, str] | None:
         """The registry and repository manifest `digest` of a planned image came from (a
         referrer's: its subject's); None when no planned image has it."""
-        todo = [p for _, p in self.resolved()]
-        while todo:
-            img = todo.pop()
-            if digest in img.manifests and img.reference is not None:
-                return img.reference.registry, img.reference.repository
-            todo.extend(img.referrers)
-        return None
-
-    async def found(self, lost: ManifestLost) -> None:
-        """The manifest the run could not read back from the cache's store (damaged or
-        removed there since planning: a pull's bundle head, a sync's PUT) fetched again, by
-        digest, from the registry of the image it belongs to, and stored again: the reader
-        reads it anew. Once a manifest per run; `lost` stands when there is no registry to
-        ask."""
-        source = self.source_of(lost.digest)
-        if source is None or lost.digest in self.found_again:
-            raise lost
-        self.found_again.add(lost.digest)
-        try:
-            await self.client.store_again(*source, lost.digest)
-        except BudgetSpent as e:  # the registry may be asked again next run: it waits (14)
-            raise BudgetSpent(f"{lost}; fetching it again: {e}", registry=e.registry,
-                              status=e.status) from None
-        except MirrorError as e:
-            raise IntegrityError(f"{lost}; fetching it again: {e}",
-                                 hint="run again: the tag is resolved anew") from None
+        return next((s for _, p in self.resolved() if (s := p.source_of(digest))), None)
 
     def slots(self, registry: str) -> asyncio.Semaphore:
         """The resolution slots of `registry`'s images: as many as the small requests it

@@ -26,7 +26,7 @@ from mirror.aio import bounded, cancel_all, gather_or_cancel, to_the_end
 from mirror.bundle.contents import bundle_layout, unloadable, write_plans
 from mirror.bundle.writer import Prehash, tar_size, unchanged
 from mirror.config import ImageSpec
-from mirror.errors import BudgetSpent, ManifestLost, MirrorError
+from mirror.errors import BudgetSpent, MirrorError
 from mirror.fetch import Fetcher
 from mirror.image import Image, ImageSet
 from mirror.manifest import Descriptor
@@ -295,15 +295,16 @@ class _Run(Planner):
                 self.in_layout = {i for i, _ in self.resolved()}
                 from mirror.bundle.assembler import Assembler  # a bundle to write: not a rerun's
 
-                while f.assembler is None:
-                    try:
-                        f.assembler = Assembler(
-                            opts.output, index_json=lay.index, inventory_json=lay.inventory,
-                            manifests=lay.manifests,
-                            blobs=[(b.digest, b.size) for b in lay.blobs],
-                            docker_json=lay.docker, volume_size=opts.volume_size)
-                    except ManifestLost as lost:  # the head could not read it back
-                        await self.found(lost)
+                output = opts.output
+
+                async def made() -> Assembler:  # its head reads the manifests back from the
+                    return Assembler(  # cache's store
+                        output, index_json=lay.index, inventory_json=lay.inventory,
+                        manifests=lay.manifests,
+                        blobs=[(b.digest, b.size) for b in lay.blobs],
+                        docker_json=lay.docker, volume_size=opts.volume_size)
+
+                f.assembler = await self.client.reading(made, self.source_of)
                 order = [b.digest for b in lay.blobs]
                 del lay
             try:
@@ -366,18 +367,22 @@ class _Run(Planner):
                                    stop=stop)
         else:
             return None, False
-        while True:
+        fut: asyncio.Future[tuple[str | None, bool]] | None = None
+
+        async def named() -> tuple[str | None, bool]:  # its head (written first) reads the
+            nonlocal fut  # manifests back from the store
             fut = loop.run_in_executor(IO_POOL, name)
-            try:
-                return await to_the_end(fut, stop.set)
-            except ManifestLost as lost:  # the head (written first) could not read it back
-                await self.found(lost)
-            except asyncio.CancelledError:
-                if fut.done() and not fut.cancelled() and fut.exception() is None:
-                    digest, same = fut.result()
-                    if digest is not None:  # renamed before it saw the stop: in place
-                        self.named = (digest, same)
-                raise
+            return await to_the_end(fut, stop.set)
+
+        try:
+            return await self.client.reading(named, self.source_of)
+        except asyncio.CancelledError:
+            if fut is not None and fut.done() and not fut.cancelled() and \
+                    fut.exception() is None:
+                digest, same = fut.result()
+                if digest is not None:  # renamed before it saw the stop: in place
+                    self.named = (digest, same)
+            raise
 
     def dry_run(self) -> PullResult:
         needed: dict[str, int] = {}  # each blob once, however many images share it

@@ -38,7 +38,6 @@ from mirror.errors import (
     AuthError,
     BudgetSpent,
     IncompleteBase,
-    ManifestLost,
     MirrorError,
     NotFound,
     RateLimited,
@@ -57,14 +56,11 @@ from mirror.pushplan import (
     over,
 )
 from mirror.referrers import Finder
-from mirror.registry.client import Client
+from mirror.registry.client import Client, SourceOf
 from mirror.registry.upload import CANCEL_WITHIN
 
 # the error for base blobs found nowhere: (their "digest (repository)", repositories looked in)
 Incomplete = Callable[[list[str], int], MirrorError]
-# a manifest lost in the cache's store (a sync's: planning released it there) fetched again
-# and stored, or the error that stops the push (mirror.planning.Planner.found)
-Found = Callable[[ManifestLost], Awaitable[None]]
 T = TypeVar("T")
 
 
@@ -72,14 +68,15 @@ async def push(client: Client, registry: str, images: list[PushImage], source: S
                result: PushResult, progress: Progress, *, absent: Mapping[str, str] | None = None,
                jobs: int = 4, dry_run: bool = False, merge: bool = False,
                elsewhere: Elsewhere | None = None, incomplete: Incomplete | None = None,
-               found: Found | None = None) -> PushResult:
+               source_of: SourceOf | None = None) -> PushResult:
     """Push `images` (referrers after the others) to `registry`. `absent`: digest -> why a
     blob the source does not carry is not needed from it ("foreign": never pushed; "base":
     must be at the target already). `result` is filled in as the push goes: after a failure it
     holds what was done. A push that fails or is stopped (Ctrl-C, SIGTERM: a cancellation)
-    first cancels the upload sessions it left open, within a few seconds. `found`: what
-    fetches again a manifest lost in the cache's store, whose bytes the push reads back."""
-    pusher = Pusher(client, registry, images, result, progress, jobs, merge, found)
+    first cancels the upload sessions it left open, within a few seconds. `source_of`: the
+    source registry and repository of a manifest of `images` (a sync's: planning released
+    them to the cache's store), where one lost there is fetched again as the push reads it."""
+    pusher = Pusher(client, registry, images, result, progress, jobs, merge, source_of)
     blobs = BlobPush(client, registry, source, result, progress, pusher.sem)
     try:
         await pusher.fallbacks.give_way(pusher.images)
@@ -127,10 +124,10 @@ class Pusher:
 
     def __init__(self, client: Client, registry: str, images: list[PushImage],
                  result: PushResult, progress: Progress, jobs: int,
-                 merge: bool, found: Found | None = None) -> None:
+                 merge: bool, source_of: SourceOf | None = None) -> None:
         self.client, self.reg, self.images = client, registry, images
         self.result, self.progress, self.merge = result, progress, merge
-        self.found = found
+        self.source_of = source_of
         self.jobs = jobs
         self.sem = asyncio.Semaphore(jobs)
         self.finder = Finder(client)
@@ -259,16 +256,10 @@ class Pusher:
 
     async def reading(self, act: Callable[[], Awaitable[T]]) -> T:
         """`act`, which reads manifests' bytes, again once one it read back from the cache's
-        store (a sync's: planning released it there) was lost there and `found` fetched it
-        again: the push goes on as if it had never been lost. Without `found` (nothing
-        released: a load) the loss stands."""
-        while True:
-            try:
-                return await act()
-            except ManifestLost as lost:
-                if self.found is None:
-                    raise
-                await self.found(lost)
+        store (a sync's: planning released it there) was lost there and fetched again from
+        its source (Client.reading): the push goes on as if it had never been lost. Without
+        `source_of` (nothing released: a load) the loss stands."""
+        return await self.client.reading(act, self.source_of or (lambda _: None))
 
     async def settle(self, within: float) -> None:
         """After the push stopped (as BlobPush.settle): each manifest PUT it stopped in

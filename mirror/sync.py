@@ -113,7 +113,7 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
             try:
                 await push(client, target.registry, done.images, source, done,
                            progress, absent=absent, jobs=opts.jobs, dry_run=opts.dry_run,
-                           merge=opts.merge, found=planner.found)
+                           merge=opts.merge, source_of=planner.source_of)
             except BudgetSpent as e:  # the target's rate limit: its images wait, as a source's
                 held = dict(planner.resolved())  # each for a blob of its own it could not read
                 for i in unfinished(planner.resolved(), target.registry, done):

@@ -6,20 +6,25 @@ manifest bytes in, raw manifest bytes out."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import aiohttp
 from multidict import CIMultiDictProxy
 
 from mirror import mediatypes as mt
 from mirror.digest import check_bytes
-from mirror.errors import IntegrityError, NotFound
+from mirror.errors import BudgetSpent, IntegrityError, ManifestLost, MirrorError, NotFound
 from mirror.manifest import MAX_MANIFEST_BYTES, Descriptor, RawManifest
 from mirror.registry.blobs import Blobs
 from mirror.registry.listing import Listings
 from mirror.registry.transport import Transport
 from mirror.registry.upload import Uploads
+
+T = TypeVar("T")
+# the registry and repository a manifest's digest can be fetched again from (None: none)
+SourceOf = Callable[[str], "tuple[str, str] | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +75,7 @@ class Client(Blobs, Listings, Uploads):
         # (registry, repo) -> its tags as a source's listing this run gave them (tag rules):
         # the referrers' questions are answered from it (mirror.referrers.Finder)
         self.listed: dict[tuple[str, str], list[str]] = {}
+        self._found_again: set[str] = set()  # manifests lost in the store, fetched again
 
     # -- manifests -------------------------------------------------------------------------
 
@@ -130,6 +136,35 @@ class Client(Blobs, Listings, Uploads):
         if self.manifests is None or not self.manifests.put(digest, data):
             raise IntegrityError(f"manifest {digest}: fetched again from {registry}/{repo}, "
                                  "but the cache's store of manifests cannot keep it")
+
+    async def found_again(self, lost: ManifestLost, source: tuple[str, str] | None) -> None:
+        """Manifest `lost`, which this run released to the store (RawManifest.release) and
+        could not read back (damaged or removed there since), fetched again by digest from
+        `source` (registry, repository) and stored again (store_again): its reader reads it
+        anew. Once a manifest per run; `lost` stands when there is no registry to ask. A
+        registry that cannot serve it: the one error naming the manifest, the damage and the
+        answer (integrity); one whose budget is spent: BudgetSpent (the next run gets it)."""
+        if source is None or lost.digest in self._found_again:
+            raise lost
+        self._found_again.add(lost.digest)
+        try:
+            await self.store_again(*source, lost.digest)
+        except BudgetSpent as e:  # the registry may be asked again next run: it waits (14)
+            raise BudgetSpent(f"{lost}; fetching it again: {e}", registry=e.registry,
+                              status=e.status) from None
+        except MirrorError as e:
+            raise IntegrityError(f"{lost}; fetching it again: {e}",
+                                 hint="run again: the tag is resolved anew") from None
+
+    async def reading(self, act: Callable[[], Awaitable[T]], source: SourceOf) -> T:
+        """`act`, which reads back manifests' bytes this run released to the store, again
+        once one was lost there and `found_again` fetched it from `source(digest)`: the run
+        goes on as if it had never been lost."""
+        while True:
+            try:
+                return await act()
+            except ManifestLost as lost:
+                await self.found_again(lost, source(lost.digest))
 
     async def _stored(self, store: ManifestStore, registry: str, repo: str, ref: str,
                       expected: Descriptor | None, where: str) -> RawManifest | None:
