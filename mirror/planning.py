@@ -235,8 +235,12 @@ class Planner:
                     f"{', '.join(plan.platforms) or 'none'} of the platforms asked for "
                     "(give this image the platforms it has with `platforms:` in its "
                     "images.yaml entry to say that is expected)")
-            convert_plan(plan, spec.settings.format, self.progress,
-                         rewrite_foreign=spec.settings.foreign_layers == "rewrite")
+
+            async def convert() -> None:  # it reads the manifests back from the store
+                convert_plan(plan, spec.settings.format, self.progress,
+                             rewrite_foreign=spec.settings.foreign_layers == "rewrite")
+
+            await self.client.reading(convert, plan.source_of)
             if spec.settings.referrers:  # `referrers: false` or --no-referrers
                 # its repository's tags (cosign's, the fallback's) are awaited without a
                 # slot: the first image of a repository lists it while the others' HEADs

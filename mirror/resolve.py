@@ -107,7 +107,12 @@ class _Resolver:
                     image.absorb(sub)
                     if sub.root.digest != sub.source_digest:
                         replaced[sub.source_digest] = sub.root
-        self._root(image, root, chosen_set, replaced)
+
+        async def made() -> None:  # the filtered index reads the source's back from the store
+            self._root(image, root, chosen_set, replaced)
+
+        ref = self.spec.reference
+        await self.client.reading(made, lambda _: (ref.registry, ref.repository))
         return image
 
     async def _choose(self, children: list[Descriptor]

@@ -28,15 +28,24 @@ from mirror.manifest import RawManifest
 from mirror.progress import NullProgress
 from mirror.reference import Reference
 from tests.support import imagegen as ig
+from tests.support.faultproxy import Fault
 from tests.support.oracle import (
     check_layout,
+    damaging,
+    error_line,
     file_sha256,
     mirror_ok,
     run_mirror,
     skopeo,
     skopeo_copy_ok,
 )
-from tests.support.pusher import get_manifest, push_blob, push_image, push_raw_manifest
+from tests.support.pusher import (
+    get_manifest,
+    push_blob,
+    push_image,
+    push_raw_manifest,
+    two_images,
+)
 
 # -- the seeds (../shared/seeds/000_2f22ff097b1b5472.txt), as quoted there -----------------
 
@@ -715,3 +724,44 @@ async def test_schema1_is_refused_and_leaves_nothing(tmp_path: Path, pinned: boo
     assert list((tmp_path / "cache").rglob("*.partial")) == []
     assert list((tmp_path / "cache" / "blobs" / "sha256").iterdir()) == []
     assert list((tmp_path / "cache" / "partial").iterdir()) == []
+
+
+@pytest.mark.parametrize("served", [True, False], ids=["served", "gone"])
+def test_a_manifest_damaged_in_the_cache_before_its_conversion_is_fetched_again(
+        src_registry, faultproxy, repo_name, rng, tmp_path: Path, served: bool) -> None:
+    """Planning converts (here to Docker) the manifest it stored and released in the cache's
+    store (RawManifest.release) once the image's config is read: damaged there meanwhile, the
+    image failed (exit 7, `no longer in the cache's store of manifests ... run again`). It is
+    fetched again by digest (checked, stored again), one more manifest GET in the report, and
+    the bundle is the one an undamaged run writes, byte for byte; a registry that no longer
+    serves it (404) stops the run with one line naming the manifest and the answer."""
+    proxy = faultproxy(src_registry.url)
+    img, refs = two_images(src_registry.url, proxy, repo_name, rng)
+    clean = tmp_path / "clean.tar"
+    mirror_ok("pull", *refs, "--format", "docker", "-o", clean, "--cache", tmp_path / "c0",
+              "--report", tmp_path / "clean.json")
+    if not served:
+        gone = proxy.add(Fault("status", method="GET", path=f"/manifests/{img.digest}",
+                               status=404, code="MANIFEST_UNKNOWN", times=None))
+    cache, out, report = tmp_path / "cache", tmp_path / "b.tar", tmp_path / "r.json"
+    stored = cache / "manifests" / "sha256" / img.digest.split(":", 1)[1]
+    proxy.reset_counters()
+    done = damaging(proxy, f"{repo_name}/b", stored, "pull", *refs, "--format", "docker",
+                    "-o", out, "--cache", cache, "--report", report,
+                    at=f"/v2/{repo_name}/a/blobs/{img.config.digest}$")
+    if not served:
+        assert done.returncode == 7, done.stderr
+        line = error_line(done)
+        assert img.digest in line and "no longer in the cache's store" in line, line
+        assert "404" in line and gone.hits == 1, line
+        assert "Traceback" not in done.stderr, done.stderr
+        assert not out.exists()
+        return
+    assert done.returncode == 0, done.stderr
+    gets = [p for p in proxy.paths("GET") if "/manifests/" in p]
+    assert f"/v2/{repo_name}/a/manifests/{img.digest}" in gets, gets
+    assert out.read_bytes() == clean.read_bytes()
+    assert stored.read_bytes() == img.manifest.data  # stored again, as served
+    asked = json.loads(report.read_text())["requests"][proxy.host]
+    before = json.loads((tmp_path / "clean.json").read_text())["requests"][proxy.host]
+    assert asked["manifest GET"] == before["manifest GET"] + 1, (asked, before)

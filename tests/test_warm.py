@@ -435,3 +435,36 @@ def test_a_damaged_manifest_the_registry_no_longer_serves_stops_the_run_cleanly(
     assert "Traceback" not in done.stderr, done.stderr
     assert not out.exists() and not list(tmp_path.glob("b.tar.*")), list(tmp_path.iterdir())
     assert not stored.exists()  # dropped: the next run asks for it again
+
+
+def test_a_source_index_damaged_in_the_cache_before_it_is_filtered_is_fetched_again(
+        src_registry, faultproxy, repo_name, rng, tmp_path):
+    """A pull of one platform of an index makes the filtered index from the source index's
+    bytes once the platform's manifest is in (mirror.resolve), read back from the cache's
+    store, where the GET left them (RawManifest.release): damaged there meanwhile, the image
+    failed (exit 7, `... run again`). The index is fetched again by digest (checked, stored
+    again), one more manifest GET in the report, and the bundle is the one an undamaged run
+    writes, byte for byte."""
+    proxy = faultproxy(src_registry.url)
+    index = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)], "oci")
+    push_image(src_registry.url, f"{repo_name}/a", index, tags=["1"])
+    push_image(src_registry.url, f"{repo_name}/b", ig.make_image(rng, ig.AMD64, "oci"),
+               tags=["1"])
+    refs = [f"{proxy.host}/{repo_name}/a:1", f"{proxy.host}/{repo_name}/b:1"]
+    args = ("--platform", "linux/amd64")
+    clean = tmp_path / "clean.tar"
+    mirror_ok("pull", *refs, *args, "-o", clean, "--cache", tmp_path / "c0",
+              "--report", tmp_path / "clean.json")
+    cache, out, report = tmp_path / "cache", tmp_path / "b.tar", tmp_path / "r.json"
+    stored = cache / "manifests" / "sha256" / index.digest.split(":", 1)[1]
+    proxy.reset_counters()
+    done = damaging(proxy, f"{repo_name}/b", stored, "pull", *refs, *args, "-o", out,
+                    "--cache", cache, "--report", report,
+                    at=f"/v2/{repo_name}/a/manifests/{index.images[0].digest}$")
+    assert done.returncode == 0, done.stderr
+    assert f"/v2/{repo_name}/a/manifests/{index.digest}" in manifest_requests(proxy, "GET")
+    assert out.read_bytes() == clean.read_bytes()
+    assert stored.read_bytes() == index.manifest.data  # stored again, as served
+    asked = json.loads(report.read_text())["requests"][proxy.host]
+    before = json.loads((tmp_path / "clean.json").read_text())["requests"][proxy.host]
+    assert asked["manifest GET"] == before["manifest GET"] + 1, (asked, before)

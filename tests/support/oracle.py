@@ -286,16 +286,19 @@ def stopped_mirror(when: Callable[[], bool], never: str, *args: object,
     return subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
 
 
-def damaging(proxy: Any, held: str, stored: Path, *args: object
+def damaging(proxy: Any, held: str, stored: Path, *args: object, at: str | None = None
              ) -> subprocess.CompletedProcess[str]:
     """`python -m mirror ARGS` (a run of two images through `proxy`, a
     tests.support.faultproxy.FaultProxy), the manifest GET of repository `held`'s tag 1
     held there until `stored`, a manifest in the cache's store that the run stored and
     released (RawManifest.release), has been damaged: after planning read it, before the
-    run reads it back (a pull's bundle head, a sync's PUT). Its exit code and output."""
+    run reads it back (a pull's bundle head, a sync's PUT). `at`: the path (a regex) of
+    the GET held instead, one the run sends between the two (an image's config before its
+    conversion reads the manifest, a platform's manifest before the filtered index is
+    made). Its exit code and output."""
     from .faultproxy import Fault
 
-    stall = proxy.add(Fault("stall", method="GET", path=rf"/v2/{held}/manifests/1$",
+    stall = proxy.add(Fault("stall", method="GET", path=at or rf"/v2/{held}/manifests/1$",
                             delay=3))
     proc = subprocess.Popen(mirror_cmd(*args), env=mirror_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
