@@ -131,10 +131,15 @@ class Times:
         return task
 
     async def _work_out(self, spec: ImageSpec, raw: RawManifest) -> datetime | None:
-        own = _annotated(raw.parsed)
+        ref = spec.reference
+
+        async def parsed() -> dict:  # read back from the cache's store, where its GET left it
+            return raw.parsed
+
+        own = _annotated(await self.client.reading(
+            parsed, lambda _: (ref.registry, ref.repository)))
         if own is not None:
             return own
-        ref = spec.reference
         if raw.is_index:
             entry = _platform_entry(spec, raw.children)
             if entry is None:

@@ -13,7 +13,7 @@ import pytest
 
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault
-from tests.support.oracle import error_line, mirror_ok, run_mirror
+from tests.support.oracle import damaged_on_read, error_line, mirror_ok, run_mirror
 from tests.support.pusher import push_image, push_raw_manifest
 
 TAGS = ["1.0.0", "1.2.0", "1.2.5", "1.3.0-rc.1", "1.4.1", "v1.5.0", "2.0.0", "2.1.0-beta.1",
@@ -758,3 +758,32 @@ def test_a_sync_without_a_cache_does_not_say_it_keeps_the_times(
     assert "candidate tags still to read" in proc.stderr, proc.stderr
     assert "is kept" not in proc.stderr and "goes on from there" not in proc.stderr, \
         proc.stderr
+
+
+def test_a_candidate_damaged_in_the_cache_as_order_created_reads_it_is_fetched_again(
+        src_registry, repo_name, rng, tmp_path):
+    """`order: created` reads a candidate's manifest back from the cache's store, where its
+    GET left it, for the time it names: damaged there meanwhile (tests.support.damage), the
+    rule failed (exit 7, `... run again`). It is fetched again by digest (checked, stored
+    again), one more manifest GET in the report, the rule chooses as an undamaged run does
+    and the bundle is that run's, byte for byte."""
+    digests = []
+    for day in (1, 2, 3):
+        img = ig.make_image(rng, ig.AMD64, "oci", created=f"2024-01-0{day}T00:00:00Z")
+        push_image(src_registry.url, repo_name, img, tags=[f"nightly-{day}"])
+        digests.append(img.digest)
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text(f"images:\n  - repository: {src_registry.host}/{repo_name}\n    tags:\n"
+                   "      - latest: 2\n        order: created\n")
+    mirror_ok("pull", "-f", cfg, "--no-referrers", "--report", tmp_path / "clean.json",
+              "--cache", tmp_path / "c0", "-o", tmp_path / "clean.tar")
+    done = damaged_on_read(digests[1], "pull", "-f", cfg, "--no-referrers", "--report",
+                           tmp_path / "r.json", "--cache", tmp_path / "cache", "-o",
+                           tmp_path / "b.tar")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "b.tar").read_bytes() == (tmp_path / "clean.tar").read_bytes()
+    doc, clean = (json.loads((tmp_path / n).read_text()) for n in ("r.json", "clean.json"))
+    assert doc["tag_rules"][0]["tags"] == clean["tag_rules"][0]["tags"] == \
+        ["nightly-2", "nightly-3"]
+    asked, before = (d["requests"][src_registry.host] for d in (doc, clean))
+    assert asked["manifest GET"] == before["manifest GET"] + 1, (asked, before)

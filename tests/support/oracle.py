@@ -316,6 +316,14 @@ def damaging(proxy: Any, held: str, stored: Path, *args: object, at: str | None 
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
+def damaged_on_read(digest: str, *args: object) -> subprocess.CompletedProcess[str]:
+    """`python -m mirror ARGS`, manifest `digest` damaged in the cache's store as the run
+    first reads it back after storing it (tests.support.damage): a read that follows its
+    GET with no request between. Its exit code and output."""
+    return run([sys.executable, "-m", "tests.support.damage", digest.split(":", 1)[1],
+                *(str(a) for a in args)], timeout=180, cwd=ROOT, env=mirror_env())
+
+
 @contextlib.contextmanager
 def downloading(proxy: Any, *args: object, finish: bool = True
                 ) -> Iterator[subprocess.Popen[str]]:
