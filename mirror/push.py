@@ -128,6 +128,9 @@ class Pusher:
         self.client, self.reg, self.images = client, registry, images
         self.result, self.progress, self.merge = result, progress, merge
         self.source_of = source_of
+        # digest -> the repository of the target a manifest the push read came from (what a
+        # tag held, a fallback index): kept in the cache's store as the source's are
+        self.theirs: dict[str, str] = {}
         self.jobs = jobs
         self.sem = asyncio.Semaphore(jobs)
         self.finder = Finder(client)
@@ -256,10 +259,18 @@ class Pusher:
 
     async def reading(self, act: Callable[[], Awaitable[T]]) -> T:
         """`act`, which reads manifests' bytes, again once one it read back from the cache's
-        store (a sync's: planning released it there) was lost there and fetched again from
-        its source (Client.reading): the push goes on as if it had never been lost. Without
-        `source_of` (nothing released: a load) the loss stands."""
-        return await self.client.reading(act, self.source_of or (lambda _: None))
+        store (a sync's: planning released it there; what the target held, read by this
+        push) was lost there and fetched again from where it came from (Client.reading):
+        the push goes on as if it had never been lost. A manifest from nowhere known
+        (nothing released: a load) stays lost."""
+        return await self.client.reading(act, self._source)
+
+    def _source(self, digest: str) -> tuple[str, str] | None:
+        """Where manifest `digest` the push reads can be fetched again: its source, else
+        the target it was read from; None: nowhere known."""
+        found = self.source_of(digest) if self.source_of is not None else None
+        repo = self.theirs.get(digest)
+        return found or (None if repo is None else (self.reg, repo))
 
     async def settle(self, within: float) -> None:
         """After the push stopped (as BlobPush.settle): each manifest PUT it stopped in
@@ -340,6 +351,7 @@ class Pusher:
             return img.root
         except RegistryError:
             return img.root  # no answer worth trusting: push, as before
+        self.theirs[old.digest] = img.repository
 
         async def put_over() -> tuple[RawManifest, str | None]:
             return over(img, old, merge, f"{self.reg}/{img.repository}:{img.tag}")

@@ -38,6 +38,8 @@ class Placed(Protocol):
     """What the push keeps of the manifests it places (mirror.push.Pusher)."""
 
     putting: Putting
+    # digest -> the target repository a manifest the push read there came from
+    theirs: dict[str, str]
 
     def count(self, repo: str, digest: str, *, pushed: bool) -> None:
         """The report's manifests_pushed or manifests_present, once per manifest."""
@@ -107,6 +109,8 @@ class Fallbacks:
         key = (repo, fallback_tag(subject))
         if key not in self.index:
             held = await held_fallback(self.client, self.reg, repo, subject)
+            if held is not None:  # what a lost copy is fetched again from (Pusher.reading)
+                self.placed.theirs[held.digest] = repo
             mistaken = held is not None and held.digest == self.gave_way.get((repo, subject))
             self.index[key] = None if mistaken else held
         held = self.index[key]

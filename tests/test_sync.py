@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault
 from tests.support.oracle import (
+    damaged_on_read,
     damaging,
     error_line,
     mirror_cmd,
@@ -34,10 +35,18 @@ from tests.support.pusher import (
     corrupt_list,
     get_blob,
     get_manifest,
+    push_blob,
     push_image,
+    push_raw_manifest,
     two_images,
 )
-from tests.support.referrers import push_sbom, push_signature
+from tests.support.referrers import (
+    fallback_index,
+    fallback_tag,
+    make_sbom,
+    push_sbom,
+    push_signature,
+)
 from tests.support.registry import Registry
 
 
@@ -744,3 +753,95 @@ async def test_a_foreign_layer_comes_from_its_urls_as_in_a_pull(
     mirror_ok("load", tmp_path / "b.tar", "--to", f"{dst_registry.host}/pl{u}", "-q")
     assert get_blob(dst_registry.url, f"fl{u}/{repo_name}", fi.foreign.digest) == fi.foreign.data
     assert state(dst_registry, f"fl{u}") == state(dst_registry, f"pl{u}")
+
+
+def _sync_twice(clean: str, damaged: str, digest: str, tmp_path: Path, *args: object
+                ) -> tuple[subprocess.CompletedProcess[str], dict, dict]:
+    """`mirror sync ARGS --to CLEAN` and, through another cache, `--to DAMAGED` with manifest
+    `digest` damaged in the cache's store as the run first reads it back
+    (tests.support.damage); the second run, and each run's report's requests by host."""
+    mirror_ok("sync", *args, "--to", clean, "--cache", tmp_path / "c0", "--report",
+              tmp_path / "clean.json", "-q")
+    done = damaged_on_read(digest, "sync", *args, "--to", damaged, "--cache",
+                           tmp_path / "cache", "--report", tmp_path / "r.json", "-q")
+    before = json.loads((tmp_path / "clean.json").read_text())["requests"]
+    after = json.loads((tmp_path / "r.json").read_text())["requests"] \
+        if done.returncode == 0 else {}
+    return done, before, after
+
+
+@pytest.mark.parametrize("served", [True, False], ids=["served", "gone"])
+def test_an_index_a_merge_read_from_the_target_damaged_in_the_cache_is_fetched_again(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path, served: bool) -> None:
+    """sync --merge reads the index the target's tag holds (a GET, kept in the cache's store
+    and read back as the merge is made): damaged there meanwhile, the run failed (exit 7,
+    `... run again`), the source never having had it. It is fetched again by digest from the
+    target (checked, stored again), one more manifest GET there, and the target holds what
+    an undamaged merge leaves: the same tags, manifests and blobs. A target that no longer
+    serves it (404) stops the run with one line naming the manifest and the answer, the tag
+    left as it was."""
+    u = repo_name[-8:]
+    proxy = faultproxy(dst_registry.url)
+    old = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)], "oci")
+    new = ig.make_index([ig.make_image(rng, ig.AMD64, "oci")], "oci")
+    push_image(src_registry.url, repo_name, new, ["1"])
+    for prefix in (f"m{u}", f"n{u}"):
+        push_image(dst_registry.url, f"{prefix}/{repo_name}", old, ["1"])
+    if not served:
+        gone = proxy.add(Fault("status", method="GET", path=f"/manifests/{old.digest}",
+                               status=404, code="MANIFEST_UNKNOWN", times=None))
+    done, before, after = _sync_twice(
+        f"{dst_registry.host}/m{u}", f"{proxy.host}/n{u}", old.digest, tmp_path,
+        f"{src_registry.host}/{repo_name}:1", "--merge")
+    body, _, _ = get_manifest(dst_registry.url, f"n{u}/{repo_name}", "1")
+    if not served:
+        assert done.returncode == 7, done.stderr
+        line = error_line(done)
+        assert old.digest in line and "no longer in the cache's store" in line, line
+        assert "404" in line and gone.hits == 1, line
+        assert "Traceback" not in done.stderr, done.stderr
+        assert body == old.manifest.data  # the tag left as it was
+        return
+    assert done.returncode == 0, done.stderr
+    assert state(dst_registry, f"n{u}") == state(dst_registry, f"m{u}")
+    assert ig.sha256_digest(body) not in (new.digest, old.digest), body  # merged
+    target = dst_registry.host
+    assert after[proxy.host]["manifest GET"] == before[target]["manifest GET"] + 1, \
+        (after, before)
+    assert after[src_registry.host] == before[src_registry.host]
+
+
+def test_a_fallback_index_read_from_the_target_damaged_in_the_cache_is_fetched_again(
+        src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """A sync of a signed image to a registry without the referrers API reads the subject's
+    fallback index (`sha256-<hex>`) the target holds, to add the image's SBOM to what it
+    lists: damaged in the cache's store as it is read back, it is fetched again from the
+    target, and the target holds what an undamaged sync leaves (the index listing both)."""
+    u = repo_name[-8:]
+    img = ig.make_image(rng, ig.AMD64, "oci")
+    push_image(src_registry.url, repo_name, img, ["1"])
+    push_sbom(src_registry.url, repo_name, img.manifest)
+    theirs, blobs = make_sbom(img.manifest)  # another SBOM, the target's own
+    doc = json.loads(theirs.data)
+    doc["annotations"] = {"org.opencontainers.image.created": "2026-02-02T00:00:00Z"}
+    theirs = ig.Blob(ig.dump_json(doc), theirs.media_type)
+    index = fallback_index([theirs])
+    for prefix in (f"f{u}", f"h{u}"):
+        repo = f"{prefix}/{repo_name}"
+        push_image(dst_registry.url, repo, img, ["1"])
+        for b in blobs:
+            push_blob(dst_registry.url, repo, b)
+        push_raw_manifest(dst_registry.url, repo, theirs.digest, theirs.data, theirs.media_type)
+        push_raw_manifest(dst_registry.url, repo, fallback_tag(img.digest), index,
+                          ig.OCI_INDEX)
+    done, before, after = _sync_twice(
+        f"{dst_registry.host}/f{u}", f"{dst_registry.host}/h{u}", ig.sha256_digest(index),
+        tmp_path, f"{src_registry.host}/{repo_name}:1")
+    assert done.returncode == 0, done.stderr
+    assert state(dst_registry, f"h{u}") == state(dst_registry, f"f{u}")
+    body, _, _ = get_manifest(dst_registry.url, f"h{u}/{repo_name}", fallback_tag(img.digest))
+    assert len(json.loads(body)["manifests"]) == 2, body
+    target = dst_registry.host
+    assert after[target]["manifest GET"] == before[target]["manifest GET"] + 1, (after, before)
