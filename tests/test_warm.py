@@ -13,7 +13,14 @@ import pytest
 from mirror.registry.ratelimit import SMALL_REQUESTS
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault
-from tests.support.oracle import damaging, error_line, mirror_ok, resolved
+from tests.support.oracle import (
+    damaging,
+    error_line,
+    lost_for_good,
+    manifest_gone,
+    mirror_ok,
+    resolved,
+)
 from tests.support.pusher import get_manifest, push_image, two_images
 from tests.support.referrers import push_sbom
 
@@ -423,16 +430,11 @@ def test_a_damaged_manifest_the_registry_no_longer_serves_stops_the_run_cleanly(
     (integrity, exit 7), writes no bundle and no .partial, and drops the entry."""
     proxy = faultproxy(src_registry.url)
     img, refs = two_images(src_registry.url, proxy, repo_name, rng)
-    gone = proxy.add(Fault("status", method="GET", path=f"/manifests/{img.digest}",
-                           status=404, code="MANIFEST_UNKNOWN", times=None))
+    gone = manifest_gone(proxy, img.digest)
     cache, out, report = tmp_path / "cache", tmp_path / "b.tar", tmp_path / "r.json"
     stored = cache / "manifests" / "sha256" / img.digest.split(":", 1)[1]
     done = _pull_damaging(proxy, *refs, f"{repo_name}/b", stored, out, cache, report)
-    assert done.returncode == 7, done.stderr
-    line = error_line(done)
-    assert img.digest in line and "no longer in the cache's store" in line, line
-    assert "404" in line and gone.hits == 1, line
-    assert "Traceback" not in done.stderr, done.stderr
+    lost_for_good(done, img.digest, gone)
     assert not out.exists() and not list(tmp_path.glob("b.tar.*")), list(tmp_path.iterdir())
     assert not stored.exists()  # dropped: the next run asks for it again
 

@@ -316,6 +316,26 @@ def damaging(proxy: Any, held: str, stored: Path, *args: object, at: str | None 
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
+def manifest_gone(proxy: Any, digest: str) -> Any:
+    """`proxy`'s every GET of manifest `digest` answered 404 (a registry that no longer
+    serves it): the fault, whose hits count them."""
+    from .faultproxy import Fault
+
+    return proxy.add(Fault("status", method="GET", path=f"/manifests/{digest}", status=404,
+                           code="MANIFEST_UNKNOWN", times=None))
+
+
+def lost_for_good(done: subprocess.CompletedProcess[str], digest: str, gone: Any) -> None:
+    """A run whose manifest `digest`, lost in the cache's store, was asked for again once and
+    not served (`gone`: manifest_gone's fault): exit 7 (integrity), the one error line naming
+    the manifest, the cache's damage and the 404, no traceback."""
+    assert done.returncode == 7, done.stderr
+    line = error_line(done)
+    assert digest in line and "no longer in the cache's store" in line, line
+    assert "404" in line and gone.hits == 1, line
+    assert "Traceback" not in done.stderr, done.stderr
+
+
 def damaged_on_read(digest: str, *args: object) -> subprocess.CompletedProcess[str]:
     """`python -m mirror ARGS`, manifest `digest` damaged in the cache's store as the run
     first reads it back after storing it (tests.support.damage): a read that follows its
