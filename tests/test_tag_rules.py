@@ -415,19 +415,26 @@ def test_a_run_stopped_at_its_tag_rules_reports_every_image(src_registry, repo_n
                    for e in doc["images"]), doc["images"]
 
 
+def _two_nightlies(registry, repo: str, rng, tmp_path, host: str, latest: int):
+    """Two images a month apart, tagged nightly-0 and nightly-1, and an images.yaml taking
+    the `latest` of them by creation time from `host`: (the images, the config's path)."""
+    imgs = [ig.make_image(rng, ig.AMD64, "oci", created=f"2024-0{n}-01T00:00:00Z")
+            for n in (1, 2)]
+    for n, img in enumerate(imgs):
+        push_image(registry.url, repo, img, tags=[f"nightly-{n}"])
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text(f"images:\n  - repository: {host}/{repo}\n    tags:\n"
+                   f"      - latest: {latest}\n        order: created\n")
+    return imgs, cfg
+
+
 def test_configs_order_created_read_count_as_fetched(src_registry, faultproxy, repo_name,
                                                      rng, tmp_path):
     """The configs `order: created` reads to rank the tags cross the network once, in the
     run, into the cache: a cold pull counts them as fetched (the report's blobs_fetched,
     bytes_fetched, and the image's own), not as found in the cache; a rerun reuses them."""
     proxy = faultproxy(src_registry.url)
-    imgs = [ig.make_image(rng, ig.AMD64, "oci", created=f"2024-0{n}-01T00:00:00Z")
-            for n in (1, 2)]
-    for n, img in enumerate(imgs):
-        push_image(src_registry.url, repo_name, img, tags=[f"nightly-{n}"])
-    cfg = tmp_path / "images.yaml"
-    cfg.write_text(f"images:\n  - repository: {proxy.host}/{repo_name}\n    tags:\n"
-                   "      - latest: 2\n        order: created\n")
+    imgs, cfg = _two_nightlies(src_registry, repo_name, rng, tmp_path, proxy.host, latest=2)
     rep = tmp_path / "r.json"
     pull = ("pull", "-f", cfg, "--cache", tmp_path / "cache", "-o", tmp_path / "b.tar",
             "--report", rep, "-q")
@@ -453,13 +460,8 @@ def test_a_config_order_created_cannot_keep_on_a_full_disk_leaves_no_temporary_f
     that, the config's write, which left its `.<hex>.<pid>.tmp` beside the blob). The run
     lock holds without its pid (the flock is the lock), the config's write fails naming its
     file and leaves no temporary file, and the next run, with room, gets through."""
-    imgs = [ig.make_image(rng, ig.AMD64, "oci", created=f"2024-0{n}-01T00:00:00Z")
-            for n in (1, 2)]
-    for n, img in enumerate(imgs):
-        push_image(src_registry.url, repo_name, img, tags=[f"nightly-{n}"])
-    cfg = tmp_path / "images.yaml"
-    cfg.write_text(f"images:\n  - repository: {src_registry.host}/{repo_name}\n    tags:\n"
-                   "      - latest: 1\n        order: created\n")
+    _, cfg = _two_nightlies(src_registry, repo_name, rng, tmp_path, src_registry.host,
+                            latest=1)
     cache = small_disk(256 << 10) / "cache"
     (cache / "blobs" / "sha256").mkdir(parents=True)
     (cache / "manifests").mkdir()
