@@ -5,7 +5,10 @@ the real registry and marked xfail(strict=True) until fixed: the reason names th
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -13,8 +16,9 @@ import pytest
 
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault
-from tests.support.oracle import mirror_ok, run_mirror
+from tests.support.oracle import mirror_env, mirror_ok, run_mirror
 from tests.support.pusher import push_image
+from tests.test_cron import _readme_nightly_script
 
 WAITING = 14
 
@@ -131,3 +135,30 @@ def test_bytes_said_kept_for_the_next_run_are_kept(src_registry, faultproxy, rep
     assert kept and json.loads((tmp_path / "r.json").read_text())["bytes_kept"] == kept[0], (
         kept, proc.stderr)
 
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "README's nightly.sh, a first night on which every image waits for the registry's budget "
+    "(exit 14): the pull writes no bundle and no images.lock, and the script's "
+    "`cp images.lock bundles/carried.lock` fails: 'cp: cannot stat'"))
+def test_the_readmes_nightly_script_on_a_first_night_that_waits_whole(src_registry, repo_name,
+                                                                      rng, tmp_path):
+    site = tmp_path / "site"
+    (site / "bundles").mkdir(parents=True)
+    (site / "nightly.sh").write_text(_readme_nightly_script().replace("/srv/mirror", str(site)))
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "mirror").write_text(f'#!/bin/sh\nexec {sys.executable} -m mirror "$@"\n')
+    (bin_ / "mirror").chmod(0o755)
+    push_image(src_registry.url, repo_name, ig.make_image(rng, ig.AMD64, fmt="oci"), tags=["1"])
+    (site / "images.yaml").write_text(
+        f"version: 1\nregistries:\n  {src_registry.host}:\n    max_requests_per_run: 2\n"
+        f"images:\n  - {src_registry.host}/{repo_name}:1\n")
+    env = {**mirror_env(), "PATH": f"{bin_}:{os.environ['PATH']}",
+           "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    r = subprocess.run(["sh", str(site / "nightly.sh")], env=env, capture_output=True,
+                       text=True, timeout=180)
+    assert r.returncode == WAITING, r.stderr
+    report = json.loads((site / "bundles" / "report.json").read_text())
+    assert report["waiting"] == [f"{src_registry.host}/{repo_name}:1"], report
+    assert "cannot stat" not in r.stderr, r.stderr
