@@ -61,7 +61,6 @@ Reader = Callable[[Descriptor, int], AsyncIterator[bytes]]  # a blob's bytes fro
 Elsewhere = Callable[[dict[str, Descriptor], list[str]], Awaitable[tuple[dict[str, str], int]]]
 
 
-
 class BlobPush:
     """The blobs of one push, asked about and transferred: counted in `result`, advanced on
     `progress`."""

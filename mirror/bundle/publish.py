@@ -67,7 +67,6 @@ def publish(tmp: Path, out: Path, hexdigest: str, volume_size: int | None,
     return True
 
 
-
 def _sums(parts: tuple[Part, ...] | list[Part]) -> bytes:
     return "".join(f"{p.sha256}  {p.path.name}\n" for p in parts).encode()
 
@@ -114,7 +113,6 @@ def _remove(old: VolumeSet, keep: set[str]) -> None:
         for extra in (old.sidecar, old.base.with_name(old.base.name + PARTS_SUMS)):
             with contextlib.suppress(FileNotFoundError):
                 extra.unlink()
-
 
 
 def _remove_strays(out: Path, keep: set[str]) -> None:

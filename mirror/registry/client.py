@@ -34,8 +34,6 @@ class ManifestHead:
     size: int | None
 
 
-
-
 class ManifestStore(Protocol):
     """Where manifests seen once are kept (mirror.store.manifests, the cache's): by digest,
     verified on read, and what each tag named when last asked."""

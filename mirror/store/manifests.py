@@ -33,7 +33,6 @@ from mirror.mediatypes import MANIFEST_TYPES
 _SHA256 = re.compile(r"sha256:[a-f0-9]{64}")
 
 
-
 class ManifestStore:
     """Paths are joined as strings: a warm rerun reads three records per image, and
     pathlib's joins were a tenth of its time."""
