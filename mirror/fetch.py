@@ -171,10 +171,11 @@ class Fetcher:
                     attempt = 0  # progress was made: a flaky link, not a dead one
                 attempt += 1
                 if attempt >= t.policy.tries:
+                    kept = sink.resumable_of(sink.offset)  # what closing the sink keeps
                     raise RegistryError(
-                        f"{where}: {e.why} after {attempt} tries ({sink.offset} of "
-                        f"{desc.size} bytes kept for the next run)", registry=registry,
-                        repository=repository) from None
+                        f"{where}: {e.why} after {attempt} tries" + (
+                            f" ({kept} of {desc.size} bytes kept for the next run)" if kept
+                            else ""), registry=registry, repository=repository) from None
                 await t.backoff("GET", url, e.why, attempt)
                 continue
             except IntegrityError:

@@ -607,6 +607,40 @@ def test_a_failed_download_reports_the_bytes_it_kept(src_registry, image, recpro
     assert_exact(tmp_path / "out.tar", img)
 
 
+@pytest.mark.parametrize("size,cut", [(3000, 1000), (20_000, 5000)],
+                         ids=["under-a-block", "blocks"])
+def test_bytes_said_kept_for_the_next_run_are_kept(src_registry, recproxy, repo_name: str,
+                                                   rng: random.Random, tmp_path: Path,
+                                                   size: int, cut: int) -> None:
+    """A download broken off after each try (`cut` bytes a try, two tries): its error line
+    says how many bytes are kept for the next run, and they are the partial file, the
+    report's bytes_kept and where the next run's Range starts (a resume starts at a block
+    boundary). Under one 4 KiB block nothing is kept, and the line says nothing of it: it
+    said '(2000 of 3193 bytes kept for the next run)' while the partial file was removed
+    and bytes_kept was 0, and '(10000 of 20220 ...)' where the next run asked from 8192."""
+    layer = ig.make_layer(rng, size)  # random bytes: gzip makes them ~200 bytes more
+    img = ig.make_image(rng, ig.AMD64, "oci", layers=[layer])
+    push_image(src_registry.url, repo_name, img, ["1"])
+    proxy: RecordingProxy = recproxy(src_registry.url)
+    proxy.add(Fault("reset_after", method="GET", path=layer.digest, offset=cut, times=None))
+    proc = pull(tmp_path, f"{proxy.host}/{repo_name}:1", "--retries", "1")
+    assert proc.returncode == EXIT["registry"], proc.stderr
+    line = error_line(proc)
+    said = re.search(r"\((\d+) of (\d+) bytes kept for the next run\)", line)
+    partial = partial_file(tmp_path / "cache", layer.digest)
+    kept = partial.stat().st_size if partial.exists() else 0
+    assert (int(said[1]) if said else 0) == kept == align_down(2 * cut), (line, kept)
+    assert said is None or int(said[2]) == layer.size, line
+    assert json.loads((tmp_path / "report.json").read_text())["bytes_kept"] == kept
+
+    proxy.clear_faults()
+    proxy.reset_counters()
+    ok(pull(tmp_path, f"{proxy.host}/{repo_name}:1"))
+    assert_exact(tmp_path / "out.tar", img)
+    [get] = proxy.seen("GET", layer.digest)[-1:]
+    assert get.headers.get("Range") == (f"bytes={kept}-" if kept else None), get.headers
+
+
 async def _stopped_in_commit(registry: Registry, repo: str, blob: ig.Layer, store,
                              held: threading.Event, go_on: threading.Event,
                              cancels: int = 1):

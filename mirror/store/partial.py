@@ -211,19 +211,24 @@ class PartialBlob:
         return dest
 
     def _resumable(self) -> int:
-        """The bytes of the partial file a run resumes from (`open`): all of them when
-        they are the whole blob, else up to a block boundary."""
+        """The bytes of the partial file a run resumes from (`open`)."""
         try:
-            have = min(self.path.stat().st_size, self.size)
+            return self.resumable_of(self.path.stat().st_size)
         except FileNotFoundError:
             return 0
+
+    def resumable_of(self, have: int) -> int:
+        """Of `have` bytes of the blob, those a run resumes from: all of them when they are
+        the whole blob, else up to a block boundary (what `close` keeps)."""
+        have = min(have, self.size)
         return have if have == self.size else align_down(have)
 
     def close(self) -> None:
-        """Keep what we have for the next run (interrupted or failed download), if a run
-        can resume it: a file with less than a block (empty: the disk was full at its first
-        write, or the download stopped before it) is removed. The run holds the cache's
-        lock (mirror.store.lock), so no other run is writing it."""
+        """Keep what we have for the next run (interrupted or failed download), as much of
+        it as a run resumes from: the file is cut to its last whole block, and a file with
+        less than a block (empty: the disk was full at its first write, or the download
+        stopped before it) is removed. The run holds the cache's lock (mirror.store.lock),
+        so no other run is writing it."""
         self._pending.join()
         if self._file is not None:
             if self._buf:
@@ -234,8 +239,21 @@ class PartialBlob:
                 self._file.close()  # may fail: a full disk, the last bytes do not fit
             finally:
                 self._file = None
-                if not self.committed and not self._resumable():
-                    self.path.unlink(missing_ok=True)
+                if not self.committed:
+                    self._cut_to_resumable()
+
+    def _cut_to_resumable(self) -> None:
+        """The file as a run resumes it, so that what the report and the error line say
+        is kept is the file's size."""
+        try:
+            have = self.path.stat().st_size
+        except FileNotFoundError:
+            return
+        keep = self.resumable_of(have)
+        if not keep:
+            self.path.unlink(missing_ok=True)
+        elif keep < have:
+            os.truncate(self.path, keep)
 
     def discard(self) -> None:
         self.close()
