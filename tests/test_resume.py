@@ -360,6 +360,42 @@ def test_signal_mid_blob_exits_130_or_143_names_nothing_then_resumes(
     assert get.headers["Range"] == f"bytes={kept - kept % ALIGN}-" and get.status == 206
 
 
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["sigint-130", "sigterm-143"])
+def test_a_stop_keeps_what_arrived_of_a_small_blob(src_registry: Registry, recproxy,
+                                                   repo_name: str, rng: random.Random,
+                                                   tmp_path: Path, sig: signal.Signals,
+                                                   code: int) -> None:
+    """A 200 kB layer (writes are handed to the disk in batches of 1 MiB) stopped most of
+    the way down: what arrived is kept to its last whole 4 KiB block (the report's
+    bytes_kept), and the next run asks for the rest only. The batch was dropped on a stop,
+    so no partial file was left and the next run fetched the blob again whole."""
+    layer = ig.make_layer(rng, 200_000, compressed=False)
+    img = ig.make_image(rng, ig.AMD64, "oci", layers=[layer])
+    push_image(src_registry.url, repo_name, img, ["v1"])
+    proxy: RecordingProxy = recproxy(src_registry.url)
+    proxy.add(Fault("slow", method="GET", path=layer.digest, chunk=16 << 10, delay=0.1,
+                    times=1))
+    cache, report = tmp_path / "cache", tmp_path / "stop.json"
+    path, ref = blob_path(repo_name, layer.digest), f"{proxy.host}/{repo_name}:v1"
+    proc = stopped_mirror(lambda: proxy.bytes_by_path.get(path, 0) >= 150_000,
+                          "the download did not get going", "pull", ref, "-o",
+                          tmp_path / "out.tar", "--cache", cache, "-q", "--report", report,
+                          sig=sig, after=0.05)
+    doc = report_of_stop(proc, report, sig, code)
+    partial = partial_file(cache, layer.digest)
+    assert partial.exists(), "nothing of the 200 kB layer kept"
+    kept = partial.stat().st_size
+    assert kept % ALIGN == 0 and align_down(150_000) <= kept < layer.size, kept
+    assert doc["bytes_kept"] == kept, doc
+
+    proxy.reset_counters()
+    ok(pull(tmp_path, ref))
+    assert_exact(tmp_path / "out.tar", img)
+    [get] = proxy.seen("GET", layer.digest)[-1:]
+    assert get.headers.get("Range") == f"bytes={kept}-" and get.status == 206, get.headers
+
+
 def _done_and_hung(src_registry: Registry, faultproxy, repo_name: str, rng: random.Random,
                    tmp_path: Path) -> tuple[list, list[str], Any, list[str], list]:
     """Two images (`repo/done`, `repo/hung`: the one a test's proxy will hold) pulled once

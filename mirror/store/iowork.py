@@ -65,6 +65,7 @@ class Batches:
         self._batches: deque[_Batch] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.failed = False  # a job raised: what the queues wrote after it is not in order
 
     def start(self, jobs: int) -> _Batch:
         batch = _Batch(jobs)
@@ -78,6 +79,7 @@ class Batches:
             fn(*args)
         except BaseException as e:  # raised where the batch is waited for
             batch.error = batch.error or e
+            self.failed = True
         finally:
             with self._cv:
                 batch.left -= 1

@@ -11,6 +11,7 @@ them, so one damaged by a crash is caught and fetched again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -223,18 +224,20 @@ class PartialBlob:
         have = min(have, self.size)
         return have if have == self.size else align_down(have)
 
-    def close(self) -> None:
+    def close(self, keep: bool = True) -> None:
         """Keep what we have for the next run (interrupted or failed download), as much of
-        it as a run resumes from: the file is cut to its last whole block, and a file with
-        less than a block (empty: the disk was full at its first write, or the download
-        stopped before it) is removed. The run holds the cache's lock (mirror.store.lock),
-        so no other run is writing it."""
+        it as a run resumes from: the bytes received and not handed to the workers yet (a
+        download stopped: Ctrl-C, SIGTERM, another blob's error) written after the others,
+        the file cut to its last whole block, and a file with less than a block (empty: the
+        disk was full at its first write, or the download stopped before it) removed. The
+        run holds the cache's lock (mirror.store.lock), so no other run is writing it."""
         self._pending.join()
         if self._file is not None:
             if self._buf:
-                # bytes received but not yet written: drop them, the file stays consistent
-                self._buf.clear()
-                self._buffered = 0
+                chunks, self._buf, self._buffered = self._buf, [], 0
+                if keep and not self._pending.failed:  # else the file has a gap: drop them
+                    with contextlib.suppress(OSError):  # a full disk: those are not kept
+                        self._store(chunks)
             try:
                 self._file.close()  # may fail: a full disk, the last bytes do not fit
             finally:
@@ -256,7 +259,7 @@ class PartialBlob:
             os.truncate(self.path, keep)
 
     def discard(self) -> None:
-        self.close()
+        self.close(keep=False)
         self.path.unlink(missing_ok=True)
         if self.tee is not None:
             self.tee.rewound()
