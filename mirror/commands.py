@@ -328,5 +328,9 @@ def push_summary(result) -> str:
 
 
 def print_pushed(result) -> None:
+    """The images loaded (or synced), each by its tag or, with none, its digest; not the
+    signatures, SBOMs and attestations pushed with them, whatever their kind."""
+    referrers = set(result.referrer_tags)
     for ref in [*result.tags, *result.untagged, *result.pinned]:  # tag or digest
-        print(ref)
+        if ref not in referrers:
+            print(ref)

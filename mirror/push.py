@@ -325,6 +325,8 @@ class Pusher:
             return
         if img.tag is not None:
             self.result.tags.append(f"{self.reg}/{img.repository}:{img.tag}")
+            if img.referrer_of is not None:
+                self.result.referrer_tags.append(self.result.tags[-1])
             self.progress.info(f"{img.name} -> {self.reg}/{img.repository}:{img.tag} "
                                f"{m.digest}")
         elif img.referrer_of is None and not img.unnamed:  # pinned by digest: named

@@ -61,6 +61,9 @@ class PushResult:
     manifests_pushed: int = 0
     manifests_present: int = 0
     tags: list[str] = field(default_factory=list)
+    # of `tags`, the referrers' (cosign's `.sig`, `.att`, `.sbom`): not images loaded, so
+    # not printed, as the referrers with a subject (by digest, their fallback index) are not
+    referrer_tags: list[str] = field(default_factory=list)
     untagged: list[str] = field(default_factory=list)  # HOST/REPO@DIGEST of unnamed entries
     dry_run: list[str] = field(default_factory=list)
     started: bool = False  # the target answered what it holds: the counts mean something

@@ -378,6 +378,29 @@ def test_a_second_load_pushes_no_referrer(src_registry, dst_registry, faultproxy
     assert [e["digest"] for e in json.loads(fb)["manifests"]] == [sbom.digest]
 
 
+def test_load_and_sync_print_the_images_not_their_referrers(src_registry, dst_registry,
+                                                           repo_name, rng, tmp_path):
+    """stdout, which a script reads, lists the images loaded (or synced), one reference a
+    line; their signatures, SBOMs and attestations are pushed with them and are not images
+    loaded, whatever their kind. The cosign signature's `.sig` tag was printed as an image,
+    where the SBOM (a referrer with a subject, and its `sha256-<hex>` fallback index) was
+    not."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    index, imgs, sig, tag, sbom = seed(src_registry.url, repo_name, rng, key)
+    ref = f"{src_registry.host}/{repo_name}:1.0"
+    bundle = tmp_path / "b.tar"
+    mirror_ok("pull", ref, "-o", bundle, "--cache", tmp_path / "c", "-q")
+    report = tmp_path / "load.json"
+    load = mirror_ok("load", bundle, "--to", f"{dst_registry.host}/l", "--report", report)
+    assert load.stdout.splitlines() == [f"{dst_registry.host}/l/{repo_name}:1.0"], load.stdout
+    assert get_manifest(dst_registry.url, f"l/{repo_name}", tag)[0] == sig.data  # pushed all
+    assert get_manifest(dst_registry.url, f"l/{repo_name}", sbom.digest)[0] == sbom.data
+    assert f"{dst_registry.host}/l/{repo_name}:{tag}" in json.loads(report.read_text())["tags"]
+    sync = mirror_ok("sync", ref, "--to", f"{dst_registry.host}/s")
+    assert sync.stdout.splitlines() == [f"{dst_registry.host}/s/{repo_name}:1.0"], sync.stdout
+    assert get_manifest(dst_registry.url, f"s/{repo_name}", tag)[0] == sig.data
+
+
 # -- --referrer-type: kinds --------------------------------------------------------------------
 
 NOTATION_CONFIG = "application/vnd.cncf.notary.signature"
