@@ -72,7 +72,9 @@ class Planner:
         self.plans: list[Image | None] = [None] * len(specs)
         self.first_error: MirrorError | None = None
         self.unfinished: dict[int, Image] = {}  # failed after planning, or still going
-        self.t0 = time.monotonic()
+        # image -> when its resolution began: its `seconds` are its own (from there to its
+        # last blob in hand), not the run's, which another registry's waits lengthen
+        self.began: dict[int, float] = {}
 
     def config(self, i: int, registry: str, repo: str, desc: Descriptor) -> Awaitable[bytes]:
         return self.client.get_small_blob(registry, repo, desc.digest)
@@ -127,6 +129,7 @@ class Planner:
         self.retry_counts = [self.retry_counts[i] for i in order]
         self.plans = [self.plans[i] for i in order]
         self.unfinished = {at[i]: p for i, p in self.unfinished.items()}
+        self.began = {at[i]: t for i, t in self.began.items()}
         self.renumbered(at)
 
     async def _lanes(self, ids: list[int]) -> None:
@@ -184,6 +187,12 @@ class Planner:
         else:
             self.progress.warn(f"{ref}: failed: {msg}")
 
+    def took(self, i: int, until: float | None = None) -> float:
+        """Image `i`'s seconds from the start of its resolution to `until` (now); 0 for
+        one that never began (it failed waiting for its turn)."""
+        began = self.began.get(i)
+        return 0.0 if began is None else round((until or time.monotonic()) - began, 3)
+
     def resolved(self) -> list[tuple[int, Image]]:
         return resolved(self.plans)
 
@@ -225,6 +234,7 @@ class Planner:
         slots = self.slots(spec.reference.registry)
         try:
             async with slots:
+                self.began[i] = time.monotonic()
                 plan = await resolve(self.client, spec,
                                      lambda r, p, d: self.config(i, r, p, d),
                                      self.opts.referrer_types)
@@ -258,7 +268,7 @@ class Planner:
             self.failed(i, e)
             return
         finally:
-            res.seconds = round(time.monotonic() - self.t0, 3)
+            res.seconds = self.took(i)
         for key, value in report_fields(plan).items():  # the lock file's entry too
             setattr(res, key, value)
         self.plans[i] = plan

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import time
 from collections import deque
 
 from mirror.fetch import Fetcher
@@ -28,6 +29,9 @@ class Prefetch:
         self.queues: dict[str, deque[Job]] = {}  # registry -> blobs not started yet
         self.running: dict[str, int] = {}
         self.on = False
+        # digest -> when its download ended, in the cache before the bundle is laid out:
+        # its images' `seconds` end there, not when it is copied into the bundle
+        self.in_hand: dict[str, float] = {}
 
     def add(self, registry: str, repo: str, blobs: list[Descriptor], owner: int,
             context: contextvars.Context) -> None:
@@ -36,6 +40,16 @@ class Prefetch:
         queue.extend((repo, d, owner, context) for d in blobs
                      if d.digest not in self.fetcher.done)
         self._pump(registry)
+
+    def placing(self, digest: str) -> None:
+        """The run's fetching places `digest` in the bundle: fetched already, it was in hand
+        when its download started here ended, else (0) during a resolution (a config)."""
+        if digest in self.fetcher.done:
+            self.in_hand.setdefault(digest, 0.0)
+
+    def in_hand_at(self, digest: str, now: float) -> float:
+        """When `digest`, placed `now`, was in hand (0: during a resolution)."""
+        return self.in_hand.pop(digest, now)
 
     def renumbered(self, at: dict[int, int]) -> None:
         """The run's images were put in their order (mirror.planning.Planner.settle)."""
@@ -57,10 +71,10 @@ class Prefetch:
             if fut.done():
                 continue
             self.running[registry] = self.running.get(registry, 0) + 1
-            fut.add_done_callback(functools.partial(self._ended, registry))
+            fut.add_done_callback(functools.partial(self._ended, registry, desc.digest))
 
-    def _ended(self, registry: str, fut: asyncio.Future[bool]) -> None:
+    def _ended(self, registry: str, digest: str, fut: asyncio.Future[bool]) -> None:
         self.running[registry] -= 1
-        if not fut.cancelled():
-            fut.exception()  # seen; the run's fetching asks again and reports it
+        if not fut.cancelled() and fut.exception() is None:  # else seen; the run's
+            self.in_hand[digest] = time.monotonic()            # fetching asks again
         self._pump(registry)

@@ -88,6 +88,7 @@ class _Run(Planner):
         self.promised: set[str] = set()  # blobs a registry's budget promised requests to
         self.in_layout: set[int] = set()  # the images the assembling bundle was laid out for
         self.accounted: set[int] = set()  # images whose bytes are counted (_account)
+        self.last: dict[int, float] = {}  # image -> when the last of its blobs came in so far
         # digest -> size of each blob found in the cache: the run's bytes_reused counts a
         # blob shared by several images once (each image's own figure counts all it needs)
         self.reused: dict[str, int] = {}
@@ -164,14 +165,17 @@ class _Run(Planner):
             e = task.exception()
             if e is not None and not isinstance(e, MirrorError):
                 raise e
+            now = time.monotonic()
+            at = self.prefetch.in_hand_at(digest, now)
             for i in _all(users.pop(digest)):
                 plan = self.plans[i]
                 if plan is None:
                     continue
                 if e is not None:
-                    self.results[i].seconds = round(time.monotonic() - self.t0, 3)
+                    self.results[i].seconds = self.took(i, now)
                     self.failed(i, e)  # raises unless keep_going
                     continue
+                self.came_in(i, at)
                 left[i] -= 1
                 if not left[i]:
                     self.fetched_all(i, plan)
@@ -180,6 +184,7 @@ class _Run(Planner):
             if not any(self.plans[i] is not None for i in _all(users[digest])):
                 users.pop(digest)  # only failed images wanted it (--keep-going)
                 return None
+            self.prefetch.placing(digest)
             i = _first(users[digest])
             d = (self.plans[i] or self.unfinished[i]).blobs[digest]  # failed: unfinished
             ref = self.specs[i].reference
@@ -240,8 +245,18 @@ class _Run(Planner):
             self.prefetch.add(ref.registry, ref.repository, self.need(plan), i,
                               self.context(i))
 
+    def came_in(self, i: int, at: float) -> None:
+        """One of image `i`'s blobs in hand at `at` (0: during a resolution, which its
+        seconds cover already)."""
+        if at:
+            self.last[i] = max(self.last.get(i, at), at)
+
     def fetched_all(self, i: int, plan: Image) -> None:
-        self.results[i].seconds = round(time.monotonic() - self.t0, 3)
+        """Image `i`'s blobs are all in the bundle: its seconds end at the last one in hand
+        (or, with none to fetch, where its resolution did)."""
+        last = self.last.pop(i, None)
+        if last is not None:
+            self.results[i].seconds = self.took(i, last)
         self.account(i, plan)
         self.progress.info(summary_line(self.specs[i], plan, self.results[i]))
 

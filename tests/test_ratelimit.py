@@ -808,7 +808,10 @@ def test_a_429_storm_on_one_registrys_manifests_does_not_hold_anothers_downloads
     while A's images wait to be resolved, the blobs of B's images, resolved already, are
     downloaded (into the cache), each once, all before A's storm ends, instead of waiting for
     every image to be planned; the bundle is still exactly right (skopeo copies an image of
-    each registry out of it) and the report counts every blob as fetched, none reused."""
+    each registry out of it) and the report counts every blob as fetched, none reused. Each
+    image's `seconds` are its own, from its resolution to its last blob in hand: B's within
+    the span of B's requests (they were the storm's length, B's images being accounted once
+    the bundle was laid out after it), A's the 3 s its resolution waited and more."""
     seed(src_registry, f"{repo_name}/a", rng, n=3, layers=2)
     on_b = seed(src_registry, f"{repo_name}/b", rng, n=3, layers=2)
     a, b = proxies(), proxies()
@@ -828,6 +831,11 @@ def test_a_429_storm_on_one_registrys_manifests_does_not_hold_anothers_downloads
     doc = report_of(rep)
     assert (doc["blobs_fetched"], doc["blobs_reused"], doc["bytes_reused"]) == (18, 0, 0), doc
     assert doc["bytes_fetched"] == sum(x["bytes_fetched"] for x in doc["images"]) > 0
+    on_b_at = [t for span in b.spans for t in span[:2]]
+    b_took = max(on_b_at) - min(on_b_at)  # B's requests, from the first to the last
+    assert all(x["seconds"] <= b_took + 0.5 for x in doc["images"][3:]), \
+        ([x["seconds"] for x in doc["images"]], b_took)
+    assert all(x["seconds"] >= 2.5 for x in doc["images"][:3]), doc["images"]
 
 
 def most_at_once(spans: list[tuple[float, float]]) -> int:
