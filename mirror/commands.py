@@ -216,7 +216,8 @@ def traffic(transport) -> dict:
             "rate_limit": transport.rate_limit_report()}
 
 
-def starved(transport, specs, progress, images=None, kept: bool = True) -> None:
+def starved(transport, specs, progress, images=None, kept: bool = True,
+            carried: bool | None = None) -> None:
     """A registry whose max_requests_per_run went before any blob could be fetched, or whose
     first image's blobs need more than a run with nothing new to resolve leaves them: its
     images would wait every night, never getting further. One warning naming it, what the
@@ -225,10 +226,12 @@ def starved(transport, specs, progress, images=None, kept: bool = True) -> None:
     (`images`, the run's results, tell), what it spent scaled to all its images). A tag
     rule's candidates' times a run read are `kept` in the cache (none without one: a sync
     without --cache), and the next run asks only the rest (mirror.created): then, if this
-    one read any, it gets further, which the warning says."""
+    one read any, it gets further, which the warning says. `carried`: whether the run
+    brought anything new (a sync without --cache, whose configs are blob GETs of every
+    run: pushed anything); None: a blob GET of the registry says so."""
     waiting = set(waiting_images(images or []))
     for reg, lim in sorted(transport.limits.items()):
-        if lim.budget is None or lim.counts.get("blob GET"):
+        if lim.budget is None or (lim.counts.get("blob GET") if carried is None else carried):
             continue
         n = sum(1 for s in specs if s.reference.registry == reg)
         if not n:
@@ -243,7 +246,8 @@ def starved(transport, specs, progress, images=None, kept: bool = True) -> None:
                           f"({went}) before {left} of its {n} image(s) could be asked for, "
                           f"with nothing new to fetch: a run needs about {need} requests "
                           f"(what this one spent on {n - left} image(s), scaled to {n}); "
-                          "raise it, or the same images wait every run")
+                          f"raise it{'' if kept else ', or give it a --cache'}, or the same "
+                          "images wait every run")
         elif lim.made >= lim.budget:
             # a tag rule cut short in its candidates' times: a request each, at least
             unasked = sum(getattr(s.failed, "unasked", 0) for s in specs
@@ -260,12 +264,17 @@ def starved(transport, specs, progress, images=None, kept: bool = True) -> None:
                           f"image could be fetched ({went}): a run of these {n} image(s) "
                           f"needs at least {lim.made + unasked + n} requests (what this "
                           f"one spent resolving them{also}, and a blob GET each){then}")
-        elif lim.refused is not None and not lim.counts.get("manifest GET"):
-            # every manifest came from the cache: the next run resolves at the same cost
+        elif lim.refused is not None and (not kept or not lim.counts.get("manifest GET")):
+            # every manifest came from the cache, or (a sync without --cache: nothing kept,
+            # no blob fetched) those its targets hold were resolved again: the next run
+            # resolves at the same cost
+            what = "with nothing new to resolve" if kept else \
+                "the images its targets hold resolved again (no --cache keeps them)"
+            also = "" if kept else ", or give it a --cache"
             progress.warn(f"{reg}: max_requests_per_run: {lim.budget} leaves the first image "
                           f"that waits too few requests for its {lim.refused} blob(s) after "
-                          f"resolving ({went}), with nothing new to resolve: a run needs at "
-                          f"least {lim.made + lim.refused} requests; raise it, or the same "
+                          f"resolving ({went}), {what}: a run needs at least "
+                          f"{lim.made + lim.refused} requests; raise it{also}, or the same "
                           "images wait every run")
 
 

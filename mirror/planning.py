@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Protocol
 
 from mirror.aio import bounded, cancel_all, gather_or_cancel
@@ -43,6 +43,8 @@ class PlanOptions(Protocol):
     def keep_going(self) -> bool: ...
     @property
     def referrer_types(self) -> tuple[str, ...]: ...
+    @property
+    def dry_run(self) -> bool: ...
 
 
 class Planner:
@@ -75,6 +77,9 @@ class Planner:
         # image -> when its resolution began: its `seconds` are its own (from there to its
         # last blob in hand), not the run's, which another registry's waits lengthen
         self.began: dict[int, float] = {}
+        # the blob requests a registry's budget promised to the images admitted (`admit`)
+        self.promised: set[Hashable] = set()
+        self.t0 = time.monotonic()
 
     def config(self, i: int, registry: str, repo: str, desc: Descriptor) -> Awaitable[bytes]:
         return self.client.get_small_blob(registry, repo, desc.digest)
@@ -217,9 +222,22 @@ class Planner:
             return contextlib.nullcontext()
         return self.turns.setdefault(registry, asyncio.Lock())
 
-    def admit(self, i: int, plan: Image) -> None:
-        """Image `i` is resolved; raise BudgetSpent when its registry's budget cannot
-        fetch it (a pull's: mirror.pull)."""
+    async def admit(self, i: int, plan: Image) -> None:
+        """Image `i` is resolved. A registry with a request budget: promise it a request per
+        blob it still needs (`fetches`: not promised to an image before it), or refuse it and
+        the images after it (BudgetSpent: they wait for the next run). A dry run (and so
+        `mirror lock`) fetches no blob: it spends the budget on resolving alone."""
+        lim = self.client.t.limits_for(self.specs[i].reference.registry)
+        if lim.budget is None or self.opts.dry_run:
+            return
+        new = await self.fetches(i, plan) - self.promised
+        lim.admit(len(new))
+        self.promised |= new
+
+    async def fetches(self, i: int, plan: Image) -> set[Hashable]:
+        """The blob requests image `i` needs of its registry, each named as the run fetches
+        it once (a pull's: the digests not in the cache; a sync's: mirror.sync)."""
+        return {d.digest for d in plan.blobs.values()}
 
     async def plan_one(self, i: int, spec: ImageSpec) -> None:
         async with self.turn(spec.reference.registry):
@@ -259,7 +277,7 @@ class Planner:
                 async with slots:
                     await attach_referrers(self.finder, spec, plan, self.opts.referrer_types,
                                            self.progress)
-            self.admit(i, plan)
+            await self.admit(i, plan)
         except NotFound as e:
             self.failed(i, _gone(spec, e) if spec.pin is not None and spec.pin in str(e)
                         else e)

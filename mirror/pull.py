@@ -20,7 +20,7 @@ import contextvars
 import functools
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 
 from mirror.aio import bounded, cancel_all, gather_or_cancel, to_the_end
 from mirror.bundle.contents import bundle_layout, unloadable, write_plans
@@ -85,7 +85,6 @@ class _Run(Planner):
         self.store, self.opts = store, opts
         self.fetcher = Fetcher(client, store, opts.jobs, progress)
         self.prefetch = Prefetch(self.fetcher, PLACING)
-        self.promised: set[str] = set()  # blobs a registry's budget promised requests to
         self.in_layout: set[int] = set()  # the images the assembling bundle was laid out for
         self.accounted: set[int] = set()  # images whose bytes are counted (_account)
         self.last: dict[int, float] = {}  # image -> when the last of its blobs came in so far
@@ -203,19 +202,10 @@ class _Run(Planner):
         ctx.run(ADMITTED.set, True)
         return ctx
 
-    def admit(self, i: int, plan: Image) -> None:
-        """A registry with a request budget: promise the image a request per blob it
-        still needs (not in the cache, not promised to an image before it), or refuse it and
-        the images after it (BudgetSpent: they wait for the next run). A dry run (and so
-        `mirror lock`) fetches no blob: it spends the budget on resolving alone."""
-        ref = self.specs[i].reference
-        lim = self.client.t.limits_for(ref.registry)
-        if lim.budget is None or self.opts.dry_run:
-            return
-        new = {d.digest for d in self.need(plan) if d.digest not in self.promised
-               and d.digest not in self.fetcher.done and not self.store.has(d.digest, d.size)}
-        lim.admit(len(new))
-        self.promised |= new
+    async def fetches(self, i: int, plan: Image) -> set[Hashable]:
+        """The blobs it needs that are not in the cache (nor fetched by this run)."""
+        return {d.digest for d in self.need(plan) if d.digest not in self.fetcher.done
+                and not self.store.has(d.digest, d.size)}
 
     async def plan_and_prefetch(self) -> None:
         """Planning; once a request of it waits (a 429's Retry-After, a back-off), the blobs

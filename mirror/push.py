@@ -59,6 +59,9 @@ from mirror.referrers import Finder
 from mirror.registry.client import Client, SourceOf
 from mirror.registry.upload import CANCEL_WITHIN
 
+# step 0's answers (find_held): (repository, reference, root digest) -> the target serves
+# that root as the reference (True), another manifest (False), nothing (None)
+Asked = dict[tuple[str, str, str], bool | None]
 # the error for base blobs found nowhere: (their "digest (repository)", repositories looked in)
 Incomplete = Callable[[list[str], int], MirrorError]
 T = TypeVar("T")
@@ -68,15 +71,17 @@ async def push(client: Client, registry: str, images: list[PushImage], source: S
                result: PushResult, progress: Progress, *, absent: Mapping[str, str] | None = None,
                jobs: int = 4, dry_run: bool = False, merge: bool = False,
                elsewhere: Elsewhere | None = None, incomplete: Incomplete | None = None,
-               source_of: SourceOf | None = None) -> PushResult:
+               source_of: SourceOf | None = None, asked: Asked | None = None) -> PushResult:
     """Push `images` (referrers after the others) to `registry`. `absent`: digest -> why a
     blob the source does not carry is not needed from it ("foreign": never pushed; "base":
     must be at the target already). `result` is filled in as the push goes: after a failure it
     holds what was done. A push that fails or is stopped (Ctrl-C, SIGTERM: a cancellation)
     first cancels the upload sessions it left open, within a few seconds. `source_of`: the
     source registry and repository of a manifest of `images` (a sync's: planning released
-    them to the cache's store), where one lost there is fetched again as the push reads it."""
+    them to the cache's store), where one lost there is fetched again as the push reads it.
+    `asked`: step 0's answers the caller had already (a sync's admission: mirror.sync)."""
     pusher = Pusher(client, registry, images, result, progress, jobs, merge, source_of)
+    pusher.asked = asked or {}
     blobs = BlobPush(client, registry, source, result, progress, pusher.sem)
     try:
         await pusher.fallbacks.give_way(pusher.images)
@@ -142,6 +147,7 @@ class Pusher:
         self.held: set[int] = set()  # id() of the images the target serves whole already
         self.not_there: set[tuple[str, str]] = set()  # (repository, root reference) asked
         self.absent: set[tuple[str, str]] = set()  # (repository, tag) that HEAD found absent
+        self.asked: Asked = {}  # what find_held need not ask again
         # the referrers' `sha256-<hex>` indexes, where the target has no referrers API
         self.fallbacks = Fallbacks(client, registry, self.finder, progress, self)
 
@@ -160,9 +166,12 @@ class Pusher:
         """One HEAD of each image's reference (its tag, else its root's digest): where it
         names the root's digest, the image is there with everything it references (step 0)."""
         async def there(img: PushImage) -> bool | None:
-            async with self.sem:
-                ok = await _there(self.client, self.reg, img.repository,
-                                  img.tag or img.root.digest, img.root, absent=None)
+            key = (img.repository, img.tag or img.root.digest, img.root.digest)
+            if key in self.asked:
+                ok = self.asked[key]
+            else:
+                async with self.sem:
+                    ok = await held_there(self.client, self.reg, img)
             if ok:  # kept as it answers: a push stopped before the others is told (say_held)
                 self.held.add(id(img))
             return ok
@@ -362,6 +371,13 @@ class Pusher:
         if warning:
             self.progress.warn(warning)
         return new
+
+
+async def held_there(client: Client, reg: str, img: PushImage) -> bool | None:
+    """Step 0's question: the target serves `img`'s root as its reference (its tag, else
+    the root's digest); None: nothing under that reference."""
+    return await _there(client, reg, img.repository, img.tag or img.root.digest, img.root,
+                        absent=None)
 
 
 async def _there(client: Client, reg: str, repo: str, ref: str, m: RawManifest, *,

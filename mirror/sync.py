@@ -6,21 +6,22 @@ with a cache, fetched into it once and read from it for every target (CacheSourc
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 
 from mirror.config import ImageSpec
-from mirror.errors import BudgetSpent
+from mirror.errors import BudgetSpent, MirrorError
 from mirror.fetch import Fetcher
 from mirror.image import Image
 from mirror.imageresult import ImageResult
-from mirror.mapping import Target, check, place, unmatched
+from mirror.mapping import Placement, Target, check, place, unmatched
 from mirror.planning import Planner
 from mirror.progress import Progress
-from mirror.push import push
+from mirror.push import Asked, held_there, push
 from mirror.pushblobs import BlobSource
 from mirror.pushplan import PushImage, PushResult
 from mirror.registry.client import Client
+from mirror.registry.ratelimit import ADMITTED
 from mirror.sources import CacheSource, RegistrySource
 from mirror.store.blobs import BlobStore
 
@@ -56,18 +57,24 @@ def push_images(plans: list[Image], target: Target) -> list[PushImage]:
     or under their cosign tag."""
     out: list[PushImage] = []
     placed = []
-    repos: dict[int, str] = {}
+    referrers: list[PushImage] = []
     for img in plans:
-        assert img.reference is not None  # resolved from images.yaml
-        ref = img.reference
-        where = place(target, ref.name, ref.repository, ref.tag, ref.digest, img.dest)
+        own, refs, where = _placed(img, target)
         placed.append((img.name, where, img.root.digest))
-        for r in img.referrers:
-            repos[id(r)] = where.repository
-        out += [PushImage(img, where.repository, tag) for tag in where.tags or (None,)]
+        out += own
+        referrers += refs
     check(target, placed)
-    referrers = [PushImage(r, repos[id(r)], r.tag) for img in plans for r in img.referrers]
     return out + referrers
+
+
+def _placed(img: Image, target: Target) -> tuple[list[PushImage], list[PushImage], Placement]:
+    """One image at `target`: a PushImage per tag (one by digest without), one per referrer,
+    and where it lands."""
+    assert img.reference is not None  # resolved from images.yaml
+    ref = img.reference
+    where = place(target, ref.name, ref.repository, ref.tag, ref.digest, img.dest)
+    return ([PushImage(img, where.repository, tag) for tag in where.tags or (None,)],
+            [PushImage(r, where.repository, r.tag) for r in img.referrers], where)
 
 
 async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
@@ -79,8 +86,7 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
     With `later` (the tag rules' choice: the run's images), `specs` are those planned
     meanwhile (mirror.planning)."""
     fetcher = Fetcher(client, store, opts.jobs, progress) if store is not None else None
-    planner = _Planner(client, specs, opts, progress, fetcher, targets[0] if targets else None,
-                       later)
+    planner = _Planner(client, specs, opts, progress, fetcher, targets, later)
     try:
         await planner.plan()
     finally:
@@ -108,12 +114,15 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
     # every target in the report from here on: one not reached has null counts
     result.targets = [(target, PushResult(images=images)) for target, images in pushes]
     over = 0  # the targets whose push is over
+    # the source's blob GETs draw on what a registry's budget promised the images (admit)
+    admitted = ADMITTED.set(True)
     try:
         for target, done in result.targets:
             try:
                 await push(client, target.registry, done.images, source, done,
                            progress, absent=absent, jobs=opts.jobs, dry_run=opts.dry_run,
-                           merge=opts.merge, source_of=planner.source_of)
+                           merge=opts.merge, source_of=planner.source_of,
+                           asked=planner.asked[over])
             except BudgetSpent as e:  # the target's rate limit: its images wait, as a source's
                 held = dict(planner.resolved())  # each for a blob of its own it could not read
                 for i in unfinished(planner.resolved(), target.registry, done):
@@ -126,6 +135,8 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
                 for i in unfinished(planner.resolved(), t.registry, done)}
         result.finished = {i for i, _ in planner.resolved() if i not in left}
         raise
+    finally:
+        ADMITTED.reset(admitted)
     return result
 
 
@@ -146,13 +157,19 @@ def unfinished(resolved: list[tuple[int, Image]], reg: str, done: PushResult) ->
 class _Planner(Planner):
     """Configs from the cache when there is one (a pull's way), else from the registry,
     kept (up to CONFIGS_HELD_MAX bytes in all) for the push: read and checked here, they
-    are not asked for again."""
+    are not asked for again. A registry with a request budget has its images admitted whole
+    (mirror.planning's `admit`), each for the blob GETs its push needs of it."""
 
     def __init__(self, client: Client, specs: list[ImageSpec], opts: SyncOptions,
-                 progress: Progress, fetcher: Fetcher | None, target: Target | None,
+                 progress: Progress, fetcher: Fetcher | None, targets: list[Target],
                  later: Callable[[], Awaitable[list[ImageSpec]]] | None = None) -> None:
-        super().__init__(client, specs, opts, progress, target, later)
+        super().__init__(client, specs, opts, progress, targets[0] if targets else None, later)
         self.fetcher = fetcher
+        self.targets = targets
+        # per target (its index): the blobs of the images found there whole (`at_target`),
+        # which the push mounts into another image's repository instead of reading them
+        self.there: list[set[str]] = [set() for _ in targets]
+        self.asked: list[Asked] = [{} for _ in targets]  # their answers, the push's step 0
         self.configs: dict[str, bytes] = {}  # digest -> config bytes (no cache)
         self.held = 0
 
@@ -168,3 +185,39 @@ class _Planner(Planner):
             self.configs[desc.digest] = data
             self.held += len(data)
         return data
+
+    async def fetches(self, i: int, plan: Image) -> set[Hashable]:
+        """The source's blob GETs the image's pushes need: of each blob a target does not
+        hold (of an image, or a referrer, it serves whole already: a run before pushed it)
+        one from the cache's fetch, when not in the cache; without a cache one per target
+        that needs it, but for the configs planning read (RegistrySource's `held`)."""
+        out: set[Hashable] = set()
+        for n, target in enumerate(self.targets):
+            self.there[n] |= await self.at_target(plan, target, self.asked[n])
+            for d in plan.blobs.values():
+                if d.digest in self.there[n]:
+                    continue
+                if self.fetcher is None:
+                    if d.digest not in self.configs:
+                        out.add((n, d.digest))
+                elif d.digest not in self.fetcher.done and \
+                        not self.fetcher.store.has(d.digest, d.size):
+                    out.add(d.digest)
+        return out
+
+    async def at_target(self, plan: Image, target: Target, asked: Asked) -> set[str]:
+        """The blobs of the image (its referrers') that `target` holds: those of each one
+        it serves whole (its reference names its root: mirror.push's step 0), one HEAD
+        each, the answer kept in `asked` for the push. An error holds nothing: its blobs
+        are counted, and the push asks again and says what went wrong."""
+        own, refs, _ = _placed(plan, target)
+        held: set[str] = set()
+        for img in own + refs:
+            try:
+                whole = await held_there(self.client, target.registry, img)
+            except MirrorError:
+                continue
+            asked[img.repository, img.tag or img.root.digest, img.root.digest] = whole
+            if whole:
+                held.update(d.digest for d in img.blobs)
+        return held

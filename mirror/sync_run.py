@@ -92,7 +92,9 @@ async def run_sync(args: argparse.Namespace, progress, report: Report) -> int:
     finally:
         report.add(retries=transport.retries, **traffic(transport))
         starved(transport, final or specs, progress,
-                result.images if result.planned else None, kept=bool(args.cache))
+                result.images if result.planned else None, kept=bool(args.cache),
+                carried=None if args.cache or args.dry_run else any(
+                    done.blobs_pushed or done.manifests_pushed for _, done in result.targets))
     report.add(**_sync_report(result))
     for target, done in result.targets:
         if args.dry_run:

@@ -1184,7 +1184,10 @@ def test_a_sources_budget_spent_during_a_sync_holds_only_its_own_images(
     push to the target, and every image not pushed yet, A's too, was said to wait 'rate
     limited by B' (exit 14, all named in `waiting`; night after night, as resolving from a
     warm cache left more of B's budget for blobs only slowly). B's images wait; A's are
-    pushed, every digest the report names for them served; the next run finishes B's."""
+    pushed, every digest the report names for them served; the next run finishes B's. B's
+    image that does not fit is not admitted (as a pull's): the target is not asked about
+    its blobs, nor sent upload sessions for them (two more, whose bodies B could not give,
+    before), and the next run, with B's first image at the target, admits it."""
     seed(src_registry, f"{repo_name}/a", rng, n=2, layers=2)
     seed(src_registry, f"{repo_name}/b", rng, n=2, layers=1)
     a, b = proxies(), proxies()
@@ -1199,12 +1202,16 @@ def test_a_sources_budget_spent_during_a_sync_holds_only_its_own_images(
             "--lock-file", tmp_path / "l.lock")
     proc = run_mirror(*sync)
     assert proc.returncode == 14, proc.stderr
-    # one upload session per blob (A's 6, B's 4): the one whose body B's budget could not
-    # give is not tried again, which only asked B again (and waited out the back-offs)
+    # one upload session per blob of the images admitted (A's 6, b0's 2); of b1, waiting,
+    # the target is asked only whether it holds it already (its admission: one HEAD)
     sessions = [p for m, p, _ in target.requests if m == "POST" and "/blobs/uploads/" in p]
-    assert len(sessions) == 10, sessions
+    assert len(sessions) == 8, sessions
+    assert [(m, p) for m, p, _ in target.requests if f"/{repo_name}/b1/" in p] == [
+        ("HEAD", f"/v2/m/{repo_name}/b1/manifests/v1")], target.requests
     doc = report_of(rep)
-    assert doc["waiting"] and set(doc["waiting"]) <= set(b_refs), doc["waiting"]
+    assert doc["waiting"] == b_refs[1:], doc["waiting"]
+    placed = {p["source"] for p in doc["targets"][0]["placement"]}
+    assert placed == {*a_refs, b_refs[0]}, doc["targets"][0]["placement"]
     for ref in a_refs:
         assert f"{ref}: failed" not in proc.stderr, proc.stderr
     entries = {e["reference"]: e for e in doc["images"]}
@@ -1224,19 +1231,23 @@ def test_a_sources_budget_spent_during_a_sync_holds_only_its_own_images(
 def test_images_a_sync_leaves_waiting_each_name_a_blob_of_their_own(
         src_registry: Registry, dst_registry: Registry, proxies, repo_name: str,
         rng: random.Random, tmp_path: Path) -> None:
-    """A sync of three images of B, its max_requests_per_run enough to resolve them and
-    read one layer: two wait. Each was said to wait '(at GET .../b0/blobs/...)', the first
-    blob left unread, of another image and another repository; each names a blob of its
-    own."""
-    seed(src_registry, f"{repo_name}/b", rng, n=3, layers=1)
+    """A sync of three images of B, its max_requests_per_run enough to resolve two and read
+    their layers: the third waits at its config; one layer's GET fails once (a 500), and
+    its retry leaves the last layer GET none: that image waits too, at the push. Each was
+    said to wait '(at GET .../b0/blobs/...)', the first blob left unread, of another image
+    and another repository; each names a blob of its own."""
+    imgs = seed(src_registry, f"{repo_name}/b", rng, n=3, layers=1)
     b = proxies()
+    b.add(Fault("status", method="GET", path=imgs[0].layers[0].digest, status=500))
     refs = [f"{b.host}/{repo_name}/b{i}:v1" for i in range(3)]
-    cfg = budget_config(tmp_path / "images.yaml", b.host, 8, refs)  # ping, 3 + 3, 1 layer
+    # ping, b0's and b1's manifest, config and layer, b2's manifest: b2's config is refused
+    cfg = budget_config(tmp_path / "images.yaml", b.host, 8, refs)
     rep = tmp_path / "r.json"
     proc = run_mirror("sync", "-f", cfg, "--to", f"{dst_registry.host}/w", "--report", rep,
                       "--no-referrers", "--lock-file", tmp_path / "l.lock")
     assert proc.returncode == 14, proc.stderr
-    waiting = report_of(rep)["waiting"]
+    doc = report_of(rep)
+    waiting = doc["waiting"]
     assert len(waiting) == 2, waiting
     for ref in waiting:
         line = next(ln for ln in proc.stderr.splitlines() if f"{ref}: failed" in ln)

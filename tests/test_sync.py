@@ -837,3 +837,77 @@ def test_a_fallback_index_read_from_the_target_damaged_in_the_cache_is_fetched_a
     assert len(json.loads(body)["manifests"]) == 2, body
     target = dst_registry.host
     assert after[target]["manifest GET"] == before[target]["manifest GET"] + 1, (after, before)
+
+
+def held_as_reported(reg: Registry, target: dict) -> None:
+    """Every image a sync report's target entry places is served there: its digest in its
+    repository, each tag naming it; and every tag the entry lists is there."""
+    host, _, prefix = target["target"].partition("/")
+    for p in target["placement"]:
+        assert get_manifest(reg.url, p["repository"], p["digest"])[2][
+            "Docker-Content-Digest"] == p["digest"], p
+        for tag in p["tags"]:
+            assert get_manifest(reg.url, p["repository"], tag)[2][
+                "Docker-Content-Digest"] == p["digest"], (p, tag)
+    for ref in target["tags"]:
+        assert ref.startswith(f"{host}/{prefix}/"), ref
+        repo, _, tag = ref.split("/", 1)[1].rpartition(":")
+        get_manifest(reg.url, repo, tag)
+
+
+def test_a_budgeted_sync_gets_an_image_through_where_a_pull_does(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """A source's max_requests_per_run enough to resolve six images, not to read their
+    layers too: a pull carries some of them each run, in the config's order (each image
+    admitted while the budget left covers a GET per blob it needs). A sync without --cache
+    resolved every image first, spent the budget on it, and left all six waiting every run
+    (opening upload sessions at the target for blobs it could not read); it admits them as
+    a pull does, so each run pushes those that fit, and the next, finding them at the
+    target, goes on from there, until resolving again what the target holds leaves the
+    next image too few (a warning says so, and what a run needs). The images that wait are never asked about at the target
+    but for the first one's admission (one manifest HEAD), and the report places only what
+    the target serves."""
+    imgs = [ig.make_image(rng, ig.AMD64, fmt="oci") for _ in range(6)]
+    tags = [str(n) for n in range(1, 7)]
+    for tag, img in zip(tags, imgs, strict=True):
+        push_image(src_registry.url, repo_name, img, tags=[tag])
+    refs = [f"{src_registry.host}/{repo_name}:{t}" for t in tags]
+    cfg = tmp_path / "images.yaml"
+    images = "".join(f"  - {r}\n" for r in refs)
+    cfg.write_text(f"images:\n{images}")
+    mirror_ok("sync", "-f", cfg, "--to", f"{dst_registry.host}/{repo_name}-free",
+              "--report", tmp_path / "free.json")
+    spent = json.loads((tmp_path / "free.json").read_text())["requests"][src_registry.host]
+    budget = sum(spent.values()) - spent.get("blob GET", 0)  # resolving alone, no blob left
+    cfg.write_text(f"version: 1\nregistries:\n  {src_registry.host}:\n"
+                   f"    max_requests_per_run: {budget}\nimages:\n{images}")
+    pulled = run_mirror("pull", "-f", cfg, "--cache", tmp_path / "cache", "-o",
+                        tmp_path / "b.tar", "--lock-file", tmp_path / "p.lock")
+    assert pulled.returncode == 14 and "wrote" in pulled.stderr, pulled.stderr
+    dst = faultproxy(dst_registry.url)
+    target = f"{dst.host}/{repo_name}-budget"
+    waiting: list[list[str]] = []
+    for _ in range(3):
+        dst.requests.clear()
+        synced = run_mirror("sync", "-f", cfg, "--to", target, "--report", tmp_path / "s.json")
+        assert synced.returncode == 14, synced.stderr
+        report = json.loads((tmp_path / "s.json").read_text())
+        waiting.append(report["waiting"])
+        n = len(refs) - len(report["waiting"])
+        assert report["waiting"] == refs[n:], report["waiting"]  # in the config's order
+        placed = report["targets"][0]
+        assert [p["source"] for p in placed["placement"]] == refs[:n], placed["placement"]
+        held_as_reported(dst_registry, placed)
+        asked = [(m, p) for m, p, _ in dst.requests]
+        for img in imgs[n:]:  # the waiting ones: no blob asked about, no upload opened
+            assert not [x for x in asked for d in img.all_blobs() if d.digest in x[1]], asked
+        # of the waiting ones, at most the first is asked about, once, if it was resolved
+        # before the budget refused it: whether the target holds it
+        assert [x for x in asked if x[1].rpartition("/")[2] in tags[n:]] in (
+            [], [("HEAD", f"/v2/{repo_name}-budget/{repo_name}/manifests/{tags[n]}")]), asked
+        stuck = "or the same images wait every run"
+        assert (stuck in synced.stderr) == (waiting[-2:] == [refs[n:]] * 2), synced.stderr
+    # the third run resolves again the two images the first two pushed (no cache keeps their
+    # manifests): the third image's blobs do not fit, and the run says what a run needs
+    assert [len(w) for w in waiting] == [5, 4, 4], waiting
