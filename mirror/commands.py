@@ -278,19 +278,26 @@ def starved(transport, specs, progress, images=None, kept: bool = True,
                           "images wait every run")
 
 
-def placement(result) -> list[dict] | None:
-    """Per image, source -> target repository, tags and the digest of its manifest there
-    (referrers left out)."""
+def placement(result, dry_run: bool = False) -> list[dict] | None:
+    """Per image the target holds (referrers left out): source -> target repository, the
+    tags the push put or found there, and the digest of its manifest there; an image not
+    there (it waits for a registry's rate limit, the push stopped before it) is not listed.
+    A dry run's: where each image would land, with every tag."""
     if result is None or not result.images:
         return None
+    # what the target serves: REPO:TAG and REPO@DIGEST (the push's own word, as printed)
+    there = {r.split("/", 1)[1] for r in [*result.tags, *result.pinned, *result.untagged]}
     out: dict[tuple[str, str], list[str]] = {}
     digests: dict[tuple[str, str], str] = {}
     for img in result.images:
-        if img.referrer_of is None:
-            tags = out.setdefault((img.name, img.repository), [])
-            digests[img.name, img.repository] = img.root.digest
-            if img.tag:
-                tags.append(img.tag)
+        repo = img.repository
+        if img.referrer_of is not None or not dry_run and (
+                f"{repo}:{img.tag}" if img.tag else f"{repo}@{img.root.digest}") not in there:
+            continue
+        tags = out.setdefault((img.name, repo), [])
+        digests[img.name, repo] = img.root.digest
+        if img.tag:
+            tags.append(img.tag)
     return [{"source": name, "repository": repo, "tags": tags, "digest": digests[name, repo]}
             for (name, repo), tags in out.items()]
 

@@ -34,8 +34,8 @@ async def run_load(args: argparse.Namespace, progress, report: Report) -> int:
     finally:
         report.add(retries=transport.retries, **traffic(transport))
         if result.started:  # what was done, also when the load failed or was stopped later
-            report.add(**push_report(result))
-    report.add(would_push=result.dry_run, placement=placement(result))
+            report.add(**push_report(result), placement=placement(result, args.dry_run))
+    report.add(would_push=result.dry_run)
     if args.dry_run:
         for line in result.dry_run:
             print(line)

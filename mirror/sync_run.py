@@ -28,7 +28,7 @@ from mirror.report import Report
 from mirror.runfiles import lock_path
 
 
-def _sync_report(result) -> dict:
+def _sync_report(result, dry_run: bool = False) -> dict:
     """The sync's part of the report: the images as a pull's, and per target what a load
     says; the same keys whether or not the sync got going."""
     if result is None or not result.planned:
@@ -37,7 +37,7 @@ def _sync_report(result) -> dict:
             "waiting": waiting_images(result.images),
             "targets": [{"target": f"{t.registry}/{t.prefix}".rstrip("/"),
                          **push_report(done), "would_push": done.dry_run,
-                         "placement": placement(done)}
+                         "placement": placement(done, dry_run)}
                         for t, done in result.targets]}
 
 
@@ -81,7 +81,7 @@ async def run_sync(args: argparse.Namespace, progress, report: Report) -> int:
                 sources = await sources_of(t, (s.reference.registry for s in specs)) \
                     if args.write_client_config else None
     except BaseException:  # the images the sync did not finish carry its error
-        fields = _sync_report(result)
+        fields = _sync_report(result, args.dry_run)
         if not result.planned:  # stopped before (its tag rules): the images as given
             del fields["images"]
         report.add(**fields)
@@ -95,7 +95,7 @@ async def run_sync(args: argparse.Namespace, progress, report: Report) -> int:
                 result.images if result.planned else None, kept=bool(args.cache),
                 carried=None if args.cache or args.dry_run else any(
                     done.blobs_pushed or done.manifests_pushed for _, done in result.targets))
-    report.add(**_sync_report(result))
+    report.add(**_sync_report(result, args.dry_run))
     for target, done in result.targets:
         if args.dry_run:
             for line in done.dry_run:

@@ -12,8 +12,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.support import imagegen as ig
+from tests.support.faultproxy import Fault
 from tests.support.oracle import error_line, mirror_ok, run_mirror
-from tests.support.pusher import push_image
+from tests.support.pusher import get_manifest, push_image
 from tests.support.referrers import push_signature
 from tests.support.registry import Registry, catalog
 
@@ -385,3 +386,31 @@ def test_a_to_keeps_two_registries_images_apart(src_registry, dst_registry,
     mirror_ok("load", bundle, "--to", f"{dst_registry.host}/{repo_name}", "-q")
     assert tags_at(dst_registry, f"{repo_name}/{repo_name}/app") == {"1": a}
     assert tags_at(dst_registry, f"{repo_name}/other/app") == {"1": b}
+
+
+def test_a_load_that_fails_places_only_what_the_target_holds(
+        src_registry, dst_registry, faultproxy, repo_name, rng, tmp_path):
+    """A load whose second image's tag the target refuses (a 500 on its manifest PUT, every
+    try): its report's placement names the first image, which the target serves by its
+    digest and tag, and not the second (null before: nothing said what got there), as a
+    sync's placement names only what each target holds."""
+    imgs = {name: ig.make_image(rng, ig.AMD64, "oci") for name in ("a", "b")}
+    for name, img in imgs.items():
+        push_image(src_registry.url, f"{repo_name}/{name}", img, ["1"])
+    bundle = tmp_path / "b.tar"
+    mirror_ok("pull", *(f"{src_registry.host}/{repo_name}/{n}:1" for n in imgs), "-o", bundle,
+              "--cache", tmp_path / "cache", "-q")
+    proxy = faultproxy(dst_registry.url)
+    proxy.add(Fault("status", method="PUT", path=rf"/{repo_name}/b/manifests/1$", status=500,
+                    times=None))
+    report = tmp_path / "load.json"
+    proc = run_mirror("load", bundle, "--to", f"{proxy.host}/f", "--retries", "0",
+                      "--report", report)
+    assert proc.returncode == 3, proc.stderr
+    placement = json.loads(report.read_text())["placement"]
+    assert placement == [{"source": f"{src_registry.host}/{repo_name}/a:1",
+                          "repository": f"f/{repo_name}/a", "tags": ["1"],
+                          "digest": imgs["a"].digest}], placement
+    for ref in (imgs["a"].digest, "1"):
+        assert get_manifest(dst_registry.url, f"f/{repo_name}/a", ref)[2][
+            "Docker-Content-Digest"] == imgs["a"].digest

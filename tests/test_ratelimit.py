@@ -1235,7 +1235,8 @@ def test_images_a_sync_leaves_waiting_each_name_a_blob_of_their_own(
     their layers: the third waits at its config; one layer's GET fails once (a 500), and
     its retry leaves the last layer GET none: that image waits too, at the push. Each was
     said to wait '(at GET .../b0/blobs/...)', the first blob left unread, of another image
-    and another repository; each names a blob of its own."""
+    and another repository; each names a blob of its own. The report's placement names
+    only the image pushed (it listed the one left out of the push as well)."""
     imgs = seed(src_registry, f"{repo_name}/b", rng, n=3, layers=1)
     b = proxies()
     b.add(Fault("status", method="GET", path=imgs[0].layers[0].digest, status=500))
@@ -1249,6 +1250,13 @@ def test_images_a_sync_leaves_waiting_each_name_a_blob_of_their_own(
     doc = report_of(rep)
     waiting = doc["waiting"]
     assert len(waiting) == 2, waiting
+    # the report places only what the target holds: not the image left out of the push
+    placed = doc["targets"][0]["placement"]
+    assert {p["source"] for p in placed} == set(refs) - set(waiting), placed
+    for p in placed:
+        for ref in (p["digest"], *p["tags"]):
+            assert get_manifest(dst_registry.url, p["repository"], ref)[2][
+                "Docker-Content-Digest"] == p["digest"], p
     for ref in waiting:
         line = next(ln for ln in proc.stderr.splitlines() if f"{ref}: failed" in ln)
         own = ref.rsplit(":", 1)[0].split("/", 1)[1]
