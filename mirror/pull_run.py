@@ -214,6 +214,11 @@ async def run_lock(args: argparse.Namespace, progress, report: Report) -> int:
                 result = await pull(client, store, now,
                                     pull_options(args, output=None, dry_run=True), progress,
                                     later=later)
+    except BaseException as e:  # every image waits: each named, as a pull's report does
+        done = getattr(e, "pull_result", None)
+        if done is not None:
+            report.add(waiting=waiting_images(done.images))
+        raise
     finally:  # what the run asked of each registry, its budget's too, whatever the outcome
         report.add(**traffic(transport))
     report.add(waiting=waiting_images(result.images))

@@ -761,6 +761,26 @@ def test_lock_says_which_images_wait(src_registry: Registry, proxies, repo_name:
     assert doc["rate_limit"] == {}, doc
 
 
+def test_a_lock_run_whose_every_image_waits_names_them_in_the_report(
+        src_registry: Registry, repo_name: str, rng: random.Random, tmp_path: Path) -> None:
+    """`mirror lock` whose every image waits for max_requests_per_run (exit 14): the report's
+    `waiting` names them all, as a pull's of the same images.yaml does. It said `waiting: []`
+    (the run stopped on the first image's error before the report took them)."""
+    for tag in ("1", "2"):
+        push_image(src_registry.url, repo_name, ig.make_image(rng, ig.AMD64, fmt="oci"),
+                   tags=[tag])
+    refs = [f"{src_registry.host}/{repo_name}:{t}" for t in ("1", "2")]
+    cfg = budget_config(tmp_path / "images.yaml", src_registry.host, 2, refs)
+    pulled = run_mirror("pull", "-f", cfg, "--cache", tmp_path / "c1", "-o", tmp_path / "b.tar",
+                        "--report", tmp_path / "pull.json", "--lock-file", tmp_path / "p.lock")
+    assert pulled.returncode == 14, pulled.stderr
+    assert report_of(tmp_path / "pull.json")["waiting"] == refs
+    locked = run_mirror("lock", "-f", cfg, "--cache", tmp_path / "c2", "--report",
+                        tmp_path / "lock.json")
+    assert locked.returncode == 14, locked.stderr
+    assert report_of(tmp_path / "lock.json")["waiting"] == refs
+
+
 def test_a_429_storm_on_one_registrys_manifests_does_not_hold_anothers_resolution(
         src_registry: Registry, proxies, repo_name: str, rng: random.Random,
         tmp_path: Path) -> None:
