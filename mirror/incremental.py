@@ -46,6 +46,11 @@ def _from_lock(path: Path, out: Path | None) -> dict[str, Any]:
         raise UsageError(f"--base {path}: the lock file lists no blobs",
                          hint="give the lock file `mirror pull` wrote with the earlier "
                          "bundle, or that bundle itself")
+    if not lock.bundle:  # `mirror lock`'s or a sync's: its blobs were never carried across
+        raise UsageError(f"--base {path}: the lock file names no bundle (`mirror lock` or a "
+                         "sync wrote it): it says what the tags named, not what was carried",
+                         hint="give the lock file a pull wrote with the last bundle carried "
+                         "(a --locked pull writes none), or that bundle itself")
     return {"base_blobs": lock.blobs, "base_digest": sha256_file(path), "base_name": path.name,
             "base_images": tuple(sorted(lock.images))}
 
@@ -73,7 +78,11 @@ def _from_bundle(path: Path) -> dict[str, Any]:
             digest = "sha256:" + side.read_text().split()[0]
     names = {str(n) for e in contents.index["manifests"]
              for n in [(e.get("annotations") or {}).get(REF_NAME)] if n}
-    if contents.inventory:
-        names.update(contents.inventory.base_images)
-    return {"base_blobs": dict(contents.members), "base_digest": digest or sha256_file(path),
+    blobs = dict(contents.members)
+    if contents.inventory:  # an incremental bundle: what it left to its own base was carried
+        inv = contents.inventory
+        names.update(inv.base_images)
+        blobs.update((d, inv.blobs[d]) for d, why in inv.absent.items()
+                     if why == "base" and d in inv.blobs)
+    return {"base_blobs": blobs, "base_digest": digest or sha256_file(path),
             "base_name": path.name, "base_images": tuple(sorted(names))}

@@ -15,8 +15,10 @@
 
 After a `--keep-going` run an image that failed keeps its last good entry, and `blobs` keeps
 what the last lock listed besides (the failed image's blobs among them). A lock file can also
-serve as the `--base` of an incremental pull: its `blobs` are taken as already carried across, and its `bundle` (absent when `mirror lock` wrote it) is the one file
-such a pull must not write over: the far side may still need it.
+serve as the `--base` of an incremental pull: its `blobs` are taken as already carried across, and its `bundle` is the one file
+such a pull must not write over: the far side may still need it. Only a pull that wrote a
+bundle records one; a lock file without it (`mirror lock`'s, a sync's) says what the tags
+named, not what was carried, and `--base` refuses it.
 
 It records digests, not the settings that chose them (platforms, index, format,
 foreign_layers, referrers, --referrer-type): `mirror lock` takes the same flags as `mirror
@@ -183,10 +185,11 @@ def _entry(r: ImageResult) -> dict[str, Any]:
 def after_run(result: PullResult, path: Path,
               tag_rules: list[dict[str, Any]] | None = None) -> Lock | None:
     """The lock file a pull (or `mirror lock`) leaves at `path`: the images it resolved, and
-    the blobs they need; an image that failed this time (--keep-going) keeps its entry in the
-    lock already at `path`, and the blobs that lock listed stay listed (they went across with
-    its bundle: an incremental bundle on this lock must not carry them again). None when no
-    image has an entry: the lock at `path` stays as it is."""
+    the blobs they need; an image that failed or waits this time keeps its entry in the lock
+    already at `path`, and when a pull wrote that lock (it names a bundle) the blobs it listed
+    stay listed (they went across with its bundle: an incremental bundle on this lock must
+    not carry them again); those of a lock `mirror lock` or a sync wrote were never carried,
+    and are not. None when no image has an entry: the lock at `path` stays as it is."""
     lock = Lock(blobs=result.blobs, tag_rules=tag_rules or [])
     bundle, digest = getattr(result, "bundle", None), getattr(result, "bundle_digest", None)
     if bundle and digest:  # a pull's bundle (--base refuses it as -o); a sync writes none
@@ -198,8 +201,8 @@ def after_run(result: PullResult, path: Path,
         except MirrorError:
             old = Lock()
         kept = {ref: old.images[ref] for ref in failed if ref in old.images}
-        if kept:
-            lock.images.update(kept)
+        lock.images.update(kept)
+        if kept and old.bundle:  # a pull's: its blobs went across (`mirror lock`'s did not)
             lock.blobs = {**old.blobs, **lock.blobs}
     lock.images.update((r.reference, _entry(r)) for r in result.images if not r.error)
     return lock if lock.images else None

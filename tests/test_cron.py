@@ -35,6 +35,7 @@ from tests.support.pusher import blob_exists, list_tags, push_image, slow_image
 
 EXIT = {"integrity": 7, "bundle": 10, "incomplete-base": 11, "lock-held": 12, "partial": 13,
         "not-found": 5}
+EXIT_WAITING = EXIT_CODES["rate-limited-partial"]
 
 
 def _multi(rng, fmt="oci", base=None):
@@ -134,11 +135,9 @@ def test_incremental_load_mounts_base_blobs_from_other_repositories(
     push_image(src_registry.url, f"{repo_name}/app", two, tags=["1"])
     cache, full, inc = tmp_path / "cache", tmp_path / "base.tar", tmp_path / "inc.tar"
     ref_one = f"{src_registry.host}/{repo_name}/base:1"
-    mirror_ok("pull", ref_one, "-o", full, "--cache", cache, "-q")
-    base = full
-    if kind == "lock":
-        base = tmp_path / "base.lock"
-        mirror_ok("lock", ref_one, "--lock-file", base, "-q")
+    mirror_ok("pull", ref_one, "-o", full, "--cache", cache, "-q", "--lock-file",
+              tmp_path / "base.lock")  # the lock file written with the bundle
+    base = full if kind == "bundle" else tmp_path / "base.lock"
     mirror_ok("pull", f"{src_registry.host}/{repo_name}/app:1", "--base", base, "-o", inc,
               "--cache", cache, "-q")
     assert _read(inc, "mirror.json")["absent"] == {shared.digest: "base"}
@@ -809,6 +808,42 @@ def _readme_nightly_script() -> str:
     return "#!/bin/sh\n" + "\n".join(line[4:] for line in block.splitlines()) + "\n"
 
 
+def _readme_locked_script() -> str:
+    """The nightly script with the README's --locked lines in place of its `base=`, `mirror
+    pull` and `cp` lines."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("`mirror pull` and `cp` lines\nbecome:\n\n", 1)[1].split("\n\n")[0]
+    lines = _readme_nightly_script().splitlines()
+    for new in (line[4:] for line in block.splitlines()):
+        key = new.split()[0] if not new.startswith("if [") else "if [ -f"
+        [at] = [i for i, line in enumerate(lines) if line.startswith(key)]
+        lines[at] = new
+    return "\n".join(lines) + "\n"
+
+
+def _nightly_site(tmp_path: Path, script: str) -> tuple[Path, dict]:
+    """A site directory with `script` as its nightly.sh (its directory changed), and the
+    environment to run it in: `mirror` on the PATH, `date` saying $NIGHT."""
+    site = tmp_path / "site"
+    (site / "bundles").mkdir(parents=True)
+    (site / "nightly.sh").write_text(script.replace("/srv/mirror", str(site)))
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "mirror").write_text(f'#!/bin/sh\nexec {sys.executable} -m mirror "$@"\n')
+    (bin_ / "date").write_text('#!/bin/sh\necho "${NIGHT:-20261201}"\n')
+    for f in bin_.iterdir():
+        f.chmod(0o755)
+    return site, {**mirror_env(), "PATH": f"{bin_}:{os.environ['PATH']}",
+                  "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+
+
+def _zst_blobs(bundle: Path) -> set[str]:
+    """The hex digests of the blobs a .tar.zst bundle carries."""
+    with open(bundle, "rb") as f, tarfile.open(
+            fileobj=zstandard.ZstdDecompressor().stream_reader(f), mode="r|") as tf:
+        return {m.name.split("/")[-1] for m in tf if m.name.startswith("blobs/")}
+
+
 def test_the_readmes_nightly_script_full_then_incremental(src_registry, dst_registry,
                                                           repo_name, rng, tmp_path):
     """The README's nightly script as written (only its directory changed, and `date` made to
@@ -816,23 +851,12 @@ def test_the_readmes_nightly_script_full_then_incremental(src_registry, dst_regi
     the carried lock file; run a second time that day (new images meanwhile), it must not
     overwrite that day's bundle, which was not carried yet, but write another one; loaded in
     order, the target has every tag."""
-    script = _readme_nightly_script().replace("/srv/mirror", str(tmp_path / "site"))
-    site = tmp_path / "site"
+    site, env = _nightly_site(tmp_path, _readme_nightly_script())
     bundles = site / "bundles"
-    bundles.mkdir(parents=True)
-    (site / "nightly.sh").write_text(script)
-    bin_ = tmp_path / "bin"
-    bin_.mkdir()
-    (bin_ / "mirror").write_text(f'#!/bin/sh\nexec {sys.executable} -m mirror "$@"\n')
-    (bin_ / "date").write_text('#!/bin/sh\necho "$NIGHT"\n')
-    for f in bin_.iterdir():
-        f.chmod(0o755)
     one, base = _multi(rng)
     push_image(src_registry.url, repo_name, one, tags=["1"])
     ref = f"{src_registry.host}/{repo_name}"
     (site / "images.yaml").write_text(f"images:\n  - {ref}:1\n")
-    env = {**mirror_env(), "PATH": f"{bin_}:{os.environ['PATH']}",
-           "XDG_CACHE_HOME": str(tmp_path / "xdg")}
 
     def night(n: str) -> Path:
         """Run the script as night `n`; the one bundle it wrote (no other file changed)."""
@@ -854,9 +878,7 @@ def test_the_readmes_nightly_script_full_then_incremental(src_registry, dst_regi
     push_image(src_registry.url, repo_name, two, tags=["2"])
     (site / "images.yaml").write_text(f"images:\n  - {ref}:1\n  - {ref}:2\n")
     second = night("20261128")
-    with open(second, "rb") as f, tarfile.open(
-            fileobj=zstandard.ZstdDecompressor().stream_reader(f), mode="r|") as tf:
-        shipped = {m.name.split("/")[-1] for m in tf if m.name.startswith("blobs/")}
+    shipped = _zst_blobs(second)
     assert shipped
     assert base.digest.split(":")[1] not in shipped  # carried the night before
     three, _ = _multi(rng)
@@ -868,6 +890,128 @@ def test_the_readmes_nightly_script_full_then_incremental(src_registry, dst_regi
     for b in (first, second, third):
         mirror_ok("load", b, "--to", f"{dst_registry.host}/n", "-q")
     assert sorted(list_tags(dst_registry.url, f"n/{repo_name}")) == ["1", "2", "3"]
+
+
+def test_the_readmes_nightly_script_on_a_first_night_that_waits_whole(src_registry, repo_name,
+                                                                      rng, tmp_path):
+    """README's nightly.sh, a first night on which every image waits for the registry's
+    max_requests_per_run (exit 14): no bundle, no images.lock, and nothing copied (the script
+    copied images.lock on 14: 'cp: cannot stat' in cron's mail); the next night, with the
+    budget raised, makes the full bundle."""
+    site, env = _nightly_site(tmp_path, _readme_nightly_script())
+    push_image(src_registry.url, repo_name, ig.make_image(rng, ig.AMD64, fmt="oci"), tags=["1"])
+    ref = f"{src_registry.host}/{repo_name}:1"
+    cfg = "version: 1\nregistries:\n  {}:\n    max_requests_per_run: {}\nimages:\n  - {}\n"
+    (site / "images.yaml").write_text(cfg.format(src_registry.host, 2, ref))
+    r = subprocess.run(["sh", str(site / "nightly.sh")], env=env, capture_output=True,
+                       text=True, timeout=180)
+    assert r.returncode == EXIT_WAITING, r.stderr
+    report = json.loads((site / "bundles" / "report.json").read_text())
+    assert report["waiting"] == [ref], report
+    assert "cannot stat" not in r.stderr, r.stderr
+    assert not (site / "bundles" / "carried.lock").exists()
+    (site / "images.yaml").write_text(cfg.format(src_registry.host, 100, ref))
+    r = subprocess.run(["sh", str(site / "nightly.sh")], env={**env, "NIGHT": "20261202"},
+                       capture_output=True, text=True, timeout=180)
+    assert (r.returncode, r.stderr) == (0, ""), r
+    lock = json.loads((site / "bundles" / "carried.lock").read_text())
+    assert lock["bundle"]["name"] == "site-20261202.tar.zst", lock
+
+
+def test_a_lock_file_that_names_no_bundle_is_refused_as_base(src_registry, repo_name, rng,
+                                                             tmp_path):
+    """`mirror lock`'s file lists the blobs the tags name, none of which a bundle carried:
+    as --base it would leave them out of every bundle after it (operator pass o17 D1, the
+    far side's load failing with exit 11 for good). Refused: exit 2, one line naming the
+    file, a hint; no request, nothing written. A pull's lock file (it names its bundle) is
+    taken."""
+    push_image(src_registry.url, repo_name, ig.make_image(rng, ig.AMD64, fmt="oci"), tags=["1"])
+    cfg, cache = tmp_path / "images.yaml", tmp_path / "cache"
+    cfg.write_text(f"images:\n  - {src_registry.host}/{repo_name}:1\n")
+    mirror_ok("lock", "-f", cfg, "--cache", cache, "-q")
+    lock = tmp_path / "images.lock"
+    doc = json.loads(lock.read_text())
+    assert doc["blobs"] and "bundle" not in doc, doc
+    r = run_mirror("pull", "-f", cfg, "--base", lock, "-o", tmp_path / "b.tar", "--cache",
+                   tmp_path / "c2", "--lock-file", tmp_path / "other.lock")
+    assert r.returncode == EXIT_CODES["usage"], r.stderr
+    [line] = [ln for ln in r.stderr.splitlines() if ln.startswith("mirror: error:")]
+    assert line.startswith(f"mirror: error: --base {lock}: the lock file names no bundle"), line
+    assert "hint:" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "b.tar").exists() and not (tmp_path / "c2").exists()
+    mirror_ok("pull", "-f", cfg, "-o", tmp_path / "full.tar", "--cache", cache)
+    mirror_ok("pull", "-f", cfg, "--base", lock, "-o", tmp_path / "inc.tar", "--cache", cache)
+
+
+def test_a_waiting_images_entry_kept_from_mirror_locks_file_lists_none_of_its_blobs(
+        src_registry, dst_registry, faultproxy, repo_name, rng, tmp_path):
+    """A night whose image b waits (exit 14) keeps b's last entry in images.lock; when that
+    entry is `mirror lock`'s, b's blobs were never carried, so the lock (the next night's
+    --base) must not list them: it did, and the next night left them out of its bundle (the
+    load failed with exit 11). Both nights loaded in order: b complete at the target."""
+    a, b = (ig.make_image(rng, ig.AMD64, fmt="oci") for _ in range(2))
+    push_image(src_registry.url, f"{repo_name}/a", a, tags=["1"])
+    push_image(src_registry.url, f"{repo_name}/b", b, tags=["1"])
+    proxy = faultproxy(src_registry.url)
+    ref_b = f"{proxy.host}/{repo_name}/b:1"
+    cfg, cache = tmp_path / "images.yaml", tmp_path / "cache"
+    cfg.write_text(f"images:\n  - {proxy.host}/{repo_name}/a:1\n  - {ref_b}\n")
+    mirror_ok("lock", "-f", cfg, "--cache", cache, "-q")
+    proxy.add(Fault("status", method="GET", path=rf"/{repo_name}/b/blobs/", status=429,
+                    headers={"Retry-After": "400"}, times=None))
+    r = run_mirror("pull", "-f", cfg, "-o", tmp_path / "n1.tar", "--cache", cache)
+    assert r.returncode == EXIT_WAITING, r.stderr
+    lock = json.loads((tmp_path / "images.lock").read_text())
+    b_blobs = {d.digest for d in b.all_blobs()}
+    assert ref_b in lock["images"] and not b_blobs & set(lock["blobs"]), lock
+    proxy.clear_faults()
+    mirror_ok("pull", "-f", cfg, "-o", tmp_path / "n2.tar", "--cache", cache, "--base",
+              tmp_path / "images.lock")
+    for n in ("n1.tar", "n2.tar"):
+        mirror_ok("load", tmp_path / n, "--to", f"{dst_registry.host}/{repo_name}", "-q")
+    assert all(blob_exists(dst_registry.url, f"{repo_name}/{repo_name}/b", d) for d in b_blobs)
+
+
+def test_a_locked_night_that_left_an_image_waiting_carries_it_the_next_night(
+        src_registry, dst_registry, faultproxy, repo_name, rng, tmp_path):
+    """README's nightly.sh with its --locked lines (images.lock made by `mirror lock` and left
+    as it is; the base is the last bundle): night 1 b waits (its registry asks for a longer
+    wait than --max-wait: exit 14), night 2 carries b and not a again, night 3 (nothing new)
+    carries neither a's nor b's blobs (what night 2 left to its base counts as carried);
+    the three load in order. The script copied images.lock, `mirror lock`'s file, as
+    carried.lock, and night 2 left b's blobs out: its load failed with exit 11 for good
+    (operator pass o17 D1)."""
+    site, env = _nightly_site(tmp_path, _readme_locked_script())
+    a, b = (ig.make_image(rng, ig.AMD64, fmt="oci") for _ in range(2))
+    push_image(src_registry.url, f"{repo_name}/a", a, tags=["1"])
+    push_image(src_registry.url, f"{repo_name}/b", b, tags=["1"])
+    proxy = faultproxy(src_registry.url)
+    (site / "images.yaml").write_text(f"images:\n  - {proxy.host}/{repo_name}/a:1\n"
+                                      f"  - {proxy.host}/{repo_name}/b:1\n")
+    r = subprocess.run([sys.executable, "-m", "mirror", "lock", "-q", "-f", "images.yaml"],
+                       cwd=site, env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    reviewed = (site / "images.lock").read_bytes()
+    proxy.add(Fault("status", method="GET", path=rf"/{repo_name}/b/blobs/", status=429,
+                    headers={"Retry-After": "400"}, times=None))
+
+    def night(n: str, rc: int = 0) -> Path:
+        r = subprocess.run(["sh", str(site / "nightly.sh")], env={**env, "NIGHT": n},
+                           capture_output=True, text=True, timeout=180)
+        assert r.returncode == rc, (n, r.stderr)
+        assert (site / "images.lock").read_bytes() == reviewed  # left as it is
+        return site / "bundles" / f"site-{n}.tar.zst"
+
+    n1 = night("20261201", EXIT_WAITING)
+    proxy.clear_faults()
+    n2 = night("20261202")
+    hexes = {x: {d.digest.split(":")[1] for d in img.all_blobs()} for x, img in
+             (("a", a), ("b", b))}
+    assert hexes["b"] <= _zst_blobs(n2) and not hexes["a"] & _zst_blobs(n2)
+    n3 = night("20261203")
+    assert not (hexes["a"] | hexes["b"]) & _zst_blobs(n3)
+    for n in (n1, n2, n3):
+        mirror_ok("load", n, "--to", f"{dst_registry.host}/{repo_name}", "-q")
 
 
 def _on_a_terminal(args: list, cols: int = 100) -> tuple[int, str]:
