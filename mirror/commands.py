@@ -193,14 +193,16 @@ def as_given(specs: list[ImageSpec], report: Report) -> None:
     report.add_later("images", entries)
 
 
-def write_lock(args: argparse.Namespace, result, report: Report) -> Path | None:
-    """The lock file of the run: its images, and the tag rules' choices as reported."""
+def write_lock(args: argparse.Namespace, result, report: Report,
+               carried: dict[str, int] | None = None) -> Path | None:
+    """The lock file of the run: its images, and the tag rules' choices as reported;
+    `carried`: the blobs an incremental pull's --base carried (mirror.lockfile.after_run)."""
     path = lock_path(args)
     if path is None or getattr(args, "locked", False):
         return None
     from mirror.lockfile import after_run
 
-    lock = after_run(result, path, list(report.details.get("tag_rules") or []))
+    lock = after_run(result, path, list(report.details.get("tag_rules") or []), carried)
     if lock is None:
         return None
     lock.write(path)

@@ -182,14 +182,17 @@ def _entry(r: ImageResult) -> dict[str, Any]:
             "manifests": r.manifests, "conversions": r.conversions}
 
 
-def after_run(result: PullResult, path: Path,
-              tag_rules: list[dict[str, Any]] | None = None) -> Lock | None:
+def after_run(result: PullResult, path: Path, tag_rules: list[dict[str, Any]] | None = None,
+              carried: dict[str, int] | None = None) -> Lock | None:
     """The lock file a pull (or `mirror lock`) leaves at `path`: the images it resolved, and
     the blobs they need; an image that failed or waits this time keeps its entry in the lock
     already at `path`, and when a pull wrote that lock (it names a bundle) the blobs it listed
     stay listed (they went across with its bundle: an incremental bundle on this lock must
     not carry them again); those of a lock `mirror lock` or a sync wrote were never carried,
-    and are not. None when no image has an entry: the lock at `path` stays as it is."""
+    and are not. With `carried` (an incremental pull: what its --base carried) only those of
+    them the base carried: the lock at `path` may be another bundle's (a pull by hand to
+    another -o), not this chain's. None when no image has an entry: the lock at `path` stays
+    as it is."""
     lock = Lock(blobs=result.blobs, tag_rules=tag_rules or [])
     bundle, digest = getattr(result, "bundle", None), getattr(result, "bundle_digest", None)
     if bundle and digest:  # a pull's bundle (--base refuses it as -o); a sync writes none
@@ -203,6 +206,8 @@ def after_run(result: PullResult, path: Path,
         kept = {ref: old.images[ref] for ref in failed if ref in old.images}
         lock.images.update(kept)
         if kept and old.bundle:  # a pull's: its blobs went across (`mirror lock`'s did not)
-            lock.blobs = {**old.blobs, **lock.blobs}
+            went = old.blobs if carried is None else \
+                {d: n for d, n in old.blobs.items() if d in carried}
+            lock.blobs = {**went, **lock.blobs}
     lock.images.update((r.reference, _entry(r)) for r in result.images if not r.error)
     return lock if lock.images else None

@@ -154,14 +154,14 @@ async def run_pull(args: argparse.Namespace, progress, report: Report) -> int:
         if done is not None:
             _report_stopped(report, done)
             if done.bundle and not args.dry_run:  # named before the stop: the lock file is
-                write_lock(args, done, report)    # the bundle's, whatever comes after
+                write_lock(args, done, report, opts.base_blobs)  # the bundle's, after all
         raise
     finally:
         report.add(**traffic(transport))
         starved(transport, final or specs, progress, result and result.images)
     report.add(**_pull_report(result))
     if not args.dry_run and result.bundle:
-        lock = write_lock(args, result, report)
+        lock = write_lock(args, result, report, opts.base_blobs)
         if lock:
             progress.info(f"wrote {lock}")
     if args.dry_run:

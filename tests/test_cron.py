@@ -972,6 +972,38 @@ def test_a_waiting_images_entry_kept_from_mirror_locks_file_lists_none_of_its_bl
     assert all(blob_exists(dst_registry.url, f"{repo_name}/{repo_name}/b", d) for d in b_blobs)
 
 
+def test_a_waiting_images_blobs_kept_from_another_bundles_lock_are_only_those_carried(
+        src_registry, dst_registry, faultproxy, repo_name, rng, tmp_path):
+    """images.lock written by a pull by hand to another -o (b moved on meanwhile), then the
+    night's incremental pull on carried.lock, b waiting: b keeps that lock's entry, but of
+    that lock's blobs only those the base carried (b's new ones went nowhere): they were all
+    kept, the next night left them out and its load failed with exit 11. Loaded in order:
+    b's new image complete at the target."""
+    a, b1, b2 = (ig.make_image(rng, ig.AMD64, fmt="oci") for _ in range(3))
+    push_image(src_registry.url, f"{repo_name}/a", a, tags=["1"])
+    push_image(src_registry.url, f"{repo_name}/b", b1, tags=["1"])
+    proxy = faultproxy(src_registry.url)
+    cfg, cache, lock = tmp_path / "images.yaml", tmp_path / "cache", tmp_path / "images.lock"
+    cfg.write_text(f"images:\n  - {proxy.host}/{repo_name}/a:1\n"
+                   f"  - {proxy.host}/{repo_name}/b:1\n")
+    mirror_ok("pull", "-f", cfg, "-o", tmp_path / "n1.tar", "--cache", cache, "-q")
+    shutil.copy(lock, tmp_path / "carried.lock")
+    push_image(src_registry.url, f"{repo_name}/b", b2, tags=["1"])
+    mirror_ok("pull", "-f", cfg, "-o", tmp_path / "by-hand.tar", "--cache", cache, "-q")
+    proxy.add(Fault("status", method="GET", path=rf"/{repo_name}/b/", status=429,
+                    headers={"Retry-After": "400"}, times=None))
+    r = run_mirror("pull", "-f", cfg, "-o", tmp_path / "n2.tar", "--cache", cache, "--base",
+                   tmp_path / "carried.lock")
+    assert r.returncode == EXIT_WAITING, r.stderr
+    new = {d.digest for d in b2.all_blobs()} - {d.digest for d in b1.all_blobs()}
+    assert new and not new & set(json.loads(lock.read_text())["blobs"])
+    proxy.clear_faults()
+    mirror_ok("pull", "-f", cfg, "-o", tmp_path / "n3.tar", "--cache", cache, "--base", lock)
+    for n in ("n1.tar", "n2.tar", "n3.tar"):
+        mirror_ok("load", tmp_path / n, "--to", f"{dst_registry.host}/{repo_name}", "-q")
+    assert all(blob_exists(dst_registry.url, f"{repo_name}/{repo_name}/b", d) for d in new)
+
+
 def test_a_locked_night_that_left_an_image_waiting_carries_it_the_next_night(
         src_registry, dst_registry, faultproxy, repo_name, rng, tmp_path):
     """README's nightly.sh with its --locked lines (images.lock made by `mirror lock` and left
