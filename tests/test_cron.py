@@ -680,18 +680,26 @@ def test_a_lock_file_names_its_bundle_which_is_not_overwritten_from_it(src_regis
     assert lock["bundle"] == {"name": "next.tar", "digest": file_sha256(nxt)}, lock
 
 
+def _a_and_b(src_registry, faultproxy, repo_name, rng, cfg: Path):
+    """Images a and b (`repo_name`/a:1, /b:1) behind a fault proxy, and `cfg` listing both
+    through it: (a, b, the proxy)."""
+    a, b = (ig.make_image(rng, ig.AMD64, fmt="oci") for _ in range(2))
+    push_image(src_registry.url, f"{repo_name}/a", a, tags=["1"])
+    push_image(src_registry.url, f"{repo_name}/b", b, tags=["1"])
+    proxy = faultproxy(src_registry.url)
+    cfg.write_text(f"images:\n  - {proxy.host}/{repo_name}/a:1\n"
+                   f"  - {proxy.host}/{repo_name}/b:1\n")
+    return a, b, proxy
+
+
 def test_keep_going_keeps_the_failed_images_blobs_in_the_lock(src_registry, faultproxy,
                                                               repo_name, rng, tmp_path):
     """A --keep-going night where one image fails: the lock keeps that image's last good
     entry and its blobs (they were carried), so the next incremental bundle against it does
     not carry them again."""
-    a, b = (ig.make_image(rng, ig.AMD64, fmt="oci") for _ in range(2))
-    push_image(src_registry.url, f"{repo_name}/a", a, tags=["1"])
-    push_image(src_registry.url, f"{repo_name}/b", b, tags=["1"])
-    proxy = faultproxy(src_registry.url)
-    ref_b = f"{proxy.host}/{repo_name}/b:1"
     cfg, cache = tmp_path / "images.yaml", tmp_path / "cache"
-    cfg.write_text(f"images:\n  - {proxy.host}/{repo_name}/a:1\n  - {ref_b}\n")
+    a, b, proxy = _a_and_b(src_registry, faultproxy, repo_name, rng, cfg)
+    ref_b = f"{proxy.host}/{repo_name}/b:1"
     mirror_ok("pull", "-f", cfg, "-o", tmp_path / "n1.tar", "--cache", cache)
     first = json.loads((tmp_path / "images.lock").read_text())
     b_blobs = {d.digest for d in b.all_blobs()}
@@ -949,13 +957,9 @@ def test_a_waiting_images_entry_kept_from_mirror_locks_file_lists_none_of_its_bl
     entry is `mirror lock`'s, b's blobs were never carried, so the lock (the next night's
     --base) must not list them: it did, and the next night left them out of its bundle (the
     load failed with exit 11). Both nights loaded in order: b complete at the target."""
-    a, b = (ig.make_image(rng, ig.AMD64, fmt="oci") for _ in range(2))
-    push_image(src_registry.url, f"{repo_name}/a", a, tags=["1"])
-    push_image(src_registry.url, f"{repo_name}/b", b, tags=["1"])
-    proxy = faultproxy(src_registry.url)
-    ref_b = f"{proxy.host}/{repo_name}/b:1"
     cfg, cache = tmp_path / "images.yaml", tmp_path / "cache"
-    cfg.write_text(f"images:\n  - {proxy.host}/{repo_name}/a:1\n  - {ref_b}\n")
+    a, b, proxy = _a_and_b(src_registry, faultproxy, repo_name, rng, cfg)
+    ref_b = f"{proxy.host}/{repo_name}/b:1"
     mirror_ok("lock", "-f", cfg, "--cache", cache, "-q")
     proxy.add(Fault("status", method="GET", path=rf"/{repo_name}/b/blobs/", status=429,
                     headers={"Retry-After": "400"}, times=None))
@@ -979,13 +983,9 @@ def test_a_waiting_images_blobs_kept_from_another_bundles_lock_are_only_those_ca
     that lock's blobs only those the base carried (b's new ones went nowhere): they were all
     kept, the next night left them out and its load failed with exit 11. Loaded in order:
     b's new image complete at the target."""
-    a, b1, b2 = (ig.make_image(rng, ig.AMD64, fmt="oci") for _ in range(3))
-    push_image(src_registry.url, f"{repo_name}/a", a, tags=["1"])
-    push_image(src_registry.url, f"{repo_name}/b", b1, tags=["1"])
-    proxy = faultproxy(src_registry.url)
     cfg, cache, lock = tmp_path / "images.yaml", tmp_path / "cache", tmp_path / "images.lock"
-    cfg.write_text(f"images:\n  - {proxy.host}/{repo_name}/a:1\n"
-                   f"  - {proxy.host}/{repo_name}/b:1\n")
+    _, b1, proxy = _a_and_b(src_registry, faultproxy, repo_name, rng, cfg)
+    b2 = ig.make_image(rng, ig.AMD64, fmt="oci")
     mirror_ok("pull", "-f", cfg, "-o", tmp_path / "n1.tar", "--cache", cache, "-q")
     shutil.copy(lock, tmp_path / "carried.lock")
     push_image(src_registry.url, f"{repo_name}/b", b2, tags=["1"])
@@ -1014,12 +1014,7 @@ def test_a_locked_night_that_left_an_image_waiting_carries_it_the_next_night(
     carried.lock, and night 2 left b's blobs out: its load failed with exit 11 for good
     (operator pass o17 D1)."""
     site, env = _nightly_site(tmp_path, _readme_locked_script())
-    a, b = (ig.make_image(rng, ig.AMD64, fmt="oci") for _ in range(2))
-    push_image(src_registry.url, f"{repo_name}/a", a, tags=["1"])
-    push_image(src_registry.url, f"{repo_name}/b", b, tags=["1"])
-    proxy = faultproxy(src_registry.url)
-    (site / "images.yaml").write_text(f"images:\n  - {proxy.host}/{repo_name}/a:1\n"
-                                      f"  - {proxy.host}/{repo_name}/b:1\n")
+    a, b, proxy = _a_and_b(src_registry, faultproxy, repo_name, rng, site / "images.yaml")
     r = subprocess.run([sys.executable, "-m", "mirror", "lock", "-q", "-f", "images.yaml"],
                        cwd=site, env=env, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr
