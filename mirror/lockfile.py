@@ -13,12 +13,13 @@
                    "tags": ["1.2.0", "1.4.1"]}],  # (present when images.yaml has rules)
      "bundle": {"name": "site.tar", "digest": "sha256:.."}}  # the bundle a pull wrote
 
-After a `--keep-going` run an image that failed keeps its last good entry, and `blobs` keeps
-what the last lock listed besides (the failed image's blobs among them). A lock file can also
-serve as the `--base` of an incremental pull: its `blobs` are taken as already carried across, and its `bundle` is the one file
-such a pull must not write over: the far side may still need it. Only a pull that wrote a
-bundle records one; a lock file without it (`mirror lock`'s, a sync's) says what the tags
-named, not what was carried, and `--base` refuses it.
+After a run in which an image failed (--keep-going) or waits (exit 14) it keeps its last
+entry, and `blobs` keeps what the last lock listed besides when a pull wrote that one (with
+--base, those of them the base carried: `after_run`). A lock file can also serve as the
+`--base` of an incremental pull: its `blobs` are taken as already carried across, and its
+`bundle` is the one file such a pull must not write over: the far side may still need it.
+Only a pull that wrote a bundle records one; a lock file without it (`mirror lock`'s, a
+sync's) says what the tags named, not what was carried, and `--base` refuses it.
 
 It records digests, not the settings that chose them (platforms, index, format,
 foreign_layers, referrers, --referrer-type): `mirror lock` takes the same flags as `mirror
