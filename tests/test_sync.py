@@ -910,3 +910,28 @@ def test_a_budgeted_sync_gets_an_image_through_where_a_pull_does(
     # the third run resolves again the two images the first two pushed (no cache keeps their
     # manifests): the third image's blobs do not fit, and the run says what a run needs
     assert [len(w) for w in waiting] == [5, 4, 4], waiting
+
+
+@pytest.mark.xfail(strict=True, reason="operator pass o18: a sync that fails before it "
+                   "reaches its targets reports `targets: []` (README: one entry per --to)")
+def test_a_sync_that_fails_resolving_reports_one_target_entry_per_to(
+        src_registry: Registry, dst_registry: Registry, registry_factory, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """README Reports: sync's `targets` is one entry per `--to`, in order (`placement` `[]`
+    for a target the sync did not reach). An unreachable target gets its entry (counts null);
+    an image the source does not have (exit 5, before any push) left `targets: []`, so a
+    monitor reading `targets[0]` fails on the very report that says what went wrong."""
+    u = repo_name[-8:]
+    push_image(src_registry.url, repo_name, ig.make_image(rng, ig.AMD64, "oci"), ["1"])
+    cfg = images_yaml(tmp_path, [f"{src_registry.host}/{repo_name}:1",
+                                 f"{src_registry.host}/{repo_name}:no-such-tag"])
+    other = registry_factory()
+    tos = [f"{dst_registry.host}/t{u}", f"{other.host}/t{u}"]
+    report = tmp_path / "r.json"
+    synced = run_mirror("sync", "-f", cfg, "--to", tos[0], "--to", tos[1], "-q",
+                        "--report", report)
+    assert synced.returncode == 5, synced.stderr
+    doc = json.loads(report.read_text())
+    assert doc["exit_code"] == 5, doc
+    assert [t["target"] for t in doc["targets"]] == tos, doc["targets"]
+    assert all(t["placement"] == [] for t in doc["targets"]), doc["targets"]
