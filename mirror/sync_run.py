@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+from collections.abc import Sequence
 from pathlib import Path
 
 from mirror.commands import (
@@ -28,17 +29,24 @@ from mirror.report import Report
 from mirror.runfiles import lock_path
 
 
-def _sync_report(result, dry_run: bool = False) -> dict:
+def _sync_report(result, targets: Sequence = (), dry_run: bool = False) -> dict:
     """The sync's part of the report: the images as a pull's, and per target what a load
-    says; the same keys whether or not the sync got going."""
+    says; the same keys whether or not the sync got going, and an entry per `--to` (of
+    `targets`) however early it stopped (planning failed: before any target): one it did
+    not reach says nothing (null counts, no placement)."""
     if result is None or not result.planned:
-        return {"partial": False, "images": [], "waiting": [], "targets": []}
+        return {"partial": False, "images": [], "waiting": [],
+                "targets": [_target_entry(t, None, dry_run) for t in targets]}
     return {"partial": result.partial, "images": [r.entry() for r in result.images],
             "waiting": waiting_images(result.images),
-            "targets": [{"target": f"{t.registry}/{t.prefix}".rstrip("/"),
-                         **push_report(done), "would_push": done.dry_run,
-                         "placement": placement(done, dry_run)}
-                        for t, done in result.targets]}
+            "targets": [_target_entry(t, done, dry_run) for t, done in result.targets]
+            if result.targets else [_target_entry(t, None, dry_run) for t in targets]}
+
+
+def _target_entry(target, done, dry_run: bool) -> dict:
+    return {"target": f"{target.registry}/{target.prefix}".rstrip("/"), **push_report(done),
+            "would_push": done.dry_run if done is not None else [],
+            "placement": (placement(done, dry_run) if done is not None else None) or []}
 
 
 async def run_sync(args: argparse.Namespace, progress, report: Report) -> int:
@@ -51,6 +59,7 @@ async def run_sync(args: argparse.Namespace, progress, report: Report) -> int:
     report.add(**_sync_report(None), retries=0, dry_run=args.dry_run, **traffic(None),
                tag_rules=[], client_config=None)
     targets = [target_of(args, t) for t in args.to]
+    report.add(**_sync_report(None, targets))
     seen: set[tuple[str, str]] = set()
     for t in targets:
         if (t.registry, t.prefix) in seen:
@@ -81,7 +90,7 @@ async def run_sync(args: argparse.Namespace, progress, report: Report) -> int:
                 sources = await sources_of(t, (s.reference.registry for s in specs)) \
                     if args.write_client_config else None
     except BaseException:  # the images the sync did not finish carry its error
-        fields = _sync_report(result, args.dry_run)
+        fields = _sync_report(result, targets, args.dry_run)
         if not result.planned:  # stopped before (its tag rules): the images as given
             del fields["images"]
         report.add(**fields)
@@ -95,7 +104,7 @@ async def run_sync(args: argparse.Namespace, progress, report: Report) -> int:
                 result.images if result.planned else None, kept=bool(args.cache),
                 carried=None if args.cache or args.dry_run else any(
                     done.blobs_pushed or done.manifests_pushed for _, done in result.targets))
-    report.add(**_sync_report(result, args.dry_run))
+    report.add(**_sync_report(result, targets, args.dry_run))
     for target, done in result.targets:
         if args.dry_run:
             for line in done.dry_run:

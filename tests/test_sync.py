@@ -912,8 +912,6 @@ def test_a_budgeted_sync_gets_an_image_through_where_a_pull_does(
     assert [len(w) for w in waiting] == [5, 4, 4], waiting
 
 
-@pytest.mark.xfail(strict=True, reason="operator pass o18: a sync that fails before it "
-                   "reaches its targets reports `targets: []` (README: one entry per --to)")
 def test_a_sync_that_fails_resolving_reports_one_target_entry_per_to(
         src_registry: Registry, dst_registry: Registry, registry_factory, repo_name: str,
         rng: random.Random, tmp_path: Path) -> None:
