@@ -54,6 +54,7 @@ from mirror.pushplan import (
     by_tag,
     manifest_groups,
     over,
+    refusal_hint,
 )
 from mirror.referrers import Finder
 from mirror.registry.client import Client, SourceOf
@@ -403,16 +404,7 @@ async def _put(client: Client, reg: str, img: PushImage, ref: str, m: RawManifes
     try:
         return await client.put_manifest(reg, img.repository, ref, m)
     except RegistryError as e:
-        hint = None
-        if any(d.urls for d in m.layers):
-            hint = ("this registry refuses manifests whose layers carry `urls` (foreign "
-                    "layers): pull with `--foreign-layers rewrite`, or allow them on the "
-                    "registry (distribution: validation.manifests.urls.allow)")
-        elif m.is_index and any(c.digest not in {x.digest for x in img.manifests}
-                                for c in m.children):
-            hint = ("this is a sparse index (`index: sparse`): the registry refuses an index "
-                    "whose platforms are not all present; pull with `index: filter`, or turn "
-                    "that validation off on the registry")
+        hint = refusal_hint(img, m)
         if hint is None or e.hint:
             raise
         raise type(e)(str(e), registry=e.registry, repository=e.repository, status=e.status,

@@ -213,3 +213,18 @@ def over(img: PushImage, old: RawManifest | None, merge: bool, where: str
         return new, None  # merged so before (a re-run): nothing changes, nothing to say
     return new, (f"{where}: merged {img.root.digest} with {platforms(keep)} from the index "
                  f"it held ({old.digest}): {img.root.digest} -> {new.digest}")
+
+
+def refusal_hint(img: PushImage, m: RawManifest) -> str | None:
+    """What in manifest `m` (of `img`) registries refuse, for the error of a PUT refused:
+    layers with `urls` (foreign layers), a sparse index; None when neither."""
+    if any(d.urls for d in m.layers):
+        return ("this registry refuses manifests whose layers carry `urls` (foreign "
+                "layers): pull with `--foreign-layers rewrite`, or allow them on the "
+                "registry (distribution: validation.manifests.urls.allow)")
+    if m.is_index and any(c.digest not in {x.digest for x in img.manifests}
+                          for c in m.children):
+        return ("this is a sparse index (`index: sparse`): the registry refuses an index "
+                "whose platforms are not all present; pull with `index: filter`, or turn "
+                "that validation off on the registry")
+    return None
