@@ -3,14 +3,16 @@
 First every image is resolved (mirror.planning, shared with `mirror sync`: manifests,
 platform selection, conversion, referrers), so the bundle's layout is known; then every blob
 is fetched once into the content-addressed store (shared across images, platforms and runs),
-verified on the way in, and teed into the bundle being assembled (mirror.bundle.assembler).
+verified on the way in, and teed into the bundle being assembled (mirror.pull_output: the
+bundle at -o, left as it is when it holds these images already).
 While resolving waits on a registry (a 429's Retry-After, a back-off), the blobs of the images
 resolved so far are downloaded into the store meanwhile (mirror.prefetch) and copied into the
 bundle once it is laid out. A registry with a request budget has its images admitted whole,
 in order (`admit`): those its budget cannot fetch wait for the next run.
-A .tar.zst is written from the store in one pass at the end (mirror.bundle.contents). With
-`keep_going`, an image that fails is reported and left out (the bundle is marked partial); otherwise the first failure stops the run. What was
-downloaded stays in the store either way, so the next run does not fetch it again.
+A .tar.zst is written from the store in one pass at the end. With `keep_going`, an image that
+fails is reported and left out (the bundle is marked partial); otherwise the first failure
+stops the run. What was downloaded stays in the store either way, so the next run does not
+fetch it again.
 """
 
 from __future__ import annotations
@@ -18,13 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import threading
 import time
 from collections.abc import Awaitable, Callable, Hashable
 
-from mirror.aio import bounded, cancel_all, gather_or_cancel, to_the_end
-from mirror.bundle.contents import bundle_layout, unloadable, write_plans
-from mirror.bundle.writer import Prehash, tar_size, unchanged
+from mirror.aio import bounded, cancel_all, gather_or_cancel
+from mirror.bundle.contents import unloadable
 from mirror.config import ImageSpec
 from mirror.errors import BudgetSpent, MirrorError
 from mirror.fetch import Fetcher
@@ -35,11 +35,11 @@ from mirror.prefetch import Prefetch
 from mirror.progress import NullProgress, Progress
 from mirror.pull_account import PullResult, account_image, account_unfinished, summary_line
 from mirror.pull_options import PullOptions
+from mirror.pull_output import Output
 from mirror.registry.client import Client
 from mirror.registry.policy import RETRY_COUNTER
 from mirror.registry.ratelimit import ADMITTED
 from mirror.store.blobs import BlobStore
-from mirror.store.iowork import IO_POOL
 
 PLACING = 64  # blobs under way at once per registry (each waits for one of -j's slots)
 
@@ -67,8 +67,8 @@ async def pull(client: Client, store: BlobStore, specs: list[ImageSpec], opts: P
         done.partial = False
         done.unfinished = [i for i, r in enumerate(done.images)
                            if r.error is None and i not in run.accounted]
-        if run.named is not None:  # stopped once the bundle was named: it is this run's
-            done.bundle, (done.bundle_digest, done.unchanged) = run.opts.output, run.named
+        if run.output.named is not None:  # stopped once the bundle was named: this run's
+            done.bundle, (done.bundle_digest, done.unchanged) = run.opts.output, run.output.named
         e.pull_result = done  # type: ignore[attr-defined]
         raise
 
@@ -91,9 +91,7 @@ class _Run(Planner):
         # digest -> size of each blob found in the cache: the run's bytes_reused counts a
         # blob shared by several images once (each image's own figure counts all it needs)
         self.reused: dict[str, int] = {}
-        # the bundle's digest once it is named at -o (and whether it was there already): a
-        # stop that lands after the rename still has the report and lock file say so
-        self.named: tuple[str, bool] | None = None
+        self.output = Output(client, store, self.fetcher, opts, self.progress, self.source_of)
 
     def config(self, i: int, registry: str, repo: str, desc: Descriptor) -> Awaitable[bytes]:
         return self.fetcher.config_bytes(registry, repo, desc, owner=i)
@@ -273,12 +271,7 @@ class _Run(Planner):
         self.accounted.add(i)
 
     async def go(self) -> PullResult:
-        opts, f = self.opts, self.fetcher
-        order: list[str] | None = None
-        # the bundle already there is hashed while the images are planned: when they are
-        # what it holds, the rerun need not read it after (mirror.bundle.writer.unchanged)
-        prehash = Prehash.start(opts.output) if opts.output is not None and not (
-            opts.compress or opts.volume_size or opts.dry_run) else None
+        opts, f, out = self.opts, self.fetcher, self.output
         try:
             await self.plan_and_prefetch()
             if opts.dry_run:
@@ -286,32 +279,12 @@ class _Run(Planner):
             # the bar's total (and so its ETA): every blob the bundle needs, counted once
             self.progress.total(sum({d.digest: d.size for _, p in self.resolved()
                                      for d in self.need(p)}.values()))
-            if opts.output is not None and not opts.compress:
-                lay = bundle_layout(self.image_set(), opts)
-                there = await asyncio.get_running_loop().run_in_executor(  # hashes the file
-                    IO_POOL, unchanged, opts.output, lay.index, lay.inventory,
-                    tar_size(lay.index, lay.inventory, lay.manifests, lay.blobs, lay.docker),
-                    lay.docker, opts.volume_size, prehash)
-                if there:
-                    await cancel_all([*f.tasks.values()])  # any started early: not needed
-                    return self.unchanged(there)
-                if prehash is not None:  # the file will be replaced: no need to read on
-                    prehash.stop()
+            there, order = await out.lay_out(self.image_set())
+            if there:
+                await cancel_all([*f.tasks.values()])  # any started early: not needed
+                return self.unchanged(there)
+            if f.assembler is not None:
                 self.in_layout = {i for i, _ in self.resolved()}
-                from mirror.bundle.assembler import Assembler  # a bundle to write: not a rerun's
-
-                output = opts.output
-
-                async def made() -> Assembler:  # its head reads the manifests back from the
-                    return Assembler(  # cache's store
-                        output, index_json=lay.index, inventory_json=lay.inventory,
-                        manifests=lay.manifests,
-                        blobs=[(b.digest, b.size) for b in lay.blobs],
-                        docker_json=lay.docker, volume_size=opts.volume_size)
-
-                f.assembler = await self.client.reading(made, self.source_of)
-                order = [b.digest for b in lay.blobs]
-                del lay
             try:
                 await self.fetch_all(order)
                 running = [*f.tasks.values(), *f.placing.values()]
@@ -324,18 +297,17 @@ class _Run(Planner):
                 await cancel_all(running)
                 if not self.resolved() and self.first_error:
                     raise self.first_error
-                digest, same = await self.finish()
+                digest, same = await out.finish(
+                    self.image_set, any(self.plans[i] is None for i in self.in_layout))
             except BaseException:
                 await cancel_all([*f.tasks.values(), *f.placing.values()])
-                if f.assembler is not None:
-                    f.assembler.abort()
+                out.abort()
                 raise
         except BaseException:
             await cancel_all([*f.tasks.values(), *f.placing.values()])
             raise
         finally:
-            if prehash is not None:
-                prehash.stop()
+            out.stop_reading()
         result = self.result()
         if opts.output is not None:
             result.bundle, result.bundle_digest, result.unchanged = opts.output, digest, same
@@ -347,47 +319,6 @@ class _Run(Planner):
         """Every image that failed waits for a registry's request budget (exit 14)."""
         codes = {r.error_code for r in self.results if r.error}
         return bool(codes) and codes == {BudgetSpent.exit_code}
-
-    async def finish(self) -> tuple[str | None, bool]:
-        """Name the assembled bundle, or write it from the store (a .tar.zst, or when an
-        image failed after the layout was fixed). Runs off the event loop. Ctrl-C stops either
-        cleanly: nothing is renamed into place, and an interrupted run leaves the previous
-        bundle (if any) as it was."""
-        opts, f = self.opts, self.fetcher
-        loop = asyncio.get_running_loop()
-        late = any(self.plans[i] is None for i in self.in_layout)
-        stop = threading.Event()
-        assembler = f.assembler
-        if assembler is not None and not late:
-            def name() -> tuple[str | None, bool]:
-                return assembler.finish(stop), False  # None: stopped before the rename
-        elif opts.output is not None:
-            if assembler is not None:
-                assembler.abort()
-                f.assembler = None
-            images = self.image_set()
-
-            def name() -> tuple[str | None, bool]:
-                return write_plans(images, self.store, opts, f.fetched, self.progress,
-                                   stop=stop)
-        else:
-            return None, False
-        fut: asyncio.Future[tuple[str | None, bool]] | None = None
-
-        async def named() -> tuple[str | None, bool]:  # its head (written first) reads the
-            nonlocal fut  # manifests back from the store
-            fut = loop.run_in_executor(IO_POOL, name)
-            return await to_the_end(fut, stop.set)
-
-        try:
-            return await self.client.reading(named, self.source_of)
-        except asyncio.CancelledError:
-            if fut is not None and fut.done() and not fut.cancelled() and \
-                    fut.exception() is None:
-                digest, same = fut.result()
-                if digest is not None:  # renamed before it saw the stop: in place
-                    self.named = (digest, same)
-            raise
 
     def dry_run(self) -> PullResult:
         needed: dict[str, int] = {}  # each blob once, however many images share it
