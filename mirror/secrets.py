@@ -20,12 +20,16 @@ def remember(*values: str) -> None:
 def redact(text: str) -> str:
     if not _known or not text:
         return text
-    with _lock:
-        known = sorted(_known, key=len, reverse=True)  # longest first: "user:pw" before "pw"
-    for secret in known:
+    for secret in held():
         if secret in text:
             text = text.replace(secret, SHOWN)
     return text
+
+
+def held() -> list[str]:
+    """The secrets the run holds, longest first."""
+    with _lock:
+        return sorted(_known, key=len, reverse=True)  # longest first: "user:pw" before "pw"
 
 
 def known() -> bool:

@@ -870,6 +870,27 @@ def test_the_report_is_written_entry_by_entry(tmp_path: Path, secret: str) -> No
     assert '  "empty": []' in lines and '  "waiting": [],' in lines
 
 
+@pytest.mark.parametrize("secret", ['pa"ss\\word', "pässwörd", "p\tw\U0001f511rd"],
+                         ids=["quote-backslash", "non-ascii", "tab-astral"])
+def test_a_secret_json_escapes_is_blanked_out_of_the_report(
+        monkeypatch: pytest.MonkeyPatch, secret: str) -> None:
+    """A report piece is checked for each secret in its JSON-escaped form before it is
+    decoded and redacted: a secret with characters JSON escapes (a quote, a backslash, a
+    tab, non-ASCII ones, one beyond the BMP as a surrogate pair) is found and blanked out
+    where it is a whole string or a part of one; a piece without one is written as it was."""
+    from mirror import secrets
+    from mirror.report import to_text
+
+    monkeypatch.setattr(secrets, "_known", set())
+    secrets.remember(secret)
+    doc = {"error": f"401 from registry: token {secret}!", "images": [
+        {"reference": "r/a:1", "auth": secret}, {"reference": "r/b:1", "note": "none here"}]}
+    text = b"".join(to_text(doc)).decode()
+    assert json.loads(text) == {"error": "401 from registry: token ***!", "images": [
+        {"reference": "r/a:1", "auth": "***"}, {"reference": "r/b:1", "note": "none here"}]}
+    assert secret not in json.loads(text)["error"] and json.dumps(secret)[1:-1] not in text
+
+
 def test_the_lock_file_is_written_piece_by_piece(tmp_path: Path) -> None:
     """A lock file of 2,000 images and 8,500 blobs (2.6 MiB) was json.dumps'd whole, its
     indent the pure-Python encoder's: a string per token held in a list, then the text and
