@@ -27,6 +27,7 @@ from tests.support.oracle import (
     ok,
     run,
     run_mirror,
+    stopped_mirror,
 )
 from tests.support.pusher import (
     list_tags,
@@ -251,6 +252,51 @@ def test_interrupted_load_cancels_its_upload_sessions(src_registry, dst_registry
     if not deletes_hang:
         assert _open_sessions(dst_registry, prefix) == []
     assert list_tags(dst_registry.url, f"{prefix}/{repo_name}/i0") == []  # no tag: stopped
+
+
+@pytest.mark.parametrize(("sig", "code", "held"),
+                         [(signal.SIGINT, 130, 2.0), (signal.SIGTERM, 143, 2.0),
+                          (signal.SIGINT, 130, 60.0)],
+                         ids=["sigint-130", "sigterm-143", "answer-never-comes"])
+def test_a_load_stopped_while_a_session_opens_cancels_it(src_registry, dst_registry,
+                                                         faultproxy, rng, repo_name, tmp_path,
+                                                         sig, code, held):
+    """Ctrl-C or SIGTERM while the registry's answer to the POST that opens an upload
+    session is on its way back (the registry holds the session, the run not yet its
+    Location): the session stayed open at the registry, empty, for its upload purging
+    (operator pass o18: 1-4 after a stopped sync). The load waits for that answer, within
+    the CANCEL_WITHIN (5 s) it gives its sessions' DELETEs, and cancels the session; an
+    answer that never comes holds the stop no longer than that."""
+    img = ig.make_image(rng, ig.AMD64, fmt="oci")
+    push_image(src_registry.url, repo_name, img, tags=["1"])
+    out = tmp_path / "b.tar"
+    mirror_ok("pull", f"{src_registry.host}/{repo_name}:1", "-o", out,
+              "--cache", tmp_path / "c", "-q")
+    proxy = faultproxy(dst_registry.url)
+    proxy.add(Fault("late", method="POST", path=r"/blobs/uploads/$", delay=held))
+    prefix = f"opening-{repo_name.rsplit('-', 1)[-1]}"
+    signalled: list[float] = []
+
+    def opened() -> bool:  # the registry answered the POST: it holds the session
+        if not any(m == "POST" for m, _, _ in proxy.requests):
+            return False
+        assert _open_sessions(dst_registry, prefix)
+        signalled.append(time.monotonic())
+        return True
+
+    proc = stopped_mirror(opened, "no upload session opened", "load", out,
+                          "--to", f"{proxy.host}/{prefix}", "-j", "1", "-q", sig=sig)
+    took = time.monotonic() - signalled[0]
+    assert proc.returncode == code, proc.stderr
+    assert "interrupted" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert "pending" not in proc.stderr and "never retrieved" not in proc.stderr, proc.stderr
+    assert [m for m, _, _ in proxy.requests if m == "POST"] == ["POST"], proxy.requests
+    if held < 5:
+        assert _open_sessions(dst_registry, prefix) == []
+        deletes = proxy.paths("DELETE")
+        assert len(deletes) == 1 and "/blobs/uploads/" in deletes[0], proxy.requests
+    else:  # given up after CANCEL_WITHIN: the session left to the registry's purging
+        assert took < 8.5, took
 
 
 def test_manifest_arriving_in_small_pieces_is_read_whole(src_registry, faultproxy, repo_name,

@@ -6,6 +6,7 @@ manifest bytes in, raw manifest bytes out."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -68,6 +69,7 @@ class Client(Blobs, Listings, Uploads):
         self._min_chunk: dict[str, int] = {}  # registry -> its OCI-Chunk-Min-Length
         self._chunked_at: set[str] = set()  # registries that refused one whole-blob PATCH
         self._sessions: dict[str, tuple[str, str, str]] = {}  # open upload sessions
+        self._opening: set[asyncio.Task[str | None]] = set()  # their POSTs a stop cut short
         # (registry, repo, tag) -> the digest (and type) a GET or HEAD of this run said it names
         self._asked: dict[tuple[str, str, str], tuple[str, str]] = {}
         # (registry, repo) -> its tags as a source's listing this run gave them (tag rules):

@@ -7,12 +7,14 @@ while the session holds every byte) or restarted cleanly."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import aiohttp
 
+from mirror.aio import cancel_all, retrieved
 from mirror.errors import BudgetSpent, IntegrityError, NotFound, RateLimited, RegistryError
 from mirror.manifest import Descriptor
 
@@ -35,13 +37,15 @@ class Uploads:
     Every upload session the registry opens for us is kept in `_sessions` (by its URL path,
     with the latest Location, whose state token changes with each PATCH) until it is
     finished or cancelled, so a load that stops can cancel what it left open
-    (`cancel_open_uploads`)."""
+    (`cancel_open_uploads`); a POST that opens one, cut short by the stop, in `_opening`
+    until its answer says which (`_post`)."""
 
     t: Transport
     bytes_uploaded: int
     _min_chunk: dict[str, int]
     _chunked_at: set[str]  # registries that refused a whole blob in one PATCH (413)
     _sessions: dict[str, tuple[str, str, str]]  # URL path -> (registry, repo, location)
+    _opening: set[asyncio.Task[str | None]]  # session POSTs whose caller was cancelled
 
     def _opened(self, registry: str, repo: str, location: str,
                 previous: str | None = None) -> str:
@@ -56,14 +60,29 @@ class Uploads:
 
     async def cancel_open_uploads(self, within: float = CANCEL_WITHIN) -> int:
         """DELETE every upload session still open (a load that failed or was interrupted),
-        giving up after `within` seconds (the registry expires them in the end); return how
-        many there were."""
+        those whose opening POST a stop cut short once their answer is in, giving up after
+        `within` seconds in all (the registry expires them in the end); return how many
+        there were."""
+        end = time.monotonic() + within
+        opening = list(self._opening)
+        if opening:  # their answers record the sessions they opened (`_post`)
+            try:
+                await asyncio.wait(opening, timeout=within)
+            finally:  # not answered in time, or a second stop: no task left behind
+                late = [task for task in opening if not task.done()]
+                if late:
+                    self.t.debug(f"gave up waiting for {len(late)} upload session(s) to "
+                                 f"open after {within:g} s")
+                    await cancel_all(late)
         open_now = list(self._sessions.values())
+        left = end - time.monotonic()
         if open_now:
             try:
+                if left <= 0:
+                    raise TimeoutError
                 await asyncio.wait_for(asyncio.gather(
                     *(self.cancel_upload(reg, repo, loc) for reg, repo, loc in open_now)),
-                    within)
+                    left)
             except TimeoutError:
                 self.t.debug(f"gave up cancelling {len(self._sessions)} upload session(s) "
                              f"after {within:g} s")
@@ -76,20 +95,14 @@ class Uploads:
         request failed: ggcr does the same)."""
         q = urlencode({"mount": desc.digest, "from": from_repo})
         try:
-            resp = await self.t.request(
-                registry, "POST", f"/v2/{repo}/blobs/uploads/?{q}", repository=repo,
-                actions="pull,push", extra_scopes=(f"repository:{from_repo}:pull",),
-                ok=(201, 202), what=f"mount blob {desc.digest} from {from_repo}",
-                allow_redirects=False)
+            return await self._post(
+                registry, repo, f"/v2/{repo}/blobs/uploads/?{q}",
+                f"mount blob {desc.digest} from {from_repo}", from_repo)
         except RateLimited:
             raise
         except RegistryError:
             # no mount (no read access to the source, an old registry): push it instead
             return await self._start_upload(registry, repo)
-        async with resp:
-            if resp.status == 201:
-                return None
-            return self._opened(registry, repo, self._location(resp))
 
     async def upload_blob(self, registry: str, repo: str, desc: Descriptor,
                           body: BodyFactory, *, seekable: bool,
@@ -128,10 +141,39 @@ class Uploads:
                 location = None
 
     async def _start_upload(self, registry: str, repo: str) -> str:
-        resp = await self.t.request(registry, "POST", f"/v2/{repo}/blobs/uploads/",
-                                    repository=repo, actions="pull,push", ok=(202,),
-                                    what="start blob upload", allow_redirects=False)
+        location = await self._post(registry, repo, f"/v2/{repo}/blobs/uploads/",
+                                    "start blob upload")
+        assert location is not None  # a 201 (mounted) answers a mount only
+        return location
+
+    async def _post(self, registry: str, repo: str, url: str, what: str,
+                    mount_from: str | None = None) -> str | None:
+        """The POST that opens an upload session (202: its Location, recorded) or mounts a
+        blob (201, a mount from repository `mount_from` only: None), awaited to its end
+        even when the caller is cancelled meanwhile (a stop): the registry opens the session
+        whether or not the run hears its answer, and one whose Location the run never
+        learned stayed open, empty, for the registry's upload purging. The cancellation
+        goes on at once; the POST is left to `cancel_open_uploads`, which waits for its
+        answer (within its time) and cancels the session it opened."""
+        task = asyncio.ensure_future(self._posted(registry, repo, url, what, mount_from))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(retrieved)  # its error, if any, is nobody's now
+            if not task.done():
+                self._opening.add(task)
+                task.add_done_callback(self._opening.discard)
+            raise
+
+    async def _posted(self, registry: str, repo: str, url: str, what: str,
+                      mount_from: str | None) -> str | None:
+        resp = await self.t.request(
+            registry, "POST", url, repository=repo, actions="pull,push",
+            extra_scopes=() if mount_from is None else (f"repository:{mount_from}:pull",),
+            ok=(202,) if mount_from is None else (201, 202), what=what, allow_redirects=False)
         async with resp:
+            if resp.status == 201:
+                return None
             min_len = resp.headers.get("OCI-Chunk-Min-Length", "")
             if min_len.isdigit():
                 self._min_chunk[registry] = int(min_len)
