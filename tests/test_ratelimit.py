@@ -25,8 +25,16 @@ from aiohttp import web
 
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault, FaultProxy
-from tests.support.oracle import ROOT, check_layout, mirror_env, run, run_mirror, skopeo_copy_ok
-from tests.support.pusher import get_manifest, push_image
+from tests.support.oracle import (
+    ROOT,
+    check_layout,
+    damaging,
+    mirror_env,
+    run,
+    run_mirror,
+    skopeo_copy_ok,
+)
+from tests.support.pusher import get_manifest, push_image, two_images
 from tests.support.registry import Registry
 
 
@@ -1161,6 +1169,57 @@ def test_a_budget_too_small_for_the_first_images_blobs_says_so(
     budget_config(cfg, a.host, 2 + blobs, refs)
     proc = run_mirror(*args)
     assert proc.returncode == 0 and "every run" not in proc.stderr, proc.stderr
+
+
+def test_a_manifest_fetched_again_past_the_budget_waits_for_the_next_run(
+        src_registry: Registry, proxies, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """Planning converts (to Docker) image A's manifest as it reads it back from the cache's
+    store, where it released it; damaged there meanwhile, it is fetched again from A's
+    registry (Client.found_again). That registry's max_requests_per_run spent, or promised
+    to image B's blobs (B first in images.yaml, admitted while A's config is held), by
+    then: A waits for the next run (named on stderr, the report's `waiting`, exit 14), B is
+    in the bundle, the registry got no request past its budget; the next run, its budget
+    renewed, carries both, and the bundle is the one an undamaged run writes, byte for
+    byte, and verifies."""
+    a = proxies()
+    img, (ref_a, ref_b) = two_images(src_registry.url, a, repo_name, rng)
+    refs = [ref_b, ref_a]
+    cfg = budget_config(tmp_path / "images.yaml", a.host, 1000, refs)
+    common = ["-f", cfg, "--format", "docker", "--no-referrers"]
+    clean = tmp_path / "clean.tar"
+    proc = run_mirror("pull", *common, "-o", clean, "--cache", tmp_path / "c0",
+                      "--report", tmp_path / "clean.json")
+    assert proc.returncode == 0, proc.stderr
+    needs = sum(report_of(tmp_path / "clean.json")["requests"][a.host].values())
+    # the ping, both manifests and configs, B's 2 layers: A's manifest again is one more
+    budget = needs - 1
+    budget_config(cfg, a.host, budget, refs)
+    cache, out, rep = tmp_path / "cache", tmp_path / "b.tar", tmp_path / "r.json"
+    stored = cache / "manifests" / "sha256" / img.digest.split(":", 1)[1]
+    a.reset_counters()
+    done = damaging(a, f"{repo_name}/b", stored, "pull", *common, "-o", out, "--cache", cache,
+                    "--report", rep, at=f"/v2/{repo_name}/a/blobs/{img.config.digest}$")
+    assert done.returncode == 14, done.stderr
+    doc = report_of(rep)
+    assert doc["waiting"] == [ref_a] and doc["exit_code"] == 14, doc
+    [line] = [x for x in done.stderr.splitlines() if f"{ref_a}: failed: " in x]
+    assert f"manifest {img.digest}: no longer in the cache's store of manifests" in line, line
+    assert f"fetching it again: rate limited by {a.host}: " in line, line
+    assert f"max_requests_per_run: {budget}" in line and "waits for the next run" in line, line
+    assert doc["requests"][a.host] == counted(a) and sum(counted(a).values()) <= budget
+    assert f"/v2/{repo_name}/a/manifests/{img.digest}" not in a.paths("GET")
+    assert bundle_refs(out) == {ref_b}
+
+    a.clear_faults()
+    budget_config(cfg, a.host, needs + 1, refs)  # the next run: the budget is renewed
+    proc = run_mirror("pull", *common, "-o", out, "--cache", cache, "--report", rep)
+    assert proc.returncode == 0, proc.stderr
+    assert report_of(rep)["waiting"] == []
+    assert out.read_bytes() == clean.read_bytes()
+    assert stored.read_bytes() == img.manifest.data  # stored again, as served
+    verified = run_mirror("verify", out)
+    assert verified.returncode == 0, verified.stderr
 
 
 def test_a_failed_upload_gives_back_its_source_slot_without_the_gc(
