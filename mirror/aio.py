@@ -11,6 +11,8 @@ import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
+from mirror.errors import RegistryError
+
 K = TypeVar("K")
 T = TypeVar("T")
 
@@ -57,19 +59,21 @@ async def bounded(starts: Iterable[tuple[K, Callable[[], asyncio.Future[Any] | N
     await settle(0)
 
 
-async def confirmed(items: Sequence[K], check: Callable[[K], Awaitable[bool]], within: float,
-                    *, errors: type[Exception] | tuple[type[Exception], ...]) -> list[K]:
+async def confirmed(items: Sequence[K], check: Callable[[K], Awaitable[bool]], within: float
+                    ) -> list[K]:
     """The `items` whose `check` said True, all checked at once (a push's transfers cut
-    short: one HEAD each, which landed); a check that raised one of `errors` said no. None
-    of them when the checks have not all answered within `within` seconds in all (those
-    still asking are cancelled)."""
+    short, blobs and manifests alike: one HEAD each, which landed); a check that raised a
+    RegistryError said no (the transport gives every request that got no answer, a reset
+    connection, a timeout, as one: the item is not known to have landed; anything else is
+    a fault of the caller's, raised). None of them when the checks have not all answered
+    within `within` seconds in all (those still asking are cancelled)."""
     if not items:
         return []
 
     async def said(item: K) -> bool:
         try:
             return await check(item)
-        except errors:
+        except RegistryError:
             return False
 
     try:

@@ -293,8 +293,7 @@ class Pusher:
             (repo, ref), (_, m) = put
             return await _there(self.client, self.reg, repo, ref, m) is True
 
-        for (repo, ref), (img, m) in await confirmed(putting, landed, within,
-                                                     errors=MirrorError):
+        for (repo, ref), (img, m) in await confirmed(putting, landed, within):
             self.count(repo, m.digest, pushed=True)
             # the image's own reference only: with --merge its root goes by digest
             # first, and the tag, not put yet, still holds what it held

@@ -205,7 +205,7 @@ class BlobPush:
             (repo, _), (d, _) = transfer
             return await self.client.has_blob(self.reg, repo, d)
 
-        for _, (d, uploaded) in await confirmed(asked, landed, within, errors=RegistryError):
+        for _, (d, uploaded) in await confirmed(asked, landed, within):
             self._count(d, uploaded)
 
     async def _push_passes(self, source: StreamSource,

@@ -526,6 +526,67 @@ def test_a_load_stopped_while_an_upload_is_answered_counts_what_the_target_got(
     assert len([p for p in proxy.paths("PUT") if "/blobs/uploads/" in p]) == len(blobs) - 2
 
 
+@pytest.mark.parametrize("cut", ["blob", "manifest"])
+def test_a_settle_that_meets_a_reset_connection_counts_the_transfer_not_landed(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path, cut: str) -> None:
+    """Ctrl-C while the answer to a blob's upload (BlobPush.settle) or to the tag's PUT
+    (Pusher.settle) is on its way back, and from then on the target resets every HEAD:
+    the HEAD that would say whether the transfer landed gets no answer, which the
+    transport gives as a RegistryError, the one rule both settles follow (it was a
+    MirrorError for the manifests, a RegistryError for the blobs). The transfer is counted
+    not landed, though the target has it, and the run is a stop (exit 130, the report's
+    error `interrupted`), not a registry error; the rerun finds it there."""
+    img = ig.make_image(rng, ig.AMD64, "oci",
+                        layers=[ig.make_layer(rng, 4096 + i) for i in range(3)])
+    push_image(src_registry.url, repo_name, img, ["v1"])
+    bundle = tmp_path / "b.tar"
+    ok(pull(tmp_path, f"{src_registry.host}/{repo_name}:v1", out="b.tar"))
+    proxy = faultproxy(dst_registry.url)
+    repo = f"reset/{repo_name}"
+    if cut == "blob":  # the second upload's answer held back (-j 1: one at a time)
+        proxy.add(Fault("late", method="PUT", path=r"/blobs/uploads/", skip=1, delay=60))
+        put = ("PUT", r"/blobs/uploads/", 201, 2)
+    else:
+        proxy.add(Fault("late", method="PUT", path=r"/manifests/v1$", delay=60))
+        put = ("PUT", r"/manifests/v1$", 201, 1)
+    resets: list[Fault] = []
+
+    def answered() -> bool:  # the registry has it; its answer is held: HEADs reset now
+        method, path, status, n = put
+        if sum(1 for m, p, st in proxy.requests
+               if m == method and re.search(path, p) and st == status) < n:
+            return False
+        resets.append(proxy.add(Fault("reset", method="HEAD", times=None)))
+        return True
+
+    report = tmp_path / "load.json"
+    proc = stopped_mirror(answered, "the transfer was never answered", "load", bundle,
+                          "--to", f"{proxy.host}/reset", "-j", "1", "-q",
+                          "--report", report)
+    assert proc.returncode == EXIT["interrupted"], proc.stderr
+    assert resets[0].hits, proxy.requests  # the settle asked, and met a reset connection
+    assert "Traceback" not in proc.stderr, proc.stderr
+    doc = json.loads(report.read_text())
+    assert (doc["error"], doc["exit_code"]) == ("interrupted (SIGINT)", EXIT["interrupted"])
+    blobs = img.blobs()
+    if cut == "blob":
+        assert sum(blob_exists(dst_registry.url, repo, b.digest) for b in blobs) == 2
+        assert doc["blobs_pushed"] == 1, doc  # the one whose answer came
+    else:
+        assert get_manifest(dst_registry.url, repo, "v1")[0] == img.manifest.data
+        assert (doc["manifests_pushed"], doc["tags"]) == (0, []), doc
+
+    proxy.clear_faults()
+    again = tmp_path / "again.json"
+    mirror_ok("load", bundle, "--to", f"{proxy.host}/reset", "-q", "--report", again)
+    doc = json.loads(again.read_text())
+    if cut == "blob":
+        assert (doc["blobs_present"], doc["blobs_pushed"]) == (2, len(blobs) - 2), doc
+    else:
+        assert (doc["manifests_pushed"], doc["manifests_present"]) == (0, 1), doc
+
+
 def test_a_load_stopped_on_a_target_that_hangs_exits_within_the_cancelling_time(
         src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
         rng: random.Random, tmp_path: Path) -> None:

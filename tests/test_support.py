@@ -285,6 +285,24 @@ def test_proxy_reset_after(src_registry, faultproxy, pushed) -> None:
     assert len(img.layers[0].data) < served <= 100_000 + len(img.layers[0].data)
 
 
+async def test_proxy_reset(src_registry, faultproxy, pushed) -> None:
+    """`reset`: the connection aborted before any answer, a HEAD's too (aiohttp: a
+    connection error, once it has sent an idempotent request again itself); upstream never
+    sees it, and a request once the fault is used up goes through."""
+    repo, img = pushed
+    proxy = faultproxy(src_registry.url)
+    reset = proxy.add(Fault("reset", method="HEAD", path=r"/blobs/", times=None))
+    url = f"{proxy.url}/v2/{repo}/blobs/{img.layers[0].digest}"
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ClientConnectionError):
+            async with session.head(url) as resp:
+                pass
+        reset.times = reset.hits
+        async with session.head(url) as resp:
+            assert resp.status == 200
+    assert [s for _, _, s in proxy.requests] == [0] * reset.hits + [200]
+
+
 def test_proxy_ignore_range(src_registry, faultproxy, pushed) -> None:
     repo, img = pushed
     proxy = faultproxy(src_registry.url)

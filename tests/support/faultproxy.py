@@ -14,6 +14,8 @@ the proxy. Each request is handled by the first active fault that matches it, if
     status        answer `status` + `headers` + a JSON `errors` body; upstream never sees it
                   (after `delay` seconds when given, the request's body unread meanwhile: a
                   registry that answers an upload while the client is still sending)
+    reset         abort the connection (TCP RST) without an answer; upstream never sees the
+                  request (a HEAD, which has no body to cut, meeting a reset connection)
     reset_after   forward, abort the connection (TCP RST) after `offset` body bytes
     truncate      forward with the full Content-Length, send `offset` bytes, then close
     short         forward the first `offset` bytes as the whole answer, with a Content-Length
@@ -53,7 +55,7 @@ import aiohttp
 import yarl
 from aiohttp import web
 
-KINDS = ("status", "reset_after", "truncate", "short", "flip_byte", "slow", "ignore_range",
+KINDS = ("status", "reset", "reset_after", "truncate", "short", "flip_byte", "slow", "ignore_range",
          "ignore_conditional", "stall", "late", "headers", "paginate")
 HOP_BY_HOP = frozenset(
     h.lower()
@@ -259,6 +261,10 @@ class FaultProxy:
 
         if fault is not None and fault.kind == "paginate":
             return await self._page(request, fault)
+        if fault is not None and fault.kind == "reset":
+            self._record(method, path, 0, 0)
+            await self._cut(request, reset=True)
+            return web.Response(status=500)  # never sent: the connection is gone
         if fault is not None and fault.kind == "stall":
             await asyncio.sleep(fault.delay)
         drop = HOP_BY_HOP | {"range"} if fault and fault.kind == "ignore_range" else \
