@@ -254,24 +254,30 @@ def test_interrupted_load_cancels_its_upload_sessions(src_registry, dst_registry
     assert list_tags(dst_registry.url, f"{prefix}/{repo_name}/i0") == []  # no tag: stopped
 
 
-@pytest.mark.parametrize(("sig", "code", "held"),
-                         [(signal.SIGINT, 130, 2.0), (signal.SIGTERM, 143, 2.0),
-                          (signal.SIGINT, 130, 60.0)],
-                         ids=["sigint-130", "sigterm-143", "answer-never-comes"])
-def test_a_load_stopped_while_a_session_opens_cancels_it(src_registry, dst_registry,
-                                                         faultproxy, rng, repo_name, tmp_path,
-                                                         sig, code, held):
+@pytest.mark.parametrize(("command", "sig", "code", "held"),
+                         [("load", signal.SIGINT, 130, 2.0), ("load", signal.SIGTERM, 143, 2.0),
+                          ("sync", signal.SIGTERM, 143, 2.0),
+                          ("load", signal.SIGINT, 130, 60.0)],
+                         ids=["sigint-130", "sigterm-143", "sync", "answer-never-comes"])
+def test_a_push_stopped_while_a_session_opens_cancels_it(src_registry, dst_registry,
+                                                         faultproxy, rng, repo_name,
+                                                         tmp_path, command, sig, code, held):
     """Ctrl-C or SIGTERM while the registry's answer to the POST that opens an upload
     session is on its way back (the registry holds the session, the run not yet its
     Location): the session stayed open at the registry, empty, for its upload purging
-    (operator pass o18: 1-4 after a stopped sync). The load waits for that answer, within
-    the CANCEL_WITHIN (5 s) it gives its sessions' DELETEs, and cancels the session; an
-    answer that never comes holds the stop no longer than that."""
+    (operator pass o18: 1-4 after a stopped sync). The load (or sync) waits for that
+    answer, within the CANCEL_WITHIN (5 s) it gives its sessions' DELETEs, and cancels the
+    session; an answer that never comes holds the stop no longer than that."""
     img = ig.make_image(rng, ig.AMD64, fmt="oci")
     push_image(src_registry.url, repo_name, img, tags=["1"])
     out = tmp_path / "b.tar"
-    mirror_ok("pull", f"{src_registry.host}/{repo_name}:1", "-o", out,
-              "--cache", tmp_path / "c", "-q")
+    if command == "load":
+        mirror_ok("pull", f"{src_registry.host}/{repo_name}:1", "-o", out,
+                  "--cache", tmp_path / "c", "-q")
+        args: tuple[object, ...] = ("load", out)
+    else:
+        args = ("sync", f"{src_registry.host}/{repo_name}:1", "--cache", tmp_path / "c",
+                "--lock-file", tmp_path / "images.lock")
     proxy = faultproxy(dst_registry.url)
     proxy.add(Fault("late", method="POST", path=r"/blobs/uploads/$", delay=held))
     prefix = f"opening-{repo_name.rsplit('-', 1)[-1]}"
@@ -284,7 +290,7 @@ def test_a_load_stopped_while_a_session_opens_cancels_it(src_registry, dst_regis
         signalled.append(time.monotonic())
         return True
 
-    proc = stopped_mirror(opened, "no upload session opened", "load", out,
+    proc = stopped_mirror(opened, "no upload session opened", *args,
                           "--to", f"{proxy.host}/{prefix}", "-j", "1", "-q", sig=sig)
     took = time.monotonic() - signalled[0]
     assert proc.returncode == code, proc.stderr
