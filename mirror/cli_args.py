@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "it from there to every target (default: none, blobs stream from the "
                    "source registries straight into the targets)")
     p.add_argument("--keep-going", action="store_true",
-                   help="sync the other images when one fails to resolve (exit 13)")
+                   help="sync the other images when one fails to resolve, or a target "
+                   "cannot take it (exit 13)")
     p.add_argument("--dry-run", action="store_true",
                    help="resolve and list what would be pushed to each target; push nothing")
     p.add_argument("--merge", action="store_true", help="as load's: a tag that holds another "

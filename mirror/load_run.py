@@ -39,9 +39,14 @@ async def run_load(args: argparse.Namespace, progress, report: Report) -> int:
     if args.dry_run:
         for line in result.dry_run:
             print(line)
-        return 0
-    if not args.quiet:
+    elif not args.quiet:
         print_pushed(result)
+    if result.failed:  # the others are pushed: each failed one said, the first the error
+        for img, e in result.failed[1:]:
+            progress.warn(f"{img.name}: failed: {e}")
+        raise result.failed[0][1]
+    if args.dry_run:
+        return 0
     if access is not None:
         write_for(args.write_client_config, [(result.images, target, access)],
                   args.no_fallback, progress, report)

@@ -48,6 +48,7 @@ from mirror.progress import Progress
 from mirror.pushblobs import BlobPush, Elsewhere, Source
 from mirror.pushfallback import Fallbacks, Putting
 from mirror.pushplan import (
+    ImageFailed,
     PushImage,
     PushResult,
     by_digest,
@@ -55,6 +56,7 @@ from mirror.pushplan import (
     manifest_groups,
     over,
     refusal_hint,
+    unserved,
 )
 from mirror.referrers import Finder
 from mirror.registry.client import Client, SourceOf
@@ -149,6 +151,10 @@ class Pusher:
         self.not_there: set[tuple[str, str]] = set()  # (repository, root reference) asked
         self.absent: set[tuple[str, str]] = set()  # (repository, tag) that HEAD found absent
         self.asked: Asked = {}  # what find_held need not ask again
+        # the images that failed at the target (id() of their Image: every tag of it), and
+        # the digests of their manifests, whose referrers are left out with them
+        self.failed_images: set[int] = set()
+        self.failed_subjects: set[str] = set()
         # the referrers' `sha256-<hex>` indexes, where the target has no referrers API
         self.fallbacks = Fallbacks(client, registry, self.finder, progress, self)
 
@@ -200,10 +206,25 @@ class Pusher:
 
     async def _manifest(self, img: PushImage, ref: str, m: RawManifest, merge: bool,
                         dry_run: bool) -> None:
-        """Decide (once per repository and reference) and act: push, or in a dry run list."""
-        if (img.repository, ref) in self.done:
+        """Decide (once per repository and reference) and act: push, or in a dry run list.
+        An image the target cannot take (ImageFailed) fails alone: its other references and
+        its referrers are left out, the other images go on."""
+        if (img.repository, ref) in self.done or self.left_out(img):
             return
         self.done.add((img.repository, ref))
+        try:
+            await self._place(img, ref, m, merge, dry_run)
+        except ImageFailed as f:
+            self.failed_images.add(id(img.image))
+            self.failed_subjects.update(x.digest for x in img.manifests)
+            self.result.failed.append((img, f.error))
+
+    def left_out(self, img: PushImage) -> bool:
+        """An image that failed at the target (ImageFailed), or a referrer of one."""
+        return id(img.image) in self.failed_images or img.referrer_of in self.failed_subjects
+
+    async def _place(self, img: PushImage, ref: str, m: RawManifest, merge: bool,
+                     dry_run: bool) -> None:
         if id(img) in self.held:  # there whole: its tag and children asked about once
             action = "present"
         else:
@@ -352,25 +373,70 @@ class Pusher:
 
     async def _over(self, img: PushImage, merge: bool) -> RawManifest:
         """What to push as the tag: what the tag holds, read (one GET), and the root pushed
-        over it or merged with it (mirror.pushplan.over), said either way."""
+        over it or merged with it (mirror.pushplan.over), said either way. What the target
+        holds and does not serve (again) fails the image (ImageFailed, `_held`)."""
         if img.tag is None or not (img.root.is_index or img.root.is_image) or \
                 (img.repository, img.tag) in self.absent:  # find_held's HEAD: 404
             return img.root
-        try:
-            old = await self.client.get_manifest(self.reg, img.repository, img.tag)
-        except NotFound:
+        where = f"{self.reg}/{img.repository}:{img.tag}"
+        old = await self._held(img.repository, img.tag, merge, where)
+        if old is None:
             return img.root
-        except RegistryError:
-            return img.root  # no answer worth trusting: push, as before
         self.theirs[old.digest] = img.repository
 
         async def put_over() -> tuple[RawManifest, str | None]:
-            return over(img, old, merge, f"{self.reg}/{img.repository}:{img.tag}")
+            return over(img, old, merge, where)
 
-        new, warning = await self.reading(put_over)
+        new, warning = await self.theirs_read(put_over, where, old.digest)
         if warning:
             self.progress.warn(warning)
         return new
+
+    async def _held(self, repo: str, tag: str, merge: bool, where: str) -> RawManifest | None:
+        """The index tag `tag` holds, read (one GET, checked against the digest the answer
+        names); None: nothing to keep or to say (the tag gone meanwhile: a 404, and another
+        HEAD finds nothing; without --merge, which replaces the tag, any registry error: no
+        answer worth trusting, pushed over as before). Bytes that are not what the target
+        names, and with --merge a 404 while the tag is still there or a registry's error,
+        fail the image (ImageFailed): pushed over, the tag would lose what --merge keeps.
+        The target's credentials or rate limit stop the push, as any request's do."""
+        try:
+            return await self.client.get_manifest(self.reg, repo, tag, as_named=True)
+        except RegistryError as e:
+            if not merge:
+                return None
+            if isinstance(e, (AuthError, RateLimited)):
+                raise
+            named = await self._still_named(repo, tag) if isinstance(e, NotFound) else ""
+            if named is None:
+                return None
+            raise ImageFailed(unserved(e, where, named or None)) from None
+        except MirrorError as e:
+            raise ImageFailed(unserved(e, where, None)) from None
+
+    async def _still_named(self, repo: str, tag: str) -> str | None:
+        """After a GET of `tag` answered 404: the digest a HEAD says it names now (None:
+        none, the tag is gone; "": no answer worth trusting)."""
+        try:
+            head = await self.client.head_manifest(self.reg, repo, tag)
+        except (AuthError, RateLimited):
+            raise
+        except RegistryError:
+            return ""
+        return None if head is None else head.digest or ""
+
+    async def theirs_read(self, act: Callable[[], Awaitable[T]], where: str,
+                          digest: str) -> T:
+        """`act`, which reads back manifest `digest` the push read from the target at
+        `where` (kept in the cache's store: Pusher.reading): lost there and not served again
+        by the target (a 404, bytes that do not match), the image fails alone (ImageFailed);
+        a registry whose requests for this run are spent stops the push (its images wait)."""
+        try:
+            return await self.reading(act)
+        except BudgetSpent:
+            raise
+        except MirrorError as e:
+            raise ImageFailed(unserved(e, where, digest)) from None
 
 
 async def held_there(client: Client, reg: str, img: PushImage) -> bool | None:

@@ -22,9 +22,10 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
 from mirror.artifacts import fallback_tag
+from mirror.errors import AuthError, MirrorError, RateLimited
 from mirror.manifest import RawManifest
 from mirror.progress import Progress
-from mirror.pushplan import PushImage
+from mirror.pushplan import ImageFailed, PushImage, unserved
 from mirror.referrers import Finder, held_fallback, with_referrer
 from mirror.registry.client import Client
 
@@ -49,6 +50,11 @@ class Placed(Protocol):
 
     async def reading(self, act: Callable[[], Awaitable[T]]) -> T:
         """`act`, which reads manifests' bytes, again after one lost was fetched again."""
+
+    async def theirs_read(self, act: Callable[[], Awaitable[T]], where: str,
+                          digest: str) -> T:
+        """`act`, reading back manifest `digest` read from the target at `where`; one the
+        target does not serve again fails the image alone (ImageFailed)."""
 
 
 class Fallbacks:
@@ -107,8 +113,14 @@ class Fallbacks:
         if await self.finder.has_api(self.reg, repo, subject):
             return
         key = (repo, fallback_tag(subject))
+        where = f"{self.reg}/{repo}:{key[1]}"
         if key not in self.index:
-            held = await held_fallback(self.client, self.reg, repo, subject)
+            try:
+                held = await held_fallback(self.client, self.reg, repo, subject)
+            except (AuthError, RateLimited):  # the target's: every request's, not the image's
+                raise
+            except MirrorError as e:  # never clobbered: not read, not added to
+                raise ImageFailed(unserved(e, where, None)) from None
             if held is not None:  # what a lost copy is fetched again from (Pusher.reading)
                 self.placed.theirs[held.digest] = repo
             mistaken = held is not None and held.digest == self.gave_way.get((repo, subject))
@@ -118,7 +130,8 @@ class Fallbacks:
         async def added() -> RawManifest | None:
             return with_referrer(held, m)
 
-        new = await self.placed.reading(added)
+        new = await self.placed.theirs_read(added, where, held.digest) if held is not None \
+            else with_referrer(None, m)
         if new is None:  # the index lists `m` already
             self.unput.setdefault(key, False)
             return

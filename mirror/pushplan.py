@@ -10,6 +10,7 @@ import functools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from mirror.errors import MirrorError
 from mirror.image import Image, push_order
 from mirror.manifest import Descriptor, RawManifest
 from mirror.merge import merged, other_platforms, platforms
@@ -66,8 +67,40 @@ class PushResult:
     referrer_tags: list[str] = field(default_factory=list)
     untagged: list[str] = field(default_factory=list)  # HOST/REPO@DIGEST of unnamed entries
     dry_run: list[str] = field(default_factory=list)
+    # the images the target could not take, each alone (ImageFailed), with why: their
+    # tags (and their referrers) were left out, the others pushed
+    failed: list[tuple[PushImage, MirrorError]] = field(default_factory=list)
     started: bool = False  # the target answered what it holds: the counts mean something
     placed: bool = False  # every manifest decided, the referrers' last: the push got through
+
+
+class ImageFailed(Exception):
+    """An image the target cannot take, raised where the push finds out: a manifest of the
+    target's it reads (the index a tag holds, a referrers' fallback index) that the target
+    does not serve as it said it holds it. The push leaves that image out (its tags, its
+    referrers) and goes on with the others (PushResult.failed)."""
+
+    def __init__(self, error: MirrorError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def unserved(e: MirrorError, where: str, digest: str | None) -> MirrorError:
+    """The one line of an image that fails because the target does not serve (again) what
+    its tag `where` (REGISTRY/REPOSITORY:TAG) holds (`digest`, when known), with `e`'s exit
+    code: `e`'s own line without the reference it starts with."""
+    msg = str(e)
+    repo, _, tag = where.rpartition(":")
+    for named in (where, f"{repo}: tag {tag}"):
+        if msg.startswith(named):
+            msg = msg[len(named):].lstrip(":").strip()
+            break
+    held = f" ({digest})" if digest else ""
+    err = MirrorError(f"{where}: the target does not serve what the tag holds{held}: {msg}",
+                      hint=e.hint or "the tag was left as it was, the other images pushed: "
+                      "check that manifest in the target's storage, then run again")
+    err.exit_code = e.exit_code
+    return err
 
 
 # -- blobs ---------------------------------------------------------------------------------

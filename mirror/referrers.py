@@ -187,9 +187,9 @@ def _refers(raw: RawManifest, subject: str, kind: object, tag: object) -> bool:
 async def held_fallback(client: Client, registry: str, repo: str, subject: str
                         ) -> RawManifest | None:
     """The subject's `sha256-<hex>` index of referrers as the target holds it (None when
-    there is none)."""
+    there is none), checked against the digest the answer names."""
     try:
-        return await client.get_manifest(registry, repo, fallback_tag(subject))
+        return await client.get_manifest(registry, repo, fallback_tag(subject), as_named=True)
     except NotFound:
         return None
 

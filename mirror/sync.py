@@ -48,6 +48,9 @@ class SyncResult:
     # a sync that stopped: the images (indexes into `images`) pushed whole to every target
     # (their tags put or found there); the others, not failed, take the run's error
     finished: set[int] = field(default_factory=set)
+    # stopped (no --keep-going) by an image a target could not take, once that target's
+    # other images were pushed: what the targets got is printed, as a sync that finished
+    failed_alone: bool = False
 
 
 def push_images(plans: list[Image], target: Target) -> list[PushImage]:
@@ -82,7 +85,8 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
                store: BlobStore | None = None,
                later: Callable[[], Awaitable[list[ImageSpec]]] | None = None) -> SyncResult:
     """Plan every image, then push them to each target in turn. With `keep_going`, an
-    image that fails to resolve is left out (`partial`); a push that fails stops the run.
+    image that fails to resolve, or that a target cannot take (failed_at), is left out
+    (`partial`); a push that fails stops the run.
     With `later` (the tag rules' choice: the run's images), `specs` are those planned
     meanwhile (mirror.planning)."""
     fetcher = Fetcher(client, store, opts.jobs, progress) if store is not None else None
@@ -123,7 +127,10 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
                            progress, absent=absent, jobs=opts.jobs, dry_run=opts.dry_run,
                            merge=opts.merge, source_of=planner.source_of,
                            asked=planner.asked[over])
+                failed_at(planner, done, result)
+                result.partial = result.partial or bool(done.failed)
             except BudgetSpent as e:  # the target's rate limit: its images wait, as a source's
+                failed_at(planner, done, result)
                 held = dict(planner.resolved())  # each for a blob of its own it could not read
                 for i in unfinished(planner.resolved(), target.registry, done):
                     planner.failed(i, next((e.unread[d] for d in held[i].blobs
@@ -138,6 +145,21 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
     finally:
         ADMITTED.reset(admitted)
     return result
+
+
+def failed_at(planner: Planner, done: PushResult, result: SyncResult) -> None:
+    """The images the target could not take (PushResult.failed: an image's, or one of its
+    referrers', manifest the target does not serve as it said it holds it) fail, each with
+    its error: with --keep-going the others go on (exit 13), without it the first stops the
+    sync once this target's other images are pushed (its exit code)."""
+    if not done.failed:
+        return
+    why = {id(p.image): e for p, e in done.failed}
+    for i, plan in planner.resolved():
+        err = next((why[id(x)] for x in (plan, *plan.referrers) if id(x) in why), None)
+        if err is not None:
+            result.failed_alone = not planner.opts.keep_going
+            planner.failed(i, err)
 
 
 def unfinished(resolved: list[tuple[int, Image]], reg: str, done: PushResult) -> list[int]:

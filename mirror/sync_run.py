@@ -49,6 +49,22 @@ def _target_entry(target, done, dry_run: bool) -> dict:
             "placement": (placement(done, dry_run) if done is not None else None) or []}
 
 
+def _stopped(args: argparse.Namespace, result, targets: Sequence, report: Report) -> None:
+    """A sync that failed or was stopped: the report says what was done, and the images it
+    did not finish carry its error; one stopped by an image a target could not take prints
+    what the targets got (its other images), as a sync that got through."""
+    fields = _sync_report(result, targets, args.dry_run)
+    if not result.planned:  # stopped before (its tag rules): the images as given
+        del fields["images"]
+    report.add(**fields)
+    if result.planned:  # those not pushed whole to every target
+        report.cut_short([e for i, e in enumerate(fields["images"])
+                          if e["error"] is None and i not in result.finished])
+    if result.failed_alone and not args.quiet:
+        for _, done in result.targets:
+            print_pushed(done)
+
+
 async def run_sync(args: argparse.Namespace, progress, report: Report) -> int:
     from mirror.artifacts import parse_types
     from mirror.clientconfig_run import access_of, check_flags, sources_of, write_for
@@ -90,13 +106,7 @@ async def run_sync(args: argparse.Namespace, progress, report: Report) -> int:
                 sources = await sources_of(t, (s.reference.registry for s in specs)) \
                     if args.write_client_config else None
     except BaseException:  # the images the sync did not finish carry its error
-        fields = _sync_report(result, targets, args.dry_run)
-        if not result.planned:  # stopped before (its tag rules): the images as given
-            del fields["images"]
-        report.add(**fields)
-        if result.planned:  # those not pushed whole to every target
-            report.cut_short([e for i, e in enumerate(fields["images"])
-                              if e["error"] is None and i not in result.finished])
+        _stopped(args, result, targets, report)
         raise
     finally:
         report.add(retries=transport.retries, **traffic(transport))

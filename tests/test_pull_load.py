@@ -19,6 +19,7 @@ from tests.support import imagegen as ig
 from tests.support.oracle import (
     ROOT,
     check_layout,
+    error_line,
     file_sha256,
     mirror_cmd,
     mirror_env,
@@ -27,8 +28,15 @@ from tests.support.oracle import (
     run_mirror,
     skopeo,
     skopeo_copy_ok,
+    tag_unserved,
 )
-from tests.support.pusher import blob_exists, get_manifest, list_tags, push_image
+from tests.support.pusher import (
+    blob_exists,
+    get_manifest,
+    list_tags,
+    merge_over_two,
+    push_image,
+)
 from tests.support.registry import Registry
 
 A_SOURCE_DIGEST = "dev.mirror.source.digest"
@@ -621,6 +629,38 @@ def test_a_merge_rerun_is_silent_under_q(src_registry: Registry, dst_registry: R
     assert "merged" in first.stderr, first.stderr
     again = mirror_ok("load", bundle, "--to", f"{dst_registry.host}/q", "--merge", "-q")
     assert again.stderr == "" and again.stdout == "", again.stderr
+
+
+@pytest.mark.parametrize("kind", ["404", "damaged"])
+def test_a_merge_whose_tag_the_target_does_not_serve_fails_that_image_alone(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path, kind: str) -> None:
+    """`load --merge` of two images, the target's tag of one holding an amd64+arm64 index
+    that the target does not serve (its HEAD names it; a GET answers 404, or damaged bytes):
+    that image fails alone, its tag left as it was (pushed over, it would lose arm64), with
+    one line naming the target registry, repository and digest; the other image is pushed
+    and listed, on stdout and in the report's placement; exit 5 (404) or 7 (the bytes), the
+    image's own. It stopped the load (damaged), or pushed over the tag (404), before."""
+    proxy = faultproxy(dst_registry.url)
+    old, other, refs = merge_over_two(src_registry.url, repo_name, rng)
+    bundle = pull(tmp_path, *refs)
+    repo = f"m{kind}/{repo_name}/a"
+    push_image(dst_registry.url, repo, old, ["1"])
+    tag_unserved(proxy, repo, "1", kind)
+    report = tmp_path / "r.json"
+    done = run_mirror("load", bundle, "--to", f"{proxy.host}/m{kind}", "--merge",
+                      "--report", report)
+    assert done.returncode == (5 if kind == "404" else 7), done.stderr
+    line = error_line(done)
+    assert f"{proxy.host}/{repo}:1" in line and old.digest in line, line
+    assert "Traceback" not in done.stderr, done.stderr
+    assert target_digest(dst_registry, repo, "1") == old.digest  # as it was
+    b = f"m{kind}/{repo_name}/b"
+    assert target_digest(dst_registry, b, "1") == other.digest
+    assert done.stdout.splitlines() == [f"{proxy.host}/{b}:1"], done.stdout
+    doc = json.loads(report.read_text())
+    assert doc["exit_code"] == done.returncode and doc["error"] == line[len("mirror: error: "):]
+    assert [p["repository"] for p in doc["placement"]] == [b], doc["placement"]
 
 
 @pytest.mark.slow

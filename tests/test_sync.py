@@ -31,12 +31,14 @@ from tests.support.oracle import (
     mirror_ok,
     run_mirror,
     stopped_mirror,
+    tag_unserved,
 )
 from tests.support.pusher import (
     blob_exists,
     corrupt_list,
     get_blob,
     get_manifest,
+    merge_over_two,
     push_blob,
     push_image,
     push_raw_manifest,
@@ -775,8 +777,8 @@ def test_an_index_a_merge_read_from_the_target_damaged_in_the_cache_is_fetched_a
     `... run again`), the source never having had it. It is fetched again by digest from the
     target (checked, stored again), one more manifest GET there, and the target holds what
     an undamaged merge leaves: the same tags, manifests and blobs. A target that no longer
-    serves it (404) stops the run with one line naming the manifest and the answer, the tag
-    left as it was."""
+    serves it (404) fails the image (here the run's only one: exit 7) with one line naming
+    the manifest and the answer, the tag left as it was."""
     u = repo_name[-8:]
     proxy = faultproxy(dst_registry.url)
     old = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)], "oci")
@@ -801,6 +803,53 @@ def test_an_index_a_merge_read_from_the_target_damaged_in_the_cache_is_fetched_a
     assert after[proxy.host]["manifest GET"] == before[target]["manifest GET"] + 1, \
         (after, before)
     assert after[src_registry.host] == before[src_registry.host]
+
+
+@pytest.mark.parametrize("kind,keep_going", [("404", True), ("damaged", False),
+                                               ("lost", True), ("lost", False)])
+def test_a_merge_whose_tag_the_target_does_not_serve_fails_that_image_alone(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path, kind: str, keep_going: bool) -> None:
+    """sync --merge of two images, the target's tag of one holding an amd64+arm64 index the
+    target does not serve as its HEAD says it holds it: a GET of the tag answers 404, or
+    damaged bytes; or (`lost`, through a cache) it was read, lost in the cache's store, and
+    its GET by digest again answers 404. That image fails alone, its tag left as it was,
+    with one line naming the target registry, repository and digest, in its report entry;
+    the other is synced and placed. With --keep-going exit 13 ('1 of 2 image(s) failed'),
+    else the image's own exit code (5: the 404 of the tag; 7: bytes that do not match, or
+    lost and not served again), as README's table says of a failed image. The sync stopped
+    (exit 7 or 9) or pushed over the tag (404) before, leaving the other image unsynced."""
+    u = f"{kind}{int(keep_going)}{repo_name[-8:]}"
+    proxy = faultproxy(dst_registry.url)
+    old, other, refs = merge_over_two(src_registry.url, repo_name, rng)
+    repo = f"s{u}/{repo_name}/a"
+    push_image(dst_registry.url, repo, old, ["1"])
+    args: list[object] = [*refs, "--merge", "--to", f"{proxy.host}/s{u}", "--report",
+                          tmp_path / "r.json", *(["--keep-going"] if keep_going else [])]
+    if kind == "lost":
+        gone = manifest_gone(proxy, old.digest)
+        done = damaged_on_read(old.digest, "sync", *args, "--cache", tmp_path / "cache")
+        assert gone.hits == 1
+    else:
+        tag_unserved(proxy, repo, "1", kind)
+        done = run_mirror("sync", *args)
+    code = 5 if kind == "404" else 7
+    assert done.returncode == (13 if keep_going else code), done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    doc = json.loads((tmp_path / "r.json").read_text())
+    a, b = doc["images"]
+    assert f"{proxy.host}/{repo}:1" in a["error"] and old.digest in a["error"], a
+    assert a["error_code"] == code and b["error"] is None, doc["images"]
+    if keep_going:
+        assert doc["error"] == "1 of 2 image(s) failed; the others are synced", doc["error"]
+    else:
+        assert error_line(done) == f"mirror: error: {a['error']}", done.stderr
+    assert get_manifest(dst_registry.url, repo, "1")[0] == old.manifest.data  # as it was
+    b_repo = f"s{u}/{repo_name}/b"
+    assert get_manifest(dst_registry.url, b_repo, "1")[2]["Docker-Content-Digest"] == \
+        other.digest
+    assert [p["repository"] for p in doc["targets"][0]["placement"]] == [b_repo], doc
+    assert done.stdout.splitlines() == [f"{proxy.host}/{b_repo}:1"], done.stdout
 
 
 def test_a_fallback_index_read_from_the_target_damaged_in_the_cache_is_fetched_again(
@@ -836,6 +885,40 @@ def test_a_fallback_index_read_from_the_target_damaged_in_the_cache_is_fetched_a
     assert len(json.loads(body)["manifests"]) == 2, body
     target = dst_registry.host
     assert after[target]["manifest GET"] == before[target]["manifest GET"] + 1, (after, before)
+
+
+def test_a_fallback_index_the_target_does_not_serve_fails_that_image_alone(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """A sync --keep-going of a signed image (an SBOM, pushed by digest) and another, to a
+    registry without the referrers API whose `sha256-<hex>` fallback index for the first
+    (listing an SBOM of its own) it serves damaged: the index is never clobbered, so it is
+    left as it was and that image fails alone (exit 13, its entry naming the fallback tag
+    and the digest), the other synced. The sync stopped (exit 7 or 9) before."""
+    u = repo_name[-8:]
+    proxy = faultproxy(dst_registry.url)
+    img = ig.make_image(rng, ig.AMD64, "oci")
+    other = ig.make_image(rng, ig.AMD64, "oci")
+    push_image(src_registry.url, f"{repo_name}/a", img, ["1"])
+    push_sbom(src_registry.url, f"{repo_name}/a", img.manifest)
+    push_image(src_registry.url, f"{repo_name}/b", other, ["1"])
+    repo = f"fb{u}/{repo_name}/a"
+    theirs = push_sbom(dst_registry.url, repo, img.manifest, fallback=False)
+    index = fallback_index([theirs])
+    tag = fallback_tag(img.digest)
+    push_raw_manifest(dst_registry.url, repo, tag, index, ig.OCI_INDEX)
+    tag_unserved(proxy, repo, tag, "damaged")
+    report = tmp_path / "r.json"
+    done = run_mirror("sync", f"{src_registry.host}/{repo_name}/a:1",
+                      f"{src_registry.host}/{repo_name}/b:1", "--to", f"{proxy.host}/fb{u}",
+                      "--keep-going", "--report", report)
+    assert done.returncode == 13, done.stderr
+    a, b = json.loads(report.read_text())["images"]
+    assert f"{proxy.host}/{repo}:{tag}" in a["error"] and ig.sha256_digest(index) in a["error"]
+    assert a["error_code"] == 7 and b["error"] is None, (a, b)
+    assert get_manifest(dst_registry.url, repo, tag)[0] == index  # as it was
+    assert get_manifest(dst_registry.url, f"fb{u}/{repo_name}/b", "1")[2][
+        "Docker-Content-Digest"] == other.digest
 
 
 def held_as_reported(reg: Registry, target: dict) -> None:

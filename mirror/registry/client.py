@@ -7,6 +7,7 @@ manifest bytes in, raw manifest bytes out."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -80,9 +81,12 @@ class Client(Blobs, Listings, Uploads):
     # -- manifests -------------------------------------------------------------------------
 
     async def get_manifest(self, registry: str, repo: str, ref: str,
-                           expected: Descriptor | None = None) -> RawManifest:
-        """GET by tag or digest; a by-digest answer is checked against the digest asked for.
-        From the store of manifests instead, when it has the answer (`_stored`)."""
+                           expected: Descriptor | None = None, *,
+                           as_named: bool = False) -> RawManifest:
+        """GET by tag or digest; a by-digest answer is checked against the digest asked for;
+        with `as_named`, a by-tag answer against the digest it names (Docker-Content-Digest,
+        when given: a target's own tag, mirror.push). From the store of manifests instead,
+        when it has the answer (`_stored`)."""
         where = f"{registry}/{repo}{'@' if ref.startswith('sha') and ':' in ref else ':'}{ref}"
         if self.manifests is not None:
             stored = await self._stored(self.manifests, registry, repo, ref, expected, where)
@@ -100,11 +104,16 @@ class Client(Blobs, Listings, Uploads):
             elif expected is not None:
                 check_bytes(data, expected.digest, expected.size, where)
                 checked = expected.digest
+            elif as_named and (named := headers.get("Docker-Content-Digest")):
+                check_bytes(data, named, None, where)
+                checked = named
         except IntegrityError:
             # A signed schema 1 manifest's digest is not the sha256 of the bytes served (the
             # registry signs it anew on every GET, REFERENCE.md 1.2): say schema 1, exit 9,
-            # not "digest mismatch"; anything else that does not match is what it is.
-            RawManifest.from_bytes(data, ctype, where=where)
+            # not "digest mismatch"; anything else that does not match is what it is (bytes
+            # damaged on the way: a digest mismatch, not "not JSON").
+            if _schema1(data, ctype):
+                RawManifest.from_bytes(data, ctype, where=where)
             raise
         raw = RawManifest.from_bytes(data, ctype, where=where, digest=checked)
         if self.manifests is not None:
@@ -263,6 +272,17 @@ class Client(Blobs, Listings, Uploads):
                 f"{registry}/{repo}:{ref}: registry stored the manifest as {got}, "
                 f"not {raw.digest}")
         return subject
+
+
+def _schema1(data: bytes, ctype: str) -> bool:
+    """The bytes say they are a Docker schema 1 manifest (its type, or schemaVersion 1)."""
+    if mt.strip_params(ctype) in mt.SCHEMA1_TYPES:
+        return True
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(body, dict) and body.get("schemaVersion") == 1
 
 
 def _asked(ref: str) -> str:

@@ -325,6 +325,19 @@ def manifest_gone(proxy: Any, digest: str) -> Any:
                            code="MANIFEST_UNKNOWN", times=None))
 
 
+def tag_unserved(proxy: Any, repo: str, tag: str, kind: str) -> Any:
+    """`proxy`'s every GET of `repo:tag` answered as a target that does not serve what the tag
+    holds (its HEAD still says it does): `kind` "404" (MANIFEST_UNKNOWN) or "damaged" (a
+    byte of the body flipped, Docker-Content-Digest as stored). The fault."""
+    from .faultproxy import Fault
+
+    path = rf"/v2/{repo}/manifests/{tag}$"
+    if kind == "404":
+        return proxy.add(Fault("status", method="GET", path=path, status=404,
+                               code="MANIFEST_UNKNOWN", times=None))
+    return proxy.add(Fault("flip_byte", method="GET", path=path, offset=40, times=None))
+
+
 def lost_for_good(done: subprocess.CompletedProcess[str], digest: str, gone: Any) -> None:
     """A run whose manifest `digest`, lost in the cache's store, was asked for again once and
     not served (`gone`: manifest_gone's fault): exit 7 (integrity), the one error line naming

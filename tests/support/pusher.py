@@ -235,3 +235,18 @@ def two_images(registry_url: str, proxy, repo: str, rng) -> tuple[Image, list[st
     push_image(registry_url, f"{repo}/a", img, tags=["1"])
     push_image(registry_url, f"{repo}/b", other, tags=["1"])
     return img, [f"{proxy.host}/{repo}/a:1", f"{proxy.host}/{repo}/b:1"]
+
+
+def merge_over_two(registry_url: str, repo: str, rng) -> tuple[Image, Image, list[str]]:
+    """For a --merge of two images over a target's tag: A (`repo/a:1`, an amd64 index) and B
+    (`repo/b:1`, one image), pushed; the index the target's tag of A holds (amd64 and
+    arm64, not pushed), B, and the two references (registry_url's host)."""
+    from .imagegen import AMD64, ARM64, make_image, make_index
+
+    old = make_index([make_image(rng, p, "oci") for p in (AMD64, ARM64)], "oci")
+    other = make_image(rng, AMD64, "oci")
+    push_image(registry_url, f"{repo}/a", make_index([make_image(rng, AMD64, "oci")], "oci"),
+               tags=["1"])
+    push_image(registry_url, f"{repo}/b", other, tags=["1"])
+    host = registry_url.split("://", 1)[1]
+    return old, other, [f"{host}/{repo}/a:1", f"{host}/{repo}/b:1"]
