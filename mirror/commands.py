@@ -304,6 +304,14 @@ def placement(result, dry_run: bool = False) -> list[dict] | None:
             for (name, repo), tags in out.items()]
 
 
+def failed_images(result) -> list[dict]:
+    """The images a push's target could not take (mirror.pushplan.PushResult.failed), each
+    with where it would have gone and why: load's report's `failed`."""
+    return [{"source": img.name, "repository": img.repository, "tag": img.tag,
+             "digest": img.root.digest, "error": str(e), "error_code": e.exit_code}
+            for img, e in result.failed]
+
+
 def partial(images, rest: str, progress, report: Report) -> int:
     """Some images failed (--keep-going) or wait for a registry's rate limit: one line
     saying how many, also the report's error (exit 13 or 14 is not success); exit 14 when

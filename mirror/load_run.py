@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import argparse
 
-from mirror.commands import placement, print_pushed, push_report, push_summary, traffic
+from mirror.commands import (
+    failed_images,
+    placement,
+    print_pushed,
+    push_report,
+    push_summary,
+    traffic,
+)
 from mirror.netargs import target_of, transport_for
 from mirror.report import Report
 
@@ -19,7 +26,7 @@ async def run_load(args: argparse.Namespace, progress, report: Report) -> int:
     # None: not known (the load stopped before it could say)
     report.add(bundle=str(args.bundle), target=args.to, **push_report(None),
                retries=0, dry_run=args.dry_run, would_push=[], client_config=None,
-               placement=None, **traffic(None))
+               placement=None, failed=[], **traffic(None))
     target = target_of(args, args.to)
     check_flags(args)
     bundle = Bundle(args.bundle)
@@ -34,7 +41,8 @@ async def run_load(args: argparse.Namespace, progress, report: Report) -> int:
     finally:
         report.add(retries=transport.retries, **traffic(transport))
         if result.started:  # what was done, also when the load failed or was stopped later
-            report.add(**push_report(result), placement=placement(result, args.dry_run))
+            report.add(**push_report(result), placement=placement(result, args.dry_run),
+                       failed=failed_images(result))
     report.add(would_push=result.dry_run)
     if args.dry_run:
         for line in result.dry_run:

@@ -661,6 +661,10 @@ def test_a_merge_whose_tag_the_target_does_not_serve_fails_that_image_alone(
     doc = json.loads(report.read_text())
     assert doc["exit_code"] == done.returncode and doc["error"] == line[len("mirror: error: "):]
     assert [p["repository"] for p in doc["placement"]] == [b], doc["placement"]
+    assert doc["failed"] == [{"source": refs[0], "repository": repo, "tag": "1",
+                              "digest": ig.sha256_digest(get_manifest(
+                                  src_registry.url, f"{repo_name}/a", "1")[0]),
+                              "error": doc["error"], "error_code": done.returncode}], doc
 
 
 @pytest.mark.slow
