@@ -18,7 +18,8 @@ a half image. Its sources (a bundle for `mirror load`, the source registries or 
    other platforms with `merge` (mirror.merge), and is replaced with a warning without.
 The decisions are mirror.pushplan's (no request there), step 1's requests
 mirror.pushblobs', the referrers' `sha256-<hex>` indexes on a target without the referrers
-API mirror.pushfallback's; here the order of the steps and the requests that inform the
+API mirror.pushfallback's, the reading of what the target's tags hold mirror.pushtheirs';
+here the order of the steps and the requests that inform the
 decisions.
 The dry run takes the same decisions and lists them instead of acting.
 A push that fails or is stopped cancels the upload sessions it left open at the target, then
@@ -30,8 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TypeVar
+from collections.abc import Callable, Mapping
 
 from mirror.aio import confirmed, gather_or_cancel
 from mirror.errors import (
@@ -39,7 +39,6 @@ from mirror.errors import (
     BudgetSpent,
     IncompleteBase,
     MirrorError,
-    NotFound,
     RateLimited,
     RegistryError,
 )
@@ -54,10 +53,9 @@ from mirror.pushplan import (
     by_digest,
     by_tag,
     manifest_groups,
-    over,
     refusal_hint,
-    unserved,
 )
+from mirror.pushtheirs import Theirs
 from mirror.referrers import Finder
 from mirror.registry.client import Client, SourceOf
 from mirror.registry.upload import CANCEL_WITHIN
@@ -67,7 +65,6 @@ from mirror.registry.upload import CANCEL_WITHIN
 Asked = dict[tuple[str, str, str], bool | None]
 # the error for base blobs found nowhere: (their "digest (repository)", repositories looked in)
 Incomplete = Callable[[list[str], int], MirrorError]
-T = TypeVar("T")
 
 
 async def push(client: Client, registry: str, images: list[PushImage], source: Source,
@@ -128,17 +125,16 @@ def _incomplete(missing: list[str], searched: int) -> MirrorError:
 
 class Pusher:
     """One push to one registry: its images' manifests and tags (their blobs are a
-    BlobPush's, the referrers' fallback indexes its Fallbacks')."""
+    BlobPush's, the referrers' fallback indexes its Fallbacks', what the target's tags hold
+    its Theirs')."""
 
     def __init__(self, client: Client, registry: str, images: list[PushImage],
                  result: PushResult, progress: Progress, jobs: int,
                  merge: bool, source_of: SourceOf | None = None) -> None:
         self.client, self.reg, self.images = client, registry, images
         self.result, self.progress, self.merge = result, progress, merge
-        self.source_of = source_of
-        # digest -> the repository of the target a manifest the push read came from (what a
-        # tag held, a fallback index): kept in the cache's store as the source's are
-        self.theirs: dict[str, str] = {}
+        # the target's own manifests it reads: what a tag holds, a fallback index
+        self.theirs = Theirs(client, registry, progress, source_of)
         self.jobs = jobs
         self.sem = asyncio.Semaphore(jobs)
         self.finder = Finder(client)
@@ -156,7 +152,8 @@ class Pusher:
         self.failed_images: set[int] = set()
         self.failed_subjects: set[str] = set()
         # the referrers' `sha256-<hex>` indexes, where the target has no referrers API
-        self.fallbacks = Fallbacks(client, registry, self.finder, progress, self)
+        self.fallbacks = Fallbacks(client, registry, self.finder, progress, self,
+                                   self.theirs)
 
     def leave_out(self, unread: dict[str, BudgetSpent]) -> None:
         """A source registry whose requests ran out (a sync): the images that need one of
@@ -262,14 +259,14 @@ class Pusher:
                      ) -> tuple[str, RawManifest]:
         """What `ref` gets: ("present", m) when the target already serves those bytes as
         `ref`; else ("push", what): for a tag, the root or the root merged with the index the
-        tag holds (`_over` warns as it decides)."""
+        tag holds (Theirs.tag_gets warns as it decides)."""
         client, reg, repo = self.client, self.reg, img.repository
         root = m is img.root
         asked = root and (repo, ref) in self.not_there  # by find_held: not there
         if not asked and await _there(client, reg, repo, ref, m):
             return "present", m
         if root and img.tag is not None:
-            m = await self._over(img, merge)
+            m = await self.theirs.tag_gets(img, merge, (repo, img.tag) in self.absent)
             if m is not img.root and await _there(client, reg, repo, ref, m):
                 return "present", m  # merged before, the same way
         return "push", m
@@ -277,7 +274,8 @@ class Pusher:
     async def _put(self, img: PushImage, ref: str, m: RawManifest) -> None:
         key = (img.repository, ref)
         self.putting[key] = (img, m)
-        subject = await self.reading(lambda: _put(self.client, self.reg, img, ref, m))
+        subject = await self.theirs.reading(
+            lambda: _put(self.client, self.reg, img, ref, m))
         del self.putting[key]
         self.count(img.repository, m.digest, pushed=True)
         if m.subject is not None:  # the registry's own word on its referrers API
@@ -287,21 +285,6 @@ class Pusher:
         """A dry run's line for a manifest the push would PUT as `ref`."""
         at = "@" if ref == m.digest else ":"
         self.result.dry_run.append(f"manifest {m.digest} -> {self.reg}/{repo}{at}{ref}")
-
-    async def reading(self, act: Callable[[], Awaitable[T]]) -> T:
-        """`act`, which reads manifests' bytes, again once one it read back from the cache's
-        store (a sync's: planning released it there; what the target held, read by this
-        push) was lost there and fetched again from where it came from (Client.reading):
-        the push goes on as if it had never been lost. A manifest from nowhere known
-        (nothing released: a load) stays lost."""
-        return await self.client.reading(act, self._source)
-
-    def _source(self, digest: str) -> tuple[str, str] | None:
-        """Where manifest `digest` the push reads can be fetched again: its source, else
-        the target it was read from; None: nowhere known."""
-        found = self.source_of(digest) if self.source_of is not None else None
-        repo = self.theirs.get(digest)
-        return found or (None if repo is None else (self.reg, repo))
 
     async def settle(self, within: float) -> None:
         """After the push stopped (as BlobPush.settle): each manifest PUT it stopped in
@@ -370,73 +353,6 @@ class Pusher:
                 where = f"{self.reg}/{img.repository}@{img.root.digest}"
                 self.result.untagged.append(where)
                 self.progress.info(f"{img.name} has no ref name: pushed as {where} (no tag)")
-
-    async def _over(self, img: PushImage, merge: bool) -> RawManifest:
-        """What to push as the tag: what the tag holds, read (one GET), and the root pushed
-        over it or merged with it (mirror.pushplan.over), said either way. What the target
-        holds and does not serve (again) fails the image (ImageFailed, `_held`)."""
-        if img.tag is None or not (img.root.is_index or img.root.is_image) or \
-                (img.repository, img.tag) in self.absent:  # find_held's HEAD: 404
-            return img.root
-        where = f"{self.reg}/{img.repository}:{img.tag}"
-        old = await self._held(img.repository, img.tag, merge, where)
-        if old is None:
-            return img.root
-        self.theirs[old.digest] = img.repository
-
-        async def put_over() -> tuple[RawManifest, str | None]:
-            return over(img, old, merge, where)
-
-        new, warning = await self.theirs_read(put_over, where, old.digest)
-        if warning:
-            self.progress.warn(warning)
-        return new
-
-    async def _held(self, repo: str, tag: str, merge: bool, where: str) -> RawManifest | None:
-        """The index tag `tag` holds, read (one GET, checked against the digest the answer
-        names); None: nothing to keep or to say (the tag gone meanwhile: a 404, and another
-        HEAD finds nothing; without --merge, which replaces the tag, any registry error: no
-        answer worth trusting, pushed over as before). Bytes that are not what the target
-        names, and with --merge a 404 while the tag is still there or a registry's error,
-        fail the image (ImageFailed): pushed over, the tag would lose what --merge keeps.
-        The target's credentials or rate limit stop the push, as any request's do."""
-        try:
-            return await self.client.get_manifest(self.reg, repo, tag, as_named=True)
-        except RegistryError as e:
-            if not merge:
-                return None
-            if isinstance(e, (AuthError, RateLimited)):
-                raise
-            named = await self._still_named(repo, tag) if isinstance(e, NotFound) else ""
-            if named is None:
-                return None
-            raise ImageFailed(unserved(e, where, named or None)) from None
-        except MirrorError as e:
-            raise ImageFailed(unserved(e, where, None)) from None
-
-    async def _still_named(self, repo: str, tag: str) -> str | None:
-        """After a GET of `tag` answered 404: the digest a HEAD says it names now (None:
-        none, the tag is gone; "": no answer worth trusting)."""
-        try:
-            head = await self.client.head_manifest(self.reg, repo, tag)
-        except (AuthError, RateLimited):
-            raise
-        except RegistryError:
-            return ""
-        return None if head is None else head.digest or ""
-
-    async def theirs_read(self, act: Callable[[], Awaitable[T]], where: str,
-                          digest: str) -> T:
-        """`act`, which reads back manifest `digest` the push read from the target at
-        `where` (kept in the cache's store: Pusher.reading): lost there and not served again
-        by the target (a 404, bytes that do not match), the image fails alone (ImageFailed);
-        a registry whose requests for this run are spent stops the push (its images wait)."""
-        try:
-            return await self.reading(act)
-        except BudgetSpent:
-            raise
-        except MirrorError as e:
-            raise ImageFailed(unserved(e, where, digest)) from None
 
 
 async def held_there(client: Client, reg: str, img: PushImage) -> bool | None:

@@ -18,18 +18,17 @@ what it puts, as of every manifest (`Placed`).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from mirror.artifacts import fallback_tag
 from mirror.errors import AuthError, MirrorError, RateLimited
 from mirror.manifest import RawManifest
 from mirror.progress import Progress
 from mirror.pushplan import ImageFailed, PushImage, unserved
+from mirror.pushtheirs import Theirs
 from mirror.referrers import Finder, held_fallback, with_referrer
 from mirror.registry.client import Client
 
-T = TypeVar("T")
 # (repository, reference) -> the image (None: a fallback index) and manifest of a PUT asked
 # for and not answered yet: one the push stops in may have landed (mirror.push's settle)
 Putting = dict[tuple[str, str], tuple[PushImage | None, RawManifest]]
@@ -39,8 +38,6 @@ class Placed(Protocol):
     """What the push keeps of the manifests it places (mirror.push.Pusher)."""
 
     putting: Putting
-    # digest -> the target repository a manifest the push read there came from
-    theirs: dict[str, str]
 
     def count(self, repo: str, digest: str, *, pushed: bool) -> None:
         """The report's manifests_pushed or manifests_present, once per manifest."""
@@ -48,22 +45,14 @@ class Placed(Protocol):
     def listed(self, repo: str, ref: str, m: RawManifest) -> None:
         """A dry run's line for a manifest the push would PUT as `ref`."""
 
-    async def reading(self, act: Callable[[], Awaitable[T]]) -> T:
-        """`act`, which reads manifests' bytes, again after one lost was fetched again."""
-
-    async def theirs_read(self, act: Callable[[], Awaitable[T]], where: str,
-                          digest: str) -> T:
-        """`act`, reading back manifest `digest` read from the target at `where`; one the
-        target does not serve again fails the image alone (ImageFailed)."""
-
 
 class Fallbacks:
     """The fallback indexes of one push to one registry."""
 
     def __init__(self, client: Client, registry: str, finder: Finder, progress: Progress,
-                 placed: Placed) -> None:
+                 placed: Placed, theirs: Theirs) -> None:
         self.client, self.reg, self.finder = client, registry, finder
-        self.progress, self.placed = progress, placed
+        self.progress, self.placed, self.theirs = progress, placed, theirs
         # (repository, fallback tag) -> the index it holds, as this push left it (or, in a
         # dry run, would leave it): read from the target once, then kept up to date here
         self.index: dict[tuple[str, str], RawManifest | None] = {}
@@ -121,8 +110,8 @@ class Fallbacks:
                 raise
             except MirrorError as e:  # never clobbered: not read, not added to
                 raise ImageFailed(unserved(e, where, None)) from None
-            if held is not None:  # what a lost copy is fetched again from (Pusher.reading)
-                self.placed.theirs[held.digest] = repo
+            if held is not None:  # what a lost copy is fetched again from (Theirs.reading)
+                self.theirs.read_from(held.digest, repo)
             mistaken = held is not None and held.digest == self.gave_way.get((repo, subject))
             self.index[key] = None if mistaken else held
         held = self.index[key]
@@ -130,7 +119,7 @@ class Fallbacks:
         async def added() -> RawManifest | None:
             return with_referrer(held, m)
 
-        new = await self.placed.theirs_read(added, where, held.digest) if held is not None \
+        new = await self.theirs.read_back(added, where, held.digest) if held is not None \
             else with_referrer(None, m)
         if new is None:  # the index lists `m` already
             self.unput.setdefault(key, False)
