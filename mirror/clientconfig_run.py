@@ -75,8 +75,9 @@ def write_for(directory: Path, pushed: list[Pushed], no_fallback: bool, progress
     maps: list[Mapping] = []
     left: list[LeftOut] = []
     for k, (images, target, _) in enumerate(pushed):
-        got, lost = mappings([(None if i.unnamed else i.name, i.repository, i.tag)
-                              for i in images if i.referrer_of is None], target.registry, k)
+        got, lost = mappings([(None if i.unnamed else i.name, i.repository, i.tag,
+                               i.root.digest) for i in images if i.referrer_of is None],
+                             target.registry, k)
         maps += got
         left += lost
     cfg = render(maps, [access for _, _, access in pushed],

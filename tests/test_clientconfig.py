@@ -325,12 +325,12 @@ def test_images_without_a_source_name_and_by_digest_only() -> None:
     from mirror.clientconfig.readme import README
     from mirror.clientconfig.render import render
 
-    digest = "sha256:" + "a" * 64
+    digest, other = "sha256:" + "a" * 64, "sha256:" + "b" * 64
     maps, left = mappings([
-        (None, "site", None), ("v3", "site", "v3"),
-        (f"ghcr.io/org/pinned@{digest}", "site/org/pinned", None),
-        ("docker.io/library/redis:7", "site/library/redis", "7"),
-        ("redis:8", "site/redis", "8"),  # the short name: another place for the same source
+        (None, "site", None, other), ("v3", "site", "v3", other),
+        (f"ghcr.io/org/pinned@{digest}", "site/org/pinned", None, digest),
+        ("docker.io/library/redis:7", "site/library/redis", "7", other),
+        ("redis:8", "site/redis", "8", other),  # the short name: another place for the same
     ], "reg.local")
     assert [(x.client, x.source, x.target) for x in left] == [
         ("all", "(no ref name)", "reg.local/site"), ("all", "v3", "reg.local/site:v3")]
@@ -372,10 +372,11 @@ def test_a_renamed_tag_is_said_to_be_out_of_the_clients_reach() -> None:
     the original tag, so it is not listed."""
     from mirror.clientconfig.model import mappings
 
+    d = "sha256:" + "c" * 64
     maps, left = mappings([
-        ("docker.io/library/redis:7", "site/library/redis", "stable"),
-        ("docker.io/library/nginx:1", "site/library/nginx", "1"),
-        ("docker.io/library/nginx:1", "site/library/nginx", "latest"),
+        ("docker.io/library/redis:7", "site/library/redis", "stable", d),
+        ("docker.io/library/nginx:1", "site/library/nginx", "1", d),
+        ("docker.io/library/nginx:1", "site/library/nginx", "latest", d),
     ], "reg.local")
     assert [m.source.repository for m in maps] == ["library/redis", "library/nginx"]
     assert [(x.client, x.source, x.target) for x in left] == [
@@ -390,10 +391,11 @@ def test_readme_lists_the_tags_tags_also_added() -> None:
     from mirror.clientconfig.readme import README
     from mirror.clientconfig.render import render
 
+    d = "sha256:" + "c" * 64
     maps, left = mappings([
-        ("docker.io/ops/agent:1.0", "site/ops/agent", "1.0"),
-        ("docker.io/ops/agent:1.0", "site/ops/agent", "stable"),
-        ("docker.io/ops/db:2", "site/ops/db", "2"),
+        ("docker.io/ops/agent:1.0", "site/ops/agent", "1.0", d),
+        ("docker.io/ops/agent:1.0", "site/ops/agent", "stable", d),
+        ("docker.io/ops/db:2", "site/ops/db", "2", d),
     ], "reg.local")
     readme = render(maps, Access(), left_out=left).files[README]
     assert "  docker.io/ops/agent:1.0 -> reg.local/site/ops/agent:1.0 (also tagged stable)\n" \
@@ -427,14 +429,14 @@ def test_an_image_pushed_under_another_tag_is_named_with_the_tag_it_has(
         {k: x[k] for k in ("client", "source", "target")} for x in left], left
 
 
-@pytest.mark.xfail(strict=True, reason="operator pass o19: README.txt names the source "
-                   "digest at the target for a converted image pinned by digest")
 def test_a_converted_image_pinned_by_digest_is_named_with_the_digest_the_target_has(
         src_registry: Registry, dst_registry: Registry, repo_name: str, tmp_path: Path) -> None:
     """A Docker list pinned by digest and pulled `--format oci`: the load pushes the converted
     index (a new digest, in the report's placement) and the target does not serve the source
     digest; README.txt's list said `SRC@OLD -> TARGET@OLD`, a manifest the target does not
-    have (operator pass o19)."""
+    have (operator pass o19). It names TARGET@NEW, and SRC@OLD is listed as out of every
+    client's reach (no client configuration renames a digest), by load --write-client-config
+    and by `mirror client-config` alike."""
     rng = random.Random(1919)
     lst = ig.make_index([ig.make_image(rng, ig.AMD64, fmt="docker"),
                          ig.make_image(rng, ig.ARM64, fmt="docker")], fmt="docker")
@@ -449,8 +451,16 @@ def test_a_converted_image_pinned_by_digest_is_named_with_the_digest_the_target_
     assert placed != lst.digest  # converted
     target = f"{dst_registry.host}/p/{repo_name}/dl"
     readme = (tmp_path / "cfg/README.txt").read_text()
-    assert f"-> {target}@{placed}" in readme, readme
+    assert f"  {src}@{lst.digest} -> {target}@{placed}" in readme, readme
     assert f"{target}@{lst.digest}" not in readme, readme
+    left = json.loads(report.read_text())["client_config"]["left_out"]
+    assert {"client": "all", "source": f"{src}@{lst.digest}", "target": f"{target}@{placed}"} \
+        in [{k: x[k] for k in ("client", "source", "target")} for x in left], left
+    assert get_manifest(dst_registry.url, f"p/{repo_name}/dl", placed)[2][
+        "Docker-Content-Digest"] == placed
+    mirror_ok("client-config", bundle, "--to", f"{dst_registry.host}/p", "-o",
+              tmp_path / "later", "-q")
+    assert (tmp_path / "later/README.txt").read_text() == readme
 
 
 @pytest.mark.xfail(strict=True, reason="operator pass o19: client-config says a digest tag "

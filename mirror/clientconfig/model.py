@@ -21,6 +21,9 @@ class Mapping:
     repository: str  # target repository
     tags: tuple[str, ...] = field(default=(), compare=False)  # the tags it got there
     mirror: int = field(default=0, compare=False)  # which target (--to, in order) it is in
+    # the digest of its manifest there (the source's, unless the pull filtered, converted
+    # or rewrote it)
+    digest: str | None = field(default=None, compare=False)
 
     @property
     def tag(self) -> str | None:
@@ -79,16 +82,17 @@ class ClientConfig:
     notes: list[str] = field(default_factory=list)  # what a client needs besides its file
 
 
-def mappings(images: Iterable[tuple[str | None, str, str | None]], registry: str,
+def mappings(images: Iterable[tuple[str | None, str, str | None, str]], registry: str,
              mirror: int = 0) -> tuple[list[Mapping], list[LeftOut]]:
     """From what a load pushed, per image (its ref name or None, target repository, tag or
-    None), the mappings (to the `mirror`th target); images with no source name cannot be
-    mapped: left out."""
+    None, the digest of its manifest there), the mappings (to the `mirror`th target);
+    images with no source name cannot be mapped: left out, and so is a source digest the
+    target does not have (`_converted`)."""
     out: list[Mapping] = []
     left: list[LeftOut] = []
     tags: dict[str, list[str]] = {}  # source name -> the tags it got at the target
     got: dict[Mapping, list[str]] = {}  # the same per mapping: README.txt names one
-    for name, repository, tag in images:
+    for name, repository, tag, digest in images:
         where = f"{registry}/{repository}" + (f":{tag}" if tag else "")
         if not name or is_bare_tag(name):
             left.append(LeftOut("all", name or "(no ref name)", where,
@@ -99,14 +103,28 @@ def mappings(images: Iterable[tuple[str | None, str, str | None]], registry: str
         except InvalidReference:
             left.append(LeftOut("all", name, where, "not a reference a client could name"))
             continue
-        m = Mapping(ref, registry, repository, mirror=mirror)
+        m = Mapping(ref, registry, repository, mirror=mirror, digest=digest)
         if m not in out:
             out.append(m)
+            left += _converted(m)
         if tag:
             tags.setdefault(name, []).append(f"{registry}/{repository}:{tag}")
             got.setdefault(m, []).append(tag)
     left += _renamed(tags)
     return [dataclasses.replace(m, tags=tuple(got.get(m, ()))) for m in out], left
+
+
+def _converted(m: Mapping) -> list[LeftOut]:
+    """A source pinned by a digest the target does not have (the pull filtered its platforms,
+    converted it, `--format`, or rewrote it): a client asking the mirror for that digest
+    finds nothing, and no client configuration renames a digest."""
+    if not m.source.digest or m.digest in (None, m.source.digest):
+        return []
+    where = f"{m.target}@{m.digest}"
+    return [LeftOut("all", str(m.source), where,
+                    f"the bundle carries it as {m.digest} (the pull filtered, converted or "
+                    "rewrote it); no client configuration renames a digest, so a client "
+                    f"asking for {m.source} finds nothing: pull {where}")]
 
 
 def _renamed(tags: dict[str, list[str]]) -> list[LeftOut]:

@@ -30,7 +30,7 @@ def text(maps: list[Mapping], cfg: ClientConfig, fallback: bool) -> str:
              "the mirror.", ""]
     lines += [f"  {m.source} -> {m.target}"
               + (f":{m.tag}" if m.tag else "")
-              + (f"@{m.source.digest}" if m.source.digest else "")
+              + (f"@{m.digest or m.source.digest}" if m.source.digest else "")
               + (f" (also tagged {', '.join(also)})" if also else "")
               for m in maps for also in [[t for t in m.tags if t != m.tag]]]
     lines += ["", "Fallback to the source registries: "
