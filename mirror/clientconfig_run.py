@@ -1,8 +1,9 @@
 """The client configuration as a run writes it: `mirror load --write-client-config DIR`
 after a successful load, and `mirror client-config BUNDLE --to HOST[/PREFIX] -o DIR` for a
-bundle loaded earlier (the load's own plan of where each image goes). How the clients reach
-the target is what the run found (mirror.clientconfig.model.Access); the files come from the
-pure mirror.clientconfig.render.render; what a client cannot express goes to stderr, one line
+bundle loaded earlier (the load's own plan of where each image goes, and its choice of the
+tags that give way to referrers: mirror.pushfallback.give_way). How the clients reach the
+target is what the run found (mirror.clientconfig.model.Access); the files come from the pure
+mirror.clientconfig.render.render; what a client cannot express goes to stderr, one line
 each, and to the report's `client_config`.
 """
 
@@ -22,7 +23,10 @@ from mirror.load import Target, plan_load
 from mirror.mapping import unmatched
 from mirror.netargs import target_of, transport_for
 from mirror.paths import check_writable
+from mirror.pushfallback import give_way
 from mirror.pushplan import PushImage
+from mirror.referrers import Finder
+from mirror.registry.client import Client
 from mirror.registry.transport import Transport
 from mirror.report import Report
 
@@ -105,6 +109,9 @@ async def client_config(args: argparse.Namespace, progress, report: Report) -> i
         progress.warn(line)
     async with transport_for(args, None, progress) as t:  # one ping: the scheme it speaks
         access = await access_of(t, target.registry)
+        # the tags the load gave: a pinned image's digest tag gives way to its referrers'
+        # index where the target has no referrers API (asked only when one could)
+        await give_way(images, target.registry, Finder(Client(t)), progress)
     write_for(args.output, [(images, target, access)], args.no_fallback, progress, report)
     if not args.quiet:
         print(args.output / README)

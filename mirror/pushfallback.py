@@ -64,31 +64,8 @@ class Fallbacks:
         self.gave_way: dict[tuple[str, str], str] = {}
 
     async def give_way(self, images: list[PushImage]) -> None:
-        """An image pinned by digest is tagged `sha256-<hex>` after its source digest
-        (mirror.mapping: digest_tag), which on a registry with no referrers API is the tag
-        of the index of that digest's referrers (the OCI fallback tag,
-        mirror.artifacts.fallback_tag). Where this push carries such a referrer, the spec's
-        meaning wins: the image goes by digest (its other tags stay), said once, and the
-        tag holds the referrers' index (replacing the image where a load left it there).
-        `images` is changed in place."""
-        fallbacks = {(p.repository, fallback_tag(p.referrer_of)): p.referrer_of
-                     for p in images if p.referrer_of}
-        keep: list[PushImage] = []
-        for p in images:
-            subject = fallbacks.get((p.repository, p.tag or ""))
-            if p.referrer_of is None and subject is not None and \
-                    not await self.finder.has_api(self.reg, p.repository, subject):
-                self.progress.warn(
-                    f"{p.name} is not tagged {p.tag} at {self.reg}/{p.repository}: there that "
-                    "tag is the index of its referrers (no referrers API: the OCI fallback "
-                    "tag); it goes by digest (tag_as: in images.yaml gives it a tag)")
-                self.gave_way[(p.repository, subject)] = p.root.digest
-                if any(q.image is p.image and q.repository == p.repository and
-                       q.tag not in (None, p.tag) for q in images):
-                    continue  # tagged otherwise too
-                p.tag = None
-            keep.append(p)
-        images[:] = keep
+        """`give_way` for this push: what gave way is remembered (`add`)."""
+        self.gave_way.update(await give_way(images, self.reg, self.finder, self.progress))
 
     async def add(self, repo: str, m: RawManifest) -> None:
         """After referrer `m` is pushed by digest (or found there): where the target has no
@@ -147,3 +124,35 @@ class Fallbacks:
                 del placed.putting[key]
                 placed.count(key[0], index.digest, pushed=True)
             del self.unput[key]
+
+
+async def give_way(images: list[PushImage], registry: str, finder: Finder,
+                   progress: Progress) -> dict[tuple[str, str], str]:
+    """An image pinned by digest is tagged `sha256-<hex>` after its source digest
+    (mirror.mapping: digest_tag), which on a registry with no referrers API is the tag of the
+    index of that digest's referrers (the OCI fallback tag, mirror.artifacts.fallback_tag).
+    Where `images` carry such a referrer, the spec's meaning wins: the image goes by digest
+    (its other tags stay), said once, and the tag holds the referrers' index (replacing the
+    image where a load left it there). `images` is changed in place: the push's plan, and
+    `mirror client-config`'s, which so names the tags the load gave. Returns, per
+    (repository, subject), the digest of the image that gave way."""
+    fallbacks = {(p.repository, fallback_tag(p.referrer_of)): p.referrer_of
+                 for p in images if p.referrer_of}
+    gave_way: dict[tuple[str, str], str] = {}
+    keep: list[PushImage] = []
+    for p in images:
+        subject = fallbacks.get((p.repository, p.tag or ""))
+        if p.referrer_of is None and subject is not None and \
+                not await finder.has_api(registry, p.repository, subject):
+            progress.warn(
+                f"{p.name} is not tagged {p.tag} at {registry}/{p.repository}: there that "
+                "tag is the index of its referrers (no referrers API: the OCI fallback "
+                "tag); it goes by digest (tag_as: in images.yaml gives it a tag)")
+            gave_way[(p.repository, subject)] = p.root.digest
+            if any(q.image is p.image and q.repository == p.repository and
+                   q.tag not in (None, p.tag) for q in images):
+                continue  # tagged otherwise too
+            p.tag = None
+        keep.append(p)
+    images[:] = keep
+    return gave_way
