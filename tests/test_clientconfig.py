@@ -216,10 +216,25 @@ def test_client_config_without_a_load_and_no_fallback(loaded: Loaded, tmp_path: 
     assert {e["mirrorSourcePolicy"] for e in idms["spec"]["imageDigestMirrors"]} == {
         "NeverContactSource"}
     assert "--disable-default-registry-endpoint" in (out / "k3s/registries.yaml").read_text()
+    # cfgshort, left out for containerd (its path rewritten), under the docker.io file that
+    # now sends every docker.io repository to the mirror: its line says so, and what to pull
+    short = next(ln.split("client config: ", 1)[1] for ln in proc.stderr.splitlines()
+                 if "containerd: docker.io/library/cfgshort " in ln)
+    assert f"pull it as {t}/{PREFIX}/cfgshort:2" in short and "--no-fallback" in short, short
+    assert short in (out / "README.txt").read_text()
     with Containerd(tmp_path / "ctrd") as c:
         c.ctr("images", "pull", "--snapshotter", "native", "--hosts-dir",
               out / "containerd/certs.d", GHCR)
         assert c.images()[GHCR]["digest"] == loaded.digests[GHCR]
+        # what the line says: its source name fails at the mirror, with no other host asked;
+        # the name it gives pulls
+        proc = c.ctr("images", "pull", "--snapshotter", "native", "--hosts-dir",
+                     out / "containerd/certs.d", "docker.io/library/cfgshort:2", check=False)
+        assert proc.returncode != 0 and "not found" in proc.stderr, proc.stderr
+        assert "registry-1.docker.io" not in proc.stderr, proc.stderr
+        c.ctr("images", "pull", "--snapshotter", "native", "--plain-http",
+              f"{t}/{PREFIX}/cfgshort:2")
+        assert c.images()[f"{t}/{PREFIX}/cfgshort:2"]["digest"] == loaded.digests[SHORT]
         # an image the mirror lacks: with the fallback ghcr.io is asked next; without, never
         missing = "ghcr.io/org/cfgmissing:1"
         for hosts, upstream in ((loaded.out, True), (out, False)):
@@ -401,6 +416,49 @@ def test_readme_lists_the_tags_tags_also_added() -> None:
     assert "  docker.io/ops/agent:1.0 -> reg.local/site/ops/agent:1.0 (also tagged stable)\n" \
         in readme, readme
     assert "  docker.io/ops/db:2 -> reg.local/site/ops/db:2\n" in readme, readme
+
+
+def test_no_fallback_says_which_images_the_containerd_file_makes_unpullable() -> None:
+    """containerd's hosts.toml is one per source registry: with --no-fallback the mirror is
+    its server, so every repository of that registry is asked at the mirror, those left out
+    for containerd (moved by --map or to:, a path hosts.toml cannot rewrite) too, at their
+    source path, where they are not: "not found", and no other host asked (operator pass
+    o19, D6). Their line said only "not written", as if the client were left as it was; it
+    says they are not pullable so, and the name to pull, and the file lists them. With the
+    fallback, or where the registry has no file, the line stays as it was."""
+    from mirror.clientconfig.containerd import CONTAINERD_DIR
+    from mirror.clientconfig.model import Access, mappings
+    from mirror.clientconfig.render import render
+
+    d = "sha256:" + "d" * 64
+    maps, left = mappings([
+        ("src.example/org/dl:1", "site/vendor/dl", "1", d),  # moved: --map org/*=vendor/*
+        (f"src.example/org/pin@{d}", "site/vendor/pin", None, d),
+        ("src.example/app:1", "site/app", "1", d),  # the path kept: the file serves it
+        ("other.example/x/y:2", "site/z", "2", d),  # moved, and its registry has no file
+    ], "reg.local")
+    lines = {fb: {x.source: x for x in render(maps, Access(), fallback=fb, left_out=left)
+                  .left_out if x.client == "containerd"} for fb in (True, False)}
+    assert set(lines[False]) == set(lines[True]) == {
+        "src.example/org/dl", "src.example/org/pin", "other.example/x/y"}
+    for fb, names in lines.items():
+        assert ("--no-fallback" in names["src.example/org/dl"].reason) is not fb
+        assert "--no-fallback" not in names["other.example/x/y"].reason  # no file took over
+    dl = lines[False]["src.example/org/dl"].line()
+    assert dl.startswith("containerd: src.example/org/dl -> reg.local/site/vendor/dl not "
+                         "written: hosts.toml can put a prefix before the repository path, "
+                         "not rewrite the path (org/dl -> site/vendor/dl); with --no-fallback "
+                         "the file for src.example sends all its repositories to "
+                         "reg.local/site/*, so containerd finds nothing for src.example/org/dl "
+                         "there and asks no other: pull it as reg.local/site/vendor/dl:1"), dl
+    assert f"pull it as reg.local/site/vendor/pin@{d}," in \
+        lines[False]["src.example/org/pin"].reason
+    hosts = render(maps, Access(), fallback=False).files[
+        f"{CONTAINERD_DIR}/src.example/hosts.toml"]
+    assert "# not at their source path there, so not pullable through this file (README.txt): " \
+        "src.example/org/dl, src.example/org/pin\n" in hosts, hosts
+    assert "not pullable" not in render(maps, Access()).files[
+        f"{CONTAINERD_DIR}/src.example/hosts.toml"]
 
 
 def test_an_image_pushed_under_another_tag_is_named_with_the_tag_it_has(

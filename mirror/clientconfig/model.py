@@ -38,6 +38,13 @@ class Mapping:
         return f"{self.registry}/{self.repository}"
 
     @property
+    def pulled_as(self) -> str:
+        """The name to pull it by at the target: its tag there and the digest it has there
+        (for a source pinned by digest)."""
+        return self.target + (f":{self.tag}" if self.tag else "") + (
+            f"@{self.digest or self.source.digest}" if self.source.digest else "")
+
+    @property
     def prefix(self) -> str | None:
         """What the target puts before the source path (`` for none), or None when the target
         repository is not the source path under a prefix (a rewrite of the path itself)."""
@@ -120,7 +127,7 @@ def _converted(m: Mapping) -> list[LeftOut]:
     finds nothing, and no client configuration renames a digest."""
     if not m.source.digest or m.digest in (None, m.source.digest):
         return []
-    where = f"{m.target}@{m.digest}"
+    where = m.pulled_as
     return [LeftOut("all", str(m.source), where,
                     f"the bundle carries it as {m.digest} (the pull filtered, converted or "
                     "rewrote it); no client configuration renames a digest, so a client "

@@ -28,9 +28,7 @@ _HOWTO = {
 def text(maps: list[Mapping], cfg: ClientConfig, fallback: bool) -> str:
     lines = ["Client configuration written by `mirror`: the clients pull these names from "
              "the mirror.", ""]
-    lines += [f"  {m.source} -> {m.target}"
-              + (f":{m.tag}" if m.tag else "")
-              + (f"@{m.digest or m.source.digest}" if m.source.digest else "")
+    lines += [f"  {m.source} -> {m.pulled_as}"
               + (f" (also tagged {', '.join(also)})" if also else "")
               for m in maps for also in [[t for t in m.tags if t != m.tag]]]
     lines += ["", "Fallback to the source registries: "
