@@ -19,7 +19,7 @@ from mirror.crosscheck import check_sizes, check_targets, resolved
 from mirror.errors import BudgetSpent, MirrorError, NotFound
 from mirror.image import Image, report_fields
 from mirror.imageresult import ImageResult
-from mirror.manifest import Descriptor
+from mirror.manifest import Descriptor, RawManifest
 from mirror.mapping import Target
 from mirror.platform import Platform
 from mirror.progress import Progress
@@ -234,6 +234,13 @@ class Planner:
         lim.admit(len(new))
         self.promised |= new
 
+    async def elsewhere(self, i: int, spec: ImageSpec, root: RawManifest
+                        ) -> tuple[str, str] | None:
+        """Where else image `i`, whose root manifest its registry named `root`, is served
+        whole: the registry and repository its manifests and configs below the root are
+        read from by digest (mirror.resolve); None (a pull's): its registry alone."""
+        return None
+
     async def fetches(self, i: int, plan: Image) -> set[Hashable]:
         """The blob requests image `i` needs of its registry, each named as the run fetches
         it once (a pull's: the digests not in the cache; a sync's: mirror.sync)."""
@@ -255,7 +262,8 @@ class Planner:
                 self.began[i] = time.monotonic()
                 plan = await resolve(self.client, spec,
                                      lambda r, p, d: self.config(i, r, p, d),
-                                     self.opts.referrer_types)
+                                     self.opts.referrer_types,
+                                     lambda root: self.elsewhere(i, spec, root))
             missing = missing_platforms(spec, plan)
             if missing:  # some asked for, not all: the bundle lacks them, so say it
                 self.progress.warn(

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from mirror import mediatypes as mt
 from mirror.artifacts import wanted
 from mirror.config import ImageSpec
-from mirror.errors import NoMatchingPlatform, UnsupportedContent
+from mirror.errors import MirrorError, NoMatchingPlatform, UnsupportedContent
 from mirror.image import Image
 from mirror.manifest import Descriptor, RawManifest, dump_json
 from mirror.platform import Platform, no_matching_manifest
@@ -23,6 +24,9 @@ from mirror.registry.client import Client
 ATTESTATION_REF = "vnd.docker.reference.digest"
 
 FetchConfig = Callable[[str, str, Descriptor], Awaitable[bytes]]
+# where else an image whose root manifest this is can be read by digest (registry, repository)
+Elsewhere = Callable[[RawManifest], Awaitable["tuple[str, str] | None"]]
+T = TypeVar("T")
 
 
 def no_match(spec: ImageSpec, available: list[str]) -> NoMatchingPlatform:
@@ -33,21 +37,27 @@ def no_match(spec: ImageSpec, available: list[str]) -> NoMatchingPlatform:
 
 
 async def resolve(client: Client, spec: ImageSpec, fetch_config: FetchConfig,
-                  referrer_types: tuple[str, ...] = ()) -> Image:
+                  referrer_types: tuple[str, ...] = (), elsewhere: Elsewhere | None = None
+                  ) -> Image:
     """Raise NotFound, NoMatchingPlatform, UnsupportedContent or a RegistryError.
     `referrer_types` (--referrer-type) decides, with `referrers:`, whether the attestation
-    manifests inside an index are kept (mirror.artifacts)."""
+    manifests inside an index are kept (mirror.artifacts). `elsewhere`: asked once the root
+    is read, where else the image is served whole (a sync's target holding it: the
+    registry and repository), whose manifests and configs below the root are then read from
+    there by digest (checked against it, as from the source) and from the source only
+    when that one cannot serve them (mirror.sync)."""
     ref = spec.reference
     root = await client.get_manifest(ref.registry, ref.repository, spec.pin or ref.ref)
     attestations = spec.settings.referrers and wanted(referrer_types, "attestation", None)
-    r = _Resolver(client, spec, fetch_config, attestations)
+    there = await elsewhere(root) if elsewhere is not None else None
+    r = _Resolver(client, spec, fetch_config, attestations, there)
     if root.is_index:
         image = await r.index(root)
     elif root.is_image and not root.declared_artifact_type:
         image = r.image(root)
         cfg = root.config
         assert cfg is not None
-        p = _config_platform(await fetch_config(ref.registry, ref.repository, cfg))
+        p = _config_platform(await r.config(cfg))
         sel = spec.settings.platforms
         if not sel.all and (p is None or not sel.wants(p)):
             raise no_match(spec, [str(p)] if p else [])
@@ -66,13 +76,15 @@ async def resolve(client: Client, spec: ImageSpec, fetch_config: FetchConfig,
 class _Resolver:
     """One configured image's resolution: its registry, settings and config reader.
     `attestations`: keep the attestation manifests of the chosen platforms; otherwise an
-    index is filtered without them (`left_behind`)."""
+    index is filtered without them (`left_behind`). `there`: a registry and repository
+    serving the image whole, read first (`read`)."""
 
     def __init__(self, client: Client, spec: ImageSpec, fetch_config: FetchConfig,
-                 attestations: bool) -> None:
+                 attestations: bool, there: tuple[str, str] | None = None) -> None:
         self.client, self.spec, self.fetch_config = client, spec, fetch_config
         self.attestations = attestations
         self.sel = spec.settings.platforms
+        self.there = there
 
     def image(self, root: RawManifest, mode: str = "single") -> Image:
         return Image(str(self.spec.reference), root, mode=mode, reference=self.spec.reference,
@@ -85,9 +97,24 @@ class _Resolver:
         image.add(raw, self.spec.settings.foreign_layers not in ("include", "rewrite"))
 
     async def get(self, d: Descriptor) -> RawManifest:
+        return await self.read(
+            lambda reg, repo: self.client.get_manifest(reg, repo, d.digest, expected=d), d)
+
+    async def config(self, d: Descriptor) -> bytes:
+        return await self.read(lambda reg, repo: self.fetch_config(reg, repo, d), d)
+
+    async def read(self, ask: Callable[[str, str], Awaitable[T]], d: Descriptor) -> T:
+        """`ask` (by digest) of `there`, when the image is served there whole; of the
+        image's registry when not, or when that one cannot answer (a 404, bytes that do not
+        match the digest, an error: said with -v alone, the result is the same)."""
+        if self.there is not None:
+            try:
+                return await ask(*self.there)
+            except MirrorError as e:
+                ref = self.spec.reference
+                self.client.t.debug(f"{e}: {d.digest} read from the source, {ref.name}")
         ref = self.spec.reference
-        return await self.client.get_manifest(ref.registry, ref.repository, d.digest,
-                                              expected=d)
+        return await ask(ref.registry, ref.repository)
 
     async def index(self, root: RawManifest) -> Image:
         """The image of index `root`: the platforms chosen (nested indexes resolved in turn),
@@ -155,8 +182,7 @@ class _Resolver:
         cfg = child.config
         if not (child.is_image and cfg and not child.declared_artifact_type):
             return None
-        ref = self.spec.reference
-        return _config_platform(await self.fetch_config(ref.registry, ref.repository, cfg))
+        return _config_platform(await self.config(cfg))
 
     def _attestations(self, image: Image, children: list[Descriptor],
                       chosen: list[Descriptor], chosen_digests: set[str]) -> None:

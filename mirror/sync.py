@@ -14,13 +14,14 @@ from mirror.errors import BudgetSpent, MirrorError
 from mirror.fetch import Fetcher
 from mirror.image import Image
 from mirror.imageresult import ImageResult
+from mirror.manifest import RawManifest
 from mirror.mapping import Placement, Target, check, place, unmatched
 from mirror.planning import Planner
 from mirror.progress import Progress
 from mirror.push import Asked, held_there, push
 from mirror.pushblobs import BlobSource
 from mirror.pushplan import PushImage, PushResult
-from mirror.registry.client import Client
+from mirror.registry.client import Client, ManifestHead
 from mirror.registry.ratelimit import ADMITTED
 from mirror.sources import CacheSource, RegistrySource
 from mirror.store.blobs import BlobStore
@@ -192,6 +193,9 @@ class _Planner(Planner):
         # which the push mounts into another image's repository instead of reading them
         self.there: list[set[str]] = [set() for _ in targets]
         self.asked: list[Asked] = [{} for _ in targets]  # their answers, the push's step 0
+        # per target: (repository, reference) -> what its HEAD answered as the image was
+        # resolved (`elsewhere`; None: nothing there), which `at_target` need not ask again
+        self.named: list[dict[tuple[str, str], ManifestHead | None]] = [{} for _ in targets]
         self.configs: dict[str, bytes] = {}  # digest -> config bytes (no cache)
         self.held = 0
 
@@ -214,8 +218,8 @@ class _Planner(Planner):
         one from the cache's fetch, when not in the cache; without a cache one per target
         that needs it, but for the configs planning read (RegistrySource's `held`)."""
         out: set[Hashable] = set()
-        for n, target in enumerate(self.targets):
-            self.there[n] |= await self.at_target(plan, target, self.asked[n])
+        for n in range(len(self.targets)):
+            self.there[n] |= await self.at_target(plan, n)
             for d in plan.blobs.values():
                 if d.digest in self.there[n]:
                     continue
@@ -227,19 +231,50 @@ class _Planner(Planner):
                     out.add(d.digest)
         return out
 
-    async def at_target(self, plan: Image, target: Target, asked: Asked) -> set[str]:
-        """The blobs of the image (its referrers') that `target` holds: those of each one
+    async def at_target(self, plan: Image, n: int) -> set[str]:
+        """The blobs of the image (its referrers') that target `n` holds: those of each one
         it serves whole (its reference names its root: mirror.push's step 0), one HEAD
-        each, the answer kept in `asked` for the push. An error holds nothing: its blobs
-        are counted, and the push asks again and says what went wrong."""
+        each (none where resolving asked: `named`), the answer kept in `asked` for the
+        push. An error holds nothing: its blobs are counted, and the push asks again and
+        says what went wrong."""
+        target, asked, named = self.targets[n], self.asked[n], self.named[n]
         own, refs, _ = _placed(plan, target)
         held: set[str] = set()
         for img in own + refs:
-            try:
-                whole = await held_there(self.client, target.registry, img)
-            except MirrorError:
-                continue
-            asked[img.repository, img.tag or img.root.digest, img.root.digest] = whole
+            at = img.tag or img.root.digest
+            if (img.repository, at) in named:
+                head = named[img.repository, at]
+                whole = None if head is None else head.digest == img.root.digest
+            else:
+                try:
+                    whole = await held_there(self.client, target.registry, img)
+                except MirrorError:
+                    continue
+            asked[img.repository, at, img.root.digest] = whole
             if whole:
                 held.update(d.digest for d in img.blobs)
         return held
+
+    async def elsewhere(self, i: int, spec: ImageSpec, root: RawManifest
+                        ) -> tuple[str, str] | None:
+        """Without a cache, on a registry with a request budget: the first target that
+        serves the image whole already (its reference there names `root`: one HEAD, the
+        question `at_target` would ask, its answer kept for it), whose manifests and configs
+        below the root the image is then read from by digest (checked against it as from
+        the source), so an image a run before pushed spends of the source's budget its
+        root's GET and referrer probes alone, and the budget goes to what is new. With a
+        cache they come from its store; without a budget, from the source, as before."""
+        ref = spec.reference
+        if self.fetcher is not None or self.client.t.limits_for(ref.registry).budget is None:
+            return None
+        for n, target in enumerate(self.targets):
+            try:
+                where = place(target, ref.name, ref.repository, ref.tag, ref.digest, spec.dest)
+                at = where.tags[0] if where.tags else root.digest
+                head = await self.client.head_manifest(target.registry, where.repository, at)
+            except MirrorError:  # no answer: the push asks again and says what went wrong
+                continue
+            self.named[n][where.repository, at] = head
+            if head is not None and head.digest == root.digest:
+                return target.registry, where.repository
+        return None

@@ -946,10 +946,11 @@ def test_a_budgeted_sync_gets_an_image_through_where_a_pull_does(
     resolved every image first, spent the budget on it, and left all six waiting every run
     (opening upload sessions at the target for blobs it could not read); it admits them as
     a pull does, so each run pushes those that fit, and the next, finding them at the
-    target, goes on from there, until resolving again what the target holds leaves the
-    next image too few (a warning says so, and what a run needs). The images that wait are never asked about at the target
-    but for the first one's admission (one manifest HEAD), and the report places only what
-    the target serves."""
+    target, goes on from there: the config of an image the target holds is read from the
+    target (it stalled at 4 waiting, resolving again from the source what the target held;
+    a warning said so, and what a run needs). The images that wait are never asked about at
+    the target but for the first one's resolution (one manifest HEAD), and the report places
+    only what the target serves."""
     imgs = [ig.make_image(rng, ig.AMD64, fmt="oci") for _ in range(6)]
     tags = [str(n) for n in range(1, 7)]
     for tag, img in zip(tags, imgs, strict=True):
@@ -990,9 +991,9 @@ def test_a_budgeted_sync_gets_an_image_through_where_a_pull_does(
             [], [("HEAD", f"/v2/{repo_name}-budget/{repo_name}/manifests/{tags[n]}")]), asked
         stuck = "or the same images wait every run"
         assert (stuck in synced.stderr) == (waiting[-2:] == [refs[n:]] * 2), synced.stderr
-    # the third run resolves again the two images the first two pushed (no cache keeps their
-    # manifests): the third image's blobs do not fit, and the run says what a run needs
-    assert [len(w) for w in waiting] == [5, 4, 4], waiting
+    # the third run reads the configs of the two images the first two pushed from the target
+    # (no cache keeps them), not from the source: the third image's blobs fit
+    assert [len(w) for w in waiting] == [5, 4, 3], waiting
 
 
 def test_a_sync_that_fails_resolving_reports_one_target_entry_per_to(
@@ -1016,3 +1017,95 @@ def test_a_sync_that_fails_resolving_reports_one_target_entry_per_to(
     assert doc["exit_code"] == 5, doc
     assert [t["target"] for t in doc["targets"]] == tos, doc["targets"]
     assert all(t["placement"] == [] for t in doc["targets"]), doc["targets"]
+
+
+def test_a_budgeted_sync_without_a_cache_goes_on_as_a_pull_does(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """Nine two-platform indexes at a source budget that fits four new ones a run. A sync
+    without --cache resolved again, from the source, every image its target held (the index
+    and both its platforms' manifests by digest, every run), so each run got fewer new images
+    through than the last (5, 3, then 2 waiting). The manifests of an image the target serves
+    (its tag there names the index the source's tag names) are read from the target, by
+    digest: only what is new spends the source's budget, and three syncs in a row get through
+    the nine, as three pulls through a cache do. The source is never asked for a held image's
+    manifests by digest, nor for its blobs, and every digest the report names for an image
+    is served by the target."""
+    imgs = [ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64_V8)],
+                          "oci") for _ in range(9)]
+    tags = [str(n) for n in range(1, 10)]
+    for tag, img in zip(tags, imgs, strict=True):
+        push_image(src_registry.url, repo_name, img, [tag])
+    src = faultproxy(src_registry.url)
+    refs = [f"{src.host}/{repo_name}:{t}" for t in tags]
+    cfg = images_yaml(tmp_path, refs)
+    mirror_ok("sync", "-f", cfg, "--to", f"{dst_registry.host}/{repo_name}-free", "-q",
+              "--report", tmp_path / "free.json")
+    spent = json.loads((tmp_path / "free.json").read_text())["requests"][src.host]
+    once = sum(spent.get(k, 0) for k in ("ping", "referrers", "tags list"))  # a run's own
+    each = (sum(spent.values()) - once) // 9  # an image's: 3 manifests, 6 blobs
+    cfg = images_yaml(tmp_path, refs, f"registries:\n  {src.host}:\n"
+                                      f"    max_requests_per_run: {once + 4 * each}\n")
+    pulled: list[list[str]] = []
+    for _ in range(3):
+        run = run_mirror("pull", "-f", cfg, "--cache", tmp_path / "cache", "-o",
+                         tmp_path / "b.tar", "--report", tmp_path / "p.json",
+                         "--lock-file", tmp_path / "p.lock")
+        assert run.returncode in (0, 14), run.stderr
+        pulled.append(json.loads((tmp_path / "p.json").read_text())["waiting"])
+    prefix = f"{repo_name}-t"
+    synced: list[list[str]] = []
+    for _ in range(3):
+        held = [img for img, ref in zip(imgs, refs, strict=True)
+                if ref not in (synced[-1] if synced else refs)]
+        src.requests.clear()
+        run = run_mirror("sync", "-f", cfg, "--to", f"{dst_registry.host}/{prefix}",
+                         "--report", tmp_path / "s.json")
+        assert run.returncode in (0, 14), run.stderr
+        report = json.loads((tmp_path / "s.json").read_text())
+        synced.append(report["waiting"])
+        asked = [p for p in src.paths("GET") if "/manifests/" in p or "/blobs/" in p]
+        for img in held:  # nothing of it by digest: its children and blobs from the target
+            digests = [img.digest, *(m.digest for m in img.images),
+                       *(b.digest for b in img.all_blobs())]
+            assert not [p for p in asked for d in digests if d in p], asked
+        served(dst_registry, {"images": [e for e in report["images"] if e["error"] is None]},
+               prefix)
+    counts = [[len(w) for w in waiting] for waiting in (synced, pulled)]
+    assert counts[0][0] and counts[0][-1] == 0 and counts[0] == sorted(counts[0])[::-1] and \
+        len(set(counts[0])) == 3, counts
+    assert synced[-1] == pulled[-1] == [], counts
+
+
+def test_a_manifest_the_target_cannot_serve_is_read_from_the_source(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """A budgeted sync without --cache reads the manifests of an image its target serves
+    whole from the target, by digest; one the target answers 404 for, or with bytes that do
+    not match the digest, is read from the source instead: the run is what it would have
+    been (exit 0, nothing pushed again, no warning), and only -v says so."""
+    img = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64_V8)], "oci")
+    push_image(src_registry.url, repo_name, img, ["1"])
+    src, dst = faultproxy(src_registry.url), faultproxy(dst_registry.url)
+    cfg = images_yaml(tmp_path, [f"{src.host}/{repo_name}:1"],
+                      f"registries:\n  {src.host}:\n    max_requests_per_run: 100\n")
+    to = f"{dst.host}/{repo_name}-t"
+    mirror_ok("sync", "-f", cfg, "--to", to, "-q")
+    gone, damaged = (m.digest for m in img.images)
+    dst.add(Fault("status", method="GET", path=f"/manifests/{gone}", status=404, times=None))
+    dst.add(Fault("flip_byte", method="GET", path=f"/manifests/{damaged}", offset=10,
+                  times=None))
+    quiet = mirror_ok("sync", "-f", cfg, "--to", to)
+    assert gone not in quiet.stderr and damaged not in quiet.stderr, quiet.stderr
+    assert "warning" not in quiet.stderr, quiet.stderr
+    src.requests.clear()
+    synced = mirror_ok("sync", "-f", cfg, "--to", to, "-v", "--report", tmp_path / "r.json")
+    fell = [line for line in synced.stderr.splitlines() if "read from the source" in line]
+    assert [gone in fell[0] or gone in fell[1], damaged in fell[0] or damaged in fell[1]] == \
+        [True, True] and len(fell) == 2, synced.stderr
+    assert sorted(p.rpartition("/")[2] for p in src.paths("GET") if "/manifests/" in p) == \
+        sorted(["1", gone, damaged]), src.requests
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["targets"][0]["manifests_pushed"] == 0, report["targets"]
+    assert report["images"][0]["manifests"] and report["images"][0]["digest"] == img.digest
+    served(dst_registry, report, f"{repo_name}-t")
