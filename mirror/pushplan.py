@@ -7,13 +7,14 @@ push act on the same decisions. Also the push's input and record: PushImage, Pus
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from mirror.errors import MirrorError
 from mirror.image import Image, push_order
 from mirror.manifest import Descriptor, RawManifest
 from mirror.merge import merged, other_platforms, platforms
+from mirror.registry.upload import MONOLITHIC_MAX
 
 
 @dataclass
@@ -117,6 +118,32 @@ class BlobPlan:
     missing_base: list[str] = field(default_factory=list)
     searched: int = 0
     present: int = 0  # (repository, blob) pairs the target has: the report's blobs_present
+
+
+def push_requests(img: PushImage, there: set[str], target: Hashable, merge: bool
+                  ) -> set[Hashable]:
+    """The requests a push of `img` may make at its target, at most, each named as the push
+    makes it once (`target` tells targets apart): of each blob not `there` a HEAD in its
+    repository and an upload (its session's POST and the PUT, a PATCH more above
+    MONOLITHIC_MAX; a mount takes one); of each manifest a HEAD and the PUT, and for a tag
+    the GET of what it holds and a HEAD of the index merged with it (`merge`: the root by
+    digest too); of a referrer, the GET and the PUT of its subject's fallback index (a
+    registry without the referrers API). A sync's admission promises them where the target
+    is the source's own registry, whose budget they spend (mirror.sync)."""
+    repo = img.repository
+    out: set[Hashable] = set()
+    for d in img.blobs:
+        if d.digest not in there:
+            out |= {(target, repo, d.digest, kind) for kind in
+                    ("HEAD", "POST", "PUT", *(("PATCH",) if d.size > MONOLITHIC_MAX else ()))}
+    refs = [m.digest for m in img.manifests[:-1]]
+    refs += [img.tag, *([img.root.digest] if merge else [])] if img.tag else [img.root.digest]
+    out |= {(target, repo, ref, kind) for ref in refs for kind in ("manifest HEAD", "PUT")}
+    if img.tag:
+        out |= {(target, repo, img.tag, "GET"), (target, repo, img.tag, "merged HEAD")}
+    if img.referrer_of is not None:
+        out |= {(target, repo, img.referrer_of, kind) for kind in ("fallback GET", "PUT")}
+    return out
 
 
 def blob_needs(images: list[PushImage], held: set[int]

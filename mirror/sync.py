@@ -20,7 +20,7 @@ from mirror.planning import Planner
 from mirror.progress import Progress
 from mirror.push import Asked, held_there, push
 from mirror.pushblobs import BlobSource
-from mirror.pushplan import PushImage, PushResult
+from mirror.pushplan import PushImage, PushResult, push_requests
 from mirror.registry.client import Client, ManifestHead
 from mirror.registry.ratelimit import ADMITTED
 from mirror.sources import CacheSource, RegistrySource
@@ -189,6 +189,7 @@ class _Planner(Planner):
         super().__init__(client, specs, opts, progress, targets[0] if targets else None, later)
         self.fetcher = fetcher
         self.targets = targets
+        self.merge = opts.merge
         # per target (its index): the blobs of the images found there whole (`at_target`),
         # which the push mounts into another image's repository instead of reading them
         self.there: list[set[str]] = [set() for _ in targets]
@@ -216,9 +217,11 @@ class _Planner(Planner):
         """The source's blob GETs the image's pushes need: of each blob a target does not
         hold (of an image, or a referrer, it serves whole already: a run before pushed it)
         one from the cache's fetch, when not in the cache; without a cache one per target
-        that needs it, but for the configs planning read (RegistrySource's `held`)."""
+        that needs it, but for the configs planning read (RegistrySource's `held`). And a
+        target on the image's own registry spends its budget too: the requests its push
+        may make there, at most (mirror.pushplan.push_requests), of what it lacks."""
         out: set[Hashable] = set()
-        for n in range(len(self.targets)):
+        for n, target in enumerate(self.targets):
             self.there[n] |= await self.at_target(plan, n)
             for d in plan.blobs.values():
                 if d.digest in self.there[n]:
@@ -229,6 +232,13 @@ class _Planner(Planner):
                 elif d.digest not in self.fetcher.done and \
                         not self.fetcher.store.has(d.digest, d.size):
                     out.add(d.digest)
+            if target.registry == self.specs[i].reference.registry:  # one budget for both
+                own, refs, _ = _placed(plan, target)
+                asked = self.asked[n]
+                for img in own + refs:
+                    if not asked.get((img.repository, img.tag or img.root.digest,
+                                      img.root.digest)):
+                        out |= push_requests(img, self.there[n], n, self.merge)
         return out
 
     async def at_target(self, plan: Image, n: int) -> set[str]:

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -1019,6 +1020,27 @@ def test_a_sync_that_fails_resolving_reports_one_target_entry_per_to(
     assert all(t["placement"] == [] for t in doc["targets"]), doc["targets"]
 
 
+def indexes_synced(reg: Registry, faultproxy, repo: str, rng: random.Random, tmp_path: Path,
+                   count: int, to: str) -> tuple[list[ig.Index], list[str], Any, int, int]:
+    """`count` two-platform indexes at `reg` (`repo`, tags 1 to `count`), read through a
+    fault proxy, synced without a budget to `to` (empty: PROXY/free): the images, their
+    references, the proxy, and what that sync asked of the source, a run's own requests (the
+    ping, the referrers API's question, tag lists) and an image's (3 manifests, 6 blobs;
+    pushed to the source's own registry, the push's requests too)."""
+    imgs = [ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64_V8)],
+                          "oci") for _ in range(count)]
+    tags = [str(n) for n in range(1, count + 1)]
+    for tag, img in zip(tags, imgs, strict=True):
+        push_image(reg.url, repo, img, [tag])
+    src = faultproxy(reg.url)
+    refs = [f"{src.host}/{repo}:{t}" for t in tags]
+    mirror_ok("sync", "-f", images_yaml(tmp_path, refs), "--to", to or f"{src.host}/free",
+              "-q", "--report", tmp_path / "free.json")
+    spent = json.loads((tmp_path / "free.json").read_text())["requests"][src.host]
+    once = sum(spent.get(k, 0) for k in ("ping", "referrers", "tags list"))
+    return imgs, refs, src, once, (sum(spent.values()) - once) // count
+
+
 def test_a_budgeted_sync_without_a_cache_goes_on_as_a_pull_does(
         src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
         rng: random.Random, tmp_path: Path) -> None:
@@ -1031,19 +1053,8 @@ def test_a_budgeted_sync_without_a_cache_goes_on_as_a_pull_does(
     the nine, as three pulls through a cache do. The source is never asked for a held image's
     manifests by digest, nor for its blobs, and every digest the report names for an image
     is served by the target."""
-    imgs = [ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64_V8)],
-                          "oci") for _ in range(9)]
-    tags = [str(n) for n in range(1, 10)]
-    for tag, img in zip(tags, imgs, strict=True):
-        push_image(src_registry.url, repo_name, img, [tag])
-    src = faultproxy(src_registry.url)
-    refs = [f"{src.host}/{repo_name}:{t}" for t in tags]
-    cfg = images_yaml(tmp_path, refs)
-    mirror_ok("sync", "-f", cfg, "--to", f"{dst_registry.host}/{repo_name}-free", "-q",
-              "--report", tmp_path / "free.json")
-    spent = json.loads((tmp_path / "free.json").read_text())["requests"][src.host]
-    once = sum(spent.get(k, 0) for k in ("ping", "referrers", "tags list"))  # a run's own
-    each = (sum(spent.values()) - once) // 9  # an image's: 3 manifests, 6 blobs
+    imgs, refs, src, once, each = indexes_synced(src_registry, faultproxy, repo_name, rng,
+                                                 tmp_path, 9, f"{dst_registry.host}/{repo_name}-free")
     cfg = images_yaml(tmp_path, refs, f"registries:\n  {src.host}:\n"
                                       f"    max_requests_per_run: {once + 4 * each}\n")
     pulled: list[list[str]] = []
@@ -1109,3 +1120,34 @@ def test_a_manifest_the_target_cannot_serve_is_read_from_the_source(
     assert report["targets"][0]["manifests_pushed"] == 0, report["targets"]
     assert report["images"][0]["manifests"] and report["images"][0]["digest"] == img.digest
     served(dst_registry, report, f"{repo_name}-t")
+
+
+def test_a_budgeted_sync_to_its_own_registry_goes_on_run_after_run(
+        src_registry: Registry, faultproxy, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """Source and target on one registry (a budget for both): the push's requests (blob
+    HEADs, uploads, manifest HEADs and PUTs) spend the budget admission promised to the
+    blob GETs, so the uploads were refused, and every run left all six images waiting, the
+    same run every night, with a warning that the budget went before any image could be
+    fetched. Admission counts the push's requests there too (at most what it may make): each
+    run pushes the images that fit, whole, and the next goes on from there."""
+    imgs, refs, src, once, each = indexes_synced(src_registry, faultproxy, repo_name, rng,
+                                                 tmp_path, 6, "")
+    cfg = images_yaml(tmp_path, refs, f"registries:\n  {src.host}:\n"
+                                      f"    max_requests_per_run: {once + 3 * each}\n")
+    waiting: list[int] = []
+    for _ in range(4):
+        run = run_mirror("sync", "-f", cfg, "--to", f"{src.host}/t", "--report",
+                         tmp_path / "s.json")
+        assert run.returncode in (0, 14), run.stderr
+        report = json.loads((tmp_path / "s.json").read_text())
+        waiting.append(len(report["waiting"]))
+        assert "before any image could be fetched" not in run.stderr, run.stderr
+        assert report["waiting"] == refs[len(refs) - waiting[-1]:], report["waiting"]
+        placed = [p["source"] for p in report["targets"][0]["placement"]]
+        assert placed == refs[:len(refs) - waiting[-1]], placed
+        served(src_registry, {"images": [e for e in report["images"] if e["error"] is None]},
+               "t")
+        if not waiting[-1]:
+            break
+    assert waiting[0] and waiting[-1] == 0 and waiting == sorted(set(waiting))[::-1], waiting
