@@ -285,6 +285,10 @@ class _Planner(Planner):
             except MirrorError:  # no answer: the push asks again and says what went wrong
                 continue
             self.named[n][where.repository, at] = head
+            # the push's step 0 answer too where the image carries its source's root (a dry
+            # run, which admits nothing, asks no more)
+            self.asked[n][where.repository, at, root.digest] = \
+                None if head is None else head.digest == root.digest
             if head is not None and head.digest == root.digest:
                 return target.registry, where.repository
         return None

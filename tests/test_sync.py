@@ -1120,6 +1120,11 @@ def test_a_manifest_the_target_cannot_serve_is_read_from_the_source(
     assert report["targets"][0]["manifests_pushed"] == 0, report["targets"]
     assert report["images"][0]["manifests"] and report["images"][0]["digest"] == img.digest
     served(dst_registry, report, f"{repo_name}-t")
+    # a dry run asks the target its tag once, as it resolves (it asked again to plan the push)
+    dst.requests.clear()
+    mirror_ok("sync", "-f", cfg, "--to", to, "--dry-run", "-q")
+    assert [(m, p.rpartition("/")[2]) for m, p, _ in dst.requests if m == "HEAD"] == \
+        [("HEAD", "1")], dst.requests
 
 
 def test_a_budgeted_sync_to_its_own_registry_goes_on_run_after_run(
