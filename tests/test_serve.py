@@ -509,6 +509,34 @@ def test_an_incremental_bundle_serves_what_it_holds(served, src_registry, tmp_pa
     assert f"{left} blob(s) the images name are not in it" in (tmp_path / "log").read_text()
 
 
+@pytest.mark.xfail(strict=True, reason="operator pass o19: sync resolves a single image "
+                   "manifest by GETting its config from the source, which a served incremental "
+                   "bundle left to its base, before it asks the target")
+def test_sync_from_a_served_incremental_bundle_of_an_image_the_target_holds(
+        src_registry, dst_registry, repo_name, rng, tmp_path):
+    """README's way from serve to a real registry, a nightly later: the base bundle loaded,
+    the incremental one served, `mirror sync` of its image (a single manifest, no index)
+    into the target that holds it whole. The target is asked one HEAD (README: an image it
+    serves whole); the sync failed with exit 5 on the config, BLOB_UNKNOWN at the served
+    incremental bundle (operator pass o19: an index's images sync)."""
+    img = ig.make_image(rng, ig.AMD64, fmt="oci")
+    push_image(src_registry.url, repo_name, img, tags=["1"])
+    ref = f"{src_registry.host}/{repo_name}:1"
+    base, inc, cache = tmp_path / "base.tar", tmp_path / "inc.tar", tmp_path / "cache"
+    mirror_ok("pull", ref, "-o", base, "--cache", cache, "-q")
+    mirror_ok("pull", ref, "-o", inc, "--base", base, "--cache", cache, "-q")
+    mirror_ok("load", base, "--to", f"{dst_registry.host}/incsync", "-q")
+    proc, url = start_serve(inc, tmp_path / "log", "-q")
+    try:
+        host = url.split("://", 1)[1]
+        r = run_mirror("sync", f"{host}/{repo_name}:1", "--to", f"{dst_registry.host}/incsync",
+                       "--insecure-registry", host, "--lock-file", tmp_path / "sync.lock",
+                       "-q", cwd=tmp_path)
+    finally:
+        assert stop_serve(proc) == 143
+    assert r.returncode == 0, r.stderr
+
+
 def test_a_layout_directory_is_served(served, tmp_path):
     """The bundle unpacked (an OCI layout directory): the same answers, each blob read from
     its own file."""
