@@ -94,6 +94,10 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
     planner = _Planner(client, specs, opts, progress, fetcher, targets, later)
     try:
         await planner.plan()
+    except BaseException:  # stopped: the images every target said it serves whole already
+        planner.settle()
+        result.finished = planner.whole_everywhere()
+        raise
     finally:
         planner.settle()
         result.images = planner.results
@@ -241,6 +245,21 @@ class _Planner(Planner):
                         out |= push_requests(img, self.there[n], n, self.merge)
         return out
 
+    def whole_everywhere(self) -> set[int]:
+        """The images resolved whose every reference (tags, referrers) each target said,
+        as they resolved (`elsewhere`), it serves as their root already: a sync stopped
+        while resolving has them finished (the others are interrupted)."""
+        def there(plan: Image, n: int) -> bool:
+            try:
+                own, refs, _ = _placed(plan, self.targets[n])
+            except MirrorError:  # no place at the target: not there
+                return False
+            return all(self.asked[n].get((p.repository, p.tag or p.root.digest,
+                                          p.root.digest)) for p in own + refs)
+
+        return {i for i, plan in self.resolved()
+                if all(there(plan, n) for n in range(len(self.targets)))}
+
     async def at_target(self, plan: Image, n: int) -> set[str]:
         """The blobs of the image (its referrers') that target `n` holds: those of each one
         it serves whole (its reference names its root: mirror.push's step 0), one HEAD
@@ -267,16 +286,15 @@ class _Planner(Planner):
 
     async def elsewhere(self, i: int, spec: ImageSpec, root: RawManifest
                         ) -> tuple[str, str] | None:
-        """Without a cache, on a registry with a request budget: the first target that
-        serves the image whole already (its reference there names `root`: one HEAD, the
-        question `at_target` would ask, its answer kept for it), whose manifests and configs
-        below the root the image is then read from by digest (checked against it as from
-        the source), so an image a run before pushed spends of the source's budget its
-        root's GET and referrer probes alone, and the budget goes to what is new. With a
-        cache they come from its store; without a budget, from the source, as before."""
+        """The first target that serves the image whole already (its reference there names
+        `root`: one HEAD, the question `at_target` and the push's step 0 would ask, its
+        answer kept for them), whose manifests and configs below the root the image is then
+        read from by digest (checked against it as from the source; a cache's store first),
+        so an image a run before pushed spends of the source's budget (Docker Hub's pulls)
+        its root's GET and referrer probes alone, and the budget goes to what is new; and a
+        source that no longer serves what the target holds (`mirror serve` of an
+        incremental bundle, whose base the target holds) is not asked for it."""
         ref = spec.reference
-        if self.fetcher is not None or self.client.t.limits_for(ref.registry).budget is None:
-            return None
         for n, target in enumerate(self.targets):
             try:
                 where = place(target, ref.name, ref.repository, ref.tag, ref.digest, spec.dest)
