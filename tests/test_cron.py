@@ -182,6 +182,32 @@ def test_incremental_load_lists_five_missing_base_blobs_and_counts_the_rest(
     assert "and 3 more; nothing was pushed" in line, line
 
 
+@pytest.mark.xfail(strict=True, reason="operator pass o19: an incremental bundle names its "
+                   "base by the lock file given to --base, not by the bundle that lock names")
+def test_the_missing_base_hint_names_the_base_bundle_not_its_lock_file(
+        src_registry, registry_factory, repo_name, rng, tmp_path):
+    """README's nightly script gives the base as `--base bundles/carried.lock`. The load of
+    the next bundle on a target without the base (exit 11) said `load first the bundle(s)
+    made before this one (it was made against carried.lock)`: a file that stays on the
+    connected side; the lock file names the bundle written with it (site-1.tar, its digest),
+    which is the one to load first (operator pass o19)."""
+    one = ig.make_image(rng, ig.AMD64, fmt="oci")
+    two = ig.make_image(rng, ig.AMD64, fmt="oci", layers=[*one.layers, ig.make_layer(rng)])
+    push_image(src_registry.url, repo_name, one, tags=["1"])
+    push_image(src_registry.url, repo_name, two, tags=["2"])
+    cfg, cache = tmp_path / "images.yaml", tmp_path / "cache"
+    cfg.write_text(f"version: 1\nimages:\n  - {src_registry.host}/{repo_name}:1\n")
+    mirror_ok("pull", "-f", cfg, "-o", tmp_path / "site-1.tar", "--cache", cache, "-q")
+    shutil.copy(tmp_path / "images.lock", tmp_path / "carried.lock")
+    cfg.write_text(f"version: 1\nimages:\n  - {src_registry.host}/{repo_name}:2\n")
+    mirror_ok("pull", "-f", cfg, "-o", tmp_path / "site-2.tar", "--base",
+              tmp_path / "carried.lock", "--cache", cache, "-q")
+    r = run_mirror("load", tmp_path / "site-2.tar", "--to", registry_factory().host)
+    assert r.returncode == EXIT["incomplete-base"], r.stderr
+    hint = next(ln for ln in r.stderr.splitlines() if ln.lstrip().startswith("hint:"))
+    assert "site-1.tar" in hint, hint
+
+
 def test_incremental_inventory_is_checked_against_the_bundle(src_registry, dst_registry,
                                                              repo_name, rng, tmp_path):
     """An incremental bundle's blob left to its base is listed absent ("base"); with that
