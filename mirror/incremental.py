@@ -1,11 +1,13 @@
 """The base of an incremental pull (`--base`): what an earlier bundle, or the lock file written
-with it, says was carried across already: its blobs (left out of the new bundle), its digest
-and name (recorded in the new bundle's inventory) and its images (a load looks for the blobs
-in their repositories at the target). An output that is the base itself is refused."""
+with it, says was carried across already: its blobs (left out of the new bundle), the earlier
+bundle's digest and name (recorded in the new bundle's inventory: a lock file's are those of
+the bundle it names, which the far side holds) and its images (a load looks for the blobs in
+their repositories at the target). An output that is the base itself is refused."""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +53,14 @@ def _from_lock(path: Path, out: Path | None) -> dict[str, Any]:
                          "sync wrote it): it says what the tags named, not what was carried",
                          hint="give the lock file a pull wrote with the last bundle carried "
                          "(a --locked pull writes none), or that bundle itself")
-    return {"base_blobs": lock.blobs, "base_digest": sha256_file(path), "base_name": path.name,
-            "base_images": tuple(sorted(lock.images))}
+    # the bundle the lock was written with is the base the far side holds (the lock file
+    # itself stays on this side): the new bundle names it, as with that bundle as --base
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}", lock.bundle["digest"]):  # edited by hand
+        raise UsageError(f"--base {path}: the bundle it names ({lock.bundle['name']}) has "
+                         f"no sha256 digest: {lock.bundle['digest']!r}",
+                         hint="give that bundle itself as --base")
+    return {"base_blobs": lock.blobs, "base_digest": lock.bundle["digest"],
+            "base_name": lock.bundle["name"], "base_images": tuple(sorted(lock.images))}
 
 
 def _from_bundle(path: Path) -> dict[str, Any]:

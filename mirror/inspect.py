@@ -322,6 +322,9 @@ async def _inspect_bundle(path: Path, sel: PlatformSelector,
 
     inv = contents.inventory
     absent = dict(inv.absent) if inv else {}
+    if note is not None and inv and inv.base:  # which bundle "in the base bundle" means
+        note(f"{path}: incremental bundle, made against {inv.base_named}: the blobs it "
+             "leaves to that base are marked \"in the base bundle\"")
     docs: list[dict[str, Any]] = []
     matched, missed = 0, []
     images = bundle_images(contents, bundle.name).images

@@ -228,7 +228,7 @@ async def load(client: Client, bundle: Bundle, target: Target, *, jobs: int = 4,
                                     _source_paths(images, contents), jobs)
 
     def incomplete(missing: list[str], searched: int) -> IncompleteBase:
-        base = contents.inventory.base_name if contents.inventory else None
+        base = contents.inventory.base_named if contents.inventory else ""
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         return IncompleteBase(
             f"{bundle.name}: incremental bundle: {len(missing)} blob(s) it does not carry "

@@ -182,15 +182,15 @@ def test_incremental_load_lists_five_missing_base_blobs_and_counts_the_rest(
     assert "and 3 more; nothing was pushed" in line, line
 
 
-@pytest.mark.xfail(strict=True, reason="operator pass o19: an incremental bundle names its "
-                   "base by the lock file given to --base, not by the bundle that lock names")
 def test_the_missing_base_hint_names_the_base_bundle_not_its_lock_file(
         src_registry, registry_factory, repo_name, rng, tmp_path):
     """README's nightly script gives the base as `--base bundles/carried.lock`. The load of
     the next bundle on a target without the base (exit 11) said `load first the bundle(s)
     made before this one (it was made against carried.lock)`: a file that stays on the
     connected side; the lock file names the bundle written with it (site-1.tar, its digest),
-    which is the one to load first (operator pass o19)."""
+    which is the one to load first (operator pass o19). mirror.json names that bundle, as
+    with the bundle itself as --base (the same bytes), and so do inspect and the hint; a lock
+    whose bundle digest was edited into no sha256 is refused (exit 2), nothing written."""
     one = ig.make_image(rng, ig.AMD64, fmt="oci")
     two = ig.make_image(rng, ig.AMD64, fmt="oci", layers=[*one.layers, ig.make_layer(rng)])
     push_image(src_registry.url, repo_name, one, tags=["1"])
@@ -202,10 +202,27 @@ def test_the_missing_base_hint_names_the_base_bundle_not_its_lock_file(
     cfg.write_text(f"version: 1\nimages:\n  - {src_registry.host}/{repo_name}:2\n")
     mirror_ok("pull", "-f", cfg, "-o", tmp_path / "site-2.tar", "--base",
               tmp_path / "carried.lock", "--cache", cache, "-q")
+    digest = file_sha256(tmp_path / "site-1.tar")
+    base = _read(tmp_path / "site-2.tar", "mirror.json")["base"]
+    assert (base["name"], base["digest"]) == ("site-1.tar", digest), base
+    mirror_ok("pull", "-f", cfg, "-o", tmp_path / "by-bundle.tar", "--base",
+              tmp_path / "site-1.tar", "--cache", cache, "-q", "--lock-file", tmp_path / "x")
+    assert _read(tmp_path / "by-bundle.tar", "mirror.json")["base"] == base
+    note = mirror_ok("inspect", tmp_path / "site-2.tar").stderr
+    assert f"incremental bundle, made against site-1.tar, {digest}:" in note, note
     r = run_mirror("load", tmp_path / "site-2.tar", "--to", registry_factory().host)
     assert r.returncode == EXIT["incomplete-base"], r.stderr
     hint = next(ln for ln in r.stderr.splitlines() if ln.lstrip().startswith("hint:"))
-    assert "site-1.tar" in hint, hint
+    assert hint.endswith(f"(it was made against site-1.tar, {digest})"), hint
+    lock = json.loads((tmp_path / "carried.lock").read_text())
+    lock["bundle"]["digest"] = digest[:-1]
+    (tmp_path / "carried.lock").write_text(json.dumps(lock))
+    r = run_mirror("pull", "-f", cfg, "-o", tmp_path / "site-3.tar", "--base",
+                   tmp_path / "carried.lock", "--cache", cache, "-q", "--lock-file", tmp_path / "y")
+    assert r.returncode == EXIT_CODES["usage"], r.stderr
+    assert r.stderr.startswith(f"mirror: error: --base {tmp_path / 'carried.lock'}: the bundle "
+                               "it names (site-1.tar) has no sha256 digest"), r.stderr
+    assert not (tmp_path / "site-3.tar").exists() and not (tmp_path / "y").exists()
 
 
 def test_incremental_inventory_is_checked_against_the_bundle(src_registry, dst_registry,

@@ -178,6 +178,12 @@ class Inventory:
     conversions: dict[str, str] = field(default_factory=dict)  # old digest: new digest
     referrers: list[dict[str, Any]] = field(default_factory=list)  # index.json-style entries
 
+    @property
+    def base_named(self) -> str:
+        """The base bundle as its `name, sha256:...` (what the far side must load first);
+        "" for a bundle that is not incremental."""
+        return ", ".join(x for x in (self.base_name, self.base) if x) if self.base else ""
+
     def to_bytes(self) -> bytes:
         return b"".join(self.pieces())
 
