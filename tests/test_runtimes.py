@@ -20,7 +20,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.support import imagegen as ig
-from tests.support.oracle import check_layout, mirror_ok, run_mirror, skopeo
+from tests.support.oracle import check_layout, mirror_ok, run, run_mirror, skopeo
 from tests.support.pusher import get_manifest, push_image
 from tests.support.registry import Registry
 from tests.support.runtimes import CTR, DOCKER, Containerd, Dockerd, Podman
@@ -324,24 +324,32 @@ def test_podman_load_opens_a_foreign_platform_bundle(podman, src_registry, repo_
     assert ("sha256:" + got["Id"], got["Architecture"]) == (s.imgs[1].config.digest, "arm64")
 
 
+def incremental(reg: Registry, repo: str, rng, tmp_path: Path, base_name: str, *,
+                c_shares: bool) -> tuple[dict[str, str], list[ig.Image], Path, Path, list[str]]:
+    """Images a, b, c (b shares a layer with a; c too with `c_shares`), a base bundle of a
+    (`base_name`) and inc.tar of b and c on it: their references, the images, the two
+    bundles and the lines of the pull's output about manifest.json."""
+    shared = ig.make_layer(rng)
+    imgs = [ig.make_image(rng, ig.AMD64, layers=[shared, ig.make_layer(rng)]) for _ in "ab"]
+    imgs.append(ig.make_image(rng, ig.AMD64, layers=[shared] if c_shares else None))
+    for tag, img in zip("abc", imgs, strict=True):
+        push_image(reg.url, repo, img, tags=[tag])
+    ref = {t: f"{reg.host}/{repo}:{t}" for t in "abc"}
+    base = pull(tmp_path, base_name, ref["a"])
+    inc = tmp_path / "inc.tar"
+    proc = mirror_ok("pull", ref["b"], ref["c"], "--base", base, "-o", inc, "--cache",
+                     tmp_path / "cache")
+    return ref, imgs, base, inc, [ln for ln in proc.stderr.splitlines() if "manifest.json" in ln]
+
+
 def test_an_incremental_bundle_in_the_runtimes(containerd, dockerd, src_registry, repo_name,
                                                rng, tmp_path):
     """`--base`: an image whose layers the base bundle carried is left out of manifest.json
     (docker load and podman load cannot take it), and pull says so, naming it; ctr import
     unpacks it once the base went in first (the order incremental bundles are loaded in)."""
-    shared = ig.make_layer(rng)
-    a = ig.make_image(rng, ig.AMD64, layers=[shared, ig.make_layer(rng)])
-    b = ig.make_image(rng, ig.AMD64, layers=[shared, ig.make_layer(rng)])
-    c = ig.make_image(rng, ig.AMD64)
-    for tag, img in (("a", a), ("b", b), ("c", c)):
-        push_image(src_registry.url, repo_name, img, tags=[tag])
-    ref = {t: f"{src_registry.host}/{repo_name}:{t}" for t in "abc"}
-    base = pull(tmp_path, "base.tar", ref["a"])
-    inc = tmp_path / "inc.tar"
-    proc = mirror_ok("pull", ref["b"], ref["c"], "--base", base, "-o", inc, "--cache",
-                     tmp_path / "cache")
-    notes = [line for line in proc.stderr.splitlines() if "manifest.json" in line]
-    assert len(notes) == 1 and ref["b"] in notes[0], proc.stderr
+    ref, (_, b, _), base, inc, notes = incremental(src_registry, repo_name, rng, tmp_path,
+                                                   "base.tar", c_shares=False)
+    assert len(notes) == 1 and ref["b"] in notes[0], notes
     assert "docker load" in notes[0] and "base" in notes[0], notes
     containerd.import_(base)
     containerd.import_(inc)  # the shared layer is in containerd's content store: no error
@@ -349,6 +357,32 @@ def test_an_incremental_bundle_in_the_runtimes(containerd, dockerd, src_registry
     dockerd.cli("load", "-i", base)
     out = dockerd.cli("load", "-i", inc).stdout
     assert ref["c"] in out and ref["b"] not in out, out
+
+
+def test_docker_and_podman_load_nothing_of_an_incremental_bundle_and_exit_0(
+        dockerd, podman, src_registry, repo_name, rng, tmp_path):
+    """An incremental bundle whose every image uses a blob of its base (a shared base layer:
+    the usual case) has manifest.json `[]`: docker load and podman load exit 0 and load
+    nothing, the base loaded or not, and skopeo's oci-archive: fails on the first blob the
+    base carried (`no such file or directory`). pull says so in one line, not one per image
+    (operator pass o19, D3, D4); podman load reads the base's .tar.zst as it is (D9)."""
+    ref, (a, _, _), base, inc, notes = incremental(src_registry, repo_name, rng, tmp_path,
+                                                   "base.tar.zst", c_shares=True)
+    assert len(notes) == 1, notes
+    assert "incremental bundle: manifest.json lists none of its 2 image(s)" in notes[0], notes
+    assert "exit 0" in notes[0] and "mirror load" in notes[0], notes
+    with tarfile.open(inc) as tf:
+        assert tf.extractfile("manifest.json").read() == b"[]\n"
+    podman.cli("load", "-i", base)  # a .tar.zst as it is, no zstd -dc
+    assert podman.image(ref["a"])["Id"] == a.config.digest.split(":")[1]
+    for runtime in (dockerd, podman):  # docker without the base, podman with it
+        loaded = runtime.cli("load", "-i", inc, check=False)
+        assert loaded.returncode == 0, loaded.stderr
+        listed = runtime.cli("images", "--format", "{{.Repository}}:{{.Tag}}").stdout
+        assert ref["b"] not in listed and ref["c"] not in listed, listed
+    copied = run(["skopeo", "copy", f"oci-archive:{inc}:{ref['b']}", f"dir:{tmp_path / 'd'}"])
+    assert copied.returncode != 0 and "no such file or directory" in copied.stderr, \
+        copied.stderr
 
 
 def test_ctr_import_unpacks_the_images_after_one_it_cannot(containerd, registry_factory,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from mirror.bundle.dockersave import docker_manifest, left_out
+from mirror.bundle.dockersave import docker_manifest, left_out, lists_none
 from mirror.bundle.layout import (
     A_CONVERSIONS,
     A_INDEX_MODE,
@@ -73,11 +73,20 @@ def referrer_entries(plans: list[Image], named: Collection[str]) -> list[Entry]:
 
 def unloadable(plans: list[Image], base_blobs: dict[str, int] | None) -> Iterator[str]:
     """A note per image the bundle's manifest.json leaves out (a base bundle's blobs, a
-    foreign layer): docker load and podman load will not load it; and per sparse index,
-    which ctr import cannot take."""
+    foreign layer): docker load and podman load will not load it (one for the bundle when
+    the base's blobs leave it out every image: those load nothing from it); and per sparse
+    index, which ctr import cannot take."""
     base = base_blobs or {}
     carried = {d for p in plans for d in p.blobs if d not in base}
-    for name, why in left_out(plans, carried):
+    left = left_out(plans, carried)
+    if left and all(only_base for *_, only_base in left) and lists_none(plans, carried):
+        # the usual incremental bundle (a shared base layer): one line, not one per image
+        yield (f"incremental bundle: manifest.json lists none of its {len(left)} image(s) "
+               "(each uses blobs the base bundle carried), so docker load and podman load "
+               "load nothing from it, and exit 0 all the same: it is for mirror load, or for "
+               "ctr import after the base bundle")
+        left = []
+    for name, why, _ in left:
         yield (f"{name}: not in manifest.json, so docker load and podman load leave it out: "
                f"{why}")
     for p in plans:

@@ -103,16 +103,24 @@ def docker_manifest(plans: Iterable[Image], carried: set[str]) -> Iterator[bytes
     yield b"]\n"
 
 
-def left_out(plans: Iterable[Image], carried: set[str]) -> list[tuple[str, str]]:
+def lists_none(plans: Iterable[Image], carried: set[str]) -> bool:
+    """Whether manifest.json lists no image at all: docker load and podman load of the
+    bundle load nothing, and exit 0 all the same (docker 20.10, podman 4.3)."""
+    return not any(_loadable(p, raw, carried) for plan in plans for p, raw in _images(plan))
+
+
+def left_out(plans: Iterable[Image], carried: set[str]) -> list[tuple[str, str, bool]]:
     """The references with a Linux image that manifest.json leaves out (docker load and
-    podman load do not get it), each with the reason in words, for pull to say."""
-    out: list[tuple[str, str]] = []
+    podman load do not get it), each with the reason in words, for pull to say, and whether
+    that reason is only the blobs a base bundle carried."""
+    out: list[tuple[str, str, bool]] = []
     for plan in plans:
         images = [raw for p, raw in _images(plan) if (p is None or p.os == "linux")
                   and not _loadable(p, raw, carried)]
         if not images:
             continue
         layers = [d for raw in images for d in raw.layers]
+        base = False
         if any(d.urls or d.media_type in mt.FOREIGN_TYPES for d in layers if
                d.digest not in carried):
             why = ("a foreign layer the bundle does not carry (--foreign-layers skip): "
@@ -125,7 +133,8 @@ def left_out(plans: Iterable[Image], carried: set[str]) -> list[tuple[str, str]]
                    "mirror load take it")
         else:
             n = len({d.digest for raw in images for d in raw.blobs()} - carried)
-            why = (f"{n} of its blob(s) are in the base bundle; ctr import unpacks it once "
-                   "the base bundle was imported (as mirror load needs the base loaded)")
-        out.append((plan.name, why))
+            why, base = (f"{n} of its blob(s) are in the base bundle; ctr import unpacks it "
+                         "once the base bundle was imported (as mirror load needs the base "
+                         "loaded)"), True
+        out.append((plan.name, why, base))
     return out
