@@ -8,8 +8,9 @@ target format, and anything that is not an image (artifacts, plugins), keep thei
 New bytes come from `dump_json`: the same input always gives the same output.
 
 OCI -> Docker refuses what Docker cannot carry (zstd layers, `artifactType`, `subject`,
-non-image configs, nested indexes, attestations, entries without a platform) and warns about
-the annotations it drops.
+non-image configs, nested indexes, attestations, entries without a platform) in the image's
+own index and manifests, and warns about the annotations it drops. Its referrers (signatures,
+SBOMs: mirror.planning attaches them after the conversion) are never converted.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from mirror import mediatypes as mt
 from mirror.config import ImageSettings, ImageSpec
@@ -46,6 +47,7 @@ from tests.support.pusher import (
     push_raw_manifest,
     two_images,
 )
+from tests.support.referrers import push_sbom, push_signature
 
 # -- the seeds (../shared/seeds/000_2f22ff097b1b5472.txt), as quoted there -----------------
 
@@ -620,6 +622,34 @@ def test_pull_format_docker_refuses_attestations(src_registry, repo_name, rng,
     proc = mirror_ok("pull", "-f", cfg, "-o", bundle, "--cache", tmp_path / "cache")
     lay = check_layout(bundle)
     assert lay.entry(ref)["mediaType"] == mt.DOCKER_LIST
+
+
+def test_pull_format_docker_carries_referrers_unconverted(src_registry, repo_name, rng,
+                                                         tmp_path: Path) -> None:
+    """`docker` refuses `artifactType` and `subject` in the image's own index and manifests,
+    not in its referrers (README, Conversion): a cosign signature of the index and an SBOM
+    (artifactType + subject) of a platform manifest are carried byte for byte, as OCI,
+    naming the source digests the converted manifests no longer have; exit 0 (operator
+    pass o19, D5)."""
+    imgs = [ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)]
+    index = ig.make_index(imgs, "oci")
+    push_image(src_registry.url, repo_name, index, ["v1"])
+    key = ec.generate_private_key(ec.SECP256R1())
+    _, sig = push_signature(src_registry.url, repo_name, key, index.digest)
+    sbom = push_sbom(src_registry.url, repo_name, imgs[0].manifest)
+    assert json.loads(sbom.data)["artifactType"] and json.loads(sbom.data)["subject"]
+    ref = f"{src_registry.host}/{repo_name}:v1"
+    bundle = tmp_path / "b.tar"
+    mirror_ok("pull", ref, "--format", "docker", "-o", bundle, "--cache", tmp_path / "cache")
+    lay = check_layout(bundle)
+    root = lay.entry(ref)
+    assert root["mediaType"] == mt.DOCKER_LIST and root["digest"] != index.digest
+    subjects = {e["digest"]: e["annotations"]["dev.mirror.referrer.subject"]
+                for e in lay.inventory["referrers"]}  # type: ignore[index]
+    assert subjects == {sig.digest: index.digest, sbom.digest: imgs[0].manifest.digest}
+    for m in (sig, sbom):
+        assert lay.blob(m.digest) == m.data
+    assert imgs[0].manifest.digest not in lay.blob_digests  # converted: a new digest
 
 
 def test_pull_format_oci_copies_artifacts_byte_for_byte(src_registry, dst_registry,
