@@ -15,6 +15,7 @@ import signal
 import socket
 import struct
 import subprocess
+import tarfile
 import time
 import urllib.error
 import urllib.parse
@@ -632,6 +633,25 @@ def test_a_broken_bundle_is_refused_before_listening(tmp_path):
     assert "not a tar" in error_line(proc)
     proc = run_mirror("serve", bad, "--listen", "127.0.0.1:99999")
     assert proc.returncode == 2 and "--listen" in error_line(proc)
+
+
+def test_a_manifest_that_does_not_match_its_digest_is_exit_7_as_for_load(served, tmp_path):
+    """Serve makes load's checks with load's exit codes (README): a platform manifest with one
+    byte changed (the same size) is an integrity error, exit 7, naming it; not 10 (operator
+    pass o19, D8)."""
+    manifest = served.index.images[0].manifest
+    data = bytearray(served.bundle.read_bytes())
+    with tarfile.open(served.bundle) as tf:
+        member = tf.getmember("blobs/sha256/" + manifest.digest.split(":")[1])
+    data[member.offset_data + member.size // 2] ^= 1
+    bad = tmp_path / "tampered.tar"
+    bad.write_bytes(bytes(data))
+    for argv in (["serve", bad, "--listen", "127.0.0.1:0"],
+                 ["load", bad, "--to", "127.0.0.1:9/never"]):
+        proc = run_mirror(*argv)
+        assert proc.returncode == 7 and proc.stdout == "", proc.stderr
+        assert f"manifest {manifest.digest}: content does not match its digest" in \
+            error_line(proc), proc.stderr
 
 
 def test_ctr_pulls_from_serve(served, tmp_path):
