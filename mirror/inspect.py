@@ -335,6 +335,8 @@ async def _inspect_bundle(path: Path, sel: PlatformSelector,
             doc = await describe(img, get_manifest, get_blob, sel if filtered else None,
                                  name=entry_name(e) or e["digest"], conversions=conversions,
                                  absent=absent)
+            if inv and inv.base:  # which bundle its blobs "in the base bundle" are in
+                doc["baseBundle"] = {"name": inv.base_name, "digest": inv.base}
             if doc.get("referrerOf") not in (None, *contents.manifests):
                 # made for a manifest the bundle replaced (a filtered index, a converted
                 # manifest): named as the source's, which no target of this bundle serves

@@ -189,7 +189,8 @@ def test_the_missing_base_hint_names_the_base_bundle_not_its_lock_file(
     made before this one (it was made against carried.lock)`: a file that stays on the
     connected side; the lock file names the bundle written with it (site-1.tar, its digest),
     which is the one to load first (operator pass o19). mirror.json names that bundle, as
-    with the bundle itself as --base (the same bytes), and so do inspect and the hint; a lock
+    with the bundle itself as --base (the same bytes), and so do inspect (its --json per
+    image, `baseBundle`) and the hint; a lock
     whose bundle digest was edited into no sha256 is refused (exit 2), nothing written."""
     one = ig.make_image(rng, ig.AMD64, fmt="oci")
     two = ig.make_image(rng, ig.AMD64, fmt="oci", layers=[*one.layers, ig.make_layer(rng)])
@@ -210,6 +211,10 @@ def test_the_missing_base_hint_names_the_base_bundle_not_its_lock_file(
     assert _read(tmp_path / "by-bundle.tar", "mirror.json")["base"] == base
     note = mirror_ok("inspect", tmp_path / "site-2.tar").stderr
     assert f"incremental bundle, made against site-1.tar, {digest}:" in note, note
+    docs = json.loads(mirror_ok("inspect", tmp_path / "site-2.tar", "--json", "-q").stdout)
+    assert [d["baseBundle"] for d in docs] == [{"name": "site-1.tar", "digest": digest}], docs
+    docs = json.loads(mirror_ok("inspect", tmp_path / "site-1.tar", "--json", "-q").stdout)
+    assert all("baseBundle" not in d for d in docs), docs  # a full bundle names none
     r = run_mirror("load", tmp_path / "site-2.tar", "--to", registry_factory().host)
     assert r.returncode == EXIT["incomplete-base"], r.stderr
     hint = next(ln for ln in r.stderr.splitlines() if ln.lstrip().startswith("hint:"))
