@@ -28,11 +28,13 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from mirror.errors import EXIT_CODES
 from tests.support import imagegen as ig
 from tests.support.oracle import (
     Layout,
     check_layout,
     error_line,
+    file_sha256,
     mirror_cmd,
     mirror_env,
     mirror_ok,
@@ -500,7 +502,9 @@ def test_an_incremental_bundle_serves_what_it_holds(served, src_registry, tmp_pa
                                headers={"Accept": ig.ACCEPT})
         assert status == 200 and body == served.index.manifest.data  # manifests: all there
         status, _, body = http(f"{url}/v2/{served.signed}/blobs/{amd64.layers[0].digest}")
-        assert status == 404 and codes(body) == ["BLOB_UNKNOWN"]  # in the base
+        assert status == 404 and codes(body) == ["BLOB_UNKNOWN"]  # in the base, said so
+        message = json.loads(body)["errors"][0]["message"]
+        assert f"leaves it to its base bundle (base.tar, {file_sha256(base)})" in message, body
         layer = served.docker_list.images[1].layers[0]
         status, _, body = http(f"{url}/v2/{served.listed}/blobs/{layer.digest}")
         assert status == 200 and body == layer.data
@@ -510,15 +514,18 @@ def test_an_incremental_bundle_serves_what_it_holds(served, src_registry, tmp_pa
     assert f"{left} blob(s) the images name are not in it" in (tmp_path / "log").read_text()
 
 
-@pytest.mark.parametrize("cache", [False, True], ids=["no-cache", "cache"])
+@pytest.mark.parametrize("sync_cache", [False, True], ids=["no-cache", "cache"])
 def test_sync_from_a_served_incremental_bundle_of_an_image_the_target_holds(
-        src_registry, dst_registry, repo_name, rng, tmp_path, cache):
+        src_registry, dst_registry, repo_name, rng, tmp_path, sync_cache):
     """README's way from serve to a real registry, a nightly later: the base bundle loaded,
     the incremental one served, `mirror sync` of its image (a single manifest, no index)
     into the target that holds it whole. The target is asked one HEAD (README: an image it
     serves whole); the sync failed with exit 5 on the config, BLOB_UNKNOWN at the served
     incremental bundle (operator pass o19: an index's images sync), with a cache of its own
-    or without: what the target holds is read from the target."""
+    or without: what the target holds is read from the target. Synced to another prefix,
+    where the base was not loaded, the blob the base carried is BLOB_UNKNOWN at the server
+    (exit 5): the error names the base bundle to load first (operator pass o20, D11: the
+    server's bare 'blob unknown to registry')."""
     img = ig.make_image(rng, ig.AMD64, fmt="oci")
     push_image(src_registry.url, repo_name, img, tags=["1"])
     ref = f"{src_registry.host}/{repo_name}:1"
@@ -529,12 +536,18 @@ def test_sync_from_a_served_incremental_bundle_of_an_image_the_target_holds(
     proc, url = start_serve(inc, tmp_path / "log", "-q")
     try:
         host = url.split("://", 1)[1]
-        r = run_mirror("sync", f"{host}/{repo_name}:1", "--to", f"{dst_registry.host}/incsync",
-                       "--insecure-registry", host, "--lock-file", tmp_path / "sync.lock",
-                       *(("--cache", tmp_path / "sc") if cache else ()), "-q", cwd=tmp_path)
+        synced = [run_mirror("sync", f"{host}/{repo_name}:1", "--to",
+                             f"{dst_registry.host}/{prefix}", "--insecure-registry", host,
+                             "--lock-file", tmp_path / "sync.lock",
+                             *(("--cache", tmp_path / "sc") if sync_cache else ()), "-q",
+                             cwd=tmp_path) for prefix in ("incsync", "elsewhere")]
     finally:
         assert stop_serve(proc) == 143
-    assert r.returncode == 0, r.stderr
+    assert synced[0].returncode == 0, synced[0].stderr
+    r = synced[1]
+    assert r.returncode == EXIT_CODES["not-found"], r.stderr
+    assert f"the bundle served leaves it to its base bundle (base.tar, {file_sha256(base)}): " \
+        "load that bundle first" in r.stderr, r.stderr
 
 
 def test_a_layout_directory_is_served(served, tmp_path):

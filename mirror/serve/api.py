@@ -150,7 +150,9 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None | str:
 async def _blob(request: web.Request, repo: Repository, digest: str) -> web.StreamResponse:
     member = request.app[CATALOG].blob(digest) if digest in repo.blobs else None
     if member is None:
-        return error(404, "BLOB_UNKNOWN", "blob unknown to registry", {"Digest": digest})
+        why = request.app[CATALOG].left_out(digest)
+        return error(404, "BLOB_UNKNOWN", "blob unknown to registry" + (f": {why}" if why else ""),
+                     {"Digest": digest})
     size = member.size
     headers = {"Docker-Content-Digest": digest, "Etag": f'"{digest}"',
                "Accept-Ranges": "bytes", "Cache-Control": "max-age=31536000"}

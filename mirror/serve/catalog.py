@@ -32,12 +32,29 @@ class Repository:
 class Catalog:
     bundle: Bundle
     repositories: dict[str, Repository]
-    absent: int = 0  # blobs the images name that the bundle does not hold (left out on purpose)
+    # blobs the images name that the bundle does not hold (left out on purpose): why, as a
+    # client asking for one is told (`left_out`)
+    absent: dict[str, str] = field(default_factory=dict)
+    base: str = ""  # an incremental bundle's base bundle, `name, sha256:...`
     notes: list[str] = field(default_factory=list)  # a docker-archive's new manifests
     unmatched: list[str] = field(default_factory=list)  # --map rules that moved nothing
 
     def blob(self, digest: str) -> Member | None:
         return self.bundle.blob_at(digest)
+
+    def left_out(self, digest: str) -> str:
+        """Why the bundle does not hold blob `digest` its images name, for the client that
+        asks for it ("" for a digest they do not name): a sync from this server to where
+        the base was not loaded fails on it, naming the bundle to load first."""
+        why = self.absent.get(digest)
+        if why == "base":
+            return (f"the bundle served leaves it to its base bundle ({self.base}): load that "
+                    "bundle first, where these images go, or mirror load this one (which "
+                    "finds the base's blobs anywhere in its target)")
+        if why is not None:
+            return (f"the bundle served does not carry it ({why}: a foreign layer is "
+                    "fetched from the urls its manifest gives)")
+        return ""
 
     @property
     def tags(self) -> int:
@@ -101,5 +118,6 @@ def open_catalog(path: Path, prefix: str, registry: str, layout: Layout | None =
             if img.root not in found:
                 found.append(img.root)
     names = (i.image.reference.name for i in images if i.image.reference is not None)
-    return Catalog(bundle, repos, len(absent), contents.notes,
-                   unmatched(target.layout.rules, names))
+    return Catalog(bundle, repos, absent, notes=contents.notes,
+                   unmatched=unmatched(target.layout.rules, names),
+                   base=contents.inventory.base_named if contents.inventory else "")

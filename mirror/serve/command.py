@@ -27,7 +27,7 @@ async def serve_bundle(args: argparse.Namespace, progress: Progress, report: Rep
     for line in catalog.unmatched:
         progress.warn(line)
     if catalog.absent:
-        progress.warn(f"{args.bundle}: {catalog.absent} blob(s) the images name are not in "
+        progress.warn(f"{args.bundle}: {len(catalog.absent)} blob(s) the images name are not in "
                       "it (foreign layers, or what an incremental bundle's base carried): "
                       "requests for them get BLOB_UNKNOWN")
     served = [0]
