@@ -18,7 +18,7 @@ from mirror.manifest import RawManifest
 from mirror.mapping import Placement, Target, check, place, unmatched
 from mirror.planning import Planner
 from mirror.progress import Progress
-from mirror.push import Asked, held_there, push
+from mirror.push import Asked, Pusher, held_there, push
 from mirror.pushblobs import BlobSource
 from mirror.pushplan import PushImage, PushResult, push_requests
 from mirror.registry.client import Client, ManifestHead
@@ -97,6 +97,7 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
     except BaseException:  # stopped: the images every target said it serves whole already
         planner.settle()
         result.finished = planner.whole_everywhere()
+        result.targets = planner.held_only(progress)
         raise
     finally:
         planner.settle()
@@ -259,6 +260,27 @@ class _Planner(Planner):
 
         return {i for i, plan in self.resolved()
                 if all(there(plan, n) for n in range(len(self.targets)))}
+
+    def held_only(self, progress: Progress) -> list[tuple[Target, PushResult]]:
+        """A sync stopped while resolving: per target, what it said it serves whole of the
+        images resolved (`asked`), counted present and placed as a push that stopped counts
+        what it found there (mirror.push's say_held), so the report's placement names the
+        images it reports finished; the push never started (its counts null)."""
+        plans = [p for _, p in self.resolved()]
+        out = []
+        for n, target in enumerate(self.targets):
+            try:
+                images = push_images(plans, target)
+            except MirrorError:  # its names clash: nothing placed there
+                images = []
+            done = PushResult(images=images)
+            pusher = Pusher(self.client, target.registry, images, done, progress,
+                            self.opts.jobs, self.merge)
+            pusher.held = {id(p) for p in images if self.asked[n].get(
+                (p.repository, p.tag or p.root.digest, p.root.digest))}
+            pusher.say_held()
+            out.append((target, done))
+        return out
 
     async def at_target(self, plan: Image, n: int) -> set[str]:
         """The blobs of the image (its referrers') that target `n` holds: those of each one

@@ -640,9 +640,6 @@ def test_a_rerun_stopped_at_its_first_heads_says_interrupted_only_of_the_image_n
     assert doc["targets"][0]["tags"] is None, doc["targets"]
 
 
-@pytest.mark.xfail(strict=True, reason="operator pass o20, D10: a sync stopped while it "
-                   "resolves reports the images its target serves whole finished, but the "
-                   "target's placement [] (its counts null), as if the target were not reached")
 def test_a_rerun_stopped_while_resolving_places_the_image_it_reports_finished(
         src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
         rng: random.Random, tmp_path: Path) -> None:
