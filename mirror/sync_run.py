@@ -84,6 +84,10 @@ async def run_sync(args: argparse.Namespace, progress, report: Report) -> int:
         seen.add((t.registry, t.prefix))
     check_flags(args)
     specs, cfg = image_specs(args)  # the lock file was checked first (lock_file_held)
+    if cfg is not None and cfg.cached_referrers and not args.cache:
+        progress.warn(f"referrers: cached ({', '.join(sorted(cfg.cached_referrers))}) keeps "
+                      "what a run found in the cache, and this sync has no --cache: each run "
+                      "looks the referrers up again, as `always` does (give it a --cache)")
     opts = SyncOptions(jobs=args.jobs, keep_going=args.keep_going, dry_run=args.dry_run,
                        merge=args.merge, referrer_types=parse_types(args.referrer_type))
     result = SyncResult()

@@ -179,6 +179,24 @@ def test_sync_format_oci_converts_as_pull_does(
     served(dst_registry, doc, f"s{u}")
 
 
+def test_referrers_cached_without_a_cache_is_said_once(
+        src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """`referrers: cached` keeps what a run found in the cache; a sync without --cache has
+    none, so it looked the referrers up every run as `always` does, and said nothing
+    (operator pass o21, D3). It warns once, naming the registry; with --cache, not."""
+    push_image(src_registry.url, repo_name, ig.make_image(rng, ig.AMD64, "oci"), ["1"])
+    cfg = images_yaml(tmp_path, [f"{src_registry.host}/{repo_name}:1"],
+                      f"registries:\n  {src_registry.host}:\n    referrers: cached\n")
+    warning = f"referrers: cached ({src_registry.host}) keeps what a run found in the cache"
+    u = repo_name[-8:]
+    err = mirror_ok("sync", "-f", cfg, "--to", f"{dst_registry.host}/rc{u}", "-q").stderr
+    assert err.count(warning) == 1 and "give it a --cache" in err, err
+    err = mirror_ok("sync", "-f", cfg, "--to", f"{dst_registry.host}/rc{u}", "-q",
+                    "--cache", tmp_path / "c").stderr
+    assert warning not in err, err
+
+
 def test_sync_through_a_cache_fetches_each_blob_once(
         src_registry: Registry, dst_registry: Registry, registry_factory, faultproxy,
         repo_name: str, rng: random.Random, tmp_path: Path) -> None:
