@@ -582,6 +582,40 @@ def test_a_rerun_of_a_converting_sync_from_a_served_incremental_bundle_asks_it_n
     assert "blob GET" not in requests, requests
 
 
+@pytest.mark.xfail(strict=True, reason="operator pass o21, D6: sync --locked asks the source "
+                   "for the locked manifest the target serves whole")
+def test_a_locked_sync_reads_what_the_target_holds_from_the_target(
+        src_registry, dst_registry, repo_name, rng, tmp_path):
+    """`mirror sync --locked` from `mirror serve` of the nightly bundle: the tag moved upstream
+    and the next bundle is served in the last one's place; the target already serves the
+    locked digest whole (its tag names it), so the rerun has nothing to push and nothing to ask
+    the source but the tag. It asked the source for the locked manifest by digest: 404
+    MANIFEST_UNKNOWN, exit 5 (operator pass o21, D6), where the same rerun without --locked
+    reads the image from the target."""
+    ref = f"{src_registry.host}/{repo_name}:1"
+    lock, target = tmp_path / "locked.lock", f"{dst_registry.host}/locked"
+    codes, listen = [], ()
+    for night in (1, 2):
+        img = ig.make_image(rng, ig.AMD64, fmt="oci")  # the tag moves between the nights
+        push_image(src_registry.url, repo_name, img, tags=["1"])
+        bundle = tmp_path / f"night{night}.tar"
+        mirror_ok("pull", ref, "-o", bundle, "--cache", tmp_path / "cache", "-q")
+        proc, url = start_serve(bundle, tmp_path / f"log{night}", "-q", *listen)
+        try:
+            host = url.split("://", 1)[1]
+            listen = ("--listen", host)  # the next night's bundle at the same address
+            served = f"{host}/{repo_name}:1"
+            if night == 1:
+                mirror_ok("lock", served, "--lock-file", lock, "--insecure-registry", host, "-q")
+            r = run_mirror("sync", served, "--locked", "--lock-file", lock, "--to", target,
+                           "--insecure-registry", host, "-q", cwd=tmp_path)
+        finally:
+            assert stop_serve(proc) == 143
+        codes.append((r.returncode, r.stderr))
+    assert codes[0][0] == 0, codes[0][1]
+    assert codes[1][0] == 0, codes[1][1]  # the target holds the locked image whole
+
+
 def test_a_layout_directory_is_served(served, tmp_path):
     """The bundle unpacked (an OCI layout directory): the same answers, each blob read from
     its own file."""
