@@ -26,7 +26,7 @@ from mirror.progress import Progress
 from mirror.referrers import Finder
 from mirror.registry.client import Client
 from mirror.registry.policy import RETRY_COUNTER
-from mirror.resolve import resolve
+from mirror.resolve import There, resolve
 
 # a registry's images under way at once in planning, per resolution slot of it (Planner._lane):
 # more than the slots, since an image waiting for its repository's tag listing holds none
@@ -234,11 +234,11 @@ class Planner:
         lim.admit(len(new))
         self.promised |= new
 
-    async def elsewhere(self, i: int, spec: ImageSpec, root: RawManifest
-                        ) -> tuple[str, str] | None:
-        """Where else image `i`, whose root manifest its registry named `root`, is served
-        whole: the registry and repository its manifests and configs below the root are
-        read from by digest (mirror.resolve); None (a pull's): its registry alone."""
+    async def elsewhere(self, i: int, spec: ImageSpec, root: RawManifest) -> There | None:
+        """Where else image `i`, whose root manifest its registry named `root`, is held:
+        the registry and repository its manifests and configs below the root (those it
+        holds) are read from by digest (mirror.resolve); None (a pull's): its registry
+        alone."""
         return None
 
     async def fetches(self, i: int, plan: Image) -> set[Hashable]:

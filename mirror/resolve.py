@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from mirror import mediatypes as mt
@@ -24,9 +25,26 @@ from mirror.registry.client import Client
 ATTESTATION_REF = "vnd.docker.reference.digest"
 
 FetchConfig = Callable[[str, str, Descriptor], Awaitable[bytes]]
-# where else an image whose root manifest this is can be read by digest (registry, repository)
-Elsewhere = Callable[[RawManifest], Awaitable["tuple[str, str] | None"]]
 T = TypeVar("T")
+
+
+@dataclass
+class There:
+    """Where else an image can be read by digest: a registry and repository that holds it
+    (a sync's target), and what of it: `lists` None, everything below the root (its
+    reference there names the root); else the manifests named (the root's children that
+    the index there lists too: the image it holds is the root filtered), and the config
+    of each of those read (`_Resolver.get` adds it)."""
+    registry: str
+    repository: str
+    lists: set[str] | None = None
+
+    def serves(self, digest: str) -> bool:
+        return self.lists is None or digest in self.lists
+
+
+# where else an image whose root manifest this is can be read by digest
+Elsewhere = Callable[[RawManifest], Awaitable["There | None"]]
 
 
 def no_match(spec: ImageSpec, available: list[str]) -> NoMatchingPlatform:
@@ -42,10 +60,10 @@ async def resolve(client: Client, spec: ImageSpec, fetch_config: FetchConfig,
     """Raise NotFound, NoMatchingPlatform, UnsupportedContent or a RegistryError.
     `referrer_types` (--referrer-type) decides, with `referrers:`, whether the attestation
     manifests inside an index are kept (mirror.artifacts). `elsewhere`: asked once the root
-    is read, where else the image is served whole (a sync's target holding it: the
-    registry and repository), whose manifests and configs below the root are then read from
-    there by digest (checked against it, as from the source) and from the source only
-    when that one cannot serve them (mirror.sync)."""
+    is read, where else the image is held (a sync's target: There), whose manifests and
+    configs below the root (or those of them it lists) are then read from there by digest
+    (checked against it, as from the source), and from the source only when that one
+    cannot serve them (mirror.sync)."""
     ref = spec.reference
     root = await client.get_manifest(ref.registry, ref.repository, spec.pin or ref.ref)
     attestations = spec.settings.referrers and wanted(referrer_types, "attestation", None)
@@ -76,11 +94,11 @@ async def resolve(client: Client, spec: ImageSpec, fetch_config: FetchConfig,
 class _Resolver:
     """One configured image's resolution: its registry, settings and config reader.
     `attestations`: keep the attestation manifests of the chosen platforms; otherwise an
-    index is filtered without them (`left_behind`). `there`: a registry and repository
-    serving the image whole, read first (`read`)."""
+    index is filtered without them (`left_behind`). `there`: where else the image is
+    held, read first for what it holds (`read`)."""
 
     def __init__(self, client: Client, spec: ImageSpec, fetch_config: FetchConfig,
-                 attestations: bool, there: tuple[str, str] | None = None) -> None:
+                 attestations: bool, there: There | None = None) -> None:
         self.client, self.spec, self.fetch_config = client, spec, fetch_config
         self.attestations = attestations
         self.sel = spec.settings.platforms
@@ -97,19 +115,25 @@ class _Resolver:
         image.add(raw, self.spec.settings.foreign_layers not in ("include", "rewrite"))
 
     async def get(self, d: Descriptor) -> RawManifest:
-        return await self.read(
+        raw = await self.read(
             lambda reg, repo: self.client.get_manifest(reg, repo, d.digest, expected=d), d)
+        there = self.there
+        if there is not None and there.lists is not None and d.digest in there.lists and \
+                raw.is_image and raw.config is not None:
+            there.lists.add(raw.config.digest)  # held with the manifest that names it
+        return raw
 
     async def config(self, d: Descriptor) -> bytes:
         return await self.read(lambda reg, repo: self.fetch_config(reg, repo, d), d)
 
     async def read(self, ask: Callable[[str, str], Awaitable[T]], d: Descriptor) -> T:
-        """`ask` (by digest) of `there`, when the image is served there whole; of the
-        image's registry when not, or when that one cannot answer (a 404, bytes that do not
-        match the digest, an error: said with -v alone, the result is the same)."""
-        if self.there is not None:
+        """`ask` (by digest) of `there`, when it holds `d`; of the image's registry when
+        not, or when that one cannot answer (a 404, bytes that do not match the digest, an
+        error: said with -v alone, the result is the same)."""
+        there = self.there
+        if there is not None and there.serves(d.digest):
             try:
-                return await ask(*self.there)
+                return await ask(there.registry, there.repository)
             except MirrorError as e:
                 ref = self.spec.reference
                 self.client.t.debug(f"{e}: {d.digest} read from the source, {ref.name}")

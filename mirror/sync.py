@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 
+from mirror import mediatypes as mt
 from mirror.config import ImageSpec
 from mirror.errors import BudgetSpent, MirrorError
 from mirror.fetch import Fetcher
@@ -23,6 +24,7 @@ from mirror.pushblobs import BlobSource
 from mirror.pushplan import PushImage, PushResult, push_requests
 from mirror.registry.client import Client, ManifestHead
 from mirror.registry.ratelimit import ADMITTED
+from mirror.resolve import There
 from mirror.sources import CacheSource, RegistrySource
 from mirror.store.blobs import BlobStore
 
@@ -288,35 +290,46 @@ class _Planner(Planner):
         each (none where resolving asked: `named`), the answer kept in `asked` for the
         push. An error holds nothing: its blobs are counted, and the push asks again and
         says what went wrong."""
-        target, asked, named = self.targets[n], self.asked[n], self.named[n]
+        target, asked = self.targets[n], self.asked[n]
         own, refs, _ = _placed(plan, target)
         held: set[str] = set()
         for img in own + refs:
-            at = img.tag or img.root.digest
-            if (img.repository, at) in named:
-                head = named[img.repository, at]
-                whole = None if head is None else head.digest == img.root.digest
-            else:
+            key = (img.repository, img.tag or img.root.digest, img.root.digest)
+            if not self.as_named(n, img):
                 try:
-                    whole = await held_there(self.client, target.registry, img)
+                    asked[key] = await held_there(self.client, target.registry, img)
                 except MirrorError:
                     continue
-            asked[img.repository, at, img.root.digest] = whole
-            if whole:
+            if asked[key]:
                 held.update(d.digest for d in img.blobs)
         return held
 
-    async def elsewhere(self, i: int, spec: ImageSpec, root: RawManifest
-                        ) -> tuple[str, str] | None:
-        """The first target that serves the image whole already (its reference there names
-        `root`: one HEAD, the question `at_target` and the push's step 0 would ask, its
-        answer kept for them), whose manifests and configs below the root the image is then
-        read from by digest (checked against it as from the source; a cache's store first),
-        so an image a run before pushed spends of the source's budget (Docker Hub's pulls)
-        its root's GET and referrer probes alone, and the budget goes to what is new; and a
-        source that no longer serves what the target holds (`mirror serve` of an
-        incremental bundle, whose base the target holds) is not asked for it."""
+    def as_named(self, n: int, img: PushImage) -> bool:
+        """Whether resolving asked target `n` about `img`'s reference (`elsewhere`'s HEAD,
+        `named`); its answer, kept in `asked`, is step 0's: the reference names the root
+        the image carries (True), another manifest (False), nothing (None)."""
+        at = img.tag or img.root.digest
+        if (img.repository, at) not in self.named[n]:
+            return False
+        head = self.named[n][img.repository, at]
+        self.asked[n][img.repository, at, img.root.digest] = \
+            None if head is None else head.digest == img.root.digest
+        return True
+
+    async def elsewhere(self, i: int, spec: ImageSpec, root: RawManifest) -> There | None:
+        """The first target that holds the image already (one HEAD of its tag there, the
+        question `at_target` and the push's step 0 would ask: its answer kept for them,
+        `planned`), whose manifests and configs below the root the image is then read from
+        by digest (checked against it as from the source; a cache's store first): all of
+        them from a target whose tag names `root` (it serves the image whole); else, of an
+        index, those the index a target's tag names lists too (`_listed`: a run before
+        pushed the root filtered, --platform). So an image a run before pushed spends of
+        the source's budget (Docker Hub's pulls) its root's GET and referrer probes alone,
+        and the budget goes to what is new; and a source that no longer serves what the
+        target holds (`mirror serve` of an incremental bundle, whose base the target holds)
+        is not asked for it."""
         ref = spec.reference
+        other: tuple[str, str, str] | None = None  # a target whose tag names another index
         for n, target in enumerate(self.targets):
             try:
                 where = place(target, ref.name, ref.repository, ref.tag, ref.digest, spec.dest)
@@ -325,10 +338,39 @@ class _Planner(Planner):
             except MirrorError:  # no answer: the push asks again and says what went wrong
                 continue
             self.named[n][where.repository, at] = head
-            # the push's step 0 answer too where the image carries its source's root (a dry
-            # run, which admits nothing, asks no more)
-            self.asked[n][where.repository, at, root.digest] = \
-                None if head is None else head.digest == root.digest
-            if head is not None and head.digest == root.digest:
-                return target.registry, where.repository
-        return None
+            if head is None or not head.digest:
+                continue
+            if head.digest == root.digest:
+                return There(target.registry, where.repository)
+            if other is None and root.is_index and mt.is_index(head.media_type):
+                other = (target.registry, where.repository, head.digest)
+        return await self._listed(spec, root, *other) if other is not None else None
+
+    async def _listed(self, spec: ImageSpec, root: RawManifest, registry: str, repo: str,
+                      digest: str) -> There | None:
+        """Index `root`'s children that index `digest`, which a target's tag names, lists
+        too, to be read from there: one GET of that index, by digest (none when a cache's
+        store holds it); None when it lists none of them (a converted image's children are
+        others; an image updated upstream may share none) or cannot be read (said with -v
+        alone: the source is asked, as for an image not there)."""
+        try:
+            theirs = await self.client.get_manifest(registry, repo, digest)
+            listed = {c.digest for c in theirs.children} if theirs.is_index else set()
+        except MirrorError as e:
+            self.client.t.debug(f"{e}: {spec.reference} read from the source")
+            return None
+        shared = listed & {c.digest for c in root.children}
+        return There(registry, repo, shared) if shared else None
+
+    def planned(self, i: int, plan: Image) -> None:
+        """The push's step 0 answers for the image's references resolving asked about
+        (`as_named`): whether each names the root the image carries, a filtered or
+        converted one too (a run without a budget, or a dry run, admits nothing: the push
+        asks no more)."""
+        for n, target in enumerate(self.targets):
+            try:
+                own, _, _ = _placed(plan, target)
+            except MirrorError:  # no place there: the push's check says so
+                continue
+            for img in own:
+                self.as_named(n, img)

@@ -830,7 +830,8 @@ def test_an_index_a_merge_read_from_the_target_damaged_in_the_cache_is_fetched_a
     target (checked, stored again), one more manifest GET there, and the target holds what
     an undamaged merge leaves: the same tags, manifests and blobs. A target that no longer
     serves it (404) fails the image (here the run's only one: exit 7) with one line naming
-    the manifest and the answer, the tag left as it was."""
+    the manifest and the answer, the tag left as it was (asked for by digest twice: as the
+    image resolved, for what it lists of the source's index, then fetching it again)."""
     u = repo_name[-8:]
     proxy = faultproxy(dst_registry.url)
     old = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)], "oci")
@@ -845,7 +846,7 @@ def test_an_index_a_merge_read_from_the_target_damaged_in_the_cache_is_fetched_a
         f"{src_registry.host}/{repo_name}:1", "--merge")
     body, _, _ = get_manifest(dst_registry.url, f"n{u}/{repo_name}", "1")
     if not served:
-        lost_for_good(done, old.digest, gone)
+        lost_for_good(done, old.digest, gone, hits=2)
         assert body == old.manifest.data  # the tag left as it was
         return
     assert done.returncode == 0, done.stderr
@@ -881,7 +882,7 @@ def test_a_merge_whose_tag_the_target_does_not_serve_fails_that_image_alone(
     if kind == "lost":
         gone = manifest_gone(proxy, old.digest)
         done = damaged_on_read(old.digest, "sync", *args, "--cache", tmp_path / "cache")
-        assert gone.hits == 1
+        assert gone.hits == 2  # as the image resolved (what it lists), and fetched again
     else:
         tag_unserved(proxy, repo, "1", kind)
         done = run_mirror("sync", *args)
@@ -1176,6 +1177,157 @@ def test_a_manifest_the_target_cannot_serve_is_read_from_the_source(
     mirror_ok("sync", "-f", cfg, "--to", to, "--dry-run", "-q")
     assert [(m, p.rpartition("/")[2]) for m, p, _ in dst.requests if m == "HEAD"] == \
         [("HEAD", "1")], dst.requests
+
+
+def _by_digest(proxy, method: str = "GET") -> list[str]:
+    """What `proxy` was asked for by digest with `method` (manifests and blobs), in order."""
+    return [p.rpartition("/")[2] for p in proxy.paths(method)
+            if "/manifests/sha256:" in p or "/blobs/sha256:" in p]
+
+
+def _synced_filtered(src_registry: Registry, dst_registry: Registry, faultproxy, repo: str,
+                     index: ig.Index, *flags: str) -> tuple[Any, Any, list[str]]:
+    """`index` at the source (`repo:1`), synced with `flags` (a platform filter) through a
+    fault proxy at each end: the proxies (their counts cleared) and the sync's arguments."""
+    push_image(src_registry.url, repo, index, ["1"])
+    src, dst = faultproxy(src_registry.url), faultproxy(dst_registry.url)
+    args = ["sync", f"{src.host}/{repo}:1", "--to", f"{dst.host}/{repo}-t", *flags]
+    mirror_ok(*args, "-q")
+    src.reset_counters()
+    dst.reset_counters()
+    return src, dst, args
+
+
+def test_a_filtered_rerun_reads_what_the_target_lists_from_the_target(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """`--platform linux/amd64` of multi-arch indexes pushes filtered indexes (new digests),
+    so the target's tag never named the source's root, and every rerun without --cache got
+    the index and its amd64 manifest from the source again (Docker Hub counts each as a
+    pull), and asked the target its tag twice (as it resolved, and at the push's step 0 for
+    the filtered root). The rerun GETs the index the target's tag names from the target,
+    by digest, and the manifests it lists that the source's index lists too from there:
+    of the source one GET per tag, nothing by digest; of the target one HEAD per tag."""
+    plats = (ig.AMD64, ig.ARM64_V8, ig.ARM_V7)
+    imgs = [ig.make_index([ig.make_image(rng, p, fmt) for p in plats], fmt)
+            for fmt in ("oci", "docker")]
+    tags = ["1", "2"]
+    for tag, img in zip(tags, imgs, strict=True):
+        push_image(src_registry.url, repo_name, img, [tag])
+    src, dst = faultproxy(src_registry.url), faultproxy(dst_registry.url)
+    cfg = images_yaml(tmp_path, [f"{src.host}/{repo_name}:{t}" for t in tags])
+    args = ["sync", "-f", cfg, "--to", f"{dst.host}/{repo_name}-t", "--platform",
+            "linux/amd64"]
+    mirror_ok(*args, "-q", "--report", tmp_path / "first.json")
+    first = json.loads((tmp_path / "first.json").read_text())
+    roots = [e["digest"] for e in first["images"]]
+    assert not set(roots) & {i.digest for i in imgs}, roots  # filtered: new digests
+    held = state(dst_registry, f"{repo_name}-t")
+    for _ in range(2):  # the second: the target's indexes from the run before
+        src.reset_counters()
+        dst.reset_counters()
+        mirror_ok(*args, "-q", "--report", tmp_path / "r.json")
+        assert sorted((m, p.rpartition("/")[2]) for m, p, _ in src.requests
+                      if "/manifests/" in p or "/blobs/" in p) == [("GET", t) for t in tags], \
+            src.requests
+        assert sorted(_by_digest(dst)) == sorted([*roots, *(i.images[0].digest
+                                                            for i in imgs)]), dst.requests
+        heads = [p.rpartition("/")[2] for p in dst.paths("HEAD")]
+        assert sorted(heads) == tags, dst.requests
+        report = json.loads((tmp_path / "r.json").read_text())
+        assert [e["digest"] for e in report["images"]] == roots, report["images"]
+        assert report["targets"][0]["manifests_pushed"] == 0, report["targets"]
+        assert report["requests"][src.host].get("manifest GET") == len(tags), report
+        assert state(dst_registry, f"{repo_name}-t") == held
+    dst.reset_counters()
+    mirror_ok(*args, "--dry-run", "-q")  # step 0's answer kept: the filtered root's too
+    assert sorted(p.rpartition("/")[2] for p in dst.paths("HEAD")) == tags, dst.requests
+
+
+@pytest.mark.parametrize("what", ["child 404", "child damaged", "index damaged"])
+def test_a_filtered_rerun_reads_what_the_target_cannot_serve_from_the_source(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path, what: str) -> None:
+    """A filtered rerun reads the amd64 manifest from the target; one the target answers
+    404 for, or damaged (a byte flipped), is read from the source instead, as is every
+    manifest when the index the target's tag names comes damaged: the run is what it would
+    have been (exit 0, nothing pushed, the target as it was, no warning) and -v alone says
+    so."""
+    img = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64_V8)],
+                        "oci")
+    src, dst, args = _synced_filtered(src_registry, dst_registry, faultproxy, repo_name, img,
+                                      "--platform", "linux/amd64")
+    held = state(dst_registry, f"{repo_name}-t")
+    root = held[repo_name]["tags"]["1"]
+    child = img.images[0].digest
+    damaged = root if what == "index damaged" else child
+    if what == "child 404":
+        dst.add(Fault("status", method="GET", path=f"/manifests/{child}", status=404,
+                      times=None))
+    else:
+        dst.add(Fault("flip_byte", method="GET", path=f"/manifests/{damaged}", offset=10,
+                      times=None))
+    synced = mirror_ok(*args, "-v", "--report", tmp_path / "r.json")
+    fell = [line for line in synced.stderr.splitlines() if "read from the source" in line]
+    assert len(fell) == 1 and damaged in fell[0], synced.stderr
+    assert "warning" not in synced.stderr, synced.stderr
+    assert _by_digest(src) == [child], src.requests
+    assert _by_digest(dst) == [root] + ([child] if damaged == child else []), dst.requests
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["images"][0]["digest"] == root, report["images"]
+    assert child in report["images"][0]["manifests"], report["images"]
+    assert report["targets"][0]["manifests_pushed"] == 0, report["targets"]
+    assert state(dst_registry, f"{repo_name}-t") == held
+    quiet = mirror_ok(*args)
+    assert child not in quiet.stderr and "warning" not in quiet.stderr, quiet.stderr
+
+
+def test_an_image_updated_upstream_reads_its_new_manifests_from_the_source(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """The tag moved upstream to an index whose amd64 manifest is new and whose arm64/v8
+    one is the one the target holds (its filtered index lists it): the rerun reads the
+    target's index, the arm64/v8 manifest from the target (the same digest: the same
+    bytes), the new amd64 one from the source, never asks the target for it, and pushes
+    the new image as a first sync would have (the new filtered index, the amd64 manifest
+    and its blobs)."""
+    a1, b, c, a2 = (ig.make_image(rng, p, "oci")
+                    for p in (ig.AMD64, ig.ARM64_V8, ig.ARM_V7, ig.AMD64))
+    platforms = ("--platform", "linux/amd64", "--platform", "linux/arm64/v8")
+    src, dst, args = _synced_filtered(src_registry, dst_registry, faultproxy, repo_name,
+                                      ig.make_index([a1, b, c], "oci"), *platforms)
+    old = state(dst_registry, f"{repo_name}-t")[repo_name]["tags"]["1"]
+    new = ig.make_index([a2, b, c], "oci")
+    push_image(src_registry.url, repo_name, new, ["1"])
+    mirror_ok(*args, "-q", "--report", tmp_path / "r.json")
+    assert sorted(_by_digest(src)) == sorted([a2.digest, *(x.digest for x in a2.blobs())]), \
+        src.requests
+    assert _by_digest(dst) == [old, b.digest], dst.requests
+    report = json.loads((tmp_path / "r.json").read_text())
+    root = report["images"][0]["digest"]
+    assert root not in (old, new.digest), report["images"]
+    assert report["targets"][0]["manifests_pushed"] == 2, report["targets"]
+    served(dst_registry, report, f"{repo_name}-t")
+    assert state(dst_registry, f"{repo_name}-t")[repo_name]["tags"]["1"] == root
+
+
+def test_a_converted_rerun_reads_no_manifest_from_the_target(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """--format oci of a filtered Docker list: the index the target's tag names lists the
+    converted manifests, none the source's list names, so the rerun reads the amd64
+    manifest from the source as before (and the target's index once), and pushes nothing."""
+    img = ig.make_index([ig.make_image(rng, p, "docker") for p in (ig.AMD64, ig.ARM64_V8)],
+                        "docker")
+    src, dst, args = _synced_filtered(src_registry, dst_registry, faultproxy, repo_name, img,
+                                      "--platform", "linux/amd64", "--format", "oci")
+    root = state(dst_registry, f"{repo_name}-t")[repo_name]["tags"]["1"]
+    mirror_ok(*args, "-q", "--report", tmp_path / "r.json")
+    assert _by_digest(src) == [img.images[0].digest], src.requests
+    assert _by_digest(dst) == [root], dst.requests
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["images"][0]["digest"] == root, report["images"]
+    assert report["targets"][0]["manifests_pushed"] == 0, report["targets"]
 
 
 def test_a_budgeted_sync_to_its_own_registry_goes_on_run_after_run(

@@ -338,14 +338,16 @@ def tag_unserved(proxy: Any, repo: str, tag: str, kind: str) -> Any:
     return proxy.add(Fault("flip_byte", method="GET", path=path, offset=40, times=None))
 
 
-def lost_for_good(done: subprocess.CompletedProcess[str], digest: str, gone: Any) -> None:
+def lost_for_good(done: subprocess.CompletedProcess[str], digest: str, gone: Any,
+                  hits: int = 1) -> None:
     """A run whose manifest `digest`, lost in the cache's store, was asked for again once and
-    not served (`gone`: manifest_gone's fault): exit 7 (integrity), the one error line naming
-    the manifest, the cache's damage and the 404, no traceback."""
+    not served (`gone`: manifest_gone's fault, `hits` GETs of it in all): exit 7
+    (integrity), the one error line naming the manifest, the cache's damage and the 404, no
+    traceback."""
     assert done.returncode == 7, done.stderr
     line = error_line(done)
     assert digest in line and "no longer in the cache's store" in line, line
-    assert "404" in line and gone.hits == 1, line
+    assert "404" in line and gone.hits == hits, (line, gone.hits)
     assert "Traceback" not in done.stderr, done.stderr
 
 
