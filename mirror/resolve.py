@@ -20,6 +20,7 @@ from mirror.errors import MirrorError, NoMatchingPlatform, UnsupportedContent
 from mirror.image import Image
 from mirror.manifest import Descriptor, RawManifest, dump_json
 from mirror.platform import Platform, no_matching_manifest
+from mirror.reference import Reference
 from mirror.registry.client import Client
 
 ATTESTATION_REF = "vnd.docker.reference.digest"
@@ -41,6 +42,18 @@ class There:
 
     def serves(self, digest: str) -> bool:
         return self.lists is None or digest in self.lists
+
+    async def read(self, client: Client, ask: Callable[[str, str], Awaitable[T]], digest: str,
+                   source: Reference) -> T:
+        """`ask` (by digest) of here, when here holds `digest`; of `source`'s registry
+        and repository when not, or when here cannot answer (a 404, bytes that do not
+        match the digest, an error: said with -v alone, the result is the same)."""
+        if self.serves(digest):
+            try:
+                return await ask(self.registry, self.repository)
+            except MirrorError as e:
+                client.t.debug(f"{e}: {digest} read from the source, {source.name}")
+        return await ask(source.registry, source.repository)
 
 
 # where else an image whose root manifest this is can be read by digest
@@ -127,17 +140,11 @@ class _Resolver:
         return await self.read(lambda reg, repo: self.fetch_config(reg, repo, d), d)
 
     async def read(self, ask: Callable[[str, str], Awaitable[T]], d: Descriptor) -> T:
-        """`ask` (by digest) of `there`, when it holds `d`; of the image's registry when
-        not, or when that one cannot answer (a 404, bytes that do not match the digest, an
-        error: said with -v alone, the result is the same)."""
-        there = self.there
-        if there is not None and there.serves(d.digest):
-            try:
-                return await ask(there.registry, there.repository)
-            except MirrorError as e:
-                ref = self.spec.reference
-                self.client.t.debug(f"{e}: {d.digest} read from the source, {ref.name}")
+        """`ask` (by digest) of `there` for what it holds (There.read), else of the
+        image's registry."""
         ref = self.spec.reference
+        if self.there is not None:
+            return await self.there.read(self.client, ask, d.digest, ref)
         return await ask(ref.registry, ref.repository)
 
     async def index(self, root: RawManifest) -> Image:
