@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 
-from mirror import mediatypes as mt
 from mirror.config import ImageSpec
 from mirror.errors import BudgetSpent, MirrorError
 from mirror.fetch import Fetcher
@@ -323,7 +322,7 @@ class _Planner(Planner):
         by digest (checked against it as from the source; a cache's store first): all of
         them from a target whose tag names `root` (it serves the image whole); else, of an
         index, those the index a target's tag names lists too (`_listed`: a run before
-        pushed the root filtered, --platform). So an image a run before pushed spends of
+        pushed the root filtered, --platform; not a converted one). So an image a run before pushed spends of
         the source's budget (Docker Hub's pulls) its root's GET and referrer probes alone,
         and the budget goes to what is new; and a source that no longer serves what the
         target holds (`mirror serve` of an incremental bundle, whose base the target holds)
@@ -342,7 +341,9 @@ class _Planner(Planner):
                 continue
             if head.digest == root.digest:
                 return There(target.registry, where.repository)
-            if other is None and root.is_index and mt.is_index(head.media_type):
+            # an index of the root's type: a filtered one keeps it, a converted one
+            # (--format) does not, and lists none of the root's children
+            if other is None and root.is_index and head.media_type == root.media_type:
                 other = (target.registry, where.repository, head.digest)
         return await self._listed(spec, root, *other) if other is not None else None
 
@@ -350,9 +351,9 @@ class _Planner(Planner):
                       digest: str) -> There | None:
         """Index `root`'s children that index `digest`, which a target's tag names, lists
         too, to be read from there: one GET of that index, by digest (none when a cache's
-        store holds it); None when it lists none of them (a converted image's children are
-        others; an image updated upstream may share none) or cannot be read (said with -v
-        alone: the source is asked, as for an image not there)."""
+        store holds it); None when it lists none of them (an image updated upstream may
+        share none) or cannot be read (said with -v alone: the source is asked, as for an
+        image not there)."""
         try:
             theirs = await self.client.get_manifest(registry, repo, digest)
             listed = {c.digest for c in theirs.children} if theirs.is_index else set()

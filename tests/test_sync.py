@@ -1314,9 +1314,10 @@ def test_an_image_updated_upstream_reads_its_new_manifests_from_the_source(
 def test_a_converted_rerun_reads_no_manifest_from_the_target(
         src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
         rng: random.Random, tmp_path: Path) -> None:
-    """--format oci of a filtered Docker list: the index the target's tag names lists the
-    converted manifests, none the source's list names, so the rerun reads the amd64
-    manifest from the source as before (and the target's index once), and pushes nothing."""
+    """--format oci of a filtered Docker list: the index the target's tag names is an OCI
+    index (the list's type changed: it lists the converted manifests, none the source's
+    list names), so the rerun reads the amd64 manifest from the source as before, asks the
+    target nothing more (not that index: one GET for nothing), and pushes nothing."""
     img = ig.make_index([ig.make_image(rng, p, "docker") for p in (ig.AMD64, ig.ARM64_V8)],
                         "docker")
     src, dst, args = _synced_filtered(src_registry, dst_registry, faultproxy, repo_name, img,
@@ -1324,7 +1325,7 @@ def test_a_converted_rerun_reads_no_manifest_from_the_target(
     root = state(dst_registry, f"{repo_name}-t")[repo_name]["tags"]["1"]
     mirror_ok(*args, "-q", "--report", tmp_path / "r.json")
     assert _by_digest(src) == [img.images[0].digest], src.requests
-    assert _by_digest(dst) == [root], dst.requests
+    assert not dst.paths("GET")[1:], dst.requests  # its ping alone
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["images"][0]["digest"] == root, report["images"]
     assert report["targets"][0]["manifests_pushed"] == 0, report["targets"]
