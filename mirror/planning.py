@@ -234,8 +234,10 @@ class Planner:
         lim.admit(len(new))
         self.promised |= new
 
-    async def elsewhere(self, i: int, spec: ImageSpec, root: RawManifest) -> There | None:
-        """Where else image `i`, whose root manifest its registry named `root`, is held:
+    async def elsewhere(self, i: int, spec: ImageSpec, root: RawManifest | str
+                        ) -> There | None:
+        """Where else image `i`, whose root manifest its registry named `root` (or, pinned,
+        whose root has digest `root`), is held:
         the registry and repository its manifests and configs below the root (those it
         holds) are read from by digest (mirror.resolve); None (a pull's): its registry
         alone."""
@@ -259,7 +261,7 @@ class Planner:
         slots = self.slots(spec.reference.registry)
         held: list[There | None] = [None]  # where else it is held, for its referrers too
 
-        async def elsewhere(root: RawManifest) -> There | None:
+        async def elsewhere(root: RawManifest | str) -> There | None:
             held[0] = await self.elsewhere(i, spec, root)
             return held[0]
 

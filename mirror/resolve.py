@@ -56,8 +56,9 @@ class There:
         return await ask(source.registry, source.repository)
 
 
-# where else an image whose root manifest this is can be read by digest
-Elsewhere = Callable[[RawManifest], Awaitable["There | None"]]
+# where else an image whose root manifest this is (or, pinned, whose root's digest) can be
+# read by digest
+Elsewhere = Callable[["RawManifest | str"], Awaitable["There | None"]]
 
 
 def no_match(spec: ImageSpec, available: list[str]) -> NoMatchingPlatform:
@@ -78,9 +79,16 @@ async def resolve(client: Client, spec: ImageSpec, fetch_config: FetchConfig,
     (checked against it, as from the source), and from the source only when that one
     cannot serve them (mirror.sync)."""
     ref = spec.reference
-    root = await client.get_manifest(ref.registry, ref.repository, spec.pin or ref.ref)
+    there, pin = None, spec.pin
+    if pin and elsewhere is not None:  # --locked: a target holding it is read first
+        there = await elsewhere(pin)
+    if there is not None and pin:
+        root = await there.read(client, lambda reg, repo: client.get_manifest(reg, repo, pin),
+                                pin, ref)
+    else:
+        root = await client.get_manifest(ref.registry, ref.repository, spec.pin or ref.ref)
+        there = await elsewhere(root) if elsewhere is not None else None
     attestations = spec.settings.referrers and wanted(referrer_types, "attestation", None)
-    there = await elsewhere(root) if elsewhere is not None else None
     r = _Resolver(client, spec, fetch_config, attestations, there)
     if root.is_index:
         image = await r.index(root)

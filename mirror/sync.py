@@ -315,7 +315,8 @@ class _Planner(Planner):
             None if head is None else head.digest == img.root.digest
         return True
 
-    async def elsewhere(self, i: int, spec: ImageSpec, root: RawManifest) -> There | None:
+    async def elsewhere(self, i: int, spec: ImageSpec, root: RawManifest | str
+                        ) -> There | None:
         """The first target that holds the image already (one HEAD of its tag there, the
         question `at_target` and the push's step 0 would ask: its answer kept for them,
         `planned`), whose manifests and configs below the root the image is then read from
@@ -326,41 +327,56 @@ class _Planner(Planner):
         the source's budget (Docker Hub's pulls) its root's GET and referrer probes alone,
         and the budget goes to what is new; and a source that no longer serves what the
         target holds (`mirror serve` of an incremental bundle, whose base the target holds)
-        is not asked for it."""
+        is not asked for it. `root` a digest (--locked: the lock's, before the root is
+        read): a target that serves it whole, whose root is read from there too; None
+        asks again once the root is read (the HEAD's answer kept: not sent twice)."""
         ref = spec.reference
+        digest = root if isinstance(root, str) else root.digest
         other: tuple[str, str, str] | None = None  # a target whose tag names another index
         for n, target in enumerate(self.targets):
             try:
                 where = place(target, ref.name, ref.repository, ref.tag, ref.digest, spec.dest)
-                at = where.tags[0] if where.tags else root.digest
-                head = await self.client.head_manifest(target.registry, where.repository, at)
+                at = where.tags[0] if where.tags else digest
+                named = self.named[n]
+                head = named[where.repository, at] if (where.repository, at) in named else \
+                    await self.client.head_manifest(target.registry, where.repository, at)
             except MirrorError:  # no answer: the push asks again and says what went wrong
                 continue
             self.named[n][where.repository, at] = head
             if head is None or not head.digest:
                 continue
-            if head.digest == root.digest:
+            if head.digest == digest:
                 return There(target.registry, where.repository)
+            if isinstance(root, str):
+                continue
             # an index of the root's type: a filtered one keeps it, a converted one
-            # (--format) does not, and lists none of the root's children
-            if other is None and root.is_index and head.media_type == root.media_type:
+            # (--format) does not, and lists none of the root's children; one image
+            # manifest: a converted one names the same config
+            if other is None and (root.is_index and head.media_type == root.media_type
+                                  or root.is_image and not root.declared_artifact_type):
                 other = (target.registry, where.repository, head.digest)
-        return await self._listed(spec, root, *other) if other is not None else None
+        return await self._listed(spec, root, *other) \
+            if other is not None and not isinstance(root, str) else None
 
     async def _listed(self, spec: ImageSpec, root: RawManifest, registry: str, repo: str,
                       digest: str) -> There | None:
         """Index `root`'s children that index `digest`, which a target's tag names, lists
-        too, to be read from there: one GET of that index, by digest (none when a cache's
-        store holds it); None when it lists none of them (an image updated upstream may
-        share none) or cannot be read (said with -v alone: the source is asked, as for an
-        image not there)."""
+        too, to be read from there (of image manifest `root`, its config, when the one
+        there names it: a conversion, --format, changes the manifest, not the config): one
+        GET of that manifest, by digest (none when a cache's store holds it); None when it
+        lists none of them (an image updated upstream may share none) or cannot be read
+        (said with -v alone: the source is asked, as for an image not there)."""
         try:
             theirs = await self.client.get_manifest(registry, repo, digest)
-            listed = {c.digest for c in theirs.children} if theirs.is_index else set()
         except MirrorError as e:
             self.client.t.debug(f"{e}: {spec.reference} read from the source")
             return None
-        shared = listed & {c.digest for c in root.children}
+        if root.is_index:
+            listed = {c.digest for c in theirs.children} if theirs.is_index else set()
+            shared = listed & {c.digest for c in root.children}
+        else:
+            mine, held = root.config, theirs.config if theirs.is_image else None
+            shared = {mine.digest} if mine and held and held.digest == mine.digest else set()
         return There(registry, repo, shared) if shared else None
 
     def planned(self, i: int, plan: Image) -> None:

@@ -550,8 +550,6 @@ def test_sync_from_a_served_incremental_bundle_of_an_image_the_target_holds(
         "load that bundle first" in r.stderr, r.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="operator pass o21, D2: a converted image's config "
-                   "is read from the source on every rerun")
 def test_a_rerun_of_a_converting_sync_from_a_served_incremental_bundle_asks_it_nothing_it_lacks(
         src_registry, dst_registry, repo_name, rng, tmp_path):
     """As above, with `--format oci` of a Docker v2.2 image: the cold sync converts it (the
@@ -582,8 +580,6 @@ def test_a_rerun_of_a_converting_sync_from_a_served_incremental_bundle_asks_it_n
     assert "blob GET" not in requests, requests
 
 
-@pytest.mark.xfail(strict=True, reason="operator pass o21, D6: sync --locked asks the source "
-                   "for the locked manifest the target serves whole")
 def test_a_locked_sync_reads_what_the_target_holds_from_the_target(
         src_registry, dst_registry, repo_name, rng, tmp_path):
     """`mirror sync --locked` from `mirror serve` of the nightly bundle: the tag moved upstream
