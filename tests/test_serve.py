@@ -514,6 +514,21 @@ def test_an_incremental_bundle_serves_what_it_holds(served, src_registry, tmp_pa
     assert f"{left} blob(s) the images name are not in it" in (tmp_path / "log").read_text()
 
 
+def _served_incremental(src_registry, dst_registry, repo_name: str, rng, tmp_path: Path,
+                        fmt: str, prefix: str) -> tuple[Path, tuple[subprocess.Popen, str]]:
+    """One single-manifest image (`fmt`) at the source, tag 1; its bundle (base.tar) loaded
+    at PREFIX of the target, and an incremental bundle of it against that base, served:
+    the base's path, and the server's process and URL."""
+    img = ig.make_image(rng, ig.AMD64, fmt=fmt)
+    push_image(src_registry.url, repo_name, img, tags=["1"])
+    ref = f"{src_registry.host}/{repo_name}:1"
+    base, inc, cache = tmp_path / "base.tar", tmp_path / "inc.tar", tmp_path / "cache"
+    mirror_ok("pull", ref, "-o", base, "--cache", cache, "-q")
+    mirror_ok("pull", ref, "-o", inc, "--base", base, "--cache", cache, "-q")
+    mirror_ok("load", base, "--to", f"{dst_registry.host}/{prefix}", "-q")
+    return base, start_serve(inc, tmp_path / "log", "-q")
+
+
 @pytest.mark.parametrize("sync_cache", [False, True], ids=["no-cache", "cache"])
 def test_sync_from_a_served_incremental_bundle_of_an_image_the_target_holds(
         src_registry, dst_registry, repo_name, rng, tmp_path, sync_cache):
@@ -526,14 +541,8 @@ def test_sync_from_a_served_incremental_bundle_of_an_image_the_target_holds(
     where the base was not loaded, the blob the base carried is BLOB_UNKNOWN at the server
     (exit 5): the error names the base bundle to load first (operator pass o20, D11: the
     server's bare 'blob unknown to registry')."""
-    img = ig.make_image(rng, ig.AMD64, fmt="oci")
-    push_image(src_registry.url, repo_name, img, tags=["1"])
-    ref = f"{src_registry.host}/{repo_name}:1"
-    base, inc, cache = tmp_path / "base.tar", tmp_path / "inc.tar", tmp_path / "cache"
-    mirror_ok("pull", ref, "-o", base, "--cache", cache, "-q")
-    mirror_ok("pull", ref, "-o", inc, "--base", base, "--cache", cache, "-q")
-    mirror_ok("load", base, "--to", f"{dst_registry.host}/incsync", "-q")
-    proc, url = start_serve(inc, tmp_path / "log", "-q")
+    base, (proc, url) = _served_incremental(src_registry, dst_registry, repo_name, rng,
+                                            tmp_path, "oci", "incsync")
     try:
         host = url.split("://", 1)[1]
         synced = [run_mirror("sync", f"{host}/{repo_name}:1", "--to",
@@ -558,14 +567,8 @@ def test_a_rerun_of_a_converting_sync_from_a_served_incremental_bundle_asks_it_n
     target does not serve whole and read its config from the served incremental bundle, which
     left it to its base: BLOB_UNKNOWN, exit 5 (operator pass o21, D2; from a registry the same
     rerun costs a blob GET of that config every run)."""
-    img = ig.make_image(rng, ig.AMD64, fmt="docker")
-    push_image(src_registry.url, repo_name, img, tags=["1"])
-    ref = f"{src_registry.host}/{repo_name}:1"
-    base, inc, cache = tmp_path / "base.tar", tmp_path / "inc.tar", tmp_path / "cache"
-    mirror_ok("pull", ref, "-o", base, "--cache", cache, "-q")
-    mirror_ok("pull", ref, "-o", inc, "--base", base, "--cache", cache, "-q")
-    mirror_ok("load", base, "--to", f"{dst_registry.host}/incconv", "-q")
-    proc, url = start_serve(inc, tmp_path / "log", "-q")
+    _, (proc, url) = _served_incremental(src_registry, dst_registry, repo_name, rng, tmp_path,
+                                         "docker", "incconv")
     try:
         host = url.split("://", 1)[1]
         runs = [run_mirror("sync", f"{host}/{repo_name}:1", "--format", "oci", "--to",
