@@ -51,6 +51,8 @@ class Planner:
     """The per-image results and plans of one run, and the phase that fills them.
     `config` fetches an image's config (for its platform); a pull's keeps it in the cache."""
 
+    GONE = ""  # what a locked manifest the source no longer serves means to this command
+
     def __init__(self, client: Client, specs: list[ImageSpec], opts: PlanOptions,
                  progress: Progress, target: Target | None = None,
                  later: Callable[[], Awaitable[list[ImageSpec]]] | None = None) -> None:
@@ -294,8 +296,8 @@ class Planner:
                                            self.progress, held[0])
             await self.admit(i, plan)
         except NotFound as e:
-            self.failed(i, _gone(spec, e) if spec.pin is not None and spec.pin in str(e)
-                        else e)
+            self.failed(i, _gone(spec, e, self.GONE) if spec.pin is not None and
+                        spec.pin in str(e) else e)
             return
         except MirrorError as e:
             self.failed(i, e)
@@ -311,15 +313,16 @@ class Planner:
         """Image `i` is resolved (a pull may start its downloads: mirror.prefetch)."""
 
 
-def _gone(spec: ImageSpec, e: NotFound) -> NotFound:
+def _gone(spec: ImageSpec, e: NotFound, more: str = "") -> NotFound:
     """--locked: the manifest the lock file pinned is no longer served; say which image,
-    where it is listed, that the digest is the lock's, and what to do."""
+    where it is listed, that the digest is the lock's, and what to do (`more`: the
+    command's own word on it)."""
     return NotFound(
         f"{spec.reference} (locked at {spec.pin}, {spec.where}): {e}",
         registry=e.registry, repository=e.repository, status=e.status, codes=e.codes,
         hint="the registry no longer serves the manifest the lock file names (deleted, or "
              "the tag moved and the old manifest was removed): pull without --locked (or "
-             "run `mirror lock`) to lock what the tag names now")
+             f"run `mirror lock`) to lock what the tag names now{more}")
 
 
 def missing_platforms(spec: ImageSpec, plan: Image) -> list[str]:

@@ -189,6 +189,10 @@ class _Planner(Planner):
     are not asked for again. A registry with a request budget has its images admitted whole
     (mirror.planning's `admit`), each for the blob GETs its push needs of it."""
 
+    GONE = ("; a target that serves the locked image whole is read from instead, but one "
+            "the sync filters or converts (--platform, platforms:, --format) is made from "
+            "the locked manifest itself, so its source must still serve it")
+
     def __init__(self, client: Client, specs: list[ImageSpec], opts: SyncOptions,
                  progress: Progress, fetcher: Fetcher | None, targets: list[Target],
                  later: Callable[[], Awaitable[list[ImageSpec]]] | None = None) -> None:
