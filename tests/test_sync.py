@@ -1331,39 +1331,6 @@ def test_a_converted_rerun_reads_no_manifest_from_the_target(
     assert report["targets"][0]["manifests_pushed"] == 0, report["targets"]
 
 
-def test_a_filtered_rerun_reads_the_referrers_the_target_lists_from_the_target(
-        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
-        rng: random.Random, tmp_path: Path) -> None:
-    """The amd64 manifest of a filtered index has an SBOM (by digest, listed in its
-    `sha256-<hex>` fallback index: distribution has no referrers API): a rerun asked the
-    source for the SBOM by digest every time. The target's fallback index for that subject
-    lists it (the run before pushed it), so it is read from the target (one GET of the
-    index there, one of the SBOM, checked against its digest); the source is asked its
-    tag and fallback index, nothing by digest, and the target is left as it was."""
-    img = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64_V8)],
-                        "oci")
-    push_image(src_registry.url, repo_name, img, ["1"])
-    sbom = push_sbom(src_registry.url, repo_name, img.images[0].manifest)
-    src, dst, args = _synced_filtered(src_registry, dst_registry, faultproxy, repo_name, img,
-                                      "--platform", "linux/amd64")
-    held = state(dst_registry, f"{repo_name}-t")
-    assert sbom.digest in held[repo_name]["manifests"], held
-    mirror_ok(*args, "-q", "--report", tmp_path / "r.json")
-    assert not _by_digest(src), src.requests
-    assert sbom.digest in _by_digest(dst), dst.requests
-    report = json.loads((tmp_path / "r.json").read_text())
-    assert report["targets"][0]["manifests_pushed"] == 0, report["targets"]
-    assert state(dst_registry, f"{repo_name}-t") == held
-    dst.add(Fault("flip_byte", method="GET", path=f"/manifests/{sbom.digest}", offset=10,
-                  times=None))
-    src.reset_counters()
-    synced = mirror_ok(*args, "-v")  # damaged there: from the source, -v alone says so
-    assert [line for line in synced.stderr.splitlines()
-            if "read from the source" in line and sbom.digest in line], synced.stderr
-    assert _by_digest(src) == [sbom.digest], src.requests
-    assert state(dst_registry, f"{repo_name}-t") == held
-
-
 def test_a_budgeted_sync_to_its_own_registry_goes_on_run_after_run(
         src_registry: Registry, faultproxy, repo_name: str, rng: random.Random,
         tmp_path: Path) -> None:
