@@ -2,32 +2,30 @@
 commands use: pull's planning (mirror.planning: resolve, platforms, conversion, referrers,
 the checks across images) as the source, and load's registry sink (mirror.push) once per
 target, with the blobs read from the source registries (mirror.sources.RegistrySource) or,
-with a cache, fetched into it once and read from it for every target (CacheSource)."""
+with a cache, fetched into it once and read from it for every target (CacheSource). Its
+planning, and what it asks its targets as the images resolve, is mirror.sync_plan's."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from mirror.config import ImageSpec
-from mirror.errors import BudgetSpent, MirrorError
+from mirror.errors import BudgetSpent
 from mirror.fetch import Fetcher
 from mirror.image import Image
 from mirror.imageresult import ImageResult
-from mirror.manifest import RawManifest
-from mirror.mapping import Placement, Target, check, place, unmatched
+from mirror.mapping import Target, unmatched
 from mirror.planning import Planner
 from mirror.progress import Progress
-from mirror.push import Asked, Pusher, held_there, push
+from mirror.push import push
 from mirror.pushblobs import BlobSource
-from mirror.pushplan import PushImage, PushResult, push_requests
-from mirror.registry.client import Client, ManifestHead
+from mirror.pushplan import PushResult
+from mirror.registry.client import Client
 from mirror.registry.ratelimit import ADMITTED
-from mirror.resolve import There
 from mirror.sources import CacheSource, RegistrySource
 from mirror.store.blobs import BlobStore
-
-CONFIGS_HELD_MAX = 8 << 20  # bytes of configs a sync without a cache keeps from planning
+from mirror.sync_plan import SyncPlanner, push_images
 
 
 @dataclass
@@ -55,33 +53,6 @@ class SyncResult:
     failed_alone: bool = False
 
 
-def push_images(plans: list[Image], target: Target) -> list[PushImage]:
-    """The images as `mirror load` of their bundle would push them to `target`
-    (mirror.mapping.place: the run's rules, images.yaml's destinations, the depth limit,
-    digest tags), its referrers after every image, in their image's repository, by digest
-    or under their cosign tag."""
-    out: list[PushImage] = []
-    placed = []
-    referrers: list[PushImage] = []
-    for img in plans:
-        own, refs, where = _placed(img, target)
-        placed.append((img.name, where, img.root.digest))
-        out += own
-        referrers += refs
-    check(target, placed)
-    return out + referrers
-
-
-def _placed(img: Image, target: Target) -> tuple[list[PushImage], list[PushImage], Placement]:
-    """One image at `target`: a PushImage per tag (one by digest without), one per referrer,
-    and where it lands."""
-    assert img.reference is not None  # resolved from images.yaml
-    ref = img.reference
-    where = place(target, ref.name, ref.repository, ref.tag, ref.digest, img.dest)
-    return ([PushImage(img, where.repository, tag) for tag in where.tags or (None,)],
-            [PushImage(r, where.repository, r.tag) for r in img.referrers], where)
-
-
 async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
                opts: SyncOptions, progress: Progress, result: SyncResult,
                store: BlobStore | None = None,
@@ -92,7 +63,7 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
     With `later` (the tag rules' choice: the run's images), `specs` are those planned
     meanwhile (mirror.planning)."""
     fetcher = Fetcher(client, store, opts.jobs, progress) if store is not None else None
-    planner = _Planner(client, specs, opts, progress, fetcher, targets, later)
+    planner = SyncPlanner(client, specs, opts, progress, fetcher, targets, later)
     try:
         await planner.plan()
     except BaseException:  # stopped: the images every target said it serves whole already
@@ -181,217 +152,3 @@ def unfinished(resolved: list[tuple[int, Image]], reg: str, done: PushResult) ->
              f"{reg}/{p.repository}@{p.root.digest}") not in there}
     return [i for i, plan in resolved
             if id(plan) in left or (plan.referrers and not done.placed)]
-
-
-class _Planner(Planner):
-    """Configs from the cache when there is one (a pull's way), else from the registry,
-    kept (up to CONFIGS_HELD_MAX bytes in all) for the push: read and checked here, they
-    are not asked for again. A registry with a request budget has its images admitted whole
-    (mirror.planning's `admit`), each for the blob GETs its push needs of it."""
-
-    GONE = ("; a target that serves the locked image whole is read from instead, but one "
-            "the sync filters or converts (--platform, platforms:, --format) is made from "
-            "the locked manifest itself, so its source must still serve it")
-
-    def __init__(self, client: Client, specs: list[ImageSpec], opts: SyncOptions,
-                 progress: Progress, fetcher: Fetcher | None, targets: list[Target],
-                 later: Callable[[], Awaitable[list[ImageSpec]]] | None = None) -> None:
-        super().__init__(client, specs, opts, progress, targets[0] if targets else None, later)
-        self.fetcher = fetcher
-        self.targets = targets
-        self.merge = opts.merge
-        # per target (its index): the blobs of the images found there whole (`at_target`),
-        # which the push mounts into another image's repository instead of reading them
-        self.there: list[set[str]] = [set() for _ in targets]
-        self.asked: list[Asked] = [{} for _ in targets]  # their answers, the push's step 0
-        # per target: (repository, reference) -> what its HEAD answered as the image was
-        # resolved (`elsewhere`; None: nothing there), which `at_target` need not ask again
-        self.named: list[dict[tuple[str, str], ManifestHead | None]] = [{} for _ in targets]
-        self.configs: dict[str, bytes] = {}  # digest -> config bytes (no cache)
-        self.held = 0
-
-    def renumbered(self, at: dict[int, int]) -> None:
-        if self.fetcher is not None:
-            self.fetcher.owner = {d: at.get(i, i) for d, i in self.fetcher.owner.items()}
-
-    async def config(self, i: int, registry: str, repo: str, desc) -> bytes:
-        if self.fetcher is not None:
-            return await self.fetcher.config_bytes(registry, repo, desc, owner=i)
-        data = await self.client.get_small_blob(registry, repo, desc.digest)
-        if desc.digest not in self.configs and self.held + len(data) <= CONFIGS_HELD_MAX:
-            self.configs[desc.digest] = data
-            self.held += len(data)
-        return data
-
-    async def fetches(self, i: int, plan: Image) -> set[Hashable]:
-        """The source's blob GETs the image's pushes need: of each blob a target does not
-        hold (of an image, or a referrer, it serves whole already: a run before pushed it)
-        one from the cache's fetch, when not in the cache; without a cache one per target
-        that needs it, but for the configs planning read (RegistrySource's `held`). And a
-        target on the image's own registry spends its budget too: the requests its push
-        may make there, at most (mirror.pushplan.push_requests), of what it lacks."""
-        out: set[Hashable] = set()
-        for n, target in enumerate(self.targets):
-            self.there[n] |= await self.at_target(plan, n)
-            for d in plan.blobs.values():
-                if d.digest in self.there[n]:
-                    continue
-                if self.fetcher is None:
-                    if d.digest not in self.configs:
-                        out.add((n, d.digest))
-                elif d.digest not in self.fetcher.done and \
-                        not self.fetcher.store.has(d.digest, d.size):
-                    out.add(d.digest)
-            if target.registry == self.specs[i].reference.registry:  # one budget for both
-                own, refs, _ = _placed(plan, target)
-                asked = self.asked[n]
-                for img in own + refs:
-                    if not asked.get((img.repository, img.tag or img.root.digest,
-                                      img.root.digest)):
-                        out |= push_requests(img, self.there[n], n, self.merge)
-        return out
-
-    def whole_everywhere(self) -> set[int]:
-        """The images resolved whose every reference (tags, referrers) each target said,
-        as they resolved (`elsewhere`), it serves as their root already: a sync stopped
-        while resolving has them finished (the others are interrupted)."""
-        def there(plan: Image, n: int) -> bool:
-            try:
-                own, refs, _ = _placed(plan, self.targets[n])
-            except MirrorError:  # no place at the target: not there
-                return False
-            return all(self.asked[n].get((p.repository, p.tag or p.root.digest,
-                                          p.root.digest)) for p in own + refs)
-
-        return {i for i, plan in self.resolved()
-                if all(there(plan, n) for n in range(len(self.targets)))}
-
-    def held_only(self, progress: Progress) -> list[tuple[Target, PushResult]]:
-        """A sync stopped while resolving: per target, what it said it serves whole of the
-        images resolved (`asked`), counted present and placed as a push that stopped counts
-        what it found there (mirror.push's say_held), so the report's placement names the
-        images it reports finished; the push never started (its counts null)."""
-        plans = [p for _, p in self.resolved()]
-        out = []
-        for n, target in enumerate(self.targets):
-            try:
-                images = push_images(plans, target)
-            except MirrorError:  # its names clash: nothing placed there
-                images = []
-            done = PushResult(images=images)
-            pusher = Pusher(self.client, target.registry, images, done, progress,
-                            self.opts.jobs, self.merge)
-            pusher.held = {id(p) for p in images if self.asked[n].get(
-                (p.repository, p.tag or p.root.digest, p.root.digest))}
-            pusher.say_held()
-            out.append((target, done))
-        return out
-
-    async def at_target(self, plan: Image, n: int) -> set[str]:
-        """The blobs of the image (its referrers') that target `n` holds: those of each one
-        it serves whole (its reference names its root: mirror.push's step 0), one HEAD
-        each (none where resolving asked: `named`), the answer kept in `asked` for the
-        push. An error holds nothing: its blobs are counted, and the push asks again and
-        says what went wrong."""
-        target, asked = self.targets[n], self.asked[n]
-        own, refs, _ = _placed(plan, target)
-        held: set[str] = set()
-        for img in own + refs:
-            key = (img.repository, img.tag or img.root.digest, img.root.digest)
-            if not self.as_named(n, img):
-                try:
-                    asked[key] = await held_there(self.client, target.registry, img)
-                except MirrorError:
-                    continue
-            if asked[key]:
-                held.update(d.digest for d in img.blobs)
-        return held
-
-    def as_named(self, n: int, img: PushImage) -> bool:
-        """Whether resolving asked target `n` about `img`'s reference (`elsewhere`'s HEAD,
-        `named`); its answer, kept in `asked`, is step 0's: the reference names the root
-        the image carries (True), another manifest (False), nothing (None)."""
-        at = img.tag or img.root.digest
-        if (img.repository, at) not in self.named[n]:
-            return False
-        head = self.named[n][img.repository, at]
-        self.asked[n][img.repository, at, img.root.digest] = \
-            None if head is None else head.digest == img.root.digest
-        return True
-
-    async def elsewhere(self, i: int, spec: ImageSpec, root: RawManifest | str
-                        ) -> There | None:
-        """The first target that holds the image already (one HEAD of its tag there, the
-        question `at_target` and the push's step 0 would ask: its answer kept for them,
-        `planned`), whose manifests and configs below the root the image is then read from
-        by digest (checked against it as from the source; a cache's store first): all of
-        them from a target whose tag names `root` (it serves the image whole); else, of an
-        index, those the index a target's tag names lists too (`_listed`: a run before
-        pushed the root filtered, --platform; not a converted one). So an image a run before pushed spends of
-        the source's budget (Docker Hub's pulls) its root's GET and referrer probes alone,
-        and the budget goes to what is new; and a source that no longer serves what the
-        target holds (`mirror serve` of an incremental bundle, whose base the target holds)
-        is not asked for it. `root` a digest (--locked: the lock's, before the root is
-        read): a target that serves it whole, whose root is read from there too; None
-        asks again once the root is read (the HEAD's answer kept: not sent twice)."""
-        ref = spec.reference
-        digest = root if isinstance(root, str) else root.digest
-        other: tuple[str, str, str] | None = None  # a target whose tag names another index
-        for n, target in enumerate(self.targets):
-            try:
-                where = place(target, ref.name, ref.repository, ref.tag, ref.digest, spec.dest)
-                at = where.tags[0] if where.tags else digest
-                named = self.named[n]
-                head = named[where.repository, at] if (where.repository, at) in named else \
-                    await self.client.head_manifest(target.registry, where.repository, at)
-            except MirrorError:  # no answer: the push asks again and says what went wrong
-                continue
-            self.named[n][where.repository, at] = head
-            if head is None or not head.digest:
-                continue
-            if head.digest == digest:
-                return There(target.registry, where.repository)
-            if isinstance(root, str):
-                continue
-            # an index of the root's type: a filtered one keeps it, a converted one
-            # (--format) does not, and lists none of the root's children; one image
-            # manifest: a converted one names the same config
-            if other is None and (root.is_index and head.media_type == root.media_type
-                                  or root.is_image and not root.declared_artifact_type):
-                other = (target.registry, where.repository, head.digest)
-        return await self._listed(spec, root, *other) \
-            if other is not None and not isinstance(root, str) else None
-
-    async def _listed(self, spec: ImageSpec, root: RawManifest, registry: str, repo: str,
-                      digest: str) -> There | None:
-        """Index `root`'s children that index `digest`, which a target's tag names, lists
-        too, to be read from there (of image manifest `root`, its config, when the one
-        there names it: a conversion, --format, changes the manifest, not the config): one
-        GET of that manifest, by digest (none when a cache's store holds it); None when it
-        lists none of them (an image updated upstream may share none) or cannot be read
-        (said with -v alone: the source is asked, as for an image not there)."""
-        try:
-            theirs = await self.client.get_manifest(registry, repo, digest)
-        except MirrorError as e:
-            self.client.t.debug(f"{e}: {spec.reference} read from the source")
-            return None
-        if root.is_index:
-            listed = {c.digest for c in theirs.children} if theirs.is_index else set()
-            shared = listed & {c.digest for c in root.children}
-        else:
-            mine, held = root.config, theirs.config if theirs.is_image else None
-            shared = {mine.digest} if mine and held and held.digest == mine.digest else set()
-        return There(registry, repo, shared) if shared else None
-
-    def planned(self, i: int, plan: Image) -> None:
-        """The push's step 0 answers for the image's references resolving asked about
-        (`as_named`): whether each names the root the image carries, a filtered or
-        converted one too (a run without a budget, or a dry run, admits nothing: the push
-        asks no more)."""
-        for n, target in enumerate(self.targets):
-            try:
-                own, _, _ = _placed(plan, target)
-            except MirrorError:  # no place there: the push's check says so
-                continue
-            for img in own:
-                self.as_named(n, img)
