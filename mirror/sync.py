@@ -68,8 +68,7 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
         await planner.plan()
     except BaseException:  # stopped: the images every target said it serves whole already
         planner.settle()
-        result.finished = planner.whole_everywhere()
-        result.targets = planner.held_only(progress)
+        result.finished, result.targets = planner.stopped(progress)
         raise
     finally:
         planner.settle()

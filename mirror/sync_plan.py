@@ -125,31 +125,20 @@ class SyncPlanner(Planner):
                         out |= push_requests(img, self.there[n], n, self.merge)
         return out
 
-    def whole_everywhere(self) -> set[int]:
-        """The images resolved whose every reference (tags, referrers) each target said,
-        as they resolved (`elsewhere`), it serves as their root already: a sync stopped
-        while resolving has them finished (the others are interrupted)."""
-        def there(plan: Image, n: int) -> bool:
-            try:
-                own, refs, _ = _placed(plan, self.targets[n])
-            except MirrorError:  # no place at the target: not there
-                return False
-            return all(self.asked[n].get((p.repository, p.tag or p.root.digest,
-                                          p.root.digest)) for p in own + refs)
-
-        return {i for i, plan in self.resolved()
-                if all(there(plan, n) for n in range(len(self.targets)))}
-
-    def held_only(self, progress: Progress) -> list[tuple[Target, PushResult]]:
+    def stopped(self, progress: Progress) -> tuple[set[int], list[tuple[Target, PushResult]]]:
         """A sync stopped while resolving: per target, what it said it serves whole of the
-        images resolved (`asked`), counted present and placed as a push that stopped counts
-        what it found there (mirror.push's say_held), so the report's placement names the
-        images it reports finished; the push never started (its counts null)."""
-        plans = [p for _, p in self.resolved()]
+        images resolved (`asked`, as they resolved: `elsewhere`), counted present and
+        placed as a push that stopped counts what it found there (mirror.push's
+        say_held), the push never started (its counts null); and the images every target
+        serves so with every reference (tags, referrers), which the report has finished
+        (the others interrupted): the placement names them."""
+        resolved = self.resolved()
+        owner = {id(x): i for i, plan in resolved for x in (plan, *plan.referrers)}
+        finished = {i for i, _ in resolved}
         out = []
         for n, target in enumerate(self.targets):
             try:
-                images = push_images(plans, target)
+                images = push_images([p for _, p in resolved], target)
             except MirrorError:  # its names clash: nothing placed there
                 images = []
             done = PushResult(images=images)
@@ -157,9 +146,12 @@ class SyncPlanner(Planner):
                             self.opts.jobs, self.merge)
             pusher.held = {id(p) for p in images if self.asked[n].get(
                 (p.repository, p.tag or p.root.digest, p.root.digest))}
+            finished -= {owner[id(p.image)] for p in images if id(p) not in pusher.held}
+            if not images:
+                finished.clear()
             pusher.say_held()
             out.append((target, done))
-        return out
+        return finished, out
 
     async def at_target(self, plan: Image, n: int) -> set[str]:
         """The blobs of the image (its referrers') that target `n` holds: those of each one
