@@ -32,11 +32,6 @@ def held() -> list[str]:
         return sorted(_known, key=len, reverse=True)  # longest first: "user:pw" before "pw"
 
 
-def known() -> bool:
-    """Whether the run holds a secret that output must not show."""
-    return bool(_known)
-
-
 def redact_all(obj: object) -> object:
     """`redact()` over every string in a JSON-like structure (a report); `obj` itself when
     the run holds no secret (an anonymous pull's report of 400 images is 20,000 strings)."""
