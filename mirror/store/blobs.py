@@ -59,6 +59,11 @@ class BlobStore:
         except OSError:
             pass
 
+    def touch_all(self, digests: list[str]) -> None:
+        """touch() each of `digests` (those not in the store are passed over)."""
+        for digest in digests:
+            self.touch(digest)
+
     def put_bytes(self, digest: str, data: bytes, source: str = "manifest",
                   fetched: bool = False) -> Path:
         """Verify and store a small document (a manifest); a no-op when already present.
