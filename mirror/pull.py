@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Hashable
 
 from mirror.aio import bounded, cancel_all, gather_or_cancel
 from mirror.bundle.contents import unloadable
+from mirror.bundle.writer import Prehash
 from mirror.config import ImageSpec
 from mirror.errors import BudgetSpent, MirrorError
 from mirror.fetch import Fetcher
@@ -47,9 +48,11 @@ PLACING = 64  # blobs under way at once per registry (each waits for one of -j's
 
 async def pull(client: Client, store: BlobStore, specs: list[ImageSpec], opts: PullOptions,
                progress: Progress | None = None,
-               later: Callable[[], Awaitable[list[ImageSpec]]] | None = None) -> PullResult:
+               later: Callable[[], Awaitable[list[ImageSpec]]] | None = None,
+               prehash: Prehash | None = None) -> PullResult:
     """Resolve every image, then fetch and assemble the bundle. With `later` (the tag rules'
     choice: the run's images), `specs` are those planned meanwhile (mirror.planning).
+    `prehash`: the bundle at -o, being hashed since the run began (mirror.pull_run).
 
     Raises the first MirrorError unless `keep_going` (then only when no image succeeded);
     whatever stops the run (that error, an OSError such as a full disk, the CancelledError
@@ -57,7 +60,7 @@ async def pull(client: Client, store: BlobStore, specs: list[ImageSpec], opts: P
     no bundle, so not a partial one; its `unfinished` lists the images it cut short (not
     those planned with every blob in hand: `in_hand`).
     """
-    run = _Run(client, store, specs, opts, progress or NullProgress(), later)
+    run = _Run(client, store, specs, opts, progress or NullProgress(), later, prehash)
     try:
         return await run.go()
     except BaseException as e:
@@ -81,7 +84,8 @@ class _Run(Planner):
 
     def __init__(self, client: Client, store: BlobStore, specs: list[ImageSpec],
                  opts: PullOptions, progress: Progress,
-                 later: Callable[[], Awaitable[list[ImageSpec]]] | None = None) -> None:
+                 later: Callable[[], Awaitable[list[ImageSpec]]] | None = None,
+                 prehash: Prehash | None = None) -> None:
         super().__init__(client, specs, opts, progress, later=later)
         self.store, self.opts = store, opts
         self.fetcher = Fetcher(client, store, opts.jobs, progress)
@@ -92,7 +96,8 @@ class _Run(Planner):
         # digest -> size of each blob found in the cache: the run's bytes_reused counts a
         # blob shared by several images once (each image's own figure counts all it needs)
         self.reused: dict[str, int] = {}
-        self.output = Output(client, store, self.fetcher, opts, self.progress, self.source_of)
+        self.output = Output(client, store, self.fetcher, opts, self.progress, self.source_of,
+                             prehash)
 
     def config(self, i: int, registry: str, repo: str, desc: Descriptor) -> Awaitable[bytes]:
         return self.fetcher.config_bytes(registry, repo, desc, owner=i)

@@ -32,13 +32,12 @@ class Output:
     """The bundle at `opts.output` (none for a pull that only fills the cache)."""
 
     def __init__(self, client: Client, store: BlobStore, fetcher: Fetcher, opts: PullOptions,
-                 progress: Progress, source_of: SourceOf) -> None:
+                 progress: Progress, source_of: SourceOf, prehash: Prehash | None) -> None:
         self.client, self.store, self.fetcher, self.opts = client, store, fetcher, opts
         self.progress, self.source_of = progress, source_of
-        # the bundle already there is hashed while the images are planned: when they are
-        # what it holds, the rerun need not read it after (mirror.bundle.writer.unchanged)
-        self.prehash = Prehash.start(opts.output) if opts.output is not None and not (
-            opts.compress or opts.volume_size or opts.dry_run) else None
+        # the bundle already there, hashed since the run began (pull_run): when the images
+        # are what it holds, the rerun need not read it after (writer.unchanged)
+        self.prehash = prehash
         # the bundle's digest once it is named at -o (and whether it was there already): a
         # stop that lands after the rename still has the report and lock file say so
         self.named: tuple[str, bool] | None = None

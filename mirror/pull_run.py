@@ -121,20 +121,37 @@ def _base(args: argparse.Namespace, out: Path) -> dict:
 
 
 async def run_pull(args: argparse.Namespace, progress, report: Report) -> int:
+    report.add(**_pull_report(None), **traffic(None), tag_rules=[])
+    out = _output(args)
+    compress = args.compress == "zstd" or (args.compress is None and
+                                           out.name.lower().endswith(ZSTD_NAMES))
+    volume_size = parse_size(args.volume_size) if args.volume_size else None
+    from mirror.bundle.writer import Prehash
+
+    # the plain bundle already at -o is hashed from here on, on a pool thread, beside the
+    # run's imports and set-up, while the second core has nothing else to do: a rerun with
+    # nothing new then finds its digest ready (mirror.pull_output). Begun with the first
+    # requests, its 30 ms of CPU (400 images) met the registry and the event loop, which
+    # keep both cores busy then. A .tar.zst, parts and a dry run are checked otherwise
+    prehash = None if args.dry_run or compress or volume_size else Prehash.start(out)
+    try:
+        return await _run_pull(args, progress, report, out, compress, volume_size, prehash)
+    finally:  # read to the end when the run did not need it (an error before the layout)
+        if prehash is not None:
+            prehash.stop()
+
+
+async def _run_pull(args: argparse.Namespace, progress, report: Report, out: Path,
+                    compress: bool, volume_size: int | None, prehash) -> int:
     from mirror.pull import pull
     from mirror.store.blobs import BlobStore, default_cache_dir
     from mirror.store.lock import RunLock
 
-    report.add(**_pull_report(None), **traffic(None), tag_rules=[])
-    out = _output(args)
     specs, cfg = image_specs(args)  # the lock file was checked first (lock_file_held)
-    compress = args.compress == "zstd" or (args.compress is None and
-                                           out.name.lower().endswith(ZSTD_NAMES))
     cache = args.cache or default_cache_dir()
     opts = pull_options(args, output=None if args.dry_run else out, compress=compress,
                          keep_going=args.keep_going, dry_run=args.dry_run,
-                         volume_size=parse_size(args.volume_size) if args.volume_size else None,
-                         **_base(args, out))
+                         volume_size=volume_size, **_base(args, out))
     transport = transport_for(args, cfg, progress)
     as_given(specs, report)
     final: list = []  # the run's images, once the tag rules chose theirs
@@ -148,7 +165,8 @@ async def run_pull(args: argparse.Namespace, progress, report: Report) -> int:
                 # the images no rule waits for resolved while the rules choose the others
                 now, later = await images_now(client, specs, report, progress, store,
                                               lock_path(args), final)
-                result = await pull(client, store, now, opts, progress, later=later)
+                result = await pull(client, store, now, opts, progress, later=later,
+                                    prehash=prehash)
     except BaseException as e:  # the report says what was done before the error or signal
         done = getattr(e, "pull_result", None) or result  # stopped after the pull: its own
         if done is not None:
