@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     _gc_was_on = gc.isenabled()
     threshold, frozen = gc.get_threshold(), gc.get_freeze_count()
     gc.disable()  # through the command's imports: see _settle_gc
-    from mirror.signals import hold, put_back
+    from mirror.signals import hold, ignore_held, put_back
 
     hold()  # a stop before the run's task exists waits for it (mirror.signals)
     try:
@@ -51,10 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         # a caller that goes on (argv given: the tests) gets its handlers back; the command
         # line's own run (argv None: the console script, -m) exits next, and a stop while
-        # the interpreter exits (12 ms: threads joined, modules torn down) stays held: it
-        # killed a run that was over (SIGTERM), or was a KeyboardInterrupt traceback
+        # the interpreter exits (12 ms: threads joined, modules torn down) is ignored: it
+        # killed a run that was over, its report written (exit -2 or -15, the report's 0)
         if argv is not None:
             put_back()
+        else:
+            ignore_held()
         # the collector as found, for a caller that goes on (the tests, argv given): its
         # threshold, and none of its objects left frozen by _settle_gc. The command line's
         # own run (argv None: the console script, -m) exits next: left frozen, the

@@ -13,7 +13,9 @@ at all. `run_stoppable` delivers what was held once its task can be cancelled, s
 stops as one stopped later does. Once the task is over (asyncio.run closing its loop, the
 report written) they are held again, and never delivered: the run is done, so its report is
 written whole and the exit code is its own; a stop then was a traceback from inside the
-report's writing, or a SIGTERM that killed the process before its report.
+report's writing, or a SIGTERM that killed the process before its report. Once main returns
+to exit, `ignore_held` ignores them: Python's finalization would give them their default,
+fatal action back.
 """
 
 from __future__ import annotations
@@ -50,6 +52,17 @@ def hold() -> None:
                 _found[sig] = signal.signal(sig, _keep)
         except ValueError:  # not the main thread
             break
+
+
+def ignore_held() -> None:
+    """The command line's run is over (its report written) and the interpreter exits next:
+    the signals `hold` keeps waiting are ignored (SIG_IGN) from here on. As it finalizes,
+    Python gives a signal with a Python handler (`_keep`) back its default action (SIG_DFL)
+    before it tears the modules down, so a stop in those last milliseconds killed a finished
+    run by its signal: the shell saw 130 (143) where the report said `exit_code: 0` (8 of 30
+    SIGINTs sent 0-40 ms after a sync's report appeared). An ignored signal stays ignored
+    to the end."""
+    _swap({sig: signal.SIG_IGN for sig in _found})
 
 
 def put_back() -> None:

@@ -32,7 +32,15 @@ from mirror.registry.transport import RetryPolicy, Transport
 from mirror.store.direct import ALIGN, align_down
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault
-from tests.support.oracle import ROOT, mirror_cmd, mirror_env, mirror_ok, run, stopped_mirror
+from tests.support.oracle import (
+    ROOT,
+    STOP_AS_MODULES_GO,
+    mirror_cmd,
+    mirror_env,
+    mirror_ok,
+    run,
+    stopped_mirror,
+)
 from tests.support.pusher import blob_exists, corrupt_list, get_manifest, push_image
 from tests.support.registry import Registry
 from tests.test_faults import RecordingProxy, assert_exact, error_line, ok, pull, recproxy
@@ -1094,6 +1102,7 @@ _STOPPED_ONCE_OVER = {  # the run's task over: as asyncio.run closes its loop, a
     "exiting": ("import atexit, os, signal, sys, time\n"
                 "atexit.register(lambda: (os.kill(os.getpid(), getattr(signal, SIG)),"
                 " time.sleep(0.2)))\n"),
+    "tearing down": STOP_AS_MODULES_GO,  # its modules (after the atexit calls)
 }
 
 
@@ -1110,7 +1119,9 @@ def test_a_stop_once_the_run_is_over_leaves_its_report_whole(
     and lock file; and as the loop closed, asyncio.run's KeyboardInterrupt: exit 130,
     `interrupted (SIGINT)` and `finished blobs are kept` for that run. Once main has
     returned (the interpreter exiting: 12 ms, its threads joined, its modules torn down)
-    SIGTERM killed the process (exit -15) and SIGINT was an `Exception ignored` traceback."""
+    SIGTERM killed the process (exit -15) and SIGINT was an `Exception ignored` traceback;
+    as its modules were torn down both still killed it (-2, -15: Python gives the signals
+    their default action back as it finalizes), the report saying `exit_code: 0`."""
     repo, img = image
     report, out = tmp_path / "r.json", tmp_path / "out.tar"
     proc = _pull_stopped(_STOPPED_ONCE_OVER[moment], sig, f"{src_registry.host}/{repo}:v1",

@@ -262,6 +262,33 @@ def mirror_ok(*args: object, cwd: Path | str | None = None,
     return proc
 
 
+# Python code (SIG: a signal's name, defined before it) that sends its own process SIG as the
+# interpreter tears its modules down, 0.2 s before the process goes on: a stop in a run's last
+# milliseconds, after Python's finalization has given the signals handled in Python their
+# default action back (its _PySignal_Fini). The object whose __del__ sends it is freed when
+# the module holding it goes; its class is made apart (exec), so that no function of that
+# module ties its globals into a cycle, which the collector would not free: mirror's
+# gc.freeze() leaves the objects of the start-up alone to the end
+STOP_AS_MODULES_GO = (
+    "import os, signal, sys, time\n"
+    "_ns = {'kill': os.kill, 'pid': os.getpid(), 'sig': getattr(signal, SIG),"
+    " 'sleep': time.sleep}\n"
+    "exec('class Stop:\\n    def __del__(self):\\n        kill(pid, sig)\\n"
+    "        sleep(0.2)\\n', _ns)\n"
+    "_stop_as_modules_go = _ns.pop('Stop')()\n"
+    "del _ns\n")
+
+
+def env_stopped_as_modules_go(sig: signal.Signals, where: Path) -> dict[str, str]:
+    """mirror_env() for a `python -m mirror` sent `sig` as it tears its modules down (after
+    main returned): STOP_AS_MODULES_GO as a sitecustomize in `where`, first on PYTHONPATH."""
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "sitecustomize.py").write_text(f"SIG = {sig.name!r}\n" + STOP_AS_MODULES_GO)
+    env = mirror_env()
+    env["PYTHONPATH"] = f"{where}{os.pathsep}{env['PYTHONPATH']}"
+    return env
+
+
 def stopped_mirror(when: Callable[[], bool], never: str, *args: object,
                    sig: signal.Signals = signal.SIGINT, after: float = 0.0
                    ) -> subprocess.CompletedProcess[str]:
