@@ -9,9 +9,10 @@ a half image. Its sources (a bundle for `mirror load`, the source registries or 
 1. Blobs: HEAD each (repository, blob) at the target, so those present are skipped; a blob
    present in another repository of the target is mounted (POST ?mount=&from=), as are an
    incremental bundle's base blobs found elsewhere (the caller's `elsewhere`, which the
-   load builds on mirror.elsewhere); the rest are uploaded once and mounted into the other
-   repositories that need them. A source read in one pass (a .tar.zst) is pushed in its own
-   order, a blob whose upload failed waiting for the next pass.
+   load builds on mirror.elsewhere) and the blobs a sync within one registry reads from
+   the source's repositories there (`origins`); the rest are uploaded once and mounted
+   into the other repositories that need them. A source read in one pass (a .tar.zst) is
+   pushed in its own order, a blob whose upload failed waiting for the next pass.
 2. Manifests, byte for byte: children by digest, then digest-only roots, then tags; the
    referrers after every image, so their subjects are there first. What the target already
    serves as that reference is not pushed again (HEAD). A tag over another index keeps its
@@ -71,7 +72,8 @@ async def push(client: Client, registry: str, images: list[PushImage], source: S
                result: PushResult, progress: Progress, *, absent: Mapping[str, str] | None = None,
                jobs: int = 4, dry_run: bool = False, merge: bool = False,
                elsewhere: Elsewhere | None = None, incomplete: Incomplete | None = None,
-               source_of: SourceOf | None = None, asked: Asked | None = None) -> PushResult:
+               source_of: SourceOf | None = None, asked: Asked | None = None,
+               origins: Mapping[str, str] | None = None) -> PushResult:
     """Push `images` (referrers after the others) to `registry`. `absent`: digest -> why a
     blob the source does not carry is not needed from it ("foreign": never pushed; "base":
     must be at the target already). `result` is filled in as the push goes: after a failure it
@@ -79,14 +81,17 @@ async def push(client: Client, registry: str, images: list[PushImage], source: S
     first cancels the upload sessions it left open, within a few seconds. `source_of`: the
     source registry and repository of a manifest of `images` (a sync's: planning released
     them to the cache's store), where one lost there is fetched again as the push reads it.
-    `asked`: step 0's answers the caller had already (a sync's admission: mirror.sync)."""
+    `asked`: step 0's answers the caller had already (a sync's admission: mirror.sync).
+    `origins`: digest -> the repository of `registry` the source reads that blob from (a
+    sync within one registry), which a repository that lacks it mounts it from."""
     pusher = Pusher(client, registry, images, result, progress, jobs, merge, source_of)
     pusher.asked = asked or {}
     blobs = BlobPush(client, registry, source, result, progress, pusher.sem)
     try:
         await pusher.fallbacks.give_way(pusher.images)
         await pusher.find_held()
-        plan = await blobs.check(pusher.images, pusher.held, absent or {}, elsewhere)
+        plan = await blobs.check(pusher.images, pusher.held, absent or {}, elsewhere,
+                                 origins or {})
         if plan.missing_base:
             missing = plan.missing_base
             raise (incomplete or _incomplete)(missing, plan.searched)

@@ -78,11 +78,13 @@ class BlobPush:
         self.asked: dict[tuple[str, str], tuple[Descriptor, bool]] = {}
 
     async def check(self, images: list[PushImage], held: set[int], absent: Mapping[str, str],
-                    elsewhere: Elsewhere | None) -> BlobPlan:
+                    elsewhere: Elsewhere | None, origins: Mapping[str, str]) -> BlobPlan:
         """A HEAD of each blob each repository needs asked about (mirror.pushplan decides
         which, and what each then needs: `held`, the id() of the images the target serves
         whole, need none); an incremental source's base blobs found in none of them are
-        looked for elsewhere in the target (`elsewhere`), to be mounted."""
+        looked for elsewhere in the target (`elsewhere`), to be mounted, as are the blobs
+        the source reads from a repository of the target's own registry (`origins`: digest
+        -> that repository; a sync within one registry)."""
         need, there = blob_needs(images, held)
         self.result.blobs_present += held_only(need, there)
 
@@ -92,7 +94,7 @@ class BlobPush:
 
         checks = [(repo, d) for repo, ds in need.items() for d in ds.values()]
         flags = await gather_or_cancel(present(r, d) for r, d in checks)
-        held_in = holders(checks, flags, there)
+        held_in = holders(checks, flags, there, origins)
         carries = self.source.carries
         lost = lost_base(checks, flags, held_in, carries, absent)
         searched = 0
@@ -117,8 +119,13 @@ class BlobPush:
         rest, each blob once, mounted into the other repositories that need it."""
         todo = plan.todo
         self.progress.total(sum(ws[0][1].size for ws in todo.values()))
-        for repo, d, src in plan.mounts:
-            loc = await self._mount(repo, d, src)
+
+        async def mounted(repo: str, d: Descriptor, src: str) -> str | None:
+            async with self.sem:
+                return await self._mount(repo, d, src)
+
+        locs = await gather_or_cancel(mounted(*m) for m in plan.mounts)
+        for (repo, d, src), loc in zip(plan.mounts, locs, strict=True):
             if loc is None:
                 continue
             await self.client.cancel_upload(self.reg, repo, loc)  # pushed in its own session

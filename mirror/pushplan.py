@@ -120,22 +120,27 @@ class BlobPlan:
     present: int = 0  # (repository, blob) pairs the target has: the report's blobs_present
 
 
-def push_requests(img: PushImage, there: set[str], target: Hashable, merge: bool
-                  ) -> set[Hashable]:
+def push_requests(img: PushImage, there: set[str], target: Hashable, merge: bool,
+                  mounted: Callable[[Descriptor], bool]) -> set[Hashable]:
     """The requests a push of `img` may make at its target, at most, each named as the push
     makes it once (`target` tells targets apart): of each blob not `there` a HEAD in its
-    repository and an upload (its session's POST and the PUT, a PATCH more above
-    MONOLITHIC_MAX; a mount takes one); of each manifest a HEAD and the PUT, and for a tag
-    the GET of what it holds and a HEAD of the index merged with it (`merge`: the root by
-    digest too); of a referrer, the GET and the PUT of its subject's fallback index (a
-    registry without the referrers API). A sync's admission promises them where the target
-    is the source's own registry, whose budget they spend (mirror.sync)."""
+    repository and, where the push mounts it from a repository of the target's registry
+    (`mounted`: a sync within one registry mounts from the source's), the mount's POST
+    alone, else an upload (its session's POST and the PUT, a PATCH more above
+    MONOLITHIC_MAX); of each manifest a HEAD and the PUT, and for a tag the GET of what it
+    holds and a HEAD of the index merged with it (`merge`: the root by digest too); of a
+    referrer, the GET and the PUT of its subject's fallback index (a registry without the
+    referrers API). A sync's admission promises them where the target is the source's own
+    registry, whose budget they spend (mirror.sync_plan)."""
     repo = img.repository
     out: set[Hashable] = set()
     for d in img.blobs:
-        if d.digest not in there:
-            out |= {(target, repo, d.digest, kind) for kind in
-                    ("HEAD", "POST", "PUT", *(("PATCH",) if d.size > MONOLITHIC_MAX else ()))}
+        if d.digest in there:
+            continue
+        kinds: tuple[str, ...] = ("HEAD", "POST")
+        if not mounted(d):
+            kinds += ("PUT", *(("PATCH",) if d.size > MONOLITHIC_MAX else ()))
+        out |= {(target, repo, d.digest, kind) for kind in kinds}
     refs = [m.digest for m in img.manifests[:-1]]
     refs += [img.tag, *([img.root.digest] if merge else [])] if img.tag else [img.root.digest]
     out |= {(target, repo, ref, kind) for ref in refs for kind in ("manifest HEAD", "PUT")}
@@ -167,16 +172,20 @@ def held_only(need: dict[str, dict[str, Descriptor]], there: set[tuple[str, str]
     return len({(r, dg) for r, dg in there if dg not in need.get(r, {})})
 
 
-def holders(checks: list[Check], flags: list[bool], there: set[tuple[str, str]]
-            ) -> dict[str, str]:
+def holders(checks: list[Check], flags: list[bool], there: set[tuple[str, str]],
+            origins: Mapping[str, str]) -> dict[str, str]:
     """digest -> a target repository that has it (a HEAD said so, or an image there
-    whole): where a mount takes it from."""
+    whole), else the repository of the target's registry the source reads it from
+    (`origins`: a sync within one registry): where a mount takes it from."""
     out: dict[str, str] = {}
     for (repo, d), ok in zip(checks, flags, strict=True):
         if ok:
             out.setdefault(d.digest, repo)
     for repo, digest in sorted(there):
         out.setdefault(digest, repo)
+    for _, d in checks:
+        if d.digest in origins:
+            out.setdefault(d.digest, origins[d.digest])
     return out
 
 
@@ -201,7 +210,8 @@ def blob_plan(checks: list[Check], flags: list[bool], held_in: dict[str, str],
             plan.present += 1
             continue
         reason = None if carries(d.digest) else absent.get(d.digest, "foreign")
-        if d.digest in held_in and reason in (None, "base"):  # foreign: never needed
+        # foreign: never needed; a source repository the blob is not in (HEAD): no mount
+        if held_in.get(d.digest, repo) != repo and reason in (None, "base"):
             plan.mounts.append((repo, d, held_in[d.digest]))
         elif reason == "base":
             plan.missing_base.append(f"{d.digest} ({repo})")

@@ -25,7 +25,7 @@ from mirror.registry.client import Client
 from mirror.registry.ratelimit import ADMITTED
 from mirror.sources import CacheSource, RegistrySource
 from mirror.store.blobs import BlobStore
-from mirror.sync_plan import SyncPlanner, push_images
+from mirror.sync_plan import SyncPlanner, origins, push_images
 
 
 @dataclass
@@ -103,7 +103,8 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
                 await push(client, target.registry, done.images, source, done,
                            progress, absent=absent, jobs=opts.jobs, dry_run=opts.dry_run,
                            merge=opts.merge, source_of=planner.source_of,
-                           asked=planner.asked[over])
+                           asked=planner.asked[over],
+                           origins=origins(plans, target.registry))
                 failed_at(planner, done, result)
                 result.partial = result.partial or bool(done.failed)
             except BudgetSpent as e:  # the target's rate limit: its images wait, as a source's

@@ -6,7 +6,7 @@ read from there by digest (mirror.resolve.There) instead of from the source."""
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from typing import TYPE_CHECKING
 
 from mirror.config import ImageSpec
@@ -45,6 +45,19 @@ def push_images(plans: list[Image], target: Target) -> list[PushImage]:
         referrers += refs
     check(target, placed)
     return out + referrers
+
+
+def origins(plans: Iterable[Image], registry: str) -> dict[str, str]:
+    """digest -> the repository of `registry` the sync reads that blob from, which a push to
+    `registry` mounts it from (POST ?mount=&from=: one request, no byte read or sent); not a
+    foreign layer, which the registry may not hold (its urls serve it: uploaded)."""
+    out: dict[str, str] = {}
+    for p in plans:
+        if (ref := p.reference) is not None and ref.registry == registry:
+            for d in p.blobs.values():
+                if not d.is_foreign:
+                    out.setdefault(d.digest, ref.repository)
+    return out
 
 
 def _placed(img: Image, target: Target) -> tuple[list[PushImage], list[PushImage], Placement]:
@@ -100,15 +113,20 @@ class SyncPlanner(Planner):
     async def fetches(self, i: int, plan: Image) -> set[Hashable]:
         """The source's blob GETs the image's pushes need: of each blob a target does not
         hold (of an image, or a referrer, it serves whole already: a run before pushed it)
-        one from the cache's fetch, when not in the cache; without a cache one per target
-        that needs it, but for the configs planning read (RegistrySource's `held`). And a
-        target on the image's own registry spends its budget too: the requests its push
-        may make there, at most (mirror.pushplan.push_requests), of what it lacks."""
+        and does not mount (a target on the image's own registry mounts what the source
+        reads there: `origins`) one from the cache's fetch, when not in the cache; without
+        a cache one per target that needs it, but for the configs planning read
+        (RegistrySource's `held`). And a target on the image's own registry spends its
+        budget too: the requests its push may make there, at most
+        (mirror.pushplan.push_requests: a mount for what it mounts), of what it lacks."""
         out: set[Hashable] = set()
+        own_reg = self.specs[i].reference.registry
+        mounts = origins([plan], own_reg)
         for n, target in enumerate(self.targets):
             self.there[n] |= await self.at_target(plan, n)
+            here = target.registry == own_reg  # one budget for both
             for d in plan.blobs.values():
-                if d.digest in self.there[n]:
+                if d.digest in self.there[n] or here and d.digest in mounts:
                     continue
                 if self.fetcher is None:
                     if d.digest not in self.configs:
@@ -116,13 +134,14 @@ class SyncPlanner(Planner):
                 elif d.digest not in self.fetcher.done and \
                         not self.fetcher.store.has(d.digest, d.size):
                     out.add(d.digest)
-            if target.registry == self.specs[i].reference.registry:  # one budget for both
+            if here:
                 own, refs, _ = _placed(plan, target)
                 asked = self.asked[n]
                 for img in own + refs:
                     if not asked.get((img.repository, img.tag or img.root.digest,
                                       img.root.digest)):
-                        out |= push_requests(img, self.there[n], n, self.merge)
+                        out |= push_requests(img, self.there[n], n, self.merge,
+                                             lambda d: d.digest in mounts)
         return out
 
     def stopped(self, progress: Progress) -> tuple[set[int], list[tuple[Target, PushResult]]]:

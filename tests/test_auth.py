@@ -794,3 +794,23 @@ def test_a_refused_load_counts_no_retry_it_did_not_make(basic, src_registry: Reg
         assert "Connector is closed" not in proc.stderr, proc.stderr
         assert not [ln for ln in proc.stderr.splitlines() if " retry " in ln], proc.stderr
         assert json.loads((tmp_path / "r.json").read_text())["retries"] == 0
+
+
+def test_bearer_sync_within_one_registry_mounts_with_the_source_pull_scope(
+        tokens, ts: TokenServer, tmp_path: Path) -> None:
+    """A sync to its source's own registry (token auth, as distribution's) mounts each blob
+    from the source repository: the mount's token holds the target repository's pull,push
+    and the source repository's pull, and the registry mounts with it (nothing uploaded)."""
+    _, reg, imgs = tokens
+    env = basic_config(tmp_path, reg.host)
+    ok(cli(tmp_path, "sync", f"{reg.host}/private/app:v1", "--to", f"{reg.host}/within",
+           "--report", tmp_path / "report.json", env=env))
+    done = json.loads((tmp_path / "report.json").read_text())["targets"][0]
+    blobs = len(imgs["private/app"].all_blobs())
+    assert (done["blobs_mounted"], done["blobs_pushed"]) == (blobs, 0), done
+    asked = [sorted(s) for s in ts.scopes_asked()]
+    assert ["repository:private/app:pull", "repository:within/private/app:pull,push"] \
+        in asked, asked
+    with bearer(ts.mint(["repository:within/private/app:pull"])):
+        body, _, _ = pusher.get_manifest(reg.url, "within/private/app", "v1")
+    assert ig.sha256_digest(body) == imgs["private/app"].digest

@@ -1386,3 +1386,81 @@ def test_a_budgeted_sync_to_its_own_registry_goes_on_run_after_run(
         if not waiting[-1]:
             break
     assert waiting[0] and waiting[-1] == 0 and waiting == sorted(set(waiting))[::-1], waiting
+
+
+def synced_within(reg: Registry, proxy, refs: list[str], prefix: str, tmp_path: Path,
+                  *flags: str) -> tuple[dict, list[tuple[str, str, int]], str]:
+    """`refs` (at `reg`) synced through `proxy` (in front of `reg`) to PROXY/`prefix`: the
+    report's target entry, what the proxy was asked, and the sync's stderr."""
+    proxy.requests.clear()
+    cfg = images_yaml(tmp_path, [r.replace(reg.host, proxy.host) for r in refs])
+    report = tmp_path / f"{prefix}.json"
+    run = mirror_ok("sync", "-f", cfg, "--to", f"{proxy.host}/{prefix}", "--report", report,
+                    *flags)
+    return json.loads(report.read_text())["targets"][0], list(proxy.requests), run.stderr
+
+
+def uploaded_state(dst: Registry, refs: list[str], prefix: str, tmp_path: Path
+                   ) -> tuple[dict[str, dict[str, object]], int]:
+    """What a sync of `refs` to another registry (every blob uploaded) leaves there under
+    `prefix`, and how many (repository, blob) pairs it uploaded or mounted."""
+    report = tmp_path / "upload.json"
+    mirror_ok("sync", "-f", images_yaml(tmp_path, refs), "--to", f"{dst.host}/{prefix}", "-q",
+              "--report", report)
+    done = json.loads(report.read_text())["targets"][0]
+    assert done["bytes_pushed"] > 0, done
+    return state(dst, prefix), done["blobs_pushed"] + done["blobs_mounted"]
+
+
+def test_a_sync_within_one_registry_mounts_every_blob(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """A sync from a registry to the same registry (another prefix) read every blob from
+    the source repository and uploaded it again into the target's (GET, then POST and PUT:
+    data set S's 20 references, 90 blobs, 2.2 MB each way) where one cross-repository
+    mount (POST ?mount=&from=) does it: every blob is mounted from the repository the
+    source reads it from, none read (no layer GET) nor uploaded (no PATCH, no PUT of a
+    blob), nothing said of it without -v; and what the target holds (tags, manifest
+    revisions, blob links per repository) is what a sync that uploads leaves."""
+    refs = seed_several(src_registry, repo_name, rng)
+    u = repo_name[-8:]
+    want, pairs = uploaded_state(dst_registry, refs, f"u{u}", tmp_path)
+    proxy = faultproxy(src_registry.url)
+    done, asked, err = synced_within(src_registry, proxy, refs, f"m{u}", tmp_path)
+    assert state(src_registry, f"m{u}") == want
+    assert (done["blobs_mounted"], done["blobs_pushed"], done["bytes_pushed"]) == \
+        (pairs, 0, 0), done
+    posts = [s for m, _, s in asked if m == "POST"]  # 201: mounted (an upload's is 202)
+    assert posts == [201] * pairs, asked
+    assert not [x for x in asked if x[0] in ("PATCH", "PUT") and "/blobs/" in x[1]], asked
+    assert not [x for x in asked if x[0] == "DELETE"], asked
+    configs = {json.loads(get_manifest(src_registry.url, f"m{u}/{repo}", m)[0])
+               .get("config", {}).get("digest") for repo, held in want.items()
+               for m in held["manifests"]}  # type: ignore[attr-defined]
+    read = [p for m, p, _ in asked if m == "GET" and "/blobs/sha256:" in p]
+    assert all(p.rpartition("/")[2] in configs for p in read), read  # planning's alone
+    assert "not mounted" not in err, err
+
+
+@pytest.mark.parametrize("status", [202, 401, 403, 404])
+def test_a_mount_refused_within_one_registry_is_uploaded(
+        status: int, src_registry: Registry, dst_registry: Registry, faultproxy,
+        repo_name: str, rng: random.Random, tmp_path: Path) -> None:
+    """A registry that will not mount (HTTP 202: an upload session instead; 401, 403: no
+    pull on the source repository for the token; 404) gets each blob uploaded, read from
+    the source as before (a 202's session, not used, DELETEd), said with -v alone; the
+    target holds what a sync that uploads leaves."""
+    refs = seed_several(src_registry, repo_name, rng)
+    u = repo_name[-8:]
+    want, pairs = uploaded_state(dst_registry, refs, f"u{u}", tmp_path)
+    proxy = faultproxy(src_registry.url)
+    where = f"/v2/m{u}/refused/blobs/uploads/refused"
+    refused = proxy.add(Fault("status", method="POST", path=r"mount=", status=status,
+                              times=None, headers={"Location": where} if status == 202
+                              else {}))
+    done, asked, err = synced_within(src_registry, proxy, refs, f"m{u}", tmp_path, "-v")
+    assert state(src_registry, f"m{u}") == want
+    assert done["blobs_mounted"] == 0 and done["blobs_pushed"] == pairs, done
+    assert refused.hits and err.count("not mounted from") == refused.hits, err
+    dropped = [p for m, p, _ in asked if m == "DELETE" and p == where]
+    assert len(dropped) == (refused.hits if status == 202 else 0), asked

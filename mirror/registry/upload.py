@@ -94,15 +94,20 @@ class Uploads:
         to push the blob into (the registry's 202 answer, or a fresh session when the mount
         request failed: ggcr does the same)."""
         q = urlencode({"mount": desc.digest, "from": from_repo})
+        said = f"{registry}: {desc.digest} not mounted from {from_repo} into {repo}"
         try:
-            return await self._post(
+            loc = await self._post(
                 registry, repo, f"/v2/{repo}/blobs/uploads/?{q}",
                 f"mount blob {desc.digest} from {from_repo}", from_repo)
         except RateLimited:
             raise
-        except RegistryError:
+        except RegistryError as e:
             # no mount (no read access to the source, an old registry): push it instead
+            self.t.debug(f"{said} ({e}): uploaded instead")
             return await self._start_upload(registry, repo)
+        if loc is not None:  # not there, or not ours to read: the registry says no more
+            self.t.debug(f"{said} (HTTP 202: an upload session): uploaded instead")
+        return loc
 
     async def upload_blob(self, registry: str, repo: str, desc: Descriptor,
                           body: BodyFactory, *, seekable: bool,
