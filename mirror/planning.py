@@ -26,7 +26,7 @@ from mirror.progress import Progress
 from mirror.referrers import Finder
 from mirror.registry.client import Client
 from mirror.registry.policy import RETRY_COUNTER
-from mirror.resolve import There, resolve
+from mirror.resolve import Foreseen, There, resolve
 
 # a registry's images under way at once in planning, per resolution slot of it (Planner._lane):
 # more than the slots, since an image waiting for its repository's tag listing holds none
@@ -236,10 +236,11 @@ class Planner:
         lim.admit(len(new))
         self.promised |= new
 
-    async def elsewhere(self, i: int, spec: ImageSpec, root: RawManifest | str
-                        ) -> There | None:
+    async def elsewhere(self, i: int, spec: ImageSpec, root: RawManifest | str,
+                        foresee: Callable[[], Awaitable[Foreseen | None]]) -> There | None:
         """Where else image `i`, whose root manifest its registry named `root` (or, pinned,
-        whose root has digest `root`), is held:
+        whose root has digest `root`; `foresee`: the index it will carry, when filtered),
+        is held:
         the registry and repository its manifests and configs below the root (those it
         holds) are read from by digest (mirror.resolve); None (a pull's): its registry
         alone."""
@@ -267,7 +268,7 @@ class Planner:
                 plan = await resolve(self.client, spec,
                                      lambda r, p, d: self.config(i, r, p, d),
                                      self.opts.referrer_types,
-                                     lambda root: self.elsewhere(i, spec, root))
+                                     lambda root, ahead: self.elsewhere(i, spec, root, ahead))
             missing = missing_platforms(spec, plan)
             if missing:  # some asked for, not all: the bundle lacks them, so say it
                 self.progress.warn(

@@ -56,9 +56,17 @@ class There:
         return await ask(source.registry, source.repository)
 
 
+# the index an image will carry, foreseen from the source's root (_Resolver.foresee): its
+# digest and every digest it lists (its nested indexes' too); None when it cannot be
+Foreseen = tuple[str, frozenset[str]]
 # where else an image whose root manifest this is (or, pinned, whose root's digest) can be
-# read by digest
-Elsewhere = Callable[["RawManifest | str"], Awaitable["There | None"]]
+# read by digest; the second, asked only when wanted, foresees the index it will carry
+Elsewhere = Callable[["RawManifest | str", "Callable[[], Awaitable[Foreseen | None]]"],
+                     Awaitable["There | None"]]
+
+
+class _Unforeseen(Exception):
+    """The index an image will carry depends on more than its indexes' bytes (a config)."""
 
 
 def no_match(spec: ImageSpec, available: list[str]) -> NoMatchingPlatform:
@@ -79,17 +87,19 @@ async def resolve(client: Client, spec: ImageSpec, fetch_config: FetchConfig,
     (checked against it, as from the source), and from the source only when that one
     cannot serve them (mirror.sync)."""
     ref = spec.reference
+    attestations = spec.settings.referrers and wanted(referrer_types, "attestation", None)
+    r = _Resolver(client, spec, fetch_config, attestations)
     there, pin = None, spec.pin
     if pin and elsewhere is not None:  # --locked: a target holding it is read first
-        there = await elsewhere(pin)
+        there = await elsewhere(pin, r.unforeseen)
     if there is not None and pin:
         root = await there.read(client, lambda reg, repo: client.get_manifest(reg, repo, pin),
                                 pin, ref)
     else:
         root = await client.get_manifest(ref.registry, ref.repository, spec.pin or ref.ref)
-        there = await elsewhere(root) if elsewhere is not None else None
-    attestations = spec.settings.referrers and wanted(referrer_types, "attestation", None)
-    r = _Resolver(client, spec, fetch_config, attestations, there)
+        there = await elsewhere(root, lambda: r.foresee(root)) if elsewhere is not None \
+            else None
+    r.there = there
     if root.is_index:
         image = await r.index(root)
     elif root.is_image and not root.declared_artifact_type:
@@ -124,6 +134,7 @@ class _Resolver:
         self.attestations = attestations
         self.sel = spec.settings.platforms
         self.there = there
+        self.ahead: dict[str, RawManifest] = {}  # nested indexes `foresee` read
 
     def image(self, root: RawManifest, mode: str = "single") -> Image:
         return Image(str(self.spec.reference), root, mode=mode, reference=self.spec.reference,
@@ -136,8 +147,10 @@ class _Resolver:
         image.add(raw, self.spec.settings.foreign_layers not in ("include", "rewrite"))
 
     async def get(self, d: Descriptor) -> RawManifest:
-        raw = await self.read(
-            lambda reg, repo: self.client.get_manifest(reg, repo, d.digest, expected=d), d)
+        raw = self.ahead.pop(d.digest, None)  # a nested index `foresee` read
+        if raw is None:
+            raw = await self.read(
+                lambda reg, repo: self.client.get_manifest(reg, repo, d.digest, expected=d), d)
         there = self.there
         if there is not None and there.lists is not None and d.digest in there.lists and \
                 raw.is_image and raw.config is not None:
@@ -248,27 +261,93 @@ class _Resolver:
             image.platform_digests[str(c.platform)] = c.digest
         return None
 
-    def _root(self, image: Image, root: RawManifest, chosen: set[str],
-              replaced: dict[str, RawManifest]) -> None:
-        """The index to carry: the source's bytes when all is chosen (`full`) or with
-        `index: sparse`, else a new index of the chosen entries (`filter`)."""
+    @staticmethod
+    async def unforeseen() -> Foreseen | None:
+        """A pinned root's digest alone (--locked, before it is read): nothing foreseen."""
+        return None
+
+    async def foresee(self, root: RawManifest) -> Foreseen | None:
+        """The index this image will carry, of index `root` filtered (--platform): a pure
+        function of the source's indexes and the filter, made before any manifest below
+        them is read (`_root`'s filtered index; the nested indexes chosen read from the
+        source, kept for the resolution in `ahead`), so that a target whose tag names it is
+        known to hold the image; None when the choice needs more (an entry without its
+        platform, whose config says it) or nothing is filtered."""
+        if not root.is_index or self.sel.all:
+            return None
+        ref = self.spec.reference
+        try:
+            made = await self.client.reading(lambda: self._foreseen(root),
+                                             lambda _: (ref.registry, ref.repository))
+        except (_Unforeseen, MirrorError):  # the resolution reads it and says what is wrong
+            return None
+        if made is None or made[0].digest == root.digest:
+            return None
+        return made[0].digest, frozenset(made[1])
+
+    async def _foreseen(self, index: RawManifest) -> tuple[RawManifest, set[str]] | None:
+        """`foresee` of one index: what it becomes and the digests it lists then (its nested
+        indexes' too), as `index` and `_choose` would choose; None when nothing in it is
+        chosen (NoMatchingPlatform)."""
+        chosen: set[str] = set()
+        nested: dict[str, tuple[RawManifest, set[str]]] = {}
+        for c in index.children:
+            if c.platform is None and mt.is_index(c.media_type) or \
+                    c.platform is not None and not c.platform.is_unknown and \
+                    mt.is_index(c.media_type) and self.sel.wants(c.platform):
+                sub = self.ahead.get(c.digest)
+                if sub is None:
+                    sub = self.ahead[c.digest] = await self.get(c)
+                inner = await self._foreseen(sub) if sub.is_index else None
+                if inner is None and c.platform is not None:
+                    raise _Unforeseen  # a chosen entry the resolution refuses: let it say
+                if inner is not None:
+                    nested[c.digest] = inner
+                    chosen.add(c.digest)
+            elif c.platform is not None and not c.platform.is_unknown:
+                if self.sel.wants(c.platform):
+                    chosen.add(c.digest)
+            elif c.platform is None and mt.is_image_manifest(c.media_type):
+                raise _Unforeseen  # its config says its platform
+        if self.attestations:
+            chosen |= {c.digest for c in index.children if c.platform is not None and
+                       c.platform.is_unknown and c.annotations.get(ATTESTATION_REF) in chosen}
+        if not chosen:
+            return None
+        replaced = {d: sub for d, (sub, _) in nested.items() if sub.digest != d}
+        made, _ = self._made(index, chosen, replaced)
+        listed = {replaced[d].digest if d in replaced else d for d in chosen}
+        for _, below in nested.values():
+            listed |= below
+        return made, listed
+
+    def _made(self, root: RawManifest, chosen: set[str], replaced: dict[str, RawManifest]
+              ) -> tuple[RawManifest, str]:
+        """Index `root` carried with `chosen` entries (`replaced`: nested indexes filtered in
+        turn), and the mode: the source's bytes when all is chosen (`full`) or with `index:
+        sparse`, else a new index of the chosen entries (`filter`)."""
         children = root.children
         if len(chosen) == len({c.digest for c in children}) and not replaced:
-            image.mode = "full"
-        elif self.spec.settings.index == "sparse":
-            image.mode = "sparse"
-            for c in children:
+            return root, "full"
+        if self.spec.settings.index == "sparse":
+            return root, "sparse"
+        body = json.loads(root.data)
+        body["manifests"] = [m for m in body["manifests"] if m.get("digest") in chosen]
+        for m in body["manifests"]:
+            new = replaced.get(m.get("digest"))
+            if new is not None:
+                m["digest"], m["size"] = new.digest, new.size
+        return RawManifest(dump_json(body), root.media_type), "filter"
+
+    def _root(self, image: Image, root: RawManifest, chosen: set[str],
+              replaced: dict[str, RawManifest]) -> None:
+        """The index to carry (`_made`); the entries `index: sparse` leaves out are absent
+        on purpose."""
+        image.root, image.mode = self._made(root, chosen, replaced)
+        if image.mode == "sparse":
+            for c in root.children:
                 if c.digest not in chosen:
                     image.absent[c.digest] = "sparse"
-        else:
-            image.mode = "filter"
-            body = json.loads(root.data)
-            body["manifests"] = [m for m in body["manifests"] if m.get("digest") in chosen]
-            for m in body["manifests"]:
-                new = replaced.get(m.get("digest"))
-                if new is not None:
-                    m["digest"], m["size"] = new.digest, new.size
-            image.root = RawManifest(dump_json(body), root.media_type)
         image.manifests[image.root.digest] = image.root
 
 

@@ -20,7 +20,7 @@ from mirror.progress import Progress
 from mirror.push import Asked, Pusher, held_there
 from mirror.pushplan import PushImage, PushResult, push_requests
 from mirror.registry.client import Client, ManifestHead
-from mirror.resolve import There
+from mirror.resolve import Foreseen, There
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -204,8 +204,8 @@ class SyncPlanner(Planner):
             None if head is None else head.digest == img.root.digest
         return True
 
-    async def elsewhere(self, i: int, spec: ImageSpec, root: RawManifest | str
-                        ) -> There | None:
+    async def elsewhere(self, i: int, spec: ImageSpec, root: RawManifest | str,
+                        foresee: Callable[[], Awaitable[Foreseen | None]]) -> There | None:
         """The first target that holds the image already (one HEAD of its tag there, the
         question `at_target` and the push's step 0 would ask: its answer kept for them,
         `planned`), whose manifests and configs below the root the image is then read from
@@ -216,12 +216,17 @@ class SyncPlanner(Planner):
         the source's budget (Docker Hub's pulls) its root's GET and referrer probes alone,
         and the budget goes to what is new; and a source that no longer serves what the
         target holds (`mirror serve` of an incremental bundle, whose base the target holds)
-        is not asked for it. `root` a digest (--locked: the lock's, before the root is
-        read): a target that serves it whole, whose root is read from there too; None
-        asks again once the root is read (the HEAD's answer kept: not sent twice)."""
+        is not asked for it. A target whose tag names the index the image will carry,
+        filtered (--platform: `foresee`, a function of the source's indexes and the
+        filter, made once a target names another index of the root's type), holds it
+        whole: what that index lists is read from there, and not the index. `root` a
+        digest (--locked: the lock's, before the root is read): a target that serves it
+        whole, whose root is read from there too; None asks again once the root is read
+        (the HEAD's answer kept: not sent twice)."""
         ref = spec.reference
         digest = root if isinstance(root, str) else root.digest
         other: tuple[str, str, str] | None = None  # a target whose tag names another index
+        foreseen: list[Foreseen | None] = []  # made once, for the first target that asks
         for n, target in enumerate(self.targets):
             try:
                 where = place(target, ref.name, ref.repository, ref.tag, ref.digest, spec.dest)
@@ -238,6 +243,11 @@ class SyncPlanner(Planner):
                 return There(target.registry, where.repository)
             if isinstance(root, str):
                 continue
+            if root.is_index and head.media_type == root.media_type:
+                if not foreseen:
+                    foreseen.append(await foresee())
+                if foreseen[0] is not None and head.digest == foreseen[0][0]:
+                    return There(target.registry, where.repository, set(foreseen[0][1]))
             # an index of the root's type: a filtered one keeps it, a converted one
             # (--format) does not, and lists none of the root's children; one image
             # manifest: a converted one names the same config

@@ -1224,16 +1224,21 @@ def _synced_filtered(src_registry: Registry, dst_registry: Registry, faultproxy,
     return src, dst, args
 
 
+@pytest.mark.parametrize("cache", [False, True], ids=["streamed", "cache"])
 def test_a_filtered_rerun_reads_what_the_target_lists_from_the_target(
         src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
-        rng: random.Random, tmp_path: Path) -> None:
+        rng: random.Random, tmp_path: Path, cache: bool) -> None:
     """`--platform linux/amd64` of multi-arch indexes pushes filtered indexes (new digests),
     so the target's tag never named the source's root, and every rerun without --cache got
     the index and its amd64 manifest from the source again (Docker Hub counts each as a
     pull), and asked the target its tag twice (as it resolved, and at the push's step 0 for
-    the filtered root). The rerun GETs the index the target's tag names from the target,
-    by digest, and the manifests it lists that the source's index lists too from there:
-    of the source one GET per tag, nothing by digest; of the target one HEAD per tag."""
+    the filtered root). The filtered index is a function of the source's index and the
+    filter, made before anything below it is read: the target's tag names it, so the
+    target holds it, and the manifests it lists are read from there by digest, not the
+    index (one GET for nothing): of the source one GET per tag, nothing by digest; of the
+    target one HEAD per tag and the amd64 manifests. With --cache (the source's tag asked
+    with a HEAD, its manifests in the cache's store) the target is asked one HEAD per tag
+    and nothing more, its index not read on the first rerun either."""
     plats = (ig.AMD64, ig.ARM64_V8, ig.ARM_V7)
     imgs = [ig.make_index([ig.make_image(rng, p, fmt) for p in plats], fmt)
             for fmt in ("oci", "docker")]
@@ -1243,27 +1248,29 @@ def test_a_filtered_rerun_reads_what_the_target_lists_from_the_target(
     src, dst = faultproxy(src_registry.url), faultproxy(dst_registry.url)
     cfg = images_yaml(tmp_path, [f"{src.host}/{repo_name}:{t}" for t in tags])
     args = ["sync", "-f", cfg, "--to", f"{dst.host}/{repo_name}-t", "--platform",
-            "linux/amd64"]
+            "linux/amd64", *(["--cache", tmp_path / "cache"] if cache else [])]
     mirror_ok(*args, "-q", "--report", tmp_path / "first.json")
     first = json.loads((tmp_path / "first.json").read_text())
     roots = [e["digest"] for e in first["images"]]
     assert not set(roots) & {i.digest for i in imgs}, roots  # filtered: new digests
     held = state(dst_registry, f"{repo_name}-t")
-    for _ in range(2):  # the second: the target's indexes from the run before
+    for _ in range(2):  # the second: as the first
         src.reset_counters()
         dst.reset_counters()
         mirror_ok(*args, "-q", "--report", tmp_path / "r.json")
         assert sorted((m, p.rpartition("/")[2]) for m, p, _ in src.requests
-                      if "/manifests/" in p or "/blobs/" in p) == [("GET", t) for t in tags], \
-            src.requests
-        assert sorted(_by_digest(dst)) == sorted([*roots, *(i.images[0].digest
-                                                            for i in imgs)]), dst.requests
+                      if "/manifests/" in p or "/blobs/" in p) == \
+            [("HEAD" if cache else "GET", t) for t in tags], src.requests
+        assert sorted(_by_digest(dst)) == ([] if cache else
+                                           sorted(i.images[0].digest for i in imgs)), \
+            dst.requests
         heads = [p.rpartition("/")[2] for p in dst.paths("HEAD")]
         assert sorted(heads) == tags, dst.requests
         report = json.loads((tmp_path / "r.json").read_text())
         assert [e["digest"] for e in report["images"]] == roots, report["images"]
         assert report["targets"][0]["manifests_pushed"] == 0, report["targets"]
-        assert report["requests"][src.host].get("manifest GET") == len(tags), report
+        assert report["requests"][src.host].get(
+            "manifest HEAD" if cache else "manifest GET") == len(tags), report
         assert state(dst_registry, f"{repo_name}-t") == held
     dst.reset_counters()
     mirror_ok(*args, "--dry-run", "-q")  # step 0's answer kept: the filtered root's too
@@ -1276,9 +1283,10 @@ def test_a_filtered_rerun_reads_what_the_target_cannot_serve_from_the_source(
         rng: random.Random, tmp_path: Path, what: str) -> None:
     """A filtered rerun reads the amd64 manifest from the target; one the target answers
     404 for, or damaged (a byte flipped), is read from the source instead, as is every
-    manifest when the index the target's tag names comes damaged: the run is what it would
-    have been (exit 0, nothing pushed, the target as it was, no warning) and -v alone says
-    so."""
+    manifest when the index the target's tag names, read since it is not the one the
+    rerun makes (the source's index gained an annotation upstream), comes damaged: the run
+    is what it would have been (exit 0, the target as it was or as a first sync of the new
+    index leaves it, no warning) and -v alone says so."""
     img = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64_V8)],
                         "oci")
     src, dst, args = _synced_filtered(src_registry, dst_registry, faultproxy, repo_name, img,
@@ -1293,15 +1301,25 @@ def test_a_filtered_rerun_reads_what_the_target_cannot_serve_from_the_source(
     else:
         dst.add(Fault("flip_byte", method="GET", path=f"/manifests/{damaged}", offset=10,
                       times=None))
+    if what == "index damaged":
+        moved = ig.make_index(img.images, "oci", annotations={"moved": "yes"})
+        push_image(src_registry.url, repo_name, moved, ["1"])
+        src.reset_counters()
     synced = mirror_ok(*args, "-v", "--report", tmp_path / "r.json")
     fell = [line for line in synced.stderr.splitlines() if "read from the source" in line]
     assert len(fell) == 1 and damaged in fell[0], synced.stderr
     assert "warning" not in synced.stderr, synced.stderr
     assert _by_digest(src) == [child], src.requests
-    assert _by_digest(dst) == [root] + ([child] if damaged == child else []), dst.requests
+    assert _by_digest(dst) == [damaged], dst.requests
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["images"][0]["digest"] == root, report["images"]
     assert child in report["images"][0]["manifests"], report["images"]
+    if what == "index damaged":
+        new = report["images"][0]["digest"]
+        assert new != root and report["targets"][0]["manifests_pushed"] == 1, report
+        assert state(dst_registry, f"{repo_name}-t")[repo_name]["tags"]["1"] == new
+        served(dst_registry, report, f"{repo_name}-t")
+        return
+    assert report["images"][0]["digest"] == root, report["images"]
     assert report["targets"][0]["manifests_pushed"] == 0, report["targets"]
     assert state(dst_registry, f"{repo_name}-t") == held
     quiet = mirror_ok(*args)
