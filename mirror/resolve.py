@@ -35,7 +35,7 @@ class There:
     (a sync's target), and what of it: `lists` None, everything below the root (its
     reference there names the root); else the manifests named (the root's children that
     the index there lists too: the image it holds is the root filtered), and the config
-    of each of those read (`_Resolver.get` adds it)."""
+    of each of those read, the entries of each nested index (`_Resolver.get` adds them)."""
     registry: str
     repository: str
     lists: set[str] | None = None
@@ -152,9 +152,11 @@ class _Resolver:
             raw = await self.read(
                 lambda reg, repo: self.client.get_manifest(reg, repo, d.digest, expected=d), d)
         there = self.there
-        if there is not None and there.lists is not None and d.digest in there.lists and \
-                raw.is_image and raw.config is not None:
-            there.lists.add(raw.config.digest)  # held with the manifest that names it
+        if there is not None and there.lists is not None and d.digest in there.lists:
+            if raw.is_image and raw.config is not None:
+                there.lists.add(raw.config.digest)  # held with the manifest that names it
+            elif raw.is_index:  # a nested index: what it lists, held with it
+                there.lists.update(c.digest for c in raw.children)
         return raw
 
     async def config(self, d: Descriptor) -> bytes:

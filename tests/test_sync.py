@@ -1355,6 +1355,63 @@ def test_an_image_updated_upstream_reads_its_new_manifests_from_the_source(
     assert state(dst_registry, f"{repo_name}-t")[repo_name]["tags"]["1"] == root
 
 
+@pytest.mark.parametrize("how", ["filtered", "moved upstream"])
+def test_the_manifests_below_a_nested_index_are_read_from_the_target(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path, how: str) -> None:
+    """An index whose first entry is an index (amd64, arm64; as Docker Hub's attestation
+    layouts nest, or an image built so) and whose second an arm/v7 image. Filtered
+    (--platform linux/amd64), the target holds both indexes filtered (new digests), and a
+    rerun read the amd64 manifest below the nested index from the source every run (and
+    the target's outer index: one GET for nothing): the nested index comes from the source
+    (the target holds it filtered only), the amd64 manifest from the target. Moved
+    upstream (all platforms; the arm/v7 image replaced), the target's index is read and
+    the nested index it lists too, but the manifests below that one came from the source:
+    they come from the target, by digest, as the first level's. Either way the target
+    ends as a sync of the image leaves it."""
+    imgs = [ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)]
+    inner = ig.make_index(imgs, "oci")
+    push_image(src_registry.url, repo_name, inner, [])
+
+    def tagged(last: ig.Image) -> None:
+        push_image(src_registry.url, repo_name, last, [])
+        push_raw_manifest(src_registry.url, repo_name, "1", ig.dump_json({
+            "schemaVersion": 2, "mediaType": ig.OCI_INDEX,
+            "manifests": [inner.manifest.descriptor(),
+                          last.manifest.descriptor(platform=dict(ig.ARM_V7))]}), ig.OCI_INDEX)
+
+    v7, moved = (ig.make_image(rng, ig.ARM_V7, "oci") for _ in range(2))
+    tagged(v7)
+    src, dst = faultproxy(src_registry.url), faultproxy(dst_registry.url)
+    filtered = how == "filtered"
+    args = ["sync", f"{src.host}/{repo_name}:1", "--to", f"{dst.host}/{repo_name}-t",
+            *(["--platform", "linux/amd64"] if filtered else [])]
+    mirror_ok(*args, "-q")
+    held = state(dst_registry, f"{repo_name}-t")
+    old = held[repo_name]["tags"]["1"]
+    if not filtered:
+        tagged(moved)
+    src.reset_counters()
+    dst.reset_counters()
+    mirror_ok(*args, "-q", "--report", tmp_path / "r.json")
+    report = json.loads((tmp_path / "r.json").read_text())
+    if filtered:
+        assert _by_digest(src) == [inner.digest], src.requests
+        assert _by_digest(dst) == [imgs[0].digest], dst.requests
+        assert report["images"][0]["digest"] == old, report["images"]
+        assert report["targets"][0]["manifests_pushed"] == 0, report["targets"]
+        assert state(dst_registry, f"{repo_name}-t") == held
+        return
+    assert sorted(_by_digest(src)) == sorted([moved.digest, *(b.digest for b in moved.blobs())]), \
+        src.requests
+    assert sorted(_by_digest(dst)) == sorted([old, inner.digest, *(i.digest for i in imgs)]), \
+        dst.requests
+    assert report["targets"][0]["manifests_pushed"] == 2, report["targets"]
+    served(dst_registry, report, f"{repo_name}-t")
+    assert state(dst_registry, f"{repo_name}-t")[repo_name]["tags"]["1"] == \
+        report["images"][0]["digest"] != old
+
+
 def test_a_converted_rerun_reads_no_manifest_from_the_target(
         src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
         rng: random.Random, tmp_path: Path) -> None:
