@@ -34,11 +34,11 @@ from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault
 from tests.support.oracle import (
     ROOT,
-    STOP_AS_MODULES_GO,
     mirror_cmd,
     mirror_env,
     mirror_ok,
     run,
+    stop_as_it_leaves,
     stopped_mirror,
 )
 from tests.support.pusher import blob_exists, corrupt_list, get_manifest, push_image
@@ -1098,11 +1098,8 @@ def _stopped_in(module: str, *path: str) -> str:
 
 _STOPPED_ONCE_OVER = {  # the run's task over: as asyncio.run closes its loop, as the report
     "loop closing": _stopped_in("asyncio.runners", "Runner", "close"),  # is written, as the
-    "reporting": _stopped_in("mirror.report", "to_text"),  # interpreter exits (main returned)
-    "exiting": ("import atexit, os, signal, sys, time\n"
-                "atexit.register(lambda: (os.kill(os.getpid(), getattr(signal, SIG)),"
-                " time.sleep(0.2)))\n"),
-    "tearing down": STOP_AS_MODULES_GO,  # its modules (after the atexit calls)
+    "reporting": _stopped_in("mirror.report", "to_text"),  # process leaves (main returned)
+    "leaving": None,  # stop_as_it_leaves
 }
 
 
@@ -1121,11 +1118,13 @@ def test_a_stop_once_the_run_is_over_leaves_its_report_whole(
     returned (the interpreter exiting: 12 ms, its threads joined, its modules torn down)
     SIGTERM killed the process (exit -15) and SIGINT was an `Exception ignored` traceback;
     as its modules were torn down both still killed it (-2, -15: Python gives the signals
-    their default action back as it finalizes), the report saying `exit_code: 0`."""
+    their default action back as it finalizes), the report saying `exit_code: 0`. The run
+    now leaves without finalizing (mirror.cli._leave): the stop sent just before it does."""
     repo, img = image
     report, out = tmp_path / "r.json", tmp_path / "out.tar"
-    proc = _pull_stopped(_STOPPED_ONCE_OVER[moment], sig, f"{src_registry.host}/{repo}:v1",
-                         tmp_path)
+    setup = _STOPPED_ONCE_OVER[moment] or stop_as_it_leaves(sig, tmp_path / "left")
+    proc = _pull_stopped(setup, sig, f"{src_registry.host}/{repo}:v1", tmp_path)
+    assert moment != "leaving" or (tmp_path / "left").exists()  # the stop was sent
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     doc = json.loads(report.read_text())
     assert doc["exit_code"] == 0 and doc["error"] is None, doc

@@ -24,7 +24,7 @@ from tests.support.faultproxy import Fault
 from tests.support.oracle import (
     damaged_on_read,
     damaging,
-    env_stopped_as_modules_go,
+    env_stopped_as_it_leaves,
     error_line,
     lost_for_good,
     manifest_gone,
@@ -601,20 +601,21 @@ def _two_images(src_registry: Registry, repo_name: str, rng: random.Random, *nam
 def test_a_stop_as_a_finished_sync_exits_leaves_the_reports_exit_code(
         src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
         tmp_path: Path, sig: signal.Signals) -> None:
-    """A stop that lands once the sync's report is written, as the interpreter exits: the run
+    """A stop that lands once the sync's report is written, as the process exits: the run
     is over, so its exit code is the report's. It killed the process by the signal (the
     shell's 130 or 143, cron's exit code against the report's `exit_code: 0`; an operator
     saw it once): Python gives the signals a run holds their default action back as it
     finalizes, before it tears its modules down (SIGINT 0-40 ms after a sync's report
-    appeared: 18 of 30 killed, SIGTERM 9 of 20). Here the signal is sent while the modules
-    go (a sitecustomize's object freed then), widened by 0.2 s."""
+    appeared: 18 of 30 killed, SIGTERM 9 of 20). The run now leaves without finalizing
+    (mirror.cli._leave); here the signal is sent just before it does, widened by 0.2 s."""
     repos, imgs = _two_images(src_registry, repo_name, rng, "a", "b")
     report, u = tmp_path / "r.json", repo_name[-8:]
     proc = subprocess.run(mirror_cmd("sync", *(f"{src_registry.host}/{r}:1" for r in repos),
                                      "--to", f"{dst_registry.host}/x{u}", "--report", report,
                                      "-q"),
-                          env=env_stopped_as_modules_go(sig, tmp_path / "site"),
+                          env=env_stopped_as_it_leaves(sig, tmp_path / "site"),
                           capture_output=True, text=True, timeout=120)
+    assert (tmp_path / "site" / "left").exists()  # the stop was sent
     doc = json.loads(report.read_text())
     assert doc["exit_code"] == 0 and doc["error"] is None, doc
     assert proc.returncode == 0 and proc.stderr == "", (proc.returncode, proc.stderr)

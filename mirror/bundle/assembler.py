@@ -20,7 +20,7 @@ import queue
 import threading
 from array import array
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import wait
 from pathlib import Path
 
 from mirror.bundle.layout import Piecewise, blob_name
@@ -29,11 +29,11 @@ from mirror.bundle.writer import BUF, HeadFile, _header, _pad, head_files, head_
 from mirror.digest import Verifier
 from mirror.errors import naming
 from mirror.manifest import RawManifest
-from mirror.store import writeback
+from mirror.store import iowork, writeback
 
 # Writes of cached blobs into the bundle, each blob's in order. A pool of its own: its jobs
 # wait only for the thread reading their blob, never for the shared I/O pool.
-_WRITERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mirror-bundle-write")
+_WRITERS = iowork.pool(2, "mirror-bundle-write")
 _DIRS = _header("blobs/", 0, is_dir=True) + _header("blobs/sha256/", 0, is_dir=True)
 _FLUSH_EVERY = 256 << 20  # an fdatasync this often where writeback.start() is not possible
 

@@ -17,7 +17,24 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 CHUNK = 1 << 20
-IO_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="mirror-io")
+_POOLS: list[ThreadPoolExecutor] = []
+
+
+def pool(workers: int, name: str) -> ThreadPoolExecutor:
+    """A thread pool of the run's, finished by `finish_pools` as the process leaves."""
+    made = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+    _POOLS.append(made)
+    return made
+
+
+def finish_pools() -> None:
+    """Run every job queued on the pools (as the interpreter does at exit) and end their
+    threads."""
+    for made in _POOLS:
+        made.shutdown(wait=True)
+
+
+IO_POOL = pool(8, "mirror-io")
 
 
 class Serial:

@@ -269,21 +269,29 @@ def mirror_ok(*args: object, cwd: Path | str | None = None,
 # the module holding it goes; its class is made apart (exec), so that no function of that
 # module ties its globals into a cycle, which the collector would not free: mirror's
 # gc.freeze() leaves the objects of the start-up alone to the end
-STOP_AS_MODULES_GO = (
+STOP_AS_IT_LEAVES = (  # SIG and LEFT (a path) set before it
     "import os, signal, sys, time\n"
-    "_ns = {'kill': os.kill, 'pid': os.getpid(), 'sig': getattr(signal, SIG),"
-    " 'sleep': time.sleep}\n"
-    "exec('class Stop:\\n    def __del__(self):\\n        kill(pid, sig)\\n"
-    "        sleep(0.2)\\n', _ns)\n"
-    "_stop_as_modules_go = _ns.pop('Stop')()\n"
-    "del _ns\n")
+    "_exit, _kill, _pid = os._exit, os.kill, os.getpid()\n"
+    "def _leaving(code):\n"
+    "    open(LEFT, 'w').close()\n"
+    "    _kill(_pid, getattr(signal, SIG))\n"
+    "    time.sleep(0.2)\n"
+    "    _exit(code)\n"
+    "os._exit = _leaving\n")
 
 
-def env_stopped_as_modules_go(sig: signal.Signals, where: Path) -> dict[str, str]:
-    """mirror_env() for a `python -m mirror` sent `sig` as it tears its modules down (after
-    main returned): STOP_AS_MODULES_GO as a sitecustomize in `where`, first on PYTHONPATH."""
+def stop_as_it_leaves(sig: str, left: Path) -> str:
+    """Setup code for a `mirror` child (its main() with the command line's flags) that sends
+    it `sig` as it leaves (mirror.cli._leave: its report written, its pools and threads
+    done, os._exit next), 0.2 s before it goes; `left` is made then (the moment came)."""
+    return f"SIG = {sig!r}\nLEFT = {str(left)!r}\n" + STOP_AS_IT_LEAVES
+
+
+def env_stopped_as_it_leaves(sig: signal.Signals, where: Path) -> dict[str, str]:
+    """mirror_env() for a `python -m mirror` sent `sig` as it leaves: stop_as_it_leaves as
+    a sitecustomize in `where`, first on PYTHONPATH; `where / "left"` made then."""
     where.mkdir(parents=True, exist_ok=True)
-    (where / "sitecustomize.py").write_text(f"SIG = {sig.name!r}\n" + STOP_AS_MODULES_GO)
+    (where / "sitecustomize.py").write_text(stop_as_it_leaves(sig.name, where / "left"))
     env = mirror_env()
     env["PYTHONPATH"] = f"{where}{os.pathsep}{env['PYTHONPATH']}"
     return env
