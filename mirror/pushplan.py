@@ -121,17 +121,20 @@ class BlobPlan:
 
 
 def push_requests(img: PushImage, there: set[str], target: Hashable, merge: bool,
-                  mounted: Callable[[Descriptor], bool]) -> set[Hashable]:
+                  mounted: Callable[[Descriptor], bool], step0: bool | None | str = "unasked"
+                  ) -> set[Hashable]:
     """The requests a push of `img` may make at its target, at most, each named as the push
     makes it once (`target` tells targets apart): of each blob not `there` a HEAD in its
     repository and, where the push mounts it from a repository of the target's registry
     (`mounted`: a sync within one registry mounts from the source's), the mount's POST
     alone, else an upload (its session's POST and the PUT, a PATCH more above
-    MONOLITHIC_MAX); of each manifest a HEAD and the PUT, and for a tag the GET of what it
-    holds and a HEAD of the index merged with it (`merge`: the root by digest too); of a
-    referrer, the GET and the PUT of its subject's fallback index (a registry without the
-    referrers API). A sync's admission promises them where the target is the source's own
-    registry, whose budget they spend (mirror.sync_plan)."""
+    MONOLITHIC_MAX); of each manifest a HEAD and the PUT, but of the root's reference the
+    PUT alone where step 0 asked about it (`step0`: its answer, False: the reference names
+    another manifest, None: nothing; "unasked"); for a tag that may name something, the GET
+    of what it holds and, with `merge`, a HEAD of the index merged with it and the root by
+    digest; of a referrer, the GET and the PUT of its subject's fallback index (a registry
+    without the referrers API). A sync's admission promises them where the target is the
+    source's own registry, whose budget they spend (mirror.sync_plan)."""
     repo = img.repository
     out: set[Hashable] = set()
     for d in img.blobs:
@@ -141,13 +144,19 @@ def push_requests(img: PushImage, there: set[str], target: Hashable, merge: bool
         if not mounted(d):
             kinds += ("PUT", *(("PATCH",) if d.size > MONOLITHIC_MAX else ()))
         out |= {(target, repo, d.digest, kind) for kind in kinds}
+    at = img.tag or img.root.digest
     refs = [m.digest for m in img.manifests[:-1]]
-    refs += [img.tag, *([img.root.digest] if merge else [])] if img.tag else [img.root.digest]
+    if img.tag and merge and step0 is not None:
+        refs.append(img.root.digest)
     out |= {(target, repo, ref, kind) for ref in refs for kind in ("manifest HEAD", "PUT")}
-    if img.tag:
-        out |= {(target, repo, img.tag, "GET"), (target, repo, img.tag, "merged HEAD")}
-    if img.referrer_of is not None:
-        out |= {(target, repo, img.referrer_of, kind) for kind in ("fallback GET", "PUT")}
+    out |= {(target, repo, at, kind) for kind in
+            ("PUT", *(("manifest HEAD",) if step0 == "unasked" else ()))}
+    if img.tag and step0 is not None:
+        out |= {(target, repo, img.tag, kind) for kind in
+                ("GET", *(("merged HEAD",) if merge else ()))}
+    if img.tag is None and img.root.subject is not None:  # as Pusher._place adds it
+        out |= {(target, repo, img.root.subject.digest, kind)
+                for kind in ("fallback GET", "fallback PUT")}
     return out
 
 

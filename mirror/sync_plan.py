@@ -138,10 +138,11 @@ class SyncPlanner(Planner):
                 own, refs, _ = _placed(plan, target)
                 asked = self.asked[n]
                 for img in own + refs:
-                    if not asked.get((img.repository, img.tag or img.root.digest,
-                                      img.root.digest)):
+                    key = (img.repository, img.tag or img.root.digest, img.root.digest)
+                    if not asked.get(key):  # not there whole
                         out |= push_requests(img, self.there[n], n, self.merge,
-                                             lambda d: d.digest in mounts)
+                                             lambda d: d.digest in mounts,
+                                             asked.get(key, "unasked"))
         return out
 
     def stopped(self, progress: Progress) -> tuple[set[int], list[tuple[Target, PushResult]]]:

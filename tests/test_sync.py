@@ -1440,8 +1440,12 @@ def test_a_budgeted_sync_to_its_own_registry_goes_on_run_after_run(
     HEADs, uploads, manifest HEADs and PUTs) spend the budget admission promised to the
     blob GETs, so the uploads were refused, and every run left all six images waiting, the
     same run every night, with a warning that the budget went before any image could be
-    fetched. Admission counts the push's requests there too (at most what it may make): each
-    run pushes the images that fit, whole, and the next goes on from there."""
+    fetched. Admission counts the push's requests there too, what it will send (a HEAD and
+    a mount per blob; a HEAD and a PUT per child manifest, the PUT alone of the tag, whose
+    HEAD resolving asked): a budget of three images' requests (as an unbudgeted sync sends
+    them) pushes three, whole, and the next run goes on from there (it promised a GET and
+    an upload per blob, and a HEAD and the tag's GET the push did not send: 4, 2, 0
+    waiting, then with mounts 4, 2, 1, 0)."""
     imgs, refs, src, once, each = indexes_synced(src_registry, faultproxy, repo_name, rng,
                                                  tmp_path, 6, "")
     cfg = images_yaml(tmp_path, refs, f"registries:\n  {src.host}:\n"
@@ -1461,7 +1465,8 @@ def test_a_budgeted_sync_to_its_own_registry_goes_on_run_after_run(
                "t")
         if not waiting[-1]:
             break
-    assert waiting[0] and waiting[-1] == 0 and waiting == sorted(set(waiting))[::-1], waiting
+    assert waiting[0] == 3 and waiting[-1] == 0 and waiting == sorted(set(waiting))[::-1], \
+        waiting
 
 
 def synced_within(reg: Registry, proxy, refs: list[str], prefix: str, tmp_path: Path,
@@ -1540,3 +1545,41 @@ def test_a_mount_refused_within_one_registry_is_uploaded(
     assert refused.hits and err.count("not mounted from") == refused.hits, err
     dropped = [p for m, p, _ in asked if m == "DELETE" and p == where]
     assert len(dropped) == (refused.hits if status == 202 else 0), asked
+
+
+def test_a_budget_of_what_a_sync_within_one_registry_sends_carries_every_image(
+        src_registry: Registry, faultproxy, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """Admission on a registry that is both source and target promises what the push will
+    send there: given exactly the requests an unbudgeted sync of the same images sent (a
+    Docker list with a signature and an SBOM, an OCI index, a single image by digest), a
+    budgeted one pushes all three (it promised an upload and a GET per blob where a mount
+    goes, the root's HEAD that resolving asked, and the GET of a tag there was not: the
+    last image waited); one request fewer, and the last image waits from the start, not
+    asked about at the target but for its tag's HEAD, the others pushed whole (the SBOM's
+    fallback index PUT was promised under the same name as the PUT of its subject by
+    digest: the budget ran out at that PUT, mid-push)."""
+    refs = seed_several(src_registry, repo_name, rng)
+    src = faultproxy(src_registry.url)
+    refs = [r.replace(src_registry.host, src.host) for r in refs]
+    mirror_ok("sync", "-f", images_yaml(tmp_path, refs), "--to", f"{src.host}/free", "-q",
+              "--report", tmp_path / "free.json")
+    budget = sum(json.loads((tmp_path / "free.json").read_text())["requests"][src.host]
+                 .values())
+    for prefix, given, waits in (("all", budget, []), ("less", budget - 1, refs[2:])):
+        src.requests.clear()
+        cfg = images_yaml(tmp_path, refs, f"registries:\n  {src.host}:\n"
+                                          f"    max_requests_per_run: {given}\n")
+        run = run_mirror("sync", "-f", cfg, "--to", f"{src.host}/{prefix}", "--report",
+                         tmp_path / "s.json")
+        assert run.returncode == (14 if waits else 0), run.stderr
+        report = json.loads((tmp_path / "s.json").read_text())
+        assert report["waiting"] == waits, report["waiting"]
+        placed = [p["source"] for p in report["targets"][0]["placement"]]
+        assert placed == refs[:len(refs) - len(waits)], placed
+        served(src_registry, {"images": [e for e in report["images"] if e["error"] is None]},
+               prefix)
+        if waits:  # the single image, by digest: its digest tag's HEAD alone
+            tag = refs[2].rpartition("@")[2].replace(":", "-")
+            asked = [(m, p) for m, p, _ in src.requests if f"/{prefix}/{repo_name}/one/" in p]
+            assert asked == [("HEAD", f"/v2/{prefix}/{repo_name}/one/manifests/{tag}")], asked
