@@ -796,6 +796,16 @@ def test_a_refused_load_counts_no_retry_it_did_not_make(basic, src_registry: Reg
         assert json.loads((tmp_path / "r.json").read_text())["retries"] == 0
 
 
+def test_basic_sync_within_one_registry_mounts(basic, tmp_path: Path) -> None:
+    """htpasswd (Basic: no scopes): a sync to its source's own registry mounts each blob
+    from the source repository, nothing uploaded."""
+    reg, ref, img = basic
+    ok(cli(tmp_path, "sync", ref, "--to", f"{reg.host}/within", "--report",
+           tmp_path / "report.json", env=basic_config(tmp_path, reg.host)))
+    done = json.loads((tmp_path / "report.json").read_text())["targets"][0]
+    assert (done["blobs_mounted"], done["blobs_pushed"]) == (len(img.all_blobs()), 0), done
+
+
 def test_bearer_sync_within_one_registry_mounts_with_the_source_pull_scope(
         tokens, ts: TokenServer, tmp_path: Path) -> None:
     """A sync to its source's own registry (token auth, as distribution's) mounts each blob
