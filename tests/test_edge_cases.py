@@ -305,6 +305,35 @@ def test_a_push_stopped_while_a_session_opens_cancels_it(src_registry, dst_regis
         assert took < 8.5, took
 
 
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["sigint-130", "sigterm-143"])
+def test_a_session_post_not_sent_when_the_push_stops_is_never_sent(src_registry, dst_registry,
+                                                                   faultproxy, rng, repo_name,
+                                                                   tmp_path, sig, code):
+    """Ctrl-C or SIGTERM while the POST that would open an upload session waits to be sent
+    (here for its second try: the registry's 503 with Retry-After pauses the host): the
+    POST went all the same once the stop came, shielded as one on its way (4196f52), and
+    the session it opened was DELETEd, two requests after the stop. It is dropped now:
+    no POST after the stop, nothing to cancel."""
+    img = ig.make_image(rng, ig.AMD64, fmt="oci")
+    push_image(src_registry.url, repo_name, img, tags=["1"])
+    out = tmp_path / "b.tar"
+    mirror_ok("pull", f"{src_registry.host}/{repo_name}:1", "-o", out, "--cache",
+              tmp_path / "c", "-q")
+    proxy = faultproxy(dst_registry.url)
+    busy = proxy.add(Fault("status", method="POST", path=r"/blobs/uploads/$", status=503,
+                           headers={"Retry-After": "3"}))
+    prefix = f"unsent-{repo_name.rsplit('-', 1)[-1]}"
+    proc = stopped_mirror(lambda: busy.hits > 0, "no upload session asked for", "load", out,
+                          "--to", f"{proxy.host}/{prefix}", "-j", "1", "-q", sig=sig,
+                          after=0.3)
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr and "pending" not in proc.stderr, proc.stderr
+    assert len(proxy.paths("POST")) == 1, proxy.requests  # the one answered 503
+    assert proxy.paths("DELETE") == [], proxy.requests
+    assert _open_sessions(dst_registry, prefix) == []
+
+
 def test_manifest_arriving_in_small_pieces_is_read_whole(src_registry, faultproxy, repo_name,
                                                          rng, tmp_path):
     imgs = [ig.make_image(rng, p, fmt="oci") for p in (ig.AMD64, ig.ARM64)]

@@ -78,6 +78,30 @@ class Reply:
     body: bytes | None = None
 
 
+class OnTheWire:
+    """Whether a request is on its way: `now` is true while one of its tries may reach the
+    registry and its answer is not in (`send` sets it around each try). For a caller that
+    may be cancelled meanwhile (an upload session's POST, mirror.registry.upload): a request
+    not on its way never left (it waits for a slot, a token, the host's pause, a back-off,
+    or its first try), and dropping it sends nothing; one on its way may have been acted
+    on."""
+
+    __slots__ = ("now",)
+
+    def __init__(self) -> None:
+        self.now = False
+
+
+async def _on_the_wire(wire: OnTheWire, sending: Awaitable[aiohttp.ClientResponse]
+                       ) -> aiohttp.ClientResponse:
+    """One try of a request (`sending`), `wire` saying meanwhile that it is on its way."""
+    wire.now = True
+    try:
+        return await sending
+    finally:
+        wire.now = False
+
+
 async def _error_body(resp: aiohttp.ClientResponse) -> bytes:
     """The first bytes of an error answer (its codes and message), and the response
     released."""
@@ -192,6 +216,7 @@ class Transport(Accounting):
         note: str | None = None,
         registry: str | None = None,
         kind: str = "",
+        wire: OnTheWire | None = None,
     ) -> Reply:
         """The one retry loop: every request of a run goes through here, to a registry, its
         token server, a redirect target or a foreign URL alike (each just a host: its own
@@ -210,7 +235,8 @@ class Transport(Accounting):
         under `kind` for the report and its RateLimit headers read; one of its API waits for
         a slot of the registry's limiter (mirror.registry.ratelimit), whose cap a 429 halves:
         other registries never wait for it. A token is fetched before the slot is taken (the
-        request that needs it holds none yet), and takes none."""
+        request that needs it holds none yet), and takes none. `wire`, when given, says
+        when a try is on its way."""
         started = time.monotonic()
         gate = self.gate(url)
         ssl_ctx = self.ssl_for_url(url) if ssl_ctx is None else ssl_ctx
@@ -227,9 +253,10 @@ class Transport(Accounting):
             attempt += 1
             t0 = time.monotonic()
             try:
-                resp = await self.session.request(
+                sending = self.session.request(
                     method, url, headers=hdrs, data=data() if callable(data) else data,
                     params=params, ssl=ssl_ctx, allow_redirects=allow_redirects)
+                resp = await (sending if wire is None else _on_the_wire(wire, sending))
             except (TimeoutError, aiohttp.ClientConnectionError,
                     aiohttp.ClientResponseError) as e:  # the latter: an answer not HTTP
                 if held is not None:
@@ -328,9 +355,10 @@ class Transport(Accounting):
         what: str = "",
         allow_redirects: bool = True,
         retry: bool = True,
+        wire: OnTheWire | None = None,
     ) -> aiohttp.ClientResponse:
         """A request of the registry API: `send` with the registry's auth; return the
-        response (caller releases it).
+        response (caller releases it). `wire`: as send's.
 
         Raises AuthError, NotFound, RateLimited or RegistryError. `data` may be bytes, a
         callable that returns a fresh body for each try, or a one-shot stream; a one-shot
@@ -352,7 +380,7 @@ class Transport(Accounting):
                     method, full, headers=headers, data=data, retry=retry,
                     auth=functools.partial(ep.auth.header, scopes) if own else None,
                     ssl_ctx=ep.ssl if own else None, allow_redirects=allow_redirects,
-                    registry=registry)
+                    registry=registry, wire=wire)
             except TransferError as e:
                 raise RegistryError(
                     f"{_where(registry, repository)}: {what or method}: {e.why}"

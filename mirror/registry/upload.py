@@ -17,6 +17,7 @@ import aiohttp
 from mirror.aio import cancel_all, retrieved
 from mirror.errors import BudgetSpent, IntegrityError, NotFound, RateLimited, RegistryError
 from mirror.manifest import Descriptor
+from mirror.registry.transport import OnTheWire
 
 if TYPE_CHECKING:
     from mirror.registry.transport import Transport
@@ -38,7 +39,7 @@ class Uploads:
     with the latest Location, whose state token changes with each PATCH) until it is
     finished or cancelled, so a load that stops can cancel what it left open
     (`cancel_open_uploads`); a POST that opens one, cut short by the stop, in `_opening`
-    until its answer says which (`_post`)."""
+    until its answer says which, or dropped if it had not left (`_post`)."""
 
     t: Transport
     bytes_uploaded: int
@@ -158,24 +159,30 @@ class Uploads:
         even when the caller is cancelled meanwhile (a stop): the registry opens the session
         whether or not the run hears its answer, and one whose Location the run never
         learned stayed open, empty, for the registry's upload purging. The cancellation
-        goes on at once; the POST is left to `cancel_open_uploads`, which waits for its
-        answer (within its time) and cancels the session it opened."""
-        task = asyncio.ensure_future(self._posted(registry, repo, url, what, mount_from))
+        goes on at once; a POST on its way is left to `cancel_open_uploads`, which waits for
+        its answer (within its time) and cancels the session it opened; one that had not
+        left (waiting for a slot, a token, the host's pause, a back-off) is dropped: it was
+        sent after the stop, then its session DELETEd."""
+        wire = OnTheWire()
+        task = asyncio.ensure_future(self._posted(registry, repo, url, what, mount_from, wire))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
             task.add_done_callback(retrieved)  # its error, if any, is nobody's now
             if not task.done():
-                self._opening.add(task)
+                if not wire.now:  # never left (its answer, were it in, opened nothing)
+                    task.cancel()
+                self._opening.add(task)  # cancel_open_uploads waits for it to end
                 task.add_done_callback(self._opening.discard)
             raise
 
     async def _posted(self, registry: str, repo: str, url: str, what: str,
-                      mount_from: str | None) -> str | None:
+                      mount_from: str | None, wire: OnTheWire) -> str | None:
         resp = await self.t.request(
             registry, "POST", url, repository=repo, actions="pull,push",
             extra_scopes=() if mount_from is None else (f"repository:{mount_from}:pull",),
-            ok=(202,) if mount_from is None else (201, 202), what=what, allow_redirects=False)
+            ok=(202,) if mount_from is None else (201, 202), what=what, allow_redirects=False,
+            wire=wire)
         async with resp:
             if resp.status == 201:
                 return None
