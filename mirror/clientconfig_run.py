@@ -111,7 +111,7 @@ async def client_config(args: argparse.Namespace, progress, report: Report) -> i
         access = await access_of(t, target.registry)
         # the tags the load gave: a pinned image's digest tag gives way to its referrers'
         # index where the target has no referrers API (asked only when one could)
-        await give_way(images, target.registry, Finder(Client(t)), progress)
+        await give_way(images, target.registry, Finder(Client(t)), progress.warn)
     write_for(args.output, [(images, target, access)], args.no_fallback, progress, report)
     if not args.quiet:
         print(args.output / README)

@@ -95,6 +95,7 @@ async def push(client: Client, registry: str, images: list[PushImage], source: S
         if plan.missing_base:
             missing = plan.missing_base
             raise (incomplete or _incomplete)(missing, plan.searched)
+        pusher.fallbacks.say_gave_way()
         unread: dict[str, BudgetSpent] = {}
         if dry_run:
             blobs.listed(plan)

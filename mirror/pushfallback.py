@@ -18,6 +18,7 @@ what it puts, as of every manifest (`Placed`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from mirror.artifacts import fallback_tag
@@ -62,10 +63,21 @@ class Fallbacks:
         # (repository, subject) -> the image whose digest tag gave way to the subject's
         # fallback index (give_way): found under that tag, it is not a referrers' index
         self.gave_way: dict[tuple[str, str], str] = {}
+        self._gave_way_said: list[str] = []  # give_way's warnings, for `say_gave_way`
 
     async def give_way(self, images: list[PushImage]) -> None:
-        """`give_way` for this push: what gave way is remembered (`add`)."""
-        self.gave_way.update(await give_way(images, self.reg, self.finder, self.progress))
+        """`give_way` for this push: what gave way is remembered (`add`); its warnings wait
+        for `say_gave_way`."""
+        self.gave_way.update(await give_way(images, self.reg, self.finder,
+                                            self._gave_way_said.append))
+
+    def say_gave_way(self) -> None:
+        """give_way's warnings, once the push is to go ahead: one that fails before it
+        pushes anything (an incremental bundle's base not at the target, exit 11) says its
+        error alone, not first the tags of a push that never came."""
+        for line in self._gave_way_said:
+            self.progress.warn(line)
+        self._gave_way_said.clear()
 
     async def add(self, repo: str, m: RawManifest) -> None:
         """After referrer `m` is pushed by digest (or found there): where the target has no
@@ -127,12 +139,12 @@ class Fallbacks:
 
 
 async def give_way(images: list[PushImage], registry: str, finder: Finder,
-                   progress: Progress) -> dict[tuple[str, str], str]:
+                   warn: Callable[[str], object]) -> dict[tuple[str, str], str]:
     """An image pinned by digest is tagged `sha256-<hex>` after its source digest
     (mirror.mapping: digest_tag), which on a registry with no referrers API is the tag of the
     index of that digest's referrers (the OCI fallback tag, mirror.artifacts.fallback_tag).
     Where `images` carry such a referrer, the spec's meaning wins: the image goes by digest
-    (its other tags stay), said once, and the tag holds the referrers' index (replacing the
+    (its other tags stay), said once (`warn`), and the tag holds the referrers' index (replacing the
     image where a load left it there). `images` is changed in place: the push's plan, and
     `mirror client-config`'s, which so names the tags the load gave. Returns, per
     (repository, subject), the digest of the image that gave way."""
@@ -144,7 +156,7 @@ async def give_way(images: list[PushImage], registry: str, finder: Finder,
         subject = fallbacks.get((p.repository, p.tag or ""))
         if p.referrer_of is None and subject is not None and \
                 not await finder.has_api(registry, p.repository, subject):
-            progress.warn(
+            warn(
                 f"{p.name} is not tagged {p.tag} at {registry}/{p.repository}: there that "
                 "tag is the index of its referrers (no referrers API: the OCI fallback "
                 "tag); it goes by digest (tag_as: in images.yaml gives it a tag)")

@@ -690,6 +690,38 @@ def test_dry_run_lists_the_fallback_tag_index_as_the_run_pushes_it(
         assert sorted(e["digest"] for e in fb["manifests"]) == sorted([sbom.digest, sbom2.digest])
 
 
+def test_a_load_that_fails_for_its_base_says_so_first(src_registry, dst_registry, repo_name,
+                                                      rng, tmp_path):
+    """An incremental bundle whose base is not loaded, its image pinned by digest with an
+    SBOM, into a registry with no referrers API: the load printed first that the image `is
+    not tagged sha256-<hex>` (it goes by digest), then the error that decides the run (exit
+    11, nothing pushed): the operator read first a line about a push that never came. The
+    error is the load's only line; the warning comes with the load that pushes (its base
+    loaded first)."""
+    img = ig.make_image(rng, ig.AMD64, fmt="oci")
+    push_image(src_registry.url, repo_name, img, tags=["1.0"])
+    push_sbom(src_registry.url, repo_name, img.manifest)
+    pinned = f"{src_registry.host}/{repo_name}@{img.digest}"
+    base, inc, to = tmp_path / "base.tar", tmp_path / "inc.tar", f"{dst_registry.host}/inc"
+    mirror_ok("pull", pinned, "-o", base, "--cache", tmp_path / "c", "-q")
+    mirror_ok("pull", pinned, "--base", base, "-o", inc, "--cache", tmp_path / "c", "-q")
+    proc = run_mirror("load", inc, "--to", to, "-q")
+    assert proc.returncode == 11, proc.stderr
+    first, *rest = proc.stderr.splitlines()
+    assert first.startswith(f"mirror: error: {inc}: incremental bundle: "), proc.stderr
+    assert [line.split(", sha256:")[0] for line in rest] == [
+        f"  hint: load first the bundle(s) made before this one (it was made against "
+        f"{base.name}"], proc.stderr
+    tag = "sha256-" + img.digest.split(":")[1]
+    for bundle in (base, inc):  # base first: each load pushes, and says the tag gave way
+        proc = mirror_ok("load", bundle, "--to", to, "-q")
+        [line] = proc.stderr.splitlines()
+        assert line.split(" ", 1)[1] == (
+            f"warning: {pinned} is not tagged {tag} at {to}/{repo_name}: there that tag is "
+            "the index of its referrers (no referrers API: the OCI fallback tag); it goes by "
+            "digest (tag_as: in images.yaml gives it a tag)"), proc.stderr
+
+
 @pytest.mark.parametrize("platform", ["all", "linux/arm64"])  # the index as it is, filtered
 def test_a_digest_tag_gives_way_to_the_fallback_index_of_the_same_digest(
         src_registry, dst_registry, repo_name, rng, tmp_path, platform):
