@@ -262,13 +262,19 @@ class Planner:
             return
         RETRY_COUNTER.set(self.retry_counts[i])  # this task, and those it starts
         slots = self.slots(spec.reference.registry)
+        held: list[There | None] = [None]  # where else it is held, for its referrers too
+
+        async def elsewhere(root: RawManifest | str,
+                            foresee: Callable[[], Awaitable[Foreseen | None]]) -> There | None:
+            held[0] = await self.elsewhere(i, spec, root, foresee)
+            return held[0]
+
         try:
             async with slots:
                 self.began[i] = time.monotonic()
                 plan = await resolve(self.client, spec,
                                      lambda r, p, d: self.config(i, r, p, d),
-                                     self.opts.referrer_types,
-                                     lambda root, ahead: self.elsewhere(i, spec, root, ahead))
+                                     self.opts.referrer_types, elsewhere)
             missing = missing_platforms(spec, plan)
             if missing:  # some asked for, not all: the bundle lacks them, so say it
                 self.progress.warn(
@@ -289,7 +295,7 @@ class Planner:
                 await self.finder.listing(spec.reference.registry, spec.reference.repository)
                 async with slots:
                     await attach_referrers(self.finder, spec, plan, self.opts.referrer_types,
-                                           self.progress)
+                                           self.progress, held[0])
             await self.admit(i, plan)
         except NotFound as e:
             self.failed(i, _gone(spec, e, self.GONE) if spec.pin is not None and
@@ -337,13 +343,16 @@ def missing_platforms(spec: ImageSpec, plan: Image) -> list[str]:
 
 
 async def attach_referrers(finder: Finder, spec: ImageSpec, plan: Image,
-                           types: tuple[str, ...], progress: Progress) -> None:
+                           types: tuple[str, ...], progress: Progress,
+                           there: There | None = None) -> None:
     """Find what refers to the image (its source index and each platform manifest) and add
-    each referrer, an image of its own, to the image's referrers (its blobs to the image's)."""
+    each referrer, an image of its own, to the image's referrers (its blobs to the image's).
+    `there`: where the image is held already, whose referrers are read from there (what it
+    lists: mirror.referrers.Finder)."""
     ref = spec.reference
     subjects = dict.fromkeys([plan.source_digest, *plan.source_platform_digests.values()])
     for subject in subjects:
-        for r in await finder.discover(ref.registry, ref.repository, subject, types):
+        for r in await finder.discover(ref.registry, ref.repository, subject, types, there):
             if r.root.is_index:
                 progress.warn(f"{plan.name}: skipping referrer {r.root.digest} of {subject}:"
                               " an index of referrers is not carried yet")

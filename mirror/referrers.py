@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable
 from typing import Any
 
 from mirror import mediatypes as mt
 from mirror.artifacts import COSIGN_SUFFIXES, fallback_tag, kind_of, wanted
-from mirror.errors import NotFound, RegistryError
+from mirror.errors import MirrorError, NotFound, RegistryError
 from mirror.image import Image
 from mirror.manifest import Descriptor, RawManifest, dump_json
 from mirror.reference import Reference
 from mirror.registry.client import Client
+from mirror.resolve import There
 
 
 class Finder:
@@ -104,7 +106,8 @@ class Finder:
             is not None
 
     async def discover(self, registry: str, repo: str, subject: str,
-                       artifact_types: tuple[str, ...] = ()) -> list[Image]:
+                       artifact_types: tuple[str, ...] = (), there: There | None = None
+                       ) -> list[Image]:
         """Everything that refers to `subject` in `registry/repo`, each an image of its own
         (named by its cosign tag, else by digest), filtered by kind or artifactType
         (mirror.artifacts.wanted). For a registry with `referrers: cached`, what is found is
@@ -113,12 +116,14 @@ class Finder:
         change, but what refers to it can, so this is the user's choice. Other registries
         are asked every run, and nothing is kept for them (a record per manifest no run
         reads: 1,200 small files at 400 images, written by the first run and read back by
-        every rerun to compare)."""
+        every rerun to compare). `there`: where the image is held already (a sync's
+        target: mirror.resolve.There), whose referrers of `subject` are read from there
+        (`_find`)."""
         store = self.client.manifests if registry in self.client.cached_referrers else None
         kept = store.referrers(registry, repo, subject) if store is not None else None
         found = await self._kept(registry, repo, subject, kept) if kept is not None else None
         if found is None:
-            found = await self._find(registry, repo, subject)
+            found = await self._find(registry, repo, subject, there)
             if store is not None:
                 store.keep_referrers(registry, repo, subject, [
                     {"digest": r.root.digest, "kind": r.kind,
@@ -147,8 +152,11 @@ class Finder:
             out.append(Image.referrer(raw, subject, str(e.get("kind")), where, tag))
         return out
 
-    async def _find(self, registry: str, repo: str, subject: str) -> list[Image]:
-        """What refers to `subject`, asked of the registry."""
+    async def _find(self, registry: str, repo: str, subject: str,
+                    there: There | None = None) -> list[Image]:
+        """What refers to `subject`, asked of the registry; the manifests it lists by
+        digest read from `there` where it lists them too (`_held`), checked against their
+        digests as from the registry (from the registry when it cannot serve one)."""
         client = self.client
         where = Reference(registry, repo)
         found: list[Image] = []
@@ -158,8 +166,12 @@ class Finder:
         if descs is None and fallback in tags:
             index = await client.get_manifest(registry, repo, fallback)
             descs = index.children if index.is_index else []
+        held = await self._held(there, subject) if there is not None and descs else None
         for d in descs or []:
-            raw = await client.get_manifest(registry, repo, d.digest, expected=d)
+            def ask(reg: str, rep: str, d: Descriptor = d) -> Awaitable[RawManifest]:
+                return client.get_manifest(reg, rep, d.digest, expected=d)
+            raw = await held.read(client, ask, d.digest, where) if held is not None else \
+                await ask(registry, repo)
             s = raw.subject
             if s is None or s.digest != subject:
                 continue  # a stale fallback entry
@@ -170,6 +182,23 @@ class Finder:
                 raw = await client.get_manifest(registry, repo, fallback + suffix)
                 found.append(Image.referrer(raw, subject, kind, where, fallback + suffix))
         return found
+
+
+    async def _held(self, there: There, subject: str) -> There | None:
+        """The referrers of `subject` that `there` lists (its referrers API's answer, else
+        its `sha256-<hex>` fallback index: one request), to be read from there; None when
+        it lists none, or cannot say (said with -v alone)."""
+        try:
+            descs = await self._api(there.registry, there.repository, subject)
+            if descs is None:
+                index = await held_fallback(self.client, there.registry, there.repository,
+                                            subject)
+                descs = index.children if index is not None and index.is_index else []
+        except MirrorError as e:
+            self.client.t.debug(f"{e}: the referrers of {subject} read from the source")
+            return None
+        listed = {d.digest for d in descs}
+        return There(there.registry, there.repository, listed) if listed else None
 
 
 def _refers(raw: RawManifest, subject: str, kind: object, tag: object) -> bool:

@@ -1433,6 +1433,76 @@ def test_a_converted_rerun_reads_no_manifest_from_the_target(
     assert report["targets"][0]["manifests_pushed"] == 0, report["targets"]
 
 
+def test_a_filtered_rerun_reads_the_referrers_the_target_lists_from_the_target(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """The amd64 manifest of a filtered index has an SBOM (by digest, listed in its
+    `sha256-<hex>` fallback index: distribution has no referrers API): a rerun asked the
+    source for the SBOM by digest every time. The target's fallback index for that subject
+    lists it (the run before pushed it), so it is read from the target (one GET of the
+    index there, one of the SBOM, checked against its digest); the source is asked its
+    tag and fallback index, nothing by digest, and the target is left as it was."""
+    img = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64_V8)],
+                        "oci")
+    push_image(src_registry.url, repo_name, img, ["1"])
+    sbom = push_sbom(src_registry.url, repo_name, img.images[0].manifest)
+    src, dst, args = _synced_filtered(src_registry, dst_registry, faultproxy, repo_name, img,
+                                      "--platform", "linux/amd64")
+    held = state(dst_registry, f"{repo_name}-t")
+    assert sbom.digest in held[repo_name]["manifests"], held
+    mirror_ok(*args, "-q", "--report", tmp_path / "r.json")
+    assert not _by_digest(src), src.requests
+    assert sbom.digest in _by_digest(dst), dst.requests
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["targets"][0]["manifests_pushed"] == 0, report["targets"]
+    assert state(dst_registry, f"{repo_name}-t") == held
+    dst.add(Fault("flip_byte", method="GET", path=f"/manifests/{sbom.digest}", offset=10,
+                  times=None))
+    src.reset_counters()
+    synced = mirror_ok(*args, "-v")  # damaged there: from the source, -v alone says so
+    assert [line for line in synced.stderr.splitlines()
+            if "read from the source" in line and sbom.digest in line], synced.stderr
+    assert _by_digest(src) == [sbom.digest], src.requests
+    assert state(dst_registry, f"{repo_name}-t") == held
+
+
+def test_a_rerun_reads_the_referrers_the_target_holds_from_the_target(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """An index the target serves whole, with an SBOM of the index and one of its amd64
+    manifest (by digest, in their `sha256-<hex>` fallback indexes): a rerun asked the
+    source for both SBOMs by digest every time (the manifests below the root it read from
+    the target already). Now the source is asked its tag, its tag list and the fallback
+    indexes, nothing by digest, and the target is left as it was. A new SBOM upstream
+    (the amd64 manifest's fallback index lists two) is read from the source, it alone."""
+    img = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64_V8)],
+                        "oci")
+    push_image(src_registry.url, repo_name, img, ["1"])
+    sboms = [push_sbom(src_registry.url, repo_name, s)
+             for s in (img.manifest, img.images[0].manifest)]
+    src, dst, args = _synced_filtered(src_registry, dst_registry, faultproxy, repo_name, img)
+    held = state(dst_registry, f"{repo_name}-t")
+    assert {s.digest for s in sboms} <= set(held[repo_name]["manifests"]), held
+    mirror_ok(*args, "-q", "--report", tmp_path / "r.json")
+    assert not _by_digest(src), src.requests
+    assert {s.digest for s in sboms} <= set(_by_digest(dst)), dst.requests
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["targets"][0]["manifests_pushed"] == 0, report["targets"]
+    assert state(dst_registry, f"{repo_name}-t") == held
+    subject = img.images[0].manifest  # a new SBOM of it upstream, beside the first
+    body = json.loads(sboms[1].data)
+    body["annotations"] = {"org.opencontainers.image.created": "2026-02-01T00:00:00Z"}
+    new = ig.Blob(ig.dump_json(body), ig.OCI_MANIFEST)
+    push_raw_manifest(src_registry.url, repo_name, new.digest, new.data, new.media_type)
+    push_raw_manifest(src_registry.url, repo_name, fallback_tag(subject.digest),
+                      fallback_index([sboms[1], new]), ig.OCI_INDEX)
+    src.reset_counters()
+    mirror_ok(*args, "-q")
+    assert [d for d in _by_digest(src) if d in {new.digest, *(s.digest for s in sboms)}] \
+        == [new.digest], src.requests
+    assert new.digest in state(dst_registry, f"{repo_name}-t")[repo_name]["manifests"]
+
+
 def test_a_budgeted_sync_to_its_own_registry_goes_on_run_after_run(
         src_registry: Registry, faultproxy, repo_name: str, rng: random.Random,
         tmp_path: Path) -> None:
