@@ -251,6 +251,32 @@ def test_proxy_flip_byte(src_registry, faultproxy, pushed) -> None:
     assert proxy.bytes_served == len(data)
 
 
+def test_proxy_insert_keeps_the_answers_headers(src_registry, faultproxy, pushed) -> None:
+    """`insert`: the body with bytes added (here one space inside a manifest, still JSON),
+    Content-Length grown to match, the registry's Docker-Content-Digest kept; also across
+    the body's chunks (a blob, at an offset past the first)."""
+    repo, img = pushed
+    proxy = faultproxy(src_registry.url)
+    proxy.add(Fault("insert", method="GET", path=r"/manifests/v1$", offset=1, body=b" "))
+    proxy.add(Fault("insert", method="GET", path=r"/blobs/", offset=200_000, body=b"xy"))
+    accept = {"Accept": img.manifest.media_type}
+    status, headers, body = fetch(f"{proxy.url}/v2/{repo}/manifests/v1", accept)
+    assert status == 200 and body == img.manifest.data[:1] + b" " + img.manifest.data[1:]
+    assert json.loads(body) == json.loads(img.manifest.data)
+    assert headers["Docker-Content-Digest"] == img.digest
+    assert int(headers["Content-Length"]) == len(body)
+    data = img.layers[0].data
+    status, headers, body = fetch(f"{proxy.url}/v2/{repo}/blobs/{img.layers[0].digest}")
+    assert status == 200 and body == data[:200_000] + b"xy" + data[200_000:]
+    assert int(headers["Content-Length"]) == len(body)
+    assert fetch(f"{proxy.url}/v2/{repo}/manifests/v1", accept)[2] == img.manifest.data  # once
+    proxy.add(Fault("insert", method="GET", path=r"/manifests/v1$", offset=1, body=b" ",
+                    headers={"Docker-Content-Digest": ""}))
+    status, headers, body = fetch(f"{proxy.url}/v2/{repo}/manifests/v1", accept)
+    assert body == img.manifest.data[:1] + b" " + img.manifest.data[1:]
+    assert "Docker-Content-Digest" not in headers and headers["Etag"] == f'"{img.digest}"'
+
+
 def test_proxy_truncate_and_skip(src_registry, faultproxy, pushed) -> None:
     repo, img = pushed
     proxy = faultproxy(src_registry.url)

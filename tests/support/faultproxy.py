@@ -21,6 +21,11 @@ the proxy. Each request is handled by the first active fault that matches it, if
     short         forward the first `offset` bytes as the whole answer, with a Content-Length
                   that says so (a proxy or CDN that cut the body and fixed up the length)
     flip_byte     forward with the byte at `offset` XOR 0xFF
+    insert        forward with `body` inserted before the byte at `offset` (Content-Length
+                  grown to match, every other header upstream's: a manifest altered on the
+                  way, still JSON, its Docker-Content-Digest the registry's); `headers`, when
+                  given, set over upstream's, those given as "" left out (a registry that
+                  sends no Docker-Content-Digest)
     slow          forward, sleeping `delay` seconds between chunks of `chunk` bytes
     ignore_range  drop the request's Range header, so upstream answers 200 with everything
     ignore_conditional  drop the request's If-None-Match header (a registry that has no ETag,
@@ -55,7 +60,8 @@ import aiohttp
 import yarl
 from aiohttp import web
 
-KINDS = ("status", "reset", "reset_after", "truncate", "short", "flip_byte", "slow", "ignore_range",
+KINDS = ("status", "reset", "reset_after", "truncate", "short", "flip_byte", "insert", "slow",
+         "ignore_range",
          "ignore_conditional", "stall", "late", "headers", "paginate")
 HOP_BY_HOP = frozenset(
     h.lower()
@@ -277,15 +283,7 @@ class FaultProxy:
         async with self._session.request(
             method, url, headers=fwd, data=data, allow_redirects=False
         ) as up:
-            resp = web.StreamResponse(status=up.status, reason=up.reason)
-            for k, v in up.headers.items():
-                if k.lower() in HOP_BY_HOP:
-                    continue
-                resp.headers.add(k, self._rewrite_location(v) if k.lower() == "location" else v)
-            if fault is not None and fault.kind == "headers":
-                resp.headers.update(fault.headers)
-            if fault is not None and fault.kind == "short" and up.content_length is not None:
-                resp.content_length = min(fault.offset, up.content_length)
+            resp = self._answer(up, fault)
             self._record(method, path, up.status, 0)
             if fault is not None and fault.kind == "late":
                 await asyncio.sleep(fault.delay)
@@ -294,6 +292,27 @@ class FaultProxy:
                 await self._stream(request, resp, up, path, fault)
             except ConnectionError:
                 pass  # the client went away; nothing left to do
+        return resp
+
+    def _answer(self, up: aiohttp.ClientResponse, fault: Fault | None) -> web.StreamResponse:
+        """The answer to send for upstream's `up`: its status and headers, as `fault` has
+        them."""
+        resp = web.StreamResponse(status=up.status, reason=up.reason)
+        for k, v in up.headers.items():
+            if k.lower() in HOP_BY_HOP:
+                continue
+            resp.headers.add(k, self._rewrite_location(v) if k.lower() == "location" else v)
+        if fault is not None and fault.kind == "headers":
+            resp.headers.update(fault.headers)
+        if fault is not None and fault.kind == "short" and up.content_length is not None:
+            resp.content_length = min(fault.offset, up.content_length)
+        if fault is not None and fault.kind == "insert":
+            if up.content_length is not None:
+                resp.content_length = up.content_length + len(fault.body or b"")
+            for k, v in fault.headers.items():
+                resp.headers.popall(k, None)
+                if v:
+                    resp.headers[k] = v
         return resp
 
     async def _stream(
@@ -321,6 +340,10 @@ class FaultProxy:
                 buf = bytearray(chunk)
                 buf[offset - sent] ^= 0xFF
                 chunk = bytes(buf)
+            if kind == "insert" and sent <= offset < sent + len(chunk):
+                at = offset - sent
+                sent -= len(fault.body or b"")  # `offset` counts upstream's bytes
+                chunk = chunk[:at] + (fault.body or b"") + chunk[at:]
             if fault is not None and kind == "slow" and sent > 0:
                 await asyncio.sleep(fault.delay)
             await self._write(resp, chunk, path)
