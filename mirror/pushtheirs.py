@@ -95,7 +95,7 @@ class Theirs:
         names, and with --merge a 404 while the tag is still there or a registry's error,
         fail the image (ImageFailed)."""
         try:
-            return await self.client.get_manifest(self.reg, repo, tag, as_named=True)
+            return await self.client.get_manifest(self.reg, repo, tag)
         except RegistryError as e:
             if not merge:
                 return None

@@ -218,7 +218,7 @@ async def held_fallback(client: Client, registry: str, repo: str, subject: str
     """The subject's `sha256-<hex>` index of referrers as the target holds it (None when
     there is none), checked against the digest the answer names."""
     try:
-        return await client.get_manifest(registry, repo, fallback_tag(subject), as_named=True)
+        return await client.get_manifest(registry, repo, fallback_tag(subject))
     except NotFound:
         return None
 

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
+from mirror import mediatypes as mt
 from mirror.errors import EXIT_CODES as EXIT
 from mirror.manifest import Descriptor
 from mirror.registry.client import Client
@@ -38,12 +40,21 @@ from tests.support.oracle import (
     mirror_env,
     mirror_ok,
     run,
+    run_mirror,
     stop_as_it_leaves,
     stopped_mirror,
 )
 from tests.support.pusher import blob_exists, corrupt_list, get_manifest, push_image
 from tests.support.registry import Registry
-from tests.test_faults import RecordingProxy, assert_exact, error_line, ok, pull, recproxy
+from tests.test_faults import (
+    RecordingProxy,
+    assert_exact,
+    error_line,
+    ok,
+    pull,
+    recproxy,
+    report,
+)
 
 __all__ = ["recproxy"]  # the fixture, shared with test_faults
 
@@ -230,6 +241,172 @@ def test_transient_corruption_is_refetched(src_registry, image, recproxy,
     assert_exact(tmp_path / "out.tar", img)
     first, second = proxy.seen("GET", big.digest)
     assert "Range" not in second.headers and second.status == 200  # from byte 0
+
+
+# a manifest altered on its way, its answer's headers (Docker-Content-Digest) the registry's:
+# one space more (still JSON), or a byte flipped (no longer JSON)
+ALTERED = {"insert": {"offset": 1, "body": b" "}, "flip_byte": {"offset": 40}}
+
+
+def altered(data: bytes, kind: str) -> bytes:
+    """What the ALTERED fault `kind` makes of `data`."""
+    if kind == "insert":
+        return data[:1] + b" " + data[1:]
+    buf = bytearray(data)
+    buf[40] ^= 0xFF
+    return bytes(buf)
+
+
+def by_tag(command: str, tmp_path: Path, ref: str) -> subprocess.CompletedProcess[str]:
+    """`mirror pull` (the bundle, its report) or `mirror lock` of `ref`, each writing the
+    lock file tmp_path/images.lock."""
+    lock = ("--lock-file", tmp_path / "images.lock")
+    if command == "pull":
+        return pull(tmp_path, ref, *lock)
+    return run_mirror("lock", ref, *lock, "--cache", tmp_path / "cache", "-q")
+
+
+@pytest.mark.parametrize("command", ["pull", "lock"])
+@pytest.mark.parametrize("kind", list(ALTERED))
+def test_a_manifest_altered_by_tag_once_is_fetched_again(src_registry, image, recproxy,
+                                                         tmp_path: Path, kind: str,
+                                                         command: str) -> None:
+    """A tag's manifest whose bytes do not hash to the Docker-Content-Digest the registry
+    sent with them (altered on the way) is damaged, as a blob that does not match its digest:
+    fetched once more, and the run goes on with the registry's bytes. The bundle, the
+    report and the lock file name the registry's digest (they named the altered bytes' one,
+    which the registry never had; a flipped byte was exit 9, `not JSON`)."""
+    repo, img = image
+    proxy = recproxy(src_registry.url)
+    proxy.add(Fault(kind, method="GET", path=rf"/{repo}/manifests/v1$", **ALTERED[kind]))
+    ref = f"{proxy.host}/{repo}:v1"
+    ok(by_tag(command, tmp_path, ref))
+    assert [s.status for s in proxy.seen("GET", f"/{repo}/manifests/v1")] == [200, 200]
+    entry = json.loads((tmp_path / "images.lock").read_text())["images"][ref]
+    assert entry["sourceDigest"] == entry["digest"] == img.digest, entry
+    if command == "pull":
+        assert_exact(tmp_path / "out.tar", img)
+        [doc] = report(tmp_path)["images"]
+        assert doc["digest"] == doc["source_digest"] == img.digest, doc
+
+
+@pytest.mark.parametrize("command", ["pull", "lock"])
+@pytest.mark.parametrize("kind", list(ALTERED))
+def test_a_manifest_altered_by_tag_every_time_stops_the_run_with_exit_7(
+        src_registry, image, recproxy, tmp_path: Path, kind: str, command: str) -> None:
+    """Altered on every GET: after the second, exit 7 (not 9: the bytes are damaged, whether
+    they are JSON or not), one line naming the registry, repository and tag and both digests;
+    no bundle, no lock file, no digest in the report."""
+    repo, img = image
+    proxy = recproxy(src_registry.url)
+    proxy.add(Fault(kind, method="GET", path=rf"/{repo}/manifests/v1$", times=None,
+                    **ALTERED[kind]))
+    ref = f"{proxy.host}/{repo}:v1"
+    proc = by_tag(command, tmp_path, ref)
+    assert proc.returncode == 7, proc.stderr
+    line = error_line(proc)
+    bad = ig.sha256_digest(altered(img.manifest.data, kind))
+    assert f"{ref}: digest mismatch: expected {img.digest}" in line and bad in line, line
+    assert "Docker-Content-Digest" in line, line
+    assert len(proxy.seen("GET", f"/{repo}/manifests/v1")) == 2
+    assert not (tmp_path / "images.lock").exists()
+    if command == "pull":
+        assert not (tmp_path / "out.tar").exists()
+        [doc] = report(tmp_path)["images"]
+        assert doc["digest"] is None and doc["source_digest"] is None, doc
+        assert doc["error_code"] == 7 and doc["manifests"] == [], doc
+
+
+def went_on_or_stopped(proc: subprocess.CompletedProcess[str], tmp_path: Path, img: ig.Image,
+                       times: int | None, out: str = "out.tar") -> str | None:
+    """A pull whose manifest came damaged once (`times` 1) went on: exit 0, the bundle
+    `img`'s (None); damaged every time, it stopped: exit 7, no bundle, its error line."""
+    if times == 1:
+        ok(proc)
+        assert_exact(tmp_path / out, img)
+        return None
+    assert proc.returncode == 7, proc.stderr
+    assert not (tmp_path / out).exists()
+    return error_line(proc)
+
+
+@pytest.mark.parametrize("times", [1, None], ids=["once", "always"])
+def test_a_manifest_damaged_by_digest_is_fetched_once_more(src_registry, image, recproxy,
+                                                          tmp_path: Path,
+                                                          times: int | None) -> None:
+    """A manifest asked for by digest (a pinned image; an index's entries alike) with a byte
+    flipped on the way: fetched once more, as a blob is; damaged once, the pull goes on
+    (exit 0, the bundle the registry's); damaged every time, exit 7 after the second GET
+    (it stopped the run at the first)."""
+    repo, img = image
+    proxy = recproxy(src_registry.url)
+    proxy.add(Fault("flip_byte", method="GET", path=f"/manifests/{img.digest}", offset=30,
+                    times=times))
+    proc = pull(tmp_path, f"{proxy.host}/{repo}@{img.digest}")
+    assert len(proxy.seen("GET", f"/{repo}/manifests/{img.digest}")) == 2
+    line = went_on_or_stopped(proc, tmp_path, img, times)
+    assert line is None or \
+        f"{repo}@{img.digest}: digest mismatch: expected {img.digest}" in line, line
+
+
+@pytest.mark.parametrize("times", [1, None], ids=["once", "always"])
+def test_a_moved_tag_answered_without_its_digest_is_checked_against_the_head(
+        src_registry, recproxy, repo_name: str, rng: random.Random, tmp_path: Path,
+        times: int | None) -> None:
+    """A rerun asks a tag the cache's store knows with a HEAD; one that says the tag moved
+    to a manifest not stored yet is read with a GET. That GET's answer naming no digest (the
+    header is optional), its bytes are checked against the digest the HEAD named: altered on
+    the way once, fetched again (exit 0, the new image); every time, exit 7 naming both."""
+    old = ig.make_image(rng, ig.AMD64, "oci", n_layers=1, layer_size=2000)
+    new = ig.make_image(rng, ig.AMD64, "oci", n_layers=1, layer_size=2000)
+    push_image(src_registry.url, repo_name, old, ["v1"])
+    proxy = recproxy(src_registry.url)
+    ref = f"{proxy.host}/{repo_name}:v1"
+    ok(pull(tmp_path, ref))
+    push_image(src_registry.url, repo_name, new, ["v1"])
+    proxy.add(Fault("insert", method="GET", path=rf"/{repo_name}/manifests/v1$", times=times,
+                    offset=1, body=b" ", headers={"Docker-Content-Digest": ""}))
+    n = len(proxy.seen(path=f"/{repo_name}/manifests/v1"))
+    proc = pull(tmp_path, ref, out="new.tar")
+    asked = [s.method for s in proxy.seen(path=f"/{repo_name}/manifests/v1")][n:]
+    assert asked == ["HEAD", "GET", "GET"], asked
+    line = went_on_or_stopped(proc, tmp_path, new, times, "new.tar")
+    bad = ig.sha256_digest(altered(new.manifest.data, "insert"))
+    assert line is None or f"{ref}: digest mismatch: expected {new.digest} (the digest a " \
+        "HEAD of the tag named)" in line and bad in line, line
+
+
+@pytest.mark.parametrize("header", [True, False], ids=["matching", "none"])
+async def test_a_tag_whose_bytes_are_not_json_as_named_is_exit_9(tmp_path: Path,
+                                                                 header: bool) -> None:
+    """A registry stand-in whose tag names bytes that are not a manifest: with a
+    Docker-Content-Digest that they match, or none (the header is optional), nothing is
+    damaged: exit 9 (unsupported), `not JSON`, asked once."""
+    body = b"<html>not a manifest</html>"
+    seen: list[str] = []
+
+    async def ping(request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    async def manifest(request: web.Request) -> web.Response:
+        seen.append(request.method)
+        named = {"Docker-Content-Digest": ig.sha256_digest(body)} if header else {}
+        return web.Response(body=body, headers={"Content-Type": mt.OCI_MANIFEST, **named})
+
+    app = web.Application()
+    app.router.add_get("/v2/", ping)
+    app.router.add_route("*", "/v2/x/manifests/{ref}", manifest)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        port = runner.addresses[0][1]
+        proc = await asyncio.to_thread(pull, tmp_path, f"127.0.0.1:{port}/x:1")
+    finally:
+        await runner.cleanup()
+    assert proc.returncode == 9, proc.stderr
+    assert "the manifest is not JSON" in error_line(proc)
+    assert seen == ["GET"]
 
 
 def wait_for_bytes(proc: subprocess.Popen, partial: Path, at_least: int) -> None:

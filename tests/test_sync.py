@@ -481,6 +481,41 @@ def test_a_blob_that_does_not_match_never_completes_an_upload(
     assert state(dst_registry, "bad").get(repo_name, {}).get("tags", {}) == {}
 
 
+@pytest.mark.parametrize("times", [1, None], ids=["once", "always"])
+def test_a_source_tag_altered_on_the_way_never_tags_the_target_with_its_digest(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path, times: int | None) -> None:
+    """The source's tag answered with its manifest altered on the way (one space more,
+    the registry's Docker-Content-Digest kept): the bytes do not match the digest the
+    registry named, so they are damaged, fetched once more. Once: the target's tag names
+    the registry's digest, and so does the lock file (they named the altered bytes'
+    digest, which the source never had). Every time: exit 7 naming both, nothing tagged,
+    no manifest pushed."""
+    img = ig.make_image(rng, ig.AMD64, "oci", n_layers=1, layer_size=2000)
+    push_image(src_registry.url, repo_name, img, ["1"])
+    src = faultproxy(src_registry.url)
+    src.add(Fault("insert", method="GET", path=rf"/{repo_name}/manifests/1$", offset=1,
+                  body=b" ", times=times))
+    ref, lock = f"{src.host}/{repo_name}:1", tmp_path / "images.lock"
+    prefix = f"altered-{'once' if times else 'always'}"
+    proc = run_mirror("sync", ref, "--to", f"{dst_registry.host}/{prefix}", "--lock-file",
+                      lock)
+    gets = [p for p in src.paths("GET") if p.endswith(f"/{repo_name}/manifests/1")]
+    assert len(gets) == 2, src.paths()
+    held = state(dst_registry, prefix).get(repo_name, {})
+    if times == 1:
+        assert proc.returncode == 0, proc.stderr
+        assert held["tags"] == {"1": img.digest} and held["manifests"] == [img.digest], held
+        assert json.loads(lock.read_text())["images"][ref]["sourceDigest"] == img.digest
+        return
+    assert proc.returncode == 7, proc.stderr
+    line = error_line(proc)
+    bad = ig.sha256_digest(img.manifest.data[:1] + b" " + img.manifest.data[1:])
+    assert f"{ref}: digest mismatch: expected {img.digest}" in line and bad in line, line
+    assert held.get("tags", {}) == {} and held.get("manifests", []) == [], held
+    assert not lock.exists()
+
+
 def test_a_sync_through_the_cache_with_every_blob_corrupt_says_one_line(
         src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
         rng: random.Random, tmp_path: Path) -> None:
@@ -1283,7 +1318,8 @@ def test_a_filtered_rerun_reads_what_the_target_cannot_serve_from_the_source(
         src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
         rng: random.Random, tmp_path: Path, what: str) -> None:
     """A filtered rerun reads the amd64 manifest from the target; one the target answers
-    404 for, or damaged (a byte flipped), is read from the source instead, as is every
+    404 for, or damaged (a byte flipped, twice: fetched once more), is read from the
+    source instead, as is every
     manifest when the index the target's tag names, read since it is not the one the
     rerun makes (the source's index gained an annotation upstream), comes damaged: the run
     is what it would have been (exit 0, the target as it was or as a first sync of the new
@@ -1311,7 +1347,8 @@ def test_a_filtered_rerun_reads_what_the_target_cannot_serve_from_the_source(
     assert len(fell) == 1 and damaged in fell[0], synced.stderr
     assert "warning" not in synced.stderr, synced.stderr
     assert _by_digest(src) == [child], src.requests
-    assert _by_digest(dst) == [damaged], dst.requests
+    # damaged: fetched once more, as any manifest that does not match its digest
+    assert _by_digest(dst) == [damaged] * (1 if what == "child 404" else 2), dst.requests
     report = json.loads((tmp_path / "r.json").read_text())
     assert child in report["images"][0]["manifests"], report["images"]
     if what == "index damaged":

@@ -16,8 +16,15 @@ import aiohttp
 from multidict import CIMultiDictProxy
 
 from mirror import mediatypes as mt
-from mirror.digest import check_bytes
-from mirror.errors import BudgetSpent, IntegrityError, ManifestLost, MirrorError, NotFound
+from mirror.digest import Digest, check_bytes
+from mirror.errors import (
+    BudgetSpent,
+    DigestMismatch,
+    IntegrityError,
+    ManifestLost,
+    MirrorError,
+    NotFound,
+)
 from mirror.manifest import MAX_MANIFEST_BYTES, Descriptor, RawManifest
 from mirror.registry.blobs import Blobs
 from mirror.registry.listing import Listings
@@ -81,40 +88,19 @@ class Client(Blobs, Listings, Uploads):
     # -- manifests -------------------------------------------------------------------------
 
     async def get_manifest(self, registry: str, repo: str, ref: str,
-                           expected: Descriptor | None = None, *,
-                           as_named: bool = False) -> RawManifest:
-        """GET by tag or digest; a by-digest answer is checked against the digest asked for;
-        with `as_named`, a by-tag answer against the digest it names (Docker-Content-Digest,
-        when given: a target's own tag, mirror.push). From the store of manifests instead,
-        when it has the answer (`_stored`)."""
+                           expected: Descriptor | None = None) -> RawManifest:
+        """GET by tag or digest, its bytes checked before they are parsed (`_fetch`): a
+        by-digest answer against the digest asked for, a by-tag one against the digest the
+        registry names it by (its Docker-Content-Digest, else the one a HEAD of the tag just
+        said). From the store of manifests instead, when it has the answer (`_stored`)."""
         where = f"{registry}/{repo}{'@' if ref.startswith('sha') and ':' in ref else ':'}{ref}"
+        said: str | None = None  # the digest a HEAD of the tag said just now
         if self.manifests is not None:
             stored = await self._stored(self.manifests, registry, repo, ref, expected, where)
-            if stored is not None:
+            if isinstance(stored, RawManifest):
                 return stored
-
-        data, headers = await self._get(registry, repo, ref, where)
-        ctype = headers.get("Content-Type", "")
-        # the bytes are checked before they are parsed: wrong bytes are an integrity error
-        checked: str | None = None  # the digest the bytes were checked against
-        try:
-            if ":" in ref:
-                check_bytes(data, ref, expected.size if expected else None, where)
-                checked = ref
-            elif expected is not None:
-                check_bytes(data, expected.digest, expected.size, where)
-                checked = expected.digest
-            elif as_named and (named := headers.get("Docker-Content-Digest")):
-                check_bytes(data, named, None, where)
-                checked = named
-        except IntegrityError:
-            # A signed schema 1 manifest's digest is not the sha256 of the bytes served (the
-            # registry signs it anew on every GET, REFERENCE.md 1.2): say schema 1, exit 9,
-            # not "digest mismatch"; anything else that does not match is what it is (bytes
-            # damaged on the way: a digest mismatch, not "not JSON").
-            if _schema1(data, ctype):
-                RawManifest.from_bytes(data, ctype, where=where)
-            raise
+            said = stored
+        data, ctype, checked = await self._fetch(registry, repo, ref, where, expected, said)
         raw = RawManifest.from_bytes(data, ctype, where=where, digest=checked)
         if self.manifests is not None:
             # held there, the bytes are read back from the store when needed
@@ -124,6 +110,42 @@ class Client(Blobs, Listings, Uploads):
                 self.manifests.remember(registry, repo, ref, raw.digest, raw.media_type)
                 self._asked[(registry, repo, ref)] = (raw.digest, raw.media_type)
         return raw
+
+    async def _fetch(self, registry: str, repo: str, ref: str, where: str,
+                     expected: Descriptor | None = None, said: str | None = None
+                     ) -> tuple[bytes, str, str | None]:
+        """GET a manifest's bytes and check them before anything parses them: by digest
+        against `ref` (and `expected`'s size), by tag against `expected` when given, else the
+        digest the answer names (Docker-Content-Digest; without one, `said`, what a HEAD of
+        the tag said just now; neither: nothing to check, the bytes are their own digest).
+        Bytes that do not match are damaged: fetched once more, as a blob is
+        (mirror.fetch), then the IntegrityError naming both digests. Returns the bytes, their
+        Content-Type and the digest they were checked against (None: none)."""
+        again = False  # the bytes came damaged once: fetched once more
+        while True:
+            data, headers = await self._get(registry, repo, ref, where)
+            ctype = headers.get("Content-Type", "")
+            checked, size, by = _against(ref, expected, headers, said)
+            if checked is None:
+                return data, ctype, None
+            try:
+                check_bytes(data, checked, size, where)
+                return data, ctype, checked
+            except IntegrityError as e:
+                # A signed schema 1 manifest's digest is not the sha256 of the bytes served
+                # (the registry signs it anew on every GET, REFERENCE.md 1.2): say schema 1,
+                # exit 9, not "digest mismatch"; anything else that does not match is what it
+                # is (bytes damaged on the way: a digest mismatch, not "not JSON").
+                if _schema1(data, ctype):
+                    RawManifest.from_bytes(data, ctype, where=where)
+                if again:
+                    if by and isinstance(e, DigestMismatch):
+                        raise IntegrityError(f"{where}: digest mismatch: expected {checked} "
+                                             f"({by}), got {e.actual} (fetched twice)") from None
+                    raise
+                again = True
+                await self.t.backoff("GET", f"{registry}/v2/{repo}/manifests/{ref}", str(e),
+                                     1, delay=0.0)
 
     async def _get(self, registry: str, repo: str, ref: str, where: str
                    ) -> tuple[bytes, CIMultiDictProxy[str]]:
@@ -137,11 +159,10 @@ class Client(Blobs, Listings, Uploads):
 
     async def store_again(self, registry: str, repo: str, digest: str) -> None:
         """A manifest this run released to the store (RawManifest.release), lost there
-        (damaged, removed): GET it by digest, check it, and keep it in the store again, where
-        the manifests released with it read it back."""
+        (damaged, removed): GET it by digest, check it (`_fetch`), and keep it in the store
+        again, where the manifests released with it read it back."""
         where = f"{registry}/{repo}@{digest}"
-        data, _ = await self._get(registry, repo, digest, where)
-        check_bytes(data, digest, None, where)
+        data, _, _ = await self._fetch(registry, repo, digest, where)
         if self.manifests is None or not self.manifests.put(digest, data):
             raise IntegrityError(f"manifest {digest}: fetched again from {registry}/{repo}, "
                                  "but the cache's store of manifests cannot keep it")
@@ -176,11 +197,12 @@ class Client(Blobs, Listings, Uploads):
                 await self.found_again(lost, source(lost.digest))
 
     async def _stored(self, store: ManifestStore, registry: str, repo: str, ref: str,
-                      expected: Descriptor | None, where: str) -> RawManifest | None:
+                      expected: Descriptor | None, where: str) -> RawManifest | str | None:
         """The manifest `ref` names, from `store`: by digest when stored (immutable); by tag
         when the store knows what the tag named and one HEAD says what it names now, and
-        that is stored too. None: ask with a GET (the tag is new to the store, moved to a
-        manifest not seen yet, gone, or the HEAD gave no digest)."""
+        that is stored too. Else ask with a GET: the digest the HEAD said (the tag moved to
+        a manifest not stored yet), which the GET's bytes must match when its answer names
+        none; None (the tag is new to the store, gone, or the HEAD gave no digest)."""
         known: tuple[str, str] | None = None  # set when a HEAD was asked just now
         if ":" in ref:
             digest = ref
@@ -203,7 +225,7 @@ class Client(Blobs, Listings, Uploads):
             digest, ctype = head.digest, head.media_type
             data = store.get(digest)
             if data is None:
-                return None
+                return _named(digest)
         # the store checked the bytes against `digest` as it read them, and holds them
         raw = RawManifest.from_bytes(data, ctype, where=where, digest=digest)
         if known is not None:
@@ -283,6 +305,33 @@ def _schema1(data: bytes, ctype: str) -> bool:
     except (ValueError, UnicodeDecodeError):
         return False
     return isinstance(body, dict) and body.get("schemaVersion") == 1
+
+
+def _against(ref: str, expected: Descriptor | None, headers: CIMultiDictProxy[str],
+             said: str | None) -> tuple[str | None, int | None, str]:
+    """What a manifest's answer to a GET of `ref` is checked against: the digest, the size
+    (None: not known) and, for a tag, where the digest came from ("" for a digest asked
+    for or listed)."""
+    if ":" in ref:
+        return ref, expected.size if expected is not None else None, ""
+    if expected is not None:
+        return expected.digest, expected.size, ""
+    named = _named(headers.get("Docker-Content-Digest"))
+    if named is not None:
+        return named, None, "the registry's Docker-Content-Digest"
+    return said, None, "the digest a HEAD of the tag named"
+
+
+def _named(header: str | None) -> str | None:
+    """The digest a manifest's answer names it by (Docker-Content-Digest), when it names one
+    that can be checked (sha256, sha512); None: the answer names none (the header is
+    optional, REFERENCE.md), or one of an algorithm that cannot be checked."""
+    if not header:
+        return None
+    try:
+        return str(Digest.parse(header.strip()))
+    except IntegrityError:
+        return None
 
 
 def _asked(ref: str) -> str:
