@@ -138,5 +138,14 @@ async def run_sync(args: argparse.Namespace, progress, report: Report) -> int:
         if lock:
             progress.info(f"wrote {lock}")
     if result.partial:
-        return partial(result.images, "the others are synced", progress, report)
+        return partial(result.images, _synced(result.images, args.dry_run), progress, report)
     return 0
+
+
+def _synced(images, dry_run: bool) -> str:
+    """What the line of a partial sync says of the images that neither failed nor wait:
+    pushed whole to every target (a dry run's: would be), or none is."""
+    some = any(not r.error for r in images)
+    if dry_run:
+        return "the others would be synced" if some else "none would be synced"
+    return "the others are synced" if some else "none is synced"

@@ -1486,3 +1486,28 @@ def test_a_429_storm_on_one_registrys_tag_listing_does_not_hold_anothers_lock(
         ([t - over for t in b_manifests], b.spans)
     assert json.loads(lock.read_text())["images"] == calm_images
     assert report_of(tmp_path / "r.json")["waiting"] == []
+
+
+def test_a_sync_whose_every_image_waits_says_none_is_synced(
+        src_registry: Registry, dst_registry: Registry, proxies, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """Both images need the layer the source answers 429 through all its tries: both wait,
+    and the line said "the others are synced" of none; it says none is."""
+    base = ig.make_layer(rng, 8192)
+    a = proxies()
+    refs = []
+    for n in range(2):
+        push_image(src_registry.url, f"{repo_name}/s{n}", ig.make_image(
+            rng, ig.AMD64, "oci", layers=[base, ig.make_layer(rng, 4096)]), ["v1"])
+        refs.append(f"{a.host}/{repo_name}/s{n}:v1")
+    a.add(Fault("status", method="GET", path=base.digest, status=429, times=None))
+    rep = tmp_path / "r.json"
+    proc = run_mirror("sync", *refs, "--to", f"{dst_registry.host}/none", "--report", rep,
+                      "--retries", "1", "--no-referrers")
+    assert proc.returncode == 14, proc.stderr
+    line = ("2 of 2 image(s) wait for a registry's rate limit (the next run takes them); "
+            "none is synced")
+    doc = report_of(rep)
+    assert doc["error"] == line and doc["waiting"] == refs, doc
+    assert proc.stderr.splitlines()[-1].endswith(f" warning: {line}"), proc.stderr
+    assert doc["targets"][0]["tags"] == [] and doc["targets"][0]["placement"] == [], doc
