@@ -73,7 +73,8 @@ async def push(client: Client, registry: str, images: list[PushImage], source: S
                jobs: int = 4, dry_run: bool = False, merge: bool = False,
                elsewhere: Elsewhere | None = None, incomplete: Incomplete | None = None,
                source_of: SourceOf | None = None, asked: Asked | None = None,
-               origins: Mapping[str, str] | None = None) -> PushResult:
+               origins: Mapping[str, str] | None = None, small_apart: bool = False
+               ) -> PushResult:
     """Push `images` (referrers after the others) to `registry`. `absent`: digest -> why a
     blob the source does not carry is not needed from it ("foreign": never pushed; "base":
     must be at the target already). `result` is filled in as the push goes: after a failure it
@@ -83,10 +84,13 @@ async def push(client: Client, registry: str, images: list[PushImage], source: S
     them to the cache's store), where one lost there is fetched again as the push reads it.
     `asked`: step 0's answers the caller had already (a sync's admission: mirror.sync).
     `origins`: digest -> the repository of `registry` the source reads that blob from (a
-    sync within one registry), which a repository that lacks it mounts it from."""
+    sync within one registry), which a repository that lacks it mounts it from.
+    `small_apart`: the blobs under 1 MiB uploaded beside the `jobs` transfers (a sync's:
+    mirror.pushblobs.BlobPush)."""
     pusher = Pusher(client, registry, images, result, progress, jobs, merge, source_of)
     pusher.asked = asked or {}
-    blobs = BlobPush(client, registry, source, result, progress, pusher.sem)
+    blobs = BlobPush(client, registry, source, result, progress, pusher.sem,
+                     small_apart=small_apart)
     try:
         await pusher.fallbacks.give_way(pusher.images)
         await pusher.find_held()

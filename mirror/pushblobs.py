@@ -27,6 +27,7 @@ from mirror.pushplan import (
     lost_base,
 )
 from mirror.registry.client import Client
+from mirror.registry.ratelimit import SMALL_BLOB
 from mirror.registry.upload import restartable
 
 Body = Callable[[Descriptor], AsyncIterator[bytes]]  # a member of a one-pass stream, verified
@@ -66,9 +67,19 @@ class BlobPush:
     `progress`."""
 
     def __init__(self, client: Client, registry: str, source: Source, result: PushResult,
-                 progress: Progress, sem: asyncio.Semaphore) -> None:
+                 progress: Progress, sem: asyncio.Semaphore, *, small_apart: bool = False
+                 ) -> None:
         self.client, self.reg, self.source = client, registry, source
         self.result, self.progress, self.sem = result, progress, sem
+        # `small_apart` (a sync: each blob read from its registry as it is pushed): a blob
+        # under SMALL_BLOB waits on round trips, not bandwidth, so as many of them go at once
+        # as the target's small requests, beside the `jobs` transfers, as a pull's fetcher
+        # reads them (mirror.fetch): a source that stops answering (its requests spent, 429s
+        # through a request's tries) has given the images that need only such blobs already,
+        # as a pull's; a target that sets `max_concurrency` has that many transfers under
+        # way, whatever their size. A load's (a bundle: nothing to wait on) go `jobs` at once
+        lim = client.t.limits_for(registry)
+        self.small = lim.small_slots() if small_apart and not lim.bodies else sem
         # digest -> why a blob could not be read: its source registry's requests for the run
         # are spent (a sync's max_requests_per_run); the images that need it wait
         self.unread: dict[str, BudgetSpent] = {}
@@ -140,7 +151,7 @@ class BlobPush:
         source = self.source
 
         async def guarded(where: list[tuple[str, Descriptor]]) -> None:
-            async with self.sem:
+            async with self.small if where[0][1].size < SMALL_BLOB else self.sem:
                 try:
                     await self._push_one(where, source.open, one_pass=False)
                 except BudgetSpent as e:

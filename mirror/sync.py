@@ -104,7 +104,7 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
                            progress, absent=absent, jobs=opts.jobs, dry_run=opts.dry_run,
                            merge=opts.merge, source_of=planner.source_of,
                            asked=planner.asked[over],
-                           origins=origins(plans, target.registry))
+                           origins=origins(plans, target.registry), small_apart=True)
                 failed_at(planner, done, result)
                 result.partial = result.partial or bool(done.failed)
             except BudgetSpent as e:  # the target's rate limit: its images wait, as a source's

@@ -34,7 +34,14 @@ from tests.support.oracle import (
     run_mirror,
     skopeo_copy_ok,
 )
-from tests.support.pusher import get_manifest, push_image, two_images
+from tests.support.pusher import (
+    blob_exists,
+    get_blob,
+    get_manifest,
+    head_manifest,
+    push_image,
+    two_images,
+)
 from tests.support.registry import Registry
 
 
@@ -1486,6 +1493,91 @@ def test_a_429_storm_on_one_registrys_tag_listing_does_not_hold_anothers_lock(
         ([t - over for t in b_manifests], b.spans)
     assert json.loads(lock.read_text())["images"] == calm_images
     assert report_of(tmp_path / "r.json")["waiting"] == []
+
+
+
+def throttled_layer(src_registry: Registry, proxies, repo_name: str, rng: random.Random
+                    ) -> tuple[TimingProxy, dict[str, ig.Image | ig.Index], ig.Layer]:
+    """o23's D6 at registry A: an OCI index (amd64, arm64: a base layer each and a small
+    one), a Docker list (two layers a platform), a one-layer image and a two-layer one, by
+    reference; the amd64 base layer, which the index alone needs, is answered 429
+    (Retry-After: 1, after a second) always."""
+    base = ig.make_layer(rng, 256 * 1024)
+    web = ig.make_index([ig.make_image(rng, p, "oci", layers=[
+        base if p is ig.AMD64 else ig.make_layer(rng, 256 * 1024), ig.make_layer(rng, 8192)])
+        for p in (ig.AMD64, ig.ARM64)], "oci")
+    api = ig.make_index([ig.make_image(rng, p, "docker", n_layers=2, layer_size=64 * 1024)
+                         for p in (ig.AMD64, ig.ARM64)], "docker")
+    tool = ig.make_image(rng, ig.AMD64, "oci", n_layers=1, layer_size=128 * 1024)
+    s0 = ig.make_image(rng, ig.AMD64, "oci")
+    a = proxies()
+    images: dict[str, ig.Image | ig.Index] = {}
+    for name, tag, img in (("web", "1.0.0", web), ("api", "1.0", api),
+                           ("tool", "latest", tool), ("s0", "1", s0)):
+        push_image(src_registry.url, f"{repo_name}/{name}", img, [tag])
+        images[f"{a.host}/{repo_name}/{name}:{tag}"] = img
+    a.add(Fault("status", method="GET", path=base.digest, status=429, times=None,
+                headers={"Retry-After": "1"}, delay=1))
+    return a, images, base
+
+
+def served_whole(reg: Registry, repo: str, tag: str, img: ig.Image | ig.Index) -> None:
+    """The target serves the image whole: its tag and every manifest by digest (HEAD and
+    GET, the bytes' sha256 the digest), every blob (HEAD, and GET: its sha256)."""
+    for ref, m in ((tag, img.manifest), *((x.digest, x) for x in img.all_manifests())):
+        assert head_manifest(reg.url, repo, ref) == (200, m.digest), ref
+        body, _, headers = get_manifest(reg.url, repo, ref)
+        assert ig.sha256_digest(body) == m.digest == headers["Docker-Content-Digest"], ref
+    for blob in img.all_blobs():
+        assert blob_exists(reg.url, repo, blob.digest), blob.digest
+        assert ig.sha256_digest(get_blob(reg.url, repo, blob.digest)) == blob.digest
+
+
+def test_a_sync_whose_source_throttles_one_layer_pushes_the_images_without_it(
+        src_registry: Registry, dst_registry: Registry, proxies, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """o23 D6: a sync whose source answers one layer 429 through all its tries (the
+    registry held: asked nothing more this run) ended with every image waiting, 0
+    manifests and 0 tags pushed, where a pull carried the other images: the push read the
+    source -j blobs at once, so the hold refused the blobs of every image not read yet.
+    Its small blobs now go beside -j, as a pull's fetcher reads them: the index alone
+    waits, named with the request answered 429 (the report's `waiting`), the three others
+    are served whole at the target, the line counts them; the next run, the storm over,
+    pushes the index (exit 0). -j 1: one transfer at a time, as the push's were."""
+    a, images, base = throttled_layer(src_registry, proxies, repo_name, rng)
+    refs = list(images)
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text("version: 1\nimages:\n" + "".join(f"  - {r}\n" for r in refs))
+    rep = tmp_path / "r.json"
+    sync = ("sync", "-f", cfg, "--to", f"{dst_registry.host}/d6", "--report", rep,
+            "--retries", "1", "-j", "1", "--lock-file", tmp_path / "l.lock")
+    proc = run_mirror(*sync)
+    assert proc.returncode == 14, proc.stderr
+    at = f"GET http://{a.host}/v2/{repo_name}/web/blobs/{base.digest}"
+    assert f"{refs[0]}: failed: rate limited by {a.host}: {at} answered HTTP 429 " \
+        "TOOMANYREQUESTS: injected by faultproxy (HTTP 429) (after 2 tries); this image " \
+        f"waits for the next run (at {at})\n" in proc.stderr, proc.stderr
+    line = ("1 of 4 image(s) wait for a registry's rate limit (the next run takes them); "
+            "the others are synced")
+    assert proc.stderr.splitlines()[-1].endswith(f" warning: {line}"), proc.stderr
+    doc = report_of(rep)
+    assert doc["waiting"] == refs[:1] and doc["error"] == line, doc
+    [target] = doc["targets"]
+    assert [p["source"] for p in target["placement"]] == refs[1:], target["placement"]
+    for ref in refs[1:]:
+        name, tag = ref.split("/", 1)[1].rsplit(":", 1)
+        served_whole(dst_registry, f"d6/{name}", tag, images[ref])
+    web = f"d6/{repo_name}/web"
+    assert head_manifest(dst_registry.url, web, "1.0.0") == (404, None)
+
+    a.clear_faults()
+    proc = run_mirror(*sync)
+    assert proc.returncode == 0, proc.stderr
+    doc = report_of(rep)
+    assert doc["waiting"] == [] and doc["targets"][0]["manifests_pushed"] == 3, doc
+    for ref, img in images.items():
+        name, tag = ref.split("/", 1)[1].rsplit(":", 1)
+        served_whole(dst_registry, f"d6/{name}", tag, img)
 
 
 def test_a_sync_whose_every_image_waits_says_none_is_synced(

@@ -162,6 +162,14 @@ def get_manifest(
     return body, headers.get("Content-Type", ""), headers
 
 
+def head_manifest(base_url: str, repo: str, ref: str, accept: str = ACCEPT
+                  ) -> tuple[int, str | None]:
+    """HEAD a manifest: (status, its Docker-Content-Digest)."""
+    status, headers, _ = _request("HEAD", f"{base_url}/v2/{repo}/manifests/{ref}",
+                                  headers={"Accept": accept})
+    return status, headers.get("Docker-Content-Digest")
+
+
 def get_blob(
     base_url: str, repo: str, digest: str, auth: Auth = None, cafile: str | None = None
 ) -> bytes:
