@@ -1533,24 +1533,28 @@ def served_whole(reg: Registry, repo: str, tag: str, img: ig.Image | ig.Index) -
         assert ig.sha256_digest(get_blob(reg.url, repo, blob.digest)) == blob.digest
 
 
+@pytest.mark.parametrize("cache", [False, True], ids=["one-target", "two-targets-cache"])
 def test_a_sync_whose_source_throttles_one_layer_pushes_the_images_without_it(
         src_registry: Registry, dst_registry: Registry, proxies, repo_name: str,
-        rng: random.Random, tmp_path: Path) -> None:
+        rng: random.Random, tmp_path: Path, cache: bool) -> None:
     """o23 D6: a sync whose source answers one layer 429 through all its tries (the
     registry held: asked nothing more this run) ended with every image waiting, 0
     manifests and 0 tags pushed, where a pull carried the other images: the push read the
     source -j blobs at once, so the hold refused the blobs of every image not read yet.
     Its small blobs now go beside -j, as a pull's fetcher reads them: the index alone
     waits, named with the request answered 429 (the report's `waiting`), the three others
-    are served whole at the target, the line counts them; the next run, the storm over,
-    pushes the index (exit 0). -j 1: one transfer at a time, as the push's were."""
+    are served whole at the target (with a cache, at a second target too: read from the
+    cache), the line counts them; the next run, the storm over, pushes the index (exit 0).
+    -j 1: one transfer at a time, as the push's were."""
     a, images, base = throttled_layer(src_registry, proxies, repo_name, rng)
     refs = list(images)
     cfg = tmp_path / "images.yaml"
     cfg.write_text("version: 1\nimages:\n" + "".join(f"  - {r}\n" for r in refs))
     rep = tmp_path / "r.json"
-    sync = ("sync", "-f", cfg, "--to", f"{dst_registry.host}/d6", "--report", rep,
-            "--retries", "1", "-j", "1", "--lock-file", tmp_path / "l.lock")
+    prefixes = ["d6", "d6b"] if cache else ["d6"]
+    sync = ("sync", "-f", cfg, *(x for p in prefixes for x in ("--to", f"{dst_registry.host}/{p}")),
+            "--report", rep, "--retries", "1", "-j", "1", "--lock-file", tmp_path / "l.lock",
+            *(("--cache", tmp_path / "cache") if cache else ()))
     proc = run_mirror(*sync)
     assert proc.returncode == 14, proc.stderr
     at = f"GET http://{a.host}/v2/{repo_name}/web/blobs/{base.digest}"
@@ -1562,22 +1566,25 @@ def test_a_sync_whose_source_throttles_one_layer_pushes_the_images_without_it(
     assert proc.stderr.splitlines()[-1].endswith(f" warning: {line}"), proc.stderr
     doc = report_of(rep)
     assert doc["waiting"] == refs[:1] and doc["error"] == line, doc
-    [target] = doc["targets"]
-    assert [p["source"] for p in target["placement"]] == refs[1:], target["placement"]
-    for ref in refs[1:]:
-        name, tag = ref.split("/", 1)[1].rsplit(":", 1)
-        served_whole(dst_registry, f"d6/{name}", tag, images[ref])
-    web = f"d6/{repo_name}/web"
-    assert head_manifest(dst_registry.url, web, "1.0.0") == (404, None)
+    assert len(doc["targets"]) == len(prefixes), doc["targets"]
+    for prefix, target in zip(prefixes, doc["targets"], strict=True):
+        assert [p["source"] for p in target["placement"]] == refs[1:], target["placement"]
+        for ref in refs[1:]:
+            name, tag = ref.split("/", 1)[1].rsplit(":", 1)
+            served_whole(dst_registry, f"{prefix}/{name}", tag, images[ref])
+        web = f"{prefix}/{repo_name}/web"
+        assert head_manifest(dst_registry.url, web, "1.0.0") == (404, None)
 
     a.clear_faults()
     proc = run_mirror(*sync)
     assert proc.returncode == 0, proc.stderr
     doc = report_of(rep)
-    assert doc["waiting"] == [] and doc["targets"][0]["manifests_pushed"] == 3, doc
-    for ref, img in images.items():
-        name, tag = ref.split("/", 1)[1].rsplit(":", 1)
-        served_whole(dst_registry, f"d6/{name}", tag, img)
+    assert doc["waiting"] == [] and [t["manifests_pushed"] for t in doc["targets"]] == \
+        [3] * len(prefixes), doc
+    for prefix in prefixes:
+        for ref, img in images.items():
+            name, tag = ref.split("/", 1)[1].rsplit(":", 1)
+            served_whole(dst_registry, f"{prefix}/{name}", tag, img)
 
 
 def test_a_sync_whose_every_image_waits_says_none_is_synced(
