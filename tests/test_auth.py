@@ -587,6 +587,19 @@ def test_bearer_token_server_hiccup_is_retried(tokens, ts: TokenServer,
     assert json.loads((tmp_path / "report.json").read_text())["images"][0]["error"] is None
 
 
+def _behind(ts: TokenServer, proxy_url: str, registry_factory, rng: random.Random,
+            repo: str) -> tuple[Registry, ig.Image]:
+    """A registry of its own whose token realm is the proxy in front of `ts`, holding an
+    image at REPO:v1."""
+    config = ts.registry_config()
+    config["auth"]["token"]["realm"] = f"{proxy_url}/token"
+    reg = registry_factory(extra_config=config)
+    img = ig.make_image(rng, ig.AMD64, layer_size=1500)
+    with bearer(ts.mint([f"repository:{repo}:pull,push"])):
+        pusher.push_image(reg.url, repo, img, ["v1"])
+    return reg, img
+
+
 def test_token_server_503_is_retried_paused_logged_and_counted(
         tokens, ts: TokenServer, recproxy, registry_factory, rng: random.Random,
         tmp_path: Path) -> None:
@@ -594,12 +607,7 @@ def test_token_server_503_is_retried_paused_logged_and_counted(
     tried again after the pause it asks for (not the back-off's fraction of a second), on a
     -v retry line naming it, counted in the report's retries."""
     proxy: RecordingProxy = recproxy(ts.url)
-    config = ts.registry_config()
-    config["auth"]["token"]["realm"] = f"{proxy.url}/token"
-    reg = registry_factory(extra_config=config)
-    img = ig.make_image(rng, ig.AMD64, layer_size=1500)
-    with bearer(ts.mint(["repository:public/app:pull,push"])):
-        pusher.push_image(reg.url, "public/app", img, ["v1"])
+    reg, img = _behind(ts, proxy.url, registry_factory, rng, "public/app")
     proxy.add(Fault("status", method="GET", path="/token", status=503,
                     headers={"Retry-After": "2"}))
     proc = ok(pull(tmp_path, f"{reg.host}/public/app:v1", "-v", "--retries", "2"))
@@ -610,6 +618,37 @@ def test_token_server_503_is_retried_paused_logged_and_counted(
     assert (first.status, second.status) == (503, 200)
     assert second.when - first.when >= 1.9
     assert json.loads((tmp_path / "report.json").read_text())["retries"] == 1
+
+
+@pytest.mark.parametrize("answer,code", [("503", 3), ("500", 3), ("reset", 3), ("429", 6),
+                                         ("401", 4), ("403", 4)])
+def test_a_token_server_that_stays_unavailable_is_not_an_authentication_failure(
+        ts: TokenServer, faultproxy, registry_factory, rng: random.Random, tmp_path: Path,
+        answer: str, code: int) -> None:
+    """A token server answering 5xx (or no answer) through every try is unavailable: exit 3,
+    as a registry is, the line naming the token server and the tries, not exit 4, which sends
+    the operator to credentials that are right; 429 through every try is exit 6 (README's
+    exit codes); its 401 and 403 stay exit 4."""
+    proxy = faultproxy(ts.url)
+    reg, _ = _behind(ts, proxy.url, registry_factory, rng, "private/app")
+    fault = proxy.add(Fault("reset", method="GET", path="/token", times=None)
+                      if answer == "reset" else
+                      Fault("status", method="GET", path="/token", status=int(answer),
+                            times=None))
+    proc = pull(tmp_path, f"{reg.host}/private/app:v1", "--retries", "2",
+                env=basic_config(tmp_path, reg.host))
+    assert proc.returncode == code, proc.stderr
+    line = error_line(proc)
+    assert f"the token server http://{proxy.host}" in line, line
+    tries = fault.hits  # a reset: aiohttp tries a pooled connection once more itself
+    if code == 4:
+        assert tries == 1 and "(after" not in line, (tries, line)
+    else:
+        assert tries in ((3, 6) if answer == "reset" else (3,)), tries
+        assert line.endswith("(after 3 tries)"), line
+        assert "credentials" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "out.tar").exists()
+    assert_no_secret(tmp_path, proc)
 
 
 def test_bearer_one_token_per_scope_set(tokens, ts: TokenServer, tmp_path: Path) -> None:

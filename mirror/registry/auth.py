@@ -20,7 +20,7 @@ import aiohttp
 import yarl
 
 from mirror import secrets
-from mirror.errors import AuthError
+from mirror.errors import AuthError, RateLimited, RegistryError
 from mirror.registry.body import read_body
 from mirror.registry.credentials import Credential
 from mirror.registry.network import TransferError, describe_exception
@@ -72,6 +72,10 @@ def _scope_words(scopes: Iterable[str]) -> tuple[str, str]:
             if action_word(acts) == "push":
                 action = "push"
     return ", ".join(dict.fromkeys(names)) or "the registry", action
+
+
+def _after(tries: int) -> str:
+    return f" (after {tries} tries)" if tries > 1 else ""
 
 
 def _server_message(body: bytes) -> str:
@@ -178,12 +182,15 @@ class Authenticator:
         try:
             # the token server is one more host to the transport: the same retries, pauses
             # and -v lines as the registry
-            status, body = await self._ask(realm, realm_host, scopes)
+            status, body, tries = await self._ask(realm, realm_host, scopes)
         except TransferError as e:
-            raise AuthError(f"{self.registry}: token request to {realm_host} failed: {e.why}",
-                            registry=self.registry) from None
+            # no answer (refused, reset, timed out): the token server is unavailable, as a
+            # registry that does not answer is (exit 3), not a question of credentials
+            raise RegistryError(f"{self.registry}: the token server {realm_host} could not be "
+                                f"reached: {e.why}{_after(e.tries)}",
+                                registry=self.registry) from None
         if status != 200:
-            raise self._refusal(status, body, realm_host, scopes)
+            raise self._refusal(status, body, realm_host, scopes, tries)
         try:
             doc = json.loads(body)
         except ValueError:
@@ -203,13 +210,23 @@ class Authenticator:
                             "registry", registry=self.registry)
         return realm
 
-    def _refusal(self, status: int, body: bytes, realm_host: str,
-                 scopes: list[str]) -> AuthError:
+    def _refusal(self, status: int, body: bytes, realm_host: str, scopes: list[str],
+                 tries: int) -> RegistryError:
         """What a token server's answer other than 200 means, in its own words: the scope
-        refused (403), the credentials rejected, anonymous access refused, or just a status."""
+        refused (403), the credentials rejected, anonymous access refused, the token server
+        unavailable after its tries (a 5xx: exit 3, as a registry's; a 429: exit 6), or just
+        a status."""
         cred = self.credential
         said = _server_message(body)
         said_part = f": {said}" if said else ""
+        if status == 429 or status >= 500:
+            text = (f"{self.registry}: the token server {realm_host} answered HTTP {status}"
+                    f"{said_part}{_after(tries)}")
+            if status == 429:
+                return RateLimited(text, registry=self.registry, status=status,
+                                   hint=f"the token server {realm_host} limits its requests: "
+                                   "run later")
+            return RegistryError(text, registry=self.registry, status=status)
         if status == 403:
             # the credentials (or anonymous access) are fine; the scope is refused
             repos, action = _scope_words(scopes)
@@ -257,7 +274,8 @@ class Authenticator:
             expires_in = 60.0
         return str(token), expires_in
 
-    async def _ask(self, realm: str, realm_host: str, scopes: list[str]) -> tuple[int, bytes]:
+    async def _ask(self, realm: str, realm_host: str, scopes: list[str]
+                   ) -> tuple[int, bytes, int]:
         """One token request: the OAuth2 POST form for an identity token (falling back to
         GET when the realm has no POST endpoint), else GET with Basic or anonymously."""
         cred = self.credential
@@ -266,11 +284,11 @@ class Authenticator:
         if cred and cred.identity_token:
             form = {"grant_type": "refresh_token", "refresh_token": cred.identity_token,
                     "service": service, "client_id": "mirror", "scope": " ".join(scopes)}
-            status, body = await self._answer(
+            status, body, tries = await self._answer(
                 await self.transport.send("POST", realm, data=form, note=note,
                                           registry=self.registry, kind="token"))
             if status not in (404, 405) or not cred.username:
-                return status, body
+                return status, body, tries
         q = [("service", service)] if service else []
         q += [("scope", s) for s in scopes]
         headers = {}
@@ -281,13 +299,13 @@ class Authenticator:
                                       registry=self.registry, kind="token"))
 
     @staticmethod
-    async def _answer(reply: Reply) -> tuple[int, bytes]:
-        """The status and body of a token server's answer (a body that breaks off: a
+    async def _answer(reply: Reply) -> tuple[int, bytes, int]:
+        """The status, body and tries of a token server's answer (a body that breaks off: a
         TransferError, as a request that got no answer)."""
         if reply.body is not None:
-            return reply.resp.status, reply.body
+            return reply.resp.status, reply.body, reply.tries
         async with reply.resp as resp:
             try:
-                return resp.status, await read_body(resp, 1 << 20)
+                return resp.status, await read_body(resp, 1 << 20), reply.tries
             except (TimeoutError, aiohttp.ClientError) as e:
-                raise TransferError(describe_exception(e)) from None
+                raise TransferError(describe_exception(e), reply.tries) from None
