@@ -41,7 +41,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mirror.errors import ConfigError, MirrorError, UsageError
+from mirror.digest import Digest
+from mirror.errors import ConfigError, IntegrityError, MirrorError, UsageError
 from mirror.paths import write_atomic
 
 if TYPE_CHECKING:
@@ -128,8 +129,25 @@ def pin(specs: list[ImageSpec], path: Path | None) -> list[ImageSpec]:
         if not isinstance(entry, dict) or not isinstance(entry.get("sourceDigest"), str):
             raise UsageError(f"{spec.reference} is not in {path}",
                              hint="run `mirror lock` (or pull without --locked) to update it")
+        _check_digests(path, str(spec.reference), entry)
         pinned.append(replace(spec, pin=entry["sourceDigest"]))
     return pinned
+
+
+def _check_digests(path: Path, reference: str, entry: dict[str, Any]) -> None:
+    """An entry's `sourceDigest` (the pin, sent to the registry) and `digest` are digests: a
+    lock file edited or damaged is bad input, refused before any request (not a registry's
+    500 for a digest it cannot parse)."""
+    for key in ("sourceDigest", "digest"):
+        value = entry.get(key)
+        if key == "digest" and value is None:
+            continue
+        try:
+            Digest.parse(value if isinstance(value, str) else repr(value))
+        except IntegrityError as e:
+            raise ConfigError(f"{path}: not a valid lock file: {reference}: {key}: {e}",
+                              hint="run `mirror lock` (or pull without --locked) to write "
+                              "it again") from None
 
 
 def source_digests(path: Path) -> dict[str, str]:

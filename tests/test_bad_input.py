@@ -1425,6 +1425,32 @@ def test_output_name_and_compression_agree(good: Good, tmp_path: Path) -> None:
         assert not (tmp_path / name).exists() and not (tmp_path / "d").exists()
 
 
+@pytest.mark.parametrize("field,value", [
+    ("sourceDigest", "sha256:XYZ"), ("sourceDigest", "sha256:" + "AB" * 32),
+    ("sourceDigest", "md5:0123"), ("sourceDigest", ""), ("digest", "sha256:" + "0" * 63),
+    ("digest", 7)])
+def test_locked_with_a_malformed_digest_in_the_lock_file(good: Good, tmp_path: Path,
+                                                         field: str, value: object) -> None:
+    """A lock file whose entry names no digest where `sourceDigest` (the pin sent to the
+    registry) or `digest` is (edited by hand, damaged) is bad input: exit 2, one line naming
+    the lock file, the image and the field, before any request or cache; not the registry's
+    500 for a digest it cannot parse, retried and blamed on it (exit 3)."""
+    (tmp_path / "images.yaml").write_text(f"version: 1\nimages:\n  - {good.ref}\n")
+    mirror_ok("lock", "-f", "images.yaml", "-q", cwd=tmp_path)
+    lock = tmp_path / "images.lock"
+    doc = json.loads(lock.read_text())
+    doc["images"][good.ref][field] = value
+    lock.write_text(json.dumps(doc))
+    for args in (("pull", "-o", "out.tar", "--cache", "c"),
+                 ("sync", "--to", "127.0.0.1:9/x", "--cache", "c")):
+        err = fails("usage", args[0], "-f", "images.yaml", "--locked", "--retries", "0",
+                    *args[1:], cwd=tmp_path)
+        assert err.startswith(f"mirror: error: images.lock: not a valid lock file: {good.ref}: "
+                              f"{field}: "), err
+        assert repr(str(value)) in err or field == "digest" and value == 7, err
+        assert not (tmp_path / "c").exists() and not (tmp_path / "out.tar").exists()
+
+
 def test_base_that_is_neither_a_bundle_nor_a_lock_file(good: Good, tmp_path: Path) -> None:
     """`--base images.yaml` (meant: images.lock) says which option is wrong, before any
     download; not a bare 'images.yaml: truncated ... copy the bundle again'."""
