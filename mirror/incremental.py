@@ -6,6 +6,7 @@ their repositories at the target). An output that is the base itself is refused.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 from mirror.bundle import volumes
 from mirror.digest import sha256_file
-from mirror.errors import BundleError, UsageError
+from mirror.errors import BundleError, IntegrityError, UsageError
 from mirror.lockfile import Lock, is_lock_file
 
 
@@ -65,25 +66,25 @@ def _from_lock(path: Path, out: Path | None) -> dict[str, Any]:
 
 def _from_bundle(path: Path) -> dict[str, Any]:
     """A bundle's members, the images its index names and those its own base carried (a chain
-    of incremental bundles); its digest from the checksum file beside it when that is not
-    older than the bundle."""
+    of incremental bundles); its digest, hashed (a plain tar is read once more for it, a
+    tar.zst as it is scanned) and checked against the checksum file beside it
+    (`_check_sidecar`): the far side looks for the bundle by that digest."""
     from mirror.bundle.layout import REF_NAME
     from mirror.bundle.reader import Bundle
 
+    whole = hashlib.sha256()  # a tar.zst's every byte, as the scan reads it: no second pass
     try:
         bundle = Bundle(path)  # a set of parts: checked against its sidecar here
-        contents = bundle.scan()
+        contents = bundle.scan(tap=whole.update)
     except BundleError as e:  # `--base images.yaml`, meant: images.lock
         raise BundleError(f"--base {path}: neither a lock file nor a readable bundle: {e}",
                           hint="give the earlier bundle (.tar, .tar.zst) or its lock file "
                           "(images.lock)") from None
-    digest = None
     if bundle.volumes is not None:  # the whole file's name and sha256, not a part's
         path, digest = bundle.volumes.base, "sha256:" + bundle.volumes.sha256
     else:
-        side = path.with_name(path.name + ".sha256")
-        if side.exists() and side.stat().st_mtime >= path.stat().st_mtime:
-            digest = "sha256:" + side.read_text().split()[0]
+        digest = ("sha256:" + whole.hexdigest()) if bundle.compressed else sha256_file(path)
+        _check_sidecar(path, digest)
     names = {str(n) for e in contents.index["manifests"]
              for n in [(e.get("annotations") or {}).get(REF_NAME)] if n}
     blobs = dict(contents.members)
@@ -92,5 +93,25 @@ def _from_bundle(path: Path) -> dict[str, Any]:
         names.update(inv.base_images)
         blobs.update((d, inv.blobs[d]) for d, why in inv.absent.items()
                      if why == "base" and d in inv.blobs)
-    return {"base_blobs": blobs, "base_digest": digest or sha256_file(path),
+    return {"base_blobs": blobs, "base_digest": digest,
             "base_name": path.name, "base_images": tuple(sorted(names))}
+
+
+def _check_sidecar(path: Path, digest: str) -> None:
+    """The base's `BUNDLE.sha256`, when there is one, says the digest hashed from the base:
+    else the base or its checksum file is damaged (or one was replaced without the other),
+    and the new bundle would name as its base a file the far side may not have."""
+    side = path.with_name(path.name + ".sha256")
+    try:
+        said = side.read_text(errors="replace").split()[:1]
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise UsageError(f"--base {path}: cannot read {side}: {e.strerror}") from None
+    if said != [digest.removeprefix("sha256:")]:
+        told = said[0] if said else "nothing"
+        raise IntegrityError(
+            f"--base {path}: the base's sha256 is {digest.removeprefix('sha256:')}, but "
+            f"{side} says {told[:80]}: the base or its checksum file is damaged",
+            hint=f"`mirror verify {path}` says which; give the bundle the far side loaded as "
+            "--base (or its lock file)")

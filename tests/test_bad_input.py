@@ -1451,6 +1451,41 @@ def test_locked_with_a_malformed_digest_in_the_lock_file(good: Good, tmp_path: P
         assert not (tmp_path / "c").exists() and not (tmp_path / "out.tar").exists()
 
 
+@pytest.mark.parametrize("compressed", [False, True], ids=["tar", "tar.zst"])
+def test_base_whose_checksum_file_does_not_match_it(good: Good, tmp_path: Path,
+                                                    compressed: bool) -> None:
+    """`--base B` with a `B.sha256` that is not B's sha256 (o23 D2: zeros; the incremental
+    bundle named its base `sha256:000...`, a digest no file has, in mirror.json, inspect and
+    the far side's exit-11 hint): exit 7, one line naming both files and both digests,
+    before any download; a matching one, or none, gives the base's real digest."""
+    name = "base.tar.zst" if compressed else "base.tar"
+    base = tmp_path / name
+    if compressed:
+        mirror_ok("pull", good.ref, "-o", base, "--cache", tmp_path / "c0", "-q")
+    else:
+        base.write_bytes(good.bundle.read_bytes())
+    real = hashlib.sha256(base.read_bytes()).hexdigest()
+    side = tmp_path / f"{name}.sha256"
+    (tmp_path / "images.yaml").write_text(f"images:\n  - {good.ref}\n")
+    pull = ("pull", "-f", "images.yaml", "-o", "inc.tar", "--base", name, "-q")
+    for said in ("0" * 64, real[:63] + "x", ""):
+        side.write_text(f"{said}  {name}\n" if said else "")
+        err = fails("integrity", *pull, "--cache", "c", cwd=tmp_path)
+        assert err.startswith(f"mirror: error: --base {name}: the base's sha256 is {real}, "
+                              f"but {name}.sha256 says {said or 'nothing'}: "), err
+        assert not (tmp_path / "c").exists() and not (tmp_path / "inc.tar").exists()
+    for sidecar in (f"{real}  {name}\n", None):
+        if sidecar is None:
+            side.unlink()
+        else:
+            side.write_text(sidecar)
+        mirror_ok(*pull, "--cache", "c", cwd=tmp_path)
+        with tarfile.open(tmp_path / "inc.tar") as t:
+            f = t.extractfile("mirror.json")
+            assert f is not None
+            assert json.load(f)["base"]["digest"] == f"sha256:{real}"
+
+
 def test_base_that_is_neither_a_bundle_nor_a_lock_file(good: Good, tmp_path: Path) -> None:
     """`--base images.yaml` (meant: images.lock) says which option is wrong, before any
     download; not a bare 'images.yaml: truncated ... copy the bundle again'."""
