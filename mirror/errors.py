@@ -134,6 +134,13 @@ class IntegrityError(MirrorError):
     exit_code = EXIT_CODES["integrity"]
 
 
+class DamagedInTransit(IntegrityError):
+    """Bytes a registry (or a foreign layer's URL) sent for a blob that do not match its
+    digest or size: another GET may bring the right ones. A sync's upload of the blob starts
+    over once, in a new session (mirror.registry.upload), as a pull fetches a blob once more
+    (mirror.fetch); a bundle's bytes, read again, would be the same."""
+
+
 class ManifestLost(IntegrityError):
     """A manifest a run released to the cache's store (RawManifest.release) is no longer
     there when read back: `digest` can be fetched again from its registry."""

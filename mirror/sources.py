@@ -13,7 +13,7 @@ from typing import Any, cast
 
 from mirror.aio import aiter_thread, retrieved
 from mirror.digest import verified_async, verified_sync
-from mirror.errors import IntegrityError, MirrorError, RegistryError
+from mirror.errors import DamagedInTransit, IntegrityError, MirrorError, RegistryError
 from mirror.fetch import Fetcher
 from mirror.manifest import Descriptor
 from mirror.registry.client import Client
@@ -95,7 +95,8 @@ async def _checked(chunks: AsyncIterator[bytes], desc: Descriptor, offset: int, 
                    ) -> AsyncIterator[bytes]:
     """A blob stream, checked from byte 0 (a resumed upload, from `offset`, is checked by
     the registry against the digest in the final PUT, as a bundle's is); one that breaks off
-    is a RegistryError without a status, which the upload tries again."""
+    is a RegistryError without a status, which the upload tries again; bytes that do not
+    match, DamagedInTransit, which it reads once more."""
     gen = cast(AsyncGenerator[bytes, None], chunks)
     try:
         async with contextlib.aclosing(gen):
@@ -104,6 +105,8 @@ async def _checked(chunks: AsyncIterator[bytes], desc: Descriptor, offset: int, 
                 yield chunk
     except TransferError as e:
         raise RegistryError(f"{where}: {e.why}") from None
+    except IntegrityError as e:  # damaged on the way: read once more (upload_blob)
+        raise DamagedInTransit(str(e)) from None
 
 
 class CacheSource:

@@ -15,7 +15,14 @@ from urllib.parse import urlencode, urljoin, urlsplit
 import aiohttp
 
 from mirror.aio import cancel_all, retrieved
-from mirror.errors import BudgetSpent, IntegrityError, NotFound, RateLimited, RegistryError
+from mirror.errors import (
+    BudgetSpent,
+    DamagedInTransit,
+    IntegrityError,
+    NotFound,
+    RateLimited,
+    RegistryError,
+)
 from mirror.manifest import Descriptor
 from mirror.registry.transport import OnTheWire
 
@@ -121,7 +128,7 @@ class Uploads:
         retry policy. A non-seekable source (a compressed bundle's stream) can't be replayed:
         its failure is final.
         """
-        failures = 0
+        failures = damaged = 0
         while True:
             if location is None:
                 location = await self._start_upload(registry, repo)
@@ -144,6 +151,14 @@ class Uploads:
                 await self.cancel_upload(registry, repo, location)
                 await self.t.backoff("PUT" if desc.size <= MONOLITHIC_MAX else "PATCH",
                                      location, f"{e}; a new upload session", failures)
+                location = None
+            except DamagedInTransit as e:  # the source's bytes, damaged on the way: read
+                damaged += 1               # once more, as a pull fetches a blob again
+                if not seekable or damaged > 1:
+                    raise
+                await self.cancel_upload(registry, repo, location)
+                await self.t.backoff("GET", desc.digest, f"{e}; read once more, into a new "
+                                     "upload session", 1, delay=0.0)
                 location = None
 
     async def _start_upload(self, registry: str, repo: str) -> str:
