@@ -36,7 +36,7 @@ class Finder:
 
     def __init__(self, client: Client) -> None:
         self.client = client
-        self.api: dict[str, bool] = {}
+        self.api = client.t.referrers_api  # the run's, shared by its finders
         self._probing: dict[str, asyncio.Lock] = {}  # the first probe of each registry
         self._tags: dict[tuple[str, str], asyncio.Task[set[str]]] = {}
 

@@ -1539,6 +1539,8 @@ def test_a_rerun_reads_the_referrers_the_target_holds_from_the_target(
     assert {s.digest for s in sboms} <= set(_by_digest(dst)), dst.requests
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["targets"][0]["manifests_pushed"] == 0, report["targets"]
+    # the target's referrers API asked once a run, by planning and push together (o24 N3)
+    assert report["requests"][dst.host]["referrers"] == 1, report["requests"]
     assert state(dst_registry, f"{repo_name}-t") == held
     subject = img.images[0].manifest  # a new SBOM of it upstream, beside the first
     body = json.loads(sboms[1].data)

@@ -152,6 +152,9 @@ class Transport(Accounting):
         self._session: aiohttp.ClientSession | None = None
         self.retries = 0  # counted for the report
         self.limits: dict[str, RegistryLimits] = {}  # per registry: limiter and counts
+        # per registry: whether it has the referrers API, once a run asked (every finder's
+        # answer: a sync's planning and its push ask a target once between them)
+        self.referrers_api: dict[str, bool] = {}
 
     async def endpoint(self, registry: str) -> Endpoint:
         """Find the scheme (and the auth challenge) with one ping of /v2/, once per registry;
