@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 import re
 import signal
@@ -1257,6 +1258,33 @@ def test_a_stop_while_the_command_imports_writes_a_whole_report(
     assert doc["bundle"] is None and not (tmp_path / "out.tar").exists()
     [entry] = doc["images"]
     assert entry["reference"] == ref and entry["error_code"] == want, entry
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_stop_while_the_cli_itself_imports_writes_a_whole_report(
+        src_registry, image, tmp_path: Path, sig: str) -> None:
+    """`python -m mirror` (the console script's entry too) stopped while mirror.cli itself
+    imports, before main could hold the signals: SIGINT was a KeyboardInterrupt traceback,
+    exit 1, SIGTERM killed the process, no report either way, the last run's left for a
+    monitor to read (o24 N2). The entry holds them before the CLI imports: exit 130/143, one
+    line, the report written."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        f"SIG = {sig!r}\n" + _STOPPED_WHILE_IMPORTING.replace("mirror.pull_run", "mirror.cli"))
+    env = mirror_env()
+    env["PYTHONPATH"] = f"{site}{os.pathsep}{env['PYTHONPATH']}"
+    ref, report = f"{src_registry.host}/{image[0]}:v1", tmp_path / "r.json"
+    proc = subprocess.run(mirror_cmd("pull", ref, "-o", tmp_path / "out.tar", "--cache",
+                                     tmp_path / "c", "-q", "--report", report),
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    want = EXIT["interrupted" if sig == "SIGINT" else "terminated"]
+    assert proc.returncode == want, (proc.returncode, proc.stderr)
+    assert proc.stderr.splitlines() == [
+        f"mirror: interrupted ({sig}); finished blobs are kept, partial ones resume next run"]
+    doc = json.loads(report.read_text())
+    assert doc["exit_code"] == want and doc["error"] == f"interrupted ({sig})", doc
+    assert not (tmp_path / "out.tar").exists()
 
 
 def _stopped_in(module: str, *path: str) -> str:
