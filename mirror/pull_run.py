@@ -10,6 +10,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mirror.bundle.volumes import parse_size
 from mirror.commands import (
@@ -29,6 +30,9 @@ from mirror.netargs import transport_for
 from mirror.paths import check_writable
 from mirror.report import Report
 from mirror.runfiles import DEFAULT_OUTPUT, check_lock_path, lock_path
+
+if TYPE_CHECKING:
+    from mirror.bundle.writer import Prehash
 
 
 def _rule_text(rule: dict) -> str:
@@ -142,7 +146,7 @@ async def run_pull(args: argparse.Namespace, progress, report: Report) -> int:
 
 
 async def _run_pull(args: argparse.Namespace, progress, report: Report, out: Path,
-                    compress: bool, volume_size: int | None, prehash) -> int:
+                    compress: bool, volume_size: int | None, prehash: Prehash | None) -> int:
     from mirror.pull import pull
     from mirror.store.blobs import BlobStore, default_cache_dir
     from mirror.store.lock import RunLock
