@@ -26,7 +26,7 @@ from mirror.progress import Progress
 from mirror.registry.client import Client
 from mirror.registry.foreign import UrlRefused, open_url, unserved
 from mirror.registry.network import TransferError
-from mirror.registry.ratelimit import SMALL_BLOB
+from mirror.registry.ratelimit import BlobSlots
 from mirror.store.blobs import BlobStore
 from mirror.store.iowork import IO_POOL
 from mirror.store.partial import PartialBlob
@@ -50,7 +50,7 @@ class Fetcher:
         # small requests' share of smaller blobs: a registry that makes its requests wait (a
         # 429, its limiter) holds its own slots, never another registry's
         self.jobs = jobs
-        self.sems: dict[tuple[str, bool | None], asyncio.Semaphore] = {}
+        self.slots: dict[str, BlobSlots] = {}
         self.progress = progress
         # the fetches and placements under way; one that succeeded leaves its digest in
         # `done` or `placed` instead (a finished task per blob of thousands held ~0.5 KB)
@@ -86,15 +86,14 @@ class Fetcher:
         return task
 
     def _slots(self, registry: str, size: int) -> asyncio.Semaphore:
-        """A small blob waits on round trips (as many at once as the registry's small
-        requests), a transfer on bandwidth (`jobs` at once); a registry that sets
-        `max_concurrency` has that many downloads under way at once, whatever their size."""
-        lim = self.client.t.limits_for(registry)
-        key = (registry, None if lim.bodies else size < SMALL_BLOB)
-        if key not in self.sems:  # small blobs: as many more as the registry's small requests grow
-            self.sems[key] = lim.small_slots() if key[1] else \
-                asyncio.Semaphore(lim.bodies or self.jobs)
-        return self.sems[key]
+        """The registry's slots for a blob of `size` (mirror.registry.ratelimit.BlobSlots):
+        `jobs` transfers at once, or its `max_concurrency`."""
+        slots = self.slots.get(registry)
+        if slots is None:
+            lim = self.client.t.limits_for(registry)
+            slots = self.slots[registry] = BlobSlots(
+                lim, asyncio.Semaphore(lim.bodies or self.jobs))
+        return slots(size)
 
     async def _fetch(self, registry: str, repo: str, desc: Descriptor) -> bool:
         if self.store.has(desc.digest, desc.size):

@@ -27,7 +27,7 @@ from mirror.pushplan import (
     lost_base,
 )
 from mirror.registry.client import Client
-from mirror.registry.ratelimit import SMALL_BLOB
+from mirror.registry.ratelimit import BlobSlots
 from mirror.registry.upload import restartable
 
 Body = Callable[[Descriptor], AsyncIterator[bytes]]  # a member of a one-pass stream, verified
@@ -71,15 +71,11 @@ class BlobPush:
                  ) -> None:
         self.client, self.reg, self.source = client, registry, source
         self.result, self.progress, self.sem = result, progress, sem
-        # `small_apart` (a sync: each blob read from its registry as it is pushed): a blob
-        # under SMALL_BLOB waits on round trips, not bandwidth, so as many of them go at once
-        # as the target's small requests, beside the `jobs` transfers, as a pull's fetcher
-        # reads them (mirror.fetch): a source that stops answering (its requests spent, 429s
-        # through a request's tries) has given the images that need only such blobs already,
-        # as a pull's; a target that sets `max_concurrency` has that many transfers under
-        # way, whatever their size. A load's (a bundle: nothing to wait on) go `jobs` at once
-        lim = client.t.limits_for(registry)
-        self.small = lim.small_slots() if small_apart and not lim.bodies else sem
+        # `small_apart` (a sync: each blob read from its registry as it is pushed): the
+        # small ones beside the `jobs` transfers, as many as the target's small requests, as
+        # a pull's fetcher reads them (BlobSlots). A load's (a bundle: nothing to wait on)
+        # go `jobs` at once
+        self.slots = BlobSlots(client.t.limits_for(registry), sem) if small_apart else None
         # digest -> why a blob could not be read: its source registry's requests for the run
         # are spent (a sync's max_requests_per_run); the images that need it wait
         self.unread: dict[str, BudgetSpent] = {}
@@ -151,7 +147,7 @@ class BlobPush:
         source = self.source
 
         async def guarded(where: list[tuple[str, Descriptor]]) -> None:
-            async with self.small if where[0][1].size < SMALL_BLOB else self.sem:
+            async with self.slots(where[0][1].size) if self.slots else self.sem:
                 try:
                     await self._push_one(where, source.open, one_pass=False)
                 except BudgetSpent as e:

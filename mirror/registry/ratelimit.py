@@ -44,6 +44,29 @@ _TAGS = re.compile(r"^/v2/.+/tags/list$")
 _REFERRERS = re.compile(r"^/v2/.+/referrers/[^/]+$")
 
 
+
+class BlobSlots:
+    """Where a blob to or from one registry waits for its turn: one under SMALL_BLOB waits on
+    round trips, beside the transfers, as many at once as the registry's small requests
+    (growing with them: `RegistryLimits.small_slots`, made when first needed); one at or over
+    it on bandwidth, `transfers` at once; a registry that sets `max_concurrency` has that
+    many under way at once, whatever their size. A pull's fetcher and a sync's push share it
+    (mirror.fetch, mirror.pushblobs): a source that stops answering (its requests spent, 429s
+    through a request's tries) has given the images that need only small blobs already."""
+
+    __slots__ = ("_lim", "_small", "transfers")
+
+    def __init__(self, lim: RegistryLimits, transfers: asyncio.Semaphore) -> None:
+        self._lim, self.transfers = lim, transfers
+        self._small: asyncio.Semaphore | None = None
+
+    def __call__(self, size: int) -> asyncio.Semaphore:
+        if self._lim.bodies or size >= SMALL_BLOB:
+            return self.transfers
+        if self._small is None:
+            self._small = self._lim.small_slots()
+        return self._small
+
 def request_kind(method: str, url: str) -> str:
     """What a request of the registry API asks for, by its path: `ping` (GET /v2/),
     `manifest GET` (HEAD, PUT, DELETE), `blob GET` (HEAD, DELETE), `upload` (every request of
