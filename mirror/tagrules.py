@@ -14,7 +14,9 @@
 
 A rule keeps a tag when every key it gives agrees: `semver` (the tag is a version in the
 range), `regex` (found in the tag), none of `exclude`; a version with a pre-release part
-(`1.3.0-rc.1`) only with `prerelease: true`; then `latest: N` keeps the N highest versions
+(`1.3.0-rc.1`, and so a date `2024-05-01` or a variant `3.19-alpine`) only with
+`prerelease: true` (those a `regex` finds are named in a warning unless `prerelease: false`
+is written); then `latest: N` keeps the N highest versions
 (tags that are not versions have no order and are left out), or with `order: created` the N
 created last, versions or not (the candidates' times asked for: mirror.created; a tag with
 none ranks oldest and is named on stderr; equal times go by tag name). The listing's tags of
@@ -55,7 +57,7 @@ class TagRule:
     regex: str | None = None
     exclude: tuple[str, ...] = ()
     latest: int | None = None
-    prerelease: bool = False
+    prerelease: bool | None = None  # None: not given (pre-releases out, as False)
     order: str = "semver"  # of `latest`: semver, or created (its times asked for)
 
     def as_dict(self) -> dict[str, Any]:
@@ -102,6 +104,17 @@ class TagRule:
             return [t for t, _ in versions[-self.latest:]] if self.latest > 0 else []
         return [t for t, _ in versions] + sorted(t for t, v in kept if v is None)
 
+    def held_back(self, tags: list[str]) -> list[str]:
+        """The tags the rule's `regex` finds, and its other keys but `latest` keep, that are
+        left out as pre-release versions only because `prerelease` is not given: a date
+        (`2024-05-01` reads as 2024 with pre-release `05-01`) or a variant (`3.19-alpine`)
+        reads as one. Said as a warning (`_choose`), not left for the user to find missing;
+        `prerelease: false` says they stay out, and is silent."""
+        if self.regex is None or self.prerelease is not None:
+            return []
+        return [t for t, v in replace(self, prerelease=True)._kept(tags)
+                if v is not None and v.prerelease]
+
     def _kept(self, tags: list[str]) -> list[tuple[str, Version | None]]:
         kept: list[tuple[str, Version | None]] = []
         for tag in tags:
@@ -132,14 +145,34 @@ def is_rule(spec: ImageSpec) -> bool:
     return spec.rule is not None and spec.reference.tag is None
 
 
-def _nothing(spec: ImageSpec, listed: list[str]) -> ConfigError:
+def _nothing(spec: ImageSpec, listed: list[str], held: list[str]) -> ConfigError:
     assert spec.rule is not None
-    some = ", ".join(listed[:10]) + (f" ... ({len(listed)} in all)" if len(listed) > 10
-                                     else "")
+    if held:
+        return ConfigError(
+            f"{spec.where}: {spec.reference.name}: the tag rule ({spec.rule.describe()}) "
+            f"keeps none of the repository's {len(listed)} tag(s): its regex finds "
+            f"{_some(held)}, read as pre-release versions",
+            hint=_PRERELEASE_HINT)
     return ConfigError(
         f"{spec.where}: {spec.reference.name}: the tag rule ({spec.rule.describe()}) matches "
         f"none of the repository's {len(listed)} tag(s)",
-        hint=f"its tags: {some}" if listed else "the repository has no tags")
+        hint=f"its tags: {_some(listed)}" if listed else "the repository has no tags")
+
+
+def _held_back(spec: ImageSpec, held: list[str]) -> str:
+    assert spec.rule is not None
+    return (f"{spec.where}: {spec.reference.name}: the tag rule ({spec.rule.describe()}) "
+            f"leaves out {_some(held)}, which its regex finds, as pre-release versions; "
+            f"{_PRERELEASE_HINT}")
+
+
+_PRERELEASE_HINT = ("a tag such as 1.3.0-rc.1, 2024-05-01 or 3.19-alpine reads as VERSION-"
+                    "PRERELEASE: add `prerelease: true` to the rule to keep them, or "
+                    "`prerelease: false` to leave them out without this warning")
+
+
+def _some(tags: list[str]) -> str:
+    return ", ".join(tags[:10]) + (f" ... ({len(tags)} in all)" if len(tags) > 10 else "")
 
 
 def expand(spec: ImageSpec, tags: list[str]) -> list[ImageSpec]:
@@ -236,8 +269,11 @@ async def _choose(client: Client, spec: ImageSpec,
                  "(no org.opencontainers.image.created annotation, no `created` in the "
                  "config): ranked oldest by the tag rule")
     chosen = spec.rule.select(listed, created)
+    held = spec.rule.held_back(listed)
     if not chosen:
-        raise _nothing(spec, listed)
+        raise _nothing(spec, listed, held)
+    if held:
+        warn(_held_back(spec, held))
     return chosen
 
 

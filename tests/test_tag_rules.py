@@ -114,6 +114,54 @@ def test_a_rule_matching_nothing_names_the_image_and_the_rules_line(
     assert not (tmp_path / "o.tar").exists()
 
 
+def test_tags_a_regex_finds_that_read_as_pre_releases_are_said_not_silently_dropped(
+        src_registry, repo_name, rng, tmp_path):
+    """o25 D3: a date (2024-05-01) or a variant (3.19-alpine) reads as VERSION-PRERELEASE, so
+    a rule whose regex names it left it out without a word: a warning names the tags and
+    what to write; `prerelease: true` keeps them, `prerelease: false` leaves them out
+    silently, and a rule that keeps nothing else says why (exit 2)."""
+    seed(src_registry, repo_name, rng, ["latest", "2024-05-01", "3.19-alpine", "3.19"])
+    cfg = tmp_path / "images.yaml"
+    repo = f"{src_registry.host}/{repo_name}"
+
+    def run(rule: str):
+        cfg.write_text(f"images:\n  - repository: {repo}\n    tags:\n      - {rule}\n")
+        return run_mirror("pull", "-f", cfg, "--cache", tmp_path / "cache", "--dry-run",
+                          "--no-referrers", "-o", tmp_path / "o.tar")
+
+    r = run("regex: '^(latest|2024-05-01)$'")
+    assert r.returncode == 0, r.stderr
+    assert [ln.split("\t")[0] for ln in r.stdout.splitlines() if ln.startswith(repo + ":")] == \
+        [f"{repo}:latest"]
+    warning = [ln for ln in r.stderr.splitlines() if "pre-release" in ln]
+    assert len(warning) == 1, r.stderr
+    assert f" warning: {cfg}:4: {repo}: the tag rule" in warning[0], warning
+    assert "leaves out 2024-05-01, which its regex finds, as pre-release versions" in \
+        warning[0]
+    assert "add `prerelease: true`" in warning[0]
+
+    r = run("{regex: '^(latest|2024-05-01)$', prerelease: true}")
+    assert r.returncode == 0, r.stderr
+    assert {ln.split("\t")[0] for ln in r.stdout.splitlines() if ln.startswith(repo + ":")} == \
+        {f"{repo}:latest", f"{repo}:2024-05-01"}
+    assert "pre-release" not in r.stderr
+
+    r = run("{regex: '^(latest|2024-05-01)$', prerelease: false}")
+    assert r.returncode == 0, r.stderr
+    assert "pre-release" not in r.stderr
+
+    r = run("semver: '>=3'")  # a range leaves pre-releases out as semver does: no warning
+    assert r.returncode == 0, r.stderr
+    assert "pre-release" not in r.stderr
+
+    r = run("regex: '-alpine$'")
+    assert r.returncode == 2, r.stderr
+    line = error_line(r)
+    assert line.startswith(f"mirror: error: {cfg}:4: {repo}: the tag rule"), line
+    assert "keeps none of the repository's 4 tag(s): its regex finds 3.19-alpine, read as " \
+        "pre-release versions" in line
+
+
 def test_a_bad_rule_is_a_config_error_before_any_request(tmp_path):
     cfg = tmp_path / "images.yaml"
     for rule, says in [('semver: ">=1.2 <<2"', "is not a comparator"),
