@@ -31,7 +31,7 @@ from tests.support.oracle import (
     run,
     run_mirror,
 )
-from tests.support.pusher import blob_exists, list_tags, push_image, slow_image
+from tests.support.pusher import _request, blob_exists, list_tags, push_image, slow_image
 
 EXIT = {"integrity": 7, "bundle": 10, "incomplete-base": 11, "lock-held": 12, "partial": 13,
         "not-found": 5}
@@ -944,6 +944,48 @@ def test_the_readmes_nightly_script_full_then_incremental(src_registry, dst_regi
     r = run_mirror("load", second, "--to", f"{dst_registry.host}/n", "-q")
     assert r.returncode == EXIT["incomplete-base"]  # out of order: nothing pushed
     for b in (first, second, third):
+        mirror_ok("load", b, "--to", f"{dst_registry.host}/n", "-q")
+    assert sorted(list_tags(dst_registry.url, f"n/{repo_name}")) == ["1", "2", "3"]
+
+
+def test_the_readmes_nightly_script_carries_the_others_when_an_image_fails(
+        src_registry, dst_registry, repo_name, rng, tmp_path):
+    """README's nightly.sh says a night on which some images fail exits 13 and its bundle
+    holds the others (o25 D2): without --keep-going the first failure stopped the night
+    (exit 5, no bundle) and every night after, until images.yaml was edited. A tag deleted
+    upstream: exit 13, the night's bundle carries the new image, carried.lock is its lock
+    (keeping the gone image's last good entry), and the bundles loaded in order give every
+    tag."""
+    site, env = _nightly_site(tmp_path, _readme_nightly_script())
+    bundles = site / "bundles"
+    ref = f"{src_registry.host}/{repo_name}"
+    one, two, three = (ig.make_image(rng, ig.AMD64, fmt="oci") for _ in range(3))
+    push_image(src_registry.url, repo_name, one, tags=["1"])
+    push_image(src_registry.url, repo_name, two, tags=["2"])
+    (site / "images.yaml").write_text(f"images:\n  - {ref}:1\n  - {ref}:2\n")
+
+    def night(n: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["sh", str(site / "nightly.sh")], env={**env, "NIGHT": n},
+                              capture_output=True, text=True, timeout=180)
+
+    r = night("20261127")
+    assert (r.returncode, r.stderr) == (0, ""), r
+    push_image(src_registry.url, repo_name, three, tags=["3"])
+    status, _, body = _request("DELETE",
+                               f"{src_registry.url}/v2/{repo_name}/manifests/{two.digest}")
+    assert status == 202, body
+    (site / "images.yaml").write_text(f"images:\n  - {ref}:1\n  - {ref}:2\n  - {ref}:3\n")
+    r = night("20261128")
+    assert r.returncode == EXIT["partial"], r.stderr
+    report = json.loads((bundles / "report.json").read_text())
+    assert report["exit_code"] == EXIT["partial"] and report["partial"], report
+    assert [i["reference"] for i in report["images"] if i.get("error")] == [f"{ref}:2"]
+    second = bundles / "site-20261128.tar.zst"
+    assert second.exists()
+    lock = json.loads((bundles / "carried.lock").read_text())
+    assert lock["bundle"]["name"] == second.name, lock
+    assert lock["images"][f"{ref}:2"]["digest"] == two.digest  # its last good entry
+    for b in (bundles / "site-20261127.tar.zst", second):
         mirror_ok("load", b, "--to", f"{dst_registry.host}/n", "-q")
     assert sorted(list_tags(dst_registry.url, f"n/{repo_name}")) == ["1", "2", "3"]
 
