@@ -229,4 +229,11 @@ def after_run(result: PullResult, path: Path, tag_rules: list[dict[str, Any]] | 
                 {d: n for d, n in old.blobs.items() if d in carried}
             lock.blobs = {**went, **lock.blobs}
     lock.images.update((r.reference, _entry(r)) for r in result.images if not r.error)
+    # a rule's tags as locked: one it chose that failed or waits with no entry to keep (new
+    # this run) is not locked, so `--locked` pulls the rule's others, not refuses the run
+    # for it (o25 D1); the report's `tag_rules` still says what the rule chose
+    lock.tag_rules = [{**rule, "tags": [t for t in rule["tags"]
+                                        if f"{rule['repository']}:{t}" in lock.images]}
+                      if isinstance(rule.get("tags"), list) else rule
+                      for rule in lock.tag_rules]
     return lock if lock.images else None

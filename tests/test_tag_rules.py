@@ -11,6 +11,7 @@ import tarfile
 
 import pytest
 
+from mirror.errors import EXIT_CODES
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault
 from tests.support.oracle import damaged_on_read, error_line, mirror_ok, run_mirror
@@ -160,6 +161,39 @@ def test_tags_a_regex_finds_that_read_as_pre_releases_are_said_not_silently_drop
     assert line.startswith(f"mirror: error: {cfg}:4: {repo}: the tag rule"), line
     assert "keeps none of the repository's 4 tag(s): its regex finds 3.19-alpine, read as " \
         "pre-release versions" in line
+
+
+def test_a_lock_whose_new_tag_waited_locks_the_rules_others(src_registry, faultproxy,
+                                                            repo_name, rng, tmp_path):
+    """o25 D1: a rule chose a new tag that then waited (429s through all tries: exit 14,
+    "images.lock has no entry for them yet"); the lock file listed that tag in the rule's
+    `tagRules` with no entry for it, and `--locked` refused the whole run (exit 2). The rule's
+    tags as locked are those with an entry: `--locked` pulls them; the next `mirror lock`
+    without the storm takes the new tag."""
+    proxy = faultproxy(src_registry.url)
+    for tag in ("1.0", "1.1"):
+        push_image(src_registry.url, repo_name, ig.make_image(rng, ig.AMD64, "oci"), tags=[tag])
+    repo = f"{proxy.host}/{repo_name}"
+    cfg, cache = tmp_path / "images.yaml", tmp_path / "cache"
+    cfg.write_text(f"images:\n  - repository: {repo}\n    tags:\n      - semver: '^1'\n")
+    mirror_ok("lock", "-f", cfg, "--cache", cache, "-q")
+    push_image(src_registry.url, repo_name, ig.make_image(rng, ig.AMD64, "oci"), tags=["1.2"])
+    proxy.add(Fault("status", path=rf"/{repo_name}/manifests/1\.2$", status=429,
+                    headers={"Retry-After": "0"}, times=None))
+    r = run_mirror("lock", "-f", cfg, "--cache", cache, "-q", "--retries", "1")
+    assert r.returncode == EXIT_CODES["rate-limited-partial"], r.stderr
+    lock = json.loads((tmp_path / "images.lock").read_text())
+    assert lock["tagRules"][0]["tags"] == ["1.0", "1.1"], lock["tagRules"]
+    assert sorted(lock["images"]) == [f"{repo}:1.0", f"{repo}:1.1"]
+    proxy.clear_faults()
+    r = run_mirror("pull", "-f", cfg, "--cache", cache, "-q", "--locked", "--no-referrers",
+                   "-o", tmp_path / "b.tar", "--report", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert sorted(i["reference"] for i in report["images"]) == [f"{repo}:1.0", f"{repo}:1.1"]
+    mirror_ok("lock", "-f", cfg, "--cache", cache, "-q")
+    lock = json.loads((tmp_path / "images.lock").read_text())
+    assert lock["tagRules"][0]["tags"] == ["1.0", "1.1", "1.2"], lock["tagRules"]
 
 
 def test_a_bad_rule_is_a_config_error_before_any_request(tmp_path):
