@@ -20,6 +20,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from mirror import mediatypes as mt
+from mirror.aio import gather_or_cancel
 from mirror.artifacts import COSIGN_SUFFIXES, fallback_tag, kind_of, wanted
 from mirror.errors import MirrorError, NotFound, RegistryError
 from mirror.image import Image
@@ -27,6 +28,10 @@ from mirror.manifest import Descriptor, RawManifest, dump_json
 from mirror.reference import Reference
 from mirror.registry.client import Client
 from mirror.resolve import There
+
+# the referrers of a subject a target lists, and its fallback index that lists them (None:
+# it has the referrers API, or no such index)
+Theirs = tuple[list[Descriptor], "RawManifest | None"]
 
 
 class Finder:
@@ -118,7 +123,8 @@ class Finder:
         reads: 1,200 small files at 400 images, written by the first run and read back by
         every rerun to compare). `there`: where the image is held already (a sync's
         target: mirror.resolve.There), whose referrers of `subject` are read from there
-        (`_find`)."""
+        (`_find`), those of cosign's tags too, each asked at the registry with a HEAD
+        (`_tagged`; a fallback index: `_fallback`)."""
         store = self.client.manifests if registry in self.client.cached_referrers else None
         kept = store.referrers(registry, repo, subject) if store is not None else None
         found = await self._kept(registry, repo, subject, kept) if kept is not None else None
@@ -156,17 +162,24 @@ class Finder:
                     there: There | None = None) -> list[Image]:
         """What refers to `subject`, asked of the registry; the manifests it lists by
         digest read from `there` where it lists them too (`_held`), checked against their
-        digests as from the registry (from the registry when it cannot serve one)."""
+        digests as from the registry (from the registry when it cannot serve one); those it
+        names by tag (its fallback index, cosign's tags) read as `_tagged` says."""
         client = self.client
         where = Reference(registry, repo)
         found: list[Image] = []
         descs = await self._api(registry, repo, subject)
         tags = await self.tags(registry, repo)
         fallback = fallback_tag(subject)
+        theirs: Theirs | None = None
         if descs is None and fallback in tags:
-            index = await client.get_manifest(registry, repo, fallback)
+            if there is not None and client.manifests is None:  # its index may be theirs
+                theirs = await self._theirs(there, subject)
+            index = await self._fallback(registry, repo, subject,
+                                         theirs[1] if theirs is not None else None)
             descs = index.children if index.is_index else []
-        held = await self._held(there, subject) if there is not None and descs else None
+        if there is not None and descs and theirs is None:
+            theirs = await self._theirs(there, subject)
+        held = _held(there, theirs) if there is not None and descs else None
         for d in descs or []:
             def ask(reg: str, rep: str, d: Descriptor = d) -> Awaitable[RawManifest]:
                 return client.get_manifest(reg, rep, d.digest, expected=d)
@@ -177,28 +190,78 @@ class Finder:
                 continue  # a stale fallback entry
             kind = kind_of(raw) or raw.artifact_type or "artifact"
             found.append(Image.referrer(raw, subject, kind, where))
-        for suffix, kind in COSIGN_SUFFIXES.items():
-            if fallback + suffix in tags:
-                raw = await client.get_manifest(registry, repo, fallback + suffix)
-                found.append(Image.referrer(raw, subject, kind, where, fallback + suffix))
+        cosign = [(fallback + suffix, kind) for suffix, kind in COSIGN_SUFFIXES.items()
+                  if fallback + suffix in tags]
+        # at once: each is a HEAD here and a GET there, one after the other
+        raws = await gather_or_cancel(self._tagged(registry, repo, tag, there)
+                                      for tag, _ in cosign)
+        found += [Image.referrer(raw, subject, kind, where, tag)
+                  for (tag, kind), raw in zip(cosign, raws, strict=True)]
         return found
 
+    async def _tagged(self, registry: str, repo: str, tag: str, there: There | None
+                      ) -> RawManifest:
+        """The manifest cosign's `tag` names at `registry/repo`. Of an image `there` holds
+        already (a sync's target, which the run before pushed the tag to, byte for byte),
+        without a cache's store: one HEAD of the tag (`_named`), and the manifest it names
+        read from there by digest, checked against it; from the registry by digest when
+        there cannot serve it (a tag moved upstream, a manifest deleted there:
+        `There.read`). Otherwise one GET of the tag (a cache's store answers it after a
+        HEAD of the tag: mirror.registry.client)."""
+        client = self.client
+        if there is None or client.manifests is not None or \
+                (digest := await self._named(registry, repo, tag)) is None:
+            return await client.get_manifest(registry, repo, tag)
 
-    async def _held(self, there: There, subject: str) -> There | None:
+        def ask(reg: str, rep: str, digest: str = digest) -> Awaitable[RawManifest]:
+            return client.get_manifest(reg, rep, digest)
+        return await There(there.registry, there.repository).read(
+            client, ask, digest, Reference(registry, repo))
+
+    async def _fallback(self, registry: str, repo: str, subject: str,
+                        theirs: RawManifest | None) -> RawManifest:
+        """The `sha256-<hex>` index of referrers of `subject` at `registry/repo`. Where the
+        target holds a fallback index of the subject (`theirs`, read by `_theirs`; a sync
+        without a cache's store): one HEAD of the tag, and `theirs` taken when it is the
+        one the tag names (its bytes checked against that digest as read), else a GET of
+        the tag (an index the push merged into is seldom the source's bytes: the target is
+        not asked for it by digest). Otherwise one GET of the tag."""
+        tag = fallback_tag(subject)
+        if theirs is not None and \
+                await self._named(registry, repo, tag, (theirs.digest, theirs.media_type)) \
+                == theirs.digest:
+            return theirs
+        return await self.client.get_manifest(registry, repo, tag)
+
+    async def _named(self, registry: str, repo: str, tag: str,
+                     known: tuple[str, str] | None = None) -> str | None:
+        """The digest `tag` names, by one HEAD (`known`: the one it may name, asked with
+        If-None-Match); None when the HEAD says none (the tag gone since the listing: its
+        GET says so, as before)."""
+        head = await self.client.head_manifest(registry, repo, tag, known)
+        return head.digest if head is not None and head.digest else None
+
+    async def _theirs(self, there: There, subject: str) -> Theirs | None:
         """The referrers of `subject` that `there` lists (its referrers API's answer, else
-        its `sha256-<hex>` fallback index: one request), to be read from there; None when
-        it lists none, or cannot say (said with -v alone)."""
+        its `sha256-<hex>` fallback index: one request) and that index (None: none); None
+        when it cannot say (said with -v alone)."""
         try:
             descs = await self._api(there.registry, there.repository, subject)
-            if descs is None:
-                index = await held_fallback(self.client, there.registry, there.repository,
-                                            subject)
-                descs = index.children if index is not None and index.is_index else []
+            if descs is not None:
+                return descs, None
+            index = await held_fallback(self.client, there.registry, there.repository,
+                                        subject)
         except MirrorError as e:
             self.client.t.debug(f"{e}: the referrers of {subject} read from the source")
             return None
-        listed = {d.digest for d in descs}
-        return There(there.registry, there.repository, listed) if listed else None
+        return (index.children if index is not None and index.is_index else []), index
+
+
+def _held(there: There, theirs: Theirs | None) -> There | None:
+    """Where the referrers `theirs` lists are read from: `there`, for those; None when it
+    lists none, or could not say."""
+    listed = {d.digest for d in theirs[0]} if theirs is not None else set()
+    return There(there.registry, there.repository, listed) if listed else None
 
 
 def _refers(raw: RawManifest, subject: str, kind: object, tag: object) -> bool:

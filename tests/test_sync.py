@@ -36,6 +36,7 @@ from tests.support.oracle import (
     tag_unserved,
 )
 from tests.support.pusher import (
+    _request,
     blob_exists,
     corrupt_list,
     get_blob,
@@ -50,6 +51,7 @@ from tests.support.referrers import (
     fallback_index,
     fallback_tag,
     make_sbom,
+    make_signature,
     push_sbom,
     push_signature,
 )
@@ -1554,6 +1556,105 @@ def test_a_rerun_reads_the_referrers_the_target_holds_from_the_target(
     assert [d for d in _by_digest(src) if d in {new.digest, *(s.digest for s in sboms)}] \
         == [new.digest], src.requests
     assert new.digest in state(dst_registry, f"{repo_name}-t")[repo_name]["manifests"]
+
+
+def _manifest_asks(proxy) -> list[tuple[str, str]]:
+    """What `proxy` was asked of manifests: (method, tag or digest), sorted."""
+    return sorted((m, p.rpartition("/")[2]) for m, p, _ in proxy.requests
+                  if "/manifests/" in p)
+
+
+@pytest.mark.parametrize("how", ["streamed", "cache", "mapped"])
+def test_a_rerun_heads_the_cosign_tags_and_fallback_indexes_the_target_holds(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path, how: str) -> None:
+    """Issue 18: a sync rerun without --cache GETs, from the source, every cosign tag of a
+    signed image (`sha256-<hex>.sig`, `.att`) and every `sha256-<hex>` fallback index, by
+    tag, every run (Docker Hub counts each as a pull), although the target holds the same
+    manifests (the run before pushed them). Now each is one HEAD at the source: a cosign
+    tag's manifest is read from the target by the digest the HEAD says, a fallback index is
+    the target's own when the source's tag names the same bytes (a source laid out as
+    mirror lays out its targets, as a mirror of a mirror is), else it alone is a GET, by
+    digest. With --cache (the cache's store answers after a HEAD) and with --map into a
+    prefix the source is asked as much. A re-signed image (its `.sig` moved upstream) has
+    its new signature carried; a manifest deleted at the target is read from the source
+    and pushed again; the target holds what it held, byte for byte."""
+    img = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64_V8)],
+                        "oci")
+    push_image(src_registry.url, repo_name, img, ["1"])
+    key = ec.generate_private_key(ec.SECP256R1())
+    sig_tag, _ = push_signature(src_registry.url, repo_name, key, img.digest)
+    att, blobs = make_signature(key, repo_name, img.digest)  # the shape of an attestation
+    for b in blobs:
+        push_blob(src_registry.url, repo_name, b)
+    att_tag = fallback_tag(img.digest) + ".att"
+    push_raw_manifest(src_registry.url, repo_name, att_tag, att.data, att.media_type)
+    amd64 = img.images[0].manifest
+    sboms = [push_sbom(src_registry.url, repo_name, s) for s in (img.manifest, amd64)]
+    src, dst = faultproxy(src_registry.url), faultproxy(dst_registry.url)
+    prefix = f"{repo_name}-t"
+    args = ["sync", f"{src.host}/{repo_name}:1", "--to", f"{dst.host}/{prefix}"]
+    if how == "cache":
+        args += ["--cache", str(tmp_path / "cache")]
+    at = repo_name
+    if how == "mapped":
+        at = f"mapped/{repo_name}"
+        args += ["--map", f"{src.host}/{repo_name}={at}"]
+    mirror_ok(*args, "-q")
+    there = f"{prefix}/{at}"
+    # the index's fallback index at the source as the target holds it (the same bytes)
+    same, _, _ = get_manifest(dst_registry.url, there, fallback_tag(img.digest))
+    push_raw_manifest(src_registry.url, repo_name, fallback_tag(img.digest), same,
+                      ig.OCI_INDEX)
+    mirror_ok(*args, "-q")  # (a cache's store keeps the tag's new manifest)
+    held = state(dst_registry, prefix)
+    src.reset_counters()
+    dst.reset_counters()
+    mirror_ok(*args, "-q", "--report", tmp_path / "r.json")
+    cosign = [("HEAD", sig_tag), ("HEAD", att_tag)]
+    fallbacks = [("HEAD", fallback_tag(d)) for d in (img.digest, amd64.digest)]
+    if how == "cache":  # all of them in the store: a HEAD each, the tag's too
+        assert _manifest_asks(src) == sorted([("HEAD", "1"), *cosign, *fallbacks]), \
+            src.requests
+    else:
+        # the amd64 fallback index is the source's own bytes (no annotations): a GET
+        assert _manifest_asks(src) == sorted([("GET", "1"), *cosign, *fallbacks,
+                                              ("GET", fallback_tag(amd64.digest))]), \
+            src.requests
+        assert {att.digest, *(s.digest for s in sboms)} <= set(_by_digest(dst)), \
+            dst.requests
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["targets"][0]["manifests_pushed"] == 0, report["targets"]
+    assert report["requests"][src.host].get("manifest GET", 0) == \
+        (0 if how == "cache" else 2), report["requests"]
+    assert state(dst_registry, prefix) == held
+    # re-signed upstream: the new signature is carried, read from the source
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    _, new_sig = push_signature(src_registry.url, repo_name, new_key, img.digest)
+    src.reset_counters()
+    mirror_ok(*args, "-q", "--report", tmp_path / "r.json")
+    moved = sig_tag if how == "cache" else new_sig.digest  # a cache's store: by tag
+    assert moved in [p.rpartition("/")[2] for p in src.paths("GET")], src.requests
+    assert [d for d in _by_digest(src) if d != new_sig.digest] == [], src.requests
+    got, _, _ = get_manifest(dst_registry.url, there, sig_tag)
+    assert got == new_sig.data
+    assert json.loads((tmp_path / "r.json").read_text())["targets"][0]["manifests_pushed"] \
+        == 1
+    # deleted at the target: read from the source (-v says so without a cache), pushed again
+    held = state(dst_registry, prefix)
+    status, _, body = _request("DELETE", f"{dst_registry.url}/v2/{there}/manifests/"
+                                         f"{att.digest}")
+    assert status == 202, body
+    assert state(dst_registry, prefix) != held
+    src.reset_counters()
+    synced = mirror_ok(*args, "-v")
+    if how != "cache":
+        assert [line for line in synced.stderr.splitlines()
+                if "read from the source" in line and att.digest in line], synced.stderr
+        assert _by_digest(src) == [att.digest], src.requests
+    assert state(dst_registry, prefix) == held
+    got, _, _ = get_manifest(dst_registry.url, there, att_tag)
+    assert got == att.data
 
 
 def test_a_budgeted_sync_to_its_own_registry_goes_on_run_after_run(
