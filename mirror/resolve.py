@@ -21,7 +21,7 @@ from mirror.image import Image
 from mirror.manifest import Descriptor, RawManifest, dump_json
 from mirror.platform import Platform, no_matching_manifest
 from mirror.reference import Reference
-from mirror.registry.client import Client
+from mirror.registry.client import Client, ManifestHead
 
 ATTESTATION_REF = "vnd.docker.reference.digest"
 
@@ -35,10 +35,14 @@ class There:
     (a sync's target), and what of it: `lists` None, everything below the root (its
     reference there names the root); else the manifests named (the root's children that
     the index there lists too: the image it holds is the root filtered), and the config
-    of each of those read, the entries of each nested index (`_Resolver.get` adds them)."""
+    of each of those read, the entries of each nested index (`_Resolver.get` adds them).
+    `named`: what it answered about references as the image resolved (mirror.sync_plan's
+    `named`, keyed by repository and tag), which a read of a tag there adds to, so that
+    the push does not ask again (mirror.referrers: cosign's tags)."""
     registry: str
     repository: str
     lists: set[str] | None = None
+    named: dict[tuple[str, str], ManifestHead | None] | None = None
 
     def serves(self, digest: str) -> bool:
         return self.lists is None or digest in self.lists

@@ -227,6 +227,7 @@ class SyncPlanner(Planner):
         ref = spec.reference
         digest = root if isinstance(root, str) else root.digest
         other: tuple[str, str, str] | None = None  # a target whose tag names another index
+        other_named: dict[tuple[str, str], ManifestHead | None] = {}  # its answers
         foreseen: list[Foreseen | None] = []  # made once, for the first target that asks
         for n, target in enumerate(self.targets):
             try:
@@ -241,25 +242,27 @@ class SyncPlanner(Planner):
             if head is None or not head.digest:
                 continue
             if head.digest == digest:
-                return There(target.registry, where.repository)
+                return There(target.registry, where.repository, named=named)
             if isinstance(root, str):
                 continue
             if root.is_index and head.media_type == root.media_type:
                 if not foreseen:
                     foreseen.append(await foresee())
                 if foreseen[0] is not None and head.digest == foreseen[0][0]:
-                    return There(target.registry, where.repository, set(foreseen[0][1]))
+                    return There(target.registry, where.repository, set(foreseen[0][1]),
+                                 named)
             # an index of the root's type: a filtered one keeps it, a converted one
             # (--format) does not, and lists none of the root's children; one image
             # manifest: a converted one names the same config
             if other is None and (root.is_index and head.media_type == root.media_type
                                   or root.is_image and not root.declared_artifact_type):
-                other = (target.registry, where.repository, head.digest)
-        return await self._listed(spec, root, *other) \
+                other, other_named = (target.registry, where.repository, head.digest), named
+        return await self._listed(spec, root, *other, other_named) \
             if other is not None and not isinstance(root, str) else None
 
     async def _listed(self, spec: ImageSpec, root: RawManifest, registry: str, repo: str,
-                      digest: str) -> There | None:
+                      digest: str, named: dict[tuple[str, str], ManifestHead | None]
+                      ) -> There | None:
         """Index `root`'s children that index `digest`, which a target's tag names, lists
         too, to be read from there (of image manifest `root`, its config, when the one
         there names it: a conversion, --format, changes the manifest, not the config): one
@@ -277,17 +280,17 @@ class SyncPlanner(Planner):
         else:
             mine, held = root.config, theirs.config if theirs.is_image else None
             shared = {mine.digest} if mine and held and held.digest == mine.digest else set()
-        return There(registry, repo, shared) if shared else None
+        return There(registry, repo, shared, named) if shared else None
 
     def planned(self, i: int, plan: Image) -> None:
         """The push's step 0 answers for the image's references resolving asked about
         (`as_named`): whether each names the root the image carries, a filtered or
-        converted one too (a run without a budget, or a dry run, admits nothing: the push
-        asks no more)."""
+        converted one too, and its referrers' cosign tags read there (a run without a
+        budget, or a dry run, admits nothing: the push asks no more)."""
         for n, target in enumerate(self.targets):
             try:
-                own, _, _ = _placed(plan, target)
+                own, refs, _ = _placed(plan, target)
             except MirrorError:  # no place there: the push's check says so
                 continue
-            for img in own:
+            for img in own + refs:
                 self.as_named(n, img)

@@ -1572,10 +1572,10 @@ def test_a_rerun_heads_the_cosign_tags_and_fallback_indexes_the_target_holds(
     signed image (`sha256-<hex>.sig`, `.att`) and every `sha256-<hex>` fallback index, by
     tag, every run (Docker Hub counts each as a pull), although the target holds the same
     manifests (the run before pushed them). Now each is one HEAD at the source: a cosign
-    tag's manifest is read from the target by the digest the HEAD says, a fallback index is
-    the target's own when the source's tag names the same bytes (a source laid out as
-    mirror lays out its targets, as a mirror of a mirror is), else it alone is a GET, by
-    digest. With --cache (the cache's store answers after a HEAD) and with --map into a
+    tag's manifest is the target's under the same tag (one GET there, which the push's
+    HEAD of it was) when it is the digest the HEAD says, a fallback index is the target's
+    own when the source's tag names the same bytes (a source laid out as mirror lays out
+    its targets, as a mirror of a mirror is), else it alone is a GET. With --cache (the cache's store answers after a HEAD) and with --map into a
     prefix the source is asked as much. A re-signed image (its `.sig` moved upstream) has
     its new signature carried; a manifest deleted at the target is read from the source
     and pushed again; the target holds what it held, byte for byte."""
@@ -1621,8 +1621,11 @@ def test_a_rerun_heads_the_cosign_tags_and_fallback_indexes_the_target_holds(
         assert _manifest_asks(src) == sorted([("GET", "1"), *cosign, *fallbacks,
                                               ("GET", fallback_tag(amd64.digest))]), \
             src.requests
-        assert {att.digest, *(s.digest for s in sboms)} <= set(_by_digest(dst)), \
-            dst.requests
+        # of the target: the cosign tags by GET (no HEAD at the push), the SBOMs by digest
+        theirs = _manifest_asks(dst)
+        assert {("GET", sig_tag), ("GET", att_tag)} <= set(theirs), dst.requests
+        assert not {("HEAD", sig_tag), ("HEAD", att_tag)} & set(theirs), dst.requests
+        assert {s.digest for s in sboms} <= set(_by_digest(dst)), dst.requests
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["targets"][0]["manifests_pushed"] == 0, report["targets"]
     assert report["requests"][src.host].get("manifest GET", 0) == \
