@@ -423,8 +423,9 @@ def test_inspect_of_a_docker_save_by_image_id_says_what_it_holds(dockerd, src_re
 def test_a_sparse_index_is_named_as_what_ctr_cannot_import(containerd, src_registry,
                                                             repo_name, rng, tmp_path):
     """`--index sparse` keeps the source index, whose other platforms' manifests the bundle
-    does not carry: ctr import (k3s, RKE2) then imports nothing from the file, not even the
-    other images. pull says so, naming the image and --index filter."""
+    does not carry: on this amd64 host, of an arm64-only index, ctr import imports nothing
+    from the file, not even the other images. pull says so, naming the image and --index
+    filter."""
     s = seed_both(src_registry, repo_name, rng)
     cfg = tmp_path / "images.yaml"
     cfg.write_text(json.dumps({"version": 1, "images": [
@@ -436,6 +437,27 @@ def test_a_sparse_index_is_named_as_what_ctr_cannot_import(containerd, src_regis
     assert "ctr import" in proc.stderr and "--index filter" in proc.stderr, proc.stderr
     imported = containerd.import_(bundle, check=False)
     assert imported.returncode != 0 and s.single not in containerd.images(), imported.stdout
+
+
+def test_ctr_imports_a_sparse_index_for_a_platform_it_carries(containerd, src_registry,
+                                                              repo_name, rng, tmp_path):
+    """A sparse index that carries the host's platform (amd64; arm64 left out): ctr import
+    unpacks it, its digest the source index's; `--all-platforms` fails on the platform left
+    out. pull's note said ctr imported nothing from such a file (the sinks matrix found
+    otherwise); it names the platforms left out and the imports that fail."""
+    s = seed_both(src_registry, repo_name, rng)
+    bundle = tmp_path / "b.tar"
+    proc = mirror_ok("pull", s.signed, s.single, "--platform", "linux/amd64", "--index",
+                     "sparse", "-o", bundle, "--cache", tmp_path / "cache")
+    (note,) = [ln for ln in proc.stderr.splitlines() if "--index sparse:" in ln]
+    assert s.signed in note and "(linux/arm64)" in note, note
+    assert "ctr import --all-platforms, or ctr import on a host of such a platform" in note, note
+    every = containerd.import_(bundle, "--all-platforms", check=False)
+    assert every.returncode != 0 and "not found" in every.stderr, every.stderr
+    containerd.import_(bundle)
+    images = containerd.images()
+    assert images[s.signed]["digest"] == s.index.digest  # the source index, kept sparse
+    assert images[s.single]["digest"] == s.single_img.digest
 
 
 def test_docker_load_is_not_stopped_by_a_zstd_image(dockerd, src_registry, repo_name, rng,

@@ -75,7 +75,7 @@ def unloadable(plans: list[Image], base_blobs: dict[str, int] | None) -> Iterato
     """A note per image the bundle's manifest.json leaves out (a base bundle's blobs, a
     foreign layer): docker load and podman load will not load it (one for the bundle when
     the base's blobs leave it out every image: those load nothing from it); and per sparse
-    index, which ctr import cannot take."""
+    index, which ctr import takes only for a platform it carries, never --all-platforms."""
     base = base_blobs or {}
     carried = {d for p in plans for d in p.blobs if d not in base}
     left = left_out(plans, carried)
@@ -91,9 +91,13 @@ def unloadable(plans: list[Image], base_blobs: dict[str, int] | None) -> Iterato
                f"{why}")
     for p in plans:
         if "sparse" in p.absent.values():
+            lacks = [str(c.platform) for c in p.root.children
+                     if p.absent.get(c.digest) == "sparse" and c.platform is not None]
             yield (f"{p.name}: --index sparse: the index names platform manifests the bundle "
-                   "does not carry, so ctr import (k3s, RKE2) imports nothing from this file, "
-                   "not even the other images; --index filter makes one it imports")
+                   f"does not carry ({', '.join(lacks) or 'in a nested index'}), so ctr import "
+                   "--all-platforms, or ctr import on a host of such a platform, imports "
+                   "nothing from this file, not even the other images; --index filter makes "
+                   "one they import")
 
 
 @dataclass
