@@ -29,6 +29,7 @@ import hashlib
 import itertools
 import json
 import random
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,15 +110,20 @@ def _seed_one(reg: Registry, repo: str, rng: random.Random, key, fmt: ig.Fmt,
                                             rng=rng), ["2"])
 
 
-@pytest.fixture(scope="module")
-def source(src_registry: Registry) -> Source:
-    rng = random.Random("matrix")
+def seed_source(reg: Registry, name: str, own: int = 2000) -> Source:
+    """NAME/list-TAG and NAME/index-TAG, each as _seed_one pushes them."""
+    rng = random.Random(name)
     key = ec.generate_private_key(ec.SECP256R1())
     tag = f"{rng.getrandbits(32):08x}"
-    src = Source(src_registry, f"matrix/list-{tag}", f"matrix/index-{tag}")
-    _seed_one(src_registry, src.docker, rng, key, "docker")
-    _seed_one(src_registry, src.oci, rng, key, "oci")
+    src = Source(reg, f"{name}/list-{tag}", f"{name}/index-{tag}")
+    _seed_one(reg, src.docker, rng, key, "docker", own)
+    _seed_one(reg, src.oci, rng, key, "oci", own)
     return src
+
+
+@pytest.fixture(scope="module")
+def source(src_registry: Registry) -> Source:
+    return seed_source(src_registry, "matrix")
 
 
 # -- what each setting is expected to do, image by image -----------------------------------
@@ -327,12 +333,18 @@ def run_setting(s: Setting, src: Source, work: Path) -> Outcome:
     return out
 
 
+def run_settings(settings: list[Any], run: Callable[[Any, Source, Path], Any], src: Source,
+                 root: Path) -> dict[str, Any]:
+    """`run(setting, src, root / setting.id)` for each setting, three at a time: the outcomes
+    by setting id."""
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        done = pool.map(lambda s: run(s, src, root / s.id), settings)
+        return {o.setting.id: o for o in done}
+
+
 @pytest.fixture(scope="module")
 def outcomes(source: Source, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
-    root = tmp_path_factory.mktemp("matrix")
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        done = pool.map(lambda s: run_setting(s, source, root / s.id), SETTINGS)
-        return {o.setting.id: o for o in done}
+    return run_settings(SETTINGS, run_setting, source, tmp_path_factory.mktemp("matrix"))
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.id)

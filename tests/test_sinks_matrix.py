@@ -26,13 +26,14 @@ tests.support.oracle, nothing from mirror/) and against the source registry, by:
   sparse index, every platform it holds; an incremental bundle's base blobs are BLOB_UNKNOWN
   naming the base instead), the referrers API and cosign tags for every referrer, and
   `mirror pull` from serve with the setting's own flags giving the same digests;
-- the runtimes, for each `.tar` setting (README: "Using a bundle without a registry"):
-  `docker load`, `podman load` and `ctr images import` of the plain bundle, then of the
-  incremental one (after its base, as README says ctr needs), each image's ID or digest the
-  bundle's for this amd64 host; a sparse index that carries the host's platform imported by
-  ctr, and refused with `--all-platforms`; manifest.json's images alone (none, for an
-  incremental bundle whose images all use the base's blobs) loaded by docker and podman
-  with exit 0.
+- the runtimes, for each `.tar` and `.tar.zst` setting (README: "Using a bundle without a
+  registry"): `docker load`, `podman load` and `ctr images import` of the plain bundle, then
+  of the incremental one (after its base, as README says ctr needs), each image's ID or
+  digest the bundle's for this amd64 host; a `.tar.zst` as it is to podman, through
+  `zstd -dc` to docker and ctr, which refuse it as it is; a sparse index that carries the
+  host's platform imported by ctr, and refused with `--all-platforms`; manifest.json's images
+  alone (none, for an incremental bundle whose images all use the base's blobs) loaded by
+  docker and podman with exit 0.
 
 The settings run three at a time (their pulls, verify, inspect and serve); the runtimes,
 one dockerd and one containerd (test_runtimes' fixtures) and one podman root for the module,
@@ -44,25 +45,22 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import random
 import shutil
 import subprocess
 import tarfile
 import urllib.parse
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.support import imagegen as ig
 from tests.support.oracle import Layout, check_layout, error_line, run, run_mirror
 from tests.support.pusher import PushError, blob_exists, get_manifest
 from tests.support.registry import Registry
-from tests.support.runtimes import Podman
+from tests.support.runtimes import CTR, DOCKER, Containerd, Dockerd, Podman
 from tests.test_matrix import (
     FORMATS,
     PLATFORMS,
@@ -71,7 +69,8 @@ from tests.test_matrix import (
     _expect_pull,
     _pull,
     _repo,
-    _seed_one,
+    run_settings,
+    seed_source,
 )
 from tests.test_runtimes import containerd, dockerd  # noqa: F401 - the module's daemons
 from tests.test_serve import http, start_serve, stop_serve
@@ -131,13 +130,7 @@ SETTINGS = _design()
 
 @pytest.fixture(scope="module")
 def source(src_registry: Registry) -> Source:
-    rng = random.Random("sinks matrix")
-    key = ec.generate_private_key(ec.SECP256R1())
-    tag = f"{rng.getrandbits(32):08x}"
-    src = Source(src_registry, f"sinks/list-{tag}", f"sinks/index-{tag}")
-    _seed_one(src_registry, src.docker, rng, key, "docker", OWN)
-    _seed_one(src_registry, src.oci, rng, key, "oci", OWN)
-    return src
+    return seed_source(src_registry, "sinks", OWN)
 
 
 # -- one bundle and what each reader must say of it ------------------------------------------
@@ -169,7 +162,7 @@ class Outcome:
     setting: Setting
     problems: list[str] = field(default_factory=list)
     checked: int = 0
-    tars: list[Built] = field(default_factory=list)  # for the runtimes, in load order
+    runtimes: list[Built] = field(default_factory=list)  # .tar, .tar.zst: in load order
 
 
 def _build(s: Setting, src: Source, work: Path, name: str, tags: tuple[str, ...],
@@ -320,6 +313,8 @@ def _inspected(c: Checks, doc: dict[str, Any], repo: str, what: str) -> None:
                  f"{what}: referrerOfSource {doc['referrerOfSource']} not the source's")
     for blob in [doc["config"], *(doc.get("layers") or [])] if doc.get("config") else []:
         _blob(c, blob, repo, what)
+    if doc.get("config"):
+        _diff_ids(c, doc, what)
     for m in doc.get("manifests") or []:
         _inspected(c, m, repo, f"{what} > {m.get('platform')}")
 
@@ -334,6 +329,19 @@ def _blob(c: Checks, blob: dict[str, Any], repo: str, what: str) -> None:
         c.expect(absent is None and digest in b.layout.blob_digests,
                  f"{what}: blob {digest} not in the bundle (absent: {absent!r})")
     c.expect(c.source_has(repo, digest, "blob"), f"{what}: blob {digest} not the source's")
+
+
+def _diff_ids(c: Checks, doc: dict[str, Any], what: str) -> None:
+    """The diff_ids inspect shows are those of the config; none for a config left to the
+    base bundle (inspect reads this bundle alone)."""
+    digest = doc["config"]["digest"]
+    if digest not in c.b.layout.blob_digests:
+        c.expect("diffIds" not in doc, f"{what}: diffIds of a config it does not hold")
+        return
+    ids = (json.loads(c.b.layout.blob(digest)).get("rootfs") or {}).get("diff_ids")
+    if ids is not None:
+        c.expect(doc.get("diffIds") == ids, f"{what}: diffIds {doc.get('diffIds')}, the "
+                 f"config's {ids}")
 
 
 def check_inspect(c: Checks) -> None:
@@ -524,16 +532,13 @@ def _run_setting(s: Setting, src: Source, work: Path, out: Outcome) -> None:
         check_verify(c, work)
         check_inspect(c)
         check_serve(c, work)
-    if s.container == "tar":
-        out.tars = [one, two]
+    if s.container != "parts":  # README: join the parts first (cat), then as a .tar
+        out.runtimes = [one, two]
 
 
 @pytest.fixture(scope="module")
 def outcomes(source: Source, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
-    root = tmp_path_factory.mktemp("sinks")
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        done = pool.map(lambda s: run_setting(s, source, root / s.id), SETTINGS)
-        return {o.setting.id: o for o in done}
+    return run_settings(SETTINGS, run_setting, source, tmp_path_factory.mktemp("sinks"))
 
 
 def test_the_design_covers_every_pair() -> None:
@@ -572,49 +577,83 @@ def _host_config(lay: Layout, digest: str) -> str:
     return lay.manifests[entry["digest"]]["config"]["digest"]
 
 
-def _docker_listed(b: Built) -> list[dict[str, Any]]:
-    return json.loads(b.layout.data["manifest.json"])
+def _piped(argv: list[Any], b: Built) -> subprocess.CompletedProcess[str]:
+    """`zstd -dc B.tar.zst | ARGV` (README: how docker and ctr 1.6 take a .tar.zst)."""
+    with subprocess.Popen(["zstd", "-dc", str(b.path)], stdout=subprocess.PIPE) as z:
+        proc = subprocess.run([str(a) for a in argv], stdin=z.stdout, capture_output=True,
+                              text=True, timeout=300)
+    assert z.returncode == 0, f"{b.what}: zstd -dc exited {z.returncode}"
+    return proc
 
 
-def _check_docker_like(runtime: Any, name: str, b: Built) -> None:
+def _docker_load(docker: Dockerd, b: Built) -> subprocess.CompletedProcess[str]:
+    if b.setting.container == "tar":
+        return docker.cli("load", "-i", b.path, check=False)
+    direct = docker.cli("load", "-i", b.path, check=False)  # README: it reads no zstd
+    assert direct.returncode != 0 and "invalid tar header" in direct.stderr, \
+        f"{b.what}: docker load -i of a .tar.zst: {direct.returncode} {direct.stderr}"
+    return _piped([DOCKER, "-H", f"unix://{docker.sock}", "load"], b)
+
+
+def _ctr_import(ctrd: Containerd, b: Built, *args: str) -> subprocess.CompletedProcess[str]:
+    if b.setting.container == "tar":
+        return ctrd.import_(b.path, *args, check=False)
+    return _piped([CTR, "--address", ctrd.sock, "images", "import", "--snapshotter",
+                   "native", *args, "-"], b)
+
+
+def _check_docker_like(name: str, b: Built, proc: subprocess.CompletedProcess[str],
+                       image: Callable[[str], dict[str, Any]]) -> None:
     """docker load / podman load: manifest.json's images, each tag's ID its amd64 config; an
     incremental bundle whose images all use the base's blobs lists none, and loads nothing
     with exit 0 (README)."""
-    listed = _docker_listed(b)
+    listed = json.loads(b.layout.data["manifest.json"])
     for item in listed:
         for part in [item["Config"], *item["Layers"]]:
             assert part in b.layout.sizes, f"{b.what}: manifest.json names {part}, not carried"
-    proc = runtime.cli("load", "-i", b.path, check=False)
     assert proc.returncode == 0, f"{b.what}: {name} load: {proc.stderr}"
     by_tag = {t: item["Config"] for item in listed for t in item["RepoTags"] or []}
     for e in b.layout.index["manifests"]:
         ref = e["annotations"][REF]
         if ref not in by_tag:
             continue
-        got = runtime.image(ref)["Id"]
+        got = image(ref)["Id"]
         want = _host_config(b.layout, e["digest"])
         assert want.endswith(got.split(":")[-1]), f"{b.what}: {name}: {ref} is {got}, not {want}"
     if not listed:
         assert b.base is not None, f"{b.what}: manifest.json lists nothing"
 
 
-@pytest.mark.parametrize("setting", [s for s in SETTINGS if s.container == "tar"],
+def _check_ctr(ctrd: Containerd, b: Built) -> None:
+    """ctr import (a .tar.zst through zstd -dc: README says ctr 1.6 reads no zstd), the base
+    bundle imported before an incremental one; of a sparse index, `--all-platforms` fails on
+    the platform left out, and this host's platform, which it carries, imports."""
+    if b.setting.container == "zst":
+        direct = ctrd.import_(b.path, check=False)
+        assert direct.returncode != 0 and "invalid tar header" in direct.stderr, \
+            f"{b.what}: ctr import of a .tar.zst: {direct.returncode} {direct.stderr}"
+    if b.setting.platforms == "sparse":
+        every = _ctr_import(ctrd, b, "--all-platforms")
+        assert every.returncode != 0 and "not found" in every.stderr, \
+            f"{b.what}: ctr import --all-platforms of a sparse index: {every.stderr}"
+    imported = _ctr_import(ctrd, b)
+    assert imported.returncode == 0, f"{b.what}: ctr import: {imported.stderr}"
+    images = ctrd.images()
+    for e in b.layout.index["manifests"]:
+        ref = e["annotations"][REF]
+        assert images[ref]["digest"] == e["digest"], (b.what, ref, images.get(ref))
+        config = _host_config(b.layout, e["digest"])
+        assert sha(ctrd.blob(config)) == config, (b.what, ref)
+
+
+@pytest.mark.parametrize("setting", [s for s in SETTINGS if s.container != "parts"],
                          ids=lambda s: s.id)
-def test_the_runtimes_open_the_tar_bundles(outcomes: dict[str, Outcome], setting: Setting,
-                                           dockerd, containerd, podman) -> None:  # noqa: F811
-    one, two = outcomes[setting.id].tars
-    for b in (one, two):  # the base first, as README says ctr needs
-        _check_docker_like(dockerd, "docker", b)
-        _check_docker_like(podman, "podman", b)
-        if setting.platforms == "sparse":  # every platform: those it lacks too (README)
-            every = containerd.import_(b.path, "--all-platforms", check=False)
-            assert every.returncode != 0 and "not found" in every.stderr, \
-                f"{b.what}: ctr import --all-platforms of a sparse index: {every.stderr}"
-        imported = containerd.import_(b.path, check=False)  # the host's platform is in it
-        assert imported.returncode == 0, f"{b.what}: ctr import: {imported.stderr}"
-        images = containerd.images()
-        for e in b.layout.index["manifests"]:
-            ref = e["annotations"][REF]
-            assert images[ref]["digest"] == e["digest"], (b.what, ref, images.get(ref))
-            config = _host_config(b.layout, e["digest"])
-            assert sha(containerd.blob(config)) == config, (b.what, ref)
+def test_the_runtimes_open_the_bundles(outcomes: dict[str, Outcome], setting: Setting,
+                                       dockerd, containerd, podman) -> None:  # noqa: F811
+    """Each .tar and .tar.zst setting's plain bundle, then its incremental one, in docker,
+    podman (a .tar.zst as it is) and ctr (README: Using a bundle without a registry)."""
+    for b in outcomes[setting.id].runtimes:  # the base first, as README says ctr needs
+        _check_docker_like("docker", b, _docker_load(dockerd, b), dockerd.image)
+        _check_docker_like("podman", b, podman.cli("load", "-i", b.path, check=False),
+                           podman.image)
+        _check_ctr(containerd, b)
