@@ -192,6 +192,11 @@ class Checks:
     def __init__(self, b: Built, src: Registry, out: Outcome) -> None:
         self.b, self.src, self.out = b, src, out
         self._source: dict[tuple[str, str, str], bool] = {}
+        self.prefix = ""  # serve's --prefix
+
+    def at(self, ref: str) -> str:
+        """Where serve (and load) puts a source reference's repository."""
+        return f"{self.prefix}/{_repo(ref)}" if self.prefix else _repo(ref)
 
     def problem(self, line: str) -> None:
         self.out.problems.append(f"{self.b.what}: {line}"[:600])
@@ -416,7 +421,7 @@ def _referrers(c: Checks, host: str) -> None:
     lay = c.b.layout
     for e in (lay.inventory or {}).get("referrers") or []:
         subject = e["annotations"][SUBJECT]
-        repo = _repo(e["annotations"][REF])
+        repo = c.at(e["annotations"][REF])
         doc = lay.manifests[e["digest"]]
         if "subject" in doc:
             url = f"http://{host}/v2/{repo}/referrers/{subject}"
@@ -442,7 +447,7 @@ def _pulled_again(c: Checks, host: str, work: Path) -> None:
     """`mirror pull` from serve, with the setting's own flags (and base): the same images."""
     b, s = c.b, c.b.setting
     lay = b.layout
-    refs = [f"{host}/{_repo(r)}:{r.rsplit(':', 1)[1]}" for r in b.refs]
+    refs = [f"{host}/{c.at(r)}:{r.rsplit(':', 1)[1]}" for r in b.refs]
     again = work / f"again-{b.name}.tar"
     flags = [f for f in s.flags() if f not in ("--volume-size", VOLUME)]
     extra = ["--base", b.base_arg] if b.base_arg else []
@@ -453,7 +458,8 @@ def _pulled_again(c: Checks, host: str, work: Path) -> None:
         return
     got = check_layout(again)
     by_tag = {e["annotations"][REF].split("/", 1)[1]: e["digest"] for e in got.index["manifests"]}
-    want = {e["annotations"][REF].split("/", 1)[1]: e["digest"] for e in lay.index["manifests"]}
+    want = {f"{c.at(e['annotations'][REF])}:{e['annotations'][REF].rsplit(':', 1)[1]}":
+            e["digest"] for e in lay.index["manifests"]}
     c.expect(by_tag == want, f"mirror pull from serve: {by_tag}, not the bundle's {want}")
     c.expect(got.blob_digests <= lay.blob_digests, "mirror pull from serve: blobs not the "
              f"bundle's: {sorted(got.blob_digests - lay.blob_digests)}")
@@ -476,19 +482,85 @@ def check_serve(c: Checks, work: Path) -> None:
         if proc.returncode == BUNDLE:
             error_line(proc)
         return
-    proc, url = start_serve(b.path, work / f"serve-{b.name}.log", "-q")
+    # half the bundles under a --prefix, each setting one of its two
+    c.prefix = "px" if (SETTINGS.index(b.setting) + (b.base is None)) % 2 else ""
+    proc, url = start_serve(b.path, work / f"serve-{b.name}.log", "-q",
+                            *(["--prefix", c.prefix] if c.prefix else []))
     host = url.split("://", 1)[1]
     try:
         for e in b.layout.index["manifests"]:
             ref = e["annotations"][REF]
-            repo, tag = _repo(ref), ref.rsplit(":", 1)[1]
+            repo, tag = c.at(ref), ref.rsplit(":", 1)[1]
             _serve_manifests(c, host, repo, tag, e["digest"])
             _copies(c, host, repo, tag, e["digest"], work)
+            _inspect_served(c, host, repo, tag, e["digest"])
+        _listed(c, host)
         _referrers(c, host)
         _pulled_again(c, host, work)
     finally:
         code = stop_serve(proc)
     c.expect(code == 143, f"serve stopped with exit {code}, not 143")
+
+
+def _configs(lay: Layout, digest: str) -> list[str]:
+    return [lay.manifests[d]["config"]["digest"] for d in [digest, *_children(lay, digest)]
+            if "config" in lay.manifests[d]]
+
+
+def _listed(c: Checks, host: str) -> None:
+    """_catalog and tags/list: the bundle's repositories and tags (the images' and the cosign
+    signatures'), each under serve's names."""
+    tags: dict[str, set[str]] = {}
+    lay = c.b.layout
+    for e in [*lay.index["manifests"], *((lay.inventory or {}).get("referrers") or [])]:
+        ref = e["annotations"][REF]
+        tagged = tags.setdefault(c.at(ref), set())
+        if "@" not in ref.split("/", 1)[1]:
+            tagged.add(ref.rsplit(":", 1)[1])
+    status, _, body = http(f"http://{host}/v2/_catalog")
+    got = json.loads(body).get("repositories") if status == 200 else status
+    c.expect(got == sorted(tags), f"serve _catalog: {got}, not {sorted(tags)}")
+    for repo, want in tags.items():
+        status, _, body = http(f"http://{host}/v2/{repo}/tags/list")
+        listed = json.loads(body).get("tags") if status == 200 else status
+        c.expect(listed == sorted(want), f"serve tags/list {repo}: {listed}, not {sorted(want)}")
+
+
+def _inspect_served(c: Checks, host: str, repo: str, tag: str, digest: str) -> None:
+    """`mirror inspect REFERENCE` of what serve answers: the bundle's digests (of a sparse
+    index, the platforms it holds: `--platform`); of an incremental bundle, the configs the
+    base carried are BLOB_UNKNOWN naming the base bundle (exit 5)."""
+    subset = ["--platform", SUBSET] if c.b.setting.platforms == "sparse" else []
+    proc = run_mirror("inspect", f"{host}/{repo}:{tag}", "--json", "--insecure-registry", host,
+                      *subset)
+    if c.b.base is not None and any(d not in c.b.layout.blob_digests for d in
+                                    _configs(c.b.layout, digest)):
+        c.expect(proc.returncode == 5 and "BLOB_UNKNOWN" in proc.stderr and
+                 f"its base bundle ({c.b.base.path.name.split('.0')[0]}" in proc.stderr,
+                 f"inspect {repo}:{tag} from serve: exit {proc.returncode}: "
+                 f"{proc.stderr[-400:]}")
+        return
+    lay = c.b.layout
+    lacks = [m["digest"] for m in lay.manifests[digest].get("manifests") or []
+             if m["digest"] not in lay.manifests and m.get("platform", {}).get("os") in
+             ("linux", "unknown") and m["platform"]["architecture"] in ("amd64", "arm64",
+                                                                        "unknown")]
+    if lacks:  # a sparse index left behind its attestations (--no-referrers): inspect, which
+        # shows them, asks serve for one and stops, naming it
+        c.expect(proc.returncode == 5 and "MANIFEST_UNKNOWN" in proc.stderr and
+                 any(d in proc.stderr for d in lacks),
+                 f"inspect {repo}:{tag} from serve: exit {proc.returncode}: "
+                 f"{proc.stderr[-400:]}")
+        return
+    if proc.returncode:
+        c.problem(f"inspect {host}/{repo}:{tag}: exit {proc.returncode}: {proc.stderr[-400:]}")
+        return
+    (doc,) = [d for d in json.loads(proc.stdout) if d["digest"] == digest] or [None]
+    c.expect(doc is not None, f"inspect {repo}:{tag} from serve: not {digest}")
+    shown = {m["digest"]: (m.get("config") or {}).get("digest")
+             for m in (doc or {}).get("manifests") or []}
+    want = {d: lay.manifests[d].get("config", {}).get("digest") for d in _children(lay, digest)}
+    c.expect(shown == want, f"inspect {repo}:{tag} from serve: {shown}, not {want}")
 
 
 def _copies(c: Checks, host: str, repo: str, tag: str, digest: str, work: Path) -> None:
