@@ -11,7 +11,9 @@ sparse index), referrers (carried; `--no-referrers`), the container (`.tar`, `.t
 `.tar` cut in parts with `--volume-size`) and the base (the bundle; its lock file): 9 settings
 instead of the product's 108 (test_the_design_covers_every_pair checks the pairs), each of them
 both plain and incremental. Every bundle is checked, against its own bytes (read by
-tests.support.oracle, nothing from mirror/) and against the source registry, by:
+tests.support.oracle, nothing from mirror/) and against the source registry, by the readers
+below (of parts, README's three names: verify gets the first part, inspect the sidecar, serve
+the base name):
 
 - `mirror verify`: exit 0; one byte changed in one blob, and in index.json (inside a tag, so
   the JSON stays whole and only `BUNDLE.sha256` covers it): exit 7, naming the blob, the
@@ -153,8 +155,14 @@ class Built:
     def what(self) -> str:
         return f"{self.setting.id} {self.name}"
 
-    def manifest_digests(self) -> set[str]:
-        return set(self.layout.manifests)
+    def given(self, kind: str) -> Path:
+        """What a reader is given: of parts (README: any of the three), the first part to
+        verify, the sidecar to inspect, the base name to serve; else the file."""
+        if self.setting.container != "parts":
+            return self.path
+        base = self.path.with_suffix("")
+        return {"verify": self.path, "inspect": base.with_name(base.name + ".volumes.json"),
+                "serve": base}[kind]
 
 
 @dataclass
@@ -267,7 +275,7 @@ def _members(b: Built) -> dict[str, tarfile.TarInfo]:
 
 def check_verify(c: Checks, work: Path) -> None:
     b = c.b
-    proc = run_mirror("verify", b.path)
+    proc = run_mirror("verify", b.given("verify"))
     c.expect(proc.returncode == 0, f"verify: exit {proc.returncode}: {proc.stderr[-800:]}")
     members = _members(b)
     layer = next(m for n, m in reversed(members.items()) if n.startswith("blobs/") and m.isfile()
@@ -350,7 +358,7 @@ def _diff_ids(c: Checks, doc: dict[str, Any], what: str) -> None:
 
 
 def check_inspect(c: Checks) -> None:
-    proc = run_mirror("inspect", c.b.path, "--json")
+    proc = run_mirror("inspect", c.b.given("inspect"), "--json")
     if proc.returncode:
         c.problem(f"inspect: exit {proc.returncode}: {proc.stderr[-800:]}")
         return
@@ -484,7 +492,7 @@ def check_serve(c: Checks, work: Path) -> None:
         return
     # half the bundles under a --prefix, each setting one of its two
     c.prefix = "px" if (SETTINGS.index(b.setting) + (b.base is None)) % 2 else ""
-    proc, url = start_serve(b.path, work / f"serve-{b.name}.log", "-q",
+    proc, url = start_serve(b.given("serve"), work / f"serve-{b.name}.log", "-q",
                             *(["--prefix", c.prefix] if c.prefix else []))
     host = url.split("://", 1)[1]
     try:
