@@ -22,11 +22,13 @@ the base name):
   (a sparse index's other platforms; what the base carried, then a blob of the base bundle),
   and the source serves it (or, for a filtered or converted manifest, the source digest it
   labels);
-- `mirror serve` (a `.tar` and parts; a `.tar.zst` is refused, exit 10, as README says):
-  HEAD/GET `Docker-Content-Digest` and `skopeo inspect --raw` of every tag and platform
-  manifest (the bundle's bytes), `skopeo copy docker://... oci:DIR` of every tag (or, of a
-  sparse index, every platform it holds; an incremental bundle's base blobs are BLOB_UNKNOWN
-  naming the base instead), the referrers API and cosign tags for every referrer, and
+- `mirror serve` (a `.tar` and parts, half of them under `--prefix`; a `.tar.zst` is
+  refused, exit 10, as README says): HEAD/GET `Docker-Content-Digest` and `skopeo inspect
+  --raw` of every tag and platform manifest (the bundle's bytes), HEAD of every blob it
+  holds, `skopeo copy docker://... oci:DIR` of every tag (or, of a sparse index, every
+  platform it holds; an incremental bundle's base blobs are BLOB_UNKNOWN naming the base
+  instead), `_catalog` and `tags/list`, every referrer by digest and through the referrers
+  API (its artifactType, the filter) or its cosign tag, `mirror inspect REFERENCE`, and
   `mirror pull` from serve with the setting's own flags giving the same digests;
 - the runtimes, for each `.tar` and `.tar.zst` setting (README: "Using a bundle without a
   registry"): `docker load`, `podman load` and `ctr images import` of the plain bundle, then
@@ -424,31 +426,54 @@ def _skopeo_copy(c: Checks, host: str, repo: str, ref: str, want: str, dest: Pat
 
 
 def _referrers(c: Checks, host: str) -> None:
-    """Every referrer the bundle carries: by the referrers API of its subject (one with a
-    `subject`), or by its cosign tag (a signature without one)."""
+    """Every referrer the bundle carries: by digest, and by the referrers API of its subject
+    (one with a `subject`: its artifactType too, and the `?artifactType=` filter) or by its
+    cosign tag (a signature without one)."""
     lay = c.b.layout
     for e in (lay.inventory or {}).get("referrers") or []:
         subject = e["annotations"][SUBJECT]
         repo = c.at(e["annotations"][REF])
+        status, _, body = http(f"http://{host}/v2/{repo}/manifests/{e['digest']}",
+                               headers={"Accept": ig.ACCEPT})
+        c.expect(status == 200 and sha(body) == e["digest"],
+                 f"serve {repo}@{e['digest']}: {status}")
         doc = lay.manifests[e["digest"]]
         if "subject" in doc:
-            url = f"http://{host}/v2/{repo}/referrers/{subject}"
-            status, _, body = http(url)
-            listed = [m["digest"] for m in json.loads(body).get("manifests", [])] \
-                if status == 200 else []
-            c.expect(e["digest"] in listed, f"serve referrers of {repo}@{subject}: {status}, "
-                     f"{listed}: not {e['digest']}")
-            if status == 200 and e.get("artifactType"):
-                q = urllib.parse.quote(e["artifactType"])
-                _, _, body = http(f"{url}?artifactType={q}")
-                c.expect(e["digest"] in [m["digest"] for m in json.loads(body)["manifests"]],
-                         f"serve referrers ?artifactType={e['artifactType']}: not listed")
+            _referrer_listed(c, f"http://{host}/v2/{repo}/referrers/{subject}", e["digest"],
+                             doc.get("artifactType") or doc["config"]["mediaType"])
         else:
             tag = subject.replace(":", "-") + ".sig"
             status, headers, _ = http(f"http://{host}/v2/{repo}/manifests/{tag}", "HEAD",
                                       headers={"Accept": ig.ACCEPT})
             c.expect(status == 200 and headers.get("Docker-Content-Digest") == e["digest"],
                      f"serve cosign tag {repo}:{tag}: {status}, not {e['digest']}")
+
+
+def _referrer_listed(c: Checks, url: str, digest: str, kind: str) -> None:
+    for query in ("", "?artifactType=" + urllib.parse.quote(kind)):
+        status, _, body = http(url + query)
+        listed = {m["digest"]: m.get("artifactType") for m in json.loads(body)["manifests"]} \
+            if status == 200 else {}
+        c.expect(listed.get(digest, "") == kind, f"serve referrers {url}{query}: {status}, "
+                 f"{listed}: not {digest} ({kind})")
+    status, _, body = http(f"{url}?artifactType=application/x-none")
+    c.expect(status == 200 and json.loads(body)["manifests"] == [],
+             f"serve referrers {url}?artifactType=application/x-none: {status} {body[:200]!r}")
+
+
+def _blobs_served(c: Checks, host: str, repo: str, digest: str) -> None:
+    """HEAD of every config and layer of the image the bundle holds: its size and digest."""
+    lay = c.b.layout
+    for d in [digest, *_children(lay, digest)]:
+        m = lay.manifests[d]
+        for blob in [m["config"], *m["layers"]] if "config" in m else []:
+            if blob["digest"] not in lay.blob_digests:
+                continue  # the base's: _copies asks for one
+            status, headers, _ = http(f"http://{host}/v2/{repo}/blobs/{blob['digest']}",
+                                      "HEAD")
+            c.expect(status == 200 and headers.get("Docker-Content-Digest") == blob["digest"]
+                     and headers.get("Content-Length") == str(blob["size"]),
+                     f"serve HEAD blob {repo}@{blob['digest']}: {status} {headers}")
 
 
 def _pulled_again(c: Checks, host: str, work: Path) -> None:
@@ -502,6 +527,7 @@ def check_serve(c: Checks, work: Path) -> None:
             _serve_manifests(c, host, repo, tag, e["digest"])
             _copies(c, host, repo, tag, e["digest"], work)
             _inspect_served(c, host, repo, tag, e["digest"])
+            _blobs_served(c, host, repo, e["digest"])
         _listed(c, host)
         _referrers(c, host)
         _pulled_again(c, host, work)
