@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mirror.bundle import consistency, volumecheck, volumefile, volumes
 from mirror.bundle.members import blob_digest
-from mirror.bundle.reader import Bundle
+from mirror.bundle.reader import Bundle, Contents
 from mirror.digest import Digest, Verifier
 from mirror.errors import BundleError, IntegrityError, MirrorError
 from mirror.fileobj import Readable
@@ -24,6 +24,11 @@ from mirror.fileobj import Readable
 CHUNK = 1 << 20
 STREAM_CHUNK = 256 << 10
 _HEX = re.compile(r"^[0-9a-fA-F]{64}$")
+# a file whose sha256 does not match BUNDLE.sha256 while every blob matches its own digest:
+# the change is where no digest of the bundle reaches
+OUTSIDE_BLOBS = ("; every blob matches its digest, so the change is in what this sha256 alone "
+                 "covers: index.json (the images' names and tags), mirror.json, manifest.json "
+                 "or the tar's own headers; copy the bundle again")
 
 
 class Stopped(Exception):
@@ -126,15 +131,22 @@ def _verify_file(path: Path, note: Callable[[str], None], stop: threading.Event,
         assert failure is not None
         stopped = Problems.of([*problems, *blob_problems, _own(failure, path)], failure.hint)
         return stopped, not isinstance(failure, IntegrityError)
-    problems += blob_problems
+    problems += blob_problems + _sizes(contents)
     found = consistency.problems(contents)
+    if side_problem and problems == [side_problem] and not found and want is not None:
+        problems = [side_problem + OUTSIDE_BLOBS]  # what changed, as near as it can be said
+    return problems + found, bool(found)
+
+
+def _sizes(contents: Contents) -> list[str]:
+    """Every blob of the bundle at the size each manifest naming it says."""
+    out = []
     for raw in contents.manifests.values():
         for d in raw.blobs():
             have = contents.members.get(d.digest)
             if have is not None and have != d.size:
-                problems.append(f"blob {d.digest}: {have} bytes, manifest {raw.digest} says "
-                                f"{d.size}")
-    return problems + found, bool(found)
+                out.append(f"blob {d.digest}: {have} bytes, manifest {raw.digest} says {d.size}")
+    return out
 
 
 class _Sha256Behind:

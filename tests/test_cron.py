@@ -347,6 +347,23 @@ def test_verify_catches_tampering(src_registry, repo_name, rng, tmp_path):
         assert expect in r.stdout, (what, r.stdout)
         report = json.loads((tmp_path / f"{what}.json").read_text())
         assert report["ok"] is False and report["problems"]
+    # an annotation changed in index.json, the JSON whole: only good.tar.sha256 covers it,
+    # and verify says where the change must be (it said the file changed, no more)
+    (tmp_path / "tag").mkdir()
+    tag = tmp_path / "tag" / good.name
+    data = bytearray(good.read_bytes())
+    with tarfile.open(good) as tf:
+        member = tf.getmember("index.json")
+    at = member.offset_data + bytes(data[member.offset_data:]).index(b'"full"')
+    data[at + 4] = ord("m")  # "dev.mirror.index": "fulm"
+    tag.write_bytes(bytes(data))
+    tag.with_name(good.name + ".sha256").write_bytes(good.with_name(good.name + ".sha256")
+                                                     .read_bytes())
+    r = run_mirror("verify", tag)
+    assert r.returncode == EXIT["integrity"], (r.stdout, r.stderr)
+    (line,) = r.stdout.splitlines()
+    assert f"does not match {tag}.sha256" in line and "every blob matches its digest" in line \
+        and "index.json (the images' names and tags)" in line, line
 
 
 def test_second_run_waits_for_no_one_it_exits_with_lock_held(src_registry, faultproxy,
