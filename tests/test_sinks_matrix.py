@@ -297,9 +297,8 @@ def check_verify(c: Checks, work: Path) -> None:
         c.expect(f"does not match {copy.parent / copy.name.split('.0')[0]}.sha256" in said
                  if b.setting.container == "parts" else f"does not match {copy}.sha256" in said,
                  f"verify of a changed {what} does not name the .sha256: {said[-800:]}")
-        if what == "blob":
-            c.expect(f"blob sha256:{layer.name.split('/')[-1]}" in said,
-                     f"verify of a changed blob does not name {layer.name}: {said[-800:]}")
+        named = f"blob sha256:{layer.name.split('/')[-1]}" if what == "blob" else "index.json"
+        c.expect(named in said, f"verify of a changed {what} does not name it: {said[-800:]}")
         if b.setting.container == "parts":
             c.expect("damaged" in said and "copy it again" in said,
                      f"verify of a changed part does not name it: {said[-800:]}")
