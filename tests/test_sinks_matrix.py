@@ -288,7 +288,8 @@ def check_verify(c: Checks, work: Path) -> None:
     tag_end = data.index(b'"', ref + len(REF) + 4) - 1  # the last character of a tag
     for what, offset in (("blob", layer.offset_data + layer.size // 2),
                          ("index.json", index.offset_data + tag_end)):
-        copy = _copy_bundle(b, work / f"tamper-{b.name}-{what}")
+        copy = _copy_bundle(b, work / f"tamper-{b.name}-{what.split('.')[0]}")  # not named
+        # index.json itself, which verify's lines must name
         _flip(b, copy, offset)
         bad = run_mirror("verify", copy)
         said = bad.stdout + bad.stderr
