@@ -30,6 +30,10 @@ the base name):
   instead), `_catalog` and `tags/list`, every referrer by digest and through the referrers
   API (its artifactType, the filter) or its cosign tag, `mirror inspect REFERENCE`, and
   `mirror pull` from serve with the setting's own flags giving the same digests;
+- skopeo's `oci-archive:B.tar:REF` (the `.tar` settings): `inspect --raw` and `copy` of each
+  OCI-typed image (of a sparse index, the host's platform), the bundle's digests; a
+  Docker-typed one not found and an incremental bundle's image failing on a blob its base
+  carried, as README says of Debian's skopeo 1.9;
 - the runtimes, for each `.tar` and `.tar.zst` setting (README: "Using a bundle without a
   registry"): `docker load`, `podman load` and `ctr images import` of the plain bundle, then
   of the incremental one (after its base, as README says ctr needs), each image's ID or
@@ -618,6 +622,49 @@ def _copies(c: Checks, host: str, repo: str, tag: str, digest: str, work: Path) 
         _skopeo_copy(c, host, repo, "@" + d, d, dest.with_name(f"{dest.name}-{i}"))
 
 
+# -- skopeo's oci-archive: ------------------------------------------------------------------
+
+def check_oci_archive(c: Checks, work: Path) -> None:
+    """`skopeo inspect --raw` and `skopeo copy oci-archive:B.tar:REF` (README's consumer table:
+    Debian's skopeo 1.9 sees OCI-typed entries only, and fails on an image of an incremental
+    bundle that uses a blob its base carried, `no such file or directory`)."""
+    b, lay = c.b, c.b.layout
+    for i, e in enumerate(lay.index["manifests"]):
+        src = f"oci-archive:{b.path}:{e['annotations'][REF]}"
+        raw = run(["skopeo", "inspect", "--raw", src])
+        if not e["mediaType"].startswith("application/vnd.oci."):
+            c.expect(raw.returncode != 0 and "no descriptor found for reference" in raw.stderr,
+                     f"skopeo inspect --raw {src}: {raw.returncode} {raw.stderr[-300:]}")
+            continue
+        c.expect(raw.returncode == 0 and sha(raw.stdout.encode()) == e["digest"],
+                 f"skopeo inspect --raw {src}: {raw.stderr[-300:]}")
+        sparse = b.setting.platforms == "sparse"  # --all would need what it left out
+        dest = work / f"archive-{b.name}-{i}"
+        copy = run(["skopeo", "copy", *([] if sparse else ["--all"]), src, f"oci:{dest}:x"])
+        if any(d not in lay.blob_digests for d in _blobs_of(lay, e["digest"])):
+            c.expect(copy.returncode != 0 and "no such file or directory" in copy.stderr,
+                     f"skopeo copy {src} (blobs in the base): {copy.returncode} "
+                     f"{copy.stderr[-300:]}")
+            continue
+        want = _host_manifest(lay, e["digest"]) if sparse else e["digest"]
+        got = json.loads((dest / "index.json").read_text())["manifests"][0]["digest"] \
+            if copy.returncode == 0 else copy.stderr[-300:]
+        c.expect(got == want, f"skopeo copy {src}: {got}, not {want}")
+
+
+def _blobs_of(lay: Layout, digest: str) -> list[str]:
+    """The configs and layers of the images an index in the bundle holds."""
+    return [blob["digest"] for d in [digest, *_children(lay, digest)]
+            for blob in ([lay.manifests[d]["config"], *lay.manifests[d]["layers"]]
+                         if "config" in lay.manifests[d] else [])]
+
+
+def _host_manifest(lay: Layout, digest: str) -> str:
+    (entry,) = [m for m in lay.manifests[digest]["manifests"]
+                if "{os}/{architecture}".format(**m.get("platform", {})) == HOST_PLATFORM]
+    return entry["digest"]
+
+
 # -- one setting ---------------------------------------------------------------------------
 
 def run_setting(s: Setting, src: Source, work: Path) -> Outcome:
@@ -638,6 +685,8 @@ def _run_setting(s: Setting, src: Source, work: Path, out: Outcome) -> None:
         check_verify(c, work)
         check_inspect(c)
         check_serve(c, work)
+        if s.container == "tar":
+            check_oci_archive(c, work)
     if s.container != "parts":  # README: join the parts first (cat), then as a .tar
         out.runtimes = [one, two]
 
@@ -678,9 +727,7 @@ def _host_config(lay: Layout, digest: str) -> str:
     doc = lay.manifests[digest]
     if "config" in doc:
         return doc["config"]["digest"]
-    (entry,) = [m for m in doc["manifests"] if "{os}/{architecture}".format(
-        **m.get("platform", {"os": "", "architecture": ""})) == HOST_PLATFORM]
-    return lay.manifests[entry["digest"]]["config"]["digest"]
+    return lay.manifests[_host_manifest(lay, digest)]["config"]["digest"]
 
 
 def _piped(argv: list[Any], b: Built) -> subprocess.CompletedProcess[str]:
