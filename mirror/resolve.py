@@ -273,13 +273,14 @@ class _Resolver:
         return None
 
     async def foresee(self, root: RawManifest) -> Foreseen | None:
-        """The index this image will carry, of index `root` filtered (--platform): a pure
-        function of the source's indexes and the filter, made before any manifest below
-        them is read (`_root`'s filtered index; the nested indexes chosen read from the
-        source, kept for the resolution in `ahead`), so that a target whose tag names it is
-        known to hold the image; None when the choice needs more (an entry without its
-        platform, whose config says it) or nothing is filtered."""
-        if not root.is_index or self.sel.all:
+        """The index this image will carry, of index `root` filtered (--platform, or its
+        attestations left behind: --no-referrers): a pure function of the source's indexes
+        and the filter, made before any manifest below them is read (`_root`'s filtered
+        index; the nested indexes chosen read from the source, kept for the resolution in
+        `ahead`), so that a target whose tag names it is known to hold the image; None when
+        the choice needs more (an entry without its platform, whose config says it) or
+        nothing is filtered."""
+        if not root.is_index or self.sel.all and self.attestations:
             return None
         ref = self.spec.reference
         try:
@@ -313,6 +314,8 @@ class _Resolver:
             elif c.platform is not None and not c.platform.is_unknown:
                 if self.sel.wants(c.platform):
                     chosen.add(c.digest)
+            elif c.platform is None and self.sel.all:
+                chosen.add(c.digest)  # every platform: its own is not asked (`_choose`)
             elif c.platform is None and mt.is_image_manifest(c.media_type):
                 raise _Unforeseen  # its config says its platform
         if self.attestations:

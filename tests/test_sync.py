@@ -1329,6 +1329,38 @@ def test_a_filtered_rerun_reads_what_the_target_lists_from_the_target(
     assert sorted(p.rpartition("/")[2] for p in dst.paths("HEAD")) == tags, dst.requests
 
 
+@pytest.mark.parametrize("cache", [False, True], ids=["streamed", "cache"])
+def test_a_rerun_that_leaves_the_attestations_behind_reads_no_index_from_the_target(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path, cache: bool) -> None:
+    """An OCI index with a BuildKit attestation, synced with --no-referrers and every
+    platform: the index is pushed without the attestation (filtered, a new digest), and
+    every rerun read it back from the target by digest (one GET per image and run, for
+    nothing; through --cache too): the index a sync carries was foreseen for a platform
+    filter alone. It is as much a function of the source's index (what is left behind),
+    made before anything below it is read: the target's tag names it, so the target holds
+    it whole, and the manifests it lists are read from there (without --cache), not the
+    index (the sync matrix found it: tests/test_sync_matrix.py)."""
+    img = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64_V8)],
+                        "oci", attestation=True, rng=rng)
+    push_image(src_registry.url, repo_name, img, ["1"])
+    dst = faultproxy(dst_registry.url)
+    args = ["sync", f"{src_registry.host}/{repo_name}:1", "--to", f"{dst.host}/{repo_name}-t",
+            "--no-referrers", *(["--cache", tmp_path / "cache"] if cache else [])]
+    mirror_ok(*args, "-q", "--report", tmp_path / "first.json")
+    first = json.loads((tmp_path / "first.json").read_text())["images"][0]
+    assert first["mode"] == "filter" and first["digest"] != img.digest, first
+    for _ in range(2):
+        dst.reset_counters()
+        mirror_ok(*args, "-q", "--report", tmp_path / "r.json")
+        assert sorted(_by_digest(dst)) == ([] if cache else
+                                           sorted(i.digest for i in img.images)), \
+            dst.requests
+        report = json.loads((tmp_path / "r.json").read_text())
+        assert report["images"][0]["digest"] == first["digest"], report["images"]
+        assert report["targets"][0]["manifests_pushed"] == 0, report["targets"]
+
+
 @pytest.mark.parametrize("what", ["child 404", "child damaged", "index damaged"])
 def test_a_filtered_rerun_reads_what_the_target_cannot_serve_from_the_source(
         src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
