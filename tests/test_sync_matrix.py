@@ -571,6 +571,12 @@ def mounted(report: dict[str, Any], chk: Checker) -> None:
         chk.say(f"within the source's registry blobs were uploaded, not mounted: {done}")
 
 
+def cached(work: Path) -> set[str]:
+    """The blobs in a setting's cache."""
+    where = work / "cache" / "blobs" / "sha256"
+    return {p.name for p in where.iterdir()} if where.is_dir() else set()
+
+
 def run_setting(s: Setting, src: Source, work: Path, key: ec.EllipticCurvePrivateKey
                 ) -> Outcome:
     out = Outcome(s)
@@ -583,8 +589,14 @@ def run_setting(s: Setting, src: Source, work: Path, key: ec.EllipticCurvePrivat
             if name == "moved":
                 move(src, random.Random(f"{s.id} moved"), key)
             chk = Checker(s, src, f"{s.id} {name}")
+            before = cached(work)
             proc, report = sync(s, src, p, work, name)
             expect_exit(s, proc, report, chk)
+            if s.cache:  # each blob fetched once, into the cache, pushed from there
+                got = report["requests"].get(src.reg.host, {}).get("blob GET", 0)
+                if got != len(cached(work) - before):
+                    chk.say(f"{got} blob GETs at the source for "
+                            f"{len(cached(work) - before)} blobs new in the cache")
             if s.platforms != "sparse":
                 lock = json.loads((work / "images.lock").read_text())
                 check_run(s, src, p, report, lock, chk)
