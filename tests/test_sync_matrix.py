@@ -10,10 +10,11 @@ manifest list and an OCI index, three platforms sharing a layer, a cosign signat
 the index, an OCI 1.1 SBOM with `subject` on the arm64 manifest, a BuildKit attestation in
 the OCI index; a nested OCI index), its own target registry and cache dir, and runs three
 syncs: cold; a rerun with nothing new, whose report's `requests` are held to what README
-says a rerun asks (of the target one manifest HEAD per tag, no blob HEAD, nothing pushed;
-of the source no blob; through `--cache` no manifest GET at either end but the referrers',
-the source one HEAD per tag; without it, nothing converted or filtered, the source one GET
-per tag); then a third, once 1.1.0 names another image upstream (the list's and the
+says a rerun asks (of the target one manifest HEAD per image, with referrers carried at
+least, no blob HEAD, nothing pushed; of the source no blob; through `--cache` no manifest
+GET at either end but the referrers', the source one HEAD per tag; without it, nothing
+converted or filtered, the source one GET per tag; each blob fetched into the cache once,
+every run); then a third, once 1.1.0 names another image upstream (the list's and the
 nested index's with a new amd64 image beside their other platforms, the OCI index's all
 new), pushed by tests/support.
 
@@ -526,9 +527,9 @@ def check_referrers(s: Setting, src: Source, report: dict[str, Any], t: dict[str
 def check_rerun(s: Setting, src: Source, p: Plan, report: dict[str, Any],
                 chk: Checker) -> None:
     """A rerun with nothing new (README: a rerun of a sync with nothing new asks the target
-    one manifest HEAD per image and tag, no blob HEAD, and pushes nothing; the source
-    little more than each tag: no blob, and through --cache no manifest but the
-    referrers' questions)."""
+    one manifest HEAD per image and tag (and the referrers' questions), no blob HEAD, and
+    pushes nothing; the source little more than each tag: no blob, and through --cache no
+    manifest but the referrers' questions)."""
     requests = report["requests"]
     tags = 0
     for t in report["targets"]:
@@ -544,6 +545,10 @@ def check_rerun(s: Setting, src: Source, p: Plan, report: dict[str, Any],
         if asked.get("manifest HEAD", 0) < tags:
             chk.say(f"rerun asked {t['target']} fewer manifest HEADs than its {tags} "
                     f"tags: {asked}")
+        elif not s.referrers and t["target"].split("/", 1)[0] != src.reg.host and \
+                asked.get("manifest HEAD") != len(report["images"]):
+            chk.say(f"rerun asked {t['target']} more than a manifest HEAD per image "
+                    f"({len(report['images'])}): {asked}")
     asked = requests.get(src.reg.host, {})
     if asked.get("blob GET"):
         chk.say(f"rerun read {asked['blob GET']} blob(s) from the source: {asked}")
