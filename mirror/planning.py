@@ -382,7 +382,12 @@ def _keep_signed(spec: ImageSpec, plan: Image) -> str:
     settings = spec.settings
     keep = "`format: keep`" if settings.format != "keep" else "`foreign_layers: include`"
     if plan.source_digest not in plan.conversions:  # filtered only
-        return "use `index: sparse` (or all platforms)"
+        if not plan.left_behind:
+            return "use `index: sparse` (or all platforms)"
+        if settings.platforms.all:  # filtered of its attestations alone
+            return "carry its attestations too (`--referrer-type attestation`), or use " \
+                "`index: sparse`"
+        return "use `index: sparse` (or all platforms, and `--referrer-type attestation`)"
     if plan.mode == "filter":
         return f"use {keep} with all platforms"
     return f"use {keep}"

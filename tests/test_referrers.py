@@ -134,6 +134,28 @@ def test_filtered_index_warns_and_no_referrers_leaves_them(src_registry, repo_na
 
 
 
+@pytest.mark.parametrize("platforms", [[], ["--platform", "linux/amd64"]],
+                         ids=["all", "subset"])
+def test_an_index_filtered_of_its_attestations_says_to_carry_them(
+        src_registry, repo_name, rng, tmp_path, platforms) -> None:
+    """A signed OCI index with a BuildKit attestation, pulled with `--referrer-type
+    signature` and every platform, is filtered of its attestation alone (a new digest): the
+    warning said "use `index: sparse` (or all platforms)", where every platform was kept
+    already. It says to carry the attestations too; with a subset of platforms, all
+    platforms with them (the sync matrix showed the warning)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    imgs = [ig.make_image(rng, p, fmt="oci") for p in (ig.AMD64, ig.ARM64)]
+    index = ig.make_index(imgs, fmt="oci", attestation=True, rng=rng)
+    push_image(src_registry.url, repo_name, index, tags=["1.0"])
+    push_signature(src_registry.url, repo_name, key, index.digest)
+    r = mirror_ok("pull", f"{src_registry.host}/{repo_name}:1.0", "--referrer-type",
+                  "signature", *platforms, "-o", tmp_path / "b.tar", "--cache", tmp_path / "c")
+    [warning] = [ln for ln in r.stderr.splitlines() if "made for the source index" in ln]
+    assert "the filtered index " in warning and "--referrer-type attestation" in warning, \
+        warning
+    assert ("(or all platforms" in warning) == bool(platforms), warning
+
+
 def _blob_digests(manifest: ig.Blob) -> set[str]:
     body = json.loads(manifest.data)
     return {body["config"]["digest"], *(d["digest"] for d in body["layers"])}
