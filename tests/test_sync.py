@@ -1361,6 +1361,31 @@ def test_a_rerun_that_leaves_the_attestations_behind_reads_no_index_from_the_tar
         assert report["targets"][0]["manifests_pushed"] == 0, report["targets"]
 
 
+def test_two_tags_of_one_image_read_each_manifest_once_a_run(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """Two tags naming one index (`latest` and a version, or the aliases a semver rule
+    chooses), synced without --cache: each image read every manifest below its root, so
+    each was asked of the source once per tag (a Docker Hub pull each), and on a rerun of
+    the target once per tag (the sync matrix's two tags of one list: 17 manifest GETs at
+    the source for 14 manifests, 13 at the target for 10). A manifest by digest is read
+    once a run however many images name it, at once or one after the other."""
+    img = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64_V8,
+                                                                ig.ARM_V7)], "oci")
+    push_image(src_registry.url, repo_name, img, ["1", "1.2", "latest"])
+    src, dst = faultproxy(src_registry.url), faultproxy(dst_registry.url)
+    args = ["sync", *(f"{src.host}/{repo_name}:{t}" for t in ("1", "1.2", "latest")),
+            "--to", f"{dst.host}/{repo_name}-t", "-q"]
+    mirror_ok(*args)
+    children = sorted(i.digest for i in img.images)
+    assert sorted(d for d in _by_digest(src) if d in children) == children, src.requests
+    src.reset_counters()
+    dst.reset_counters()
+    mirror_ok(*args)  # the target holds it whole: what is below the root read from there
+    assert not [d for d in _by_digest(src) if d in children], src.requests
+    assert sorted(d for d in _by_digest(dst) if d in children) == children, dst.requests
+
+
 @pytest.mark.parametrize("what", ["child 404", "child damaged", "index damaged"])
 def test_a_filtered_rerun_reads_what_the_target_cannot_serve_from_the_source(
         src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,

@@ -7,6 +7,7 @@ manifest bytes in, raw manifest bytes out."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ from mirror.registry.transport import Transport
 from mirror.registry.upload import Uploads
 
 T = TypeVar("T")
+# manifests by digest a client without a store keeps once read (Client._once): a run's
+# images that name one manifest are resolved at once or one after the other
+READ_KEPT = 256
 # the registry and repository a manifest's digest can be fetched again from (None: none)
 SourceOf = Callable[[str], "tuple[str, str] | None"]
 
@@ -84,6 +88,11 @@ class Client(Blobs, Listings, Uploads):
         # the referrers' questions are answered from it (mirror.referrers.Finder)
         self.listed: dict[tuple[str, str], list[str]] = {}
         self._found_again: set[str] = set()  # manifests lost in the store, fetched again
+        # without a store (a sync without --cache), the manifests by digest being read, and
+        # the last READ_KEPT read, so that two images naming one (two tags of an image)
+        # read it once a run: (registry, repo, digest) -> its read, or what it read
+        self._reading: dict[tuple[str, str, str], asyncio.Task[RawManifest]] = {}
+        self._read: dict[tuple[str, str, str], RawManifest] = {}
 
     # -- manifests -------------------------------------------------------------------------
 
@@ -94,6 +103,8 @@ class Client(Blobs, Listings, Uploads):
         registry names it by (its Docker-Content-Digest, else the one a HEAD of the tag just
         said). From the store of manifests instead, when it has the answer (`_stored`)."""
         where = f"{registry}/{repo}{'@' if ref.startswith('sha') and ':' in ref else ':'}{ref}"
+        if self.manifests is None and ":" in ref:
+            return await self._once(registry, repo, ref, expected, where)
         said: str | None = None  # the digest a HEAD of the tag said just now
         if self.manifests is not None:
             stored = await self._stored(self.manifests, registry, repo, ref, expected, where)
@@ -110,6 +121,42 @@ class Client(Blobs, Listings, Uploads):
                 self.manifests.remember(registry, repo, ref, raw.digest, raw.media_type)
                 self._asked[(registry, repo, ref)] = (raw.digest, raw.media_type)
         return raw
+
+    async def _once(self, registry: str, repo: str, digest: str,
+                    expected: Descriptor | None, where: str) -> RawManifest:
+        """A manifest by digest, without a store: read once however many images of the run
+        ask for it at once or one after the other (the last READ_KEPT kept; one whose read
+        failed is read again by the next asking). Its bytes are checked against the digest
+        as they arrive (`_fetch`), and against `expected`'s size here."""
+        key = (registry, repo, digest)
+        raw = self._read.get(key)
+        if raw is None:
+            task = self._reading.get(key)
+            if task is None:
+                task = asyncio.ensure_future(self._raw(registry, repo, digest, expected, where))
+                self._reading[key] = task
+                task.add_done_callback(functools.partial(self._read_by_digest, key))
+            raw = await asyncio.shield(task)
+        if expected is not None and expected.size != raw.size:  # as _fetch says it
+            data, ctype, checked = await self._fetch(registry, repo, digest, where, expected)
+            raw = RawManifest.from_bytes(data, ctype, where=where, digest=checked)
+        return raw
+
+    async def _raw(self, registry: str, repo: str, digest: str,
+                   expected: Descriptor | None, where: str) -> RawManifest:
+        data, ctype, checked = await self._fetch(registry, repo, digest, where, expected)
+        return RawManifest.from_bytes(data, ctype, where=where, digest=checked)
+
+    def _read_by_digest(self, key: tuple[str, str, str], task: asyncio.Task[RawManifest]
+                        ) -> None:
+        """A read of `_once` done: one that failed is forgotten (asked again by the next
+        image), what one read kept among the last READ_KEPT."""
+        del self._reading[key]
+        if task.cancelled() or task.exception() is not None:
+            return
+        self._read[key] = task.result()
+        if len(self._read) > READ_KEPT:  # the oldest read goes
+            del self._read[next(iter(self._read))]
 
     async def _fetch(self, registry: str, repo: str, ref: str, where: str,
                      expected: Descriptor | None = None, said: str | None = None
