@@ -236,10 +236,11 @@ class Planner:
         lim.admit(len(new))
         self.promised |= new
 
-    async def elsewhere(self, i: int, spec: ImageSpec, root: RawManifest | str,
+    async def elsewhere(self, i: int, spec: ImageSpec, root: RawManifest | str | None,
                         foresee: Callable[[], Awaitable[Foreseen | None]]) -> There | None:
         """Where else image `i`, whose root manifest its registry named `root` (or, pinned,
-        whose root has digest `root`; `foresee`: the index it will carry, when filtered),
+        whose root has digest `root`; None, its tag before the root is read: There.root;
+        `foresee`: the index it will carry, when filtered),
         is held:
         the registry and repository its manifests and configs below the root (those it
         holds) are read from by digest (mirror.resolve); None (a pull's): its registry
@@ -264,7 +265,7 @@ class Planner:
         slots = self.slots(spec.reference.registry)
         held: list[There | None] = [None]  # where else it is held, for its referrers too
 
-        async def elsewhere(root: RawManifest | str,
+        async def elsewhere(root: RawManifest | str | None,
                             foresee: Callable[[], Awaitable[Foreseen | None]]) -> There | None:
             held[0] = await self.elsewhere(i, spec, root, foresee)
             return held[0]

@@ -38,11 +38,14 @@ class There:
     of each of those read, the entries of each nested index (`_Resolver.get` adds them).
     `named`: what it answered about references as the image resolved (mirror.sync_plan's
     `named`, keyed by repository and tag), which a read of a tag there adds to, so that
-    the push does not ask again (mirror.referrers: cosign's tags)."""
+    the push does not ask again (mirror.referrers: cosign's tags). `root`: the digest of
+    the root, found before it was read (the source's tag named it, as the tag there does):
+    the root is read from here by that digest too."""
     registry: str
     repository: str
     lists: set[str] | None = None
     named: dict[tuple[str, str], ManifestHead | None] | None = None
+    root: str | None = None
 
     def serves(self, digest: str) -> bool:
         return self.lists is None or digest in self.lists
@@ -63,9 +66,10 @@ class There:
 # the index an image will carry, foreseen from the source's root (_Resolver.foresee): its
 # digest and every digest it lists (its nested indexes' too); None when it cannot be
 Foreseen = tuple[str, frozenset[str]]
-# where else an image whose root manifest this is (or, pinned, whose root's digest) can be
-# read by digest; the second, asked only when wanted, foresees the index it will carry
-Elsewhere = Callable[["RawManifest | str", "Callable[[], Awaitable[Foreseen | None]]"],
+# where else an image whose root manifest this is (or, pinned, whose root's digest; None:
+# its tag, before the root is read, There.root) can be read by digest; the second, asked
+# only when wanted, foresees the index it will carry
+Elsewhere = Callable[["RawManifest | str | None", "Callable[[], Awaitable[Foreseen | None]]"],
                      Awaitable["There | None"]]
 
 
@@ -89,16 +93,21 @@ async def resolve(client: Client, spec: ImageSpec, fetch_config: FetchConfig,
     is read, where else the image is held (a sync's target: There), whose manifests and
     configs below the root (or those of them it lists) are then read from there by digest
     (checked against it, as from the source), and from the source only when that one
-    cannot serve them (mirror.sync)."""
+    cannot serve them (mirror.sync). Asked first, before the root is read: with the pinned
+    digest (--locked), or None (a tag: a target whose tag names the digest the source's
+    names, There.root); a There that knows the root's digest so has the root read from
+    there too, by that digest."""
     ref = spec.reference
     attestations = spec.settings.referrers and wanted(referrer_types, "attestation", None)
     r = _Resolver(client, spec, fetch_config, attestations)
     there, pin = None, spec.pin
-    if pin and elsewhere is not None:  # --locked: a target holding it is read first
+    if elsewhere is not None:  # a target holding it is read first
         there = await elsewhere(pin, r.unforeseen)
+        pin = pin or (there.root if there is not None else None)
     if there is not None and pin:
-        root = await there.read(client, lambda reg, repo: client.get_manifest(reg, repo, pin),
-                                pin, ref)
+        held = pin
+        root = await there.read(client, lambda reg, repo: client.get_manifest(reg, repo, held),
+                                held, ref)
     else:
         root = await client.get_manifest(ref.registry, ref.repository, spec.pin or ref.ref)
         there = await elsewhere(root, lambda: r.foresee(root)) if elsewhere is not None \

@@ -205,7 +205,7 @@ class SyncPlanner(Planner):
             None if head is None else head.digest == img.root.digest
         return True
 
-    async def elsewhere(self, i: int, spec: ImageSpec, root: RawManifest | str,
+    async def elsewhere(self, i: int, spec: ImageSpec, root: RawManifest | str | None,
                         foresee: Callable[[], Awaitable[Foreseen | None]]) -> There | None:
         """The first target that holds the image already (one HEAD of its tag there, the
         question `at_target` and the push's step 0 would ask: its answer kept for them,
@@ -222,8 +222,11 @@ class SyncPlanner(Planner):
         filter, made once a target names another index of the root's type), holds it
         whole: what that index lists is read from there, and not the index. `root` a
         digest (--locked: the lock's, before the root is read): a target that serves it
-        whole, whose root is read from there too; None asks again once the root is read
-        (the HEAD's answer kept: not sent twice)."""
+        whole, whose root is read from there too; `root` None (a tag, before its root is
+        read): `_by_tag`. None asks again once the root is read (the HEADs' answers kept:
+        not sent twice)."""
+        if root is None:
+            return await self._by_tag(spec)
         ref = spec.reference
         digest = root if isinstance(root, str) else root.digest
         other: tuple[str, str, str] | None = None  # a target whose tag names another index
@@ -259,6 +262,56 @@ class SyncPlanner(Planner):
                 other, other_named = (target.registry, where.repository, head.digest), named
         return await self._listed(spec, root, *other, other_named) \
             if other is not None and not isinstance(root, str) else None
+
+    async def _by_tag(self, spec: ImageSpec) -> There | None:
+        """A target whose tag names the manifest the source's tag names, asked before the
+        root is read: of each target in turn its tag's HEAD (kept in `named`: the question
+        `elsewhere` and the push's step 0 would ask), and once one names a manifest, the
+        source's tag's HEAD (If-None-Match: that digest; once), so that a rerun sends the
+        source no manifest GET for an image a run before pushed (Docker Hub counts each as a
+        pull, not a HEAD): its root is read from the target by that digest (There.root,
+        checked; from the source by digest when the target cannot serve it). None, and the
+        root is the source's tag's GET as before: an image the sync changes (a platform
+        filter, --format, a foreign layer rewritten: its root's bytes are the source's to
+        make it from), a cache (whose store answers a tag after its HEAD), a reference by
+        digest, a source HEAD that names no digest or another one than every target's, and
+        a target on the source's own registry (the root's GET there is as much a request
+        as at the source, and a HEAD more)."""
+        ref, s = spec.reference, spec.settings
+        if self.client.manifests is not None or not ref.tag or ref.digest or \
+                not s.platforms.all or s.format != "keep" or s.foreign_layers == "rewrite":
+            return None
+        source: list[ManifestHead | None] = []  # the source's tag's HEAD, once asked
+        for n, target in enumerate(self.targets):
+            if target.registry == ref.registry:
+                continue
+            try:
+                where = place(target, ref.name, ref.repository, ref.tag, ref.digest, spec.dest)
+            except MirrorError:  # no place there: the push's check says so
+                continue
+            if not where.tags:
+                continue
+            named, key = self.named[n], (where.repository, where.tags[0])
+            if key not in named:
+                if not source:  # the source's HEAD refused now (its budget): nor asked here
+                    self.client.t.refuses(ref.registry, "HEAD",
+                                          f"/v2/{ref.repository}/manifests/{ref.tag}")
+                try:
+                    named[key] = await self.client.head_manifest(target.registry, *key)
+                except MirrorError:  # no answer: the push asks again and says what went wrong
+                    continue
+            head = named[key]
+            if head is None or not head.digest:
+                continue
+            if not source:
+                source.append(await self.client.head_manifest(
+                    ref.registry, ref.repository, ref.tag, (head.digest, head.media_type)))
+            if source[0] is None or not source[0].digest:
+                return None  # gone (the GET says so) or no digest: the GET, as before
+            if source[0].digest == head.digest:
+                return There(target.registry, where.repository, named=named,
+                             root=head.digest)
+        return None
 
     async def _listed(self, spec: ImageSpec, root: RawManifest, registry: str, repo: str,
                       digest: str, named: dict[tuple[str, str], ManifestHead | None]

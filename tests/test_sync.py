@@ -726,8 +726,9 @@ def test_a_rerun_stopped_at_its_first_heads_says_interrupted_only_of_the_image_n
     assert proc.returncode == code, proc.stderr
     doc = json.loads(report.read_text())
     assert doc["exit_code"] == code and sig.name in doc["error"], doc
-    assert not [r for r in dst.requests if r[0] != "HEAD" and "/manifests/" in r[1]], \
-        dst.requests  # nothing but the HEADs: the stop came before any manifest was put
+    assert not [r for r in dst.requests if r[0] not in ("HEAD", "GET") and
+                "/manifests/" in r[1]], \
+        dst.requests  # nothing but the HEADs and reads: the stop came before any was put
     finished, stopped = doc["images"]
     assert (finished["error"], finished["error_code"]) == (None, None), finished
     assert finished["digest"] == imgs[0].digest, finished
@@ -741,7 +742,8 @@ def test_a_rerun_stopped_while_resolving_places_the_image_it_reports_finished(
         rng: random.Random, tmp_path: Path) -> None:
     """A rerun (both images at the target already) stopped while it resolves: the first
     image resolved (its tag HEAD at the target answered 200, asked as it resolves since
-    17da5b3), the second one's tag GET at the source held by the fault proxy. The report
+    17da5b3), the second one's tag HEAD at the source (asked once the target's named the
+    digest: the root read from there) held by the fault proxy. The report
     says the first finished (no error: the target serves it whole) and the second
     interrupted, as documented; but the target's `placement`, "only what that target
     holds", is [] (README: `[]` for a target the sync did not reach), so a monitor reading
@@ -753,7 +755,7 @@ def test_a_rerun_stopped_while_resolving_places_the_image_it_reports_finished(
     report, u = tmp_path / "r.json", repo_name[-8:]
     refs = [f"{src.host}/{r}:1" for r in repos]
     mirror_ok("sync", *refs, "--to", f"{dst.host}/p{u}", "-q")
-    hung = src.add(Fault("stall", method="GET", path=f"/{repos[1]}/manifests/1$", delay=60))
+    hung = src.add(Fault("stall", method="HEAD", path=f"/{repos[1]}/manifests/1$", delay=60))
     first = ("HEAD", f"/v2/p{u}/{repos[0]}/manifests/1", 200)
     proc = stopped_mirror(lambda: hung.hits > 0 and first in dst.requests, str(first), "sync",
                           *refs, "--to", f"{dst.host}/p{u}", "--report", report, "-q",
@@ -1244,8 +1246,9 @@ def test_a_manifest_the_target_cannot_serve_is_read_from_the_source(
     fell = [line for line in synced.stderr.splitlines() if "read from the source" in line]
     assert [gone in fell[0] or gone in fell[1], damaged in fell[0] or damaged in fell[1]] == \
         [True, True] and len(fell) == 2, synced.stderr
+    # the tag a HEAD (the index read from the target by digest), the two by digest
     assert sorted(p.rpartition("/")[2] for p in src.paths("GET") if "/manifests/" in p) == \
-        sorted(["1", gone, damaged]), src.requests
+        sorted([gone, damaged]), src.requests
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["targets"][0]["manifests_pushed"] == 0, report["targets"]
     assert report["images"][0]["manifests"] and report["images"][0]["digest"] == img.digest
@@ -1674,8 +1677,9 @@ def test_a_rerun_heads_the_cosign_tags_and_fallback_indexes_the_target_holds(
         assert _manifest_asks(src) == sorted([("HEAD", "1"), *cosign, *fallbacks]), \
             src.requests
     else:
-        # the amd64 fallback index is the source's own bytes (no annotations): a GET
-        assert _manifest_asks(src) == sorted([("GET", "1"), *cosign, *fallbacks,
+        # the amd64 fallback index is the source's own bytes (no annotations): a GET; the
+        # tag a HEAD (the root read from the target)
+        assert _manifest_asks(src) == sorted([("HEAD", "1"), *cosign, *fallbacks,
                                               ("GET", fallback_tag(amd64.digest))]), \
             src.requests
         # of the target: the cosign tags by GET (no HEAD at the push), the SBOMs by digest
@@ -1686,7 +1690,7 @@ def test_a_rerun_heads_the_cosign_tags_and_fallback_indexes_the_target_holds(
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["targets"][0]["manifests_pushed"] == 0, report["targets"]
     assert report["requests"][src.host].get("manifest GET", 0) == \
-        (0 if how == "cache" else 2), report["requests"]
+        (0 if how == "cache" else 1), report["requests"]
     assert state(dst_registry, prefix) == held
     # re-signed upstream: the new signature is carried, read from the source
     new_key = ec.generate_private_key(ec.SECP256R1())
@@ -1715,6 +1719,100 @@ def test_a_rerun_heads_the_cosign_tags_and_fallback_indexes_the_target_holds(
     assert state(dst_registry, prefix) == held
     got, _, _ = get_manifest(dst_registry.url, there, att_tag)
     assert got == att.data
+
+
+@pytest.mark.parametrize("how", ["streamed", "mapped"])
+def test_a_rerun_heads_the_source_tag_whose_digest_the_target_names_and_gets_no_manifest(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path, how: str) -> None:
+    """Issue 18: a sync rerun without --cache GETs each image's root manifest by tag from
+    the source (Docker Hub counts each as a pull), though the target's tag names the same
+    digest, pushed there by the run before. Now the target's tag is asked first (its HEAD,
+    the push's step-0 question) and the source's tag one HEAD (If-None-Match: that digest):
+    the root is read from the target by digest, checked. The source is sent no manifest GET
+    (a signed image's cosign tag: a HEAD too), and the target holds what it held. A tag
+    moved upstream is carried (its HEAD says another digest: the GET as before); a manifest
+    deleted at the target (its tag with it) is read from the source and pushed again; a
+    root the target cannot serve is read from the source by digest (-v says so); a source
+    whose HEAD names no digest is asked the GET, as before; a filtered image (--platform)
+    GETs the source's root, which its index is made from."""
+    oci = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64_V8)],
+                        "oci")
+    docker = ig.make_index([ig.make_image(rng, p, "docker") for p in (ig.AMD64, ig.ARM64_V8)],
+                           "docker")
+    push_image(src_registry.url, repo_name, oci, ["1"])
+    push_image(src_registry.url, repo_name, docker, ["2"])
+    key = ec.generate_private_key(ec.SECP256R1())
+    sig_tag, _ = push_signature(src_registry.url, repo_name, key, oci.digest)
+    src, dst = faultproxy(src_registry.url), faultproxy(dst_registry.url)
+    prefix = f"{repo_name}-t"
+    args = ["sync", f"{src.host}/{repo_name}:1", f"{src.host}/{repo_name}:2", "--to",
+            f"{dst.host}/{prefix}"]
+    at = repo_name
+    if how == "mapped":
+        at = f"mapped/{repo_name}"
+        args += ["--map", f"{src.host}/{repo_name}={at}"]
+    there = f"{prefix}/{at}"
+    mirror_ok(*args, "-q")
+    held = state(dst_registry, prefix)
+    src.reset_counters()
+    dst.reset_counters()
+    mirror_ok(*args, "-q", "--report", tmp_path / "r.json")
+    assert _manifest_asks(src) == sorted([("HEAD", "1"), ("HEAD", "2"), ("HEAD", sig_tag)]), \
+        src.requests
+    assert [s for m, p, s in src.requests if m == "HEAD" and p.endswith(("/1", "/2"))] \
+        == [304, 304], src.requests  # If-None-Match: the target's digest
+    assert {("GET", oci.digest), ("GET", docker.digest)} <= set(_manifest_asks(dst)), \
+        dst.requests
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert "manifest GET" not in report["requests"][src.host], report["requests"]
+    assert report["targets"][0]["manifests_pushed"] == 0, report["targets"]
+    assert state(dst_registry, prefix) == held
+    # moved upstream: its HEAD names another digest, the tag's GET as before, carried
+    moved = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64_V8)],
+                          "oci")
+    push_image(src_registry.url, repo_name, moved, ["1"])
+    src.reset_counters()
+    mirror_ok(*args, "-q")
+    assert ("GET", "1") in _manifest_asks(src) and ("GET", "2") not in _manifest_asks(src), \
+        src.requests
+    assert get_manifest(dst_registry.url, there, "1")[0] == moved.manifest.data
+    # deleted at the target (its tag goes with it): read from the source, pushed again
+    held = state(dst_registry, prefix)
+    status, _, body = _request("DELETE", f"{dst_registry.url}/v2/{there}/manifests/"
+                                         f"{docker.digest}")
+    assert status == 202, body
+    assert state(dst_registry, prefix) != held
+    src.reset_counters()
+    mirror_ok(*args, "-q")
+    assert ("GET", "2") in _manifest_asks(src) and ("GET", "1") not in _manifest_asks(src), \
+        src.requests
+    assert state(dst_registry, prefix) == held
+    # a root the target cannot serve: from the source by digest, -v says so
+    dst.add(Fault("status", method="GET", path=f"/manifests/{docker.digest}", status=404,
+                  times=None))
+    src.reset_counters()
+    synced = mirror_ok(*args, "-v")
+    dst.clear_faults()
+    assert [line for line in synced.stderr.splitlines()
+            if "read from the source" in line and docker.digest in line], synced.stderr
+    assert ("GET", docker.digest) in _manifest_asks(src), src.requests
+    assert not [p for p in src.paths("GET") if p.endswith(("/manifests/1", "/manifests/2"))]
+    assert state(dst_registry, prefix) == held
+    # a source whose HEAD names no digest (nor answers If-None-Match): the GET, as before
+    src.add(Fault("ignore_conditional", method="HEAD", path=r"/manifests/[12]$",
+                  headers={"Docker-Content-Digest": ""}, times=None))
+    src.reset_counters()
+    mirror_ok(*args, "-q")
+    src.clear_faults()
+    assert {("GET", "1"), ("GET", "2")} <= set(_manifest_asks(src)), src.requests
+    assert state(dst_registry, prefix) == held
+    # filtered: the source's root is what its index is made from
+    mirror_ok(*args, "-q", "--platform", "linux/amd64")
+    src.reset_counters()
+    mirror_ok(*args, "-q", "--platform", "linux/amd64")
+    assert sorted(a for a in _manifest_asks(src) if a[1] in ("1", "2")) == \
+        [("GET", "1"), ("GET", "2")], src.requests
 
 
 def test_a_budgeted_sync_to_its_own_registry_goes_on_run_after_run(

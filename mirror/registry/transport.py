@@ -175,6 +175,15 @@ class Transport(Accounting):
                     raise
         return self._endpoints[registry]
 
+    def refuses(self, registry: str, method: str, path: str) -> None:
+        """Raise the BudgetSpent that `method path` at `registry` would meet now (its request
+        budget spent or promised, the registry held: RegistryLimits.check), sending nothing:
+        asked before a request elsewhere that is of use only with that one (a sync asks its
+        target's tag before the source's: mirror.sync_plan)."""
+        ep = self._endpoints.get(registry)
+        url = ep.base_url + path if ep is not None else path
+        self.limits_for(registry).check(lambda: f"{method} {loggable(url)}")
+
     def gate(self, url: str) -> HostGate:
         """The pause shared by every request to one host (scheme, host, port): a registry,
         its token server, object storage it redirects to, a foreign layer's server."""

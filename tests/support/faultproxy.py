@@ -29,7 +29,8 @@ the proxy. Each request is handled by the first active fault that matches it, if
     slow          forward, sleeping `delay` seconds between chunks of `chunk` bytes
     ignore_range  drop the request's Range header, so upstream answers 200 with everything
     ignore_conditional  drop the request's If-None-Match header (a registry that has no ETag,
-                  or ignores it): upstream answers 200 where it would have said 304
+                  or ignores it): upstream answers 200 where it would have said 304;
+                  `headers` as insert's (a registry that sends no Docker-Content-Digest)
     stall         hold the request `delay` seconds before forwarding it (a registry that hangs
                   mid-upload: a test can signal the client while it waits)
     late          forward, and once upstream has answered (and done what was asked: a blob
@@ -306,9 +307,9 @@ class FaultProxy:
             resp.headers.update(fault.headers)
         if fault is not None and fault.kind == "short" and up.content_length is not None:
             resp.content_length = min(fault.offset, up.content_length)
-        if fault is not None and fault.kind == "insert":
-            if up.content_length is not None:
-                resp.content_length = up.content_length + len(fault.body or b"")
+        if fault is not None and fault.kind == "insert" and up.content_length is not None:
+            resp.content_length = up.content_length + len(fault.body or b"")
+        if fault is not None and fault.kind in ("insert", "ignore_conditional"):
             for k, v in fault.headers.items():
                 resp.headers.popall(k, None)
                 if v:
