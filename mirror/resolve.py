@@ -38,14 +38,15 @@ class There:
     of each of those read, the entries of each nested index (`_Resolver.get` adds them).
     `named`: what it answered about references as the image resolved (mirror.sync_plan's
     `named`, keyed by repository and tag), which a read of a tag there adds to, so that
-    the push does not ask again (mirror.referrers: cosign's tags). `root`: the digest of
-    the root, found before it was read (the source's tag named it, as the tag there does):
-    the root is read from here by that digest too."""
+    the push does not ask again (mirror.referrers: cosign's tags). `root`: the root, read
+    from here by the digest the source's tag names (as the tag here does) before the
+    source was asked for it (from the source by that digest when here could not serve it),
+    until the resolution takes it."""
     registry: str
     repository: str
     lists: set[str] | None = None
     named: dict[tuple[str, str], ManifestHead | None] | None = None
-    root: str | None = None
+    root: RawManifest | None = None
 
     def serves(self, digest: str) -> bool:
         return self.lists is None or digest in self.lists
@@ -94,20 +95,19 @@ async def resolve(client: Client, spec: ImageSpec, fetch_config: FetchConfig,
     configs below the root (or those of them it lists) are then read from there by digest
     (checked against it, as from the source), and from the source only when that one
     cannot serve them (mirror.sync). Asked first, before the root is read: with the pinned
-    digest (--locked), or None (a tag: a target whose tag names the digest the source's
-    names, There.root); a There that knows the root's digest so has the root read from
-    there too, by that digest."""
+    digest (--locked: the root is read from there too), or None (a tag: a target whose
+    tag names the digest the source's names, the root read from there, There.root)."""
     ref = spec.reference
     attestations = spec.settings.referrers and wanted(referrer_types, "attestation", None)
     r = _Resolver(client, spec, fetch_config, attestations)
     there, pin = None, spec.pin
     if elsewhere is not None:  # a target holding it is read first
         there = await elsewhere(pin, r.unforeseen)
-        pin = pin or (there.root if there is not None else None)
-    if there is not None and pin:
-        held = pin
-        root = await there.read(client, lambda reg, repo: client.get_manifest(reg, repo, held),
-                                held, ref)
+    if there is not None and there.root is not None:
+        root, there.root = there.root, None
+    elif there is not None and pin:
+        root = await there.read(client, lambda reg, repo: client.get_manifest(reg, repo, pin),
+                                pin, ref)
     else:
         root = await client.get_manifest(ref.registry, ref.repository, spec.pin or ref.ref)
         there = await elsewhere(root, lambda: r.foresee(root)) if elsewhere is not None \

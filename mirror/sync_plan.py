@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable
 from typing import TYPE_CHECKING
 
+from mirror.aio import gather_or_cancel
+from mirror.artifacts import wanted
 from mirror.config import ImageSpec
 from mirror.errors import MirrorError
 from mirror.fetch import Fetcher
@@ -68,6 +70,16 @@ def _placed(img: Image, target: Target) -> tuple[list[PushImage], list[PushImage
     where = place(target, ref.name, ref.repository, ref.tag, ref.digest, img.dest)
     return ([PushImage(img, where.repository, tag) for tag in where.tags or (None,)],
             [PushImage(r, where.repository, r.tag) for r in img.referrers], where)
+
+
+def _as_it_is(spec: ImageSpec, referrer_types: tuple[str, ...]) -> bool:
+    """A tag whose root the sync carries as it is: no platform filter, no attestations an
+    index may list left behind (--no-referrers, `referrers: false`, a --referrer-type
+    other than attestation), no conversion (--format), no foreign layer rewritten."""
+    ref, s = spec.reference, spec.settings
+    return bool(ref.tag) and not ref.digest and s.platforms.all and s.format == "keep" and \
+        s.foreign_layers != "rewrite" and s.referrers and \
+        wanted(referrer_types, "attestation", None)
 
 
 class SyncPlanner(Planner):
@@ -267,51 +279,82 @@ class SyncPlanner(Planner):
         """A target whose tag names the manifest the source's tag names, asked before the
         root is read: of each target in turn its tag's HEAD (kept in `named`: the question
         `elsewhere` and the push's step 0 would ask), and once one names a manifest, the
-        source's tag's HEAD (If-None-Match: that digest; once), so that a rerun sends the
-        source no manifest GET for an image a run before pushed (Docker Hub counts each as a
-        pull, not a HEAD): its root is read from the target by that digest (There.root,
-        checked; from the source by digest when the target cannot serve it). None, and the
-        root is the source's tag's GET as before: an image the sync changes (a platform
-        filter, --format, a foreign layer rewritten: its root's bytes are the source's to
-        make it from), a cache (whose store answers a tag after its HEAD), a reference by
-        digest, a source HEAD that names no digest or another one than every target's, and
-        a target on the source's own registry (the root's GET there is as much a request
-        as at the source, and a HEAD more)."""
-        ref, s = spec.reference, spec.settings
-        if self.client.manifests is not None or not ref.tag or ref.digest or \
-                not s.platforms.all or s.format != "keep" or s.foreign_layers == "rewrite":
+        source's tag's HEAD (If-None-Match: that digest; once) and, at once with it, that
+        manifest's GET there by digest (checked), so that a rerun sends the source no
+        manifest GET for an image a run before pushed (Docker Hub counts each as a pull,
+        not a HEAD) and waits no longer than the source's GET: the root is that target's
+        (There.root; the source's by digest when the target cannot serve it, -v says so).
+        None, and the root is the source's tag's GET as before: an image the sync changes
+        (a platform filter, --format, a foreign layer rewritten: its root's bytes are the
+        source's to make it from), a cache (whose store answers a tag after its HEAD), a
+        reference by digest, a source HEAD that names no digest or another one than every
+        target's (the target's GET is then `_listed`'s: the client keeps what it read by
+        digest), and a target on the
+        source's own registry (the root's GET there is as much a request as at the
+        source, and a HEAD more). A source whose HEAD would be refused now (its budget)
+        has the target asked nothing."""
+        ref = spec.reference
+        if self.client.manifests is not None or not _as_it_is(spec, self.opts.referrer_types):
             return None
         source: list[ManifestHead | None] = []  # the source's tag's HEAD, once asked
         for n, target in enumerate(self.targets):
-            if target.registry == ref.registry:
+            there = await self._tag_at(n, spec, not source)
+            if there is None:
                 continue
-            try:
-                where = place(target, ref.name, ref.repository, ref.tag, ref.digest, spec.dest)
-            except MirrorError:  # no place there: the push's check says so
-                continue
-            if not where.tags:
-                continue
-            named, key = self.named[n], (where.repository, where.tags[0])
-            if key not in named:
-                if not source:  # the source's HEAD refused now (its budget): nor asked here
-                    self.client.t.refuses(ref.registry, "HEAD",
-                                          f"/v2/{ref.repository}/manifests/{ref.tag}")
-                try:
-                    named[key] = await self.client.head_manifest(target.registry, *key)
-                except MirrorError:  # no answer: the push asks again and says what went wrong
-                    continue
-            head = named[key]
-            if head is None or not head.digest:
-                continue
+            repo, digest, media_type = there
+            read: RawManifest | MirrorError | None = None
             if not source:
-                source.append(await self.client.head_manifest(
-                    ref.registry, ref.repository, ref.tag, (head.digest, head.media_type)))
+                src, read = await gather_or_cancel([self.client.head_manifest(
+                    ref.registry, ref.repository, ref.ref, (digest, media_type)),
+                    self._theirs(target.registry, repo, digest)])
+                source.append(src)
             if source[0] is None or not source[0].digest:
                 return None  # gone (the GET says so) or no digest: the GET, as before
-            if source[0].digest == head.digest:
-                return There(target.registry, where.repository, named=named,
-                             root=head.digest)
+            if source[0].digest != digest:
+                continue
+            if read is None:  # a target after the first that named a digest
+                read = await self._theirs(target.registry, repo, digest)
+            if isinstance(read, MirrorError):
+                self.client.t.debug(f"{read}: {digest} read from the source, {ref.name}")
+                read = await self.client.get_manifest(ref.registry, ref.repository, digest)
+            return There(target.registry, repo, named=self.named[n], root=read)
         return None
+
+    async def _tag_at(self, n: int, spec: ImageSpec, first: bool
+                      ) -> tuple[str, str, str] | None:
+        """Where target `n` holds the image's tag (its repository) and the digest and type
+        it names there (its HEAD, kept in `named`); None: not there, nothing named, no answer (the
+        push asks again and says what went wrong), or a target on the source's registry.
+        `first`: the source not asked yet, whose HEAD, refused now (its budget: BudgetSpent),
+        has this one not asked either."""
+        ref, target = spec.reference, self.targets[n]
+        if target.registry == ref.registry:
+            return None
+        try:
+            where = place(target, ref.name, ref.repository, ref.tag, ref.digest, spec.dest)
+        except MirrorError:  # no place there: the push's check says so
+            return None
+        if not where.tags:
+            return None
+        named, key = self.named[n], (where.repository, where.tags[0])
+        if key not in named:
+            if first:
+                self.client.t.refuses(ref.registry, "HEAD",
+                                      f"/v2/{ref.repository}/manifests/{ref.ref}")
+            try:
+                named[key] = await self.client.head_manifest(target.registry, *key)
+            except MirrorError:
+                return None
+        head = named[key]
+        return (where.repository, head.digest, head.media_type) \
+            if head is not None and head.digest else None
+
+    async def _theirs(self, registry: str, repo: str, digest: str) -> RawManifest | MirrorError:
+        """Manifest `digest` read from a target (checked), or why it could not be."""
+        try:
+            return await self.client.get_manifest(registry, repo, digest)
+        except MirrorError as e:
+            return e
 
     async def _listed(self, spec: ImageSpec, root: RawManifest, registry: str, repo: str,
                       digest: str, named: dict[tuple[str, str], ManifestHead | None]
@@ -322,10 +365,9 @@ class SyncPlanner(Planner):
         GET of that manifest, by digest (none when a cache's store holds it); None when it
         lists none of them (an image updated upstream may share none) or cannot be read
         (said with -v alone: the source is asked, as for an image not there)."""
-        try:
-            theirs = await self.client.get_manifest(registry, repo, digest)
-        except MirrorError as e:
-            self.client.t.debug(f"{e}: {spec.reference} read from the source")
+        theirs = await self._theirs(registry, repo, digest)
+        if isinstance(theirs, MirrorError):
+            self.client.t.debug(f"{theirs}: {spec.reference} read from the source")
             return None
         if root.is_index:
             listed = {c.digest for c in theirs.children} if theirs.is_index else set()

@@ -1624,6 +1624,17 @@ def _manifest_asks(proxy) -> list[tuple[str, str]]:
                   if "/manifests/" in p)
 
 
+def _deleted_at(reg: Registry, prefix: str, repo: str, digest: str
+                ) -> dict[str, dict[str, object]]:
+    """Manifest `digest` deleted from `repo` of `reg` (its tags with it); what `reg` held
+    under `prefix` before."""
+    held = state(reg, prefix)
+    status, _, body = _request("DELETE", f"{reg.url}/v2/{repo}/manifests/{digest}")
+    assert status == 202, body
+    assert state(reg, prefix) != held
+    return held
+
+
 @pytest.mark.parametrize("how", ["streamed", "cache", "mapped"])
 def test_a_rerun_heads_the_cosign_tags_and_fallback_indexes_the_target_holds(
         src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
@@ -1705,11 +1716,7 @@ def test_a_rerun_heads_the_cosign_tags_and_fallback_indexes_the_target_holds(
     assert json.loads((tmp_path / "r.json").read_text())["targets"][0]["manifests_pushed"] \
         == 1
     # deleted at the target: read from the source (-v says so without a cache), pushed again
-    held = state(dst_registry, prefix)
-    status, _, body = _request("DELETE", f"{dst_registry.url}/v2/{there}/manifests/"
-                                         f"{att.digest}")
-    assert status == 202, body
-    assert state(dst_registry, prefix) != held
+    held = _deleted_at(dst_registry, prefix, there, att.digest)
     src.reset_counters()
     synced = mirror_ok(*args, "-v")
     if how != "cache":
@@ -1728,14 +1735,16 @@ def test_a_rerun_heads_the_source_tag_whose_digest_the_target_names_and_gets_no_
     """Issue 18: a sync rerun without --cache GETs each image's root manifest by tag from
     the source (Docker Hub counts each as a pull), though the target's tag names the same
     digest, pushed there by the run before. Now the target's tag is asked first (its HEAD,
-    the push's step-0 question) and the source's tag one HEAD (If-None-Match: that digest):
-    the root is read from the target by digest, checked. The source is sent no manifest GET
-    (a signed image's cosign tag: a HEAD too), and the target holds what it held. A tag
-    moved upstream is carried (its HEAD says another digest: the GET as before); a manifest
-    deleted at the target (its tag with it) is read from the source and pushed again; a
-    root the target cannot serve is read from the source by digest (-v says so); a source
-    whose HEAD names no digest is asked the GET, as before; a filtered image (--platform)
-    GETs the source's root, which its index is made from."""
+    the push's step-0 question), then the source's tag one HEAD (If-None-Match: that
+    digest) and, at once, the target's manifest by that digest (checked): the root. The
+    source is sent no manifest GET (a signed image's cosign tag: a HEAD too), and the
+    target holds what it held. A tag moved upstream is carried (its HEAD says another
+    digest: the GET as before; the target's root, read at once with that HEAD, read once);
+    a manifest deleted at the target (its tag with it) is read from the source and pushed
+    again; a root the target cannot serve is read from the source by digest (-v says so);
+    a source whose HEAD names no digest is asked the GET, as before; a filtered image
+    (--platform, the attestations --no-referrers leaves behind) GETs the source's root,
+    which the index it carries is made from."""
     oci = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64_V8)],
                         "oci")
     docker = ig.make_index([ig.make_image(rng, p, "docker") for p in (ig.AMD64, ig.ARM64_V8)],
@@ -1773,16 +1782,16 @@ def test_a_rerun_heads_the_source_tag_whose_digest_the_target_names_and_gets_no_
                           "oci")
     push_image(src_registry.url, repo_name, moved, ["1"])
     src.reset_counters()
+    dst.reset_counters()
     mirror_ok(*args, "-q")
     assert ("GET", "1") in _manifest_asks(src) and ("GET", "2") not in _manifest_asks(src), \
         src.requests
+    # the target's index, read at once with the source's HEAD, is the one read to see what
+    # it lists of the new one: once
+    assert _by_digest(dst).count(oci.digest) == 1, dst.requests
     assert get_manifest(dst_registry.url, there, "1")[0] == moved.manifest.data
     # deleted at the target (its tag goes with it): read from the source, pushed again
-    held = state(dst_registry, prefix)
-    status, _, body = _request("DELETE", f"{dst_registry.url}/v2/{there}/manifests/"
-                                         f"{docker.digest}")
-    assert status == 202, body
-    assert state(dst_registry, prefix) != held
+    held = _deleted_at(dst_registry, prefix, there, docker.digest)
     src.reset_counters()
     mirror_ok(*args, "-q")
     assert ("GET", "2") in _manifest_asks(src) and ("GET", "1") not in _manifest_asks(src), \
@@ -1807,12 +1816,14 @@ def test_a_rerun_heads_the_source_tag_whose_digest_the_target_names_and_gets_no_
     src.clear_faults()
     assert {("GET", "1"), ("GET", "2")} <= set(_manifest_asks(src)), src.requests
     assert state(dst_registry, prefix) == held
-    # filtered: the source's root is what its index is made from
-    mirror_ok(*args, "-q", "--platform", "linux/amd64")
-    src.reset_counters()
-    mirror_ok(*args, "-q", "--platform", "linux/amd64")
-    assert sorted(a for a in _manifest_asks(src) if a[1] in ("1", "2")) == \
-        [("GET", "1"), ("GET", "2")], src.requests
+    # filtered, or attestations an index may list left behind: the source's root is what
+    # the index carried is made from
+    for flag in ("--platform=linux/amd64", "--no-referrers"):
+        mirror_ok(*args, "-q", flag)
+        src.reset_counters()
+        mirror_ok(*args, "-q", flag)
+        assert sorted(a for a in _manifest_asks(src) if a[1] in ("1", "2")) == \
+            [("GET", "1"), ("GET", "2")], src.requests
 
 
 def test_a_budgeted_sync_to_its_own_registry_goes_on_run_after_run(
