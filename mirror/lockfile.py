@@ -217,23 +217,45 @@ def after_run(result: PullResult, path: Path, tag_rules: list[dict[str, Any]] | 
     if bundle and digest:  # a pull's bundle (--base refuses it as -o); a sync writes none
         lock.bundle = {"name": bundle.name, "digest": digest}
     failed = [r.reference for r in result.images if r.error]
+    old = Lock()
     if failed and path.exists():
         try:
             old = Lock.read(path)
         except MirrorError:
-            old = Lock()
-        kept = {ref: old.images[ref] for ref in failed if ref in old.images}
-        lock.images.update(kept)
-        if kept and old.bundle:  # a pull's: its blobs went across (`mirror lock`'s did not)
-            went = old.blobs if carried is None else \
-                {d: n for d, n in old.blobs.items() if d in carried}
-            lock.blobs = {**went, **lock.blobs}
+            pass
+    kept = {ref: old.images[ref] for ref in failed if ref in old.images}
     lock.images.update((r.reference, _entry(r)) for r in result.images if not r.error)
-    # a rule's tags as locked: one it chose that failed or waits with no entry to keep (new
-    # this run) is not locked, so `--locked` pulls the rule's others, not refuses the run
-    # for it (o25 D1); the report's `tag_rules` still says what the rule chose
-    lock.tag_rules = [{**rule, "tags": [t for t in rule["tags"]
-                                        if f"{rule['repository']}:{t}" in lock.images]}
-                      if isinstance(rule.get("tags"), list) else rule
-                      for rule in lock.tag_rules]
+    rules = [_as_locked(rule, lock.images, old, kept) for rule in lock.tag_rules]
+    lock.tag_rules = [rule for rule in rules if rule is not None]
+    lock.images = {**kept, **lock.images}
+    if kept and old.bundle:  # a pull's: its blobs went across (`mirror lock`'s did not)
+        went = old.blobs if carried is None else \
+            {d: n for d, n in old.blobs.items() if d in carried}
+        lock.blobs = {**went, **lock.blobs}
     return lock if lock.images else None
+
+
+def _as_locked(rule: dict[str, Any], images: dict[str, Any], old: Lock,
+               kept: dict[str, Any]) -> dict[str, Any] | None:
+    """A rule's entry in the lock file. The tags it chose this run when each has an entry
+    (`images`: this run's; `kept`: those that failed or wait, from the lock before). When
+    one it chose has none (new this run, and it failed or waits), the rule's choice is not
+    whole: the tags the lock before gave it stand, their entries kept (added to `kept`), so
+    `--locked` pulls what it pulled before (the site's images, not fewer: o25 D1, o26 D2);
+    with no lock before for it, the rule is left out (`--locked` says so and what to run).
+    The report's `tag_rules` says what the rule chose this run."""
+    tags = rule.get("tags")
+    if not isinstance(tags, list):
+        return rule
+    repo = rule.get("repository")
+    if all(f"{repo}:{t}" in images or f"{repo}:{t}" in kept for t in tags):
+        return rule
+    for before in old.tag_rules:
+        if isinstance(before, dict) and before.get("repository") == repo and \
+                before.get("rule") == rule.get("rule") and \
+                isinstance(before.get("tags"), list) and \
+                all(f"{repo}:{t}" in old.images for t in before["tags"]):
+            kept.update((f"{repo}:{t}", old.images[f"{repo}:{t}"]) for t in before["tags"]
+                        if f"{repo}:{t}" not in images)
+            return {**rule, "tags": list(before["tags"])}
+    return None

@@ -196,6 +196,45 @@ def test_a_lock_whose_new_tag_waited_locks_the_rules_others(src_registry, faultp
     assert lock["tagRules"][0]["tags"] == ["1.0", "1.1", "1.2"], lock["tagRules"]
 
 
+def test_a_lock_whose_rule_moved_to_a_waiting_tag_keeps_what_it_locked_before(
+        src_registry, faultproxy, repo_name, rng, tmp_path):
+    """o26 D2: `latest: 2` locked 2.0.0 and 3.20; then 2.0.1 and 9.0 appear and wait (429s):
+    the rule's new choice (3.20, 9.0) cannot be locked whole, and locking its tags with an
+    entry (3.20) dropped 2.0.0, which the site had, with exit 0 at `--locked`. The rule keeps
+    the tags the lock before gave it (and their entries); a rule that never had a lock and
+    whose only tag waits is left out, and `--locked` says so (exit 2)."""
+    proxy = faultproxy(src_registry.url)
+    for tag in ("2.0.0", "3.20"):
+        push_image(src_registry.url, repo_name, ig.make_image(rng, ig.AMD64, "oci"), tags=[tag])
+    repo = f"{proxy.host}/{repo_name}"
+    cfg, cache = tmp_path / "images.yaml", tmp_path / "cache"
+    cfg.write_text(f"images:\n  - repository: {repo}\n    tags:\n      - latest: 2\n")
+    mirror_ok("lock", "-f", cfg, "--cache", cache, "-q")
+    first = json.loads((tmp_path / "images.lock").read_text())
+    for tag in ("2.0.1", "9.0"):
+        push_image(src_registry.url, repo_name, ig.make_image(rng, ig.AMD64, "oci"), tags=[tag])
+    proxy.add(Fault("status", path=rf"/{repo_name}/manifests/(2\.0\.1|9\.0)$", status=429,
+                    headers={"Retry-After": "0"}, times=None))
+    cfg.write_text(f"images:\n  - repository: {repo}\n    tags:\n      - latest: 2\n"
+                   f"      - regex: '^9'\n")
+    r = run_mirror("lock", "-f", cfg, "--cache", cache, "-q", "--retries", "1")
+    assert r.returncode == EXIT_CODES["rate-limited-partial"], r.stderr
+    lock = json.loads((tmp_path / "images.lock").read_text())
+    assert [(x["rule"], x["tags"]) for x in lock["tagRules"]] == \
+        [({"latest": 2}, ["2.0.0", "3.20"])], lock["tagRules"]  # regex '^9': none before
+    assert lock["images"] == first["images"]
+    r = run_mirror("pull", "-f", cfg, "--cache", cache, "-q", "--locked", "--no-referrers",
+                   "-o", tmp_path / "b.tar")
+    assert r.returncode == 2, r.stderr
+    assert "the tag rule of" in error_line(r) and "is not in" in error_line(r), error_line(r)
+    cfg.write_text(f"images:\n  - repository: {repo}\n    tags:\n      - latest: 2\n")
+    r = run_mirror("pull", "-f", cfg, "--cache", cache, "-q", "--locked", "--no-referrers",
+                   "-o", tmp_path / "b.tar", "--report", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert sorted(i["reference"] for i in report["images"]) == [f"{repo}:2.0.0", f"{repo}:3.20"]
+
+
 def test_a_bad_rule_is_a_config_error_before_any_request(tmp_path):
     cfg = tmp_path / "images.yaml"
     for rule, says in [('semver: ">=1.2 <<2"', "is not a comparator"),
