@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from mirror import mediatypes as mt
 from mirror.artifacts import wanted
 from mirror.config import ImageSpec
-from mirror.errors import MirrorError, NoMatchingPlatform, UnsupportedContent
+from mirror.errors import MirrorError, NoMatchingPlatform, NotFound, UnsupportedContent
 from mirror.image import Image
 from mirror.manifest import Descriptor, RawManifest, dump_json
 from mirror.platform import Platform, no_matching_manifest
@@ -47,6 +47,9 @@ class There:
     lists: set[str] | None = None
     named: dict[tuple[str, str], ManifestHead | None] | None = None
     root: RawManifest | None = None
+    # digests here was to serve and answered 404 for (`read`): the image is not whole here,
+    # whatever its tag names (mirror.sync_plan `planned`: pushed again, the lost ones too)
+    lacks: set[str] = field(default_factory=set)
 
     def serves(self, digest: str) -> bool:
         return self.lists is None or digest in self.lists
@@ -60,6 +63,8 @@ class There:
             try:
                 return await ask(self.registry, self.repository)
             except MirrorError as e:
+                if isinstance(e, NotFound):
+                    self.lacks.add(digest)
                 client.t.debug(f"{e}: {digest} read from the source, {source.name}")
         return await ask(source.registry, source.repository)
 

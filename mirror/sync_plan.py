@@ -108,8 +108,10 @@ class SyncPlanner(Planner):
         self.named: list[dict[tuple[str, str], ManifestHead | None]] = [{} for _ in targets]
         self.configs: dict[str, bytes] = {}  # digest -> config bytes (no cache)
         self.held = 0
+        self.theres: dict[int, There] = {}  # image -> where it was read from (`elsewhere`)
 
     def renumbered(self, at: dict[int, int]) -> None:
+        self.theres = {at.get(i, i): there for i, there in self.theres.items()}
         if self.fetcher is not None:
             self.fetcher.owner = {d: at.get(i, i) for d, i in self.fetcher.owner.items()}
 
@@ -219,6 +221,14 @@ class SyncPlanner(Planner):
 
     async def elsewhere(self, i: int, spec: ImageSpec, root: RawManifest | str | None,
                         foresee: Callable[[], Awaitable[Foreseen | None]]) -> There | None:
+        """`_elsewhere`'s answer, kept for `planned` (a manifest that target lost)."""
+        there = await self._elsewhere(i, spec, root, foresee)
+        if there is not None:
+            self.theres[i] = there
+        return there
+
+    async def _elsewhere(self, i: int, spec: ImageSpec, root: RawManifest | str | None,
+                         foresee: Callable[[], Awaitable[Foreseen | None]]) -> There | None:
         """The first target that holds the image already (one HEAD of its tag there, the
         question `at_target` and the push's step 0 would ask: its answer kept for them,
         `planned`), whose manifests and configs below the root the image is then read from
@@ -389,3 +399,12 @@ class SyncPlanner(Planner):
                 continue
             for img in own + refs:
                 self.as_named(n, img)
+            there = self.theres.get(i)
+            if there is not None and there.lacks and \
+                    (there.registry, there.repository) == (target.registry, own[0].repository):
+                # its tag names the root, but a manifest below it is gone there (a delete, a
+                # registry's clean-up): step 0 says the image is not there, so the push
+                # puts it whole again, the lost manifests with it (o26 D1)
+                for img in own:
+                    self.asked[n][img.repository, img.tag or img.root.digest,
+                                  img.root.digest] = None

@@ -1226,7 +1226,8 @@ def test_a_manifest_the_target_cannot_serve_is_read_from_the_source(
     """A budgeted sync without --cache reads the manifests of an image its target serves
     whole from the target, by digest; one the target answers 404 for, or with bytes that do
     not match the digest, is read from the source instead: the run is what it would have
-    been (exit 0, nothing pushed again, no warning), and only -v says so."""
+    been (exit 0, no warning), and only -v says so; the 404 says the target does not serve
+    the image whole, which the push then puts again (its root: the rest is there)."""
     img = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64_V8)], "oci")
     push_image(src_registry.url, repo_name, img, ["1"])
     src, dst = faultproxy(src_registry.url), faultproxy(dst_registry.url)
@@ -1250,10 +1251,11 @@ def test_a_manifest_the_target_cannot_serve_is_read_from_the_source(
     assert sorted(p.rpartition("/")[2] for p in src.paths("GET") if "/manifests/" in p) == \
         sorted([gone, damaged]), src.requests
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["targets"][0]["manifests_pushed"] == 0, report["targets"]
+    assert report["targets"][0]["manifests_pushed"] == 1, report["targets"]
     assert report["images"][0]["manifests"] and report["images"][0]["digest"] == img.digest
     served(dst_registry, report, f"{repo_name}-t")
     # a dry run asks the target its tag once, as it resolves (it asked again to plan the push)
+    dst.clear_faults()  # the target serving the image whole again
     dst.requests.clear()
     mirror_ok("sync", "-f", cfg, "--to", to, "--dry-run", "-q")
     assert [(m, p.rpartition("/")[2]) for m, p, _ in dst.requests if m == "HEAD"] == \
@@ -1389,6 +1391,30 @@ def test_two_tags_of_one_image_read_each_manifest_once_a_run(
     assert sorted(d for d in _by_digest(dst) if d in children) == children, dst.requests
 
 
+def test_a_manifest_deleted_at_the_target_below_its_tag_is_pushed_again(
+        src_registry: Registry, dst_registry: Registry, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """o26 D1: a platform manifest deleted at the target (a registry's clean-up of untagged
+    manifests, a hand's DELETE) while the tag still names the index: a rerun read it from
+    the source (the target's 404 said with -v alone) and pushed nothing, every run after,
+    and the target's index named a manifest it does not serve. Without --cache the rerun
+    reads it from the target and finds it gone: the image is pushed again, whole."""
+    img = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64_V8)],
+                        "oci")
+    push_image(src_registry.url, repo_name, img, ["1"])
+    args = ["sync", f"{src_registry.host}/{repo_name}:1", "--to",
+            f"{dst_registry.host}/t", "-q", "--report", tmp_path / "r.json"]
+    mirror_ok(*args)
+    lost = img.images[0].digest
+    status, _, body = _request("DELETE", f"{dst_registry.url}/v2/t/{repo_name}/manifests/{lost}")
+    assert status == 202, body
+    mirror_ok(*args)
+    got = get_manifest(dst_registry.url, f"t/{repo_name}", lost)
+    assert got[0] == img.images[0].manifest.data
+    mirror_ok(*args)  # whole again: the rerun after pushes nothing
+    assert json.loads((tmp_path / "r.json").read_text())["targets"][0]["manifests_pushed"] == 0
+
+
 @pytest.mark.parametrize("what", ["child 404", "child damaged", "index damaged"])
 def test_a_filtered_rerun_reads_what_the_target_cannot_serve_from_the_source(
         src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
@@ -1434,7 +1460,9 @@ def test_a_filtered_rerun_reads_what_the_target_cannot_serve_from_the_source(
         served(dst_registry, report, f"{repo_name}-t")
         return
     assert report["images"][0]["digest"] == root, report["images"]
-    assert report["targets"][0]["manifests_pushed"] == 0, report["targets"]
+    # a 404 says the target does not serve the image whole: the push puts it again
+    assert report["targets"][0]["manifests_pushed"] == (1 if what == "child 404" else 0), \
+        report["targets"]
     assert state(dst_registry, f"{repo_name}-t") == held
     quiet = mirror_ok(*args)
     assert child not in quiet.stderr and "warning" not in quiet.stderr, quiet.stderr
