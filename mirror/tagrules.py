@@ -151,8 +151,9 @@ def _nothing(spec: ImageSpec, listed: list[str], held: list[str]) -> ConfigError
         return ConfigError(
             f"{spec.where}: {spec.reference.name}: the tag rule ({spec.rule.describe()}) "
             f"keeps none of the repository's {len(listed)} tag(s): its regex finds "
-            f"{_some(held)}, read as pre-release versions",
-            hint=_PRERELEASE_HINT)
+            f"{_some(sorted(held))}, read as pre-release versions",
+            hint="a tag such as 1.3.0-rc.1, 2024-05-01 or 3.19-alpine reads as VERSION-"
+                 "PRERELEASE: add `prerelease: true` to the rule to keep them")
     return ConfigError(
         f"{spec.where}: {spec.reference.name}: the tag rule ({spec.rule.describe()}) matches "
         f"none of the repository's {len(listed)} tag(s)",
@@ -162,7 +163,8 @@ def _nothing(spec: ImageSpec, listed: list[str], held: list[str]) -> ConfigError
 def _held_back(spec: ImageSpec, held: list[str]) -> str:
     assert spec.rule is not None
     return (f"{spec.where}: {spec.reference.name}: the tag rule ({spec.rule.describe()}) "
-            f"leaves out {_some(held)}, which its regex finds, as pre-release versions; "
+            f"leaves out {_some(sorted(held))}, which its regex finds, as pre-release "
+            "versions; "
             f"{_PRERELEASE_HINT}")
 
 
