@@ -163,6 +163,20 @@ def test_tags_a_regex_finds_that_read_as_pre_releases_are_said_not_silently_drop
         "pre-release versions" in line
 
 
+def _locked(src_registry, faultproxy, repo_name, rng, tmp_path, tags, rule):
+    """A repository holding `tags` (one image each) behind a fault proxy, an images.yaml
+    with one tag `rule` over it, and `mirror lock` run once: (proxy, repository, config,
+    cache)."""
+    proxy = faultproxy(src_registry.url)
+    for tag in tags:
+        push_image(src_registry.url, repo_name, ig.make_image(rng, ig.AMD64, "oci"), tags=[tag])
+    repo = f"{proxy.host}/{repo_name}"
+    cfg, cache = tmp_path / "images.yaml", tmp_path / "cache"
+    cfg.write_text(f"images:\n  - repository: {repo}\n    tags:\n      - {rule}\n")
+    mirror_ok("lock", "-f", cfg, "--cache", cache, "-q")
+    return proxy, repo, cfg, cache
+
+
 def test_a_lock_whose_new_tag_waited_locks_the_rules_others(src_registry, faultproxy,
                                                             repo_name, rng, tmp_path):
     """o25 D1: a rule chose a new tag that then waited (429s through all tries: exit 14,
@@ -170,13 +184,8 @@ def test_a_lock_whose_new_tag_waited_locks_the_rules_others(src_registry, faultp
     `tagRules` with no entry for it, and `--locked` refused the whole run (exit 2). The rule's
     tags as locked are those with an entry: `--locked` pulls them; the next `mirror lock`
     without the storm takes the new tag."""
-    proxy = faultproxy(src_registry.url)
-    for tag in ("1.0", "1.1"):
-        push_image(src_registry.url, repo_name, ig.make_image(rng, ig.AMD64, "oci"), tags=[tag])
-    repo = f"{proxy.host}/{repo_name}"
-    cfg, cache = tmp_path / "images.yaml", tmp_path / "cache"
-    cfg.write_text(f"images:\n  - repository: {repo}\n    tags:\n      - semver: '^1'\n")
-    mirror_ok("lock", "-f", cfg, "--cache", cache, "-q")
+    proxy, repo, cfg, cache = _locked(src_registry, faultproxy, repo_name, rng, tmp_path,
+                                      ("1.0", "1.1"), "semver: '^1'")
     push_image(src_registry.url, repo_name, ig.make_image(rng, ig.AMD64, "oci"), tags=["1.2"])
     proxy.add(Fault("status", path=rf"/{repo_name}/manifests/1\.2$", status=429,
                     headers={"Retry-After": "0"}, times=None))
@@ -203,13 +212,8 @@ def test_a_lock_whose_rule_moved_to_a_waiting_tag_keeps_what_it_locked_before(
     entry (3.20) dropped 2.0.0, which the site had, with exit 0 at `--locked`. The rule keeps
     the tags the lock before gave it (and their entries); a rule that never had a lock and
     whose only tag waits is left out, and `--locked` says so (exit 2)."""
-    proxy = faultproxy(src_registry.url)
-    for tag in ("2.0.0", "3.20"):
-        push_image(src_registry.url, repo_name, ig.make_image(rng, ig.AMD64, "oci"), tags=[tag])
-    repo = f"{proxy.host}/{repo_name}"
-    cfg, cache = tmp_path / "images.yaml", tmp_path / "cache"
-    cfg.write_text(f"images:\n  - repository: {repo}\n    tags:\n      - latest: 2\n")
-    mirror_ok("lock", "-f", cfg, "--cache", cache, "-q")
+    proxy, repo, cfg, cache = _locked(src_registry, faultproxy, repo_name, rng, tmp_path,
+                                      ("2.0.0", "3.20"), "latest: 2")
     first = json.loads((tmp_path / "images.lock").read_text())
     for tag in ("2.0.1", "9.0"):
         push_image(src_registry.url, repo_name, ig.make_image(rng, ig.AMD64, "oci"), tags=[tag])
