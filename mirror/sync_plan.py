@@ -316,14 +316,14 @@ class SyncPlanner(Planner):
             if not source:
                 src, read = await gather_or_cancel([self.client.head_manifest(
                     ref.registry, ref.repository, ref.ref, (digest, media_type)),
-                    self._theirs(target.registry, repo, digest)])
+                    self._read_there(target.registry, repo, digest)])
                 source.append(src)
             if source[0] is None or not source[0].digest:
                 return None  # gone (the GET says so) or no digest: the GET, as before
             if source[0].digest != digest:
                 continue
             if read is None:  # a target after the first that named a digest
-                read = await self._theirs(target.registry, repo, digest)
+                read = await self._read_there(target.registry, repo, digest)
             if isinstance(read, MirrorError):
                 self.client.t.debug(f"{read}: {digest} read from the source, {ref.name}")
                 read = await self.client.get_manifest(ref.registry, ref.repository, digest)
@@ -359,7 +359,7 @@ class SyncPlanner(Planner):
         return (where.repository, head.digest, head.media_type) \
             if head is not None and head.digest else None
 
-    async def _theirs(self, registry: str, repo: str, digest: str) -> RawManifest | MirrorError:
+    async def _read_there(self, registry: str, repo: str, digest: str) -> RawManifest | MirrorError:
         """Manifest `digest` read from a target (checked), or why it could not be."""
         try:
             return await self.client.get_manifest(registry, repo, digest)
@@ -375,7 +375,7 @@ class SyncPlanner(Planner):
         GET of that manifest, by digest (none when a cache's store holds it); None when it
         lists none of them (an image updated upstream may share none) or cannot be read
         (said with -v alone: the source is asked, as for an image not there)."""
-        theirs = await self._theirs(registry, repo, digest)
+        theirs = await self._read_there(registry, repo, digest)
         if isinstance(theirs, MirrorError):
             self.client.t.debug(f"{theirs}: {spec.reference} read from the source")
             return None
