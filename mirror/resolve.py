@@ -36,7 +36,7 @@ class There:
     reference there names the root); else the manifests named (the root's children that
     the index there lists too: the image it holds is the root filtered), and the config
     of each of those read, the entries of each nested index (`_Resolver.get` adds them).
-    `named`: what it answered about references as the image resolved (mirror.sync_plan's
+    `named`: what it answered about references as the image resolved (mirror.sync_there's
     `named`, keyed by repository and tag), which a read of a tag there adds to, so that
     the push does not ask again (mirror.referrers: cosign's tags). `root`: the root, read
     from here by the digest the source's tag names (as the tag here does) before the
@@ -48,7 +48,7 @@ class There:
     named: dict[tuple[str, str], ManifestHead | None] | None = None
     root: RawManifest | None = None
     # digests here was to serve and answered 404 for (`read`): the image is not whole here,
-    # whatever its tag names (mirror.sync_plan `planned`: pushed again, the lost ones too)
+    # whatever its tag names (mirror.sync_there `planned`: pushed again, the lost ones too)
     lacks: set[str] = field(default_factory=set)
 
     def serves(self, digest: str) -> bool:

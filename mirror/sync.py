@@ -3,7 +3,8 @@ commands use: pull's planning (mirror.planning: resolve, platforms, conversion, 
 the checks across images) as the source, and load's registry sink (mirror.push) once per
 target, with the blobs read from the source registries (mirror.sources.RegistrySource) or,
 with a cache, fetched into it once and read from it for every target (CacheSource). Its
-planning, and what it asks its targets as the images resolve, is mirror.sync_plan's."""
+planning is mirror.sync_plan's, what it asks its targets as the images resolve
+mirror.sync_there's."""
 
 from __future__ import annotations
 
@@ -103,7 +104,7 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
                 await push(client, target.registry, done.images, source, done,
                            progress, absent=absent, jobs=opts.jobs, dry_run=opts.dry_run,
                            merge=opts.merge, source_of=planner.source_of,
-                           asked=planner.asked[over],
+                           asked=planner.holdings.asked[over],
                            origins=origins(plans, target.registry), small_apart=True)
                 failed_at(planner, done, result)
                 result.partial = result.partial or bool(done.failed)

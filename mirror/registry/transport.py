@@ -179,7 +179,7 @@ class Transport(Accounting):
         """Raise the BudgetSpent that `method path` at `registry` would meet now (its request
         budget spent or promised, the registry held: RegistryLimits.check), sending nothing:
         asked before a request elsewhere that is of use only with that one (a sync asks its
-        target's tag before the source's: mirror.sync_plan)."""
+        target's tag before the source's: mirror.sync_there)."""
         ep = self._endpoints.get(registry)
         url = ep.base_url + path if ep is not None else path
         self.limits_for(registry).check(lambda: f"{method} {loggable(url)}")
