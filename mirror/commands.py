@@ -283,8 +283,9 @@ def starved(transport, specs, progress, images=None, kept: bool = True,
 def placement(result, dry_run: bool = False) -> list[dict] | None:
     """Per image the target holds (referrers left out): source -> target repository, the
     tags the push put or found there, and the digest of its manifest there; an image not
-    there (it waits for a registry's rate limit, the push stopped before it) is not listed.
-    A dry run's: where each image would land, with every tag."""
+    there (it waits for a registry's rate limit, the push stopped before it), or not whole
+    (a sync's `left`: a referrer of it refused there), is not listed. A dry run's: where
+    each image would land, with every tag."""
     if result is None or not result.images:
         return None
     # what the target serves: REPO:TAG and REPO@DIGEST (the push's own word, as printed)
@@ -293,8 +294,8 @@ def placement(result, dry_run: bool = False) -> list[dict] | None:
     digests: dict[tuple[str, str], str] = {}
     for img in result.images:
         repo = img.repository
-        if img.referrer_of is not None or not dry_run and (
-                f"{repo}:{img.tag}" if img.tag else f"{repo}@{img.root.digest}") not in there:
+        if img.referrer_of is not None or img.name in result.left or not dry_run and \
+                img.at not in there:
             continue
         tags = out.setdefault((img.name, repo), [])
         digests[img.name, repo] = img.root.digest
@@ -355,8 +356,10 @@ def push_summary(result) -> str:
 
 def print_pushed(result) -> None:
     """The images loaded (or synced), each by its tag or, with none, its digest; not the
-    signatures, SBOMs and attestations pushed with them, whatever their kind."""
+    signatures, SBOMs and attestations pushed with them, whatever their kind, nor an image
+    the target did not get whole (a sync's `left`): what `placement` lists."""
     referrers = set(result.referrer_tags)
+    left = {img.at for img in result.images if img.name in result.left}
     for ref in [*result.tags, *result.untagged, *result.pinned]:  # tag or digest
-        if ref not in referrers:
+        if ref not in referrers and ref.split("/", 1)[1] not in left:
             print(ref)

@@ -167,13 +167,22 @@ class Pusher:
 
     def leave_out(self, unread: dict[str, BudgetSpent]) -> None:
         """A source registry whose requests ran out (a sync): the images that need one of
-        its blobs not read, and what refers to them, are left out of the push (they wait
-        for the next run: push() raises once the others are pushed); the others go on."""
+        its blobs not read are left out of the push (they wait for the next run: push()
+        raises once the others are pushed), with what refers to them and what they refer
+        to (a signature not read: its image is not tagged without it, o26 D3), every tag
+        of each; the others go on."""
         if not unread:
             return
         out = {id(p.image) for p in self.images if any(d.digest in unread for d in p.blobs)}
-        subjects = {m.digest for p in self.images if id(p.image) in out for m in p.manifests}
-        out |= {id(p.image) for p in self.images if p.referrer_of in subjects}
+        while True:
+            gone = [p for p in self.images if id(p.image) in out]
+            digests = {m.digest for p in gone for m in p.manifests}
+            subjects = {p.referrer_of for p in gone}
+            more = {id(p.image) for p in self.images if p.referrer_of in digests or
+                    any(m.digest in subjects for m in p.manifests)} - out
+            if not more:
+                break
+            out |= more
         self.images = [p for p in self.images if id(p.image) not in out]
 
     async def find_held(self) -> None:

@@ -38,6 +38,12 @@ class PushImage:
     def referrer_of(self) -> str | None:  # a signature, SBOM or attestation: its subject
         return self.image.subject
 
+    @property
+    def at(self) -> str:
+        """Where it is at the target: REPOSITORY:TAG, or REPOSITORY@DIGEST without a tag."""
+        return f"{self.repository}:{self.tag}" if self.tag else \
+            f"{self.repository}@{self.root.digest}"
+
     @functools.cached_property
     def manifests(self) -> list[RawManifest]:
         """Those under the root, children before their parents, root last."""
@@ -71,6 +77,10 @@ class PushResult:
     # the images the target could not take, each alone (ImageFailed), with why: their
     # tags (and their referrers) were left out, the others pushed
     failed: list[tuple[PushImage, MirrorError]] = field(default_factory=list)
+    # a sync's, per target: the run's images (their references) this target did not get
+    # whole, each with why: a BudgetSpent (a registry's rate limit: it waits for the next
+    # run) or what failed it here (its placement does not list them)
+    left: dict[str, MirrorError] = field(default_factory=dict)
     started: bool = False  # the target answered what it holds: the counts mean something
     placed: bool = False  # every manifest decided, the referrers' last: the push got through
 

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from mirror.config import ImageSpec
-from mirror.errors import BudgetSpent
+from mirror.errors import EXIT_RATE_LIMITED_PARTIAL, BudgetSpent, MirrorError
 from mirror.fetch import Fetcher
 from mirror.image import Image
 from mirror.imageresult import ImageResult
@@ -96,6 +96,9 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
     # every target in the report from here on: one not reached has null counts
     result.targets = [(target, PushResult(images=images)) for target, images in pushes]
     over = 0  # the targets whose push is over
+    # every target is pushed the images that resolved, one that failed or waits at a target
+    # before too: what one target refused or could not get is still good for the next
+    pushed = planner.resolved()
     # the source's blob GETs draw on what a registry's budget promised the images (admit)
     admitted = ADMITTED.set(True)
     try:
@@ -106,15 +109,14 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
                            merge=opts.merge, source_of=planner.source_of,
                            asked=planner.holdings.asked[over],
                            origins=origins(plans, target.registry), small_apart=True)
-                failed_at(planner, done, result)
-                result.partial = result.partial or bool(done.failed)
+                failed_at(planner, pushed, done, result)
             except BudgetSpent as e:  # the target's rate limit: its images wait, as a source's
-                failed_at(planner, done, result)
-                held = dict(planner.resolved())  # each for a blob of its own it could not read
-                for i in unfinished(planner.resolved(), target.registry, done):
-                    planner.failed(i, next((e.unread[d] for d in held[i].blobs
-                                            if e.unread and d in e.unread), e))
-                result.partial = True
+                failed_at(planner, pushed, done, result)
+                plans_of = dict(pushed)  # each for a blob of its own it could not read
+                for i in unfinished(pushed, target.registry, done):
+                    missed(planner, i, done, next((e.unread[d] for d in plans_of[i].blobs
+                                                   if e.unread and d in e.unread), e))
+            result.partial = result.partial or bool(done.left)
             over += 1
     except BaseException:  # stopped: which images every target has whole, for the report
         left = {i for t, done in result.targets[over:]
@@ -126,19 +128,36 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
     return result
 
 
-def failed_at(planner: Planner, done: PushResult, result: SyncResult) -> None:
+def failed_at(planner: Planner, pushed: list[tuple[int, Image]], done: PushResult,
+              result: SyncResult) -> None:
     """The images the target could not take (PushResult.failed: an image's, or one of its
-    referrers', manifest the target does not serve as it said it holds it) fail, each with
-    its error: with --keep-going the others go on (exit 13), without it the first stops the
-    sync once this target's other images are pushed (its exit code)."""
+    referrers', manifest the target does not serve as it said it holds it, or, with
+    --keep-going, refuses) fail there, each with its error: with --keep-going the others go
+    on (exit 13), without it the first stops the sync once this target's other images are
+    pushed (its exit code)."""
     if not done.failed:
         return
     why = {id(p.image): e for p, e in done.failed}
-    for i, plan in planner.resolved():
+    for i, plan in pushed:
         err = next((why[id(x)] for x in (plan, *plan.referrers) if id(x) in why), None)
         if err is not None:
             result.failed_alone = not planner.opts.keep_going
-            planner.failed(i, err)
+            missed(planner, i, done, err)
+
+
+def missed(planner: Planner, i: int, done: PushResult, err: MirrorError) -> None:
+    """Image `i` not got whole by the target of `done`: it waits there (a BudgetSpent) or
+    failed there (`err`), one of the two, said in that target's entry. Its own entry takes
+    the first error of the run, or, over a wait at a target before, a failure (exit 13
+    outranks 14): each said once on its line."""
+    ref = planner.results[i].reference
+    if ref in done.left:
+        return
+    done.left[ref] = err
+    res = planner.results[i]
+    if res.error is None or (res.error_code == EXIT_RATE_LIMITED_PARTIAL and
+                             err.exit_code != EXIT_RATE_LIMITED_PARTIAL):
+        planner.failed(i, err)
 
 
 def unfinished(resolved: list[tuple[int, Image]], reg: str, done: PushResult) -> list[int]:
@@ -149,7 +168,6 @@ def unfinished(resolved: list[tuple[int, Image]], reg: str, done: PushResult) ->
     then, its tags there or not."""
     there = set(done.tags) | set(done.pinned) | set(done.untagged)
     left = {id(p.image) for p in done.images if p.referrer_of is None and
-            (f"{reg}/{p.repository}:{p.tag}" if p.tag else
-             f"{reg}/{p.repository}@{p.root.digest}") not in there}
+            f"{reg}/{p.at}" not in there}
     return [i for i, plan in resolved
             if id(plan) in left or (plan.referrers and not done.placed)]

@@ -23,7 +23,7 @@ from mirror.commands import (
     waiting_images,
     write_lock,
 )
-from mirror.errors import UsageError
+from mirror.errors import EXIT_RATE_LIMITED_PARTIAL, UsageError
 from mirror.netargs import target_of, transport_for
 from mirror.report import Report
 from mirror.runfiles import lock_path
@@ -44,9 +44,15 @@ def _sync_report(result, targets: Sequence = (), dry_run: bool = False) -> dict:
 
 
 def _target_entry(target, done, dry_run: bool) -> dict:
+    """A target's entry: what its push did, and of each image one outcome, `placement`
+    (held there whole), `waiting` (there for the next run) or `failed` (there, and why)."""
+    left = done.left if done is not None else {}
     return {"target": f"{target.registry}/{target.prefix}".rstrip("/"), **push_report(done),
             "would_push": done.dry_run if done is not None else [],
-            "placement": (placement(done, dry_run) if done is not None else None) or []}
+            "placement": (placement(done, dry_run) if done is not None else None) or [],
+            "waiting": [ref for ref, e in left.items() if e.exit_code == EXIT_RATE_LIMITED_PARTIAL],
+            "failed": [{"source": ref, "error": str(e), "error_code": e.exit_code}
+                       for ref, e in left.items() if e.exit_code != EXIT_RATE_LIMITED_PARTIAL]}
 
 
 def _stopped(args: argparse.Namespace, result, targets: Sequence, report: Report) -> None:
@@ -138,14 +144,19 @@ async def run_sync(args: argparse.Namespace, progress, report: Report) -> int:
         if lock:
             progress.info(f"wrote {lock}")
     if result.partial:
-        return partial(result.images, _synced(result.images, args.dry_run), progress, report)
+        return partial(result.images, _synced(result, args.dry_run), progress, report)
     return 0
 
 
-def _synced(images, dry_run: bool) -> str:
+def _synced(result, dry_run: bool) -> str:
     """What the line of a partial sync says of the images that neither failed nor wait:
-    pushed whole to every target (a dry run's: would be), or none is."""
-    some = any(not r.error for r in images)
+    pushed whole to every target (a dry run's: would be), or none is (to every target,
+    when one holds some: each target's entry says which)."""
+    some = any(not r.error for r in result.images)
     if dry_run:
         return "the others would be synced" if some else "none would be synced"
-    return "the others are synced" if some else "none is synced"
+    if some:
+        return "the others are synced"
+    if len(result.targets) > 1 and any(placement(done) for _, done in result.targets):
+        return "none is synced to every target"
+    return "none is synced"

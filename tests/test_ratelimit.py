@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.support import imagegen as ig
 from tests.support.faultproxy import Fault, FaultProxy
@@ -39,9 +40,11 @@ from tests.support.pusher import (
     get_blob,
     get_manifest,
     head_manifest,
+    placed_served,
     push_image,
     two_images,
 )
+from tests.support.referrers import push_signature
 from tests.support.registry import Registry
 
 
@@ -1610,3 +1613,77 @@ def test_a_sync_whose_every_image_waits_says_none_is_synced(
     assert doc["error"] == line and doc["waiting"] == refs, doc
     assert proc.stderr.splitlines()[-1].endswith(f" warning: {line}"), proc.stderr
     assert doc["targets"][0]["tags"] == [] and doc["targets"][0]["placement"] == [], doc
+
+
+@pytest.mark.parametrize("at", ["first", "second"])
+def test_an_image_whose_signature_the_source_rate_limits_waits_at_that_target_alone(
+        src_registry: Registry, dst_registry: Registry, registry_factory, proxies,
+        repo_name: str, rng: random.Random, tmp_path: Path, at: str) -> None:
+    """o26 D3: a sync of a signed image `a` and an unsigned `b` to two registries, the
+    source answering the signature's payload blob 429 through all its tries as the first
+    target's push reads it (the source then held: asked nothing more this run), or as the
+    second's does (the first got it). The push left the signature out but tagged `a`, so
+    the report had `a` waiting and placed at that target, its tag printed: at the first,
+    `b` too, waiting (the second target could read nothing) and placed; at the second,
+    nothing waited, '0 of 2 image(s) failed', exit 14. Now an image whose referrer cannot
+    be read is left out with it (no target tags an image without its signature), and each
+    target's entry says of every image one thing: placed there (served: its digest and tags
+    GET, the sha256 of the bytes), waiting there, or failed there; stdout prints what is
+    placed; the next run, the storm over, completes both targets."""
+    img, other = (ig.make_image(rng, ig.AMD64, "oci") for _ in range(2))
+    push_image(src_registry.url, f"{repo_name}/a", img, ["1"])
+    push_image(src_registry.url, f"{repo_name}/b", other, ["1"])
+    key = ec.generate_private_key(ec.SECP256R1())
+    sig_tag, sig = push_signature(src_registry.url, f"{repo_name}/a", key, img.digest)
+    payload = json.loads(sig.data)["layers"][0]["digest"]
+    src = proxies()
+    src.add(Fault("status", method="GET", path=payload, status=429, times=None,
+                  skip=0 if at == "first" else 1))
+    regs = [dst_registry, registry_factory()]
+    prefixes = [f"one{repo_name[-8:]}", f"two{repo_name[-8:]}"]
+    refs = [f"{src.host}/{repo_name}/{n}:1" for n in ("a", "b")]
+    rep = tmp_path / "r.json"
+    sync = ("sync", *refs, *(x for reg, p in zip(regs, prefixes, strict=True)
+                             for x in ("--to", f"{reg.host}/{p}")),
+            "--report", rep, "--retries", "1")
+    proc = run_mirror(*sync)
+    assert proc.returncode == 14, proc.stderr
+    doc = report_of(rep)
+    # what each target holds, and what waits there for the next run
+    placed, waits = ({"first": (refs[1:], []), "second": (refs, refs[1:])}[at],
+                     {"first": (refs[:1], refs), "second": ([], refs[:1])}[at])
+    assert doc["waiting"] == {"first": refs, "second": refs[:1]}[at], doc["waiting"]
+    line = {"first": "2 of 2 image(s) wait for a registry's rate limit (the next run takes "
+                     "them); none is synced to every target",
+            "second": "1 of 2 image(s) wait for a registry's rate limit (the next run "
+                      "takes them); the others are synced"}[at]
+    assert doc["error"] == line and doc["exit_code"] == 14, doc
+    printed = []
+    for reg, prefix, target, here, wait in zip(regs, prefixes, doc["targets"], placed, waits,
+                                               strict=True):
+        assert [p["source"] for p in target["placement"]] == here, target
+        placed_served(reg.url, target)
+        for ref in refs:
+            name = ref.split("/", 1)[1].rsplit(":", 1)[0]
+            tagged = head_manifest(reg.url, f"{prefix}/{name}", "1")
+            assert tagged == ((200, img.digest if name.endswith("/a") else other.digest)
+                              if ref in here else (404, None)), (ref, tagged)
+        if refs[0] in here:  # its signature with it
+            body, _, _ = get_manifest(reg.url, f"{prefix}/{repo_name}/a", sig_tag)
+            assert ig.sha256_digest(body) == sig.digest
+        assert (target["waiting"], target["failed"]) == (wait, []), target
+        assert not set(wait) & set(here), target
+        printed += [f"{reg.host}/{prefix}/{r.split('/', 1)[1]}" for r in here]
+    assert proc.stdout.splitlines() == printed, proc.stdout
+
+    src.clear_faults()
+    proc = run_mirror(*sync)
+    assert proc.returncode == 0, proc.stderr
+    doc = report_of(rep)
+    assert doc["waiting"] == [] and doc["error"] is None, doc
+    for reg, prefix, target in zip(regs, prefixes, doc["targets"], strict=True):
+        assert [p["source"] for p in target["placement"]] == refs, target
+        assert (target["waiting"], target["failed"]) == ([], []), target
+        placed_served(reg.url, target)
+        body, _, _ = get_manifest(reg.url, f"{prefix}/{repo_name}/a", sig_tag)
+        assert ig.sha256_digest(body) == sig.digest

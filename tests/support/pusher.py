@@ -16,7 +16,7 @@ import urllib.request
 from collections.abc import Mapping
 from email.message import Message
 
-from .imagegen import ACCEPT, Blob, Image, Index
+from .imagegen import ACCEPT, Blob, Image, Index, sha256_digest
 
 Auth = tuple[str, str] | None
 
@@ -160,6 +160,17 @@ def get_manifest(
     )
     _expect(status, 200, f"GET manifest {repo}:{ref}", body)
     return body, headers.get("Content-Type", ""), headers
+
+
+def placed_served(base_url: str, target: Mapping[str, object]) -> None:
+    """Every image a sync report's target entry (or a load report) places is served by that
+    registry at `base_url`: its digest in its repository (the body's sha256, and the
+    Docker-Content-Digest, that digest) and each tag naming it (the same bytes)."""
+    for p in target["placement"]:  # type: ignore[attr-defined]
+        for ref in (p["digest"], *p["tags"]):
+            body, _, headers = get_manifest(base_url, p["repository"], ref)
+            assert sha256_digest(body) == headers["Docker-Content-Digest"] == p["digest"], \
+                (p, ref)
 
 
 def head_manifest(base_url: str, repo: str, ref: str, accept: str = ACCEPT
