@@ -26,7 +26,7 @@ from mirror.errors import MirrorError, NotFound, RegistryError
 from mirror.image import Image
 from mirror.manifest import Descriptor, RawManifest, dump_json
 from mirror.reference import Reference
-from mirror.registry.client import Client, ManifestHead
+from mirror.registry.client import Client
 from mirror.resolve import There
 
 # the referrers of a subject a target lists, and its fallback index that lists them (None:
@@ -203,37 +203,25 @@ class Finder:
                       ) -> RawManifest:
         """The manifest cosign's `tag` names at `registry/repo`. Of an image `there` holds
         already (a sync's target, which the run before pushed the tag to, byte for byte),
-        without a cache's store: one HEAD of the tag (`_named`), and the manifest the same
-        tag names there, read with one GET (its bytes checked against the digest it names:
-        `there.named` keeps what it is for the push's step 0, which need not ask again),
-        taken when it is the one the HEAD said; from the registry by that digest when it is
-        not (a tag moved upstream, a manifest deleted there: said with -v alone). Otherwise
-        one GET of the tag (a cache's store answers it after a HEAD of the tag:
+        without a cache's store: one HEAD of the tag and, at once, the manifest the same tag
+        names there, read with one GET (There.beside: its bytes checked against the digest
+        it names, `there.named` keeps what it is for the push's step 0, which need not ask
+        again), taken when it is the one the HEAD said; from the registry by that digest
+        when it is not (a tag moved upstream, a manifest deleted there: said with -v alone).
+        Otherwise one GET of the tag (a cache's store answers it after a HEAD of the tag:
         mirror.registry.client)."""
         client = self.client
-        if there is None or client.manifests is not None or \
-                (digest := await self._named(registry, repo, tag)) is None:
+        if there is None or client.manifests is not None:
             return await client.get_manifest(registry, repo, tag)
-        try:
-            held = await client.get_manifest(there.registry, there.repository, tag)
-        except NotFound as e:
-            why = str(e)
-            self._said(there, tag, None)
-        except MirrorError as e:  # no answer: the push asks again and says what went wrong
-            why = str(e)
-        else:
-            self._said(there, tag, ManifestHead(held.digest, held.media_type, None))
-            if held.digest == digest:
-                return held
-            why = f"{there.registry}/{there.repository}:{tag} names {held.digest}"
-        client.t.debug(f"{why}: {digest} read from the source, {registry}/{repo}")
-        return await client.get_manifest(registry, repo, digest)
-
-    @staticmethod
-    def _said(there: There, tag: str, head: ManifestHead | None) -> None:
-        """What `there`'s `tag` names, kept for the push's step 0 (`There.named`)."""
-        if there.named is not None:
-            there.named[there.repository, tag] = head
+        head, held = await there.beside(client, Reference(registry, repo, tag), tag)
+        if head is None or not head.digest:  # the tag gone since the listing: its GET says so
+            return await client.get_manifest(registry, repo, tag)
+        if isinstance(held, RawManifest) and held.digest == head.digest:
+            return held
+        why = f"{there.registry}/{there.repository}:{tag} names {held.digest}" \
+            if isinstance(held, RawManifest) else str(held)
+        client.t.debug(f"{why}: {head.digest} read from the source, {registry}/{repo}")
+        return await client.get_manifest(registry, repo, head.digest)
 
     async def _fallback(self, registry: str, repo: str, subject: str,
                         theirs: RawManifest | None) -> RawManifest:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mirror.aio import gather_or_cancel
 from mirror.artifacts import wanted
 from mirror.config import ImageSpec
 from mirror.errors import MirrorError
@@ -201,26 +200,26 @@ class Holdings:
             return None
         source: list[ManifestHead | None] = []  # the source's tag's HEAD, once asked
         for n, target in enumerate(self.targets):
-            there = await self._tag_at(n, spec, not source)
-            if there is None:
+            at = await self._tag_at(n, spec, not source)
+            if at is None:
                 continue
-            repo, digest, media_type = there
+            repo, digest, media_type = at
+            there = There(target.registry, repo, named=self.named[n])
             read: RawManifest | MirrorError | None = None
             if not source:
-                src, read = await gather_or_cancel([self.client.head_manifest(
-                    ref.registry, ref.repository, ref.ref, (digest, media_type)),
-                    self._read_there(target.registry, repo, digest)])
+                src, read = await there.beside(self.client, ref, digest, (digest, media_type))
                 source.append(src)
             if source[0] is None or not source[0].digest:
                 return None  # gone (the GET says so) or no digest: the GET, as before
             if source[0].digest != digest:
                 continue
             if read is None:  # a target after the first that named a digest
-                read = await self._read_there(target.registry, repo, digest)
+                read = await there.manifest(self.client, digest)
             if isinstance(read, MirrorError):
                 self.client.t.debug(f"{read}: {digest} read from the source, {ref.name}")
                 read = await self.client.get_manifest(ref.registry, ref.repository, digest)
-            return There(target.registry, repo, named=self.named[n], root=read)
+            there.root = read
+            return there
         return None
 
     async def _tag_at(self, n: int, spec: ImageSpec, first: bool
@@ -252,13 +251,6 @@ class Holdings:
         return (where.repository, head.digest, head.media_type) \
             if head is not None and head.digest else None
 
-    async def _read_there(self, registry: str, repo: str, digest: str) -> RawManifest | MirrorError:
-        """Manifest `digest` read from a target (checked), or why it could not be."""
-        try:
-            return await self.client.get_manifest(registry, repo, digest)
-        except MirrorError as e:
-            return e
-
     async def _listed(self, spec: ImageSpec, root: RawManifest, registry: str, repo: str,
                       digest: str, named: Named) -> There | None:
         """Index `root`'s children that index `digest`, which a target's tag names, lists
@@ -267,7 +259,8 @@ class Holdings:
         GET of that manifest, by digest (none when a cache's store holds it); None when it
         lists none of them (an image updated upstream may share none) or cannot be read
         (said with -v alone: the source is asked, as for an image not there)."""
-        theirs = await self._read_there(registry, repo, digest)
+        there = There(registry, repo, named=named)
+        theirs = await there.manifest(self.client, digest)
         if isinstance(theirs, MirrorError):
             self.client.t.debug(f"{theirs}: {spec.reference} read from the source")
             return None
@@ -277,7 +270,8 @@ class Holdings:
         else:
             mine, held = root.config, theirs.config if theirs.is_image else None
             shared = {mine.digest} if mine and held and held.digest == mine.digest else set()
-        return There(registry, repo, shared, named) if shared else None
+        there.lists = shared
+        return there if shared else None
 
     def planned(self, i: int, plan: Image) -> None:
         """The push's step 0 answers for the image's references resolving asked about
