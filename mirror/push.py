@@ -73,8 +73,8 @@ async def push(client: Client, registry: str, images: list[PushImage], source: S
                jobs: int = 4, dry_run: bool = False, merge: bool = False,
                elsewhere: Elsewhere | None = None, incomplete: Incomplete | None = None,
                source_of: SourceOf | None = None, asked: Asked | None = None,
-               origins: Mapping[str, str] | None = None, small_apart: bool = False
-               ) -> PushResult:
+               origins: Mapping[str, str] | None = None, small_apart: bool = False,
+               alone: bool = False) -> PushResult:
     """Push `images` (referrers after the others) to `registry`. `absent`: digest -> why a
     blob the source does not carry is not needed from it ("foreign": never pushed; "base":
     must be at the target already). `result` is filled in as the push goes: after a failure it
@@ -86,8 +86,12 @@ async def push(client: Client, registry: str, images: list[PushImage], source: S
     `origins`: digest -> the repository of `registry` the source reads that blob from (a
     sync within one registry), which a repository that lacks it mounts it from.
     `small_apart`: the blobs under 1 MiB uploaded beside the `jobs` transfers (a sync's:
-    mirror.pushblobs.BlobPush)."""
-    pusher = Pusher(client, registry, images, result, progress, jobs, merge, source_of)
+    mirror.pushblobs.BlobPush). `alone` (a sync's --keep-going): a manifest the target
+    refuses (its PUT answered with an error status through all its tries, but 401/403 and
+    429) fails that image alone (ImageFailed), as one whose tag the target does not serve;
+    without it the push stops there."""
+    pusher = Pusher(client, registry, images, result, progress, jobs, merge, source_of,
+                    alone=alone)
     pusher.asked = asked or {}
     blobs = BlobPush(client, registry, source, result, progress, pusher.sem,
                      small_apart=small_apart)
@@ -140,9 +144,11 @@ class Pusher:
 
     def __init__(self, client: Client, registry: str, images: list[PushImage],
                  result: PushResult, progress: Progress, jobs: int,
-                 merge: bool, source_of: SourceOf | None = None) -> None:
+                 merge: bool, source_of: SourceOf | None = None, *, alone: bool = False
+                 ) -> None:
         self.client, self.reg, self.images = client, registry, images
         self.result, self.progress, self.merge = result, progress, merge
+        self.alone = alone  # a manifest the target refuses fails its image alone (`push`)
         # the target's own manifests it reads: what a tag holds, a fallback index
         self.theirs = Theirs(client, registry, progress, source_of)
         self.jobs = jobs
@@ -293,8 +299,12 @@ class Pusher:
     async def _put(self, img: PushImage, ref: str, m: RawManifest) -> None:
         key = (img.repository, ref)
         self.putting[key] = (img, m)
-        subject = await self.theirs.reading(
-            lambda: _put(self.client, self.reg, img, ref, m))
+        try:
+            subject = await self.theirs.reading(
+                lambda: _put(self.client, self.reg, img, ref, m, self.alone))
+        except ImageFailed:  # refused: not there, nothing for `settle` to ask
+            del self.putting[key]
+            raise
         del self.putting[key]
         self.count(img.repository, m.digest, pushed=True)
         if m.subject is not None:  # the registry's own word on its referrers API
@@ -398,14 +408,20 @@ async def _there(client: Client, reg: str, repo: str, ref: str, m: RawManifest, 
     return head.digest == m.digest
 
 
-async def _put(client: Client, reg: str, img: PushImage, ref: str, m: RawManifest
-               ) -> str | None:
-    """Push one manifest; when the registry refuses it, say what in it registries refuse."""
+async def _put(client: Client, reg: str, img: PushImage, ref: str, m: RawManifest,
+               alone: bool = False) -> str | None:
+    """Push one manifest; when the registry refuses it, say what in it registries refuse.
+    `alone`: a refusal (an error status, but the credentials' and a rate limit's) is the
+    image's alone (ImageFailed)."""
     try:
         return await client.put_manifest(reg, img.repository, ref, m)
     except RegistryError as e:
         hint = refusal_hint(img, m)
-        if hint is None or e.hint:
+        err = e if hint is None or e.hint else type(e)(
+            str(e), registry=e.registry, repository=e.repository, status=e.status,
+            codes=e.codes, hint=hint)
+        if alone and e.status is not None and not isinstance(e, (AuthError, RateLimited)):
+            raise ImageFailed(err) from e
+        if err is e:
             raise
-        raise type(e)(str(e), registry=e.registry, repository=e.repository, status=e.status,
-                      codes=e.codes, hint=hint) from e
+        raise err from e

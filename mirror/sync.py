@@ -108,7 +108,8 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
                            progress, absent=absent, jobs=opts.jobs, dry_run=opts.dry_run,
                            merge=opts.merge, source_of=planner.source_of,
                            asked=planner.holdings.asked[over],
-                           origins=origins(plans, target.registry), small_apart=True)
+                           origins=origins(plans, target.registry), small_apart=True,
+                           alone=opts.keep_going)
                 failed_at(planner, pushed, done, result)
             except BudgetSpent as e:  # the target's rate limit: its images wait, as a source's
                 failed_at(planner, pushed, done, result)

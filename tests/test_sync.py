@@ -41,7 +41,9 @@ from tests.support.pusher import (
     corrupt_list,
     get_blob,
     get_manifest,
+    head_manifest,
     merge_over_two,
+    placed_served,
     push_blob,
     push_image,
     push_raw_manifest,
@@ -852,6 +854,108 @@ def test_keep_going_syncs_the_images_that_resolve(
     doc = json.loads(report.read_text())
     assert doc["exit_code"] == 13 and doc["error"].startswith("1 of 2 image(s) failed"), doc
     assert [e["error_code"] for e in doc["images"]] == [None, 5], doc
+
+
+def _signed_pair(src_registry: Registry, repo_name: str, rng: random.Random
+                 ) -> tuple[list[ig.Image], str, ig.Blob]:
+    """`repo_name`/a:1, signed (cosign), and `repo_name`/b:1 at the source: the images,
+    the signature's tag and manifest."""
+    imgs = [ig.make_image(rng, ig.AMD64, "oci") for _ in range(2)]
+    for name, img in zip("ab", imgs, strict=True):
+        push_image(src_registry.url, f"{repo_name}/{name}", img, ["1"])
+    key = ec.generate_private_key(ec.SECP256R1())
+    sig_tag, sig = push_signature(src_registry.url, f"{repo_name}/a", key, imgs[0].digest)
+    return imgs, sig_tag, sig
+
+
+@pytest.mark.parametrize(("refusing", "what", "keep_going"), [
+    ("first", "image", True), ("second", "image", True), ("first", "signature", True),
+    ("first", "image", False)])
+def test_keep_going_fails_an_image_a_target_refuses_there_alone_and_pushes_it_to_the_others(
+        src_registry: Registry, dst_registry: Registry, registry_factory, faultproxy,
+        repo_name: str, rng: random.Random, tmp_path: Path, refusing: str, what: str,
+        keep_going: bool) -> None:
+    """Two --to, one of them answering the PUT of a signed image's manifest (its tag, or its
+    signature's) 500 through all its tries. `--keep-going` promises the other images when
+    a target cannot take one: the sync stopped all the same (exit 3), the other target not
+    reached, or reached, and the refusing one's other images untagged. With --keep-going
+    the image fails at that target alone (exit 13, its entry and that target's `failed`
+    naming the registry and the 500): the refusing target's other image is pushed, and the
+    image, good for the others, is pushed whole to the other target; each target's
+    placement (served there: digest and tags GET, sha256 of the bytes) and stdout name what
+    it holds whole, an image tagged before its signature was refused not among them.
+    Without --keep-going a push that fails stops the sync (exit 3), as README says."""
+    (img, other), sig_tag, sig = _signed_pair(src_registry, repo_name, rng)
+    u = repo_name[-8:]
+    bad = faultproxy(registry_factory().url)
+    path = f"/{repo_name}/a/manifests/" + ("1$" if what == "image" else r"sha256-.*\.sig$")
+    refused = bad.add(Fault("status", method="PUT", path=path, status=500, times=None))
+    hosts = [(bad, f"r{u}"), (dst_registry, f"k{u}")]
+    if refusing == "second":
+        hosts.reverse()
+    refs = [f"{src_registry.host}/{repo_name}/{n}:1" for n in "ab"]
+    rep = tmp_path / "r.json"
+    proc = run_mirror("sync", *refs, *(x for h, p in hosts for x in ("--to", f"{h.host}/{p}")),
+                      "--report", rep, "--retries", "1",
+                      *(["--keep-going"] if keep_going else []))
+    doc = json.loads(rep.read_text())
+    a, b = doc["images"]
+    assert refused.hits == 2 and f"{bad.host}/" in a["error"] and "HTTP 500" in a["error"], a
+    assert a["error_code"] == 3, a
+    if not keep_going:
+        assert proc.returncode == 3 and error_line(proc) == f"mirror: error: {a['error']}", \
+            proc.stderr
+        assert doc["targets"][1]["tags"] is None and doc["targets"][1]["placement"] == [], doc
+        return
+    assert proc.returncode == 13, proc.stderr
+    assert doc["error"] == "1 of 2 image(s) failed; the others are synced", doc["error"]
+    assert b["error"] is None, b
+    printed = []
+    for (host, prefix), target in zip(hosts, doc["targets"], strict=True):
+        reg = host.upstream if host is bad else host.url
+        here = refs[1:] if host is bad else refs
+        assert [p["source"] for p in target["placement"]] == here, target
+        placed_served(reg, target)
+        assert target["waiting"] == [], target
+        assert [(f["source"], f["error"], f["error_code"]) for f in target["failed"]] == \
+            ([(refs[0], a["error"], 3)] if host is bad else []), target
+        printed += [f"{host.host}/{prefix}/{r.split('/', 1)[1]}" for r in here]
+        status, digest = head_manifest(reg, f"{prefix}/{repo_name}/a", sig_tag)
+        assert (status, digest) == ((404, None) if host is bad else (200, sig.digest)), host
+        tagged = head_manifest(reg, f"{prefix}/{repo_name}/a", "1")
+        assert tagged == ((404, None) if host is bad and what == "image" else
+                          (200, img.digest)), (host, tagged)
+    assert proc.stdout.splitlines() == printed, proc.stdout
+
+
+def test_keep_going_stops_at_a_source_blob_it_cannot_read_and_tags_that_image_nowhere(
+        src_registry: Registry, dst_registry: Registry, registry_factory, faultproxy,
+        repo_name: str, rng: random.Random, tmp_path: Path) -> None:
+    """An image that fails because its source does (a layer the second target's push reads
+    answered 500 through all its tries; the first target got it) is not half-pushed: the
+    sync stops there, --keep-going or not (a push that fails), so no tag names it (nor the
+    other image, whose blobs went first) at that target, and the first holds both whole,
+    as its placement says (served: digest and tags GET, sha256 of the bytes)."""
+    (img, other), _, _ = _signed_pair(src_registry, repo_name, rng)
+    src = faultproxy(src_registry.url)
+    broken = src.add(Fault("status", method="GET", path=img.layers[0].digest, status=500,
+                           times=None, skip=1))
+    u = repo_name[-8:]
+    second = registry_factory()
+    hosts = [(dst_registry, f"s{u}"), (second, f"t{u}")]
+    refs = [f"{src.host}/{repo_name}/{n}:1" for n in "ab"]
+    rep = tmp_path / "r.json"
+    proc = run_mirror("sync", *refs, *(x for h, p in hosts for x in ("--to", f"{h.host}/{p}")),
+                      "--report", rep, "--retries", "1", "--keep-going")
+    assert proc.returncode == 3 and broken.hits >= 2, proc.stderr
+    assert img.layers[0].digest in error_line(proc) and "HTTP 500" in error_line(proc)
+    doc = json.loads(rep.read_text())
+    first, then = doc["targets"]
+    assert [p["source"] for p in first["placement"]] == refs, first
+    placed_served(dst_registry.url, first)
+    assert then["placement"] == [], then
+    for name in "ab":
+        assert head_manifest(second.url, f"t{u}/{repo_name}/{name}", "1") == (404, None)
 
 
 @pytest.mark.parametrize("cache", [False, True], ids=["streamed", "cache"])
