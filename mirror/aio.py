@@ -1,6 +1,7 @@
 """Small asyncio helpers: run tasks together, and on the first failure cancel the rest; run
 many, a bounded number at a time; ask many yes-or-no questions at once within a time limit;
-step a blocking iterator in a thread; wait for a thread's work to end even when cancelled."""
+do the work asked for by key once however many ask; step a blocking iterator in a thread;
+wait for a thread's work to end even when cancelled."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import contextlib
 import contextvars
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from mirror.errors import RegistryError
 
@@ -81,6 +82,35 @@ async def confirmed(items: Sequence[K], check: Callable[[K], Awaitable[bool]], w
     except TimeoutError:
         return []
     return [i for i, ok in zip(items, answers, strict=True) if ok]
+
+
+class Once(Generic[K, T]):
+    """The work asked for by a key done once however many ask for it: at once (one task,
+    shielded from any one asker's cancellation, that the others wait on; one that fails is
+    forgotten, and the next asks again) or one after the other (the last `keep` results
+    kept, the oldest going first)."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self._doing: dict[K, asyncio.Task[T]] = {}
+        self._done: dict[K, T] = {}
+
+    async def get(self, key: K, work: Callable[[], Awaitable[T]]) -> T:
+        if key in self._done:
+            return self._done[key]
+        task = self._doing.get(key)
+        if task is None:
+            task = self._doing[key] = asyncio.ensure_future(work())
+            task.add_done_callback(functools.partial(self._finished, key))
+        return await asyncio.shield(task)
+
+    def _finished(self, key: K, task: asyncio.Task[T]) -> None:
+        del self._doing[key]
+        if task.cancelled() or task.exception() is not None:
+            return
+        self._done[key] = task.result()
+        if len(self._done) > self.keep:
+            del self._done[next(iter(self._done))]
 
 
 def more_slots(sem: asyncio.Semaphore, n: int) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from mirror import mediatypes as mt
-from mirror.aio import gather_or_cancel
+from mirror.aio import Once, gather_or_cancel
 from mirror.artifacts import COSIGN_SUFFIXES, fallback_tag, kind_of, wanted
 from mirror.errors import MirrorError, NotFound, RegistryError
 from mirror.image import Image
@@ -34,16 +34,24 @@ from mirror.resolve import There
 Theirs = tuple[list[Descriptor], "RawManifest | None"]
 
 
+# the subjects whose referrers a Finder keeps, the last found (a few hundred images: each
+# its index and its platform manifests), for the other tags of their image (`discover`)
+FOUND_KEPT = 1024
+
+
 class Finder:
-    """Discovery with per-run memory: whether each registry has the referrers API, and each
+    """Discovery with per-run memory: whether each registry has the referrers API, each
     repository's tag list (one listing answers every `sha256-<hex>[.sig|.att|.sbom]` question
-    for all the images of that repository, instead of five requests per subject)."""
+    for all the images of that repository, instead of five requests per subject), and what
+    refers to each subject (`discover`: asked once a run, however many tags name it)."""
 
     def __init__(self, client: Client) -> None:
         self.client = client
         self.api = client.t.referrers_api  # the run's, shared by its finders
         self._probing: dict[str, asyncio.Lock] = {}  # the first probe of each registry
         self._tags: dict[tuple[str, str], asyncio.Task[set[str]]] = {}
+        # (registry, repository, subject) -> what refers to it, found (`discover`)
+        self._found: Once[tuple[str, str, str], tuple[Image, ...]] = Once(FOUND_KEPT)
 
     async def tags(self, registry: str, repo: str) -> set[str]:
         key = (registry, repo)
@@ -124,7 +132,20 @@ class Finder:
         every rerun to compare). `there`: where the image is held already (a sync's
         target: mirror.resolve.There), whose referrers of `subject` are read from there
         (`_find`), those of cosign's tags too, each asked at the registry with a HEAD
-        (`_tagged`; a fallback index: `_fallback`)."""
+        (`_tagged`; a fallback index: `_fallback`). Asked once a run (the last FOUND_KEPT
+        subjects kept), however many images name `subject` (two tags of one image, at once
+        or one after the other): each has images of its own, made from the same manifests;
+        what the first one's `there` read of them, they share."""
+        found = await self._found.get((registry, repo, subject),
+                                      lambda: self._discover(registry, repo, subject, there))
+        where = Reference(registry, repo)
+        return [Image.referrer(r.root, subject, r.kind or "artifact", where, r.tag)
+                for r in found if wanted(artifact_types, r.kind, r.artifact_type)]
+
+    async def _discover(self, registry: str, repo: str, subject: str, there: There | None
+                        ) -> tuple[Image, ...]:
+        """`discover`'s referrers of `subject`, from the store's record (`referrers: cached`)
+        or asked (`_find`), before the kinds asked for are chosen."""
         store = self.client.manifests if registry in self.client.cached_referrers else None
         kept = store.referrers(registry, repo, subject) if store is not None else None
         found = await self._kept(registry, repo, subject, kept) if kept is not None else None
@@ -134,7 +155,7 @@ class Finder:
                 store.keep_referrers(registry, repo, subject, [
                     {"digest": r.root.digest, "kind": r.kind,
                      "tag": r.reference.tag if r.reference else None} for r in found])
-        return [r for r in found if wanted(artifact_types, r.kind, r.artifact_type)]
+        return tuple(found)
 
     async def _kept(self, registry: str, repo: str, subject: str,
                     kept: list[dict]) -> list[Image] | None:

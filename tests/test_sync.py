@@ -1490,6 +1490,46 @@ def test_two_tags_of_one_image_read_each_manifest_once_a_run(
     assert sorted(d for d in _by_digest(dst) if d in children) == children, dst.requests
 
 
+def test_two_tags_of_one_image_ask_its_referrers_once_a_run(
+        src_registry: Registry, dst_registry: Registry, faultproxy, repo_name: str,
+        rng: random.Random, tmp_path: Path) -> None:
+    """o26 D4: two tags of one signed image (`latest` and a version, the aliases a semver
+    rule chooses), an SBOM of its index listed in the index's `sha256-<hex>` fallback
+    index: each tag asked the source about the image's referrers, its cosign tag and its
+    fallback index, so a sync without --cache asked each twice a run (the cold run two
+    GETs of each, a rerun two HEADs of each and two GETs of the fallback index, whose bytes
+    the target's merged one does not repeat). The referrers of one subject are asked once
+    a run, both tags share them; the target holds what it held, each tag's referrers
+    there."""
+    img = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64_V8)],
+                        "oci")
+    push_image(src_registry.url, repo_name, img, ["1.2", "latest"])
+    key = ec.generate_private_key(ec.SECP256R1())
+    sig_tag, sig = push_signature(src_registry.url, repo_name, key, img.digest)
+    sbom = push_sbom(src_registry.url, repo_name, img.manifest)
+    index_tag = fallback_tag(img.digest)
+    src, dst = faultproxy(src_registry.url), faultproxy(dst_registry.url)
+    prefix = f"{repo_name}-t"
+    args = ["sync", f"{src.host}/{repo_name}:1.2", f"{src.host}/{repo_name}:latest",
+            "--to", f"{dst.host}/{prefix}", "-q"]
+
+    def asked() -> list[tuple[str, str]]:  # the source's requests of the referrers' tags
+        return [a for a in _manifest_asks(src) if a[1] in (sig_tag, index_tag)]
+
+    mirror_ok(*args)
+    assert asked() == [("GET", index_tag), ("GET", sig_tag)], src.requests
+    held = state(dst_registry, prefix)
+    assert {sig.digest, sbom.digest} <= set(held[repo_name]["manifests"]), held
+    src.reset_counters()
+    mirror_ok(*args, "--report", tmp_path / "r.json")
+    assert asked() == [("GET", index_tag), ("HEAD", index_tag), ("HEAD", sig_tag)], \
+        src.requests
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["requests"][src.host]["manifest GET"] == 1, report["requests"]
+    assert report["targets"][0]["manifests_pushed"] == 0, report["targets"]
+    assert state(dst_registry, prefix) == held
+
+
 def test_a_manifest_deleted_at_the_target_below_its_tag_is_pushed_again(
         src_registry: Registry, dst_registry: Registry, repo_name: str,
         rng: random.Random, tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ manifest bytes in, raw manifest bytes out."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 
 from mirror import mediatypes as mt
+from mirror.aio import Once
 from mirror.digest import Digest, check_bytes
 from mirror.errors import (
     BudgetSpent,
@@ -91,8 +91,7 @@ class Client(Blobs, Listings, Uploads):
         # without a store (a sync without --cache), the manifests by digest being read, and
         # the last READ_KEPT read, so that two images naming one (two tags of an image)
         # read it once a run: (registry, repo, digest) -> its read, or what it read
-        self._reading: dict[tuple[str, str, str], asyncio.Task[RawManifest]] = {}
-        self._read: dict[tuple[str, str, str], RawManifest] = {}
+        self._reads: Once[tuple[str, str, str], RawManifest] = Once(READ_KEPT)
 
     # -- manifests -------------------------------------------------------------------------
 
@@ -128,15 +127,8 @@ class Client(Blobs, Listings, Uploads):
         ask for it at once or one after the other (the last READ_KEPT kept; one whose read
         failed is read again by the next asking). Its bytes are checked against the digest
         as they arrive (`_fetch`), and against `expected`'s size here."""
-        key = (registry, repo, digest)
-        raw = self._read.get(key)
-        if raw is None:
-            task = self._reading.get(key)
-            if task is None:
-                task = asyncio.ensure_future(self._raw(registry, repo, digest, expected, where))
-                self._reading[key] = task
-                task.add_done_callback(functools.partial(self._read_by_digest, key))
-            raw = await asyncio.shield(task)
+        raw = await self._reads.get((registry, repo, digest),
+                                    lambda: self._raw(registry, repo, digest, expected, where))
         if expected is not None and expected.size != raw.size:  # as _fetch says it
             data, ctype, checked = await self._fetch(registry, repo, digest, where, expected)
             raw = RawManifest.from_bytes(data, ctype, where=where, digest=checked)
@@ -146,17 +138,6 @@ class Client(Blobs, Listings, Uploads):
                    expected: Descriptor | None, where: str) -> RawManifest:
         data, ctype, checked = await self._fetch(registry, repo, digest, where, expected)
         return RawManifest.from_bytes(data, ctype, where=where, digest=checked)
-
-    def _read_by_digest(self, key: tuple[str, str, str], task: asyncio.Task[RawManifest]
-                        ) -> None:
-        """A read of `_once` done: one that failed is forgotten (asked again by the next
-        image), what one read kept among the last READ_KEPT."""
-        del self._reading[key]
-        if task.cancelled() or task.exception() is not None:
-            return
-        self._read[key] = task.result()
-        if len(self._read) > READ_KEPT:  # the oldest read goes
-            del self._read[next(iter(self._read))]
 
     async def _fetch(self, registry: str, repo: str, ref: str, where: str,
                      expected: Descriptor | None = None, said: str | None = None
