@@ -115,6 +115,13 @@ class _Unforeseen(Exception):
     """The index an image will carry depends on more than its indexes' bytes (a config)."""
 
 
+def keeps_attestations(spec: ImageSpec, referrer_types: tuple[str, ...]) -> bool:
+    """Whether the image carries the attestation manifests an index lists: not with
+    `referrers: false`, --no-referrers, or a --referrer-type other than attestation (the
+    index is then filtered of them: `left_behind`)."""
+    return spec.settings.referrers and wanted(referrer_types, "attestation", None)
+
+
 def no_match(spec: ImageSpec, available: list[str]) -> NoMatchingPlatform:
     return no_matching_manifest(
         str(spec.reference), spec.settings.platforms, available,
@@ -135,8 +142,7 @@ async def resolve(client: Client, spec: ImageSpec, fetch_config: FetchConfig,
     digest (--locked: the root is read from there too), or None (a tag: a target whose
     tag names the digest the source's names, the root read from there, There.root)."""
     ref = spec.reference
-    attestations = spec.settings.referrers and wanted(referrer_types, "attestation", None)
-    r = _Resolver(client, spec, fetch_config, attestations)
+    r = _Resolver(client, spec, fetch_config, keeps_attestations(spec, referrer_types))
     there, pin = None, spec.pin
     if elsewhere is not None:  # a target holding it is read first
         there = await elsewhere(pin, r.unforeseen)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mirror.artifacts import wanted
 from mirror.config import ImageSpec
 from mirror.errors import MirrorError
 from mirror.image import Image
@@ -17,7 +16,7 @@ from mirror.mapping import Placement, Target, place
 from mirror.push import Asked, held_there
 from mirror.pushplan import PushImage
 from mirror.registry.client import Client, ManifestHead
-from mirror.resolve import Foreseen, There
+from mirror.resolve import Foreseen, There, keeps_attestations
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -43,14 +42,13 @@ def step0(img: PushImage) -> tuple[str, str, str]:
     return img.repository, img.tag or img.root.digest, img.root.digest
 
 
-def _as_it_is(spec: ImageSpec, referrer_types: tuple[str, ...]) -> bool:
-    """A tag whose root the sync carries as it is: no platform filter, no attestations an
-    index may list left behind (--no-referrers, `referrers: false`, a --referrer-type
-    other than attestation), no conversion (--format), no foreign layer rewritten."""
+def _as_it_is(spec: ImageSpec) -> bool:
+    """A tag whose root the sync carries as it is, but for the attestations an index may
+    list (mirror.resolve.keeps_attestations): no platform filter, no conversion (--format),
+    no foreign layer rewritten."""
     ref, s = spec.reference, spec.settings
     return bool(ref.tag) and not ref.digest and s.platforms.all and s.format == "keep" and \
-        s.foreign_layers != "rewrite" and s.referrers and \
-        wanted(referrer_types, "attestation", None)
+        s.foreign_layers != "rewrite"
 
 
 class Holdings:
@@ -186,6 +184,12 @@ class Holdings:
         manifest GET for an image a run before pushed (Docker Hub counts each as a pull,
         not a HEAD) and waits no longer than the source's GET: the root is that target's
         (There.root; the source's by digest when the target cannot serve it, -v says so).
+        An image whose attestations are left behind (--no-referrers, `referrers: false`, a
+        --referrer-type other than attestation) is asked so too, its root's check for them
+        (mirror.resolve) made on the target's copy, the same bytes; but that copy is read
+        once the source's HEAD names it, not at once: a target whose tag names the index
+        pushed filtered of them (another digest, the source's tag then GET) is not asked
+        for it for nothing (7c7354a).
         None, and the root is the source's tag's GET as before: an image the sync changes
         (a platform filter, --format, a foreign layer rewritten: its root's bytes are the
         source's to make it from), a cache (whose store answers a tag after its HEAD), a
@@ -196,8 +200,9 @@ class Holdings:
         source, and a HEAD more). A source whose HEAD would be refused now (its budget)
         has the target asked nothing."""
         ref = spec.reference
-        if self.client.manifests is not None or not _as_it_is(spec, self.referrer_types):
+        if self.client.manifests is not None or not _as_it_is(spec):
             return None
+        behind = not keeps_attestations(spec, self.referrer_types)
         source: list[ManifestHead | None] = []  # the source's tag's HEAD, once asked
         for n, target in enumerate(self.targets):
             at = await self._tag_at(n, spec, not source)
@@ -206,7 +211,10 @@ class Holdings:
             repo, digest, media_type = at
             there = There(target.registry, repo, named=self.named[n])
             read: RawManifest | MirrorError | None = None
-            if not source:
+            if not source and behind:  # the target's read waits: see above
+                source.append(await self.client.head_manifest(
+                    ref.registry, ref.repository, ref.ref, (digest, media_type)))
+            elif not source:
                 src, read = await there.beside(self.client, ref, digest, (digest, media_type))
                 source.append(src)
             if source[0] is None or not source[0].digest:
