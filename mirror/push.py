@@ -2,10 +2,11 @@
 a half image. Its sources (a bundle for `mirror load`, the source registries or the cache for
 `mirror sync`) hand it the images and a BlobSource (or, read in one pass, a StreamSource).
 
-0. An image whose root the target already serves as its reference (the tag names the root's
-   digest: one HEAD) is there whole: a registry accepts a manifest only once the blobs it
-   names are there, an index (by default) only once its children are, and this push puts
-   children before parents. Its blobs and children are not asked about again.
+0. An image whose root the target already serves as its reference (its tag names the root's
+   digest) and, of an index, every manifest below it is there whole (mirror.pushheld: a HEAD
+   each, the manifests below none that this run read from there); its blobs are not asked
+   about again. One that lost a manifest below (the index still tagged) is pushed as one
+   not there: the manifests and the tag the target serves are found so.
 1. Blobs: HEAD each (repository, blob) at the target, so those present are skipped; a blob
    present in another repository of the target is mounted (POST ?mount=&from=), as are an
    incremental bundle's base blobs found elsewhere (the caller's `elsewhere`, which the
@@ -17,10 +18,10 @@ a half image. Its sources (a bundle for `mirror load`, the source registries or 
    referrers after every image, so their subjects are there first. What the target already
    serves as that reference is not pushed again (HEAD). A tag over another index keeps its
    other platforms with `merge` (mirror.merge), and is replaced with a warning without.
-The decisions are mirror.pushplan's (no request there), step 1's requests
-mirror.pushblobs', the referrers' `sha256-<hex>` indexes on a target without the referrers
-API mirror.pushfallback's, the reading of what the target's tags hold mirror.pushtheirs';
-here the order of the steps and the requests that inform the
+The decisions are mirror.pushplan's (no request there), step 0's requests
+mirror.pushheld's, step 1's mirror.pushblobs', the referrers' `sha256-<hex>` indexes on a
+target without the referrers API mirror.pushfallback's, the reading of what the target's
+tags hold mirror.pushtheirs'; here the order of the steps and the requests that inform the
 decisions.
 The dry run takes the same decisions and lists them instead of acting.
 A push that fails or is stopped cancels the upload sessions it left open at the target, then
@@ -34,7 +35,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 
-from mirror.aio import confirmed, gather_or_cancel
+from mirror.aio import confirmed
 from mirror.errors import (
     AuthError,
     BudgetSpent,
@@ -47,6 +48,7 @@ from mirror.manifest import RawManifest
 from mirror.progress import Progress
 from mirror.pushblobs import BlobPush, Elsewhere, Source
 from mirror.pushfallback import Fallbacks, Putting
+from mirror.pushheld import Asked, find_held, lost_below, there
 from mirror.pushplan import (
     ImageFailed,
     PushImage,
@@ -61,9 +63,6 @@ from mirror.referrers import Finder
 from mirror.registry.client import Client, SourceOf
 from mirror.registry.upload import CANCEL_WITHIN
 
-# step 0's answers (find_held): (repository, reference, root digest) -> the target serves
-# that root as the reference (True), another manifest (False), nothing (None)
-Asked = dict[tuple[str, str, str], bool | None]
 # the error for base blobs found nowhere: (their "digest (repository)", repositories looked in)
 Incomplete = Callable[[list[str], int], MirrorError]
 
@@ -92,7 +91,7 @@ async def push(client: Client, registry: str, images: list[PushImage], source: S
     without it the push stops there."""
     pusher = Pusher(client, registry, images, result, progress, jobs, merge, source_of,
                     alone=alone)
-    pusher.asked = asked or {}
+    pusher.asked = dict(asked or {})
     blobs = BlobPush(client, registry, source, result, progress, pusher.sem,
                      small_apart=small_apart)
     try:
@@ -160,9 +159,9 @@ class Pusher:
         self.counted: set[tuple[str, str]] = set()
         self.putting: Putting = {}  # the manifest PUTs under way, for `settle`
         self.held: set[int] = set()  # id() of the images the target serves whole already
-        self.not_there: set[tuple[str, str]] = set()  # (repository, root reference) asked
         self.absent: set[tuple[str, str]] = set()  # (repository, tag) that HEAD found absent
-        self.asked: Asked = {}  # what find_held need not ask again
+        # step 0's answers (find_held's, the caller's): what `decide` need not ask again
+        self.asked: Asked = {}
         # the images that failed at the target (id() of their Image: every tag of it), and
         # the digests of their manifests, whose referrers are left out with them
         self.failed_images: set[int] = set()
@@ -192,24 +191,18 @@ class Pusher:
         self.images = [p for p in self.images if id(p.image) not in out]
 
     async def find_held(self) -> None:
-        """One HEAD of each image's reference (its tag, else its root's digest): where it
-        names the root's digest, the image is there with everything it references (step 0)."""
-        async def there(img: PushImage) -> bool | None:
-            key = (img.repository, img.tag or img.root.digest, img.root.digest)
-            if key in self.asked:
-                ok = self.asked[key]
-            else:
-                async with self.sem:
-                    ok = await held_there(self.client, self.reg, img)
-            if ok:  # kept as it answers: a push stopped before the others is told (say_held)
-                self.held.add(id(img))
-            return ok
-
-        flags = await gather_or_cancel(there(i) for i in self.images)
-        self.not_there = {(i.repository, i.tag or i.root.digest)
-                          for i, ok in zip(self.images, flags, strict=True) if not ok}
+        """Step 0 (mirror.pushheld): the images the target serves whole, in `held` as each
+        is found so; its answers kept in `asked`, which `decide` asks no more."""
+        flags = await find_held(self.client, self.reg, self.images, self.asked, self.sem,
+                                lambda img: self.held.add(id(img)))
         self.absent = {(i.repository, i.tag) for i, ok in zip(self.images, flags, strict=True)
                        if ok is None and i.tag}
+        for img in self.images:
+            if lost := lost_below(img, self.asked):
+                self.progress.info(
+                    f"{self.reg}/{img.repository}: {img.tag or img.root.digest} names "
+                    f"{img.root.digest}, but the target does not serve {', '.join(lost)} "
+                    "below it: pushed again")
 
     # -- manifests -------------------------------------------------------------------------
 
@@ -273,7 +266,7 @@ class Pusher:
         if key in self.done:
             return
         self.done.add(key)
-        if await _there(self.client, self.reg, img.repository, img.root.digest, img.root):
+        if await there(self.client, self.reg, img.repository, img.root.digest, img.root):
             self.count(img.repository, img.root.digest, pushed=False)
         elif dry_run:
             self.listed(img.repository, img.root.digest, img.root)
@@ -287,12 +280,12 @@ class Pusher:
         tag holds (Theirs.tag_gets warns as it decides)."""
         client, reg, repo = self.client, self.reg, img.repository
         root = m is img.root
-        asked = root and (repo, ref) in self.not_there  # by find_held: not there
-        if not asked and await _there(client, reg, repo, ref, m):
+        said = self.asked.get((repo, ref, m.digest), "unasked")  # by find_held
+        if said is True or said == "unasked" and await there(client, reg, repo, ref, m):
             return "present", m
         if root and img.tag is not None:
             m = await self.theirs.tag_gets(img, merge, (repo, img.tag) in self.absent)
-            if m is not img.root and await _there(client, reg, repo, ref, m):
+            if m is not img.root and await there(client, reg, repo, ref, m):
                 return "present", m  # merged before, the same way
         return "push", m
 
@@ -324,7 +317,7 @@ class Pusher:
         async def landed(put: tuple[tuple[str, str], tuple[PushImage | None, RawManifest]]
                          ) -> bool:
             (repo, ref), (_, m) = put
-            return await _there(self.client, self.reg, repo, ref, m) is True
+            return await there(self.client, self.reg, repo, ref, m) is True
 
         for (repo, ref), (img, m) in await confirmed(putting, landed, within):
             self.count(repo, m.digest, pushed=True)
@@ -382,30 +375,6 @@ class Pusher:
                 where = f"{self.reg}/{img.repository}@{img.root.digest}"
                 self.result.untagged.append(where)
                 self.progress.info(f"{img.name} has no ref name: pushed as {where} (no tag)")
-
-
-async def held_there(client: Client, reg: str, img: PushImage) -> bool | None:
-    """Step 0's question: the target serves `img`'s root as its reference (its tag, else
-    the root's digest); None: nothing under that reference."""
-    return await _there(client, reg, img.repository, img.tag or img.root.digest, img.root,
-                        absent=None)
-
-
-async def _there(client: Client, reg: str, repo: str, ref: str, m: RawManifest, *,
-                 absent: bool | None = False) -> bool | None:
-    """The target already serves `m` as `ref` (a tag naming the same digest, or the digest):
-    nothing to push (a re-run pushes nothing, and a registry with immutable tags is not
-    asked to rewrite one). `absent`: what to answer when the target has no `ref` at all
-    (a 404), where the caller tells that from another manifest under it."""
-    try:
-        head = await client.head_manifest(reg, repo, ref)
-    except (AuthError, RateLimited):
-        raise
-    except RegistryError:
-        return False  # no answer worth trusting: push, as before
-    if head is None:
-        return absent
-    return head.digest == m.digest
 
 
 async def _put(client: Client, reg: str, img: PushImage, ref: str, m: RawManifest,

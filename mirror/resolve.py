@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 from mirror import mediatypes as mt
@@ -48,9 +48,6 @@ class There:
     lists: set[str] | None = None
     named: dict[tuple[str, str], ManifestHead | None] | None = None
     root: RawManifest | None = None
-    # digests here was to serve and answered 404 for (`read`): the image is not whole here,
-    # whatever its tag names (mirror.sync_there `planned`: pushed again, the lost ones too)
-    lacks: set[str] = field(default_factory=set)
 
     def serves(self, digest: str) -> bool:
         return self.lists is None or digest in self.lists
@@ -64,8 +61,6 @@ class There:
             try:
                 return await ask(self.registry, self.repository)
             except MirrorError as e:
-                if isinstance(e, NotFound):
-                    self.lacks.add(digest)
                 client.t.debug(f"{e}: {digest} read from the source, {source.name}")
         return await ask(source.registry, source.repository)
 

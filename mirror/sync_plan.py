@@ -85,7 +85,6 @@ class SyncPlanner(Planner):
         self.held = 0
 
     def renumbered(self, at: dict[int, int]) -> None:
-        self.holdings.renumbered(at)
         if self.fetcher is not None:
             self.fetcher.owner = {d: at.get(i, i) for d, i in self.fetcher.owner.items()}
 
@@ -106,7 +105,9 @@ class SyncPlanner(Planner):
         a cache one per target that needs it, but for the configs planning read
         (RegistrySource's `held`). And a target on the image's own registry spends its
         budget too: the requests its push may make there, at most
-        (mirror.pushplan.push_requests: a mount for what it mounts), of what it lacks."""
+        (mirror.pushplan.push_requests: a mount for what it mounts), of what it lacks; of
+        an image it serves whole, step 0's HEAD of each manifest below the root that this
+        run did not read there (mirror.pushheld; a lost one, pushed again, spends more)."""
         out: set[Hashable] = set()
         own_reg = self.specs[i].reference.registry
         mounts = origins([plan], own_reg)
@@ -129,6 +130,10 @@ class SyncPlanner(Planner):
                     if said is not True:  # not there whole
                         out |= push_requests(img, there, n, self.merge,
                                              lambda d: d.digest in mounts, said)
+                    else:  # step 0 asks whether it serves each manifest below (pushheld)
+                        out |= {(n, img.repository, m.digest, "manifest HEAD")
+                                for m in img.manifests[:-1] if not self.client.served(
+                                    target.registry, img.repository, m.digest)}
         return out
 
     def stopped(self, progress: Progress) -> tuple[set[int], list[tuple[Target, PushResult]]]:
@@ -160,7 +165,7 @@ class SyncPlanner(Planner):
 
     async def elsewhere(self, i: int, spec: ImageSpec, root: RawManifest | str | None,
                         foresee: Callable[[], Awaitable[Foreseen | None]]) -> There | None:
-        return await self.holdings.elsewhere(i, spec, root, foresee)
+        return await self.holdings.elsewhere(spec, root, foresee)
 
     def planned(self, i: int, plan: Image) -> None:
-        self.holdings.planned(i, plan)
+        self.holdings.planned(plan)

@@ -13,7 +13,7 @@ from mirror.errors import MirrorError
 from mirror.image import Image
 from mirror.manifest import RawManifest
 from mirror.mapping import Placement, Target, place
-from mirror.push import Asked, held_there
+from mirror.pushheld import Asked, held_there, step0
 from mirror.pushplan import PushImage
 from mirror.registry.client import Client, ManifestHead
 from mirror.resolve import Foreseen, There, keeps_attestations
@@ -34,12 +34,6 @@ def placed(img: Image, target: Target) -> tuple[list[PushImage], list[PushImage]
     where = place(target, ref.name, ref.repository, ref.tag, ref.digest, img.dest)
     return ([PushImage(img, where.repository, tag) for tag in where.tags or (None,)],
             [PushImage(r, where.repository, r.tag) for r in img.referrers], where)
-
-
-def step0(img: PushImage) -> tuple[str, str, str]:
-    """The key of `img`'s step-0 answer in `Holdings.asked`: its repository, its reference
-    (the tag, else the root's digest) and the root's digest."""
-    return img.repository, img.tag or img.root.digest, img.root.digest
 
 
 def _as_it_is(spec: ImageSpec) -> bool:
@@ -67,11 +61,6 @@ class Holdings:
         self.blobs: list[set[str]] = [set() for _ in targets]
         self.asked: list[Asked] = [{} for _ in targets]
         self.named: list[Named] = [{} for _ in targets]
-        self.theres: dict[int, There] = {}  # image -> where it was read from (`elsewhere`)
-
-    def renumbered(self, at: dict[int, int]) -> None:
-        """The images were put in the run's order: image `i` is now `at[i]`."""
-        self.theres = {at.get(i, i): there for i, there in self.theres.items()}
 
     def said(self, n: int, img: PushImage) -> bool | None | str:
         """Step 0's answer at target `n` for `img` (`asked`); "unasked" where none was
@@ -109,16 +98,8 @@ class Holdings:
         self.asked[n][key] = None if head is None else head.digest == img.root.digest
         return True
 
-    async def elsewhere(self, i: int, spec: ImageSpec, root: RawManifest | str | None,
+    async def elsewhere(self, spec: ImageSpec, root: RawManifest | str | None,
                         foresee: Callable[[], Awaitable[Foreseen | None]]) -> There | None:
-        """`_elsewhere`'s answer, kept for `planned` (a manifest that target lost)."""
-        there = await self._elsewhere(spec, root, foresee)
-        if there is not None:
-            self.theres[i] = there
-        return there
-
-    async def _elsewhere(self, spec: ImageSpec, root: RawManifest | str | None,
-                         foresee: Callable[[], Awaitable[Foreseen | None]]) -> There | None:
         """The first target that holds the image already (one HEAD of its tag there, the
         question `at_target` and the push's step 0 would ask: its answer kept for them,
         `planned`), whose manifests and configs below the root the image is then read from
@@ -281,7 +262,7 @@ class Holdings:
         there.lists = shared
         return there if shared else None
 
-    def planned(self, i: int, plan: Image) -> None:
+    def planned(self, plan: Image) -> None:
         """The push's step 0 answers for the image's references resolving asked about
         (`as_named`): whether each names the root the image carries, a filtered or
         converted one too, and its referrers' cosign tags read there (a run without a
@@ -293,11 +274,3 @@ class Holdings:
                 continue
             for img in own + refs:
                 self.as_named(n, img)
-            there = self.theres.get(i)
-            if there is not None and there.lacks and \
-                    (there.registry, there.repository) == (target.registry, own[0].repository):
-                # its tag names the root, but a manifest below it is gone there (a delete, a
-                # registry's clean-up): step 0 says the image is not there, so the push
-                # puts it whole again, the lost manifests with it (o26 D1)
-                for img in own:
-                    self.asked[n][step0(img)] = None

@@ -31,6 +31,7 @@ from tests.support.oracle import (
     tag_unserved,
 )
 from tests.support.pusher import (
+    _request,
     blob_exists,
     get_manifest,
     list_tags,
@@ -612,6 +613,50 @@ def test_a_tag_holding_another_index_is_replaced_with_a_warning_or_merged(
     again = mirror_ok("load", bundle, "--to", f"{dst_registry.host}/m", "--merge")
     assert target_digest(dst_registry, dst_repo, "1") == sha(body)  # a re-run: the same
     assert "0 manifest(s) pushed" in again.stderr, again.stderr
+
+
+def test_a_platform_manifest_deleted_at_the_target_is_loaded_again(
+        src_registry: Registry, dst_registry: Registry, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """o26 D1 at load: a platform manifest deleted at the target (a registry's clean-up of
+    untagged manifests, a hand's DELETE) while the tag still names the index. A load of the
+    bundle found the tag naming the index, took the image for there whole and pushed
+    nothing: exit 0, the target's index naming a manifest it does not serve, every run
+    after. Step 0 now asks the target about each manifest the index lists (a HEAD each): the
+    lost one is pushed again, by digest, its blobs found there (HEAD), the tag left as it
+    was, and a line says so; the load after pushes nothing."""
+    imgs = [ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)]
+    index = ig.make_index(imgs, "oci", attestation=True, rng=rng)
+    push_image(src_registry.url, repo_name, index, ["1"])
+    bundle = pull(tmp_path, f"{src_registry.host}/{repo_name}:1", "--platform", "all")
+    report = tmp_path / "r.json"
+    to, repo = f"{dst_registry.host}/gone", f"gone/{repo_name}"
+
+    said = []
+
+    def run_load(*args: str) -> dict:
+        said.append(mirror_ok("load", bundle, "--to", to, "--report", report, *args).stderr)
+        return json.loads(report.read_text())
+
+    first = run_load("-q")
+    assert first["manifests_pushed"] == len(index.all_manifests()), first
+    lost = imgs[1].digest
+    status, _, body = _request("DELETE", f"{dst_registry.url}/v2/{repo}/manifests/{lost}")
+    assert status == 202, body
+    assert _request("HEAD", f"{dst_registry.url}/v2/{repo}/manifests/{lost}")[0] == 404
+    again = run_load()
+    assert target_digest(dst_registry, repo, lost) == lost  # served again, the same bytes
+    assert target_digest(dst_registry, repo, "1") == index.digest
+    for m in index.all_manifests():
+        assert target_digest(dst_registry, repo, m.digest) == m.digest
+    # the lost manifest alone pushed: its blobs, the other manifests and the tag were there
+    assert (again["manifests_pushed"], again["blobs_pushed"]) == (1, 0), again
+    assert again["tags"] == first["tags"], again
+    assert f"{to}/{repo_name}: 1 names {index.digest}, but the target does not serve " \
+        f"{lost} below it: pushed again" in said[-1], said[-1]
+    third = run_load("-q")
+    assert third["manifests_pushed"] == 0, third
+    assert third["manifests_present"] == first["manifests_pushed"], third
 
 
 def test_a_merge_rerun_is_silent_under_q(src_registry: Registry, dst_registry: Registry,

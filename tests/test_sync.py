@@ -1325,8 +1325,9 @@ def test_a_manifest_the_target_cannot_serve_is_read_from_the_source(
     """A budgeted sync without --cache reads the manifests of an image its target serves
     whole from the target, by digest; one the target answers 404 for, or with bytes that do
     not match the digest, is read from the source instead: the run is what it would have
-    been (exit 0, no warning), and only -v says so; the 404 says the target does not serve
-    the image whole, which the push then puts again (its root: the rest is there)."""
+    been (exit 0, no warning), and only -v says so. The push's step 0 asks the target
+    about those two alone (a HEAD each: the others it read there this run), which says it
+    serves them: nothing is pushed."""
     img = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64_V8)], "oci")
     push_image(src_registry.url, repo_name, img, ["1"])
     src, dst = faultproxy(src_registry.url), faultproxy(dst_registry.url)
@@ -1342,6 +1343,7 @@ def test_a_manifest_the_target_cannot_serve_is_read_from_the_source(
     assert gone not in quiet.stderr and damaged not in quiet.stderr, quiet.stderr
     assert "warning" not in quiet.stderr, quiet.stderr
     src.requests.clear()
+    dst.requests.clear()
     synced = mirror_ok("sync", "-f", cfg, "--to", to, "-v", "--report", tmp_path / "r.json")
     fell = [line for line in synced.stderr.splitlines() if "read from the source" in line]
     assert [gone in fell[0] or gone in fell[1], damaged in fell[0] or damaged in fell[1]] == \
@@ -1349,12 +1351,14 @@ def test_a_manifest_the_target_cannot_serve_is_read_from_the_source(
     # the tag a HEAD (the index read from the target by digest), the two by digest
     assert sorted(p.rpartition("/")[2] for p in src.paths("GET") if "/manifests/" in p) == \
         sorted([gone, damaged]), src.requests
+    assert sorted(_by_digest(dst, "HEAD")) == sorted([gone, damaged]), dst.requests
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["targets"][0]["manifests_pushed"] == 1, report["targets"]
+    assert report["targets"][0]["manifests_pushed"] == 0, report["targets"]
     assert report["images"][0]["manifests"] and report["images"][0]["digest"] == img.digest
     served(dst_registry, report, f"{repo_name}-t")
-    # a dry run asks the target its tag once, as it resolves (it asked again to plan the push)
-    dst.clear_faults()  # the target serving the image whole again
+    # a dry run asks the target its tag once, as it resolves (it asked again to plan the
+    # push), and nothing below it: every manifest read there as the image resolved
+    dst.clear_faults()
     dst.requests.clear()
     mirror_ok("sync", "-f", cfg, "--to", to, "--dry-run", "-q")
     assert [(m, p.rpartition("/")[2]) for m, p, _ in dst.requests if m == "HEAD"] == \
@@ -1394,7 +1398,8 @@ def test_a_filtered_rerun_reads_what_the_target_lists_from_the_target(
     index (one GET for nothing): of the source one GET per tag, nothing by digest; of the
     target one HEAD per tag and the amd64 manifests. With --cache (the source's tag asked
     with a HEAD, its manifests in the cache's store) the target is asked one HEAD per tag
-    and nothing more, its index not read on the first rerun either."""
+    and one per amd64 manifest (the push's step 0: whether it still serves what the index
+    lists), its index not read on the first rerun either."""
     plats = (ig.AMD64, ig.ARM64_V8, ig.ARM_V7)
     imgs = [ig.make_index([ig.make_image(rng, p, fmt) for p in plats], fmt)
             for fmt in ("oci", "docker")]
@@ -1420,8 +1425,9 @@ def test_a_filtered_rerun_reads_what_the_target_lists_from_the_target(
         assert sorted(_by_digest(dst)) == ([] if cache else
                                            sorted(i.images[0].digest for i in imgs)), \
             dst.requests
+        below = sorted(i.images[0].digest for i in imgs) if cache else []
         heads = [p.rpartition("/")[2] for p in dst.paths("HEAD")]
-        assert sorted(heads) == tags, dst.requests
+        assert sorted(heads) == tags + below, dst.requests
         report = json.loads((tmp_path / "r.json").read_text())
         assert [e["digest"] for e in report["images"]] == roots, report["images"]
         assert report["targets"][0]["manifests_pushed"] == 0, report["targets"]
@@ -1430,7 +1436,8 @@ def test_a_filtered_rerun_reads_what_the_target_lists_from_the_target(
         assert state(dst_registry, f"{repo_name}-t") == held
     dst.reset_counters()
     mirror_ok(*args, "--dry-run", "-q")  # step 0's answer kept: the filtered root's too
-    assert sorted(p.rpartition("/")[2] for p in dst.paths("HEAD")) == tags, dst.requests
+    assert sorted(p.rpartition("/")[2] for p in dst.paths("HEAD")) == tags + below, \
+        dst.requests
 
 
 @pytest.mark.parametrize("cache", [False, True], ids=["streamed", "cache"])
@@ -1530,26 +1537,33 @@ def test_two_tags_of_one_image_ask_its_referrers_once_a_run(
     assert state(dst_registry, prefix) == held
 
 
+@pytest.mark.parametrize("cache", [False, True], ids=["streamed", "cache"])
 def test_a_manifest_deleted_at_the_target_below_its_tag_is_pushed_again(
         src_registry: Registry, dst_registry: Registry, repo_name: str,
-        rng: random.Random, tmp_path: Path) -> None:
+        rng: random.Random, tmp_path: Path, cache: bool) -> None:
     """o26 D1: a platform manifest deleted at the target (a registry's clean-up of untagged
     manifests, a hand's DELETE) while the tag still names the index: a rerun read it from
     the source (the target's 404 said with -v alone) and pushed nothing, every run after,
-    and the target's index named a manifest it does not serve. Without --cache the rerun
-    reads it from the target and finds it gone: the image is pushed again, whole."""
+    and the target's index named a manifest it does not serve; with --cache the rerun did
+    not ask the target about it at all. The push's step 0 asks the target about every
+    manifest below the index it did not read there this run (a HEAD each): the lost one is
+    pushed again, alone (its blobs, the other manifests and the tag are there)."""
     img = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64_V8)],
                         "oci")
     push_image(src_registry.url, repo_name, img, ["1"])
     args = ["sync", f"{src_registry.host}/{repo_name}:1", "--to",
-            f"{dst_registry.host}/t", "-q", "--report", tmp_path / "r.json"]
+            f"{dst_registry.host}/t", "-q", "--report", tmp_path / "r.json",
+            *(["--cache", tmp_path / "cache"] if cache else [])]
     mirror_ok(*args)
     lost = img.images[0].digest
-    status, _, body = _request("DELETE", f"{dst_registry.url}/v2/t/{repo_name}/manifests/{lost}")
-    assert status == 202, body
+    at = f"{dst_registry.url}/v2/t/{repo_name}/manifests/{lost}"
+    status, _, body = _request("DELETE", at)
+    assert status == 202 and _request("HEAD", at)[0] == 404, body
     mirror_ok(*args)
     got = get_manifest(dst_registry.url, f"t/{repo_name}", lost)
     assert got[0] == img.images[0].manifest.data
+    target = json.loads((tmp_path / "r.json").read_text())["targets"][0]
+    assert (target["manifests_pushed"], target["blobs_pushed"]) == (1, 0), target
     mirror_ok(*args)  # whole again: the rerun after pushes nothing
     assert json.loads((tmp_path / "r.json").read_text())["targets"][0]["manifests_pushed"] == 0
 
@@ -1599,9 +1613,10 @@ def test_a_filtered_rerun_reads_what_the_target_cannot_serve_from_the_source(
         served(dst_registry, report, f"{repo_name}-t")
         return
     assert report["images"][0]["digest"] == root, report["images"]
-    # a 404 says the target does not serve the image whole: the push puts it again
-    assert report["targets"][0]["manifests_pushed"] == (1 if what == "child 404" else 0), \
-        report["targets"]
+    # the push's step 0 asks the target about the one it could not read (a HEAD), which
+    # it serves: nothing pushed
+    assert _by_digest(dst, "HEAD") == [child], dst.requests
+    assert report["targets"][0]["manifests_pushed"] == 0, report["targets"]
     assert state(dst_registry, f"{repo_name}-t") == held
     quiet = mirror_ok(*args)
     assert child not in quiet.stderr and "warning" not in quiet.stderr, quiet.stderr
@@ -2082,6 +2097,33 @@ def test_a_budgeted_sync_to_its_own_registry_goes_on_run_after_run(
             break
     assert waiting[0] == 3 and waiting[-1] == 0 and waiting == sorted(set(waiting))[::-1], \
         waiting
+
+
+def test_a_budgeted_cache_rerun_within_one_registry_promises_step_0s_heads(
+        src_registry: Registry, faultproxy, repo_name: str, rng: random.Random,
+        tmp_path: Path) -> None:
+    """A sync --cache within one registry (one budget for source and target): its rerun's
+    push asks the target about each platform manifest below an index (step 0: the cache
+    read none of them there), requests admission did not promise, so a budget of one
+    request fewer than the rerun sends was spent past its end (every image carried, more
+    requests made than allowed). Admission promises those HEADs: the last image waits, and
+    the run keeps to its budget."""
+    _, refs, src, _, _ = indexes_synced(src_registry, faultproxy, repo_name, rng, tmp_path,
+                                        2, "")
+    to, cache = f"{src.host}/t", tmp_path / "cache"
+    mirror_ok("sync", "-f", images_yaml(tmp_path, refs), "--to", to, "--cache", cache, "-q")
+    mirror_ok("sync", "-f", images_yaml(tmp_path, refs), "--to", to, "--cache", cache, "-q",
+              "--report", tmp_path / "rerun.json")
+    rerun = json.loads((tmp_path / "rerun.json").read_text())["requests"][src.host]
+    assert rerun.get("manifest HEAD", 0) >= 2 * 2 + 2, rerun  # the tags, the platforms
+    budget = sum(rerun.values()) - 1
+    cfg = images_yaml(tmp_path, refs, f"registries:\n  {src.host}:\n"
+                                      f"    max_requests_per_run: {budget}\n")
+    run = run_mirror("sync", "-f", cfg, "--to", to, "--cache", cache, "--report",
+                     tmp_path / "s.json")
+    report = json.loads((tmp_path / "s.json").read_text())
+    assert sum(report["requests"][src.host].values()) <= budget, report["requests"]
+    assert run.returncode == 14 and report["waiting"] == refs[1:], run.stderr
 
 
 def synced_within(reg: Registry, proxy, refs: list[str], prefix: str, tmp_path: Path,

@@ -11,7 +11,7 @@ the index, an OCI 1.1 SBOM with `subject` on the arm64 manifest, a BuildKit atte
 the OCI index; a nested OCI index), its own target registry and cache dir, and runs three
 syncs: cold; a rerun with nothing new, whose report's `requests` are held to what README
 says a rerun asks (of the target one manifest HEAD per image, with referrers carried at
-least, no blob HEAD, nothing pushed; of the source no blob; through `--cache` no manifest
+least, and one per manifest below an index not read there, no blob HEAD, nothing pushed; of the source no blob; through `--cache` no manifest
 GET at either end but the referrers', the source one HEAD per tag; without it, nothing
 converted or filtered, the source one GET per tag; each blob fetched into the cache once,
 every run); then a third, once 1.1.0 names another image upstream (the list's and the
@@ -534,7 +534,8 @@ def check_referrers(s: Setting, src: Source, report: dict[str, Any], t: dict[str
 def check_rerun(s: Setting, src: Source, p: Plan, report: dict[str, Any],
                 chk: Checker) -> None:
     """A rerun with nothing new (README: a rerun of a sync with nothing new asks the target
-    one manifest HEAD per image and tag (and the referrers' questions), no blob HEAD, and
+    one manifest HEAD per image and tag (and the referrers' questions) and one per manifest
+    below an index it did not read there (through --cache, each), no blob HEAD, and
     pushes nothing; the source little more than each tag: no blob, and through --cache no
     manifest but the referrers' questions: `source_asked`)."""
     requests = report["requests"]
@@ -549,13 +550,7 @@ def check_rerun(s: Setting, src: Source, p: Plan, report: dict[str, Any],
         for kind in ("manifest PUT", "upload", "blob HEAD"):
             if asked.get(kind):
                 chk.say(f"rerun asked {t['target']} {asked[kind]} {kind}: {asked}")
-        if asked.get("manifest HEAD", 0) < tags:
-            chk.say(f"rerun asked {t['target']} fewer manifest HEADs than its {tags} "
-                    f"tags: {asked}")
-        elif not s.referrers and t["target"].split("/", 1)[0] != src.reg.host and \
-                asked.get("manifest HEAD") != len(report["images"]):
-            chk.say(f"rerun asked {t['target']} more than a manifest HEAD per image "
-                    f"({len(report['images'])}): {asked}")
+        target_heads(s, src, report, t, tags, chk)
     asked = requests.get(src.reg.host, {})
     if asked.get("blob GET"):
         chk.say(f"rerun read {asked['blob GET']} blob(s) from the source: {asked}")
@@ -586,6 +581,41 @@ def source_asked(s: Setting, asked: dict[str, int], tags: int, images: list[dict
             (asked.get("manifest HEAD") != tags or asked.get("manifest GET", 0) != filtered):
         chk.say(f"rerun asked the source more than a HEAD per tag ({tags}) and a GET per "
                 f"tag filtered of its attestations ({filtered}): {asked}")
+
+
+def target_heads(s: Setting, src: Source, report: dict[str, Any], t: dict[str, Any],
+                 tags: int, chk: Checker) -> None:
+    """A rerun's manifest HEADs at target `t`: one per tag at least; where no referrer is
+    carried and the target is not the source's registry (whose requests are the source's
+    too), one per image and one per manifest below an index it did not read there: each
+    through --cache, none without it of an image carried as it is or filtered (read there
+    as it resolved), with one target (of two, the first that holds it is read)."""
+    asked = report["requests"].get(t["target"].split("/", 1)[0], {})
+    heads, images, below = asked.get("manifest HEAD", 0), len(report["images"]), \
+        _below(report, t)
+    if heads < tags:
+        chk.say(f"rerun asked {t['target']} fewer manifest HEADs than its {tags} "
+                f"tags: {asked}")
+    elif s.referrers or t["target"].split("/", 1)[0] == src.reg.host:
+        return
+    elif not images <= heads <= images + below:
+        chk.say(f"rerun asked {t['target']} {heads} manifest HEADs, not one per image "
+                f"({images}) and at most one per manifest below ({below}): {asked}")
+    elif s.cache and heads != images + below:  # the target's manifests never read
+        chk.say(f"rerun through --cache asked {t['target']} {heads} manifest HEADs, not "
+                f"one per image ({images}) and per manifest below ({below}): {asked}")
+    elif not s.cache and s.fmt == "keep" and s.dest != "two" and heads != images:
+        chk.say(f"rerun asked {t['target']} {heads} manifest HEADs, not one per image "
+                f"({images}): the manifests below were read there: {asked}")
+
+
+def _below(report: dict[str, Any], target: dict[str, Any]) -> int:
+    """The manifests below the roots of the images `target` holds, one per repository: a
+    rerun's step 0 asks each there (a HEAD) where it did not read it there as the image
+    resolved (README)."""
+    where = {pl["source"]: pl["repository"] for pl in target["placement"]}
+    return len({(where[img["reference"]], d) for img in report["images"]
+                if img["reference"] in where for d in img["manifests"] if d != img["digest"]})
 
 
 def mounted(report: dict[str, Any], chk: Checker) -> None:

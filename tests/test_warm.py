@@ -226,18 +226,21 @@ def test_the_lock_file_tells_a_cache_without_tag_records_what_each_tag_named(
     assert manifest_requests(proxy, "HEAD") == [f"/v2/{repo_name}/manifests/1"]
 
 
-def test_a_warm_sync_asks_each_target_one_tag_head_per_image(
+def test_a_warm_sync_asks_each_target_its_tags_and_the_manifests_below_them(
         src_registry, dst_registry, faultproxy, repo_name, rng, tmp_path):
-    """A target whose tag already names the source's manifest digest holds the whole image
-    (a registry accepts a manifest only once what it references is there, an index only once
-    its children are): one HEAD of the tag there, no blob HEAD, no child's HEAD. A new
-    referrer of an unchanged image is still pushed."""
+    """A target whose tag already names the source's manifest digest, and that serves every
+    manifest below it, holds the whole image (a registry accepts a manifest only once the
+    blobs it names are there): one HEAD of the tag there and one of each platform manifest
+    (a registry's clean-up may delete those, the tag left: o26 D1), no blob HEAD, no GET. A
+    new referrer of an unchanged image is still pushed."""
     pa, pb = faultproxy(dst_registry.url), faultproxy(dst_registry.url)
     index = None
+    below = []
     for tag in ("1", "2"):
         index = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)],
                               "oci")
         push_image(src_registry.url, repo_name, index, tags=[tag])
+        below += [m.digest for m in index.images]
     cfg = tmp_path / "images.yaml"
     cfg.write_text(f"images: [{src_registry.host}/{repo_name}:1, "
                    f"{src_registry.host}/{repo_name}:2]\n")
@@ -251,7 +254,8 @@ def test_a_warm_sync_asks_each_target_one_tag_head_per_image(
     for proxy, top in ((pa, "a"), (pb, "b")):
         asked = [p for p in proxy.paths() if p != "/v2/"]  # the ping aside
         assert sorted(asked) == [f"/v2/{top}/{repo_name}/manifests/{t}"
-                                 for t in ("1", "2")], asked
+                                 for t in ("1", "2", *sorted(below))], asked
+        assert sorted(asked) == sorted(p for p in proxy.paths("HEAD") if p != "/v2/")
         assert not [p for p in proxy.paths("GET") if p != "/v2/"]
         assert not proxy.paths("PUT") and not proxy.paths("POST")
 
@@ -265,24 +269,26 @@ def test_a_warm_sync_asks_each_target_one_tag_head_per_image(
         assert got == sbom.data or got[0] == sbom.data
 
 
-def test_a_load_rerun_asks_the_target_one_tag_head_per_image(
+def test_a_load_rerun_asks_the_target_its_tags_and_the_manifests_below_them(
         src_registry, dst_registry, faultproxy, repo_name, rng, tmp_path):
     """`mirror load` of the same bundle again pushes through the same sink: one HEAD of each
-    tag, nothing more."""
-    refs = []
+    tag and of each platform manifest below its index, nothing more."""
+    refs, below = [], []
     for tag in ("1", "2"):
         index = ig.make_index([ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)],
                               "oci")
         push_image(src_registry.url, repo_name, index, tags=[tag])
         refs.append(f"{src_registry.host}/{repo_name}:{tag}")
+        below += [m.digest for m in index.images]
     out = tmp_path / "b.tar"
-    mirror_ok("pull", *refs, "-o", out, "-q")
+    mirror_ok("pull", *refs, "-o", out, "-q", "--platform", "all")
     proxy = faultproxy(dst_registry.url)
     mirror_ok("load", out, "--to", f"{proxy.host}/l", "-q")
     proxy.reset_counters()
     mirror_ok("load", out, "--to", f"{proxy.host}/l", "-q")
     asked = [p for p in proxy.paths() if p != "/v2/"]
-    assert sorted(asked) == [f"/v2/l/{repo_name}/manifests/{t}" for t in ("1", "2")], asked
+    assert sorted(asked) == [f"/v2/l/{repo_name}/manifests/{t}"
+                             for t in ("1", "2", *sorted(below))], asked
     assert proxy.paths("HEAD") == asked or sorted(proxy.paths("HEAD")) == sorted(["/v2/", *asked])
 
 

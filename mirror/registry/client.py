@@ -92,6 +92,8 @@ class Client(Blobs, Listings, Uploads):
         # the last READ_KEPT read, so that two images naming one (two tags of an image)
         # read it once a run: (registry, repo, digest) -> its read, or what it read
         self._reads: Once[tuple[str, str, str], RawManifest] = Once(READ_KEPT)
+        # (registry, repo, digest) of each manifest a GET by digest read this run (`served`)
+        self._served: set[tuple[str, str, str]] = set()
 
     # -- manifests -------------------------------------------------------------------------
 
@@ -134,6 +136,12 @@ class Client(Blobs, Listings, Uploads):
             raw = RawManifest.from_bytes(data, ctype, where=where, digest=checked)
         return raw
 
+    def served(self, registry: str, repo: str, digest: str) -> bool:
+        """A GET by digest read manifest `digest` from `registry`'s `repo` this run, its bytes
+        checked (not from the cache's store): a push's step 0 need not ask about it
+        (mirror.push)."""
+        return (registry, repo, digest) in self._served
+
     async def _raw(self, registry: str, repo: str, digest: str,
                    expected: Descriptor | None, where: str) -> RawManifest:
         data, ctype, checked = await self._fetch(registry, repo, digest, where, expected)
@@ -158,6 +166,8 @@ class Client(Blobs, Listings, Uploads):
                 return data, ctype, None
             try:
                 check_bytes(data, checked, size, where)
+                if checked == ref:
+                    self._served.add((registry, repo, ref))
                 return data, ctype, checked
             except IntegrityError as e:
                 # A signed schema 1 manifest's digest is not the sha256 of the bytes served
