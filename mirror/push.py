@@ -96,7 +96,7 @@ async def push(client: Client, registry: str, images: list[PushImage], source: S
                      small_apart=small_apart)
     try:
         await pusher.fallbacks.give_way(pusher.images)
-        await pusher.find_held()
+        await pusher.find_held(dry_run)
         plan = await blobs.check(pusher.images, pusher.held, absent or {}, elsewhere,
                                  origins or {})
         if plan.missing_base:
@@ -190,19 +190,29 @@ class Pusher:
             out |= more
         self.images = [p for p in self.images if id(p.image) not in out]
 
-    async def find_held(self) -> None:
+    async def find_held(self, dry_run: bool = False) -> None:
         """Step 0 (mirror.pushheld): the images the target serves whole, in `held` as each
-        is found so; its answers kept in `asked`, which `decide` asks no more."""
+        is found so; its answers kept in `asked`, which `decide` asks no more. A manifest
+        lost below a root is said once per repository and root, however many tags name it
+        (a dry run says it would be pushed)."""
         flags = await find_held(self.client, self.reg, self.images, self.asked, self.sem,
                                 lambda img: self.held.add(id(img)))
         self.absent = {(i.repository, i.tag) for i, ok in zip(self.images, flags, strict=True)
                        if ok is None and i.tag}
+        said: set[tuple[str, str]] = set()
         for img in self.images:
+            if (img.repository, img.root.digest) in said:
+                continue
             if lost := lost_below(img, self.asked):
+                said.add((img.repository, img.root.digest))
+                tags = sorted({i.tag or i.root.digest for i in self.images
+                               if (i.repository, i.root.digest) == (img.repository,
+                                                                    img.root.digest)})
                 self.progress.info(
-                    f"{self.reg}/{img.repository}: {img.tag or img.root.digest} names "
+                    f"{self.reg}/{img.repository}: {', '.join(tags)} "
+                    f"{'names' if len(tags) == 1 else 'name'} "
                     f"{img.root.digest}, but the target does not serve {', '.join(lost)} "
-                    "below it: pushed again")
+                    f"below it: {'would be pushed' if dry_run else 'pushed'} again")
 
     # -- manifests -------------------------------------------------------------------------
 

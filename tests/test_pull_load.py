@@ -623,12 +623,15 @@ def test_a_platform_manifest_deleted_at_the_target_is_loaded_again(
     bundle found the tag naming the index, took the image for there whole and pushed
     nothing: exit 0, the target's index naming a manifest it does not serve, every run
     after. Step 0 now asks the target about each manifest the index lists (a HEAD each): the
-    lost one is pushed again, by digest, its blobs found there (HEAD), the tag left as it
-    was, and a line says so; the load after pushes nothing."""
+    lost one is pushed again, by digest, its blobs found there (HEAD), the tags left as
+    they were, and a line says so, once for the two tags naming the index (o27 D2: once a
+    tag), and a dry run before says it would be (o27 D2: it said "pushed again"); the load
+    after pushes nothing."""
     imgs = [ig.make_image(rng, p, "oci") for p in (ig.AMD64, ig.ARM64)]
     index = ig.make_index(imgs, "oci", attestation=True, rng=rng)
-    push_image(src_registry.url, repo_name, index, ["1"])
-    bundle = pull(tmp_path, f"{src_registry.host}/{repo_name}:1", "--platform", "all")
+    push_image(src_registry.url, repo_name, index, ["1", "latest"])
+    bundle = pull(tmp_path, f"{src_registry.host}/{repo_name}:1",
+                  f"{src_registry.host}/{repo_name}:latest", "--platform", "all")
     report = tmp_path / "r.json"
     to, repo = f"{dst_registry.host}/gone", f"gone/{repo_name}"
 
@@ -644,6 +647,11 @@ def test_a_platform_manifest_deleted_at_the_target_is_loaded_again(
     status, _, body = _request("DELETE", f"{dst_registry.url}/v2/{repo}/manifests/{lost}")
     assert status == 202, body
     assert _request("HEAD", f"{dst_registry.url}/v2/{repo}/manifests/{lost}")[0] == 404
+    line = f"{to}/{repo_name}: 1, latest name {index.digest}, but the target does not " \
+        f"serve {lost} below it:"
+    run_load("--dry-run")
+    assert said[-1].count(line) == 1 and f"{line} would be pushed again" in said[-1], said[-1]
+    assert _request("HEAD", f"{dst_registry.url}/v2/{repo}/manifests/{lost}")[0] == 404
     again = run_load()
     assert target_digest(dst_registry, repo, lost) == lost  # served again, the same bytes
     assert target_digest(dst_registry, repo, "1") == index.digest
@@ -652,8 +660,7 @@ def test_a_platform_manifest_deleted_at_the_target_is_loaded_again(
     # the lost manifest alone pushed: its blobs, the other manifests and the tag were there
     assert (again["manifests_pushed"], again["blobs_pushed"]) == (1, 0), again
     assert again["tags"] == first["tags"], again
-    assert f"{to}/{repo_name}: 1 names {index.digest}, but the target does not serve " \
-        f"{lost} below it: pushed again" in said[-1], said[-1]
+    assert said[-1].count(line) == 1 and f"{line} pushed again" in said[-1], said[-1]
     third = run_load("-q")
     assert third["manifests_pushed"] == 0, third
     assert third["manifests_present"] == first["manifests_pushed"], third
