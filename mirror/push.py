@@ -55,8 +55,10 @@ from mirror.pushplan import (
     PushResult,
     by_digest,
     by_tag,
+    fails_alone,
     manifest_groups,
     refusal_hint,
+    tied,
 )
 from mirror.pushtheirs import Theirs
 from mirror.referrers import Finder
@@ -73,7 +75,8 @@ async def push(client: Client, registry: str, images: list[PushImage], source: S
                elsewhere: Elsewhere | None = None, incomplete: Incomplete | None = None,
                source_of: SourceOf | None = None, asked: Asked | None = None,
                origins: Mapping[str, str] | None = None, small_apart: bool = False,
-               alone: bool = False) -> PushResult:
+               alone: bool = False, unreadable: dict[str, MirrorError] | None = None
+               ) -> PushResult:
     """Push `images` (referrers after the others) to `registry`. `absent`: digest -> why a
     blob the source does not carry is not needed from it ("foreign": never pushed; "base":
     must be at the target already). `result` is filled in as the push goes: after a failure it
@@ -87,13 +90,17 @@ async def push(client: Client, registry: str, images: list[PushImage], source: S
     `small_apart`: the blobs under 1 MiB uploaded beside the `jobs` transfers (a sync's:
     mirror.pushblobs.BlobPush). `alone` (a sync's --keep-going): a manifest the target
     refuses (its PUT answered with an error status through all its tries, but 401/403 and
-    429) fails that image alone (ImageFailed), as one whose tag the target does not serve;
-    without it the push stops there."""
+    429) fails that image alone (ImageFailed), as one whose tag the target does not serve,
+    and so does a blob the source cannot give or the target refuses (mirror.pushplan's
+    fails_alone): the images that need it are left out, with what is tied to them, before
+    any manifest (PushResult.failed); without it the push stops there. `unreadable`: digest
+    -> why the source could not give that blob, kept across a sync's pushes (not read
+    again: its images fail at the next target too)."""
     pusher = Pusher(client, registry, images, result, progress, jobs, merge, source_of,
                     alone=alone)
     pusher.asked = dict(asked or {})
     blobs = BlobPush(client, registry, source, result, progress, pusher.sem,
-                     small_apart=small_apart)
+                     small_apart=small_apart, alone=alone, unreadable=unreadable)
     try:
         await pusher.fallbacks.give_way(pusher.images)
         await pusher.find_held(dry_run)
@@ -108,6 +115,8 @@ async def push(client: Client, registry: str, images: list[PushImage], source: S
             blobs.listed(plan)
         else:
             await blobs.run(plan)
+            for img, err in pusher.leave_out(blobs.failed):  # `alone`: each fails there
+                pusher.fail(img, err)
             unread = blobs.unread
             pusher.leave_out(unread)
         await pusher.push_manifests(dry_run)
@@ -170,25 +179,34 @@ class Pusher:
         self.fallbacks = Fallbacks(client, registry, self.finder, progress, self,
                                    self.theirs)
 
-    def leave_out(self, unread: dict[str, BudgetSpent]) -> None:
-        """A source registry whose requests ran out (a sync): the images that need one of
-        its blobs not read are left out of the push (they wait for the next run: push()
-        raises once the others are pushed), with what refers to them and what they refer
-        to (a signature not read: its image is not tagged without it, o26 D3), every tag
-        of each; the others go on."""
-        if not unread:
-            return
-        out = {id(p.image) for p in self.images if any(d.digest in unread for d in p.blobs)}
-        while True:
-            gone = [p for p in self.images if id(p.image) in out]
-            digests = {m.digest for p in gone for m in p.manifests}
-            subjects = {p.referrer_of for p in gone}
-            more = {id(p.image) for p in self.images if p.referrer_of in digests or
-                    any(m.digest in subjects for m in p.manifests)} - out
-            if not more:
-                break
-            out |= more
-        self.images = [p for p in self.images if id(p.image) not in out]
+    def leave_out(self, blobs: Mapping[str, MirrorError]) -> list[tuple[PushImage, MirrorError]]:
+        """The images that need a blob of `blobs` (digest -> why it is not at the target: a
+        source registry whose requests ran out, a sync's, and they wait for the next run:
+        push() raises once the others are pushed; or, `alone`, what fails them there) are
+        left out of the push, with what is tied to them (mirror.pushplan.tied: what refers
+        to them, what they refer to), every tag of each; the others go on. Returns each
+        Image left out (its first PushImage) with its error."""
+        if not blobs:
+            return []
+        needs: dict[int, MirrorError] = {}
+        for p in self.images:
+            err = next((blobs[d.digest] for d in p.blobs if d.digest in blobs), None)
+            if err is not None:
+                needs.setdefault(id(p.image), err)
+        why = tied(self.images, needs)
+        out: dict[int, tuple[PushImage, MirrorError]] = {}
+        for p in self.images:
+            if id(p.image) in why:
+                out.setdefault(id(p.image), (p, why[id(p.image)]))
+        self.images = [p for p in self.images if id(p.image) not in why]
+        return list(out.values())
+
+    def fail(self, img: PushImage, err: MirrorError) -> None:
+        """`img` failed at the target, alone: its other references and its referrers are
+        left out (left_out), the other images go on (PushResult.failed)."""
+        self.failed_images.add(id(img.image))
+        self.failed_subjects.update(x.digest for x in img.manifests)
+        self.result.failed.append((img, err))
 
     async def find_held(self, dry_run: bool = False) -> None:
         """Step 0 (mirror.pushheld): the images the target serves whole, in `held` as each
@@ -240,9 +258,7 @@ class Pusher:
         try:
             await self._place(img, ref, m, merge, dry_run)
         except ImageFailed as f:
-            self.failed_images.add(id(img.image))
-            self.failed_subjects.update(x.digest for x in img.manifests)
-            self.result.failed.append((img, f.error))
+            self.fail(img, f.error)
 
     def left_out(self, img: PushImage) -> bool:
         """An image that failed at the target (ImageFailed), or a referrer of one."""
@@ -399,7 +415,7 @@ async def _put(client: Client, reg: str, img: PushImage, ref: str, m: RawManifes
         err = e if hint is None or e.hint else type(e)(
             str(e), registry=e.registry, repository=e.repository, status=e.status,
             codes=e.codes, hint=hint)
-        if alone and e.status is not None and not isinstance(e, (AuthError, RateLimited)):
+        if alone and fails_alone(e):
             raise ImageFailed(err) from e
         if err is e:
             raise

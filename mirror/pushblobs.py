@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from typing import Protocol, runtime_checkable
 
 from mirror.aio import confirmed, gather_or_cancel
-from mirror.errors import BudgetSpent, BundleError, IncompleteBase, RegistryError
+from mirror.errors import BudgetSpent, BundleError, IncompleteBase, MirrorError, RegistryError
 from mirror.manifest import Descriptor
 from mirror.progress import Progress
 from mirror.pushplan import (
@@ -22,13 +22,14 @@ from mirror.pushplan import (
     PushResult,
     blob_needs,
     blob_plan,
+    fails_alone,
     held_only,
     holders,
     lost_base,
 )
 from mirror.registry.client import Client
 from mirror.registry.ratelimit import BlobSlots
-from mirror.registry.upload import restartable
+from mirror.registry.upload import aclose, restartable
 
 Body = Callable[[Descriptor], AsyncIterator[bytes]]  # a member of a one-pass stream, verified
 
@@ -67,7 +68,8 @@ class BlobPush:
     `progress`."""
 
     def __init__(self, client: Client, registry: str, source: Source, result: PushResult,
-                 progress: Progress, sem: asyncio.Semaphore, *, small_apart: bool = False
+                 progress: Progress, sem: asyncio.Semaphore, *, small_apart: bool = False,
+                 alone: bool = False, unreadable: dict[str, MirrorError] | None = None
                  ) -> None:
         self.client, self.reg, self.source = client, registry, source
         self.result, self.progress, self.sem = result, progress, sem
@@ -79,6 +81,15 @@ class BlobPush:
         # digest -> why a blob could not be read: its source registry's requests for the run
         # are spent (a sync's max_requests_per_run); the images that need it wait
         self.unread: dict[str, BudgetSpent] = {}
+        # `alone` (a sync's --keep-going): digest -> what fails the images that need the
+        # blob, each alone (mirror.pushplan.fails_alone): the source could not give it, or
+        # the target refused it; the other blobs go on
+        self.alone = alone
+        self.failed: dict[str, MirrorError] = {}
+        # of those, the source's (kept across a sync's pushes: not read again), and the
+        # errors the source raised as this push read it (id() -> the error)
+        self.unreadable = unreadable if unreadable is not None else {}
+        self._from_source: dict[int, BaseException] = {}
         # (repository, digest) -> the blob and whether it is uploaded (else mounted) there:
         # transfers asked for and not answered yet; one the push stops in (Ctrl-C, another
         # blob's error) may have reached the target all the same (`settle`)
@@ -144,18 +155,55 @@ class BlobPush:
         if isinstance(self.source, StreamSource):
             await self._push_passes(self.source, todo)
             return
-        source = self.source
+        read = self._marked(self.source.open) if self.alone else self.source.open
 
         async def guarded(where: list[tuple[str, Descriptor]]) -> None:
+            digest = where[0][1].digest
+            if digest in self.unreadable:  # the source failed it for a push before
+                self.failed[digest] = self.unreadable[digest]
+                return
             async with self.slots(where[0][1].size) if self.slots else self.sem:
                 try:
-                    await self._push_one(where, source.open, one_pass=False)
+                    await self._push_one(where, read, one_pass=False)
                 except BudgetSpent as e:
                     if e.registry == self.reg:  # the target's own: the push stops
                         raise
-                    self.unread[where[0][1].digest] = e
+                    self.unread[digest] = e
+                except MirrorError as e:
+                    if not self._fails_alone(digest, e):
+                        raise
 
         await gather_or_cancel(guarded(w) for w in todo.values())
+        if self.failed:  # the sessions their failed uploads left open
+            await self.client.cancel_open_uploads()
+
+    def _fails_alone(self, digest: str, e: MirrorError) -> bool:
+        """A blob's transfer failed: with `alone`, an error of the source that fails the
+        images needing it alone (mirror.pushplan.fails_alone) does (`failed`); else (False)
+        the push stops."""
+        source = id(e) in self._from_source
+        if not self.alone or not source or not fails_alone(e, source):
+            return False
+        self.failed[digest] = e
+        if source:
+            self.unreadable[digest] = e
+        return True
+
+    def _marked(self, read: Reader) -> Reader:
+        """`read`, what it raises kept as the source's (`_from_source`): a blob the source
+        cannot give, not a target that refuses it."""
+        async def marked(d: Descriptor, offset: int) -> AsyncIterator[bytes]:
+            chunks = read(d, offset)
+            try:
+                async for chunk in chunks:
+                    yield chunk
+            except MirrorError as e:
+                self._from_source[id(e)] = e
+                raise
+            finally:  # its registry's download slot, if it holds one, given back now
+                await aclose(chunks)
+
+        return marked
 
     async def _push_one(self, where: list[tuple[str, Descriptor]], read: Reader, *,
                         one_pass: bool) -> list[tuple[str, Descriptor]]:

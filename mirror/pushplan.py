@@ -10,7 +10,7 @@ import functools
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from mirror.errors import MirrorError
+from mirror.errors import AuthError, IntegrityError, MirrorError, RateLimited, RegistryError
 from mirror.image import Image, push_order
 from mirror.manifest import Descriptor, RawManifest
 from mirror.merge import merged, other_platforms, platforms
@@ -94,6 +94,47 @@ class ImageFailed(Exception):
     def __init__(self, error: MirrorError) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+def fails_alone(e: BaseException, source: bool = False) -> bool:
+    """Whether error `e` of one image's push is that image's alone (a sync's --keep-going
+    fails it where it happened and goes on): the target's answer with an error status (a
+    manifest or blob it refuses, a 5xx through all the tries), but 401/403 (the credentials
+    serve every image) and 429 (a rate limit: the images wait), or bytes that do not match;
+    of the `source` (a blob it cannot give), also a request no answer came for through all
+    its tries. Not a local error (a full cache disk), nor a target that does not answer:
+    every image's."""
+    if isinstance(e, (AuthError, RateLimited)):
+        return False
+    if isinstance(e, IntegrityError):
+        return True
+    return isinstance(e, RegistryError) and (source or e.status is not None)
+
+
+def tied(images: list[PushImage], why: Mapping[int, MirrorError]) -> dict[int, MirrorError]:
+    """`why` (the id() of an Image left out of a push -> the error that left it out) with
+    what is tied to those images: what refers to them (their signatures, SBOMs and
+    attestations) and what they refer to (a signature's image: not tagged without it, o26
+    D3), in turn, each with the error of the one that tied it. Every PushImage of an Image
+    (each tag) goes with it."""
+    out = dict(why)
+    while True:
+        gone = [p for p in images if id(p.image) in out]
+        manifests = {m.digest: out[id(p.image)] for p in gone for m in p.manifests}
+        subjects = {p.referrer_of: out[id(p.image)] for p in gone if p.referrer_of}
+        more: dict[int, MirrorError] = {}
+        for p in images:
+            if id(p.image) in out:
+                continue
+            err = manifests.get(p.referrer_of) if p.referrer_of else None
+            if err is None:
+                err = next((subjects[m.digest] for m in p.manifests if m.digest in subjects),
+                           None)
+            if err is not None:
+                more.setdefault(id(p.image), err)
+        if not more:
+            return out
+        out.update(more)
 
 
 def unserved(e: MirrorError, where: str, digest: str | None) -> MirrorError:

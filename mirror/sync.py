@@ -59,8 +59,9 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
                store: BlobStore | None = None,
                later: Callable[[], Awaitable[list[ImageSpec]]] | None = None) -> SyncResult:
     """Plan every image, then push them to each target in turn. With `keep_going`, an
-    image that fails to resolve, or that a target cannot take (failed_at), is left out
-    (`partial`); a push that fails stops the run.
+    image that fails to resolve, that a target cannot take (failed_at), or a blob of which
+    the source cannot give (there and at the next targets: `unreadable`), is left out
+    (`partial`); a push that fails otherwise stops the run.
     With `later` (the tag rules' choice: the run's images), `specs` are those planned
     meanwhile (mirror.planning)."""
     fetcher = Fetcher(client, store, opts.jobs, progress) if store is not None else None
@@ -99,6 +100,9 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
     # every target is pushed the images that resolved, one that failed or waits at a target
     # before too: what one target refused or could not get is still good for the next
     pushed = planner.resolved()
+    # with --keep-going, the blobs the source could not give: their images fail at every
+    # target (each push fails them at once), as a pull fails every image of a blob
+    unreadable: dict[str, MirrorError] = {}
     # the source's blob GETs draw on what a registry's budget promised the images (admit)
     admitted = ADMITTED.set(True)
     try:
@@ -109,7 +113,7 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
                            merge=opts.merge, source_of=planner.source_of,
                            asked=planner.holdings.asked[over],
                            origins=origins(plans, target.registry), small_apart=True,
-                           alone=opts.keep_going)
+                           alone=opts.keep_going, unreadable=unreadable)
                 failed_at(planner, pushed, done, result)
             except BudgetSpent as e:  # the target's rate limit: its images wait, as a source's
                 failed_at(planner, pushed, done, result)

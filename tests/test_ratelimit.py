@@ -1612,10 +1612,13 @@ def test_a_sync_whose_every_image_waits_says_none_is_synced(
     assert doc["targets"][0]["tags"] == [] and doc["targets"][0]["placement"] == [], doc
 
 
-@pytest.mark.parametrize("at", ["first", "second"])
+@pytest.mark.parametrize(("at", "keep_going"), [("first", False), ("second", False),
+                                               ("second", True)],
+                         ids=["first", "second", "second-keep-going"])
 def test_an_image_whose_signature_the_source_rate_limits_waits_at_that_target_alone(
         src_registry: Registry, dst_registry: Registry, registry_factory, proxies,
-        repo_name: str, rng: random.Random, tmp_path: Path, at: str) -> None:
+        repo_name: str, rng: random.Random, tmp_path: Path, at: str, keep_going: bool
+        ) -> None:
     """o26 D3: a sync of a signed image `a` and an unsigned `b` to two registries, the
     source answering the signature's payload blob 429 through all its tries as the first
     target's push reads it (the source then held: asked nothing more this run), or as the
@@ -1626,7 +1629,9 @@ def test_an_image_whose_signature_the_source_rate_limits_waits_at_that_target_al
     be read is left out with it (no target tags an image without its signature), and each
     target's entry says of every image one thing: placed there (served: its digest and tags
     GET, the sha256 of the bytes), waiting there, or failed there; stdout prints what is
-    placed; the next run, the storm over, completes both targets."""
+    placed; the next run, the storm over, completes both targets. With --keep-going the
+    same: a source's 429s leave images waiting, never failed (a blob the source cannot
+    give fails its image alone there)."""
     img, other = (ig.make_image(rng, ig.AMD64, "oci") for _ in range(2))
     push_image(src_registry.url, f"{repo_name}/a", img, ["1"])
     push_image(src_registry.url, f"{repo_name}/b", other, ["1"])
@@ -1642,7 +1647,7 @@ def test_an_image_whose_signature_the_source_rate_limits_waits_at_that_target_al
     rep = tmp_path / "r.json"
     sync = ("sync", *refs, *(x for reg, p in zip(regs, prefixes, strict=True)
                              for x in ("--to", f"{reg.host}/{p}")),
-            "--report", rep, "--retries", "1")
+            "--report", rep, "--retries", "1", *(["--keep-going"] if keep_going else []))
     proc = run_mirror(*sync)
     assert proc.returncode == 14, proc.stderr
     doc = report_of(rep)

@@ -907,55 +907,101 @@ def test_keep_going_fails_an_image_a_target_refuses_there_alone_and_pushes_it_to
             proc.stderr
         assert doc["targets"][1]["tags"] is None and doc["targets"][1]["placement"] == [], doc
         return
-    assert proc.returncode == 13, proc.stderr
-    assert doc["error"] == "1 of 2 image(s) failed; the others are synced", doc["error"]
-    assert b["error"] is None, b
-    printed = []
-    for (host, prefix), target in zip(hosts, doc["targets"], strict=True):
+    went_on(proc, doc, refs, [(h.host, h.upstream if h is bad else h.url, p, h is bad)
+                              for h, p in hosts])
+    for host, prefix in hosts:
         reg = host.upstream if host is bad else host.url
-        here = refs[1:] if host is bad else refs
-        assert [p["source"] for p in target["placement"]] == here, target
-        placed_served(reg, target)
-        assert target["waiting"] == [], target
-        assert [(f["source"], f["error"], f["error_code"]) for f in target["failed"]] == \
-            ([(refs[0], a["error"], 3)] if host is bad else []), target
-        printed += [f"{host.host}/{prefix}/{r.split('/', 1)[1]}" for r in here]
         status, digest = head_manifest(reg, f"{prefix}/{repo_name}/a", sig_tag)
         assert (status, digest) == ((404, None) if host is bad else (200, sig.digest)), host
         tagged = head_manifest(reg, f"{prefix}/{repo_name}/a", "1")
         assert tagged == ((404, None) if host is bad and what == "image" else
                           (200, img.digest)), (host, tagged)
+
+
+def went_on(proc: subprocess.CompletedProcess[str], doc: dict, refs: list[str],
+            targets: list[tuple[str, str, str, bool]]) -> None:
+    """A sync --keep-going of two images (`refs`) whose first failed alone at some of its
+    `targets` (each: the host given to --to, the registry's URL, the prefix, whether it
+    failed there) and the other went on: exit 13 and its line; each target's placement
+    what it holds (served there: placed_served), `waiting` none, `failed` naming the first
+    where it failed (its entry's line and exit code); stdout what each holds."""
+    a, b = doc["images"]
+    assert proc.returncode == 13, proc.stderr
+    assert doc["error"] == "1 of 2 image(s) failed; the others are synced", doc["error"]
+    assert b["error"] is None, b
+    printed = []
+    for (host, url, prefix, failed), target in zip(targets, doc["targets"], strict=True):
+        here = refs[1:] if failed else refs
+        assert [p["source"] for p in target["placement"]] == here, target
+        placed_served(url, target)
+        assert target["waiting"] == [], target
+        assert [(f["source"], f["error"], f["error_code"]) for f in target["failed"]] == \
+            ([(refs[0], a["error"], a["error_code"])] if failed else []), target
+        printed += [f"{host}/{prefix}/{r.split('/', 1)[1]}" for r in here]
     assert proc.stdout.splitlines() == printed, proc.stdout
 
 
-def test_keep_going_stops_at_a_source_blob_it_cannot_read_and_tags_that_image_nowhere(
+@pytest.mark.parametrize(("kind", "cache", "skip", "keep_going"), [
+    ("404", False, 0, True), ("damaged", False, 0, True), ("500", False, 0, True),
+    ("500", False, 1, True), ("damaged", True, 0, True), ("500", False, 0, False)],
+    ids=["404", "damaged", "500", "500-at-second", "damaged-cache", "500-stops"])
+def test_keep_going_fails_an_image_whose_source_blob_fails_alone_at_every_target(
         src_registry: Registry, dst_registry: Registry, registry_factory, faultproxy,
-        repo_name: str, rng: random.Random, tmp_path: Path) -> None:
-    """An image that fails because its source does (a layer the second target's push reads
-    answered 500 through all its tries; the first target got it) is not half-pushed: the
-    sync stops there, --keep-going or not (a push that fails), so no tag names it (nor the
-    other image, whose blobs went first) at that target, and the first holds both whole,
-    as its placement says (served: digest and tags GET, sha256 of the bytes)."""
-    (img, other), _, _ = _signed_pair(src_registry, repo_name, rng)
+        repo_name: str, rng: random.Random, tmp_path: Path, kind: str, cache: bool,
+        skip: int, keep_going: bool) -> None:
+    """Two --to, a signed image a and b, the source failing a's layer as the push reads it:
+    a 404, bytes that do not match (every read), a 500 through all its tries (from the
+    first read, or from the second target's: the first got it). --keep-going stopped the
+    whole sync (exit 3, 5 or 7): every night's run lost to one broken upstream image. With
+    it, a fails alone at every target whose push the source failed (its blobs go before any
+    manifest: no tag of it, nor its signature, there), its entry and those targets' `failed`
+    naming it with the blob's line and exit code, b pushed to both (exit 13); each target's
+    placement is served (digest and tags GET, sha256 of the bytes) and stdout prints what
+    each holds. The source is asked for the blob by one push: the next target's fails a at
+    once, as a pull fails every image of a blob once. Without --keep-going the sync stops
+    there, as README says, nothing tagged at that target."""
+    (img, other), sig_tag, _ = _signed_pair(src_registry, repo_name, rng)
     src = faultproxy(src_registry.url)
-    broken = src.add(Fault("status", method="GET", path=img.layers[0].digest, status=500,
-                           times=None, skip=1))
+    layer = img.layers[0].digest
+    broken = src.add({
+        "404": Fault("status", method="GET", path=layer, status=404, code="BLOB_UNKNOWN",
+                     times=None, skip=skip),
+        "500": Fault("status", method="GET", path=layer, status=500, times=None, skip=skip),
+        "damaged": Fault("flip_byte", method="GET", path=layer, offset=100, times=None,
+                         skip=skip)}[kind])
+    code = {"404": 5, "500": 3, "damaged": 7}[kind]
     u = repo_name[-8:]
     second = registry_factory()
     hosts = [(dst_registry, f"s{u}"), (second, f"t{u}")]
     refs = [f"{src.host}/{repo_name}/{n}:1" for n in "ab"]
     rep = tmp_path / "r.json"
     proc = run_mirror("sync", *refs, *(x for h, p in hosts for x in ("--to", f"{h.host}/{p}")),
-                      "--report", rep, "--retries", "1", "--keep-going")
-    assert proc.returncode == 3 and broken.hits >= 2, proc.stderr
-    assert img.layers[0].digest in error_line(proc) and "HTTP 500" in error_line(proc)
+                      "--report", rep, "--retries", "1",
+                      *(["--keep-going"] if keep_going else []),
+                      *(["--cache", tmp_path / "c"] if cache else []))
     doc = json.loads(rep.read_text())
-    first, then = doc["targets"]
-    assert [p["source"] for p in first["placement"]] == refs, first
-    placed_served(dst_registry.url, first)
-    assert then["placement"] == [], then
-    for name in "ab":
-        assert head_manifest(second.url, f"t{u}/{repo_name}/{name}", "1") == (404, None)
+    a, b = doc["images"]
+    assert layer in a["error"] and a["error_code"] == code, (a, proc.stderr)
+    if not keep_going:
+        assert proc.returncode == code and error_line(proc) == f"mirror: error: {a['error']}", \
+            proc.stderr
+        for host, prefix in hosts:
+            for name in "ab":
+                assert head_manifest(host.url, f"{prefix}/{repo_name}/{name}", "1") == \
+                    (404, None)
+        return
+    whole = [bool(skip) and host is dst_registry for host, _ in hosts]  # read before
+    went_on(proc, doc, refs, [(h.host, h.url, p, not w)
+                              for (h, p), w in zip(hosts, whole, strict=True)])
+    for (host, prefix), held_whole in zip(hosts, whole, strict=True):
+        for ref, digest in (("1", img.digest), (sig_tag, None)):
+            status, held = head_manifest(host.url, f"{prefix}/{repo_name}/a", ref)
+            assert (status, held if digest else None) == \
+                ((200, digest) if held_whole else (404, None)), (host.url, ref)
+    # one push's reads: a 404 once (no retry), bytes that do not match twice (read once
+    # more), a 500 twice a GET (--retries 1) and its upload once more; from the cache's
+    # fetch, which reads the bytes once more itself, as many
+    assert broken.hits == {"404": 1, "damaged": 2, "500": 4}[kind], broken.hits
 
 
 @pytest.mark.parametrize("cache", [False, True], ids=["streamed", "cache"])
