@@ -44,7 +44,7 @@ from mirror.errors import (
     RateLimited,
     RegistryError,
 )
-from mirror.manifest import RawManifest
+from mirror.manifest import Descriptor, RawManifest
 from mirror.progress import Progress
 from mirror.pushblobs import BlobPush, Elsewhere, Source
 from mirror.pushfallback import Fallbacks, Putting
@@ -115,10 +115,13 @@ async def push(client: Client, registry: str, images: list[PushImage], source: S
             blobs.listed(plan)
         else:
             await blobs.run(plan)
-            for img, err in pusher.leave_out(blobs.failed):  # `alone`: each fails there
-                pusher.fail(img, err)
-            unread = blobs.unread
-            pusher.leave_out(unread)
+            failed, unread = blobs.failed, blobs.unread
+            if failed:  # `alone`: each image that needs one fails there
+                for img, err in pusher.leave_out(
+                        lambda p, d: failed.get((p.repository, d.digest))):
+                    pusher.fail(img, err)
+            if unread:
+                pusher.leave_out(lambda _, d: unread.get(d.digest))
         await pusher.push_manifests(dry_run)
         if unread:  # the images left out wait for their registry's next run
             err = next(iter(unread.values()))
@@ -179,20 +182,22 @@ class Pusher:
         self.fallbacks = Fallbacks(client, registry, self.finder, progress, self,
                                    self.theirs)
 
-    def leave_out(self, blobs: Mapping[str, MirrorError]) -> list[tuple[PushImage, MirrorError]]:
-        """The images that need a blob of `blobs` (digest -> why it is not at the target: a
-        source registry whose requests ran out, a sync's, and they wait for the next run:
-        push() raises once the others are pushed; or, `alone`, what fails them there) are
-        left out of the push, with what is tied to them (mirror.pushplan.tied: what refers
-        to them, what they refer to), every tag of each; the others go on. Returns each
-        Image left out (its first PushImage) with its error."""
-        if not blobs:
-            return []
+    def leave_out(self, lacks: Callable[[PushImage, Descriptor], MirrorError | None]
+                  ) -> list[tuple[PushImage, MirrorError]]:
+        """The images that need a blob the target did not get (`lacks`: why, for an image
+        and a blob of it: a source registry whose requests ran out, a sync's, and they wait
+        for the next run: push() raises once the others are pushed; or, `alone`, what fails
+        them there) are left out of the push, with what is tied to them
+        (mirror.pushplan.tied: what refers to them, what they refer to), every tag of each;
+        the others go on. Returns each Image left out (its first PushImage) with its
+        error."""
         needs: dict[int, MirrorError] = {}
         for p in self.images:
-            err = next((blobs[d.digest] for d in p.blobs if d.digest in blobs), None)
+            err = next((e for d in p.blobs if (e := lacks(p, d)) is not None), None)
             if err is not None:
                 needs.setdefault(id(p.image), err)
+        if not needs:
+            return []
         why = tied(self.images, needs)
         out: dict[int, tuple[PushImage, MirrorError]] = {}
         for p in self.images:

@@ -83,9 +83,10 @@ class BlobPush:
         self.unread: dict[str, BudgetSpent] = {}
         # `alone` (a sync's --keep-going): digest -> what fails the images that need the
         # blob, each alone (mirror.pushplan.fails_alone): the source could not give it, or
-        # the target refused it; the other blobs go on
+        # the target refused it (its upload, or its mount and the upload after it); the
+        # other blobs go on
         self.alone = alone
-        self.failed: dict[str, MirrorError] = {}
+        self.failed: dict[tuple[str, str], MirrorError] = {}  # (repository, digest) -> why
         # of those, the source's (kept across a sync's pushes: not read again), and the
         # errors the source raised as this push read it (id() -> the error)
         self.unreadable = unreadable if unreadable is not None else {}
@@ -137,13 +138,29 @@ class BlobPush:
         rest, each blob once, mounted into the other repositories that need it."""
         todo = plan.todo
         self.progress.total(sum(ws[0][1].size for ws in todo.values()))
+        await self._mount_all(plan.mounts, todo)
+        if isinstance(self.source, StreamSource):
+            await self._push_passes(self.source, todo)
+            return
+        await self._upload_all(todo)
+        if self.failed:  # the sessions their failed uploads left open
+            await self.client.cancel_open_uploads()
 
+    async def _mount_all(self, mounts: list[tuple[str, Descriptor, str]],
+                         todo: dict[str, list[tuple[str, Descriptor]]]) -> None:
+        """Each (repository, blob, from) mounted; one the registry would not mount is
+        uploaded instead (added to `todo`)."""
         async def mounted(repo: str, d: Descriptor, src: str) -> str | None:
             async with self.sem:
-                return await self._mount(repo, d, src)
+                try:
+                    return await self._mount(repo, d, src)
+                except MirrorError as e:
+                    if not self._fails_alone([(repo, d)], e):
+                        raise
+                    return None  # failed: its images with it (`failed`)
 
-        locs = await gather_or_cancel(mounted(*m) for m in plan.mounts)
-        for (repo, d, src), loc in zip(plan.mounts, locs, strict=True):
+        locs = await gather_or_cancel(mounted(*m) for m in mounts)
+        for (repo, d, src), loc in zip(mounts, locs, strict=True):
             if loc is None:
                 continue
             await self.client.cancel_upload(self.reg, repo, loc)  # pushed in its own session
@@ -152,15 +169,18 @@ class BlobPush:
                                      f"{d.digest} from {src} into {repo}, and "
                                      f"{self.source.name} does not carry it")
             todo.setdefault(d.digest, []).append((repo, d))
-        if isinstance(self.source, StreamSource):
-            await self._push_passes(self.source, todo)
-            return
+
+    async def _upload_all(self, todo: dict[str, list[tuple[str, Descriptor]]]) -> None:
+        """From a BlobSource, `jobs` at once (the small ones beside them: `slots`): a blob
+        whose source's registry has no request left for the run waits (`unread`); with
+        `alone`, one that fails alone fails its images (`failed`); else the push stops."""
+        assert not isinstance(self.source, StreamSource)
         read = self._marked(self.source.open) if self.alone else self.source.open
 
         async def guarded(where: list[tuple[str, Descriptor]]) -> None:
             digest = where[0][1].digest
             if digest in self.unreadable:  # the source failed it for a push before
-                self.failed[digest] = self.unreadable[digest]
+                self.failed.update({(r, digest): self.unreadable[digest] for r, _ in where})
                 return
             async with self.slots(where[0][1].size) if self.slots else self.sem:
                 try:
@@ -170,23 +190,21 @@ class BlobPush:
                         raise
                     self.unread[digest] = e
                 except MirrorError as e:
-                    if not self._fails_alone(digest, e):
+                    if not self._fails_alone(where, e):
                         raise
 
         await gather_or_cancel(guarded(w) for w in todo.values())
-        if self.failed:  # the sessions their failed uploads left open
-            await self.client.cancel_open_uploads()
 
-    def _fails_alone(self, digest: str, e: MirrorError) -> bool:
-        """A blob's transfer failed: with `alone`, an error of the source that fails the
-        images needing it alone (mirror.pushplan.fails_alone) does (`failed`); else (False)
-        the push stops."""
+    def _fails_alone(self, where: list[tuple[str, Descriptor]], e: MirrorError) -> bool:
+        """A blob's transfer into the repositories `where` failed: with `alone`, an error
+        that fails the images needing it there alone (mirror.pushplan.fails_alone: the
+        source's, or the target's refusal) does (`failed`); else (False) the push stops."""
         source = id(e) in self._from_source
-        if not self.alone or not source or not fails_alone(e, source):
+        if not self.alone or not fails_alone(e, source):
             return False
-        self.failed[digest] = e
+        self.failed.update({(repo, d.digest): e for repo, d in where})
         if source:
-            self.unreadable[digest] = e
+            self.unreadable[where[0][1].digest] = e
         return True
 
     def _marked(self, read: Reader) -> Reader:

@@ -856,11 +856,13 @@ def test_keep_going_syncs_the_images_that_resolve(
     assert [e["error_code"] for e in doc["images"]] == [None, 5], doc
 
 
-def _signed_pair(src_registry: Registry, repo_name: str, rng: random.Random
-                 ) -> tuple[list[ig.Image], str, ig.Blob]:
-    """`repo_name`/a:1, signed (cosign), and `repo_name`/b:1 at the source: the images,
-    the signature's tag and manifest."""
-    imgs = [ig.make_image(rng, ig.AMD64, "oci") for _ in range(2)]
+def _signed_pair(src_registry: Registry, repo_name: str, rng: random.Random,
+                 shared: bool = False) -> tuple[list[ig.Image], str, ig.Blob]:
+    """`repo_name`/a:1, signed (cosign), and `repo_name`/b:1 at the source (`shared`: b's
+    one layer is a's first): the images, the signature's tag and manifest."""
+    imgs = [ig.make_image(rng, ig.AMD64, "oci")]
+    imgs.append(ig.make_image(rng, ig.AMD64, "oci", layers=imgs[0].layers[:1] if shared
+                              else None))
     for name, img in zip("ab", imgs, strict=True):
         push_image(src_registry.url, f"{repo_name}/{name}", img, ["1"])
     key = ec.generate_private_key(ec.SECP256R1())
@@ -916,6 +918,61 @@ def test_keep_going_fails_an_image_a_target_refuses_there_alone_and_pushes_it_to
         tagged = head_manifest(reg, f"{prefix}/{repo_name}/a", "1")
         assert tagged == ((404, None) if host is bad and what == "image" else
                           (200, img.digest)), (host, tagged)
+
+
+@pytest.mark.parametrize(("status", "method", "refusing"), [
+    (500, "PUT", "first"), (400, "PUT", "first"), (500, "POST", "second"),
+    (500, "mount", "first"), (403, "PUT", "first")],
+    ids=["put-500", "put-400", "post-500-second", "mount-500", "put-403-stops"])
+def test_keep_going_fails_an_image_whose_blob_a_target_refuses_there_alone(
+        src_registry: Registry, dst_registry: Registry, registry_factory, faultproxy,
+        repo_name: str, rng: random.Random, tmp_path: Path, status: int, method: str,
+        refusing: str) -> None:
+    """Two --to, one of them refusing the upload of a signed image a's blobs: the PUT of
+    its layer answered 500 through all its tries, or 400 (a blob it will not take), or the
+    POST that opens each of a's upload sessions 500, or that POST where a's first layer,
+    which b at the target already holds, is mounted from b's repository (the mount, and
+    the upload it falls back to). --keep-going stopped the sync (exit 3) at that blob, the
+    other target not reached or the refusing one's b untagged. Now a fails alone at that
+    target, its blobs' failure before any manifest: no tag of it, nor its signature, there;
+    its entry and that target's `failed` naming the target's answer (exit 13); b pushed
+    there, and both whole to the other target (each placement served: digest and tags GET,
+    sha256 of the bytes; stdout what each holds). A 403 (the credentials: every image's)
+    still stops the sync, exit 4, as README says."""
+    (img, other), sig_tag, sig = _signed_pair(src_registry, repo_name, rng,
+                                              shared=method == "mount")
+    u = repo_name[-8:]
+    bad = faultproxy(registry_factory().url)
+    hosts = [(bad, f"r{u}"), (dst_registry, f"k{u}")]
+    if refusing == "second":
+        hosts.reverse()
+    prefix = dict((h, p) for h, p in hosts)[bad]
+    uploads = f"/{prefix}/{repo_name}/a/blobs/uploads/"
+    if method == "mount":  # b there whole: a's first layer is mounted from b's repository
+        push_image(bad.upstream, f"{prefix}/{repo_name}/b", other, ["1"])
+    refused = bad.add(Fault("status", method="PUT" if method == "PUT" else "POST",
+                            path=img.layers[0].digest if method == "PUT" else uploads,
+                            status=status, code="BLOB_UPLOAD_INVALID" if status == 400 else
+                            None, times=None))
+    refs = [f"{src_registry.host}/{repo_name}/{n}:1" for n in "ab"]
+    rep = tmp_path / "r.json"
+    proc = run_mirror("sync", *refs, *(x for h, p in hosts for x in ("--to", f"{h.host}/{p}")),
+                      "--report", rep, "--retries", "1", "--keep-going")
+    doc = json.loads(rep.read_text())
+    a = doc["images"][0]
+    assert refused.hits and f"{bad.host}/" in a["error"] and f"HTTP {status}" in a["error"], a
+    if status == 403:
+        assert proc.returncode == 4 and a["error_code"] == 4, proc.stderr
+        assert error_line(proc) == f"mirror: error: {a['error']}", proc.stderr
+        return
+    assert a["error_code"] == 3, a
+    went_on(proc, doc, refs, [(h.host, h.upstream if h is bad else h.url, p, h is bad)
+                              for h, p in hosts])
+    for host, prefix in hosts:
+        reg = host.upstream if host is bad else host.url
+        for ref, digest in (("1", img.digest), (sig_tag, sig.digest)):
+            held = head_manifest(reg, f"{prefix}/{repo_name}/a", ref)
+            assert held == ((404, None) if host is bad else (200, digest)), (host, ref)
 
 
 def went_on(proc: subprocess.CompletedProcess[str], doc: dict, refs: list[str],
