@@ -37,11 +37,9 @@ from collections.abc import Callable, Mapping
 
 from mirror.aio import confirmed
 from mirror.errors import (
-    AuthError,
     BudgetSpent,
     IncompleteBase,
     MirrorError,
-    RateLimited,
     RegistryError,
 )
 from mirror.manifest import Descriptor, RawManifest
