@@ -284,7 +284,7 @@ def placement(result, dry_run: bool = False) -> list[dict] | None:
     """Per image the target holds (referrers left out): source -> target repository, the
     tags the push put or found there, and the digest of its manifest there; an image not
     there (it waits for a registry's rate limit, the push stopped before it), or not whole
-    (a sync's `left`: a referrer of it refused there), is not listed. A dry run's: where
+    (`left`: it, or a referrer of it, failed there), is not listed. A dry run's: where
     each image would land, with every tag."""
     if result is None or not result.images:
         return None
@@ -357,7 +357,7 @@ def push_summary(result) -> str:
 def print_pushed(result) -> None:
     """The images loaded (or synced), each by its tag or, with none, its digest; not the
     signatures, SBOMs and attestations pushed with them, whatever their kind, nor an image
-    the target did not get whole (a sync's `left`): what `placement` lists."""
+    the target did not get whole (`left`): what `placement` lists."""
     referrers = set(result.referrer_tags)
     left = {img.at for img in result.images if img.name in result.left}
     for ref in [*result.tags, *result.untagged, *result.pinned]:  # tag or digest

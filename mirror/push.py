@@ -55,6 +55,7 @@ from mirror.pushplan import (
     by_tag,
     fails_alone,
     manifest_groups,
+    not_whole,
     refusal_hint,
     tied,
 )
@@ -138,6 +139,9 @@ async def push(client: Client, registry: str, images: list[PushImage], source: S
         await blobs.settle(end - time.monotonic())
         await pusher.settle(end - time.monotonic())
         raise
+    finally:  # what is not whole for what failed: not placed, not printed (load and sync)
+        for name, err in not_whole(images, result.failed).items():
+            result.left.setdefault(name, err)
 
 
 def _incomplete(missing: list[str], searched: int) -> MirrorError:

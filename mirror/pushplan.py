@@ -77,9 +77,10 @@ class PushResult:
     # the images the target could not take, each alone (ImageFailed), with why: their
     # tags (and their referrers) were left out, the others pushed
     failed: list[tuple[PushImage, MirrorError]] = field(default_factory=list)
-    # a sync's, per target: the run's images (their references) this target did not get
-    # whole, each with why: a BudgetSpent (a registry's rate limit: it waits for the next
-    # run) or what failed it here (its placement does not list them)
+    # the images (by name; a sync's: the run's references) this target did not get whole,
+    # each with why: what failed here, it or a referrer of it (the push fills it from
+    # `failed`: not_whole), or a sync's BudgetSpent (a registry's rate limit: it waits for
+    # the next run); placement and stdout leave them out
     left: dict[str, MirrorError] = field(default_factory=dict)
     started: bool = False  # the target answered what it holds: the counts mean something
     placed: bool = False  # every manifest decided, the referrers' last: the push got through
@@ -135,6 +136,17 @@ def tied(images: list[PushImage], why: Mapping[int, MirrorError]) -> dict[int, M
         if not more:
             return out
         out.update(more)
+
+
+def not_whole(images: list[PushImage], failed: list[tuple[PushImage, MirrorError]]
+              ) -> dict[str, MirrorError]:
+    """The images of a push its target does not hold whole for what failed there
+    (PushResult.failed): each that failed, or is tied to one that did (`tied`: a signature,
+    SBOM or attestation of it failed, whose image's tag may be there, put before its
+    referrers), by name, with the first error; the referrers are not named."""
+    why = tied(images, {id(p.image): e for p, e in reversed(failed)})
+    return {p.name: why[id(p.image)] for p in images
+            if p.referrer_of is None and id(p.image) in why}
 
 
 def unserved(e: MirrorError, where: str, digest: str | None) -> MirrorError:

@@ -135,16 +135,14 @@ async def sync(client: Client, specs: list[ImageSpec], targets: list[Target],
 
 def failed_at(planner: Planner, pushed: list[tuple[int, Image]], done: PushResult,
               result: SyncResult) -> None:
-    """The images the target could not take (PushResult.failed: an image's, or one of its
-    referrers', manifest the target does not serve as it said it holds it, or, with
-    --keep-going, refuses) fail there, each with its error: with --keep-going the others go
-    on (exit 13), without it the first stops the sync once this target's other images are
-    pushed (its exit code)."""
-    if not done.failed:
-        return
-    why = {id(p.image): e for p, e in done.failed}
-    for i, plan in pushed:
-        err = next((why[id(x)] for x in (plan, *plan.referrers) if id(x) in why), None)
+    """The images the target did not get whole for what failed there (PushResult.left, as
+    the push filled it from its `failed`: an image's, or one of its referrers', manifest
+    the target does not serve as it said it holds it, or, with --keep-going, refuses, or a
+    blob of it the source cannot give or the target refuses) fail there, each with its
+    error: with --keep-going the others go on (exit 13), without it the first stops the
+    sync once this target's other images are pushed (its exit code)."""
+    for i, _ in pushed:
+        err = done.left.get(planner.results[i].reference)
         if err is not None:
             result.failed_alone = not planner.opts.keep_going
             missed(planner, i, done, err)
@@ -152,13 +150,11 @@ def failed_at(planner: Planner, pushed: list[tuple[int, Image]], done: PushResul
 
 def missed(planner: Planner, i: int, done: PushResult, err: MirrorError) -> None:
     """Image `i` not got whole by the target of `done`: it waits there (a BudgetSpent) or
-    failed there (`err`), one of the two, said in that target's entry. Its own entry takes
-    the first error of the run, or, over a wait at a target before, a failure (exit 13
-    outranks 14): each said once on its line."""
-    ref = planner.results[i].reference
-    if ref in done.left:
-        return
-    done.left[ref] = err
+    failed there (`err`), one of the two, said in that target's entry (the first said: the
+    push's own failure before a wait). Its own entry takes the first error of the run, or,
+    over a wait at a target before, a failure (exit 13 outranks 14): each said once on its
+    line."""
+    err = done.left.setdefault(planner.results[i].reference, err)
     res = planner.results[i]
     if res.error is None or (res.error_code == EXIT_RATE_LIMITED_PARTIAL and
                              err.exit_code != EXIT_RATE_LIMITED_PARTIAL):

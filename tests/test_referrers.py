@@ -25,16 +25,26 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.support import imagegen as ig
 from tests.support.oracle import (
     check_layout,
+    error_line,
     file_sha256,
     mirror_ok,
     resolved,
     run_mirror,
     skopeo_copy_ok,
+    tag_unserved,
 )
-from tests.support.pusher import get_blob, get_manifest, push_blob, push_image, push_raw_manifest
+from tests.support.pusher import (
+    get_blob,
+    get_manifest,
+    placed_served,
+    push_blob,
+    push_image,
+    push_raw_manifest,
+)
 from tests.support.referrers import (
     EMPTY,
     fallback_index,
+    fallback_tag,
     make_sbom,
     make_signature,
     push_sbom,
@@ -778,3 +788,49 @@ def test_a_digest_tag_gives_way_to_the_fallback_index_of_the_same_digest(
         assert sha(data) == root  # the image, by digest
         fb, _, _ = get_manifest(dst_registry.url, f"pin/{repo_name}", tag)
         assert [e["digest"] for e in json.loads(fb)["manifests"]] == [sbom.digest]
+
+
+@pytest.mark.parametrize("what", ["sbom", "signature"])
+def test_a_load_whose_referrer_fails_at_the_target_places_and_prints_its_image_nowhere(
+        src_registry, dst_registry, faultproxy, repo_name, rng, tmp_path, what):
+    """A load of two images, `a` with an SBOM (by digest) or a cosign signature, to a
+    registry without the referrers API whose `sha256-<hex>` fallback index for `a` (listing
+    an SBOM of its own), or whose `.sig` tag (another signature), it serves damaged: never
+    clobbered, so that referrer fails (its line naming the tag, exit 7: the load's). `a`'s
+    tag went in before its referrers, yet the report's placement and stdout listed `a` as
+    if whole; they list what the target holds whole (b: served, placed_served), `failed`
+    the referrer; the tag it could not read is left as it was."""
+    u = repo_name[-8:]
+    proxy = faultproxy(dst_registry.url)
+    img, other = (ig.make_image(rng, ig.AMD64, "oci") for _ in range(2))
+    src, dst = src_registry.url, dst_registry.url
+    push_image(src, f"{repo_name}/a", img, ["1"])
+    push_image(src, f"{repo_name}/b", other, ["1"])
+    repo = f"lr{u}/{repo_name}/a"
+    if what == "sbom":
+        ours = push_sbom(src, f"{repo_name}/a", img.manifest)
+        theirs = push_sbom(dst, repo, img.manifest, fallback=False)
+        tag, held = fallback_tag(img.digest), fallback_index([theirs])
+        push_raw_manifest(dst, repo, tag, held, OCI_INDEX)
+    else:
+        _, ours = push_signature(src, f"{repo_name}/a", ec.generate_private_key(
+            ec.SECP256R1()), img.digest)
+        tag, theirs = push_signature(dst, repo, ec.generate_private_key(ec.SECP256R1()),
+                                     img.digest)
+        held = theirs.data
+    tag_unserved(proxy, repo, tag, "damaged")
+    bundle, report = tmp_path / "b.tar", tmp_path / "r.json"
+    mirror_ok("pull", *(f"{src_registry.host}/{repo_name}/{n}:1" for n in "ab"), "-o",
+              bundle, "--cache", tmp_path / "c", "-q")
+    done = run_mirror("load", bundle, "--to", f"{proxy.host}/lr{u}", "--report", report)
+    assert done.returncode == 7, done.stderr
+    line = error_line(done)
+    assert f"{proxy.host}/{repo}:{tag}" in line, line
+    doc = json.loads(report.read_text())
+    b = f"lr{u}/{repo_name}/b"
+    assert [p["repository"] for p in doc["placement"]] == [b], doc["placement"]
+    placed_served(dst, doc)
+    assert done.stdout.splitlines() == [f"{proxy.host}/{b}:1"], done.stdout
+    assert [(f["repository"], f["digest"], f["error_code"]) for f in doc["failed"]] == \
+        [(repo, ours.digest, 7)], doc["failed"]
+    assert get_manifest(dst, repo, tag)[0] == held  # as it was
