@@ -896,11 +896,7 @@ def test_keep_going_fails_an_image_a_target_refuses_there_alone_and_pushes_it_to
     if refusing == "second":
         hosts.reverse()
     refs = [f"{src_registry.host}/{repo_name}/{n}:1" for n in "ab"]
-    rep = tmp_path / "r.json"
-    proc = run_mirror("sync", *refs, *(x for h, p in hosts for x in ("--to", f"{h.host}/{p}")),
-                      "--report", rep, "--retries", "1",
-                      *(["--keep-going"] if keep_going else []))
-    doc = json.loads(rep.read_text())
+    proc, doc = _sync_to(refs, hosts, tmp_path, *(["--keep-going"] if keep_going else []))
     a, b = doc["images"]
     assert refused.hits == 2 and f"{bad.host}/" in a["error"] and "HTTP 500" in a["error"], a
     assert a["error_code"] == 3, a
@@ -955,10 +951,7 @@ def test_keep_going_fails_an_image_whose_blob_a_target_refuses_there_alone(
                             status=status, code="BLOB_UPLOAD_INVALID" if status == 400 else
                             None, times=None))
     refs = [f"{src_registry.host}/{repo_name}/{n}:1" for n in "ab"]
-    rep = tmp_path / "r.json"
-    proc = run_mirror("sync", *refs, *(x for h, p in hosts for x in ("--to", f"{h.host}/{p}")),
-                      "--report", rep, "--retries", "1", "--keep-going")
-    doc = json.loads(rep.read_text())
+    proc, doc = _sync_to(refs, hosts, tmp_path, "--keep-going")
     a = doc["images"][0]
     assert refused.hits and f"{bad.host}/" in a["error"] and f"HTTP {status}" in a["error"], a
     if status == 403:
@@ -973,6 +966,16 @@ def test_keep_going_fails_an_image_whose_blob_a_target_refuses_there_alone(
         for ref, digest in (("1", img.digest), (sig_tag, sig.digest)):
             held = head_manifest(reg, f"{prefix}/{repo_name}/a", ref)
             assert held == ((404, None) if host is bad else (200, digest)), (host, ref)
+
+
+def _sync_to(refs: list[str], hosts: list, tmp_path: Path, *args: object
+             ) -> tuple[subprocess.CompletedProcess[str], dict]:
+    """`mirror sync` of `refs` to each (registry or proxy, prefix) of `hosts` in turn, one
+    retry; its process and its report."""
+    rep = tmp_path / "r.json"
+    proc = run_mirror("sync", *refs, *(x for h, p in hosts for x in ("--to", f"{h.host}/{p}")),
+                      "--report", rep, "--retries", "1", *args)
+    return proc, json.loads(rep.read_text())
 
 
 def went_on(proc: subprocess.CompletedProcess[str], doc: dict, refs: list[str],
@@ -1031,12 +1034,8 @@ def test_keep_going_fails_an_image_whose_source_blob_fails_alone_at_every_target
     second = registry_factory()
     hosts = [(dst_registry, f"s{u}"), (second, f"t{u}")]
     refs = [f"{src.host}/{repo_name}/{n}:1" for n in "ab"]
-    rep = tmp_path / "r.json"
-    proc = run_mirror("sync", *refs, *(x for h, p in hosts for x in ("--to", f"{h.host}/{p}")),
-                      "--report", rep, "--retries", "1",
-                      *(["--keep-going"] if keep_going else []),
-                      *(["--cache", tmp_path / "c"] if cache else []))
-    doc = json.loads(rep.read_text())
+    proc, doc = _sync_to(refs, hosts, tmp_path, *(["--keep-going"] if keep_going else []),
+                         *(["--cache", tmp_path / "c"] if cache else []))
     a, b = doc["images"]
     assert layer in a["error"] and a["error_code"] == code, (a, proc.stderr)
     if not keep_going:
