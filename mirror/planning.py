@@ -26,7 +26,8 @@ from mirror.progress import Progress
 from mirror.referrers import Finder
 from mirror.registry.client import Client
 from mirror.registry.policy import RETRY_COUNTER
-from mirror.resolve import Foreseen, There, resolve
+from mirror.resolve import Foreseen, resolve
+from mirror.there import There
 
 # a registry's images under way at once in planning, per resolution slot of it (Planner._lane):
 # more than the slots, since an image waiting for its repository's tag listing holds none

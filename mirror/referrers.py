@@ -27,7 +27,7 @@ from mirror.image import Image
 from mirror.manifest import Descriptor, RawManifest, dump_json
 from mirror.reference import Reference
 from mirror.registry.client import Client
-from mirror.resolve import There
+from mirror.there import There
 
 # the referrers of a subject a target lists, and its fallback index that lists them (None:
 # it has the referrers API, or no such index)
@@ -130,7 +130,7 @@ class Finder:
         are asked every run, and nothing is kept for them (a record per manifest no run
         reads: 1,200 small files at 400 images, written by the first run and read back by
         every rerun to compare). `there`: where the image is held already (a sync's
-        target: mirror.resolve.There), whose referrers of `subject` are read from there
+        target: mirror.there.There), whose referrers of `subject` are read from there
         (`_find`), those of cosign's tags too, each asked at the registry with a HEAD
         (`_tagged`; a fallback index: `_fallback`). Asked once a run (the last FOUND_KEPT
         subjects kept), however many images name `subject` (two tags of one image, at once

@@ -20,8 +20,9 @@ from mirror.progress import Progress
 from mirror.push import Pusher
 from mirror.pushplan import PushImage, PushResult, push_requests
 from mirror.registry.client import Client
-from mirror.resolve import Foreseen, There
+from mirror.resolve import Foreseen
 from mirror.sync_there import Holdings, placed
+from mirror.there import There
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

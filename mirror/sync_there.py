@@ -1,6 +1,6 @@
 """What each target of a sync holds, asked as the images resolve: one HEAD of each tag (the
 push's step-0 question, its answer kept for the push), and where an image is read from by
-digest instead of from the source (mirror.resolve.There). The planner (mirror.sync_plan) asks
+digest instead of from the source (mirror.there.There). The planner (mirror.sync_plan) asks
 `elsewhere` as an image resolves, `at_target` as it is admitted and `planned` once it is
 resolved; the push takes `asked`, step 0's answers."""
 
@@ -16,7 +16,8 @@ from mirror.mapping import Placement, Target, place
 from mirror.pushheld import Asked, held_there, step0
 from mirror.pushplan import PushImage
 from mirror.registry.client import Client, ManifestHead
-from mirror.resolve import Foreseen, There, keeps_attestations
+from mirror.resolve import Foreseen, keeps_attestations
+from mirror.there import There
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
